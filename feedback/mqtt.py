@@ -1,0 +1,226 @@
+"""The MQTT link: one aiomqtt connection kept alive for the daemon's lifetime.
+
+* ``publish()`` never blocks and never fails: messages go into a bounded queue that drops
+  its *oldest* entry when full (``dropped`` counts them). One pump task publishes them in
+  order; a message is removed only after the broker took it, so a broker that dies
+  mid-publish loses nothing that was still queued.
+* Retained topics are remembered (last value per topic) and re-published after every
+  reconnect, together with ``<base>/bridge/state = online``. The Last Will sets it to
+  ``offline`` (retained) when the daemon vanishes; a clean stop publishes ``offline`` itself.
+* Commands under ``<base>/+/cmd/#`` are handed to ``on_command``; result topics are ignored.
+* A lost or refused connection is retried forever with capped, jittered backoff; measuring
+  and storing never wait for the broker.
+
+This module is the only one that imports aiomqtt (STYLE.md principle 11).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+import aiomqtt
+
+from settle.backoff import backoff_delay_s
+
+log = logging.getLogger(__name__)
+
+CommandHandler = Callable[[str, str, bytes, bool], Awaitable[None]]
+"""``(device_id, command_name, payload, retained)``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+
+
+class MqttLink:
+    """Keeps one broker connection alive; see the module docstring.
+
+    Use as ``async with MqttLink(...) as link:``; the connection task is owned by the block.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        topic_base: str = "settle",
+        client_id: str = "",
+        keepalive_s: int = 30,
+        queue_size: int = 2000,
+        on_command: CommandHandler | None = None,
+        backoff_cap_s: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.base = topic_base
+        self.client_id = client_id or f"settle-{socket.gethostname()}-{os.getpid()}"
+        self.keepalive_s = keepalive_s
+        self.queue_size = queue_size
+        self._on_command = on_command
+        self._backoff_cap_s = backoff_cap_s
+        self._queue: collections.deque[Outgoing] = collections.deque()
+        self._retained: dict[str, Outgoing] = {}
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._client: aiomqtt.Client | None = None
+        self.dropped = 0
+        """Messages dropped from the full queue (oldest first)."""
+        self.published = 0
+        self.connects = 0
+        self.last_error: str | None = None
+
+    # -- public API ---------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def state_topic(self) -> str:
+        return f"{self.base}/bridge/state"
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> None:
+        """Queue a message; never blocks. Retained messages are also remembered for reconnects."""
+        data = payload.encode() if isinstance(payload, str) else payload
+        msg = Outgoing(topic, data, qos, retain)
+        if retain:
+            self._retained[topic] = msg
+        if len(self._queue) >= self.queue_size:
+            self._queue.popleft()
+            self.dropped += 1
+        self._queue.append(msg)
+        self._idle.clear()
+        self._wakeup.set()
+
+    def forget_retained(self, topic: str) -> None:
+        """Clear a retained topic on the broker (empty retained payload) and stop re-sending it."""
+        self._retained.pop(topic, None)
+        self.publish(topic, b"", qos=1, retain=True)
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._connected.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def __aenter__(self) -> MqttLink:
+        self._task = asyncio.create_task(self._run(), name=f"mqtt-link {self.host}:{self.port}")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self, drain_timeout_s: float = 3.0) -> None:
+        """Publish what is queued (bounded wait), then ``offline``, then disconnect."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        client = self._client
+        if client is not None and self.connected:
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError, OSError):
+                async with asyncio.timeout(drain_timeout_s):
+                    await self._idle.wait()
+                    await client.publish(self.state_topic, b"offline", qos=1, retain=True)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    # -- internals ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            was_connected = False
+            try:
+                await self._session()
+            except* aiomqtt.MqttError as group:
+                err = str(group.exceptions[0])
+                if err != self.last_error:
+                    log.warning("MQTT broker %s:%d: %s; retrying", self.host, self.port, err)
+                self.last_error = err
+            finally:
+                was_connected = self._connected.is_set()
+                self._connected.clear()
+                self._client = None
+            # A session that got connected resets the backoff; a refused one grows it.
+            attempt = 0 if was_connected else attempt + 1
+            await asyncio.sleep(backoff_delay_s(attempt, cap_s=self._backoff_cap_s))
+
+    async def _session(self) -> None:
+        will = aiomqtt.Will(self.state_topic, b"offline", qos=1, retain=True)
+        async with aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=self.client_id,
+            keepalive=self.keepalive_s,
+            will=will,
+            timeout=10,
+        ) as client:
+            self._client = client
+            self.connects += 1
+            if self.last_error is not None:
+                log.info("MQTT broker %s:%d reachable again", self.host, self.port)
+            self.last_error = None
+            await client.publish(self.state_topic, b"online", qos=1, retain=True)
+            # Retained state first, then the live queue (retained copies in it are harmless).
+            for msg in list(self._retained.values()):
+                await client.publish(msg.topic, msg.payload, qos=msg.qos, retain=True)
+            if self._on_command is not None:
+                await client.subscribe(f"{self.base}/+/cmd/#", qos=1)
+            self._connected.set()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._pump(client), name="mqtt-pump")
+                tg.create_task(self._receive(client), name="mqtt-receive")
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        while True:
+            while not self._queue:
+                self._idle.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            msg = self._queue[0]
+            await client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+            # Remove only after the broker took it (the deque may have rotated meanwhile).
+            if self._queue and self._queue[0] is msg:
+                self._queue.popleft()
+            self.published += 1
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        if self._on_command is None:
+            await asyncio.Event().wait()  # nothing subscribed; live until cancelled
+            return
+        prefix = self.base + "/"
+        async for message in client.messages:
+            topic = str(message.topic)
+            if not topic.startswith(prefix) or topic.endswith("/result"):
+                continue
+            parts = topic[len(prefix) :].split("/", 2)
+            if len(parts) != 3 or parts[1] != "cmd":
+                continue
+            payload = message.payload
+            data = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
+            try:
+                await self._on_command(parts[0], parts[2], bytes(data), bool(message.retain))
+            except Exception:  # a bad command must never take the broker link down
+                log.exception("command handler failed for %s", topic)

@@ -1,0 +1,247 @@
+"""Strap client: find any Heart Rate Service strap, connect, and stream its measurements.
+
+Talks only to bleak's public API. Which Bluetooth stack sits underneath is decided by the
+caller through ``scanner_kwargs`` / ``client_kwargs`` (empty: the platform's; the virtual
+strap's air passes ``backend=`` and ``air=``) — nothing here knows which.
+
+Straps are found by the Heart Rate Service UUID 0x180D in their advertisement, never by
+name: Polar, Garmin, Wahoo, Coospo… all qualify. The notification callback only decodes and
+appends to a bounded buffer (STYLE.md principle 10); a malformed packet is counted and
+logged at DEBUG, and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from bleak import BleakClient, BleakScanner
+from bleak.backends.characteristic import BleakGATTCharacteristic
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
+from bleak.exc import BleakError
+
+from sensors.hrs import (
+    BATTERY_LEVEL_UUID,
+    HEART_RATE_MEASUREMENT_UUID,
+    HEART_RATE_SERVICE_UUID,
+    HeartRateMeasurement,
+    MalformedMeasurement,
+)
+from settle.errors import SensorError
+
+log = logging.getLogger(__name__)
+
+DIS_MODEL_UUID = "00002a24-0000-1000-8000-00805f9b34fb"
+DIS_FIRMWARE_UUID = "00002a26-0000-1000-8000-00805f9b34fb"
+DIS_MANUFACTURER_UUID = "00002a29-0000-1000-8000-00805f9b34fb"
+
+NOT_FOUND_HINT = (
+    "wear the strap with wet electrodes so it wakes up, and make sure no phone or watch "
+    "holds its connection (Polar allows one or two)"
+)
+
+
+def device_id_for(name: str | None, address: str) -> str:
+    """Stable, topic-safe id of a strap, e.g. ``polar_h10_a1b2c3d4``.
+
+    The name part is lower-case ``[a-z0-9_]`` (vendors put serial numbers in names; the hash of
+    the address keeps ids distinct and stable when two straps share a model name).
+    """
+    stem = re.sub(r"[^a-z0-9]+", "_", (name or "strap").lower()).strip("_")[:24] or "strap"
+    digest = hashlib.sha1(address.upper().encode()).hexdigest()[:8]
+    return f"{stem}_{digest}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Notification:
+    """One 0x2A37 notification as received: ``recv_ts_ms`` epoch ms, ``recv_mono_s`` monotonic s."""
+
+    recv_ts_ms: int
+    recv_mono_s: float
+    measurement: HeartRateMeasurement
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StrapInfo:
+    """What the strap told us about itself after connecting."""
+
+    address: str
+    name: str
+    device_id: str
+    battery_pct: int | None = None
+    model: str | None = None
+    manufacturer: str | None = None
+    firmware: str | None = None
+
+
+def _offers_hrs(adv: AdvertisementData) -> bool:
+    return HEART_RATE_SERVICE_UUID in (u.lower() for u in adv.service_uuids)
+
+
+class StrapClient:
+    """Finds and streams one strap. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        address: str = "",
+        name: str = "",
+        scan_timeout_s: float = 15.0,
+        connect_timeout_s: float = 20.0,
+        scanner_kwargs: dict[str, Any] | None = None,
+        client_kwargs: dict[str, Any] | None = None,
+        buffer_size: int = 512,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.address = address
+        self.name = name
+        self.scan_timeout_s = scan_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self._scanner_kwargs = scanner_kwargs or {}
+        self._client_kwargs = client_kwargs or {}
+        self._buffer_size = buffer_size
+        self._clock = clock
+        self.malformed = 0
+        """Notifications that could not be decoded (dropped, logged at DEBUG)."""
+        self.overflowed = 0
+        """Notifications dropped because the consumer fell behind by ``buffer_size``."""
+
+    def _wanted(self, device: BLEDevice, adv: AdvertisementData) -> bool:
+        if not _offers_hrs(adv):
+            return False
+        if self.address and device.address.upper() != self.address.upper():
+            return False
+        if self.name:
+            shown = adv.local_name or device.name or ""
+            if self.name.lower() not in shown.lower():
+                return False
+        return True
+
+    async def find(self) -> BLEDevice:
+        """Scan until a wanted strap advertises; :class:`SensorError` after ``scan_timeout_s``."""
+        target = self.address or self.name or "any heart-rate strap"
+        try:
+            device = await BleakScanner.find_device_by_filter(
+                self._wanted, timeout=self.scan_timeout_s, **self._scanner_kwargs
+            )
+        except BleakError as exc:
+            raise SensorError(target, f"Bluetooth is unavailable: {exc}") from exc
+        if device is None:
+            raise SensorError(
+                target,
+                f"no strap offering the Heart Rate Service found within "
+                f"{self.scan_timeout_s:g} s — {NOT_FOUND_HINT}",
+            )
+        return device
+
+    @contextlib.asynccontextmanager
+    async def connect(self, device: BLEDevice) -> AsyncIterator[StrapStream]:
+        """Connect, read what the strap says about itself, subscribe to 0x2A37.
+
+        On exit notifications are stopped and the strap is disconnected (an unclean exit can
+        make the next connection hang during service discovery on some straps).
+        """
+        stream = StrapStream(self, device)
+        client = BleakClient(
+            device,
+            disconnected_callback=lambda _c: stream._on_disconnect(),
+            timeout=self.connect_timeout_s,
+            **self._client_kwargs,
+        )
+        try:
+            async with asyncio.timeout(self.connect_timeout_s + 5):
+                await client.connect()
+        except (BleakError, TimeoutError, OSError) as exc:
+            raise SensorError(
+                device.address,
+                f"found but could not connect ({exc or type(exc).__name__}) — {NOT_FOUND_HINT}",
+            ) from exc
+        try:
+            stream.info = await self._read_info(client, device)
+            await client.start_notify(HEART_RATE_MEASUREMENT_UUID, stream._on_notify)
+            yield stream
+        except BleakError as exc:
+            raise SensorError(device.address, f"lost while setting up: {exc}") from exc
+        finally:
+            if client.is_connected:
+                with contextlib.suppress(BleakError, TimeoutError, OSError):
+                    async with asyncio.timeout(5):
+                        await client.stop_notify(HEART_RATE_MEASUREMENT_UUID)
+                with contextlib.suppress(BleakError, TimeoutError, OSError):
+                    async with asyncio.timeout(5):
+                        await client.disconnect()
+
+    async def _read_info(self, client: BleakClient, device: BLEDevice) -> StrapInfo:
+        async def text(uuid: str) -> str | None:
+            with contextlib.suppress(BleakError, KeyError, ValueError):
+                raw = await client.read_gatt_char(uuid)
+                return bytes(raw).decode("utf-8", "replace").strip("\x00 ") or None
+            return None
+
+        battery: int | None = None
+        with contextlib.suppress(BleakError, KeyError, ValueError, IndexError):
+            battery = int((await client.read_gatt_char(BATTERY_LEVEL_UUID))[0])
+        name = device.name or ""
+        return StrapInfo(
+            address=device.address,
+            name=name,
+            device_id=device_id_for(name, device.address),
+            battery_pct=battery,
+            model=await text(DIS_MODEL_UUID),
+            manufacturer=await text(DIS_MANUFACTURER_UUID),
+            firmware=await text(DIS_FIRMWARE_UUID),
+        )
+
+
+class StrapStream:
+    """Async iterator of :class:`Notification` from one connected strap.
+
+    Ends by raising :class:`SensorError` (reason ``"disconnected"``) when the link drops.
+    """
+
+    def __init__(self, owner: StrapClient, device: BLEDevice) -> None:
+        self._owner = owner
+        self.device = device
+        self.info = StrapInfo(
+            device.address, device.name or "", device_id_for(device.name, device.address)
+        )
+        self._buffer: collections.deque[Notification] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._disconnected = False
+
+    def _on_notify(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
+        try:
+            m = HeartRateMeasurement.from_bytes(data)
+        except MalformedMeasurement as exc:
+            self._owner.malformed += 1
+            log.debug("dropped malformed notification from %s: %s", self.device.address, exc)
+            return
+        if len(self._buffer) >= self._owner._buffer_size:
+            self._buffer.popleft()
+            self._owner.overflowed += 1
+        self._buffer.append(Notification(int(self._owner._clock() * 1000), time.monotonic(), m))
+        self._wakeup.set()
+
+    def _on_disconnect(self) -> None:
+        self._disconnected = True
+        self._wakeup.set()
+
+    def __aiter__(self) -> StrapStream:
+        return self
+
+    async def __anext__(self) -> Notification:
+        while not self._buffer:
+            if self._disconnected:
+                raise SensorError(self.info.device_id, "disconnected")
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        return self._buffer.popleft()

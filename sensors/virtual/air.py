@@ -1,0 +1,247 @@
+"""An in-process Bluetooth LE "air": bumble controllers on one ``LocalLink``.
+
+:class:`VirtualAir` owns the link plus ONE central bumble :class:`~bumble.device.Device`
+that plays the computer's Bluetooth adapter. Every ``BleakScanner``/``BleakClient`` built
+with :meth:`VirtualAir.scanner_kwargs` / :meth:`VirtualAir.client_kwargs` shares it, so
+several clients can be connected to different virtual straps at once, as with a real
+adapter. Peripherals (virtual straps, other advertisers) get their own controller and
+host from :meth:`VirtualAir.create_device`.
+
+Two behaviours of bumble's software controller (pinned bumble==0.0.236) are fixed here,
+because a daemon tested against them would otherwise learn the wrong lessons:
+
+* A cancelled LE connection is never completed, so ``Device.connect(timeout=...)`` to an
+  absent peripheral hangs forever (:class:`_VirtualController` completes it with
+  UNKNOWN_CONNECTION_IDENTIFIER, as real controllers do).
+* Nothing ever times out a link: a peripheral that vanishes is never noticed.
+  :meth:`VirtualAir.lose_link` injects a supervision timeout on both ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from bumble import hci
+from bumble.controller import Controller
+from bumble.device import Device
+from bumble.host import Host
+from bumble.link import LocalLink
+from bumble.transport.common import AsyncPipeSink
+
+from settle.errors import SensorError
+
+if TYPE_CHECKING:
+    from bumble.controller import Connection as ControllerConnection
+
+logger = logging.getLogger(__name__)
+
+# Random static addresses need the two most significant bits set (Core Vol 6 B 1.3.2.1).
+CENTRAL_ADDRESS = "F0:5E:77:1E:00:00"
+_PERIPHERAL_ADDRESS_PREFIX = "C0:5E:77:1E"
+
+
+class _VirtualController(Controller):
+    """bumble's software controller with a working LE Create Connection Cancel.
+
+    Stock bumble answers the cancel with "success" but keeps the pending connection and
+    never sends the LE Connection Complete event the spec requires (Core Vol 4 E 7.8.13),
+    so bumble's own ``Device.connect`` timeout path waits forever. Real controllers end
+    the attempt with status UNKNOWN_CONNECTION_IDENTIFIER (0x02); so do we.
+    """
+
+    def on_hci_le_create_connection_cancel_command(
+        self, command: hci.HCI_LE_Create_Connection_Cancel_Command
+    ) -> hci.HCI_StatusReturnParameters:
+        # Deferred with call_soon so the host sees Command Complete first, then the
+        # Connection Complete event, in the order a real controller emits them.
+        asyncio.get_running_loop().call_soon(self.abort_pending_connection)
+        # With nothing pending a real controller says COMMAND_DISALLOWED; we keep
+        # bumble's SUCCESS so a connect that completed in the same instant as its
+        # timeout is not turned into an HCI error by bumble's host.
+        return hci.HCI_StatusReturnParameters(hci.HCI_ErrorCode.SUCCESS)
+
+    def abort_pending_connection(self) -> None:
+        """End a pending LE connection attempt, if any, with UNKNOWN_CONNECTION_IDENTIFIER."""
+        pending = self.pending_le_connection
+        if pending is None:
+            return
+        self.pending_le_connection = None
+        self.send_hci_packet(
+            hci.HCI_LE_Connection_Complete_Event(
+                status=hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR,
+                connection_handle=0,
+                role=hci.Role.CENTRAL,
+                peer_address_type=pending.peer_address.address_type,
+                peer_address=pending.peer_address,
+                connection_interval=0,
+                peripheral_latency=0,
+                supervision_timeout=0,
+                central_clock_accuracy=0,
+            )
+        )
+
+    def drop_le_connection(self, peer_address: hci.Address, reason: int) -> bool:
+        """Forget the link to ``peer_address`` without any LL exchange; report ``reason``.
+
+        Returns False when there is no such link.
+        """
+        connection: ControllerConnection | None = self.le_connections.get(peer_address)
+        if connection is None:
+            return False
+        # on_le_disconnected sends Disconnection Complete to our host and removes the
+        # link; unlike HCI Disconnect it sends no LL_TERMINATE_IND to the peer.
+        self.on_le_disconnected(connection, reason)
+        return True
+
+    def silence(self) -> None:
+        """Stop every advertiser and forget every link (used when the air closes)."""
+        self.le_legacy_advertiser.stop()
+        for advertising_set in self.advertising_sets.values():
+            advertising_set.stop()
+        self.pending_le_connection = None
+
+
+class VirtualAir:
+    """One virtual radio environment: a ``LocalLink`` and the computer's adapter.
+
+    Create it inside a running event loop (bumble's controllers need one)::
+
+        async with VirtualAir() as air:
+            strap = VirtualStrap(air, rr_ms)
+            ...
+            scanner = BleakScanner(**air.scanner_kwargs())
+
+    ``central`` is the bumble Device every bleak scanner/client on this air uses.
+    """
+
+    def __init__(self) -> None:
+        asyncio.get_running_loop()  # fail early and clearly outside a loop
+        self.link = LocalLink()
+        self._central_controller = _VirtualController("central", link=self.link)
+        self.central = Device(
+            name="settle-virtual-adapter",
+            address=hci.Address(CENTRAL_ADDRESS),
+            host=Host(self._central_controller, AsyncPipeSink(self._central_controller)),
+        )
+        self._controllers: list[_VirtualController] = [self._central_controller]
+        self._devices: list[Device] = [self.central]
+        self._address_counter = itertools.count(1)
+        # bumble's Device allows one pending LE connection at a time, like most real
+        # controllers; concurrent BleakClient.connect() calls queue on this lock.
+        self.connect_lock = asyncio.Lock()
+        self._scan_users = 0
+        self._scan_lock = asyncio.Lock()
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Power on the central (idempotent)."""
+        if self._closed:
+            raise SensorError("virtual-air", "this VirtualAir is closed")
+        if not self._started:
+            await self.central.power_on()
+            self._started = True
+
+    async def close(self) -> None:
+        """Silence every controller and power off every device created on this air."""
+        if self._closed:
+            return
+        self._closed = True
+        for controller in self._controllers:
+            controller.silence()
+        for device in self._devices:
+            # power_off flushes the host, which cancels anything still waiting on it.
+            await device.power_off()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- bleak integration -----------------------------------------------------------
+
+    def scanner_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments that make ``BleakScanner(**kw)`` scan this air."""
+        from sensors.virtual.backend import BumbleBleakScanner
+
+        return {"backend": BumbleBleakScanner, "air": self}
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments that make ``BleakClient(address, **kw)`` connect through this air."""
+        from sensors.virtual.backend import BumbleBleakClient
+
+        return {"backend": BumbleBleakClient, "air": self}
+
+    async def acquire_scanning(self) -> None:
+        """Start scanning on the central unless another scanner already did."""
+        await self.start()
+        async with self._scan_lock:
+            if self._scan_users == 0:
+                await self.central.start_scanning(filter_duplicates=False)
+            self._scan_users += 1
+
+    async def release_scanning(self) -> None:
+        """Stop scanning when the last scanner using this air stops."""
+        async with self._scan_lock:
+            self._scan_users -= 1
+            if self._scan_users == 0 and not self._closed:
+                await self.central.stop_scanning()
+
+    def abort_pending_connection(self) -> None:
+        """Abandon the central's pending connection attempt (the caller was cancelled)."""
+        self._central_controller.abort_pending_connection()
+
+    # -- peripherals -----------------------------------------------------------------
+
+    def allocate_address(self) -> str:
+        """A fresh random static address for a peripheral on this air."""
+        n = next(self._address_counter)
+        return f"{_PERIPHERAL_ADDRESS_PREFIX}:{n >> 8:02X}:{n & 0xFF:02X}"
+
+    def create_device(self, name: str, address: str | None = None) -> Device:
+        """A new bumble Device (own controller + host) on this air; not yet powered on."""
+        if self._closed:
+            raise SensorError(name, "this VirtualAir is closed")
+        controller = _VirtualController(name, link=self.link)
+        device = Device(
+            name=name,
+            address=hci.Address(address or self.allocate_address()),
+            host=Host(controller, AsyncPipeSink(controller)),
+        )
+        self._controllers.append(controller)
+        self._devices.append(device)
+        return device
+
+    def lose_link(self, peripheral_address: str) -> None:
+        """Make the central↔peripheral link vanish as a supervision timeout on both ends.
+
+        Both hosts receive Disconnection Complete with reason CONNECTION_TIMEOUT (0x08) and
+        no LL_TERMINATE_IND is exchanged — what happens when a strap walks out of range.
+        Raises :class:`SensorError` when there is no such link.
+        """
+        peer = hci.Address(peripheral_address)
+        central_addr = self._central_controller.random_address
+        peripheral = next(
+            (c for c in self._controllers[1:] if c.random_address == peer), None
+        )
+        reason = hci.HCI_ErrorCode.CONNECTION_TIMEOUT_ERROR
+        dropped_central = self._central_controller.drop_le_connection(peer, reason)
+        dropped_peripheral = (
+            peripheral.drop_le_connection(central_addr, reason) if peripheral else False
+        )
+        if not (dropped_central or dropped_peripheral):
+            raise SensorError(peripheral_address, "no link to lose on this virtual air")
+        logger.debug("virtual air: injected link loss with %s", peripheral_address)

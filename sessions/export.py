@@ -1,0 +1,310 @@
+"""Export one session as one CSV file on one time base.
+
+The file is plain RFC 4180 CSV (UTF-8, ``\\r\\n`` line ends, one header row, no comment lines)
+readable by :mod:`csv`, pandas or a spreadsheet. Every row is one record; the ``record``
+column says which kind, and columns that do not apply to a kind are empty.
+
+=============  =========================================================================
+column         meaning
+=============  =========================================================================
+session_id     the session's id (on every row, so exports can be concatenated)
+started_ms     epoch milliseconds (UTC) of the session start, i.e. of ``t_s = 0``
+record         ``beat``, ``indices`` or ``marker``
+t_s            seconds since session start: ``beat_t_s`` for beats, publication time for
+               indices, entry time for markers
+seq            beat: sequence number within the session, from 0
+rr_raw         beat: RR interval in the strap's wire unit 1/1024 s (empty if the source
+               had none, e.g. a replayed millisecond file)
+rr_ms          beat: RR interval in milliseconds
+hr_bpm         beat: heart rate sent by the strap; indices: mean heart rate (beats/min)
+contact        beat: skin contact 1/0, empty when the strap cannot tell
+recv_ts_ms     beat: epoch milliseconds the notification carrying the beat arrived
+ts_ms          indices/marker: epoch milliseconds of publication / entry
+rmssd_ms       indices: RMSSD in milliseconds
+ln_rmssd       indices: natural log of RMSSD in ms
+sdnn_ms        indices: SDNN in milliseconds
+pnn50_pct      indices: pNN50 in percent
+settling       indices: settling score (dimensionless)
+kind           marker: category
+text           marker: free text
+source         marker: where it was entered (cli, mqtt, dashboard, import)
+=============  =========================================================================
+
+Rows are sorted by ``t_s``; at equal ``t_s`` beats come before indices before markers, and
+each kind keeps its stored order (beats by ``seq``). Floats are written with :func:`repr`,
+the shortest text that parses back to the same double, so ``rr_ms`` and ``t_s`` round-trip
+exactly. The file is written to a temporary file in the target directory and renamed into
+place, so a reader never sees half an export; it is created with mode 0600 (health data).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from sessions.store import SessionRecord, SessionStore
+from settle.errors import SettleError
+
+__all__ = ["COLUMNS", "ExportError", "ExportRow", "export_csv", "read_export_csv"]
+
+COLUMNS: tuple[str, ...] = (
+    "session_id",
+    "started_ms",
+    "record",
+    "t_s",
+    "seq",
+    "rr_raw",
+    "rr_ms",
+    "hr_bpm",
+    "contact",
+    "recv_ts_ms",
+    "ts_ms",
+    "rmssd_ms",
+    "ln_rmssd",
+    "sdnn_ms",
+    "pnn50_pct",
+    "settling",
+    "kind",
+    "text",
+    "source",
+)
+
+# Tie-break at equal t_s: a beat is the cause, indices are computed from it, markers annotate.
+_RECORD_ORDER = {"beat": 0, "indices": 1, "marker": 2}
+
+
+class ExportError(SettleError):
+    """An export could not be written to ``path``; ``reason`` says why."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExportRow:
+    """One parsed row of an export; fields mirror :data:`COLUMNS` (None where empty)."""
+
+    session_id: str
+    started_ms: int
+    record: str
+    t_s: float
+    seq: int | None = None
+    rr_raw: int | None = None
+    rr_ms: float | None = None
+    hr_bpm: float | None = None
+    contact: bool | None = None
+    recv_ts_ms: int | None = None
+    ts_ms: int | None = None
+    rmssd_ms: float | None = None
+    ln_rmssd: float | None = None
+    sdnn_ms: float | None = None
+    pnn50_pct: float | None = None
+    settling: float | None = None
+    kind: str | None = None
+    text: str | None = None
+    source: str | None = None
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        # Explicit repr: the shortest round-tripping form, whatever csv's defaults become.
+        return repr(value)
+    return str(value)
+
+
+def _rows(rec: SessionRecord) -> Iterator[list[str]]:
+    sid, started = rec.info.id, rec.info.started_ms
+    keyed: list[tuple[float, int, dict[str, object]]] = []
+    for b in rec.beats:
+        keyed.append(
+            (
+                b.beat_t_s,
+                _RECORD_ORDER["beat"],
+                {
+                    "record": "beat",
+                    "t_s": b.beat_t_s,
+                    "seq": b.seq,
+                    "rr_raw": b.rr_raw,
+                    "rr_ms": b.rr_ms,
+                    "hr_bpm": b.hr_bpm,
+                    "contact": b.contact,
+                    "recv_ts_ms": b.recv_ts_ms,
+                },
+            )
+        )
+    for r in rec.indices:
+        keyed.append(
+            (
+                r.t_s,
+                _RECORD_ORDER["indices"],
+                {
+                    "record": "indices",
+                    "t_s": r.t_s,
+                    "ts_ms": r.ts_ms,
+                    "hr_bpm": r.hr_bpm,
+                    "rmssd_ms": r.rmssd_ms,
+                    "ln_rmssd": r.ln_rmssd,
+                    "sdnn_ms": r.sdnn_ms,
+                    "pnn50_pct": r.pnn50_pct,
+                    "settling": r.settling,
+                },
+            )
+        )
+    for m in rec.markers:
+        keyed.append(
+            (
+                m.t_s,
+                _RECORD_ORDER["marker"],
+                {
+                    "record": "marker",
+                    "t_s": m.t_s,
+                    "ts_ms": m.ts_ms,
+                    "kind": m.kind,
+                    "text": m.text,
+                    "source": m.source.value,
+                },
+            )
+        )
+    # sort() is stable, so each kind keeps the order the store returned it in.
+    keyed.sort(key=lambda k: (k[0], k[1]))
+    for _t, _rank, fields in keyed:
+        fields["session_id"] = sid
+        fields["started_ms"] = started
+        yield [_cell(fields.get(col)) for col in COLUMNS]
+
+
+def _target(out: Path, session_id: str) -> Path:
+    if out.is_dir():
+        return out / f"settle-{session_id}.csv"
+    parent = out.parent
+    if not parent.exists():
+        raise ExportError(out, f"directory {parent} does not exist")
+    if not parent.is_dir():
+        raise ExportError(out, f"{parent} is not a directory")
+    return out
+
+
+def export_csv(store: SessionStore, session_id: str, out: Path) -> Path:
+    """Write session ``session_id`` to ``out`` as CSV and return the path written.
+
+    If ``out`` is an existing directory the file is ``<out>/settle-<session_id>.csv``;
+    otherwise ``out`` is the file (replaced if it exists). Raises
+    :class:`settle.errors.SessionNotFound` for an unknown id and :class:`ExportError` when
+    the file cannot be written. Columns are documented in this module's docstring.
+    """
+    out = Path(out)
+    target = _target(out, session_id)
+    # Read first: an unknown session must not leave a file behind.
+    rec = store.read_session(session_id)
+    tmp_name: str | None = None
+    try:
+        # Same directory as the target, so os.replace is an atomic rename on one filesystem.
+        with tempfile.NamedTemporaryFile(
+            mode="w",
+            encoding="utf-8",
+            newline="",
+            dir=target.parent,
+            prefix=f".{target.name}.",
+            suffix=".tmp",
+            delete=False,
+        ) as fh:
+            tmp_name = fh.name
+            writer = csv.writer(fh)
+            writer.writerow(COLUMNS)
+            writer.writerows(_rows(rec))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, target)
+        tmp_name = None
+    except OSError as exc:
+        raise ExportError(target, f"cannot write export: {exc.strerror or exc}") from exc
+    finally:
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+    _fsync_dir(target.parent)
+    return target
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable. Best effort: not every platform can open a directory.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_export_csv(path: Path) -> list[ExportRow]:
+    """Parse a file written by :func:`export_csv` back into typed rows, in file order.
+
+    Raises :class:`ExportError` if the file cannot be read or its header is not
+    :data:`COLUMNS`.
+    """
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None or tuple(header) != COLUMNS:
+                raise ExportError(path, "not a Settle session export (unexpected header)")
+            rows = list(reader)
+    except OSError as exc:
+        raise ExportError(path, f"cannot read export: {exc.strerror or exc}") from exc
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise ExportError(path, f"malformed export: {exc}") from exc
+    out = []
+    for n, cells in enumerate(rows, start=1):
+        if len(cells) != len(COLUMNS):
+            raise ExportError(path, f"data row {n}: expected {len(COLUMNS)} columns")
+        c = dict(zip(COLUMNS, cells, strict=True))
+        try:
+            out.append(
+                ExportRow(
+                    session_id=c["session_id"],
+                    started_ms=int(c["started_ms"]),
+                    record=c["record"],
+                    t_s=float(c["t_s"]),
+                    seq=_int(c["seq"]),
+                    rr_raw=_int(c["rr_raw"]),
+                    rr_ms=_float(c["rr_ms"]),
+                    hr_bpm=_float(c["hr_bpm"]),
+                    contact=None if c["contact"] == "" else c["contact"] == "1",
+                    recv_ts_ms=_int(c["recv_ts_ms"]),
+                    ts_ms=_int(c["ts_ms"]),
+                    rmssd_ms=_float(c["rmssd_ms"]),
+                    ln_rmssd=_float(c["ln_rmssd"]),
+                    sdnn_ms=_float(c["sdnn_ms"]),
+                    pnn50_pct=_float(c["pnn50_pct"]),
+                    settling=_float(c["settling"]),
+                    kind=c["kind"] if c["record"] == "marker" else None,
+                    text=c["text"] if c["record"] == "marker" else None,
+                    source=c["source"] or None,
+                )
+            )
+        except ValueError as exc:
+            raise ExportError(path, f"data row {n}: {exc}") from exc
+    return out
+
+
+def _int(text: str) -> int | None:
+    return int(text) if text else None
+
+
+def _float(text: str) -> float | None:
+    return float(text) if text else None

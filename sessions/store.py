@@ -1,0 +1,788 @@
+"""The local session store: one SQLite file in WAL mode, stdlib :mod:`sqlite3`.
+
+One :class:`SessionStore` holds one connection. Its API is synchronous; the daemon calls it
+from worker threads (``asyncio.to_thread``), so the connection is opened with
+``check_same_thread=False`` and every public method runs under one internal lock. Every
+public write is exactly one transaction: after a crash (even ``kill -9``) the file holds
+either all of a call's rows or none of them.
+
+Time bases, as everywhere in Settle:
+
+* ``*_ms`` columns named ``started_ms``, ``stopped_ms``, ``recv_ts_ms``, ``ts_ms`` are wall-clock
+  epoch milliseconds (UTC);
+* ``beat_t_s`` / ``t_s`` are seconds since the session started (the session's own time base);
+* ``rr_ms`` is the RR interval in float milliseconds; ``rr_raw`` the strap's wire value in
+  1/1024 s, kept only for sources that have one.
+
+The schema version lives in ``PRAGMA user_version``; :data:`SCHEMA_VERSION` is the newest this
+code knows, and ``_MIGRATIONS[v]`` upgrades a file from version ``v`` to ``v + 1``. A file
+written by a newer Settle is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import enum
+import json
+import math
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from settle.errors import SessionNotFound, StoreError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "BeatRow",
+    "IndicesRow",
+    "MarkerRow",
+    "MarkerSource",
+    "SessionInfo",
+    "SessionRecord",
+    "SessionState",
+    "SessionStore",
+    "SessionSummary",
+]
+
+#: ``PRAGMA application_id`` of a Settle store ("STLE"), so that another program's SQLite
+#: file is recognised as foreign instead of having our tables added to it.
+APPLICATION_ID = 0x53544C45
+
+#: Seconds a writer waits for another process's write lock (e.g. the CLI deleting a session
+#: while the daemon records) before giving up with a :class:`StoreError`.
+BUSY_TIMEOUT_S = 10.0
+
+
+class SessionState(enum.StrEnum):
+    """Life cycle of a session: ``running`` until finished, ``interrupted`` after a crash."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+    INTERRUPTED = "interrupted"
+
+
+class MarkerSource(enum.StrEnum):
+    """Where a marker was entered."""
+
+    CLI = "cli"
+    MQTT = "mqtt"
+    DASHBOARD = "dashboard"
+    IMPORT = "import"
+
+
+def _require_finite(name: str, value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One session's header row.
+
+    ``id`` is ``YYYYMMDDTHHMMSS-xxxx``: the UTC start second plus 4 random hex digits, so ids
+    sort by start time. ``started_ms`` / ``stopped_ms`` are epoch milliseconds; ``stopped_ms``
+    is None while ``state`` is ``running``. ``source`` names the input (``ble:<address>``,
+    ``replay:<file>``). ``meta`` is the JSON object given at creation (intention, strap model,
+    config summary).
+    """
+
+    id: str
+    device_id: str
+    started_ms: int
+    stopped_ms: int | None
+    state: SessionState
+    source: str
+    meta: Mapping[str, object]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """One line of :meth:`SessionStore.list_sessions`.
+
+    ``n_beats`` counts stored beats. ``duration_s`` is ``(stopped_ms - started_ms) / 1000``
+    once the session has ended; while it is running, the time of its last beat
+    (``beat_t_s``, seconds), or 0.0 before the first beat.
+    """
+
+    id: str
+    device_id: str
+    started_ms: int
+    stopped_ms: int | None
+    state: SessionState
+    n_beats: int
+    duration_s: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BeatRow:
+    """One heart beat as recorded.
+
+    ``seq`` numbers the beats of a session from 0 and is the idempotency key.
+    ``beat_t_s`` is the reconstructed beat time in seconds since session start.
+    ``recv_ts_ms`` is the epoch millisecond the carrying notification arrived.
+    ``rr_ms`` is the RR interval ending at this beat in milliseconds; ``rr_raw`` the same in
+    the wire unit 1/1024 s, or None for sources without one (replayed millisecond files).
+    ``hr_bpm`` is the heart rate the strap sent with the beat (beats/min), ``contact`` its
+    skin-contact flag (None when the strap cannot tell).
+    """
+
+    seq: int
+    beat_t_s: float
+    recv_ts_ms: int
+    rr_ms: float
+    rr_raw: int | None = None
+    hr_bpm: int | None = None
+    contact: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.seq < 0:
+            raise ValueError(f"seq must be >= 0, got {self.seq}")
+        _require_finite("beat_t_s", self.beat_t_s)
+        _require_finite("rr_ms", self.rr_ms)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IndicesRow:
+    """One published set of settling indices.
+
+    ``t_s`` seconds since session start, ``ts_ms`` epoch milliseconds of publication.
+    ``payload_json`` is the whole payload exactly as published (a JSON object); the other
+    fields are promoted copies for querying: ``hr_bpm`` mean heart rate (beats/min),
+    ``rmssd_ms`` / ``sdnn_ms`` in milliseconds, ``ln_rmssd`` natural log of RMSSD in ms,
+    ``pnn50_pct`` in percent, ``settling`` the dimensionless settling score.
+    """
+
+    t_s: float
+    ts_ms: int
+    payload_json: str
+    hr_bpm: float | None = None
+    rmssd_ms: float | None = None
+    ln_rmssd: float | None = None
+    sdnn_ms: float | None = None
+    pnn50_pct: float | None = None
+    settling: float | None = None
+
+    def __post_init__(self) -> None:
+        _require_finite("t_s", self.t_s)
+        try:
+            payload = json.loads(self.payload_json)
+        except ValueError as exc:
+            raise ValueError(f"payload_json is not JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise ValueError("payload_json must hold a JSON object")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MarkerRow:
+    """A user's marker ("started breathing exercise", "phone rang").
+
+    ``t_s`` seconds since session start, ``ts_ms`` epoch milliseconds when it was entered.
+    ``kind`` is a short free-form category, ``text`` the note. ``id`` is assigned by the
+    store: leave it None when adding; rows read back carry it.
+    """
+
+    t_s: float
+    ts_ms: int
+    kind: str
+    text: str
+    source: MarkerSource
+    id: int | None = None
+
+    def __post_init__(self) -> None:
+        _require_finite("t_s", self.t_s)
+        if not self.kind:
+            raise ValueError("marker kind must not be empty")
+        # Accept plain strings ('cli') from callers; store only known sources.
+        object.__setattr__(self, "source", MarkerSource(self.source))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """Everything stored for one session, read in one consistent snapshot."""
+
+    info: SessionInfo
+    beats: list[BeatRow]
+    indices: list[IndicesRow]
+    markers: list[MarkerRow]
+
+
+# --- schema -------------------------------------------------------------------------------
+
+_SCHEMA_V1 = (
+    """
+    CREATE TABLE sessions (
+        id          TEXT PRIMARY KEY,
+        device_id   TEXT NOT NULL,
+        started_ms  INTEGER NOT NULL,
+        stopped_ms  INTEGER,
+        state       TEXT NOT NULL CHECK (state IN ('running', 'stopped', 'interrupted')),
+        source      TEXT NOT NULL,
+        meta_json   TEXT NOT NULL DEFAULT '{}'
+    )
+    """,
+    "CREATE INDEX sessions_started ON sessions (started_ms, id)",
+    # WITHOUT ROWID: beats are read back per session in seq order, which is then the
+    # physical order of the table.
+    """
+    CREATE TABLE beats (
+        session_id  TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+        seq         INTEGER NOT NULL CHECK (seq >= 0),
+        beat_t_s    REAL NOT NULL,
+        recv_ts_ms  INTEGER NOT NULL,
+        rr_raw      INTEGER,
+        rr_ms       REAL NOT NULL,
+        hr_bpm      INTEGER,
+        contact     INTEGER CHECK (contact IN (0, 1)),
+        PRIMARY KEY (session_id, seq)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE indices (
+        session_id   TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+        t_s          REAL NOT NULL,
+        ts_ms        INTEGER NOT NULL,
+        payload_json TEXT NOT NULL,
+        hr_bpm       REAL,
+        rmssd_ms     REAL,
+        ln_rmssd     REAL,
+        sdnn_ms      REAL,
+        pnn50_pct    REAL,
+        settling     REAL
+    )
+    """,
+    "CREATE INDEX indices_session_t ON indices (session_id, t_s)",
+    """
+    CREATE TABLE markers (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id  TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+        t_s         REAL NOT NULL,
+        ts_ms       INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        text        TEXT NOT NULL,
+        source      TEXT NOT NULL CHECK (source IN ('cli', 'mqtt', 'dashboard', 'import'))
+    )
+    """,
+    "CREATE INDEX markers_session_t ON markers (session_id, t_s)",
+)
+
+
+def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
+    # Not executescript(): it COMMITs first, which would split the migration and the
+    # user_version bump into separate transactions.
+    for statement in _SCHEMA_V1:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+
+#: ``_MIGRATIONS[v]`` takes a store from schema version ``v`` to ``v + 1`` inside the open
+#: transaction. Append new steps; never edit a released one.
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1,)
+
+#: Newest schema version this code reads and writes.
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_SESSION_COLUMNS = "id, device_id, started_ms, stopped_ms, state, source, meta_json"
+_BEAT_COLUMNS = "seq, beat_t_s, recv_ts_ms, rr_ms, rr_raw, hr_bpm, contact"
+_INDICES_COLUMNS = (
+    "t_s, ts_ms, payload_json, hr_bpm, rmssd_ms, ln_rmssd, sdnn_ms, pnn50_pct, settling"
+)
+_MARKER_COLUMNS = "t_s, ts_ms, kind, text, source, id"
+
+
+def _session_from_row(row: sqlite3.Row | tuple[Any, ...]) -> SessionInfo:
+    sid, device_id, started_ms, stopped_ms, state, source, meta_json = row
+    return SessionInfo(
+        id=sid,
+        device_id=device_id,
+        started_ms=started_ms,
+        stopped_ms=stopped_ms,
+        state=SessionState(state),
+        source=source,
+        meta=json.loads(meta_json),
+    )
+
+
+def _beat_from_row(row: tuple[Any, ...]) -> BeatRow:
+    seq, beat_t_s, recv_ts_ms, rr_ms, rr_raw, hr_bpm, contact = row
+    return BeatRow(
+        seq=seq,
+        beat_t_s=beat_t_s,
+        recv_ts_ms=recv_ts_ms,
+        rr_ms=rr_ms,
+        rr_raw=rr_raw,
+        hr_bpm=hr_bpm,
+        contact=None if contact is None else bool(contact),
+    )
+
+
+def _marker_from_row(row: tuple[Any, ...]) -> MarkerRow:
+    t_s, ts_ms, kind, text, source, mid = row
+    return MarkerRow(t_s=t_s, ts_ms=ts_ms, kind=kind, text=text, source=source, id=mid)
+
+
+def make_session_id(started_ms: int) -> str:
+    """A new session id: UTC start second (``YYYYMMDDTHHMMSS``) plus 4 random hex digits."""
+    start = dt.datetime.fromtimestamp(started_ms / 1000, tz=dt.UTC)
+    return f"{start:%Y%m%dT%H%M%S}-{secrets.token_hex(2)}"
+
+
+def _create_private_file(path: Path) -> None:
+    """Create ``path`` with mode 0600 unless it exists, before SQLite opens it.
+
+    SQLite gives its -wal and -shm files the main file's permissions, so the whole store
+    stays private. An existing file keeps its mode: changing a user's chosen permissions
+    behind their back would be a surprise.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+
+
+class SessionStore:
+    """A session store on one SQLite file; create it with :meth:`open`.
+
+    Safe to share between threads: every public method takes an internal lock and runs as
+    one transaction. Use it as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        """Wrap an already configured connection; use :meth:`open` instead."""
+        self._conn: sqlite3.Connection | None = conn
+        self._path = path
+        self._lock = threading.Lock()
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path) -> SessionStore:
+        """Open (creating if needed) the store at ``path`` and bring its schema up to date.
+
+        Creates missing parent directories (the last one with mode 0700) and a new file with
+        mode 0600. Raises :class:`StoreError` naming ``path`` when the file cannot be
+        created, is not a SQLite database, belongs to another program or was written by a
+        newer Settle.
+        """
+        path = Path(path)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _create_private_file(path)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot create session store: {exc.strerror}") from exc
+        try:
+            # isolation_level=None: the stdlib's implicit transactions are off; this class
+            # issues BEGIN/COMMIT itself so each public call is exactly one transaction.
+            conn = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open session store: {exc}") from exc
+        try:
+            _configure(conn, path)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path)
+
+    @property
+    def path(self) -> Path:
+        """The store's file."""
+        return self._path
+
+    def close(self) -> None:
+        """Close the connection; further calls raise :class:`StoreError`. Idempotent."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> SessionStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
+        """Hold the lock and one transaction; map sqlite3 errors to :class:`StoreError`.
+
+        Writes take the write lock up front (``BEGIN IMMEDIATE``) so a busy database fails at
+        BEGIN, never half-way; reads use a deferred transaction for a consistent snapshot.
+        """
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreError(f"{self._path}: session store is closed")
+            try:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield conn
+                except BaseException:
+                    # Some errors (disk full, I/O) already rolled back inside SQLite.
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self._path}: {exc}") from exc
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def create_session(
+        self, device_id: str, started_ms: int, source: str, meta: Mapping[str, object]
+    ) -> SessionInfo:
+        """Start a new ``running`` session and return it.
+
+        ``started_ms`` is the epoch millisecond the session starts (its ``t_s = 0``).
+        ``meta`` must be JSON-serialisable (it is stored as a JSON object).
+        """
+        meta_json = json.dumps(dict(meta), sort_keys=True, ensure_ascii=False, allow_nan=False)
+        with self._transaction(write=True) as conn:
+            # Two sessions started in the same second collide with odds 1/65536; draw again.
+            for _attempt in range(8):
+                sid = make_session_id(started_ms)
+                exists = conn.execute("SELECT 1 FROM sessions WHERE id = ?", (sid,)).fetchone()
+                if exists is None:
+                    break
+            else:
+                raise StoreError(f"{self._path}: could not draw a free session id")
+            conn.execute(
+                f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, NULL, ?, ?, ?)",
+                (sid, device_id, started_ms, SessionState.RUNNING.value, source, meta_json),
+            )
+        return SessionInfo(
+            id=sid,
+            device_id=device_id,
+            started_ms=started_ms,
+            stopped_ms=None,
+            state=SessionState.RUNNING,
+            source=source,
+            meta=json.loads(meta_json),
+        )
+
+    def add_beats(self, session_id: str, beats: Sequence[BeatRow]) -> None:
+        """Append beats in one transaction; a ``seq`` already stored is skipped, not duplicated.
+
+        Re-sending a batch after an uncertain failure is therefore safe. The first row
+        stored for a ``seq`` wins; later ones are ignored even if their values differ.
+        """
+        with self._transaction(write=True) as conn:
+            _require_session(conn, session_id)
+            # ON CONFLICT names the key on purpose: a bare INSERT OR IGNORE would also
+            # silently drop rows violating NOT NULL or CHECK constraints.
+            conn.executemany(
+                f"INSERT INTO beats (session_id, {_BEAT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (session_id, seq) DO NOTHING",
+                (
+                    (
+                        session_id,
+                        b.seq,
+                        b.beat_t_s,
+                        b.recv_ts_ms,
+                        b.rr_ms,
+                        b.rr_raw,
+                        b.hr_bpm,
+                        None if b.contact is None else int(b.contact),
+                    )
+                    for b in beats
+                ),
+            )
+
+    def add_indices(self, session_id: str, rows: Sequence[IndicesRow]) -> None:
+        """Append published indices rows in one transaction."""
+        with self._transaction(write=True) as conn:
+            _require_session(conn, session_id)
+            conn.executemany(
+                f"INSERT INTO indices (session_id, {_INDICES_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (
+                        session_id,
+                        r.t_s,
+                        r.ts_ms,
+                        r.payload_json,
+                        r.hr_bpm,
+                        r.rmssd_ms,
+                        r.ln_rmssd,
+                        r.sdnn_ms,
+                        r.pnn50_pct,
+                        r.settling,
+                    )
+                    for r in rows
+                ),
+            )
+
+    def add_marker(self, session_id: str, marker: MarkerRow) -> int:
+        """Store one marker and return its id (``marker.id`` is ignored)."""
+        with self._transaction(write=True) as conn:
+            _require_session(conn, session_id)
+            cur = conn.execute(
+                "INSERT INTO markers (session_id, t_s, ts_ms, kind, text, source)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    session_id,
+                    marker.t_s,
+                    marker.ts_ms,
+                    marker.kind,
+                    marker.text,
+                    marker.source.value,
+                ),
+            )
+            mid = cur.lastrowid
+        assert mid is not None  # an INSERT into a rowid table always sets it
+        return mid
+
+    def finish_session(
+        self,
+        session_id: str,
+        stopped_ms: int,
+        state: SessionState | str = SessionState.STOPPED,
+    ) -> None:
+        """End a session at epoch millisecond ``stopped_ms`` as ``stopped`` or ``interrupted``.
+
+        Finishing an already finished session overwrites its end, so a retried shutdown
+        path does no harm.
+        """
+        final = SessionState(state)
+        if final is SessionState.RUNNING:
+            raise ValueError("finish_session: state must be 'stopped' or 'interrupted'")
+        with self._transaction(write=True) as conn:
+            info = _require_session(conn, session_id)
+            if stopped_ms < info.started_ms:
+                raise ValueError(f"stopped_ms {stopped_ms} is before started_ms {info.started_ms}")
+            conn.execute(
+                "UPDATE sessions SET stopped_ms = ?, state = ? WHERE id = ?",
+                (stopped_ms, final.value, session_id),
+            )
+
+    def mark_interrupted_running(self) -> list[str]:
+        """Mark sessions still ``running`` as ``interrupted``; return their ids, oldest first.
+
+        Call once at daemon start, before recording: a session still running then was left
+        by a crash. Its ``stopped_ms`` becomes the arrival time (``recv_ts_ms``) of its last
+        stored beat, or its start when it has none. Only one daemon may use a store at a
+        time, or this would also end the other daemon's live session.
+        """
+        with self._transaction(write=True) as conn:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM sessions WHERE state = 'running' ORDER BY started_ms, id"
+                )
+            ]
+            conn.execute(
+                """
+                UPDATE sessions SET
+                    state = 'interrupted',
+                    stopped_ms = max(started_ms, coalesce(
+                        (SELECT max(recv_ts_ms) FROM beats WHERE beats.session_id = sessions.id),
+                        started_ms))
+                WHERE state = 'running'
+                """
+            )
+        return ids
+
+    def delete_session(self, session_id: str) -> None:
+        """Delete a session and all its beats, indices and markers."""
+        with self._transaction(write=True) as conn:
+            _require_session(conn, session_id)
+            # Children are removed by ON DELETE CASCADE (foreign_keys is on).
+            conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def list_sessions(self) -> list[SessionSummary]:
+        """All sessions, oldest first, with beat counts and durations."""
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(
+                """
+                SELECT s.id, s.device_id, s.started_ms, s.stopped_ms, s.state,
+                       (SELECT count(*) FROM beats b WHERE b.session_id = s.id),
+                       (SELECT max(beat_t_s) FROM beats b WHERE b.session_id = s.id)
+                FROM sessions s ORDER BY s.started_ms, s.id
+                """
+            ).fetchall()
+        out = []
+        for sid, device_id, started_ms, stopped_ms, state, n_beats, last_t_s in rows:
+            if stopped_ms is not None:
+                duration_s = (stopped_ms - started_ms) / 1000.0
+            else:
+                duration_s = float(last_t_s or 0.0)
+            out.append(
+                SessionSummary(
+                    id=sid,
+                    device_id=device_id,
+                    started_ms=started_ms,
+                    stopped_ms=stopped_ms,
+                    state=SessionState(state),
+                    n_beats=n_beats,
+                    duration_s=duration_s,
+                )
+            )
+        return out
+
+    def get(self, session_id: str) -> SessionInfo:
+        """The session with exactly this id; :class:`SessionNotFound` otherwise."""
+        with self._transaction(write=False) as conn:
+            return _require_session(conn, session_id)
+
+    def resolve(self, ref: str) -> SessionInfo:
+        """Find a session by ``'latest'``, its full id, or a unique prefix of its id.
+
+        ``'latest'`` is the most recently started session. Raises :class:`SessionNotFound`
+        when nothing matches and :class:`StoreError` listing candidates when a prefix
+        matches several sessions.
+        """
+        with self._transaction(write=False) as conn:
+            if ref == "latest":
+                row = conn.execute(
+                    f"SELECT {_SESSION_COLUMNS} FROM sessions"
+                    " ORDER BY started_ms DESC, id DESC LIMIT 1"
+                ).fetchone()
+                if row is None:
+                    raise SessionNotFound(ref)
+                return _session_from_row(row)
+            if not ref:
+                raise SessionNotFound(ref)
+            row = conn.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (ref,)
+            ).fetchone()
+            if row is not None:
+                return _session_from_row(row)
+            # substr() rather than LIKE: no wildcard escaping, and ids are case-sensitive.
+            rows = conn.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE substr(id, 1, ?) = ?"
+                " ORDER BY id LIMIT 6",
+                (len(ref), ref),
+            ).fetchall()
+        if not rows:
+            raise SessionNotFound(ref)
+        if len(rows) > 1:
+            shown = ", ".join(r[0] for r in rows[:5]) + (", …" if len(rows) > 5 else "")
+            raise StoreError(
+                f"session ref {ref!r} is ambiguous: matches {shown} (give more characters)"
+            )
+        return _session_from_row(rows[0])
+
+    def beats(self, session_id: str) -> list[BeatRow]:
+        """The session's beats in ``seq`` order."""
+        with self._transaction(write=False) as conn:
+            _require_session(conn, session_id)
+            return _read_beats(conn, session_id)
+
+    def indices(self, session_id: str) -> list[IndicesRow]:
+        """The session's indices rows ordered by ``t_s``, then insertion."""
+        with self._transaction(write=False) as conn:
+            _require_session(conn, session_id)
+            return _read_indices(conn, session_id)
+
+    def markers(self, session_id: str) -> list[MarkerRow]:
+        """The session's markers ordered by ``t_s``, then id."""
+        with self._transaction(write=False) as conn:
+            _require_session(conn, session_id)
+            return _read_markers(conn, session_id)
+
+    def read_session(self, session_id: str) -> SessionRecord:
+        """Header, beats, indices and markers of one session from one snapshot.
+
+        Use this rather than separate calls when the session may still be recording, so
+        that the parts agree with each other (as exports need).
+        """
+        with self._transaction(write=False) as conn:
+            info = _require_session(conn, session_id)
+            return SessionRecord(
+                info=info,
+                beats=_read_beats(conn, session_id),
+                indices=_read_indices(conn, session_id),
+                markers=_read_markers(conn, session_id),
+            )
+
+
+# --- helpers that run inside a transaction ------------------------------------------------
+
+
+def _configure(conn: sqlite3.Connection, path: Path) -> None:
+    """Set the pragmas and migrate; raise :class:`StoreError` naming ``path`` on failure."""
+    try:
+        # The first statement reads the header: this is where a non-SQLite file fails.
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"{path}: cannot enable WAL journaling (got {mode!r})")
+        # NORMAL is durable against process crashes in WAL mode; only a power loss can
+        # lose the last commits, never corrupt the file.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        # Per connection, and only outside a transaction.
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _migrate(conn, path)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise StoreError(f"{path}: not a Settle session store (not a SQLite file)") from exc
+        raise StoreError(f"{path}: cannot open session store: {exc}") from exc
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    foreign = app_id not in (0, APPLICATION_ID) or (
+        version == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None
+    )
+    if foreign:
+        raise StoreError(f"{path}: not a Settle session store (a SQLite file of another program)")
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: session store schema version {version} is newer than this Settle "
+            f"supports ({SCHEMA_VERSION}); upgrade Settle"
+        )
+    for step in range(version, SCHEMA_VERSION):
+        _MIGRATIONS[step](conn)
+    if version != SCHEMA_VERSION:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _require_session(conn: sqlite3.Connection, session_id: str) -> SessionInfo:
+    row = conn.execute(
+        f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+    ).fetchone()
+    if row is None:
+        raise SessionNotFound(session_id)
+    return _session_from_row(row)
+
+
+def _read_beats(conn: sqlite3.Connection, session_id: str) -> list[BeatRow]:
+    cur = conn.execute(
+        f"SELECT {_BEAT_COLUMNS} FROM beats WHERE session_id = ? ORDER BY seq", (session_id,)
+    )
+    return [_beat_from_row(row) for row in cur]
+
+
+def _read_indices(conn: sqlite3.Connection, session_id: str) -> list[IndicesRow]:
+    cur = conn.execute(
+        f"SELECT {_INDICES_COLUMNS} FROM indices WHERE session_id = ? ORDER BY t_s, rowid",
+        (session_id,),
+    )
+    return [IndicesRow(*row) for row in cur]
+
+
+def _read_markers(conn: sqlite3.Connection, session_id: str) -> list[MarkerRow]:
+    cur = conn.execute(
+        f"SELECT {_MARKER_COLUMNS} FROM markers WHERE session_id = ? ORDER BY t_s, id",
+        (session_id,),
+    )
+    return [_marker_from_row(row) for row in cur]

@@ -1,0 +1,202 @@
+"""Configuration: ``configs/settle.toml`` (or ``--config``) → validated pydantic settings.
+
+Precedence, highest first: command-line flags, ``SETTLE_*`` environment variables (nested
+with ``__``, e.g. ``SETTLE_MQTT__PORT=1884``), the TOML file, the defaults below (which
+``configs/settle.toml`` documents one for one). Nothing past :func:`load_config` touches raw
+dicts; a bad value becomes one :class:`~settle.errors.ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from settle.errors import ConfigError
+
+APP_NAME = "settle"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttConfig(_Section):
+    enabled: bool = True
+    """Publish to MQTT at all (``--no-mqtt`` turns it off)."""
+    host: str = ""
+    """Broker host. Empty: use 127.0.0.1:1883 if something answers there, else (``embedded``
+    permitting) start an embedded broker on 127.0.0.1."""
+    port: int = Field(1883, ge=1, le=65535)
+    embedded: Literal["auto", "always", "never"] = "auto"
+    """When to start the embedded amqtt broker (bound to 127.0.0.1 only)."""
+    embedded_port: int = Field(0, ge=0, le=65535)
+    """Port of the embedded broker; 0 picks a free one."""
+    topic_base: str = "settle"
+    client_id: str = ""
+    """MQTT client id; empty: ``settle-<hostname>-<pid>``."""
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    queue_size: int = Field(2000, ge=10, le=1_000_000)
+    """Live messages held while the broker is away; the oldest are dropped (and counted)."""
+
+    @field_validator("topic_base")
+    @classmethod
+    def _topic_base(cls, v: str) -> str:
+        v = v.strip("/")
+        if not v or any(c in v for c in "+#\x00"):
+            raise ValueError("must be a non-empty topic without wildcards")
+        return v
+
+
+class StrapConfig(_Section):
+    address: str = ""
+    """Bluetooth address (or macOS UUID) of the strap; empty: the first strap offering the
+    Heart Rate Service 0x180D, whatever its vendor."""
+    name: str = ""
+    """Optional name filter (substring, case-insensitive)."""
+    scan_timeout_s: float = Field(15.0, gt=0, le=600)
+    connect_timeout_s: float = Field(20.0, gt=0, le=600)
+
+
+class ProcessingConfig(_Section):
+    window_s: float = Field(60.0, ge=10, le=600)
+    """Rolling window of the time-domain metrics."""
+    baseline_s: float = Field(120.0, ge=10, le=3600)
+    """Session baseline: the first N seconds unless a baseline period is marked."""
+    indices_every_s: float = Field(5.0, ge=1, le=60)
+    """How often (seconds of beat time) indices are computed and published."""
+
+
+class StorageConfig(_Section):
+    db_path: Path | None = None
+    """SQLite file; empty: ``settle.db`` in the user data directory."""
+    flush_every_s: float = Field(1.0, gt=0, le=5)
+    """Beats are committed at least this often."""
+
+    @field_validator("db_path", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+
+class DemoConfig(_Section):
+    speed: float = Field(1.0, gt=0, le=1000)
+    replay: Path | None = None
+    """RR file to replay; empty: the physiological model."""
+    seed: int = 1
+
+    @field_validator("replay", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+
+class Settings(BaseSettings):
+    """Validated configuration of the daemon and the CLI."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SETTLE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    mqtt: MqttConfig = MqttConfig()
+    strap: StrapConfig = StrapConfig()
+    processing: ProcessingConfig = ProcessingConfig()
+    storage: StorageConfig = StorageConfig()
+    demo: DemoConfig = DemoConfig()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @property
+    def db_path(self) -> Path:
+        return self.storage.db_path or default_data_dir() / "settle.db"
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir(APP_NAME))
+
+
+def default_config_dir() -> Path:
+    return Path(platformdirs.user_config_dir(APP_NAME))
+
+
+def default_config_path() -> Path | None:
+    """``$SETTLE_CONFIG``, else ``settle.toml`` in the user config directory if it exists."""
+    env = os.environ.get("SETTLE_CONFIG")
+    if env:
+        return Path(env)
+    p = default_config_dir() / "settle.toml"
+    return p if p.is_file() else None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(str(path), "config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(str(path), "is a directory, not a config file") from None
+    except PermissionError:
+        raise ConfigError(str(path), "config file is not readable (permission denied)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "not valid TOML: not UTF-8 text") from None
+
+
+def load_config(path: Path | None = None, **flags: Any) -> Settings:
+    """Build the settings from the file at ``path`` (or the default one), env and ``flags``.
+
+    ``flags`` are nested dicts of the values given on the command line, e.g.
+    ``{"mqtt": {"enabled": False}}``; ``None`` leaves mean "not given".
+    """
+    path = path if path is not None else default_config_path()
+    file_values = read_toml(path) if path is not None else {}
+
+    class _Loaded(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            # flags > environment > file > defaults; nested sections merge key by key.
+            return (init_settings, env_settings, InitSettingsSource(settings_cls, file_values))
+
+    try:
+        return _Loaded(**_strip_none(flags))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+        given = err.get("input")
+        if isinstance(given, str | int | float) and len(repr(given)) <= 60:
+            msg = f"{msg} (got {given!r})"
+        raise ConfigError(loc, msg) from None
+
+
+def _strip_none(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            inner = _strip_none(v)
+            if inner:
+                out[k] = inner
+        elif v is not None:
+            out[k] = v
+    return out
