@@ -1,0 +1,219 @@
+"""CSV export: one file, one time base, exact round trip of what the store holds."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sessions.export import COLUMNS, ExportError, export_csv, read_export_csv
+from sessions.store import BeatRow, IndicesRow, MarkerRow, MarkerSource, SessionStore
+from settle.errors import SessionNotFound
+
+T0_MS = 1_795_000_000_000
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SessionStore]:
+    with SessionStore.open(tmp_path / "sessions.db") as s:
+        yield s
+
+
+def _session(store: SessionStore) -> str:
+    return store.create_session("AA:BB", T0_MS, "replay:test.txt", {}).id
+
+
+def _beats_from_rr(rr_ms: list[float], raws: list[int | None]) -> list[BeatRow]:
+    t = itertools.accumulate(r / 1000 for r in rr_ms)
+    return [
+        BeatRow(
+            seq=i,
+            beat_t_s=t_s,
+            recv_ts_ms=T0_MS + int(t_s * 1000),
+            rr_ms=rr,
+            rr_raw=raw,
+            hr_bpm=round(60_000 / rr),
+            contact=None if raw is None else bool(i % 2),
+        )
+        for i, (t_s, rr, raw) in enumerate(zip(t, rr_ms, raws, strict=True))
+    ]
+
+
+# Wire-derived RR (raw / 1024 s, with its raw value) mixed with arbitrary float ms from
+# replayed files: both must survive the trip through SQLite and text bit for bit.
+_rr = st.one_of(
+    st.integers(min_value=200, max_value=2500).map(lambda raw: (raw * 1000 / 1024, raw)),
+    st.tuples(st.floats(min_value=200.0, max_value=2500.0), st.none()),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_rr, min_size=0, max_size=200))
+def test_beats_round_trip_exactly(rr_and_raw: list[tuple[float, int | None]]) -> None:
+    rows = _beats_from_rr([r for r, _ in rr_and_raw], [raw for _, raw in rr_and_raw])
+    # tmp_path is function-scoped, i.e. shared by all examples; each example needs its own.
+    with tempfile.TemporaryDirectory() as tmp, SessionStore.open(Path(tmp) / "s.db") as store:
+        sid = _session(store)
+        store.add_beats(sid, rows)
+        out = export_csv(store, sid, Path(tmp))
+        parsed = read_export_csv(out)
+    assert out.name == f"settle-{sid}.csv"
+    assert all(p.record == "beat" and p.session_id == sid for p in parsed)
+    assert all(p.started_ms == T0_MS for p in parsed)
+    assert [p.seq for p in parsed] == [b.seq for b in rows]
+    assert [p.rr_ms for p in parsed] == [b.rr_ms for b in rows]  # exact, not approx
+    assert [p.t_s for p in parsed] == [b.beat_t_s for b in rows]
+    assert [p.rr_raw for p in parsed] == [b.rr_raw for b in rows]
+    assert [p.contact for p in parsed] == [b.contact for b in rows]
+    assert [p.recv_ts_ms for p in parsed] == [b.recv_ts_ms for b in rows]
+
+
+def test_indices_and_markers_interleave_at_their_t_s(store: SessionStore, tmp_path: Path) -> None:
+    sid = _session(store)
+    store.add_beats(sid, _beats_from_rr([1000.0] * 5, [None] * 5))  # beats at 1, 2, …, 5 s
+    store.add_indices(
+        sid,
+        [
+            IndicesRow(
+                t_s=t,
+                ts_ms=T0_MS + int(t * 1000),
+                payload_json=json.dumps({"rmssd_ms": 40.0 + t}),
+                hr_bpm=60.0,
+                rmssd_ms=40.0 + t,
+                ln_rmssd=3.7,
+                sdnn_ms=50.0,
+                pnn50_pct=12.5,
+                settling=0.25,
+            )
+            for t in (2.0, 4.5)
+        ],
+    )
+    text = 'said "hello",\nthen left'  # quoting and an embedded newline
+    store.add_marker(sid, MarkerRow(3.0, T0_MS + 3000, "note", text, MarkerSource.DASHBOARD))
+    store.add_marker(sid, MarkerRow(2.0, T0_MS + 2000, "event", "tie", MarkerSource.CLI))
+    store.add_marker(sid, MarkerRow(0.5, T0_MS + 500, "intention", "settle", MarkerSource.CLI))
+
+    out = export_csv(store, sid, tmp_path / "export.csv")
+    assert out == tmp_path / "export.csv"
+    order = [(r.record, r.t_s) for r in read_export_csv(out)]
+    assert order == [
+        ("marker", 0.5),
+        ("beat", 1.0),
+        ("beat", 2.0),  # equal t_s: beat, then indices, then marker
+        ("indices", 2.0),
+        ("marker", 2.0),
+        ("beat", 3.0),
+        ("marker", 3.0),
+        ("beat", 4.0),
+        ("indices", 4.5),
+        ("beat", 5.0),
+    ]
+    rows = read_export_csv(out)
+    ind = next(r for r in rows if r.record == "indices")
+    assert (ind.rmssd_ms, ind.pnn50_pct, ind.settling, ind.ts_ms) == (
+        42.0,
+        12.5,
+        0.25,
+        T0_MS + 2000,
+    )
+    assert ind.seq is None and ind.kind is None
+    note = next(r for r in rows if r.kind == "note")
+    assert (note.text, note.source, note.ts_ms) == (text, "dashboard", T0_MS + 3000)
+
+
+def test_plain_csv_readable_by_csv_module(store: SessionStore, tmp_path: Path) -> None:
+    sid = _session(store)
+    store.add_beats(sid, _beats_from_rr([812.5, 790.0], [832, None]))
+    out = export_csv(store, sid, tmp_path)
+    with out.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0]) == COLUMNS
+    assert [r["rr_ms"] for r in rows] == ["812.5", "790.0"]
+    assert [r["rr_raw"] for r in rows] == ["832", ""]
+    assert rows[0]["record"] == "beat" and rows[0]["session_id"] == sid
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # health data
+
+
+def test_readable_by_pandas(store: SessionStore, tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    sid = _session(store)
+    rows = _beats_from_rr([1000 / 3, 850.0], [None, None])
+    store.add_beats(sid, rows)
+    store.add_marker(sid, MarkerRow(0.1, T0_MS + 100, "note", "a, b", MarkerSource.IMPORT))
+    df = pd.read_csv(export_csv(store, sid, tmp_path), float_precision="round_trip")
+    assert list(df.columns) == list(COLUMNS)
+    assert df.loc[df.record == "beat", "rr_ms"].tolist() == [b.rr_ms for b in rows]
+    assert df.loc[df.record == "marker", "text"].tolist() == ["a, b"]
+
+
+def test_overwrites_atomically_and_leaves_no_temp_files(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    sid = _session(store)
+    target = tmp_path / "out.csv"
+    target.write_text("old\n")
+    export_csv(store, sid, target)
+    assert target.read_text().splitlines()[0].startswith("session_id,")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["out.csv", "sessions.db", "sessions.db-wal", "sessions.db-shm"]
+    )
+
+
+def test_missing_directory_is_an_export_error(store: SessionStore, tmp_path: Path) -> None:
+    sid = _session(store)
+    out = tmp_path / "nowhere" / "x.csv"
+    with pytest.raises(ExportError) as err:
+        export_csv(store, sid, out)
+    assert err.value.path == out
+    assert "does not exist" in str(err.value) and "\n" not in str(err.value)
+    assert not out.parent.exists()
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores modes")
+def test_unwritable_directory_is_an_export_error(store: SessionStore, tmp_path: Path) -> None:
+    sid = _session(store)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        with pytest.raises(ExportError, match="cannot write"):
+            export_csv(store, sid, locked)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_unknown_session_writes_nothing(store: SessionStore, tmp_path: Path) -> None:
+    with pytest.raises(SessionNotFound):
+        export_csv(store, "nope", tmp_path / "x.csv")
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_reading_a_foreign_csv_is_an_export_error(tmp_path: Path) -> None:
+    path = tmp_path / "other.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(ExportError, match="not a Settle session export"):
+        read_export_csv(path)
+
+
+def test_write_failure_maps_to_export_error_and_cleans_up(
+    store: SessionStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Runs as root too (where a read-only directory does not stop writes): fail the rename.
+    sid = _session(store)
+
+    def refuse(src: str, dst: str) -> None:
+        raise PermissionError(13, "Permission denied", dst)
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(ExportError, match="Permission denied") as err:
+        export_csv(store, sid, tmp_path / "x.csv")
+    assert err.value.path == tmp_path / "x.csv"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -1,0 +1,388 @@
+"""The session store against real SQLite files in a temporary directory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sessions.store import (
+    SCHEMA_VERSION,
+    BeatRow,
+    IndicesRow,
+    MarkerRow,
+    MarkerSource,
+    SessionInfo,
+    SessionState,
+    SessionStore,
+)
+from settle.errors import SessionNotFound, StoreError
+
+REPO = Path(__file__).resolve().parents[1]
+T0_MS = 1_795_000_000_000  # 2026-11-18, an arbitrary fixed epoch
+
+
+def beats(start: int, n: int, *, t0_s: float = 0.0, rr_raw: int = 820) -> list[BeatRow]:
+    """``n`` beats from ``seq=start`` at a steady RR of ``rr_raw`` / 1024 s."""
+    rr_ms = rr_raw * 1000 / 1024
+    return [
+        BeatRow(
+            seq=seq,
+            beat_t_s=t0_s + (seq + 1) * rr_ms / 1000,
+            recv_ts_ms=T0_MS + round((seq + 1) * rr_ms),
+            rr_ms=rr_ms,
+            rr_raw=rr_raw,
+            hr_bpm=75,
+            contact=True,
+        )
+        for seq in range(start, start + n)
+    ]
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "settle" / "sessions.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[SessionStore]:
+    with SessionStore.open(db_path) as s:
+        yield s
+
+
+def new_session(
+    store: SessionStore, started_ms: int = T0_MS, device: str = "AA:BB:CC:DD:EE:FF"
+) -> SessionInfo:
+    return store.create_session(device, started_ms, f"ble:{device}", {"intention": "calm"})
+
+
+# --- opening --------------------------------------------------------------------------------
+
+
+def test_open_creates_private_wal_file_with_schema(db_path: Path) -> None:
+    with SessionStore.open(db_path) as store:
+        new_session(store)  # forces a WAL file to exist
+        assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
+        wal = db_path.with_name(db_path.name + "-wal")
+        assert wal.exists()
+        # SQLite copies the main file's mode to its -wal/-shm files.
+        assert stat.S_IMODE(wal.stat().st_mode) == 0o600
+    probe = sqlite3.connect(db_path)
+    try:
+        assert probe.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert probe.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        probe.close()
+
+
+def test_reopen_keeps_data(db_path: Path) -> None:
+    with SessionStore.open(db_path) as store:
+        info = new_session(store)
+        store.add_beats(info.id, beats(0, 5))
+    with SessionStore.open(db_path) as store:
+        assert [s.id for s in store.list_sessions()] == [info.id]
+        assert len(store.beats(info.id)) == 5
+
+
+def test_non_database_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"this is not a database, just some text\n" * 50)
+    with pytest.raises(StoreError) as err:
+        SessionStore.open(path)
+    msg = str(err.value)
+    assert str(path) in msg and "not a" in msg and "\n" not in msg
+
+
+def test_newer_schema_is_refused(db_path: Path) -> None:
+    SessionStore.open(db_path).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer") as err:
+        SessionStore.open(db_path)
+    assert str(db_path) in str(err.value)
+
+
+def test_foreign_sqlite_file_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE contacts (name TEXT)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="another program"):
+        SessionStore.open(path)
+    conn = sqlite3.connect(path)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    conn.close()
+    assert tables == {"contacts"}
+
+
+def test_unusable_location_is_a_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="cannot create") as err:
+        SessionStore.open(blocker / "sessions.db")
+    assert str(blocker) in str(err.value)
+
+
+def test_closed_store_raises_store_error(db_path: Path) -> None:
+    store = SessionStore.open(db_path)
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(StoreError, match="closed"):
+        store.list_sessions()
+
+
+# --- sessions -------------------------------------------------------------------------------
+
+
+def test_create_and_list(store: SessionStore) -> None:
+    a = new_session(store, T0_MS)
+    b = new_session(store, T0_MS + 60_000, device="11:22:33:44:55:66")
+    assert a.state is SessionState.RUNNING and a.stopped_ms is None
+    assert a.meta == {"intention": "calm"}
+    assert a.id.startswith("20261118T")  # UTC start second, then random hex
+    assert len(a.id.split("-")[1]) == 4
+    store.add_beats(a.id, beats(0, 10))
+    store.finish_session(a.id, T0_MS + 30_000)
+    listed = store.list_sessions()
+    assert [s.id for s in listed] == [a.id, b.id]  # oldest first
+    first = listed[0]
+    assert (first.n_beats, first.state, first.duration_s) == (10, SessionState.STOPPED, 30.0)
+    assert listed[1].n_beats == 0 and listed[1].duration_s == 0.0
+    assert store.get(a.id).stopped_ms == T0_MS + 30_000
+
+
+def test_ids_sort_by_start_time(store: SessionStore) -> None:
+    starts = [T0_MS + k * 1000 for k in (5, 1, 3, 2, 4)]
+    ids = {new_session(store, s).id: s for s in starts}
+    assert sorted(ids, key=ids.__getitem__) == sorted(ids)
+
+
+def test_resolve(store: SessionStore) -> None:
+    with pytest.raises(SessionNotFound):
+        store.resolve("latest")
+    a = new_session(store, T0_MS)
+    b = new_session(store, T0_MS + 3_600_000)  # an hour later: ids differ at the hour digits
+    assert store.resolve("latest").id == b.id
+    assert store.resolve(a.id) == a
+    assert store.resolve(a.id[:-2]).id == a.id  # unique prefix
+    with pytest.raises(StoreError, match="ambiguous") as err:
+        store.resolve("2026")
+    assert not isinstance(err.value, SessionNotFound)
+    assert a.id in str(err.value) and b.id in str(err.value)
+    for ref in ("nope", "", "%", a.id + "0"):
+        with pytest.raises(SessionNotFound):
+            store.resolve(ref)
+
+
+def test_unknown_session_id_raises_not_found(store: SessionStore) -> None:
+    with pytest.raises(SessionNotFound, match="missing"):
+        store.add_beats("missing", beats(0, 1))
+    with pytest.raises(SessionNotFound):
+        store.beats("missing")
+    with pytest.raises(SessionNotFound):
+        store.delete_session("missing")
+    with pytest.raises(SessionNotFound):
+        store.finish_session("missing", T0_MS)
+
+
+def test_finish_rejects_running_state_and_time_travel(store: SessionStore) -> None:
+    info = new_session(store)
+    with pytest.raises(ValueError):
+        store.finish_session(info.id, T0_MS + 1, state="running")
+    with pytest.raises(ValueError):
+        store.finish_session(info.id, T0_MS - 1)
+    assert store.get(info.id).state is SessionState.RUNNING
+
+
+def test_delete_cascades(store: SessionStore, db_path: Path) -> None:
+    keep, drop = new_session(store), new_session(store, T0_MS + 5000)
+    for sid in (keep.id, drop.id):
+        store.add_beats(sid, beats(0, 3))
+        store.add_indices(sid, [IndicesRow(t_s=1.0, ts_ms=T0_MS + 1000, payload_json="{}")])
+        store.add_marker(sid, MarkerRow(1.0, T0_MS + 1000, "note", "x", MarkerSource.CLI))
+    store.delete_session(drop.id)
+    assert [s.id for s in store.list_sessions()] == [keep.id]
+    conn = sqlite3.connect(db_path)
+    try:
+        for table in ("beats", "indices", "markers"):
+            ids = {r[0] for r in conn.execute(f"SELECT session_id FROM {table}")}
+            assert ids == {keep.id}, table
+    finally:
+        conn.close()
+
+
+# --- rows -----------------------------------------------------------------------------------
+
+
+def test_duplicate_seq_is_ignored_not_duplicated(store: SessionStore) -> None:
+    info = new_session(store)
+    store.add_beats(info.id, beats(0, 10))
+    altered = [BeatRow(seq=3, beat_t_s=99.0, recv_ts_ms=T0_MS, rr_ms=1.0)]
+    store.add_beats(info.id, beats(5, 10) + altered + beats(14, 1))  # 5..14 overlap 5..9
+    stored = store.beats(info.id)
+    assert [b.seq for b in stored] == list(range(15))
+    assert stored[3] == beats(3, 1)[0]  # the first write wins
+    assert store.list_sessions()[0].n_beats == 15
+
+
+def test_rows_round_trip_with_nulls(store: SessionStore) -> None:
+    info = new_session(store)
+    replayed = BeatRow(seq=0, beat_t_s=0.8123, recv_ts_ms=T0_MS + 812, rr_ms=812.3)
+    store.add_beats(info.id, [replayed])
+    assert store.beats(info.id) == [replayed]
+    row = IndicesRow(
+        t_s=60.0,
+        ts_ms=T0_MS + 60_000,
+        payload_json=json.dumps({"schema": 1, "rmssd_ms": 42.5}),
+        hr_bpm=61.5,
+        rmssd_ms=42.5,
+        ln_rmssd=3.7495,
+        settling=None,
+    )
+    store.add_indices(info.id, [row])
+    assert store.indices(info.id) == [row]
+    mid = store.add_marker(info.id, MarkerRow(12.5, T0_MS + 12_500, "note", "phone", "mqtt"))  # type: ignore[arg-type]
+    (marker,) = store.markers(info.id)
+    assert marker.id == mid and marker.source is MarkerSource.MQTT and marker.text == "phone"
+
+
+def test_row_validation() -> None:
+    with pytest.raises(ValueError):
+        BeatRow(seq=-1, beat_t_s=0.0, recv_ts_ms=0, rr_ms=800.0)
+    with pytest.raises(ValueError):
+        BeatRow(seq=0, beat_t_s=0.0, recv_ts_ms=0, rr_ms=float("nan"))
+    with pytest.raises(ValueError):
+        IndicesRow(t_s=0.0, ts_ms=0, payload_json="[1, 2]")
+    with pytest.raises(ValueError):
+        MarkerRow(0.0, 0, "note", "x", "email")  # type: ignore[arg-type]
+
+
+def test_failed_batch_writes_nothing(store: SessionStore) -> None:
+    info = new_session(store)
+
+    def poisoned() -> Iterator[BeatRow]:
+        yield from beats(0, 5)
+        raise RuntimeError("producer failed mid-batch")
+
+    class Batch(list[BeatRow]):
+        def __iter__(self) -> Iterator[BeatRow]:
+            return poisoned()
+
+    with pytest.raises(RuntimeError):
+        store.add_beats(info.id, Batch())
+    assert store.beats(info.id) == []
+    store.add_beats(info.id, beats(0, 2))  # the store is still usable
+    assert len(store.beats(info.id)) == 2
+
+
+# --- crashes and concurrency ----------------------------------------------------------------
+
+
+def test_interrupted_session_recovery(db_path: Path) -> None:
+    store = SessionStore.open(db_path)
+    done = new_session(store)
+    store.finish_session(done.id, T0_MS + 1000)
+    crashed = new_session(store, T0_MS + 10_000)
+    empty = new_session(store, T0_MS + 20_000)
+    batch = beats(0, 20)
+    store.add_beats(crashed.id, batch)
+    store.close()  # never finished: as if the daemon had died
+
+    with SessionStore.open(db_path) as store:
+        assert store.mark_interrupted_running() == [crashed.id, empty.id]
+        assert store.mark_interrupted_running() == []  # nothing left running
+        got = store.get(crashed.id)
+        assert got.state is SessionState.INTERRUPTED
+        assert got.stopped_ms == batch[-1].recv_ts_ms
+        assert store.get(empty.id).stopped_ms == T0_MS + 20_000
+        assert store.get(done.id).state is SessionState.STOPPED
+
+
+def test_concurrent_add_beats_from_two_threads(store: SessionStore) -> None:
+    info = new_session(store)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def writer(offset: int) -> None:
+        try:
+            barrier.wait()
+            # Interleaved seq ranges with overlaps between the two threads.
+            for k in range(50):
+                store.add_beats(info.id, beats(offset + 20 * k, 30))
+                store.list_sessions()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(off,)) for off in (0, 10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [b.seq for b in store.beats(info.id)] == list(range(10 + 20 * 49 + 30))
+
+
+async def test_usable_through_asyncio_to_thread(store: SessionStore) -> None:
+    info = await asyncio.to_thread(new_session, store)
+    await asyncio.gather(
+        *(asyncio.to_thread(store.add_beats, info.id, beats(10 * k, 10)) for k in range(8))
+    )
+    assert len(await asyncio.to_thread(store.beats, info.id)) == 80
+
+
+_CRASHING_WRITER = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[3])
+    from sessions.store import BeatRow, SessionStore
+
+    path, n_batches = Path(sys.argv[1]), int(sys.argv[2])
+    store = SessionStore.open(path)
+    info = store.create_session("AA", 1_795_000_000_000, "ble:AA", {})
+    def batch(k):
+        return [BeatRow(seq=100 * k + i, beat_t_s=float(100 * k + i),
+                        recv_ts_ms=1_795_000_000_000 + k, rr_ms=1000.0) for i in range(100)]
+    for k in range(n_batches):
+        store.add_beats(info.id, batch(k))
+
+    class DiesHalfway(list):
+        # The process dies inside the transaction of batch n_batches, after 50 rows.
+        def __iter__(self):
+            for i, row in enumerate(batch(n_batches)):
+                if i == 50:
+                    os._exit(9)
+                yield row
+
+    store.add_beats(info.id, DiesHalfway())
+    """
+)
+
+
+def test_kill_mid_write_leaves_committed_batches_only(db_path: Path) -> None:
+    n_batches = 7
+    proc = subprocess.run(
+        [sys.executable, "-c", _CRASHING_WRITER, str(db_path), str(n_batches), str(REPO)],
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 9, proc.stderr.decode()
+    assert db_path.with_name(db_path.name + "-wal").exists()  # not checkpointed: died open
+    with SessionStore.open(db_path) as store:
+        (summary,) = store.list_sessions()
+        assert summary.state is SessionState.RUNNING
+        assert [b.seq for b in store.beats(summary.id)] == list(range(100 * n_batches))
+        assert store.mark_interrupted_running() == [summary.id]
+        assert store.get(summary.id).stopped_ms == T0_MS + n_batches - 1
