@@ -1,0 +1,149 @@
+"""``serve()``: build the daemon from settings and run it — shared by ``settle run``,
+``settle demo`` and the end-to-end tests (which hook in through ``on_broker``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from rich.console import Console
+
+from feedback.mqtt import MqttLink
+from feedback.payloads import IndicesPayload
+from sensors.strap import StrapClient, StrapInfo
+from sessions.store import SessionStore
+from settle.config import Settings
+from settle.daemon import BrokerChoice, Daemon, open_broker
+from settle.pipeline import StrapPipeline
+
+
+async def serve(
+    settings: Settings,
+    *,
+    scanner_kwargs: dict[str, Any],
+    client_kwargs: dict[str, Any],
+    source: str,
+    duration: float | None = None,
+    finished: list[Coroutine[Any, Any, Any]] | None = None,
+    console: Console | None = None,
+    on_broker: Callable[[BrokerChoice | None], Awaitable[None]] | None = None,
+    handle_signals: bool = True,
+) -> int:
+    """Run until ``duration`` seconds passed, every ``finished`` awaitable is done, or a
+    stop signal (Ctrl-C, SIGTERM) arrives. Returns the process exit code."""
+    out = console or Console(highlight=False)
+    s = settings.strap
+    client = StrapClient(
+        address=s.address,
+        name=s.name,
+        scan_timeout_s=s.scan_timeout_s,
+        connect_timeout_s=s.connect_timeout_s,
+        scanner_kwargs=scanner_kwargs,
+        client_kwargs=client_kwargs,
+    )
+    store = SessionStore.open(settings.db_path)
+    try:
+        async with open_broker(settings) as broker:
+            link: MqttLink | None = None
+            daemon = Daemon(
+                settings,
+                store,
+                [client],
+                source=source,
+                broker=broker,
+                on_session=lambda p, info: _print_session(out, p, info),
+                on_indices=lambda p: _print_indices(out, p),
+            )
+            if broker is not None:
+                link = MqttLink(
+                    broker.host,
+                    broker.port,
+                    topic_base=settings.mqtt.topic_base,
+                    client_id=settings.mqtt.client_id,
+                    keepalive_s=settings.mqtt.keepalive_s,
+                    queue_size=settings.mqtt.queue_size,
+                    on_command=daemon.on_command,
+                )
+                daemon.link = link
+            _print_banner(out, settings, broker)
+            if on_broker is not None:
+                await on_broker(broker)
+            async with link if link is not None else contextlib.nullcontext():
+                if handle_signals:
+                    _install_stop_signals(daemon.stop)
+                async with asyncio.TaskGroup() as tg:
+                    main = tg.create_task(daemon.run(), name="daemon")
+                    watchers = []
+                    if duration is not None:
+                        watchers.append(tg.create_task(_stop_after(duration, daemon)))
+                    if finished:
+                        watchers.append(tg.create_task(_stop_when_all(finished, daemon)))
+                    await main
+                    for w in watchers:
+                        w.cancel()
+            for p in daemon.pipelines.values():
+                db = f" --db {settings.db_path}" if settings.storage.db_path else ""
+                out.print(
+                    f"session {p.session_id}: {p.seq} beats stored. "
+                    f"Export: settle export {p.session_id} --format csv --out session.csv{db}",
+                    markup=False,
+                )
+    finally:
+        store.close()
+    return 0
+
+
+def _install_stop_signals(stop: Callable[[], None]) -> None:
+    """Ctrl-C / SIGTERM stop cleanly: sessions closed, straps disconnected, broker told."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, stop)
+        loop.add_signal_handler(signal.SIGINT, stop)
+
+
+def _print_banner(out: Console, settings: Settings, broker: BrokerChoice | None) -> None:
+    base = settings.mqtt.topic_base
+    if broker is None:
+        out.print("  mqtt:    off")
+    else:
+        kind = "embedded amqtt broker (MQTT 3.1.1)" if broker.embedded else "broker"
+        out.print(f"  mqtt:    {kind} on {broker.host}:{broker.port}", markup=False)
+        out.print(
+            f"  watch:   mosquitto_sub -h {broker.host} -p {broker.port} -t '{base}/#' -v",
+            markup=False,
+        )
+    out.print(f"  store:   {settings.db_path}", markup=False)
+    out.print("  stop:    Ctrl-C (the session is closed and the strap disconnected)")
+
+
+def _print_session(out: Console, p: StrapPipeline, info: StrapInfo) -> None:
+    out.print(
+        f"  session: {p.session_id} — strap {info.name or info.address} as device {p.device_id}",
+        markup=False,
+    )
+
+
+def _print_indices(out: Console, p: IndicesPayload) -> None:
+    def f(x: float | None, spec: str) -> str:
+        return "  –  " if x is None else format(x, spec)
+
+    score = "baseline…" if p.settling is None else f"{p.settling:5.1f}"
+    out.print(
+        f"  t={p.t_s:6.0f} s  HR {f(p.hr_bpm, '5.1f')} bpm  RMSSD {f(p.rmssd_ms, '5.1f')} ms  "
+        f"lnRMSSD {f(p.ln_rmssd, '4.2f')}  settling {score}",
+        markup=False,
+    )
+
+
+async def _stop_after(seconds: float, daemon: Daemon) -> None:
+    await asyncio.sleep(seconds)
+    daemon.stop()
+
+
+async def _stop_when_all(waits: list[Coroutine[Any, Any, Any]], daemon: Daemon) -> None:
+    await asyncio.gather(*waits)
+    await asyncio.sleep(0.5)  # let the last notification travel through the pipeline
+    daemon.stop()

@@ -1,0 +1,419 @@
+"""The ``settle`` command line. Every failure a user can cause prints one line, never a traceback:
+exit code 2 for a bad config or command line, 1 for anything else that went wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from settle.app import serve
+from settle.config import Settings, load_config
+from settle.errors import ConfigError, SettleError
+
+app = typer.Typer(
+    help="Settle: see whether your physiology is catching up with the belief you hold.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+sessions_app = typer.Typer(help="Stored sessions.", no_args_is_help=True)
+app.add_typer(sessions_app, name="sessions")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="TOML config file (default: $SETTLE_CONFIG or the user config)."),
+]
+DbOpt = Annotated[
+    Path | None, typer.Option("--db", help="SQLite session store (default: user data dir).")
+]
+MqttOpt = Annotated[
+    str | None, typer.Option("--mqtt", metavar="HOST:PORT", help="MQTT broker to publish to.")
+]
+NoMqttOpt = Annotated[bool, typer.Option("--no-mqtt", help="Run without MQTT.")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"settle: error: {message}", markup=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _first_settle_error(exc: BaseException) -> SettleError | None:
+    if isinstance(exc, SettleError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_settle_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _run(coro: Coroutine[Any, Any, int | None]) -> None:
+    try:
+        code = asyncio.run(coro)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except BaseException as exc:
+        found = _first_settle_error(exc)
+        if found is None:
+            raise
+        fail(str(found), 2 if isinstance(found, ConfigError) else 1)
+    if code:
+        raise typer.Exit(code)
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("--mqtt", f"expected HOST:PORT (e.g. 127.0.0.1:1883), got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def settings_from(
+    config: Path | None,
+    *,
+    mqtt: str | None = None,
+    no_mqtt: bool = False,
+    db: Path | None = None,
+    **sections: dict[str, Any],
+) -> Settings:
+    try:
+        flags: dict[str, Any] = dict(sections)
+        m: dict[str, Any] = {}
+        if no_mqtt:
+            m["enabled"] = False
+        if mqtt:
+            m["host"], m["port"] = parse_hostport(mqtt)
+        flags["mqtt"] = m
+        flags["storage"] = {"db_path": db}
+        settings = load_config(config, **flags)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return settings
+
+
+# -- demo / run ------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Stop by itself after S wall-clock seconds (exit code 0).", min=0.1),
+    ] = None,
+    speed: Annotated[
+        float | None, typer.Option(help="Time compression of the virtual strap.", min=0.01)
+    ] = None,
+    replay: Annotated[
+        Path | None, typer.Option(help="RR file to replay instead of the physiological model.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the physiological model.")] = None,
+    mqtt: MqttOpt = None,
+    no_mqtt: NoMqttOpt = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run the daemon against a virtual chest strap (no hardware needed)."""
+    settings = settings_from(
+        config,
+        mqtt=mqtt,
+        no_mqtt=no_mqtt,
+        db=db,
+        demo={"speed": speed, "replay": replay, "seed": seed},
+    )
+    if settings.demo.replay is not None:
+        from sensors.readers import read_rr_file
+
+        try:
+            read_rr_file(settings.demo.replay)  # fail before starting anything
+        except SettleError as exc:
+            fail(str(exc))
+    _run(_demo(settings, duration))
+
+
+async def _demo(settings: Settings, duration: float | None) -> int:
+    from settle.demo import virtual_world
+
+    d = settings.demo
+    async with virtual_world(replay=d.replay, speed=d.speed, seed=d.seed) as world:
+        strap = world.straps[0]
+        what = f"replay of {d.replay.name}" if d.replay else f"physiological model, seed {d.seed}"
+        out.print(f"settle demo: virtual strap [bold]{strap.name}[/] ({what}, speed {d.speed:g}x)")
+        return await serve(
+            settings,
+            scanner_kwargs=world.scanner_kwargs(),
+            client_kwargs=world.client_kwargs(),
+            source="virtual",
+            duration=duration,
+            finished=[s.wait_finished() for s in world.straps] if d.replay else None,
+        )
+
+
+@app.command()
+def run(
+    address: Annotated[
+        str | None, typer.Option(help="Strap address (default: config, else any 0x180D strap).")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after S seconds (default: run until Ctrl-C).")
+    ] = None,
+    mqtt: MqttOpt = None,
+    no_mqtt: NoMqttOpt = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run the daemon with a real chest strap (any Heart Rate Service strap)."""
+    settings = settings_from(config, mqtt=mqtt, no_mqtt=no_mqtt, db=db, strap={"address": address})
+    _run(serve(settings, scanner_kwargs={}, client_kwargs={}, source="ble", duration=duration))
+
+
+# -- scan ------------------------------------------------------------------------------------
+
+
+@app.command()
+def scan(
+    timeout: Annotated[float, typer.Option(help="Seconds to scan.", min=0.5)] = 5.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    virtual: Annotated[
+        bool, typer.Option("--virtual", help="Scan a virtual strap (try it without hardware).")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """List nearby straps offering the Heart Rate Service 0x180D (any vendor)."""
+    settings_from(config)
+    _run(_scan(timeout, as_json, virtual))
+
+
+async def _scan(scan_s: float, as_json: bool, virtual: bool) -> int:
+    from bleak import BleakScanner
+    from bleak.exc import BleakError
+
+    from sensors.hrs import HEART_RATE_SERVICE_UUID
+    from sensors.strap import device_id_for
+
+    async def do_scan(kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+        try:
+            found = await BleakScanner.discover(timeout=scan_s, return_adv=True, **kwargs)
+        except BleakError as exc:
+            raise SettleError(f"Bluetooth is unavailable: {exc}") from exc
+        rows = []
+        for dev, adv in found.values():
+            if HEART_RATE_SERVICE_UUID not in [u.lower() for u in adv.service_uuids]:
+                continue
+            name = adv.local_name or dev.name or ""
+            rows.append(
+                {
+                    "name": name,
+                    "address": dev.address,
+                    "rssi": adv.rssi,
+                    "device_id": device_id_for(name, dev.address),
+                    "pmd": "fb005c80-02e7-f387-1cad-8acd2d8df0c8"
+                    in [u.lower() for u in adv.service_uuids],
+                }
+            )
+        return sorted(rows, key=lambda r: -r["rssi"])
+
+    if virtual:
+        from settle.demo import virtual_world
+
+        async with virtual_world(replay=None, speed=1.0, seed=1) as world:
+            rows = await do_scan(world.scanner_kwargs())
+    else:
+        rows = await do_scan({})
+    if as_json:
+        out.print(json.dumps({"v": 1, "straps": rows}), markup=False)
+        return 0
+    if not rows:
+        out.print("No heart-rate strap found. Wear it with wet electrodes; a phone may hold it.")
+        return 1
+    table = Table("name", "address", "RSSI", "device id", "raw ECG (PMD)")
+    for r in rows:
+        table.add_row(
+            r["name"], r["address"], str(r["rssi"]), r["device_id"], "yes" if r["pmd"] else ""
+        )
+    out.print(table)
+    return 0
+
+
+# -- sessions / export -----------------------------------------------------------------------
+
+
+@sessions_app.command("list")
+def sessions_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """List stored sessions, newest last."""
+    from sessions.store import SessionStore
+
+    settings = settings_from(config, db=db)
+    try:
+        with SessionStore.open(settings.db_path) as store:
+            rows = store.list_sessions()
+    except SettleError as exc:
+        fail(str(exc))
+    if as_json:
+        items = [
+            {
+                "id": r.id,
+                "device": r.device_id,
+                "started_ms": r.started_ms,
+                "stopped_ms": r.stopped_ms,
+                "state": str(r.state),
+                "n_beats": r.n_beats,
+                "duration_s": r.duration_s,
+            }
+            for r in rows
+        ]
+        out.print(json.dumps({"v": 1, "sessions": items}), markup=False, soft_wrap=True)
+        return
+    if not rows:
+        out.print(f"No sessions in {settings.db_path}", markup=False)
+        return
+    table = Table("id", "device", "started (local)", "duration", "beats", "state")
+    for r in rows:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started_ms / 1000))
+        mins, secs = divmod(int(r.duration_s), 60)
+        table.add_row(
+            r.id, r.device_id, started, f"{mins}:{secs:02d}", str(r.n_beats), str(r.state)
+        )
+    out.print(table)
+
+
+@app.command()
+def export(
+    session: Annotated[str, typer.Argument(help="Session id, unique id prefix, or 'latest'.")],
+    out_path: Annotated[Path, typer.Option("--out", help="File (or directory) to write.")],
+    fmt: Annotated[str, typer.Option("--format", help="Export format: csv.")] = "csv",
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Export a session: beats, indices and markers on one time base."""
+    from sessions.export import export_csv
+    from sessions.store import SessionStore
+
+    settings = settings_from(config, db=db)
+    if fmt != "csv":
+        fail(f"unknown export format {fmt!r} (available: csv)", 2)
+    if not settings.db_path.exists():
+        fail(f"no session store at {settings.db_path} (run `settle demo` or `settle run` first)")
+    try:
+        with SessionStore.open(settings.db_path) as store:
+            info = store.resolve(session)
+            path = export_csv(store, info.id, out_path)
+    except SettleError as exc:
+        fail(str(exc))
+    out.print(f"wrote {path}", markup=False)
+
+
+# -- mark ------------------------------------------------------------------------------------
+
+
+@app.command()
+def mark(
+    text: Annotated[str, typer.Argument(help="The note, e.g. 'shame came back'.")] = "",
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="hold-start, hold-lapse, hold-resume, shame, threat, discomfort, attention, "
+            "doubt or note."
+        ),
+    ] = "note",
+    device: Annotated[
+        str | None, typer.Option(help="Device id (needed when several sessions run).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the daemon.")] = 5.0,
+    mqtt: MqttOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Add a marker to the running session (through MQTT)."""
+    settings = settings_from(config, mqtt=mqtt)
+    _run(_mark(settings, text, kind, device, timeout))
+
+
+async def _mark(settings: Settings, text: str, kind: str, device: str | None, wait_s: float) -> int:
+    import aiomqtt
+
+    from feedback.payloads import MarkerCommand
+
+    try:
+        cmd = MarkerCommand(id=uuid.uuid4().hex[:12], kind=kind, text=text)
+    except ValueError as exc:
+        raise ConfigError("--kind", str(exc).splitlines()[-1].strip()) from None
+    host = settings.mqtt.host or "127.0.0.1"
+    base = settings.mqtt.topic_base
+    try:
+        async with asyncio.timeout(wait_s):
+            async with aiomqtt.Client(host, settings.mqtt.port) as client:
+                if device is None:
+                    device = await _find_running_device(client, base)
+                result_topic = f"{base}/{device}/cmd/marker/result"
+                await client.subscribe(result_topic, qos=1)
+                await client.publish(f"{base}/{device}/cmd/marker", cmd.model_dump_json(), qos=1)
+                async for msg in client.messages:
+                    res = json.loads(bytes(msg.payload))
+                    if res.get("id") != cmd.id:
+                        continue
+                    if res.get("status") == "ok":
+                        out.print(f"marker '{kind}' added to {device}", markup=False)
+                        return 0
+                    raise SettleError(f"the daemon refused the marker: {res.get('error')}")
+    except TimeoutError:
+        raise SettleError(
+            f"no answer from a Settle daemon via MQTT {host}:{settings.mqtt.port} within "
+            f"{wait_s:g} s (is `settle run` or `settle demo` running? use --mqtt HOST:PORT)"
+        ) from None
+    except aiomqtt.MqttError as exc:
+        raise SettleError(
+            f"cannot reach the MQTT broker {host}:{settings.mqtt.port}: {exc}"
+        ) from None
+    return 1
+
+
+async def _find_running_device(client: Any, base: str) -> str:
+    """The one device whose retained session is running (retained messages arrive at once)."""
+    await client.subscribe(f"{base}/+/session", qos=1)
+    running: set[str] = set()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(1.0):
+            async for msg in client.messages:
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    data = json.loads(bytes(msg.payload))
+                    if data.get("state") == "running":
+                        running.add(str(msg.topic).split("/")[-2])
+    await client.unsubscribe(f"{base}/+/session")
+    if not running:
+        raise SettleError("no running session found on the broker (start `settle demo` or `run`)")
+    if len(running) > 1:
+        raise SettleError(f"several sessions run ({', '.join(sorted(running))}); pick --device")
+    return running.pop()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

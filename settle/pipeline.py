@@ -1,0 +1,267 @@
+"""Per-strap pipeline: notifications → beats → rolling indices → MQTT payloads + stored rows.
+
+Synchronous and cheap per notification; the daemon calls :meth:`StrapPipeline.on_notification`
+from the strap's task. All I/O is handed on: MQTT through ``MqttLink.publish`` (non-blocking,
+bounded) and storage through :class:`BeatWriter` (flushed from its own task).
+
+Beat times (``beat_t_s``, seconds since session start) are the cumulative RR sum, anchored
+at the first notification. Honest timing against notification delay and drift is a later
+issue (sensors); until then this is documented in docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from feedback.mqtt import MqttLink
+from feedback.payloads import (
+    BeatPayload,
+    EventPayload,
+    IndicesPayload,
+    SessionPayload,
+)
+from processing.settling import SettlingIndex
+from processing.timedomain import RollingTimeDomain, TimeDomain
+from sensors.strap import Notification
+from sessions.store import BeatRow, IndicesRow, MarkerRow, MarkerSource, SessionStore
+from settle.config import Settings
+from settle.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+SessionStateName = Literal["running", "stopped", "interrupted"]
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), 6)
+
+
+@dataclass
+class BeatWriter:
+    """Buffers rows and commits them at least every ``flush_every_s`` (from :meth:`run`).
+
+    A failing store (disk full, read-only) is reported once per outage and the rows stay in
+    memory to be retried: measuring goes on and nothing is dropped.
+    """
+
+    store: SessionStore
+    flush_every_s: float = 1.0
+    beats: dict[str, list[BeatRow]] = field(default_factory=dict)
+    indices: dict[str, list[IndicesRow]] = field(default_factory=dict)
+    failing: bool = False
+    stored_beats: int = 0
+
+    def add_beats(self, session_id: str, rows: Sequence[BeatRow]) -> None:
+        self.beats.setdefault(session_id, []).extend(rows)
+
+    def add_indices(self, session_id: str, row: IndicesRow) -> None:
+        self.indices.setdefault(session_id, []).append(row)
+
+    async def flush(self) -> None:
+        beats, self.beats = self.beats, {}
+        indices, self.indices = self.indices, {}
+        try:
+            for sid, rows in beats.items():
+                await asyncio.to_thread(self.store.add_beats, sid, rows)
+                self.stored_beats += len(rows)
+            for sid, irows in indices.items():
+                await asyncio.to_thread(self.store.add_indices, sid, irows)
+        except StoreError as exc:
+            # Put everything back (in order, before anything newer) to retry next time.
+            for sid, rows in beats.items():
+                self.beats[sid] = rows + self.beats.get(sid, [])
+            for sid, irows in indices.items():
+                self.indices[sid] = irows + self.indices.get(sid, [])
+            if not self.failing:
+                log.error("cannot write to the session store (%s); keeping data in memory", exc)
+            self.failing = True
+            return
+        if self.failing:
+            log.info("session store writable again; buffered data saved")
+        self.failing = False
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_every_s)
+            await self.flush()
+
+
+class StrapPipeline:
+    """Everything that happens to one strap's data within one session."""
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        session_id: str,
+        started_ms: int,
+        settings: Settings,
+        link: MqttLink | None,
+        writer: BeatWriter,
+        clock: Callable[[], float] = time.time,
+        on_indices: Callable[[IndicesPayload], None] | None = None,
+    ) -> None:
+        self.on_indices = on_indices
+        """Called with every indices payload (the demo prints them)."""
+        self.device_id = device_id
+        self.session_id = session_id
+        self.started_ms = started_ms
+        self.settings = settings
+        self.link = link
+        self.writer = writer
+        self.clock = clock
+        p = settings.processing
+        self.rolling = RollingTimeDomain(window_s=p.window_s)
+        self.settling = SettlingIndex(baseline_s=p.baseline_s)
+        self.seq = 0
+        """Next beat sequence number (beats stored so far)."""
+        self.msg_seq = 0
+        self.beat_t_s: float | None = None
+        self.next_indices_t_s = p.indices_every_s
+        self.last_td: TimeDomain | None = None
+        self.baseline_complete = False
+        self.base = settings.mqtt.topic_base
+
+    def _topic(self, leaf: str) -> str:
+        return f"{self.base}/{self.device_id}/{leaf}"
+
+    def _publish(self, leaf: str, payload: bytes, qos: int, retain: bool = False) -> None:
+        if self.link is not None:
+            self.link.publish(self._topic(leaf), payload, qos=qos, retain=retain)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def session_payload(
+        self, state: SessionStateName, stopped_ms: int | None = None
+    ) -> SessionPayload:
+        return SessionPayload(
+            ts=self.now_ms(),
+            id=self.session_id,
+            state=state,
+            device=self.device_id,
+            started_ts=self.started_ms,
+            stopped_ts=stopped_ms,
+            baseline="complete" if self.baseline_complete else "pending",
+            n_beats=self.seq,
+        )
+
+    def publish_session(self, state: SessionStateName, stopped_ms: int | None = None) -> None:
+        self._publish("session", self.session_payload(state, stopped_ms).to_json(), 1, True)
+
+    def restart_window(self) -> None:
+        """After a reconnect: successive differences must never span the gap."""
+        self.rolling.reset()
+
+    def on_notification(self, n: Notification) -> None:
+        m = n.measurement
+        if self.beat_t_s is None:
+            # Anchor: the first notification's beats end at its arrival time.
+            since_start_s = max(0.0, (n.recv_ts_ms - self.started_ms) / 1000.0)
+            self.beat_t_s = max(0.0, since_start_s - sum(m.rr_ms) / 1000.0)
+        rows: list[BeatRow] = []
+        times: list[float] = []
+        for raw, rr_ms in zip(m.rr_raw, m.rr_ms, strict=True):
+            self.beat_t_s += rr_ms / 1000.0
+            t = self.beat_t_s
+            rows.append(
+                BeatRow(
+                    seq=self.seq,
+                    beat_t_s=t,
+                    recv_ts_ms=n.recv_ts_ms,
+                    rr_ms=rr_ms,
+                    rr_raw=raw,
+                    hr_bpm=m.hr_bpm,
+                    contact=m.contact,
+                )
+            )
+            times.append(round(t, 4))
+            self.seq += 1
+            self.last_td = self.rolling.update(t, rr_ms)
+        if rows:
+            self.writer.add_beats(self.session_id, rows)
+        beat = BeatPayload(
+            ts=n.recv_ts_ms,
+            seq=self.msg_seq,
+            hr=m.hr_bpm,
+            rr_ms=list(m.rr_ms),
+            beat_t_s=times,
+            contact=m.contact,
+            session=self.session_id,
+        )
+        self.msg_seq += 1
+        self._publish("beat", beat.to_json(), 0)
+        while self.beat_t_s >= self.next_indices_t_s:
+            self._emit_indices(self.next_indices_t_s)
+            self.next_indices_t_s += self.settings.processing.indices_every_s
+
+    def _emit_indices(self, t_s: float) -> None:
+        td = self.last_td
+        if td is None:
+            return
+        snap = self.settling.update(t_s, td)
+        was_complete = self.baseline_complete
+        self.baseline_complete = snap.state != "baseline"
+        payload = IndicesPayload(
+            ts=self.now_ms(),
+            session=self.session_id,
+            t_s=round(t_s, 3),
+            window_s=self.settings.processing.window_s,
+            n=td.n,
+            hr_bpm=_num(td.hr_bpm),
+            rmssd_ms=_num(td.rmssd_ms),
+            ln_rmssd=_num(td.ln_rmssd),
+            sdnn_ms=_num(td.sdnn_ms),
+            pnn50_pct=_num(td.pnn50_pct),
+            settling=_num(snap.score) if snap.score is not None else None,
+            settling_state="unavailable" if snap.state == "unavailable" else snap.state,
+            components={k: _num(v) for k, v in snap.components.items()},
+        )
+        data = payload.to_json()
+        self._publish("indices", data, 1)
+        self.writer.add_indices(
+            self.session_id,
+            IndicesRow(
+                t_s=payload.t_s,
+                ts_ms=payload.ts,
+                payload_json=data.decode(),
+                hr_bpm=payload.hr_bpm,
+                rmssd_ms=payload.rmssd_ms,
+                ln_rmssd=payload.ln_rmssd,
+                sdnn_ms=payload.sdnn_ms,
+                pnn50_pct=payload.pnn50_pct,
+                settling=payload.settling,
+            ),
+        )
+        if self.on_indices is not None:
+            self.on_indices(payload)
+        if self.baseline_complete and not was_complete:
+            self.publish_session("running")
+            self.publish_event("baseline-complete", t_s, "")
+
+    def publish_event(self, kind: str, t_s: float, text: str, source: str = "") -> None:
+        ev = EventPayload(
+            ts=self.now_ms(),
+            session=self.session_id,
+            kind=kind,
+            t_s=round(t_s, 3),
+            text=text,
+            source=source,
+        )
+        self._publish("event", ev.to_json(), 1)
+
+    def marker_row(self, kind: str, text: str, source: str) -> MarkerRow:
+        """A marker at the current beat time (the session's one time base)."""
+        return MarkerRow(
+            t_s=self.beat_t_s or 0.0,
+            ts_ms=self.now_ms(),
+            kind=kind,
+            text=text,
+            source=MarkerSource(source),
+        )

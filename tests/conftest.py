@@ -1,0 +1,105 @@
+"""Shared fixtures: private mosquitto brokers on free loopback ports, an embedded amqtt broker.
+
+Every broker a test starts binds 127.0.0.1 only and is stopped by the fixture. Under
+``CI=true`` a missing ``mosquitto`` binary fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from feedback.broker import EmbeddedBroker, free_loopback_port
+
+DATA = Path(__file__).parent / "data"
+
+
+def _mosquitto_binary() -> str | None:
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for candidate in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@dataclass
+class Mosquitto:
+    host: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    conf: Path
+    binary: str
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def start(self) -> None:
+        """(Re)start on the same port: for broker-restart tests."""
+        self.proc = _spawn(self.binary, self.conf, self.port)
+
+
+def _spawn(binary: str, conf: Path, port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise RuntimeError(f"mosquitto exited at start: {err.strip()}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError("mosquitto did not start listening within 10 s")
+
+
+def start_mosquitto(tmp_path: Path, extra_conf: str = "") -> Mosquitto:
+    binary = _mosquitto_binary()
+    if binary is None:
+        message = "mosquitto binary not found (Debian: apt-get install mosquitto)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    port = free_loopback_port()
+    conf = tmp_path / f"mosquitto-{port}.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\n"
+        "allow_anonymous true\n"
+        "persistence false\n"
+        "log_dest stderr\n"
+        "log_type error\n" + extra_conf
+    )
+    return Mosquitto("127.0.0.1", port, _spawn(binary, conf, port), conf, binary)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = start_mosquitto(tmp_path)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+async def amqtt_broker() -> AsyncIterator[EmbeddedBroker]:
+    async with EmbeddedBroker(free_loopback_port()) as broker:
+        yield broker

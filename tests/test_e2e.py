@@ -1,0 +1,208 @@
+"""End to end: virtual strap (bumble, through the project's bleak backend) → daemon → broker →
+subscriber, and into the SQLite store and its CSV export.
+
+The recording is real (tests/data/pyhrv_nni_short.csv, see tests/data/README.md); a beat's RR
+must arrive exactly as the strap could send it: quantised to 1/1024 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from feedback.payloads import BeatPayload, IndicesPayload, SessionPayload
+from sensors.readers import read_rr_file
+from sessions.store import SessionState, SessionStore
+from settle.app import serve
+from settle.config import load_config
+from settle.demo import virtual_world
+from tests.conftest import DATA, Mosquitto
+
+RECORDING = DATA / "pyhrv_nni_short.csv"
+CONFIG = Path(__file__).parents[1] / "configs" / "settle.toml"
+SPEED = 60.0
+
+
+def quantised(rr_ms: list[float]) -> list[float]:
+    return [round(r * 1024 / 1000) * 1000 / 1024 for r in rr_ms]
+
+
+class Collector:
+    """Subscribes to ``settle/#`` and keeps every message, in arrival order."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.offline = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        # The embedded broker stops with the daemon: that ends the collection, not the test.
+        with contextlib.suppress(aiomqtt.MqttError):
+            await self._collect()
+
+    async def _collect(self) -> None:
+        async with aiomqtt.Client(self.host, self.port, identifier="test-collector") as c:
+            await c.subscribe("settle/#", qos=1)
+            self._ready.set()
+            async for m in c.messages:
+                payload = bytes(m.payload) if isinstance(m.payload, bytes | bytearray) else b""
+                self.messages.append((str(m.topic), payload, bool(m.retain)))
+                if str(m.topic) == "settle/bridge/state" and payload == b"offline":
+                    self.offline.set()
+
+    async def __aenter__(self) -> Collector:
+        self._task = asyncio.create_task(self._run(), name="collector")
+        async with asyncio.timeout(10):
+            await self._ready.wait()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def payloads(self, leaf: str) -> list[bytes]:
+        return [p for t, p, _ in self.messages if t.endswith("/" + leaf)]
+
+
+def check_stream(col: Collector, expected_rr: list[float]) -> str:
+    """Assert what a subscriber of a replay must see; return the device id."""
+    beats = [BeatPayload.model_validate_json(p) for p in col.payloads("beat")]
+    assert beats, "no beat messages received"
+    got_rr = [r for b in beats for r in b.rr_ms]
+    assert got_rr == quantised(expected_rr)  # every beat, in order, none twice, exact
+    assert [b.seq for b in beats] == list(range(len(beats)))
+    devices = {t.split("/")[1] for t, _, _ in col.messages if t.endswith("/beat")}
+    assert len(devices) == 1
+    indices = [IndicesPayload.model_validate_json(p) for p in col.payloads("indices")]
+    duration_s = sum(expected_rr) / 1000
+    assert len(indices) == int(duration_s // 5)  # one every 5 s of beat time
+    late = [i for i in indices if i.t_s > 150]
+    assert all(i.settling is not None and 0 <= i.settling <= 100 for i in late)
+    assert all(60 < (i.hr_bpm or 0) < 90 for i in indices[2:])
+    sessions = [SessionPayload.model_validate_json(p) for p in col.payloads("session")]
+    assert sessions[0].state == "running"
+    assert sessions[-1].state == "stopped"
+    assert sessions[-1].n_beats == len(expected_rr)
+    assert col.offline.is_set()  # a clean stop says so on bridge/state
+    return devices.pop()
+
+
+def check_store(db: Path, expected_rr: list[float]) -> str:
+    with SessionStore.open(db) as store:
+        (summary,) = store.list_sessions()
+        assert summary.state == SessionState.STOPPED
+        assert summary.n_beats == len(expected_rr)
+        beats = store.beats(summary.id)
+    assert [b.rr_ms for b in beats] == quantised(expected_rr)
+    assert [b.rr_raw for b in beats] == [round(r * 1024 / 1000) for r in expected_rr]
+    return summary.id
+
+
+@pytest.mark.mosquitto
+async def test_demo_replay_through_mosquitto(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    rec = read_rr_file(RECORDING)
+    expected = [float(x) for x in rec.rr_ms]
+    db = tmp_path / "settle.db"
+    env = {**os.environ, "SETTLE_CONFIG": str(CONFIG)}
+    async with Collector(mosquitto.host, mosquitto.port) as col:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "settle.cli", "demo",
+            "--replay", str(RECORDING), "--speed", str(SPEED),
+            "--mqtt", f"{mosquitto.host}:{mosquitto.port}", "--db", str(db),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        )  # fmt: skip
+        async with asyncio.timeout(90):
+            stdout, stderr = await proc.communicate()
+            await col.offline.wait()
+    text = stdout.decode()
+    assert proc.returncode == 0, stderr.decode()
+    assert f"mosquitto_sub -h 127.0.0.1 -p {mosquitto.port} -t 'settle/#' -v" in text
+    assert str(db) in text
+    check_stream(col, expected)
+    sid = check_store(db, expected)
+
+    # The CSV export (through the CLI, as a user would) round-trips the RR.
+    out = tmp_path / "export.csv"
+    exp = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "settle.cli", "export", "latest", "--format", "csv",
+        "--out", str(out), "--db", str(db),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    _, exp_err = await exp.communicate()
+    assert exp.returncode == 0, exp_err.decode()
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    beat_rows = [r for r in rows if r["record"] == "beat"]
+    assert [float(r["rr_ms"]) for r in beat_rows] == quantised(expected)
+    assert {r["session_id"] for r in rows} == {sid}
+    assert sum(r["record"] == "indices" for r in rows) == int(sum(expected) / 1000 // 5)
+    t = [float(r["t_s"]) for r in rows]
+    assert t == sorted(t)  # one time base
+
+
+async def test_demo_replay_through_embedded_amqtt(tmp_path: Path) -> None:
+    """The same path with the daemon's own embedded broker (amqtt on 127.0.0.1)."""
+    from feedback.broker import free_loopback_port
+
+    rec = read_rr_file(RECORDING)
+    expected = [float(x) for x in rec.rr_ms]
+    db = tmp_path / "settle.db"
+    settings = load_config(
+        CONFIG,
+        mqtt={"embedded": "always", "embedded_port": free_loopback_port()},
+        storage={"db_path": db},
+        demo={"speed": SPEED, "replay": RECORDING},
+    )
+    col: Collector | None = None
+    stack = contextlib.AsyncExitStack()
+
+    async def subscribe_first(broker: object) -> None:
+        nonlocal col
+        assert broker is not None and broker.embedded  # type: ignore[attr-defined]
+        assert broker.host == "127.0.0.1"  # type: ignore[attr-defined]
+        col = await stack.enter_async_context(Collector(broker.host, broker.port))  # type: ignore[attr-defined]
+
+    async with (
+        stack,
+        asyncio.timeout(90),
+        virtual_world(replay=RECORDING, speed=SPEED, seed=1) as world,
+    ):
+        code = await serve(
+            settings,
+            scanner_kwargs=world.scanner_kwargs(),
+            client_kwargs=world.client_kwargs(),
+            source="virtual",
+            finished=[s.wait_finished() for s in world.straps],
+            on_broker=subscribe_first,
+            handle_signals=False,
+        )
+        assert code == 0
+        assert col is not None
+    check_stream(col, expected)
+    check_store(db, expected)
+
+
+def test_bad_replay_file_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_text("hello\nworld\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "settle.cli", "demo", "--replay", str(bad), "--no-mqtt",
+         "--db", str(tmp_path / "x.db")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 1
+    assert res.stderr.strip().count("\n") == 0
+    assert "not a recognised RR file" in res.stderr
+    assert not (tmp_path / "x.db").exists()
