@@ -1,0 +1,100 @@
+"""Configuration: the shipped file is the documented defaults; env and flags override; every
+bad value is one line naming the field, exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from settle.config import Settings, load_config
+from settle.errors import ConfigError
+
+CONFIG = Path(__file__).parents[1] / "configs" / "settle.toml"
+
+
+def test_shipped_config_equals_builtin_defaults() -> None:
+    assert load_config(CONFIG).model_dump() == Settings().model_dump()
+
+
+def test_env_overrides_file_and_flags_override_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[mqtt]\nport = 1884\ntopic_base = "home/settle"\n[processing]\nwindow_s = 30\n')
+    monkeypatch.setenv("SETTLE_MQTT__PORT", "1885")
+    s = load_config(f)
+    assert (s.mqtt.port, s.mqtt.topic_base, s.processing.window_s) == (1885, "home/settle", 30)
+    s = load_config(f, mqtt={"port": 1999})
+    assert s.mqtt.port == 1999
+    assert s.mqtt.topic_base == "home/settle"  # sections merge key by key
+
+
+@pytest.mark.parametrize(
+    ("toml", "field", "words"),
+    [
+        ("[mqtt]\nport = 0\n", "mqtt.port", "greater than or equal to 1"),
+        ('[mqtt]\nport = "x"\n', "mqtt.port", "valid integer"),
+        ("[mqtt]\nprot = 1\n", "mqtt.prot", "unknown setting"),
+        ('[mqtt]\ntopic_base = "a/#"\n', "mqtt.topic_base", "without wildcards"),
+        ("[processing]\nwindow_s = 1\n", "processing.window_s", "greater than or equal"),
+        ('log_level = "LOUD"\n', "log_level", "DEBUG"),
+        ("[mqtt\n", "c.toml", "not valid TOML"),
+    ],
+)
+def test_bad_values_name_the_field(tmp_path: Path, toml: str, field: str, words: str) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(toml)
+    with pytest.raises(ConfigError) as exc:
+        load_config(f)
+    assert field in str(exc.value)
+    assert words in str(exc.value)
+
+
+def test_missing_and_directory_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="directory"):
+        load_config(tmp_path)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "settle.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def test_cli_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("[strap]\nscan_timeout_s = -3\n")
+    res = run_cli("sessions", "list", "--config", str(f), "--db", str(tmp_path / "s.db"))
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert lines == [
+        "settle: error: config: strap.scan_timeout_s: Input should be greater than 0 (got -3)"
+    ]
+
+
+def test_cli_bad_env_is_one_line_exit_2(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "SETTLE_MQTT__PORT": "99999", "SETTLE_CONFIG": str(CONFIG)}
+    res = run_cli("sessions", "list", "--db", str(tmp_path / "s.db"), env=env)
+    assert res.returncode == 2
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert "mqtt.port" in res.stderr
+
+
+def test_cli_bad_mqtt_flag(tmp_path: Path) -> None:
+    res = run_cli(
+        "demo", "--mqtt", "localhost", "--db", str(tmp_path / "s.db"), "--config", str(CONFIG)
+    )
+    assert res.returncode == 2
+    assert "expected HOST:PORT" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
