@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -120,7 +121,7 @@ class VirtualAir:
 
     def __init__(self) -> None:
         asyncio.get_running_loop()  # fail early and clearly outside a loop
-        self.link = LocalLink()
+        self.link = LocalLink()  # type: ignore[no-untyped-call]  # bumble leaves it untyped
         self._central_controller = _VirtualController("central", link=self.link)
         self.central = Device(
             name="settle-virtual-adapter",
@@ -133,12 +134,18 @@ class VirtualAir:
         # bumble's Device allows one pending LE connection at a time, like most real
         # controllers; concurrent BleakClient.connect() calls queue on this lock.
         self.connect_lock = asyncio.Lock()
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         self._scan_users = 0
         self._scan_lock = asyncio.Lock()
         self._started = False
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` began: the "adapter" is gone for good."""
+        return self._closed
 
     async def start(self) -> None:
         """Power on the central (idempotent)."""
@@ -149,10 +156,14 @@ class VirtualAir:
             self._started = True
 
     async def close(self) -> None:
-        """Silence every controller and power off every device created on this air."""
+        """Stop what lives on this air, silence every controller, power off every device."""
         if self._closed:
             return
         self._closed = True
+        # Straps first, newest first: they own tasks (streaming, re-advertising) that
+        # would otherwise be left pending, or be mid-HCI-command when the hosts flush.
+        for closer in reversed(self._closers):
+            await closer()
         for controller in self._controllers:
             controller.silence()
         for device in self._devices:
@@ -225,6 +236,10 @@ class VirtualAir:
         self._devices.append(device)
         return device
 
+    def add_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Have :meth:`close` await ``closer()`` (e.g. ``VirtualStrap.stop``) first."""
+        self._closers.append(closer)
+
     def lose_link(self, peripheral_address: str) -> None:
         """Make the central↔peripheral link vanish as a supervision timeout on both ends.
 
@@ -234,9 +249,7 @@ class VirtualAir:
         """
         peer = hci.Address(peripheral_address)
         central_addr = self._central_controller.random_address
-        peripheral = next(
-            (c for c in self._controllers[1:] if c.random_address == peer), None
-        )
+        peripheral = next((c for c in self._controllers[1:] if c.random_address == peer), None)
         reason = hci.HCI_ErrorCode.CONNECTION_TIMEOUT_ERROR
         dropped_central = self._central_controller.drop_le_connection(peer, reason)
         dropped_peripheral = (
