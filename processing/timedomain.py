@@ -103,7 +103,10 @@ def time_domain(rr_ms: npt.ArrayLike) -> TimeDomain:
     if n == 0:
         return _from_sums(0, _NAN, _NAN, 0, _NAN, 0)
     mean_rr_ms = float(np.mean(rr))
-    var_num = float(np.sum((rr - mean_rr_ms) ** 2)) if n >= 2 else _NAN
+    # Corrected two-pass (Chan, Golub & LeVeque 1983): the second term removes the rounding
+    # error of the mean, so that e.g. a constant series gives exactly 0.
+    dev = rr - mean_rr_ms
+    var_num = float(np.sum(dev * dev) - np.sum(dev) ** 2 / n) if n >= 2 else _NAN
     diff = np.diff(rr)
     if np.isnan(mean_rr_ms):
         return TimeDomain(n, _NAN, _NAN, _NAN, _NAN, _NAN, _NAN, n - 1)
