@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import aiomqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from settle.backoff import backoff_delay_s
 
@@ -61,7 +62,9 @@ class MqttLink:
         queue_size: int = 2000,
         on_command: CommandHandler | None = None,
         backoff_cap_s: float = 10.0,
+        mqtt5: bool = False,
     ) -> None:
+        self.mqtt5 = mqtt5
         self.host = host
         self.port = port
         self.base = topic_base
@@ -176,6 +179,7 @@ class MqttLink:
             keepalive=self.keepalive_s,
             will=will,
             timeout=10,
+            protocol=aiomqtt.ProtocolVersion.V5 if self.mqtt5 else aiomqtt.ProtocolVersion.V311,
         ) as client:
             self._client = client
             self.connects += 1
@@ -187,7 +191,14 @@ class MqttLink:
             for msg in list(self._retained.values()):
                 await client.publish(msg.topic, msg.payload, qos=msg.qos, retain=True)
             if self._on_command is not None:
-                await client.subscribe(f"{self.base}/+/cmd/#", qos=1)
+                # MQTT 5 "retain as published": a command sent with the retain flag is seen as
+                # such (and refused) at once; with 3.1.1 only its replay on reconnect is.
+                topic = f"{self.base}/+/cmd/#"
+                if self.mqtt5:
+                    opts = SubscribeOptions(qos=1, retainAsPublished=True)
+                    await client.subscribe(topic, options=opts)
+                else:
+                    await client.subscribe(topic, qos=1)
             self._connected.set()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._pump(client), name="mqtt-pump")
@@ -207,13 +218,15 @@ class MqttLink:
             self.published += 1
 
     async def _receive(self, client: aiomqtt.Client) -> None:
-        if self._on_command is None:
-            await asyncio.Event().wait()  # nothing subscribed; live until cancelled
-            return
+        # Iterated even with nothing subscribed: it is how a vanished broker is noticed.
         prefix = self.base + "/"
         async for message in client.messages:
             topic = str(message.topic)
-            if not topic.startswith(prefix) or topic.endswith("/result"):
+            if (
+                self._on_command is None
+                or not topic.startswith(prefix)
+                or topic.endswith("/result")
+            ):
                 continue
             parts = topic[len(prefix) :].split("/", 2)
             if len(parts) != 3 or parts[1] != "cmd":

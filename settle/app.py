@@ -66,6 +66,7 @@ async def serve(
                     keepalive_s=settings.mqtt.keepalive_s,
                     queue_size=settings.mqtt.queue_size,
                     on_command=daemon.on_command,
+                    mqtt5=settings.mqtt.protocol == "5" and not broker.embedded,
                 )
                 daemon.link = link
             _print_banner(out, settings, broker)

@@ -42,6 +42,9 @@ class MqttConfig(_Section):
     """When to start the embedded amqtt broker (bound to 127.0.0.1 only)."""
     embedded_port: int = Field(0, ge=0, le=65535)
     """Port of the embedded broker; 0 picks a free one."""
+    protocol: Literal["5", "3.1.1"] = "5"
+    """MQTT version towards an external broker. 5 lets the daemon see that a command was
+    published retained and refuse it at once; the embedded broker speaks 3.1.1 only."""
     topic_base: str = "settle"
     client_id: str = ""
     """MQTT client id; empty: ``settle-<hostname>-<pid>``."""

@@ -244,17 +244,22 @@ class Daemon:
             if error:
                 log.warning("command %s for %s rejected: %s", name, device_id, error)
 
+        if retained and not payload:
+            return  # someone clearing a stale retained command: nothing to answer
+        raw: object = None
+        parsed = False
+        if len(payload) <= 16 * MAX_COMMAND_BYTES:  # big enough to echo an oversized one's id
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                raw, parsed = json.loads(payload), True
+        if isinstance(raw, dict) and isinstance(raw.get("id"), str):
+            cmd_id = raw["id"][:64]
         if retained:
             # A retained command would replay on every reconnect.
             return reply("retained command ignored (publish commands without the retain flag)")
         if len(payload) > MAX_COMMAND_BYTES:
             return reply(f"command too large ({len(payload)} bytes > {MAX_COMMAND_BYTES})")
-        try:
-            raw = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+        if not parsed:
             return reply("payload is not valid JSON")
-        if isinstance(raw, dict) and isinstance(raw.get("id"), str):
-            cmd_id = raw["id"]
         pipeline = self.pipelines.get(device_id)
         if pipeline is None:
             return reply(f"unknown device {device_id!r}")

@@ -43,6 +43,7 @@ class Collector:
         self.messages: list[tuple[str, bytes, bool]] = []
         self.offline = asyncio.Event()
         self._ready = asyncio.Event()
+        self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
@@ -57,6 +58,7 @@ class Collector:
             async for m in c.messages:
                 payload = bytes(m.payload) if isinstance(m.payload, bytes | bytearray) else b""
                 self.messages.append((str(m.topic), payload, bool(m.retain)))
+                self._arrived.set()
                 if str(m.topic) == "settle/bridge/state" and payload == b"offline":
                     self.offline.set()
 
@@ -71,6 +73,13 @@ class Collector:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+    async def wait_for(self, leaf: str, count: int = 1) -> list[bytes]:
+        """Wait until ``count`` messages on ``*/leaf`` have arrived (bound it with a timeout)."""
+        while len(found := self.payloads(leaf)) < count:
+            self._arrived.clear()
+            await self._arrived.wait()
+        return found
 
     def payloads(self, leaf: str) -> list[bytes]:
         return [p for t, p, _ in self.messages if t.endswith("/" + leaf)]

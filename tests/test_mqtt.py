@@ -1,0 +1,234 @@
+"""The MQTT side against a real mosquitto: reconnects, retained state, bounded queue, commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from feedback.mqtt import MqttLink
+from sessions.store import SessionStore
+from settle.app import serve
+from settle.config import load_config
+from settle.demo import virtual_world
+from tests.conftest import Mosquitto
+from tests.test_e2e import CONFIG, Collector
+
+pytestmark = pytest.mark.mosquitto
+
+
+async def retained(host: str, port: int, topic: str, wait_s: float = 2.0) -> bytes | None:
+    async with aiomqtt.Client(host, port) as c:
+        await c.subscribe(topic, qos=1)
+        try:
+            async with asyncio.timeout(wait_s):
+                async for m in c.messages:
+                    return bytes(m.payload) if isinstance(m.payload, bytes | bytearray) else None
+        except TimeoutError:
+            return None
+    return None
+
+
+async def test_broker_restart_restores_retained_state_and_delivers_queue(
+    mosquitto: Mosquitto,
+) -> None:
+    async with MqttLink(mosquitto.host, mosquitto.port, backoff_cap_s=0.5) as link:
+        assert await link.wait_connected(5)
+        link.publish("settle/dev1/session", b'{"state":"running"}', qos=1, retain=True)
+        assert await retained(mosquitto.host, mosquitto.port, "settle/bridge/state") == b"online"
+
+        mosquitto.stop()  # persistence is off: the broker forgets every retained message
+        for _ in range(100):
+            if not link.connected:
+                break
+            await asyncio.sleep(0.05)
+        assert not link.connected
+        for i in range(5):  # measuring goes on while the broker is away
+            link.publish("settle/dev1/indices", json.dumps({"i": i}).encode(), qos=1)
+
+        async with Collector(*_restart(mosquitto)) as col:
+            async with asyncio.timeout(5):  # "retained state back within 5 s"
+                await col.wait_for("indices", 5)
+        assert [json.loads(p)["i"] for p in col.payloads("indices")] == [0, 1, 2, 3, 4]
+        assert await retained(mosquitto.host, mosquitto.port, "settle/bridge/state") == b"online"
+        assert await retained(mosquitto.host, mosquitto.port, "settle/dev1/session") == (
+            b'{"state":"running"}'
+        )
+        assert link.dropped == 0
+    # A clean stop leaves "offline" behind.
+    assert await retained(mosquitto.host, mosquitto.port, "settle/bridge/state") == b"offline"
+
+
+def _restart(m: Mosquitto) -> tuple[str, int]:
+    m.start()
+    return m.host, m.port
+
+
+async def test_full_queue_drops_oldest_and_counts(mosquitto: Mosquitto) -> None:
+    link = MqttLink("127.0.0.1", mosquitto.port, queue_size=10)
+    for i in range(25):  # not connected yet: everything queues
+        link.publish("settle/d/beat", str(i).encode())
+    assert link.dropped == 15
+    async with Collector(mosquitto.host, mosquitto.port) as col, link:
+        async with asyncio.timeout(5):
+            await col.wait_for("beat", 10)
+    assert [int(p) for p in col.payloads("beat")] == list(range(15, 25))  # newest kept
+
+
+async def test_unreachable_broker_never_blocks_publishing() -> None:
+    from feedback.broker import free_loopback_port
+
+    port = free_loopback_port()  # nothing listens there
+    async with MqttLink("127.0.0.1", port, queue_size=50, backoff_cap_s=0.2) as link:
+        for i in range(200):
+            link.publish("settle/d/beat", str(i).encode())
+        await asyncio.sleep(0.5)
+        assert not link.connected
+        assert link.dropped == 150
+        assert link.last_error is not None
+
+
+async def test_commands_results_and_no_side_effects(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    settings = load_config(
+        CONFIG,
+        mqtt={"host": mosquitto.host, "port": mosquitto.port},
+        storage={"db_path": db},
+        processing={"baseline_s": 30},
+    )
+    results: dict[str, dict[str, object]] = {}
+
+    async with (
+        Collector(mosquitto.host, mosquitto.port) as col,
+        virtual_world(replay=None, speed=5, seed=3) as world,
+    ):
+        daemon_task = asyncio.create_task(
+            serve(
+                settings,
+                scanner_kwargs=world.scanner_kwargs(),
+                client_kwargs=world.client_kwargs(),
+                source="virtual",
+                duration=12,
+                handle_signals=False,
+            )
+        )
+        async with asyncio.timeout(20):
+            await col.wait_for("session")
+        dev = json.loads(col.payloads("session")[0])["device"]
+        cmd = f"settle/{dev}/cmd"
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port) as c:
+            await c.publish(f"{cmd}/marker", json.dumps(
+                {"v": 1, "id": "42", "kind": "shame", "text": "it came back at the second breath"}
+            ), qos=1)  # fmt: skip
+            await c.publish(f"{cmd}/marker", b"{not json", qos=1)
+            await c.publish(f"{cmd}/marker", json.dumps({"id": "big", "text": "x" * 5000}), qos=1)
+            await c.publish(f"{cmd}/frobnicate", json.dumps({"id": "7"}), qos=1)
+            await c.publish(f"{cmd}/marker", json.dumps({"id": "8", "kind": "anger"}), qos=1)
+            await c.publish(
+                f"{cmd}/marker", json.dumps({"id": "9", "kind": "note"}), qos=1, retain=True
+            )
+            await c.publish(f"{cmd}/marker", b"", qos=1, retain=True)  # clear it again
+            env = {**os.environ, "SETTLE_CONFIG": str(CONFIG)}
+            mark = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "settle.cli", "mark", "doubt showed up", "--kind", "doubt",
+                "--mqtt", f"{mosquitto.host}:{mosquitto.port}",
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            )  # fmt: skip
+            out, err = await mark.communicate()
+            assert mark.returncode == 0, err.decode()
+            assert f"marker 'doubt' added to {dev}" in out.decode()
+        assert await daemon_task == 0
+
+    for topic, payload, _ in col.messages:
+        if topic.endswith("/result"):
+            res = json.loads(payload)
+            results[str(res["id"]) if res["id"] is not None else "none"] = res
+    assert results["42"]["status"] == "ok"
+    assert results["none"]["status"] == "error"
+    assert results["none"]["error"] == "payload is not valid JSON"
+    assert "too large" in str(results["big"]["error"])
+    assert "unknown command 'frobnicate'" in str(results["7"]["error"])
+    assert "kind" in str(results["8"]["error"])
+    assert "retained command ignored" in str(results["9"]["error"])
+    events = [json.loads(p) for p in col.payloads("event")]
+    assert [e["kind"] for e in events if e["source"] == "mqtt"] == ["shame", "doubt"]
+
+    with SessionStore.open(db) as store:
+        (s,) = store.list_sessions()
+        markers = store.markers(s.id)
+    assert [(m.kind, m.text) for m in markers] == [
+        ("shame", "it came back at the second breath"),
+        ("doubt", "doubt showed up"),
+    ]
+    assert all(m.source == "mqtt" for m in markers)
+
+
+async def test_mark_without_daemon_is_one_clear_line(mosquitto: Mosquitto) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "settle.cli", "mark", "hello", "--timeout", "3",
+        "--mqtt", f"{mosquitto.host}:{mosquitto.port}",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "SETTLE_CONFIG": str(CONFIG)},
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    assert proc.returncode == 1
+    assert err.decode().strip().splitlines() == [
+        "settle: error: no running session found on the broker (start `settle demo` or `run`)"
+    ]
+
+
+async def test_stale_retained_command_is_not_replayed_embedded_amqtt(tmp_path: Path) -> None:
+    """MQTT 3.1.1 (the embedded broker): a retained command left on the broker reaches the
+    daemon flagged retained when it subscribes; it is refused and reported, never applied."""
+    from feedback.broker import free_loopback_port
+
+    db = tmp_path / "s.db"
+    settings = load_config(
+        CONFIG,
+        mqtt={"embedded": "always", "embedded_port": free_loopback_port()},
+        storage={"db_path": db},
+    )
+    results: list[dict[str, object]] = []
+
+    async def plant_stale_command(broker: object) -> None:
+        host, port = broker.host, broker.port  # type: ignore[attr-defined]
+        async with aiomqtt.Client(host, port) as c:
+            stale = json.dumps({"id": "old", "kind": "shame", "text": "yesterday"})
+            await c.publish("settle/old_strap_1234/cmd/marker", stale, qos=1, retain=True)
+
+        async def watch() -> None:
+            async with aiomqtt.Client(host, port) as c:
+                await c.subscribe("settle/+/cmd/+/result", qos=1)
+                async for m in c.messages:
+                    results.append(json.loads(bytes(m.payload)))  # type: ignore[arg-type]
+
+        watchers.append(asyncio.create_task(watch()))
+        await asyncio.sleep(0.2)
+
+    watchers: list[asyncio.Task[None]] = []
+    async with virtual_world(replay=None, speed=5, seed=2) as world:
+        code = await serve(
+            settings,
+            scanner_kwargs=world.scanner_kwargs(),
+            client_kwargs=world.client_kwargs(),
+            source="virtual",
+            duration=3,
+            on_broker=plant_stale_command,
+            handle_signals=False,
+        )
+    for w in watchers:
+        w.cancel()
+    assert code == 0
+    assert any(
+        r["id"] == "old" and r["status"] == "error" and "retained" in str(r["error"])
+        for r in results
+    ), results
+    with SessionStore.open(db) as store:
+        (s,) = store.list_sessions()
+        assert store.markers(s.id) == []
