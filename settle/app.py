@@ -34,7 +34,7 @@ async def serve(
 ) -> int:
     """Run until ``duration`` seconds passed, every ``finished`` awaitable is done, or a
     stop signal (Ctrl-C, SIGTERM) arrives. Returns the process exit code."""
-    out = console or Console(highlight=False)
+    out = console or Console(highlight=False, soft_wrap=True)
     s = settings.strap
     client = StrapClient(
         address=s.address,

@@ -32,8 +32,8 @@ app = typer.Typer(
 sessions_app = typer.Typer(help="Stored sessions.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ConfigOpt = Annotated[
     Path | None,
@@ -46,6 +46,21 @@ MqttOpt = Annotated[
     str | None, typer.Option("--mqtt", metavar="HOST:PORT", help="MQTT broker to publish to.")
 ]
 NoMqttOpt = Annotated[bool, typer.Option("--no-mqtt", help="Run without MQTT.")]
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """A rich table on a terminal; plain aligned columns when piped (nothing cut or wrapped)."""
+    if out.is_terminal:
+        table = Table(*headers)
+        for r in rows:
+            table.add_row(*r)
+        out.print(table)
+        return
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for line in [headers, *rows]:
+        out.print(
+            "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip(), markup=False
+        )
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -247,12 +262,13 @@ async def _scan(scan_s: float, as_json: bool, virtual: bool) -> int:
     if not rows:
         out.print("No heart-rate strap found. Wear it with wet electrodes; a phone may hold it.")
         return 1
-    table = Table("name", "address", "RSSI", "device id", "raw ECG (PMD)")
-    for r in rows:
-        table.add_row(
-            r["name"], r["address"], str(r["rssi"]), r["device_id"], "yes" if r["pmd"] else ""
-        )
-    out.print(table)
+    print_table(
+        ["name", "address", "RSSI", "device id", "raw ECG (PMD)"],
+        [
+            [r["name"], r["address"], str(r["rssi"]), r["device_id"], "yes" if r["pmd"] else ""]
+            for r in rows
+        ],
+    )
     return 0
 
 
@@ -292,14 +308,14 @@ def sessions_list(
     if not rows:
         out.print(f"No sessions in {settings.db_path}", markup=False)
         return
-    table = Table("id", "device", "started (local)", "duration", "beats", "state")
+    lines = []
     for r in rows:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started_ms / 1000))
         mins, secs = divmod(int(r.duration_s), 60)
-        table.add_row(
-            r.id, r.device_id, started, f"{mins}:{secs:02d}", str(r.n_beats), str(r.state)
+        lines.append(
+            [r.id, r.device_id, started, f"{mins}:{secs:02d}", str(r.n_beats), str(r.state)]
         )
-    out.print(table)
+    print_table(["id", "device", "started (local)", "duration", "beats", "state"], lines)
 
 
 @app.command()

@@ -232,3 +232,41 @@ async def test_stale_retained_command_is_not_replayed_embedded_amqtt(tmp_path: P
     with SessionStore.open(db) as store:
         (s,) = store.list_sessions()
         assert store.markers(s.id) == []
+
+
+async def test_broker_killed_mid_session_keeps_measuring_and_storing(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The broker dies during a session and comes back: nothing crashes, every beat is stored,
+    and the retained session state is back on the new broker within 5 s."""
+    from sensors.readers import read_rr_file
+    from tests.test_e2e import RECORDING, check_store
+
+    expected = [float(x) for x in read_rr_file(RECORDING).rr_ms]
+    db = tmp_path / "s.db"
+    settings = load_config(
+        CONFIG,
+        mqtt={"host": mosquitto.host, "port": mosquitto.port},
+        storage={"db_path": db},
+    )
+    async with virtual_world(replay=RECORDING, speed=20, seed=1) as world:
+        task = asyncio.create_task(
+            serve(
+                settings,
+                scanner_kwargs=world.scanner_kwargs(),
+                client_kwargs=world.client_kwargs(),
+                source="virtual",
+                finished=[s.wait_finished() for s in world.straps],
+                handle_signals=False,
+            )
+        )
+        await asyncio.sleep(3)
+        mosquitto.stop()  # forgets every retained message (persistence off)
+        await asyncio.sleep(3)
+        assert not task.done()
+        async with Collector(*_restart(mosquitto)) as col:
+            async with asyncio.timeout(5):
+                session = json.loads((await col.wait_for("session"))[0])
+            assert session["state"] == "running"
+            assert await asyncio.wait_for(task, 60) == 0
+    check_store(db, expected)
