@@ -1,6 +1,8 @@
-"""MQTT payloads: pydantic models, one per topic. ``v`` is the schema version of each payload;
-fields are added, never repurposed. Times: ``ts`` epoch milliseconds; ``*_s`` seconds since the
-session started (the session's one time base).
+"""MQTT payloads: pydantic models, one per topic (the contract in docs/asyncapi.yaml is
+generated from these). ``v`` is the schema version of each payload; fields are added, never
+repurposed. Times: ``ts`` epoch milliseconds; ``*_s`` seconds since the session started (the
+session's one time base). Streams (``beat``, ``indices``, ``event``) carry a per-device ``seq``
+so a subscriber can count what it missed.
 """
 
 from __future__ import annotations
@@ -10,6 +12,20 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
+
+ConnectionState = Literal["scanning", "connecting", "streaming", "backoff", "stopped"]
+MarkerKind = Literal[
+    "hold-start",
+    "hold-lapse",
+    "hold-resume",
+    "shame",
+    "threat",
+    "discomfort",
+    "attention",
+    "doubt",
+    "note",
+]
+MARKER_KINDS: tuple[str, ...] = MarkerKind.__args__  # type: ignore[attr-defined]
 
 
 class _Payload(BaseModel):
@@ -23,6 +39,50 @@ class _Payload(BaseModel):
         return self.model_dump_json().encode()
 
 
+class Intention(BaseModel):
+    """What the practitioner holds during a session."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: str = Field("free", min_length=1, max_length=64)
+    """Target model: ``self``, ``future``, ``relational``, or free text."""
+    statement: str = Field("", max_length=500)
+    """The statement being held, e.g. "I am safe"."""
+    practice: str = Field("", max_length=100)
+    """Practice kind, e.g. "loving-kindness", "breathing"."""
+
+
+class BridgeInfoPayload(_Payload):
+    """``<base>/bridge/info`` — retained: what this daemon is and serves (no secrets)."""
+
+    version: str
+    broker: Literal["embedded", "external"]
+    devices: list[str]
+    config: dict[str, float | int | str | bool]
+
+
+class StatusPayload(_Payload):
+    """``<base>/<dev>/status`` — retained: connection state and what the strap reports."""
+
+    state: ConnectionState
+    address: str | None = None
+    name: str | None = None
+    model: str | None = None
+    manufacturer: str | None = None
+    firmware: str | None = None
+    battery_pct: int | None = None
+    contact: bool | None = None
+    rssi: int | None = None
+    reconnects: int = 0
+    malformed: int = 0
+    """0x2A37 notifications that could not be decoded (dropped)."""
+    overflowed: int = 0
+    """Notifications dropped because processing fell behind."""
+    mqtt_dropped: int = 0
+    """Live MQTT messages dropped from the full queue while the broker was away."""
+    last_error: str | None = None
+
+
 class BeatPayload(_Payload):
     """``<base>/<dev>/beat`` — every notification from the strap, QoS 0, not retained."""
 
@@ -33,7 +93,7 @@ class BeatPayload(_Payload):
     rr_ms: list[float]
     """RR intervals carried by this notification, ms, oldest first (wire 1/1024 s, exact)."""
     beat_t_s: list[float] = Field(default_factory=list)
-    """Beat time of each RR, seconds since session start."""
+    """Beat time of each RR, seconds since session start (empty outside a session)."""
     contact: bool | None
     """Skin contact, or null when the strap cannot tell (e.g. Polar H10)."""
     session: str | None
@@ -42,6 +102,7 @@ class BeatPayload(_Payload):
 class IndicesPayload(_Payload):
     """``<base>/<dev>/indices`` — every ``indices_every_s`` seconds of beat time, QoS 1."""
 
+    seq: int = 0
     session: str
     t_s: float
     window_s: float
@@ -67,29 +128,26 @@ class SessionPayload(_Payload):
     device: str
     started_ts: int
     stopped_ts: int | None = None
-    baseline: Literal["pending", "complete"] = "pending"
+    intention: Intention | None = None
+    baseline: Literal["pending", "collecting", "complete"] = "pending"
+    """``pending``: the first N minutes will be the baseline; ``collecting``: a marked rest
+    period is being recorded; ``complete``: indices are scored against it."""
+    catching_up_t_s: float | None = None
+    """When physiology caught up (session time, s); null until detected."""
     n_beats: int = 0
 
 
-class MarkerCommand(BaseModel):
-    """``<base>/<dev>/cmd/marker`` — add a marker to the running session."""
+class EventPayload(_Payload):
+    """``<base>/<dev>/event`` — markers and other session events, QoS 1."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    v: Literal[1] = 1
-    id: str = Field(min_length=1, max_length=64)
-    kind: Literal[
-        "hold-start",
-        "hold-lapse",
-        "hold-resume",
-        "shame",
-        "threat",
-        "discomfort",
-        "attention",
-        "doubt",
-        "note",
-    ] = "note"
-    text: str = Field("", max_length=2000)
+    seq: int = 0
+    session: str | None
+    kind: str
+    """A marker kind, or ``baseline-start``, ``baseline-complete``, ``session-start``,
+    ``session-stop``, ``disconnected``, ``reconnected``."""
+    t_s: float
+    text: str = ""
+    source: str = ""
 
 
 class CommandResult(_Payload):
@@ -100,11 +158,43 @@ class CommandResult(_Payload):
     error: str | None = None
 
 
-class EventPayload(_Payload):
-    """``<base>/<dev>/event`` — markers and other session events, QoS 1."""
+# -- commands (received) -----------------------------------------------------------------
 
-    session: str
-    kind: str
-    t_s: float
-    text: str = ""
-    source: str = ""
+
+class _Command(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = 1
+    id: str = Field(min_length=1, max_length=64)
+    """Chosen by the sender; echoed in the result."""
+
+
+class MarkerCommand(_Command):
+    """``<base>/<dev>/cmd/marker`` — add a marker to the running session."""
+
+    kind: MarkerKind = "note"
+    text: str = Field("", max_length=2000)
+
+
+class SessionStartCommand(_Command):
+    """``<base>/<dev>/cmd/session/start`` — close the running session (if any), start a new one."""
+
+    intention: Intention = Field(default_factory=Intention)
+
+
+class SessionStopCommand(_Command):
+    """``<base>/<dev>/cmd/session/stop`` — close the running session."""
+
+
+class BaselineCommand(_Command):
+    """``<base>/<dev>/cmd/baseline/start`` and ``…/baseline/stop`` — mark a rest period to use
+    as the baseline instead of the first minutes."""
+
+
+COMMANDS: dict[str, type[_Command]] = {
+    "marker": MarkerCommand,
+    "session/start": SessionStartCommand,
+    "session/stop": SessionStopCommand,
+    "baseline/start": BaselineCommand,
+    "baseline/stop": BaselineCommand,
+}

@@ -85,7 +85,7 @@ async def serve(
                     await main
                     for w in watchers:
                         w.cancel()
-            for p in daemon.pipelines.values():
+            for p in daemon.finished:
                 db = f" --db {settings.db_path}" if settings.storage.db_path else ""
                 out.print(
                     f"session {p.session_id}: {p.seq} beats stored. "

@@ -3,6 +3,11 @@
 Nothing below this module knows about the others: ``sensors`` yields notifications,
 ``processing`` turns beats into indices, ``feedback`` publishes, ``sessions`` stores; this
 module wires them and owns every task (STYLE.md principle 8).
+
+Each strap has a :class:`StrapRuntime`: an explicit connection state machine
+(scanning → connecting → streaming → backoff → scanning …, ``stopped`` at the end) published
+as ``<base>/<dev>/status``, and at most one running session. One strap's failure never
+touches another's task.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
@@ -20,17 +25,29 @@ from pydantic import ValidationError
 
 from feedback.broker import LOOPBACK, EmbeddedBroker, probe
 from feedback.mqtt import MqttLink
-from feedback.payloads import CommandResult, IndicesPayload, MarkerCommand
+from feedback.payloads import (
+    COMMANDS,
+    BeatPayload,
+    BridgeInfoPayload,
+    CommandResult,
+    ConnectionState,
+    IndicesPayload,
+    Intention,
+    MarkerCommand,
+    SessionStartCommand,
+    StatusPayload,
+)
 from sensors.strap import StrapClient, StrapInfo
 from sessions.store import SessionState, SessionStore
 from settle.backoff import backoff_delay_s
 from settle.config import Settings
 from settle.errors import SensorError, SettleError
-from settle.pipeline import BeatWriter, StrapPipeline
+from settle.pipeline import BeatWriter, DeviceOutput, StrapPipeline
 
 log = logging.getLogger(__name__)
 
 MAX_COMMAND_BYTES = 4096
+STATUS_EVERY_S = 30.0
 
 
 def settle_version() -> str:
@@ -68,6 +85,29 @@ async def open_broker(settings: Settings) -> AsyncIterator[BrokerChoice | None]:
         yield BrokerChoice(broker.host, broker.port, embedded=True)
 
 
+class CommandError(SettleError):
+    """A command that cannot be carried out; the text goes back in the result."""
+
+
+@dataclass
+class StrapRuntime:
+    """One strap: its connection state machine, counters and current session."""
+
+    index: int
+    client: StrapClient
+    state: ConnectionState = "scanning"
+    info: StrapInfo | None = None
+    output: DeviceOutput | None = None
+    session: StrapPipeline | None = None
+    reconnects: int = 0
+    last_error: str | None = None
+    was_connected: bool = False
+
+    @property
+    def device_id(self) -> str | None:
+        return self.info.device_id if self.info else None
+
+
 @dataclass
 class Daemon:
     """Runs straps until :meth:`stop` (or cancellation); every session is closed on the way out."""
@@ -79,14 +119,27 @@ class Daemon:
     source: str = "ble"
     broker: BrokerChoice | None = None
     clock: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    auto_start: bool = True
+    """Start a session when a strap first connects (``session/start`` starts later ones)."""
     on_session: Callable[[StrapPipeline, StrapInfo], None] | None = None
     on_indices: Callable[[IndicesPayload], None] | None = None
-    pipelines: dict[str, StrapPipeline] = field(default_factory=dict)
+    runtimes: list[StrapRuntime] = field(default_factory=list)
+    finished: list[StrapPipeline] = field(default_factory=list)
+    """Sessions closed during this run, in order."""
     writer: BeatWriter = field(init=False)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.writer = BeatWriter(self.store, self.settings.storage.flush_every_s)
+        self.runtimes = [StrapRuntime(i, c) for i, c in enumerate(self.strap_clients)]
+
+    @property
+    def pipelines(self) -> dict[str, StrapPipeline]:
+        """Running sessions by device id."""
+        return {
+            r.device_id: r.session for r in self.runtimes if r.device_id and r.session is not None
+        }
 
     def stop(self) -> None:
         self._stop.set()
@@ -95,6 +148,9 @@ class Daemon:
     def base(self) -> str:
         return self.settings.mqtt.topic_base
 
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
     def _publish(
         self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False
     ) -> None:
@@ -102,19 +158,23 @@ class Daemon:
             self.link.publish(topic, payload, qos=qos, retain=retain)
 
     def publish_bridge_info(self) -> None:
-        info = {
-            "v": 1,
-            "ts": int(self.clock() * 1000),
-            "version": settle_version(),
-            "broker": "embedded" if self.broker and self.broker.embedded else "external",
-            "devices": sorted(self.pipelines),
-            "config": {
-                "window_s": self.settings.processing.window_s,
-                "baseline_s": self.settings.processing.baseline_s,
-                "indices_every_s": self.settings.processing.indices_every_s,
+        p = self.settings.processing
+        info = BridgeInfoPayload(
+            ts=self.now_ms(),
+            version=settle_version(),
+            broker="embedded" if self.broker and self.broker.embedded else "external",
+            devices=sorted(r.device_id for r in self.runtimes if r.device_id),
+            config={
+                "window_s": p.window_s,
+                "baseline_s": p.baseline_s,
+                "indices_every_s": p.indices_every_s,
+                "topic_base": self.base,
+                "straps": len(self.runtimes),
             },
-        }
-        self._publish(f"{self.base}/bridge/info", json.dumps(info), qos=1, retain=True)
+        )
+        self._publish(f"{self.base}/bridge/info", info.to_json(), qos=1, retain=True)
+
+    # -- life cycle ----------------------------------------------------------------------
 
     async def run(self) -> None:
         """Run until stopped, or until every strap task has ended (a replay finished)."""
@@ -124,9 +184,9 @@ class Daemon:
         self.publish_bridge_info()
         async with asyncio.TaskGroup() as tg:
             writer_task = tg.create_task(self.writer.run(), name="store-writer")
+            status_task = tg.create_task(self._status_loop(), name="status")
             strap_tasks = [
-                tg.create_task(self._run_strap(c), name=f"strap-{i}")
-                for i, c in enumerate(self.strap_clients)
+                tg.create_task(self._run_strap(r), name=f"strap-{r.index}") for r in self.runtimes
             ]
             stop_task = tg.create_task(self._stop.wait(), name="stop-signal")
             await asyncio.wait([stop_task, *strap_tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -137,45 +197,128 @@ class Daemon:
                 await asyncio.wait(strap_tasks)
             stop_task.cancel()
             writer_task.cancel()
+            status_task.cancel()
         await self.writer.flush()
 
-    async def _run_strap(self, client: StrapClient) -> None:
-        pipeline: StrapPipeline | None = None
+    def _set_state(self, rt: StrapRuntime, state: ConnectionState) -> None:
+        rt.state = state
+        self._publish_status(rt)
+
+    def _publish_status(self, rt: StrapRuntime) -> None:
+        if rt.output is None or rt.info is None:
+            return
+        info = rt.info
+        status = StatusPayload(
+            ts=self.now_ms(),
+            state=rt.state,
+            address=info.address,
+            name=info.name or None,
+            model=info.model,
+            manufacturer=info.manufacturer,
+            firmware=info.firmware,
+            battery_pct=info.battery_pct,
+            contact=rt.session.last_contact if rt.session else None,
+            reconnects=rt.reconnects,
+            malformed=rt.client.malformed,
+            overflowed=rt.client.overflowed,
+            mqtt_dropped=self.link.dropped if self.link else 0,
+            last_error=rt.last_error,
+        )
+        rt.output.publish("status", status.to_json(), 1, True)
+
+    async def _status_loop(self) -> None:
+        while True:
+            await self.sleep(STATUS_EVERY_S)
+            for rt in self.runtimes:
+                self._publish_status(rt)
+
+    async def _run_strap(self, rt: StrapRuntime) -> None:
+        """The connection state machine of one strap; ends only by cancellation or, before the
+        strap was ever found, by a :class:`SensorError` the user needs to see."""
         attempt = 0
         try:
             while True:
                 try:
-                    device = await client.find()
-                    async with client.connect(device) as stream:
+                    self._set_state(rt, "scanning")
+                    device = await rt.client.find()
+                    self._set_state(rt, "connecting")
+                    async with rt.client.connect(device) as stream:
                         attempt = 0
-                        if pipeline is None:
-                            pipeline = await self._open_session(stream.info)
-                        else:
-                            pipeline.restart_window()
-                            pipeline.publish_event("reconnected", pipeline.beat_t_s or 0.0, "")
-                        self._availability(pipeline.device_id, True)
+                        await self._on_connected(rt, stream.info)
+                        self._set_state(rt, "streaming")
                         async for n in stream:
-                            pipeline.on_notification(n)
+                            self._on_notification(rt, n)
                 except SensorError as exc:
-                    if pipeline is None:
-                        raise  # never found at all: the user needs to hear it now
-                    log.warning("strap %s: %s; reconnecting", pipeline.device_id, exc.reason)
-                    self._availability(pipeline.device_id, False)
-                    pipeline.publish_event("disconnected", pipeline.beat_t_s or 0.0, exc.reason)
-                await asyncio.sleep(backoff_delay_s(attempt, base_s=0.2, cap_s=10.0))
+                    if not rt.was_connected:
+                        raise  # never found at all: say so now instead of retrying silently
+                    rt.last_error = exc.reason
+                    log.warning("strap %s: %s; reconnecting", rt.device_id, exc.reason)
+                    self._availability(rt, False)
+                    if rt.session is not None:
+                        rt.session.event("disconnected", exc.reason)
+                self._set_state(rt, "backoff")
+                await self.sleep(backoff_delay_s(attempt, base_s=0.2, cap_s=10.0))
                 attempt += 1
         finally:
-            if pipeline is not None:
-                await self._close_session(pipeline)
+            if rt.session is not None:
+                await asyncio.shield(self._finish_session(rt, self.now_ms()))
+            if rt.info is not None:
+                self._set_state(rt, "stopped")
+                self._availability(rt, False)
 
-    def _availability(self, device_id: str, online: bool) -> None:
-        self._publish(
-            f"{self.base}/{device_id}/availability", "online" if online else "offline", 1, True
+    async def _on_connected(self, rt: StrapRuntime, info: StrapInfo) -> None:
+        first = not rt.was_connected
+        rt.info = info
+        rt.was_connected = True
+        if rt.output is None:
+            rt.output = DeviceOutput(self.link, self.base, info.device_id)
+            self.publish_bridge_info()
+        self._availability(rt, True)
+        if first:
+            if self.auto_start:
+                await self.start_session(rt, None)
+        else:
+            rt.reconnects += 1
+            rt.last_error = None
+            if rt.session is not None:
+                rt.session.restart_window()
+                rt.session.event("reconnected")
+
+    def _availability(self, rt: StrapRuntime, online: bool) -> None:
+        if rt.output is not None:
+            rt.output.publish("availability", "online" if online else "offline", 1, True)
+
+    def _on_notification(self, rt: StrapRuntime, n: object) -> None:
+        from sensors.strap import Notification
+
+        assert isinstance(n, Notification) and rt.output is not None
+        m = n.measurement
+        times: list[float] = []
+        session_id = None
+        if rt.session is not None:
+            times = rt.session.on_notification(n)
+            session_id = rt.session.session_id
+        beat = BeatPayload(
+            ts=n.recv_ts_ms,
+            seq=rt.output.beat_seq,
+            hr=m.hr_bpm,
+            rr_ms=list(m.rr_ms),
+            beat_t_s=times,
+            contact=m.contact,
+            session=session_id,
         )
+        rt.output.beat_seq += 1
+        rt.output.publish("beat", beat.to_json(), 0)
 
-    async def _open_session(self, info: StrapInfo) -> StrapPipeline:
-        started_ms = int(self.clock() * 1000)
-        meta = {
+    # -- sessions ------------------------------------------------------------------------
+
+    async def start_session(self, rt: StrapRuntime, intention: Intention | None) -> StrapPipeline:
+        assert rt.info is not None and rt.output is not None
+        if rt.session is not None:
+            await self._finish_session(rt, self.now_ms())
+        info = rt.info
+        started_ms = self.now_ms()
+        meta: dict[str, object] = {
             "strap": {
                 "name": info.name,
                 "model": info.model,
@@ -186,35 +329,39 @@ class Daemon:
                 "window_s": self.settings.processing.window_s,
                 "baseline_s": self.settings.processing.baseline_s,
             },
+            "settle_version": settle_version(),
         }
-        source = f"{self.source}:{info.address}"
+        if intention is not None:
+            meta["intention"] = intention.model_dump()
         session = await asyncio.to_thread(
-            self.store.create_session, info.device_id, started_ms, source, meta
+            self.store.create_session,
+            info.device_id,
+            started_ms,
+            f"{self.source}:{info.address}",
+            meta,
         )
         pipeline = StrapPipeline(
-            device_id=info.device_id,
+            output=rt.output,
             session_id=session.id,
             started_ms=started_ms,
             settings=self.settings,
-            link=self.link,
             writer=self.writer,
+            intention=intention,
             clock=self.clock,
             on_indices=self.on_indices,
         )
-        self.pipelines[info.device_id] = pipeline
+        rt.session = pipeline
         pipeline.publish_session("running")
-        self.publish_bridge_info()
-        log.info("session %s started for %s (%s)", session.id, info.device_id, info.name)
+        pipeline.event("session-start", intention.statement if intention else "")
+        log.info("session %s started for %s", session.id, info.device_id)
         if self.on_session is not None:
             self.on_session(pipeline, info)
         return pipeline
 
-    async def _close_session(self, pipeline: StrapPipeline) -> None:
-        stopped_ms = int(self.clock() * 1000)
-        # Shielded: this runs while the task is being cancelled and must complete.
-        await asyncio.shield(self._finish(pipeline, stopped_ms))
-
-    async def _finish(self, pipeline: StrapPipeline, stopped_ms: int) -> None:
+    async def _finish_session(self, rt: StrapRuntime, stopped_ms: int) -> None:
+        pipeline, rt.session = rt.session, None
+        if pipeline is None:
+            return
         await self.writer.flush()
         try:
             await asyncio.to_thread(
@@ -222,11 +369,15 @@ class Daemon:
             )
         except SettleError as exc:
             log.error("could not close session %s: %s", pipeline.session_id, exc)
+        self.finished.append(pipeline)
+        pipeline.event("session-stop")
         pipeline.publish_session("stopped", stopped_ms)
-        self._availability(pipeline.device_id, False)
         log.info("session %s stopped (%d beats)", pipeline.session_id, pipeline.seq)
 
     # -- commands -------------------------------------------------------------------------
+
+    def _runtime(self, device_id: str) -> StrapRuntime | None:
+        return next((r for r in self.runtimes if r.device_id == device_id), None)
 
     async def on_command(self, device_id: str, name: str, payload: bytes, retained: bool) -> None:
         """Handle ``<base>/<device>/cmd/<name>``; every outcome gets a result message."""
@@ -235,10 +386,7 @@ class Daemon:
 
         def reply(error: str | None) -> None:
             res = CommandResult(
-                ts=int(self.clock() * 1000),
-                id=cmd_id,
-                status="error" if error else "ok",
-                error=error,
+                ts=self.now_ms(), id=cmd_id, status="error" if error else "ok", error=error
             )
             self._publish(result_topic, res.to_json(), qos=1)
             if error:
@@ -260,21 +408,48 @@ class Daemon:
             return reply(f"command too large ({len(payload)} bytes > {MAX_COMMAND_BYTES})")
         if not parsed:
             return reply("payload is not valid JSON")
-        pipeline = self.pipelines.get(device_id)
-        if pipeline is None:
+        model = COMMANDS.get(name)
+        if model is None:
+            return reply(f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
+        rt = self._runtime(device_id)
+        if rt is None:
             return reply(f"unknown device {device_id!r}")
-        if name != "marker":
-            return reply(f"unknown command {name!r} (known: marker)")
         try:
-            cmd = MarkerCommand.model_validate(raw)
+            cmd = model.model_validate(raw)
         except ValidationError as exc:
             err = exc.errors()[0]
             loc = ".".join(str(p) for p in err["loc"]) or "payload"
             return reply(f"{loc}: {err['msg']}")
-        row = pipeline.marker_row(cmd.kind, cmd.text, "mqtt")
         try:
-            await asyncio.to_thread(self.store.add_marker, pipeline.session_id, row)
-        except SettleError as exc:
-            return reply(f"could not store the marker: {exc}")
-        pipeline.publish_event(cmd.kind, row.t_s, cmd.text, "mqtt")
+            await self._apply(rt, name, cmd)
+        except CommandError as exc:
+            return reply(str(exc))
         reply(None)
+
+    async def _apply(self, rt: StrapRuntime, name: str, cmd: object) -> None:
+        if name == "session/start":
+            assert isinstance(cmd, SessionStartCommand)
+            if rt.info is None:
+                raise CommandError("the strap has not connected yet")
+            await self.start_session(rt, cmd.intention)
+            return
+        session = rt.session
+        if session is None:
+            raise CommandError("no session is running (send session/start first)")
+        if name == "session/stop":
+            await self._finish_session(rt, self.now_ms())
+        elif name == "marker":
+            assert isinstance(cmd, MarkerCommand)
+            row = session.marker_row(cmd.kind, cmd.text, "mqtt")
+            try:
+                await asyncio.to_thread(self.store.add_marker, session.session_id, row)
+            except SettleError as exc:
+                raise CommandError(f"could not store the marker: {exc}") from exc
+            session.event(cmd.kind, cmd.text, "mqtt", t_s=row.t_s)
+        elif name == "baseline/start":
+            session.start_baseline()
+        elif name == "baseline/stop":
+            try:
+                session.stop_baseline()
+            except ValueError as exc:
+                raise CommandError(f"no baseline is being recorded ({exc})") from exc

@@ -1,12 +1,11 @@
-"""Per-strap pipeline: notifications → beats → rolling indices → MQTT payloads + stored rows.
+"""Per-strap, per-session pipeline: beats → rolling indices → MQTT payloads + stored rows.
 
 Synchronous and cheap per notification; the daemon calls :meth:`StrapPipeline.on_notification`
-from the strap's task. All I/O is handed on: MQTT through ``MqttLink.publish`` (non-blocking,
+from the strap's task. All I/O is handed on: MQTT through :class:`DeviceOutput` (non-blocking,
 bounded) and storage through :class:`BeatWriter` (flushed from its own task).
 
 Beat times (``beat_t_s``, seconds since session start) are the cumulative RR sum, anchored
-at the first notification. Honest timing against notification delay and drift is a later
-issue (sensors); until then this is documented in docs/architecture.md.
+at the first notification (docs/architecture.md, "Time base").
 """
 
 from __future__ import annotations
@@ -21,9 +20,9 @@ from typing import Literal
 
 from feedback.mqtt import MqttLink
 from feedback.payloads import (
-    BeatPayload,
     EventPayload,
     IndicesPayload,
+    Intention,
     SessionPayload,
 )
 from processing.settling import SettlingIndex
@@ -38,8 +37,37 @@ log = logging.getLogger(__name__)
 SessionStateName = Literal["running", "stopped", "interrupted"]
 
 
-def _num(x: float) -> float | None:
+def _num(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), 6)
+
+
+@dataclass
+class DeviceOutput:
+    """One device's MQTT topics and its stream counters (continuous across sessions)."""
+
+    link: MqttLink | None
+    base: str
+    device_id: str
+    beat_seq: int = 0
+    indices_seq: int = 0
+    event_seq: int = 0
+
+    def topic(self, leaf: str) -> str:
+        return f"{self.base}/{self.device_id}/{leaf}"
+
+    def publish(self, leaf: str, payload: bytes | str, qos: int, retain: bool = False) -> None:
+        if self.link is not None:
+            self.link.publish(self.topic(leaf), payload, qos=qos, retain=retain)
+
+    def event(self, session: str | None, kind: str, t_s: float, text: str = "", source: str = "",
+              ts: int | None = None) -> None:  # fmt: skip
+        ev = EventPayload(
+            ts=ts if ts is not None else int(time.time() * 1000),
+            seq=self.event_seq, session=session, kind=kind, t_s=round(t_s, 3),
+            text=text, source=source,
+        )  # fmt: skip
+        self.event_seq += 1
+        self.publish("event", ev.to_json(), 1)
 
 
 @dataclass
@@ -73,7 +101,8 @@ class BeatWriter:
             for sid, irows in indices.items():
                 await asyncio.to_thread(self.store.add_indices, sid, irows)
         except StoreError as exc:
-            # Put everything back (in order, before anything newer) to retry next time.
+            # Put everything back (in order, before anything newer) to retry next time;
+            # add_beats is idempotent on (session, seq), so a partial success is harmless.
             for sid, rows in beats.items():
                 self.beats[sid] = rows + self.beats.get(sid, [])
             for sid, irows in indices.items():
@@ -98,45 +127,42 @@ class StrapPipeline:
     def __init__(
         self,
         *,
-        device_id: str,
+        output: DeviceOutput,
         session_id: str,
         started_ms: int,
         settings: Settings,
-        link: MqttLink | None,
         writer: BeatWriter,
+        intention: Intention | None = None,
         clock: Callable[[], float] = time.time,
         on_indices: Callable[[IndicesPayload], None] | None = None,
     ) -> None:
-        self.on_indices = on_indices
-        """Called with every indices payload (the demo prints them)."""
-        self.device_id = device_id
+        self.out = output
+        self.device_id = output.device_id
         self.session_id = session_id
         self.started_ms = started_ms
         self.settings = settings
-        self.link = link
         self.writer = writer
+        self.intention = intention
         self.clock = clock
+        self.on_indices = on_indices
+        """Called with every indices payload (the demo prints them)."""
         p = settings.processing
         self.rolling = RollingTimeDomain(window_s=p.window_s)
         self.settling = SettlingIndex(baseline_s=p.baseline_s)
         self.seq = 0
-        """Next beat sequence number (beats stored so far)."""
-        self.msg_seq = 0
+        """Next beat sequence number (= beats recorded so far)."""
         self.beat_t_s: float | None = None
         self.next_indices_t_s = p.indices_every_s
         self.last_td: TimeDomain | None = None
-        self.baseline_complete = False
-        self.base = settings.mqtt.topic_base
-
-    def _topic(self, leaf: str) -> str:
-        return f"{self.base}/{self.device_id}/{leaf}"
-
-    def _publish(self, leaf: str, payload: bytes, qos: int, retain: bool = False) -> None:
-        if self.link is not None:
-            self.link.publish(self._topic(leaf), payload, qos=qos, retain=retain)
+        self.baseline: Literal["pending", "collecting", "complete"] = "pending"
+        self.last_contact: bool | None = None
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    def now_t_s(self) -> float:
+        """The session's current time: the latest beat time (the one time base)."""
+        return self.beat_t_s or 0.0
 
     def session_payload(
         self, state: SessionStateName, stopped_ms: int | None = None
@@ -148,19 +174,39 @@ class StrapPipeline:
             device=self.device_id,
             started_ts=self.started_ms,
             stopped_ts=stopped_ms,
-            baseline="complete" if self.baseline_complete else "pending",
+            intention=self.intention,
+            baseline=self.baseline,
             n_beats=self.seq,
         )
 
     def publish_session(self, state: SessionStateName, stopped_ms: int | None = None) -> None:
-        self._publish("session", self.session_payload(state, stopped_ms).to_json(), 1, True)
+        self.out.publish("session", self.session_payload(state, stopped_ms).to_json(), 1, True)
+
+    def event(self, kind: str, text: str = "", source: str = "", t_s: float | None = None) -> None:
+        t = self.now_t_s() if t_s is None else t_s
+        self.out.event(self.session_id, kind, t, text, source, ts=self.now_ms())
 
     def restart_window(self) -> None:
         """After a reconnect: successive differences must never span the gap."""
         self.rolling.reset()
 
-    def on_notification(self, n: Notification) -> None:
+    def start_baseline(self) -> None:
+        self.settling.start_baseline(self.now_t_s())
+        self.baseline = "collecting"
+        self.event("baseline-start")
+        self.publish_session("running")
+
+    def stop_baseline(self) -> None:
+        """Raises ValueError when no baseline is being collected."""
+        self.settling.stop_baseline(self.now_t_s())
+        self.baseline = "complete" if self.settling.state == "running" else "pending"
+        self.event("baseline-complete" if self.baseline == "complete" else "baseline-too-short")
+        self.publish_session("running")
+
+    def on_notification(self, n: Notification) -> list[float]:
+        """Record the notification's beats; return their beat times (s since session start)."""
         m = n.measurement
+        self.last_contact = m.contact
         if self.beat_t_s is None:
             # Anchor: the first notification's beats end at its arrival time.
             since_start_s = max(0.0, (n.recv_ts_ms - self.started_ms) / 1000.0)
@@ -186,30 +232,19 @@ class StrapPipeline:
             self.last_td = self.rolling.update(t, rr_ms)
         if rows:
             self.writer.add_beats(self.session_id, rows)
-        beat = BeatPayload(
-            ts=n.recv_ts_ms,
-            seq=self.msg_seq,
-            hr=m.hr_bpm,
-            rr_ms=list(m.rr_ms),
-            beat_t_s=times,
-            contact=m.contact,
-            session=self.session_id,
-        )
-        self.msg_seq += 1
-        self._publish("beat", beat.to_json(), 0)
         while self.beat_t_s >= self.next_indices_t_s:
             self._emit_indices(self.next_indices_t_s)
             self.next_indices_t_s += self.settings.processing.indices_every_s
+        return times
 
     def _emit_indices(self, t_s: float) -> None:
         td = self.last_td
         if td is None:
             return
         snap = self.settling.update(t_s, td)
-        was_complete = self.baseline_complete
-        self.baseline_complete = snap.state != "baseline"
         payload = IndicesPayload(
             ts=self.now_ms(),
+            seq=self.out.indices_seq,
             session=self.session_id,
             t_s=round(t_s, 3),
             window_s=self.settings.processing.window_s,
@@ -219,12 +254,13 @@ class StrapPipeline:
             ln_rmssd=_num(td.ln_rmssd),
             sdnn_ms=_num(td.sdnn_ms),
             pnn50_pct=_num(td.pnn50_pct),
-            settling=_num(snap.score) if snap.score is not None else None,
-            settling_state="unavailable" if snap.state == "unavailable" else snap.state,
+            settling=_num(snap.score),
+            settling_state=snap.state,
             components={k: _num(v) for k, v in snap.components.items()},
         )
+        self.out.indices_seq += 1
         data = payload.to_json()
-        self._publish("indices", data, 1)
+        self.out.publish("indices", data, 1)
         self.writer.add_indices(
             self.session_id,
             IndicesRow(
@@ -241,25 +277,15 @@ class StrapPipeline:
         )
         if self.on_indices is not None:
             self.on_indices(payload)
-        if self.baseline_complete and not was_complete:
+        if snap.state == "running" and self.baseline == "pending":
+            self.baseline = "complete"
             self.publish_session("running")
-            self.publish_event("baseline-complete", t_s, "")
-
-    def publish_event(self, kind: str, t_s: float, text: str, source: str = "") -> None:
-        ev = EventPayload(
-            ts=self.now_ms(),
-            session=self.session_id,
-            kind=kind,
-            t_s=round(t_s, 3),
-            text=text,
-            source=source,
-        )
-        self._publish("event", ev.to_json(), 1)
+            self.event("baseline-complete", t_s=t_s)
 
     def marker_row(self, kind: str, text: str, source: str) -> MarkerRow:
         """A marker at the current beat time (the session's one time base)."""
         return MarkerRow(
-            t_s=self.beat_t_s or 0.0,
+            t_s=self.now_t_s(),
             ts_ms=self.now_ms(),
             kind=kind,
             text=text,
