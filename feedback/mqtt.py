@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import aiomqtt
+from paho.mqtt.client import topic_matches_sub
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from settle.backoff import backoff_delay_s
@@ -78,6 +79,7 @@ class MqttLink:
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._connected = asyncio.Event()
+        self._watches: list[tuple[str, Callable[[str, bytes, bool], None]]] = []
         self._task: asyncio.Task[None] | None = None
         self._client: aiomqtt.Client | None = None
         self.dropped = 0
@@ -108,6 +110,11 @@ class MqttLink:
         self._queue.append(msg)
         self._idle.clear()
         self._wakeup.set()
+
+    def watch(self, topic_filter: str, callback: Callable[[str, bytes, bool], None]) -> None:
+        """Subscribe to ``topic_filter`` on every (re)connect; ``callback(topic, payload,
+        retained)`` runs in the receive task and must not block. Call before connecting."""
+        self._watches.append((topic_filter, callback))
 
     def forget_retained(self, topic: str) -> None:
         """Clear a retained topic on the broker (empty retained payload) and stop re-sending it."""
@@ -190,6 +197,8 @@ class MqttLink:
             # Retained state first, then the live queue (retained copies in it are harmless).
             for msg in list(self._retained.values()):
                 await client.publish(msg.topic, msg.payload, qos=msg.qos, retain=True)
+            for topic_filter, _ in self._watches:
+                await client.subscribe(topic_filter, qos=1)
             if self._on_command is not None:
                 # MQTT 5 "retain as published": a command sent with the retain flag is seen as
                 # such (and refused) at once; with 3.1.1 only its replay on reconnect is.
@@ -222,6 +231,11 @@ class MqttLink:
         prefix = self.base + "/"
         async for message in client.messages:
             topic = str(message.topic)
+            payload = message.payload
+            data = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
+            for topic_filter, callback in self._watches:
+                if topic_matches_sub(topic_filter, topic):
+                    callback(topic, bytes(data), bool(message.retain))
             if (
                 self._on_command is None
                 or not topic.startswith(prefix)
@@ -231,8 +245,6 @@ class MqttLink:
             parts = topic[len(prefix) :].split("/", 2)
             if len(parts) != 3 or parts[1] != "cmd":
                 continue
-            payload = message.payload
-            data = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
             try:
                 await self._on_command(parts[0], parts[2], bytes(data), bool(message.retain))
             except Exception:  # a bad command must never take the broker link down

@@ -31,19 +31,26 @@ async def serve(
     console: Console | None = None,
     on_broker: Callable[[BrokerChoice | None], Awaitable[None]] | None = None,
     handle_signals: bool = True,
+    addresses: list[str] | None = None,
 ) -> int:
     """Run until ``duration`` seconds passed, every ``finished`` awaitable is done, or a
-    stop signal (Ctrl-C, SIGTERM) arrives. Returns the process exit code."""
+    stop signal (Ctrl-C, SIGTERM) arrives. Returns the process exit code.
+
+    ``addresses``: one strap per address (several straps, one daemon); default: the strap
+    of the config (``[strap] address``, or the first Heart Rate Service strap found)."""
     out = console or Console(highlight=False, soft_wrap=True)
     s = settings.strap
-    client = StrapClient(
-        address=s.address,
-        name=s.name,
-        scan_timeout_s=s.scan_timeout_s,
-        connect_timeout_s=s.connect_timeout_s,
-        scanner_kwargs=scanner_kwargs,
-        client_kwargs=client_kwargs,
-    )
+    clients = [
+        StrapClient(
+            address=address,
+            name=s.name if not addresses else "",
+            scan_timeout_s=s.scan_timeout_s,
+            connect_timeout_s=s.connect_timeout_s,
+            scanner_kwargs=scanner_kwargs,
+            client_kwargs=client_kwargs,
+        )
+        for address in (addresses or [s.address])
+    ]
     store = SessionStore.open(settings.db_path)
     try:
         async with open_broker(settings) as broker:
@@ -51,7 +58,7 @@ async def serve(
             daemon = Daemon(
                 settings,
                 store,
-                [client],
+                clients,
                 source=source,
                 broker=broker,
                 on_session=lambda p, info: _print_session(out, p, info),
@@ -69,6 +76,7 @@ async def serve(
                     mqtt5=settings.mqtt.protocol == "5" and not broker.embedded,
                 )
                 daemon.link = link
+                daemon.watch_home_assistant()
             _print_banner(out, settings, broker)
             if on_broker is not None:
                 await on_broker(broker)

@@ -144,6 +144,9 @@ def demo(
         Path | None, typer.Option(help="RR file to replay instead of the physiological model.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the physiological model.")] = None,
+    straps: Annotated[
+        int, typer.Option(help="Number of virtual straps (group practice).", min=1, max=100)
+    ] = 1,
     mqtt: MqttOpt = None,
     no_mqtt: NoMqttOpt = False,
     db: DbOpt = None,
@@ -164,19 +167,23 @@ def demo(
             read_rr_file(settings.demo.replay)  # fail before starting anything
         except SettleError as exc:
             fail(str(exc))
-    _run(_demo(settings, duration))
+    _run(_demo(settings, duration, straps))
 
 
-async def _demo(settings: Settings, duration: float | None) -> int:
+async def _demo(settings: Settings, duration: float | None, n_straps: int) -> int:
     from settle.demo import virtual_world
 
     d = settings.demo
-    async with virtual_world(replay=d.replay, speed=d.speed, seed=d.seed) as world:
-        strap = world.straps[0]
+    async with virtual_world(
+        replay=d.replay, speed=d.speed, seed=d.seed, n_straps=n_straps
+    ) as world:
+        names = ", ".join(s.name for s in world.straps)
         what = f"replay of {d.replay.name}" if d.replay else f"physiological model, seed {d.seed}"
-        out.print(f"settle demo: virtual strap [bold]{strap.name}[/] ({what}, speed {d.speed:g}x)")
+        plural = "s" if n_straps > 1 else ""
+        out.print(f"settle demo: virtual strap{plural} {names} ({what}, speed {d.speed:g}x)")
         return await serve(
             settings,
+            addresses=[s.address for s in world.straps],
             scanner_kwargs=world.scanner_kwargs(),
             client_kwargs=world.client_kwargs(),
             source="virtual",
@@ -344,7 +351,12 @@ def export(
     out.print(f"wrote {path}", markup=False)
 
 
-# -- mark ------------------------------------------------------------------------------------
+# -- commands through MQTT (mark, session, baseline) -----------------------------------------
+
+DeviceOpt = Annotated[
+    str | None, typer.Option(help="Device id (needed when several straps are running).")
+]
+WaitOpt = Annotated[float, typer.Option("--timeout", help="Seconds to wait for the daemon.")]
 
 
 @app.command()
@@ -357,74 +369,130 @@ def mark(
             "doubt or note."
         ),
     ] = "note",
-    device: Annotated[
-        str | None, typer.Option(help="Device id (needed when several sessions run).")
-    ] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the daemon.")] = 5.0,
+    device: DeviceOpt = None,
+    timeout: WaitOpt = 5.0,
     mqtt: MqttOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Add a marker to the running session (through MQTT)."""
+    from feedback.payloads import MARKER_KINDS
+
     settings = settings_from(config, mqtt=mqtt)
-    _run(_mark(settings, text, kind, device, timeout))
+    if kind not in MARKER_KINDS:
+        fail(f"--kind: unknown marker kind {kind!r} (one of: {', '.join(MARKER_KINDS)})", 2)
+    _run(_command(settings, "marker", {"kind": kind, "text": text}, device, timeout))
 
 
-async def _mark(settings: Settings, text: str, kind: str, device: str | None, wait_s: float) -> int:
+session_app = typer.Typer(help="Start and stop sessions of a running daemon.", no_args_is_help=True)
+app.add_typer(session_app, name="session")
+
+
+@session_app.command("start")
+def session_start(
+    target: Annotated[
+        str, typer.Option(help="Target model: self, future, relational, or free text.")
+    ] = "free",
+    statement: Annotated[str, typer.Option(help="The statement you hold.")] = "",
+    practice: Annotated[str, typer.Option(help="Practice kind, e.g. loving-kindness.")] = "",
+    device: DeviceOpt = None,
+    timeout: WaitOpt = 5.0,
+    mqtt: MqttOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Start a new session (the running one is closed first)."""
+    settings = settings_from(config, mqtt=mqtt)
+    intention = {"target": target, "statement": statement, "practice": practice}
+    _run(_command(settings, "session/start", {"intention": intention}, device, timeout))
+
+
+@session_app.command("stop")
+def session_stop(
+    device: DeviceOpt = None,
+    timeout: WaitOpt = 5.0,
+    mqtt: MqttOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Stop the running session (the strap stays connected)."""
+    settings = settings_from(config, mqtt=mqtt)
+    _run(_command(settings, "session/stop", {}, device, timeout))
+
+
+@app.command()
+def baseline(
+    action: Annotated[str, typer.Argument(help="start or stop")],
+    device: DeviceOpt = None,
+    timeout: WaitOpt = 5.0,
+    mqtt: MqttOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Mark a rest period as the session's baseline (instead of its first minutes)."""
+    if action not in ("start", "stop"):
+        fail(f"expected 'start' or 'stop', got {action!r}", 2)
+    settings = settings_from(config, mqtt=mqtt)
+    _run(_command(settings, f"baseline/{action}", {}, device, timeout))
+
+
+async def _command(
+    settings: Settings, name: str, body: dict[str, Any], device: str | None, wait_s: float
+) -> int:
+    """Send ``<base>/<device>/cmd/<name>`` and wait for its result."""
     import aiomqtt
 
-    from feedback.payloads import MarkerCommand
-
-    try:
-        cmd = MarkerCommand(id=uuid.uuid4().hex[:12], kind=kind, text=text)
-    except ValueError as exc:
-        raise ConfigError("--kind", str(exc).splitlines()[-1].strip()) from None
+    cmd_id = uuid.uuid4().hex[:12]
+    payload = json.dumps({"v": 1, "id": cmd_id, **body})
     host = settings.mqtt.host or "127.0.0.1"
+    where = f"{host}:{settings.mqtt.port}"
     base = settings.mqtt.topic_base
     try:
         async with asyncio.timeout(wait_s):
             async with aiomqtt.Client(host, settings.mqtt.port) as client:
                 if device is None:
-                    device = await _find_running_device(client, base)
-                result_topic = f"{base}/{device}/cmd/marker/result"
-                await client.subscribe(result_topic, qos=1)
-                await client.publish(f"{base}/{device}/cmd/marker", cmd.model_dump_json(), qos=1)
+                    device = await _find_device(client, base, need_session=name != "session/start")
+                await client.subscribe(f"{base}/{device}/cmd/{name}/result", qos=1)
+                await client.publish(f"{base}/{device}/cmd/{name}", payload, qos=1)
                 async for msg in client.messages:
-                    res = json.loads(bytes(msg.payload))
-                    if res.get("id") != cmd.id:
-                        continue
-                    if res.get("status") == "ok":
-                        out.print(f"marker '{kind}' added to {device}", markup=False)
-                        return 0
-                    raise SettleError(f"the daemon refused the marker: {res.get('error')}")
+                    with contextlib.suppress(ValueError, TypeError):
+                        res = json.loads(bytes(msg.payload))
+                        if res.get("id") != cmd_id:
+                            continue
+                        if res.get("status") == "ok":
+                            what = body.get("kind", name)
+                            out.print(f"{what}: ok ({device})", markup=False)
+                            return 0
+                        raise SettleError(f"the daemon refused {name}: {res.get('error')}")
     except TimeoutError:
         raise SettleError(
-            f"no answer from a Settle daemon via MQTT {host}:{settings.mqtt.port} within "
-            f"{wait_s:g} s (is `settle run` or `settle demo` running? use --mqtt HOST:PORT)"
+            f"no answer from a Settle daemon via MQTT {where} within {wait_s:g} s "
+            "(is `settle run` or `settle demo` running? use --mqtt HOST:PORT)"
         ) from None
     except aiomqtt.MqttError as exc:
-        raise SettleError(
-            f"cannot reach the MQTT broker {host}:{settings.mqtt.port}: {exc}"
-        ) from None
+        raise SettleError(f"cannot reach the MQTT broker {where}: {exc}") from None
     return 1
 
 
-async def _find_running_device(client: Any, base: str) -> str:
-    """The one device whose retained session is running (retained messages arrive at once)."""
-    await client.subscribe(f"{base}/+/session", qos=1)
-    running: set[str] = set()
+async def _find_device(client: Any, base: str, *, need_session: bool) -> str:
+    """The one device this daemon serves (from retained topics, which arrive at once)."""
+    topic = f"{base}/+/session" if need_session else f"{base}/+/availability"
+    await client.subscribe(topic, qos=1)
+    found: set[str] = set()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(1.0):
             async for msg in client.messages:
-                with contextlib.suppress(ValueError, TypeError, AttributeError):
-                    data = json.loads(bytes(msg.payload))
-                    if data.get("state") == "running":
-                        running.add(str(msg.topic).split("/")[-2])
-    await client.unsubscribe(f"{base}/+/session")
-    if not running:
-        raise SettleError("no running session found on the broker (start `settle demo` or `run`)")
-    if len(running) > 1:
-        raise SettleError(f"several sessions run ({', '.join(sorted(running))}); pick --device")
-    return running.pop()
+                raw = bytes(msg.payload) if isinstance(msg.payload, bytes | bytearray) else b""
+                dev = str(msg.topic).split("/")[-2]
+                if need_session:
+                    with contextlib.suppress(ValueError, TypeError, AttributeError):
+                        if json.loads(raw).get("state") == "running":
+                            found.add(dev)
+                elif raw == b"online":
+                    found.add(dev)
+    await client.unsubscribe(topic)
+    if not found:
+        what = "running session" if need_session else "connected strap"
+        raise SettleError(f"no {what} found on the broker (start `settle demo` or `run`)")
+    if len(found) > 1:
+        raise SettleError(f"several devices are active ({', '.join(sorted(found))}); pick --device")
+    return found.pop()
 
 
 def main() -> None:

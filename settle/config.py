@@ -61,6 +61,13 @@ class MqttConfig(_Section):
         return v
 
 
+class HomeAssistantConfig(_Section):
+    enabled: bool = True
+    """Announce every strap to Home Assistant through MQTT discovery."""
+    prefix: str = "homeassistant"
+    """Discovery prefix (Home Assistant's default)."""
+
+
 class StrapConfig(_Section):
     address: str = ""
     """Bluetooth address (or macOS UUID) of the strap; empty: the first strap offering the
@@ -115,6 +122,7 @@ class Settings(BaseSettings):
     )
 
     mqtt: MqttConfig = MqttConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
     strap: StrapConfig = StrapConfig()
     processing: ProcessingConfig = ProcessingConfig()
     storage: StorageConfig = StorageConfig()

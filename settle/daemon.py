@@ -23,6 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from pydantic import ValidationError
 
+from feedback import homeassistant as ha
 from feedback.broker import LOOPBACK, EmbeddedBroker, probe
 from feedback.mqtt import MqttLink
 from feedback.payloads import (
@@ -174,6 +175,41 @@ class Daemon:
         )
         self._publish(f"{self.base}/bridge/info", info.to_json(), qos=1, retain=True)
 
+    # -- Home Assistant ------------------------------------------------------------------
+
+    def watch_home_assistant(self) -> None:
+        """Re-announce when Home Assistant (re)starts and says ``<prefix>/status = online``."""
+        h = self.settings.homeassistant
+        if self.link is not None and h.enabled:
+            self.link.watch(f"{h.prefix}/status", self._on_ha_status)
+
+    def _on_ha_status(self, _topic: str, payload: bytes, _retained: bool) -> None:
+        if payload.strip() == b"online":
+            self.announce()
+
+    def announce(self, rt: StrapRuntime | None = None) -> None:
+        """Publish (retained) discovery configs for the bridge and every known strap."""
+        h = self.settings.homeassistant
+        if self.link is None or not h.enabled:
+            return
+        msgs = [] if rt is not None else ha.bridge_messages(h.prefix, self.base, settle_version())
+        for r in [rt] if rt is not None else self.runtimes:
+            if r.info is None:
+                continue
+            desc = ha.DeviceDescription(
+                r.info.device_id, r.info.name, r.info.model, r.info.manufacturer, r.info.firmware
+            )
+            msgs += ha.device_messages(h.prefix, self.base, desc, settle_version())
+        for topic, payload in msgs:
+            self.link.publish(topic, payload, qos=1, retain=True)
+
+    def forget_device(self, device_id: str) -> None:
+        """Remove a strap's Home Assistant entities (empty retained configs)."""
+        h = self.settings.homeassistant
+        if self.link is not None and h.enabled:
+            for topic in ha.removal_messages(h.prefix, self.base, device_id):
+                self.link.forget_retained(topic)
+
     # -- life cycle ----------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -182,6 +218,7 @@ class Daemon:
         for sid in recovered:
             log.warning("session %s was left running by an earlier crash; marked interrupted", sid)
         self.publish_bridge_info()
+        self.announce()
         async with asyncio.TaskGroup() as tg:
             writer_task = tg.create_task(self.writer.run(), name="store-writer")
             status_task = tg.create_task(self._status_loop(), name="status")
@@ -273,6 +310,7 @@ class Daemon:
         if rt.output is None:
             rt.output = DeviceOutput(self.link, self.base, info.device_id)
             self.publish_bridge_info()
+            self.announce(rt)
         self._availability(rt, True)
         if first:
             if self.auto_start:

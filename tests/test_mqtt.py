@@ -142,7 +142,7 @@ async def test_commands_results_and_no_side_effects(mosquitto: Mosquitto, tmp_pa
             )  # fmt: skip
             out, err = await mark.communicate()
             assert mark.returncode == 0, err.decode()
-            assert f"marker 'doubt' added to {dev}" in out.decode()
+            assert f"doubt: ok ({dev})" in out.decode()
         assert await daemon_task == 0
 
     for topic, payload, _ in col.messages:

@@ -1,0 +1,154 @@
+"""Home Assistant MQTT discovery: documented keys only, templates that render against the
+daemon's real payloads, buttons that send commands the daemon accepts, one device per strap,
+re-announce on HA's birth message, removal by empty retained configs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiomqtt
+import jinja2
+import pytest
+
+from feedback import homeassistant as ha
+from feedback.payloads import COMMANDS
+from settle.app import serve
+from settle.config import load_config
+from settle.demo import virtual_world
+from tests.conftest import Mosquitto
+from tests.test_e2e import CONFIG, Collector
+
+# Keys from Home Assistant's MQTT discovery documentation for these platforms (plus the
+# shared availability/device/origin keys). A key outside this set would be rejected by HA's
+# schema (it forbids extra keys).
+COMMON = {
+    "name", "unique_id", "object_id", "availability", "availability_mode", "device", "origin",
+    "icon", "entity_category", "qos",
+}  # fmt: skip
+PLATFORM_KEYS = {
+    "sensor": COMMON | {"state_topic", "value_template", "unit_of_measurement", "device_class",
+                        "state_class"},
+    "binary_sensor": COMMON | {"state_topic", "value_template", "payload_on", "payload_off",
+                               "device_class"},
+    "button": COMMON | {"command_topic", "payload_press", "retain"},
+}  # fmt: skip
+DEVICE_KEYS = {"identifiers", "name", "manufacturer", "model", "sw_version", "via_device"}
+
+
+def test_discovery_payloads_use_documented_keys_and_unique_ids() -> None:
+    dev = ha.DeviceDescription("polar_h10_a1b2c3d4", "Polar H10 A1B2C3D4", "H10", "Polar", "5.0")
+    msgs = ha.device_messages("homeassistant", "settle", dev, "0.1.0")
+    msgs += ha.bridge_messages("homeassistant", "settle", "0.1.0")
+    uids = set()
+    for topic, payload in msgs:
+        prefix, platform, _node, _obj, leaf = topic.split("/")
+        assert (prefix, leaf) == ("homeassistant", "config")
+        cfg = json.loads(payload)
+        assert set(cfg) <= PLATFORM_KEYS[platform], set(cfg) - PLATFORM_KEYS[platform]
+        assert set(cfg["device"]) <= DEVICE_KEYS
+        uids.add(cfg["unique_id"])
+        if platform == "button":
+            # What HA sends when the button is pressed is a command the daemon accepts.
+            cmd = cfg["command_topic"].split("/cmd/")[1]
+            COMMANDS[cmd].model_validate_json(cfg["payload_press"])
+            assert cfg["retain"] is False
+    assert len(uids) == len(msgs)
+    kinds = sorted(t.split("/")[1] + ":" + t.split("/")[3] for t, _ in msgs)
+    for needed in ["sensor:heart_rate", "sensor:rmssd", "sensor:settling", "sensor:trend",
+                   "sensor:coherence", "sensor:battery", "sensor:signal_quality",
+                   "binary_sensor:contact", "binary_sensor:caught_up", "button:session_start",
+                   "button:session_stop", "button:marker"]:  # fmt: skip
+        assert needed in kinds
+
+
+def test_removal_clears_every_config_topic() -> None:
+    dev = ha.DeviceDescription("x_1", "X")
+    assert ha.removal_messages("homeassistant", "settle", "x_1") == [
+        t for t, _ in ha.device_messages("homeassistant", "settle", dev, "1")
+    ]
+
+
+async def _retained(host: str, port: int, topic: str, quiet_s: float = 1.0) -> dict[str, bytes]:
+    got: dict[str, bytes] = {}
+    async with aiomqtt.Client(host, port) as c:
+        await c.subscribe(topic, qos=1)
+        try:
+            async with asyncio.timeout(quiet_s):
+                async for m in c.messages:
+                    got[str(m.topic)] = bytes(m.payload)  # type: ignore[arg-type]
+        except TimeoutError:
+            pass
+    return got
+
+
+@pytest.mark.mosquitto
+@pytest.mark.parametrize("n_straps", [1, 3])
+async def test_discovery_live_one_and_three_straps(
+    mosquitto: Mosquitto, tmp_path: Path, n_straps: int
+) -> None:
+    settings = load_config(
+        CONFIG,
+        mqtt={"host": mosquitto.host, "port": mosquitto.port},
+        storage={"db_path": tmp_path / "s.db"},
+        processing={"baseline_s": 20},
+    )
+    async with Collector(mosquitto.host, mosquitto.port) as col, virtual_world(
+        replay=None, speed=10, seed=5, n_straps=n_straps
+    ) as world:  # fmt: skip
+        task = asyncio.create_task(
+            serve(
+                settings,
+                addresses=[s.address for s in world.straps],
+                scanner_kwargs=world.scanner_kwargs(),
+                client_kwargs=world.client_kwargs(),
+                source="virtual",
+                duration=6,
+                handle_signals=False,
+            )
+        )
+        async with asyncio.timeout(30):
+            await col.wait_for("indices", 6 * n_straps)
+        configs = await _retained(mosquitto.host, mosquitto.port, "homeassistant/#")
+
+        # Home Assistant restarts: its birth message makes Settle announce again.
+        seen_before = len(col.messages)
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port) as c:
+            await c.subscribe("homeassistant/+/+/+/config", qos=1)
+            await asyncio.sleep(0.3)
+            await c.publish("homeassistant/status", "online", qos=1)
+            again: set[str] = set()
+            async with asyncio.timeout(5):
+                async for m in c.messages:
+                    if not m.retain:
+                        again.add(str(m.topic))
+                    if len(again) == len(configs):
+                        break
+        assert again == set(configs)
+        assert len(col.messages) > seen_before
+        assert await task == 0
+
+    devices = {json.loads(p)["device"]["identifiers"][0] for p in configs.values()}
+    assert len(devices) == n_straps + 1  # one per strap plus the bridge
+    assert len(configs) == 1 + 12 * n_straps
+    # Every template renders against the real payload on its state topic.
+    latest = {t: json.loads(p) for t, p, _ in col.messages if t.startswith("settle/")
+              and p[:1] == b"{"}  # fmt: skip
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    rendered = {}
+    for topic, payload in configs.items():
+        cfg = json.loads(payload)
+        if "value_template" not in cfg:
+            continue
+        assert cfg["state_topic"] in latest, cfg["state_topic"]
+        out = env.from_string(cfg["value_template"]).render(value_json=latest[cfg["state_topic"]])
+        rendered[topic.split("/")[3]] = out
+        avail = [a["topic"] for a in cfg["availability"]]
+        assert avail[0] == "settle/bridge/state" and avail[1].endswith("/availability")
+    assert 40 < float(rendered["heart_rate"]) < 120
+    assert float(rendered["rmssd"]) > 0
+    assert 0 <= float(rendered["settling"]) <= 100
+    assert rendered["contact"] == "OFF"  # the virtual strap, like an H10, cannot tell
+    assert rendered["caught_up"] == "OFF"
+    assert int(rendered["battery"]) == 87
