@@ -22,9 +22,11 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 import aiomqtt
 from paho.mqtt.client import topic_matches_sub
@@ -36,6 +38,50 @@ log = logging.getLogger(__name__)
 
 CommandHandler = Callable[[str, str, bytes, bool], Awaitable[None]]
 """``(device_id, command_name, payload, retained)``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectOptions:
+    """How to reach and log in to a broker. ``password`` never appears in a repr or a log."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    ca_file: str | None = None
+    """CA bundle to verify the broker with; None: the system's trusted CAs."""
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
+    """Skip certificate and host name verification (only for testing a private broker)."""
+    mqtt5: bool = False
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        if self.tls_insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``aiomqtt.Client`` (CLI one-shot clients use them too)."""
+        return {
+            "hostname": self.host,
+            "port": self.port,
+            "username": self.username or None,
+            "password": self.password or None,
+            "tls_context": self.tls_context(),
+            "protocol": aiomqtt.ProtocolVersion.V5 if self.mqtt5 else aiomqtt.ProtocolVersion.V311,
+        }
+
+    @property
+    def where(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +100,8 @@ class MqttLink:
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        host: str | ConnectOptions,
+        port: int = 1883,
         *,
         topic_base: str = "settle",
         client_id: str = "",
@@ -65,9 +111,12 @@ class MqttLink:
         backoff_cap_s: float = 10.0,
         mqtt5: bool = False,
     ) -> None:
-        self.mqtt5 = mqtt5
-        self.host = host
-        self.port = port
+        self.options = (
+            host if isinstance(host, ConnectOptions) else ConnectOptions(host, port, mqtt5=mqtt5)
+        )
+        self.mqtt5 = self.options.mqtt5
+        self.host = self.options.host
+        self.port = self.options.port
         self.base = topic_base
         self.client_id = client_id or f"settle-{socket.gethostname()}-{os.getpid()}"
         self.keepalive_s = keepalive_s
@@ -180,13 +229,11 @@ class MqttLink:
     async def _session(self) -> None:
         will = aiomqtt.Will(self.state_topic, b"offline", qos=1, retain=True)
         async with aiomqtt.Client(
-            self.host,
-            self.port,
+            **self.options.client_kwargs(),
             identifier=self.client_id,
             keepalive=self.keepalive_s,
             will=will,
             timeout=10,
-            protocol=aiomqtt.ProtocolVersion.V5 if self.mqtt5 else aiomqtt.ProtocolVersion.V311,
         ) as client:
             self._client = client
             self.connects += 1

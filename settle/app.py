@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
-from feedback.mqtt import MqttLink
+from feedback.mqtt import ConnectOptions, MqttLink
 from feedback.payloads import IndicesPayload
 from sensors.strap import StrapClient, StrapInfo
 from sessions.store import SessionStore
@@ -66,14 +66,12 @@ async def serve(
             )
             if broker is not None:
                 link = MqttLink(
-                    broker.host,
-                    broker.port,
+                    connect_options(settings, broker),
                     topic_base=settings.mqtt.topic_base,
                     client_id=settings.mqtt.client_id,
                     keepalive_s=settings.mqtt.keepalive_s,
                     queue_size=settings.mqtt.queue_size,
                     on_command=daemon.on_command,
-                    mqtt5=settings.mqtt.protocol == "5" and not broker.embedded,
                 )
                 daemon.link = link
                 daemon.watch_home_assistant()
@@ -103,6 +101,26 @@ async def serve(
     finally:
         store.close()
     return 0
+
+
+def connect_options(settings: Settings, broker: BrokerChoice | None = None) -> ConnectOptions:
+    """How to reach the broker: the embedded one is plain MQTT 3.1.1 on loopback."""
+    m = settings.mqtt
+    if broker is not None and broker.embedded:
+        return ConnectOptions(broker.host, broker.port)
+    host, port = (broker.host, broker.port) if broker else (m.host or "127.0.0.1", m.port)
+    return ConnectOptions(
+        host,
+        port,
+        username=m.username or None,
+        password=m.password_value(),
+        tls=m.tls,
+        ca_file=str(m.ca_file) if m.ca_file else None,
+        cert_file=str(m.cert_file) if m.cert_file else None,
+        key_file=str(m.key_file) if m.key_file else None,
+        tls_insecure=m.tls_insecure,
+        mqtt5=m.protocol == "5",
+    )
 
 
 def _install_stop_signals(stop: Callable[[], None]) -> None:

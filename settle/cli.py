@@ -438,14 +438,16 @@ async def _command(
     """Send ``<base>/<device>/cmd/<name>`` and wait for its result."""
     import aiomqtt
 
+    from settle.app import connect_options
+
     cmd_id = uuid.uuid4().hex[:12]
     payload = json.dumps({"v": 1, "id": cmd_id, **body})
-    host = settings.mqtt.host or "127.0.0.1"
-    where = f"{host}:{settings.mqtt.port}"
+    options = connect_options(settings)
+    where = options.where
     base = settings.mqtt.topic_base
     try:
         async with asyncio.timeout(wait_s):
-            async with aiomqtt.Client(host, settings.mqtt.port) as client:
+            async with aiomqtt.Client(**options.client_kwargs()) as client:
                 if device is None:
                     device = await _find_device(client, base, need_session=name != "session/start")
                 await client.subscribe(f"{base}/{device}/cmd/{name}/result", qos=1)

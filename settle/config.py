@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -42,6 +42,19 @@ class MqttConfig(_Section):
     """When to start the embedded amqtt broker (bound to 127.0.0.1 only)."""
     embedded_port: int = Field(0, ge=0, le=65535)
     """Port of the embedded broker; 0 picks a free one."""
+    username: str = ""
+    password: SecretStr | None = None
+    """Prefer the environment (``SETTLE_MQTT__PASSWORD``) or ``password_file`` to the file."""
+    password_file: Path | None = None
+    """A file holding only the password (e.g. a systemd credential), read at start."""
+    tls: bool = False
+    ca_file: Path | None = None
+    """CA bundle to verify the broker's certificate; empty: the system's trusted CAs."""
+    cert_file: Path | None = None
+    """Client certificate (optional), with ``key_file``."""
+    key_file: Path | None = None
+    tls_insecure: bool = False
+    """Do not verify the broker's certificate (testing only)."""
     protocol: Literal["5", "3.1.1"] = "5"
     """MQTT version towards an external broker. 5 lets the daemon see that a command was
     published retained and refuse it at once; the embedded broker speaks 3.1.1 only."""
@@ -51,6 +64,34 @@ class MqttConfig(_Section):
     keepalive_s: int = Field(30, ge=5, le=3600)
     queue_size: int = Field(2000, ge=10, le=1_000_000)
     """Live messages held while the broker is away; the oldest are dropped (and counted)."""
+
+    @field_validator("password_file", "ca_file", "cert_file", "key_file", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @field_validator("password_file", "ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"file not found: {v}")
+        return v
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _empty_password_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+    def password_value(self) -> str | None:
+        """The password from ``password`` or ``password_file`` (never logged)."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError("mqtt.password_file", f"cannot read it: {exc.strerror}") from None
+        return None
 
     @field_validator("topic_base")
     @classmethod

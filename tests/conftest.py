@@ -6,6 +6,7 @@ Every broker a test starts binds 127.0.0.1 only and is stopped by the fixture. U
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import socket
@@ -71,7 +72,7 @@ def _spawn(binary: str, conf: Path, port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("mosquitto did not start listening within 10 s")
 
 
-def start_mosquitto(tmp_path: Path, extra_conf: str = "") -> Mosquitto:
+def start_mosquitto(tmp_path: Path, extra_conf: str = "", anonymous: bool = True) -> Mosquitto:
     binary = _mosquitto_binary()
     if binary is None:
         message = "mosquitto binary not found (Debian: apt-get install mosquitto)"
@@ -82,7 +83,10 @@ def start_mosquitto(tmp_path: Path, extra_conf: str = "") -> Mosquitto:
     conf = tmp_path / f"mosquitto-{port}.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
+        f"allow_anonymous {'true' if anonymous else 'false'}\n"
+        # Started as root, mosquitto would switch to user "mosquitto" and could no longer read
+        # the test's password/ACL files; as any other user this line has no effect.
+        f"user {getpass.getuser()}\n"
         "persistence false\n"
         "log_dest stderr\n"
         "log_type error\n" + extra_conf
