@@ -1,0 +1,122 @@
+"""The MQTT contract document cannot drift from the code, and a live run obeys it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import jsonschema
+import pytest
+import yaml
+
+from feedback.asyncapi import build_document, to_yaml
+from settle.app import serve
+from settle.config import load_config
+from settle.demo import virtual_world
+from tests.conftest import Mosquitto
+from tests.test_e2e import CONFIG
+
+DOC_PATH = Path(__file__).parents[1] / "docs" / "asyncapi.yaml"
+
+
+def test_document_matches_the_models() -> None:
+    assert yaml.safe_load(DOC_PATH.read_text()) == build_document(), (
+        "docs/asyncapi.yaml is stale: run `python -m feedback.asyncapi > docs/asyncapi.yaml`"
+    )
+    assert DOC_PATH.read_text() == to_yaml(build_document())
+
+
+def _matchers(doc: dict[str, Any]) -> list[tuple[re.Pattern[str], dict[str, Any], str]]:
+    out = []
+    for cid, ch in doc["channels"].items():
+        pattern = re.escape(ch["address"]).replace(r"\{device\}", "[^/]+")
+        pattern = pattern.replace(r"\{command\}", ".+")
+        (msg_ref,) = ch["messages"].values()
+        msg = doc["components"]["messages"][msg_ref["$ref"].rsplit("/", 1)[1]]
+        out.append((re.compile(pattern + "$"), msg, cid))
+    return out
+
+
+def _validate(doc: dict[str, Any], msg: dict[str, Any], payload: bytes) -> None:
+    schema = {**doc, **msg["payload"]}  # refs like #/components/schemas/X resolve in the doc
+    if msg["contentType"] == "application/json":
+        jsonschema.validate(json.loads(payload), schema)
+    else:
+        jsonschema.validate(payload.decode(), schema)
+
+
+@pytest.mark.mosquitto
+async def test_every_message_of_a_live_run_matches_the_document(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    doc = build_document()
+    matchers = _matchers(doc)
+    settings = load_config(
+        CONFIG,
+        mqtt={"host": mosquitto.host, "port": mosquitto.port},
+        storage={"db_path": tmp_path / "s.db"},
+        processing={"baseline_s": 20},
+        homeassistant={"enabled": False},
+    )
+    got: list[tuple[str, bytes]] = []
+    async with virtual_world(replay=None, speed=10, seed=6) as world:
+        task = asyncio.create_task(
+            serve(
+                settings,
+                scanner_kwargs=world.scanner_kwargs(),
+                client_kwargs=world.client_kwargs(),
+                source="virtual",
+                duration=7,
+                handle_signals=False,
+            )
+        )
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port) as c:
+            await c.subscribe("settle/#", qos=1)
+            dev = None
+            async with asyncio.timeout(20):
+                async for m in c.messages:
+                    got.append((str(m.topic), bytes(m.payload)))  # type: ignore[arg-type]
+                    if str(m.topic).endswith("/indices") and dev is None:
+                        dev = str(m.topic).split("/")[1]
+                        cmds = [
+                            ("baseline/start", {}), ("marker", {"kind": "shame", "text": "x"}),
+                            ("baseline/stop", {}),
+                            ("session/start", {"intention": {"target": "self",
+                                                             "statement": "I am safe"}}),
+                            ("session/stop", {}), ("marker", {"kind": "bogus"}),
+                        ]  # fmt: skip
+                        for i, (name, body) in enumerate(cmds):
+                            payload = json.dumps({"v": 1, "id": str(i), **body})
+                            await c.publish(f"settle/{dev}/cmd/{name}", payload, qos=1)
+                    if str(m.topic).endswith("/cmd/marker/result") and b'"5"' in m.payload:  # type: ignore[operator]
+                        break
+            await asyncio.sleep(0.5)
+        assert await task == 0
+
+    seen_channels = set()
+    for topic, payload in got:
+        matched = [(msg, cid) for rx, msg, cid in matchers if rx.match(topic)]
+        assert matched, f"topic not in the contract: {topic}"
+        msg, cid = matched[0]
+        if cid.startswith("cmd") and cid != "cmdResult" and json.loads(payload)["id"] == "5":
+            with pytest.raises(jsonschema.ValidationError):  # the deliberately bad command
+                _validate(doc, msg, payload)
+            continue
+        _validate(doc, msg, payload)
+        seen_channels.add(cid)
+    # Everything the daemon publishes appeared at least once in this run.
+    assert {"bridgeState", "bridgeInfo", "availability", "status", "beat", "indices",
+            "session", "event", "cmdResult"} <= seen_channels  # fmt: skip
+    results = {json.loads(p)["id"]: json.loads(p) for t, p in got if t.endswith("/result")}
+    assert [results[str(i)]["status"] for i in range(6)] == ["ok"] * 5 + ["error"]
+    sessions = [json.loads(p) for t, p in got if t.endswith("/session")]
+    assert any(s.get("intention", {}) and s["intention"]["statement"] == "I am safe"
+               for s in sessions)  # fmt: skip
+    events = [json.loads(p)["kind"] for t, p in got if t.endswith("/event")]
+    for kind in ["session-start", "baseline-start", "shame", "baseline-too-short",
+                 "session-stop"]:  # fmt: skip
+        assert kind in events, events
