@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
@@ -442,7 +443,8 @@ async def _command(
 
     cmd_id = uuid.uuid4().hex[:12]
     payload = json.dumps({"v": 1, "id": cmd_id, **body})
-    options = connect_options(settings)
+    # One-shot clients speak 3.1.1: they need nothing of 5, and the embedded broker has only 3.1.1.
+    options = dataclasses.replace(connect_options(settings), mqtt5=False)
     where = options.where
     base = settings.mqtt.topic_base
     try:
