@@ -5,7 +5,9 @@ available only while both the bridge (``<base>/bridge/state``) and the strap
 (``<base>/<dev>/availability``) say ``online`` (``availability_mode: all``). Configs are
 retained under ``<prefix>/<component>/<node>/<object>/config``; an empty retained payload on
 the same topics removes the entities (:func:`removal_messages`). Keys follow Home Assistant's
-MQTT discovery documentation (sensor, binary_sensor, button platforms); pure functions, no I/O.
+MQTT discovery documentation (sensor, binary_sensor, button platforms); entity ids are
+suggested with ``default_entity_id`` (``object_id`` was deprecated in Home Assistant 2025.10 and
+removed in 2026.4). Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def bridge_messages(prefix: str, base: str, sw_version: str) -> list[tuple[str, 
     config = {
         "name": "Connection",
         "unique_id": f"{BRIDGE_NODE}_{base.replace('/', '_')}_state",
-        "object_id": f"{BRIDGE_NODE}_state",
+        "default_entity_id": f"binary_sensor.{BRIDGE_NODE}_state",
         "state_topic": f"{base}/bridge/state",
         "payload_on": "online",
         "payload_off": "offline",
@@ -81,7 +83,7 @@ def device_messages(
         cfg = {
             "name": name,
             "unique_id": f"settle_{d}_{obj}",
-            "object_id": f"settle_{d}_{obj}",
+            "default_entity_id": f"sensor.settle_{d}_{obj}",
             "state_topic": topic,
             "value_template": template,
             **extra,
@@ -93,7 +95,7 @@ def device_messages(
         cfg = {
             "name": name,
             "unique_id": f"settle_{d}_{obj}",
-            "object_id": f"settle_{d}_{obj}",
+            "default_entity_id": f"binary_sensor.settle_{d}_{obj}",
             "state_topic": topic,
             "value_template": template,
             "payload_on": "ON",
@@ -107,7 +109,7 @@ def device_messages(
         cfg = {
             "name": name,
             "unique_id": f"settle_{d}_{obj}",
-            "object_id": f"settle_{d}_{obj}",
+            "default_entity_id": f"button.settle_{d}_{obj}",
             "command_topic": f"{t}/cmd/{cmd}",
             "payload_press": json.dumps({"v": 1, "id": f"ha-{obj}", **body}),
             "qos": 1,

@@ -24,8 +24,8 @@ from tests.test_e2e import CONFIG, Collector
 # shared availability/device/origin keys). A key outside this set would be rejected by HA's
 # schema (it forbids extra keys).
 COMMON = {
-    "name", "unique_id", "object_id", "availability", "availability_mode", "device", "origin",
-    "icon", "entity_category", "qos",
+    "name", "unique_id", "default_entity_id", "availability", "availability_mode", "device",
+    "origin", "icon", "entity_category", "qos",
 }  # fmt: skip
 PLATFORM_KEYS = {
     "sensor": COMMON | {"state_topic", "value_template", "unit_of_measurement", "device_class",
@@ -49,6 +49,7 @@ def test_discovery_payloads_use_documented_keys_and_unique_ids() -> None:
         assert set(cfg) <= PLATFORM_KEYS[platform], set(cfg) - PLATFORM_KEYS[platform]
         assert set(cfg["device"]) <= DEVICE_KEYS
         uids.add(cfg["unique_id"])
+        assert cfg["default_entity_id"].startswith(platform + ".")
         if platform == "button":
             # What HA sends when the button is pressed is a command the daemon accepts.
             cmd = cfg["command_topic"].split("/cmd/")[1]
