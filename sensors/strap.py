@@ -50,6 +50,19 @@ NOT_FOUND_HINT = (
 )
 
 
+def bluetooth_unavailable(exc: BaseException) -> str:
+    """One line for "the Bluetooth stack cannot be used at all" (adapter, power, permissions)."""
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, FileNotFoundError):
+        detail = "no BlueZ / system D-Bus found"
+    elif isinstance(exc, PermissionError):
+        detail = "permission denied (is your user allowed to use Bluetooth?)"
+    return (
+        f"Bluetooth is unavailable ({detail}) — check that an adapter is present and switched "
+        "on (`bluetoothctl show`), or try `settle demo` for a virtual strap"
+    )
+
+
 def device_id_for(name: str | None, address: str) -> str:
     """Stable, topic-safe id of a strap, e.g. ``polar_h10_a1b2c3d4``.
 
@@ -133,8 +146,8 @@ class StrapClient:
             device = await BleakScanner.find_device_by_filter(
                 self._wanted, timeout=self.scan_timeout_s, **self._scanner_kwargs
             )
-        except BleakError as exc:
-            raise SensorError(target, f"Bluetooth is unavailable: {exc}") from exc
+        except (BleakError, OSError) as exc:
+            raise SensorError(target, bluetooth_unavailable(exc)) from exc
         if device is None:
             raise SensorError(
                 target,

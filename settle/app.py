@@ -32,6 +32,7 @@ async def serve(
     on_broker: Callable[[BrokerChoice | None], Awaitable[None]] | None = None,
     handle_signals: bool = True,
     addresses: list[str] | None = None,
+    time_scale: float = 1.0,
 ) -> int:
     """Run until ``duration`` seconds passed, every ``finished`` awaitable is done, or a
     stop signal (Ctrl-C, SIGTERM) arrives. Returns the process exit code.
@@ -61,6 +62,7 @@ async def serve(
                 clients,
                 source=source,
                 broker=broker,
+                time_scale=time_scale,
                 on_session=lambda p, info: _print_session(out, p, info),
                 on_indices=lambda p: _print_indices(out, p),
             )

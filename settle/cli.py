@@ -185,6 +185,7 @@ async def _demo(settings: Settings, duration: float | None, n_straps: int) -> in
         return await serve(
             settings,
             addresses=[s.address for s in world.straps],
+            time_scale=d.speed,
             scanner_kwargs=world.scanner_kwargs(),
             client_kwargs=world.client_kwargs(),
             source="virtual",
@@ -233,13 +234,13 @@ async def _scan(scan_s: float, as_json: bool, virtual: bool) -> int:
     from bleak.exc import BleakError
 
     from sensors.hrs import HEART_RATE_SERVICE_UUID
-    from sensors.strap import device_id_for
+    from sensors.strap import bluetooth_unavailable, device_id_for
 
     async def do_scan(kwargs: dict[str, Any]) -> list[dict[str, Any]]:
         try:
             found = await BleakScanner.discover(timeout=scan_s, return_adv=True, **kwargs)
-        except BleakError as exc:
-            raise SettleError(f"Bluetooth is unavailable: {exc}") from exc
+        except (BleakError, OSError) as exc:
+            raise SettleError(bluetooth_unavailable(exc)) from exc
         rows = []
         for dev, adv in found.values():
             if HEART_RATE_SERVICE_UUID not in [u.lower() for u in adv.service_uuids]:
@@ -268,8 +269,9 @@ async def _scan(scan_s: float, as_json: bool, virtual: bool) -> int:
         out.print(json.dumps({"v": 1, "straps": rows}), markup=False)
         return 0
     if not rows:
-        out.print("No heart-rate strap found. Wear it with wet electrodes; a phone may hold it.")
-        return 1
+        from sensors.strap import NOT_FOUND_HINT
+
+        raise SettleError(f"no heart-rate strap found in {scan_s:g} s — {NOT_FOUND_HINT}")
     print_table(
         ["name", "address", "RSSI", "device id", "raw ECG (PMD)"],
         [
@@ -497,6 +499,47 @@ async def _find_device(client: Any, base: str, *, need_session: bool) -> str:
     if len(found) > 1:
         raise SettleError(f"several devices are active ({', '.join(sorted(found))}); pick --device")
     return found.pop()
+
+
+@app.command()
+def analyze(
+    file: Annotated[
+        Path, typer.Argument(help="RR recording (CSV t_s,rr_ms / one RR per line / .hrm).")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    no_correction: Annotated[
+        bool, typer.Option("--no-correction", help="Use the raw intervals as given.")
+    ] = False,
+    beats: Annotated[
+        Path | None, typer.Option("--beats", help="Write t_s,rr_raw_ms,rr_ms,class CSV.")
+    ] = None,
+    rolling: Annotated[
+        Path | None, typer.Option("--rolling", help="Write the rolling series CSV.")
+    ] = None,
+    window: Annotated[float, typer.Option("--window", help="Rolling window, s.")] = 60.0,
+) -> None:
+    """Analyse an RR recording offline: HRV summary, artefacts, rolling indices."""
+    from settle.analyze import run_analyze
+
+    try:
+        a, doc = run_analyze(
+            file,
+            as_json=as_json,
+            correction=not no_correction,
+            beats=beats,
+            rolling=rolling,
+            window_s=window,
+        )
+    except SettleError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(doc))
+        return
+    s = doc["summary"]
+    rows = [[k, "–" if v is None else f"{v:.4g}"] for k, v in s.items()]
+    rows.insert(0, ["usable", "yes" if a.usable else f"no ({a.reason})"])
+    rows.insert(1, ["flagged beats", str(a.beats.n_flagged)])
+    print_table(["metric", "value"], rows)
 
 
 def main() -> None:

@@ -121,6 +121,8 @@ class Daemon:
     broker: BrokerChoice | None = None
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    time_scale: float = 1.0
+    """Session seconds per wall second (the speed of time-compressed virtual straps)."""
     auto_start: bool = True
     """Start a session when a strap first connects (``session/start`` starts later ones)."""
     on_session: Callable[[StrapPipeline, StrapInfo], None] | None = None
@@ -286,10 +288,11 @@ class Daemon:
                         async for n in stream:
                             self._on_notification(rt, n)
                 except SensorError as exc:
-                    if not rt.was_connected:
-                        raise  # never found at all: say so now instead of retrying silently
+                    if not rt.was_connected and len(self.runtimes) == 1:
+                        raise  # the only strap was never found: say so now, don't retry quietly
                     rt.last_error = exc.reason
-                    log.warning("strap %s: %s; reconnecting", rt.device_id, exc.reason)
+                    who = rt.device_id or rt.client.address or f"strap {rt.index}"
+                    log.warning("%s: %s; retrying", who, exc.reason)
                     self._availability(rt, False)
                     if rt.session is not None:
                         rt.session.event("disconnected", exc.reason)
@@ -387,6 +390,7 @@ class Daemon:
             intention=intention,
             clock=self.clock,
             on_indices=self.on_indices,
+            time_scale=self.time_scale,
         )
         rt.session = pipeline
         pipeline.publish_session("running")

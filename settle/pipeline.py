@@ -135,7 +135,11 @@ class StrapPipeline:
         intention: Intention | None = None,
         clock: Callable[[], float] = time.time,
         on_indices: Callable[[IndicesPayload], None] | None = None,
+        time_scale: float = 1.0,
     ) -> None:
+        self.time_scale = time_scale
+        """Session seconds per wall-clock second: 1 for a real strap, the speed factor of a
+        time-compressed virtual one (so that anchoring to arrival times stays consistent)."""
         self.out = output
         self.device_id = output.device_id
         self.session_id = session_id
@@ -156,6 +160,9 @@ class StrapPipeline:
         self.last_td: TimeDomain | None = None
         self.baseline: Literal["pending", "collecting", "complete"] = "pending"
         self.last_contact: bool | None = None
+        self.gaps: list[tuple[float, float, str]] = []
+        """(start_t_s, end_t_s, reason) of every interruption: beats there are unknown."""
+        self._gap_open: tuple[float, str] | None = None
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -186,9 +193,21 @@ class StrapPipeline:
         t = self.now_t_s() if t_s is None else t_s
         self.out.event(self.session_id, kind, t, text, source, ts=self.now_ms())
 
-    def restart_window(self) -> None:
-        """After a reconnect: successive differences must never span the gap."""
+    def restart_window(self, reason: str = "reconnect") -> None:
+        """After a reconnect: the next beats are re-anchored to their arrival time, the gap
+        is recorded (``gaps``, and an event once its end is known) and no successive
+        difference ever spans it."""
         self.rolling.reset()
+        if self.beat_t_s is not None:
+            self._gap_open = (self.beat_t_s, reason)
+
+    def _close_gap(self, end_t_s: float) -> None:
+        if self._gap_open is None:
+            return
+        start, reason = self._gap_open
+        self._gap_open = None
+        self.gaps.append((start, end_t_s, reason))
+        self.event("gap", f"{reason}: {end_t_s - start:.1f} s without beats", t_s=end_t_s)
 
     def start_baseline(self) -> None:
         self.settling.start_baseline(self.now_t_s())
@@ -207,10 +226,13 @@ class StrapPipeline:
         """Record the notification's beats; return their beat times (s since session start)."""
         m = n.measurement
         self.last_contact = m.contact
-        if self.beat_t_s is None:
-            # Anchor: the first notification's beats end at its arrival time.
-            since_start_s = max(0.0, (n.recv_ts_ms - self.started_ms) / 1000.0)
-            self.beat_t_s = max(0.0, since_start_s - sum(m.rr_ms) / 1000.0)
+        if self.beat_t_s is None or (self._gap_open is not None and m.rr_ms):
+            # Anchor: this notification's beats end at its arrival time (the first one of the
+            # session, or the first after a gap: cumulative RR cannot bridge lost beats).
+            since_start_s = max(0.0, (n.recv_ts_ms - self.started_ms) / 1000.0 * self.time_scale)
+            anchor = max(0.0, since_start_s - sum(m.rr_ms) / 1000.0)
+            self.beat_t_s = anchor if self.beat_t_s is None else max(self.beat_t_s, anchor)
+            self._close_gap(self.beat_t_s)
         rows: list[BeatRow] = []
         times: list[float] = []
         for raw, rr_ms in zip(m.rr_raw, m.rr_ms, strict=True):

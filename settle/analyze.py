@@ -1,0 +1,162 @@
+"""``settle analyze``: offline analysis of one RR recording (I/O around :mod:`processing.offline`).
+
+JSON (``--json``, schema ``v: 1``)::
+
+    {"v": 1, "n_beats", "duration_s", "usable", "reason",
+     "correction": {"enabled", "n_flagged", "by_class": {class: count}},
+     "summary": {"mean_rr_ms", "mean_hr_bpm", "sdnn_ms", "rmssd_ms", "ln_rmssd", "pnn50_pct",
+                 "sd1_ms", "sd2_ms", "dfa_alpha1", "vlf_ms2", "lf_ms2", "hf_ms2", "lf_hf",
+                 "lf_nu", "hf_nu", "peak_hz", "resp_rate_bpm", "coherence"}}
+
+Non-finite numbers are written as ``null``. ``--beats`` writes ``t_s,rr_raw_ms,rr_ms,class``
+(empty cell for a missing value); ``--rolling`` writes one row per beat (time domain of the
+``--window`` seconds ending at it) and one row every 5 s (spectra, coherence, settling score),
+distinguished by the ``kind`` column.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from processing.offline import Analysis, analyze
+from sensors.readers import read_rr_file
+from settle.errors import InputFileError
+
+__all__ = ["analysis_json", "run_analyze"]
+
+
+def _num(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def analysis_json(a: Analysis, correction: bool) -> dict[str, Any]:
+    """The ``--json`` object (schema version 1)."""
+    td, sp = a.td, a.spectral
+    return {
+        "v": 1,
+        "n_beats": a.n_beats,
+        "duration_s": _num(a.duration_s),
+        "usable": a.usable,
+        "reason": a.reason,
+        "correction": {
+            "enabled": correction,
+            "n_flagged": a.beats.n_flagged,
+            "by_class": a.beats.by_class(),
+        },
+        "summary": {
+            "mean_rr_ms": _num(td.mean_rr_ms),
+            "mean_hr_bpm": _num(td.hr_bpm),
+            "sdnn_ms": _num(td.sdnn_ms),
+            "rmssd_ms": _num(td.rmssd_ms),
+            "ln_rmssd": _num(td.ln_rmssd),
+            "pnn50_pct": _num(td.pnn50_pct),
+            "sd1_ms": _num(a.sd1_ms),
+            "sd2_ms": _num(a.sd2_ms),
+            "dfa_alpha1": _num(a.dfa_alpha1),
+            "vlf_ms2": _num(sp.vlf_ms2),
+            "lf_ms2": _num(sp.lf_ms2),
+            "hf_ms2": _num(sp.hf_ms2),
+            "lf_hf": _num(sp.lf_hf),
+            "lf_nu": _num(sp.lf_nu),
+            "hf_nu": _num(sp.hf_nu),
+            "peak_hz": _num(sp.peak_hz),
+            "resp_rate_bpm": _num(sp.resp_rate_bpm),
+            "coherence": _num(a.coherence),
+        },
+    }
+
+
+def _fmt(col: np.ndarray) -> list[str]:  # type: ignore[type-arg]
+    return ["" if not math.isfinite(v) else f"{v:.6g}" for v in col.tolist()]
+
+
+def _write_csv(path: Path, header: str, cols: list[list[str]]) -> None:
+    buf = io.StringIO()
+    buf.write(header + "\n")
+    for row in zip(*cols, strict=True):
+        buf.write(",".join(row) + "\n")
+    try:
+        path.write_text(buf.getvalue())
+    except OSError as exc:
+        raise InputFileError(str(path), f"cannot write: {exc.strerror or exc}") from None
+
+
+def write_beats(a: Analysis, path: Path) -> None:
+    b = a.beats
+    _write_csv(
+        path,
+        "t_s,rr_raw_ms,rr_ms,class",
+        [_fmt(b.t_s), _fmt(b.rr_raw_ms), _fmt(b.rr_ms), b.classes()],
+    )
+
+
+def write_rolling(a: Analysis, path: Path) -> None:
+    r = a.rolling
+    assert r is not None
+    nb, ns = r.beat_t_s.size, r.step_t_s.size
+    e_b, e_s = [""] * nb, [""] * ns
+    cols = [
+        ["beat"] * nb + ["step"] * ns,
+        _fmt(r.beat_t_s) + _fmt(r.step_t_s),
+        _fmt(r.beat_mean_rr_ms) + e_s,
+        _fmt(r.beat_hr_bpm) + e_s,
+        _fmt(r.beat_sdnn_ms) + e_s,
+        _fmt(r.beat_rmssd_ms) + e_s,
+        _fmt(r.beat_pnn50_pct) + e_s,
+        e_b + _fmt(r.step_lf_ms2),
+        e_b + _fmt(r.step_hf_ms2),
+        e_b + _fmt(r.step_lf_hf),
+        e_b + _fmt(r.step_resp_rate_bpm),
+        e_b + _fmt(r.step_coherence),
+        e_b + _fmt(r.step_score),
+    ]
+    _write_csv(
+        path,
+        "kind,t_s,mean_rr_ms,hr_bpm,sdnn_ms,rmssd_ms,pnn50_pct,lf_ms2,hf_ms2,lf_hf,"
+        "resp_rate_bpm,coherence,settling_score",
+        cols,
+    )
+
+
+def run_analyze(
+    file: Path,
+    *,
+    as_json: bool,
+    correction: bool,
+    beats: Path | None,
+    rolling: Path | None,
+    window_s: float,
+) -> tuple[Analysis, dict[str, Any]]:
+    """Read, analyse and write the requested files; returns the analysis and its JSON."""
+    if not (math.isfinite(window_s) and window_s > 0):
+        raise InputFileError(str(file), f"--window must be > 0 s, got {window_s!r}")
+    rec = read_rr_file(file)
+    progress = None
+    if sys.stderr.isatty() and rec.rr_ms.size > 20_000:
+        from rich.progress import Progress
+
+        progress = Progress(transient=True)
+        progress.start()
+        progress.add_task(f"analysing {rec.rr_ms.size} beats", total=None)
+    try:
+        a = analyze(
+            rec.t_s,
+            rec.rr_ms,
+            correction=correction,
+            window_s=window_s,
+            rolling=rolling is not None,
+        )
+        if beats is not None:
+            write_beats(a, beats)
+        if rolling is not None:
+            write_rolling(a, rolling)
+    finally:
+        if progress is not None:
+            progress.stop()
+    return a, analysis_json(a, correction)
