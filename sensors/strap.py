@@ -31,6 +31,7 @@ from bleak.exc import BleakError
 
 from sensors.hrs import (
     BATTERY_LEVEL_UUID,
+    BODY_SENSOR_LOCATION_UUID,
     HEART_RATE_MEASUREMENT_UUID,
     HEART_RATE_SERVICE_UUID,
     HeartRateMeasurement,
@@ -94,6 +95,12 @@ class StrapInfo:
     model: str | None = None
     manufacturer: str | None = None
     firmware: str | None = None
+    body_location: str | None = None
+    """From 0x2A38: chest, wrist, finger, hand, ear lobe, foot or other."""
+
+
+BODY_LOCATIONS = {0: "other", 1: "chest", 2: "wrist", 3: "finger", 4: "hand", 5: "ear lobe",
+                  6: "foot"}  # fmt: skip
 
 
 def _offers_hrs(adv: AdvertisementData) -> bool:
@@ -203,6 +210,10 @@ class StrapClient:
         battery: int | None = None
         with contextlib.suppress(BleakError, KeyError, ValueError, IndexError):
             battery = int((await client.read_gatt_char(BATTERY_LEVEL_UUID))[0])
+        location: str | None = None
+        with contextlib.suppress(BleakError, KeyError, ValueError, IndexError):
+            code = int((await client.read_gatt_char(BODY_SENSOR_LOCATION_UUID))[0])
+            location = BODY_LOCATIONS.get(code, f"reserved ({code})")
         name = device.name or ""
         return StrapInfo(
             address=device.address,
@@ -212,6 +223,7 @@ class StrapClient:
             model=await text(DIS_MODEL_UUID),
             manufacturer=await text(DIS_MANUFACTURER_UUID),
             firmware=await text(DIS_FIRMWARE_UUID),
+            body_location=location,
         )
 
 
