@@ -11,6 +11,10 @@ clock then runs on whatever happens to the link. One simulated second lasts
 ``1/speed`` wall seconds. At each simulated second the strap notifies the RR of the beats
 completed during that second (usually 0–3), as real straps do; beats completed while no
 central is subscribed are lost and counted in ``beats_unsent``.
+
+With ``pmd=PmdConfig(...)`` the strap also offers Polar's PMD service and streams raw ECG,
+emulating the H10 behaviours listed in :mod:`sensors.virtual.pmd` (then ``max_centrals=2``
+keeps it advertising for a second central, like Polar's "dual connection").
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from bumble.device import Connection
 
 from sensors.hrs import HeartRateMeasurement, rr_ms_to_raw
 from sensors.virtual.air import VirtualAir
+from sensors.virtual.pmd import PmdConfig, VirtualPmd
 from settle.errors import SensorError
 
 logger = logging.getLogger(__name__)
@@ -80,6 +85,7 @@ class VirtualStrap:
         max_mtu: largest ATT_MTU (bytes) the strap accepts (Polar H10: 232).
         advertising_interval_ms: wall milliseconds between advertisements.
         manufacturer, model, serial, firmware, hardware, software: 0x180A strings.
+        pmd: offer the Polar PMD service (raw ECG) with this configuration; None: no PMD.
     """
 
     def __init__(
@@ -101,6 +107,7 @@ class VirtualStrap:
         firmware: str = "1.0.0",
         hardware: str = "1",
         software: str = "1.0.0",
+        pmd: PmdConfig | None = None,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be > 0")
@@ -116,6 +123,9 @@ class VirtualStrap:
         self._device = air.create_device(name, address)
         self._device.gatt_server.max_mtu = max_mtu
         self._address = self._device.random_address.to_string(with_type_qualifier=False)
+        self.pmd: VirtualPmd | None = VirtualPmd(self._device, speed, pmd) if pmd else None
+        """The PMD emulation (requests, replies, unclean disconnects …) when enabled."""
+        self._max_centrals = pmd.max_centrals if pmd else 1
 
         self.sent: list[HeartRateMeasurement] = []
         """Every 0x2A37 notification sent, in order (one entry per notification)."""
@@ -178,6 +188,7 @@ class VirtualStrap:
                     ],
                 ),
                 gatt.Service(gatt.GATT_BATTERY_SERVICE, [self._battery]),
+                *([self.pmd.service] if self.pmd else []),
                 gatt.Service(
                     gatt.GATT_DEVICE_INFORMATION_SERVICE,
                     [
@@ -239,6 +250,8 @@ class VirtualStrap:
             return
         self._stopped = True
         self._readvertise = False
+        if self.pmd is not None:
+            await self.pmd.stop()
         tasks = [t for t in (self._stream_task, self._advertise_task) if t is not None]
         for task in tasks:
             task.cancel()
@@ -298,10 +311,14 @@ class VirtualStrap:
             connection.EVENT_DISCONNECTION,
             lambda reason: self._on_disconnection(connection, reason),
         )
+        if len(self._connections) < self._max_centrals and self._readvertise:
+            self._schedule_advertising(0.0)  # "dual connection": room for another central
 
     def _on_disconnection(self, connection: Connection, reason: int) -> None:
         self._connections.discard(connection)
         self._subscribed.discard(connection)
+        if self.pmd is not None:
+            self.pmd.on_disconnection(connection)
         logger.debug("virtual strap %s: link ended, reason=0x%02X", self.address, reason)
         if self._readvertise and not self._stopped:
             self._schedule_advertising(0.0)
@@ -419,7 +436,7 @@ class VirtualStrap:
 
     async def _advertise_after(self, delay_s: float) -> None:
         await asyncio.sleep(delay_s)
-        if not self._stopped and not self._connections:
+        if not self._stopped and len(self._connections) < self._max_centrals:
             await self._advertise()
 
     async def _cancel_advertising(self) -> None:

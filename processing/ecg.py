@@ -1,0 +1,353 @@
+"""Real-time R-peak detection on single-lead chest ECG → ECG-derived RR (pure numpy/scipy).
+
+Built for the Polar H10 raw ECG (130 Hz, µV, 73-sample PMD frames) but any sampling rate works.
+Feed samples in the order they arrive; :meth:`RPeakDetector.update` returns the beats it could
+confirm with the samples seen so far. No clock is read: time comes with each chunk.
+
+Method (a causal Pan–Tompkins variant, tuned for low latency rather than offline accuracy):
+
+1. Band-pass 5–20 Hz (2nd-order Butterworth, second-order sections, state carried across
+   chunks) → ``y``; this removes baseline wander and most of the T wave.
+2. Energy ``y²`` averaged over ``integration_s`` (50 ms) → feature ``m``.
+3. A QRS candidate is the maximum of ``m`` above the threshold
+   ``T = threshold_fraction · SPK``; it is confirmed once ``lookahead_s`` (50 ms) of samples
+   after it are no larger. ``SPK`` (signal-peak level) is an exponential average of confirmed
+   peaks (weight 1/8, each peak clipped to 4·SPK), learned over the first ``learn_s`` after a
+   (re)start, halved whenever no beat was confirmed for ``max(1.5 · mean RR, 1 s)``, and
+   never above the largest feature value of the last ``memory_s`` (2.5 s): so the absurd
+   values of a stream's first seconds blind the detector for at most that long.
+4. Refractory period ``refractory_s`` (250 ms); a candidate within 360 ms of the previous
+   beat with less than half its feature peak is taken as a T wave and ignored.
+5. Fiducial point: the sample of largest ``|y|`` in the 150 ms before the feature peak,
+   refined by fitting a parabola through it and its two neighbours (sub-sample timing; the
+   sample period is 7.7 ms at 130 Hz), minus the filter's group delay at 10 Hz so that beat
+   times sit on the caller's clock. RR is the difference of consecutive fiducial times.
+
+Latency: a beat is confirmed ``lookahead_s`` after its feature peak, which itself trails the
+R peak by the filter delay plus half the integration window (≈ 3 + 3 samples at 130 Hz); so the
+algorithmic delay is about 0.09 s at 130 Hz. On top of it comes whatever buffering the source
+imposes (a PMD frame holds 0.56 s of samples: 0–0.56 s, 0.28 s on average). Each beat carries
+``confirmed_t_s`` (the time of the newest sample when it was confirmed) so callers can measure
+it; see docs/pmd.md for the figures on the real H10 recording.
+
+A jump in the chunk timestamps larger than ``gap_tolerance_s`` resets the detector (the next
+beat has no RR): samples are never bridged across a gap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import numpy.typing as npt
+from scipy import signal
+
+__all__ = ["DetectorParams", "EcgBeat", "RPeakDetector", "detect_rpeaks"]
+
+_NS_PER_S = 1_000_000_000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DetectorParams:
+    """Parameters of :class:`RPeakDetector`; defaults suit the Polar H10 at 130 Hz."""
+
+    fs_hz: float = 130.0
+    """Sampling rate of the ECG, Hz (the H10's nominal rate; it measures 130.05–130.17)."""
+    band_hz: tuple[float, float] = (5.0, 20.0)
+    """Pass band of the QRS filter, Hz."""
+    integration_s: float = 0.05
+    """Length of the moving average of the squared filtered ECG, s."""
+    lookahead_s: float = 0.05
+    """A feature peak is confirmed when no larger value follows within this time, s."""
+    refractory_s: float = 0.25
+    """No second beat within this time of a beat, s (≈ 240 beats/min)."""
+    t_wave_s: float = 0.36
+    """A candidate this close to the previous beat must reach half its feature peak, s."""
+    threshold_fraction: float = 0.3
+    """Detection threshold as a fraction of the signal-peak level SPK."""
+    memory_s: float = 2.5
+    """SPK never exceeds the largest feature value of this recent past, s."""
+    learn_s: float = 1.5
+    """After a (re)start, SPK is learned for this long before any beat is reported, s."""
+    warmup_s: float = 4.0
+    """Beats within this time of a (re)start are reported with ``plausible=False``, s."""
+    rr_min_ms: float = 273.0
+    """Shortest plausible RR, ms (220 beats/min)."""
+    rr_max_ms: float = 2000.0
+    """Longest plausible RR, ms (30 beats/min)."""
+    gap_tolerance_s: float = 0.1
+    """A chunk starting further than this from where the previous one ended is a gap, s."""
+
+    def __post_init__(self) -> None:
+        lo, hi = self.band_hz
+        if not (self.fs_hz > 0 and math.isfinite(self.fs_hz)):
+            raise ValueError(f"fs_hz must be finite and > 0, got {self.fs_hz!r}")
+        if not 0 < lo < hi < self.fs_hz / 2:
+            raise ValueError(f"band_hz must satisfy 0 < lo < hi < fs/2, got {self.band_hz!r}")
+        for name in ("integration_s", "lookahead_s", "refractory_s", "learn_s", "memory_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        if not 0 < self.threshold_fraction < 1:
+            raise ValueError("threshold_fraction must be within (0, 1)")
+        if not 0 < self.rr_min_ms < self.rr_max_ms:
+            raise ValueError("need 0 < rr_min_ms < rr_max_ms")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EcgBeat:
+    """One detected heartbeat (R peak)."""
+
+    t_s: float
+    """Time of the R peak, s, on the clock of the timestamps given to ``update``
+    (sub-sample: parabolic interpolation of the filtered ECG, group delay removed)."""
+    rr_ms: float | None
+    """``1000 · (t_s − previous t_s)``, ms; None for the first beat after a (re)start."""
+    plausible: bool
+    """False if within ``warmup_s`` of a (re)start or ``rr_ms`` outside
+    [``rr_min_ms``, ``rr_max_ms``]; such beats should be stored as artefacts, not analysed."""
+    confirmed_t_s: float
+    """Time of the newest sample when the beat was confirmed, s; ``confirmed_t_s − t_s`` is
+    the detection latency (excluding transport)."""
+    amplitude_uv: float
+    """Filtered ECG at the fiducial point, µV (sign kept: R or S dominant)."""
+
+
+class RPeakDetector:
+    """Streaming R-peak detector. See the module docstring for the method.
+
+    ``update(samples_uv, t_first_s=…)`` or ``update(samples_uv, t_last_ns=…)`` (PMD frames
+    carry the timestamp of their LAST sample) → list of :class:`EcgBeat`, oldest first.
+    """
+
+    def __init__(self, params: DetectorParams | None = None) -> None:
+        self.params = p = params or DetectorParams()
+        fs = p.fs_hz
+        self._sos = signal.butter(2, p.band_hz, btype="bandpass", fs=fs, output="sos")
+        b, a = signal.sos2tf(self._sos)
+        _, gd = signal.group_delay((b, a), w=[10.0], fs=fs)
+        self.group_delay_s = float(gd[0]) / fs
+        """Delay of the QRS filter at 10 Hz, s; subtracted from every beat time."""
+        self._w = max(1, round(p.integration_s * fs))
+        self._look = max(1, round(p.lookahead_s * fs))
+        self._refr = round(p.refractory_s * fs)
+        self._twave = round(p.t_wave_s * fs)
+        self._learn = max(1, round(p.learn_s * fs))
+        self._search = max(3, round(0.15 * fs))
+        self._block = max(1, round(0.5 * fs))
+        self._n_blocks = max(1, math.ceil(p.memory_s / 0.5))
+        self._keep = self._search + self._look + self._w + 4
+        self.beats_total = 0
+        """Beats reported since construction."""
+        self.resets = 0
+        """Gaps (timestamp jumps) that restarted the detector."""
+        self._reset(None)
+
+    # -- state -------------------------------------------------------------------------
+
+    def _reset(self, t0_s: float | None) -> None:
+        self._zi = np.zeros((self._sos.shape[0], 2))
+        self._zi_primed = False
+        self._n = 0  # global index of the next sample since (re)start
+        self._t0_s = t0_s  # time of sample 0 of the current run
+        self._anchors: list[tuple[int, float]] = []  # (first index of a chunk, its time)
+        self._y = np.zeros(0)  # tail of the filtered ECG, ends at index n-1
+        self._e_tail = np.zeros(0)  # last w-1 squared values (for the moving average)
+        self._m = np.zeros(0)  # tail of the feature
+        self._spk = 0.0
+        self._cand_idx = -1
+        self._cand_val = 0.0
+        self._last_idx = -(10**9)
+        self._last_val = 0.0
+        self._last_t_s: float | None = None
+        self._decay_from = 0
+        self._rr_mean_s = 0.8
+        self._next_t_s: float | None = None
+        self._blocks: list[float] = []  # feature maxima of the last completed 0.5-s blocks
+        self._block_max = 0.0
+
+    # -- time --------------------------------------------------------------------------
+
+    def _time_of(self, idx: float) -> float:
+        """Time of (fractional) sample index ``idx``, from the chunk that holds it."""
+        anchor_idx, anchor_t = self._anchors[0]
+        for a_idx, a_t in self._anchors:
+            if a_idx <= idx:
+                anchor_idx, anchor_t = a_idx, a_t
+            else:
+                break
+        return anchor_t + (idx - anchor_idx) / self.params.fs_hz
+
+    # -- main entry --------------------------------------------------------------------
+
+    def update(
+        self,
+        samples_uv: npt.ArrayLike,
+        *,
+        t_first_s: float | None = None,
+        t_last_ns: int | None = None,
+    ) -> list[EcgBeat]:
+        """Process the next chunk of ECG samples (µV); return beats confirmed by it.
+
+        Exactly one of ``t_first_s`` (time of the first sample, s) and ``t_last_ns`` (time of
+        the last sample, ns, as in a PMD frame) must be given.
+        """
+        x = np.asarray(samples_uv, dtype=np.float64).reshape(-1)
+        if (t_first_s is None) == (t_last_ns is None):
+            raise ValueError("give exactly one of t_first_s and t_last_ns")
+        if x.size == 0:
+            return []
+        if not np.all(np.isfinite(x)):
+            raise ValueError("samples_uv must be finite")
+        fs = self.params.fs_hz
+        if t_first_s is None:
+            assert t_last_ns is not None
+            t_first_s = t_last_ns / _NS_PER_S - (x.size - 1) / fs
+        if (
+            self._next_t_s is not None
+            and abs(t_first_s - self._next_t_s) > self.params.gap_tolerance_s
+        ):
+            self.resets += 1
+            self._reset(None)
+        if self._t0_s is None:
+            self._t0_s = t_first_s
+        self._anchors.append((self._n, t_first_s))
+        self._next_t_s = t_first_s + x.size / fs
+        return self._process(x)
+
+    def _process(self, x: npt.NDArray[np.float64]) -> list[EcgBeat]:
+        if not self._zi_primed:
+            # Start the filter in steady state for the first value: no step transient.
+            self._zi = signal.sosfilt_zi(self._sos) * x[0]
+            self._zi_primed = True
+        y, self._zi = signal.sosfilt(self._sos, x, zi=self._zi)
+        e = np.concatenate([self._e_tail, y * y])
+        csum = np.concatenate([[0.0], np.cumsum(e)])
+        w = self._w
+        # moving mean over the last w values (fewer at the very start of a run)
+        start = self._n - self._e_tail.size  # global index of e[0]
+        idx = np.arange(self._e_tail.size, e.size)
+        lo = np.maximum(idx - w + 1, 0)
+        m_new = (csum[idx + 1] - csum[lo]) / (idx + 1 - lo)
+        self._e_tail = e[-(w - 1) :] if w > 1 else np.zeros(0)
+        del start
+
+        base = self._n - self._y.size  # global index of self._y[0] before appending
+        y_all = np.concatenate([self._y, y])
+        m_all = np.concatenate([self._m, m_new])
+        beats: list[EcgBeat] = []
+        first_new = self._n
+        self._n += x.size
+        t_newest = self._time_of(self._n - 1)
+        for n in range(first_new, self._n):
+            beat = self._step(n, m_all, y_all, base, t_newest)
+            if beat is not None:
+                beats.append(beat)
+        keep = min(self._keep, y_all.size)
+        self._y = y_all[-keep:]
+        self._m = m_all[-keep:]
+        # anchors older than the kept tail are no longer needed (keep the one covering it)
+        oldest = self._n - keep
+        while len(self._anchors) > 1 and self._anchors[1][0] <= oldest:
+            self._anchors.pop(0)
+        return beats
+
+    def _step(
+        self,
+        n: int,
+        m_all: npt.NDArray[np.float64],
+        y_all: npt.NDArray[np.float64],
+        base: int,
+        t_newest: float,
+    ) -> EcgBeat | None:
+        v = float(m_all[n - base])
+        self._block_max = max(self._block_max, v)
+        if n % self._block == self._block - 1:
+            self._blocks.append(self._block_max)
+            self._block_max = 0.0
+            del self._blocks[: -self._n_blocks]
+            if n >= self._learn:
+                self._spk = min(self._spk, max(self._blocks))
+        if n < self._learn:
+            self._spk = max(self._spk, v)
+            self._decay_from = n
+            return None
+        fs = self.params.fs_hz
+        if n - max(self._last_idx, self._decay_from) > max(1.5 * self._rr_mean_s, 1.0) * fs:
+            self._spk *= 0.5
+            self._decay_from = n
+        if n - self._last_idx < self._refr:
+            return None
+        threshold = self.params.threshold_fraction * self._spk
+        if v > threshold and v > self._cand_val:
+            self._cand_idx, self._cand_val = n, v
+        if self._cand_idx < 0 or n - self._cand_idx < self._look:
+            return None
+        cand, cand_val = self._cand_idx, self._cand_val
+        self._cand_idx, self._cand_val = -1, 0.0
+        if cand - self._last_idx < self._twave and cand_val < 0.5 * self._last_val:
+            return None  # a T wave
+        return self._confirm(cand, cand_val, y_all, base, t_newest)
+
+    def _confirm(
+        self,
+        cand: int,
+        cand_val: float,
+        y_all: npt.NDArray[np.float64],
+        base: int,
+        t_newest: float,
+    ) -> EcgBeat:
+        p = self.params
+        lo = max(cand - self._search, base, self._last_idx + 1)
+        seg = np.abs(y_all[lo - base : cand - base + 1])
+        k = int(np.argmax(seg)) + lo
+        frac = 0.0
+        if base < k < cand:
+            y0, y1, y2 = (abs(float(y_all[j - base])) for j in (k - 1, k, k + 1))
+            denom = y0 - 2.0 * y1 + y2
+            if denom < 0:
+                frac = max(-0.5, min(0.5, 0.5 * (y0 - y2) / denom))
+        t_s = self._time_of(k + frac) - self.group_delay_s
+        rr_ms = None if self._last_t_s is None else 1000.0 * (t_s - self._last_t_s)
+        assert self._t0_s is not None
+        plausible = (
+            rr_ms is not None
+            and p.rr_min_ms <= rr_ms <= p.rr_max_ms
+            and t_s - self._t0_s >= p.warmup_s
+        )
+        if rr_ms is not None and p.rr_min_ms <= rr_ms <= p.rr_max_ms:
+            self._rr_mean_s = 0.875 * self._rr_mean_s + 0.125 * rr_ms / 1000.0
+        self._spk = 0.875 * self._spk + 0.125 * min(cand_val, 4.0 * self._spk)
+        self._last_idx, self._last_val, self._last_t_s = cand, cand_val, t_s
+        self._decay_from = cand
+        self.beats_total += 1
+        return EcgBeat(
+            t_s=t_s,
+            rr_ms=rr_ms,
+            plausible=plausible,
+            confirmed_t_s=t_newest,
+            amplitude_uv=float(y_all[k - base]),
+        )
+
+
+def detect_rpeaks(
+    ecg_uv: npt.ArrayLike,
+    t_s: npt.ArrayLike | None = None,
+    params: DetectorParams | None = None,
+    chunk: int = 73,
+) -> list[EcgBeat]:
+    """Run :class:`RPeakDetector` over a whole recording, ``chunk`` samples at a time.
+
+    ``t_s`` (per-sample times, s) defaults to ``index / fs_hz``; the time of the first sample
+    of each chunk anchors that chunk, as PMD frame timestamps do live.
+    """
+    x = np.asarray(ecg_uv, dtype=np.float64).reshape(-1)
+    det = RPeakDetector(params)
+    fs = det.params.fs_hz
+    times = np.arange(x.size) / fs if t_s is None else np.asarray(t_s, dtype=np.float64)
+    if times.shape != x.shape:
+        raise ValueError("t_s must have one time per sample")
+    out: list[EcgBeat] = []
+    for i in range(0, x.size, chunk):
+        out.extend(det.update(x[i : i + chunk], t_first_s=float(times[i])))
+    return out

@@ -1,0 +1,338 @@
+"""Polar H10 raw ECG over PMD on a connected ``BleakClient`` (bleak's public API only).
+
+Usage, on a client that is already connected::
+
+    async with PmdSession(client, sensor_id="polar_h10_1234") as pmd:
+        await pmd.start_ecg()
+        async for beat in pmd.ecg_beats():        # ECG-derived RR, see processing.ecg
+            if beat.plausible:
+                use(beat.host_t_s, beat.rr_ms)
+    # leaving the block stops the stream BEFORE the caller disconnects (H10 behaviour 4)
+
+Setup order (``../shared/ble/README.md``): indications on the control point FIRST (else the
+strap never replies), then check the ATT_MTU (≥ 232; bleak negotiates it on connect and
+exposes ``client.mtu_size``), then read the features, then subscribe to the data
+characteristic. Every control-point error code becomes :class:`~sensors.pmd.PmdRequestRefused`
+with a sentence saying what it means; no reply within ``reply_timeout_s`` becomes
+:class:`PmdNoReply`. Both are :class:`~settle.errors.SensorError`.
+
+The notification callbacks only decode and append to bounded buffers (a malformed frame is
+counted in ``malformed`` and dropped; overflow is counted in ``overflowed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Self
+
+from bleak import BleakClient
+from bleak.backends.characteristic import BleakGATTCharacteristic
+from bleak.exc import BleakError
+
+from processing.ecg import DetectorParams, EcgBeat, RPeakDetector
+from sensors.pmd import (
+    ECG_130HZ_14BIT,
+    MIN_MTU,
+    PMD_CONTROL_POINT_UUID,
+    PMD_DATA_UUID,
+    POLAR_EPOCH_UNIX_NS,
+    EcgFrame,
+    MalformedPmd,
+    MeasurementType,
+    PmdCommand,
+    PmdFeatures,
+    PmdResponse,
+    PmdSettings,
+)
+from settle.errors import SensorError
+
+log = logging.getLogger(__name__)
+
+_NS_PER_S = 1_000_000_000
+
+
+class PmdUnavailable(SensorError):
+    """The strap has no PMD service, or does not offer ECG over it."""
+
+
+class PmdMtuTooSmall(SensorError):
+    """The negotiated ATT_MTU is below what the H10 needs for PMD (``mtu`` attribute)."""
+
+    def __init__(self, sensor_id: str, mtu: int) -> None:
+        self.mtu = mtu
+        super().__init__(
+            sensor_id,
+            f"ATT MTU is {mtu} bytes; Polar PMD needs at least {MIN_MTU} (the strap would "
+            f"answer INVALID MTU) — this Bluetooth stack did not negotiate a large enough MTU",
+        )
+
+
+class PmdNoReply(SensorError):
+    """The strap did not answer a control-point request in time."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReceivedFrame:
+    """An ECG frame with its receive time: ``recv_ts_s`` host epoch seconds."""
+
+    recv_ts_s: float
+    frame: EcgFrame
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EcgRR:
+    """One ECG-derived beat, on both clocks."""
+
+    beat: EcgBeat
+    """The detector's beat; ``beat.t_s`` is on the strap clock (s since 2000-01-01)."""
+    host_t_s: float
+    """Beat time on the host clock (epoch s): ``beat.t_s + clock_offset_s`` at detection."""
+    recv_ts_s: float
+    """Host time the frame that confirmed the beat was received (epoch s)."""
+
+    @property
+    def rr_ms(self) -> float | None:
+        return self.beat.rr_ms
+
+    @property
+    def plausible(self) -> bool:
+        return self.beat.plausible
+
+
+class PmdSession:
+    """PMD control and ECG streaming on one connected client. See the module docstring.
+
+    Args:
+        client: a connected ``BleakClient`` (any backend).
+        sensor_id: used in error messages.
+        reply_timeout_s: how long to wait for a control-point indication.
+        buffer_frames: frames kept when the consumer falls behind (older ones are dropped).
+        stall_timeout_s: :meth:`frames` raises if no frame arrives for this long.
+        clock: host epoch clock (seconds), injectable for tests.
+    """
+
+    def __init__(
+        self,
+        client: BleakClient,
+        *,
+        sensor_id: str = "",
+        reply_timeout_s: float = 5.0,
+        buffer_frames: int = 256,
+        stall_timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.sensor_id = sensor_id or client.address
+        self.reply_timeout_s = reply_timeout_s
+        self.stall_timeout_s = stall_timeout_s
+        self._clock = clock
+        self._buffer_frames = buffer_frames
+        self.features: PmdFeatures | None = None
+        self.malformed = 0
+        """Data or control-point notifications that could not be decoded (dropped)."""
+        self.overflowed = 0
+        """Frames dropped because the consumer fell behind by ``buffer_frames``."""
+        self.clock_offset_s: float | None = None
+        """Host epoch s minus strap s, from the least-delayed frame so far (frames are only
+        ever late, so the minimum of ``recv − timestamp`` is the best estimate)."""
+        self._replies: asyncio.Queue[PmdResponse] = asyncio.Queue()
+        self._frames: collections.deque[ReceivedFrame] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._streaming = False
+        self._subscribed: list[str] = []
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Indications first, MTU check, features, then data notifications."""
+        client = self.client
+        if client.services.get_characteristic(PMD_CONTROL_POINT_UUID) is None:
+            raise PmdUnavailable(self.sensor_id, "the strap offers no Polar PMD service")
+        try:
+            await client.start_notify(PMD_CONTROL_POINT_UUID, self._on_control_point)
+            self._subscribed.append(PMD_CONTROL_POINT_UUID)
+            if client.mtu_size < MIN_MTU:
+                raise PmdMtuTooSmall(self.sensor_id, client.mtu_size)
+            self.features = PmdFeatures.from_bytes(
+                await client.read_gatt_char(PMD_CONTROL_POINT_UUID)
+            )
+            if not self.features.supports(MeasurementType.ECG):
+                raise PmdUnavailable(self.sensor_id, "the strap's PMD service offers no ECG")
+            await client.start_notify(PMD_DATA_UUID, self._on_data)
+            self._subscribed.append(PMD_DATA_UUID)
+        except MalformedPmd as exc:
+            await self.close()
+            raise PmdUnavailable(self.sensor_id, f"unexpected PMD features: {exc}") from exc
+        except BleakError as exc:
+            await self.close()
+            raise SensorError(self.sensor_id, f"PMD setup failed: {exc}") from exc
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Stop the ECG stream (if started) and unsubscribe; never raises on a dead link."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._streaming and self.client.is_connected:
+            with contextlib.suppress(SensorError, BleakError, TimeoutError, OSError):
+                await self.stop_ecg()
+        self._streaming = False
+        for uuid in reversed(self._subscribed):
+            if self.client.is_connected:
+                with contextlib.suppress(BleakError, TimeoutError, OSError):
+                    async with asyncio.timeout(5):
+                        await self.client.stop_notify(uuid)
+        self._subscribed.clear()
+        self._wakeup.set()
+
+    def notify_disconnected(self) -> None:
+        """Call from the client's ``disconnected_callback``: ends :meth:`frames` at once."""
+        self._closed = True
+        self._streaming = False
+        self._wakeup.set()
+
+    @property
+    def streaming(self) -> bool:
+        return self._streaming
+
+    # -- control point -----------------------------------------------------------------------
+
+    async def request(self, command: PmdCommand) -> PmdResponse:
+        """Write ``command`` and wait for its indication; raise on an error code."""
+        async with self._lock:
+            while not self._replies.empty():  # stale replies (a previous timeout)
+                self._replies.get_nowait()
+            try:
+                await self.client.write_gatt_char(
+                    PMD_CONTROL_POINT_UUID, bytes(command), response=True
+                )
+            except BleakError as exc:
+                raise SensorError(self.sensor_id, f"PMD request failed: {exc}") from exc
+            try:
+                async with asyncio.timeout(self.reply_timeout_s):
+                    while True:
+                        reply = await self._replies.get()
+                        if reply.answers(command):
+                            break
+                        log.debug("ignored PMD reply %s to another request", bytes(reply).hex())
+            except TimeoutError:
+                raise PmdNoReply(
+                    self.sensor_id,
+                    f"no reply to PMD {command.op.name} within {self.reply_timeout_s:g} s "
+                    "(are control-point indications enabled? is another app using the strap?)",
+                ) from None
+        reply.raise_for_error(self.sensor_id)
+        return reply
+
+    async def ecg_settings(self) -> PmdSettings:
+        """The ECG settings the strap offers (H10: 130 Hz, 14-bit)."""
+        reply = await self.request(PmdCommand.get_settings(MeasurementType.ECG))
+        try:
+            return reply.settings
+        except MalformedPmd as exc:
+            raise SensorError(self.sensor_id, f"unreadable PMD settings: {exc}") from exc
+
+    async def start_ecg(self, settings: PmdSettings = ECG_130HZ_14BIT) -> None:
+        """Start the ECG stream (default 130 Hz / 14-bit, the H10's only option)."""
+        await self.request(PmdCommand.start(MeasurementType.ECG, settings))
+        self._streaming = True
+
+    async def stop_ecg(self) -> None:
+        """Stop the ECG stream. Call before disconnecting (``close`` does it for you)."""
+        self._streaming = False
+        await self.request(PmdCommand.stop(MeasurementType.ECG))
+
+    # -- data ------------------------------------------------------------------------------------
+
+    async def frames(self) -> AsyncIterator[ReceivedFrame]:
+        """Decoded ECG frames as they arrive, oldest first.
+
+        Ends with :class:`SensorError` when the link drops or no frame comes for
+        ``stall_timeout_s``; ends quietly after :meth:`close`.
+        """
+        while True:
+            while self._frames:
+                yield self._frames.popleft()
+            if self._closed:
+                if not self.client.is_connected:
+                    raise SensorError(self.sensor_id, "disconnected")
+                return
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(self.stall_timeout_s):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                if not self.client.is_connected:
+                    raise SensorError(self.sensor_id, "disconnected") from None
+                raise SensorError(
+                    self.sensor_id, f"ECG stream stalled: no frame for {self.stall_timeout_s:g} s"
+                ) from None
+
+    async def ecg_beats(self, params: DetectorParams | None = None) -> AsyncIterator[EcgRR]:
+        """ECG-derived beats from :meth:`frames` through :class:`processing.ecg.RPeakDetector`.
+
+        Beats inside the detector's warm-up or with implausible RR come with
+        ``plausible=False``: store them as artefacts, do not analyse them.
+        """
+        detector = RPeakDetector(params)
+        async for received in self.frames():
+            frame = received.frame
+            for beat in detector.update(frame.samples_uv, t_last_ns=frame.timestamp_ns):
+                assert self.clock_offset_s is not None  # set by the frame's callback
+                yield EcgRR(beat, beat.t_s + self.clock_offset_s, received.recv_ts_s)
+
+    # -- callbacks (synchronous, in the loop) ---------------------------------------------------
+
+    def _on_control_point(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
+        try:
+            reply = PmdResponse.from_bytes(data)
+        except MalformedPmd as exc:
+            self.malformed += 1
+            log.debug("dropped malformed PMD reply from %s: %s", self.sensor_id, exc)
+            return
+        self._replies.put_nowait(reply)
+
+    def _on_data(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
+        recv = self._clock()
+        try:
+            frame = EcgFrame.from_bytes(data)
+        except MalformedPmd as exc:
+            self.malformed += 1
+            log.debug("dropped malformed PMD frame from %s: %s", self.sensor_id, exc)
+            return
+        offset = recv - frame.timestamp_ns / _NS_PER_S
+        if self.clock_offset_s is None or offset < self.clock_offset_s:
+            self.clock_offset_s = offset
+        if len(self._frames) >= self._buffer_frames:
+            self._frames.popleft()
+            self.overflowed += 1
+        self._frames.append(ReceivedFrame(recv, frame))
+        self._wakeup.set()
+
+
+def strap_s_to_unix_s(strap_s: float) -> float:
+    """A PMD time (s since 2000-01-01) as Unix seconds, if the strap clock was set."""
+    return strap_s + POLAR_EPOCH_UNIX_NS / _NS_PER_S

@@ -1,0 +1,129 @@
+"""Honest beat timing against a simulated strap whose clock drifts and whose notifications
+arrive bundled, late, jittered and sometimes not at all."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from sensors.timing import BeatTimer
+
+
+def simulate(
+    hours: float, ppm: float, seed: int, lose_every: int = 0
+) -> tuple[np.ndarray, list[tuple[float, list[float], list[int]]]]:
+    """True beat times, and notifications (arrival, reported RR, indices of their beats)."""
+    rng = np.random.default_rng(seed)
+    n = int(hours * 3600 / 0.85) + 10
+    rr_true = 850 + 40 * np.sin(np.arange(n) * 0.3) + rng.normal(0, 15, n)
+    t_true = np.cumsum(rr_true) / 1000.0
+    # The strap measures with its own clock: ppm slow → intervals reported shorter.
+    rr_rep = np.round(rr_true * (1 - ppm * 1e-6) * 1.024) / 1.024
+    notes = []
+    k = 0
+    for sec in range(1, int(t_true[-1])):
+        idx = []
+        while k < n and t_true[k] <= sec:
+            idx.append(k)
+            k += 1
+        if lose_every and sec % lose_every == 0:
+            continue  # lost notification: its beats are never reported
+        latency = 0.03 + rng.exponential(0.05) + (rng.random() < 0.01) * rng.uniform(1, 2.5)
+        notes.append((sec + latency, [float(rr_rep[i]) for i in idx], idx))
+    return t_true, notes
+
+
+uncertain: set[int] = set()
+
+
+def run(
+    notes: list[tuple[float, list[float], list[int]]],
+) -> tuple[BeatTimer, dict[int, float], list[tuple[list[int], bool]]]:
+    """Feed every notification; map beat index → time. Also return, per notification with
+    beats, (indices, whether a gap was reported)."""
+    timer = BeatTimer()
+    got: dict[int, float] = {}
+    uncertain.clear()
+    releases: list[tuple[list[int], bool]] = []
+    pending: list[int] = []
+    for arrival, rr, idx in notes:
+        beats, gap = timer.push(arrival, rr)
+        pending += idx
+        if not beats:
+            continue
+        assert len(beats) == len(pending)
+        for i, b in zip(pending, beats, strict=True):
+            got[i] = b.t_s
+            if b.uncertain:
+                uncertain.add(i)
+        releases.append((list(pending), gap is not None))
+        pending = []
+    return timer, got, releases
+
+
+@pytest.mark.parametrize("ppm", [-80.0, 0.0, 50.0])
+def test_drift_is_corrected_over_hours(ppm: float) -> None:
+    t_true, notes = simulate(hours=6, ppm=ppm, seed=1)
+    timer, got, _ = run(notes)
+    idx = np.array(sorted(got))
+    err = np.array([got[i] for i in idx]) - t_true[idx]
+    err -= np.median(err[:200])  # the absolute offset is unknowable; its change is not
+    raw = np.cumsum([r for _, rr, _ in notes for r in rr]) / 1000.0
+    raw_err = raw - t_true[idx]
+    raw_err -= raw_err[0]
+    # Without correction the cumulative sum drifts by ppm x elapsed time (1.08 s at 50 ppm).
+    # (plus a random walk of the 1/1024 s rounding: a few tens of ms over hours)
+    assert abs(raw_err[-1]) == pytest.approx(abs(ppm) * 1e-6 * t_true[idx[-1]], abs=0.1)
+    assert np.max(np.abs(err)) < 0.25
+    assert np.percentile(np.abs(err), 95) < 0.12
+    assert timer.drift_ppm == pytest.approx(ppm, abs=25)
+    assert timer.gaps == []  # late notifications (up to 2.5 s) are not mistaken for gaps
+    rr_from_times = np.diff([got[i] for i in idx]) * 1000
+    rr_sent = {i: r for _, rr, ids in notes for i, r in zip(ids, rr, strict=True)}
+    rr_strap = np.array([rr_sent[i] for i in idx[1:]])
+    certain = np.array([i not in uncertain for i in idx[1:]])
+    diff = np.abs(rr_from_times - rr_strap)[certain]
+    assert np.median(diff) < 0.01  # RR between certain beats are the strap's, untouched
+    assert np.max(diff) < 1.0  # the drift slew (≤ 0.2 ms per second) changes RR by < 0.1 %
+    assert certain.mean() > 0.99
+
+
+def test_lost_notifications_become_gaps_never_bridged() -> None:
+    t_true, notes = simulate(hours=1, ppm=30, seed=2, lose_every=300)
+    timer, got, releases = run(notes)
+    losses = [b[0][0] for a, b in itertools.pairwise(releases) if b[0][0] != a[0][-1] + 1]
+    assert len(losses) >= 10
+    # Every loss found (those followed by at least one envelope window), and nothing else.
+    detectable = [j for j in losses if t_true[j] < t_true[-1] - 60]
+    assert len(detectable) <= len(timer.gaps) <= len(losses)
+    # Each gap is found within the envelope window after the loss, and after it the times
+    # are right again (not shifted by the missing RR).
+    idx = sorted(got)
+    err = np.array([got[i] - t_true[i] for i in idx])
+    err -= np.median(err[:100])
+    settled = [k for k, i in enumerate(idx) if all(not (0 <= t_true[i] - t_true[j] < 40)
+                                                   for j in losses)]  # fmt: skip
+    assert np.percentile(np.abs(err[settled]), 95) < 0.25
+    assert all(b > a for a, b in itertools.pairwise([got[i] for i in idx]))
+
+
+def test_explicit_gap_reanchors_and_reports_it() -> None:
+    timer = BeatTimer()
+    timer.push(1.0, [800.0])
+    b1, _ = timer.push(2.0, [800.0])
+    timer.mark_gap()
+    beats, gap = timer.push(30.0, [810.0, 790.0])
+    assert gap is not None and gap.reason == "reconnect"
+    assert gap.start_t_s == pytest.approx(b1[-1].t_s)
+    assert beats[-1].t_s == pytest.approx(30.0, abs=0.3)
+    assert all(b.uncertain for b in beats)
+
+
+def test_impossible_future_beats_pull_the_offset_back() -> None:
+    timer = BeatTimer()
+    timer.push(1.0, [1000.0])
+    beats, gap = timer.push(1.5, [1000.0])  # a beat 0.5 s "in the future" of its arrival
+    assert gap is None
+    assert beats[0].uncertain and beats[0].t_s <= 1.5 + timer.tolerance_s
