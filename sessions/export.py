@@ -9,9 +9,9 @@ column         meaning
 =============  =========================================================================
 session_id     the session's id (on every row, so exports can be concatenated)
 started_ms     epoch milliseconds (UTC) of the session start, i.e. of ``t_s = 0``
-record         ``beat``, ``indices`` or ``marker``
+record         ``beat``, ``indices``, ``marker`` or ``gap``
 t_s            seconds since session start: ``beat_t_s`` for beats, publication time for
-               indices, entry time for markers
+               indices, entry time for markers, start of a gap
 seq            beat: sequence number within the session, from 0
 rr_raw         beat: RR interval in the strap's wire unit 1/1024 s (empty if the source
                had none, e.g. a replayed millisecond file)
@@ -28,9 +28,19 @@ settling       indices: settling score (dimensionless)
 kind           marker: category
 text           marker: free text
 source         marker: where it was entered (cli, mqtt, dashboard, import)
+rr_corrected_  beat: artefact-corrected RR in milliseconds (empty until artefact
+ms             correction has run)
+beat_class     beat: normal, ectopic, long, short, missed, extra or implausible (empty
+               until classified)
+timing_uncer-  beat: 1 if the beat time could not be pinned down exactly (e.g. after lost
+tain           notifications), 0 if it could, empty if unknown
+end_t_s        gap: end of the gap, seconds since session start
+reason         gap: why there are no beats (disconnected, no-contact …)
 =============  =========================================================================
 
-Rows are sorted by ``t_s``; at equal ``t_s`` beats come before indices before markers, and
+The last five columns were added with schema v2; columns are only ever appended.
+Rows are sorted by ``t_s``; at equal ``t_s`` beats come before indices before markers before
+gaps, and
 each kind keeps its stored order (beats by ``seq``). Floats are written with :func:`repr`,
 the shortest text that parses back to the same double, so ``rr_ms`` and ``t_s`` round-trip
 exactly. The file is written to a temporary file in the target directory and renamed into
@@ -39,16 +49,14 @@ place, so a reader never sees half an export; it is created with mode 0600 (heal
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, cast
 
+from sessions.files import ExportError, ProgressFn, atomic_file, target_file
 from sessions.store import SessionRecord, SessionStore
-from settle.errors import SettleError
 
 __all__ = ["COLUMNS", "ExportError", "ExportRow", "export_csv", "read_export_csv"]
 
@@ -72,19 +80,15 @@ COLUMNS: tuple[str, ...] = (
     "kind",
     "text",
     "source",
+    "rr_corrected_ms",
+    "beat_class",
+    "timing_uncertain",
+    "end_t_s",
+    "reason",
 )
 
 # Tie-break at equal t_s: a beat is the cause, indices are computed from it, markers annotate.
-_RECORD_ORDER = {"beat": 0, "indices": 1, "marker": 2}
-
-
-class ExportError(SettleError):
-    """An export could not be written to ``path``; ``reason`` says why."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        self.path = path
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
+_RECORD_ORDER = {"beat": 0, "indices": 1, "marker": 2, "gap": 3}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -110,6 +114,11 @@ class ExportRow:
     kind: str | None = None
     text: str | None = None
     source: str | None = None
+    rr_corrected_ms: float | None = None
+    beat_class: str | None = None
+    timing_uncertain: bool | None = None
+    end_t_s: float | None = None
+    reason: str | None = None
 
 
 def _cell(value: object) -> str:
@@ -140,6 +149,9 @@ def _rows(rec: SessionRecord) -> Iterator[list[str]]:
                     "hr_bpm": b.hr_bpm,
                     "contact": b.contact,
                     "recv_ts_ms": b.recv_ts_ms,
+                    "rr_corrected_ms": b.rr_corrected_ms,
+                    "beat_class": None if b.beat_class is None else b.beat_class.value,
+                    "timing_uncertain": b.timing_uncertain,
                 },
             )
         )
@@ -176,6 +188,14 @@ def _rows(rec: SessionRecord) -> Iterator[list[str]]:
                 },
             )
         )
+    for g in rec.gaps:
+        keyed.append(
+            (
+                g.start_t_s,
+                _RECORD_ORDER["gap"],
+                {"record": "gap", "t_s": g.start_t_s, "end_t_s": g.end_t_s, "reason": g.reason},
+            )
+        )
     # sort() is stable, so each kind keeps the order the store returned it in.
     keyed.sort(key=lambda k: (k[0], k[1]))
     for _t, _rank, fields in keyed:
@@ -184,70 +204,32 @@ def _rows(rec: SessionRecord) -> Iterator[list[str]]:
         yield [_cell(fields.get(col)) for col in COLUMNS]
 
 
-def _target(out: Path, session_id: str) -> Path:
-    if out.is_dir():
-        return out / f"settle-{session_id}.csv"
-    parent = out.parent
-    if not parent.exists():
-        raise ExportError(out, f"directory {parent} does not exist")
-    if not parent.is_dir():
-        raise ExportError(out, f"{parent} is not a directory")
-    return out
-
-
-def export_csv(store: SessionStore, session_id: str, out: Path) -> Path:
+def export_csv(
+    store: SessionStore, session_id: str, out: Path, *, progress: ProgressFn | None = None
+) -> Path:
     """Write session ``session_id`` to ``out`` as CSV and return the path written.
 
     If ``out`` is an existing directory the file is ``<out>/settle-<session_id>.csv``;
     otherwise ``out`` is the file (replaced if it exists). Raises
     :class:`settle.errors.SessionNotFound` for an unknown id and :class:`ExportError` when
     the file cannot be written. Columns are documented in this module's docstring.
+    ``progress(done, total)`` is called every 10 000 rows and at the end.
     """
     out = Path(out)
-    target = _target(out, session_id)
+    target = target_file(out, f"settle-{session_id}.csv", ())
     # Read first: an unknown session must not leave a file behind.
     rec = store.read_session(session_id)
-    tmp_name: str | None = None
-    try:
-        # Same directory as the target, so os.replace is an atomic rename on one filesystem.
-        with tempfile.NamedTemporaryFile(
-            mode="w",
-            encoding="utf-8",
-            newline="",
-            dir=target.parent,
-            prefix=f".{target.name}.",
-            suffix=".tmp",
-            delete=False,
-        ) as fh:
-            tmp_name = fh.name
-            writer = csv.writer(fh)
-            writer.writerow(COLUMNS)
-            writer.writerows(_rows(rec))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, target)
-        tmp_name = None
-    except OSError as exc:
-        raise ExportError(target, f"cannot write export: {exc.strerror or exc}") from exc
-    finally:
-        if tmp_name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-    _fsync_dir(target.parent)
+    total = len(rec.beats) + len(rec.indices) + len(rec.markers) + len(rec.gaps)
+    with atomic_file(target) as fh:
+        writer = csv.writer(cast(IO[str], fh))
+        writer.writerow(COLUMNS)
+        for n, row in enumerate(_rows(rec), start=1):
+            writer.writerow(row)
+            if progress is not None and n % 10_000 == 0:
+                progress(n, total)
+    if progress is not None:
+        progress(total, total)
     return target
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable. Best effort: not every platform can open a directory.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_export_csv(path: Path) -> list[ExportRow]:
@@ -295,6 +277,13 @@ def read_export_csv(path: Path) -> list[ExportRow]:
                     kind=c["kind"] if c["record"] == "marker" else None,
                     text=c["text"] if c["record"] == "marker" else None,
                     source=c["source"] or None,
+                    rr_corrected_ms=_float(c["rr_corrected_ms"]),
+                    beat_class=c["beat_class"] or None,
+                    timing_uncertain=None
+                    if c["timing_uncertain"] == ""
+                    else c["timing_uncertain"] == "1",
+                    end_t_s=_float(c["end_t_s"]),
+                    reason=c["reason"] if c["record"] == "gap" else None,
                 )
             )
         except ValueError as exc:

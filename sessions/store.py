@@ -14,6 +14,10 @@ Time bases, as everywhere in Settle:
 * ``rr_ms`` is the RR interval in float milliseconds; ``rr_raw`` the strap's wire value in
   1/1024 s, kept only for sources that have one.
 
+Schema version 2 adds the session log (intention, baseline period, tags, notes), artefact
+fields per beat (``rr_corrected_ms``, ``beat_class``, ``timing_uncertain``), gap records and
+raw ECG; a version-1 file is upgraded in place when it is opened.
+
 The schema version lives in ``PRAGMA user_version``; :data:`SCHEMA_VERSION` is the newest this
 code knows, and ``_MIGRATIONS[v]`` upgrades a file from version ``v`` to ``v + 1``. A file
 written by a newer Settle is refused rather than guessed at.
@@ -36,12 +40,23 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from settle.errors import SessionNotFound, StoreError
 
 __all__ = [
+    "MARKER_KINDS",
     "SCHEMA_VERSION",
+    "BaselinePeriod",
+    "BeatAnnotation",
+    "BeatClass",
     "BeatRow",
+    "EcgSeries",
+    "GapRow",
     "IndicesRow",
+    "Intention",
+    "IntentionTarget",
     "MarkerRow",
     "MarkerSource",
     "SessionInfo",
@@ -50,6 +65,20 @@ __all__ = [
     "SessionStore",
     "SessionSummary",
 ]
+
+#: Marker kinds of the MQTT contract (issue 5). :class:`MarkerRow` itself accepts any
+#: non-empty kind so that older rows stay readable; imports and commands use these.
+MARKER_KINDS: tuple[str, ...] = (
+    "hold-start",
+    "hold-lapse",
+    "hold-resume",
+    "shame",
+    "threat",
+    "discomfort",
+    "attention",
+    "doubt",
+    "note",
+)
 
 #: ``PRAGMA application_id`` of a Settle store ("STLE"), so that another program's SQLite
 #: file is recognised as foreign instead of having our tables added to it.
@@ -77,9 +106,125 @@ class MarkerSource(enum.StrEnum):
     IMPORT = "import"
 
 
+class IntentionTarget(enum.StrEnum):
+    """The model held in a session: about oneself, the future, an accepting other, or free."""
+
+    SELF = "self"
+    FUTURE = "future"
+    RELATIONAL = "relational"
+    FREE = "free"
+
+
+class BeatClass(enum.StrEnum):
+    """Artefact class of one RR interval, as decided by artefact correction."""
+
+    NORMAL = "normal"
+    ECTOPIC = "ectopic"
+    LONG = "long"
+    SHORT = "short"
+    MISSED = "missed"
+    EXTRA = "extra"
+    IMPLAUSIBLE = "implausible"
+
+
 def _require_finite(name: str, value: float | None) -> None:
     if value is not None and not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Intention:
+    """What a session practises: the ``target`` model, the ``statement`` held (free text) and
+    the ``practice`` kind (free text, e.g. ``"breath-paced hold"``)."""
+
+    target: IntentionTarget
+    statement: str = ""
+    practice: str = ""
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "target", IntentionTarget(self.target))
+        except ValueError:
+            known = ", ".join(t.value for t in IntentionTarget)
+            raise ValueError(
+                f"intention target must be one of {known}, got {self.target!r}"
+            ) from None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BaselinePeriod:
+    """The session's rest baseline from ``start_t_s`` to ``stop_t_s``, seconds since session
+    start; ``stop_t_s`` is None while the baseline is still being recorded."""
+
+    start_t_s: float
+    stop_t_s: float | None = None
+
+    def __post_init__(self) -> None:
+        _require_finite("start_t_s", self.start_t_s)
+        _require_finite("stop_t_s", self.stop_t_s)
+        if self.start_t_s < 0:
+            raise ValueError(f"baseline start_t_s must be >= 0, got {self.start_t_s}")
+        if self.stop_t_s is not None and self.stop_t_s < self.start_t_s:
+            raise ValueError(
+                f"baseline stop_t_s {self.stop_t_s} is before start_t_s {self.start_t_s}"
+            )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GapRow:
+    """A span without usable beats (strap dropped, contact lost, notifications lost).
+
+    ``start_t_s`` / ``end_t_s`` in seconds since session start; ``reason`` a short text
+    (``"disconnected"``, ``"no-contact"`` …). ``id`` is assigned by the store: leave it None
+    when adding.
+    """
+
+    start_t_s: float
+    end_t_s: float
+    reason: str
+    id: int | None = None
+
+    def __post_init__(self) -> None:
+        _require_finite("start_t_s", self.start_t_s)
+        _require_finite("end_t_s", self.end_t_s)
+        if self.end_t_s < self.start_t_s:
+            raise ValueError(f"gap end_t_s {self.end_t_s} is before start_t_s {self.start_t_s}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BeatAnnotation:
+    """Artefact-correction result for the stored beat ``seq``; fields as in :class:`BeatRow`."""
+
+    seq: int
+    rr_corrected_ms: float | None
+    beat_class: BeatClass | None
+    timing_uncertain: bool | None = None
+
+    def __post_init__(self) -> None:
+        _require_finite("rr_corrected_ms", self.rr_corrected_ms)
+        if self.beat_class is not None:
+            object.__setattr__(self, "beat_class", BeatClass(self.beat_class))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EcgSeries:
+    """Raw ECG of a session: ``t_ns`` sample times in nanoseconds since session start (the
+    session's time base; int64) and ``uv`` the samples in microvolts (int32), sorted by time.
+    Both are empty when no ECG was recorded."""
+
+    t_ns: npt.NDArray[np.int64]
+    uv: npt.NDArray[np.int32]
+
+    def __len__(self) -> int:
+        return int(self.t_ns.shape[0])
+
+    @property
+    def fs_hz(self) -> float | None:
+        """Sampling rate from the median sample spacing, Hz (None below 2 samples)."""
+        if len(self) < 2:
+            return None
+        step = float(np.median(np.diff(self.t_ns)))
+        return 1e9 / step if step > 0 else None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -91,6 +236,10 @@ class SessionInfo:
     is None while ``state`` is ``running``. ``source`` names the input (``ble:<address>``,
     ``replay:<file>``). ``meta`` is the JSON object given at creation (intention, strap model,
     config summary).
+
+    The session log (schema v2; the defaults for sessions without one): ``intention`` what
+    was practised, ``baseline`` the rest period on the session time base, ``tags`` sorted
+    unique labels, ``notes`` free text.
     """
 
     id: str
@@ -100,6 +249,10 @@ class SessionInfo:
     state: SessionState
     source: str
     meta: Mapping[str, object]
+    intention: Intention | None = None
+    baseline: BaselinePeriod | None = None
+    tags: tuple[str, ...] = ()
+    notes: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -131,6 +284,11 @@ class BeatRow:
     the wire unit 1/1024 s, or None for sources without one (replayed millisecond files).
     ``hr_bpm`` is the heart rate the strap sent with the beat (beats/min), ``contact`` its
     skin-contact flag (None when the strap cannot tell).
+
+    Artefact fields (schema v2, None until artefact correction has run): ``rr_corrected_ms``
+    the corrected RR in milliseconds, ``beat_class`` its :class:`BeatClass`,
+    ``timing_uncertain`` whether ``beat_t_s`` could not be pinned down exactly (e.g. after
+    lost notifications).
     """
 
     seq: int
@@ -140,12 +298,18 @@ class BeatRow:
     rr_raw: int | None = None
     hr_bpm: int | None = None
     contact: bool | None = None
+    rr_corrected_ms: float | None = None
+    beat_class: BeatClass | None = None
+    timing_uncertain: bool | None = None
 
     def __post_init__(self) -> None:
         if self.seq < 0:
             raise ValueError(f"seq must be >= 0, got {self.seq}")
         _require_finite("beat_t_s", self.beat_t_s)
         _require_finite("rr_ms", self.rr_ms)
+        _require_finite("rr_corrected_ms", self.rr_corrected_ms)
+        if self.beat_class is not None:
+            object.__setattr__(self, "beat_class", BeatClass(self.beat_class))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -205,12 +369,18 @@ class MarkerRow:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SessionRecord:
-    """Everything stored for one session, read in one consistent snapshot."""
+    """Everything stored for one session, read in one consistent snapshot.
+
+    Raw ECG is large and read separately (:meth:`SessionStore.ecg`); ``n_ecg`` counts its
+    samples.
+    """
 
     info: SessionInfo
     beats: list[BeatRow]
     indices: list[IndicesRow]
     markers: list[MarkerRow]
+    gaps: list[GapRow] = dataclasses.field(default_factory=list)
+    n_ecg: int = 0
 
 
 # --- schema -------------------------------------------------------------------------------
@@ -281,15 +451,75 @@ def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
 
+_TARGETS_SQL = ", ".join(f"'{t.value}'" for t in IntentionTarget)
+_CLASSES_SQL = ", ".join(f"'{c.value}'" for c in BeatClass)
+
+_SCHEMA_V2 = (
+    f"ALTER TABLE sessions ADD COLUMN intention_target TEXT"
+    f" CHECK (intention_target IN ({_TARGETS_SQL}))",
+    "ALTER TABLE sessions ADD COLUMN intention_statement TEXT",
+    "ALTER TABLE sessions ADD COLUMN practice_kind TEXT",
+    "ALTER TABLE sessions ADD COLUMN baseline_start_t_s REAL",
+    "ALTER TABLE sessions ADD COLUMN baseline_stop_t_s REAL",
+    "ALTER TABLE sessions ADD COLUMN notes TEXT NOT NULL DEFAULT ''",
+    """
+    CREATE TABLE session_tags (
+        session_id  TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+        tag         TEXT NOT NULL CHECK (length(tag) > 0),
+        PRIMARY KEY (session_id, tag)
+    ) WITHOUT ROWID
+    """,
+    "ALTER TABLE beats ADD COLUMN rr_corrected_ms REAL",
+    f"ALTER TABLE beats ADD COLUMN beat_class TEXT CHECK (beat_class IN ({_CLASSES_SQL}))",
+    "ALTER TABLE beats ADD COLUMN timing_uncertain INTEGER CHECK (timing_uncertain IN (0, 1))",
+    """
+    CREATE TABLE gaps (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id  TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+        start_t_s   REAL NOT NULL,
+        end_t_s     REAL NOT NULL CHECK (end_t_s >= start_t_s),
+        reason      TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX gaps_session_t ON gaps (session_id, start_t_s)",
+    # One row per add_ecg() call (one sensor frame): packed little-endian arrays, so an hour
+    # at 130 Hz is ~1 MB and a few thousand rows instead of half a million.
+    """
+    CREATE TABLE ecg (
+        session_id  TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+        first_t_ns  INTEGER NOT NULL,
+        n           INTEGER NOT NULL CHECK (n > 0),
+        t_ns        BLOB NOT NULL,
+        uv          BLOB NOT NULL,
+        PRIMARY KEY (session_id, first_t_ns)
+    ) WITHOUT ROWID
+    """,
+)
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_V2:
+        conn.execute(statement)
+
+
 #: ``_MIGRATIONS[v]`` takes a store from schema version ``v`` to ``v + 1`` inside the open
 #: transaction. Append new steps; never edit a released one.
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1,)
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2)
 
 #: Newest schema version this code reads and writes.
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-_SESSION_COLUMNS = "id, device_id, started_ms, stopped_ms, state, source, meta_json"
-_BEAT_COLUMNS = "seq, beat_t_s, recv_ts_ms, rr_ms, rr_raw, hr_bpm, contact"
+_SESSION_COLUMNS = (
+    "id, device_id, started_ms, stopped_ms, state, source, meta_json, intention_target,"
+    " intention_statement, practice_kind, baseline_start_t_s, baseline_stop_t_s, notes,"
+    " (SELECT group_concat(tag, char(31)) FROM"
+    " (SELECT tag FROM session_tags WHERE session_id = sessions.id ORDER BY tag))"
+)
+_BEAT_COLUMNS = (
+    "seq, beat_t_s, recv_ts_ms, rr_ms, rr_raw, hr_bpm, contact, rr_corrected_ms, beat_class,"
+    " timing_uncertain"
+)
+_GAP_COLUMNS = "start_t_s, end_t_s, reason, id"
 _INDICES_COLUMNS = (
     "t_s, ts_ms, payload_json, hr_bpm, rmssd_ms, ln_rmssd, sdnn_ms, pnn50_pct, settling"
 )
@@ -297,7 +527,23 @@ _MARKER_COLUMNS = "t_s, ts_ms, kind, text, source, id"
 
 
 def _session_from_row(row: sqlite3.Row | tuple[Any, ...]) -> SessionInfo:
-    sid, device_id, started_ms, stopped_ms, state, source, meta_json = row
+    (
+        sid,
+        device_id,
+        started_ms,
+        stopped_ms,
+        state,
+        source,
+        meta_json,
+        target,
+        statement,
+        practice,
+        base_start,
+        base_stop,
+        notes,
+        tags,
+    ) = row
+    meta = json.loads(meta_json)
     return SessionInfo(
         id=sid,
         device_id=device_id,
@@ -305,12 +551,37 @@ def _session_from_row(row: sqlite3.Row | tuple[Any, ...]) -> SessionInfo:
         stopped_ms=stopped_ms,
         state=SessionState(state),
         source=source,
-        meta=json.loads(meta_json),
+        meta=meta,
+        intention=_intention_from_meta(meta)
+        if target is None
+        else Intention(IntentionTarget(target), statement or "", practice or ""),
+        baseline=None if base_start is None else BaselinePeriod(base_start, base_stop),
+        tags=tuple(sorted(tags.split("\x1f"))) if tags else (),
+        notes=notes or "",
     )
 
 
+def _intention_from_meta(meta: Mapping[str, Any]) -> Intention | None:
+    """The intention a daemon put into ``meta["intention"]`` (MQTT ``session/start``) when
+    the columns are empty; a free-text target becomes ``free``."""
+    raw = meta.get("intention")
+    if not isinstance(raw, dict) or not isinstance(raw.get("target"), str):
+        return None
+    target = raw["target"] if raw["target"] in set(IntentionTarget) else IntentionTarget.FREE
+    statement, practice = raw.get("statement", ""), raw.get("practice", "")
+    return Intention(
+        IntentionTarget(target),
+        statement if isinstance(statement, str) else "",
+        practice if isinstance(practice, str) else "",
+    )
+
+
+def _bool_or_none(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
 def _beat_from_row(row: tuple[Any, ...]) -> BeatRow:
-    seq, beat_t_s, recv_ts_ms, rr_ms, rr_raw, hr_bpm, contact = row
+    (seq, beat_t_s, recv_ts_ms, rr_ms, rr_raw, hr_bpm, contact, rr_corr, cls, uncertain) = row
     return BeatRow(
         seq=seq,
         beat_t_s=beat_t_s,
@@ -318,7 +589,10 @@ def _beat_from_row(row: tuple[Any, ...]) -> BeatRow:
         rr_ms=rr_ms,
         rr_raw=rr_raw,
         hr_bpm=hr_bpm,
-        contact=None if contact is None else bool(contact),
+        contact=_bool_or_none(contact),
+        rr_corrected_ms=rr_corr,
+        beat_class=None if cls is None else BeatClass(cls),
+        timing_uncertain=_bool_or_none(uncertain),
     )
 
 
@@ -439,12 +713,19 @@ class SessionStore:
     # --- writes ---------------------------------------------------------------------------
 
     def create_session(
-        self, device_id: str, started_ms: int, source: str, meta: Mapping[str, object]
+        self,
+        device_id: str,
+        started_ms: int,
+        source: str,
+        meta: Mapping[str, object],
+        *,
+        intention: Intention | None = None,
     ) -> SessionInfo:
         """Start a new ``running`` session and return it.
 
         ``started_ms`` is the epoch millisecond the session starts (its ``t_s = 0``).
-        ``meta`` must be JSON-serialisable (it is stored as a JSON object).
+        ``meta`` must be JSON-serialisable (it is stored as a JSON object); ``intention``
+        may also be set later with :meth:`set_intention`.
         """
         meta_json = json.dumps(dict(meta), sort_keys=True, ensure_ascii=False, allow_nan=False)
         with self._transaction(write=True) as conn:
@@ -457,8 +738,20 @@ class SessionStore:
             else:
                 raise StoreError(f"{self._path}: could not draw a free session id")
             conn.execute(
-                f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, NULL, ?, ?, ?)",
-                (sid, device_id, started_ms, SessionState.RUNNING.value, source, meta_json),
+                "INSERT INTO sessions (id, device_id, started_ms, stopped_ms, state, source,"
+                " meta_json, intention_target, intention_statement, practice_kind)"
+                " VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?)",
+                (
+                    sid,
+                    device_id,
+                    started_ms,
+                    SessionState.RUNNING.value,
+                    source,
+                    meta_json,
+                    None if intention is None else intention.target.value,
+                    None if intention is None else intention.statement,
+                    None if intention is None else intention.practice,
+                ),
             )
         return SessionInfo(
             id=sid,
@@ -468,6 +761,7 @@ class SessionStore:
             state=SessionState.RUNNING,
             source=source,
             meta=json.loads(meta_json),
+            intention=intention,
         )
 
     def add_beats(self, session_id: str, beats: Sequence[BeatRow]) -> None:
@@ -481,7 +775,8 @@ class SessionStore:
             # ON CONFLICT names the key on purpose: a bare INSERT OR IGNORE would also
             # silently drop rows violating NOT NULL or CHECK constraints.
             conn.executemany(
-                f"INSERT INTO beats (session_id, {_BEAT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                f"INSERT INTO beats (session_id, {_BEAT_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (session_id, seq) DO NOTHING",
                 (
                     (
@@ -492,11 +787,37 @@ class SessionStore:
                         b.rr_ms,
                         b.rr_raw,
                         b.hr_bpm,
-                        None if b.contact is None else int(b.contact),
+                        _int_or_none(b.contact),
+                        b.rr_corrected_ms,
+                        None if b.beat_class is None else b.beat_class.value,
+                        _int_or_none(b.timing_uncertain),
                     )
                     for b in beats
                 ),
             )
+
+    def annotate_beats(self, session_id: str, annotations: Sequence[BeatAnnotation]) -> None:
+        """Store artefact-correction results for already stored beats, in one transaction.
+
+        Raises :class:`StoreError` naming the first ``seq`` that is not stored (and then
+        changes nothing).
+        """
+        with self._transaction(write=True) as conn:
+            _require_session(conn, session_id)
+            for a in annotations:
+                cur = conn.execute(
+                    "UPDATE beats SET rr_corrected_ms = ?, beat_class = ?, timing_uncertain = ?"
+                    " WHERE session_id = ? AND seq = ?",
+                    (
+                        a.rr_corrected_ms,
+                        None if a.beat_class is None else a.beat_class.value,
+                        _int_or_none(a.timing_uncertain),
+                        session_id,
+                        a.seq,
+                    ),
+                )
+                if cur.rowcount != 1:
+                    raise StoreError(f"session {session_id}: no stored beat with seq {a.seq}")
 
     def add_indices(self, session_id: str, rows: Sequence[IndicesRow]) -> None:
         """Append published indices rows in one transaction."""
@@ -524,23 +845,141 @@ class SessionStore:
 
     def add_marker(self, session_id: str, marker: MarkerRow) -> int:
         """Store one marker and return its id (``marker.id`` is ignored)."""
+        return self.add_markers(session_id, [marker])[0]
+
+    def add_markers(self, session_id: str, markers: Sequence[MarkerRow]) -> list[int]:
+        """Store several markers in one transaction (all or none); return their ids."""
+        ids: list[int] = []
+        with self._transaction(write=True) as conn:
+            _require_session(conn, session_id)
+            for marker in markers:
+                cur = conn.execute(
+                    "INSERT INTO markers (session_id, t_s, ts_ms, kind, text, source)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        session_id,
+                        marker.t_s,
+                        marker.ts_ms,
+                        marker.kind,
+                        marker.text,
+                        marker.source.value,
+                    ),
+                )
+                assert cur.lastrowid is not None  # an INSERT into a rowid table sets it
+                ids.append(cur.lastrowid)
+        return ids
+
+    def add_gap(self, session_id: str, gap: GapRow) -> int:
+        """Store one gap record and return its id (``gap.id`` is ignored)."""
         with self._transaction(write=True) as conn:
             _require_session(conn, session_id)
             cur = conn.execute(
-                "INSERT INTO markers (session_id, t_s, ts_ms, kind, text, source)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO gaps (session_id, start_t_s, end_t_s, reason) VALUES (?, ?, ?, ?)",
+                (session_id, gap.start_t_s, gap.end_t_s, gap.reason),
+            )
+            gid = cur.lastrowid
+        assert gid is not None
+        return gid
+
+    def add_ecg(self, session_id: str, t_ns: Sequence[int], uv: Sequence[int]) -> None:
+        """Append raw ECG samples: ``t_ns`` nanoseconds since session start, ``uv`` microvolts.
+
+        Call once per sensor frame; the frame is stored as one row keyed by its first sample
+        time, so re-sending the same frame is ignored (idempotent like :meth:`add_beats`).
+        Raises ValueError when the lengths differ, the times are not strictly increasing or a
+        value does not fit (int64 ns, int32 µV).
+        """
+        if len(t_ns) != len(uv):
+            raise ValueError(f"add_ecg: {len(t_ns)} times but {len(uv)} samples")
+        if len(t_ns) == 0:
+            return
+        try:
+            t = np.asarray(t_ns, dtype=np.int64)
+            v = np.asarray(uv, dtype=np.int32)
+        except OverflowError as exc:
+            raise ValueError(f"add_ecg: value out of range: {exc}") from None
+        if t.ndim != 1 or (t.shape[0] > 1 and not bool(np.all(np.diff(t) > 0))):
+            raise ValueError("add_ecg: t_ns must be strictly increasing")
+        with self._transaction(write=True) as conn:
+            _require_session(conn, session_id)
+            conn.execute(
+                "INSERT INTO ecg (session_id, first_t_ns, n, t_ns, uv) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (session_id, first_t_ns) DO NOTHING",
                 (
                     session_id,
-                    marker.t_s,
-                    marker.ts_ms,
-                    marker.kind,
-                    marker.text,
-                    marker.source.value,
+                    int(t[0]),
+                    int(t.shape[0]),
+                    t.astype("<i8").tobytes(),
+                    v.astype("<i4").tobytes(),
                 ),
             )
-            mid = cur.lastrowid
-        assert mid is not None  # an INSERT into a rowid table always sets it
-        return mid
+
+    # --- the session log --------------------------------------------------------------------
+
+    def set_intention(self, session_id: str, intention: Intention | None) -> None:
+        """Set (or with None clear) what the session practises."""
+        with self._transaction(write=True) as conn:
+            _require_session(conn, session_id)
+            conn.execute(
+                "UPDATE sessions SET intention_target = ?, intention_statement = ?,"
+                " practice_kind = ? WHERE id = ?",
+                (
+                    None if intention is None else intention.target.value,
+                    None if intention is None else intention.statement,
+                    None if intention is None else intention.practice,
+                    session_id,
+                ),
+            )
+
+    def set_baseline(self, session_id: str, baseline: BaselinePeriod | None) -> None:
+        """Set (or with None clear) the rest baseline period, seconds since session start."""
+        with self._transaction(write=True) as conn:
+            _require_session(conn, session_id)
+            conn.execute(
+                "UPDATE sessions SET baseline_start_t_s = ?, baseline_stop_t_s = ? WHERE id = ?",
+                (
+                    None if baseline is None else baseline.start_t_s,
+                    None if baseline is None else baseline.stop_t_s,
+                    session_id,
+                ),
+            )
+
+    def add_tags(self, session_id: str, tags: Sequence[str]) -> None:
+        """Add labels to a session (a tag already present is kept once). Tags are stripped;
+        an empty tag or one with control characters raises ValueError."""
+        clean = [_clean_tag(t) for t in tags]
+        with self._transaction(write=True) as conn:
+            _require_session(conn, session_id)
+            conn.executemany(
+                "INSERT INTO session_tags (session_id, tag) VALUES (?, ?)"
+                " ON CONFLICT (session_id, tag) DO NOTHING",
+                ((session_id, t) for t in clean),
+            )
+
+    def remove_tags(self, session_id: str, tags: Sequence[str]) -> None:
+        """Remove labels from a session; absent tags are ignored."""
+        with self._transaction(write=True) as conn:
+            _require_session(conn, session_id)
+            conn.executemany(
+                "DELETE FROM session_tags WHERE session_id = ? AND tag = ?",
+                ((session_id, t.strip()) for t in tags),
+            )
+
+    def set_notes(self, session_id: str, notes: str) -> None:
+        """Replace the session's free-text notes."""
+        with self._transaction(write=True) as conn:
+            _require_session(conn, session_id)
+            conn.execute("UPDATE sessions SET notes = ? WHERE id = ?", (notes, session_id))
+
+    def append_notes(self, session_id: str, text: str) -> None:
+        """Append a paragraph to the session's notes (separated by a blank line)."""
+        with self._transaction(write=True) as conn:
+            _require_session(conn, session_id)
+            conn.execute(
+                "UPDATE sessions SET notes = CASE WHEN notes = '' THEN ?"
+                " ELSE notes || char(10) || char(10) || ? END WHERE id = ?",
+                (text, text, session_id),
+            )
 
     def finish_session(
         self,
@@ -593,11 +1032,21 @@ class SessionStore:
         return ids
 
     def delete_session(self, session_id: str) -> None:
-        """Delete a session and all its beats, indices and markers."""
+        """Delete a session and all its beats, indices, markers, gaps, tags and ECG.
+
+        The freed pages are overwritten with zeros (``secure_delete``) and the WAL is
+        checkpointed afterwards, so the data do not linger in the file; the checkpoint is
+        best effort while another process (the daemon) holds a read snapshot.
+        """
         with self._transaction(write=True) as conn:
             _require_session(conn, session_id)
             # Children are removed by ON DELETE CASCADE (foreign_keys is on).
             conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+        with self._lock:
+            conn2 = self._conn
+            if conn2 is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn2.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -692,19 +1141,46 @@ class SessionStore:
             _require_session(conn, session_id)
             return _read_markers(conn, session_id)
 
+    def gaps(self, session_id: str) -> list[GapRow]:
+        """The session's gap records ordered by start time."""
+        with self._transaction(write=False) as conn:
+            _require_session(conn, session_id)
+            return _read_gaps(conn, session_id)
+
+    def ecg(self, session_id: str) -> EcgSeries:
+        """The session's raw ECG (empty arrays when none was recorded)."""
+        with self._transaction(write=False) as conn:
+            _require_session(conn, session_id)
+            rows = conn.execute(
+                "SELECT t_ns, uv FROM ecg WHERE session_id = ? ORDER BY first_t_ns",
+                (session_id,),
+            ).fetchall()
+        if not rows:
+            return EcgSeries(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32))
+        t = np.concatenate([np.frombuffer(r[0], dtype="<i8") for r in rows]).astype(np.int64)
+        v = np.concatenate([np.frombuffer(r[1], dtype="<i4") for r in rows]).astype(np.int32)
+        # Frames re-sent with a shifted first sample could overlap: keep times unique.
+        t, first = np.unique(t, return_index=True)
+        return EcgSeries(t, v[first])
+
     def read_session(self, session_id: str) -> SessionRecord:
-        """Header, beats, indices and markers of one session from one snapshot.
+        """Header, beats, indices, markers and gaps of one session from one snapshot.
 
         Use this rather than separate calls when the session may still be recording, so
         that the parts agree with each other (as exports need).
         """
         with self._transaction(write=False) as conn:
             info = _require_session(conn, session_id)
+            n_ecg = conn.execute(
+                "SELECT coalesce(sum(n), 0) FROM ecg WHERE session_id = ?", (session_id,)
+            ).fetchone()[0]
             return SessionRecord(
                 info=info,
                 beats=_read_beats(conn, session_id),
                 indices=_read_indices(conn, session_id),
                 markers=_read_markers(conn, session_id),
+                gaps=_read_gaps(conn, session_id),
+                n_ecg=int(n_ecg),
             )
 
 
@@ -723,6 +1199,8 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute("PRAGMA synchronous = NORMAL")
         # Per connection, and only outside a transaction.
         conn.execute("PRAGMA foreign_keys = ON")
+        # Deleted rows (health data) are overwritten with zeros instead of left in free pages.
+        conn.execute("PRAGMA secure_delete = ON")
         conn.execute("BEGIN IMMEDIATE")
         try:
             _migrate(conn, path)
@@ -786,3 +1264,24 @@ def _read_markers(conn: sqlite3.Connection, session_id: str) -> list[MarkerRow]:
         (session_id,),
     )
     return [_marker_from_row(row) for row in cur]
+
+
+def _read_gaps(conn: sqlite3.Connection, session_id: str) -> list[GapRow]:
+    cur = conn.execute(
+        f"SELECT {_GAP_COLUMNS} FROM gaps WHERE session_id = ? ORDER BY start_t_s, id",
+        (session_id,),
+    )
+    return [GapRow(*row) for row in cur]
+
+
+def _int_or_none(value: bool | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _clean_tag(tag: str) -> str:
+    clean = tag.strip()
+    if not clean:
+        raise ValueError("tag must not be empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in clean):
+        raise ValueError(f"tag {clean!r} contains control characters")
+    return clean

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from processing.offline import Analysis, analyze
 from sensors.readers import read_rr_file
@@ -72,7 +73,7 @@ def analysis_json(a: Analysis, correction: bool) -> dict[str, Any]:
     }
 
 
-def _fmt(col: np.ndarray) -> list[str]:  # type: ignore[type-arg]
+def _fmt(col: npt.NDArray[np.float64]) -> list[str]:
     return ["" if not math.isfinite(v) else f"{v:.6g}" for v in col.tolist()]
 
 
@@ -92,7 +93,7 @@ def write_beats(a: Analysis, path: Path) -> None:
     _write_csv(
         path,
         "t_s,rr_raw_ms,rr_ms,class",
-        [_fmt(b.t_s), _fmt(b.rr_raw_ms), _fmt(b.rr_ms), b.classes()],
+        [_fmt(b.t_s), _fmt(b.rr_raw_ms), _fmt(b.rr_ms), [str(c) for c in b.classes()]],
     )
 
 

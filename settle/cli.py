@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 import sys
 import time
 import uuid
@@ -19,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from settle import cli_sessions
 from settle.app import serve
 from settle.config import Settings, load_config
 from settle.errors import ConfigError, SettleError
@@ -184,11 +186,7 @@ async def _demo(settings: Settings, duration: float | None, n_straps: int) -> in
         out.print(f"settle demo: virtual strap{plural} {names} ({what}, speed {d.speed:g}x)")
         return await serve(
             settings,
-            addresses=[s.address for s in world.straps],
-            time_scale=d.speed,
-            scanner_kwargs=world.scanner_kwargs(),
-            client_kwargs=world.client_kwargs(),
-            source="virtual",
+            **world.serve_kwargs(),
             duration=duration,
             finished=[s.wait_finished() for s in world.straps] if d.replay else None,
         )
@@ -197,8 +195,14 @@ async def _demo(settings: Settings, duration: float | None, n_straps: int) -> in
 @app.command()
 def run(
     address: Annotated[
-        str | None, typer.Option(help="Strap address (default: config, else any 0x180D strap).")
+        str | None,
+        typer.Option(help="Strap address (default: config, else the paired straps, else any)."),
     ] = None,
+    replay: Annotated[
+        Path | None,
+        typer.Option(help="Feed a recording through the same pipeline instead of a strap."),
+    ] = None,
+    speed: Annotated[float, typer.Option(help="Replay speed (with --replay).", min=0.01)] = 1.0,
     duration: Annotated[
         float | None, typer.Option(help="Stop after S seconds (default: run until Ctrl-C).")
     ] = None,
@@ -207,9 +211,143 @@ def run(
     db: DbOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Run the daemon with a real chest strap (any Heart Rate Service strap)."""
+    """Run the daemon with real chest straps (any Heart Rate Service strap), or a recording."""
+    from settle.pairing import load_paired
+
+    if replay is not None:
+        settings = settings_from(
+            config, mqtt=mqtt, no_mqtt=no_mqtt, db=db, demo={"replay": replay, "speed": speed}
+        )
+        from sensors.readers import read_rr_file
+
+        try:
+            read_rr_file(replay)
+        except SettleError as exc:
+            fail(str(exc))
+        _run(_demo(settings, duration, 1))
+        return
     settings = settings_from(config, mqtt=mqtt, no_mqtt=no_mqtt, db=db, strap={"address": address})
-    _run(serve(settings, scanner_kwargs={}, client_kwargs={}, source="ble", duration=duration))
+    addresses = None
+    if not settings.strap.address and not settings.strap.name:
+        try:
+            paired = load_paired()
+        except SettleError as exc:
+            fail(str(exc), 2)
+        if paired:
+            addresses = [p.address for p in paired]
+            labels = ", ".join(f"{p.label} ({p.address})" for p in paired)
+            out.print(f"settle run: paired straps {labels}", markup=False)
+    _run(
+        serve(
+            settings,
+            scanner_kwargs={},
+            client_kwargs={},
+            source="ble",
+            duration=duration,
+            addresses=addresses,
+        )
+    )
+
+
+@app.command()
+def pair(
+    strap: Annotated[
+        str | None, typer.Argument(help="Name (or part of it) or address; default: any strap.")
+    ] = None,
+    label: Annotated[str | None, typer.Option(help="Label to remember it by.")] = None,
+    seconds: Annotated[float, typer.Option(help="Seconds of live data to show.", min=0)] = 5.0,
+    list_: Annotated[bool, typer.Option("--list", help="Show remembered straps.")] = False,
+    forget: Annotated[
+        str | None, typer.Option(help="Forget a remembered strap (label or address).")
+    ] = None,
+    virtual: Annotated[
+        bool, typer.Option("--virtual", help="Pair a virtual strap (to try it out).")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Before practice: find a strap, check it (live HR, contact, battery), remember it."""
+    from settle import pairing
+
+    settings = settings_from(config)
+    try:
+        if list_:
+            rows = [[p.label, p.address, p.name, p.device_id] for p in pairing.load_paired()]
+            if not rows:
+                out.print("No straps remembered yet (settle pair NAME|ADDRESS).")
+            else:
+                print_table(["label", "address", "name", "device id"], rows)
+            return
+        if forget is not None:
+            gone = pairing.forget(forget)
+            if gone is None:
+                fail(f"no remembered strap matches {forget!r} (see settle pair --list)")
+            out.print(f"forgot {gone.label} ({gone.address})", markup=False)
+            return
+    except SettleError as exc:
+        fail(str(exc), 2)
+    _run(_pair(settings, strap, label, seconds, virtual))
+
+
+ADDRESS_RE = re.compile(r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$|^[0-9A-Fa-f-]{36}$")
+
+
+async def _pair(
+    settings: Settings, strap: str | None, label: str | None, seconds: float, virtual: bool
+) -> int:
+    from sensors.strap import StrapClient
+    from settle import pairing
+
+    async with contextlib.AsyncExitStack() as stack:
+        scanner_kwargs: dict[str, Any] = {}
+        client_kwargs: dict[str, Any] = {}
+        if virtual:
+            from settle.demo import virtual_world
+
+            world = await stack.enter_async_context(
+                virtual_world(replay=None, speed=1.0, seed=settings.demo.seed)
+            )
+            scanner_kwargs, client_kwargs = world.scanner_kwargs(), world.client_kwargs()
+        is_address = bool(strap and ADDRESS_RE.match(strap))
+        client = StrapClient(
+            address=strap if is_address and strap else "",
+            name=strap if strap and not is_address else "",
+            scan_timeout_s=settings.strap.scan_timeout_s,
+            connect_timeout_s=settings.strap.connect_timeout_s,
+            scanner_kwargs=scanner_kwargs,
+            client_kwargs=client_kwargs,
+        )
+        out.print(f"Looking for {strap or 'any heart-rate strap'}…", markup=False)
+        device = await client.find()
+        async with client.connect(device) as stream:
+            i = stream.info
+            out.print(f"Connected: {i.name or '(no name)'}  {i.address}", markup=False)
+            for what, value in [
+                ("model", " ".join(x for x in (i.manufacturer, i.model) if x) or None),
+                ("firmware", i.firmware),
+                ("battery", f"{i.battery_pct} %" if i.battery_pct is not None else None),
+                ("sensor location", i.body_location),
+                ("device id", i.device_id),
+            ]:
+                out.print(f"  {what + ':':17}{value or 'not reported'}", markup=False)
+            end = time.monotonic() + seconds
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds + 0.5):
+                    async for n in stream:
+                        m = n.measurement
+                        contact = {True: "yes", False: "NO — wet the electrodes", None: "n/a"}
+                        rr = ", ".join(f"{r:.0f}" for r in m.rr_ms) or "–"
+                        out.print(
+                            f"  HR {m.hr_bpm:3d} bpm   RR {rr:<16} ms   contact "
+                            f"{contact[m.contact]}",
+                            markup=False,
+                        )
+                        if time.monotonic() >= end:
+                            break
+        chosen = label or i.device_id
+        path = pairing.paired_file()
+        pairing.remember(chosen, i.address, i.name, i.device_id)
+        out.print(f"Remembered as {chosen!r} in {path}; `settle run` will use it.", markup=False)
+    return 0
 
 
 # -- scan ------------------------------------------------------------------------------------
@@ -328,30 +466,8 @@ def sessions_list(
     print_table(["id", "device", "started (local)", "duration", "beats", "state"], lines)
 
 
-@app.command()
-def export(
-    session: Annotated[str, typer.Argument(help="Session id, unique id prefix, or 'latest'.")],
-    out_path: Annotated[Path, typer.Option("--out", help="File (or directory) to write.")],
-    fmt: Annotated[str, typer.Option("--format", help="Export format: csv.")] = "csv",
-    db: DbOpt = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Export a session: beats, indices and markers on one time base."""
-    from sessions.export import export_csv
-    from sessions.store import SessionStore
-
-    settings = settings_from(config, db=db)
-    if fmt != "csv":
-        fail(f"unknown export format {fmt!r} (available: csv)", 2)
-    if not settings.db_path.exists():
-        fail(f"no session store at {settings.db_path} (run `settle demo` or `settle run` first)")
-    try:
-        with SessionStore.open(settings.db_path) as store:
-            info = store.resolve(session)
-            path = export_csv(store, info.id, out_path)
-    except SettleError as exc:
-        fail(str(exc))
-    out.print(f"wrote {path}", markup=False)
+# export, report, trends, log import/set, sessions delete: settle/cli_sessions.py
+cli_sessions.register(app, sessions_app)
 
 
 # -- commands through MQTT (mark, session, baseline) -----------------------------------------

@@ -23,12 +23,24 @@ class VirtualWorld:
     air: VirtualAir
     straps: list[VirtualStrap]
     source_label: str
+    speed: float = 1.0
+    """Simulated seconds per wall second: the session's time scale."""
 
     def scanner_kwargs(self) -> dict[str, Any]:
         return self.air.scanner_kwargs()
 
     def client_kwargs(self) -> dict[str, Any]:
         return self.air.client_kwargs()
+
+    def serve_kwargs(self) -> dict[str, Any]:
+        """Everything :func:`settle.app.serve` needs to run against these straps."""
+        return {
+            "scanner_kwargs": self.scanner_kwargs(),
+            "client_kwargs": self.client_kwargs(),
+            "addresses": [s.address for s in self.straps],
+            "time_scale": self.speed,
+            "source": "virtual",
+        }
 
 
 def rr_source(replay: Path | None, seed: int) -> tuple[Iterable[float], str]:
@@ -54,7 +66,7 @@ async def virtual_world(
                 strap = VirtualStrap(air, source, name=name, speed=speed)
                 await strap.start()
                 straps.append(strap)
-            yield VirtualWorld(air, straps, label)
+            yield VirtualWorld(air, straps, label, speed)
         finally:
             for strap in straps:
                 with contextlib.suppress(Exception):

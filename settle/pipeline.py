@@ -4,8 +4,9 @@ Synchronous and cheap per notification; the daemon calls :meth:`StrapPipeline.on
 from the strap's task. All I/O is handed on: MQTT through :class:`DeviceOutput` (non-blocking,
 bounded) and storage through :class:`BeatWriter` (flushed from its own task).
 
-Beat times (``beat_t_s``, seconds since session start) are the cumulative RR sum, anchored
-at the first notification (docs/architecture.md, "Time base").
+Beat times (``beat_t_s``, seconds since session start) come from
+:class:`sensors.timing.BeatTimer`: cumulative RR anchored to notification arrival times,
+drift-corrected, with lost beats turned into explicit gaps (docs/timing.md).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from feedback.payloads import (
 from processing.settling import SettlingIndex
 from processing.timedomain import RollingTimeDomain, TimeDomain
 from sensors.strap import Notification
+from sensors.timing import BeatTimer, TimingGap
 from sessions.store import BeatRow, IndicesRow, MarkerRow, MarkerSource, SessionStore
 from settle.config import Settings
 from settle.errors import StoreError
@@ -136,6 +138,7 @@ class StrapPipeline:
         clock: Callable[[], float] = time.time,
         on_indices: Callable[[IndicesPayload], None] | None = None,
         time_scale: float = 1.0,
+        started_mono_s: float | None = None,
     ) -> None:
         self.time_scale = time_scale
         """Session seconds per wall-clock second: 1 for a real strap, the speed factor of a
@@ -162,7 +165,8 @@ class StrapPipeline:
         self.last_contact: bool | None = None
         self.gaps: list[tuple[float, float, str]] = []
         """(start_t_s, end_t_s, reason) of every interruption: beats there are unknown."""
-        self._gap_open: tuple[float, str] | None = None
+        self.timer = BeatTimer()
+        self.started_mono_s = time.monotonic() if started_mono_s is None else started_mono_s
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -198,16 +202,13 @@ class StrapPipeline:
         is recorded (``gaps``, and an event once its end is known) and no successive
         difference ever spans it."""
         self.rolling.reset()
-        if self.beat_t_s is not None:
-            self._gap_open = (self.beat_t_s, reason)
+        self.timer.mark_gap()
 
-    def _close_gap(self, end_t_s: float) -> None:
-        if self._gap_open is None:
-            return
-        start, reason = self._gap_open
-        self._gap_open = None
-        self.gaps.append((start, end_t_s, reason))
-        self.event("gap", f"{reason}: {end_t_s - start:.1f} s without beats", t_s=end_t_s)
+    def _record_gap(self, gap: TimingGap) -> None:
+        self.gaps.append((gap.start_t_s, gap.end_t_s, gap.reason))
+        self.rolling.reset()
+        span = gap.end_t_s - gap.start_t_s
+        self.event("gap", f"{gap.reason}: {span:.1f} s without beats", t_s=gap.end_t_s)
 
     def start_baseline(self) -> None:
         self.settling.start_baseline(self.now_t_s())
@@ -226,24 +227,22 @@ class StrapPipeline:
         """Record the notification's beats; return their beat times (s since session start)."""
         m = n.measurement
         self.last_contact = m.contact
-        if self.beat_t_s is None or (self._gap_open is not None and m.rr_ms):
-            # Anchor: this notification's beats end at its arrival time (the first one of the
-            # session, or the first after a gap: cumulative RR cannot bridge lost beats).
-            since_start_s = max(0.0, (n.recv_ts_ms - self.started_ms) / 1000.0 * self.time_scale)
-            anchor = max(0.0, since_start_s - sum(m.rr_ms) / 1000.0)
-            self.beat_t_s = anchor if self.beat_t_s is None else max(self.beat_t_s, anchor)
-            self._close_gap(self.beat_t_s)
+        # Session time of arrival, from the monotonic clock (immune to wall-clock steps).
+        arrival_s = max(0.0, (n.recv_mono_s - self.started_mono_s) * self.time_scale)
+        timed, gap = self.timer.push(arrival_s, m.rr_ms)
+        if gap is not None:
+            self._record_gap(gap)
         rows: list[BeatRow] = []
         times: list[float] = []
-        for raw, rr_ms in zip(m.rr_raw, m.rr_ms, strict=True):
-            self.beat_t_s += rr_ms / 1000.0
-            t = self.beat_t_s
+        for raw, tb in zip(m.rr_raw, timed, strict=True):
+            t = tb.t_s
+            self.beat_t_s = t
             rows.append(
                 BeatRow(
                     seq=self.seq,
                     beat_t_s=t,
                     recv_ts_ms=n.recv_ts_ms,
-                    rr_ms=rr_ms,
+                    rr_ms=tb.rr_ms,
                     rr_raw=raw,
                     hr_bpm=m.hr_bpm,
                     contact=m.contact,
@@ -251,10 +250,10 @@ class StrapPipeline:
             )
             times.append(round(t, 4))
             self.seq += 1
-            self.last_td = self.rolling.update(t, rr_ms)
+            self.last_td = self.rolling.update(t, tb.rr_ms)
         if rows:
             self.writer.add_beats(self.session_id, rows)
-        while self.beat_t_s >= self.next_indices_t_s:
+        while self.beat_t_s is not None and self.beat_t_s >= self.next_indices_t_s:
             self._emit_indices(self.next_indices_t_s)
             self.next_indices_t_s += self.settings.processing.indices_every_s
         return times

@@ -67,9 +67,7 @@ async def test_every_message_of_a_live_run_matches_the_document(
         task = asyncio.create_task(
             serve(
                 settings,
-                scanner_kwargs=world.scanner_kwargs(),
-                client_kwargs=world.client_kwargs(),
-                source="virtual",
+                **world.serve_kwargs(),
                 duration=7,
                 handle_signals=False,
             )

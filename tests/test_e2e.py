@@ -190,9 +190,7 @@ async def test_demo_replay_through_embedded_amqtt(tmp_path: Path) -> None:
     ):
         code = await serve(
             settings,
-            scanner_kwargs=world.scanner_kwargs(),
-            client_kwargs=world.client_kwargs(),
-            source="virtual",
+            **world.serve_kwargs(),
             finished=[s.wait_finished() for s in world.straps],
             on_broker=subscribe_first,
             handle_signals=False,

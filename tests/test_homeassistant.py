@@ -101,10 +101,7 @@ async def test_discovery_live_one_and_three_straps(
         task = asyncio.create_task(
             serve(
                 settings,
-                addresses=[s.address for s in world.straps],
-                scanner_kwargs=world.scanner_kwargs(),
-                client_kwargs=world.client_kwargs(),
-                source="virtual",
+                **world.serve_kwargs(),
                 duration=6,
                 handle_signals=False,
             )

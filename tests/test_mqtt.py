@@ -133,9 +133,7 @@ async def test_commands_results_and_no_side_effects(
         daemon_task = asyncio.create_task(
             serve(
                 settings,
-                scanner_kwargs=world.scanner_kwargs(),
-                client_kwargs=world.client_kwargs(),
-                source="virtual",
+                **world.serve_kwargs(),
                 duration=12,
                 handle_signals=False,
             )
@@ -239,9 +237,7 @@ async def test_stale_retained_command_is_not_replayed_embedded_amqtt(tmp_path: P
     async with virtual_world(replay=None, speed=5, seed=2) as world:
         code = await serve(
             settings,
-            scanner_kwargs=world.scanner_kwargs(),
-            client_kwargs=world.client_kwargs(),
-            source="virtual",
+            **world.serve_kwargs(),
             duration=3,
             on_broker=plant_stale_command,
             handle_signals=False,
@@ -277,9 +273,7 @@ async def test_broker_killed_mid_session_keeps_measuring_and_storing(
         task = asyncio.create_task(
             serve(
                 settings,
-                scanner_kwargs=world.scanner_kwargs(),
-                client_kwargs=world.client_kwargs(),
-                source="virtual",
+                **world.serve_kwargs(),
                 finished=[s.wait_finished() for s in world.straps],
                 handle_signals=False,
             )

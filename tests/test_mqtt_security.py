@@ -129,9 +129,7 @@ async def test_tls_auth_and_acl(
         task = asyncio.create_task(
             serve(
                 settings,
-                scanner_kwargs=world.scanner_kwargs(),
-                client_kwargs=world.client_kwargs(),
-                source="virtual",
+                **world.serve_kwargs(),
                 duration=6,
                 handle_signals=False,
             )

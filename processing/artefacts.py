@@ -1,0 +1,452 @@
+"""Beat classification and correction after Lipponen & Tarvainen (2019), run with ≤ 3 beats
+of look-ahead, in batch (:func:`correct_rr`) and streaming (:class:`ArtefactCorrector`) form.
+
+Both forms give identical results (tested): they compute the same features from the same
+windows and share one decision function.
+
+Features of beat ``i`` (raw RR ``rr[i]`` in ms, ``dRR[i] = rr[i] − rr[i−1]``)::
+
+    med[i]   = median of rr[i−7 .. i+3]   (11 beats: 7 back, the beat, 3 ahead; lower median)
+    mRRs[i]  = rr[i] − med[i], doubled when negative (short beats weigh double, as in the paper)
+    th1[i]   = max(α · QD(|dRR|  over beats i−90 .. i), TH_FLOOR_MS)      (91-beat window)
+    th2[i]   = max(α · QD(|mRRs| over beats i−90 .. i), TH_FLOOR_MS)
+    QD       = (x₍k₃₎ − x₍k₁₎) / 2, order statistics of the sorted window, k₁ = ⌊(n−1)/4⌋,
+               k₃ = n − 1 − k₁  (no interpolation, so batch and streaming agree bit for bit)
+    d_j      = dRR[j] / th1[i]  for j = i−1, i, i+1, i+2;   m = mRRs[i] / th2[i]
+
+with α = 5.2, c1 = 0.13, c2 = 0.17 (the paper's constants). The paper centres its windows; here
+the quartile windows end at the beat and the median window looks 3 beats ahead, so a beat is
+final 3 beats after it arrived (≈ 3 s of latency at 60 beats/min).
+
+Decision for beat ``i`` (beats already taken as the partner of an earlier event are skipped)::
+
+    candidate  |d_i| > 1  or  |m| > 3            (otherwise: normal)
+    s12 = min(d_{i−1}, d_{i+1}) if d_i > 0 else max(d_{i−1}, d_{i+1})
+    s22 = min(d_{i+1}, d_{i+2}) if d_i ≥ 0 else max(d_{i+1}, d_{i+2})
+    ectopic pattern: (d_i > 1 and s12 < −c1·d_i − c2) or (d_i < −1 and s12 > −c1·d_i + c2)
+    extra   : rr[i] < med, (d_i < −1 and s22 > 1 or |m| > 3) and |rr[i] + rr[i+1] − med| < th2
+    missed  : rr[i] > med, (d_i > 1 and s22 < −1 or |m| > 3) and |rr[i]/2 − med| < th2
+    ectopic : ectopic pattern and |rr[i] + rr[i+1] − 2·med| < th2   (a displaced beat: the pair
+              sums to two normal intervals — premature + compensatory pause, or a mis-timed peak)
+    long / short : any other candidate, by the sign of rr[i] − med
+
+Corrections (``p`` = previous corrected RR, ``n`` = the next raw RR after the event):
+
+* **extra** → merge: rows ``i`` and ``i+1`` become one interval ``rr[i] + rr[i+1]`` (row ``i``
+  keeps its raw value and gets ``rr_ms = NaN``: it is the spurious beat, removed).
+* **missed** → split: ``k = max(2, round(rr[i]/med))`` intervals, proportional to the linear
+  interpolation between ``p`` and ``n``, summing exactly to ``rr[i]``; the ``k − 1`` inserted
+  beats have ``rr_raw_ms = NaN``.
+* **ectopic** → the displaced beat is moved: the pair keeps its sum ``S = rr[i] + rr[i+1]``
+  and is split in the ratio of the interpolated values ``(2p + n)/3 : (p + 2n)/3``. Total
+  time is preserved, and so is the slow trend across the pair; published implementations
+  instead interpolate each interval separately, which is where their RMSSD errors come from.
+* **long / short** → ``(p + n) / 2``. An uncompensated long or short interval has no partner
+  to trade time with, so total time cannot be kept; the beat times of the source are kept.
+
+Nothing is thrown away: every raw beat appears in the output with its raw value, the
+corrected value and its class.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import dataclasses
+import math
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "ALPHA",
+    "BEAT_CLASSES",
+    "C1",
+    "C2",
+    "LOOKAHEAD_BEATS",
+    "ArtefactCorrector",
+    "BeatClass",
+    "CorrectedSeries",
+    "ProcessedBeat",
+    "correct_rr",
+]
+
+BeatClass = Literal["normal", "ectopic", "long", "short", "missed", "extra"]
+BEAT_CLASSES: tuple[BeatClass, ...] = ("normal", "ectopic", "long", "short", "missed", "extra")
+"""All classes, in the order of their integer codes in :class:`CorrectedSeries`."""
+
+ALPHA = 5.2
+"""Threshold multiplier of the quartile deviation (Lipponen & Tarvainen 2019)."""
+C1 = 0.13
+"""Slope of the ectopic decision boundary (Lipponen & Tarvainen 2019)."""
+C2 = 0.17
+"""Offset of the ectopic decision boundary (Lipponen & Tarvainen 2019)."""
+QD_WINDOW = 91
+"""Beats in the quartile-deviation windows."""
+MEDIAN_BACK = 7
+"""Beats before the beat in the 11-beat median window."""
+LOOKAHEAD_BEATS = 3
+"""Beats after the beat in the median window; a beat is final this many beats later."""
+MIN_HISTORY = 15
+"""Corrected differences needed before the thresholds come from the corrected history."""
+STARTUP_FRACTION = 0.1
+"""Threshold as a fraction of the local median RR until ``MIN_HISTORY`` normal beats exist."""
+TH_FLOOR_MS = 20.0
+"""Smallest threshold, ms: keeps a perfectly regular series (QD = 0) from flagging every beat."""
+
+_NAN = math.nan
+_CODE = {c: i for i, c in enumerate(BEAT_CLASSES)}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProcessedBeat:
+    """One beat after classification and correction (provenance kept)."""
+
+    t_s: float
+    """Time of the beat closing the interval, s (for an inserted beat: interpolated)."""
+    rr_raw_ms: float
+    """The interval as received, ms; NaN for a beat inserted by splitting a missed beat."""
+    rr_ms: float
+    """The corrected interval, ms; NaN for a spurious (``extra``) beat that was merged away."""
+    beat_class: BeatClass
+    """``normal`` or the artefact class the beat belongs to."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CorrectedSeries:
+    """A whole series after correction: one row per output beat (arrays of equal length)."""
+
+    t_s: npt.NDArray[np.float64]
+    """Beat times, s."""
+    rr_raw_ms: npt.NDArray[np.float64]
+    """Raw intervals, ms (NaN for inserted beats)."""
+    rr_ms: npt.NDArray[np.float64]
+    """Corrected intervals, ms (NaN for removed beats)."""
+    code: npt.NDArray[np.int8]
+    """Class codes, indices into :data:`BEAT_CLASSES`."""
+    raw_index: npt.NDArray[np.int64]
+    """Index of the raw beat each row comes from (inserted rows: the beat they were split from)."""
+
+    @property
+    def n_flagged(self) -> int:
+        """Raw beats whose class is not ``normal``."""
+        keep = ~np.isnan(self.rr_raw_ms)
+        return int(np.count_nonzero(self.code[keep] != 0))
+
+    def by_class(self) -> dict[str, int]:
+        """Raw beats per class (inserted rows not counted)."""
+        keep = ~np.isnan(self.rr_raw_ms)
+        counts = np.bincount(self.code[keep].astype(np.int64), minlength=len(BEAT_CLASSES))
+        return {c: int(counts[i]) for i, c in enumerate(BEAT_CLASSES)}
+
+    def classes(self) -> list[BeatClass]:
+        """Class names per row."""
+        return [BEAT_CLASSES[int(c)] for c in self.code]
+
+
+def _qd(sorted_vals: list[float] | npt.NDArray[np.float64]) -> float:
+    n = len(sorted_vals)
+    if n == 0:
+        return _NAN
+    k1 = (n - 1) // 4
+    return 0.5 * (float(sorted_vals[n - 1 - k1]) - float(sorted_vals[k1]))
+
+
+def _lower_median(sorted_vals: list[float] | npt.NDArray[np.float64]) -> float:
+    return float(sorted_vals[(len(sorted_vals) - 1) // 2])
+
+
+_Row = tuple[float, float, float, int]  # t_s, raw, corrected, code
+
+
+def _lt_ectopic(d: float, before: float, after: float) -> bool:
+    """Lipponen–Tarvainen eq. 1/2 for a beat with normalised dRR ``d`` and neighbours.
+
+    ``s12 = max(before, after)`` when ``d > 0`` else ``min(before, after)`` (NaN-aware): the
+    beat's jump must be answered on both sides by jumps the other way.
+    """
+    if before != before:
+        before = after
+    if after != after:
+        after = before
+    if d > 1.0:
+        return max(before, after) < -C1 * d - C2
+    if d < -1.0:
+        return min(before, after) > -C1 * d + C2
+    return False
+
+
+def _decide_candidate(
+    t: tuple[float, float],
+    r: tuple[float, float, float, float],
+    p: float,
+    med: float,
+    th1: float,
+    th2: float,
+    d0: float,
+    d1: float,
+    d2: float,
+    m: float,
+    dm1: float,
+) -> tuple[list[_Row], bool]:
+    _, r0, r1, r2 = r
+    t0, t1 = t
+    s22 = (min(d1, d2) if d2 == d2 else d1) if d0 >= 0.0 else max(d1, d2) if d2 == d2 else d1
+    eq3 = d0 > 1.0 and s22 < -1.0  # long: the next differences fall back
+    eq4 = abs(m) > 3.0  # far from the local median
+    eq5 = d0 < -1.0 and s22 > 1.0  # short: the next differences climb back
+    if p != p:
+        p = med
+    nxt = r1 if r1 == r1 else p
+    if r0 < med and (eq5 or eq4) and abs(r0 + r1 - med) < th2:
+        merged = r0 + r1
+        return [(t0, r0, _NAN, 5), (t1, r1, merged, 5)], True
+    if r0 > med and (eq3 or eq4) and abs(0.5 * r0 - med) < th2:
+        k = max(2, round(r0 / med))
+        w = [p + (nxt - p) * (j + 1) / (k + 1) for j in range(k)]
+        scale = r0 / math.fsum(w)
+        rows: list[_Row] = []
+        t_start = t0 - r0 / 1000.0
+        acc = 0.0
+        for j in range(k):
+            part = w[j] * scale
+            acc += part
+            last = j == k - 1
+            rows.append((t0 if last else t_start + acc / 1000.0, r0 if last else _NAN, part, 4))
+        return rows, False
+    ect_here = _lt_ectopic(d0, dm1, d1)
+    if (
+        r1 == r1
+        and abs(r0 + r1 - 2.0 * med) < max(th2, STARTUP_FRACTION * med)
+        and (ect_here or _lt_ectopic(d1, d0, d2))
+        and (d0 > 1.0) != (d1 > 0.0)
+    ):
+        # A displaced beat: the pair keeps its sum and takes the interpolated ratio.
+        s = r0 + r1
+        n2 = r2 if r2 == r2 else p
+        a = s * (2.0 * p + n2) / (3.0 * (p + n2))
+        return [(t0, r0, a, 1), (t1, r1, s - a, 1)], True
+    if eq3 or eq4 or eq5:
+        return [(t0, r0, 0.5 * (p + nxt), 2 if r0 > med else 3)], False
+    if ect_here:
+        return [(t0, r0, 0.5 * (p + nxt), 1)], False
+    return [(t0, r0, r0, 0)], False
+
+
+class _Features:
+    """Incremental med/th1/th2 windows (the streaming twin of :func:`_batch_features`)."""
+
+    __slots__ = ("_adrr", "_adrr_q", "_ams", "_ams_q", "_med", "_med_q")
+
+    def __init__(self) -> None:
+        self._adrr: list[float] = []
+        self._adrr_q: collections.deque[float] = collections.deque()
+        self._ams: list[float] = []
+        self._ams_q: collections.deque[float] = collections.deque()
+        self._med: list[float] = []
+        self._med_q: collections.deque[float] = collections.deque()
+
+    @staticmethod
+    def _push(s: list[float], q: collections.deque[float], x: float, size: int) -> None:
+        q.append(x)
+        if x == x:
+            bisect.insort(s, x)
+        if len(q) > size:
+            old = q.popleft()
+            if old == old:
+                del s[bisect.bisect_left(s, old)]
+
+    def push_rr(self, rr: float) -> None:
+        """Add a raw RR to the median window (which spans beats i−7 .. i+3)."""
+        self._push(self._med, self._med_q, rr, MEDIAN_BACK + 1 + LOOKAHEAD_BEATS)
+
+    def pop_front_median(self) -> None:
+        """Shrink the median window from the front (end of stream: no beats ahead)."""
+        old = self._med_q.popleft()
+        del self._med[bisect.bisect_left(self._med, old)]
+
+    def median(self) -> float:
+        return _lower_median(self._med)
+
+    def thresholds(self) -> tuple[float, float]:
+        """(th1, th2) from the corrected history, ms (floored)."""
+        th1 = max(ALPHA * _qd(self._adrr), TH_FLOOR_MS) if self._adrr else _NAN
+        th2 = max(ALPHA * _qd(self._ams), TH_FLOOR_MS) if self._ams else _NAN
+        return th1, th2
+
+    def push_corrected(self, adrr: float, ams: float) -> None:
+        """Add one corrected beat's |dRR| and |mRRs| to the quartile windows."""
+        self._push(self._adrr, self._adrr_q, adrr, QD_WINDOW)
+        self._push(self._ams, self._ams_q, ams, QD_WINDOW)
+
+
+def _startup_thresholds(med: float) -> tuple[float, float]:
+    """Thresholds for the first beats of a segment, ms: ``STARTUP_FRACTION · med`` (floored).
+
+    A quartile deviation of a handful of beats is inflated by any artefact among them, so the
+    first beats are judged against a fixed fraction of the local median instead.
+    """
+    th = max(STARTUP_FRACTION * med, TH_FLOOR_MS)
+    return th, th
+
+
+class ArtefactCorrector:
+    """Streaming classification and correction; see the module docstring for the rules.
+
+    :meth:`push` takes one raw beat and returns the beats that became final (normally the one
+    pushed ``LOOKAHEAD_BEATS`` beats earlier; two at once after an event with a partner).
+    :meth:`flush` finalises the remaining beats (end of stream, or before a gap) and starts
+    afresh, so that no feature spans the gap.
+    """
+
+    __slots__ = ("_base", "_feat", "_n", "_next", "_p", "_pp", "_rr", "_skip", "_t")
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._feat = _Features()
+        self._rr: collections.deque[float] = collections.deque()  # beats _base .. newest
+        self._t: collections.deque[float] = collections.deque()
+        self._base = 0  # segment index of _rr[0]
+        self._next = 0  # segment index of the next beat to decide
+        self._n = 0  # beats pushed in this segment
+        self._p = _NAN  # last corrected RR
+        self._pp = _NAN  # the one before
+        self._skip = False
+
+    @property
+    def pending(self) -> int:
+        """Beats pushed but not yet final."""
+        return self._n - self._next
+
+    def push(self, t_s: float, rr_ms: float) -> list[ProcessedBeat]:
+        """Add the beat closing at ``t_s`` (s) with raw interval ``rr_ms`` (ms)."""
+        rr = float(rr_ms)
+        self._rr.append(rr)
+        self._t.append(float(t_s))
+        self._feat.push_rr(rr)
+        self._n += 1
+        out: list[ProcessedBeat] = []
+        if self._n - self._next > LOOKAHEAD_BEATS:
+            self._decide_next(out)
+        return out
+
+    def flush(self) -> list[ProcessedBeat]:
+        """Finalise every pending beat without look-ahead, then reset (e.g. before a gap)."""
+        out: list[ProcessedBeat] = []
+        while self._next < self._n:
+            # The median window of beat i is rr[i-7 .. i+3] clipped to the segment; past the
+            # end no new beat pushes the oldest out, so drop it here.
+            if self._next + LOOKAHEAD_BEATS >= self._n and self._next - MEDIAN_BACK - 1 >= 0:
+                self._feat.pop_front_median()
+            self._decide_next(out)
+        self._reset()
+        return out
+
+    def _at(self, j: int, q: collections.deque[float]) -> float:
+        k = j - self._base
+        return q[k] if 0 <= k < len(q) else _NAN
+
+    def _decide_next(self, out: list[ProcessedBeat]) -> None:
+        i = self._next
+        rr, tt = self._rr, self._t
+        rm2, rm1, r0 = self._at(i - 2, rr), self._at(i - 1, rr), self._at(i, rr)
+        r1, r2 = self._at(i + 1, rr), self._at(i + 2, rr)
+        feat = self._feat
+        med = feat.median()
+        if self._skip:
+            self._skip = False
+        else:
+            th1, th2 = feat.thresholds()
+            if th1 != th1 or len(feat._adrr_q) < MIN_HISTORY:
+                # Too little corrected history for thresholds: use the raw look-ahead ones.
+                th1, th2 = _startup_thresholds(med)
+            ms = r0 - med
+            if ms < 0.0:
+                ms *= 2.0
+            rows, took = _decide_all(
+                (self._at(i, tt), self._at(i + 1, tt)),
+                (rm1, r0, r1, r2),
+                self._p,
+                med,
+                th1,
+                th2,
+                ms,
+                self._p - self._pp if self._pp == self._pp else rm1 - rm2,
+            )
+            if rows[0][3] == 0 and rm1 == rm1:
+                # Only beats judged normal feed the quartile windows, so that artefacts do not
+                # widen the thresholds that are meant to catch them.
+                feat.push_corrected(abs(r0 - rm1), abs(ms))
+            for row in rows:
+                out.append(ProcessedBeat(row[0], row[1], row[2], BEAT_CLASSES[row[3]]))
+                c = row[2]
+                if c == c:
+                    self._pp, self._p = self._p, c
+            self._skip = took
+        self._next += 1
+        while self._next - self._base > 2:
+            rr.popleft()
+            tt.popleft()
+            self._base += 1
+
+
+def _decide_all(
+    t: tuple[float, float],
+    r: tuple[float, float, float, float],
+    p: float,
+    med: float,
+    th1: float,
+    th2: float,
+    ms: float,
+    dm1_raw: float,
+) -> tuple[list[_Row], bool]:
+    """Classify beat i and correct it.
+
+    ``t`` = times of beats i, i+1; ``r`` = raw RR of beats i−1 .. i+2 (NaN where absent);
+    ``p`` = previous corrected RR (NaN if none); ``ms`` = mRRs[i]; ``dm1_raw`` = dRR[i−1].
+    Returns the output rows for beat i (and for i+1 when it is taken as the partner of the
+    event) and whether i+1 was taken.
+    """
+    rm1, r0, r1, r2 = r
+    if p == p:  # successive difference to the corrected previous beat
+        rm1 = p
+    d0 = (r0 - rm1) / th1
+    m = ms / th2
+    if not (abs(d0) > 1.0 or abs(m) > 3.0):
+        return [(t[0], r0, r0, 0)], False
+    return _decide_candidate(
+        t, r, p, med, th1, th2, d0, (r1 - r0) / th1, (r2 - r1) / th1, m, dm1_raw / th1
+    )
+
+
+def correct_rr(t_s: npt.ArrayLike, rr_ms: npt.ArrayLike) -> CorrectedSeries:
+    """Classify and correct one unbroken series: :class:`ArtefactCorrector` over all beats,
+    then :meth:`~ArtefactCorrector.flush`, collected into arrays."""
+    t = np.asarray(t_s, dtype=np.float64)
+    rr = np.asarray(rr_ms, dtype=np.float64)
+    if t.shape != rr.shape or rr.ndim != 1:
+        raise ValueError("t_s and rr_ms must be 1-D arrays of equal length")
+    corr = ArtefactCorrector()
+    rows: list[ProcessedBeat] = []
+    push = corr.push
+    for ti, ri in zip(t.tolist(), rr.tolist(), strict=True):
+        rows.extend(push(ti, ri))
+    rows.extend(corr.flush())
+    return collect(rows)
+
+
+def collect(rows: list[ProcessedBeat]) -> CorrectedSeries:
+    """Arrays from processed beats (``raw_index`` counts raw beats in ``rows``)."""
+    n = len(rows)
+    t = np.fromiter((b.t_s for b in rows), np.float64, n)
+    raw = np.fromiter((b.rr_raw_ms for b in rows), np.float64, n)
+    corr = np.fromiter((b.rr_ms for b in rows), np.float64, n)
+    code = np.fromiter((_CODE[b.beat_class] for b in rows), np.int8, n)
+    is_raw = ~np.isnan(raw)
+    raw_index = np.cumsum(is_raw) - 1
+    # An inserted row belongs to the raw beat that follows it (the one it was split from).
+    raw_index[~is_raw] += 1
+    return CorrectedSeries(t, raw, corr, code, raw_index.astype(np.int64))

@@ -1,0 +1,249 @@
+"""Settling indices against the session's own baseline: score, trend, catching-up, responses.
+
+Components (each in baseline-spread units, positive = more settled)::
+
+    z_hr       = −(HR − mean_b HR) / max(SD_b HR, 1 bpm)
+    z_ln_rmssd =  (lnRMSSD − mean_b) / max(SD_b, 0.1)
+    z_slow     =  (ln LF_64 − mean_b) / max(SD_b, 0.25)   LF_64 = 0.04–0.15 Hz power of the
+                                                        64 s coherence window, ms² (slow
+                                                        oscillation, Peng et al. 1999)
+    score      = clip(50 + 50 · tanh(mean(z) / k), 0, 100),  k = 2
+
+Trend: Theil–Sen slope of the score over the last ``trend_window_s`` with a 95 % CI
+(Sen 1968) and a Mann–Kendall test on non-overlapping 30 s means (so that the samples are
+close to independent) → ``settling`` (slope > 0, p < 0.05), ``unsettling`` (slope < 0,
+p < 0.05) or ``steady``; confidence = 1 − p.
+
+Catching up: after the hold-start (``hold_start``) or session start, the first time the score
+is ≥ ``threshold`` and stays above ``threshold − hysteresis`` for ``hold_s``; the reported time
+is the start of that run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "CatchingUp",
+    "EventResponse",
+    "SettlingComponents",
+    "Trend",
+    "TrendLabel",
+    "event_response",
+    "mann_kendall",
+    "theil_sen",
+    "trend",
+]
+
+TrendLabel = Literal["settling", "steady", "unsettling"]
+_NAN = math.nan
+_NORM = statistics.NormalDist()
+
+SPREAD_FLOORS = {"hr_bpm": 1.0, "ln_rmssd": 0.1, "ln_lf": 0.25}
+"""Smallest baseline spread per component (1 bpm; ≈ 10 % RMSSD; ≈ 28 % LF power)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SettlingComponents:
+    """The settling score and its parts at one time."""
+
+    score: float
+    """``clip(50 + 50·tanh(mean(z_hr, z_ln_rmssd, z_slow)/k), 0, 100)``; NaN if undefined."""
+    z_hr: float
+    """Heart rate below baseline, baseline-spread units."""
+    z_ln_rmssd: float
+    """lnRMSSD above baseline, baseline-spread units."""
+    z_slow: float
+    """ln(LF power of the 64 s window) above baseline, baseline-spread units."""
+
+
+class Baseline:
+    """Mean and floored spread (SD, ddof=1) of each component over baseline samples."""
+
+    __slots__ = ("_vals",)
+
+    def __init__(self) -> None:
+        self._vals: dict[str, list[float]] = {k: [] for k in SPREAD_FLOORS}
+
+    def add(self, hr_bpm: float, ln_rmssd: float, ln_lf: float) -> None:
+        for k, v in (("hr_bpm", hr_bpm), ("ln_rmssd", ln_rmssd), ("ln_lf", ln_lf)):
+            if math.isfinite(v):
+                self._vals[k].append(v)
+
+    @property
+    def n(self) -> int:
+        """Smallest sample count over the components."""
+        return min(len(v) for v in self._vals.values())
+
+    def stats(self, key: str) -> tuple[float, float]:
+        v = self._vals[key]
+        floor = SPREAD_FLOORS[key]
+        if not v:
+            return _NAN, floor
+        mean = math.fsum(v) / len(v)
+        sd = statistics.stdev(v) if len(v) > 1 else 0.0
+        return mean, max(sd, floor)
+
+    def score(self, hr_bpm: float, ln_rmssd: float, ln_lf: float, k: float) -> SettlingComponents:
+        m, s = self.stats("hr_bpm")
+        z_hr = -(hr_bpm - m) / s
+        m, s = self.stats("ln_rmssd")
+        z_ln = (ln_rmssd - m) / s
+        m, s = self.stats("ln_lf")
+        z_slow = (ln_lf - m) / s
+        zs = [z for z in (z_hr, z_ln, z_slow) if math.isfinite(z)]
+        score = _NAN
+        if len(zs) == 3:
+            score = min(max(50.0 + 50.0 * math.tanh(math.fsum(zs) / 3.0 / k), 0.0), 100.0)
+        return SettlingComponents(score, z_hr, z_ln, z_slow)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Trend:
+    """Trend of the settling score over the recent window."""
+
+    slope_per_min: float
+    """Theil–Sen slope, score points per minute."""
+    ci_low: float
+    """Lower 95 % bound of the slope (Sen 1968), points/min."""
+    ci_high: float
+    """Upper 95 % bound of the slope, points/min."""
+    label: TrendLabel
+    """``settling`` / ``steady`` / ``unsettling`` (Mann–Kendall, two-sided p < 0.05)."""
+    confidence: float
+    """``1 − p`` of the Mann–Kendall test on non-overlapping block means, 0..1."""
+
+
+def theil_sen(t_s: npt.ArrayLike, y: npt.ArrayLike) -> tuple[float, float, float]:
+    """Theil–Sen slope (per second) and its 95 % CI from the pairwise slopes (Sen 1968)."""
+    t = np.asarray(t_s, dtype=np.float64)
+    v = np.asarray(y, dtype=np.float64)
+    n = t.size
+    if n < 3:
+        return _NAN, _NAN, _NAN
+    i, j = np.triu_indices(n, 1)
+    dt = t[j] - t[i]
+    ok = dt > 0
+    slopes = np.sort((v[j] - v[i])[ok] / dt[ok])
+    m = slopes.size
+    if m == 0:
+        return _NAN, _NAN, _NAN
+    var_s = n * (n - 1) * (2 * n + 5) / 18.0
+    c = 1.959964 * math.sqrt(var_s)
+    lo = int(max(0, math.floor((m - c) / 2.0)))
+    hi = int(min(m - 1, math.ceil((m + c) / 2.0)))
+    return float(np.median(slopes)), float(slopes[lo]), float(slopes[hi])
+
+
+def mann_kendall(y: npt.ArrayLike) -> tuple[float, float]:
+    """Mann–Kendall S statistic's z and two-sided p (no ties correction needed for floats)."""
+    v = np.asarray(y, dtype=np.float64)
+    n = v.size
+    if n < 4:
+        return 0.0, 1.0
+    i, j = np.triu_indices(n, 1)
+    s = float(np.sign(v[j] - v[i]).sum())
+    var_s = n * (n - 1) * (2 * n + 5) / 18.0
+    z = (s - math.copysign(1.0, s)) / math.sqrt(var_s) if s != 0 else 0.0
+    return z, 2.0 * (1.0 - _NORM.cdf(abs(z)))
+
+
+def trend(t_s: npt.ArrayLike, score: npt.ArrayLike, block_s: float = 30.0) -> Trend:
+    """:class:`Trend` of a score series; Mann–Kendall on non-overlapping ``block_s`` means."""
+    t = np.asarray(t_s, dtype=np.float64)
+    y = np.asarray(score, dtype=np.float64)
+    ok = np.isfinite(y)
+    t, y = t[ok], y[ok]
+    if t.size < 3:
+        return Trend(_NAN, _NAN, _NAN, "steady", 0.0)
+    slope, lo, hi = theil_sen(t, y)
+    blocks = np.floor((t - t[0]) / block_s)
+    means = [float(y[blocks == b].mean()) for b in np.unique(blocks)]
+    z, p = mann_kendall(means)
+    label: TrendLabel = "steady"
+    if p < 0.05:
+        label = "settling" if z > 0 else "unsettling"
+    return Trend(slope * 60.0, lo * 60.0, hi * 60.0, label, 1.0 - p)
+
+
+class CatchingUp:
+    """First sustained crossing of the score after a start time (hysteresis; see module)."""
+
+    __slots__ = ("_run_start", "detected_t_s", "hold_s", "hysteresis", "start_t_s", "threshold")
+
+    def __init__(
+        self, threshold: float = 85.0, hold_s: float = 90.0, hysteresis: float = 10.0
+    ) -> None:
+        self.threshold = threshold
+        self.hold_s = hold_s
+        self.hysteresis = hysteresis
+        self.start_t_s = 0.0
+        self.detected_t_s: float | None = None
+        self._run_start: float | None = None
+
+    def hold_start(self, t_s: float) -> None:
+        """A "hold started" marker: look for catching-up from ``t_s`` afresh."""
+        self.start_t_s = t_s
+        self.detected_t_s = None
+        self._run_start = None
+
+    def update(self, t_s: float, score: float) -> float | None:
+        """Feed one score sample; returns the catching-up time once detected (then fixed)."""
+        if self.detected_t_s is not None or t_s < self.start_t_s:
+            return self.detected_t_s
+        if self._run_start is None:
+            if score >= self.threshold:
+                self._run_start = t_s
+        elif not score >= self.threshold - self.hysteresis:
+            self._run_start = None
+        if self._run_start is not None and t_s - self._run_start >= self.hold_s:
+            self.detected_t_s = self._run_start
+        return self.detected_t_s
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventResponse:
+    """Response of HR and lnRMSSD to one marker."""
+
+    t_s: float
+    """Marker time, s."""
+    kind: str
+    """Marker kind (e.g. ``shame``)."""
+    peak_d_hr_bpm: float
+    """Largest |HR − baseline HR| within 30 s after the marker, signed, beats/min."""
+    peak_d_ln_rmssd: float
+    """Largest |lnRMSSD − baseline| within 30 s after the marker, signed, ln units."""
+    recovery_s: float
+    """Time after the 30 s reactivity window until HR is back within mean_b ± spread_b, s;
+    NaN if it did not recover in the data."""
+
+
+def event_response(
+    t_marker: float,
+    kind: str,
+    t_s: npt.ArrayLike,
+    hr_bpm: npt.ArrayLike,
+    ln_rmssd: npt.ArrayLike,
+    base_hr: tuple[float, float],
+    base_ln: tuple[float, float],
+    react_s: float = 30.0,
+) -> EventResponse:
+    """Reactivity within ``react_s`` after a marker and recovery into the baseline band."""
+    t = np.asarray(t_s, dtype=np.float64)
+    hr = np.asarray(hr_bpm, dtype=np.float64) - base_hr[0]
+    ln = np.asarray(ln_rmssd, dtype=np.float64) - base_ln[0]
+    win = (t > t_marker) & (t <= t_marker + react_s)
+
+    def peak(x: npt.NDArray[np.float64]) -> float:
+        xs = x[win & np.isfinite(x)]
+        return float(xs[np.argmax(np.abs(xs))]) if xs.size else _NAN
+
+    after = np.flatnonzero((t > t_marker + react_s) & (np.abs(hr) <= base_hr[1]))
+    rec = float(t[after[0]] - t_marker - react_s) if after.size else _NAN
+    return EventResponse(t_marker, kind, peak(hr), peak(ln), rec)

@@ -1,0 +1,315 @@
+"""The live facade the daemon calls: beats in, finalised beats and index snapshots out.
+
+Pure and synchronous: no I/O, no asyncio, no clock — every call takes the time ``t_s``
+(seconds on the session's beat clock, non-decreasing). Usage::
+
+    la = LiveAnalyzer()                       # defaults: 60 s window, 2 min baseline
+    beats = la.push_beat(t_s, rr_ms)          # -> list[ProcessedBeat], final after ≤ 3 beats
+    snap = la.indices(t_s)                    # -> IndicesSnapshot (call every 5 s)
+    la.marker(t_s, "shame")                   # event-locked response; "hold-start" restarts
+                                              #   the catching-up search
+    la.start_baseline(t_s); la.stop_baseline(t_s)   # explicit rest period
+    la.gap(t_s)                               # an explicit gap: no metric spans it
+
+Per beat: artefact classification/correction (3 beats of look-ahead), 60 s rolling time
+domain on corrected beats, rhythm-quality counters. Per :meth:`LiveAnalyzer.indices` call:
+the 64 s coherence window and 120 s spectral window are recomputed (≤ 2 ms, see
+``benchmarks/bench_processing.py``), the settling score is updated against the baseline,
+the trend and catching-up state are refreshed.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from processing.artefacts import ArtefactCorrector, ProcessedBeat
+from processing.indices import (
+    Baseline,
+    CatchingUp,
+    EventResponse,
+    Trend,
+    event_response,
+    trend,
+)
+from processing.spectral import (
+    FS_HZ,
+    band_powers,
+    coherence_from_psd,
+    periodograms,
+    resample_cubic,
+    spline_power_gain,
+)
+from processing.timedomain import RollingTimeDomain, TimeDomain
+
+__all__ = ["BaselineStatus", "IndicesSnapshot", "LiveAnalyzer", "ProcessedBeat"]
+
+BaselineStatus = Literal["collecting", "complete", "unavailable"]
+IRREGULAR_SHARE_MAX = 0.2
+"""A window whose share of corrected beats exceeds this is an unusable (non-sinus) rhythm."""
+QUALITY_BEATS = 120
+"""Beats over which the corrected share is counted."""
+_NAN = math.nan
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IndicesSnapshot:
+    """Everything the feedback shows at one time. NaN / None where not (yet) defined."""
+
+    t_s: float
+    """Time of the snapshot, s."""
+    td: TimeDomain
+    """60 s rolling time domain of the corrected beats (see :class:`TimeDomain`)."""
+    coherence: float
+    """McCraty coherence ratio of the last 64 s, dimensionless."""
+    resp_rate_bpm: float
+    """Respiration rate from the RSA peak of the last 120 s, breaths/min."""
+    lf_ms2: float
+    """LF power (0.04–0.15 Hz) of the last 120 s, ms²."""
+    hf_ms2: float
+    """HF power (0.15–0.4 Hz) of the last 120 s, ms²."""
+    lf_hf: float
+    """LF/HF of the last 120 s."""
+    score: float
+    """Settling score 0–100 (50 = as at baseline); NaN while the baseline is collected."""
+    z_hr: float
+    """Component: HR below baseline, baseline-spread units."""
+    z_ln_rmssd: float
+    """Component: lnRMSSD above baseline, baseline-spread units."""
+    z_slow: float
+    """Component: ln LF power (64 s) above baseline, baseline-spread units."""
+    trend: Trend
+    """Trend of the score over the last 5 min."""
+    quality: float
+    """Signal quality 0–1: ``(1 − corrected share) · coverage · contact share``."""
+    usable: bool
+    """False when the rhythm is not sinus enough to interpret (or no data)."""
+    reason: str | None
+    """Why not usable, one short sentence; None when usable."""
+    catching_up_t_s: float | None
+    """Detected catching-up time, s (None until detected)."""
+    baseline: BaselineStatus
+    """Baseline state."""
+    responses: tuple[EventResponse, ...]
+    """Event-locked responses of the markers so far (those with 30 s of data after them)."""
+
+
+class LiveAnalyzer:
+    """Live HRV, artefact correction and settling for one strap (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        window_s: float = 60.0,
+        baseline_s: float = 120.0,
+        correction: bool = True,
+        coherence_window_s: float = 64.0,
+        spectral_window_s: float = 120.0,
+        trend_window_s: float = 300.0,
+        k: float = 2.0,
+        catch_threshold: float = 85.0,
+        catch_hold_s: float = 90.0,
+    ) -> None:
+        self.window_s = window_s
+        self.baseline_s = baseline_s
+        self.correction = correction
+        self.coherence_window_s = coherence_window_s
+        self.spectral_window_s = spectral_window_s
+        self.trend_window_s = trend_window_s
+        self.k = k
+        self._corr = ArtefactCorrector()
+        self._td = RollingTimeDomain(window_s)
+        keep = max(coherence_window_s, spectral_window_s) + 10.0
+        self._keep_s = keep
+        self._beats: collections.deque[tuple[float, float]] = collections.deque()
+        self._flags: collections.deque[int] = collections.deque(maxlen=QUALITY_BEATS)
+        self._contact: collections.deque[int] = collections.deque(maxlen=QUALITY_BEATS)
+        self._base = Baseline()
+        self._base_from: float | None = None
+        self._base_until: float | None = None
+        self._base_state: BaselineStatus = "collecting"
+        self._catch = CatchingUp(catch_threshold, catch_hold_s)
+        self._scores: collections.deque[tuple[float, float]] = collections.deque()
+        self._series: list[tuple[float, float, float]] = []  # t, hr, ln_rmssd (for responses)
+        self._markers: list[tuple[float, str]] = []
+        self._segment_start: float | None = None
+        self._last_t = -math.inf
+
+    # -- beats -------------------------------------------------------------------------
+    def push_beat(
+        self, t_s: float, rr_ms: float, contact: bool | None = None
+    ) -> list[ProcessedBeat]:
+        """Add one raw beat; returns the beats that became final (≤ 3 beats later)."""
+        if self._segment_start is None:
+            self._segment_start = t_s - rr_ms / 1000.0
+        self._contact.append(0 if contact is False else 1)
+        if self.correction:
+            out = self._corr.push(t_s, rr_ms)
+        else:
+            out = [ProcessedBeat(t_s, rr_ms, rr_ms, "normal")]
+        self._consume(out)
+        return out
+
+    def _consume(self, out: list[ProcessedBeat]) -> None:
+        td, beats, flags = self._td, self._beats, self._flags
+        for b in out:
+            if b.rr_raw_ms == b.rr_raw_ms:
+                flags.append(0 if b.beat_class == "normal" else 1)
+            if b.rr_ms == b.rr_ms:
+                td.update(b.t_s, b.rr_ms)
+                beats.append((b.t_s, b.rr_ms))
+                self._last_t = b.t_s
+        if beats:
+            cutoff = beats[-1][0] - self._keep_s
+            while beats[0][0] < cutoff:
+                beats.popleft()
+
+    def gap(self, t_s: float) -> list[ProcessedBeat]:
+        """An explicit gap at ``t_s``: pending beats are finalised without look-ahead and
+        every window restarts, so no metric spans the gap. Returns the finalised beats."""
+        out = self._corr.flush() if self.correction else []
+        self._consume(out)
+        self._td.reset()
+        self._beats.clear()
+        self._segment_start = None
+        return out
+
+    # -- markers and baseline ------------------------------------------------------------
+    def marker(self, t_s: float, kind: str) -> None:
+        """A marker; ``hold-start`` (or ``hold_start``) restarts the catching-up search."""
+        if kind in ("hold-start", "hold_start"):
+            self._catch.hold_start(t_s)
+        else:
+            self._markers.append((t_s, kind))
+
+    def start_baseline(self, t_s: float) -> None:
+        """Discard the baseline and collect a new one from ``t_s`` until :meth:`stop_baseline`."""
+        self._base = Baseline()
+        self._base_from = t_s
+        self._base_until = math.inf
+        self._base_state = "collecting"
+
+    def stop_baseline(self, t_s: float) -> None:
+        """End the baseline being collected."""
+        self._base_until = t_s
+        self._base_state = "complete" if self._base.n >= 3 else "unavailable"
+
+    # -- indices -------------------------------------------------------------------------
+    def _window(
+        self, t_s: float, length_s: float
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        if not self._beats:
+            return np.empty(0), np.empty(0)
+        arr = np.array(self._beats)
+        sel = arr[:, 0] > t_s - length_s
+        return arr[sel, 0], arr[sel, 1]
+
+    def _psd(
+        self, t_s: float, length_s: float
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
+        # The window ends at the last finalised beat (≤ 3 beats before t_s).
+        t_s = min(t_s, self._last_t)
+        seg0 = self._segment_start if self._segment_start is not None else math.inf
+        if t_s - length_s < seg0 - 1e-9:
+            return None
+        t, rr = self._window(t_s, length_s + 5.0)  # a margin of beats for the spline ends
+        if t.size < 8:
+            return None
+        grid, x = resample_cubic(t, rr, FS_HZ)
+        n = round(length_s * FS_HZ)
+        x = x[grid > t_s - length_s][-n:]
+        if x.size < n - 4:
+            return None
+        f, p = periodograms(x[None, :], FS_HZ, nfft=1024)
+        return f, p[0] / spline_power_gain(f, float(np.mean(rr)) / 1000.0)
+
+    def indices(self, t_s: float) -> IndicesSnapshot:
+        """The snapshot at ``t_s`` (call every 5 s of beat time)."""
+        td = self._td.snapshot()
+        coh = self._psd(t_s, self.coherence_window_s)
+        spec = self._psd(t_s, self.spectral_window_s)
+        c = coherence_from_psd(*coh) if coh is not None else None
+        s = band_powers(*spec, self.spectral_window_s) if spec is not None else None
+        lf64 = _NAN
+        if coh is not None:
+            f, p = coh
+            sel = (f >= 0.04) & (f < 0.15)
+            lf64 = float(p[sel].sum() * (f[1] - f[0]))
+        ln_lf = math.log(lf64) if lf64 > 0 else _NAN
+
+        flags = self._flags
+        share = sum(flags) / len(flags) if flags else 1.0
+        usable, reason = True, None
+        if td.n < 10:
+            usable, reason = False, "not enough beats yet"
+        elif len(flags) >= 30 and share > IRREGULAR_SHARE_MAX:
+            usable = False
+            reason = f"irregular rhythm: {100 * share:.0f} % of recent beats are not sinus"
+        covered = math.fsum(b[1] for b in self._beats if b[0] > t_s - self.window_s) / 1000.0
+        coverage = min(1.0, covered / self.window_s)
+        contact = sum(self._contact) / len(self._contact) if self._contact else 0.0
+        quality = max(0.0, 1.0 - share) * coverage * contact
+
+        # Baseline: automatic (first baseline_s) unless explicit.
+        if self._base_from is None:
+            self._base_from = t_s
+            self._base_until = t_s + self.baseline_s
+        hr, ln = td.hr_bpm, td.ln_rmssd
+        assert self._base_until is not None
+        if self._base_state == "collecting" and t_s > self._base_until:
+            self._base_state = "complete" if self._base.n >= 3 else "unavailable"
+            if self._base_state == "unavailable" and self._base_until != math.inf:
+                self._base_until = t_s + self.baseline_s  # automatic: keep collecting
+                self._base_state = "collecting"
+        comps = None
+        if self._base_state == "collecting":
+            if t_s >= self._base_from and usable:
+                self._base.add(hr, ln, ln_lf)
+        elif self._base_state == "complete" and usable:
+            comps = self._base.score(hr, ln, ln_lf, self.k)
+        score = comps.score if comps is not None else _NAN
+        if math.isfinite(score):
+            self._scores.append((t_s, score))
+            self._catch.update(t_s, score)
+        while self._scores and self._scores[0][0] < t_s - self.trend_window_s:
+            self._scores.popleft()
+        tr = trend([a for a, _ in self._scores], [b for _, b in self._scores])
+        self._series.append((t_s, hr, ln))
+        responses = self._responses(t_s)
+        return IndicesSnapshot(
+            t_s=t_s,
+            td=td,
+            coherence=c.ratio if c is not None else _NAN,
+            resp_rate_bpm=s.resp_rate_bpm if s is not None else _NAN,
+            lf_ms2=s.lf_ms2 if s is not None else _NAN,
+            hf_ms2=s.hf_ms2 if s is not None else _NAN,
+            lf_hf=s.lf_hf if s is not None else _NAN,
+            score=score,
+            z_hr=comps.z_hr if comps is not None else _NAN,
+            z_ln_rmssd=comps.z_ln_rmssd if comps is not None else _NAN,
+            z_slow=comps.z_slow if comps is not None else _NAN,
+            trend=tr,
+            quality=quality,
+            usable=usable,
+            reason=reason,
+            catching_up_t_s=self._catch.detected_t_s,
+            baseline=self._base_state,
+            responses=responses,
+        )
+
+    def _responses(self, t_s: float) -> tuple[EventResponse, ...]:
+        if not self._markers or self._base_state != "complete":
+            return ()
+        ser = np.array(self._series)
+        base_hr = self._base.stats("hr_bpm")
+        base_ln = self._base.stats("ln_rmssd")
+        return tuple(
+            event_response(tm, kind, ser[:, 0], ser[:, 1], ser[:, 2], base_hr, base_ln)
+            for tm, kind in self._markers
+            if t_s >= tm + 30.0
+        )

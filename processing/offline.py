@@ -1,0 +1,279 @@
+"""Whole-recording analysis (batch, vectorised): the engine of ``settle analyze``.
+
+Same conventions as the live path (:mod:`processing.live`): artefact correction
+(:func:`processing.artefacts.correct_rr`), 60 s rolling time domain at every beat (window
+``(t − window_s, t]``), spectra of the last 120 s and coherence of the last 64 s every 5 s,
+and the settling score against the first 120 s. For speed the whole recording is resampled
+once (natural cubic spline at 4 Hz) and windows are cut from that grid, whereas the live path
+splines each window; the two agree closely but not bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from processing.artefacts import CorrectedSeries, ProcessedBeat, collect, correct_rr
+from processing.indices import SPREAD_FLOORS
+from processing.live import IRREGULAR_SHARE_MAX
+from processing.nonlinear import dfa_alpha1, poincare
+from processing.spectral import (
+    COHERENCE_HALF_WIDTH_HZ,
+    COHERENCE_PEAK_HZ,
+    FS_HZ,
+    RESP_BAND_HZ,
+    Spectral,
+    periodograms,
+    resample_cubic,
+    spectral,
+    spline_power_gain,
+)
+from processing.timedomain import NN50_THRESHOLD_MS, TimeDomain, time_domain
+
+__all__ = ["Analysis", "Rolling", "analyze"]
+
+FloatArray = npt.NDArray[np.float64]
+STEP_S = 5.0
+COHERENCE_WINDOW_S = 64.0
+SPECTRAL_WINDOW_S = 120.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rolling:
+    """Rolling series. Per beat: ``beat_*``; every 5 s: ``step_*``. Units as in the names."""
+
+    beat_t_s: FloatArray
+    beat_mean_rr_ms: FloatArray
+    beat_hr_bpm: FloatArray
+    beat_sdnn_ms: FloatArray
+    beat_rmssd_ms: FloatArray
+    beat_pnn50_pct: FloatArray
+    step_t_s: FloatArray
+    step_lf_ms2: FloatArray
+    step_hf_ms2: FloatArray
+    step_lf_hf: FloatArray
+    step_resp_rate_bpm: FloatArray
+    step_coherence: FloatArray
+    step_score: FloatArray
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Analysis:
+    """Result of :func:`analyze`."""
+
+    n_beats: int
+    """Raw beats in the recording."""
+    duration_s: float
+    """Last beat time − first beat time + first interval, s."""
+    usable: bool
+    """False when more than 20 % of beats needed correction (non-sinus rhythm)."""
+    reason: str | None
+    """Why not usable."""
+    beats: CorrectedSeries
+    """Per-beat provenance."""
+    td: TimeDomain
+    """Whole-recording time domain of the (corrected) beats."""
+    sd1_ms: float
+    """Poincaré SD1, ms."""
+    sd2_ms: float
+    """Poincaré SD2, ms."""
+    dfa_alpha1: float
+    """DFA α1 (4–16 beats)."""
+    spectral: Spectral
+    """Whole-recording spectrum (default method)."""
+    coherence: float
+    """Median coherence ratio of the 64 s windows every 5 s."""
+    rolling: Rolling | None
+    """Rolling series when requested."""
+
+
+def _rolling_td(t: FloatArray, rr: FloatArray, window_s: float) -> tuple[FloatArray, ...]:
+    n = t.size
+    start = np.searchsorted(t, t - window_s, side="right")
+    ref = float(rr.mean()) if n else 0.0
+    d = rr - ref
+    c1 = np.concatenate([[0.0], np.cumsum(d)])
+    c2 = np.concatenate([[0.0], np.cumsum(d * d)])
+    dd = np.diff(rr)
+    cd2 = np.concatenate([[0.0, 0.0], np.cumsum(dd * dd)])
+    cnn = np.concatenate([[0, 0], np.cumsum(np.abs(dd) > NN50_THRESHOLD_MS)])
+    end = np.arange(1, n + 1)
+    cnt = end - start
+    s1 = c1[end] - c1[start]
+    s2 = c2[end] - c2[start]
+    mean = ref + s1 / cnt
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = np.maximum(s2 - s1 * s1 / cnt, 0.0) / (cnt - 1)
+        ndiff = cnt - 1
+        d2 = cd2[end] - cd2[start + 1]
+        rmssd = np.sqrt(d2 / ndiff)
+        pnn = 100.0 * (cnn[end] - cnn[start + 1]) / ndiff
+    var[cnt < 2] = np.nan
+    return mean, 60000.0 / mean, np.sqrt(var), rmssd, pnn
+
+
+def _segments(t: FloatArray, rr: FloatArray) -> list[tuple[int, int]]:
+    """Index ranges without gaps (a gap: beat times further apart than 3× the interval)."""
+    gaps = np.flatnonzero(np.diff(t) * 1000.0 > 3.0 * rr[1:] + 1.0) + 1
+    edges = [0, *gaps.tolist(), t.size]
+    return [(a, b) for a, b in itertools_pairwise(edges) if b - a >= 2]
+
+
+def itertools_pairwise(x: list[int]) -> list[tuple[int, int]]:
+    return list(itertools.pairwise(x))
+
+
+def _rolling_spectra(t: FloatArray, rr: FloatArray, window_s: float) -> tuple[FloatArray, ...]:
+    n_coh = round(COHERENCE_WINDOW_S * FS_HZ)
+    n_sp = round(SPECTRAL_WINDOW_S * FS_HZ)
+    if t.size < 2:
+        e = np.empty(0)
+        return e, e, e, e, e, e
+    steps = np.arange(math.ceil(t[0] / STEP_S) * STEP_S, t[-1] + 1e-9, STEP_S)
+    lf = np.full(steps.size, np.nan)
+    hf = np.full(steps.size, np.nan)
+    resp = np.full(steps.size, np.nan)
+    coh = np.full(steps.size, np.nan)
+    lnlf = np.full(steps.size, np.nan)
+    for a, b in _segments(t, rr):
+        ts, rs = t[a:b], rr[a:b]
+        if ts.size < 8:
+            continue
+        t0 = math.ceil((ts[0] - rs[0] / 1000.0) * FS_HZ) / FS_HZ
+        grid, x = resample_cubic(ts, rs, FS_HZ, t0=max(t0, ts[0]))
+        if grid.size == 0:
+            continue
+        gain = float(np.mean(rs)) / 1000.0
+        seg_start = ts[0] - rs[0] / 1000.0
+        ends = np.searchsorted(grid, steps, side="right")  # sample count up to each step
+        for nwin, kind in ((n_coh, "coh"), (n_sp, "sp")):
+            ok = (
+                (ends >= nwin)
+                & (steps - nwin / FS_HZ >= seg_start - 1e-9)
+                & (steps <= ts[-1] + 1e-9)
+            )
+            idx = np.flatnonzero(ok)
+            if idx.size == 0:
+                continue
+            view = np.lib.stride_tricks.sliding_window_view(x, nwin)
+            for c in range(0, idx.size, 2000):
+                ii = idx[c : c + 2000]
+                f, p = periodograms(view[ends[ii] - nwin], FS_HZ, nfft=1024)
+                p = p / spline_power_gain(f, gain)
+                f[1] - f[0]
+                if kind == "coh":
+                    lnlf[ii] = _ln(_bandsum(f, p, 0.04, 0.15))
+                    coh[ii] = _coherence_rows(f, p)
+                else:
+                    lf[ii] = _bandsum(f, p, 0.04, 0.15)
+                    hf[ii] = _bandsum(f, p, 0.15, 0.4)
+                    resp[ii] = 60.0 * _peak_rows(f, p, *RESP_BAND_HZ)
+    return steps, lf, hf, resp, coh, lnlf
+
+
+def _ln(x: FloatArray) -> FloatArray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out: FloatArray = np.where(x > 0, np.log(np.maximum(x, 1e-300)), np.nan)
+    return out
+
+
+def _bandsum(f: FloatArray, p: FloatArray, lo: float, hi: float) -> FloatArray:
+    sel = (f >= lo) & (f < hi)
+    return np.asarray(p[:, sel].sum(axis=1) * (f[1] - f[0]), dtype=np.float64)
+
+
+def _peak_rows(f: FloatArray, p: FloatArray, lo: float, hi: float) -> FloatArray:
+    sel = np.flatnonzero((f >= lo) & (f < hi))
+    return np.asarray(f[sel[np.argmax(p[:, sel], axis=1)]], dtype=np.float64)
+
+
+def _coherence_rows(f: FloatArray, p: FloatArray) -> FloatArray:
+    """:func:`processing.spectral.coherence_from_psd` ``.ratio`` for every row of ``p``."""
+    df = f[1] - f[0]
+    fp = _peak_rows(f, p, *COHERENCE_PEAK_HZ)
+    total = _bandsum(f, p, 0.0033, 0.4)
+    near = np.abs(f[None, :] - fp[:, None]) <= COHERENCE_HALF_WIDTH_HZ + 1e-12
+    peak = (p * near).sum(axis=1) * df
+    rest = total - peak
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(rest > 0, peak / rest, np.nan)
+
+
+def _score(
+    steps: FloatArray, hr: FloatArray, ln: FloatArray, lnlf: FloatArray, baseline_s: float
+) -> FloatArray:
+    if steps.size == 0:
+        return np.empty(0)
+    base = steps <= steps[0] + baseline_s
+    zs = []
+    for vals, key, sign in ((hr, "hr_bpm", -1.0), (ln, "ln_rmssd", 1.0), (lnlf, "ln_lf", 1.0)):
+        v = vals[base & np.isfinite(vals)]
+        if v.size < 3:
+            return np.full(steps.size, np.nan)
+        spread = max(float(np.std(v, ddof=1)), SPREAD_FLOORS[key])
+        zs.append(sign * (vals - float(v.mean())) / spread)
+    score = 50.0 + 50.0 * np.tanh(np.mean(zs, axis=0) / 2.0)
+    score[base] = np.nan
+    out: FloatArray = np.clip(score, 0.0, 100.0)
+    return out
+
+
+def analyze(
+    t_s: npt.ArrayLike,
+    rr_ms: npt.ArrayLike,
+    *,
+    correction: bool = True,
+    window_s: float = 60.0,
+    rolling: bool = False,
+    baseline_s: float = 120.0,
+) -> Analysis:
+    """Analyse one recording (beat times ``t_s`` in s, raw intervals ``rr_ms`` in ms)."""
+    t = np.asarray(t_s, dtype=np.float64)
+    rr = np.asarray(rr_ms, dtype=np.float64)
+    if correction:
+        cs = correct_rr(t, rr)
+    else:
+        cs = collect(
+            [ProcessedBeat(a, b, b, "normal") for a, b in zip(t.tolist(), rr.tolist(), strict=True)]
+        )
+    ok = np.isfinite(cs.rr_ms)
+    tc, rc = cs.t_s[ok], cs.rr_ms[ok]
+    share = cs.n_flagged / max(t.size, 1)
+    usable, reason = True, None
+    if t.size < 10:
+        usable, reason = False, "fewer than 10 beats"
+    elif share > IRREGULAR_SHARE_MAX:
+        usable = False
+        reason = f"irregular rhythm: {100 * share:.0f} % of beats are not sinus"
+    td = time_domain(rc)
+    sd1, sd2 = poincare(rc)
+    steps, lf, hf, resp, coh, lnlf = _rolling_spectra(tc, rc, window_s)
+    roll = None
+    if rolling:
+        mean, hr, sdnn, rmssd, pnn = _rolling_td(tc, rc, window_s)
+        idx = np.searchsorted(tc, steps, side="right") - 1
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ln_step = np.log(rmssd[idx])
+        score = _score(steps, hr[idx], ln_step, lnlf, baseline_s)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lfhf = lf / hf
+        roll = Rolling(tc, mean, hr, sdnn, rmssd, pnn, steps, lf, hf, lfhf, resp, coh, score)
+    finite_coh = coh[np.isfinite(coh)]
+    return Analysis(
+        n_beats=int(t.size),
+        duration_s=float(t[-1] - t[0] + rr[0] / 1000.0) if t.size else 0.0,
+        usable=usable,
+        reason=reason,
+        beats=cs,
+        td=td,
+        sd1_ms=sd1,
+        sd2_ms=sd2,
+        dfa_alpha1=dfa_alpha1(rc),
+        spectral=spectral(tc, rc),
+        coherence=float(np.median(finite_coh)) if finite_coh.size else math.nan,
+        rolling=roll,
+    )

@@ -1,0 +1,216 @@
+"""Export one session into a BIDS dataset (Brain Imaging Data Structure, physiological
+recordings in the ``beh`` datatype).
+
+``out`` is the dataset root; it is created if missing, and a session is added to an existing
+dataset without touching its other files. Written (``<sub>`` = ``sub-<subject>``, ``<ses>`` =
+``ses-<session id without the dash>``, task label ``settle``)::
+
+    dataset_description.json       only if missing (Name, BIDSVersion, GeneratedBy)
+    README                         only if missing
+    <sub>/<ses>/beh/<sub>_<ses>_task-settle_physio.tsv.gz   RR and HR at 4 Hz
+    <sub>/<ses>/beh/<sub>_<ses>_task-settle_physio.json     sidecar
+    <sub>/<ses>/beh/<sub>_<ses>_task-settle_recording-ecg_physio.tsv.gz / .json  (if ECG)
+    <sub>/<ses>/beh/<sub>_<ses>_task-settle_events.tsv      markers, gaps, baseline
+    <sub>/<ses>/beh/<sub>_<ses>_task-settle_events.json     column descriptions
+
+``*_physio.tsv.gz``: gzip, tab-separated, **no header row** (the sidecar's ``Columns`` names
+them): ``rr_ms`` (RR in ms, tachogram interpolated at 4 Hz; artefact-corrected where
+correction has run) and ``hr_bpm`` (``60000 / rr_ms``), ``n/a`` where there are no beats. The
+ECG file has one column ``cardiac`` in µV at the recorded rate rounded to whole Hz. Both
+start at the session start (``StartTime`` 0); events' ``onset`` is seconds since session
+start, the same time base.
+
+``*_events.tsv``: ``onset`` (s), ``duration`` (s, 0 for markers), ``trial_type`` (marker kind,
+``gap`` or ``baseline``), ``source``, ``text``; tabs and line breaks in texts become spaces.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import re
+from pathlib import Path
+from typing import IO, Any, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from sessions.export_json import package_version
+from sessions.files import ExportError, ProgressFn, atomic_file, inside, plain_name
+from sessions.series import DEFAULT_FS_HZ, ecg_on_grid, n_samples_for, rr_on_grid, session_span_s
+from sessions.store import SessionRecord, SessionStore
+
+__all__ = ["BIDS_VERSION", "bids_label", "export_bids"]
+
+BIDS_VERSION = "1.8.0"
+TASK = "settle"
+_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+
+
+def bids_label(value: str, what: str) -> str:
+    """``value`` as a BIDS label (letters and digits only); dashes are dropped, anything else
+    is refused with :class:`ExportError` (this also stops path tricks such as ``../x``)."""
+    label = value.replace("-", "").replace("_", "")
+    if not _LABEL.match(label):
+        raise ExportError(Path(value), f"{what} label must be letters and digits, got {value!r}")
+    return label
+
+
+def _tsv_cell(x: float) -> str:
+    return "n/a" if not np.isfinite(x) else repr(round(float(x), 4))
+
+
+def _physio_bytes(columns: list[npt.NDArray[np.float64]]) -> bytes:
+    buf = io.StringIO()
+    for row in zip(*columns, strict=True):
+        buf.write("\t".join(_tsv_cell(x) for x in row))
+        buf.write("\n")
+    # mtime=0: the same session gives byte-identical files.
+    return gzip.compress(buf.getvalue().encode("ascii"), mtime=0)
+
+
+def _text_cell(text: str) -> str:
+    clean = "".join(" " if ord(c) < 32 else c for c in text).strip()
+    return clean or "n/a"
+
+
+def _events_tsv(rec: SessionRecord) -> str:
+    rows: list[tuple[float, float, str, str, str]] = []
+    for m in rec.markers:
+        rows.append((m.t_s, 0.0, m.kind, m.source.value, m.text))
+    for g in rec.gaps:
+        rows.append((g.start_t_s, g.end_t_s - g.start_t_s, "gap", "settle", g.reason))
+    b = rec.info.baseline
+    if b is not None and b.stop_t_s is not None:
+        rows.append((b.start_t_s, b.stop_t_s - b.start_t_s, "baseline", "settle", ""))
+    rows.sort(key=lambda r: r[0])
+    lines = ["onset\tduration\ttrial_type\tsource\ttext"]
+    for onset, dur, kind, source, text in rows:
+        lines.append(
+            f"{onset!r}\t{dur!r}\t{_text_cell(kind)}\t{_text_cell(source)}\t{_text_cell(text)}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+_EVENTS_JSON: dict[str, Any] = {
+    "onset": {"Description": "Seconds since the session started", "Units": "s"},
+    "duration": {"Description": "Length of the event (0 for markers)", "Units": "s"},
+    "trial_type": {
+        "Description": "Marker kind, or 'gap' (no usable beats) or 'baseline' (rest period)",
+    },
+    "source": {"Description": "Where the marker was entered: cli, mqtt, dashboard, import"},
+    "text": {"Description": "The practitioner's note"},
+}
+
+
+def _write(root: Path, path: Path, data: bytes) -> None:
+    inside(root, path.parent)
+    with atomic_file(path, binary=True) as fh:
+        cast(IO[bytes], fh).write(data)
+
+
+def _json_bytes(obj: object) -> bytes:
+    return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def export_bids(
+    store: SessionStore,
+    session_id: str,
+    out: Path,
+    *,
+    subject: str = "01",
+    progress: ProgressFn | None = None,
+) -> Path:
+    """Add session ``session_id`` to the BIDS dataset at ``out`` (see the module docstring)
+    and return the directory of its files. Raises :class:`ExportError`."""
+    root = Path(out)
+    sub = f"sub-{bids_label(subject, 'subject')}"
+    rec = store.read_session(session_id)
+    ses = f"ses-{bids_label(session_id, 'session')}"
+    if root.exists() and not root.is_dir():
+        raise ExportError(root, "BIDS export needs a directory (the dataset root)")
+    if not root.parent.is_dir():
+        raise ExportError(root, f"directory {root.parent} does not exist")
+    try:
+        root.mkdir(mode=0o700, exist_ok=True)
+        beh = root / sub / ses / "beh"
+        inside(root, beh)  # before creating anything below the root
+        beh.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(root, f"cannot create directory: {exc.strerror or exc}") from exc
+    inside(root, beh)
+    stem = plain_name(f"{sub}_{ses}_task-{TASK}", beh)
+
+    if not (root / "dataset_description.json").exists():
+        _write(
+            root,
+            root / "dataset_description.json",
+            _json_bytes(
+                {
+                    "Name": "Settle sessions",
+                    "BIDSVersion": BIDS_VERSION,
+                    "DatasetType": "raw",
+                    "GeneratedBy": [{"Name": "Settle", "Version": package_version("settle-hrv")}],
+                }
+            ),
+        )
+    if not (root / "README").exists():
+        _write(
+            root,
+            root / "README",
+            b"Heart-rate recordings exported by Settle (chest strap RR intervals, markers).\n"
+            b"See docs/sessions.md of Settle for every column.\n",
+        )
+
+    ecg = store.ecg(session_id) if rec.n_ecg else None
+    info = rec.info
+    stopped_s = None if info.stopped_ms is None else (info.stopped_ms - info.started_ms) / 1000
+    n = n_samples_for(session_span_s(rec.beats, ecg, stopped_s), DEFAULT_FS_HZ)
+    rr = rr_on_grid(rec.beats, rec.gaps, n, DEFAULT_FS_HZ)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        hr = np.where(rr > 0, 60_000.0 / rr, np.nan)
+    if progress is not None:
+        progress(0, 3)
+    sidecar = {
+        "SamplingFrequency": DEFAULT_FS_HZ,
+        "StartTime": 0,
+        "Columns": ["rr_ms", "hr_bpm"],
+        "rr_ms": {
+            "Description": "RR interval, tachogram linearly interpolated at 4 Hz "
+            "(artefact-corrected where correction has run)",
+            "Units": "ms",
+        },
+        "hr_bpm": {"Description": "Heart rate, 60000 / rr_ms", "Units": "beats/min"},
+        "Manufacturer": "Settle",
+        "SoftwareVersions": package_version("settle-hrv"),
+        "SettleSessionId": info.id,
+        "SettleStartedMs": info.started_ms,
+    }
+    _write(root, beh / f"{stem}_physio.tsv.gz", _physio_bytes([rr, hr]))
+    _write(root, beh / f"{stem}_physio.json", _json_bytes(sidecar))
+    if progress is not None:
+        progress(1, 3)
+    if ecg is not None and ecg.fs_hz is not None:
+        fs = float(max(1, round(ecg.fs_hz)))
+        values = ecg_on_grid(ecg, n_samples_for(float(ecg.t_ns[-1]) / 1e9, fs), fs)
+        _write(root, beh / f"{stem}_recording-ecg_physio.tsv.gz", _physio_bytes([values]))
+        _write(
+            root,
+            beh / f"{stem}_recording-ecg_physio.json",
+            _json_bytes(
+                {
+                    "SamplingFrequency": fs,
+                    "StartTime": 0,
+                    "Columns": ["cardiac"],
+                    "cardiac": {"Description": "Raw ECG of the chest strap", "Units": "uV"},
+                }
+            ),
+        )
+    if progress is not None:
+        progress(2, 3)
+    _write(root, beh / f"{stem}_events.tsv", _events_tsv(rec).encode("utf-8"))
+    _write(root, beh / f"{stem}_events.json", _json_bytes(_EVENTS_JSON))
+    if progress is not None:
+        progress(3, 3)
+    return beh

@@ -1,0 +1,211 @@
+"""Export one session as EDF+ (European Data Format, continuous: ``EDF+C``).
+
+Written directly to the EDF+ specification (https://www.edfplus.info/specs/edfplus.html);
+no third-party writer is needed. Layout:
+
+* data records of 1 s;
+* signal ``RR`` — RR interval in ms, resampled at 4 Hz by linear interpolation of the
+  tachogram (artefact-corrected RR where correction has run, else raw), physical range
+  0–3000 ms;
+* signal ``HR`` — heart rate ``60000 / RR`` in beats/min at 4 Hz, physical range 0–300;
+* signal ``ECG`` — only when raw ECG was recorded: µV at the recorded rate rounded to whole
+  Hz, linearly interpolated onto that grid;
+* ``EDF Annotations`` — markers as ``kind: text``, gaps as ``gap: reason`` with their
+  duration, the baseline as ``baseline`` with its duration, the intention at onset 0.
+
+EDF has no "missing" value: where there are no beats (before the first, in gaps) RR, HR and
+ECG hold the physical minimum (RR 0 ms, HR 0 bpm) or 0 µV, and the gap is annotated.
+
+Time: the header start date/time is the session start in **UTC**, truncated to the second
+(EDF has no time zone field); the sub-second part of the start is carried by the EDF+
+time-keeping annotation of each record, so annotation onsets are
+``started_ms % 1000 / 1000 + t_s`` seconds after the header start, and the first sample of
+each signal is at session time ``t_s = 0``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from sessions.export_json import package_version
+from sessions.files import ProgressFn, atomic_file, target_file
+from sessions.series import DEFAULT_FS_HZ, ecg_on_grid, rr_on_grid, session_span_s
+from sessions.store import EcgSeries, SessionRecord, SessionStore
+
+__all__ = ["export_edf"]
+
+_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+_DIG_MIN, _DIG_MAX = -32768, 32767
+
+
+class _Signal:
+    def __init__(
+        self,
+        label: str,
+        dim: str,
+        phys_min: float,
+        phys_max: float,
+        per_record: int,
+        values: npt.NDArray[np.float64],
+        prefilter: str = "",
+        transducer: str = "",
+    ) -> None:
+        self.label, self.dim, self.prefilter, self.transducer = label, dim, prefilter, transducer
+        self.phys_min, self.phys_max, self.per_record = phys_min, phys_max, per_record
+        # NaN (no data) -> physical minimum, or 0 where 0 lies inside the range.
+        fill = 0.0 if phys_min <= 0.0 <= phys_max else phys_min
+        v = np.clip(np.nan_to_num(values, nan=fill), phys_min, phys_max)
+        scale = (_DIG_MAX - _DIG_MIN) / (phys_max - phys_min)
+        self.digital = np.round((v - phys_min) * scale + _DIG_MIN).astype("<i2")
+
+
+def _field(text: str, width: int) -> bytes:
+    data = text.encode("ascii", "replace")[:width]
+    return data.ljust(width, b" ")
+
+
+def _num(x: float, width: int = 8) -> str:
+    """A whole number in at most ``width`` ASCII characters (every range here is whole)."""
+    s = str(int(x))
+    if not float(x).is_integer() or len(s) > width:
+        raise ValueError(f"{x} is not a whole number of at most {width} characters")
+    return s
+
+
+def _onset(x: float) -> str:
+    s = f"{abs(x):.6f}".rstrip("0").rstrip(".")
+    return ("-" if x < 0 else "+") + s
+
+
+def _clean(text: str) -> str:
+    # TAL separators are 0x14, 0x15 and 0x00; keep annotation texts on one line.
+    return "".join(" " if ord(c) < 32 else c for c in text).strip()
+
+
+def _tal(onset: float, duration: float | None, text: str) -> bytes:
+    head = _onset(onset) + ("" if duration is None else "\x15" + _onset(duration)[1:])
+    return (head + "\x14" + _clean(text) + "\x14\x00").encode("utf-8")
+
+
+def _annotations(rec: SessionRecord) -> list[tuple[float, float | None, str]]:
+    out: list[tuple[float, float | None, str]] = []
+    info = rec.info
+    if info.intention is not None:
+        i = info.intention
+        out.append((0.0, None, f"intention: {i.target.value} | {i.statement} | {i.practice}"))
+    if info.baseline is not None:
+        b = info.baseline
+        dur = None if b.stop_t_s is None else b.stop_t_s - b.start_t_s
+        out.append((b.start_t_s, dur, "baseline"))
+    for m in rec.markers:
+        out.append((m.t_s, None, f"{m.kind}: {m.text}" if m.text else m.kind))
+    for g in rec.gaps:
+        out.append((g.start_t_s, g.end_t_s - g.start_t_s, f"gap: {g.reason}"))
+    out.sort(key=lambda a: a[0])
+    return out
+
+
+def _header(
+    rec: SessionRecord, signals: Sequence[_Signal], n_records: int, ann_samples: int
+) -> bytes:
+    start = dt.datetime.fromtimestamp(rec.info.started_ms // 1000, tz=dt.UTC)
+    ns = len(signals) + 1
+    recording = (
+        f"Startdate {start.day:02d}-{_MONTHS[start.month - 1]}-{start.year} "
+        f"{rec.info.id} X Settle_{package_version('settle-hrv')}"
+    )
+    head = b"".join(
+        [
+            _field("0", 8),
+            _field("X X X X", 80),
+            _field(recording, 80),
+            _field(f"{start:%d.%m.%y}", 8),
+            _field(f"{start:%H.%M.%S}", 8),
+            _field(str(256 * (ns + 1)), 8),
+            _field("EDF+C", 44),
+            _field(str(n_records), 8),
+            _field("1", 8),
+            _field(str(ns), 4),
+        ]
+    )
+    labels = [s.label for s in signals] + ["EDF Annotations"]
+    cols: list[list[bytes]] = [
+        [_field(x, 16) for x in labels],
+        [_field(s.transducer, 80) for s in signals] + [_field("", 80)],
+        [_field(s.dim, 8) for s in signals] + [_field("", 8)],
+        [_field(_num(s.phys_min), 8) for s in signals] + [_field("-1", 8)],
+        [_field(_num(s.phys_max), 8) for s in signals] + [_field("1", 8)],
+        [_field(str(_DIG_MIN), 8)] * ns,
+        [_field(str(_DIG_MAX), 8)] * ns,
+        [_field(s.prefilter, 80) for s in signals] + [_field("", 80)],
+        [_field(str(s.per_record), 8) for s in signals] + [_field(str(ann_samples), 8)],
+        [_field("", 32)] * ns,
+    ]
+    out = head + b"".join(b"".join(c) for c in cols)
+    assert len(out) == 256 * (ns + 1)
+    return out
+
+
+def export_edf(
+    store: SessionStore, session_id: str, out: Path, *, progress: ProgressFn | None = None
+) -> Path:
+    """Write session ``session_id`` as EDF+ to ``out`` (an ``.edf`` file, or a directory for
+    ``settle-<id>.edf``); return the path written. Raises :class:`ExportError`."""
+    target = target_file(Path(out), f"settle-{session_id}.edf", (".edf",))
+    rec = store.read_session(session_id)
+    ecg: EcgSeries | None = store.ecg(session_id) if rec.n_ecg else None
+    info = rec.info
+    stopped_s = None if info.stopped_ms is None else (info.stopped_ms - info.started_ms) / 1000
+    span = session_span_s(rec.beats, ecg, stopped_s)
+    annotations = _annotations(rec)
+    if annotations:
+        span = max(span, annotations[-1][0])
+    n_records = max(1, math.ceil(span + 1e-9))
+    fs_rr = int(DEFAULT_FS_HZ)
+    rr = rr_on_grid(rec.beats, rec.gaps, n_records * fs_rr, DEFAULT_FS_HZ)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        hr = np.where(rr > 0, 60_000.0 / rr, np.nan)
+    resampled = f"tachogram linearly interpolated at {fs_rr} Hz"
+    signals = [
+        _Signal("RR", "ms", 0.0, 3000.0, fs_rr, rr, resampled, "chest strap RR"),
+        _Signal("HR", "bpm", 0.0, 300.0, fs_rr, hr, resampled, "chest strap RR"),
+    ]
+    if ecg is not None and ecg.fs_hz is not None:
+        fs_ecg = max(1, round(ecg.fs_hz))
+        values = ecg_on_grid(ecg, n_records * fs_ecg, float(fs_ecg))
+        peak = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 0.0
+        # Identity digital<->µV mapping when the samples fit 16 bits: exact round trip.
+        lim = 32767.0 if peak <= 32767 else math.ceil(peak)
+        lo = -32768.0 if lim == 32767.0 else -lim
+        signals.append(_Signal("ECG", "uV", lo, lim, fs_ecg, values, "none", "chest strap ECG"))
+
+    frac = (info.started_ms % 1000) / 1000.0
+    per_record: list[list[bytes]] = [[] for _ in range(n_records)]
+    for onset, duration, text in annotations:
+        k = min(n_records - 1, max(0, math.floor(onset)))
+        per_record[k].append(_tal(frac + onset, duration, text))
+    blocks = [
+        _tal(frac + k, None, "") + b"".join(tals)  # time-keeping TAL first
+        for k, tals in enumerate(per_record)
+    ]
+    ann_samples = max(32, math.ceil(max(len(b) for b in blocks) / 2))
+
+    with atomic_file(target, binary=True) as raw:
+        fh = cast(IO[bytes], raw)
+        fh.write(_header(rec, signals, n_records, ann_samples))
+        for k in range(n_records):
+            for s in signals:
+                fh.write(s.digital[k * s.per_record : (k + 1) * s.per_record].tobytes())
+            fh.write(blocks[k].ljust(2 * ann_samples, b"\x00"))
+            if progress is not None and k % 600 == 0:
+                progress(k, n_records)
+    if progress is not None:
+        progress(n_records, n_records)
+    return target

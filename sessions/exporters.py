@@ -1,0 +1,45 @@
+"""One entry point for every export format (what ``settle export`` calls)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, get_args
+
+from sessions.export import export_csv
+from sessions.export_bids import export_bids
+from sessions.export_edf import export_edf
+from sessions.export_json import export_json
+from sessions.export_kubios import export_kubios
+from sessions.files import ProgressFn
+from sessions.store import SessionStore
+
+__all__ = ["FORMATS", "ExportFormat", "export_session"]
+
+ExportFormat = Literal["csv", "json", "edf", "bids", "kubios"]
+FORMATS: tuple[str, ...] = get_args(ExportFormat)
+
+
+def export_session(
+    store: SessionStore,
+    session_id: str,
+    fmt: ExportFormat,
+    out: Path,
+    *,
+    progress: ProgressFn | None = None,
+    subject: str = "01",
+) -> Path:
+    """Export session ``session_id`` as ``fmt`` to ``out`` and return what was written (the
+    file, or for ``bids`` the directory holding the session's files). ``subject`` is the
+    BIDS subject label. Raises :class:`sessions.files.ExportError` or
+    :class:`settle.errors.SessionNotFound`."""
+    if fmt == "csv":
+        return export_csv(store, session_id, out, progress=progress)
+    if fmt == "json":
+        return export_json(store, session_id, out, progress=progress)
+    if fmt == "edf":
+        return export_edf(store, session_id, out, progress=progress)
+    if fmt == "bids":
+        return export_bids(store, session_id, out, subject=subject, progress=progress)
+    if fmt == "kubios":
+        return export_kubios(store, session_id, out, progress=progress)
+    raise ValueError(f"unknown export format {fmt!r}")

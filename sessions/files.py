@@ -1,0 +1,128 @@
+"""Writing export files safely: atomically, privately, and only inside the chosen place.
+
+Every export file is written to a hidden temporary file in its target directory, fsynced
+and renamed into place, so a reader never sees half a file and an interrupted export leaves
+nothing behind. Files are created with mode 0600 (health data). Names derived from data
+(session ids, labels) are checked to be plain file names, and every path is checked to lie
+inside the directory the user chose, so neither a crafted id nor a symbolic link inside an
+export directory can make an export write elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+from settle.errors import SettleError
+
+__all__ = [
+    "ExportError",
+    "ProgressFn",
+    "atomic_file",
+    "fsync_dir",
+    "inside",
+    "plain_name",
+    "target_file",
+]
+
+#: ``progress(done, total)``: called as an export advances (units are the export's own,
+#: e.g. beats); ``done == total`` at the end. For a progress bar; never required.
+ProgressFn = Callable[[int, int], None]
+
+_PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+class ExportError(SettleError):
+    """An export could not be written to ``path``; ``reason`` says why."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def plain_name(name: str, where: Path) -> str:
+    """``name`` if it is a plain file name (letters, digits, ``._+-``, no leading dot and
+    no ``..``); :class:`ExportError` otherwise."""
+    if not _PLAIN.match(name) or ".." in name or len(name) > 200:
+        raise ExportError(where, f"refusing unsafe file name {name!r}")
+    return name
+
+
+def inside(root: Path, path: Path) -> Path:
+    """``path`` if it resolves (following links) to ``root`` or below; :class:`ExportError`
+    otherwise."""
+    real_root = root.resolve()
+    real = path.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise ExportError(path, f"refusing to write outside {root}")
+    return path
+
+
+def target_file(out: Path, default_name: str, suffixes: tuple[str, ...]) -> Path:
+    """Where a one-file export goes: ``out/default_name`` if ``out`` is an existing
+    directory, else ``out`` itself, which must end in one of ``suffixes`` and sit in an
+    existing directory. Raises :class:`ExportError`."""
+    out = Path(out)
+    if out.is_dir():
+        return out / plain_name(default_name, out)
+    parent = out.parent
+    if not parent.exists():
+        raise ExportError(out, f"directory {parent} does not exist")
+    if not parent.is_dir():
+        raise ExportError(out, f"{parent} is not a directory")
+    if suffixes and not out.name.lower().endswith(suffixes):
+        raise ExportError(out, f"file name must end in {' or '.join(suffixes)}")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_file(target: Path, *, binary: bool = False) -> Iterator[IO[str] | IO[bytes]]:
+    """Open a temporary file beside ``target`` (mode 0600); on success fsync it and rename
+    it onto ``target``. On any error the temporary file is removed and OS errors become
+    :class:`ExportError`."""
+    tmp_name: str | None = None
+    try:
+        # Same directory as the target, so os.replace is an atomic rename on one filesystem.
+        fh = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, renamed on success
+            mode="wb" if binary else "w",
+            encoding=None if binary else "utf-8",
+            newline=None if binary else "",
+            dir=target.parent,
+            prefix=f".{target.name}.",
+            suffix=".tmp",
+            delete=False,
+        )
+        tmp_name = fh.name
+        with fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, target)
+        tmp_name = None
+    except OSError as exc:
+        raise ExportError(target, f"cannot write export: {exc.strerror or exc}") from exc
+    finally:
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+    fsync_dir(target.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames in ``directory`` durable. Best effort: not every platform can open a
+    directory."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)

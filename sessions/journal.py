@@ -1,0 +1,375 @@
+"""Import a practitioner's own timestamped journal as markers of a stored session.
+
+Three layouts are read (``fmt="auto"`` picks by extension, then by the first line):
+
+``text``
+    One entry per line, ``HH:MM[:SS[.fff]] text``; the text may start with a marker kind and
+    a colon (``14:05:10 shame: it came back``), else the kind is ``note``. Blank lines and
+    lines starting with ``#`` are skipped.
+``csv``
+    A header row, then one entry per row. Columns: exactly one time column — ``t_s``
+    (seconds since session start), ``time`` (``HH:MM[:SS]`` local clock time, or an ISO 8601
+    date-time), or ``ts_ms`` (epoch milliseconds) — plus ``text`` and optionally ``kind``.
+``jsonl``
+    One JSON object per line with the same keys as the CSV columns.
+
+Alignment to the session's time base (seconds since its start, ``t_s``):
+
+* ``t_s`` values are taken as they are;
+* epoch milliseconds and ISO date-times with a UTC offset are absolute instants;
+* clock times (``HH:MM:SS``) and ISO date-times without an offset are read in the **local
+  time zone of the computer running the import** (``TZ`` overrides it). A bare clock time
+  is placed on the calendar day that puts it closest to the session (within ±12 h of its
+  start), so sessions across midnight work.
+
+Then ``offset_s`` is added to every entry: if the journal's clock was 30 s behind the
+computer that recorded the session, pass ``offset_s=30``. An entry that falls before the
+session start or after its end is an error (pointing at the offset option), as is any line
+that cannot be read; all entries are checked before anything is stored, and all are stored
+in one transaction, so a journal is never imported half-way.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import io
+import json
+import math
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Literal
+
+from sessions.store import MARKER_KINDS, MarkerRow, MarkerSource, SessionInfo, SessionStore
+from settle.errors import InputFileError
+
+__all__ = ["JournalEntry", "JournalFormat", "import_journal", "parse_journal"]
+
+JournalFormat = Literal["auto", "csv", "jsonl", "text"]
+
+#: Largest journal accepted, bytes (a journal is typed by hand; anything larger is a mistake).
+MAX_JOURNAL_BYTES = 8 * 2**20
+#: Longest marker text accepted, characters (as for the MQTT marker command).
+MAX_TEXT_CHARS = 2000
+
+_CLOCK = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,6}))?)?$")
+_TEXT_LINE = re.compile(r"^\s*(\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d{1,6})?)?)(?:\s+(.*))?$")
+_KIND_PREFIX = re.compile(r"^([a-z-]+)\s*:\s*(.*)$", re.DOTALL)
+_TIME_COLUMNS = ("t_s", "time", "ts_ms")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One parsed journal entry before alignment.
+
+    Exactly one of ``t_s`` (seconds since session start), ``ts_ms`` (epoch milliseconds),
+    ``clock_s`` (seconds after local midnight, day unknown) or ``local`` (a naive local
+    date-time) is set. ``line`` is the 1-based line of the file.
+    """
+
+    line: int
+    kind: str
+    text: str
+    t_s: float | None = None
+    ts_ms: int | None = None
+    clock_s: float | None = None
+    local: dt.datetime | None = None
+
+
+def _fail(path: Path, line: int | None, reason: str) -> InputFileError:
+    return InputFileError(str(path), reason, line)
+
+
+def _parse_clock(value: str) -> float | None:
+    m = _CLOCK.match(value.strip())
+    if m is None:
+        return None
+    h, mi, se, frac = int(m[1]), int(m[2]), int(m[3] or 0), m[4] or ""
+    if h > 23 or mi > 59 or se > 59:
+        return None
+    return h * 3600 + mi * 60 + se + (int(frac) / 10 ** len(frac) if frac else 0.0)
+
+
+def _kind_and_text(path: Path, line: int, kind: str | None, text: str) -> tuple[str, str]:
+    if kind is None:
+        m = _KIND_PREFIX.match(text)
+        if m is not None and m[1] in MARKER_KINDS:
+            kind, text = m[1], m[2]
+        else:
+            kind = "note"
+    kind = kind.strip().lower() or "note"
+    if kind not in MARKER_KINDS:
+        raise _fail(path, line, f"unknown marker kind {kind!r} (known: {', '.join(MARKER_KINDS)})")
+    text = text.strip()
+    if len(text) > MAX_TEXT_CHARS:
+        raise _fail(path, line, f"text longer than {MAX_TEXT_CHARS} characters")
+    return kind, text
+
+
+def _entry_from_fields(path: Path, line: int, fields: Mapping[str, object]) -> JournalEntry:
+    present = [c for c in _TIME_COLUMNS if fields.get(c) not in (None, "")]
+    if len(present) != 1:
+        raise _fail(path, line, "needs exactly one of the fields t_s, time, ts_ms")
+    raw_kind = fields.get("kind")
+    raw_text = fields.get("text", "")
+    if not isinstance(raw_text, str) or not (raw_kind is None or isinstance(raw_kind, str)):
+        raise _fail(path, line, "'text' and 'kind' must be strings")
+    kind, text = _kind_and_text(path, line, raw_kind or None, raw_text)
+    col = present[0]
+    value = fields[col]
+    if col == "t_s":
+        try:
+            t_s = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise _fail(path, line, f"t_s is not a number: {value!r}") from None
+        if not math.isfinite(t_s):
+            raise _fail(path, line, f"t_s is not finite: {value!r}")
+        return JournalEntry(line, kind, text, t_s=t_s)
+    if col == "ts_ms":
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise _fail(path, line, f"ts_ms is not epoch milliseconds: {value!r}")
+        try:
+            ts = float(value)
+        except ValueError:
+            raise _fail(path, line, f"ts_ms is not epoch milliseconds: {value!r}") from None
+        if not math.isfinite(ts) or ts < 0:
+            raise _fail(path, line, f"ts_ms is not epoch milliseconds: {value!r}")
+        return JournalEntry(line, kind, text, ts_ms=round(ts))
+    if not isinstance(value, str):
+        raise _fail(path, line, f"time must be text like 14:05:10, got {value!r}")
+    clock = _parse_clock(value)
+    if clock is not None:
+        return JournalEntry(line, kind, text, clock_s=clock)
+    try:
+        when = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise _fail(
+            path, line, f"cannot read time {value!r} (HH:MM:SS or ISO 8601 date-time)"
+        ) from None
+    if when.tzinfo is not None:
+        return JournalEntry(line, kind, text, ts_ms=round(when.timestamp() * 1000))
+    return JournalEntry(line, kind, text, local=when)
+
+
+def _lines(text: str) -> Iterator[tuple[int, str]]:
+    yield from enumerate(text.splitlines(), start=1)
+
+
+def _parse_text(path: Path, text: str) -> list[JournalEntry]:
+    out = []
+    for n, raw in _lines(text):
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        m = _TEXT_LINE.match(raw)
+        clock = None if m is None else _parse_clock(m[1])
+        if m is None or clock is None:
+            raise _fail(path, n, f"expected 'HH:MM:SS text', got {_clip(stripped)!r}")
+        kind, body = _kind_and_text(path, n, None, m[2] or "")
+        out.append(JournalEntry(n, kind, body, clock_s=clock))
+    return out
+
+
+def _parse_jsonl(path: Path, text: str) -> list[JournalEntry]:
+    out = []
+    for n, raw in _lines(text):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:
+            raise _fail(path, n, f"not JSON: {exc.args[0] if exc.args else exc}") from None
+        if not isinstance(obj, dict):
+            raise _fail(path, n, "expected a JSON object")
+        unknown = set(obj) - {*_TIME_COLUMNS, "kind", "text"}
+        if unknown:
+            raise _fail(path, n, f"unknown field(s) {', '.join(sorted(unknown))}")
+        out.append(_entry_from_fields(path, n, obj))
+    return out
+
+
+def _parse_csv(path: Path, text: str) -> list[JournalEntry]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise _fail(path, None, "file is empty")
+        cols = [c.strip().lower() for c in header]
+        unknown = set(cols) - {*_TIME_COLUMNS, "kind", "text"}
+        if unknown or not set(cols) & set(_TIME_COLUMNS) or len(set(cols)) != len(cols):
+            raise _fail(
+                path,
+                1,
+                "expected a header with one of t_s, time, ts_ms and text (optional kind), "
+                f"got {','.join(header)!r}",
+            )
+        out = []
+        for cells in reader:
+            n = reader.line_num
+            if not any(c.strip() for c in cells):
+                continue
+            if len(cells) != len(cols):
+                raise _fail(path, n, f"expected {len(cols)} columns, got {len(cells)}")
+            out.append(_entry_from_fields(path, n, dict(zip(cols, cells, strict=True))))
+    except csv.Error as exc:
+        raise _fail(path, reader.line_num, f"malformed CSV: {exc}") from None
+    return out
+
+
+def _clip(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _read_text(path: Path) -> str:
+    try:
+        if path.is_dir():
+            raise _fail(path, None, "is a directory, not a journal")
+        if path.stat().st_size > MAX_JOURNAL_BYTES:
+            raise _fail(path, None, f"larger than {MAX_JOURNAL_BYTES // 2**20} MiB")
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise _fail(path, None, "file not found") from None
+    except PermissionError:
+        raise _fail(path, None, "permission denied") from None
+    except OSError as exc:
+        raise _fail(path, None, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise _fail(path, line, "not UTF-8 text") from None
+    if "\x00" in text:
+        raise _fail(path, None, "not a text file (binary content)")
+    return text
+
+
+def _detect(path: Path, text: str) -> Literal["csv", "jsonl", "text"]:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix in (".csv", ".tsv"):
+        return "csv"
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if first.startswith("{"):
+        return "jsonl"
+    if _TEXT_LINE.match(first) or first.startswith("#"):
+        return "text"
+    return "csv"
+
+
+def parse_journal(path: Path, fmt: JournalFormat = "auto") -> list[JournalEntry]:
+    """Read and check every entry of a journal file (not yet aligned to a session).
+
+    Raises :class:`settle.errors.InputFileError` naming the file and the first bad line.
+    """
+    path = Path(path)
+    text = _read_text(path)
+    chosen = _detect(path, text) if fmt == "auto" else fmt
+    if chosen == "text":
+        entries = _parse_text(path, text)
+    elif chosen == "jsonl":
+        entries = _parse_jsonl(path, text)
+    elif chosen == "csv":
+        entries = _parse_csv(path, text)
+    else:
+        raise _fail(path, None, f"unknown journal format {fmt!r} (auto, csv, jsonl, text)")
+    if not entries:
+        raise _fail(path, None, "no entries found")
+    return entries
+
+
+def _align(entry: JournalEntry, info: SessionInfo) -> tuple[float, int]:
+    """``(t_s, ts_ms)`` of an entry before the offset: session seconds and epoch ms."""
+    start_s = info.started_ms / 1000.0
+    if entry.t_s is not None:
+        return entry.t_s, info.started_ms + round(entry.t_s * 1000)
+    if entry.ts_ms is not None:
+        return entry.ts_ms / 1000.0 - start_s, entry.ts_ms
+    if entry.local is not None:
+        # astimezone() on a naive datetime interprets it in the local zone (DST-aware).
+        epoch_s = entry.local.astimezone().timestamp()
+        return epoch_s - start_s, round(epoch_s * 1000)
+    assert entry.clock_s is not None
+    start_local = dt.datetime.fromtimestamp(start_s).astimezone()
+    best: float | None = None
+    for day_shift in (-1, 0, 1):
+        day = start_local.date() + dt.timedelta(days=day_shift)
+        whole = math.floor(entry.clock_s)
+        clock = dt.time(whole // 3600, whole % 3600 // 60, whole % 60)
+        # A naive datetime's astimezone() reads it in the local zone (DST-aware).
+        local = dt.datetime.combine(day, clock).astimezone()
+        epoch_s = local.timestamp() + (entry.clock_s - whole)
+        if best is None or abs(epoch_s - start_s) < abs(best - start_s):
+            best = epoch_s
+    assert best is not None
+    return best - start_s, round(best * 1000)
+
+
+def import_journal(
+    store: SessionStore,
+    session_id: str,
+    path: Path,
+    *,
+    fmt: JournalFormat = "auto",
+    offset_s: float = 0.0,
+) -> list[MarkerRow]:
+    """Import the journal at ``path`` as markers (source ``import``) of session ``session_id``.
+
+    ``offset_s`` (seconds) is added to every entry's time after alignment (see the module
+    docstring). Entries identical to markers already imported (same time to the
+    millisecond, kind and text) are skipped, so importing a file twice does not duplicate it.
+    Returns the markers stored. Raises :class:`settle.errors.InputFileError` naming the
+    line for anything it cannot read or place, and then stores nothing.
+    """
+    path = Path(path)
+    if not math.isfinite(offset_s):
+        raise _fail(path, None, f"offset must be a finite number of seconds, got {offset_s!r}")
+    entries = parse_journal(path, fmt)
+    rec = store.read_session(session_id)
+    info = rec.info
+    end_s: float | None = None
+    if info.stopped_ms is not None:
+        end_s = (info.stopped_ms - info.started_ms) / 1000.0
+    existing = {
+        (round(m.t_s * 1000), m.kind, m.text)
+        for m in rec.markers
+        if m.source is MarkerSource.IMPORT
+    }
+    rows: list[MarkerRow] = []
+    for e in entries:
+        t_s, ts_ms = _align(e, info)
+        t_s += offset_s
+        ts_ms += round(offset_s * 1000)
+        if t_s < 0:
+            raise _fail(
+                path,
+                e.line,
+                f"falls {_dur(-t_s)} before the session started "
+                f"(wrong session, or the clocks differ: use --offset SECONDS)",
+            )
+        if end_s is not None and t_s > end_s:
+            raise _fail(
+                path,
+                e.line,
+                f"falls {_dur(t_s - end_s)} after the session ended "
+                f"(wrong session, or the clocks differ: use --offset SECONDS)",
+            )
+        key = (round(t_s * 1000), e.kind, e.text)
+        if key in existing:
+            continue
+        existing.add(key)
+        rows.append(MarkerRow(t_s, ts_ms, e.kind, e.text, MarkerSource.IMPORT))
+    if rows:
+        store.add_markers(session_id, rows)
+    return rows
+
+
+def _dur(seconds: float) -> str:
+    s = round(seconds)
+    if s < 60:
+        return f"{seconds:.1f} s"
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h} h {m} min {sec} s" if h else f"{m} min {sec} s"

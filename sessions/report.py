@@ -1,0 +1,560 @@
+"""Session reports (PNG + HTML) and progress across sessions (trends).
+
+The analysis here is **provisional**: the catching-up point and the per-marker reactivity /
+recovery are computed by the small ``provisional_*`` helpers below from what the store
+already holds (indices rows as published, beats). They are meant to be swapped for the
+batch functions of ``processing/`` (event-locked analysis, catching-up detection) once those
+exist; every caller goes through :func:`analyse_session`, so the swap touches one function.
+
+Definitions used by the provisional helpers (all times in seconds since session start):
+
+* **catching-up point** — the first indices time at or after the *reference* (the first
+  ``hold-start`` marker, else the end of the baseline) from which the settling score stays at
+  or above :data:`CAUGHT_UP_SCORE` for at least :data:`CAUGHT_UP_HOLD_S`; the latency is that
+  time minus the reference.
+* **reactivity** of a marker — peak minus pre-marker heart rate (bpm): pre = mean of the
+  beat-by-beat heart rate over the 30 s before the marker, peak = maximum of its 5 s moving
+  average within 60 s after it.
+* **recovery** — seconds from the marker until that moving average is back within 1 bpm of
+  the pre-marker level after the peak (searched up to 180 s; None if it is not).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import html
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from sessions.files import ExportError, atomic_file, plain_name
+from sessions.store import IntentionTarget, MarkerRow, SessionRecord, SessionStore
+from settle.errors import SettleError
+
+__all__ = [
+    "CAUGHT_UP_HOLD_S",
+    "CAUGHT_UP_SCORE",
+    "MarkerResponse",
+    "ReportError",
+    "SessionAnalysis",
+    "analyse_session",
+    "summary_text",
+    "trends",
+    "write_report",
+    "write_trends_png",
+]
+
+#: Settling score (0–100, 50 = as at baseline) that counts as "caught up".
+CAUGHT_UP_SCORE = 60.0
+#: Seconds the score must stay at or above :data:`CAUGHT_UP_SCORE`.
+CAUGHT_UP_HOLD_S = 60.0
+_PRE_S, _PEAK_S, _RECOVER_MAX_S, _SMOOTH_S, _BACK_BPM = 30.0, 60.0, 180.0, 5.0, 1.0
+#: Marker kinds that are not reactions (the practice itself, or plain notes).
+_NOT_REACTIONS = frozenset({"hold-start", "hold-lapse", "hold-resume", "note"})
+
+
+class ReportError(SettleError):
+    """A report could not be produced; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IndexSeries:
+    """Indices rows as arrays: ``t_s`` (s), ``hr_bpm``, ``ln_rmssd``, ``settling`` (0–100),
+    ``z_hr`` / ``z_ln_rmssd`` (score components, baseline-spread units), ``in_baseline``
+    (row published while the baseline was being collected). NaN where a value was null."""
+
+    t_s: npt.NDArray[np.float64]
+    hr_bpm: npt.NDArray[np.float64]
+    ln_rmssd: npt.NDArray[np.float64]
+    settling: npt.NDArray[np.float64]
+    z_hr: npt.NDArray[np.float64]
+    z_ln_rmssd: npt.NDArray[np.float64]
+    in_baseline: npt.NDArray[np.bool_]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MarkerResponse:
+    """Heart-rate response to one marker: ``pre_hr_bpm`` and ``peak_hr_bpm`` (beats/min),
+    ``rise_bpm`` = peak − pre, ``recovery_s`` seconds from the marker until back within 1 bpm
+    of pre (None: not within 180 s, or too few beats)."""
+
+    marker: MarkerRow
+    pre_hr_bpm: float | None
+    peak_hr_bpm: float | None
+    rise_bpm: float | None
+    recovery_s: float | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionAnalysis:
+    """What a report shows: the series, the baseline period (s), the reference for the
+    catching-up latency (first hold-start, else baseline end; s), the catching-up time and
+    latency (s), the mean settling score over the first and last 5 min after the
+    reference, and the marker responses."""
+
+    record: SessionRecord
+    series: IndexSeries
+    baseline: tuple[float, float] | None
+    reference_t_s: float | None
+    reference_kind: str
+    caught_up_t_s: float | None
+    latency_s: float | None
+    score_start: float | None
+    score_end: float | None
+    responses: list[MarkerResponse]
+
+
+def _num(x: object) -> float:
+    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else math.nan
+
+
+def provisional_series(rec: SessionRecord) -> IndexSeries:
+    """Arrays from the stored indices rows (their published payloads)."""
+    rows = [json.loads(r.payload_json) for r in rec.indices]
+    comps = [r.get("components") or {} for r in rows]
+    return IndexSeries(
+        t_s=np.array([r.t_s for r in rec.indices], dtype=np.float64),
+        hr_bpm=np.array([_num(r.get("hr_bpm")) for r in rows]),
+        ln_rmssd=np.array([_num(r.get("ln_rmssd")) for r in rows]),
+        settling=np.array([_num(r.get("settling")) for r in rows]),
+        z_hr=np.array([_num(c.get("z_hr")) for c in comps]),
+        z_ln_rmssd=np.array([_num(c.get("z_ln_rmssd")) for c in comps]),
+        in_baseline=np.array([r.get("settling_state") == "baseline" for r in rows], dtype=bool),
+    )
+
+
+def provisional_baseline(rec: SessionRecord, s: IndexSeries) -> tuple[float, float] | None:
+    """The stored baseline period, else the span of rows published during the baseline."""
+    b = rec.info.baseline
+    if b is not None and b.stop_t_s is not None:
+        return (b.start_t_s, b.stop_t_s)
+    if s.in_baseline.any():
+        t = s.t_s[s.in_baseline]
+        return (0.0, float(t.max()))
+    return None
+
+
+def provisional_catching_up(s: IndexSeries, reference_t_s: float) -> float | None:
+    """First indices time ≥ ``reference_t_s`` from which the settling score stays
+    ≥ :data:`CAUGHT_UP_SCORE` for :data:`CAUGHT_UP_HOLD_S` seconds; None if never."""
+    t, score = s.t_s, s.settling
+    for i in np.flatnonzero(t >= reference_t_s):
+        window = (t >= t[i]) & (t <= t[i] + CAUGHT_UP_HOLD_S)
+        if t[window].max() - t[i] < CAUGHT_UP_HOLD_S - 1e-9:
+            return None  # not enough session left to hold
+        vals = score[window]
+        if np.isfinite(vals).all() and (vals >= CAUGHT_UP_SCORE).all():
+            return float(t[i])
+    return None
+
+
+def _hr_1hz(rec: SessionRecord) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    if len(rec.beats) < 2:
+        return np.zeros(0), np.zeros(0)
+    bt = np.array([b.beat_t_s for b in rec.beats])
+    rr = np.array([b.rr_ms if b.rr_corrected_ms is None else b.rr_corrected_ms for b in rec.beats])
+    grid = np.arange(math.ceil(bt[0]), math.floor(bt[-1]) + 1, 1.0)
+    hr = np.interp(grid, bt, 60_000.0 / rr)
+    k = int(_SMOOTH_S)
+    smooth = np.convolve(hr, np.ones(k) / k, mode="same") if hr.shape[0] >= k else hr
+    return grid, smooth
+
+
+def provisional_marker_responses(
+    rec: SessionRecord, markers: Sequence[MarkerRow]
+) -> list[MarkerResponse]:
+    """Heart-rate reactivity and recovery per marker (see the module docstring)."""
+    grid, hr = _hr_1hz(rec)
+    out = []
+    for m in markers:
+        pre_w = (grid >= m.t_s - _PRE_S) & (grid < m.t_s)
+        post_w = (grid >= m.t_s) & (grid <= m.t_s + _PEAK_S)
+        if pre_w.sum() < _PRE_S / 2 or post_w.sum() < 2:
+            out.append(MarkerResponse(m, None, None, None, None))
+            continue
+        pre = float(hr[pre_w].mean())
+        post_idx = np.flatnonzero(post_w)
+        peak_i = int(post_idx[np.argmax(hr[post_idx])])
+        peak = float(hr[peak_i])
+        after = np.flatnonzero(
+            (grid >= grid[peak_i]) & (grid <= m.t_s + _RECOVER_MAX_S) & (hr <= pre + _BACK_BPM)
+        )
+        recovery = float(grid[after[0]] - m.t_s) if after.shape[0] else None
+        out.append(MarkerResponse(m, pre, peak, peak - pre, recovery))
+    return out
+
+
+def analyse_session(rec: SessionRecord) -> SessionAnalysis:
+    """Everything a report shows, from one stored session (uses the provisional helpers)."""
+    s = provisional_series(rec)
+    baseline = provisional_baseline(rec, s)
+    hold = next((m for m in rec.markers if m.kind == "hold-start"), None)
+    if hold is not None:
+        reference: float | None = hold.t_s
+        ref_kind = "you began holding"
+    elif baseline is not None:
+        reference, ref_kind = baseline[1], "the baseline ended"
+    else:
+        reference, ref_kind = None, ""
+    caught = None if reference is None else provisional_catching_up(s, reference)
+    score_start = score_end = None
+    if reference is not None:
+        after = (s.t_s >= reference) & np.isfinite(s.settling)
+        if after.any():
+            t_after = s.t_s[after]
+            first = after & (s.t_s <= reference + 300.0)
+            last = after & (s.t_s >= t_after.max() - 300.0)
+            score_start = float(s.settling[first].mean()) if first.any() else None
+            score_end = float(s.settling[last].mean()) if last.any() else None
+    reactions = [m for m in rec.markers if m.kind not in _NOT_REACTIONS]
+    return SessionAnalysis(
+        record=rec,
+        series=s,
+        baseline=baseline,
+        reference_t_s=reference,
+        reference_kind=ref_kind,
+        caught_up_t_s=caught,
+        latency_s=None if caught is None or reference is None else caught - reference,
+        score_start=score_start,
+        score_end=score_end,
+        responses=provisional_marker_responses(rec, reactions),
+    )
+
+
+# --- words -----------------------------------------------------------------------------------
+
+_NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+def duration_words(seconds: float) -> str:
+    """``400`` → ``"6 min 40 s"``; under a minute ``"55 s"``."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    parts = ([f"{h} h"] if h else []) + [f"{m} min"] + ([f"{sec} s"] if sec else [])
+    return " ".join(parts)
+
+
+def summary_text(a: SessionAnalysis) -> str:
+    """A plain-language summary of one session (a few sentences)."""
+    rec = a.record
+    if len(a.series.t_s) == 0:
+        return (
+            f"This session holds {len(rec.beats)} beats but no indices yet, "
+            "too little to say how physiology moved."
+        )
+    parts: list[str] = []
+    if a.latency_s is not None:
+        after = duration_words(a.latency_s)
+        parts.append(f"Physiology caught up {after} after {a.reference_kind}.")
+    elif a.reference_t_s is not None:
+        parts.append(
+            f"Physiology did not catch up after {a.reference_kind}: the settling score did not "
+            f"stay at {CAUGHT_UP_SCORE:g} or above for {CAUGHT_UP_HOLD_S:g} s."
+        )
+    else:
+        parts.append("No baseline was completed, so there is no settling score to judge.")
+    if a.score_start is not None and a.score_end is not None:
+        parts.append(
+            f"The settling score averaged {a.score_start:.0f} in the first five minutes and "
+            f"{a.score_end:.0f} in the last five (50 = as at baseline)."
+        )
+    by_kind: dict[str, list[MarkerResponse]] = {}
+    for r in a.responses:
+        by_kind.setdefault(r.marker.kind, []).append(r)
+    for kind, rs in by_kind.items():
+        rises = [r.rise_bpm for r in rs if r.rise_bpm is not None]
+        n = len(rs)
+        count = _NUMBERS[n] if n < len(_NUMBERS) else str(n)
+        which = f"the {kind} marker" if n == 1 else f"the {count} {kind} markers"
+        if not rises:
+            parts.append(f"Around {which} there were too few beats to measure a response.")
+            continue
+        recov = [r.recovery_s for r in rs if r.rise_bpm is not None]
+        rise = statistics.fmean(rises)
+        if all(x is not None for x in recov):
+            back = f"came back within {duration_words(max(cast(list[float], recov)))}"
+        else:
+            back = "had not come back after 3 min"
+        verb = "rose" if rise >= 0.5 else "changed by"
+        parts.append(f"After {which} heart rate {verb} {rise:.0f} bpm and {back}.")
+    return " ".join(parts)
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise ReportError(
+            "reports need matplotlib (pip install matplotlib, or settle-hrv[report])"
+        ) from exc
+    return plt
+
+
+_KIND_COLOURS = {
+    "hold-start": "tab:green",
+    "hold-lapse": "tab:olive",
+    "hold-resume": "tab:green",
+    "shame": "tab:red",
+    "threat": "tab:purple",
+    "discomfort": "tab:orange",
+    "attention": "tab:cyan",
+    "doubt": "tab:brown",
+    "note": "tab:gray",
+}
+
+
+def render_png(a: SessionAnalysis, path: Path | IO[bytes]) -> None:
+    """Three panels over minutes: HR, lnRMSSD, settling score with its components; baseline
+    band, markers and the catching-up point on each."""
+    plt = _pyplot()
+    s = a.series
+    fig, axes = plt.subplots(3, 1, figsize=(11, 8), sharex=True, constrained_layout=True)
+    try:
+        t_min = s.t_s / 60.0
+        grid, hr = _hr_1hz(a.record)
+        ax_hr, ax_ln, ax_sc = axes
+        if grid.shape[0]:
+            ax_hr.plot(grid / 60.0, hr, color="0.6", lw=0.8, label="beat-to-beat (5 s mean)")
+        ax_hr.plot(t_min, s.hr_bpm, color="tab:red", lw=1.5, label="60 s window")
+        ax_hr.set_ylabel("heart rate (bpm)")
+        ax_ln.plot(t_min, s.ln_rmssd, color="tab:blue", lw=1.5)
+        ax_ln.set_ylabel("lnRMSSD (ln ms)")
+        ax_sc.plot(t_min, s.settling, color="black", lw=1.8, label="settling score")
+        ax_sc.axhline(50, color="0.5", lw=0.8, ls=":")
+        ax_sc.axhline(CAUGHT_UP_SCORE, color="tab:green", lw=0.8, ls=":")
+        ax_sc.set_ylim(0, 100)
+        ax_sc.set_ylabel("settling (0–100)")
+        ax_z = ax_sc.twinx()
+        ax_z.plot(t_min, s.z_hr, color="tab:red", lw=0.9, alpha=0.7, label="z HR (lower = up)")
+        ax_z.plot(t_min, s.z_ln_rmssd, color="tab:blue", lw=0.9, alpha=0.7, label="z lnRMSSD")
+        ax_z.set_ylabel("components (baseline SDs)")
+        ax_sc.set_xlabel("minutes since session start")
+        if a.baseline is not None:
+            b0, b1 = a.baseline[0] / 60.0, a.baseline[1] / 60.0
+            for ax in axes:
+                ax.axvspan(b0, b1, color="tab:blue", alpha=0.08, lw=0)
+            base = s.in_baseline | ((s.t_s >= a.baseline[0]) & (s.t_s <= a.baseline[1]))
+            for ax, vals in ((ax_hr, s.hr_bpm), (ax_ln, s.ln_rmssd)):
+                v = vals[base & np.isfinite(vals)]
+                if v.shape[0] >= 2:
+                    mu, sd = float(v.mean()), float(v.std(ddof=1))
+                    ax.axhspan(mu - sd, mu + sd, color="tab:blue", alpha=0.12, lw=0)
+        for m in a.record.markers:
+            for ax in axes:
+                ax.axvline(m.t_s / 60.0, color=_KIND_COLOURS.get(m.kind, "0.3"), lw=0.9, ls="--")
+            ax_hr.annotate(
+                m.kind,
+                (m.t_s / 60.0, 1.0),
+                xycoords=("data", "axes fraction"),
+                rotation=90,
+                va="top",
+                ha="right",
+                fontsize=7,
+                color=_KIND_COLOURS.get(m.kind, "0.3"),
+            )
+        if a.caught_up_t_s is not None:
+            for ax in axes:
+                ax.axvline(a.caught_up_t_s / 60.0, color="tab:green", lw=2.0)
+            ax_sc.annotate(
+                "caught up",
+                (a.caught_up_t_s / 60.0, 95),
+                color="tab:green",
+                fontsize=8,
+                ha="left",
+            )
+        ax_hr.legend(loc="lower left", fontsize=7)
+        ax_z.legend(loc="lower right", fontsize=7)
+        fig.suptitle(f"Settle session {a.record.info.id}")
+        fig.savefig(path, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def _fmt(x: float | None, spec: str, unit: str = "") -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:{spec}}{unit}"
+
+
+def render_html(a: SessionAnalysis, png: bytes, png_name: str) -> str:
+    """A self-contained page: summary, session log, the figure (inlined), marker table."""
+    info = a.record.info
+    e = html.escape
+    started = dt.datetime.fromtimestamp(info.started_ms / 1000).astimezone()
+    rows = "".join(
+        "<tr>"
+        f"<td>{e(duration_words(r.marker.t_s))}</td><td>{e(r.marker.kind)}</td>"
+        f"<td>{e(r.marker.text)}</td><td>{_fmt(r.pre_hr_bpm, '.1f')}</td>"
+        f"<td>{_fmt(r.peak_hr_bpm, '.1f')}</td><td>{_fmt(r.rise_bpm, '+.1f')}</td>"
+        f"<td>{_fmt(r.recovery_s, '.0f', ' s')}</td>"
+        "</tr>"
+        for r in a.responses
+    )
+    all_markers = "".join(
+        f"<li>{e(duration_words(m.t_s))} — <b>{e(m.kind)}</b> {e(m.text)} "
+        f"<small>({e(m.source.value)})</small></li>"
+        for m in a.record.markers
+    )
+    intention = "–"
+    if info.intention is not None:
+        i = info.intention
+        intention = f"{e(i.target.value)}: “{e(i.statement)}” ({e(i.practice) or 'practice'})"
+    img = base64.b64encode(png).decode("ascii")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Settle session {e(info.id)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 60em; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: .3em .6em; }}
+.summary {{ font-size: 1.15em; background: #f3f7f3; padding: 1em; border-radius: .4em; }}
+small {{ color: #666; }}
+</style></head><body>
+<h1>Session {e(info.id)}</h1>
+<p class="summary" id="summary">{e(summary_text(a))}</p>
+<table>
+<tr><th>started</th><td>{e(started.strftime("%Y-%m-%d %H:%M:%S %Z"))}</td></tr>
+<tr><th>state</th><td>{e(info.state.value)}</td></tr>
+<tr><th>device</th><td>{e(info.device_id)}</td></tr>
+<tr><th>intention</th><td>{intention}</td></tr>
+<tr><th>tags</th><td>{e(", ".join(info.tags)) or "–"}</td></tr>
+<tr><th>notes</th><td>{e(info.notes) or "–"}</td></tr>
+<tr><th>beats / gaps</th><td>{len(a.record.beats)} / {len(a.record.gaps)}</td></tr>
+</table>
+<h2>Over time</h2>
+<p><img src="data:image/png;base64,{img}" alt="heart rate, lnRMSSD and settling score"
+ style="max-width:100%"><br><small>Also saved as {e(png_name)}. Shaded: baseline period and
+ its mean ± 1 SD. Green line: catching-up point.</small></p>
+<h2>Reactivity and recovery per marker</h2>
+<table><tr><th>time</th><th>kind</th><th>text</th><th>HR before (bpm)</th>
+<th>peak (bpm)</th><th>rise</th><th>back within 1 bpm after</th></tr>
+{rows or '<tr><td colspan="7">no shame/threat/discomfort/attention/doubt markers</td></tr>'}
+</table>
+<h2>All markers</h2><ul>{all_markers or "<li>none</li>"}</ul>
+<p><small>Catching up: the settling score stays at {CAUGHT_UP_SCORE:g} or above for
+{CAUGHT_UP_HOLD_S:g} s. Reactivity: peak of the 5 s mean heart rate within 60 s after a marker
+minus the mean over the 30 s before. These definitions are provisional.</small></p>
+</body></html>
+"""
+
+
+def write_report(store: SessionStore, session_id: str, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``settle-<id>-report.png`` and ``.html`` into ``out_dir`` (created if its parent
+    exists); return both paths. Raises :class:`ExportError` / :class:`ReportError`."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(out_dir, "--out must be a directory for a report")
+    if not out_dir.parent.is_dir():
+        raise ExportError(out_dir, f"directory {out_dir.parent} does not exist")
+    try:
+        out_dir.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(out_dir, f"cannot create directory: {exc.strerror or exc}") from exc
+    rec = store.read_session(session_id)
+    a = analyse_session(rec)
+    png_path = out_dir / plain_name(f"settle-{session_id}-report.png", out_dir)
+    html_path = out_dir / plain_name(f"settle-{session_id}-report.html", out_dir)
+    with atomic_file(png_path, binary=True) as fh:
+        render_png(a, cast(IO[bytes], fh))
+    png = png_path.read_bytes()
+    with atomic_file(html_path) as fh:
+        cast(IO[str], fh).write(render_html(a, png, png_path.name))
+    return png_path, html_path
+
+
+# --- trends ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionOutcome:
+    """One session in the trends table: ``latency_s`` to catching up (s, None if it did not),
+    ``score_change`` last-5-min minus first-5-min mean settling score, ``median_recovery_s``
+    over its reaction markers (s), ``n_reactions`` how many there were."""
+
+    session_id: str
+    started_ms: int
+    target: str
+    latency_s: float | None
+    score_change: float | None
+    median_recovery_s: float | None
+    n_reactions: int
+
+
+def outcome(a: SessionAnalysis) -> SessionOutcome:
+    """The trends line of one analysed session."""
+    info = a.record.info
+    recov = [r.recovery_s for r in a.responses if r.recovery_s is not None]
+    change = None
+    if a.score_start is not None and a.score_end is not None:
+        change = a.score_end - a.score_start
+    return SessionOutcome(
+        session_id=info.id,
+        started_ms=info.started_ms,
+        target="–" if info.intention is None else info.intention.target.value,
+        latency_s=a.latency_s,
+        score_change=change,
+        median_recovery_s=statistics.median(recov) if recov else None,
+        n_reactions=len(a.responses),
+    )
+
+
+def trends(store: SessionStore, target: IntentionTarget | None = None) -> list[SessionOutcome]:
+    """One :class:`SessionOutcome` per stored session (oldest first), only those whose
+    intention target is ``target`` when given."""
+    out = []
+    for summary in store.list_sessions():
+        info = store.get(summary.id)
+        if target is not None and (info.intention is None or info.intention.target != target):
+            continue
+        out.append(outcome(analyse_session(store.read_session(summary.id))))
+    return out
+
+
+def write_trends_png(outcomes: Sequence[SessionOutcome], path: Path) -> Path:
+    """Plot latency, score change and median recovery per session over calendar time, one
+    colour per target model; written atomically to ``path``."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True, constrained_layout=True)
+    try:
+        targets = sorted({o.target for o in outcomes})
+        for tgt in targets:
+            sel = [o for o in outcomes if o.target == tgt]
+            x = [dt.datetime.fromtimestamp(o.started_ms / 1000) for o in sel]
+            for ax, vals in zip(
+                axes,
+                (
+                    [math.nan if o.latency_s is None else o.latency_s / 60 for o in sel],
+                    [math.nan if o.score_change is None else o.score_change for o in sel],
+                    [math.nan if o.median_recovery_s is None else o.median_recovery_s for o in sel],
+                ),
+                strict=True,
+            ):
+                ax.plot(x, vals, marker="o", label=tgt)
+        axes[0].set_ylabel("catching up (min)")
+        axes[1].set_ylabel("score change")
+        axes[2].set_ylabel("recovery (s)")
+        axes[0].legend(title="target", fontsize=8)
+        fig.suptitle("Settle: progress across sessions")
+        with atomic_file(path, binary=True) as fh:
+            fig.savefig(cast(IO[bytes], fh), format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    return path

@@ -1,0 +1,367 @@
+"""The session commands of the ``settle`` CLI: export, report, trends, log import/set and
+sessions delete. :func:`register` adds them to the main app (``settle.cli``).
+
+Like the rest of the CLI, every failure a user can cause is one line on stderr: exit code 2
+for a bad command line or config, 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from settle.errors import ConfigError, SettleError
+
+__all__ = ["register"]
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="TOML config file (default: $SETTLE_CONFIG or the user config)."),
+]
+DbOpt = Annotated[
+    Path | None, typer.Option("--db", help="SQLite session store (default: user data dir).")
+]
+SessionArg = Annotated[str, typer.Argument(help="Session id, unique id prefix, or 'latest'.")]
+
+FORMAT_NAMES = ("csv", "json", "edf", "bids", "kubios")
+TARGET_NAMES = ("self", "future", "relational", "free")
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"settle: error: {message}", markup=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _db_path(config: Path | None, db: Path | None, *, must_exist: bool = True) -> Path:
+    from settle.config import load_config
+
+    try:
+        path = load_config(config, storage={"db_path": db}).db_path
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    if must_exist and not path.exists():
+        _fail(f"no session store at {path} (run `settle demo` or `settle run` first)")
+    return path
+
+
+def _print_table(headers: list[str], rows: list[list[str]]) -> None:
+    if out.is_terminal:
+        table = Table(*headers)
+        for r in rows:
+            table.add_row(*r)
+        out.print(table)
+        return
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for line in [headers, *rows]:
+        out.print(
+            "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip(), markup=False
+        )
+
+
+@contextmanager
+def _progress(what: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr when it is a terminal; None (no output) otherwise."""
+    if not err.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    with Progress(
+        TextColumn(what), BarColumn(), TaskProgressColumn(), console=err, transient=True
+    ) as bar:
+        task = bar.add_task(what, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+# -- export ---------------------------------------------------------------------------------
+
+
+def export(
+    session: SessionArg,
+    out_path: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="File or existing directory to write (bids: the dataset root directory).",
+        ),
+    ],
+    fmt: Annotated[str, typer.Option("--format", help="csv, json, edf, bids or kubios.")] = "csv",
+    subject: Annotated[str, typer.Option(help="BIDS subject label (letters and digits).")] = "01",
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Export a session: beats, indices, markers and gaps on one time base."""
+    from sessions.exporters import export_session
+    from sessions.store import SessionStore
+
+    if fmt not in FORMAT_NAMES:
+        _fail(f"unknown export format {fmt!r} (available: {', '.join(FORMAT_NAMES)})", 2)
+    path = _db_path(config, db)
+    try:
+        with SessionStore.open(path) as store:
+            info = store.resolve(session)
+            with _progress(f"export {fmt}") as progress:
+                written = export_session(
+                    store,
+                    info.id,
+                    fmt,  # type: ignore[arg-type]  # checked against FORMAT_NAMES above
+                    out_path,
+                    progress=progress,
+                    subject=subject,
+                )
+    except SettleError as exc:
+        _fail(str(exc))
+    out.print(f"wrote {written}", markup=False)
+
+
+# -- report / trends ------------------------------------------------------------------------
+
+
+def report(
+    session: SessionArg,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Directory for the PNG and HTML (created if missing).")
+    ],
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write a session report: a PNG and an HTML page with a plain-language summary."""
+    from sessions.report import write_report
+    from sessions.store import SessionStore
+
+    path = _db_path(config, db)
+    try:
+        with SessionStore.open(path) as store:
+            info = store.resolve(session)
+            png, page = write_report(store, info.id, out_dir)
+    except SettleError as exc:
+        _fail(str(exc))
+    out.print(f"wrote {page}", markup=False)
+    out.print(f"wrote {png}", markup=False)
+
+
+def _opt(x: float | None, spec: str) -> str:
+    return "" if x is None else format(x, spec)
+
+
+def trends_cmd(
+    target: Annotated[
+        str | None, typer.Option(help="Only sessions held with this target model.")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Also write settle-trends.png into this directory.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Progress across sessions: settling latency, score change, recovery after markers."""
+    from sessions.files import ExportError, plain_name
+    from sessions.report import duration_words, trends, write_trends_png
+    from sessions.store import IntentionTarget, SessionStore
+
+    if target is not None and target not in TARGET_NAMES:
+        _fail(f"unknown target {target!r} (available: {', '.join(TARGET_NAMES)})", 2)
+    path = _db_path(config, db)
+    try:
+        with SessionStore.open(path) as store:
+            rows = trends(store, None if target is None else IntentionTarget(target))
+        png = None
+        if out_dir is not None:
+            if not out_dir.is_dir():
+                raise ExportError(out_dir, "--out must be an existing directory")
+            png = write_trends_png(rows, out_dir / plain_name("settle-trends.png", out_dir))
+    except SettleError as exc:
+        _fail(str(exc))
+    if as_json:
+        items = [
+            {
+                "id": r.session_id,
+                "started_ms": r.started_ms,
+                "target": r.target,
+                "latency_s": r.latency_s,
+                "score_change": r.score_change,
+                "median_recovery_s": r.median_recovery_s,
+                "n_reactions": r.n_reactions,
+            }
+            for r in rows
+        ]
+        out.print(json.dumps({"v": 1, "sessions": items}), markup=False, soft_wrap=True)
+    elif not rows:
+        out.print("No sessions" + (f" with target {target}" if target else "") + ".")
+    else:
+        _print_table(
+            ["started (local)", "id", "target", "caught up after", "score change",
+             "median recovery", "reactions"],
+            [
+                [
+                    time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started_ms / 1000)),
+                    r.session_id,
+                    r.target,
+                    "not yet" if r.latency_s is None else duration_words(r.latency_s),
+                    _opt(r.score_change, "+.1f"),
+                    "" if r.median_recovery_s is None else duration_words(r.median_recovery_s),
+                    str(r.n_reactions),
+                ]
+                for r in rows
+            ],
+        )  # fmt: skip
+    if png is not None:
+        out.print(f"wrote {png}", markup=False)
+
+
+# -- log ------------------------------------------------------------------------------------
+
+
+def log_import(
+    session: SessionArg,
+    file: Annotated[Path, typer.Argument(help="Journal: CSV, JSON lines or 'HH:MM:SS text'.")],
+    offset: Annotated[
+        float,
+        typer.Option(help="Seconds added to every journal time (journal clock behind: positive)."),
+    ] = 0.0,
+    fmt: Annotated[str, typer.Option("--format", help="auto, csv, jsonl or text.")] = "auto",
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Import a timestamped journal as markers of a session (all lines or none)."""
+    from sessions.journal import import_journal
+    from sessions.store import SessionStore
+
+    if fmt not in ("auto", "csv", "jsonl", "text"):
+        _fail(f"unknown journal format {fmt!r} (available: auto, csv, jsonl, text)", 2)
+    path = _db_path(config, db)
+    try:
+        with SessionStore.open(path) as store:
+            info = store.resolve(session)
+            rows = import_journal(store, info.id, file, fmt=fmt, offset_s=offset)  # type: ignore[arg-type]
+    except SettleError as exc:
+        _fail(str(exc))
+    out.print(f"imported {len(rows)} markers into session {info.id}", markup=False)
+
+
+def log_set(
+    session: SessionArg,
+    target: Annotated[
+        str | None, typer.Option(help="Target model: self, future, relational or free.")
+    ] = None,
+    statement: Annotated[str | None, typer.Option(help="The statement held.")] = None,
+    practice: Annotated[str | None, typer.Option(help="Practice kind.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Add a tag (repeatable).")] = None,
+    notes: Annotated[str | None, typer.Option(help="Append to the session's notes.")] = None,
+    baseline: Annotated[
+        str | None, typer.Option(metavar="START:STOP", help="Baseline period, seconds.")
+    ] = None,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Fill in a session's log afterwards: intention, tags, notes, baseline period."""
+    from sessions.store import BaselinePeriod, Intention, IntentionTarget, SessionStore
+
+    period = None
+    if baseline is not None:
+        try:
+            a, _, b = baseline.partition(":")
+            period = BaselinePeriod(float(a), float(b) if b else None)
+        except ValueError as exc:
+            _fail(f"--baseline: expected START:STOP seconds, e.g. 0:300 ({exc})", 2)
+    if target is not None and target not in TARGET_NAMES:
+        _fail(f"unknown target {target!r} (available: {', '.join(TARGET_NAMES)})", 2)
+    path = _db_path(config, db)
+    try:
+        with SessionStore.open(path) as store:
+            info = store.resolve(session)
+            if target is not None or statement is not None or practice is not None:
+                old = info.intention
+                if target is not None:
+                    new_target = IntentionTarget(target)
+                elif old is not None:
+                    new_target = old.target
+                else:
+                    _fail("--statement/--practice need --target for a session without one", 2)
+                store.set_intention(
+                    info.id,
+                    Intention(
+                        new_target,
+                        statement if statement is not None else (old.statement if old else ""),
+                        practice if practice is not None else (old.practice if old else ""),
+                    ),
+                )
+            if tag:
+                store.add_tags(info.id, tag)
+            if notes:
+                store.append_notes(info.id, notes)
+            if period is not None:
+                store.set_baseline(info.id, period)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    except SettleError as exc:
+        _fail(str(exc))
+    out.print(f"updated session {info.id}", markup=False)
+
+
+# -- sessions delete ------------------------------------------------------------------------
+
+
+def sessions_delete(
+    session: Annotated[str, typer.Argument(help="Full session id (see `settle sessions list`).")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Also delete a session that is still marked running.")
+    ] = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Delete a session completely: beats, indices, markers, gaps, ECG and its log."""
+    from sessions.store import SessionState, SessionStore
+
+    path = _db_path(config, db)
+    try:
+        with SessionStore.open(path) as store:
+            # The full id only: a prefix or 'latest' is too easy to get wrong for a deletion.
+            info = store.get(session)
+            if info.state is SessionState.RUNNING and not force:
+                _fail(f"session {info.id} is still running (stop it first, or use --force)")
+            if not yes:
+                n = next((s.n_beats for s in store.list_sessions() if s.id == info.id), 0)
+                started = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.started_ms / 1000))
+                try:
+                    ok = typer.confirm(
+                        f"Delete session {info.id} (started {started}, {n} beats) for good?",
+                        err=True,
+                    )
+                except typer.Abort:
+                    ok = False
+                if not ok:
+                    _fail("nothing deleted")
+            store.delete_session(info.id)
+    except SettleError as exc:
+        _fail(str(exc))
+    out.print(f"deleted session {info.id}", markup=False)
+
+
+def register(app: typer.Typer, sessions_app: typer.Typer) -> None:
+    """Add the session commands to ``app`` (and ``delete`` to its ``sessions`` group)."""
+    app.command()(export)
+    app.command()(report)
+    app.command("trends")(trends_cmd)
+    log_app = typer.Typer(help="The session log: import a journal, fill in the intention.")
+    log_app.command("import")(log_import)
+    log_app.command("set")(log_set)
+    app.add_typer(log_app, name="log", no_args_is_help=True)
+    sessions_app.command("delete")(sessions_delete)

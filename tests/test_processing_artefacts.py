@@ -1,0 +1,169 @@
+"""Artefact classification and correction on real series with labelled injected artefacts."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from statistics import median
+
+import numpy as np
+import pytest
+
+from processing.artefacts import (
+    BEAT_CLASSES,
+    LOOKAHEAD_BEATS,
+    ArtefactCorrector,
+    correct_rr,
+)
+
+ART = Path(__file__).parent / "data" / "artifacts"
+BASE = "bartels_rest_supine"
+TYPES = ["ectopic", "extra", "longshort", "misaligned", "missed", "mixed"]
+RATES = ["1pct", "2pct", "5pct"]
+# Injected label -> the class that names it ("misaligned" = a displaced, compensated beat).
+EXPECT = {
+    "ectopic": "ectopic",
+    "misaligned": "ectopic",
+    "long": "long",
+    "short": "short",
+    "missed": "missed",
+    "extra": "extra",
+}
+
+
+def _load(name: str) -> np.ndarray:
+    return np.genfromtxt(ART / f"{name}.csv", delimiter=",", names=True, dtype=None, encoding=None)
+
+
+def _rmssd(rr: np.ndarray) -> float:
+    rr = rr[np.isfinite(rr)]
+    return float(np.sqrt(np.mean(np.diff(rr) ** 2)))
+
+
+def _score(typ: str, rate: str) -> tuple[float, float, float]:
+    """(sensitivity, precision, RMSSD error vs the corrected clean base) of one file.
+
+    Sensitivity: share of injected events with at least one beat flagged. Precision: share of
+    flagged groups (runs of adjacent flagged beats) that touch an injected event, not counting
+    groups at beats that are already flagged in the clean base (its own premature beats).
+    """
+    a = _load(f"{BASE}__{typ}__{rate}")
+    clean = _load(f"{BASE}__clean")
+    cs = correct_rr(a["t_s"], a["rr_ms"])
+    code = cs.code[~np.isnan(cs.rr_raw_ms)]
+    assert code.size == a.size
+    csc = correct_rr(clean["t_s"], clean["rr_ms"])
+    base_flag = set(np.flatnonzero(csc.code[~np.isnan(csc.rr_raw_ms)] != 0).tolist())
+    labels, events, orig = a["label"], a["event_id"], a["orig_idx"]
+    by_event: dict[int, list[int]] = {}
+    for i, (lab, ev) in enumerate(zip(labels, events, strict=True)):
+        if lab != "none":
+            by_event.setdefault(int(ev), []).append(i)
+    found = sum(any(code[i] != 0 for i in idx) for idx in by_event.values())
+    groups: list[list[int]] = []
+    for i in np.flatnonzero(code != 0).tolist():
+        if groups and i - groups[-1][-1] <= 1:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    real = [
+        g
+        for g in groups
+        if any(labels[i] != "none" for i in g)
+        or not any(int(orig[i]) + d in base_flag for i in g for d in (-1, 0, 1))
+    ]
+    tp = sum(any(labels[i] != "none" for i in g) for g in real)
+    err = _rmssd(cs.rr_ms) / _rmssd(csc.rr_ms) - 1.0
+    return found / len(by_event), tp / max(len(real), 1), err
+
+
+RESULTS = {(t, r): _score(t, r) for t in TYPES for r in RATES}
+
+
+@pytest.mark.parametrize(("typ", "rate"), list(RESULTS))
+def test_detection_sensitivity(typ: str, rate: str) -> None:
+    assert RESULTS[typ, rate][0] >= 0.97
+
+
+@pytest.mark.parametrize(("typ", "rate"), list(RESULTS))
+def test_detection_precision_regression_floor(typ: str, rate: str) -> None:
+    # Not the issue target (see the xfail below): a floor that catches regressions.
+    assert RESULTS[typ, rate][1] >= 0.75
+
+
+@pytest.mark.xfail(strict=True, reason="issue target 0.97 not met at 1-2 % (one false group)")
+def test_detection_precision_target() -> None:
+    assert min(p for _, p, _ in RESULTS.values()) >= 0.97
+
+
+def test_rmssd_after_correction_median_within_5_pct() -> None:
+    errs = [abs(e) for _, _, e in RESULTS.values()]
+    assert median(errs) <= 0.05
+
+
+@pytest.mark.xfail(strict=True, reason="issue target: no cell worse than 10 % is not met")
+def test_rmssd_after_correction_no_cell_worse_than_10_pct() -> None:
+    assert max(abs(e) for _, _, e in RESULTS.values()) <= 0.10
+
+
+def test_correction_is_far_better_than_none() -> None:
+    for typ in TYPES:
+        a = _load(f"{BASE}__{typ}__5pct")
+        clean = _rmssd(_load(f"{BASE}__clean")["rr_ms"].astype(float))
+        raw_err = abs(_rmssd(a["rr_ms"].astype(float)) / clean - 1.0)
+        assert abs(RESULTS[typ, "5pct"][2]) < raw_err / 5
+
+
+def test_every_raw_beat_kept_with_provenance() -> None:
+    a = _load(f"{BASE}__mixed__5pct")
+    cs = correct_rr(a["t_s"], a["rr_ms"])
+    raw = cs.rr_raw_ms[~np.isnan(cs.rr_raw_ms)]
+    np.testing.assert_array_equal(raw, a["rr_ms"])
+    normal = cs.code == 0
+    np.testing.assert_array_equal(cs.rr_ms[normal], cs.rr_raw_ms[normal])
+    assert set(cs.classes()) <= set(BEAT_CLASSES)
+    assert np.all(np.diff(cs.t_s) > 0)
+
+
+@pytest.mark.parametrize("kind", ["missed", "extra", "ectopic"])
+def test_merge_split_and_displacement_preserve_total_time(kind: str) -> None:
+    rng = np.random.default_rng(1)
+    rr = list(1000.0 + 30.0 * np.sin(np.arange(300) / 3.0) + rng.normal(0, 5, 300))
+    i = 150
+    if kind == "missed":
+        rr[i : i + 2] = [rr[i] + rr[i + 1]]
+    elif kind == "extra":
+        rr[i : i + 1] = [0.4 * rr[i], 0.6 * rr[i]]
+    else:
+        early = 0.3 * rr[i]
+        rr[i], rr[i + 1] = rr[i] - early, rr[i + 1] + early
+    rr_a = np.array(rr)
+    t = np.cumsum(rr_a) / 1000.0
+    cs = correct_rr(t, rr_a)
+    flagged = [c for c in cs.classes() if c != "normal"]
+    assert set(flagged) == {kind}
+    assert math.isclose(np.nansum(cs.rr_ms), rr_a.sum(), rel_tol=1e-12)
+    fixed = cs.rr_ms[np.isfinite(cs.rr_ms)]
+    assert np.all(np.abs(fixed - 1000.0) < 120.0)
+
+
+def test_lookahead_is_three_beats_and_chunking_does_not_matter() -> None:
+    a = _load(f"{BASE}__mixed__5pct")
+    c = ArtefactCorrector()
+    out = []
+    for k, (t, rr) in enumerate(zip(a["t_s"].tolist(), a["rr_ms"].tolist(), strict=True)):
+        got = c.push(t, rr)
+        if k < LOOKAHEAD_BEATS:
+            assert got == []
+        out.extend(got)
+        assert c.pending <= LOOKAHEAD_BEATS
+    out.extend(c.flush())
+    batch = correct_rr(a["t_s"], a["rr_ms"])
+    np.testing.assert_array_equal(np.array([b.rr_ms for b in out]), batch.rr_ms)
+    assert [b.beat_class for b in out] == batch.classes()
+
+
+def test_flat_series_flags_nothing() -> None:
+    rr = np.full(500, 800.0)
+    cs = correct_rr(np.cumsum(rr) / 1000.0, rr)
+    assert cs.n_flagged == 0

@@ -1,0 +1,307 @@
+"""Every export format round-trips or is validated by the field's own tools: JSON (exact),
+EDF+ (read back with pyedflib), BIDS (the official bids-validator from npm), Kubios (read
+back by Settle's RR reader), CSV v2 columns; path safety; progress; the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sensors.readers import read_rr_file
+from sessions.export import read_export_csv
+from sessions.export_bids import export_bids
+from sessions.export_edf import export_edf
+from sessions.export_json import export_json, read_export_json
+from sessions.export_kubios import export_kubios
+from sessions.exporters import FORMATS, export_session
+from sessions.files import ExportError, inside, plain_name
+from sessions.store import (
+    BaselinePeriod,
+    BeatClass,
+    BeatRow,
+    GapRow,
+    IndicesRow,
+    Intention,
+    IntentionTarget,
+    MarkerRow,
+    MarkerSource,
+    SessionStore,
+)
+from tests.conftest import DATA
+
+REPO = Path(__file__).resolve().parents[1]
+T0_MS = 1_795_000_000_123  # a start with a sub-second part
+ECG_FS = 130
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SessionStore]:
+    with SessionStore.open(tmp_path / "s.db") as s:
+        yield s
+
+
+def _build(store: SessionStore, *, ecg: bool = True) -> str:
+    """A session from a real recording (pyhrv's sample NNIs, 337 beats, ~5 min) with every
+    kind of record the store holds."""
+    rr = [float(x) for x in read_rr_file(DATA / "pyhrv_nni_short.csv").rr_ms]
+    info = store.create_session(
+        "polar_h10_a1b2c3d4",
+        T0_MS,
+        "ble:AA:BB",
+        {"settings": {"window_s": 60.0, "baseline_s": 120.0}, "strap": {"model": "H10"}},
+        intention=Intention(IntentionTarget.SELF, "I am safe", "hold"),
+    )
+    t, beats = 0.0, []
+    for i, r in enumerate(rr):
+        t += r / 1000
+        beats.append(
+            BeatRow(
+                i, t, T0_MS + round(t * 1000) + 300, r, None, round(60_000 / r), None,
+                rr_corrected_ms=r if i % 50 else r * 0.9,
+                beat_class=BeatClass.NORMAL if i % 50 else BeatClass.LONG,
+                timing_uncertain=False,
+            )
+        )  # fmt: skip
+    store.add_beats(info.id, beats)
+    store.add_indices(
+        info.id,
+        [
+            IndicesRow(5.0 * k, T0_MS + 5000 * k, json.dumps({"v": 1, "hr_bpm": 70.0 + k}), 70.0)
+            for k in range(1, 40)
+        ],
+    )
+    store.add_markers(
+        info.id,
+        [
+            MarkerRow(12.5, T0_MS + 12_500, "hold-start", "I am safe", MarkerSource.CLI),
+            MarkerRow(60.25, T0_MS + 60_250, "shame", 'tab\there, "quoted"\nnewline ö', "mqtt"),
+        ],
+    )
+    store.add_gap(info.id, GapRow(100.0, 104.0, "disconnected"))
+    store.set_baseline(info.id, BaselinePeriod(0.0, 120.0))
+    store.add_tags(info.id, ["morning"])
+    store.set_notes(info.id, "calm")
+    if ecg:
+        n = 40 * ECG_FS
+        t_ns = (np.arange(n) * (1e9 / ECG_FS)).round().astype(np.int64)
+        uv = (800 * np.sin(np.arange(n) / 7)).astype(np.int32)
+        for k in range(0, n, 73):  # Polar-sized frames
+            store.add_ecg(info.id, t_ns[k : k + 73].tolist(), uv[k : k + 73].tolist())
+    store.finish_session(info.id, T0_MS + round(t * 1000) + 1000)
+    return info.id
+
+
+def test_json_round_trips_exactly_with_a_manifest(store: SessionStore, tmp_path: Path) -> None:
+    sid = _build(store)
+    seen: list[tuple[int, int]] = []
+    path = export_json(store, sid, tmp_path, progress=lambda d, t: seen.append((d, t)))
+    assert path.name == f"settle-{sid}.json" and seen[-1] == (1, 1)
+    manifest, rec, ecg = read_export_json(path)
+    orig = store.read_session(sid)
+    assert rec.info == orig.info
+    assert rec.beats == orig.beats  # floats exact
+    assert rec.markers == orig.markers and rec.gaps == orig.gaps
+    assert [json.loads(r.payload_json) for r in rec.indices] == [
+        json.loads(r.payload_json) for r in orig.indices
+    ]
+    assert ecg is not None and ecg.uv.tolist() == store.ecg(sid).uv.tolist()
+    assert manifest.settle_version != "" and manifest.store_schema_version == 2
+    assert manifest.recording["settings"] == {"window_s": 60.0, "baseline_s": 120.0}
+    assert manifest.indices_payload_versions == [1]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_edf_reads_back_with_pyedflib(store: SessionStore, tmp_path: Path) -> None:
+    pyedflib = pytest.importorskip("pyedflib", reason="dev dependency pyedflib not installed")
+    sid = _build(store)
+    path = export_edf(store, sid, tmp_path / "s.edf")
+    rec = store.read_session(sid)
+    with pyedflib.EdfReader(str(path)) as f:
+        assert f.getSignalLabels() == ["RR", "HR", "ECG"]
+        assert list(f.getSampleFrequencies()) == [4.0, 4.0, float(ECG_FS)]
+        assert f.getPhysicalDimension(0) == "ms" and f.getPhysicalDimension(2) == "uV"
+        start = f.getStartdatetime()
+        assert int(start.replace(microsecond=0).timestamp()) == T0_MS // 1000
+        assert f.file_duration == pytest.approx(np.ceil(rec.beats[-1].beat_t_s + 1), abs=1)
+        rr = f.readSignal(0)
+        # At 4 Hz, sample k is at t = k / 4 s; compare with the corrected tachogram.
+        bt = np.array([b.beat_t_s for b in rec.beats])
+        corr = np.array([b.rr_corrected_ms for b in rec.beats], dtype=float)
+        k = np.arange(rr.shape[0])
+        ok = (k / 4 >= bt[0]) & (k / 4 <= bt[-1]) & ((k / 4 < 100) | (k / 4 > 104))
+        assert np.allclose(rr[ok], np.interp(k[ok] / 4, bt, corr), atol=0.05)
+        assert np.all(rr[(k / 4 > 100.5) & (k / 4 < 103.5)] < 0.01)  # the gap
+        hr = f.readSignal(1)
+        assert np.allclose(hr[ok], 60_000 / rr[ok], atol=0.01)
+        ecg = f.readSignal(2)
+        stored = store.ecg(sid)
+        assert np.array_equal(ecg[: len(stored)], stored.uv.astype(float))  # exact µV
+        onsets, durations, texts = f.readAnnotations()
+    # pyedflib reports onsets from the exact (sub-second) start: they are session t_s.
+    got = sorted(zip(onsets.tolist(), durations.tolist(), texts.tolist(), strict=True))
+    assert got == [
+        (0.0, -1.0, "intention: self | I am safe | hold"),
+        (0.0, 120.0, "baseline"),
+        (12.5, -1.0, "hold-start: I am safe"),
+        (60.25, -1.0, 'shame: tab here, "quoted" newline ö'),
+        (100.0, 4.0, "gap: disconnected"),
+    ]
+
+
+def test_edf_without_ecg_and_wrong_suffix(store: SessionStore, tmp_path: Path) -> None:
+    pyedflib = pytest.importorskip("pyedflib", reason="dev dependency pyedflib not installed")
+    sid = _build(store, ecg=False)
+    with pytest.raises(ExportError, match=r"must end in \.edf"):
+        export_edf(store, sid, tmp_path / "s.txt")
+    path = export_edf(store, sid, tmp_path)
+    with pyedflib.EdfReader(str(path)) as f:
+        assert f.getSignalLabels() == ["RR", "HR"]
+
+
+def _validator() -> list[str] | None:
+    local = REPO / ".cache" / "npm" / "node_modules" / ".bin" / "bids-validator"
+    if local.exists() and shutil.which("node"):
+        return [str(local)]
+    found = shutil.which("bids-validator")
+    return [found] if found else None
+
+
+def test_bids_passes_the_official_validator(store: SessionStore, tmp_path: Path) -> None:
+    cmd = _validator()
+    if cmd is None:
+        why = (
+            "bids-validator (npm) not installed: cd .cache/npm && "
+            "npm install --prefix . bids-validator@1.15.0"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    sid = _build(store)
+    root = tmp_path / "dataset"
+    beh = export_bids(store, sid, root, subject="p01")
+    other = store.create_session("dev", T0_MS + 86_400_000, "x", {}).id
+    store.add_beats(other, [BeatRow(i, i + 1.0, T0_MS, 1000.0) for i in range(30)])
+    export_bids(store, other, root, subject="p01")  # a second session, same dataset
+    names = sorted(p.name for p in beh.iterdir())
+    stem = f"sub-p01_ses-{sid.replace('-', '')}_task-settle"
+    assert names == sorted(
+        f"{stem}_{s}"
+        for s in (
+            "physio.tsv.gz", "physio.json", "recording-ecg_physio.tsv.gz",
+            "recording-ecg_physio.json", "events.tsv", "events.json",
+        )
+    )  # fmt: skip
+    events = (beh / f"{stem}_events.tsv").read_text().splitlines()
+    assert events[0] == "onset\tduration\ttrial_type\tsource\ttext"
+    assert events[2].split("\t") == ["12.5", "0.0", "hold-start", "cli", "I am safe"]
+    assert len(events[3].split("\t")) == 5  # tab and newline in the text were flattened
+
+    res = subprocess.run([*cmd, str(root), "--json"], capture_output=True, text=True, timeout=60)
+    report = json.loads(res.stdout)
+    errors = [(i["key"], i.get("reason")) for i in report["issues"]["errors"]]
+    assert errors == [] and res.returncode == 0, errors
+
+    # The validator is a real check: a broken sidecar is reported.
+    (beh / f"{stem}_physio.json").write_text('{"Columns": ["rr_ms", "hr_bpm"]}')
+    res = subprocess.run([*cmd, str(root), "--json"], capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and json.loads(res.stdout)["issues"]["errors"]
+
+
+def test_kubios_rr_reads_back_and_markers_side_file(store: SessionStore, tmp_path: Path) -> None:
+    sid = _build(store)
+    path = export_kubios(store, sid, tmp_path)
+    rec = store.read_session(sid)
+    back = read_rr_file(path)  # Settle's reader of Kubios/Elite HRV text files
+    assert back.fmt == "rr-per-line" and np.allclose(
+        back.rr_ms, [b.rr_ms for b in rec.beats], atol=1e-4
+    )
+    assert path.read_text().splitlines()[0] == "859"
+    side = path.with_name(f"{path.stem}_markers.csv")
+    with side.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["kind"] for r in rows] == ["baseline", "hold-start", "shame", "gap"]
+    # Kubios' axis starts at the start of the first RR (beat 0 is at 0.859 s here).
+    hold = rows[1]
+    assert float(hold["t_s"]) == 12.5
+    assert float(hold["kubios_t_s"]) == pytest.approx(12.5, abs=1e-3)
+    assert hold["kubios_hms"] == "0:00:12.5"
+    assert rows[3]["duration_s"] == "4.0"
+
+
+def test_csv_has_the_v2_columns(store: SessionStore, tmp_path: Path) -> None:
+    sid = _build(store, ecg=False)
+    rows = read_export_csv(export_session(store, sid, "csv", tmp_path))
+    beats = [r for r in rows if r.record == "beat"]
+    assert beats[0].beat_class == "long" and beats[0].rr_corrected_ms == beats[0].rr_ms * 0.9
+    assert beats[1].beat_class == "normal" and beats[1].timing_uncertain is False
+    assert beats[0].recv_ts_ms == T0_MS + round(beats[0].t_s * 1000) + 300
+    (gap,) = [r for r in rows if r.record == "gap"]
+    assert (gap.t_s, gap.end_t_s, gap.reason) == (100.0, 104.0, "disconnected")
+    t = [r.t_s for r in rows]
+    assert t == sorted(t)
+
+
+def test_path_tricks_are_refused(store: SessionStore, tmp_path: Path) -> None:
+    sid = _build(store, ecg=False)
+    for bad in ("../x", "a/b", "..", ".hidden", ""):
+        with pytest.raises(ExportError):
+            plain_name(bad, tmp_path)
+    with pytest.raises(ExportError, match="subject label"):
+        export_bids(store, sid, tmp_path / "ds", subject="../../etc")
+    # A link inside the dataset pointing elsewhere is not followed.
+    root = tmp_path / "ds2"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    root.mkdir()
+    (root / "sub-01").symlink_to(elsewhere)
+    with pytest.raises(ExportError, match="outside"):
+        export_bids(store, sid, root)
+    assert list(elsewhere.iterdir()) == []
+    with pytest.raises(ExportError, match="outside"):
+        inside(tmp_path / "ds2", tmp_path / "ds2" / ".." / "x")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_reports_progress_to_the_end(
+    store: SessionStore, tmp_path: Path, fmt: str
+) -> None:
+    sid = _build(store, ecg=False)
+    seen: list[tuple[int, int]] = []
+    out = tmp_path / "bids" if fmt == "bids" else tmp_path
+    export_session(store, sid, fmt, out, progress=lambda d, t: seen.append((d, t)))  # type: ignore[arg-type]
+    assert seen and seen[-1][0] == seen[-1][1] and seen[-1][1] > 0
+
+
+def test_cli_export_every_format_and_one_line_errors(store: SessionStore, tmp_path: Path) -> None:
+    from settle.cli import app
+
+    sid = _build(store, ecg=False)
+    db = str(store.path)
+    runner = CliRunner()
+    for fmt in FORMATS:
+        out = tmp_path / f"out-{fmt}"
+        out.mkdir()
+        res = runner.invoke(
+            app, ["export", "latest", "--format", fmt, "--out", str(out), "--db", db]
+        )
+        assert res.exit_code == 0, res.output
+        assert res.output.startswith("wrote ") and sid.replace("-", "") in res.output.replace(
+            "-", ""
+        )
+        assert res.output.count("\n") == 1  # no progress bar when not on a terminal
+    res = runner.invoke(app, ["export", sid, "--format", "edf", "--out", str(tmp_path / "x.csv"),
+                              "--db", db])  # fmt: skip
+    assert res.exit_code == 1 and res.output.count("\n") == 1 and "must end in .edf" in res.output
+    res = runner.invoke(app, ["export", sid, "--format", "bids", "--subject", "a/b",
+                              "--out", str(tmp_path / "ds"), "--db", db])  # fmt: skip
+    assert res.exit_code == 1 and "subject label" in res.output

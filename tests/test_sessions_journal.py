@@ -1,0 +1,182 @@
+"""`settle log import`: a practitioner's journal aligned to the session; bad lines named;
+nothing imported half-way."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sessions.journal import import_journal, parse_journal
+from sessions.store import MarkerRow, MarkerSource, SessionStore
+from settle.errors import InputFileError
+
+# 2026-11-18 09:00:00.250 in Europe/Berlin (UTC+1): 08:00:00.250 UTC.
+T0_MS = int(dt.datetime(2026, 11, 18, 8, 0, 0, 250_000, tzinfo=dt.UTC).timestamp() * 1000)
+
+
+@pytest.fixture(autouse=True)
+def berlin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Clock times are local: pin the zone so the test means the same everywhere."""
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SessionStore]:
+    with SessionStore.open(tmp_path / "s.db") as s:
+        yield s
+
+
+@pytest.fixture
+def sid(store: SessionStore) -> str:
+    info = store.create_session("dev", T0_MS, "x", {})
+    store.finish_session(info.id, T0_MS + 30 * 60_000)  # 30 min
+    return info.id
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_text_lines_in_local_time(store: SessionStore, sid: str, tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "journal.txt",
+        "# morning practice\n"
+        "09:02:00 hold-start: I am safe\n"
+        "\n"
+        "09:05:30.5 shame: it came back at the second breath\n"
+        "09:10 noticed the birds\n",
+    )
+    rows = import_journal(store, sid, path)
+    assert [(m.t_s, m.kind, m.text) for m in rows] == [
+        (119.75, "hold-start", "I am safe"),
+        (330.25, "shame", "it came back at the second breath"),
+        (599.75, "note", "noticed the birds"),
+    ]
+    stored = store.markers(sid)
+    assert all(m.source is MarkerSource.IMPORT for m in stored)
+    assert stored[0].ts_ms == T0_MS + 119_750
+
+
+def test_offset_and_csv_and_jsonl(store: SessionStore, sid: str, tmp_path: Path) -> None:
+    csv_path = _write(
+        tmp_path,
+        "j.csv",
+        'time,kind,text\n09:01:00,threat,"door slammed, loud"\n2026-11-18T08:03:00Z,doubt,\n',
+    )
+    rows = import_journal(store, sid, csv_path, offset_s=-0.25)
+    assert [(m.t_s, m.kind, m.text) for m in rows] == [
+        (59.5, "threat", "door slammed, loud"),
+        (179.5, "doubt", ""),
+    ]
+    jl = tmp_path / "j.jsonl"
+    jl.write_text(
+        "\n".join(
+            json.dumps(o)
+            for o in (
+                {"t_s": 42.0, "kind": "attention", "text": "drifted"},
+                {"ts_ms": T0_MS + 50_000, "text": "plain note"},
+            )
+        )
+    )
+    rows = import_journal(store, sid, jl, offset_s=10)
+    assert [(m.t_s, m.kind) for m in rows] == [(52.0, "attention"), (60.0, "note")]
+
+
+def test_journal_across_midnight(store: SessionStore, tmp_path: Path) -> None:
+    late = int(dt.datetime(2026, 11, 18, 22, 50, tzinfo=dt.UTC).timestamp() * 1000)  # 23:50
+    sid = store.create_session("dev", late, "x", {}).id
+    rows = import_journal(store, sid, _write(tmp_path, "n.txt", "00:10:00 note: after midnight\n"))
+    assert rows[0].t_s == 20 * 60
+
+
+def test_importing_twice_does_not_duplicate(store: SessionStore, sid: str, tmp_path: Path) -> None:
+    path = _write(tmp_path, "j.txt", "09:02:00 shame: x\n")
+    assert len(import_journal(store, sid, path)) == 1
+    assert import_journal(store, sid, path) == []
+    assert len(store.markers(sid)) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "line", "reason"),
+    [
+        ("a.txt", "09:01:00 fine\n09:02:00 fine too\nlunch at noon\n", 3, "expected 'HH:MM:SS"),
+        ("b.txt", "09:01:00 ok\n25:00:00 no such hour\n", 2, "expected 'HH:MM:SS"),
+        ("c.txt", "09:01:00 ok\n08:59:00 too early\n", 2, "before the session started"),
+        ("d.txt", "09:01:00 ok\n09:45:00 too late\n", 2, "after the session ended"),
+        ("e.csv", "time,kind,text\n09:01:00,anger,x\n", 2, "unknown marker kind 'anger'"),
+        ("f.csv", "when,text\n09:01:00,x\n", 1, "expected a header"),
+        ("g.csv", "t_s,text\n1.0,a\nabc,b\n", 3, "t_s is not a number"),
+        ("h.jsonl", '{"t_s": 1, "text": "a"}\n{"t_s": 2, "text": "b"\n', 2, "not JSON"),
+        ("i.jsonl", '{"t_s": 1, "time": "09:00:00"}\n', 1, "exactly one of"),
+        ("j.jsonl", '{"t_s": 1, "colour": "red"}\n', 1, "unknown field(s) colour"),
+        ("k.jsonl", "[1, 2]\n", 1, "expected a JSON object"),
+        ("l.txt", "# nothing yet\n", None, "no entries found"),
+        ("m.txt", "", None, "file is empty"),
+    ],
+)
+def test_bad_lines_are_named_and_nothing_is_imported(
+    store: SessionStore,
+    sid: str,
+    tmp_path: Path,
+    name: str,
+    text: str,
+    line: int | None,
+    reason: str,
+) -> None:
+    store.add_marker(sid, MarkerRow(1.0, T0_MS, "note", "before", MarkerSource.CLI))
+    path = _write(tmp_path, name, text)
+    with pytest.raises(InputFileError) as err:
+        import_journal(store, sid, path)
+    assert err.value.line == line
+    assert reason in str(err.value)
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith(f"{path}:{line}:" if line else f"{path}:")
+    assert [m.text for m in store.markers(sid)] == ["before"]  # nothing half-way
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="file not found"):
+        parse_journal(tmp_path / "missing.txt")
+    binary = tmp_path / "b.txt"
+    binary.write_bytes(b"09:00:00 \xff\xfe\n")
+    with pytest.raises(InputFileError, match="not UTF-8"):
+        parse_journal(binary)
+    with pytest.raises(InputFileError, match="is a directory"):
+        parse_journal(tmp_path)
+
+
+def test_cli_log_import(tmp_path: Path, store: SessionStore, sid: str) -> None:
+    from settle.cli import app
+
+    db = store.path
+    good = _write(tmp_path, "j.txt", "09:02:00 shame: x\n09:03:00 note\n")
+    bad = _write(tmp_path, "bad.txt", "09:02:00 shame: x\nnot a line\n")
+    runner = CliRunner()
+    res = runner.invoke(app, ["log", "import", "latest", str(bad), "--db", str(db)])
+    assert res.exit_code == 1
+    assert (
+        res.output.strip() == f"settle: error: {bad}:2: expected 'HH:MM:SS text', got 'not a line'"
+    )
+    res = runner.invoke(app, ["log", "import", sid, str(good), "--format", "xml", "--db", str(db)])
+    assert res.exit_code == 2 and "unknown journal format 'xml'" in res.output
+    res = runner.invoke(
+        app, ["log", "import", sid[:6], str(good), "--offset", "-60", "--db", str(db)]
+    )
+    assert res.exit_code == 0, res.output
+    assert f"imported 2 markers into session {sid}" in res.output
+    assert [m.t_s for m in store.markers(sid)] == [59.75, 119.75]
+    assert os.environ["TZ"] == "Europe/Berlin"

@@ -1,0 +1,281 @@
+"""Schema v2: the v1 -> v2 migration in place, the session log, beat artefact fields, gaps,
+raw ECG, and complete deletion (against real SQLite files)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sessions import store as store_mod
+from sessions.store import (
+    SCHEMA_VERSION,
+    BaselinePeriod,
+    BeatAnnotation,
+    BeatClass,
+    BeatRow,
+    GapRow,
+    IndicesRow,
+    Intention,
+    IntentionTarget,
+    MarkerRow,
+    MarkerSource,
+    SessionState,
+    SessionStore,
+)
+from settle.errors import SessionNotFound, StoreError
+
+T0_MS = 1_795_000_000_000
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SessionStore]:
+    with SessionStore.open(tmp_path / "s.db") as s:
+        yield s
+
+
+def _v1_file(path: Path) -> None:
+    """A store exactly as schema version 1 wrote it, with one session of data."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    store_mod._migrate_0_to_1(conn)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO sessions VALUES ('20261118T000000-abcd', 'dev', ?, ?, 'stopped',"
+        ' \'ble:AA\', \'{"strap": {"name": "H10"}}\')',
+        (T0_MS, T0_MS + 10_000),
+    )
+    conn.executemany(
+        "INSERT INTO beats VALUES ('20261118T000000-abcd', ?, ?, ?, 820, ?, 75, 1)",
+        [(i, (i + 1) * 0.8, T0_MS + (i + 1) * 800, 800.78125) for i in range(10)],
+    )
+    conn.execute(
+        "INSERT INTO markers (session_id, t_s, ts_ms, kind, text, source)"
+        " VALUES ('20261118T000000-abcd', 2.0, ?, 'shame', 'old', 'cli')",
+        (T0_MS + 2000,),
+    )
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_v1_store_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path) -> None:
+    assert SCHEMA_VERSION == 2
+    path = tmp_path / "old.db"
+    _v1_file(path)
+    with SessionStore.open(path) as store:
+        rec = store.read_session("20261118T000000-abcd")
+        assert rec.info.meta == {"strap": {"name": "H10"}}
+        assert rec.info.intention is None and rec.info.tags == () and rec.info.notes == ""
+        assert [b.rr_ms for b in rec.beats] == [800.78125] * 10
+        assert all(b.beat_class is None and b.rr_corrected_ms is None for b in rec.beats)
+        assert [(m.kind, m.text) for m in rec.markers] == [("shame", "old")]
+        assert rec.gaps == [] and rec.n_ecg == 0
+        # The new features work on the upgraded file.
+        store.set_intention(rec.info.id, Intention(IntentionTarget.SELF, "I am safe"))
+        store.add_gap(rec.info.id, GapRow(3.0, 4.0, "disconnected"))
+    probe = sqlite3.connect(path)
+    try:
+        assert probe.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert probe.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert probe.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        probe.close()
+
+
+def test_failed_migration_leaves_the_v1_file_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "old.db"
+    _v1_file(path)
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("ALTER TABLE sessions ADD COLUMN half_done TEXT")
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store_mod, "_MIGRATIONS", (store_mod._migrate_0_to_1, broken))
+    with pytest.raises(StoreError, match="disk I/O error"):
+        SessionStore.open(path)
+    probe = sqlite3.connect(path)
+    try:
+        assert probe.execute("PRAGMA user_version").fetchone()[0] == 1
+        cols = [r[1] for r in probe.execute("PRAGMA table_info(sessions)")]
+        assert "half_done" not in cols
+    finally:
+        probe.close()
+
+
+def test_session_log_round_trip(store: SessionStore) -> None:
+    intention = Intention(IntentionTarget.RELATIONAL, "I am accepted", "breath-paced hold")
+    sid = store.create_session("dev", T0_MS, "virtual:x", {}, intention=intention).id
+    store.set_baseline(sid, BaselinePeriod(0.0, 180.0))
+    store.add_tags(sid, ["morning", " evening ", "morning"])
+    store.append_notes(sid, "first")
+    store.append_notes(sid, "second")
+    info = store.get(sid)
+    assert info.intention == intention
+    assert info.baseline == BaselinePeriod(0.0, 180.0)
+    assert info.tags == ("evening", "morning")
+    assert info.notes == "first\n\nsecond"
+    store.remove_tags(sid, ["evening"])
+    store.set_notes(sid, "")
+    store.set_intention(sid, None)
+    info = store.get(sid)
+    assert (info.tags, info.notes, info.intention) == (("morning",), "", None)
+    assert store.resolve("latest").tags == ("morning",)
+
+
+def test_intention_recorded_in_meta_by_the_daemon_is_read(store: SessionStore) -> None:
+    meta = {"intention": {"target": "future", "statement": "this will work", "practice": "p"}}
+    a = store.create_session("dev", T0_MS, "x", meta).id
+    b = store.create_session("dev", T0_MS, "x", {"intention": {"target": "my sister"}}).id
+    assert store.get(a).intention == Intention(IntentionTarget.FUTURE, "this will work", "p")
+    assert store.get(b).intention == Intention(IntentionTarget.FREE)
+    store.set_intention(a, Intention(IntentionTarget.SELF))  # the columns win
+    assert store.get(a).intention == Intention(IntentionTarget.SELF)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: Intention("elsewhere"),  # type: ignore[arg-type]
+        lambda: BaselinePeriod(10.0, 5.0),
+        lambda: BaselinePeriod(-1.0),
+        lambda: GapRow(5.0, 4.0, "x"),
+        lambda: BeatRow(0, 1.0, T0_MS, 800.0, beat_class="weird"),  # type: ignore[arg-type]
+        lambda: BeatRow(0, 1.0, T0_MS, 800.0, rr_corrected_ms=float("nan")),
+    ],
+)
+def test_invalid_log_values_are_refused(bad: object) -> None:
+    with pytest.raises(ValueError):
+        bad()  # type: ignore[operator]
+
+
+def test_beats_carry_artefact_fields_and_can_be_annotated_later(store: SessionStore) -> None:
+    sid = store.create_session("dev", T0_MS, "x", {}).id
+    old_style = BeatRow(0, 0.8, T0_MS + 800, 800.0)  # as the running daemon builds them
+    new_style = BeatRow(
+        1, 1.9, T0_MS + 1900, 1100.0, rr_corrected_ms=800.0, beat_class=BeatClass.ECTOPIC,
+        timing_uncertain=True,
+    )  # fmt: skip
+    store.add_beats(sid, [old_style, new_style])
+    assert store.beats(sid) == [old_style, new_style]
+    store.annotate_beats(sid, [BeatAnnotation(0, 801.0, BeatClass.NORMAL, False)])
+    assert store.beats(sid)[0].beat_class is BeatClass.NORMAL
+    assert store.beats(sid)[0].rr_corrected_ms == 801.0
+    with pytest.raises(StoreError, match="seq 7"):
+        store.annotate_beats(
+            sid, [BeatAnnotation(1, 1.0, "short"), BeatAnnotation(7, 1.0, "short")]
+        )
+    assert store.beats(sid)[1].beat_class is BeatClass.ECTOPIC  # nothing half-done
+
+
+def test_ecg_frames_round_trip_and_resend_is_idempotent(store: SessionStore) -> None:
+    sid = store.create_session("dev", T0_MS, "x", {}).id
+    t = (np.arange(260) * (1e9 / 130)).astype(np.int64)
+    uv = (np.arange(260) * 7 - 900).astype(np.int32)
+    store.add_ecg(sid, t[:73].tolist(), uv[:73].tolist())
+    store.add_ecg(sid, t[73:].tolist(), uv[73:].tolist())
+    store.add_ecg(sid, t[:73].tolist(), uv[:73].tolist())  # re-sent frame
+    ecg = store.ecg(sid)
+    assert ecg.t_ns.tolist() == t.tolist() and ecg.uv.tolist() == uv.tolist()
+    assert ecg.fs_hz == pytest.approx(130.0)
+    assert store.read_session(sid).n_ecg == 260
+    with pytest.raises(ValueError, match="increasing"):
+        store.add_ecg(sid, [5, 3], [1, 2])
+    with pytest.raises(ValueError, match="2 times but 1"):
+        store.add_ecg(sid, [5, 6], [1])
+
+
+def _fill(store: SessionStore, sid: str, secret: str) -> None:
+    store.add_beats(sid, [BeatRow(i, i + 1.0, T0_MS + 1000 * i, 1000.0) for i in range(50)])
+    store.add_indices(sid, [IndicesRow(5.0, T0_MS, '{"v": 1}', hr_bpm=60.0)])
+    store.add_marker(sid, MarkerRow(1.0, T0_MS, "shame", secret, MarkerSource.CLI))
+    store.add_gap(sid, GapRow(2.0, 3.0, "disconnected"))
+    store.add_ecg(sid, [1, 2, 3], [10, 20, 30])
+    store.add_tags(sid, ["t"])
+    store.set_notes(sid, secret)
+
+
+def test_delete_removes_everything_and_leaves_other_sessions(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    secret = "zebra-unicorn-4711"
+    with SessionStore.open(path) as store:
+        gone = store.create_session("dev", T0_MS, "x", {}).id
+        kept = store.create_session("dev", T0_MS + 1000, "x", {}).id
+        _fill(store, gone, secret)
+        _fill(store, kept, "kept-note")
+        store.finish_session(gone, T0_MS + 60_000)
+        store.delete_session(gone)
+        with pytest.raises(SessionNotFound):
+            store.get(gone)
+        assert len(store.beats(kept)) == 50 and len(store.ecg(kept)) == 3
+        # While the store is still open (the daemon may keep it open for days): the deleted
+        # text is neither in the main file nor left in the WAL.
+        for f in tmp_path.iterdir():
+            assert secret.encode() not in f.read_bytes(), f.name
+    conn = sqlite3.connect(path)
+    try:
+        for table in ("beats", "indices", "markers", "gaps", "ecg", "session_tags"):
+            n = conn.execute(f"SELECT count(*) FROM {table} WHERE session_id = ?", (gone,))
+            assert n.fetchone()[0] == 0, table
+    finally:
+        conn.close()
+    for f in tmp_path.iterdir():
+        assert secret.encode() not in f.read_bytes(), f.name
+
+
+def test_cli_delete_asks_and_refuses_running_sessions(tmp_path: Path) -> None:
+    from settle.cli import app
+
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as store:
+        running = store.create_session("dev", T0_MS, "x", {}).id
+        done = store.create_session("dev", T0_MS + 1000, "x", {}).id
+        store.finish_session(done, T0_MS + 5000, SessionState.INTERRUPTED)
+    runner = CliRunner()
+    res = runner.invoke(app, ["sessions", "delete", done, "--db", str(db)], input="n\n")
+    assert res.exit_code == 1 and "nothing deleted" in res.output
+    res = runner.invoke(app, ["sessions", "delete", running, "--db", str(db), "--yes"])
+    assert res.exit_code == 1 and "still running" in res.output
+    res = runner.invoke(app, ["sessions", "delete", done[:8], "--db", str(db), "--yes"])
+    assert res.exit_code == 1 and "no session matches" in res.output  # full id only
+    res = runner.invoke(app, ["sessions", "delete", done, "--db", str(db)], input="y\n")
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["sessions", "delete", running, "--db", str(db), "-y", "--force"])
+    assert res.exit_code == 0, res.output
+    with SessionStore.open(db) as store:
+        assert store.list_sessions() == []
+
+
+def test_cli_log_set_fills_in_the_session_log(tmp_path: Path) -> None:
+    from settle.cli import app
+
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as store:
+        sid = store.create_session("dev", T0_MS, "x", {}).id
+    runner = CliRunner()
+    args = ["log", "set", "latest", "--db", str(db)]
+    res = runner.invoke(app, [*args, "--statement", "x"])
+    assert res.exit_code == 2 and "need --target" in res.output
+    res = runner.invoke(
+        app,
+        [*args, "--target", "future", "--statement", "this will work", "--tag", "a",
+         "--tag", "b", "--notes", "calm start", "--baseline", "0:120"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, [*args, "--target", "elsewhere"])
+    assert res.exit_code == 2 and "unknown target 'elsewhere'" in res.output
+    res = runner.invoke(app, [*args, "--baseline", "9:1"])
+    assert res.exit_code == 2 and "--baseline" in res.output
+    with SessionStore.open(db) as store:
+        info = store.get(sid)
+    assert info.intention == Intention(IntentionTarget.FUTURE, "this will work", "")
+    assert (info.tags, info.notes, info.baseline) == (
+        ("a", "b"),
+        "calm start",
+        BaselinePeriod(0.0, 120.0),
+    )

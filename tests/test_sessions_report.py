@@ -1,0 +1,155 @@
+"""Reports (PNG + HTML with a plain-language summary) and trends across sessions, on
+sessions whose indices come from Settle's own processing, as the daemon computes them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from processing.settling import SettlingIndex
+from processing.timedomain import RollingTimeDomain
+from sessions.report import analyse_session, summary_text, trends, write_report
+from sessions.store import (
+    BeatRow,
+    IndicesRow,
+    Intention,
+    IntentionTarget,
+    MarkerRow,
+    MarkerSource,
+    SessionStore,
+)
+
+T0_MS = 1_795_000_000_000
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SessionStore]:
+    with SessionStore.open(tmp_path / "s.db") as s:
+        yield s
+
+
+def _session(
+    store: SessionStore,
+    *,
+    target: IntentionTarget = IntentionTarget.SELF,
+    settle_at_s: float = 350.0,
+    shames: tuple[float, ...] = (550.0, 750.0),
+    started_ms: int = T0_MS,
+    seed: int = 1,
+    unsettled: bool = False,
+) -> str:
+    """15 min at 75 bpm; indices from 60 s on (a full window), so the automatic 2 min
+    baseline is 60–180 s; hold-start at 200 s; from ``settle_at_s`` HR falls to 62 bpm with
+    more variability (``unsettled``: rises to 79 bpm with less); 25 s of +8 bpm after each
+    shame marker."""
+    rng = np.random.default_rng(seed)
+    sid = store.create_session(
+        "dev", started_ms, "x", {}, intention=Intention(target, "I am safe", "hold")
+    ).id
+    rolling, settling = RollingTimeDomain(60.0), SettlingIndex(120.0)
+    beats, indices, t, next_i = [], [], 0.0, 60.0
+    while t < 900.0:
+        after = t >= settle_at_s
+        base = 800.0 if not after else 760.0 if unsettled else 970.0
+        spread = 15.0 if not after else 10.0 if unsettled else 45.0
+        rr = base + spread * rng.standard_normal()
+        if any(s <= t < s + 25 for s in shames):
+            rr = 60_000 / (60_000 / base + 8)
+        t += rr / 1000
+        beats.append(BeatRow(len(beats), t, started_ms + round(t * 1000), rr))
+        td = rolling.update(t, rr)
+        while t >= next_i:
+            snap = settling.update(next_i, td)
+            payload = {
+                "v": 1, "t_s": next_i, "hr_bpm": td.hr_bpm, "ln_rmssd": td.ln_rmssd,
+                "settling": snap.score, "settling_state": snap.state,
+                "components": dict(snap.components),
+            }  # fmt: skip
+            indices.append(
+                IndicesRow(next_i, started_ms + round(next_i * 1000), json.dumps(payload),
+                           hr_bpm=td.hr_bpm, ln_rmssd=td.ln_rmssd, settling=snap.score)
+            )  # fmt: skip
+            next_i += 5.0
+    store.add_beats(sid, beats)
+    store.add_indices(sid, indices)
+    marks = [MarkerRow(200.0, started_ms + 200_000, "hold-start", "", MarkerSource.CLI)]
+    marks += [MarkerRow(s, started_ms + int(s * 1000), "shame", "<b>it</b> came back", "mqtt")
+              for s in shames]  # fmt: skip
+    store.add_markers(sid, marks)
+    store.finish_session(sid, started_ms + 900_000)
+    return sid
+
+
+def test_analysis_finds_catching_up_and_marker_responses(store: SessionStore) -> None:
+    sid = _session(store)
+    a = analyse_session(store.read_session(sid))
+    assert a.baseline is not None and a.baseline[1] == pytest.approx(180, abs=10)
+    assert a.reference_t_s == 200.0
+    # HR drops at 350 s; the 60 s window needs time to show it.
+    assert a.caught_up_t_s is not None and 350 <= a.caught_up_t_s < 470
+    assert a.latency_s == a.caught_up_t_s - 200.0
+    assert [r.marker.kind for r in a.responses] == ["shame", "shame"]
+    for r in a.responses:
+        assert r.rise_bpm is not None and 5 < r.rise_bpm < 10
+        assert r.recovery_s is not None and 20 <= r.recovery_s <= 45
+    text = summary_text(a)
+    assert text.startswith("Physiology caught up ")
+    assert "after you began holding" in text
+    assert "After the two shame markers heart rate rose " in text
+    assert "came back within" in text
+
+
+def test_no_catching_up_is_said_plainly(store: SessionStore) -> None:
+    sid = _session(store, unsettled=True, shames=())
+    text = summary_text(analyse_session(store.read_session(sid)))
+    assert text.startswith("Physiology did not catch up after you began holding")
+
+
+def test_report_files_and_html(store: SessionStore, tmp_path: Path) -> None:
+    sid = _session(store)
+    png, page = write_report(store, sid, tmp_path / "report")
+    assert png.read_bytes().startswith(PNG_MAGIC) and png.stat().st_size > 20_000
+    html = page.read_text()
+    summary = summary_text(analyse_session(store.read_session(sid)))
+    assert f'<p class="summary" id="summary">{summary}</p>' in html
+    assert "&lt;b&gt;it&lt;/b&gt; came back" in html and "<b>it</b>" not in html  # escaped
+    assert html.count("<tr><td>") >= 2  # the per-marker table
+    assert "data:image/png;base64," in html
+
+
+def test_trends_per_target_and_cli(store: SessionStore, tmp_path: Path) -> None:
+    from settle.cli import app
+
+    day = 86_400_000
+    _session(store, settle_at_s=450.0, started_ms=T0_MS, seed=1)
+    _session(store, settle_at_s=300.0, started_ms=T0_MS + day, seed=2)
+    _session(store, target=IntentionTarget.FUTURE, started_ms=T0_MS + 2 * day, seed=3)
+    rows = trends(store, IntentionTarget.SELF)
+    assert [r.target for r in rows] == ["self", "self"]
+    assert rows[0].latency_s is not None and rows[1].latency_s is not None
+    assert rows[1].latency_s < rows[0].latency_s  # getting faster
+    assert all(r.n_reactions == 2 and r.median_recovery_s is not None for r in rows)
+    assert len(trends(store)) == 3
+
+    runner = CliRunner()
+    db = str(store.path)
+    res = runner.invoke(app, ["trends", "--target", "self", "--json", "--db", db])
+    assert res.exit_code == 0, res.output
+    assert [s["target"] for s in json.loads(res.output)["sessions"]] == ["self", "self"]
+    res = runner.invoke(app, ["trends", "--out", str(tmp_path), "--db", db])
+    assert res.exit_code == 0, res.output
+    assert "caught up after" in res.output and "future" in res.output
+    assert (tmp_path / "settle-trends.png").read_bytes().startswith(PNG_MAGIC)
+    res = runner.invoke(app, ["trends", "--target", "others", "--db", db])
+    assert res.exit_code == 2 and "unknown target 'others'" in res.output
+    res = runner.invoke(app, ["report", "latest", "--out", str(tmp_path / "r"), "--db", db])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "r").glob("*-report.*"))) == 2
+    res = runner.invoke(app, ["report", "nope", "--out", str(tmp_path / "r"), "--db", db])
+    assert res.exit_code == 1 and res.output.count("\n") == 1
