@@ -83,6 +83,21 @@ class StatusPayload(_Payload):
     last_error: str | None = None
 
 
+class ClassifiedBeat(BaseModel):
+    """One beat after artefact classification (the raw RR stays in the session store)."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_by_name=True, serialize_by_alias=True
+    )
+
+    beat_t_s: float
+    cls: Literal[
+        "normal", "ectopic", "long", "short", "missed", "extra", "implausible", "warmup"
+    ] = Field(alias="class")
+    rr_ms: float | None
+    """Corrected RR, ms; null for a beat merged away (``extra``) or never analysed."""
+
+
 class BeatPayload(_Payload):
     """``<base>/<dev>/beat`` — every notification from the strap, QoS 0, not retained."""
 
@@ -94,6 +109,9 @@ class BeatPayload(_Payload):
     """RR intervals carried by this notification, ms, oldest first (wire 1/1024 s, exact)."""
     beat_t_s: list[float] = Field(default_factory=list)
     """Beat time of each RR, seconds since session start (empty outside a session)."""
+    classified: list[ClassifiedBeat] = Field(default_factory=list)
+    """Beats whose artefact class became final with this notification (a beat is final
+    3 beats after it arrived: the correction looks ahead)."""
     contact: bool | None
     """Skin contact, or null when the strap cannot tell (e.g. Polar H10)."""
     session: str | None
@@ -117,7 +135,31 @@ class IndicesPayload(_Payload):
     """Settling score 0–100 (50 = as at baseline); null during the baseline."""
     settling_state: Literal["baseline", "running", "unavailable"]
     components: dict[str, float | None] = Field(default_factory=dict)
-    """Each component of the settling score in baseline-spread units (docs/indices.md)."""
+    """Each component of the settling score in baseline-spread units (docs/indices.md):
+    ``z_hr`` (HR below baseline), ``z_ln_rmssd`` (lnRMSSD above), ``z_slow`` (slow 0.04–0.15 Hz
+    power above)."""
+    coherence: float | None = None
+    """McCraty coherence ratio of the last 64 s."""
+    resp_rate_bpm: float | None = None
+    """Respiration rate from the RSA peak, breaths/min."""
+    lf_ms2: float | None = None
+    hf_ms2: float | None = None
+    lf_hf: float | None = None
+    trend: Literal["settling", "steady", "unsettling", "unknown"] = "unknown"
+    """Trend of the settling score over the last 5 min (Theil–Sen + Mann–Kendall)."""
+    trend_slope_per_min: float | None = None
+    trend_confidence: float | None = None
+    """1 − p of the trend test, 0..1."""
+    quality: float | None = None
+    """Signal quality 0–1 (share of uncorrected beats, coverage, contact)."""
+    usable: bool = True
+    """False when the rhythm is not sinus enough to interpret: then do not read the score."""
+    reason: str | None = None
+    """Why the rhythm is not usable."""
+    catching_up_t_s: float | None = None
+    """When physiology caught up (session time, s); null until detected."""
+    responses_by_kind: dict[str, dict[str, float | None]] = Field(default_factory=dict)
+    """Per marker kind: ``n``, mean ``peak_d_hr_bpm``, ``peak_d_ln_rmssd``, ``recovery_s``."""
 
 
 class SessionPayload(_Payload):

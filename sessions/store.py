@@ -125,6 +125,9 @@ class BeatClass(enum.StrEnum):
     MISSED = "missed"
     EXTRA = "extra"
     IMPLAUSIBLE = "implausible"
+    """Outside the physiological range (default 273–2000 ms): recorded, never analysed."""
+    WARMUP = "warmup"
+    """Within the warm-up after a (re)connect (default 5 s): recorded, never analysed."""
 
 
 def _require_finite(name: str, value: float | None) -> None:
@@ -805,8 +808,10 @@ class SessionStore:
         with self._transaction(write=True) as conn:
             _require_session(conn, session_id)
             for a in annotations:
+                # A None timing flag leaves the stored one alone (the correction does not know).
                 cur = conn.execute(
-                    "UPDATE beats SET rr_corrected_ms = ?, beat_class = ?, timing_uncertain = ?"
+                    "UPDATE beats SET rr_corrected_ms = ?, beat_class = ?,"
+                    " timing_uncertain = COALESCE(?, timing_uncertain)"
                     " WHERE session_id = ? AND seq = ?",
                     (
                         a.rr_corrected_ms,

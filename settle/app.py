@@ -159,10 +159,20 @@ def _print_indices(out: Console, p: IndicesPayload) -> None:
     def f(x: float | None, spec: str) -> str:
         return "  –  " if x is None else format(x, spec)
 
-    score = "baseline…" if p.settling is None else f"{p.settling:5.1f}"
+    if not p.usable:
+        score = f"unusable rhythm ({p.reason})" if p.reason else "unusable rhythm"
+    elif p.settling is None:
+        score = "baseline…"
+    else:
+        arrow = {"settling": "↑ settling", "unsettling": "↓ unsettling", "steady": "→ steady"}
+        score = f"{p.settling:5.1f} {arrow.get(p.trend, '')}"
+    caught = ""
+    if p.catching_up_t_s is not None:
+        m, s = divmod(int(p.catching_up_t_s), 60)
+        caught = f"  caught up at {m}:{s:02d}"
     out.print(
         f"  t={p.t_s:6.0f} s  HR {f(p.hr_bpm, '5.1f')} bpm  RMSSD {f(p.rmssd_ms, '5.1f')} ms  "
-        f"lnRMSSD {f(p.ln_rmssd, '4.2f')}  settling {score}",
+        f"coherence {f(p.coherence, '4.2f')}  settling {score}{caught}",
         markup=False,
     )
 

@@ -126,6 +126,13 @@ class ProcessingConfig(_Section):
     """Session baseline: the first N seconds unless a baseline period is marked."""
     indices_every_s: float = Field(5.0, ge=1, le=60)
     """How often (seconds of beat time) indices are computed and published."""
+    correction: bool = True
+    """Artefact detection and correction (Lipponen & Tarvainen 2019, streaming)."""
+    warmup_s: float = Field(5.0, ge=0, le=60)
+    """Beats within this long after each (re)connect are recorded but not analysed."""
+    rr_min_ms: float = Field(273.0, ge=100, le=1000)
+    rr_max_ms: float = Field(2000.0, ge=1000, le=5000)
+    """RR outside [rr_min_ms, rr_max_ms] is physiologically implausible: recorded, not analysed."""
 
 
 class StorageConfig(_Section):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -39,7 +40,8 @@ from feedback.payloads import (
     StatusPayload,
 )
 from sensors.strap import StrapClient, StrapInfo
-from sessions.store import SessionState, SessionStore
+from sessions.store import BaselinePeriod, IntentionTarget, SessionState, SessionStore
+from sessions.store import Intention as StoredIntention
 from settle.backoff import backoff_delay_s
 from settle.config import Settings
 from settle.errors import SensorError, SettleError
@@ -84,6 +86,18 @@ async def open_broker(settings: Settings) -> AsyncIterator[BrokerChoice | None]:
         return
     async with EmbeddedBroker(m.embedded_port) as broker:
         yield BrokerChoice(broker.host, broker.port, embedded=True)
+
+
+def _store_intention(intention: Intention | None) -> StoredIntention | None:
+    """The MQTT intention as the store keeps it (a free-text target is kept as ``free`` with
+    the text in front of the statement, so nothing the practitioner wrote is lost)."""
+    if intention is None:
+        return None
+    target = intention.target.strip().lower()
+    if target in set(IntentionTarget):
+        return StoredIntention(IntentionTarget(target), intention.statement, intention.practice)
+    statement = f"{intention.target}: {intention.statement}".strip(": ")
+    return StoredIntention(IntentionTarget.FREE, statement, intention.practice)
 
 
 class CommandError(SettleError):
@@ -324,6 +338,8 @@ class Daemon:
             if rt.session is not None:
                 rt.session.restart_window()
                 rt.session.event("reconnected")
+        if rt.session is not None:
+            rt.session.connected()
 
     def _availability(self, rt: StrapRuntime, online: bool) -> None:
         if rt.output is not None:
@@ -339,12 +355,16 @@ class Daemon:
         if rt.session is not None:
             times = rt.session.on_notification(n)
             session_id = rt.session.session_id
+            classified = rt.session.take_classified()
+        else:
+            classified = []
         beat = BeatPayload(
             ts=n.recv_ts_ms,
             seq=rt.output.beat_seq,
             hr=m.hr_bpm,
             rr_ms=list(m.rr_ms),
             beat_t_s=times,
+            classified=classified,
             contact=m.contact,
             session=session_id,
         )
@@ -375,11 +395,14 @@ class Daemon:
         if intention is not None:
             meta["intention"] = intention.model_dump()
         session = await asyncio.to_thread(
-            self.store.create_session,
-            info.device_id,
-            started_ms,
-            f"{self.source}:{info.address}",
-            meta,
+            functools.partial(
+                self.store.create_session,
+                info.device_id,
+                started_ms,
+                f"{self.source}:{info.address}",
+                meta,
+                intention=_store_intention(intention),
+            )
         )
         pipeline = StrapPipeline(
             output=rt.output,
@@ -393,6 +416,8 @@ class Daemon:
             time_scale=self.time_scale,
         )
         rt.session = pipeline
+        if rt.state == "streaming" or rt.state == "connecting":
+            pipeline.connected()
         pipeline.publish_session("running")
         pipeline.event("session-start", intention.statement if intention else "")
         log.info("session %s started for %s", session.id, info.device_id)
@@ -404,6 +429,7 @@ class Daemon:
         pipeline, rt.session = rt.session, None
         if pipeline is None:
             return
+        pipeline.finish()
         await self.writer.flush()
         try:
             await asyncio.to_thread(
@@ -487,11 +513,18 @@ class Daemon:
                 await asyncio.to_thread(self.store.add_marker, session.session_id, row)
             except SettleError as exc:
                 raise CommandError(f"could not store the marker: {exc}") from exc
+            session.marker(cmd.kind, row.t_s)
             session.event(cmd.kind, cmd.text, "mqtt", t_s=row.t_s)
         elif name == "baseline/start":
             session.start_baseline()
         elif name == "baseline/stop":
             try:
-                session.stop_baseline()
+                start, stop = session.stop_baseline()
             except ValueError as exc:
                 raise CommandError(f"no baseline is being recorded ({exc})") from exc
+            try:
+                await asyncio.to_thread(
+                    self.store.set_baseline, session.session_id, BaselinePeriod(start, stop)
+                )
+            except SettleError as exc:
+                raise CommandError(f"could not store the baseline: {exc}") from exc

@@ -12,25 +12,37 @@ drift-corrected, with lost beats turned into explicit gaps (docs/timing.md).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from feedback.mqtt import MqttLink
 from feedback.payloads import (
+    ClassifiedBeat,
     EventPayload,
     IndicesPayload,
     Intention,
     SessionPayload,
 )
-from processing.settling import SettlingIndex
-from processing.timedomain import RollingTimeDomain, TimeDomain
+from processing.artefacts import ProcessedBeat
+from processing.indices import EventResponse
+from processing.live import IndicesSnapshot, LiveAnalyzer
 from sensors.strap import Notification
 from sensors.timing import BeatTimer, TimingGap
-from sessions.store import BeatRow, IndicesRow, MarkerRow, MarkerSource, SessionStore
+from sessions.store import (
+    BeatAnnotation,
+    BeatClass,
+    BeatRow,
+    GapRow,
+    IndicesRow,
+    MarkerRow,
+    MarkerSource,
+    SessionStore,
+)
 from settle.config import Settings
 from settle.errors import StoreError
 
@@ -41,6 +53,18 @@ SessionStateName = Literal["running", "stopped", "interrupted"]
 
 def _num(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), 6)
+
+
+_SETTLING_STATE: dict[str, Literal["baseline", "running", "unavailable"]] = {
+    "collecting": "baseline",
+    "complete": "running",
+    "unavailable": "unavailable",
+}
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    finite = [x for x in xs if math.isfinite(x)]
+    return _num(sum(finite) / len(finite)) if finite else None
 
 
 @dataclass
@@ -83,32 +107,48 @@ class BeatWriter:
     store: SessionStore
     flush_every_s: float = 1.0
     beats: dict[str, list[BeatRow]] = field(default_factory=dict)
+    annotations: dict[str, list[BeatAnnotation]] = field(default_factory=dict)
     indices: dict[str, list[IndicesRow]] = field(default_factory=dict)
+    gaps: dict[str, list[GapRow]] = field(default_factory=dict)
     failing: bool = False
     stored_beats: int = 0
 
     def add_beats(self, session_id: str, rows: Sequence[BeatRow]) -> None:
         self.beats.setdefault(session_id, []).extend(rows)
 
+    def annotate(self, session_id: str, rows: Sequence[BeatAnnotation]) -> None:
+        self.annotations.setdefault(session_id, []).extend(rows)
+
     def add_indices(self, session_id: str, row: IndicesRow) -> None:
         self.indices.setdefault(session_id, []).append(row)
 
+    def add_gap(self, session_id: str, gap: GapRow) -> None:
+        self.gaps.setdefault(session_id, []).append(gap)
+
     async def flush(self) -> None:
-        beats, self.beats = self.beats, {}
-        indices, self.indices = self.indices, {}
+        # Beats first: annotations refer to stored beats.
+        batches: list[tuple[dict[str, list[Any]], Callable[[str, Any], None]]] = [
+            (self.beats, self.store.add_beats),
+            (self.annotations, self.store.annotate_beats),
+            (self.indices, self.store.add_indices),
+            (self.gaps, self._store_gaps),
+        ]
+        taken = [(dict(buf), fn, buf) for buf, fn in batches]
+        for buf, _fn in batches:
+            buf.clear()
         try:
-            for sid, rows in beats.items():
-                await asyncio.to_thread(self.store.add_beats, sid, rows)
-                self.stored_beats += len(rows)
-            for sid, irows in indices.items():
-                await asyncio.to_thread(self.store.add_indices, sid, irows)
+            for i, (data, fn, _buf) in enumerate(taken):
+                for sid, rows in list(data.items()):
+                    await asyncio.to_thread(fn, sid, rows)
+                    if i == 0:
+                        self.stored_beats += len(rows)
+                    del data[sid]
         except StoreError as exc:
-            # Put everything back (in order, before anything newer) to retry next time;
-            # add_beats is idempotent on (session, seq), so a partial success is harmless.
-            for sid, rows in beats.items():
-                self.beats[sid] = rows + self.beats.get(sid, [])
-            for sid, irows in indices.items():
-                self.indices[sid] = irows + self.indices.get(sid, [])
+            # Put back what was not written (in order, before anything newer) to retry next
+            # time; add_beats is idempotent on (session, seq), so a partial success is harmless.
+            for data, _fn, buf in taken:
+                for sid, rows in data.items():
+                    buf[sid] = rows + buf.get(sid, [])
             if not self.failing:
                 log.error("cannot write to the session store (%s); keeping data in memory", exc)
             self.failing = True
@@ -116,6 +156,10 @@ class BeatWriter:
         if self.failing:
             log.info("session store writable again; buffered data saved")
         self.failing = False
+
+    def _store_gaps(self, session_id: str, gaps: Sequence[GapRow]) -> None:
+        for g in gaps:
+            self.store.add_gap(session_id, g)
 
     async def run(self) -> None:
         while True:
@@ -154,14 +198,22 @@ class StrapPipeline:
         self.on_indices = on_indices
         """Called with every indices payload (the demo prints them)."""
         p = settings.processing
-        self.rolling = RollingTimeDomain(window_s=p.window_s)
-        self.settling = SettlingIndex(baseline_s=p.baseline_s)
+        self.analyzer = LiveAnalyzer(
+            window_s=p.window_s, baseline_s=p.baseline_s, correction=p.correction
+        )
+        self._pending_seqs: collections.deque[int] = collections.deque()
+        """Stored beats fed to the analyzer whose class is not final yet, oldest first."""
+        self._classified: list[ClassifiedBeat] = []
+        self.warmup_until_mono_s = 0.0
+        self.last_snapshot: IndicesSnapshot | None = None
+        self.catching_up_t_s: float | None = None
+        self.usable = True
         self.seq = 0
         """Next beat sequence number (= beats recorded so far)."""
         self.beat_t_s: float | None = None
         self.next_indices_t_s = p.indices_every_s
-        self.last_td: TimeDomain | None = None
         self.baseline: Literal["pending", "collecting", "complete"] = "pending"
+        self.baseline_marked: tuple[float, float | None] | None = None
         self.last_contact: bool | None = None
         self.gaps: list[tuple[float, float, str]] = []
         """(start_t_s, end_t_s, reason) of every interruption: beats there are unknown."""
@@ -187,6 +239,7 @@ class StrapPipeline:
             stopped_ts=stopped_ms,
             intention=self.intention,
             baseline=self.baseline,
+            catching_up_t_s=self.catching_up_t_s,
             n_beats=self.seq,
         )
 
@@ -197,31 +250,50 @@ class StrapPipeline:
         t = self.now_t_s() if t_s is None else t_s
         self.out.event(self.session_id, kind, t, text, source, ts=self.now_ms())
 
+    def connected(self) -> None:
+        """A (re)connect: beats of the next ``warmup_s`` are recorded but not analysed."""
+        warmup = self.settings.processing.warmup_s / max(self.time_scale, 1e-9)
+        self.warmup_until_mono_s = time.monotonic() + warmup
+
     def restart_window(self, reason: str = "reconnect") -> None:
         """After a reconnect: the next beats are re-anchored to their arrival time, the gap
-        is recorded (``gaps``, and an event once its end is known) and no successive
-        difference ever spans it."""
-        self.rolling.reset()
+        is recorded and no metric ever spans it."""
         self.timer.mark_gap()
+        self._finalise(self.analyzer.gap(self.now_t_s()))
 
     def _record_gap(self, gap: TimingGap) -> None:
         self.gaps.append((gap.start_t_s, gap.end_t_s, gap.reason))
-        self.rolling.reset()
+        self._finalise(self.analyzer.gap(gap.start_t_s))
+        self.writer.add_gap(self.session_id, GapRow(gap.start_t_s, gap.end_t_s, gap.reason))
         span = gap.end_t_s - gap.start_t_s
         self.event("gap", f"{gap.reason}: {span:.1f} s without beats", t_s=gap.end_t_s)
 
     def start_baseline(self) -> None:
-        self.settling.start_baseline(self.now_t_s())
+        self.analyzer.start_baseline(self.now_t_s())
+        self.baseline_marked = (self.now_t_s(), None)
         self.baseline = "collecting"
         self.event("baseline-start")
         self.publish_session("running")
 
-    def stop_baseline(self) -> None:
-        """Raises ValueError when no baseline is being collected."""
-        self.settling.stop_baseline(self.now_t_s())
-        self.baseline = "complete" if self.settling.state == "running" else "pending"
+    def stop_baseline(self) -> tuple[float, float]:
+        """End the marked rest period; returns it. ValueError when none is being recorded."""
+        if self.baseline_marked is None:
+            raise ValueError("send baseline/start first")
+        self.analyzer.stop_baseline(self.now_t_s())
+        start = self.baseline_marked[0]
+        self.baseline_marked = None
+        snap = self.analyzer.indices(self.now_t_s())
+        self.baseline = "complete" if snap.baseline == "complete" else "pending"
         self.event("baseline-complete" if self.baseline == "complete" else "baseline-too-short")
         self.publish_session("running")
+        return start, self.now_t_s()
+
+    def finish(self) -> None:
+        """At session end: the beats still waiting for look-ahead are classified now."""
+        self._finalise(self.analyzer.gap(self.now_t_s()))
+
+    def marker(self, kind: str, t_s: float) -> None:
+        self.analyzer.marker(t_s, kind)
 
     def on_notification(self, n: Notification) -> list[float]:
         """Record the notification's beats; return their beat times (s since session start)."""
@@ -232,11 +304,20 @@ class StrapPipeline:
         timed, gap = self.timer.push(arrival_s, m.rr_ms)
         if gap is not None:
             self._record_gap(gap)
+        p = self.settings.processing
+        warming = n.recv_mono_s < self.warmup_until_mono_s
         rows: list[BeatRow] = []
         times: list[float] = []
         for raw, tb in zip(m.rr_raw, timed, strict=True):
             t = tb.t_s
             self.beat_t_s = t
+            cls: BeatClass | None = None
+            if warming:
+                cls = BeatClass.WARMUP
+            elif not p.rr_min_ms <= tb.rr_ms <= p.rr_max_ms:
+                cls = BeatClass.IMPLAUSIBLE
+                # No successive difference may span an interval nobody can interpret.
+                self._finalise(self.analyzer.gap(t))
             rows.append(
                 BeatRow(
                     seq=self.seq,
@@ -246,11 +327,17 @@ class StrapPipeline:
                     rr_raw=raw,
                     hr_bpm=m.hr_bpm,
                     contact=m.contact,
+                    beat_class=cls,
+                    timing_uncertain=tb.uncertain,
                 )
             )
             times.append(round(t, 4))
+            if cls is None:
+                self._pending_seqs.append(self.seq)
+                self._finalise(self.analyzer.push_beat(t, tb.rr_ms, m.contact))
+            else:
+                self._classified.append(ClassifiedBeat(beat_t_s=round(t, 4), cls=cls, rr_ms=None))
             self.seq += 1
-            self.last_td = self.rolling.update(t, tb.rr_ms)
         if rows:
             self.writer.add_beats(self.session_id, rows)
         while self.beat_t_s is not None and self.beat_t_s >= self.next_indices_t_s:
@@ -258,11 +345,41 @@ class StrapPipeline:
             self.next_indices_t_s += self.settings.processing.indices_every_s
         return times
 
+    def take_classified(self) -> list[ClassifiedBeat]:
+        """Beats classified since the last call (for the next beat message)."""
+        out, self._classified = self._classified, []
+        return out
+
+    def _finalise(self, beats: Sequence[ProcessedBeat]) -> None:
+        """Map the analyzer's final beats back to stored beats (by order) and annotate them.
+        Beats the correction inserted (a split missed beat) have no stored row."""
+        notes: list[BeatAnnotation] = []
+        for b in beats:
+            if not math.isfinite(b.rr_raw_ms):
+                continue  # inserted by splitting a missed beat: part of the stored one
+            if not self._pending_seqs:
+                break
+            seq = self._pending_seqs.popleft()
+            corrected = b.rr_ms if math.isfinite(b.rr_ms) else None
+            notes.append(BeatAnnotation(seq, corrected, BeatClass(b.beat_class)))
+            self._classified.append(
+                ClassifiedBeat(
+                    beat_t_s=round(b.t_s, 4),
+                    cls=b.beat_class,
+                    rr_ms=None if corrected is None else round(corrected, 3),
+                )
+            )
+        if notes:
+            self.writer.annotate(self.session_id, notes)
+
     def _emit_indices(self, t_s: float) -> None:
-        td = self.last_td
-        if td is None:
-            return
-        snap = self.settling.update(t_s, td)
+        snap = self.analyzer.indices(t_s)
+        self.last_snapshot = snap
+        td = snap.td
+        state = _SETTLING_STATE[snap.baseline]
+        by_kind: dict[str, list[EventResponse]] = {}
+        for r in snap.responses:
+            by_kind.setdefault(r.kind, []).append(r)
         payload = IndicesPayload(
             ts=self.now_ms(),
             seq=self.out.indices_seq,
@@ -275,10 +392,36 @@ class StrapPipeline:
             ln_rmssd=_num(td.ln_rmssd),
             sdnn_ms=_num(td.sdnn_ms),
             pnn50_pct=_num(td.pnn50_pct),
-            settling=_num(snap.score),
-            settling_state=snap.state,
-            components={k: _num(v) for k, v in snap.components.items()},
-        )
+            settling=_num(snap.score) if snap.usable else None,
+            settling_state=state,
+            components={
+                "z_hr": _num(snap.z_hr),
+                "z_ln_rmssd": _num(snap.z_ln_rmssd),
+                "z_slow": _num(snap.z_slow),
+            },
+            coherence=_num(snap.coherence),
+            resp_rate_bpm=_num(snap.resp_rate_bpm),
+            lf_ms2=_num(snap.lf_ms2),
+            hf_ms2=_num(snap.hf_ms2),
+            lf_hf=_num(snap.lf_hf),
+            trend=snap.trend.label if snap.trend.label in ("settling", "steady", "unsettling")
+            else "unknown",
+            trend_slope_per_min=_num(snap.trend.slope_per_min),
+            trend_confidence=_num(snap.trend.confidence),
+            quality=_num(snap.quality),
+            usable=snap.usable,
+            reason=snap.reason,
+            catching_up_t_s=_num(snap.catching_up_t_s),
+            responses_by_kind={
+                kind: {
+                    "n": float(len(rs)),
+                    "peak_d_hr_bpm": _mean([r.peak_d_hr_bpm for r in rs]),
+                    "peak_d_ln_rmssd": _mean([r.peak_d_ln_rmssd for r in rs]),
+                    "recovery_s": _mean([r.recovery_s for r in rs]),
+                }
+                for kind, rs in by_kind.items()
+            },
+        )  # fmt: skip
         self.out.indices_seq += 1
         data = payload.to_json()
         self.out.publish("indices", data, 1)
@@ -298,10 +441,25 @@ class StrapPipeline:
         )
         if self.on_indices is not None:
             self.on_indices(payload)
-        if snap.state == "running" and self.baseline == "pending":
+        changed = False
+        if snap.baseline == "complete" and self.baseline == "pending":
             self.baseline = "complete"
-            self.publish_session("running")
             self.event("baseline-complete", t_s=t_s)
+            changed = True
+        if snap.usable != self.usable and td.n > 0:
+            self.usable = snap.usable
+            if snap.usable:
+                self.event("rhythm-usable", t_s=t_s)
+            else:
+                self.event("unusable-rhythm", snap.reason or "", t_s=t_s)
+        if snap.catching_up_t_s is not None and self.catching_up_t_s is None:
+            self.catching_up_t_s = snap.catching_up_t_s
+            mins, secs = divmod(int(snap.catching_up_t_s), 60)
+            self.event("catching-up", f"physiology caught up at {mins}:{secs:02d}",
+                       t_s=snap.catching_up_t_s)  # fmt: skip
+            changed = True
+        if changed:
+            self.publish_session("running")
 
     def marker_row(self, kind: str, text: str, source: str) -> MarkerRow:
         """A marker at the current beat time (the session's one time base)."""

