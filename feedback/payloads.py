@@ -117,6 +117,19 @@ class BeatPayload(_Payload):
     session: str | None
 
 
+class EcgBeatPayload(_Payload):
+    """``<base>/<dev>/ecg_beat`` — a beat detected in the Polar H10 raw ECG (QoS 0): timed on
+    the strap's ECG clock with sample resolution, about ¼ s sooner than the 0x2A37 RR."""
+
+    seq: int
+    session: str | None
+    t_s: float
+    """R-peak time, seconds since session start."""
+    rr_ms: float | None
+    plausible: bool
+    """False during the detector's warm-up or for RR outside 273–2000 ms."""
+
+
 class IndicesPayload(_Payload):
     """``<base>/<dev>/indices`` — every ``indices_every_s`` seconds of beat time, QoS 1."""
 

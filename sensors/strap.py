@@ -185,6 +185,7 @@ class StrapClient:
                 device.address,
                 f"found but could not connect ({exc or type(exc).__name__}) — {NOT_FOUND_HINT}",
             ) from exc
+        stream.client = client
         try:
             stream.info = await self._read_info(client, device)
             await client.start_notify(HEART_RATE_MEASUREMENT_UUID, stream._on_notify)
@@ -236,6 +237,8 @@ class StrapStream:
     def __init__(self, owner: StrapClient, device: BLEDevice) -> None:
         self._owner = owner
         self.device = device
+        self.client: BleakClient | None = None
+        """The connected client (e.g. for the Polar PMD ECG stream on the same link)."""
         self.info = StrapInfo(
             device.address, device.name or "", device_id_for(device.name, device.address)
         )

@@ -115,6 +115,8 @@ class StrapConfig(_Section):
     Heart Rate Service 0x180D, whatever its vendor."""
     name: str = ""
     """Optional name filter (substring, case-insensitive)."""
+    ecg: bool = True
+    """Record the raw ECG (and ECG-derived beats) when the strap offers Polar PMD (H10)."""
     scan_timeout_s: float = Field(15.0, gt=0, le=600)
     connect_timeout_s: float = Field(20.0, gt=0, le=600)
 

@@ -44,6 +44,7 @@ from sessions.store import BaselinePeriod, IntentionTarget, SessionState, Sessio
 from sessions.store import Intention as StoredIntention
 from settle.backoff import backoff_delay_s
 from settle.config import Settings
+from settle.ecg import EcgRecorder
 from settle.errors import SensorError, SettleError
 from settle.pipeline import BeatWriter, DeviceOutput, StrapPipeline
 
@@ -145,10 +146,12 @@ class Daemon:
     finished: list[StrapPipeline] = field(default_factory=list)
     """Sessions closed during this run, in order."""
     writer: BeatWriter = field(init=False)
+    ecg: EcgRecorder = field(init=False)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.writer = BeatWriter(self.store, self.settings.storage.flush_every_s)
+        self.ecg = EcgRecorder(self.writer, self.clock)
         self.runtimes = [StrapRuntime(i, c) for i, c in enumerate(self.strap_clients)]
 
     @property
@@ -299,8 +302,21 @@ class Daemon:
                         attempt = 0
                         await self._on_connected(rt, stream.info)
                         self._set_state(rt, "streaming")
-                        async for n in stream:
-                            self._on_notification(rt, n)
+                        ecg: asyncio.Task[None] | None = None
+                        if self.settings.strap.ecg and stream.client is not None:
+                            ecg = asyncio.create_task(
+                                self.ecg.run(rt, stream.client), name=f"ecg-{rt.index}"
+                            )
+                        try:
+                            async for n in stream:
+                                self._on_notification(rt, n)
+                        finally:
+                            if ecg is not None:
+                                # Cancelling leaves the PMD session, which stops the stream
+                                # before the link is closed (an H10 otherwise keeps streaming).
+                                ecg.cancel()
+                                with contextlib.suppress(asyncio.CancelledError):
+                                    await ecg
                 except SensorError as exc:
                     if not rt.was_connected and len(self.runtimes) == 1:
                         raise  # the only strap was never found: say so now, don't retry quietly

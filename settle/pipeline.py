@@ -77,6 +77,7 @@ class DeviceOutput:
     beat_seq: int = 0
     indices_seq: int = 0
     event_seq: int = 0
+    ecg_seq: int = 0
 
     def topic(self, leaf: str) -> str:
         return f"{self.base}/{self.device_id}/{leaf}"
@@ -110,6 +111,7 @@ class BeatWriter:
     annotations: dict[str, list[BeatAnnotation]] = field(default_factory=dict)
     indices: dict[str, list[IndicesRow]] = field(default_factory=dict)
     gaps: dict[str, list[GapRow]] = field(default_factory=dict)
+    ecg: dict[str, list[tuple[list[int], list[int]]]] = field(default_factory=dict)
     failing: bool = False
     stored_beats: int = 0
 
@@ -125,6 +127,10 @@ class BeatWriter:
     def add_gap(self, session_id: str, gap: GapRow) -> None:
         self.gaps.setdefault(session_id, []).append(gap)
 
+    def add_ecg(self, session_id: str, t_ns: list[int], uv: list[int]) -> None:
+        """One ECG frame: sample times (ns since session start) and values (µV)."""
+        self.ecg.setdefault(session_id, []).append((t_ns, uv))
+
     async def flush(self) -> None:
         # Beats first: annotations refer to stored beats.
         batches: list[tuple[dict[str, list[Any]], Callable[[str, Any], None]]] = [
@@ -132,6 +138,7 @@ class BeatWriter:
             (self.annotations, self.store.annotate_beats),
             (self.indices, self.store.add_indices),
             (self.gaps, self._store_gaps),
+            (self.ecg, self._store_ecg),
         ]
         taken = [(dict(buf), fn, buf) for buf, fn in batches]
         for buf, _fn in batches:
@@ -160,6 +167,13 @@ class BeatWriter:
     def _store_gaps(self, session_id: str, gaps: Sequence[GapRow]) -> None:
         for g in gaps:
             self.store.add_gap(session_id, g)
+
+    def _store_ecg(self, session_id: str, frames: Sequence[tuple[list[int], list[int]]]) -> None:
+        for t_ns, uv in frames:
+            try:
+                self.store.add_ecg(session_id, t_ns, uv)
+            except ValueError as exc:  # e.g. a frame overlapping the previous one
+                log.debug("ECG frame not stored: %s", exc)
 
     async def run(self) -> None:
         while True:
