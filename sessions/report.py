@@ -120,6 +120,18 @@ def _num(x: object) -> float:
     return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else math.nan
 
 
+def live_catching_up(rec: SessionRecord) -> float | None:
+    """``catching_up_t_s`` as last published by the live analysis, if any."""
+    for row in reversed(rec.indices):
+        try:
+            value = json.loads(row.payload_json).get("catching_up_t_s")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(value, int | float):
+            return float(value)
+    return None
+
+
 def provisional_series(rec: SessionRecord) -> IndexSeries:
     """Arrays from the stored indices rows (their published payloads)."""
     rows = [json.loads(r.payload_json) for r in rec.indices]
@@ -208,7 +220,12 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
         reference, ref_kind = baseline[1], "the baseline ended"
     else:
         reference, ref_kind = None, ""
-    caught = None if reference is None else provisional_catching_up(s, reference)
+    # The daemon's own detection (processing.live, published in every indices payload) wins,
+    # so the report says what the practitioner saw live; the provisional rule is the fallback
+    # for sessions recorded without it.
+    caught = live_catching_up(rec)
+    if caught is None and reference is not None:
+        caught = provisional_catching_up(s, reference)
     score_start = score_end = None
     if reference is not None:
         after = (s.t_s >= reference) & np.isfinite(s.settling)

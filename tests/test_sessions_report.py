@@ -153,3 +153,19 @@ def test_trends_per_target_and_cli(store: SessionStore, tmp_path: Path) -> None:
     assert len(list((tmp_path / "r").glob("*-report.*"))) == 2
     res = runner.invoke(app, ["report", "nope", "--out", str(tmp_path / "r"), "--db", db])
     assert res.exit_code == 1 and res.output.count("\n") == 1
+
+
+def test_report_uses_the_live_detection_when_recorded(store: SessionStore) -> None:
+    """The report says what the practitioner saw live: the daemon's catching-up time, as
+    published in its indices, wins over the report's own fallback rule."""
+    sid = _session(store)
+    rec = store.read_session(sid)
+    live = rec.indices[-1]
+    payload = json.loads(live.payload_json) | {"catching_up_t_s": 600.0}
+    store.add_indices(
+        sid, [IndicesRow(live.t_s + 5, live.ts_ms + 5000, json.dumps(payload), settling=70.0)]
+    )
+    a = analyse_session(store.read_session(sid))
+    assert a.caught_up_t_s == 600.0
+    assert a.latency_s == 400.0
+    assert "6 min 40 s after you began holding" in summary_text(a)
