@@ -14,15 +14,14 @@ import time
 import uuid
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from settle import cli_sessions
 from settle.app import serve
 from settle.config import Settings, load_config
+from settle.console import fail, out, print_table
 from settle.errors import ConfigError, SettleError
 
 app = typer.Typer(
@@ -35,8 +34,6 @@ app = typer.Typer(
 sessions_app = typer.Typer(help="Stored sessions.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ConfigOpt = Annotated[
     Path | None,
@@ -49,26 +46,6 @@ MqttOpt = Annotated[
     str | None, typer.Option("--mqtt", metavar="HOST:PORT", help="MQTT broker to publish to.")
 ]
 NoMqttOpt = Annotated[bool, typer.Option("--no-mqtt", help="Run without MQTT.")]
-
-
-def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    """A rich table on a terminal; plain aligned columns when piped (nothing cut or wrapped)."""
-    if out.is_terminal:
-        table = Table(*headers)
-        for r in rows:
-            table.add_row(*r)
-        out.print(table)
-        return
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    for line in [headers, *rows]:
-        out.print(
-            "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip(), markup=False
-        )
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"settle: error: {message}", markup=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _first_settle_error(exc: BaseException) -> SettleError | None:

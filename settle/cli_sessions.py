@@ -12,18 +12,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from settle.console import err, out
+from settle.console import fail as _fail
+from settle.console import print_table as _print_table
 from settle.errors import ConfigError, SettleError
 
 __all__ = ["register"]
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ConfigOpt = Annotated[
     Path | None,
@@ -38,11 +37,6 @@ FORMAT_NAMES = ("csv", "json", "edf", "bids", "kubios")
 TARGET_NAMES = ("self", "future", "relational", "free")
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"settle: error: {message}", markup=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
 def _db_path(config: Path | None, db: Path | None, *, must_exist: bool = True) -> Path:
     from settle.config import load_config
 
@@ -53,20 +47,6 @@ def _db_path(config: Path | None, db: Path | None, *, must_exist: bool = True) -
     if must_exist and not path.exists():
         _fail(f"no session store at {path} (run `settle demo` or `settle run` first)")
     return path
-
-
-def _print_table(headers: list[str], rows: list[list[str]]) -> None:
-    if out.is_terminal:
-        table = Table(*headers)
-        for r in rows:
-            table.add_row(*r)
-        out.print(table)
-        return
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    for line in [headers, *rows]:
-        out.print(
-            "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip(), markup=False
-        )
 
 
 @contextmanager

@@ -118,3 +118,12 @@ async def test_every_message_of_a_live_run_matches_the_document(
     for kind in ["session-start", "baseline-start", "shame", "baseline-too-short",
                  "session-stop"]:  # fmt: skip
         assert kind in events, events
+
+
+def test_marker_kinds_agree_between_contract_and_store() -> None:
+    """The MQTT contract and the session store each list the marker kinds (the layers do not
+    import each other); they must not drift apart."""
+    from feedback.payloads import MARKER_KINDS as CONTRACT
+    from sessions.store import MARKER_KINDS as STORED
+
+    assert tuple(CONTRACT) == tuple(STORED)

@@ -1,0 +1,33 @@
+"""Terminal output shared by every command: one-line errors and tables that survive pipes."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """``settle: error: …`` on stderr, one line, and exit (2: usage or config; 1: the rest)."""
+    err.print(f"settle: error: {message}", markup=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """A rich table on a terminal; plain aligned columns when piped (nothing cut or wrapped)."""
+    if out.is_terminal:
+        table = Table(*headers)
+        for r in rows:
+            table.add_row(*r)
+        out.print(table)
+        return
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for line in [headers, *rows]:
+        out.print(
+            "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip(), markup=False
+        )
