@@ -149,6 +149,7 @@ async def test_demo_replay_through_mosquitto(mosquitto: Mosquitto, tmp_path: Pat
             await col.offline.wait()
     text = stdout.decode()
     assert proc.returncode == 0, stderr.decode()
+    assert "Traceback" not in stderr.decode()  # a clean run and a clean exit
     assert f"mosquitto_sub -h 127.0.0.1 -p {mosquitto.port} -t 'settle/#' -v" in text
     assert str(db) in text
     check_stream(col, expected)

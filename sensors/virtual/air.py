@@ -106,6 +106,23 @@ class _VirtualController(Controller):
         self.pending_le_connection = None
 
 
+class _VirtualHost(Host):
+    """bumble's Host, tolerant of a command answer that arrives after its waiter was cancelled.
+
+    When a strap is stopped while one of its HCI commands (e.g. advertising enable) is in
+    flight, bumble's host tries to set the result of the cancelled future and asyncio logs an
+    ``InvalidStateError`` traceback at every demo exit. A real controller answer for an abandoned
+    command is simply dropped here.
+    """
+
+    def on_command_processed(self, event: Any) -> None:
+        pending = self.pending_response
+        if pending is not None and pending.done():
+            self.pending_response = None
+            return
+        super().on_command_processed(event)
+
+
 class VirtualAir:
     """One virtual radio environment: a ``LocalLink`` and the computer's adapter.
 
@@ -126,7 +143,7 @@ class VirtualAir:
         self.central = Device(
             name="settle-virtual-adapter",
             address=hci.Address(CENTRAL_ADDRESS),
-            host=Host(self._central_controller, AsyncPipeSink(self._central_controller)),
+            host=_VirtualHost(self._central_controller, AsyncPipeSink(self._central_controller)),
         )
         self._controllers: list[_VirtualController] = [self._central_controller]
         self._devices: list[Device] = [self.central]
@@ -230,7 +247,7 @@ class VirtualAir:
         device = Device(
             name=name,
             address=hci.Address(address or self.allocate_address()),
-            host=Host(controller, AsyncPipeSink(controller)),
+            host=_VirtualHost(controller, AsyncPipeSink(controller)),
         )
         self._controllers.append(controller)
         self._devices.append(device)
