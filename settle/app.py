@@ -7,16 +7,26 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 
+from feedback.dashboard import (
+    Dashboard,
+    DashboardConfig,
+    DashboardError,
+    DeviceView,
+    Hub,
+    is_loopback,
+    load_or_create_token,
+)
 from feedback.mqtt import ConnectOptions, MqttLink
 from feedback.payloads import IndicesPayload
 from sensors.strap import StrapClient, StrapInfo
 from sessions.store import SessionStore
 from settle.config import Settings
-from settle.daemon import BrokerChoice, Daemon, open_broker
+from settle.daemon import BrokerChoice, Daemon, StrapRuntime, open_broker
+from settle.errors import SettleError
 from settle.pipeline import StrapPipeline
 
 
@@ -53,8 +63,9 @@ async def serve(
         for address in (addresses or [s.address])
     ]
     store = SessionStore.open(settings.db_path)
+    hub = Hub(settings.mqtt.topic_base)
     try:
-        async with open_broker(settings) as broker:
+        async with open_broker(settings) as broker, contextlib.AsyncExitStack() as stack:
             link: MqttLink | None = None
             daemon = Daemon(
                 settings,
@@ -65,6 +76,7 @@ async def serve(
                 time_scale=time_scale,
                 on_session=lambda p, info: _print_session(out, p, info),
                 on_indices=lambda p: _print_indices(out, p),
+                tap=hub.publish,
             )
             if broker is not None:
                 link = MqttLink(
@@ -78,6 +90,18 @@ async def serve(
                 daemon.link = link
                 daemon.watch_home_assistant()
             _print_banner(out, settings, broker)
+            if settings.http.enabled:
+                control = DaemonControl(daemon, scanner_kwargs)
+                try:
+                    dashboard = await stack.enter_async_context(
+                        Dashboard(hub, control, store, dashboard_config(settings))
+                    )
+                except DashboardError as exc:
+                    # Measuring matters more than the page: say so once and go on.
+                    out.print(f"  http:    off — {exc}", markup=False)
+                else:
+                    token = f"?token={dashboard.config.token}" if dashboard.config.token else ""
+                    out.print(f"  http:    {dashboard.url}{token}", markup=False)
             if on_broker is not None:
                 await on_broker(broker)
             async with link if link is not None else contextlib.nullcontext():
@@ -103,6 +127,75 @@ async def serve(
     finally:
         store.close()
     return 0
+
+
+def dashboard_config(settings: Settings) -> DashboardConfig:
+    """Off loopback the dashboard needs the token (read, or made, in ``[http] token_file``)."""
+    h = settings.http
+    token = None if is_loopback(h.host) else load_or_create_token(h.token_path())
+    return DashboardConfig(host=h.host, port=h.port, token=token, pacer_bpm=h.pacer_bpm)
+
+
+class DaemonControl:
+    """The dashboard's view of the daemon (:class:`feedback.dashboard.Control`)."""
+
+    def __init__(self, daemon: Daemon, scanner_kwargs: dict[str, Any]) -> None:
+        self.daemon = daemon
+        self.scanner_kwargs = scanner_kwargs
+
+    def devices(self) -> list[DeviceView]:
+        return [self._view(rt) for rt in self.daemon.runtimes]
+
+    @staticmethod
+    def _view(rt: StrapRuntime) -> DeviceView:
+        info = rt.info
+        return DeviceView(
+            device_id=rt.device_id,
+            index=rt.index,
+            name=info.name if info else rt.client.name,
+            address=info.address if info else rt.client.address,
+            state=rt.state,
+            battery_pct=info.battery_pct if info else None,
+            contact=rt.session.last_contact if rt.session else None,
+            session_id=rt.session.session_id if rt.session else None,
+            last_error=rt.last_error,
+        )
+
+    def mqtt_state(self) -> Literal["off", "connected", "down"]:
+        link = self.daemon.link
+        if link is None:
+            return "off"
+        return "connected" if link.connected else "down"
+
+    async def command(self, device_id: str, name: str, payload: bytes) -> None:
+        await self.daemon.on_command(device_id, name, payload, False, source="dashboard")
+
+    async def scan(self, timeout_s: float) -> list[dict[str, Any]]:
+        from bleak import BleakScanner
+        from bleak.exc import BleakError
+
+        from sensors.hrs import HEART_RATE_SERVICE_UUID
+        from sensors.strap import bluetooth_unavailable, device_id_for
+
+        try:
+            found = await BleakScanner.discover(
+                timeout=timeout_s, return_adv=True, **self.scanner_kwargs
+            )
+        except (BleakError, OSError) as exc:
+            raise SettleError(bluetooth_unavailable(exc)) from exc
+        rows = []
+        for dev, adv in found.values():
+            if HEART_RATE_SERVICE_UUID in [u.lower() for u in adv.service_uuids]:
+                name = adv.local_name or dev.name or ""
+                rows.append({"name": name, "address": dev.address, "rssi": adv.rssi,
+                             "device_id": device_id_for(name, dev.address)})  # fmt: skip
+        return sorted(rows, key=lambda r: -int(r["rssi"] or -127))
+
+    def remember(self, label: str, address: str, name: str, device_id: str) -> None:
+        from sensors.strap import device_id_for
+        from settle.pairing import remember
+
+        remember(label, address, name, device_id or device_id_for(name, address))
 
 
 def connect_options(settings: Settings, broker: BrokerChoice | None = None) -> ConnectOptions:

@@ -46,6 +46,13 @@ MqttOpt = Annotated[
     str | None, typer.Option("--mqtt", metavar="HOST:PORT", help="MQTT broker to publish to.")
 ]
 NoMqttOpt = Annotated[bool, typer.Option("--no-mqtt", help="Run without MQTT.")]
+HttpOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--http", metavar="HOST:PORT", help="Serve the dashboard here (default 127.0.0.1:8765)."
+    ),
+]
+NoHttpOpt = Annotated[bool, typer.Option("--no-http", help="Run without the dashboard.")]
 
 
 def _first_settle_error(exc: BaseException) -> SettleError | None:
@@ -86,10 +93,21 @@ def settings_from(
     mqtt: str | None = None,
     no_mqtt: bool = False,
     db: Path | None = None,
+    http: str | None = None,
+    no_http: bool = False,
     **sections: dict[str, Any],
 ) -> Settings:
     try:
         flags: dict[str, Any] = dict(sections)
+        h: dict[str, Any] = {}
+        if no_http:
+            h["enabled"] = False
+        if http:
+            host, sep, port = http.rpartition(":")
+            if not sep or not host or not port.isdigit() or int(port) > 65535:
+                raise ConfigError("--http", f"expected HOST:PORT (0: any free port), got {http!r}")
+            h["host"], h["port"] = host.strip("[]"), int(port)
+        flags["http"] = h
         m: dict[str, Any] = {}
         if no_mqtt:
             m["enabled"] = False
@@ -129,6 +147,8 @@ def demo(
     ] = 1,
     mqtt: MqttOpt = None,
     no_mqtt: NoMqttOpt = False,
+    http: HttpOpt = None,
+    no_http: NoHttpOpt = False,
     db: DbOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -138,6 +158,8 @@ def demo(
         mqtt=mqtt,
         no_mqtt=no_mqtt,
         db=db,
+        http=http,
+        no_http=no_http,
         demo={"speed": speed, "replay": replay, "seed": seed},
     )
     if settings.demo.replay is not None:
@@ -185,6 +207,8 @@ def run(
     ] = None,
     mqtt: MqttOpt = None,
     no_mqtt: NoMqttOpt = False,
+    http: HttpOpt = None,
+    no_http: NoHttpOpt = False,
     db: DbOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -193,7 +217,13 @@ def run(
 
     if replay is not None:
         settings = settings_from(
-            config, mqtt=mqtt, no_mqtt=no_mqtt, db=db, demo={"replay": replay, "speed": speed}
+            config,
+            mqtt=mqtt,
+            no_mqtt=no_mqtt,
+            db=db,
+            http=http,
+            no_http=no_http,
+            demo={"replay": replay, "speed": speed},
         )
         from sensors.readers import read_rr_file
 
@@ -203,7 +233,15 @@ def run(
             fail(str(exc))
         _run(_demo(settings, duration, 1))
         return
-    settings = settings_from(config, mqtt=mqtt, no_mqtt=no_mqtt, db=db, strap={"address": address})
+    settings = settings_from(
+        config,
+        mqtt=mqtt,
+        no_mqtt=no_mqtt,
+        db=db,
+        http=http,
+        no_http=no_http,
+        strap={"address": address},
+    )
     addresses = None
     if not settings.strap.address and not settings.strap.name:
         try:

@@ -149,6 +149,28 @@ class StorageConfig(_Section):
         return None if v == "" else v
 
 
+class HttpConfig(_Section):
+    enabled: bool = True
+    """Serve the dashboard (``--no-http`` turns it off)."""
+    host: str = "127.0.0.1"
+    """Bound to anything other than loopback, every page and command needs the token."""
+    port: int = Field(8765, ge=0, le=65535)
+    """0 picks a free port."""
+    token_file: Path | None = None
+    """Where the access token is kept (mode 0600); empty: ``http-token`` in the config
+    directory. Created with a random token on first use."""
+    pacer_bpm: float = Field(6.0, ge=4, le=7)
+    """Default rate of the dashboard's breathing pacer, breaths per minute."""
+
+    @field_validator("token_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+    def token_path(self) -> Path:
+        return self.token_file or default_config_dir() / "http-token"
+
+
 class DemoConfig(_Section):
     speed: float = Field(1.0, gt=0, le=1000)
     replay: Path | None = None
@@ -176,6 +198,7 @@ class Settings(BaseSettings):
     strap: StrapConfig = StrapConfig()
     processing: ProcessingConfig = ProcessingConfig()
     storage: StorageConfig = StorageConfig()
+    http: HttpConfig = HttpConfig()
     demo: DemoConfig = DemoConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

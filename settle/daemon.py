@@ -142,6 +142,9 @@ class Daemon:
     """Start a session when a strap first connects (``session/start`` starts later ones)."""
     on_session: Callable[[StrapPipeline, StrapInfo], None] | None = None
     on_indices: Callable[[IndicesPayload], None] | None = None
+    tap: Callable[[str, bytes | str, bool], None] | None = None
+    """Gets every message the daemon publishes (topic, payload, retain), MQTT or not: the
+    dashboard's live feed."""
     runtimes: list[StrapRuntime] = field(default_factory=list)
     finished: list[StrapPipeline] = field(default_factory=list)
     """Sessions closed during this run, in order."""
@@ -176,6 +179,8 @@ class Daemon:
     ) -> None:
         if self.link is not None:
             self.link.publish(topic, payload, qos=qos, retain=retain)
+        if self.tap is not None:
+            self.tap(topic, payload, retain)
 
     def publish_bridge_info(self) -> None:
         p = self.settings.processing
@@ -341,7 +346,7 @@ class Daemon:
         rt.info = info
         rt.was_connected = True
         if rt.output is None:
-            rt.output = DeviceOutput(self.link, self.base, info.device_id)
+            rt.output = DeviceOutput(self.link, self.base, info.device_id, tap=self.tap)
             self.publish_bridge_info()
             self.announce(rt)
         self._availability(rt, True)
@@ -447,6 +452,10 @@ class Daemon:
             return
         pipeline.finish()
         await self.writer.flush()
+        if stopped_ms < pipeline.started_ms:
+            # The wall clock was stepped back (NTP) during the session: end it where the
+            # session's own (monotonic) time base says, never before it began.
+            stopped_ms = pipeline.started_ms + round(pipeline.now_t_s() * 1000)
         try:
             await asyncio.to_thread(
                 self.store.finish_session, pipeline.session_id, stopped_ms, SessionState.STOPPED
@@ -463,8 +472,11 @@ class Daemon:
     def _runtime(self, device_id: str) -> StrapRuntime | None:
         return next((r for r in self.runtimes if r.device_id == device_id), None)
 
-    async def on_command(self, device_id: str, name: str, payload: bytes, retained: bool) -> None:
-        """Handle ``<base>/<device>/cmd/<name>``; every outcome gets a result message."""
+    async def on_command(
+        self, device_id: str, name: str, payload: bytes, retained: bool, *, source: str = "mqtt"
+    ) -> None:
+        """Handle ``<base>/<device>/cmd/<name>``; every outcome gets a result message.
+        ``source``: where a marker is recorded as entered (``mqtt``, ``dashboard``)."""
         result_topic = f"{self.base}/{device_id}/cmd/{name}/result"
         cmd_id: str | None = None
 
@@ -505,12 +517,12 @@ class Daemon:
             loc = ".".join(str(p) for p in err["loc"]) or "payload"
             return reply(f"{loc}: {err['msg']}")
         try:
-            await self._apply(rt, name, cmd)
+            await self._apply(rt, name, cmd, source)
         except CommandError as exc:
             return reply(str(exc))
         reply(None)
 
-    async def _apply(self, rt: StrapRuntime, name: str, cmd: object) -> None:
+    async def _apply(self, rt: StrapRuntime, name: str, cmd: object, source: str) -> None:
         if name == "session/start":
             assert isinstance(cmd, SessionStartCommand)
             if rt.info is None:
@@ -524,13 +536,13 @@ class Daemon:
             await self._finish_session(rt, self.now_ms())
         elif name == "marker":
             assert isinstance(cmd, MarkerCommand)
-            row = session.marker_row(cmd.kind, cmd.text, "mqtt")
+            row = session.marker_row(cmd.kind, cmd.text, source)
             try:
                 await asyncio.to_thread(self.store.add_marker, session.session_id, row)
             except SettleError as exc:
                 raise CommandError(f"could not store the marker: {exc}") from exc
             session.marker(cmd.kind, row.t_s)
-            session.event(cmd.kind, cmd.text, "mqtt", t_s=row.t_s)
+            session.event(cmd.kind, cmd.text, source, t_s=row.t_s)
         elif name == "baseline/start":
             session.start_baseline()
         elif name == "baseline/stop":

@@ -78,6 +78,9 @@ class DeviceOutput:
     indices_seq: int = 0
     event_seq: int = 0
     ecg_seq: int = 0
+    tap: Callable[[str, bytes | str, bool], None] | None = None
+    """Also gets every message (topic, payload, retain): the dashboard's live feed, which
+    works with MQTT off or the broker down."""
 
     def topic(self, leaf: str) -> str:
         return f"{self.base}/{self.device_id}/{leaf}"
@@ -85,6 +88,8 @@ class DeviceOutput:
     def publish(self, leaf: str, payload: bytes | str, qos: int, retain: bool = False) -> None:
         if self.link is not None:
             self.link.publish(self.topic(leaf), payload, qos=qos, retain=retain)
+        if self.tap is not None:
+            self.tap(self.topic(leaf), payload, retain)
 
     def event(self, session: str | None, kind: str, t_s: float, text: str = "", source: str = "",
               ts: int | None = None) -> None:  # fmt: skip

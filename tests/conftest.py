@@ -22,6 +22,10 @@ from feedback.broker import EmbeddedBroker, free_loopback_port
 
 DATA = Path(__file__).parent / "data"
 
+# Only the dashboard tests serve HTTP (on free ports): no other test (nor the `settle`
+# subprocesses they start, which inherit this) may take 127.0.0.1:8765.
+os.environ["SETTLE_HTTP__ENABLED"] = "false"
+
 
 def _mosquitto_binary() -> str | None:
     found = shutil.which("mosquitto")

@@ -1,0 +1,47 @@
+"""The dashboard's access token: required for every page and command when the server is bound
+to anything other than loopback. Kept in a file of mode 0600 (created on first use)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from pathlib import Path
+
+from settle.errors import ConfigError
+
+__all__ = ["is_loopback", "load_or_create_token"]
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def load_or_create_token(path: Path) -> str:
+    """The token stored in ``path``; a new random one (written 0600) when there is none."""
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    except OSError as exc:
+        raise ConfigError("http.token_file", f"cannot read {path}: {exc.strerror}") from None
+    if token:
+        if path.stat().st_mode & 0o077:
+            raise ConfigError("http.token_file", f"{path} is readable by others (chmod 600 it)")
+        return token
+    token = secrets.token_urlsafe(24)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise ConfigError("http.token_file", f"cannot write {path}: {exc.strerror}") from None
+    return token

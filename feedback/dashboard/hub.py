@@ -1,0 +1,122 @@
+"""The dashboard's live feed: every message the daemon publishes, fanned out to Server-Sent
+Events subscribers without going through a broker (so it works with MQTT off or down).
+
+:meth:`Hub.publish` is called synchronously from the daemon's tasks and never blocks: each
+subscriber has a bounded queue that drops its *oldest* message when full and counts the loss
+(STYLE.md principle 10). A page that opens mid-session gets the retained state and the last
+minutes of beats, indices and events first, so its charts are not empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+__all__ = ["Hub", "Message", "Subscription"]
+
+BACKLOG = 1200
+"""Recent stream messages replayed to a new page (about 10 min of beats at 1 message/s)."""
+RESULTS_KEPT = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One published message: ``topic`` below the base (``<dev>/beat``), text payload."""
+
+    topic: str
+    payload: str
+    retain: bool = False
+
+    def sse(self) -> bytes:
+        """As one Server-Sent Event: ``data: {"topic": …, "payload": …}``."""
+        body = json.dumps({"topic": self.topic, "payload": self.payload}, separators=(",", ":"))
+        return f"data: {body}\n\n".encode()
+
+
+@dataclass(eq=False)  # compared (and hashed) by identity: one per client
+class Subscription:
+    """One SSE client's bounded queue."""
+
+    size: int
+    queue: collections.deque[Message] = field(default_factory=collections.deque)
+    dropped: int = 0
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def put(self, m: Message) -> None:
+        if len(self.queue) >= self.size:
+            self.queue.popleft()
+            self.dropped += 1
+        self.queue.append(m)
+        self._ready.set()
+
+    async def get(self, timeout_s: float) -> Message | None:
+        """The next message, or None after ``timeout_s`` without one (time for a heartbeat)."""
+        if not self.queue:
+            self._ready.clear()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._ready.wait()
+            except TimeoutError:
+                return None
+        return self.queue.popleft()
+
+
+class Hub:
+    """Fan-out of the daemon's messages to dashboard pages."""
+
+    def __init__(self, topic_base: str, *, queue_size: int = 2000) -> None:
+        self.prefix = topic_base.rstrip("/") + "/"
+        self.queue_size = queue_size
+        self.retained: dict[str, Message] = {}
+        self.backlog: collections.deque[Message] = collections.deque(maxlen=BACKLOG)
+        self.results: collections.OrderedDict[str, str] = collections.OrderedDict()
+        """Recent command results by command id (the HTTP command route reads its own)."""
+        self._subs: set[Subscription] = set()
+
+    def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> None:
+        """Take one message (called synchronously by the daemon; never blocks)."""
+        if not topic.startswith(self.prefix):
+            return
+        leaf = topic[len(self.prefix) :]
+        text = payload.decode(errors="replace") if isinstance(payload, bytes) else payload
+        if leaf.endswith("/result") and "/cmd/" in leaf:
+            self._keep_result(text)
+        m = Message(leaf, text, retain)
+        if retain:
+            self.retained[leaf] = m
+        elif not leaf.endswith("/ecg_beat"):
+            self.backlog.append(m)
+        for sub in self._subs:
+            sub.put(m)
+
+    def _keep_result(self, text: str) -> None:
+        try:
+            cmd_id = json.loads(text).get("id")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(cmd_id, str):
+            self.results[cmd_id] = text
+            while len(self.results) > RESULTS_KEPT:
+                self.results.popitem(last=False)
+
+    def snapshot(self) -> list[Message]:
+        """What a new page needs first: retained state, then the recent streams."""
+        return [*self.retained.values(), *self.backlog]
+
+    @contextlib.contextmanager
+    def subscribe(self) -> Iterator[Subscription]:
+        """``with hub.subscribe() as sub:`` — unsubscribed on exit."""
+        sub = Subscription(self.queue_size)
+        self._subs.add(sub)
+        try:
+            yield sub
+        finally:
+            self._subs.discard(sub)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)

@@ -1,0 +1,404 @@
+"""The dashboard's HTTP server (aiohttp, inside the daemon's event loop).
+
+Pages are one static single-page app (``static/``, no CDN: it must work offline); live data
+comes as Server-Sent Events from :class:`~feedback.dashboard.hub.Hub`; commands are POSTed and
+run through the daemon's own MQTT command path (:class:`Control`), so a marker pressed here
+is stored and published exactly like one sent over MQTT.
+
+The daemon is reached only through the :class:`Control` protocol (the composition root in
+``settle/`` implements it), so this package imports nothing of the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import mimetypes
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, cast
+
+from aiohttp import web
+
+from feedback.dashboard.auth import is_loopback
+from feedback.dashboard.hub import Hub
+from feedback.payloads import COMMANDS, MARKER_KINDS
+from sessions.exporters import FORMATS, ExportFormat, export_session
+from sessions.files import ExportError
+from sessions.report import analyse_session, outcome, write_report
+from sessions.store import SessionStore
+from settle.errors import SettleError
+
+__all__ = ["Control", "Dashboard", "DashboardConfig", "DashboardError", "DeviceView"]
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+PAGES = ("live", "control", "pair", "history")
+HEARTBEAT_S = 1.0
+"""A ``health`` event this often: connection states, and proof to the page that the daemon
+is alive (a page that hears nothing for 5 s says so)."""
+COOKIE = "settle_token"
+MAX_BODY = 4096
+
+mimetypes.add_type("text/javascript", ".js")  # some systems map .js to text/plain
+
+MqttState = Literal["off", "connected", "down"]
+
+
+class DashboardError(SettleError):
+    """The dashboard cannot listen on ``host``:``port``; ``reason`` says why."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        self.host, self.port, self.reason = host, port, reason
+        super().__init__(f"dashboard: cannot listen on {host}:{port}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """One strap as the dashboard shows it."""
+
+    device_id: str | None
+    index: int
+    name: str
+    address: str
+    state: str
+    """scanning, connecting, streaming, backoff, stopped."""
+    battery_pct: int | None
+    contact: bool | None
+    session_id: str | None
+    last_error: str | None
+
+
+class Control(Protocol):
+    """What the dashboard may ask of the daemon."""
+
+    def devices(self) -> list[DeviceView]: ...
+
+    def mqtt_state(self) -> MqttState: ...
+
+    async def command(self, device_id: str, name: str, payload: bytes) -> None:
+        """Run ``name`` exactly as if it came over MQTT; the result goes through the hub."""
+
+    async def scan(self, timeout_s: float) -> list[dict[str, Any]]:
+        """Heart Rate Service straps in range (name, address, rssi, device_id)."""
+
+    def remember(self, label: str, address: str, name: str, device_id: str) -> None:
+        """Pair: remember the strap for ``settle run``."""
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    """0: a free port (tests)."""
+    token: str | None = None
+    """Required for every page and command when set (always set off loopback)."""
+    pacer_bpm: float = 6.0
+    """Default rate of the breathing pacer, breaths/min (4–7)."""
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(
+        text=json.dumps(data, separators=(",", ":")),
+        status=status,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"v": 1, "status": "error", "error": message}, status)
+
+
+class Dashboard:
+    """``async with Dashboard(...) as d:`` serves on ``d.url`` until the block ends."""
+
+    def __init__(
+        self, hub: Hub, control: Control, store: SessionStore, config: DashboardConfig
+    ) -> None:
+        self.hub = hub
+        self.control = control
+        self.store = store
+        self.config = config
+        self.port = config.port
+        self._runner: web.AppRunner | None = None
+        self._summaries: dict[str, dict[str, Any]] = {}
+        self._streams: set[asyncio.Task[Any]] = set()
+        self._closing = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/"
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
+        r = app.router
+        r.add_get("/", self._page)
+        for page in PAGES:
+            r.add_get(f"/{page}", self._page)
+        r.add_get("/history/{sid}", self._page)
+        r.add_get("/events", self._events)
+        r.add_get("/api/state", self._state)
+        r.add_post("/api/cmd/{device}/{name:.+}", self._command)
+        r.add_get("/api/scan", self._scan)
+        r.add_post("/api/pair", self._pair)
+        r.add_get("/api/sessions", self._sessions)
+        r.add_get("/sessions/{sid}/report", self._report)
+        r.add_get("/sessions/{sid}/export/{fmt}", self._export)
+        r.add_static("/static/", STATIC, follow_symlinks=False)
+        return app
+
+    async def __aenter__(self) -> Dashboard:
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            c = self.config
+            raise DashboardError(c.host, c.port, exc.strerror or str(exc)) from exc
+        server = cast(Any, site._server)  # aiohttp exposes the bound port only here
+        if server is not None and server.sockets:
+            self.port = int(server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closing.set()  # ends every SSE stream, so cleanup does not wait for them
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- access ----------------------------------------------------------------------------
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        host = (request.host or "").rsplit(":", 1)[0].strip("[]")
+        if is_loopback(self.config.host) and not is_loopback(host):
+            # DNS rebinding: a web page elsewhere must not reach a loopback-only dashboard.
+            return _error(403, "unexpected Host header")
+        token = self.config.token
+        set_cookie = False
+        if token is not None:
+            given = (
+                request.query.get("token")
+                or request.cookies.get(COOKIE)
+                or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            )
+            if not given or not hmac.compare_digest(given, token):
+                return _error(401, "token required: open the URL printed at start-up")
+            set_cookie = "token" in request.query
+        if request.method == "POST" and request.headers.get("X-Settle") != "1":
+            # A custom header cannot be sent cross-site without a CORS preflight we never allow.
+            return _error(403, "missing X-Settle header")
+        response = await handler(request)
+        if response.prepared:  # a finished event stream: its headers are long gone
+            return response
+        if set_cookie and token is not None:
+            response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'",
+        )
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    # -- pages and live data ----------------------------------------------------------------
+
+    async def _page(self, _request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    def _state_body(self) -> dict[str, Any]:
+        return {
+            "v": 1,
+            "ts": int(time.time() * 1000),
+            "mqtt": self.control.mqtt_state(),
+            "devices": [asdict(d) for d in self.control.devices()],
+            "pacer_bpm": self.config.pacer_bpm,
+            "marker_kinds": list(MARKER_KINDS),
+            "formats": list(FORMATS),
+        }
+
+    async def _state(self, _request: web.Request) -> web.StreamResponse:
+        return _json(self._state_body())
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-store",
+                "X-Accel-Buffering": "no",
+                "X-Content-Type-Options": "nosniff",
+            }
+        )
+        await resp.prepare(request)
+        with self.hub.subscribe() as sub:
+            backlog = self.hub.snapshot()  # taken with the subscription: nothing twice
+            # A page that went away ends its stream here; nothing else to clean up.
+            with contextlib.suppress(ConnectionResetError):
+                await resp.write(b"retry: 1000\n\n")
+                for old in backlog:
+                    await resp.write(old.sse())
+                next_health = 0.0
+                while not self._closing.is_set():
+                    now = time.monotonic()
+                    if now >= next_health:
+                        next_health = now + HEARTBEAT_S
+                        health = json.dumps({**self._state_body(), "dropped": sub.dropped})
+                        await resp.write(f"event: health\ndata: {health}\n\n".encode())
+                    m = await sub.get(max(0.0, next_health - time.monotonic()))
+                    if m is not None:
+                        await resp.write(m.sse())
+        return resp
+
+    # -- commands ---------------------------------------------------------------------------
+
+    async def _command(self, request: web.Request) -> web.StreamResponse:
+        device, name = request.match_info["device"], request.match_info["name"]
+        if name not in COMMANDS:
+            return _error(404, f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
+        body = await request.read()
+        try:
+            raw = json.loads(body or b"{}")
+        except ValueError:
+            return _error(400, "payload is not valid JSON")
+        if not isinstance(raw, dict):
+            return _error(400, "payload must be a JSON object")
+        raw.setdefault("v", 1)
+        cmd_id = raw.setdefault("id", f"http-{secrets.token_hex(6)}")
+        if not isinstance(cmd_id, str):
+            return _error(400, "id: must be a string")
+        await self.control.command(device, name, json.dumps(raw).encode())
+        result = self.hub.results.pop(cmd_id[:64], None)
+        if result is None:
+            return _error(500, "the daemon gave no result")
+        ok = json.loads(result).get("status") == "ok"
+        return web.Response(text=result, status=200 if ok else 400, content_type="application/json")
+
+    async def _scan(self, request: web.Request) -> web.StreamResponse:
+        try:
+            timeout_s = min(max(float(request.query.get("timeout", "3")), 0.5), 30.0)
+        except ValueError:
+            return _error(400, "timeout: expected seconds")
+        try:
+            found = await self.control.scan(timeout_s)
+        except SettleError as exc:
+            return _error(503, str(exc))
+        return _json({"v": 1, "straps": found, "devices": self._state_body()["devices"]})
+
+    async def _pair(self, request: web.Request) -> web.StreamResponse:
+        try:
+            raw = json.loads(await request.read())
+            label, address = str(raw["label"]).strip(), str(raw["address"]).strip()
+            name, device_id = str(raw.get("name", "")), str(raw.get("device_id", ""))
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "expected {label, address, name, device_id}")
+        if not label or not address:
+            return _error(400, "label and address must not be empty")
+        try:
+            await asyncio.to_thread(self.control.remember, label, address, name, device_id)
+        except SettleError as exc:
+            return _error(500, str(exc))
+        return _json({"v": 1, "status": "ok"})
+
+    # -- history ------------------------------------------------------------------------------
+
+    def _summary(self, sid: str) -> dict[str, Any]:
+        cached = self._summaries.get(sid)
+        if cached is not None:
+            return cached
+        rec = self.store.read_session(sid)
+        o = outcome(analyse_session(rec))
+        info = rec.info
+        s = {
+            "id": sid,
+            "device_id": info.device_id,
+            "started_ms": info.started_ms,
+            "stopped_ms": info.stopped_ms,
+            "state": info.state.value,
+            "n_beats": len(rec.beats),
+            "duration_s": ((info.stopped_ms or info.started_ms) - info.started_ms) / 1000,
+            "target": o.target,
+            "statement": info.intention.statement if info.intention else "",
+            "latency_s": o.latency_s,
+            "score_change": o.score_change,
+            "n_markers": len(rec.markers),
+        }
+        if info.stopped_ms is not None:
+            self._summaries[sid] = s  # a finished session no longer changes
+        return s
+
+    def _session_list(self) -> list[dict[str, Any]]:
+        out = []
+        for summary in reversed(self.store.list_sessions()):
+            if summary.state.value == "running":
+                out.append({"id": summary.id, "device_id": summary.device_id,
+                            "started_ms": summary.started_ms, "stopped_ms": None,
+                            "state": "running", "n_beats": summary.n_beats,
+                            "duration_s": summary.duration_s})  # fmt: skip
+                continue
+            out.append(self._summary(summary.id))
+        return out
+
+    async def _sessions(self, _request: web.Request) -> web.StreamResponse:
+        try:
+            sessions = await asyncio.to_thread(self._session_list)
+        except SettleError as exc:
+            return _error(500, str(exc))
+        return _json({"v": 1, "sessions": sessions, "formats": list(FORMATS)})
+
+    async def _report(self, request: web.Request) -> web.StreamResponse:
+        sid = request.match_info["sid"]
+
+        def render() -> str:
+            with tempfile.TemporaryDirectory(prefix="settle-report-") as tmp:
+                _png, html_path = write_report(self.store, sid, Path(tmp) / "report")
+                return html_path.read_text()
+
+        try:
+            text = await asyncio.to_thread(render)
+        except SettleError as exc:
+            return _error(404, str(exc))
+        return web.Response(text=text, content_type="text/html")
+
+    async def _export(self, request: web.Request) -> web.StreamResponse:
+        sid, fmt = request.match_info["sid"], request.match_info["fmt"]
+        if fmt not in FORMATS:
+            return _error(404, f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+        tmp = Path(tempfile.mkdtemp(prefix="settle-export-"))
+
+        def export() -> Path:
+            out = tmp / "out"
+            out.mkdir()
+            written = export_session(self.store, sid, cast(ExportFormat, fmt), out)
+            if written.is_dir():  # BIDS: a directory tree, sent as one zip
+                return Path(shutil.make_archive(str(tmp / f"settle-{sid}-bids"), "zip", written))
+            return written
+
+        try:
+            path = await asyncio.to_thread(export)
+            data = path.read_bytes()
+        except (SettleError, ExportError) as exc:
+            return _error(404, str(exc))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        name = path.name if path.suffix else f"{path.name}.{fmt}"
+        return web.Response(
+            body=data,
+            content_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )

@@ -1,0 +1,390 @@
+/* Settle dashboard: one page, four views, live data by Server-Sent Events.
+   Never shows a number it cannot stand behind: stale or unusable values are greyed out and a
+   banner says why. */
+"use strict";
+
+const TACHO_S = 300;          // tachogram span, seconds
+const STALE_MS = 4000;        // no word from the daemon for this long: say so
+const EVENT_KINDS_SHOWN = new Set([
+  "shame", "threat", "discomfort", "attention", "doubt", "hold-start", "hold-lapse",
+  "hold-resume", "note", "baseline-start", "baseline-complete", "catching-up", "disconnected",
+  "reconnected", "gap",
+]);
+const KEYS = { "1": "shame", "2": "threat", "3": "discomfort", "4": "attention", "5": "doubt",
+  "6": "hold-lapse", "7": "hold-resume" };
+
+const $ = (id) => document.getElementById(id);
+const S = {
+  device: null,            // device id shown
+  devices: [],             // from health events
+  mqtt: "off",
+  lastWord: 0,             // Date.now() of the last message from the daemon
+  perDev: {},              // device id -> {status, availability, session, indices, beats, ...}
+};
+
+function dev(id) {
+  if (!S.perDev[id]) {
+    S.perDev[id] = { status: null, availability: null, session: null, indices: null,
+      hr: null, contact: null, beatTs: 0, t: [], rr: [], it: [], ln: [], set: [], events: [] };
+  }
+  return S.perDev[id];
+}
+function fmt(x, digits) { return x === null || x === undefined ? "–" : Number(x).toFixed(digits); }
+function mmss(s) { s = Math.floor(s); return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`; }
+function text(id, v) { const el = $(id); if (el.textContent !== v) el.textContent = v; }
+
+/* ---- routing ---- */
+function view() {
+  const p = location.pathname.split("/").filter(Boolean);
+  return p.length ? p[0] : "live";
+}
+function route() {
+  const v = view();
+  for (const sec of document.querySelectorAll("[data-view]")) sec.hidden = sec.dataset.view !== v;
+  for (const a of document.querySelectorAll("nav a")) {
+    if (a.dataset.page === v) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  document.title = `Settle — ${{ live: "Live", control: "Session", pair: "Pair", history: "History" }[v] || ""}`;
+  if (v === "history") loadHistory();
+  if (v === "live") resizeCharts();
+}
+document.addEventListener("click", (e) => {
+  const a = e.target.closest("a[href^='/']");
+  if (!a || a.target || a.hasAttribute("download") || a.getAttribute("href").startsWith("/sessions/")) return;
+  e.preventDefault();
+  history.pushState(null, "", a.getAttribute("href"));
+  route();
+});
+window.addEventListener("popstate", route);
+
+/* ---- live feed ---- */
+function onMessage(topic, payload) {
+  const slash = topic.indexOf("/");
+  if (slash < 0) return;
+  const id = topic.slice(0, slash), leaf = topic.slice(slash + 1);
+  if (id === "bridge") return;
+  const d = dev(id);
+  if (!S.device) { S.device = id; }
+  let p = payload;
+  if (leaf !== "availability") { try { p = JSON.parse(payload); } catch { return; } }
+  switch (leaf) {
+    case "availability": d.availability = p; break;
+    case "status": d.status = p; break;
+    case "session":
+      if (!d.session || d.session.id !== p.id) { d.t = []; d.rr = []; d.it = []; d.ln = []; d.set = []; d.events = []; d.indices = null; }
+      d.session = p; break;
+    case "beat":
+      d.hr = p.hr; d.contact = p.contact; d.beatTs = p.ts;
+      if (d.session && p.session === d.session.id && d.session.state === "running") {
+        p.beat_t_s.forEach((t, i) => { d.t.push(t); d.rr.push(p.rr_ms[i]); });
+        const cut = d.t.length ? d.t[d.t.length - 1] - TACHO_S : 0;
+        let k = 0; while (k < d.t.length && d.t[k] < cut) k++;
+        if (k) { d.t.splice(0, k); d.rr.splice(0, k); }
+      }
+      break;
+    case "indices":
+      if (d.session && p.session !== d.session.id) break;
+      d.indices = p; d.it.push(p.t_s); d.ln.push(p.ln_rmssd); d.set.push(p.usable ? p.settling : null);
+      break;
+    case "event":
+      if (d.session && p.session === d.session.id && EVENT_KINDS_SHOWN.has(p.kind)) d.events.push(p);
+      break;
+    default: return;
+  }
+
+}
+
+
+let es = null;
+function connect() {
+  es = new EventSource("/events");
+  es.onmessage = (e) => {
+    S.lastWord = Date.now();
+    const m = JSON.parse(e.data);
+    onMessage(m.topic, m.payload);
+  };
+  es.addEventListener("health", (e) => {
+    S.lastWord = Date.now();
+    const h = JSON.parse(e.data);
+    S.mqtt = h.mqtt; S.devices = h.devices;
+    if (!S.device && h.devices.length && h.devices[0].device_id) S.device = h.devices[0].device_id;
+    if (!S.pacerInit) { S.pacerInit = true; $("pacer-rate").value = h.pacer_bpm; setPacer(); }
+  
+  });
+  es.onerror = () => { };
+}
+
+/* ---- rendering ---- */
+function currentRuntime() {
+  return S.devices.find((x) => x.device_id === S.device) || S.devices[0] || null;
+}
+function banners() {
+  const out = [];
+  const alive = Date.now() - S.lastWord < STALE_MS;
+  if (!alive) out.push(["bad", "No word from the Settle daemon — the values shown are stale."]);
+  const rt = currentRuntime();
+  const d = S.device ? dev(S.device) : null;
+  if (alive && rt && rt.state !== "streaming") {
+    out.push(["bad", `Strap disconnected (${rt.state}${rt.last_error ? ": " + rt.last_error : ""}) — reconnecting; beats in the gap are not recorded.`]);
+  } else if (alive && d && d.contact === false) {
+    out.push(["warn", "No skin contact — wet the electrodes and check the strap sits snugly."]);
+  }
+  if (alive && d && d.indices && d.indices.usable === false) {
+    out.push(["bad", `Rhythm unusable${d.indices.reason ? " (" + d.indices.reason + ")" : ""} — do not read the settling score now.`]);
+  }
+  if (alive && S.mqtt === "down") {
+    out.push(["warn", "MQTT broker unreachable — measuring and storing go on; messages are queued."]);
+  }
+  const html = out.map(([cls, msg]) => `<div class="banner ${cls}">${escapeHtml(msg)}</div>`).join("");
+  const box = $("banners");
+  if (box.dataset.html !== html) { box.innerHTML = html; box.dataset.html = html; }
+  const conn = $("conn");
+  const label = !alive ? "daemon unreachable" : rt ? `${rt.name || rt.device_id || "strap"}: ${rt.state}` : "no strap";
+  text("conn", label + (alive ? ` · MQTT ${S.mqtt}` : ""));
+  conn.className = "pill " + (alive && rt && rt.state === "streaming" ? "ok" : "bad");
+  return alive && rt && rt.state === "streaming";
+}
+function escapeHtml(s) {
+  return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+}
+
+function render() {
+  const live = banners();
+  const pick = document.querySelector(".device-pick");
+  const ids = S.devices.map((x) => x.device_id).filter(Boolean);
+  pick.hidden = ids.length < 2;
+  const sel = $("device");
+  if (sel.dataset.ids !== ids.join()) {
+    sel.innerHTML = ids.map((i) => `<option>${escapeHtml(i)}</option>`).join("");
+    sel.dataset.ids = ids.join();
+  }
+  if (S.device) sel.value = S.device;
+  renderPair();
+  if (!S.device) return;
+  const d = dev(S.device), ix = d.indices, rt = currentRuntime();
+  const fresh = live && Date.now() - d.beatTs < 5000;
+  document.querySelector(".hero").classList.toggle("stale", !fresh);
+  text("hr", fresh && d.hr ? String(d.hr) : "–");
+  const usable = ix && ix.usable;
+  if (d.session && d.session.state !== "running") { text("settling", "–"); text("settling-note", "no session running"); text("trend", ""); }
+  else if (!ix) { text("settling", "–"); text("settling-note", "waiting for the first indices"); text("trend", ""); }
+  else if (!usable) { text("settling", "–"); text("settling-note", "rhythm unusable"); text("trend", ""); }
+  else if (ix.settling === null) { text("settling", "–"); text("settling-note", "collecting the baseline…"); text("trend", ""); }
+  else {
+    text("settling", ix.settling.toFixed(0));
+    const arrow = { settling: "↑ settling", steady: "→ steady", unsettling: "↓ unsettling" }[ix.trend] || "";
+    text("trend", arrow);
+    text("settling-note", ix.trend_confidence !== null && arrow ? `trend confidence ${(ix.trend_confidence * 100).toFixed(0)} %` : "50 = as at baseline");
+  }
+  text("lnrmssd", ix ? fmt(ix.ln_rmssd, 2) : "–");
+  text("rmssd", ix && ix.rmssd_ms !== null ? `${fmt(ix.rmssd_ms, 1)} ms` : "–");
+  text("coherence", ix ? fmt(ix.coherence, 2) : "–");
+  text("resp", ix && ix.resp_rate_bpm !== null ? `${fmt(ix.resp_rate_bpm, 1)} /min` : "–");
+  const c = (ix && ix.components) || {};
+  text("z-hr", fmt(c.z_hr, 2)); text("z-ln", fmt(c.z_ln_rmssd, 2)); text("z-slow", fmt(c.z_slow, 2));
+  const ses = d.session;
+  text("baseline", ses ? { pending: "first minutes", collecting: "recording…", complete: "complete" }[ses.baseline] : "–");
+  const caught = (ses && ses.catching_up_t_s) ?? (ix && ix.catching_up_t_s);
+  text("caught", caught !== null && caught !== undefined ? `catching up at ${mmss(caught)}` : "not yet");
+  text("quality", ix && ix.quality !== null ? `${(ix.quality * 100).toFixed(0)} %` : "–");
+  text("contact", d.contact === null ? "not reported" : d.contact ? "yes" : "NO");
+  const bat = rt ? rt.battery_pct : d.status && d.status.battery_pct;
+  text("battery", bat === null || bat === undefined ? "–" : `${bat} %`);
+  text("strap-state", rt ? rt.state : d.status ? d.status.state : "–");
+  const line = ses ? `${ses.state === "running" ? "Running" : "Stopped"}: session ${ses.id}` +
+    (ses.intention && ses.intention.statement ? ` — “${ses.intention.statement}” (${ses.intention.target})` : "")
+    : "No session yet.";  // (n_beats is only as fresh as the last retained session message)
+  text("session-line", line);
+  if (view() === "live") drawCharts(d);
+}
+
+/* ---- charts ---- */
+let tacho = null, trendc = null;
+function css(name) { return getComputedStyle(document.documentElement).getPropertyValue(name).trim(); }
+function markerHook(getEvents) {
+  return { draw: [(u) => {
+    const ctx = u.ctx, evs = getEvents();
+    const [x0, x1] = [u.scales.x.min, u.scales.x.max];
+    ctx.save();
+    ctx.strokeStyle = css("--mark"); ctx.fillStyle = css("--mark");
+    ctx.font = `${12 * devicePixelRatio}px system-ui`; ctx.lineWidth = devicePixelRatio;
+    let row = 0;
+    for (const ev of evs) {
+      if (ev.t_s < x0 || ev.t_s > x1) continue;
+      const x = u.valToPos(ev.t_s, "x", true);
+      ctx.beginPath(); ctx.moveTo(x, u.bbox.top); ctx.lineTo(x, u.bbox.top + u.bbox.height); ctx.stroke();
+      // Labels step down in four rows so markers close together stay readable.
+      ctx.fillText(ev.kind, x + 3 * devicePixelRatio, u.bbox.top + (12 + 14 * (row++ % 4)) * devicePixelRatio);
+    }
+    ctx.restore();
+  }] };
+}
+function chartWidth(el) { return Math.max(260, el.clientWidth || 600); }
+function makeCharts() {
+  if (typeof uPlot === "undefined") return;
+  const axis = { stroke: css("--muted"), grid: { stroke: css("--line") }, ticks: { stroke: css("--line") } };
+  const xaxis = { ...axis, values: (u, vals) => vals.map((v) => mmss(v)) };
+  const t = $("tacho");
+  tacho = new uPlot({ width: chartWidth(t), height: 200, scales: { x: { time: false } },
+    legend: { show: false }, cursor: { show: false },
+    axes: [xaxis, { ...axis, label: "RR ms" }],
+    series: [{}, { label: "RR (ms)", stroke: css("--tacho"), width: 1.5, points: { show: false } }],
+    plugins: [{ hooks: markerHook(() => (S.device ? dev(S.device).events : [])) }] }, [[], []], t);
+  const r = $("trendchart");
+  trendc = new uPlot({ width: chartWidth(r), height: 200, scales: { x: { time: false }, s: { range: [0, 100] } },
+    legend: { show: true, live: false }, cursor: { show: false },
+    axes: [xaxis, { ...axis, label: "lnRMSSD" }, { ...axis, scale: "s", side: 1, label: "settling", grid: { show: false } }],
+    series: [{}, { label: "lnRMSSD", stroke: css("--ln"), width: 2 },
+      { label: "settling", stroke: css("--set"), width: 2, scale: "s" }],
+    plugins: [{ hooks: markerHook(() => (S.device ? dev(S.device).events : [])) }] }, [[], [], []], r);
+}
+function resizeCharts() {
+  if (tacho) tacho.setSize({ width: chartWidth($("tacho")), height: 200 });
+  if (trendc) trendc.setSize({ width: chartWidth($("trendchart")), height: 200 });
+}
+let drawnAt = 0;
+function drawCharts(d) {
+  if (!tacho) return;
+  if (Date.now() - drawnAt < 900) return;   // calm: about one redraw a second
+  drawnAt = Date.now();
+  tacho.setData([d.t.slice(), d.rr.slice()]);
+  trendc.setData([d.it.slice(), d.ln.slice(), d.set.slice()]);
+}
+window.addEventListener("resize", resizeCharts);
+
+/* ---- pacer ---- */
+let pacerTimer = null;
+function setPacer() {
+  const bpm = Number($("pacer-rate").value);
+  text("pacer-rate-out", String(bpm));
+  const on = $("pacer-on").checked;
+  $("pacer").hidden = !on;
+  clearInterval(pacerTimer);
+  if (!on) return;
+  const half = 30000 / bpm;
+  const dot = document.querySelector(".pacer .dot");
+  dot.style.transitionDuration = `${half}ms`;
+  let inhale = true;
+  const step = () => { $("pacer").classList.toggle("in", inhale); text("pacer-word", inhale ? "breathe in" : "breathe out"); inhale = !inhale; };
+  step(); pacerTimer = setInterval(step, half);
+}
+$("pacer-rate").addEventListener("input", setPacer);
+$("pacer-on").addEventListener("change", setPacer);
+
+/* ---- commands ---- */
+async function command(name, body) {
+  const rt = currentRuntime();
+  const id = S.device || (rt && rt.device_id);
+  if (!id) { say("No strap has connected yet."); return null; }
+  try {
+    const r = await fetch(`/api/cmd/${encodeURIComponent(id)}/${name}`, { method: "POST",
+      headers: { "Content-Type": "application/json", "X-Settle": "1" }, body: JSON.stringify(body || {}) });
+    const res = await r.json();
+    say(res.status === "ok" ? `${name}: done` : `${name}: ${res.error}`);
+    return res;
+  } catch (e) {
+    say(`${name}: the daemon did not answer`);
+    return null;
+  }
+}
+function say(msg) { text("cmd-result", msg); }
+$("start-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  command("session/start", { intention: { target: $("target").value, statement: $("statement").value.trim(), practice: $("practice").value.trim() } });
+});
+$("stop").addEventListener("click", () => command("session/stop"));
+$("baseline-start").addEventListener("click", () => command("baseline/start"));
+$("baseline-stop").addEventListener("click", () => command("baseline/stop"));
+for (const b of document.querySelectorAll(".markers button")) {
+  b.addEventListener("click", () => command("marker", { kind: b.dataset.kind, text: $("note").value.trim() }).then((r) => { if (r && r.status === "ok") $("note").value = ""; }));
+}
+$("note-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const t = $("note").value.trim();
+  if (!t) return;
+  command("marker", { kind: "note", text: t }).then((r) => { if (r && r.status === "ok") $("note").value = ""; });
+});
+$("device").addEventListener("change", (e) => { S.device = e.target.value; });
+document.addEventListener("keydown", (e) => {
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  if (e.target.closest("input, select, textarea")) { if (e.key === "Escape") e.target.blur(); return; }
+  const v = view();
+  if (KEYS[e.key] && (v === "live" || v === "control")) {
+    e.preventDefault();
+    document.querySelector(`.markers button[data-kind="${KEYS[e.key]}"]`).click();
+  } else if (e.key === "n") { e.preventDefault(); if (v !== "control") { history.pushState(null, "", "/control"); route(); } $("note").focus(); }
+  else if (e.key === "l") { history.pushState(null, "", "/live"); route(); }
+});
+
+/* ---- pair ---- */
+function renderPair() {
+  if (view() !== "pair") return;
+  const rows = S.devices.map((x) => {
+    const d = x.device_id ? dev(x.device_id) : null;
+    const fresh = d && Date.now() - d.beatTs < 5000;
+    return `<tr><td>${escapeHtml(x.name || "–")}</td><td>${escapeHtml(x.address || "–")}</td><td>${escapeHtml(x.state)}</td>` +
+      `<td>${fresh && d.hr ? d.hr + " bpm" : "–"}</td><td>${d && d.contact !== null ? (d.contact ? "yes" : "no") : "–"}</td>` +
+      `<td>${x.battery_pct !== null ? x.battery_pct + " %" : "–"}</td></tr>`;
+  }).join("");
+  const body = $("own-straps");
+  if (body.dataset.html !== rows) { body.innerHTML = rows || '<tr><td colspan="6">none yet</td></tr>'; body.dataset.html = rows; }
+}
+$("scan").addEventListener("click", async () => {
+  text("scan-state", "scanning…");
+  $("scan").disabled = true;
+  try {
+    const r = await fetch("/api/scan?timeout=3");
+    const res = await r.json();
+    if (!r.ok) { text("scan-state", res.error); return; }
+    const rows = res.straps.map((s, i) => `<tr><td>${escapeHtml(s.name || "–")}</td><td>${escapeHtml(s.address)}</td><td>${s.rssi} dBm</td>` +
+      `<td><input aria-label="label for ${escapeHtml(s.name || s.address)}" id="label-${i}" value="${escapeHtml(s.name || "strap")}" size="10"> ` +
+      `<button type="button" data-i="${i}">Remember</button></td></tr>`).join("");
+    $("scan-list").innerHTML = rows || '<tr><td colspan="4">no strap advertising the Heart Rate Service (a connected strap does not advertise)</td></tr>';
+    for (const b of $("scan-list").querySelectorAll("button")) {
+      b.addEventListener("click", async () => {
+        const s = res.straps[Number(b.dataset.i)];
+        const label = $(`label-${b.dataset.i}`).value.trim();
+        const pr = await fetch("/api/pair", { method: "POST", headers: { "Content-Type": "application/json", "X-Settle": "1" },
+          body: JSON.stringify({ label, address: s.address, name: s.name, device_id: s.device_id }) });
+        text("scan-state", pr.ok ? `remembered as “${label}”: settle run uses it` : (await pr.json()).error);
+      });
+    }
+    text("scan-state", `${res.straps.length} found`);
+  } catch { text("scan-state", "scan failed: the daemon did not answer"); }
+  finally { $("scan").disabled = false; }
+});
+
+/* ---- history ---- */
+function dur(s) { return s === null || s === undefined ? "–" : mmss(s); }
+async function loadHistory() {
+  const parts = location.pathname.split("/").filter(Boolean);
+  const detail = parts[1] ? decodeURIComponent(parts[1]) : null;
+  $("session-detail").hidden = !detail;
+  $("session-list").hidden = !!detail;
+  let res;
+  try { res = await (await fetch("/api/sessions")).json(); } catch { $("session-list").textContent = "the daemon did not answer"; return; }
+  const exports = (id) => res.formats.map((f) => `<a href="/sessions/${encodeURIComponent(id)}/export/${f}" download>${f}</a>`).join(" · ");
+  if (detail) {
+    $("report").src = `/sessions/${encodeURIComponent(detail)}/report`;
+    $("detail-exports").innerHTML = `Export: ${exports(detail)}`;
+    return;
+  }
+  const items = res.sessions.map((s) => {
+    const when = new Date(s.started_ms).toLocaleString();
+    const summary = s.state === "running" ? `running, ${dur(s.duration_s)} so far` :
+      `${dur(s.duration_s)}; ${s.latency_s !== null && s.latency_s !== undefined ? "caught up after " + mmss(s.latency_s) : "no catching up"}; ` +
+      `score change ${s.score_change !== null && s.score_change !== undefined ? (s.score_change >= 0 ? "+" : "") + s.score_change.toFixed(1) : "–"}` +
+      `${s.target && s.target !== "–" ? "; " + escapeHtml(s.target) : ""}${s.statement ? " “" + escapeHtml(s.statement) + "”" : ""}`;
+    return `<li data-session="${escapeHtml(s.id)}"><a href="/history/${encodeURIComponent(s.id)}">${escapeHtml(when)}</a> — ${summary}` +
+      (s.state === "running" ? "" : `<br><small>Export: ${exports(s.id)}</small>`) + "</li>";
+  }).join("");
+  $("session-list").innerHTML = items ? `<ul class="sessions">${items}</ul>` : "<p>No sessions yet.</p>";
+}
+
+/* ---- start ---- */
+window.__settle = S;  // read by the browser tests (and handy in the developer console)
+makeCharts();
+route();
+connect();
+setInterval(render, 250);  // also when nothing arrives: staleness is news too

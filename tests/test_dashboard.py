@@ -1,0 +1,363 @@
+"""The dashboard, tested in real Chromium (Debian's ``chromium`` through Python playwright).
+
+One scenario runs the real daemon in-process (virtual strap on the bumble link, private
+mosquitto, SQLite file) with the dashboard on a free loopback port, and drives the pages as
+a practitioner would: the live page shows HR and it moves; a session is started with an
+intention; marker buttons and shortcuts land in the store and on MQTT; the pair page lists
+the strap; stop; history lists the session, its report opens and its exports download and
+parse; the page says so when the strap drops and when the broker is killed. Screenshots at
+desktop and phone sizes go to docs/screenshots/ (the README shows them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from rich.console import Console
+
+from feedback.dashboard import Dashboard, DashboardConfig, Hub, is_loopback, load_or_create_token
+from feedback.dashboard.server import STATIC, DeviceView
+from sessions import read_export_csv
+from sessions.store import SessionState, SessionStore
+from settle.app import serve
+from settle.config import load_config
+from settle.demo import virtual_world
+from tests.conftest import Mosquitto
+from tests.test_e2e import Collector
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+CONFIG = Path(__file__).parents[1] / "configs" / "settle.toml"
+SHOTS = Path(__file__).parents[1] / "docs" / "screenshots"
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+UPLOT_SHA256 = {
+    "LICENSE": "8f989229699b4fe2f1a0432d0e9edc338a8a911e250e2d1b01ecd770a5f5b1bd",
+    "uPlot.iife.min.js": "19c8d4c6ad88929a79f4ae49d6f7161566dfd0ba3d15cc495e974f787eb78f1f",
+    "uPlot.min.css": "df630c6a8d6f8eeaff264b50f73ce5b114f646ffd9a0bb74f049b0a00135fa04",
+}
+"""uPlot 1.6.32 (MIT), from the npm package ``uplot``: ``dist/`` files and ``LICENSE``."""
+
+
+def test_vendored_uplot_is_the_pinned_release() -> None:
+    vendor = STATIC / "vendor" / "uplot"
+    assert sorted(p.name for p in vendor.iterdir()) == sorted(UPLOT_SHA256)
+    for name, digest in UPLOT_SHA256.items():
+        assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, name
+    assert "MIT" in (vendor / "LICENSE").read_text()
+
+
+def test_pages_load_nothing_from_elsewhere() -> None:
+    for f in STATIC.glob("*.*"):
+        assert not re.search(r"(src|href)=\"(https?:)?//", f.read_text()), f.name
+
+
+def test_token_file_is_private_and_stable(tmp_path: Path) -> None:
+    path = tmp_path / "cfg" / "http-token"
+    token = load_or_create_token(path)
+    assert len(token) >= 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_token(path) == token
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1")
+
+
+class _NoDaemon:
+    def devices(self) -> list[DeviceView]:
+        return []
+
+    def mqtt_state(self) -> str:
+        return "off"
+
+    async def command(self, device_id: str, name: str, payload: bytes) -> None:
+        return None
+
+    async def scan(self, timeout_s: float) -> list[dict[str, Any]]:
+        return []
+
+    def remember(self, label: str, address: str, name: str, device_id: str) -> None:
+        return None
+
+
+async def test_token_is_required_for_every_page_and_command(tmp_path: Path) -> None:
+    with SessionStore.open(tmp_path / "s.db") as store:
+        cfg = DashboardConfig(host="127.0.0.1", port=0, token="s3cret-token")
+        jar = aiohttp.CookieJar(unsafe=True)  # accept cookies from an IP address, as browsers do
+        async with (
+            Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
+            aiohttp.ClientSession(cookie_jar=jar) as http,
+        ):
+            for path in ("", "live", "history", "api/state", "api/sessions", "static/app.js"):
+                async with http.get(d.url + path) as r:
+                    assert r.status == 401, path
+            async with http.post(d.url + "api/cmd/x/marker", headers={"X-Settle": "1"}) as r:
+                assert r.status == 401
+            async with http.get(d.url + "api/state?token=s3cret-token") as r:
+                assert r.status == 200
+                assert "settle_token" in r.cookies  # the page's later requests carry it
+            async with http.get(d.url + "api/sessions") as r:
+                assert r.status == 200
+            # Cookie alone is not enough for a command: a cross-site form cannot add this.
+            async with http.post(d.url + "api/cmd/x/marker", data=b"{}") as r:
+                assert r.status == 403
+
+
+def _chromium_or_skip() -> None:
+    if not os.access(CHROMIUM, os.X_OK):
+        message = f"{CHROMIUM} not found (Debian: apt-get install chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@contextlib.asynccontextmanager
+async def _browser() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def _until(predicate: Any, timeout_s: float = 10.0, what: str = "condition") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.mosquitto
+@pytest.mark.timeout(120)
+async def test_dashboard_in_chromium(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    _chromium_or_skip()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    db = tmp_path / "settle.db"
+    settings = load_config(
+        CONFIG,
+        mqtt={"host": mosquitto.host, "port": mosquitto.port, "keepalive_s": 5},
+        storage={"db_path": db},
+        http={"enabled": True, "host": "127.0.0.1", "port": 0},
+        homeassistant={"enabled": False},
+    )
+    buf = io.StringIO()
+    console = Console(file=buf, width=200, highlight=False)
+    done = asyncio.Event()
+    async with (
+        virtual_world(replay=None, speed=4.0, seed=3) as world,
+        Collector(mosquitto.host, mosquitto.port) as mqtt,
+        _browser() as browser,
+    ):
+        daemon = asyncio.create_task(
+            serve(
+                settings,
+                **world.serve_kwargs(),
+                console=console,
+                handle_signals=False,
+                finished=[done.wait()],
+            ),
+            name="daemon-under-test",
+        )
+        try:
+            await _until(lambda: _ready(buf), 15, "the dashboard URL")
+            url = re.search(r"http:\s+(http://\S+)", buf.getvalue())
+            assert url is not None
+            base = url.group(1)
+            await _scenario(browser, base, world, mosquitto, mqtt, db)
+        finally:
+            done.set()
+            await asyncio.wait_for(daemon, 20)
+
+
+async def _ready(buf: io.StringIO) -> bool:
+    return "http:    http://" in buf.getvalue() and "session:" in buf.getvalue()
+
+
+async def _scenario(
+    browser: Any, base: str, world: Any, broker: Mosquitto, mqtt: Collector, db: Path
+) -> None:
+    # bypass_csp: playwright evaluates its wait conditions as strings, which the CSP forbids.
+    ctx = await browser.new_context(viewport=DESKTOP, accept_downloads=True, bypass_csp=True)
+    page = await ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+
+    # Live: HR is shown and it moves (beats keep arriving into the tachogram).
+    await page.goto(base + "live")
+    await page.wait_for_function("/^\\d+$/.test(document.getElementById('hr').textContent)")
+    n0 = await page.evaluate("Object.values(window.__settle.perDev)[0].t.length")
+    await page.wait_for_function(
+        f"Object.values(window.__settle.perDev)[0].t.length > {n0 + 3}", timeout=10_000
+    )
+    assert await page.locator("#conn").text_content() is not None
+    assert "streaming" in (await page.locator("#conn").text_content() or "")
+
+    # Session control: start with an intention.
+    await page.click("nav >> text=Session")
+    await page.select_option("#target", "future")
+    await page.fill("#statement", "this will work")
+    await page.fill("#practice", "breathing")
+    await page.click("#start")
+    await page.wait_for_function(
+        "document.getElementById('session-line').textContent.includes('this will work')"
+    )
+    with SessionStore.open(db) as store:
+        running = [s for s in store.list_sessions() if s.state is SessionState.RUNNING]
+        assert len(running) == 1
+        sid = running[0].id
+        info = store.get(sid)
+        assert info.intention is not None and info.intention.statement == "this will work"
+        assert info.intention.target.value == "future"
+
+    # Markers: a button with a note, and a keyboard shortcut.
+    await page.fill("#note", "the old voice again")
+    await page.click(".markers button[data-kind='shame']")
+    await page.wait_for_function(
+        "document.getElementById('cmd-result').textContent === 'marker: done'"
+    )
+    await page.locator("#cmd-result").evaluate("e => e.textContent = ''")
+    await page.locator("body").press("3")  # discomfort
+    await page.wait_for_function(
+        "document.getElementById('cmd-result').textContent === 'marker: done'"
+    )
+    with SessionStore.open(db) as store:
+        markers = store.markers(sid)
+    assert [(m.kind, m.text, m.source.value) for m in markers] == [
+        ("shame", "the old voice again", "dashboard"),
+        ("discomfort", "", "dashboard"),
+    ]
+    await _until(lambda: _mqtt_has(mqtt, "event", "discomfort"), 5, "the marker on MQTT")
+    events = [json.loads(p) for p in mqtt.payloads("event")]
+    shame = next(e for e in events if e["kind"] == "shame")
+    assert shame["session"] == sid and shame["text"] == "the old voice again"
+
+    # Baseline start/stop go through the same path (a too-short one is refused, said so).
+    await page.click("#baseline-start")
+    await page.wait_for_function(
+        "document.getElementById('cmd-result').textContent.startsWith('baseline/start')"
+    )
+    await asyncio.sleep(1.0)
+    await page.wait_for_function("Object.values(window.__settle.perDev)[0].t.length > 20")
+    await page.click("nav >> text=Live")
+    await asyncio.sleep(1.2)  # let the charts redraw once
+    await page.screenshot(path=str(SHOTS / "live-desktop.png"), full_page=True)
+    await page.set_viewport_size(PHONE)
+    await page.screenshot(path=str(SHOTS / "live-phone.png"), full_page=False)
+    await page.click("nav >> text=Session")
+    await page.screenshot(path=str(SHOTS / "session-phone.png"), full_page=True)
+    await page.set_viewport_size(DESKTOP)
+    await page.screenshot(path=str(SHOTS / "session-desktop.png"), full_page=True)
+    await page.click("#baseline-stop")
+    await page.wait_for_function(
+        "document.getElementById('cmd-result').textContent.startsWith('baseline/stop')"
+    )
+
+    # Pair: the daemon's strap with live state; a scan runs through the daemon's backend.
+    await page.click("nav >> text=Pair")
+    await page.wait_for_function(
+        "document.getElementById('own-straps').textContent.includes('Settle Virtual HR')"
+    )
+    await page.wait_for_function(
+        "document.getElementById('own-straps').textContent.includes('bpm')"
+    )
+    await page.click("#scan")
+    await page.wait_for_function(
+        "/found|no strap|failed/.test(document.getElementById('scan-state').textContent)",
+        timeout=10_000,
+    )
+    await page.screenshot(path=str(SHOTS / "pair-desktop.png"), full_page=True)
+
+    # Stop; history lists the finished session, opens its report, downloads its exports.
+    await page.click("nav >> text=Session")
+    await page.click("#stop")
+    await page.wait_for_function(
+        "document.getElementById('session-line').textContent.startsWith('Stopped')"
+    )
+    with SessionStore.open(db) as store:
+        assert store.get(sid).state is SessionState.STOPPED
+    await page.click("nav >> text=History")
+    item = page.locator(f"li[data-session='{sid}']")
+    await item.wait_for(timeout=15_000)
+    assert "score change" in (await item.text_content() or "")
+    await page.screenshot(path=str(SHOTS / "history-desktop.png"), full_page=True)
+    async with page.expect_download() as dl_info:
+        await item.locator("a", has_text="csv").click()
+    download = await dl_info.value
+    csv_path = db.parent / download.suggested_filename
+    await download.save_as(csv_path)
+    rows = read_export_csv(csv_path)
+    assert len(rows) > 20 and all(r.session_id == sid for r in rows)
+    for fmt in ("json", "kubios", "edf", "bids"):
+        resp = await page.request.get(f"{base}sessions/{sid}/export/{fmt}")
+        assert resp.status == 200, (fmt, await resp.text())
+        body = await resp.body()
+        assert len(body) > 100, fmt
+        if fmt == "json":
+            assert json.loads(body)  # parses
+    await item.locator("a").first.click()
+    frame = page.frame_locator("#report")
+    await frame.locator("body").wait_for(timeout=20_000)
+    await page.wait_for_function(
+        "document.getElementById('report').contentDocument?.body?.textContent.includes(\""
+        + sid
+        + '")',
+        timeout=20_000,
+    )
+
+    # The strap drops: the live page says so, and recovers when it is back.
+    await page.click("nav >> text=Live")
+    strap = world.straps[0]
+    await strap.drop(reappear_after_s=3.0)
+    await page.wait_for_function(
+        "document.getElementById('banners').textContent.includes('Strap disconnected')",
+        timeout=10_000,
+    )
+    assert await page.locator("#hr").text_content() == "–"  # no stale HR shown as current
+    await page.screenshot(path=str(SHOTS / "live-strap-dropped.png"))
+    await page.wait_for_function(
+        "!document.getElementById('banners').textContent.includes('Strap disconnected')",
+        timeout=20_000,
+    )
+
+    # The broker is killed: the page keeps updating and says the broker is down.
+    broker.stop()
+    await page.wait_for_function(
+        "document.getElementById('banners').textContent.includes('MQTT broker unreachable')",
+        timeout=15_000,
+    )
+    n1 = await page.evaluate("Object.values(window.__settle.perDev)[0].beatTs")
+    await page.wait_for_function(
+        f"Object.values(window.__settle.perDev)[0].beatTs > {n1}", timeout=10_000
+    )
+    broker.start()
+    assert not [e for e in errors if "favicon" not in e], errors
+    await ctx.close()
+
+
+async def _mqtt_has(mqtt: Collector, leaf: str, kind: str) -> bool:
+    return any(json.loads(p).get("kind") == kind for p in mqtt.payloads(leaf))
