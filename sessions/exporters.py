@@ -10,7 +10,7 @@ from sessions.export_bids import export_bids
 from sessions.export_edf import export_edf
 from sessions.export_json import export_json
 from sessions.export_kubios import export_kubios
-from sessions.files import ProgressFn
+from sessions.files import ExportError, ProgressFn
 from sessions.store import SessionStore
 
 __all__ = ["FORMATS", "ExportFormat", "export_session"]
@@ -32,6 +32,9 @@ def export_session(
     file, or for ``bids`` the directory holding the session's files). ``subject`` is the
     BIDS subject label. Raises :class:`sessions.files.ExportError` or
     :class:`settle.errors.SessionNotFound`."""
+    if "\x00" in str(out):
+        # No OS takes such a path; the os module would raise ValueError, not a typed error.
+        raise ExportError(Path(str(out).replace("\x00", "\\0")), "path contains a NUL byte")
     if fmt == "csv":
         return export_csv(store, session_id, out, progress=progress)
     if fmt == "json":

@@ -122,7 +122,7 @@ def _entry_from_fields(path: Path, line: int, fields: Mapping[str, object]) -> J
     if col == "t_s":
         try:
             t_s = float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # a JSON integer beyond any float
             raise _fail(path, line, f"t_s is not a number: {value!r}") from None
         if not math.isfinite(t_s):
             raise _fail(path, line, f"t_s is not finite: {value!r}")
@@ -132,7 +132,7 @@ def _entry_from_fields(path: Path, line: int, fields: Mapping[str, object]) -> J
             raise _fail(path, line, f"ts_ms is not epoch milliseconds: {value!r}")
         try:
             ts = float(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise _fail(path, line, f"ts_ms is not epoch milliseconds: {value!r}") from None
         if not math.isfinite(ts) or ts < 0:
             raise _fail(path, line, f"ts_ms is not epoch milliseconds: {value!r}")

@@ -169,9 +169,12 @@ class BeatWriter:
             log.info("session store writable again; buffered data saved")
         self.failing = False
 
-    def _store_gaps(self, session_id: str, gaps: Sequence[GapRow]) -> None:
-        for g in gaps:
-            self.store.add_gap(session_id, g)
+    def _store_gaps(self, session_id: str, gaps: list[GapRow]) -> None:
+        # One transaction per gap: drop each from the batch once written, so a failure part-way
+        # retries only the rest (add_gap is not idempotent).
+        while gaps:
+            self.store.add_gap(session_id, gaps[0])
+            del gaps[0]
 
     def _store_ecg(self, session_id: str, frames: Sequence[tuple[list[int], list[int]]]) -> None:
         for t_ns, uv in frames:

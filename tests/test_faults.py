@@ -1,0 +1,511 @@
+"""Faults a daemon beside a practitioner must survive (issue 8, "Faults"), against real parts:
+the virtual BLE stack (bumble GATT server, the project's bleak backend), a real mosquitto on
+127.0.0.1, real SQLite files, and ``settle demo`` as a subprocess for ``kill -9``.
+
+Every test asserts two things: nothing the strap sent is lost or stored twice, and the user
+sees the right state (status, availability, session state, one clear log line).
+
+Time is compressed: a virtual strap at ``speed`` S lives S simulated seconds per wall second,
+and the daemon gets ``time_scale=S`` so its anchoring to arrival times agrees. "Reappears
+after 1 s" and "after 5 min" are session seconds; the figures are in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import itertools
+import json
+import logging
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from feedback.mqtt import MqttLink
+from feedback.payloads import BeatPayload, StatusPayload
+from sensors.readers import read_rr_file
+from sensors.strap import StrapClient
+from sensors.virtual.air import VirtualAir
+from sensors.virtual.model import ModelParams, PhysioModel
+from sensors.virtual.strap import VirtualStrap
+from sessions.exporters import export_session
+from sessions.store import SessionState, SessionStore
+from settle.app import connect_options, serve
+from settle.config import Settings, load_config
+from settle.daemon import Daemon
+from settle.demo import virtual_world
+from tests.conftest import Mosquitto, start_mosquitto
+from tests.test_e2e import CONFIG, RECORDING, Collector, quantised
+from tests.test_reconnect import until
+
+pytestmark = pytest.mark.mosquitto
+
+
+def strap_client(
+    air: VirtualAir, strap: VirtualStrap, clock: Callable[[], float] = time.time
+) -> StrapClient:
+    return StrapClient(
+        address=strap.address,
+        scan_timeout_s=3,
+        connect_timeout_s=5,
+        scanner_kwargs=air.scanner_kwargs(),
+        client_kwargs=air.client_kwargs(),
+        clock=clock,
+    )
+
+
+def sent_raw(strap: VirtualStrap) -> list[int]:
+    return [r for m in strap.sent for r in m.rr_raw]
+
+
+def lost_outside_faults(
+    sent: list[int], stored: list[int], faults: list[tuple[int, int]]
+) -> list[int]:
+    """Beats (indices into ``sent``) missing from ``stored`` that no fault explains.
+
+    ``stored`` must be ``sent`` in order with some beats left out (AssertionError otherwise).
+    ``faults`` holds ``(processed, n_sent)`` per fault: beats the daemon had processed and
+    beats the strap had sent when it happened; the last one is the stop (beats sent after it
+    belong to no session). A beat is explained when it lies between the last beat processed
+    before a fault and the first beat stored after it: it was in the air when the link
+    ended, inside the gap the daemon records. A beat lost while streaming is not.
+    """
+    where: list[int] = []  # where[j]: index into sent of stored beat j
+    missing: list[int] = []
+    for i, rr in enumerate(sent):
+        if len(where) < len(stored) and stored[len(where)] == rr:
+            where.append(i)
+        else:
+            missing.append(i)
+    assert len(where) == len(stored), f"stored beat {len(where)} was never sent or is out of order"
+    after_stop = faults[-1][1]
+    windows = [
+        range(where[n - 1] + 1 if n else 0, where[n] if n < len(where) else after_stop)
+        for n, _ in faults
+    ]
+    return [i for i in missing if i < after_stop and not any(i in w for w in windows)]
+
+
+def integrity(db: Path) -> str:
+    with sqlite3.connect(db) as conn:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def device_messages(col: Collector, leaf: str) -> list[bytes]:
+    return [p for t, p, _ in col.messages if t.endswith("/" + leaf) and "/bridge/" not in t]
+
+
+# -- 1. the strap drops, again and again -------------------------------------------------------
+
+DROP_SPEED = 50.0
+DROPS = 20
+
+
+async def test_twenty_drops_and_a_long_absence_lose_nothing(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """20 drops at seeded random moments (some clean, some a silent link loss), each back after
+    1 s of session time, then one absence of 5 min: one session, every beat the strap sent
+    stored (and published) exactly once, in order; one gap record per absence; status and
+    availability follow every change."""
+    rng = random.Random(20)
+    db = tmp_path / "s.db"
+    settings = load_config(
+        CONFIG,
+        mqtt={"host": mosquitto.host, "port": mosquitto.port},
+        storage={"db_path": db},
+        homeassistant={"enabled": False},
+    )
+    kinds: list[str] = []
+    faults: list[tuple[int, int]] = []
+    """(beats processed, beats sent) when each fault hit, then at the stop."""
+    async with Collector(mosquitto.host, mosquitto.port) as col, VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=8), speed=DROP_SPEED)
+        await strap.start()
+        link = MqttLink(connect_options(settings), queue_size=100_000)
+        with SessionStore.open(db) as store:
+            async with link:
+                daemon = Daemon(
+                    settings, store, [strap_client(air, strap)], link=link, time_scale=DROP_SPEED
+                )
+                task = asyncio.create_task(daemon.run())
+                rt = daemon.runtimes[0]
+
+                def seq_now() -> int:
+                    return rt.session.seq if rt.session else 0
+
+                await until(lambda: seq_now() > 20)
+                for i in range(DROPS + 1):
+                    await asyncio.sleep(rng.uniform(0.05, 0.5))  # a random moment mid-stream
+                    seq = seq_now()
+                    if i == DROPS:
+                        kinds.append("5 min")
+                        await strap.drop(reappear_after_s=300 / DROP_SPEED)
+                    elif rng.random() < 0.4:
+                        kinds.append("silent")
+                        strap.lose_link()  # out of range: a supervision timeout, no goodbye
+                    else:
+                        kinds.append("drop")
+                        await strap.drop(reappear_after_s=1 / DROP_SPEED)
+                    faults.append((seq, len(sent_raw(strap))))
+                    if i == DROPS:
+                        await until(lambda: rt.state in ("scanning", "backoff"))
+                        assert rt.last_error is not None  # status says why it is away
+                    n = i + 1
+                    await until(lambda n=n: rt.reconnects == n and rt.state == "streaming", 20)  # type: ignore[misc]
+                seq = seq_now()
+                await until(lambda: rt.session is not None and rt.session.seq > seq + 10)
+                faults.append((seq_now(), len(sent_raw(strap))))
+                daemon.stop()
+                await asyncio.wait_for(task, 15)
+                assert link.dropped == 0
+            (summary,) = store.list_sessions()
+            beats = store.beats(summary.id)
+            gaps = store.gaps(summary.id)
+        await strap.stop()
+        await asyncio.sleep(0.3)  # the last retained messages reach the collector
+
+    assert kinds.count("silent") >= 5 and kinds.count("drop") >= 5
+    assert summary.state == SessionState.STOPPED  # one session throughout
+    # Every beat the daemon received is stored once, in order, and published once. The only
+    # beats the strap sent that are not stored were in the air when its link ended (the strap
+    # counts a notification once its controller took it; a link that ends loses what is
+    # queued, as on real hardware): at most that one notification per fault may miss.
+    stored = [b.rr_raw or 0 for b in beats]
+    published = [BeatPayload.model_validate_json(p) for p in device_messages(col, "beat")]
+    assert [round(r * 1024 / 1000) for b in published for r in b.rr_ms] == stored
+    assert lost_outside_faults(sent_raw(strap), stored, faults) == []
+    assert len(stored) >= faults[-1][0]
+    assert len(sent_raw(strap)) - len(stored) <= 3 * len(faults)  # one notification a fault
+    assert [b.seq for b in beats] == list(range(len(beats)))
+    assert all(b > a for a, b in itertools.pairwise(b.beat_t_s for b in beats))
+    assert all(b.beat_class is not None for b in beats)  # every beat annotated
+    # One gap per absence, in the store, none spanning another; the long one is 5 min+.
+    reconnect_gaps = [g for g in gaps if g.reason == "reconnect"]
+    assert len(reconnect_gaps) == DROPS + 1
+    assert all(g.end_t_s > g.start_t_s for g in gaps)
+    assert all(b.start_t_s >= a.end_t_s for a, b in itertools.pairwise(gaps)), gaps
+    assert reconnect_gaps[-1].end_t_s - reconnect_gaps[-1].start_t_s >= 300
+    # What a subscriber saw: online/offline for every drop, then offline at the stop.
+    avail = [p.decode() for p in device_messages(col, "availability")]
+    assert avail.count("online") == DROPS + 2 and avail[-1] == "offline"
+    # (offline is repeated while a long absence keeps failing scans; online never is)
+    assert all(a != b or a == "offline" for a, b in itertools.pairwise(avail))
+    statuses = [StatusPayload.model_validate_json(p) for p in device_messages(col, "status")]
+    assert any(s.state == "backoff" and s.last_error for s in statuses)
+    final = statuses[-1]
+    assert (final.state, final.reconnects, final.last_error) == ("stopped", DROPS + 1, None)
+    events = [json.loads(p)["kind"] for p in device_messages(col, "event")]
+    assert events.count("reconnected") == DROPS + 1
+    # (the long absence adds one "disconnected" per failed scan: the user sees it retrying)
+    assert events.count("disconnected") >= DROPS + 1
+    assert integrity(db) == "ok"
+
+
+def daemon_settings(db: Path, **mqtt: object) -> Settings:
+    return load_config(
+        CONFIG,
+        mqtt=mqtt or {"enabled": False},
+        storage={"db_path": db},
+        homeassistant={"enabled": False},
+    )
+
+
+# -- 2. the broker: absent at start-up, refusing the login --------------------------------------
+
+
+async def test_broker_absent_at_start_then_appears(tmp_path: Path) -> None:
+    """Nothing listens when the daemon starts: it measures and stores anyway, and publishes
+    (retained session state included) once the broker appears."""
+    broker = start_mosquitto(tmp_path)
+    broker.stop()  # its port is known, nothing listens there yet
+    db = tmp_path / "s.db"
+    settings = daemon_settings(db, host=broker.host, port=broker.port)
+    expected = [float(x) for x in read_rr_file(RECORDING).rr_ms]
+    try:
+        async with virtual_world(replay=RECORDING, speed=40, seed=1) as world:
+            task = asyncio.create_task(
+                serve(
+                    settings,
+                    **world.serve_kwargs(),
+                    finished=[s.wait_finished() for s in world.straps],
+                    handle_signals=False,
+                )
+            )
+            await asyncio.sleep(2.5)  # ~100 s of session without a broker
+            with SessionStore.open(db) as store:
+                (s,) = store.list_sessions()
+                assert store.beats(s.id), "measuring waits for the broker"
+            broker.start()
+            async with Collector(broker.host, broker.port) as col:
+                async with asyncio.timeout(10):
+                    session = json.loads((await col.wait_for("session"))[0])
+                assert session["state"] == "running"
+                assert await asyncio.wait_for(task, 30) == 0
+                beats = [BeatPayload.model_validate_json(p) for p in col.payloads("beat")]
+    finally:
+        broker.stop()
+    with SessionStore.open(db) as store:
+        (s,) = store.list_sessions()
+        stored = store.beats(s.id)
+    assert s.state == SessionState.STOPPED
+    assert [b.rr_ms for b in stored] == quantised(expected)  # nothing lost while it was away
+    # Live beats queued while the broker was away (bounded queue) arrive, in order, once.
+    got = [r for b in beats for r in b.rr_ms]
+    q = quantised(expected)
+    k = q.index(got[0])
+    assert got == q[k : k + len(got)] and len(got) > len(q) // 2
+
+
+async def test_broker_refusing_the_login_is_said_once_and_measuring_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pw = tmp_path / "passwd"
+    pw.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(pw), "settle", "right"], check=True)  # noqa: ASYNC221 - before the loop does anything
+    broker = start_mosquitto(tmp_path, f"password_file {pw}\n", anonymous=False)
+    db = tmp_path / "s.db"
+    settings = daemon_settings(
+        db, host=broker.host, port=broker.port, username="settle", password="wrong"
+    )
+    expected = [float(x) for x in read_rr_file(RECORDING).rr_ms]
+    caplog.set_level(logging.INFO)
+    try:
+        async with virtual_world(replay=RECORDING, speed=60, seed=1) as world:
+            code = await serve(
+                settings,
+                **world.serve_kwargs(),
+                finished=[s.wait_finished() for s in world.straps],
+                handle_signals=False,
+                on_broker=None,
+            )
+    finally:
+        broker.stop()
+    assert code == 0
+    refused = [
+        r for r in caplog.records if r.name == "feedback.mqtt" and r.levelno >= logging.WARNING
+    ]
+    assert len(refused) == 1, [r.getMessage() for r in refused]  # said once, not per retry
+    assert "not authori" in refused[0].getMessage().lower()
+    assert "wrong" not in caplog.text  # the password never reaches the log
+    with SessionStore.open(db) as store:
+        (s,) = store.list_sessions()
+        assert [b.rr_ms for b in store.beats(s.id)] == quantised(expected)
+    assert s.state == SessionState.STOPPED
+
+
+# -- 4. the disk fills up, the database turns read-only ------------------------------------------
+
+
+async def test_disk_full_and_read_only_keep_measuring_and_lose_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite itself refuses to write (a page limit makes it report SQLITE_FULL, "database or
+    disk is full"; ``query_only`` makes it refuse like a read-only file): one error line per
+    outage, measuring goes on, the rows kept in memory are written once it recovers, and the
+    file is intact."""
+    db = tmp_path / "s.db"
+    settings = daemon_settings(db)
+    caplog.set_level(logging.INFO)
+    speed = 20.0
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=4), speed=speed)
+        await strap.start()
+        with SessionStore.open(db) as store:
+            daemon = Daemon(settings, store, [strap_client(air, strap)], time_scale=speed)
+            task = asyncio.create_task(daemon.run())
+            rt = daemon.runtimes[0]
+
+            def seq_now() -> int:
+                return rt.session.seq if rt.session else 0
+
+            def pragma(sql: str) -> None:
+                # The store's own connection: the fault must hit its real error path.
+                with store._lock:
+                    assert store._conn is not None
+                    store._conn.execute(sql)
+
+            await until(lambda: seq_now() > 30)
+            for fault, cure in [
+                ("PRAGMA max_page_count = 1", "PRAGMA max_page_count = 1073741823"),
+                ("PRAGMA query_only = 1", "PRAGMA query_only = 0"),
+            ]:
+                pragma(fault)
+                await until(lambda: daemon.writer.failing)
+                seq = seq_now()
+                await until(lambda s=seq: seq_now() > s + 40)  # type: ignore[misc]  # still measuring
+                assert daemon.writer.failing and daemon.writer.beats  # kept in memory
+                pragma(cure)
+                await until(lambda: not daemon.writer.failing, 5)
+            seq = seq_now()
+            await until(lambda: seq_now() > seq + 10)
+            stop_at = (seq_now(), len(sent_raw(strap)))
+            daemon.stop()
+            await asyncio.wait_for(task, 10)
+            (summary,) = store.list_sessions()
+            beats = store.beats(summary.id)
+            indices = store.indices(summary.id)
+        await strap.stop()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2, [r.getMessage() for r in errors]  # one line per outage
+    assert "database or disk is full" in errors[0].getMessage()
+    assert "readonly" in errors[1].getMessage() or "read-only" in errors[1].getMessage()
+    assert "Traceback" not in caplog.text
+    stored = [b.rr_raw or 0 for b in beats]
+    assert lost_outside_faults(sent_raw(strap), stored, [stop_at]) == []
+    assert [b.seq for b in beats] == list(range(len(beats)))
+    assert all(b.beat_class is not None for b in beats)  # annotations caught up too
+    assert [round(i.t_s, 3) for i in indices] == [5.0 * (k + 1) for k in range(len(indices))]
+    assert summary.state == SessionState.STOPPED
+    assert integrity(db) == "ok"
+
+
+# -- 5. the wall clock steps (NTP) ------------------------------------------------------------
+
+
+class SteppingClock:
+    """time.time() plus a step the test sets: an NTP correction of ±1 h mid-session."""
+
+    def __init__(self) -> None:
+        self.step_s = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.step_s
+
+
+async def test_wall_clock_steps_leave_beat_times_and_exports_monotonic(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    settings = daemon_settings(db)
+    clock = SteppingClock()
+    speed = 20.0
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=5), speed=speed)
+        await strap.start()
+        with SessionStore.open(db) as store:
+            daemon = Daemon(
+                settings,
+                store,
+                [strap_client(air, strap, clock)],
+                clock=clock,
+                time_scale=speed,
+            )
+            task = asyncio.create_task(daemon.run())
+            rt = daemon.runtimes[0]
+
+            def seq_now() -> int:
+                return rt.session.seq if rt.session else 0
+
+            await until(lambda: seq_now() > 30)
+            dev = rt.device_id
+            assert dev is not None
+            for step_s in (3600.0, -3600.0, -7200.0):  # forward, back, back before the start
+                clock.step_s += step_s
+                seq = seq_now()
+                await until(lambda s=seq: seq_now() > s + 20)  # type: ignore[misc]
+                marker = json.dumps({"id": f"m{step_s}", "kind": "note", "text": "step"})
+                await daemon.on_command(dev, "marker", marker.encode(), False)
+            daemon.stop()
+            await asyncio.wait_for(task, 10)
+            (summary,) = store.list_sessions()
+            beats = store.beats(summary.id)
+            markers = store.markers(summary.id)
+            out = export_session(store, summary.id, "csv", tmp_path / "s.csv")
+            export_session(store, summary.id, "json", tmp_path / "s.json")
+            export_session(store, summary.id, "edf", tmp_path / "s.edf")
+        await strap.stop()
+    assert summary.state == SessionState.STOPPED  # closed, though "now" is before its start
+    assert summary.stopped_ms is not None and summary.stopped_ms >= summary.started_ms
+    times = [b.beat_t_s for b in beats]
+    assert all(b > a for a, b in itertools.pairwise(times))  # monotonic-clock based
+    assert [m.t_s for m in markers] == sorted(m.t_s for m in markers) and len(markers) == 3
+    assert all(0 <= m.t_s <= times[-1] for m in markers)
+    with out.open() as f:
+        t = [float(r["t_s"]) for r in csv.DictReader(f)]
+    assert t == sorted(t)
+    doc = json.loads((tmp_path / "s.json").read_text())
+    beat_t = [b["beat_t_s"] if isinstance(b, dict) else b for b in doc.get("beats", [])]
+    assert beat_t == sorted(beat_t)
+
+
+# -- 3. kill -9 mid-session, then start again ----------------------------------------------------
+
+
+def demo_cmd(db: Path, speed: float) -> list[str]:
+    return [
+        sys.executable, "-m", "settle.cli", "demo", "--replay", str(RECORDING),
+        "--speed", str(speed), "--no-mqtt", "--db", str(db),
+    ]  # fmt: skip
+
+
+def stored_count(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db, timeout=5) as conn:
+        try:
+            return int(conn.execute("SELECT count(*) FROM beats").fetchone()[0])
+        except sqlite3.OperationalError:  # schema not created yet
+            return 0
+
+
+async def test_kill_9_mid_session_then_restart(tmp_path: Path) -> None:
+    """``settle demo`` is killed with SIGKILL mid-session: what it stored is the replay's
+    prefix up to within the last second (flush interval) before the kill; the next start
+    marks the old session interrupted, records a new one cleanly, and the old one exports."""
+    db = tmp_path / "s.db"
+    env = {**os.environ, "SETTLE_CONFIG": str(CONFIG)}
+    speed = 10.0
+    q = quantised([float(x) for x in read_rr_file(RECORDING).rr_ms])
+    proc = subprocess.Popen(  # noqa: ASYNC220 - killed with SIGKILL, waited for below
+        demo_cmd(db, speed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    try:
+        async with asyncio.timeout(30):
+            while stored_count(db) < 30:  # noqa: ASYNC110 - watching another process's file
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1.3)
+        killed_at_ms = time.time() * 1000
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(5) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert integrity(db) == "ok"
+    with SessionStore.open(db) as store:
+        (old,) = store.list_sessions()
+        old_beats = store.beats(old.id)
+    assert old.state == SessionState.RUNNING  # nobody closed it: it was killed
+    assert [b.rr_ms for b in old_beats] == q[: len(old_beats)]  # a clean prefix, no holes
+    # Complete to within the last second: every beat that arrived more than a flush interval
+    # (1 s) before the kill is stored; allow 0.3 s for the commit itself.
+    last_recv_ms = old_beats[-1].recv_ts_ms
+    assert killed_at_ms - last_recv_ms < 1300, killed_at_ms - last_recv_ms
+    res = await asyncio.to_thread(
+        subprocess.run, demo_cmd(db, 60.0), capture_output=True, text=True, timeout=60, env=env
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"session {old.id} was left running by an earlier crash; marked interrupted" in (
+        res.stderr
+    )
+    assert "Traceback" not in res.stderr
+    with SessionStore.open(db) as store:
+        sessions = {s.id: s for s in store.list_sessions()}
+        assert len(sessions) == 2
+        new = next(s for sid, s in sessions.items() if sid != old.id)
+        old = sessions[old.id]
+        assert [b.rr_ms for b in store.beats(new.id)] == q  # the new session is whole
+        out = export_session(store, old.id, "csv", tmp_path / "old.csv")
+    assert old.state == SessionState.INTERRUPTED
+    assert old.stopped_ms == last_recv_ms  # ends at its last stored beat
+    assert new.state == SessionState.STOPPED
+    with out.open() as f:
+        rows = [r for r in csv.DictReader(f) if r["record"] == "beat"]
+    assert [float(r["rr_ms"]) for r in rows] == q[: len(old_beats)]
+    assert integrity(db) == "ok"
