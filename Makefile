@@ -51,6 +51,9 @@ $(BIDS_VALIDATOR):
 
 bench: $(DEVSTAMP)
 	$(BIN)/python benchmarks/bench_processing.py
+	$(BIN)/python benchmarks/bench_live.py
+	$(BIN)/python benchmarks/bench_scale.py --broker-nodelay --daemon-nodelay
+	$(BIN)/python benchmarks/bench_memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

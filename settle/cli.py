@@ -7,9 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import logging
 import re
-import sys
 import time
 import uuid
 from collections.abc import Coroutine
@@ -118,11 +116,9 @@ def settings_from(
         settings = load_config(config, **flags)
     except ConfigError as exc:
         fail(str(exc), 2)
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from settle.logging_setup import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     return settings
 
 
@@ -671,6 +667,28 @@ def analyze(
     rows.insert(0, ["usable", "yes" if a.usable else f"no ({a.reason})"])
     rows.insert(1, ["flagged beats", str(a.beats.n_flagged)])
     print_table(["metric", "value"], rows)
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    mqtt: MqttOpt = None,
+    no_mqtt: NoMqttOpt = False,
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Check Bluetooth, the MQTT broker, the session store and the clock; exit 1 if any fails."""
+    from settle.doctor import run_checks, to_json
+
+    settings = settings_from(config, mqtt=mqtt, no_mqtt=no_mqtt, db=db)
+    checks = asyncio.run(run_checks(settings))
+    if as_json:
+        print(json.dumps(to_json(checks)))
+    else:
+        for c in checks:
+            out.print(c.line(), markup=False)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
 
 
 def main() -> None:

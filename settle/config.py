@@ -201,6 +201,8 @@ class Settings(BaseSettings):
     http: HttpConfig = HttpConfig()
     demo: DemoConfig = DemoConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    """Log lines on stderr: ``key=value`` text or one JSON object per line."""
 
     @property
     def db_path(self) -> Path:

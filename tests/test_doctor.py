@@ -1,0 +1,159 @@
+"""``settle doctor``: each check's verdict and fix against real services — a private
+mosquitto (reachable, refusing the login, absent), a real directory made read-only, the
+virtual Bluetooth air — and the command's output (lines, ``--json``, exit code)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from feedback.broker import free_loopback_port
+from sensors.virtual.air import VirtualAir
+from settle.config import load_config
+from settle.doctor import check_bluetooth, check_clock, check_database, check_mqtt, run_checks
+from tests.conftest import Mosquitto, start_mosquitto
+
+CONFIG = Path(__file__).parents[1] / "configs" / "settle.toml"
+
+
+def doctor(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SETTLE_")}
+    env["SETTLE_CONFIG"] = str(CONFIG)
+    return subprocess.run(
+        [sys.executable, "-m", "settle.cli", "doctor", *args],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+
+
+def by_name(doc: dict[str, object]) -> dict[str, dict[str, object]]:
+    checks = doc["checks"]
+    assert isinstance(checks, list)
+    return {c["name"]: c for c in checks}
+
+
+def test_json_reports_every_check_and_exit_code_follows(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    db = tmp_path / "new" / "dir" / "settle.db"
+    res = doctor("--json", "--mqtt", f"127.0.0.1:{mosquitto.port}", "--db", str(db))
+    doc = json.loads(res.stdout)
+    checks = by_name(doc)
+    assert list(checks) == ["bluetooth", "mqtt", "database", "clock"]
+    assert checks["mqtt"]["ok"] is True
+    assert "connected and logged in" in str(checks["mqtt"]["detail"])
+    assert checks["database"]["ok"] is True
+    assert "will be created" in str(checks["database"]["detail"])
+    assert (db.parent.stat().st_mode & 0o777) == 0o700  # created private
+    assert not db.exists()  # the doctor proves the directory, it does not create the store
+    for c in checks.values():
+        assert c["ok"] or c["fix"], f"{c['name']} fails without a fix"
+    assert doc["ok"] == all(c["ok"] for c in checks.values())
+    assert res.returncode == (0 if doc["ok"] else 1)
+
+
+def test_human_output_marks_each_line_and_gives_fixes(tmp_path: Path) -> None:
+    port = free_loopback_port()  # nothing listens there
+    res = doctor("--mqtt", f"127.0.0.1:{port}", "--db", str(tmp_path / "s.db"))
+    assert res.returncode == 1
+    lines = res.stdout.splitlines()
+    marks = [ln for ln in lines if ln[:1] in "✓✗"]
+    assert [ln.split()[1] for ln in marks] == ["bluetooth", "mqtt", "database", "clock"]
+    mqtt_line = next(ln for ln in marks if ln.split()[1] == "mqtt")
+    assert mqtt_line.startswith("✗") and f"127.0.0.1:{port}" in mqtt_line
+    fix = lines[lines.index(mqtt_line) + 1]
+    assert fix.strip().startswith("fix:") and "mosquitto" in fix
+    assert "Traceback" not in res.stderr
+
+
+async def test_broker_refusing_the_login_is_named(tmp_path: Path) -> None:
+    broker = start_mosquitto(tmp_path, anonymous=False)
+    try:
+        s = load_config(CONFIG, mqtt={"host": "127.0.0.1", "port": broker.port})
+        c = await check_mqtt(s)
+    finally:
+        broker.stop()
+    assert not c.ok
+    assert "refused anonymous login" in c.detail
+    assert "mqtt.username" in c.fix and "SETTLE_MQTT__PASSWORD" in c.fix
+
+
+@contextlib.contextmanager
+def read_only_dir(path: Path) -> Iterator[None]:
+    """Read-only for this process: mode 0500, or the immutable flag when running as root
+    (root ignores modes)."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o500)
+        try:
+            yield
+        finally:
+            path.chmod(0o700)
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("running as root and cannot set the immutable flag here")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+def test_read_only_store_directory_fails_with_a_fix(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    with read_only_dir(ro):
+        c = check_database(ro / "settle.db")
+        res = doctor("--json", "--no-mqtt", "--db", str(ro / "settle.db"))
+    assert not c.ok
+    assert "not writable" in c.detail and "read-only" in c.detail
+    assert "--db" in c.fix
+    assert res.returncode == 1
+    assert by_name(json.loads(res.stdout))["database"]["ok"] is False
+    assert list(ro.iterdir()) == []  # nothing left behind
+
+
+def test_existing_store_is_opened_for_writing(tmp_path: Path) -> None:
+    from sessions.store import SessionStore
+
+    db = tmp_path / "s.db"
+    SessionStore.open(db).close()
+    c = check_database(db)
+    assert c.ok and "writable" in c.detail
+    (tmp_path / "notadb.db").write_bytes(b"this is not sqlite" * 100)
+    bad = check_database(tmp_path / "notadb.db")
+    assert not bad.ok and "cannot write" in bad.detail
+
+
+async def test_bluetooth_passes_on_the_virtual_air_and_fails_without_an_adapter() -> None:
+    async with VirtualAir() as air:
+        ok = await check_bluetooth(timeout_s=0.2, scanner_kwargs=air.scanner_kwargs())
+    assert ok.ok and ok.fix == ""
+    real = await check_bluetooth(timeout_s=0.2)
+    if not real.ok:  # this machine has no usable adapter: the fix must say what to do
+        assert "bluez" in real.fix.lower() or "bluetooth" in real.fix.lower()
+
+
+def test_clock_reads_timedatectl() -> None:
+    assert check_clock(lambda: "NTP=yes\nNTPSynchronized=yes\n", sample_s=0.01).ok
+    unsynced = check_clock(lambda: "NTP=no\nNTPSynchronized=no\n", sample_s=0.01)
+    assert not unsynced.ok and "set-ntp" in unsynced.fix
+    unknown = check_clock(lambda: None, sample_s=0.01)
+    assert unknown.ok and "unknown" in unknown.detail
+
+
+async def test_all_pass_on_a_ready_machine(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    s = load_config(
+        CONFIG,
+        mqtt={"host": "127.0.0.1", "port": mosquitto.port},
+        storage={"db_path": tmp_path / "s.db"},
+    )
+    async with VirtualAir() as air:
+        checks = await run_checks(s, scanner_kwargs=air.scanner_kwargs())
+    assert [c.ok for c in checks][:3] == [True, True, True], [c.line() for c in checks]
