@@ -37,6 +37,7 @@ from sensors.hrs import (
     HeartRateMeasurement,
     MalformedMeasurement,
 )
+from sensors.pmd import PMD_SERVICE_UUID
 from settle.errors import SensorError
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,32 @@ class StrapInfo:
 
 BODY_LOCATIONS = {0: "other", 1: "chest", 2: "wrist", 3: "finger", 4: "hand", 5: "ear lobe",
                   6: "foot"}  # fmt: skip
+
+
+async def scan_straps(scan_s: float, scanner_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every strap advertising the Heart Rate Service within ``scan_s`` seconds (any vendor),
+    strongest first: name, address, rssi, device_id and whether it offers Polar PMD (raw ECG).
+    Bluetooth that cannot be used at all becomes one :class:`SensorError` line."""
+    try:
+        found = await BleakScanner.discover(timeout=scan_s, return_adv=True, **scanner_kwargs)
+    except (BleakError, OSError) as exc:
+        raise SensorError("scan", bluetooth_unavailable(exc)) from exc
+    rows = []
+    for dev, adv in found.values():
+        uuids = [u.lower() for u in adv.service_uuids]
+        if HEART_RATE_SERVICE_UUID not in uuids:
+            continue
+        name = adv.local_name or dev.name or ""
+        rows.append(
+            {
+                "name": name,
+                "address": dev.address,
+                "rssi": adv.rssi,
+                "device_id": device_id_for(name, dev.address),
+                "pmd": PMD_SERVICE_UUID in uuids,
+            }
+        )
+    return sorted(rows, key=lambda r: -int(r["rssi"] if r["rssi"] is not None else -127))
 
 
 def _offers_hrs(adv: AdvertisementData) -> bool:

@@ -26,7 +26,7 @@ from sensors.strap import StrapClient, StrapInfo
 from sessions.store import SessionStore
 from settle.config import Settings
 from settle.daemon import BrokerChoice, Daemon, StrapRuntime, open_broker
-from settle.errors import SettleError
+from settle.errors import SensorError, SettleError
 from settle.pipeline import StrapPipeline
 
 
@@ -171,25 +171,12 @@ class DaemonControl:
         await self.daemon.on_command(device_id, name, payload, False, source="dashboard")
 
     async def scan(self, timeout_s: float) -> list[dict[str, Any]]:
-        from bleak import BleakScanner
-        from bleak.exc import BleakError
-
-        from sensors.hrs import HEART_RATE_SERVICE_UUID
-        from sensors.strap import bluetooth_unavailable, device_id_for
+        from sensors.strap import scan_straps
 
         try:
-            found = await BleakScanner.discover(
-                timeout=timeout_s, return_adv=True, **self.scanner_kwargs
-            )
-        except (BleakError, OSError) as exc:
-            raise SettleError(bluetooth_unavailable(exc)) from exc
-        rows = []
-        for dev, adv in found.values():
-            if HEART_RATE_SERVICE_UUID in [u.lower() for u in adv.service_uuids]:
-                name = adv.local_name or dev.name or ""
-                rows.append({"name": name, "address": dev.address, "rssi": adv.rssi,
-                             "device_id": device_id_for(name, dev.address)})  # fmt: skip
-        return sorted(rows, key=lambda r: -int(r["rssi"] or -127))
+            return await scan_straps(timeout_s, self.scanner_kwargs)
+        except SensorError as exc:
+            raise SettleError(exc.reason) from exc
 
     def remember(self, label: str, address: str, name: str, device_id: str) -> None:
         from sensors.strap import device_id_for

@@ -379,33 +379,13 @@ def scan(
 
 
 async def _scan(scan_s: float, as_json: bool, virtual: bool) -> int:
-    from bleak import BleakScanner
-    from bleak.exc import BleakError
-
-    from sensors.hrs import HEART_RATE_SERVICE_UUID
-    from sensors.strap import bluetooth_unavailable, device_id_for
+    from sensors.strap import scan_straps
 
     async def do_scan(kwargs: dict[str, Any]) -> list[dict[str, Any]]:
         try:
-            found = await BleakScanner.discover(timeout=scan_s, return_adv=True, **kwargs)
-        except (BleakError, OSError) as exc:
-            raise SettleError(bluetooth_unavailable(exc)) from exc
-        rows = []
-        for dev, adv in found.values():
-            if HEART_RATE_SERVICE_UUID not in [u.lower() for u in adv.service_uuids]:
-                continue
-            name = adv.local_name or dev.name or ""
-            rows.append(
-                {
-                    "name": name,
-                    "address": dev.address,
-                    "rssi": adv.rssi,
-                    "device_id": device_id_for(name, dev.address),
-                    "pmd": "fb005c80-02e7-f387-1cad-8acd2d8df0c8"
-                    in [u.lower() for u in adv.service_uuids],
-                }
-            )
-        return sorted(rows, key=lambda r: -r["rssi"])
+            return await scan_straps(scan_s, kwargs)
+        except SettleError as exc:
+            raise SettleError(getattr(exc, "reason", str(exc))) from exc
 
     if virtual:
         from settle.demo import virtual_world

@@ -124,7 +124,9 @@ async def test_ten_straps_at_once_each_its_own_session(tmp_path: Path) -> None:
             await s.stop()
     assert len(sessions) == 10
     assert len({s.device_id for s in sessions}) == 10
-    assert all(s.n_beats > 30 and s.state == SessionState.STOPPED for s in sessions)
+    assert all(s.n_beats > 30 and s.state == SessionState.STOPPED for s in sessions), [
+        (s.device_id, s.n_beats, str(s.state)) for s in sessions
+    ]
     # ...never disturbed the others: none of them reconnected.
     assert [r.reconnects for i, r in enumerate(daemon.runtimes) if i != 3] == [0] * 9
 
