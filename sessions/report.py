@@ -17,6 +17,14 @@ Definitions used by the provisional helpers (all times in seconds since session 
   average within 60 s after it.
 * **recovery** — seconds from the marker until that moving average is back within 1 bpm of
   the pre-marker level after the peak (searched up to 180 s; None if it is not).
+
+Beside these beat-level figures every marker also gets the **event-locked response exactly as
+the daemon computes and publishes it live** (:func:`processing.indices.event_response` on the
+stored indices rows — the 60 s rolling HR and lnRMSSD every 5 s — against the baseline's mean
+and floored spread of those rows): peak ΔHR and ΔlnRMSSD from the baseline mean within 30 s
+after the marker, and the seconds after that 30 s until HR is back within the baseline band.
+These are the per-marker values behind the ``responses_by_kind`` averages of the indices
+messages the daemon published during the session.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from typing import IO, Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from processing.indices import Baseline, event_response
 from sessions.files import ExportError, atomic_file, plain_name
 from sessions.store import IntentionTarget, MarkerRow, SessionRecord, SessionStore
 from settle.errors import SettleError
@@ -95,6 +104,14 @@ class MarkerResponse:
     peak_hr_bpm: float | None
     rise_bpm: float | None
     recovery_s: float | None
+    d_hr_bpm: float | None = None
+    """Live definition: peak deviation of the rolling HR from the baseline mean within 30 s
+    after the marker, signed, beats/min (None without a baseline or 30 s of data after)."""
+    d_ln_rmssd: float | None = None
+    """Live definition: the same for lnRMSSD, ln units."""
+    band_recovery_s: float | None = None
+    """Live definition: seconds after the 30 s window until HR is back within the baseline
+    mean ± spread (None: not in the data)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -208,6 +225,49 @@ def provisional_marker_responses(
     return out
 
 
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def live_marker_responses(
+    rec: SessionRecord,
+    s: IndexSeries,
+    baseline: tuple[float, float] | None,
+    responses: list[MarkerResponse],
+) -> list[MarkerResponse]:
+    """``responses`` with the live event-locked fields filled in (see the module docstring)."""
+    if baseline is None or s.t_s.shape[0] == 0:
+        return responses
+    base = Baseline()
+    usable = [json.loads(r.payload_json).get("usable", True) is not False for r in rec.indices]
+    n = 0
+    for t, hr, ln, ok in zip(s.t_s, s.hr_bpm, s.ln_rmssd, usable, strict=True):
+        if ok and baseline[0] <= t <= baseline[1]:
+            # Slow-oscillation power is not stored per row; only HR and lnRMSSD are needed.
+            base.add(float(hr), float(ln), 0.0)
+            n += 1
+    if n < 3:  # as the daemon: no baseline, no responses
+        return responses
+    base_hr, base_ln = base.stats("hr_bpm"), base.stats("ln_rmssd")
+    last = float(s.t_s.max())
+    out = []
+    for r in responses:
+        m = r.marker
+        if last < m.t_s + 30.0:
+            out.append(r)  # the daemon waits for 30 s of data after a marker too
+            continue
+        e = event_response(m.t_s, m.kind, s.t_s, s.hr_bpm, s.ln_rmssd, base_hr, base_ln)
+        out.append(
+            dataclasses.replace(
+                r,
+                d_hr_bpm=_finite(e.peak_d_hr_bpm),
+                d_ln_rmssd=_finite(e.peak_d_ln_rmssd),
+                band_recovery_s=_finite(e.recovery_s),
+            )
+        )
+    return out
+
+
 def analyse_session(rec: SessionRecord) -> SessionAnalysis:
     """Everything a report shows, from one stored session (uses the provisional helpers)."""
     s = provisional_series(rec)
@@ -246,7 +306,9 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
         latency_s=None if caught is None or reference is None else caught - reference,
         score_start=score_start,
         score_end=score_end,
-        responses=provisional_marker_responses(rec, reactions),
+        responses=live_marker_responses(
+            rec, s, baseline, provisional_marker_responses(rec, reactions)
+        ),
     )
 
 
@@ -423,6 +485,8 @@ def render_html(a: SessionAnalysis, png: bytes, png_name: str) -> str:
         f"<td>{e(r.marker.text)}</td><td>{_fmt(r.pre_hr_bpm, '.1f')}</td>"
         f"<td>{_fmt(r.peak_hr_bpm, '.1f')}</td><td>{_fmt(r.rise_bpm, '+.1f')}</td>"
         f"<td>{_fmt(r.recovery_s, '.0f', ' s')}</td>"
+        f"<td>{_fmt(r.d_hr_bpm, '+.1f')}</td><td>{_fmt(r.d_ln_rmssd, '+.2f')}</td>"
+        f"<td>{_fmt(r.band_recovery_s, '.0f', ' s')}</td>"
         "</tr>"
         for r in a.responses
     )
@@ -461,14 +525,19 @@ small {{ color: #666; }}
  style="max-width:100%"><br><small>Also saved as {e(png_name)}. Shaded: baseline period and
  its mean ± 1 SD. Green line: catching-up point.</small></p>
 <h2>Reactivity and recovery per marker</h2>
-<table><tr><th>time</th><th>kind</th><th>text</th><th>HR before (bpm)</th>
-<th>peak (bpm)</th><th>rise</th><th>back within 1 bpm after</th></tr>
-{rows or '<tr><td colspan="7">no shame/threat/discomfort/attention/doubt markers</td></tr>'}
+<table><tr><th rowspan="2">time</th><th rowspan="2">kind</th><th rowspan="2">text</th>
+<th colspan="4">beat by beat</th><th colspan="3">as shown live (vs baseline)</th></tr>
+<tr><th>HR before (bpm)</th><th>peak (bpm)</th><th>rise</th><th>back within 1 bpm after</th>
+<th>ΔHR peak (bpm)</th><th>ΔlnRMSSD peak</th><th>back in baseline band</th></tr>
+{rows or '<tr><td colspan="10">no shame/threat/discomfort/attention/doubt markers</td></tr>'}
 </table>
 <h2>All markers</h2><ul>{all_markers or "<li>none</li>"}</ul>
 <p><small>Catching up: the settling score stays at {CAUGHT_UP_SCORE:g} or above for
-{CAUGHT_UP_HOLD_S:g} s. Reactivity: peak of the 5 s mean heart rate within 60 s after a marker
-minus the mean over the 30 s before. These definitions are provisional.</small></p>
+{CAUGHT_UP_HOLD_S:g} s. Beat by beat: peak of the 5 s mean heart rate within 60 s after a
+marker minus the mean over the 30 s before. As shown live: the daemon's event-locked response
+(60 s rolling HR and lnRMSSD against the baseline; recovery counted after the 30 s reactivity
+window), the values behind the per-kind averages the daemon published in the session.
+</small></p>
 </body></html>
 """
 

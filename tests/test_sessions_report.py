@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from processing.live import LiveAnalyzer
 from processing.settling import SettlingIndex
 from processing.timedomain import RollingTimeDomain
-from sessions.report import analyse_session, summary_text, trends, write_report
+from sessions.report import analyse_session, render_html, summary_text, trends, write_report
 from sessions.store import (
     BeatRow,
     IndicesRow,
@@ -169,3 +170,60 @@ def test_report_uses_the_live_detection_when_recorded(store: SessionStore) -> No
     assert a.caught_up_t_s == 600.0
     assert a.latency_s == 400.0
     assert "6 min 40 s after you began holding" in summary_text(a)
+
+
+def test_marker_responses_are_the_ones_published_live(store: SessionStore) -> None:
+    """The report's event-locked figures per marker are exactly what the daemon's live
+    analysis computed (and averaged per kind into its indices messages), from the stored
+    indices alone."""
+    rng = np.random.default_rng(7)
+    sid = store.create_session("dev", T0_MS, "x", {}).id
+    live = LiveAnalyzer()
+    shames, doubts = (300.0, 420.0), (520.0,)
+    for t_m, kind in [(t, "shame") for t in shames] + [(t, "doubt") for t in doubts]:
+        live.marker(t_m, kind)
+    beats, rows, t, next_i = [], [], 0.0, 5.0
+    while t < 660.0:
+        rr = 820.0 + 25.0 * np.sin(2 * np.pi * 0.1 * t) + 12.0 * rng.standard_normal()
+        if any(s <= t < s + 25 for s in shames):
+            rr = 60_000 / (60_000 / rr + 9)  # +9 bpm
+        if any(s <= t < s + 25 for s in doubts):
+            rr += 60.0  # a slowing
+        t += rr / 1000
+        beats.append(BeatRow(len(beats), t, T0_MS + round(t * 1000), rr))
+        live.push_beat(t, rr)
+        while t >= next_i:
+            snap = live.indices(next_i)
+            payload = {
+                "v": 1, "t_s": next_i, "hr_bpm": snap.td.hr_bpm, "ln_rmssd": snap.td.ln_rmssd,
+                "settling": snap.score if snap.usable else None, "usable": snap.usable,
+                "settling_state": {"collecting": "baseline", "complete": "running"}.get(
+                    snap.baseline, "unavailable"),
+            }  # fmt: skip
+            payload = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+                       for k, v in payload.items()}  # fmt: skip
+            rows.append(IndicesRow(next_i, T0_MS + round(next_i * 1000), json.dumps(payload)))
+            next_i += 5.0
+    store.add_beats(sid, beats)
+    store.add_indices(sid, rows)
+    store.add_markers(
+        sid,
+        [MarkerRow(s, T0_MS + int(s * 1000), "shame", "", MarkerSource.MQTT) for s in shames]
+        + [MarkerRow(s, T0_MS + int(s * 1000), "doubt", "", MarkerSource.MQTT) for s in doubts],
+    )
+    expected = {r.t_s: r for r in snap.responses}
+    assert len(expected) == 3
+    a = analyse_session(store.read_session(sid))
+    assert len(a.responses) == 3
+    for r in a.responses:
+        e = expected[r.marker.t_s]
+        assert r.d_hr_bpm == pytest.approx(e.peak_d_hr_bpm, rel=1e-9)
+        assert r.d_ln_rmssd == pytest.approx(e.peak_d_ln_rmssd, rel=1e-9)
+        if np.isfinite(e.recovery_s):
+            assert r.band_recovery_s == pytest.approx(e.recovery_s, rel=1e-9)
+        else:
+            assert r.band_recovery_s is None
+    shame = [r for r in a.responses if r.marker.kind == "shame"]
+    assert all(r.d_hr_bpm is not None and r.d_hr_bpm > 1.0 for r in shame)  # HR rose
+    html = render_html(a, b"", "x.png")
+    assert "as shown live" in html and f"{shame[0].d_hr_bpm:+.1f}" in html
