@@ -8,8 +8,8 @@ Features of beat ``i`` (raw RR ``rr[i]`` in ms, ``dRR[i] = rr[i] − rr[i−1]``
 
     med[i]   = median of rr[i−7 .. i+3]   (11 beats: 7 back, the beat, 3 ahead; lower median)
     mRRs[i]  = rr[i] − med[i], doubled when negative (short beats weigh double, as in the paper)
-    th1[i]   = max(α · QD(|dRR|  over beats i−90 .. i), TH_FLOOR_MS)      (91-beat window)
-    th2[i]   = max(α · QD(|mRRs| over beats i−90 .. i), TH_FLOOR_MS)
+    th1[i]   = max(α · QD(|dRR|  of the last 91 beats judged normal), TH_FLOOR_MS)
+    th2[i]   = max(α · QD(|mRRs| of the same beats), TH_FLOOR_MS)
     QD       = (x₍k₃₎ − x₍k₁₎) / 2, order statistics of the sorted window, k₁ = ⌊(n−1)/4⌋,
                k₃ = n − 1 − k₁  (no interpolation, so batch and streaming agree bit for bit)
     d_j      = dRR[j] / th1[i]  for j = i−1, i, i+1, i+2;   m = mRRs[i] / th2[i]
@@ -18,31 +18,43 @@ with α = 5.2, c1 = 0.13, c2 = 0.17 (the paper's constants). The paper centres i
 the quartile windows end at the beat and the median window looks 3 beats ahead, so a beat is
 final 3 beats after it arrived (≈ 3 s of latency at 60 beats/min).
 
-Decision for beat ``i`` (beats already taken as the partner of an earlier event are skipped)::
+Decision for beat ``i`` (beats already taken as the partner of an earlier event are skipped;
+``p`` = previous corrected RR, ``d_j`` relative to it for ``j = i``)::
 
-    candidate  |d_i| > 1  or  |m| > 3            (otherwise: normal)
-    s12 = min(d_{i−1}, d_{i+1}) if d_i > 0 else max(d_{i−1}, d_{i+1})
-    s22 = min(d_{i+1}, d_{i+2}) if d_i ≥ 0 else max(d_{i+1}, d_{i+2})
-    ectopic pattern: (d_i > 1 and s12 < −c1·d_i − c2) or (d_i < −1 and s12 > −c1·d_i + c2)
+    candidate  |d_i| > 1  or  |m| > 3;  pair candidate also  |d_{i+1}| > 1
+    usual(x)   = x if |x − med| < th2 else med      (a look-ahead beat used as a neighbour)
+    s22        = min(d_{i+1}, d_{i+2}) if d_i ≥ 0 else max(d_{i+1}, d_{i+2})
     extra   : rr[i] < med, (d_i < −1 and s22 > 1 or |m| > 3) and |rr[i] + rr[i+1] − med| < th2
-    missed  : rr[i] > med, (d_i > 1 and s22 < −1 or |m| > 3) and |rr[i]/2 − med| < th2
-    ectopic : ectopic pattern and |rr[i] + rr[i+1] − 2·med| < th2   (a displaced beat: the pair
-              sums to two normal intervals — premature + compensatory pause, or a mis-timed peak)
-    long / short : any other candidate, by the sign of rr[i] − med
+    missed  : rr[i] > med and |rr[i]/k − ref| < min(th2, 0.2·ref), k = max(2, round(rr[i]/ref)),
+              ref = (p + usual(rr[i+1])) / 2   (the neighbours, not the 11-beat median: with
+              strong sinus arrhythmia the median cannot tell a missed beat from a long one)
+    ectopic : a displaced beat: the Lipponen–Tarvainen ectopic pattern at i or i+1, the pair
+              sum fits its neighbours, |rr[i] + rr[i+1] − p − usual(rr[i+2])| < max(th2, 0.1·med),
+              and fits better than the next pair (rr[i+1] + rr[i+2] vs rr[i] + rr[i+3]); the
+              displacement of beat i from the interpolated split is > 0.25·th1 and opposite in
+              sign to d_{i+1}
+    long / short : an isolated jump that comes back: d_i > 1 and d_{i+1} < −1 (or the mirror),
+              or d_i > 1, d_{i+1} ≤ 0, d_{i+2} < −1 (two-beat return), or |m| > 3 with the next
+              beat moving back towards the median; anything else is normal (a swing that
+              persists, or a step followed by another step, is sinus variability)
 
-Corrections (``p`` = previous corrected RR, ``n`` = the next raw RR after the event):
+Corrections:
 
 * **extra** → merge: rows ``i`` and ``i+1`` become one interval ``rr[i] + rr[i+1]`` (row ``i``
   keeps its raw value and gets ``rr_ms = NaN``: it is the spurious beat, removed).
-* **missed** → split: ``k = max(2, round(rr[i]/med))`` intervals, proportional to the linear
-  interpolation between ``p`` and ``n``, summing exactly to ``rr[i]``; the ``k − 1`` inserted
-  beats have ``rr_raw_ms = NaN``.
+* **missed** → split: ``k`` intervals, proportional to the linear interpolation between ``p``
+  and ``usual(rr[i+1])``, summing exactly to ``rr[i]``; the ``k − 1`` inserted beats have
+  ``rr_raw_ms = NaN``.
 * **ectopic** → the displaced beat is moved: the pair keeps its sum ``S = rr[i] + rr[i+1]``
-  and is split in the ratio of the interpolated values ``(2p + n)/3 : (p + 2n)/3``. Total
-  time is preserved, and so is the slow trend across the pair; published implementations
-  instead interpolate each interval separately, which is where their RMSSD errors come from.
-* **long / short** → ``(p + n) / 2``. An uncompensated long or short interval has no partner
-  to trade time with, so total time cannot be kept; the beat times of the source are kept.
+  and is split in the ratio ``(2p + n)/3 : (p + 2n)/3``, ``n = usual(rr[i+2])``. Total time is
+  preserved, and so is the slow trend across the pair; published implementations instead
+  interpolate each interval separately, which is where their RMSSD errors come from.
+* **long / short** → ``(p + usual(rr[i+1])) / 2``. An uncompensated long or short interval has
+  no partner to trade time with, so total time cannot be kept; the beat times are kept.
+
+The quartile windows are fed only by beats judged normal, with ``|dRR|`` taken to the
+corrected previous beat: otherwise the jump back from an artefact widens the thresholds, and
+in frequent ectopy (bigeminy) they grow until the ectopic beats pass as sinus.
 
 Nothing is thrown away: every raw beat appears in the output with its raw value, the
 corrected value and its class.
@@ -92,6 +104,10 @@ MIN_HISTORY = 15
 """Corrected differences needed before the thresholds come from the corrected history."""
 STARTUP_FRACTION = 0.1
 """Threshold as a fraction of the local median RR until ``MIN_HISTORY`` normal beats exist."""
+PAIR_SHIFT = 0.25
+"""Smallest displacement of a displaced beat, as a fraction of th1."""
+MISSED_TOL = 0.2
+"""Largest relative misfit of the parts of a split (missed) beat to the local reference."""
 TH_FLOOR_MS = 20.0
 """Smallest threshold, ms: keeps a perfectly regular series (QD = 0) from flagging every beat."""
 
@@ -177,60 +193,84 @@ def _lt_ectopic(d: float, before: float, after: float) -> bool:
     return False
 
 
-def _decide_candidate(
+def _decide(
     t: tuple[float, float],
-    r: tuple[float, float, float, float],
+    r: tuple[float, float, float, float, float],
     p: float,
+    dm1: float,
     med: float,
     th1: float,
     th2: float,
-    d0: float,
-    d1: float,
-    d2: float,
-    m: float,
-    dm1: float,
 ) -> tuple[list[_Row], bool]:
-    _, r0, r1, r2 = r
+    """Classify beat i and correct it.
+
+    ``t`` = times of beats i, i+1; ``r`` = raw RR of beats i−1 .. i+3 (NaN where absent);
+    ``p`` = previous corrected RR (NaN if none); ``dm1`` = the difference before beat i
+    (corrected where available). Returns the output rows for beat i (and for i+1 when it is
+    taken as the partner of the event) and whether i+1 was taken.
+    """
+    rm1, r0, r1, r2, r3 = r
     t0, t1 = t
-    s22 = (min(d1, d2) if d2 == d2 else d1) if d0 >= 0.0 else max(d1, d2) if d2 == d2 else d1
-    eq3 = d0 > 1.0 and s22 < -1.0  # long: the next differences fall back
-    eq4 = abs(m) > 3.0  # far from the local median
-    eq5 = d0 < -1.0 and s22 > 1.0  # short: the next differences climb back
-    if p != p:
-        p = med
-    nxt = r1 if r1 == r1 else p
-    if r0 < med and (eq5 or eq4) and abs(r0 + r1 - med) < th2:
-        merged = r0 + r1
-        return [(t0, r0, _NAN, 5), (t1, r1, merged, 5)], True
-    if r0 > med and (eq3 or eq4) and abs(0.5 * r0 - med) < th2:
-        k = max(2, round(r0 / med))
-        w = [p + (nxt - p) * (j + 1) / (k + 1) for j in range(k)]
-        scale = r0 / math.fsum(w)
-        rows: list[_Row] = []
-        t_start = t0 - r0 / 1000.0
-        acc = 0.0
-        for j in range(k):
-            part = w[j] * scale
-            acc += part
-            last = j == k - 1
-            rows.append((t0 if last else t_start + acc / 1000.0, r0 if last else _NAN, part, 4))
-        return rows, False
-    ect_here = _lt_ectopic(d0, dm1, d1)
-    if (
-        r1 == r1
-        and abs(r0 + r1 - 2.0 * med) < max(th2, STARTUP_FRACTION * med)
-        and (ect_here or _lt_ectopic(d1, d0, d2))
-        and (d0 > 1.0) != (d1 > 0.0)
-    ):
-        # A displaced beat: the pair keeps its sum and takes the interpolated ratio.
+    prev = p if p == p else rm1 if rm1 == rm1 else med
+    d0 = (r0 - prev) / th1
+    d1 = (r1 - r0) / th1  # NaN at the end of a segment: every comparison is then False
+    ms = r0 - med
+    m = (2.0 * ms if ms < 0.0 else ms) / th2
+    candidate = abs(d0) > 1.0 or abs(m) > 3.0
+    if not candidate and not abs(d1) > 1.0:
+        return [(t0, r0, r0, 0)], False
+    d2 = (r2 - r1) / th1
+
+    def usual(x: float) -> float:
+        # A look-ahead beat as a neighbour for interpolation: itself if near the median.
+        return x if abs(x - med) < th2 else med
+
+    n1 = usual(r1)
+    if candidate:
+        s22 = (min(d1, d2) if d2 == d2 else d1) if d0 >= 0.0 else max(d1, d2) if d2 == d2 else d1
+        eq4 = abs(m) > 3.0
+        eq5 = d0 < -1.0 and s22 > 1.0
+        if r0 < med and (eq5 or eq4) and abs(r0 + r1 - med) < th2:
+            return [(t0, r0, _NAN, 5), (t1, r1, r0 + r1, 5)], True
+        ref = 0.5 * (prev + n1)
+        k = max(2, round(r0 / ref))
+        if r0 > med and abs(r0 / k - ref) < min(th2, MISSED_TOL * ref):
+            w = [prev + (n1 - prev) * (j + 1) / (k + 1) for j in range(k)]
+            scale = r0 / math.fsum(w)
+            rows: list[_Row] = []
+            t_start = t0 - r0 / 1000.0
+            acc = 0.0
+            for j in range(k):
+                part = w[j] * scale
+                acc += part
+                last = j == k - 1
+                rows.append((t0 if last else t_start + acc / 1000.0, r0 if last else _NAN, part, 4))
+            return rows, False
+    if r1 == r1 and (_lt_ectopic(d0, dm1, d1) or _lt_ectopic(d1, d0, d2)):
+        n2 = usual(r2) if r2 == r2 else prev
         s = r0 + r1
-        n2 = r2 if r2 == r2 else p
-        a = s * (2.0 * p + n2) / (3.0 * (p + n2))
-        return [(t0, r0, a, 1), (t1, r1, s - a, 1)], True
-    if eq3 or eq4 or eq5:
-        return [(t0, r0, 0.5 * (p + nxt), 2 if r0 > med else 3)], False
-    if ect_here:
-        return [(t0, r0, 0.5 * (p + nxt), 1)], False
+        a = s * (2.0 * prev + n2) / (3.0 * (prev + n2))
+        shift = r0 - a
+        misfit = abs(s - prev - n2)
+        # The displaced beat is the one whose pair sum fits best: not i+1 with i+2.
+        nxt_misfit = abs(r1 + r2 - r0 - r3) if r3 == r3 else math.inf
+        if (
+            shift * d1 < 0.0
+            and abs(shift) > PAIR_SHIFT * th1
+            and misfit < max(th2, STARTUP_FRACTION * med)
+            and misfit <= nxt_misfit
+        ):
+            return [(t0, r0, a, 1), (t1, r1, s - a, 1)], True
+    if not candidate:
+        return [(t0, r0, r0, 0)], False
+    # An uncompensated long or short beat jumps away and the next beat (or the one after, for
+    # a beat no further out than the next) comes back; a swing that persists is sinus.
+    if (d0 > 1.0 and d1 < -1.0) or (d0 < -1.0 and d1 > 1.0):
+        return [(t0, r0, 0.5 * (prev + n1), 2 if d0 > 0.0 else 3)], False
+    if (d0 > 1.0 and d1 <= 0.0 and d2 < -1.0) or (d0 < -1.0 and d1 >= 0.0 and d2 > 1.0):
+        return [(t0, r0, 0.5 * (prev + n1), 2 if d0 > 0.0 else 3)], False
+    if abs(m) > 3.0 and (d1 < -0.5 if ms > 0.0 else d1 > 0.5):
+        return [(t0, r0, 0.5 * (prev + n1), 2 if ms > 0.0 else 3)], False
     return [(t0, r0, r0, 0)], False
 
 
@@ -363,23 +403,21 @@ class ArtefactCorrector:
             if th1 != th1 or len(feat._adrr_q) < MIN_HISTORY:
                 # Too little corrected history for thresholds: use the raw look-ahead ones.
                 th1, th2 = _startup_thresholds(med)
-            ms = r0 - med
-            if ms < 0.0:
-                ms *= 2.0
-            rows, took = _decide_all(
+            rows, took = _decide(
                 (self._at(i, tt), self._at(i + 1, tt)),
-                (rm1, r0, r1, r2),
+                (rm1, r0, r1, r2, self._at(i + 3, rr)),
                 self._p,
+                (self._p - self._pp if self._pp == self._pp else rm1 - rm2) / th1,
                 med,
                 th1,
                 th2,
-                ms,
-                self._p - self._pp if self._pp == self._pp else rm1 - rm2,
             )
-            if rows[0][3] == 0 and rm1 == rm1:
-                # Only beats judged normal feed the quartile windows, so that artefacts do not
-                # widen the thresholds that are meant to catch them.
-                feat.push_corrected(abs(r0 - rm1), abs(ms))
+            if rows[0][3] == 0 and self._p == self._p:
+                # Only beats judged normal feed the quartile windows, with their difference to
+                # the corrected previous beat: artefacts, or the jump back from a raw one, would
+                # widen the thresholds meant to catch them until frequent ectopy passes as sinus.
+                ms = r0 - med
+                feat.push_corrected(abs(r0 - self._p), abs(2.0 * ms if ms < 0.0 else ms))
             for row in rows:
                 out.append(ProcessedBeat(row[0], row[1], row[2], BEAT_CLASSES[row[3]]))
                 c = row[2]
@@ -391,35 +429,6 @@ class ArtefactCorrector:
             rr.popleft()
             tt.popleft()
             self._base += 1
-
-
-def _decide_all(
-    t: tuple[float, float],
-    r: tuple[float, float, float, float],
-    p: float,
-    med: float,
-    th1: float,
-    th2: float,
-    ms: float,
-    dm1_raw: float,
-) -> tuple[list[_Row], bool]:
-    """Classify beat i and correct it.
-
-    ``t`` = times of beats i, i+1; ``r`` = raw RR of beats i−1 .. i+2 (NaN where absent);
-    ``p`` = previous corrected RR (NaN if none); ``ms`` = mRRs[i]; ``dm1_raw`` = dRR[i−1].
-    Returns the output rows for beat i (and for i+1 when it is taken as the partner of the
-    event) and whether i+1 was taken.
-    """
-    rm1, r0, r1, r2 = r
-    if p == p:  # successive difference to the corrected previous beat
-        rm1 = p
-    d0 = (r0 - rm1) / th1
-    m = ms / th2
-    if not (abs(d0) > 1.0 or abs(m) > 3.0):
-        return [(t[0], r0, r0, 0)], False
-    return _decide_candidate(
-        t, r, p, med, th1, th2, d0, (r1 - r0) / th1, (r2 - r1) / th1, m, dm1_raw / th1
-    )
 
 
 def correct_rr(t_s: npt.ArrayLike, rr_ms: npt.ArrayLike) -> CorrectedSeries:

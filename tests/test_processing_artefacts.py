@@ -91,7 +91,10 @@ def test_detection_precision_regression_floor(typ: str, rate: str) -> None:
     assert RESULTS[typ, rate][1] >= 0.75
 
 
-@pytest.mark.xfail(strict=True, reason="issue target 0.97 not met at 1-2 % (one false group)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue target 0.97 not met (0.900-0.958 on 5 cells): one or two natural swings flagged",
+)
 def test_detection_precision_target() -> None:
     assert min(p for _, p, _ in RESULTS.values()) >= 0.97
 
@@ -101,7 +104,6 @@ def test_rmssd_after_correction_median_within_5_pct() -> None:
     assert median(errs) <= 0.05
 
 
-@pytest.mark.xfail(strict=True, reason="issue target: no cell worse than 10 % is not met")
 def test_rmssd_after_correction_no_cell_worse_than_10_pct() -> None:
     assert max(abs(e) for _, _, e in RESULTS.values()) <= 0.10
 
