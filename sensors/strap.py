@@ -20,7 +20,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from bleak import BleakClient, BleakScanner
@@ -104,30 +104,75 @@ BODY_LOCATIONS = {0: "other", 1: "chest", 2: "wrist", 3: "finger", 4: "hand", 5:
                   6: "foot"}  # fmt: skip
 
 
+SCAN_QUEUE_SIZE = 256
+"""Advertisements waiting to be looked at; more are dropped (every strap repeats its own)."""
+
+
+def _strap_row(device: BLEDevice, adv: AdvertisementData) -> dict[str, Any] | None:
+    uuids = [u.lower() for u in adv.service_uuids]
+    if HEART_RATE_SERVICE_UUID not in uuids:
+        return None
+    name = adv.local_name or device.name or ""
+    return {
+        "name": name,
+        "address": device.address,
+        "rssi": adv.rssi,
+        "device_id": device_id_for(name, device.address),
+        "pmd": PMD_SERVICE_UUID in uuids,
+    }
+
+
+def _strongest_first(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda r: -int(r["rssi"] if r["rssi"] is not None else -127))
+
+
+async def watch_straps(
+    scan_s: float, scanner_kwargs: dict[str, Any]
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Scan for ``scan_s`` seconds; yield every strap advertising the Heart Rate Service seen
+    so far (rows as in :func:`scan_straps`, strongest first) each time one appears or its
+    name, RSSI or services change. Other devices never appear. Bluetooth that cannot be used
+    at all becomes one :class:`SensorError` line."""
+    # The detection callback only queues (bounded); rows are built here, outside bleak.
+    queue: asyncio.Queue[tuple[BLEDevice, AdvertisementData]] = asyncio.Queue(SCAN_QUEUE_SIZE)
+
+    def detected(device: BLEDevice, adv: AdvertisementData) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.put_nowait((device, adv))
+
+    seen: dict[str, dict[str, Any]] = {}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + scan_s
+    try:
+        scanner = BleakScanner(detected, **scanner_kwargs)
+        await scanner.start()
+    except (BleakError, OSError) as exc:
+        raise SensorError("scan", bluetooth_unavailable(exc)) from exc
+    try:
+        while (left := deadline - loop.time()) > 0:
+            try:
+                device, adv = await asyncio.wait_for(queue.get(), left)
+            except TimeoutError:
+                break
+            row = _strap_row(device, adv)
+            if row is None or seen.get(device.address) == row:
+                continue
+            seen[device.address] = row
+            yield _strongest_first(seen.values())
+    finally:
+        with contextlib.suppress(BleakError, OSError):
+            await scanner.stop()
+
+
 async def scan_straps(scan_s: float, scanner_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
     """Every strap advertising the Heart Rate Service within ``scan_s`` seconds (any vendor),
     strongest first: name, address, rssi, device_id and whether it offers Polar PMD (raw ECG).
-    Bluetooth that cannot be used at all becomes one :class:`SensorError` line."""
-    try:
-        found = await BleakScanner.discover(timeout=scan_s, return_adv=True, **scanner_kwargs)
-    except (BleakError, OSError) as exc:
-        raise SensorError("scan", bluetooth_unavailable(exc)) from exc
-    rows = []
-    for dev, adv in found.values():
-        uuids = [u.lower() for u in adv.service_uuids]
-        if HEART_RATE_SERVICE_UUID not in uuids:
-            continue
-        name = adv.local_name or dev.name or ""
-        rows.append(
-            {
-                "name": name,
-                "address": dev.address,
-                "rssi": adv.rssi,
-                "device_id": device_id_for(name, dev.address),
-                "pmd": PMD_SERVICE_UUID in uuids,
-            }
-        )
-    return sorted(rows, key=lambda r: -int(r["rssi"] if r["rssi"] is not None else -127))
+    Bluetooth that cannot be used at all becomes one :class:`SensorError` line. For rows as
+    they arrive, iterate :func:`watch_straps` instead."""
+    rows: list[dict[str, Any]] = []
+    async for snapshot in watch_straps(scan_s, scanner_kwargs):
+        rows = snapshot
+    return rows
 
 
 def _offers_hrs(adv: AdvertisementData) -> bool:

@@ -27,9 +27,24 @@ carries (a beat cannot be reported before it happened). So:
    reference (outside a small dead band), at most ``max_slew`` seconds per second — small
    enough that RR derived from the corrected times differ from the strap's by < 0.1 %.
    ``drift_ppm`` reports the estimate.
+7. **Two clocks, two kinds of tolerance.** Beats live in *session* time (RR, drift in ppm,
+   slew, the envelope window: properties of the strap's beat stream). The arrival delay and
+   its jitter happen on the *host*, in wall seconds (event loop, scheduler, a stall). With a
+   time-compressed virtual strap (``time_scale`` session seconds per wall second, e.g. 200)
+   one wall millisecond of host delay is ``time_scale`` ms of session time, so every
+   delay-related threshold is ``link part + host part × time_scale``: ``tolerance_s`` and
+   ``deadband_s`` get ``host_jitter_s × time_scale``, ``step_threshold_s`` twice that (the
+   envelope may sit at the dead band's edge and still rise by one jitter), ``max_lag_s``
+   gets ``host_stall_s × time_scale``, and the envelope window spans at least
+   ``host_window_s`` of wall time. At ``time_scale`` 1 (a real strap) the host parts are
+   small against the BLE link's. Below the reference the servo's band is at most half the
+   tolerance, so a fast strap clock is slewed away smoothly before single lags cross
+   ``-tolerance_s`` and get pulled back (flagged). The price of compression is explicit:
+   the smallest loss of beats the timer can see, and the residual timing error after drift
+   correction, grow with ``time_scale`` (docs/timing.md gives the figures).
 
 Pure and synchronous: times are passed in (seconds on any monotonic clock, scaled to session
-time by the caller), nothing here reads a clock.
+time by the caller, who passes the same scale as ``time_scale``), nothing here reads a clock.
 """
 
 from __future__ import annotations
@@ -62,29 +77,60 @@ class TimingGap:
 class BeatTimer:
     """Streaming beat-time reconstruction; see the module docstring.
 
+    Link parts (seconds; a real strap's BLE link, where session and wall time agree):
     ``max_lag_s``: a lag above this means lost beats at once (default 5 s: straps report up to
     3–4 s late). ``tolerance_s``: how far "in the future" a beat may appear before the offset
-    is corrected (arrival-time jitter). ``envelope_s``: window of the lower envelope.
-    ``max_slew``: drift correction, seconds of offset change per second at most (2e-4 =
-    200 ppm, well above real crystals, so a derived RR moves by ≤ 0.2 ms per second).
-    ``deadband_s``: envelope errors smaller than this are left alone (latency jitter).
+    is corrected (arrival-time jitter). ``deadband_s``: envelope errors smaller than this are
+    left alone (latency jitter). ``step_threshold_s``: a rise of the whole envelope above this
+    means beats went missing.
+
+    Host parts (WALL seconds, multiplied by ``time_scale`` and added to the link parts):
+    ``host_jitter_s`` (default 5 ms): how much the host's own delay in stamping arrivals
+    wanders over an envelope window (measured for the in-process virtual link at speed 200
+    on a shared 2-core machine: median 0.8 ms, p99 5 ms); ``host_stall_s`` (default 0.25 s):
+    how long the host may hold one notification (GC, CPU contention: 0.18 s was seen once in
+    a 217 s run there) before a late notification is read as missing beats;
+    ``host_window_s`` (default 1 s): the envelope window spans at least this much wall time
+    (a slow-down of ~0.2 s, every notification ~50 ms late, was seen there too).
+
+    Beat-clock parameters (session seconds): ``envelope_s``: window of the lower envelope (at
+    least ``host_window_s × time_scale``).
+    ``max_slew``: drift correction, seconds of offset change per second at most (5e-4 =
+    500 ppm, well above real crystals' ±20–100 ppm, so a derived RR moves by ≤ 0.5 ms per
+    second, < 0.05 %). ``time_scale``: session seconds per wall second of the arrival clock
+    (1 for a real strap; the speed of a time-compressed virtual one).
+
+    The attributes ``max_lag_s``, ``tolerance_s``, ``deadband_s`` and ``step_threshold_s``
+    hold the effective thresholds in session seconds (link part + host part × time_scale).
+    ``max_slew`` is spread over each notification's beats in proportion to their RR, so no
+    derived RR differs from the strap's by more than ``max_slew`` of itself.
     """
 
     def __init__(
         self,
         *,
+        time_scale: float = 1.0,
         max_lag_s: float = 5.0,
         tolerance_s: float = 0.05,
         envelope_s: float = 30.0,
-        max_slew: float = 2e-4,
+        max_slew: float = 5e-4,
         deadband_s: float = 0.1,
         step_threshold_s: float = 0.25,
+        host_jitter_s: float = 0.005,
+        host_stall_s: float = 0.25,
+        host_window_s: float = 1.0,
     ) -> None:
-        self.deadband_s = deadband_s
-        self.step_threshold_s = step_threshold_s
-        self.max_lag_s = max_lag_s
-        self.tolerance_s = tolerance_s
-        self.envelope_s = envelope_s
+        if not time_scale > 0:
+            raise ValueError(f"time_scale must be > 0, got {time_scale!r}")
+        self.time_scale = time_scale
+        jitter = host_jitter_s * time_scale
+        self.deadband_s = deadband_s + jitter
+        self.step_threshold_s = step_threshold_s + 2 * jitter  # past the dead band, plus jitter
+        self.max_lag_s = max_lag_s + host_stall_s * time_scale
+        self.tolerance_s = tolerance_s + jitter
+        # The envelope must span more wall time than a host slow-down lasts, or a spell in
+        # which every notification is late reads as a rise of the whole envelope.
+        self.envelope_s = max(envelope_s, host_window_s * time_scale)
         self.max_slew = max_slew
         self.offset_s: float | None = None
         self._cum_s = 0.0
@@ -99,12 +145,13 @@ class BeatTimer:
 
     @property
     def drift_ppm(self) -> float:
-        """Offset correction applied so far per elapsed time, in parts per million
-        (positive: the strap's clock runs slow against the host's)."""
+        """Estimated rate of the strap's beat clock against the host's, parts per million
+        (positive: the strap's clock runs fast, so its RR are too long and the offset had
+        to be pulled back): minus the offset correction applied so far per elapsed time."""
         if self._first_arrival is None or self._last_arrival is None:
             return 0.0
         elapsed = self._last_arrival - self._first_arrival
-        return self._correction_s / elapsed * 1e6 if elapsed > 0 else 0.0
+        return -self._correction_s / elapsed * 1e6 if elapsed > 0 else 0.0
 
     def mark_gap(self) -> None:
         """An explicit interruption (reconnect): the next notification is re-anchored."""
@@ -137,12 +184,14 @@ class BeatTimer:
             return out, gap
         uncertain = False
         gap = None
+        slew = 0.0
         if lag < -self.tolerance_s:
             self.offset_s += lag  # pull back: a beat cannot be reported before it happened
             self._correction_s += lag
             uncertain = True
         else:
-            step = self._servo(arrival_s, lag)
+            found = self._envelope_error(arrival_s, lag)
+            step = self._jump(found, arrival_s, lag)
             if step is not None:
                 # The whole envelope rose: beats went missing within the last envelope_s.
                 start = self._last_t if self._last_t is not None else 0.0
@@ -152,7 +201,9 @@ class BeatTimer:
                 self.gaps.append(gap)
                 self._lags.clear()
                 uncertain = True
-        out = self._emit(rr, uncertain=uncertain)
+            else:
+                slew = self._slew(found, total_s)
+        out = self._emit(rr, uncertain=uncertain, slew_s=slew)
         self._observe(arrival_s, out[-1].t_s)
         return out, gap
 
@@ -164,12 +215,19 @@ class BeatTimer:
         self._anchor(arrival_s, sum(rr) / 1000.0)
         return self._gap(arrival_s, sum(rr) / 1000.0, reason)
 
-    def _emit(self, rr: list[float], *, uncertain: bool) -> list[TimedBeat]:
+    def _emit(self, rr: list[float], *, uncertain: bool, slew_s: float = 0.0) -> list[TimedBeat]:
+        """Times for ``rr``. ``slew_s``, a drift correction already added to the offset, is
+        phased in over these beats in proportion to their RR, so that no single derived RR
+        changes by more than ``max_slew`` of itself."""
         assert self.offset_s is not None
         beats: list[TimedBeat] = []
+        total = sum(rr) / 1000.0
+        base = self.offset_s - slew_s
+        done = 0.0
         for r in rr:
             self._cum_s += r / 1000.0
-            t = self.offset_s + self._cum_s
+            done += r / 1000.0
+            t = base + self._cum_s + (slew_s * done / total if total > 0 else slew_s)
             if self._last_t is not None and t <= self._last_t:
                 t = self._last_t + 1e-6  # never backwards, whatever the corrections did
             beats.append(TimedBeat(t, r, uncertain))
@@ -179,8 +237,10 @@ class BeatTimer:
         return beats
 
     def _observe(self, arrival_s: float, last_t: float) -> None:
-        self._lags.append((arrival_s, arrival_s - last_t))
-        while self._lags and self._lags[0][0] < arrival_s - self.envelope_s:
+        # Windows are kept on BEAT time, not arrival time: a host stall longer than the window
+        # must not leave only its own late notifications in it (a spurious envelope rise).
+        self._lags.append((last_t, arrival_s - last_t))
+        while self._lags and self._lags[0][0] < last_t - self.envelope_s:
             self._lags.popleft()
         self._last_arrival = arrival_s
 
@@ -197,29 +257,53 @@ class BeatTimer:
         self.gaps.append(gap)
         return gap
 
-    def _servo(self, arrival_s: float, lag: float) -> float | None:
-        """Drift correction; returns the size of a step when beats were found missing."""
+    def _envelope_error(self, arrival_s: float, lag: float) -> tuple[float, float] | None:
+        """(envelope − reference, span of the lag window) once a reference exists."""
         if not self._lags:
             return None
-        window = [x for t, x in self._lags if t >= arrival_s - self.envelope_s]
+        now = arrival_s - lag  # the beat time of this notification's last beat
+        window = [x for t, x in self._lags if t >= now - self.envelope_s]
         envelope = min([*window, lag])
-        span = arrival_s - self._lags[0][0]
+        span = now - self._lags[0][0]
         if self._reference is None:
             if span >= self.envelope_s:
-                self._reference = envelope
+                # The pure delay cannot be negative (a beat is never reported before it
+                # happened); holding the envelope at ≥ 0 keeps the servo acting on drift
+                # before single lags cross -tolerance_s and get pulled back.
+                self._reference = max(envelope, 0.0)
             return None
-        error = envelope - self._reference
-        assert self.offset_s is not None
+        return envelope - self._reference, span
+
+    def _jump(
+        self, found: tuple[float, float] | None, arrival_s: float, lag: float
+    ) -> float | None:
+        """The size of a step when the whole envelope rose (beats found missing), else None."""
+        if found is None:
+            return None
+        error, span = found
         if error > self.step_threshold_s and span >= self.envelope_s:
             # Not drift but a jump. Its size: the envelope of the recent half window only
             # (older lags in the window may still straddle the jump).
-            recent = [x for t, x in self._lags if t >= arrival_s - self.envelope_s / 2]
+            assert self._reference is not None
+            recent = [x for t, x in self._lags if t >= arrival_s - lag - self.envelope_s / 2]
             return min([*recent, lag]) - self._reference
-        if abs(error) < self.deadband_s:
-            return None
-        error -= self.deadband_s if error > 0 else -self.deadband_s
-        dt = arrival_s - (self._last_arrival or arrival_s)
-        step = max(-self.max_slew * dt, min(self.max_slew * dt, error))
+        return None
+
+    def _slew(self, found: tuple[float, float] | None, total_s: float) -> float:
+        """Drift correction for a notification carrying ``total_s`` of beats: moves the
+        offset toward the envelope's reference, by at most ``max_slew × total_s`` (so over a
+        session at most ``max_slew`` per second of beats). Returns the amount applied."""
+        if found is None:
+            return 0.0
+        # Lags falling (the strap's clock fast) must be caught before single lags cross
+        # -tolerance_s and are pulled back (a step, flagged uncertain): on that side the
+        # band is at most half the tolerance.
+        band = self.deadband_s if found[0] > 0 else min(self.deadband_s, self.tolerance_s / 2)
+        if abs(found[0]) < band:
+            return 0.0
+        error = found[0] - (band if found[0] > 0 else -band)
+        step = max(-self.max_slew * total_s, min(self.max_slew * total_s, error))
+        assert self.offset_s is not None
         self.offset_s += step
         self._correction_s += step
-        return None
+        return step

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from settle import cli_sessions
 from settle.app import serve
@@ -373,9 +375,49 @@ def scan(
     ] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """List nearby straps offering the Heart Rate Service 0x180D (any vendor)."""
+    """List nearby straps offering the Heart Rate Service 0x180D (any vendor).
+
+    On a terminal the table fills in live as straps advertise; piped, or with --json, the
+    result is printed once at the end."""
     settings_from(config)
     _run(_scan(timeout, as_json, virtual))
+
+
+SCAN_HEADERS = ["name", "address", "RSSI", "device id", "raw ECG (PMD)"]
+
+
+def _scan_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
+    return [
+        [r["name"], r["address"], str(r["rssi"]), r["device_id"], "yes" if r["pmd"] else "no"]
+        for r in rows
+    ]
+
+
+def _scan_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(*SCAN_HEADERS, title=title, title_justify="left")
+    for cells in _scan_cells(rows):
+        table.add_row(*cells)
+    return table
+
+
+async def live_scan(
+    scan_s: float, scanner_kwargs: dict[str, Any], console: Console
+) -> list[dict[str, Any]]:
+    """Scan, redrawing a rich table on ``console`` (a terminal) as straps appear or change;
+    the final table stays on screen. Returns the rows, strongest first."""
+    from rich.live import Live
+
+    from sensors.strap import watch_straps
+
+    rows: list[dict[str, Any]] = []
+    scanning = f"Scanning for heart-rate straps ({scan_s:g} s)…"
+    with Live(_scan_table(rows, scanning), console=console, refresh_per_second=8) as live:
+        async for snapshot in watch_straps(scan_s, scanner_kwargs):
+            rows = snapshot
+            live.update(_scan_table(rows, scanning))
+        n = len(rows)
+        live.update(_scan_table(rows, f"{n} heart-rate strap{'' if n == 1 else 's'} found"))
+    return rows
 
 
 async def _scan(scan_s: float, as_json: bool, virtual: bool) -> int:
@@ -383,6 +425,8 @@ async def _scan(scan_s: float, as_json: bool, virtual: bool) -> int:
 
     async def do_scan(kwargs: dict[str, Any]) -> list[dict[str, Any]]:
         try:
+            if out.is_terminal and not as_json:
+                return await live_scan(scan_s, kwargs, out)
             return await scan_straps(scan_s, kwargs)
         except SettleError as exc:
             raise SettleError(getattr(exc, "reason", str(exc))) from exc
@@ -401,13 +445,8 @@ async def _scan(scan_s: float, as_json: bool, virtual: bool) -> int:
         from sensors.strap import NOT_FOUND_HINT
 
         raise SettleError(f"no heart-rate strap found in {scan_s:g} s — {NOT_FOUND_HINT}")
-    print_table(
-        ["name", "address", "RSSI", "device id", "raw ECG (PMD)"],
-        [
-            [r["name"], r["address"], str(r["rssi"]), r["device_id"], "yes" if r["pmd"] else ""]
-            for r in rows
-        ],
-    )
+    if not out.is_terminal:  # on a terminal the live table is already there
+        print_table(SCAN_HEADERS, _scan_cells(rows))
     return 0
 
 

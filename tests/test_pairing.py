@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from rich.console import Console
+
+from sensors.strap import watch_straps
+from sensors.virtual.air import VirtualAir
+from sensors.virtual.strap import VirtualStrap
 from sessions.store import SessionStore
 from settle import pairing
+from settle.cli import live_scan
 from tests.conftest import DATA
 from tests.test_e2e import CONFIG
+from tests.test_virtual_ble import other_advertiser
 
 
 def settle(*args: str, paired: Path) -> subprocess.CompletedProcess[str]:
@@ -73,3 +83,54 @@ def test_run_replay_feeds_a_recording_through_the_pipeline(tmp_path: Path) -> No
         assert s.n_beats == 337
     bad = settle("run", "--replay", str(tmp_path / "missing.csv"), paired=tmp_path / "n.json")
     assert bad.returncode == 1 and "file not found" in bad.stderr
+
+
+# -- scan ------------------------------------------------------------------------------------
+
+
+async def test_scan_table_fills_in_live_with_heart_rate_straps_only() -> None:
+    async with VirtualAir() as air, asyncio.timeout(20):
+        for name in ["Polar H10 A1B2C3D4", "Wahoo TICKR 0042"]:
+            await VirtualStrap(air, [800.0] * 5, name=name).start()
+        await other_advertiser(air)  # advertises the Battery Service only
+        kw = air.scanner_kwargs()
+
+        # Rows arrive while the scan is still running, not only at its end.
+        t0 = time.monotonic()
+        seen: list[tuple[float, set[str]]] = []
+        async for rows in watch_straps(3.0, kw):
+            seen.append((time.monotonic() - t0, {r["name"] for r in rows}))
+        first_t, first = seen[0]
+        assert first_t < 1.0 and first <= {"Polar H10 A1B2C3D4", "Wahoo TICKR 0042"}
+        assert seen[-1][1] == {"Polar H10 A1B2C3D4", "Wahoo TICKR 0042"}
+        assert time.monotonic() - t0 >= 3.0  # a scan lasts its timeout
+
+        console = Console(file=io.StringIO(), force_terminal=True, record=True, width=140)
+        rows = await live_scan(1.0, kw, console)
+        shown = console.export_text()
+        assert {r["name"] for r in rows} == {"Polar H10 A1B2C3D4", "Wahoo TICKR 0042"}
+        assert "2 heart-rate straps found" in shown
+        for r in rows:
+            line = next(line for line in shown.splitlines() if r["name"] in line)
+            assert r["address"] in line and str(r["rssi"]) in line and r["device_id"] in line
+            assert line.rstrip(" │|").endswith("no")  # no Polar PMD advertised
+        assert "Other Gadget" not in shown
+        drawn = console.file.getvalue()  # type: ignore[attr-defined]
+        assert "Scanning for heart-rate straps (1 s)" in drawn  # the live view before the end
+        assert "\x1b[" in drawn  # a terminal gets rich's redrawn table
+
+
+def test_scan_piped_prints_one_plain_table_and_json_one_document(tmp_path: Path) -> None:
+    paired = tmp_path / "none.json"
+    res = settle("scan", "--virtual", "--timeout", "1", paired=paired)
+    assert res.returncode == 0, res.stderr
+    assert "\x1b" not in res.stdout and "Scanning" not in res.stdout  # no live view in a pipe
+    header, *rows = res.stdout.strip().splitlines()
+    assert header.split() == ["name", "address", "RSSI", "device", "id", "raw", "ECG", "(PMD)"]
+    assert len(rows) == 1 and rows[0].startswith("Settle Virtual HR")
+    assert rows[0].split()[-1] == "no"
+    res = settle("scan", "--virtual", "--timeout", "1", "--json", paired=paired)
+    assert res.returncode == 0, res.stderr
+    (line,) = res.stdout.strip().splitlines()  # one document, nothing live before it
+    (strap,) = json.loads(line)["straps"]
+    assert strap["name"] == "Settle Virtual HR" and strap["pmd"] is False

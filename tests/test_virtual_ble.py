@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import numpy as np
 import pytest
 from bleak import BleakClient, BleakScanner
 from bleak.backends.characteristic import BleakGATTCharacteristic
@@ -34,7 +35,10 @@ from sensors.hrs import (
     HeartRateMeasurement,
     rr_ms_to_raw,
 )
+from sensors.strap import StrapClient
+from sensors.timing import BeatTimer
 from sensors.virtual import VirtualAir, VirtualStrap
+from sensors.virtual.model import ModelParams, PhysioModel
 from settle.errors import SensorError
 
 LIMIT_S = 10.0  # per-test wall-clock bound; every test normally takes well under 2 s
@@ -548,3 +552,51 @@ async def test_clean_stop_leaves_no_pending_tasks() -> None:
             assert not client.is_connected
         await asyncio.sleep(0)  # let bumble's last call_soon callbacks run
         assert asyncio.all_tasks() == before
+
+
+# -- clock drift ---------------------------------------------------------------------------
+
+
+async def test_strap_clock_drift_is_found_and_corrected_over_a_long_replay(
+    air: VirtualAir,
+) -> None:
+    """Two simulated hours at speed 200 (36 s of wall time) from a strap whose crystal runs
+    200 ppm fast: its cumulative RR runs 1.4 s ahead of the host's clock; BeatTimer, given the
+    time scale, slews that away without gaps or flags and keeps every beat within 0.5 s (2.5
+    wall-ms) of the truth."""
+    speed, ppm, hours = 200.0, 200.0, 2.0
+    model = PhysioModel(ModelParams(), seed=7)
+    rr_true: list[float] = []
+    while sum(rr_true) < hours * 3_600_000 - 2000:
+        rr_true.append(next(model))
+    async with asyncio.timeout(110):
+        strap = await started_strap(air, rr_true, speed=speed, clock_ppm=ppm)
+        client = StrapClient(
+            address=strap.address,
+            scanner_kwargs=air.scanner_kwargs(),
+            client_kwargs=air.client_kwargs(),
+        )
+        timer = BeatTimer(time_scale=speed)
+        times: list[float] = []
+        reported: list[float] = []
+        flagged = 0
+        async with client.connect(await client.find()) as stream:
+            t0: float | None = None
+            async for n in stream:
+                t0 = n.recv_mono_s if t0 is None else t0
+                beats, _gap = timer.push((n.recv_mono_s - t0) * speed, n.measurement.rr_ms)
+                times += [b.t_s for b in beats]
+                flagged += sum(b.uncertain for b in beats)
+                reported += n.measurement.rr_ms
+                if len(times) == len(rr_true):
+                    break
+    truth = np.cumsum(rr_true) / 1000.0
+    # The strap measured every interval with its fast clock (then 1/1024 s quantisation).
+    assert np.allclose(reported, np.array(rr_true) * (1 + ppm * 1e-6), atol=0.49)
+    raw = np.cumsum(reported) / 1000.0 - truth
+    assert raw[-1] - raw[0] == pytest.approx(ppm * 1e-6 * truth[-1], abs=0.05)  # 1.44 s
+    err = np.array(times) - truth
+    err -= np.median(err[:200])  # the absolute offset is unknowable; its change is not
+    assert timer.gaps == [] and flagged <= 3
+    assert np.max(np.abs(err)) < 0.5
+    assert timer.drift_ppm == pytest.approx(ppm, abs=60)

@@ -12,6 +12,14 @@ clock then runs on whatever happens to the link. One simulated second lasts
 completed during that second (usually 0–3), as real straps do; beats completed while no
 central is subscribed are lost and counted in ``beats_unsent``.
 
+``clock_ppm`` gives the strap's own crystal an error, as real ones have (typically ±20–100
+ppm): its clock runs fast by that many parts per million (negative: slow) against the
+simulated — the host's — clock. The beats themselves happen on the simulated clock
+(``rr_source`` holds the true intervals); the strap *measures* each interval with its own
+clock, so it reports ``rr × (1 + clock_ppm·1e-6)``, and it notifies once per second of its
+own clock. Over 12 h, 200 ppm is 8.6 s: the cumulative sum of the reported RR runs ahead of
+the host's clock by that much, which is what :class:`sensors.timing.BeatTimer` must correct.
+
 With ``pmd=PmdConfig(...)`` the strap also offers Polar's PMD service and streams raw ECG,
 emulating the H10 behaviours listed in :mod:`sensors.virtual.pmd` (then ``max_centrals=2``
 keeps it advertising for a second central, like Polar's "dual connection").
@@ -78,6 +86,8 @@ class VirtualStrap:
         name: advertised and GAP device name.
         address: random static address "AA:BB:…"; default: a fresh one from ``air``.
         speed: simulated seconds per wall second (e.g. 100 in tests).
+        clock_ppm: error of the strap's clock in parts per million (positive: fast); see
+            the module docstring.
         contact: None → flags like a Polar H10 (contact not supported, 0x10);
             True/False → contact supported with that "detected" bit (Polar H7: 0x16).
         battery_pct: Battery Level in percent.
@@ -96,6 +106,7 @@ class VirtualStrap:
         name: str = "Settle Virtual HR",
         address: str | None = None,
         speed: float = 1.0,
+        clock_ppm: float = 0.0,
         contact: bool | None = None,
         battery_pct: int = 87,
         body_sensor_location: int = 1,
@@ -111,10 +122,13 @@ class VirtualStrap:
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be > 0")
+        if not abs(clock_ppm) < 1e5:
+            raise ValueError("clock_ppm must be within ±100000")
         if not 0 <= battery_pct <= 100:
             raise ValueError("battery_pct must be within 0..100")
         self.name = name
         self._speed = speed
+        self._clock_rate = 1.0 + clock_ppm * 1e-6  # strap seconds per simulated second
         self.contact = contact
         self._air = air
         self._rr_source = rr_source
@@ -215,6 +229,11 @@ class VirtualStrap:
     def speed(self) -> float:
         """Simulated seconds per wall second (fixed: the beat schedule depends on it)."""
         return self._speed
+
+    @property
+    def clock_ppm(self) -> float:
+        """Error of the strap's clock, parts per million (positive: it runs fast)."""
+        return (self._clock_rate - 1.0) * 1e6
 
     @property
     def is_connected(self) -> bool:
@@ -355,16 +374,19 @@ class VirtualStrap:
             second = 0
             while pending_rr is not None:
                 second += 1
+                # The strap notifies once per second of ITS clock; in simulated time that
+                # second ends at second / clock_rate.
+                now_ms = second * 1000.0 / self._clock_rate
                 # Absolute deadlines: the wall clock never drifts from the simulated one.
-                await asyncio.sleep(max(0.0, t0 + second / self._speed - loop.time()))
-                now_ms = second * 1000.0
+                await asyncio.sleep(max(0.0, t0 + now_ms / 1000.0 / self._speed - loop.time()))
                 completed: list[float] = []
                 while pending_rr is not None and beat_ms + pending_rr <= now_ms:
                     if not pending_rr > 0:
                         raise ValueError(f"RR must be > 0 ms, got {pending_rr}")
                     beat_ms += pending_rr
-                    completed.append(pending_rr)
-                    recent.append((beat_ms, pending_rr))
+                    measured = pending_rr * self._clock_rate  # on the strap's own clock
+                    completed.append(measured)
+                    recent.append((beat_ms, measured))
                     pending_rr = next(rr_iter, None)
                 while recent and recent[0][0] < now_ms - HR_WINDOW_MS:
                     recent.popleft()
