@@ -24,7 +24,8 @@ Decision for beat ``i`` (beats already taken as the partner of an earlier event 
     candidate  |d_i| > 1  or  |m| > 3;  pair candidate also  |d_{i+1}| > 1
     usual(x)   = x if |x − med| < th2 else med      (a look-ahead beat used as a neighbour)
     s22        = min(d_{i+1}, d_{i+2}) if d_i ≥ 0 else max(d_{i+1}, d_{i+2})
-    extra   : rr[i] < med, (d_i < −1 and s22 > 1 or |m| > 3) and |rr[i] + rr[i+1] − med| < th2
+    extra   : rr[i] < med, (d_i < −1 and s22 > 1 or |m| > 3) and |rr[i] + rr[i+1] − ref₂| < th2,
+              ref₂ = (p + usual(rr[i+2])) / 2   (the merged interval fits its neighbours)
     missed  : rr[i] > med and |rr[i]/k − ref| < min(th2, 0.2·ref), k = max(2, round(rr[i]/ref)),
               ref = (p + usual(rr[i+1])) / 2   (the neighbours, not the 11-beat median: with
               strong sinus arrhythmia the median cannot tell a missed beat from a long one)
@@ -230,7 +231,10 @@ def _decide(
         s22 = (min(d1, d2) if d2 == d2 else d1) if d0 >= 0.0 else max(d1, d2) if d2 == d2 else d1
         eq4 = abs(m) > 3.0
         eq5 = d0 < -1.0 and s22 > 1.0
-        if r0 < med and (eq5 or eq4) and abs(r0 + r1 - med) < th2:
+        # The merged interval must fit its neighbours (the beats either side of the pair), not
+        # the 11-beat median: within a swing of sinus arrhythmia the median is far off.
+        ref = 0.5 * (prev + (usual(r2) if r2 == r2 else med))
+        if r0 < med and (eq5 or eq4) and abs(r0 + r1 - ref) < th2:
             return [(t0, r0, _NAN, 5), (t1, r1, r0 + r1, 5)], True
         ref = 0.5 * (prev + n1)
         k = max(2, round(r0 / ref))

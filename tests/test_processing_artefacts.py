@@ -40,12 +40,14 @@ def _rmssd(rr: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.diff(rr) ** 2)))
 
 
-def _score(typ: str, rate: str) -> tuple[float, float, float]:
-    """(sensitivity, precision, RMSSD error vs the corrected clean base) of one file.
+def _score(typ: str, rate: str) -> tuple[float, float, float, float]:
+    """(sensitivity, precision, RMSSD error vs the corrected clean base, strict precision).
 
     Sensitivity: share of injected events with at least one beat flagged. Precision: share of
     flagged groups (runs of adjacent flagged beats) that touch an injected event, not counting
     groups at beats that are already flagged in the clean base (its own premature beats).
+    Strict precision counts every group that touches no injected event as false, including
+    those at the base's own flagged beats (which are labelled clean).
     """
     a = _load(f"{BASE}__{typ}__{rate}")
     clean = _load(f"{BASE}__clean")
@@ -74,7 +76,7 @@ def _score(typ: str, rate: str) -> tuple[float, float, float]:
     ]
     tp = sum(any(labels[i] != "none" for i in g) for g in real)
     err = _rmssd(cs.rr_ms) / _rmssd(csc.rr_ms) - 1.0
-    return found / len(by_event), tp / max(len(real), 1), err
+    return found / len(by_event), tp / max(len(real), 1), err, tp / max(len(groups), 1)
 
 
 RESULTS = {(t, r): _score(t, r) for t in TYPES for r in RATES}
@@ -87,25 +89,35 @@ def test_detection_sensitivity(typ: str, rate: str) -> None:
 
 @pytest.mark.parametrize(("typ", "rate"), list(RESULTS))
 def test_detection_precision_regression_floor(typ: str, rate: str) -> None:
-    # Not the issue target (see the xfail below): a floor that catches regressions.
-    assert RESULTS[typ, rate][1] >= 0.75
+    # Not the issue target (see the xfail below): floors just below the measured values
+    # (lowest cell 0.900; strict 0.409) that catch regressions.
+    assert RESULTS[typ, rate][1] >= 0.89
+    assert RESULTS[typ, rate][3] >= 0.40
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue target 0.97 not met (0.900-0.958 on 5 cells): one or two natural swings flagged",
+    reason="issue target 0.97 not met (0.900-0.958 on 5 cells): natural single-beat swings as "
+    "large as the injected ones are flagged (see docs/indices.md)",
 )
 def test_detection_precision_target() -> None:
-    assert min(p for _, p, _ in RESULTS.values()) >= 0.97
+    assert min(r[1] for r in RESULTS.values()) >= 0.97
 
 
 def test_rmssd_after_correction_median_within_5_pct() -> None:
-    errs = [abs(e) for _, _, e in RESULTS.values()]
+    errs = [abs(r[2]) for r in RESULTS.values()]
     assert median(errs) <= 0.05
 
 
-def test_rmssd_after_correction_no_cell_worse_than_10_pct() -> None:
-    assert max(abs(e) for _, _, e in RESULTS.values()) <= 0.10
+def test_rmssd_after_correction_every_cell_within_3_pct() -> None:
+    # Target 10 %; measured worst 2.3 % (extra 5 %), so also a regression bound of 3 %.
+    assert max(abs(r[2]) for r in RESULTS.values()) <= 0.03
+
+
+def test_clean_base_flags_stay_few() -> None:
+    # The clean base has a few genuine premature beats and swings: 18 of 910 flagged now.
+    clean = _load(f"{BASE}__clean")
+    assert correct_rr(clean["t_s"], clean["rr_ms"]).n_flagged <= 18
 
 
 def test_correction_is_far_better_than_none() -> None:
