@@ -36,8 +36,10 @@ Decision for beat ``i`` (beats already taken as the partner of an earlier event 
               sign to d_{i+1}
     long / short : an isolated jump that comes back: d_i > 1 and d_{i+1} < −1 (or the mirror),
               or d_i > 1, d_{i+1} ≤ 0, d_{i+2} < −1 (two-beat return), or |m| > 3 with the next
-              beat moving back towards the median; anything else is normal (a swing that
-              persists, or a step followed by another step, is sinus variability)
+              beat moving back towards the median — and only if rr[i] departs from the mean
+              of its neighbours by ≥ 15 % (``LONG_SHORT_MIN_REL``); anything else is normal
+              (a swing that persists, a step followed by another step, or a single interval
+              within the reach of sinus arrhythmia is sinus variability)
 
 Corrections:
 
@@ -109,6 +111,8 @@ PAIR_SHIFT = 0.25
 """Smallest displacement of a displaced beat, as a fraction of th1."""
 MISSED_TOL = 0.2
 """Largest relative misfit of the parts of a split (missed) beat to the local reference."""
+LONG_SHORT_MIN_REL = 0.15
+"""Smallest departure of a long/short beat from its neighbours' mean, as a fraction of it."""
 TH_FLOOR_MS = 20.0
 """Smallest threshold, ms: keeps a perfectly regular series (QD = 0) from flagging every beat."""
 
@@ -266,6 +270,12 @@ def _decide(
         ):
             return [(t0, r0, a, 1), (t1, r1, s - a, 1)], True
     if not candidate:
+        return [(t0, r0, r0, 0)], False
+    # A single beat within LONG_SHORT_MIN_REL of its neighbours' mean is not called long or
+    # short however sharp the jump looks against a calm stretch's thresholds: sinus
+    # arrhythmia moves single intervals by that much (Malik's rule uses 20 %).
+    ref = 0.5 * (prev + n1) if n1 == n1 else prev
+    if abs(r0 - ref) < LONG_SHORT_MIN_REL * ref:
         return [(t0, r0, r0, 0)], False
     # An uncompensated long or short beat jumps away and the next beat (or the one after, for
     # a beat no further out than the next) comes back; a swing that persists is sinus.

@@ -18,6 +18,7 @@ from processing.artefacts import (
 
 ART = Path(__file__).parent / "data" / "artifacts"
 BASE = "bartels_rest_supine"
+BASES = (BASE, "pyhrv_nni_long")
 TYPES = ["ectopic", "extra", "longshort", "misaligned", "missed", "mixed"]
 RATES = ["1pct", "2pct", "5pct"]
 # Injected label -> the class that names it ("misaligned" = a displaced, compensated beat).
@@ -32,7 +33,10 @@ EXPECT = {
 
 
 def _load(name: str) -> np.ndarray:
-    return np.genfromtxt(ART / f"{name}.csv", delimiter=",", names=True, dtype=None, encoding=None)
+    path = ART / f"{name}.csv"
+    if not path.exists():
+        path = path.with_suffix(".csv.gz")  # the larger set is kept compressed
+    return np.genfromtxt(path, delimiter=",", names=True, dtype=None, encoding=None)
 
 
 def _rmssd(rr: np.ndarray) -> float:
@@ -40,7 +44,7 @@ def _rmssd(rr: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.diff(rr) ** 2)))
 
 
-def _score(typ: str, rate: str) -> tuple[float, float, float, float]:
+def _score(base: str, typ: str, rate: str) -> tuple[float, float, float, float]:
     """(sensitivity, precision, RMSSD error vs the corrected clean base, strict precision).
 
     Sensitivity: share of injected events with at least one beat flagged. Precision: share of
@@ -49,8 +53,8 @@ def _score(typ: str, rate: str) -> tuple[float, float, float, float]:
     Strict precision counts every group that touches no injected event as false, including
     those at the base's own flagged beats (which are labelled clean).
     """
-    a = _load(f"{BASE}__{typ}__{rate}")
-    clean = _load(f"{BASE}__clean")
+    a = _load(f"{base}__{typ}__{rate}")
+    clean = _load(f"{base}__clean")
     cs = correct_rr(a["t_s"], a["rr_ms"])
     code = cs.code[~np.isnan(cs.rr_raw_ms)]
     assert code.size == a.size
@@ -79,29 +83,60 @@ def _score(typ: str, rate: str) -> tuple[float, float, float, float]:
     return found / len(by_event), tp / max(len(real), 1), err, tp / max(len(groups), 1)
 
 
-RESULTS = {(t, r): _score(t, r) for t in TYPES for r in RATES}
+RESULTS = {(b, t, r): _score(b, t, r) for b in BASES for t in TYPES for r in RATES}
+
+# pyhrv's misaligned beats: a 10 % shift there is ≈ 76 ms, inside that series' own
+# beat-to-beat variability (docs/indices.md); floors just below the measured 0.936-0.949.
+SENSITIVITY_SHORTFALL = {("pyhrv_nni_long", "misaligned"): 0.93}
 
 
-@pytest.mark.parametrize(("typ", "rate"), list(RESULTS))
-def test_detection_sensitivity(typ: str, rate: str) -> None:
-    assert RESULTS[typ, rate][0] >= 0.97
+@pytest.mark.parametrize(("base", "typ", "rate"), list(RESULTS))
+def test_detection_sensitivity(base: str, typ: str, rate: str) -> None:
+    assert RESULTS[base, typ, rate][0] >= SENSITIVITY_SHORTFALL.get((base, typ), 0.97)
 
 
-@pytest.mark.parametrize(("typ", "rate"), list(RESULTS))
-def test_detection_precision_regression_floor(typ: str, rate: str) -> None:
-    # Not the issue target (see the xfail below): floors just below the measured values
-    # (lowest cell 0.900; strict 0.409) that catch regressions.
-    assert RESULTS[typ, rate][1] >= 0.89
-    assert RESULTS[typ, rate][3] >= 0.40
+@pytest.mark.parametrize(("base", "typ", "rate"), list(RESULTS))
+def test_detection_precision_regression_floor(base: str, typ: str, rate: str) -> None:
+    # Floors just below the measured values (lowest cell 0.917; strict 0.463), which catch
+    # regressions; the issue target is tested per set below.
+    assert RESULTS[base, typ, rate][1] >= 0.91
+    assert RESULTS[base, typ, rate][3] >= 0.45
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue target 0.97 not met (0.900-0.958 on 5 cells): natural single-beat swings as "
-    "large as the injected ones are flagged (see docs/indices.md)",
+@pytest.mark.parametrize(
+    "base",
+    [
+        BASE,
+        pytest.param(
+            "pyhrv_nni_long",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="issue target 0.97 not met on 6 pyhrv cells (0.917-0.959): natural "
+                "single-beat swings as large as the injected ones (see docs/indices.md)",
+            ),
+        ),
+    ],
 )
-def test_detection_precision_target() -> None:
-    assert min(r[1] for r in RESULTS.values()) >= 0.97
+def test_detection_precision_target(base: str) -> None:
+    assert min(r[1] for k, r in RESULTS.items() if k[0] == base) >= 0.97
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        BASE,
+        pytest.param(
+            "pyhrv_nni_long",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="issue target 0.97 not met for pyhrv misaligned (0.936-0.949): a 10 % "
+                "shift is inside that series' own beat-to-beat variability (docs/indices.md)",
+            ),
+        ),
+    ],
+)
+def test_detection_sensitivity_target(base: str) -> None:
+    assert min(r[0] for k, r in RESULTS.items() if k[0] == base) >= 0.97
 
 
 def test_rmssd_after_correction_median_within_5_pct() -> None:
@@ -109,15 +144,25 @@ def test_rmssd_after_correction_median_within_5_pct() -> None:
     assert median(errs) <= 0.05
 
 
-def test_rmssd_after_correction_every_cell_within_3_pct() -> None:
-    # Target 10 %; measured worst 2.3 % (extra 5 %), so also a regression bound of 3 %.
-    assert max(abs(r[2]) for r in RESULTS.values()) <= 0.03
+def test_rmssd_after_correction_every_cell_within_5_pct() -> None:
+    # Target 10 %; measured worst 3.8 % (bartels ectopic 5 %), so a regression bound of 5 %.
+    assert max(abs(r[2]) for r in RESULTS.values()) <= 0.05
 
 
-def test_clean_base_flags_stay_few() -> None:
-    # The clean base has a few genuine premature beats and swings: 18 of 910 flagged now.
-    clean = _load(f"{BASE}__clean")
-    assert correct_rr(clean["t_s"], clean["rr_ms"]).n_flagged <= 18
+@pytest.mark.parametrize(("name", "most"), [(f"{BASE}__clean", 13), ("pyhrv_nni_long__clean", 69)])
+def test_clean_base_flags_stay_few(name: str, most: int) -> None:
+    # The clean bases have a few genuine premature beats and swings: 13 of 910 and 69 of 4684
+    # beats are flagged now (1.4 % and 1.5 %).
+    clean = _load(name)
+    assert correct_rr(clean["t_s"], clean["rr_ms"]).n_flagged <= most
+
+
+def test_a_clean_short_recording_is_mostly_left_alone() -> None:
+    rec = np.genfromtxt(
+        ART.parent / "pyhrv_nni_short.csv", delimiter=",", names=True, dtype=None, encoding=None
+    )
+    # 15 of 337 beats (4.5 %): isolated single beats 20-40 % longer than both neighbours.
+    assert correct_rr(rec["t_s"], rec["rr_ms"]).n_flagged <= 15
 
 
 def test_correction_is_far_better_than_none() -> None:
@@ -125,7 +170,7 @@ def test_correction_is_far_better_than_none() -> None:
         a = _load(f"{BASE}__{typ}__5pct")
         clean = _rmssd(_load(f"{BASE}__clean")["rr_ms"].astype(float))
         raw_err = abs(_rmssd(a["rr_ms"].astype(float)) / clean - 1.0)
-        assert abs(RESULTS[typ, "5pct"][2]) < raw_err / 5
+        assert abs(RESULTS[BASE, typ, "5pct"][2]) < raw_err / 5
 
 
 def test_every_raw_beat_kept_with_provenance() -> None:
