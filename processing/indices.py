@@ -221,7 +221,13 @@ class EventResponse:
     """Largest |lnRMSSD − baseline| within 30 s after the marker, signed, ln units."""
     recovery_s: float
     """Time after the 30 s reactivity window until HR is back within mean_b ± spread_b, s;
-    NaN if it did not recover in the data."""
+    NaN if it did not recover within ``RECOVERY_MAX_S`` (or in the data so far)."""
+
+
+REACT_S = 30.0
+"""Reactivity window after a marker, s."""
+RECOVERY_MAX_S = 600.0
+"""How long after the reactivity window recovery is searched for, s (then NaN: not back)."""
 
 
 def event_response(
@@ -232,9 +238,11 @@ def event_response(
     ln_rmssd: npt.ArrayLike,
     base_hr: tuple[float, float],
     base_ln: tuple[float, float],
-    react_s: float = 30.0,
+    react_s: float = REACT_S,
+    recovery_max_s: float = RECOVERY_MAX_S,
 ) -> EventResponse:
-    """Reactivity within ``react_s`` after a marker and recovery into the baseline band."""
+    """Reactivity within ``react_s`` after a marker and recovery into the baseline band
+    (searched for ``recovery_max_s`` after the reactivity window)."""
     t = np.asarray(t_s, dtype=np.float64)
     hr = np.asarray(hr_bpm, dtype=np.float64) - base_hr[0]
     ln = np.asarray(ln_rmssd, dtype=np.float64) - base_ln[0]
@@ -244,6 +252,7 @@ def event_response(
         xs = x[win & np.isfinite(x)]
         return float(xs[np.argmax(np.abs(xs))]) if xs.size else _NAN
 
-    after = np.flatnonzero((t > t_marker + react_s) & (np.abs(hr) <= base_hr[1]))
+    end = t_marker + react_s
+    after = np.flatnonzero((t > end) & (t <= end + recovery_max_s) & (np.abs(hr) <= base_hr[1]))
     rec = float(t[after[0]] - t_marker - react_s) if after.size else _NAN
     return EventResponse(t_marker, kind, peak(hr), peak(ln), rec)

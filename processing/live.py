@@ -30,6 +30,8 @@ import numpy.typing as npt
 
 from processing.artefacts import ArtefactCorrector, ProcessedBeat
 from processing.indices import (
+    REACT_S,
+    RECOVERY_MAX_S,
     Baseline,
     CatchingUp,
     EventResponse,
@@ -52,6 +54,8 @@ __all__ = ["BaselineStatus", "IndicesSnapshot", "LiveAnalyzer", "ProcessedBeat"]
 BaselineStatus = Literal["collecting", "complete", "unavailable"]
 IRREGULAR_SHARE_MAX = 0.2
 """A window whose share of corrected beats exceeds this is an unusable (non-sinus) rhythm."""
+SERIES_KEEP_S = 120.0
+"""Snapshots kept for markers entered this late (e.g. from a journal during the session), s."""
 QUALITY_BEATS = 120
 """Beats over which the corrected share is counted."""
 _NAN = math.nan
@@ -135,8 +139,12 @@ class LiveAnalyzer:
         self._base_state: BaselineStatus = "collecting"
         self._catch = CatchingUp(catch_threshold, catch_hold_s)
         self._scores: collections.deque[tuple[float, float]] = collections.deque()
-        self._series: list[tuple[float, float, float]] = []  # t, hr, ln_rmssd (for responses)
+        self._series: collections.deque[tuple[float, float, float]] = collections.deque()
+        """(t, hr, ln_rmssd) of every snapshot still needed for marker responses."""
         self._markers: list[tuple[float, str]] = []
+        """Markers whose response is not final yet."""
+        self._final: list[EventResponse] = []
+        """Responses that can no longer change (recovered, or the search ran out)."""
         self._segment_start: float | None = None
         self._last_t = -math.inf
 
@@ -303,13 +311,32 @@ class LiveAnalyzer:
         )
 
     def _responses(self, t_s: float) -> tuple[EventResponse, ...]:
-        if not self._markers or self._base_state != "complete":
-            return ()
-        ser = np.array(self._series)
-        base_hr = self._base.stats("hr_bpm")
-        base_ln = self._base.stats("ln_rmssd")
-        return tuple(
-            event_response(tm, kind, ser[:, 0], ser[:, 1], ser[:, 2], base_hr, base_ln)
-            for tm, kind in self._markers
-            if t_s >= tm + 30.0
-        )
+        """Responses of the markers so far. A response is final once HR has recovered or the
+        recovery search (``RECOVERY_MAX_S``) ran out; the snapshots kept are only those a
+        pending marker still needs (and the last ``SERIES_KEEP_S`` for markers entered a
+        little late), so memory and cost stay bounded however long the session."""
+        current: list[EventResponse] = []
+        if self._markers and self._base_state == "complete":
+            ser = np.array(self._series)
+            base_hr = self._base.stats("hr_bpm")
+            base_ln = self._base.stats("ln_rmssd")
+            pending: list[tuple[float, str]] = []
+            for tm, kind in self._markers:
+                if t_s < tm + REACT_S:
+                    pending.append((tm, kind))
+                    continue
+                r = event_response(tm, kind, ser[:, 0], ser[:, 1], ser[:, 2], base_hr, base_ln)
+                if math.isfinite(r.recovery_s) or t_s >= tm + REACT_S + RECOVERY_MAX_S:
+                    self._final.append(r)
+                else:
+                    pending.append((tm, kind))
+                    current.append(r)
+            self._markers = pending
+            self._final.sort(key=lambda r: r.t_s)
+        keep_from = min([t_s - SERIES_KEEP_S, *(tm for tm, _ in self._markers)])
+        ser_q = self._series
+        while ser_q and ser_q[0][0] < keep_from:
+            ser_q.popleft()
+        if not current:
+            return tuple(self._final)
+        return tuple(sorted([*self._final, *current], key=lambda r: r.t_s))

@@ -102,6 +102,50 @@ def test_markers_give_event_locked_responses() -> None:
     assert resp.recovery_s < 90.0
 
 
+def test_a_long_session_keeps_responses_exact_and_memory_bounded() -> None:
+    """Three hours with a marker every 15 min (HR up for 30 s, or for good at the last one):
+    every response equals the one computed on the whole history, and the analyzer holds only
+    the last few minutes of it."""
+    from processing.indices import event_response
+
+    rng = np.random.default_rng(3)
+    la = LiveAnalyzer()
+    markers = [600.0 + 900.0 * k for k in range(11)]
+    history: list[tuple[float, float, float]] = []
+    held: list[int] = []
+    t, nxt, k = 0.0, 5.0, 0
+    snap = None
+    while t < 3 * 3600.0:
+        rr = 850.0 + 30.0 * math.sin(2 * math.pi * 0.1 * t) + 10.0 * rng.standard_normal()
+        if any(m <= t < m + 30.0 for m in markers[:-1]) or t >= markers[-1]:
+            rr -= 120.0
+        if k < len(markers) and t >= markers[k]:
+            la.marker(markers[k], "shame")
+            k += 1
+        t += rr / 1000.0
+        la.push_beat(t, rr)
+        while t >= nxt:
+            snap = la.indices(nxt)
+            history.append((nxt, snap.td.hr_bpm, snap.td.ln_rmssd))
+            held.append(len(la._series))
+            nxt += 5.0
+    assert snap is not None and len(snap.responses) == len(markers)
+    h = np.array(history)
+    base = la._base
+    for r in snap.responses:
+        full = event_response(r.t_s, r.kind, h[:, 0], h[:, 1], h[:, 2],
+                              base.stats("hr_bpm"), base.stats("ln_rmssd"))  # fmt: skip
+        assert (r.peak_d_hr_bpm, r.peak_d_ln_rmssd) == (full.peak_d_hr_bpm, full.peak_d_ln_rmssd)
+        assert r.recovery_s == full.recovery_s or (
+            math.isnan(r.recovery_s) and math.isnan(full.recovery_s)
+        )
+    assert snap.responses[0].peak_d_hr_bpm > 3.0 and math.isfinite(snap.responses[0].recovery_s)
+    assert math.isnan(snap.responses[-1].recovery_s)  # never came back (within the session)
+    # Bounded: at most the 30 s window + 10 min recovery search + 2 min of snapshots.
+    assert max(held) <= (30 + 600 + 120) / 5 + 2
+    assert len(history) > 2000
+
+
 def test_catching_up_validated_on_the_model() -> None:
     """100 seeds: detection within ±30 s of the true half-way time in ≥ 95 %; a flat control
     fires in ≤ 2 %. Truth: ``true_settling_time_s(params, 0.5)`` (the physiology is half-way)."""
