@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal
@@ -28,6 +30,8 @@ from settle.config import Settings
 from settle.daemon import BrokerChoice, Daemon, StrapRuntime, open_broker
 from settle.errors import SensorError, SettleError
 from settle.pipeline import StrapPipeline
+
+log = logging.getLogger(__name__)
 
 
 async def serve(
@@ -107,6 +111,7 @@ async def serve(
             async with link if link is not None else contextlib.nullcontext():
                 if handle_signals:
                     _install_stop_signals(daemon.stop)
+                quiet_closed_socket_callbacks(asyncio.get_running_loop())
                 async with asyncio.TaskGroup() as tg:
                     main = tg.create_task(daemon.run(), name="daemon")
                     watchers = []
@@ -203,6 +208,31 @@ def connect_options(settings: Settings, broker: BrokerChoice | None = None) -> C
         tls_insecure=m.tls_insecure,
         mqtt5=m.protocol == "5",
     )
+
+
+def quiet_closed_socket_callbacks(loop: asyncio.AbstractEventLoop) -> None:
+    """When the broker drops the connection, aiomqtt may already have scheduled
+    ``add_writer``/``add_reader`` for the socket paho has just closed: the callback then fails
+    with EBADF and asyncio prints a traceback, though nothing is wrong (the link reconnects and
+    reports the outage in its own log line). Such callbacks are logged at DEBUG instead;
+    everything else goes to the previous handler."""
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        message = str(context.get("message", ""))
+        closed_fd = (isinstance(exc, OSError) and exc.errno == errno.EBADF) or (
+            isinstance(exc, ValueError) and "file descriptor" in str(exc)
+        )
+        if closed_fd and ("add_writer" in message or "add_reader" in message):
+            log.debug("socket closed before its callback ran: %s", message)
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 def _install_stop_signals(stop: Callable[[], None]) -> None:

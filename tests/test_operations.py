@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import aiomqtt
+import pytest
 
 from sessions.store import SessionState, SessionStore
 from tests.conftest import Mosquitto
@@ -135,3 +136,38 @@ def test_formatters_quote_and_keep_extra_fields() -> None:
         for h in list(logging.getLogger().handlers):
             if h.get_name() == "settle-structured":
                 logging.getLogger().removeHandler(h)
+
+
+async def test_a_socket_closed_under_a_pending_callback_is_no_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At a broker outage aiomqtt can schedule add_writer for a socket paho has just closed:
+    no ERROR with a traceback for the user, while any other callback error is still shown."""
+    import logging
+    import socket
+
+    from settle.app import quiet_closed_socket_callbacks
+
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    quiet_closed_socket_callbacks(loop)
+    try:
+        a, b = socket.socketpair()
+        fd = a.fileno()
+        a.close()
+        b.close()
+        with caplog.at_level(logging.DEBUG):
+            loop.call_soon(loop.add_writer, fd, lambda: None)
+            await asyncio.sleep(0.05)
+            assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+            assert any("socket closed before its callback ran" in r.message for r in caplog.records)
+
+            def broken() -> None:
+                raise RuntimeError("a real bug")
+
+            loop.call_soon(broken)
+            await asyncio.sleep(0.05)
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "broken" in errors[0].getMessage()
+    finally:
+        loop.set_exception_handler(previous)
