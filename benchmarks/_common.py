@@ -102,3 +102,81 @@ def private_mosquitto(workdir: Path, nodelay: bool = False) -> Iterator[int]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def profile_summary(path: Path, top: int = 25) -> dict[str, Any]:
+    """Summarise a ``py-spy record --format raw`` file (collapsed stacks, one per line).
+
+    Returns the share of samples by area (the first matching frame from the leaf up decides:
+    bumble, MQTT, SQLite store, processing, …) and the top functions by inclusive share.
+    """
+    areas = [  # (area, substring of "function (path:line)"); first match from the leaf up
+        ("bumble (virtual BLE)", "(bumble/"),
+        ("sensors/virtual", "(sensors/virtual/"),
+        ("sqlite store", "(sessions/"),
+        ("MQTT (aiomqtt/paho)", "(paho/"),
+        ("MQTT (aiomqtt/paho)", "(aiomqtt/"),
+        ("MQTT link", "(feedback/mqtt.py"),
+        ("pydantic/json", "(pydantic"),
+        ("pydantic/json", "(json/"),
+        ("processing", "(processing/"),
+        ("bleak", "(bleak/"),
+        ("dashboard", "(feedback/dashboard/"),
+        ("dashboard", "(aiohttp/"),
+        ("console (rich)", "(rich/"),
+        ("pipeline/daemon", "(settle/"),
+        ("sensors", "(sensors/"),
+        ("feedback", "(feedback/"),
+        ("numpy", "(numpy/"),
+        ("asyncio/selectors", "(asyncio/"),
+        ("asyncio/selectors", "(selectors.py"),
+        ("logging", "(logging/"),
+        ("threads", "(threading.py"),
+        ("threads", "(concurrent/"),
+    ]
+    # Who the work is for: the simulated hardware (virtual straps, their GATT servers and the
+    # software controllers/radio, none of which a real deployment runs on the computer), the
+    # BLE host side (bumble's host, GATT client and the bleak backend here; BlueZ and D-Bus
+    # on real hardware), or the daemon itself.
+    hardware_keys = ("(sensors/virtual/strap.py", "(sensors/virtual/model.py",
+                     "(sensors/virtual/pmd.py", "(bumble/controller.py", "(bumble/link.py",
+                     "(bumble/gatt_server.py", "_VirtualController.")  # fmt: skip
+    host_keys = ("(bumble/", "(sensors/virtual/", "(bleak/", "(pyee/")
+    split = {"simulated hardware": 0, "BLE host stack": 0, "daemon": 0}
+    total = 0
+    by_area: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_s)
+        total += count
+        frames = stack.split(";")
+        area = "other"
+        for f in reversed(frames):
+            hit = next((a for a, key in areas if key in f), None)
+            if hit:
+                area = hit
+                break
+        by_area[area] = by_area.get(area, 0) + count
+        if any(k in stack for k in hardware_keys):
+            split["simulated hardware"] += count
+        elif any(k in stack for k in host_keys):
+            split["BLE host stack"] += count
+        else:
+            split["daemon"] += count
+        # "function (file:line)" → "function (file)": a function counts once per stack.
+        for f in {fr.rsplit(":", 1)[0] + ")" for fr in frames}:
+            inclusive[f] = inclusive.get(f, 0) + count
+
+    def pct_of(c: int) -> float:
+        return round(100 * c / total, 1) if total else 0.0
+
+    return {
+        "samples": total,
+        "split_pct": {k: pct_of(c) for k, c in split.items()},
+        "by_area_pct": {a: pct_of(c) for a, c in sorted(by_area.items(), key=lambda x: -x[1])},
+        "top_inclusive_pct": {f: pct_of(c) for f, c in
+                              sorted(inclusive.items(), key=lambda x: -x[1])[:top]},
+    }  # fmt: skip

@@ -198,8 +198,10 @@ class EventPayload(_Payload):
     seq: int = 0
     session: str | None
     kind: str
-    """A marker kind, or ``baseline-start``, ``baseline-complete``, ``session-start``,
-    ``session-stop``, ``disconnected``, ``reconnected``."""
+    """A marker kind, or ``baseline-start``, ``baseline-complete``, ``baseline-too-short``,
+    ``session-start``, ``session-stop``, ``disconnected``, ``reconnected``, ``gap``,
+    ``unusable-rhythm``, ``rhythm-usable``, ``catching-up``, ``rr-source`` (which RR now drives
+    the indices: the strap's or the raw ECG's)."""
     t_s: float
     text: str = ""
     source: str = ""

@@ -9,13 +9,16 @@ column         meaning
 =============  =========================================================================
 session_id     the session's id (on every row, so exports can be concatenated)
 started_ms     epoch milliseconds (UTC) of the session start, i.e. of ``t_s = 0``
-record         ``beat``, ``indices``, ``marker`` or ``gap``
+record         ``beat``, ``indices``, ``marker``, ``gap`` or ``ecg_beat`` (an R peak of the
+               raw ECG, Polar H10 only)
 t_s            seconds since session start: ``beat_t_s`` for beats, publication time for
                indices, entry time for markers, start of a gap
-seq            beat: sequence number within the session, from 0
+seq            beat / ecg_beat: sequence number within the session, from 0 (each
+               kind has its own sequence)
 rr_raw         beat: RR interval in the strap's wire unit 1/1024 s (empty if the source
                had none, e.g. a replayed millisecond file)
-rr_ms          beat: RR interval in milliseconds
+rr_ms          beat / ecg_beat: RR interval in milliseconds (ecg_beat: empty for the
+               first peak after the ECG stream (re)started)
 hr_bpm         beat: heart rate sent by the strap; indices: mean heart rate (beats/min)
 contact        beat: skin contact 1/0, empty when the strap cannot tell
 recv_ts_ms     beat: epoch milliseconds the notification carrying the beat arrived
@@ -28,10 +31,11 @@ settling       indices: settling score (dimensionless)
 kind           marker: category
 text           marker: free text
 source         marker: where it was entered (cli, mqtt, dashboard, import)
-rr_corrected_  beat: artefact-corrected RR in milliseconds (empty until artefact
-ms             correction has run)
-beat_class     beat: normal, ectopic, long, short, missed, extra or implausible (empty
-               until classified)
+rr_corrected_  beat / ecg_beat: artefact-corrected RR in milliseconds (empty until
+ms             artefact correction has run, or when this source did not drive the
+               indices — see ``processing.rr_source``)
+beat_class     beat / ecg_beat: normal, ectopic, long, short, missed, extra,
+               implausible or warmup (empty until classified, or not analysed)
 timing_uncer-  beat: 1 if the beat time could not be pinned down exactly (e.g. after lost
 tain           notifications), 0 if it could, empty if unknown
 end_t_s        gap: end of the gap, seconds since session start
@@ -39,8 +43,8 @@ reason         gap: why there are no beats (disconnected, no-contact …)
 =============  =========================================================================
 
 The last five columns were added with schema v2; columns are only ever appended.
-Rows are sorted by ``t_s``; at equal ``t_s`` beats come before indices before markers before
-gaps, and
+Rows are sorted by ``t_s``; at equal ``t_s`` beats come before ECG beats before indices before
+markers before gaps, and
 each kind keeps its stored order (beats by ``seq``). Floats are written with :func:`repr`,
 the shortest text that parses back to the same double, so ``rr_ms`` and ``t_s`` round-trip
 exactly. The file is written to a temporary file in the target directory and renamed into
@@ -88,7 +92,7 @@ COLUMNS: tuple[str, ...] = (
 )
 
 # Tie-break at equal t_s: a beat is the cause, indices are computed from it, markers annotate.
-_RECORD_ORDER = {"beat": 0, "indices": 1, "marker": 2, "gap": 3}
+_RECORD_ORDER = {"beat": 0, "ecg_beat": 1, "indices": 2, "marker": 3, "gap": 4}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -152,6 +156,21 @@ def _rows(rec: SessionRecord) -> Iterator[list[str]]:
                     "rr_corrected_ms": b.rr_corrected_ms,
                     "beat_class": None if b.beat_class is None else b.beat_class.value,
                     "timing_uncertain": b.timing_uncertain,
+                },
+            )
+        )
+    for e in rec.ecg_beats:
+        keyed.append(
+            (
+                e.beat_t_s,
+                _RECORD_ORDER["ecg_beat"],
+                {
+                    "record": "ecg_beat",
+                    "t_s": e.beat_t_s,
+                    "seq": e.seq,
+                    "rr_ms": e.rr_ms,
+                    "rr_corrected_ms": e.rr_corrected_ms,
+                    "beat_class": None if e.beat_class is None else e.beat_class.value,
                 },
             )
         )

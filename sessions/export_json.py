@@ -12,6 +12,9 @@ Layout (UTF-8, one JSON object)::
                     payload}, ...],   # payload: the indices message exactly as published
       "markers":  [{id, t_s, ts_ms, kind, text, source}, ...],
       "gaps":     [{id, start_t_s, end_t_s, reason}, ...],
+      "ecg_beats": [{seq, beat_t_s, rr_ms, rr_corrected_ms, beat_class}, ...],
+                                  # R peaks of the raw ECG (empty without ECG); rr_ms null
+                                  # for the first peak after the stream (re)started
       "ecg":      {"t_ns": [...], "uv": [...]} | null
     }
 
@@ -36,6 +39,7 @@ from sessions.store import (
     SCHEMA_VERSION,
     BaselinePeriod,
     BeatRow,
+    EcgBeatRow,
     EcgSeries,
     GapRow,
     IndicesRow,
@@ -139,7 +143,7 @@ def _session_obj(info: SessionInfo) -> dict[str, Any]:
     }
 
 
-def _beat_obj(b: BeatRow) -> dict[str, Any]:
+def _beat_obj(b: BeatRow | EcgBeatRow) -> dict[str, Any]:
     d = dataclasses.asdict(b)
     d["beat_class"] = None if b.beat_class is None else b.beat_class.value
     return d
@@ -170,6 +174,7 @@ def document(rec: SessionRecord, ecg: EcgSeries | None) -> dict[str, Any]:
             for m in rec.markers
         ],
         "gaps": [dataclasses.asdict(g) for g in rec.gaps],
+        "ecg_beats": [_beat_obj(b) for b in rec.ecg_beats],
         "ecg": None
         if ecg is None or len(ecg) == 0
         else {"t_ns": ecg.t_ns.tolist(), "uv": ecg.uv.tolist()},
@@ -227,6 +232,8 @@ def read_export_json(path: Path) -> tuple[ExportManifest, SessionRecord, EcgSeri
             indices.append(IndicesRow(**r))
         markers = [MarkerRow(**m) for m in doc["markers"]]
         gaps = [GapRow(**g) for g in doc["gaps"]]
+        # Exports written before ECG-derived beats were stored have no such key.
+        ecg_beats = [EcgBeatRow(**b) for b in doc.get("ecg_beats", [])]
         e = doc["ecg"]
         ecg = (
             None
@@ -237,5 +244,7 @@ def read_export_json(path: Path) -> tuple[ExportManifest, SessionRecord, EcgSeri
         raise ExportError(path, f"cannot read export: {exc.strerror or exc}") from exc
     except (ValueError, KeyError, TypeError) as exc:
         raise ExportError(path, f"not a Settle JSON export: {exc}") from exc
-    rec = SessionRecord(info, beats, indices, markers, gaps, 0 if ecg is None else len(ecg))
+    rec = SessionRecord(
+        info, beats, indices, markers, gaps, 0 if ecg is None else len(ecg), ecg_beats
+    )
     return manifest, rec, ecg

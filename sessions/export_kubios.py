@@ -2,8 +2,11 @@
 
 ``<stem>.txt``: one RR interval in milliseconds per line (ASCII, ``\\n``, up to 4 decimals),
 the raw RR as the strap sent it — Kubios applies its own artefact correction, so the file
-holds what was measured, in beat order. Kubios builds its time axis as the cumulative sum of
-these RR values, starting at 0 at the beginning of the first interval.
+holds what was measured, in beat order. With ``rr_source="ecg"`` the RR are those of the R
+peaks detected in the raw ECG (Polar H10), sample-timed; the first peak after each (re)start
+of the ECG stream has no interval and is left out, like the time lost in a gap. Kubios
+builds its time axis as the cumulative sum of these RR values, starting at 0 at the
+beginning of the first interval.
 
 ``<stem>_markers.csv``: the markers, gaps and baseline, for entering as Kubios samples/events:
 ``kubios_t_s`` (seconds on Kubios' axis), ``kubios_hms`` (the same as ``H:MM:SS.s``),
@@ -20,7 +23,7 @@ import bisect
 import csv
 import itertools
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Literal, cast
 
 from sessions.files import ExportError, ProgressFn, atomic_file, plain_name, target_file
 from sessions.store import SessionRecord, SessionStore
@@ -40,39 +43,63 @@ def _hms(t: float) -> str:
     return f"{sign}{int(h)}:{int(m):02d}:{s:04.1f}"
 
 
-def kubios_time(rec: SessionRecord, t_s: float) -> float:
+RrSource = Literal["hrs", "ecg"]
+
+
+def rr_series(rec: SessionRecord, rr_source: RrSource = "hrs") -> list[tuple[float, float]]:
+    """``(beat_t_s, rr_ms)`` of the chosen source in beat order: the strap's beats, or the
+    R peaks of the raw ECG that have an interval."""
+    if rr_source == "ecg":
+        return [(b.beat_t_s, b.rr_ms) for b in rec.ecg_beats if b.rr_ms is not None]
+    return [(b.beat_t_s, b.rr_ms) for b in rec.beats]
+
+
+def kubios_time(series: list[tuple[float, float]], t_s: float) -> float:
     """Session time ``t_s`` on Kubios' axis: cumulative RR up to the last beat at or before
-    ``t_s``, plus the time since that beat (s)."""
-    beats = rec.beats
-    if not beats:
+    ``t_s``, plus the time since that beat (s). ``series`` as from :func:`rr_series`."""
+    if not series:
         return t_s
-    times = [b.beat_t_s for b in beats]
-    cum = list(itertools.accumulate(b.rr_ms / 1000.0 for b in beats))
+    times = [t for t, _ in series]
+    cum = list(itertools.accumulate(rr / 1000.0 for _, rr in series))
     i = bisect.bisect_right(times, t_s) - 1
     if i < 0:
-        return t_s - (times[0] - beats[0].rr_ms / 1000.0)
+        return t_s - (times[0] - series[0][1] / 1000.0)
     return cum[i] + (t_s - times[i])
 
 
 def export_kubios(
-    store: SessionStore, session_id: str, out: Path, *, progress: ProgressFn | None = None
+    store: SessionStore,
+    session_id: str,
+    out: Path,
+    *,
+    progress: ProgressFn | None = None,
+    rr_source: RrSource = "hrs",
 ) -> Path:
-    """Write ``settle-<id>-rr.txt`` (or ``out`` if it names a ``.txt`` file) and its
-    ``_markers.csv`` side file beside it; return the RR file's path.
+    """Write ``settle-<id>-rr.txt`` (``settle-<id>-ecg-rr.txt`` for the ECG's RR; or ``out``
+    if it names a ``.txt`` file) and its ``_markers.csv`` side file beside it; return the RR
+    file's path.
 
-    Raises :class:`ExportError` when the session has no beats or a file cannot be written.
+    Raises :class:`ExportError` when the session has no beats of that source or a file
+    cannot be written.
     """
-    target = target_file(Path(out), f"settle-{session_id}-rr.txt", (".txt",))
+    suffix = "ecg-rr" if rr_source == "ecg" else "rr"
+    target = target_file(Path(out), f"settle-{session_id}-{suffix}.txt", (".txt",))
     side = target.with_name(plain_name(f"{target.stem}_markers.csv", target.parent))
     rec = store.read_session(session_id)
-    if not rec.beats:
-        raise ExportError(target, f"session {session_id} has no beats to export")
+    series = rr_series(rec, rr_source)
+    if not series:
+        what = (
+            "no ECG-derived beats (raw ECG is recorded from a Polar H10 with [strap] ecg = true)"
+            if rr_source == "ecg"
+            else "no beats"
+        )
+        raise ExportError(target, f"session {session_id} has {what} to export")
     with atomic_file(target) as fh:
         text = cast(IO[str], fh)
-        for n, b in enumerate(rec.beats, start=1):
-            text.write(_rr_text(b.rr_ms) + "\n")
+        for n, (_t, rr) in enumerate(series, start=1):
+            text.write(_rr_text(rr) + "\n")
             if progress is not None and n % 10_000 == 0:
-                progress(n, len(rec.beats))
+                progress(n, len(series))
     events: list[tuple[float, str, float, str]] = [
         (m.t_s, m.kind, 0.0, m.text) for m in rec.markers
     ]
@@ -85,8 +112,8 @@ def export_kubios(
         w = csv.writer(cast(IO[str], fh))
         w.writerow(["kubios_t_s", "kubios_hms", "t_s", "kind", "duration_s", "text"])
         for t_s, kind, dur, note in events:
-            k = kubios_time(rec, t_s)
+            k = kubios_time(series, t_s)
             w.writerow([f"{k:.3f}", _hms(k), repr(t_s), kind, repr(dur), note])
     if progress is not None:
-        progress(len(rec.beats), len(rec.beats))
+        progress(len(series), len(series))
     return target

@@ -9,7 +9,7 @@ from sessions.export import export_csv
 from sessions.export_bids import export_bids
 from sessions.export_edf import export_edf
 from sessions.export_json import export_json
-from sessions.export_kubios import export_kubios
+from sessions.export_kubios import RrSource, export_kubios
 from sessions.files import ExportError, ProgressFn
 from sessions.store import SessionStore
 
@@ -27,10 +27,12 @@ def export_session(
     *,
     progress: ProgressFn | None = None,
     subject: str = "01",
+    rr_source: RrSource = "hrs",
 ) -> Path:
     """Export session ``session_id`` as ``fmt`` to ``out`` and return what was written (the
     file, or for ``bids`` the directory holding the session's files). ``subject`` is the
-    BIDS subject label. Raises :class:`sessions.files.ExportError` or
+    BIDS subject label; ``rr_source`` picks the strap's RR or the raw ECG's R peaks for
+    ``kubios`` (the other formats carry both). Raises :class:`sessions.files.ExportError` or
     :class:`settle.errors.SessionNotFound`."""
     if "\x00" in str(out):
         # No OS takes such a path; the os module would raise ValueError, not a typed error.
@@ -44,5 +46,5 @@ def export_session(
     if fmt == "bids":
         return export_bids(store, session_id, out, subject=subject, progress=progress)
     if fmt == "kubios":
-        return export_kubios(store, session_id, out, progress=progress)
+        return export_kubios(store, session_id, out, progress=progress, rr_source=rr_source)
     raise ValueError(f"unknown export format {fmt!r}")

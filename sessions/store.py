@@ -52,6 +52,7 @@ __all__ = [
     "BeatAnnotation",
     "BeatClass",
     "BeatRow",
+    "EcgBeatRow",
     "EcgSeries",
     "GapRow",
     "IndicesRow",
@@ -204,6 +205,36 @@ class BeatAnnotation:
     timing_uncertain: bool | None = None
 
     def __post_init__(self) -> None:
+        _require_finite("rr_corrected_ms", self.rr_corrected_ms)
+        if self.beat_class is not None:
+            object.__setattr__(self, "beat_class", BeatClass(self.beat_class))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EcgBeatRow:
+    """One heartbeat detected in the raw ECG (R peak), stored beside the strap's own RR.
+
+    ``seq`` numbers the session's ECG beats from 0 (its own sequence, independent of the
+    strap's beats) and is the idempotency key. ``beat_t_s`` is the R-peak time in seconds
+    since session start (sample-level, interpolated). ``rr_ms`` is the interval to the
+    previous R peak, None for the first beat after the ECG stream (re)started.
+    ``rr_corrected_ms`` and ``beat_class`` are set when these beats drove the indices
+    (``processing.rr_source = "ecg"``) and artefact correction has classified them;
+    ``implausible``/``warmup`` beats are recorded but never analysed. A beat whose class
+    stays empty did not drive the indices.
+    """
+
+    seq: int
+    beat_t_s: float
+    rr_ms: float | None
+    rr_corrected_ms: float | None = None
+    beat_class: BeatClass | None = None
+
+    def __post_init__(self) -> None:
+        if self.seq < 0:
+            raise ValueError(f"seq must be >= 0, got {self.seq}")
+        _require_finite("beat_t_s", self.beat_t_s)
+        _require_finite("rr_ms", self.rr_ms)
         _require_finite("rr_corrected_ms", self.rr_corrected_ms)
         if self.beat_class is not None:
             object.__setattr__(self, "beat_class", BeatClass(self.beat_class))
@@ -384,6 +415,8 @@ class SessionRecord:
     markers: list[MarkerRow]
     gaps: list[GapRow] = dataclasses.field(default_factory=list)
     n_ecg: int = 0
+    ecg_beats: list[EcgBeatRow] = dataclasses.field(default_factory=list)
+    """R peaks detected in the raw ECG (Polar PMD), empty when no ECG was recorded."""
 
 
 # --- schema -------------------------------------------------------------------------------
@@ -505,9 +538,34 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+_SCHEMA_V3 = (
+    # ECG-derived beats (R peaks of the raw ECG): their own sequence, beside the strap's RR.
+    f"""
+    CREATE TABLE ecg_beats (
+        session_id      TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+        seq             INTEGER NOT NULL CHECK (seq >= 0),
+        beat_t_s        REAL NOT NULL,
+        rr_ms           REAL,
+        rr_corrected_ms REAL,
+        beat_class      TEXT CHECK (beat_class IN ({_CLASSES_SQL})),
+        PRIMARY KEY (session_id, seq)
+    ) WITHOUT ROWID
+    """,
+)
+
+
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_V3:
+        conn.execute(statement)
+
+
 #: ``_MIGRATIONS[v]`` takes a store from schema version ``v`` to ``v + 1`` inside the open
 #: transaction. Append new steps; never edit a released one.
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2)
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _migrate_0_to_1,
+    _migrate_1_to_2,
+    _migrate_2_to_3,
+)
 
 #: Newest schema version this code reads and writes.
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -523,6 +581,7 @@ _BEAT_COLUMNS = (
     " timing_uncertain"
 )
 _GAP_COLUMNS = "start_t_s, end_t_s, reason, id"
+_ECG_BEAT_COLUMNS = "seq, beat_t_s, rr_ms, rr_corrected_ms, beat_class"
 _INDICES_COLUMNS = (
     "t_s, ts_ms, payload_json, hr_bpm, rmssd_ms, ln_rmssd, sdnn_ms, pnn50_pct, settling"
 )
@@ -633,6 +692,9 @@ class SessionStore:
         self._conn: sqlite3.Connection | None = conn
         self._path = path
         self._lock = threading.Lock()
+        self._batch_thread: int | None = None
+        """The thread inside :meth:`batch` (which holds ``_lock``), None outside one."""
+        self._savepoints = 0
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -690,12 +752,35 @@ class SessionStore:
         self.close()
 
     @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Run several public calls from this thread as ONE write transaction.
+
+        ``with store.batch(): store.add_beats(a, …); store.add_beats(b, …); …`` commits
+        everything together or, when anything raises out of the block, nothing. Each call
+        inside still behaves as a unit (a savepoint): one that raises leaves no partial rows
+        in the batch, so the caller may catch e.g. :meth:`add_ecg`'s ValueError and go on.
+        Other threads wait for the whole batch. Used by the daemon to commit every session's
+        buffered rows with one thread hop and one commit per flush.
+        """
+        with self._transaction(write=True):
+            self._batch_thread = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._batch_thread = None
+
+    @contextlib.contextmanager
     def _transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
         """Hold the lock and one transaction; map sqlite3 errors to :class:`StoreError`.
 
         Writes take the write lock up front (``BEGIN IMMEDIATE``) so a busy database fails at
         BEGIN, never half-way; reads use a deferred transaction for a consistent snapshot.
+        Inside :meth:`batch` (same thread) it is a savepoint of the batch's transaction.
         """
+        if self._batch_thread == threading.get_ident():
+            with self._savepoint() as sp_conn:
+                yield sp_conn
+            return
         with self._lock:
             conn = self._conn
             if conn is None:
@@ -712,6 +797,34 @@ class SessionStore:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StoreError(f"{self._path}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _savepoint(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        if conn is None:
+            raise StoreError(f"{self._path}: session store is closed")
+        if not conn.in_transaction:
+            # An earlier error rolled the batch's transaction back: going on would write
+            # in autocommit mode, one statement at a time.
+            raise StoreError(f"{self._path}: the batch transaction was rolled back")
+        self._savepoints += 1
+        name = f"sp{self._savepoints}"
+        try:
+            conn.execute(f"SAVEPOINT {name}")
+            try:
+                yield conn
+            except BaseException:
+                # After an error SQLite may have rolled back the whole transaction (disk
+                # full, I/O); then there is no savepoint left and the batch fails as a whole.
+                if conn.in_transaction:
+                    conn.execute(f"ROLLBACK TO {name}")
+                    conn.execute(f"RELEASE {name}")
+                raise
+            conn.execute(f"RELEASE {name}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self._path}: {exc}") from exc
+        finally:
+            self._savepoints -= 1
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -918,6 +1031,46 @@ class SessionStore:
                     v.astype("<i4").tobytes(),
                 ),
             )
+
+    def add_ecg_beats(self, session_id: str, beats: Sequence[EcgBeatRow]) -> None:
+        """Append ECG-derived beats in one transaction; a ``seq`` already stored is skipped
+        (idempotent like :meth:`add_beats`)."""
+        with self._transaction(write=True) as conn:
+            _require_session(conn, session_id)
+            conn.executemany(
+                f"INSERT INTO ecg_beats (session_id, {_ECG_BEAT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (session_id, seq) DO NOTHING",
+                (
+                    (
+                        session_id,
+                        b.seq,
+                        b.beat_t_s,
+                        b.rr_ms,
+                        b.rr_corrected_ms,
+                        None if b.beat_class is None else b.beat_class.value,
+                    )
+                    for b in beats
+                ),
+            )
+
+    def annotate_ecg_beats(self, session_id: str, annotations: Sequence[BeatAnnotation]) -> None:
+        """Store artefact-correction results for already stored ECG beats (one transaction;
+        :class:`StoreError` naming the first ``seq`` not stored, and then nothing changes)."""
+        with self._transaction(write=True) as conn:
+            _require_session(conn, session_id)
+            for a in annotations:
+                cur = conn.execute(
+                    "UPDATE ecg_beats SET rr_corrected_ms = ?, beat_class = ?"
+                    " WHERE session_id = ? AND seq = ?",
+                    (
+                        a.rr_corrected_ms,
+                        None if a.beat_class is None else a.beat_class.value,
+                        session_id,
+                        a.seq,
+                    ),
+                )
+                if cur.rowcount != 1:
+                    raise StoreError(f"session {session_id}: no stored ECG beat with seq {a.seq}")
 
     # --- the session log --------------------------------------------------------------------
 
@@ -1168,6 +1321,12 @@ class SessionStore:
         t, first = np.unique(t, return_index=True)
         return EcgSeries(t, v[first])
 
+    def ecg_beats(self, session_id: str) -> list[EcgBeatRow]:
+        """The session's ECG-derived beats in ``seq`` order (empty without ECG)."""
+        with self._transaction(write=False) as conn:
+            _require_session(conn, session_id)
+            return _read_ecg_beats(conn, session_id)
+
     def read_session(self, session_id: str) -> SessionRecord:
         """Header, beats, indices, markers and gaps of one session from one snapshot.
 
@@ -1186,6 +1345,7 @@ class SessionStore:
                 markers=_read_markers(conn, session_id),
                 gaps=_read_gaps(conn, session_id),
                 n_ecg=int(n_ecg),
+                ecg_beats=_read_ecg_beats(conn, session_id),
             )
 
 
@@ -1253,6 +1413,17 @@ def _read_beats(conn: sqlite3.Connection, session_id: str) -> list[BeatRow]:
         f"SELECT {_BEAT_COLUMNS} FROM beats WHERE session_id = ? ORDER BY seq", (session_id,)
     )
     return [_beat_from_row(row) for row in cur]
+
+
+def _read_ecg_beats(conn: sqlite3.Connection, session_id: str) -> list[EcgBeatRow]:
+    cur = conn.execute(
+        f"SELECT {_ECG_BEAT_COLUMNS} FROM ecg_beats WHERE session_id = ? ORDER BY seq",
+        (session_id,),
+    )
+    return [
+        EcgBeatRow(seq, t, rr, corr, None if cls is None else BeatClass(cls))
+        for seq, t, rr, corr, cls in cur
+    ]
 
 
 def _read_indices(conn: sqlite3.Connection, session_id: str) -> list[IndicesRow]:

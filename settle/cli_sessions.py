@@ -82,6 +82,13 @@ def export(
     ],
     fmt: Annotated[str, typer.Option("--format", help="csv, json, edf, bids or kubios.")] = "csv",
     subject: Annotated[str, typer.Option(help="BIDS subject label (letters and digits).")] = "01",
+    rr_source: Annotated[
+        str,
+        typer.Option(
+            "--rr-source",
+            help="kubios: the strap's RR (hrs) or the R peaks of a Polar H10's raw ECG (ecg).",
+        ),
+    ] = "hrs",
     db: DbOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -91,6 +98,8 @@ def export(
 
     if fmt not in FORMAT_NAMES:
         _fail(f"unknown export format {fmt!r} (available: {', '.join(FORMAT_NAMES)})", 2)
+    if rr_source not in ("hrs", "ecg"):
+        _fail(f"unknown RR source {rr_source!r} (available: hrs, ecg)", 2)
     path = _db_path(config, db)
     try:
         with SessionStore.open(path) as store:
@@ -103,6 +112,7 @@ def export(
                     out_path,
                     progress=progress,
                     subject=subject,
+                    rr_source=rr_source,  # type: ignore[arg-type]  # checked above
                 )
     except SettleError as exc:
         _fail(str(exc))

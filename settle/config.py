@@ -135,6 +135,11 @@ class ProcessingConfig(_Section):
     rr_min_ms: float = Field(273.0, ge=100, le=1000)
     rr_max_ms: float = Field(2000.0, ge=1000, le=5000)
     """RR outside [rr_min_ms, rr_max_ms] is physiologically implausible: recorded, not analysed."""
+    rr_source: Literal["hrs", "ecg"] = "hrs"
+    """Which RR drives the indices: ``hrs``, the strap's own RR (every Heart Rate Service
+    strap); ``ecg``, RR from R peaks of the raw ECG (Polar H10 with ``strap.ecg``: sample-level
+    timing, lower latency). Both are always stored; a strap without raw ECG, or whose ECG
+    fails, uses its own RR."""
 
 
 class StorageConfig(_Section):

@@ -45,7 +45,7 @@ from sessions.store import Intention as StoredIntention
 from settle.backoff import backoff_delay_s
 from settle.config import Settings
 from settle.ecg import EcgRecorder
-from settle.errors import SensorError, SettleError
+from settle.errors import SensorError, SessionNotFound, SettleError
 from settle.pipeline import BeatWriter, DeviceOutput, StrapPipeline
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ class Daemon:
     writer: BeatWriter = field(init=False)
     ecg: EcgRecorder = field(init=False)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _stopping: bool = False
 
     def __post_init__(self) -> None:
         self.writer = BeatWriter(self.store, self.settings.storage.flush_every_s)
@@ -253,9 +254,17 @@ class Daemon:
             await asyncio.wait([stop_task, *strap_tasks], return_when=asyncio.FIRST_COMPLETED)
             failed = [t for t in strap_tasks if t.done() and t.exception() is not None]
             if not failed:
+                # The straps stop reading (their links close concurrently), then every session
+                # is closed at once: one flush, one store transaction. One by one, each with
+                # its own flush, took minutes with a few hundred straps.
+                stopped_ms = self.now_ms()
+                self._stopping = True
                 for t in strap_tasks:
                     t.cancel()
                 await asyncio.wait(strap_tasks)
+                await asyncio.shield(self._finish_sessions(self.runtimes, stopped_ms))
+                for rt in self.runtimes:
+                    self._stopped(rt)
             stop_task.cancel()
             writer_task.cancel()
             status_task.cancel()
@@ -335,11 +344,15 @@ class Daemon:
                 await self.sleep(backoff_delay_s(attempt, base_s=0.2, cap_s=10.0))
                 attempt += 1
         finally:
-            if rt.session is not None:
-                await asyncio.shield(self._finish_session(rt, self.now_ms()))
-            if rt.info is not None:
-                self._set_state(rt, "stopped")
-                self._availability(rt, False)
+            if not self._stopping:  # else run() closes every session together
+                if rt.session is not None:
+                    await asyncio.shield(self._finish_session(rt, self.now_ms()))
+                self._stopped(rt)
+
+    def _stopped(self, rt: StrapRuntime) -> None:
+        if rt.info is not None:
+            self._set_state(rt, "stopped")
+            self._availability(rt, False)
 
     async def _on_connected(self, rt: StrapRuntime, info: StrapInfo) -> None:
         first = not rt.was_connected
@@ -447,25 +460,45 @@ class Daemon:
         return pipeline
 
     async def _finish_session(self, rt: StrapRuntime, stopped_ms: int) -> None:
-        pipeline, rt.session = rt.session, None
-        if pipeline is None:
+        await self._finish_sessions([rt], stopped_ms)
+
+    async def _finish_sessions(self, rts: list[StrapRuntime], stopped_ms: int) -> None:
+        """Close the running sessions of ``rts`` together: one flush of the buffered rows and
+        one store transaction for all of them, then their ``stopped`` messages."""
+        pipelines: list[StrapPipeline] = []
+        for rt in rts:
+            pipeline, rt.session = rt.session, None
+            if pipeline is not None:
+                pipeline.finish()
+                pipelines.append(pipeline)
+        if not pipelines:
             return
-        pipeline.finish()
         await self.writer.flush()
-        if stopped_ms < pipeline.started_ms:
-            # The wall clock was stepped back (NTP) during the session: end it where the
-            # session's own (monotonic) time base says, never before it began.
-            stopped_ms = pipeline.started_ms + round(pipeline.now_t_s() * 1000)
+        ends: list[tuple[StrapPipeline, int]] = []
+        for pipeline in pipelines:
+            end_ms = stopped_ms
+            if end_ms < pipeline.started_ms:
+                # The wall clock was stepped back (NTP) during the session: end it where the
+                # session's own (monotonic) time base says, never before it began.
+                end_ms = pipeline.started_ms + round(pipeline.now_t_s() * 1000)
+            ends.append((pipeline, end_ms))
         try:
-            await asyncio.to_thread(
-                self.store.finish_session, pipeline.session_id, stopped_ms, SessionState.STOPPED
-            )
+            await asyncio.to_thread(self._store_finished, ends)
         except SettleError as exc:
-            log.error("could not close session %s: %s", pipeline.session_id, exc)
-        self.finished.append(pipeline)
-        pipeline.event("session-stop")
-        pipeline.publish_session("stopped", stopped_ms)
-        log.info("session %s stopped (%d beats)", pipeline.session_id, pipeline.seq)
+            log.error("could not close %d session(s): %s", len(ends), exc)
+        for pipeline, end_ms in ends:
+            self.finished.append(pipeline)
+            pipeline.event("session-stop")
+            pipeline.publish_session("stopped", end_ms)
+            log.info("session %s stopped (%d beats)", pipeline.session_id, pipeline.seq)
+
+    def _store_finished(self, ends: list[tuple[StrapPipeline, int]]) -> None:
+        with self.store.batch():
+            for pipeline, end_ms in ends:
+                try:
+                    self.store.finish_session(pipeline.session_id, end_ms, SessionState.STOPPED)
+                except (SessionNotFound, ValueError) as exc:  # deleted meanwhile: the others
+                    log.error("could not close session %s: %s", pipeline.session_id, exc)
 
     # -- commands -------------------------------------------------------------------------
 

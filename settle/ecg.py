@@ -63,12 +63,17 @@ class EcgRecorder:
                     if t_ns[0] >= 0:
                         self.writer.add_ecg(session.session_id, t_ns, list(frame.samples_uv))
                         self.frames += 1
-                    for b in beats:
+                    timed = [
+                        (round((b.t_s * 1e9 + offset[1]) / 1e9, 4), b.rr_ms, b.plausible)
+                        for b in beats
+                    ]
+                    session.on_ecg_beats(timed)
+                    for b, (t_s, _rr, _ok) in zip(beats, timed, strict=True):
                         payload = EcgBeatPayload(
                             ts=int(self.clock() * 1000),
                             seq=rt.output.ecg_seq,
                             session=session.session_id,
-                            t_s=round((b.t_s * 1e9 + offset[1]) / 1e9, 4),
+                            t_s=t_s,
                             rr_ms=None if b.rr_ms is None else round(b.rr_ms, 2),
                             plausible=b.plausible,
                         )
@@ -76,6 +81,11 @@ class EcgRecorder:
                         rt.output.publish("ecg_beat", payload.to_json(), 0)
                         self.beats += 1
         except PmdUnavailable:
-            log.debug("%s: no Polar PMD service; heart rate only", dev)
+            if rt.session is not None and rt.session.settings.processing.rr_source == "ecg":
+                log.warning("%s: rr_source is ecg but the strap has no raw ECG; using its RR", dev)
+            else:
+                log.debug("%s: no Polar PMD service; heart rate only", dev)
         except SensorError as exc:
             log.warning("%s: raw ECG stopped (%s); heart rate continues", dev, exc.reason)
+            if rt.session is not None:
+                rt.session.ecg_failed(exc.reason)

@@ -37,6 +37,7 @@ from sessions.store import (
     BeatAnnotation,
     BeatClass,
     BeatRow,
+    EcgBeatRow,
     GapRow,
     IndicesRow,
     MarkerRow,
@@ -102,6 +103,10 @@ class DeviceOutput:
         self.publish("event", ev.to_json(), 1)
 
 
+_Batch = tuple[dict[str, list[Any]], Callable[[str, Any], None]]
+"""Rows by session id, and the store call that writes one session's rows."""
+
+
 @dataclass
 class BeatWriter:
     """Buffers rows and commits them at least every ``flush_every_s`` (from :meth:`run`).
@@ -117,8 +122,11 @@ class BeatWriter:
     indices: dict[str, list[IndicesRow]] = field(default_factory=dict)
     gaps: dict[str, list[GapRow]] = field(default_factory=dict)
     ecg: dict[str, list[tuple[list[int], list[int]]]] = field(default_factory=dict)
+    ecg_beats: dict[str, list[EcgBeatRow]] = field(default_factory=dict)
+    ecg_annotations: dict[str, list[BeatAnnotation]] = field(default_factory=dict)
     failing: bool = False
     stored_beats: int = 0
+    _flush_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     def add_beats(self, session_id: str, rows: Sequence[BeatRow]) -> None:
         self.beats.setdefault(session_id, []).extend(rows)
@@ -136,45 +144,64 @@ class BeatWriter:
         """One ECG frame: sample times (ns since session start) and values (µV)."""
         self.ecg.setdefault(session_id, []).append((t_ns, uv))
 
-    async def flush(self) -> None:
+    def add_ecg_beats(self, session_id: str, rows: Sequence[EcgBeatRow]) -> None:
+        self.ecg_beats.setdefault(session_id, []).extend(rows)
+
+    def annotate_ecg(self, session_id: str, rows: Sequence[BeatAnnotation]) -> None:
+        self.ecg_annotations.setdefault(session_id, []).extend(rows)
+
+    def _buffers(self) -> list[_Batch]:
         # Beats first: annotations refer to stored beats.
-        batches: list[tuple[dict[str, list[Any]], Callable[[str, Any], None]]] = [
+        return [
             (self.beats, self.store.add_beats),
             (self.annotations, self.store.annotate_beats),
             (self.indices, self.store.add_indices),
             (self.gaps, self._store_gaps),
             (self.ecg, self._store_ecg),
+            (self.ecg_beats, self.store.add_ecg_beats),
+            (self.ecg_annotations, self.store.annotate_ecg_beats),
         ]
-        taken = [(dict(buf), fn, buf) for buf, fn in batches]
-        for buf, _fn in batches:
-            buf.clear()
-        try:
-            for i, (data, fn, _buf) in enumerate(taken):
-                for sid, rows in list(data.items()):
-                    await asyncio.to_thread(fn, sid, rows)
-                    if i == 0:
-                        self.stored_beats += len(rows)
-                    del data[sid]
-        except StoreError as exc:
-            # Put back what was not written (in order, before anything newer) to retry next
-            # time; add_beats is idempotent on (session, seq), so a partial success is harmless.
-            for data, _fn, buf in taken:
+
+    async def flush(self) -> None:
+        """Commit everything buffered, every session and every kind of row, as ONE store
+        transaction from one worker thread (a thread hop and a commit per session and kind
+        cost a third of the daemon's CPU at a few hundred straps).
+
+        Flushes run one at a time, in call order. When the store fails nothing of the batch
+        is committed: every row goes back in front of anything newer, to be retried whole.
+        """
+        async with self._flush_lock:
+            buffers = self._buffers()
+            taken = [(dict(buf), fn, buf) for buf, fn in buffers]
+            for buf, _fn in buffers:
+                buf.clear()
+            if not any(data for data, _fn, _buf in taken):
+                return
+            try:
+                await asyncio.to_thread(self._write, [(data, fn) for data, fn, _buf in taken])
+            except StoreError as exc:
+                for data, _fn, buf in taken:
+                    for sid, rows in data.items():
+                        buf[sid] = rows + buf.get(sid, [])
+                if not self.failing:
+                    log.error("cannot write to the session store (%s); keeping data in memory", exc)
+                self.failing = True
+                return
+            self.stored_beats += sum(len(rows) for rows in taken[0][0].values())
+            if self.failing:
+                log.info("session store writable again; buffered data saved")
+            self.failing = False
+
+    def _write(self, batches: list[_Batch]) -> None:
+        with self.store.batch():
+            for data, fn in batches:
                 for sid, rows in data.items():
-                    buf[sid] = rows + buf.get(sid, [])
-            if not self.failing:
-                log.error("cannot write to the session store (%s); keeping data in memory", exc)
-            self.failing = True
-            return
-        if self.failing:
-            log.info("session store writable again; buffered data saved")
-        self.failing = False
+                    fn(sid, rows)
 
     def _store_gaps(self, session_id: str, gaps: list[GapRow]) -> None:
-        # One transaction per gap: drop each from the batch once written, so a failure part-way
-        # retries only the rest (add_gap is not idempotent).
-        while gaps:
-            self.store.add_gap(session_id, gaps[0])
-            del gaps[0]
+        # add_gap is not idempotent: the batch commits all of them or none, never a part.
+        for gap in gaps:
+            self.store.add_gap(session_id, gap)
 
     def _store_ecg(self, session_id: str, frames: Sequence[tuple[list[int], list[int]]]) -> None:
         for t_ns, uv in frames:
@@ -239,7 +266,14 @@ class StrapPipeline:
         self.last_contact: bool | None = None
         self.gaps: list[tuple[float, float, str]] = []
         """(start_t_s, end_t_s, reason) of every interruption: beats there are unknown."""
-        self.timer = BeatTimer()
+        self.timer = BeatTimer(time_scale=time_scale)
+        self.ecg_seq = 0
+        """Next ECG-derived beat sequence number (R peaks recorded so far)."""
+        self.rr_source: Literal["hrs", "ecg"] = "hrs"
+        """Which RR feeds the analyzer now. With ``processing.rr_source = "ecg"`` it turns to
+        ``ecg`` at the first R peak of the session and back to ``hrs`` if the ECG fails."""
+        self._ecg_from_t_s = -math.inf
+        """ECG beats at or before this time are recorded, not analysed (the switch point)."""
         self.started_mono_s = time.monotonic() if started_mono_s is None else started_mono_s
 
     def now_ms(self) -> int:
@@ -338,8 +372,9 @@ class StrapPipeline:
                 cls = BeatClass.WARMUP
             elif not p.rr_min_ms <= tb.rr_ms <= p.rr_max_ms:
                 cls = BeatClass.IMPLAUSIBLE
-                # No successive difference may span an interval nobody can interpret.
-                self._finalise(self.analyzer.gap(t))
+                if self.rr_source == "hrs":
+                    # No successive difference may span an interval nobody can interpret.
+                    self._finalise(self.analyzer.gap(t))
             rows.append(
                 BeatRow(
                     seq=self.seq,
@@ -354,7 +389,9 @@ class StrapPipeline:
                 )
             )
             times.append(round(t, 4))
-            if cls is None:
+            if self.rr_source == "ecg":
+                pass  # recorded beside the ECG beats that drive the indices (class stays empty)
+            elif cls is None:
                 self._pending_seqs.append(self.seq)
                 self._finalise(self.analyzer.push_beat(t, tb.rr_ms, m.contact))
             else:
@@ -366,6 +403,53 @@ class StrapPipeline:
             self._emit_indices(self.next_indices_t_s)
             self.next_indices_t_s += self.settings.processing.indices_every_s
         return times
+
+    def on_ecg_beats(self, beats: Sequence[tuple[float, float | None, bool]]) -> None:
+        """Record R peaks of the raw ECG, ``(t_s, rr_ms, plausible)`` in session time, oldest
+        first; with ``processing.rr_source = "ecg"`` they also drive the indices."""
+        p = self.settings.processing
+        if p.rr_source == "ecg" and self.rr_source == "hrs" and beats:
+            self._switch_source("ecg", "RR from the raw ECG (R peaks) drives the indices")
+        warming = time.monotonic() < self.warmup_until_mono_s
+        rows: list[EcgBeatRow] = []
+        for t, rr, plausible in beats:
+            cls: BeatClass | None = None
+            if self.rr_source == "ecg" and t > self._ecg_from_t_s:
+                if rr is None:
+                    # First peak after the stream (re)started: no interval, a new segment.
+                    self._finalise(self.analyzer.gap(t))
+                elif warming:
+                    cls = BeatClass.WARMUP
+                elif not plausible or not p.rr_min_ms <= rr <= p.rr_max_ms:
+                    cls = BeatClass.IMPLAUSIBLE
+                    self._finalise(self.analyzer.gap(t))
+                else:
+                    self._pending_seqs.append(self.ecg_seq)
+                    self._finalise(self.analyzer.push_beat(t, rr, self.last_contact))
+                    # Keep feeding from here even if older peaks arrive late.
+                    self._ecg_from_t_s = t
+            rows.append(EcgBeatRow(self.ecg_seq, t, rr, beat_class=cls))
+            if cls is not None:
+                self._classified.append(ClassifiedBeat(beat_t_s=round(t, 4), cls=cls, rr_ms=None))
+            self.ecg_seq += 1
+        if rows:
+            self.writer.add_ecg_beats(self.session_id, rows)
+
+    def ecg_failed(self, reason: str) -> None:
+        """The raw ECG stopped for good (not a reconnect): the strap's RR drives again."""
+        if self.rr_source == "ecg":
+            self._switch_source(
+                "hrs", f"raw ECG stopped ({reason}); the strap's RR drives the indices"
+            )
+
+    def _switch_source(self, source: Literal["hrs", "ecg"], why: str) -> None:
+        # Beats of the old source still waiting for look-ahead are finalised first (into the
+        # old source's table); no metric spans the switch.
+        self._finalise(self.analyzer.gap(self.now_t_s()))
+        self.rr_source = source
+        self._ecg_from_t_s = self.now_t_s()
+        log.info("session %s: %s", self.session_id, why)
+        self.event("rr-source", why)
 
     def take_classified(self) -> list[ClassifiedBeat]:
         """Beats classified since the last call (for the next beat message)."""
@@ -392,7 +476,10 @@ class StrapPipeline:
                 )
             )
         if notes:
-            self.writer.annotate(self.session_id, notes)
+            if self.rr_source == "ecg":
+                self.writer.annotate_ecg(self.session_id, notes)
+            else:
+                self.writer.annotate(self.session_id, notes)
 
     def _emit_indices(self, t_s: float) -> None:
         snap = self.analyzer.indices(t_s)

@@ -13,7 +13,7 @@ from sensors.readers import read_rr_file
 from sensors.virtual.air import VirtualAir
 from sensors.virtual.pmd import PmdConfig
 from sensors.virtual.strap import VirtualStrap
-from sessions.store import SessionStore
+from sessions.store import BeatClass, SessionStore
 from settle.config import load_config
 from settle.daemon import Daemon
 from tests.conftest import DATA
@@ -47,7 +47,10 @@ async def test_raw_ecg_is_recorded_and_beats_detected(tmp_path: Path) -> None:
             h10 = next(s for d, s in sessions.items() if d.startswith("polar_h10"))
             garmin = next(s for d, s in sessions.items() if d.startswith("garmin"))
             ecg = store.ecg(h10.id)
+            ecg_beats = store.ecg_beats(h10.id)
+            h10_beats = store.beats(h10.id)
             assert len(store.ecg(garmin.id)) == 0  # no PMD: heart rate only, no error
+            assert store.ecg_beats(garmin.id) == []
             assert garmin.n_beats > 20
         await strap.stop()
         await plain.stop()
@@ -62,3 +65,72 @@ async def test_raw_ecg_is_recorded_and_beats_detected(tmp_path: Path) -> None:
     assert any(np.array_equal(recording[i : i + 500], tail) for i in starts)
     # The stream was stopped before the link closed (an H10 would keep draining its battery).
     assert unclean == []
+    # Both RR sources are stored: every R peak the daemon detected, in order, one time base.
+    assert [b.seq for b in ecg_beats] == list(range(len(ecg_beats)))
+    assert len(ecg_beats) == daemon.ecg.beats
+    assert all(b.beat_t_s > a.beat_t_s for a, b in itertools.pairwise(ecg_beats))
+    # By default the strap's RR drives the indices: its beats are classified, the ECG's not.
+    assert all(b.beat_class is None for b in ecg_beats)
+    assert sum(b.beat_class in ANALYSED for b in h10_beats) > 20
+
+
+ANALYSED = {
+    BeatClass.NORMAL,
+    BeatClass.ECTOPIC,
+    BeatClass.LONG,
+    BeatClass.SHORT,
+    BeatClass.MISSED,
+    BeatClass.EXTRA,
+}
+
+
+async def test_ecg_rr_drives_the_indices_when_configured(tmp_path: Path) -> None:
+    """``processing.rr_source = "ecg"``: the H10's R peaks feed the analyzer (classified,
+    corrected), its own RR is still stored but not analysed; a strap without raw ECG in the
+    same daemon falls back to its own RR."""
+    settings = load_config(
+        CONFIG,
+        mqtt={"enabled": False},
+        storage={"db_path": tmp_path / "s.db"},
+        processing={"rr_source": "ecg"},
+    )
+    rr = [float(x) for x in read_rr_file(DATA / "polar_h10_pvc_device.csv").rr_ms]
+    async with VirtualAir() as air:
+        strap = VirtualStrap(
+            air, rr, name="Polar H10 0A1B2C3D", speed=SPEED, pmd=PmdConfig(ecg_uv=h10_ecg_uv())
+        )
+        plain = VirtualStrap(air, rr, name="Garmin HRM", speed=SPEED)
+        await strap.start()
+        await plain.start()
+        with SessionStore.open(settings.db_path) as store:
+            daemon = Daemon(
+                settings, store, [client_for(air, strap), client_for(air, plain)], time_scale=SPEED
+            )
+            task = asyncio.create_task(daemon.run())
+            await until(lambda: daemon.ecg.beats > 80, 40)
+            daemon.stop()
+            await asyncio.wait_for(task, 15)
+            pipelines = {p.device_id: p for p in daemon.finished}
+            sessions = {s.device_id: s for s in store.list_sessions()}
+            h10 = next(s for d, s in sessions.items() if d.startswith("polar_h10"))
+            garmin = next(s for d, s in sessions.items() if d.startswith("garmin"))
+            ecg_beats = store.ecg_beats(h10.id)
+            h10_beats = store.beats(h10.id)
+            garmin_beats = store.beats(garmin.id)
+        await strap.stop()
+        await plain.stop()
+    assert pipelines[h10.device_id].rr_source == "ecg"
+    assert pipelines[garmin.device_id].rr_source == "hrs"
+    analysed = [b for b in ecg_beats if b.beat_class in ANALYSED]
+    assert len(analysed) > 40
+    # A third of this recording's beats are PVCs: the correction sees them in the ECG's RR too.
+    assert any(b.beat_class is not BeatClass.NORMAL for b in analysed)
+    assert all(b.rr_ms is not None and b.rr_corrected_ms is not None for b in analysed
+               if b.beat_class is BeatClass.NORMAL)  # fmt: skip
+    # From the switch on, the strap's own RR is recorded (every beat) but not analysed.
+    switch_t = min(b.beat_t_s for b in analysed)
+    assert [b.seq for b in h10_beats] == list(range(len(h10_beats)))
+    after = [b for b in h10_beats if b.beat_t_s > switch_t]
+    assert after and all(b.beat_class not in ANALYSED for b in after)
+    # The strap without raw ECG is analysed from its own RR as usual.
+    assert sum(b.beat_class in ANALYSED for b in garmin_beats) > 20

@@ -26,9 +26,11 @@ from sessions.export_kubios import export_kubios
 from sessions.exporters import FORMATS, export_session
 from sessions.files import ExportError, inside, plain_name
 from sessions.store import (
+    SCHEMA_VERSION,
     BaselinePeriod,
     BeatClass,
     BeatRow,
+    EcgBeatRow,
     GapRow,
     IndicesRow,
     Intention,
@@ -97,6 +99,19 @@ def _build(store: SessionStore, *, ecg: bool = True) -> str:
         uv = (800 * np.sin(np.arange(n) / 7)).astype(np.int32)
         for k in range(0, n, 73):  # Polar-sized frames
             store.add_ecg(info.id, t_ns[k : k + 73].tolist(), uv[k : k + 73].tolist())
+        # R peaks detected in that ECG: the first without an interval, some classified.
+        peaks = [0.31 + 0.8 * k + 0.0077 * (k % 3) for k in range(45)]
+        store.add_ecg_beats(
+            info.id,
+            [
+                EcgBeatRow(
+                    k, t, None if k == 0 else round(1000 * (t - peaks[k - 1]), 3),
+                    rr_corrected_ms=None if k < 10 else 800.0,
+                    beat_class=None if k < 10 else BeatClass.NORMAL,
+                )
+                for k, t in enumerate(peaks)
+            ],
+        )  # fmt: skip
     store.finish_session(info.id, T0_MS + round(t * 1000) + 1000)
     return info.id
 
@@ -111,11 +126,12 @@ def test_json_round_trips_exactly_with_a_manifest(store: SessionStore, tmp_path:
     assert rec.info == orig.info
     assert rec.beats == orig.beats  # floats exact
     assert rec.markers == orig.markers and rec.gaps == orig.gaps
+    assert len(rec.ecg_beats) == 45 and rec.ecg_beats == orig.ecg_beats
     assert [json.loads(r.payload_json) for r in rec.indices] == [
         json.loads(r.payload_json) for r in orig.indices
     ]
     assert ecg is not None and ecg.uv.tolist() == store.ecg(sid).uv.tolist()
-    assert manifest.settle_version != "" and manifest.store_schema_version == 2
+    assert manifest.settle_version != "" and manifest.store_schema_version == SCHEMA_VERSION
     assert manifest.recording["settings"] == {"window_s": 60.0, "baseline_s": 120.0}
     assert manifest.indices_payload_versions == [1]
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -238,6 +254,28 @@ def test_kubios_rr_reads_back_and_markers_side_file(store: SessionStore, tmp_pat
     assert rows[3]["duration_s"] == "4.0"
 
 
+def test_kubios_from_the_ecg_derived_rr(store: SessionStore, tmp_path: Path) -> None:
+    sid = _build(store)
+    path = export_kubios(store, sid, tmp_path, rr_source="ecg")
+    assert path.name == f"settle-{sid}-ecg-rr.txt"
+    expected = [b.rr_ms for b in store.ecg_beats(sid) if b.rr_ms is not None]
+    assert len(expected) == 44  # the first peak has no interval
+    assert np.allclose(read_rr_file(path).rr_ms, expected, atol=1e-4)
+    # Markers on the ECG's Kubios axis: it starts at the start of its first interval.
+    side = path.with_name(f"{path.stem}_markers.csv")
+    with side.open(newline="") as fh:
+        hold = next(r for r in csv.DictReader(fh) if r["kind"] == "hold-start")
+    first = store.ecg_beats(sid)[1]
+    assert first.rr_ms is not None
+    origin = first.beat_t_s - first.rr_ms / 1000
+    assert float(hold["kubios_t_s"]) == pytest.approx(12.5 - origin, abs=2e-3)
+    # A session without raw ECG: one clear error, nothing written.
+    plain = _build(store, ecg=False)
+    with pytest.raises(ExportError, match="no ECG-derived beats"):
+        export_kubios(store, plain, tmp_path / "x.txt", rr_source="ecg")
+    assert not (tmp_path / "x.txt").exists()
+
+
 def test_csv_has_the_v2_columns(store: SessionStore, tmp_path: Path) -> None:
     sid = _build(store, ecg=False)
     rows = read_export_csv(export_session(store, sid, "csv", tmp_path))
@@ -249,6 +287,19 @@ def test_csv_has_the_v2_columns(store: SessionStore, tmp_path: Path) -> None:
     assert (gap.t_s, gap.end_t_s, gap.reason) == (100.0, 104.0, "disconnected")
     t = [r.t_s for r in rows]
     assert t == sorted(t)
+
+
+def test_csv_carries_the_ecg_derived_beats(store: SessionStore, tmp_path: Path) -> None:
+    sid = _build(store)
+    rows = read_export_csv(export_session(store, sid, "csv", tmp_path))
+    ecg = [r for r in rows if r.record == "ecg_beat"]
+    stored = store.ecg_beats(sid)
+    assert [(r.seq, r.t_s, r.rr_ms) for r in ecg] == [(b.seq, b.beat_t_s, b.rr_ms) for b in stored]
+    assert ecg[0].rr_ms is None and ecg[0].beat_class is None
+    assert ecg[-1].beat_class == "normal" and ecg[-1].rr_corrected_ms == 800.0
+    # The strap's own beats are all still there, on the same time base.
+    assert len([r for r in rows if r.record == "beat"]) == len(store.beats(sid))
+    assert [r.t_s for r in rows] == sorted(r.t_s for r in rows)
 
 
 def test_path_tricks_are_refused(store: SessionStore, tmp_path: Path) -> None:
@@ -305,3 +356,6 @@ def test_cli_export_every_format_and_one_line_errors(store: SessionStore, tmp_pa
     res = runner.invoke(app, ["export", sid, "--format", "bids", "--subject", "a/b",
                               "--out", str(tmp_path / "ds"), "--db", db])  # fmt: skip
     assert res.exit_code == 1 and "subject label" in res.output
+    res = runner.invoke(app, ["export", sid, "--format", "kubios", "--rr-source", "ppg",
+                              "--out", str(tmp_path), "--db", db])  # fmt: skip
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "RR source" in res.output

@@ -18,6 +18,7 @@ from sessions.store import (
     BeatAnnotation,
     BeatClass,
     BeatRow,
+    EcgBeatRow,
     GapRow,
     IndicesRow,
     Intention,
@@ -63,7 +64,7 @@ def _v1_file(path: Path) -> None:
 
 
 def test_v1_store_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path) -> None:
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     path = tmp_path / "old.db"
     _v1_file(path)
     with SessionStore.open(path) as store:
@@ -77,9 +78,15 @@ def test_v1_store_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path) -> Non
         # The new features work on the upgraded file.
         store.set_intention(rec.info.id, Intention(IntentionTarget.SELF, "I am safe"))
         store.add_gap(rec.info.id, GapRow(3.0, 4.0, "disconnected"))
+        # v3: ECG-derived beats beside the strap's own.
+        assert rec.ecg_beats == []
+        store.add_ecg_beats(rec.info.id, [EcgBeatRow(0, 0.5, None), EcgBeatRow(1, 1.3, 800.0)])
+        store.add_ecg_beats(rec.info.id, [EcgBeatRow(1, 1.3, 800.0)])  # re-sent: not twice
+        assert [b.rr_ms for b in store.ecg_beats(rec.info.id)] == [None, 800.0]
+        assert len(store.beats(rec.info.id)) == 10
     probe = sqlite3.connect(path)
     try:
-        assert probe.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert probe.execute("PRAGMA user_version").fetchone()[0] == 3
         assert probe.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert probe.execute("PRAGMA foreign_key_check").fetchall() == []
     finally:

@@ -282,6 +282,17 @@ class VirtualStrap:
                     connection, hci.HCI_ErrorCode.REMOTE_USER_TERMINATED_CONNECTION_ERROR
                 )
 
+    @property
+    def readvertise(self) -> bool:
+        """Whether the strap advertises again when a central disconnects (as real straps do).
+        Benchmarks with hundreds of straps turn it off once all stream, so that stopping the
+        daemon does not flood every controller with advertisements."""
+        return self._readvertise
+
+    @readvertise.setter
+    def readvertise(self, on: bool) -> None:
+        self._readvertise = on
+
     async def drop(self, reappear_after_s: float = 0.0) -> None:
         """The strap ends the link itself (strap taken off, power saving …).
 
