@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 DEVSTAMP = $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck bench clean tools
+.PHONY: demo test lint typecheck bench soak clean tools
 
 BIDS_VALIDATOR = .cache/npm/node_modules/.bin/bids-validator
 
@@ -52,8 +52,14 @@ $(BIDS_VALIDATOR):
 bench: $(DEVSTAMP)
 	$(BIN)/python benchmarks/bench_processing.py
 	$(BIN)/python benchmarks/bench_live.py
-	$(BIN)/python benchmarks/bench_scale.py --broker-nodelay --daemon-nodelay
+	$(BIN)/python benchmarks/bench_scale.py --broker-nodelay
 	$(BIN)/python benchmarks/bench_memory.py
+
+# The soak (docs/reliability.md): 12 simulated hours, 50 straps, random faults, every count
+# reconciled; about 70 min of wall time on 2 cores. Not part of `make test` (tests/test_soak.py
+# is its 30 s version). ARGS="--hours 1 --straps 10" for a shorter one.
+soak: $(DEVSTAMP)
+	$(BIN)/python benchmarks/soak.py --json benchmarks/results/soak.json $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
