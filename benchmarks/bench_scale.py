@@ -235,6 +235,8 @@ def main() -> None:
     )
     ap.add_argument("--keep-going", action="store_true", help="measure every N even after a miss")
     args = ap.parse_args()
+    if args.profile and not (Path(PY).parent / "py-spy").exists():
+        ap.error("--profile needs py-spy in the venv (.venv/bin/python -m pip install py-spy)")
     results: list[dict[str, Any]] = []
     for n in [int(x) for x in args.ramp.split(",")]:
         r = run_n(n, args)
