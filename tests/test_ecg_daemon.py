@@ -4,6 +4,7 @@ a real recording through the real BLE stack), and a strap without PMD is unaffec
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from sensors.readers import read_rr_file
 from sensors.virtual.air import VirtualAir
 from sensors.virtual.pmd import PmdConfig
 from sensors.virtual.strap import VirtualStrap
-from sessions.store import BeatClass, SessionStore
+from sessions.store import BeatClass, EcgSeries, SessionRecord, SessionStore
 from settle.config import load_config
 from settle.daemon import Daemon
 from tests.conftest import DATA
@@ -22,58 +23,6 @@ from tests.test_pmd import h10_ecg_uv
 from tests.test_reconnect import client_for, until
 
 SPEED = 10.0
-
-
-async def test_raw_ecg_is_recorded_and_beats_detected(tmp_path: Path) -> None:
-    settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
-    rr = [float(x) for x in read_rr_file(DATA / "polar_h10_pvc_device.csv").rr_ms]
-    async with VirtualAir() as air:
-        strap = VirtualStrap(
-            air, rr, name="Polar H10 0A1B2C3D", speed=SPEED, pmd=PmdConfig(ecg_uv=h10_ecg_uv())
-        )
-        plain = VirtualStrap(air, rr, name="Garmin HRM", speed=SPEED)
-        await strap.start()
-        await plain.start()
-        with SessionStore.open(settings.db_path) as store:
-            daemon = Daemon(
-                settings, store, [client_for(air, strap), client_for(air, plain)], time_scale=SPEED
-            )
-            task = asyncio.create_task(daemon.run())
-            await until(lambda: daemon.ecg.beats > 40, 30)
-            daemon.stop()
-            await asyncio.wait_for(task, 15)
-            unclean = list(strap.pmd.unclean_disconnects) if strap.pmd else ["no pmd"]
-            sessions = {s.device_id: s for s in store.list_sessions()}
-            h10 = next(s for d, s in sessions.items() if d.startswith("polar_h10"))
-            garmin = next(s for d, s in sessions.items() if d.startswith("garmin"))
-            ecg = store.ecg(h10.id)
-            ecg_beats = store.ecg_beats(h10.id)
-            h10_beats = store.beats(h10.id)
-            assert len(store.ecg(garmin.id)) == 0  # no PMD: heart rate only, no error
-            assert store.ecg_beats(garmin.id) == []
-            assert garmin.n_beats > 20
-        await strap.stop()
-        await plain.stop()
-    assert len(ecg) > 130 * 20  # > 20 s of samples at 130 Hz
-    t = ecg.t_ns
-    assert all(b > a for a, b in itertools.pairwise(t.tolist()))  # one time base, increasing
-    assert ecg.fs_hz is not None and abs(ecg.fs_hz - 130) < 2
-    # After the strap's unreliable first seconds, the samples are the recording's, unchanged.
-    recording = np.asarray(h10_ecg_uv())
-    tail = ecg.uv[-500:]
-    starts = [i for i in np.flatnonzero(recording == tail[0]) if i + 500 <= len(recording)]
-    assert any(np.array_equal(recording[i : i + 500], tail) for i in starts)
-    # The stream was stopped before the link closed (an H10 would keep draining its battery).
-    assert unclean == []
-    # Both RR sources are stored: every R peak the daemon detected, in order, one time base.
-    assert [b.seq for b in ecg_beats] == list(range(len(ecg_beats)))
-    assert len(ecg_beats) == daemon.ecg.beats
-    assert all(b.beat_t_s > a.beat_t_s for a, b in itertools.pairwise(ecg_beats))
-    # By default the strap's RR drives the indices: its beats are classified, the ECG's not.
-    assert all(b.beat_class is None for b in ecg_beats)
-    assert sum(b.beat_class in ANALYSED for b in h10_beats) > 20
-
-
 ANALYSED = {
     BeatClass.NORMAL,
     BeatClass.ECTOPIC,
@@ -84,15 +33,21 @@ ANALYSED = {
 }
 
 
-async def test_ecg_rr_drives_the_indices_when_configured(tmp_path: Path) -> None:
-    """``processing.rr_source = "ecg"``: the H10's R peaks feed the analyzer (classified,
-    corrected), its own RR is still stored but not analysed; a strap without raw ECG in the
-    same daemon falls back to its own RR."""
+@dataclasses.dataclass
+class Run:
+    """What one daemon recorded from a virtual H10 (real ECG replayed) and a Garmin (no PMD)."""
+
+    daemon: Daemon
+    h10: SessionRecord
+    garmin: SessionRecord
+    ecg: EcgSeries
+    garmin_ecg_samples: int
+    unclean: list[object]
+
+
+async def _h10_beside_garmin(tmp_path: Path, min_ecg_beats: int, **overrides: object) -> Run:
     settings = load_config(
-        CONFIG,
-        mqtt={"enabled": False},
-        storage={"db_path": tmp_path / "s.db"},
-        processing={"rr_source": "ecg"},
+        CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"}, **overrides
     )
     rr = [float(x) for x in read_rr_file(DATA / "polar_h10_pvc_device.csv").rr_ms]
     async with VirtualAir() as air:
@@ -107,20 +62,60 @@ async def test_ecg_rr_drives_the_indices_when_configured(tmp_path: Path) -> None
                 settings, store, [client_for(air, strap), client_for(air, plain)], time_scale=SPEED
             )
             task = asyncio.create_task(daemon.run())
-            await until(lambda: daemon.ecg.beats > 80, 40)
+            await until(lambda: daemon.ecg.beats > min_ecg_beats, 40)
             daemon.stop()
             await asyncio.wait_for(task, 15)
-            pipelines = {p.device_id: p for p in daemon.finished}
             sessions = {s.device_id: s for s in store.list_sessions()}
             h10 = next(s for d, s in sessions.items() if d.startswith("polar_h10"))
             garmin = next(s for d, s in sessions.items() if d.startswith("garmin"))
-            ecg_beats = store.ecg_beats(h10.id)
-            h10_beats = store.beats(h10.id)
-            garmin_beats = store.beats(garmin.id)
+            run = Run(
+                daemon=daemon,
+                h10=store.read_session(h10.id),
+                garmin=store.read_session(garmin.id),
+                ecg=store.ecg(h10.id),
+                garmin_ecg_samples=len(store.ecg(garmin.id)),
+                unclean=list(strap.pmd.unclean_disconnects) if strap.pmd else ["no pmd"],
+            )
         await strap.stop()
         await plain.stop()
-    assert pipelines[h10.device_id].rr_source == "ecg"
-    assert pipelines[garmin.device_id].rr_source == "hrs"
+    return run
+
+
+async def test_raw_ecg_is_recorded_and_beats_detected(tmp_path: Path) -> None:
+    run = await _h10_beside_garmin(tmp_path, 40)
+    ecg, ecg_beats, h10_beats = run.ecg, run.h10.ecg_beats, run.h10.beats
+    assert run.garmin_ecg_samples == 0  # no PMD: heart rate only, no error
+    assert run.garmin.ecg_beats == []
+    assert len(run.garmin.beats) > 20
+    assert len(ecg) > 130 * 20  # > 20 s of samples at 130 Hz
+    t = ecg.t_ns
+    assert all(b > a for a, b in itertools.pairwise(t.tolist()))  # one time base, increasing
+    assert ecg.fs_hz is not None and abs(ecg.fs_hz - 130) < 2
+    # After the strap's unreliable first seconds, the samples are the recording's, unchanged.
+    recording = np.asarray(h10_ecg_uv())
+    tail = ecg.uv[-500:]
+    starts = [i for i in np.flatnonzero(recording == tail[0]) if i + 500 <= len(recording)]
+    assert any(np.array_equal(recording[i : i + 500], tail) for i in starts)
+    # The stream was stopped before the link closed (an H10 would keep draining its battery).
+    assert run.unclean == []
+    # Both RR sources are stored: every R peak the daemon detected, in order, one time base.
+    assert [b.seq for b in ecg_beats] == list(range(len(ecg_beats)))
+    assert len(ecg_beats) == run.daemon.ecg.beats
+    assert all(b.beat_t_s > a.beat_t_s for a, b in itertools.pairwise(ecg_beats))
+    # By default the strap's RR drives the indices: its beats are classified, the ECG's not.
+    assert all(b.beat_class is None for b in ecg_beats)
+    assert sum(b.beat_class in ANALYSED for b in h10_beats) > 20
+
+
+async def test_ecg_rr_drives_the_indices_when_configured(tmp_path: Path) -> None:
+    """``processing.rr_source = "ecg"``: the H10's R peaks feed the analyzer (classified,
+    corrected), its own RR is still stored but not analysed; a strap without raw ECG in the
+    same daemon falls back to its own RR."""
+    run = await _h10_beside_garmin(tmp_path, 80, processing={"rr_source": "ecg"})
+    pipelines = {p.device_id: p for p in run.daemon.finished}
+    ecg_beats, h10_beats, garmin_beats = run.h10.ecg_beats, run.h10.beats, run.garmin.beats
+    assert pipelines[run.h10.info.device_id].rr_source == "ecg"
+    assert pipelines[run.garmin.info.device_id].rr_source == "hrs"
     analysed = [b for b in ecg_beats if b.beat_class in ANALYSED]
     assert len(analysed) > 40
     # A third of this recording's beats are PVCs: the correction sees them in the ECG's RR too.
