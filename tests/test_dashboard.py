@@ -123,6 +123,65 @@ async def test_token_is_required_for_every_page_and_command(tmp_path: Path) -> N
                 assert r.status == 403
 
 
+async def _read_events(resp: aiohttp.ClientResponse, want: int) -> list[dict[str, Any]]:
+    """The page's view: parse the SSE stream until ``want`` data events (health excluded)."""
+    got: list[dict[str, Any]] = []
+    buf = b""
+    async with asyncio.timeout(20):
+        while len(got) < want:
+            buf += await resp.content.readany()
+            *events, buf = buf.split(b"\n\n")
+            for ev in events:
+                lines = ev.decode().split("\n")
+                if any(line.startswith("event:") for line in lines):
+                    continue  # health
+                got += [json.loads(x[6:]) for x in lines if x.startswith("data: ")]
+    return got
+
+
+async def test_a_burst_reaches_the_page_whole_and_in_order(tmp_path: Path) -> None:
+    # 300 straps' worth of beats published at once: the page's writer sends what queued up
+    # together, yet the page sees every message as its own event, in publication order.
+    with SessionStore.open(tmp_path / "s.db") as store:
+        hub = Hub("settle", queue_size=5000)
+        cfg = DashboardConfig(host="127.0.0.1", port=0, token="t")
+        async with (
+            Dashboard(hub, _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
+            aiohttp.ClientSession() as http,
+            http.get(d.url + "events?token=t") as r,
+        ):
+            while not hub.subscribers:  # noqa: ASYNC110 - the page subscribes once connected
+                await asyncio.sleep(0.01)
+            n = 3000
+            for i in range(n):
+                hub.publish(f"settle/dev{i % 300}/beat", json.dumps({"seq": i // 300}))
+            got = await _read_events(r, n)
+            assert [(e["topic"], json.loads(e["payload"])["seq"]) for e in got] == [
+                (f"dev{i % 300}/beat", i // 300) for i in range(n)
+            ]
+
+
+async def test_a_page_that_falls_behind_is_told_how_much_it_lost(tmp_path: Path) -> None:
+    with SessionStore.open(tmp_path / "s.db") as store:
+        hub = Hub("settle", queue_size=100)
+        cfg = DashboardConfig(host="127.0.0.1", port=0, token="t")
+        async with (
+            Dashboard(hub, _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
+            aiohttp.ClientSession() as http,
+            http.get(d.url + "events?token=t") as r,
+        ):
+            while not hub.subscribers:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            for i in range(250):  # synchronously: the page cannot read meanwhile
+                hub.publish("settle/dev/beat", json.dumps({"seq": i}))
+            got = await _read_events(r, 100)
+            assert [json.loads(e["payload"])["seq"] for e in got] == list(range(150, 250))
+            health = b""
+            async with asyncio.timeout(5):
+                while b'"dropped": 150' not in health:
+                    health += await r.content.readany()
+
+
 def _chromium_or_skip() -> None:
     if not os.access(CHROMIUM, os.X_OK):
         message = f"{CHROMIUM} not found (Debian: apt-get install chromium)"

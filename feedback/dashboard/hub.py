@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 __all__ = ["Hub", "Message", "Subscription"]
 
+SSE_BATCH = 512
+"""Most queued messages written to a page in one chunk (see :meth:`Subscription.take`)."""
 BACKLOG = 1200
 """Recent stream messages replayed to a new page (about 10 min of beats at 1 message/s)."""
 RESULTS_KEPT = 64
@@ -63,6 +65,16 @@ class Subscription:
             except TimeoutError:
                 return None
         return self.queue.popleft()
+
+    def take(self, limit: int = SSE_BATCH) -> list[Message]:
+        """Up to ``limit`` messages already queued, oldest first, without waiting.
+
+        The page's writer sends them with the one it waited for as one chunk: under load (many
+        straps) that is one write and one wake-up per batch instead of per message, and with
+        little traffic the batch is just that one message, so nothing waits for company."""
+        q = self.queue
+        n = min(limit, len(q))
+        return [q.popleft() for _ in range(n)]
 
 
 class Hub:

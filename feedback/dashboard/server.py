@@ -262,7 +262,7 @@ class Dashboard:
                         await resp.write(f"event: health\ndata: {health}\n\n".encode())
                     m = await sub.get(max(0.0, next_health - time.monotonic()))
                     if m is not None:
-                        await resp.write(m.sse())
+                        await resp.write(b"".join([m.sse(), *(x.sse() for x in sub.take())]))
         return resp
 
     # -- commands ---------------------------------------------------------------------------
