@@ -39,6 +39,25 @@ from settle.backoff import backoff_delay_s
 
 log = logging.getLogger(__name__)
 
+
+class _LostSocketAtDebug(logging.Filter):
+    """paho logs a connection the broker dropped at ERROR ("failed to receive on socket:
+    [Errno 104] Connection reset by peer"); the link already reports that outage once, as a
+    WARNING saying it retries. Those lines become DEBUG; paho's other errors stay errors."""
+
+    LOST = ("failed to receive on socket", "timeout on socket")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith(self.LOST):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return paho_log.isEnabledFor(logging.DEBUG)
+        return True
+
+
+paho_log = logging.getLogger(f"{__name__}.paho")
+"""The MQTT client library's own log lines (paho's ``mqtt`` logger otherwise)."""
+paho_log.addFilter(_LostSocketAtDebug())
+
 CommandHandler = Callable[[str, str, bytes, bool], Awaitable[None]]
 """``(device_id, command_name, payload, retained)``."""
 
@@ -252,6 +271,7 @@ class MqttLink:
             # paho's default of 20 would queue the rest of our window inside paho, where
             # their 10 s timeout runs before they are even sent.
             max_inflight_messages=self.max_inflight,
+            logger=paho_log,
         ) as client:
             # Up to max_inflight publishes wait for their acknowledgement on purpose.
             client.pending_calls_threshold = self.max_inflight + 16

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -80,6 +81,65 @@ async def test_full_queue_drops_oldest_and_counts(mosquitto: Mosquitto) -> None:
         async with asyncio.timeout(5):
             await col.wait_for("beat", 10)
     assert [int(p) for p in col.payloads("beat")] == list(range(15, 25))  # newest kept
+
+
+async def test_a_connection_reset_by_the_broker_is_one_warning_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A broker that dies mid-session resets the TCP connection (RST): the link logs one
+    WARNING and retries; the client library's own "failed to receive on socket" is DEBUG."""
+    import logging
+    import socket
+    import struct
+
+    resets = 0
+
+    async def packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+        head = (await reader.readexactly(1))[0]
+        length, shift = 0, 0
+        while True:
+            b = (await reader.readexactly(1))[0]
+            length += (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return head, await reader.readexactly(length)
+
+    async def serve_until_reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A broker of few words: CONNACK, PUBACK for QoS 1, then it dies (RST) while the
+        # client is sending.
+        await packet(reader)  # CONNECT
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                while True:
+                    head, body = await packet(reader)
+                    if head >> 4 == 3 and head & 0x06 == 0x02:  # PUBLISH, QoS 1
+                        n = int.from_bytes(body[:2])
+                        writer.write(b"\x40\x02" + body[2 + n : 4 + n])  # PUBACK, its id
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal resets
+        await serve_until_reset(reader, writer)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # closing with linger 0 sends RST
+        resets += 1
+
+    caplog.set_level(logging.INFO)
+    server = await asyncio.start_server(broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    from feedback.mqtt import ConnectOptions
+
+    async with server, MqttLink(ConnectOptions("127.0.0.1", port), topic_base="settle") as link:
+        while resets < 1:  # the fake broker counts its resets
+            link.publish("settle/a/beat", b"{}")
+            await asyncio.sleep(0.05)
+        async with asyncio.timeout(10):
+            while not any(r.name == "feedback.mqtt" for r in caplog.records):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "feedback.mqtt"]
+    assert any("retrying" in w for w in warnings), warnings
 
 
 async def test_unreachable_broker_never_blocks_publishing() -> None:
