@@ -5,7 +5,8 @@ Usage: ``python benchmarks/_soak_worker.py PLAN.json`` (written by soak.py: stra
 hours, broker port, database, output directory, and the fault schedule).
 
 The daemon is built as :func:`settle.app.serve` builds it (store → ``Daemon`` → ``MqttLink``
-with ``on_command``), but run directly so that the faults can reach it: a store failure is
+with ``on_command``; serve()'s GC tuning and closed-socket log handler), but run directly so
+that the faults can reach it: a store failure is
 SQLite's own refusal on the store's connection (``max_page_count`` → SQLITE_FULL, "database
 or disk is full"; ``query_only`` → "attempt to write a readonly database"), as in
 ``tests/test_faults.py``. Broker faults are the parent's job (it owns mosquitto).
@@ -39,7 +40,7 @@ from sensors.virtual.air import VirtualAir
 from sensors.virtual.model import ModelParams, PhysioModel
 from sensors.virtual.strap import VirtualStrap
 from sessions.store import SessionStore
-from settle.app import connect_options
+from settle.app import connect_options, quiet_closed_socket_callbacks, tune_garbage_collector
 from settle.config import load_config
 from settle.daemon import BrokerChoice, Daemon, StrapRuntime
 
@@ -244,6 +245,9 @@ async def run(plan: dict[str, Any]) -> None:
             await asyncio.gather(*pending)
 
         async with link:
+            # As serve() runs the daemon: the same GC tuning and closed-socket log handler.
+            quiet_closed_socket_callbacks(asyncio.get_running_loop())
+            tune_garbage_collector()
             daemon_task = asyncio.create_task(daemon.run(), name="daemon")
             drain = asyncio.create_task(drain_loop(), name="drain-sent")
             t0 = await start_straps()

@@ -315,8 +315,10 @@ def lost_in_air(
     stored: list[int],
     gaps: list[tuple[float, float]],
     stop_processed: int,
+    unexplained_at: list[int] | None = None,
 ) -> tuple[int, int]:
-    """(explained, unexplained) beats sent but not stored.
+    """(explained, unexplained) beats sent but not stored; the index in ``sent`` of each
+    unexplained one is appended to ``unexplained_at``.
 
     A missing beat is explained when it lies inside a gap the daemon recorded — after the
     last stored beat at or before the gap's start and before the first stored beat at or
@@ -344,7 +346,25 @@ def lost_in_air(
             explained += 1
         else:
             unexplained += 1
+            if unexplained_at is not None:
+                unexplained_at.append(i)
     return explained, unexplained
+
+
+def describe_loss(
+    i: int, sent: array.array[int], where: list[int], beat_t: list[float],
+    gaps: list[tuple[float, float]], faults: list[dict[str, Any]],
+) -> str:  # fmt: skip
+    """Where sent beat ``i`` went missing: the stored beats around it (session time), the
+    nearest recorded gap and the strap's faults nearby (soak time) — for the report."""
+    k = bisect.bisect_left(where, i)
+    before = beat_t[k - 1] if k > 0 else None
+    after = beat_t[k] if k < len(beat_t) else None
+    t = before if before is not None else (after or 0.0)
+    near = min(gaps, key=lambda g: min(abs(g[0] - t), abs(g[1] - t)), default=None)
+    fl = [f"{f['kind']}@{f['sim_s']}" for f in faults]
+    return (f"sent beat {i} (RR {sent[i] * 1000 / 1024:.0f} ms) between stored beats at "
+            f"{before} and {after} s; nearest gap {near}; this strap's faults {fl}")  # fmt: skip
 
 
 def kill_straddled(rec: Received, missing: set[int], kills: list[tuple[float, float]]) -> int:
@@ -415,11 +435,12 @@ def reconcile(
             r["stored"] = len(stored_rr)
             r["exported"] = exported
             n_faults = sum(1 for f in worker["faults"] if f.get("strap") == i and "processed" in f)
+            unexplained_at: list[int] = []
             try:
                 if len(sids) != 1:
                     raise ValueError("beat times of several sessions cannot be aligned")
                 air_ok, air_bad = lost_in_air(sent, beat_t, stored_rr, gap_spans,
-                                              st["stop_point"][0])  # fmt: skip
+                                              st["stop_point"][0], unexplained_at)  # fmt: skip
             except ValueError as exc:
                 problems.append(f"strap {i}: {exc}")
                 air_ok, air_bad = 0, len(sent) - len(stored_rr)
@@ -459,6 +480,10 @@ def reconcile(
                 bad(f"sent log holds {len(sent)} beats, the strap counted {st['beats_sent']}")
             if air_bad:
                 bad(f"{air_bad} beats sent but not received outside any gap the daemon recorded")
+                strap_faults = [f for f in worker["faults"] if f.get("strap") == i]
+                where = align(sent, stored_rr)
+                for at in unexplained_at[:5]:
+                    bad(describe_loss(at, sent, where, beat_t, gap_spans, strap_faults))
             if r["sent"] != r["received"] + r["lost_air"]:
                 bad(f"sent {r['sent']} != received {r['received']} + lost {r['lost_air']}")
             if not r["received"] == r["stored"] == r["exported"] == r["enqueued"]:
