@@ -321,15 +321,17 @@ def lost_in_air(
     unexplained one is appended to ``unexplained_at``.
 
     A missing beat is explained when it lies inside a gap the daemon recorded — after the
-    last stored beat at or before the gap's start and before the first stored beat at or
-    after its end — or was sent after the last beat processed when the run stopped. This is
+    last stored beat at or before the gap's start and before the first stored beat after its
+    end — or was sent after the last beat processed when the run stopped. This is
     sharper than "one beat per fault": every lost beat is where the data says beats are
     unknown."""
     where = align(sent, stored)
     windows = []
     for start, end in gaps:
         a = bisect.bisect_right(beat_t, start) - 1  # last stored beat at or before the start
-        b = bisect.bisect_left(beat_t, end)  # first stored beat at or after the end
+        # First stored beat after the end: the gap's end is where the next beat's interval
+        # begins, so that beat lies after it (for a zero-length gap, after the last one).
+        b = bisect.bisect_right(beat_t, end)
         windows.append((where[a] + 1 if a >= 0 else 0, where[b] if b < len(where) else len(sent)))
     p = stop_processed
     windows.append((where[p - 1] + 1 if p else 0, len(sent)))

@@ -151,6 +151,22 @@ def test_explicit_gap_reanchors_and_reports_it() -> None:
     assert all(b.uncertain for b in beats)
 
 
+def test_a_reconnect_that_overlaps_the_old_beats_stays_in_order_and_flagged() -> None:
+    # The old beats sit late (here: a first notification held back 3 s, as a host stall does;
+    # in a saturated daemon a stall read as missing beats steps them forward the same way),
+    # and the strap is back quickly: anchored at its arrival, the new notification's first
+    # beat would fall before the last old one. Its beats follow the old ones instead, flagged;
+    # the gap starts at the last old beat and the last new beat is at its arrival.
+    timer = BeatTimer()
+    timer.push(3.0, [800.0])
+    old, _ = timer.push(3.8, [800.0])
+    timer.mark_gap()
+    beats, gap = timer.push(4.2, [800.0, 800.0])
+    assert gap is not None and gap.start_t_s == old[-1].t_s <= gap.end_t_s
+    assert old[-1].t_s < beats[0].t_s < beats[1].t_s == pytest.approx(4.2)
+    assert all(b.uncertain for b in beats)
+
+
 def test_impossible_future_beats_pull_the_offset_back() -> None:
     timer = BeatTimer()
     timer.push(1.0, [1000.0])
