@@ -32,14 +32,20 @@ Decision for beat ``i`` (beats already taken as the partner of an earlier event 
     ectopic : a displaced beat: the Lipponen–Tarvainen ectopic pattern at i or i+1, the pair
               sum fits its neighbours, |rr[i] + rr[i+1] − p − usual(rr[i+2])| < max(th2, 0.1·med),
               and fits better than the next pair (rr[i+1] + rr[i+2] vs rr[i] + rr[i+3]); the
-              displacement of beat i from the interpolated split is > 0.25·th1 and opposite in
-              sign to d_{i+1}
+              displacement of beat i from the interpolated split is > 0.25·th1, > 6 % of med
+              (``PAIR_MIN_REL``) and opposite in sign to d_{i+1}
     long / short : an isolated jump that comes back: d_i > 1 and d_{i+1} < −1 (or the mirror),
               or d_i > 1, d_{i+1} ≤ 0, d_{i+2} < −1 (two-beat return), or |m| > 3 with the next
               beat moving back towards the median — and only if rr[i] departs from the mean
-              of its neighbours by ≥ 15 % (``LONG_SHORT_MIN_REL``); anything else is normal
-              (a swing that persists, a step followed by another step, or a single interval
-              within the reach of sinus arrhythmia is sinus variability)
+              of its neighbours by ≥ 15 % (``LONG_SHORT_MIN_REL``) and, where the next beat is
+              the one that comes back, it undoes at least half the jump (``RETURN_MIN``:
+              (rr[i] − rr[i+1]) / (rr[i] − p) ≥ 0.5); anything else is normal (a swing that
+              persists or decays over several beats, a step followed by another step, or a
+              single interval within the reach of sinus arrhythmia is sinus variability).
+              Nor is beat i long or short when the next beat's jump starts an event of its
+              own: beats i+1 and i+2 jump opposite ways (both |d| > 1) and their sum fits
+              rr[i] + rr[i+3] (a displaced pair follows), or, after a long beat, their sum fits
+              (rr[i] + usual(rr[i+3]))/2 within th2 (a split interval follows)
 
 Corrections:
 
@@ -113,6 +119,10 @@ MISSED_TOL = 0.2
 """Largest relative misfit of the parts of a split (missed) beat to the local reference."""
 LONG_SHORT_MIN_REL = 0.15
 """Smallest departure of a long/short beat from its neighbours' mean, as a fraction of it."""
+RETURN_MIN = 0.5
+"""Share of a long/short beat's jump the next beat must undo (when it is the one that confirms)."""
+PAIR_MIN_REL = 0.06
+"""Smallest displacement of a displaced (ectopic) beat, as a fraction of the local median RR."""
 TH_FLOOR_MS = 20.0
 """Smallest threshold, ms: keeps a perfectly regular series (QD = 0) from flagging every beat."""
 
@@ -265,6 +275,9 @@ def _decide(
         if (
             shift * d1 < 0.0
             and abs(shift) > PAIR_SHIFT * th1
+            # A compensated shift of a few per cent is within sinus rhythm's own beat-to-beat
+            # alternation: on a calm stretch th1 alone would call it a displaced beat.
+            and abs(shift) > PAIR_MIN_REL * med
             and misfit < max(th2, STARTUP_FRACTION * med)
             and misfit <= nxt_misfit
         ):
@@ -277,13 +290,28 @@ def _decide(
     ref = 0.5 * (prev + n1) if n1 == n1 else prev
     if abs(r0 - ref) < LONG_SHORT_MIN_REL * ref:
         return [(t0, r0, r0, 0)], False
+    # The jump of the next beat is no return when that beat starts an event of its own: the
+    # first beat of a displaced pair (it and the beat after jump opposite ways and together fill
+    # the time between beats i and i+3), or the first part of a split interval after a long
+    # beat (the two together fit between beats i and i+3). Beat i is then the sinus neighbour.
+    if r3 == r3 and abs(d0) > 1.0 and abs(d1) > 1.0 and d0 * d1 < 0.0:
+        if abs(d2) > 1.0 and d1 * d2 < 0.0:
+            if abs(r1 + r2 - r0 - r3) < max(th2, STARTUP_FRACTION * med):
+                return [(t0, r0, r0, 0)], False
+        elif d0 > 0.0 and abs(r1 + r2 - 0.5 * (r0 + usual(r3))) < th2:
+            return [(t0, r0, r0, 0)], False
     # An uncompensated long or short beat jumps away and the next beat (or the one after, for
-    # a beat no further out than the next) comes back; a swing that persists is sinus.
-    if (d0 > 1.0 and d1 < -1.0) or (d0 < -1.0 and d1 > 1.0):
+    # a beat no further out than the next) comes back; a swing that persists is sinus. When
+    # the next beat is the one that comes back it must undo at least RETURN_MIN of the jump:
+    # an artefact leaves the sinus rhythm where it was, whereas a sinus lengthening (or
+    # shortening) decays over several beats and its next beat stays nearer the beat itself.
+    jump = r0 - prev
+    back = (r0 - r1) / jump if jump != 0.0 else 0.0
+    if ((d0 > 1.0 and d1 < -1.0) or (d0 < -1.0 and d1 > 1.0)) and back >= RETURN_MIN:
         return [(t0, r0, 0.5 * (prev + n1), 2 if d0 > 0.0 else 3)], False
     if (d0 > 1.0 and d1 <= 0.0 and d2 < -1.0) or (d0 < -1.0 and d1 >= 0.0 and d2 > 1.0):
         return [(t0, r0, 0.5 * (prev + n1), 2 if d0 > 0.0 else 3)], False
-    if abs(m) > 3.0 and (d1 < -0.5 if ms > 0.0 else d1 > 0.5):
+    if abs(m) > 3.0 and (d1 < -0.5 if ms > 0.0 else d1 > 0.5) and back >= RETURN_MIN:
         return [(t0, r0, 0.5 * (prev + n1), 2 if ms > 0.0 else 3)], False
     return [(t0, r0, r0, 0)], False
 
