@@ -139,11 +139,13 @@ async def _read_events(resp: aiohttp.ClientResponse, want: int) -> list[dict[str
     return got
 
 
-async def test_a_burst_reaches_the_page_whole_and_in_order(tmp_path: Path) -> None:
-    # 300 straps' worth of beats published at once: the page's writer sends what queued up
-    # together, yet the page sees every message as its own event, in publication order.
+@contextlib.asynccontextmanager
+async def _live_page(
+    tmp_path: Path, queue_size: int
+) -> AsyncIterator[tuple[Hub, aiohttp.ClientResponse]]:
+    """A dashboard with one page reading ``/events``, subscribed before this yields."""
     with SessionStore.open(tmp_path / "s.db") as store:
-        hub = Hub("settle", queue_size=5000)
+        hub = Hub("settle", queue_size=queue_size)
         cfg = DashboardConfig(host="127.0.0.1", port=0, token="t")
         async with (
             Dashboard(hub, _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
@@ -152,34 +154,32 @@ async def test_a_burst_reaches_the_page_whole_and_in_order(tmp_path: Path) -> No
         ):
             while not hub.subscribers:  # noqa: ASYNC110 - the page subscribes once connected
                 await asyncio.sleep(0.01)
-            n = 3000
-            for i in range(n):
-                hub.publish(f"settle/dev{i % 300}/beat", json.dumps({"seq": i // 300}))
-            got = await _read_events(r, n)
-            assert [(e["topic"], json.loads(e["payload"])["seq"]) for e in got] == [
-                (f"dev{i % 300}/beat", i // 300) for i in range(n)
-            ]
+            yield hub, r
+
+
+async def test_a_burst_reaches_the_page_whole_and_in_order(tmp_path: Path) -> None:
+    # 300 straps' worth of beats published at once: the page's writer sends what queued up
+    # together, yet the page sees every message as its own event, in publication order.
+    async with _live_page(tmp_path, queue_size=5000) as (hub, r):
+        n = 3000
+        for i in range(n):
+            hub.publish(f"settle/dev{i % 300}/beat", json.dumps({"seq": i // 300}))
+        got = await _read_events(r, n)
+        assert [(e["topic"], json.loads(e["payload"])["seq"]) for e in got] == [
+            (f"dev{i % 300}/beat", i // 300) for i in range(n)
+        ]
 
 
 async def test_a_page_that_falls_behind_is_told_how_much_it_lost(tmp_path: Path) -> None:
-    with SessionStore.open(tmp_path / "s.db") as store:
-        hub = Hub("settle", queue_size=100)
-        cfg = DashboardConfig(host="127.0.0.1", port=0, token="t")
-        async with (
-            Dashboard(hub, _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
-            aiohttp.ClientSession() as http,
-            http.get(d.url + "events?token=t") as r,
-        ):
-            while not hub.subscribers:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-            for i in range(250):  # synchronously: the page cannot read meanwhile
-                hub.publish("settle/dev/beat", json.dumps({"seq": i}))
-            got = await _read_events(r, 100)
-            assert [json.loads(e["payload"])["seq"] for e in got] == list(range(150, 250))
-            health = b""
-            async with asyncio.timeout(5):
-                while b'"dropped": 150' not in health:
-                    health += await r.content.readany()
+    async with _live_page(tmp_path, queue_size=100) as (hub, r):
+        for i in range(250):  # synchronously: the page cannot read meanwhile
+            hub.publish("settle/dev/beat", json.dumps({"seq": i}))
+        got = await _read_events(r, 100)
+        assert [json.loads(e["payload"])["seq"] for e in got] == list(range(150, 250))
+        health = b""
+        async with asyncio.timeout(5):
+            while b'"dropped": 150' not in health:
+                health += await r.content.readany()
 
 
 def _chromium_or_skip() -> None:
