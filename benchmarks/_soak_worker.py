@@ -40,7 +40,7 @@ from sensors.virtual.air import VirtualAir
 from sensors.virtual.model import ModelParams, PhysioModel
 from sensors.virtual.strap import VirtualStrap
 from sessions.store import SessionStore
-from settle.app import connect_options, quiet_closed_socket_callbacks, tune_garbage_collector
+from settle.app import attach_link, quiet_closed_socket_callbacks, tune_garbage_collector
 from settle.config import load_config
 from settle.daemon import BrokerChoice, Daemon, StrapRuntime
 
@@ -165,15 +165,7 @@ async def run(plan: dict[str, Any]) -> None:
         broker = BrokerChoice("127.0.0.1", int(plan["port"]), embedded=False)
         daemon = Daemon(settings, store, clients, source="virtual", broker=broker,
                         time_scale=speed)  # fmt: skip
-        link = CountingLink(
-            connect_options(settings, broker),
-            topic_base=settings.mqtt.topic_base,
-            client_id=settings.mqtt.client_id,
-            keepalive_s=settings.mqtt.keepalive_s,
-            queue_size=settings.mqtt.queue_size,
-            on_command=daemon.on_command,
-        )
-        daemon.link = link
+        link = attach_link(daemon, settings, broker, CountingLink)
         rts = daemon.runtimes
 
         def pragma(sql: str) -> None:

@@ -89,15 +89,7 @@ async def serve(
                 tap=hub.publish,
             )
             if broker is not None:
-                link = MqttLink(
-                    connect_options(settings, broker),
-                    topic_base=settings.mqtt.topic_base,
-                    client_id=settings.mqtt.client_id,
-                    keepalive_s=settings.mqtt.keepalive_s,
-                    queue_size=settings.mqtt.queue_size,
-                    on_command=daemon.on_command,
-                )
-                daemon.link = link
+                link = attach_link(daemon, settings, broker)
                 daemon.watch_home_assistant()
             _print_banner(out, settings, broker)
             if settings.http.enabled:
@@ -196,6 +188,26 @@ class DaemonControl:
         from settle.pairing import remember
 
         remember(label, address, name, device_id or device_id_for(name, address))
+
+
+def attach_link(
+    daemon: Daemon,
+    settings: Settings,
+    broker: BrokerChoice,
+    link_class: type[MqttLink] = MqttLink,
+) -> MqttLink:
+    """The daemon's MQTT link as ``[mqtt]`` configures it, commands routed to the daemon.
+    ``link_class``: a subclass of :class:`MqttLink` (the soak benchmark counts with one)."""
+    link = link_class(
+        connect_options(settings, broker),
+        topic_base=settings.mqtt.topic_base,
+        client_id=settings.mqtt.client_id,
+        keepalive_s=settings.mqtt.keepalive_s,
+        queue_size=settings.mqtt.queue_size,
+        on_command=daemon.on_command,
+    )
+    daemon.link = link
+    return link
 
 
 def connect_options(settings: Settings, broker: BrokerChoice | None = None) -> ConnectOptions:
