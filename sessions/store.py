@@ -136,6 +136,17 @@ def _require_finite(name: str, value: float | None) -> None:
         raise ValueError(f"{name} must be finite, got {value!r}")
 
 
+def _check_beat(row: BeatRow | EcgBeatRow) -> None:
+    """What a stored beat of either source must satisfy; the class becomes a BeatClass."""
+    if row.seq < 0:
+        raise ValueError(f"seq must be >= 0, got {row.seq}")
+    _require_finite("beat_t_s", row.beat_t_s)
+    _require_finite("rr_ms", row.rr_ms)
+    _require_finite("rr_corrected_ms", row.rr_corrected_ms)
+    if row.beat_class is not None:
+        object.__setattr__(row, "beat_class", BeatClass(row.beat_class))
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Intention:
     """What a session practises: the ``target`` model, the ``statement`` held (free text) and
@@ -231,13 +242,7 @@ class EcgBeatRow:
     beat_class: BeatClass | None = None
 
     def __post_init__(self) -> None:
-        if self.seq < 0:
-            raise ValueError(f"seq must be >= 0, got {self.seq}")
-        _require_finite("beat_t_s", self.beat_t_s)
-        _require_finite("rr_ms", self.rr_ms)
-        _require_finite("rr_corrected_ms", self.rr_corrected_ms)
-        if self.beat_class is not None:
-            object.__setattr__(self, "beat_class", BeatClass(self.beat_class))
+        _check_beat(self)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -337,13 +342,7 @@ class BeatRow:
     timing_uncertain: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.seq < 0:
-            raise ValueError(f"seq must be >= 0, got {self.seq}")
-        _require_finite("beat_t_s", self.beat_t_s)
-        _require_finite("rr_ms", self.rr_ms)
-        _require_finite("rr_corrected_ms", self.rr_corrected_ms)
-        if self.beat_class is not None:
-            object.__setattr__(self, "beat_class", BeatClass(self.beat_class))
+        _check_beat(self)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
