@@ -51,7 +51,7 @@ from processing.timedomain import RollingTimeDomain, TimeDomain
 
 __all__ = ["BaselineStatus", "IndicesSnapshot", "LiveAnalyzer", "ProcessedBeat"]
 
-BaselineStatus = Literal["collecting", "complete", "unavailable"]
+BaselineStatus = Literal["collecting", "complete"]
 IRREGULAR_SHARE_MAX = 0.2
 """A window whose share of corrected beats exceeds this is an unusable (non-sinus) rhythm."""
 SERIES_KEEP_S = 120.0
@@ -203,9 +203,17 @@ class LiveAnalyzer:
         self._base_state = "collecting"
 
     def stop_baseline(self, t_s: float) -> None:
-        """End the baseline being collected."""
-        self._base_until = t_s
-        self._base_state = "complete" if self._base.n >= 3 else "unavailable"
+        """End the baseline being collected. One with fewer than 3 samples is discarded and an
+        automatic baseline (the next ``baseline_s``) is collected instead, so a rest period
+        stopped too early never leaves the session without a score."""
+        if self._base.n >= 3:
+            self._base_until = t_s
+            self._base_state = "complete"
+            return
+        self._base = Baseline()
+        self._base_from = t_s
+        self._base_until = t_s + self.baseline_s
+        self._base_state = "collecting"
 
     # -- indices -------------------------------------------------------------------------
     def _window(
@@ -270,10 +278,10 @@ class LiveAnalyzer:
         hr, ln = td.hr_bpm, td.ln_rmssd
         assert self._base_until is not None
         if self._base_state == "collecting" and t_s > self._base_until:
-            self._base_state = "complete" if self._base.n >= 3 else "unavailable"
-            if self._base_state == "unavailable" and self._base_until != math.inf:
-                self._base_until = t_s + self.baseline_s  # automatic: keep collecting
-                self._base_state = "collecting"
+            if self._base.n >= 3:
+                self._base_state = "complete"
+            else:  # too few samples yet (e.g. the rhythm was unusable): keep collecting
+                self._base_until = t_s + self.baseline_s
         comps = None
         if self._base_state == "collecting":
             if t_s >= self._base_from and usable:

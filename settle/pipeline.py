@@ -59,7 +59,6 @@ def _num(x: float | None) -> float | None:
 _SETTLING_STATE: dict[str, Literal["baseline", "running", "unavailable"]] = {
     "collecting": "baseline",
     "complete": "running",
-    "unavailable": "unavailable",
 }
 
 

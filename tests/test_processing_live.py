@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from processing.indices import Baseline
 from processing.live import IndicesSnapshot, LiveAnalyzer
 from sensors.virtual.model import ModelParams, PhysioModel, true_settling_time_s
 
@@ -173,3 +174,72 @@ def test_trend_labels_settling_and_steady() -> None:
     la = LiveAnalyzer()
     snaps = _feed(la, *_model(ModelParams(duration_s=600.0).flat(), seed=2))
     assert snaps[-1].trend.label != "settling" or snaps[-1].trend.confidence < 0.99
+
+
+def test_flat_physiology_centres_on_50_across_sessions() -> None:
+    """50 means "as at baseline": over 100 flat 15-min sessions the per-session median score
+    has mean 50.6 and SD 9.7 points (a 2-minute baseline is a small sample)."""
+    params = ModelParams(duration_s=900.0).flat()
+    medians = []
+    for seed in range(16):
+        snaps = _feed(LiveAnalyzer(), *_model(params, seed))
+        medians.append(float(np.nanmedian([s.score for s in snaps])))
+    assert float(np.mean(medians)) == pytest.approx(50.0, abs=8.0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_unsettling_physiology_falls_below_50(seed: int) -> None:
+    unsettling = ModelParams(
+        duration_s=900.0, settled_hr_bpm=80.0, slow_osc_amp_start_ms=20.0, slow_osc_amp_end_ms=3.0
+    )
+    snaps = _feed(LiveAnalyzer(), *_model(unsettling, seed))
+    late = [s.score for s in snaps if s.t_s > 600.0]
+    assert late and all(s < 20.0 for s in late)
+
+
+def test_explicit_baseline_rebaselines_and_a_too_short_one_falls_back_to_automatic() -> None:
+    """A marked rest period replaces the automatic baseline (no score while it is collected);
+    one with fewer than 3 samples is replaced by an automatic one (the next 120 s)."""
+    t, rr = _model(ModelParams(duration_s=800.0).flat(), seed=0)
+    rr = rr + np.where(t > 200.0, 120.0, 0.0)  # slower heart from 200 s on
+    la, snaps, nxt = LiveAnalyzer(), {}, 5.0
+    marks = {300.0: la.start_baseline, 420.0: la.stop_baseline,
+             540.0: la.start_baseline, 550.0: la.stop_baseline}  # fmt: skip
+    for ti, ri in zip(t.tolist(), rr.tolist(), strict=True):
+        la.push_beat(ti, ri)
+        while ti >= nxt:
+            if nxt in marks:
+                marks[nxt](nxt)
+            snaps[nxt] = la.indices(nxt)
+            nxt += 5.0
+    assert all(snaps[x].score > 85.0 for x in np.arange(265.0, 300.0, 5.0))  # vs the automatic
+    assert all(snaps[x].baseline == "collecting" and math.isnan(snaps[x].score)
+               for x in np.arange(300.0, 420.0, 5.0))  # fmt: skip
+    assert snaps[420.0].baseline == "complete"
+    assert float(np.median([snaps[x].score for x in np.arange(480.0, 540.0, 5.0)])) < 70.0
+    assert all(snaps[x].baseline == "collecting" and math.isnan(snaps[x].score)
+               for x in np.arange(550.0, 670.0, 5.0))  # fmt: skip
+    after = [snaps[x] for x in np.arange(675.0, 795.0, 5.0)]
+    assert all(s.baseline == "complete" and math.isfinite(s.score) for s in after)
+    assert 30.0 < float(np.median([s.score for s in after])) < 70.0  # as at its baseline
+
+
+def test_score_formula_spread_floors_and_directions() -> None:
+    """The documented formula (docs/indices.md): z in baseline-spread units, each spread
+    floored, heart rate down / lnRMSSD up / slow power up all raise the score."""
+    b = Baseline()
+    for hr, ln, lf in ((70.0, 3.5, 6.0), (72.0, 3.5, 6.0), (74.0, 3.5, 6.0)):
+        b.add(hr, ln, lf)
+    assert b.n == 3
+    assert b.score(72.0, 3.5, 6.0, k=2.0).score == pytest.approx(50.0)  # as at baseline
+    c = b.score(70.0, 3.6, 6.25, k=2.0)  # HR −1 SD (2 bpm); ln and LF at their floors 0.1, 0.25
+    assert (c.z_hr, c.z_ln_rmssd, c.z_slow) == pytest.approx((1.0, 1.0, 1.0))
+    assert c.score == pytest.approx(50.0 + 50.0 * math.tanh(0.5))  # ≈ 73
+    worse = b.score(76.0, 3.3, 5.5, k=2.0)
+    assert worse.z_hr < 0 and worse.z_ln_rmssd < 0 and worse.z_slow < 0 and worse.score < 20.0
+    assert b.score(0.0, 99.0, 99.0, k=2.0).score == 100.0  # clipped, not beyond
+    # One undefined component (e.g. the slow band before 64 s of data): no score, no error.
+    assert math.isnan(b.score(72.0, 3.5, math.nan, k=2.0).score)
+    # Non-finite samples are skipped; the count is the smallest over the components.
+    b.add(72.0, math.nan, 6.0)
+    assert b.n == 3
