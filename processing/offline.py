@@ -25,10 +25,10 @@ from processing.spectral import (
     COHERENCE_HALF_WIDTH_HZ,
     COHERENCE_PEAK_HZ,
     FS_HZ,
-    RESP_BAND_HZ,
     Spectral,
     periodograms,
     resample_cubic,
+    resp_peak_hz,
     spectral,
     spline_power_gain,
 )
@@ -164,14 +164,13 @@ def _rolling_spectra(t: FloatArray, rr: FloatArray, window_s: float) -> tuple[Fl
                 ii = idx[c : c + 2000]
                 f, p = periodograms(view[ends[ii] - nwin], FS_HZ, nfft=1024)
                 p = p / spline_power_gain(f, gain)
-                f[1] - f[0]
                 if kind == "coh":
                     lnlf[ii] = _ln(_bandsum(f, p, 0.04, 0.15))
                     coh[ii] = _coherence_rows(f, p)
                 else:
                     lf[ii] = _bandsum(f, p, 0.04, 0.15)
                     hf[ii] = _bandsum(f, p, 0.15, 0.4)
-                    resp[ii] = 60.0 * _peak_rows(f, p, *RESP_BAND_HZ)
+                    resp[ii] = 60.0 * resp_peak_hz(f, p)
     return steps, lf, hf, resp, coh, lnlf
 
 

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from processing.live import LiveAnalyzer
 from processing.nonlinear import dfa_alpha1, poincare
-from processing.spectral import coherence_from_psd, periodograms, resample_cubic, spectral
+from processing.offline import analyze
+from processing.spectral import (
+    coherence_from_psd,
+    periodograms,
+    resample_cubic,
+    resp_peak_hz,
+    spectral,
+)
+from sensors.readers import read_rr_file
 from sensors.virtual.model import ModelParams, PhysioModel
+
+DATA = Path(__file__).parent / "data"
 
 
 def _sine_series(f_hz: float, mean_rr_ms: float, amp_ms: float = 40.0, dur_s: float = 300.0):
@@ -63,8 +75,7 @@ def test_coherence_high_for_a_pure_slow_oscillation_low_for_noise() -> None:
 
 @pytest.mark.parametrize("breaths", [9.0, 12.0, 15.0])
 def test_respiration_rate_from_the_rsa_peak(breaths: float) -> None:
-    # Validated on the physiological model (known breathing rate); the shared data has no
-    # recording with a respiration channel.
+    # The model's breathing rate is known exactly; a real belt recording is tested below.
     m = PhysioModel(ModelParams(breathing_rate_bpm=breaths, duration_s=300.0).flat(), seed=3)
     beats = []
     try:
@@ -75,6 +86,60 @@ def test_respiration_rate_from_the_rsa_peak(breaths: float) -> None:
     t = np.array([b.t_s for b in beats])
     rr = np.array([b.rr_ms for b in beats])
     assert spectral(t, rr).resp_rate_bpm == pytest.approx(breaths, abs=0.6)
+
+
+def _belt_rate(breaths: np.ndarray, t_end: float, window_s: float = 120.0) -> tuple[float, bool]:
+    """Breaths/min from the belt's inspiration peaks in the window ending at ``t_end``
+    (60 / median breath interval), and whether the belt's breathing was regular enough
+    there to serve as truth (interquartile range of the intervals ≤ 25 % of their median)."""
+    b = breaths[(breaths > t_end - window_s) & (breaths <= t_end)]
+    iv = np.diff(b)
+    if iv.size < 4:
+        return math.nan, False
+    q1, med, q3 = np.percentile(iv, [25, 50, 75])
+    return 60.0 / med, bool((q3 - q1) <= 0.25 * med)
+
+
+@pytest.mark.parametrize("path", ["live", "offline"])
+def test_respiration_rate_against_a_respiration_belt(path: str) -> None:
+    # 25 min of ECG and belt from one participant (Legrand et al. 2020, see tests/data/README).
+    # The belt is the truth only where its breathing was regular (from minute 7 on, about
+    # 21 breaths/min); the estimate comes from the RR series alone.
+    rec = read_rr_file(DATA / "legrand2020_task1_rr.csv")
+    breaths = np.loadtxt(DATA / "legrand2020_task1_breaths.csv", skiprows=1)
+    if path == "live":
+        la, nxt, est = LiveAnalyzer(), 125.0, {}
+        for t, rr in zip(rec.t_s.tolist(), rec.rr_ms.tolist(), strict=True):
+            la.push_beat(t, rr)
+            if t >= nxt:
+                est[nxt] = la.indices(t).resp_rate_bpm
+                nxt += 5.0
+    else:
+        roll = analyze(rec.t_s, rec.rr_ms, rolling=True).rolling
+        assert roll is not None
+        est = dict(zip(roll.step_t_s.tolist(), roll.step_resp_rate_bpm.tolist(), strict=True))
+    err = []
+    for t_end, rate in est.items():
+        truth, regular = _belt_rate(breaths, t_end)
+        if regular and t_end >= 125.0:
+            err.append(abs(rate - truth) if math.isfinite(rate) else math.inf)
+    e = np.array(err)
+    assert e.size >= 150  # windows (every 5 s) where the belt is trusted
+    assert np.median(e) <= 1.0
+    assert np.mean(e <= 2.0) >= 0.9
+
+
+def test_rsa_peak_stands_out_from_a_1_over_f_background() -> None:
+    # A weak breathing peak at 0.3 Hz on a steep 1/f² background: the plain maximum of the
+    # band would be its lower edge (0.12 Hz); the RSA peak is the one above the background.
+    f = np.linspace(0.0, 2.0, 513)
+    background = 1e3 / np.maximum(f, 0.01) ** 2
+    psd = background + 2e4 * np.exp(-0.5 * ((f - 0.3) / 0.01) ** 2)
+    sel = (f >= 0.12) & (f < 0.5)
+    assert f[sel][np.argmax(psd[sel])] == pytest.approx(0.12, abs=0.005)
+    assert resp_peak_hz(f, psd)[0] == pytest.approx(0.3, abs=0.005)
+    # No peak in the band at all (a bare background): no respiration rate, not an edge bin.
+    assert math.isnan(resp_peak_hz(f, background)[0])
 
 
 def test_poincare_formulas() -> None:
