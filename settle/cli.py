@@ -19,7 +19,6 @@ from rich.console import Console
 from rich.table import Table
 
 from settle import cli_sessions
-from settle.app import serve
 from settle.config import Settings, load_config
 from settle.console import fail, out, print_table
 from settle.errors import ConfigError, SettleError
@@ -171,6 +170,7 @@ def demo(
 
 
 async def _demo(settings: Settings, duration: float | None, n_straps: int) -> int:
+    from settle.app import serve
     from settle.demo import virtual_world
 
     d = settings.demo
@@ -211,6 +211,7 @@ def run(
     config: ConfigOpt = None,
 ) -> None:
     """Run the daemon with real chest straps (any Heart Rate Service strap), or a recording."""
+    from settle.app import serve
     from settle.pairing import load_paired
 
     if replay is not None:
