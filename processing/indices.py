@@ -30,6 +30,9 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "CATCH_HOLD_S",
+    "CATCH_HYSTERESIS",
+    "CATCH_THRESHOLD",
     "CatchingUp",
     "EventResponse",
     "SettlingComponents",
@@ -44,6 +47,13 @@ __all__ = [
 TrendLabel = Literal["settling", "steady", "unsettling"]
 _NAN = math.nan
 _NORM = statistics.NormalDist()
+
+CATCH_THRESHOLD = 85.0
+"""Settling score that starts a catching-up run (validated on the model, docs/indices.md)."""
+CATCH_HYSTERESIS = 10.0
+"""A run lasts while the score stays at or above ``CATCH_THRESHOLD − CATCH_HYSTERESIS``."""
+CATCH_HOLD_S = 90.0
+"""Seconds a run must last to count as catching up."""
 
 SPREAD_FLOORS = {"hr_bpm": 1.0, "ln_rmssd": 0.1, "ln_lf": 0.25}
 """Smallest baseline spread per component (1 bpm; ≈ 10 % RMSSD; ≈ 28 % LF power)."""
@@ -178,7 +188,10 @@ class CatchingUp:
     __slots__ = ("_run_start", "detected_t_s", "hold_s", "hysteresis", "start_t_s", "threshold")
 
     def __init__(
-        self, threshold: float = 85.0, hold_s: float = 90.0, hysteresis: float = 10.0
+        self,
+        threshold: float = CATCH_THRESHOLD,
+        hold_s: float = CATCH_HOLD_S,
+        hysteresis: float = CATCH_HYSTERESIS,
     ) -> None:
         self.threshold = threshold
         self.hold_s = hold_s

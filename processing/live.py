@@ -30,6 +30,8 @@ import numpy.typing as npt
 
 from processing.artefacts import ArtefactCorrector, ProcessedBeat
 from processing.indices import (
+    CATCH_HOLD_S,
+    CATCH_THRESHOLD,
     REACT_S,
     RECOVERY_MAX_S,
     Baseline,
@@ -116,8 +118,8 @@ class LiveAnalyzer:
         spectral_window_s: float = 120.0,
         trend_window_s: float = 300.0,
         k: float = 2.0,
-        catch_threshold: float = 85.0,
-        catch_hold_s: float = 90.0,
+        catch_threshold: float = CATCH_THRESHOLD,
+        catch_hold_s: float = CATCH_HOLD_S,
     ) -> None:
         self.window_s = window_s
         self.baseline_s = baseline_s

@@ -1,17 +1,14 @@
 """Session reports (PNG + HTML) and progress across sessions (trends).
 
-The analysis here is **provisional**: the catching-up point and the per-marker reactivity /
-recovery are computed by the small ``provisional_*`` helpers below from what the store
-already holds (indices rows as published, beats). They are meant to be swapped for the
-batch functions of ``processing/`` (event-locked analysis, catching-up detection) once those
-exist; every caller goes through :func:`analyse_session`, so the swap touches one function.
+Definitions (all times in seconds since session start):
 
-Definitions used by the provisional helpers (all times in seconds since session start):
-
-* **catching-up point** — the first indices time at or after the *reference* (the first
-  ``hold-start`` marker, else the end of the baseline) from which the settling score stays at
-  or above :data:`CAUGHT_UP_SCORE` for at least :data:`CAUGHT_UP_HOLD_S`; the latency is that
-  time minus the reference.
+* **catching-up point** — the time the daemon detected live (``catching_up_t_s`` in its
+  indices messages); for a session recorded without it, the same detector
+  (:class:`processing.indices.CatchingUp`: the settling score reaches
+  :data:`~processing.indices.CATCH_THRESHOLD` and stays at or above it minus
+  :data:`~processing.indices.CATCH_HYSTERESIS` for :data:`~processing.indices.CATCH_HOLD_S`)
+  run over the stored scores from the *reference* (the first ``hold-start`` marker, else the
+  end of the baseline). The latency is that time minus the reference.
 * **reactivity** of a marker — peak minus pre-marker heart rate (bpm): pre = mean of the
   beat-by-beat heart rate over the 30 s before the marker, peak = maximum of its 5 s moving
   average within 60 s after it.
@@ -43,14 +40,19 @@ from typing import IO, Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from processing.indices import Baseline, event_response
+from processing.indices import (
+    CATCH_HOLD_S,
+    CATCH_HYSTERESIS,
+    CATCH_THRESHOLD,
+    Baseline,
+    CatchingUp,
+    event_response,
+)
 from sessions.files import ExportError, atomic_file, plain_name
 from sessions.store import IntentionTarget, MarkerRow, SessionRecord, SessionStore
 from settle.errors import SettleError
 
 __all__ = [
-    "CAUGHT_UP_HOLD_S",
-    "CAUGHT_UP_SCORE",
     "MarkerResponse",
     "ReportError",
     "SessionAnalysis",
@@ -61,10 +63,6 @@ __all__ = [
     "write_trends_png",
 ]
 
-#: Settling score (0–100, 50 = as at baseline) that counts as "caught up".
-CAUGHT_UP_SCORE = 60.0
-#: Seconds the score must stay at or above :data:`CAUGHT_UP_SCORE`.
-CAUGHT_UP_HOLD_S = 60.0
 _PRE_S, _PEAK_S, _RECOVER_MAX_S, _SMOOTH_S, _BACK_BPM = 30.0, 60.0, 180.0, 5.0, 1.0
 #: Marker kinds that are not reactions (the practice itself, or plain notes).
 _NOT_REACTIONS = frozenset({"hold-start", "hold-lapse", "hold-resume", "note"})
@@ -81,7 +79,8 @@ class ReportError(SettleError):
 @dataclasses.dataclass(frozen=True, slots=True)
 class IndexSeries:
     """Indices rows as arrays: ``t_s`` (s), ``hr_bpm``, ``ln_rmssd``, ``settling`` (0–100),
-    ``z_hr`` / ``z_ln_rmssd`` (score components, baseline-spread units), ``in_baseline``
+    ``z_hr`` / ``z_ln_rmssd`` / ``z_slow`` (score components, baseline-spread units; positive
+    = more settled), ``in_baseline``
     (row published while the baseline was being collected). NaN where a value was null."""
 
     t_s: npt.NDArray[np.float64]
@@ -90,6 +89,7 @@ class IndexSeries:
     settling: npt.NDArray[np.float64]
     z_hr: npt.NDArray[np.float64]
     z_ln_rmssd: npt.NDArray[np.float64]
+    z_slow: npt.NDArray[np.float64]
     in_baseline: npt.NDArray[np.bool_]
 
 
@@ -160,6 +160,7 @@ def provisional_series(rec: SessionRecord) -> IndexSeries:
         settling=np.array([_num(r.get("settling")) for r in rows]),
         z_hr=np.array([_num(c.get("z_hr")) for c in comps]),
         z_ln_rmssd=np.array([_num(c.get("z_ln_rmssd")) for c in comps]),
+        z_slow=np.array([_num(c.get("z_slow")) for c in comps]),
         in_baseline=np.array([r.get("settling_state") == "baseline" for r in rows], dtype=bool),
     )
 
@@ -175,18 +176,16 @@ def provisional_baseline(rec: SessionRecord, s: IndexSeries) -> tuple[float, flo
     return None
 
 
-def provisional_catching_up(s: IndexSeries, reference_t_s: float) -> float | None:
-    """First indices time ≥ ``reference_t_s`` from which the settling score stays
-    ≥ :data:`CAUGHT_UP_SCORE` for :data:`CAUGHT_UP_HOLD_S` seconds; None if never."""
-    t, score = s.t_s, s.settling
-    for i in np.flatnonzero(t >= reference_t_s):
-        window = (t >= t[i]) & (t <= t[i] + CAUGHT_UP_HOLD_S)
-        if t[window].max() - t[i] < CAUGHT_UP_HOLD_S - 1e-9:
-            return None  # not enough session left to hold
-        vals = score[window]
-        if np.isfinite(vals).all() and (vals >= CAUGHT_UP_SCORE).all():
-            return float(t[i])
-    return None
+def catching_up(s: IndexSeries, reference_t_s: float) -> float | None:
+    """The daemon's catching-up detector (:class:`processing.indices.CatchingUp`, as
+    :class:`processing.live.LiveAnalyzer` feeds it: finite scores only) over the stored
+    scores from ``reference_t_s``; None if it never fires."""
+    cu = CatchingUp()
+    cu.hold_start(reference_t_s)
+    for t, score in zip(s.t_s.tolist(), s.settling.tolist(), strict=True):
+        if math.isfinite(score) and cu.update(t, score) is not None:
+            break
+    return cu.detected_t_s
 
 
 def _hr_1hz(rec: SessionRecord) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
@@ -197,7 +196,12 @@ def _hr_1hz(rec: SessionRecord) -> tuple[npt.NDArray[np.float64], npt.NDArray[np
     grid = np.arange(math.ceil(bt[0]), math.floor(bt[-1]) + 1, 1.0)
     hr = np.interp(grid, bt, 60_000.0 / rr)
     k = int(_SMOOTH_S)
-    smooth = np.convolve(hr, np.ones(k) / k, mode="same") if hr.shape[0] >= k else hr
+    if hr.shape[0] < k:
+        return grid, hr
+    # A centred mean; at the ends over the seconds that exist (zero padding would pull the
+    # first and last seconds of the curve towards 0 bpm).
+    box = np.ones(k)
+    smooth = np.convolve(hr, box, mode="same") / np.convolve(np.ones_like(hr), box, mode="same")
     return grid, smooth
 
 
@@ -281,11 +285,11 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
     else:
         reference, ref_kind = None, ""
     # The daemon's own detection (processing.live, published in every indices payload) wins,
-    # so the report says what the practitioner saw live; the provisional rule is the fallback
-    # for sessions recorded without it.
+    # so the report says what the practitioner saw live; the same detector over the stored
+    # scores serves sessions recorded without it.
     caught = live_catching_up(rec)
     if caught is None and reference is not None:
-        caught = provisional_catching_up(s, reference)
+        caught = catching_up(s, reference)
     score_start = score_end = None
     if reference is not None:
         after = (s.t_s >= reference) & np.isfinite(s.settling)
@@ -343,7 +347,8 @@ def summary_text(a: SessionAnalysis) -> str:
     elif a.reference_t_s is not None:
         parts.append(
             f"Physiology did not catch up after {a.reference_kind}: the settling score did not "
-            f"stay at {CAUGHT_UP_SCORE:g} or above for {CAUGHT_UP_HOLD_S:g} s."
+            f"reach {CATCH_THRESHOLD:g} and stay at {CATCH_THRESHOLD - CATCH_HYSTERESIS:g} or "
+            f"above for {CATCH_HOLD_S:g} s."
         )
     else:
         parts.append("No baseline was completed, so there is no settling score to judge.")
@@ -421,12 +426,13 @@ def render_png(a: SessionAnalysis, path: Path | IO[bytes]) -> None:
         ax_ln.set_ylabel("lnRMSSD (ln ms)")
         ax_sc.plot(t_min, s.settling, color="black", lw=1.8, label="settling score")
         ax_sc.axhline(50, color="0.5", lw=0.8, ls=":")
-        ax_sc.axhline(CAUGHT_UP_SCORE, color="tab:green", lw=0.8, ls=":")
+        ax_sc.axhline(CATCH_THRESHOLD, color="tab:green", lw=0.8, ls=":")
         ax_sc.set_ylim(0, 100)
         ax_sc.set_ylabel("settling (0–100)")
         ax_z = ax_sc.twinx()
         ax_z.plot(t_min, s.z_hr, color="tab:red", lw=0.9, alpha=0.7, label="z HR (lower = up)")
         ax_z.plot(t_min, s.z_ln_rmssd, color="tab:blue", lw=0.9, alpha=0.7, label="z lnRMSSD")
+        ax_z.plot(t_min, s.z_slow, color="tab:purple", lw=0.9, alpha=0.7, label="z slow (LF)")
         ax_z.set_ylabel("components (baseline SDs)")
         ax_sc.set_xlabel("minutes since session start")
         if a.baseline is not None:
@@ -532,11 +538,12 @@ small {{ color: #666; }}
 {rows or '<tr><td colspan="10">no shame/threat/discomfort/attention/doubt markers</td></tr>'}
 </table>
 <h2>All markers</h2><ul>{all_markers or "<li>none</li>"}</ul>
-<p><small>Catching up: the settling score stays at {CAUGHT_UP_SCORE:g} or above for
-{CAUGHT_UP_HOLD_S:g} s. Beat by beat: peak of the 5 s mean heart rate within 60 s after a
-marker minus the mean over the 30 s before. As shown live: the daemon's event-locked response
-(60 s rolling HR and lnRMSSD against the baseline; recovery counted after the 30 s reactivity
-window), the values behind the per-kind averages the daemon published in the session.
+<p><small>Catching up: the settling score reaches {CATCH_THRESHOLD:g} and stays at
+{CATCH_THRESHOLD - CATCH_HYSTERESIS:g} or above for {CATCH_HOLD_S:g} s. Beat by beat: peak of
+the 5 s mean heart rate within 60 s after a marker minus the mean over the 30 s before. As
+shown live: the daemon's event-locked response (60 s rolling HR and lnRMSSD against the
+baseline; recovery counted after the 30 s reactivity window), the values behind the per-kind
+averages the daemon published in the session.
 </small></p>
 </body></html>
 """
