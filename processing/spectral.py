@@ -252,8 +252,8 @@ def resp_peak_hz(f: FloatArray, psd: FloatArray) -> FloatArray:
     ``log PSD`` over the band by least squares, ``b`` limited to
     :data:`RESP_BACKGROUND_EXPONENT`. The plain maximum would pick the falling ``1/f``-like
     tail of the slow (LF) rhythms at the band's lower edge whenever RSA is weaker than that
-    tail, which on a recording with a respiration belt happened in a quarter of the windows
-    (see ``docs/indices.md``).
+    tail, which on a recording with a respiration belt put 30 % of the windows more than
+    2 breaths/min off (see ``docs/indices.md``).
     """
     p = np.atleast_2d(np.asarray(psd, dtype=np.float64))
     out = np.full(p.shape[0], _NAN)

@@ -178,7 +178,8 @@ def test_trend_labels_settling_and_steady() -> None:
 
 def test_flat_physiology_centres_on_50_across_sessions() -> None:
     """50 means "as at baseline": over 100 flat 15-min sessions the per-session median score
-    has mean 50.6 and SD 9.7 points (a 2-minute baseline is a small sample)."""
+    had mean 50.6 and SD 9.7 points (docs/indices.md; a 2-minute baseline is a small sample);
+    16 of them here, their mean within 8 points of 50."""
     params = ModelParams(duration_s=900.0).flat()
     medians = []
     for seed in range(16):
