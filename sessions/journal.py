@@ -307,6 +307,10 @@ def _align(entry: JournalEntry, info: SessionInfo) -> tuple[float, int]:
     return best - start_s, round(best * 1000)
 
 
+MAX_OFFSET_S = 86400.0
+"""Largest ``offset_s`` accepted: clocks a day apart mean the wrong journal or session."""
+
+
 def import_journal(
     store: SessionStore,
     session_id: str,
@@ -324,14 +328,18 @@ def import_journal(
     line for anything it cannot read or place, and then stores nothing.
     """
     path = Path(path)
-    if not math.isfinite(offset_s):
-        raise _fail(path, None, f"offset must be a finite number of seconds, got {offset_s!r}")
+    if not (math.isfinite(offset_s) and abs(offset_s) <= MAX_OFFSET_S):
+        raise _fail(
+            path,
+            None,
+            f"offset must be within ±{MAX_OFFSET_S:.0f} s (24 h), got {offset_s!r}",
+        )
     entries = parse_journal(path, fmt)
     rec = store.read_session(session_id)
     info = rec.info
-    end_s: float | None = None
-    if info.stopped_ms is not None:
-        end_s = (info.stopped_ms - info.started_ms) / 1000.0
+    # The session's own time axis: for a running or time-compressed (--speed) session it
+    # reaches further than its wall-clock length.
+    end_s = store.recorded_span_s(session_id)
     existing = {
         (round(m.t_s * 1000), m.kind, m.text)
         for m in rec.markers
@@ -349,11 +357,12 @@ def import_journal(
                 f"falls {_dur(-t_s)} before the session started "
                 f"(wrong session, or the clocks differ: use --offset SECONDS)",
             )
-        if end_s is not None and t_s > end_s:
+        if t_s > end_s + 1.0:
             raise _fail(
                 path,
                 e.line,
-                f"falls {_dur(t_s - end_s)} after the session ended "
+                f"falls {_dur(t_s - end_s)} after the session "
+                f"{'ended' if info.stopped_ms is not None else 'has recorded so far'} "
                 f"(wrong session, or the clocks differ: use --offset SECONDS)",
             )
         key = (round(t_s * 1000), e.kind, e.text)

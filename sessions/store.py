@@ -35,6 +35,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -1279,6 +1280,29 @@ class SessionStore:
                 f"session ref {ref!r} is ambiguous: matches {shown} (give more characters)"
             )
         return _session_from_row(rows[0])
+
+    def recorded_span_s(self, session_id: str, *, now_ms: int | None = None) -> float:
+        """How far the session's time axis reaches, seconds since its start.
+
+        The largest of: its wall-clock length (to ``now_ms`` while it runs), its last beat,
+        gap end, indices row and marker. A time-compressed replay (``--speed``) records
+        more session seconds than wall-clock seconds, so the wall clock alone is too short.
+        """
+        with self._transaction(write=False) as conn:
+            info = _require_session(conn, session_id)
+            end_ms = info.stopped_ms
+            if end_ms is None:
+                end_ms = int(time.time() * 1000) if now_ms is None else now_ms
+            (last,) = conn.execute(
+                """
+                SELECT max(coalesce((SELECT max(beat_t_s) FROM beats WHERE session_id = :s), 0),
+                           coalesce((SELECT max(end_t_s) FROM gaps WHERE session_id = :s), 0),
+                           coalesce((SELECT max(t_s) FROM indices WHERE session_id = :s), 0),
+                           coalesce((SELECT max(t_s) FROM markers WHERE session_id = :s), 0))
+                """,
+                {"s": session_id},
+            ).fetchone()
+        return max((end_ms - info.started_ms) / 1000.0, float(last), 0.0)
 
     def beats(self, session_id: str) -> list[BeatRow]:
         """The session's beats in ``seq`` order."""

@@ -8,6 +8,7 @@ for a bad command line or config, 1 for anything else.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -230,11 +231,13 @@ def log_import(
     config: ConfigOpt = None,
 ) -> None:
     """Import a timestamped journal as markers of a session (all lines or none)."""
-    from sessions.journal import import_journal
+    from sessions.journal import MAX_OFFSET_S, import_journal
     from sessions.store import SessionStore
 
     if fmt not in ("auto", "csv", "jsonl", "text"):
         _fail(f"unknown journal format {fmt!r} (available: auto, csv, jsonl, text)", 2)
+    if not (math.isfinite(offset) and abs(offset) <= MAX_OFFSET_S):
+        _fail(f"--offset must be within ±{MAX_OFFSET_S:.0f} s (24 h), got {offset:g}", 2)
     path = _db_path(config, db)
     try:
         with SessionStore.open(path) as store:
@@ -260,44 +263,61 @@ def log_set(
     db: DbOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Fill in a session's log afterwards: intention, tags, notes, baseline period."""
+    """Fill in a session's log afterwards: intention, tags, notes, baseline period.
+
+    All changes are checked first and stored in one transaction: if one is rejected, none
+    is stored.
+    """
     from sessions.store import BaselinePeriod, Intention, IntentionTarget, SessionStore
 
-    period = None
+    bounds: tuple[float, float] | None = None
     if baseline is not None:
+        a, sep, b = baseline.partition(":")
         try:
-            a, _, b = baseline.partition(":")
-            period = BaselinePeriod(float(a), float(b) if b else None)
-        except ValueError as exc:
-            _fail(f"--baseline: expected START:STOP seconds, e.g. 0:300 ({exc})", 2)
+            bounds = (float(a), float(b))
+        except ValueError:
+            bounds = None
+        if not sep or bounds is None or not all(math.isfinite(x) for x in bounds):
+            _fail(f"--baseline: expected START:STOP seconds, e.g. 0:120, got {baseline!r}", 2)
+        if not 0 <= bounds[0] < bounds[1]:
+            _fail(f"--baseline: need 0 <= START < STOP, got {baseline!r}", 2)
     if target is not None and target not in TARGET_NAMES:
         _fail(f"unknown target {target!r} (available: {', '.join(TARGET_NAMES)})", 2)
     path = _db_path(config, db)
     try:
         with SessionStore.open(path) as store:
             info = store.resolve(session)
-            if target is not None or statement is not None or practice is not None:
-                old = info.intention
-                if target is not None:
-                    new_target = IntentionTarget(target)
-                elif old is not None:
-                    new_target = old.target
-                else:
-                    _fail("--statement/--practice need --target for a session without one", 2)
-                store.set_intention(
-                    info.id,
-                    Intention(
-                        new_target,
-                        statement if statement is not None else (old.statement if old else ""),
-                        practice if practice is not None else (old.practice if old else ""),
-                    ),
-                )
-            if tag:
-                store.add_tags(info.id, tag)
-            if notes:
-                store.append_notes(info.id, notes)
-            if period is not None:
-                store.set_baseline(info.id, period)
+            if bounds is not None:
+                span = store.recorded_span_s(info.id)
+                if bounds[1] > span + 1.0:
+                    _fail(
+                        f"--baseline: STOP {bounds[1]:g} s is past the end of session "
+                        f"{info.id} ({span:.1f} s recorded)",
+                        2,
+                    )
+            with store.batch():  # all or nothing
+                if target is not None or statement is not None or practice is not None:
+                    old = info.intention
+                    if target is not None:
+                        new_target = IntentionTarget(target)
+                    elif old is not None:
+                        new_target = old.target
+                    else:
+                        _fail("--statement/--practice need --target for a session without one", 2)
+                    store.set_intention(
+                        info.id,
+                        Intention(
+                            new_target,
+                            statement if statement is not None else (old.statement if old else ""),
+                            practice if practice is not None else (old.practice if old else ""),
+                        ),
+                    )
+                if tag:
+                    store.add_tags(info.id, tag)
+                if notes:
+                    store.append_notes(info.id, notes)
+                if bounds is not None:
+                    store.set_baseline(info.id, BaselinePeriod(*bounds))
     except ValueError as exc:
         _fail(str(exc), 2)
     except SettleError as exc:

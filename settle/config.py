@@ -8,13 +8,22 @@ dicts; a bad value becomes one :class:`~settle.errors.ConfigError` naming the fi
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -29,6 +38,15 @@ APP_NAME = "settle"
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _expand_user(cls, v: object, info: ValidationInfo) -> object:
+        """``~`` and ``$VARS`` in a path setting mean what they mean in a shell."""
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(v, str) and v and field is not None and "Path" in str(field.annotation):
+            return os.path.expandvars(os.path.expanduser(v))
+        return v
 
 
 class MqttConfig(_Section):
@@ -253,6 +271,7 @@ def load_config(path: Path | None = None, **flags: Any) -> Settings:
     ``flags`` are nested dicts of the values given on the command line, e.g.
     ``{"mqtt": {"enabled": False}}``; ``None`` leaves mean "not given".
     """
+    _check_environment()
     path = path if path is not None else default_config_path()
     file_values = read_toml(path) if path is not None else {}
 
@@ -279,6 +298,30 @@ def load_config(path: Path | None = None, **flags: Any) -> Settings:
         if isinstance(given, str | int | float) and len(repr(given)) <= 60:
             msg = f"{msg} (got {given!r})"
         raise ConfigError(loc, msg) from None
+
+
+OTHER_ENV = ("SETTLE_CONFIG", "SETTLE_PAIRED_FILE")
+"""``SETTLE_*`` variables that are not settings."""
+
+
+def _known_env_names() -> list[str]:
+    names = [*OTHER_ENV]
+    for name, field in Settings.model_fields.items():
+        names.append(f"SETTLE_{name.upper()}")
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            names += [f"SETTLE_{name.upper()}__{sub.upper()}" for sub in section.model_fields]
+    return names
+
+
+def _check_environment() -> None:
+    """A misspelt ``SETTLE_*`` variable is an error, not silently ignored."""
+    known = _known_env_names()
+    for var in sorted(os.environ):
+        if var.upper().startswith("SETTLE_") and var.upper() not in known:
+            near = difflib.get_close_matches(var.upper(), known, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise ConfigError(var, f"unknown setting in the environment{hint}")
 
 
 def _strip_none(d: dict[str, Any]) -> dict[str, Any]:

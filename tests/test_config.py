@@ -98,3 +98,32 @@ def test_cli_bad_mqtt_flag(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "expected HOST:PORT" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_paths_expand_home_and_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`db_path = "~/settle/s.db"` means the home directory, as in a shell (it used to create
+    a directory literally named '~' under the working directory)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DATA", str(tmp_path / "data"))
+    f = tmp_path / "c.toml"
+    f.write_text('[storage]\ndb_path = "~/settle/s.db"\n[demo]\nreplay = "$DATA/r.csv"\n')
+    s = load_config(f)
+    assert s.db_path == tmp_path / "settle" / "s.db"
+    assert s.demo.replay == tmp_path / "data" / "r.csv"
+    monkeypatch.setenv("SETTLE_STORAGE__DB_PATH", "~/other.db")
+    assert load_config(f).db_path == tmp_path / "other.db"
+
+
+def test_misspelt_environment_variable_is_an_error(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "SETTLE_PROCESING__BASELINE_S": "300", "SETTLE_CONFIG": str(CONFIG)}
+    res = run_cli("sessions", "list", "--db", str(tmp_path / "s.db"), env=env)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "settle: error: config: SETTLE_PROCESING__BASELINE_S: unknown setting in the "
+        "environment (did you mean SETTLE_PROCESSING__BASELINE_S?)"
+    ]
+    env = {**os.environ, "SETTLE_PROCESSING__BASELINE_S": "300", "SETTLE_CONFIG": str(CONFIG)}
+    res = run_cli("sessions", "list", "--db", str(tmp_path / "s.db"), env=env)
+    assert res.returncode == 0, res.stderr

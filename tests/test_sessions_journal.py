@@ -180,3 +180,31 @@ def test_cli_log_import(tmp_path: Path, store: SessionStore, sid: str) -> None:
     assert f"imported 2 markers into session {sid}" in res.output
     assert [m.t_s for m in store.markers(sid)] == [59.75, 119.75]
     assert os.environ["TZ"] == "Europe/Berlin"
+
+
+def test_offset_is_bounded_and_running_sessions_end_now(
+    tmp_path: Path, store: SessionStore, sid: str
+) -> None:
+    """An absurd --offset is refused before anything is read (it used to be stored and break
+    the EDF export with a 28 PiB allocation); a running session has no entries in the future."""
+    from settle.cli import app
+
+    db = store.path
+    good = _write(tmp_path, "j.txt", "09:02:00 shame: x\n")
+    runner = CliRunner()
+    for offset in ("1e15", "1e300", "-90000", "nan"):
+        res = runner.invoke(
+            app, ["log", "import", sid, str(good), "--offset", offset, "--db", str(db)]
+        )
+        assert res.exit_code == 2, (offset, res.output)
+        assert "--offset must be within ±86400 s" in res.output
+        assert len(res.output.strip().splitlines()) == 1
+    assert store.markers(sid) == []
+
+    now_ms = int(time.time() * 1000)
+    running = store.create_session("dev", now_ms - 60_000, "x", {}).id  # started 1 min ago
+    soon = _write(tmp_path, "soon.csv", "t_s,text\n30,fine\n")
+    later = _write(tmp_path, "later.csv", "t_s,text\n30,fine\n3600,an hour from now\n")
+    with pytest.raises(InputFileError, match=r"later.csv:3: falls .* has recorded so far"):
+        import_journal(store, running, later)
+    assert [m.t_s for m in import_journal(store, running, soon)] == [30.0]

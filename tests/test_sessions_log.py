@@ -286,3 +286,45 @@ def test_cli_log_set_fills_in_the_session_log(tmp_path: Path) -> None:
         "calm start",
         BaselinePeriod(0.0, 120.0),
     )
+
+
+def test_cli_log_set_is_all_or_nothing_and_checks_the_baseline(tmp_path: Path) -> None:
+    """A rejected option stores none of the others; a baseline must lie inside the recording
+    and have a length (the report would otherwise say 'caught up -99754 s')."""
+    from settle.cli import app
+
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as store:
+        sid = store.create_session("dev", T0_MS, "x", {}).id
+        # A 4x time-compressed replay: 300 s of beats recorded in 75 s of wall time.
+        store.add_beats(
+            sid, [BeatRow(i, 0.8 * (i + 1), T0_MS + 200 * i, 800.0) for i in range(375)]
+        )
+        store.finish_session(sid, T0_MS + 75_000)
+        store.set_intention(sid, Intention(IntentionTarget.SELF, "I am safe", ""))
+    runner = CliRunner()
+    args = ["log", "set", sid, "--db", str(db)]
+
+    res = runner.invoke(app, [*args, "--target", "future", "--statement", "new", "--tag", " "])
+    assert res.exit_code == 2 and "tag must not be empty" in res.output
+    for bad, why in [
+        ("0:0", "START < STOP"),
+        ("60:30", "START < STOP"),
+        ("-5:30", "START < STOP"),
+        ("0:inf", "expected START:STOP"),
+        ("30", "expected START:STOP"),
+        ("0:99999", "past the end of session"),
+    ]:
+        res = runner.invoke(app, [*args, "--notes", "should not stay", "--baseline", bad])
+        assert res.exit_code == 2, (bad, res.output)
+        assert why in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    with SessionStore.open(db) as store:
+        info = store.get(sid)
+    assert info.intention == Intention(IntentionTarget.SELF, "I am safe", "")
+    assert (info.tags, info.notes, info.baseline) == ((), "", None)
+
+    # The replay's own time axis (300 s), not its 75 s of wall time, bounds the baseline.
+    res = runner.invoke(app, [*args, "--baseline", "0:240"])
+    assert res.exit_code == 0, res.output
+    with SessionStore.open(db) as store:
+        assert store.get(sid).baseline == BaselinePeriod(0.0, 240.0)
