@@ -120,6 +120,8 @@ def _entry_from_fields(path: Path, line: int, fields: Mapping[str, object]) -> J
     col = present[0]
     value = fields[col]
     if col == "t_s":
+        if isinstance(value, bool):  # JSON true is not 1 s
+            raise _fail(path, line, f"t_s is not a number: {value!r}")
         try:
             t_s = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError, OverflowError):  # a JSON integer beyond any float
@@ -191,7 +193,8 @@ def _parse_jsonl(path: Path, text: str) -> list[JournalEntry]:
 
 
 def _parse_csv(path: Path, text: str) -> list[JournalEntry]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # strict: an unclosed quote is an error, not the rest of the file read as one cell
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader, None)
         if header is None:

@@ -1221,10 +1221,10 @@ class SessionStore:
             ).fetchall()
         out = []
         for sid, device_id, started_ms, stopped_ms, state, n_beats, last_t_s in rows:
+            # A time-compressed replay records more session seconds than wall-clock ones.
+            duration_s = float(last_t_s or 0.0)
             if stopped_ms is not None:
-                duration_s = (stopped_ms - started_ms) / 1000.0
-            else:
-                duration_s = float(last_t_s or 0.0)
+                duration_s = max(duration_s, (stopped_ms - started_ms) / 1000.0)
             out.append(
                 SessionSummary(
                     id=sid,

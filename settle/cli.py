@@ -464,6 +464,8 @@ def sessions_list(
     from sessions.store import SessionStore
 
     settings = settings_from(config, db=db)
+    if not settings.db_path.exists():  # a mistyped --db must not create an empty store
+        fail(f"no session store at {settings.db_path} (run `settle demo` or `settle run` first)")
     try:
         with SessionStore.open(settings.db_path) as store:
             rows = store.list_sessions()

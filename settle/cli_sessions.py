@@ -184,7 +184,7 @@ def trends_cmd(
             {
                 "id": r.session_id,
                 "started_ms": r.started_ms,
-                "target": r.target,
+                "target": None if r.target == "–" else r.target,  # the table's dash
                 "latency_s": r.latency_s,
                 "score_change": r.score_change,
                 "median_recovery_s": r.median_recovery_s,

@@ -124,6 +124,9 @@ def test_misspelt_environment_variable_is_an_error(tmp_path: Path) -> None:
         "settle: error: config: SETTLE_PROCESING__BASELINE_S: unknown setting in the "
         "environment (did you mean SETTLE_PROCESSING__BASELINE_S?)"
     ]
+    from sessions.store import SessionStore
+
+    SessionStore.open(tmp_path / "s.db").close()
     env = {**os.environ, "SETTLE_PROCESSING__BASELINE_S": "300", "SETTLE_CONFIG": str(CONFIG)}
     res = run_cli("sessions", "list", "--db", str(tmp_path / "s.db"), env=env)
     assert res.returncode == 0, res.stderr

@@ -124,6 +124,8 @@ def test_importing_twice_does_not_duplicate(store: SessionStore, sid: str, tmp_p
         ("i.jsonl", '{"t_s": 1, "time": "09:00:00"}\n', 1, "exactly one of"),
         ("j.jsonl", '{"t_s": 1, "colour": "red"}\n', 1, "unknown field(s) colour"),
         ("k.jsonl", "[1, 2]\n", 1, "expected a JSON object"),
+        ("n.jsonl", '{"t_s": true, "text": "a"}\n', 1, "t_s is not a number: True"),
+        ("o.csv", 't_s,text\n1,"unclosed\n2,b\n3,c\n', 4, "malformed CSV: unexpected end"),
         ("l.txt", "# nothing yet\n", None, "no entries found"),
         ("m.txt", "", None, "file is empty"),
     ],

@@ -3,6 +3,7 @@ raw ECG, and complete deletion (against real SQLite files)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -328,3 +329,38 @@ def test_cli_log_set_is_all_or_nothing_and_checks_the_baseline(tmp_path: Path) -
     assert res.exit_code == 0, res.output
     with SessionStore.open(db) as store:
         assert store.get(sid).baseline == BaselinePeriod(0.0, 240.0)
+
+
+def test_sessions_list_duration_of_a_compressed_replay_and_a_mistyped_db(tmp_path: Path) -> None:
+    """A 4x replay lists its 300 s of recording, not its 75 s of wall time; a mistyped --db
+    is an error and does not leave an empty store behind."""
+    from settle.cli import app
+
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as store:
+        sid = store.create_session("dev", T0_MS, "x", {}).id
+        store.add_beats(
+            sid, [BeatRow(i, 0.8 * (i + 1), T0_MS + 200 * i, 800.0) for i in range(375)]
+        )
+        store.finish_session(sid, T0_MS + 75_000)
+    runner = CliRunner()
+    res = runner.invoke(app, ["sessions", "list", "--json", "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    assert [s["duration_s"] for s in json.loads(res.output)["sessions"]] == [300.0]
+    typo = tmp_path / "s.bd"
+    res = runner.invoke(app, ["sessions", "list", "--db", str(typo)])
+    assert res.exit_code == 1 and f"no session store at {typo}" in res.output
+    assert not typo.exists()
+
+
+def test_trends_json_gives_null_for_a_session_without_intention(tmp_path: Path) -> None:
+    from settle.cli import app
+
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as store:
+        sid = store.create_session("dev", T0_MS, "x", {}).id
+        store.finish_session(sid, T0_MS + 60_000)
+    res = CliRunner().invoke(app, ["trends", "--json", "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    (item,) = json.loads(res.output)["sessions"]
+    assert item["id"] == sid and item["target"] is None
