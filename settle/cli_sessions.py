@@ -20,7 +20,7 @@ import typer
 from settle.console import err, out
 from settle.console import fail as _fail
 from settle.console import print_table as _print_table
-from settle.errors import ConfigError, SettleError
+from settle.errors import ConfigError, SessionNotFound, SettleError
 
 __all__ = ["register"]
 
@@ -344,7 +344,18 @@ def sessions_delete(
     try:
         with SessionStore.open(path) as store:
             # The full id only: a prefix or 'latest' is too easy to get wrong for a deletion.
-            info = store.get(session)
+            try:
+                info = store.get(session)
+            except SessionNotFound:
+                try:
+                    meant = store.resolve(session).id
+                except SettleError:
+                    raise SessionNotFound(session) from None
+                _fail(
+                    f"delete needs the full session id, not {session!r} (did you mean {meant}? "
+                    "see `settle sessions list`)",
+                    2,
+                )
             if info.state is SessionState.RUNNING and not force:
                 _fail(f"session {info.id} is still running (stop it first, or use --force)")
             if not yes:
@@ -355,7 +366,8 @@ def sessions_delete(
                         f"Delete session {info.id} (started {started}, {n} beats) for good?",
                         err=True,
                     )
-                except typer.Abort:
+                except typer.Abort:  # end of input (Ctrl-D): end the prompt's line first
+                    err.print()
                     ok = False
                 if not ok:
                     _fail("nothing deleted")

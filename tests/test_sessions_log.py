@@ -249,8 +249,13 @@ def test_cli_delete_asks_and_refuses_running_sessions(tmp_path: Path) -> None:
     assert res.exit_code == 1 and "nothing deleted" in res.output
     res = runner.invoke(app, ["sessions", "delete", running, "--db", str(db), "--yes"])
     assert res.exit_code == 1 and "still running" in res.output
-    res = runner.invoke(app, ["sessions", "delete", done[:8], "--db", str(db), "--yes"])
-    assert res.exit_code == 1 and "no session matches" in res.output  # full id only
+    res = runner.invoke(app, ["sessions", "delete", done[:-1], "--db", str(db), "--yes"])
+    assert res.exit_code == 2  # full id only, and it says so
+    assert (
+        f"delete needs the full session id, not {done[:-1]!r} (did you mean {done}?" in res.output
+    )
+    res = runner.invoke(app, ["sessions", "delete", "nope", "--db", str(db), "--yes"])
+    assert res.exit_code == 1 and "no session matches 'nope'" in res.output
     res = runner.invoke(app, ["sessions", "delete", done, "--db", str(db)], input="y\n")
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["sessions", "delete", running, "--db", str(db), "-y", "--force"])
