@@ -20,7 +20,7 @@ from rich.table import Table
 
 from settle import cli_sessions
 from settle.config import Settings, load_config
-from settle.console import fail, out, print_table
+from settle.console import err, fail, out, print_table
 from settle.errors import ConfigError, SettleError
 
 app = typer.Typer(
@@ -714,7 +714,29 @@ def doctor(
 
 
 def main() -> None:
-    app()
+    """The ``settle`` command. A usage error (unknown command or option, missing argument,
+    bad value) is one line on stderr, exit code 2, like every other error."""
+    import sys
+
+    try:
+        code = app(prog_name="settle", standalone_mode=False)
+    except typer.Abort:
+        err.print("settle: aborted", markup=False)
+        sys.exit(1)
+    except Exception as exc:
+        # click's ClickException / UsageError (vendored by newer typer, so matched by shape)
+        fmt, exit_code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
+        if not callable(fmt) or not isinstance(exit_code, int):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `settle log`: the group's help
+            err.print(fmt(), markup=False, soft_wrap=True)
+            sys.exit(exit_code)
+        ctx = getattr(exc, "ctx", None)
+        path = getattr(ctx, "command_path", None)
+        hint = f" (see `{path} --help`)" if path and exit_code == 2 else ""
+        err.print(f"settle: error: {fmt()}{hint}", markup=False, soft_wrap=True)
+        sys.exit(exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

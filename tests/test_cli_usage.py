@@ -1,0 +1,43 @@
+"""A mistyped command line is one line on stderr naming the problem and where to look, exit
+code 2 — like every other error (it used to be click's four-line usage block)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def settle(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "settle.cli", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["frobnicate"], "No such command 'frobnicate'. (see `settle --help`)"),
+        (["export"], "Missing argument 'session'. (see `settle export --help`)"),
+        (["analyze", "x.csv", "--bogus"], "No such option: --bogus (see `settle analyze --help`)"),
+        (
+            ["demo", "--speed", "fast"],
+            "Invalid value for '--speed': Input should be a valid number, unable to parse "
+            "string as a number (see `settle demo --help`)",
+        ),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(args: list[str], line: str, tmp_path: Path) -> None:
+    res = settle(*args, "--db", str(tmp_path / "s.db")) if args[0] == "demo" else settle(*args)
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [f"settle: error: {line}"]
+    assert res.stdout == ""
+
+
+def test_help_still_prints_help() -> None:
+    res = settle("--help")
+    assert res.returncode == 0 and "Usage:" in res.stdout and "export" in res.stdout
+    res = settle("log")  # a group without a subcommand shows its help
+    assert res.returncode == 2 and "import" in res.stderr + res.stdout
