@@ -15,10 +15,12 @@ dataset without touching its other files. Written (``<sub>`` = ``sub-<subject>``
 
 ``*_physio.tsv.gz``: gzip, tab-separated, **no header row** (the sidecar's ``Columns`` names
 them): ``rr_ms`` (RR in ms, tachogram interpolated at 4 Hz; artefact-corrected where
-correction has run) and ``hr_bpm`` (``60000 / rr_ms``), ``n/a`` where there are no beats. The
-ECG file has one column ``cardiac`` in µV at the recorded rate rounded to whole Hz. Both
-start at the session start (``StartTime`` 0); events' ``onset`` is seconds since session
-start, the same time base.
+correction has run) and ``hr_bpm`` (``60000 / rr_ms``), ``n/a`` where there are no beats, in
+gaps and wherever the value would depend on an ``implausible`` or ``warmup`` beat (as the EDF
+export). The ECG file has one column ``cardiac`` in µV at the recorded rate rounded to whole
+Hz, linearly interpolated onto that grid (so not the recorded samples themselves; the JSON
+export has those). Values are written to 4 decimals. Both start at the session start
+(``StartTime`` 0); events' ``onset`` is seconds since session start, the same time base.
 
 ``*_events.tsv``: ``onset`` (s), ``duration`` (s, 0 for markers), ``trial_type`` (marker kind,
 ``gap`` or ``baseline``), ``source``, ``text``; tabs and line breaks in texts become spaces.

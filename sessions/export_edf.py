@@ -6,15 +6,25 @@ no third-party writer is needed. Layout:
 * data records of 1 s;
 * signal ``RR`` — RR interval in ms, resampled at 4 Hz by linear interpolation of the
   tachogram (artefact-corrected RR where correction has run, else raw), physical range
-  0–3000 ms;
-* signal ``HR`` — heart rate ``60000 / RR`` in beats/min at 4 Hz, physical range 0–300;
+  0–5000 ms;
+* signal ``HR`` — heart rate ``60000 / RR`` in beats/min at 4 Hz, physical range 0–600;
 * signal ``ECG`` — only when raw ECG was recorded: µV at the recorded rate rounded to whole
-  Hz, linearly interpolated onto that grid;
+  Hz, linearly interpolated onto that grid (the recorded samples only where they fall on it;
+  the JSON export holds them unchanged);
 * ``EDF Annotations`` — markers as ``kind: text``, gaps as ``gap: reason`` with their
-  duration, the baseline as ``baseline`` with its duration, the intention at onset 0.
+  duration, the baseline as ``baseline`` with its duration, spans whose RR depends on beats
+  that are not analysed as ``not analysed: implausible`` / ``not analysed: warmup`` with
+  their duration, the intention at onset 0 as three annotations (``intention target: …``,
+  ``intention statement: …``, ``intention practice: …``). A text longer than
+  :data:`MAX_ANNOTATION_BYTES` UTF-8 bytes (what EDFlib-based readers such as pyedflib and
+  EDFbrowser keep) is cut and ends in ``…``; the CSV, JSON and BIDS exports hold it whole.
 
-EDF has no "missing" value: where there are no beats (before the first, in gaps) RR, HR and
-ECG hold the physical minimum (RR 0 ms, HR 0 bpm) or 0 µV, and the gap is annotated.
+EDF has no "missing" value. Where RR has no value — before the first beat, in gaps, and
+where it would depend on an ``implausible`` or ``warmup`` beat — RR and HR both hold 0 (the
+physical and digital minimum, which no heartbeat has); gaps and such spans are annotated. The
+physical ranges cover every RR that ``settle.toml`` can make plausible (100–5000 ms), so a
+value is never clipped; anything outside them (e.g. an unclassified raw beat) is written as
+missing in both RR and HR too. ECG holds 0 µV where it was not recorded.
 
 Time: the header start date/time is the session start in **UTC**, truncated to the second
 (EDF has no time zone field); the sub-second part of the start is carried by the EDF+
@@ -36,13 +46,29 @@ import numpy.typing as npt
 
 from sessions.export_json import package_version
 from sessions.files import ProgressFn, atomic_file, target_file
-from sessions.series import DEFAULT_FS_HZ, ecg_on_grid, rr_on_grid, session_span_s
+from sessions.series import (
+    DEFAULT_FS_HZ,
+    ecg_on_grid,
+    not_analysed_spans,
+    rr_on_grid,
+    session_span_s,
+)
 from sessions.store import EcgSeries, SessionRecord, SessionStore
 
-__all__ = ["export_edf"]
+__all__ = ["HR_RANGE_BPM", "MAX_ANNOTATION_BYTES", "RR_RANGE_MS", "export_edf"]
 
 _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 _DIG_MIN, _DIG_MAX = -32768, 32767
+
+#: Physical ranges of the RR (ms) and HR (beats/min) signals: every RR that the widest
+#: ``processing.rr_min_ms`` / ``rr_max_ms`` settings accept (100–5000 ms) fits both.
+RR_RANGE_MS = (0.0, 5000.0)
+HR_RANGE_BPM = (0.0, 600.0)
+
+#: Longest annotation text written, UTF-8 bytes: EDFlib (pyedflib, EDFbrowser) keeps this
+#: many of each annotation; a longer text is cut on a character boundary and ends in "…".
+MAX_ANNOTATION_BYTES = 512
+_ELLIPSIS = "…"
 
 
 class _Signal:
@@ -59,9 +85,11 @@ class _Signal:
     ) -> None:
         self.label, self.dim, self.prefilter, self.transducer = label, dim, prefilter, transducer
         self.phys_min, self.phys_max, self.per_record = phys_min, phys_max, per_record
-        # NaN (no data) -> physical minimum, or 0 where 0 lies inside the range.
+        # NaN (no data) -> physical minimum, or 0 where 0 lies inside the range. A value
+        # outside the range is no data either: never clip it to a value nobody measured.
         fill = 0.0 if phys_min <= 0.0 <= phys_max else phys_min
-        v = np.clip(np.nan_to_num(values, nan=fill), phys_min, phys_max)
+        inside = (values >= phys_min) & (values <= phys_max)  # False for NaN
+        v = np.where(inside, values, fill)
         scale = (_DIG_MAX - _DIG_MIN) / (phys_max - phys_min)
         self.digital = np.round((v - phys_min) * scale + _DIG_MIN).astype("<i2")
 
@@ -85,8 +113,14 @@ def _onset(x: float) -> str:
 
 
 def _clean(text: str) -> str:
-    # TAL separators are 0x14, 0x15 and 0x00; keep annotation texts on one line.
-    return "".join(" " if ord(c) < 32 else c for c in text).strip()
+    """One line (TAL separators are 0x14, 0x15 and 0x00) of at most
+    :data:`MAX_ANNOTATION_BYTES` UTF-8 bytes, cut texts ending in "…"."""
+    text = "".join(" " if ord(c) < 32 else c for c in text).strip()
+    if len(text.encode("utf-8")) <= MAX_ANNOTATION_BYTES:
+        return text
+    room = MAX_ANNOTATION_BYTES - len(_ELLIPSIS.encode("utf-8"))
+    cut = text.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip()
+    return cut + _ELLIPSIS
 
 
 def _tal(onset: float, duration: float | None, text: str) -> bytes:
@@ -98,8 +132,13 @@ def _annotations(rec: SessionRecord) -> list[tuple[float, float | None, str]]:
     out: list[tuple[float, float | None, str]] = []
     info = rec.info
     if info.intention is not None:
+        # One annotation per field: no separator that a statement could also contain.
         i = info.intention
-        out.append((0.0, None, f"intention: {i.target.value} | {i.statement} | {i.practice}"))
+        out.append((0.0, None, f"intention target: {i.target.value}"))
+        if i.statement:
+            out.append((0.0, None, f"intention statement: {i.statement}"))
+        if i.practice:
+            out.append((0.0, None, f"intention practice: {i.practice}"))
     if info.baseline is not None:
         b = info.baseline
         dur = None if b.stop_t_s is None else b.stop_t_s - b.start_t_s
@@ -108,7 +147,9 @@ def _annotations(rec: SessionRecord) -> list[tuple[float, float | None, str]]:
         out.append((m.t_s, None, f"{m.kind}: {m.text}" if m.text else m.kind))
     for g in rec.gaps:
         out.append((g.start_t_s, g.end_t_s - g.start_t_s, f"gap: {g.reason}"))
-    out.sort(key=lambda a: a[0])
+    for start, end, classes in not_analysed_spans(rec.beats):
+        out.append((start, end - start, f"not analysed: {classes}"))
+    out.sort(key=lambda a: a[0])  # stable: the intention's fields stay in order
     return out
 
 
@@ -172,16 +213,21 @@ def export_edf(
     rr = rr_on_grid(rec.beats, rec.gaps, n_records * fs_rr, DEFAULT_FS_HZ)
     with np.errstate(divide="ignore", invalid="ignore"):
         hr = np.where(rr > 0, 60_000.0 / rr, np.nan)
+    # A sample is missing in RR and HR together: never a value in one and none in the other.
+    ok = (rr >= RR_RANGE_MS[0]) & (rr <= RR_RANGE_MS[1])
+    ok &= (hr >= HR_RANGE_BPM[0]) & (hr <= HR_RANGE_BPM[1])
+    rr, hr = np.where(ok, rr, np.nan), np.where(ok, hr, np.nan)
     resampled = f"tachogram linearly interpolated at {fs_rr} Hz"
     signals = [
-        _Signal("RR", "ms", 0.0, 3000.0, fs_rr, rr, resampled, "chest strap RR"),
-        _Signal("HR", "bpm", 0.0, 300.0, fs_rr, hr, resampled, "chest strap RR"),
+        _Signal("RR", "ms", *RR_RANGE_MS, fs_rr, rr, resampled, "chest strap RR"),
+        _Signal("HR", "bpm", *HR_RANGE_BPM, fs_rr, hr, resampled, "chest strap RR"),
     ]
     if ecg is not None and ecg.fs_hz is not None:
         fs_ecg = max(1, round(ecg.fs_hz))
         values = ecg_on_grid(ecg, n_records * fs_ecg, float(fs_ecg))
         peak = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 0.0
-        # Identity digital<->µV mapping when the samples fit 16 bits: exact round trip.
+        # Identity digital<->µV mapping when the samples fit 16 bits: whole µV, the recorded
+        # value where a grid point falls on a recorded sample (else interpolated).
         lim = 32767.0 if peak <= 32767 else math.ceil(peak)
         lo = -32768.0 if lim == 32767.0 else -lim
         signals.append(_Signal("ECG", "uV", lo, lim, fs_ecg, values, "none", "chest strap ECG"))

@@ -11,10 +11,18 @@ beginning of the first interval.
 ``<stem>_markers.csv``: the markers, gaps and baseline, for entering as Kubios samples/events:
 ``kubios_t_s`` (seconds on Kubios' axis), ``kubios_hms`` (the same as ``H:MM:SS.s``),
 ``t_s`` (seconds since session start, Settle's time base), ``kind`` (marker kind, ``gap``
-or ``baseline``), ``duration_s``, ``text``. Kubios' axis is
-``t_s - (beat_t_s[0] - rr_ms[0] / 1000)``; it knows no gaps, so after a gap its axis runs
-behind the session by the gap's length — ``kubios_t_s`` accounts for that by summing RR up
-to the marker.
+or ``baseline``), ``duration_s`` (session seconds), ``text``, ``kubios_duration_s`` (the
+same span on Kubios' axis).
+
+Kubios' axis is the cumulative RR: beat ``i`` ends at ``sum(rr_ms[:i + 1]) / 1000``. It
+knows no gaps: time without beats (a gap, lost beats) takes no room on it, so after a gap
+its axis runs behind the session by the gap's length. :func:`kubios_time` maps a session
+time onto it through the beat whose interval contains it (measured back from that beat's
+end); a time inside a gap falls on the point where the gap sits, so a gap's
+``kubios_duration_s`` is 0 (or the part of the next RR interval it overlaps), a marker in a
+gap lands between the beats before and after it, and a baseline spanning a gap is shorter
+on Kubios' axis. Times before the first interval began map to 0 (Kubios' axis starts there);
+times after the last beat run on from its end.
 """
 
 from __future__ import annotations
@@ -55,16 +63,23 @@ def rr_series(rec: SessionRecord, rr_source: RrSource = "hrs") -> list[tuple[flo
 
 
 def kubios_time(series: list[tuple[float, float]], t_s: float) -> float:
-    """Session time ``t_s`` on Kubios' axis: cumulative RR up to the last beat at or before
-    ``t_s``, plus the time since that beat (s). ``series`` as from :func:`rr_series`."""
+    """Session time ``t_s`` on Kubios' axis (s), never negative. ``series`` as from
+    :func:`rr_series`.
+
+    Inside the interval of beat ``i`` (its last ``rr_ms[i]`` ms before ``beat_t_s[i]``) the
+    axis runs with session time, ending at the cumulative RR of beat ``i``; time between the
+    end of one beat and the start of the next beat's interval (a gap, lost beats) collapses
+    to the point between them. After the last beat the axis runs on with session time.
+    """
     if not series:
-        return t_s
+        return max(0.0, t_s)
     times = [t for t, _ in series]
     cum = list(itertools.accumulate(rr / 1000.0 for _, rr in series))
-    i = bisect.bisect_right(times, t_s) - 1
-    if i < 0:
-        return t_s - (times[0] - series[0][1] / 1000.0)
-    return cum[i] + (t_s - times[i])
+    i = bisect.bisect_left(times, t_s)  # the first beat ending at or after t_s
+    if i == len(series):
+        return cum[-1] + (t_s - times[-1])
+    before = cum[i - 1] if i > 0 else 0.0
+    return min(cum[i], max(before, cum[i] - (times[i] - t_s)))
 
 
 def export_kubios(
@@ -110,10 +125,13 @@ def export_kubios(
     events.sort(key=lambda e: e[0])
     with atomic_file(side) as fh:
         w = csv.writer(cast(IO[str], fh))
-        w.writerow(["kubios_t_s", "kubios_hms", "t_s", "kind", "duration_s", "text"])
+        w.writerow(
+            ["kubios_t_s", "kubios_hms", "t_s", "kind", "duration_s", "text", "kubios_duration_s"]
+        )
         for t_s, kind, dur, note in events:
             k = kubios_time(series, t_s)
-            w.writerow([f"{k:.3f}", _hms(k), repr(t_s), kind, repr(dur), note])
+            k_dur = kubios_time(series, t_s + dur) - k
+            w.writerow([f"{k:.3f}", _hms(k), repr(t_s), kind, repr(dur), note, f"{k_dur:.3f}"])
     if progress is not None:
         progress(len(series), len(series))
     return target

@@ -283,31 +283,43 @@ def parse_journal(path: Path, fmt: JournalFormat = "auto") -> list[JournalEntry]
     return entries
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _epoch_ms(when: dt.datetime) -> int:
+    """Epoch milliseconds of an aware date-time, in integers (nearest ms, no float seconds:
+    epoch seconds as a float carry ~1e-7 s of noise into every session time)."""
+    d = when - _EPOCH
+    us = (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+    return (us + 500) // 1000
+
+
 def _align(entry: JournalEntry, info: SessionInfo) -> tuple[float, int]:
-    """``(t_s, ts_ms)`` of an entry before the offset: session seconds and epoch ms."""
-    start_s = info.started_ms / 1000.0
+    """``(t_s, ts_ms)`` of an entry before the offset: session seconds and epoch ms.
+
+    Computed in integer milliseconds, so ``t_s`` is exactly ``(ts_ms - started_ms) / 1000``
+    (a clock time ``09:00:13.701`` in a session started at ``09:00:00.123`` is ``13.578``).
+    """
     if entry.t_s is not None:
         return entry.t_s, info.started_ms + round(entry.t_s * 1000)
     if entry.ts_ms is not None:
-        return entry.ts_ms / 1000.0 - start_s, entry.ts_ms
-    if entry.local is not None:
+        ms = entry.ts_ms
+    elif entry.local is not None:
         # astimezone() on a naive datetime interprets it in the local zone (DST-aware).
-        epoch_s = entry.local.astimezone().timestamp()
-        return epoch_s - start_s, round(epoch_s * 1000)
-    assert entry.clock_s is not None
-    start_local = dt.datetime.fromtimestamp(start_s).astimezone()
-    best: float | None = None
-    for day_shift in (-1, 0, 1):
-        day = start_local.date() + dt.timedelta(days=day_shift)
+        ms = _epoch_ms(entry.local.astimezone())
+    else:
+        assert entry.clock_s is not None
+        start_local = dt.datetime.fromtimestamp(info.started_ms // 1000).astimezone()
         whole = math.floor(entry.clock_s)
+        frac_ms = round((entry.clock_s - whole) * 1000)
         clock = dt.time(whole // 3600, whole % 3600 // 60, whole % 60)
-        # A naive datetime's astimezone() reads it in the local zone (DST-aware).
-        local = dt.datetime.combine(day, clock).astimezone()
-        epoch_s = local.timestamp() + (entry.clock_s - whole)
-        if best is None or abs(epoch_s - start_s) < abs(best - start_s):
-            best = epoch_s
-    assert best is not None
-    return best - start_s, round(best * 1000)
+        candidates = [
+            # A naive datetime's astimezone() reads it in the local zone (DST-aware).
+            _epoch_ms(dt.datetime.combine(day, clock).astimezone()) + frac_ms
+            for day in (start_local.date() + dt.timedelta(days=k) for k in (-1, 0, 1))
+        ]
+        ms = min(candidates, key=lambda c: abs(c - info.started_ms))
+    return (ms - info.started_ms) / 1000, ms
 
 
 MAX_OFFSET_S = 86400.0
@@ -351,8 +363,9 @@ def import_journal(
     rows: list[MarkerRow] = []
     for e in entries:
         t_s, ts_ms = _align(e, info)
-        t_s += offset_s
-        ts_ms += round(offset_s * 1000)
+        if offset_s:
+            ts_ms += round(offset_s * 1000)
+            t_s = round((t_s + offset_s) * 1000) / 1000  # 13.578 + 0.1 is 13.678, not …7999
         if t_s < 0:
             raise _fail(
                 path,

@@ -13,7 +13,10 @@ Definitions (all times in seconds since session start):
   beat-by-beat heart rate over the 30 s before the marker, peak = maximum of its 5 s moving
   average within 60 s after it.
 * **recovery** — seconds from the marker until that moving average is back within 1 bpm of
-  the pre-marker level after the peak (searched up to 180 s; None if it is not).
+  the pre-marker level after the peak (searched up to 180 s; None if it is not). A marker
+  whose peak is not more than 1 bpm above the pre-marker level had **no clear response**:
+  heart rate never left that band, so there is nothing to recover from and no recovery time
+  (None; the summary says so instead of quoting a time).
 
 Beside these beat-level figures every marker also gets the **event-locked response exactly as
 the daemon computes and publishes it live** (:func:`processing.indices.event_response` on the
@@ -97,7 +100,8 @@ class IndexSeries:
 class MarkerResponse:
     """Heart-rate response to one marker: ``pre_hr_bpm`` and ``peak_hr_bpm`` (beats/min),
     ``rise_bpm`` = peak − pre, ``recovery_s`` seconds from the marker until back within 1 bpm
-    of pre (None: not within 180 s, or too few beats)."""
+    of pre (None: not within 180 s, too few beats, or no clear response — see
+    :attr:`responded`)."""
 
     marker: MarkerRow
     pre_hr_bpm: float | None
@@ -112,6 +116,12 @@ class MarkerResponse:
     band_recovery_s: float | None = None
     """Live definition: seconds after the 30 s window until HR is back within the baseline
     mean ± spread (None: not in the data)."""
+
+    @property
+    def responded(self) -> bool | None:
+        """True if heart rate rose more than 1 bpm above the pre-marker level (a response
+        with a recovery to time), False if it did not, None if it could not be measured."""
+        return None if self.rise_bpm is None else self.rise_bpm > _BACK_BPM
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -221,10 +231,12 @@ def provisional_marker_responses(
         post_idx = np.flatnonzero(post_w)
         peak_i = int(post_idx[np.argmax(hr[post_idx])])
         peak = float(hr[peak_i])
-        after = np.flatnonzero(
-            (grid >= grid[peak_i]) & (grid <= m.t_s + _RECOVER_MAX_S) & (hr <= pre + _BACK_BPM)
-        )
-        recovery = float(grid[after[0]] - m.t_s) if after.shape[0] else None
+        recovery = None
+        if peak - pre > _BACK_BPM:  # else HR never left the band: nothing to recover from
+            after = np.flatnonzero(
+                (grid >= grid[peak_i]) & (grid <= m.t_s + _RECOVER_MAX_S) & (hr <= pre + _BACK_BPM)
+            )
+            recovery = float(grid[after[0]] - m.t_s) if after.shape[0] else None
         out.append(MarkerResponse(m, pre, peak, peak - pre, recovery))
     return out
 
@@ -332,6 +344,18 @@ def duration_words(seconds: float) -> str:
     return " ".join(parts)
 
 
+def bpm_words(x: float, *, sign: bool = False) -> str:
+    """A heart-rate change for a sentence: whole bpm from 10 up, else one decimal, so a
+    small change never reads as 0 (``0.3`` → ``"0.3"``, ``12.4`` → ``"12"``; ``sign``:
+    ``"+0.3"``)."""
+    spec = ("+" if sign else "") + (".0f" if abs(x) >= 9.95 else ".1f")
+    return f"{x:{spec}}"
+
+
+def _count_words(n: int) -> str:
+    return _NUMBERS[n] if n < len(_NUMBERS) else str(n)
+
+
 def summary_text(a: SessionAnalysis) -> str:
     """A plain-language summary of one session (a few sentences)."""
     rec = a.record
@@ -361,21 +385,36 @@ def summary_text(a: SessionAnalysis) -> str:
     for r in a.responses:
         by_kind.setdefault(r.marker.kind, []).append(r)
     for kind, rs in by_kind.items():
-        rises = [r.rise_bpm for r in rs if r.rise_bpm is not None]
         n = len(rs)
-        count = _NUMBERS[n] if n < len(_NUMBERS) else str(n)
-        which = f"the {kind} marker" if n == 1 else f"the {count} {kind} markers"
-        if not rises:
+        which = f"the {kind} marker" if n == 1 else f"the {_count_words(n)} {kind} markers"
+        measured = [r for r in rs if r.rise_bpm is not None]
+        if not measured:
             parts.append(f"Around {which} there were too few beats to measure a response.")
             continue
-        recov = [r.recovery_s for r in rs if r.rise_bpm is not None]
-        rise = statistics.fmean(rises)
+        rose = [r for r in measured if r.responded]
+        if not rose:
+            # Heart rate stayed within 1 bpm of the level before: no recovery to time.
+            peak = statistics.fmean(cast(float, r.rise_bpm) for r in measured)
+            parts.append(
+                f"After {which} heart rate showed no clear response (peak "
+                f"{bpm_words(peak, sign=True)} bpm against the 30 s before), so there was "
+                "nothing to recover from."
+            )
+            continue
+        rise = statistics.fmean(cast(float, r.rise_bpm) for r in rose)
+        recov = [r.recovery_s for r in rose]
         if all(x is not None for x in recov):
             back = f"came back within {duration_words(max(cast(list[float], recov)))}"
         else:
             back = "had not come back after 3 min"
-        verb = "rose" if rise >= 0.5 else "changed by"
-        parts.append(f"After {which} heart rate {verb} {rise:.0f} bpm and {back}.")
+        if len(rose) < n:
+            which = f"{_count_words(len(rose))} of the {_count_words(n)} {kind} markers"
+        sentence = f"After {which} heart rate rose {bpm_words(rise)} bpm and {back}"
+        if len(measured) > len(rose):
+            sentence += f"; {_count_words(len(measured) - len(rose))} showed no clear response"
+        if len(measured) < n:
+            sentence += f"; {_count_words(n - len(measured))} had too few beats to measure"
+        parts.append(sentence + ".")
     return " ".join(parts)
 
 
@@ -490,7 +529,7 @@ def render_html(a: SessionAnalysis, png: bytes, png_name: str) -> str:
         f"<td>{e(duration_words(r.marker.t_s))}</td><td>{e(r.marker.kind)}</td>"
         f"<td>{e(r.marker.text)}</td><td>{_fmt(r.pre_hr_bpm, '.1f')}</td>"
         f"<td>{_fmt(r.peak_hr_bpm, '.1f')}</td><td>{_fmt(r.rise_bpm, '+.1f')}</td>"
-        f"<td>{_fmt(r.recovery_s, '.0f', ' s')}</td>"
+        f"<td>{'no clear rise' if r.responded is False else _fmt(r.recovery_s, '.0f', ' s')}</td>"
         f"<td>{_fmt(r.d_hr_bpm, '+.1f')}</td><td>{_fmt(r.d_ln_rmssd, '+.2f')}</td>"
         f"<td>{_fmt(r.band_recovery_s, '.0f', ' s')}</td>"
         "</tr>"
@@ -580,7 +619,9 @@ def write_report(store: SessionStore, session_id: str, out_dir: Path) -> tuple[P
 class SessionOutcome:
     """One session in the trends table: ``latency_s`` to catching up (s, None if it did not),
     ``score_change`` last-5-min minus first-5-min mean settling score, ``median_recovery_s``
-    over its reaction markers (s), ``n_reactions`` how many there were."""
+    over its reaction markers that had a clear response and came back within 3 min (s; None
+    if none did), ``n_reactions`` how many reaction markers there were, ``n_responses`` how
+    many of them had a clear heart-rate response (:attr:`MarkerResponse.responded`)."""
 
     session_id: str
     started_ms: int
@@ -589,6 +630,7 @@ class SessionOutcome:
     score_change: float | None
     median_recovery_s: float | None
     n_reactions: int
+    n_responses: int = 0
 
 
 def outcome(a: SessionAnalysis) -> SessionOutcome:
@@ -606,6 +648,7 @@ def outcome(a: SessionAnalysis) -> SessionOutcome:
         score_change=change,
         median_recovery_s=statistics.median(recov) if recov else None,
         n_reactions=len(a.responses),
+        n_responses=sum(1 for r in a.responses if r.responded),
     )
 
 

@@ -11,9 +11,16 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from sessions.store import BeatRow, EcgSeries, GapRow
+from sessions.store import BeatClass, BeatRow, EcgSeries, GapRow
 
-__all__ = ["DEFAULT_FS_HZ", "ecg_on_grid", "rr_on_grid", "session_span_s"]
+__all__ = [
+    "DEFAULT_FS_HZ",
+    "NOT_ANALYSED",
+    "ecg_on_grid",
+    "not_analysed_spans",
+    "rr_on_grid",
+    "session_span_s",
+]
 
 #: Resampling rate of the RR / HR series, Hz: 4 Hz is the usual rate for HRV tachograms.
 DEFAULT_FS_HZ = 4.0
@@ -21,6 +28,10 @@ DEFAULT_FS_HZ = 4.0
 #: Beat-to-beat jumps longer than the RR they carry by more than this many seconds are
 #: treated as gaps (lost beats) even without a stored gap record.
 _LOST_BEATS_TOLERANCE_S = 1.0
+
+#: Beat classes that are recorded but never analysed (``docs/sessions.md``): their RR is no
+#: tachogram value, so the resampled series holds no data where it would depend on them.
+NOT_ANALYSED = frozenset({BeatClass.IMPLAUSIBLE, BeatClass.WARMUP})
 
 
 def best_rr_ms(beat: BeatRow) -> float:
@@ -42,25 +53,69 @@ def session_span_s(
     return end
 
 
+def _sorted_beats(
+    beats: Sequence[BeatRow],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """Beat times (s), best RR (ms) and "not analysed" flags, in time order."""
+    bt = np.array([b.beat_t_s for b in beats], dtype=np.float64)
+    rr = np.array([best_rr_ms(b) for b in beats], dtype=np.float64)
+    skip = np.array([b.beat_class in NOT_ANALYSED for b in beats], dtype=bool)
+    order = np.argsort(bt, kind="stable")
+    return bt[order], rr[order], skip[order]
+
+
+def not_analysed_spans(beats: Sequence[BeatRow]) -> list[tuple[float, float, str]]:
+    """``(start_t_s, end_t_s, classes)`` of every run of consecutive ``implausible`` /
+    ``warmup`` beats: from the beat before the run (or, for a run at the start, the
+    beginning of its first interval, not before 0) to the beat after it (or the run's last
+    beat). ``classes`` names the classes in the run (``"warmup"``, ``"implausible"`` or
+    ``"warmup, implausible"``). These are the spans :func:`rr_on_grid` leaves empty."""
+    if not beats:
+        return []
+    bt, rr, skip = _sorted_beats(beats)
+    classes = [b.beat_class for b in sorted(beats, key=lambda b: b.beat_t_s)]
+    out: list[tuple[float, float, str]] = []
+    n, i = len(bt), 0
+    while i < n:
+        if not skip[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < n and skip[j + 1]:
+            j += 1
+        start = float(bt[i - 1]) if i > 0 else max(0.0, float(bt[i] - rr[i] / 1000.0))
+        end = float(bt[j + 1]) if j + 1 < n else float(bt[j])
+        names = dict.fromkeys(str(c) for c in classes[i : j + 1])
+        out.append((start, end, ", ".join(names)))
+        i = j + 1
+    return out
+
+
 def rr_on_grid(
     beats: Sequence[BeatRow], gaps: Sequence[GapRow], n_samples: int, fs_hz: float
 ) -> npt.NDArray[np.float64]:
     """RR in ms at times ``k / fs_hz`` s (``k < n_samples``), NaN where there is no data.
 
     The tachogram (beat time, RR) is linearly interpolated between beats, the usual HRV
-    resampling. NaN before the first and after the last beat, inside stored gaps, and between
-    two beats farther apart than the RR they carry allows (lost beats).
+    resampling. NaN before the first and after the last beat, inside stored gaps, between
+    two beats farther apart than the RR they carry allows (lost beats), and wherever the
+    value would depend on a beat that is not analysed (class ``implausible`` or ``warmup``:
+    its RR is what the strap sent, not a heartbeat interval to draw).
     """
     t = np.arange(n_samples, dtype=np.float64) / fs_hz
     out = np.full(n_samples, np.nan)
     if len(beats) < 1:
         return out
-    bt = np.array([b.beat_t_s for b in beats], dtype=np.float64)
-    rr = np.array([best_rr_ms(b) for b in beats], dtype=np.float64)
-    order = np.argsort(bt, kind="stable")
-    bt, rr = bt[order], rr[order]
+    bt, rr, skip = _sorted_beats(beats)
     valid = (t >= bt[0]) & (t <= bt[-1])
     out[valid] = np.interp(t[valid], bt, rr)
+    if skip.any():
+        # A sample on beat k takes that beat's RR; between beats k and k+1 it mixes both.
+        idx = np.flatnonzero(valid)
+        k = np.searchsorted(bt, t[idx], side="right") - 1
+        nxt = np.minimum(k + 1, bt.shape[0] - 1)
+        depends = skip[k] | ((t[idx] != bt[k]) & skip[nxt])
+        out[idx[depends]] = np.nan
     if bt.shape[0] > 1:
         jumps = np.flatnonzero(np.diff(bt) > rr[1:] / 1000.0 + _LOST_BEATS_TOLERANCE_S)
         for j in jumps:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import itertools
 import json
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sessions.export import COLUMNS, ExportError, export_csv, read_export_csv
+from sessions.export_json import export_json
+from sessions.journal import import_journal
 from sessions.store import BeatRow, IndicesRow, MarkerRow, MarkerSource, SessionStore
 from settle.errors import SessionNotFound
 
@@ -217,3 +221,35 @@ def test_write_failure_maps_to_export_error_and_cleans_up(
         export_csv(store, sid, tmp_path / "x.csv")
     assert err.value.path == tmp_path / "x.csv"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_imported_journal_times_are_exact_milliseconds_in_exports(
+    store: SessionStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Journal clock times are aligned in integer milliseconds: an entry at 09:00:13.701 in a
+    session started at 09:00:00.123 is exported at t_s 13.578 (CSV text and JSON number),
+    not 13.57800006866455 (float epoch seconds)."""
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        t0 = int(dt.datetime(2026, 11, 18, 8, 0, 0, 123_000, tzinfo=dt.UTC).timestamp() * 1000)
+        sid = store.create_session("AA:BB", t0, "replay:test.txt", {}).id
+        store.finish_session(sid, t0 + 600_000)
+        journal = tmp_path / "journal.txt"
+        journal.write_text("09:00:13.701 shame: it came back\n09:01:00.3 noticed the birds\n")
+        import_journal(store, sid, journal)
+        csv_journal = tmp_path / "journal.csv"
+        csv_journal.write_text("time,text\n2026-11-18T09:00:02.9,iso\n")
+        import_journal(store, sid, csv_journal)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    with export_csv(store, sid, tmp_path).open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["record"] == "marker"]
+    assert [(r["t_s"], r["ts_ms"]) for r in rows] == [
+        ("2.777", str(t0 + 2777)),
+        ("13.578", str(t0 + 13_578)),
+        ("60.177", str(t0 + 60_177)),
+    ]
+    doc = json.loads(export_json(store, sid, tmp_path).read_text())
+    assert [m["t_s"] for m in doc["markers"]] == [2.777, 13.578, 60.177]

@@ -5,11 +5,13 @@ back by Settle's RR reader), CSV v2 columns; path safety; progress; the CLI."""
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import shutil
 import stat
 import subprocess
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from typer.testing import CliRunner
 from sensors.readers import read_rr_file
 from sessions.export import read_export_csv
 from sessions.export_bids import export_bids
-from sessions.export_edf import export_edf
+from sessions.export_edf import MAX_ANNOTATION_BYTES, export_edf
 from sessions.export_json import export_json, read_export_json
 from sessions.export_kubios import export_kubios
 from sessions.exporters import FORMATS, export_session
@@ -166,7 +168,9 @@ def test_edf_reads_back_with_pyedflib(store: SessionStore, tmp_path: Path) -> No
     # pyedflib reports onsets from the exact (sub-second) start: they are session t_s.
     got = sorted(zip(onsets.tolist(), durations.tolist(), texts.tolist(), strict=True))
     assert got == [
-        (0.0, -1.0, "intention: self | I am safe | hold"),
+        (0.0, -1.0, "intention practice: hold"),
+        (0.0, -1.0, "intention statement: I am safe"),
+        (0.0, -1.0, "intention target: self"),
         (0.0, 120.0, "baseline"),
         (12.5, -1.0, "hold-start: I am safe"),
         (60.25, -1.0, 'shame: tab here, "quoted" newline ö'),
@@ -182,6 +186,91 @@ def test_edf_without_ecg_and_wrong_suffix(store: SessionStore, tmp_path: Path) -
     path = export_edf(store, sid, tmp_path)
     with pyedflib.EdfReader(str(path)) as f:
         assert f.getSignalLabels() == ["RR", "HR"]
+
+
+def test_edf_beats_not_analysed_are_missing_in_rr_and_hr_never_clipped(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """The warm-up beats after the connect and an implausible 3.5 s RR are recorded but not
+    analysed: the EDF holds no data there (RR and HR both 0, the documented "missing"
+    value) and annotates the span, instead of an RR clipped to a fabricated 3000 ms beside an
+    HR of 17 bpm. BIDS leaves the same samples n/a. A 4.2 s pause that was analysed (a
+    widened ``rr_max_ms``) keeps its real value."""
+    pyedflib = pytest.importorskip("pyedflib", reason="dev dependency pyedflib not installed")
+    sid = store.create_session("polar_h10_a1b2c3d4", T0_MS, "ble:AA:BB", {}).id
+    rr = [800.0] * 60
+    classes: list[BeatClass | None] = [BeatClass.NORMAL] * 60
+    classes[:4] = [BeatClass.WARMUP] * 4
+    rr[20], classes[20] = 3500.0, BeatClass.IMPLAUSIBLE
+    rr[40] = 4200.0
+    t, beats = 0.0, []
+    for i, (r, c) in enumerate(zip(rr, classes, strict=True)):
+        t += r / 1000
+        corrected = None if c in (BeatClass.WARMUP, BeatClass.IMPLAUSIBLE) else r
+        beats.append(BeatRow(i, t, T0_MS + round(t * 1000), r, None, round(60_000 / r), None,
+                             rr_corrected_ms=corrected, beat_class=c))  # fmt: skip
+    store.add_beats(sid, beats)
+    store.finish_session(sid, T0_MS + round(t * 1000) + 1000)
+    bt = np.array([b.beat_t_s for b in beats])
+
+    with pyedflib.EdfReader(str(export_edf(store, sid, tmp_path / "s.edf"))) as f:
+        edf_rr, edf_hr = f.readSignal(0), f.readSignal(1)
+        # "Missing" is the digital minimum, which is 0 ms / 0 bpm.
+        rr_gone = f.readSignal(0, digital=True) == -32768
+        hr_gone = f.readSignal(1, digital=True) == -32768
+        onsets, durations, texts = f.readAnnotations()
+    assert np.allclose(edf_rr[rr_gone], 0.0) and np.allclose(edf_hr[hr_gone], 0.0)
+    k = np.arange(edf_rr.shape[0]) / 4
+    around_implausible = (k > bt[19]) & (k < bt[21])
+    assert around_implausible.sum() >= 10
+    assert rr_gone[around_implausible].all() and hr_gone[around_implausible].all()
+    assert rr_gone[k < bt[4]].all() and hr_gone[k < bt[4]].all()  # warm-up
+    assert not np.any(np.isclose(edf_rr, 3000.0, atol=1.0))  # nothing clipped
+    # RR and HR agree on every sample: both missing, or HR = 60000 / RR.
+    assert np.array_equal(rr_gone, hr_gone)
+    has = ~rr_gone
+    assert np.allclose(edf_hr[has], 60_000 / edf_rr[has], atol=0.02)
+    # Where there is data it is the tachogram, the 4.2 s pause too (no longer cut at 3 s).
+    assert np.allclose(edf_rr[has], np.interp(k[has], bt, rr), atol=0.1)
+    assert edf_rr.max() > 3900.0
+    got = sorted(zip(onsets.tolist(), durations.tolist(), texts.tolist(), strict=True))
+    assert got == [
+        (0.0, pytest.approx(bt[4]), "not analysed: warmup"),
+        (pytest.approx(bt[19]), pytest.approx(bt[21] - bt[19]), "not analysed: implausible"),
+    ]
+
+    beh = export_bids(store, sid, tmp_path / "ds")
+    (physio,) = beh.glob("*_task-settle_physio.tsv.gz")
+    rows = gzip.decompress(physio.read_bytes()).decode().splitlines()
+    n = min(len(rows), edf_rr.shape[0])
+    assert [r == "n/a\tn/a" for r in rows[:n]] == rr_gone[:n].tolist()
+
+
+def test_edf_annotation_texts_are_unambiguous_and_cut_visibly(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """The intention is one annotation per field, so a "|" in the statement cannot be taken
+    for a separator; a marker text longer than EDFlib keeps (512 bytes) ends in "…" on a
+    whole character instead of being cut silently mid-character."""
+    pyedflib = pytest.importorskip("pyedflib", reason="dev dependency pyedflib not installed")
+    sid = store.create_session(
+        "dev", T0_MS, "x", {}, intention=Intention(IntentionTarget.SELF, "safe | sound", "a|b")
+    ).id
+    store.add_beats(sid, [BeatRow(i, 0.8 * (i + 1), T0_MS, 800.0) for i in range(20)])
+    store.add_markers(sid, [MarkerRow(5.0, T0_MS + 5000, "note", "€" * 300, MarkerSource.CLI)])
+    store.finish_session(sid, T0_MS + 17_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pyedflib warns when a text is not valid UTF-8
+        with pyedflib.EdfReader(str(export_edf(store, sid, tmp_path / "s.edf"))) as f:
+            _onsets, _durations, texts = f.readAnnotations()
+    assert texts.tolist()[:3] == [
+        "intention target: self",
+        "intention statement: safe | sound",
+        "intention practice: a|b",
+    ]
+    long = texts.tolist()[3]
+    assert long.startswith("note: €€€") and long.endswith("€…")
+    assert len(long.encode("utf-8")) <= MAX_ANNOTATION_BYTES == 512
 
 
 def _validator() -> list[str] | None:
@@ -252,6 +341,38 @@ def test_kubios_rr_reads_back_and_markers_side_file(store: SessionStore, tmp_pat
     assert float(hold["kubios_t_s"]) == pytest.approx(12.5, abs=1e-3)
     assert hold["kubios_hms"] == "0:00:12.5"
     assert rows[3]["duration_s"] == "4.0"
+
+
+def test_kubios_side_file_is_on_the_kubios_axis(store: SessionStore, tmp_path: Path) -> None:
+    """Kubios' axis starts at the beginning of the first RR and has no gaps. A baseline from
+    session start is at 0 on it (not -0.171 s); a gap takes no room on it
+    (``kubios_duration_s`` 0) and a marker inside the gap falls between the beats around the
+    gap, not after beats that came later; a baseline across the gap is shorter on it."""
+    sid = store.create_session("dev", T0_MS, "x", {}).id
+    # First beat at 0.971 s with an RR of 0.8 s: its interval began at 0.171 s. Beats every
+    # 0.8 s up to 24.171 s, none from the disconnect at 24.3 s, again from 35.0 s.
+    times = [0.971 + 0.8 * i for i in range(30)] + [35.0 + 0.8 * i for i in range(20)]
+    store.add_beats(sid, [BeatRow(i, t, T0_MS, 800.0) for i, t in enumerate(times)])
+    store.add_gap(sid, GapRow(24.3, 34.0, "disconnected"))
+    store.add_markers(
+        sid,
+        [
+            MarkerRow(30.0, T0_MS + 30_000, "shame", "in the gap", MarkerSource.CLI),
+            MarkerRow(40.0, T0_MS + 40_000, "note", "after it", MarkerSource.CLI),
+        ],
+    )
+    store.set_baseline(sid, BaselinePeriod(0.0, 40.0))
+    path = export_kubios(store, sid, tmp_path)
+    with path.with_name(f"{path.stem}_markers.csv").open(newline="") as fh:
+        rows = {r["kind"]: r for r in csv.DictReader(fh)}
+    base, gap, shame, note = rows["baseline"], rows["gap"], rows["shame"], rows["note"]
+    assert (base["kubios_t_s"], base["kubios_hms"]) == ("0.000", "0:00:00.0")
+    # On Kubios' axis beat 29 ends at 24.0 s and beat 30 (at 35.0 s) at 24.8 s.
+    assert (gap["kubios_t_s"], gap["kubios_duration_s"]) == ("24.000", "0.000")
+    assert float(gap["duration_s"]) == pytest.approx(9.7)  # session seconds
+    assert shame["kubios_t_s"] == "24.000"
+    assert note["kubios_t_s"] == "29.800"  # 40.0 s is 0.6 s before beat 37 ends (30.4 s)
+    assert base["kubios_duration_s"] == "29.800" and base["duration_s"] == "40.0"
 
 
 def test_kubios_from_the_ecg_derived_rr(store: SessionStore, tmp_path: Path) -> None:

@@ -210,3 +210,9 @@ def test_offset_is_bounded_and_running_sessions_end_now(
     with pytest.raises(InputFileError, match=r"later.csv:3: falls .* has recorded so far"):
         import_journal(store, running, later)
     assert [m.t_s for m in import_journal(store, running, soon)] == [30.0]
+
+
+def test_offset_keeps_whole_milliseconds(store: SessionStore, sid: str, tmp_path: Path) -> None:
+    path = _write(tmp_path, "j.csv", "t_s,text\n13.578,a\n")
+    (row,) = import_journal(store, sid, path, offset_s=0.1)
+    assert (row.t_s, row.ts_ms) == (13.678, T0_MS + 13_678)  # not 13.677999999999999

@@ -53,11 +53,13 @@ def _session(
     started_ms: int = T0_MS,
     seed: int = 1,
     unsettled: bool = False,
+    shame_bpm: float = 8.0,
+    noise: float = 1.0,
 ) -> str:
     """15 min at 75 bpm; indices from 60 s on (a full window), so the automatic 2 min
     baseline is 60–180 s; hold-start at 200 s; from ``settle_at_s`` HR falls to 62 bpm with
-    more variability (``unsettled``: rises to 79 bpm with less); 25 s of +8 bpm after each
-    shame marker."""
+    more variability (``unsettled``: rises to 79 bpm with less); 25 s of +``shame_bpm`` bpm
+    after each shame marker; ``noise`` scales the beat-to-beat variability."""
     rng = np.random.default_rng(seed)
     sid = store.create_session(
         "dev", started_ms, "x", {}, intention=Intention(target, "I am safe", "hold")
@@ -68,9 +70,9 @@ def _session(
         after = t >= settle_at_s
         base = 800.0 if not after else 760.0 if unsettled else 970.0
         spread = 15.0 if not after else 10.0 if unsettled else 45.0
-        rr = base + spread * rng.standard_normal()
+        rr = base + noise * spread * rng.standard_normal()
         if any(s <= t < s + 25 for s in shames):
-            rr = 60_000 / (60_000 / base + 8)
+            rr = 60_000 / (60_000 / base + shame_bpm)
         t += rr / 1000
         beats.append(BeatRow(len(beats), t, started_ms + round(t * 1000), rr))
         live.push_beat(t, rr)
@@ -167,6 +169,7 @@ def test_trends_per_target_and_cli(store: SessionStore, tmp_path: Path) -> None:
     assert rows[0].latency_s is not None and rows[1].latency_s is not None
     assert rows[1].latency_s < rows[0].latency_s  # getting faster
     assert all(r.n_reactions == 2 and r.median_recovery_s is not None for r in rows)
+    assert all(r.n_responses == 2 for r in rows)
     assert len(trends(store)) == 3
 
     runner = CliRunner()
@@ -258,3 +261,31 @@ def test_marker_responses_are_the_ones_published_live(store: SessionStore) -> No
     assert all(r.d_hr_bpm is not None and r.d_hr_bpm > 1.0 for r in shame)  # HR rose
     html = render_html(a, b"", "x.png")
     assert "as shown live" in html and f"{shame[0].d_hr_bpm:+.1f}" in html
+
+
+def test_no_heart_rate_rise_is_no_clear_response_not_a_recovery(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """A marker after which HR rose only 0.3 bpm (never more than the 1 bpm recovery band):
+    the report says there was no clear response, with the change to one decimal, instead of
+    "came back within <the time of the peak>" and "changed by 0 bpm"; trends count no
+    recovery time for it."""
+    sid = _session(store, settle_at_s=2000.0, shames=(550.0,), shame_bpm=0.3, noise=0.01)
+    _png, html_path = write_report(store, sid, tmp_path)
+    html = html_path.read_text()
+    summary = html.split('<p class="summary" id="summary">')[1].split("</p>")[0]
+    assert (
+        "After the shame marker heart rate showed no clear response (peak +0.3 bpm against "
+        "the 30 s before), so there was nothing to recover from." in summary
+    ), summary
+    assert "came back" not in summary and "0 bpm" not in summary.replace("0.3 bpm", "")
+    assert "<td>+0.3</td><td>no clear rise</td>" in html  # the table's recovery column
+    (row,) = trends(store)
+    assert row.n_reactions == 1 and row.n_responses == 0 and row.median_recovery_s is None
+
+
+def test_summary_gives_small_rises_one_decimal(store: SessionStore) -> None:
+    """A clear but small rise reads "rose 1.6 bpm", not a rounded "rose 2 bpm"."""
+    sid = _session(store, settle_at_s=2000.0, shames=(550.0,), shame_bpm=1.6, noise=0.01)
+    text = summary_text(analyse_session(store.read_session(sid)))
+    assert "After the shame marker heart rate rose 1.6 bpm and came back within " in text, text
