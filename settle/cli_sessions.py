@@ -189,6 +189,7 @@ def trends_cmd(
                 "score_change": r.score_change,
                 "median_recovery_s": r.median_recovery_s,
                 "n_reactions": r.n_reactions,
+                "n_responses": r.n_responses,
             }
             for r in rows
         ]
@@ -207,7 +208,7 @@ def trends_cmd(
                     "not yet" if r.latency_s is None else duration_words(r.latency_s),
                     _opt(r.score_change, "+.1f"),
                     "" if r.median_recovery_s is None else duration_words(r.median_recovery_s),
-                    str(r.n_reactions),
+                    f"{r.n_reactions} ({r.n_responses} clear)" if r.n_reactions else "0",
                 ]
                 for r in rows
             ],

@@ -282,6 +282,13 @@ def test_no_heart_rate_rise_is_no_clear_response_not_a_recovery(
     assert "<td>+0.3</td><td>no clear rise</td>" in html  # the table's recovery column
     (row,) = trends(store)
     assert row.n_reactions == 1 and row.n_responses == 0 and row.median_recovery_s is None
+    from settle.cli import app
+
+    res = CliRunner().invoke(app, ["trends", "--json", "--db", str(store.path)])
+    (item,) = json.loads(res.output)["sessions"]
+    assert (item["n_reactions"], item["n_responses"], item["median_recovery_s"]) == (1, 0, None)
+    res = CliRunner().invoke(app, ["trends", "--db", str(store.path)])
+    assert "1 (0 clear)" in res.output
 
 
 def test_summary_gives_small_rises_one_decimal(store: SessionStore) -> None:
