@@ -57,7 +57,7 @@ def live_costs(t: np.ndarray, rr: np.ndarray, n_beats: int = 20_000) -> dict[str
 
 def analyze_wall(path: Path) -> float:
     with tempfile.TemporaryDirectory() as d:
-        cmd = [sys.executable, "-m", "settle.cli", "analyze", str(path), "--json",
+        cmd = [sys.executable, "-m", "settle.cli", "analyze", str(path), "--json", "--force",
                "--rolling", str(Path(d) / "r.csv")]  # fmt: skip
         best = float("inf")
         for _ in range(3):

@@ -1,29 +1,60 @@
-"""Readers for RR recordings: the files ``settle demo --replay`` and ``settle run --replay`` take.
+"""Readers for RR recordings: the files ``settle analyze``, ``settle demo --replay`` and
+``settle run --replay`` take.
 
 Formats recognised, by content (not by file name):
 
 * ``t_s,rr_ms`` CSV with that header (``t_s`` = time of the beat closing the interval);
   extra columns are ignored.
-* One RR interval in milliseconds per line (Elite HRV / Kubios text export); blank lines and
-  ``#`` comments are skipped.
+* Settle's own session export (``settle export --format csv``, header with ``record`` and
+  ``rr_ms`` columns): only ``record = beat`` rows are read, their ``t_s`` and ``rr_ms`` — the
+  RR as the strap sent it, before artefact correction, so an analysis corrects it afresh
+  (``rr_corrected_ms``, ``indices``, markers, gaps and ``ecg_beat`` rows are not read).
+* One RR interval in milliseconds per line (Elite HRV / Kubios text export).
 * Polar ``.hrm`` files in RR mode (``[Params]`` … ``[HRData]`` with one RR in ms per line).
 
-A file that is none of these, or holds a value that is not a positive number, raises
-:class:`~settle.errors.InputFileError` naming the file and the line.
+Blank lines and ``#`` comment lines are skipped anywhere (also before a CSV header). Text is
+UTF-8 (a byte-order mark is allowed), UTF-16/32 with a byte-order mark, or latin-1 (old Polar
+software). Line numbers in errors count every line of the file, blank and comment lines too.
+
+Every RR value must lie in [:data:`RR_MIN_MS`, :data:`RR_MAX_MS`] — one to 65 535 units of
+1/1024 s, all a Bluetooth heart-rate strap can send — and the recording may span at most
+:data:`MAX_SPAN_S`. Nothing is dropped silently: a file that is none of these formats, or
+holds a value outside these limits, raises :class:`~settle.errors.InputFileError` naming the
+file and the line.
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
 import dataclasses
 import math
+import re
+import stat
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from sensors.hrs import rr_raw_to_ms
 from settle.errors import InputFileError
 
+__all__ = ["MAX_FILE_BYTES", "MAX_SPAN_S", "RR_MAX_MS", "RR_MIN_MS", "RRRecording", "read_rr_file"]
+
 MAX_FILE_BYTES = 200 * 1024 * 1024
+#: Shortest RR accepted: one unit of the Heart Rate Service's RR field (1/1024 s, 0.977 ms).
+RR_MIN_MS = rr_raw_to_ms(1)
+#: Longest RR accepted: the largest value of that 16-bit field (65535/1024 s, ~64.0 s).
+RR_MAX_MS = rr_raw_to_ms(0xFFFF)
+#: Longest recording accepted (first to last beat): 7 days. The analysis resamples the whole
+#: span at 4 Hz, so a longer one would exhaust memory, however few beats it holds.
+MAX_SPAN_S = 7 * 86400.0
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_NOT_RECOGNISED = (
+    "not a recognised RR file (expected a 't_s,rr_ms' CSV, a Settle CSV export, one RR in ms "
+    "per line, or a Polar .hrm file)"
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -32,7 +63,7 @@ class RRRecording:
 
     ``rr_ms`` intervals in milliseconds, in order; ``t_s`` the time of each beat in seconds
     (from the file when it has times, else the cumulative sum of ``rr_ms``); ``fmt`` names
-    the format recognised.
+    the format recognised (``csv``, ``settle-export``, ``rr-per-line`` or ``polar-hrm``).
     """
 
     rr_ms: npt.NDArray[np.float64]
@@ -45,42 +76,96 @@ def read_rr_file(path: Path | str) -> RRRecording:
     """Read an RR recording in any supported format (see module docstring)."""
     p = Path(path)
     name = str(p)
-    try:
-        size = p.stat().st_size
-        if p.is_dir():
-            raise InputFileError(name, "is a directory, not an RR file")
-        if size > MAX_FILE_BYTES:
-            raise InputFileError(name, f"file is larger than {MAX_FILE_BYTES // 2**20} MiB")
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise InputFileError(name, "file not found") from None
-    except PermissionError:
-        raise InputFileError(name, "permission denied") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        try:
-            text = raw.decode("latin-1")  # old Polar software wrote .hrm in latin-1
-        except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
-            raise InputFileError(name, "not a text file") from None
-    if "\x00" in text:
-        raise InputFileError(name, "not a text file (binary content)")
-    lines = text.splitlines()
-    first = next((ln.strip() for ln in lines if ln.strip()), "")
-    if not first:
-        raise InputFileError(name, "file is empty")
+    text = _decode(name, _read_bytes(p, name))
+    lines = _LINE_BREAK.split(text)
+    if lines and lines[-1] == "":
+        lines.pop()  # the final line break ends the last line; it does not start a new one
+    # 0-based index of the first line that is neither blank nor a comment
+    head = next((i for i, ln in enumerate(lines) if ln.strip() and not _comment(ln)), None)
+    if head is None:
+        raise InputFileError(name, "file is empty" if not text.strip() else "no RR intervals found")
+    first = lines[head].strip()
+    t: npt.NDArray[np.float64] | None
     if first.lower() == "[params]" or any(ln.strip().lower() == "[hrdata]" for ln in lines):
         rr, fmt, t = _read_hrm(name, lines), "polar-hrm", None
     elif "," in first and "rr_ms" in [c.strip().lower() for c in first.split(",")]:
-        t, rr = _read_csv(name, lines)
-        fmt = "csv"
+        t, rr, fmt = _read_csv(name, lines, head)
     else:
-        rr, fmt, t = _read_one_per_line(name, lines), "rr-per-line", None
+        rr, fmt, t = _read_one_per_line(name, lines, head), "rr-per-line", None
     if rr.size == 0:
         raise InputFileError(name, "no RR intervals found")
     if t is None:
         t = np.cumsum(rr) / 1000.0
+    span = float(t[-1] - t[0]) + float(rr[0]) / 1000.0
+    if span > MAX_SPAN_S:
+        raise InputFileError(
+            name,
+            f"the recording spans {span:.0f} s ({span / 86400:.1f} days); at most "
+            f"{MAX_SPAN_S:.0f} s ({MAX_SPAN_S / 86400:g} days) can be analysed or replayed "
+            "(split the file)",
+        )
     return RRRecording(rr_ms=rr, t_s=t, fmt=fmt, path=name)
+
+
+def _read_bytes(p: Path, name: str) -> bytes:
+    try:
+        st = p.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise InputFileError(name, "is a directory, not an RR file")
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+            raise InputFileError(name, "not a regular file")
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)  # also bounds a pipe, whose size stat cannot tell
+    except FileNotFoundError:
+        raise InputFileError(name, "file not found") from None
+    except PermissionError:
+        raise InputFileError(name, "permission denied") from None
+    except OSError as exc:  # e.g. a name longer than the file system allows, an I/O error
+        raise InputFileError(name, f"cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise InputFileError(name, f"file is larger than {MAX_FILE_BYTES // 2**20} MiB")
+    return raw
+
+
+def _decode(name: str, raw: bytes) -> str:
+    # UTF-32 first: its little-endian mark begins with UTF-16's.
+    for bom, codec in (
+        (codecs.BOM_UTF32_LE, "utf-32"),
+        (codecs.BOM_UTF32_BE, "utf-32"),
+        (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"),
+    ):
+        if raw.startswith(bom):
+            try:
+                return raw.decode(codec)
+            except UnicodeDecodeError:
+                raise InputFileError(
+                    name, f"not valid {codec.upper()} text; save it as UTF-8"
+                ) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # old Polar software wrote .hrm in latin-1; decodes any byte
+    if "\x00" in text:
+        if _utf16_without_bom(raw):
+            raise InputFileError(name, "UTF-16 text without a byte-order mark; save it as UTF-8")
+        raise InputFileError(name, "not a text file (binary content)")
+    return text
+
+
+def _utf16_without_bom(raw: bytes) -> bool:
+    """ASCII text saved as UTF-16: every second byte is NUL, the others never are."""
+    n = len(raw) - len(raw) % 2
+    if n < 4:
+        return False
+    for text_bytes, zero_bytes in ((raw[0:n:2], raw[1:n:2]), (raw[1:n:2], raw[0:n:2])):
+        if zero_bytes.count(0) == len(zero_bytes) and 0 not in text_bytes:
+            return True
+    return False
+
+
+def _comment(line: str) -> bool:
+    return line.lstrip().startswith("#")
 
 
 def _number(name: str, lineno: int, cell: str, what: str) -> float:
@@ -97,47 +182,74 @@ def _rr(name: str, lineno: int, cell: str) -> float:
     v = _number(name, lineno, cell, "RR value")
     if v <= 0:
         raise InputFileError(name, f"RR value {v:g} ms is not positive", lineno)
+    if v < RR_MIN_MS:
+        raise InputFileError(
+            name,
+            f"RR value {v:g} ms is below {RR_MIN_MS:.3f} ms (RR must be in milliseconds, "
+            "not seconds)",
+            lineno,
+        )
+    if v > RR_MAX_MS:
+        raise InputFileError(
+            name,
+            f"RR value {v:g} ms is above {RR_MAX_MS:.0f} ms, the longest a heart-rate strap "
+            "can send",
+            lineno,
+        )
     return v
 
 
 def _read_csv(
-    name: str, lines: list[str]
-) -> tuple[npt.NDArray[np.float64] | None, npt.NDArray[np.float64]]:
-    header = [c.strip().lower() for c in lines[0].split(",")]
+    name: str, lines: list[str], head: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], str]:
+    """A ``t_s,rr_ms`` CSV, or Settle's export (its ``record = beat`` rows); ``lines[head]``
+    is the header. Returns beat times (None without a ``t_s`` column), RR and the format."""
+    header = [c.strip().lower() for c in next(csv.reader([lines[head]]))]
     i_rr = header.index("rr_ms")
     i_t = header.index("t_s") if "t_s" in header else None
+    i_rec = header.index("record") if "record" in header else None
+    fmt = "settle-export" if i_rec is not None else "csv"
     ts: list[float] = []
     rr: list[float] = []
-    for lineno, ln in enumerate(lines[1:], start=2):
-        if not ln.strip() or ln.lstrip().startswith("#"):
-            continue
-        cells = ln.split(",")
-        if len(cells) < len(header):
-            raise InputFileError(
-                name, f"expected {len(header)} columns, found {len(cells)}", lineno
-            )
-        rr.append(_rr(name, lineno, cells[i_rr]))
-        if i_t is not None:
-            ts.append(_number(name, lineno, cells[i_t], "time"))
-    t = np.asarray(ts, dtype=np.float64) if i_t is not None else None
-    if t is not None and t.size > 1 and np.any(np.diff(t) < 0):
-        bad = int(np.argmax(np.diff(t) < 0)) + 3
-        raise InputFileError(name, "beat times go backwards", bad)
-    return t, np.asarray(rr, dtype=np.float64)
+    linenos: list[int] = []
+    # Line numbers: csv counts the lines it consumed (a quoted cell may span several); the
+    # header is line head + 1, so a record that follows ``consumed`` lines starts at ``start``.
+    reader = csv.reader(lines[head + 1 :])
+    consumed = 0
+    try:
+        for cells in reader:
+            start, consumed = head + 2 + consumed, reader.line_num
+            if not cells or (len(cells) == 1 and not cells[0].strip()) or _comment(cells[0]):
+                continue
+            if len(cells) < len(header):
+                raise InputFileError(
+                    name, f"expected {len(header)} columns, found {len(cells)}", start
+                )
+            if i_rec is not None and cells[i_rec].strip() != "beat":
+                continue
+            rr.append(_rr(name, start, cells[i_rr]))
+            if i_t is not None:
+                ts.append(_number(name, start, cells[i_t], "time"))
+            linenos.append(start)
+    except csv.Error as exc:
+        raise InputFileError(name, f"malformed CSV: {exc}", head + 2 + consumed) from None
+    if i_t is None:
+        return np.cumsum(rr) / 1000.0, np.asarray(rr, dtype=np.float64), fmt
+    t = np.asarray(ts, dtype=np.float64)
+    back = np.flatnonzero(np.diff(t) < 0)
+    if back.size:
+        raise InputFileError(name, "beat times go backwards", linenos[int(back[0]) + 1])
+    return t, np.asarray(rr, dtype=np.float64), fmt
 
 
-def _read_one_per_line(name: str, lines: list[str]) -> npt.NDArray[np.float64]:
+def _read_one_per_line(name: str, lines: list[str], head: int) -> npt.NDArray[np.float64]:
+    if not _looks_numeric(lines[head].strip()):
+        raise InputFileError(name, _NOT_RECOGNISED)
     rr: list[float] = []
-    for lineno, ln in enumerate(lines, start=1):
+    for lineno, ln in enumerate(lines[head:], start=head + 1):
         s = ln.strip()
-        if not s or s.startswith("#"):
+        if not s or _comment(s):
             continue
-        if lineno == 1 and not _looks_numeric(s):
-            raise InputFileError(
-                name,
-                "not a recognised RR file (expected a 't_s,rr_ms' CSV, one RR in ms per line, "
-                "or a Polar .hrm file)",
-            )
         rr.append(_rr(name, lineno, s))
     return np.asarray(rr, dtype=np.float64)
 

@@ -229,7 +229,10 @@ def export_csv(
     """Write session ``session_id`` to ``out`` as CSV and return the path written.
 
     If ``out`` is an existing directory the file is ``<out>/settle-<session_id>.csv``;
-    otherwise ``out`` is the file (replaced if it exists). Raises
+    otherwise ``out`` is the file. An existing file is replaced here (a link by a file, never
+    written through); :func:`sessions.exporters.export_session`, what ``settle export``
+    calls, first refuses an existing file without ``force`` and the session store always.
+    Raises
     :class:`settle.errors.SessionNotFound` for an unknown id and :class:`ExportError` when
     the file cannot be written. Columns are documented in this module's docstring.
     ``progress(done, total)`` is called every 10 000 rows and at the end.

@@ -1,7 +1,17 @@
-"""One entry point for every export format (what ``settle export`` calls)."""
+"""One entry point for every export format (what ``settle export`` calls).
+
+Before anything is written, :func:`export_session` checks where the export would go: it
+never writes onto the session store it reads (its database file or the ``-wal``, ``-shm``
+and ``-journal`` files SQLite keeps beside it, compared as resolved paths, so a symbolic link
+to them counts too), and it does not replace an existing file unless ``force`` is given.
+Both refusals raise :class:`ExportRefused`. A BIDS export writes into a dataset directory and
+keeps its behaviour there (a session exported again replaces its own files), but its
+``out`` must not be the store either.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -13,10 +23,18 @@ from sessions.export_kubios import RrSource, export_kubios
 from sessions.files import ExportError, ProgressFn
 from sessions.store import SessionStore
 
-__all__ = ["FORMATS", "ExportFormat", "export_session"]
+__all__ = ["FORMATS", "STORE_SIBLINGS", "ExportFormat", "ExportRefused", "export_session"]
 
 ExportFormat = Literal["csv", "json", "edf", "bids", "kubios"]
 FORMATS: tuple[str, ...] = get_args(ExportFormat)
+
+#: Files SQLite keeps beside a database ``x.db``: ``x.db-wal``, ``x.db-shm``, ``x.db-journal``.
+STORE_SIBLINGS: tuple[str, ...] = ("", "-wal", "-shm", "-journal")
+
+
+class ExportRefused(ExportError):
+    """The export would overwrite the session store, or an existing file without ``force``:
+    a problem of the command line (``settle export`` exits with code 2), nothing written."""
 
 
 def export_session(
@@ -28,15 +46,32 @@ def export_session(
     progress: ProgressFn | None = None,
     subject: str = "01",
     rr_source: RrSource = "hrs",
+    force: bool = False,
 ) -> Path:
     """Export session ``session_id`` as ``fmt`` to ``out`` and return what was written (the
     file, or for ``bids`` the directory holding the session's files). ``subject`` is the
     BIDS subject label; ``rr_source`` picks the strap's RR or the raw ECG's R peaks for
-    ``kubios`` (the other formats carry both). Raises :class:`sessions.files.ExportError` or
-    :class:`settle.errors.SessionNotFound`."""
+    ``kubios`` (the other formats carry both). ``force``: replace existing files (never the
+    store's own). Raises :class:`ExportRefused` (see the module docstring),
+    :class:`sessions.files.ExportError` or :class:`settle.errors.SessionNotFound`."""
     if "\x00" in str(out):
         # No OS takes such a path; the os module would raise ValueError, not a typed error.
         raise ExportError(Path(str(out).replace("\x00", "\\0")), "path contains a NUL byte")
+    out = Path(out)
+    protected = _store_files(store.path)
+    try:
+        planned = [out] if fmt == "bids" else _planned_files(fmt, out, session_id, rr_source)
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise ExportError(out, f"cannot use this path: {exc.strerror or exc}") from None
+    for path in planned:
+        real = _resolved(path)
+        if real is not None and real in protected:
+            raise ExportRefused(
+                path,
+                f"refusing to write onto the session store {store.path} (choose another --out)",
+            )
+        if fmt != "bids" and not force and os.path.lexists(path):
+            raise ExportRefused(path, "file exists (use --force to replace it)")
     if fmt == "csv":
         return export_csv(store, session_id, out, progress=progress)
     if fmt == "json":
@@ -48,3 +83,32 @@ def export_session(
     if fmt == "kubios":
         return export_kubios(store, session_id, out, progress=progress, rr_source=rr_source)
     raise ValueError(f"unknown export format {fmt!r}")
+
+
+def _planned_files(fmt: str, out: Path, session_id: str, rr_source: str) -> list[Path]:
+    """The files a one-file format writes for ``out``: the exporters' own rule (an existing
+    directory gets the default name, anything else is the file), plus Kubios' side file."""
+    default = {
+        "csv": f"settle-{session_id}.csv",
+        "json": f"settle-{session_id}.json",
+        "edf": f"settle-{session_id}.edf",
+        "kubios": f"settle-{session_id}-{'ecg-rr' if rr_source == 'ecg' else 'rr'}.txt",
+    }[fmt]
+    target = out / default if out.is_dir() else out
+    if fmt == "kubios":
+        return [target, target.with_name(f"{target.stem}_markers.csv")]
+    return [target]
+
+
+def _resolved(path: Path) -> Path | None:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):  # a link loop, a name the OS rejects
+        return None
+
+
+def _store_files(db: Path) -> set[Path]:
+    real = _resolved(Path(db))
+    if real is None:
+        return set()
+    return {real.with_name(real.name + suffix) for suffix in STORE_SIBLINGS}

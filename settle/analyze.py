@@ -12,13 +12,21 @@ Non-finite numbers are written as ``null``. ``--beats`` writes ``t_s,rr_raw_ms,r
 (empty cell for a missing value); ``--rolling`` writes one row per beat (time domain of the
 ``--window`` seconds ending at it) and one row every 5 s (spectra, coherence, settling score),
 distinguished by the ``kind`` column.
+
+Output files are checked before the recording is read: an existing file is replaced only with
+``--force``, and never the input recording itself (nor may ``--beats`` and ``--rolling`` name
+one file). Each is written to a temporary file beside it and renamed into place (mode 0600),
+so an interrupted run leaves no half file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +35,13 @@ import numpy.typing as npt
 
 from processing.offline import Analysis, analyze
 from sensors.readers import read_rr_file
-from settle.errors import InputFileError
+from settle.errors import InputFileError, SettleError
 
-__all__ = ["analysis_json", "run_analyze"]
+__all__ = ["AnalyzeUsageError", "analysis_json", "check_outputs", "run_analyze"]
+
+
+class AnalyzeUsageError(SettleError):
+    """An option of ``settle analyze`` is unusable (``settle analyze`` exits with code 2)."""
 
 
 def _num(x: float) -> float | None:
@@ -82,10 +94,75 @@ def _write_csv(path: Path, header: str, cols: list[list[str]]) -> None:
     buf.write(header + "\n")
     for row in zip(*cols, strict=True):
         buf.write(",".join(row) + "\n")
+    _write_atomically(path, buf.getvalue())
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` (mode 0600), then rename it onto
+    ``path``: a reader, or an interrupted run, never leaves half a file."""
+    tmp: str | None = None
     try:
-        path.write_text(buf.getvalue())
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+            delete=False,
+        ) as fh:  # fmt: skip
+            tmp = fh.name
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        tmp = None
     except OSError as exc:
         raise InputFileError(str(path), f"cannot write: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _real(path: Path) -> Path | None:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file: the same resolved path, or (hard links) the
+    same inode."""
+    ra, rb = _real(a), _real(b)
+    if ra is not None and ra == rb:
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def check_outputs(file: Path, outputs: dict[str, Path | None], *, force: bool) -> None:
+    """Refuse, before anything is read or written, output files (``{"--beats": path}``) that
+    are the input ``file`` (always), name one file twice, are directories, or exist (unless
+    ``force``): :class:`AnalyzeUsageError`. A missing directory is :class:`InputFileError`."""
+    named = [(opt, p) for opt, p in outputs.items() if p is not None]
+    for i, (opt, p) in enumerate(named):
+        if "\x00" in str(p):
+            raise AnalyzeUsageError(f"{opt}: the path contains a NUL byte")
+        if _same_file(p, file):
+            raise AnalyzeUsageError(f"{opt} {p}: refusing to overwrite the input recording")
+        for other_opt, other in named[:i]:
+            if _same_file(p, other) or _real(p) == _real(other):
+                raise AnalyzeUsageError(f"{other_opt} and {opt} name the same file {p}")
+        try:
+            if p.is_dir():
+                raise AnalyzeUsageError(f"{opt} {p}: is a directory (name a file)")
+            exists = os.path.lexists(p)
+            parent_ok = p.parent.is_dir()
+        except OSError as exc:  # e.g. a name longer than the file system allows
+            raise InputFileError(str(p), f"cannot write: {exc.strerror or exc}") from None
+        if exists and not force:
+            raise AnalyzeUsageError(f"{opt} {p}: file exists (use --force to replace it)")
+        if not parent_ok:
+            raise InputFileError(str(p), f"cannot write: directory {p.parent} does not exist")
 
 
 def write_beats(a: Analysis, path: Path) -> None:
@@ -133,10 +210,13 @@ def run_analyze(
     beats: Path | None,
     rolling: Path | None,
     window_s: float,
+    force: bool = False,
 ) -> tuple[Analysis, dict[str, Any]]:
-    """Read, analyse and write the requested files; returns the analysis and its JSON."""
+    """Read, analyse and write the requested files; returns the analysis and its JSON.
+    ``force``: replace existing output files (never ``file`` itself)."""
     if not (math.isfinite(window_s) and window_s > 0):
-        raise InputFileError(str(file), f"--window must be > 0 s, got {window_s!r}")
+        raise AnalyzeUsageError(f"--window must be a number of seconds > 0, got {window_s:g}")
+    check_outputs(file, {"--beats": beats, "--rolling": rolling}, force=force)
     rec = read_rr_file(file)
     progress = None
     if sys.stderr.isatty() and rec.rr_ms.size > 20_000:

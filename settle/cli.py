@@ -201,7 +201,8 @@ def run(
     ] = None,
     speed: Annotated[float, typer.Option(help="Replay speed (with --replay).", min=0.01)] = 1.0,
     duration: Annotated[
-        float | None, typer.Option(help="Stop after S seconds (default: run until Ctrl-C).")
+        float | None,
+        typer.Option(help="Stop after S seconds (default: run until Ctrl-C).", min=0.1),
     ] = None,
     mqtt: MqttOpt = None,
     no_mqtt: NoMqttOpt = False,
@@ -665,10 +666,16 @@ def analyze(
     rolling: Annotated[
         Path | None, typer.Option("--rolling", help="Write the rolling series CSV.")
     ] = None,
-    window: Annotated[float, typer.Option("--window", help="Rolling window, s.")] = 60.0,
+    window: Annotated[float, typer.Option("--window", help="Rolling window, s (> 0).")] = 60.0,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Replace existing --beats/--rolling files (never FILE itself)."
+        ),
+    ] = False,
 ) -> None:
     """Analyse an RR recording offline: HRV summary, artefacts, rolling indices."""
-    from settle.analyze import run_analyze
+    from settle.analyze import AnalyzeUsageError, run_analyze
 
     try:
         a, doc = run_analyze(
@@ -678,7 +685,10 @@ def analyze(
             beats=beats,
             rolling=rolling,
             window_s=window,
+            force=force,
         )
+    except AnalyzeUsageError as exc:  # a bad option: exit 2 like any other usage error
+        fail(str(exc), 2)
     except SettleError as exc:
         fail(str(exc))
     if as_json:

@@ -90,11 +90,15 @@ def export(
             help="kubios: the strap's RR (hrs) or the R peaks of a Polar H10's raw ECG (ecg).",
         ),
     ] = "hrs",
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace existing files (never the session store itself)."),
+    ] = False,
     db: DbOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Export a session: beats, indices, markers and gaps on one time base."""
-    from sessions.exporters import export_session
+    from sessions.exporters import ExportRefused, export_session
     from sessions.store import SessionStore
 
     if fmt not in FORMAT_NAMES:
@@ -114,7 +118,10 @@ def export(
                     progress=progress,
                     subject=subject,
                     rr_source=rr_source,  # type: ignore[arg-type]  # checked above
+                    force=force,
                 )
+    except ExportRefused as exc:  # onto the store, or an existing file without --force
+        _fail(str(exc), 2)
     except SettleError as exc:
         _fail(str(exc))
     out.print(f"wrote {written}", markup=False)

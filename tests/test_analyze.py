@@ -123,3 +123,116 @@ def test_no_progress_bar_when_not_a_tty() -> None:
     p = _settle(str(DATA / "physionet_healthy_000_first20k.csv"), "--json")
     assert p.returncode == 0
     assert p.stderr == ""
+
+
+def _one_line_error(p: subprocess.CompletedProcess[str], code: int) -> str:
+    assert p.returncode == code, p.stderr
+    assert p.stdout == ""
+    assert "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("window", ["0", "-5", "nan", "inf"])
+def test_bad_window_is_a_usage_error_not_the_files_fault(window: str) -> None:
+    rec = DATA / "pyhrv_nni_short.csv"
+    line = _one_line_error(_settle(str(rec), "--window", window), 2)
+    assert "--window must be a number of seconds > 0" in line
+    assert str(rec) not in line
+
+
+def test_outputs_never_overwrite_the_input_and_need_force_to_replace(tmp_path: Path) -> None:
+    rec = tmp_path / "rec.csv"
+    original = (DATA / "pyhrv_nni_short.csv").read_text()
+    rec.write_text(original)
+    (tmp_path / "link.csv").symlink_to(rec)
+    for args in (["--beats", str(rec)], ["--rolling", str(tmp_path / "link.csv"), "--force"],
+                 ["--beats", str(tmp_path / "." / "rec.csv"), "--force"]):  # fmt: skip
+        line = _one_line_error(_settle(str(rec), *args), 2)
+        assert "refusing to overwrite the input recording" in line
+        assert rec.read_text() == original
+    existing = tmp_path / "beats.csv"
+    existing.write_text("keep me\n")
+    line = _one_line_error(_settle(str(rec), "--beats", str(existing)), 2)
+    assert line.endswith("file exists (use --force to replace it)")
+    assert existing.read_text() == "keep me\n"
+    same = _settle(
+        str(rec), "--beats", str(tmp_path / "x.csv"), "--rolling", str(tmp_path / "x.csv")
+    )
+    assert "--beats and --rolling name the same file" in _one_line_error(same, 2)
+    assert not (tmp_path / "x.csv").exists()
+    doc = _json(str(rec), "--beats", str(existing), "--force")
+    rows = list(csv.DictReader(existing.open()))
+    assert len(rows) == doc["n_beats"]
+
+
+def test_force_replaces_a_link_and_never_writes_through_it(tmp_path: Path) -> None:
+    """Outputs are written to a temporary file and renamed into place (no half file after an
+    interruption): an existing symbolic link is replaced, its target left alone."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    out = tmp_path / "beats.csv"
+    out.symlink_to(victim)
+    _json(str(DATA / "pyhrv_nni_short.csv"), "--beats", str(out), "--force")
+    assert victim.read_text() == "keep me\n"
+    assert not out.is_symlink()
+    assert out.read_text().startswith("t_s,rr_raw_ms,rr_ms,class\n")
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("800\n1e308\n", "rec.txt:2: RR value 1e+308 ms is above 63999 ms"),
+        ("# c\n\n800\n70000\n", "rec.txt:4: RR value 70000 ms is above 63999 ms"),
+        ("# c\nt_s,rr_ms\n0.8,800\n# x\n0.5,800\n", "rec.txt:5: beat times go backwards"),
+    ],
+)
+def test_implausible_recordings_are_one_line(tmp_path: Path, content: str, words: str) -> None:
+    f = tmp_path / "rec.txt"
+    f.write_text(content)
+    for extra in ([], ["--no-correction"]):
+        assert words in _one_line_error(_settle(str(f), *extra), 1)
+
+
+def test_blank_first_line_utf16_and_long_names(tmp_path: Path) -> None:
+    rows = (DATA / "pyhrv_nni_short.csv").read_text()
+    blank = tmp_path / "blank.csv"
+    blank.write_text("\n" + rows)
+    utf16 = tmp_path / "utf16.csv"
+    utf16.write_text(rows, encoding="utf-16")
+    for f in (blank, utf16):
+        assert _json(str(f))["n_beats"] == 337
+    too_long = tmp_path / ("a" * 300)
+    assert "cannot read: File name too long" in _one_line_error(_settle(str(too_long)), 1)
+
+
+def test_analyze_reads_settles_own_csv_export(tmp_path: Path) -> None:
+    """``settle export --format csv`` then ``settle analyze`` on it: the beats' raw RR, the
+    same analysis as of a plain t_s,rr_ms file with those beats."""
+    from sessions.export import export_csv
+    from sessions.store import BeatRow, IndicesRow, MarkerRow, SessionStore
+
+    rr = np.genfromtxt(DATA / "pyhrv_nni_short.csv", delimiter=",", names=True)["rr_ms"].tolist()
+    store = SessionStore.open(tmp_path / "s.db")
+    info = store.create_session("dev_1", 1_700_000_000_000, "test", {})
+    t_s = (np.cumsum(rr) / 1000.0).tolist()
+    store.add_beats(info.id, [
+        BeatRow(i, t, 1_700_000_000_000 + round(t * 1000), r, None, 70, None,
+                rr_corrected_ms=r + 5.0)
+        for i, (t, r) in enumerate(zip(t_s, rr, strict=True))
+    ])  # fmt: skip
+    store.add_indices(info.id, [IndicesRow(5.0 * k, 1_700_000_000_000 + 5000 * k, "{}",
+                                           hr_bpm=70.0) for k in range(1, 50)])  # fmt: skip
+    store.add_marker(info.id, MarkerRow(30.0, 1_700_000_030_000, "shame", "it, came", "cli"))
+    store.finish_session(info.id, 1_700_000_000_000 + round(t_s[-1] * 1000))
+    exported = export_csv(store, info.id, tmp_path / "export.csv")
+    store.close()
+    plain = tmp_path / "plain.csv"
+    plain.write_text(
+        "t_s,rr_ms\n" + "".join(f"{t!r},{r!r}\n" for t, r in zip(t_s, rr, strict=True))
+    )
+    doc = _json(str(exported))
+    assert doc["n_beats"] == len(rr)
+    assert doc == _json(str(plain))

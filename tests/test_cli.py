@@ -115,3 +115,89 @@ def test_help_on_every_command() -> None:
         res = settle(cmd, "--help")
         assert res.returncode == 0, cmd
         assert "Usage" in res.stdout
+
+
+def _store_with_a_session(db: Path) -> str:
+    from sessions.store import BeatRow
+
+    with SessionStore.open(db) as store:
+        info = store.create_session("dev_1", 1_700_000_000_000, "test", {})
+        rows, t = [], 0.0
+        for i in range(30):
+            t += 0.8
+            rows.append(BeatRow(i, t, 1_700_000_000_000 + round(t * 1000), 800.0, None, 75, None))
+        store.add_beats(info.id, rows)
+        store.finish_session(info.id, 1_700_000_000_000 + round(t * 1000))
+    return info.id
+
+
+def _refused(res: subprocess.CompletedProcess[str], words: str) -> None:
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert words in line
+
+
+def test_export_never_writes_onto_the_store(tmp_path: Path) -> None:
+    """``--out`` naming the store (or its -wal/-shm files, or a link to it) is refused, even
+    with --force: it used to replace the database with the CSV."""
+    db = tmp_path / "settle.db"
+    sid = _store_with_a_session(db)
+    (tmp_path / "link.csv").symlink_to(db)
+    for fmt, out, force in [
+        ("csv", db, []),
+        ("csv", db, ["--force"]),
+        ("kubios", tmp_path / "settle.db-wal", ["--force"]),
+        ("csv", tmp_path / "link.csv", ["--force"]),
+        ("bids", db, []),
+        ("bids", tmp_path / "settle.db-shm", []),
+    ]:
+        res = settle("export", sid, "--format", fmt, "--out", str(out), "--db", str(db), *force)
+        _refused(res, "refusing to write onto the session store")
+    assert not (tmp_path / "settle.db-shm").is_dir()
+    with SessionStore.open(db) as store:  # still the store, session intact
+        assert [s.n_beats for s in store.list_sessions()] == [30]
+
+
+def test_export_replaces_an_existing_file_only_with_force(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    sid = _store_with_a_session(db)
+    keep = tmp_path / "keep.csv"
+    keep.write_text("keep me\n")
+    _refused(settle("export", sid, "--out", str(keep), "--db", str(db)), "file exists (use --force")
+    assert keep.read_text() == "keep me\n"
+    ok = settle("export", sid, "--out", str(keep), "--db", str(db), "--force")
+    assert ok.returncode == 0, ok.stderr
+    assert keep.read_text().startswith("session_id,started_ms,record,")
+    out = tmp_path / "exports"
+    out.mkdir()
+    for fmt in ("csv", "json", "edf", "kubios"):
+        first = settle("export", sid, "--format", fmt, "--out", str(out), "--db", str(db))
+        assert first.returncode == 0, first.stderr
+        written = Path(first.stdout.split("wrote ", 1)[1].strip())
+        before = written.read_bytes()
+        again = settle("export", sid, "--format", fmt, "--out", str(out), "--db", str(db))
+        _refused(again, "file exists (use --force to replace it)")
+        assert written.read_bytes() == before
+        forced = settle("export", sid, "--format", fmt, "--out", str(out), "--db", str(db),
+                        "--force")  # fmt: skip
+        assert forced.returncode == 0, forced.stderr
+    # BIDS adds sessions to a dataset directory: exporting again is fine.
+    for _ in range(2):
+        bids = settle("export", sid, "--format", "bids", "--out", str(tmp_path / "ds"),
+                      "--db", str(db))  # fmt: skip
+        assert bids.returncode == 0, bids.stderr
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("duration", ["0", "-1", "0.05"])
+def test_run_duration_must_be_positive(tmp_path: Path, duration: str) -> None:
+    """``--duration 0`` used to run the replay forever and then ignore SIGTERM and Ctrl-C;
+    like ``settle demo`` it must be at least 0.1 s, refused before anything starts."""
+    db = tmp_path / "s.db"
+    res = settle("run", "--replay", str(DATA / "pyhrv_nni_short.csv"), "--duration", duration,
+                 "--no-mqtt", "--db", str(db), timeout=30)  # fmt: skip
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert "--duration" in res.stderr
+    assert not db.exists()

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 
 from feedback.mqtt import MqttLink
 from feedback.payloads import COMMANDS, CommandResult
-from sensors.readers import read_rr_file
+from sensors.readers import RR_MAX_MS, RR_MIN_MS, read_rr_file
 from sensors.strap import StrapClient, StrapInfo
-from sessions.exporters import FORMATS, export_session
+from sessions.exporters import FORMATS, ExportRefused, export_session
 from sessions.journal import import_journal
 from sessions.store import BeatRow, SessionState, SessionStore
 from settle.config import Settings, load_config
@@ -288,8 +288,10 @@ def test_journal_import_stores_all_or_nothing_with_typed_errors(tmp_path: Path) 
 
 @st.composite
 def rr_files(draw: st.DrawFn) -> bytes:
-    how = draw(st.integers(0, 3))
-    num = st.one_of(st.floats(), st.integers(-5, 3000), st.text(max_size=6)).map(str)
+    how = draw(st.integers(0, 4))
+    num = st.one_of(
+        st.floats(), st.integers(-5, 3000), st.integers(60_000, 70_000), st.text(max_size=6)
+    ).map(str)
     if how == 0:
         return draw(st.binary(max_size=300))
     if how == 1:
@@ -297,6 +299,10 @@ def rr_files(draw: st.DrawFn) -> bytes:
     if how == 2:
         rows = draw(st.lists(st.tuples(num, num), max_size=6))
         return ("t_s,rr_ms\n" + "\n".join(f"{a},{b}" for a, b in rows)).encode()
+    if how == 3:  # blank and comment lines anywhere, saved as UTF-16 (with its mark)
+        parts = draw(st.lists(st.one_of(num, st.sampled_from(["", "# c", "t_s,rr_ms"])),
+                              max_size=8))  # fmt: skip
+        return "\n".join(parts).encode("utf-16")
     body = "\n".join(draw(st.lists(num, max_size=6)))
     return f"[Params]\nVersion=106\n[HRData]\n{body}\n".encode("latin-1", "replace")
 
@@ -314,7 +320,8 @@ def test_rr_files_read_or_one_input_file_error(tmp_path: Path) -> None:
         except InputFileError:
             outcome["error"] += 1
             return
-        assert rec.rr_ms.size > 0 and bool((rec.rr_ms > 0).all())
+        assert rec.rr_ms.size > 0
+        assert bool(((rec.rr_ms >= RR_MIN_MS) & (rec.rr_ms <= RR_MAX_MS)).all())
         assert rec.rr_ms.size == rec.t_s.size
         outcome["read"] += 1
 
@@ -406,7 +413,12 @@ def test_export_over_a_planted_link_replaces_the_link(tmp_path: Path, fmt: str) 
     out.mkdir()
     (out / f"settle-{sid}.{fmt}").symlink_to(victim)
     try:
-        written = export_session(store, sid, fmt, out)  # type: ignore[arg-type]
+        # An existing name, even a link, is kept unless the user says --force ...
+        with pytest.raises(ExportRefused, match="file exists"):
+            export_session(store, sid, fmt, out)  # type: ignore[arg-type]
+        assert (out / f"settle-{sid}.{fmt}").is_symlink()
+        # ... and then the link is replaced, never followed.
+        written = export_session(store, sid, fmt, out, force=True)  # type: ignore[arg-type]
     finally:
         store.close()
     assert victim.read_text() == "keep me\n"

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sensors.readers import read_rr_file
+from sensors.readers import RR_MAX_MS, RR_MIN_MS, read_rr_file
+from sessions.export import export_csv
+from sessions.store import BeatRow, EcgBeatRow, GapRow, IndicesRow, MarkerRow, SessionStore
 from settle.errors import InputFileError
 from tests.conftest import DATA
 
@@ -48,6 +50,18 @@ def test_polar_hrm_rr_mode(tmp_path: Path) -> None:
         ("t_s,rr_ms\n0.8,800\n0.5,790\n", "go backwards", 3),
         ("800\nnan\n", "not finite", 2),
         ("[Params]\nVersion=106\n", "without an [HRData]", None),
+        # Line numbers count blank and comment lines (they were off by those before).
+        ("# c\n\nt_s,rr_ms\n0.8,800\n# x\n0.5,790\n", "go backwards", 6),
+        ("# c\n\nt_s,rr_ms\n0.8,800\n\n1.6\n", "expected 2 columns", 6),
+        # RR outside what a strap can send is refused up front, naming the line: 1e308 ran
+        # the analysis out of memory, > 63999 ms broke the replay deep inside.
+        ("\n800\n# c\n1e308\n", "1e+308 ms is above 63999 ms", 4),
+        ("t_s,rr_ms\n0.8,800\n70.8,70000\n", "70000 ms is above 63999 ms", 3),
+        ("[Params]\n[HRData]\n800\n64000\n", "64000 ms is above", 4),
+        ("800\n0.81\n", "not seconds", 2),
+        ("t_s,rr_ms\n0.8,800\n700000,800\n", "spans 700000 s (8.1 days); at most 604800 s", None),
+        ("# only a comment\n\n", "no RR intervals found", None),
+        ("\n\nhello\n", "not a recognised RR file", None),
     ],
 )
 def test_bad_files_name_file_and_line(
@@ -71,3 +85,69 @@ def test_missing_binary_and_directory(tmp_path: Path) -> None:
     b.write_bytes(b"\x00\x01\x02")
     with pytest.raises(InputFileError, match="binary"):
         read_rr_file(b)
+
+
+def test_blank_and_comment_lines_before_the_csv_header(tmp_path: Path) -> None:
+    f = tmp_path / "rec.csv"
+    f.write_text("\n# exported by hand\n\nt_s,rr_ms\n0.8,800\n\n1.61,810\n")
+    rec = read_rr_file(f)
+    assert rec.fmt == "csv"
+    assert rec.rr_ms.tolist() == [800.0, 810.0]
+    assert rec.t_s.tolist() == [0.8, 1.61]
+
+
+def test_rr_limits_are_what_a_strap_can_send(tmp_path: Path) -> None:
+    f = tmp_path / "edges.txt"
+    f.write_text(f"{RR_MIN_MS!r}\n{RR_MAX_MS!r}\n")
+    assert read_rr_file(f).rr_ms.tolist() == [1000 / 1024, 65535 * 1000 / 1024]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+def test_utf16_and_utf32_with_a_byte_order_mark_are_read(tmp_path: Path, encoding: str) -> None:
+    f = tmp_path / "rec.txt"
+    text = "t_s,rr_ms\n0.8,800\n1.6,800\n"
+    bom = {"utf-16-be": "\ufeff"}.get(encoding, "")  # utf-16/-32 write their own mark
+    f.write_bytes((bom + text).encode(encoding))
+    rec = read_rr_file(f)
+    assert rec.rr_ms.tolist() == [800.0, 800.0]
+
+
+def test_utf16_without_a_byte_order_mark_is_named(tmp_path: Path) -> None:
+    f = tmp_path / "rec.txt"
+    f.write_bytes("800\n810\n".encode("utf-16-le"))
+    with pytest.raises(InputFileError, match="UTF-16 text without a byte-order mark; save it"):
+        read_rr_file(f)
+
+
+def test_unreadable_paths_are_one_input_file_error(tmp_path: Path) -> None:
+    too_long = tmp_path / ("a" * 300 + ".csv")  # longer than NAME_MAX (255)
+    with pytest.raises(InputFileError, match="cannot read: File name too long"):
+        read_rr_file(too_long)
+    with pytest.raises(InputFileError, match="not a regular file"):
+        read_rr_file("/dev/zero")  # would never end
+
+
+def test_reads_the_beats_of_a_settle_csv_export(tmp_path: Path) -> None:
+    """``settle export --format csv`` output: only ``record = beat`` rows, their raw ``rr_ms``
+    and ``t_s``; indices, markers (a note with a comma and a line break), gaps and ECG beats
+    are not RR of the strap."""
+    store = SessionStore.open(tmp_path / "s.db")
+    info = store.create_session("dev_1", 1_700_000_000_000, "test", {})
+    rr = [812.5, 790.0, 1500.0, 805.25]
+    t, beats = 0.0, []
+    for i, r in enumerate(rr):
+        t += r / 1000
+        beats.append(BeatRow(i, t, 1_700_000_000_000 + round(t * 1000), r, None, 70, None,
+                             rr_corrected_ms=r * 0.9))  # fmt: skip
+    store.add_beats(info.id, beats)
+    store.add_indices(info.id, [IndicesRow(1.0, 1_700_000_001_000, "{}", hr_bpm=70.0)])
+    store.add_marker(info.id, MarkerRow(1.5, 1_700_000_001_500, "note", "a, b\nc", "cli"))
+    store.add_gap(info.id, GapRow(2.0, 2.5, "no-contact"))
+    store.add_ecg_beats(info.id, [EcgBeatRow(0, 1.0, None), EcgBeatRow(1, 1.8, 800.0)])
+    store.finish_session(info.id, 1_700_000_004_000)
+    path = export_csv(store, info.id, tmp_path / "export.csv")
+    store.close()
+    rec = read_rr_file(path)
+    assert rec.fmt == "settle-export"
+    assert rec.rr_ms.tolist() == rr
+    assert rec.t_s.tolist() == [b.beat_t_s for b in beats]
