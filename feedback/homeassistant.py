@@ -8,15 +8,26 @@ the same topics removes the entities (:func:`removal_messages`). Keys follow Hom
 MQTT discovery documentation (sensor, binary_sensor, button platforms); entity ids are
 suggested with ``default_entity_id`` (``object_id`` was deprecated in Home Assistant 2025.10 and
 removed in 2026.4). Pure functions, no I/O.
+
+The bridge's node id (topic) and entity id carry the topic base, so daemons with different
+bases on one broker are distinct bridges in Home Assistant; the default base ``settle`` keeps
+the plain ``settle_bridge`` (what earlier versions announced).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 BRIDGE_NODE = "settle_bridge"
+DEFAULT_BASE = "settle"
+
+CONTACT_TEMPLATE = (
+    "{{ none if value_json.contact is none else ('ON' if value_json.contact else 'OFF') }}"
+)
+"""Skin contact: ``None`` (Home Assistant: unknown) when the strap cannot tell (null)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +50,22 @@ def _availability(base: str, device_id: str | None) -> dict[str, Any]:
     return {"availability": topics, "availability_mode": "all"}
 
 
+def bridge_node(base: str) -> str:
+    """The bridge's node id: ``settle_bridge``, plus the topic base when it is not the
+    default (``settle_bridge_lab_2`` for ``lab/2``)."""
+    if base == DEFAULT_BASE:
+        return BRIDGE_NODE
+    slug = re.sub(r"[^a-z0-9]+", "_", base.lower()).strip("_")
+    return f"{BRIDGE_NODE}_{slug or 'base'}"
+
+
 def bridge_messages(prefix: str, base: str, sw_version: str) -> list[tuple[str, bytes]]:
     """The bridge device: one connectivity binary sensor on ``<base>/bridge/state``."""
+    node = bridge_node(base)
     config = {
         "name": "Connection",
         "unique_id": f"{BRIDGE_NODE}_{base.replace('/', '_')}_state",
-        "default_entity_id": f"binary_sensor.{BRIDGE_NODE}_state",
+        "default_entity_id": f"binary_sensor.{node}_state",
         "state_topic": f"{base}/bridge/state",
         "payload_on": "online",
         "payload_off": "offline",
@@ -52,14 +73,14 @@ def bridge_messages(prefix: str, base: str, sw_version: str) -> list[tuple[str, 
         "entity_category": "diagnostic",
         "device": {
             "identifiers": [f"{BRIDGE_NODE}_{base.replace('/', '_')}"],
-            "name": "Settle bridge",
+            "name": "Settle bridge" if base == DEFAULT_BASE else f"Settle bridge ({base})",
             "manufacturer": "Settle",
             "model": "Settle daemon",
             "sw_version": sw_version,
         },
         "origin": _origin(sw_version),
     }
-    return [(f"{prefix}/binary_sensor/{BRIDGE_NODE}/state/config", _dump(config))]
+    return [(f"{prefix}/binary_sensor/{node}/state/config", _dump(config))]
 
 
 def device_messages(
@@ -137,8 +158,8 @@ def device_messages(
         sensor("battery", "Battery", f"{t}/status", "{{ value_json.battery_pct }}",
                unit_of_measurement="%", device_class="battery", entity_category="diagnostic",
                **measurement),
-        binary("contact", "Skin contact", f"{t}/beat",
-               "{{ 'ON' if value_json.contact else 'OFF' }}", icon="mdi:gesture-tap"),
+        binary("contact", "Skin contact", f"{t}/beat", CONTACT_TEMPLATE,
+               icon="mdi:gesture-tap"),
         binary("caught_up", "Caught up", f"{t}/session",
                "{{ 'ON' if value_json.catching_up_t_s is not none else 'OFF' }}",
                icon="mdi:check-circle-outline"),

@@ -10,6 +10,9 @@
 * Retained topics are remembered (last value per topic) and re-published after every
   reconnect, together with ``<base>/bridge/state = online``. The Last Will sets it to
   ``offline`` (retained) when the daemon vanishes; a clean stop publishes ``offline`` itself.
+  A stop while the broker is away first tries to reconnect for ``shutdown_reconnect_s`` (if
+  the broker holds retained state from this run), so the final retained state (strap
+  ``offline``, session ``stopped``) is not left behind as ``online`` / ``running``.
 * Commands under ``<base>/+/cmd/#`` are handed to ``on_command``; result topics are ignored.
 * A lost or refused connection is retried forever with capped, jittered backoff; measuring
   and storing never wait for the broker.
@@ -137,6 +140,7 @@ class MqttLink:
         backoff_cap_s: float = 10.0,
         mqtt5: bool = False,
         max_inflight: int = 256,
+        shutdown_reconnect_s: float = 5.0,
     ) -> None:
         self.options = (
             host if isinstance(host, ConnectOptions) else ConnectOptions(host, port, mqtt5=mqtt5)
@@ -150,6 +154,12 @@ class MqttLink:
         self.queue_size = queue_size
         self._on_command = on_command
         self._backoff_cap_s = backoff_cap_s
+        self.shutdown_reconnect_s = shutdown_reconnect_s
+        """How long :meth:`aclose` tries to reach a broker that is away, to leave the final
+        retained state there (0: don't try)."""
+        self._closing = False
+        self._retry_now = asyncio.Event()
+        self._watch_tasks: set[asyncio.Task[Any]] = set()
         self._queue: collections.deque[Outgoing] = collections.deque()
         self.max_inflight = max_inflight
         self._inflight: dict[int, Outgoing] = {}
@@ -192,9 +202,23 @@ class MqttLink:
         self._wakeup.set()
 
     def watch(self, topic_filter: str, callback: Callable[[str, bytes, bool], None]) -> None:
-        """Subscribe to ``topic_filter`` on every (re)connect; ``callback(topic, payload,
-        retained)`` runs in the receive task and must not block. Call before connecting."""
+        """Subscribe to ``topic_filter`` on every (re)connect (and at once when connected);
+        ``callback(topic, payload, retained)`` runs in the receive task and must not block."""
         self._watches.append((topic_filter, callback))
+        client = self._client
+        if client is not None and self.connected:
+            # _session subscribed the watches it knew before it set _connected; this one
+            # came later. A failure here fails nothing: the next connection subscribes it.
+            task = asyncio.get_running_loop().create_task(
+                self._subscribe_quietly(client, topic_filter), name="mqtt-watch"
+            )
+            self._watch_tasks.add(task)
+            task.add_done_callback(self._watch_tasks.discard)
+
+    @staticmethod
+    async def _subscribe_quietly(client: aiomqtt.Client, topic_filter: str) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.subscribe(topic_filter, qos=1)
 
     def forget_retained(self, topic: str) -> None:
         """Clear a retained topic on the broker (empty retained payload) and stop re-sending it."""
@@ -222,10 +246,24 @@ class MqttLink:
         await self.aclose()
 
     async def aclose(self, drain_timeout_s: float = 3.0) -> None:
-        """Publish what is queued (bounded wait), then ``offline``, then disconnect."""
+        """Publish what is queued (bounded wait), then ``offline``, then disconnect.
+
+        With the broker away, first try to reconnect for up to ``shutdown_reconnect_s`` —
+        when this run ever got connected, the broker still shows what it last heard
+        (``online``, a running session); a run that never reached it left nothing there."""
         task, self._task = self._task, None
         if task is None:
             return
+        if not self.connected and self.connects > 0 and self.shutdown_reconnect_s > 0:
+            self._closing = True
+            self._retry_now.set()  # cut the backoff short: retry now, then every 0.2 s
+            if not await self.wait_connected(self.shutdown_reconnect_s):
+                log.info(
+                    "MQTT broker %s:%d still unreachable at shutdown; the state it retains "
+                    "is corrected at the next start",
+                    self.host,
+                    self.port,
+                )
         client = self._client
         if client is not None and self.connected:
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError, OSError):
@@ -233,6 +271,8 @@ class MqttLink:
                     await self._idle.wait()
                     await client.publish(self.state_topic, b"offline", qos=1, retain=True)
         task.cancel()
+        for t in list(self._watch_tasks):
+            t.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
@@ -258,7 +298,13 @@ class MqttLink:
                 self._inflight.clear()
             # A session that got connected resets the backoff; a refused one grows it.
             attempt = 0 if was_connected else attempt + 1
-            await asyncio.sleep(backoff_delay_s(attempt, cap_s=self._backoff_cap_s))
+            delay = backoff_delay_s(attempt, cap_s=self._backoff_cap_s)
+            if self._closing:
+                delay = min(delay, 0.2)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._retry_now.wait()  # aclose() wants one last try at once
+            self._retry_now.clear()
 
     async def _session(self) -> None:
         will = aiomqtt.Will(self.state_topic, b"offline", qos=1, retain=True)
@@ -284,8 +330,6 @@ class MqttLink:
             # Retained state first, then the live queue (retained copies in it are harmless).
             for msg in list(self._retained.values()):
                 await client.publish(msg.topic, msg.payload, qos=msg.qos, retain=True)
-            for topic_filter, _ in self._watches:
-                await client.subscribe(topic_filter, qos=1)
             if self._on_command is not None:
                 # MQTT 5 "retain as published": a command sent with the retain flag is seen as
                 # such (and refused) at once; with 3.1.1 only its replay on reconnect is.
@@ -295,6 +339,12 @@ class MqttLink:
                     await client.subscribe(topic, options=opts)
                 else:
                     await client.subscribe(topic, qos=1)
+            # Watches last, up to the one added while this loop ran: no await between the end
+            # of the loop and _connected.set(), so a watch added later subscribes by itself.
+            i = 0
+            while i < len(self._watches):
+                await client.subscribe(self._watches[i][0], qos=1)
+                i += 1
             self._connected.set()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._pump(client, tg), name="mqtt-pump")
@@ -341,7 +391,10 @@ class MqttLink:
             data = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
             for topic_filter, callback in self._watches:
                 if topic_matches_sub(topic_filter, topic):
-                    callback(topic, bytes(data), bool(message.retain))
+                    try:
+                        callback(topic, bytes(data), bool(message.retain))
+                    except Exception:  # nor may a watcher's bug
+                        log.exception("watcher of %s failed for %s", topic_filter, topic)
             if (
                 self._on_command is None
                 or not topic.startswith(prefix)

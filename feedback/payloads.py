@@ -26,6 +26,21 @@ MarkerKind = Literal[
     "note",
 ]
 MARKER_KINDS: tuple[str, ...] = MarkerKind.__args__  # type: ignore[attr-defined]
+EVENT_KINDS: tuple[str, ...] = (
+    "session-start",
+    "session-stop",
+    "baseline-start",
+    "baseline-complete",
+    "baseline-too-short",
+    "disconnected",
+    "reconnected",
+    "gap",
+    "unusable-rhythm",
+    "rhythm-usable",
+    "catching-up",
+    "rr-source",
+)
+"""Event kinds besides the marker kinds (each is explained in docs/mqtt.md)."""
 
 
 class _Payload(BaseModel):
@@ -73,6 +88,7 @@ class StatusPayload(_Payload):
     battery_pct: int | None = None
     contact: bool | None = None
     rssi: int | None = None
+    """Reserved for the strap's signal strength (dBm); not measured yet, always null."""
     reconnects: int = 0
     malformed: int = 0
     """0x2A37 notifications that could not be decoded (dropped)."""
@@ -146,7 +162,9 @@ class IndicesPayload(_Payload):
     pnn50_pct: float | None
     settling: float | None
     """Settling score 0–100 (50 = as at baseline); null during the baseline."""
-    settling_state: Literal["baseline", "running", "unavailable"]
+    settling_state: Literal["baseline", "running"]
+    """``baseline``: the baseline is being collected (``settling`` is null); ``running``: the
+    score is computed against it (null while ``usable`` is false)."""
     components: dict[str, float | None] = Field(default_factory=dict)
     """Each component of the settling score in baseline-spread units (docs/indices.md):
     ``z_hr`` (HR below baseline), ``z_ln_rmssd`` (lnRMSSD above), ``z_slow`` (slow 0.04–0.15 Hz
@@ -159,7 +177,8 @@ class IndicesPayload(_Payload):
     hf_ms2: float | None = None
     lf_hf: float | None = None
     trend: Literal["settling", "steady", "unsettling", "unknown"] = "unknown"
-    """Trend of the settling score over the last 5 min (Theil–Sen + Mann–Kendall)."""
+    """Trend of the settling score over the last 5 min (Theil–Sen + Mann–Kendall); ``unknown``
+    (with a null slope and confidence) until there are 3 scores to test."""
     trend_slope_per_min: float | None = None
     trend_confidence: float | None = None
     """1 − p of the trend test, 0..1."""
@@ -180,6 +199,8 @@ class SessionPayload(_Payload):
 
     id: str
     state: Literal["running", "stopped", "interrupted"]
+    """``interrupted``: the daemon ended without closing the session (killed, crashed); its
+    next start says so (``stopped_ts``: the session's last stored beat)."""
     device: str
     started_ts: int
     stopped_ts: int | None = None
@@ -197,11 +218,15 @@ class EventPayload(_Payload):
 
     seq: int = 0
     session: str | None
-    kind: str
-    """A marker kind, or ``baseline-start``, ``baseline-complete``, ``baseline-too-short``,
-    ``session-start``, ``session-stop``, ``disconnected``, ``reconnected``, ``gap``,
-    ``unusable-rhythm``, ``rhythm-usable``, ``catching-up``, ``rr-source`` (which RR now drives
-    the indices: the strap's or the raw ECG's)."""
+    kind: str = Field(
+        description="A marker kind ("
+        + ", ".join(MARKER_KINDS)
+        + ") or a session event: "
+        + ", ".join(EVENT_KINDS)
+        + " (docs/mqtt.md). Subscribers should ignore kinds they do not know."
+    )
+    """A marker kind, or one of :data:`EVENT_KINDS` (``rr-source``: which RR now drives the
+    indices, the strap's or the raw ECG's)."""
     t_s: float
     text: str = ""
     source: str = ""

@@ -60,6 +60,9 @@ SERIES_KEEP_S = 120.0
 """Snapshots kept for markers entered this late (e.g. from a journal during the session), s."""
 QUALITY_BEATS = 120
 """Beats over which the corrected share is counted."""
+BASELINE_MIN_SAMPLES = 3
+"""Indices samples (one every ``indices_every_s``) a marked baseline needs; fewer and
+:meth:`LiveAnalyzer.stop_baseline` discards it for the automatic baseline."""
 _NAN = math.nan
 
 
@@ -205,10 +208,11 @@ class LiveAnalyzer:
         self._base_state = "collecting"
 
     def stop_baseline(self, t_s: float) -> None:
-        """End the baseline being collected. One with fewer than 3 samples is discarded and an
+        """End the baseline being collected. One with fewer than
+        :data:`BASELINE_MIN_SAMPLES` samples is discarded and an
         automatic baseline (the next ``baseline_s``) is collected instead, so a rest period
         stopped too early never leaves the session without a score."""
-        if self._base.n >= 3:
+        if self._base.n >= BASELINE_MIN_SAMPLES:
             self._base_until = t_s
             self._base_state = "complete"
             return

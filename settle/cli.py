@@ -628,27 +628,51 @@ async def _command(
 
 async def _find_device(client: Any, base: str, *, need_session: bool) -> str:
     """The one device this daemon serves (from retained topics, which arrive at once)."""
-    topic = f"{base}/+/session" if need_session else f"{base}/+/availability"
-    await client.subscribe(topic, qos=1)
-    found: set[str] = set()
+    state_topic = f"{base}/bridge/state"
+    topics = [state_topic, f"{base}/+/availability", f"{base}/+/session"]
+    for topic in topics:
+        await client.subscribe(topic, qos=1)
+    daemon_online = False
+    connected: set[str] = set()
+    running: set[str] = set()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(1.0):
             async for msg in client.messages:
                 raw = bytes(msg.payload) if isinstance(msg.payload, bytes | bytearray) else b""
-                dev = str(msg.topic).split("/")[-2]
-                if need_session:
+                if str(msg.topic) == state_topic:
+                    daemon_online = raw == b"online"
+                    continue
+                dev, leaf = str(msg.topic).split("/")[-2:]
+                if leaf == "session":
                     with contextlib.suppress(ValueError, TypeError, AttributeError):
                         if json.loads(raw).get("state") == "running":
-                            found.add(dev)
+                            running.add(dev)
                 elif raw == b"online":
-                    found.add(dev)
-    await client.unsubscribe(topic)
+                    connected.add(dev)
+    for topic in topics:
+        await client.unsubscribe(topic)
+    # Without a daemon on the broker (its Last Will says offline), what it retains is stale.
+    found = (running if need_session else connected) if daemon_online else set()
     if not found:
-        what = "running session" if need_session else "connected strap"
-        raise SettleError(f"no {what} found on the broker (start `settle demo` or `run`)")
+        raise SettleError(_nothing_found(need_session, daemon_online, connected))
     if len(found) > 1:
         raise SettleError(f"several devices are active ({', '.join(sorted(found))}); pick --device")
     return found.pop()
+
+
+def _nothing_found(need_session: bool, daemon_online: bool, connected: set[str]) -> str:
+    """Why no device could take the command: no daemon, no strap, or no session."""
+    if not daemon_online:
+        what = "running session" if need_session else "connected strap"
+        return f"no {what} found on the broker (start `settle demo` or `run`)"
+    if not connected:
+        return (
+            "a Settle daemon is running but no strap is connected (wet the electrodes; a phone "
+            "or watch may hold the strap's only connection)"
+        )
+    straps = ", ".join(sorted(connected))
+    which = f"strap {straps} is" if len(connected) == 1 else f"straps {straps} are"
+    return f"{which} connected but no session is running; start one with `settle session start`"
 
 
 @app.command()

@@ -36,11 +36,18 @@ from feedback.payloads import (
     IndicesPayload,
     Intention,
     MarkerCommand,
+    SessionPayload,
     SessionStartCommand,
     StatusPayload,
 )
 from sensors.strap import StrapClient, StrapInfo
-from sessions.store import BaselinePeriod, IntentionTarget, SessionState, SessionStore
+from sessions.store import (
+    BaselinePeriod,
+    IntentionTarget,
+    SessionState,
+    SessionStore,
+    SessionSummary,
+)
 from sessions.store import Intention as StoredIntention
 from settle.backoff import backoff_delay_s
 from settle.config import Settings
@@ -152,6 +159,10 @@ class Daemon:
     ecg: EcgRecorder = field(init=False)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: bool = False
+    _earlier: dict[str, SessionSummary] = field(default_factory=dict)
+    """Sessions in the store when this run started, by id (after crash recovery)."""
+    _earlier_devices: set[str] = field(default_factory=set)
+    """Devices of those sessions: the ones whose stale retained state this run corrects."""
 
     def __post_init__(self) -> None:
         self.writer = BeatWriter(self.store, self.settings.storage.flush_every_s)
@@ -235,13 +246,75 @@ class Daemon:
             for topic in ha.removal_messages(h.prefix, self.base, device_id):
                 self.link.forget_retained(topic)
 
+    # -- what an earlier run left on the broker ---------------------------------------------
+
+    def watch_stale_state(self) -> None:
+        """Correct the retained state an earlier run left behind for straps this run does not
+        (yet) run: after a crash (``kill -9``, power loss) or a stop while the broker was away,
+        the broker still says ``availability online``, ``session running``, ``status
+        streaming``. Checked on every (re)connect, as the broker replays what it retains; only
+        for devices in this store (one daemon per store and topic base)."""
+        if self.link is None:
+            return
+        for leaf in ("availability", "session", "status"):
+            self.link.watch(f"{self.base}/+/{leaf}", self._on_retained_state)
+
+    def _on_retained_state(self, topic: str, payload: bytes, retained: bool) -> None:
+        if not retained or self.link is None or not topic.startswith(self.base + "/"):
+            return  # (a live message: this run's own, current by definition)
+        parts = topic[len(self.base) + 1 :].split("/")
+        if len(parts) != 2:
+            return
+        dev, leaf = parts
+        if dev not in self._earlier_devices or any(r.device_id == dev for r in self.runtimes):
+            return
+        fixed = self._ended(leaf, payload)
+        if fixed is not None:
+            log.info("%s is not connected: its retained %s from an earlier run ended", dev, leaf)
+            self.link.publish(topic, fixed, qos=1, retain=True)
+
+    def _ended(self, leaf: str, payload: bytes) -> bytes | None:
+        """What ``payload`` (retained on ``<dev>/<leaf>``) becomes for a strap that is not
+        connected; None when it already says so (or is not ours to read)."""
+        if leaf == "availability":
+            return b"offline" if payload.strip() == b"online" else None
+        try:
+            if leaf == "session":
+                s = SessionPayload.model_validate_json(payload)
+                if s.state != "running":
+                    return None
+                stored = self._earlier.get(s.id)
+                update: dict[str, object] = {"ts": self.now_ms(), "state": "interrupted"}
+                if stored is not None and stored.state != SessionState.RUNNING:
+                    update.update(
+                        state=stored.state.value,
+                        stopped_ts=stored.stopped_ms,
+                        n_beats=stored.n_beats,
+                    )
+                return s.model_copy(update=update).to_json()
+            if leaf == "status":
+                st = StatusPayload.model_validate_json(payload)
+                if st.state == "stopped":
+                    return None
+                return st.model_copy(update={"ts": self.now_ms(), "state": "stopped"}).to_json()
+        except ValidationError:
+            return None
+        return None
+
+    def _recover(self) -> tuple[list[str], list[SessionSummary]]:
+        recovered = self.store.mark_interrupted_running()
+        return recovered, self.store.list_sessions() if self.link is not None else []
+
     # -- life cycle ----------------------------------------------------------------------
 
     async def run(self) -> None:
         """Run until stopped, or until every strap task has ended (a replay finished)."""
-        recovered = await asyncio.to_thread(self.store.mark_interrupted_running)
+        recovered, earlier = await asyncio.to_thread(self._recover)
         for sid in recovered:
             log.warning("session %s was left running by an earlier crash; marked interrupted", sid)
+        self._earlier = {s.id: s for s in earlier}
+        self._earlier_devices = {s.device_id for s in earlier}
+        self.watch_stale_state()
         self.publish_bridge_info()
         self.announce()
         async with asyncio.TaskGroup() as tg:
@@ -580,12 +653,15 @@ class Daemon:
             session.start_baseline()
         elif name == "baseline/stop":
             try:
-                start, stop = session.stop_baseline()
+                start, stop, discarded = session.stop_baseline()
             except ValueError as exc:
                 raise CommandError(f"no baseline is being recorded ({exc})") from exc
+            # A discarded period is not the session's baseline: the store keeps none (the
+            # automatic one is used), as the live score does.
+            period = BaselinePeriod(start, stop) if discarded is None else None
             try:
-                await asyncio.to_thread(
-                    self.store.set_baseline, session.session_id, BaselinePeriod(start, stop)
-                )
+                await asyncio.to_thread(self.store.set_baseline, session.session_id, period)
             except SettleError as exc:
                 raise CommandError(f"could not store the baseline: {exc}") from exc
+            if discarded is not None:
+                raise CommandError(discarded)

@@ -30,7 +30,7 @@ from feedback.payloads import (
 )
 from processing.artefacts import ProcessedBeat
 from processing.indices import EventResponse
-from processing.live import IndicesSnapshot, LiveAnalyzer
+from processing.live import BASELINE_MIN_SAMPLES, IndicesSnapshot, LiveAnalyzer
 from sensors.strap import Notification
 from sensors.timing import BeatTimer, TimingGap
 from sessions.store import (
@@ -56,7 +56,7 @@ def _num(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), 6)
 
 
-_SETTLING_STATE: dict[str, Literal["baseline", "running", "unavailable"]] = {
+_SETTLING_STATE: dict[str, Literal["baseline", "running"]] = {
     "collecting": "baseline",
     "complete": "running",
 }
@@ -330,18 +330,40 @@ class StrapPipeline:
         self.event("baseline-start")
         self.publish_session("running")
 
-    def stop_baseline(self) -> tuple[float, float]:
-        """End the marked rest period; returns it. ValueError when none is being recorded."""
+    def stop_baseline(self) -> tuple[float, float, str | None]:
+        """End the marked rest period; returns it and, when it was too short to use, why.
+
+        A too-short period is discarded by the analyzer, which collects the automatic baseline
+        from now on (``baseline`` is ``pending`` again). ValueError when none is being recorded.
+        """
         if self.baseline_marked is None:
             raise ValueError("send baseline/start first")
         self.analyzer.stop_baseline(self.now_t_s())
         start = self.baseline_marked[0]
+        stop = self.now_t_s()
         self.baseline_marked = None
-        snap = self.analyzer.indices(self.now_t_s())
+        snap = self.analyzer.indices(stop)
         self.baseline = "complete" if snap.baseline == "complete" else "pending"
-        self.event("baseline-complete" if self.baseline == "complete" else "baseline-too-short")
+        discarded = None
+        if self.baseline == "complete":
+            self.event("baseline-complete")
+        else:
+            discarded = self._too_short(stop - start)
+            self.event("baseline-too-short", discarded)
         self.publish_session("running")
-        return start, self.now_t_s()
+        return start, stop, discarded
+
+    def _too_short(self, span_s: float) -> str:
+        """Why a marked baseline was discarded, and what the score uses instead."""
+        p = self.settings.processing
+        need_s = BASELINE_MIN_SAMPLES * p.indices_every_s
+        instead = f"using the automatic baseline (the next {p.baseline_s:g} s) instead"
+        if span_s < need_s:
+            return f"baseline too short ({int(span_s)} s < {need_s:g} s); {instead}"
+        return (
+            f"baseline not usable (fewer than {BASELINE_MIN_SAMPLES} indices with a usable "
+            f"rhythm in {int(span_s)} s); {instead}"
+        )
 
     def finish(self) -> None:
         """At session end: the beats still waiting for look-ahead are classified now."""
@@ -512,8 +534,8 @@ class StrapPipeline:
             lf_ms2=_num(snap.lf_ms2),
             hf_ms2=_num(snap.hf_ms2),
             lf_hf=_num(snap.lf_hf),
-            trend=snap.trend.label if snap.trend.label in ("settling", "steady", "unsettling")
-            else "unknown",
+            # Fewer than 3 scores: no slope, no test, so no trend yet (not "steady").
+            trend=snap.trend.label if math.isfinite(snap.trend.slope_per_min) else "unknown",
             trend_slope_per_min=_num(snap.trend.slope_per_min),
             trend_confidence=_num(snap.trend.confidence),
             quality=_num(snap.quality),

@@ -21,9 +21,14 @@ import pytest
 
 from feedback.payloads import BeatPayload, IndicesPayload, SessionPayload
 from sensors.readers import read_rr_file
-from sessions.store import SessionState, SessionStore
+from sensors.strap import StrapClient
+from sensors.virtual.air import VirtualAir
+from sensors.virtual.model import ModelParams, PhysioModel
+from sensors.virtual.strap import VirtualStrap
+from sessions.store import BaselinePeriod, SessionState, SessionStore
 from settle.app import serve
 from settle.config import load_config
+from settle.daemon import Daemon
 from settle.demo import virtual_world
 from tests.conftest import DATA, Mosquitto
 
@@ -258,3 +263,84 @@ async def test_unusable_rhythm_is_said_not_scored(mosquitto: Mosquitto, tmp_path
     assert all("not sinus" in (i.reason or "") for i in late)
     events = [json.loads(p)["kind"] for p in col.payloads("event")]
     assert "unusable-rhythm" in events
+
+
+async def test_too_short_baseline_is_refused_and_not_stored(tmp_path: Path) -> None:
+    """``baseline/stop`` right after ``baseline/start``: the analyzer cannot use the period and
+    scores against the automatic baseline, so the command says so (an error naming both
+    lengths), the event says why, and the store keeps no baseline period; a long enough one
+    is taken and stored."""
+    from tests.test_reconnect import until
+
+    db = tmp_path / "s.db"
+    settings = load_config(
+        CONFIG,
+        mqtt={"enabled": False},
+        storage={"db_path": db},
+        processing={"baseline_s": 20},
+    )
+    seen: list[tuple[str, dict[str, object]]] = []
+
+    def tap(topic: str, payload: bytes | str, _retain: bool) -> None:
+        leaf = topic.split("/", 2)[2]
+        if leaf.endswith("/result") or leaf in ("event", "session"):
+            seen.append((leaf, json.loads(payload)))
+
+    speed = 20.0
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=3), speed=speed)
+        await strap.start()
+        client = StrapClient(
+            address=strap.address,
+            scan_timeout_s=5,
+            connect_timeout_s=5,
+            scanner_kwargs=air.scanner_kwargs(),
+            client_kwargs=air.client_kwargs(),
+        )
+        with SessionStore.open(db) as store:
+            daemon = Daemon(settings, store, [client], time_scale=speed, tap=tap)
+            task = asyncio.create_task(daemon.run())
+            rt = daemon.runtimes[0]
+
+            def session_t() -> float:
+                return rt.session.now_t_s() if rt.session else 0.0
+
+            await until(lambda: session_t() > 40)
+            assert rt.device_id is not None and rt.session is not None
+            sid = rt.session.session_id
+
+            async def command(name: str, cmd_id: str) -> dict[str, object]:
+                body = json.dumps({"v": 1, "id": cmd_id}).encode()
+                await daemon.on_command(rt.device_id or "", name, body, False)
+                return next(p for leaf, p in seen if leaf.endswith("/result") and p["id"] == cmd_id)
+
+            assert (await command("baseline/start", "1"))["status"] == "ok"
+            short = await command("baseline/stop", "2")
+            short_baseline = store.get(sid).baseline
+            t0 = session_t()
+            assert (await command("baseline/start", "3"))["status"] == "ok"
+            await until(lambda: session_t() > t0 + 40)
+            long = await command("baseline/stop", "4")
+            long_baseline = store.get(sid).baseline
+            daemon.stop()
+            await asyncio.wait_for(task, 10)
+        await strap.stop()
+
+    assert short["status"] == "error"
+    error = str(short["error"])
+    assert error.startswith("baseline too short (") and "< 15 s)" in error, error
+    assert "using the automatic baseline (the next 20 s) instead" in error
+    assert short_baseline is None  # what the live score does not use is not stored either
+    events = [p for leaf, p in seen if leaf == "event"]
+    (too_short,) = [e for e in events if e["kind"] == "baseline-too-short"]
+    assert too_short["text"] == error
+    sessions = [p for leaf, p in seen if leaf == "session"]
+    assert any(s["baseline"] == "pending" for s in sessions)  # the automatic one, again
+
+    assert long["status"] == "ok" and long["error"] is None
+    assert isinstance(long_baseline, BaselinePeriod)
+    assert (
+        long_baseline.stop_t_s is not None
+        and long_baseline.stop_t_s - long_baseline.start_t_s >= 40
+    )
+    assert (sessions[-1]["state"], sessions[-1]["baseline"]) == ("stopped", "complete")

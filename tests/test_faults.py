@@ -509,3 +509,68 @@ async def test_kill_9_mid_session_then_restart(tmp_path: Path) -> None:
         rows = [r for r in csv.DictReader(f) if r["record"] == "beat"]
     assert [float(r["rr_ms"]) for r in rows] == q[: len(old_beats)]
     assert integrity(db) == "ok"
+
+
+async def test_kill_9_then_restart_corrects_what_the_broker_retains(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """``settle demo`` publishing to a broker is killed with SIGKILL: the broker keeps saying
+    its strap is ``online``, streaming, its session ``running`` (only the Last Will's
+    ``bridge/state offline`` says otherwise). The next start — with another strap — corrects
+    that for the dead one: what Home Assistant and `settle mark` read says offline / ended."""
+    from tests.test_mqtt import retained
+
+    db = tmp_path / "s.db"
+    host, port = mosquitto.host, mosquitto.port
+    env = {**os.environ, "SETTLE_CONFIG": str(CONFIG), "SETTLE_HOMEASSISTANT__ENABLED": "false"}
+    cmd = demo_cmd(db, 10.0)
+    cmd[cmd.index("--no-mqtt")] = f"--mqtt={host}:{port}"
+    async with Collector(host, port) as col:
+        proc = subprocess.Popen(  # noqa: ASYNC220 - killed with SIGKILL, waited for below
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+        )
+        try:
+            async with asyncio.timeout(30):
+                await col.wait_for("beat", 20)
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(5) == -signal.SIGKILL
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        async with asyncio.timeout(10):
+            await col.offline.wait()  # the Last Will
+    dead = json.loads(device_messages(col, "session")[0])["device"]
+    assert await retained(host, port, f"settle/{dead}/availability") == b"online"  # stale
+
+    settings = daemon_settings(db, host=host, port=port)
+    async with Collector(host, port) as col, VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=9), name="Other HR", speed=10)
+        await strap.start()
+        with SessionStore.open(db) as store:
+            async with MqttLink(connect_options(settings)) as link:
+                daemon = Daemon(
+                    settings, store, [strap_client(air, strap)], link=link, time_scale=10
+                )
+                task = asyncio.create_task(daemon.run())
+                rt = daemon.runtimes[0]
+                async with asyncio.timeout(20):
+                    while b"offline" not in [  # the correction, live
+                        p for t, p, _ in col.messages if t == f"settle/{dead}/availability"
+                    ]:
+                        await col.wait_for("availability", len(col.payloads("availability")) + 1)
+                await until(lambda: rt.session is not None and rt.state == "streaming")
+                live = rt.device_id
+                daemon.stop()
+                await asyncio.wait_for(task, 10)
+            old = next(s for s in store.list_sessions() if s.device_id == dead)
+        await strap.stop()
+
+    assert live != dead
+    assert old.state == SessionState.INTERRUPTED
+    assert await retained(host, port, f"settle/{dead}/availability") == b"offline"
+    session = json.loads(await retained(host, port, f"settle/{dead}/session") or b"{}")
+    assert (session["id"], session["state"]) == (old.id, "interrupted")
+    assert (session["stopped_ts"], session["n_beats"]) == (old.stopped_ms, old.n_beats)
+    assert json.loads(await retained(host, port, f"settle/{dead}/status") or b"{}")["state"] == (
+        "stopped"
+    )

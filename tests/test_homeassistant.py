@@ -64,6 +64,47 @@ def test_discovery_payloads_use_documented_keys_and_unique_ids() -> None:
         assert needed in kinds
 
 
+def test_skin_contact_is_unknown_when_the_strap_cannot_tell() -> None:
+    """A strap that does not report skin contact (``contact: null``, e.g. a Polar H10) shows
+    "unknown" in Home Assistant, not "off": the template renders ``None``, which Home
+    Assistant's MQTT binary sensor takes as unknown."""
+    dev = ha.DeviceDescription("polar_h10_a1b2c3d4", "Polar H10")
+    configs = {t.split("/")[3]: json.loads(p) for t, p in ha.device_messages(
+        "homeassistant", "settle", dev, "1")}  # fmt: skip
+    cfg = configs["contact"]
+    assert (cfg["payload_on"], cfg["payload_off"]) == ("ON", "OFF")
+    template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(
+        cfg["value_template"]
+    )
+    rendered = {
+        c: template.render(value_json={"hr": 60, "contact": c}) for c in (True, False, None)
+    }
+    assert rendered == {True: "ON", False: "OFF", None: "None"}
+
+
+def test_bridges_of_different_topic_bases_are_distinct() -> None:
+    """Two daemons with different ``topic_base`` on one broker: two bridge devices in Home
+    Assistant, neither overwriting the other's discovery config or entity id."""
+    ((topic_a, raw_a),) = ha.bridge_messages("homeassistant", "settle", "1")
+    ((topic_b, raw_b),) = ha.bridge_messages("homeassistant", "lab/2", "1")
+    a, b = json.loads(raw_a), json.loads(raw_b)
+    assert topic_a != topic_b
+    assert a["default_entity_id"] != b["default_entity_id"]
+    assert a["unique_id"] != b["unique_id"]
+    assert a["device"]["identifiers"] != b["device"]["identifiers"]
+    assert a["device"]["name"] != b["device"]["name"]
+    assert b["state_topic"] == "lab/2/bridge/state"
+    # HA node ids allow only [a-zA-Z0-9_-]; the default base keeps what earlier versions sent.
+    assert topic_b == "homeassistant/binary_sensor/settle_bridge_lab_2/state/config"
+    assert b["default_entity_id"] == "binary_sensor.settle_bridge_lab_2_state"
+    assert topic_a == "homeassistant/binary_sensor/settle_bridge/state/config"
+    assert a["default_entity_id"] == "binary_sensor.settle_bridge_state"
+    # Each strap's entities go with the bridge of its own base.
+    dev = ha.DeviceDescription("x_1", "X")
+    (_, strap_b), *_ = ha.device_messages("homeassistant", "lab/2", dev, "1")
+    assert json.loads(strap_b)["device"]["via_device"] in b["device"]["identifiers"]
+
+
 def test_removal_clears_every_config_topic() -> None:
     dev = ha.DeviceDescription("x_1", "X")
     assert ha.removal_messages("homeassistant", "settle", "x_1") == [
@@ -144,9 +185,11 @@ async def test_discovery_live_one_and_three_straps(
         rendered[topic.split("/")[3]] = out
         avail = [a["topic"] for a in cfg["availability"]]
         assert avail[0] == "settle/bridge/state" and avail[1].endswith("/availability")
+        # Unavailable as soon as the daemon's Last Will sets bridge/state offline.
+        assert cfg["availability_mode"] == "all"
     assert 40 < float(rendered["heart_rate"]) < 120
     assert float(rendered["rmssd"]) > 0
     assert 0 <= float(rendered["settling"]) <= 100
-    assert rendered["contact"] == "OFF"  # the virtual strap, like an H10, cannot tell
+    assert rendered["contact"] == "None"  # unknown: the virtual strap, like an H10, cannot tell
     assert rendered["caught_up"] == "OFF"
     assert int(rendered["battery"]) == 87

@@ -14,13 +14,19 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from feedback.mqtt import MqttLink
+from feedback.mqtt import ConnectOptions, MqttLink
+from sensors.strap import StrapClient
+from sensors.virtual.air import VirtualAir
+from sensors.virtual.model import ModelParams, PhysioModel
+from sensors.virtual.strap import VirtualStrap
 from sessions.store import SessionStore
 from settle.app import serve
 from settle.config import load_config
+from settle.daemon import Daemon
 from settle.demo import virtual_world
 from tests.conftest import Mosquitto
 from tests.test_e2e import CONFIG, Collector
+from tests.test_reconnect import until
 
 pytestmark = pytest.mark.mosquitto
 
@@ -348,3 +354,144 @@ async def test_broker_killed_mid_session_keeps_measuring_and_storing(
             assert session["state"] == "running"
             assert await asyncio.wait_for(task, 60) == 0
     check_store(db, expected)
+
+
+class CuttableLink:
+    """A TCP relay between the daemon and the broker on 127.0.0.1: ``cut()`` makes the broker
+    vanish for the daemon (connections reset, nothing listens) while the broker itself keeps
+    its retained state; ``resume()`` listens again on the same port."""
+
+    def __init__(self, broker_port: int) -> None:
+        self.broker_port = broker_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def resume(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in self._writers:
+            w.transport.abort()
+        self._writers.clear()
+        await self._server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.broker_port)
+        self._writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+def _virtual_client(air: VirtualAir, strap: VirtualStrap) -> StrapClient:
+    return StrapClient(
+        address=strap.address,
+        scan_timeout_s=5,
+        connect_timeout_s=5,
+        scanner_kwargs=air.scanner_kwargs(),
+        client_kwargs=air.client_kwargs(),
+    )
+
+
+async def test_stop_while_the_broker_is_away_leaves_offline_not_online(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The daemon stops while it cannot reach the broker: the broker (still up, as seen by Home
+    Assistant and `settle mark`) must not keep saying the strap is online and its session
+    running. The daemon reconnects briefly at shutdown to leave the final state there."""
+    relay = CuttableLink(mosquitto.port)
+    await relay.resume()
+    settings = load_config(
+        CONFIG,
+        mqtt={"host": mosquitto.host, "port": relay.port},
+        storage={"db_path": tmp_path / "s.db"},
+        homeassistant={"enabled": False},
+    )
+    speed = 10.0
+    async with VirtualAir() as air, Collector(mosquitto.host, mosquitto.port) as col:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=4), speed=speed)
+        await strap.start()
+        link = MqttLink(ConnectOptions("127.0.0.1", relay.port), backoff_cap_s=1.0)
+        with SessionStore.open(settings.db_path) as store:
+            async with link:
+                daemon = Daemon(
+                    settings, store, [_virtual_client(air, strap)], link=link, time_scale=speed
+                )
+                task = asyncio.create_task(daemon.run())
+                async with asyncio.timeout(20):
+                    await col.wait_for("session")
+                    await col.wait_for("beat", 5)
+                dev = daemon.runtimes[0].device_id
+                await relay.cut()
+                await until(lambda: not link.connected)
+                async with asyncio.timeout(10):
+                    await col.offline.wait()  # the Last Will: the broker saw the link end
+                daemon.stop()
+                await asyncio.wait_for(task, 15)
+                await relay.resume()  # the broker is reachable again as the link closes
+            sid = store.list_sessions()[0].id
+        await strap.stop()
+
+    async def now(leaf: str) -> bytes | None:
+        return await retained(mosquitto.host, mosquitto.port, f"settle/{dev}/{leaf}")
+
+    assert await now("availability") == b"offline"
+    session = json.loads(await now("session") or b"{}")
+    assert (session["id"], session["state"]) == (sid, "stopped")
+    assert json.loads(await now("status") or b"{}")["state"] == "stopped"
+    assert await retained(mosquitto.host, mosquitto.port, "settle/bridge/state") == b"offline"
+
+
+async def test_mark_with_a_strap_but_no_session_says_which_case(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """A daemon runs with its strap connected, but the session was stopped: `settle mark`
+    says exactly that and how to start one (not "start `settle demo` or `run`")."""
+    settings = load_config(
+        CONFIG,
+        mqtt={"host": mosquitto.host, "port": mosquitto.port},
+        storage={"db_path": tmp_path / "s.db"},
+        homeassistant={"enabled": False},
+    )
+    env = {**os.environ, "SETTLE_CONFIG": str(CONFIG)}
+    async with VirtualAir() as air, Collector(mosquitto.host, mosquitto.port) as col:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=5), speed=5)
+        await strap.start()
+        with SessionStore.open(settings.db_path) as store:
+            async with MqttLink(ConnectOptions(mosquitto.host, mosquitto.port)) as link:
+                daemon = Daemon(
+                    settings, store, [_virtual_client(air, strap)], link=link, time_scale=5
+                )
+                task = asyncio.create_task(daemon.run())
+                rt = daemon.runtimes[0]
+                await until(lambda: rt.session is not None and link.connected)
+                dev = rt.device_id
+                stop = json.dumps({"v": 1, "id": "s"}).encode()
+                await daemon.on_command(dev or "", "session/stop", stop, False)
+                async with asyncio.timeout(10):  # the broker has it (what `mark` will read)
+                    while b'"stopped"' not in (await col.wait_for("session"))[-1]:
+                        await col.wait_for("session", len(col.payloads("session")) + 1)
+                mark = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "settle.cli", "mark", "hello", "--timeout", "5",
+                    "--mqtt", f"{mosquitto.host}:{mosquitto.port}",
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                )  # fmt: skip
+                _, err = await mark.communicate()
+                daemon.stop()
+                await asyncio.wait_for(task, 10)
+        await strap.stop()
+    assert mark.returncode == 1
+    assert err.decode().strip().splitlines() == [
+        f"settle: error: strap {dev} is connected but no session is running; "
+        "start one with `settle session start`"
+    ]
