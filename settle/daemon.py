@@ -332,9 +332,7 @@ class Daemon:
                 # its own flush, took minutes with a few hundred straps.
                 stopped_ms = self.now_ms()
                 self._stopping = True
-                for t in strap_tasks:
-                    t.cancel()
-                await asyncio.wait(strap_tasks)
+                await _cancel_and_wait(strap_tasks)
                 await asyncio.shield(self._finish_sessions(self.runtimes, stopped_ms))
                 for rt in self.runtimes:
                     self._stopped(rt)
@@ -384,8 +382,10 @@ class Daemon:
                 try:
                     self._set_state(rt, "scanning")
                     device = await rt.client.find()
+                    _raise_if_cancel_swallowed()
                     self._set_state(rt, "connecting")
                     async with rt.client.connect(device) as stream:
+                        _raise_if_cancel_swallowed()  # before a session starts
                         attempt = 0
                         await self._on_connected(rt, stream.info)
                         self._set_state(rt, "streaming")
@@ -665,3 +665,34 @@ class Daemon:
                 raise CommandError(f"could not store the baseline: {exc}") from exc
             if discarded is not None:
                 raise CommandError(discarded)
+
+
+STOP_GRACE_S = 15.0
+"""How long a stopping strap task may take (its link's clean-up has 2 x 5 s) before it is
+cancelled again."""
+
+
+def _raise_if_cancel_swallowed() -> None:
+    """Raise the cancellation a library swallowed. Python 3.11's ``asyncio.wait_for`` (used
+    inside bleak and bumble) returns its result instead of raising when the awaited future
+    finished in the same step as the cancel; the task then goes on with ``cancelling() > 0``
+    — a stop during the connect used to leave the daemon streaming, deaf to SIGTERM."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def _cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait for them; one still running after :data:`STOP_GRACE_S`
+    (its cancellation lost somewhere) is cancelled again, until all have ended."""
+    pending = set(tasks)
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=STOP_GRACE_S)
+        if pending:
+            log.warning(
+                "%d strap task(s) did not stop within %g s; cancelling again",
+                len(pending),
+                STOP_GRACE_S,
+            )
