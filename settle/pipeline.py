@@ -361,8 +361,9 @@ class StrapPipeline:
         if span_s < need_s:
             return f"baseline too short ({int(span_s)} s < {need_s:g} s); {instead}"
         return (
-            f"baseline not usable (fewer than {BASELINE_MIN_SAMPLES} indices with a usable "
-            f"rhythm in {int(span_s)} s); {instead}"
+            f"baseline not usable (fewer than {BASELINE_MIN_SAMPLES} complete indices in "
+            f"{int(span_s)} s: the rhythm was not usable, or the slow-oscillation component "
+            f"had less than 64 s of beats); {instead}"
         )
 
     def finish(self) -> None:

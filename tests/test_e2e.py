@@ -305,7 +305,9 @@ async def test_too_short_baseline_is_refused_and_not_stored(tmp_path: Path) -> N
             def session_t() -> float:
                 return rt.session.now_t_s() if rt.session else 0.0
 
-            await until(lambda: session_t() > 40)
+            # Past 70 s every component, the 64 s slow-oscillation one too, has data: a 40 s
+            # rest period then holds 8 complete samples (from 40 s it held 3, at the edge).
+            await until(lambda: session_t() > 70)
             assert rt.device_id is not None and rt.session is not None
             sid = rt.session.session_id
 
