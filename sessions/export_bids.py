@@ -188,6 +188,7 @@ def export_bids(
         "SoftwareVersions": package_version("settle-hrv"),
         "SettleSessionId": info.id,
         "SettleStartedMs": info.started_ms,
+        "SettleTimeScale": info.meta.get("time_scale", 1.0),
     }
     _write(root, beh / f"{stem}_physio.tsv.gz", _physio_bytes([rr, hr]))
     _write(root, beh / f"{stem}_physio.json", _json_bytes(sidecar))

@@ -498,6 +498,9 @@ class Daemon:
                 "baseline_s": self.settings.processing.baseline_s,
             },
             "settle_version": settle_version(),
+            # Session seconds per wall second: > 1 for a time-compressed replay, whose t_s
+            # then run ahead of started_ms/stopped_ms (wall clock).
+            "time_scale": self.time_scale,
         }
         if intention is not None:
             meta["intention"] = intention.model_dump()

@@ -67,7 +67,9 @@ async def test_drop_and_link_loss_keep_one_session_with_gaps(tmp_path: Path) -> 
             await asyncio.wait_for(task, 10)
             (summary,) = store.list_sessions()
             beats = store.beats(summary.id)
+            meta = store.get(summary.id).meta
         await strap.stop()
+    assert meta["time_scale"] == 20  # the session says its seconds ran 20x the wall clock
 
     assert summary.state == SessionState.STOPPED  # one session throughout
     sent = [r for m in strap.sent for r in m.rr_raw]
