@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION = 1
 
@@ -249,6 +249,13 @@ class _Command(BaseModel):
     v: Literal[1] = 1
     id: str = Field(min_length=1, max_length=64)
     """Chosen by the sender; echoed in the result."""
+
+    @field_validator("v", mode="before")
+    @classmethod
+    def _v_is_a_number(cls, v: object) -> object:
+        if isinstance(v, bool):  # JSON true would otherwise pass as 1
+            raise ValueError("schema version must be the number 1, not a boolean")
+        return v
 
 
 class MarkerCommand(_Command):

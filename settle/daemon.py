@@ -601,9 +601,12 @@ class Daemon:
             return  # someone clearing a stale retained command: nothing to answer
         raw: object = None
         parsed = False
+        duplicate: str | None = None
         if len(payload) <= 16 * MAX_COMMAND_BYTES:  # big enough to echo an oversized one's id
             with contextlib.suppress(ValueError, UnicodeDecodeError):
                 raw, parsed = json.loads(payload), True
+            if parsed:
+                duplicate = _duplicate_key(payload)
         if isinstance(raw, dict) and isinstance(raw.get("id"), str):
             cmd_id = raw["id"][:64]
         if retained:
@@ -613,6 +616,8 @@ class Daemon:
             return reply(f"command too large ({len(payload)} bytes > {MAX_COMMAND_BYTES})")
         if not parsed:
             return reply("payload is not valid JSON")
+        if duplicate is not None:  # which of the two values was meant?
+            return reply(f"key {duplicate!r} appears twice")
         model = COMMANDS.get(name)
         if model is None:
             return reply(f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
@@ -699,3 +704,18 @@ async def _cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
                 len(pending),
                 STOP_GRACE_S,
             )
+
+
+def _duplicate_key(payload: bytes) -> str | None:
+    """The first key a JSON object in ``payload`` repeats (json.loads silently keeps the last
+    value), or None."""
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
+        keys = [k for k, _ in items]
+        if not found and len(set(keys)) != len(keys):
+            found.append(next(k for i, k in enumerate(keys) if k in keys[:i]))
+        return dict(items)
+
+    json.loads(payload, object_pairs_hook=pairs)
+    return found[0] if found else None

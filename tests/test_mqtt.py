@@ -216,6 +216,10 @@ async def test_commands_results_and_no_side_effects(
             await c.publish(f"{cmd}/marker", json.dumps({"id": "big", "text": "x" * 5000}), qos=1)
             await c.publish(f"{cmd}/frobnicate", json.dumps({"id": "7"}), qos=1)
             await c.publish(f"{cmd}/marker", json.dumps({"id": "8", "kind": "anger"}), qos=1)
+            await c.publish(f"{cmd}/marker", b'{"v": true, "id": "10", "kind": "note"}', qos=1)
+            await c.publish(
+                f"{cmd}/marker", b'{"id": "11", "kind": "note", "kind": "shame"}', qos=1
+            )
             if protocol == "5":  # 3.1.1 cannot tell live retained publishes (see the amqtt test)
                 await c.publish(
                     f"{cmd}/marker", json.dumps({"id": "9", "kind": "note"}), qos=1, retain=True
@@ -242,6 +246,11 @@ async def test_commands_results_and_no_side_effects(
     assert "too large" in str(results["big"]["error"])
     assert "unknown command 'frobnicate'" in str(results["7"]["error"])
     assert "kind" in str(results["8"]["error"])
+    assert (
+        results["10"]["error"]
+        == "v: Value error, schema version must be the number 1, not a boolean"
+    )
+    assert results["11"]["error"] == "key 'kind' appears twice"
     if protocol == "5":
         assert "retained command ignored" in str(results["9"]["error"])
     events = [json.loads(p) for p in col.payloads("event")]
