@@ -50,12 +50,20 @@ TASK = "settle"
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 
-def bids_label(value: str, what: str) -> str:
-    """``value`` as a BIDS label (letters and digits only); dashes are dropped, anything else
-    is refused with :class:`ExportError` (this also stops path tricks such as ``../x``)."""
-    label = value.replace("-", "").replace("_", "")
+def bids_label(value: str, what: str, *, drop_dashes: bool = False) -> str:
+    """``value`` as a BIDS label (letters and digits only), else :class:`ExportError` (this
+    also stops path tricks such as ``../x``). ``drop_dashes``: remove ``-`` and ``_`` first
+    (for labels Settle derives itself, such as a session id); a label the user typed is taken
+    as given, so ``a-b`` does not silently become ``ab``."""
+    label = value.replace("-", "").replace("_", "") if drop_dashes else value
     if not _LABEL.match(label):
-        raise ExportError(Path(value), f"{what} label must be letters and digits, got {value!r}")
+        hint = ""
+        prefix = f"{what[:3]}-"
+        if value.lower().startswith(prefix) and _LABEL.match(value[len(prefix) :]):
+            hint = f" (give it without {prefix!r}: {value[len(prefix) :]})"
+        raise ExportError(
+            Path(value), f"{what} label must be letters and digits only, got {value!r}{hint}"
+        )
     return label
 
 
@@ -129,7 +137,7 @@ def export_bids(
     root = Path(out)
     sub = f"sub-{bids_label(subject, 'subject')}"
     rec = store.read_session(session_id)
-    ses = f"ses-{bids_label(session_id, 'session')}"
+    ses = f"ses-{bids_label(session_id, 'session', drop_dashes=True)}"
     if root.exists() and not root.is_dir():
         raise ExportError(root, "BIDS export needs a directory (the dataset root)")
     if not root.parent.is_dir():

@@ -430,6 +430,12 @@ def test_path_tricks_are_refused(store: SessionStore, tmp_path: Path) -> None:
             plain_name(bad, tmp_path)
     with pytest.raises(ExportError, match="subject label"):
         export_bids(store, sid, tmp_path / "ds", subject="../../etc")
+    # A typed label is taken as given: 'a-b' is not silently 'sub-ab', 'sub-01' not 'sub-sub01'.
+    with pytest.raises(ExportError, match="letters and digits only, got 'a-b'$"):
+        export_bids(store, sid, tmp_path / "ds", subject="a-b")
+    with pytest.raises(ExportError, match=r"got 'sub-01' \(give it without 'sub-': 01\)"):
+        export_bids(store, sid, tmp_path / "ds", subject="sub-01")
+    assert not (tmp_path / "ds").exists()
     # A link inside the dataset pointing elsewhere is not followed.
     root = tmp_path / "ds2"
     elsewhere = tmp_path / "elsewhere"
