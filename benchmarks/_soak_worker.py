@@ -80,7 +80,7 @@ class CountingLink(MqttLink):
             self.beat_msgs[parts[1]] += 1
             self.beat_rr[parts[1]] += len(json.loads(payload)["rr_ms"])
         if len(self._queue) >= self.queue_size:
-            victim = self._queue[0]
+            victim = self._queue[self._victim()]
             vparts = victim.topic.split("/")
             vleaf = vparts[-1] if len(vparts) == 3 else "/".join(vparts[1:])
             self.dropped_by_leaf[vleaf] += 1

@@ -1,8 +1,8 @@
 """The MQTT link: one aiomqtt connection kept alive for the daemon's lifetime.
 
 * ``publish()`` never blocks and never fails: messages go into a bounded queue that drops
-  its *oldest* entry when full (``dropped`` counts them). One pump task hands them to the
-  client in order, up to ``max_inflight`` at a time without waiting for each one's
+  its oldest QoS 0 entry (else its oldest) when full (``dropped`` counts them). One pump task
+  hands them to the client in order, up to ``max_inflight`` at a time without waiting for each one's
   acknowledgement (waiting for every QoS 1 PUBACK made each beat queue behind the indices
   and status messages in front of it: 300 ms stalls at a few hundred straps). A message
   counts as sent only once the broker took it; when the connection is lost, the ones still
@@ -173,7 +173,7 @@ class MqttLink:
         self._task: asyncio.Task[None] | None = None
         self._client: aiomqtt.Client | None = None
         self.dropped = 0
-        """Messages dropped from the full queue (oldest first)."""
+        """Messages dropped from the full queue (see :meth:`_victim`)."""
         self.published = 0
         self.connects = 0
         self.last_error: str | None = None
@@ -195,11 +195,20 @@ class MqttLink:
         if retain:
             self._retained[topic] = msg
         if len(self._queue) >= self.queue_size:
-            self._queue.popleft()
+            del self._queue[self._victim()]
             self.dropped += 1
         self._queue.append(msg)
         self._idle.clear()
         self._wakeup.set()
+
+    def _victim(self) -> int:
+        """Index of the message a full queue drops: the oldest QoS 0 one (a beat message: the
+        store keeps every beat), else the oldest. Events, indices and state (QoS 1) survive an
+        outage that beats alone fill the queue with."""
+        for i, m in enumerate(self._queue):
+            if m.qos == 0:
+                return i
+        return 0
 
     def watch(self, topic_filter: str, callback: Callable[[str, bytes, bool], None]) -> None:
         """Subscribe to ``topic_filter`` on every (re)connect (and at once when connected);

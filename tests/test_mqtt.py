@@ -89,6 +89,23 @@ async def test_full_queue_drops_oldest_and_counts(mosquitto: Mosquitto) -> None:
     assert [int(p) for p in col.payloads("beat")] == list(range(15, 25))  # newest kept
 
 
+async def test_full_queue_drops_beats_before_events(mosquitto: Mosquitto) -> None:
+    """An outage long enough to fill the queue with beats keeps the QoS 1 messages queued
+    before them (a marker event, a retained state change): beats are in the store anyway."""
+    link = MqttLink("127.0.0.1", mosquitto.port, queue_size=10)
+    link.publish("settle/d/event", b'{"kind": "shame"}', qos=1)
+    link.publish("settle/d/status", b"streaming", qos=1, retain=True)
+    for i in range(25):
+        link.publish("settle/d/beat", str(i).encode())
+    assert link.dropped == 17
+    async with Collector(mosquitto.host, mosquitto.port) as col, link:
+        async with asyncio.timeout(5):
+            await col.wait_for("beat", 8)
+            await col.wait_for("event")
+    assert col.payloads("event") == [b'{"kind": "shame"}']
+    assert [int(p) for p in col.payloads("beat")] == list(range(17, 25))
+
+
 async def test_a_connection_reset_by_the_broker_is_one_warning_not_an_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

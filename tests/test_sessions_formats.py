@@ -431,7 +431,7 @@ def test_path_tricks_are_refused(store: SessionStore, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="subject label"):
         export_bids(store, sid, tmp_path / "ds", subject="../../etc")
     # A typed label is taken as given: 'a-b' is not silently 'sub-ab', 'sub-01' not 'sub-sub01'.
-    with pytest.raises(ExportError, match="letters and digits only, got 'a-b'$"):
+    with pytest.raises(ExportError, match=r"letters and digits only, got 'a-b'$"):
         export_bids(store, sid, tmp_path / "ds", subject="a-b")
     with pytest.raises(ExportError, match=r"got 'sub-01' \(give it without 'sub-': 01\)"):
         export_bids(store, sid, tmp_path / "ds", subject="sub-01")
