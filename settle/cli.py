@@ -585,6 +585,62 @@ def baseline(
     _run(_command(settings, f"baseline/{action}", {}, device, timeout))
 
 
+@app.command()
+def forget(
+    device: Annotated[str, typer.Argument(help="Device id, e.g. polar_h10_a1b2c3d4.")],
+    timeout: WaitOpt = 5.0,
+    mqtt: MqttOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Remove a strap you no longer use from the broker and Home Assistant (its retained
+    state and discovery entries). Stored sessions are kept."""
+    settings = settings_from(config, mqtt=mqtt)
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", device):
+        fail(f"not a device id: {device!r} (see `settle sessions list`)", 2)
+    _run(_forget(settings, device, timeout))
+
+
+async def _forget(settings: Settings, device: str, wait_s: float) -> int:
+    import aiomqtt
+
+    from feedback import homeassistant as ha
+    from settle.app import connect_options
+
+    options = dataclasses.replace(connect_options(settings), mqtt5=False)
+    base, prefix = settings.mqtt.topic_base, settings.homeassistant.prefix
+    discovery = set(ha.removal_messages(prefix, base, device))
+    try:
+        async with asyncio.timeout(wait_s), aiomqtt.Client(**options.client_kwargs()) as client:
+            own = f"{base}/{device}/"
+            await client.subscribe(f"{base}/bridge/state", qos=1)
+            await client.subscribe(own + "+", qos=1)
+            for topic in discovery:
+                await client.subscribe(topic, qos=1)
+            retained: dict[str, bytes] = {}
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):  # retained messages arrive at once
+                    async for msg in client.messages:
+                        if msg.retain and isinstance(msg.payload, bytes | bytearray):
+                            retained[str(msg.topic)] = bytes(msg.payload)
+            daemon_online = retained.get(f"{base}/bridge/state") == b"online"
+            if daemon_online and retained.get(own + "availability") == b"online":
+                raise SettleError(
+                    f"strap {device} is connected to a running daemon: stop it first "
+                    "(its entities would come back at once)"
+                )
+            clear = sorted(t for t in retained if t.startswith(own) or t in discovery)
+            if not clear:
+                raise SettleError(f"the broker holds nothing retained for {device} under {base}")
+            for topic in clear:
+                await client.publish(topic, b"", qos=1, retain=True)
+    except TimeoutError:
+        raise SettleError(f"no answer from the MQTT broker {options.where}") from None
+    except aiomqtt.MqttError as exc:
+        raise SettleError(f"cannot reach the MQTT broker {options.where}: {exc}") from None
+    out.print(f"forgot {device}: cleared {len(clear)} retained messages", markup=False)
+    return 0
+
+
 async def _command(
     settings: Settings, name: str, body: dict[str, Any], device: str | None, wait_s: float
 ) -> int:

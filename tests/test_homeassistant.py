@@ -193,3 +193,55 @@ async def test_discovery_live_one_and_three_straps(
     assert rendered["contact"] == "None"  # unknown: the virtual strap, like an H10, cannot tell
     assert rendered["caught_up"] == "OFF"
     assert int(rendered["battery"]) == 87
+
+
+async def _settle(*args: str) -> tuple[int, str]:
+    import os
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "settle.cli", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "SETTLE_CONFIG": str(CONFIG)},
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()
+
+
+@pytest.mark.mosquitto
+async def test_forget_removes_a_strap_from_the_broker_and_home_assistant(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """`settle forget DEV` clears the strap's retained state and discovery configs (a strap you
+    replaced would otherwise stay in Home Assistant for good), refuses while it is connected,
+    and leaves the bridge alone."""
+    where = f"{mosquitto.host}:{mosquitto.port}"
+    settings = load_config(
+        CONFIG,
+        mqtt={"host": mosquitto.host, "port": mosquitto.port},
+        storage={"db_path": tmp_path / "s.db"},
+    )
+    async with Collector(mosquitto.host, mosquitto.port) as col, virtual_world(
+        replay=None, speed=25, seed=5
+    ) as world:  # fmt: skip
+        task = asyncio.create_task(
+            serve(settings, **world.serve_kwargs(), duration=5, handle_signals=False)
+        )
+        async with asyncio.timeout(30):
+            await col.wait_for("indices", 2)
+        dev = json.loads(col.payloads("session")[0])["device"]
+        code, said = await _settle("forget", dev, "--mqtt", where)
+        assert code == 1 and f"strap {dev} is connected to a running daemon" in said, said
+        assert await task == 0
+
+    before = await _retained(mosquitto.host, mosquitto.port, "#")
+    assert any(dev in t for t in before if t.startswith("homeassistant/"))
+    code, said = await _settle("forget", dev, "--mqtt", where)
+    assert code == 0, said
+    after = await _retained(mosquitto.host, mosquitto.port, "#")
+    assert not [t for t in after if dev in t], after
+    assert [t for t in after if "bridge" in t] == [t for t in before if "bridge" in t]
+    code, said = await _settle("forget", dev, "--mqtt", where)
+    assert code == 1 and "holds nothing retained" in said
+    code, said = await _settle("forget", "../x", "--mqtt", where)
+    assert code == 2 and "not a device id" in said
