@@ -32,6 +32,7 @@ import gzip
 import io
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -65,6 +66,25 @@ def bids_label(value: str, what: str, *, drop_dashes: bool = False) -> str:
             Path(value), f"{what} label must be letters and digits only, got {value!r}{hint}"
         )
     return label
+
+
+def _device_fields(meta: Mapping[str, Any]) -> dict[str, str]:
+    """BIDS equipment fields of the strap that recorded (as the daemon stored what the strap
+    said about itself): ``Manufacturer``, ``ManufacturersModelName``, ``SoftwareVersions``
+    (its firmware). A field the strap did not report is left out, not invented."""
+    strap = meta.get("strap")
+    if not isinstance(strap, Mapping):
+        return {}
+    out = {}
+    for key, field in (
+        ("manufacturer", "Manufacturer"),
+        ("model", "ManufacturersModelName"),
+        ("firmware", "SoftwareVersions"),
+    ):
+        value = strap.get(key)
+        if isinstance(value, str) and value.strip():
+            out[field] = value.strip()
+    return out
 
 
 def _tsv_cell(x: float) -> str:
@@ -182,6 +202,7 @@ def export_bids(
         hr = np.where(rr > 0, 60_000.0 / rr, np.nan)
     if progress is not None:
         progress(0, 3)
+    device = _device_fields(info.meta)
     sidecar = {
         "SamplingFrequency": DEFAULT_FS_HZ,
         "StartTime": 0,
@@ -192,8 +213,8 @@ def export_bids(
             "Units": "ms",
         },
         "hr_bpm": {"Description": "Heart rate, 60000 / rr_ms", "Units": "beats/min"},
-        "Manufacturer": "Settle",
-        "SoftwareVersions": package_version("settle-hrv"),
+        **device,
+        "SettleVersion": package_version("settle-hrv"),
         "SettleSessionId": info.id,
         "SettleStartedMs": info.started_ms,
         "SettleTimeScale": info.meta.get("time_scale", 1.0),
@@ -215,6 +236,7 @@ def export_bids(
                     "StartTime": 0,
                     "Columns": ["cardiac"],
                     "cardiac": {"Description": "Raw ECG of the chest strap", "Units": "uV"},
+                    **device,
                 }
             ),
         )

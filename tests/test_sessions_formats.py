@@ -306,6 +306,12 @@ def test_bids_passes_the_official_validator(store: SessionStore, tmp_path: Path)
             "recording-ecg_physio.json", "events.tsv", "events.json",
         )
     )  # fmt: skip
+    # The equipment is the strap (what it said about itself), not Settle.
+    sidecar = json.loads((beh / f"{stem}_physio.json").read_text())
+    assert sidecar["ManufacturersModelName"] == "H10" and "Manufacturer" not in sidecar
+    ecg_sidecar = json.loads((beh / f"{stem}_recording-ecg_physio.json").read_text())
+    assert ecg_sidecar["ManufacturersModelName"] == "H10"
+    assert sidecar["SettleVersion"]
     events = (beh / f"{stem}_events.tsv").read_text().splitlines()
     assert events[0] == "onset\tduration\ttrial_type\tsource\ttext"
     assert events[2].split("\t") == ["12.5", "0.0", "hold-start", "cli", "I am safe"]
