@@ -9,8 +9,8 @@ column         meaning
 =============  =========================================================================
 session_id     the session's id (on every row, so exports can be concatenated)
 started_ms     epoch milliseconds (UTC) of the session start, i.e. of ``t_s = 0``
-record         ``beat``, ``indices``, ``marker``, ``gap`` or ``ecg_beat`` (an R peak of the
-               raw ECG, Polar H10 only)
+record         ``beat``, ``indices``, ``marker``, ``gap``, ``baseline`` or ``ecg_beat`` (an
+               R peak of the raw ECG, Polar H10 only)
 t_s            seconds since session start: ``beat_t_s`` for beats, publication time for
                indices, entry time for markers, start of a gap
 seq            beat / ecg_beat: sequence number within the session, from 0 (each
@@ -38,11 +38,18 @@ beat_class     beat / ecg_beat: normal, ectopic, long, short, missed, extra,
                implausible or warmup (empty until classified, or not analysed)
 timing_uncer-  beat: 1 if the beat time could not be pinned down exactly (e.g. after lost
 tain           notifications), 0 if it could, empty if unknown
-end_t_s        gap: end of the gap, seconds since session start
-reason         gap: why there are no beats (disconnected, no-contact …)
+end_t_s        gap / baseline: end of the gap or of the baseline period, seconds since
+               session start
+reason         gap: why there are no beats (disconnected, no-contact …); indices: why the
+               rhythm was not usable (empty when it was)
+usable         indices: 1 if the rhythm was usable (a score could be computed), else 0
+quality        indices: signal quality 0–1 (share of uncorrected beats, coverage, contact)
 =============  =========================================================================
 
-The last five columns were added with schema v2; columns are only ever appended.
+Records: ``beat``, ``ecg_beat``, ``indices``, ``marker``, ``gap`` and ``baseline`` (the
+marked rest period the score was computed against, ``t_s`` to ``end_t_s``; absent when the
+session used the automatic baseline). Columns ``rr_corrected_ms`` … ``reason`` were added with
+schema v2, ``usable`` and ``quality`` later; columns are only ever appended.
 Rows are sorted by ``t_s``; at equal ``t_s`` beats come before ECG beats before indices before
 markers before gaps, and
 each kind keeps its stored order (beats by ``seq``). Floats are written with :func:`repr`,
@@ -55,6 +62,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, cast
@@ -89,10 +97,12 @@ COLUMNS: tuple[str, ...] = (
     "timing_uncertain",
     "end_t_s",
     "reason",
+    "usable",
+    "quality",
 )
 
 # Tie-break at equal t_s: a beat is the cause, indices are computed from it, markers annotate.
-_RECORD_ORDER = {"beat": 0, "ecg_beat": 1, "indices": 2, "marker": 3, "gap": 4}
+_RECORD_ORDER = {"beat": 0, "ecg_beat": 1, "indices": 2, "marker": 3, "gap": 4, "baseline": 5}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -123,6 +133,8 @@ class ExportRow:
     timing_uncertain: bool | None = None
     end_t_s: float | None = None
     reason: str | None = None
+    usable: bool | None = None
+    quality: float | None = None
 
 
 def _cell(value: object) -> str:
@@ -175,6 +187,9 @@ def _rows(rec: SessionRecord) -> Iterator[list[str]]:
             )
         )
     for r in rec.indices:
+        payload = json.loads(r.payload_json)
+        usable = payload.get("usable")
+        quality = payload.get("quality")
         keyed.append(
             (
                 r.t_s,
@@ -189,6 +204,9 @@ def _rows(rec: SessionRecord) -> Iterator[list[str]]:
                     "sdnn_ms": r.sdnn_ms,
                     "pnn50_pct": r.pnn50_pct,
                     "settling": r.settling,
+                    "usable": usable if isinstance(usable, bool) else None,
+                    "quality": float(quality) if isinstance(quality, int | float) else None,
+                    "reason": payload.get("reason") if usable is False else None,
                 },
             )
         )
@@ -213,6 +231,15 @@ def _rows(rec: SessionRecord) -> Iterator[list[str]]:
                 g.start_t_s,
                 _RECORD_ORDER["gap"],
                 {"record": "gap", "t_s": g.start_t_s, "end_t_s": g.end_t_s, "reason": g.reason},
+            )
+        )
+    period = rec.info.baseline
+    if period is not None:
+        keyed.append(
+            (
+                period.start_t_s,
+                _RECORD_ORDER["baseline"],
+                {"record": "baseline", "t_s": period.start_t_s, "end_t_s": period.stop_t_s},
             )
         )
     # sort() is stable, so each kind keeps the order the store returned it in.
@@ -305,7 +332,9 @@ def read_export_csv(path: Path) -> list[ExportRow]:
                     if c["timing_uncertain"] == ""
                     else c["timing_uncertain"] == "1",
                     end_t_s=_float(c["end_t_s"]),
-                    reason=c["reason"] if c["record"] == "gap" else None,
+                    reason=(c["reason"] or None) if c["record"] in ("gap", "indices") else None,
+                    usable=None if c["usable"] == "" else c["usable"] == "1",
+                    quality=_float(c["quality"]),
                 )
             )
         except ValueError as exc:

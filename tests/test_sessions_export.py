@@ -20,7 +20,14 @@ from hypothesis import strategies as st
 from sessions.export import COLUMNS, ExportError, export_csv, read_export_csv
 from sessions.export_json import export_json
 from sessions.journal import import_journal
-from sessions.store import BeatRow, IndicesRow, MarkerRow, MarkerSource, SessionStore
+from sessions.store import (
+    BaselinePeriod,
+    BeatRow,
+    IndicesRow,
+    MarkerRow,
+    MarkerSource,
+    SessionStore,
+)
 from settle.errors import SessionNotFound
 
 T0_MS = 1_795_000_000_000
@@ -253,3 +260,31 @@ def test_imported_journal_times_are_exact_milliseconds_in_exports(
     ]
     doc = json.loads(export_json(store, sid, tmp_path).read_text())
     assert [m["t_s"] for m in doc["markers"]] == [2.777, 13.578, 60.177]
+
+
+def test_indices_say_whether_usable_and_the_baseline_is_a_record(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """A researcher can tell a scored window from an unusable one (and why), and sees which
+    rest period the score was computed against."""
+    sid = _session(store)
+    store.add_indices(
+        sid,
+        [
+            IndicesRow(5.0, T0_MS + 5000, json.dumps({"usable": False, "quality": 0.4,
+                       "reason": "irregular rhythm: 31 % of recent beats are not sinus"})),
+            IndicesRow(10.0, T0_MS + 10_000, json.dumps({"usable": True, "quality": 0.97}),
+                       hr_bpm=61.0, settling=55.0),
+        ],
+    )  # fmt: skip
+    store.set_baseline(sid, BaselinePeriod(2.0, 9.5))
+    rows = read_export_csv(export_csv(store, sid, tmp_path))
+    assert [(r.record, r.t_s, r.end_t_s) for r in rows] == [
+        ("baseline", 2.0, 9.5),
+        ("indices", 5.0, None),
+        ("indices", 10.0, None),
+    ]
+    bad, good = rows[1], rows[2]
+    assert (bad.usable, bad.quality, bad.settling) == (False, 0.4, None)
+    assert bad.reason == "irregular rhythm: 31 % of recent beats are not sinus"
+    assert (good.usable, good.quality, good.settling, good.reason) == (True, 0.97, 55.0, None)
