@@ -382,10 +382,10 @@ class Daemon:
                 try:
                     self._set_state(rt, "scanning")
                     device = await rt.client.find()
-                    _raise_if_cancel_swallowed()
+                    self._raise_if_stopping()
                     self._set_state(rt, "connecting")
                     async with rt.client.connect(device) as stream:
-                        _raise_if_cancel_swallowed()  # before a session starts
+                        self._raise_if_stopping()  # before a session starts
                         attempt = 0
                         await self._on_connected(rt, stream.info)
                         self._set_state(rt, "streaming")
@@ -421,6 +421,14 @@ class Daemon:
                 if rt.session is not None:
                     await asyncio.shield(self._finish_session(rt, self.now_ms()))
                 self._stopped(rt)
+
+    def _raise_if_stopping(self) -> None:
+        """Raise the cancellation a library swallowed. Python 3.11's ``asyncio.wait_for``
+        (inside bleak and bumble) returns its result instead of raising when the awaited
+        future finished in the same step as the cancel; the strap task then went on — a stop
+        during the connect left the daemon streaming, deaf to SIGTERM."""
+        if self._stopping or self._stop.is_set():
+            raise asyncio.CancelledError
 
     def _stopped(self, rt: StrapRuntime) -> None:
         if rt.info is not None:
@@ -678,16 +686,6 @@ class Daemon:
 STOP_GRACE_S = 15.0
 """How long a stopping strap task may take (its link's clean-up has 2 x 5 s) before it is
 cancelled again."""
-
-
-def _raise_if_cancel_swallowed() -> None:
-    """Raise the cancellation a library swallowed. Python 3.11's ``asyncio.wait_for`` (used
-    inside bleak and bumble) returns its result instead of raising when the awaited future
-    finished in the same step as the cancel; the task then goes on with ``cancelling() > 0``
-    — a stop during the connect used to leave the daemon streaming, deaf to SIGTERM."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 async def _cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:

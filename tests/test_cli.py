@@ -47,8 +47,11 @@ async def test_ctrl_c_closes_the_session_cleanly(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.stdout is not None
     async with asyncio.timeout(30):
-        while b"session:" not in await proc.stdout.readline():
-            pass
+        while b"session:" not in (line := await proc.stdout.readline()):
+            if not line:  # the demo ended before its session started (readline at EOF
+                # returns at once: looping on it would never let the timeout fire)
+                _, err = await proc.communicate()
+                pytest.fail(f"demo exited {proc.returncode} before a session: {err.decode()}")
         await asyncio.sleep(1.5)
         proc.send_signal(signal.SIGINT)
         _, err = await proc.communicate()

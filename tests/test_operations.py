@@ -50,8 +50,10 @@ async def test_sigterm_stops_the_demo_cleanly(mosquitto: Mosquitto, tmp_path: Pa
     )  # fmt: skip
     assert proc.stdout is not None
     async with asyncio.timeout(30):
-        while b"session:" not in await proc.stdout.readline():
-            pass
+        while b"session:" not in (line := await proc.stdout.readline()):
+            if not line:  # EOF: readline returns at once, the timeout could never fire
+                _, err = await proc.communicate()
+                pytest.fail(f"demo exited {proc.returncode} before a session: {err.decode()}")
         assert await retained(mosquitto.port, "settle/bridge/state") == b"online"
         await asyncio.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
