@@ -666,6 +666,11 @@ class Daemon:
             session.marker(cmd.kind, row.t_s)
             session.event(cmd.kind, cmd.text, source, t_s=row.t_s)
         elif name == "baseline/start":
+            if session.baseline_marked is not None:  # a second press must not move its start
+                raise CommandError(
+                    f"a baseline is already being recorded (since t = "
+                    f"{session.baseline_marked[0]:.0f} s); send baseline/stop first"
+                )
             session.start_baseline()
         elif name == "baseline/stop":
             try:

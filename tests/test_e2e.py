@@ -321,6 +321,9 @@ async def test_too_short_baseline_is_refused_and_not_stored(tmp_path: Path) -> N
             short_baseline = store.get(sid).baseline
             t0 = session_t()
             assert (await command("baseline/start", "3"))["status"] == "ok"
+            again = await command("baseline/start", "3b")  # pressed twice: the start stays
+            assert again["status"] == "error"
+            assert "already being recorded (since t = " in str(again["error"])
             await until(lambda: session_t() > t0 + 40)
             long = await command("baseline/stop", "4")
             long_baseline = store.get(sid).baseline
