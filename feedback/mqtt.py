@@ -153,6 +153,10 @@ class MqttLink:
         self.keepalive_s = keepalive_s
         self.queue_size = queue_size
         self._on_command = on_command
+        self.on_connect: Callable[[], None] | None = None
+        """Called after every (re)connect, once the remembered retained messages are queued
+        for the broker and before the live queue: the daemon publishes fresh status there,
+        so the cached copy (old ``ts``, old counters) does not stand until the next tick."""
         self._backoff_cap_s = backoff_cap_s
         self.shutdown_reconnect_s = shutdown_reconnect_s
         """How long :meth:`aclose` tries to reach a broker that is away, to leave the final
@@ -339,6 +343,11 @@ class MqttLink:
             # Retained state first, then the live queue (retained copies in it are harmless).
             for msg in list(self._retained.values()):
                 await client.publish(msg.topic, msg.payload, qos=msg.qos, retain=True)
+            if self.on_connect is not None:
+                try:
+                    self.on_connect()
+                except Exception:  # a callback bug must not take the link down
+                    log.exception("MQTT on_connect callback failed")
             if self._on_command is not None:
                 # MQTT 5 "retain as published": a command sent with the retain flag is seen as
                 # such (and refused) at once; with 3.1.1 only its replay on reconnect is.

@@ -206,6 +206,7 @@ def attach_link(
         queue_size=settings.mqtt.queue_size,
         on_command=daemon.on_command,
     )
+    link.on_connect = daemon.publish_status_all
     daemon.link = link
     return link
 

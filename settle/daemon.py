@@ -325,7 +325,13 @@ class Daemon:
             ]
             stop_task = tg.create_task(self._stop.wait(), name="stop-signal")
             await asyncio.wait([stop_task, *strap_tasks], return_when=asyncio.FIRST_COMPLETED)
-            failed = [t for t in strap_tasks if t.done() and t.exception() is not None]
+            # (a strap task cancelled by a library's stray cancel is not a failure to report:
+            # t.exception() would raise CancelledError here)
+            failed = [
+                t
+                for t in strap_tasks
+                if t.done() and not t.cancelled() and t.exception() is not None
+            ]
             if not failed:
                 # The straps stop reading (their links close concurrently), then every session
                 # is closed at once: one flush, one store transaction. One by one, each with
@@ -367,11 +373,15 @@ class Daemon:
         )
         rt.output.publish("status", status.to_json(), 1, True)
 
+    def publish_status_all(self) -> None:
+        """Every strap's status now (the link calls this after each reconnect)."""
+        for rt in self.runtimes:
+            self._publish_status(rt)
+
     async def _status_loop(self) -> None:
         while True:
             await self.sleep(STATUS_EVERY_S)
-            for rt in self.runtimes:
-                self._publish_status(rt)
+            self.publish_status_all()
 
     async def _run_strap(self, rt: StrapRuntime) -> None:
         """The connection state machine of one strap; ends only by cancellation or, before the

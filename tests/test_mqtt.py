@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -374,9 +375,14 @@ async def test_broker_killed_mid_session_keeps_measuring_and_storing(
         mosquitto.stop()  # forgets every retained message (persistence off)
         await asyncio.sleep(3)
         assert not task.done()
+        restarted_ms = time.time() * 1000
         async with Collector(*_restart(mosquitto)) as col:
             async with asyncio.timeout(5):
                 session = json.loads((await col.wait_for("session"))[0])
+                # a fresh status, not only the copy cached before the outage (the next
+                # 30 s tick would be too late for what it says: mqtt_dropped, state)
+                while not any(json.loads(p)["ts"] >= restarted_ms for p in col.payloads("status")):
+                    await col.wait_for("status", len(col.payloads("status")) + 1)
             assert session["state"] == "running"
             assert await asyncio.wait_for(task, 60) == 0
     check_store(db, expected)

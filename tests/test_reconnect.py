@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from bleak.backends.device import BLEDevice
 
 from sensors.strap import StrapClient
 from sensors.virtual.air import VirtualAir
@@ -180,3 +181,18 @@ async def test_a_stop_while_the_strap_connects_stops_the_daemon(tmp_path: Path) 
         await strap.stop()
     assert hung == []
     assert all(s.state == SessionState.STOPPED for s in sessions)
+
+
+async def test_a_stray_cancellation_of_a_strap_task_ends_the_run_cleanly(tmp_path: Path) -> None:
+    """A library that cancels the strap task by itself (no stop asked for) ends that strap;
+    the daemon closes down in order instead of raising CancelledError out of run()."""
+
+    class StrayCancel(StrapClient):
+        async def find(self) -> BLEDevice:
+            raise asyncio.CancelledError
+
+    settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
+    with SessionStore.open(settings.db_path) as store:
+        daemon = Daemon(settings, store, [StrayCancel(address="AA:BB:CC:DD:EE:FF")])
+        await asyncio.wait_for(daemon.run(), 10)  # returns; raised CancelledError before
+        assert store.list_sessions() == []
