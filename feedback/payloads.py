@@ -188,6 +188,9 @@ class IndicesPayload(_Payload):
     """False when the rhythm is not sinus enough to interpret: then do not read the score."""
     reason: str | None = None
     """Why the rhythm is not usable."""
+    warming_up: bool = False
+    """Not usable only because too few beats arrived yet (the first seconds of a session or
+    after a reconnect): a wait, not an unusable rhythm; no ``unusable-rhythm`` event."""
     catching_up_t_s: float | None = None
     """When physiology caught up (session time, s); null until detected."""
     responses_by_kind: dict[str, dict[str, float | None]] = Field(default_factory=dict)

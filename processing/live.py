@@ -54,6 +54,8 @@ from processing.timedomain import RollingTimeDomain, TimeDomain
 __all__ = ["BaselineStatus", "IndicesSnapshot", "LiveAnalyzer", "ProcessedBeat"]
 
 BaselineStatus = Literal["collecting", "complete"]
+WARMING_UP_REASON = "not enough beats yet"
+"""The reason given while the window holds too few beats to compute anything."""
 IRREGULAR_SHARE_MAX = 0.2
 """A window whose share of corrected beats exceeds this is an unusable (non-sinus) rhythm."""
 SERIES_KEEP_S = 120.0
@@ -100,6 +102,9 @@ class IndicesSnapshot:
     """False when the rhythm is not sinus enough to interpret (or no data)."""
     reason: str | None
     """Why not usable, one short sentence; None when usable."""
+    warming_up: bool
+    """Not usable only because too few beats arrived yet (session start, after a
+    reconnect): a wait, not an unusable rhythm."""
     catching_up_t_s: float | None
     """Detected catching-up time, s (None until detected)."""
     baseline: BaselineStatus
@@ -268,7 +273,7 @@ class LiveAnalyzer:
         share = sum(flags) / len(flags) if flags else 1.0
         usable, reason = True, None
         if td.n < 10:
-            usable, reason = False, "not enough beats yet"
+            usable, reason = False, WARMING_UP_REASON
         elif len(flags) >= 30 and share > IRREGULAR_SHARE_MAX:
             usable = False
             reason = f"irregular rhythm: {100 * share:.0f} % of recent beats are not sinus"
@@ -319,6 +324,7 @@ class LiveAnalyzer:
             quality=quality,
             usable=usable,
             reason=reason,
+            warming_up=reason == WARMING_UP_REASON,
             catching_up_t_s=self._catch.detected_t_s,
             baseline=self._base_state,
             responses=responses,

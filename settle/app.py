@@ -304,7 +304,9 @@ def _print_indices(out: Console, p: IndicesPayload) -> None:
     def f(x: float | None, spec: str) -> str:
         return "  –  " if x is None else format(x, spec)
 
-    if not p.usable:
+    if p.warming_up:
+        score = "waiting for beats…"
+    elif not p.usable:
         score = f"unusable rhythm ({p.reason})" if p.reason else "unusable rhythm"
     elif p.settling is None:
         score = "baseline…"

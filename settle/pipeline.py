@@ -542,6 +542,7 @@ class StrapPipeline:
             quality=_num(snap.quality),
             usable=snap.usable,
             reason=snap.reason,
+            warming_up=snap.warming_up,
             catching_up_t_s=_num(snap.catching_up_t_s),
             responses_by_kind={
                 kind: {
@@ -577,7 +578,8 @@ class StrapPipeline:
             self.baseline = "complete"
             self.event("baseline-complete", t_s=t_s)
             changed = True
-        if snap.usable != self.usable and td.n > 0:
+        # Too few beats yet (start, reconnect) is a wait, not a change of rhythm: no event.
+        if snap.usable != self.usable and td.n > 0 and not snap.warming_up:
             self.usable = snap.usable
             if snap.usable:
                 self.event("rhythm-usable", t_s=t_s)

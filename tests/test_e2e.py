@@ -337,6 +337,9 @@ async def test_too_short_baseline_is_refused_and_not_stored(tmp_path: Path) -> N
     assert "using the automatic baseline (the next 20 s) instead" in error
     assert short_baseline is None  # what the live score does not use is not stored either
     events = [p for leaf, p in seen if leaf == "event"]
+    # The first seconds of a session (too few beats) are a wait, not an unusable rhythm: no
+    # "unusable-rhythm" / "rhythm-usable" pair at every start (automations would fire on it).
+    assert not [e for e in events if e["kind"] in ("unusable-rhythm", "rhythm-usable")], events
     (too_short,) = [e for e in events if e["kind"] == "baseline-too-short"]
     assert too_short["text"] == error
     sessions = [p for leaf, p in seen if leaf == "session"]

@@ -130,7 +130,7 @@ function banners() {
   } else if (alive && d && d.contact === false) {
     out.push(["warn", "No skin contact — wet the electrodes and check the strap sits snugly."]);
   }
-  if (alive && d && d.indices && d.indices.usable === false) {
+  if (alive && d && d.indices && d.indices.usable === false && !d.indices.warming_up) {
     out.push(["bad", `Rhythm unusable${d.indices.reason ? " (" + d.indices.reason + ")" : ""} — do not read the settling score now.`]);
   }
   if (alive && S.mqtt === "down") {
@@ -169,6 +169,7 @@ function render() {
   const usable = ix && ix.usable;
   if (d.session && d.session.state !== "running") { text("settling", "–"); text("settling-note", "no session running"); text("trend", ""); }
   else if (!ix) { text("settling", "–"); text("settling-note", "waiting for the first indices"); text("trend", ""); }
+  else if (!usable && ix.warming_up) { text("settling", "–"); text("settling-note", "waiting for beats…"); text("trend", ""); }
   else if (!usable) { text("settling", "–"); text("settling-note", "rhythm unusable"); text("trend", ""); }
   else if (ix.settling === null) { text("settling", "–"); text("settling-note", "collecting the baseline…"); text("trend", ""); }
   else {
