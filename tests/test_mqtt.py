@@ -16,7 +16,6 @@ import aiomqtt
 import pytest
 
 from feedback.mqtt import ConnectOptions, MqttLink
-from sensors.strap import StrapClient
 from sensors.virtual.air import VirtualAir
 from sensors.virtual.model import ModelParams, PhysioModel
 from sensors.virtual.strap import VirtualStrap
@@ -27,7 +26,7 @@ from settle.daemon import Daemon
 from settle.demo import virtual_world
 from tests.conftest import Mosquitto
 from tests.test_e2e import CONFIG, Collector
-from tests.test_reconnect import until
+from tests.test_reconnect import client_for, until
 
 pytestmark = pytest.mark.mosquitto
 
@@ -425,16 +424,6 @@ class CuttableLink:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
-def _virtual_client(air: VirtualAir, strap: VirtualStrap) -> StrapClient:
-    return StrapClient(
-        address=strap.address,
-        scan_timeout_s=5,
-        connect_timeout_s=5,
-        scanner_kwargs=air.scanner_kwargs(),
-        client_kwargs=air.client_kwargs(),
-    )
-
-
 async def test_stop_while_the_broker_is_away_leaves_offline_not_online(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
@@ -457,7 +446,7 @@ async def test_stop_while_the_broker_is_away_leaves_offline_not_online(
         with SessionStore.open(settings.db_path) as store:
             async with link:
                 daemon = Daemon(
-                    settings, store, [_virtual_client(air, strap)], link=link, time_scale=speed
+                    settings, store, [client_for(air, strap)], link=link, time_scale=speed
                 )
                 task = asyncio.create_task(daemon.run())
                 async with asyncio.timeout(20):
@@ -501,9 +490,7 @@ async def test_mark_with_a_strap_but_no_session_says_which_case(
         await strap.start()
         with SessionStore.open(settings.db_path) as store:
             async with MqttLink(ConnectOptions(mosquitto.host, mosquitto.port)) as link:
-                daemon = Daemon(
-                    settings, store, [_virtual_client(air, strap)], link=link, time_scale=5
-                )
+                daemon = Daemon(settings, store, [client_for(air, strap)], link=link, time_scale=5)
                 task = asyncio.create_task(daemon.run())
                 rt = daemon.runtimes[0]
                 await until(lambda: rt.session is not None and link.connected)

@@ -294,19 +294,25 @@ def test_cli_log_set_fills_in_the_session_log(tmp_path: Path) -> None:
     )
 
 
+def _compressed_replay(db: Path) -> str:
+    """A 4x time-compressed replay: 300 s of beats recorded in 75 s of wall time."""
+    with SessionStore.open(db) as store:
+        sid = store.create_session("dev", T0_MS, "x", {}).id
+        store.add_beats(
+            sid, [BeatRow(i, 0.8 * (i + 1), T0_MS + 200 * i, 800.0) for i in range(375)]
+        )
+        store.finish_session(sid, T0_MS + 75_000)
+    return sid
+
+
 def test_cli_log_set_is_all_or_nothing_and_checks_the_baseline(tmp_path: Path) -> None:
     """A rejected option stores none of the others; a baseline must lie inside the recording
     and have a length (the report would otherwise say 'caught up -99754 s')."""
     from settle.cli import app
 
     db = tmp_path / "s.db"
+    sid = _compressed_replay(db)
     with SessionStore.open(db) as store:
-        sid = store.create_session("dev", T0_MS, "x", {}).id
-        # A 4x time-compressed replay: 300 s of beats recorded in 75 s of wall time.
-        store.add_beats(
-            sid, [BeatRow(i, 0.8 * (i + 1), T0_MS + 200 * i, 800.0) for i in range(375)]
-        )
-        store.finish_session(sid, T0_MS + 75_000)
         store.set_intention(sid, Intention(IntentionTarget.SELF, "I am safe", ""))
     runner = CliRunner()
     args = ["log", "set", sid, "--db", str(db)]
@@ -342,12 +348,7 @@ def test_sessions_list_duration_of_a_compressed_replay_and_a_mistyped_db(tmp_pat
     from settle.cli import app
 
     db = tmp_path / "s.db"
-    with SessionStore.open(db) as store:
-        sid = store.create_session("dev", T0_MS, "x", {}).id
-        store.add_beats(
-            sid, [BeatRow(i, 0.8 * (i + 1), T0_MS + 200 * i, 800.0) for i in range(375)]
-        )
-        store.finish_session(sid, T0_MS + 75_000)
+    _compressed_replay(db)
     runner = CliRunner()
     res = runner.invoke(app, ["sessions", "list", "--json", "--db", str(db)])
     assert res.exit_code == 0, res.output
