@@ -10,6 +10,8 @@ tests/test_pmd.py).
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import os
 import string
@@ -232,9 +234,17 @@ def test_config_files_give_settings_or_one_config_error(tmp_path: Path) -> None:
 @st.composite
 def journal_files(draw: st.DrawFn) -> tuple[str, bytes]:
     suffix = draw(st.sampled_from([".txt", ".csv", ".jsonl", ".md", ""]))
-    how = draw(st.integers(0, 3))
+    how = draw(st.integers(0, 4))
     if how == 0:
         return suffix, draw(st.binary(max_size=300))
+    if how == 4:  # near-valid: session-seconds CSV inside (or just past) the 1 h session
+        kinds = st.sampled_from(["note", "shame", "doubt", "hold-start", "", "anger"])
+        times = st.one_of(st.floats(0, 3500), st.floats(-5, 3700, allow_nan=False))
+        text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=20)
+        rows = draw(st.lists(st.tuples(times, kinds, text), min_size=1, max_size=4))
+        buf = io.StringIO()
+        csv.writer(buf).writerows([("t_s", "kind", "text"), *rows])
+        return ".csv", buf.getvalue().encode()
     if how == 1:  # text lines
         clock = st.from_regex(r"\A\d{1,2}:\d{2}(:\d{2}(\.\d{1,7})?)?\Z")
         lines = draw(st.lists(st.tuples(clock, st.text(max_size=20)), max_size=5))
@@ -260,7 +270,7 @@ def test_journal_import_stores_all_or_nothing_with_typed_errors(tmp_path: Path) 
     outcome = {"imported": 0, "error": 0}
 
     @FUZZ
-    @given(f=journal_files(), offset=st.sampled_from([0.0, 30.0, -1e9, float("nan")]))
+    @given(f=journal_files(), offset=st.sampled_from([0.0, 0.0, 30.0, -1e9, float("nan")]))
     def check(f: tuple[str, bytes], offset: float) -> None:
         suffix, data = f
         path = tmp_path / f"journal{suffix}"
@@ -280,6 +290,7 @@ def test_journal_import_stores_all_or_nothing_with_typed_errors(tmp_path: Path) 
         check()
     finally:
         store.close()
+    assert outcome["imported"] > 5 and outcome["error"] > 5  # both paths exercised
     print(f"journal files tried: {sum(outcome.values())} {outcome}")
 
 
