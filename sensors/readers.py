@@ -168,11 +168,15 @@ def _comment(line: str) -> bool:
     return line.lstrip().startswith("#")
 
 
+_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+"""A plain decimal number: what float() takes minus ``1_000``, ``inf``, ``nan`` and the
+like, which no RR export writes (``8_00`` is a typo, not 800)."""
+
+
 def _number(name: str, lineno: int, cell: str, what: str) -> float:
-    try:
-        v = float(cell)
-    except ValueError:
-        raise InputFileError(name, f"{what} {cell.strip()!r} is not a number", lineno) from None
+    if not _DECIMAL.fullmatch(cell.strip()):
+        raise InputFileError(name, f"{what} {cell.strip()!r} is not a number", lineno)
+    v = float(cell)
     if not math.isfinite(v):
         raise InputFileError(name, f"{what} {cell.strip()!r} is not finite", lineno)
     return v
@@ -255,11 +259,7 @@ def _read_one_per_line(name: str, lines: list[str], head: int) -> npt.NDArray[np
 
 
 def _looks_numeric(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
+    return _DECIMAL.fullmatch(s.strip()) is not None
 
 
 def _read_hrm(name: str, lines: list[str]) -> npt.NDArray[np.float64]:

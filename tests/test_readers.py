@@ -48,7 +48,9 @@ def test_polar_hrm_rr_mode(tmp_path: Path) -> None:
         ("800\nabc\n", "'abc' is not a number", 2),
         ("t_s,rr_ms\n0.8,800\n1.6\n", "expected 2 columns", 3),
         ("t_s,rr_ms\n0.8,800\n0.5,790\n", "go backwards", 3),
-        ("800\nnan\n", "not finite", 2),
+        ("800\nnan\n", "'nan' is not a number", 2),
+        ("800\n1_000\n", "'1_000' is not a number", 2),  # float() would read 1000
+        ("t_s,rr_ms\n0.8,800\n1.6,inf\n", "'inf' is not a number", 3),
         ("[Params]\nVersion=106\n", "without an [HRData]", None),
         # Line numbers count blank and comment lines (they were off by those before).
         ("# c\n\nt_s,rr_ms\n0.8,800\n# x\n0.5,790\n", "go backwards", 6),
