@@ -93,9 +93,19 @@ __all__ = [
     "correct_rr",
 ]
 
-BeatClass = Literal["normal", "ectopic", "long", "short", "missed", "extra"]
-BEAT_CLASSES: tuple[BeatClass, ...] = ("normal", "ectopic", "long", "short", "missed", "extra")
-"""All classes, in the order of their integer codes in :class:`CorrectedSeries`."""
+BeatClass = Literal["normal", "ectopic", "long", "short", "missed", "extra", "implausible"]
+BEAT_CLASSES: tuple[BeatClass, ...] = (
+    "normal",
+    "ectopic",
+    "long",
+    "short",
+    "missed",
+    "extra",
+    "implausible",
+)
+"""All classes, in the order of their integer codes in :class:`CorrectedSeries`. The corrector
+assigns the first six; ``implausible`` marks an interval outside the plausible range that the
+offline analysis keeps for provenance but does not analyse (``rr_ms`` NaN), as the daemon does."""
 
 ALPHA = 5.2
 """Threshold multiplier of the quartile deviation (Lipponen & Tarvainen 2019)."""

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from processing.artefacts import CorrectedSeries, ProcessedBeat, collect, correct_rr
+from processing.artefacts import BEAT_CLASSES, CorrectedSeries, collect, correct_rr
 from processing.indices import SPREAD_FLOORS
 from processing.live import IRREGULAR_SHARE_MAX
 from processing.nonlinear import dfa_alpha1, poincare
@@ -29,7 +29,7 @@ from processing.spectral import (
     periodograms,
     resample_cubic,
     resp_peak_hz,
-    spectral,
+    spectral_runs,
     spline_power_gain,
 )
 from processing.timedomain import NN50_THRESHOLD_MS, TimeDomain, time_domain
@@ -40,6 +40,7 @@ FloatArray = npt.NDArray[np.float64]
 STEP_S = 5.0
 COHERENCE_WINDOW_S = 64.0
 SPECTRAL_WINDOW_S = 120.0
+_IMPLAUSIBLE = np.int8(BEAT_CLASSES.index("implausible"))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -116,10 +117,49 @@ def _rolling_td(t: FloatArray, rr: FloatArray, window_s: float) -> tuple[FloatAr
     return mean, 60000.0 / mean, np.sqrt(var), rmssd, pnn
 
 
+def _classify(
+    t: FloatArray, rr: FloatArray, correction: bool, rr_min_ms: float, rr_max_ms: float
+) -> CorrectedSeries:
+    """Per-beat provenance: implausible intervals marked, the runs between them (split again
+    at gaps in the beat times) corrected one by one, or taken as they are."""
+    plausible = (rr >= rr_min_ms) & (rr <= rr_max_ms)
+    parts: list[tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.int8]]] = []
+    edges = np.flatnonzero(np.diff(plausible.astype(np.int8)) != 0) + 1
+    for a, b in itertools.pairwise([0, *edges.tolist(), t.size]):
+        ts, rs = t[a:b], rr[a:b]
+        if not plausible[a]:
+            parts.append((ts, rs, np.full(rs.size, np.nan), np.full(rs.size, _IMPLAUSIBLE)))
+            continue
+        cuts = [0, *_gaps(ts, rs).tolist(), ts.size] if correction else [0, ts.size]
+        for c, d in itertools.pairwise(cuts):
+            if correction:
+                cs = correct_rr(ts[c:d], rs[c:d])
+                parts.append((cs.t_s, cs.rr_raw_ms, cs.rr_ms, cs.code))
+            else:
+                parts.append((ts[c:d], rs[c:d], rs[c:d], np.zeros(d - c, np.int8)))
+    if not parts:
+        return collect([])
+    raw = np.concatenate([p[1] for p in parts])
+    is_raw = ~np.isnan(raw)
+    raw_index = np.cumsum(is_raw) - 1
+    raw_index[~is_raw] += 1  # an inserted row belongs to the raw beat it was split from
+    return CorrectedSeries(
+        np.concatenate([p[0] for p in parts]),
+        raw,
+        np.concatenate([p[2] for p in parts]),
+        np.concatenate([p[3] for p in parts]),
+        raw_index.astype(np.int64),
+    )
+
+
+def _gaps(t: FloatArray, rr: FloatArray) -> npt.NDArray[np.intp]:
+    """Indices of beats that follow a gap: beat times further apart than 3× the interval."""
+    return np.flatnonzero(np.diff(t) * 1000.0 > 3.0 * rr[1:] + 1.0) + 1
+
+
 def _segments(t: FloatArray, rr: FloatArray) -> list[tuple[int, int]]:
     """Index ranges without gaps (a gap: beat times further apart than 3× the interval)."""
-    gaps = np.flatnonzero(np.diff(t) * 1000.0 > 3.0 * rr[1:] + 1.0) + 1
-    edges = [0, *gaps.tolist(), t.size]
+    edges = [0, *_gaps(t, rr).tolist(), t.size]
     return [(a, b) for a, b in itertools_pairwise(edges) if b - a >= 2]
 
 
@@ -229,22 +269,35 @@ def analyze(
     window_s: float = 60.0,
     rolling: bool = False,
     baseline_s: float = 120.0,
+    rr_min_ms: float = 273.0,
+    rr_max_ms: float = 2000.0,
 ) -> Analysis:
-    """Analyse one recording (beat times ``t_s`` in s, raw intervals ``rr_ms`` in ms)."""
+    """Analyse one recording (beat times ``t_s`` in s, raw intervals ``rr_ms`` in ms).
+
+    An interval outside ``[rr_min_ms, rr_max_ms]`` is kept in :attr:`Analysis.beats` as
+    ``implausible`` and not analysed (as in the daemon); the artefact correction starts afresh
+    after it and after every gap in the beat times, so no correction spans a lost signal.
+    """
     t = np.asarray(t_s, dtype=np.float64)
     rr = np.asarray(rr_ms, dtype=np.float64)
-    if correction:
-        cs = correct_rr(t, rr)
-    else:
-        cs = collect(
-            [ProcessedBeat(a, b, b, "normal") for a, b in zip(t.tolist(), rr.tolist(), strict=True)]
-        )
+    cs = _classify(t, rr, correction, rr_min_ms, rr_max_ms)
     ok = np.isfinite(cs.rr_ms)
     tc, rc = cs.t_s[ok], cs.rr_ms[ok]
-    share = cs.n_flagged / max(t.size, 1)
+    n_implausible = cs.by_class()["implausible"]
+    n_plausible = t.size - n_implausible
+    share = (cs.n_flagged - n_implausible) / max(n_plausible, 1)
     usable, reason = True, None
     if t.size < 10:
         usable, reason = False, "fewer than 10 beats"
+    elif n_implausible > IRREGULAR_SHARE_MAX * t.size:
+        usable = False
+        reason = (
+            f"{100 * n_implausible / t.size:.0f} % of intervals lie outside "
+            f"{rr_min_ms:g}–{rr_max_ms:g} ms (signal lost, or not RR in milliseconds?)"
+        )
+    elif n_plausible < 10:
+        usable = False
+        reason = f"fewer than 10 beats with a plausible interval ({rr_min_ms:g}–{rr_max_ms:g} ms)"
     elif share > IRREGULAR_SHARE_MAX:
         usable = False
         reason = f"irregular rhythm: {100 * share:.0f} % of beats are not sinus"
@@ -272,7 +325,7 @@ def analyze(
         sd1_ms=sd1,
         sd2_ms=sd2,
         dfa_alpha1=dfa_alpha1(rc),
-        spectral=spectral(tc, rc),
+        spectral=spectral_runs(tc, rc, _segments(tc, rc)),
         coherence=float(np.median(finite_coh)) if finite_coh.size else math.nan,
         rolling=roll,
     )

@@ -38,6 +38,7 @@ __all__ = [
     "resample_cubic",
     "resp_peak_hz",
     "spectral",
+    "spectral_runs",
     "spline_power_gain",
     "welch_psd",
 ]
@@ -188,14 +189,25 @@ def welch_psd(
 ) -> tuple[FloatArray, FloatArray]:
     """Welch PSD of an evenly sampled series: Hann segments of ``min(N, segment_s·fs)``
     samples, 50 % overlap, each linearly detrended; one-sided, ms²/Hz."""
-    xa = np.asarray(x, dtype=np.float64)
-    n = xa.size
-    seg = min(n, round(segment_s * fs))
+    return _welch_runs([np.asarray(x, dtype=np.float64)], fs, segment_s)
+
+
+def _welch_runs(
+    runs: list[FloatArray], fs: float, segment_s: float
+) -> tuple[FloatArray, FloatArray]:
+    """Welch PSD averaged over the frames of several evenly sampled runs; no frame spans two
+    runs. Frames of ``min(longest run, segment_s·fs)`` samples (runs shorter are left out)."""
+    seg = min(max((x.size for x in runs), default=0), round(segment_s * fs))
     if seg < 4:
         return np.empty(0), np.empty(0)
     step = max(seg // 2, 1)
-    starts = np.arange(0, n - seg + 1, step)
-    frames = np.lib.stride_tricks.sliding_window_view(xa, seg)[starts]
+    frames = np.concatenate(
+        [
+            np.lib.stride_tricks.sliding_window_view(x, seg)[np.arange(0, x.size - seg + 1, step)]
+            for x in runs
+            if x.size >= seg
+        ]
+    )
     nfft = max(seg, round(1.0 / 0.0033 * fs) + 1)
     f, p = periodograms(frames, fs, nfft=int(2 ** math.ceil(math.log2(nfft))))
     return f, p.mean(axis=0)
@@ -306,6 +318,27 @@ def spectral(t_s: npt.ArrayLike, rr_ms: npt.ArrayLike, method: Method = "welch")
         f, p = welch_psd(x)
         p = p / spline_power_gain(f, span / (t.size - 1))
     return band_powers(f, p, span)
+
+
+def spectral_runs(
+    t_s: npt.ArrayLike, rr_ms: npt.ArrayLike, bounds: list[tuple[int, int]]
+) -> Spectral:
+    """Default-method spectrum of a series broken by gaps: ``bounds`` are the index ranges
+    ``[a, b)`` of its unbroken runs. Each run is resampled on its own and the Welch frames are
+    cut within runs, never across a gap (a spline across a lost minute invents slow power).
+    For a single run this is :func:`spectral`."""
+    t = np.asarray(t_s, dtype=np.float64)
+    rr = np.asarray(rr_ms, dtype=np.float64)
+    runs = [(t[a:b], rr[a:b]) for a, b in bounds if b - a >= 4]
+    if not runs:
+        return band_powers(np.empty(0), np.empty(0), 0.0)
+    if len(runs) == 1:
+        return spectral(*runs[0])
+    f, p = _welch_runs([resample_cubic(ts, rs)[1] for ts, rs in runs], FS_HZ, SEGMENT_S)
+    n = sum(ts.size - 1 for ts, _ in runs)
+    spacing = sum(float(ts[-1] - ts[0]) for ts, _ in runs) / max(n, 1)
+    longest = max(float(ts[-1] - ts[0]) for ts, _ in runs)
+    return band_powers(f, p / spline_power_gain(f, spacing) if f.size else p, longest)
 
 
 def coherence_from_psd(f: FloatArray, psd: FloatArray) -> Coherence:

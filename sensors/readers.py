@@ -4,11 +4,13 @@
 Formats recognised, by content (not by file name):
 
 * ``t_s,rr_ms`` CSV with that header (``t_s`` = time of the beat closing the interval);
-  extra columns are ignored.
+  extra columns are ignored. A CSV with an ``rr_ms`` column and no ``t_s`` (one column with
+  just that header, say) is read as consecutive intervals.
 * Settle's own session export (``settle export --format csv``, header with ``record`` and
   ``rr_ms`` columns): only ``record = beat`` rows are read, their ``t_s`` and ``rr_ms`` — the
   RR as the strap sent it, before artefact correction, so an analysis corrects it afresh
   (``rr_corrected_ms``, ``indices``, markers, gaps and ``ecg_beat`` rows are not read).
+  An RR of 0 (a strap sent it; the daemon kept it as ``implausible``) is read here only.
 * One RR interval in milliseconds per line (Elite HRV / Kubios text export).
 * Polar ``.hrm`` files in RR mode (``[Params]`` … ``[HRData]`` with one RR in ms per line).
 
@@ -88,7 +90,7 @@ def read_rr_file(path: Path | str) -> RRRecording:
     t: npt.NDArray[np.float64] | None
     if first.lower() == "[params]" or any(ln.strip().lower() == "[hrdata]" for ln in lines):
         rr, fmt, t = _read_hrm(name, lines), "polar-hrm", None
-    elif "," in first and "rr_ms" in [c.strip().lower() for c in first.split(",")]:
+    elif "rr_ms" in [c.strip().lower() for c in first.split(",")]:
         t, rr, fmt = _read_csv(name, lines, head)
     else:
         rr, fmt, t = _read_one_per_line(name, lines, head), "rr-per-line", None
@@ -182,8 +184,10 @@ def _number(name: str, lineno: int, cell: str, what: str) -> float:
     return v
 
 
-def _rr(name: str, lineno: int, cell: str) -> float:
+def _rr(name: str, lineno: int, cell: str, zero_ok: bool = False) -> float:
     v = _number(name, lineno, cell, "RR value")
+    if v == 0 and zero_ok:
+        return v
     if v <= 0:
         raise InputFileError(name, f"RR value {v:g} ms is not positive", lineno)
     if v < RR_MIN_MS:
@@ -231,7 +235,9 @@ def _read_csv(
                 )
             if i_rec is not None and cells[i_rec].strip() != "beat":
                 continue
-            rr.append(_rr(name, start, cells[i_rr]))
+            # A strap may send an RR of 0; the daemon records it (as implausible), so its
+            # own export holds it, and an analysis marks it implausible again.
+            rr.append(_rr(name, start, cells[i_rr], zero_ok=i_rec is not None))
             if i_t is not None:
                 ts.append(_number(name, start, cells[i_t], "time"))
             linenos.append(start)

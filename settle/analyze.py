@@ -211,9 +211,12 @@ def run_analyze(
     rolling: Path | None,
     window_s: float,
     force: bool = False,
+    baseline_s: float = 120.0,
+    rr_range_ms: tuple[float, float] = (273.0, 2000.0),
 ) -> tuple[Analysis, dict[str, Any]]:
     """Read, analyse and write the requested files; returns the analysis and its JSON.
-    ``force``: replace existing output files (never ``file`` itself)."""
+    ``force``: replace existing output files (never ``file`` itself). ``baseline_s`` and
+    ``rr_range_ms`` as ``processing.baseline_s`` and ``rr_min_ms``/``rr_max_ms``."""
     if not (math.isfinite(window_s) and window_s > 0):
         raise AnalyzeUsageError(f"--window must be a number of seconds > 0, got {window_s:g}")
     check_outputs(file, {"--beats": beats, "--rolling": rolling}, force=force)
@@ -232,6 +235,9 @@ def run_analyze(
             correction=correction,
             window_s=window_s,
             rolling=rolling is not None,
+            baseline_s=baseline_s,
+            rr_min_ms=rr_range_ms[0],
+            rr_max_ms=rr_range_ms[1],
         )
         if beats is not None:
             write_beats(a, beats)

@@ -746,26 +746,36 @@ def analyze(
     rolling: Annotated[
         Path | None, typer.Option("--rolling", help="Write the rolling series CSV.")
     ] = None,
-    window: Annotated[float, typer.Option("--window", help="Rolling window, s (> 0).")] = 60.0,
+    window: Annotated[
+        float | None,
+        typer.Option("--window", help="Rolling window, s (> 0; default processing.window_s)."),
+    ] = None,
     force: Annotated[
         bool,
         typer.Option(
             "--force", help="Replace existing --beats/--rolling files (never FILE itself)."
         ),
     ] = False,
+    config: ConfigOpt = None,
 ) -> None:
-    """Analyse an RR recording offline: HRV summary, artefacts, rolling indices."""
+    """Analyse an RR recording offline: HRV summary, artefacts, rolling indices.
+
+    The [processing] settings of the config apply as they do live: window_s, baseline_s,
+    correction and the plausible RR range; --window and --no-correction override them."""
     from settle.analyze import AnalyzeUsageError, run_analyze
 
+    p = settings_from(config).processing
     try:
         a, doc = run_analyze(
             file,
             as_json=as_json,
-            correction=not no_correction,
+            correction=p.correction and not no_correction,
             beats=beats,
             rolling=rolling,
-            window_s=window,
+            window_s=p.window_s if window is None else window,
             force=force,
+            baseline_s=p.baseline_s,
+            rr_range_ms=(p.rr_min_ms, p.rr_max_ms),
         )
     except AnalyzeUsageError as exc:  # a bad option: exit 2 like any other usage error
         fail(str(exc), 2)

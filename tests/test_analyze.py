@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -208,13 +209,11 @@ def test_blank_first_line_utf16_and_long_names(tmp_path: Path) -> None:
     assert "cannot read: File name too long" in _one_line_error(_settle(str(too_long)), 1)
 
 
-def test_analyze_reads_settles_own_csv_export(tmp_path: Path) -> None:
-    """``settle export --format csv`` then ``settle analyze`` on it: the beats' raw RR, the
-    same analysis as of a plain t_s,rr_ms file with those beats."""
+def _exported(tmp_path: Path, rr: list[float]) -> tuple[Path, list[float]]:
+    """A session of these beats in a store, exported with ``export_csv``; also the beat times."""
     from sessions.export import export_csv
     from sessions.store import BeatRow, IndicesRow, MarkerRow, SessionStore
 
-    rr = np.genfromtxt(DATA / "pyhrv_nni_short.csv", delimiter=",", names=True)["rr_ms"].tolist()
     store = SessionStore.open(tmp_path / "s.db")
     info = store.create_session("dev_1", 1_700_000_000_000, "test", {})
     t_s = (np.cumsum(rr) / 1000.0).tolist()
@@ -229,6 +228,14 @@ def test_analyze_reads_settles_own_csv_export(tmp_path: Path) -> None:
     store.finish_session(info.id, 1_700_000_000_000 + round(t_s[-1] * 1000))
     exported = export_csv(store, info.id, tmp_path / "export.csv")
     store.close()
+    return exported, t_s
+
+
+def test_analyze_reads_settles_own_csv_export(tmp_path: Path) -> None:
+    """``settle export --format csv`` then ``settle analyze`` on it: the beats' raw RR, the
+    same analysis as of a plain t_s,rr_ms file with those beats."""
+    rr = np.genfromtxt(DATA / "pyhrv_nni_short.csv", delimiter=",", names=True)["rr_ms"].tolist()
+    exported, t_s = _exported(tmp_path, rr)
     plain = tmp_path / "plain.csv"
     plain.write_text(
         "t_s,rr_ms\n" + "".join(f"{t!r},{r!r}\n" for t, r in zip(t_s, rr, strict=True))
@@ -236,3 +243,85 @@ def test_analyze_reads_settles_own_csv_export(tmp_path: Path) -> None:
     doc = _json(str(exported))
     assert doc["n_beats"] == len(rr)
     assert doc == _json(str(plain))
+
+
+def test_an_export_holding_a_zero_rr_from_the_strap_is_analysed(tmp_path: Path) -> None:
+    """A strap sent RR 0 (the daemon keeps it as implausible): the export of that session is
+    analysed, the 0 marked implausible, not refused as a bad line."""
+    rr = np.genfromtxt(DATA / "pyhrv_nni_short.csv", delimiter=",", names=True)["rr_ms"].tolist()
+    rr[100] = 0.0
+    exported, _ = _exported(tmp_path, rr)
+    doc = _json(str(exported))
+    assert doc["n_beats"] == len(rr)
+    assert doc["correction"]["by_class"]["implausible"] == 1
+    plain = tmp_path / "plain.txt"
+    plain.write_text("".join(f"{r!r}\n" for r in rr))  # elsewhere a 0 is still an error
+    assert "plain.txt:101: RR value 0 ms is not positive" in _one_line_error(_settle(str(plain)), 1)
+
+
+def test_a_lost_half_minute_is_not_filled_with_invented_beats(tmp_path: Path) -> None:
+    """A one-column file whose strap lost 30 s (one interval spanning it, as RR-only exports
+    show a dropout): the interval is kept as 'implausible' but not analysed or split into
+    invented beats (it was split as a 'missed' beat into 30 interpolated ones)."""
+    rr = np.genfromtxt(DATA / "bartels_rest_supine.csv", delimiter=",", names=True)["rr_ms"]
+    lost = np.concatenate([rr[:400], [rr[400:430].sum()], rr[430:]])
+    f = tmp_path / "dropout.csv"
+    f.write_text("rr_ms\n" + "".join(f"{x:g}\n" for x in lost))  # one column, with its header
+    whole = _json(str(DATA / "bartels_rest_supine.csv"))
+    doc = _json(str(f))
+    assert doc["n_beats"] == lost.size
+    assert doc["correction"]["by_class"]["implausible"] == 1
+    assert doc["correction"]["by_class"]["missed"] == whole["correction"]["by_class"]["missed"]
+    assert doc["usable"] is True
+    for key in ("rmssd_ms", "sdnn_ms"):
+        assert doc["summary"][key] == pytest.approx(whole["summary"][key], rel=0.03), key
+    out = tmp_path / "beats.csv"
+    assert _settle(str(f), "--beats", str(out)).returncode == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == lost.size
+    assert rows[400]["class"] == "implausible" and rows[400]["rr_ms"] == ""
+    assert float(rows[400]["rr_raw_ms"]) == pytest.approx(lost[400], abs=1e-3)
+
+
+def test_processing_settings_of_the_config_apply(tmp_path: Path) -> None:
+    rec = str(DATA / "bartels_rest_supine.csv")
+    cfg = tmp_path / "settle.toml"
+    cfg.write_text("[processing]\ncorrection = false\nrr_max_ms = 1100\n")
+    doc = _json(rec, "--config", str(cfg))
+    assert doc["correction"]["enabled"] is False
+    rr = np.genfromtxt(DATA / "bartels_rest_supine.csv", delimiter=",", names=True)["rr_ms"]
+    assert doc["correction"]["by_class"]["implausible"] == int((rr > 1100).sum()) > 0
+    assert doc["correction"]["n_flagged"] == int((rr > 1100).sum())
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[processing]\nwindow_s = 1\n")
+    assert "processing.window_s" in _one_line_error(_settle(rec, "--config", str(bad)), 2)
+
+
+def test_seconds_instead_of_milliseconds_is_explained(tmp_path: Path) -> None:
+    f = tmp_path / "seconds.txt"
+    f.write_text("".join(f"{x / 1000:.3f}\n" for x in [1012.0, 1034.5, 998.0] * 20))
+    doc = _json(str(f))
+    assert doc["usable"] is False
+    assert "not RR in milliseconds" in doc["reason"]
+
+
+def test_the_spectrum_is_not_splined_across_a_gap(tmp_path: Path) -> None:
+    """Ten minutes of a calibrated 0.1 Hz, 40 ms oscillation (800 ms² of LF) with one minute of
+    beats missing from the file (a lost connection in an export): the whole-recording spectrum
+    still reads 800 ms² ± 3 % of LF and invents no slow power. A spline across the hole read
+    645 ms² of LF and 1796 ms² of VLF."""
+    t, rr, tt = [], [], 0.0
+    while tt < 600.0:
+        r = 1000.0 + 40.0 * math.sin(2.0 * math.pi * 0.1 * tt)
+        tt += r / 1000.0
+        t.append(tt)
+        rr.append(r)
+    f = tmp_path / "gap.csv"
+    f.write_text(
+        "t_s,rr_ms\n"
+        + "".join(f"{a:.4f},{b:.3f}\n" for a, b in zip(t, rr, strict=True) if not 290 < a < 350)
+    )
+    s = _json(str(f))["summary"]
+    assert s["lf_ms2"] == pytest.approx(800.0, rel=0.03)
+    assert s["hf_ms2"] < 1.0
+    assert s["vlf_ms2"] is None or s["vlf_ms2"] < 10.0
