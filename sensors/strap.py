@@ -175,6 +175,14 @@ async def scan_straps(scan_s: float, scanner_kwargs: dict[str, Any]) -> list[dic
     return rows
 
 
+async def _disconnect_quietly(client: BleakClient) -> None:
+    """Disconnect if connected, within 5 s, ignoring a link that is already gone."""
+    if client.is_connected:
+        with contextlib.suppress(BleakError, TimeoutError, OSError):
+            async with asyncio.timeout(5):
+                await client.disconnect()
+
+
 def _offers_hrs(adv: AdvertisementData) -> bool:
     return HEART_RATE_SERVICE_UUID in (u.lower() for u in adv.service_uuids)
 
@@ -257,6 +265,11 @@ class StrapClient:
                 device.address,
                 f"found but could not connect ({exc or type(exc).__name__}) — {NOT_FOUND_HINT}",
             ) from exc
+        except asyncio.CancelledError:
+            # Stopped while connecting: a link that came up all the same is closed, or the
+            # strap stays connected to nobody and advertises no more until it times out.
+            await _disconnect_quietly(client)
+            raise
         stream.client = client
         try:
             stream.info = await self._read_info(client, device)
@@ -269,9 +282,7 @@ class StrapClient:
                 with contextlib.suppress(BleakError, TimeoutError, OSError):
                     async with asyncio.timeout(5):
                         await client.stop_notify(HEART_RATE_MEASUREMENT_UUID)
-                with contextlib.suppress(BleakError, TimeoutError, OSError):
-                    async with asyncio.timeout(5):
-                        await client.disconnect()
+            await _disconnect_quietly(client)
 
     async def _read_info(self, client: BleakClient, device: BLEDevice) -> StrapInfo:
         async def text(uuid: str) -> str | None:

@@ -522,16 +522,29 @@ class Daemon:
         }
         if intention is not None:
             meta["intention"] = intention.model_dump()
-        session = await asyncio.to_thread(
-            functools.partial(
-                self.store.create_session,
-                info.device_id,
-                started_ms,
-                f"{self.source}:{info.address}",
-                meta,
-                intention=_store_intention(intention),
+        create = asyncio.ensure_future(
+            asyncio.to_thread(
+                functools.partial(
+                    self.store.create_session,
+                    info.device_id,
+                    started_ms,
+                    f"{self.source}:{info.address}",
+                    meta,
+                    intention=_store_intention(intention),
+                )
             )
         )
+        cancelled = False
+        while True:
+            try:
+                session = await asyncio.shield(create)
+                break
+            except asyncio.CancelledError:
+                if create.cancelled():
+                    raise
+                # A stop arrived while the store thread creates the session: it is created
+                # all the same, so take it and let the shutdown stop it, not leave it running.
+                cancelled = True
         pipeline = StrapPipeline(
             output=rt.output,
             session_id=session.id,
@@ -551,6 +564,8 @@ class Daemon:
         log.info("session %s started for %s", session.id, info.device_id)
         if self.on_session is not None:
             self.on_session(pipeline, info)
+        if cancelled:
+            raise asyncio.CancelledError
         return pipeline
 
     async def _finish_session(self, rt: StrapRuntime, stopped_ms: int) -> None:
