@@ -212,6 +212,11 @@ class LiveAnalyzer:
         self._base_until = math.inf
         self._base_state = "collecting"
 
+    @property
+    def baseline_status(self) -> BaselineStatus:
+        """``collecting`` or ``complete`` (as in the next :class:`IndicesSnapshot`)."""
+        return self._base_state
+
     def stop_baseline(self, t_s: float) -> None:
         """End the baseline being collected. One with fewer than
         :data:`BASELINE_MIN_SAMPLES` samples is discarded and an
