@@ -10,7 +10,7 @@ dataset without touching its other files. Written (``<sub>`` = ``sub-<subject>``
     <sub>/<ses>/beh/<sub>_<ses>_task-settle_physio.tsv.gz   RR and HR at 4 Hz
     <sub>/<ses>/beh/<sub>_<ses>_task-settle_physio.json     sidecar
     <sub>/<ses>/beh/<sub>_<ses>_task-settle_recording-ecg_physio.tsv.gz / .json  (if ECG)
-    <sub>/<ses>/beh/<sub>_<ses>_task-settle_events.tsv      markers, gaps, baseline
+    <sub>/<ses>/beh/<sub>_<ses>_task-settle_events.tsv      markers, gaps, baseline, not analysed
     <sub>/<ses>/beh/<sub>_<ses>_task-settle_events.json     column descriptions
 
 ``*_physio.tsv.gz``: gzip, tab-separated, **no header row** (the sidecar's ``Columns`` names
@@ -23,7 +23,9 @@ export has those). Values are written to 4 decimals. Both start at the session s
 (``StartTime`` 0); events' ``onset`` is seconds since session start, the same time base.
 
 ``*_events.tsv``: ``onset`` (s), ``duration`` (s, 0 for markers), ``trial_type`` (marker kind,
-``gap`` or ``baseline``), ``source``, ``text``; tabs and line breaks in texts become spaces.
+``gap``, ``baseline`` or ``not-analysed`` — the spans the physio file leaves ``n/a`` around
+``implausible``/``warmup`` beats, their classes in ``text``), ``source``, ``text``; tabs and
+line breaks in texts become spaces.
 """
 
 from __future__ import annotations
@@ -41,7 +43,14 @@ import numpy.typing as npt
 
 from sessions.export_json import package_version
 from sessions.files import ExportError, ProgressFn, atomic_file, inside, plain_name
-from sessions.series import DEFAULT_FS_HZ, ecg_on_grid, n_samples_for, rr_on_grid, session_span_s
+from sessions.series import (
+    DEFAULT_FS_HZ,
+    ecg_on_grid,
+    n_samples_for,
+    not_analysed_spans,
+    rr_on_grid,
+    session_span_s,
+)
 from sessions.store import SessionRecord, SessionStore
 
 __all__ = ["BIDS_VERSION", "bids_label", "export_bids"]
@@ -114,6 +123,8 @@ def _events_tsv(rec: SessionRecord) -> str:
     b = rec.info.baseline
     if b is not None and b.stop_t_s is not None:
         rows.append((b.start_t_s, b.stop_t_s - b.start_t_s, "baseline", "settle", ""))
+    for start, end, classes in not_analysed_spans(rec.beats):
+        rows.append((start, end - start, "not-analysed", "settle", classes))
     rows.sort(key=lambda r: r[0])
     lines = ["onset\tduration\ttrial_type\tsource\ttext"]
     for onset, dur, kind, source, text in rows:
@@ -127,7 +138,9 @@ _EVENTS_JSON: dict[str, Any] = {
     "onset": {"Description": "Seconds since the session started", "Units": "s"},
     "duration": {"Description": "Length of the event (0 for markers)", "Units": "s"},
     "trial_type": {
-        "Description": "Marker kind, or 'gap' (no usable beats) or 'baseline' (rest period)",
+        "Description": "Marker kind, or 'gap' (no usable beats), 'baseline' (rest period) or "
+        "'not-analysed' (beats recorded but not analysed: 'implausible' or 'warmup' in text; "
+        "the physio file is n/a there)",
     },
     "source": {"Description": "Where the marker was entered: cli, mqtt, dashboard, import"},
     "text": {"Description": "The practitioner's note"},

@@ -244,6 +244,14 @@ def test_edf_beats_not_analysed_are_missing_in_rr_and_hr_never_clipped(
     rows = gzip.decompress(physio.read_bytes()).decode().splitlines()
     n = min(len(rows), edf_rr.shape[0])
     assert [r == "n/a\tn/a" for r in rows[:n]] == rr_gone[:n].tolist()
+    # ... and its events list those spans, as the EDF annotates them.
+    (events,) = beh.glob("*_events.tsv")
+    spans = [ln.split("\t") for ln in events.read_text().splitlines()[1:]]
+    spans = [(float(o), float(d), k, t) for o, d, k, _src, t in spans if k == "not-analysed"]
+    assert spans == [
+        (0.0, pytest.approx(bt[4]), "not-analysed", "warmup"),
+        (pytest.approx(bt[19]), pytest.approx(bt[21] - bt[19]), "not-analysed", "implausible"),
+    ]
 
 
 def test_edf_annotation_texts_are_unambiguous_and_cut_visibly(
