@@ -88,7 +88,8 @@ class StatusPayload(_Payload):
     battery_pct: int | None = None
     contact: bool | None = None
     rssi: int | None = None
-    """Reserved for the strap's signal strength (dBm); not measured yet, always null."""
+    """Signal strength (dBm) of the advertisement the strap was found by, read once per
+    connection (null when the adapter did not report it)."""
     reconnects: int = 0
     malformed: int = 0
     """0x2A37 notifications that could not be decoded (dropped)."""

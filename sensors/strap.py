@@ -98,6 +98,10 @@ class StrapInfo:
     firmware: str | None = None
     body_location: str | None = None
     """From 0x2A38: chest, wrist, finger, hand, ear lobe, foot or other."""
+    rssi_dbm: int | None = None
+    """Signal strength of the advertisement the strap was found by, dBm (None when not
+    reported). Measured once per connection, before connecting: bleak offers no RSSI of an
+    established link on every platform."""
 
 
 BODY_LOCATIONS = {0: "other", 1: "chest", 2: "wrist", 3: "finger", 4: "hand", 5: "ear lobe",
@@ -214,6 +218,7 @@ class StrapClient:
         """Notifications that could not be decoded (dropped, logged at DEBUG)."""
         self.overflowed = 0
         """Notifications dropped because the consumer fell behind by ``buffer_size``."""
+        self._found_rssi: tuple[str, int | None] = ("", None)
 
     def _wanted(self, device: BLEDevice, adv: AdvertisementData) -> bool:
         if not _offers_hrs(adv):
@@ -224,6 +229,8 @@ class StrapClient:
             shown = adv.local_name or device.name or ""
             if self.name.lower() not in shown.lower():
                 return False
+        # HCI reports 127 for "not available"; real readings lie far below 20 dBm.
+        self._found_rssi = (device.address, adv.rssi if -127 <= adv.rssi <= 20 else None)
         return True
 
     async def find(self) -> BLEDevice:
@@ -308,6 +315,7 @@ class StrapClient:
             manufacturer=await text(DIS_MANUFACTURER_UUID),
             firmware=await text(DIS_FIRMWARE_UUID),
             body_location=location,
+            rssi_dbm=self._found_rssi[1] if self._found_rssi[0] == device.address else None,
         )
 
 

@@ -365,6 +365,7 @@ class Daemon:
             firmware=info.firmware,
             battery_pct=info.battery_pct,
             contact=rt.session.last_contact if rt.session else None,
+            rssi=info.rssi_dbm,
             reconnects=rt.reconnects,
             malformed=rt.client.malformed,
             overflowed=rt.client.overflowed,

@@ -201,6 +201,8 @@ async def test_twenty_drops_and_a_long_absence_lose_nothing(
     assert all(a != b or a == "offline" for a, b in itertools.pairwise(avail))
     statuses = [StatusPayload.model_validate_json(p) for p in device_messages(col, "status")]
     assert any(s.state == "backoff" and s.last_error for s in statuses)
+    # Signal strength, read at every (re)connection from the advertisement it was found by.
+    assert all(isinstance(s.rssi, int) for s in statuses if s.state == "streaming")
     final = statuses[-1]
     assert (final.state, final.reconnects, final.last_error) == ("stopped", DROPS + 1, None)
     events = [json.loads(p)["kind"] for p in device_messages(col, "event")]

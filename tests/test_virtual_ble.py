@@ -600,3 +600,25 @@ async def test_strap_clock_drift_is_found_and_corrected_over_a_long_replay(
     assert timer.gaps == [] and flagged <= 3
     assert np.max(np.abs(err)) < 0.5
     assert timer.drift_ppm == pytest.approx(ppm, abs=60)
+
+
+async def test_strap_info_carries_the_signal_strength_it_was_found_with(air: VirtualAir) -> None:
+    """The status's ``rssi``: what the advertisement the strap was found by said, the same
+    figure ``settle scan`` lists for it."""
+    from sensors.strap import scan_straps
+
+    async with asyncio.timeout(LIMIT_S):
+        strap = await started_strap(air, rr_series(40, 6))
+        (row,) = await scan_straps(0.5, air.scanner_kwargs())
+        client = StrapClient(
+            address=strap.address,
+            scanner_kwargs=air.scanner_kwargs(),
+            client_kwargs=air.client_kwargs(),
+        )
+        async with client.connect(await client.find()) as stream:
+            assert stream.info is not None
+            assert isinstance(row["rssi"], int) and stream.info.rssi_dbm == row["rssi"]
+        other = StrapClient(client_kwargs=air.client_kwargs())  # connected without a scan
+        async with other.connect(await client.find()) as stream:
+            assert stream.info is not None and stream.info.rssi_dbm is None
+        await strap.stop()
