@@ -25,7 +25,7 @@ from tests.test_e2e import CONFIG, Collector
 # schema (it forbids extra keys).
 COMMON = {
     "name", "unique_id", "default_entity_id", "availability", "availability_mode", "device",
-    "origin", "icon", "entity_category", "qos",
+    "origin", "icon", "entity_category", "qos", "enabled_by_default",
 }  # fmt: skip
 PLATFORM_KEYS = {
     "sensor": COMMON | {"state_topic", "value_template", "unit_of_measurement", "device_class",
@@ -58,7 +58,7 @@ def test_discovery_payloads_use_documented_keys_and_unique_ids() -> None:
     assert len(uids) == len(msgs)
     kinds = sorted(t.split("/")[1] + ":" + t.split("/")[3] for t, _ in msgs)
     for needed in ["sensor:heart_rate", "sensor:rmssd", "sensor:settling", "sensor:trend",
-                   "sensor:coherence", "sensor:battery", "sensor:signal_quality",
+                   "sensor:coherence", "sensor:battery", "sensor:signal_quality", "sensor:rssi",
                    "binary_sensor:contact", "binary_sensor:caught_up", "button:session_start",
                    "button:session_stop", "button:marker"]:  # fmt: skip
         assert needed in kinds
@@ -170,7 +170,7 @@ async def test_discovery_live_one_and_three_straps(
 
     devices = {json.loads(p)["device"]["identifiers"][0] for p in configs.values()}
     assert len(devices) == n_straps + 1  # one per strap plus the bridge
-    assert len(configs) == 1 + 12 * n_straps
+    assert len(configs) == 1 + 13 * n_straps
     # Every template renders against the real payload on its state topic.
     latest = {t: json.loads(p) for t, p, _ in col.messages if t.startswith("settle/")
               and p[:1] == b"{"}  # fmt: skip
@@ -193,6 +193,7 @@ async def test_discovery_live_one_and_three_straps(
     assert rendered["contact"] == "None"  # unknown: the virtual strap, like an H10, cannot tell
     assert rendered["caught_up"] == "OFF"
     assert int(rendered["battery"]) == 87
+    assert -127 <= int(rendered["rssi"]) <= 20  # dBm, from the advertisement it was found by
 
 
 async def _settle(*args: str) -> tuple[int, str]:
