@@ -437,15 +437,15 @@ class ArtefactCorrector:
         self._reset()
         return out
 
-    def _at(self, j: int, q: collections.deque[float]) -> float:
-        k = j - self._base
-        return q[k] if 0 <= k < len(q) else _NAN
-
     def _decide_next(self, out: list[ProcessedBeat]) -> None:
         i = self._next
         rr, tt = self._rr, self._t
-        rm2, rm1, r0 = self._at(i - 2, rr), self._at(i - 1, rr), self._at(i, rr)
-        r1, r2 = self._at(i + 1, rr), self._at(i + 2, rr)
+        k = i - self._base  # beat i's place in the deques (they hold beats _base .. newest)
+        n = len(rr)
+        rm2 = rr[k - 2] if k >= 2 else _NAN
+        rm1 = rr[k - 1] if k >= 1 else _NAN
+        r0 = rr[k]
+        r1 = rr[k + 1] if k + 1 < n else _NAN
         feat = self._feat
         med = feat.median()
         if self._skip:
@@ -455,21 +455,39 @@ class ArtefactCorrector:
             if th1 != th1 or len(feat._adrr_q) < MIN_HISTORY:
                 # Too little corrected history for thresholds: use the raw look-ahead ones.
                 th1, th2 = _startup_thresholds(med)
-            rows, took = _decide(
-                (self._at(i, tt), self._at(i + 1, tt)),
-                (rm1, r0, r1, r2, self._at(i + 3, rr)),
-                self._p,
-                (self._p - self._pp if self._pp == self._pp else rm1 - rm2) / th1,
-                med,
-                th1,
-                th2,
-            )
-            if rows[0][3] == 0 and self._p == self._p:
+            p = self._p
+            prev = p if p == p else rm1 if rm1 == rm1 else med
+            ms = r0 - med
+            if (
+                not abs((r0 - prev) / th1) > 1.0
+                and not abs((r1 - r0) / th1) > 1.0
+                and not abs((2.0 * ms if ms < 0.0 else ms) / th2) > 3.0
+            ):
+                # Neither a candidate nor the first of a pair (the common case): what _decide
+                # returns for it, without building its arguments.
+                rows: list[_Row] = [(tt[k], r0, r0, 0)]
+                took = False
+            else:
+                rows, took = _decide(
+                    (tt[k], tt[k + 1] if k + 1 < n else _NAN),
+                    (
+                        rm1,
+                        r0,
+                        r1,
+                        rr[k + 2] if k + 2 < n else _NAN,
+                        rr[k + 3] if k + 3 < n else _NAN,
+                    ),
+                    p,
+                    (p - self._pp if self._pp == self._pp else rm1 - rm2) / th1,
+                    med,
+                    th1,
+                    th2,
+                )
+            if rows[0][3] == 0 and p == p:
                 # Only beats judged normal feed the quartile windows, with their difference to
                 # the corrected previous beat: artefacts, or the jump back from a raw one, would
                 # widen the thresholds meant to catch them until frequent ectopy passes as sinus.
-                ms = r0 - med
-                feat.push_corrected(abs(r0 - self._p), abs(2.0 * ms if ms < 0.0 else ms))
+                feat.push_corrected(abs(r0 - p), abs(2.0 * ms if ms < 0.0 else ms))
             for row in rows:
                 out.append(ProcessedBeat(row[0], row[1], row[2], BEAT_CLASSES[row[3]]))
                 c = row[2]
