@@ -20,13 +20,20 @@ import numpy.typing as npt
 __all__ = ["dfa_alpha1", "poincare"]
 
 
-def poincare(rr_ms: npt.ArrayLike) -> tuple[float, float]:
-    """``(SD1, SD2)`` in ms of one unbroken series (NaN with fewer than 3 beats)."""
+def poincare(rr_ms: npt.ArrayLike, *, breaks: npt.ArrayLike = ()) -> tuple[float, float]:
+    """``(SD1, SD2)`` in ms from the pairs of successive beats (NaN with fewer than 2 pairs);
+    ``breaks`` as in :func:`processing.timedomain.time_domain`: no pair spans one."""
     rr = np.asarray(rr_ms, dtype=np.float64)
     if rr.size < 3:
         return math.nan, math.nan
-    x1 = np.diff(rr) / math.sqrt(2.0)
-    x2 = (rr[1:] + rr[:-1]) / math.sqrt(2.0)
+    keep = np.ones(rr.size - 1, dtype=bool)
+    b = np.asarray(breaks, dtype=np.intp)
+    if b.size:
+        keep[b - 1] = False
+    if np.count_nonzero(keep) < 2:
+        return math.nan, math.nan
+    x1 = np.diff(rr)[keep] / math.sqrt(2.0)
+    x2 = (rr[1:] + rr[:-1])[keep] / math.sqrt(2.0)
     return float(np.std(x1, ddof=1)), float(np.std(x2, ddof=1))
 
 

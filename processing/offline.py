@@ -92,9 +92,15 @@ class Analysis:
     """Rolling series when requested."""
 
 
-def _rolling_td(t: FloatArray, rr: FloatArray, window_s: float) -> tuple[FloatArray, ...]:
+def _rolling_td(
+    t: FloatArray, rr: FloatArray, window_s: float, breaks: npt.NDArray[np.intp]
+) -> tuple[FloatArray, ...]:
     n = t.size
     start = np.searchsorted(t, t - window_s, side="right")
+    # As live, a window starts afresh after a break: no beat or difference spans it.
+    first = np.zeros(n, dtype=np.intp)
+    first[breaks] = breaks
+    start = np.maximum(start, np.maximum.accumulate(first)) if n else start
     ref = float(rr.mean()) if n else 0.0
     d = rr - ref
     c1 = np.concatenate([[0.0], np.cumsum(d)])
@@ -157,9 +163,19 @@ def _gaps(t: FloatArray, rr: FloatArray) -> npt.NDArray[np.intp]:
     return np.flatnonzero(np.diff(t) * 1000.0 > 3.0 * rr[1:] + 1.0) + 1
 
 
-def _segments(t: FloatArray, rr: FloatArray) -> list[tuple[int, int]]:
-    """Index ranges without gaps (a gap: beat times further apart than 3× the interval)."""
-    edges = [0, *_gaps(t, rr).tolist(), t.size]
+def _breaks(cs: CorrectedSeries, ok: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:
+    """Where the analysed beats ``cs.*[ok]`` break (indices of the first beat after a break):
+    after an implausible interval (as live: no difference spans one), and at gaps in time."""
+    rows = np.flatnonzero(ok)
+    impl = np.cumsum(cs.code == _IMPLAUSIBLE)
+    after_implausible = np.flatnonzero(impl[rows[1:]] != impl[rows[:-1]]) + 1
+    gaps = _gaps(cs.t_s[ok], cs.rr_ms[ok])
+    return np.union1d(after_implausible, gaps).astype(np.intp)
+
+
+def _segments(n: int, breaks: npt.NDArray[np.intp]) -> list[tuple[int, int]]:
+    """Index ranges ``[a, b)`` of the unbroken runs (of ≥ 2 beats) of ``n`` beats."""
+    edges = [0, *breaks.tolist(), n]
     return [(a, b) for a, b in itertools_pairwise(edges) if b - a >= 2]
 
 
@@ -167,7 +183,9 @@ def itertools_pairwise(x: list[int]) -> list[tuple[int, int]]:
     return list(itertools.pairwise(x))
 
 
-def _rolling_spectra(t: FloatArray, rr: FloatArray, window_s: float) -> tuple[FloatArray, ...]:
+def _rolling_spectra(
+    t: FloatArray, rr: FloatArray, window_s: float, segments: list[tuple[int, int]]
+) -> tuple[FloatArray, ...]:
     n_coh = round(COHERENCE_WINDOW_S * FS_HZ)
     n_sp = round(SPECTRAL_WINDOW_S * FS_HZ)
     if t.size < 2:
@@ -179,7 +197,7 @@ def _rolling_spectra(t: FloatArray, rr: FloatArray, window_s: float) -> tuple[Fl
     resp = np.full(steps.size, np.nan)
     coh = np.full(steps.size, np.nan)
     lnlf = np.full(steps.size, np.nan)
-    for a, b in _segments(t, rr):
+    for a, b in segments:
         ts, rs = t[a:b], rr[a:b]
         if ts.size < 8:
             continue
@@ -301,12 +319,14 @@ def analyze(
     elif share > IRREGULAR_SHARE_MAX:
         usable = False
         reason = f"irregular rhythm: {100 * share:.0f} % of beats are not sinus"
-    td = time_domain(rc)
-    sd1, sd2 = poincare(rc)
-    steps, lf, hf, resp, coh, lnlf = _rolling_spectra(tc, rc, window_s)
+    breaks = _breaks(cs, ok)
+    segments = _segments(tc.size, breaks)
+    td = time_domain(rc, breaks=breaks)
+    sd1, sd2 = poincare(rc, breaks=breaks)
+    steps, lf, hf, resp, coh, lnlf = _rolling_spectra(tc, rc, window_s, segments)
     roll = None
     if rolling:
-        mean, hr, sdnn, rmssd, pnn = _rolling_td(tc, rc, window_s)
+        mean, hr, sdnn, rmssd, pnn = _rolling_td(tc, rc, window_s, breaks)
         idx = np.searchsorted(tc, steps, side="right") - 1
         with np.errstate(divide="ignore", invalid="ignore"):
             ln_step = np.log(rmssd[idx])
@@ -325,7 +345,7 @@ def analyze(
         sd1_ms=sd1,
         sd2_ms=sd2,
         dfa_alpha1=dfa_alpha1(rc),
-        spectral=spectral_runs(tc, rc, _segments(tc, rc)),
+        spectral=spectral_runs(tc, rc, segments),
         coherence=float(np.median(finite_coh)) if finite_coh.size else math.nan,
         rolling=roll,
     )

@@ -82,14 +82,31 @@ def _from_sums(
     return TimeDomain(n, mean_rr_ms, hr_bpm, sdnn_ms, rmssd_ms, ln_rmssd, pnn50_pct, n_diff)
 
 
-def time_domain(rr_ms: npt.ArrayLike) -> TimeDomain:
-    """Time-domain HRV of one unbroken series of RR intervals.
+def _unbroken_diffs(rr: npt.NDArray[np.float64], breaks: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """``np.diff(rr)`` without the differences across ``breaks`` (see :func:`time_domain`)."""
+    diff = np.diff(rr)
+    b = np.asarray(breaks, dtype=np.intp)
+    if b.size == 0:
+        return diff
+    if np.any((b < 1) | (b >= rr.size)):
+        raise ValueError("breaks must be indices 1 .. n-1")
+    keep = np.ones(diff.size, dtype=bool)
+    keep[b - 1] = False
+    out: npt.NDArray[np.float64] = diff[keep]
+    return out
+
+
+def time_domain(rr_ms: npt.ArrayLike, *, breaks: npt.ArrayLike = ()) -> TimeDomain:
+    """Time-domain HRV of a series of RR intervals.
 
     Parameters
     ----------
     rr_ms : array_like, 1-D
-        RR intervals in milliseconds, in beat order, with no gap between consecutive values
-        (every consecutive pair forms a successive difference).
+        RR intervals in milliseconds, in beat order. Every consecutive pair forms a
+        successive difference, except across a break.
+    breaks : array_like of int, optional
+        Indices ``i`` (``1 ≤ i < n``) of beats that follow a break (a gap, an interval left
+        out): the difference ``rr[i] − rr[i−1]`` is not used. SDNN and the mean use every beat.
 
     Returns
     -------
@@ -107,14 +124,14 @@ def time_domain(rr_ms: npt.ArrayLike) -> TimeDomain:
     # error of the mean, so that e.g. a constant series gives exactly 0.
     dev = rr - mean_rr_ms
     var_num = float(np.sum(dev * dev) - np.sum(dev) ** 2 / n) if n >= 2 else _NAN
-    diff = np.diff(rr)
+    diff = _unbroken_diffs(rr, breaks)
     if np.isnan(mean_rr_ms):
-        return TimeDomain(n, _NAN, _NAN, _NAN, _NAN, _NAN, _NAN, n - 1)
+        return TimeDomain(n, _NAN, _NAN, _NAN, _NAN, _NAN, _NAN, int(diff.size))
     return _from_sums(
         n,
         mean_rr_ms,
         var_num,
-        n - 1,
+        int(diff.size),
         float(np.sum(diff * diff)),
         int(np.count_nonzero(np.abs(diff) > NN50_THRESHOLD_MS)),
     )

@@ -325,3 +325,35 @@ def test_the_spectrum_is_not_splined_across_a_gap(tmp_path: Path) -> None:
     assert s["lf_ms2"] == pytest.approx(800.0, rel=0.03)
     assert s["hf_ms2"] < 1.0
     assert s["vlf_ms2"] is None or s["vlf_ms2"] < 10.0
+
+
+def test_no_difference_or_window_spans_a_gap(tmp_path: Path) -> None:
+    """Half a minute of beats missing from a timed file (a lost connection in an export): as
+    in the daemon, RMSSD uses no successive difference across the gap, and the rolling window
+    starts afresh after it instead of mixing beats from both sides."""
+    d = np.genfromtxt(DATA / "bartels_rest_supine.csv", delimiter=",", names=True)
+    keep = np.ones(d.size, dtype=bool)
+    keep[400:430] = False
+    t, rr = d["t_s"][keep].tolist(), d["rr_ms"][keep].tolist()
+    f = tmp_path / "gap.csv"
+    f.write_text("t_s,rr_ms\n" + "".join(f"{a!r},{b!r}\n" for a, b in zip(t, rr, strict=True)))
+    beats, rolling = tmp_path / "beats.csv", tmp_path / "rolling.csv"
+    p = _settle(str(f), "--json", "--beats", str(beats), "--rolling", str(rolling))
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    rows = [r for r in csv.DictReader(beats.open()) if r["rr_ms"]]
+    bt = np.array([float(r["t_s"]) for r in rows])
+    brr = np.array([float(r["rr_ms"]) for r in rows])
+    after = int(np.searchsorted(bt, t[400], side="left"))  # first analysed beat after the gap
+    diffs = np.concatenate([np.diff(brr[:after]), np.diff(brr[after:])])
+    assert doc["summary"]["rmssd_ms"] == pytest.approx(float(np.sqrt(np.mean(diffs**2))))
+    assert doc["summary"]["rmssd_ms"] != pytest.approx(float(np.sqrt(np.mean(np.diff(brr) ** 2))))
+    roll = [r for r in csv.DictReader(rolling.open()) if r["kind"] == "beat"]
+    first = roll[after]
+    assert float(first["t_s"]) == pytest.approx(bt[after], abs=1e-4)
+    assert first["rmssd_ms"] == "" and first["sdnn_ms"] == ""  # one beat: nothing to compute
+    assert float(first["mean_rr_ms"]) == pytest.approx(brr[after], rel=1e-5)
+    fifth = roll[after + 4]
+    assert float(fifth["rmssd_ms"]) == pytest.approx(
+        float(np.sqrt(np.mean(np.diff(brr[after : after + 5]) ** 2))), rel=1e-5
+    )

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from processing.nonlinear import poincare
 from processing.timedomain import RollingTimeDomain, TimeDomain, time_domain
 from sensors.hrs import rr_raw_to_ms
 from sensors.virtual.model import ModelParams, PhysioModel
@@ -287,3 +288,18 @@ def test_batch_matches_neurokit2_hrv_time(name: str) -> None:
     # Same NN50 count, different denominator: NeuroKit2 uses len(ΔRR) + 1.
     nn50 = td.pnn50_pct * td.n_diff / 100.0
     assert float(ref["HRV_pNN50"].iloc[0]) == pytest.approx(100.0 * nn50 / (td.n_diff + 1))
+
+
+def test_breaks_leave_out_the_differences_across_them() -> None:
+    rr = np.array([800.0, 810.0, 790.0, 1000.0, 1010.0, 995.0, 1005.0])
+    td = time_domain(rr, breaks=[3])
+    diffs = np.array([10.0, -20.0, 10.0, -15.0, 10.0])  # not 790 -> 1000
+    assert td.n == 7 and td.n_diff == 5
+    assert td.rmssd_ms == pytest.approx(float(np.sqrt(np.mean(diffs**2))))
+    assert td.pnn50_pct == 0.0
+    assert td.sdnn_ms == pytest.approx(float(np.std(rr, ddof=1)))  # every beat still counts
+    assert time_domain(rr).pnn50_pct == pytest.approx(100 / 6)
+    sd1, _ = poincare(rr, breaks=[3])
+    assert sd1 == pytest.approx(float(np.std(diffs, ddof=1)) / np.sqrt(2.0))
+    with pytest.raises(ValueError, match="breaks"):
+        time_domain(rr, breaks=[0])
