@@ -128,6 +128,8 @@ def _classify(
 ) -> CorrectedSeries:
     """Per-beat provenance: implausible intervals marked, the runs between them (split again
     at gaps in the beat times) corrected one by one, or taken as they are."""
+    if t.size == 0:
+        return collect([])
     plausible = (rr >= rr_min_ms) & (rr <= rr_max_ms)
     parts: list[tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.int8]]] = []
     edges = np.flatnonzero(np.diff(plausible.astype(np.int8)) != 0) + 1
@@ -143,8 +145,6 @@ def _classify(
                 parts.append((cs.t_s, cs.rr_raw_ms, cs.rr_ms, cs.code))
             else:
                 parts.append((ts[c:d], rs[c:d], rs[c:d], np.zeros(d - c, np.int8)))
-    if not parts:
-        return collect([])
     raw = np.concatenate([p[1] for p in parts])
     is_raw = ~np.isnan(raw)
     raw_index = np.cumsum(is_raw) - 1

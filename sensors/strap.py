@@ -230,7 +230,8 @@ class StrapClient:
             if self.name.lower() not in shown.lower():
                 return False
         # HCI reports 127 for "not available"; real readings lie far below 20 dBm.
-        self._found_rssi = (device.address, adv.rssi if -127 <= adv.rssi <= 20 else None)
+        rssi = adv.rssi if isinstance(adv.rssi, int) and -127 <= adv.rssi <= 20 else None
+        self._found_rssi = (device.address, rssi)
         return True
 
     async def find(self) -> BLEDevice:
