@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 DATA = Path(__file__).parent / "data"
+CONFIG = Path(__file__).parents[1] / "configs" / "settle.toml"
 RECORDINGS = ["pyhrv_nni_short", "bartels_rest_supine", "polar_h10_pvc_device"]
 SUMMARY_KEYS = {
     "mean_rr_ms", "mean_hr_bpm", "sdnn_ms", "rmssd_ms", "ln_rmssd", "pnn50_pct", "sd1_ms",
@@ -22,11 +24,13 @@ SUMMARY_KEYS = {
 
 
 def _settle(*args: str) -> subprocess.CompletedProcess[str]:
+    # The project's example config (default [processing]), not whatever the user has.
     return subprocess.run(
         [sys.executable, "-m", "settle.cli", "analyze", *args],
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, "SETTLE_CONFIG": str(CONFIG)},
     )
 
 
