@@ -340,6 +340,7 @@ async def _pair(
                 ("model", " ".join(x for x in (i.manufacturer, i.model) if x) or None),
                 ("firmware", i.firmware),
                 ("battery", f"{i.battery_pct} %" if i.battery_pct is not None else None),
+                ("signal", _signal_text(i.rssi_dbm)),
                 ("sensor location", i.body_location),
                 ("device id", i.device_id),
             ]:
@@ -729,6 +730,18 @@ def _nothing_found(need_session: bool, daemon_online: bool, connected: set[str])
     straps = ", ".join(sorted(connected))
     which = f"strap {straps} is" if len(connected) == 1 else f"straps {straps} are"
     return f"{which} connected but no session is running; start one with `settle session start`"
+
+
+WEAK_RSSI_DBM = -85
+"""Below this, BLE links to a chest strap start dropping notifications (and connections)."""
+
+
+def _signal_text(rssi_dbm: int | None) -> str | None:
+    """``settle pair``'s signal line: dBm, and a hint when the link will be fragile."""
+    if rssi_dbm is None:
+        return None
+    weak = " (weak: bring the strap and this computer closer)" if rssi_dbm < WEAK_RSSI_DBM else ""
+    return f"{rssi_dbm} dBm{weak}"
 
 
 @app.command()

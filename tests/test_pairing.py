@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -43,6 +44,7 @@ def test_pair_shows_the_strap_live_and_remembers_it(tmp_path: Path) -> None:
                      "contact n/a", "Remembered as 'chest'"]:  # fmt: skip
         assert expected in out, out
     assert sum(line.strip().startswith("HR ") for line in out.splitlines()) >= 2
+    assert re.search(r"^  signal: +-\d+ dBm$", out, re.M), out  # strong: no "weak" hint
     assert stat.S_IMODE(paired.stat().st_mode) == 0o600
     (entry,) = json.loads(paired.read_text())["straps"]
     assert entry["label"] == "chest" and entry["device_id"].startswith("settle_virtual_hr_")
