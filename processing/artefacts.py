@@ -93,7 +93,9 @@ __all__ = [
     "correct_rr",
 ]
 
-BeatClass = Literal["normal", "ectopic", "long", "short", "missed", "extra", "implausible"]
+BeatClass = Literal[
+    "normal", "ectopic", "long", "short", "missed", "extra", "implausible", "warmup"
+]
 BEAT_CLASSES: tuple[BeatClass, ...] = (
     "normal",
     "ectopic",
@@ -102,10 +104,12 @@ BEAT_CLASSES: tuple[BeatClass, ...] = (
     "missed",
     "extra",
     "implausible",
+    "warmup",
 )
 """All classes, in the order of their integer codes in :class:`CorrectedSeries`. The corrector
-assigns the first six; ``implausible`` marks an interval outside the plausible range that the
-offline analysis keeps for provenance but does not analyse (``rr_ms`` NaN), as the daemon does."""
+assigns the first six; the offline analysis keeps, for provenance but not analysed (``rr_ms``
+NaN), as the daemon does, an interval outside the plausible range (``implausible``) and a
+beat of the daemon's warm-up after a (re)connect in a Settle export (``warmup``)."""
 
 ALPHA = 5.2
 """Threshold multiplier of the quartile deviation (Lipponen & Tarvainen 2019)."""

@@ -41,6 +41,9 @@ STEP_S = 5.0
 COHERENCE_WINDOW_S = 64.0
 SPECTRAL_WINDOW_S = 120.0
 _IMPLAUSIBLE = np.int8(BEAT_CLASSES.index("implausible"))
+_WARMUP = np.int8(BEAT_CLASSES.index("warmup"))
+_NOT_ANALYSED = min(_IMPLAUSIBLE, _WARMUP)
+"""Codes from here on are beats kept for provenance but not analysed."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -124,19 +127,26 @@ def _rolling_td(
 
 
 def _classify(
-    t: FloatArray, rr: FloatArray, correction: bool, rr_min_ms: float, rr_max_ms: float
+    t: FloatArray,
+    rr: FloatArray,
+    correction: bool,
+    rr_min_ms: float,
+    rr_max_ms: float,
+    warmup: npt.NDArray[np.bool_] | None = None,
 ) -> CorrectedSeries:
-    """Per-beat provenance: implausible intervals marked, the runs between them (split again
-    at gaps in the beat times) corrected one by one, or taken as they are."""
+    """Per-beat provenance: warm-up beats and implausible intervals marked, the runs between
+    them (split again at gaps in the beat times) corrected one by one, or taken as they are."""
     if t.size == 0:
         return collect([])
-    plausible = (rr >= rr_min_ms) & (rr <= rr_max_ms)
+    warm = np.zeros(t.size, dtype=bool) if warmup is None else warmup
+    keep = (rr >= rr_min_ms) & (rr <= rr_max_ms) & ~warm
+    left_out = np.where(warm, _WARMUP, _IMPLAUSIBLE).astype(np.int8)
     parts: list[tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.int8]]] = []
-    edges = np.flatnonzero(np.diff(plausible.astype(np.int8)) != 0) + 1
+    edges = np.flatnonzero(np.diff(keep.astype(np.int8)) != 0) + 1
     for a, b in itertools.pairwise([0, *edges.tolist(), t.size]):
         ts, rs = t[a:b], rr[a:b]
-        if not plausible[a]:
-            parts.append((ts, rs, np.full(rs.size, np.nan), np.full(rs.size, _IMPLAUSIBLE)))
+        if not keep[a]:
+            parts.append((ts, rs, np.full(rs.size, np.nan), left_out[a:b]))
             continue
         cuts = [0, *_gaps(ts, rs).tolist(), ts.size] if correction else [0, ts.size]
         for c, d in itertools.pairwise(cuts):
@@ -165,12 +175,13 @@ def _gaps(t: FloatArray, rr: FloatArray) -> npt.NDArray[np.intp]:
 
 def _breaks(cs: CorrectedSeries, ok: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:
     """Where the analysed beats ``cs.*[ok]`` break (indices of the first beat after a break):
-    after an implausible interval (as live: no difference spans one), and at gaps in time."""
+    after a beat left out (implausible, warm-up: as live, no difference spans one), and at
+    gaps in time."""
     rows = np.flatnonzero(ok)
-    impl = np.cumsum(cs.code == _IMPLAUSIBLE)
-    after_implausible = np.flatnonzero(impl[rows[1:]] != impl[rows[:-1]]) + 1
+    out = np.cumsum(cs.code >= _NOT_ANALYSED)
+    after_left_out = np.flatnonzero(out[rows[1:]] != out[rows[:-1]]) + 1
     gaps = _gaps(cs.t_s[ok], cs.rr_ms[ok])
-    return np.union1d(after_implausible, gaps).astype(np.intp)
+    return np.union1d(after_left_out, gaps).astype(np.intp)
 
 
 def _segments(n: int, breaks: npt.NDArray[np.intp]) -> list[tuple[int, int]]:
@@ -289,21 +300,28 @@ def analyze(
     baseline_s: float = 120.0,
     rr_min_ms: float = 273.0,
     rr_max_ms: float = 2000.0,
+    warmup: npt.ArrayLike | None = None,
 ) -> Analysis:
     """Analyse one recording (beat times ``t_s`` in s, raw intervals ``rr_ms`` in ms).
 
     An interval outside ``[rr_min_ms, rr_max_ms]`` is kept in :attr:`Analysis.beats` as
     ``implausible`` and not analysed (as in the daemon); the artefact correction starts afresh
     after it and after every gap in the beat times, so no correction spans a lost signal.
+    ``warmup`` (a bool per beat) marks beats the daemon recorded in its warm-up after a
+    (re)connect and did not analyse; they are kept as ``warmup`` and left out likewise.
     """
     t = np.asarray(t_s, dtype=np.float64)
     rr = np.asarray(rr_ms, dtype=np.float64)
-    cs = _classify(t, rr, correction, rr_min_ms, rr_max_ms)
+    warm = None if warmup is None else np.asarray(warmup, dtype=bool)
+    if warm is not None and warm.shape != t.shape:
+        raise ValueError("warmup must have one value per beat")
+    cs = _classify(t, rr, correction, rr_min_ms, rr_max_ms, warm)
     ok = np.isfinite(cs.rr_ms)
     tc, rc = cs.t_s[ok], cs.rr_ms[ok]
-    n_implausible = cs.by_class()["implausible"]
-    n_plausible = t.size - n_implausible
-    share = (cs.n_flagged - n_implausible) / max(n_plausible, 1)
+    counts = cs.by_class()
+    n_implausible = counts["implausible"]
+    n_plausible = t.size - n_implausible - counts["warmup"]
+    share = (cs.n_flagged - n_implausible - counts["warmup"]) / max(n_plausible, 1)
     usable, reason = True, None
     if t.size < 10:
         usable, reason = False, "fewer than 10 beats"

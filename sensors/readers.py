@@ -9,7 +9,9 @@ Formats recognised, by content (not by file name):
 * Settle's own session export (``settle export --format csv``, header with ``record`` and
   ``rr_ms`` columns): only ``record = beat`` rows are read, their ``t_s`` and ``rr_ms`` — the
   RR as the strap sent it, before artefact correction, so an analysis corrects it afresh
-  (``rr_corrected_ms``, ``indices``, markers, gaps and ``ecg_beat`` rows are not read).
+  (``rr_corrected_ms``, ``indices``, markers, gaps and ``ecg_beat`` rows are not read);
+  its ``beat_class`` marks the daemon's warm-up beats (:attr:`RRRecording.warmup`), which
+  ``settle analyze`` leaves out as the daemon did.
   An RR of 0 (a strap sent it; the daemon kept it as ``implausible``) is read here only.
 * One RR interval in milliseconds per line (Elite HRV / Kubios text export).
 * Polar ``.hrm`` files in RR mode (``[Params]`` … ``[HRData]`` with one RR in ms per line).
@@ -72,6 +74,9 @@ class RRRecording:
     t_s: npt.NDArray[np.float64]
     fmt: str
     path: str
+    warmup: npt.NDArray[np.bool_] | None = None
+    """Settle export only: the beats the daemon recorded in its warm-up after a (re)connect
+    and did not analyse (``beat_class`` ``warmup``); None for other formats."""
 
 
 def read_rr_file(path: Path | str) -> RRRecording:
@@ -88,10 +93,11 @@ def read_rr_file(path: Path | str) -> RRRecording:
         raise InputFileError(name, "file is empty" if not text.strip() else "no RR intervals found")
     first = lines[head].strip()
     t: npt.NDArray[np.float64] | None
+    warmup: npt.NDArray[np.bool_] | None = None
     if first.lower() == "[params]" or any(ln.strip().lower() == "[hrdata]" for ln in lines):
         rr, fmt, t = _read_hrm(name, lines), "polar-hrm", None
     elif "rr_ms" in [c.strip().lower() for c in first.split(",")]:
-        t, rr, fmt = _read_csv(name, lines, head)
+        t, rr, fmt, warmup = _read_csv(name, lines, head)
     else:
         rr, fmt, t = _read_one_per_line(name, lines, head), "rr-per-line", None
     if rr.size == 0:
@@ -106,7 +112,7 @@ def read_rr_file(path: Path | str) -> RRRecording:
             f"{MAX_SPAN_S:.0f} s ({MAX_SPAN_S / 86400:g} days) can be analysed or replayed "
             "(split the file)",
         )
-    return RRRecording(rr_ms=rr, t_s=t, fmt=fmt, path=name)
+    return RRRecording(rr_ms=rr, t_s=t, fmt=fmt, path=name, warmup=warmup)
 
 
 def _read_bytes(p: Path, name: str) -> bytes:
@@ -209,16 +215,21 @@ def _rr(name: str, lineno: int, cell: str, zero_ok: bool = False) -> float:
 
 def _read_csv(
     name: str, lines: list[str], head: int
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], str]:
+) -> tuple[
+    npt.NDArray[np.float64] | None, npt.NDArray[np.float64], str, npt.NDArray[np.bool_] | None
+]:
     """A ``t_s,rr_ms`` CSV, or Settle's export (its ``record = beat`` rows); ``lines[head]``
-    is the header. Returns beat times (None without a ``t_s`` column), RR and the format."""
+    is the header. Returns beat times (None without a ``t_s`` column), RR, the format and,
+    for an export, which beats are the daemon's warm-up beats."""
     header = [c.strip().lower() for c in next(csv.reader([lines[head]]))]
     i_rr = header.index("rr_ms")
     i_t = header.index("t_s") if "t_s" in header else None
     i_rec = header.index("record") if "record" in header else None
+    i_cls = header.index("beat_class") if i_rec is not None and "beat_class" in header else None
     fmt = "settle-export" if i_rec is not None else "csv"
     ts: list[float] = []
     rr: list[float] = []
+    warm: list[bool] = []
     linenos: list[int] = []
     # Line numbers: csv counts the lines it consumed (a quoted cell may span several); the
     # header is line head + 1, so a record that follows ``consumed`` lines starts at ``start``.
@@ -240,16 +251,19 @@ def _read_csv(
             rr.append(_rr(name, start, cells[i_rr], zero_ok=i_rec is not None))
             if i_t is not None:
                 ts.append(_number(name, start, cells[i_t], "time"))
+            if i_cls is not None:
+                warm.append(cells[i_cls].strip() == "warmup")
             linenos.append(start)
     except csv.Error as exc:
         raise InputFileError(name, f"malformed CSV: {exc}", head + 2 + consumed) from None
+    warmup = np.asarray(warm, dtype=bool) if i_cls is not None else None
     if i_t is None:
-        return np.cumsum(rr) / 1000.0, np.asarray(rr, dtype=np.float64), fmt
+        return None, np.asarray(rr, dtype=np.float64), fmt, warmup
     t = np.asarray(ts, dtype=np.float64)
     back = np.flatnonzero(np.diff(t) < 0)
     if back.size:
         raise InputFileError(name, "beat times go backwards", linenos[int(back[0]) + 1])
-    return t, np.asarray(rr, dtype=np.float64), fmt
+    return t, np.asarray(rr, dtype=np.float64), fmt, warmup
 
 
 def _read_one_per_line(name: str, lines: list[str], head: int) -> npt.NDArray[np.float64]:

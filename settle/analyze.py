@@ -238,6 +238,7 @@ def run_analyze(
             baseline_s=baseline_s,
             rr_min_ms=rr_range_ms[0],
             rr_max_ms=rr_range_ms[1],
+            warmup=rec.warmup,
         )
         if beats is not None:
             write_beats(a, beats)

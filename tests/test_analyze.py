@@ -213,17 +213,19 @@ def test_blank_first_line_utf16_and_long_names(tmp_path: Path) -> None:
     assert "cannot read: File name too long" in _one_line_error(_settle(str(too_long)), 1)
 
 
-def _exported(tmp_path: Path, rr: list[float]) -> tuple[Path, list[float]]:
-    """A session of these beats in a store, exported with ``export_csv``; also the beat times."""
+def _exported(tmp_path: Path, rr: list[float], warmup: int = 0) -> tuple[Path, list[float]]:
+    """A session of these beats in a store (the first ``warmup`` of class warmup), exported
+    with ``export_csv``; also the beat times."""
     from sessions.export import export_csv
-    from sessions.store import BeatRow, IndicesRow, MarkerRow, SessionStore
+    from sessions.store import BeatClass, BeatRow, IndicesRow, MarkerRow, SessionStore
 
     store = SessionStore.open(tmp_path / "s.db")
     info = store.create_session("dev_1", 1_700_000_000_000, "test", {})
     t_s = (np.cumsum(rr) / 1000.0).tolist()
     store.add_beats(info.id, [
         BeatRow(i, t, 1_700_000_000_000 + round(t * 1000), r, None, 70, None,
-                rr_corrected_ms=r + 5.0)
+                rr_corrected_ms=None if i < warmup else r + 5.0,
+                beat_class=BeatClass.WARMUP if i < warmup else BeatClass.NORMAL)
         for i, (t, r) in enumerate(zip(t_s, rr, strict=True))
     ])  # fmt: skip
     store.add_indices(info.id, [IndicesRow(5.0 * k, 1_700_000_000_000 + 5000 * k, "{}",
@@ -247,6 +249,30 @@ def test_analyze_reads_settles_own_csv_export(tmp_path: Path) -> None:
     doc = _json(str(exported))
     assert doc["n_beats"] == len(rr)
     assert doc == _json(str(plain))
+
+
+def test_the_daemons_warm_up_beats_are_left_out_as_live(tmp_path: Path) -> None:
+    """The daemon records the first beats after a (re)connect as 'warmup' and does not
+    analyse them (a strap's first RR can be stale); analysing its export leaves them out too,
+    so the summary is that of the beats after them, and --beats keeps them as 'warmup'."""
+    d = np.genfromtxt(DATA / "pyhrv_nni_short.csv", delimiter=",", names=True)
+    rr = d["rr_ms"].tolist()
+    rr[:5] = [1900.0, 400.0, 1500.0, 700.0, 1300.0]  # what a stale buffer could hold
+    exported, t_s = _exported(tmp_path, rr, warmup=5)
+    beats = tmp_path / "beats.csv"
+    p = _settle(str(exported), "--json", "--beats", str(beats))
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["n_beats"] == len(rr)
+    assert doc["correction"]["by_class"]["warmup"] == 5
+    after = tmp_path / "after.csv"
+    after.write_text(
+        "t_s,rr_ms\n" + "".join(f"{t!r},{r!r}\n" for t, r in zip(t_s[5:], rr[5:], strict=True))
+    )
+    assert doc["summary"] == _json(str(after))["summary"]
+    rows = list(csv.DictReader(beats.open()))
+    assert [r["class"] for r in rows[:5]] == ["warmup"] * 5
+    assert all(r["rr_ms"] == "" for r in rows[:5])
 
 
 def test_an_export_holding_a_zero_rr_from_the_strap_is_analysed(tmp_path: Path) -> None:
