@@ -173,6 +173,21 @@ class CorrectedSeries:
     raw_index: npt.NDArray[np.int64]
     """Index of the raw beat each row comes from (inserted rows: the beat they were split from)."""
 
+    @classmethod
+    def from_rows(
+        cls,
+        t_s: npt.NDArray[np.float64],
+        rr_raw_ms: npt.NDArray[np.float64],
+        rr_ms: npt.NDArray[np.float64],
+        code: npt.NDArray[np.int8],
+    ) -> CorrectedSeries:
+        """The series of these rows, ``raw_index`` counted from ``rr_raw_ms`` (NaN: inserted)."""
+        is_raw = ~np.isnan(rr_raw_ms)
+        raw_index = np.cumsum(is_raw) - 1
+        # An inserted row belongs to the raw beat that follows it (the one it was split from).
+        raw_index[~is_raw] += 1
+        return cls(t_s, rr_raw_ms, rr_ms, code, raw_index.astype(np.int64))
+
     @property
     def n_flagged(self) -> int:
         """Raw beats whose class is not ``normal``."""
@@ -528,8 +543,4 @@ def collect(rows: list[ProcessedBeat]) -> CorrectedSeries:
     raw = np.fromiter((b.rr_raw_ms for b in rows), np.float64, n)
     corr = np.fromiter((b.rr_ms for b in rows), np.float64, n)
     code = np.fromiter((_CODE[b.beat_class] for b in rows), np.int8, n)
-    is_raw = ~np.isnan(raw)
-    raw_index = np.cumsum(is_raw) - 1
-    # An inserted row belongs to the raw beat that follows it (the one it was split from).
-    raw_index[~is_raw] += 1
-    return CorrectedSeries(t, raw, corr, code, raw_index.astype(np.int64))
+    return CorrectedSeries.from_rows(t, raw, corr, code)

@@ -155,17 +155,8 @@ def _classify(
                 parts.append((cs.t_s, cs.rr_raw_ms, cs.rr_ms, cs.code))
             else:
                 parts.append((ts[c:d], rs[c:d], rs[c:d], np.zeros(d - c, np.int8)))
-    raw = np.concatenate([p[1] for p in parts])
-    is_raw = ~np.isnan(raw)
-    raw_index = np.cumsum(is_raw) - 1
-    raw_index[~is_raw] += 1  # an inserted row belongs to the raw beat it was split from
-    return CorrectedSeries(
-        np.concatenate([p[0] for p in parts]),
-        raw,
-        np.concatenate([p[2] for p in parts]),
-        np.concatenate([p[3] for p in parts]),
-        raw_index.astype(np.int64),
-    )
+    t_s, raw, corr, code = (np.concatenate([p[k] for p in parts]) for k in range(4))
+    return CorrectedSeries.from_rows(t_s, raw, corr, code.astype(np.int8))
 
 
 def _gaps(t: FloatArray, rr: FloatArray) -> npt.NDArray[np.intp]:
