@@ -286,11 +286,15 @@ class StrapClient:
         except BleakError as exc:
             raise SensorError(device.address, f"lost while setting up: {exc}") from exc
         finally:
-            if client.is_connected:
-                with contextlib.suppress(BleakError, TimeoutError, OSError):
-                    async with asyncio.timeout(5):
-                        await client.stop_notify(HEART_RATE_MEASUREMENT_UUID)
-            await _disconnect_quietly(client)
+            try:
+                if client.is_connected:
+                    with contextlib.suppress(BleakError, TimeoutError, OSError):
+                        async with asyncio.timeout(5):
+                            await client.stop_notify(HEART_RATE_MEASUREMENT_UUID)
+            finally:
+                # Even when a stop cancels the stop_notify: a link left up keeps the strap
+                # connected to nobody (and not advertising) until it times out.
+                await _disconnect_quietly(client)
 
     async def _read_info(self, client: BleakClient, device: BLEDevice) -> StrapInfo:
         async def text(uuid: str) -> str | None:
