@@ -353,7 +353,7 @@ def analyze(
         td=td,
         sd1_ms=sd1,
         sd2_ms=sd2,
-        dfa_alpha1=dfa_alpha1(rc),
+        dfa_alpha1=dfa_alpha1(rc, breaks=breaks),
         spectral=spectral_runs(tc, rc, segments),
         coherence=float(np.median(finite_coh)) if finite_coh.size else math.nan,
         rolling=roll,

@@ -154,3 +154,20 @@ def test_dfa_alpha1_white_noise_near_half_and_brownian_near_1_5() -> None:
     # Short-scale DFA is biased upwards for white noise (≈ 0.6 at 4–16 beats).
     assert dfa_alpha1(800 + rng.normal(0, 30, 5000)) == pytest.approx(0.55, abs=0.08)
     assert dfa_alpha1(800 + np.cumsum(rng.normal(0, 5, 5000))) == pytest.approx(1.5, abs=0.1)
+
+
+def test_dfa_alpha1_boxes_do_not_span_a_gap() -> None:
+    """A strap that keeps dropping out between two postures (runs of 40 beats alternating
+    around 700 and 900 ms, each white noise): over the concatenated beats the level jumps read
+    as a slow trend (α1 ≈ 1.5, "correlated"); with the gaps as breaks each run is its own
+    series and α1 reads the white noise's value, as it does for one unbroken series."""
+    rng = np.random.default_rng(1)
+    rr = np.concatenate([(700.0 if i % 2 else 900.0) + rng.normal(0, 30, 40) for i in range(100)])
+    breaks = np.arange(40, rr.size, 40)
+    white = dfa_alpha1(800 + rng.normal(0, 30, rr.size))
+    assert dfa_alpha1(rr) > 1.2
+    assert dfa_alpha1(rr, breaks=breaks) == pytest.approx(white, abs=0.06)
+    # Too little left within runs for two boxes of 16 beats: no value rather than a guess.
+    assert math.isnan(dfa_alpha1(rr[:60], breaks=[15, 30, 45]))
+    with pytest.raises(ValueError, match="breaks"):
+        dfa_alpha1(rr, breaks=[0])
