@@ -75,7 +75,7 @@ import bisect
 import collections
 import dataclasses
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -144,9 +144,12 @@ _NAN = math.nan
 _CODE = {c: i for i, c in enumerate(BEAT_CLASSES)}
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ProcessedBeat:
-    """One beat after classification and correction (provenance kept)."""
+class ProcessedBeat(NamedTuple):
+    """One beat after classification and correction (provenance kept).
+
+    A named tuple rather than a frozen dataclass: the live path makes one per beat, and a
+    frozen dataclass costs 0.9 µs to build against 0.3 µs.
+    """
 
     t_s: float
     """Time of the beat closing the interval, s (for an inserted beat: interpolated)."""
@@ -439,14 +442,28 @@ class ArtefactCorrector:
         self._t.append(float(t_s))
         self._feat.push_rr(rr)
         self._n += 1
-        out: list[ProcessedBeat] = []
-        if self._n - self._next > LOOKAHEAD_BEATS:
-            self._decide_next(out)
-        return out
+        if self._n - self._next <= LOOKAHEAD_BEATS:
+            return []
+        rows: list[_Row] = []
+        self._decide_next(rows)
+        return [ProcessedBeat(r[0], r[1], r[2], BEAT_CLASSES[r[3]]) for r in rows]
 
     def flush(self) -> list[ProcessedBeat]:
         """Finalise every pending beat without look-ahead, then reset (e.g. before a gap)."""
-        out: list[ProcessedBeat] = []
+        rows: list[_Row] = []
+        self._flush_rows(rows)
+        return [ProcessedBeat(r[0], r[1], r[2], BEAT_CLASSES[r[3]]) for r in rows]
+
+    def _push_rows(self, t_s: float, rr: float, out: list[_Row]) -> None:
+        # push() without the ProcessedBeat objects, for correct_rr (it collects plain rows).
+        self._rr.append(rr)
+        self._t.append(t_s)
+        self._feat.push_rr(rr)
+        self._n += 1
+        if self._n - self._next > LOOKAHEAD_BEATS:
+            self._decide_next(out)
+
+    def _flush_rows(self, out: list[_Row]) -> None:
         while self._next < self._n:
             # The median window of beat i is rr[i-7 .. i+3] clipped to the segment; past the
             # end no new beat pushes the oldest out, so drop it here.
@@ -454,9 +471,8 @@ class ArtefactCorrector:
                 self._feat.pop_front_median()
             self._decide_next(out)
         self._reset()
-        return out
 
-    def _decide_next(self, out: list[ProcessedBeat]) -> None:
+    def _decide_next(self, out: list[_Row]) -> None:
         i = self._next
         rr, tt = self._rr, self._t
         k = i - self._base  # beat i's place in the deques (they hold beats _base .. newest)
@@ -507,8 +523,8 @@ class ArtefactCorrector:
                 # the corrected previous beat: artefacts, or the jump back from a raw one, would
                 # widen the thresholds meant to catch them until frequent ectopy passes as sinus.
                 feat.push_corrected(abs(r0 - p), abs(2.0 * ms if ms < 0.0 else ms))
+            out.extend(rows)
             for row in rows:
-                out.append(ProcessedBeat(row[0], row[1], row[2], BEAT_CLASSES[row[3]]))
                 c = row[2]
                 if c == c:
                     self._pp, self._p = self._p, c
@@ -528,12 +544,20 @@ def correct_rr(t_s: npt.ArrayLike, rr_ms: npt.ArrayLike) -> CorrectedSeries:
     if t.shape != rr.shape or rr.ndim != 1:
         raise ValueError("t_s and rr_ms must be 1-D arrays of equal length")
     corr = ArtefactCorrector()
-    rows: list[ProcessedBeat] = []
-    push = corr.push
+    rows: list[_Row] = []
+    push = corr._push_rows
     for ti, ri in zip(t.tolist(), rr.tolist(), strict=True):
-        rows.extend(push(ti, ri))
-    rows.extend(corr.flush())
-    return collect(rows)
+        push(ti, ri, rows)
+    corr._flush_rows(rows)
+    if not rows:
+        return collect([])
+    tt, raw, corrected, code = zip(*rows, strict=True)
+    return CorrectedSeries.from_rows(
+        np.array(tt, dtype=np.float64),
+        np.array(raw, dtype=np.float64),
+        np.array(corrected, dtype=np.float64),
+        np.array(code, dtype=np.int8),
+    )
 
 
 def collect(rows: list[ProcessedBeat]) -> CorrectedSeries:

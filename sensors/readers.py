@@ -94,7 +94,9 @@ def read_rr_file(path: Path | str) -> RRRecording:
     first = lines[head].strip()
     t: npt.NDArray[np.float64] | None
     warmup: npt.NDArray[np.bool_] | None = None
-    if first.lower() == "[params]" or any(ln.strip().lower() == "[hrdata]" for ln in lines):
+    if first.lower() == "[params]" or (
+        "[hrdata]" in text.lower() and any(ln.strip().lower() == "[hrdata]" for ln in lines)
+    ):
         rr, fmt, t = _read_hrm(name, lines), "polar-hrm", None
     elif "rr_ms" in [c.strip().lower() for c in first.split(",")]:
         t, rr, fmt, warmup = _read_csv(name, lines, head)
@@ -190,6 +192,39 @@ def _number(name: str, lineno: int, cell: str, what: str) -> float:
     return v
 
 
+_NOT_DECIMAL_CHAR = re.compile(r"[^0-9.eE+\- \t]")
+
+
+def _bulk_numbers(cells: list[str]) -> npt.NDArray[np.float64] | None:
+    """The cells as numbers when every one is a plain finite decimal, else None.
+
+    One scan for characters outside ``0-9 . e E + - space tab`` and one conversion, instead of
+    a regex per cell: with those characters alone, float() reads exactly what ``_DECIMAL``
+    matches (no ``inf``, ``nan``, ``1_000``), and refuses anything else.
+    """
+    if _NOT_DECIMAL_CHAR.search("".join(cells)):
+        return None
+    try:
+        out = np.array([float(c) for c in cells], dtype=np.float64)
+    except ValueError:
+        return None
+    return out if np.all(np.isfinite(out)) else None
+
+
+def _row_by_row(
+    name: str, rr_cells: list[str], t_cells: list[str] | None, linenos: list[int], i_rec: int | None
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """RR and time cells checked one row at a time (raises at the first bad one)."""
+    rr, ts = [], []
+    for k, lineno in enumerate(linenos):
+        # A strap may send an RR of 0; the daemon records it (as implausible), so its own
+        # export holds it, and an analysis marks it implausible again.
+        rr.append(_rr(name, lineno, rr_cells[k], zero_ok=i_rec is not None))
+        if t_cells is not None:
+            ts.append(_number(name, lineno, t_cells[k], "time"))
+    return np.asarray(rr, dtype=np.float64), np.asarray(ts, dtype=np.float64)
+
+
 def _rr(name: str, lineno: int, cell: str, zero_ok: bool = False) -> float:
     v = _number(name, lineno, cell, "RR value")
     if v == 0 and zero_ok:
@@ -227,8 +262,8 @@ def _read_csv(
     i_rec = header.index("record") if "record" in header else None
     i_cls = header.index("beat_class") if i_rec is not None and "beat_class" in header else None
     fmt = "settle-export" if i_rec is not None else "csv"
-    ts: list[float] = []
-    rr: list[float] = []
+    t_cells: list[str] = []
+    rr_cells: list[str] = []
     warm: list[bool] = []
     linenos: list[int] = []
     # Line numbers: csv counts the lines it consumed (a quoted cell may span several); the
@@ -238,32 +273,43 @@ def _read_csv(
     try:
         for cells in reader:
             start, consumed = head + 2 + consumed, reader.line_num
-            if not cells or (len(cells) == 1 and not cells[0].strip()) or _comment(cells[0]):
+            if not cells or (len(cells) == 1 and not cells[0].strip()):
+                continue
+            if "#" in cells[0] and _comment(cells[0]):
                 continue
             if len(cells) < len(header):
+                # A bad cell on an earlier line is reported first, as it comes first.
+                _row_by_row(name, rr_cells, t_cells if i_t is not None else None, linenos, i_rec)
                 raise InputFileError(
                     name, f"expected {len(header)} columns, found {len(cells)}", start
                 )
             if i_rec is not None and cells[i_rec].strip() != "beat":
                 continue
-            # A strap may send an RR of 0; the daemon records it (as implausible), so its
-            # own export holds it, and an analysis marks it implausible again.
-            rr.append(_rr(name, start, cells[i_rr], zero_ok=i_rec is not None))
+            rr_cells.append(cells[i_rr])
             if i_t is not None:
-                ts.append(_number(name, start, cells[i_t], "time"))
+                t_cells.append(cells[i_t])
             if i_cls is not None:
                 warm.append(cells[i_cls].strip() == "warmup")
             linenos.append(start)
     except csv.Error as exc:
         raise InputFileError(name, f"malformed CSV: {exc}", head + 2 + consumed) from None
+    rr = _bulk_numbers(rr_cells)
+    t = _bulk_numbers(t_cells) if i_t is not None else np.empty(0)
+    if (
+        rr is None
+        or t is None
+        or not np.all(((rr >= RR_MIN_MS) & (rr <= RR_MAX_MS)) | ((i_rec is not None) & (rr == 0)))
+    ):
+        # Not every cell is a plain in-range number: check row by row, in file order, to name
+        # the first bad cell (or to read what only float() reads, such as other scripts' digits).
+        rr, t = _row_by_row(name, rr_cells, t_cells if i_t is not None else None, linenos, i_rec)
     warmup = np.asarray(warm, dtype=bool) if i_cls is not None else None
     if i_t is None:
-        return None, np.asarray(rr, dtype=np.float64), fmt, warmup
-    t = np.asarray(ts, dtype=np.float64)
+        return None, rr, fmt, warmup
     back = np.flatnonzero(np.diff(t) < 0)
     if back.size:
         raise InputFileError(name, "beat times go backwards", linenos[int(back[0]) + 1])
-    return t, np.asarray(rr, dtype=np.float64), fmt, warmup
+    return t, rr, fmt, warmup
 
 
 def _read_one_per_line(name: str, lines: list[str], head: int) -> npt.NDArray[np.float64]:

@@ -48,6 +48,10 @@ def test_polar_hrm_rr_mode(tmp_path: Path) -> None:
         ("800\nabc\n", "'abc' is not a number", 2),
         ("t_s,rr_ms\n0.8,800\n1.6\n", "expected 2 columns", 3),
         ("t_s,rr_ms\n0.8,800\n0.5,790\n", "go backwards", 3),
+        # The first bad line is named, whichever kind of fault comes later.
+        ("t_s,rr_ms\n0.8,800\n1.6,8OO\n2.4\n", "'8OO' is not a number", 3),
+        ("t_s,rr_ms\n0.8,800\n1.6,1e999\n2.4,x\n", "'1e999' is not finite", 3),
+        ("t_s,rr_ms\n0.8,800\n1.6,0\n2.4,x\n", "0 ms is not positive", 3),
         ("800\nnan\n", "'nan' is not a number", 2),
         ("800\n1_000\n", "'1_000' is not a number", 2),  # float() would read 1000
         ("t_s,rr_ms\n0.8,800\n1.6,inf\n", "'inf' is not a number", 3),
