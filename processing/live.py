@@ -43,6 +43,7 @@ from processing.indices import (
 )
 from processing.spectral import (
     FS_HZ,
+    INDICES_MAX_HZ,
     band_powers,
     coherence_from_psd,
     periodograms,
@@ -257,7 +258,7 @@ class LiveAnalyzer:
         x = x[grid > t_s - length_s][-n:]
         if x.size < n - 4:
             return None
-        f, p = periodograms(x[None, :], FS_HZ, nfft=1024)
+        f, p = periodograms(x[None, :], FS_HZ, nfft=1024, f_max=INDICES_MAX_HZ)
         return f, p[0] / spline_power_gain(f, float(np.mean(rr)) / 1000.0)
 
     def indices(self, t_s: float) -> IndicesSnapshot:

@@ -25,6 +25,7 @@ from processing.spectral import (
     COHERENCE_HALF_WIDTH_HZ,
     COHERENCE_PEAK_HZ,
     FS_HZ,
+    INDICES_MAX_HZ,
     Spectral,
     periodograms,
     resample_cubic,
@@ -222,7 +223,7 @@ def _rolling_spectra(
             view = np.lib.stride_tricks.sliding_window_view(x, nwin)
             for c in range(0, idx.size, 2000):
                 ii = idx[c : c + 2000]
-                f, p = periodograms(view[ends[ii] - nwin], FS_HZ, nfft=1024)
+                f, p = periodograms(view[ends[ii] - nwin], FS_HZ, nfft=1024, f_max=INDICES_MAX_HZ)
                 p = p / spline_power_gain(f, gain)
                 if kind == "coh":
                     lnlf[ii] = _ln(_bandsum(f, p, 0.04, 0.15))

@@ -20,6 +20,7 @@ Pinned conventions (see ``docs/indices.md``):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Literal
 
@@ -52,6 +53,10 @@ COHERENCE_PEAK_HZ = (0.04, 0.26)
 COHERENCE_HALF_WIDTH_HZ = 0.015
 RESP_BAND_HZ = (0.12, 0.5)
 """Where the respiratory (RSA) peak is searched, Hz (7.2–30 breaths/min)."""
+INDICES_MAX_HZ = RESP_BAND_HZ[1]
+"""The highest frequency any index reads (the top of the respiration band: its last bin is
+the neighbour a peak search compares the band's last bin with); the rolling and live spectra
+are computed up to it only (``periodograms(..., f_max=INDICES_MAX_HZ)``)."""
 RESP_BACKGROUND_EXPONENT = (-2.0, 0.0)
 """Bounds of the power-law exponent of the background the RSA peak must stand out from:
 between a flat (white) and a ``1/f²`` spectrum."""
@@ -169,13 +174,54 @@ def _detrend_rows(x: FloatArray) -> FloatArray:
     return out
 
 
+def _hann(n: int) -> FloatArray:
+    """Symmetric Hann window without its zero end points."""
+    out: FloatArray = np.hanning(n + 2)[1:-1] if n > 2 else np.ones(n)
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _low_band_dft(n: int, nfft: int, k: int) -> tuple[FloatArray, float]:
+    """``(M, scale)``: for rows ``x`` of ``n`` samples, ``x @ M`` holds the real parts (first
+    ``k`` columns) and imaginary parts (last ``k``) of DFT bins ``0 … k−1`` (length ``nfft``,
+    zero-padded) of ``x`` detrended and Hann-windowed as :func:`periodograms` does;
+    ``scale`` turns their squared magnitude into one-sided ms²/Hz (before the halving of the
+    0 and Nyquist bins) at ``fs`` = 1 (divide by ``fs``)."""
+    t = np.arange(n, dtype=np.float64)
+    c = t - 0.5 * (n - 1)
+    # Detrend = projection removing the mean and the least-squares line (symmetric).
+    proj = np.eye(n) - 1.0 / n - np.outer(c, c) / (float(c @ c) or 1.0)
+    w = _hann(n)
+    phase = 2.0 * np.pi * np.outer(t, np.arange(k)) / nfft
+    dft = np.concatenate([np.cos(phase), -np.sin(phase)], axis=1) * w[:, None]
+    m = np.ascontiguousarray(proj @ dft)
+    m.setflags(write=False)
+    return m, 2.0 / float(np.dot(w, w))
+
+
 def periodograms(
-    x: FloatArray, fs: float, nfft: int | None = None
+    x: FloatArray, fs: float, nfft: int | None = None, f_max: float | None = None
 ) -> tuple[FloatArray, FloatArray]:
-    """One-sided Hann periodogram (ms²/Hz) of each detrended row of ``x``."""
+    """One-sided Hann periodogram (ms²/Hz) of each detrended row of ``x``.
+
+    With ``f_max``, only the bins up to ``f_max`` (inclusive) are computed and returned, as
+    one matrix product whose matrix folds in the detrend, the window and the DFT
+    (:func:`_low_band_dft`): for many rows and a band far below Nyquist (rolling HRV spectra
+    use 129 of 513 bins) this is about twice as fast as the FFT and leaves a quarter of the
+    spectrum to process. The values equal the FFT's to rounding (~1e-12 relative).
+    """
     n = x.shape[-1]
     nfft = max(nfft or n, n)
-    w = np.hanning(n + 2)[1:-1] if n > 2 else np.ones(n)  # symmetric, no zero end points
+    if f_max is not None:
+        k = min(math.floor(f_max * nfft / fs + 1e-9) + 1, nfft // 2 + 1)
+        m, scale = _low_band_dft(n, nfft, k)
+        y = x @ m
+        psd = (y[..., :k] ** 2 + y[..., k:] ** 2) * (scale / fs)
+        psd[..., 0] *= 0.5
+        if nfft % 2 == 0 and k == nfft // 2 + 1:
+            psd[..., -1] *= 0.5
+        return np.arange(k, dtype=np.float64) * (fs / nfft), psd
+    w = _hann(n)
     spec = np.fft.rfft(_detrend_rows(x) * w, n=nfft, axis=-1)
     psd = (spec.real**2 + spec.imag**2) * (2.0 / (fs * float(np.dot(w, w))))
     psd[..., 0] *= 0.5

@@ -171,3 +171,21 @@ def test_dfa_alpha1_boxes_do_not_span_a_gap() -> None:
     assert math.isnan(dfa_alpha1(rr[:60], breaks=[15, 30, 45]))
     with pytest.raises(ValueError, match="breaks"):
         dfa_alpha1(rr, breaks=[0])
+
+
+def test_low_band_periodograms_equal_the_fft_bins() -> None:
+    """The rolling and live spectra compute only the bins up to 0.5 Hz (one matrix product):
+    they must equal the full FFT periodogram's bins, the detrend and window included."""
+    rng = np.random.default_rng(3)
+    for n in (256, 480, 7):
+        t = np.arange(n) / 4.0
+        x = 800 + 40 * np.sin(2 * np.pi * 0.1 * t) + np.cumsum(rng.normal(0, 3, (50, n)), axis=1)
+        f, p = periodograms(x, 4.0, nfft=1024)
+        fl, pl = periodograms(x, 4.0, nfft=1024, f_max=0.5)
+        assert fl.size == 129 and fl[-1] == 0.5
+        np.testing.assert_array_equal(fl, f[:129])
+        np.testing.assert_allclose(pl, p[:, :129], rtol=0, atol=1e-12 * float(p.max()))
+    # A band reaching Nyquist is the whole spectrum, its last bin halved likewise.
+    f, p = periodograms(x, 4.0, nfft=16)
+    fl, pl = periodograms(x, 4.0, nfft=16, f_max=9.0)
+    np.testing.assert_allclose(pl, p, rtol=1e-9)
