@@ -180,7 +180,7 @@ class LiveAnalyzer:
             if b.rr_raw_ms == b.rr_raw_ms:
                 flags.append(0 if b.beat_class == "normal" else 1)
             if b.rr_ms == b.rr_ms:
-                td.update(b.t_s, b.rr_ms)
+                td.add(b.t_s, b.rr_ms)
                 beats.append((b.t_s, b.rr_ms))
                 self._last_t = b.t_s
         if beats:

@@ -215,6 +215,14 @@ class RollingTimeDomain:
         rr_ms : float
             The RR interval in milliseconds; finite and > 0.
         """
+        self.add(t_s, rr_ms)
+        return self._result(allow_recompute=True)
+
+    def add(self, t_s: float, rr_ms: float) -> None:
+        """:meth:`update` without computing the statistics (a caller that reads them only
+        now and then, through :meth:`snapshot`: the live path adds every beat and reads the
+        window every 5 s). The rounding bounds keep accumulating; the next :meth:`snapshot`
+        checks them and recomputes the sums exactly from the window's beats if needed."""
         if not (math.isfinite(rr_ms) and rr_ms > 0.0):
             raise ValueError(f"rr_ms must be a finite positive number of ms, got {rr_ms!r}")
         if not math.isfinite(t_s) or t_s < self._t_latest:
@@ -266,7 +274,6 @@ class RollingTimeDomain:
         self._s2 += dev_sq
         self._acc_s1 += eps * abs(self._s1)
         self._acc_s2 += eps * self._s2
-        return self._result(allow_recompute=True)
 
     def snapshot(self) -> TimeDomain:
         """Statistics of the current window, without adding a beat."""

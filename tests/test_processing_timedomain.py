@@ -236,6 +236,27 @@ def test_rolling_stays_exact_over_100k_beats() -> None:
     assert checked > 6000
 
 
+def test_add_then_an_occasional_snapshot_stays_exact() -> None:
+    """The live path adds every beat without reading the window (``add``) and reads it every
+    5 s (``snapshot``), or not at all for minutes (no indices while the rhythm is unusable):
+    the rounding checks deferred to the snapshot still keep it within 1e-9 of the batch,
+    through the same worst cases as above."""
+    model = PhysioModel(ModelParams(ectopic_rate=0.02, missed_rate=0.01), seed=11)
+    rr = np.array([next(model) for _ in range(60_000)])
+    rr[30_000:30_200] = 1000.0
+    rr[40_000] = 30_000.0
+    t_s = np.cumsum(rr) / 1000.0
+    rolling = RollingTimeDomain(60.0)
+    checked = 0
+    for i, (t, x) in enumerate(zip(t_s.tolist(), rr.tolist(), strict=True)):
+        rolling.add(t, x)
+        if i % 997 == 0 or (30_000 <= i < 30_300 and i % 5 == 0) or 40_000 <= i < 40_100:
+            lo = int(np.searchsorted(t_s, t - 60.0, side="right"))
+            assert_same(rolling.snapshot(), time_domain(rr[lo : i + 1]), f"beat {i}")
+            checked += 1
+    assert checked > 200
+
+
 # --- golden values -----------------------------------------------------------------------
 
 # NeuroKit2 0.2.13 hrv_time() on the whole recordings (shared reference.json).
