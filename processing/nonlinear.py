@@ -51,25 +51,28 @@ def dfa_alpha1(
     b = np.asarray(breaks, dtype=np.intp)
     if b.size and (b.min() < 1 or b.max() > rr.size - 1):
         raise ValueError("breaks must be indices 1 .. n-1")
-    runs = [r for r in np.split(rr, np.unique(b)) if r.size >= n_min]
-    if sum(r.size // n_max for r in runs) < 2:
+    edges = np.concatenate([[0], np.unique(b), [rr.size]])
+    lengths = np.diff(edges)
+    if int(np.sum(lengths // n_max)) < 2:
         return math.nan
-    profiles = [np.cumsum(r - r.mean()) for r in runs]
+    # Each run's profile, from its own mean, laid end to end (one cumulative sum, restarted).
+    run = np.repeat(np.arange(lengths.size), lengths)
+    means = np.add.reduceat(rr, edges[:-1]) / lengths
+    c = np.cumsum(rr - means[run])
+    y = c - np.concatenate([[0.0], c[edges[1:-1] - 1]])[run]
     ns = np.arange(n_min, n_max + 1)
     fl = np.empty(ns.size)
     for j, n in enumerate(ns.tolist()):
+        # Box starts: a, a+n, ... within each run of n beats or more.
+        per_run = lengths // n
+        starts = np.repeat(edges[:-1], per_run) + n * (
+            np.arange(int(per_run.sum())) - np.repeat(np.cumsum(per_run) - per_run, per_run)
+        )
+        boxes = np.lib.stride_tricks.sliding_window_view(y, n)[starts]
         k = np.arange(n, dtype=np.float64) - 0.5 * (n - 1)
-        sq, count = 0.0, 0
-        for y in profiles:
-            m = y.size // n
-            if m == 0:
-                continue
-            boxes = y[: m * n].reshape(m, n)
-            slope = (boxes @ k) / float(k @ k)
-            resid = boxes - boxes.mean(axis=1, keepdims=True) - slope[:, None] * k
-            sq += float(np.sum(resid * resid))
-            count += resid.size
-        fl[j] = math.sqrt(sq / count)
+        slope = (boxes @ k) / float(k @ k)
+        resid = boxes - boxes.mean(axis=1, keepdims=True) - slope[:, None] * k
+        fl[j] = math.sqrt(float(np.mean(resid * resid)))
     if np.any(fl <= 0):
         return math.nan
     return float(np.polyfit(np.log(ns), np.log(fl), 1)[0])
