@@ -204,26 +204,30 @@ def _rolling_spectra(
         ts, rs = t[a:b], rr[a:b]
         if ts.size < 8:
             continue
-        t0 = math.ceil((ts[0] - rs[0] / 1000.0) * FS_HZ) / FS_HZ
+        seg_start = ts[0] - rs[0] / 1000.0
+        # Only the steps a window of this run can end at (a margin wider than the rounding
+        # of the exact test below): a run shorter than the shortest window is not resampled.
+        lo = int(np.searchsorted(steps, seg_start + min(n_coh, n_sp) / FS_HZ - 1e-6))
+        hi = int(np.searchsorted(steps, ts[-1] + 1e-6, side="right"))
+        if lo >= hi:
+            continue
+        t0 = math.ceil(seg_start * FS_HZ) / FS_HZ
         grid, x = resample_cubic(ts, rs, FS_HZ, t0=max(t0, ts[0]))
         if grid.size == 0:
             continue
         gain = float(np.mean(rs)) / 1000.0
-        seg_start = ts[0] - rs[0] / 1000.0
-        ends = np.searchsorted(grid, steps, side="right")  # sample count up to each step
+        st = steps[lo:hi]
+        ends = np.searchsorted(grid, st, side="right")  # sample count up to each step
         for nwin, kind in ((n_coh, "coh"), (n_sp, "sp")):
-            ok = (
-                (ends >= nwin)
-                & (steps - nwin / FS_HZ >= seg_start - 1e-9)
-                & (steps <= ts[-1] + 1e-9)
-            )
-            idx = np.flatnonzero(ok)
-            if idx.size == 0:
+            ok = (ends >= nwin) & (st - nwin / FS_HZ >= seg_start - 1e-9) & (st <= ts[-1] + 1e-9)
+            loc = np.flatnonzero(ok)
+            if loc.size == 0:
                 continue
             view = np.lib.stride_tricks.sliding_window_view(x, nwin)
-            for c in range(0, idx.size, 2000):
-                ii = idx[c : c + 2000]
-                f, p = periodograms(view[ends[ii] - nwin], FS_HZ, nfft=1024, f_max=INDICES_MAX_HZ)
+            for c in range(0, loc.size, 2000):
+                ii = lo + loc[c : c + 2000]
+                rows = view[ends[loc[c : c + 2000]] - nwin]
+                f, p = periodograms(rows, FS_HZ, nfft=1024, f_max=INDICES_MAX_HZ)
                 p = p / spline_power_gain(f, gain)
                 if kind == "coh":
                     lnlf[ii] = _ln(_bandsum(f, p, 0.04, 0.15))
