@@ -63,6 +63,10 @@ SERIES_KEEP_S = 120.0
 """Snapshots kept for markers entered this late (e.g. from a journal during the session), s."""
 QUALITY_BEATS = 120
 """Beats over which the corrected share is counted."""
+MIN_WINDOW_BEATS = 10
+"""Beats the rolling window needs before a snapshot is usable (fewer: warming up)."""
+SETTLING_K = 2.0
+"""Default ``k`` of the settling score, ``50 + 50·tanh(mean z / k)``."""
 BASELINE_MIN_SAMPLES = 3
 """Indices samples (one every ``indices_every_s``) a marked baseline needs; fewer and
 :meth:`LiveAnalyzer.stop_baseline` discards it for the automatic baseline."""
@@ -126,7 +130,7 @@ class LiveAnalyzer:
         coherence_window_s: float = 64.0,
         spectral_window_s: float = 120.0,
         trend_window_s: float = 300.0,
-        k: float = 2.0,
+        k: float = SETTLING_K,
         catch_threshold: float = CATCH_THRESHOLD,
         catch_hold_s: float = CATCH_HOLD_S,
     ) -> None:
@@ -278,7 +282,7 @@ class LiveAnalyzer:
         flags = self._flags
         share = sum(flags) / len(flags) if flags else 1.0
         usable, reason = True, None
-        if td.n < 10:
+        if td.n < MIN_WINDOW_BEATS:
             usable, reason = False, WARMING_UP_REASON
         elif len(flags) >= 30 and share > IRREGULAR_SHARE_MAX:
             usable = False

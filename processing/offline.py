@@ -19,7 +19,13 @@ import numpy.typing as npt
 
 from processing.artefacts import BEAT_CLASSES, CorrectedSeries, collect, correct_rr
 from processing.indices import SPREAD_FLOORS
-from processing.live import IRREGULAR_SHARE_MAX
+from processing.live import (
+    BASELINE_MIN_SAMPLES,
+    IRREGULAR_SHARE_MAX,
+    MIN_WINDOW_BEATS,
+    QUALITY_BEATS,
+    SETTLING_K,
+)
 from processing.nonlinear import dfa_alpha1, poincare
 from processing.spectral import (
     COHERENCE_HALF_WIDTH_HZ,
@@ -98,7 +104,8 @@ class Analysis:
 
 def _rolling_td(
     t: FloatArray, rr: FloatArray, window_s: float, breaks: npt.NDArray[np.intp]
-) -> tuple[FloatArray, ...]:
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, npt.NDArray[np.intp]]:
+    """Mean RR, HR, SDNN, RMSSD, pNN50 of the window ending at each beat, and its beat count."""
     n = t.size
     start = np.searchsorted(t, t - window_s, side="right")
     # As live, a window starts afresh after a break: no beat or difference spans it.
@@ -124,7 +131,7 @@ def _rolling_td(
         rmssd = np.sqrt(d2 / ndiff)
         pnn = 100.0 * (cnn[end] - cnn[start + 1]) / ndiff
     var[cnt < 2] = np.nan
-    return mean, 60000.0 / mean, np.sqrt(var), rmssd, pnn
+    return mean, 60000.0 / mean, np.sqrt(var), rmssd, pnn, cnt
 
 
 def _classify(
@@ -267,23 +274,67 @@ def _coherence_rows(f: FloatArray, p: FloatArray) -> FloatArray:
         return np.where(rest > 0, peak / rest, np.nan)
 
 
-def _score(
-    steps: FloatArray, hr: FloatArray, ln: FloatArray, lnlf: FloatArray, baseline_s: float
-) -> FloatArray:
-    if steps.size == 0:
-        return np.empty(0)
-    base = steps <= steps[0] + baseline_s
-    zs = []
-    for vals, key, sign in ((hr, "hr_bpm", -1.0), (ln, "ln_rmssd", 1.0), (lnlf, "ln_lf", 1.0)):
-        v = vals[base & np.isfinite(vals)]
-        if v.size < 3:
-            return np.full(steps.size, np.nan)
-        spread = max(float(np.std(v, ddof=1)), SPREAD_FLOORS[key])
-        zs.append(sign * (vals - float(v.mean())) / spread)
-    score = 50.0 + 50.0 * np.tanh(np.mean(zs, axis=0) / 2.0)
-    score[base] = np.nan
-    out: FloatArray = np.clip(score, 0.0, 100.0)
+def _usable_steps(
+    steps: FloatArray, n_window: npt.NDArray[np.intp], cs: CorrectedSeries
+) -> npt.NDArray[np.bool_]:
+    """Where the live analyser would call a snapshot usable: at least
+    :data:`~processing.live.MIN_WINDOW_BEATS` beats in the rolling window (``n_window``, per
+    step), and not more than :data:`IRREGULAR_SHARE_MAX` of the last
+    :data:`~processing.live.QUALITY_BEATS` analysed raw beats flagged (once there are 30)."""
+    rows = ~np.isnan(cs.rr_raw_ms) & (cs.code < _NOT_ANALYSED)
+    ft = cs.t_s[rows]
+    cf = np.concatenate([[0], np.cumsum(cs.code[rows] != 0)])
+    m = np.searchsorted(ft, steps, side="right")
+    w = np.minimum(m, QUALITY_BEATS)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = (cf[m] - cf[m - w]) / w
+    irregular = (w >= 30) & (share > IRREGULAR_SHARE_MAX)
+    out: npt.NDArray[np.bool_] = (n_window >= MIN_WINDOW_BEATS) & ~irregular
     return out
+
+
+def _score(
+    steps: FloatArray,
+    hr: FloatArray,
+    ln: FloatArray,
+    lnlf: FloatArray,
+    baseline_s: float,
+    usable: npt.NDArray[np.bool_],
+) -> FloatArray:
+    """The settling score at each step as :class:`~processing.live.LiveAnalyzer` computes it:
+    the automatic baseline collects the usable steps of the first ``baseline_s`` (extended by
+    ``baseline_s`` at a time until it holds :data:`BASELINE_MIN_SAMPLES` of each component);
+    after it, every usable step is scored against it."""
+    score = np.full(steps.size, np.nan)
+    if steps.size == 0:
+        return score
+    comps = ((hr, "hr_bpm", -1.0), (ln, "ln_rmssd", 1.0), (lnlf, "ln_lf", 1.0))
+    until = float(steps[0]) + baseline_s
+    counts = [0, 0, 0]
+    in_base = np.zeros(steps.size, dtype=bool)
+    done = steps.size
+    for k, t in enumerate(steps.tolist()):
+        if t > until:
+            if min(counts) >= BASELINE_MIN_SAMPLES:
+                done = k
+                break
+            until = t + baseline_s
+        if usable[k]:
+            in_base[k] = True
+            for j, (vals, _, _) in enumerate(comps):
+                counts[j] += bool(np.isfinite(vals[k]))
+    if done == steps.size:
+        return score
+    zs = []
+    for vals, key, sign in comps:
+        v = vals[in_base & np.isfinite(vals)]
+        spread = max(float(np.std(v, ddof=1)), SPREAD_FLOORS[key])
+        zs.append(sign * (vals[done:] - float(v.mean())) / spread)
+    z = np.mean(zs, axis=0)
+    score[done:] = np.clip(50.0 + 50.0 * np.tanh(z / SETTLING_K), 0.0, 100.0)
+    score[:done][:] = np.nan
+    score[done:][~usable[done:]] = np.nan
+    return score
 
 
 def analyze(
@@ -340,11 +391,12 @@ def analyze(
     steps, lf, hf, resp, coh, lnlf = _rolling_spectra(tc, rc, window_s, segments)
     roll = None
     if rolling:
-        mean, hr, sdnn, rmssd, pnn = _rolling_td(tc, rc, window_s, breaks)
+        mean, hr, sdnn, rmssd, pnn, cnt = _rolling_td(tc, rc, window_s, breaks)
         idx = np.searchsorted(tc, steps, side="right") - 1
         with np.errstate(divide="ignore", invalid="ignore"):
             ln_step = np.log(rmssd[idx])
-        score = _score(steps, hr[idx], ln_step, lnlf, baseline_s)
+        usable_steps = _usable_steps(steps, np.where(idx >= 0, cnt[idx], 0), cs)
+        score = _score(steps, hr[idx], ln_step, lnlf, baseline_s, usable_steps)
         with np.errstate(divide="ignore", invalid="ignore"):
             lfhf = lf / hf
         roll = Rolling(tc, mean, hr, sdnn, rmssd, pnn, steps, lf, hf, lfhf, resp, coh, score)

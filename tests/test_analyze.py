@@ -406,3 +406,46 @@ def test_no_difference_or_window_spans_a_gap(tmp_path: Path) -> None:
     assert float(fifth["rmssd_ms"]) == pytest.approx(
         float(np.sqrt(np.mean(np.diff(brr[after : after + 5]) ** 2))), rel=1e-5
     )
+
+
+def test_rolling_settling_score_is_the_one_live_shows() -> None:
+    """A researcher re-analysing a session expects the settling score the practitioner saw:
+    the same baseline (the usable snapshots of the first 2 minutes; a window of fewer than
+    10 beats is still warming up) and a score at the same steps. Without correction (so the
+    live path has no look-ahead lag), offline and live differ only by their resampling of
+    the spectra: here by 0.3 points (median); the offline baseline used to take the
+    warming-up steps too (1.9 points, up to 3.5)."""
+    from processing.live import LiveAnalyzer
+    from processing.offline import analyze
+    from sensors.readers import read_rr_file
+
+    rec = read_rr_file(DATA / "bartels_rest_supine.csv")
+    roll = analyze(rec.t_s, rec.rr_ms, rolling=True, correction=False).rolling
+    assert roll is not None
+    steps, offline = roll.step_t_s, roll.step_score
+    la = LiveAnalyzer(correction=False)
+    live = np.full(steps.size, np.nan)
+    j = 0
+    for t, rr in zip(rec.t_s.tolist(), rec.rr_ms.tolist(), strict=True):
+        while j < steps.size and steps[j] < t:
+            live[j] = la.indices(float(steps[j])).score
+            j += 1
+        la.push_beat(t, rr)
+    np.testing.assert_array_equal(np.isfinite(offline), np.isfinite(live))
+    diff = np.abs(offline - live)[np.isfinite(live)]
+    assert diff.size > 150
+    assert float(np.median(diff)) < 1.0
+    assert float(diff.max()) < 5.0
+
+
+def test_rolling_has_no_settling_score_on_an_unusable_rhythm(tmp_path: Path) -> None:
+    """The Polar H10 recording with ~30 % premature beats is unusable: live shows no score
+    for it, so neither does --rolling (it used to print 94 scores)."""
+    rolling = tmp_path / "rolling.csv"
+    p = _settle(str(DATA / "polar_h10_pvc_device.csv"), "--json", "--rolling", str(rolling))
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["usable"] is False
+    steps = [r for r in csv.DictReader(rolling.open()) if r["kind"] == "step"]
+    assert len(steps) > 100
+    assert all(r["settling_score"] == "" for r in steps)
+    assert sum(r["coherence"] != "" for r in steps) > 100  # the spectra are still there
