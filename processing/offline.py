@@ -70,6 +70,8 @@ class Rolling:
     step_resp_rate_bpm: FloatArray
     step_coherence: FloatArray
     step_score: FloatArray
+    step_quality: FloatArray
+    """Signal quality 0–1 as live computes it, without the skin-contact term."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -104,14 +106,24 @@ class Analysis:
 
 def _rolling_td(
     t: FloatArray, rr: FloatArray, window_s: float, breaks: npt.NDArray[np.intp]
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, npt.NDArray[np.intp]]:
-    """Mean RR, HR, SDNN, RMSSD, pNN50 of the window ending at each beat, and its beat count."""
+) -> tuple[
+    FloatArray,
+    FloatArray,
+    FloatArray,
+    FloatArray,
+    FloatArray,
+    npt.NDArray[np.intp],
+    npt.NDArray[np.intp],
+]:
+    """Mean RR, HR, SDNN, RMSSD, pNN50 of the window ending at each beat, its beat count,
+    and the index of the first beat of its unbroken run."""
     n = t.size
     start = np.searchsorted(t, t - window_s, side="right")
     # As live, a window starts afresh after a break: no beat or difference spans it.
     first = np.zeros(n, dtype=np.intp)
     first[breaks] = breaks
-    start = np.maximum(start, np.maximum.accumulate(first)) if n else start
+    run_start = np.maximum.accumulate(first) if n else first
+    start = np.maximum(start, run_start)
     ref = float(rr.mean()) if n else 0.0
     d = rr - ref
     c1 = np.concatenate([[0.0], np.cumsum(d)])
@@ -131,7 +143,7 @@ def _rolling_td(
         rmssd = np.sqrt(d2 / ndiff)
         pnn = 100.0 * (cnn[end] - cnn[start + 1]) / ndiff
     var[cnt < 2] = np.nan
-    return mean, 60000.0 / mean, np.sqrt(var), rmssd, pnn, cnt
+    return mean, 60000.0 / mean, np.sqrt(var), rmssd, pnn, cnt, run_start
 
 
 def _classify(
@@ -274,23 +286,42 @@ def _coherence_rows(f: FloatArray, p: FloatArray) -> FloatArray:
         return np.where(rest > 0, peak / rest, np.nan)
 
 
-def _usable_steps(
-    steps: FloatArray, n_window: npt.NDArray[np.intp], cs: CorrectedSeries
-) -> npt.NDArray[np.bool_]:
-    """Where the live analyser would call a snapshot usable: at least
-    :data:`~processing.live.MIN_WINDOW_BEATS` beats in the rolling window (``n_window``, per
-    step), and not more than :data:`IRREGULAR_SHARE_MAX` of the last
-    :data:`~processing.live.QUALITY_BEATS` analysed raw beats flagged (once there are 30)."""
+def _step_quality(
+    steps: FloatArray,
+    tc: FloatArray,
+    rc: FloatArray,
+    n_window: npt.NDArray[np.intp],
+    run_start: npt.NDArray[np.intp],
+    window_s: float,
+    cs: CorrectedSeries,
+) -> tuple[npt.NDArray[np.bool_], FloatArray]:
+    """``(usable, quality)`` per step, as :class:`~processing.live.LiveAnalyzer` computes them.
+
+    Usable: at least :data:`~processing.live.MIN_WINDOW_BEATS` beats in the rolling window
+    (``n_window``, per step), and not more than :data:`IRREGULAR_SHARE_MAX` of the last
+    :data:`~processing.live.QUALITY_BEATS` analysed raw beats flagged (once there are 30).
+    Quality: ``(1 − that flagged share) · coverage``, coverage = corrected RR time within the
+    ``window_s`` before the step and since the last break (``run_start`` of each beat) over
+    ``window_s``. Live multiplies by the share of beats with skin contact, which an RR file
+    does not carry.
+    """
     rows = ~np.isnan(cs.rr_raw_ms) & (cs.code < _NOT_ANALYSED)
     ft = cs.t_s[rows]
     cf = np.concatenate([[0], np.cumsum(cs.code[rows] != 0)])
     m = np.searchsorted(ft, steps, side="right")
     w = np.minimum(m, QUALITY_BEATS)
     with np.errstate(invalid="ignore", divide="ignore"):
-        share = (cf[m] - cf[m - w]) / w
+        share = np.where(w > 0, (cf[m] - cf[m - w]) / np.maximum(w, 1), 1.0)
     irregular = (w >= 30) & (share > IRREGULAR_SHARE_MAX)
-    out: npt.NDArray[np.bool_] = (n_window >= MIN_WINDOW_BEATS) & ~irregular
-    return out
+    usable: npt.NDArray[np.bool_] = (n_window >= MIN_WINDOW_BEATS) & ~irregular
+    last = np.searchsorted(tc, steps, side="right") - 1
+    lo = np.searchsorted(tc, steps - window_s, side="right")
+    lo = np.maximum(lo, run_start[np.maximum(last, 0)])
+    csum = np.concatenate([[0.0], np.cumsum(rc)])
+    covered = np.where(last >= lo, csum[last + 1] - csum[np.minimum(lo, last + 1)], 0.0)
+    coverage = np.minimum(1.0, covered / 1000.0 / window_s)
+    quality: FloatArray = np.maximum(0.0, 1.0 - share) * coverage
+    return usable, quality
 
 
 def _score(
@@ -391,15 +422,18 @@ def analyze(
     steps, lf, hf, resp, coh, lnlf = _rolling_spectra(tc, rc, window_s, segments)
     roll = None
     if rolling:
-        mean, hr, sdnn, rmssd, pnn, cnt = _rolling_td(tc, rc, window_s, breaks)
+        mean, hr, sdnn, rmssd, pnn, cnt, run_start = _rolling_td(tc, rc, window_s, breaks)
         idx = np.searchsorted(tc, steps, side="right") - 1
         with np.errstate(divide="ignore", invalid="ignore"):
             ln_step = np.log(rmssd[idx])
-        usable_steps = _usable_steps(steps, np.where(idx >= 0, cnt[idx], 0), cs)
-        score = _score(steps, hr[idx], ln_step, lnlf, baseline_s, usable_steps)
+        n_window = np.where(idx >= 0, cnt[idx], 0)
+        step_ok, quality = _step_quality(steps, tc, rc, n_window, run_start, window_s, cs)
+        score = _score(steps, hr[idx], ln_step, lnlf, baseline_s, step_ok)
         with np.errstate(divide="ignore", invalid="ignore"):
             lfhf = lf / hf
-        roll = Rolling(tc, mean, hr, sdnn, rmssd, pnn, steps, lf, hf, lfhf, resp, coh, score)
+        roll = Rolling(
+            tc, mean, hr, sdnn, rmssd, pnn, steps, lf, hf, lfhf, resp, coh, score, quality
+        )
     finite_coh = coh[np.isfinite(coh)]
     return Analysis(
         n_beats=int(t.size),

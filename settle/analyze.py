@@ -10,8 +10,8 @@ JSON (``--json``, schema ``v: 1``)::
 
 Non-finite numbers are written as ``null``. ``--beats`` writes ``t_s,rr_raw_ms,rr_ms,class``
 (empty cell for a missing value); ``--rolling`` writes one row per beat (time domain of the
-``--window`` seconds ending at it) and one row every 5 s (spectra, coherence, settling score),
-distinguished by the ``kind`` column.
+``--window`` seconds ending at it) and one row every 5 s (spectra, coherence, settling score,
+signal quality), distinguished by the ``kind`` column.
 
 Output files are checked before the recording is read: an existing file is replaced only with
 ``--force``, and never the input recording itself (nor may ``--beats`` and ``--rolling`` name
@@ -203,13 +203,13 @@ def write_rolling(a: Analysis, path: Path) -> None:
     assert r is not None
     none: list[npt.NDArray[np.float64] | None] = [None] * 6
     beat_cols: list[npt.NDArray[np.float64] | None] = [r.beat_t_s, r.beat_mean_rr_ms]
-    beat_cols += [r.beat_hr_bpm, r.beat_sdnn_ms, r.beat_rmssd_ms, r.beat_pnn50_pct, *none]
+    beat_cols += [r.beat_hr_bpm, r.beat_sdnn_ms, r.beat_rmssd_ms, r.beat_pnn50_pct, *none, None]
     step_cols = [r.step_t_s, *none[:5], r.step_lf_ms2, r.step_hf_ms2, r.step_lf_hf]
-    step_cols += [r.step_resp_rate_bpm, r.step_coherence, r.step_score]
+    step_cols += [r.step_resp_rate_bpm, r.step_coherence, r.step_score, r.step_quality]
     _write_atomically(
         path,
         "kind,t_s,mean_rr_ms,hr_bpm,sdnn_ms,rmssd_ms,pnn50_pct,lf_ms2,hf_ms2,lf_hf,"
-        "resp_rate_bpm,coherence,settling_score\n"
+        "resp_rate_bpm,coherence,settling_score,quality\n"
         + _csv_rows(beat_cols, prefix="beat,")
         + _csv_rows(step_cols, prefix="step,"),
     )

@@ -449,3 +449,41 @@ def test_rolling_has_no_settling_score_on_an_unusable_rhythm(tmp_path: Path) -> 
     assert len(steps) > 100
     assert all(r["settling_score"] == "" for r in steps)
     assert sum(r["coherence"] != "" for r in steps) > 100  # the spectra are still there
+
+
+def test_rolling_quality_is_the_one_live_shows(tmp_path: Path) -> None:
+    """--rolling writes live's signal quality every 5 s (the flagged share of the last 120
+    beats and the window's coverage; an RR file has no skin-contact term): across a 30 s
+    gap it equals live's exactly without correction, and falls while the window refills."""
+    from processing.live import LiveAnalyzer
+    from processing.offline import analyze
+    from sensors.readers import read_rr_file
+
+    rec = read_rr_file(DATA / "bartels_rest_supine.csv")
+    t, rr = rec.t_s.copy(), rec.rr_ms.copy()
+    t[200:] += 30.0
+    roll = analyze(t, rr, rolling=True, correction=False).rolling
+    assert roll is not None
+    la = LiveAnalyzer(correction=False)
+    live = np.full(roll.step_t_s.size, np.nan)
+    j = 0
+    for k, (ti, ri) in enumerate(zip(t.tolist(), rr.tolist(), strict=True)):
+        while j < roll.step_t_s.size and roll.step_t_s[j] < ti:
+            live[j] = la.indices(float(roll.step_t_s[j])).quality
+            j += 1
+        if k == 200:
+            la.gap(ti - ri / 1000.0)
+        la.push_beat(ti, ri)
+    np.testing.assert_allclose(roll.step_quality, live, rtol=1e-9, atol=1e-12)
+    after = (roll.step_t_s > t[200]) & (roll.step_t_s < t[200] + 30.0)
+    assert after.any() and np.all(roll.step_quality[after] < 0.6)
+    assert float(np.median(roll.step_quality)) > 0.9
+    # The CLI writes it as the last column of the step rows.
+    f, rolling = tmp_path / "gap.csv", tmp_path / "rolling.csv"
+    rows = zip(t.tolist(), rr.tolist(), strict=True)
+    f.write_text("t_s,rr_ms\n" + "".join(f"{a!r},{b!r}\n" for a, b in rows))
+    p = _settle(str(f), "--no-correction", "--rolling", str(rolling))
+    assert p.returncode == 0, p.stderr
+    steps = [r for r in csv.DictReader(rolling.open()) if r["kind"] == "step"]
+    written = np.array([float(r["quality"]) for r in steps])
+    np.testing.assert_allclose(written, roll.step_quality, rtol=1e-5)
