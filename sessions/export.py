@@ -251,14 +251,22 @@ def _rows(rec: SessionRecord) -> Iterator[list[str]]:
 
 
 def export_csv(
-    store: SessionStore, session_id: str, out: Path, *, progress: ProgressFn | None = None
+    store: SessionStore,
+    session_id: str,
+    out: Path,
+    *,
+    progress: ProgressFn | None = None,
+    replace: bool = True,
 ) -> Path:
     """Write session ``session_id`` to ``out`` as CSV and return the path written.
 
     If ``out`` is an existing directory the file is ``<out>/settle-<session_id>.csv``;
-    otherwise ``out`` is the file. An existing file is replaced here (a link by a file, never
-    written through); :func:`sessions.exporters.export_session`, what ``settle export``
-    calls, first refuses an existing file without ``force`` and the session store always.
+    otherwise ``out`` is the file. An existing file is replaced (a link by a file, never
+    written through) unless ``replace`` is false, when a file that exists by the time the
+    export is complete is left alone (:class:`ExportError`); the other one-file exporters
+    take ``replace`` likewise. :func:`sessions.exporters.export_session`, what
+    ``settle export`` calls, first refuses an existing file without ``force`` and the
+    session store always, and passes ``replace=force``.
     Raises
     :class:`settle.errors.SessionNotFound` for an unknown id and :class:`ExportError` when
     the file cannot be written. Columns are documented in this module's docstring.
@@ -269,7 +277,7 @@ def export_csv(
     # Read first: an unknown session must not leave a file behind.
     rec = store.read_session(session_id)
     total = len(rec.beats) + len(rec.indices) + len(rec.markers) + len(rec.gaps)
-    with atomic_file(target) as fh:
+    with atomic_file(target, replace=replace) as fh:
         writer = csv.writer(cast(IO[str], fh))
         writer.writerow(COLUMNS)
         for n, row in enumerate(_rows(rec), start=1):

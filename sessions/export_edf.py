@@ -195,7 +195,12 @@ def _header(
 
 
 def export_edf(
-    store: SessionStore, session_id: str, out: Path, *, progress: ProgressFn | None = None
+    store: SessionStore,
+    session_id: str,
+    out: Path,
+    *,
+    progress: ProgressFn | None = None,
+    replace: bool = True,
 ) -> Path:
     """Write session ``session_id`` as EDF+ to ``out`` (an ``.edf`` file, or a directory for
     ``settle-<id>.edf``); return the path written. Raises :class:`ExportError`."""
@@ -243,7 +248,7 @@ def export_edf(
     ]
     ann_samples = max(32, math.ceil(max(len(b) for b in blocks) / 2))
 
-    with atomic_file(target, binary=True) as raw:
+    with atomic_file(target, binary=True, replace=replace) as raw:
         fh = cast(IO[bytes], raw)
         fh.write(_header(rec, signals, n_records, ann_samples))
         for k in range(n_records):

@@ -182,7 +182,12 @@ def document(rec: SessionRecord, ecg: EcgSeries | None) -> dict[str, Any]:
 
 
 def export_json(
-    store: SessionStore, session_id: str, out: Path, *, progress: ProgressFn | None = None
+    store: SessionStore,
+    session_id: str,
+    out: Path,
+    *,
+    progress: ProgressFn | None = None,
+    replace: bool = True,
 ) -> Path:
     """Write session ``session_id`` as JSON to ``out`` (a ``.json`` file, or a directory
     for ``settle-<id>.json``); return the path written. Raises :class:`ExportError`."""
@@ -192,7 +197,7 @@ def export_json(
     doc = document(rec, ecg)
     if progress is not None:
         progress(0, 1)
-    with atomic_file(target) as fh:
+    with atomic_file(target, replace=replace) as fh:
         json.dump(doc, cast(IO[str], fh), ensure_ascii=False, allow_nan=False, indent=1)
         cast(IO[str], fh).write("\n")
     if progress is not None:

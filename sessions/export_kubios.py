@@ -89,6 +89,7 @@ def export_kubios(
     *,
     progress: ProgressFn | None = None,
     rr_source: RrSource = "hrs",
+    replace: bool = True,
 ) -> Path:
     """Write ``settle-<id>-rr.txt`` (``settle-<id>-ecg-rr.txt`` for the ECG's RR; or ``out``
     if it names a ``.txt`` file) and its ``_markers.csv`` side file beside it; return the RR
@@ -109,7 +110,7 @@ def export_kubios(
             else "no beats"
         )
         raise ExportError(target, f"session {session_id} has {what} to export")
-    with atomic_file(target) as fh:
+    with atomic_file(target, replace=replace) as fh:
         text = cast(IO[str], fh)
         for n, (_t, rr) in enumerate(series, start=1):
             text.write(_rr_text(rr) + "\n")
@@ -123,7 +124,7 @@ def export_kubios(
     if base is not None and base.stop_t_s is not None:
         events.append((base.start_t_s, "baseline", base.stop_t_s - base.start_t_s, ""))
     events.sort(key=lambda e: e[0])
-    with atomic_file(side) as fh:
+    with atomic_file(side, replace=replace) as fh:
         w = csv.writer(cast(IO[str], fh))
         w.writerow(
             ["kubios_t_s", "kubios_hms", "t_s", "kind", "duration_s", "text", "kubios_duration_s"]

@@ -72,16 +72,19 @@ def export_session(
             )
         if fmt != "bids" and not force and os.path.lexists(path):
             raise ExportRefused(path, "file exists (use --force to replace it)")
+    # Without force, a file that appears while the export runs is not replaced either.
     if fmt == "csv":
-        return export_csv(store, session_id, out, progress=progress)
+        return export_csv(store, session_id, out, progress=progress, replace=force)
     if fmt == "json":
-        return export_json(store, session_id, out, progress=progress)
+        return export_json(store, session_id, out, progress=progress, replace=force)
     if fmt == "edf":
-        return export_edf(store, session_id, out, progress=progress)
+        return export_edf(store, session_id, out, progress=progress, replace=force)
     if fmt == "bids":
         return export_bids(store, session_id, out, subject=subject, progress=progress)
     if fmt == "kubios":
-        return export_kubios(store, session_id, out, progress=progress, rr_source=rr_source)
+        return export_kubios(
+            store, session_id, out, progress=progress, rr_source=rr_source, replace=force
+        )
     raise ValueError(f"unknown export format {fmt!r}")
 
 

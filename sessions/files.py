@@ -26,6 +26,7 @@ __all__ = [
     "atomic_file",
     "fsync_dir",
     "inside",
+    "place",
     "plain_name",
     "target_file",
 ]
@@ -81,10 +82,36 @@ def target_file(out: Path, default_name: str, suffixes: tuple[str, ...]) -> Path
     return out
 
 
+def place(tmp_name: str, target: Path, *, replace: bool) -> None:
+    """Move the finished temporary file ``tmp_name`` to ``target`` (same directory).
+
+    ``replace``: an atomic rename over whatever is there. Otherwise the move fails with
+    :class:`FileExistsError` if ``target`` exists *at that moment* — a file that appeared
+    since the caller checked (another export, the user) is never overwritten: a hard link,
+    which the OS refuses onto an existing name, then the temporary name is removed. Where
+    hard links are not supported, the name is claimed with ``O_EXCL`` and renamed over.
+    """
+    if replace:
+        os.replace(tmp_name, target)
+        return
+    try:
+        os.link(tmp_name, target)
+    except FileExistsError:
+        raise
+    except OSError:
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.replace(tmp_name, target)
+        return
+    os.unlink(tmp_name)
+
+
 @contextlib.contextmanager
-def atomic_file(target: Path, *, binary: bool = False) -> Iterator[IO[str] | IO[bytes]]:
-    """Open a temporary file beside ``target`` (mode 0600); on success fsync it and rename
-    it onto ``target``. On any error the temporary file is removed and OS errors become
+def atomic_file(
+    target: Path, *, binary: bool = False, replace: bool = True
+) -> Iterator[IO[str] | IO[bytes]]:
+    """Open a temporary file beside ``target`` (mode 0600); on success fsync it and move it
+    to ``target`` (see :func:`place`; ``replace=False`` never overwrites a file that exists
+    by then). On any error the temporary file is removed and OS errors become
     :class:`ExportError`."""
     tmp_name: str | None = None
     try:
@@ -103,8 +130,10 @@ def atomic_file(target: Path, *, binary: bool = False) -> Iterator[IO[str] | IO[
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp_name, target)
+        place(tmp_name, target, replace=replace)
         tmp_name = None
+    except FileExistsError:
+        raise ExportError(target, "file exists (use --force to replace it)") from None
     except OSError as exc:
         raise ExportError(target, f"cannot write export: {exc.strerror or exc}") from exc
     finally:

@@ -35,6 +35,7 @@ import numpy.typing as npt
 
 from processing.offline import Analysis, analyze
 from sensors.readers import read_rr_file
+from sessions.files import place
 from settle.errors import InputFileError, SettleError
 
 __all__ = ["AnalyzeUsageError", "analysis_json", "check_outputs", "run_analyze"]
@@ -124,9 +125,11 @@ def _csv_rows(
     return "".join(out)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` (mode 0600), then rename it onto
-    ``path``: a reader, or an interrupted run, never leaves half a file."""
+def _write_atomically(path: Path, text: str, *, replace: bool) -> None:
+    """Write ``text`` to a temporary file beside ``path`` (mode 0600), then move it to
+    ``path``: a reader, or an interrupted run, never leaves half a file. Without
+    ``replace``, a file that appeared at ``path`` since :func:`check_outputs` (another run,
+    the user) is left alone (:func:`sessions.files.place`)."""
     tmp: str | None = None
     try:
         with tempfile.NamedTemporaryFile(
@@ -137,8 +140,10 @@ def _write_atomically(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        place(tmp, path, replace=replace)
         tmp = None
+    except FileExistsError:
+        raise InputFileError(str(path), "file exists (use --force to replace it)") from None
     except OSError as exc:
         raise InputFileError(str(path), f"cannot write: {exc.strerror or exc}") from None
     finally:
@@ -192,13 +197,13 @@ def check_outputs(file: Path, outputs: dict[str, Path | None], *, force: bool) -
             raise InputFileError(str(p), f"cannot write: directory {p.parent} does not exist")
 
 
-def write_beats(a: Analysis, path: Path) -> None:
+def write_beats(a: Analysis, path: Path, *, replace: bool = True) -> None:
     b = a.beats
     body = _csv_rows([b.t_s, b.rr_raw_ms, b.rr_ms], text=b.classes())
-    _write_atomically(path, "t_s,rr_raw_ms,rr_ms,class\n" + body)
+    _write_atomically(path, "t_s,rr_raw_ms,rr_ms,class\n" + body, replace=replace)
 
 
-def write_rolling(a: Analysis, path: Path) -> None:
+def write_rolling(a: Analysis, path: Path, *, replace: bool = True) -> None:
     r = a.rolling
     assert r is not None
     none: list[npt.NDArray[np.float64] | None] = [None] * 6
@@ -212,6 +217,7 @@ def write_rolling(a: Analysis, path: Path) -> None:
         "resp_rate_bpm,coherence,settling_score,quality\n"
         + _csv_rows(beat_cols, prefix="beat,")
         + _csv_rows(step_cols, prefix="step,"),
+        replace=replace,
     )
 
 
@@ -254,9 +260,9 @@ def run_analyze(
             warmup=rec.warmup,
         )
         if beats is not None:
-            write_beats(a, beats)
+            write_beats(a, beats, replace=force)
         if rolling is not None:
-            write_rolling(a, rolling)
+            write_rolling(a, rolling, replace=force)
     finally:
         if progress is not None:
             progress.stop()

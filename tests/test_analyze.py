@@ -487,3 +487,31 @@ def test_rolling_quality_is_the_one_live_shows(tmp_path: Path) -> None:
     steps = [r for r in csv.DictReader(rolling.open()) if r["kind"] == "step"]
     written = np.array([float(r["quality"]) for r in steps])
     np.testing.assert_allclose(written, roll.step_quality, rtol=1e-5)
+
+
+def test_an_output_that_appears_during_the_analysis_is_not_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outputs are checked before the recording is read; a file that appears at --rolling
+    while the analysis runs (a second run, the user) is not replaced without --force."""
+    import settle.analyze as sa
+
+    rolling = tmp_path / "rolling.csv"
+    real = sa.analyze
+
+    def slow_analyze(*args: object, **kwargs: object) -> object:
+        rolling.write_text("someone else's\n")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sa, "analyze", slow_analyze)
+    with pytest.raises(sa.InputFileError, match="file exists"):
+        sa.run_analyze(
+            DATA / "pyhrv_nni_short.csv",
+            as_json=True,
+            correction=True,
+            beats=None,
+            rolling=rolling,
+            window_s=60.0,
+        )
+    assert rolling.read_text() == "someone else's\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rolling.csv"]

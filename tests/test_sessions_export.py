@@ -288,3 +288,55 @@ def test_indices_say_whether_usable_and_the_baseline_is_a_record(
     assert (bad.usable, bad.quality, bad.settling) == (False, 0.4, None)
     assert bad.reason == "irregular rhythm: 31 % of recent beats are not sinus"
     assert (good.usable, good.quality, good.settling, good.reason) == (True, 0.97, 55.0, None)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "kubios"])
+def test_a_file_that_appears_during_an_export_is_not_replaced_without_force(
+    store: SessionStore, tmp_path: Path, fmt: str
+) -> None:
+    """`settle export` checks that --out does not exist, then reads the session and writes:
+    a file created in between (a second export, the user saving something) must not be
+    silently replaced without --force. The export fails with a one-line error and leaves
+    that file and no temporary file; with --force it is replaced as before."""
+    from sessions.exporters import export_session
+
+    sid = _session(store)
+    # 10 001 beats: the CSV and Kubios exporters report progress every 10 000 rows while
+    # they write, which is when the other file appears here.
+    rr = [800.0 + 10.0 * (i % 3) for i in range(10_001)]
+    store.add_beats(sid, _beats_from_rr(rr, [round(r * 1.024) for r in rr]))
+    target = tmp_path / f"out.{'txt' if fmt == 'kubios' else fmt}"
+
+    def someone_else_writes(done: int, total: int) -> None:
+        if not target.exists():
+            target.write_text("precious\n")
+
+    with pytest.raises(ExportError, match="file exists") as err:
+        export_session(store, sid, fmt, target, progress=someone_else_writes)  # type: ignore[arg-type]
+    assert "\n" not in str(err.value)
+    assert target.read_text() == "precious\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    target.unlink()
+    export_session(store, sid, fmt, target, progress=someone_else_writes, force=True)  # type: ignore[arg-type]
+    assert target.read_text() != "precious\n"
+
+
+def test_no_replace_works_where_hard_links_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some file systems (FAT, some network shares) refuse hard links: the export then
+    claims the name exclusively before renaming onto it, with the same guarantee."""
+    from sessions.files import atomic_file
+
+    def no_links(src: str, dst: str) -> None:
+        raise PermissionError(1, "Operation not permitted", dst)
+
+    monkeypatch.setattr(os, "link", no_links)
+    target = tmp_path / "new.csv"
+    with atomic_file(target, replace=False) as fh:
+        fh.write("fresh\n")  # type: ignore[arg-type]
+    assert target.read_text() == "fresh\n"
+    with pytest.raises(ExportError, match="file exists"), atomic_file(target, replace=False) as fh:
+        fh.write("other\n")  # type: ignore[arg-type]
+    assert target.read_text() == "fresh\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.csv"]
