@@ -341,19 +341,20 @@ def _score(
         return score
     comps = ((hr, "hr_bpm", -1.0), (ln, "ln_rmssd", 1.0), (lnlf, "ln_lf", 1.0))
     until = float(steps[0]) + baseline_s
+    finite = [np.isfinite(vals).tolist() for vals, _, _ in comps]
     counts = [0, 0, 0]
     in_base = np.zeros(steps.size, dtype=bool)
     done = steps.size
-    for k, t in enumerate(steps.tolist()):
+    for k, (t, ok) in enumerate(zip(steps.tolist(), usable.tolist(), strict=True)):
         if t > until:
             if min(counts) >= BASELINE_MIN_SAMPLES:
                 done = k
                 break
             until = t + baseline_s
-        if usable[k]:
+        if ok:
             in_base[k] = True
-            for j, (vals, _, _) in enumerate(comps):
-                counts[j] += bool(np.isfinite(vals[k]))
+            for j in range(3):
+                counts[j] += finite[j][k]
     if done == steps.size:
         return score
     zs = []
@@ -362,9 +363,9 @@ def _score(
         spread = max(float(np.std(v, ddof=1)), SPREAD_FLOORS[key])
         zs.append(sign * (vals[done:] - float(v.mean())) / spread)
     z = np.mean(zs, axis=0)
-    score[done:] = np.clip(50.0 + 50.0 * np.tanh(z / SETTLING_K), 0.0, 100.0)
-    score[:done][:] = np.nan
-    score[done:][~usable[done:]] = np.nan
+    score[done:] = np.where(
+        usable[done:], np.clip(50.0 + 50.0 * np.tanh(z / SETTLING_K), 0.0, 100.0), np.nan
+    )
     return score
 
 
