@@ -32,7 +32,9 @@ from processing.spectral import (
     COHERENCE_PEAK_HZ,
     FS_HZ,
     INDICES_MAX_HZ,
+    Method,
     Spectral,
+    lomb_frames,
     periodograms,
     resample_cubic,
     resp_peak_hz,
@@ -380,6 +382,7 @@ def analyze(
     rr_min_ms: float = 273.0,
     rr_max_ms: float = 2000.0,
     warmup: npt.ArrayLike | None = None,
+    spectrum: Method = "welch",
 ) -> Analysis:
     """Analyse one recording (beat times ``t_s`` in s, raw intervals ``rr_ms`` in ms).
 
@@ -388,6 +391,10 @@ def analyze(
     after it and after every gap in the beat times, so no correction spans a lost signal.
     ``warmup`` (a bool per beat) marks beats the daemon recorded in its warm-up after a
     (re)connect and did not analyse; they are kept as ``warmup`` and left out likewise.
+    ``spectrum``: the whole-recording spectrum by the default method (each unbroken run
+    resampled, Welch frames within runs) or by Lomb–Scargle over the beats at their own
+    times, holes included (:func:`processing.spectral.lomb_frames`). The rolling spectra
+    and coherence use the default method either way, as live.
     """
     t = np.asarray(t_s, dtype=np.float64)
     rr = np.asarray(rr_ms, dtype=np.float64)
@@ -446,7 +453,7 @@ def analyze(
         sd1_ms=sd1,
         sd2_ms=sd2,
         dfa_alpha1=dfa_alpha1(rc, breaks=breaks),
-        spectral=spectral_runs(tc, rc, segments),
+        spectral=lomb_frames(tc, rc) if spectrum == "lomb" else spectral_runs(tc, rc, segments),
         coherence=float(np.median(finite_coh)) if finite_coh.size else math.nan,
         rolling=roll,
     )

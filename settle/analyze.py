@@ -28,12 +28,13 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast, get_args
 
 import numpy as np
 import numpy.typing as npt
 
 from processing.offline import Analysis, analyze
+from processing.spectral import Method
 from sensors.readers import read_rr_file
 from sessions.files import place
 from settle.errors import InputFileError, SettleError
@@ -232,12 +233,17 @@ def run_analyze(
     force: bool = False,
     baseline_s: float = 120.0,
     rr_range_ms: tuple[float, float] = (273.0, 2000.0),
+    spectrum: str = "welch",
 ) -> tuple[Analysis, dict[str, Any]]:
     """Read, analyse and write the requested files; returns the analysis and its JSON.
     ``force``: replace existing output files (never ``file`` itself). ``baseline_s`` and
-    ``rr_range_ms`` as ``processing.baseline_s`` and ``rr_min_ms``/``rr_max_ms``."""
+    ``rr_range_ms`` as ``processing.baseline_s`` and ``rr_min_ms``/``rr_max_ms``;
+    ``spectrum``: the whole-recording spectrum's method (``welch`` or ``lomb``)."""
     if not (math.isfinite(window_s) and window_s > 0):
         raise AnalyzeUsageError(f"--window must be a number of seconds > 0, got {window_s:g}")
+    if spectrum not in get_args(Method):
+        raise AnalyzeUsageError(f"--spectrum must be welch or lomb, got {spectrum!r}")
+    method = cast(Method, spectrum)
     check_outputs(file, {"--beats": beats, "--rolling": rolling}, force=force)
     rec = read_rr_file(file)
     progress = None
@@ -258,6 +264,7 @@ def run_analyze(
             rr_min_ms=rr_range_ms[0],
             rr_max_ms=rr_range_ms[1],
             warmup=rec.warmup,
+            spectrum=method,
         )
         if beats is not None:
             write_beats(a, beats, replace=force)

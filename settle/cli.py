@@ -769,6 +769,14 @@ def analyze(
             "--force", help="Replace existing --beats/--rolling files (never FILE itself)."
         ),
     ] = False,
+    spectrum: Annotated[
+        str,
+        typer.Option(
+            "--spectrum",
+            help="Whole-recording spectrum: welch (resampled, within unbroken runs) or "
+            "lomb (Lomb-Scargle at the beats' own times, for gappy recordings).",
+        ),
+    ] = "welch",
     config: ConfigOpt = None,
 ) -> None:
     """Analyse an RR recording offline: HRV summary, artefacts, rolling indices.
@@ -789,6 +797,7 @@ def analyze(
             force=force,
             baseline_s=p.baseline_s,
             rr_range_ms=(p.rr_min_ms, p.rr_max_ms),
+            spectrum=spectrum,
         )
     except AnalyzeUsageError as exc:  # a bad option: exit 2 like any other usage error
         fail(str(exc), 2)

@@ -13,6 +13,7 @@ from processing.nonlinear import dfa_alpha1, poincare
 from processing.offline import analyze
 from processing.spectral import (
     coherence_from_psd,
+    lomb_frames,
     periodograms,
     resample_cubic,
     resp_peak_hz,
@@ -45,6 +46,26 @@ def test_40ms_sine_gives_800ms2_in_its_band(
     other = "hf_ms2" if band == "lf_ms2" else "lf_ms2"
     assert getattr(s, other) < 0.03 * 800.0
     assert s.peak_hz == pytest.approx(f_hz, abs=0.01)
+
+
+@pytest.mark.parametrize(("f_hz", "band"), [(0.1, "lf_ms2"), (0.25, "hf_ms2")])
+@pytest.mark.parametrize("hole", [(120.0, 180.0), (240.0, 300.0)])
+def test_lomb_keeps_its_calibration_across_a_hole(
+    f_hz: float, band: str, hole: tuple[float, float]
+) -> None:
+    """Lomb–Scargle is the option for gappy data, so a hole must not change the calibrated
+    band power: a minute missing from the 5-minute sine still reads 800 ms² ± 3 %. The
+    density is scaled by the time the beats cover; scaled by the span from first to last
+    beat, as before, a hole inside read +25 %. Frame-averaged over 10 minutes, likewise."""
+    t, rr = _sine_series(f_hz, 857.0)
+    keep = ~((t > hole[0]) & (t < hole[1]))
+    s = spectral(t[keep], rr[keep], method="lomb")
+    assert getattr(s, band) == pytest.approx(800.0, rel=0.03)
+    t2, rr2 = _sine_series(f_hz, 857.0, dur_s=600.0)
+    keep2 = ~((t2 > 2 * hole[0]) & (t2 < 2 * hole[0] + 60.0))
+    framed = lomb_frames(t2[keep2], rr2[keep2])
+    assert getattr(framed, band) == pytest.approx(800.0, rel=0.03)
+    assert framed.vlf_ms2 < 10.0
 
 
 def test_lf_nu_and_ratio_follow_the_bands() -> None:
