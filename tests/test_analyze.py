@@ -335,11 +335,9 @@ def test_seconds_instead_of_milliseconds_is_explained(tmp_path: Path) -> None:
     assert "not RR in milliseconds" in doc["reason"]
 
 
-def test_the_spectrum_is_not_splined_across_a_gap(tmp_path: Path) -> None:
-    """Ten minutes of a calibrated 0.1 Hz, 40 ms oscillation (800 ms² of LF) with one minute of
-    beats missing from the file (a lost connection in an export): the whole-recording spectrum
-    still reads 800 ms² ± 3 % of LF and invents no slow power. A spline across the hole read
-    645 ms² of LF and 1796 ms² of VLF."""
+def _gapped_sine_file(tmp_path: Path) -> Path:
+    """Ten minutes of a calibrated 0.1 Hz, 40 ms oscillation (800 ms² of LF) at 1000 ms mean
+    RR, with the beats between 290 and 350 s missing."""
     t, rr, tt = [], [], 0.0
     while tt < 600.0:
         r = 1000.0 + 40.0 * math.sin(2.0 * math.pi * 0.1 * tt)
@@ -351,6 +349,15 @@ def test_the_spectrum_is_not_splined_across_a_gap(tmp_path: Path) -> None:
         "t_s,rr_ms\n"
         + "".join(f"{a:.4f},{b:.3f}\n" for a, b in zip(t, rr, strict=True) if not 290 < a < 350)
     )
+    return f
+
+
+def test_the_spectrum_is_not_splined_across_a_gap(tmp_path: Path) -> None:
+    """Ten minutes of a calibrated 0.1 Hz, 40 ms oscillation (800 ms² of LF) with one minute of
+    beats missing from the file (a lost connection in an export): the whole-recording spectrum
+    still reads 800 ms² ± 3 % of LF and invents no slow power. A spline across the hole read
+    645 ms² of LF and 1796 ms² of VLF."""
+    f = _gapped_sine_file(tmp_path)
     s = _json(str(f))["summary"]
     assert s["lf_ms2"] == pytest.approx(800.0, rel=0.03)
     assert s["hf_ms2"] < 1.0
@@ -381,17 +388,7 @@ def test_lomb_spectrum_option_reads_a_gappy_recording(tmp_path: Path) -> None:
     0.1 Hz, 40 ms oscillation with one minute missing, analysed at the beats' own times with
     the hole left in, read 800 ms² ± 3 % of LF and no invented slow power. A bad method name
     is a usage error (exit 2, one line)."""
-    t, rr, tt = [], [], 0.0
-    while tt < 600.0:
-        r = 1000.0 + 40.0 * math.sin(2.0 * math.pi * 0.1 * tt)
-        tt += r / 1000.0
-        t.append(tt)
-        rr.append(r)
-    f = tmp_path / "gap.csv"
-    f.write_text(
-        "t_s,rr_ms\n"
-        + "".join(f"{a:.4f},{b:.3f}\n" for a, b in zip(t, rr, strict=True) if not 290 < a < 350)
-    )
+    f = _gapped_sine_file(tmp_path)
     s = _json(str(f), "--spectrum", "lomb")["summary"]
     assert s["lf_ms2"] == pytest.approx(800.0, rel=0.03)
     assert s["hf_ms2"] < 10.0
