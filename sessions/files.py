@@ -135,7 +135,7 @@ def atomic_file(
     except FileExistsError:
         raise ExportError(target, "file exists (use --force to replace it)") from None
     except OSError as exc:
-        raise ExportError(target, f"cannot write export: {exc.strerror or exc}") from exc
+        raise ExportError(target, f"cannot write: {exc.strerror or exc}") from exc
     finally:
         if tmp_name is not None:
             with contextlib.suppress(OSError):

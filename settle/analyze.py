@@ -21,14 +21,12 @@ so an interrupted run leaves no half file.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast, get_args
+from typing import IO, Any, cast, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +34,7 @@ import numpy.typing as npt
 from processing.offline import Analysis, analyze
 from processing.spectral import Method
 from sensors.readers import read_rr_file
-from sessions.files import place
+from sessions.files import ExportError, atomic_file
 from settle.errors import InputFileError, SettleError
 
 __all__ = ["AnalyzeUsageError", "analysis_json", "check_outputs", "run_analyze"]
@@ -127,30 +125,15 @@ def _csv_rows(
 
 
 def _write_atomically(path: Path, text: str, *, replace: bool) -> None:
-    """Write ``text`` to a temporary file beside ``path`` (mode 0600), then move it to
-    ``path``: a reader, or an interrupted run, never leaves half a file. Without
-    ``replace``, a file that appeared at ``path`` since :func:`check_outputs` (another run,
-    the user) is left alone (:func:`sessions.files.place`)."""
-    tmp: str | None = None
+    """Write ``text`` through :func:`sessions.files.atomic_file` (temporary file beside
+    ``path``, mode 0600, moved into place: an interrupted run leaves no half file; without
+    ``replace`` a file that appeared since :func:`check_outputs` is left alone). Its errors
+    become :class:`InputFileError` (``settle analyze`` exits with code 1)."""
     try:
-        with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-            delete=False,
-        ) as fh:  # fmt: skip
-            tmp = fh.name
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        place(tmp, path, replace=replace)
-        tmp = None
-    except FileExistsError:
-        raise InputFileError(str(path), "file exists (use --force to replace it)") from None
-    except OSError as exc:
-        raise InputFileError(str(path), f"cannot write: {exc.strerror or exc}") from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        with atomic_file(path, replace=replace) as fh:
+            cast(IO[str], fh).write(text)
+    except ExportError as exc:
+        raise InputFileError(str(path), exc.reason) from None
 
 
 def _real(path: Path) -> Path | None:
