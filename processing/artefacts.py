@@ -437,15 +437,8 @@ class ArtefactCorrector:
 
     def push(self, t_s: float, rr_ms: float) -> list[ProcessedBeat]:
         """Add the beat closing at ``t_s`` (s) with raw interval ``rr_ms`` (ms)."""
-        rr = float(rr_ms)
-        self._rr.append(rr)
-        self._t.append(float(t_s))
-        self._feat.push_rr(rr)
-        self._n += 1
-        if self._n - self._next <= LOOKAHEAD_BEATS:
-            return []
         rows: list[_Row] = []
-        self._decide_next(rows)
+        self._push_rows(float(t_s), float(rr_ms), rows)
         return [ProcessedBeat(r[0], r[1], r[2], BEAT_CLASSES[r[3]]) for r in rows]
 
     def flush(self) -> list[ProcessedBeat]:
