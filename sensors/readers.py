@@ -14,7 +14,8 @@ Formats recognised, by content (not by file name):
   ``settle analyze`` leaves out as the daemon did.
   An RR of 0 (a strap sent it; the daemon kept it as ``implausible``) is read here only.
 * One RR interval in milliseconds per line (Elite HRV / Kubios text export).
-* Polar ``.hrm`` files in RR mode (``[Params]`` … ``[HRData]`` with one RR in ms per line).
+* Polar ``.hrm`` files in RR mode (``[Params]`` … ``[HRData]`` with one RR in ms per line);
+  a file whose ``Interval`` is not 238 (R-R data) holds heart rates and is refused.
 
 Blank lines and ``#`` comment lines are skipped anywhere (also before a CSV header). Text is
 UTF-8 (a byte-order mark is allowed), UTF-16/32 with a byte-order mark, or latin-1 (old Polar
@@ -98,7 +99,7 @@ def read_rr_file(path: Path | str) -> RRRecording:
         "[hrdata]" in text.lower() and any(ln.strip().lower() == "[hrdata]" for ln in lines)
     ):
         rr, fmt, t = _read_hrm(name, lines), "polar-hrm", None
-    elif "rr_ms" in [c.strip().lower() for c in first.split(",")]:
+    elif "rr_ms" in _header_cells(first):
         t, rr, fmt, warmup = _read_csv(name, lines, head)
     else:
         rr, fmt, t = _read_one_per_line(name, lines, head), "rr-per-line", None
@@ -172,6 +173,14 @@ def _utf16_without_bom(raw: bytes) -> bool:
         if zero_bytes.count(0) == len(zero_bytes) and 0 not in text_bytes:
             return True
     return False
+
+
+def _header_cells(line: str) -> list[str]:
+    """A CSV header's names, lower-case; quoted names too (R, pandas with full quoting)."""
+    try:
+        return [c.strip().lower() for c in next(csv.reader([line]), [])]
+    except csv.Error:
+        return []
 
 
 def _comment(line: str) -> bool:
@@ -256,7 +265,7 @@ def _read_csv(
     """A ``t_s,rr_ms`` CSV, or Settle's export (its ``record = beat`` rows); ``lines[head]``
     is the header. Returns beat times (None without a ``t_s`` column), RR, the format and,
     for an export, which beats are the daemon's warm-up beats."""
-    header = [c.strip().lower() for c in next(csv.reader([lines[head]]))]
+    header = _header_cells(lines[head])
     i_rr = header.index("rr_ms")
     i_t = header.index("t_s") if "t_s" in header else None
     i_rec = header.index("record") if "record" in header else None
@@ -309,7 +318,35 @@ def _read_csv(
     back = np.flatnonzero(np.diff(t) < 0)
     if back.size:
         raise InputFileError(name, "beat times go backwards", linenos[int(back[0]) + 1])
+    _check_times_match(name, t, rr, linenos)
     return t, rr, fmt, warmup
+
+
+def _check_times_match(
+    name: str, t: npt.NDArray[np.float64], rr: npt.NDArray[np.float64], linenos: list[int]
+) -> None:
+    """Beat times must be beat times in seconds: no two beats at one time, and the steps
+    between them must agree with the intervals on most beats (a gap makes a step longer than
+    its interval, but only now and then). Catches ``t_s`` in milliseconds, times of the
+    notification rather than the beat, and columns that belong to different recordings."""
+    if t.size < 2:
+        return
+    step = np.diff(t) * 1000.0
+    r = rr[1:]
+    beat = r > 0  # an export's 0 ms interval (kept as implausible) closes at its beat's time
+    same = np.flatnonzero((step == 0) & beat)
+    if same.size:
+        raise InputFileError(
+            name, "two beats at the same time (t_s repeats the line before)", linenos[same[0] + 1]
+        )
+    off = beat & ((step > 2.0 * r) | (step < 0.7 * r))
+    if 2 * int(off.sum()) > int(beat.sum()):
+        raise InputFileError(
+            name,
+            "beat times do not match the RR intervals: t_s steps by "
+            f"{np.median(step[beat]) / 1000:.4g} s where RR is {np.median(r[beat]):.4g} ms "
+            "(t_s must be each beat's time in seconds)",
+        )
 
 
 def _read_one_per_line(name: str, lines: list[str], head: int) -> npt.NDArray[np.float64]:
@@ -336,6 +373,17 @@ def _read_hrm(name: str, lines: list[str]) -> npt.NDArray[np.float64]:
         if s.startswith("[") and s.endswith("]"):
             section = s.lower()
             continue
+        if section == "[params]" and s.lower().startswith("interval="):
+            # Polar's HRM format: Interval=238 means R-R data; any other value is the
+            # recording interval in seconds, and [HRData] then holds heart rates (bpm).
+            value = s.split("=", 1)[1].strip()
+            if value != "238":
+                raise InputFileError(
+                    name,
+                    f"Polar .hrm file in heart-rate mode (Interval={value}): it holds heart "
+                    "rates, not RR intervals (record in R-R mode)",
+                    lineno,
+                )
         if section == "[hrdata]" and s:
             # RR mode: one RR (ms) per line; some exporters add columns (take the first).
             rr.append(_rr(name, lineno, s.split()[0]))

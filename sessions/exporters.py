@@ -20,7 +20,7 @@ from sessions.export_bids import export_bids
 from sessions.export_edf import export_edf
 from sessions.export_json import export_json
 from sessions.export_kubios import RrSource, export_kubios
-from sessions.files import ExportError, ProgressFn
+from sessions.files import ExportError, ProgressFn, not_replaceable
 from sessions.store import SessionStore
 
 __all__ = ["FORMATS", "STORE_SIBLINGS", "ExportFormat", "ExportRefused", "export_session"]
@@ -70,7 +70,12 @@ def export_session(
                 path,
                 f"refusing to write onto the session store {store.path} (choose another --out)",
             )
-        if fmt != "bids" and not force and os.path.lexists(path):
+        if fmt == "bids":
+            continue
+        why = not_replaceable(path)
+        if why is not None:
+            raise ExportRefused(path, why)
+        if not force and os.path.lexists(path):
             raise ExportRefused(path, "file exists (use --force to replace it)")
     # Without force, a file that appears while the export runs is not replaced either.
     if fmt == "csv":

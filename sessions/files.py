@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "atomic_file",
     "fsync_dir",
     "inside",
+    "not_replaceable",
     "place",
     "plain_name",
     "target_file",
@@ -34,6 +36,9 @@ __all__ = [
 #: ``progress(done, total)``: called as an export advances (units are the export's own,
 #: e.g. beats); ``done == total`` at the end. For a progress bar; never required.
 ProgressFn = Callable[[int, int], None]
+
+#: Where a link leads to a device or another process's stream rather than to a file.
+_STREAM_DIRS = ("/dev/", "/proc/")
 
 _PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -82,6 +87,32 @@ def target_file(out: Path, default_name: str, suffixes: tuple[str, ...]) -> Path
     return out
 
 
+def not_replaceable(target: Path) -> str | None:
+    """Why ``target`` must not be replaced by a file even with ``--force``, or None.
+
+    A missing name, a regular file, a symbolic link to one and a dangling link may be
+    replaced (a link by a file, never written through). A directory, a device, a pipe or a
+    socket — or a link to one, such as ``/dev/stdout`` — is not a file an export owns:
+    renaming over it would destroy it (as root, ``/dev/null`` itself)."""
+    try:
+        hop = os.fspath(target)
+        for _ in range(40):  # as the kernel: a longer chain does not resolve
+            if not os.path.islink(hop):
+                break
+            hop = os.path.normpath(os.path.join(os.path.dirname(hop), os.readlink(hop)))
+            # /dev/stdout -> /proc/self/fd/1 -> a terminal, a pipe, whatever stdout is
+            if hop.startswith(_STREAM_DIRS) and not hop.startswith("/dev/shm/"):
+                return "a link to a device or process stream; refusing to replace it"
+        mode = os.stat(target).st_mode  # follows links
+    except (OSError, ValueError):
+        return None  # missing, dangling, or unreadable: writing will tell
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a directory (name a file)"
+    return "not a regular file (a device, pipe or socket); refusing to replace it"
+
+
 def place(tmp_name: str, target: Path, *, replace: bool) -> None:
     """Move the finished temporary file ``tmp_name`` to ``target`` (same directory).
 
@@ -92,6 +123,9 @@ def place(tmp_name: str, target: Path, *, replace: bool) -> None:
     hard links are not supported, the name is claimed with ``O_EXCL`` and renamed over.
     """
     if replace:
+        why = not_replaceable(target)  # checked again: the name may have changed meanwhile
+        if why is not None:
+            raise ExportError(target, why)
         os.replace(tmp_name, target)
         return
     try:
@@ -114,6 +148,9 @@ def atomic_file(
     by then). On any error the temporary file is removed and OS errors become
     :class:`ExportError`."""
     tmp_name: str | None = None
+    why = not_replaceable(target)
+    if why is not None:
+        raise ExportError(target, why)
     try:
         # Same directory as the target, so os.replace is an atomic rename on one filesystem.
         fh = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, renamed on success

@@ -34,7 +34,7 @@ import numpy.typing as npt
 from processing.offline import Analysis, analyze
 from processing.spectral import Method
 from sensors.readers import read_rr_file
-from sessions.files import ExportError, atomic_file
+from sessions.files import ExportError, atomic_file, not_replaceable
 from settle.errors import InputFileError, SettleError
 
 __all__ = ["AnalyzeUsageError", "analysis_json", "check_outputs", "run_analyze"]
@@ -169,8 +169,9 @@ def check_outputs(file: Path, outputs: dict[str, Path | None], *, force: bool) -
             if _same_file(p, other) or _real(p) == _real(other):
                 raise AnalyzeUsageError(f"{other_opt} and {opt} name the same file {p}")
         try:
-            if p.is_dir():
-                raise AnalyzeUsageError(f"{opt} {p}: is a directory (name a file)")
+            why = not_replaceable(p)
+            if why is not None:
+                raise AnalyzeUsageError(f"{opt} {p}: {why}")
             exists = os.path.lexists(p)
             parent_ok = p.parent.is_dir()
         except OSError as exc:  # e.g. a name longer than the file system allows

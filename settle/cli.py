@@ -835,6 +835,20 @@ def doctor(
         raise typer.Exit(1)
 
 
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so the interpreter's final flush of what could not
+    be written does not print a second error."""
+    import os
+    import sys
+
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError):
+        pass
+
+
 def main() -> None:
     """The ``settle`` command. A usage error (unknown command or option, missing argument,
     bad value) is one line on stderr, exit code 2, like every other error."""
@@ -842,6 +856,18 @@ def main() -> None:
 
     try:
         code = app(prog_name="settle", standalone_mode=False)
+        sys.stdout.flush()  # here, so a failing write is reported below, not at exit
+    except BrokenPipeError:
+        # The reader went away (`settle analyze … --json | head -c 10`): nothing to report.
+        _silence_stdout()
+        sys.exit(1)
+    except OSError as exc:
+        # Output that cannot be written (stdout on a full disk, /dev/full): one line.
+        _silence_stdout()
+        why = exc.strerror or str(exc)
+        msg = f"{exc.filename}: {why}" if exc.filename else f"cannot write the output: {why}"
+        err.print(f"settle: error: {msg}", markup=False, soft_wrap=True)
+        sys.exit(1)
     except typer.Abort:
         err.print("settle: aborted", markup=False)
         sys.exit(1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -74,8 +75,8 @@ def _progress(what: str) -> Iterator[Callable[[int, int], None] | None]:
 
 def export(
     session: SessionArg,
-    out_path: Annotated[
-        Path,
+    out_arg: Annotated[
+        str,
         typer.Option(
             "--out",
             help="File or existing directory to write (bids: the dataset root directory).",
@@ -105,6 +106,11 @@ def export(
         _fail(f"unknown export format {fmt!r} (available: {', '.join(FORMAT_NAMES)})", 2)
     if rr_source not in ("hrs", "ecg"):
         _fail(f"unknown RR source {rr_source!r} (available: hrs, ecg)", 2)
+    out_path = Path(out_arg)
+    if out_arg.endswith(("/", os.sep)) and fmt != "bids" and not out_path.is_dir():
+        # Path() drops the trailing slash: without this, `--out missing/` would write a file
+        # called `missing`.
+        _fail(f"{out_arg}: directory {out_path} does not exist")
     path = _db_path(config, db)
     try:
         with SessionStore.open(path) as store:

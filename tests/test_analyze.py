@@ -172,6 +172,21 @@ def test_outputs_never_overwrite_the_input_and_need_force_to_replace(tmp_path: P
     assert len(rows) == doc["n_beats"]
 
 
+def test_force_never_replaces_a_pipe_or_a_link_to_a_stream(tmp_path: Path) -> None:
+    """``--beats f --force`` onto a FIFO made it a regular file (as root, ``/dev/null`` and
+    ``/dev/stdout`` too): refused before the recording is read, the special file kept."""
+    fifo = tmp_path / "beats.csv"
+    os.mkfifo(fifo)
+    stream = tmp_path / "rolling.csv"
+    stream.symlink_to("/dev/stdout")
+    rec = str(DATA / "pyhrv_nni_short.csv")
+    for opt, target in (("--beats", fifo), ("--rolling", stream)):
+        line = _one_line_error(_settle(rec, opt, str(target), "--force"), 2)
+        assert line.endswith("refusing to replace it")
+    assert fifo.exists() and not fifo.is_file()
+    assert os.readlink(stream) == "/dev/stdout"
+
+
 def test_force_replaces_a_link_and_never_writes_through_it(tmp_path: Path) -> None:
     """Outputs are written to a temporary file and renamed into place (no half file after an
     interruption): an existing symbolic link is replaced, its target left alone."""

@@ -204,3 +204,39 @@ def test_run_duration_must_be_positive(tmp_path: Path, duration: str) -> None:
     assert "Traceback" not in res.stderr
     assert "--duration" in res.stderr
     assert not db.exists()
+
+
+def test_export_never_replaces_a_pipe_or_device_and_a_missing_directory_is_named(
+    tmp_path: Path,
+) -> None:
+    """``--force`` renames the finished file over the target: over a FIFO, or (as root) over
+    ``/dev/null`` or the ``/dev/stdout`` link, that destroyed the special file. And ``--out
+    missing/`` (a directory that does not exist) used to write a file called ``missing``."""
+    db = tmp_path / "s.db"
+    sid = _store_with_a_session(db)
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    stream = tmp_path / "stream.csv"
+    stream.symlink_to("/dev/stdout")
+    for target in (fifo, stream):  # not /dev/null itself: a regression would destroy it
+        res = settle("export", sid, "--out", str(target), "--db", str(db), "--force")
+        _refused(res, "refusing to replace it")
+    assert fifo.exists() and not fifo.is_file()  # still the pipe
+    assert stream.is_symlink() and os.readlink(stream) == "/dev/stdout"
+    missing = settle("export", sid, "--out", f"{tmp_path / 'missing'}/", "--db", str(db))
+    assert missing.returncode == 1
+    assert missing.stderr.strip().endswith(f"directory {tmp_path / 'missing'} does not exist")
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_output_that_cannot_be_written_is_one_line() -> None:
+    """stdout on a full disk used to end in a Python traceback."""
+    with open("/dev/full", "w") as full:
+        res = subprocess.run(
+            [sys.executable, "-m", "settle.cli", "analyze", str(DATA / "pyhrv_nni_short.csv"),
+             "--json"],
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=60,
+        )  # fmt: skip
+    assert res.returncode == 1
+    assert res.stderr == "settle: error: cannot write the output: No space left on device\n"

@@ -37,6 +37,17 @@ def test_polar_hrm_rr_mode(tmp_path: Path) -> None:
     rec = read_rr_file(f)
     assert rec.fmt == "polar-hrm"
     assert rec.rr_ms.tolist() == [1000.0, 980.0, 1010.0]
+    f.write_text("[Params]\nInterval=238\n[HRData]\n1000\n980\n")  # 238: R-R data
+    assert read_rr_file(f).rr_ms.tolist() == [1000.0, 980.0]
+
+
+def test_quoted_csv_header_and_a_gap_are_read(tmp_path: Path) -> None:
+    """R and pandas (full quoting) quote the header; a gap now and then is not a mismatch."""
+    f = tmp_path / "q.csv"
+    f.write_text('"t_s","rr_ms"\n0.8,800\n1.6,800\n31.6,810\n32.4,800\n33.2,800\n')
+    rec = read_rr_file(f)
+    assert rec.fmt == "csv"
+    assert rec.t_s.tolist() == [0.8, 1.6, 31.6, 32.4, 33.2]
 
 
 @pytest.mark.parametrize(
@@ -65,7 +76,22 @@ def test_polar_hrm_rr_mode(tmp_path: Path) -> None:
         ("t_s,rr_ms\n0.8,800\n70.8,70000\n", "70000 ms is above 63999 ms", 3),
         ("[Params]\n[HRData]\n800\n64000\n", "64000 ms is above", 4),
         ("800\n0.81\n", "not seconds", 2),
-        ("t_s,rr_ms\n0.8,800\n700000,800\n", "spans 700000 s (8.1 days); at most 604800 s", None),
+        (
+            "t_s,rr_ms\n0.8,800\n1.6,800\n2.4,800\n700000,800\n",
+            "spans 700000 s (8.1 days); at most 604800 s",
+            None,
+        ),
+        # t_s must be each beat's own time in seconds: in milliseconds it looked like a gap
+        # after every beat and the analysis printed nulls; a repeated time broke the spectra.
+        (
+            "t_s,rr_ms\n800,800\n1610,810\n2400,790\n3200,800\n",
+            "t_s steps by 800 s where RR is 800 ms",
+            None,
+        ),
+        ("t_s,rr_ms\n0.8,800\n1.6,800\n1.6,810\n2.4,790\n", "two beats at the same time", 4),
+        ("t_s,rr_ms\n0.5,1000\n1.0,1000\n1.5,1000\n", "do not match the RR intervals", None),
+        # Polar's heart-rate mode (Interval = seconds per sample) holds bpm, not RR.
+        ("[Params]\nVersion=106\nInterval=1\n[HRData]\n61\n62\n", "heart-rate mode", 3),
         ("# only a comment\n\n", "no RR intervals found", None),
         ("\n\nhello\n", "not a recognised RR file", None),
     ],
