@@ -291,6 +291,20 @@ async def test_bad_rr_source_surfaces_in_wait_finished(air: VirtualAir) -> None:
         await strap.stop()
 
 
+async def test_a_zero_rr_is_sent_as_a_strap_sends_it(air: VirtualAir) -> None:
+    """A replayed export may hold a 0 ms interval a strap once sent (stored as implausible):
+    it used to stop the replay mid-session with "RR must be > 0"; it goes out as raw 0."""
+    async with asyncio.timeout(LIMIT_S):
+        strap = await started_strap(air, [800.0, 0.0, 800.0, 800.0])
+        received = Received()
+        async with BleakClient(strap.address, timeout=2.0, **air.client_kwargs()) as client:
+            await client.start_notify(HEART_RATE_MEASUREMENT_UUID, received)
+            await strap.wait_finished()
+            await received.wait_for(lambda: len(received.rr_raw) == 4)
+        assert received.rr_raw == [819, 0, 819, 819]
+        await strap.stop()
+
+
 async def test_rr_split_at_default_mtu_instead_of_truncated(air: VirtualAir) -> None:
     async with asyncio.timeout(LIMIT_S):
         # 25 beats per simulated second cannot fit one 20-byte notification (max 9 RR).

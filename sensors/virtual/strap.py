@@ -392,7 +392,9 @@ class VirtualStrap:
                 await asyncio.sleep(max(0.0, t0 + now_ms / 1000.0 / self._speed - loop.time()))
                 completed: list[float] = []
                 while pending_rr is not None and beat_ms + pending_rr <= now_ms:
-                    if not pending_rr > 0:
+                    # 0 is sent as it is (a real strap sends it now and then; an export that
+                    # recorded one replays it); a negative or endless run of them is a bug.
+                    if not pending_rr >= 0 or (pending_rr == 0 and len(completed) >= 255):
                         raise ValueError(f"RR must be > 0 ms, got {pending_rr}")
                     beat_ms += pending_rr
                     measured = pending_rr * self._clock_rate  # on the strap's own clock
@@ -401,8 +403,9 @@ class VirtualStrap:
                     pending_rr = next(rr_iter, None)
                 while recent and recent[0][0] < now_ms - HR_WINDOW_MS:
                     recent.popleft()
-                if recent:
-                    mean_rr = sum(rr for _, rr in recent) / len(recent)
+                beating = [rr for _, rr in recent if rr > 0]
+                if beating:
+                    mean_rr = sum(beating) / len(beating)
                     hr_bpm = min(255, round(60000.0 / mean_rr))
                 await self._notify_second(hr_bpm, completed)
         except Exception as exc:  # surfaced by wait_finished(), never swallowed
