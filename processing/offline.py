@@ -32,6 +32,7 @@ from processing.spectral import (
     COHERENCE_PEAK_HZ,
     FS_HZ,
     INDICES_MAX_HZ,
+    NO_POWER_MS2,
     Method,
     Spectral,
     lomb_frames,
@@ -285,7 +286,7 @@ def _coherence_rows(f: FloatArray, p: FloatArray) -> FloatArray:
     peak = (p * near).sum(axis=1) * df
     rest = total - peak
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(rest > 0, peak / rest, np.nan)
+        return np.where((rest > 0) & (total >= NO_POWER_MS2), peak / rest, np.nan)
 
 
 def _step_quality(

@@ -67,6 +67,9 @@ between a flat (white) and a ``1/f²`` spectrum."""
 SEGMENT_S = 300.0
 """Welch segment length, s."""
 
+NO_POWER_MS2 = 1e-6
+"""Total power (0.0033–0.4 Hz) below which a spectrum is taken as none at all, ms²: far
+below any heart's (a 1 ms beat-to-beat wobble carries ~0.1 ms²), far above rounding noise."""
 _NAN = math.nan
 Method = Literal["welch", "lomb"]
 
@@ -342,10 +345,25 @@ def resp_peak_hz(f: FloatArray, psd: FloatArray) -> FloatArray:
 
 
 def band_powers(f: FloatArray, psd: FloatArray, window_s: float) -> Spectral:
-    """:class:`Spectral` from a one-sided PSD (``f`` evenly spaced from 0)."""
-    vlf = _band(f, psd, *BANDS_HZ["vlf"]) if window_s >= 1.0 / 0.0033 else _NAN
-    lf = _band(f, psd, *BANDS_HZ["lf"])
-    hf = _band(f, psd, *BANDS_HZ["hf"])
+    """:class:`Spectral` from a one-sided PSD (``f`` evenly spaced from 0) of ``window_s``
+    seconds of beats.
+
+    A band is reported only when the window holds one whole cycle of its lowest frequency
+    (VLF ≥ 303 s, LF ≥ 25 s, HF ≥ 6.7 s; the respiration rate ≥ 8.3 s, the peak frequency
+    with LF), and ratios only when both their bands are. A spectrum with no power to speak
+    of (below :data:`NO_POWER_MS2`: a constant series, whose PSD is rounding noise) reads
+    0 ms² in every band and no ratio, peak or rate."""
+
+    def band(name: str) -> float:
+        lo, hi = BANDS_HZ[name]
+        return _band(f, psd, lo, hi) if window_s >= 1.0 / lo else _NAN
+
+    vlf, lf, hf = band("vlf"), band("lf"), band("hf")
+    peak = _peak(f, psd, 0.04, 0.4) if lf == lf else _NAN
+    resp = 60.0 * float(resp_peak_hz(f, psd)[0]) if window_s >= 1 / RESP_BAND_HZ[0] else _NAN
+    if f.size >= 2 and _band(f, psd, BANDS_HZ["vlf"][0], BANDS_HZ["hf"][1]) < NO_POWER_MS2:
+        vlf, lf, hf = (0.0 if x == x else x for x in (vlf, lf, hf))
+        peak = resp = _NAN
     tot = lf + hf
     return Spectral(
         vlf_ms2=vlf,
@@ -354,8 +372,8 @@ def band_powers(f: FloatArray, psd: FloatArray, window_s: float) -> Spectral:
         lf_hf=lf / hf if hf > 0 else _NAN,
         lf_nu=100.0 * lf / tot if tot > 0 else _NAN,
         hf_nu=100.0 * hf / tot if tot > 0 else _NAN,
-        peak_hz=_peak(f, psd, 0.04, 0.4),
-        resp_rate_bpm=60.0 * float(resp_peak_hz(f, psd)[0]),
+        peak_hz=peak,
+        resp_rate_bpm=resp,
     )
 
 
@@ -432,6 +450,8 @@ def coherence_from_psd(f: FloatArray, psd: FloatArray) -> Coherence:
         return Coherence(_NAN, _NAN, _NAN)
     df = f[1] - f[0]
     total = float(psd[(f >= 0.0033) & (f < 0.4)].sum() * df)
+    if total < NO_POWER_MS2:  # a constant series: a ratio of rounding noise means nothing
+        return Coherence(_NAN, _NAN, _NAN)
     peak = float(psd[np.abs(f - fp) <= COHERENCE_HALF_WIDTH_HZ + 1e-12].sum() * df)
     lf = _band(f, psd, *BANDS_HZ["lf"])
     rest = total - peak

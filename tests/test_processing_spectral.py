@@ -210,3 +210,20 @@ def test_low_band_periodograms_equal_the_fft_bins() -> None:
     f, p = periodograms(x, 4.0, nfft=16)
     fl, pl = periodograms(x, 4.0, nfft=16, f_max=9.0)
     np.testing.assert_allclose(pl, p, rtol=1e-9)
+
+
+def test_no_band_power_from_less_than_one_cycle_or_from_rounding_noise() -> None:
+    """Ten beats (8 s) printed an "LF power", LF/HF and a respiration rate; a constant series
+    printed LF/HF 0.43 and coherence 0.23 computed from 1e-35 ms² of rounding noise."""
+    rng = np.random.default_rng(3)
+    rr = 800.0 + 40.0 * rng.standard_normal(10)
+    short = analyze(np.cumsum(rr) / 1000.0, rr, correction=False).spectral
+    assert math.isnan(short.lf_ms2) and math.isnan(short.lf_hf) and math.isnan(short.peak_hz)
+    assert math.isnan(short.resp_rate_bpm)
+    assert short.hf_ms2 > 0  # 8 s holds a whole HF cycle
+    flat = np.full(400, 800.0)
+    a = analyze(np.cumsum(flat) / 1000.0, flat, correction=False)
+    s = a.spectral
+    assert (s.vlf_ms2, s.lf_ms2, s.hf_ms2) == (0.0, 0.0, 0.0)
+    for x in (s.lf_hf, s.lf_nu, s.hf_nu, s.peak_hz, s.resp_rate_bpm, a.coherence):
+        assert math.isnan(x)
