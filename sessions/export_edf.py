@@ -10,12 +10,14 @@ no third-party writer is needed. Layout:
 * signal ``HR`` — heart rate ``60000 / RR`` in beats/min at 4 Hz, physical range 0–600;
 * signal ``ECG`` — only when raw ECG was recorded: µV at the recorded rate rounded to whole
   Hz, linearly interpolated onto that grid (the recorded samples only where they fall on it;
-  the JSON export holds them unchanged);
+  the JSON export holds them unchanged), physical range fixed at :data:`ECG_RANGE_UV`
+  (1 µV per digital step); samples beyond it are clipped to its edge and annotated;
 * ``EDF Annotations`` — markers as ``kind: text``, gaps as ``gap: reason`` with their
   duration, the baseline as ``baseline`` with its duration, spans whose RR depends on beats
   that are not analysed as ``not analysed: implausible`` / ``not analysed: warmup`` with
-  their duration, the intention at onset 0 as three annotations (``intention target: …``,
-  ``intention statement: …``, ``intention practice: …``). A text longer than
+  their duration, clipped ECG as :data:`ECG_CLIPPED` with its duration, the intention at
+  onset 0 as three annotations (``intention target: …``, ``intention statement: …``,
+  ``intention practice: …``). A text longer than
   :data:`MAX_ANNOTATION_BYTES` UTF-8 bytes (what EDFlib-based readers such as pyedflib and
   EDFbrowser keep) is cut and ends in ``…``; the CSV, JSON and BIDS exports hold it whole.
 
@@ -24,7 +26,7 @@ where it would depend on an ``implausible`` or ``warmup`` beat — RR and HR bot
 physical and digital minimum, which no heartbeat has); gaps and such spans are annotated. The
 physical ranges cover every RR that ``settle.toml`` can make plausible (100–5000 ms), so a
 value is never clipped; anything outside them (e.g. an unclassified raw beat) is written as
-missing in both RR and HR too. ECG holds 0 µV where it was not recorded.
+missing in both RR and HR too. ECG holds 0 µV (digital 0) where it was not recorded.
 
 Time: the header start date/time is the session start in **UTC**, truncated to the second
 (EDF has no time zone field); the sub-second part of the start is carried by the EDF+
@@ -55,7 +57,14 @@ from sessions.series import (
 )
 from sessions.store import EcgSeries, SessionRecord, SessionStore
 
-__all__ = ["HR_RANGE_BPM", "MAX_ANNOTATION_BYTES", "RR_RANGE_MS", "export_edf"]
+__all__ = [
+    "ECG_CLIPPED",
+    "ECG_RANGE_UV",
+    "HR_RANGE_BPM",
+    "MAX_ANNOTATION_BYTES",
+    "RR_RANGE_MS",
+    "export_edf",
+]
 
 _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 _DIG_MIN, _DIG_MAX = -32768, 32767
@@ -64,6 +73,18 @@ _DIG_MIN, _DIG_MAX = -32768, 32767
 #: ``processing.rr_min_ms`` / ``rr_max_ms`` settings accept (100–5000 ms) fits both.
 RR_RANGE_MS = (0.0, 5000.0)
 HR_RANGE_BPM = (0.0, 600.0)
+
+#: Physical range of the ECG signal, µV: fixed, equal to the digital range, so one digital
+#: step is exactly 1 µV (the strap's own resolution: the H10 sends whole µV), a recorded
+#: sample on the grid is written unchanged and "no data" (0 µV) is digital 0. ±32.7 mV is
+#: ~10x any surface ECG. A range from the data's extremes would let the H10's full-scale
+#: start-up spikes (±8 388 607 µV) set it — ~256 µV per step, a QRS in a handful of values —
+#: and one from percentiles would still vary per file and clip real QRS in a short record.
+ECG_RANGE_UV = (float(_DIG_MIN), float(_DIG_MAX))
+#: Annotation over ECG samples clipped to :data:`ECG_RANGE_UV` (start-up spikes, saturation);
+#: clipped samples closer than :data:`_CLIP_MERGE_S` share one annotation.
+ECG_CLIPPED = f"ECG clipped: outside {_DIG_MIN}..{_DIG_MAX} uV"
+_CLIP_MERGE_S = 1.0
 
 #: Longest annotation text written, UTF-8 bytes: EDFlib (pyedflib, EDFbrowser) keeps this
 #: many of each annotation; a longer text is cut on a character boundary and ends in "…".
@@ -82,14 +103,20 @@ class _Signal:
         values: npt.NDArray[np.float64],
         prefilter: str = "",
         transducer: str = "",
+        clip: bool = False,
     ) -> None:
         self.label, self.dim, self.prefilter, self.transducer = label, dim, prefilter, transducer
         self.phys_min, self.phys_max, self.per_record = phys_min, phys_max, per_record
         # NaN (no data) -> physical minimum, or 0 where 0 lies inside the range. A value
-        # outside the range is no data either: never clip it to a value nobody measured.
+        # outside the range is no data either: never clip it to a value nobody measured —
+        # except with ``clip`` (ECG), where a value beyond the range was measured as beyond
+        # it (a saturated or start-up sample) and its edge says so; the caller annotates it.
         fill = 0.0 if phys_min <= 0.0 <= phys_max else phys_min
-        inside = (values >= phys_min) & (values <= phys_max)  # False for NaN
-        v = np.where(inside, values, fill)
+        if clip:
+            v = np.where(np.isnan(values), fill, np.clip(values, phys_min, phys_max))
+        else:
+            inside = (values >= phys_min) & (values <= phys_max)  # False for NaN
+            v = np.where(inside, values, fill)
         scale = (_DIG_MAX - _DIG_MIN) / (phys_max - phys_min)
         self.digital = np.round((v - phys_min) * scale + _DIG_MIN).astype("<i2")
 
@@ -151,6 +178,23 @@ def _annotations(rec: SessionRecord) -> list[tuple[float, float | None, str]]:
         out.append((start, end - start, f"not analysed: {classes}"))
     out.sort(key=lambda a: a[0])  # stable: the intention's fields stay in order
     return out
+
+
+def _clipped_spans(
+    values: npt.NDArray[np.float64], fs_hz: float, lo: float, hi: float
+) -> list[tuple[float, float | None, str]]:
+    """One :data:`ECG_CLIPPED` annotation per run of samples outside ``lo``–``hi``, runs
+    less than :data:`_CLIP_MERGE_S` apart merged (the H10's start-up spikes come every few
+    hundred ms); the duration covers the last clipped sample's period."""
+    idx = np.flatnonzero((values < lo) | (values > hi))  # False for NaN
+    if idx.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(idx) > _CLIP_MERGE_S * fs_hz)
+    starts = np.concatenate(([idx[0]], idx[breaks + 1]))
+    ends = np.concatenate((idx[breaks], [idx[-1]]))
+    return [
+        (a / fs_hz, (b - a + 1) / fs_hz, ECG_CLIPPED) for a, b in zip(starts, ends, strict=True)
+    ]
 
 
 def _header(
@@ -230,12 +274,15 @@ def export_edf(
     if ecg is not None and ecg.fs_hz is not None:
         fs_ecg = max(1, round(ecg.fs_hz))
         values = ecg_on_grid(ecg, n_records * fs_ecg, float(fs_ecg))
-        peak = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 0.0
-        # Identity digital<->µV mapping when the samples fit 16 bits: whole µV, the recorded
-        # value where a grid point falls on a recorded sample (else interpolated).
-        lim = 32767.0 if peak <= 32767 else math.ceil(peak)
-        lo = -32768.0 if lim == 32767.0 else -lim
-        signals.append(_Signal("ECG", "uV", lo, lim, fs_ecg, values, "none", "chest strap ECG"))
+        # Fixed range, identity digital<->µV mapping (see ECG_RANGE_UV): whole µV, the
+        # recorded value where a grid point falls on a recorded sample (else interpolated),
+        # 0 µV where nothing was recorded; start-up spikes are clipped and annotated.
+        signals.append(
+            _Signal("ECG", "uV", *ECG_RANGE_UV, fs_ecg, values, "none", "chest strap ECG", True)
+        )
+        # Within the ECG's span, so n_records (from the span) still covers them.
+        annotations += _clipped_spans(values, float(fs_ecg), *ECG_RANGE_UV)
+        annotations.sort(key=lambda a: a[0])  # stable, as in _annotations
 
     frac = (info.started_ms % 1000) / 1000.0
     per_record: list[list[bytes]] = [[] for _ in range(n_records)]

@@ -4,7 +4,10 @@
 the raw RR as the strap sent it — Kubios applies its own artefact correction, so the file
 holds what was measured, in beat order. With ``rr_source="ecg"`` the RR are those of the R
 peaks detected in the raw ECG (Polar H10), sample-timed; the first peak after each (re)start
-of the ECG stream has no interval and is left out, like the time lost in a gap. Kubios
+of the ECG stream has no interval and is left out, like the time lost in a gap. So are peaks
+"detected" on the strap's full-scale start-up spikes (:func:`spike_peaks`: not heartbeats,
+whatever their class) and the interval of the peak after one (it is measured from a spike);
+``warmup`` / ``implausible`` peaks otherwise stay, as the strap's warm-up beats do. Kubios
 builds its time axis as the cumulative sum of these RR values, starting at 0 at the
 beginning of the first interval.
 
@@ -33,8 +36,11 @@ import itertools
 from pathlib import Path
 from typing import IO, Literal, cast
 
+import numpy as np
+import numpy.typing as npt
+
 from sessions.files import ExportError, ProgressFn, atomic_file, plain_name, target_file
-from sessions.store import SessionRecord, SessionStore
+from sessions.store import EcgBeatRow, EcgSeries, SessionRecord, SessionStore
 
 __all__ = ["export_kubios"]
 
@@ -53,12 +59,46 @@ def _hms(t: float) -> str:
 
 RrSource = Literal["hrs", "ecg"]
 
+#: An ECG sample this far from 0 is no heart signal, µV (1 V: hundreds of times any surface
+#: ECG). The Polar H10 sends its int24 full scale, ±8 388 607 µV, for a dozen samples in the
+#: first seconds after the ECG stream starts (the virtual strap's ``unreliable_start_s``).
+SPIKE_UV = 1_000_000
+#: A peak this close to a spike sample was placed by it, s: the detector puts the R peak at
+#: the largest band-passed value in the 150 ms before its feature peak (docs/pmd.md), which a
+#: full-scale sample always is. Measured offsets are 5–7 ms.
+SPIKE_WINDOW_S = 0.15
 
-def rr_series(rec: SessionRecord, rr_source: RrSource = "hrs") -> list[tuple[float, float]]:
+
+def spike_peaks(ecg_beats: list[EcgBeatRow], ecg: EcgSeries | None) -> npt.NDArray[np.bool_]:
+    """For each ECG beat: whether its R peak lies within :data:`SPIKE_WINDOW_S` of a raw ECG
+    sample beyond ±:data:`SPIKE_UV` — a start-up spike the detector took for a beat."""
+    flags = np.zeros(len(ecg_beats), dtype=bool)
+    if ecg is None or not len(ecg) or not ecg_beats:
+        return flags
+    spikes = np.sort(ecg.t_ns[np.abs(ecg.uv.astype(np.int64)) >= SPIKE_UV] / 1e9)
+    if spikes.size == 0:
+        return flags
+    t = np.array([b.beat_t_s for b in ecg_beats], dtype=np.float64)
+    i = np.searchsorted(spikes, t)
+    after = np.abs(spikes[np.minimum(i, spikes.size - 1)] - t)
+    before = np.abs(t - spikes[np.maximum(i - 1, 0)])
+    return np.minimum(after, before) <= SPIKE_WINDOW_S
+
+
+def rr_series(
+    rec: SessionRecord, rr_source: RrSource = "hrs", ecg: EcgSeries | None = None
+) -> list[tuple[float, float]]:
     """``(beat_t_s, rr_ms)`` of the chosen source in beat order: the strap's beats, or the
-    R peaks of the raw ECG that have an interval."""
+    R peaks of the raw ECG that have an interval, without the peaks on start-up spikes of
+    ``ecg`` (the session's raw ECG, :func:`spike_peaks`) and without the interval of the
+    peak after such a peak (it starts at the spike)."""
     if rr_source == "ecg":
-        return [(b.beat_t_s, b.rr_ms) for b in rec.ecg_beats if b.rr_ms is not None]
+        spike = spike_peaks(rec.ecg_beats, ecg)
+        return [
+            (b.beat_t_s, b.rr_ms)
+            for k, b in enumerate(rec.ecg_beats)
+            if b.rr_ms is not None and not spike[k] and not (k > 0 and spike[k - 1])
+        ]
     return [(b.beat_t_s, b.rr_ms) for b in rec.beats]
 
 
@@ -102,13 +142,18 @@ def export_kubios(
     target = target_file(Path(out), f"settle-{session_id}-{suffix}.txt", (".txt",))
     side = target.with_name(plain_name(f"{target.stem}_markers.csv", target.parent))
     rec = store.read_session(session_id)
-    series = rr_series(rec, rr_source)
+    ecg = store.ecg(session_id) if rr_source == "ecg" and rec.n_ecg else None
+    series = rr_series(rec, rr_source, ecg)
     if not series:
-        what = (
-            "no ECG-derived beats (raw ECG is recorded from a Polar H10 with [strap] ecg = true)"
-            if rr_source == "ecg"
-            else "no beats"
-        )
+        what = "no beats"
+        if rr_source == "ecg" and rec.ecg_beats:
+            # R peaks were stored, but none has an interval that is not from a spike.
+            what = "no ECG-derived RR (its R peaks lack an interval or sit on start-up spikes)"
+        elif rr_source == "ecg":
+            what = (
+                "no ECG-derived beats"
+                " (raw ECG is recorded from a Polar H10 with [strap] ecg = true)"
+            )
         raise ExportError(target, f"session {session_id} has {what} to export")
     with atomic_file(target, replace=replace) as fh:
         text = cast(IO[str], fh)

@@ -1,0 +1,225 @@
+"""The raw ECG survives export despite the Polar H10's start-up spikes.
+
+A real H10 (and the virtual strap, ``PmdConfig.unreliable_start_s``) sends full-scale samples
+(±8 388 607 µV) in the first seconds after each start of the ECG stream. The session here is
+the real H10 recording of tests/data with that start-up applied as the virtual strap applies
+it, at the stream's start (2 s into the session) and again after a 2 s hole (a restart), and
+the R peaks the daemon's detector finds in it, stored as an ``rr_source = "hrs"`` session
+stores them (no class).
+
+* EDF: the ECG keeps 1 µV per digital step (the spikes used to set the range: 256 µV steps,
+  7 distinct values across a QRS-rich stretch), the spikes are clipped and annotated, and
+  where nothing was recorded the signal reads exactly 0 µV (it read 128 µV).
+* Kubios (``--rr-source ecg``): the "beats" the detector placed on the spikes and the
+  interval after them are not in the RR file (it started 299.272, 300.0001, … 3193.9611).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from processing.ecg import RPeakDetector
+from sensors.readers import read_rr_file
+from sensors.virtual.pmd import unreliable_start
+from sessions.export_edf import ECG_CLIPPED, export_edf
+from sessions.export_kubios import export_kubios
+from sessions.files import ExportError
+from sessions.store import BeatClass, EcgBeatRow, MarkerRow, MarkerSource, SessionStore
+from tests.conftest import DATA
+
+T0_MS = 1_795_000_000_123
+FS = 130
+FRAME = 73  # samples per PMD frame at MTU 232
+SPIKE_UV = 8_388_607
+UNRELIABLE_S = 3.5  # PmdConfig.unreliable_start_s default
+# (session time of the stream's first sample, first and last second of the recording used)
+STREAMS = ((2.0, 0.0, 20.0), (24.0, 20.0, 40.0))
+STOP_S = 46.0
+
+
+@functools.cache
+def _recording() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    raw = np.loadtxt(DATA / "polar_h10_pvc_ecg.csv", delimiter=",", skiprows=1, dtype=np.int64)
+    return raw[:, 0] - raw[0, 0], raw[:, 1]
+
+
+def _streams() -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+    """(t_ns since session start, µV) of each ECG stream, start-up spikes applied."""
+    t_rec, uv_rec = _recording()
+    out = []
+    for start_s, a, b in STREAMS:
+        sel = (t_rec >= a * 1e9) & (t_rec < b * 1e9)
+        t = t_rec[sel] - t_rec[sel][0] + round(start_s * 1e9)
+        uv = np.array(unreliable_start(uv_rec[sel].tolist(), 0, FS, UNRELIABLE_S), np.int64)
+        out.append((t, uv))
+    return out
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SessionStore]:
+    with SessionStore.open(tmp_path / "s.db") as s:
+        yield s
+
+
+def _session(store: SessionStore, *, classify: bool = False) -> tuple[str, list[EcgBeatRow]]:
+    """Store the two streams frame by frame and the detector's R peaks, as the daemon does
+    (class empty; with ``classify`` classed as with rr_source "ecg": peaks the detector
+    flags implausible, and — a longer warm-up than the daemon's 5 s, to have some on real
+    ECG — ``warmup`` for the rest of the first 10 s of each stream)."""
+    sid = store.create_session("polar_h10_a1b2c3d4", T0_MS, "ble:AA:BB", {}).id
+    det = RPeakDetector()
+    rows: list[EcgBeatRow] = []
+    for (t, uv), (start_s, _a, _b) in zip(_streams(), STREAMS, strict=True):
+        for k in range(0, t.size, FRAME):
+            store.add_ecg(sid, t[k : k + FRAME].tolist(), uv[k : k + FRAME].tolist())
+            last = min(k + FRAME, t.size) - 1
+            for b in det.update(uv[k : k + FRAME].astype(float), t_last_ns=int(t[last])):
+                cls = None
+                if classify and b.rr_ms is not None:
+                    cls = BeatClass.IMPLAUSIBLE if not b.plausible else BeatClass.NORMAL
+                    if b.plausible and b.t_s < start_s + 10.0:
+                        cls = BeatClass.WARMUP
+                rows.append(EcgBeatRow(len(rows), b.t_s, b.rr_ms, beat_class=cls))
+    store.add_ecg_beats(sid, rows)
+    store.add_markers(sid, [MarkerRow(30.0, T0_MS + 30_000, "note", "x", MarkerSource.CLI)])
+    store.finish_session(sid, T0_MS + round(STOP_S * 1000))
+    return sid, rows
+
+
+def _spike_times_s() -> npt.NDArray[np.float64]:
+    return np.concatenate([t[np.abs(uv) >= SPIKE_UV] / 1e9 for t, uv in _streams()])
+
+
+def test_edf_ecg_keeps_1_uv_resolution_clips_spikes_and_reads_0_without_data(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    pyedflib = pytest.importorskip("pyedflib", reason="dev dependency pyedflib not installed")
+    sid, _ = _session(store)
+    with pyedflib.EdfReader(str(export_edf(store, sid, tmp_path / "s.edf"))) as f:
+        i = f.getSignalLabels().index("ECG")
+        assert f.getSampleFrequency(i) == FS and f.getPhysicalDimension(i) == "uV"
+        assert (f.getPhysicalMinimum(i), f.getPhysicalMaximum(i)) == (-32768.0, 32767.0)
+        assert (f.getDigitalMinimum(i), f.getDigitalMaximum(i)) == (-32768, 32767)
+        ecg, digital = f.readSignal(i), f.readSignal(i, digital=True)
+        onsets, durations, texts = f.readAnnotations()
+    grid = np.arange(ecg.size) / FS
+    # 1 µV per step, identical to the digital value: whole µV.
+    assert np.array_equal(ecg, digital.astype(float))
+
+    spikes = _spike_times_s()
+    assert spikes.size >= 20  # about a dozen per start
+    for (t, uv), (start_s, _a, _b) in zip(_streams(), STREAMS, strict=True):
+        ts = t / 1e9
+        # Clean signal (after the start-up): the µV recorded, interpolated to the grid and
+        # rounded — at most 0.5 µV off (it was up to 128 µV off, in 256 µV steps).
+        clean = (grid >= start_s + UNRELIABLE_S + 0.1) & (grid <= ts[-1])
+        err = np.abs(ecg[clean] - np.interp(grid[clean], ts, uv.astype(float)))
+        assert clean.sum() > 10 * FS and err.max() <= 0.5 + 1e-9
+        # 10 s of beats span ~1.5 mV in hundreds of distinct values (it was 7 values).
+        stretch = ecg[clean][: 10 * FS]
+        assert np.ptp(stretch) > 1000 and np.unique(stretch).size > 300
+        # The start-up: spikes clipped to the edges, never beyond, never left out.
+        startup = (grid >= start_s) & (grid < start_s + UNRELIABLE_S)
+        assert ecg[startup].max() == 32767.0 and ecg[startup].min() == -32768.0
+    # Clipped only in the start-ups, and one annotation per start-up covering every spike.
+    edge = np.flatnonzero(np.abs(digital) >= 32767)
+    assert all(any(s <= grid[k] < s + UNRELIABLE_S for s, _a, _b in STREAMS) for k in edge)
+    clipped = [(o, d) for o, d, x in zip(onsets, durations, texts, strict=True) if x == ECG_CLIPPED]
+    assert len(clipped) == 2
+    for (onset, dur), (start_s, _a, _b) in zip(clipped, STREAMS, strict=True):
+        assert onset == pytest.approx(start_s, abs=1.5 / FS)
+        mine = spikes[(spikes >= start_s) & (spikes < start_s + UNRELIABLE_S)]
+        assert onset <= mine.min() + 1e-6 and onset + dur >= mine.max() - 1e-6
+    # No data — before the first stream, in the 2 s hole, after the last — reads 0 µV.
+    (t1, _), (t2, _) = _streams()
+    missing = (grid < 2.0 - 1 / FS) | ((grid > t1[-1] / 1e9 + 6 / FS) & (grid < 24.0 - 1 / FS))
+    missing |= grid > t2[-1] / 1e9 + 1 / FS
+    assert missing.sum() > 4 * FS
+    assert np.all(ecg[missing] == 0.0) and np.all(digital[missing] == 0)
+
+
+def _kubios_rr(store: SessionStore, sid: str, out: Path) -> tuple[list[float], Path]:
+    path = export_kubios(store, sid, out, rr_source="ecg")
+    return [float(x) for x in read_rr_file(path).rr_ms], path
+
+
+def test_kubios_ecg_rr_leaves_out_peaks_on_start_up_spikes(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    sid, rows = _session(store)
+    spikes = _spike_times_s()
+    on_spike = [bool(np.min(np.abs(spikes - b.beat_t_s)) <= 0.15) for b in rows]
+    # What the detector made of the spikes: a run of ~300 ms "beats" at each start, each
+    # within a few ms of a spike, then one interval measured from the last spike.
+    assert sum(on_spike) >= 10
+    assert all(
+        np.min(np.abs(spikes - b.beat_t_s)) < 0.02 for b, s in zip(rows, on_spike, strict=True) if s
+    )
+    expected = [
+        b.rr_ms
+        for k, b in enumerate(rows)
+        if b.rr_ms is not None and not on_spike[k] and not (k > 0 and on_spike[k - 1])
+    ]
+    rr, path = _kubios_rr(store, sid, tmp_path)
+    assert rr == pytest.approx(expected, abs=1e-4)
+    # Every interval is a plausible heartbeat's now (the recording's PVC bigeminy).
+    assert min(rr) >= 273 and max(rr) <= 2000
+    # Before, the file began with the spikes' 299.272, 300.0001, … and a 3193.96 ms interval.
+    assert all(abs(b.rr_ms - 300.0) < 1.0 for b, s in zip(rows, on_spike, strict=True)
+               if s and b.rr_ms is not None)  # fmt: skip
+    after_spikes = [
+        b.rr_ms for k, b in enumerate(rows) if k and on_spike[k - 1] and not on_spike[k]
+    ]
+    assert len(after_spikes) == 2 and all(x is not None and x > 2500 for x in after_spikes)
+    assert not set(after_spikes) & set(rr)
+    # The side file is on this series' axis: it starts where the first kept interval began.
+    b = next(rows[k] for k in range(1, len(rows)) if rows[k].rr_ms == expected[0])
+    assert b.rr_ms is not None
+    with path.with_name(f"{path.stem}_markers.csv").open(newline="") as fh:
+        (note,) = list(csv.DictReader(fh))
+    assert float(note["kubios_t_s"]) > 0 and float(note["t_s"]) == 30.0
+    assert float(note["kubios_t_s"]) < 30.0 - (b.beat_t_s - b.rr_ms / 1000) + 1e-3
+
+
+def test_kubios_ecg_rr_keeps_classed_warmup_peaks_that_are_heartbeats(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """Classes do not decide (an rr_source = "ecg" session classes the spikes' peaks too):
+    a ``warmup`` peak on real ECG stays, as the strap's warm-up beats do in ``-rr.txt``."""
+    sid, rows = _session(store, classify=True)
+    spikes = _spike_times_s()
+    kept_warmup = [
+        b
+        for k, b in enumerate(rows)
+        if b.beat_class is BeatClass.WARMUP
+        and b.rr_ms is not None
+        and np.min(np.abs(spikes - b.beat_t_s)) > 0.15
+        and np.min(np.abs(spikes - rows[k - 1].beat_t_s)) > 0.15
+    ]
+    assert len(kept_warmup) >= 4
+    rr, _ = _kubios_rr(store, sid, tmp_path)
+    plain_sid, _ = _session(store)
+    plain, _ = _kubios_rr(store, plain_sid, tmp_path / "plain.txt")
+    assert rr == plain  # the same file, classed or not
+    for b in kept_warmup:
+        assert b.rr_ms is not None and any(abs(x - b.rr_ms) < 1e-3 for x in rr)
+
+
+def test_kubios_ecg_rr_of_nothing_but_start_up_spikes_is_a_one_line_error(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    sid = store.create_session("polar_h10_a1b2c3d4", T0_MS, "ble:AA:BB", {}).id
+    t_ns = [round(k * 1e9 / FS) for k in range(2 * FS)]
+    uv = [SPIKE_UV if k % 39 == 0 else 0 for k in range(2 * FS)]
+    store.add_ecg(sid, t_ns, uv)
+    store.add_ecg_beats(sid, [EcgBeatRow(0, 0.3, None), EcgBeatRow(1, 0.6, 300.0)])
+    with pytest.raises(ExportError, match="start-up spikes") as err:
+        export_kubios(store, sid, tmp_path / "x.txt", rr_source="ecg")
+    assert "\n" not in str(err.value) and not (tmp_path / "x.txt").exists()
