@@ -66,6 +66,7 @@ __all__ = [
     "SessionState",
     "SessionStore",
     "SessionSummary",
+    "foreign_store",
 ]
 
 #: Marker kinds of the MQTT contract (issue 5). :class:`MarkerRow` itself accepts any
@@ -712,7 +713,8 @@ class SessionStore:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             _create_private_file(path)
         except OSError as exc:
-            raise StoreError(f"{path}: cannot create session store: {exc.strerror}") from exc
+            what = "open" if os.path.lexists(path) else "create"  # not "create" one that exists
+            raise StoreError(f"{path}: cannot {what} session store: {exc.strerror}") from exc
         try:
             # isolation_level=None: the stdlib's implicit transactions are off; this class
             # issues BEGIN/COMMIT itself so each public call is exactly one transaction.
@@ -1403,13 +1405,24 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
         raise StoreError(f"{path}: cannot open session store: {exc}") from exc
 
 
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+def foreign_store(conn: sqlite3.Connection) -> bool:
+    """Whether the SQLite file behind ``conn`` belongs to another program: another
+    ``application_id``, or tables without Settle's schema version (`settle doctor` asks
+    this too, so it agrees with :meth:`SessionStore.open`)."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    foreign = app_id not in (0, APPLICATION_ID) or (
-        version == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None
+    return bool(
+        app_id not in (0, APPLICATION_ID)
+        or (
+            version == 0
+            and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None
+        )
     )
-    if foreign:
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if foreign_store(conn):
         raise StoreError(f"{path}: not a Settle session store (a SQLite file of another program)")
     if version > SCHEMA_VERSION:
         raise StoreError(

@@ -35,6 +35,7 @@ from processing.offline import Analysis, analyze
 from processing.spectral import Method
 from sensors.readers import read_rr_file
 from sessions.files import ExportError, atomic_file, not_replaceable
+from settle.config import WINDOW_RANGE_S
 from settle.errors import InputFileError, SettleError
 
 __all__ = ["AnalyzeUsageError", "analysis_json", "check_outputs", "run_analyze"]
@@ -223,8 +224,13 @@ def run_analyze(
     ``force``: replace existing output files (never ``file`` itself). ``baseline_s`` and
     ``rr_range_ms`` as ``processing.baseline_s`` and ``rr_min_ms``/``rr_max_ms``;
     ``spectrum``: the whole-recording spectrum's method (``welch`` or ``lomb``)."""
-    if not (math.isfinite(window_s) and window_s > 0):
-        raise AnalyzeUsageError(f"--window must be a number of seconds > 0, got {window_s:g}")
+    lo, hi = WINDOW_RANGE_S
+    if not (math.isfinite(window_s) and lo <= window_s <= hi):
+        # As processing.window_s in the config: 1e-9 s left every window empty and 1e9 s
+        # made the quality column (beats covered / window) read 3e-7 on a clean file.
+        raise AnalyzeUsageError(
+            f"--window must be {lo:g}–{hi:g} seconds (as processing.window_s), got {window_s:g}"
+        )
     if spectrum not in get_args(Method):
         raise AnalyzeUsageError(f"--spectrum must be welch or lomb, got {spectrum!r}")
     method = cast(Method, spectrum)

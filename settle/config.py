@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,10 @@ from settle.errors import ConfigError
 APP_NAME = "settle"
 
 
+_VARIABLE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[^}]*\})")
+"""``$NAME`` or ``${NAME}`` left in a path after expansion: a variable that is not set."""
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -45,7 +50,13 @@ class _Section(BaseModel):
         """``~`` and ``$VARS`` in a path setting mean what they mean in a shell."""
         field = cls.model_fields.get(info.field_name or "")
         if isinstance(v, str) and v and field is not None and "Path" in str(field.annotation):
-            return os.path.expandvars(os.path.expanduser(v))
+            expanded = os.path.expandvars(os.path.expanduser(v))
+            unset = _VARIABLE.search(expanded)
+            if unset is not None:
+                # A shell would make it empty; kept literally it became a directory named
+                # "$UNSET_VAR" in the working directory.
+                raise ValueError(f"{unset.group(0)} is not set")
+            return expanded
         return v
 
 
@@ -139,8 +150,12 @@ class StrapConfig(_Section):
     connect_timeout_s: float = Field(20.0, gt=0, le=600)
 
 
+WINDOW_RANGE_S = (10.0, 600.0)
+"""Rolling time-domain window a config or ``settle analyze --window`` may set, s."""
+
+
 class ProcessingConfig(_Section):
-    window_s: float = Field(60.0, ge=10, le=600)
+    window_s: float = Field(60.0, ge=WINDOW_RANGE_S[0], le=WINDOW_RANGE_S[1])
     """Rolling window of the time-domain metrics."""
     baseline_s: float = Field(120.0, ge=10, le=3600)
     """Session baseline: the first N seconds unless a baseline period is marked."""

@@ -5,9 +5,10 @@ Four checks, each a :class:`Check` with a one-line result and, when it fails, a 
 * **bluetooth** — bleak can reach an adapter (BlueZ over the system D-Bus on Linux) and scan.
 * **mqtt** — the configured broker answers and accepts our login (``settle.app.connect_options``,
   so TLS, username and password are exactly what the daemon would use).
-* **database** — the store's directory exists (created, mode 0700, if missing) and is
-  writable; an existing store opens for writing. Nothing is written to the store itself: a
-  temporary file proves the directory, ``BEGIN IMMEDIATE`` proves the file.
+* **database** — the store's directory, or the nearest one that exists (nothing is created),
+  is writable; an existing store is Settle's (not another program's SQLite file, not some
+  other file) and opens for writing. Nothing is written to the store itself: a temporary
+  file proves the directory, ``BEGIN IMMEDIATE`` proves the file.
 * **clock** — monotonic and wall clocks advance together; NTP synchronisation per
   ``timedatectl show`` where systemd offers it.
 
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from sessions.store import foreign_store
 from settle.config import Settings
 
 CheckName = Literal["bluetooth", "mqtt", "database", "clock"]
@@ -202,20 +204,30 @@ def check_database(db_path: Path) -> Check:
         f"make {parent} writable by this user (`chown $USER {parent}`), or choose another "
         "file with --db / storage.db_path"
     )
-    try:
-        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        return Check("database", False, f"cannot create {parent} ({exc.strerror or exc})", fix_dir)
+    # A check creates nothing: the nearest directory that exists must be writable, and the
+    # first run creates the rest.
+    existing = parent
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return Check("database", False, f"{existing} is not a directory", fix_dir)
+    if db_path.is_dir():
+        return Check(
+            "database",
+            False,
+            f"{db_path} is a directory",
+            "name a file with --db / storage.db_path",
+        )
     try:
         # mkstemp: a fresh name, O_EXCL, mode 0600 — safe in a shared directory.
-        fd, probe = tempfile.mkstemp(prefix=".settle-doctor-", dir=parent)
+        fd, probe = tempfile.mkstemp(prefix=".settle-doctor-", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         # WAL mode needs the directory too (it creates -wal and -shm next to the file).
         why = "read-only" if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else exc
-        return Check("database", False, f"{parent} is not writable ({why})", fix_dir)
-    free = shutil.disk_usage(parent).free
+        return Check("database", False, f"{existing} is not writable ({why})", fix_dir)
+    free = shutil.disk_usage(existing).free
     if free < MIN_FREE_BYTES:
         return Check(
             "database",
@@ -224,13 +236,28 @@ def check_database(db_path: Path) -> Check:
             "free some disk space (a session hour takes about 1 MB)",
         )
     if db_path.exists():
+        not_ours = "choose another file with --db / storage.db_path (Settle creates its own store)"
         try:
             con = sqlite3.connect(f"file:{db_path}?mode=rw", uri=True, timeout=2.0)
             try:
+                foreign = db_path.stat().st_size > 0 and foreign_store(con)
                 con.execute("BEGIN IMMEDIATE")
                 con.execute("ROLLBACK")
             finally:
                 con.close()
+        except sqlite3.DatabaseError as exc:
+            if "not a database" in str(exc):
+                return Check(
+                    "database", False, f"{db_path}: not a Settle session store (not a SQLite "
+                    "file)", not_ours
+                )  # fmt: skip
+            return Check(
+                "database",
+                False,
+                f"{db_path}: cannot write ({exc})",
+                f"check the file's owner and mode (`ls -l {db_path}`); another "
+                "process may hold a write lock",
+            )
         except sqlite3.Error as exc:
             return Check(
                 "database",
@@ -239,11 +266,18 @@ def check_database(db_path: Path) -> Check:
                 f"check the file's owner and mode (`ls -l {db_path}`); another "
                 "process may hold a write lock",
             )
+        if foreign:
+            return Check(
+                "database",
+                False,
+                f"{db_path}: not a Settle session store (a SQLite file of another program)",
+                not_ours,
+            )
         return Check("database", True, f"{db_path} writable ({free / 2**30:.1f} GiB free)")
     return Check(
         "database",
         True,
-        f"{db_path} will be created at the first run ({parent} writable, "
+        f"{db_path} will be created at the first run ({existing} writable, "
         f"{free / 2**30:.1f} GiB free)",
     )
 

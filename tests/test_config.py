@@ -112,6 +112,11 @@ def test_paths_expand_home_and_variables(tmp_path: Path, monkeypatch: pytest.Mon
     assert s.demo.replay == tmp_path / "data" / "r.csv"
     monkeypatch.setenv("SETTLE_STORAGE__DB_PATH", "~/other.db")
     assert load_config(f).db_path == tmp_path / "other.db"
+    # A variable that is not set is an error naming it, not a directory called "$NOPE".
+    monkeypatch.delenv("NOPE", raising=False)
+    monkeypatch.setenv("SETTLE_STORAGE__DB_PATH", "${NOPE}/other.db")
+    with pytest.raises(ConfigError, match=r"storage\.db_path: .*\$\{NOPE\} is not set"):
+        load_config(f)
 
 
 def test_misspelt_environment_variable_is_an_error(tmp_path: Path) -> None:

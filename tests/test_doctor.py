@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -51,8 +52,10 @@ def test_json_reports_every_check_and_exit_code_follows(
     assert "connected and logged in" in str(checks["mqtt"]["detail"])
     assert checks["database"]["ok"] is True
     assert "will be created" in str(checks["database"]["detail"])
-    assert (db.parent.stat().st_mode & 0o777) == 0o700  # created private
-    assert not db.exists()  # the doctor proves the directory, it does not create the store
+    # A check creates nothing (it used to create the directories, and a literal "$VAR" one
+    # from an unset variable): the nearest existing directory is proven writable.
+    assert f"({tmp_path} writable" in str(checks["database"]["detail"])
+    assert not (tmp_path / "new").exists()
     for c in checks.values():
         assert c["ok"] or c["fix"], f"{c['name']} fails without a fix"
     assert doc["ok"] == all(c["ok"] for c in checks.values())
@@ -128,7 +131,16 @@ def test_existing_store_is_opened_for_writing(tmp_path: Path) -> None:
     assert c.ok and "writable" in c.detail
     (tmp_path / "notadb.db").write_bytes(b"this is not sqlite" * 100)
     bad = check_database(tmp_path / "notadb.db")
-    assert not bad.ok and "cannot write" in bad.detail
+    # As `settle sessions list` says, not "cannot write … another process may hold a lock".
+    assert not bad.ok and bad.detail.endswith("not a Settle session store (not a SQLite file)")
+    assert "lock" not in bad.fix
+    other = tmp_path / "other.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE t (x)")
+    con.close()
+    c = check_database(other)  # passed as "writable"; every other command refuses it
+    assert not c.ok and "a SQLite file of another program" in c.detail
+    assert not check_database(tmp_path).ok  # a directory is no store either
 
 
 async def test_bluetooth_passes_on_the_virtual_air_and_fails_without_an_adapter() -> None:
