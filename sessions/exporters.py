@@ -28,8 +28,9 @@ __all__ = ["FORMATS", "STORE_SIBLINGS", "ExportFormat", "ExportRefused", "export
 ExportFormat = Literal["csv", "json", "edf", "bids", "kubios"]
 FORMATS: tuple[str, ...] = get_args(ExportFormat)
 
-#: Files SQLite keeps beside a database ``x.db``: ``x.db-wal``, ``x.db-shm``, ``x.db-journal``.
-STORE_SIBLINGS: tuple[str, ...] = ("", "-wal", "-shm", "-journal")
+#: Files SQLite keeps beside a database ``x.db`` (``x.db-wal``, ``x.db-shm``, ``x.db-journal``)
+#: and the daemon's lock ``x.db-lock`` (:func:`sessions.store.daemon_lock`).
+STORE_SIBLINGS: tuple[str, ...] = ("", "-wal", "-shm", "-journal", "-lock")
 
 
 class ExportRefused(ExportError):

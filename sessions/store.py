@@ -66,6 +66,8 @@ __all__ = [
     "SessionState",
     "SessionStore",
     "SessionSummary",
+    "daemon_lock",
+    "daemon_running",
     "foreign_store",
 ]
 
@@ -1403,6 +1405,68 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
         if "not a database" in str(exc):
             raise StoreError(f"{path}: not a Settle session store (not a SQLite file)") from exc
         raise StoreError(f"{path}: cannot open session store: {exc}") from exc
+
+
+def _lock_path(db_path: Path) -> Path:
+    return Path(f"{db_path}-lock")
+
+
+@contextlib.contextmanager
+def daemon_lock(db_path: Path) -> Iterator[None]:
+    """Hold the store's daemon lock while recording: one daemon per store.
+
+    A second daemon on the same store took the first one's live session for a crashed one
+    (marked it interrupted, published its strap offline) and split markers between them.
+    The lock is an exclusive ``flock`` on ``<db>-lock`` beside the store (which holds the
+    holder's pid for the message), never on the database file itself: closing any other
+    descriptor of that file would drop the POSIX locks SQLite holds on it. Released when
+    the process ends, however it ends. Raises :class:`StoreError` if another process holds
+    it. Where ``flock`` does not exist (Windows) there is no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on the platforms Settle runs on
+        yield
+        return
+    lock = _lock_path(db_path)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError(f"{lock}: cannot create the daemon lock: {exc.strerror}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 16, 0).decode("ascii", "replace").strip()
+            who = f" (pid {pid})" if pid.isdigit() else ""
+            raise StoreError(
+                f"{db_path}: another Settle daemon{who} is recording into this store; "
+                "stop it first, or give this one another --db"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def daemon_running(db_path: Path) -> bool:
+    """Whether a daemon holds :func:`daemon_lock` on the store at ``db_path`` now."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return False
+    try:
+        fd = os.open(_lock_path(db_path), os.O_RDONLY)
+    except OSError:
+        return False  # no lock file: no daemon has recorded here since it was made
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases the shared lock just taken
+    return False
 
 
 def foreign_store(conn: sqlite3.Connection) -> bool:

@@ -26,7 +26,7 @@ from feedback.dashboard import (
 from feedback.mqtt import ConnectOptions, MqttLink
 from feedback.payloads import IndicesPayload
 from sensors.strap import StrapClient, StrapInfo
-from sessions.store import SessionStore
+from sessions.store import SessionStore, daemon_lock
 from settle.config import Settings
 from settle.daemon import BrokerChoice, Daemon, StrapRuntime, open_broker
 from settle.errors import SensorError, SettleError
@@ -74,7 +74,10 @@ async def serve(
     ]
     store = SessionStore.open(settings.db_path)
     hub = Hub(settings.mqtt.topic_base)
+    held = contextlib.ExitStack()
     try:
+        # One daemon per store: before anything is published or a session is touched.
+        held.enter_context(daemon_lock(settings.db_path))
         async with open_broker(settings) as broker, contextlib.AsyncExitStack() as stack:
             link: MqttLink | None = None
             daemon = Daemon(
@@ -131,6 +134,7 @@ async def serve(
                 )
     finally:
         store.close()
+        held.close()
     return 0
 
 

@@ -352,7 +352,7 @@ def sessions_delete(
     config: ConfigOpt = None,
 ) -> None:
     """Delete a session completely: beats, indices, markers, gaps, ECG and its log."""
-    from sessions.store import SessionState, SessionStore
+    from sessions.store import SessionState, SessionStore, daemon_running
 
     path = _db_path(config, db)
     try:
@@ -363,13 +363,20 @@ def sessions_delete(
             except SessionNotFound:
                 try:
                     meant = store.resolve(session).id
-                except SettleError:
-                    raise SessionNotFound(session) from None
+                except SessionNotFound:
+                    raise
+                except SettleError as exc:  # a prefix of several: say so, not "no session"
+                    _fail(f"delete needs the full session id: {exc}", 2)
                 _fail(
                     f"delete needs the full session id, not {session!r} (did you mean {meant}? "
                     "see `settle sessions list`)",
                     2,
                 )
+            if info.state is SessionState.RUNNING and daemon_running(path):
+                # --force is for a session a crash left marked running; deleting one a
+                # daemon is recording lost every beat after it while the daemon said
+                # "N beats stored".
+                _fail(f"session {info.id} is being recorded by a running daemon (stop it first)")
             if info.state is SessionState.RUNNING and not force:
                 _fail(f"session {info.id} is still running (stop it first, or use --force)")
             if not yes:

@@ -240,3 +240,25 @@ def test_output_that_cannot_be_written_is_one_line() -> None:
         )  # fmt: skip
     assert res.returncode == 1
     assert res.stderr == "settle: error: cannot write the output: No space left on device\n"
+
+
+def test_a_second_daemon_on_the_same_store_refuses_to_start(tmp_path: Path) -> None:
+    """A second `settle demo`/`run` on a store another daemon records into took the live
+    session for a crashed one (marked it interrupted, published its strap offline)."""
+    from sessions.store import daemon_lock
+
+    db = tmp_path / "s.db"
+    sid = _store_with_a_session(db)
+    with daemon_lock(db):  # this test process plays the first daemon
+        res = settle("demo", "--duration", "5", "--no-mqtt", "--no-http", "--db", str(db))
+        assert res.returncode == 1
+        assert res.stderr.strip().splitlines()[-1] == (
+            f"settle: error: {db}: another Settle daemon (pid {os.getpid()}) is recording "
+            "into this store; stop it first, or give this one another --db"
+        )
+        listed = settle("sessions", "list", "--db", str(db))  # reading is fine meanwhile
+        assert listed.returncode == 0 and sid in listed.stdout
+    with SessionStore.open(db) as store:
+        assert [s.id for s in store.list_sessions()] == [sid]  # nothing touched
+    ok = settle("demo", "--duration", "0.5", "--no-mqtt", "--no-http", "--db", str(db))
+    assert ok.returncode == 0, ok.stderr  # released: the next daemon starts

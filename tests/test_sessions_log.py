@@ -28,6 +28,7 @@ from sessions.store import (
     MarkerSource,
     SessionState,
     SessionStore,
+    daemon_lock,
 )
 from settle.errors import SessionNotFound, StoreError
 
@@ -256,8 +257,17 @@ def test_cli_delete_asks_and_refuses_running_sessions(tmp_path: Path) -> None:
     )
     res = runner.invoke(app, ["sessions", "delete", "nope", "--db", str(db), "--yes"])
     assert res.exit_code == 1 and "no session matches 'nope'" in res.output
+    # A prefix of both sessions is ambiguous; it used to read "no session matches".
+    common = next(i for i, (a, b) in enumerate(zip(done, running, strict=True)) if a != b)
+    res = runner.invoke(app, ["sessions", "delete", done[:common], "--db", str(db), "--yes"])
+    assert res.exit_code == 2 and "is ambiguous: matches" in res.output, res.output
     res = runner.invoke(app, ["sessions", "delete", done, "--db", str(db)], input="y\n")
     assert res.exit_code == 0, res.output
+    # A session a daemon is recording is never deleted, --force or not (the daemon went on
+    # "storing" into nothing and said "N beats stored"); --force is for a crash's leftover.
+    with daemon_lock(db):
+        res = runner.invoke(app, ["sessions", "delete", running, "--db", str(db), "-y", "--force"])
+    assert res.exit_code == 1 and "being recorded by a running daemon" in res.output
     res = runner.invoke(app, ["sessions", "delete", running, "--db", str(db), "-y", "--force"])
     assert res.exit_code == 0, res.output
     with SessionStore.open(db) as store:
