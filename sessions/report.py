@@ -16,7 +16,15 @@ Definitions (all times in seconds since session start):
   the pre-marker level after the peak (searched up to 180 s; None if it is not). A marker
   whose peak is not more than 1 bpm above the pre-marker level had **no clear response**:
   heart rate never left that band, so there is nothing to recover from and no recovery time
-  (None; the summary says so instead of quoting a time).
+  (None; the summary says so instead of quoting a time). A marker entered when that moving
+  average was already at its highest (the peak is the first second of the 60 s window: heart
+  rate was no higher at any time after the marker than at the marker itself) is reported as
+  **already up at the marker** — the rise, if any, came before it — never as a rise after it.
+* **unusable rhythm** — indices rows stored with ``usable`` false for a reason other than
+  warming up (``irregular rhythm: N % of recent beats are not sinus``: more than 20 % of the
+  last 120 beats needed correction, as with frequent premature beats) carry no score. The
+  summary says for how long and quotes the stored reason; when the baseline never completed
+  because of it, it says so instead of "did not catch up", and the figure shows no baseline.
 
 Beside these beat-level figures every marker also gets the **event-locked response exactly as
 the daemon computes and publishes it live** (:func:`processing.indices.event_response` on the
@@ -35,6 +43,7 @@ import datetime as dt
 import html
 import json
 import math
+import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,6 +60,7 @@ from processing.indices import (
     CatchingUp,
     event_response,
 )
+from processing.live import IRREGULAR_SHARE_MAX, WARMING_UP_REASON
 from sessions.files import ExportError, atomic_file, plain_name
 from sessions.store import IntentionTarget, MarkerRow, SessionRecord, SessionStore
 from settle.errors import SettleError
@@ -83,8 +93,10 @@ class ReportError(SettleError):
 class IndexSeries:
     """Indices rows as arrays: ``t_s`` (s), ``hr_bpm``, ``ln_rmssd``, ``settling`` (0–100),
     ``z_hr`` / ``z_ln_rmssd`` / ``z_slow`` (score components, baseline-spread units; positive
-    = more settled), ``in_baseline``
-    (row published while the baseline was being collected). NaN where a value was null."""
+    = more settled), ``in_baseline`` (row published while the baseline was being collected),
+    ``running`` (row published with the baseline complete), ``irregular`` (row not usable
+    because of the rhythm, not because the window was still warming up) with its stored
+    ``reasons``. NaN where a value was null."""
 
     t_s: npt.NDArray[np.float64]
     hr_bpm: npt.NDArray[np.float64]
@@ -94,6 +106,23 @@ class IndexSeries:
     z_ln_rmssd: npt.NDArray[np.float64]
     z_slow: npt.NDArray[np.float64]
     in_baseline: npt.NDArray[np.bool_]
+    running: npt.NDArray[np.bool_]
+    irregular: npt.NDArray[np.bool_]
+    reasons: tuple[str | None, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RhythmSummary:
+    """How much of a session the rhythm was too irregular to score: ``irregular_s`` (rows ×
+    their 5 s step) of ``recorded_s`` (time of the last indices row), ``throughout`` when no
+    row after warming up was usable; ``reason`` the stored reason of the row with the median
+    share, and the lowest and highest share quoted (%, None if no reason carried one)."""
+
+    irregular_s: float
+    recorded_s: float
+    throughout: bool
+    reason: str
+    share_range_pct: tuple[float, float] | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -116,6 +145,10 @@ class MarkerResponse:
     band_recovery_s: float | None = None
     """Live definition: seconds after the 30 s window until HR is back within the baseline
     mean ± spread (None: not in the data)."""
+    peak_at_marker: bool = False
+    """The 5 s mean HR was highest at the marker itself (the first second of the window):
+    it did not rise after the marker, so a ``rise_bpm`` > 1 is a level the marker found, not
+    a response to it."""
 
     @property
     def responded(self) -> bool | None:
@@ -141,6 +174,10 @@ class SessionAnalysis:
     score_start: float | None
     score_end: float | None
     responses: list[MarkerResponse]
+    baseline_complete: bool = True
+    """The live baseline completed (a row was published with it complete, or scored)."""
+    rhythm: RhythmSummary | None = None
+    """Set when some rows were unusable because of an irregular rhythm."""
 
 
 def _num(x: object) -> float:
@@ -163,6 +200,12 @@ def provisional_series(rec: SessionRecord) -> IndexSeries:
     """Arrays from the stored indices rows (their published payloads)."""
     rows = [json.loads(r.payload_json) for r in rec.indices]
     comps = [r.get("components") or {} for r in rows]
+    irregular = [
+        r.get("usable", True) is False
+        and r.get("warming_up") is not True
+        and r.get("reason") != WARMING_UP_REASON
+        for r in rows
+    ]
     return IndexSeries(
         t_s=np.array([r.t_s for r in rec.indices], dtype=np.float64),
         hr_bpm=np.array([_num(r.get("hr_bpm")) for r in rows]),
@@ -172,6 +215,52 @@ def provisional_series(rec: SessionRecord) -> IndexSeries:
         z_ln_rmssd=np.array([_num(c.get("z_ln_rmssd")) for c in comps]),
         z_slow=np.array([_num(c.get("z_slow")) for c in comps]),
         in_baseline=np.array([r.get("settling_state") == "baseline" for r in rows], dtype=bool),
+        running=np.array([r.get("settling_state") == "running" for r in rows], dtype=bool),
+        irregular=np.array(irregular, dtype=bool),
+        reasons=tuple(r.get("reason") if isinstance(r.get("reason"), str) else None for r in rows),
+    )
+
+
+def baseline_completed(s: IndexSeries) -> bool:
+    """Whether the live baseline ever completed: a row published with it complete, or a
+    score (a session stored without ``settling_state``)."""
+    return bool(s.running.any() or np.isfinite(s.settling).any())
+
+
+def _step_s(s: IndexSeries) -> float:
+    """The indices rows' spacing (5 s unless configured otherwise)."""
+    if s.t_s.shape[0] < 2:
+        return 5.0
+    return float(np.median(np.diff(s.t_s)))
+
+
+_SHARE = re.compile(r"(\d+(?:\.\d+)?)\s*%")
+
+
+def rhythm_summary(s: IndexSeries) -> RhythmSummary | None:
+    """How long the rhythm was too irregular to score (see :class:`RhythmSummary`); None if
+    it never was."""
+    if not s.irregular.any():
+        return None
+    n = int(s.irregular.sum())
+    reasons = [
+        r or "irregular rhythm" for r, bad in zip(s.reasons, s.irregular, strict=True) if bad
+    ]
+    shares = [(float(m.group(1)), r) for r in reasons if (m := _SHARE.search(r)) is not None]
+    if shares:
+        shares.sort(key=lambda x: x[0])
+        reason = shares[(len(shares) - 1) // 2][1]
+        share_range: tuple[float, float] | None = (shares[0][0], shares[-1][0])
+    else:
+        reason = max(set(reasons), key=reasons.count)
+        share_range = None
+    warming = np.array([r == WARMING_UP_REASON for r in s.reasons], dtype=bool)
+    return RhythmSummary(
+        irregular_s=n * _step_s(s),
+        recorded_s=float(s.t_s.max()),
+        throughout=bool(s.irregular[~warming].all()),
+        reason=reason,
+        share_range_pct=share_range,
     )
 
 
@@ -180,7 +269,9 @@ def provisional_baseline(rec: SessionRecord, s: IndexSeries) -> tuple[float, flo
     b = rec.info.baseline
     if b is not None and b.stop_t_s is not None:
         return (b.start_t_s, b.stop_t_s)
-    if s.in_baseline.any():
+    # A baseline still being collected when the session ended (e.g. a rhythm too irregular
+    # to take samples from) is no baseline: nothing to shade, nothing to count from.
+    if s.in_baseline.any() and baseline_completed(s):
         t = s.t_s[s.in_baseline]
         return (0.0, float(t.max()))
     return None
@@ -237,7 +328,11 @@ def provisional_marker_responses(
                 (grid >= grid[peak_i]) & (grid <= m.t_s + _RECOVER_MAX_S) & (hr <= pre + _BACK_BPM)
             )
             recovery = float(grid[after[0]] - m.t_s) if after.shape[0] else None
-        out.append(MarkerResponse(m, pre, peak, peak - pre, recovery))
+        out.append(
+            MarkerResponse(
+                m, pre, peak, peak - pre, recovery, peak_at_marker=bool(peak_i == post_idx[0])
+            )
+        )
     return out
 
 
@@ -325,6 +420,8 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
         responses=live_marker_responses(
             rec, s, baseline, provisional_marker_responses(rec, reactions)
         ),
+        baseline_complete=baseline_completed(s),
+        rhythm=rhythm_summary(s),
     )
 
 
@@ -356,6 +453,105 @@ def _count_words(n: int) -> str:
     return _NUMBERS[n] if n < len(_NUMBERS) else str(n)
 
 
+def _rhythm_words(r: RhythmSummary) -> str:
+    """``"The heart rhythm was too irregular to score for 4 min of 20 min (“…”; …)"``."""
+    span = (
+        "throughout the session"
+        if r.throughout
+        else f"for {duration_words(r.irregular_s)} of {duration_words(r.recorded_s)}"
+    )
+    detail = f"“{r.reason}”"
+    if r.share_range_pct is not None and r.share_range_pct[0] != r.share_range_pct[1]:
+        lo, hi = r.share_range_pct
+        detail += f", {lo:g}–{hi:g} % over that time"
+    detail += (
+        f"; a score needs at most {100 * IRREGULAR_SHARE_MAX:g} %, "
+        "and frequent premature beats or a loose strap exceed that"
+    )
+    return f"The heart rhythm was too irregular to score {span} ({detail})"
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return one if n == 1 else many
+
+
+def _marker_sentence(kind: str, rs: list[MarkerResponse]) -> str:
+    """One sentence on the markers of one kind: a rise after them and its recovery, heart rate
+    already at its highest when they were entered, no clear response, too few beats."""
+    n = len(rs)
+    which = f"the {kind} marker" if n == 1 else f"the {_count_words(n)} {kind} markers"
+    measured = [r for r in rs if r.rise_bpm is not None]
+    if not measured:
+        return f"Around {which} there were too few beats to measure a response."
+    rose = [r for r in measured if r.responded and not r.peak_at_marker]
+    up = [r for r in measured if r.responded and r.peak_at_marker]
+    flat = [r for r in measured if not r.responded]
+
+    def back(group: list[MarkerResponse]) -> str | None:
+        recov = [r.recovery_s for r in group]
+        return (
+            None if any(x is None for x in recov) else duration_words(max(cast(list[float], recov)))
+        )
+
+    def mean_rise(group: list[MarkerResponse]) -> str:
+        return bpm_words(statistics.fmean(cast(float, r.rise_bpm) for r in group))
+
+    def subset(group: list[MarkerResponse]) -> str:
+        k = len(group)
+        return which if k == n else f"{_count_words(k)} of the {_count_words(n)} {kind} markers"
+
+    tails = []
+    if rose:
+        after = back(rose)
+        sentence = f"After {subset(rose)} heart rate rose {mean_rise(rose)} bpm and " + (
+            f"came back within {after}" if after else "had not come back after 3 min"
+        )
+        if up:
+            k = len(up)
+            tails.append(
+                f"at {_count_words(k)}, heart rate was already at its highest when "
+                f"{_plural(k, 'it was', 'they were')} entered and did not rise after "
+                f"{_plural(k, 'it', 'them')}"
+            )
+    elif up:
+        # The 5 s mean was highest at the marker itself: whatever rise there was came before
+        # the marker, so "rose … and came back within 1 s" would describe no response at all.
+        k = len(up)
+        after = back(up)
+        if after is None:
+            recovered = "had not come back to the level of the 30 s before after 3 min"
+        elif k == 1:
+            recovered = f"was back to the level of the 30 s before (within 1 bpm) {after} later"
+        else:
+            recovered = f"was back to the level of the 30 s before (within 1 bpm) within {after}"
+        sentence = (
+            f"When {subset(up)} {_plural(k, 'was', 'were')} entered heart rate was already at "
+            f"its highest, {mean_rise(up)} bpm above the 30 s before"
+            f"{'' if k == 1 else ' on average'}, and did not rise after "
+            f"{_plural(k, 'it', 'them')}; it {recovered}"
+        )
+    else:
+        # Heart rate stayed within 1 bpm of the level before: no recovery to time.
+        peak = statistics.fmean(cast(float, r.rise_bpm) for r in measured)
+        return (
+            f"After {which} heart rate showed no clear response (peak "
+            f"{bpm_words(peak, sign=True)} bpm against the 30 s before), so there was "
+            "nothing to recover from."
+        )
+    if flat:
+        tails.append(f"{_count_words(len(flat))} showed no clear response")
+    if len(measured) < n:
+        tails.append(f"{_count_words(n - len(measured))} had too few beats to measure")
+    return sentence + "".join(f"; {t}" for t in tails) + "."
+
+
+def _rhythm_blocked(a: SessionAnalysis) -> bool:
+    """The baseline never completed and the rhythm was too irregular for at least half of
+    the session: the rhythm, not the session's length, is why there is no score."""
+    r = a.rhythm
+    return not a.baseline_complete and r is not None and 2 * r.irregular_s >= r.recorded_s
+
+
 def summary_text(a: SessionAnalysis) -> str:
     """A plain-language summary of one session (a few sentences)."""
     rec = a.record
@@ -365,56 +561,43 @@ def summary_text(a: SessionAnalysis) -> str:
             "too little to say how physiology moved."
         )
     parts: list[str] = []
-    if a.latency_s is not None:
+    rhythm = a.rhythm
+    s = a.series
+    if rhythm is not None and _rhythm_blocked(a):
+        # Not "did not catch up": there was never a score that could have.
+        parts.append(_rhythm_words(rhythm) + ".")
+        parts.append(
+            "So the baseline could not be completed: this session has no settling score and "
+            "no catching-up point."
+        )
+        rhythm = None  # said
+    elif a.latency_s is not None:
         after = duration_words(a.latency_s)
         parts.append(f"Physiology caught up {after} after {a.reference_kind}.")
-    elif a.reference_t_s is not None:
+    elif not a.baseline_complete or a.reference_t_s is None:
+        parts.append("No baseline was completed, so there is no settling score to judge.")
+    elif (np.isfinite(s.settling) & (s.t_s >= a.reference_t_s)).any():
         parts.append(
             f"Physiology did not catch up after {a.reference_kind}: the settling score did not "
             f"reach {CATCH_THRESHOLD:g} and stay at {CATCH_THRESHOLD - CATCH_HYSTERESIS:g} or "
             f"above for {CATCH_HOLD_S:g} s."
         )
     else:
-        parts.append("No baseline was completed, so there is no settling score to judge.")
+        parts.append(
+            f"There was no settling score after {a.reference_kind} to tell whether physiology "
+            "caught up."
+        )
     if a.score_start is not None and a.score_end is not None:
         parts.append(
             f"The settling score averaged {a.score_start:.0f} in the first five minutes and "
             f"{a.score_end:.0f} in the last five (50 = as at baseline)."
         )
+    if rhythm is not None:
+        parts.append(_rhythm_words(rhythm) + ": the settling score is missing for that time.")
     by_kind: dict[str, list[MarkerResponse]] = {}
     for r in a.responses:
         by_kind.setdefault(r.marker.kind, []).append(r)
-    for kind, rs in by_kind.items():
-        n = len(rs)
-        which = f"the {kind} marker" if n == 1 else f"the {_count_words(n)} {kind} markers"
-        measured = [r for r in rs if r.rise_bpm is not None]
-        if not measured:
-            parts.append(f"Around {which} there were too few beats to measure a response.")
-            continue
-        rose = [r for r in measured if r.responded]
-        if not rose:
-            # Heart rate stayed within 1 bpm of the level before: no recovery to time.
-            peak = statistics.fmean(cast(float, r.rise_bpm) for r in measured)
-            parts.append(
-                f"After {which} heart rate showed no clear response (peak "
-                f"{bpm_words(peak, sign=True)} bpm against the 30 s before), so there was "
-                "nothing to recover from."
-            )
-            continue
-        rise = statistics.fmean(cast(float, r.rise_bpm) for r in rose)
-        recov = [r.recovery_s for r in rose]
-        if all(x is not None for x in recov):
-            back = f"came back within {duration_words(max(cast(list[float], recov)))}"
-        else:
-            back = "had not come back after 3 min"
-        if len(rose) < n:
-            which = f"{_count_words(len(rose))} of the {_count_words(n)} {kind} markers"
-        sentence = f"After {which} heart rate rose {bpm_words(rise)} bpm and {back}"
-        if len(measured) > len(rose):
-            sentence += f"; {_count_words(len(measured) - len(rose))} showed no clear response"
-        if len(measured) < n:
-            sentence += f"; {_count_words(n - len(measured))} had too few beats to measure"
-        parts.append(sentence + ".")
+    parts.extend(_marker_sentence(kind, rs) for kind, rs in by_kind.items())
     return " ".join(parts)
 
 
@@ -447,9 +630,25 @@ _KIND_COLOURS = {
 }
 
 
+def irregular_spans(s: IndexSeries) -> list[tuple[float, float]]:
+    """(start_s, end_s) of each run of rows whose rhythm was too irregular to score; a row
+    stands for the step before it."""
+    step = _step_s(s)
+    spans: list[tuple[float, float]] = []
+    for t, bad in zip(s.t_s.tolist(), s.irregular.tolist(), strict=True):
+        if not bad:
+            continue
+        if spans and t - spans[-1][1] <= step * 1.5:
+            spans[-1] = (spans[-1][0], t)
+        else:
+            spans.append((max(0.0, t - step), t))
+    return spans
+
+
 def render_png(a: SessionAnalysis, path: Path | IO[bytes]) -> None:
     """Three panels over minutes: HR, lnRMSSD, settling score with its components; baseline
-    band, markers and the catching-up point on each."""
+    band, markers and the catching-up point on each; grey hatching on the score panel where
+    the rhythm was too irregular to score."""
     plt = _pyplot()
     s = a.series
     fig, axes = plt.subplots(3, 1, figsize=(11, 8), sharex=True, constrained_layout=True)
@@ -474,6 +673,21 @@ def render_png(a: SessionAnalysis, path: Path | IO[bytes]) -> None:
         ax_z.plot(t_min, s.z_slow, color="tab:purple", lw=0.9, alpha=0.7, label="z slow (LF)")
         ax_z.set_ylabel("components (baseline SDs)")
         ax_sc.set_xlabel("minutes since session start")
+        spans = irregular_spans(s)
+        for i, (t0, t1) in enumerate(spans):
+            ax_sc.axvspan(t0 / 60.0, t1 / 60.0, color="0.55", alpha=0.25, hatch="//", lw=0,
+                          label="rhythm too irregular to score" if i == 0 else None)  # fmt: skip
+        if not np.isfinite(s.settling).any():
+            why = ""
+            if not a.baseline_complete and not _rhythm_blocked(a):
+                why = " (no baseline completed)"
+            elif a.rhythm is not None:
+                why = " (rhythm too irregular)"
+            ax_sc.text(0.5, 0.5, f"no settling score{why}", transform=ax_sc.transAxes,
+                       ha="center", va="center", fontsize=11, color="0.25",
+                       bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85})  # fmt: skip
+        elif spans:
+            ax_sc.legend(loc="upper left", fontsize=7)
         if a.baseline is not None:
             b0, b1 = a.baseline[0] / 60.0, a.baseline[1] / 60.0
             for ax in axes:
@@ -519,6 +733,13 @@ def _fmt(x: float | None, spec: str, unit: str = "") -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:{spec}}{unit}"
 
 
+def _recovery_cell(r: MarkerResponse) -> str:
+    if r.responded is False:
+        return "no clear rise"
+    back = _fmt(r.recovery_s, ".0f", " s")
+    return f"{back} (highest at the marker)" if r.responded and r.peak_at_marker else back
+
+
 def render_html(a: SessionAnalysis, png: bytes, png_name: str) -> str:
     """A self-contained page: summary, session log, the figure (inlined), marker table."""
     info = a.record.info
@@ -529,7 +750,7 @@ def render_html(a: SessionAnalysis, png: bytes, png_name: str) -> str:
         f"<td>{e(duration_words(r.marker.t_s))}</td><td>{e(r.marker.kind)}</td>"
         f"<td>{e(r.marker.text)}</td><td>{_fmt(r.pre_hr_bpm, '.1f')}</td>"
         f"<td>{_fmt(r.peak_hr_bpm, '.1f')}</td><td>{_fmt(r.rise_bpm, '+.1f')}</td>"
-        f"<td>{'no clear rise' if r.responded is False else _fmt(r.recovery_s, '.0f', ' s')}</td>"
+        f"<td>{_recovery_cell(r)}</td>"
         f"<td>{_fmt(r.d_hr_bpm, '+.1f')}</td><td>{_fmt(r.d_ln_rmssd, '+.2f')}</td>"
         f"<td>{_fmt(r.band_recovery_s, '.0f', ' s')}</td>"
         "</tr>"
@@ -545,6 +766,13 @@ def render_html(a: SessionAnalysis, png: bytes, png_name: str) -> str:
         i = info.intention
         intention = f"{e(i.target.value)}: “{e(i.statement)}” ({e(i.practice) or 'practice'})"
     img = base64.b64encode(png).decode("ascii")
+    shading = "Shaded: baseline period and its mean ± 1 SD."
+    if a.baseline is None:
+        shading = "No baseline was completed, so none is shaded."
+        if a.baseline_complete:
+            shading = "No baseline period was stored, so none is shaded."
+    if a.rhythm is not None:
+        shading += " Grey hatching: rhythm too irregular to score."
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Settle session {e(info.id)}</title>
@@ -567,8 +795,8 @@ small {{ color: #666; }}
 </table>
 <h2>Over time</h2>
 <p><img src="data:image/png;base64,{img}" alt="heart rate, lnRMSSD and settling score"
- style="max-width:100%"><br><small>Also saved as {e(png_name)}. Shaded: baseline period and
- its mean ± 1 SD. Green line: catching-up point.</small></p>
+ style="max-width:100%"><br><small>Also saved as {e(png_name)}. {e(shading)}
+ Green line: catching-up point.</small></p>
 <h2>Reactivity and recovery per marker</h2>
 <table><tr><th rowspan="2">time</th><th rowspan="2">kind</th><th rowspan="2">text</th>
 <th colspan="4">beat by beat</th><th colspan="3">as shown live (vs baseline)</th></tr>

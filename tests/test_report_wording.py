@@ -1,0 +1,311 @@
+"""What the report's plain-language summary says when the rhythm was too irregular to score
+(all of a session or part of it), and when heart rate was already at its highest at a marker.
+
+Sessions come from the daemon itself (a replay through ``settle run``) or from the same
+``LiveAnalyzer`` the daemon feeds, stored as the daemon stores its indices rows; the
+assertions are on the HTML a user reads."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from processing.live import LiveAnalyzer
+from sessions.report import analyse_session, duration_words, write_report
+from sessions.store import BeatRow, IndicesRow, MarkerRow, MarkerSource, SessionStore
+from tests.conftest import DATA
+from tests.test_e2e import CONFIG
+
+T0_MS = 1_795_000_000_000
+_SETTLING_STATE = {"collecting": "baseline", "complete": "running"}  # settle/pipeline.py
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SessionStore]:
+    with SessionStore.open(tmp_path / "s.db") as s:
+        yield s
+
+
+def _num(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def _store_session(
+    store: SessionStore,
+    rr_at: Callable[[float], float],
+    duration_s: float,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+) -> str:
+    """Beats from ``rr_at(t)`` (RR in ms of the beat starting at t) through the daemon's
+    ``LiveAnalyzer``, with an indices row every 5 s carrying the fields the daemon stores
+    (``settle/pipeline.py``: settling only when usable, usable, reason, warming_up, state);
+    ``edit`` may change a row's payload before it is stored."""
+    sid = store.create_session("dev", T0_MS, "x", {}).id
+    live = LiveAnalyzer()
+    beats: list[BeatRow] = []
+    rows: list[IndicesRow] = []
+    t, next_i = 0.0, 5.0
+    while t < duration_s:
+        rr = rr_at(t)
+        t += rr / 1000
+        beats.append(BeatRow(len(beats), t, T0_MS + round(t * 1000), rr))
+        live.push_beat(t, rr)
+        while t >= next_i and next_i <= duration_s:
+            snap = live.indices(next_i)
+            score = _num(snap.score) if snap.usable else None
+            payload: dict[str, Any] = {
+                "v": 1, "t_s": next_i, "hr_bpm": _num(snap.td.hr_bpm),
+                "ln_rmssd": _num(snap.td.ln_rmssd), "settling": score,
+                "settling_state": _SETTLING_STATE[snap.baseline],
+                "components": {"z_hr": _num(snap.z_hr), "z_ln_rmssd": _num(snap.z_ln_rmssd),
+                               "z_slow": _num(snap.z_slow)},
+                "usable": snap.usable, "reason": snap.reason, "warming_up": snap.warming_up,
+            }  # fmt: skip
+            if edit is not None:
+                edit(payload)
+            rows.append(
+                IndicesRow(next_i, T0_MS + round(next_i * 1000), json.dumps(payload),
+                           hr_bpm=payload["hr_bpm"], ln_rmssd=payload["ln_rmssd"],
+                           settling=payload["settling"])
+            )  # fmt: skip
+            next_i += 5.0
+    store.add_beats(sid, beats)
+    store.add_indices(sid, rows)
+    store.finish_session(sid, T0_MS + round(duration_s * 1000))
+    return sid
+
+
+def _sinus(seed: int = 1) -> Callable[[float], float]:
+    rng = np.random.default_rng(seed)
+    return lambda t: 800.0 + 15.0 * rng.standard_normal()
+
+
+def _pvc_rr() -> list[float]:
+    a = np.genfromtxt(DATA / "polar_h10_pvc_device.csv", delimiter=",", names=True)
+    return [float(x) for x in a["rr_ms"]]
+
+
+def _summary(html: str) -> str:
+    return html.split('<p class="summary" id="summary">')[1].split("</p>")[0]
+
+
+def _report(store: SessionStore, sid: str, out: Path) -> str:
+    _png, page = write_report(store, sid, out)
+    return page.read_text()
+
+
+def _settle(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SETTLE_CONFIG": str(CONFIG), "SETTLE_PAIRED_FILE": str(tmp / "p.json")}
+    return subprocess.run(
+        [sys.executable, "-m", "settle.cli", *args],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+
+
+_IRREGULAR_THROUGHOUT = re.compile(
+    r"The heart rhythm was too irregular to score for (?P<span>[\d a-z]+) of 9 min 55 s "
+    r"\(“irregular rhythm: (?P<median>\d+) % of recent beats are not sinus”, "
+    r"(?P<lo>\d+)–(?P<hi>\d+) % over that time; a score needs at most 20 %, and frequent "
+    r"premature beats or a loose strap exceed that\)\. So the baseline could not be "
+    r"completed: this session has no settling score and no catching-up point\."
+)
+
+
+def test_report_of_a_session_too_irregular_throughout_says_so(tmp_path: Path) -> None:
+    """The daemon replays the Polar H10 recording with frequent premature beats: every row
+    after the first 25 s is unusable ("irregular rhythm: N % of recent beats are not
+    sinus") and the baseline never completes. The report says the rhythm was too irregular
+    to score, for how long, quoting the stored reason, and that the baseline could not be
+    completed: not "did not catch up after the baseline ended", and no baseline shaded over
+    the whole session. A hold-start marker does not turn it into "did not catch up" either."""
+    db = tmp_path / "s.db"
+    run = _settle(
+        "run", "--replay", str(DATA / "polar_h10_pvc_device.csv"), "--speed", "100",
+        "--no-mqtt", "--db", str(db), tmp=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    rep = _settle("report", "latest", "--out", str(tmp_path / "r"), "--db", str(db), tmp=tmp_path)
+    assert rep.returncode == 0, rep.stderr
+    (page,) = (tmp_path / "r").glob("*.html")
+    html = page.read_text()
+    summary = _summary(html)
+    m = _IRREGULAR_THROUGHOUT.fullmatch(summary)
+    assert m is not None, summary
+    assert m["span"] in {"9 min 30 s", "9 min 25 s", "9 min 35 s"}, summary
+    assert 20 < int(m["lo"]) <= int(m["median"]) <= int(m["hi"]) <= 100
+    assert "catch up" not in html and "caught up" not in summary
+    assert (
+        "No baseline was completed, so none is shaded. Grey hatching: rhythm too irregular to "
+        "score. Green line" in " ".join(html.split())
+    )
+    with SessionStore.open(db) as store:
+        (info,) = store.list_sessions()
+        rec = store.read_session(info.id)
+        assert all(not json.loads(r.payload_json)["usable"] for r in rec.indices[5:])
+        a = analyse_session(rec)
+        assert a.baseline is None and not a.baseline_complete
+        assert a.rhythm is not None and not a.rhythm.throughout  # 15–25 s: too few to judge
+        store.add_markers(
+            info.id,
+            [MarkerRow(60.0, rec.info.started_ms + 60_000, "hold-start", "", MarkerSource.CLI)],
+        )
+        held = _report(store, info.id, tmp_path / "held")
+    assert _summary(held) == summary
+
+
+def test_partly_irregular_rhythm_says_for_how_long(store: SessionStore, tmp_path: Path) -> None:
+    """Sinus rhythm with four minutes of the premature-beat recording spliced in from 8 min:
+    the baseline completes, the score has a hole, and the summary says how long the rhythm
+    was too irregular to score (the gate trips about 30 s in and lets go about 1 min after,
+    when the last 120 beats are sinus enough again) and why."""
+    pvc, sinus = iter(_pvc_rr()), _sinus()
+    sid = _store_session(store, lambda t: next(pvc) if 480 <= t < 720 else sinus(t), 1200.0)
+    rows = [json.loads(r.payload_json) for r in store.read_session(sid).indices]
+    irregular_s = 5.0 * sum((r["reason"] or "").startswith("irregular rhythm") for r in rows)
+    assert 240 <= irregular_s <= 330
+    html = _report(store, sid, tmp_path)
+    summary = _summary(html)
+    said = (
+        f"The heart rhythm was too irregular to score for {duration_words(irregular_s)} of "
+        "20 min (“irregular rhythm: "
+    )
+    assert said in summary, summary
+    assert summary.endswith(
+        "a score needs at most 20 %, and frequent premature beats or a loose strap exceed "
+        "that): the settling score is missing for that time."
+    ), summary
+    assert "could not be completed" not in summary and "No baseline" not in summary
+    assert summary.startswith(("Physiology caught up ", "Physiology did not catch up ")), summary
+    assert "Shaded: baseline period and its mean ± 1 SD. Grey hatching: rhythm too irregular" in (
+        html
+    )
+
+
+def test_part_of_a_session_unusable_reads_as_minutes_of_minutes(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """Rows stored unusable from 8 to 12 min of a 20 min session, all with one reason: "for 4
+    min of 20 min", the reason quoted once (no range when the share did not vary)."""
+
+    def edit(p: dict[str, Any]) -> None:
+        if 480 < p["t_s"] <= 720:
+            p.update(usable=False, settling=None, warming_up=False,
+                     reason="irregular rhythm: 35 % of recent beats are not sinus")  # fmt: skip
+
+    sid = _store_session(store, _sinus(3), 1200.0, edit)
+    summary = _summary(_report(store, sid, tmp_path))
+    assert (
+        "The heart rhythm was too irregular to score for 4 min of 20 min (“irregular rhythm: "
+        "35 % of recent beats are not sinus”; a score needs at most 20 %, and frequent "
+        "premature beats or a loose strap exceed that): the settling score is missing for "
+        "that time." in summary
+    ), summary
+
+
+def _up_before(marks: tuple[float, ...], rises: tuple[float, ...] = ()) -> Callable[[float], float]:
+    """Steady 75 bpm with a small wobble; +6 bpm for the 6 s before each of ``marks`` (heart
+    rate highest at the marker itself, falling after it); +8 bpm for 25 s after each of
+    ``rises`` (a rise after the marker)."""
+
+    def rr_at(t: float) -> float:
+        bpm = 75.0 + 0.3 * math.sin(t)
+        if any(m - 6 <= t < m for m in marks):
+            bpm += 6.0
+        if any(m <= t < m + 25 for m in rises):
+            bpm += 8.0
+        return 60_000.0 / bpm
+
+    return rr_at
+
+
+def _with_markers(store: SessionStore, rr_at: Callable[[float], float], *ts: float) -> str:
+    sid = _store_session(store, rr_at, 900.0)
+    store.add_markers(
+        sid, [MarkerRow(t, T0_MS + int(t * 1000), "shame", "", MarkerSource.MQTT) for t in ts]
+    )
+    return sid
+
+
+def test_heart_rate_highest_at_the_marker_is_not_called_a_rise(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """Heart rate went up in the 6 s before a shame marker and only fell after it: the 5 s
+    mean is highest at the marker itself. That is not "heart rate rose 3.0 bpm and came
+    back within 2 s" (a response after the marker, and a recovery that took 2 s): the
+    summary says heart rate was already at its highest when the marker was entered."""
+    sid = _with_markers(store, _up_before((600.0,)), 600.0)
+    (r,) = analyse_session(store.read_session(sid)).responses
+    assert r.peak_at_marker and r.responded and r.rise_bpm is not None and r.recovery_s
+    html = _report(store, sid, tmp_path)
+    summary = _summary(html)
+    assert (
+        f"When the shame marker was entered heart rate was already at its highest, "
+        f"{r.rise_bpm:.1f} bpm above the 30 s before, and did not rise after it; it was back "
+        f"to the level of the 30 s before (within 1 bpm) {r.recovery_s:.0f} s later." in summary
+    ), summary
+    assert "rose" not in summary and "came back within" not in summary
+    assert f"<td>{r.recovery_s:.0f} s (highest at the marker)</td>" in html
+
+
+def test_a_rise_after_one_marker_and_none_after_another(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """Of two shame markers, heart rate rose after one (+8 bpm for 25 s) and was already at
+    its highest at the other: the rise is reported for the one, the other is named apart."""
+    sid = _with_markers(store, _up_before((600.0,), rises=(300.0,)), 300.0, 600.0)
+    rise, up = analyse_session(store.read_session(sid)).responses
+    assert not rise.peak_at_marker and up.peak_at_marker
+    assert rise.rise_bpm is not None and rise.recovery_s is not None
+    summary = _summary(_report(store, sid, tmp_path))
+    assert (
+        f"After one of the two shame markers heart rate rose {rise.rise_bpm:.1f} bpm and came "
+        f"back within {rise.recovery_s:.0f} s; at one, heart rate was already at its highest "
+        "when it was entered and did not rise after it." in summary
+    ), summary
+
+
+def test_rhythm_unusable_after_the_hold_began_is_no_score_not_no_catching_up(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """The baseline completed, then the rhythm was unusable from 200 s to the end: after
+    hold-start (300 s) there is no score at all, so the report does not say physiology "did
+    not catch up"; it says there was no score to tell, and why."""
+
+    def edit(p: dict[str, Any]) -> None:
+        if p["t_s"] > 200:
+            p.update(usable=False, settling=None, warming_up=False,
+                     reason="irregular rhythm: 41 % of recent beats are not sinus")  # fmt: skip
+
+    sid = _store_session(store, _sinus(4), 600.0, edit)
+    store.add_markers(sid, [MarkerRow(300.0, T0_MS + 300_000, "hold-start", "", MarkerSource.CLI)])
+    summary = _summary(_report(store, sid, tmp_path))
+    assert summary == (
+        "There was no settling score after you began holding to tell whether physiology "
+        "caught up. The heart rhythm was too irregular to score for 6 min 40 s of 10 min "
+        "(“irregular rhythm: 41 % of recent beats are not sinus”; a score needs at most 20 %, "
+        "and frequent premature beats or a loose strap exceed that): the settling score is "
+        "missing for that time."
+    ), summary
+
+
+def test_a_session_that_ended_during_the_baseline_has_no_baseline(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """A 100 s session ends while the 2 min baseline is still being collected (a regular
+    rhythm): "No baseline was completed", not "did not catch up after the baseline ended",
+    and no baseline shaded."""
+    sid = _store_session(store, _sinus(5), 100.0)
+    html = _report(store, sid, tmp_path)
+    assert _summary(html) == "No baseline was completed, so there is no settling score to judge."
+    assert "No baseline was completed, so none is shaded. Green line" in " ".join(html.split())
+    assert "Grey hatching" not in html
