@@ -207,7 +207,8 @@ class CatchingUp:
         self._run_start = None
 
     def update(self, t_s: float, score: float) -> float | None:
-        """Feed one score sample; returns the catching-up time once detected (then fixed)."""
+        """Feed one score sample (NaN: no score at this step, which ends a run); returns the
+        catching-up time once detected (then fixed)."""
         if self.detected_t_s is not None or t_s < self.start_t_s:
             return self.detected_t_s
         if self._run_start is None:

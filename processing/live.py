@@ -312,7 +312,9 @@ class LiveAnalyzer:
         score = comps.score if comps is not None else _NAN
         if math.isfinite(score):
             self._scores.append((t_s, score))
-            self._catch.update(t_s, score)
+        # Every step, scored or not: a step without a score (rhythm unusable, warming up
+        # after a gap) ends a run, so a 90 s hold is never judged across minutes unseen.
+        self._catch.update(t_s, score)
         while self._scores and self._scores[0][0] < t_s - self.trend_window_s:
             self._scores.popleft()
         tr = trend([a for a, _ in self._scores], [b for _, b in self._scores])

@@ -279,12 +279,12 @@ def provisional_baseline(rec: SessionRecord, s: IndexSeries) -> tuple[float, flo
 
 def catching_up(s: IndexSeries, reference_t_s: float) -> float | None:
     """The daemon's catching-up detector (:class:`processing.indices.CatchingUp`, as
-    :class:`processing.live.LiveAnalyzer` feeds it: finite scores only) over the stored
-    scores from ``reference_t_s``; None if it never fires."""
+    :class:`processing.live.LiveAnalyzer` feeds it: every step, a step without a score
+    ending a run) over the stored scores from ``reference_t_s``; None if it never fires."""
     cu = CatchingUp()
     cu.hold_start(reference_t_s)
     for t, score in zip(s.t_s.tolist(), s.settling.tolist(), strict=True):
-        if math.isfinite(score) and cu.update(t, score) is not None:
+        if cu.update(t, score) is not None:
             break
     return cu.detected_t_s
 
