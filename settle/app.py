@@ -74,6 +74,7 @@ async def serve(
     ]
     store = SessionStore.open(settings.db_path)
     hub = Hub(settings.mqtt.topic_base)
+    devices: dict[str, str] = {}  # session id -> device id, to tell several straps' lines apart
     held = contextlib.ExitStack()
     try:
         # One daemon per store: before anything is published or a session is touched.
@@ -87,8 +88,8 @@ async def serve(
                 source=source,
                 broker=broker,
                 time_scale=time_scale,
-                on_session=lambda p, info: _print_session(out, p, info),
-                on_indices=lambda p: _print_indices(out, p),
+                on_session=lambda p, info: _print_session(out, p, info, devices),
+                on_indices=lambda p: _print_indices(out, p, devices if len(clients) > 1 else None),
                 tap=hub.publish,
             )
             if broker is not None:
@@ -294,14 +295,19 @@ def _print_banner(out: Console, settings: Settings, broker: BrokerChoice | None)
     out.print("  stop:    Ctrl-C (the session is closed and the strap disconnected)")
 
 
-def _print_session(out: Console, p: StrapPipeline, info: StrapInfo) -> None:
+def _print_session(
+    out: Console, p: StrapPipeline, info: StrapInfo, devices: dict[str, str]
+) -> None:
+    devices[p.session_id] = p.device_id
     out.print(
         f"  session: {p.session_id} — strap {info.name or info.address} as device {p.device_id}",
         markup=False,
     )
 
 
-def _print_indices(out: Console, p: IndicesPayload) -> None:
+def _print_indices(out: Console, p: IndicesPayload, devices: dict[str, str] | None) -> None:
+    """One line per snapshot; with several straps (``devices``) it starts with the strap's
+    device id, as the session line names it."""
     if out.quiet:
         return  # formatting costs ~15 % of a core at 500 straps even when nothing is shown
 
@@ -321,8 +327,9 @@ def _print_indices(out: Console, p: IndicesPayload) -> None:
     if p.catching_up_t_s is not None:
         m, s = divmod(int(p.catching_up_t_s), 60)
         caught = f"  caught up at {m}:{s:02d}"
+    who = f"  {devices.get(p.session, p.session)}" if devices is not None else ""
     out.print(
-        f"  t={p.t_s:6.0f} s  HR {f(p.hr_bpm, '5.1f')} bpm  RMSSD {f(p.rmssd_ms, '5.1f')} ms  "
+        f"{who}  t={p.t_s:6.0f} s  HR {f(p.hr_bpm, '5.1f')} bpm  RMSSD {f(p.rmssd_ms, '5.1f')} ms  "
         f"coherence {f(p.coherence, '4.2f')}  settling {score}{caught}",
         markup=False,
     )

@@ -262,3 +262,17 @@ def test_a_second_daemon_on_the_same_store_refuses_to_start(tmp_path: Path) -> N
         assert [s.id for s in store.list_sessions()] == [sid]  # nothing touched
     ok = settle("demo", "--duration", "0.5", "--no-mqtt", "--no-http", "--db", str(db))
     assert ok.returncode == 0, ok.stderr  # released: the next daemon starts
+
+
+def test_several_straps_lines_name_their_strap(tmp_path: Path) -> None:
+    """With --straps 2 the status lines came in identical-looking pairs: whose was whose?"""
+    db = tmp_path / "s.db"
+    res = settle("demo", "--straps", "2", "--duration", "2", "--speed", "10", "--no-mqtt",
+                 "--no-http", "--db", str(db))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    devices = [ln.rsplit(" as device ", 1)[1] for ln in res.stdout.splitlines()
+               if ln.startswith("  session: ")]  # fmt: skip
+    assert len(set(devices)) == 2
+    lines = [ln for ln in res.stdout.splitlines() if " t=" in ln and " HR " in ln]
+    assert lines and all(ln.split()[0] in devices for ln in lines)
+    assert {ln.split()[0] for ln in lines} == set(devices)
