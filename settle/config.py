@@ -242,6 +242,12 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     """Log lines on stderr: ``key=value`` text or one JSON object per line."""
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, v: object) -> object:
+        """``SETTLE_LOG_LEVEL=debug`` means DEBUG (it was refused)."""
+        return v.upper() if isinstance(v, str) else v
+
     @property
     def db_path(self) -> Path:
         return self.storage.db_path or default_data_dir() / "settle.db"

@@ -112,6 +112,8 @@ def test_paths_expand_home_and_variables(tmp_path: Path, monkeypatch: pytest.Mon
     assert s.demo.replay == tmp_path / "data" / "r.csv"
     monkeypatch.setenv("SETTLE_STORAGE__DB_PATH", "~/other.db")
     assert load_config(f).db_path == tmp_path / "other.db"
+    monkeypatch.setenv("SETTLE_LOG_LEVEL", "debug")  # any case, as people type it
+    assert load_config(f).log_level == "DEBUG"
     # A variable that is not set is an error naming it, not a directory called "$NOPE".
     monkeypatch.delenv("NOPE", raising=False)
     monkeypatch.setenv("SETTLE_STORAGE__DB_PATH", "${NOPE}/other.db")
