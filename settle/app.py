@@ -72,10 +72,17 @@ async def serve(
         )
         for address in (addresses or [s.address])
     ]
-    store = SessionStore.open(settings.db_path)
+    try:
+        store = SessionStore.open(settings.db_path)
+    except BaseException:
+        for c in finished or ():
+            c.close()  # never awaited: no "coroutine … was never awaited" after the error
+        raise
     hub = Hub(settings.mqtt.topic_base)
     devices: dict[str, str] = {}  # session id -> device id, to tell several straps' lines apart
     held = contextlib.ExitStack()
+    for c in finished or ():
+        held.callback(c.close)  # a no-op for one that ran; closes one an early error left
     try:
         # One daemon per store: before anything is published or a session is touched.
         held.enter_context(daemon_lock(settings.db_path))

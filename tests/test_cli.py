@@ -256,12 +256,20 @@ def test_a_second_daemon_on_the_same_store_refuses_to_start(tmp_path: Path) -> N
             f"settle: error: {db}: another Settle daemon (pid {os.getpid()}) is recording "
             "into this store; stop it first, or give this one another --db"
         )
+        assert "never awaited" not in res.stderr  # the unstarted strap's coroutine
         listed = settle("sessions", "list", "--db", str(db))  # reading is fine meanwhile
         assert listed.returncode == 0 and sid in listed.stdout
     with SessionStore.open(db) as store:
         assert [s.id for s in store.list_sessions()] == [sid]  # nothing touched
     ok = settle("demo", "--duration", "0.5", "--no-mqtt", "--no-http", "--db", str(db))
     assert ok.returncode == 0, ok.stderr  # released: the next daemon starts
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not sqlite at all" * 100)
+    bad = settle("demo", "--duration", "1", "--no-mqtt", "--no-http", "--db", str(garbage))
+    assert bad.returncode == 1
+    assert bad.stderr.splitlines() == [
+        f"settle: error: {garbage}: not a Settle session store (not a SQLite file)"
+    ]  # one line: it was followed by "coroutine … was never awaited" warnings
 
 
 def test_several_straps_lines_name_their_strap(tmp_path: Path) -> None:
