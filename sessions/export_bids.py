@@ -142,7 +142,10 @@ _EVENTS_JSON: dict[str, Any] = {
         "'not-analysed' (beats recorded but not analysed: 'implausible' or 'warmup' in text; "
         "the physio file is n/a there)",
     },
-    "source": {"Description": "Where the marker was entered: cli, mqtt, dashboard, import"},
+    "source": {
+        "Description": "Where the marker was entered: cli, mqtt, dashboard, import; "
+        "settle for the rows Settle itself adds (gap, baseline, not-analysed)"
+    },
     "text": {"Description": "The practitioner's note"},
 }
 
