@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import enum
+import errno
 import json
 import math
 import os
@@ -731,6 +732,57 @@ class SessionStore:
             conn.close()
             raise
         return cls(conn, path)
+
+    @classmethod
+    def open_for_reading(cls, path: Path) -> SessionStore:
+        """Open an existing store to read it (``sessions list``, ``export``, ``report``,
+        ``trends``): as :meth:`open` wherever the file can be written (so an older schema is
+        upgraded as usual), else read-only — a backup on read-only media, another user's
+        file: SQLite's ``mode=ro``, or ``immutable`` where not even its shared-memory file
+        can be made (nothing can be writing there either). A read-only store of an older
+        schema is refused (it cannot be upgraded in place); writing calls raise
+        :class:`StoreError`."""
+        path = Path(path)
+        try:
+            return cls.open(path)
+        except StoreError as exc:
+            if not _read_only_failure(exc) or not path.is_file():
+                raise
+            first = exc
+        uri = path.resolve().as_uri()
+        for query in ("mode=ro", "mode=ro&immutable=1"):
+            try:
+                conn = sqlite3.connect(
+                    f"{uri}?{query}",
+                    uri=True,
+                    timeout=BUSY_TIMEOUT_S,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            except sqlite3.Error:
+                continue
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                foreign = foreign_store(conn)
+            except sqlite3.DatabaseError as exc:
+                conn.close()
+                if "not a database" in str(exc):
+                    raise StoreError(
+                        f"{path}: not a Settle session store (not a SQLite file)"
+                    ) from exc
+                continue  # e.g. the -shm file cannot be created: try immutable
+            if foreign or version == 0:
+                conn.close()
+                raise StoreError(f"{path}: not a Settle session store (read-only, no sessions)")
+            if version != SCHEMA_VERSION:
+                conn.close()
+                raise StoreError(
+                    f"{path}: session store schema version {version} on a read-only file "
+                    f"(this Settle reads {SCHEMA_VERSION}; copy it somewhere writable to "
+                    "upgrade it)"
+                )
+            return cls(conn, path)
+        raise first
 
     @property
     def path(self) -> Path:
@@ -1466,6 +1518,17 @@ def daemon_running(db_path: Path) -> bool:
         return True
     finally:
         os.close(fd)  # also releases the shared lock just taken
+    return False
+
+
+def _read_only_failure(exc: StoreError) -> bool:
+    """Whether :meth:`SessionStore.open` failed only because the store cannot be written."""
+    cause = exc.__cause__
+    if isinstance(cause, OSError):
+        return cause.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+    if isinstance(cause, sqlite3.OperationalError):
+        text = str(cause)
+        return "readonly" in text or "read-only" in text or "unable to open" in text
     return False
 
 

@@ -469,7 +469,7 @@ def sessions_list(
     if not settings.db_path.exists():  # a mistyped --db must not create an empty store
         fail(f"no session store at {settings.db_path} (run `settle demo` or `settle run` first)")
     try:
-        with SessionStore.open(settings.db_path) as store:
+        with SessionStore.open_for_reading(settings.db_path) as store:
             rows = store.list_sessions()
     except SettleError as exc:
         fail(str(exc))

@@ -113,7 +113,7 @@ def export(
         _fail(f"{out_arg}: directory {out_path} does not exist")
     path = _db_path(config, db)
     try:
-        with SessionStore.open(path) as store:
+        with SessionStore.open_for_reading(path) as store:
             info = store.resolve(session)
             with _progress(f"export {fmt}") as progress:
                 written = export_session(
@@ -150,7 +150,7 @@ def report(
 
     path = _db_path(config, db)
     try:
-        with SessionStore.open(path) as store:
+        with SessionStore.open_for_reading(path) as store:
             info = store.resolve(session)
             png, page = write_report(store, info.id, out_dir)
     except SettleError as exc:
@@ -183,7 +183,7 @@ def trends_cmd(
         _fail(f"unknown target {target!r} (available: {', '.join(TARGET_NAMES)})", 2)
     path = _db_path(config, db)
     try:
-        with SessionStore.open(path) as store:
+        with SessionStore.open_for_reading(path) as store:
             rows = trends(store, None if target is None else IntentionTarget(target))
         png = None
         if out_dir is not None:

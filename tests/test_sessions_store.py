@@ -386,3 +386,36 @@ def test_kill_mid_write_leaves_committed_batches_only(db_path: Path) -> None:
         assert [b.seq for b in store.beats(summary.id)] == list(range(100 * n_batches))
         assert store.mark_interrupted_running() == [summary.id]
         assert store.get(summary.id).stopped_ms == T0_MS + n_batches - 1
+
+
+def test_a_store_that_cannot_be_written_is_still_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store on read-only media (a backup, another user's file) could not even be listed
+    or exported: "cannot create session store: Read-only file system". Read commands open
+    it read-only; writing to it is a clear error, and a non-store is still refused."""
+    import errno
+
+    import sessions.store as st
+
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as store:
+        sid = store.create_session("dev", T0_MS, "x", {}).id
+        store.add_beats(sid, beats(0, 20))
+
+    def read_only_fs(path: Path) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(st, "_create_private_file", read_only_fs)
+    with pytest.raises(StoreError, match="cannot open session store: Read-only file system"):
+        SessionStore.open(db)
+    with SessionStore.open_for_reading(db) as store:
+        (info,) = store.list_sessions()
+        assert info.id == sid and info.n_beats == 20
+        assert len(store.read_session(sid).beats) == 20
+        with pytest.raises(StoreError):
+            store.create_session("dev", T0_MS + 1, "y", {})
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not sqlite" * 200)
+    with pytest.raises(StoreError, match="not a SQLite file"):
+        SessionStore.open_for_reading(junk)
