@@ -281,7 +281,16 @@ def _read_csv(
     consumed = 0
     try:
         for cells in reader:
+            prev = consumed
             start, consumed = head + 2 + consumed, reader.line_num
+            if consumed - prev > 1 and i_rec is None:
+                # No RR file has a cell over several lines (an export may: a marker's note
+                # is quoted, line breaks and all): the lines were glued together
+                # ("RR value '10002,1000' is not a number"), which hid the real fault.
+                raise InputFileError(
+                    name, "a quoted cell runs past the end of the line (missing closing quote?)",
+                    start,
+                )  # fmt: skip
             if not cells or (len(cells) == 1 and not cells[0].strip()):
                 continue
             if "#" in cells[0] and _comment(cells[0]):

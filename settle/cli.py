@@ -20,7 +20,7 @@ from rich.table import Table
 
 from settle import cli_sessions
 from settle.config import Settings, load_config
-from settle.console import err, fail, out, print_table
+from settle.console import err, fail, one_line, out, print_table
 from settle.errors import ConfigError, SettleError
 
 app = typer.Typer(
@@ -866,7 +866,7 @@ def main() -> None:
         _silence_stdout()
         why = exc.strerror or str(exc)
         msg = f"{exc.filename}: {why}" if exc.filename else f"cannot write the output: {why}"
-        err.print(f"settle: error: {msg}", markup=False, soft_wrap=True)
+        err.print(f"settle: error: {one_line(msg)}", markup=False, soft_wrap=True)
         sys.exit(1)
     except typer.Abort:
         err.print("settle: aborted", markup=False)
@@ -882,7 +882,7 @@ def main() -> None:
         ctx = getattr(exc, "ctx", None)
         path = getattr(ctx, "command_path", None)
         hint = f" (see `{path} --help`)" if path and exit_code == 2 else ""
-        err.print(f"settle: error: {fmt()}{hint}", markup=False, soft_wrap=True)
+        err.print(f"settle: error: {one_line(fmt())}{hint}", markup=False, soft_wrap=True)
         sys.exit(exit_code)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -12,9 +12,19 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def one_line(text: str) -> str:
+    """``text`` with control characters (a line break, an escape sequence in a file name)
+    shown as ``\\n``, ``\\x1b``…, so an error stays one line and cannot recolour or
+    rewrite the user's terminal."""
+    return text.translate(_CONTROL)
+
+
+_CONTROL = {c: repr(chr(c))[1:-1] for c in (*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)}
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """``settle: error: …`` on stderr, one line, and exit (2: usage or config; 1: the rest)."""
-    err.print(f"settle: error: {message}", markup=False, soft_wrap=True)
+    err.print(f"settle: error: {one_line(message)}", markup=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

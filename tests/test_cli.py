@@ -284,3 +284,15 @@ def test_several_straps_lines_name_their_strap(tmp_path: Path) -> None:
     lines = [ln for ln in res.stdout.splitlines() if " t=" in ln and " HR " in ln]
     assert lines and all(ln.split()[0] in devices for ln in lines)
     assert {ln.split()[0] for ln in lines} == set(devices)
+
+
+def test_error_lines_show_control_characters_escaped(tmp_path: Path) -> None:
+    """A file name with an escape sequence or a line break recoloured the terminal, or broke
+    the one-line error in two."""
+    name = tmp_path / "bad\x1b[31mred\nx.csv"
+    name.write_text("x\n")
+    res = settle("analyze", str(name))
+    assert res.returncode == 1
+    assert "\x1b" not in res.stderr
+    (line,) = res.stderr.splitlines()
+    assert "bad\\x1b[31mred\\nx.csv: not a recognised RR file" in line

@@ -90,6 +90,7 @@ def test_quoted_csv_header_and_a_gap_are_read(tmp_path: Path) -> None:
         ),
         ("t_s,rr_ms\n0.8,800\n1.6,800\n1.6,810\n2.4,790\n", "two beats at the same time", 4),
         ("t_s,rr_ms\n0.5,1000\n1.0,1000\n1.5,1000\n", "do not match the RR intervals", None),
+        ('t_s,rr_ms\n0.8,"800\n1.6,800\n2.4,800\n', "missing closing quote?", 2),
         # Polar's heart-rate mode (Interval = seconds per sample) holds bpm, not RR.
         ("[Params]\nVersion=106\nInterval=1\n[HRData]\n61\n62\n", "heart-rate mode", 3),
         ("# only a comment\n\n", "no RR intervals found", None),
