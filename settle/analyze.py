@@ -180,7 +180,12 @@ def check_outputs(file: Path, outputs: dict[str, Path | None], *, force: bool) -
         if exists and not force:
             raise AnalyzeUsageError(f"{opt} {p}: file exists (use --force to replace it)")
         if not parent_ok:
-            raise InputFileError(str(p), f"cannot write: directory {p.parent} does not exist")
+            why = (
+                f"{p.parent} is not a directory"
+                if p.parent.exists()
+                else f"directory {p.parent} does not exist"
+            )
+            raise InputFileError(str(p), f"cannot write: {why}")
 
 
 def write_beats(a: Analysis, path: Path, *, replace: bool = True) -> None:

@@ -172,6 +172,12 @@ def test_outputs_never_overwrite_the_input_and_need_force_to_replace(tmp_path: P
     assert len(rows) == doc["n_beats"]
 
 
+def test_an_output_under_a_file_says_so(tmp_path: Path) -> None:
+    rec = str(DATA / "pyhrv_nni_short.csv")
+    line = _one_line_error(_settle(rec, "--beats", f"{rec}/x.csv"), 1)
+    assert line.endswith(f"cannot write: {rec} is not a directory")  # not "does not exist"
+
+
 def test_force_never_replaces_a_pipe_or_a_link_to_a_stream(tmp_path: Path) -> None:
     """``--beats f --force`` onto a FIFO made it a regular file (as root, ``/dev/null`` and
     ``/dev/stdout`` too): refused before the recording is read, the special file kept."""
