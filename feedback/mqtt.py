@@ -13,7 +13,9 @@
   A stop while the broker is away first tries to reconnect for ``shutdown_reconnect_s`` (if
   the broker holds retained state from this run), so the final retained state (strap
   ``offline``, session ``stopped``) is not left behind as ``online`` / ``running``.
-* Commands under ``<base>/+/cmd/#`` are handed to ``on_command``; result topics are ignored.
+* Commands under ``<base>/+/cmd/#`` are handed to ``on_command`` once their envelope passes
+  (``feedback.commands.screen_command``: size, nesting, JSON, id); one that does not, or
+  whose handler fails, gets its error result here. Result topics are ignored.
 * A lost or refused connection is retried forever with capped, jittered backoff; measuring
   and storing never wait for the broker.
 
@@ -29,6 +31,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -38,6 +41,8 @@ import aiomqtt
 from paho.mqtt.client import topic_matches_sub
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from feedback.commands import Screened, screen_command
+from feedback.payloads import CommandResult
 from settle.backoff import backoff_delay_s
 
 log = logging.getLogger(__name__)
@@ -422,7 +427,25 @@ class MqttLink:
             parts = topic[len(prefix) :].split("/", 2)
             if len(parts) != 3 or parts[1] != "cmd":
                 continue
+            payload_bytes, retained = bytes(data), bool(message.retain)
+            screened = screen_command(parts[2], payload_bytes, retained)
+            if screened.error is not None:
+                self._refuse(parts[0], parts[2], screened)
+                continue
             try:
-                await self._on_command(parts[0], parts[2], bytes(data), bool(message.retain))
+                await self._on_command(parts[0], parts[2], payload_bytes, retained)
             except Exception:  # a bad command must never take the broker link down
                 log.exception("command handler failed for %s", topic)
+                # Still the one result the sender waits for: the daemon's handler answers
+                # last, so one that raised has not answered.
+                failed = "the daemon failed to carry out the command (see its log)"
+                self._refuse(parts[0], parts[2], Screened(screened.id, failed))
+
+    def _refuse(self, device_id: str, name: str, screened: Screened) -> None:
+        """Answer a command that never reaches the handler (a bad envelope: too large, nested
+        too deeply, not JSON…) with its one error result, as the handler would."""
+        res = CommandResult(
+            ts=time.time_ns() // 1_000_000, id=screened.id, status="error", error=screened.error
+        )
+        self.publish(f"{self.base}/{device_id}/cmd/{name}/result", res.to_json(), qos=1)
+        log.warning("command %s for %s rejected: %s", name, device_id, screened.error)

@@ -239,7 +239,10 @@ class EventPayload(_Payload):
 class CommandResult(_Payload):
     """``<base>/<dev>/cmd/<name>/result`` — echo of the command's id with its outcome."""
 
-    id: str | None
+    id: str | None = Field(
+        description="The command's id as sent (at most 64 characters); a number sent as id is "
+        'refused and echoed as its JSON text (42 → "42"); null when none could be read.'
+    )
     status: Literal["ok", "error"]
     error: str | None = None
 
@@ -251,7 +254,11 @@ class _Command(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     v: Literal[1] = 1
-    id: str = Field(min_length=1, max_length=64)
+    id: str = Field(
+        min_length=1,
+        max_length=64,
+        description="Chosen by the sender, a string (not a number); echoed in the result.",
+    )
     """Chosen by the sender; echoed in the result."""
 
     @field_validator("v", mode="before")

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import re
 import time
 import uuid
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,6 +21,9 @@ from settle import cli_sessions
 from settle.config import Settings, load_config
 from settle.console import err, fail, one_line, out, print_table
 from settle.errors import ConfigError, SettleError
+
+if TYPE_CHECKING:
+    from feedback.mqtt import ConnectOptions
 
 app = typer.Typer(
     help="Settle: see whether your physiology is catching up with the belief you hold.",
@@ -505,12 +507,29 @@ def sessions_list(
 cli_sessions.register(app, sessions_app)
 
 
-# -- commands through MQTT (mark, session, baseline) -----------------------------------------
+# -- commands through MQTT (mark, session, baseline, forget) ---------------------------------
+# One-shot clients. They import only what they need — aiomqtt (feedback.mqtt), the payload
+# models, the config — never settle.app: the daemon, the dashboard and scipy behind it took
+# about 1.8 s to import, and the daemon stamps a marker with the time it arrives.
 
 DeviceOpt = Annotated[
     str | None, typer.Option(help="Device id (needed when several straps are running).")
 ]
-WaitOpt = Annotated[float, typer.Option("--timeout", help="Seconds to wait for the daemon.")]
+MIN_WAIT_S, MAX_WAIT_S = 0.5, 3600.0
+WaitOpt = Annotated[
+    float, typer.Option("--timeout", help="Seconds to wait for the daemon (0.5 to 3600).")
+]
+RETAINED_QUIET_S = 0.3
+"""How long the broker may stay silent before the retained state counts as complete, when
+no ``bridge/state`` arrives to say so (no daemon ever ran there)."""
+RETAINED_GRACE_S = 0.05
+"""After ``bridge/state``, how long late retained messages are still taken (for brokers that
+send a subscription's retained messages less strictly in order than mosquitto and amqtt)."""
+
+
+def _check_wait(timeout: float) -> None:
+    if not MIN_WAIT_S <= timeout <= MAX_WAIT_S:  # NaN fails too
+        fail(f"--timeout: expected {MIN_WAIT_S:g} to {MAX_WAIT_S:g} seconds, got {timeout:g}", 2)
 
 
 @app.command()
@@ -531,10 +550,11 @@ def mark(
     """Add a marker to the running session (through MQTT)."""
     from feedback.payloads import MARKER_KINDS
 
+    _check_wait(timeout)
     settings = settings_from(config, mqtt=mqtt)
     if kind not in MARKER_KINDS:
         fail(f"--kind: unknown marker kind {kind!r} (one of: {', '.join(MARKER_KINDS)})", 2)
-    _run(_command(settings, "marker", {"kind": kind, "text": text}, device, timeout))
+    _send(settings, "marker", {"kind": kind, "text": text}, device, timeout)
 
 
 session_app = typer.Typer(help="Start and stop sessions of a running daemon.", no_args_is_help=True)
@@ -554,9 +574,10 @@ def session_start(
     config: ConfigOpt = None,
 ) -> None:
     """Start a new session (the running one is closed first)."""
+    _check_wait(timeout)
     settings = settings_from(config, mqtt=mqtt)
     intention = {"target": target, "statement": statement, "practice": practice}
-    _run(_command(settings, "session/start", {"intention": intention}, device, timeout))
+    _send(settings, "session/start", {"intention": intention}, device, timeout)
 
 
 @session_app.command("stop")
@@ -567,8 +588,9 @@ def session_stop(
     config: ConfigOpt = None,
 ) -> None:
     """Stop the running session (the strap stays connected)."""
+    _check_wait(timeout)
     settings = settings_from(config, mqtt=mqtt)
-    _run(_command(settings, "session/stop", {}, device, timeout))
+    _send(settings, "session/stop", {}, device, timeout)
 
 
 @app.command()
@@ -582,8 +604,9 @@ def baseline(
     """Mark a rest period as the session's baseline (instead of its first minutes)."""
     if action not in ("start", "stop"):
         fail(f"expected 'start' or 'stop', got {action!r}", 2)
+    _check_wait(timeout)
     settings = settings_from(config, mqtt=mqtt)
-    _run(_command(settings, f"baseline/{action}", {}, device, timeout))
+    _send(settings, f"baseline/{action}", {}, device, timeout)
 
 
 @app.command()
@@ -595,35 +618,89 @@ def forget(
 ) -> None:
     """Remove a strap you no longer use from the broker and Home Assistant (its retained
     state and discovery entries). Stored sessions are kept."""
+    _check_wait(timeout)
     settings = settings_from(config, mqtt=mqtt)
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", device):
         fail(f"not a device id: {device!r} (see `settle sessions list`)", 2)
     _run(_forget(settings, device, timeout))
 
 
+def _client_options(settings: Settings) -> ConnectOptions:
+    """The broker ``[mqtt]`` names, reached as the daemon reaches it
+    (``settle.app.connect_options``, which this must not import), over MQTT 3.1.1: one-shot
+    clients need nothing of 5, and the embedded broker speaks only 3.1.1."""
+    from feedback.mqtt import ConnectOptions
+
+    m = settings.mqtt
+    return ConnectOptions(
+        m.host or "127.0.0.1",
+        m.port,
+        username=m.username or None,
+        password=m.password_value(),
+        tls=m.tls,
+        ca_file=str(m.ca_file) if m.ca_file else None,
+        cert_file=str(m.cert_file) if m.cert_file else None,
+        key_file=str(m.key_file) if m.key_file else None,
+        tls_insecure=m.tls_insecure,
+    )
+
+
+async def _retained(client: Any, filters: list[str], last: str) -> dict[str, tuple[bytes, bool]]:
+    """What the broker holds on ``filters`` and ``last``, by topic: ``(latest payload,
+    retained)``.
+
+    Returns as soon as it has all arrived, not after a fixed wait. One SUBSCRIBE names
+    ``last`` (``<base>/bridge/state``, retained by every daemon that ever ran on the broker)
+    after the others, and brokers send the retained messages of a SUBSCRIBE's filters in the
+    filters' order (mosquitto queues them so; amqtt sends each filter's and waits for their
+    acknowledgements before the next): once a message on ``last`` is here, so is the rest.
+    Without one it stops after :data:`RETAINED_QUIET_S` without a retained message. Live
+    messages (a strap's beats under ``<dev>/#``) are kept but never extend the wait. (One
+    packet, not one per filter: each SUBACK costs a round trip, 40 ms with a broker that
+    leaves Nagle on.)"""
+    await client.subscribe([(topic_filter, 1) for topic_filter in [*filters, last]])
+    loop = asyncio.get_running_loop()
+    seen: dict[str, tuple[bytes, bool]] = {}
+    messages = aiter(client.messages)
+    until = loop.time() + RETAINED_QUIET_S
+    complete = False
+    while (left_s := until - loop.time()) > 0:
+        try:
+            async with asyncio.timeout(left_s):
+                msg = await anext(messages)
+        except TimeoutError:
+            break
+        topic, payload = str(msg.topic), msg.payload
+        data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+        # Retained once, retained still: a live update of a retained topic (flagged only
+        # on delivery to new subscriptions) does not make it any less held by the broker.
+        seen[topic] = (data, bool(msg.retain) or seen.get(topic, (b"", False))[1])
+        if complete:
+            continue
+        if topic == last:
+            complete, until = True, loop.time() + RETAINED_GRACE_S
+        elif msg.retain:
+            until = loop.time() + RETAINED_QUIET_S
+    return seen
+
+
 async def _forget(settings: Settings, device: str, wait_s: float) -> int:
     import aiomqtt
 
     from feedback import homeassistant as ha
-    from settle.app import connect_options
 
-    options = dataclasses.replace(connect_options(settings), mqtt5=False)
+    options = _client_options(settings)
     base, prefix = settings.mqtt.topic_base, settings.homeassistant.prefix
     discovery = set(ha.removal_messages(prefix, base, device))
+    state_topic = f"{base}/bridge/state"
     try:
         async with asyncio.timeout(wait_s), aiomqtt.Client(**options.client_kwargs()) as client:
             own = f"{base}/{device}/"
-            await client.subscribe(f"{base}/bridge/state", qos=1)
-            await client.subscribe(own + "+", qos=1)
-            for topic in discovery:
-                await client.subscribe(topic, qos=1)
-            retained: dict[str, bytes] = {}
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):  # retained messages arrive at once
-                    async for msg in client.messages:
-                        if msg.retain and isinstance(msg.payload, bytes | bytearray):
-                            retained[str(msg.topic)] = bytes(msg.payload)
-            daemon_online = retained.get(f"{base}/bridge/state") == b"online"
+            # `#`, not `+`: a retained command (`cmd/marker`, `cmd/session/start`), which the
+            # daemon refuses, would otherwise stay on the broker.
+            seen = await _retained(client, [own + "#", *sorted(discovery)], state_topic)
+            retained = {topic: data for topic, (data, was_retained) in seen.items() if was_retained}
+            daemon_online = seen.get(state_topic, (b"", False))[0] == b"online"
             if daemon_online and retained.get(own + "availability") == b"online":
                 raise SettleError(
                     f"strap {device} is connected to a running daemon: stop it first "
@@ -642,72 +719,117 @@ async def _forget(settings: Settings, device: str, wait_s: float) -> int:
     return 0
 
 
-async def _command(
+def _send(
     settings: Settings, name: str, body: dict[str, Any], device: str | None, wait_s: float
+) -> None:
+    """Send command ``name`` (checked here first) and report its result."""
+    cmd_id, payload = _command_payload(name, body)
+    _run(_command(settings, name, cmd_id, payload, device, wait_s))
+
+
+def _command_payload(name: str, body: dict[str, Any]) -> tuple[str, bytes]:
+    """A fresh id and the command as UTF-8 JSON, checked against the daemon's model and size
+    limit here: a note too long is a usage error (exit 2), not a refusal after a round trip."""
+    from pydantic import ValidationError
+
+    from feedback.commands import MAX_COMMAND_BYTES
+    from feedback.payloads import COMMANDS
+
+    cmd_id = uuid.uuid4().hex[:12]
+    command = {"v": 1, "id": cmd_id, **body}
+    try:
+        COMMANDS[name].model_validate(command)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][-1]) if first["loc"] else "payload"
+        fail(f"{'TEXT' if field == 'text' else '--' + field}: {first['msg']}", 2)
+    # UTF-8, not \uXXXX escapes: a Cyrillic or CJK character is 2-3 bytes, not 6 (or 12).
+    payload = json.dumps(command, ensure_ascii=False).encode()
+    if len(payload) > MAX_COMMAND_BYTES:
+        fail(
+            f"too long to send: the command is {len(payload)} bytes as UTF-8, the daemon "
+            f"takes at most {MAX_COMMAND_BYTES}",
+            2,
+        )
+    return cmd_id, payload
+
+
+async def _command(
+    settings: Settings,
+    name: str,
+    cmd_id: str,
+    payload: bytes,
+    device: str | None,
+    wait_s: float,
 ) -> int:
     """Send ``<base>/<device>/cmd/<name>`` and wait for its result."""
     import aiomqtt
 
-    from settle.app import connect_options
-
-    cmd_id = uuid.uuid4().hex[:12]
-    payload = json.dumps({"v": 1, "id": cmd_id, **body})
-    # One-shot clients speak 3.1.1: they need nothing of 5, and the embedded broker has only 3.1.1.
-    options = dataclasses.replace(connect_options(settings), mqtt5=False)
+    options = _client_options(settings)
     where = options.where
     base = settings.mqtt.topic_base
+    sent_to: str | None = None
     try:
         async with asyncio.timeout(wait_s):
             async with aiomqtt.Client(**options.client_kwargs()) as client:
-                if device is None:
-                    device = await _find_device(client, base, need_session=name != "session/start")
-                await client.subscribe(f"{base}/{device}/cmd/{name}/result", qos=1)
+                need_session = name != "session/start"
+                device = await _find_device(client, base, need_session=need_session, device=device)
+                result_topic = f"{base}/{device}/cmd/{name}/result"
+                await client.subscribe(result_topic, qos=1)
+                sent_to = device  # from here on it may have arrived: never say it did not
                 await client.publish(f"{base}/{device}/cmd/{name}", payload, qos=1)
                 async for msg in client.messages:
-                    with contextlib.suppress(ValueError, TypeError):
+                    if str(msg.topic) != result_topic:
+                        continue  # a late availability/session message of the discovery
+                    with contextlib.suppress(ValueError, TypeError, AttributeError):
                         res = json.loads(bytes(msg.payload))
                         if res.get("id") != cmd_id:
                             continue
                         if res.get("status") == "ok":
-                            what = body.get("kind", name)
+                            what = json.loads(payload).get("kind", name)
                             out.print(f"{what}: ok ({device})", markup=False)
                             return 0
                         raise SettleError(f"the daemon refused {name}: {res.get('error')}")
     except TimeoutError:
+        if sent_to is not None:
+            raise SettleError(
+                f"{name} sent to {sent_to}, but no confirmation from the daemon within "
+                f"{wait_s:g} s: it may still have been carried out (check before sending it "
+                "again)"
+            ) from None
         raise SettleError(
-            f"no answer from a Settle daemon via MQTT {where} within {wait_s:g} s "
-            "(is `settle run` or `settle demo` running? use --mqtt HOST:PORT)"
+            f"no answer from the MQTT broker {where} within {wait_s:g} s (use --mqtt HOST:PORT)"
         ) from None
     except aiomqtt.MqttError as exc:
         raise SettleError(f"cannot reach the MQTT broker {where}: {exc}") from None
     return 1
 
 
-async def _find_device(client: Any, base: str, *, need_session: bool) -> str:
-    """The one device this daemon serves (from retained topics, which arrive at once)."""
+async def _find_device(
+    client: Any, base: str, *, need_session: bool, device: str | None = None
+) -> str:
+    """The one device this daemon serves, from the retained topics (``device``: the one the
+    user named, once the daemon is seen online)."""
     state_topic = f"{base}/bridge/state"
-    topics = [state_topic, f"{base}/+/availability", f"{base}/+/session"]
-    for topic in topics:
-        await client.subscribe(topic, qos=1)
-    daemon_online = False
+    filters = [] if device else [f"{base}/+/availability", f"{base}/+/session"]
+    seen = await _retained(client, filters, state_topic)
+    daemon_online = seen.get(state_topic, (b"", False))[0] == b"online"
+    if device is not None:
+        if not daemon_online:
+            raise SettleError(_nothing_found(need_session, False, set()))
+        return device
     connected: set[str] = set()
     running: set[str] = set()
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(1.0):
-            async for msg in client.messages:
-                raw = bytes(msg.payload) if isinstance(msg.payload, bytes | bytearray) else b""
-                if str(msg.topic) == state_topic:
-                    daemon_online = raw == b"online"
-                    continue
-                dev, leaf = str(msg.topic).split("/")[-2:]
-                if leaf == "session":
-                    with contextlib.suppress(ValueError, TypeError, AttributeError):
-                        if json.loads(raw).get("state") == "running":
-                            running.add(dev)
-                elif raw == b"online":
-                    connected.add(dev)
-    for topic in topics:
-        await client.unsubscribe(topic)
+    for topic, (raw, _) in seen.items():
+        if topic == state_topic:
+            continue
+        dev, leaf = topic.split("/")[-2:]
+        if leaf == "session":
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                if json.loads(raw).get("state") == "running":
+                    running.add(dev)
+        elif raw == b"online":
+            connected.add(dev)
     # Without a daemon on the broker (its Last Will says offline), what it retains is stale.
     found = (running if need_session else connected) if daemon_online else set()
     if not found:

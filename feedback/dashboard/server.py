@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol, cast
 
 from aiohttp import web
 
+from feedback.commands import CommandDecodeError, decode_json
 from feedback.dashboard.auth import is_loopback
 from feedback.dashboard.hub import Hub
 from feedback.payloads import COMMANDS, MARKER_KINDS
@@ -273,9 +274,9 @@ class Dashboard:
             return _error(404, f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
         body = await request.read()
         try:
-            raw = json.loads(body or b"{}")
-        except ValueError:
-            return _error(400, "payload is not valid JSON")
+            raw = decode_json(body or b"{}")
+        except CommandDecodeError as exc:  # not JSON, or nested deep enough to crash json.loads
+            return _error(400, str(exc))
         if not isinstance(raw, dict):
             return _error(400, "payload must be a JSON object")
         raw.setdefault("v", 1)
@@ -302,7 +303,7 @@ class Dashboard:
 
     async def _pair(self, request: web.Request) -> web.StreamResponse:
         try:
-            raw = json.loads(await request.read())
+            raw = decode_json(await request.read())
             label, address = str(raw["label"]).strip(), str(raw["address"]).strip()
             name, device_id = str(raw.get("name", "")), str(raw.get("device_id", ""))
         except (ValueError, KeyError, TypeError):

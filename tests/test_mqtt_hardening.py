@@ -1,0 +1,606 @@
+"""Commands and the command-line client under hostile or unlucky input, against real brokers.
+
+What a user or a peer on the broker notices: every command payload gets exactly one result
+(deep nesting, numeric ids, oversized payloads included) and never a traceback in the
+daemon's log; `settle mark` is quick and imports nothing of the daemon; a bad `--timeout` is
+one line; a timeout after sending says the command was sent; notes go out as UTF-8; `settle
+forget` leaves no retained command behind; the documented ACL keeps results unforgeable; and
+docs/mqtt.md states the limits and the baseline messages the code really has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import aiomqtt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from feedback.commands import (
+    MAX_COMMAND_DEPTH,
+    CommandDecodeError,
+    decode_json,
+    screen_command,
+)
+from feedback.dashboard import Dashboard, DashboardConfig, Hub
+from feedback.dashboard.server import DeviceView
+from feedback.mqtt import ConnectOptions, MqttLink
+from feedback.payloads import COMMANDS, Intention, MarkerCommand
+from sensors.strap import StrapClient, StrapInfo
+from sessions.store import SessionStore
+from settle.cli import _find_device
+from settle.config import load_config
+from settle.daemon import Daemon
+from settle.errors import SettleError
+from settle.pipeline import DeviceOutput, StrapPipeline
+from tests.conftest import Mosquitto, start_mosquitto
+from tests.test_e2e import CONFIG
+from tests.test_mqtt import any_broker  # noqa: F401  (the fixture: mosquitto and amqtt)
+
+DOCS = Path(__file__).parents[1] / "docs" / "mqtt.md"
+DEV = "hard_1"
+ENV = {**os.environ, "SETTLE_CONFIG": str(CONFIG)}
+
+
+@dataclass
+class RunningDaemon:
+    host: str
+    port: int
+    daemon: Daemon
+    store: SessionStore
+    session_id: str
+
+
+@pytest.fixture
+async def daemon_on_broker(
+    any_broker: tuple[str, int, str],  # noqa: F811
+    tmp_path: Path,
+) -> AsyncIterator[RunningDaemon]:
+    """The real daemon's command handler behind the real MQTT link, one strap (``hard_1``)
+    with a running session; no BLE (commands need none)."""
+    host, port, protocol = any_broker
+    settings_ = load_config(
+        CONFIG,
+        mqtt={"host": host, "port": port, "protocol": protocol},
+        storage={"db_path": tmp_path / "s.db"},
+        homeassistant={"enabled": False},
+    )
+    store = SessionStore.open(settings_.db_path)
+    daemons: list[Daemon] = []
+
+    async def on_command(device: str, name: str, payload: bytes, retained: bool) -> None:
+        await daemons[0].on_command(device, name, payload, retained)
+
+    options = ConnectOptions(host, port, mqtt5=protocol == "5")
+    async with MqttLink(options, on_command=on_command) as link:
+        daemon = Daemon(settings_, store, [StrapClient(address="AA:BB:CC:DD:EE:01")], link=link)
+        daemons.append(daemon)
+        rt = daemon.runtimes[0]
+        rt.info = StrapInfo("AA:BB:CC:DD:EE:01", "Hardening", DEV)
+        rt.output = DeviceOutput(link, "settle", DEV)
+        pipeline = await daemon.start_session(rt, None)
+        assert await link.wait_connected(10)
+        try:
+            yield RunningDaemon(host, port, daemon, store, pipeline.session_id)
+        finally:
+            if rt.session is not None:
+                await daemon._finish_session(rt, daemon.now_ms())
+    store.close()
+
+
+async def send_commands(
+    host: str, port: int, commands: list[tuple[str, bytes]], expect: int
+) -> list[dict[str, Any]]:
+    """Publish ``(name, payload)`` to ``settle/hard_1/cmd/<name>`` in order; the first
+    ``expect`` results (plus any that arrive within 0.5 s after them: there must be none)."""
+    results: list[dict[str, Any]] = []
+    async with aiomqtt.Client(host, port) as c:
+        await c.subscribe(f"settle/{DEV}/cmd/#", qos=1)
+        for name, payload in commands:
+            await c.publish(f"settle/{DEV}/cmd/{name}", payload, qos=1)
+
+        async def collect(until: int | None) -> None:
+            async for m in c.messages:
+                if str(m.topic).endswith("/result"):
+                    results.append(json.loads(bytes(m.payload)))
+                    if until is not None and len(results) >= until:
+                        return
+
+        async with asyncio.timeout(15):
+            await collect(expect)
+        try:
+            async with asyncio.timeout(0.5):
+                await collect(None)
+        except TimeoutError:
+            pass
+    return results
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def marker_with_nested_text(cmd_id: str, depth: int) -> bytes:
+    return b'{"v":1,"id":"%s","kind":"note","text":%s}' % (cmd_id.encode(), nested(depth))
+
+
+# -- 1, 2: every command payload gets exactly one result --------------------------------------
+
+
+@pytest.mark.mosquitto
+async def test_deeply_nested_commands_get_one_error_result_and_no_traceback(
+    daemon_on_broker: RunningDaemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nesting json.loads cannot handle (a RecursionError at ~1000 levels, 3 kB) used to log
+    a traceback and answer nothing; now each gets its one error result, the id echoed when
+    it can be read, and the link goes on handling commands."""
+    d = daemon_on_broker
+    caplog.set_level(logging.WARNING)
+    valid = json.dumps({"v": 1, "id": "fine", "kind": "note", "text": "still here"}).encode()
+    results = await send_commands(
+        d.host,
+        d.port,
+        [
+            ("marker", nested(1500)),  # 3000 bytes: under the size limit
+            ("marker", marker_with_nested_text("m1", 1100)),
+            ("session/start", b'{"v":1,"id":"s1","intention":%s}' % nested(1200)),
+            ("marker", valid),
+        ],
+        expect=4,
+    )
+    assert len(results) == 4, results
+    by_id = {r["id"]: r for r in results}
+    deep = f"payload is nested more than {MAX_COMMAND_DEPTH} levels deep"
+    assert (by_id[None]["status"], by_id[None]["error"]) == ("error", deep)
+    assert (by_id["m1"]["status"], by_id["m1"]["error"]) == ("error", deep)
+    assert (by_id["s1"]["status"], by_id["s1"]["error"]) == ("error", deep)
+    assert by_id["fine"]["status"] == "ok"
+    assert [m.text for m in d.store.markers(d.session_id)] == ["still here"]
+    assert d.daemon.runtimes[0].session is not None  # session/start changed nothing
+    assert d.daemon.runtimes[0].session.session_id == d.session_id
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+@pytest.mark.mosquitto
+async def test_size_is_judged_before_the_payload_is_parsed(
+    daemon_on_broker: RunningDaemon,
+) -> None:
+    """6–7.5 kB of nesting is "command too large", not a RecursionError (the size limit is
+    checked first); a large but shallow one still has its id echoed."""
+    d = daemon_on_broker
+    big = json.dumps({"v": 1, "id": "big", "text": "x" * 5000}).encode()
+    results = await send_commands(
+        d.host,
+        d.port,
+        [
+            ("marker", nested(3000)),
+            ("marker", marker_with_nested_text("n2", 3700)),
+            ("marker", big),
+        ],
+        expect=3,
+    )
+    assert len(results) == 3, results
+    too_large = [r["error"] for r in results]
+    assert too_large[0] == "command too large (6000 bytes > 4096)"
+    assert re.fullmatch(r"command too large \(\d+ bytes > 4096\)", too_large[1])
+    assert [r["id"] for r in results] == [None, "n2", "big"]
+
+
+@pytest.mark.mosquitto
+async def test_a_numeric_id_is_echoed_so_the_sender_can_match_the_refusal(
+    daemon_on_broker: RunningDaemon,
+) -> None:
+    """Ids are strings (docs/asyncapi.yaml); ``"id": 42`` is refused, but its result says
+    ``"id": "42"`` instead of null, and why."""
+    d = daemon_on_broker
+    results = await send_commands(
+        d.host,
+        d.port,
+        [
+            ("marker", b'{"v":1,"id":42,"kind":"note","text":"n"}'),
+            ("marker", b'{"v":1,"id":7.5,"kind":"note"}'),
+        ],
+        expect=2,
+    )
+    assert [(r["id"], r["status"]) for r in results] == [("42", "error"), ("7.5", "error")]
+    assert results[0]["error"] == 'id: Input should be a valid string (send "42", not 42)'
+    assert d.store.markers(d.session_id) == []
+
+
+class _Control:
+    """A dashboard back end that records the commands that reach it."""
+
+    def __init__(self) -> None:
+        self.commands: list[bytes] = []
+
+    def devices(self) -> list[DeviceView]:
+        return []
+
+    def mqtt_state(self) -> str:
+        return "off"
+
+    async def command(self, device_id: str, name: str, payload: bytes) -> None:
+        self.commands.append(payload)
+
+    async def scan(self, timeout_s: float) -> list[dict[str, Any]]:
+        return []
+
+    def remember(self, label: str, address: str, name: str, device_id: str) -> None:
+        return None
+
+
+async def test_dashboard_refuses_nested_json_with_one_line_not_a_server_error(
+    tmp_path: Path,
+) -> None:
+    """The dashboard's command and pair endpoints parsed with json.loads too: deep nesting
+    was a 500 and a traceback; now a 400 saying why, and nothing reaches the daemon."""
+    control = _Control()
+    with SessionStore.open(tmp_path / "s.db") as store:
+        cfg = DashboardConfig(host="127.0.0.1", port=0)
+        async with (
+            Dashboard(Hub("settle"), control, store, cfg) as d,  # type: ignore[arg-type]
+            aiohttp.ClientSession(headers={"X-Settle": "1"}) as http,
+        ):
+            for path, body in [
+                ("api/cmd/x/marker", nested(1500)),
+                ("api/cmd/x/marker", marker_with_nested_text("m1", 1100)),
+                ("api/pair", nested(1500)),
+            ]:
+                async with http.post(d.url + path, data=body) as r:
+                    text = await r.text()
+                    assert r.status == 400, (path, r.status, text)
+            async with http.post(d.url + "api/cmd/x/marker", data=nested(1500)) as r:
+                assert "nested more than 32 levels" in await r.text()
+    assert control.commands == []
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ax,:é\n'),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.text(alphabet='[]{}"\\a'), children, max_size=3)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(value=json_values)
+def test_decode_json_agrees_with_json_loads_on_shallow_documents(value: object) -> None:
+    """Strings full of brackets, quotes and backslashes never fool the nesting count."""
+    payload = json.dumps(value, ensure_ascii=False).encode()
+    assert decode_json(payload) == json.loads(payload)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(text=st.text(alphabet='[]{}"\\a,:1 ', max_size=3000), depth=st.integers(0, 2500))
+def test_screen_never_raises_on_any_payload(text: str, depth: int) -> None:
+    """Whatever the bytes: a verdict, never an exception (RecursionError included); what it
+    lets through decodes."""
+    for payload in (text.encode(), b"[" * depth + text.encode(), text.encode("utf-16")):
+        if screen_command("marker", payload, False).error is None:
+            decode_json(payload)
+    if depth > MAX_COMMAND_DEPTH:
+        with pytest.raises(CommandDecodeError, match="nested more than 32 levels"):
+            decode_json(nested(depth))
+
+
+# -- 3: the command-line client is light and quick ------------------------------------------
+
+HEAVY = ("settle.app", "settle.daemon", "scipy", "feedback.dashboard", "sessions.report")
+
+
+async def _settle(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "settle.cli", *args,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or ENV,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+@pytest.mark.mosquitto
+async def test_mark_imports_nothing_of_the_daemon(daemon_on_broker: RunningDaemon) -> None:
+    """`settle mark` used to import settle.app (scipy, the dashboard, the daemon: ~1.8 s on a
+    small machine) before sending; the marker landed that much later."""
+    d = daemon_on_broker
+    script = (
+        "import json, sys\n"
+        "from settle.cli import main\n"
+        f"sys.argv = ['settle', 'mark', 'quick', '--mqtt', '{d.host}:{d.port}']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+        f"heavy = sorted(m for m in sys.modules if m.startswith({HEAVY!r}))\n"
+        "print(json.dumps({'code': code, 'heavy': heavy}))\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV
+    )
+    out, err = await proc.communicate()
+    lines = out.decode().strip().splitlines()
+    assert lines[0] == f"note: ok ({DEV})", (out, err)
+    assert json.loads(lines[-1]) == {"code": 0, "heavy": []}
+    assert [m.text for m in d.store.markers(d.session_id)] == ["quick"]
+
+
+async def _retain(host: str, port: int, messages: dict[str, bytes]) -> None:
+    async with aiomqtt.Client(host, port) as c:
+        for topic, payload in messages.items():
+            await c.publish(topic, payload, qos=1, retain=True)
+
+
+def _running(dev: str) -> bytes:
+    return json.dumps({"id": f"s-{dev}", "state": "running", "device": dev}).encode()
+
+
+@pytest.mark.mosquitto
+async def test_device_discovery_returns_once_the_retained_state_is_in(
+    any_broker: tuple[str, int, str],  # noqa: F811
+) -> None:
+    """Discovery used to wait a fixed second. Now it returns as soon as the broker has sent
+    what it retains, and misses nothing: with 25 running straps it names all 25 (mosquitto
+    and the embedded amqtt broker)."""
+    host, port, _ = any_broker
+    devices = [f"strap_{i:02d}" for i in range(25)]
+    retained = {"settle/bridge/state": b"online"}
+    for dev in devices:
+        retained[f"settle/{dev}/availability"] = b"online"
+        retained[f"settle/{dev}/session"] = _running(dev)
+    await _retain(host, port, retained)
+    options = ConnectOptions(host, port)
+    async with aiomqtt.Client(**options.client_kwargs()) as client:
+        t0 = time.monotonic()
+        with pytest.raises(SettleError) as exc:
+            await _find_device(client, "settle", need_session=True)
+        took_s = time.monotonic() - t0
+    assert str(exc.value) == f"several devices are active ({', '.join(devices)}); pick --device"
+    assert took_s < 0.6, took_s  # was ≥ 1.0 s, always
+
+    # One strap left running: that one, as quickly.
+    await _retain(host, port, {f"settle/{dev}/session": b"" for dev in devices[1:]})
+    async with aiomqtt.Client(**options.client_kwargs()) as client:
+        t0 = time.monotonic()
+        found = await _find_device(client, "settle", need_session=True)
+        took_s = time.monotonic() - t0
+    assert found == devices[0]
+    assert took_s < 0.6, took_s
+
+
+# -- 4: --timeout ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["mark", "x", "--timeout", "0"],
+        ["mark", "x", "--timeout", "-1"],
+        ["mark", "x", "--timeout", "nan"],
+        ["session", "stop", "--timeout", "0.1"],
+        ["baseline", "start", "--timeout", "0"],
+        ["forget", "dev_1", "--timeout", "0"],
+    ],
+)
+async def test_a_timeout_under_half_a_second_is_one_line_and_exit_2(args: list[str]) -> None:
+    """Used to be accepted, and ended in paho/asyncio tracebacks ("Event loop is closed")."""
+    code, out, err = await _settle(*args, "--mqtt", "127.0.0.1:1")
+    value = args[-1]
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        f"settle: error: --timeout: expected 0.5 to 3600 seconds, got {float(value):g}"
+    ]
+
+
+@pytest.mark.mosquitto
+async def test_a_timeout_after_sending_says_the_command_was_sent(mosquitto: Mosquitto) -> None:
+    """A daemon is online but does not answer in time: the marker was published, so the user
+    must not be told there is no daemon (they would send it again: a duplicate marker)."""
+    host, port = mosquitto.host, mosquitto.port
+    await _retain(host, port, {"settle/bridge/state": b"online"})
+    seen: list[bytes] = []
+    async with aiomqtt.Client(host, port) as c:
+        await c.subscribe("settle/ghost_1/cmd/marker", qos=1)
+        code, _, err = await _settle(
+            "mark", "x", "--device", "ghost_1", "--timeout", "1", "--mqtt", f"{host}:{port}"
+        )
+        async with asyncio.timeout(5):
+            async for m in c.messages:
+                seen.append(bytes(m.payload))
+                break
+    assert code == 1
+    assert err.splitlines() == [
+        "settle: error: marker sent to ghost_1, but no confirmation from the daemon within 1 s: "
+        "it may still have been carried out (check before sending it again)"
+    ]
+    assert json.loads(seen[0])["text"] == "x"
+
+
+@pytest.mark.mosquitto
+async def test_with_device_but_no_daemon_nothing_is_sent(mosquitto: Mosquitto) -> None:
+    host, port = mosquitto.host, mosquitto.port
+    await _retain(host, port, {"settle/bridge/state": b"offline"})
+    async with aiomqtt.Client(host, port) as c:
+        await c.subscribe("settle/ghost_1/cmd/#", qos=1)
+        t0 = time.monotonic()
+        code, _, err = await _settle("mark", "x", "--device", "ghost_1", "--mqtt", f"{host}:{port}")
+        took_s = time.monotonic() - t0
+        await asyncio.sleep(0.3)  # what the broker forwards has arrived by now
+        assert len(c.messages) == 0  # nothing was published
+    assert code == 1
+    assert err.splitlines() == [
+        "settle: error: no running session found on the broker (start `settle demo` or `run`)"
+    ]
+    assert took_s < 4.5  # not the whole --timeout (5 s)
+
+
+# -- 5: UTF-8 -------------------------------------------------------------------------------------
+
+
+@pytest.mark.mosquitto
+async def test_mark_sends_utf8_so_a_long_cyrillic_note_fits(
+    daemon_on_broker: RunningDaemon,
+) -> None:
+    """With \\uXXXX escapes (6 bytes a character) a note hit the 4 KiB limit at ~680
+    characters; as UTF-8, 1500 Cyrillic and 100 CJK characters are ~3.4 kB."""
+    d = daemon_on_broker
+    note = "Ж" * 1500 + "的" * 100
+    where = f"{d.host}:{d.port}"
+    code, out, err = await _settle("mark", note, "--device", DEV, "--mqtt", where)
+    assert (code, out.strip()) == (0, f"note: ok ({DEV})"), err
+    assert [m.text for m in d.store.markers(d.session_id)] == [note]
+    # Too long even as UTF-8 (2000 CJK characters, 6 kB): said before anything is sent.
+    code, out, err = await _settle("mark", "的" * 2000, "--device", DEV, "--mqtt", where)
+    assert code == 2
+    assert err.splitlines() == [
+        "settle: error: too long to send: the command is 6058 bytes as UTF-8, the daemon takes "
+        "at most 4096"
+    ]
+
+
+# -- 6: forget -----------------------------------------------------------------------------------
+
+
+@pytest.mark.mosquitto
+async def test_forget_also_clears_retained_commands(mosquitto: Mosquitto) -> None:
+    """A command published with the retain flag is refused by the daemon but kept by the
+    broker; `settle forget` used to leave it there (it looked at `<dev>/+` only)."""
+    host, port = mosquitto.host, mosquitto.port
+    stale = json.dumps({"v": 1, "id": "old", "kind": "shame"}).encode()
+    await _retain(
+        host,
+        port,
+        {
+            "settle/bridge/state": b"offline",
+            "settle/old_1/availability": b"offline",
+            "settle/old_1/session": json.dumps({"state": "stopped"}).encode(),
+            "settle/old_1/cmd/marker": stale,
+            "settle/old_1/cmd/session/start": b'{"v":1,"id":"s"}',
+            "settle/other_1/cmd/marker": stale,
+        },
+    )
+
+    async def beats() -> None:  # live traffic under old_1/# must not hold forget up
+        async with aiomqtt.Client(host, port) as c:
+            while True:
+                await c.publish("settle/old_1/beat", b'{"hr":60}', qos=0)
+                await asyncio.sleep(0.01)
+
+    beating = asyncio.create_task(beats())
+    try:
+        code, out, err = await _settle("forget", "old_1", "--mqtt", f"{host}:{port}")
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+    assert (code, out.strip()) == (0, "forgot old_1: cleared 4 retained messages"), err
+    left: dict[str, bytes] = {}
+    async with aiomqtt.Client(host, port) as c:
+        await c.subscribe("settle/#", qos=1)
+        try:
+            async with asyncio.timeout(1):
+                async for m in c.messages:
+                    left[str(m.topic)] = bytes(m.payload)
+        except TimeoutError:
+            pass
+    assert sorted(left) == ["settle/bridge/state", "settle/other_1/cmd/marker"]
+
+
+# -- 7: docs ---------------------------------------------------------------------------------------
+
+
+def _documented_acl() -> str:
+    text = DOCS.read_text()
+    block = text.split("A minimal mosquitto ACL", 1)[1]
+    return block.split("```", 2)[1].strip() + "\n"
+
+
+@pytest.fixture
+def documented_acl_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A mosquitto with users ``settle`` and ``dashboard`` (password: user + ``-pw``) under
+    the ACL docs/mqtt.md gives."""
+    pw = tmp_path / "passwd"
+    pw.touch(mode=0o600)
+    for user in ("settle", "dashboard"):
+        subprocess.run(["mosquitto_passwd", "-b", str(pw), user, f"{user}-pw"], check=True)
+    acl = tmp_path / "acl"
+    acl.write_text(_documented_acl())
+    broker = start_mosquitto(
+        tmp_path, extra_conf=f"password_file {pw}\nacl_file {acl}\n", anonymous=False
+    )
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.mark.mosquitto
+async def test_documented_acl_lets_the_dashboard_send_commands_but_not_forge_results(
+    documented_acl_broker: Mosquitto,
+) -> None:
+    """The ACL in docs/mqtt.md, on a real mosquitto: the dashboard user may send every command
+    and read everything, but may not publish a command's result (or data)."""
+    broker = documented_acl_broker
+    allowed = [f"settle/d1/cmd/{name}" for name in COMMANDS]
+    forged = [f"{t}/result" for t in allowed] + ["settle/d1/indices", "settle/d1/cmd/x/y"]
+    seen: list[str] = []
+    async with (
+        aiomqtt.Client(broker.host, broker.port, username="settle", password="settle-pw") as s,
+        aiomqtt.Client(
+            broker.host, broker.port, username="dashboard", password="dashboard-pw"
+        ) as dash,
+    ):
+        await s.subscribe("settle/#", qos=1)
+        await dash.subscribe("settle/+/cmd/+/result", qos=1)
+        await s.publish("settle/d1/cmd/marker/result", b"{}", qos=1)  # the daemon may
+        for topic in [*forged, *allowed]:  # the last allowed one arrives last
+            await dash.publish(topic, b"{}", qos=1)
+        async with asyncio.timeout(10):
+            async for m in s.messages:
+                seen.append(str(m.topic))
+                if str(m.topic) == allowed[-1]:
+                    break
+        async with asyncio.timeout(10):  # the dashboard user reads the daemon's result
+            async for m in dash.messages:
+                assert str(m.topic) == "settle/d1/cmd/marker/result"
+                break
+    assert seen == ["settle/d1/cmd/marker/result", *allowed]
+
+
+def test_docs_state_the_command_limits_the_models_enforce() -> None:
+    text = " ".join(DOCS.read_text().split())
+    limits = {
+        "`id` 1–64 characters": MarkerCommand.model_fields["id"],
+        "`text` at most 2000 characters": MarkerCommand.model_fields["text"],
+        "`intention.target` 1–64": Intention.model_fields["target"],
+        "`intention.statement` at most 500": Intention.model_fields["statement"],
+        "`intention.practice` at most 100": Intention.model_fields["practice"],
+    }
+    for phrase, field in limits.items():
+        assert phrase in text, phrase
+        max_len = next(m.max_length for m in field.metadata if hasattr(m, "max_length"))
+        assert str(max_len) in phrase
+    assert "4096 bytes of UTF-8" in text
+
+
+def test_docs_quote_the_real_baseline_messages() -> None:
+    """The docs said a marked baseline is too short only below 15 s; the rule also needs 3
+    complete snapshots, each with 64 s of beats behind it (the slow-oscillation component)."""
+    fake = SimpleNamespace(settings=load_config(CONFIG))
+    text = " ".join(DOCS.read_text().split())
+    for span_s in (8.0, 40.0):
+        message = StrapPipeline._too_short(fake, span_s)  # type: ignore[arg-type]
+        assert f'`"{message}"`' in text, message
+    assert "64 s of uninterrupted beats" in text
