@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -62,10 +63,39 @@ def save_paired(straps: list[PairedStrap], path: Path | None = None) -> Path:
     return p
 
 
+_ADDRESS = re.compile(
+    r"(?:[0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}"  # a Bluetooth address (Linux, Windows)
+    r"|[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}"  # CoreBluetooth's UUID (macOS)
+)
+_DEVICE_ID = re.compile(r"[a-z0-9_]{1,64}")
+MAX_LABEL_CHARS = 64
+
+
+class PairingError(ConfigError):
+    """A strap to remember with a bad label, address or device id (nothing is saved)."""
+
+
+def check_strap(label: str, address: str, name: str, device_id: str) -> None:
+    """Refuse what ``settle run`` could not use: a label that is empty, too long or holds
+    control characters, an address that is neither a Bluetooth address nor a macOS UUID,
+    a device id that is not topic-safe ``[a-z0-9_]`` (it names MQTT topics and Home
+    Assistant entities). :class:`PairingError`."""
+    if not label or len(label) > MAX_LABEL_CHARS or not label.isprintable():
+        raise PairingError("label", f"1–{MAX_LABEL_CHARS} printable characters, got {label!r}")
+    if not _ADDRESS.fullmatch(address):
+        raise PairingError("address", f"not a Bluetooth address or UUID: {address!r}")
+    if len(name) > 248 or not name.isprintable():  # 248: the longest BLE device name
+        raise PairingError("name", f"not a strap name: {name!r}")
+    if not _DEVICE_ID.fullmatch(device_id):
+        raise PairingError("device_id", f"lower-case letters, digits and _ only: {device_id!r}")
+
+
 def remember(
     label: str, address: str, name: str, device_id: str, path: Path | None = None
 ) -> list[PairedStrap]:
-    """Add or replace (same label or same address) and save; returns the new list."""
+    """Add or replace (same label or same address) and save; returns the new list.
+    :class:`PairingError` (nothing saved) for what :func:`check_strap` refuses."""
+    check_strap(label, address, name, device_id)
     entry = PairedStrap(label, address, name, device_id, int(time.time() * 1000))
     kept = [
         s for s in load_paired(path) if s.label != label and s.address.upper() != address.upper()

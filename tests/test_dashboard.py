@@ -123,6 +123,60 @@ async def test_token_is_required_for_every_page_and_command(tmp_path: Path) -> N
                 assert r.status == 403
 
 
+class _Recorder(_NoDaemon):
+    """A back end that records each command and answers it ok through the hub."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub, self.payloads = hub, []  # type: list[bytes]
+
+    async def command(self, device_id: str, name: str, payload: bytes) -> None:
+        self.payloads.append(payload)
+        cmd_id = json.loads(payload)["id"]
+        self.hub.results[cmd_id] = json.dumps({"v": 1, "id": cmd_id, "status": "ok"})
+
+
+async def test_downloads_hold_every_file_the_cli_writes_and_notes_go_as_utf8(
+    tmp_path: Path,
+) -> None:
+    """History's "bids" zipped only the session's beh/ folder (no dataset_description.json,
+    no sub-/ses- tree: not a BIDS dataset), "kubios" left out the markers file; a note in
+    Cyrillic was re-encoded with ASCII escapes, six bytes a letter of the 4 KiB limit."""
+    import zipfile
+
+    from sessions.store import BeatRow, MarkerRow
+
+    with SessionStore.open(tmp_path / "s.db") as store:
+        sid = store.create_session("dev_1", 1_700_000_000_000, "test", {}).id
+        rows = [BeatRow(i, 0.8 * (i + 1), 1_700_000_000_000 + 800 * (i + 1), 800.0, None, 75,
+                        None) for i in range(60)]  # fmt: skip
+        store.add_beats(sid, rows)
+        store.add_marker(sid, MarkerRow(10.0, 1_700_000_010_000, "shame", "it came back", "cli"))
+        store.finish_session(sid, 1_700_000_048_000)
+        hub = Hub("settle")
+        back = _Recorder(hub)
+        cfg = DashboardConfig(host="127.0.0.1", port=0)
+        async with (
+            Dashboard(hub, back, store, cfg) as d,  # type: ignore[arg-type]
+            aiohttp.ClientSession(headers={"X-Settle": "1"}) as http,
+        ):
+            names = {}
+            for fmt in ("bids", "kubios"):
+                async with http.get(f"{d.url}sessions/{sid}/export/{fmt}") as r:
+                    assert r.status == 200, await r.text()
+                    body = await r.read()
+                names[fmt] = sorted(zipfile.ZipFile(io.BytesIO(body)).namelist())
+            ses = "ses-" + sid.replace("-", "")
+            assert "dataset_description.json" in names["bids"]
+            assert f"sub-01/{ses}/beh/sub-01_{ses}_task-settle_events.tsv" in names["bids"]
+            assert names["kubios"] == [f"settle-{sid}-rr.txt", f"settle-{sid}-rr_markers.csv"]
+            note = "щ" * 1500  # 3000 bytes in UTF-8; 9000 as ASCII escapes
+            body = json.dumps({"kind": "note", "text": note}, ensure_ascii=False).encode()
+            async with http.post(f"{d.url}api/cmd/dev_1/marker", data=body) as r:  # as a page
+                assert r.status == 200, await r.text()
+            (sent,) = back.payloads
+            assert note.encode() in sent and len(sent) < 4096
+
+
 async def _read_events(resp: aiohttp.ClientResponse, want: int) -> list[dict[str, Any]]:
     """The page's view: parse the SSE stream until ``want`` data events (health excluded)."""
     got: list[dict[str, Any]] = []
@@ -293,17 +347,25 @@ async def _scenario(
         assert info.intention is not None and info.intention.statement == "this will work"
         assert info.intention.target.value == "future"
 
-    # Markers: a button with a note, and a keyboard shortcut.
+    # With a session running, Start says that it stops it first (it did so silently).
+    assert await page.locator("#start").text_content() == "Stop this session and start a new one"
+
+    # Markers: a button with a note, and a keyboard shortcut. A double tap is one marker,
+    # and so is a held key (it auto-repeats): they were stored twice and three times.
     await page.fill("#note", "the old voice again")
-    await page.click(".markers button[data-kind='shame']")
+    await page.dblclick(".markers button[data-kind='shame']")
     await page.wait_for_function(
-        "document.getElementById('cmd-result').textContent === 'marker: done'"
+        "document.getElementById('cmd-result').textContent === 'marker \"shame\" added'"
     )
     await page.locator("#cmd-result").evaluate("e => e.textContent = ''")
     await page.locator("body").press("3")  # discomfort
     await page.wait_for_function(
-        "document.getElementById('cmd-result').textContent === 'marker: done'"
+        "document.getElementById('cmd-result').textContent === 'marker \"discomfort\" added'"
     )
+    await page.keyboard.down("3")  # held: a first keydown, then repeats, all within 1.5 s
+    await page.keyboard.down("3")
+    await page.keyboard.up("3")
+    await asyncio.sleep(1.0)
     with SessionStore.open(db) as store:
         markers = store.markers(sid)
     assert [(m.kind, m.text, m.source.value) for m in markers] == [

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from sensors.strap import watch_straps
@@ -136,3 +137,28 @@ def test_scan_piped_prints_one_plain_table_and_json_one_document(tmp_path: Path)
     (line,) = res.stdout.strip().splitlines()  # one document, nothing live before it
     (strap,) = json.loads(line)["straps"]
     assert strap["name"] == "Settle Virtual HR" and strap["pmd"] is False
+
+
+@pytest.mark.parametrize(
+    ("label", "address", "device_id", "field"),
+    [
+        ("", "AA:BB:CC:DD:EE:FF", "polar_h10_1", "label"),
+        ("x" * 65, "AA:BB:CC:DD:EE:FF", "polar_h10_1", "label"),
+        ("a\nb", "AA:BB:CC:DD:EE:FF", "polar_h10_1", "label"),
+        ("anna", "not-an-address", "polar_h10_1", "address"),
+        ("anna", "AA:BB:CC:DD:EE:FF", "../../etc", "device_id"),
+        ("anna", "AA:BB:CC:DD:EE:FF", "a/b#", "device_id"),
+    ],
+)
+def test_a_strap_settle_run_could_not_use_is_not_remembered(
+    tmp_path: Path, label: str, address: str, device_id: str, field: str
+) -> None:
+    """The dashboard's Remember wrote any label, address and device id to straps.json
+    (`"not-an-address"`, `"../../etc"`); a device id names MQTT topics."""
+    paired = tmp_path / "straps.json"
+    with pytest.raises(pairing.PairingError, match=f"^config: {field}: "):
+        pairing.remember(label, address, "Polar H10", device_id, paired)
+    assert not paired.exists()
+    mac_uuid = "0A1B2C3D-4E5F-6A7B-8C9D-0E1F2A3B4C5D"  # CoreBluetooth names straps so
+    pairing.remember("anna", mac_uuid, "Polar H10", "polar_h10_1", paired)
+    assert [p.address for p in pairing.load_paired(paired)] == [mac_uuid]

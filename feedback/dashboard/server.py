@@ -36,7 +36,7 @@ from sessions.exporters import FORMATS, ExportFormat, export_session
 from sessions.files import ExportError
 from sessions.report import analyse_session, outcome, write_report
 from sessions.store import SessionStore
-from settle.errors import SettleError
+from settle.errors import ConfigError, SettleError
 
 __all__ = ["Control", "Dashboard", "DashboardConfig", "DashboardError", "DeviceView"]
 
@@ -283,7 +283,8 @@ class Dashboard:
         cmd_id = raw.setdefault("id", f"http-{secrets.token_hex(6)}")
         if not isinstance(cmd_id, str):
             return _error(400, "id: must be a string")
-        await self.control.command(device, name, json.dumps(raw).encode())
+        # UTF-8, as the CLI sends: ASCII escapes made a Cyrillic letter 6 bytes of the 4 KiB.
+        await self.control.command(device, name, json.dumps(raw, ensure_ascii=False).encode())
         result = self.hub.results.pop(cmd_id[:64], None)
         if result is None:
             return _error(500, "the daemon gave no result")
@@ -312,6 +313,8 @@ class Dashboard:
             return _error(400, "label and address must not be empty")
         try:
             await asyncio.to_thread(self.control.remember, label, address, name, device_id)
+        except ConfigError as exc:  # a bad label, address or id: the request's fault
+            return _error(400, str(exc))
         except SettleError as exc:
             return _error(500, str(exc))
         return _json({"v": 1, "status": "ok"})
@@ -386,8 +389,11 @@ class Dashboard:
             out = tmp / "out"
             out.mkdir()
             written = export_session(self.store, sid, cast(ExportFormat, fmt), out)
-            if written.is_dir():  # BIDS: a directory tree, sent as one zip
-                return Path(shutil.make_archive(str(tmp / f"settle-{sid}-bids"), "zip", written))
+            if written.is_dir() or sum(1 for _ in out.iterdir()) > 1:
+                # Several files, sent as one zip of everything the CLI writes: BIDS is the
+                # whole dataset (dataset_description.json, README, sub-…/ses-…/beh/), not
+                # only the session's beh/ folder; Kubios is the RR file with its markers.
+                return Path(shutil.make_archive(str(tmp / f"settle-{sid}-{fmt}"), "zip", out))
             return written
 
         try:

@@ -85,7 +85,8 @@ function onMessage(topic, payload) {
       break;
     case "indices":
       if (d.session && p.session !== d.session.id) break;
-      d.indices = p; d.it.push(p.t_s); d.ln.push(p.ln_rmssd); d.set.push(p.usable ? p.settling : null);
+      // An unusable rhythm's lnRMSSD is not plotted either: no number nobody can stand behind.
+      d.indices = p; d.it.push(p.t_s); d.ln.push(p.usable ? p.ln_rmssd : null); d.set.push(p.usable ? p.settling : null);
       break;
     case "event":
       if (d.session && p.session === d.session.id && EVENT_KINDS_SHOWN.has(p.kind)) d.events.push(p);
@@ -178,25 +179,34 @@ function render() {
     text("trend", arrow);
     text("settling-note", ix.trend_confidence !== null && arrow ? `trend confidence ${(ix.trend_confidence * 100).toFixed(0)} %` : "50 = as at baseline");
   }
-  text("lnrmssd", ix ? fmt(ix.ln_rmssd, 2) : "–");
-  text("rmssd", ix && ix.rmssd_ms !== null ? `${fmt(ix.rmssd_ms, 1)} ms` : "–");
-  text("coherence", ix ? fmt(ix.coherence, 2) : "–");
-  text("resp", ix && ix.resp_rate_bpm !== null ? `${fmt(ix.resp_rate_bpm, 1)} /min` : "–");
-  const c = (ix && ix.components) || {};
+  // HRV values only while the daemon is heard and the rhythm is usable (they read RMSSD
+  // 55 ms and coherence 0.32 on a rhythm with 62 % premature beats, and stayed on screen
+  // after the daemon stopped); the signal quality says how good the signal is either way.
+  const alive = Date.now() - S.lastWord < STALE_MS;
+  const hrv = alive && ix && ix.usable ? ix : null;
+  text("lnrmssd", hrv ? fmt(hrv.ln_rmssd, 2) : "–");
+  text("rmssd", hrv && hrv.rmssd_ms !== null ? `${fmt(hrv.rmssd_ms, 1)} ms` : "–");
+  text("coherence", hrv ? fmt(hrv.coherence, 2) : "–");
+  text("resp", hrv && hrv.resp_rate_bpm !== null ? `${fmt(hrv.resp_rate_bpm, 1)} /min` : "–");
+  const c = (hrv && hrv.components) || {};
   text("z-hr", fmt(c.z_hr, 2)); text("z-ln", fmt(c.z_ln_rmssd, 2)); text("z-slow", fmt(c.z_slow, 2));
   const ses = d.session;
   text("baseline", ses ? { pending: "first minutes", collecting: "recording…", complete: "complete" }[ses.baseline] : "–");
   const caught = (ses && ses.catching_up_t_s) ?? (ix && ix.catching_up_t_s);
   text("caught", caught !== null && caught !== undefined ? `catching up at ${mmss(caught)}` : "not yet");
-  text("quality", ix && ix.quality !== null ? `${(ix.quality * 100).toFixed(0)} %` : "–");
+  text("quality", alive && ix && ix.quality !== null ? `${(ix.quality * 100).toFixed(0)} %` : "–");
   text("contact", d.contact === null ? "not reported" : d.contact ? "yes" : "NO");
   const bat = rt ? rt.battery_pct : d.status && d.status.battery_pct;
-  text("battery", bat === null || bat === undefined ? "–" : `${bat} %`);
-  text("strap-state", rt ? rt.state : d.status ? d.status.state : "–");
+  text("battery", !alive || bat === null || bat === undefined ? "–" : `${bat} %`);
+  text("strap-state", !alive ? "unknown (no word from the daemon)" : rt ? rt.state : d.status ? d.status.state : "–");
   const line = ses ? `${ses.state === "running" ? "Running" : "Stopped"}: session ${ses.id}` +
     (ses.intention && ses.intention.statement ? ` — “${ses.intention.statement}” (${ses.intention.target})` : "")
     : "No session yet.";  // (n_beats is only as fresh as the last retained session message)
   text("session-line", line);
+  // With a session running (one starts by itself when a strap connects), Start stops it and
+  // starts a new one with the intention: the button says so instead of doing it silently.
+  const running = !!ses && ses.state === "running";
+  text("start", running ? "Stop this session and start a new one" : "Start session");
   if (view() === "live") drawCharts(d);
 }
 
@@ -297,8 +307,18 @@ $("start-form").addEventListener("submit", (e) => {
 $("stop").addEventListener("click", () => command("session/stop"));
 $("baseline-start").addEventListener("click", () => command("baseline/start"));
 $("baseline-stop").addEventListener("click", () => command("baseline/stop"));
+const MARKER_COOLDOWN_MS = 1500;  // a double tap or a held key is one marker, not three
 for (const b of document.querySelectorAll(".markers button")) {
-  b.addEventListener("click", () => command("marker", { kind: b.dataset.kind, text: $("note").value.trim() }).then((r) => { if (r && r.status === "ok") $("note").value = ""; }));
+  b.addEventListener("click", () => {
+    if (b.dataset.busy) return;
+    b.dataset.busy = "1"; b.setAttribute("aria-disabled", "true");
+    const done = () => setTimeout(() => { delete b.dataset.busy; b.removeAttribute("aria-disabled"); b.classList.remove("sent"); }, MARKER_COOLDOWN_MS);
+    command("marker", { kind: b.dataset.kind, text: $("note").value.trim() }).then((r) => {
+      // Said at the button too: on a phone the result line is below the fold.
+      if (r && r.status === "ok") { $("note").value = ""; say(`marker "${b.dataset.kind}" added`); b.classList.add("sent"); }
+      done();
+    }, done);
+  });
 }
 $("note-form").addEventListener("submit", (e) => {
   e.preventDefault();
@@ -313,6 +333,7 @@ document.addEventListener("keydown", (e) => {
   const v = view();
   if (KEYS[e.key] && (v === "live" || v === "control")) {
     e.preventDefault();
+    if (e.repeat) return;  // a held key auto-repeats: one marker
     document.querySelector(`.markers button[data-kind="${KEYS[e.key]}"]`).click();
   } else if (e.key === "n") { e.preventDefault(); if (v !== "control") { history.pushState(null, "", "/control"); route(); } $("note").focus(); }
   else if (e.key === "l") { history.pushState(null, "", "/live"); route(); }
