@@ -103,6 +103,12 @@ def command_payloads() -> st.SearchStrategy[bytes]:
         json_values.map(lambda v: json.dumps(v).encode()),
         valid_ish.map(lambda v: json.dumps(v).encode()),
         st.just(b"x" * 5000),
+        # Nested deep enough to crash json.loads (RecursionError) while under 4 KiB, also
+        # inside a valid command: the handler itself must answer, not only the MQTT link.
+        st.integers(33, 1900).map(lambda n: b"[" * n + b"]" * n),
+        st.integers(33, 1500).map(
+            lambda n: b'{"id": "d", "kind": "note", "text": ' + b"[" * n + b"]" * n + b"}"
+        ),
     )
 
 
