@@ -23,10 +23,11 @@ from feedback.dashboard import (
     is_loopback,
     load_or_create_token,
 )
-from feedback.mqtt import ConnectOptions, MqttLink
+from feedback.mqtt import MqttLink
 from feedback.payloads import IndicesPayload
 from sensors.strap import StrapClient, StrapInfo
 from sessions.store import SessionStore, daemon_lock
+from settle.broker_options import connect_options
 from settle.config import Settings
 from settle.daemon import BrokerChoice, Daemon, StrapRuntime, open_broker
 from settle.errors import SensorError, SettleError
@@ -221,26 +222,6 @@ def attach_link(
     link.on_connect = daemon.publish_status_all
     daemon.link = link
     return link
-
-
-def connect_options(settings: Settings, broker: BrokerChoice | None = None) -> ConnectOptions:
-    """How to reach the broker: the embedded one is plain MQTT 3.1.1 on loopback."""
-    m = settings.mqtt
-    if broker is not None and broker.embedded:
-        return ConnectOptions(broker.host, broker.port)
-    host, port = (broker.host, broker.port) if broker else (m.host or "127.0.0.1", m.port)
-    return ConnectOptions(
-        host,
-        port,
-        username=m.username or None,
-        password=m.password_value(),
-        tls=m.tls,
-        ca_file=str(m.ca_file) if m.ca_file else None,
-        cert_file=str(m.cert_file) if m.cert_file else None,
-        key_file=str(m.key_file) if m.key_file else None,
-        tls_insecure=m.tls_insecure,
-        mqtt5=m.protocol == "5",
-    )
 
 
 def tune_garbage_collector(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:

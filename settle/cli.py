@@ -626,23 +626,10 @@ def forget(
 
 
 def _client_options(settings: Settings) -> ConnectOptions:
-    """The broker ``[mqtt]`` names, reached as the daemon reaches it
-    (``settle.app.connect_options``, which this must not import), over MQTT 3.1.1: one-shot
-    clients need nothing of 5, and the embedded broker speaks only 3.1.1."""
-    from feedback.mqtt import ConnectOptions
+    """The broker ``[mqtt]`` names, reached as the daemon reaches it, over MQTT 3.1.1."""
+    from settle.broker_options import connect_options
 
-    m = settings.mqtt
-    return ConnectOptions(
-        m.host or "127.0.0.1",
-        m.port,
-        username=m.username or None,
-        password=m.password_value(),
-        tls=m.tls,
-        ca_file=str(m.ca_file) if m.ca_file else None,
-        cert_file=str(m.cert_file) if m.cert_file else None,
-        key_file=str(m.key_file) if m.key_file else None,
-        tls_insecure=m.tls_insecure,
-    )
+    return connect_options(settings, one_shot=True)
 
 
 async def _retained(client: Any, filters: list[str], last: str) -> dict[str, tuple[bytes, bool]]:

@@ -3,8 +3,9 @@
 Four checks, each a :class:`Check` with a one-line result and, when it fails, a fix:
 
 * **bluetooth** — bleak can reach an adapter (BlueZ over the system D-Bus on Linux) and scan.
-* **mqtt** — the configured broker answers and accepts our login (``settle.app.connect_options``,
-  so TLS, username and password are exactly what the daemon would use).
+* **mqtt** — the configured broker answers and accepts our login
+  (``settle.broker_options.connect_options``, so TLS, username and password are exactly
+  what the daemon would use).
 * **database** — the store's directory, or the nearest one that exists (nothing is created),
   is writable; an existing store is Settle's (not another program's SQLite file, not some
   other file) and opens for writing. Nothing is written to the store itself: a temporary
@@ -130,7 +131,7 @@ async def check_mqtt(settings: Settings, timeout_s: float = 5.0) -> Check:
     import aiomqtt
 
     from feedback.broker import LOOPBACK, probe
-    from settle.app import connect_options
+    from settle.broker_options import connect_options
 
     m = settings.mqtt
     if not m.enabled:

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from feedback.mqtt import ConnectOptions, MqttLink
+from feedback.payloads import COMMANDS
 from settle.app import connect_options, serve
 from settle.config import load_config
 from settle.demo import virtual_world
@@ -91,7 +92,9 @@ def secured_broker(tmp_path: Path) -> tuple[Mosquitto, Path]:
     acl = tmp_path / "acl"
     acl.write_text(
         "user settle\ntopic readwrite settle/#\ntopic readwrite homeassistant/#\n\n"
-        "user dashboard\ntopic read settle/#\ntopic write settle/+/cmd/#\n"
+        "user dashboard\ntopic read settle/#\n"
+        # As docs/mqtt.md: write per command (cmd/# would let it forge results too).
+        + "".join(f"topic write settle/+/cmd/{c}\n" for c in COMMANDS)
     )
     broker = start_mosquitto(
         tmp_path,
