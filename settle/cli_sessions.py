@@ -131,6 +131,9 @@ def export(
     except SettleError as exc:
         _fail(str(exc))
     out.print(f"wrote {written}", markup=False)
+    side = written.with_name(f"{written.stem}_markers.csv")
+    if fmt == "kubios" and side.is_file():  # it was written too: say so
+        out.print(f"wrote {side}", markup=False)
 
 
 # -- report / trends ------------------------------------------------------------------------
@@ -297,6 +300,12 @@ def log_set(
             _fail(f"--baseline: need 0 <= START < STOP, got {baseline!r}", 2)
     if target is not None and target not in TARGET_NAMES:
         _fail(f"unknown target {target!r} (available: {', '.join(TARGET_NAMES)})", 2)
+    if all(x is None for x in (target, statement, practice, notes, baseline)) and not tag:
+        # It printed "updated session …" having changed nothing.
+        _fail(
+            "nothing to set: give --target, --statement, --practice, --tag, --notes or --baseline",
+            2,
+        )
     path = _db_path(config, db)
     try:
         with SessionStore.open(path) as store:

@@ -177,7 +177,10 @@ def test_export_replaces_an_existing_file_only_with_force(tmp_path: Path) -> Non
     for fmt in ("csv", "json", "edf", "kubios"):
         first = settle("export", sid, "--format", fmt, "--out", str(out), "--db", str(db))
         assert first.returncode == 0, first.stderr
-        written = Path(first.stdout.split("wrote ", 1)[1].strip())
+        lines = first.stdout.splitlines()
+        written = Path(lines[0].removeprefix("wrote "))
+        if fmt == "kubios":  # the markers file is written and named too
+            assert lines[1] == f"wrote {written.with_name(written.stem + '_markers.csv')}"
         before = written.read_bytes()
         again = settle("export", sid, "--format", fmt, "--out", str(out), "--db", str(db))
         _refused(again, "file exists (use --force to replace it)")

@@ -284,6 +284,8 @@ def test_cli_log_set_fills_in_the_session_log(tmp_path: Path) -> None:
     args = ["log", "set", "latest", "--db", str(db)]
     res = runner.invoke(app, [*args, "--statement", "x"])
     assert res.exit_code == 2 and "need --target" in res.output
+    res = runner.invoke(app, args)  # it said "updated session …" having changed nothing
+    assert res.exit_code == 2 and "nothing to set: give --target" in res.output
     res = runner.invoke(
         app,
         [*args, "--target", "future", "--statement", "this will work", "--tag", "a",
