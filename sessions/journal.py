@@ -333,12 +333,16 @@ def import_journal(
     *,
     fmt: JournalFormat = "auto",
     offset_s: float = 0.0,
+    replace: bool = False,
 ) -> list[MarkerRow]:
     """Import the journal at ``path`` as markers (source ``import``) of session ``session_id``.
 
     ``offset_s`` (seconds) is added to every entry's time after alignment (see the module
     docstring). Entries identical to markers already imported (same time to the
     millisecond, kind and text) are skipped, so importing a file twice does not duplicate it.
+    The same journal again at other times (a corrected ``offset_s``) is refused unless
+    ``replace``, which first removes every marker an earlier import stored in the session
+    (in the same transaction): it used to add a second, shifted copy of every entry.
     Returns the markers stored. Raises :class:`settle.errors.InputFileError` naming the
     line for anything it cannot read or place, and then stores nothing.
     """
@@ -355,11 +359,8 @@ def import_journal(
     # The session's own time axis: for a running or time-compressed (--speed) session it
     # reaches further than its wall-clock length.
     end_s = store.recorded_span_s(session_id)
-    existing = {
-        (round(m.t_s * 1000), m.kind, m.text)
-        for m in rec.markers
-        if m.source is MarkerSource.IMPORT
-    }
+    imported = [m for m in rec.markers if m.source is MarkerSource.IMPORT]
+    existing = set() if replace else {(round(m.t_s * 1000), m.kind, m.text) for m in imported}
     rows: list[MarkerRow] = []
     for e in entries:
         t_s, ts_ms = _align(e, info)
@@ -386,7 +387,26 @@ def import_journal(
             continue
         existing.add(key)
         rows.append(MarkerRow(t_s, ts_ms, e.kind, e.text, MarkerSource.IMPORT))
-    if rows:
+    same_entries = sorted((e.kind, e.text) for e in entries) == sorted(
+        (m.kind, m.text) for m in imported
+    )
+    if rows and not replace and same_entries:
+        shift = rows[0].t_s - min(
+            (m.t_s for m in imported if (m.kind, m.text) == (rows[0].kind, rows[0].text)),
+            key=lambda t: abs(t - rows[0].t_s),
+        )
+        raise _fail(
+            path,
+            None,
+            f"these entries were imported into session {session_id} already, "
+            f"{abs(shift):.1f} s {'earlier' if shift > 0 else 'later'}; to move them, import "
+            "again with --replace (removes the earlier import)",
+        )
+    if replace:
+        with store.batch():  # all or nothing: the old import goes only if the new one lands
+            store.delete_markers(session_id, MarkerSource.IMPORT)
+            store.add_markers(session_id, rows)
+    elif rows:
         store.add_markers(session_id, rows)
     return rows
 

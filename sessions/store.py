@@ -1021,6 +1021,17 @@ class SessionStore:
         """Store one marker and return its id (``marker.id`` is ignored)."""
         return self.add_markers(session_id, [marker])[0]
 
+    def delete_markers(self, session_id: str, source: MarkerSource) -> int:
+        """Delete the session's markers from ``source`` (e.g. an earlier journal import);
+        returns how many. One transaction (inside :meth:`batch`, part of its)."""
+        with self._transaction(write=True) as conn:
+            _require_session(conn, session_id)
+            cur = conn.execute(
+                "DELETE FROM markers WHERE session_id = ? AND source = ?",
+                (session_id, source.value),
+            )
+        return cur.rowcount
+
     def add_markers(self, session_id: str, markers: Sequence[MarkerRow]) -> list[int]:
         """Store several markers in one transaction (all or none); return their ids."""
         ids: list[int] = []

@@ -244,6 +244,12 @@ def log_import(
         typer.Option(help="Seconds added to every journal time (journal clock behind: positive)."),
     ] = 0.0,
     fmt: Annotated[str, typer.Option("--format", help="auto, csv, jsonl or text.")] = "auto",
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace", help="First remove the markers earlier imports stored in the session."
+        ),
+    ] = False,
     db: DbOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -259,7 +265,14 @@ def log_import(
     try:
         with SessionStore.open(path) as store:
             info = store.resolve(session)
-            rows = import_journal(store, info.id, file, fmt=fmt, offset_s=offset)  # type: ignore[arg-type]
+            rows = import_journal(
+                store,
+                info.id,
+                file,
+                fmt=fmt,  # type: ignore[arg-type]  # checked above
+                offset_s=offset,
+                replace=replace,
+            )
     except SettleError as exc:
         _fail(str(exc))
     out.print(f"imported {len(rows)} markers into session {info.id}", markup=False)

@@ -181,6 +181,17 @@ def test_cli_log_import(tmp_path: Path, store: SessionStore, sid: str) -> None:
     assert res.exit_code == 0, res.output
     assert f"imported 2 markers into session {sid}" in res.output
     assert [m.t_s for m in store.markers(sid)] == [59.75, 119.75]
+    # The offset was wrong: importing again with the right one added a shifted second copy
+    # of every entry. Now it is refused and says how to move them; --replace moves them.
+    again = ["log", "import", sid, str(good), "--offset", "-30", "--db", str(db)]
+    res = runner.invoke(app, again)
+    assert res.exit_code == 1
+    assert "imported into session" in res.output and "already, 30.0 s earlier" in res.output
+    assert "import again with --replace" in res.output
+    assert [m.t_s for m in store.markers(sid)] == [59.75, 119.75]
+    res = runner.invoke(app, [*again, "--replace"])
+    assert res.exit_code == 0, res.output
+    assert [(m.t_s, m.kind) for m in store.markers(sid)] == [(89.75, "shame"), (149.75, "note")]
     assert os.environ["TZ"] == "Europe/Berlin"
 
 
