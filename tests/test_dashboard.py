@@ -175,6 +175,11 @@ async def test_downloads_hold_every_file_the_cli_writes_and_notes_go_as_utf8(
                 assert r.status == 200, await r.text()
             (sent,) = back.payloads
             assert note.encode() in sent and len(sent) < 4096
+            # An unknown session's report (shown in the history frame) is a sentence, not
+            # the raw JSON error document.
+            async with http.get(f"{d.url}sessions/nope/report") as r:
+                assert r.status == 404 and r.content_type == "text/html"
+                assert "no session matches &#x27;nope&#x27;" in await r.text()
 
 
 async def _read_events(resp: aiohttp.ClientResponse, want: int) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import html
 import json
 import logging
 import mimetypes
@@ -376,7 +377,12 @@ class Dashboard:
         try:
             text = await asyncio.to_thread(render)
         except SettleError as exc:
-            return _error(404, str(exc))
+            # Shown in the history page's frame: a sentence, not a JSON document.
+            page = (
+                '<!doctype html><meta charset="utf-8"><title>No report</title>'
+                f'<p style="font: 16px system-ui, sans-serif">{html.escape(str(exc))}</p>'
+            )
+            return web.Response(text=page, status=404, content_type="text/html")
         return web.Response(text=text, content_type="text/html")
 
     async def _export(self, request: web.Request) -> web.StreamResponse:
