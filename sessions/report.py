@@ -849,7 +849,8 @@ class SessionOutcome:
     ``score_change`` last-5-min minus first-5-min mean settling score, ``median_recovery_s``
     over its reaction markers that had a clear response and came back within 3 min (s; None
     if none did), ``n_reactions`` how many reaction markers there were, ``n_responses`` how
-    many of them had a clear heart-rate response (:attr:`MarkerResponse.responded`)."""
+    many of them had a clear heart-rate response (:attr:`MarkerResponse.responded`) that
+    rose after the marker (not :attr:`MarkerResponse.peak_at_marker`)."""
 
     session_id: str
     started_ms: int
@@ -864,7 +865,10 @@ class SessionOutcome:
 def outcome(a: SessionAnalysis) -> SessionOutcome:
     """The trends line of one analysed session."""
     info = a.record.info
-    recov = [r.recovery_s for r in a.responses if r.recovery_s is not None]
+    # A marker at which heart rate was already at its highest had no rise after it to
+    # recover from: neither a response nor a recovery time (as the report words it).
+    rises = [r for r in a.responses if r.responded and not r.peak_at_marker]
+    recov = [r.recovery_s for r in rises if r.recovery_s is not None]
     change = None
     if a.score_start is not None and a.score_end is not None:
         change = a.score_end - a.score_start
@@ -876,7 +880,7 @@ def outcome(a: SessionAnalysis) -> SessionOutcome:
         score_change=change,
         median_recovery_s=statistics.median(recov) if recov else None,
         n_reactions=len(a.responses),
-        n_responses=sum(1 for r in a.responses if r.responded),
+        n_responses=len(rises),
     )
 
 

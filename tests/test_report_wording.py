@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from processing.live import LiveAnalyzer
-from sessions.report import analyse_session, duration_words, write_report
+from sessions.report import analyse_session, duration_words, outcome, write_report
 from sessions.store import BeatRow, IndicesRow, MarkerRow, MarkerSource, SessionStore
 from tests.conftest import DATA
 from tests.test_e2e import CONFIG
@@ -258,6 +258,9 @@ def test_heart_rate_highest_at_the_marker_is_not_called_a_rise(
     ), summary
     assert "rose" not in summary and "came back within" not in summary
     assert f"<td>{r.recovery_s:.0f} s (highest at the marker)</td>" in html
+    # Nor does `settle trends` count it as a response with a 2 s recovery.
+    o = outcome(analyse_session(store.read_session(sid)))
+    assert (o.n_reactions, o.n_responses, o.median_recovery_s) == (1, 0, None)
 
 
 def test_a_rise_after_one_marker_and_none_after_another(
