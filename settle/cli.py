@@ -920,6 +920,13 @@ def analyze(
     rows.insert(0, ["usable", "yes" if a.usable else f"no ({a.reason})"])
     rows.insert(1, ["flagged beats", str(a.beats.n_flagged)])
     print_table(["metric", "value"], rows)
+    if not a.usable and a.n_beats >= 10:
+        # The numbers are printed for researchers; a practitioner must not read them as HRV.
+        out.print(
+            "Not usable: these values describe a rhythm that is not sinus enough to interpret "
+            "(see `usable`); do not read them as heart-rate variability.",
+            markup=False,
+        )
 
 
 @app.command()

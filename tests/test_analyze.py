@@ -63,6 +63,12 @@ def test_pvc_recording_is_flagged_unusable() -> None:
     doc = _json(str(DATA / "polar_h10_pvc_device.csv"))
     assert doc["usable"] is False
     assert "irregular rhythm" in doc["reason"]
+    # The table prints the numbers too (for researchers), then says not to read them as HRV.
+    human = _settle(str(DATA / "polar_h10_pvc_device.csv"))
+    assert human.returncode == 0
+    assert human.stdout.rstrip().endswith("do not read them as heart-rate variability.")
+    clean = _settle(str(DATA / "pyhrv_nni_short.csv"))
+    assert "do not read them" not in clean.stdout
 
 
 @pytest.mark.parametrize("name", RECORDINGS)
