@@ -379,6 +379,11 @@ def live_marker_responses(
     return out
 
 
+SCORE_CHANGE_MIN_S = 600.0
+"""Scored time after the reference the score change needs: two 5 min means that do not
+overlap."""
+
+
 def analyse_session(rec: SessionRecord) -> SessionAnalysis:
     """Everything a report shows, from one stored session (uses the provisional helpers)."""
     s = provisional_series(rec)
@@ -395,12 +400,17 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
     # so the report says what the practitioner saw live; the same detector over the stored
     # scores serves sessions recorded without it.
     caught = live_catching_up(rec)
-    if caught is None and reference is not None:
+    if reference is not None and (caught is None or caught < reference):
+        # Recorded without it, or a hold-start imported afterwards that lies past the live
+        # detection (which counted from the session start): a latency of -50 s. The same
+        # detector runs again from the reference over the stored scores.
         caught = catching_up(s, reference)
     score_start = score_end = None
     if reference is not None:
         after = (s.t_s >= reference) & np.isfinite(s.settling)
-        if after.any():
+        # First and last 5 min must not overlap: under 10 min after the reference they
+        # were (partly) the same scores, and under 5 min the change read exactly 0.
+        if after.any() and s.t_s[after].max() - reference >= SCORE_CHANGE_MIN_S:
             t_after = s.t_s[after]
             first = after & (s.t_s <= reference + 300.0)
             last = after & (s.t_s >= t_after.max() - 300.0)

@@ -315,3 +315,33 @@ def test_a_session_that_ended_during_the_baseline_has_no_baseline(
     assert _summary(html) == "No baseline was completed, so there is no settling score to judge."
     assert "No baseline was completed, so none is shaded. Green line" in " ".join(html.split())
     assert "Grey hatching" not in html
+
+
+def test_a_hold_imported_after_the_live_detection_gives_no_negative_latency(
+    store: SessionStore,
+) -> None:
+    """Live caught up at 250 s (counted from the session start); a hold-start imported
+    afterwards at 300 s read "caught up -50 s after you began holding"."""
+
+    def caught_live(p: dict[str, Any]) -> None:
+        if p["t_s"] >= 340.0:
+            p["catching_up_t_s"] = 250.0
+
+    sid = _store_session(store, _sinus(5), 900.0, caught_live)
+    store.add_markers(
+        sid, [MarkerRow(300.0, T0_MS + 300_000, "hold-start", "", MarkerSource.IMPORT)]
+    )
+    a = analyse_session(store.read_session(sid))
+    assert a.reference_t_s == 300.0
+    assert a.latency_s is None or a.latency_s >= 0.0
+    assert a.caught_up_t_s is None or a.caught_up_t_s >= 300.0
+
+
+def test_score_change_needs_ten_minutes_after_the_reference(store: SessionStore) -> None:
+    """With less than 10 min after the reference the first and last 5 min overlapped (under
+    5 min they were the same scores: "+0.0", "averaged 58 … and 58")."""
+    short = _store_session(store, _sinus(6), 600.0)  # baseline ends ~125 s: 8 min after
+    assert analyse_session(store.read_session(short)).score_start is None
+    assert outcome(analyse_session(store.read_session(short))).score_change is None
+    long = _store_session(store, _sinus(7), 900.0)
+    assert outcome(analyse_session(store.read_session(long))).score_change is not None
