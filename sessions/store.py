@@ -744,6 +744,12 @@ class SessionStore:
         :class:`StoreError`."""
         path = Path(path)
         try:
+            empty = path.stat().st_size == 0
+        except OSError:
+            empty = False  # missing or unreadable: open() says which
+        if empty:  # a reading command must not turn an empty file into a store
+            raise StoreError(f"{path}: an empty file, not a Settle session store")
+        try:
             return cls.open(path)
         except StoreError as exc:
             if not _read_only_failure(exc) or not path.is_file():

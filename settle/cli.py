@@ -171,7 +171,9 @@ def demo(
     _run(_demo(settings, duration, straps))
 
 
-async def _demo(settings: Settings, duration: float | None, n_straps: int) -> int:
+async def _demo(
+    settings: Settings, duration: float | None, n_straps: int, command: str = "settle demo"
+) -> int:
     from settle.app import serve
     from settle.demo import virtual_world
 
@@ -182,7 +184,7 @@ async def _demo(settings: Settings, duration: float | None, n_straps: int) -> in
         names = ", ".join(s.name for s in world.straps)
         what = f"replay of {d.replay.name}" if d.replay else f"physiological model, seed {d.seed}"
         plural = "s" if n_straps > 1 else ""
-        out.print(f"settle demo: virtual strap{plural} {names} ({what}, speed {d.speed:g}x)")
+        out.print(f"{command}: virtual strap{plural} {names} ({what}, speed {d.speed:g}x)")
         return await serve(
             settings,
             **world.serve_kwargs(),
@@ -233,7 +235,7 @@ def run(
             read_rr_file(replay)
         except SettleError as exc:
             fail(str(exc))
-        _run(_demo(settings, duration, 1))
+        _run(_demo(settings, duration, 1, "settle run --replay"))
         return
     settings = settings_from(
         config,

@@ -229,8 +229,8 @@ def trends_cmd(
                 for r in rows
             ],
         )  # fmt: skip
-    if png is not None:
-        out.print(f"wrote {png}", markup=False)
+    if png is not None:  # on stderr after --json, so stdout stays one JSON document
+        (err if as_json else out).print(f"wrote {png}", markup=False)
 
 
 # -- log ------------------------------------------------------------------------------------
@@ -275,7 +275,13 @@ def log_import(
             )
     except SettleError as exc:
         _fail(str(exc))
-    out.print(f"imported {len(rows)} markers into session {info.id}", markup=False)
+    n = len(rows)
+    if n == 0:
+        out.print(f"nothing new to import into session {info.id}: every entry was imported "
+                  "already", markup=False)  # fmt: skip
+    else:
+        what = f"{n} marker" + ("s" if n != 1 else "")
+        out.print(f"imported {what} into session {info.id}", markup=False)
 
 
 def log_set(

@@ -191,6 +191,12 @@ def test_cli_log_import(tmp_path: Path, store: SessionStore, sid: str) -> None:
     assert [m.t_s for m in store.markers(sid)] == [59.75, 119.75]
     res = runner.invoke(app, [*again, "--replace"])
     assert res.exit_code == 0, res.output
+    res = runner.invoke(app, [*again, "--replace"])  # idempotent
+    assert f"imported 2 markers into session {sid}" in res.output
+    res = runner.invoke(app, again)
+    assert f"nothing new to import into session {sid}: every entry was imported already" in (
+        res.output
+    )
     assert [(m.t_s, m.kind) for m in store.markers(sid)] == [(89.75, "shame"), (149.75, "note")]
     assert os.environ["TZ"] == "Europe/Berlin"
 

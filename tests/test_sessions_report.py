@@ -177,6 +177,11 @@ def test_trends_per_target_and_cli(store: SessionStore, tmp_path: Path) -> None:
     res = runner.invoke(app, ["trends", "--target", "self", "--json", "--db", db])
     assert res.exit_code == 0, res.output
     assert [s["target"] for s in json.loads(res.output)["sessions"]] == ["self", "self"]
+    # With --json and --out, stdout stays one JSON document ("wrote …" went after it).
+    res = runner.invoke(app, ["trends", "--json", "--out", str(tmp_path), "--db", db])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout)["sessions"]) == 3
+    assert res.stderr.startswith("wrote ")
     res = runner.invoke(app, ["trends", "--out", str(tmp_path), "--db", db])
     assert res.exit_code == 0, res.output
     assert "caught up after" in res.output and "future" in res.output

@@ -419,3 +419,8 @@ def test_a_store_that_cannot_be_written_is_still_read(
     junk.write_bytes(b"not sqlite" * 200)
     with pytest.raises(StoreError, match="not a SQLite file"):
         SessionStore.open_for_reading(junk)
+    empty = tmp_path / "empty.db"  # `sessions list` turned it into a 64 KiB store
+    empty.touch()
+    with pytest.raises(StoreError, match="an empty file, not a Settle session store"):
+        SessionStore.open_for_reading(empty)
+    assert empty.stat().st_size == 0
