@@ -246,20 +246,12 @@ def check_database(db_path: Path) -> Check:
                 con.execute("ROLLBACK")
             finally:
                 con.close()
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             if "not a database" in str(exc):
                 return Check(
                     "database", False, f"{db_path}: not a Settle session store (not a SQLite "
                     "file)", not_ours
                 )  # fmt: skip
-            return Check(
-                "database",
-                False,
-                f"{db_path}: cannot write ({exc})",
-                f"check the file's owner and mode (`ls -l {db_path}`); another "
-                "process may hold a write lock",
-            )
-        except sqlite3.Error as exc:
             return Check(
                 "database",
                 False,

@@ -25,6 +25,7 @@ from sessions.report import analyse_session, duration_words, outcome, write_repo
 from sessions.store import BeatRow, IndicesRow, MarkerRow, MarkerSource, SessionStore
 from tests.conftest import DATA
 from tests.test_e2e import CONFIG
+from tests.test_sessions_report import _finite as _num
 
 T0_MS = 1_795_000_000_000
 _SETTLING_STATE = {"collecting": "baseline", "complete": "running"}  # settle/pipeline.py
@@ -34,10 +35,6 @@ _SETTLING_STATE = {"collecting": "baseline", "complete": "running"}  # settle/pi
 def store(tmp_path: Path) -> Iterator[SessionStore]:
     with SessionStore.open(tmp_path / "s.db") as s:
         yield s
-
-
-def _num(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
 
 
 def _store_session(
