@@ -870,6 +870,9 @@ class SessionOutcome:
     median_recovery_s: float | None
     n_reactions: int
     n_responses: int = 0
+    scored: bool = True
+    """Whether any settling score exists after the reference: without one (rhythm too
+    irregular, no baseline, no reference) "did not catch up" cannot be told."""
 
 
 def outcome(a: SessionAnalysis) -> SessionOutcome:
@@ -891,6 +894,8 @@ def outcome(a: SessionAnalysis) -> SessionOutcome:
         median_recovery_s=statistics.median(recov) if recov else None,
         n_reactions=len(a.responses),
         n_responses=len(rises),
+        scored=a.reference_t_s is not None
+        and bool(np.any((a.series.t_s >= a.reference_t_s) & np.isfinite(a.series.settling))),
     )
 
 

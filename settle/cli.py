@@ -135,7 +135,8 @@ def demo(
         typer.Option(help="Stop by itself after S wall-clock seconds (exit code 0).", min=0.1),
     ] = None,
     speed: Annotated[
-        float | None, typer.Option(help="Time compression of the virtual strap.", min=0.01)
+        float | None,
+        typer.Option(help="Time compression of the virtual strap.", min=0.01, max=1000),
     ] = None,
     replay: Annotated[
         Path | None, typer.Option(help="RR file to replay instead of the physiological model.")
@@ -203,7 +204,9 @@ def run(
         Path | None,
         typer.Option(help="Feed a recording through the same pipeline instead of a strap."),
     ] = None,
-    speed: Annotated[float, typer.Option(help="Replay speed (with --replay).", min=0.01)] = 1.0,
+    speed: Annotated[
+        float, typer.Option(help="Replay speed (with --replay).", min=0.01, max=1000)
+    ] = 1.0,
     duration: Annotated[
         float | None,
         typer.Option(help="Stop after S seconds (default: run until Ctrl-C).", min=0.1),

@@ -206,6 +206,7 @@ def trends_cmd(
                 "median_recovery_s": r.median_recovery_s,
                 "n_reactions": r.n_reactions,
                 "n_responses": r.n_responses,
+                "scored": r.scored,
             }
             for r in rows
         ]
@@ -221,7 +222,8 @@ def trends_cmd(
                     time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started_ms / 1000)),
                     r.session_id,
                     r.target,
-                    "not yet" if r.latency_s is None else duration_words(r.latency_s),
+                    duration_words(r.latency_s) if r.latency_s is not None
+                    else "not yet" if r.scored else "no score",
                     _opt(r.score_change, "+.1f"),
                     "" if r.median_recovery_s is None else duration_words(r.median_recovery_s),
                     f"{r.n_reactions} ({r.n_responses} clear)" if r.n_reactions else "0",

@@ -157,7 +157,12 @@ def test_report_of_a_session_too_irregular_throughout_says_so(tmp_path: Path) ->
             [MarkerRow(60.0, rec.info.started_ms + 60_000, "hold-start", "", MarkerSource.CLI)],
         )
         held = _report(store, info.id, tmp_path / "held")
+        # Trends told "not yet" (did not catch up) from "no score" (could not be judged)
+        # in neither the table nor the JSON.
+        assert outcome(analyse_session(store.read_session(info.id))).scored is False
     assert _summary(held) == summary
+    trends = _settle("trends", "--db", str(db), tmp=tmp_path)
+    assert trends.returncode == 0 and "no score" in trends.stdout and "not yet" not in trends.stdout
 
 
 def test_partly_irregular_rhythm_says_for_how_long(store: SessionStore, tmp_path: Path) -> None:
