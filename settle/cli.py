@@ -222,6 +222,8 @@ def run(
     from settle.app import serve
     from settle.pairing import load_paired
 
+    if replay is None and speed != 1.0:
+        fail("--speed compresses a replay: give it with --replay FILE", 2)  # was ignored
     if replay is not None:
         settings = settings_from(
             config,
@@ -290,6 +292,10 @@ def pair(
     """Before practice: find a strap, check it (live HR, contact, battery), remember it."""
     from settle import pairing
 
+    if list_ and (forget is not None or strap is not None or label is not None):
+        fail("--list shows the remembered straps; give it alone", 2)  # --forget was ignored
+    if forget is not None and (strap is not None or label is not None):
+        fail("--forget takes the label or address itself; give it alone", 2)
     settings = settings_from(config)
     try:
         if list_:

@@ -162,3 +162,21 @@ def test_a_strap_settle_run_could_not_use_is_not_remembered(
     mac_uuid = "0A1B2C3D-4E5F-6A7B-8C9D-0E1F2A3B4C5D"  # CoreBluetooth names straps so
     pairing.remember("anna", mac_uuid, "Polar H10", "polar_h10_1", paired)
     assert [p.address for p in pairing.load_paired(paired)] == [mac_uuid]
+
+
+def test_options_that_would_be_ignored_are_refused(tmp_path: Path) -> None:
+    """`pair --list --forget anna` listed and kept anna (exit 0); `run --speed 10` without a
+    replay ran at real time without a word."""
+    paired = tmp_path / "straps.json"
+    pairing.remember("anna", "AA:BB:CC:DD:EE:FF", "Polar H10", "polar_h10_1", paired)
+    for args, words in [
+        (("pair", "--list", "--forget", "anna"), "--list shows the remembered straps"),
+        (("pair", "Polar", "--forget", "anna"), "--forget takes the label or address"),
+        (("run", "--speed", "10", "--no-mqtt", "--no-http", "--db", str(tmp_path / "s.db")),
+         "--speed compresses a replay"),
+    ]:  # fmt: skip
+        res = settle(*args, paired=paired)
+        assert res.returncode == 2, res.stderr
+        assert words in res.stderr and len(res.stderr.splitlines()) == 1
+    assert [p.label for p in pairing.load_paired(paired)] == ["anna"]
+    assert not (tmp_path / "s.db").exists()
