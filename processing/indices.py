@@ -200,6 +200,12 @@ class CatchingUp:
         self.detected_t_s: float | None = None
         self._run_start: float | None = None
 
+    @property
+    def run_start_t_s(self) -> float | None:
+        """Start of the run under way (score reached ``threshold`` and has not fallen below
+        ``threshold - hysteresis`` since) that has not yet lasted ``hold_s``; None if none."""
+        return self._run_start if self.detected_t_s is None else None
+
     def hold_start(self, t_s: float) -> None:
         """A "hold started" marker: look for catching-up from ``t_s`` afresh."""
         self.start_t_s = t_s

@@ -40,6 +40,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import enum
 import html
 import json
 import math
@@ -277,16 +278,58 @@ def provisional_baseline(rec: SessionRecord, s: IndexSeries) -> tuple[float, flo
     return None
 
 
-def catching_up(s: IndexSeries, reference_t_s: float) -> float | None:
-    """The daemon's catching-up detector (:class:`processing.indices.CatchingUp`, as
-    :class:`processing.live.LiveAnalyzer` feeds it: every step, a step without a score
-    ending a run) over the stored scores from ``reference_t_s``; None if it never fires."""
+def _run_detector(s: IndexSeries, reference_t_s: float) -> CatchingUp:
     cu = CatchingUp()
     cu.hold_start(reference_t_s)
     for t, score in zip(s.t_s.tolist(), s.settling.tolist(), strict=True):
         if cu.update(t, score) is not None:
             break
-    return cu.detected_t_s
+    return cu
+
+
+def catching_up(s: IndexSeries, reference_t_s: float) -> float | None:
+    """The daemon's catching-up detector (:class:`processing.indices.CatchingUp`, as
+    :class:`processing.live.LiveAnalyzer` feeds it: every step, a step without a score
+    ending a run) over the stored scores from ``reference_t_s``; None if it never fires."""
+    return _run_detector(s, reference_t_s).detected_t_s
+
+
+UNDER_WAY_MIN_S = CATCH_HOLD_S / 2
+"""How long a run above the catching-up threshold must have held when the session ended for
+the report to say physiology was catching up (a score that crossed at the last step is not)."""
+
+
+class Verdict(enum.StrEnum):
+    """Whether physiology caught up after the reference, as far as the session can tell."""
+
+    CAUGHT_UP = "caught_up"
+    NOT_YET = "not_yet"
+    """Scored for at least ``CATCH_HOLD_S`` after the reference and it did not."""
+    UNDER_WAY = "under_way"
+    """The score crossed the threshold and held for at least ``UNDER_WAY_MIN_S``, but the
+    session ended before it had held for ``CATCH_HOLD_S``."""
+    TOO_SHORT = "too_short"
+    """Less than ``CATCH_HOLD_S`` of scores after the reference: it could not have."""
+    NO_SCORE = "no_score"
+    """No reference, no completed baseline or no score after the reference."""
+
+
+def verdict(a: SessionAnalysis) -> Verdict:
+    """:class:`Verdict` of one analysed session."""
+    if a.latency_s is not None:
+        return Verdict.CAUGHT_UP
+    s, ref = a.series, a.reference_t_s
+    if ref is None or not a.baseline_complete:
+        return Verdict.NO_SCORE
+    scored = np.isfinite(s.settling) & (s.t_s >= ref)
+    if not scored.any():
+        return Verdict.NO_SCORE
+    run = _run_detector(s, ref).run_start_t_s
+    if run is not None and float(s.t_s[scored].max()) - run >= UNDER_WAY_MIN_S:
+        return Verdict.UNDER_WAY
+    if float(s.t_s[scored].max()) - ref < CATCH_HOLD_S:
+        return Verdict.TOO_SHORT
+    return Verdict.NOT_YET
 
 
 def _hr_1hz(rec: SessionRecord) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
@@ -562,6 +605,41 @@ def _rhythm_blocked(a: SessionAnalysis) -> bool:
     return not a.baseline_complete and r is not None and 2 * r.irregular_s >= r.recorded_s
 
 
+def _not_caught_up_words(a: SessionAnalysis) -> str:
+    """The summary's first sentence for a session with a baseline and a reference that did
+    not catch up: whether it did not, could not have in the time left, or was under way."""
+    s, ref, kind = a.series, cast(float, a.reference_t_s), a.reference_kind
+    rule = (
+        f"reach {CATCH_THRESHOLD:g} and stay at {CATCH_THRESHOLD - CATCH_HYSTERESIS:g} or "
+        f"above for {CATCH_HOLD_S:g} s"
+    )
+    v = verdict(a)
+    if v is Verdict.NO_SCORE:
+        return f"There was no settling score after {kind} to tell whether physiology caught up."
+    scored_t = s.t_s[np.isfinite(s.settling) & (s.t_s >= ref)]
+    if v is Verdict.UNDER_WAY:
+        run = cast(float, _run_detector(s, ref).run_start_t_s)
+        return (
+            f"Physiology was catching up when the session ended: {duration_words(run - ref)} "
+            f"after {kind} the settling score reached {CATCH_THRESHOLD:g}, and it stayed at "
+            f"{CATCH_THRESHOLD - CATCH_HYSTERESIS:g} or above for the last "
+            f"{duration_words(float(scored_t.max()) - run)} of the session, short of the "
+            f"{CATCH_HOLD_S:g} s that count as caught up."
+        )
+    if v is Verdict.TOO_SHORT:
+        if float(s.t_s.max()) - ref < CATCH_HOLD_S:
+            return (
+                f"The session ended {duration_words(float(s.t_s.max()) - ref)} after {kind}, "
+                f"too soon to tell whether physiology caught up: the settling score has to {rule}."
+            )
+        return (
+            f"There was only {duration_words(float(scored_t.max()) - ref)} of settling score "
+            f"after {kind}, too little to tell whether physiology caught up: the score has to "
+            f"{rule}."
+        )
+    return f"Physiology did not catch up after {kind}: the settling score did not {rule}."
+
+
 def summary_text(a: SessionAnalysis) -> str:
     """A plain-language summary of one session (a few sentences)."""
     rec = a.record
@@ -572,7 +650,6 @@ def summary_text(a: SessionAnalysis) -> str:
         )
     parts: list[str] = []
     rhythm = a.rhythm
-    s = a.series
     if rhythm is not None and _rhythm_blocked(a):
         # Not "did not catch up": there was never a score that could have.
         parts.append(_rhythm_words(rhythm) + ".")
@@ -586,17 +663,8 @@ def summary_text(a: SessionAnalysis) -> str:
         parts.append(f"Physiology caught up {after} after {a.reference_kind}.")
     elif not a.baseline_complete or a.reference_t_s is None:
         parts.append("No baseline was completed, so there is no settling score to judge.")
-    elif (np.isfinite(s.settling) & (s.t_s >= a.reference_t_s)).any():
-        parts.append(
-            f"Physiology did not catch up after {a.reference_kind}: the settling score did not "
-            f"reach {CATCH_THRESHOLD:g} and stay at {CATCH_THRESHOLD - CATCH_HYSTERESIS:g} or "
-            f"above for {CATCH_HOLD_S:g} s."
-        )
     else:
-        parts.append(
-            f"There was no settling score after {a.reference_kind} to tell whether physiology "
-            "caught up."
-        )
+        parts.append(_not_caught_up_words(a))
     if a.score_start is not None and a.score_end is not None:
         parts.append(
             f"The settling score averaged {a.score_start:.0f} in the first five minutes and "
@@ -873,6 +941,8 @@ class SessionOutcome:
     scored: bool = True
     """Whether any settling score exists after the reference: without one (rhythm too
     irregular, no baseline, no reference) "did not catch up" cannot be told."""
+    verdict: Verdict = Verdict.NOT_YET
+    """Caught up, not yet, under way or too short when the session ended, or no score."""
 
 
 def outcome(a: SessionAnalysis) -> SessionOutcome:
@@ -896,6 +966,7 @@ def outcome(a: SessionAnalysis) -> SessionOutcome:
         n_responses=len(rises),
         scored=a.reference_t_s is not None
         and bool(np.any((a.series.t_s >= a.reference_t_s) & np.isfinite(a.series.settling))),
+        verdict=verdict(a),
     )
 
 

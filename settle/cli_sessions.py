@@ -179,7 +179,7 @@ def trends_cmd(
 ) -> None:
     """Progress across sessions: settling latency, score change, recovery after markers."""
     from sessions.files import ExportError, plain_name
-    from sessions.report import duration_words, trends, write_trends_png
+    from sessions.report import Verdict, duration_words, trends, write_trends_png
     from sessions.store import IntentionTarget, SessionStore
 
     if target is not None and target not in TARGET_NAMES:
@@ -195,6 +195,10 @@ def trends_cmd(
             png = write_trends_png(rows, out_dir / plain_name("settle-trends.png", out_dir))
     except SettleError as exc:
         _fail(str(exc))
+    verdict_words = {
+        Verdict.NOT_YET: "not yet", Verdict.UNDER_WAY: "under way at end",
+        Verdict.TOO_SHORT: "too short", Verdict.NO_SCORE: "no score", Verdict.CAUGHT_UP: "",
+    }  # fmt: skip
     if as_json:
         items = [
             {
@@ -207,6 +211,7 @@ def trends_cmd(
                 "n_reactions": r.n_reactions,
                 "n_responses": r.n_responses,
                 "scored": r.scored,
+                "catching_up": r.verdict.value,
             }
             for r in rows
         ]
@@ -223,7 +228,7 @@ def trends_cmd(
                     r.session_id,
                     r.target,
                     duration_words(r.latency_s) if r.latency_s is not None
-                    else "not yet" if r.scored else "no score",
+                    else verdict_words[r.verdict],
                     _opt(r.score_change, "+.1f"),
                     "" if r.median_recovery_s is None else duration_words(r.median_recovery_s),
                     f"{r.n_reactions} ({r.n_responses} clear)" if r.n_reactions else "0",

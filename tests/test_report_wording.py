@@ -347,3 +347,76 @@ def test_score_change_needs_ten_minutes_after_the_reference(store: SessionStore)
     assert outcome(analyse_session(store.read_session(short))).score_change is None
     long = _store_session(store, _sinus(7), 900.0)
     assert outcome(analyse_session(store.read_session(long))).score_change is not None
+
+
+def test_a_session_too_short_after_the_reference_is_not_called_not_caught_up(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """Catching up needs the score held for 90 s: a session that ended 60 s after the hold
+    began (or 75 s after the baseline ended) could never have, and read "did not catch up".
+    The report says it ended too soon, and `settle trends` says "too short" (JSON
+    ``catching_up: "too_short"``), not "not yet"."""
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as st:
+        no_hold = _store_session(st, _sinus(5), 200.0)  # baseline ends ~125 s
+        held = _store_session(st, _sinus(5), 600.0)
+        hold = MarkerRow(540.0, T0_MS + 540_000, "hold-start", "", MarkerSource.CLI)
+        st.add_markers(held, [hold])
+        rule = "the settling score has to reach 85 and stay at 75 or above for 90 s."
+        s1 = _summary(_report(st, no_hold, tmp_path / "a"))
+        assert re.fullmatch(
+            r"The session ended 1 min 1\d s after the baseline ended, too soon to tell whether "
+            r"physiology caught up: " + re.escape(rule),
+            s1,
+        ), s1
+        s2 = _summary(_report(st, held, tmp_path / "b"))
+        assert s2 == (
+            "The session ended 1 min after you began holding, too soon to tell whether "
+            "physiology caught up: " + rule
+        ), s2
+        # Scored long enough after the reference: still "did not catch up".
+        long = _store_session(st, _sinus(5), 600.0)
+        assert _summary(_report(st, long, tmp_path / "c")).startswith(
+            "Physiology did not catch up after the baseline ended: the settling score did not "
+            "reach 85 and stay at 75 or above for 90 s."
+        )
+    table = _settle("trends", "--db", str(db), tmp=tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.count("too short") == 2 and table.stdout.count("not yet") == 1
+    js = _settle("trends", "--json", "--db", str(db), tmp=tmp_path)
+    verdicts = {s["id"]: s["catching_up"] for s in json.loads(js.stdout)["sessions"]}
+    assert verdicts == {no_hold: "too_short", held: "too_short", long: "not_yet"}
+
+
+def test_a_session_that_ended_while_catching_up_says_so(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """The score crossed 85 and stayed up, but the session ended before it had held for
+    90 s (at least 45 s of it): the report says physiology was catching up (when, and for
+    how long it held), not "did not catch up"; trends read "under way at end"."""
+
+    def up(p: dict[str, Any]) -> None:
+        if p["t_s"] >= 540.0 and p["settling"] is not None:
+            p["settling"] = 95.0
+
+    sid = _store_session(store, _sinus(5), 600.0, up)
+    a = analyse_session(store.read_session(sid))
+    assert a.latency_s is None and a.reference_t_s is not None
+    m = re.match(
+        r"Physiology was catching up when the session ended: (?P<after>[\d a-z]+) after the "
+        r"baseline ended the settling score reached 85, and it stayed at 75 or above for the "
+        r"last (?P<held>[\d a-z]+) of the session, short of the 90 s that count as caught up\.",
+        _summary(_report(store, sid, tmp_path)),
+    )
+    assert m is not None
+    held_s = _seconds(m["held"])
+    assert 60 <= held_s < 90
+    assert a.reference_t_s + _seconds(m["after"]) == pytest.approx(600.0 - held_s, abs=5)
+    assert outcome(a).verdict == "under_way"
+
+
+def _seconds(words: str) -> float:
+    """``"1 min 20 s"`` → 80 (``duration_words`` backwards)."""
+    units = {"h": 3600, "min": 60, "s": 1}
+    n = words.split()
+    return float(sum(int(v) * units[u] for v, u in zip(n[::2], n[1::2], strict=True)))
