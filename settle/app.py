@@ -196,11 +196,13 @@ class DaemonControl:
         except SensorError as exc:
             raise SettleError(exc.reason) from exc
 
-    def remember(self, label: str, address: str, name: str, device_id: str) -> None:
+    def remember(self, label: str, address: str, name: str, device_id: str) -> list[str]:
         from sensors.strap import device_id_for
-        from settle.pairing import remember
+        from settle.pairing import displaced, displaced_words, remember
 
+        gone = displaced(label, address)
         remember(label, address, name, device_id or device_id_for(name, address))
+        return [displaced_words(g, label) for g in gone]
 
 
 def attach_link(

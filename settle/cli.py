@@ -374,8 +374,11 @@ async def _pair(
                             break
         chosen = label or i.device_id
         path = pairing.paired_file()
+        gone = pairing.displaced(chosen, i.address)
         pairing.remember(chosen, i.address, i.name, i.device_id)
         out.print(f"Remembered as {chosen!r} in {path}; `settle run` will use it.", markup=False)
+        for g in gone:
+            out.print(pairing.displaced_words(g, chosen), markup=False)
     return 0
 
 

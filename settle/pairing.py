@@ -105,6 +105,24 @@ def remember(
     return straps
 
 
+def displaced(label: str, address: str, path: Path | None = None) -> list[PairedStrap]:
+    """The entries :func:`remember` with this label and address would replace (same label
+    for another strap, or the same strap under another label); not the one it refreshes."""
+    return [
+        s for s in load_paired(path) if (s.label == label) != (s.address.upper() == address.upper())
+    ]
+
+
+def displaced_words(gone: PairedStrap, label: str) -> str:
+    """One sentence for a user about an entry :func:`remember` replaced."""
+    if gone.label == label:
+        return (
+            f"{gone.label!r} was {gone.name or 'a strap'} ({gone.address}) until now; "
+            "it now means this strap."
+        )
+    return f"This strap was remembered as {gone.label!r}; that label is gone (one label per strap)."
+
+
 def forget(label_or_address: str, path: Path | None = None) -> PairedStrap | None:
     straps = load_paired(path)
     key = label_or_address.upper()

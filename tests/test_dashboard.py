@@ -96,8 +96,8 @@ class _NoDaemon:
     async def scan(self, timeout_s: float) -> list[dict[str, Any]]:
         return []
 
-    def remember(self, label: str, address: str, name: str, device_id: str) -> None:
-        return None
+    def remember(self, label: str, address: str, name: str, device_id: str) -> list[str]:
+        return []
 
 
 async def test_token_is_required_for_every_page_and_command(tmp_path: Path) -> None:
@@ -495,3 +495,34 @@ async def _scenario(
 
 async def _mqtt_has(mqtt: Collector, leaf: str, kind: str) -> bool:
     return any(json.loads(p).get("kind") == kind for p in mqtt.payloads(leaf))
+
+
+async def test_remember_in_the_dashboard_says_what_it_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pair page's Remember goes through the daemon's own pairing: reusing a label for
+    another strap answers with the sentence saying which strap the label meant until now
+    (the page shows it after "remembered as"), as `settle pair` prints it."""
+    from settle import pairing
+    from settle.app import DaemonControl
+
+    paired = tmp_path / "straps.json"
+    monkeypatch.setenv("SETTLE_PAIRED_FILE", str(paired))
+    pairing.remember("anna", "AA:BB:CC:DD:EE:FF", "Polar H10 1234", "polar_h10_1")
+    with SessionStore.open(tmp_path / "s.db") as store:
+        control = DaemonControl(None, {})  # type: ignore[arg-type]  # pairing needs no daemon
+        async with (
+            Dashboard(Hub("settle"), control, store, DashboardConfig("127.0.0.1", 0)) as d,
+            aiohttp.ClientSession(headers={"X-Settle": "1"}) as http,
+        ):
+            body = {"label": "anna", "address": "11:22:33:44:55:66", "name": "Wahoo TICKR",
+                    "device_id": "wahoo_tickr_5566"}  # fmt: skip
+            async with http.post(d.url + "api/pair", json=body) as r:
+                assert r.status == 200, await r.text()
+                answer = await r.json()
+    assert answer["replaced"] == [
+        "'anna' was Polar H10 1234 (AA:BB:CC:DD:EE:FF) until now; it now means this strap."
+    ]
+    assert [(p.label, p.address) for p in pairing.load_paired(paired)] == [
+        ("anna", "11:22:33:44:55:66")
+    ]

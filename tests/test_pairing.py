@@ -180,3 +180,32 @@ def test_options_that_would_be_ignored_are_refused(tmp_path: Path) -> None:
         assert words in res.stderr and len(res.stderr.splitlines()) == 1
     assert [p.label for p in pairing.load_paired(paired)] == ["anna"]
     assert not (tmp_path / "s.db").exists()
+
+
+def test_pairing_says_which_remembered_entry_it_replaces(tmp_path: Path) -> None:
+    """A strap has one label and a label one strap: pairing the same strap under a new label
+    dropped the old label, and reusing a label dropped the strap it meant, both silently
+    (`settle run anna` then found nothing). `settle pair` now says what it replaced; pairing
+    again under the same label says nothing more."""
+    paired = tmp_path / "straps.json"
+    first = settle("pair", "--virtual", "--seconds", "1", "--label", "chest", paired=paired)
+    assert first.returncode == 0, first.stderr
+    assert "label is gone" not in first.stdout and "until now" not in first.stdout
+    (strap,) = pairing.load_paired(paired)
+    again = settle("pair", "--virtual", "--seconds", "1", "--label", "chest", paired=paired)
+    assert again.stdout.rstrip().endswith("`settle run` will use it."), again.stdout
+    moved = settle("pair", "--virtual", "--seconds", "1", "--label", "desk", paired=paired)
+    assert moved.returncode == 0, moved.stderr
+    assert (
+        "This strap was remembered as 'chest'; that label is gone (one label per strap)."
+        in moved.stdout
+    ), moved.stdout
+    assert [p.label for p in pairing.load_paired(paired)] == ["desk"]
+    pairing.remember("anna", "AA:BB:CC:DD:EE:FF", "Polar H10 1234", "polar_h10_1", paired)
+    reused = settle("pair", "--virtual", "--seconds", "1", "--label", "anna", paired=paired)
+    assert (
+        "'anna' was Polar H10 1234 (AA:BB:CC:DD:EE:FF) until now; it now means this strap."
+        in reused.stdout
+    ), reused.stdout
+    assert "'desk'" in reused.stdout  # the virtual strap's old label went too
+    assert {p.label: p.address for p in pairing.load_paired(paired)} == {"anna": strap.address}

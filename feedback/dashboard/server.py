@@ -93,8 +93,9 @@ class Control(Protocol):
     async def scan(self, timeout_s: float) -> list[dict[str, Any]]:
         """Heart Rate Service straps in range (name, address, rssi, device_id)."""
 
-    def remember(self, label: str, address: str, name: str, device_id: str) -> None:
-        """Pair: remember the strap for ``settle run``."""
+    def remember(self, label: str, address: str, name: str, device_id: str) -> list[str]:
+        """Pair: remember the strap for ``settle run``; returns one sentence per entry it
+        replaced (the label meant another strap, or the strap had another label)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,12 +314,12 @@ class Dashboard:
         if not label or not address:
             return _error(400, "label and address must not be empty")
         try:
-            await asyncio.to_thread(self.control.remember, label, address, name, device_id)
+            notes = await asyncio.to_thread(self.control.remember, label, address, name, device_id)
         except ConfigError as exc:  # a bad label, address or id: the request's fault
             return _error(400, str(exc))
         except SettleError as exc:
             return _error(500, str(exc))
-        return _json({"v": 1, "status": "ok"})
+        return _json({"v": 1, "status": "ok", "replaced": notes})
 
     # -- history ------------------------------------------------------------------------------
 

@@ -369,7 +369,8 @@ $("scan").addEventListener("click", async () => {
         const label = $(`label-${b.dataset.i}`).value.trim();
         const pr = await fetch("/api/pair", { method: "POST", headers: { "Content-Type": "application/json", "X-Settle": "1" },
           body: JSON.stringify({ label, address: s.address, name: s.name, device_id: s.device_id }) });
-        text("scan-state", pr.ok ? `remembered as “${label}”: settle run uses it` : (await pr.json()).error);
+        const body = await pr.json();
+        text("scan-state", pr.ok ? [`remembered as “${label}”: settle run uses it`, ...body.replaced].join(" ") : body.error);
       });
     }
     text("scan-state", `${res.straps.length} found`);
