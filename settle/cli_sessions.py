@@ -106,6 +106,14 @@ def export(
         _fail(f"unknown export format {fmt!r} (available: {', '.join(FORMAT_NAMES)})", 2)
     if rr_source not in ("hrs", "ecg"):
         _fail(f"unknown RR source {rr_source!r} (available: hrs, ecg)", 2)
+    if fmt == "bids":
+        from sessions.export_bids import bids_label
+        from sessions.files import ExportError
+
+        try:
+            bids_label(subject, "subject")
+        except ExportError as exc:  # a bad option value: a usage error, before the store
+            _fail(f"--subject: {exc.reason}", 2)
     out_path = Path(out_arg)
     if out_arg.endswith(("/", os.sep)) and fmt != "bids" and not out_path.is_dir():
         # Path() drops the trailing slash: without this, `--out missing/` would write a file

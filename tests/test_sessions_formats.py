@@ -497,7 +497,9 @@ def test_cli_export_every_format_and_one_line_errors(store: SessionStore, tmp_pa
     assert res.exit_code == 1 and res.output.count("\n") == 1 and "must end in .edf" in res.output
     res = runner.invoke(app, ["export", sid, "--format", "bids", "--subject", "a/b",
                               "--out", str(tmp_path / "ds"), "--db", db])  # fmt: skip
-    assert res.exit_code == 1 and "subject label" in res.output
+    assert res.exit_code == 2 and res.output.count("\n") == 1
+    assert "--subject: subject label must be letters and digits only, got 'a/b'" in res.output
+    assert not (tmp_path / "ds").exists()
     res = runner.invoke(app, ["export", sid, "--format", "kubios", "--rr-source", "ppg",
                               "--out", str(tmp_path), "--db", db])  # fmt: skip
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "RR source" in res.output
