@@ -177,6 +177,10 @@ class IndicesPayload(_Payload):
     lf_ms2: float | None = None
     hf_ms2: float | None = None
     lf_hf: float | None = None
+    lf64_ms2: float | None = None
+    """LF power (0.04–0.15 Hz) of the 64 s coherence window, ms²: what ``z_slow`` compares
+    with the baseline (a report re-scores a session against a baseline set afterwards from
+    this, ``hr_bpm`` and ``ln_rmssd``)."""
     trend: Literal["settling", "steady", "unsettling", "unknown"] = "unknown"
     """Trend of the settling score over the last 5 min (Theil–Sen + Mann–Kendall); ``unknown``
     (with a null slope and confidence) until there are 3 scores to test."""

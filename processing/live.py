@@ -116,6 +116,9 @@ class IndicesSnapshot:
     """Baseline state."""
     responses: tuple[EventResponse, ...]
     """Event-locked responses of the markers so far (those with 30 s of data after them)."""
+    lf64_ms2: float = _NAN
+    """LF power (0.04–0.15 Hz) of the 64 s coherence window, ms²: the input of ``z_slow``
+    (with ``td.hr_bpm`` and ``td.ln_rmssd`` what a baseline is taken from)."""
 
 
 class LiveAnalyzer:
@@ -340,6 +343,7 @@ class LiveAnalyzer:
             catching_up_t_s=self._catch.detected_t_s,
             baseline=self._base_state,
             responses=responses,
+            lf64_ms2=lf64,
         )
 
     def _responses(self, t_s: float) -> tuple[EventResponse, ...]:

@@ -61,7 +61,12 @@ from processing.indices import (
     CatchingUp,
     event_response,
 )
-from processing.live import IRREGULAR_SHARE_MAX, WARMING_UP_REASON
+from processing.live import (
+    BASELINE_MIN_SAMPLES,
+    IRREGULAR_SHARE_MAX,
+    SETTLING_K,
+    WARMING_UP_REASON,
+)
 from sessions.files import ExportError, atomic_file, plain_name
 from sessions.store import IntentionTarget, MarkerRow, SessionRecord, SessionStore
 from settle.errors import SettleError
@@ -110,6 +115,10 @@ class IndexSeries:
     running: npt.NDArray[np.bool_]
     irregular: npt.NDArray[np.bool_]
     reasons: tuple[str | None, ...]
+    usable: npt.NDArray[np.bool_] | None = None
+    """Row published as usable (its score may be read); None: every row."""
+    lf64_ms2: npt.NDArray[np.float64] | None = None
+    """LF power of the 64 s window (the input of ``z_slow``); NaN where a row predates it."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -179,6 +188,11 @@ class SessionAnalysis:
     """The live baseline completed (a row was published with it complete, or scored)."""
     rhythm: RhythmSummary | None = None
     """Set when some rows were unusable because of an irregular rhythm."""
+    baseline_rescored: bool | None = None
+    """None: ``baseline`` is the one the live score used. Set after the session: True when
+    the scores were recomputed against it, False when they could not be (older rows)."""
+    live_baseline: tuple[float, float] | None = None
+    """With a baseline set afterwards: the period the live score had used (s), if known."""
 
 
 def _num(x: object) -> float:
@@ -219,7 +233,63 @@ def provisional_series(rec: SessionRecord) -> IndexSeries:
         running=np.array([r.get("settling_state") == "running" for r in rows], dtype=bool),
         irregular=np.array(irregular, dtype=bool),
         reasons=tuple(r.get("reason") if isinstance(r.get("reason"), str) else None for r in rows),
+        usable=np.array([r.get("usable", True) is not False for r in rows], dtype=bool),
+        lf64_ms2=np.array([_num(r.get("lf64_ms2")) for r in rows]),
     )
+
+
+def live_baseline_span(s: IndexSeries, near: tuple[float, float]) -> tuple[float, float] | None:
+    """The period the live score's baseline was collected over, from the rows published
+    while it was (``in_baseline``): the run of such rows closest to ``near``, as
+    (first row − one step, last row); None if no row was."""
+    if not s.in_baseline.any():
+        return None
+    step = _step_s(s)
+    idx = np.flatnonzero(s.in_baseline)
+    runs = np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1)
+    spans = [(max(0.0, float(s.t_s[r[0]]) - step), float(s.t_s[r[-1]])) for r in runs]
+    return min(spans, key=lambda sp: abs(sp[0] - near[0]) + abs(sp[1] - near[1]))
+
+
+def baseline_set_afterwards(s: IndexSeries, period: tuple[float, float]) -> bool:
+    """Whether the stored baseline ``period`` is not the one the live score used: some row
+    well inside it (one step from either end) was published with the baseline complete, or
+    none lies inside it. A rest period marked live (or ``log set --baseline 0:120`` over the
+    automatic first 2 min) has every row inside it published while it was collected."""
+    step = _step_s(s)
+    inside = (s.t_s > period[0] + step) & (s.t_s < period[1] - step)
+    return not inside.any() or not bool(s.in_baseline[inside].all())
+
+
+def rescored(s: IndexSeries, period: tuple[float, float]) -> IndexSeries | None:
+    """``s`` scored against a baseline taken from its usable rows within ``period`` (the
+    live analyzer's :class:`processing.indices.Baseline` and score over the stored HR,
+    lnRMSSD and 64 s LF power): rows in the period are the baseline (no score), every other
+    usable row is scored. None if rows there predate the stored LF power or fewer than
+    :data:`processing.live.BASELINE_MIN_SAMPLES` are usable."""
+    if s.lf64_ms2 is None:
+        return None
+    usable = s.usable if s.usable is not None else np.ones(s.t_s.shape, dtype=bool)
+    lf = s.lf64_ms2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ln_lf = np.where(lf > 0, np.log(np.where(lf > 0, lf, 1.0)), math.nan)
+    inside = (s.t_s >= period[0]) & (s.t_s <= period[1])
+    if np.isnan(lf[inside & usable]).any():
+        return None  # recorded before the 64 s LF power was stored
+    base = Baseline()
+    for i in np.flatnonzero(inside & usable):
+        base.add(float(s.hr_bpm[i]), float(s.ln_rmssd[i]), float(ln_lf[i]))
+    if base.n < BASELINE_MIN_SAMPLES:
+        return None
+    n = s.t_s.shape[0]
+    settling, z_hr, z_ln, z_slow = (np.full(n, math.nan) for _ in range(4))
+    for i in np.flatnonzero(~inside & usable):
+        c = base.score(float(s.hr_bpm[i]), float(s.ln_rmssd[i]), float(ln_lf[i]), SETTLING_K)
+        settling[i], z_hr[i], z_ln[i], z_slow[i] = c.score, c.z_hr, c.z_ln_rmssd, c.z_slow
+    return dataclasses.replace(
+        s, settling=settling, z_hr=z_hr, z_ln_rmssd=z_ln, z_slow=z_slow,
+        in_baseline=inside, running=~inside,
+    )  # fmt: skip
 
 
 def baseline_completed(s: IndexSeries) -> bool:
@@ -428,13 +498,33 @@ overlap."""
 
 
 def analyse_session(rec: SessionRecord) -> SessionAnalysis:
-    """Everything a report shows, from one stored session (uses the provisional helpers)."""
+    """Everything a report shows, from one stored session (uses the provisional helpers).
+
+    A baseline period set after the session (``settle log set --baseline``) is not the one
+    the live score used: the scores are recomputed against it (:func:`rescored`), and the
+    catching-up point with them; where they cannot be (rows recorded before the 64 s LF
+    power was stored), they stay as computed live and the summary says so."""
     s = provisional_series(rec)
     baseline = provisional_baseline(rec, s)
+    live_span: tuple[float, float] | None = None
+    rescore: bool | None = None  # None: the live baseline; True/False: set afterwards
+    if (
+        rec.info.baseline is not None
+        and baseline is not None
+        and baseline_set_afterwards(s, baseline)
+    ):
+        live_span = live_baseline_span(s, baseline)
+        again = rescored(s, baseline)
+        rescore = again is not None
+        s = again if again is not None else s
     hold = next((m for m in rec.markers if m.kind == "hold-start"), None)
     if hold is not None:
         reference: float | None = hold.t_s
         ref_kind = "you began holding"
+    elif rescore is False and live_span is not None:
+        # Scores as computed live: so is the catching-up point, counted from the live
+        # baseline's end.
+        reference, ref_kind = live_span[1], "the baseline ended"
     elif baseline is not None:
         reference, ref_kind = baseline[1], "the baseline ended"
     else:
@@ -442,7 +532,7 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
     # The daemon's own detection (processing.live, published in every indices payload) wins,
     # so the report says what the practitioner saw live; the same detector over the stored
     # scores serves sessions recorded without it.
-    caught = live_catching_up(rec)
+    caught = None if rescore else live_catching_up(rec)
     if reference is not None and (caught is None or caught < reference):
         # Recorded without it, or a hold-start imported afterwards that lies past the live
         # detection (which counted from the session start): a latency of -50 s. The same
@@ -475,6 +565,8 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
         ),
         baseline_complete=baseline_completed(s),
         rhythm=rhythm_summary(s),
+        baseline_rescored=rescore,
+        live_baseline=live_span,
     )
 
 
@@ -640,6 +732,31 @@ def _not_caught_up_words(a: SessionAnalysis) -> str:
     return f"Physiology did not catch up after {kind}: the settling score did not {rule}."
 
 
+def _period_words(p: tuple[float, float]) -> str:
+    if p[0] < 1.0:
+        return f"the first {duration_words(p[1])}"
+    return f"{duration_words(p[0])} to {duration_words(p[1])}"
+
+
+def _set_baseline_words(
+    period: tuple[float, float], live: tuple[float, float] | None, rescored: bool
+) -> str:
+    """Say that the baseline was set after the session, and what that changed."""
+    was = f"against {_period_words(live)}" if live is not None else "against another period"
+    if rescored:
+        return (
+            f"The scores are against the baseline set after the session "
+            f"({_period_words(period)}), recomputed from the stored indices; live they were "
+            f"{was}."
+        )
+    return (
+        f"The baseline ({_period_words(period)}) was set after the session, but this session "
+        "was recorded before Settle stored what recomputing the scores needs: the settling "
+        f"score, catching up and score change are as computed live {was}; the marker table "
+        "uses the set period."
+    )
+
+
 def summary_text(a: SessionAnalysis) -> str:
     """A plain-language summary of one session (a few sentences)."""
     rec = a.record
@@ -665,6 +782,8 @@ def summary_text(a: SessionAnalysis) -> str:
         parts.append("No baseline was completed, so there is no settling score to judge.")
     else:
         parts.append(_not_caught_up_words(a))
+    if a.baseline_rescored is not None and a.baseline is not None:
+        parts.append(_set_baseline_words(a.baseline, a.live_baseline, a.baseline_rescored))
     if a.score_start is not None and a.score_end is not None:
         parts.append(
             f"The settling score averaged {a.score_start:.0f} in the first five minutes and "

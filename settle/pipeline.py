@@ -536,6 +536,7 @@ class StrapPipeline:
             lf_ms2=_num(snap.lf_ms2),
             hf_ms2=_num(snap.hf_ms2),
             lf_hf=_num(snap.lf_hf),
+            lf64_ms2=_num(snap.lf64_ms2),
             # Fewer than 3 scores: no slope, no test, so no trend yet (not "steady").
             trend=snap.trend.label if math.isfinite(snap.trend.slope_per_min) else "unknown",
             trend_slope_per_min=_num(snap.trend.slope_per_min),

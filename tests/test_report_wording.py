@@ -22,7 +22,14 @@ import pytest
 
 from processing.live import LiveAnalyzer
 from sessions.report import analyse_session, duration_words, outcome, write_report
-from sessions.store import BeatRow, IndicesRow, MarkerRow, MarkerSource, SessionStore
+from sessions.store import (
+    BaselinePeriod,
+    BeatRow,
+    IndicesRow,
+    MarkerRow,
+    MarkerSource,
+    SessionStore,
+)
 from tests.conftest import DATA
 from tests.test_e2e import CONFIG
 from tests.test_sessions_report import _finite as _num
@@ -42,21 +49,27 @@ def _store_session(
     rr_at: Callable[[float], float],
     duration_s: float,
     edit: Callable[[dict[str, Any]], None] | None = None,
+    marked_baseline: tuple[float, float] | None = None,
 ) -> str:
     """Beats from ``rr_at(t)`` (RR in ms of the beat starting at t) through the daemon's
     ``LiveAnalyzer``, with an indices row every 5 s carrying the fields the daemon stores
-    (``settle/pipeline.py``: settling only when usable, usable, reason, warming_up, state);
-    ``edit`` may change a row's payload before it is stored."""
+    (``settle/pipeline.py``: settling only when usable, usable, reason, warming_up, state,
+    lf64_ms2); ``edit`` may change a row's payload before it is stored; ``marked_baseline``:
+    a rest period marked live (baseline start/stop at those times, stored as the daemon
+    stores it)."""
     sid = store.create_session("dev", T0_MS, "x", {}).id
     live = LiveAnalyzer()
     beats: list[BeatRow] = []
     rows: list[IndicesRow] = []
     t, next_i = 0.0, 5.0
+    marks = list(marked_baseline or ())
     while t < duration_s:
         rr = rr_at(t)
         t += rr / 1000
         beats.append(BeatRow(len(beats), t, T0_MS + round(t * 1000), rr))
         live.push_beat(t, rr)
+        while marks and next_i > marks[0] and t >= marks[0]:
+            (live.start_baseline if len(marks) == 2 else live.stop_baseline)(marks.pop(0))
         while t >= next_i and next_i <= duration_s:
             snap = live.indices(next_i)
             score = _num(snap.score) if snap.usable else None
@@ -67,6 +80,7 @@ def _store_session(
                 "components": {"z_hr": _num(snap.z_hr), "z_ln_rmssd": _num(snap.z_ln_rmssd),
                                "z_slow": _num(snap.z_slow)},
                 "usable": snap.usable, "reason": snap.reason, "warming_up": snap.warming_up,
+                "lf64_ms2": _num(snap.lf64_ms2),
             }  # fmt: skip
             if edit is not None:
                 edit(payload)
@@ -78,6 +92,8 @@ def _store_session(
             next_i += 5.0
     store.add_beats(sid, beats)
     store.add_indices(sid, rows)
+    if marked_baseline is not None:
+        store.set_baseline(sid, BaselinePeriod(*marked_baseline))
     store.finish_session(sid, T0_MS + round(duration_s * 1000))
     return sid
 
@@ -420,3 +436,106 @@ def _seconds(words: str) -> float:
     units = {"h": 3600, "min": 60, "s": 1}
     n = words.split()
     return float(sum(int(v) * units[u] for v, u in zip(n[::2], n[1::2], strict=True)))
+
+
+def _slowing(seed: int) -> Callable[[float], float]:
+    """Heart rate 75 bpm for 5 min, then 67 bpm: against the first 2 min it looks settled."""
+    rng = np.random.default_rng(seed)
+    return lambda t: (800.0 if t < 300 else 900.0) + 15.0 * rng.standard_normal()
+
+
+def test_a_baseline_set_afterwards_rescores_the_session(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """`settle log set --baseline 302:422` after a session: the report's shading and marker
+    table used that period, but the score, catching-up point and score change stayed those
+    computed live against the automatic first 2 min ("caught up" because heart rate slowed
+    after 5 min, while against the rest period the practitioner chose it had not). The
+    report now re-scores: after the period, every score equals the one the daemon computes
+    when the same period is marked live (baseline start/stop), and the summary says so."""
+    period = (302.0, 422.0)
+    marked_live = _store_session(store, _slowing(9), 900.0, marked_baseline=period)
+    afterwards = _store_session(store, _slowing(9), 900.0)
+    before = analyse_session(store.read_session(afterwards))
+    assert before.latency_s is not None  # caught up against the first 2 min
+    store.set_baseline(afterwards, BaselinePeriod(*period))
+
+    live = analyse_session(store.read_session(marked_live))
+    again = analyse_session(store.read_session(afterwards))
+    assert live.baseline_rescored is None and again.baseline_rescored is True
+    after = again.series.t_s > period[1]
+    assert np.isfinite(live.series.settling[after]).sum() >= 90
+    np.testing.assert_allclose(again.series.settling[after], live.series.settling[after],
+                               rtol=1e-9, equal_nan=True)  # fmt: skip
+    np.testing.assert_allclose(again.series.z_slow[after], live.series.z_slow[after],
+                               rtol=1e-9, equal_nan=True)  # fmt: skip
+    assert again.latency_s == live.latency_s
+    assert again.score_start == pytest.approx(live.score_start)
+    summary = _summary(_report(store, afterwards, tmp_path))
+    assert summary.startswith(_summary(_report(store, marked_live, tmp_path / "live")))
+    assert (
+        "The scores are against the baseline set after the session (5 min 2 s to 7 min 2 s), "
+        "recomputed from the stored indices; live they were against the first 2 min"
+    ) in summary, summary
+    # Against the rest period the practitioner chose, heart rate did not come down further.
+    assert live.latency_s is None and summary.startswith("Physiology did not catch up after the")
+
+
+def test_a_baseline_set_afterwards_over_old_rows_says_the_scores_are_live(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """Rows recorded before the 64 s LF power was stored cannot be re-scored: the report
+    keeps the live scores and says so, rather than implying they used the set period."""
+
+    def old(p: dict[str, Any]) -> None:
+        del p["lf64_ms2"]
+
+    sid = _store_session(store, _slowing(9), 900.0, old)
+    live_latency = analyse_session(store.read_session(sid)).latency_s
+    store.set_baseline(sid, BaselinePeriod(302.0, 422.0))
+    a = analyse_session(store.read_session(sid))
+    assert a.baseline_rescored is False and a.latency_s == live_latency
+    assert (
+        "The baseline (5 min 2 s to 7 min 2 s) was set after the session, but this session was "
+        "recorded before Settle stored what recomputing the scores needs: the settling score, "
+        "catching up and score change are as computed live against the first 2 min"
+    ) in _summary(_report(store, sid, tmp_path))
+
+
+def test_the_automatic_baseline_set_again_changes_nothing(store: SessionStore) -> None:
+    """`log set --baseline 0:120` names the period the live score used anyway: the stored
+    scores stand (nothing re-scored, nothing said)."""
+    sid = _store_session(store, _slowing(9), 600.0)
+    stored = analyse_session(store.read_session(sid)).series.settling
+    store.set_baseline(sid, BaselinePeriod(0.0, 120.0))
+    a = analyse_session(store.read_session(sid))
+    assert a.baseline_rescored is None
+    np.testing.assert_array_equal(a.series.settling, stored)
+
+
+def test_log_set_baseline_after_a_daemon_session_rescores_its_report(tmp_path: Path) -> None:
+    """The whole flow as a user runs it: a replay through `settle run`, then `settle log set
+    --baseline 300:420`, then `settle report`: the daemon stored the 64 s LF power with every
+    row, so the report re-scores against the set period and says so."""
+    db = tmp_path / "s.db"
+    run = _settle(
+        "run", "--replay", str(DATA / "bartels_rest_supine.csv"), "--speed", "100",
+        "--no-mqtt", "--db", str(db), tmp=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert _settle("log", "set", "latest", "--baseline", "300:420", "--db", str(db),
+                   tmp=tmp_path).returncode == 0  # fmt: skip
+    rep = _settle("report", "latest", "--out", str(tmp_path / "r"), "--db", str(db), tmp=tmp_path)
+    assert rep.returncode == 0, rep.stderr
+    (page,) = (tmp_path / "r").glob("*.html")
+    summary = _summary(page.read_text())
+    assert re.search(
+        r"The scores are against the baseline set after the session \(5 min to 7 min\), "
+        r"recomputed from the stored indices; live they were against the first 2 min( \d+ s)?\.",
+        summary,
+    ), summary
+    with SessionStore.open(db) as store:
+        (info,) = store.list_sessions()
+        a = analyse_session(store.read_session(info.id))
+    scored = a.series.t_s[np.isfinite(a.series.settling)]
+    assert scored.min() < 300.0 and not ((scored >= 300.0) & (scored <= 420.0)).any()
