@@ -44,7 +44,7 @@ from processing.spectral import (
 )
 from processing.timedomain import NN50_THRESHOLD_MS, TimeDomain, time_domain
 
-__all__ = ["Analysis", "Rolling", "analyze"]
+__all__ = ["Analysis", "Rolling", "analyze", "gaps_in_times"]
 
 FloatArray = npt.NDArray[np.float64]
 STEP_S = 5.0
@@ -171,7 +171,7 @@ def _classify(
         if not keep[a]:
             parts.append((ts, rs, np.full(rs.size, np.nan), left_out[a:b]))
             continue
-        cuts = [0, *_gaps(ts, rs).tolist(), ts.size] if correction else [0, ts.size]
+        cuts = [0, *gaps_in_times(ts, rs).tolist(), ts.size] if correction else [0, ts.size]
         for c, d in itertools.pairwise(cuts):
             if correction:
                 cs = correct_rr(ts[c:d], rs[c:d])
@@ -182,7 +182,7 @@ def _classify(
     return CorrectedSeries.from_rows(t_s, raw, corr, code.astype(np.int8))
 
 
-def _gaps(t: FloatArray, rr: FloatArray) -> npt.NDArray[np.intp]:
+def gaps_in_times(t: FloatArray, rr: FloatArray) -> npt.NDArray[np.intp]:
     """Indices of beats that follow a gap: beat times further apart than 3× the interval."""
     return np.flatnonzero(np.diff(t) * 1000.0 > 3.0 * rr[1:] + 1.0) + 1
 
@@ -194,7 +194,7 @@ def _breaks(cs: CorrectedSeries, ok: npt.NDArray[np.bool_]) -> npt.NDArray[np.in
     rows = np.flatnonzero(ok)
     out = np.cumsum(cs.code >= _NOT_ANALYSED)
     after_left_out = np.flatnonzero(out[rows[1:]] != out[rows[:-1]]) + 1
-    gaps = _gaps(cs.t_s[ok], cs.rr_ms[ok])
+    gaps = gaps_in_times(cs.t_s[ok], cs.rr_ms[ok])
     return np.union1d(after_left_out, gaps).astype(np.intp)
 
 

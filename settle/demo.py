@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sensors.readers import read_rr_file
+from processing.offline import gaps_in_times
+from sensors.readers import RRRecording, read_rr_file
 from sensors.virtual.air import VirtualAir
 from sensors.virtual.model import ModelParams, PhysioModel
-from sensors.virtual.strap import VirtualStrap
+from sensors.virtual.strap import Silence, VirtualStrap
 
 
 @dataclass
@@ -43,11 +44,24 @@ class VirtualWorld:
         }
 
 
+def replay_intervals(rec: RRRecording) -> list[float]:
+    """What a virtual strap plays for a recording: its RR intervals, with a :class:`Silence`
+    before each beat that follows a gap in the file's beat times (further apart than 3 × the
+    interval, where `settle analyze` splits too), so the gap is recorded, not bridged."""
+    rr = [float(x) for x in rec.rr_ms]
+    out: list[float] = []
+    after_gap = set(gaps_in_times(rec.t_s, rec.rr_ms).tolist())
+    for i, r in enumerate(rr):
+        if i in after_gap:
+            out.append(Silence((float(rec.t_s[i]) - float(rec.t_s[i - 1])) * 1000.0 - r))
+        out.append(r)
+    return out
+
+
 def rr_source(replay: Path | None, seed: int) -> tuple[Iterable[float], str]:
     """The RR intervals a virtual strap plays, and a label for the session's source."""
     if replay is not None:
-        rec = read_rr_file(replay)
-        return [float(x) for x in rec.rr_ms], f"replay:{Path(replay).name}"
+        return replay_intervals(read_rr_file(replay)), f"replay:{Path(replay).name}"
     return PhysioModel(ModelParams(), seed=seed), f"model:seed={seed}"
 
 

@@ -88,6 +88,36 @@ def test_run_replay_feeds_a_recording_through_the_pipeline(tmp_path: Path) -> No
     assert bad.returncode == 1 and "file not found" in bad.stderr
 
 
+def test_run_replay_records_a_gap_in_the_recording_instead_of_bridging_it(tmp_path: Path) -> None:
+    """Thirty beats (26 s) cut out of a recording with beat times: `settle run --replay`
+    played the intervals back to back, so the session had no gap, the beats after it sat
+    26 s early and the session was 26 s short (while `settle analyze` splits there). The
+    virtual strap now goes silent for the missing time, as a strap without contact does, and
+    the daemon records the gap where it was."""
+    lines = (DATA / "pyhrv_nni_short.csv").read_text().splitlines()
+    cut = tmp_path / "gap.csv"
+    cut.write_text("\n".join(lines[:101] + lines[131:]) + "\n")  # beats 100–129 missing
+    t_before, t_after = (float(lines[i].split(",")[0]) for i in (100, 131))
+    rr_after = float(lines[131].split(",")[1])
+    db = tmp_path / "s.db"
+    res = settle("run", "--replay", str(cut), "--speed", "50", "--no-mqtt", "--db", str(db),
+                 paired=tmp_path / "none.json")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    with SessionStore.open(db) as store:
+        (s,) = store.list_sessions()
+        rec = store.read_session(s.id)
+    assert len(rec.beats) == 307
+    (gap,) = rec.gaps
+    # The gap is the silence: from the last beat before it to the start of the first
+    # interval after it (on the session's clock, which starts at the first notification).
+    offset = rec.beats[-1].beat_t_s - float(lines[-1].split(",")[0])
+    assert abs(offset) < 1.5
+    assert gap.start_t_s - offset == pytest.approx(t_before, abs=1.2)
+    assert gap.end_t_s - offset == pytest.approx(t_after - rr_after / 1000, abs=1.2)
+    after = next(b for b in rec.beats if b.beat_t_s > gap.end_t_s)
+    assert after.beat_t_s - offset == pytest.approx(t_after, abs=1.2)
+
+
 # -- scan ------------------------------------------------------------------------------------
 
 

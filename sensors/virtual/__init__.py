@@ -13,4 +13,4 @@ from sensors.virtual.air import VirtualAir
 from sensors.virtual.backend import BumbleBleakClient, BumbleBleakScanner
 from sensors.virtual.strap import VirtualStrap
 
-__all__ = ["BumbleBleakClient", "BumbleBleakScanner", "VirtualAir", "VirtualStrap"]
+__all__ = ["BumbleBleakClient", "BumbleBleakScanner", "Silence", "VirtualAir", "VirtualStrap"]

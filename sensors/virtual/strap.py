@@ -77,12 +77,25 @@ def _guarded(
     return gatt.CharacteristicValue(read=read, write=write)
 
 
+class Silence(float):
+    """An entry of a strap's ``rr_source``: this many milliseconds pass without a beat (the
+    strap lost the signal, as in a recording's gap). The strap goes on notifying once a
+    second, with no RR intervals, as a real strap does without skin contact; the daemon then
+    sees the beats after it arrive late and records a gap."""
+
+    def __new__(cls, ms: float) -> Silence:
+        if not ms > 0:
+            raise ValueError(f"a silence must last > 0 ms, got {ms}")
+        return super().__new__(cls, ms)
+
+
 class VirtualStrap:
     """A heart-rate strap that streams ``rr_source`` (RR intervals in ms) over BLE.
 
     Args:
         air: the virtual air to live in.
-        rr_source: RR intervals in milliseconds, consumed lazily (may be infinite).
+        rr_source: RR intervals in milliseconds, consumed lazily (may be infinite); a
+            :class:`Silence` entry is time without beats.
         name: advertised and GAP device name.
         address: random static address "AA:BB:…"; default: a fresh one from ``air``.
         speed: simulated seconds per wall second (e.g. 100 in tests).
@@ -392,6 +405,10 @@ class VirtualStrap:
                 await asyncio.sleep(max(0.0, t0 + now_ms / 1000.0 / self._speed - loop.time()))
                 completed: list[float] = []
                 while pending_rr is not None and beat_ms + pending_rr <= now_ms:
+                    if isinstance(pending_rr, Silence):  # time passes, no beat
+                        beat_ms += pending_rr
+                        pending_rr = next(rr_iter, None)
+                        continue
                     # 0 is sent as it is (a real strap sends it now and then; an export that
                     # recorded one replays it); a negative or endless run of them is a bug.
                     if not pending_rr >= 0 or (pending_rr == 0 and len(completed) >= 255):
