@@ -961,7 +961,11 @@ def render_html(a: SessionAnalysis, png: bytes, png_name: str) -> str:
     intention = "–"
     if info.intention is not None:
         i = info.intention
-        intention = f"{e(i.target.value)}: “{e(i.statement)}” ({e(i.practice) or 'practice'})"
+        intention = e(i.target.value)
+        if i.statement:
+            intention += f": “{e(i.statement)}”"
+        if i.practice:  # left out when none was given (it read "(practice)")
+            intention += f" ({e(i.practice)})"
     img = base64.b64encode(png).decode("ascii")
     shading = "Shaded: baseline period and its mean ± 1 SD."
     if a.baseline is None:
@@ -1013,18 +1017,25 @@ averages the daemon published in the session.
 """
 
 
-def write_report(store: SessionStore, session_id: str, out_dir: Path) -> tuple[Path, Path]:
-    """Write ``settle-<id>-report.png`` and ``.html`` into ``out_dir`` (created if its parent
-    exists); return both paths. Raises :class:`ExportError` / :class:`ReportError`."""
+def output_directory(out_dir: Path, what: str) -> Path:
+    """``out_dir`` for ``settle report`` / ``trends --out``: an existing directory, or one
+    created (mode 0700) when its parent exists. :class:`ExportError` otherwise."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(out_dir, "--out must be a directory for a report")
+        raise ExportError(out_dir, f"--out must be a directory for {what}")
     if not out_dir.parent.is_dir():
         raise ExportError(out_dir, f"directory {out_dir.parent} does not exist")
     try:
         out_dir.mkdir(mode=0o700, exist_ok=True)
     except OSError as exc:
         raise ExportError(out_dir, f"cannot create directory: {exc.strerror or exc}") from exc
+    return out_dir
+
+
+def write_report(store: SessionStore, session_id: str, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``settle-<id>-report.png`` and ``.html`` into ``out_dir`` (created if its parent
+    exists); return both paths. Raises :class:`ExportError` / :class:`ReportError`."""
+    out_dir = output_directory(out_dir, "a report")
     rec = store.read_session(session_id)
     a = analyse_session(rec)
     png_path = out_dir / plain_name(f"settle-{session_id}-report.png", out_dir)

@@ -1311,6 +1311,22 @@ class SessionStore:
             )
         return out
 
+    def revision(self, session_id: str) -> tuple[object, ...]:
+        """A value that changes whenever an edit after the session could change its
+        analysis: its end, intention, baseline period or markers (``settle log set``, ``log
+        import``, a marker added or replaced). Cheap (no beats read): for caches of
+        per-session summaries. Empty for an unknown session."""
+        with self._transaction(write=False) as conn:
+            row = conn.execute(
+                "SELECT stopped_ms, state, intention_target, intention_statement,"
+                " practice_kind, baseline_start_t_s, baseline_stop_t_s,"
+                " (SELECT count(*) FROM markers m WHERE m.session_id = s.id),"
+                " (SELECT max(id) FROM markers m WHERE m.session_id = s.id)"
+                " FROM sessions s WHERE id = ?",
+                (session_id,),
+            ).fetchone()
+        return tuple(row) if row is not None else ()
+
     def get(self, session_id: str) -> SessionInfo:
         """The session with exactly this id; :class:`SessionNotFound` otherwise."""
         with self._transaction(write=False) as conn:

@@ -186,8 +186,14 @@ def trends_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Progress across sessions: settling latency, score change, recovery after markers."""
-    from sessions.files import ExportError, plain_name
-    from sessions.report import Verdict, duration_words, trends, write_trends_png
+    from sessions.files import plain_name
+    from sessions.report import (
+        Verdict,
+        duration_words,
+        output_directory,
+        trends,
+        write_trends_png,
+    )
     from sessions.store import IntentionTarget, SessionStore
 
     if target is not None and target not in TARGET_NAMES:
@@ -198,8 +204,7 @@ def trends_cmd(
             rows = trends(store, None if target is None else IntentionTarget(target))
         png = None
         if out_dir is not None:
-            if not out_dir.is_dir():
-                raise ExportError(out_dir, "--out must be an existing directory")
+            out_dir = output_directory(out_dir, "the trends plot")
             png = write_trends_png(rows, out_dir / plain_name("settle-trends.png", out_dir))
     except SettleError as exc:
         _fail(str(exc))

@@ -21,7 +21,7 @@ import re
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -526,3 +526,36 @@ async def test_remember_in_the_dashboard_says_what_it_replaced(
     assert [(p.label, p.address) for p in pairing.load_paired(paired)] == [
         ("anna", "11:22:33:44:55:66")
     ]
+
+
+async def test_history_summary_follows_edits_and_counts_session_seconds(tmp_path: Path) -> None:
+    """History listed a --speed 10 replay of 5 min as 30 s (wall clock; `settle sessions
+    list` says 5 min), and kept a finished session's summary for the daemon's lifetime, so a
+    marker imported or a baseline set afterwards (`settle log …`, another process) never
+    showed until the daemon restarted."""
+    from sessions.store import BeatRow, MarkerRow
+
+    with SessionStore.open(tmp_path / "s.db") as store:
+        t0 = 1_700_000_000_000
+        sid = store.create_session("dev_1", t0, "x", {"time_scale": 10.0}).id
+        store.add_beats(sid, [BeatRow(i, 0.8 * (i + 1), t0 + 80 * (i + 1), 800.0, None, 75, None)
+                              for i in range(375)])  # fmt: skip
+        store.finish_session(sid, t0 + 30_000)
+        cfg = DashboardConfig(host="127.0.0.1", port=0)
+        async with (
+            Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
+            aiohttp.ClientSession() as http,
+        ):
+
+            async def listed() -> dict[str, Any]:
+                async with http.get(d.url + "api/sessions") as r:
+                    assert r.status == 200
+                    (s,) = (await r.json())["sessions"]
+                    return cast(dict[str, Any], s)
+
+            first = await listed()
+            assert first["duration_s"] == pytest.approx(300.0)
+            assert first["n_markers"] == 0 and first["catching_up"] == "no_score"
+            store.add_markers(sid, [MarkerRow(100.0, t0 + 10_000, "shame", "", "import")])
+            assert (await listed())["n_markers"] == 1
+            assert (await listed())["n_markers"] == 1  # and cached again

@@ -155,6 +155,22 @@ def test_report_files_and_html(store: SessionStore, tmp_path: Path) -> None:
     assert "&lt;b&gt;it&lt;/b&gt; came back" in html and "<b>it</b>" not in html  # escaped
     assert html.count("<tr><td>") >= 2  # the per-marker table
     assert "data:image/png;base64," in html
+    assert "<tr><th>intention</th><td>self: “I am safe” (hold)</td></tr>" in html
+
+
+def test_report_intention_without_practice_or_statement(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """A session started with `--target self --statement "I am safe"` only (mqtt.md's own
+    example) read `self: “I am safe” (practice)`: a placeholder printed as if given."""
+    cases = [("I am safe", "", "self: “I am safe”"), ("", "", "self"), ("", "b", "self (b)")]
+    for statement, practice, shown in cases:
+        sid = store.create_session(
+            "dev", 1_795_000_000_000, "x", {},
+            intention=Intention(IntentionTarget.SELF, statement, practice),
+        ).id  # fmt: skip
+        _png, page = write_report(store, sid, tmp_path / sid)
+        assert f"<tr><th>intention</th><td>{shown}</td></tr>" in page.read_text()
 
 
 def test_trends_per_target_and_cli(store: SessionStore, tmp_path: Path) -> None:
@@ -186,6 +202,12 @@ def test_trends_per_target_and_cli(store: SessionStore, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "caught up after" in res.output and "future" in res.output
     assert (tmp_path / "settle-trends.png").read_bytes().startswith(PNG_MAGIC)
+    # A new directory is created, as `report --out` does (trends refused it); a missing
+    # parent is still one line.
+    res = runner.invoke(app, ["trends", "--out", str(tmp_path / "plots"), "--db", db])
+    assert res.exit_code == 0 and (tmp_path / "plots" / "settle-trends.png").is_file()
+    res = runner.invoke(app, ["trends", "--out", str(tmp_path / "no" / "plots"), "--db", db])
+    assert res.exit_code == 1 and res.output.count("\n") == 1 and "does not exist" in res.output
     res = runner.invoke(app, ["trends", "--target", "others", "--db", db])
     assert res.exit_code == 2 and "unknown target 'others'" in res.output
     res = runner.invoke(app, ["report", "latest", "--out", str(tmp_path / "r"), "--db", db])

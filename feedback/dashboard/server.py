@@ -36,7 +36,7 @@ from feedback.payloads import COMMANDS, MARKER_KINDS
 from sessions.exporters import FORMATS, ExportFormat, export_session
 from sessions.files import ExportError
 from sessions.report import analyse_session, outcome, write_report
-from sessions.store import SessionStore
+from sessions.store import SessionStore, SessionSummary
 from settle.errors import ConfigError, SettleError
 
 __all__ = ["Control", "Dashboard", "DashboardConfig", "DashboardError", "DeviceView"]
@@ -134,7 +134,7 @@ class Dashboard:
         self.config = config
         self.port = config.port
         self._runner: web.AppRunner | None = None
-        self._summaries: dict[str, dict[str, Any]] = {}
+        self._summaries: dict[str, tuple[tuple[object, ...], dict[str, Any]]] = {}
         self._streams: set[asyncio.Task[Any]] = set()
         self._closing = asyncio.Event()
 
@@ -323,10 +323,14 @@ class Dashboard:
 
     # -- history ------------------------------------------------------------------------------
 
-    def _summary(self, sid: str) -> dict[str, Any]:
+    def _summary(self, summary: SessionSummary) -> dict[str, Any]:
+        sid = summary.id
+        # A finished session's analysis changes only with what `settle log set` / `log
+        # import` edit afterwards (baseline, markers, intention): the revision says when.
+        rev = self.store.revision(sid)
         cached = self._summaries.get(sid)
-        if cached is not None:
-            return cached
+        if cached is not None and cached[0] == rev:
+            return cached[1]
         rec = self.store.read_session(sid)
         o = outcome(analyse_session(rec))
         info = rec.info
@@ -337,15 +341,18 @@ class Dashboard:
             "stopped_ms": info.stopped_ms,
             "state": info.state.value,
             "n_beats": len(rec.beats),
-            "duration_s": ((info.stopped_ms or info.started_ms) - info.started_ms) / 1000,
+            # Session seconds, as `settle sessions list` (a --speed replay records more of
+            # them than wall-clock seconds).
+            "duration_s": summary.duration_s,
             "target": o.target,
             "statement": info.intention.statement if info.intention else "",
             "latency_s": o.latency_s,
+            "catching_up": o.verdict.value,
             "score_change": o.score_change,
             "n_markers": len(rec.markers),
         }
         if info.stopped_ms is not None:
-            self._summaries[sid] = s  # a finished session no longer changes
+            self._summaries[sid] = (rev, s)
         return s
 
     def _session_list(self) -> list[dict[str, Any]]:
@@ -357,7 +364,7 @@ class Dashboard:
                             "state": "running", "n_beats": summary.n_beats,
                             "duration_s": summary.duration_s})  # fmt: skip
                 continue
-            out.append(self._summary(summary.id))
+            out.append(self._summary(summary))
         return out
 
     async def _sessions(self, _request: web.Request) -> web.StreamResponse:

@@ -393,10 +393,13 @@ async function loadHistory() {
     $("detail-exports").innerHTML = `Export: ${exports(detail)}`;
     return;
   }
+  // As `settle trends` words a session that did not catch up (sessions/report.py Verdict).
+  const VERDICTS = { not_yet: "did not catch up", under_way: "was catching up at the end",
+    too_short: "too short to tell", no_score: "no score" };
   const items = res.sessions.map((s) => {
     const when = new Date(s.started_ms).toLocaleString();
     const summary = s.state === "running" ? `running, ${dur(s.duration_s)} so far` :
-      `${dur(s.duration_s)}; ${s.latency_s !== null && s.latency_s !== undefined ? "caught up after " + mmss(s.latency_s) : "no catching up"}; ` +
+      `${dur(s.duration_s)}; ${s.latency_s !== null && s.latency_s !== undefined ? "caught up after " + mmss(s.latency_s) : (VERDICTS[s.catching_up] || "no catching up")}; ` +
       `score change ${s.score_change !== null && s.score_change !== undefined ? (s.score_change >= 0 ? "+" : "") + s.score_change.toFixed(1) : "–"}` +
       `${s.target && s.target !== "–" ? "; " + escapeHtml(s.target) : ""}${s.statement ? " “" + escapeHtml(s.statement) + "”" : ""}`;
     return `<li data-session="${escapeHtml(s.id)}"><a href="/history/${encodeURIComponent(s.id)}">${escapeHtml(when)}</a> — ${summary}` +
