@@ -774,7 +774,9 @@ async def _command(
         async with asyncio.timeout(wait_s):
             async with aiomqtt.Client(**options.client_kwargs()) as client:
                 need_session = name != "session/start"
-                device = await _find_device(client, base, need_session=need_session, device=device)
+                device = await _find_device(
+                    client, base, need_session=need_session, device=device, where=where
+                )
                 result_topic = f"{base}/{device}/cmd/{name}/result"
                 await client.subscribe(result_topic, qos=1)
                 sent_to = device  # from here on it may have arrived: never say it did not
@@ -807,7 +809,7 @@ async def _command(
 
 
 async def _find_device(
-    client: Any, base: str, *, need_session: bool, device: str | None = None
+    client: Any, base: str, *, need_session: bool, device: str | None = None, where: str = ""
 ) -> str:
     """The one device this daemon serves, from the retained topics (``device``: the one the
     user named, once the daemon is seen online)."""
@@ -817,7 +819,7 @@ async def _find_device(
     daemon_online = seen.get(state_topic, (b"", False))[0] == b"online"
     if device is not None:
         if not daemon_online:
-            raise SettleError(_nothing_found(need_session, False, set()))
+            raise SettleError(_nothing_found(need_session, False, set(), where))
         return device
     connected: set[str] = set()
     running: set[str] = set()
@@ -834,17 +836,22 @@ async def _find_device(
     # Without a daemon on the broker (its Last Will says offline), what it retains is stale.
     found = (running if need_session else connected) if daemon_online else set()
     if not found:
-        raise SettleError(_nothing_found(need_session, daemon_online, connected))
+        raise SettleError(_nothing_found(need_session, daemon_online, connected, where))
     if len(found) > 1:
         raise SettleError(f"several devices are active ({', '.join(sorted(found))}); pick --device")
     return found.pop()
 
 
-def _nothing_found(need_session: bool, daemon_online: bool, connected: set[str]) -> str:
+def _nothing_found(
+    need_session: bool, daemon_online: bool, connected: set[str], where: str = ""
+) -> str:
     """Why no device could take the command: no daemon, no strap, or no session."""
     if not daemon_online:
-        what = "running session" if need_session else "connected strap"
-        return f"no {what} found on the broker (start `settle demo` or `run`)"
+        on = f"the MQTT broker {where}" if where else "the MQTT broker"
+        return (
+            f"no Settle daemon is online on {on} (start `settle demo` or `settle run`, or "
+            "point --mqtt at the broker it uses)"
+        )
     if not connected:
         return (
             "a Settle daemon is running but no strap is connected (wet the electrodes; a phone "
@@ -955,7 +962,7 @@ def doctor(
     from settle.doctor import run_checks, to_json
 
     settings = settings_from(config, mqtt=mqtt, no_mqtt=no_mqtt, db=db)
-    checks = asyncio.run(run_checks(settings))
+    checks = asyncio.run(run_checks(settings, no_mqtt_flag=no_mqtt))
     if as_json:
         print(json.dumps(to_json(checks)))
     else:

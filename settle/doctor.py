@@ -126,8 +126,11 @@ def _bt_permission_fix() -> str:
 # -- MQTT ------------------------------------------------------------------------------------
 
 
-async def check_mqtt(settings: Settings, timeout_s: float = 5.0) -> Check:
-    """Connect and log in as the daemon would; disconnect at once."""
+async def check_mqtt(
+    settings: Settings, timeout_s: float = 5.0, *, off_by_flag: bool = False
+) -> Check:
+    """Connect and log in as the daemon would; disconnect at once. ``off_by_flag``: MQTT
+    was turned off with ``--no-mqtt`` (not by the config)."""
     import aiomqtt
 
     from feedback.broker import LOOPBACK, probe
@@ -135,6 +138,8 @@ async def check_mqtt(settings: Settings, timeout_s: float = 5.0) -> Check:
 
     m = settings.mqtt
     if not m.enabled:
+        if off_by_flag:
+            return Check("mqtt", True, "MQTT is turned off (--no-mqtt)")
         return Check("mqtt", True, "MQTT is turned off in the config (mqtt.enabled = false)")
     if not m.host and m.embedded != "never" and not await probe(LOOPBACK, m.port):
         if m.embedded == "always":
@@ -338,11 +343,15 @@ def _timedatectl_show() -> str | None:
 
 
 async def run_checks(
-    settings: Settings, *, scanner_kwargs: dict[str, Any] | None = None
+    settings: Settings,
+    *,
+    scanner_kwargs: dict[str, Any] | None = None,
+    no_mqtt_flag: bool = False,
 ) -> list[Check]:
     """Every check, in a fixed order; bounded by each check's own timeout."""
     bt, mq = await asyncio.gather(
-        check_bluetooth(scanner_kwargs=scanner_kwargs), check_mqtt(settings)
+        check_bluetooth(scanner_kwargs=scanner_kwargs),
+        check_mqtt(settings, off_by_flag=no_mqtt_flag),
     )
     db = await asyncio.to_thread(check_database, settings.db_path)
     clock = await asyncio.to_thread(check_clock)

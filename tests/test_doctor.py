@@ -169,3 +169,17 @@ async def test_all_pass_on_a_ready_machine(mosquitto: Mosquitto, tmp_path: Path)
     async with VirtualAir() as air:
         checks = await run_checks(s, scanner_kwargs=air.scanner_kwargs())
     assert [c.ok for c in checks][:3] == [True, True, True], [c.line() for c in checks]
+
+
+def test_no_mqtt_flag_is_named_as_the_reason_not_the_config(tmp_path: Path) -> None:
+    """`settle doctor --no-mqtt` said "MQTT is turned off in the config (mqtt.enabled =
+    false)" with a config that turns it on: the user then looks for a setting that is not
+    there."""
+    res = doctor("--json", "--no-mqtt", "--db", str(tmp_path / "s.db"))
+    assert by_name(json.loads(res.stdout))["mqtt"]["detail"] == "MQTT is turned off (--no-mqtt)"
+    off = tmp_path / "off.toml"
+    text = CONFIG.read_text()
+    assert "[mqtt]\nenabled = true\n" in text
+    off.write_text(text.replace("[mqtt]\nenabled = true\n", "[mqtt]\nenabled = false\n", 1))
+    res = doctor("--json", "--config", str(off), "--db", str(tmp_path / "s.db"))
+    assert "turned off in the config" in str(by_name(json.loads(res.stdout))["mqtt"]["detail"])

@@ -293,7 +293,9 @@ async def test_mark_without_daemon_is_one_clear_line(mosquitto: Mosquitto) -> No
     _, err = await proc.communicate()
     assert proc.returncode == 1
     assert err.decode().strip().splitlines() == [
-        "settle: error: no running session found on the broker (start `settle demo` or `run`)"
+        f"settle: error: no Settle daemon is online on the MQTT broker mqtt://{mosquitto.host}:"
+        f"{mosquitto.port} (start `settle demo` or `settle run`, or point --mqtt at the broker "
+        "it uses)"
     ]
 
 

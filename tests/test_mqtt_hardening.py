@@ -441,7 +441,8 @@ async def test_with_device_but_no_daemon_nothing_is_sent(mosquitto: Mosquitto) -
         assert len(c.messages) == 0  # nothing was published
     assert code == 1
     assert err.splitlines() == [
-        "settle: error: no running session found on the broker (start `settle demo` or `run`)"
+        f"settle: error: no Settle daemon is online on the MQTT broker mqtt://{host}:{port} "
+        "(start `settle demo` or `settle run`, or point --mqtt at the broker it uses)"
     ]
     assert took_s < 4.5  # not the whole --timeout (5 s)
 
