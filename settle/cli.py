@@ -100,6 +100,9 @@ def settings_from(
 ) -> Settings:
     try:
         flags: dict[str, Any] = dict(sections)
+        for on, off, name in ((http, no_http, "http"), (mqtt, no_mqtt, "mqtt")):
+            if on and off:
+                raise ConfigError(f"--{name}", f"--{name} and --no-{name} exclude each other")
         h: dict[str, Any] = {}
         if no_http:
             h["enabled"] = False
@@ -107,13 +110,15 @@ def settings_from(
             host, sep, port = http.rpartition(":")
             if not sep or not host or not port.isdigit() or int(port) > 65535:
                 raise ConfigError("--http", f"expected HOST:PORT (0: any free port), got {http!r}")
-            h["host"], h["port"] = host.strip("[]"), int(port)
+            # A flag overrides the config, enabled = false included (it was ignored).
+            h["host"], h["port"], h["enabled"] = host.strip("[]"), int(port), True
         flags["http"] = h
         m: dict[str, Any] = {}
         if no_mqtt:
             m["enabled"] = False
         if mqtt:
             m["host"], m["port"] = parse_hostport(mqtt)
+            m["enabled"] = True
         flags["mqtt"] = m
         flags["storage"] = {"db_path": db}
         settings = load_config(config, **flags)

@@ -183,3 +183,26 @@ def test_no_mqtt_flag_is_named_as_the_reason_not_the_config(tmp_path: Path) -> N
     off.write_text(text.replace("[mqtt]\nenabled = true\n", "[mqtt]\nenabled = false\n", 1))
     res = doctor("--json", "--config", str(off), "--db", str(tmp_path / "s.db"))
     assert "turned off in the config" in str(by_name(json.loads(res.stdout))["mqtt"]["detail"])
+
+
+def test_a_broker_flag_overrides_mqtt_turned_off_in_the_config(tmp_path: Path) -> None:
+    """`--mqtt HOST:PORT` with `[mqtt] enabled = false` was ignored ("MQTT is turned off in
+    the config"), as was `--http` with `[http] enabled = false` (no dashboard, no word): a
+    flag overrides the config. Both `--mqtt` and `--no-mqtt` is a usage error."""
+    from settle.cli import settings_from
+
+    text = CONFIG.read_text()
+    off = tmp_path / "off.toml"
+    for section in ("mqtt", "http"):
+        assert f"[{section}]\nenabled = true" in text
+        text = text.replace(f"[{section}]\nenabled = true", f"[{section}]\nenabled = false", 1)
+    off.write_text(text)
+    assert load_config(off).mqtt.enabled is False and load_config(off).http.enabled is False
+    port = free_loopback_port()  # nothing listens there
+    res = doctor("--json", "--config", str(off), "--mqtt", f"127.0.0.1:{port}",
+                 "--db", str(tmp_path / "s.db"))  # fmt: skip
+    detail = str(by_name(json.loads(res.stdout))["mqtt"]["detail"])
+    assert "turned off" not in detail and f"127.0.0.1:{port}" in detail, detail
+    assert settings_from(off, http="127.0.0.1:0").http.enabled is True
+    both = doctor("--mqtt", f"127.0.0.1:{port}", "--no-mqtt", "--db", str(tmp_path / "s.db"))
+    assert both.returncode == 2 and "--mqtt and --no-mqtt exclude each other" in both.stderr
