@@ -77,7 +77,7 @@ async def virtual_world(
             for i in range(n_straps):
                 source, label = rr_source(replay, seed + i)
                 name = "Settle Virtual HR" if n_straps == 1 else f"Settle Virtual HR {i + 1}"
-                strap = VirtualStrap(air, source, name=name, speed=speed)
+                strap = VirtualStrap(air, source, name=name, speed=speed, keep_sent=False)
                 await strap.start()
                 straps.append(strap)
             yield VirtualWorld(air, straps, label, speed)

@@ -232,6 +232,29 @@ async def test_connect_discover_and_read(air: VirtualAir) -> None:
         await strap.stop()
 
 
+async def test_a_strap_that_keeps_no_record_streams_the_same_in_bounded_memory(
+    air: VirtualAir,
+) -> None:
+    """`settle demo` straps (``keep_sent=False``) kept every notification they sent, for
+    the tests' sake: a long demo grew by about 1 MB per simulated hour. Without the record
+    the stream is the same, and the strap holds at most 2 × SENT_KEPT notifications."""
+    from sensors.virtual.strap import SENT_KEPT
+
+    async with asyncio.timeout(LIMIT_S):
+        rr = rr_series(400, 7)  # ~350 notifications, ~1.8 s of wall time at speed 200
+        strap = await started_strap(air, rr, speed=200, keep_sent=False)
+        received = Received()
+        async with BleakClient(strap.address, timeout=2.0, **air.client_kwargs()) as client:
+            await client.start_notify(HEART_RATE_MEASUREMENT_UUID, received)
+            await strap.wait_finished()
+            await received.wait_for(lambda: received.rr_raw == quantised(rr))
+            await client.stop_notify(HEART_RATE_MEASUREMENT_UUID)
+        assert len(received.measurements) > 2 * SENT_KEPT
+        assert 0 < len(strap.sent) <= 2 * SENT_KEPT
+        assert strap.sent == received.measurements[-len(strap.sent) :]
+        await strap.stop()
+
+
 async def test_control_point_accepts_reset_only(air: VirtualAir) -> None:
     async with asyncio.timeout(LIMIT_S):
         strap = await started_strap(air, rr_series(5, 4))

@@ -77,6 +77,10 @@ def _guarded(
     return gatt.CharacteristicValue(read=read, write=write)
 
 
+SENT_KEPT = 64
+"""Notifications :attr:`VirtualStrap.sent` holds with ``keep_sent=False``."""
+
+
 class Silence(float):
     """An entry of a strap's ``rr_source``: this many milliseconds pass without a beat (the
     strap lost the signal, as in a recording's gap). The strap goes on notifying once a
@@ -109,6 +113,9 @@ class VirtualStrap:
         advertising_interval_ms: wall milliseconds between advertisements.
         manufacturer, model, serial, firmware, hardware, software: 0x180A strings.
         pmd: offer the Polar PMD service (raw ECG) with this configuration; None: no PMD.
+        keep_sent: keep every notification sent in :attr:`sent` (tests compare them with
+            what arrived); False keeps the last :data:`SENT_KEPT` only, for long runs (the
+            demo: a whole record grew by about 1 MB per simulated hour).
     """
 
     def __init__(
@@ -132,6 +139,7 @@ class VirtualStrap:
         hardware: str = "1",
         software: str = "1.0.0",
         pmd: PmdConfig | None = None,
+        keep_sent: bool = True,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be > 0")
@@ -155,6 +163,7 @@ class VirtualStrap:
         self._max_centrals = pmd.max_centrals if pmd else 1
 
         self.sent: list[HeartRateMeasurement] = []
+        self._keep_sent = keep_sent
         """Every 0x2A37 notification sent, in order (one entry per notification)."""
         self.beats_sent = 0
         """Beats whose RR was notified."""
@@ -453,6 +462,8 @@ class VirtualStrap:
                 if connection in self._connections:  # may have vanished meanwhile
                     await self._device.notify_subscriber(connection, self._hrm, payload)
             self.sent.append(measurement)
+            if not self._keep_sent and len(self.sent) > 2 * SENT_KEPT:
+                del self.sent[:-SENT_KEPT]
         self.beats_sent += len(rr_ms)
 
     # -- advertising -----------------------------------------------------------------
