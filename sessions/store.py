@@ -483,6 +483,15 @@ _SCHEMA_V1 = (
 )
 
 
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``; None if there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
     # Not executescript(): it COMMITs first, which would split the migration and the
     # user_version bump into separate transactions.
@@ -695,6 +704,7 @@ class SessionStore:
         """Wrap an already configured connection; use :meth:`open` instead."""
         self._conn: sqlite3.Connection | None = conn
         self._path = path
+        self._identity = _file_identity(path)
         self._lock = threading.Lock()
         self._batch_thread: int | None = None
         """The thread inside :meth:`batch` (which holds ``_lock``), None outside one."""
@@ -794,6 +804,18 @@ class SessionStore:
     def path(self) -> Path:
         """The store's file."""
         return self._path
+
+    def replaced(self) -> str | None:
+        """Why writes no longer reach the file at :attr:`path` — ``"was deleted"`` or ``"was
+        replaced by another file"`` since it was opened (SQLite goes on writing into the
+        unlinked file, and everything written is lost when the process ends); None while it
+        is the file opened. A ``stat``, cheap enough for every flush."""
+        if self._identity is None:
+            return None
+        now = _file_identity(self._path)
+        if now is None:
+            return "was deleted"
+        return None if now == self._identity else "was replaced by another file"
 
     def close(self) -> None:
         """Close the connection; further calls raise :class:`StoreError`. Idempotent."""

@@ -82,6 +82,7 @@ async def serve(
     hub = Hub(settings.mqtt.topic_base)
     devices: dict[str, str] = {}  # session id -> device id, to tell several straps' lines apart
     held = contextlib.ExitStack()
+    lost = False  # beats the store would not take when the daemon stopped
     for c in finished or ():
         held.callback(c.close)  # a no-op for one that ran; closes one an early error left
     try:
@@ -136,15 +137,26 @@ async def serve(
                         w.cancel()
             for p in daemon.finished:
                 db = f" --db {settings.db_path}" if settings.storage.db_path else ""
+                stored = daemon.writer.stored_by_session.get(p.session_id, 0)
+                if p.session_id in daemon.rescued:  # the store failed at the end
+                    lost = True
+                    saved = daemon.rescued[p.session_id]
+                    out.print(
+                        f"session {p.session_id}: {stored} of {p.seq} beats stored; the rest "
+                        + (f"are in {saved}" if saved else "are lost")
+                        + " (see the error above).",
+                        markup=False,
+                    )
+                    continue
                 out.print(
-                    f"session {p.session_id}: {p.seq} beats stored. "
+                    f"session {p.session_id}: {stored} beats stored. "
                     f"Export: settle export {p.session_id} --format csv --out session.csv{db}",
                     markup=False,
                 )
     finally:
         store.close()
         held.close()
-    return 0
+    return 1 if lost else 0
 
 
 def dashboard_config(settings: Settings) -> DashboardConfig:

@@ -16,10 +16,12 @@ import asyncio
 import contextlib
 import functools
 import logging
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -154,6 +156,9 @@ class Daemon:
     runtimes: list[StrapRuntime] = field(default_factory=list)
     finished: list[StrapPipeline] = field(default_factory=list)
     """Sessions closed during this run, in order."""
+    rescued: dict[str, Path | None] = field(default_factory=dict)
+    """Sessions whose last beats the store would not take when the daemon stopped: the
+    rescue file they were written to (None: none could be written)."""
     writer: BeatWriter = field(init=False)
     ecg: EcgRecorder = field(init=False)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -338,7 +343,7 @@ class Daemon:
                 stopped_ms = self.now_ms()
                 self._stopping = True
                 await _cancel_and_wait(strap_tasks)
-                await asyncio.shield(self._finish_sessions(self.runtimes, stopped_ms))
+                await asyncio.shield(self._finish_sessions(self.runtimes, stopped_ms, final=True))
                 for rt in self.runtimes:
                     self._stopped(rt)
             stop_task.cancel()
@@ -571,9 +576,15 @@ class Daemon:
     async def _finish_session(self, rt: StrapRuntime, stopped_ms: int) -> None:
         await self._finish_sessions([rt], stopped_ms)
 
-    async def _finish_sessions(self, rts: list[StrapRuntime], stopped_ms: int) -> None:
+    async def _finish_sessions(
+        self, rts: list[StrapRuntime], stopped_ms: int, *, final: bool = False
+    ) -> None:
         """Close the running sessions of ``rts`` together: one flush of the buffered rows and
-        one store transaction for all of them, then their ``stopped`` messages."""
+        one store transaction for all of them, then their ``stopped`` messages.
+
+        ``final`` (the daemon is ending): beats the store still refuses after
+        :data:`STORE_RETRY_AT_STOP_S` are written to a rescue file, and their session is
+        closed ``interrupted``, not ``stopped`` — never a clean end with beats missing."""
         pipelines: list[StrapPipeline] = []
         for rt in rts:
             pipeline, rt.session = rt.session, None
@@ -583,6 +594,38 @@ class Daemon:
         if not pipelines:
             return
         await self.writer.flush()
+        if final and self.writer.failing:
+            deadline = time.monotonic() + STORE_RETRY_AT_STOP_S
+            while self.writer.failing and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                await self.writer.flush()
+        incomplete: set[str] = set()
+        for pipeline in pipelines:
+            n = self.writer.unsaved_beats(pipeline.session_id)
+            if not n:
+                continue
+            if not final:  # the daemon goes on: they are stored when the store is back
+                log.warning(
+                    "session %s ended with %d beats not yet stored (the store is failing); "
+                    "they stay in memory until it takes them", pipeline.session_id, n,
+                )  # fmt: skip
+                continue
+            incomplete.add(pipeline.session_id)
+            where = [self.store.path.parent, Path(tempfile.gettempdir()), Path.home()]
+            reason = self.writer.last_error or "the session store failed"
+            saved = await asyncio.to_thread(self.writer.rescue, pipeline.session_id, reason, where)
+            self.rescued[pipeline.session_id] = saved
+            if saved is not None:
+                log.error(
+                    "session %s: %d beats could not be stored (%s); saved to %s (settle analyze "
+                    "or settle run --replay read it)", pipeline.session_id, n, reason, saved,
+                )  # fmt: skip
+            else:
+                log.error(
+                    "session %s: %d beats could not be stored (%s) nor written to a rescue "
+                    "file in %s: they are lost", pipeline.session_id, n, reason,
+                    ", ".join(str(d) for d in where),
+                )  # fmt: skip
         ends: list[tuple[StrapPipeline, int]] = []
         for pipeline in pipelines:
             end_ms = stopped_ms
@@ -592,7 +635,7 @@ class Daemon:
                 end_ms = pipeline.started_ms + round(pipeline.now_t_s() * 1000)
             ends.append((pipeline, end_ms))
         try:
-            await asyncio.to_thread(self._store_finished, ends)
+            await asyncio.to_thread(self._store_finished, ends, incomplete)
         except SettleError as exc:
             log.error("could not close %d session(s): %s", len(ends), exc)
         for pipeline, end_ms in ends:
@@ -601,11 +644,18 @@ class Daemon:
             pipeline.publish_session("stopped", end_ms)
             log.info("session %s stopped (%d beats)", pipeline.session_id, pipeline.seq)
 
-    def _store_finished(self, ends: list[tuple[StrapPipeline, int]]) -> None:
+    def _store_finished(
+        self, ends: list[tuple[StrapPipeline, int]], incomplete: set[str] | None = None
+    ) -> None:
         with self.store.batch():
             for pipeline, end_ms in ends:
+                state = (
+                    SessionState.INTERRUPTED
+                    if incomplete and pipeline.session_id in incomplete
+                    else SessionState.STOPPED
+                )
                 try:
-                    self.store.finish_session(pipeline.session_id, end_ms, SessionState.STOPPED)
+                    self.store.finish_session(pipeline.session_id, end_ms, state)
                 except (SessionNotFound, ValueError) as exc:  # deleted meanwhile: the others
                     log.error("could not close session %s: %s", pipeline.session_id, exc)
 
@@ -699,6 +749,10 @@ class Daemon:
             if discarded is not None:
                 raise CommandError(discarded)
 
+
+STORE_RETRY_AT_STOP_S = 5.0
+"""How long a stopping daemon keeps retrying a failing store before it writes the beats it
+still holds to a rescue file."""
 
 STOP_GRACE_S = 15.0
 """How long a stopping strap task may take (its link's clean-up has 2 x 5 s) before it is

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from feedback.mqtt import MqttLink
@@ -124,7 +127,11 @@ class BeatWriter:
     ecg_beats: dict[str, list[EcgBeatRow]] = field(default_factory=dict)
     ecg_annotations: dict[str, list[BeatAnnotation]] = field(default_factory=dict)
     failing: bool = False
+    last_error: str | None = None
+    """Why the store failed last (None once a flush succeeds)."""
     stored_beats: int = 0
+    stored_by_session: dict[str, int] = field(default_factory=dict)
+    """Beats committed per session (what "N beats stored" may say)."""
     _flush_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     def add_beats(self, session_id: str, rows: Sequence[BeatRow]) -> None:
@@ -185,17 +192,64 @@ class BeatWriter:
                 if not self.failing:
                     log.error("cannot write to the session store (%s); keeping data in memory", exc)
                 self.failing = True
+                self.last_error = str(exc)
                 return
             self.stored_beats += sum(len(rows) for rows in taken[0][0].values())
+            for sid, rows in taken[0][0].items():
+                self.stored_by_session[sid] = self.stored_by_session.get(sid, 0) + len(rows)
             if self.failing:
                 log.info("session store writable again; buffered data saved")
             self.failing = False
+            self.last_error = None
 
     def _write(self, batches: list[_Batch]) -> None:
+        # SQLite goes on writing into a store file deleted or replaced under it, and all of
+        # it is gone when the daemon ends: keep the rows in memory instead (the daemon
+        # writes them to a rescue file at stop if the store does not come back).
+        gone = self.store.replaced()
+        if gone is not None:
+            raise StoreError(f"{self.store.path}: the session store file {gone} while recording")
         with self.store.batch():
             for data, fn in batches:
                 for sid, rows in data.items():
                     fn(sid, rows)
+
+    def unsaved_beats(self, session_id: str) -> int:
+        """Beats of ``session_id`` waiting for the store (it failed, or no flush yet)."""
+        return len(self.beats.get(session_id, []))
+
+    def rescue(self, session_id: str, reason: str, where: Sequence[Path]) -> Path | None:
+        """Write the beats of ``session_id`` the store would not take to
+        ``settle-unsaved-<id>.csv`` (``t_s,rr_ms``: `settle analyze` and `settle run
+        --replay` read it) in the first directory of ``where`` that takes it, mode 0600,
+        and drop them from the buffer. None (the beats kept here) if none does."""
+        rows = self.beats.get(session_id, [])
+        if not rows:
+            return None
+        lines = [
+            f"# Settle: {len(rows)} beats of session {session_id} the session store could "
+            f"not take ({reason}); t_s in seconds since the session start",
+            "t_s,rr_ms",
+            *(f"{b.beat_t_s!r},{b.rr_ms!r}" for b in rows),
+        ]
+        data = ("\n".join(lines) + "\n").encode()
+        for directory in where:
+            path = directory / f"settle-unsaved-{session_id}.csv"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except OSError:
+                continue
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            except OSError:  # e.g. that disk is full too: try the next directory
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            del self.beats[session_id]
+            self.annotations.pop(session_id, None)  # they refer to those beats
+            return path
+        return None
 
     def _store_gaps(self, session_id: str, gaps: list[GapRow]) -> None:
         # add_gap is not idempotent: the batch commits all of them or none, never a part.

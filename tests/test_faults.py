@@ -19,8 +19,10 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -368,6 +370,117 @@ async def test_disk_full_and_read_only_keep_measuring_and_lose_nothing(
     assert [round(i.t_s, 3) for i in indices] == [5.0 * (k + 1) for k in range(len(indices))]
     assert summary.state == SessionState.STOPPED
     assert integrity(db) == "ok"
+
+
+async def test_store_still_failing_at_stop_rescues_the_beats_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The disk is still full when the daemon stops: its last flush only put the rows back
+    in memory, the small "stopped" update still went through, and the process ended. The
+    session read as cleanly stopped with 24 of 34 beats, and "34 beats stored" was printed.
+    Now the daemon retries for a while, then writes what the store would not take to a
+    rescue file that `settle analyze` reads, says so, and closes the session interrupted."""
+    db = tmp_path / "s.db"
+    caplog.set_level(logging.INFO)
+    speed = 20.0
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=5), speed=speed)
+        await strap.start()
+        with SessionStore.open(db) as store:
+            daemon = Daemon(daemon_settings(db), store, [strap_client(air, strap)],
+                            time_scale=speed)  # fmt: skip
+            task = asyncio.create_task(daemon.run())
+            rt = daemon.runtimes[0]
+            await until(lambda: rt.session is not None and rt.session.seq > 30)
+            with store._lock:  # the store's own connection: its real error path
+                assert store._conn is not None
+                store._conn.execute("PRAGMA max_page_count = 1")
+            await until(lambda: daemon.writer.failing)
+            await until(lambda: daemon.writer.unsaved_beats(rt.session.session_id) > 20)  # type: ignore[union-attr]
+            daemon.stop()
+            await asyncio.wait_for(task, 20)
+            (pipeline,) = daemon.finished
+            sid = pipeline.session_id
+            stored = store.beats(sid)
+            state = store.get(sid).state
+    rescue = tmp_path / f"settle-unsaved-{sid}.csv"
+    assert daemon.rescued == {sid: rescue}
+    assert stat.S_IMODE(rescue.stat().st_mode) == 0o600
+    rec = read_rr_file(rescue)  # what `settle analyze` / `run --replay` read
+    assert len(stored) + len(rec.rr_ms) == pipeline.seq  # every beat is somewhere
+    assert rec.t_s[0] > stored[-1].beat_t_s
+    assert state != SessionState.STOPPED  # never a clean end with beats missing
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any(f"{len(rec.rr_ms)} beats could not be stored" in m and str(rescue) in m
+               for m in errors), errors  # fmt: skip
+
+
+async def test_store_file_deleted_while_recording_is_an_error_and_nothing_is_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`rm settle.db` while a session records: SQLite goes on writing into the unlinked
+    file, no word is said, and at stop "257 beats stored" pointed at a store that no longer
+    exists. Now the daemon notices at the next flush (the file at the path is gone), says so
+    once, keeps the rows, and at stop writes them to a rescue file."""
+    db = tmp_path / "s.db"
+    caplog.set_level(logging.INFO)
+    speed = 20.0
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=6), speed=speed)
+        await strap.start()
+        with SessionStore.open(db) as store:
+            daemon = Daemon(daemon_settings(db), store, [strap_client(air, strap)],
+                            time_scale=speed)  # fmt: skip
+            task = asyncio.create_task(daemon.run())
+            rt = daemon.runtimes[0]
+            await until(lambda: rt.session is not None and rt.session.seq > 30)
+            for suffix in ("", "-wal", "-shm"):
+                await asyncio.to_thread(Path(f"{db}{suffix}").unlink, missing_ok=True)
+            await until(lambda: daemon.writer.failing)
+            seq = rt.session.seq  # type: ignore[union-attr]
+            await until(lambda: rt.session is not None and rt.session.seq > seq + 20)
+            daemon.stop()
+            await asyncio.wait_for(task, 20)
+    (pipeline,) = daemon.finished
+    rescue = daemon.rescued[pipeline.session_id]
+    assert rescue is not None and rescue.parent == tmp_path
+    assert len(read_rr_file(rescue).rr_ms) >= 20
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert f"{db}: the session store file was deleted while recording" in errors[0], errors
+
+
+def test_demo_whose_store_was_deleted_says_where_the_beats_are_and_exits_1(
+    tmp_path: Path,
+) -> None:
+    """What the user sees: not "N beats stored. Export: settle export …" for a store that
+    is gone, but how many beats were stored, where the rest are, and exit code 1."""
+    db = tmp_path / "s.db"
+    env = {**os.environ, "SETTLE_CONFIG": str(CONFIG)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "settle.cli", "demo", "--no-mqtt", "--no-http", "--speed", "20",
+         "--duration", "8", "--db", str(db)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not db.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(3.0)  # a session with beats stored
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    (rescue,) = tmp_path.glob("settle-unsaved-*.csv")
+    line = next(ln for ln in out.splitlines() if ln.startswith("session 2"))
+    m = re.fullmatch(r"session (\S+): (\d+) of (\d+) beats stored; the rest are in (\S+) "
+                     r"\(see the error above\)\.", line)  # fmt: skip
+    assert m is not None, line
+    assert m[4] == str(rescue) and 0 < int(m[2]) < int(m[3])
+    assert int(m[2]) + len(read_rr_file(rescue).rr_ms) == int(m[3])
+    assert "was deleted while recording" in err and "Traceback" not in err
 
 
 # -- 5. the wall clock steps (NTP) ------------------------------------------------------------
