@@ -53,13 +53,16 @@ async def serve(
     addresses: list[str] | None = None,
     time_scale: float = 1.0,
     gc_thresholds: tuple[int, int, int] | None = GC_THRESHOLDS,
+    banner: str | None = None,
 ) -> int:
     """Run until ``duration`` seconds passed, every ``finished`` awaitable is done, or a
     stop signal (Ctrl-C, SIGTERM) arrives. Returns the process exit code.
 
     ``addresses``: one strap per address (several straps, one daemon); default: the strap
     of the config (``[strap] address``, or the first Heart Rate Service strap found).
-    ``gc_thresholds``: see :func:`tune_garbage_collector` (None: leave the interpreter's)."""
+    ``gc_thresholds``: see :func:`tune_garbage_collector` (None: leave the interpreter's).
+    ``banner``: the first console line, printed once this daemon holds the store (a second
+    daemon on the same store is refused without announcing itself first)."""
     out = console or Console(highlight=False, soft_wrap=True)
     s = settings.strap
     clients = [
@@ -88,6 +91,8 @@ async def serve(
     try:
         # One daemon per store: before anything is published or a session is touched.
         held.enter_context(daemon_lock(settings.db_path))
+        if banner is not None:
+            out.print(banner, markup=False)
         async with open_broker(settings) as broker, contextlib.AsyncExitStack() as stack:
             link: MqttLink | None = None
             daemon = Daemon(

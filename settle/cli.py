@@ -190,10 +190,10 @@ async def _demo(
         names = ", ".join(s.name for s in world.straps)
         what = f"replay of {d.replay.name}" if d.replay else f"physiological model, seed {d.seed}"
         plural = "s" if n_straps > 1 else ""
-        out.print(f"{command}: virtual strap{plural} {names} ({what}, speed {d.speed:g}x)")
         return await serve(
             settings,
             **world.serve_kwargs(),
+            banner=f"{command}: virtual strap{plural} {names} ({what}, speed {d.speed:g}x)",
             duration=duration,
             finished=[s.wait_finished() for s in world.straps] if d.replay else None,
         )
@@ -809,7 +809,13 @@ async def _command(
             f"no answer from the MQTT broker {where} within {wait_s:g} s (use --mqtt HOST:PORT)"
         ) from None
     except aiomqtt.MqttError as exc:
-        raise SettleError(f"cannot reach the MQTT broker {where}: {exc}") from None
+        hint = ""
+        if settings.http.enabled:
+            # The dashboard talks to the daemon directly: markers and session control work
+            # there while the broker is down (nothing was sent here).
+            hint = f"; nothing was sent (the dashboard, http://{settings.http.host}:"
+            hint += f"{settings.http.port}/live, reaches the daemon without the broker)"
+        raise SettleError(f"cannot reach the MQTT broker {where}: {exc}{hint}") from None
     return 1
 
 

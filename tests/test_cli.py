@@ -260,12 +260,14 @@ def test_a_second_daemon_on_the_same_store_refuses_to_start(tmp_path: Path) -> N
             "into this store; stop it first, or give this one another --db"
         )
         assert "never awaited" not in res.stderr  # the unstarted strap's coroutine
+        assert res.stdout == ""  # it announced "settle demo: virtual strap …" first
         listed = settle("sessions", "list", "--db", str(db))  # reading is fine meanwhile
         assert listed.returncode == 0 and sid in listed.stdout
     with SessionStore.open(db) as store:
         assert [s.id for s in store.list_sessions()] == [sid]  # nothing touched
     ok = settle("demo", "--duration", "0.5", "--no-mqtt", "--no-http", "--db", str(db))
     assert ok.returncode == 0, ok.stderr  # released: the next daemon starts
+    assert ok.stdout.startswith("settle demo: virtual strap Settle Virtual HR (")
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"not sqlite at all" * 100)
     bad = settle("demo", "--duration", "1", "--no-mqtt", "--no-http", "--db", str(garbage))
