@@ -426,7 +426,11 @@ def sessions_delete(
                 # "N beats stored".
                 _fail(f"session {info.id} is being recorded by a running daemon (stop it first)")
             if info.state is SessionState.RUNNING and not force:
-                _fail(f"session {info.id} is still running (stop it first, or use --force)")
+                _fail(
+                    f"session {info.id} is marked running but no daemon is recording it (a "
+                    "crash left it so; the next `settle run`/`demo` marks it interrupted): "
+                    "use --force to delete it now"
+                )
             if not yes:
                 n = next((s.n_beats for s in store.list_sessions() if s.id == info.id), 0)
                 started = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.started_ms / 1000))

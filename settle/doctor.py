@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from sessions.store import foreign_store
+from sessions.store import daemon_running, foreign_store
 from settle.config import Settings
 
 CheckName = Literal["bluetooth", "mqtt", "database", "clock"]
@@ -249,6 +249,7 @@ def check_database(db_path: Path) -> Check:
                 foreign = db_path.stat().st_size > 0 and foreign_store(con)
                 con.execute("BEGIN IMMEDIATE")
                 con.execute("ROLLBACK")
+                running = [] if foreign else _running_sessions(con)
             finally:
                 con.close()
         except sqlite3.Error as exc:
@@ -271,13 +272,35 @@ def check_database(db_path: Path) -> Check:
                 f"{db_path}: not a Settle session store (a SQLite file of another program)",
                 not_ours,
             )
-        return Check("database", True, f"{db_path} writable ({free / 2**30:.1f} GiB free)")
+        detail = f"{db_path} writable ({free / 2**30:.1f} GiB free)"
+        if daemon_running(db_path):
+            detail += "; a Settle daemon is recording into it"
+        elif running:
+            # kill -9, a power cut: harmless (the next daemon marks them interrupted), but
+            # `sessions list` shows them running meanwhile, so say why.
+            them = "it" if len(running) == 1 else "them"
+            detail += (
+                f"; {_plural_sessions(running)} marked running with no daemon recording "
+                f"(left by a crash: the next `settle run`/`demo` marks {them} interrupted)"
+            )
+        return Check("database", True, detail)
     return Check(
         "database",
         True,
         f"{db_path} will be created at the first run ({existing} writable, "
         f"{free / 2**30:.1f} GiB free)",
     )
+
+
+def _running_sessions(con: sqlite3.Connection) -> list[str]:
+    try:
+        return [r[0] for r in con.execute("SELECT id FROM sessions WHERE state = 'running'")]
+    except sqlite3.Error:  # an empty or older file without the table: nothing running
+        return []
+
+
+def _plural_sessions(ids: list[str]) -> str:
+    return f"session {ids[0]}" if len(ids) == 1 else f"{len(ids)} sessions ({', '.join(ids)})"
 
 
 # -- clock ---------------------------------------------------------------------------------

@@ -143,6 +143,25 @@ def test_existing_store_is_opened_for_writing(tmp_path: Path) -> None:
     assert not check_database(tmp_path).ok  # a directory is no store either
 
 
+def test_database_check_names_sessions_a_crash_left_running(tmp_path: Path) -> None:
+    """After kill -9 `settle sessions list` shows the session running and doctor said only
+    "writable": say it was left by a crash (no daemon holds the store) and what happens to
+    it; with a daemon recording, say that instead."""
+    from sessions.store import SessionStore, daemon_lock
+
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as store:
+        sid = store.create_session("dev", 1_795_000_000_000, "x", {}).id
+    c = check_database(db)
+    assert c.ok and c.detail.endswith(
+        f"; session {sid} marked running with no daemon recording (left by a crash: the next "
+        "`settle run`/`demo` marks it interrupted)"
+    ), c.detail
+    with daemon_lock(db):
+        c = check_database(db)
+    assert c.ok and c.detail.endswith("; a Settle daemon is recording into it"), c.detail
+
+
 async def test_bluetooth_passes_on_the_virtual_air_and_fails_without_an_adapter() -> None:
     async with VirtualAir() as air:
         ok = await check_bluetooth(timeout_s=0.2, scanner_kwargs=air.scanner_kwargs())

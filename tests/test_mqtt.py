@@ -165,6 +165,31 @@ async def test_a_connection_reset_by_the_broker_is_one_warning_not_an_error(
     assert any("retrying" in w for w in warnings), warnings
 
 
+def test_mark_with_the_broker_down_says_nothing_was_sent_and_where_to_mark(
+    tmp_path: Path,
+) -> None:
+    """With the broker down `settle mark` failed "cannot reach the MQTT broker" and the
+    marker was gone, while the dashboard (which talks to the daemon directly) still takes
+    markers: the line now says nothing was sent and where it would be."""
+    from feedback.broker import free_loopback_port
+
+    port = free_loopback_port()  # nothing listens there
+    res = subprocess.run(
+        [sys.executable, "-m", "settle.cli", "mark", "hello", "--timeout", "3",
+         "--mqtt", f"127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=60,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("SETTLE_")},
+             "SETTLE_CONFIG": str(CONFIG)},  # the shipped config: dashboard on 8765
+    )  # fmt: skip
+    assert res.returncode == 1
+    (line,) = res.stderr.splitlines()
+    assert line.startswith(f"settle: error: cannot reach the MQTT broker mqtt://127.0.0.1:{port}")
+    assert line.endswith(
+        "; nothing was sent (the dashboard, http://127.0.0.1:8765/live, reaches the daemon "
+        "without the broker)"
+    ), line
+
+
 async def test_unreachable_broker_never_blocks_publishing() -> None:
     from feedback.broker import free_loopback_port
 

@@ -249,7 +249,10 @@ def test_cli_delete_asks_and_refuses_running_sessions(tmp_path: Path) -> None:
     res = runner.invoke(app, ["sessions", "delete", done, "--db", str(db)], input="n\n")
     assert res.exit_code == 1 and "nothing deleted" in res.output
     res = runner.invoke(app, ["sessions", "delete", running, "--db", str(db), "--yes"])
-    assert res.exit_code == 1 and "still running" in res.output
+    # No daemon holds the store: a crash left it marked running ("stop it first" had
+    # nothing to stop).
+    assert res.exit_code == 1 and "no daemon is recording it" in res.output
+    assert "use --force" in res.output
     res = runner.invoke(app, ["sessions", "delete", done[:-1], "--db", str(db), "--yes"])
     assert res.exit_code == 2  # full id only, and it says so
     assert (
