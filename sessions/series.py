@@ -39,6 +39,11 @@ def best_rr_ms(beat: BeatRow) -> float:
     return beat.rr_ms if beat.rr_corrected_ms is None else beat.rr_corrected_ms
 
 
+def _merged_away(beat: BeatRow) -> bool:
+    """A spurious beat artefact correction merged into the next one (no corrected RR)."""
+    return beat.beat_class == BeatClass.EXTRA and beat.rr_corrected_ms is None
+
+
 def session_span_s(
     beats: Sequence[BeatRow], ecg: EcgSeries | None = None, stopped_s: float | None = None
 ) -> float:
@@ -100,13 +105,22 @@ def rr_on_grid(
     resampling. NaN before the first and after the last beat, inside stored gaps, between
     two beats farther apart than the RR they carry allows (lost beats), and wherever the
     value would depend on a beat that is not analysed (class ``implausible`` or ``warmup``:
-    its RR is what the strap sent, not a heartbeat interval to draw).
+    its RR is what the strap sent, not a heartbeat interval to draw). A spurious beat that
+    correction merged away (class ``extra`` without a corrected RR) is no heartbeat: it is
+    left out, and the next beat carries the merged interval (drawn at its raw RR, it put a
+    410 ms spike, HR 146 bpm, into a series of 1060 ms intervals).
     """
     t = np.arange(n_samples, dtype=np.float64) / fs_hz
     out = np.full(n_samples, np.nan)
+    beats = [b for b in beats if not _merged_away(b)]
     if len(beats) < 1:
         return out
     bt, rr, skip = _sorted_beats(beats)
+    # The beats' spacing is their raw RR (a split "missed" beat keeps its whole raw interval
+    # before it; its corrected RR is one part of it).
+    raw = np.array([b.rr_ms for b in beats], dtype=np.float64)[
+        np.argsort([b.beat_t_s for b in beats], kind="stable")
+    ]
     valid = (t >= bt[0]) & (t <= bt[-1])
     out[valid] = np.interp(t[valid], bt, rr)
     if skip.any():
@@ -117,7 +131,8 @@ def rr_on_grid(
         depends = skip[k] | ((t[idx] != bt[k]) & skip[nxt])
         out[idx[depends]] = np.nan
     if bt.shape[0] > 1:
-        jumps = np.flatnonzero(np.diff(bt) > rr[1:] / 1000.0 + _LOST_BEATS_TOLERANCE_S)
+        spacing = np.maximum(rr[1:], raw[1:]) / 1000.0
+        jumps = np.flatnonzero(np.diff(bt) > spacing + _LOST_BEATS_TOLERANCE_S)
         for j in jumps:
             out[(t > bt[j]) & (t < bt[j + 1])] = np.nan
     for g in gaps:

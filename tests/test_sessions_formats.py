@@ -254,6 +254,41 @@ def test_edf_beats_not_analysed_are_missing_in_rr_and_hr_never_clipped(
     ]
 
 
+def test_edf_and_bids_series_follow_the_corrected_intervals(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """A spurious beat correction merged away (``extra``, no corrected RR) was drawn at its
+    raw RR: a 410 ms spike (HR 146 bpm) in 1060 ms intervals, HF power ×2.8 in a spectrum
+    of the exported series. And a "missed" beat split in two left a 2 s hole with no gap
+    or annotation (its raw spacing was compared with the corrected half-interval). Both
+    4 Hz series now follow the corrected tachogram, as the indices do."""
+    pyedflib = pytest.importorskip("pyedflib", reason="dev dependency pyedflib not installed")
+    sid = store.create_session("polar_h10_a1b2c3d4", T0_MS, "ble:AA:BB", {}).id
+    beats, t = [], 0.0
+    plan: list[tuple[float, float | None, BeatClass]] = [(1060.0, 1060.0, BeatClass.NORMAL)] * 80
+    plan[30] = (404.0, None, BeatClass.EXTRA)  # spurious: merged into the next
+    plan[31] = (656.0, 1060.0, BeatClass.EXTRA)
+    plan[50] = (2200.0, 1100.0, BeatClass.MISSED)  # split in two halves of 1100 ms
+    for i, (raw, corrected, cls) in enumerate(plan):
+        t += raw / 1000
+        beats.append(BeatRow(i, t, T0_MS + round(t * 1000), raw, None, 57, None,
+                             rr_corrected_ms=corrected, beat_class=cls))  # fmt: skip
+    store.add_beats(sid, beats)
+    store.finish_session(sid, T0_MS + round(t * 1000) + 500)
+    with pyedflib.EdfReader(str(export_edf(store, sid, tmp_path / "s.edf"))) as f:
+        edf_rr = f.readSignal(0)
+        missing = f.readSignal(0, digital=True) == -32768
+    k = np.arange(edf_rr.shape[0]) / 4
+    inside = (k > beats[0].beat_t_s) & (k < beats[-1].beat_t_s)
+    assert not missing[inside].any()  # no hole at the split beat
+    assert np.abs(edf_rr[inside] - 1060.0).max() < 45.0  # no 404/656 ms spike; 1100 at most
+    beh = export_bids(store, sid, tmp_path / "ds")
+    (physio,) = beh.glob("*_task-settle_physio.tsv.gz")
+    rows = gzip.decompress(physio.read_bytes()).decode().splitlines()
+    bids_rr = np.array([float(r.split("\t")[0]) for r, i in zip(rows, inside, strict=False) if i])
+    assert np.abs(bids_rr - 1060.0).max() < 45.0
+
+
 def test_edf_annotation_texts_are_unambiguous_and_cut_visibly(
     store: SessionStore, tmp_path: Path
 ) -> None:
