@@ -82,6 +82,12 @@ def _run(coro: Coroutine[Any, Any, int | None]) -> None:
 
 
 def parse_hostport(value: str) -> tuple[str, int]:
+    if "@" in value or "/" in value:  # user:password@host, mqtt://…: never echoed
+        raise ConfigError(
+            "--mqtt",
+            "HOST:PORT only: credentials go in mqtt.username and SETTLE_MQTT__PASSWORD or "
+            "mqtt.password_file (on the command line they show in the process list)",
+        )
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError("--mqtt", f"expected HOST:PORT (e.g. 127.0.0.1:1883), got {value!r}")

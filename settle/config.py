@@ -106,6 +106,18 @@ class MqttConfig(_Section):
             raise ValueError(f"file not found: {v}")
         return v
 
+    @field_validator("host")
+    @classmethod
+    def _no_credentials_in_host(cls, v: str) -> str:
+        if "@" in v or "/" in v:
+            # "user:pass@host" or "mqtt://…": the password would be printed in the banner,
+            # the watch line and every retry warning. Said without echoing the value.
+            raise ValueError(
+                "a host name or address only (credentials go in mqtt.username and "
+                "SETTLE_MQTT__PASSWORD or mqtt.password_file; TLS in mqtt.tls)"
+            )
+        return v
+
     @field_validator("password", mode="before")
     @classmethod
     def _empty_password_is_none(cls, v: object) -> object:
@@ -197,6 +209,10 @@ class HttpConfig(_Section):
     token_file: Path | None = None
     """Where the access token is kept (mode 0600); empty: ``http-token`` in the config
     directory. Created with a random token on first use."""
+    require_token: bool = False
+    """Ask for the token on loopback too: on a machine other people log into (any local
+    account can reach 127.0.0.1), or behind a reverse proxy, which reaches the dashboard
+    from loopback on everyone's behalf."""
     pacer_bpm: float = Field(6.0, ge=4, le=7)
     """Default rate of the dashboard's breathing pacer, breaths per minute."""
 
@@ -316,7 +332,14 @@ def load_config(path: Path | None = None, **flags: Any) -> Settings:
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
         msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
         given = err.get("input")
-        if isinstance(given, str | int | float) and len(repr(given)) <= 60:
+        # The value is echoed to help, except where it may be a secret: a password or token
+        # field, or an unknown key (a misspelt `pasword`); errors reach the journal.
+        secret = (
+            err["type"] == "extra_forbidden"
+            or any(w in loc.lower() for w in ("password", "token", "secret"))
+            or (isinstance(given, str) and "@" in given)  # user:password@host
+        )
+        if isinstance(given, str | int | float) and len(repr(given)) <= 60 and not secret:
             msg = f"{msg} (got {given!r})"
         raise ConfigError(loc, msg) from None
 

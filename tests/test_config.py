@@ -137,3 +137,28 @@ def test_misspelt_environment_variable_is_an_error(tmp_path: Path) -> None:
     env = {**os.environ, "SETTLE_PROCESSING__BASELINE_S": "300", "SETTLE_CONFIG": str(CONFIG)}
     res = run_cli("sessions", "list", "--db", str(tmp_path / "s.db"), env=env)
     assert res.returncode == 0, res.stderr
+
+
+def test_secrets_are_never_echoed_in_errors(tmp_path: Path) -> None:
+    """Config errors go to the terminal and, under systemd, the journal: `mqtt.password =
+    987654321` printed "(got 987654321)", a misspelt `pasword = "…"` printed the password,
+    and `--mqtt user:pass@host:port` was accepted and the password then shown in the banner,
+    the watch line and every retry warning."""
+    cases = [
+        ("[mqtt]\npassword = 987654321\n", "mqtt.password", "987654321"),
+        ('[mqtt]\npasword = "Hunter2-typo-secret"\n', "mqtt.pasword", "Hunter2-typo-secret"),
+        ('[mqtt]\nhost = "settle:S3cretPW@broker.lan"\n', "mqtt.host", "S3cretPW"),
+    ]
+    for text, field, secret in cases:
+        f = tmp_path / "c.toml"
+        f.write_text(text)
+        res = run_cli("sessions", "list", "--config", str(f), "--db", str(tmp_path / "s.db"))
+        assert res.returncode == 2
+        (line,) = res.stderr.splitlines()
+        assert f"config: {field}: " in line and secret not in line, line
+    res = run_cli("demo", "--mqtt", "settle:S3cretPW-xyzzy@127.0.0.1:1883", "--config",
+                  str(CONFIG), "--db", str(tmp_path / "s.db"))  # fmt: skip
+    assert res.returncode == 2 and res.stdout == ""
+    (line,) = res.stderr.splitlines()
+    assert "--mqtt: HOST:PORT only: credentials go in mqtt.username" in line
+    assert "S3cretPW" not in line
