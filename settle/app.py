@@ -165,9 +165,11 @@ async def serve(
 
 
 def dashboard_config(settings: Settings) -> DashboardConfig:
-    """Off loopback the dashboard needs the token (read, or made, in ``[http] token_file``)."""
+    """Off loopback (or with ``require_token``) the dashboard needs the token (read, or
+    made, in ``[http] token_file``)."""
     h = settings.http
-    token = None if is_loopback(h.host) else load_or_create_token(h.token_path())
+    needs = h.require_token or not is_loopback(h.host)
+    token = load_or_create_token(h.token_path()) if needs else None
     return DashboardConfig(host=h.host, port=h.port, token=token, pacer_bpm=h.pacer_bpm)
 
 

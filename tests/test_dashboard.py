@@ -559,3 +559,65 @@ async def test_history_summary_follows_edits_and_counts_session_seconds(tmp_path
             store.add_markers(sid, [MarkerRow(100.0, t0 + 10_000, "shame", "", "import")])
             assert (await listed())["n_markers"] == 1
             assert (await listed())["n_markers"] == 1  # and cached again
+
+
+async def test_bad_tokens_and_malformed_requests_are_one_line_not_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`?token=é` was a 500 with a traceback (compare_digest on a non-ASCII str), and any
+    request aiohttp cannot parse (a duplicate Host header, a control byte in the method)
+    logged an ERROR traceback: whoever reaches the port could fill the journal."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    with SessionStore.open(tmp_path / "s.db") as store:
+        cfg = DashboardConfig(host="127.0.0.1", port=0, token="s3cret-token")
+        async with Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d:  # type: ignore[arg-type]
+            async with aiohttp.ClientSession() as http:
+                async with http.get(d.url + "api/state?token=%C3%A9") as r:
+                    assert r.status == 401
+                bearer = {"Authorization": "Bearer é"}
+                async with http.get(d.url + "api/state", headers=bearer) as r:
+                    assert r.status == 401
+            for raw in (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: x\r\n\r\n",
+                        b"G\x01T / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"):  # fmt: skip
+                reader, writer = await asyncio.open_connection("127.0.0.1", d.port)
+                writer.write(raw)
+                await writer.drain()
+                status = await reader.readline()
+                writer.close()
+                await writer.wait_closed()
+                assert b" 400 " in status, status
+    server = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert server and all(r.levelno == logging.WARNING and not r.exc_info for r in server)
+    assert all(r.getMessage().startswith("dashboard: malformed HTTP request from ")
+               for r in server)  # fmt: skip
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "Traceback" not in caplog.text
+
+
+async def test_require_token_protects_a_loopback_dashboard_and_pages_cannot_be_framed(
+    tmp_path: Path,
+) -> None:
+    """Any account on the machine could read every session from a loopback dashboard (and
+    a reverse proxy reaches it from loopback for everyone it serves): `require_token`
+    makes loopback ask for the token too. No site may frame the pages (clickjacking of
+    /control)."""
+    from settle.app import dashboard_config
+
+    token_file = tmp_path / "cfg" / "http-token"
+    base = {"enabled": True, "host": "127.0.0.1", "port": 0, "token_file": str(token_file)}
+    assert dashboard_config(load_config(CONFIG, http=base)).token is None
+    cfg = dashboard_config(load_config(CONFIG, http={**base, "require_token": True}))
+    assert cfg.token is not None and token_file.read_text().strip() == cfg.token
+    with SessionStore.open(tmp_path / "s.db") as store:
+        async with (
+            Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
+            aiohttp.ClientSession() as http,
+        ):
+            async with http.get(d.url + "api/sessions") as r:
+                assert r.status == 401
+            async with http.get(d.url + f"api/sessions?token={cfg.token}") as r:
+                assert r.status == 200
+                assert "frame-ancestors 'self'" in r.headers["Content-Security-Policy"]
+                assert r.headers["X-Frame-Options"] == "SAMEORIGIN"

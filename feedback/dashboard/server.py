@@ -43,6 +43,34 @@ __all__ = ["Control", "Dashboard", "DashboardConfig", "DashboardError", "DeviceV
 
 log = logging.getLogger(__name__)
 
+
+class _BadRequestLine(logging.Filter):
+    """aiohttp logs a request it cannot parse (a duplicate Host header, a control byte in
+    the method, a 20 KB header) as an ERROR with a traceback: anyone who can reach the port
+    could fill the journal with them. Such a request is the client's fault: one WARNING
+    line, no traceback. Errors in Settle's own handlers keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            why = repr(" ".join(str(exc).split()) or type(exc).__name__)[1:-1]
+            record.msg, record.args = (
+                "dashboard: malformed HTTP request from %s: %s",
+                (
+                    remote,
+                    why[:200],
+                ),
+            )
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_BAD_REQUEST_LINE = _BadRequestLine()
+
 STATIC = Path(__file__).parent / "static"
 PAGES = ("live", "control", "pair", "history")
 HEARTBEAT_S = 1.0
@@ -163,6 +191,9 @@ class Dashboard:
         return app
 
     async def __aenter__(self) -> Dashboard:
+        server_log = logging.getLogger("aiohttp.server")
+        if _BAD_REQUEST_LINE not in server_log.filters:
+            server_log.addFilter(_BAD_REQUEST_LINE)
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
@@ -202,7 +233,9 @@ class Dashboard:
                 or request.cookies.get(COOKIE)
                 or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
             )
-            if not given or not hmac.compare_digest(given, token):
+            # As bytes: compare_digest raises TypeError for a non-ASCII str (a 500 and a
+            # traceback for `?token=é`).
+            if not given or not hmac.compare_digest(given.encode(), token.encode()):
                 return _error(401, "token required: open the URL printed at start-up")
             set_cookie = "token" in request.query
         if request.method == "POST" and request.headers.get("X-Settle") != "1":
@@ -215,8 +248,10 @@ class Dashboard:
             response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
         response.headers.setdefault(
             "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'",
+            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+            "frame-ancestors 'self'",  # no other site may frame /control (clickjacking)
         )
+        response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
 
