@@ -58,13 +58,15 @@ def _port_bindable(port: int) -> bool:
 class EmbeddedBroker:
     """An amqtt broker on ``127.0.0.1:port`` for the lifetime of an ``async with`` block.
 
-    ``port=0`` takes 1883 when it is free (so the usual ``mosquitto_sub`` command works),
-    else any free port. The port in use is in :attr:`port` once started.
+    ``port=0`` takes ``preferred`` (the configured ``mqtt.port``, 1883 by default) when it
+    is free — where ``settle mark`` and ``mosquitto_sub`` look — else any free port. The port
+    in use is in :attr:`port` once started.
     """
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, preferred: int = 1883) -> None:
         self.host = LOOPBACK
         self.port = port
+        self.preferred = preferred
         self._broker: object | None = None
 
     async def __aenter__(self) -> EmbeddedBroker:
@@ -74,7 +76,8 @@ class EmbeddedBroker:
         for name in ("amqtt", "transitions"):
             logging.getLogger(name).setLevel(logging.WARNING)
         if self.port == 0:
-            self.port = 1883 if _port_bindable(1883) else free_loopback_port()
+            good = 0 < self.preferred < 65536 and _port_bindable(self.preferred)
+            self.port = self.preferred if good else free_loopback_port()
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{LOOPBACK}:{self.port}"}},
             # Only anonymous auth: no $SYS publisher, no packet logger (it would log payloads).

@@ -93,7 +93,7 @@ async def open_broker(settings: Settings) -> AsyncIterator[BrokerChoice | None]:
         # Nothing answers yet; the link keeps retrying with backoff.
         yield BrokerChoice(LOOPBACK, m.port, embedded=False)
         return
-    async with EmbeddedBroker(m.embedded_port) as broker:
+    async with EmbeddedBroker(m.embedded_port, preferred=m.port) as broker:
         yield BrokerChoice(broker.host, broker.port, embedded=True)
 
 

@@ -324,6 +324,22 @@ async def test_mark_without_daemon_is_one_clear_line(mosquitto: Mosquitto) -> No
     ]
 
 
+async def test_the_embedded_broker_listens_where_the_other_commands_look() -> None:
+    """With `port = 18833` and no host, the embedded broker took 1883 (or a random port)
+    while `settle mark`, `session` and `doctor` looked on 18833 ("cannot reach the MQTT
+    broker") although the daemon was running: it now listens on the configured port when
+    that is free."""
+    from feedback.broker import free_loopback_port
+    from settle.daemon import open_broker
+
+    port = free_loopback_port()
+    settings = load_config(CONFIG, mqtt={"host": "", "port": port, "embedded": "auto"})
+    async with open_broker(settings) as choice:
+        assert choice is not None and choice.embedded and choice.port == port
+        async with aiomqtt.Client("127.0.0.1", port) as c:  # what `settle mark` connects to
+            await c.publish("settle/probe", b"x", qos=1)
+
+
 async def test_stale_retained_command_is_not_replayed_embedded_amqtt(tmp_path: Path) -> None:
     """MQTT 3.1.1 (the embedded broker): a retained command left on the broker reaches the
     daemon flagged retained when it subscribes; it is refused and reported, never applied."""
