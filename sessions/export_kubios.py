@@ -177,6 +177,9 @@ def export_kubios(
         for t_s, kind, dur, note in events:
             k = kubios_time(series, t_s)
             k_dur = kubios_time(series, t_s + dur) - k
+            # One line per event, as EDF and BIDS write it: a NUL or line break in a marker's
+            # text broke CSV readers (Python's csv: "line contains NUL").
+            note = "".join(" " if ord(c) < 32 else c for c in note).strip()
             w.writerow([f"{k:.3f}", _hms(k), repr(t_s), kind, repr(dur), note, f"{k_dur:.3f}"])
     if progress is not None:
         progress(len(series), len(series))

@@ -390,6 +390,16 @@ def test_kubios_rr_reads_back_and_markers_side_file(store: SessionStore, tmp_pat
     assert float(hold["kubios_t_s"]) == pytest.approx(12.5, abs=1e-3)
     assert hold["kubios_hms"] == "0:00:12.5"
     assert rows[3]["duration_s"] == "4.0"
+    # A journal line's NUL, tab or line break (imported as typed) kept the side file from
+    # being read ("line contains NUL"); it is one line per event, as in EDF and BIDS.
+    t0 = rec.info.started_ms
+    store.add_marker(sid, MarkerRow(20.0, t0 + 20_000, "doubt", "a\x00b\nc\td", "import"))
+    path = export_kubios(store, sid, tmp_path / "again.txt")
+    side = path.with_name(f"{path.stem}_markers.csv")
+    assert len(side.read_bytes().splitlines()) == 6 and b"\x00" not in side.read_bytes()
+    with side.open(newline="") as fh:
+        texts = {r["kind"]: r["text"] for r in csv.DictReader(fh)}
+    assert texts["doubt"] == "a b c d"
 
 
 def test_kubios_side_file_is_on_the_kubios_axis(store: SessionStore, tmp_path: Path) -> None:
