@@ -272,6 +272,16 @@ def check_database(db_path: Path) -> Check:
                 f"{db_path}: not a Settle session store (a SQLite file of another program)",
                 not_ours,
             )
+        mode = db_path.stat().st_mode & 0o777
+        if mode & 0o007:
+            # Settle creates it 0600; a copy restored from a backup may not be. Health data
+            # (a group a coach shares is the owner's choice; every account is not).
+            return Check(
+                "database",
+                False,
+                f"{db_path} is readable by every account on this machine (mode {mode:04o})",
+                f"chmod 600 {db_path} (and its -wal/-shm files, if any)",
+            )
         detail = f"{db_path} writable ({free / 2**30:.1f} GiB free)"
         if daemon_running(db_path):
             detail += "; a Settle daemon is recording into it"

@@ -141,6 +141,13 @@ def test_existing_store_is_opened_for_writing(tmp_path: Path) -> None:
     c = check_database(other)  # passed as "writable"; every other command refuses it
     assert not c.ok and "a SQLite file of another program" in c.detail
     assert not check_database(tmp_path).ok  # a directory is no store either
+    # A store restored from a backup as 0644 passed as "writable": health data others read.
+    db.chmod(0o644)
+    c = check_database(db)
+    assert not c.ok and c.detail == f"{db} is readable by every account on this machine (mode 0644)"
+    assert c.fix.startswith(f"chmod 600 {db}")
+    db.chmod(0o640)  # a group the owner shares it with: their choice
+    assert check_database(db).ok
 
 
 def test_database_check_names_sessions_a_crash_left_running(tmp_path: Path) -> None:
