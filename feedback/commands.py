@@ -85,10 +85,15 @@ def _shallow(text: str, max_depth: int) -> tuple[str, bool]:
     return "".join(pieces), True
 
 
-def decode_json(payload: bytes, max_depth: int = MAX_COMMAND_DEPTH) -> Any:
+def decode_json(
+    payload: bytes, max_depth: int = MAX_COMMAND_DEPTH, *, unique_keys: bool = False
+) -> Any:
     """``json.loads(payload)`` that never raises anything but :class:`CommandDecodeError`:
-    not JSON (bad UTF-8 included), or nested deeper than ``max_depth``."""
-    value, _ = _decode(payload, max_depth)
+    not JSON (bad UTF-8 included), or nested deeper than ``max_depth``; with
+    ``unique_keys``, also an object that repeats a key (as commands over MQTT are judged)."""
+    value, duplicate = _decode(payload, max_depth)
+    if unique_keys and duplicate is not None:
+        raise CommandDecodeError(f"key {duplicate!r} appears twice")
     return value
 
 

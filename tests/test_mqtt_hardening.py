@@ -266,6 +266,10 @@ async def test_dashboard_refuses_nested_json_with_one_line_not_a_server_error(
                     assert r.status == 400, (path, r.status, text)
             async with http.post(d.url + "api/cmd/x/marker", data=nested(1500)) as r:
                 assert "nested more than 32 levels" in await r.text()
+            # A repeated key was taken (the last value won) where MQTT refuses it.
+            twice = b'{"kind": "shame", "kind": "note", "text": "x"}'
+            async with http.post(d.url + "api/cmd/x/marker", data=twice) as r:
+                assert r.status == 400 and "key 'kind' appears twice" in await r.text()
     assert control.commands == []
 
 

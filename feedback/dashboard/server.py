@@ -311,7 +311,8 @@ class Dashboard:
             return _error(404, f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
         body = await request.read()
         try:
-            raw = decode_json(body or b"{}")
+            # A repeated key is refused, as over MQTT (json.loads would keep the last value).
+            raw = decode_json(body or b"{}", unique_keys=True)
         except CommandDecodeError as exc:  # not JSON, or nested deep enough to crash json.loads
             return _error(400, str(exc))
         if not isinstance(raw, dict):
