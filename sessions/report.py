@@ -118,7 +118,8 @@ class IndexSeries:
     usable: npt.NDArray[np.bool_] | None = None
     """Row published as usable (its score may be read); None: every row."""
     lf64_ms2: npt.NDArray[np.float64] | None = None
-    """LF power of the 64 s window (the input of ``z_slow``); NaN where a row predates it."""
+    """LF power of the 64 s window (the input of ``z_slow``); NaN where the window was not
+    full yet; None when the rows predate it (recorded before Settle stored it)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -193,6 +194,8 @@ class SessionAnalysis:
     the scores were recomputed against it, False when they could not be (older rows)."""
     live_baseline: tuple[float, float] | None = None
     """With a baseline set afterwards: the period the live score had used (s), if known."""
+    rescore_why: str = ""
+    """When ``baseline_rescored`` is False: :data:`RESCORE_OLD` or :data:`RESCORE_FEW`."""
 
 
 def _num(x: object) -> float:
@@ -234,7 +237,11 @@ def provisional_series(rec: SessionRecord) -> IndexSeries:
         irregular=np.array(irregular, dtype=bool),
         reasons=tuple(r.get("reason") if isinstance(r.get("reason"), str) else None for r in rows),
         usable=np.array([r.get("usable", True) is not False for r in rows], dtype=bool),
-        lf64_ms2=np.array([_num(r.get("lf64_ms2")) for r in rows]),
+        lf64_ms2=(
+            np.array([_num(r.get("lf64_ms2")) for r in rows])
+            if any("lf64_ms2" in r for r in rows)
+            else None
+        ),
     )
 
 
@@ -252,35 +259,43 @@ def live_baseline_span(s: IndexSeries, near: tuple[float, float]) -> tuple[float
 
 
 def baseline_set_afterwards(s: IndexSeries, period: tuple[float, float]) -> bool:
-    """Whether the stored baseline ``period`` is not the one the live score used: some row
-    well inside it (one step from either end) was published with the baseline complete, or
-    none lies inside it. A rest period marked live (or ``log set --baseline 0:120`` over the
-    automatic first 2 min) has every row inside it published while it was collected."""
-    step = _step_s(s)
-    inside = (s.t_s > period[0] + step) & (s.t_s < period[1] - step)
-    return not inside.any() or not bool(s.in_baseline[inside].all())
+    """Whether the stored baseline ``period`` is not the one the live score used: no run of
+    rows published while a baseline was collected begins and ends within one step (and a
+    second) of it. A rest period marked live, or ``log set --baseline 0:120`` over the
+    automatic first 2 min (rows 5–125 s), matches; ``10:60`` inside it does not."""
+    live = live_baseline_span(s, period)
+    if live is None:
+        return True
+    slack = _step_s(s) + 1.0
+    return abs(live[0] - period[0]) > slack or abs(live[1] - period[1]) > slack
 
 
-def rescored(s: IndexSeries, period: tuple[float, float]) -> IndexSeries | None:
+RESCORE_OLD = "old"
+"""Why :func:`rescored` could not: the rows predate the stored 64 s LF power."""
+RESCORE_FEW = "few"
+"""Why :func:`rescored` could not: too few usable rows in the period for a baseline."""
+
+
+def rescored(s: IndexSeries, period: tuple[float, float]) -> IndexSeries | str:
     """``s`` scored against a baseline taken from its usable rows within ``period`` (the
     live analyzer's :class:`processing.indices.Baseline` and score over the stored HR,
-    lnRMSSD and 64 s LF power): rows in the period are the baseline (no score), every other
-    usable row is scored. None if rows there predate the stored LF power or fewer than
-    :data:`processing.live.BASELINE_MIN_SAMPLES` are usable."""
+    lnRMSSD and 64 s LF power; a component not yet defined is left out of the baseline, as
+    live): rows in the period are the baseline (no score), every other usable row is
+    scored. :data:`RESCORE_OLD` if the rows predate the stored LF power,
+    :data:`RESCORE_FEW` if fewer than :data:`processing.live.BASELINE_MIN_SAMPLES` usable
+    rows lie in the period."""
     if s.lf64_ms2 is None:
-        return None
+        return RESCORE_OLD
     usable = s.usable if s.usable is not None else np.ones(s.t_s.shape, dtype=bool)
     lf = s.lf64_ms2
     with np.errstate(divide="ignore", invalid="ignore"):
         ln_lf = np.where(lf > 0, np.log(np.where(lf > 0, lf, 1.0)), math.nan)
     inside = (s.t_s >= period[0]) & (s.t_s <= period[1])
-    if np.isnan(lf[inside & usable]).any():
-        return None  # recorded before the 64 s LF power was stored
     base = Baseline()
     for i in np.flatnonzero(inside & usable):
         base.add(float(s.hr_bpm[i]), float(s.ln_rmssd[i]), float(ln_lf[i]))
     if base.n < BASELINE_MIN_SAMPLES:
-        return None
+        return RESCORE_FEW
     n = s.t_s.shape[0]
     settling, z_hr, z_ln, z_slow = (np.full(n, math.nan) for _ in range(4))
     for i in np.flatnonzero(~inside & usable):
@@ -357,6 +372,17 @@ def _run_detector(s: IndexSeries, reference_t_s: float) -> CatchingUp:
     return cu
 
 
+def _open_run(s: IndexSeries, reference_t_s: float) -> float | None:
+    """Start of the run above the threshold under way at the last scored row (rows without a
+    score after it — the strap taken off before the stop — do not end it here), or None."""
+    finite = np.flatnonzero(np.isfinite(s.settling))
+    last = int(finite[-1]) + 1 if finite.size else 0
+    if last and float(s.t_s[-1] - s.t_s[last - 1]) > TRAILING_UNSCORED_MAX_S:
+        last = s.t_s.shape[0]  # minutes unscored at the end: the run ended there
+    head = dataclasses.replace(s, t_s=s.t_s[:last], settling=s.settling[:last])
+    return _run_detector(head, reference_t_s).run_start_t_s
+
+
 def catching_up(s: IndexSeries, reference_t_s: float) -> float | None:
     """The daemon's catching-up detector (:class:`processing.indices.CatchingUp`, as
     :class:`processing.live.LiveAnalyzer` feeds it: every step, a step without a score
@@ -367,6 +393,11 @@ def catching_up(s: IndexSeries, reference_t_s: float) -> float | None:
 UNDER_WAY_MIN_S = CATCH_HOLD_S / 2
 """How long a run above the catching-up threshold must have held when the session ended for
 the report to say physiology was catching up (a score that crossed at the last step is not)."""
+
+
+TRAILING_UNSCORED_MAX_S = 60.0
+"""Unscored rows at the very end (the strap taken off before the stop) up to this long do
+not end a run for :data:`Verdict.UNDER_WAY`."""
 
 
 class Verdict(enum.StrEnum):
@@ -394,7 +425,7 @@ def verdict(a: SessionAnalysis) -> Verdict:
     scored = np.isfinite(s.settling) & (s.t_s >= ref)
     if not scored.any():
         return Verdict.NO_SCORE
-    run = _run_detector(s, ref).run_start_t_s
+    run = _open_run(s, ref)
     if run is not None and float(s.t_s[scored].max()) - run >= UNDER_WAY_MIN_S:
         return Verdict.UNDER_WAY
     if float(s.t_s[scored].max()) - ref < CATCH_HOLD_S:
@@ -508,6 +539,7 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
     baseline = provisional_baseline(rec, s)
     live_span: tuple[float, float] | None = None
     rescore: bool | None = None  # None: the live baseline; True/False: set afterwards
+    rescore_why = ""
     if (
         rec.info.baseline is not None
         and baseline is not None
@@ -515,8 +547,9 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
     ):
         live_span = live_baseline_span(s, baseline)
         again = rescored(s, baseline)
-        rescore = again is not None
-        s = again if again is not None else s
+        rescore = not isinstance(again, str)
+        rescore_why = again if isinstance(again, str) else ""
+        s = again if not isinstance(again, str) else s
     hold = next((m for m in rec.markers if m.kind == "hold-start"), None)
     if hold is not None:
         reference: float | None = hold.t_s
@@ -567,6 +600,7 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
         rhythm=rhythm_summary(s),
         baseline_rescored=rescore,
         live_baseline=live_span,
+        rescore_why=rescore_why,
     )
 
 
@@ -710,10 +744,15 @@ def _not_caught_up_words(a: SessionAnalysis) -> str:
         return f"There was no settling score after {kind} to tell whether physiology caught up."
     scored_t = s.t_s[np.isfinite(s.settling) & (s.t_s >= ref)]
     if v is Verdict.UNDER_WAY:
-        run = cast(float, _run_detector(s, ref).run_start_t_s)
+        run = cast(float, _open_run(s, ref))
         return (
-            f"Physiology was catching up when the session ended: {duration_words(run - ref)} "
-            f"after {kind} the settling score reached {CATCH_THRESHOLD:g}, and it stayed at "
+            "Physiology was catching up when the session ended: "
+            + (
+                f"{duration_words(run - ref)} after {kind} the settling score reached "
+                if run - ref >= 0.5
+                else f"from when {kind} the settling score was at or above "
+            )
+            + f"{CATCH_THRESHOLD:g}, and it stayed at "
             f"{CATCH_THRESHOLD - CATCH_HYSTERESIS:g} or above for the last "
             f"{duration_words(float(scored_t.max()) - run)} of the session, short of the "
             f"{CATCH_HOLD_S:g} s that count as caught up."
@@ -739,7 +778,7 @@ def _period_words(p: tuple[float, float]) -> str:
 
 
 def _set_baseline_words(
-    period: tuple[float, float], live: tuple[float, float] | None, rescored: bool
+    period: tuple[float, float], live: tuple[float, float] | None, rescored: bool, why: str = ""
 ) -> str:
     """Say that the baseline was set after the session, and what that changed."""
     was = f"against {_period_words(live)}" if live is not None else "against another period"
@@ -749,11 +788,16 @@ def _set_baseline_words(
             f"({_period_words(period)}), recomputed from the stored indices; live they were "
             f"{was}."
         )
+    because = (
+        "fewer than three moments in it had what a baseline needs (a usable rhythm and 64 s "
+        "of beats for the slow-oscillation power)"
+        if why == RESCORE_FEW
+        else "this session was recorded before Settle stored what recomputing the scores needs"
+    )
     return (
-        f"The baseline ({_period_words(period)}) was set after the session, but this session "
-        "was recorded before Settle stored what recomputing the scores needs: the settling "
-        f"score, catching up and score change are as computed live {was}; the marker table "
-        "uses the set period."
+        f"The baseline ({_period_words(period)}) was set after the session, but {because}: "
+        f"the settling score, catching up and score change are as computed live {was}; the "
+        "marker table uses the set period."
     )
 
 
@@ -783,7 +827,9 @@ def summary_text(a: SessionAnalysis) -> str:
     else:
         parts.append(_not_caught_up_words(a))
     if a.baseline_rescored is not None and a.baseline is not None:
-        parts.append(_set_baseline_words(a.baseline, a.live_baseline, a.baseline_rescored))
+        parts.append(
+            _set_baseline_words(a.baseline, a.live_baseline, a.baseline_rescored, a.rescore_why)
+        )
     if a.score_start is not None and a.score_end is not None:
         parts.append(
             f"The settling score averaged {a.score_start:.0f} in the first five minutes and "

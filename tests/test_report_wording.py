@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from processing.live import LiveAnalyzer
-from sessions.report import analyse_session, duration_words, outcome, write_report
+from sessions.report import analyse_session, duration_words, outcome, summary_text, write_report
 from sessions.store import (
     BaselinePeriod,
     BeatRow,
@@ -539,3 +539,49 @@ def test_log_set_baseline_after_a_daemon_session_rescores_its_report(tmp_path: P
         a = analyse_session(store.read_session(info.id))
     scored = a.series.t_s[np.isfinite(a.series.settling)]
     assert scored.min() < 300.0 and not ((scored >= 300.0) & (scored <= 420.0)).any()
+
+
+def test_rescoring_takes_what_live_takes_and_a_period_inside_the_automatic_one(
+    store: SessionStore,
+) -> None:
+    """Review findings: (1) a period over the first ~70 s (the 64 s LF power not defined yet,
+    stored null) was refused as "recorded before Settle stored what recomputing needs" on a
+    session recorded today: live leaves an undefined component out of the baseline, and so
+    does the re-scoring now. (2) A period inside the automatic 0–125 s (`30:120`) passed for
+    the live baseline: scores stayed against 0–125 s, unsaid."""
+    sid = _store_session(store, _slowing(9), 600.0)
+    rows = [json.loads(r.payload_json) for r in store.read_session(sid).indices]
+    assert rows[0]["lf64_ms2"] is None and rows[-1]["lf64_ms2"] is not None
+    for period in [(0.0, 200.0), (30.0, 120.0)]:
+        store.set_baseline(sid, BaselinePeriod(*period))
+        a = analyse_session(store.read_session(sid))
+        assert a.baseline_rescored is True, (period, a.rescore_why)
+        scored = a.series.t_s[np.isfinite(a.series.settling)]
+        assert not ((scored >= period[0]) & (scored <= period[1])).any()
+        assert (scored > period[1]).sum() >= 70
+    store.set_baseline(sid, BaselinePeriod(300.0, 304.0))  # not three rows
+    a = analyse_session(store.read_session(sid))
+    assert a.baseline_rescored is False and "fewer than three moments" in summary_text(a)
+
+
+def test_a_strap_taken_off_before_stop_does_not_end_the_catching_up_run(
+    store: SessionStore,
+) -> None:
+    """The score held 98 for 85 s after the hold, then the last 10 s had no score (strap
+    off before pressing stop): "too little to tell" / "did not catch up". The run under way
+    at the last scored row counts: "was catching up when the session ended"."""
+
+    def tail(p: dict[str, Any]) -> None:
+        if p["t_s"] >= 590.0:
+            p.update(usable=False, settling=None, reason="not enough beats yet")
+        elif p["t_s"] >= 500.0 and p["settling"] is not None:
+            p["settling"] = 98.0
+
+    sid = _store_session(store, _sinus(5), 600.0, tail)
+    store.add_markers(sid, [MarkerRow(500.0, T0_MS + 500_000, "hold-start", "", MarkerSource.CLI)])
+    a = analyse_session(store.read_session(sid))
+    assert outcome(a).verdict == "under_way"
+    assert summary_text(a).startswith(
+        "Physiology was catching up when the session ended: from when you began holding the "
+        "settling score was at or above 85, and it stayed at 75 or above for the last 1 min "
+    ), summary_text(a)
