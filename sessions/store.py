@@ -805,6 +805,29 @@ class SessionStore:
         """The store's file."""
         return self._path
 
+    def copy_to(self, path: Path) -> None:
+        """Write the whole store, as this connection sees it, into the new file ``path``
+        (mode 0600, its directory created 0700; it must not exist): ``VACUUM INTO``. It
+        reads a store file deleted under the open connection too, which is how
+        :meth:`replaced` data is recovered. :class:`StoreError` if it cannot."""
+        path = Path(path)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot create a copy of the store: {exc.strerror}") from exc
+        with self._lock:
+            try:
+                if self._conn is None:
+                    raise StoreError(f"{self._path}: session store is closed")
+                self._conn.execute("VACUUM INTO ?", (str(path),))
+            except (sqlite3.Error, StoreError) as exc:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                if isinstance(exc, StoreError):
+                    raise
+                raise StoreError(f"{path}: cannot copy the store: {exc}") from exc
+
     def replaced(self) -> str | None:
         """Why writes no longer reach the file at :attr:`path` — ``"was deleted"`` or ``"was
         replaced by another file"`` since it was opened (SQLite goes on writing into the

@@ -140,8 +140,16 @@ async def serve(
                     await main
                     for w in watchers:
                         w.cancel()
+            moved = daemon.recovered_store
+            if moved is not None:
+                out.print(
+                    "The session store file was deleted while recording: everything it held "
+                    f"is recovered into {moved}.",
+                    markup=False,
+                )
             for p in daemon.finished:
-                db = f" --db {settings.db_path}" if settings.storage.db_path else ""
+                db_path = moved or settings.db_path
+                db = f" --db {db_path}" if settings.storage.db_path or moved else ""
                 stored = daemon.writer.stored_by_session.get(p.session_id, 0)
                 if p.session_id in daemon.rescued:  # the store failed at the end
                     lost = True

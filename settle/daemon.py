@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -156,6 +157,9 @@ class Daemon:
     runtimes: list[StrapRuntime] = field(default_factory=list)
     finished: list[StrapPipeline] = field(default_factory=list)
     """Sessions closed during this run, in order."""
+    recovered_store: Path | None = None
+    """Where the store was recovered to when its file was deleted while recording (this
+    run's :attr:`store` then is that copy, closed at the end of :meth:`run`)."""
     rescued: dict[str, Path | None] = field(default_factory=dict)
     """Sessions whose last beats the store would not take when the daemon stopped: the
     rescue file they were written to (None: none could be written)."""
@@ -350,6 +354,8 @@ class Daemon:
             writer_task.cancel()
             status_task.cancel()
         await self.writer.flush()
+        if self.recovered_store is not None:  # the copy this run opened
+            self.store.close()
 
     def _set_state(self, rt: StrapRuntime, state: ConnectionState) -> None:
         rt.state = state
@@ -594,7 +600,10 @@ class Daemon:
         if not pipelines:
             return
         await self.writer.flush()
-        if final and self.writer.failing:
+        gone = self.store.replaced() if final else None
+        if gone is not None:
+            await self._recover_store(gone)
+        elif final and self.writer.failing:
             deadline = time.monotonic() + STORE_RETRY_AT_STOP_S
             while self.writer.failing and time.monotonic() < deadline:
                 await asyncio.sleep(0.5)
@@ -643,6 +652,31 @@ class Daemon:
             pipeline.event("session-stop")
             pipeline.publish_session("stopped", end_ms)
             log.info("session %s stopped (%d beats)", pipeline.session_id, pipeline.seq)
+
+    async def _recover_store(self, gone: str) -> None:
+        """The store file was deleted (or replaced) under the open connection, which still
+        reads it: copy all of it — earlier sessions too — back to the path (or, when another
+        file is there now, beside it), switch to the copy and write the rows kept in memory
+        into it. The caller rescues to a CSV what still cannot be stored."""
+        old = self.store.path
+        target = old
+        if await asyncio.to_thread(os.path.lexists, old):
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            target = old.with_name(f"{old.stem}.recovered-{stamp}{old.suffix}")
+        try:
+            await asyncio.to_thread(self.store.copy_to, target)
+            recovered = await asyncio.to_thread(SessionStore.open, target)
+        except SettleError as exc:
+            log.error("the session store file %s while recording and could not be "
+                      "recovered (%s)", gone, exc)  # fmt: skip
+            return
+        self.store = self.writer.store = recovered
+        self.recovered_store = target
+        await self.writer.flush()
+        log.error(
+            "the session store file %s while recording; everything it held (earlier sessions "
+            "too) is recovered into %s", gone, target,
+        )  # fmt: skip
 
     def _store_finished(
         self, ends: list[tuple[StrapPipeline, int]], incomplete: set[str] | None = None

@@ -420,9 +420,14 @@ async def test_store_file_deleted_while_recording_is_an_error_and_nothing_is_los
 ) -> None:
     """`rm settle.db` while a session records: SQLite goes on writing into the unlinked
     file, no word is said, and at stop "257 beats stored" pointed at a store that no longer
-    exists. Now the daemon notices at the next flush (the file at the path is gone), says so
-    once, keeps the rows, and at stop writes them to a rescue file."""
+    exists (every earlier session gone with it). Now the daemon notices at the next flush
+    (the file at the path is gone), says so once, keeps the rows, and at stop copies the
+    whole store — still readable through its open connection — back to the path, with the
+    rows kept in memory: every session and every beat is there again."""
     db = tmp_path / "s.db"
+    with SessionStore.open(db) as earlier:
+        before = earlier.create_session("dev_0", 1_700_000_000_000, "x", {}).id
+        earlier.finish_session(before, 1_700_000_060_000)
     caplog.set_level(logging.INFO)
     speed = 20.0
     async with VirtualAir() as air:
@@ -442,18 +447,21 @@ async def test_store_file_deleted_while_recording_is_an_error_and_nothing_is_los
             daemon.stop()
             await asyncio.wait_for(task, 20)
     (pipeline,) = daemon.finished
-    rescue = daemon.rescued[pipeline.session_id]
-    assert rescue is not None and rescue.parent == tmp_path
-    assert len(read_rr_file(rescue).rr_ms) >= 20
+    assert daemon.recovered_store == db and daemon.rescued == {}
+    assert not await asyncio.to_thread(lambda: list(tmp_path.glob("settle-unsaved-*")))
+    with SessionStore.open(db) as back:
+        assert {s.id for s in back.list_sessions()} == {before, pipeline.session_id}
+        assert [b.seq for b in back.beats(pipeline.session_id)] == list(range(pipeline.seq))
+        assert back.get(pipeline.session_id).state == SessionState.STOPPED
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert f"{db}: the session store file was deleted while recording" in errors[0], errors
+    assert f"is recovered into {db}" in errors[-1], errors
 
 
-def test_demo_whose_store_was_deleted_says_where_the_beats_are_and_exits_1(
-    tmp_path: Path,
-) -> None:
+def test_demo_whose_store_was_deleted_says_it_was_recovered(tmp_path: Path) -> None:
     """What the user sees: not "N beats stored. Export: settle export …" for a store that
-    is gone, but how many beats were stored, where the rest are, and exit code 1."""
+    is gone, but that it was recovered and where; every beat is in it."""
     db = tmp_path / "s.db"
     env = {**os.environ, "SETTLE_CONFIG": str(CONFIG)}
     proc = subprocess.Popen(
@@ -472,14 +480,16 @@ def test_demo_whose_store_was_deleted_says_where_the_beats_are_and_exits_1(
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 1, err
-    (rescue,) = tmp_path.glob("settle-unsaved-*.csv")
+    assert proc.returncode == 0, err
+    assert (
+        "The session store file was deleted while recording: everything it held is "
+        f"recovered into {db}." in out.splitlines()
+    ), out
     line = next(ln for ln in out.splitlines() if ln.startswith("session 2"))
-    m = re.fullmatch(r"session (\S+): (\d+) of (\d+) beats stored; the rest are in (\S+) "
-                     r"\(see the error above\)\.", line)  # fmt: skip
+    m = re.fullmatch(r"session (\S+): (\d+) beats stored\. Export: .*", line)
     assert m is not None, line
-    assert m[4] == str(rescue) and 0 < int(m[2]) < int(m[3])
-    assert int(m[2]) + len(read_rr_file(rescue).rr_ms) == int(m[3])
+    with SessionStore.open(db) as back:
+        assert len(back.beats(m[1])) == int(m[2]) > 30
     assert "was deleted while recording" in err and "Traceback" not in err
 
 
