@@ -815,12 +815,15 @@ async def _command(
             f"no answer from the MQTT broker {where} within {wait_s:g} s (use --mqtt HOST:PORT)"
         ) from None
     except aiomqtt.MqttError as exc:
-        hint = ""
-        if settings.http.enabled:
+        hint = "; nothing was sent"
+        h = settings.http
+        if h.enabled and h.port:
             # The dashboard talks to the daemon directly: markers and session control work
-            # there while the broker is down (nothing was sent here).
-            hint = f"; nothing was sent (the dashboard, http://{settings.http.host}:"
-            hint += f"{settings.http.port}/live, reaches the daemon without the broker)"
+            # there while the broker is down.
+            host = "127.0.0.1" if h.host in ("0.0.0.0", "") else h.host
+            host = "[::1]" if host == "::" else f"[{host}]" if ":" in host else host
+            hint += f" (the dashboard, http://{host}:{h.port}/live, reaches the daemon without "
+            hint += "the broker)"
         raise SettleError(f"cannot reach the MQTT broker {where}: {exc}{hint}") from None
     return 1
 

@@ -230,7 +230,12 @@ class BeatWriter:
             f"# Settle: {len(rows)} beats of session {session_id} the session store could "
             f"not take ({reason}); t_s in seconds since the session start",
             "t_s,rr_ms",
-            *(f"{b.beat_t_s!r},{b.rr_ms!r}" for b in rows),
+            # A strap's 0 ms RR (kept as implausible) would make the file unreadable to
+            # `settle analyze` / `--replay`: kept as a comment.
+            *(
+                f"{b.beat_t_s!r},{b.rr_ms!r}" if b.rr_ms > 0 else f"# {b.beat_t_s!r},0 ms RR"
+                for b in rows
+            ),
         ]
         data = ("\n".join(lines) + "\n").encode()
         for directory in where:

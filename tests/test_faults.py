@@ -459,6 +459,24 @@ async def test_store_file_deleted_while_recording_is_an_error_and_nothing_is_los
     assert f"is recovered into {db}" in errors[-1], errors
 
 
+def test_rescue_file_is_readable_even_with_a_zero_rr(tmp_path: Path) -> None:
+    """A strap's 0 ms RR (stored as implausible) made the rescue file unreadable to the
+    `settle analyze` / `--replay` it names ("RR value 0 ms is not positive")."""
+    from sessions.store import BeatRow
+    from settle.pipeline import BeatWriter
+
+    with SessionStore.open(tmp_path / "s.db") as store:
+        writer = BeatWriter(store)
+        t0 = 1_700_000_000_000
+        rows = [BeatRow(i, 0.8 * (i + 1), t0 + 800 * (i + 1), 800.0) for i in range(10)]
+        rows[4] = BeatRow(4, rows[3].beat_t_s, rows[3].recv_ts_ms, 0.0)
+        writer.add_beats("sid", rows)
+        path = writer.rescue("sid", "disk full", [tmp_path])
+    assert path is not None
+    rec = read_rr_file(path)
+    assert len(rec.rr_ms) == 9 and (rec.rr_ms == 800.0).all()
+
+
 def test_demo_whose_store_was_deleted_says_it_was_recovered(tmp_path: Path) -> None:
     """What the user sees: not "N beats stored. Export: settle export …" for a store that
     is gone, but that it was recovered and where; every beat is in it."""

@@ -188,6 +188,14 @@ def test_mark_with_the_broker_down_says_nothing_was_sent_and_where_to_mark(
         "; nothing was sent (the dashboard, http://127.0.0.1:8765/live, reaches the daemon "
         "without the broker)"
     ), line
+    # Without a dashboard there is nowhere to point: it only says nothing was sent.
+    res = subprocess.run(
+        [sys.executable, "-m", "settle.cli", "mark", "hello", "--timeout", "3",
+         "--mqtt", f"127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "SETTLE_CONFIG": str(CONFIG), "SETTLE_HTTP__ENABLED": "false"},
+    )  # fmt: skip
+    assert res.returncode == 1 and res.stderr.rstrip().endswith("; nothing was sent")
 
 
 async def test_unreachable_broker_never_blocks_publishing() -> None:

@@ -393,7 +393,7 @@ async function loadHistory() {
     $("detail-exports").innerHTML = `Export: ${exports(detail)}`;
     return;
   }
-  // As `settle trends` words a session that did not catch up (sessions/report.py Verdict).
+  // sessions/report.py Verdict, in a sentence (`settle trends` words them as a table cell).
   const VERDICTS = { not_yet: "did not catch up", under_way: "was catching up at the end",
     too_short: "too short to tell", no_score: "no score" };
   const items = res.sessions.map((s) => {
