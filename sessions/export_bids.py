@@ -42,7 +42,14 @@ import numpy as np
 import numpy.typing as npt
 
 from sessions.export_json import package_version
-from sessions.files import ExportError, ProgressFn, atomic_file, inside, plain_name
+from sessions.files import (
+    ExportError,
+    ProgressFn,
+    atomic_file,
+    inside,
+    one_line,
+    plain_name,
+)
 from sessions.series import (
     DEFAULT_FS_HZ,
     ecg_on_grid,
@@ -110,7 +117,7 @@ def _physio_bytes(columns: list[npt.NDArray[np.float64]]) -> bytes:
 
 
 def _text_cell(text: str) -> str:
-    clean = "".join(" " if ord(c) < 32 else c for c in text).strip()
+    clean = one_line(text)
     return clean or "n/a"
 
 

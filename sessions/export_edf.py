@@ -47,7 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sessions.export_json import package_version
-from sessions.files import ProgressFn, atomic_file, target_file
+from sessions.files import ProgressFn, atomic_file, one_line, target_file
 from sessions.series import (
     DEFAULT_FS_HZ,
     ecg_on_grid,
@@ -142,7 +142,7 @@ def _onset(x: float) -> str:
 def _clean(text: str) -> str:
     """One line (TAL separators are 0x14, 0x15 and 0x00) of at most
     :data:`MAX_ANNOTATION_BYTES` UTF-8 bytes, cut texts ending in "…"."""
-    text = "".join(" " if ord(c) < 32 else c for c in text).strip()
+    text = one_line(text)
     if len(text.encode("utf-8")) <= MAX_ANNOTATION_BYTES:
         return text
     room = MAX_ANNOTATION_BYTES - len(_ELLIPSIS.encode("utf-8"))

@@ -39,7 +39,14 @@ from typing import IO, Literal, cast
 import numpy as np
 import numpy.typing as npt
 
-from sessions.files import ExportError, ProgressFn, atomic_file, plain_name, target_file
+from sessions.files import (
+    ExportError,
+    ProgressFn,
+    atomic_file,
+    one_line,
+    plain_name,
+    target_file,
+)
 from sessions.store import EcgBeatRow, EcgSeries, SessionRecord, SessionStore
 
 __all__ = ["export_kubios"]
@@ -179,8 +186,8 @@ def export_kubios(
             k_dur = kubios_time(series, t_s + dur) - k
             # One line per event, as EDF and BIDS write it: a NUL or line break in a marker's
             # text broke CSV readers (Python's csv: "line contains NUL").
-            note = "".join(" " if ord(c) < 32 else c for c in note).strip()
-            w.writerow([f"{k:.3f}", _hms(k), repr(t_s), kind, repr(dur), note, f"{k_dur:.3f}"])
+            row = [f"{k:.3f}", _hms(k), repr(t_s), kind, repr(dur), one_line(note)]
+            w.writerow([*row, f"{k_dur:.3f}"])
     if progress is not None:
         progress(len(series), len(series))
     return target

@@ -28,6 +28,7 @@ __all__ = [
     "fsync_dir",
     "inside",
     "not_replaceable",
+    "one_line",
     "place",
     "plain_name",
     "target_file",
@@ -50,6 +51,13 @@ class ExportError(SettleError):
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line for a file format with line or field structure (EDF
+    annotations, BIDS events, the Kubios markers file): control characters (NUL, tab, line
+    breaks, EDF's 0x14/0x15 separators) become spaces; ends trimmed."""
+    return "".join(" " if ord(c) < 32 else c for c in text).strip()
 
 
 def plain_name(name: str, where: Path) -> str:

@@ -13,6 +13,7 @@ after 1 s" and "after 5 min" are session seconds; the figures are in docs/reliab
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import itertools
 import json
@@ -26,7 +27,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -223,6 +224,22 @@ def daemon_settings(db: Path, **mqtt: object) -> Settings:
     )
 
 
+@contextlib.asynccontextmanager
+async def model_daemon(
+    db: Path, seed: int, speed: float = 20.0
+) -> AsyncIterator[tuple[Daemon, asyncio.Task[None], VirtualStrap]]:
+    """The daemon (no MQTT) storing into ``db`` from a virtual strap that plays the
+    physiological model: ``(daemon, its run() task, strap)``; the strap stops after."""
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=seed), speed=speed)
+        await strap.start()
+        with SessionStore.open(db) as store:
+            daemon = Daemon(daemon_settings(db), store, [strap_client(air, strap)],
+                            time_scale=speed)  # fmt: skip
+            yield daemon, asyncio.create_task(daemon.run()), strap
+        await strap.stop()
+
+
 # -- 2. the broker: absent at start-up, refusing the login --------------------------------------
 
 
@@ -317,47 +334,40 @@ async def test_disk_full_and_read_only_keep_measuring_and_lose_nothing(
     outage, measuring goes on, the rows kept in memory are written once it recovers, and the
     file is intact."""
     db = tmp_path / "s.db"
-    settings = daemon_settings(db)
     caplog.set_level(logging.INFO)
-    speed = 20.0
-    async with VirtualAir() as air:
-        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=4), speed=speed)
-        await strap.start()
-        with SessionStore.open(db) as store:
-            daemon = Daemon(settings, store, [strap_client(air, strap)], time_scale=speed)
-            task = asyncio.create_task(daemon.run())
-            rt = daemon.runtimes[0]
+    async with model_daemon(db, seed=4) as (daemon, task, strap):
+        store = daemon.store
+        rt = daemon.runtimes[0]
 
-            def seq_now() -> int:
-                return rt.session.seq if rt.session else 0
+        def seq_now() -> int:
+            return rt.session.seq if rt.session else 0
 
-            def pragma(sql: str) -> None:
-                # The store's own connection: the fault must hit its real error path.
-                with store._lock:
-                    assert store._conn is not None
-                    store._conn.execute(sql)
+        def pragma(sql: str) -> None:
+            # The store's own connection: the fault must hit its real error path.
+            with store._lock:
+                assert store._conn is not None
+                store._conn.execute(sql)
 
-            await until(lambda: seq_now() > 30)
-            for fault, cure in [
-                ("PRAGMA max_page_count = 1", "PRAGMA max_page_count = 1073741823"),
-                ("PRAGMA query_only = 1", "PRAGMA query_only = 0"),
-            ]:
-                pragma(fault)
-                await until(lambda: daemon.writer.failing)
-                seq = seq_now()
-                await until(lambda s=seq: seq_now() > s + 40)  # type: ignore[misc]  # still measuring
-                assert daemon.writer.failing and daemon.writer.beats  # kept in memory
-                pragma(cure)
-                await until(lambda: not daemon.writer.failing, 5)
+        await until(lambda: seq_now() > 30)
+        for fault, cure in [
+            ("PRAGMA max_page_count = 1", "PRAGMA max_page_count = 1073741823"),
+            ("PRAGMA query_only = 1", "PRAGMA query_only = 0"),
+        ]:
+            pragma(fault)
+            await until(lambda: daemon.writer.failing)
             seq = seq_now()
-            await until(lambda: seq_now() > seq + 10)
-            stop_at = (seq_now(), len(sent_raw(strap)))
-            daemon.stop()
-            await asyncio.wait_for(task, 10)
-            (summary,) = store.list_sessions()
-            beats = store.beats(summary.id)
-            indices = store.indices(summary.id)
-        await strap.stop()
+            await until(lambda s=seq: seq_now() > s + 40)  # type: ignore[misc]  # still measuring
+            assert daemon.writer.failing and daemon.writer.beats  # kept in memory
+            pragma(cure)
+            await until(lambda: not daemon.writer.failing, 5)
+        seq = seq_now()
+        await until(lambda: seq_now() > seq + 10)
+        stop_at = (seq_now(), len(sent_raw(strap)))
+        daemon.stop()
+        await asyncio.wait_for(task, 10)
+        (summary,) = store.list_sessions()
+        beats = store.beats(summary.id)
+        indices = store.indices(summary.id)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 2, [r.getMessage() for r in errors]  # one line per outage
     assert "database or disk is full" in errors[0].getMessage()
@@ -382,27 +392,21 @@ async def test_store_still_failing_at_stop_rescues_the_beats_and_says_so(
     rescue file that `settle analyze` reads, says so, and closes the session interrupted."""
     db = tmp_path / "s.db"
     caplog.set_level(logging.INFO)
-    speed = 20.0
-    async with VirtualAir() as air:
-        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=5), speed=speed)
-        await strap.start()
-        with SessionStore.open(db) as store:
-            daemon = Daemon(daemon_settings(db), store, [strap_client(air, strap)],
-                            time_scale=speed)  # fmt: skip
-            task = asyncio.create_task(daemon.run())
-            rt = daemon.runtimes[0]
-            await until(lambda: rt.session is not None and rt.session.seq > 30)
-            with store._lock:  # the store's own connection: its real error path
-                assert store._conn is not None
-                store._conn.execute("PRAGMA max_page_count = 1")
-            await until(lambda: daemon.writer.failing)
-            await until(lambda: daemon.writer.unsaved_beats(rt.session.session_id) > 20)  # type: ignore[union-attr]
-            daemon.stop()
-            await asyncio.wait_for(task, 20)
-            (pipeline,) = daemon.finished
-            sid = pipeline.session_id
-            stored = store.beats(sid)
-            state = store.get(sid).state
+    async with model_daemon(db, seed=5) as (daemon, task, _strap):
+        store = daemon.store
+        rt = daemon.runtimes[0]
+        await until(lambda: rt.session is not None and rt.session.seq > 30)
+        with store._lock:  # the store's own connection: its real error path
+            assert store._conn is not None
+            store._conn.execute("PRAGMA max_page_count = 1")
+        await until(lambda: daemon.writer.failing)
+        await until(lambda: daemon.writer.unsaved_beats(rt.session.session_id) > 20)  # type: ignore[union-attr]
+        daemon.stop()
+        await asyncio.wait_for(task, 20)
+        (pipeline,) = daemon.finished
+        sid = pipeline.session_id
+        stored = store.beats(sid)
+        state = store.get(sid).state
     rescue = tmp_path / f"settle-unsaved-{sid}.csv"
     assert daemon.rescued == {sid: rescue}
     assert stat.S_IMODE(rescue.stat().st_mode) == 0o600
@@ -429,23 +433,16 @@ async def test_store_file_deleted_while_recording_is_an_error_and_nothing_is_los
         before = earlier.create_session("dev_0", 1_700_000_000_000, "x", {}).id
         earlier.finish_session(before, 1_700_000_060_000)
     caplog.set_level(logging.INFO)
-    speed = 20.0
-    async with VirtualAir() as air:
-        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=6), speed=speed)
-        await strap.start()
-        with SessionStore.open(db) as store:
-            daemon = Daemon(daemon_settings(db), store, [strap_client(air, strap)],
-                            time_scale=speed)  # fmt: skip
-            task = asyncio.create_task(daemon.run())
-            rt = daemon.runtimes[0]
-            await until(lambda: rt.session is not None and rt.session.seq > 30)
-            for suffix in ("", "-wal", "-shm"):
-                await asyncio.to_thread(Path(f"{db}{suffix}").unlink, missing_ok=True)
-            await until(lambda: daemon.writer.failing)
-            seq = rt.session.seq  # type: ignore[union-attr]
-            await until(lambda: rt.session is not None and rt.session.seq > seq + 20)
-            daemon.stop()
-            await asyncio.wait_for(task, 20)
+    async with model_daemon(db, seed=6) as (daemon, task, _strap):
+        rt = daemon.runtimes[0]
+        await until(lambda: rt.session is not None and rt.session.seq > 30)
+        for suffix in ("", "-wal", "-shm"):
+            await asyncio.to_thread(Path(f"{db}{suffix}").unlink, missing_ok=True)
+        await until(lambda: daemon.writer.failing)
+        seq = rt.session.seq  # type: ignore[union-attr]
+        await until(lambda: rt.session is not None and rt.session.seq > seq + 20)
+        daemon.stop()
+        await asyncio.wait_for(task, 20)
     (pipeline,) = daemon.finished
     assert daemon.recovered_store == db and daemon.rescued == {}
     assert not await asyncio.to_thread(lambda: list(tmp_path.glob("settle-unsaved-*")))

@@ -125,6 +125,15 @@ def _settle(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def _replayed(recording: Path, tmp: Path) -> Path:
+    """A store holding ``recording`` replayed through the daemon (`settle run --replay`)."""
+    db = tmp / "s.db"
+    run = _settle("run", "--replay", str(recording), "--speed", "100", "--no-mqtt",
+                  "--db", str(db), tmp=tmp)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return db
+
+
 _IRREGULAR_THROUGHOUT = re.compile(
     r"The heart rhythm was too irregular to score for (?P<span>[\d a-z]+) of 9 min 55 s "
     r"\(“irregular rhythm: (?P<median>\d+) % of recent beats are not sinus”, "
@@ -141,12 +150,7 @@ def test_report_of_a_session_too_irregular_throughout_says_so(tmp_path: Path) ->
     to score, for how long, quoting the stored reason, and that the baseline could not be
     completed: not "did not catch up after the baseline ended", and no baseline shaded over
     the whole session. A hold-start marker does not turn it into "did not catch up" either."""
-    db = tmp_path / "s.db"
-    run = _settle(
-        "run", "--replay", str(DATA / "polar_h10_pvc_device.csv"), "--speed", "100",
-        "--no-mqtt", "--db", str(db), tmp=tmp_path,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr
+    db = _replayed(DATA / "polar_h10_pvc_device.csv", tmp_path)
     rep = _settle("report", "latest", "--out", str(tmp_path / "r"), "--db", str(db), tmp=tmp_path)
     assert rep.returncode == 0, rep.stderr
     (page,) = (tmp_path / "r").glob("*.html")
@@ -517,12 +521,7 @@ def test_log_set_baseline_after_a_daemon_session_rescores_its_report(tmp_path: P
     """The whole flow as a user runs it: a replay through `settle run`, then `settle log set
     --baseline 300:420`, then `settle report`: the daemon stored the 64 s LF power with every
     row, so the report re-scores against the set period and says so."""
-    db = tmp_path / "s.db"
-    run = _settle(
-        "run", "--replay", str(DATA / "bartels_rest_supine.csv"), "--speed", "100",
-        "--no-mqtt", "--db", str(db), tmp=tmp_path,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr
+    db = _replayed(DATA / "bartels_rest_supine.csv", tmp_path)
     assert _settle("log", "set", "latest", "--baseline", "300:420", "--db", str(db),
                    tmp=tmp_path).returncode == 0  # fmt: skip
     rep = _settle("report", "latest", "--out", str(tmp_path / "r"), "--db", str(db), tmp=tmp_path)
