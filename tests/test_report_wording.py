@@ -433,6 +433,8 @@ def test_a_session_that_ended_while_catching_up_says_so(
     assert 60 <= held_s < 90
     assert a.reference_t_s + _seconds(m["after"]) == pytest.approx(600.0 - held_s, abs=5)
     assert outcome(a).verdict == "under_way"
+    trends = _settle("trends", "--db", str(tmp_path / "s.db"), tmp=tmp_path)
+    assert trends.returncode == 0 and "under way at end" in trends.stdout, trends.stdout
 
 
 def _seconds(words: str) -> float:

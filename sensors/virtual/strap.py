@@ -163,8 +163,9 @@ class VirtualStrap:
         self._max_centrals = pmd.max_centrals if pmd else 1
 
         self.sent: list[HeartRateMeasurement] = []
+        """Every 0x2A37 notification sent, in order (one entry per notification); with
+        ``keep_sent=False`` only the latest ones (between SENT_KEPT and 2 × SENT_KEPT)."""
         self._keep_sent = keep_sent
-        """Every 0x2A37 notification sent, in order (one entry per notification)."""
         self.beats_sent = 0
         """Beats whose RR was notified."""
         self.beats_unsent = 0
