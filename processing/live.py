@@ -61,6 +61,14 @@ IRREGULAR_SHARE_MAX = 0.2
 """A window whose share of corrected beats exceeds this is an unusable (non-sinus) rhythm."""
 SERIES_KEEP_S = 120.0
 """Snapshots kept for markers entered this late (e.g. from a journal during the session), s."""
+JUMP_REL = 0.2
+"""An interval that differs from the one before by more than this fraction of it is a jump
+(Malik's 20 % rule)."""
+JUMP_SHARE_MAX = 0.5
+"""A window where more than this share of successive intervals jump is an unusable rhythm,
+whatever the correction flagged: bigeminy or trigeminy that the correction, restarted in
+the middle of it (a reconnect), learns as the normal rhythm. Sinus recordings stay below
+0.13 and the labelled sets with 5 % artefacts below 0.25; the PVC recording is ≥ 0.74."""
 QUALITY_BEATS = 120
 """Beats over which the corrected share is counted."""
 MIN_WINDOW_BEATS = 10
@@ -121,6 +129,14 @@ class IndicesSnapshot:
     (with ``td.hr_bpm`` and ``td.ln_rmssd`` what a baseline is taken from)."""
 
 
+def jump_reason(share: float) -> str:
+    """Why a window with this share of jumping intervals is not interpreted."""
+    return (
+        f"irregular rhythm: {100 * share:.0f} % of recent intervals differ from the one "
+        f"before by more than {100 * JUMP_REL:.0f} %"
+    )
+
+
 class LiveAnalyzer:
     """Live HRV, artefact correction and settling for one strap (see module docstring)."""
 
@@ -151,6 +167,9 @@ class LiveAnalyzer:
         self._beats: collections.deque[tuple[float, float]] = collections.deque()
         self._flags: collections.deque[int] = collections.deque(maxlen=QUALITY_BEATS)
         self._contact: collections.deque[int] = collections.deque(maxlen=QUALITY_BEATS)
+        self._jumps: collections.deque[int] = collections.deque(maxlen=QUALITY_BEATS)
+        """1 per raw interval that jumped (:data:`JUMP_REL`); kept across gaps."""
+        self._prev_raw = _NAN
         self._base = Baseline()
         self._base_from: float | None = None
         self._base_until: float | None = None
@@ -165,12 +184,27 @@ class LiveAnalyzer:
         """Responses that can no longer change (recovered, or the search ran out)."""
         self._segment_start: float | None = None
         self._last_t = -math.inf
+        self._last_raw_t = -math.inf
+        """Time of the last raw beat pushed (placement check of the next one)."""
 
     # -- beats -------------------------------------------------------------------------
     def push_beat(
         self, t_s: float, rr_ms: float, contact: bool | None = None
     ) -> list[ProcessedBeat]:
-        """Add one raw beat; returns the beats that became final (≤ 3 beats later)."""
+        """Add one raw beat; returns the beats that became final (≤ 3 beats later).
+
+        A beat that closes less than half its interval after the previous one (or before it)
+        cannot be placed on the same time line — beats delivered in a burst after a host stall
+        and pulled back to their arrival, say: it starts a new segment, as after :meth:`gap`
+        (the beats before it are finalised and returned with it)."""
+        done: list[ProcessedBeat] = []
+        if self._segment_start is not None and t_s - self._last_raw_t < 0.5 * rr_ms / 1000.0:
+            done = self.gap(t_s)
+        self._last_raw_t = t_s
+        prev = self._prev_raw
+        if prev == prev:
+            self._jumps.append(1 if abs(rr_ms - prev) > JUMP_REL * prev else 0)
+        self._prev_raw = rr_ms
         if self._segment_start is None:
             self._segment_start = t_s - rr_ms / 1000.0
         self._contact.append(0 if contact is False else 1)
@@ -179,7 +213,7 @@ class LiveAnalyzer:
         else:
             out = [ProcessedBeat(t_s, rr_ms, rr_ms, "normal")]
         self._consume(out)
-        return out
+        return done + out if done else out
 
     def _consume(self, out: list[ProcessedBeat]) -> None:
         td, beats, flags = self._td, self._beats, self._flags
@@ -187,9 +221,12 @@ class LiveAnalyzer:
             if b.rr_raw_ms == b.rr_raw_ms:
                 flags.append(0 if b.beat_class == "normal" else 1)
             if b.rr_ms == b.rr_ms:
-                td.add(b.t_s, b.rr_ms)
-                beats.append((b.t_s, b.rr_ms))
-                self._last_t = b.t_s
+                # A beat the correction placed before the last one (a split interval whose
+                # time line was compressed, see push_beat) is kept just after it.
+                t = b.t_s if b.t_s >= self._last_t else self._last_t + 1e-6
+                td.add(t, b.rr_ms)
+                beats.append((t, b.rr_ms))
+                self._last_t = t
         if beats:
             cutoff = beats[-1][0] - self._keep_s
             while beats[0][0] < cutoff:
@@ -290,6 +327,9 @@ class LiveAnalyzer:
         elif len(flags) >= 30 and share > IRREGULAR_SHARE_MAX:
             usable = False
             reason = f"irregular rhythm: {100 * share:.0f} % of recent beats are not sinus"
+        elif len(self._jumps) >= 30 and sum(self._jumps) > JUMP_SHARE_MAX * len(self._jumps):
+            usable = False
+            reason = jump_reason(sum(self._jumps) / len(self._jumps))
         covered = math.fsum(b[1] for b in self._beats if b[0] > t_s - self.window_s) / 1000.0
         coverage = min(1.0, covered / self.window_s)
         contact = sum(self._contact) / len(self._contact) if self._contact else 0.0

@@ -22,9 +22,12 @@ from processing.indices import SPREAD_FLOORS
 from processing.live import (
     BASELINE_MIN_SAMPLES,
     IRREGULAR_SHARE_MAX,
+    JUMP_REL,
+    JUMP_SHARE_MAX,
     MIN_WINDOW_BEATS,
     QUALITY_BEATS,
     SETTLING_K,
+    jump_reason,
 )
 from processing.nonlinear import dfa_alpha1, poincare
 from processing.spectral import (
@@ -302,7 +305,9 @@ def _step_quality(
 
     Usable: at least :data:`~processing.live.MIN_WINDOW_BEATS` beats in the rolling window
     (``n_window``, per step), and not more than :data:`IRREGULAR_SHARE_MAX` of the last
-    :data:`~processing.live.QUALITY_BEATS` analysed raw beats flagged (once there are 30).
+    :data:`~processing.live.QUALITY_BEATS` analysed raw beats flagged (once there are 30),
+    and not more than :data:`~processing.live.JUMP_SHARE_MAX` of their successive raw
+    intervals jumping by more than :data:`~processing.live.JUMP_REL`.
     Quality: ``(1 − that flagged share) · coverage``, coverage = corrected RR time within the
     ``window_s`` before the step and since the last break (``run_start`` of each beat) over
     ``window_s``. Live multiplies by the share of beats with skin contact, which an RR file
@@ -316,6 +321,10 @@ def _step_quality(
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(w > 0, (cf[m] - cf[m - w]) / np.maximum(w, 1), 1.0)
     irregular = (w >= 30) & (share > IRREGULAR_SHARE_MAX)
+    cj = np.concatenate([[0], np.cumsum(_jumps(_analysed_raw(cs)))])
+    wj = np.minimum(np.maximum(m - 1, 0), QUALITY_BEATS)
+    top = np.maximum(m - 1, 0)
+    irregular |= (wj >= 30) & (cj[top] - cj[top - wj] > JUMP_SHARE_MAX * wj)
     usable: npt.NDArray[np.bool_] = (n_window >= MIN_WINDOW_BEATS) & ~irregular
     last = np.searchsorted(tc, steps, side="right") - 1
     lo = np.searchsorted(tc, steps - window_s, side="right")
@@ -325,6 +334,18 @@ def _step_quality(
     coverage = np.minimum(1.0, covered / 1000.0 / window_s)
     quality: FloatArray = np.maximum(0.0, 1.0 - share) * coverage
     return usable, quality
+
+
+def _jumps(raw: FloatArray) -> npt.NDArray[np.bool_]:
+    """Per successive pair of raw intervals: did it jump (:data:`~processing.live.JUMP_REL`)?"""
+    return np.abs(np.diff(raw)) > JUMP_REL * raw[:-1]
+
+
+def _analysed_raw(cs: CorrectedSeries) -> FloatArray:
+    """The raw intervals the analysis saw, in order (not implausible, not warm-up)."""
+    rows = ~np.isnan(cs.rr_raw_ms) & (cs.code < _NOT_ANALYSED)
+    out: FloatArray = cs.rr_raw_ms[rows]
+    return out
 
 
 def _score(
@@ -424,6 +445,9 @@ def analyze(
     elif share > IRREGULAR_SHARE_MAX:
         usable = False
         reason = f"irregular rhythm: {100 * share:.0f} % of beats are not sinus"
+    elif (jumps := _jumps(_analysed_raw(cs))).size >= 30 and jumps.mean() > JUMP_SHARE_MAX:
+        usable = False
+        reason = jump_reason(float(jumps.mean())).replace("recent ", "")
     breaks = _breaks(cs, ok)
     segments = _segments(tc.size, breaks)
     td = time_domain(rc, breaks=breaks)

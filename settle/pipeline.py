@@ -309,6 +309,7 @@ class StrapPipeline:
             window_s=p.window_s, baseline_s=p.baseline_s, correction=p.correction
         )
         self._pending_seqs: collections.deque[int] = collections.deque()
+        self._analysis_errors = 0
         """Stored beats fed to the analyzer whose class is not final yet, oldest first."""
         self._classified: list[ClassifiedBeat] = []
         self.warmup_until_mono_s = 0.0
@@ -446,6 +447,10 @@ class StrapPipeline:
         warming = n.recv_mono_s < self.warmup_until_mono_s
         rows: list[BeatRow] = []
         times: list[float] = []
+        # What the analyzer gets, in beat order: (seq, t, rr) to push, or (None, t, nan) for
+        # a gap. Run after the beats are handed to the store, so a failure of the analysis
+        # cannot lose them.
+        todo: list[tuple[int | None, float, float]] = []
         for raw, tb in zip(m.rr_raw, timed, strict=True):
             t = tb.t_s
             self.beat_t_s = t
@@ -456,7 +461,7 @@ class StrapPipeline:
                 cls = BeatClass.IMPLAUSIBLE
                 if self.rr_source == "hrs":
                     # No successive difference may span an interval nobody can interpret.
-                    self._finalise(self.analyzer.gap(t))
+                    todo.append((None, t, math.nan))
             rows.append(
                 BeatRow(
                     seq=self.seq,
@@ -474,17 +479,44 @@ class StrapPipeline:
             if self.rr_source == "ecg":
                 pass  # recorded beside the ECG beats that drive the indices (class stays empty)
             elif cls is None:
-                self._pending_seqs.append(self.seq)
-                self._finalise(self.analyzer.push_beat(t, tb.rr_ms, m.contact))
+                todo.append((self.seq, t, tb.rr_ms))
             else:
                 self._classified.append(ClassifiedBeat(beat_t_s=round(t, 4), cls=cls, rr_ms=None))
             self.seq += 1
         if rows:
             self.writer.add_beats(self.session_id, rows)
-        while self.beat_t_s is not None and self.beat_t_s >= self.next_indices_t_s:
-            self._emit_indices(self.next_indices_t_s)
-            self.next_indices_t_s += self.settings.processing.indices_every_s
+        try:
+            for seq, t, rr in todo:
+                if seq is None:
+                    self._finalise(self.analyzer.gap(t))
+                else:
+                    self._pending_seqs.append(seq)
+                    self._finalise(self.analyzer.push_beat(t, rr, m.contact))
+            while self.beat_t_s is not None and self.beat_t_s >= self.next_indices_t_s:
+                t_next = self.next_indices_t_s
+                self.next_indices_t_s += self.settings.processing.indices_every_s
+                self._emit_indices(t_next)
+        except Exception:  # a bug in the analysis must not end the recording
+            self._analysis_failed()
         return times
+
+    def _analysis_failed(self) -> None:
+        """The analysis raised: log it (with the traceback, once per session), restart every
+        window as after a gap, and go on recording. The beats are already stored."""
+        if not self._analysis_errors:
+            log.exception(
+                "session %s: the analysis failed at t=%.1f s; beats are still recorded, the "
+                "indices restart (please report this with the log)",
+                self.session_id,
+                self.beat_t_s or 0.0,
+            )
+        else:
+            log.error("session %s: the analysis failed again at t=%.1f s", self.session_id,
+                      self.beat_t_s or 0.0)  # fmt: skip
+        self._analysis_errors += 1
+        self._pending_seqs.clear()
+        with contextlib.suppress(Exception):
+            self.analyzer.gap(self.now_t_s())
 
     def on_ecg_beats(self, beats: Sequence[tuple[float, float | None, bool]]) -> None:
         """Record R peaks of the raw ECG, ``(t_s, rr_ms, plausible)`` in session time, oldest

@@ -456,6 +456,42 @@ async def test_store_file_deleted_while_recording_is_an_error_and_nothing_is_los
     assert f"is recovered into {db}" in errors[-1], errors
 
 
+async def test_a_failing_analysis_does_not_end_the_recording(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception inside the analysis (beats piled up after a host stall once raised
+    ValueError there) ended the daemon's task group: the session was left `running` and
+    the beats of that notification were lost. Now the beats are stored first, the error is
+    logged once with its traceback, every window restarts and the session goes on."""
+    from processing.live import LiveAnalyzer
+
+    real = LiveAnalyzer.push_beat
+    calls = itertools.count()
+
+    def flaky(self: LiveAnalyzer, t_s: float, rr_ms: float, contact: bool | None = None):  # type: ignore[no-untyped-def]
+        if next(calls) == 40:
+            raise ValueError("t_s must be finite and non-decreasing")
+        return real(self, t_s, rr_ms, contact)
+
+    monkeypatch.setattr(LiveAnalyzer, "push_beat", flaky)
+    db = tmp_path / "s.db"
+    async with model_daemon(db, seed=7) as (daemon, task, _strap):
+        rt = daemon.runtimes[0]
+        await until(lambda: rt.session is not None and rt.session.seq > 200)
+        assert not task.done()
+        daemon.stop()
+        await asyncio.wait_for(task, 20)
+    (pipeline,) = daemon.finished
+    with SessionStore.open(db) as store:
+        assert [b.seq for b in store.beats(pipeline.session_id)] == list(range(pipeline.seq))
+        assert store.get(pipeline.session_id).state == SessionState.STOPPED
+        late = [r for r in store.indices(pipeline.session_id) if r.t_s > 150]
+    assert late and any(r.hr_bpm is not None for r in late)  # the analysis carried on
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+    assert "the analysis failed" in errors[0].getMessage()
+
+
 def test_rescue_file_is_readable_even_with_a_zero_rr(tmp_path: Path) -> None:
     """A strap's 0 ms RR (stored as implausible) made the rescue file unreadable to the
     `settle analyze` / `--replay` it names ("RR value 0 ms is not positive")."""

@@ -244,3 +244,49 @@ def test_score_formula_spread_floors_and_directions() -> None:
     # Non-finite samples are skipped; the count is the smallest over the components.
     b.add(72.0, math.nan, 6.0)
     assert b.n == 3
+
+
+def test_reconnect_in_frequent_ectopy_stays_unusable() -> None:
+    """A strap reconnecting in the middle of bigeminy: the correction restarts there and
+    learns the alternation as the normal rhythm (it stopped flagging, and RMSSD read
+    ~440 ms "baseline…" for minutes with gaps at 150–195 s or 330–345 s). The rhythm must
+    stay "not interpreted" after every such gap."""
+    t, rr = _recording("polar_h10_pvc_device")
+    for gap_start in range(60, 540, 15):
+        gap_end = gap_start + 45
+        keep = (t < gap_start) | (t >= gap_end)
+        la, nxt, gapped = LiveAnalyzer(), 5.0, False
+        for ti, ri in zip(t[keep].tolist(), rr[keep].tolist(), strict=True):
+            if ti >= gap_end and not gapped:
+                la.gap(ti)
+                gapped = True
+            while ti >= nxt:
+                s = la.indices(nxt)
+                if nxt > gap_end + 30:
+                    assert not s.usable, (gap_start, nxt, s.td.rmssd_ms)
+                    assert "irregular rhythm" in (s.reason or "")
+                nxt += 5.0
+            la.push_beat(ti, ri)
+
+
+def test_beats_piled_up_after_a_host_stall_do_not_break_the_analysis() -> None:
+    """After a host stall, late notifications arrive in a burst and the beat timer pulls
+    their times back to arrival: beats 1 ms apart with 800 ms intervals (one of them a
+    missed beat, 1600 ms, which the correction splits). This raised ValueError inside the
+    daemon and ended the recording; now each such beat starts a new segment and the
+    analysis carries on once beats are spaced by their intervals again."""
+    la = LiveAnalyzer()
+    t = 0.0
+    for _ in range(120):
+        t += 0.8
+        la.push_beat(t, 800.0 + 30.0 * math.sin(t))
+    burst = [800.0, 810.0, 1600.0, 790.0, 805.0, 800.0]
+    for k, r in enumerate(burst, start=1):
+        la.push_beat(t + 0.001 * k, r)
+    t += 0.001 * len(burst)
+    for _ in range(120):
+        t += 0.8
+        la.push_beat(t, 800.0 + 30.0 * math.sin(t))
+    snap = la.indices(t)
+    assert snap.usable and snap.td.n >= 60
+    assert 790.0 < snap.td.mean_rr_ms < 810.0
