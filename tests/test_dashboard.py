@@ -28,6 +28,7 @@ import pytest
 from rich.console import Console
 
 from feedback.dashboard import Dashboard, DashboardConfig, Hub, is_loopback, load_or_create_token
+from feedback.dashboard.hub import BACKLOG
 from feedback.dashboard.server import STATIC, DeviceView
 from sessions import read_export_csv
 from sessions.store import SessionState, SessionStore
@@ -227,6 +228,35 @@ async def test_a_burst_reaches_the_page_whole_and_in_order(tmp_path: Path) -> No
         assert [(e["topic"], json.loads(e["payload"])["seq"]) for e in got] == [
             (f"dev{i % 300}/beat", i // 300) for i in range(n)
         ]
+
+
+async def test_a_page_opened_late_gets_every_straps_history_and_its_markers(
+    tmp_path: Path,
+) -> None:
+    """With three straps, one shared backlog of 1 200 messages held only the last 6–7 min of
+    each strap and no events at all: a marker made early in a group session was gone from a
+    page opened (or reloaded) later. Each strap now keeps its own backlog, events apart."""
+    hub = Hub("settle")
+    straps = ["d1", "d2", "d3"]
+    for dev in straps:
+        hub.publish(f"settle/{dev}/event", json.dumps({"kind": "shame", "dev": dev}))
+    n = 1500  # per strap: more than a strap's backlog
+    for i in range(n):
+        for dev in straps:
+            hub.publish(f"settle/{dev}/beat", json.dumps({"seq": i}))
+    with SessionStore.open(tmp_path / "s.db") as store:
+        cfg = DashboardConfig(host="127.0.0.1", port=0, token="t")
+        async with (
+            Dashboard(hub, _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
+            aiohttp.ClientSession() as http,
+            http.get(d.url + "events?token=t") as r,
+        ):
+            got = await _read_events(r, 3 + 3 * BACKLOG)
+    events = [json.loads(e["payload"])["dev"] for e in got if e["topic"].endswith("/event")]
+    assert events == straps
+    for dev in straps:
+        seqs = [json.loads(e["payload"])["seq"] for e in got if e["topic"] == f"{dev}/beat"]
+        assert seqs == list(range(n - BACKLOG, n))  # ~10 min each, in order
 
 
 async def test_a_page_that_falls_behind_is_told_how_much_it_lost(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ Events subscribers without going through a broker (so it works with MQTT off or 
 :meth:`Hub.publish` is called synchronously from the daemon's tasks and never blocks: each
 subscriber has a bounded queue that drops its *oldest* message when full and counts the loss
 (STYLE.md principle 10). A page that opens mid-session gets the retained state and the last
-minutes of beats, indices and events first, so its charts are not empty.
+minutes of beats and indices of every strap, and its recent events, first, so its charts and
+marker list are not empty.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ __all__ = ["Hub", "Message", "Subscription"]
 SSE_BATCH = 512
 """Most queued messages written to a page in one chunk (see :meth:`Subscription.take`)."""
 BACKLOG = 1200
-"""Recent stream messages replayed to a new page (about 10 min of beats at 1 message/s)."""
+"""Recent stream messages replayed to a new page, per strap (about 10 min of beats at
+1 message/s, with the indices every 5 s)."""
+EVENTS_KEPT = 200
+"""Recent events (markers, session start, baseline, catching up…) replayed, per strap: kept
+apart from the beats, which would otherwise push them out within minutes."""
 RESULTS_KEPT = 64
 
 
@@ -84,7 +89,9 @@ class Hub:
         self.prefix = topic_base.rstrip("/") + "/"
         self.queue_size = queue_size
         self.retained: dict[str, Message] = {}
-        self.backlog: collections.deque[Message] = collections.deque(maxlen=BACKLOG)
+        self._backlog: dict[tuple[str, bool], collections.deque[tuple[int, Message]]] = {}
+        """Recent stream messages by (strap, is an event), with their arrival order."""
+        self._n = 0
         self.results: collections.OrderedDict[str, str] = collections.OrderedDict()
         """Recent command results by command id (the HTTP command route reads its own)."""
         self._subs: set[Subscription] = set()
@@ -101,7 +108,15 @@ class Hub:
         if retain:
             self.retained[leaf] = m
         elif not leaf.endswith("/ecg_beat"):
-            self.backlog.append(m)
+            event = leaf.endswith("/event")
+            key = (leaf.split("/", 1)[0], event)
+            kept = self._backlog.get(key)
+            if kept is None:
+                kept = self._backlog[key] = collections.deque(
+                    maxlen=EVENTS_KEPT if event else BACKLOG
+                )
+            self._n += 1
+            kept.append((self._n, m))
         for sub in self._subs:
             sub.put(m)
 
@@ -116,8 +131,11 @@ class Hub:
                 self.results.popitem(last=False)
 
     def snapshot(self) -> list[Message]:
-        """What a new page needs first: retained state, then the recent streams."""
-        return [*self.retained.values(), *self.backlog]
+        """What a new page needs first: retained state, then the recent streams of every
+        strap (each strap's own last :data:`BACKLOG` messages and :data:`EVENTS_KEPT`
+        events), in the order they were published."""
+        recent = sorted((x for kept in self._backlog.values() for x in kept), key=lambda x: x[0])
+        return [*self.retained.values(), *(m for _, m in recent)]
 
     @contextlib.contextmanager
     def subscribe(self) -> Iterator[Subscription]:
