@@ -95,6 +95,9 @@ class StatusPayload(_Payload):
     """0x2A37 notifications that could not be decoded (dropped)."""
     overflowed: int = 0
     """Notifications dropped because processing fell behind."""
+    ecg_dropped: int = 0
+    """Raw ECG (Polar PMD) frames of this strap dropped since the daemon started: malformed,
+    repeated, or pushed out because processing fell behind (0 for a strap without raw ECG)."""
     mqtt_dropped: int = 0
     """Live MQTT messages dropped from the full queue while the broker was away."""
     last_error: str | None = None

@@ -14,10 +14,15 @@ strap never replies), then check the ATT_MTU (≥ 232; bleak negotiates it on co
 exposes ``client.mtu_size``), then read the features, then subscribe to the data
 characteristic. Every control-point error code becomes :class:`~sensors.pmd.PmdRequestRefused`
 with a sentence saying what it means; no reply within ``reply_timeout_s`` becomes
-:class:`PmdNoReply`. Both are :class:`~settle.errors.SensorError`.
+:class:`PmdNoReply`, a reply that cannot be decoded :class:`PmdMalformedReply`. All are
+:class:`~settle.errors.SensorError`. A START that fails is followed by a best-effort STOP (the
+strap may have started anyway); "already in state" (a stream left running) is answered by
+STOP and one more START.
 
-The notification callbacks only decode and append to bounded buffers (a malformed frame is
-counted in ``malformed`` and dropped; overflow is counted in ``overflowed``).
+The notification callbacks only decode and append to bounded buffers. A frame that is
+malformed (``malformed``), not later than the one before it (``out_of_order``) or pushed out
+by a consumer that fell behind (``overflowed``) is dropped and counted in ``dropped``
+(:class:`DroppedFrames`): one WARNING line at most a minute, the bytes at DEBUG only.
 """
 
 from __future__ import annotations
@@ -44,10 +49,12 @@ from sensors.pmd import (
     PMD_DATA_UUID,
     POLAR_EPOCH_UNIX_NS,
     EcgFrame,
+    ErrorCode,
     MalformedPmd,
     MeasurementType,
     PmdCommand,
     PmdFeatures,
+    PmdRequestRefused,
     PmdResponse,
     PmdSettings,
 )
@@ -76,6 +83,65 @@ class PmdMtuTooSmall(SensorError):
 
 class PmdNoReply(SensorError):
     """The strap did not answer a control-point request in time."""
+
+
+class PmdMalformedReply(SensorError):
+    """The strap answered a control-point request with bytes that cannot be decoded."""
+
+
+class DroppedFrames:
+    """Counts one strap's dropped ECG frames and says so in the log without flooding it.
+
+    The first drop is logged as one WARNING line at once, later ones at most every
+    ``warn_every_s`` (default 60 s, on ``clock``, monotonic s) with the number dropped since
+    the previous warning; :meth:`flush` reports the rest (a session calls it on close). The
+    frame bytes go to DEBUG only (they are ECG: health data). Share one instance across a
+    strap's connections so that reconnects do not multiply the warnings.
+    """
+
+    def __init__(
+        self,
+        sensor_id: str,
+        *,
+        warn_every_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sensor_id = sensor_id
+        self.warn_every_s = warn_every_s
+        self._clock = clock
+        self.total = 0
+        """Frames dropped so far."""
+        self.unreported = 0
+        """Frames dropped since the last warning."""
+        self._warned_s: float | None = None
+        self._latest = ""
+
+    def add(self, reason: str) -> None:
+        """One frame dropped, for ``reason`` (no sample values in it)."""
+        self.total += 1
+        self.unreported += 1
+        self._latest = reason
+        now = self._clock()
+        if self._warned_s is None or now - self._warned_s >= self.warn_every_s:
+            self._warn(now)
+
+    def flush(self) -> None:
+        """Warn now about the frames dropped since the last warning, if any."""
+        if self.unreported:
+            self._warn(self._clock())
+
+    def _warn(self, now: float) -> None:
+        log.warning(
+            "%s: %d raw ECG frame%s dropped since the last warning, %d in all (latest: %s); "
+            "heart rate is unaffected",
+            self.sensor_id,
+            self.unreported,
+            "" if self.unreported == 1 else "s",
+            self.total,
+            self._latest,
+        )
+        self._warned_s = now
+        self.unreported = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -116,6 +182,7 @@ class PmdSession:
         buffer_frames: frames kept when the consumer falls behind (older ones are dropped).
         stall_timeout_s: :meth:`frames` raises if no frame arrives for this long.
         clock: host epoch clock (seconds), injectable for tests.
+        dropped: where dropped frames are counted and reported (a new one if None).
     """
 
     def __init__(
@@ -127,6 +194,7 @@ class PmdSession:
         buffer_frames: int = 256,
         stall_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.time,
+        dropped: DroppedFrames | None = None,
     ) -> None:
         self.client = client
         self.sensor_id = sensor_id or client.address
@@ -137,13 +205,19 @@ class PmdSession:
         self.features: PmdFeatures | None = None
         self.malformed = 0
         """Data or control-point notifications that could not be decoded (dropped)."""
+        self.out_of_order = 0
+        """Frames whose timestamp is not after the previous frame's (a repeat): dropped."""
         self.overflowed = 0
         """Frames dropped because the consumer fell behind by ``buffer_frames``."""
+        self.dropped = dropped if dropped is not None else DroppedFrames(self.sensor_id)
+        """Every dropped frame, counted and reported in the log (see :class:`DroppedFrames`)."""
         self.clock_offset_s: float | None = None
         """Host epoch s minus strap s, from the least-delayed frame so far (frames are only
         ever late, so the minimum of ``recv − timestamp`` is the best estimate)."""
-        self._replies: asyncio.Queue[PmdResponse] = asyncio.Queue()
+        # a reply, or the decode error of a reply that could not be read
+        self._replies: asyncio.Queue[PmdResponse | MalformedPmd] = asyncio.Queue()
         self._frames: collections.deque[ReceivedFrame] = collections.deque()
+        self._last_frame_ns: int | None = None  # timestamp of the newest frame kept
         self._wakeup = asyncio.Event()
         self._lock = asyncio.Lock()
         self._streaming = False
@@ -207,6 +281,7 @@ class PmdSession:
                         await self.client.stop_notify(uuid)
         self._subscribed.clear()
         self._wakeup.set()
+        self.dropped.flush()
 
     def notify_disconnected(self) -> None:
         """Call from the client's ``disconnected_callback``: ends :meth:`frames` at once."""
@@ -221,7 +296,8 @@ class PmdSession:
     # -- control point -----------------------------------------------------------------------
 
     async def request(self, command: PmdCommand) -> PmdResponse:
-        """Write ``command`` and wait for its indication; raise on an error code."""
+        """Write ``command`` and wait for its indication; raise on an error code, no reply
+        (:class:`PmdNoReply`) or an unreadable one (:class:`PmdMalformedReply`)."""
         async with self._lock:
             while not self._replies.empty():  # stale replies (a previous timeout)
                 self._replies.get_nowait()
@@ -235,6 +311,12 @@ class PmdSession:
                 async with asyncio.timeout(self.reply_timeout_s):
                     while True:
                         reply = await self._replies.get()
+                        if isinstance(reply, MalformedPmd):
+                            raise PmdMalformedReply(
+                                self.sensor_id,
+                                f"the strap's reply to PMD {command.op.name} could not be read: "
+                                f"{reply.reason} ({reply.data.hex() or 'empty'})",
+                            )
                         if reply.answers(command):
                             break
                         log.debug("ignored PMD reply %s to another request", bytes(reply).hex())
@@ -256,9 +338,47 @@ class PmdSession:
             raise SensorError(self.sensor_id, f"unreadable PMD settings: {exc}") from exc
 
     async def start_ecg(self, settings: PmdSettings = ECG_130HZ_14BIT) -> None:
-        """Start the ECG stream (default 130 Hz / 14-bit, the H10's only option)."""
-        await self.request(PmdCommand.start(MeasurementType.ECG, settings))
+        """Start the ECG stream (default 130 Hz / 14-bit, the H10's only option).
+
+        "Already in state" (a stream left running, e.g. by an earlier connection that ended
+        without STOP) is answered by STOP and one more START. After any other failure — no
+        reply, a refusal, an unreadable reply — a STOP is sent (best effort: a strap that
+        started anyway would stream on unseen, draining its battery) and the error raised.
+        A session that is already streaming just sends START and raises the strap's answer.
+        """
+        command = PmdCommand.start(MeasurementType.ECG, settings)
+        if self._streaming:
+            await self.request(command)
+            return
+        try:
+            try:
+                await self._start(command)
+            except PmdRequestRefused as exc:
+                if exc.code != ErrorCode.ALREADY_IN_STATE:
+                    raise
+                log.info(
+                    "%s: the strap was already streaming ECG; stopping and starting it again",
+                    self.sensor_id,
+                )
+                await self._stop_quietly()
+                await self._start(command)
+        except SensorError:
+            await self._stop_quietly()
+            raise
         self._streaming = True
+
+    async def _start(self, command: PmdCommand) -> None:
+        # Frames before our START belong to a stream we did not start; a new stream may
+        # start its timestamps afresh.
+        self._frames.clear()
+        self._last_frame_ns = None
+        await self.request(command)
+
+    async def _stop_quietly(self) -> None:
+        if not self.client.is_connected:
+            return
+        with contextlib.suppress(SensorError, BleakError, TimeoutError, OSError):
+            await self.request(PmdCommand.stop(MeasurementType.ECG))
 
     async def stop_ecg(self) -> None:
         """Stop the ECG stream. Call before disconnecting (``close`` does it for you)."""
@@ -311,7 +431,8 @@ class PmdSession:
             reply = PmdResponse.from_bytes(data)
         except MalformedPmd as exc:
             self.malformed += 1
-            log.debug("dropped malformed PMD reply from %s: %s", self.sensor_id, exc)
+            log.debug("malformed PMD reply from %s: %s", self.sensor_id, exc)
+            self._replies.put_nowait(exc)  # fails the request waiting for it
             return
         self._replies.put_nowait(reply)
 
@@ -322,13 +443,21 @@ class PmdSession:
         except MalformedPmd as exc:
             self.malformed += 1
             log.debug("dropped malformed PMD frame from %s: %s", self.sensor_id, exc)
+            self.dropped.add(exc.reason)
             return
+        if self._last_frame_ns is not None and frame.timestamp_ns <= self._last_frame_ns:
+            self.out_of_order += 1
+            log.debug("dropped out-of-order PMD frame from %s: %s", self.sensor_id, data.hex())
+            self.dropped.add("timestamp not after the previous frame's")
+            return
+        self._last_frame_ns = frame.timestamp_ns
         offset = recv - frame.timestamp_ns / _NS_PER_S
         if self.clock_offset_s is None or offset < self.clock_offset_s:
             self.clock_offset_s = offset
         if len(self._frames) >= self._buffer_frames:
             self._frames.popleft()
             self.overflowed += 1
+            self.dropped.add("processing fell behind")
         self._frames.append(ReceivedFrame(recv, frame))
         self._wakeup.set()
 

@@ -463,7 +463,8 @@ class EcgFrame:
     """A decoded ECG data frame (type 0, frame type 0).
 
     ``timestamp_ns``: ns since 2000-01-01 (strap clock) of the LAST sample;
-    ``samples_uv``: ECG in µV, oldest first (int24 on the wire).
+    ``samples_uv``: ECG in µV, oldest first (int24 on the wire), at least one: a frame
+    without samples has no last sample for its timestamp to name.
     """
 
     timestamp_ns: int
@@ -473,6 +474,8 @@ class EcgFrame:
         object.__setattr__(self, "samples_uv", tuple(self.samples_uv))
         if not 0 <= self.timestamp_ns < 1 << 64:
             raise ValueError("timestamp_ns must be a u64")
+        if not self.samples_uv:
+            raise ValueError("an ECG frame holds at least one sample")
         if any(not -(1 << 23) <= s < 1 << 23 for s in self.samples_uv):
             raise ValueError("samples_uv must fit int24")
 
@@ -489,6 +492,8 @@ class EcgFrame:
             )
         if frame.frame_type != 0:
             raise MalformedDataFrame(f"unsupported ECG frame type {frame.frame_type}", bytes(frame))
+        if not frame.payload:
+            raise MalformedDataFrame("ECG frame holds no samples (header only)", bytes(frame))
         if len(frame.payload) % ECG_SAMPLE_BYTES:
             raise MalformedDataFrame("ECG payload is not a whole number of int24", bytes(frame))
         p = frame.payload

@@ -379,6 +379,7 @@ class Daemon:
             reconnects=rt.reconnects,
             malformed=rt.client.malformed,
             overflowed=rt.client.overflowed,
+            ecg_dropped=self.ecg.dropped_frames(info.device_id),
             mqtt_dropped=self.link.dropped if self.link else 0,
             last_error=rt.last_error,
         )

@@ -4,8 +4,13 @@ ECG-derived beats → ``<base>/<dev>/ecg_beat``.
 The strap's ECG clock is mapped to session time once per session: the first frame's last
 sample is placed at its arrival (monotonic clock, like the beat timer), and from then on the
 strap's own nanosecond timestamps carry the timing (sample resolution, 7.7 ms at 130 Hz).
+A session keeps every sample from its t = 0 on, including the part of a frame that straddles
+its start, and never a sample at or before one it already has.
+
 A strap without PMD simply has no ECG; a failing ECG stream never disturbs the heart-rate
-stream on the same link.
+stream on the same link. Frames the PMD session drops (malformed, repeated, or pushed out by
+a backlog) are counted per strap (:meth:`EcgRecorder.dropped_frames`) and reported as one
+WARNING line at most a minute.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from bleak import BleakClient
 
 from feedback.payloads import EcgBeatPayload
 from processing.ecg import RPeakDetector
-from sensors.ecg_stream import PmdSession, PmdUnavailable
+from sensors.ecg_stream import DroppedFrames, PmdSession, PmdUnavailable
+from sensors.pmd import EcgFrame
 from settle.errors import SensorError
 
 if TYPE_CHECKING:
@@ -31,6 +37,16 @@ log = logging.getLogger(__name__)
 SAMPLE_PERIOD_NS = round(1e9 / 130.0)
 
 
+def samples_after(frame: EcgFrame, offset_ns: int, after_ns: int) -> tuple[list[int], list[int]]:
+    """The frame's sample times on the session time base (strap ns + ``offset_ns``) and its
+    samples (µV), keeping only those later than ``after_ns`` (−1 before the first: t ≥ 0)."""
+    n = len(frame.samples_uv)
+    first = frame.timestamp_ns + offset_ns - (n - 1) * SAMPLE_PERIOD_NS
+    skip = 0 if first > after_ns else min(n, (after_ns - first) // SAMPLE_PERIOD_NS + 1)
+    t_ns = [first + i * SAMPLE_PERIOD_NS for i in range(skip, n)]
+    return t_ns, list(frame.samples_uv[skip:])
+
+
 class EcgRecorder:
     """Streams one strap's ECG while it is connected (see the module docstring)."""
 
@@ -39,47 +55,27 @@ class EcgRecorder:
         self.clock = clock
         self.frames = 0
         self.beats = 0
+        self._dropped: dict[str, DroppedFrames] = {}  # per strap, across its connections
+
+    @property
+    def dropped(self) -> int:
+        """ECG frames dropped by the PMD sessions of every strap (malformed, repeated, or
+        pushed out by a backlog)."""
+        return sum(d.total for d in self._dropped.values())
+
+    def dropped_frames(self, device_id: str) -> int:
+        """ECG frames dropped so far for one strap."""
+        d = self._dropped.get(device_id)
+        return 0 if d is None else d.total
 
     async def run(self, rt: StrapRuntime, client: BleakClient) -> None:
         dev = rt.device_id or client.address
+        dropped = self._dropped.setdefault(dev, DroppedFrames(dev))
         try:
-            async with PmdSession(client, sensor_id=dev) as pmd:
+            async with PmdSession(client, sensor_id=dev, dropped=dropped) as pmd:
                 await pmd.start_ecg()
                 log.info("%s: recording raw ECG (Polar PMD, 130 Hz)", dev)
-                detector = RPeakDetector()
-                offset: tuple[str, int] | None = None  # (session id, strap ns → session ns)
-                async for received in pmd.frames():
-                    session = rt.session
-                    frame = received.frame
-                    beats = detector.update(frame.samples_uv, t_last_ns=frame.timestamp_ns)
-                    if session is None or rt.output is None:
-                        continue
-                    if offset is None or offset[0] != session.session_id:
-                        arrival_s = (time.monotonic() - session.started_mono_s) * session.time_scale
-                        offset = (session.session_id, int(arrival_s * 1e9) - frame.timestamp_ns)
-                    n = len(frame.samples_uv)
-                    last = frame.timestamp_ns + offset[1]
-                    t_ns = [last - (n - 1 - i) * SAMPLE_PERIOD_NS for i in range(n)]
-                    if t_ns[0] >= 0:
-                        self.writer.add_ecg(session.session_id, t_ns, list(frame.samples_uv))
-                        self.frames += 1
-                    timed = [
-                        (round((b.t_s * 1e9 + offset[1]) / 1e9, 4), b.rr_ms, b.plausible)
-                        for b in beats
-                    ]
-                    session.on_ecg_beats(timed)
-                    for b, (t_s, _rr, _ok) in zip(beats, timed, strict=True):
-                        payload = EcgBeatPayload(
-                            ts=int(self.clock() * 1000),
-                            seq=rt.output.ecg_seq,
-                            session=session.session_id,
-                            t_s=t_s,
-                            rr_ms=None if b.rr_ms is None else round(b.rr_ms, 2),
-                            plausible=b.plausible,
-                        )
-                        rt.output.ecg_seq += 1
-                        rt.output.publish("ecg_beat", payload.to_json(), 0)
-                        self.beats += 1
+                await self._record(rt, pmd)
         except PmdUnavailable:
             if rt.session is not None and rt.session.settings.processing.rr_source == "ecg":
                 log.warning("%s: rr_source is ecg but the strap has no raw ECG; using its RR", dev)
@@ -89,3 +85,45 @@ class EcgRecorder:
             log.warning("%s: raw ECG stopped (%s); heart rate continues", dev, exc.reason)
             if rt.session is not None:
                 rt.session.ecg_failed(exc.reason)
+        except Exception:
+            # The daemon awaits this task when the link closes: a bug here must not take the
+            # strap's heart rate, its session and the daemon down with the optional ECG.
+            log.exception("%s: raw ECG stopped by an internal error; heart rate continues", dev)
+            if rt.session is not None:
+                rt.session.ecg_failed("internal error")
+
+    async def _record(self, rt: StrapRuntime, pmd: PmdSession) -> None:
+        detector = RPeakDetector()
+        offset: tuple[str, int] | None = None  # (session id, strap ns → session ns)
+        newest_ns = -1  # newest sample stored for the session (session ns)
+        async for received in pmd.frames():
+            session = rt.session
+            frame = received.frame
+            beats = detector.update(frame.samples_uv, t_last_ns=frame.timestamp_ns)
+            if session is None or rt.output is None:
+                continue
+            if offset is None or offset[0] != session.session_id:
+                arrival_s = (time.monotonic() - session.started_mono_s) * session.time_scale
+                offset = (session.session_id, int(arrival_s * 1e9) - frame.timestamp_ns)
+                newest_ns = -1
+            t_ns, uv = samples_after(frame, offset[1], newest_ns)
+            if t_ns:
+                self.writer.add_ecg(session.session_id, t_ns, uv)
+                self.frames += 1
+                newest_ns = t_ns[-1]
+            timed = [
+                (round((b.t_s * 1e9 + offset[1]) / 1e9, 4), b.rr_ms, b.plausible) for b in beats
+            ]
+            session.on_ecg_beats(timed)
+            for b, (t_s, _rr, _ok) in zip(beats, timed, strict=True):
+                payload = EcgBeatPayload(
+                    ts=int(self.clock() * 1000),
+                    seq=rt.output.ecg_seq,
+                    session=session.session_id,
+                    t_s=t_s,
+                    rr_ms=None if b.rr_ms is None else round(b.rr_ms, 2),
+                    plausible=b.plausible,
+                )
+                rt.output.ecg_seq += 1
+                rt.output.publish("ecg_beat", payload.to_json(), 0)
+                self.beats += 1

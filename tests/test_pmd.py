@@ -161,6 +161,7 @@ def test_ecg_frame_decoding() -> None:
         (H("02") + bytes(8) + H("01") + bytes(6), "ACC frame where ECG"),
         (H("00") + bytes(8) + H("80") + bytes(3), "frame type 128"),
         (H("00") + bytes(8) + H("00") + bytes(4), "int24"),
+        (H("00") + bytes(8) + H("00"), r"no samples \(header only\)"),
     ],
 )
 def test_bad_ecg_frames(data: bytes, match: str) -> None:
@@ -168,9 +169,15 @@ def test_bad_ecg_frames(data: bytes, match: str) -> None:
         EcgFrame.from_bytes(data)
 
 
+def test_an_ecg_frame_has_at_least_one_sample() -> None:
+    """Its timestamp is that of its last sample: without samples it means nothing."""
+    with pytest.raises(ValueError, match="at least one sample"):
+        EcgFrame(768_182_400_000_000_000, ())
+
+
 @given(
     ts=st.integers(0, 2**64 - 1),
-    samples=st.lists(st.integers(-(2**23), 2**23 - 1), max_size=80),
+    samples=st.lists(st.integers(-(2**23), 2**23 - 1), min_size=1, max_size=80),
 )
 def test_ecg_frame_round_trip(ts: int, samples: list[int]) -> None:
     frame = EcgFrame(ts, tuple(samples))

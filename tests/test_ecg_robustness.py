@@ -1,0 +1,358 @@
+"""The raw-ECG (PMD) path under faults a real strap or link can produce: a frame with no
+samples, a repeated frame, a START that is refused, unanswered or answered with unreadable
+bytes, a session started mid-stream, a bug in the ECG code. Through the real stack (bleak →
+bumble backend → virtual H10 replaying a real recording); the faults are injected on the wire,
+at the virtual strap's GATT notifications and indications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from bleak import BleakClient
+from bumble.device import Device
+
+from feedback.payloads import StatusPayload
+from processing.ecg import RPeakDetector
+from sensors.ecg_stream import DroppedFrames, PmdMalformedReply, PmdNoReply, PmdSession
+from sensors.pmd import EcgFrame, PmdRequestRefused
+from sensors.readers import read_rr_file
+from sensors.virtual import VirtualAir, VirtualStrap
+from sensors.virtual.pmd import PmdConfig
+from sessions.store import SessionStore
+from settle.config import load_config
+from settle.daemon import Daemon
+from settle.ecg import SAMPLE_PERIOD_NS
+from tests.conftest import DATA
+from tests.test_e2e import CONFIG
+from tests.test_pmd import LIMIT_S, START_ECG, H, h10_ecg_uv, pmd_strap
+from tests.test_reconnect import client_for, until
+
+STOP_ECG = H("0300")
+Tamper = Callable[[int, bytes], list[bytes]]
+"""(index of the message among its kind, its bytes) → what is sent instead (none, one, two)."""
+
+
+@pytest.fixture
+async def air() -> AsyncIterator[VirtualAir]:
+    async with VirtualAir() as virtual_air:
+        yield virtual_air
+
+
+def tamper(
+    monkeypatch: pytest.MonkeyPatch,
+    strap: VirtualStrap,
+    *,
+    data: Tamper | None = None,
+    replies: Tamper | None = None,
+) -> None:
+    """Rewrite the strap's ECG data notifications and/or control-point reply indications."""
+    assert strap.pmd is not None
+    pmd = strap.pmd
+    notify, indicate = Device.notify_subscriber, Device.indicate_subscriber
+    n_data, n_reply = itertools.count(), itertools.count()
+
+    async def notify_subscriber(
+        self: Device, connection: Any, attribute: Any, value: Any = None, force: bool = False
+    ) -> None:
+        if data is None or attribute is not pmd.data or value is None:
+            return await notify(self, connection, attribute, value, force)
+        for v in data(next(n_data), bytes(value)):
+            await notify(self, connection, attribute, v, force)
+
+    async def indicate_subscriber(
+        self: Device, connection: Any, attribute: Any, value: Any = None, force: bool = False
+    ) -> None:
+        if replies is None or attribute is not pmd.control_point or value is None:
+            return await indicate(self, connection, attribute, value, force)
+        for v in replies(next(n_reply), bytes(value)):
+            await indicate(self, connection, attribute, v, force)
+
+    monkeypatch.setattr(Device, "notify_subscriber", notify_subscriber)
+    monkeypatch.setattr(Device, "indicate_subscriber", indicate_subscriber)
+
+
+def ecg_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "raw ECG frame" in r.getMessage()
+    ]
+
+
+# -- START that fails: the strap is never left streaming --------------------------------------
+
+
+async def test_a_stream_left_running_is_stopped_and_started_again(
+    air: VirtualAir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real H10 still streaming (an earlier connection ended without STOP) answers START
+    with ``f0 02 00 06 00``: the session stops that stream and starts its own."""
+    async with asyncio.timeout(LIMIT_S):
+        strap = await pmd_strap(air, unreliable_start_s=0.0)
+        tamper(monkeypatch, strap, replies=lambda i, v: [H("f002000600")] if i == 0 else [v])
+        async with (
+            BleakClient(strap.address, **air.client_kwargs()) as client,
+            PmdSession(client, sensor_id="h10") as pmd,
+        ):
+            await pmd.start_ecg()
+            assert pmd.streaming
+            async for received in pmd.frames():
+                first = received.frame
+                break
+        assert strap.pmd is not None
+        assert strap.pmd.requests == [START_ECG, STOP_ECG, START_ECG, STOP_ECG]
+        assert first.samples_uv == h10_ecg_uv()[:73]  # the restarted stream, from its start
+        assert strap.pmd.unclean_disconnects == []
+
+
+@pytest.mark.parametrize(
+    ("replies", "error", "match", "requests"),
+    [
+        pytest.param(lambda i, v: [] if i == 0 else [v], PmdNoReply,
+                     r"no reply to PMD START within 0\.5 s \(are control-point indications",
+                     [START_ECG, STOP_ECG], id="no reply"),
+        pytest.param(lambda i, v: [v[:3]] if i == 0 else [v], PmdMalformedReply,
+                     r"reply to PMD START could not be read: response shorter than 4 bytes "
+                     r"\(f00200\)$", [START_ECG, STOP_ECG], id="unreadable reply"),
+        pytest.param(lambda i, v: [H("f002000d00")] if i == 0 else [v], PmdRequestRefused,
+                     "in its charger", [START_ECG, STOP_ECG], id="refused"),
+        pytest.param(lambda i, v: [H("f002000600")] if i in (0, 2) else [v], PmdRequestRefused,
+                     "already", [START_ECG, STOP_ECG, START_ECG, STOP_ECG],
+                     id="already in state twice"),
+    ],
+)  # fmt: skip
+async def test_a_failed_start_is_stopped_and_said_plainly(
+    air: VirtualAir,
+    monkeypatch: pytest.MonkeyPatch,
+    replies: Tamper,
+    error: type[Exception],
+    match: str,
+    requests: list[bytes],
+) -> None:
+    """The strap did start (only its reply was lost, garbled or contradicted): the session
+    sends STOP, so the strap does not stream on unseen, and the error says what happened."""
+    async with asyncio.timeout(LIMIT_S):
+        strap = await pmd_strap(air)
+        tamper(monkeypatch, strap, replies=replies)
+        async with BleakClient(strap.address, **air.client_kwargs()) as client:
+            pmd = PmdSession(client, sensor_id="h10", reply_timeout_s=0.5)
+            await pmd.open()
+            with pytest.raises(error, match=match) as info:
+                await pmd.start_ecg()
+            assert strap.pmd is not None
+            assert not strap.pmd.streaming  # stopped while still connected
+            if error is not PmdNoReply:
+                assert "indications" not in str(info.value)
+            await pmd.close()
+        assert strap.pmd.requests == requests
+        assert strap.pmd.unclean_disconnects == []
+
+
+# -- dropped frames: skipped, counted, one warning line ---------------------------------------
+
+
+def test_dropped_frames_warn_once_a_minute_with_a_count() -> None:
+    now = [0.0]
+    dropped = DroppedFrames("h10", clock=lambda: now[0])
+    warnings: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: warnings.append(r.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("sensors.ecg_stream")
+    logger.addHandler(handler)
+    try:
+        for t in (0.0, 1.0, 30.0, 59.0):
+            now[0] = t
+            dropped.add("ECG frame holds no samples (header only)")
+        assert len(warnings) == 1 and "1 raw ECG frame dropped" in warnings[0]
+        now[0] = 61.0
+        dropped.add("timestamp not after the previous frame's")
+        assert len(warnings) == 2
+        assert "4 raw ECG frames dropped since the last warning, 5 in all" in warnings[1]
+        assert "latest: timestamp not after" in warnings[1]
+        dropped.flush()  # nothing unreported
+        now[0] = 62.0
+        dropped.add("ECG frame holds no samples (header only)")
+        dropped.flush()  # e.g. the stream ended
+        assert len(warnings) == 3 and "1 raw ECG frame dropped" in warnings[2]
+    finally:
+        logger.removeHandler(handler)
+    assert dropped.total == 6 and dropped.unreported == 0
+
+
+async def test_an_empty_or_repeated_frame_is_dropped_and_the_stream_goes_on(
+    air: VirtualAir, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    header_only: list[bytes] = []
+
+    def faults(i: int, v: bytes) -> list[bytes]:
+        if i == 2:
+            header_only.append(v[:10])
+            return [v[:10]]  # the header of a frame, no samples
+        return [v, v] if i == 4 else [v]  # a frame delivered twice
+
+    caplog.set_level(logging.DEBUG, logger="sensors.ecg_stream")
+    async with asyncio.timeout(LIMIT_S):
+        strap = await pmd_strap(air, unreliable_start_s=0.0)
+        tamper(monkeypatch, strap, data=faults)
+        frames: list[EcgFrame] = []
+        async with (
+            BleakClient(strap.address, **air.client_kwargs()) as client,
+            PmdSession(client, sensor_id="h10") as pmd,
+        ):
+            await pmd.start_ecg()
+            async for received in pmd.frames():
+                frames.append(received.frame)
+                if len(frames) == 8:
+                    break
+    assert (pmd.malformed, pmd.out_of_order, pmd.dropped.total) == (1, 1, 2)
+    ecg = h10_ecg_uv()
+    assert [f.samples_uv for f in frames] == [
+        ecg[73 * k : 73 * (k + 1)] for k in (0, 1, 3, 4, 5, 6, 7, 8)
+    ]
+    warnings = ecg_warnings(caplog)
+    assert warnings[0].startswith("h10: 1 raw ECG frame dropped since the last warning, 1 in all")
+    assert "no samples" in warnings[0]
+    assert len(warnings) == 2 and "1 in all" not in warnings[1]  # the rest, when it closed
+    # The bytes are at DEBUG only (ECG is health data), never in a warning.
+    assert all(header_only[0].hex() not in w and "data=" not in w for w in warnings)
+    assert any(
+        header_only[0].hex() in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG
+    )
+
+
+# -- in the daemon -------------------------------------------------------------------------
+
+
+def _settings(tmp_path: Path) -> Any:
+    return load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
+
+
+def _h10(air: VirtualAir, speed: float) -> VirtualStrap:
+    rr = [float(x) for x in read_rr_file(DATA / "polar_h10_pvc_device.csv").rr_ms]
+    return VirtualStrap(
+        air, rr, name="Polar H10 0A1B2C3D", speed=speed, pmd=PmdConfig(ecg_uv=h10_ecg_uv())
+    )
+
+
+def holes(t_ns: npt.NDArray[np.int64]) -> int:
+    """Places where the stored ECG skips more than half a sample period."""
+    return int((np.diff(t_ns) > 1.5 * SAMPLE_PERIOD_NS).sum())
+
+
+async def test_daemon_skips_a_frame_without_samples_and_keeps_recording(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A header-only frame used to end the ECG silently and make the daemon fail at stop,
+    leaving the session ``running``."""
+    caplog.set_level(logging.INFO)
+    settings = _settings(tmp_path)
+    statuses: list[StatusPayload] = []
+
+    def tap(topic: str, payload: bytes | str, _retain: bool) -> None:
+        if topic.endswith("/status"):
+            statuses.append(StatusPayload.model_validate_json(payload))
+
+    async with VirtualAir() as air:
+        strap = _h10(air, 10.0)
+        tamper(monkeypatch, strap, data=lambda i, v: [v[:10]] if i == 10 else [v])
+        await strap.start()
+        with SessionStore.open(settings.db_path) as store:
+            daemon = Daemon(settings, store, [client_for(air, strap)], time_scale=10.0, tap=tap)
+            task = asyncio.create_task(daemon.run())
+            await until(lambda: daemon.ecg.frames >= 25, 40)
+            daemon.stop()
+            await asyncio.wait_for(task, 15)  # no exception
+            (info,) = store.list_sessions()
+            ecg = store.ecg(info.id)
+            dev = daemon.runtimes[0].device_id
+        await strap.stop()
+    assert info.state == "stopped"
+    assert daemon.ecg.dropped == daemon.ecg.dropped_frames(dev) == 1
+    assert daemon.ecg.frames >= 25 and len(ecg) >= 24 * 73  # recording went on after it
+    assert holes(ecg.t_ns) == 1  # where the empty frame was
+    (warning,) = ecg_warnings(caplog)
+    assert "1 raw ECG frame dropped" in warning and "no samples" in warning
+    assert statuses[0].ecg_dropped == 0
+    assert (statuses[-1].state, statuses[-1].ecg_dropped) == ("stopped", 1)  # MQTT status
+
+
+async def test_a_bug_in_the_ecg_path_never_stops_the_heart_rate_or_the_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = [0]
+
+    class BrokenDetector(RPeakDetector):
+        def update(self, *args: Any, **kwargs: Any) -> Any:
+            calls[0] += 1
+            if calls[0] == 8:
+                raise RuntimeError("bug")
+            return super().update(*args, **kwargs)
+
+    monkeypatch.setattr("settle.ecg.RPeakDetector", BrokenDetector)
+    settings = _settings(tmp_path)
+    async with VirtualAir() as air:
+        strap = _h10(air, 10.0)
+        await strap.start()
+        with SessionStore.open(settings.db_path) as store:
+            daemon = Daemon(settings, store, [client_for(air, strap)], time_scale=10.0)
+            task = asyncio.create_task(daemon.run())
+            await until(lambda: calls[0] >= 8, 40)  # the ECG task has failed
+            beats = strap.beats_sent
+            await until(lambda: strap.beats_sent > beats + 10, 40)
+            daemon.stop()
+            await asyncio.wait_for(task, 15)  # no exception
+            (info,) = store.list_sessions()
+            stored = store.read_session(info.id)
+        await strap.stop()
+    assert info.state == "stopped"
+    assert len(stored.beats) >= beats + 10  # heart rate went on
+    assert any(
+        "raw ECG stopped by an internal error" in r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.ERROR
+    )
+    assert strap.pmd is not None and strap.pmd.unclean_disconnects == []  # STOP was sent
+
+
+async def test_a_session_started_mid_stream_keeps_the_ecg_from_its_start(
+    tmp_path: Path,
+) -> None:
+    """The frame that straddles a new session's t = 0 keeps its samples at t ≥ 0.
+
+    The daemon runs at a tenth of the strap's speed, so every frame (0.56 strap s) arrives
+    within 0.06 session s of the previous one: the first frame after any start straddles it.
+    """
+    settings = _settings(tmp_path)
+    async with VirtualAir() as air:
+        strap = _h10(air, 10.0)
+        await strap.start()
+        with SessionStore.open(settings.db_path) as store:
+            daemon = Daemon(settings, store, [client_for(air, strap)], time_scale=1.0)
+            task = asyncio.create_task(daemon.run())
+            await until(lambda: daemon.ecg.frames >= 10, 40)
+            dev = daemon.runtimes[0].device_id
+            assert dev is not None
+            start = {"id": "1", "intention": {"target": "self", "statement": "I am safe"}}
+            await daemon.on_command(
+                dev, "session/start", json.dumps(start).encode(), False, source="cli"
+            )
+            frames = daemon.ecg.frames
+            await until(lambda: daemon.ecg.frames >= frames + 5, 40)
+            daemon.stop()
+            await asyncio.wait_for(task, 15)
+            first, second = sorted(store.list_sessions(), key=lambda s: s.started_ms)
+            ecg = store.ecg(second.id)
+        await strap.stop()
+    assert first.state == second.state == "stopped"
+    assert 0 <= ecg.t_ns[0] < SAMPLE_PERIOD_NS  # not a frame later
+    assert holes(ecg.t_ns) == 0
