@@ -161,9 +161,12 @@ async def serve(
                         markup=False,
                     )
                     continue
+                # One file name per session: with several straps the same `session.csv`
+                # for each made the second command fail with "file exists".
+                name = "session.csv" if len(daemon.finished) == 1 else f"{p.session_id}.csv"
                 out.print(
                     f"session {p.session_id}: {stored} beats stored. "
-                    f"Export: settle export {p.session_id} --format csv --out session.csv{db}",
+                    f"Export: settle export {p.session_id} --format csv --out {name}{db}",
                     markup=False,
                 )
     finally:

@@ -781,6 +781,7 @@ async def _command(
     where = options.where
     base = settings.mqtt.topic_base
     sent_to: str | None = None
+    device = _device_for_label(device)
     try:
         async with asyncio.timeout(wait_s):
             async with aiomqtt.Client(**options.client_kwargs()) as client:
@@ -828,18 +829,44 @@ async def _command(
     return 1
 
 
+def _device_for_label(device: str | None) -> str | None:
+    """``--device`` may name a strap by the label it was paired under (``settle pair
+    --label anna``, any case): its device id; anything else as given."""
+    if device is None:
+        return None
+    from settle.pairing import PairingError, load_paired
+
+    try:
+        paired = load_paired()
+    except (PairingError, SettleError, OSError):
+        return device
+    for p in paired:
+        if p.label.casefold() == device.casefold() and p.device_id:
+            return p.device_id
+    return device
+
+
 async def _find_device(
     client: Any, base: str, *, need_session: bool, device: str | None = None, where: str = ""
 ) -> str:
     """The one device this daemon serves, from the retained topics (``device``: the one the
-    user named, once the daemon is seen online)."""
+    user named, once the daemon is seen online and knows it)."""
     state_topic = f"{base}/bridge/state"
-    filters = [] if device else [f"{base}/+/availability", f"{base}/+/session"]
+    filters = [f"{base}/+/availability", f"{base}/+/session"]
     seen = await _retained(client, filters, state_topic)
     daemon_online = seen.get(state_topic, (b"", False))[0] == b"online"
     if device is not None:
         if not daemon_online:
             raise SettleError(_nothing_found(need_session, False, set(), where))
+        # Every strap the daemon served retains its availability and session (online or
+        # not: a strap reconnecting still takes a marker); a name with neither is a typo.
+        known = {t.split("/")[-2] for t in seen if t != state_topic}
+        if device not in known:
+            have = f"it serves {', '.join(sorted(known))}" if known else "it serves no strap yet"
+            raise SettleError(
+                f"no strap {device!r} on this daemon ({have}; --device takes a device id "
+                "or a label from `settle pair --list`)"
+            )
         return device
     connected: set[str] = set()
     running: set[str] = set()

@@ -83,14 +83,18 @@ def export(
         ),
     ],
     fmt: Annotated[str, typer.Option("--format", help="csv, json, edf, bids or kubios.")] = "csv",
-    subject: Annotated[str, typer.Option(help="BIDS subject label (letters and digits).")] = "01",
+    subject: Annotated[
+        str | None,
+        typer.Option(help="bids: the subject label (letters and digits; default 01)."),
+    ] = None,
     rr_source: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--rr-source",
-            help="kubios: the strap's RR (hrs) or the R peaks of a Polar H10's raw ECG (ecg).",
+            help="kubios: the strap's RR (hrs, default) or the R peaks of a Polar H10's raw "
+            "ECG (ecg).",
         ),
-    ] = "hrs",
+    ] = None,
     force: Annotated[
         bool,
         typer.Option("--force", help="Replace existing files (never the session store itself)."),
@@ -104,6 +108,14 @@ def export(
 
     if fmt not in FORMAT_NAMES:
         _fail(f"unknown export format {fmt!r} (available: {', '.join(FORMAT_NAMES)})", 2)
+    # Options of one format are refused with another, not silently ignored (an EDF+
+    # "--subject 02" kept its anonymous patient field; "--rr-source ecg" wrote the strap's RR).
+    if subject is not None and fmt != "bids":
+        _fail(f"--subject applies to --format bids only (not {fmt})", 2)
+    if rr_source is not None and fmt != "kubios":
+        _fail(f"--rr-source applies to --format kubios only (not {fmt})", 2)
+    subject = "01" if subject is None else subject
+    rr_source = "hrs" if rr_source is None else rr_source
     if rr_source not in ("hrs", "ecg"):
         _fail(f"unknown RR source {rr_source!r} (available: hrs, ecg)", 2)
     if fmt == "bids":

@@ -2,8 +2,9 @@
 
 JSON in the user config directory (``straps.json``, mode 0600, written atomically):
 ``{"v": 1, "straps": [{"label", "address", "name", "device_id", "paired_ms"}]}``. A label
-names a strap in a group ("chest", "anna"); pairing the same address or label again replaces
-that entry, a new one is added.
+names a strap in a group ("chest", "anna"; any case: "Anna" is the same label) and is what
+``--device`` of ``settle mark`` / ``session`` / ``baseline`` accepts besides the device id;
+pairing the same address or label again replaces that entry, a new one is added.
 """
 
 from __future__ import annotations
@@ -98,7 +99,9 @@ def remember(
     check_strap(label, address, name, device_id)
     entry = PairedStrap(label, address, name, device_id, int(time.time() * 1000))
     kept = [
-        s for s in load_paired(path) if s.label != label and s.address.upper() != address.upper()
+        s
+        for s in load_paired(path)
+        if s.label.casefold() != label.casefold() and s.address.upper() != address.upper()
     ]
     straps = [*kept, entry]
     save_paired(straps, path)
@@ -109,13 +112,15 @@ def displaced(label: str, address: str, path: Path | None = None) -> list[Paired
     """The entries :func:`remember` with this label and address would replace (same label
     for another strap, or the same strap under another label); not the one it refreshes."""
     return [
-        s for s in load_paired(path) if (s.label == label) != (s.address.upper() == address.upper())
+        s
+        for s in load_paired(path)
+        if (s.label.casefold() == label.casefold()) != (s.address.upper() == address.upper())
     ]
 
 
 def displaced_words(gone: PairedStrap, label: str) -> str:
     """One sentence for a user about an entry :func:`remember` replaced."""
-    if gone.label == label:
+    if gone.label.casefold() == label.casefold():
         return (
             f"{gone.label!r} was {gone.name or 'a strap'} ({gone.address}) until now; "
             "it now means this strap."

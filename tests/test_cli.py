@@ -289,6 +289,11 @@ def test_several_straps_lines_name_their_strap(tmp_path: Path) -> None:
     lines = [ln for ln in res.stdout.splitlines() if " t=" in ln and " HR " in ln]
     assert lines and all(ln.split()[0] in devices for ln in lines)
     assert {ln.split()[0] for ln in lines} == set(devices)
+    # The closing export hints name one file per session: the same `session.csv` for both
+    # made the second command, run as printed, fail with "file exists".
+    hints = [ln.split("--out ")[1].split()[0] for ln in res.stdout.splitlines() if "Export:" in ln]
+    sids = [ln.split()[1] for ln in res.stdout.splitlines() if ln.startswith("  session: ")]
+    assert sorted(hints) == sorted(f"{sid}.csv" for sid in sids)
 
 
 def test_error_lines_show_control_characters_escaped(tmp_path: Path) -> None:

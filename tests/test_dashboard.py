@@ -19,6 +19,7 @@ import json
 import os
 import re
 import stat
+import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -142,8 +143,6 @@ async def test_downloads_hold_every_file_the_cli_writes_and_notes_go_as_utf8(
     """History's "bids" zipped only the session's beh/ folder (no dataset_description.json,
     no sub-/ses- tree: not a BIDS dataset), "kubios" left out the markers file; a note in
     Cyrillic was re-encoded with ASCII escapes, six bytes a letter of the 4 KiB limit."""
-    import zipfile
-
     from sessions.store import BeatRow, MarkerRow
 
     with SessionStore.open(tmp_path / "s.db") as store:
@@ -170,6 +169,18 @@ async def test_downloads_hold_every_file_the_cli_writes_and_notes_go_as_utf8(
             assert "dataset_description.json" in names["bids"]
             assert f"sub-01/{ses}/beh/sub-01_{ses}_task-settle_events.tsv" in names["bids"]
             assert names["kubios"] == [f"settle-{sid}-rr.txt", f"settle-{sid}-rr_markers.csv"]
+            # Each person under their own subject (History's "BIDS subject" field): every
+            # download used to land in sub-01, so two straps' wearers merged into one.
+            async with http.get(f"{d.url}sessions/{sid}/export/bids?subject=p07") as r:
+                assert r.status == 200, await r.text()
+                got = zipfile.ZipFile(io.BytesIO(await r.read())).namelist()
+            assert f"sub-p07/{ses}/beh/sub-p07_{ses}_task-settle_events.tsv" in got
+            for bad, why in [
+                ("bids?subject=a-b", "subject: "),
+                ("csv?subject=02", "bids export only"),
+            ]:
+                async with http.get(f"{d.url}sessions/{sid}/export/{bad}") as r:
+                    assert r.status == 400 and why in await r.text()
             note = "щ" * 1500  # 3000 bytes in UTF-8; 9000 as ASCII escapes
             body = json.dumps({"kind": "note", "text": note}, ensure_ascii=False).encode()
             async with http.post(f"{d.url}api/cmd/dev_1/marker", data=body) as r:  # as a page
@@ -476,6 +487,12 @@ async def _scenario(
     await download.save_as(csv_path)
     rows = read_export_csv(csv_path)
     assert len(rows) > 20 and all(r.session_id == sid for r in rows)
+    await page.fill("#bids-subject", "anna")  # the wearer, not sub-01 for everyone
+    async with page.expect_download() as dl_info:
+        await item.locator("a.bids").click()
+    bids_zip = db.parent / (await dl_info.value).suggested_filename
+    await (await dl_info.value).save_as(bids_zip)
+    assert any(n.startswith("sub-anna/") for n in zipfile.ZipFile(bids_zip).namelist())
     for fmt in ("json", "kubios", "edf", "bids"):
         resp = await page.request.get(f"{base}sessions/{sid}/export/{fmt}")
         assert resp.status == 200, (fmt, await resp.text())

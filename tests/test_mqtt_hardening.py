@@ -413,7 +413,9 @@ async def test_a_timeout_after_sending_says_the_command_was_sent(mosquitto: Mosq
     """A daemon is online but does not answer in time: the marker was published, so the user
     must not be told there is no daemon (they would send it again: a duplicate marker)."""
     host, port = mosquitto.host, mosquitto.port
-    await _retain(host, port, {"settle/bridge/state": b"online"})
+    await _retain(
+        host, port, {"settle/bridge/state": b"online", "settle/ghost_1/availability": b"online"}
+    )
     seen: list[bytes] = []
     async with aiomqtt.Client(host, port) as c:
         await c.subscribe("settle/ghost_1/cmd/marker", qos=1)
@@ -449,6 +451,32 @@ async def test_with_device_but_no_daemon_nothing_is_sent(mosquitto: Mosquitto) -
         "(start `settle demo` or `settle run`, or point --mqtt at the broker it uses)"
     ]
     assert took_s < 4.5  # not the whole --timeout (5 s)
+
+
+@pytest.mark.mosquitto
+async def test_device_takes_a_paired_label_and_an_unknown_name_is_refused(
+    daemon_on_broker: RunningDaemon, tmp_path: Path
+) -> None:
+    """`settle pair --label anna` named a strap nowhere after pairing: `settle mark x
+    --device anna` was sent to a device "anna" and refused as "unknown device 'anna'",
+    without saying which straps there are."""
+    from settle.pairing import remember
+
+    d = daemon_on_broker
+    where = f"{d.host}:{d.port}"
+    straps = tmp_path / "straps.json"
+    remember("Anna", "AA:BB:CC:DD:EE:01", "Hardening", DEV, straps)
+    env = {**ENV, "SETTLE_PAIRED_FILE": str(straps)}
+    code, out, err = await _settle("mark", "x", "--device", "anna", "--mqtt", where, env=env)
+    assert (code, out.strip()) == (0, f"note: ok ({DEV})"), err
+    assert [m.text for m in d.store.markers(d.session_id)] == ["x"]
+    code, out, err = await _settle("mark", "y", "--device", "bob", "--mqtt", where, env=env)
+    assert code == 1
+    assert err.splitlines() == [
+        f"settle: error: no strap 'bob' on this daemon (it serves {DEV}; --device takes a "
+        "device id or a label from `settle pair --list`)"
+    ]
+    assert [m.text for m in d.store.markers(d.session_id)] == ["x"]
 
 
 # -- 5: UTF-8 -------------------------------------------------------------------------------------

@@ -239,3 +239,15 @@ def test_pairing_says_which_remembered_entry_it_replaces(tmp_path: Path) -> None
     ), reused.stdout
     assert "'desk'" in reused.stdout  # the virtual strap's old label went too
     assert {p.label: p.address for p in pairing.load_paired(paired)} == {"anna": strap.address}
+
+
+def test_a_label_is_one_label_whatever_its_case(tmp_path: Path) -> None:
+    """`forget anna` removed "Anna", but `remember("anna", …)` kept "Anna" beside it: two
+    entries for one name, and which one `--device anna` meant depended on file order."""
+    paired = tmp_path / "straps.json"
+    pairing.remember("Anna", "AA:BB:CC:DD:EE:01", "Polar H10 1", "polar_h10_1", paired)
+    assert [g.label for g in pairing.displaced("anna", "AA:BB:CC:DD:EE:02", paired)] == ["Anna"]
+    pairing.remember("anna", "AA:BB:CC:DD:EE:02", "Polar H10 2", "polar_h10_2", paired)
+    assert [(p.label, p.device_id) for p in pairing.load_paired(paired)] == [
+        ("anna", "polar_h10_2")
+    ]

@@ -548,3 +548,15 @@ def test_cli_export_every_format_and_one_line_errors(store: SessionStore, tmp_pa
     res = runner.invoke(app, ["export", sid, "--format", "kubios", "--rr-source", "ppg",
                               "--out", str(tmp_path), "--db", db])  # fmt: skip
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "RR source" in res.output
+    # An option of another format is refused, not silently ignored (an EDF+ `--subject 02`
+    # kept the anonymous patient field; `--format edf --rr-source ecg` wrote the strap's RR).
+    refused = [("edf", "--subject", "02"), ("csv", "--subject", "02"),
+               ("edf", "--rr-source", "ecg"), ("bids", "--rr-source", "hrs")]  # fmt: skip
+    for fmt, opt, value in refused:
+        out = tmp_path / f"refused.{fmt}"
+        res = runner.invoke(app, ["export", sid, "--format", fmt, opt, value, "--out", str(out),
+                                  "--db", db])  # fmt: skip
+        assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+        want = "bids" if opt == "--subject" else "kubios"
+        assert f"{opt} applies to --format {want} only (not {fmt})" in res.output
+        assert not out.exists()

@@ -33,6 +33,7 @@ from feedback.commands import CommandDecodeError, decode_json
 from feedback.dashboard.auth import is_loopback
 from feedback.dashboard.hub import Hub
 from feedback.payloads import COMMANDS, MARKER_KINDS
+from sessions.export_bids import bids_label
 from sessions.exporters import FORMATS, ExportFormat, export_session
 from sessions.files import ExportError
 from sessions.report import analyse_session, outcome, write_report
@@ -433,12 +434,24 @@ class Dashboard:
         sid, fmt = request.match_info["sid"], request.match_info["fmt"]
         if fmt not in FORMATS:
             return _error(404, f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+        subject = request.query.get("subject")
+        if subject is not None:
+            # As the CLI's --subject: BIDS only, letters and digits (each strap's person
+            # under their own sub-<label>, not all of them under sub-01).
+            if fmt != "bids":
+                return _error(400, f"subject applies to the bids export only (not {fmt})")
+            try:
+                bids_label(subject, "subject")
+            except ExportError as exc:
+                return _error(400, f"subject: {exc.reason}")
         tmp = Path(tempfile.mkdtemp(prefix="settle-export-"))
 
         def export() -> Path:
             out = tmp / "out"
             out.mkdir()
-            written = export_session(self.store, sid, cast(ExportFormat, fmt), out)
+            written = export_session(
+                self.store, sid, cast(ExportFormat, fmt), out, subject=subject or "01"
+            )
             if written.is_dir() or sum(1 for _ in out.iterdir()) > 1:
                 # Several files, sent as one zip of everything the CLI writes: BIDS is the
                 # whole dataset (dataset_description.json, README, sub-…/ses-…/beh/), not

@@ -387,7 +387,10 @@ async function loadHistory() {
   $("session-list").hidden = !!detail;
   let res;
   try { res = await (await fetch("/api/sessions")).json(); } catch { $("session-list").textContent = "the daemon did not answer"; return; }
-  const exports = (id) => res.formats.map((f) => `<a href="/sessions/${encodeURIComponent(id)}/export/${f}" download>${f}</a>`).join(" · ");
+  const exports = (id) => res.formats.map((f) => `<a href="/sessions/${encodeURIComponent(id)}/export/${f}"${f === "bids" ? ' class="bids"' : ""} download>${f}</a>`).join(" · ");
+  // With several straps, each row names its strap (three sessions of a group practice
+  // otherwise read as identical rows with the same start time).
+  const several = new Set(res.sessions.map((s) => s.device_id)).size > 1;
   if (detail) {
     $("report").src = `/sessions/${encodeURIComponent(detail)}/report`;
     $("detail-exports").innerHTML = `Export: ${exports(detail)}`;
@@ -402,11 +405,22 @@ async function loadHistory() {
       `${dur(s.duration_s)}; ${s.latency_s !== null && s.latency_s !== undefined ? "caught up after " + mmss(s.latency_s) : (VERDICTS[s.catching_up] || "no catching up")}; ` +
       `score change ${s.score_change !== null && s.score_change !== undefined ? (s.score_change >= 0 ? "+" : "") + s.score_change.toFixed(1) : "–"}` +
       `${s.target && s.target !== "–" ? "; " + escapeHtml(s.target) : ""}${s.statement ? " “" + escapeHtml(s.statement) + "”" : ""}`;
-    return `<li data-session="${escapeHtml(s.id)}"><a href="/history/${encodeURIComponent(s.id)}">${escapeHtml(when)}</a> — ${summary}` +
+    const strap = several && s.device_id ? ` <span class="strap">(${escapeHtml(s.device_id)})</span>` : "";
+    return `<li data-session="${escapeHtml(s.id)}"><a href="/history/${encodeURIComponent(s.id)}">${escapeHtml(when)}</a>${strap} — ${summary}` +
       (s.state === "running" ? "" : `<br><small>Export: ${exports(s.id)}</small>`) + "</li>";
   }).join("");
   $("session-list").innerHTML = items ? `<ul class="sessions">${items}</ul>` : "<p>No sessions yet.</p>";
 }
+
+// A bids download carries the subject typed above (the server checks it: letters and digits).
+document.addEventListener("click", (ev) => {
+  const a = ev.target instanceof Element ? ev.target.closest("a.bids") : null;
+  if (!a) return;
+  const subject = $("bids-subject").value.trim() || "01";
+  const url = new URL(a.href, location.href);
+  url.searchParams.set("subject", subject);
+  a.href = url.pathname + url.search;
+});
 
 /* ---- start ---- */
 window.__settle = S;  // read by the browser tests (and handy in the developer console)
