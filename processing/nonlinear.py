@@ -9,6 +9,9 @@
   least-squares line removed per box, ``F(n) = sqrt(mean residual²)``; α1 = slope of
   ``log F`` on ``log n`` (Peng et al. 1995). Across a gap (``breaks``) each run is its own
   series: no box spans one.
+* A variance below :data:`processing.timedomain.NO_VARIABILITY_MS2` (10⁻⁶ ms²) is rounding
+  noise: SD1/SD2 read 0 and α1 is undefined, as for an exactly constant series (RR 800 ms
+  ± 1e-9 ms of noise read α1 0.61, the exponent of the noise).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import math
 
 import numpy as np
 import numpy.typing as npt
+
+from processing.timedomain import NO_VARIABILITY_MS2
 
 __all__ = ["dfa_alpha1", "poincare"]
 
@@ -35,7 +40,11 @@ def poincare(rr_ms: npt.ArrayLike, *, breaks: npt.ArrayLike = ()) -> tuple[float
         return math.nan, math.nan
     x1 = np.diff(rr)[keep] / math.sqrt(2.0)
     x2 = (rr[1:] + rr[:-1])[keep] / math.sqrt(2.0)
-    return float(np.std(x1, ddof=1)), float(np.std(x2, ddof=1))
+    v1, v2 = (float(np.var(x, ddof=1)) for x in (x1, x2))
+    return (
+        math.sqrt(v1) if not v1 < NO_VARIABILITY_MS2 else 0.0,
+        math.sqrt(v2) if not v2 < NO_VARIABILITY_MS2 else 0.0,
+    )
 
 
 def dfa_alpha1(
@@ -45,7 +54,9 @@ def dfa_alpha1(
 
     ``breaks`` as in :func:`processing.timedomain.time_domain`: each unbroken run gets its own
     profile (from its own mean) and its own boxes, so no box spans a gap; ``F(n)`` pools the
-    residuals of every run's boxes. NaN unless there are at least two boxes of ``n_max`` beats.
+    residuals of every run's boxes. NaN unless there are at least two boxes of ``n_max`` beats,
+    and NaN for a series without variability (variance about each run's mean below
+    :data:`~processing.timedomain.NO_VARIABILITY_MS2`): its α1 would be that of rounding noise.
     """
     rr = np.asarray(rr_ms, dtype=np.float64)
     b = np.asarray(breaks, dtype=np.intp)
@@ -58,7 +69,10 @@ def dfa_alpha1(
     # Each run's profile, from its own mean, laid end to end (one cumulative sum, restarted).
     run = np.repeat(np.arange(lengths.size), lengths)
     means = np.add.reduceat(rr, edges[:-1]) / lengths
-    c = np.cumsum(rr - means[run])
+    dev = rr - means[run]
+    if not float(np.mean(dev * dev)) >= NO_VARIABILITY_MS2:
+        return math.nan
+    c = np.cumsum(dev)
     y = c - np.concatenate([[0.0], c[edges[1:-1] - 1]])[run]
     ns = np.arange(n_min, n_max + 1)
     fl = np.empty(ns.size)

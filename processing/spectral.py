@@ -16,6 +16,11 @@ Pinned conventions (see ``docs/indices.md``):
   share (a 60 s hole in 5 minutes read +25 %). A long or gappy recording is analysed in
   300 s frames, averaged (:func:`lomb_frames`).
 * Bands: VLF 0.0033–0.04, LF 0.04–0.15, HF 0.15–0.4 Hz. ``lf_nu = 100·LF/(LF+HF)``.
+* Nothing above the beats' own Nyquist frequency ``1/(2·mean RR)`` is counted (below 48
+  beats/min it is under 0.4 Hz): beats that far apart cannot carry a faster rhythm, and what
+  a spectrum shows there is a mirror image of the power below it. The default method's gain
+  correction removes it (:func:`spline_power_gain`), Lomb–Scargle is not evaluated there, and
+  :attr:`Spectral.nyquist_hz` says where the HF band (and the respiration band) was cut.
 * Both are calibrated: a 5-minute series with a 40 ms sine at 0.1 or 0.25 Hz gives
   800 ms² (= 40²/2) ± 3 % in its band (tested).
 """
@@ -30,6 +35,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from processing.timedomain import NO_VARIABILITY_MS2
+
 __all__ = [
     "BANDS_HZ",
     "FS_HZ",
@@ -39,6 +46,7 @@ __all__ = [
     "coherence_from_psd",
     "lomb_frames",
     "lomb_psd",
+    "nyquist_hz",
     "periodograms",
     "resample_cubic",
     "resp_peak_hz",
@@ -64,10 +72,19 @@ are computed up to it only (``periodograms(..., f_max=INDICES_MAX_HZ)``)."""
 RESP_BACKGROUND_EXPONENT = (-2.0, 0.0)
 """Bounds of the power-law exponent of the background the RSA peak must stand out from:
 between a flat (white) and a ``1/f²`` spectrum."""
+RESP_PEAK_HALF_WIDTH_HZ = 0.03
+"""Half-width of the RSA peak whose power is weighed (±1.8 breaths/min), Hz."""
+RESP_MIN_SHARE = 0.01
+"""The least share of the spectrum's power (0.04–0.5 Hz) the RSA peak must hold above its
+background for a respiration rate to be reported: below it the peak is a harmonic or a noise
+ripple beside the rhythms that carry the power (e.g. resonance breathing at 6/min)."""
+RESP_MIN_POWER_MS2 = 0.01
+"""The least power the RSA peak must hold above its background, ms²: about the quantisation
+noise a strap's 1/1024 s RR resolution puts within ±0.03 Hz."""
 SEGMENT_S = 300.0
 """Welch segment length, s."""
 
-NO_POWER_MS2 = 1e-6
+NO_POWER_MS2 = NO_VARIABILITY_MS2
 """Total power (0.0033–0.4 Hz) below which a spectrum is taken as none at all, ms²: far
 below any heart's (a 1 ms beat-to-beat wobble carries ~0.1 ms²), far above rounding noise."""
 _NAN = math.nan
@@ -93,7 +110,12 @@ class Spectral:
     peak_hz: float
     """Frequency of the PSD maximum in 0.04–0.4 Hz, Hz."""
     resp_rate_bpm: float
-    """``60 · f`` of the PSD maximum in 0.12–0.5 Hz (the RSA peak), breaths/min."""
+    """``60 · f`` of the RSA peak in 0.12–0.5 Hz (:func:`resp_peak_hz`), breaths/min; NaN
+    when the band has no peak holding a share of the power worth the name."""
+    nyquist_hz: float = _NAN
+    """The beats' Nyquist frequency ``1/(2·mean RR)``, Hz: nothing above it is counted. Below
+    0.4 Hz (heart rate < 48 beats/min) the HF band, below 0.5 Hz the respiration band, ends
+    here. NaN when the caller of :func:`band_powers` did not say."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -163,11 +185,22 @@ def spline_power_gain(f: FloatArray, mean_rr_s: float) -> FloatArray:
     ``H(f) = sinc⁴(fΔ) · 3 / (2 + cos 2πfΔ)`` (Unser 1999); the resampled PSD is divided by
     ``H²`` up to ``fΔ = 0.5`` (the beats' own Nyquist frequency), which removes the 3 % loss a
     0.25 Hz oscillation otherwise suffers at 60 beats/min.
+
+    Above ``fΔ = 0.5`` the spline's output holds no signal, only images of the spectrum below
+    (a 0.25 Hz rhythm at 36 beats/min shows a mirror at 0.35 Hz); the gain is ``inf`` there,
+    so that dividing by it leaves 0: that power is not counted (dividing by ``H²`` at
+    ``fΔ = 0.5``, as before, amplified the images 4.6-fold into the HF band).
     """
-    x = np.minimum(f * mean_rr_s, 0.5)
-    h = np.sinc(x) ** 4 * 3.0 / (2.0 + np.cos(2.0 * np.pi * x))
-    out: FloatArray = np.asarray(h * h, dtype=np.float64)
+    x = np.asarray(f, dtype=np.float64) * mean_rr_s
+    xc = np.minimum(x, 0.5)
+    h = np.sinc(xc) ** 4 * 3.0 / (2.0 + np.cos(2.0 * np.pi * xc))
+    out: FloatArray = np.where(x <= 0.5 + 1e-12, h * h, np.inf)
     return out
+
+
+def nyquist_hz(mean_rr_s: float) -> float:
+    """The beats' own Nyquist frequency ``1/(2·mean RR)``, Hz (``mean_rr_s`` in seconds)."""
+    return 0.5 / mean_rr_s if mean_rr_s > 0 else _NAN
 
 
 def _detrend_rows(x: FloatArray) -> FloatArray:
@@ -270,16 +303,19 @@ def lomb_psd(
     t_s: npt.ArrayLike, rr_ms: npt.ArrayLike, f_max: float = 0.5, df: float | None = None
 ) -> tuple[FloatArray, FloatArray]:
     """Lomb–Scargle PSD of the beats at their own times, one-sided, ms²/Hz (see module doc),
-    at ``df, 2·df, … ≤ f_max`` (default ``df = 1/(4T)``, ``T`` = the time the beats cover)."""
+    at ``df, 2·df, … ≤ min(f_max, 1/(2·mean RR))`` (default ``df = 1/(4T)``, ``T`` = the time
+    the beats cover). Not above the beats' Nyquist frequency: there the periodogram mirrors
+    the rhythms below it (a 0.25 Hz rhythm at 36 beats/min read as much power at 0.35 Hz)."""
     t = np.asarray(t_s, dtype=np.float64)
     y = np.asarray(rr_ms, dtype=np.float64)
     n = t.size
     if n < 4:
         return np.empty(0), np.empty(0)
     covered = float(np.sum(y)) / 1000.0
+    f_max = min(f_max, nyquist_hz(covered / n))
     y = y - y.mean()
     df = 1.0 / (4.0 * covered) if df is None else df
-    f = np.arange(df, f_max + df / 2, df)
+    f = np.arange(df, f_max + df * 1e-9, df)
     out = np.empty(f.size)
     tc = t - t[0]
     chunk = max(1, 2_000_000 // n)
@@ -314,23 +350,37 @@ def _peak(f: FloatArray, psd: FloatArray, lo: float, hi: float) -> float:
 
 def resp_peak_hz(f: FloatArray, psd: FloatArray) -> FloatArray:
     """Frequency (Hz) of the respiratory (RSA) peak of each row of ``psd``; NaN for a row
-    with no peak in :data:`RESP_BAND_HZ`.
+    with no peak in :data:`RESP_BAND_HZ`, or none that holds a share of the power.
 
     Candidates are the local maxima of the PSD in the band (higher than the bin below, not
-    lower than the bin above; a bin at either end of ``f`` is never one). Of these, the one
-    standing highest above the band's background wins: a power law ``c·f^b`` fitted to
-    ``log PSD`` over the band by least squares, ``b`` limited to
-    :data:`RESP_BACKGROUND_EXPONENT`. The plain maximum would pick the falling ``1/f``-like
-    tail of the slow (LF) rhythms at the band's lower edge whenever RSA is weaker than that
-    tail, which on a recording with a respiration belt put 30 % of the windows more than
-    2 breaths/min off (see ``docs/indices.md``).
+    lower than the bin above; a bin at either end of ``f``, or at the last bin with any
+    power, is never one: above the beats' Nyquist frequency the spectrum is zero, see
+    :func:`spline_power_gain`). Of these, the one standing highest above the band's
+    background wins: a power law ``c·f^b`` fitted to ``log PSD`` over the band by least
+    squares, ``b`` limited to :data:`RESP_BACKGROUND_EXPONENT`. The plain maximum would pick
+    the falling ``1/f``-like tail of the slow (LF) rhythms at the band's lower edge whenever
+    RSA is weaker than that tail, which on a recording with a respiration belt put 30 % of
+    the windows more than 2 breaths/min off (see ``docs/indices.md``).
+
+    The winner is reported only if its power above that background within
+    ±:data:`RESP_PEAK_HALF_WIDTH_HZ` is at least :data:`RESP_MIN_SHARE` of the power in
+    0.04–0.5 Hz and at least :data:`RESP_MIN_POWER_MS2`. Without this rule a band with no
+    breathing in it still gave a rate: the 0.2 Hz harmonic (0.1 ms²) of a clean 0.1 Hz rhythm
+    of 800 ms² read 12/min, and resonance breathing at 6/min with a little beat noise read
+    9–27/min from noise ripples.
     """
     p = np.atleast_2d(np.asarray(psd, dtype=np.float64))
     out = np.full(p.shape[0], _NAN)
-    sel = np.flatnonzero((f >= RESP_BAND_HZ[0]) & (f < RESP_BAND_HZ[1]))
-    if sel.size < 3 or p.shape[-1] != f.size:
+    if p.shape[-1] != f.size or f.size < 2:
         return out
-    last = f.size - 1
+    powered = np.flatnonzero(np.any(p > 0, axis=0))
+    if powered.size == 0:
+        return out
+    last = int(powered[-1])  # the band ends where the power does (the beats' Nyquist)
+    sel = np.flatnonzero((f >= RESP_BAND_HZ[0]) & (f < RESP_BAND_HZ[1]))
+    sel = sel[sel <= last]
+    if sel.size < 3:
+        return out
     ps = p[:, sel]
     inner = ((sel > 0) & (sel < last))[None, :]
     is_peak = inner & (ps > p[:, np.maximum(sel - 1, 0)]) & (ps >= p[:, np.minimum(sel + 1, last)])
@@ -338,21 +388,33 @@ def resp_peak_hz(f: FloatArray, psd: FloatArray) -> FloatArray:
     x = np.log(f[sel])
     xc = x - x.mean()
     slope = np.clip((lp @ xc) / float(xc @ xc), *RESP_BACKGROUND_EXPONENT)
-    score = np.where(is_peak, lp - slope[:, None] * x[None, :], -np.inf)
-    found = is_peak.any(axis=1)
-    out[found] = f[sel][np.argmax(score[found], axis=1)]
+    above = lp - slope[:, None] * x[None, :]  # log of PSD / background shape
+    best = np.argmax(np.where(is_peak, above, -np.inf), axis=1)
+    fp = f[sel][best]
+    # The background itself: the fitted power law, level = mean of log PSD over the band.
+    background = np.exp(above.mean(axis=1)[:, None] + slope[:, None] * x[None, :])
+    near = np.abs(f[sel][None, :] - fp[:, None]) <= RESP_PEAK_HALF_WIDTH_HZ + 1e-12
+    df = float(f[1] - f[0])
+    excess = ((ps - background) * near).sum(axis=1) * df
+    total = p[:, (f >= BANDS_HZ["lf"][0]) & (f < RESP_BAND_HZ[1])].sum(axis=1) * df
+    ok = is_peak.any(axis=1) & (excess >= RESP_MIN_POWER_MS2) & (excess >= RESP_MIN_SHARE * total)
+    out[ok] = fp[ok]
     return out
 
 
-def band_powers(f: FloatArray, psd: FloatArray, window_s: float) -> Spectral:
+def band_powers(f: FloatArray, psd: FloatArray, window_s: float, nyquist: float = _NAN) -> Spectral:
     """:class:`Spectral` from a one-sided PSD (``f`` evenly spaced from 0) of ``window_s``
-    seconds of beats.
+    seconds of beats whose Nyquist frequency is ``nyquist`` Hz (:func:`nyquist_hz`).
 
     A band is reported only when the window holds one whole cycle of its lowest frequency
     (VLF ≥ 303 s, LF ≥ 25 s, HF ≥ 6.7 s; the respiration rate ≥ 8.3 s, the peak frequency
     with LF), and ratios only when both their bands are. A spectrum with no power to speak
     of (below :data:`NO_POWER_MS2`: a constant series, whose PSD is rounding noise) reads
-    0 ms² in every band and no ratio, peak or rate."""
+    0 ms² in every band and no ratio, peak or rate. Bins above ``nyquist`` are not counted
+    (the spectra of this module have none to count; ``nyquist`` is reported as
+    :attr:`Spectral.nyquist_hz`)."""
+    if nyquist == nyquist and f.size and f[-1] > nyquist:
+        psd = np.where(f <= nyquist + 1e-12, psd, 0.0)
 
     def band(name: str) -> float:
         lo, hi = BANDS_HZ[name]
@@ -374,6 +436,7 @@ def band_powers(f: FloatArray, psd: FloatArray, window_s: float) -> Spectral:
         hf_nu=100.0 * hf / tot if tot > 0 else _NAN,
         peak_hz=peak,
         resp_rate_bpm=resp,
+        nyquist_hz=nyquist,
     )
 
 
@@ -386,11 +449,13 @@ def spectral(t_s: npt.ArrayLike, rr_ms: npt.ArrayLike, method: Method = "welch")
     span = float(t[-1] - t[0])
     if method == "lomb":
         f, p = lomb_psd(t, rr)
+        nyquist = nyquist_hz(float(np.sum(rr)) / 1000.0 / rr.size)  # as lomb_psd's
     else:
         _, x = resample_cubic(t, rr)
         f, p = welch_psd(x)
         p = p / spline_power_gain(f, span / (t.size - 1))
-    return band_powers(f, p, span)
+        nyquist = nyquist_hz(span / (t.size - 1))
+    return band_powers(f, p, span, nyquist)
 
 
 def spectral_runs(
@@ -411,7 +476,8 @@ def spectral_runs(
     n = sum(ts.size - 1 for ts, _ in runs)
     spacing = sum(float(ts[-1] - ts[0]) for ts, _ in runs) / max(n, 1)
     longest = max(float(ts[-1] - ts[0]) for ts, _ in runs)
-    return band_powers(f, p / spline_power_gain(f, spacing) if f.size else p, longest)
+    p = p / spline_power_gain(f, spacing) if f.size else p
+    return band_powers(f, p, longest, nyquist_hz(spacing))
 
 
 def lomb_frames(t_s: npt.ArrayLike, rr_ms: npt.ArrayLike, frame_s: float = SEGMENT_S) -> Spectral:
@@ -421,7 +487,8 @@ def lomb_frames(t_s: npt.ArrayLike, rr_ms: npt.ArrayLike, frame_s: float = SEGME
     overlap (one frame if the recording is shorter), each frame's PSD from the beats inside
     it on a common grid (``df = 1/(4·frame_s)``), averaged over the frames whose beats cover
     at least half of them. Nothing is resampled, so no spline across a gap invents power. VLF
-    is reported when the recording spans ≥ 303 s, as for the default method.
+    is reported when the recording spans ≥ 303 s, as for the default method. The grid ends
+    at the lowest Nyquist frequency of those frames (:func:`lomb_psd`).
     """
     t = np.asarray(t_s, dtype=np.float64)
     rr = np.asarray(rr_ms, dtype=np.float64)
@@ -430,17 +497,22 @@ def lomb_frames(t_s: npt.ArrayLike, rr_ms: npt.ArrayLike, frame_s: float = SEGME
     start = float(t[0] - rr[0] / 1000.0)
     span = float(t[-1]) - start
     frame = min(frame_s, span)
-    psds: list[FloatArray] = []
-    f = np.empty(0)
+    frames: list[tuple[int, int]] = []
     for a in np.arange(start, start + span - frame + 1e-9, frame / 2.0).tolist():
         lo, hi = np.searchsorted(t, [a, a + frame], side="right").tolist()
         if hi - lo < 4 or float(np.sum(rr[lo:hi])) / 1000.0 < 0.5 * frame:
             continue
-        f, p = lomb_psd(t[lo:hi], rr[lo:hi], df=1.0 / (4.0 * frame))
-        psds.append(p)
-    if not psds:
+        frames.append((lo, hi))
+    if not frames:
         return band_powers(np.empty(0), np.empty(0), 0.0)
-    return band_powers(f, np.mean(psds, axis=0), span)
+    # One grid for every frame, up to the lowest of their Nyquist frequencies.
+    nyquist = min(nyquist_hz(float(np.sum(rr[lo:hi])) / 1000.0 / (hi - lo)) for lo, hi in frames)
+    psds: list[FloatArray] = []
+    f = np.empty(0)
+    for lo, hi in frames:
+        f, p = lomb_psd(t[lo:hi], rr[lo:hi], f_max=min(0.5, nyquist), df=1.0 / (4.0 * frame))
+        psds.append(p)
+    return band_powers(f, np.mean(psds, axis=0), span, nyquist)
 
 
 def coherence_from_psd(f: FloatArray, psd: FloatArray) -> Coherence:

@@ -6,7 +6,10 @@ Conventions (pinned; see ``docs/indices.md``):
 * ``sdnn_ms`` = std(RR, ddof=1), ms (Task Force 1996).
 * ``rmssd_ms`` = sqrt(mean(ΔRR²)), ms, over successive differences ΔRR_i = RR_i − RR_{i−1}.
 * ``ln_rmssd`` = ln(rmssd_ms), natural log of the value in ms.
-* ``pnn50_pct`` = 100 · #{|ΔRR| > 50 ms} / #ΔRR, % (denominator: number of differences).
+* ``pnn50_pct`` = 100 · #{|ΔRR| > 50 ms} / #ΔRR, % (denominator: number of differences);
+  "more than 50 ms" with 1e-9 ms of tolerance for decimal data (:data:`NN50_THRESHOLD_MS`).
+* A variance below :data:`NO_VARIABILITY_MS2` (10⁻⁶ ms², as the spectra's floor) is rounding
+  noise: SDNN and RMSSD read 0 and lnRMSSD is undefined, as for an exactly constant series.
 
 No artefact correction is applied here: RR values are used as given.
 
@@ -26,10 +29,25 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["RollingTimeDomain", "TimeDomain", "time_domain"]
+__all__ = [
+    "NN50_THRESHOLD_MS",
+    "NO_VARIABILITY_MS2",
+    "RollingTimeDomain",
+    "TimeDomain",
+    "time_domain",
+]
 
-NN50_THRESHOLD_MS = 50.0
-"""A successive difference counts towards pNN50 when ``|ΔRR| > NN50_THRESHOLD_MS`` (strictly)."""
+NN50_MS = 50.0
+"""pNN50 counts the successive differences of more than this, ms."""
+NN50_THRESHOLD_MS = NN50_MS + 1e-9
+"""A successive difference counts towards pNN50 when ``|ΔRR| > NN50_THRESHOLD_MS``: strictly
+more than 50 ms, with a tolerance far below any RR resolution (1e-9 ms) for the binary
+representation of decimal data: 512.2 − 462.2 is 50.00000000000006 in float64, and a file
+alternating between the two read pNN50 ≈ 100 % instead of 0 %."""
+NO_VARIABILITY_MS2 = 1e-6
+"""A variance (ms²) below this is rounding noise, not variability: the same floor as the
+spectra's (:data:`processing.spectral.NO_POWER_MS2`). RR 800 ms ± 1e-9 ms of noise read
+lnRMSSD −20.4 where an exact constant has none."""
 
 _NAN = math.nan
 _EPS = 2.0**-53  # unit round-off of float64
@@ -54,7 +72,7 @@ class TimeDomain:
     NaN when there is no successive difference."""
     ln_rmssd: float
     """Natural log of ``rmssd_ms`` (value in ms), dimensionless.
-    NaN when ``rmssd_ms`` is NaN or 0 (a perfectly flat series has no finite log)."""
+    NaN when ``rmssd_ms`` is NaN or 0 (a flat series has no finite log)."""
     pnn50_pct: float
     """Share of successive differences with ``|ΔRR| > 50 ms``, %: ``100 · NN50 / #ΔRR``.
     NaN when there is no successive difference. (NeuroKit2 divides by ``#ΔRR + 1``.)"""
@@ -68,18 +86,26 @@ def _from_sums(
     """Assemble a :class:`TimeDomain` from sufficient statistics.
 
     ``var_num`` is ``sum((RR - mean)²)`` in ms², ``sum_sq_diff`` is ``sum(ΔRR²)`` in ms².
+    A mean square below :data:`NO_VARIABILITY_MS2` reads 0 (rounding noise).
     """
     if n == 0:
         return TimeDomain(0, _NAN, _NAN, _NAN, _NAN, _NAN, _NAN, 0)
     hr_bpm = 60000.0 / mean_rr_ms if mean_rr_ms != 0.0 else _NAN
-    sdnn_ms = math.sqrt(max(var_num, 0.0) / (n - 1)) if n >= 2 else _NAN
+    sdnn_ms = math.sqrt(_floored(var_num / (n - 1))) if n >= 2 else _NAN
     if n_diff > 0:
-        rmssd_ms = math.sqrt(max(sum_sq_diff, 0.0) / n_diff)
+        rmssd_ms = math.sqrt(_floored(sum_sq_diff / n_diff))
         ln_rmssd = math.log(rmssd_ms) if rmssd_ms > 0.0 else _NAN
         pnn50_pct = 100.0 * nn50 / n_diff
     else:
         rmssd_ms = ln_rmssd = pnn50_pct = _NAN
     return TimeDomain(n, mean_rr_ms, hr_bpm, sdnn_ms, rmssd_ms, ln_rmssd, pnn50_pct, n_diff)
+
+
+def _floored(mean_square_ms2: float) -> float:
+    """``mean_square_ms2``, or 0 when below :data:`NO_VARIABILITY_MS2` (NaN stays NaN)."""
+    if mean_square_ms2 < NO_VARIABILITY_MS2:  # negative rounding too; NaN compares False
+        return 0.0
+    return mean_square_ms2
 
 
 def _unbroken_diffs(rr: npt.NDArray[np.float64], breaks: npt.ArrayLike) -> npt.NDArray[np.float64]:

@@ -227,3 +227,81 @@ def test_no_band_power_from_less_than_one_cycle_or_from_rounding_noise() -> None
     assert (s.vlf_ms2, s.lf_ms2, s.hf_ms2) == (0.0, 0.0, 0.0)
     for x in (s.lf_hf, s.lf_nu, s.hf_nu, s.peak_hz, s.resp_rate_bpm, a.coherence):
         assert math.isnan(x)
+
+
+def _live_resp_and_hf(t: np.ndarray, rr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Respiration rate and HF of the live path, every 5 s once a 120 s window is full."""
+    la, nxt, resp, hf = LiveAnalyzer(), 125.0, [], []
+    for ti, ri in zip(t.tolist(), rr.tolist(), strict=True):
+        la.push_beat(ti, ri)
+        if ti >= nxt:
+            snap = la.indices(ti)
+            resp.append(snap.resp_rate_bpm)
+            hf.append(snap.hf_ms2)
+            nxt += 5.0
+    return np.array(resp), np.array(hf)
+
+
+def test_no_respiration_rate_without_a_breathing_peak() -> None:
+    """Resonance breathing at 6/min puts the RSA at 0.1 Hz, below the respiration band: what
+    is left in 0.12–0.5 Hz is a harmonic or noise ripples, which read as a rate (9–27/min
+    from seed to seed with 8 ms of beat noise; a clean 0.1 Hz rhythm read 11.95/min from a
+    0.1 ms² harmonic beside its 800 ms²). A peak that holds less than 1 % of the power
+    above its background is no breathing: no rate, whole recording, rolling and live."""
+    t, rr = _sine_series(0.1, 1000.0)
+    for method in ("welch", "lomb"):
+        assert math.isnan(spectral(t, rr, method=method).resp_rate_bpm)  # type: ignore[arg-type]
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        _, rr = _sine_series(0.1, 900.0, amp_ms=60.0)
+        rr = rr + rng.normal(0.0, 8.0, rr.size)
+        t = np.cumsum(rr) / 1000.0
+        a = analyze(t, rr, correction=False, rolling=True)
+        assert a.rolling is not None
+        assert math.isnan(a.spectral.resp_rate_bpm)
+        assert np.isnan(a.rolling.step_resp_rate_bpm).all()
+        if seed == 0:
+            live_resp, _ = _live_resp_and_hf(t, rr)
+            assert live_resp.size > 20 and np.isnan(live_resp).all()
+    # Breathing in the band still reads: a clean 15/min, and 15/min beside a 0.1 Hz rhythm
+    # eight times its power.
+    t, rr = _sine_series(0.25, 1000.0)
+    assert spectral(t, rr).resp_rate_bpm == pytest.approx(15.0, abs=0.1)
+    _, rsa = _sine_series(0.25, 1000.0, amp_ms=15.0)
+    n = min(rr.size, rsa.size)
+    _, slow = _sine_series(0.1, 1000.0, amp_ms=40.0)
+    mix = slow[:n] + rsa[:n] - 1000.0
+    assert spectral(np.cumsum(mix) / 1000.0, mix).resp_rate_bpm == pytest.approx(15.0, abs=0.3)
+
+
+@pytest.mark.parametrize("method", ["welch", "lomb"])
+def test_nothing_above_the_beats_nyquist_frequency_is_counted(method: str) -> None:
+    """At 36 beats/min (RR 1667 ms) the beats carry nothing faster than 1/(2·1.667 s) = 0.3 Hz;
+    above it a spectrum shows only a mirror of the power below. A 40 ms, 0.25 Hz rhythm read
+    HF +17 % by Welch (spline images amplified 4-fold by the gain correction) and +100 % by
+    Lomb–Scargle (a mirror at 0.35 Hz), whose respiration rate read 21/min instead of 15."""
+    t, rr = _sine_series(0.25, 1667.0)
+    s = spectral(t, rr, method=method)  # type: ignore[arg-type]
+    assert s.hf_ms2 == pytest.approx(800.0, rel=0.03)
+    assert s.nyquist_hz == pytest.approx(0.3, abs=0.001)
+    assert s.resp_rate_bpm == pytest.approx(15.0, abs=0.1)
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        _, rr = _sine_series(0.25, 1667.0)
+        rr = np.roll(rr, int(rng.integers(rr.size))) + rng.normal(0.0, 5.0, rr.size)
+        t = np.cumsum(rr) / 1000.0
+        noisy = spectral(t, rr, method=method) if method == "welch" else lomb_frames(t, rr)
+        assert noisy.resp_rate_bpm == pytest.approx(15.0, abs=0.3)
+        assert noisy.hf_ms2 == pytest.approx(800.0, rel=0.1)
+
+
+def test_live_and_rolling_hf_leave_out_the_spline_images_at_a_slow_heart() -> None:
+    """The same at 36 beats/min in 120 s windows: live and `settle analyze --rolling` read
+    HF 942 ms² (median) for the 800 ms² rhythm, from images above 0.3 Hz."""
+    t, rr = _sine_series(0.25, 1667.0)
+    resp, hf = _live_resp_and_hf(t, rr)
+    assert np.median(hf) == pytest.approx(800.0, rel=0.03)
+    assert np.median(resp) == pytest.approx(15.0, abs=0.2)
+    roll = analyze(t, rr, correction=False, rolling=True).rolling
+    assert roll is not None
+    assert np.nanmedian(roll.step_hf_ms2) == pytest.approx(800.0, rel=0.03)

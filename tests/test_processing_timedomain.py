@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processing.nonlinear import poincare
+from processing.nonlinear import dfa_alpha1, poincare
+from processing.offline import analyze
 from processing.timedomain import RollingTimeDomain, TimeDomain, time_domain
 from sensors.hrs import rr_raw_to_ms
 from sensors.virtual.model import ModelParams, PhysioModel
@@ -324,3 +325,43 @@ def test_breaks_leave_out_the_differences_across_them() -> None:
     assert sd1 == pytest.approx(float(np.std(diffs, ddof=1)) / np.sqrt(2.0))
     with pytest.raises(ValueError, match="breaks"):
         time_domain(rr, breaks=[0])
+
+
+def test_pnn50_does_not_count_a_decimal_step_of_exactly_50_ms() -> None:
+    """512.2 − 462.2 is 50.00000000000006 in float64: a file alternating between the two
+    (every step exactly 50.0 ms as written) read pNN50 100 % instead of 0 %, in the batch,
+    the rolling window and `settle analyze --rolling` alike."""
+    rr = np.array([462.2, 512.2] * 60)
+    assert np.all(np.abs(np.diff(rr)) > 50.0)  # the float64 artefact
+    t = np.cumsum(rr) / 1000.0
+    assert time_domain(rr).pnn50_pct == 0.0
+    roll = RollingTimeDomain(60.0)
+    pnn = [roll.update(float(ti), float(ri)).pnn50_pct for ti, ri in zip(t, rr, strict=True)]
+    assert math.isnan(pnn[0]) and max(pnn[1:]) == 0.0
+    offline = analyze(t, rr, correction=False, rolling=True).rolling
+    assert offline is not None
+    assert np.nanmax(offline.beat_pnn50_pct) == 0.0
+    # A step of 50.1 ms still counts.
+    assert time_domain([462.2, 512.3] * 10).pnn50_pct == 100.0
+
+
+def test_rounding_noise_is_no_variability() -> None:
+    """RR 800 ms with 1e-9 ms of noise read lnRMSSD −20.4 and DFA α1 0.61 (the noise's own
+    exponent) where an exactly constant series reads none: below 1e-6 ms² (the spectra's
+    floor) a variance is rounding noise, and both read alike."""
+    rng = np.random.default_rng(0)
+    for rr in (np.full(300, 800.0), 800.0 + 1e-9 * rng.standard_normal(300)):
+        td = time_domain(rr)
+        assert (td.sdnn_ms, td.rmssd_ms) == (0.0, 0.0)
+        assert math.isnan(td.ln_rmssd)
+        assert math.isnan(dfa_alpha1(rr))
+        assert poincare(rr) == (0.0, 0.0)
+        roll = RollingTimeDomain(600.0)
+        for ti, ri in zip(np.cumsum(rr) / 1000.0, rr, strict=True):
+            live = roll.update(float(ti), float(ri))
+        assert live.rmssd_ms == 0.0 and math.isnan(live.ln_rmssd)
+    # A hundredth of a millisecond is still variability (1e-4 ms²).
+    small = 800.0 + 0.01 * rng.standard_normal(300)
+    td = time_domain(small)
+    assert td.ln_rmssd == pytest.approx(math.log(td.rmssd_ms)) and td.rmssd_ms > 0.01
+    assert math.isfinite(dfa_alpha1(small))
