@@ -1119,6 +1119,8 @@ class SessionOutcome:
     irregular, no baseline, no reference) "did not catch up" cannot be told."""
     verdict: Verdict = Verdict.NOT_YET
     """Caught up, not yet, under way or too short when the session ended, or no score."""
+    device_id: str = ""
+    """The strap the session was recorded from (with several straps: several people)."""
 
 
 def outcome(a: SessionAnalysis) -> SessionOutcome:
@@ -1143,14 +1145,19 @@ def outcome(a: SessionAnalysis) -> SessionOutcome:
         scored=a.reference_t_s is not None
         and bool(np.any((a.series.t_s >= a.reference_t_s) & np.isfinite(a.series.settling))),
         verdict=verdict(a),
+        device_id=info.device_id,
     )
 
 
-def trends(store: SessionStore, target: IntentionTarget | None = None) -> list[SessionOutcome]:
+def trends(
+    store: SessionStore, target: IntentionTarget | None = None, device: str | None = None
+) -> list[SessionOutcome]:
     """One :class:`SessionOutcome` per stored session (oldest first), only those whose
-    intention target is ``target`` when given."""
+    intention target is ``target`` and, when given, recorded from strap ``device``."""
     out = []
     for summary in store.list_sessions():
+        if device is not None and summary.device_id != device:
+            continue
         info = store.get(summary.id)
         if target is not None and (info.intention is None or info.intention.target != target):
             continue
@@ -1162,11 +1169,17 @@ def write_trends_png(outcomes: Sequence[SessionOutcome], path: Path) -> Path:
     """Plot latency, score change and median recovery per session over calendar time, one
     colour per target model; written atomically to ``path``."""
     plt = _pyplot()
+    import matplotlib.dates as mdates
+
     fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True, constrained_layout=True)
     try:
-        targets = sorted({o.target for o in outcomes})
-        for tgt in targets:
-            sel = [o for o in outcomes if o.target == tgt]
+        # One line per target model, and per strap when there are several: the sessions of
+        # a group practice are different people, not one person's progress.
+        several = len({o.device_id for o in outcomes}) > 1
+        groups = sorted({(o.device_id if several else "", o.target) for o in outcomes})
+        for dev, tgt in groups:
+            sel = [o for o in outcomes if o.target == tgt and (not several or o.device_id == dev)]
+            label = f"{dev} · {tgt}" if several else tgt
             x = [dt.datetime.fromtimestamp(o.started_ms / 1000) for o in sel]
             for ax, vals in zip(
                 axes,
@@ -1177,11 +1190,15 @@ def write_trends_png(outcomes: Sequence[SessionOutcome], path: Path) -> Path:
                 ),
                 strict=True,
             ):
-                ax.plot(x, vals, marker="o", label=tgt)
+                ax.plot(x, vals, marker="o", label=label)
+        # Concise dates: sessions seconds apart were labelled "36:12.000000".
+        locator = mdates.AutoDateLocator()  # type: ignore[no-untyped-call]
+        axes[-1].xaxis.set_major_locator(locator)
+        axes[-1].xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
         axes[0].set_ylabel("catching up (min)")
         axes[1].set_ylabel("score change")
         axes[2].set_ylabel("recovery (s)")
-        axes[0].legend(title="target", fontsize=8)
+        axes[0].legend(title="strap · target" if several else "target", fontsize=8)
         fig.suptitle("Settle: progress across sessions")
         with atomic_file(path, binary=True) as fh:
             fig.savefig(cast(IO[bytes], fh), format="png", dpi=100)

@@ -830,20 +830,9 @@ async def _command(
 
 
 def _device_for_label(device: str | None) -> str | None:
-    """``--device`` may name a strap by the label it was paired under (``settle pair
-    --label anna``, any case): its device id; anything else as given."""
-    if device is None:
-        return None
-    from settle.pairing import PairingError, load_paired
+    from settle.pairing import device_for_label
 
-    try:
-        paired = load_paired()
-    except (PairingError, SettleError, OSError):
-        return device
-    for p in paired:
-        if p.label.casefold() == device.casefold() and p.device_id:
-            return p.device_id
-    return device
+    return None if device is None else device_for_label(device)
 
 
 async def _find_device(

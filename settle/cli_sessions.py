@@ -193,6 +193,10 @@ def trends_cmd(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Also write settle-trends.png into this directory.")
     ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="Only sessions of this strap (device id, or its `settle pair` label)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     db: DbOpt = None,
     config: ConfigOpt = None,
@@ -213,7 +217,13 @@ def trends_cmd(
     path = _db_path(config, db)
     try:
         with SessionStore.open_for_reading(path) as store:
-            rows = trends(store, None if target is None else IntentionTarget(target))
+            if device is not None:
+                from settle.pairing import device_for_label
+
+                device = device_for_label(device)
+                if device not in {s.device_id for s in store.list_sessions()}:
+                    _fail(f"no session of strap {device!r} in {path}", 2)
+            rows = trends(store, None if target is None else IntentionTarget(target), device)
         png = None
         if out_dir is not None:
             out_dir = output_directory(out_dir, "the trends plot")
@@ -237,6 +247,7 @@ def trends_cmd(
                 "n_responses": r.n_responses,
                 "scored": r.scored,
                 "catching_up": r.verdict.value,
+                "device_id": r.device_id,
             }
             for r in rows
         ]
@@ -244,13 +255,16 @@ def trends_cmd(
     elif not rows:
         out.print("No sessions" + (f" with target {target}" if target else "") + ".")
     else:
+        # With several straps the rows are different people: each names its strap.
+        several = len({r.device_id for r in rows}) > 1
         _print_table(
-            ["started (local)", "id", "target", "caught up after", "score change",
-             "median recovery", "reactions"],
+            ["started (local)", "id", *(["strap"] if several else []), "target",
+             "caught up after", "score change", "median recovery", "reactions"],
             [
                 [
                     time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started_ms / 1000)),
                     r.session_id,
+                    *([r.device_id] if several else []),
                     r.target,
                     duration_words(r.latency_s) if r.latency_s is not None
                     else verdict_words[r.verdict],

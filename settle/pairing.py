@@ -91,6 +91,19 @@ def check_strap(label: str, address: str, name: str, device_id: str) -> None:
         raise PairingError("device_id", f"lower-case letters, digits and _ only: {device_id!r}")
 
 
+def device_for_label(name: str, path: Path | None = None) -> str:
+    """``--device`` may name a strap by the label it was paired under (``settle pair --label
+    anna``, any case): its device id; anything else (a device id) as given."""
+    try:
+        paired = load_paired(path)
+    except (ConfigError, OSError):
+        return name
+    for p in paired:
+        if p.label.casefold() == name.casefold() and p.device_id:
+            return p.device_id
+    return name
+
+
 def remember(
     label: str, address: str, name: str, device_id: str, path: Path | None = None
 ) -> list[PairedStrap]:

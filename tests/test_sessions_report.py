@@ -55,6 +55,7 @@ def _session(
     unsettled: bool = False,
     shame_bpm: float = 8.0,
     noise: float = 1.0,
+    device: str = "dev",
 ) -> str:
     """15 min at 75 bpm; indices from 60 s on (a full window), so the automatic 2 min
     baseline is 60–180 s; hold-start at 200 s; from ``settle_at_s`` HR falls to 62 bpm with
@@ -62,7 +63,7 @@ def _session(
     after each shame marker; ``noise`` scales the beat-to-beat variability."""
     rng = np.random.default_rng(seed)
     sid = store.create_session(
-        "dev", started_ms, "x", {}, intention=Intention(target, "I am safe", "hold")
+        device, started_ms, "x", {}, intention=Intention(target, "I am safe", "hold")
     ).id
     live = LiveAnalyzer(window_s=60.0, baseline_s=120.0)
     beats, indices, t, next_i = [], [], 0.0, 60.0
@@ -215,6 +216,43 @@ def test_trends_per_target_and_cli(store: SessionStore, tmp_path: Path) -> None:
     assert len(list((tmp_path / "r").glob("*-report.*"))) == 2
     res = runner.invoke(app, ["report", "nope", "--out", str(tmp_path / "r"), "--db", db])
     assert res.exit_code == 1 and res.output.count("\n") == 1
+
+
+def test_trends_of_a_group_keep_each_strap_apart(
+    store: SessionStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three people practising together (three straps, one store): `settle trends` drew their
+    sessions as one person's progress, "catching up" improving across 3 seconds of start
+    time, with no way to pick one strap. Now the table and JSON name each strap and
+    `--device` (a device id or a `settle pair` label) keeps one."""
+    from settle.cli import app
+    from settle.pairing import remember
+
+    for k, dev in enumerate(["polar_a", "polar_b", "polar_c"]):
+        _session(store, started_ms=T0_MS + 1000 * k, seed=k + 1, device=dev,
+                 settle_at_s=300.0 + 100 * k)  # fmt: skip
+    straps = tmp_path / "straps.json"
+    remember("Bea", "AA:BB:CC:DD:EE:02", "Polar H10 B", "polar_b", straps)
+    monkeypatch.setenv("SETTLE_PAIRED_FILE", str(straps))
+    runner = CliRunner()
+    db = str(store.path)
+    res = runner.invoke(app, ["trends", "--json", "--db", db])
+    assert [s["device_id"] for s in json.loads(res.output)["sessions"]] == [
+        "polar_a", "polar_b", "polar_c"
+    ]  # fmt: skip
+    res = runner.invoke(app, ["trends", "--db", db])
+    assert res.exit_code == 0 and "strap" in res.output.splitlines()[0]
+    assert all(d in res.output for d in ("polar_a", "polar_b", "polar_c"))
+    for name in ("polar_b", "bea"):
+        res = runner.invoke(app, ["trends", "--device", name, "--json", "--db", db])
+        assert res.exit_code == 0, res.output
+        assert [s["device_id"] for s in json.loads(res.output)["sessions"]] == ["polar_b"]
+    res = runner.invoke(app, ["trends", "--device", "nobody", "--db", db])
+    assert res.exit_code == 2 and "no session of strap 'nobody'" in res.output
+    res = runner.invoke(app, ["trends", "--out", str(tmp_path), "--db", db])
+    assert res.exit_code == 0 and (tmp_path / "settle-trends.png").read_bytes().startswith(
+        PNG_MAGIC
+    )
 
 
 def test_report_uses_the_live_detection_when_recorded(store: SessionStore) -> None:
