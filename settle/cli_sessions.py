@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,6 +22,9 @@ from settle.console import err, out
 from settle.console import fail as _fail
 from settle.console import print_table as _print_table
 from settle.errors import ConfigError, SessionNotFound, SettleError
+
+if TYPE_CHECKING:
+    from sessions.store import SessionInfo, SessionStore
 
 __all__ = ["register"]
 
@@ -37,6 +40,28 @@ SessionArg = Annotated[str, typer.Argument(help="Session id, unique id prefix, o
 
 FORMAT_NAMES = ("csv", "json", "edf", "bids", "kubios")
 TARGET_NAMES = ("self", "future", "relational", "free")
+
+
+def _resolve(store: SessionStore, ref: str) -> SessionInfo:
+    """``store.resolve(ref)``; for ``latest``, a note on stderr when other straps recorded at
+    the same time (a group practice): ``latest`` is only the last of them to start."""
+    info = store.resolve(ref)
+    if ref == "latest":
+        end = info.stopped_ms if info.stopped_ms is not None else math.inf
+        also = [
+            s for s in store.list_sessions()
+            if s.id != info.id and s.device_id != info.device_id and s.started_ms <= end
+            and (s.stopped_ms is None or s.stopped_ms >= info.started_ms)
+        ]  # fmt: skip
+        if also:
+            others = ", ".join(f"{s.id} ({s.device_id})" for s in also[:5])
+            err.print(
+                f"note: latest is {info.id} ({info.device_id}); other straps recorded at the "
+                f"same time: {others}{', …' if len(also) > 5 else ''} — give a session id "
+                "to pick one",
+                markup=False,
+            )
+    return info
 
 
 def _db_path(config: Path | None, db: Path | None, *, must_exist: bool = True) -> Path:
@@ -134,7 +159,7 @@ def export(
     path = _db_path(config, db)
     try:
         with SessionStore.open_for_reading(path) as store:
-            info = store.resolve(session)
+            info = _resolve(store, session)
             with _progress(f"export {fmt}") as progress:
                 written = export_session(
                     store,
@@ -174,7 +199,7 @@ def report(
     path = _db_path(config, db)
     try:
         with SessionStore.open_for_reading(path) as store:
-            info = store.resolve(session)
+            info = _resolve(store, session)
             png, page = write_report(store, info.id, out_dir)
     except SettleError as exc:
         _fail(str(exc))
@@ -310,7 +335,7 @@ def log_import(
     path = _db_path(config, db)
     try:
         with SessionStore.open(path) as store:
-            info = store.resolve(session)
+            info = _resolve(store, session)
             rows = import_journal(
                 store,
                 info.id,
@@ -374,7 +399,7 @@ def log_set(
     path = _db_path(config, db)
     try:
         with SessionStore.open(path) as store:
-            info = store.resolve(session)
+            info = _resolve(store, session)
             if bounds is not None:
                 span = store.recorded_span_s(info.id)
                 if bounds[1] > span + 1.0:

@@ -250,9 +250,14 @@ def test_trends_of_a_group_keep_each_strap_apart(
     res = runner.invoke(app, ["trends", "--device", "nobody", "--db", db])
     assert res.exit_code == 2 and "no session of strap 'nobody'" in res.output
     res = runner.invoke(app, ["trends", "--out", str(tmp_path), "--db", db])
-    assert res.exit_code == 0 and (tmp_path / "settle-trends.png").read_bytes().startswith(
-        PNG_MAGIC
-    )
+    assert res.exit_code == 0
+    assert (tmp_path / "settle-trends.png").read_bytes().startswith(PNG_MAGIC)
+    # `latest` is only the last strap to start: commands say which others recorded with it.
+    res = runner.invoke(app, ["export", "latest", "--out", str(tmp_path / "l.csv"), "--db", db])
+    assert res.exit_code == 0, res.output
+    (note,) = [ln for ln in res.stderr.splitlines() if ln.startswith("note: latest is ")]
+    assert "(polar_c); other straps recorded at the same time: " in note
+    assert "(polar_a)" in note and "(polar_b)" in note
 
 
 def test_report_uses_the_live_detection_when_recorded(store: SessionStore) -> None:
