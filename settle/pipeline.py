@@ -542,9 +542,15 @@ class StrapPipeline:
                     self._finalise(self.analyzer.push_beat(t, rr, self.last_contact))
                     # Keep feeding from here even if older peaks arrive late.
                     self._ecg_from_t_s = t
+                if cls is not None:
+                    self._classified.append(
+                        ClassifiedBeat(beat_t_s=round(t, 4), cls=cls, rr_ms=None)
+                    )
+            elif not plausible:
+                # Not driving the indices, but the detector's verdict is kept (a "peak" on
+                # the strap's start-up spikes): CSV/JSON users can leave it out.
+                cls = BeatClass.IMPLAUSIBLE
             rows.append(EcgBeatRow(self.ecg_seq, t, rr, beat_class=cls))
-            if cls is not None:
-                self._classified.append(ClassifiedBeat(beat_t_s=round(t, 4), cls=cls, rr_ms=None))
             self.ecg_seq += 1
         if rows:
             self.writer.add_ecg_beats(self.session_id, rows)
