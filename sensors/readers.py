@@ -13,6 +13,10 @@ Formats recognised, by content (not by file name):
   its ``beat_class`` marks the daemon's warm-up beats (:attr:`RRRecording.warmup`), which
   ``settle analyze`` leaves out as the daemon did.
   An RR of 0 (a strap sent it; the daemon kept it as ``implausible``) is read here only.
+* ``settle analyze --beats`` output (header ``t_s,rr_raw_ms,rr_ms,class``): its ``rr_raw_ms``,
+  the intervals as they were read, so an analysis corrects them afresh, as for an export;
+  beats the correction inserted (no raw interval) are not read, ``class`` ``warmup`` marks
+  warm-up beats, and an RR of 0 is read as in an export.
 * One RR interval in milliseconds per line (Elite HRV / Kubios text export).
 * Polar ``.hrm`` files in RR mode (``[Params]`` … ``[HRData]`` with one RR in ms per line);
   a file whose ``Interval`` is not 238 (R-R data) holds heart rates and is refused.
@@ -68,7 +72,8 @@ class RRRecording:
 
     ``rr_ms`` intervals in milliseconds, in order; ``t_s`` the time of each beat in seconds
     (from the file when it has times, else the cumulative sum of ``rr_ms``); ``fmt`` names
-    the format recognised (``csv``, ``settle-export``, ``rr-per-line`` or ``polar-hrm``).
+    the format recognised (``csv``, ``settle-export``, ``settle-beats``, ``rr-per-line`` or
+    ``polar-hrm``).
     """
 
     rr_ms: npt.NDArray[np.float64]
@@ -76,12 +81,14 @@ class RRRecording:
     fmt: str
     path: str
     warmup: npt.NDArray[np.bool_] | None = None
-    """Settle export only: the beats the daemon recorded in its warm-up after a (re)connect
-    and did not analyse (``beat_class`` ``warmup``); None for other formats."""
+    """Settle export and ``--beats`` file only: the beats the daemon recorded in its warm-up
+    after a (re)connect and did not analyse (class ``warmup``); None for other formats."""
 
 
 def read_rr_file(path: Path | str) -> RRRecording:
     """Read an RR recording in any supported format (see module docstring)."""
+    if isinstance(path, str) and not path:  # Path("") is ".": "is a directory" misleads
+        raise InputFileError("''", "the path is empty: name an RR file")
     p = Path(path)
     name = str(p)
     text = _decode(name, _read_bytes(p, name))
@@ -221,14 +228,14 @@ def _bulk_numbers(cells: list[str]) -> npt.NDArray[np.float64] | None:
 
 
 def _row_by_row(
-    name: str, rr_cells: list[str], t_cells: list[str] | None, linenos: list[int], i_rec: int | None
+    name: str, rr_cells: list[str], t_cells: list[str] | None, linenos: list[int], zero_ok: bool
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """RR and time cells checked one row at a time (raises at the first bad one)."""
     rr, ts = [], []
     for k, lineno in enumerate(linenos):
         # A strap may send an RR of 0; the daemon records it (as implausible), so its own
         # export holds it, and an analysis marks it implausible again.
-        rr.append(_rr(name, lineno, rr_cells[k], zero_ok=i_rec is not None))
+        rr.append(_rr(name, lineno, rr_cells[k], zero_ok=zero_ok))
         if t_cells is not None:
             ts.append(_number(name, lineno, t_cells[k], "time"))
     return np.asarray(rr, dtype=np.float64), np.asarray(ts, dtype=np.float64)
@@ -262,15 +269,19 @@ def _read_csv(
 ) -> tuple[
     npt.NDArray[np.float64] | None, npt.NDArray[np.float64], str, npt.NDArray[np.bool_] | None
 ]:
-    """A ``t_s,rr_ms`` CSV, or Settle's export (its ``record = beat`` rows); ``lines[head]``
-    is the header. Returns beat times (None without a ``t_s`` column), RR, the format and,
-    for an export, which beats are the daemon's warm-up beats."""
+    """A ``t_s,rr_ms`` CSV, Settle's export (its ``record = beat`` rows) or a ``settle analyze
+    --beats`` file (its raw intervals); ``lines[head]`` is the header. Returns beat times
+    (None without a ``t_s`` column), RR, the format and, for Settle's files, which beats are
+    the daemon's warm-up beats."""
     header = _header_cells(lines[head])
-    i_rr = header.index("rr_ms")
-    i_t = header.index("t_s") if "t_s" in header else None
     i_rec = header.index("record") if "record" in header else None
-    i_cls = header.index("beat_class") if i_rec is not None and "beat_class" in header else None
-    fmt = "settle-export" if i_rec is not None else "csv"
+    beats_file = i_rec is None and {"t_s", "rr_raw_ms", "class"} <= set(header)
+    i_rr = header.index("rr_raw_ms" if beats_file else "rr_ms")
+    i_t = header.index("t_s") if "t_s" in header else None
+    cls_col = "class" if beats_file else "beat_class" if i_rec is not None else None
+    i_cls = header.index(cls_col) if cls_col is not None and cls_col in header else None
+    fmt = "settle-export" if i_rec is not None else "settle-beats" if beats_file else "csv"
+    zero_ok = i_rec is not None or beats_file
     t_cells: list[str] = []
     rr_cells: list[str] = []
     warm: list[bool] = []
@@ -297,12 +308,14 @@ def _read_csv(
                 continue
             if len(cells) < len(header):
                 # A bad cell on an earlier line is reported first, as it comes first.
-                _row_by_row(name, rr_cells, t_cells if i_t is not None else None, linenos, i_rec)
+                _row_by_row(name, rr_cells, t_cells if i_t is not None else None, linenos, zero_ok)
                 raise InputFileError(
                     name, f"expected {len(header)} columns, found {len(cells)}", start
                 )
             if i_rec is not None and cells[i_rec].strip() != "beat":
                 continue
+            if beats_file and not cells[i_rr].strip():
+                continue  # a beat the correction inserted: not in the recording
             rr_cells.append(cells[i_rr])
             if i_t is not None:
                 t_cells.append(cells[i_t])
@@ -316,11 +329,11 @@ def _read_csv(
     if (
         rr is None
         or t is None
-        or not np.all(((rr >= RR_MIN_MS) & (rr <= RR_MAX_MS)) | ((i_rec is not None) & (rr == 0)))
+        or not np.all(((rr >= RR_MIN_MS) & (rr <= RR_MAX_MS)) | (zero_ok & (rr == 0)))
     ):
         # Not every cell is a plain in-range number: check row by row, in file order, to name
         # the first bad cell (or to read what only float() reads, such as other scripts' digits).
-        rr, t = _row_by_row(name, rr_cells, t_cells if i_t is not None else None, linenos, i_rec)
+        rr, t = _row_by_row(name, rr_cells, t_cells if i_t is not None else None, linenos, zero_ok)
     warmup = np.asarray(warm, dtype=bool) if i_cls is not None else None
     if i_t is None:
         return None, rr, fmt, warmup

@@ -6,12 +6,19 @@ JSON (``--json``, schema ``v: 1``)::
      "correction": {"enabled", "n_flagged", "by_class": {class: count}},
      "summary": {"mean_rr_ms", "mean_hr_bpm", "sdnn_ms", "rmssd_ms", "ln_rmssd", "pnn50_pct",
                  "sd1_ms", "sd2_ms", "dfa_alpha1", "vlf_ms2", "lf_ms2", "hf_ms2", "lf_hf",
-                 "lf_nu", "hf_nu", "peak_hz", "resp_rate_bpm", "coherence"}}
+                 "lf_nu", "hf_nu", "peak_hz", "resp_rate_bpm", "coherence", "nyquist_hz"}}
+
+``nyquist_hz`` (added in schema 1, as fields are) is the beats' own Nyquist frequency
+``1/(2·mean RR)``: no power above it is counted, so below 0.4 Hz (under 48 beats/min) ``hf_ms2``
+covers 0.15 Hz up to it only (:func:`hf_truncated_at`).
 
 Non-finite numbers are written as ``null``. ``--beats`` writes ``t_s,rr_raw_ms,rr_ms,class``
 (empty cell for a missing value); ``--rolling`` writes one row per beat (time domain of the
 ``--window`` seconds ending at it) and one row every 5 s (spectra, coherence, settling score,
-signal quality), distinguished by the ``kind`` column.
+signal quality), distinguished by the ``kind`` column. Times (``t_s``) are written with six
+decimals and never an exponent (µs; at epoch times float64 itself holds ≈ 0.2 µs), intervals
+(``rr_raw_ms``, ``rr_ms``) with ten significant digits, so that the file reads back as it was
+analysed; every other value with six significant digits (``%.6g``).
 
 Output files are checked before the recording is read: an existing file is replaced only with
 ``--force``, and never the input recording itself (nor may ``--beats`` and ``--rolling`` name
@@ -32,13 +39,19 @@ import numpy as np
 import numpy.typing as npt
 
 from processing.offline import Analysis, analyze
-from processing.spectral import Method
+from processing.spectral import BANDS_HZ, Method
 from sensors.readers import read_rr_file
 from sessions.files import ExportError, atomic_file, not_replaceable
 from settle.config import WINDOW_RANGE_S
 from settle.errors import InputFileError, SettleError
 
-__all__ = ["AnalyzeUsageError", "analysis_json", "check_outputs", "run_analyze"]
+__all__ = [
+    "AnalyzeUsageError",
+    "analysis_json",
+    "check_outputs",
+    "hf_truncated_at",
+    "run_analyze",
+]
 
 
 class AnalyzeUsageError(SettleError):
@@ -82,17 +95,41 @@ def analysis_json(a: Analysis, correction: bool) -> dict[str, Any]:
             "peak_hz": _num(sp.peak_hz),
             "resp_rate_bpm": _num(sp.resp_rate_bpm),
             "coherence": _num(a.coherence),
+            "nyquist_hz": _num(sp.nyquist_hz),
         },
     }
+
+
+def hf_truncated_at(a: Analysis) -> float | None:
+    """The frequency (Hz) at which the whole-recording HF band was cut because the beats
+    cannot carry faster rhythms (their Nyquist frequency below 0.4 Hz), or None."""
+    nyq = a.spectral.nyquist_hz
+    hf_hi = BANDS_HZ["hf"][1]
+    if math.isfinite(nyq) and nyq < hf_hi and math.isfinite(a.spectral.hf_ms2):
+        return float(nyq)
+    return None
+
+
+TIME_FMT = "%.6f"
+"""Beat and step times, s: fixed µs decimals, never an exponent. ``%.6g`` wrote t ≥ 100 000 s
+in whole seconds (beats collided) and epoch times as ``1.7e+09``, which Settle could not read
+back."""
+RR_FMT = "%.10g"
+"""Intervals, ms: ten significant digits (sub-ns; no exponent for the 0.977–64 000 ms a
+recording may hold)."""
+VALUE_FMT = "%.6g"
+"""Every other value: six significant digits."""
 
 
 def _csv_rows(
     cols: Sequence[npt.NDArray[np.float64] | None],
     prefix: str = "",
     text: Sequence[str] | None = None,
+    fmts: Sequence[str] | None = None,
 ) -> str:
-    """CSV lines, one per row: ``prefix``, then each column's value as ``%.6g`` (an empty cell
-    for ``None`` columns and non-finite values), then the ``text`` column's cell if given.
+    """CSV lines, one per row: ``prefix``, then each column's value in its format of ``fmts``
+    (default :data:`VALUE_FMT`; an empty cell for ``None`` columns and non-finite values),
+    then the ``text`` column's cell if given.
 
     Runs of rows without a missing value are formatted by one ``%`` over the run (2–3× faster
     than a cell at a time over 100 000 rows); a row with one is formatted cell by cell.
@@ -100,7 +137,14 @@ def _csv_rows(
     present = [c for c in cols if c is not None]
     n = len(text) if text is not None else present[0].size if present else 0
     tail = ",%s\n" if text is not None else "\n"
-    tmpl = prefix + ",".join("%.6g" if c is not None else "" for c in cols) + tail
+    formats = list(fmts) if fmts is not None else [VALUE_FMT] * len(cols)
+    if len(formats) != len(cols):
+        raise ValueError("one format per column")
+    tmpl = (
+        prefix
+        + ",".join(f if c is not None else "" for c, f in zip(cols, formats, strict=True))
+        + tail
+    )
     m = np.column_stack(present) if present else np.empty((n, 0))
     bad = np.flatnonzero(~np.isfinite(m).all(axis=1)).tolist()
     if text is not None:
@@ -117,9 +161,9 @@ def _csv_rows(
         if stop < n:
             vals = iter(rows[stop].tolist())
             cells = []
-            for c in cols:
+            for c, f in zip(cols, formats, strict=True):
                 v = next(vals) if c is not None else math.nan
-                cells.append(f"{v:.6g}" if math.isfinite(v) else "")
+                cells.append(f % v if math.isfinite(v) else "")
             out.append(prefix + ",".join(cells) + (tail % next(vals) if text else "\n"))
         start = stop + 1
     return "".join(out)
@@ -190,7 +234,9 @@ def check_outputs(file: Path, outputs: dict[str, Path | None], *, force: bool) -
 
 def write_beats(a: Analysis, path: Path, *, replace: bool = True) -> None:
     b = a.beats
-    body = _csv_rows([b.t_s, b.rr_raw_ms, b.rr_ms], text=b.classes())
+    body = _csv_rows(
+        [b.t_s, b.rr_raw_ms, b.rr_ms], text=b.classes(), fmts=[TIME_FMT, RR_FMT, RR_FMT]
+    )
     _write_atomically(path, "t_s,rr_raw_ms,rr_ms,class\n" + body, replace=replace)
 
 
@@ -202,12 +248,13 @@ def write_rolling(a: Analysis, path: Path, *, replace: bool = True) -> None:
     beat_cols += [r.beat_hr_bpm, r.beat_sdnn_ms, r.beat_rmssd_ms, r.beat_pnn50_pct, *none, None]
     step_cols = [r.step_t_s, *none[:5], r.step_lf_ms2, r.step_hf_ms2, r.step_lf_hf]
     step_cols += [r.step_resp_rate_bpm, r.step_coherence, r.step_score, r.step_quality]
+    fmts = [TIME_FMT] + [VALUE_FMT] * 12
     _write_atomically(
         path,
         "kind,t_s,mean_rr_ms,hr_bpm,sdnn_ms,rmssd_ms,pnn50_pct,lf_ms2,hf_ms2,lf_hf,"
         "resp_rate_bpm,coherence,settling_score,quality\n"
-        + _csv_rows(beat_cols, prefix="beat,")
-        + _csv_rows(step_cols, prefix="step,"),
+        + _csv_rows(beat_cols, prefix="beat,", fmts=fmts)
+        + _csv_rows(step_cols, prefix="step,", fmts=fmts),
         replace=replace,
     )
 
@@ -222,7 +269,7 @@ def run_analyze(
     window_s: float,
     force: bool = False,
     baseline_s: float = 120.0,
-    rr_range_ms: tuple[float, float] = (273.0, 2000.0),
+    rr_range_ms: tuple[float, float] = (250.0, 2000.0),
     spectrum: str = "welch",
 ) -> tuple[Analysis, dict[str, Any]]:
     """Read, analyse and write the requested files; returns the analysis and its JSON.

@@ -913,7 +913,7 @@ def _signal_text(rssi_dbm: int | None) -> str | None:
 @app.command()
 def analyze(
     file: Annotated[
-        Path, typer.Argument(help="RR recording (CSV t_s,rr_ms / one RR per line / .hrm).")
+        str, typer.Argument(help="RR recording (CSV t_s,rr_ms / one RR per line / .hrm).")
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     no_correction: Annotated[
@@ -949,12 +949,14 @@ def analyze(
 
     The [processing] settings of the config apply as they do live: window_s, baseline_s,
     correction and the plausible RR range; --window and --no-correction override them."""
-    from settle.analyze import AnalyzeUsageError, run_analyze
+    from settle.analyze import AnalyzeUsageError, hf_truncated_at, run_analyze
 
+    if not file:  # Path("") is ".", which read as "is a directory, not an RR file"
+        fail("the recording path is empty: name an RR file", 2)
     p = settings_from(config).processing
     try:
         a, doc = run_analyze(
-            file,
+            Path(file),
             as_json=as_json,
             correction=p.correction and not no_correction,
             beats=beats,
@@ -977,11 +979,19 @@ def analyze(
     rows.insert(0, ["usable", "yes" if a.usable else f"no ({a.reason})"])
     rows.insert(1, ["flagged beats", str(a.beats.n_flagged)])
     print_table(["metric", "value"], rows)
-    if not a.usable and a.n_beats >= 10:
-        # The numbers are printed for researchers; a practitioner must not read them as HRV.
+    cut = hf_truncated_at(a)
+    if cut is not None:
         out.print(
-            "Not usable: these values describe a rhythm that is not sinus enough to interpret "
-            "(see `usable`); do not read them as heart-rate variability.",
+            f"hf_ms2 covers 0.15–{cut:.3g} Hz only: at {120 * cut:.0f} beats/min the beats "
+            f"cannot carry faster rhythms (their Nyquist frequency is {cut:.3g} Hz).",
+            markup=False,
+        )
+    if not a.usable:
+        # The numbers are printed for researchers; a practitioner must not read them as HRV.
+        # The reason is the one the analysis gave (not every unusable file is a rhythm).
+        out.print(
+            f"Not usable ({a.reason}): the values above are printed for research; "
+            "do not read them as heart-rate variability.",
             markup=False,
         )
 

@@ -177,9 +177,10 @@ class ProcessingConfig(_Section):
     """Artefact detection and correction (Lipponen & Tarvainen 2019, streaming)."""
     warmup_s: float = Field(5.0, ge=0, le=60)
     """Beats within this long after each (re)connect are recorded but not analysed."""
-    rr_min_ms: float = Field(273.0, ge=100, le=1000)
+    rr_min_ms: float = Field(250.0, ge=100, le=1000)
     rr_max_ms: float = Field(2000.0, ge=1000, le=5000)
-    """RR outside [rr_min_ms, rr_max_ms] is physiologically implausible: recorded, not analysed."""
+    """RR outside [rr_min_ms, rr_max_ms] is physiologically implausible: recorded, not analysed.
+    250 ms is 240 beats/min, the top of sprint heart rates (273 ms refused 220 beats/min)."""
     rr_source: Literal["hrs", "ecg"] = "hrs"
     """Which RR drives the indices: ``hrs``, the strap's own RR (every Heart Rate Service
     strap); ``ecg``, RR from R peaks of the raw ECG (Polar H10 with ``strap.ecg``: sample-level

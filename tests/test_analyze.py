@@ -19,7 +19,7 @@ RECORDINGS = ["pyhrv_nni_short", "bartels_rest_supine", "polar_h10_pvc_device"]
 SUMMARY_KEYS = {
     "mean_rr_ms", "mean_hr_bpm", "sdnn_ms", "rmssd_ms", "ln_rmssd", "pnn50_pct", "sd1_ms",
     "sd2_ms", "dfa_alpha1", "vlf_ms2", "lf_ms2", "hf_ms2", "lf_hf", "lf_nu", "hf_nu",
-    "peak_hz", "resp_rate_bpm", "coherence",
+    "peak_hz", "resp_rate_bpm", "coherence", "nyquist_hz",
 }  # fmt: skip
 
 
@@ -567,3 +567,83 @@ def test_an_output_that_appears_during_the_analysis_is_not_replaced(
         )
     assert rolling.read_text() == "someone else's\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rolling.csv"]
+
+
+@pytest.mark.parametrize("t0", [100_000.0, 1.7e9])
+def test_beats_and_rolling_keep_the_beat_times_and_read_back(tmp_path: Path, t0: float) -> None:
+    """Times were written with `%.6g`: from 100 000 s on (seconds since midnight of a long
+    recording, epoch times) in whole seconds — beats collided — and epoch times as
+    `1.7e+09`, so Settle could not read its own --beats file. Times now keep their µs, the
+    RR their digits, and the --beats file (an implausible interval and all) analyses as the
+    recording did and writes itself again."""
+    rng = np.random.default_rng(5)
+    rr = np.round(850 + rng.normal(0, 30, 400))
+    rr[200] = 3500.0  # outside rr_max_ms: an empty rr_ms cell in --beats
+    t = t0 + np.cumsum(rr) / 1000.0
+    rec = tmp_path / "rec.csv"
+    rec.write_text(
+        "t_s,rr_ms\n" + "".join(f"{a:.3f},{b:.0f}\n" for a, b in zip(t, rr, strict=True))
+    )
+    beats, rolling, again = tmp_path / "b.csv", tmp_path / "r.csv", tmp_path / "b2.csv"
+    doc = _json(str(rec), "--beats", str(beats), "--rolling", str(rolling))
+    for path in (beats, rolling):
+        assert "e+" not in path.read_text()
+    rows = list(csv.DictReader(beats.open()))
+    np.testing.assert_allclose([float(r["t_s"]) for r in rows], t, rtol=0, atol=1e-6)
+    assert [float(r["rr_raw_ms"]) for r in rows] == rr.tolist()
+    per_beat = [float(r["t_s"]) for r in csv.DictReader(rolling.open()) if r["kind"] == "beat"]
+    assert len(set(per_beat)) == len(per_beat) == len(rows) - 1
+    assert _json(str(beats), "--beats", str(again)) == doc
+    assert again.read_text() == beats.read_text()
+
+
+def test_a_sprinting_heart_is_analysed_and_an_unusable_file_says_why(tmp_path: Path) -> None:
+    """220–240 beats/min (RR 250–273 ms) is a sprinting heart, not an artefact: the default
+    `rr_min_ms` was 273 ms, so a 220 beats/min recording was 100 % "implausible" — and the
+    table then said its rhythm was "not sinus enough to interpret". The note now gives the
+    analysis's own reason."""
+    rng = np.random.default_rng(2)
+    fast = tmp_path / "sprint.txt"
+    fast.write_text("".join(f"{x:.1f}\n" for x in 262.0 + rng.normal(0, 3, 600)))
+    doc = _json(str(fast))
+    assert doc["usable"] is True
+    assert doc["correction"]["by_class"]["implausible"] == 0
+    assert doc["summary"]["mean_hr_bpm"] == pytest.approx(229, abs=2)
+    slow = tmp_path / "too_fast.txt"
+    slow.write_text("200\n" * 60)  # 300 beats/min: outside 250–2000 ms
+    human = _settle(str(slow))
+    assert human.returncode == 0
+    assert "not sinus" not in human.stdout
+    note = human.stdout.rstrip().splitlines()[-1]
+    assert note.startswith("Not usable (100 % of intervals lie outside 250–2000 ms")
+    assert note.endswith("do not read them as heart-rate variability.")
+
+
+def test_an_empty_path_is_named_as_such() -> None:
+    """`settle analyze ""` said ".: is a directory, not an RR file" (Path("") is ".")."""
+    line = _one_line_error(_settle(""), 2)
+    assert "path is empty" in line and "directory" not in line
+    from sensors.readers import read_rr_file
+    from settle.errors import InputFileError
+
+    with pytest.raises(InputFileError, match="path is empty"):
+        read_rr_file("")
+
+
+def test_a_slow_heart_says_where_the_hf_band_was_cut(tmp_path: Path) -> None:
+    """At 36 beats/min the beats carry nothing above 0.3 Hz: HF is counted up to there only
+    (it read +17 % from spline images above it), and the output says so."""
+    t, rr = [0.0], []
+    while t[-1] < 300.0:
+        rr.append(1667.0 + 40.0 * math.sin(2 * math.pi * 0.25 * t[-1]))
+        t.append(t[-1] + rr[-1] / 1000.0)
+    f = tmp_path / "slow.csv"
+    f.write_text(
+        "t_s,rr_ms\n" + "".join(f"{a:.6f},{b:.6f}\n" for a, b in zip(t[1:], rr, strict=True))
+    )
+    s = _json(str(f), "--no-correction")["summary"]
+    assert s["nyquist_hz"] == pytest.approx(0.3, abs=0.001)
+    assert s["hf_ms2"] == pytest.approx(800.0, rel=0.03)
+    human = _settle(str(f), "--no-correction")
+    assert "hf_ms2 covers 0.15–0.3 Hz only: at 36 beats/min" in human.stdout
+    assert "covers" not in _settle(str(DATA / "pyhrv_nni_short.csv")).stdout
