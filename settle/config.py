@@ -129,6 +129,12 @@ class MqttConfig(_Section):
             return self.password.get_secret_value()
         if self.password_file is not None:
             try:
+                if self.password_file.stat().st_mode & 0o004:
+                    # As for the dashboard's token file: a secret every account can read.
+                    raise ConfigError(
+                        "mqtt.password_file",
+                        f"{self.password_file} is readable by every account (chmod 600 it)",
+                    )
                 return self.password_file.read_text().strip()
             except OSError as exc:
                 raise ConfigError("mqtt.password_file", f"cannot read it: {exc.strerror}") from None

@@ -36,6 +36,7 @@ from sessions.store import SessionState, SessionStore
 from settle.app import serve
 from settle.config import load_config
 from settle.demo import virtual_world
+from settle.errors import ConfigError
 from tests.conftest import Mosquitto
 from tests.test_e2e import Collector
 
@@ -81,6 +82,12 @@ def test_token_file_is_private_and_stable(tmp_path: Path) -> None:
     assert len(token) >= 32
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_or_create_token(path) == token
+    # A token the user wrote must not be guessable in a few tries (a 1-letter one was taken).
+    path.write_text("abc\n")
+    with pytest.raises(ConfigError, match="holds a token of 3 characters; use at least 16"):
+        load_or_create_token(path)
+    path.write_text("x" * 16 + "\n")
+    assert load_or_create_token(path) == "x" * 16
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1")
 

@@ -23,6 +23,7 @@ from feedback.payloads import COMMANDS
 from settle.app import connect_options, serve
 from settle.config import load_config
 from settle.demo import virtual_world
+from settle.errors import ConfigError
 from tests.conftest import Mosquitto, start_mosquitto
 from tests.test_e2e import CONFIG
 
@@ -115,6 +116,11 @@ async def test_tls_auth_and_acl(
     broker, ca = secured_broker
     pw_file = tmp_path / "pw"
     pw_file.write_text(DAEMON_PW + "\n")
+    world_readable = load_config(CONFIG, mqtt={"password_file": pw_file})
+    pw_file.chmod(0o644)  # a secret every account on the machine can read: refused
+    with pytest.raises(ConfigError, match="is readable by every account"):
+        world_readable.mqtt.password_value()
+    pw_file.chmod(0o600)
     settings = load_config(
         CONFIG,
         mqtt={

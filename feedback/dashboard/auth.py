@@ -23,6 +23,10 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+MIN_TOKEN_CHARS = 16
+"""The shortest token a token file may hold (the generated ones have 32 characters)."""
+
+
 def load_or_create_token(path: Path) -> str:
     """The token stored in ``path``; a new random one (written 0600) when there is none."""
     try:
@@ -34,6 +38,13 @@ def load_or_create_token(path: Path) -> str:
     if token:
         if path.stat().st_mode & 0o077:
             raise ConfigError("http.token_file", f"{path} is readable by others (chmod 600 it)")
+        if len(token) < MIN_TOKEN_CHARS:
+            # A one-letter token "protected" the dashboard of everyone on the network.
+            raise ConfigError(
+                "http.token_file",
+                f"{path} holds a token of {len(token)} characters; use at least "
+                f"{MIN_TOKEN_CHARS} (or delete the file and a random one is made)",
+            )
         return token
     token = secrets.token_urlsafe(24)
     try:
