@@ -401,7 +401,7 @@ def analyze(
     window_s: float = 60.0,
     rolling: bool = False,
     baseline_s: float = 120.0,
-    rr_min_ms: float = 273.0,
+    rr_min_ms: float = 250.0,
     rr_max_ms: float = 2000.0,
     warmup: npt.ArrayLike | None = None,
     spectrum: Method = "welch",

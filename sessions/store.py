@@ -131,7 +131,8 @@ class BeatClass(enum.StrEnum):
     MISSED = "missed"
     EXTRA = "extra"
     IMPLAUSIBLE = "implausible"
-    """Outside the physiological range (default 273–2000 ms): recorded, never analysed."""
+    """Outside the physiological range (default 250–2000 ms; the ECG detector's own lower
+    limit is 273 ms): recorded, never analysed."""
     WARMUP = "warmup"
     """Within the warm-up after a (re)connect (default 5 s): recorded, never analysed."""
 
