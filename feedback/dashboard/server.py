@@ -17,6 +17,7 @@ import hmac
 import html
 import json
 import logging
+import math
 import mimetypes
 import secrets
 import shutil
@@ -49,25 +50,44 @@ class _BadRequestLine(logging.Filter):
     """aiohttp logs a request it cannot parse (a duplicate Host header, a control byte in
     the method, a 20 KB header) as an ERROR with a traceback: anyone who can reach the port
     could fill the journal with them. Such a request is the client's fault: one WARNING
-    line, no traceback. Errors in Settle's own handlers keep their traceback."""
+    line, no traceback, and at most one every :data:`BAD_REQUEST_EVERY_S` (the next one says
+    how many were left out): a scanner sending thousands still costs a few lines. Errors in
+    Settle's own handlers keep their traceback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reset()
+
+    def reset(self) -> None:
+        """A new dashboard logs its first malformed request."""
+        self._last = -math.inf
+        self._quiet = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
         from aiohttp.http_exceptions import HttpProcessingError
 
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
+            now = time.monotonic()
+            if now - self._last < BAD_REQUEST_EVERY_S:
+                self._quiet += 1
+                return False
+            self._last = now
             remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
             why = repr(" ".join(str(exc).split()) or type(exc).__name__)[1:-1]
+            more = f" ({self._quiet} more since the last one not logged)" if self._quiet else ""
+            self._quiet = 0
             record.msg, record.args = (
-                "dashboard: malformed HTTP request from %s: %s",
-                (
-                    remote,
-                    why[:200],
-                ),
+                "dashboard: malformed HTTP request from %s: %s%s",
+                (remote, why[:200], more),
             )
             record.exc_info, record.exc_text = None, None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
+
+
+BAD_REQUEST_EVERY_S = 10.0
+"""At most one malformed-request warning this often, s."""
 
 
 _BAD_REQUEST_LINE = _BadRequestLine()
@@ -195,6 +215,7 @@ class Dashboard:
         server_log = logging.getLogger("aiohttp.server")
         if _BAD_REQUEST_LINE not in server_log.filters:
             server_log.addFilter(_BAD_REQUEST_LINE)
+        _BAD_REQUEST_LINE.reset()
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
