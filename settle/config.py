@@ -341,10 +341,15 @@ def load_config(path: Path | None = None, **flags: Any) -> Settings:
         given = err.get("input")
         # The value is echoed to help, except where it may be a secret: a password or token
         # field, or an unknown key (a misspelt `pasword`); errors reach the journal.
+        top = Settings.model_fields.get(str(err["loc"][0])) if len(err["loc"]) == 1 else None
+        kind = top.annotation if top is not None else None
+        section = isinstance(kind, type) and issubclass(kind, BaseModel)
         secret = (
             err["type"] == "extra_forbidden"
             or any(w in loc.lower() for w in ("password", "token", "secret"))
             or (isinstance(given, str) and "@" in given)  # user:password@host
+            # A whole section given as a value (`mqtt = "password = …"`): whatever it holds.
+            or section
         )
         if isinstance(given, str | int | float) and len(repr(given)) <= 60 and not secret:
             msg = f"{msg} (got {given!r})"

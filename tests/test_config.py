@@ -148,6 +148,8 @@ def test_secrets_are_never_echoed_in_errors(tmp_path: Path) -> None:
         ("[mqtt]\npassword = 987654321\n", "mqtt.password", "987654321"),
         ('[mqtt]\npasword = "Hunter2-typo-secret"\n', "mqtt.pasword", "Hunter2-typo-secret"),
         ('[mqtt]\nhost = "settle:S3cretPW@broker.lan"\n', "mqtt.host", "S3cretPW"),
+        # A whole section written as a value: it was echoed, whatever it held.
+        ('mqtt = "password = Hunter2-section"\n', "mqtt", "Hunter2-section"),
     ]
     for text, field, secret in cases:
         f = tmp_path / "c.toml"
