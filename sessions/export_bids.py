@@ -185,6 +185,16 @@ def export_bids(
         raise ExportError(root, "BIDS export needs a directory (the dataset root)")
     if not root.parent.is_dir():
         raise ExportError(root, f"directory {root.parent} does not exist")
+    # One recording, one person: the same session under a second subject (re-exported to
+    # fix its subject) would count as two people's data in every analysis of the dataset.
+    if root.is_dir():
+        for other in sorted(root.glob(f"sub-*/{ses}")):
+            if other.parent.name != sub and other.is_dir():
+                raise ExportError(
+                    root,
+                    f"session {session_id} is already in this dataset as {other.parent.name} "
+                    f"(remove {other} first to export it as {sub})",
+                )
     try:
         root.mkdir(mode=0o700, exist_ok=True)
         beh = root / sub / ses / "beh"

@@ -340,6 +340,11 @@ def test_bids_passes_the_official_validator(store: SessionStore, tmp_path: Path)
     other = store.create_session("dev", T0_MS + 86_400_000, "x", {}).id
     store.add_beats(other, [BeatRow(i, i + 1.0, T0_MS, 1000.0) for i in range(30)])
     export_bids(store, other, root, subject="p01")  # a second session, same dataset
+    # The same recording under a second subject (to fix its subject) was written beside the
+    # first: one person's data counted as two people's.
+    with pytest.raises(ExportError, match=r"already in this dataset as sub-p01 \(remove "):
+        export_bids(store, sid, root, subject="p02")
+    assert not (root / "sub-p02").exists()
     names = sorted(p.name for p in beh.iterdir())
     stem = f"sub-p01_ses-{sid.replace('-', '')}_task-settle"
     assert names == sorted(
