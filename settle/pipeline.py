@@ -52,6 +52,10 @@ from settle.errors import StoreError
 
 log = logging.getLogger(__name__)
 
+ANALYSIS_ERROR_EVERY_S = 60.0
+"""After the first failure of the analysis (logged with its traceback), at most one ERROR
+line this often, s, with the count."""
+
 SessionStateName = Literal["running", "stopped", "interrupted"]
 
 
@@ -309,8 +313,9 @@ class StrapPipeline:
             window_s=p.window_s, baseline_s=p.baseline_s, correction=p.correction
         )
         self._pending_seqs: collections.deque[int] = collections.deque()
-        self._analysis_errors = 0
         """Stored beats fed to the analyzer whose class is not final yet, oldest first."""
+        self._analysis_errors = 0
+        self._analysis_logged_mono = -math.inf
         self._classified: list[ClassifiedBeat] = []
         self.warmup_until_mono_s = 0.0
         self.last_snapshot: IndicesSnapshot | None = None
@@ -485,35 +490,52 @@ class StrapPipeline:
             self.seq += 1
         if rows:
             self.writer.add_beats(self.session_id, rows)
+        self._analyse(todo, m.contact, emit=True)
+        return times
+
+    def _analyse(
+        self, todo: Sequence[tuple[int | None, float, float]], contact: bool | None, *,
+        emit: bool = False,
+    ) -> None:  # fmt: skip
+        """Feed the analyzer ``todo`` — ``(seq, t, rr)`` to push, ``(None, t, nan)`` for a
+        gap — after the beats were handed to the store; with ``emit``, publish the indices
+        steps the beats reached. A failure of the analysis never ends the recording."""
         try:
             for seq, t, rr in todo:
                 if seq is None:
                     self._finalise(self.analyzer.gap(t))
                 else:
                     self._pending_seqs.append(seq)
-                    self._finalise(self.analyzer.push_beat(t, rr, m.contact))
-            while self.beat_t_s is not None and self.beat_t_s >= self.next_indices_t_s:
+                    self._finalise(self.analyzer.push_beat(t, rr, contact))
+            while emit and self.beat_t_s is not None and self.beat_t_s >= self.next_indices_t_s:
                 t_next = self.next_indices_t_s
                 self.next_indices_t_s += self.settings.processing.indices_every_s
                 self._emit_indices(t_next)
         except Exception:  # a bug in the analysis must not end the recording
             self._analysis_failed()
-        return times
 
     def _analysis_failed(self) -> None:
-        """The analysis raised: log it (with the traceback, once per session), restart every
-        window as after a gap, and go on recording. The beats are already stored."""
-        if not self._analysis_errors:
+        """The analysis raised: log it (the first time with the traceback; then at most once
+        a minute, with a count), restart every window as after a gap, and go on recording.
+        The beats are already stored."""
+        self._analysis_errors += 1
+        now = time.monotonic()
+        if self._analysis_errors == 1:
             log.exception(
                 "session %s: the analysis failed at t=%.1f s; beats are still recorded, the "
                 "indices restart (please report this with the log)",
                 self.session_id,
                 self.beat_t_s or 0.0,
             )
-        else:
-            log.error("session %s: the analysis failed again at t=%.1f s", self.session_id,
-                      self.beat_t_s or 0.0)  # fmt: skip
-        self._analysis_errors += 1
+            self._analysis_logged_mono = now
+        elif now - self._analysis_logged_mono >= ANALYSIS_ERROR_EVERY_S:
+            log.error(
+                "session %s: the analysis failed again at t=%.1f s (%d times in all)",
+                self.session_id,
+                self.beat_t_s or 0.0,
+                self._analysis_errors,
+            )
+            self._analysis_logged_mono = now
         self._pending_seqs.clear()
         with contextlib.suppress(Exception):
             self.analyzer.gap(self.now_t_s())
@@ -526,20 +548,20 @@ class StrapPipeline:
             self._switch_source("ecg", "RR from the raw ECG (R peaks) drives the indices")
         warming = time.monotonic() < self.warmup_until_mono_s
         rows: list[EcgBeatRow] = []
+        todo: list[tuple[int | None, float, float]] = []  # as in on_notification
         for t, rr, plausible in beats:
             cls: BeatClass | None = None
             if self.rr_source == "ecg" and t > self._ecg_from_t_s:
                 if rr is None:
                     # First peak after the stream (re)started: no interval, a new segment.
-                    self._finalise(self.analyzer.gap(t))
+                    todo.append((None, t, math.nan))
                 elif warming:
                     cls = BeatClass.WARMUP
                 elif not plausible or not p.rr_min_ms <= rr <= p.rr_max_ms:
                     cls = BeatClass.IMPLAUSIBLE
-                    self._finalise(self.analyzer.gap(t))
+                    todo.append((None, t, math.nan))
                 else:
-                    self._pending_seqs.append(self.ecg_seq)
-                    self._finalise(self.analyzer.push_beat(t, rr, self.last_contact))
+                    todo.append((self.ecg_seq, t, rr))
                     # Keep feeding from here even if older peaks arrive late.
                     self._ecg_from_t_s = t
                 if cls is not None:
@@ -554,6 +576,7 @@ class StrapPipeline:
             self.ecg_seq += 1
         if rows:
             self.writer.add_ecg_beats(self.session_id, rows)
+        self._analyse(todo, self.last_contact)
 
     def ecg_failed(self, reason: str) -> None:
         """The raw ECG stopped for good (not a reconnect): the strap's RR drives again."""
@@ -565,7 +588,7 @@ class StrapPipeline:
     def _switch_source(self, source: Literal["hrs", "ecg"], why: str) -> None:
         # Beats of the old source still waiting for look-ahead are finalised first (into the
         # old source's table); no metric spans the switch.
-        self._finalise(self.analyzer.gap(self.now_t_s()))
+        self._analyse([(None, self.now_t_s(), math.nan)], None)
         self.rr_source = source
         self._ecg_from_t_s = self.now_t_s()
         log.info("session %s: %s", self.session_id, why)

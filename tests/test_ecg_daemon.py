@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import logging
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sensors.readers import read_rr_file
 from sensors.virtual.air import VirtualAir
@@ -134,3 +137,34 @@ async def test_ecg_rr_drives_the_indices_when_configured(tmp_path: Path) -> None
     assert after and all(b.beat_class not in ANALYSED for b in after)
     # The strap without raw ECG is analysed from its own RR as usual.
     assert sum(b.beat_class in ANALYSED for b in garmin_beats) > 20
+
+
+async def test_a_failing_analysis_of_ecg_beats_keeps_the_ecg_and_its_beats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With ``rr_source = "ecg"``, an exception in the analysis of the R peaks escaped into
+    the ECG task: that batch of ECG beats was never stored, the raw ECG ended until the
+    next reconnect, and the session fell back to the strap's RR. Now the beats are stored
+    first and the analysis restarts, as for the strap's RR."""
+    from processing.live import LiveAnalyzer
+
+    real = LiveAnalyzer.push_beat
+    calls = itertools.count()
+
+    def flaky(self: LiveAnalyzer, t_s: float, rr_ms: float, contact: bool | None = None):  # type: ignore[no-untyped-def]
+        # Only the H10's R peaks (the Garmin's RR goes through the same analyzer class).
+        if sys._getframe(2).f_code.co_name == "on_ecg_beats" and next(calls) == 30:
+            raise ValueError("a bug in the analysis")
+        return real(self, t_s, rr_ms, contact)
+
+    monkeypatch.setattr(LiveAnalyzer, "push_beat", flaky)
+    caplog.set_level(logging.INFO)
+    run = await _h10_beside_garmin(tmp_path, 120, processing={"rr_source": "ecg"})
+    pipelines = {p.device_id: p for p in run.daemon.finished}
+    assert pipelines[run.h10.info.device_id].rr_source == "ecg"  # never fell back
+    ecg_beats = run.h10.ecg_beats
+    assert [b.seq for b in ecg_beats] == list(range(len(ecg_beats))) and len(ecg_beats) > 120
+    late = [b for b in ecg_beats[-40:] if b.beat_class in ANALYSED]
+    assert late  # analysed again after the failure
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "the analysis failed" in errors[0].getMessage()
