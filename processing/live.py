@@ -129,12 +129,22 @@ class IndicesSnapshot:
     (with ``td.hr_bpm`` and ``td.ln_rmssd`` what a baseline is taken from)."""
 
 
-def jump_reason(share: float) -> str:
-    """Why a window with this share of jumping intervals is not interpreted."""
-    return (
-        f"irregular rhythm: {100 * share:.0f} % of recent intervals differ from the one "
-        f"before by more than {100 * JUMP_REL:.0f} %"
-    )
+JUMP_PHRASE = "differ from the one before by more than"
+"""The words that mark a :func:`jump_reason` (reports tell the two rules apart by them)."""
+
+
+def jump_reason(share: float, *, recent: bool = True) -> str:
+    """Why a window (``recent``) or a recording with this share of jumping intervals is not
+    interpreted."""
+    what = "recent intervals" if recent else "intervals"
+    return f"irregular rhythm: {100 * share:.0f} % of {what} {JUMP_PHRASE} {100 * JUMP_REL:.0f} %"
+
+
+def not_sinus_reason(share: float, *, recent: bool = True) -> str:
+    """Why a window (``recent``) or a recording with this share of corrected beats is not
+    interpreted."""
+    what = "recent beats" if recent else "beats"
+    return f"irregular rhythm: {100 * share:.0f} % of {what} are not sinus"
 
 
 class LiveAnalyzer:
@@ -326,7 +336,7 @@ class LiveAnalyzer:
             usable, reason = False, WARMING_UP_REASON
         elif len(flags) >= 30 and share > IRREGULAR_SHARE_MAX:
             usable = False
-            reason = f"irregular rhythm: {100 * share:.0f} % of recent beats are not sinus"
+            reason = not_sinus_reason(share)
         elif len(self._jumps) >= 30 and sum(self._jumps) > JUMP_SHARE_MAX * len(self._jumps):
             usable = False
             reason = jump_reason(sum(self._jumps) / len(self._jumps))

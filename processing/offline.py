@@ -28,6 +28,7 @@ from processing.live import (
     QUALITY_BEATS,
     SETTLING_K,
     jump_reason,
+    not_sinus_reason,
 )
 from processing.nonlinear import dfa_alpha1, poincare
 from processing.spectral import (
@@ -300,8 +301,10 @@ def _step_quality(
     run_start: npt.NDArray[np.intp],
     window_s: float,
     cs: CorrectedSeries,
+    jumps: npt.NDArray[np.bool_],
 ) -> tuple[npt.NDArray[np.bool_], FloatArray]:
-    """``(usable, quality)`` per step, as :class:`~processing.live.LiveAnalyzer` computes them.
+    """``(usable, quality)`` per step, as :class:`~processing.live.LiveAnalyzer` computes them
+    (``jumps``: :func:`_jumps` of the analysed raw intervals).
 
     Usable: at least :data:`~processing.live.MIN_WINDOW_BEATS` beats in the rolling window
     (``n_window``, per step), and not more than :data:`IRREGULAR_SHARE_MAX` of the last
@@ -321,7 +324,7 @@ def _step_quality(
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(w > 0, (cf[m] - cf[m - w]) / np.maximum(w, 1), 1.0)
     irregular = (w >= 30) & (share > IRREGULAR_SHARE_MAX)
-    cj = np.concatenate([[0], np.cumsum(_jumps(_analysed_raw(cs)))])
+    cj = np.concatenate([[0], np.cumsum(jumps)])
     wj = np.minimum(np.maximum(m - 1, 0), QUALITY_BEATS)
     top = np.maximum(m - 1, 0)
     irregular |= (wj >= 30) & (cj[top] - cj[top - wj] > JUMP_SHARE_MAX * wj)
@@ -424,6 +427,7 @@ def analyze(
     if warm is not None and warm.shape != t.shape:
         raise ValueError("warmup must have one value per beat")
     cs = _classify(t, rr, correction, rr_min_ms, rr_max_ms, warm)
+    jumps = _jumps(_analysed_raw(cs))
     ok = np.isfinite(cs.rr_ms)
     tc, rc = cs.t_s[ok], cs.rr_ms[ok]
     counts = cs.by_class()
@@ -444,10 +448,10 @@ def analyze(
         reason = f"fewer than 10 beats with a plausible interval ({rr_min_ms:g}–{rr_max_ms:g} ms)"
     elif share > IRREGULAR_SHARE_MAX:
         usable = False
-        reason = f"irregular rhythm: {100 * share:.0f} % of beats are not sinus"
-    elif (jumps := _jumps(_analysed_raw(cs))).size >= 30 and jumps.mean() > JUMP_SHARE_MAX:
+        reason = not_sinus_reason(share, recent=False)
+    elif jumps.size >= 30 and jumps.mean() > JUMP_SHARE_MAX:
         usable = False
-        reason = jump_reason(float(jumps.mean())).replace("recent ", "")
+        reason = jump_reason(float(jumps.mean()), recent=False)
     breaks = _breaks(cs, ok)
     segments = _segments(tc.size, breaks)
     td = time_domain(rc, breaks=breaks)
@@ -460,7 +464,7 @@ def analyze(
         with np.errstate(divide="ignore", invalid="ignore"):
             ln_step = np.log(rmssd[idx])
         n_window = np.where(idx >= 0, cnt[idx], 0)
-        step_ok, quality = _step_quality(steps, tc, rc, n_window, run_start, window_s, cs)
+        step_ok, quality = _step_quality(steps, tc, rc, n_window, run_start, window_s, cs, jumps)
         score = _score(steps, hr[idx], ln_step, lnlf, baseline_s, step_ok)
         with np.errstate(divide="ignore", invalid="ignore"):
             lfhf = lf / hf

@@ -22,8 +22,10 @@ Definitions (all times in seconds since session start):
   **already up at the marker** — the rise, if any, came before it — never as a rise after it.
 * **unusable rhythm** — indices rows stored with ``usable`` false for a reason other than
   warming up (``irregular rhythm: N % of recent beats are not sinus``: more than 20 % of the
-  last 120 beats needed correction, as with frequent premature beats) carry no score. The
-  summary says for how long and quotes the stored reason; when the baseline never completed
+  last 120 beats needed correction, as with frequent premature beats; or ``… N % of recent
+  intervals differ from the one before by more than 20 %``: more than half of them jump)
+  carry no score. The summary says for how long and quotes the stored reason of the rule
+  that held most, with that rule's range and limit; when the baseline never completed
   because of it, it says so instead of "did not catch up", and the figure shows no baseline.
 
 Beside these beat-level figures every marker also gets the **event-locked response exactly as
@@ -64,6 +66,8 @@ from processing.indices import (
 from processing.live import (
     BASELINE_MIN_SAMPLES,
     IRREGULAR_SHARE_MAX,
+    JUMP_PHRASE,
+    JUMP_SHARE_MAX,
     SETTLING_K,
     WARMING_UP_REASON,
 )
@@ -134,6 +138,9 @@ class RhythmSummary:
     throughout: bool
     reason: str
     share_range_pct: tuple[float, float] | None
+    limit_pct: float | None = None
+    """The limit of the rule ``reason`` quotes (20 % corrected beats; 50 % jumping
+    intervals), None when the reason is neither."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -332,11 +339,21 @@ def rhythm_summary(s: IndexSeries) -> RhythmSummary | None:
     reasons = [
         r or "irregular rhythm" for r, bad in zip(s.reasons, s.irregular, strict=True) if bad
     ]
-    shares = [(float(m.group(1)), r) for r in reasons if (m := _SHARE.search(r)) is not None]
+    # Two rules, two measures (processing.live): the share of corrected beats and the share
+    # of jumping intervals. Quote the one that held for most rows, with its own range.
+    jump = [JUMP_PHRASE in r for r in reasons]
+    rule = sum(jump) * 2 > len(reasons)
+    shares = [
+        (float(m.group(1)), r)
+        for r, j in zip(reasons, jump, strict=True)
+        if j == rule and (m := _SHARE.search(r)) is not None
+    ]
+    limit = None
     if shares:
         shares.sort(key=lambda x: x[0])
         reason = shares[(len(shares) - 1) // 2][1]
         share_range: tuple[float, float] | None = (shares[0][0], shares[-1][0])
+        limit = 100 * (JUMP_SHARE_MAX if rule else IRREGULAR_SHARE_MAX)
     else:
         reason = max(set(reasons), key=reasons.count)
         share_range = None
@@ -347,6 +364,7 @@ def rhythm_summary(s: IndexSeries) -> RhythmSummary | None:
         throughout=bool(s.irregular[~warming].all()),
         reason=reason,
         share_range_pct=share_range,
+        limit_pct=limit,
     )
 
 
@@ -643,8 +661,9 @@ def _rhythm_words(r: RhythmSummary) -> str:
     if r.share_range_pct is not None and r.share_range_pct[0] != r.share_range_pct[1]:
         lo, hi = r.share_range_pct
         detail += f", {lo:g}–{hi:g} % over that time"
+    limit = 100 * IRREGULAR_SHARE_MAX if r.limit_pct is None else r.limit_pct
     detail += (
-        f"; a score needs at most {100 * IRREGULAR_SHARE_MAX:g} %, "
+        f"; a score needs at most {limit:g} %, "
         "and frequent premature beats or a loose strap exceed that"
     )
     return f"The heart rhythm was too irregular to score {span} ({detail})"

@@ -130,7 +130,9 @@ class MqttConfig(_Section):
         if self.password_file is not None:
             try:
                 if self.password_file.stat().st_mode & 0o004:
-                    # As for the dashboard's token file: a secret every account can read.
+                    # A secret every account can read. Group-readable is allowed (a file
+                    # an admin shares with a service group); the dashboard's token file,
+                    # which Settle creates itself, must be 0600.
                     raise ConfigError(
                         "mqtt.password_file",
                         f"{self.password_file} is readable by every account (chmod 600 it)",

@@ -275,7 +275,7 @@ async def test_a_page_opened_late_gets_every_straps_history_and_its_markers(
     assert events == straps
     for dev in straps:
         seqs = [json.loads(e["payload"])["seq"] for e in got if e["topic"] == f"{dev}/beat"]
-        assert seqs == list(range(n - BACKLOG, n))  # ~10 min each, in order
+        assert seqs == list(range(n - BACKLOG, n))  # ~15 min each, in order
 
 
 async def test_a_page_that_falls_behind_is_told_how_much_it_lost(tmp_path: Path) -> None:

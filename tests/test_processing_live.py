@@ -290,3 +290,21 @@ def test_beats_piled_up_after_a_host_stall_do_not_break_the_analysis() -> None:
     snap = la.indices(t)
     assert snap.usable and snap.td.n >= 60
     assert 790.0 < snap.td.mean_rr_ms < 810.0
+
+
+def test_reconnect_in_frequent_ectopy_stays_unusable_offline_too() -> None:
+    """The offline twin (`settle analyze --rolling`, the report's re-analysis): after a gap
+    inside bigeminy no step gets a score, and the whole recording is unusable by the jump
+    rule once the restarted correction flags too few beats (22 % with a gap at 150 s)."""
+    from processing.offline import analyze
+
+    t, rr = _recording("polar_h10_pvc_device")
+    for gap_start in range(60, 495, 15):  # (the recording ends at 600 s)
+        gap_end = gap_start + 45
+        keep = (t < gap_start) | (t >= gap_end)
+        a = analyze(t[keep], rr[keep], rolling=True)
+        assert not a.usable and "irregular rhythm" in (a.reason or "")
+        roll = a.rolling
+        assert roll is not None
+        late = roll.step_t_s > gap_end + 30
+        assert late.any() and np.isnan(roll.step_score[late]).all(), gap_start

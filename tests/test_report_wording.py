@@ -237,6 +237,31 @@ def test_part_of_a_session_unusable_reads_as_minutes_of_minutes(
     ), summary
 
 
+def test_unusable_by_the_jump_rule_quotes_that_rule_and_its_limit(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """Rows made unusable by the jump rule (more than half of the intervals jumping) beside a
+    few by the corrected-beats rule: the summary mixed both measures in one range and always
+    said "a score needs at most 20 %" (the jump rule's limit is 50 %)."""
+
+    def edit(p: dict[str, Any]) -> None:
+        if 480 < p["t_s"] <= 720:
+            share = 55 + int(p["t_s"]) % 3  # 55–57 % jumping
+            reason = (f"irregular rhythm: {share} % of recent intervals differ from the one "
+                      "before by more than 20 %")  # fmt: skip
+            if p["t_s"] > 700:  # a few rows by the other rule, with a lower number
+                reason = "irregular rhythm: 24 % of recent beats are not sinus"
+            p.update(usable=False, settling=None, warming_up=False, reason=reason)
+
+    sid = _store_session(store, _sinus(3), 1200.0, edit)
+    summary = _summary(_report(store, sid, tmp_path))
+    assert (
+        "differ from the one before by more than 20 %”, 55–57 % over that time; a score "
+        "needs at most 50 %" in summary
+    ), summary
+    assert "24" not in summary.split("too irregular", 1)[1].split("):", 1)[0]
+
+
 def _up_before(marks: tuple[float, ...], rises: tuple[float, ...] = ()) -> Callable[[float], float]:
     """Steady 75 bpm with a small wobble; +6 bpm for the 6 s before each of ``marks`` (heart
     rate highest at the marker itself, falling after it); +8 bpm for 25 s after each of

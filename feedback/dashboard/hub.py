@@ -22,7 +22,7 @@ __all__ = ["Hub", "Message", "Subscription"]
 SSE_BATCH = 512
 """Most queued messages written to a page in one chunk (see :meth:`Subscription.take`)."""
 BACKLOG = 1200
-"""Recent stream messages replayed to a new page, per strap (about 10 min of beats at
+"""Recent stream messages replayed to a new page, per strap (about 15 min of beats at
 1 message/s, with the indices every 5 s)."""
 EVENTS_KEPT = 200
 """Recent events (markers, session start, baseline, catching up…) replayed, per strap: kept
