@@ -241,7 +241,7 @@ def _rolling_spectra(
         grid, x = resample_cubic(ts, rs, FS_HZ, t0=max(t0, ts[0]))
         if grid.size == 0:
             continue
-        gain = float(np.mean(rs)) / 1000.0
+        csum = np.concatenate([[0.0], np.cumsum(rs)])
         st = steps[lo:hi]
         ends = np.searchsorted(grid, st, side="right")  # sample count up to each step
         for nwin, kind in ((n_coh, "coh"), (n_sp, "sp")):
@@ -254,7 +254,13 @@ def _rolling_spectra(
                 ii = lo + loc[c : c + 2000]
                 rows = view[ends[loc[c : c + 2000]] - nwin]
                 f, p = periodograms(rows, FS_HZ, nfft=1024, f_max=INDICES_MAX_HZ)
-                p = p / spline_power_gain(f, gain)
+                # The spline's gain for the mean RR of each window's own beats (with the 5 s
+                # margin live resamples): a run's mean misjudged a heart slowing to 36 bpm.
+                end_t = st[loc[c : c + 2000]]
+                b0 = np.searchsorted(ts, end_t - nwin / FS_HZ - 5.0, side="right")
+                b1 = np.searchsorted(ts, end_t + 1e-9, side="right")
+                mean_rr_s = (csum[b1] - csum[b0]) / np.maximum(b1 - b0, 1) / 1000.0
+                p = p / spline_power_gain(f[None, :], mean_rr_s[:, None])
                 if kind == "coh":
                     lnlf[ii] = _ln(_bandsum(f, p, 0.04, 0.15))
                     coh[ii] = _coherence_rows(f, p)

@@ -178,13 +178,14 @@ def resample_cubic(
     return grid, np.asarray(val, dtype=np.float64)
 
 
-def spline_power_gain(f: FloatArray, mean_rr_s: float) -> FloatArray:
+def spline_power_gain(f: FloatArray, mean_rr_s: float | FloatArray) -> FloatArray:
     """Power transfer of cubic-spline interpolation of beats spaced ``mean_rr_s`` apart.
 
     For uniform knots the cardinal cubic spline has the gain
     ``H(f) = sinc⁴(fΔ) · 3 / (2 + cos 2πfΔ)`` (Unser 1999); the resampled PSD is divided by
     ``H²`` up to ``fΔ = 0.5`` (the beats' own Nyquist frequency), which removes the 3 % loss a
-    0.25 Hz oscillation otherwise suffers at 60 beats/min.
+    0.25 Hz oscillation otherwise suffers at 60 beats/min. ``f`` and ``mean_rr_s`` broadcast
+    (one gain per row: ``f[None, :]``, ``mean_rr_s[:, None]``).
 
     Above ``fΔ = 0.5`` the spline's output holds no signal, only images of the spectrum below
     (a 0.25 Hz rhythm at 36 beats/min shows a mirror at 0.35 Hz); the gain is ``inf`` there,

@@ -305,3 +305,32 @@ def test_live_and_rolling_hf_leave_out_the_spline_images_at_a_slow_heart() -> No
     roll = analyze(t, rr, correction=False, rolling=True).rolling
     assert roll is not None
     assert np.nanmedian(roll.step_hf_ms2) == pytest.approx(800.0, rel=0.03)
+
+
+def test_rolling_hf_follows_a_heart_that_slows_down_as_live() -> None:
+    """13 min at 70 beats/min, then 36 beats/min with the same 800 ms² rhythm at 0.25 Hz,
+    in one unbroken run: `--rolling` corrected the spline with the run's mean RR (HF 562 ms²
+    in the slow part, live 821), live with each window's own beats. Now both read ≈ 800."""
+    t, rr, tt = [], [], 0.0
+    while tt < 1800.0:
+        r = (857.0 if tt < 800.0 else 1667.0) + 40.0 * math.sin(2 * math.pi * 0.25 * tt)
+        tt += r / 1000.0
+        t.append(tt)
+        rr.append(r)
+    ta, ra = np.array(t), np.array(rr)
+    roll = analyze(ta, ra, correction=False, rolling=True).rolling
+    assert roll is not None
+    slow = roll.step_t_s > 1000.0
+    rolling_hf = float(np.nanmedian(roll.step_hf_ms2[slow]))
+    la = LiveAnalyzer(correction=False)
+    live_hf, nxt = [], 5.0
+    for ti, ri in zip(ta.tolist(), ra.tolist(), strict=True):
+        la.push_beat(ti, ri)
+        while ti >= nxt:
+            if nxt > 1000.0:
+                live_hf.append(la.indices(nxt).hf_ms2)
+            else:
+                la.indices(nxt)
+            nxt += 5.0
+    assert rolling_hf == pytest.approx(float(np.nanmedian(live_hf)), rel=0.01)
+    assert rolling_hf == pytest.approx(800.0, rel=0.03)
