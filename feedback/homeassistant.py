@@ -16,6 +16,7 @@ the plain ``settle_bridge`` (what earlier versions announced).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -25,9 +26,16 @@ BRIDGE_NODE = "settle_bridge"
 DEFAULT_BASE = "settle"
 
 CONTACT_TEMPLATE = (
-    "{{ none if value_json.contact is none else ('ON' if value_json.contact else 'OFF') }}"
+    "{{ none if value_json is not defined or value_json.contact is none "
+    "else ('ON' if value_json.contact else 'OFF') }}"
 )
 """Skin contact: ``None`` (Home Assistant: unknown) when the strap cannot tell (null)."""
+TRENDS = ("settling", "steady", "unsettling")
+"""The trend sensor's states (an enum in Home Assistant)."""
+TREND_TEMPLATE = (
+    "{% set v = value_json.trend | default('unknown') if value_json is defined "
+    "else 'unknown' %}{{ v if v in " + repr(list(TRENDS)) + " else none }}"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,21 +58,51 @@ def _availability(base: str, device_id: str | None) -> dict[str, Any]:
     return {"availability": topics, "availability_mode": "all"}
 
 
-def bridge_node(base: str) -> str:
-    """The bridge's node id: ``settle_bridge``, plus the topic base when it is not the
-    default (``settle_bridge_lab_2`` for ``lab/2``)."""
+def base_scope(base: str) -> str:
+    """What makes the ids of one topic base distinct from every other's: empty for the
+    default base (what earlier versions announced), else the base as a slug — plus a short
+    hash of the base when the slug is not the base itself, so ``lab/2``, ``lab_2``, ``lab-2``
+    and ``Lab_2`` never share a node id, unique id or device identifier."""
     if base == DEFAULT_BASE:
-        return BRIDGE_NODE
-    slug = re.sub(r"[^a-z0-9]+", "_", base.lower()).strip("_")
-    return f"{BRIDGE_NODE}_{slug or 'base'}"
+        return ""
+    slug = re.sub(r"[^a-z0-9]+", "_", base.lower()).strip("_") or "base"
+    if slug != base:
+        slug += "_" + hashlib.sha1(base.encode()).hexdigest()[:6]
+    return slug
+
+
+def bridge_node(base: str) -> str:
+    """The bridge's node id: ``settle_bridge``, plus the base's scope when it is not the
+    default (``settle_bridge_lab`` for ``lab``, ``settle_bridge_lab_2_<hash>`` for ``lab/2``)."""
+    scope = base_scope(base)
+    return f"{BRIDGE_NODE}_{scope}" if scope else BRIDGE_NODE
+
+
+def _bridge_id(base: str) -> str:
+    """The bridge device's identifier (the default base keeps ``settle_bridge_settle``)."""
+    return f"{BRIDGE_NODE}_{DEFAULT_BASE}" if base == DEFAULT_BASE else bridge_node(base)
+
+
+def strap_node(base: str, device_id: str) -> str:
+    """A strap's node id: the device id, scoped by the base when it is not the default, so
+    the same strap (or the demo's fixed ids) under two daemons are two devices in Home
+    Assistant instead of one overwriting the other."""
+    scope = base_scope(base)
+    return f"{scope}_{device_id}" if scope else device_id
+
+
+def _guarded(expr: str) -> str:
+    """A value template that renders ``None`` (Home Assistant: unknown) when the state
+    topic was cleared (an empty retained message has no ``value_json``)."""
+    return "{{ (" + expr + ") if value_json is defined else none }}"
 
 
 def bridge_messages(prefix: str, base: str, sw_version: str) -> list[tuple[str, bytes]]:
     """The bridge device: one connectivity binary sensor on ``<base>/bridge/state``."""
     node = bridge_node(base)
+    # No "name": Home Assistant names it from its device class, in the user's language.
     config = {
-        "name": "Connection",
-        "unique_id": f"{BRIDGE_NODE}_{base.replace('/', '_')}_state",
+        "unique_id": f"{_bridge_id(base)}_state",
         "default_entity_id": f"binary_sensor.{node}_state",
         "state_topic": f"{base}/bridge/state",
         "payload_on": "online",
@@ -72,7 +110,7 @@ def bridge_messages(prefix: str, base: str, sw_version: str) -> list[tuple[str, 
         "device_class": "connectivity",
         "entity_category": "diagnostic",
         "device": {
-            "identifiers": [f"{BRIDGE_NODE}_{base.replace('/', '_')}"],
+            "identifiers": [_bridge_id(base)],
             "name": "Settle bridge" if base == DEFAULT_BASE else f"Settle bridge ({base})",
             "manufacturer": "Settle",
             "model": "Settle daemon",
@@ -88,49 +126,57 @@ def device_messages(
 ) -> list[tuple[str, bytes]]:
     """Every entity of one strap, as (retained topic, payload) pairs."""
     d = dev.device_id
+    node = strap_node(base, d)
     t = f"{base}/{d}"
-    device = {
-        "identifiers": [f"settle_{d}"],
+    device: dict[str, Any] = {
+        "identifiers": [f"settle_{node}"],
         "name": dev.name or d,
-        "manufacturer": dev.manufacturer or "unknown",
         "model": dev.model or "Heart rate strap",
-        "via_device": f"{BRIDGE_NODE}_{base.replace('/', '_')}",
+        "via_device": _bridge_id(base),
     }
+    if dev.manufacturer:  # else left out: Home Assistant showed the word "unknown"
+        device["manufacturer"] = dev.manufacturer
     if dev.firmware:
         device["sw_version"] = dev.firmware
     common = {**_availability(base, d), "device": device, "origin": _origin(sw_version)}
+    # State topics are published at QoS 1; Home Assistant subscribes at 0 unless told.
+    state = {"qos": 1}
 
-    def sensor(obj: str, name: str, topic: str, template: str, **extra: Any) -> tuple[str, bytes]:
+    def sensor(
+        obj: str, name: str | None, topic: str, template: str, **extra: Any
+    ) -> tuple[str, bytes]:
         cfg = {
-            "name": name,
-            "unique_id": f"settle_{d}_{obj}",
-            "default_entity_id": f"sensor.settle_{d}_{obj}",
+            **({"name": name} if name else {}),  # None: named from its device class
+            "unique_id": f"settle_{node}_{obj}",
+            "default_entity_id": f"sensor.settle_{node}_{obj}",
             "state_topic": topic,
             "value_template": template,
+            **state,
             **extra,
             **common,
         }
-        return f"{prefix}/sensor/{d}/{obj}/config", _dump(cfg)
+        return f"{prefix}/sensor/{node}/{obj}/config", _dump(cfg)
 
     def binary(obj: str, name: str, topic: str, template: str, **extra: Any) -> tuple[str, bytes]:
         cfg = {
             "name": name,
-            "unique_id": f"settle_{d}_{obj}",
-            "default_entity_id": f"binary_sensor.settle_{d}_{obj}",
+            "unique_id": f"settle_{node}_{obj}",
+            "default_entity_id": f"binary_sensor.settle_{node}_{obj}",
             "state_topic": topic,
             "value_template": template,
             "payload_on": "ON",
             "payload_off": "OFF",
+            **state,
             **extra,
             **common,
         }
-        return f"{prefix}/binary_sensor/{d}/{obj}/config", _dump(cfg)
+        return f"{prefix}/binary_sensor/{node}/{obj}/config", _dump(cfg)
 
     def button(obj: str, name: str, cmd: str, body: dict[str, Any], icon: str) -> tuple[str, bytes]:
         cfg = {
             "name": name,
-            "unique_id": f"settle_{d}_{obj}",
-            "default_entity_id": f"button.settle_{d}_{obj}",
+            "unique_id": f"settle_{node}_{obj}",
+            "default_entity_id": f"button.settle_{node}_{obj}",
             "command_topic": f"{t}/cmd/{cmd}",
             "payload_press": json.dumps({"v": 1, "id": f"ha-{obj}", **body}),
             "qos": 1,
@@ -138,33 +184,36 @@ def device_messages(
             "icon": icon,
             **common,
         }
-        return f"{prefix}/button/{d}/{obj}/config", _dump(cfg)
+        return f"{prefix}/button/{node}/{obj}/config", _dump(cfg)
 
     measurement = {"state_class": "measurement"}
+    g = _guarded
     return [
-        sensor("heart_rate", "Heart rate", f"{t}/beat", "{{ value_json.hr }}",
+        sensor("heart_rate", "Heart rate", f"{t}/beat", g("value_json.hr"),
                unit_of_measurement="bpm", icon="mdi:heart-pulse", **measurement),
-        sensor("rmssd", "RMSSD", f"{t}/indices", "{{ value_json.rmssd_ms }}",
+        sensor("rmssd", "RMSSD", f"{t}/indices", g("value_json.rmssd_ms"),
                unit_of_measurement="ms", icon="mdi:heart-flash", **measurement),
-        sensor("settling", "Settling score", f"{t}/indices", "{{ value_json.settling }}",
+        sensor("settling", "Settling score", f"{t}/indices", g("value_json.settling"),
                icon="mdi:meditation", **measurement),
-        sensor("trend", "Settling trend", f"{t}/indices",
-               "{{ value_json.trend | default('unknown') }}", icon="mdi:trending-down"),
+        # An enum: automations get the list of states; "unknown" (fewer than 3 scores) is
+        # Home Assistant's own unknown.
+        sensor("trend", "Settling trend", f"{t}/indices", TREND_TEMPLATE,
+               icon="mdi:trending-down", device_class="enum", options=list(TRENDS)),
         sensor("coherence", "Coherence", f"{t}/indices",
-               "{{ value_json.coherence | default(none) }}", icon="mdi:sine-wave", **measurement),
+               g("value_json.coherence | default(none)"), icon="mdi:sine-wave", **measurement),
         sensor("signal_quality", "Signal quality", f"{t}/indices",
-               "{{ value_json.quality | default(none) }}", icon="mdi:signal",
+               g("value_json.quality | default(none)"), icon="mdi:signal",
                entity_category="diagnostic", **measurement),
-        sensor("battery", "Battery", f"{t}/status", "{{ value_json.battery_pct }}",
+        sensor("battery", None, f"{t}/status", g("value_json.battery_pct"),
                unit_of_measurement="%", device_class="battery", entity_category="diagnostic",
                **measurement),
-        sensor("rssi", "Signal strength", f"{t}/status", "{{ value_json.rssi }}",
+        sensor("rssi", None, f"{t}/status", g("value_json.rssi"),
                unit_of_measurement="dBm", device_class="signal_strength",
                entity_category="diagnostic", enabled_by_default=False, **measurement),
         binary("contact", "Skin contact", f"{t}/beat", CONTACT_TEMPLATE,
                icon="mdi:gesture-tap"),
         binary("caught_up", "Caught up", f"{t}/session",
-               "{{ 'ON' if value_json.catching_up_t_s is not none else 'OFF' }}",
+               g("'ON' if value_json.catching_up_t_s is not none else 'OFF'"),
                icon="mdi:check-circle-outline"),
         button("session_start", "Start session", "session/start", {}, "mdi:play"),
         button("session_stop", "Stop session", "session/stop", {}, "mdi:stop"),

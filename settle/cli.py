@@ -718,7 +718,13 @@ async def _forget(settings: Settings, device: str, wait_s: float) -> int:
                     f"strap {device} is connected to a running daemon: stop it first "
                     "(its entities would come back at once)"
                 )
-            clear = sorted(t for t in retained if t.startswith(own) or t in discovery)
+            # Discovery configs first: Home Assistant removes the entities before their state
+            # topics are emptied (an emptied state topic under a live entity logged template
+            # errors when the base sorted before the discovery prefix).
+            clear = sorted(
+                (t for t in retained if t.startswith(own) or t in discovery),
+                key=lambda t: (t not in discovery, t),
+            )
             if not clear:
                 raise SettleError(f"the broker holds nothing retained for {device} under {base}")
             for topic in clear:

@@ -29,7 +29,7 @@ COMMON = {
 }  # fmt: skip
 PLATFORM_KEYS = {
     "sensor": COMMON | {"state_topic", "value_template", "unit_of_measurement", "device_class",
-                        "state_class"},
+                        "state_class", "options"},
     "binary_sensor": COMMON | {"state_topic", "value_template", "payload_on", "payload_off",
                                "device_class"},
     "button": COMMON | {"command_topic", "payload_press", "retain"},
@@ -95,14 +95,72 @@ def test_bridges_of_different_topic_bases_are_distinct() -> None:
     assert a["device"]["name"] != b["device"]["name"]
     assert b["state_topic"] == "lab/2/bridge/state"
     # HA node ids allow only [a-zA-Z0-9_-]; the default base keeps what earlier versions sent.
-    assert topic_b == "homeassistant/binary_sensor/settle_bridge_lab_2/state/config"
-    assert b["default_entity_id"] == "binary_sensor.settle_bridge_lab_2_state"
+    assert topic_b.startswith("homeassistant/binary_sensor/settle_bridge_lab_2_")
+    assert b["default_entity_id"].startswith("binary_sensor.settle_bridge_lab_2_")
     assert topic_a == "homeassistant/binary_sensor/settle_bridge/state/config"
     assert a["default_entity_id"] == "binary_sensor.settle_bridge_state"
+    assert a["device"]["identifiers"] == ["settle_bridge_settle"]  # as earlier versions
     # Each strap's entities go with the bridge of its own base.
     dev = ha.DeviceDescription("x_1", "X")
     (_, strap_b), *_ = ha.device_messages("homeassistant", "lab/2", dev, "1")
     assert json.loads(strap_b)["device"]["via_device"] in b["device"]["identifiers"]
+
+
+def test_one_strap_id_under_two_topic_bases_is_two_devices() -> None:
+    """The same strap id under bases `settle` and `lab` (two daemons, or two demos: the demo's
+    ids are fixed) shared discovery topics, unique ids and the device: in Home Assistant the
+    second overwrote the first, and `settle forget` under one base removed the other's
+    entities. And `lab/2`, `lab_2`, `lab-2` all made the bridge `settle_bridge_lab_2`."""
+    dev = ha.DeviceDescription("settle_virtual_hr_7d310ebf", "Settle Virtual HR")
+    seen: dict[str, set[str]] = {"topic": set(), "uid": set(), "device": set(), "bridge": set()}
+    bases = ["settle", "lab", "lab/2", "lab_2", "lab-2", "Lab_2"]
+    for base in bases:
+        msgs = ha.device_messages("homeassistant", base, dev, "1")
+        cfgs = [json.loads(p) for _, p in msgs]
+        seen["topic"] |= {t for t, _ in msgs}
+        seen["uid"] |= {c["unique_id"] for c in cfgs}
+        seen["device"] |= {c["device"]["identifiers"][0] for c in cfgs}
+        ((bt, bp),) = ha.bridge_messages("homeassistant", base, "1")
+        seen["bridge"] |= {
+            bt,
+            json.loads(bp)["unique_id"],
+            json.loads(bp)["device"]["identifiers"][0],
+        }
+        assert ha.removal_messages("homeassistant", base, dev.device_id) == [t for t, _ in msgs]
+    assert len(seen["topic"]) == len(seen["uid"]) == 13 * len(bases)
+    assert len(seen["device"]) == len(bases) and len(seen["bridge"]) == 3 * len(bases)
+    # The default base and a plain one keep the ids earlier versions announced.
+    (_, p), *_ = ha.device_messages("homeassistant", "settle", dev, "1")
+    assert json.loads(p)["unique_id"] == "settle_settle_virtual_hr_7d310ebf_heart_rate"
+    (_, p), *_ = ha.device_messages("homeassistant", "lab", dev, "1")
+    assert json.loads(p)["device"]["via_device"] == "settle_bridge_lab"
+
+
+def test_templates_survive_a_cleared_state_topic_and_the_trend_is_an_enum() -> None:
+    """`settle forget` empties the state topics; an entity still subscribed rendered its
+    template without `value_json` and Home Assistant logged template errors. Every template
+    now renders None (unknown) then. The trend is an enum of its three states."""
+    dev = ha.DeviceDescription("x_1", "X")
+    cfgs = {t.split("/")[3]: json.loads(p) for t, p in ha.device_messages(
+        "homeassistant", "settle", dev, "1")}  # fmt: skip
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    for obj, cfg in cfgs.items():
+        if "value_template" in cfg:
+            assert env.from_string(cfg["value_template"]).render() == "None", obj
+            assert cfg["qos"] == 1, obj  # published at QoS 1: subscribed at 1
+    trend = cfgs["trend"]
+    assert (trend["device_class"], trend["options"]) == (
+        "enum",
+        ["settling", "steady", "unsettling"],
+    )
+    assert "state_class" not in trend and "unit_of_measurement" not in trend
+    render = env.from_string(trend["value_template"]).render
+    assert render(value_json={"trend": "steady"}) == "steady"
+    assert render(value_json={"trend": "unknown"}) == "None"
+    assert render(value_json={}) == "None"
+    # Named from their device class by Home Assistant (translated); no "unknown" maker.
+    assert "name" not in cfgs["battery"] and "name" not in cfgs["rssi"]
+    assert "manufacturer" not in cfgs["battery"]["device"]
 
 
 def test_removal_clears_every_config_topic() -> None:
