@@ -12,6 +12,7 @@ The daemon is reached only through the :class:`Control` protocol (the compositio
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hmac
 import html
@@ -19,6 +20,7 @@ import json
 import logging
 import math
 import mimetypes
+import multiprocessing
 import secrets
 import shutil
 import tempfile
@@ -33,11 +35,12 @@ from aiohttp import web
 from feedback.commands import CommandDecodeError, decode_json
 from feedback.dashboard.auth import is_loopback
 from feedback.dashboard.hub import Hub
+from feedback.dashboard.work import WorkResult, export_files, render_report
 from feedback.payloads import COMMANDS, MARKER_KINDS
 from sessions.export_bids import bids_label
-from sessions.exporters import FORMATS, ExportFormat, export_session
+from sessions.exporters import FORMATS
 from sessions.files import ExportError
-from sessions.report import analyse_session, outcome, write_report
+from sessions.report import analyse_session, outcome
 from sessions.store import SessionStore, SessionSummary
 from settle.errors import ConfigError, SettleError
 
@@ -183,6 +186,8 @@ class Dashboard:
         self.config = config
         self.port = config.port
         self._runner: web.AppRunner | None = None
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        """The worker process for reports and exports (see :mod:`feedback.dashboard.work`)."""
         self._summaries: dict[str, tuple[tuple[object, ...], dict[str, Any]]] = {}
         self._streams: set[asyncio.Task[Any]] = set()
         self._closing = asyncio.Event()
@@ -236,6 +241,9 @@ class Dashboard:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._pool is not None:
+            await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
+            self._pool = None
 
     # -- access ----------------------------------------------------------------------------
 
@@ -432,21 +440,24 @@ class Dashboard:
             return _error(500, str(exc))
         return _json({"v": 1, "sessions": sessions, "formats": list(FORMATS)})
 
+    async def _work(self, fn: Callable[..., WorkResult], *args: str) -> WorkResult:
+        """Run ``fn`` in the dashboard's worker process (started on first use): a report or
+        an export must not hold the daemon's interpreter while beats arrive."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+            )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, str(self.store.path), *args)
+
     async def _report(self, request: web.Request) -> web.StreamResponse:
         sid = request.match_info["sid"]
-
-        def render() -> str:
-            with tempfile.TemporaryDirectory(prefix="settle-report-") as tmp:
-                _png, html_path = write_report(self.store, sid, Path(tmp) / "report")
-                return html_path.read_text()
-
-        try:
-            text = await asyncio.to_thread(render)
-        except SettleError as exc:
+        status, text = await self._work(render_report, sid)
+        if status == "error":
             # Shown in the history page's frame: a sentence, not a JSON document.
             page = (
                 '<!doctype html><meta charset="utf-8"><title>No report</title>'
-                f'<p style="font: 16px system-ui, sans-serif">{html.escape(str(exc))}</p>'
+                f'<p style="font: 16px system-ui, sans-serif">{html.escape(text)}</p>'
             )
             return web.Response(text=page, status=404, content_type="text/html")
         return web.Response(text=text, content_type="text/html")
@@ -466,27 +477,14 @@ class Dashboard:
             except ExportError as exc:
                 return _error(400, f"subject: {exc.reason}")
         tmp = Path(tempfile.mkdtemp(prefix="settle-export-"))
-
-        def export() -> Path:
-            out = tmp / "out"
-            out.mkdir()
-            written = export_session(
-                self.store, sid, cast(ExportFormat, fmt), out, subject=subject or "01"
-            )
-            if written.is_dir() or sum(1 for _ in out.iterdir()) > 1:
-                # Several files, sent as one zip of everything the CLI writes: BIDS is the
-                # whole dataset (dataset_description.json, README, sub-…/ses-…/beh/), not
-                # only the session's beh/ folder; Kubios is the RR file with its markers.
-                return Path(shutil.make_archive(str(tmp / f"settle-{sid}-{fmt}"), "zip", out))
-            return written
-
         try:
-            path = await asyncio.to_thread(export)
-            data = path.read_bytes()
-        except (SettleError, ExportError) as exc:
-            return _error(404, str(exc))
+            status, where = await self._work(export_files, sid, fmt, subject or "01", str(tmp))
+            if status == "error":
+                return _error(404, where)
+            path = Path(where)
+            data = await asyncio.to_thread(path.read_bytes)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
         name = path.name if path.suffix else f"{path.name}.{fmt}"
         return web.Response(
             body=data,
