@@ -652,6 +652,7 @@ class Daemon:
             self.finished.append(pipeline)
             pipeline.event("session-stop")
             pipeline.publish_session("stopped", end_ms)
+            pipeline.release()
             log.info("session %s stopped (%d beats)", pipeline.session_id, pipeline.seq)
 
     async def _recover_store(self, gone: str) -> None:

@@ -436,6 +436,18 @@ class StrapPipeline:
         """At session end: the beats still waiting for look-ahead are classified now."""
         self._finalise(self.analyzer.gap(self.now_t_s()))
 
+    def release(self) -> None:
+        """After the session is closed and stored: drop the analysis state. The daemon keeps
+        every closed session's pipeline for its summary, and a long session's analyzer holds
+        a few hundred kB: a daemon left running for weeks kept all of them."""
+        p = self.settings.processing
+        self.analyzer = LiveAnalyzer(
+            window_s=p.window_s, baseline_s=p.baseline_s, correction=p.correction
+        )
+        self.last_snapshot = None
+        self._pending_seqs.clear()
+        self._classified.clear()
+
     def marker(self, kind: str, t_s: float) -> None:
         self.analyzer.marker(t_s, kind)
 
