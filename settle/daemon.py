@@ -763,6 +763,10 @@ class Daemon:
                 raise CommandError(f"could not store the marker: {exc}") from exc
             session.marker(cmd.kind, row.t_s)
             session.event(cmd.kind, cmd.text, source, t_s=row.t_s)
+            if cmd.kind == "hold-start" and session.baseline_marked is not None:
+                # The practice began: a rest period still being recorded ends here (left
+                # open, it would leave the whole session without a score).
+                await self._end_baseline(session, row.t_s, "ended by hold-start")
         elif name == "baseline/start":
             if session.baseline_marked is not None:  # a second press must not move its start
                 raise CommandError(
@@ -771,19 +775,25 @@ class Daemon:
                 )
             session.start_baseline()
         elif name == "baseline/stop":
-            try:
-                start, stop, discarded = session.stop_baseline()
-            except ValueError as exc:
-                raise CommandError(f"no baseline is being recorded ({exc})") from exc
-            # A discarded period is not the session's baseline: the store keeps none (the
-            # automatic one is used), as the live score does.
-            period = BaselinePeriod(start, stop) if discarded is None else None
-            try:
-                await asyncio.to_thread(self.store.set_baseline, session.session_id, period)
-            except SettleError as exc:
-                raise CommandError(f"could not store the baseline: {exc}") from exc
+            if session.baseline_marked is None:
+                raise CommandError("no baseline is being recorded (send baseline/start first)")
+            discarded = await self._end_baseline(session)
             if discarded is not None:
                 raise CommandError(discarded)
+
+    async def _end_baseline(
+        self, session: StrapPipeline, t_s: float | None = None, why: str = ""
+    ) -> str | None:
+        """End the marked rest period and store it; returns why it was discarded, if it was."""
+        start, stop, discarded = session.stop_baseline(t_s, why)
+        # A discarded period is not the session's baseline: the store keeps none (the
+        # automatic one is used), as the live score does.
+        period = BaselinePeriod(start, stop) if discarded is None else None
+        try:
+            await asyncio.to_thread(self.store.set_baseline, session.session_id, period)
+        except SettleError as exc:
+            raise CommandError(f"could not store the baseline: {exc}") from exc
+        return discarded
 
 
 STORE_RETRY_AT_STOP_S = 5.0

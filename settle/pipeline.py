@@ -395,27 +395,31 @@ class StrapPipeline:
         self.event("baseline-start")
         self.publish_session("running")
 
-    def stop_baseline(self) -> tuple[float, float, str | None]:
-        """End the marked rest period; returns it and, when it was too short to use, why.
+    def stop_baseline(
+        self, t_s: float | None = None, why: str = ""
+    ) -> tuple[float, float, str | None]:
+        """End the marked rest period (now, or at ``t_s``); returns it and, when it was too
+        short to use, why. ``why`` is said in the ``baseline-complete`` event (e.g. that a
+        ``hold-start`` ended it).
 
         A too-short period is discarded by the analyzer, which collects the automatic baseline
         from now on (``baseline`` is ``pending`` again). ValueError when none is being recorded.
         """
         if self.baseline_marked is None:
             raise ValueError("send baseline/start first")
-        self.analyzer.stop_baseline(self.now_t_s())
+        stop = self.now_t_s() if t_s is None else t_s
+        self.analyzer.stop_baseline(stop)
         start = self.baseline_marked[0]
-        stop = self.now_t_s()
         self.baseline_marked = None
         # Not analyzer.indices(stop): an extra snapshot off the indices grid would add a score
         # to the trend and the catching-up detector, and a sample to a restarted baseline.
         self.baseline = "complete" if self.analyzer.baseline_status == "complete" else "pending"
         discarded = None
         if self.baseline == "complete":
-            self.event("baseline-complete")
+            self.event("baseline-complete", why, t_s=stop)
         else:
             discarded = self._too_short(stop - start)
-            self.event("baseline-too-short", discarded)
+            self.event("baseline-too-short", f"{why}: {discarded}" if why else discarded, t_s=stop)
         self.publish_session("running")
         return start, stop, discarded
 

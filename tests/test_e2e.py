@@ -311,8 +311,8 @@ async def test_too_short_baseline_is_refused_and_not_stored(tmp_path: Path) -> N
             assert rt.device_id is not None and rt.session is not None
             sid = rt.session.session_id
 
-            async def command(name: str, cmd_id: str) -> dict[str, object]:
-                body = json.dumps({"v": 1, "id": cmd_id}).encode()
+            async def command(name: str, cmd_id: str, **extra: str) -> dict[str, object]:
+                body = json.dumps({"v": 1, "id": cmd_id, **extra}).encode()
                 await daemon.on_command(rt.device_id or "", name, body, False)
                 return next(p for leaf, p in seen if leaf.endswith("/result") and p["id"] == cmd_id)
 
@@ -327,6 +327,15 @@ async def test_too_short_baseline_is_refused_and_not_stored(tmp_path: Path) -> N
             await until(lambda: session_t() > t0 + 40)
             long = await command("baseline/stop", "4")
             long_baseline = store.get(sid).baseline
+            # A rest period still open when the hold starts ends there: left open it would
+            # leave the rest of the session without a score.
+            t1 = session_t()
+            assert (await command("baseline/start", "5"))["status"] == "ok"
+            await until(lambda: session_t() > t1 + 40)
+            hold = await command("marker", "6", kind="hold-start")
+            held_baseline = store.get(sid).baseline
+            hold_t = store.markers(sid)[-1].t_s
+            baseline_after_hold = rt.session.baseline
             daemon.stop()
             await asyncio.wait_for(task, 10)
         await strap.stop()
@@ -352,3 +361,11 @@ async def test_too_short_baseline_is_refused_and_not_stored(tmp_path: Path) -> N
         and long_baseline.stop_t_s - long_baseline.start_t_s >= 40
     )
     assert (sessions[-1]["state"], sessions[-1]["baseline"]) == ("stopped", "complete")
+
+    assert hold["status"] == "ok"
+    assert isinstance(held_baseline, BaselinePeriod)
+    assert held_baseline.start_t_s == pytest.approx(t1, abs=1.5)
+    assert held_baseline.stop_t_s == hold_t
+    assert baseline_after_hold == "complete"
+    (ended,) = [e for e in events if e["kind"] == "baseline-complete" and e["text"]]
+    assert ended["text"] == "ended by hold-start" and ended["t_s"] == round(hold_t, 3)
