@@ -35,12 +35,11 @@ from aiohttp import web
 from feedback.commands import CommandDecodeError, decode_json
 from feedback.dashboard.auth import is_loopback
 from feedback.dashboard.hub import Hub
-from feedback.dashboard.work import WorkResult, export_files, render_report
+from feedback.dashboard.work import WorkResult, export_files, render_report, summarise_sessions
 from feedback.payloads import COMMANDS, MARKER_KINDS
 from sessions.export_bids import bids_label
 from sessions.exporters import FORMATS
 from sessions.files import ExportError
-from sessions.report import analyse_session, outcome
 from sessions.store import SessionStore, SessionSummary
 from settle.errors import ConfigError, SettleError
 
@@ -97,6 +96,9 @@ _BAD_REQUEST_LINE = _BadRequestLine()
 
 STATIC = Path(__file__).parent / "static"
 PAGES = ("live", "control", "pair", "history")
+BACKLOG_CHUNK = 256
+"""Backlog messages a new page gets per write (the event loop runs between writes: 5 000
+messages in one go held it 32 ms on a quiet loopback, in chunks at most 5 ms)."""
 HEARTBEAT_S = 1.0
 """A ``health`` event this often: connection states, and proof to the page that the daemon
 is alive (a page that hears nothing for 5 s says so)."""
@@ -319,8 +321,12 @@ class Dashboard:
             # A page that went away ends its stream here; nothing else to clean up.
             with contextlib.suppress(ConnectionResetError):
                 await resp.write(b"retry: 1000\n\n")
-                for old in backlog:
-                    await resp.write(old.sse())
+                # In chunks, letting the loop run between them: written in one go (a write
+                # per message, which rarely waits) a (re)connecting page held up the event
+                # loop — live beats — for 100-180 ms in the soak.
+                for i in range(0, len(backlog), BACKLOG_CHUNK):
+                    await resp.write(b"".join(m.sse() for m in backlog[i : i + BACKLOG_CHUNK]))
+                    await asyncio.sleep(0)
                 next_health = 0.0
                 while not self._closing.is_set():
                     now = time.monotonic()
@@ -389,55 +395,46 @@ class Dashboard:
 
     # -- history ------------------------------------------------------------------------------
 
-    def _summary(self, summary: SessionSummary) -> dict[str, Any]:
-        sid = summary.id
-        # A finished session's analysis changes only with what `settle log set` / `log
-        # import` edit afterwards (baseline, markers, intention): the revision says when.
-        rev = self.store.revision(sid)
-        cached = self._summaries.get(sid)
-        if cached is not None and cached[0] == rev:
-            return cached[1]
-        rec = self.store.read_session(sid)
-        o = outcome(analyse_session(rec))
-        info = rec.info
-        s = {
-            "id": sid,
-            "device_id": info.device_id,
-            "started_ms": info.started_ms,
-            "stopped_ms": info.stopped_ms,
-            "state": info.state.value,
-            "n_beats": len(rec.beats),
-            # Session seconds, as `settle sessions list` (a --speed replay records more of
-            # them than wall-clock seconds).
-            "duration_s": summary.duration_s,
-            "target": o.target,
-            "statement": info.intention.statement if info.intention else "",
-            "latency_s": o.latency_s,
-            "catching_up": o.verdict.value,
-            "score_change": o.score_change,
-            "n_markers": len(rec.markers),
-        }
-        if info.stopped_ms is not None:
-            self._summaries[sid] = (rev, s)
-        return s
-
-    def _session_list(self) -> list[dict[str, Any]]:
-        out = []
-        for summary in reversed(self.store.list_sessions()):
-            if summary.state.value == "running":
-                out.append({"id": summary.id, "device_id": summary.device_id,
-                            "started_ms": summary.started_ms, "stopped_ms": None,
-                            "state": "running", "n_beats": summary.n_beats,
-                            "duration_s": summary.duration_s})  # fmt: skip
-                continue
-            out.append(self._summary(summary))
-        return out
+    def _listing(self) -> list[tuple[SessionSummary, tuple[object, ...]]]:
+        """Every session, newest first, with its revision (what `settle log set` / `log
+        import` change afterwards: baseline, markers, intention)."""
+        return [(s, self.store.revision(s.id)) for s in reversed(self.store.list_sessions())]
 
     async def _sessions(self, _request: web.Request) -> web.StreamResponse:
         try:
-            sessions = await asyncio.to_thread(self._session_list)
+            listing = await asyncio.to_thread(self._listing)
         except SettleError as exc:
             return _error(500, str(exc))
+        # A finished session's row needs its analysis (as `settle report`), made in the worker
+        # process and cached until its revision changes; a running one's is what the store says.
+        todo = [
+            s.id
+            for s, rev in listing
+            if s.state.value != "running" and self._summaries.get(s.id, (None,))[0] != rev
+        ]
+        fresh: dict[str, dict[str, Any]] = {}
+        if todo:
+            status, text = await self._work(summarise_sessions, json.dumps(todo))
+            if status == "error":
+                return _error(500, text)
+            fresh = json.loads(text)
+        sessions: list[dict[str, Any]] = []
+        for summary, rev in listing:
+            if summary.state.value == "running":
+                sessions.append({"id": summary.id, "device_id": summary.device_id,
+                                 "started_ms": summary.started_ms, "stopped_ms": None,
+                                 "state": "running", "n_beats": summary.n_beats,
+                                 "duration_s": summary.duration_s})  # fmt: skip
+                continue
+            row = fresh.get(summary.id)
+            if row is None:
+                cached = self._summaries.get(summary.id)
+                if cached is None:  # deleted between the listing and the analysis
+                    continue
+                row = cached[1]
+            elif row["stopped_ms"] is not None:
+                self._summaries[summary.id] = (rev, row)
+            sessions.append(row)
         return _json({"v": 1, "sessions": sessions, "formats": list(FORMATS)})
 
     async def _work(self, fn: Callable[..., WorkResult], *args: str) -> WorkResult:
