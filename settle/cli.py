@@ -540,6 +540,14 @@ cli_sessions.register(app, sessions_app)
 DeviceOpt = Annotated[
     str | None, typer.Option(help="Device id (needed when several straps are running).")
 ]
+AllOpt = Annotated[
+    bool,
+    typer.Option(
+        "--all",
+        help="Every strap with a running session (session start: every connected strap), "
+        "sent together.",
+    ),
+]
 MIN_WAIT_S, MAX_WAIT_S = 0.5, 3600.0
 WaitOpt = Annotated[
     float, typer.Option("--timeout", help="Seconds to wait for the daemon (0.5 to 3600).")
@@ -568,6 +576,7 @@ def mark(
         ),
     ] = "note",
     device: DeviceOpt = None,
+    every: AllOpt = False,
     timeout: WaitOpt = 5.0,
     mqtt: MqttOpt = None,
     config: ConfigOpt = None,
@@ -579,7 +588,7 @@ def mark(
     settings = settings_from(config, mqtt=mqtt)
     if kind not in MARKER_KINDS:
         fail(f"--kind: unknown marker kind {kind!r} (one of: {', '.join(MARKER_KINDS)})", 2)
-    _send(settings, "marker", {"kind": kind, "text": text}, device, timeout)
+    _send(settings, "marker", {"kind": kind, "text": text}, device, timeout, every)
 
 
 session_app = typer.Typer(help="Start and stop sessions of a running daemon.", no_args_is_help=True)
@@ -594,6 +603,7 @@ def session_start(
     statement: Annotated[str, typer.Option(help="The statement you hold.")] = "",
     practice: Annotated[str, typer.Option(help="Practice kind, e.g. loving-kindness.")] = "",
     device: DeviceOpt = None,
+    every: AllOpt = False,
     timeout: WaitOpt = 5.0,
     mqtt: MqttOpt = None,
     config: ConfigOpt = None,
@@ -602,12 +612,13 @@ def session_start(
     _check_wait(timeout)
     settings = settings_from(config, mqtt=mqtt)
     intention = {"target": target, "statement": statement, "practice": practice}
-    _send(settings, "session/start", {"intention": intention}, device, timeout)
+    _send(settings, "session/start", {"intention": intention}, device, timeout, every)
 
 
 @session_app.command("stop")
 def session_stop(
     device: DeviceOpt = None,
+    every: AllOpt = False,
     timeout: WaitOpt = 5.0,
     mqtt: MqttOpt = None,
     config: ConfigOpt = None,
@@ -615,13 +626,14 @@ def session_stop(
     """Stop the running session (the strap stays connected)."""
     _check_wait(timeout)
     settings = settings_from(config, mqtt=mqtt)
-    _send(settings, "session/stop", {}, device, timeout)
+    _send(settings, "session/stop", {}, device, timeout, every)
 
 
 @app.command()
 def baseline(
     action: Annotated[str, typer.Argument(help="start or stop")],
     device: DeviceOpt = None,
+    every: AllOpt = False,
     timeout: WaitOpt = 5.0,
     mqtt: MqttOpt = None,
     config: ConfigOpt = None,
@@ -631,7 +643,7 @@ def baseline(
         fail(f"expected 'start' or 'stop', got {action!r}", 2)
     _check_wait(timeout)
     settings = settings_from(config, mqtt=mqtt)
-    _send(settings, f"baseline/{action}", {}, device, timeout)
+    _send(settings, f"baseline/{action}", {}, device, timeout, every)
 
 
 @app.command()
@@ -738,11 +750,19 @@ async def _forget(settings: Settings, device: str, wait_s: float) -> int:
 
 
 def _send(
-    settings: Settings, name: str, body: dict[str, Any], device: str | None, wait_s: float
+    settings: Settings,
+    name: str,
+    body: dict[str, Any],
+    device: str | None,
+    wait_s: float,
+    every: bool = False,
 ) -> None:
-    """Send command ``name`` (checked here first) and report its result."""
+    """Send command ``name`` (checked here first) and report its result (``every``: to every
+    strap that can take it, published back to back)."""
+    if every and device is not None:
+        fail("--all and --device: pick one", 2)
     cmd_id, payload = _command_payload(name, body)
-    _run(_command(settings, name, cmd_id, payload, device, wait_s))
+    _run(_command(settings, name, cmd_id, payload, device, wait_s, every))
 
 
 def _command_payload(name: str, body: dict[str, Any]) -> tuple[str, bytes]:
@@ -779,49 +799,81 @@ async def _command(
     payload: bytes,
     device: str | None,
     wait_s: float,
+    every: bool = False,
 ) -> int:
-    """Send ``<base>/<device>/cmd/<name>`` and wait for its result."""
+    """Send ``<base>/<device>/cmd/<name>`` (to every strap that can take it, with ``every``)
+    and wait for the results."""
     import aiomqtt
 
     options = _client_options(settings)
     where = options.where
     base = settings.mqtt.topic_base
-    sent_to: str | None = None
+    sent_to: list[str] = []
+    answered: set[str] = set()
     device = _device_for_label(device)
     try:
         async with asyncio.timeout(wait_s):
             async with aiomqtt.Client(**options.client_kwargs()) as client:
                 need_session = name != "session/start"
-                device = await _find_device(
-                    client, base, need_session=need_session, device=device, where=where
-                )
-                result_topic = f"{base}/{device}/cmd/{name}/result"
-                await client.subscribe(result_topic, qos=1)
-                sent_to = device  # from here on it may have arrived: never say it did not
-                await client.publish(f"{base}/{device}/cmd/{name}", payload, qos=1)
+                if every:
+                    targets = sorted(
+                        await _active_devices(client, base, need_session=need_session, where=where)
+                    )
+                else:
+                    targets = [
+                        await _find_device(
+                            client, base, need_session=need_session, device=device, where=where
+                        )
+                    ]
+                results = {f"{base}/{d}/cmd/{name}/result": d for d in targets}
+                for topic in results:
+                    await client.subscribe(topic, qos=1)
+                # Back to back: a group's hold-start lands within milliseconds on every strap
+                # (one `settle mark --device` per strap put them 1-2 s apart).
+                for d in targets:
+                    sent_to.append(d)  # from here on it may have arrived: never say it did not
+                    await client.publish(f"{base}/{d}/cmd/{name}", payload, qos=1)
+                refused: list[tuple[str, str]] = []
                 async for msg in client.messages:
-                    if str(msg.topic) != result_topic:
+                    dev = results.get(str(msg.topic))
+                    if dev is None or dev in answered:
                         continue  # a late availability/session message of the discovery
                     with contextlib.suppress(ValueError, TypeError, AttributeError):
                         res = json.loads(bytes(msg.payload))
                         if res.get("id") != cmd_id:
                             continue
+                        answered.add(dev)
                         if res.get("status") == "ok":
                             what = json.loads(payload).get("kind", name)
-                            out.print(f"{what}: ok ({device})", markup=False)
-                            return 0
-                        raise SettleError(f"the daemon refused {name}: {res.get('error')}")
+                            out.print(f"{what}: ok ({dev})", markup=False)
+                        else:
+                            refused.append((dev, str(res.get("error"))))
+                    if len(answered) == len(targets):
+                        break
+                if not refused:
+                    return 0
+                if not every:
+                    raise SettleError(f"the daemon refused {name}: {refused[0][1]}")
+                why = "; ".join(f"{d}: {err}" for d, err in refused)
+                raise SettleError(f"the daemon refused {name} for {len(refused)} of "
+                                  f"{len(targets)} straps ({why})")  # fmt: skip
     except TimeoutError:
-        if sent_to is not None:
+        unanswered = [d for d in sent_to if d not in answered]
+        if unanswered:
             raise SettleError(
-                f"{name} sent to {sent_to}, but no confirmation from the daemon within "
-                f"{wait_s:g} s: it may still have been carried out (check before sending it "
-                "again)"
+                f"{name} sent to {', '.join(unanswered)}, but no confirmation from the daemon "
+                f"within {wait_s:g} s: it may still have been carried out (check before "
+                "sending it again)"
             ) from None
         raise SettleError(
             f"no answer from the MQTT broker {where} within {wait_s:g} s (use --mqtt HOST:PORT)"
         ) from None
     except aiomqtt.MqttError as exc:
+        if sent_to:
+            raise SettleError(
+                f"lost the MQTT broker {where} after sending {name} to {', '.join(sent_to)} "
+                f"({exc}): check before sending it again"
+            ) from None
         hint = "; nothing was sent"
         h = settings.http
         if h.enabled and h.port:
@@ -863,6 +915,31 @@ async def _find_device(
                 "or a label from `settle pair --list`)"
             )
         return device
+    found = _active(seen, state_topic, need_session, daemon_online, where)
+    if len(found) > 1:
+        raise SettleError(
+            f"several devices are active ({', '.join(sorted(found))}); pick --device, or --all"
+        )
+    return found.pop()
+
+
+async def _active_devices(client: Any, base: str, *, need_session: bool, where: str) -> set[str]:
+    """Every device that can take the command: a running session (or, for ``session/start``,
+    a connected strap), from the retained topics; SettleError when there is none."""
+    state_topic = f"{base}/bridge/state"
+    filters = [f"{base}/+/availability", f"{base}/+/session"]
+    seen = await _retained(client, filters, state_topic)
+    daemon_online = seen.get(state_topic, (b"", False))[0] == b"online"
+    return _active(seen, state_topic, need_session, daemon_online, where)
+
+
+def _active(
+    seen: dict[str, tuple[bytes, bool]],
+    state_topic: str,
+    need_session: bool,
+    daemon_online: bool,
+    where: str,
+) -> set[str]:
     connected: set[str] = set()
     running: set[str] = set()
     for topic, (raw, _) in seen.items():
@@ -879,9 +956,7 @@ async def _find_device(
     found = (running if need_session else connected) if daemon_online else set()
     if not found:
         raise SettleError(_nothing_found(need_session, daemon_online, connected, where))
-    if len(found) > 1:
-        raise SettleError(f"several devices are active ({', '.join(sorted(found))}); pick --device")
-    return found.pop()
+    return found
 
 
 def _nothing_found(

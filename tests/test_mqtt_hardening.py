@@ -371,7 +371,9 @@ async def test_device_discovery_returns_once_the_retained_state_is_in(
         with pytest.raises(SettleError) as exc:
             await _find_device(client, "settle", need_session=True)
         took_s = time.monotonic() - t0
-    assert str(exc.value) == f"several devices are active ({', '.join(devices)}); pick --device"
+    assert str(exc.value) == (
+        f"several devices are active ({', '.join(devices)}); pick --device, or --all"
+    )
     assert took_s < 0.6, took_s  # was ≥ 1.0 s, always
 
     # One strap left running: that one, as quickly.
@@ -382,6 +384,55 @@ async def test_device_discovery_returns_once_the_retained_state_is_in(
         took_s = time.monotonic() - t0
     assert found == devices[0]
     assert took_s < 0.6, took_s
+
+
+@pytest.mark.mosquitto
+async def test_all_sends_to_every_running_strap_together(mosquitto: Mosquitto) -> None:
+    """A coach starting a group's hold needed one `settle mark --device` per strap, which
+    put the markers 1-2 s apart. `--all` sends to every strap with a running session (not
+    to one merely connected), back to back, and reports each result; a refusal by one strap
+    is an error naming it, after the others' confirmations."""
+    host, port = mosquitto.host, mosquitto.port
+    await _retain(host, port, {
+        "settle/bridge/state": b"online",
+        **{f"settle/{d}/availability": b"online" for d in ("ghost_1", "ghost_2", "idle_3")},
+        "settle/ghost_1/session": _running("ghost_1"),
+        "settle/ghost_2/session": _running("ghost_2"),
+    })  # fmt: skip
+    arrived: list[tuple[str, float]] = []
+    refuse: set[str] = set()
+
+    async def answer(c: aiomqtt.Client) -> None:
+        async for m in c.messages:
+            dev = str(m.topic).split("/")[1]
+            arrived.append((dev, time.monotonic()))
+            cmd = json.loads(bytes(m.payload))
+            status = "error" if dev in refuse else "ok"
+            res = {"v": 1, "id": cmd["id"], "status": status,
+                   "error": "no session is running" if dev in refuse else None}  # fmt: skip
+            await c.publish(f"{m.topic}/result", json.dumps(res), qos=1)
+
+    async with aiomqtt.Client(host, port) as c:
+        await c.subscribe("settle/+/cmd/marker", qos=1)
+        task = asyncio.create_task(answer(c))
+        where = f"{host}:{port}"
+        code, out, err = await _settle("mark", "--kind", "hold-start", "--all", "--mqtt", where)
+        assert (code, err) == (0, "")
+        assert out.splitlines() == ["hold-start: ok (ghost_1)", "hold-start: ok (ghost_2)"]
+        assert sorted(d for d, _ in arrived) == ["ghost_1", "ghost_2"]  # not the idle strap
+        assert abs(arrived[0][1] - arrived[1][1]) < 0.5
+
+        refuse.add("ghost_2")
+        code, out, err = await _settle("mark", "x", "--all", "--mqtt", where)
+        assert code == 1
+        assert out.splitlines() == ["note: ok (ghost_1)"]
+        assert err.splitlines() == [
+            "settle: error: the daemon refused marker for 1 of 2 straps (ghost_2: no session "
+            "is running)"
+        ]
+        task.cancel()
+    code, out, err = await _settle("mark", "x", "--all", "--device", "ghost_1", "--mqtt", where)
+    assert (code, out, err.splitlines()) == (2, "", ["settle: error: --all and --device: pick one"])
 
 
 # -- 4: --timeout ------------------------------------------------------------------------------
