@@ -209,14 +209,17 @@ def _num(x: object) -> float:
     return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else math.nan
 
 
-def live_catching_up(rec: SessionRecord) -> float | None:
-    """``catching_up_t_s`` as last published by the live analysis, if any."""
-    for row in reversed(rec.indices):
+def live_catching_up(rec: SessionRecord, not_before: float | None = None) -> float | None:
+    """The first ``catching_up_t_s`` the live analysis published at or after ``not_before``
+    (the report's reference), if any. Not the last one: the live search restarts at every
+    ``hold-start``, so with two holds the last detection belongs to the second, and counted
+    from the first it read minutes late."""
+    for row in rec.indices:
         try:
             value = json.loads(row.payload_json).get("catching_up_t_s")
         except (ValueError, AttributeError):
             continue
-        if isinstance(value, int | float):
+        if isinstance(value, int | float) and (not_before is None or value >= not_before):
             return float(value)
     return None
 
@@ -583,8 +586,8 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
     # The daemon's own detection (processing.live, published in every indices payload) wins,
     # so the report says what the practitioner saw live; the same detector over the stored
     # scores serves sessions recorded without it.
-    caught = None if rescore else live_catching_up(rec)
-    if reference is not None and (caught is None or caught < reference):
+    caught = None if rescore else live_catching_up(rec, reference)
+    if reference is not None and caught is None:
         # Recorded without it, or a hold-start imported afterwards that lies past the live
         # detection (which counted from the session start): a latency of -50 s. The same
         # detector runs again from the reference over the stored scores.

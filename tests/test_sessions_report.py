@@ -276,6 +276,27 @@ def test_report_uses_the_live_detection_when_recorded(store: SessionStore) -> No
     assert "6 min 40 s after you began holding" in summary_text(a)
 
 
+def test_with_two_holds_the_latency_counts_from_the_first_detection_after_it(
+    store: SessionStore,
+) -> None:
+    """The live search restarts at every hold-start, so a session with two holds publishes
+    two detections. The report counted the last one (the second hold's) from the first
+    hold: "caught up 7 min 55 s after you began holding" where live showed 35 s."""
+    sid = _session(store)  # hold-start at 200 s
+    rec = store.read_session(sid)
+    store.add_markers(sid, [MarkerRow(600.0, T0_MS + 600_000, "hold-start", "", MarkerSource.CLI)])
+    last = rec.indices[-1]
+    rows = []
+    for i, caught in enumerate((260.0, 700.0), start=1):
+        payload = json.loads(last.payload_json) | {"catching_up_t_s": caught}
+        rows.append(IndicesRow(last.t_s + 5 * i, last.ts_ms + 5000 * i, json.dumps(payload),
+                               settling=70.0))  # fmt: skip
+    store.add_indices(sid, rows)
+    a = analyse_session(store.read_session(sid))
+    assert (a.caught_up_t_s, a.latency_s) == (260.0, 60.0)
+    assert "1 min after you began holding" in summary_text(a)
+
+
 def test_marker_responses_are_the_ones_published_live(store: SessionStore) -> None:
     """The report's event-locked figures per marker are exactly what the daemon's live
     analysis computed (and averaged per kind into its indices messages), from the stored
