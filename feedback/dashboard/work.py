@@ -80,7 +80,8 @@ def summarise_sessions(db_path: str, ids_json: str) -> WorkResult:
                 if summary.id not in wanted:
                     continue
                 rec = store.read_session(summary.id)
-                o = outcome(analyse_session(rec))
+                a = analyse_session(rec)
+                o = outcome(a)
                 info = rec.info
                 rows[summary.id] = {
                     "id": summary.id,
@@ -95,6 +96,11 @@ def summarise_sessions(db_path: str, ids_json: str) -> WorkResult:
                     "target": o.target,
                     "statement": info.intention.statement if info.intention else "",
                     "latency_s": o.latency_s,
+                    # What the latency counts from ("you began holding", "the baseline
+                    # ended"; "" without one) and the session time it caught up at, s.
+                    "reference": a.reference_kind,
+                    "reference_t_s": a.reference_t_s,
+                    "caught_up_t_s": a.caught_up_t_s,
                     "catching_up": o.verdict.value,
                     "score_change": o.score_change,
                     "n_markers": len(rec.markers),
