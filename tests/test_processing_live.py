@@ -168,12 +168,29 @@ def test_catching_up_validated_on_the_model() -> None:
 
 def test_trend_labels_settling_and_steady() -> None:
     la = LiveAnalyzer()
-    snaps = _feed(la, *_model(ModelParams(duration_s=330.0), seed=2))
+    snaps = _feed(la, *_model(ModelParams(duration_s=400.0), seed=2))
     assert snaps[-1].trend.label == "settling"
     assert snaps[-1].trend.slope_per_min > 0
     la = LiveAnalyzer()
     snaps = _feed(la, *_model(ModelParams(duration_s=600.0).flat(), seed=2))
     assert snaps[-1].trend.label != "settling" or snaps[-1].trend.confidence < 0.99
+
+
+def test_trend_test_holds_its_level_on_autocorrelated_block_means() -> None:
+    """Adjacent 30 s block means of the score share data (lag-1 autocorrelation ~0.35). Taken
+    as independent, the Mann-Kendall test called a flat control settling or unsettling in
+    10 % of snapshots at a nominal 5 %; corrected for it (Yue & Wang 2004), it keeps 5 %."""
+    from processing.indices import BLOCK_LAG1_RHO, mann_kendall
+
+    rho = BLOCK_LAG1_RHO
+    theta = (1 - math.sqrt(1 - 4 * rho * rho)) / (2 * rho)  # MA(1) with lag-1 correlation rho
+    rng = np.random.default_rng(11)
+    e = rng.standard_normal((4000, 11))
+    series = e[:, 1:] + theta * e[:, :-1]  # 10 blocks: the last 5 min
+    naive = np.mean([mann_kendall(y)[1] < 0.05 for y in series])
+    corrected = np.mean([mann_kendall(y, rho)[1] < 0.05 for y in series])
+    assert naive > 0.08  # 0.100 (white noise: 0.043; Mann-Kendall is conservative at n = 10)
+    assert 0.02 <= corrected <= 0.06, corrected  # 0.029
 
 
 def test_flat_physiology_centres_on_50_across_sessions() -> None:
