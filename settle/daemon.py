@@ -127,6 +127,10 @@ class StrapRuntime:
     reconnects: int = 0
     last_error: str | None = None
     was_connected: bool = False
+    session_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held while a session starts or stops: two session/start commands close together
+    (a double click) both found no session while the store created theirs, and the second
+    replaced the first, left `running` for good."""
 
     @property
     def device_id(self) -> str | None:
@@ -511,6 +515,10 @@ class Daemon:
     # -- sessions ------------------------------------------------------------------------
 
     async def start_session(self, rt: StrapRuntime, intention: Intention | None) -> StrapPipeline:
+        async with rt.session_lock:
+            return await self._start_session(rt, intention)
+
+    async def _start_session(self, rt: StrapRuntime, intention: Intention | None) -> StrapPipeline:
         assert rt.info is not None and rt.output is not None
         if rt.session is not None:
             await self._finish_session(rt, self.now_ms())
@@ -749,12 +757,17 @@ class Daemon:
                 raise CommandError("the strap has not connected yet")
             await self.start_session(rt, cmd.intention)
             return
+        if name == "session/stop":
+            # After a start still in progress (it holds the lock), not before it.
+            async with rt.session_lock:
+                if rt.session is None:
+                    raise CommandError("no session is running (send session/start first)")
+                await self._finish_session(rt, self.now_ms())
+            return
         session = rt.session
         if session is None:
             raise CommandError("no session is running (send session/start first)")
-        if name == "session/stop":
-            await self._finish_session(rt, self.now_ms())
-        elif name == "marker":
+        if name == "marker":
             assert isinstance(cmd, MarkerCommand)
             row = session.marker_row(cmd.kind, cmd.text, source)
             try:

@@ -265,6 +265,53 @@ async def test_unusable_rhythm_is_said_not_scored(mosquitto: Mosquitto, tmp_path
     assert "unusable-rhythm" in events
 
 
+async def test_two_session_starts_at_once_leave_one_session_running(tmp_path: Path) -> None:
+    """A double click on Start sent two session/start commands 2 ms apart: both found no
+    session while the store created theirs, the second replaced the first, and the first
+    stayed `running` with 0 beats for good (marked `interrupted` by the next daemon as "left
+    running by an earlier crash"). Starts and stops of one strap now take turns."""
+    from tests.test_reconnect import until
+
+    db = tmp_path / "s.db"
+    settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": db})
+    results: list[dict[str, object]] = []
+
+    def tap(topic: str, payload: bytes | str, _retain: bool) -> None:
+        if topic.endswith("/result"):
+            results.append(json.loads(payload))
+
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=3), speed=5.0)
+        await strap.start()
+        client = StrapClient(address=strap.address, scan_timeout_s=5, connect_timeout_s=5,
+                             scanner_kwargs=air.scanner_kwargs(),
+                             client_kwargs=air.client_kwargs())  # fmt: skip
+        with SessionStore.open(db) as store:
+            daemon = Daemon(settings, store, [client], time_scale=5.0, tap=tap)
+            task = asyncio.create_task(daemon.run())
+            rt = daemon.runtimes[0]
+            await until(lambda: rt.session is not None and rt.device_id is not None)
+            dev = rt.device_id or ""
+
+            def body(cmd_id: str) -> bytes:
+                return json.dumps({"v": 1, "id": cmd_id}).encode()
+
+            await asyncio.gather(*(daemon.on_command(dev, "session/start", body(i), False)
+                                   for i in ("a", "b")))  # fmt: skip
+            running = [s.id for s in store.list_sessions() if s.state.value == "running"]
+            assert rt.session is not None and running == [rt.session.session_id]
+            await asyncio.gather(*(daemon.on_command(dev, "session/stop", body(i), False)
+                                   for i in ("c", "d")))  # fmt: skip
+            states = [s.state.value for s in store.list_sessions()]
+            daemon.stop()
+            await asyncio.wait_for(task, 10)
+        await strap.stop()
+    assert states == ["stopped"] * 3  # the automatic one, then a, then b
+    by_id = {r["id"]: r for r in results}
+    assert [by_id[i]["status"] for i in "abc"] == ["ok", "ok", "ok"]
+    assert by_id["d"]["error"] == "no session is running (send session/start first)"
+
+
 async def test_too_short_baseline_is_refused_and_not_stored(tmp_path: Path) -> None:
     """``baseline/stop`` right after ``baseline/start``: the analyzer cannot use the period and
     scores against the automatic baseline, so the command says so (an error naming both
