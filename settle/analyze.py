@@ -6,8 +6,12 @@ JSON (``--json``, schema ``v: 1``)::
      "correction": {"enabled", "n_flagged", "by_class": {class: count}},
      "summary": {"mean_rr_ms", "mean_hr_bpm", "sdnn_ms", "rmssd_ms", "ln_rmssd", "pnn50_pct",
                  "sd1_ms", "sd2_ms", "dfa_alpha1", "vlf_ms2", "lf_ms2", "hf_ms2", "lf_hf",
-                 "lf_nu", "hf_nu", "peak_hz", "resp_rate_bpm", "coherence", "nyquist_hz"}}
+                 "lf_nu", "hf_nu", "peak_hz", "resp_rate_bpm", "coherence", "nyquist_hz",
+                 "spectrum"}}
 
+``spectrum`` (added in schema 1) is the method of the whole-recording spectrum, ``welch``
+(default) or ``lomb`` (``--spectrum``): the band powers of a gappy recording differ between
+them, and a file of results should say which it holds.
 ``nyquist_hz`` (added in schema 1, as fields are) is the beats' own Nyquist frequency
 ``1/(2·mean RR)``: no power above it is counted, so below 0.4 Hz (under 48 beats/min) ``hf_ms2``
 covers 0.15 Hz up to it only (:func:`hf_truncated_at`).
@@ -62,8 +66,9 @@ def _num(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def analysis_json(a: Analysis, correction: bool) -> dict[str, Any]:
-    """The ``--json`` object (schema version 1)."""
+def analysis_json(a: Analysis, correction: bool, spectrum: Method = "welch") -> dict[str, Any]:
+    """The ``--json`` object (schema version 1); ``spectrum``: the whole-recording
+    spectrum's method, said in the object (the band powers differ between the two)."""
     td, sp = a.td, a.spectral
     return {
         "v": 1,
@@ -96,6 +101,7 @@ def analysis_json(a: Analysis, correction: bool) -> dict[str, Any]:
             "resp_rate_bpm": _num(sp.resp_rate_bpm),
             "coherence": _num(a.coherence),
             "nyquist_hz": _num(sp.nyquist_hz),
+            "spectrum": spectrum,
         },
     }
 
@@ -315,4 +321,4 @@ def run_analyze(
     finally:
         if progress is not None:
             progress.stop()
-    return a, analysis_json(a, correction)
+    return a, analysis_json(a, correction, method)

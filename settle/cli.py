@@ -1056,7 +1056,8 @@ def analyze(
         print(json.dumps(doc))
         return
     s = doc["summary"]
-    rows = [[k, "–" if v is None else f"{v:.4g}"] for k, v in s.items()]
+    rows = [[k, "–" if v is None else v if isinstance(v, str) else f"{v:.4g}"]
+            for k, v in s.items()]  # fmt: skip
     rows.insert(0, ["usable", "yes" if a.usable else f"no ({a.reason})"])
     rows.insert(1, ["flagged beats", str(a.beats.n_flagged)])
     print_table(["metric", "value"], rows)

@@ -19,7 +19,7 @@ RECORDINGS = ["pyhrv_nni_short", "bartels_rest_supine", "polar_h10_pvc_device"]
 SUMMARY_KEYS = {
     "mean_rr_ms", "mean_hr_bpm", "sdnn_ms", "rmssd_ms", "ln_rmssd", "pnn50_pct", "sd1_ms",
     "sd2_ms", "dfa_alpha1", "vlf_ms2", "lf_ms2", "hf_ms2", "lf_hf", "lf_nu", "hf_nu",
-    "peak_hz", "resp_rate_bpm", "coherence", "nyquist_hz",
+    "peak_hz", "resp_rate_bpm", "coherence", "nyquist_hz", "spectrum",
 }  # fmt: skip
 
 
@@ -417,6 +417,8 @@ def test_lomb_spectrum_option_reads_a_gappy_recording(tmp_path: Path) -> None:
     is a usage error (exit 2, one line)."""
     f = _gapped_sine_file(tmp_path)
     s = _json(str(f), "--spectrum", "lomb")["summary"]
+    assert s["spectrum"] == "lomb"  # a file of results says which method it holds
+    assert _json(str(f))["summary"]["spectrum"] == "welch"
     assert s["lf_ms2"] == pytest.approx(800.0, rel=0.03)
     assert s["hf_ms2"] < 10.0
     assert s["vlf_ms2"] is not None and s["vlf_ms2"] < 10.0
