@@ -11,7 +11,13 @@ const EVENT_KINDS_SHOWN = new Set([
   "reconnected", "gap",
 ]);
 const KEYS = { "1": "shame", "2": "threat", "3": "discomfort", "4": "attention", "5": "doubt",
-  "6": "hold-lapse", "7": "hold-resume" };
+  "6": "hold-lapse", "7": "hold-resume", "8": "hold-start" };
+// What the daemon takes in one command (feedback/commands.py MAX_COMMAND_BYTES), counted as
+// the server forwards it: json.dumps with ", " and ": ", UTF-8, "v" and an "id" added. The
+// request body itself (server.py MAX_BODY, also 4096) is the same JSON without the spaces
+// and the two fields, so it is always smaller.
+const MAX_COMMAND_BYTES = 4096;
+const FORWARDED_ID = "http-000000000000";  // server.py: "http-" and 12 hex digits
 
 const $ = (id) => document.getElementById(id);
 const S = {
@@ -76,7 +82,10 @@ function onMessage(topic, payload) {
       d.session = p; break;
     case "beat":
       d.hr = p.hr; d.contact = p.contact; d.beatTs = p.ts;
-      if (d.session && p.session === d.session.id && d.session.state === "running") {
+      // The shown session's beats, also after it stopped (none arrive then): the tachogram
+      // and the trend chart both hold the most recent session (a reload after a stop showed
+      // the trend of the stopped session beside an empty tachogram).
+      if (d.session && p.session === d.session.id) {
         p.beat_t_s.forEach((t, i) => { d.t.push(t); d.rr.push(p.rr_ms[i]); });
         const cut = d.t.length ? d.t[d.t.length - 1] - TACHO_S : 0;
         let k = 0; while (k < d.t.length && d.t[k] < cut) k++;
@@ -168,7 +177,9 @@ function render() {
   document.querySelector(".hero").classList.toggle("stale", !fresh);
   text("hr", fresh && d.hr ? String(d.hr) : "–");
   const usable = ix && ix.usable;
-  if (d.session && d.session.state !== "running") { text("settling", "–"); text("settling-note", "no session running"); text("trend", ""); }
+  const ses = d.session;
+  const running = !!ses && ses.state === "running";
+  if (ses && !running) { text("settling", "–"); text("settling-note", "no session running"); text("trend", ""); }
   else if (!ix) { text("settling", "–"); text("settling-note", "waiting for the first indices"); text("trend", ""); }
   else if (!usable && ix.warming_up) { text("settling", "–"); text("settling-note", "waiting for beats…"); text("trend", ""); }
   else if (!usable) { text("settling", "–"); text("settling-note", "rhythm unusable"); text("trend", ""); }
@@ -177,24 +188,30 @@ function render() {
     text("settling", ix.settling.toFixed(0));
     const arrow = { settling: "↑ settling", steady: "→ steady", unsettling: "↓ unsettling" }[ix.trend] || "";
     text("trend", arrow);
-    text("settling-note", ix.trend_confidence !== null && arrow ? `trend confidence ${(ix.trend_confidence * 100).toFixed(0)} %` : "50 = as at baseline");
+    // Confidence is 1 − p of the trend test (docs/indices.md): beside "steady" it read
+    // backwards ("steady, trend confidence 91 %" meant a trend is likely), so only a
+    // settling or unsettling trend shows it.
+    const directed = ix.trend === "settling" || ix.trend === "unsettling";
+    text("settling-note", directed && ix.trend_confidence !== null ? `trend confidence ${(ix.trend_confidence * 100).toFixed(0)} %` : "50 = as at baseline");
   }
-  // HRV values only while the daemon is heard and the rhythm is usable (they read RMSSD
-  // 55 ms and coherence 0.32 on a rhythm with 62 % premature beats, and stayed on screen
-  // after the daemon stopped); the signal quality says how good the signal is either way.
+  // HRV values only while the daemon is heard, a session runs and the rhythm is usable (they
+  // read RMSSD 55 ms and coherence 0.32 on a rhythm with 62 % premature beats, stayed on
+  // screen after the daemon stopped, and a stopped session's stayed for as long as the page
+  // was open); the signal quality says how good the signal is either way, while a session runs.
   const alive = Date.now() - S.lastWord < STALE_MS;
-  const hrv = alive && ix && ix.usable ? ix : null;
+  const hrv = alive && running && ix && ix.usable ? ix : null;
   text("lnrmssd", hrv ? fmt(hrv.ln_rmssd, 2) : "–");
   text("rmssd", hrv && hrv.rmssd_ms !== null ? `${fmt(hrv.rmssd_ms, 1)} ms` : "–");
   text("coherence", hrv ? fmt(hrv.coherence, 2) : "–");
   text("resp", hrv && hrv.resp_rate_bpm !== null ? `${fmt(hrv.resp_rate_bpm, 1)} /min` : "–");
   const c = (hrv && hrv.components) || {};
   text("z-hr", fmt(c.z_hr, 2)); text("z-ln", fmt(c.z_ln_rmssd, 2)); text("z-slow", fmt(c.z_slow, 2));
-  const ses = d.session;
-  text("baseline", ses ? { pending: "first minutes", collecting: "recording…", complete: "complete" }[ses.baseline] : "–");
+  text("baseline", running ? { pending: "first minutes", collecting: "recording…", complete: "complete" }[ses.baseline] : "–");
+  // Card "caught up": when physiology caught up, in session time (it read "catching up at
+  // 4:10" under the label "caught up").
   const caught = (ses && ses.catching_up_t_s) ?? (ix && ix.catching_up_t_s);
-  text("caught", caught !== null && caught !== undefined ? `catching up at ${mmss(caught)}` : "not yet");
-  text("quality", alive && ix && ix.quality !== null ? `${(ix.quality * 100).toFixed(0)} %` : "–");
+  text("caught", !running ? "–" : caught !== null && caught !== undefined ? `at ${mmss(caught)}` : "not yet");
+  text("quality", alive && running && ix && ix.quality !== null ? `${(ix.quality * 100).toFixed(0)} %` : "–");
   text("contact", d.contact === null ? "not reported" : d.contact ? "yes" : "NO");
   const bat = rt ? rt.battery_pct : d.status && d.status.battery_pct;
   text("battery", !alive || bat === null || bat === undefined ? "–" : `${bat} %`);
@@ -205,8 +222,10 @@ function render() {
   text("session-line", line);
   // With a session running (one starts by itself when a strap connects), Start stops it and
   // starts a new one with the intention: the button says so instead of doing it silently.
-  const running = !!ses && ses.state === "running";
   text("start", running ? "Stop this session and start a new one" : "Start session");
+  const was = ses && !running ? " of the stopped session (not live)" : "";
+  text("tacho-cap", `Beat-to-beat intervals (ms), last 5 minutes${was}`);
+  text("trend-cap", `Rolling lnRMSSD and settling score${was}`);
   if (view() === "live") drawCharts(d);
 }
 
@@ -235,7 +254,9 @@ function chartWidth(el) { return Math.max(260, el.clientWidth || 600); }
 function makeCharts() {
   if (typeof uPlot === "undefined") return;
   const axis = { stroke: css("--muted"), grid: { stroke: css("--line") }, ticks: { stroke: css("--line") } };
-  const xaxis = { ...axis, values: (u, vals) => vals.map((v) => mmss(v)) };
+  // Whole-second steps (uPlot's default steps gave 2.5 s: "0:05 0:07 0:10").
+  const xaxis = { ...axis, incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400],
+    values: (u, vals) => vals.map((v) => mmss(v)) };
   const t = $("tacho");
   tacho = new uPlot({ width: chartWidth(t), height: 200, scales: { x: { time: false } },
     legend: { show: false }, cursor: { show: false },
@@ -284,38 +305,123 @@ $("pacer-rate").addEventListener("input", setPacer);
 $("pacer-on").addEventListener("change", setPacer);
 
 /* ---- commands ---- */
-async function command(name, body) {
+// The page speaks of its buttons, not of the MQTT commands behind them ("send session/start
+// first" meant nothing beside a button reading "Start session").
+const WORDS = { "session/start": "Start session", "session/stop": "Stop session",
+  "baseline/start": "Baseline start", "baseline/stop": "Baseline stop" };
+const CMD_NAME = /\b(session\/start|session\/stop|baseline\/start|baseline\/stop)\b/g;
+function buttonWords(msg) {
+  return String(msg).replace(/\bsend (?=(session|baseline)\/)/g, "press ").replace(CMD_NAME, (c) => WORDS[c]);
+}
+// The command as the server forwards it to the daemon (Python's json.dumps separators).
+function pyJson(v) {
+  if (Array.isArray(v)) return `[${v.map(pyJson).join(", ")}]`;
+  if (v && typeof v === "object") return `{${Object.entries(v).map(([k, x]) => `${JSON.stringify(k)}: ${pyJson(x)}`).join(", ")}}`;
+  return JSON.stringify(v);
+}
+function utf8Bytes(s) { return new TextEncoder().encode(s).length; }
+function sessionRunning() {
+  const d = S.device ? dev(S.device) : null;
+  return !!(d && d.session && d.session.state === "running");
+}
+
+// `label`: what the user pressed, in the page's words; `done`: what to say when it worked.
+async function command(name, body, label, done) {
+  body = body || {};
   const rt = currentRuntime();
   const id = S.device || (rt && rt.device_id);
-  if (!id) { say("No strap has connected yet."); return null; }
-  try {
-    const r = await fetch(`/api/cmd/${encodeURIComponent(id)}/${name}`, { method: "POST",
-      headers: { "Content-Type": "application/json", "X-Settle": "1" }, body: JSON.stringify(body || {}) });
-    const res = await r.json();
-    say(res.status === "ok" ? `${name}: done` : `${name}: ${res.error}`);
-    return res;
-  } catch (e) {
-    say(`${name}: the daemon did not answer`);
+  if (!id) { say(`${label}: no strap has connected yet`, "bad"); return null; }
+  // 2000 letters of a non-Latin script are up to 6000 bytes of UTF-8: the server refused
+  // the request (413, in plain text) and the page said the daemon did not answer.
+  const wire = utf8Bytes(pyJson({ ...body, v: 1, id: FORWARDED_ID }));
+  if (wire > MAX_COMMAND_BYTES) {
+    if (typeof body.text === "string" && body.text) {
+      const n = utf8Bytes(body.text);
+      say(`${label}: note too long: ${n} bytes as UTF-8, at most ${MAX_COMMAND_BYTES - (wire - n)} — nothing was sent`, "bad");
+    } else {
+      say(`${label}: too long to send: ${wire} bytes as UTF-8, at most ${MAX_COMMAND_BYTES} — nothing was sent`, "bad");
+    }
     return null;
   }
+  let r;
+  try {
+    r = await fetch(`/api/cmd/${encodeURIComponent(id)}/${name}`, { method: "POST",
+      headers: { "Content-Type": "application/json", "X-Settle": "1" }, body: JSON.stringify(body) });
+  } catch {
+    say(`${label}: the daemon did not answer`, "bad");
+    return null;
+  }
+  const raw = await r.text().catch(() => "");
+  let res = null;
+  try { res = JSON.parse(raw); } catch { res = null; }
+  if (!res || typeof res !== "object" || !res.status) {
+    // Not the daemon's answer (a plain-text 413, a proxy's error page): say what came back.
+    const head = `HTTP ${r.status}${r.statusText ? " " + r.statusText : ""}`;
+    let said = raw.replace(/<[^>]*>/g, " ").replace(/\s+/g, " ").trim().slice(0, 200);
+    if (said === `${r.status} ${r.statusText}`) said = "";  // a bare error page repeats it
+    say(`${label}: the server answered ${head}${said ? " — " + said : ""}`, "bad");
+    return null;
+  }
+  if (res.status === "ok") say(done, "ok");
+  else say(`${label}: ${buttonWords(res.error)}`, "bad");
+  return res;
 }
-function say(msg) { text("cmd-result", msg); }
+
+// Command results on every page, in a status line that stays in view (a marker key pressed
+// on the Live page reported "no session running" into the hidden Session page).
+let sayTimer = null;
+function clock() {
+  const n = new Date();
+  return [n.getHours(), n.getMinutes(), n.getSeconds()].map((x) => String(x).padStart(2, "0")).join(":");
+}
+function say(msg, tone) {
+  const el = $("cmd-result");
+  // The time makes a repeated result a new text, which a screen reader announces again.
+  el.textContent = `${msg} (${clock()})`;
+  el.className = `toast ${tone || ""}`;
+  clearTimeout(sayTimer);
+  sayTimer = setTimeout(() => { el.textContent = ""; }, tone === "bad" ? 20000 : 8000);
+}
+
+// Start and Stop take one command at a time (a double click started two sessions).
+let sessionBusy = false;
+async function sessionCommand(button, name, body, done) {
+  if (sessionBusy) return;
+  sessionBusy = true;
+  for (const b of [$("start"), $("stop")]) b.setAttribute("aria-disabled", "true");
+  try { await command(name, body, button.textContent, done); }
+  finally { sessionBusy = false; for (const b of [$("start"), $("stop")]) b.removeAttribute("aria-disabled"); }
+}
 $("start-form").addEventListener("submit", (e) => {
   e.preventDefault();
-  command("session/start", { intention: { target: $("target").value, statement: $("statement").value.trim(), practice: $("practice").value.trim() } });
+  const restart = sessionRunning();
+  sessionCommand($("start"), "session/start",
+    { intention: { target: $("target").value, statement: $("statement").value.trim(), practice: $("practice").value.trim() } },
+    restart ? "session stopped and a new one started" : "session started");
 });
-$("stop").addEventListener("click", () => command("session/stop"));
-$("baseline-start").addEventListener("click", () => command("baseline/start"));
-$("baseline-stop").addEventListener("click", () => command("baseline/stop"));
+// Enter in an intention field submitted the form: it stopped the running session and
+// started a new one, unasked. While one runs, only the button does that.
+for (const f of ["statement", "practice"]) {
+  $(f).addEventListener("keydown", (e) => {
+    if (e.key !== "Enter" || e.isComposing || !sessionRunning()) return;
+    e.preventDefault();
+    say("Enter does not restart the running session: press “Stop this session and start a new one” for that", "warn");
+  });
+}
+$("stop").addEventListener("click", () => sessionCommand($("stop"), "session/stop", {}, "session stopped"));
+$("baseline-start").addEventListener("click", () => command("baseline/start", {}, "Baseline start", "baseline recording started"));
+$("baseline-stop").addEventListener("click", () => command("baseline/stop", {}, "Baseline stop", "baseline stopped: scores count from it"));
 const MARKER_COOLDOWN_MS = 1500;  // a double tap or a held key is one marker, not three
 for (const b of document.querySelectorAll(".markers button")) {
+  const words = `“${b.firstChild.textContent.trim()}” marker`;
   b.addEventListener("click", () => {
     if (b.dataset.busy) return;
     b.dataset.busy = "1"; b.setAttribute("aria-disabled", "true");
     const done = () => setTimeout(() => { delete b.dataset.busy; b.removeAttribute("aria-disabled"); b.classList.remove("sent"); }, MARKER_COOLDOWN_MS);
-    command("marker", { kind: b.dataset.kind, text: $("note").value.trim() }).then((r) => {
-      // Said at the button too: on a phone the result line is below the fold.
-      if (r && r.status === "ok") { $("note").value = ""; say(`marker "${b.dataset.kind}" added`); b.classList.add("sent"); }
+    const note = $("note").value.trim();
+    command("marker", { kind: b.dataset.kind, text: note }, words, `${words} added${note ? " with the note" : ""}`).then((r) => {
+      // Shown at the button too: on a phone the status line may be out of sight.
+      if (r && r.status === "ok") { $("note").value = ""; b.classList.add("sent"); }
       done();
     }, done);
   });
@@ -323,8 +429,8 @@ for (const b of document.querySelectorAll(".markers button")) {
 $("note-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const t = $("note").value.trim();
-  if (!t) return;
-  command("marker", { kind: "note", text: t }).then((r) => { if (r && r.status === "ok") $("note").value = ""; });
+  if (!t) { say("Add note: the note is empty — type it first", "bad"); $("note").focus(); return; }
+  command("marker", { kind: "note", text: t }, "Add note", "note added").then((r) => { if (r && r.status === "ok") $("note").value = ""; });
 });
 $("device").addEventListener("change", (e) => { S.device = e.target.value; });
 document.addEventListener("keydown", (e) => {
@@ -393,16 +499,30 @@ async function loadHistory() {
   const several = new Set(res.sessions.map((s) => s.device_id)).size > 1;
   if (detail) {
     $("report").src = `/sessions/${encodeURIComponent(detail)}/report`;
-    $("detail-exports").innerHTML = `Export: ${exports(detail)}`;
+    // As in the list: a running session's exports would be a part of it, given silently.
+    const row = res.sessions.find((s) => s.id === detail);
+    $("detail-exports").innerHTML = !row ? "" : row.state === "running"
+      ? "Still running: the report covers it up to now; the exports are offered once it stops."
+      : `Export: ${exports(detail)}`;
     return;
   }
   // sessions/report.py Verdict, in a sentence (`settle trends` words them as a table cell).
   const VERDICTS = { not_yet: "did not catch up", under_way: "was catching up at the end",
     too_short: "too short to tell", no_score: "no score" };
+  // The latency counts from a reference ("caught up after 2:05" did not say from what).
+  const caughtUp = (s) => {
+    const has = (x) => x !== null && x !== undefined;
+    if (!has(s.latency_s)) {
+      const v = VERDICTS[s.catching_up] || "no catching up";
+      return s.catching_up === "not_yet" && s.reference ? `${v} after ${s.reference}` : v;
+    }
+    return `caught up ${mmss(s.latency_s)}${s.reference ? " after " + s.reference : ""}` +
+      (has(s.caught_up_t_s) ? ` (at ${mmss(s.caught_up_t_s)})` : "");
+  };
   const items = res.sessions.map((s) => {
     const when = new Date(s.started_ms).toLocaleString();
     const summary = s.state === "running" ? `running, ${dur(s.duration_s)} so far` :
-      `${dur(s.duration_s)}; ${s.latency_s !== null && s.latency_s !== undefined ? "caught up after " + mmss(s.latency_s) : (VERDICTS[s.catching_up] || "no catching up")}; ` +
+      `${dur(s.duration_s)}; ${escapeHtml(caughtUp(s))}; ` +
       `score change ${s.score_change !== null && s.score_change !== undefined ? (s.score_change >= 0 ? "+" : "") + s.score_change.toFixed(1) : "–"}` +
       `${s.target && s.target !== "–" ? "; " + escapeHtml(s.target) : ""}${s.statement ? " “" + escapeHtml(s.statement) + "”" : ""}`;
     const strap = several && s.device_id ? ` <span class="strap">(${escapeHtml(s.device_id)})</span>` : "";
@@ -412,11 +532,25 @@ async function loadHistory() {
   $("session-list").innerHTML = items ? `<ul class="sessions">${items}</ul>` : "<p>No sessions yet.</p>";
 }
 
-// A bids download carries the subject typed above (the server checks it: letters and digits).
+// A bids download carries the subject typed above, checked as the server does
+// (sessions/export_bids.py bids_label): "anna-1" or "Änne" made the download fail silently.
+function subjectProblem(v) {
+  if (/^[A-Za-z0-9]+$/.test(v)) return "";
+  const rest = v.slice(4);
+  const hint = v.toLowerCase().startsWith("sub-") && /^[A-Za-z0-9]+$/.test(rest) ? ` (give it without “sub-”: ${rest})` : "";
+  return `BIDS subject “${v}”: letters A–Z and digits only, no dashes, spaces or accents${hint}`;
+}
+$("bids-subject").addEventListener("input", (e) => {
+  const bad = subjectProblem(e.target.value.trim() || "01");
+  if (bad) e.target.setAttribute("aria-invalid", "true"); else e.target.removeAttribute("aria-invalid");
+  text("bids-why", bad);
+});
 document.addEventListener("click", (ev) => {
   const a = ev.target instanceof Element ? ev.target.closest("a.bids") : null;
   if (!a) return;
   const subject = $("bids-subject").value.trim() || "01";
+  const bad = subjectProblem(subject);
+  if (bad) { ev.preventDefault(); say(`${bad} — not downloaded`, "bad"); $("bids-subject").focus(); return; }
   const url = new URL(a.href, location.href);
   url.searchParams.set("subject", subject);
   a.href = url.pathname + url.search;
