@@ -35,6 +35,7 @@ import math
 import os
 import secrets
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -689,8 +690,22 @@ def _create_private_file(path: Path) -> None:
     SQLite gives its -wal and -shm files the main file's permissions, so the whole store
     stays private. An existing file keeps its mode: changing a user's chosen permissions
     behind their back would be a surprise.
+
+    An existing file is not opened here, only checked: closing a descriptor of it drops every
+    POSIX lock this process holds on it, the shared lock of a connection already open on the
+    store included. Another process closing its own connection then took itself for the last
+    one and deleted the WAL under that connection: its later commits went into an unlinked
+    file and the next open read "disk I/O error".
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        st = os.stat(path)  # a dangling symlink raises FileNotFoundError, as open did
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path)) from None
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path)) from None
+        return
     os.close(fd)
 
 

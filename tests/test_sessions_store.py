@@ -424,3 +424,30 @@ def test_a_store_that_cannot_be_written_is_still_read(
     with pytest.raises(StoreError, match="an empty file, not a Settle session store"):
         SessionStore.open_for_reading(empty)
     assert empty.stat().st_size == 0
+
+
+def test_a_second_open_in_one_process_keeps_the_first_connection_safe(tmp_path: Path) -> None:
+    """Opening the store again in a process that already has it open (a test beside its
+    daemon; any future in-process reader) opened and closed the file itself, which drops the
+    POSIX locks SQLite holds on it. The next process to close its own connection (the
+    dashboard's worker, `settle sessions list`) then took itself for the last one and deleted
+    the WAL under the first connection: its later commits were lost and the next open read
+    "disk I/O error"."""
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as first:
+        first.create_session("dev", 1_700_000_000_000, "x", {})
+        with SessionStore.open(db) as second:
+            assert len(second.list_sessions()) == 1
+        reader = (
+            "import sys; from pathlib import Path; from sessions.store import SessionStore\n"
+            "with SessionStore.open_for_reading(Path(sys.argv[1])) as s:\n"
+            "    print(len(s.list_sessions()))\n"
+        )
+        res = subprocess.run([sys.executable, "-c", reader, str(db)], capture_output=True,
+                             text=True, timeout=60, cwd=Path(__file__).parents[1])  # fmt: skip
+        assert res.stdout.strip() == "1", res.stderr
+        first.create_session("dev", 1_700_000_001_000, "x", {})
+        with SessionStore.open(db) as third:
+            assert len(third.list_sessions()) == 2
+    with SessionStore.open(db) as again:  # nothing lost once every connection is closed
+        assert len(again.list_sessions()) == 2
