@@ -197,6 +197,14 @@ async def test_downloads_hold_every_file_the_cli_writes_and_notes_go_as_utf8(
                 assert r.status == 200, await r.text()
             (sent,) = back.payloads
             assert note.encode() in sent and len(sent) < 4096
+            # Too large for the dashboard: refused in the same JSON as every other refusal
+            # (aiohttp's own answer was a line of plain text the page could not read).
+            body = json.dumps({"kind": "note", "text": "的" * 1500}, ensure_ascii=False).encode()
+            async with http.post(f"{d.url}api/cmd/dev_1/marker", data=body) as r:
+                assert r.status == 413 and (await r.json())["error"] == (
+                    "request too large: a command takes at most 4096 bytes"
+                )
+            assert len(back.payloads) == 1
             # An unknown session's report (shown in the history frame) is a sentence, not
             # the raw JSON error document.
             async with http.get(f"{d.url}sessions/nope/report") as r:

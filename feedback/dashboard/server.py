@@ -345,7 +345,11 @@ class Dashboard:
         device, name = request.match_info["device"], request.match_info["name"]
         if name not in COMMANDS:
             return _error(404, f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
-        body = await request.read()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            # As every other refusal, JSON (aiohttp's own answer is a line of plain text).
+            return _error(413, f"request too large: a command takes at most {MAX_BODY} bytes")
         try:
             # A repeated key is refused, as over MQTT (json.loads would keep the last value).
             raw = decode_json(body or b"{}", unique_keys=True)
