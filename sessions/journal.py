@@ -4,8 +4,9 @@ Three layouts are read (``fmt="auto"`` picks by extension, then by the first lin
 
 ``text``
     One entry per line, ``HH:MM[:SS[.fff]] text``; the text may start with a marker kind and
-    a colon (``14:05:10 shame: it came back``), else the kind is ``note``. Blank lines and
-    lines starting with ``#`` are skipped.
+    a colon (``14:05:10 shame: it came back``; any case, a space or ``_`` for the hyphen:
+    ``Hold start:``), else the kind is ``note``. Blank lines and lines starting with ``#``
+    are skipped.
 ``csv``
     A header row, then one entry per row. Columns: exactly one time column — ``t_s``
     (seconds since session start), ``time`` (``HH:MM[:SS]`` local clock time, or an ISO 8601
@@ -19,18 +20,25 @@ Alignment to the session's time base (seconds since its start, ``t_s``):
 * epoch milliseconds and ISO date-times with a UTC offset are absolute instants;
 * clock times (``HH:MM:SS``) and ISO date-times without an offset are read in the **local
   time zone of the computer running the import** (``TZ`` overrides it). A bare clock time
-  is placed on the calendar day that puts it closest to the session (within ±12 h of its
-  start), so sessions across midnight work.
+  is placed on the calendar day that puts it inside the session (else closest to its
+  start), so sessions across midnight work; in the hour a DST change repeats, the reading
+  of the two that falls inside the session is taken.
+* In a time-compressed session (``--speed``, ``meta.time_scale``), a wall-clock instant is
+  ``time_scale`` session seconds per second after the start.
 
 Then ``offset_s`` is added to every entry: if the journal's clock was 30 s behind the
-computer that recorded the session, pass ``offset_s=30``. An entry that falls before the
-session start or after its end is an error (pointing at the offset option), as is any line
-that cannot be read; all entries are checked before anything is stored, and all are stored
-in one transaction, so a journal is never imported half-way.
+computer that recorded the session, pass ``offset_s=30`` (clock seconds; for a ``t_s``
+column, session seconds). Identical entries within one file are each imported; an entry
+identical to a marker an earlier import stored (time to the ms, kind, text) is skipped.
+An entry that falls before the session start or after its end is an error (pointing at
+the offset option), as is any line that cannot be read; all entries are checked before
+anything is stored, and all are stored in one transaction, so a journal is never imported
+half-way.
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import datetime as dt
@@ -56,7 +64,7 @@ MAX_TEXT_CHARS = 2000
 
 _CLOCK = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,6}))?)?$")
 _TEXT_LINE = re.compile(r"^\s*(\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d{1,6})?)?)(?:\s+(.*))?$")
-_KIND_PREFIX = re.compile(r"^([a-z-]+)\s*:\s*(.*)$", re.DOTALL)
+_KIND_PREFIX = re.compile(r"^([A-Za-z][A-Za-z _-]*?)\s*:\s*(.*)$", re.DOTALL)
 _TIME_COLUMNS = ("t_s", "time", "ts_ms")
 
 
@@ -92,14 +100,21 @@ def _parse_clock(value: str) -> float | None:
     return h * 3600 + mi * 60 + se + (int(frac) / 10 ** len(frac) if frac else 0.0)
 
 
+def _kind_name(word: str) -> str:
+    """A kind as written by hand: ``Shame``, ``HOLD START``, ``hold_start`` → its name."""
+    return re.sub(r"[\s_-]+", "-", word.strip().lower())
+
+
 def _kind_and_text(path: Path, line: int, kind: str | None, text: str) -> tuple[str, str]:
     if kind is None:
+        # Any case, and a space or underscore for the hyphen: a phone capitalises the first
+        # word, and "Shame: …" was stored as a note (the CSV kind column was lowercased).
         m = _KIND_PREFIX.match(text)
-        if m is not None and m[1] in MARKER_KINDS:
-            kind, text = m[1], m[2]
+        if m is not None and _kind_name(m[1]) in MARKER_KINDS:
+            kind, text = _kind_name(m[1]), m[2]
         else:
             kind = "note"
-    kind = kind.strip().lower() or "note"
+    kind = _kind_name(kind) or "note"
     if kind not in MARKER_KINDS:
         raise _fail(path, line, f"unknown marker kind {kind!r} (known: {', '.join(MARKER_KINDS)})")
     text = text.strip()
@@ -294,19 +309,40 @@ def _epoch_ms(when: dt.datetime) -> int:
     return (us + 500) // 1000
 
 
-def _align(entry: JournalEntry, info: SessionInfo) -> tuple[float, int]:
-    """``(t_s, ts_ms)`` of an entry before the offset: session seconds and epoch ms.
+def _local_ms(naive: dt.datetime) -> list[int]:
+    """Epoch ms of a naive local date-time: both readings in the hour a DST change repeats
+    (``fold``), where they differ (the later one used to be unreachable)."""
+    # A naive datetime's astimezone() reads it in the local zone (DST-aware).
+    return sorted({_epoch_ms(naive.replace(fold=f).astimezone()) for f in (0, 1)})
+
+
+def _nearest(candidates: list[int], info: SessionInfo, end_ms: int) -> int:
+    """The candidate instant inside the session (the earliest such), else the nearest to its
+    start."""
+    inside = [c for c in candidates if info.started_ms <= c <= end_ms]
+    if inside:
+        return min(inside)
+    return min(candidates, key=lambda c: abs(c - info.started_ms))
+
+
+def _align(entry: JournalEntry, info: SessionInfo, end_ms: int) -> tuple[float, int]:
+    """``(t_s, ts_ms)`` of an entry before the offset: session seconds and epoch ms;
+    ``end_ms``: the wall-clock instant the session's recorded span ends at.
 
     Computed in integer milliseconds, so ``t_s`` is exactly ``(ts_ms - started_ms) / 1000``
-    (a clock time ``09:00:13.701`` in a session started at ``09:00:00.123`` is ``13.578``).
+    (a clock time ``09:00:13.701`` in a session started at ``09:00:00.123`` is ``13.578``);
+    in a time-compressed session (``--speed``) a wall-clock instant is ``time_scale`` times
+    as many session seconds after the start (and a ``t_s`` that many times fewer ms): the
+    clock times were once placed as if every session ran in real time, 10 × too early at
+    ``--speed 10``.
     """
+    scale = info.time_scale
     if entry.t_s is not None:
-        return entry.t_s, info.started_ms + round(entry.t_s * 1000)
+        return entry.t_s, info.started_ms + round(entry.t_s * 1000 / scale)
     if entry.ts_ms is not None:
         ms = entry.ts_ms
     elif entry.local is not None:
-        # astimezone() on a naive datetime interprets it in the local zone (DST-aware).
-        ms = _epoch_ms(entry.local.astimezone())
+        ms = _nearest(_local_ms(entry.local), info, end_ms)
     else:
         assert entry.clock_s is not None
         start_local = dt.datetime.fromtimestamp(info.started_ms // 1000).astimezone()
@@ -314,12 +350,14 @@ def _align(entry: JournalEntry, info: SessionInfo) -> tuple[float, int]:
         frac_ms = round((entry.clock_s - whole) * 1000)
         clock = dt.time(whole // 3600, whole % 3600 // 60, whole % 60)
         candidates = [
-            # A naive datetime's astimezone() reads it in the local zone (DST-aware).
-            _epoch_ms(dt.datetime.combine(day, clock).astimezone()) + frac_ms
+            c + frac_ms
             for day in (start_local.date() + dt.timedelta(days=k) for k in (-1, 0, 1))
+            for c in _local_ms(dt.datetime.combine(day, clock))
         ]
-        ms = min(candidates, key=lambda c: abs(c - info.started_ms))
-    return (ms - info.started_ms) / 1000, ms
+        ms = _nearest(candidates, info, end_ms)
+    if scale == 1.0:
+        return (ms - info.started_ms) / 1000, ms
+    return round((ms - info.started_ms) * scale) / 1000, ms
 
 
 MAX_OFFSET_S = 86400.0
@@ -356,17 +394,26 @@ def import_journal(
     entries = parse_journal(path, fmt)
     rec = store.read_session(session_id)
     info = rec.info
+    scale = info.time_scale
     # The session's own time axis: for a running or time-compressed (--speed) session it
-    # reaches further than its wall-clock length.
+    # reaches further than its wall-clock length. Imported markers do not extend it.
     end_s = store.recorded_span_s(session_id)
+    end_ms = info.started_ms + round(end_s * 1000 / scale)
     imported = [m for m in rec.markers if m.source is MarkerSource.IMPORT]
-    existing = set() if replace else {(round(m.t_s * 1000), m.kind, m.text) for m in imported}
+    # What an earlier import stored already, counted: the same file twice adds nothing, but
+    # two identical lines of one file (a paper log kept to the minute) are two markers.
+    existing = collections.Counter(
+        [] if replace else [(round(m.t_s * 1000), m.kind, m.text) for m in imported]
+    )
     rows: list[MarkerRow] = []
     for e in entries:
-        t_s, ts_ms = _align(e, info)
+        t_s, ts_ms = _align(e, info, end_ms)
         if offset_s:
-            ts_ms += round(offset_s * 1000)
-            t_s = round((t_s + offset_s) * 1000) / 1000  # 13.578 + 0.1 is 13.678, not …7999
+            # In the journal's own time: clock seconds for clock times and instants (that
+            # many times time_scale session seconds), session seconds for a t_s column.
+            on_axis = offset_s if e.t_s is not None else offset_s * scale
+            ts_ms += round(on_axis * 1000 / scale)
+            t_s = round((t_s + on_axis) * 1000) / 1000  # 13.578 + 0.1 is 13.678, not …7999
         if t_s < 0:
             raise _fail(
                 path,
@@ -383,32 +430,73 @@ def import_journal(
                 f"(wrong session, or the clocks differ: use --offset SECONDS)",
             )
         key = (round(t_s * 1000), e.kind, e.text)
-        if key in existing:
+        if existing[key] > 0:
+            existing[key] -= 1
             continue
-        existing.add(key)
         rows.append(MarkerRow(t_s, ts_ms, e.kind, e.text, MarkerSource.IMPORT))
-    same_entries = sorted((e.kind, e.text) for e in entries) == sorted(
-        (m.kind, m.text) for m in imported
-    )
-    if rows and not replace and same_entries:
-        shift = rows[0].t_s - min(
-            (m.t_s for m in imported if (m.kind, m.text) == (rows[0].kind, rows[0].text)),
-            key=lambda t: abs(t - rows[0].t_s),
-        )
+    # The same journal at other times (a corrected --offset): every entry shifted by one
+    # amount. A single entry cannot tell a shift from another journal that holds the same
+    # words, so it is imported as a new marker (it used to be refused, and --replace then
+    # removed every earlier import, other journals' markers too).
+    shift_ms = _shift(rows, imported) if rows else None
+    earlier = _at_shift(rows, imported, shift_ms, same_words=True) if shift_ms is not None else []
+    if rows and not replace and len(entries) > 1 and len(earlier) == len(rows):
+        assert shift_ms is not None
+        shift = shift_ms / 1000
         raise _fail(
             path,
             None,
             f"these entries were imported into session {session_id} already, "
             f"{abs(shift):.1f} s {'earlier' if shift > 0 else 'later'}; to move them, import "
-            "again with --replace (removes the earlier import)",
+            f"again with --replace (removes those {len(earlier)} earlier markers)",
         )
     if replace:
-        with store.batch():  # all or nothing: the old import goes only if the new one lands
-            store.delete_markers(session_id, MarkerSource.IMPORT)
+        # Only the earlier copy of this journal goes — the imported markers at its entries'
+        # times less the common shift, whatever their text (a typo corrected since) — all or
+        # nothing: only if the new one lands. Markers imported from other journals stay.
+        old = _at_shift(rows, imported, shift_ms, same_words=False) if shift_ms is not None else []
+        with store.batch():
+            store.delete_markers(session_id, MarkerSource.IMPORT, only=old)
             store.add_markers(session_id, rows)
     elif rows:
         store.add_markers(session_id, rows)
     return rows
+
+
+def _shift(rows: list[MarkerRow], imported: list[MarkerRow]) -> int | None:
+    """The shift (ms) between ``rows`` and an earlier import of the same journal: the most
+    common difference between an entry and an imported marker with its kind and text (from
+    the first 50 entries and 50 such markers each), or None when none shares both."""
+    by_words: dict[tuple[str, str], list[int]] = collections.defaultdict(list)
+    for m in imported:
+        by_words[(m.kind, m.text)].append(round(m.t_s * 1000))
+    counts: collections.Counter[int] = collections.Counter()
+    for r in rows[:50]:
+        t = round(r.t_s * 1000)
+        counts.update(t - u for u in by_words.get((r.kind, r.text), [])[:50])
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _at_shift(
+    rows: list[MarkerRow], imported: list[MarkerRow], shift_ms: int, *, same_words: bool
+) -> list[MarkerRow]:
+    """The imported markers that sit ``shift_ms`` before an entry (to 1 ms), one per entry;
+    ``same_words``: only one with the entry's kind and text."""
+    by_time: dict[int, list[MarkerRow]] = collections.defaultdict(list)
+    for m in imported:
+        by_time[round(m.t_s * 1000)].append(m)
+    out: list[MarkerRow] = []
+    for r in rows:
+        t = round(r.t_s * 1000) - shift_ms
+        for k in (t, t - 1, t + 1):
+            pool = by_time.get(k, [])
+            hit = next((m for m in pool if not same_words or (m.kind, m.text) == (r.kind, r.text)),
+                       None)  # fmt: skip
+            if hit is not None:
+                pool.remove(hit)
+                out.append(hit)
+                break
+    return out
 
 
 def _dur(seconds: float) -> str:

@@ -300,6 +300,15 @@ class SessionInfo:
     tags: tuple[str, ...] = ()
     notes: str = ""
 
+    @property
+    def time_scale(self) -> float:
+        """Session seconds per wall-clock second (``meta.time_scale``): > 1 for a
+        time-compressed (``--speed``) replay, 1 otherwise."""
+        scale = self.meta.get("time_scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, int | float):
+            return 1.0
+        return float(scale) if math.isfinite(scale) and scale > 0 else 1.0
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SessionSummary:
@@ -1088,16 +1097,29 @@ class SessionStore:
         """Store one marker and return its id (``marker.id`` is ignored)."""
         return self.add_markers(session_id, [marker])[0]
 
-    def delete_markers(self, session_id: str, source: MarkerSource) -> int:
-        """Delete the session's markers from ``source`` (e.g. an earlier journal import);
-        returns how many. One transaction (inside :meth:`batch`, part of its)."""
+    def delete_markers(
+        self, session_id: str, source: MarkerSource, *, only: Sequence[MarkerRow] | None = None
+    ) -> int:
+        """Delete the session's markers from ``source`` (e.g. an earlier journal import) —
+        ``only`` those equal to these rows (one stored marker per row), if given; returns
+        how many. One transaction (inside :meth:`batch`, part of its)."""
         with self._transaction(write=True) as conn:
             _require_session(conn, session_id)
-            cur = conn.execute(
-                "DELETE FROM markers WHERE session_id = ? AND source = ?",
-                (session_id, source.value),
-            )
-        return cur.rowcount
+            if only is None:
+                cur = conn.execute(
+                    "DELETE FROM markers WHERE session_id = ? AND source = ?",
+                    (session_id, source.value),
+                )
+                return cur.rowcount
+            n = 0
+            for m in only:
+                cur = conn.execute(
+                    "DELETE FROM markers WHERE id = (SELECT id FROM markers WHERE session_id = ?"
+                    " AND source = ? AND t_s = ? AND kind = ? AND text = ? LIMIT 1)",
+                    (session_id, source.value, m.t_s, m.kind, m.text),
+                )
+                n += cur.rowcount
+        return n
 
     def add_markers(self, session_id: str, markers: Sequence[MarkerRow]) -> list[int]:
         """Store several markers in one transaction (all or none); return their ids."""
@@ -1434,10 +1456,13 @@ class SessionStore:
     def recorded_span_s(self, session_id: str, *, now_ms: int | None = None) -> float:
         """How far the session's time axis reaches, seconds since its start.
 
-        The largest of: its wall-clock length (to ``now_ms`` while it runs), its last beat,
-        gap end, indices row and marker. A time-compressed replay (``--speed``) records
-        more session seconds than wall-clock seconds, so the wall clock alone is too short.
-        """
+        The largest of: its wall-clock length (to ``now_ms`` while it runs; times
+        :attr:`SessionInfo.time_scale`), its last beat,
+        gap end, indices row and marker entered live. A time-compressed replay (``--speed``)
+        records more session seconds than wall-clock seconds, so the wall clock alone is too
+        short. Imported markers do not count: each journal import is checked against this
+        span, and one just past the end moved the end for the next (markers crept 5 s past
+        a session, and a baseline with them)."""
         with self._transaction(write=False) as conn:
             info = _require_session(conn, session_id)
             end_ms = info.stopped_ms
@@ -1448,11 +1473,12 @@ class SessionStore:
                 SELECT max(coalesce((SELECT max(beat_t_s) FROM beats WHERE session_id = :s), 0),
                            coalesce((SELECT max(end_t_s) FROM gaps WHERE session_id = :s), 0),
                            coalesce((SELECT max(t_s) FROM indices WHERE session_id = :s), 0),
-                           coalesce((SELECT max(t_s) FROM markers WHERE session_id = :s), 0))
+                           coalesce((SELECT max(t_s) FROM markers
+                                     WHERE session_id = :s AND source != :imported), 0))
                 """,
-                {"s": session_id},
+                {"s": session_id, "imported": MarkerSource.IMPORT.value},
             ).fetchone()
-        return max((end_ms - info.started_ms) / 1000.0, float(last), 0.0)
+        return max((end_ms - info.started_ms) / 1000.0 * info.time_scale, float(last), 0.0)
 
     def beats(self, session_id: str) -> list[BeatRow]:
         """The session's beats in ``seq`` order."""

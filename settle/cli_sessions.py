@@ -312,13 +312,17 @@ def log_import(
     file: Annotated[Path, typer.Argument(help="Journal: CSV, JSON lines or 'HH:MM:SS text'.")],
     offset: Annotated[
         float,
-        typer.Option(help="Seconds added to every journal time (journal clock behind: positive)."),
+        typer.Option(
+            help="Seconds added to every journal time (journal clock behind: positive; "
+            "session seconds for a t_s column)."
+        ),
     ] = 0.0,
     fmt: Annotated[str, typer.Option("--format", help="auto, csv, jsonl or text.")] = "auto",
     replace: Annotated[
         bool,
         typer.Option(
-            "--replace", help="First remove the markers earlier imports stored in the session."
+            "--replace",
+            help="First remove the earlier import of this journal (its markers, at any shift).",
         ),
     ] = False,
     db: DbOpt = None,

@@ -233,3 +233,87 @@ def test_offset_keeps_whole_milliseconds(store: SessionStore, sid: str, tmp_path
     path = _write(tmp_path, "j.csv", "t_s,text\n13.578,a\n")
     (row,) = import_journal(store, sid, path, offset_s=0.1)
     assert (row.t_s, row.ts_ms) == (13.678, T0_MS + 13_678)  # not 13.677999999999999
+
+
+def test_clock_times_of_a_time_compressed_session(store: SessionStore, tmp_path: Path) -> None:
+    """A --speed 10 session records 10 session seconds per wall second. A journal line at
+    09:00:20 (20 s after the start on the wall clock) is 200 session seconds in: it was put
+    at 20 s, 10 times too early, beside a dashboard marker of the same instant at 205 s."""
+    sid = store.create_session("dev", T0_MS, "x", {"time_scale": 10.0}).id
+    store.finish_session(sid, T0_MS + 60_000)  # one wall minute: 600 session seconds
+    path = _write(tmp_path, "j.txt", "09:00:20.250 shame: same instant\n")
+    (row,) = import_journal(store, sid, path)
+    assert (row.t_s, row.ts_ms) == (200.0, T0_MS + 20_000)
+    (col,) = import_journal(store, sid, _write(tmp_path, "j.csv", "t_s,text\n300,x\n"))
+    assert (col.t_s, col.ts_ms) == (300.0, T0_MS + 30_000)  # a wall time that happened
+    (late,) = import_journal(store, sid, path, offset_s=2)  # journal clock 2 s behind
+    assert (late.t_s, late.ts_ms) == (220.0, T0_MS + 22_000)
+
+
+def test_the_repeated_dst_hour_is_read_inside_the_session(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """On 2026-10-25 Berlin's clocks go from 03:00 CEST back to 02:00 CET. A session from
+    02:40 CEST (00:40 UTC) to 02:40 CET (01:40 UTC) holds 02:50 once (CEST) and 02:10 once
+    (CET): the second reading was never tried ("falls 30 min before the session started")."""
+    start = int(dt.datetime(2026, 10, 25, 0, 40, tzinfo=dt.UTC).timestamp() * 1000)
+    sid = store.create_session("dev", start, "x", {}).id
+    store.finish_session(sid, start + 3_600_000)
+    rows = import_journal(
+        store, sid, _write(tmp_path, "dst.txt", "02:50 hold-start: x\n02:10 shame: y\n")
+    )
+    assert [(m.kind, m.t_s) for m in rows] == [("hold-start", 600.0), ("shame", 1800.0)]
+
+
+def test_kinds_in_any_case_and_identical_lines_each_count(
+    store: SessionStore, sid: str, tmp_path: Path
+) -> None:
+    """A phone capitalises the first word: "Shame: came back" was stored as a note (the CSV
+    kind column was lowercased). Two identical lines of a log kept to the minute are two
+    markers (one was dropped silently); importing the file again still adds nothing."""
+    path = _write(
+        tmp_path,
+        "j.txt",
+        "09:01 Hold start: began\n09:02 SHAME: x\n09:02 shame: x\n09:03 Note to self: fine\n",
+    )
+    rows = import_journal(store, sid, path)
+    assert [(m.kind, m.text) for m in rows] == [
+        ("hold-start", "began"), ("shame", "x"), ("shame", "x"), ("note", "Note to self: fine"),
+    ]  # fmt: skip
+    assert import_journal(store, sid, path) == []
+    assert len(store.markers(sid)) == 4
+
+
+def test_replace_removes_only_the_earlier_copy_of_this_journal(
+    store: SessionStore, sid: str, tmp_path: Path
+) -> None:
+    """A second journal whose one entry had the same words as another's was refused as
+    "already imported", and --replace then deleted every earlier import. Now a one-line
+    journal is simply imported; a journal imported again shifted is refused, and --replace
+    removes that journal's earlier markers only (a corrected typo included)."""
+    part_a = _write(tmp_path, "a.txt", "09:07:00 shame:\n")
+    part_b = _write(tmp_path, "b.txt", "09:07:40 shame:\n")
+    assert len(import_journal(store, sid, part_a)) == 1
+    assert len(import_journal(store, sid, part_b)) == 1
+    log = _write(tmp_path, "log.txt", "09:10 doubt: one\n09:12 note: tpyo\n")
+    import_journal(store, sid, log)
+    with pytest.raises(InputFileError, match=r"already, 30.0 s earlier; .*removes those 2"):
+        import_journal(store, sid, log, offset_s=30)
+    fixed = _write(tmp_path, "log.txt", "09:10 doubt: one\n09:12 note: typo\n")
+    import_journal(store, sid, fixed, offset_s=30, replace=True)
+    assert [(m.t_s, m.kind, m.text) for m in store.markers(sid)] == [
+        (419.75, "shame", ""), (459.75, "shame", ""), (629.75, "doubt", "one"),
+        (749.75, "note", "typo"),
+    ]  # fmt: skip
+
+
+def test_imported_markers_do_not_move_the_session_end(
+    store: SessionStore, sid: str, tmp_path: Path
+) -> None:
+    """Each import may reach 1 s past the end; the end counted imported markers, so five
+    imports crept 5 s past the session, and a baseline could then be set there."""
+    end_s = store.recorded_span_s(sid)
+    import_journal(store, sid, _write(tmp_path, "a.csv", f"t_s,text\n{end_s + 0.9},x\n"))
+    assert store.recorded_span_s(sid) == end_s
+    with pytest.raises(InputFileError, match="after the session ended"):
+        import_journal(store, sid, _write(tmp_path, "b.csv", f"t_s,text\n{end_s + 1.8},y\n"))
