@@ -66,6 +66,7 @@ _CLOCK = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,6}))?)?$")
 _TEXT_LINE = re.compile(r"^\s*(\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d{1,6})?)?)(?:\s+(.*))?$")
 _KIND_PREFIX = re.compile(r"^([A-Za-z][A-Za-z _-]*?)\s*:\s*(.*)$", re.DOTALL)
 _TIME_COLUMNS = ("t_s", "time", "ts_ms")
+_AM_PM = re.compile(r"^[AaPp]\.?[Mm]\.?(?:\s|$)")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -183,7 +184,16 @@ def _parse_text(path: Path, text: str) -> list[JournalEntry]:
         m = _TEXT_LINE.match(raw)
         clock = None if m is None else _parse_clock(m[1])
         if m is None or clock is None:
-            raise _fail(path, n, f"expected 'HH:MM:SS text', got {_clip(stripped)!r}")
+            hint = " (a title or comment line starts with #)" if n == 1 else ""
+            raise _fail(path, n, f"expected 'HH:MM:SS text', got {_clip(stripped)!r}{hint}")
+        if m is not None and _AM_PM.match(m[2] or ""):
+            # "6:07 PM shame" was read as 06:07 with the text "PM shame", or said to fall
+            # 12 h before the session.
+            h, rest = m[1].split(":", 1)
+            pm = (m[2] or "")[0] in "Pp"
+            hour = (int(h) % 12) + (12 if pm else 0)
+            said = f"{m[1]} {'PM' if pm else 'AM'}"
+            raise _fail(path, n, f"12-hour times are not read: write {said} as {hour:02d}:{rest}")
         kind, body = _kind_and_text(path, n, None, m[2] or "")
         out.append(JournalEntry(n, kind, body, clock_s=clock))
     return out
@@ -209,7 +219,13 @@ def _parse_jsonl(path: Path, text: str) -> list[JournalEntry]:
 
 def _parse_csv(path: Path, text: str) -> list[JournalEntry]:
     # strict: an unclosed quote is an error, not the rest of the file read as one cell
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    # Tab- or semicolon-separated (a .tsv file, a spreadsheet in a comma-decimal locale) as
+    # well as comma-separated: the header says which.
+    delimiter = max(("\t", ";", ","), key=lambda d: (first.count(d), d == ","))
+    if path.suffix.lower() == ".tsv":
+        delimiter = "\t"
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader, None)
         if header is None:
@@ -269,11 +285,14 @@ def _detect(path: Path, text: str) -> Literal["csv", "jsonl", "text"]:
         return "jsonl"
     if suffix in (".csv", ".tsv"):
         return "csv"
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
     if first.startswith("{"):
         return "jsonl"
     if _TEXT_LINE.match(first) or first.startswith("#"):
         return "text"
+    if not any(d in first for d in ",;\t") and any(_TEXT_LINE.match(ln) for ln in lines[1:6]):
+        return "text"  # a title line over timed lines: said to be read as a CSV header
     return "csv"
 
 

@@ -128,6 +128,8 @@ def test_importing_twice_does_not_duplicate(store: SessionStore, sid: str, tmp_p
         ("o.csv", 't_s,text\n1,"unclosed\n2,b\n3,c\n', 4, "malformed CSV: unexpected end"),
         ("l.txt", "# nothing yet\n", None, "no entries found"),
         ("m.txt", "", None, "file is empty"),
+        ("p.txt", "9:01 ok\n6:07 PM shame: x\n", 2, "write 6:07 PM as 18:07"),
+        ("q.txt", "Morning sit\n09:01 shame: x\n", 1, "(a title or comment line starts with #)"),
     ],
 )
 def test_bad_lines_are_named_and_nothing_is_imported(
@@ -317,3 +319,16 @@ def test_imported_markers_do_not_move_the_session_end(
     assert store.recorded_span_s(sid) == end_s
     with pytest.raises(InputFileError, match="after the session ended"):
         import_journal(store, sid, _write(tmp_path, "b.csv", f"t_s,text\n{end_s + 1.8},y\n"))
+
+
+def test_tab_and_semicolon_separated_journals(
+    store: SessionStore, sid: str, tmp_path: Path
+) -> None:
+    """A .tsv file was detected as CSV and split on commas, so always refused; a spreadsheet
+    saved with semicolons (comma-decimal locales) was refused too."""
+    tsv = _write(tmp_path, "j.tsv", "t_s\tkind\ttext\n61.5\tshame\tit came back, twice\n")
+    semi = _write(tmp_path, "j.csv", "time;kind;text\n09:03:00;doubt;x\n")
+    rows = import_journal(store, sid, tsv) + import_journal(store, sid, semi)
+    assert [(m.t_s, m.kind, m.text) for m in rows] == [
+        (61.5, "shame", "it came back, twice"), (179.75, "doubt", "x"),
+    ]  # fmt: skip
