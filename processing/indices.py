@@ -35,11 +35,17 @@ __all__ = [
     "CATCH_THRESHOLD",
     "CatchingUp",
     "EventResponse",
+    "Reactivity",
     "SettlingComponents",
     "Trend",
     "TrendLabel",
     "event_response",
+    "fast_hr",
+    "hr_at_seconds",
+    "ln_rmssd_between",
     "mann_kendall",
+    "mean_spread",
+    "reactivity",
     "theil_sen",
     "trend",
 ]
@@ -254,50 +260,170 @@ class CatchingUp:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class EventResponse:
-    """Response of HR and lnRMSSD to one marker."""
+    """Response of HR and lnRMSSD to one marker (see :func:`event_response`)."""
 
     t_s: float
     """Marker time, s."""
     kind: str
     """Marker kind (e.g. ``shame``)."""
     peak_d_hr_bpm: float
-    """Largest |HR − baseline HR| within 30 s after the marker, signed, beats/min."""
+    """Largest |fast HR − baseline fast HR mean| within 30 s after the marker, signed,
+    beats/min (fast HR: :func:`fast_hr`, the 5 s mean of the beats' 1 Hz HR)."""
     peak_d_ln_rmssd: float
-    """Largest |lnRMSSD − baseline| within 30 s after the marker, signed, ln units."""
+    """lnRMSSD of the corrected beats in the 30 s after the marker minus the baseline
+    lnRMSSD mean, ln units: one value over the 30 s (:func:`ln_rmssd_between`), not a peak."""
     recovery_s: float
-    """Time after the 30 s reactivity window until HR is back within mean_b ± spread_b, s;
-    NaN if it did not recover within ``RECOVERY_MAX_S`` (or in the data so far)."""
+    """Time after the 30 s reactivity window until the fast HR is back within the baseline
+    band (mean ± spread of the same fast HR during the baseline), s; 0 if it already is at
+    the end of the window; NaN if it did not recover within ``RECOVERY_MAX_S`` (or in the
+    data so far)."""
 
 
 REACT_S = 30.0
 """Reactivity window after a marker, s."""
 RECOVERY_MAX_S = 600.0
 """How long after the reactivity window recovery is searched for, s (then NaN: not back)."""
+FAST_HALF_S = 2
+"""The fast HR at second ``g`` is the mean of the 1 Hz HR at ``g − 2 … g + 2`` (5 s)."""
+FAST_MIN_SECONDS = 3
+"""Seconds of the 5 with a heart rate (not in a gap) that a fast HR value needs."""
+LN_RMSSD_MIN_PAIRS = 5
+"""Successive differences the 30 s lnRMSSD after a marker needs (else NaN)."""
+PAIR_MAX_SPAN = 1.5
+"""Two beats are successive when the later one closes less than this many of its own
+intervals after the earlier one (further apart: beats were lost in between, a gap)."""
+
+
+def hr_at_seconds(
+    t_s: npt.ArrayLike,
+    rr_ms: npt.ArrayLike,
+    grid_s: npt.ArrayLike,
+    span_ms: npt.ArrayLike | None = None,
+) -> npt.NDArray[np.float64]:
+    """Heart rate at each time of ``grid_s``: ``60000 / rr`` of the interval that contains it
+    (the first beat closing at or after it, if that beat's interval — ``span_ms``, default
+    ``rr_ms`` — began before it); NaN where no interval does (before the first beat, in a
+    gap). ``t_s`` sorted. Each value depends only on the beat whose interval it falls in, so
+    the same beats give the same values whether they come as a whole session or a window."""
+    t = np.asarray(t_s, dtype=np.float64)
+    rr = np.asarray(rr_ms, dtype=np.float64)
+    g = np.asarray(grid_s, dtype=np.float64)
+    if t.shape[0] == 0:
+        return np.full(g.shape, _NAN)
+    span = rr if span_ms is None else np.asarray(span_ms, dtype=np.float64)
+    i = np.minimum(np.searchsorted(t, g, side="left"), t.shape[0] - 1)
+    ok = (t[i] >= g) & (t[i] - span[i] / 1000.0 < g)
+    return np.where(ok, 60_000.0 / rr[i], _NAN)
+
+
+def fast_hr(
+    t_s: npt.ArrayLike,
+    rr_ms: npt.ArrayLike,
+    grid_s: npt.ArrayLike,
+    span_ms: npt.ArrayLike | None = None,
+) -> npt.NDArray[np.float64]:
+    """The fast heart rate at whole seconds ``grid_s``: the mean of :func:`hr_at_seconds` at
+    ``g − 2 … g + 2`` (a centred 5 s mean; NaN with fewer than :data:`FAST_MIN_SECONDS` of
+    them in an interval). It follows a 10 s surge to its full height, where a 60 s rolling
+    window spread it over a minute. Needs the beats up to ``g + 2``."""
+    g = np.asarray(grid_s, dtype=np.float64)
+    offs = np.arange(-FAST_HALF_S, FAST_HALF_S + 1, dtype=np.float64)
+    h = hr_at_seconds(t_s, rr_ms, (g[:, None] + offs).ravel(), span_ms).reshape(-1, offs.size)
+    ok = np.isfinite(h)
+    n = ok.sum(axis=1)
+    total = np.where(ok, h, 0.0).sum(axis=1)
+    return np.where(n >= FAST_MIN_SECONDS, total / np.maximum(n, 1), _NAN)
+
+
+def ln_rmssd_between(
+    t_s: npt.ArrayLike,
+    rr_ms: npt.ArrayLike,
+    t0: float,
+    t1: float,
+    span_ms: npt.ArrayLike | None = None,
+) -> float:
+    """ln RMSSD (ms) of the beats closing in ``(t0, t1]``: successive differences of beats
+    both in it and successive (:data:`PAIR_MAX_SPAN`); NaN with fewer than
+    :data:`LN_RMSSD_MIN_PAIRS`."""
+    t = np.asarray(t_s, dtype=np.float64)
+    rr = np.asarray(rr_ms, dtype=np.float64)
+    span = rr if span_ms is None else np.asarray(span_ms, dtype=np.float64)
+    lo, hi = np.searchsorted(t, [t0, t1], side="right")
+    t, rr, span = t[lo:hi], rr[lo:hi], span[lo:hi]
+    ok = np.diff(t) < PAIR_MAX_SPAN * span[1:] / 1000.0
+    d = np.diff(rr)[ok]
+    if d.shape[0] < LN_RMSSD_MIN_PAIRS:
+        return _NAN
+    ms = float(np.mean(d * d))
+    return 0.5 * math.log(ms) if ms > 0 else _NAN
+
+
+def mean_spread(values: npt.ArrayLike, floor: float) -> tuple[float, float]:
+    """Mean and floored spread (SD, ddof=1) of the finite ``values``, as :class:`Baseline`."""
+    v = [float(x) for x in np.asarray(values, dtype=np.float64).ravel() if math.isfinite(x)]
+    if not v:
+        return _NAN, floor
+    mean = math.fsum(v) / len(v)
+    sd = statistics.stdev(v) if len(v) > 1 else 0.0
+    return mean, max(sd, floor)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reactivity:
+    """What the 30 s after a marker showed, before any baseline: the lowest and highest fast
+    HR (beats/min) and the lnRMSSD over those 30 s. All a response needs of that window."""
+
+    hr_low: float
+    hr_high: float
+    ln_rmssd: float
+
+
+def reactivity(
+    t_marker: float,
+    grid_s: npt.ArrayLike,
+    fast: npt.ArrayLike,
+    t_s: npt.ArrayLike,
+    rr_ms: npt.ArrayLike,
+    span_ms: npt.ArrayLike | None = None,
+    react_s: float = REACT_S,
+) -> Reactivity:
+    """:class:`Reactivity` of the ``react_s`` after ``t_marker``: the fast HR ``fast`` at
+    whole seconds ``grid_s`` in ``(t_marker, t_marker + react_s]``, the beats for lnRMSSD."""
+    g = np.asarray(grid_s, dtype=np.float64)
+    f = np.asarray(fast, dtype=np.float64)
+    sel = (g > t_marker) & (g <= t_marker + react_s) & np.isfinite(f)
+    lo = float(f[sel].min()) if sel.any() else _NAN
+    hi = float(f[sel].max()) if sel.any() else _NAN
+    return Reactivity(lo, hi, ln_rmssd_between(t_s, rr_ms, t_marker, t_marker + react_s, span_ms))
 
 
 def event_response(
     t_marker: float,
     kind: str,
-    t_s: npt.ArrayLike,
-    hr_bpm: npt.ArrayLike,
-    ln_rmssd: npt.ArrayLike,
+    react: Reactivity,
+    grid_s: npt.ArrayLike,
+    fast: npt.ArrayLike,
     base_hr: tuple[float, float],
-    base_ln: tuple[float, float],
+    base_ln_mean: float,
     react_s: float = REACT_S,
     recovery_max_s: float = RECOVERY_MAX_S,
 ) -> EventResponse:
-    """Reactivity within ``react_s`` after a marker and recovery into the baseline band
-    (searched for ``recovery_max_s`` after the reactivity window)."""
-    t = np.asarray(t_s, dtype=np.float64)
-    hr = np.asarray(hr_bpm, dtype=np.float64) - base_hr[0]
-    ln = np.asarray(ln_rmssd, dtype=np.float64) - base_ln[0]
-    win = (t > t_marker) & (t <= t_marker + react_s)
+    """Reactivity within ``react_s`` after a marker and recovery into the baseline band.
 
-    def peak(x: npt.NDArray[np.float64]) -> float:
-        xs = x[win & np.isfinite(x)]
-        return float(xs[np.argmax(np.abs(xs))]) if xs.size else _NAN
-
+    ``base_hr`` is the mean and floored spread of the fast HR at the baseline's snapshots,
+    ``base_ln_mean`` the baseline lnRMSSD mean. Peak ΔHR: the one of (lowest, highest fast HR
+    in the window) − mean that is larger in size. Recovery: the first whole second ``g`` ≥ the
+    window's end (up to ``recovery_max_s`` after it) with the fast HR within mean ± spread,
+    as ``g − (t_marker + react_s)``; searched in ``grid_s``/``fast`` (seconds not there yet:
+    NaN, not back so far)."""
+    mean, spread = base_hr
+    d_lo, d_hi = react.hr_low - mean, react.hr_high - mean
+    peak = d_hi if not abs(d_lo) > abs(d_hi) else d_lo
     end = t_marker + react_s
-    after = np.flatnonzero((t > end) & (t <= end + recovery_max_s) & (np.abs(hr) <= base_hr[1]))
-    rec = float(t[after[0]] - t_marker - react_s) if after.size else _NAN
-    return EventResponse(t_marker, kind, peak(hr), peak(ln), rec)
+    g = np.asarray(grid_s, dtype=np.float64)
+    f = np.asarray(fast, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        back = (g >= end) & (g <= end + recovery_max_s) & (np.abs(f - mean) <= spread)
+    after = np.flatnonzero(back)
+    rec = float(g[after[0]] - end) if after.size else _NAN
+    return EventResponse(t_marker, kind, peak, react.ln_rmssd - base_ln_mean, rec)

@@ -32,13 +32,19 @@ from processing.artefacts import ArtefactCorrector, ProcessedBeat
 from processing.indices import (
     CATCH_HOLD_S,
     CATCH_THRESHOLD,
+    FAST_HALF_S,
     REACT_S,
     RECOVERY_MAX_S,
+    SPREAD_FLOORS,
     Baseline,
     CatchingUp,
     EventResponse,
+    Reactivity,
     Trend,
     event_response,
+    fast_hr,
+    mean_spread,
+    reactivity,
     trend,
 )
 from processing.spectral import (
@@ -60,7 +66,10 @@ WARMING_UP_REASON = "not enough beats yet"
 IRREGULAR_SHARE_MAX = 0.2
 """A window whose share of corrected beats exceeds this is an unusable (non-sinus) rhythm."""
 SERIES_KEEP_S = 120.0
-"""Snapshots kept for markers entered this late (e.g. from a journal during the session), s."""
+"""Fast HR kept for markers entered this late (e.g. from a journal during the session), s."""
+FAST_KEEP_MAX_S = REACT_S + RECOVERY_MAX_S + SERIES_KEEP_S
+"""The fast HR is never kept longer than this, s: a marker's reactivity is taken as soon as
+its 30 s are in, its recovery searched for ``RECOVERY_MAX_S`` after them."""
 JUMP_REL = 0.2
 """An interval that differs from the one before by more than this fraction of it is a jump
 (Malik's 20 % rule)."""
@@ -123,7 +132,8 @@ class IndicesSnapshot:
     baseline: BaselineStatus
     """Baseline state."""
     responses: tuple[EventResponse, ...]
-    """Event-locked responses of the markers so far (those with 30 s of data after them)."""
+    """Event-locked responses of the markers so far (those whose 30 s after them are in the
+    finalised beats, and the baseline complete)."""
     lf64_ms2: float = _NAN
     """LF power (0.04–0.15 Hz) of the 64 s coherence window, ms²: the input of ``z_slow``
     (with ``td.hr_bpm`` and ``td.ln_rmssd`` what a baseline is taken from)."""
@@ -186,9 +196,18 @@ class LiveAnalyzer:
         self._base_state: BaselineStatus = "collecting"
         self._catch = CatchingUp(catch_threshold, catch_hold_s)
         self._scores: collections.deque[tuple[float, float]] = collections.deque()
-        self._series: collections.deque[tuple[float, float, float]] = collections.deque()
-        """(t, hr, ln_rmssd) of every snapshot still needed for marker responses."""
-        self._markers: list[tuple[float, str]] = []
+        self._fast: collections.deque[float] = collections.deque()
+        """Fast HR (:func:`processing.indices.fast_hr`) at every whole second still needed
+        for marker responses; the last is second ``_fast_next − 1``."""
+        self._fast_next: int | None = None
+        """The next whole second of fast HR to compute (None before the first beat)."""
+        self._tail: list[tuple[float, float]] = []
+        """Beats from before the last gap that the fast HR or a reactivity still needs."""
+        self._base_fast: list[float] = []
+        """Fast HR at the baseline's snapshots (its band for the recovery)."""
+        self._base_fast_t: list[int] = []
+        """Baseline snapshot seconds whose fast HR is not in yet (needs beats 2 s later)."""
+        self._markers: list[_Pending] = []
         """Markers whose response is not final yet."""
         self._final: list[EventResponse] = []
         """Responses that can no longer change (recovered, or the search ran out)."""
@@ -248,6 +267,10 @@ class LiveAnalyzer:
         out = self._corr.flush() if self.correction else []
         self._consume(out)
         self._td.reset()
+        # The fast HR and a reactivity still to take may need the beats just before the gap
+        # (the same beats the report reads from the store).
+        need = self._beats_needed_from()
+        self._tail = [b for b in (*self._tail, *self._beats) if b[0] >= need]
         self._beats.clear()
         self._segment_start = None
         return out
@@ -258,11 +281,12 @@ class LiveAnalyzer:
         if kind in ("hold-start", "hold_start"):
             self._catch.hold_start(t_s)
         else:
-            self._markers.append((t_s, kind))
+            self._markers.append(_Pending(t_s, kind))
 
     def start_baseline(self, t_s: float) -> None:
         """Discard the baseline and collect a new one from ``t_s`` until :meth:`stop_baseline`."""
         self._base = Baseline()
+        self._base_fast, self._base_fast_t = [], []
         self._base_from = t_s
         self._base_until = math.inf
         self._base_state = "collecting"
@@ -282,6 +306,7 @@ class LiveAnalyzer:
             self._base_state = "complete"
             return
         self._base = Baseline()
+        self._base_fast, self._base_fast_t = [], []
         self._base_from = t_s
         self._base_until = t_s + self.baseline_s
         self._base_state = "collecting"
@@ -360,6 +385,8 @@ class LiveAnalyzer:
         if self._base_state == "collecting":
             if t_s >= self._base_from and usable:
                 self._base.add(hr, ln, ln_lf)
+                # The fast HR at this second, for the recovery band (once its beats are in).
+                self._base_fast_t.append(math.floor(t_s))
         elif self._base_state == "complete" and usable:
             comps = self._base.score(hr, ln, ln_lf, self.k)
         score = comps.score if comps is not None else _NAN
@@ -371,7 +398,6 @@ class LiveAnalyzer:
         while self._scores and self._scores[0][0] < t_s - self.trend_window_s:
             self._scores.popleft()
         tr = trend([a for a, _ in self._scores], [b for _, b in self._scores])
-        self._series.append((t_s, hr, ln))
         responses = self._responses(t_s)
         return IndicesSnapshot(
             t_s=t_s,
@@ -396,33 +422,128 @@ class LiveAnalyzer:
             lf64_ms2=lf64,
         )
 
+    # -- marker responses -----------------------------------------------------------------
+    def _beats_needed_from(self) -> float:
+        """Earliest beat time the fast HR still to compute or a pending reactivity needs."""
+        need = math.inf
+        if self._fast_next is not None:
+            need = self._fast_next - FAST_HALF_S - 1.0
+        for p in self._markers:
+            if p.react is None:
+                need = min(need, p.t_s)
+        return need
+
+    def _recent_beats(self, since: float) -> list[tuple[float, float]]:
+        """The finalised beats at or after ``since`` (from before the last gap too), oldest
+        first; walks back from the newest only as far as needed."""
+        out: list[tuple[float, float]] = []
+        for src in (self._beats, self._tail):
+            for b in reversed(src):
+                if b[0] < since:
+                    return out[::-1]
+                out.append(b)
+        return out[::-1]
+
+    def _advance_fast(self) -> None:
+        """Extend the fast HR to every whole second whose 5 s are in the finalised beats."""
+        last = self._last_t
+        if not math.isfinite(last):
+            return
+        if self._fast_next is None:
+            first = self._tail[0] if self._tail else self._beats[0] if self._beats else None
+            if first is None:
+                return
+            self._fast_next = math.floor(first[0] - first[1] / 1000.0)
+        g_end = math.floor(last) - FAST_HALF_S
+        start = self._fast_next
+        if g_end < start:
+            return
+        if g_end - start > FAST_KEEP_MAX_S:  # hours without a call: nothing older is needed
+            start = g_end - int(FAST_KEEP_MAX_S)
+            self._fast.clear()
+        grid = np.arange(start, g_end + 1, dtype=np.float64)
+        beats = self._recent_beats(start - FAST_HALF_S - 1.0)
+        if beats:
+            arr = np.array(beats)
+            self._fast.extend(fast_hr(arr[:, 0], arr[:, 1], grid).tolist())
+        else:
+            self._fast.extend([_NAN] * grid.shape[0])
+        self._fast_next = g_end + 1
+        if self._tail and self._tail[-1][0] < self._beats_needed_from():
+            self._tail = []
+
+    def _fast_arrays(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        n = len(self._fast)
+        g0 = (self._fast_next or 0) - n
+        return np.arange(g0, g0 + n, dtype=np.float64), np.fromiter(self._fast, np.float64, n)
+
     def _responses(self, t_s: float) -> tuple[EventResponse, ...]:
-        """Responses of the markers so far. A response is final once HR has recovered or the
-        recovery search (``RECOVERY_MAX_S``) ran out; the snapshots kept are only those a
-        pending marker still needs (and the last ``SERIES_KEEP_S`` for markers entered a
-        little late), so memory and cost stay bounded however long the session."""
+        """Responses of the markers so far, from the fast HR (a 5 s mean of the beats' 1 Hz
+        HR) and the beats. A marker's reactivity is taken once its 30 s are in the finalised
+        beats; its response is final once the fast HR is back in the baseline band or the
+        recovery search (``RECOVERY_MAX_S``) ran out. Only the fast HR a pending marker or
+        baseline sample still needs is kept (and the last ``SERIES_KEEP_S``, for markers
+        entered a little late), never more than ``FAST_KEEP_MAX_S``: memory and cost stay
+        bounded however long the session."""
+        self._advance_fast()
+        done = (self._fast_next or 0) - 1  # the last second of fast HR computed
+        grid = fast = None
+        if self._base_fast_t and self._base_fast_t[0] <= done:
+            grid, fast = self._fast_arrays()
+            g0 = int(grid[0]) if grid.shape[0] else done + 1
+            waiting = []
+            for g in self._base_fast_t:
+                if g > done:
+                    waiting.append(g)
+                elif g >= g0 and math.isfinite(fast[g - g0]):
+                    self._base_fast.append(float(fast[g - g0]))
+            self._base_fast_t = waiting
         current: list[EventResponse] = []
-        if self._markers and self._base_state == "complete":
-            ser = np.array(self._series)
-            base_hr = self._base.stats("hr_bpm")
-            base_ln = self._base.stats("ln_rmssd")
-            pending: list[tuple[float, str]] = []
-            for tm, kind in self._markers:
-                if t_s < tm + REACT_S:
-                    pending.append((tm, kind))
+        if self._markers:
+            if grid is None or fast is None:
+                grid, fast = self._fast_arrays()
+            ready = self._base_state == "complete" and not self._base_fast_t
+            base_hr = mean_spread(self._base_fast, SPREAD_FLOORS["hr_bpm"])
+            base_ln = self._base.stats("ln_rmssd")[0]
+            pending: list[_Pending] = []
+            for p in self._markers:
+                if p.react is None:
+                    if done < math.floor(p.t_s + REACT_S):
+                        pending.append(p)
+                        continue
+                    beats = np.array(self._recent_beats(p.t_s)).reshape(-1, 2)
+                    p.react = reactivity(p.t_s, grid, fast, beats[:, 0], beats[:, 1])
+                if not ready:
+                    pending.append(p)
                     continue
-                r = event_response(tm, kind, ser[:, 0], ser[:, 1], ser[:, 2], base_hr, base_ln)
-                if math.isfinite(r.recovery_s) or t_s >= tm + REACT_S + RECOVERY_MAX_S:
+                r = event_response(p.t_s, p.kind, p.react, grid, fast, base_hr, base_ln)
+                if math.isfinite(r.recovery_s) or done >= p.t_s + REACT_S + RECOVERY_MAX_S:
                     self._final.append(r)
                 else:
-                    pending.append((tm, kind))
+                    pending.append(p)
                     current.append(r)
             self._markers = pending
             self._final.sort(key=lambda r: r.t_s)
-        keep_from = min([t_s - SERIES_KEEP_S, *(tm for tm, _ in self._markers)])
-        ser_q = self._series
-        while ser_q and ser_q[0][0] < keep_from:
-            ser_q.popleft()
+        keep = [t_s - SERIES_KEEP_S]
+        keep += [p.t_s if p.react is None else p.t_s + REACT_S for p in self._markers]
+        keep += self._base_fast_t[:1]
+        keep_from = max(min(keep), t_s - FAST_KEEP_MAX_S)
+        q = self._fast
+        g = (self._fast_next or 0) - len(q)
+        while q and g < keep_from:
+            q.popleft()
+            g += 1
         if not current:
             return tuple(self._final)
         return tuple(sorted([*self._final, *current], key=lambda r: r.t_s))
+
+
+class _Pending:
+    """A marker whose response is not final yet; ``react`` once its 30 s are in."""
+
+    __slots__ = ("kind", "react", "t_s")
+
+    def __init__(self, t_s: float, kind: str) -> None:
+        self.t_s = t_s
+        self.kind = kind
+        self.react: Reactivity | None = None

@@ -29,12 +29,14 @@ Definitions (all times in seconds since session start):
   because of it, it says so instead of "did not catch up", and the figure shows no baseline.
 
 Beside these beat-level figures every marker also gets the **event-locked response exactly as
-the daemon computes and publishes it live** (:func:`processing.indices.event_response` on the
-stored indices rows — the 60 s rolling HR and lnRMSSD every 5 s — against the baseline's mean
-and floored spread of those rows): peak ΔHR and ΔlnRMSSD from the baseline mean within 30 s
-after the marker, and the seconds after that 30 s until HR is back within the baseline band.
-These are the per-marker values behind the ``responses_by_kind`` averages of the indices
-messages the daemon published during the session.
+the daemon computes and publishes it live** (:func:`processing.indices.reactivity` and
+:func:`~processing.indices.event_response` on the stored beats the analysis used, corrected:
+the fast HR — the 1 Hz HR of the beats, a centred 5 s mean — against its mean and floored
+spread at the baseline's stored rows, and the lnRMSSD of the beats against the baseline rows'
+mean): peak ΔHR from the baseline mean within 30 s after the marker, ΔlnRMSSD over those 30 s,
+and the seconds after that 30 s until the fast HR is back within the baseline band. These are
+the per-marker values behind the ``responses_by_kind`` averages of the indices messages the
+daemon published during the session.
 """
 
 from __future__ import annotations
@@ -59,9 +61,14 @@ from processing.indices import (
     CATCH_HOLD_S,
     CATCH_HYSTERESIS,
     CATCH_THRESHOLD,
+    REACT_S,
+    SPREAD_FLOORS,
     Baseline,
     CatchingUp,
     event_response,
+    fast_hr,
+    mean_spread,
+    reactivity,
 )
 from processing.live import (
     BASELINE_MIN_SAMPLES,
@@ -72,7 +79,7 @@ from processing.live import (
     WARMING_UP_REASON,
 )
 from sessions.files import ExportError, atomic_file, plain_name
-from sessions.store import IntentionTarget, MarkerRow, SessionRecord, SessionStore
+from sessions.store import BeatClass, IntentionTarget, MarkerRow, SessionRecord, SessionStore
 from settle.errors import SettleError
 
 __all__ = [
@@ -156,13 +163,15 @@ class MarkerResponse:
     rise_bpm: float | None
     recovery_s: float | None
     d_hr_bpm: float | None = None
-    """Live definition: peak deviation of the rolling HR from the baseline mean within 30 s
-    after the marker, signed, beats/min (None without a baseline or 30 s of data after)."""
+    """Live definition: peak deviation of the fast HR (5 s mean) from its baseline mean
+    within 30 s after the marker, signed, beats/min (None without a baseline or 30 s of
+    beats after)."""
     d_ln_rmssd: float | None = None
-    """Live definition: the same for lnRMSSD, ln units."""
+    """Live definition: lnRMSSD of the beats in the 30 s after the marker minus the baseline
+    mean, ln units (one value over the 30 s)."""
     band_recovery_s: float | None = None
-    """Live definition: seconds after the 30 s window until HR is back within the baseline
-    mean ± spread (None: not in the data)."""
+    """Live definition: seconds after the 30 s window until the fast HR is back within its
+    baseline mean ± spread (None: not in the data)."""
     peak_at_marker: bool = False
     """The 5 s mean HR was highest at the marker itself (the first second of the window):
     it did not rise after the marker, so a ``rise_bpm`` > 1 is a level the marker found, not
@@ -505,34 +514,76 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+_NOT_ANALYSED = frozenset({BeatClass.IMPLAUSIBLE, BeatClass.WARMUP})
+
+
+def analysed_beats(
+    rec: SessionRecord,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The beats the live analysis used, as stored: times (s), corrected RR (ms) and the
+    span (ms) each beat's interval covers, sorted by time. The strap's and the raw ECG's
+    beats that artefact correction classified (whichever drove the indices), a merged-away
+    (``extra``) beat left out; a split (``missed``) beat covers its whole raw interval at the
+    rate of its corrected part (the beats the split inserted are not stored). A session
+    stored before correction ran: every strap beat, raw."""
+    rows: list[tuple[float, float, float]] = []
+    stored: list[tuple[float, float | None, float | None, BeatClass | None]] = [
+        (b.beat_t_s, b.rr_ms, b.rr_corrected_ms, b.beat_class) for b in rec.beats
+    ]
+    stored += [(b.beat_t_s, b.rr_ms, b.rr_corrected_ms, b.beat_class) for b in rec.ecg_beats]
+    for t, raw, corrected, cls in stored:
+        if cls is None or cls in _NOT_ANALYSED or corrected is None:
+            continue
+        span = raw if cls == BeatClass.MISSED and raw is not None else corrected
+        rows.append((t, corrected, span))
+    if not rows and not any(b.beat_class is not None for b in rec.beats):
+        rows = [(b.beat_t_s, b.rr_ms, b.rr_ms) for b in rec.beats]
+    if not rows:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    a = np.array(sorted(rows, key=lambda r: r[0]), dtype=np.float64)
+    return a[:, 0], a[:, 1], a[:, 2]
+
+
 def live_marker_responses(
     rec: SessionRecord,
     s: IndexSeries,
     baseline: tuple[float, float] | None,
     responses: list[MarkerResponse],
 ) -> list[MarkerResponse]:
-    """``responses`` with the live event-locked fields filled in (see the module docstring)."""
+    """``responses`` with the live event-locked fields filled in (see the module docstring):
+    the fast HR of the stored beats, its baseline band from the same fast HR at the usable
+    rows of the baseline (as the daemon samples it at its baseline snapshots), the baseline
+    lnRMSSD mean from those rows."""
     if baseline is None or s.t_s.shape[0] == 0:
         return responses
     base = Baseline()
     usable = [json.loads(r.payload_json).get("usable", True) is not False for r in rec.indices]
-    n = 0
+    base_t: list[float] = []
     for t, hr, ln, ok in zip(s.t_s, s.hr_bpm, s.ln_rmssd, usable, strict=True):
         if ok and baseline[0] <= t <= baseline[1]:
             # Slow-oscillation power is not stored per row; only HR and lnRMSSD are needed.
             base.add(float(hr), float(ln), 0.0)
-            n += 1
-    if n < 3:  # as the daemon: no baseline, no responses
+            base_t.append(math.floor(float(t)))
+    if base.n < 3:  # as the daemon: no baseline, no responses
         return responses
-    base_hr, base_ln = base.stats("hr_bpm"), base.stats("ln_rmssd")
-    last = float(s.t_s.max())
+    bt, rr, span = analysed_beats(rec)
+    if bt.shape[0] < 2:
+        return responses
+    grid = np.arange(math.floor(bt[0] - span[0] / 1000.0), math.floor(bt[-1]) - 1, 1.0)
+    fast = fast_hr(bt, rr, grid, span)
+    g0 = float(grid[0]) if grid.shape[0] else 0.0
+    at = [int(g - g0) for g in base_t if 0 <= g - g0 < grid.shape[0]]
+    base_hr = mean_spread(fast[at], SPREAD_FLOORS["hr_bpm"])
+    base_ln = base.stats("ln_rmssd")[0]
+    last = float(grid[-1]) if grid.shape[0] else -math.inf
     out = []
     for r in responses:
         m = r.marker
-        if last < m.t_s + 30.0:
-            out.append(r)  # the daemon waits for 30 s of data after a marker too
+        if last < math.floor(m.t_s + REACT_S):
+            out.append(r)  # the daemon waits for the 30 s after a marker in the beats too
             continue
-        e = event_response(m.t_s, m.kind, s.t_s, s.hr_bpm, s.ln_rmssd, base_hr, base_ln)
+        react = reactivity(m.t_s, grid, fast, bt, rr, span)
+        e = event_response(m.t_s, m.kind, react, grid, fast, base_hr, base_ln)
         out.append(
             dataclasses.replace(
                 r,
@@ -1005,10 +1056,12 @@ def _recovery_cell(r: MarkerResponse) -> str:
     return f"{back} (highest at the marker)" if r.responded and r.peak_at_marker else back
 
 
-def render_html(a: SessionAnalysis, png: bytes, png_name: str) -> str:
-    """A self-contained page: summary, session log, the figure (inlined), marker table."""
+def render_html(a: SessionAnalysis, png: bytes, png_name: str | None) -> str:
+    """A self-contained page: summary, session log, the figure (inlined), marker table.
+    ``png_name``: the file the figure is also saved as (None: not kept, not mentioned)."""
     info = a.record.info
     e = html.escape
+    saved = f"Also saved as {e(png_name)}. " if png_name is not None else ""
     started = dt.datetime.fromtimestamp(info.started_ms / 1000).astimezone()
     rows = "".join(
         "<tr>"
@@ -1064,7 +1117,7 @@ small {{ color: #666; }}
 </table>
 <h2>Over time</h2>
 <p><img src="data:image/png;base64,{img}" alt="heart rate, lnRMSSD and settling score"
- style="max-width:100%"><br><small>Also saved as {e(png_name)}. {e(shading)}
+ style="max-width:100%"><br><small>{saved}{e(shading)}
  Green line: catching-up point.</small></p>
 <h2>Reactivity and recovery per marker</h2>
 <table><tr><th rowspan="2">time</th><th rowspan="2">kind</th><th rowspan="2">text</th>
@@ -1100,9 +1153,13 @@ def output_directory(out_dir: Path, what: str) -> Path:
     return out_dir
 
 
-def write_report(store: SessionStore, session_id: str, out_dir: Path) -> tuple[Path, Path]:
+def write_report(
+    store: SessionStore, session_id: str, out_dir: Path, *, png_kept: bool = True
+) -> tuple[Path, Path]:
     """Write ``settle-<id>-report.png`` and ``.html`` into ``out_dir`` (created if its parent
-    exists); return both paths. Raises :class:`ExportError` / :class:`ReportError`."""
+    exists); return both paths. ``png_kept=False``: the caller will not keep the PNG (the
+    page inlines it anyway), so the page does not say it is also saved as that file. Raises
+    :class:`ExportError` / :class:`ReportError`."""
     out_dir = output_directory(out_dir, "a report")
     rec = store.read_session(session_id)
     a = analyse_session(rec)
@@ -1112,7 +1169,7 @@ def write_report(store: SessionStore, session_id: str, out_dir: Path) -> tuple[P
         render_png(a, cast(IO[bytes], fh))
     png = png_path.read_bytes()
     with atomic_file(html_path) as fh:
-        cast(IO[str], fh).write(render_html(a, png, png_path.name))
+        cast(IO[str], fh).write(render_html(a, png, png_path.name if png_kept else None))
     return png_path, html_path
 
 

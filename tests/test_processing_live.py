@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from processing.indices import Baseline
+from processing.indices import Baseline, EventResponse
 from processing.live import IndicesSnapshot, LiveAnalyzer
 from sensors.virtual.model import ModelParams, PhysioModel, true_settling_time_s
 
@@ -105,16 +105,23 @@ def test_markers_give_event_locked_responses() -> None:
 
 def test_a_long_session_keeps_responses_exact_and_memory_bounded() -> None:
     """Three hours with a marker every 15 min (HR up for 30 s, or for good at the last one):
-    every response equals the one computed on the whole history, and the analyzer holds only
-    the last few minutes of it."""
-    from processing.indices import event_response
+    every response equals the one computed on the whole history of finalised beats, and the
+    analyzer holds only the last few minutes of fast HR and beats."""
+    from processing.indices import (
+        SPREAD_FLOORS,
+        event_response,
+        fast_hr,
+        mean_spread,
+        reactivity,
+    )
+    from processing.live import FAST_KEEP_MAX_S
 
     rng = np.random.default_rng(3)
     la = LiveAnalyzer()
     markers = [600.0 + 900.0 * k for k in range(11)]
-    history: list[tuple[float, float, float]] = []
+    beats: list[tuple[float, float]] = []
     held: list[int] = []
-    t, nxt, k = 0.0, 5.0, 0
+    t, nxt, k, n_snaps = 0.0, 5.0, 0, 0
     snap = None
     while t < 3 * 3600.0:
         rr = 850.0 + 30.0 * math.sin(2 * math.pi * 0.1 * t) + 10.0 * rng.standard_normal()
@@ -124,27 +131,78 @@ def test_a_long_session_keeps_responses_exact_and_memory_bounded() -> None:
             la.marker(markers[k], "shame")
             k += 1
         t += rr / 1000.0
-        la.push_beat(t, rr)
+        beats += [(b.t_s, b.rr_ms) for b in la.push_beat(t, rr) if b.rr_ms == b.rr_ms]
         while t >= nxt:
             snap = la.indices(nxt)
-            history.append((nxt, snap.td.hr_bpm, snap.td.ln_rmssd))
-            held.append(len(la._series))
+            held.append(len(la._fast) + len(la._beats) + len(la._tail))
             nxt += 5.0
+            n_snaps += 1
     assert snap is not None and len(snap.responses) == len(markers)
-    h = np.array(history)
-    base = la._base
+    bt, brr = np.array(beats).T
+    grid = np.arange(0.0, math.floor(bt[-1]) - 1.0)
+    fast = fast_hr(bt, brr, grid)
+    base_hr = mean_spread(la._base_fast, SPREAD_FLOORS["hr_bpm"])
+    assert len(la._base_fast) >= 20  # one per baseline snapshot
     for r in snap.responses:
-        full = event_response(r.t_s, r.kind, h[:, 0], h[:, 1], h[:, 2],
-                              base.stats("hr_bpm"), base.stats("ln_rmssd"))  # fmt: skip
+        react = reactivity(r.t_s, grid, fast, bt, brr)
+        full = event_response(r.t_s, r.kind, react, grid, fast, base_hr,
+                              la._base.stats("ln_rmssd")[0])  # fmt: skip
         assert (r.peak_d_hr_bpm, r.peak_d_ln_rmssd) == (full.peak_d_hr_bpm, full.peak_d_ln_rmssd)
         assert r.recovery_s == full.recovery_s or (
             math.isnan(r.recovery_s) and math.isnan(full.recovery_s)
         )
-    assert snap.responses[0].peak_d_hr_bpm > 3.0 and math.isfinite(snap.responses[0].recovery_s)
+    # RR 120 ms shorter (+11.6 bpm) for 30 s: the fast HR shows all of it (plus what is left
+    # of the ±30 ms 0.1 Hz swing after a 5 s mean, about ±2 bpm), back as the 30 s end.
+    assert 10.0 < snap.responses[0].peak_d_hr_bpm < 15.0
+    assert 0.0 <= snap.responses[0].recovery_s < 6.0
     assert math.isnan(snap.responses[-1].recovery_s)  # never came back (within the session)
-    # Bounded: at most the 30 s window + 10 min recovery search + 2 min of snapshots.
-    assert max(held) <= (30 + 600 + 120) / 5 + 2
-    assert len(history) > 2000
+    # Bounded: at most FAST_KEEP_MAX_S (750) fast HR seconds + the 130 s of beats.
+    assert max(held) <= FAST_KEEP_MAX_S + 2 + 130 / 0.6
+    assert n_snaps > 2000
+
+
+def _surged(seed: int, rise_bpm: float, surge_s: float) -> tuple[EventResponse, ...]:
+    """A flat 15 min model session; HR ``rise_bpm`` higher for ``surge_s`` right after each
+    of three shame markers (the intervals that begin inside it are shortened, so the surge
+    starts at the marker on the beats' own time line)."""
+    _t, rr = _model(ModelParams(duration_s=900.0, noise_ms=8.0).flat(), seed)
+    marks = [300.0, 500.0, 700.0]
+    la, t, nxt, todo = LiveAnalyzer(), 0.0, 5.0, list(marks)
+    snap = None
+    for r in rr.tolist():
+        if any(m <= t < m + surge_s for m in marks):
+            r = 60_000.0 / (60_000.0 / r + rise_bpm)
+        while todo and t >= todo[0]:
+            la.marker(todo.pop(0), "shame")
+        t += r / 1000.0
+        la.push_beat(t, r)
+        while t >= nxt:
+            snap = la.indices(nxt)
+            nxt += 5.0
+    assert snap is not None and len(snap.responses) == len(marks)
+    return snap.responses
+
+
+def test_a_short_surge_reads_its_full_height_and_recovers_at_once() -> None:
+    """+15 bpm for 15 s after a marker, flat otherwise: the live peak ΔHR is about 15 bpm
+    (the 60 s rolling HR read +3 bpm) and HR is back in the baseline band when the 30 s
+    window ends (recovery ≈ 0 s; it read 40 s)."""
+    rs = [r for seed in range(3) for r in _surged(seed, 15.0, 15.0)]
+    peaks = np.array([r.peak_d_hr_bpm for r in rs])
+    rec = np.array([r.recovery_s for r in rs])
+    assert np.all(np.abs(peaks - 15.0) <= 2.0), peaks
+    assert np.median(rec) <= 1.0 and np.mean(rec <= 5.0) >= 0.8, rec
+    assert all(math.isfinite(r.peak_d_ln_rmssd) for r in rs)
+
+
+def test_a_tall_short_surge_and_a_lower_long_one_are_told_apart() -> None:
+    """+25 bpm for 10 s and +15 bpm for 30 s: the live peak ΔHR says which was the bigger
+    rise (the 60 s window read both as a few bpm, the longer one as the bigger)."""
+    tall = np.array([r.peak_d_hr_bpm for r in _surged(0, 25.0, 10.0)])
+    long = np.array([r.peak_d_hr_bpm for r in _surged(0, 15.0, 30.0)])
+    assert np.all(np.abs(tall - 25.0) <= 2.5), tall
+    assert np.all(np.abs(long - 15.0) <= 2.0), long
+    assert tall.min() > long.max() + 5.0
 
 
 def test_catching_up_validated_on_the_model() -> None:
