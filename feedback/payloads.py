@@ -202,7 +202,9 @@ class IndicesPayload(_Payload):
     catching_up_t_s: float | None = None
     """When physiology caught up (session time, s); null until detected."""
     responses_by_kind: dict[str, dict[str, float | None]] = Field(default_factory=dict)
-    """Per marker kind: ``n``, mean ``peak_d_hr_bpm``, ``peak_d_ln_rmssd``, ``recovery_s``."""
+    """Per marker kind: ``n``, mean ``peak_d_hr_bpm`` (largest signed change of the 5 s HR from
+    baseline within 30 s after the marker), ``peak_d_ln_rmssd`` (lnRMSSD of those 30 s less
+    baseline), ``recovery_s`` (s after those 30 s until HR is back in its baseline band)."""
 
 
 class SessionPayload(_Payload):

@@ -825,6 +825,8 @@ async def main():
                     async with h.get(d.url + "sessions/{sid}/" + path) as r:
                         body = await r.read()
                         assert r.status == 200 and len(body) > 1000, (path, r.status, body[:200])
+                        # The worker's PNG goes with its temporary directory: not "saved".
+                        assert b"Also saved as" not in body
                 async with h.get(d.url + "api/sessions") as r:
                     (row,) = (await r.json())["sessions"]
                     assert row["id"] == "{sid}" and row["catching_up"] == "no_score", row

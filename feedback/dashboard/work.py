@@ -34,7 +34,8 @@ def render_report(db_path: str, session_id: str) -> WorkResult:
             SessionStore.open_for_reading(Path(db_path)) as store,
             tempfile.TemporaryDirectory(prefix="settle-report-") as tmp,
         ):
-            _png, page = write_report(store, session_id, Path(tmp) / "report")
+            # The PNG goes with the temporary directory: the page must not say it was saved.
+            _png, page = write_report(store, session_id, Path(tmp) / "report", png_kept=False)
             return "ok", page.read_text()
     except (SettleError, ExportError) as exc:
         return "error", str(exc)
