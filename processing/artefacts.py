@@ -22,7 +22,9 @@ Decision for beat ``i`` (beats already taken as the partner of an earlier event 
 ``p`` = previous corrected RR, ``d_j`` relative to it for ``j = i``)::
 
     candidate  |d_i| > 1  or  |m| > 3;  pair candidate also  |d_{i+1}| > 1
-    usual(x)   = x if |x − med| < th2 else med      (a look-ahead beat used as a neighbour)
+    usual(x)   = x if |x − med_c| < th2 else med_c  (a look-ahead beat used as a neighbour;
+                 med_c = lower median of the last 7 corrected RR and rr[i .. i+3]: in a run
+                 of bigeminy the raw median jumps between the short and the long intervals)
     s22        = min(d_{i+1}, d_{i+2}) if d_i ≥ 0 else max(d_{i+1}, d_{i+2})
     extra   : rr[i] < med, (d_i < −1 and s22 > 1 or |m| > 3) and |rr[i] + rr[i+1] − ref₂| < th2,
               ref₂ = (p + usual(rr[i+2])) / 2   (the merged interval fits its neighbours)
@@ -31,7 +33,8 @@ Decision for beat ``i`` (beats already taken as the partner of an earlier event 
               strong sinus arrhythmia the median cannot tell a missed beat from a long one)
     ectopic : a displaced beat: the Lipponen–Tarvainen ectopic pattern at i or i+1, the pair
               sum fits its neighbours, |rr[i] + rr[i+1] − p − usual(rr[i+2])| < max(th2, 0.1·med),
-              and fits better than the next pair (rr[i+1] + rr[i+2] vs rr[i] + rr[i+3]); the
+              and fits better than the next pair (rr[i+1] + rr[i+2] vs rr[i] + rr[i+3]) or
+              starts with the short beat (a premature beat comes first: in bigeminy both fit); the
               displacement of beat i from the interpolated split is > 0.25·th1, > 6 % of med
               (``PAIR_MIN_REL``) and opposite in sign to d_{i+1}
     long / short : an isolated jump that comes back: d_i > 1 and d_{i+1} < −1 (or the mirror),
@@ -248,6 +251,7 @@ def _decide(
     med: float,
     th1: float,
     th2: float,
+    med_c: float | None = None,
 ) -> tuple[list[_Row], bool]:
     """Classify beat i and correct it.
 
@@ -268,9 +272,13 @@ def _decide(
         return [(t0, r0, r0, 0)], False
     d2 = (r2 - r1) / th1
 
+    mu = med if med_c is None else med_c
+
     def usual(x: float) -> float:
-        # A look-ahead beat as a neighbour for interpolation: itself if near the median.
-        return x if abs(x - med) < th2 else med
+        # A look-ahead beat as a neighbour for interpolation: itself if near the median —
+        # of the corrected past and the raw beats ahead (``med_c``): in a run of bigeminy the
+        # raw median jumps between the short and the long intervals.
+        return x if abs(x - mu) < th2 else mu
 
     n1 = usual(r1)
     if candidate:
@@ -311,7 +319,9 @@ def _decide(
             # alternation: on a calm stretch th1 alone would call it a displaced beat.
             and abs(shift) > PAIR_MIN_REL * med
             and misfit < max(th2, STARTUP_FRACTION * med)
-            and misfit <= nxt_misfit
+            # The pair whose sum fits best is the displaced one; in a run of bigeminy every
+            # pair fits, and the premature beat comes first (short, then its pause).
+            and (misfit <= nxt_misfit or r0 < r1)
         ):
             return [(t0, r0, a, 1), (t1, r1, s - a, 1)], True
     if not candidate:
@@ -414,7 +424,7 @@ class ArtefactCorrector:
     afresh, so that no feature spans the gap.
     """
 
-    __slots__ = ("_base", "_feat", "_n", "_next", "_p", "_pp", "_rr", "_skip", "_t")
+    __slots__ = ("_base", "_feat", "_hist", "_n", "_next", "_p", "_pp", "_rr", "_skip", "_t")
 
     def __init__(self) -> None:
         self._reset()
@@ -428,6 +438,8 @@ class ArtefactCorrector:
         self._n = 0  # beats pushed in this segment
         self._p = _NAN  # last corrected RR
         self._pp = _NAN  # the one before
+        self._hist: collections.deque[float] = collections.deque(maxlen=MEDIAN_BACK)
+        """The last corrected RRs (the past part of ``med_c``)."""
         self._skip = False
 
     @property
@@ -496,6 +508,8 @@ class ArtefactCorrector:
                 rows: list[_Row] = [(tt[k], r0, r0, 0)]
                 took = False
             else:
+                ahead = [x for x in (r0, r1, *(rr[k + j] for j in (2, 3) if k + j < n)) if x == x]
+                med_c = _lower_median(sorted([*self._hist, *ahead]))
                 rows, took = _decide(
                     (tt[k], tt[k + 1] if k + 1 < n else _NAN),
                     (
@@ -510,6 +524,7 @@ class ArtefactCorrector:
                     med,
                     th1,
                     th2,
+                    med_c,
                 )
             if rows[0][3] == 0 and p == p:
                 # Only beats judged normal feed the quartile windows, with their difference to
@@ -521,6 +536,7 @@ class ArtefactCorrector:
                 c = row[2]
                 if c == c:
                     self._pp, self._p = self._p, c
+                    self._hist.append(c)
             self._skip = took
         self._next += 1
         while self._next - self._base > 2:
