@@ -32,7 +32,8 @@ Decision for beat ``i`` (beats already taken as the partner of an earlier event 
               ref = (p + usual(rr[i+1])) / 2   (the neighbours, not the 11-beat median: with
               strong sinus arrhythmia the median cannot tell a missed beat from a long one)
     ectopic : a displaced beat: the Lipponen–Tarvainen ectopic pattern at i or i+1, the pair
-              sum fits its neighbours, |rr[i] + rr[i+1] − p − usual(rr[i+2])| < max(th2, 0.1·med),
+              sum fits its neighbours, |rr[i] + rr[i+1] − p − usual(rr[i+2])| < max(th2,
+              0.1·(p + usual(rr[i+2]))),
               and fits better than the next pair (rr[i+1] + rr[i+2] vs rr[i] + rr[i+3]) or
               starts with the short beat (a premature beat comes first: in bigeminy both fit); the
               displacement of beat i from the interpolated split is > 0.25·th1, > 6 % of med
@@ -318,7 +319,7 @@ def _decide(
             # A compensated shift of a few per cent is within sinus rhythm's own beat-to-beat
             # alternation: on a calm stretch th1 alone would call it a displaced beat.
             and abs(shift) > PAIR_MIN_REL * med
-            and misfit < max(th2, STARTUP_FRACTION * med)
+            and misfit < max(th2, STARTUP_FRACTION * (prev + n2))
             # The pair whose sum fits best is the displaced one; in a run of bigeminy every
             # pair fits, and the premature beat comes first (short, then its pause).
             and (misfit <= nxt_misfit or r0 < r1)
