@@ -13,10 +13,14 @@ Definitions (all times in seconds since session start):
   beat-by-beat heart rate over the 30 s before the marker, peak = maximum of its 5 s moving
   average within 60 s after it.
 * **recovery** — seconds from the marker until that moving average is back within 1 bpm of
-  the pre-marker level after the peak (searched up to 180 s; None if it is not). A marker
-  whose peak is not more than 1 bpm above the pre-marker level had **no clear response**:
-  heart rate never left that band, so there is nothing to recover from and no recovery time
-  (None; the summary says so instead of quoting a time). A marker entered when that moving
+  the pre-marker level after the peak (searched up to 180 s; None if it is not, the summary
+  saying whether 180 s passed or the session ended first). A marker whose peak does not
+  stand out from the swing before it (more than 1 bpm, :data:`CLEAR_RISE_SDS` SDs of the
+  5 s mean over the 30 s before, and 1 bpm above its highest point there) had **no clear
+  response**: the peak of a 60 s window is above a 30 s mean by construction, so there is
+  nothing to recover from and no recovery time (None; the summary says so instead of quoting
+  a time). A marker with rows too irregular to score within 30 s before to 60 s after it is
+  not read at all (:attr:`MarkerResponse.irregular`). A marker entered when that moving
   average was already at its highest (the peak is the first second of the 60 s window: heart
   rate was no higher at any time after the marker than at the marker itself) is reported as
   **already up at the marker** — the rise, if any, came before it — never as a rise after it.
@@ -94,6 +98,11 @@ __all__ = [
 ]
 
 _PRE_S, _PEAK_S, _RECOVER_MAX_S, _SMOOTH_S, _BACK_BPM = 30.0, 60.0, 180.0, 5.0, 1.0
+CLEAR_RISE_SDS = 3.0
+"""A rise after a marker is clear when its peak exceeds the pre-marker level by more than
+this many standard deviations of the 5 s mean HR over the 30 s before (and by more than
+1 bpm over that curve's own highest point in those 30 s): random markers on a flat demo
+session read "rose" at 71 % of them with the plain 1 bpm rule, at none with this one."""
 #: Marker kinds that are not reactions (the practice itself, or plain notes).
 _NOT_REACTIONS = frozenset({"hold-start", "hold-lapse", "hold-resume", "note"})
 
@@ -176,12 +185,36 @@ class MarkerResponse:
     """The 5 s mean HR was highest at the marker itself (the first second of the window):
     it did not rise after the marker, so a ``rise_bpm`` > 1 is a level the marker found, not
     a response to it."""
+    clear_bpm: float = _BACK_BPM
+    """The rise a clear response needs here: the larger of 1 bpm, :data:`CLEAR_RISE_SDS`
+    SDs of the 5 s mean HR over the 30 s before, and 1 bpm above its highest in them (the
+    swing heart rate had anyway, breathing included)."""
+    followed_s: float | None = None
+    """Seconds of beats after the marker (at most 180): under 180 the session ended before
+    a recovery could be ruled out."""
+    irregular: bool = False
+    """The rhythm was too irregular to score within 30 s before to 60 s after the marker:
+    its heart rate is not read as a response (premature beats jump it)."""
 
     @property
     def responded(self) -> bool | None:
-        """True if heart rate rose more than 1 bpm above the pre-marker level (a response
-        with a recovery to time), False if it did not, None if it could not be measured."""
-        return None if self.rise_bpm is None else self.rise_bpm > _BACK_BPM
+        """True if heart rate rose clearly above the pre-marker level (more than
+        :attr:`clear_bpm` after the marker; more than 1 bpm when it was highest at the
+        marker itself), False if it did not, None if it could not be measured or the rhythm
+        was too irregular. Compared at the one decimal the report prints."""
+        if self.rise_bpm is None or self.irregular:
+            return None
+        need = _BACK_BPM if self.peak_at_marker else self.clear_bpm
+        return round(self.rise_bpm, 1) > round(need, 1)
+
+    @property
+    def data_ended(self) -> bool:
+        """No recovery, and the session ended less than 180 s after the marker."""
+        return (
+            self.recovery_s is None
+            and self.followed_s is not None
+            and (self.followed_s < _RECOVER_MAX_S)
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -481,32 +514,44 @@ def _hr_1hz(rec: SessionRecord) -> tuple[npt.NDArray[np.float64], npt.NDArray[np
 
 
 def provisional_marker_responses(
-    rec: SessionRecord, markers: Sequence[MarkerRow]
+    rec: SessionRecord,
+    markers: Sequence[MarkerRow],
+    irregular: Sequence[tuple[float, float]] = (),
 ) -> list[MarkerResponse]:
-    """Heart-rate reactivity and recovery per marker (see the module docstring)."""
+    """Heart-rate reactivity and recovery per marker (see the module docstring); a marker
+    within 30 s before to 60 s after which one of the ``irregular`` spans (s) lies is
+    flagged :attr:`MarkerResponse.irregular`."""
     grid, hr = _hr_1hz(rec)
     out = []
     for m in markers:
+        bad = any(t0 < m.t_s + _PEAK_S and t1 > m.t_s - _PRE_S for t0, t1 in irregular)
         pre_w = (grid >= m.t_s - _PRE_S) & (grid < m.t_s)
         post_w = (grid >= m.t_s) & (grid <= m.t_s + _PEAK_S)
         if pre_w.sum() < _PRE_S / 2 or post_w.sum() < 2:
-            out.append(MarkerResponse(m, None, None, None, None))
+            out.append(MarkerResponse(m, None, None, None, None, irregular=bad))
             continue
-        pre = float(hr[pre_w].mean())
+        before = hr[pre_w]
+        pre = float(before.mean())
+        clear = max(
+            _BACK_BPM,
+            CLEAR_RISE_SDS * float(before.std(ddof=1)),
+            float(before.max()) - pre + _BACK_BPM,
+        )
         post_idx = np.flatnonzero(post_w)
         peak_i = int(post_idx[np.argmax(hr[post_idx])])
         peak = float(hr[peak_i])
-        recovery = None
-        if peak - pre > _BACK_BPM:  # else HR never left the band: nothing to recover from
+        r = MarkerResponse(
+            m, pre, peak, peak - pre, None,
+            peak_at_marker=bool(peak_i == post_idx[0]), clear_bpm=clear,
+            followed_s=min(_RECOVER_MAX_S, float(grid[-1] - m.t_s)), irregular=bad,
+        )  # fmt: skip
+        if r.responded:  # else HR never left its band: nothing to recover from
             after = np.flatnonzero(
                 (grid >= grid[peak_i]) & (grid <= m.t_s + _RECOVER_MAX_S) & (hr <= pre + _BACK_BPM)
             )
-            recovery = float(grid[after[0]] - m.t_s) if after.shape[0] else None
-        out.append(
-            MarkerResponse(
-                m, pre, peak, peak - pre, recovery, peak_at_marker=bool(peak_i == post_idx[0])
-            )
-        )
+            if after.shape[0]:
+                r = dataclasses.replace(r, recovery_s=float(grid[after[0]] - m.t_s))
+        out.append(r)
     return out
 
 
@@ -666,7 +711,7 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
         score_start=score_start,
         score_end=score_end,
         responses=live_marker_responses(
-            rec, s, baseline, provisional_marker_responses(rec, reactions)
+            rec, s, baseline, provisional_marker_responses(rec, reactions, irregular_spans(s))
         ),
         baseline_complete=baseline_completed(s),
         rhythm=rhythm_summary(s),
@@ -728,22 +773,47 @@ def _plural(n: int, one: str, many: str) -> str:
 
 
 def _marker_sentence(kind: str, rs: list[MarkerResponse]) -> str:
-    """One sentence on the markers of one kind: a rise after them and its recovery, heart rate
-    already at its highest when they were entered, no clear response, too few beats."""
+    """One sentence on the markers of one kind: a rise after them and its recovery (those
+    that came back apart from those that had not, within 3 min or before the session
+    ended), heart rate already at its highest when they were entered, no clear response,
+    too few beats, a rhythm too irregular to read."""
     n = len(rs)
     which = f"the {kind} marker" if n == 1 else f"the {_count_words(n)} {kind} markers"
-    measured = [r for r in rs if r.rise_bpm is not None]
+    irregular = [r for r in rs if r.irregular]
+    readable = [r for r in rs if not r.irregular]
+    measured = [r for r in readable if r.rise_bpm is not None]
+    if not readable:
+        return (
+            f"Around {which} the heart rhythm was too irregular to read a response "
+            "(premature beats jump the heart rate)."
+        )
     if not measured:
         return f"Around {which} there were too few beats to measure a response."
     rose = [r for r in measured if r.responded and not r.peak_at_marker]
     up = [r for r in measured if r.responded and r.peak_at_marker]
     flat = [r for r in measured if not r.responded]
 
-    def back(group: list[MarkerResponse]) -> str | None:
-        recov = [r.recovery_s for r in group]
-        return (
-            None if any(x is None for x in recov) else duration_words(max(cast(list[float], recov)))
-        )
+    def came_back(group: list[MarkerResponse], level: str = "") -> str:
+        """ "came back within 40 s", or which came back and which had not (not within 3 min,
+        or the session ended first)."""
+        back = [r.recovery_s for r in group if r.recovery_s is not None]
+        ended = [r for r in group if r.recovery_s is None and r.data_ended]
+        late = [r for r in group if r.recovery_s is None and not r.data_ended]
+        parts = []
+        if back:
+            parts.append((len(back), f"came back{level} within {duration_words(max(back))}"))
+        if late:
+            parts.append((len(late), f"had not come back{level} after 3 min"))
+        if ended:
+            left = duration_words(max(cast(float, r.followed_s) for r in ended))
+            parts.append(
+                (len(ended), f"had not come back{level} by the end of the session, "
+                 f"{left} later" if len(ended) == 1 else
+                 f"had not come back{level} by the end of the session (at most {left} later)")
+            )  # fmt: skip
+        if len(parts) == 1:
+            return parts[0][1]
+        return "; ".join(f"after {_count_words(k)} it {words}" for k, words in parts)
 
     def mean_rise(group: list[MarkerResponse]) -> str:
         return bpm_words(statistics.fmean(cast(float, r.rise_bpm) for r in group))
@@ -754,10 +824,9 @@ def _marker_sentence(kind: str, rs: list[MarkerResponse]) -> str:
 
     tails = []
     if rose:
-        after = back(rose)
-        sentence = f"After {subset(rose)} heart rate rose {mean_rise(rose)} bpm and " + (
-            f"came back within {after}" if after else "had not come back after 3 min"
-        )
+        back = came_back(rose)
+        joint = " and " if not back.startswith("after ") else "; "
+        sentence = f"After {subset(rose)} heart rate rose {mean_rise(rose)} bpm{joint}{back}"
         if up:
             k = len(up)
             tails.append(
@@ -769,13 +838,19 @@ def _marker_sentence(kind: str, rs: list[MarkerResponse]) -> str:
         # The 5 s mean was highest at the marker itself: whatever rise there was came before
         # the marker, so "rose … and came back within 1 s" would describe no response at all.
         k = len(up)
-        after = back(up)
-        if after is None:
-            recovered = "had not come back to the level of the 30 s before after 3 min"
-        elif k == 1:
-            recovered = f"was back to the level of the 30 s before (within 1 bpm) {after} later"
+        level = " to the level of the 30 s before"
+        if k == 1 and up[0].recovery_s is not None:
+            recovered = (
+                f"was back to the level of the 30 s before (within 1 bpm) "
+                f"{duration_words(up[0].recovery_s)} later"
+            )
+        elif all(r.recovery_s is not None for r in up):
+            recovered = (
+                "was back to the level of the 30 s before (within 1 bpm) within "
+                f"{duration_words(max(cast(float, r.recovery_s) for r in up))}"
+            )
         else:
-            recovered = f"was back to the level of the 30 s before (within 1 bpm) within {after}"
+            recovered = came_back(up, level)
         sentence = (
             f"When {subset(up)} {_plural(k, 'was', 'were')} entered heart rate was already at "
             f"its highest, {mean_rise(up)} bpm above the 30 s before"
@@ -783,17 +858,24 @@ def _marker_sentence(kind: str, rs: list[MarkerResponse]) -> str:
             f"{_plural(k, 'it', 'them')}; it {recovered}"
         )
     else:
-        # Heart rate stayed within 1 bpm of the level before: no recovery to time.
+        # Heart rate did not leave the swing it had before: no recovery to time.
         peak = statistics.fmean(cast(float, r.rise_bpm) for r in measured)
-        return (
-            f"After {which} heart rate showed no clear response (peak "
-            f"{bpm_words(peak, sign=True)} bpm against the 30 s before), so there was "
-            "nothing to recover from."
+        swing = ", no more than it swung in them" if round(peak, 1) > _BACK_BPM else ""
+        sentence = (
+            f"After {which if not irregular and len(measured) == n else subset(measured)} "
+            f"heart rate showed no clear response (peak {bpm_words(peak, sign=True)} bpm "
+            f"against the 30 s before{swing}), so there was nothing to recover from"
         )
+        flat = []
     if flat:
         tails.append(f"{_count_words(len(flat))} showed no clear response")
-    if len(measured) < n:
-        tails.append(f"{_count_words(n - len(measured))} had too few beats to measure")
+    if len(measured) < len(readable):
+        tails.append(f"{_count_words(len(readable) - len(measured))} had too few beats to measure")
+    if irregular:
+        k = len(irregular)
+        tails.append(
+            f"around {_count_words(k)} the heart rhythm was too irregular to read a response"
+        )
     return sentence + "".join(f"; {t}" for t in tails) + "."
 
 
@@ -905,8 +987,9 @@ def summary_text(a: SessionAnalysis) -> str:
         )
     if a.score_start is not None and a.score_end is not None:
         parts.append(
-            f"The settling score averaged {a.score_start:.0f} in the first five minutes and "
-            f"{a.score_end:.0f} in the last five (50 = as at baseline)."
+            f"The settling score averaged {a.score_start:.0f} in the first five minutes after "
+            f"{a.reference_kind} and {a.score_end:.0f} in the last five minutes of the session "
+            "(50 = as at baseline)."
         )
     if rhythm is not None:
         parts.append(_rhythm_words(rhythm) + ": the settling score is missing for that time.")
@@ -963,7 +1046,7 @@ def irregular_spans(s: IndexSeries) -> list[tuple[float, float]]:
 
 def render_png(a: SessionAnalysis, path: Path | IO[bytes]) -> None:
     """Three panels over minutes: HR, lnRMSSD, settling score with its components; baseline
-    band, markers and the catching-up point on each; grey hatching on the score panel where
+    band, markers and the catching-up point on each; grey hatching on every panel where
     the rhythm was too irregular to score."""
     plt = _pyplot()
     s = a.series
@@ -990,9 +1073,12 @@ def render_png(a: SessionAnalysis, path: Path | IO[bytes]) -> None:
         ax_z.set_ylabel("components (baseline SDs)")
         ax_sc.set_xlabel("minutes since session start")
         spans = irregular_spans(s)
-        for i, (t0, t1) in enumerate(spans):
-            ax_sc.axvspan(t0 / 60.0, t1 / 60.0, color="0.55", alpha=0.25, hatch="//", lw=0,
-                          label="rhythm too irregular to score" if i == 0 else None)  # fmt: skip
+        # On every panel: the HR and lnRMSSD of premature beats are not the person's either.
+        for ax in axes:
+            for i, (t0, t1) in enumerate(spans):
+                ax.axvspan(t0 / 60.0, t1 / 60.0, color="0.55", alpha=0.25, hatch="//", lw=0,
+                           label="rhythm too irregular to score"
+                           if i == 0 and ax is ax_sc else None)  # fmt: skip
         if not np.isfinite(s.settling).any():
             why = ""
             if not a.baseline_complete and not _rhythm_blocked(a):
@@ -1050,9 +1136,18 @@ def _fmt(x: float | None, spec: str, unit: str = "") -> str:
 
 
 def _recovery_cell(r: MarkerResponse) -> str:
+    if r.irregular:
+        return "rhythm irregular: not read"
     if r.responded is False:
         return "no clear rise"
-    back = _fmt(r.recovery_s, ".0f", " s")
+    if r.responded and r.recovery_s is None:
+        back = (
+            f"not by the end ({duration_words(cast(float, r.followed_s))} later)"
+            if r.data_ended
+            else "not within 3 min"
+        )
+    else:
+        back = _fmt(r.recovery_s, ".0f", " s")
     return f"{back} (highest at the marker)" if r.responded and r.peak_at_marker else back
 
 
@@ -1066,7 +1161,7 @@ def render_html(a: SessionAnalysis, png: bytes, png_name: str | None) -> str:
     rows = "".join(
         "<tr>"
         f"<td>{e(duration_words(r.marker.t_s))}</td><td>{e(r.marker.kind)}</td>"
-        f"<td>{e(r.marker.text)}</td><td>{_fmt(r.pre_hr_bpm, '.1f')}</td>"
+        f'<td class="text">{e(r.marker.text)}</td><td>{_fmt(r.pre_hr_bpm, ".1f")}</td>'
         f"<td>{_fmt(r.peak_hr_bpm, '.1f')}</td><td>{_fmt(r.rise_bpm, '+.1f')}</td>"
         f"<td>{_recovery_cell(r)}</td>"
         f"<td>{_fmt(r.d_hr_bpm, '+.1f')}</td><td>{_fmt(r.d_ln_rmssd, '+.2f')}</td>"
@@ -1094,7 +1189,11 @@ def render_html(a: SessionAnalysis, png: bytes, png_name: str | None) -> str:
         if a.baseline_complete:
             shading = "No baseline period was stored, so none is shaded."
     if a.rhythm is not None:
-        shading += " Grey hatching: rhythm too irregular to score."
+        shading += (
+            " Grey hatching: rhythm too irregular to score (marker responses there are not read)."
+        )
+    if a.caught_up_t_s is not None:
+        shading += " Green line: catching-up point."
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Settle session {e(info.id)}</title>
@@ -1103,6 +1202,7 @@ body {{ font-family: system-ui, sans-serif; max-width: 60em; margin: 2em auto; c
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: .3em .6em; }}
 .summary {{ font-size: 1.15em; background: #f3f7f3; padding: 1em; border-radius: .4em; }}
 small {{ color: #666; }}
+.text, .notes, li {{ overflow-wrap: anywhere; }} .notes {{ white-space: pre-wrap; }}
 </style></head><body>
 <h1>Session {e(info.id)}</h1>
 <p class="summary" id="summary">{e(summary_text(a))}</p>
@@ -1112,13 +1212,12 @@ small {{ color: #666; }}
 <tr><th>device</th><td>{e(info.device_id)}</td></tr>
 <tr><th>intention</th><td>{intention}</td></tr>
 <tr><th>tags</th><td>{e(", ".join(info.tags)) or "–"}</td></tr>
-<tr><th>notes</th><td>{e(info.notes) or "–"}</td></tr>
+<tr><th>notes</th><td class="notes">{e(info.notes) or "–"}</td></tr>
 <tr><th>beats / gaps</th><td>{len(a.record.beats)} / {len(a.record.gaps)}</td></tr>
 </table>
 <h2>Over time</h2>
 <p><img src="data:image/png;base64,{img}" alt="heart rate, lnRMSSD and settling score"
- style="max-width:100%"><br><small>{saved}{e(shading)}
- Green line: catching-up point.</small></p>
+ style="max-width:100%"><br><small>{saved}{e(shading)}</small></p>
 <h2>Reactivity and recovery per marker</h2>
 <table><tr><th rowspan="2">time</th><th rowspan="2">kind</th><th rowspan="2">text</th>
 <th colspan="4">beat by beat</th><th colspan="3">as shown live (vs baseline)</th></tr>
@@ -1200,6 +1299,15 @@ class SessionOutcome:
     """Caught up, not yet, under way or too short when the session ended, or no score."""
     device_id: str = ""
     """The strap the session was recorded from (with several straps: several people)."""
+    reference: str | None = None
+    """What the latency counts from: ``"hold-start"`` (the first hold-start marker),
+    ``"baseline end"``, or None (no reference)."""
+    n_irregular: int = 0
+    """Reaction markers left out of ``n_reactions``: the rhythm was too irregular around
+    them to read a response."""
+
+
+_REFERENCE_NAMES = {"you began holding": "hold-start", "the baseline ended": "baseline end"}
 
 
 def outcome(a: SessionAnalysis) -> SessionOutcome:
@@ -1207,7 +1315,8 @@ def outcome(a: SessionAnalysis) -> SessionOutcome:
     info = a.record.info
     # A marker at which heart rate was already at its highest had no rise after it to
     # recover from: neither a response nor a recovery time (as the report words it).
-    rises = [r for r in a.responses if r.responded and not r.peak_at_marker]
+    readable = [r for r in a.responses if not r.irregular]
+    rises = [r for r in readable if r.responded and not r.peak_at_marker]
     recov = [r.recovery_s for r in rises if r.recovery_s is not None]
     change = None
     if a.score_start is not None and a.score_end is not None:
@@ -1219,8 +1328,10 @@ def outcome(a: SessionAnalysis) -> SessionOutcome:
         latency_s=a.latency_s,
         score_change=change,
         median_recovery_s=statistics.median(recov) if recov else None,
-        n_reactions=len(a.responses),
+        n_reactions=len(readable),
         n_responses=len(rises),
+        n_irregular=len(a.responses) - len(readable),
+        reference=_REFERENCE_NAMES.get(a.reference_kind) if a.reference_t_s is not None else None,
         scored=a.reference_t_s is not None
         and bool(np.any((a.series.t_s >= a.reference_t_s) & np.isfinite(a.series.settling))),
         verdict=verdict(a),
@@ -1244,11 +1355,31 @@ def trends(
     return out
 
 
+_VERDICT_LABELS = {
+    Verdict.NOT_YET: "not yet", Verdict.UNDER_WAY: "under way", Verdict.TOO_SHORT: "too short",
+    Verdict.NO_SCORE: "no score", Verdict.CAUGHT_UP: "",
+}  # fmt: skip
+_REFERENCE_MARKERS = {"hold-start": "o", "baseline end": "s", None: "o"}
+
+
+def _trend_time(started_ms: int) -> dt.datetime:
+    """A session's x position: its start to the minute, so sessions started together (a
+    group's straps, a second apart) share one position instead of spreading over an axis of
+    seconds."""
+    t = dt.datetime.fromtimestamp(started_ms / 1000)
+    return t.replace(second=0, microsecond=0)
+
+
 def write_trends_png(outcomes: Sequence[SessionOutcome], path: Path) -> Path:
-    """Plot latency, score change and median recovery per session over calendar time, one
-    colour per target model; written atomically to ``path``."""
+    """Plot latency, score change and median recovery per session over calendar time (to
+    the minute), one colour per target model (and strap, with several). Latencies are
+    drawn with one marker shape per reference (circle: from hold-start; square: from the
+    baseline end) and joined only within one; a session that did not catch up is a hollow
+    marker at the top of the latency panel, labelled ("not yet", "no score", ...)."""
     plt = _pyplot()
     import matplotlib.dates as mdates
+    import matplotlib.transforms as mtransforms
+    from matplotlib.lines import Line2D
 
     fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True, constrained_layout=True)
     try:
@@ -1256,28 +1387,66 @@ def write_trends_png(outcomes: Sequence[SessionOutcome], path: Path) -> Path:
         # a group practice are different people, not one person's progress.
         several = len({o.device_id for o in outcomes}) > 1
         groups = sorted({(o.device_id if several else "", o.target) for o in outcomes})
+        top = mtransforms.blended_transform_factory(axes[0].transData, axes[0].transAxes)
+        refs_seen: set[str | None] = set()
         for dev, tgt in groups:
             sel = [o for o in outcomes if o.target == tgt and (not several or o.device_id == dev)]
             label = f"{dev} · {tgt}" if several else tgt
-            x = [dt.datetime.fromtimestamp(o.started_ms / 1000) for o in sel]
+            x = [_trend_time(o.started_ms) for o in sel]
+            colour = None
             for ax, vals in zip(
-                axes,
+                axes[1:],
                 (
-                    [math.nan if o.latency_s is None else o.latency_s / 60 for o in sel],
                     [math.nan if o.score_change is None else o.score_change for o in sel],
                     [math.nan if o.median_recovery_s is None else o.median_recovery_s for o in sel],
                 ),
                 strict=True,
             ):
-                ax.plot(x, vals, marker="o", label=label)
-        # Concise dates: sessions seconds apart were labelled "36:12.000000".
+                (line,) = ax.plot(x, vals, marker="o", color=colour)
+                colour = line.get_color()
+            for ref in sorted({o.reference for o in sel}, key=str):
+                pts = [(xi, o) for xi, o in zip(x, sel, strict=True) if o.reference == ref]
+                lat = [math.nan if o.latency_s is None else o.latency_s / 60 for _x, o in pts]
+                if any(math.isfinite(v) for v in lat):
+                    refs_seen.add(ref)
+                axes[0].plot([p[0] for p in pts], lat, marker=_REFERENCE_MARKERS[ref],
+                             color=colour, ls="-" if ref == "hold-start" else "--")  # fmt: skip
+            # Sessions that did not catch up: hollow markers along the top edge, named.
+            for xi, o in zip(x, sel, strict=True):
+                if o.latency_s is not None:
+                    continue
+                xn = float(mdates.date2num(xi))  # type: ignore[no-untyped-call]
+                axes[0].plot([xn], [0.97], transform=top, marker="o", mfc="none", color=colour,
+                             ls="none", clip_on=False)  # fmt: skip
+                axes[0].annotate(_VERDICT_LABELS[o.verdict], (xn, 0.97), xycoords=top,
+                                 xytext=(0, -6), textcoords="offset points", fontsize=7,
+                                 color=colour, va="top", ha="center", rotation=90)  # fmt: skip
+            axes[1].lines[-1].set_label(label)
+        # Concise dates: sessions seconds apart were labelled "36:12.000000". Sessions all
+        # within a few minutes get an hour around them (one x position would be no axis).
+        if outcomes:
+            xs = [_trend_time(o.started_ms) for o in outcomes]
+            lo, hi = min(xs), max(xs)
+            if hi - lo < dt.timedelta(hours=1):
+                mid = lo + (hi - lo) / 2
+                axes[-1].set_xlim(mid - dt.timedelta(minutes=30), mid + dt.timedelta(minutes=30))
         locator = mdates.AutoDateLocator()  # type: ignore[no-untyped-call]
         axes[-1].xaxis.set_major_locator(locator)
         axes[-1].xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
         axes[0].set_ylabel("catching up (min)")
+        # Room above the highest latency for the sessions that did not catch up.
+        lat = [o.latency_s / 60 for o in outcomes if o.latency_s is not None]
+        axes[0].set_ylim(0, 1.4 * max(lat) if lat and max(lat) > 0 else 1.0)
         axes[1].set_ylabel("score change")
         axes[2].set_ylabel("recovery (s)")
-        axes[0].legend(title="strap · target" if several else "target", fontsize=8)
+        axes[1].legend(title="strap · target" if several else "target", fontsize=8)
+        shapes = [
+            Line2D([], [], color="0.3", marker="o", ls="-", label="from hold-start"),
+            Line2D([], [], color="0.3", marker="s", ls="--", label="from baseline end"),
+            Line2D([], [], color="0.3", marker="o", mfc="none", ls="none",
+                   label="did not catch up (top)"),
+        ]  # fmt: skip
+        axes[0].legend(handles=shapes, fontsize=7, loc="lower left")
         fig.suptitle("Settle: progress across sessions")
         with atomic_file(path, binary=True) as fh:
             fig.savefig(cast(IO[bytes], fh), format="png", dpi=100)

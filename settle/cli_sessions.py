@@ -211,6 +211,12 @@ def _opt(x: float | None, spec: str) -> str:
     return "" if x is None else format(x, spec)
 
 
+def _reactions_cell(n: int, clear: int, irregular: int) -> str:
+    """``"3 (1 clear)"``; markers whose rhythm was too irregular to read are named apart."""
+    cell = f"{n} ({clear} clear)" if n else "0"
+    return cell + (f" +{irregular} rhythm irregular" if irregular else "")
+
+
 def trends_cmd(
     target: Annotated[
         str | None, typer.Option(help="Only sessions held with this target model.")
@@ -266,10 +272,12 @@ def trends_cmd(
                 "started_ms": r.started_ms,
                 "target": None if r.target == "–" else r.target,  # the table's dash
                 "latency_s": r.latency_s,
+                "reference": r.reference,
                 "score_change": r.score_change,
                 "median_recovery_s": r.median_recovery_s,
                 "n_reactions": r.n_reactions,
                 "n_responses": r.n_responses,
+                "n_irregular_rhythm": r.n_irregular,
                 "scored": r.scored,
                 "catching_up": r.verdict.value,
                 "device_id": r.device_id,
@@ -284,7 +292,7 @@ def trends_cmd(
         several = len({r.device_id for r in rows}) > 1
         _print_table(
             ["started (local)", "id", *(["strap"] if several else []), "target",
-             "caught up after", "score change", "median recovery", "reactions"],
+             "caught up after", "from", "score change", "median recovery", "reactions"],
             [
                 [
                     time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started_ms / 1000)),
@@ -293,9 +301,10 @@ def trends_cmd(
                     r.target,
                     duration_words(r.latency_s) if r.latency_s is not None
                     else verdict_words[r.verdict],
+                    r.reference or "",
                     _opt(r.score_change, "+.1f"),
                     "" if r.median_recovery_s is None else duration_words(r.median_recovery_s),
-                    f"{r.n_reactions} ({r.n_responses} clear)" if r.n_reactions else "0",
+                    _reactions_cell(r.n_reactions, r.n_responses, r.n_irregular),
                 ]
                 for r in rows
             ],

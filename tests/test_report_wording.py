@@ -163,8 +163,9 @@ def test_report_of_a_session_too_irregular_throughout_says_so(tmp_path: Path) ->
     assert "catch up" not in html and "caught up" not in summary
     assert (
         "No baseline was completed, so none is shaded. Grey hatching: rhythm too irregular to "
-        "score. Green line" in " ".join(html.split())
+        "score (marker responses there are not read).</small>" in " ".join(html.split())
     )
+    assert "Green line" not in html  # there is no catching-up point to draw
     with SessionStore.open(db) as store:
         (info,) = store.list_sessions()
         rec = store.read_session(info.id)
@@ -180,7 +181,22 @@ def test_report_of_a_session_too_irregular_throughout_says_so(tmp_path: Path) ->
         # Trends told "not yet" (did not catch up) from "no score" (could not be judged)
         # in neither the table nor the JSON.
         assert outcome(analyse_session(store.read_session(info.id))).scored is False
+        # A shame marker amid the premature beats: its heart-rate jumps are no response.
+        # The summary read "After the shame marker heart rate rose 1.4 bpm and came back
+        # within 1 min 10 s", and trends counted it.
+        store.add_markers(
+            info.id,
+            [MarkerRow(300.0, rec.info.started_ms + 300_000, "shame", "", MarkerSource.CLI)],
+        )
+        shamed = _report(store, info.id, tmp_path / "shamed")
+        o = outcome(analyse_session(store.read_session(info.id)))
+        assert (o.n_reactions, o.n_responses, o.n_irregular) == (0, 0, 1)
     assert _summary(held) == summary
+    assert _summary(shamed) == (
+        summary + " Around the shame marker the heart rhythm was too irregular to read a "
+        "response (premature beats jump the heart rate)."
+    )
+    assert "<td>rhythm irregular: not read</td>" in shamed and "rose" not in _summary(shamed)
     trends = _settle("trends", "--db", str(db), tmp=tmp_path)
     assert trends.returncode == 0 and "no score" in trends.stdout and "not yet" not in trends.stdout
 
@@ -360,7 +376,7 @@ def test_a_session_that_ended_during_the_baseline_has_no_baseline(
     sid = _store_session(store, _sinus(5), 100.0)
     html = _report(store, sid, tmp_path)
     assert _summary(html) == "No baseline was completed, so there is no settling score to judge."
-    assert "No baseline was completed, so none is shaded. Green line" in " ".join(html.split())
+    assert "No baseline was completed, so none is shaded.</small>" in " ".join(html.split())
     assert "Grey hatching" not in html
 
 
@@ -611,3 +627,70 @@ def test_a_strap_taken_off_before_stop_does_not_end_the_catching_up_run(
         "Physiology was catching up when the session ended: from when you began holding the "
         "settling score was at or above 85, and it stayed at 75 or above for the last 1 min "
     ), summary_text(a)
+
+
+def _model_rr(
+    seed: int, surges: tuple[float, ...] = (), bpm: float = 8.0, surge_s: float = 25.0
+) -> Callable[[float], float]:
+    """The demo's physiological model (``settle demo``), 15 min; ``bpm`` higher for
+    ``surge_s`` after each of ``surges``. For ``_store_session`` (one call per beat)."""
+    from sensors.virtual.model import ModelParams, PhysioModel
+
+    model = PhysioModel(ModelParams(duration_s=900.0), seed=seed)
+
+    def rr_at(t: float) -> float:
+        try:
+            rr = model.next_beat().rr_ms
+        except StopIteration:
+            rr = 800.0
+        if any(s <= t < s + surge_s for s in surges):
+            rr = 60_000.0 / (60_000.0 / rr + bpm)
+        return rr
+
+    return rr_at
+
+
+def _shames(store: SessionStore, sid: str, *ts: float) -> None:
+    store.add_markers(
+        sid, [MarkerRow(t, T0_MS + int(t * 1000), "shame", "", MarkerSource.IMPORT) for t in ts]
+    )
+
+
+def test_markers_at_random_times_are_no_rise_a_real_surge_is(store: SessionStore) -> None:
+    """21 shame markers imported at times the (virtual) heart could not react to read "After
+    13 of the 21 shame markers heart rate rose 1.7 bpm": the peak of the 5 s mean in the
+    60 s after minus the 30 s mean before is positive by construction and within the
+    breathing swing. A rise is now claimed only when it stands out from that swing; a real
+    surge (+8 bpm for 25 s) still reads as one."""
+    flat = _store_session(store, _model_rr(1), 900.0)
+    _shames(store, flat, *np.arange(160.0, 561.0, 20.0))
+    a = analyse_session(store.read_session(flat))
+    rose = [r for r in a.responses if r.responded and not r.peak_at_marker]
+    assert len(a.responses) == 21 and len(rose) <= 2, [r.rise_bpm for r in rose]
+    assert "showed no clear response" in summary_text(a)
+    surged = _store_session(store, _model_rr(1, (300.0, 500.0, 700.0)), 900.0)
+    _shames(store, surged, 300.0, 500.0, 700.0)
+    a = analyse_session(store.read_session(surged))
+    assert all(r.responded and not r.peak_at_marker for r in a.responses)
+    assert "After the three shame markers heart rate rose " in summary_text(a)
+
+
+def test_a_rise_the_session_ended_during_is_not_called_3_min(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """A rise 58 s before the end read "had not come back after 3 min", and one such marker
+    made a whole group read so: the summary now says the session ended first, and tells the
+    markers that came back from the one that had not."""
+    sid = _store_session(store, _model_rr(2, (300.0, 842.0), surge_s=100.0), 900.0)
+    _shames(store, sid, 300.0, 842.0)
+    a = analyse_session(store.read_session(sid))
+    back, open_ = a.responses
+    assert back.recovery_s is not None and open_.recovery_s is None and open_.data_ended
+    summary = _summary(_report(store, sid, tmp_path))
+    assert re.search(
+        r"After the two shame markers heart rate rose [\d.]+ bpm; after one it came back "
+        r"within [\d a-z]+; after one it had not come back by the end of the session, "
+        r"5\d s later\.",
+        summary,
+    ), summary
+    assert "3 min" not in summary

@@ -58,11 +58,13 @@ def _session(
     shame_bpm: float = 8.0,
     noise: float = 1.0,
     device: str = "dev",
+    hold: bool = True,
 ) -> str:
     """15 min at 75 bpm; indices from 60 s on (a full window), so the automatic 2 min
     baseline is 60–180 s; hold-start at 200 s; from ``settle_at_s`` HR falls to 62 bpm with
     more variability (``unsettled``: rises to 79 bpm with less); 25 s of +``shame_bpm`` bpm
-    after each shame marker; ``noise`` scales the beat-to-beat variability."""
+    after each shame marker; ``noise`` scales the beat-to-beat variability; ``hold=False``:
+    no hold-start marker (catching up counts from the baseline end)."""
     rng = np.random.default_rng(seed)
     sid = store.create_session(
         device, started_ms, "x", {}, intention=Intention(target, "I am safe", "hold")
@@ -97,7 +99,7 @@ def _session(
             next_i += 5.0
     store.add_beats(sid, beats)
     store.add_indices(sid, indices)
-    marks = [MarkerRow(200.0, started_ms + 200_000, "hold-start", "", MarkerSource.CLI)]
+    marks = [MarkerRow(200.0, started_ms + 200_000, "hold-start", "", MarkerSource.CLI)][:hold]
     marks += [MarkerRow(s, started_ms + int(s * 1000), "shame", "<b>it</b> came back", "mqtt")
               for s in shames]  # fmt: skip
     store.add_markers(sid, marks)
@@ -425,3 +427,34 @@ def test_a_page_whose_png_is_not_kept_does_not_say_it_is_saved(
     _png, page = write_report(store, sid, tmp_path / "dropped", png_kept=False)
     text = page.read_text()
     assert "Also saved as" not in text and "data:image/png;base64," in text
+
+
+def test_trends_say_what_each_latency_counts_from(store: SessionStore, tmp_path: Path) -> None:
+    """One session counted from its hold-start, the next from the end of its baseline: the
+    two latencies were listed (and joined in the plot) as one measure. The table and JSON
+    now name the reference."""
+    from settle.cli import app
+
+    _session(store, started_ms=T0_MS, seed=1)
+    _session(store, started_ms=T0_MS + 86_400_000, seed=2, hold=False)
+    db = str(store.path)
+    res = CliRunner().invoke(app, ["trends", "--json", "--db", db])
+    items = json.loads(res.output)["sessions"]
+    assert [s["reference"] for s in items] == ["hold-start", "baseline end"]
+    assert all(s["latency_s"] is not None for s in items)
+    res = CliRunner().invoke(app, ["trends", "--out", str(tmp_path), "--db", db])
+    head, first, second = res.output.splitlines()[:3]
+    assert "from" in head.split() and "hold-start" in first and "baseline end" in second
+
+
+def test_long_marker_text_and_notes_wrap_on_the_page(store: SessionStore, tmp_path: Path) -> None:
+    """A 250-character marker text or a URL in the notes made the page 3388 px wide, and
+    notes of several lines ran into one: the cells that hold them now break anywhere, and
+    the notes keep their line breaks."""
+    sid = _session(store, shames=(550.0,))
+    store.set_notes(sid, "line one\nline two")
+    html = write_report(store, sid, tmp_path)[1].read_text()
+    assert ".text, .notes, li { overflow-wrap: anywhere; }" in html
+    assert ".notes { white-space: pre-wrap; }" in html
+    assert '<td class="notes">line one\nline two</td>' in html
+    assert '<td class="text">&lt;b&gt;it&lt;/b&gt; came back</td>' in html
