@@ -204,7 +204,8 @@ class IndicesPayload(_Payload):
     responses_by_kind: dict[str, dict[str, float | None]] = Field(default_factory=dict)
     """Per marker kind: ``n``, mean ``peak_d_hr_bpm`` (largest signed change of the 5 s HR from
     baseline within 30 s after the marker), ``peak_d_ln_rmssd`` (lnRMSSD of those 30 s less
-    baseline), ``recovery_s`` (s after those 30 s until HR is back in its baseline band)."""
+    baseline), ``recovery_s`` (s from the marker until HR, after that peak, is back in its baseline
+    band; 0 if the peak stayed in the band)."""
 
 
 class SessionPayload(_Payload):

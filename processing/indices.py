@@ -273,16 +273,24 @@ class EventResponse:
     """lnRMSSD of the corrected beats in the 30 s after the marker minus the baseline
     lnRMSSD mean, ln units: one value over the 30 s (:func:`ln_rmssd_between`), not a peak."""
     recovery_s: float
-    """Time after the 30 s reactivity window until the fast HR is back within the baseline
-    band (mean ± spread of the same fast HR during the baseline), s; 0 if it already is at
-    the end of the window; NaN if it did not recover within ``RECOVERY_MAX_S`` (or in the
-    data so far)."""
+    """Time from the marker until the fast HR, after its peak deviation in the 30 s, is back
+    within the baseline band (mean ± spread of the same fast HR during the baseline), s; 0
+    if the peak did not clearly leave it (within :data:`LEFT_BAND_SPREADS` spreads: nothing
+    to recover from); NaN if it did not recover
+    within ``RECOVERY_MAX_S`` of the marker (or in the data so far)."""
 
 
 REACT_S = 30.0
 """Reactivity window after a marker, s."""
-RECOVERY_MAX_S = 600.0
-"""How long after the reactivity window recovery is searched for, s (then NaN: not back)."""
+RECOVERY_MAX_S = 630.0
+"""How long after the marker recovery is searched for, s (then NaN: not back): the 30 s
+reactivity window and 10 min after it."""
+LEFT_BAND_SPREADS = 2.0
+"""A marker's peak ΔHR must exceed this many baseline spreads for a recovery to be timed
+(hysteresis: leave at 2 spreads, back at 1). On the flat model (fast HR spread floored at
+1 bpm) the peaks of 30 s with no reaction reached 1.93 spreads (60 markers); a sinusoidal
+breathing swing peaks at √2 spreads. With a 1-spread threshold noise alone gave
+"recoveries" of 6–35 s."""
 FAST_HALF_S = 2
 """The fast HR at second ``g`` is the mean of the 1 Hz HR at ``g − 2 … g + 2`` (5 s)."""
 FAST_MIN_SECONDS = 3
@@ -371,11 +379,14 @@ def mean_spread(values: npt.ArrayLike, floor: float) -> tuple[float, float]:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Reactivity:
     """What the 30 s after a marker showed, before any baseline: the lowest and highest fast
-    HR (beats/min) and the lnRMSSD over those 30 s. All a response needs of that window."""
+    HR (beats/min), the whole seconds they were first reached at, and the lnRMSSD over those
+    30 s. All a response needs of that window."""
 
     hr_low: float
     hr_high: float
     ln_rmssd: float
+    t_low_s: float = _NAN
+    t_high_s: float = _NAN
 
 
 def reactivity(
@@ -391,10 +402,13 @@ def reactivity(
     whole seconds ``grid_s`` in ``(t_marker, t_marker + react_s]``, the beats for lnRMSSD."""
     g = np.asarray(grid_s, dtype=np.float64)
     f = np.asarray(fast, dtype=np.float64)
-    sel = (g > t_marker) & (g <= t_marker + react_s) & np.isfinite(f)
-    lo = float(f[sel].min()) if sel.any() else _NAN
-    hi = float(f[sel].max()) if sel.any() else _NAN
-    return Reactivity(lo, hi, ln_rmssd_between(t_s, rr_ms, t_marker, t_marker + react_s, span_ms))
+    sel = np.flatnonzero((g > t_marker) & (g <= t_marker + react_s) & np.isfinite(f))
+    ln = ln_rmssd_between(t_s, rr_ms, t_marker, t_marker + react_s, span_ms)
+    if sel.shape[0] == 0:
+        return Reactivity(_NAN, _NAN, ln)
+    w = f[sel]
+    i_lo, i_hi = int(np.argmin(w)), int(np.argmax(w))
+    return Reactivity(float(w[i_lo]), float(w[i_hi]), ln, float(g[sel[i_lo]]), float(g[sel[i_hi]]))
 
 
 def event_response(
@@ -412,18 +426,28 @@ def event_response(
 
     ``base_hr`` is the mean and floored spread of the fast HR at the baseline's snapshots,
     ``base_ln_mean`` the baseline lnRMSSD mean. Peak ΔHR: the one of (lowest, highest fast HR
-    in the window) − mean that is larger in size. Recovery: the first whole second ``g`` ≥ the
-    window's end (up to ``recovery_max_s`` after it) with the fast HR within mean ± spread,
-    as ``g − (t_marker + react_s)``; searched in ``grid_s``/``fast`` (seconds not there yet:
-    NaN, not back so far)."""
+    in the window) − mean that is larger in size. Recovery: 0 if that peak is within
+    :data:`LEFT_BAND_SPREADS` spreads of the mean (HR did not clearly leave the band); else
+    the first whole second ``g`` after the peak (up to
+    ``recovery_max_s`` after the marker) with the fast HR within the band, as
+    ``g − t_marker``; searched in ``grid_s``/``fast`` (seconds not there yet: NaN, not back
+    so far). A surge over at 10 s and one over at 29 s read 10 and 29 s."""
     mean, spread = base_hr
     d_lo, d_hi = react.hr_low - mean, react.hr_high - mean
-    peak = d_hi if not abs(d_lo) > abs(d_hi) else d_lo
-    end = t_marker + react_s
-    g = np.asarray(grid_s, dtype=np.float64)
-    f = np.asarray(fast, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        back = (g >= end) & (g <= end + recovery_max_s) & (np.abs(f - mean) <= spread)
-    after = np.flatnonzero(back)
-    rec = float(g[after[0]] - end) if after.size else _NAN
+    low_wins = abs(d_lo) > abs(d_hi)
+    peak = d_lo if low_wins else d_hi
+    t_peak = react.t_low_s if low_wins else react.t_high_s
+    if not math.isfinite(peak):
+        rec = _NAN
+    elif abs(peak) <= LEFT_BAND_SPREADS * spread:
+        rec = 0.0
+    else:
+        g = np.asarray(grid_s, dtype=np.float64)
+        f = np.asarray(fast, dtype=np.float64)
+        if not math.isfinite(t_peak):  # a Reactivity without times: search after the window
+            t_peak = t_marker + react_s
+        with np.errstate(invalid="ignore"):
+            back = (g > t_peak) & (g <= t_marker + recovery_max_s) & (np.abs(f - mean) <= spread)
+        after = np.flatnonzero(back)
+        rec = float(g[after[0]] - t_marker) if after.size else _NAN
     return EventResponse(t_marker, kind, peak, react.ln_rmssd - base_ln_mean, rec)

@@ -67,9 +67,9 @@ IRREGULAR_SHARE_MAX = 0.2
 """A window whose share of corrected beats exceeds this is an unusable (non-sinus) rhythm."""
 SERIES_KEEP_S = 120.0
 """Fast HR kept for markers entered this late (e.g. from a journal during the session), s."""
-FAST_KEEP_MAX_S = REACT_S + RECOVERY_MAX_S + SERIES_KEEP_S
+FAST_KEEP_MAX_S = RECOVERY_MAX_S + SERIES_KEEP_S
 """The fast HR is never kept longer than this, s: a marker's reactivity is taken as soon as
-its 30 s are in, its recovery searched for ``RECOVERY_MAX_S`` after them."""
+its 30 s are in, its recovery searched for ``RECOVERY_MAX_S`` after the marker."""
 JUMP_REL = 0.2
 """An interval that differs from the one before by more than this fraction of it is a jump
 (Malik's 20 % rule)."""
@@ -517,7 +517,7 @@ class LiveAnalyzer:
                     pending.append(p)
                     continue
                 r = event_response(p.t_s, p.kind, p.react, grid, fast, base_hr, base_ln)
-                if math.isfinite(r.recovery_s) or done >= p.t_s + REACT_S + RECOVERY_MAX_S:
+                if math.isfinite(r.recovery_s) or done >= p.t_s + RECOVERY_MAX_S:
                     self._final.append(r)
                 else:
                     pending.append(p)
@@ -525,7 +525,7 @@ class LiveAnalyzer:
             self._markers = pending
             self._final.sort(key=lambda r: r.t_s)
         keep = [t_s - SERIES_KEEP_S]
-        keep += [p.t_s if p.react is None else p.t_s + REACT_S for p in self._markers]
+        keep += [p.t_s for p in self._markers]  # the recovery is searched from the peak on
         keep += self._base_fast_t[:1]
         keep_from = max(min(keep), t_s - FAST_KEEP_MAX_S)
         q = self._fast

@@ -1229,9 +1229,10 @@ small {{ color: #666; }}
 <p><small>Catching up: the settling score reaches {CATCH_THRESHOLD:g} and stays at
 {CATCH_THRESHOLD - CATCH_HYSTERESIS:g} or above for {CATCH_HOLD_S:g} s. Beat by beat: peak of
 the 5 s mean heart rate within 60 s after a marker minus the mean over the 30 s before. As
-shown live: the daemon's event-locked response (60 s rolling HR and lnRMSSD against the
-baseline; recovery counted after the 30 s reactivity window), the values behind the per-kind
-averages the daemon published in the session.
+shown live: the daemon's event-locked response (the 5 s mean HR within 30 s after the marker
+and the lnRMSSD of those 30 s, against the baseline; back in the baseline band counted from the
+marker, after the peak), the values behind the per-kind averages the daemon published in the
+session.
 </small></p>
 </body></html>
 """
