@@ -195,7 +195,7 @@ def device_messages(
                unit_of_measurement="ms", icon="mdi:heart-flash", **measurement),
         sensor("settling", "Settling score", f"{t}/indices", g("value_json.settling"),
                icon="mdi:meditation", **measurement),
-        # An enum: automations get the list of states; "unknown" (fewer than 3 scores) is
+        # An enum: automations get the list of states; "unknown" (fewer than 4 block means) is
         # Home Assistant's own unknown.
         sensor("trend", "Settling trend", f"{t}/indices", TREND_TEMPLATE,
                icon="mdi:trending-down", device_class="enum", options=list(TRENDS)),

@@ -185,9 +185,15 @@ class IndicesPayload(_Payload):
     with the baseline (a report re-scores a session against a baseline set afterwards from
     this, ``hr_bpm`` and ``ln_rmssd``)."""
     trend: Literal["settling", "steady", "unsettling", "unknown"] = "unknown"
-    """Trend of the settling score over the last 5 min (Theil–Sen + Mann–Kendall); ``unknown``
-    (with a null slope and confidence) until there are 3 scores to test."""
+    """Trend of the settling score over the last 5 min, from its 30 s means (Theil–Sen +
+    Mann–Kendall); ``unknown`` (with a null slope, CI and confidence) until there are 4 of
+    them (90–120 s of scores)."""
     trend_slope_per_min: float | None = None
+    """Theil–Sen slope of the 30 s means of the score, points per minute."""
+    trend_slope_ci_low_per_min: float | None = None
+    """Lower bound of the slope's 95 % confidence interval (Sen 1968), points per minute."""
+    trend_slope_ci_high_per_min: float | None = None
+    """Upper bound of the slope's 95 % confidence interval, points per minute."""
     trend_confidence: float | None = None
     """1 − p of the trend test, 0..1."""
     quality: float | None = None

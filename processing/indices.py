@@ -9,10 +9,10 @@ Components (each in baseline-spread units, positive = more settled)::
                                                         oscillation, Peng et al. 1999)
     score      = clip(50 + 50 · tanh(mean(z) / k), 0, 100),  k = 2
 
-Trend: Theil–Sen slope of the score over the last ``trend_window_s`` with a 95 % CI
-(Sen 1968) and a Mann–Kendall test on non-overlapping 30 s means (so that the samples are
-close to independent) → ``settling`` (slope > 0, p < 0.05), ``unsettling`` (slope < 0,
-p < 0.05) or ``steady``; confidence = 1 − p.
+Trend: over the last ``trend_window_s``, the non-overlapping 30 s means of the score (closer
+to independent than the 5 s samples; their lag-1 autocorrelation corrected for): Theil–Sen
+slope with a 95 % CI (Sen 1968) and a Mann–Kendall test → ``settling`` (rising, p < 0.05),
+``unsettling`` (falling, p < 0.05) or ``steady``; confidence = 1 − p.
 
 Catching up: after the hold-start (``hold_start``) or session start, the first time the score
 is ≥ ``threshold`` and stays above ``threshold − hysteresis`` for ``hold_s``; the reported time
@@ -33,6 +33,7 @@ __all__ = [
     "CATCH_HOLD_S",
     "CATCH_HYSTERESIS",
     "CATCH_THRESHOLD",
+    "TREND_MIN_BLOCKS",
     "CatchingUp",
     "EventResponse",
     "Reactivity",
@@ -125,7 +126,7 @@ class Trend:
     """Trend of the settling score over the recent window."""
 
     slope_per_min: float
-    """Theil–Sen slope, score points per minute."""
+    """Theil–Sen slope of the 30 s block means, score points per minute (NaN: too few)."""
     ci_low: float
     """Lower 95 % bound of the slope (Sen 1968), points/min."""
     ci_high: float
@@ -189,23 +190,30 @@ def mann_kendall(y: npt.ArrayLike, rho1: float = 0.0) -> tuple[float, float]:
     return z, 2.0 * (1.0 - _NORM.cdf(abs(z)))
 
 
+TREND_MIN_BLOCKS = 4
+"""Block means the trend needs (the Mann–Kendall test takes 4): 90–120 s of scores."""
+
+
 def trend(t_s: npt.ArrayLike, score: npt.ArrayLike, block_s: float = 30.0) -> Trend:
-    """:class:`Trend` of a score series: the Theil–Sen slope of every sample; its CI and the
-    Mann–Kendall test on non-overlapping ``block_s`` means, corrected for their lag-1
-    autocorrelation (:data:`BLOCK_LAG1_RHO`). Samples 5 s apart with 60 s windows are far from
-    independent: their own CI excluded 0 in 44 % of a flat control's snapshots."""
+    """:class:`Trend` of a score series, all from its non-overlapping ``block_s`` means: their
+    Theil–Sen slope with its 95 % CI and the Mann–Kendall test, both corrected for the means'
+    lag-1 autocorrelation (:data:`BLOCK_LAG1_RHO`). Samples 5 s apart with 60 s windows are
+    far from independent (a CI from them excluded 0 in 44 % of a flat control's snapshots),
+    and a slope from the samples could fall outside a CI from the blocks. With fewer than
+    :data:`TREND_MIN_BLOCKS` blocks: no trend (NaN slope, ``steady`` with confidence 0)."""
     t = np.asarray(t_s, dtype=np.float64)
     y = np.asarray(score, dtype=np.float64)
     ok = np.isfinite(y)
     t, y = t[ok], y[ok]
-    if t.size < 3:
+    if t.size == 0:
         return Trend(_NAN, _NAN, _NAN, "steady", 0.0)
-    slope, _, _ = theil_sen(t, y)
     blocks = np.floor((t - t[0]) / block_s)
     ids = np.unique(blocks)
+    if ids.size < TREND_MIN_BLOCKS:
+        return Trend(_NAN, _NAN, _NAN, "steady", 0.0)
     means = [float(y[blocks == b].mean()) for b in ids]
     mids = [float(t[blocks == b].mean()) for b in ids]
-    _, lo, hi = theil_sen(mids, means, BLOCK_LAG1_RHO)
+    slope, lo, hi = theil_sen(mids, means, BLOCK_LAG1_RHO)
     z, p = mann_kendall(means, BLOCK_LAG1_RHO)
     label: TrendLabel = "steady"
     if p < 0.05:

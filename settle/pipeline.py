@@ -648,6 +648,7 @@ class StrapPipeline:
         by_kind: dict[str, list[EventResponse]] = {}
         for r in snap.responses:
             by_kind.setdefault(r.kind, []).append(r)
+        has_trend = math.isfinite(snap.trend.slope_per_min)
         payload = IndicesPayload(
             ts=self.now_ms(),
             seq=self.out.indices_seq,
@@ -673,10 +674,12 @@ class StrapPipeline:
             hf_ms2=_num(snap.hf_ms2),
             lf_hf=_num(snap.lf_hf),
             lf64_ms2=_num(snap.lf64_ms2),
-            # Fewer than 3 scores: no slope, no test, so no trend yet (not "steady").
-            trend=snap.trend.label if math.isfinite(snap.trend.slope_per_min) else "unknown",
+            # Fewer than 4 block means: no slope, no test, so no trend yet (not "steady").
+            trend=snap.trend.label if has_trend else "unknown",
             trend_slope_per_min=_num(snap.trend.slope_per_min),
-            trend_confidence=_num(snap.trend.confidence),
+            trend_slope_ci_low_per_min=_num(snap.trend.ci_low),
+            trend_slope_ci_high_per_min=_num(snap.trend.ci_high),
+            trend_confidence=_num(snap.trend.confidence) if has_trend else None,
             quality=_num(snap.quality),
             usable=snap.usable,
             reason=snap.reason,

@@ -119,6 +119,13 @@ async def test_every_message_of_a_live_run_matches_the_document(
     # that nothing measured; every trend label comes with its slope.
     assert (indices[0]["trend"], indices[0]["trend_slope_per_min"]) == ("unknown", None)
     assert all((i["trend"] == "unknown") == (i["trend_slope_per_min"] is None) for i in indices)
+    # No slope without its 95 % CI, no confidence without a test (this 70 s run has no trend
+    # yet; the CI's values: tests/test_processing_live.py).
+    trend_keys = ("trend_slope_ci_low_per_min", "trend_slope_per_min",
+                  "trend_slope_ci_high_per_min", "trend_confidence")  # fmt: skip
+    for i in indices:
+        vals = [i[k] for k in trend_keys]
+        assert (i["trend"] == "unknown") == (vals == [None] * 4), i
     sessions = [json.loads(p) for t, p in got if t.endswith("/session")]
     assert any(s.get("intention", {}) and s["intention"]["statement"] == "I am safe"
                for s in sessions)  # fmt: skip

@@ -473,15 +473,17 @@ async def _scenario(
         ("discomfort", "", "dashboard"),
         ("hold-start", "", "dashboard"),
     ]
-    # The Live cards agree with their labels; the trend's confidence (1 - p) stands only
-    # beside settling or unsettling ("steady, trend confidence 91 %" read backwards).
+    # The Live cards agree with their labels; the trend's confidence (1 - p), slope and CI
+    # stand only beside settling or unsettling ("steady, trend confidence 91 %" read
+    # backwards).
     shown = await page.evaluate(
         """(sid) => { const d = window.__settle.perDev[window.__settle.device];
         const out = {};
         for (const [trend, conf] of [["steady", 0.91], ["settling", 0.97]]) {
           onMessage(`${window.__settle.device}/indices`, JSON.stringify({ ...d.indices,
             session: sid, usable: true, settling: 70, trend, trend_confidence: conf,
-            catching_up_t_s: 250 }));
+            trend_slope_per_min: 2.04, trend_slope_ci_low_per_min: 0.4,
+            trend_slope_ci_high_per_min: 3.81, catching_up_t_s: 250 }));
           render();
           out[trend] = document.getElementById("settling-note").textContent;
           out.caught = document.getElementById("caught").textContent;
@@ -489,7 +491,8 @@ async def _scenario(
         return out; }""",
         sid,
     )
-    assert shown == {"steady": "50 = as at baseline", "settling": "trend confidence 97 %",
+    assert shown == {"steady": "50 = as at baseline",
+                     "settling": "trend confidence 97 %, +2.0 points/min (95 % CI +0.4 to +3.8)",
                      "caught": "at 4:10"}  # fmt: skip
     await page.click("nav >> text=Session")
     # A note too long for the daemon in UTF-8 is not sent, and the page says why (2000

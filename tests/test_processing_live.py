@@ -242,6 +242,24 @@ def test_catching_up_validated_on_the_model() -> None:
     assert fired <= 2
 
 
+def test_trend_slope_comes_with_a_ci_that_agrees_with_the_label() -> None:
+    """The published slope and its 95 % CI come from the same 30 s means as the test: the
+    CI holds the slope, excludes 0 for a settling session, and excludes 0 exactly when a
+    flat control is (wrongly) labelled settling or unsettling. No trend before 4 means."""
+    for seed in range(3):
+        snaps = _feed(LiveAnalyzer(), *_model(ModelParams(duration_s=480.0), seed))
+        tr = snaps[-1].trend
+        assert tr.label == "settling" and 0.0 < tr.ci_low <= tr.slope_per_min <= tr.ci_high
+        first_score = min(x.t_s for x in snaps if math.isfinite(x.score))
+        early = [x.trend for x in snaps if x.t_s < first_score + 90.0]
+        assert early and all(math.isnan(t.slope_per_min) and math.isnan(t.ci_low) for t in early)
+    for seed in range(3):
+        snaps = _feed(LiveAnalyzer(), *_model(ModelParams(duration_s=900.0).flat(), 500 + seed))
+        trends = [x.trend for x in snaps if x.t_s >= 420.0]
+        assert all(t.ci_low <= t.slope_per_min <= t.ci_high for t in trends)
+        assert all((t.ci_low > 0 or t.ci_high < 0) == (t.label != "steady") for t in trends)
+
+
 def test_trend_labels_settling_and_steady() -> None:
     la = LiveAnalyzer()
     snaps = _feed(la, *_model(ModelParams(duration_s=400.0), seed=2))

@@ -192,7 +192,16 @@ function render() {
     // backwards ("steady, trend confidence 91 %" meant a trend is likely), so only a
     // settling or unsettling trend shows it.
     const directed = ix.trend === "settling" || ix.trend === "unsettling";
-    text("settling-note", directed && ix.trend_confidence !== null ? `trend confidence ${(ix.trend_confidence * 100).toFixed(0)} %` : "50 = as at baseline");
+    let note = "50 = as at baseline";
+    if (directed && ix.trend_confidence !== null) {
+      note = `trend confidence ${(ix.trend_confidence * 100).toFixed(0)} %`;
+      // The slope and its 95 % CI, from the same 30 s means as the test (docs/indices.md).
+      const lo = ix.trend_slope_ci_low_per_min, hi = ix.trend_slope_ci_high_per_min;
+      const sl = ix.trend_slope_per_min;
+      const pts = (v) => `${v >= 0 ? "+" : "−"}${Math.abs(v).toFixed(1)}`;
+      if (sl != null && lo != null && hi != null) note += `, ${pts(sl)} points/min (95 % CI ${pts(lo)} to ${pts(hi)})`;
+    }
+    text("settling-note", note);
   }
   // HRV values only while the daemon is heard, a session runs and the rhythm is usable (they
   // read RMSSD 55 ms and coherence 0.32 on a rhythm with 62 % premature beats, stayed on
