@@ -57,11 +57,13 @@ def _rr_text(rr_ms: float) -> str:
 
 
 def _hms(t: float) -> str:
-    sign = "-" if t < 0 else ""
-    t = abs(t)
-    h, rem = divmod(t, 3600)
-    m, s = divmod(rem, 60)
-    return f"{sign}{int(h)}:{int(m):02d}:{s:04.1f}"
+    """``H:MM:SS.s``, rounded to the tenth before the carry (59.96 s is ``0:01:00.0``, not
+    ``0:00:60.0``)."""
+    tenths = round(abs(t) * 10.0)
+    sign = "-" if t < 0 and tenths else ""
+    h, rem = divmod(tenths, 36_000)
+    m, s = divmod(rem, 600)
+    return f"{sign}{h}:{m:02d}:{s // 10:02d}.{s % 10}"
 
 
 RrSource = Literal["hrs", "ecg"]

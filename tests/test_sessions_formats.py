@@ -565,3 +565,19 @@ def test_cli_export_every_format_and_one_line_errors(store: SessionStore, tmp_pa
         want = "bids" if opt == "--subject" else "kubios"
         assert f"{opt} applies to --format {want} only (not {fmt})" in res.output
         assert not out.exists()
+
+
+def test_kubios_clock_times_carry_into_the_minute(store: SessionStore, tmp_path: Path) -> None:
+    """A marker time that rounds up to a whole minute is written as that minute: 59.96 s is
+    ``0:01:00.0`` (it was ``0:00:60.0``, an impossible time to type into Kubios)."""
+    sid = store.create_session("dev", T0_MS, "x", {}).id
+    store.add_beats(sid, [BeatRow(i, 1.0 + i, T0_MS, 1000.0) for i in range(3_700)])
+    times = [59.96, 119.97, 3599.96, 61.04]
+    store.add_markers(
+        sid, [MarkerRow(t, T0_MS + int(t * 1000), "note", str(t), MarkerSource.CLI) for t in times]
+    )
+    path = export_kubios(store, sid, tmp_path)
+    with path.with_name(f"{path.stem}_markers.csv").open(newline="") as fh:
+        hms = {r["text"]: r["kubios_hms"] for r in csv.DictReader(fh)}
+    assert hms == {"59.96": "0:01:00.0", "119.97": "0:02:00.0", "3599.96": "1:00:00.0",
+                   "61.04": "0:01:01.0"}  # fmt: skip
