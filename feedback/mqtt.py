@@ -183,6 +183,7 @@ class MqttLink:
         self._client: aiomqtt.Client | None = None
         self.dropped = 0
         """Messages dropped from the full queue (see :meth:`_victim`)."""
+        self._dropped_by_topic: collections.Counter[str] = collections.Counter()
         self.published = 0
         self.connects = 0
         self.last_error: str | None = None
@@ -204,11 +205,18 @@ class MqttLink:
         if retain:
             self._retained[topic] = msg
         if len(self._queue) >= self.queue_size:
-            del self._queue[self._victim()]
+            i = self._victim()
+            self._dropped_by_topic[self._queue[i].topic] += 1
+            del self._queue[i]
             self.dropped += 1
         self._queue.append(msg)
         self._idle.clear()
         self._wakeup.set()
+
+    def dropped_under(self, prefix: str) -> int:
+        """Messages dropped from the full queue whose topic starts with ``prefix`` (one
+        device's: ``<base>/<dev>/``); :attr:`dropped` counts them all."""
+        return sum(n for t, n in self._dropped_by_topic.items() if t.startswith(prefix))
 
     def _victim(self) -> int:
         """Index of the message a full queue drops: the oldest QoS 0 one (a beat message: the

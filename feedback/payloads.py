@@ -99,7 +99,8 @@ class StatusPayload(_Payload):
     """Raw ECG (Polar PMD) frames of this strap dropped since the daemon started: malformed,
     repeated, or pushed out because processing fell behind (0 for a strap without raw ECG)."""
     mqtt_dropped: int = 0
-    """Live MQTT messages dropped from the full queue while the broker was away."""
+    """This strap's live MQTT messages (its topics) dropped from the full queue while the
+    broker was away, since the daemon started."""
     last_error: str | None = None
 
 
@@ -131,7 +132,9 @@ class BeatPayload(_Payload):
     """Beat time of each RR, seconds since session start (empty outside a session)."""
     classified: list[ClassifiedBeat] = Field(default_factory=list)
     """Beats whose artefact class became final with this notification (a beat is final
-    3 beats after it arrived: the correction looks ahead)."""
+    3 beats after it arrived: the correction looks ahead). At a session's end one more
+    message, with empty ``rr_ms`` and ``beat_t_s`` and the last ``hr``, carries the classes
+    of the beats that were still waiting."""
     contact: bool | None
     """Skin contact, or null when the strap cannot tell (e.g. Polar H10)."""
     session: str | None

@@ -384,7 +384,7 @@ class Daemon:
             malformed=rt.client.malformed,
             overflowed=rt.client.overflowed,
             ecg_dropped=self.ecg.dropped_frames(info.device_id),
-            mqtt_dropped=self.link.dropped if self.link else 0,
+            mqtt_dropped=self.link.dropped_under(rt.output.topic("")) if self.link else 0,
             last_error=rt.last_error,
         )
         rt.output.publish("status", status.to_json(), 1, True)
@@ -512,6 +512,26 @@ class Daemon:
         rt.output.beat_seq += 1
         rt.output.publish("beat", beat.to_json(), 0)
 
+    def _publish_last_classes(self, rt: StrapRuntime, pipeline: StrapPipeline) -> None:
+        """The beats that were still waiting for look-ahead at the session's end are
+        classified by :meth:`StrapPipeline.finish`: one closing beat message (no RR of its
+        own) carries their classes, or a subscriber never saw the last ~3 beats' classes."""
+        classified = pipeline.take_classified()
+        if not classified or rt.output is None or pipeline.last_hr is None:
+            return
+        beat = BeatPayload(
+            ts=self.now_ms(),
+            seq=rt.output.beat_seq,
+            hr=pipeline.last_hr,
+            rr_ms=[],
+            beat_t_s=[],
+            classified=classified,
+            contact=pipeline.last_contact,
+            session=pipeline.session_id,
+        )
+        rt.output.beat_seq += 1
+        rt.output.publish("beat", beat.to_json(), 0)
+
     # -- sessions ------------------------------------------------------------------------
 
     async def start_session(self, rt: StrapRuntime, intention: Intention | None) -> StrapPipeline:
@@ -605,6 +625,7 @@ class Daemon:
             pipeline, rt.session = rt.session, None
             if pipeline is not None:
                 pipeline.finish()
+                self._publish_last_classes(rt, pipeline)
                 pipelines.append(pipeline)
         if not pipelines:
             return

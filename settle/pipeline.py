@@ -328,6 +328,8 @@ class StrapPipeline:
         self.baseline: Literal["pending", "collecting", "complete"] = "pending"
         self.baseline_marked: tuple[float, float | None] | None = None
         self.last_contact: bool | None = None
+        self.last_hr: int | None = None
+        """Heart rate of the last notification (for the closing beat message)."""
         self.gaps: list[tuple[float, float, str]] = []
         """(start_t_s, end_t_s, reason) of every interruption: beats there are unknown."""
         self.timer = BeatTimer(time_scale=time_scale)
@@ -459,6 +461,7 @@ class StrapPipeline:
         """Record the notification's beats; return their beat times (s since session start)."""
         m = n.measurement
         self.last_contact = m.contact
+        self.last_hr = m.hr_bpm
         # Session time of arrival, from the monotonic clock (immune to wall-clock steps).
         arrival_s = max(0.0, (n.recv_mono_s - self.started_mono_s) * self.time_scale)
         timed, gap = self.timer.push(arrival_s, m.rr_ms)

@@ -89,6 +89,19 @@ async def test_full_queue_drops_oldest_and_counts(mosquitto: Mosquitto) -> None:
     assert [int(p) for p in col.payloads("beat")] == list(range(15, 25))  # newest kept
 
 
+def test_dropped_messages_are_counted_per_strap() -> None:
+    """Each strap's status says how many of *its* messages a full queue dropped: with two
+    straps both statuses showed the sum of both (772 where each had lost about 384)."""
+    link = MqttLink("127.0.0.1", 1, queue_size=10)  # never connected: everything queues
+    for i in range(12):
+        link.publish("settle/a/beat", str(i).encode())
+        link.publish("settle/ab/beat", str(i).encode())
+    link.publish("settle/a/event", b"{}", qos=1)
+    assert link.dropped == 15
+    # The oldest 15 QoS 0 messages: 8 of a's beats and 7 of ab's ("settle/a/" is not ab's).
+    assert (link.dropped_under("settle/a/"), link.dropped_under("settle/ab/")) == (8, 7)
+
+
 async def test_full_queue_drops_beats_before_events(mosquitto: Mosquitto) -> None:
     """An outage long enough to fill the queue with beats keeps the QoS 1 messages queued
     before them (a marker event, a retained state change): beats are in the store anyway."""
