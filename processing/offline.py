@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -402,6 +403,10 @@ def _score(
     return score
 
 
+def _no_stage(_name: str) -> None:
+    pass
+
+
 def analyze(
     t_s: npt.ArrayLike,
     rr_ms: npt.ArrayLike,
@@ -414,8 +419,11 @@ def analyze(
     rr_max_ms: float = 2000.0,
     warmup: npt.ArrayLike | None = None,
     spectrum: Method = "welch",
+    on_stage: Callable[[str], None] | None = None,
 ) -> Analysis:
     """Analyse one recording (beat times ``t_s`` in s, raw intervals ``rr_ms`` in ms).
+
+    ``on_stage`` is called with the name of each stage as it begins (a progress display).
 
     An interval outside ``[rr_min_ms, rr_max_ms]`` is kept in :attr:`Analysis.beats` as
     ``implausible`` and not analysed (as in the daemon); the artefact correction starts afresh
@@ -432,6 +440,8 @@ def analyze(
     warm = None if warmup is None else np.asarray(warmup, dtype=bool)
     if warm is not None and warm.shape != t.shape:
         raise ValueError("warmup must have one value per beat")
+    stage = on_stage if on_stage is not None else _no_stage
+    stage("correcting artefacts" if correction else "classifying beats")
     cs = _classify(t, rr, correction, rr_min_ms, rr_max_ms, warm)
     jumps = _jumps(_analysed_raw(cs))
     ok = np.isfinite(cs.rr_ms)
@@ -460,11 +470,14 @@ def analyze(
         reason = jump_reason(float(jumps.mean()), recent=False)
     breaks = _breaks(cs, ok)
     segments = _segments(tc.size, breaks)
+    stage("time domain")
     td = time_domain(rc, breaks=breaks)
     sd1, sd2 = poincare(rc, breaks=breaks)
+    stage("spectra and coherence every 5 s")
     steps, lf, hf, resp, coh, lnlf = _rolling_spectra(tc, rc, window_s, segments)
     roll = None
     if rolling:
+        stage("rolling time domain and settling score")
         mean, hr, sdnn, rmssd, pnn, cnt, run_start = _rolling_td(tc, rc, window_s, breaks)
         idx = np.searchsorted(tc, steps, side="right") - 1
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -17,6 +17,10 @@ Formats recognised, by content (not by file name):
   the intervals as they were read, so an analysis corrects them afresh, as for an export;
   beats the correction inserted (no raw interval) are not read, ``class`` ``warmup`` marks
   warm-up beats, and an RR of 0 is read as in an export.
+* A table whose header names one RR column (``RR``, ``RR (ms)``, ``RR-interval [ms]`` as
+  Polar Sensor Logger writes, ``IBI``, ``NN``…; any case, units in brackets), separated by
+  ``,``, ``;`` or tabs: that column is read as consecutive intervals in ms, other columns
+  (a phone's clock time, say) are not read; with ``;`` or tabs a decimal comma is allowed.
 * One RR interval in milliseconds per line (Elite HRV / Kubios text export).
 * Polar ``.hrm`` files in RR mode (``[Params]`` … ``[HRData]`` with one RR in ms per line);
   a file whose ``Interval`` is not 238 (R-R data) holds heart rates and is refused.
@@ -61,8 +65,8 @@ MAX_SPAN_S = 7 * 86400.0
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _NOT_RECOGNISED = (
-    "not a recognised RR file (expected a 't_s,rr_ms' CSV, a Settle CSV export, one RR in ms "
-    "per line, or a Polar .hrm file)"
+    "not a recognised RR file (expected a 't_s,rr_ms' CSV, a table with a header naming its "
+    "RR column, a Settle CSV export, one RR in ms per line, or a Polar .hrm file)"
 )
 
 
@@ -72,8 +76,8 @@ class RRRecording:
 
     ``rr_ms`` intervals in milliseconds, in order; ``t_s`` the time of each beat in seconds
     (from the file when it has times, else the cumulative sum of ``rr_ms``); ``fmt`` names
-    the format recognised (``csv``, ``settle-export``, ``settle-beats``, ``rr-per-line`` or
-    ``polar-hrm``).
+    the format recognised (``csv``, ``settle-export``, ``settle-beats``, ``rr-column``,
+    ``rr-per-line`` or ``polar-hrm``).
     """
 
     rr_ms: npt.NDArray[np.float64]
@@ -108,6 +112,8 @@ def read_rr_file(path: Path | str) -> RRRecording:
         rr, fmt, t = _read_hrm(name, lines), "polar-hrm", None
     elif "rr_ms" in _header_cells(first):
         t, rr, fmt, warmup = _read_csv(name, lines, head)
+    elif (column := _rr_column(first)) is not None:
+        rr, fmt, t = _read_rr_column(name, lines, head, *column), "rr-column", None
     else:
         rr, fmt, t = _read_one_per_line(name, lines, head), "rr-per-line", None
     if rr.size == 0:
@@ -371,9 +377,75 @@ def _check_times_match(
         )
 
 
+_RR_NAMES = frozenset(
+    {"rr", "rrms", "rri", "rrinterval", "rrintervals", "rrintervalms", "ibi", "ibims", "nn",
+     "nni", "nninterval", "rrnn"}
+)  # fmt: skip
+"""Header names of an RR column, lower-case, units in brackets and non-alphanumerics
+removed: ``RR``, ``RR (ms)``, ``RR-interval [ms]`` (Polar Sensor Logger), ``IBI``, ``NN``…"""
+_UNIT = re.compile(r"[\[(][^\])]*[\])]")
+_DELIMITERS = (",", ";", "\t")
+
+
+def _rr_column(line: str) -> tuple[str, int, int] | None:
+    """(delimiter, index of the RR column, number of columns) when ``line`` is a header with
+    exactly one column named like an RR column (:data:`_RR_NAMES`), else None."""
+    for delim in _DELIMITERS:
+        if delim != "," and delim not in line:
+            continue
+        try:
+            cells = next(csv.reader([line], delimiter=delim), [])
+        except csv.Error:
+            continue
+        names = [re.sub(r"[^0-9a-z]", "", _UNIT.sub("", c.lower())) for c in cells]
+        hits = [i for i, n in enumerate(names) if n in _RR_NAMES]
+        if len(hits) == 1 and not any(_looks_numeric(c) for c in cells):
+            return delim, hits[0], len(cells)
+    return None
+
+
+def _read_rr_column(
+    name: str, lines: list[str], head: int, delim: str, i_rr: int, n_cols: int
+) -> npt.NDArray[np.float64]:
+    """The RR column of a header-led table (any other column, a phone's clock time say, is
+    not read: the intervals are taken as consecutive). With ``;`` or tab separators a
+    decimal comma is read as a point (``859,5``)."""
+    rr: list[float] = []
+    reader = csv.reader(lines[head + 1 :], delimiter=delim)
+    try:
+        for k, cells in enumerate(reader):
+            lineno = head + 2 + k
+            if not cells or (len(cells) == 1 and not cells[0].strip()) or _comment(cells[0]):
+                continue
+            if len(cells) < n_cols:
+                raise InputFileError(name, f"expected {n_cols} columns, found {len(cells)}", lineno)
+            cell = cells[i_rr].strip()
+            if delim != "," and cell.count(",") == 1 and "." not in cell:
+                cell = cell.replace(",", ".")
+            rr.append(_rr(name, lineno, cell))
+    except csv.Error as exc:
+        raise InputFileError(name, f"malformed CSV: {exc}", head + 2) from None
+    return np.asarray(rr, dtype=np.float64)
+
+
 def _read_one_per_line(name: str, lines: list[str], head: int) -> npt.NDArray[np.float64]:
-    if not _looks_numeric(lines[head].strip()):
-        raise InputFileError(name, _NOT_RECOGNISED)
+    first = lines[head].strip()
+    if not _looks_numeric(first):
+        if re.fullmatch(r"[+-]?\d+,\d+", first):
+            raise InputFileError(
+                name,
+                f"{first!r} is not one RR in ms: a decimal comma needs ';' or tab separators "
+                "and a header naming the RR column; two values need a header naming it "
+                "(e.g. 't_s,rr_ms')",
+                head + 1,
+            )
+        shown = first if len(first) <= 40 else first[:37] + "..."
+        raise InputFileError(
+            name,
+            f"{_NOT_RECOGNISED}: {shown!r} is neither an RR value in ms nor a header naming "
+            "an RR column",
+            head + 1,
+        )
     rr: list[float] = []
     for lineno, ln in enumerate(lines[head:], start=head + 1):
         s = ln.strip()

@@ -73,7 +73,7 @@ def analysis_json(a: Analysis, correction: bool, spectrum: Method = "welch") -> 
     return {
         "v": 1,
         "n_beats": a.n_beats,
-        "duration_s": _num(a.duration_s),
+        "duration_s": _num(round(a.duration_s, 6)),  # 0.44999999999999996 read badly
         "usable": a.usable,
         "reason": a.reason,
         "correction": {
@@ -287,7 +287,7 @@ def run_analyze(
         # As processing.window_s in the config: 1e-9 s left every window empty and 1e9 s
         # made the quality column (beats covered / window) read 3e-7 on a clean file.
         raise AnalyzeUsageError(
-            f"--window must be {lo:g}–{hi:g} seconds (as processing.window_s), got {window_s:g}"
+            f"--window must be {lo:g}–{hi:g} seconds (as processing.window_s), got {window_s:.10g}"
         )
     if spectrum not in get_args(Method):
         raise AnalyzeUsageError(f"--spectrum must be welch or lomb, got {spectrum!r}")
@@ -295,12 +295,27 @@ def run_analyze(
     check_outputs(file, {"--beats": beats, "--rolling": rolling}, force=force)
     rec = read_rr_file(file)
     progress = None
+    on_stage = None
     if sys.stderr.isatty() and rec.rr_ms.size > 20_000:
-        from rich.progress import Progress
+        # On stderr (a Progress draws on stdout by default: with --json > file it showed
+        # nothing); the stage under way and the time so far, as the work is one pass each.
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        progress = Progress(transient=True)
+        progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
         progress.start()
-        progress.add_task(f"analysing {rec.rr_ms.size} beats", total=None)
+        task = progress.add_task(f"analysing {rec.rr_ms.size} beats", total=None)
+        bar = progress
+
+        def on_stage(name: str) -> None:
+            bar.update(task, description=f"analysing {rec.rr_ms.size} beats: {name}")
+
     try:
         a = analyze(
             rec.t_s,
@@ -313,10 +328,15 @@ def run_analyze(
             rr_max_ms=rr_range_ms[1],
             warmup=rec.warmup,
             spectrum=method,
+            on_stage=on_stage,
         )
         if beats is not None:
+            if on_stage is not None:
+                on_stage(f"writing {beats.name}")
             write_beats(a, beats, replace=force)
         if rolling is not None:
+            if on_stage is not None:
+                on_stage(f"writing {rolling.name}")
             write_rolling(a, rolling, replace=force)
     finally:
         if progress is not None:

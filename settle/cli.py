@@ -994,7 +994,10 @@ def _signal_text(rssi_dbm: int | None) -> str | None:
 @app.command()
 def analyze(
     file: Annotated[
-        str, typer.Argument(help="RR recording (CSV t_s,rr_ms / one RR per line / .hrm).")
+        str,
+        typer.Argument(
+            help="RR recording (CSV t_s,rr_ms / table with an RR column / one RR per line / .hrm)."
+        ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     no_correction: Annotated[
@@ -1117,8 +1120,15 @@ def _silence_stdout() -> None:
 def main() -> None:
     """The ``settle`` command. A usage error (unknown command or option, missing argument,
     bad value) is one line on stderr, exit code 2, like every other error."""
+    import os
     import sys
 
+    # Started with stdout or stderr closed (`settle analyze f --json >&-`): Python leaves
+    # them None and the first write or flush raised a traceback. Such output is discarded.
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the process's own stdout)
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
     try:
         code = app(prog_name="settle", standalone_mode=False)
         sys.stdout.flush()  # here, so a failing write is reported below, not at exit

@@ -136,6 +136,58 @@ def test_no_progress_bar_when_not_a_tty() -> None:
     assert p.stderr == ""
 
 
+def test_progress_shows_on_the_terminal_when_json_goes_to_a_file(tmp_path: Path) -> None:
+    """``settle analyze big.csv --json > out.json`` in a terminal: the progress (stage and
+    time so far) is drawn on stderr, the terminal; it was drawn on stdout, into the file's
+    place, so nothing showed for the whole run. The JSON in the file is untouched."""
+    import pty
+
+    rr = 800.0 + 30.0 * np.sin(np.arange(25_000) * 0.7)
+    rec = tmp_path / "big.txt"
+    rec.write_text("\n".join(f"{v:.1f}" for v in rr) + "\n")
+    out = tmp_path / "out.json"
+    master, slave = pty.openpty()
+    try:
+        with out.open("w") as fh:
+            p = subprocess.run(
+                [sys.executable, "-m", "settle.cli", "analyze", str(rec), "--json"],
+                stdout=fh, stderr=slave, timeout=120,
+                env={**os.environ, "SETTLE_CONFIG": str(CONFIG), "COLUMNS": "120"},
+            )  # fmt: skip
+        os.close(slave)
+        slave = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child's end is closed and everything was read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert p.returncode == 0
+    assert b"analysing 25000 beats" in shown
+    assert json.loads(out.read_text())["n_beats"] == 25_000
+
+
+def test_closed_stdout_is_no_traceback() -> None:
+    """``settle analyze f --json >&-`` (stdout closed) ended in an AttributeError traceback;
+    a missing file printed its one-line error and then the same traceback."""
+    for path in (DATA / "pyhrv_nni_short.csv", DATA / "missing.csv"):
+        p = subprocess.run(
+            [sys.executable, "-m", "settle.cli", "analyze", str(path), "--json"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=60,
+            env={**os.environ, "SETTLE_CONFIG": str(CONFIG)},
+            preexec_fn=lambda: os.close(1),
+        )  # fmt: skip
+        assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) <= 1
+        assert p.returncode == (0 if path.exists() else 1), p.stderr
+
+
 def _one_line_error(p: subprocess.CompletedProcess[str], code: int) -> str:
     assert p.returncode == code, p.stderr
     assert p.stdout == ""

@@ -305,4 +305,4 @@ def test_error_lines_show_control_characters_escaped(tmp_path: Path) -> None:
     assert res.returncode == 1
     assert "\x1b" not in res.stderr
     (line,) = res.stderr.splitlines()
-    assert "bad\\x1b[31mred\\nx.csv: not a recognised RR file" in line
+    assert "bad\\x1b[31mred\\nx.csv:1: not a recognised RR file" in line

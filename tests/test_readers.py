@@ -54,7 +54,11 @@ def test_quoted_csv_header_and_a_gap_are_read(tmp_path: Path) -> None:
     ("content", "words", "line"),
     [
         ("", "empty", None),
-        ("hello\n", "not a recognised RR file", None),
+        ("hello\n", "not a recognised RR file", 1),
+        # A decimal comma or two values without a header: say which, on which line.
+        ("859,0\n870,0\n", "'859,0' is not one RR in ms: a decimal comma needs", 1),
+        ("RR;HR\n800;75\n810\n", "expected 2 columns, found 1", 3),
+        ("RR [s]\n0.859\n", "not seconds", 2),
         ("800\n-5\n", "not positive", 2),
         ("800\nabc\n", "'abc' is not a number", 2),
         ("t_s,rr_ms\n0.8,800\n1.6\n", "expected 2 columns", 3),
@@ -94,7 +98,7 @@ def test_quoted_csv_header_and_a_gap_are_read(tmp_path: Path) -> None:
         # Polar's heart-rate mode (Interval = seconds per sample) holds bpm, not RR.
         ("[Params]\nVersion=106\nInterval=1\n[HRData]\n61\n62\n", "heart-rate mode", 3),
         ("# only a comment\n\n", "no RR intervals found", None),
-        ("\n\nhello\n", "not a recognised RR file", None),
+        ("\n\nhello\n", "'hello' is neither an RR value in ms nor a header", 3),
     ],
 )
 def test_bad_files_name_file_and_line(
@@ -107,6 +111,29 @@ def test_bad_files_name_file_and_line(
     assert words in str(exc.value)
     assert exc.value.line == line
     assert str(exc.value).startswith(str(f))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "RR\n859\n870.5\n",  # one column under a one-word header
+        "RR (ms)\n859\n870.5\n",
+        "rri\n859\n870.5\n",
+        # Polar Sensor Logger: ';' separators, a phone clock time, the unit in brackets.
+        "Phone timestamp;RR-interval [ms]\n2026-11-27T10:00:00.123;859\n"
+        "2026-11-27T10:00:01.0;870,5\n",
+        "time\tIBI\n0.859\t859\n1.73\t870,5\n",  # tabs and a decimal comma
+    ],
+)
+def test_tables_with_a_named_rr_column_are_read(tmp_path: Path, content: str) -> None:
+    """Common exports that were refused with "not a recognised RR file": a one-word header
+    over one column, ';' or tab separators with a decimal comma, Polar Sensor Logger."""
+    f = tmp_path / "rec.txt"
+    f.write_text(content)
+    rec = read_rr_file(f)
+    assert rec.fmt == "rr-column"
+    assert rec.rr_ms.tolist() == [859.0, 870.5]
+    assert rec.t_s.tolist() == pytest.approx([0.859, 1.7295])
 
 
 def test_missing_binary_and_directory(tmp_path: Path) -> None:
