@@ -56,6 +56,11 @@ ANALYSIS_ERROR_EVERY_S = 60.0
 """After the first failure of the analysis (logged with its traceback), at most one ERROR
 line this often, s, with the count."""
 
+SILENT_S = 3.0
+"""Session seconds without a beat after which "now" runs on from the latest beat time with
+the monotonic clock (:meth:`StrapPipeline.now_t_s`): longer than any RR a strap sends in
+practice (3 s = 20 beats/min) and than the delay of a batched notification."""
+
 SessionStateName = Literal["running", "stopped", "interrupted"]
 
 
@@ -328,6 +333,8 @@ class StrapPipeline:
         self.baseline: Literal["pending", "collecting", "complete"] = "pending"
         self.baseline_marked: tuple[float, float | None] | None = None
         self.last_contact: bool | None = None
+        self._last_beat_mono_s = 0.0
+        """Monotonic time the latest beat arrived (see :meth:`now_t_s`)."""
         self.last_hr: int | None = None
         """Heart rate of the last notification (for the closing beat message)."""
         self.gaps: list[tuple[float, float, str]] = []
@@ -346,8 +353,15 @@ class StrapPipeline:
         return int(self.clock() * 1000)
 
     def now_t_s(self) -> float:
-        """The session's current time: the latest beat time (the one time base)."""
-        return self.beat_t_s or 0.0
+        """The session's current time: the latest beat time (the one time base) — unless the
+        strap has been silent for more than :data:`SILENT_S` of session time (a dropout, or
+        no beat yet), then that beat time plus the silence so far on the monotonic clock: a
+        marker pressed 30 s into a dropout was stored at the dropout's start, beside the
+        ``disconnected`` and ``reconnected`` events."""
+        base = self.beat_t_s if self.beat_t_s is not None else 0.0
+        since = self._last_beat_mono_s if self.beat_t_s is not None else self.started_mono_s
+        silent = (time.monotonic() - since) * self.time_scale
+        return base + silent if silent > SILENT_S else base
 
     def session_payload(
         self, state: SessionStateName, stopped_ms: int | None = None
@@ -465,6 +479,8 @@ class StrapPipeline:
         # Session time of arrival, from the monotonic clock (immune to wall-clock steps).
         arrival_s = max(0.0, (n.recv_mono_s - self.started_mono_s) * self.time_scale)
         timed, gap = self.timer.push(arrival_s, m.rr_ms)
+        if timed:
+            self._last_beat_mono_s = n.recv_mono_s
         if gap is not None:
             self._record_gap(gap)
         p = self.settings.processing

@@ -196,3 +196,43 @@ async def test_a_stray_cancellation_of_a_strap_task_ends_the_run_cleanly(tmp_pat
         daemon = Daemon(settings, store, [StrayCancel(address="AA:BB:CC:DD:EE:FF")])
         await asyncio.wait_for(daemon.run(), 10)  # returns; raised CancelledError before
         assert store.list_sessions() == []
+
+
+async def test_a_marker_pressed_during_a_dropout_keeps_its_own_time(tmp_path: Path) -> None:
+    """A marker pressed while the strap is away is stored when it was pressed, not at the
+    last beat before the dropout (it was, beside the disconnected and reconnected events:
+    at real time a marker 30 s into a dropout was placed 30 s early)."""
+    settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=12), speed=20)
+        await strap.start()
+        with SessionStore.open(settings.db_path) as store:
+            daemon = Daemon(settings, store, [client_for(air, strap)], time_scale=20)
+            task = asyncio.create_task(daemon.run())
+            rt = daemon.runtimes[0]
+            await until(lambda: rt.session is not None and rt.session.seq > 40)
+            drop = asyncio.create_task(strap.drop(reappear_after_s=3.0))  # 60 s of session
+            await until(lambda: rt.state != "streaming")
+            pipeline = rt.session
+            assert pipeline is not None and pipeline.beat_t_s is not None
+            last_beat = pipeline.beat_t_s
+            away_from = time.monotonic()
+            await asyncio.sleep(1.5)  # 30 s of session time into the dropout
+            await daemon.on_command(pipeline.device_id, "marker",
+                                    b'{"v": 1, "id": "1", "kind": "doubt"}', False)  # fmt: skip
+            pressed = last_beat + (time.monotonic() - away_from) * 20
+            await drop
+            await until(lambda: rt.reconnects == 1 and rt.state == "streaming")
+            n_before = pipeline.seq
+            await until(lambda: pipeline.seq > n_before + 10)
+            daemon.stop()
+            await asyncio.wait_for(task, 10)
+            (summary,) = store.list_sessions()
+            (marker,) = store.markers(summary.id)
+            gaps = store.read_session(summary.id).gaps
+        await strap.stop()
+    assert marker.kind == "doubt"
+    # Pressed ~30 s after the last beat (±2 s of 20x scheduling jitter), inside the gap.
+    assert abs(marker.t_s - pressed) < 2.0, (marker.t_s, pressed, last_beat)
+    assert marker.t_s > last_beat + 20.0
+    assert any(g.start_t_s < marker.t_s < g.end_t_s for g in gaps)
