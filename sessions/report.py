@@ -83,7 +83,14 @@ from processing.live import (
     WARMING_UP_REASON,
 )
 from sessions.files import ExportError, atomic_file, plain_name
-from sessions.store import BeatClass, IntentionTarget, MarkerRow, SessionRecord, SessionStore
+from sessions.store import (
+    BeatClass,
+    IntentionTarget,
+    MarkerRow,
+    SessionRecord,
+    SessionState,
+    SessionStore,
+)
 from settle.errors import SettleError
 
 __all__ = [
@@ -997,7 +1004,28 @@ def summary_text(a: SessionAnalysis) -> str:
     for r in a.responses:
         by_kind.setdefault(r.marker.kind, []).append(r)
     parts.extend(_marker_sentence(kind, rs) for kind, rs in by_kind.items())
-    return " ".join(parts)
+    text = " ".join(parts)
+    if rec.info.state is SessionState.RUNNING:
+        # A report of a session still being recorded (History's report page, `settle
+        # report` meanwhile) said "The session ended 45 s after the baseline ended".
+        for ended, so_far in _RUNNING_WORDS:
+            text = ended.sub(so_far, text)
+        last = duration_words(float(a.series.t_s.max()))
+        text = f"This session is still running: what follows covers its first {last}. " + text
+    return text
+
+
+_RUNNING_WORDS = (
+    (
+        re.compile(r"The session ended (.+?) after (.+?), too soon"),
+        r"Only \1 have passed since \2, too soon",
+    ),
+    (re.compile(r"when the session ended"), "at its latest values"),
+    (re.compile(r"by the end of the session"), "so far"),
+    (re.compile(r"for the last (.+?) of the session"), r"for the last \1 so far"),
+    (re.compile(r"in the last five minutes of the session"), "in the last five minutes so far"),
+)
+"""What a finished session's summary says about its end, and how a running one says it."""
 
 
 # --- rendering -------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ def _store_session(
     duration_s: float,
     edit: Callable[[dict[str, Any]], None] | None = None,
     marked_baseline: tuple[float, float] | None = None,
+    finish: bool = True,
 ) -> str:
     """Beats from ``rr_at(t)`` (RR in ms of the beat starting at t) through the daemon's
     ``LiveAnalyzer``, with an indices row every 5 s carrying the fields the daemon stores
@@ -94,7 +95,8 @@ def _store_session(
     store.add_indices(sid, rows)
     if marked_baseline is not None:
         store.set_baseline(sid, BaselinePeriod(*marked_baseline))
-    store.finish_session(sid, T0_MS + round(duration_s * 1000))
+    if finish:  # else the session is still running (History's report of it meanwhile)
+        store.finish_session(sid, T0_MS + round(duration_s * 1000))
     return sid
 
 
@@ -408,6 +410,23 @@ def test_score_change_needs_ten_minutes_after_the_reference(store: SessionStore)
     assert outcome(analyse_session(store.read_session(short))).score_change is None
     long = _store_session(store, _sinus(7), 900.0)
     assert outcome(analyse_session(store.read_session(long))).score_change is not None
+
+
+def test_a_running_sessions_report_does_not_say_it_ended(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """The report of a session still being recorded (History's report link, or `settle
+    report` meanwhile) said "The session ended 1 min 15 s after the baseline ended"."""
+    sid = _store_session(store, _sinus(5), 200.0, finish=False)
+    summary = _summary(_report(store, sid, tmp_path))
+    assert re.fullmatch(
+        r"This session is still running: what follows covers its first 3 min 20 s\. Only "
+        r"1 min 1\d s have passed since the baseline ended, too soon to tell whether "
+        r"physiology caught up: the settling score has to reach 85 and stay at 75 or above "
+        r"for 90 s\.",
+        summary,
+    ), summary
+    assert "ended 1 min" not in summary
 
 
 def test_a_session_too_short_after_the_reference_is_not_called_not_caught_up(
