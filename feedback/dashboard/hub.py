@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -37,11 +39,15 @@ class Message:
     topic: str
     payload: str
     retain: bool = False
+    event_id: str = ""
+    """``<hub epoch>.<publication number>``: sent as the event's ``id``, so a page that
+    reconnects names the last message it got (``Last-Event-ID``) and gets only what followed."""
 
     def sse(self) -> bytes:
-        """As one Server-Sent Event: ``data: {"topic": …, "payload": …}``."""
+        """As one Server-Sent Event: ``id: …`` and ``data: {"topic": …, "payload": …}``."""
         body = json.dumps({"topic": self.topic, "payload": self.payload}, separators=(",", ":"))
-        return f"data: {body}\n\n".encode()
+        head = f"id: {self.event_id}\n" if self.event_id else ""
+        return f"{head}data: {body}\n\n".encode()
 
 
 @dataclass(eq=False)  # compared (and hashed) by identity: one per client
@@ -92,6 +98,9 @@ class Hub:
         self._backlog: dict[tuple[str, bool], collections.deque[tuple[int, Message]]] = {}
         """Recent stream messages by (strap, is an event), with their arrival order."""
         self._n = 0
+        self.epoch = secrets.token_hex(4)
+        """Names this hub in event ids: a page that reconnects to a restarted daemon (whose
+        numbers start again) gets the whole backlog."""
         self.results: collections.OrderedDict[str, str] = collections.OrderedDict()
         """Recent command results by command id (the HTTP command route reads its own)."""
         self._subs: set[Subscription] = set()
@@ -104,7 +113,8 @@ class Hub:
         text = payload.decode(errors="replace") if isinstance(payload, bytes) else payload
         if leaf.endswith("/result") and "/cmd/" in leaf:
             self._keep_result(text)
-        m = Message(leaf, text, retain)
+        self._n += 1
+        m = Message(leaf, text, retain, f"{self.epoch}.{self._n}")
         if retain:
             self.retained[leaf] = m
         elif not leaf.endswith("/ecg_beat"):
@@ -115,7 +125,6 @@ class Hub:
                 kept = self._backlog[key] = collections.deque(
                     maxlen=EVENTS_KEPT if event else BACKLOG
                 )
-            self._n += 1
             kept.append((self._n, m))
         for sub in self._subs:
             sub.put(m)
@@ -130,12 +139,28 @@ class Hub:
             while len(self.results) > RESULTS_KEPT:
                 self.results.popitem(last=False)
 
-    def snapshot(self) -> list[Message]:
+    def snapshot(self, last_event_id: str | None = None) -> list[Message]:
         """What a new page needs first: retained state, then the recent streams of every
         strap (each strap's own last :data:`BACKLOG` messages and :data:`EVENTS_KEPT`
-        events), in the order they were published."""
-        recent = sorted((x for kept in self._backlog.values() for x in kept), key=lambda x: x[0])
-        return [*self.retained.values(), *(m for _, m in recent)]
+        events), in the order they were published.
+
+        A page that reconnects sends the id of the last message it got (``Last-Event-ID``):
+        it gets the retained state (idempotent) and only the stream messages published
+        after that one — the whole backlog again stored every marker, beat and index twice
+        on the page. An id of another hub (the daemon restarted) or none: everything."""
+        after = 0
+        if last_event_id:
+            epoch, _, n = last_event_id.strip().partition(".")
+            if epoch == self.epoch and n.isdigit():
+                after = int(n)
+        recent = sorted(
+            (x for kept in self._backlog.values() for x in kept if x[0] > after),
+            key=lambda x: x[0],
+        )
+        # The retained state goes without its id: its old number would take the page's place
+        # back, and the next reconnect would replay what the page already has.
+        state = [dataclasses.replace(m, event_id="") for m in self.retained.values()]
+        return [*state, *(m for _, m in recent)]
 
     @contextlib.contextmanager
     def subscribe(self) -> Iterator[Subscription]:

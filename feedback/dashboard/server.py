@@ -317,7 +317,9 @@ class Dashboard:
         )
         await resp.prepare(request)
         with self.hub.subscribe() as sub:
-            backlog = self.hub.snapshot()  # taken with the subscription: nothing twice
+            # Taken with the subscription: nothing twice. A reconnecting page (EventSource
+            # sends the last id it got) gets only what it missed.
+            backlog = self.hub.snapshot(request.headers.get("Last-Event-ID"))
             # A page that went away ends its stream here; nothing else to clean up.
             with contextlib.suppress(ConnectionResetError):
                 await resp.write(b"retry: 1000\n\n")

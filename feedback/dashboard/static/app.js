@@ -20,8 +20,17 @@ const MAX_COMMAND_BYTES = 4096;
 const FORWARDED_ID = "http-000000000000";  // server.py: "http-" and 12 hex digits
 
 const $ = (id) => document.getElementById(id);
+const DEVICE_KEY = "settle.device";
+function wantedDevice() {
+  const q = new URLSearchParams(location.search).get("device");
+  if (q) return q;
+  try { return localStorage.getItem(DEVICE_KEY); } catch { return null; }
+}
 const S = {
-  device: null,            // device id shown
+  device: null,            // device id shown (and the one marker keys and buttons go to)
+  wanted: wantedDevice(),  // the strap asked for (?device=, else the last one picked here)
+  missing: null,           // the wanted strap, while the daemon does not know it
+  notes: {},               // device id -> the note typed for it, kept while another is shown
   devices: [],             // from health events
   mqtt: "off",
   lastWord: 0,             // Date.now() of the last message from the daemon
@@ -40,6 +49,15 @@ function mmss(s) { s = Math.floor(s); return `${Math.floor(s / 60)}:${String(s %
 function text(id, v) { const el = $(id); if (el.textContent !== v) el.textContent = v; }
 
 /* ---- routing ---- */
+// The strap shown goes with the page's own links (?device=): a reload or a link opened
+// anew went back to strap 1, and the next marker key stored the marker there.
+function withDevice(href) {
+  const u = new URL(href, location.href);
+  const id = new URLSearchParams(location.search).get("device");
+  if (id && !u.searchParams.has("device")) u.searchParams.set("device", id);
+  return u.pathname + u.search + u.hash;
+}
+function go(href) { history.pushState(null, "", withDevice(href)); route(); }
 function view() {
   const p = location.pathname.split("/").filter(Boolean);
   return p.length ? p[0] : "live";
@@ -59,8 +77,7 @@ document.addEventListener("click", (e) => {
   const a = e.target.closest("a[href^='/']");
   if (!a || a.target || a.hasAttribute("download") || a.getAttribute("href").startsWith("/sessions/")) return;
   e.preventDefault();
-  history.pushState(null, "", a.getAttribute("href"));
-  route();
+  go(a.getAttribute("href"));
 });
 window.addEventListener("popstate", route);
 
@@ -71,7 +88,6 @@ function onMessage(topic, payload) {
   const id = topic.slice(0, slash), leaf = topic.slice(slash + 1);
   if (id === "bridge") return;
   const d = dev(id);
-  if (!S.device) { S.device = id; }
   let p = payload;
   if (leaf !== "availability") { try { p = JSON.parse(payload); } catch { return; } }
   switch (leaf) {
@@ -118,12 +134,50 @@ function connect() {
     S.lastWord = Date.now();
     const h = JSON.parse(e.data);
     S.mqtt = h.mqtt; S.devices = h.devices;
-    if (!S.device && h.devices.length && h.devices[0].device_id) S.device = h.devices[0].device_id;
+    chooseDevice();
     if (!S.pacerInit) { S.pacerInit = true; $("pacer-rate").value = h.pacer_bpm; setPacer(); }
   
   });
   es.onerror = () => { };
 }
+
+/* ---- the strap shown ---- */
+// The strap asked for (link or last pick) once the daemon knows it; never another one
+// silently: if the daemon does not know it (after a few seconds to connect), the first
+// strap is shown under a banner saying so.
+const LOADED_AT = Date.now();
+function chooseDevice() {
+  const ids = S.devices.map((x) => x.device_id).filter(Boolean);
+  if (S.device || !ids.length) return;
+  if (S.wanted && ids.includes(S.wanted)) { setDevice(S.wanted, false); return; }
+  const waiting = S.devices.some((x) => !x.device_id) && Date.now() - LOADED_AT < 10000;
+  if (S.wanted && waiting) return;
+  S.missing = S.wanted;
+  setDevice(ids[0], false);
+}
+function setDevice(id, picked) {
+  if (S.device === id) return;
+  if (S.device) S.notes[S.device] = $("note").value;  // a note typed for one strap stays its own
+  const before = S.device;
+  S.device = id;
+  $("note").value = S.notes[id] || "";
+  if (picked || id === S.wanted) {
+    S.wanted = id; S.missing = null;
+    try { localStorage.setItem(DEVICE_KEY, id); } catch { /* private mode: the URL still has it */ }
+    const u = new URL(location.href);
+    u.searchParams.set("device", id);
+    history.replaceState(history.state, "", u.pathname + u.search + u.hash);
+  }
+  if (before !== null) drawnAt = 0;  // the charts show the new strap now, not up to 0.9 s later
+  render();
+}
+function strapName(id) {
+  const x = S.devices.find((r) => r.device_id === id);
+  const name = x && x.name ? x.name : id;
+  const twins = x && x.name && S.devices.filter((r) => r.name === x.name).length > 1;
+  return twins ? `${name} (${id})` : name;
+}
+function stateWords(x) { return x.state === "streaming" ? "streaming" : `disconnected (${x.state})`; }
 
 /* ---- rendering ---- */
 function currentRuntime() {
@@ -142,6 +196,19 @@ function banners() {
   }
   if (alive && d && d.indices && d.indices.usable === false && !d.indices.warming_up) {
     out.push(["bad", `Rhythm unusable${d.indices.reason ? " (" + d.indices.reason + ")" : ""} — do not read the settling score now.`]);
+  }
+  // Another strap than the one shown is down: said here too (only the shown one's was).
+  if (alive) {
+    const others = S.devices.filter((x) => x.device_id && x.device_id !== S.device && x.state !== "streaming");
+    if (others.length) {
+      out.push(["warn", `Also disconnected: ${others.map((x) => `${strapName(x.device_id)} (${x.state})`).join(", ")} — beats in the gap are not recorded.`]);
+    }
+  }
+  if (S.missing && S.device) {
+    const back = S.devices.some((x) => x.device_id === S.missing);
+    out.push(["warn", back
+      ? `The strap asked for (${strapName(S.missing)}) is back — pick it in the Strap picker to watch it; showing ${strapName(S.device)}.`
+      : `The strap asked for (${S.missing}) is not known to this daemon — showing ${strapName(S.device)}; markers go to it.`]);
   }
   if (alive && S.mqtt === "down") {
     out.push(["warn", "MQTT broker unreachable — measuring and storing go on; messages are queued."]);
@@ -162,14 +229,20 @@ function escapeHtml(s) {
 function render() {
   const live = banners();
   const pick = document.querySelector(".device-pick");
-  const ids = S.devices.map((x) => x.device_id).filter(Boolean);
-  pick.hidden = ids.length < 2;
+  const straps = S.devices.filter((x) => x.device_id);
+  pick.hidden = straps.length < 2;
   const sel = $("device");
-  if (sel.dataset.ids !== ids.join()) {
-    sel.innerHTML = ids.map((i) => `<option>${escapeHtml(i)}</option>`).join("");
-    sel.dataset.ids = ids.join();
+  // Each strap by its name and connection state (the ids alone told the coach neither).
+  const opts = straps.map((x) => `<option value="${escapeHtml(x.device_id)}">${escapeHtml(`${strapName(x.device_id)} — ${stateWords(x)}`)}</option>`).join("");
+  if (sel.dataset.html !== opts) {
+    sel.innerHTML = opts;
+    sel.dataset.html = opts;
   }
   if (S.device) sel.value = S.device;
+  for (const a of document.querySelectorAll("nav a")) {
+    const href = withDevice(`/${a.dataset.page}`);
+    if (a.getAttribute("href") !== href) a.setAttribute("href", href);
+  }
   renderPair();
   if (!S.device) return;
   const d = dev(S.device), ix = d.indices, rt = currentRuntime();
@@ -179,7 +252,11 @@ function render() {
   const usable = ix && ix.usable;
   const ses = d.session;
   const running = !!ses && ses.state === "running";
+  // A strap not streaming has no current values: its last ones stayed on screen, frozen,
+  // under the "Strap disconnected" banner.
+  const streaming = !!rt && rt.device_id === S.device && rt.state === "streaming";
   if (ses && !running) { text("settling", "–"); text("settling-note", "no session running"); text("trend", ""); }
+  else if (!streaming) { text("settling", "–"); text("settling-note", "strap disconnected"); text("trend", ""); }
   else if (!ix) { text("settling", "–"); text("settling-note", "waiting for the first indices"); text("trend", ""); }
   else if (!usable && ix.warming_up) { text("settling", "–"); text("settling-note", "waiting for beats…"); text("trend", ""); }
   else if (!usable) { text("settling", "–"); text("settling-note", "rhythm unusable"); text("trend", ""); }
@@ -208,7 +285,7 @@ function render() {
   // screen after the daemon stopped, and a stopped session's stayed for as long as the page
   // was open); the signal quality says how good the signal is either way, while a session runs.
   const alive = Date.now() - S.lastWord < STALE_MS;
-  const hrv = alive && running && ix && ix.usable ? ix : null;
+  const hrv = alive && running && streaming && ix && ix.usable ? ix : null;
   text("lnrmssd", hrv ? fmt(hrv.ln_rmssd, 2) : "–");
   text("rmssd", hrv && hrv.rmssd_ms !== null ? `${fmt(hrv.rmssd_ms, 1)} ms` : "–");
   text("coherence", hrv ? fmt(hrv.coherence, 2) : "–");
@@ -217,11 +294,13 @@ function render() {
   text("z-hr", fmt(c.z_hr, 2)); text("z-ln", fmt(c.z_ln_rmssd, 2)); text("z-slow", fmt(c.z_slow, 2));
   text("baseline", running ? { pending: "first minutes", collecting: "recording…", complete: "complete" }[ses.baseline] : "–");
   // Card "caught up": when physiology caught up, in session time (it read "catching up at
-  // 4:10" under the label "caught up").
-  const caught = (ses && ses.catching_up_t_s) ?? (ix && ix.catching_up_t_s);
+  // 4:10" under the label "caught up"), as the latest indices say (History and the report
+  // do too): the retained session message keeps the first detection, 4:05 after a hold
+  // start moved it to 12:55.
+  const caught = ix && ix.catching_up_t_s !== undefined ? ix.catching_up_t_s : ses && ses.catching_up_t_s;
   text("caught", !running ? "–" : caught !== null && caught !== undefined ? `at ${mmss(caught)}` : "not yet");
-  text("quality", alive && running && ix && ix.quality !== null ? `${(ix.quality * 100).toFixed(0)} %` : "–");
-  text("contact", d.contact === null ? "not reported" : d.contact ? "yes" : "NO");
+  text("quality", alive && running && streaming && ix && ix.quality !== null ? `${(ix.quality * 100).toFixed(0)} %` : "–");
+  text("contact", !streaming ? "–" : d.contact === null ? "not reported" : d.contact ? "yes" : "NO");
   const bat = rt ? rt.battery_pct : d.status && d.status.battery_pct;
   text("battery", !alive || bat === null || bat === undefined ? "–" : `${bat} %`);
   text("strap-state", !alive ? "unknown (no word from the daemon)" : rt ? rt.state : d.status ? d.status.state : "–");
@@ -340,6 +419,9 @@ async function command(name, body, label, done) {
   const rt = currentRuntime();
   const id = S.device || (rt && rt.device_id);
   if (!id) { say(`${label}: no strap has connected yet`, "bad"); return null; }
+  // Which strap it went to, in every answer (with three straps "“doubt” marker added" did
+  // not say on whom).
+  const who = strapName(id);
   // 2000 letters of a non-Latin script are up to 6000 bytes of UTF-8: the server refused
   // the request (413, in plain text) and the page said the daemon did not answer.
   const wire = utf8Bytes(pyJson({ ...body, v: 1, id: FORWARDED_ID }));
@@ -371,8 +453,8 @@ async function command(name, body, label, done) {
     say(`${label}: the server answered ${head}${said ? " — " + said : ""}`, "bad");
     return null;
   }
-  if (res.status === "ok") say(done, "ok");
-  else say(`${label}: ${buttonWords(res.error)}`, "bad");
+  if (res.status === "ok") say(`${done} — ${who}`, "ok");
+  else say(`${label} — ${who}: ${buttonWords(res.error)}`, "bad");
   return res;
 }
 
@@ -427,31 +509,38 @@ for (const b of document.querySelectorAll(".markers button")) {
     if (b.dataset.busy) return;
     b.dataset.busy = "1"; b.setAttribute("aria-disabled", "true");
     const done = () => setTimeout(() => { delete b.dataset.busy; b.removeAttribute("aria-disabled"); b.classList.remove("sent"); }, MARKER_COOLDOWN_MS);
-    const note = $("note").value.trim();
+    const note = $("note").value.trim(), to = S.device;
     command("marker", { kind: b.dataset.kind, text: note }, words, `${words} added${note ? " with the note" : ""}`).then((r) => {
       // Shown at the button too: on a phone the status line may be out of sight.
-      if (r && r.status === "ok") { $("note").value = ""; b.classList.add("sent"); }
+      if (r && r.status === "ok") { clearNote(to); b.classList.add("sent"); }
       done();
     }, done);
   });
 }
+// The note went with a marker of strap `id`: cleared there (the field, or the note kept for
+// it if another strap is shown by now).
+function clearNote(id) { if (S.device === id) $("note").value = ""; else delete S.notes[id]; }
 $("note-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const t = $("note").value.trim();
   if (!t) { say("Add note: the note is empty — type it first", "bad"); $("note").focus(); return; }
-  command("marker", { kind: "note", text: t }, "Add note", "note added").then((r) => { if (r && r.status === "ok") $("note").value = ""; });
+  const to = S.device;
+  command("marker", { kind: "note", text: t }, "Add note", "note added").then((r) => { if (r && r.status === "ok") clearNote(to); });
 });
-$("device").addEventListener("change", (e) => { S.device = e.target.value; });
+$("device").addEventListener("change", (e) => setDevice(e.target.value, true));
 document.addEventListener("keydown", (e) => {
   if (e.ctrlKey || e.metaKey || e.altKey) return;
-  if (e.target.closest("input, select, textarea")) { if (e.key === "Escape") e.target.blur(); return; }
+  // The strap picker keeps the focus after a pick (arrow keys go on picking), so marker
+  // keys work there too: they were silently ignored, and a digit picks no strap anyway.
+  const picker = e.target === $("device") && KEYS[e.key];
+  if (!picker && e.target.closest("input, select, textarea")) { if (e.key === "Escape") e.target.blur(); return; }
   const v = view();
   if (KEYS[e.key] && (v === "live" || v === "control")) {
     e.preventDefault();
     if (e.repeat) return;  // a held key auto-repeats: one marker
     document.querySelector(`.markers button[data-kind="${KEYS[e.key]}"]`).click();
-  } else if (e.key === "n") { e.preventDefault(); if (v !== "control") { history.pushState(null, "", "/control"); route(); } $("note").focus(); }
-  else if (e.key === "l") { history.pushState(null, "", "/live"); route(); }
+  } else if (e.key === "n") { e.preventDefault(); if (v !== "control") go("/control"); $("note").focus(); }
+  else if (e.key === "l") { go("/live"); }
 });
 
 /* ---- pair ---- */
