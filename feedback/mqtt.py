@@ -353,9 +353,17 @@ class MqttLink:
                 log.info("MQTT broker %s:%d reachable again", self.host, self.port)
             self.last_error = None
             await client.publish(self.state_topic, b"online", qos=1, retain=True)
-            # Retained state first, then the live queue (retained copies in it are harmless).
-            for msg in list(self._retained.values()):
+            # Retained state first, then the live queue, without the copies just sent (at
+            # start-up every retained message was queued too: subscribers got bridge info and
+            # each Home Assistant config twice). A message queued meanwhile is a newer one.
+            replayed = list(self._retained.values())
+            for msg in replayed:
                 await client.publish(msg.topic, msg.payload, qos=msg.qos, retain=True)
+            sent = {id(m) for m in replayed}
+            if any(id(m) in sent for m in self._queue):
+                kept = [m for m in self._queue if id(m) not in sent]
+                self._queue.clear()
+                self._queue.extend(kept)
             if self.on_connect is not None:
                 try:
                     self.on_connect()

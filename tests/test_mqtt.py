@@ -89,6 +89,22 @@ async def test_full_queue_drops_oldest_and_counts(mosquitto: Mosquitto) -> None:
     assert [int(p) for p in col.payloads("beat")] == list(range(15, 25))  # newest kept
 
 
+async def test_retained_state_is_sent_once_at_connect(mosquitto: Mosquitto) -> None:
+    """Retained messages published before the first connection (bridge info, every Home
+    Assistant config) were sent twice: once as retained state, once from the queue."""
+    link = MqttLink("127.0.0.1", mosquitto.port)
+    link.publish("settle/d/status", b"streaming", qos=1, retain=True)
+    link.publish("settle/d/beat", b"1")
+    async with Collector(mosquitto.host, mosquitto.port) as col, link:
+        async with asyncio.timeout(5):
+            await col.wait_for("beat")
+        link.publish("settle/d/status", b"stopped", qos=1, retain=True)  # a newer one: sent
+        async with asyncio.timeout(5):
+            await col.wait_for("status", 2)
+        await asyncio.sleep(0.3)
+    assert col.payloads("status") == [b"streaming", b"stopped"]
+
+
 def test_dropped_messages_are_counted_per_strap() -> None:
     """Each strap's status says how many of *its* messages a full queue dropped: with two
     straps both statuses showed the sum of both (772 where each had lost about 384)."""
