@@ -745,11 +745,15 @@ class StrapPipeline:
                 self.event("rhythm-usable", t_s=t_s)
             else:
                 self.event("unusable-rhythm", snap.reason or "", t_s=t_s)
-        if snap.catching_up_t_s is not None and self.catching_up_t_s is None:
+        if snap.catching_up_t_s != self.catching_up_t_s:
+            # Detected, or reset by a hold-start (then null until caught up after it): the
+            # retained session message kept the first time for good (4:05 after a hold at
+            # 12:50 whose catching-up the indices put at 12:55).
             self.catching_up_t_s = snap.catching_up_t_s
-            mins, secs = divmod(int(snap.catching_up_t_s), 60)
-            self.event("catching-up", f"physiology caught up at {mins}:{secs:02d}",
-                       t_s=snap.catching_up_t_s)  # fmt: skip
+            if snap.catching_up_t_s is not None:
+                mins, secs = divmod(int(snap.catching_up_t_s), 60)
+                self.event("catching-up", f"physiology caught up at {mins}:{secs:02d}",
+                           t_s=snap.catching_up_t_s)  # fmt: skip
             changed = True
         if changed:
             self.publish_session("running")

@@ -236,3 +236,43 @@ async def test_a_marker_pressed_during_a_dropout_keeps_its_own_time(tmp_path: Pa
     assert abs(marker.t_s - pressed) < 2.0, (marker.t_s, pressed, last_beat)
     assert marker.t_s > last_beat + 20.0
     assert any(g.start_t_s < marker.t_s < g.end_t_s for g in gaps)
+
+
+async def test_the_session_message_follows_catching_up_after_a_hold_start(
+    tmp_path: Path,
+) -> None:
+    """The retained session message kept the first catching-up time for good: after a later
+    hold-start it still said the old time while the indices (and History) said the new one.
+    Now it is null from the hold-start until physiology caught up after it, then that time."""
+    import json
+
+    settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
+    sessions: list[dict[str, object]] = []
+
+    def tap(topic: str, payload: bytes | str, retain: bool) -> None:
+        if topic.endswith("/session"):
+            sessions.append(json.loads(payload))
+
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=3), speed=60)
+        await strap.start()
+        with SessionStore.open(settings.db_path) as store:
+            daemon = Daemon(settings, store, [client_for(air, strap)], time_scale=60, tap=tap)
+            task = asyncio.create_task(daemon.run())
+            rt = daemon.runtimes[0]
+            await until(lambda: rt.session is not None and rt.session.catching_up_t_s, 30)
+            pipeline = rt.session
+            assert pipeline is not None and pipeline.catching_up_t_s is not None
+            first = pipeline.catching_up_t_s
+            hold_cmd = b'{"v": 1, "id": "1", "kind": "hold-start"}'
+            await daemon.on_command(pipeline.device_id, "marker", hold_cmd, False)
+            hold = store.markers(pipeline.session_id)[-1].t_s
+            await until(lambda: sessions[-1]["catching_up_t_s"] is None, 10)
+            await until(lambda: sessions[-1]["catching_up_t_s"] is not None, 30)
+            daemon.stop()
+            await asyncio.wait_for(task, 10)
+        await strap.stop()
+    values = [m["catching_up_t_s"] for m in sessions]
+    reset = values.index(None, values.index(first))  # the hold-start cleared it
+    again = next(v for v in values[reset:] if v is not None)
+    assert isinstance(again, float) and again >= hold > first
