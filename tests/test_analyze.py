@@ -174,6 +174,29 @@ def test_progress_shows_on_the_terminal_when_json_goes_to_a_file(tmp_path: Path)
     assert json.loads(out.read_text())["n_beats"] == 25_000
 
 
+def test_outputs_never_overwrite_a_session_store_even_with_force(tmp_path: Path) -> None:
+    """``--beats settle.db --force`` replaced the session store with a CSV (every session
+    lost), ``--rolling settle.db-wal --force`` its write-ahead log: refused (exit 2), with or
+    without a link in between; the store still opens with its session."""
+    from sessions.store import SessionStore
+
+    db = tmp_path / "settle.db"
+    with SessionStore.open(db) as store:
+        sid = store.create_session("dev", 1_795_000_000_000, "x", {}).id
+        link = tmp_path / "looks-harmless.csv"
+        link.symlink_to(db)
+        rec = str(DATA / "pyhrv_nni_short.csv")
+        wal, shm = tmp_path / "settle.db-wal", tmp_path / "settle.db-shm"
+        for opt, target in [("--beats", db), ("--rolling", wal), ("--beats", shm),
+                            ("--rolling", link)]:  # fmt: skip
+            before = target.read_bytes() if target.exists() else None
+            line = _one_line_error(_settle(rec, opt, str(target), "--force"), 2)
+            assert "refusing to write onto the SQLite database" in line, line
+            assert (target.read_bytes() if target.exists() else None) == before
+    with SessionStore.open(db) as store:
+        assert [s.id for s in store.list_sessions()] == [sid]
+
+
 def test_closed_stdout_is_no_traceback() -> None:
     """``settle analyze f --json >&-`` (stdout closed) ended in an AttributeError traceback;
     a missing file printed its one-line error and then the same traceback."""
