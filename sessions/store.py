@@ -1554,7 +1554,13 @@ class SessionStore:
 def _configure(conn: sqlite3.Connection, path: Path) -> None:
     """Set the pragmas and migrate; raise :class:`StoreError` naming ``path`` on failure."""
     try:
-        # The first statement reads the header: this is where a non-SQLite file fails.
+        # The first statement reads the header: this is where a non-SQLite file fails. Another
+        # program's database is refused before anything is set: switching it to WAL first
+        # changed its header for good (bytes 18-19), though every command then refused it.
+        if foreign_store(conn):
+            raise StoreError(
+                f"{path}: not a Settle session store (a SQLite file of another program)"
+            )
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(f"{path}: cannot enable WAL journaling (got {mode!r})")
@@ -1580,7 +1586,14 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
 
 
 def _lock_path(db_path: Path) -> Path:
-    return Path(f"{db_path}-lock")
+    """``<db>-lock`` beside the file itself: through a symlink (``alias.db -> real.db``) a
+    second daemon locked ``alias.db-lock`` and took the first one's live session for a
+    crashed one."""
+    try:
+        real = Path(db_path).resolve()
+    except (OSError, RuntimeError):  # a link loop: opening the store fails and says so
+        real = Path(db_path)
+    return Path(f"{real}-lock")
 
 
 @contextlib.contextmanager

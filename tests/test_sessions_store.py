@@ -119,8 +119,14 @@ def test_foreign_sqlite_file_is_refused_untouched(tmp_path: Path) -> None:
     conn.execute("CREATE TABLE contacts (name TEXT)")
     conn.commit()
     conn.close()
+    before = path.read_bytes()
     with pytest.raises(StoreError, match="another program"):
         SessionStore.open(path)
+    with pytest.raises(StoreError, match="another program"):
+        SessionStore.open_for_reading(path)  # `sessions list --db other.db`
+    # Not a byte changed: it was switched to WAL journaling (header bytes 18-19 1 -> 2).
+    assert path.read_bytes() == before
+    assert not (tmp_path / "other.db-wal").exists()
     conn = sqlite3.connect(path)
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     conn.close()
@@ -451,3 +457,21 @@ def test_a_second_open_in_one_process_keeps_the_first_connection_safe(tmp_path: 
             assert len(third.list_sessions()) == 2
     with SessionStore.open(db) as again:  # nothing lost once every connection is closed
         assert len(again.list_sessions()) == 2
+
+
+def test_the_daemon_lock_holds_through_a_symlink(tmp_path: Path) -> None:
+    """A second daemon on ``alias.db -> real.db`` locked ``alias.db-lock``, started, and
+    marked the first daemon's live session interrupted ("left running by an earlier
+    crash"). The lock is taken beside the real file, whatever name reaches it."""
+    from sessions.store import daemon_lock
+
+    real = tmp_path / "real.db"
+    SessionStore.open(real).close()
+    (tmp_path / "alias.db").symlink_to(real)
+    (tmp_path / "dir").symlink_to(tmp_path)
+    with daemon_lock(real):
+        for other in (tmp_path / "alias.db", tmp_path / "dir" / "real.db"):
+            with pytest.raises(StoreError, match="another Settle daemon"), daemon_lock(other):
+                pass
+    with daemon_lock(tmp_path / "alias.db"):  # released: the next one takes it
+        pass
