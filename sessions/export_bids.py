@@ -22,6 +22,10 @@ Hz, linearly interpolated onto that grid (so not the recorded samples themselves
 export has those). Values are written to 4 decimals. Both start at the session start
 (``StartTime`` 0); events' ``onset`` is seconds since session start, the same time base.
 
+A session's files are written into a hidden staging folder beside ``<ses>`` and moved into
+place together, replacing an earlier export of the same session whole: an interrupted export
+(Ctrl-C) leaves the dataset as it was, never a session folder with some of its files.
+
 ``*_events.tsv``: ``onset`` (s), ``duration`` (s, 0 for markers), ``trial_type`` (marker kind,
 ``gap``, ``baseline`` or ``not-analysed`` — the spans the physio file leaves ``n/a`` around
 ``implausible``/``warmup`` beats, their classes in ``text``), ``source``, ``text``; tabs and
@@ -34,6 +38,8 @@ import gzip
 import io
 import json
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, cast
@@ -195,13 +201,58 @@ def export_bids(
                     f"session {session_id} is already in this dataset as {other.parent.name} "
                     f"(remove {other} first to export it as {sub})",
                 )
+    final = root / sub / ses
     try:
         root.mkdir(mode=0o700, exist_ok=True)
-        beh = root / sub / ses / "beh"
-        inside(root, beh)  # before creating anything below the root
-        beh.mkdir(mode=0o700, parents=True, exist_ok=True)
+        inside(root, final)  # before creating anything below the root
+        (root / sub).mkdir(mode=0o700, exist_ok=True)
+        inside(root, root / sub)
+        # The session's files are written into a hidden staging directory and moved into
+        # place together: Ctrl-C in the middle left a session folder with 3 of its 4 files
+        # (or, with an earlier export there, old and new files mixed).
+        staging = Path(tempfile.mkdtemp(prefix=f".{ses}.partial-", dir=root / sub))
+        beh_staged = staging / "beh"
+        beh_staged.mkdir(mode=0o700)
     except OSError as exc:
         raise ExportError(root, f"cannot create directory: {exc.strerror or exc}") from exc
+    try:
+        _write_session(store, rec, root, beh_staged, sub, ses, progress)
+        _move_into_place(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final / "beh"
+
+
+def _move_into_place(staging: Path, final: Path) -> None:
+    """Replace ``final`` (an earlier export of the session, if any) by ``staging``: the old
+    one is moved aside first and deleted only once the new one is in place."""
+    old = None
+    try:
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            final.rename(old / final.name)
+        staging.rename(final)
+    except OSError as exc:
+        if old is not None and not final.exists():
+            (old / final.name).rename(final)  # put the earlier export back
+        raise ExportError(
+            final, f"cannot move the export into place: {exc.strerror or exc}"
+        ) from exc
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_session(
+    store: SessionStore,
+    rec: SessionRecord,
+    root: Path,
+    beh: Path,
+    sub: str,
+    ses: str,
+    progress: ProgressFn | None,
+) -> None:
+    """Write the session's files into ``beh`` (and the dataset's own files, once)."""
+    session_id = rec.info.id
     inside(root, beh)
     stem = plain_name(f"{sub}_{ses}_task-{TASK}", beh)
 
@@ -279,4 +330,3 @@ def export_bids(
     _write(root, beh / f"{stem}_events.json", _json_bytes(_EVENTS_JSON))
     if progress is not None:
         progress(3, 3)
-    return beh

@@ -581,3 +581,33 @@ def test_kubios_clock_times_carry_into_the_minute(store: SessionStore, tmp_path:
         hms = {r["text"]: r["kubios_hms"] for r in csv.DictReader(fh)}
     assert hms == {"59.96": "0:01:00.0", "119.97": "0:02:00.0", "3599.96": "1:00:00.0",
                    "61.04": "0:01:01.0"}  # fmt: skip
+
+
+def test_an_interrupted_bids_export_leaves_the_dataset_as_it_was(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """Ctrl-C in the middle of a BIDS export left a session folder with 3 of its 4 files
+    (and, over an earlier export, old and new files mixed): the session's files now appear
+    together or not at all, and nothing half-written stays behind."""
+    sid = _build(store)
+    root = tmp_path / "ds"
+
+    def interrupt(done: int, total: int) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export_bids(store, sid, root, progress=interrupt)
+    sub = root / "sub-01"
+    assert [p.name for p in sub.iterdir()] == []  # no session folder, no staging left
+    beh = export_bids(store, sid, root)
+    before = {p.name: p.read_bytes() for p in beh.iterdir()}
+    assert len(before) == 6  # physio, ECG physio, events: each .json with its data file
+    store.add_marker(sid, MarkerRow(30.0, T0_MS + 30_000, "doubt", "later", MarkerSource.CLI))
+    with pytest.raises(KeyboardInterrupt):
+        export_bids(store, sid, root, progress=interrupt)
+    assert {p.name: p.read_bytes() for p in beh.iterdir()} == before  # the earlier export
+    assert [p.name for p in sub.iterdir()] == [beh.parent.name]
+    export_bids(store, sid, root)  # a complete one replaces it whole
+    assert b"later" in next(beh.glob("*_events.tsv")).read_bytes()
+    assert [p.name for p in sub.iterdir()] == [beh.parent.name]
