@@ -56,6 +56,21 @@ HttpOpt = Annotated[
 NoHttpOpt = Annotated[bool, typer.Option("--no-http", help="Run without the dashboard.")]
 
 
+def _check_broker_options(settings: Settings) -> None:
+    """The daemon's MQTT login and TLS files, checked before anything starts (a CA file that
+    is no certificate went unnoticed until a whole session had been recorded). Not with
+    the embedded broker only (``embedded = "always"``): it uses neither."""
+    m = settings.mqtt
+    if not m.enabled or (m.embedded == "always" and not m.host):
+        return
+    from settle.broker_options import connect_options
+
+    try:
+        connect_options(settings)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+
+
 def _first_settle_error(exc: BaseException) -> SettleError | None:
     if isinstance(exc, SettleError):
         return exc
@@ -173,6 +188,7 @@ def demo(
         no_http=no_http,
         demo={"speed": speed, "replay": replay, "seed": seed},
     )
+    _check_broker_options(settings)
     if settings.demo.replay is not None:
         from sensors.readers import read_rr_file
 
@@ -245,6 +261,7 @@ def run(
             no_http=no_http,
             demo={"replay": replay, "speed": speed},
         )
+        _check_broker_options(settings)
         from sensors.readers import read_rr_file
 
         try:
@@ -262,6 +279,7 @@ def run(
         no_http=no_http,
         strap={"address": address},
     )
+    _check_broker_options(settings)
     addresses = None
     if not settings.strap.address and not settings.strap.name:
         try:
@@ -1117,6 +1135,32 @@ def _silence_stdout() -> None:
         pass
 
 
+class _Stdout:
+    """``sys.stdout``, marking every error of writing it (``settle_stdout``), so that
+    :func:`main` tells a failed write of the output from any other ``OSError`` (an
+    ``ssl.SSLError`` was reported as "cannot write the output")."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except OSError as exc:
+            exc.settle_stdout = True  # type: ignore[attr-defined]
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            exc.settle_stdout = True  # type: ignore[attr-defined]
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main() -> None:
     """The ``settle`` command. A usage error (unknown command or option, missing argument,
     bad value) is one line on stderr, exit code 2, like every other error."""
@@ -1129,19 +1173,29 @@ def main() -> None:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (the process's own stdout)
     if sys.stderr is None:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115
+    sys.stdout = _Stdout(sys.stdout)
     try:
         code = app(prog_name="settle", standalone_mode=False)
         sys.stdout.flush()  # here, so a failing write is reported below, not at exit
-    except BrokenPipeError:
-        # The reader went away (`settle analyze … --json | head -c 10`): nothing to report.
-        _silence_stdout()
-        sys.exit(1)
     except OSError as exc:
-        # Output that cannot be written (stdout on a full disk, /dev/full): one line.
+        if not getattr(exc, "settle_stdout", False):
+            # Not the output (a file, a socket, TLS): the error itself, one line.
+            why = exc.strerror or str(exc) or type(exc).__name__
+            msg = f"{exc.filename}: {why}" if exc.filename else why
+            err.print(f"settle: error: {one_line(msg)}", markup=False, soft_wrap=True)
+            sys.exit(1)
         _silence_stdout()
+        if isinstance(exc, BrokenPipeError):
+            # The reader went away (`settle analyze … --json | head -c 10`): nothing to
+            # report. (The daemon's console handles this itself and goes on recording.)
+            sys.exit(1)
+        # Output that cannot be written (stdout on a full disk, /dev/full): one line.
         why = exc.strerror or str(exc)
-        msg = f"{exc.filename}: {why}" if exc.filename else f"cannot write the output: {why}"
-        err.print(f"settle: error: {one_line(msg)}", markup=False, soft_wrap=True)
+        err.print(
+            f"settle: error: {one_line(f'cannot write the output: {why}')}",
+            markup=False,
+            soft_wrap=True,
+        )
         sys.exit(1)
     except typer.Abort:
         err.print("settle: aborted", markup=False)

@@ -19,6 +19,7 @@ Every check is bounded in time; none raises (an unexpected failure is a failed c
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -35,6 +36,7 @@ from typing import Any, Literal
 
 from sessions.store import daemon_running, foreign_store
 from settle.config import Settings
+from settle.errors import ConfigError
 
 CheckName = Literal["bluetooth", "mqtt", "database", "clock"]
 
@@ -125,6 +127,20 @@ def _bt_permission_fix() -> str:
 
 # -- MQTT ------------------------------------------------------------------------------------
 
+_CONFIG_FIX = collections.defaultdict(
+    lambda: "fix the [mqtt] setting named",
+    {
+        "mqtt.password_file": "`chmod 600` the password file (it must be readable by this "
+        "user and no other account), or give the password in SETTLE_MQTT__PASSWORD",
+        "mqtt.ca_file": "point mqtt.ca_file at the PEM file of the CA that signed the "
+        "broker's certificate",
+        "mqtt.cert_file": "point mqtt.cert_file at the client's PEM certificate",
+        "mqtt.key_file": "point mqtt.key_file at the PEM private key of mqtt.cert_file",
+        "mqtt.tls": "install the system's CA certificates (Debian: ca-certificates), or set "
+        "mqtt.ca_file",
+    },
+)
+
 
 async def check_mqtt(
     settings: Settings, timeout_s: float = 5.0, *, off_by_flag: bool = False
@@ -150,10 +166,14 @@ async def check_mqtt(
             f"nothing answers on {LOOPBACK}:{m.port}; the daemon will start its embedded "
             "broker on 127.0.0.1",
         )
-    opts = connect_options(settings)
-    where = opts.where
+    where = f"{'mqtts' if m.tls else 'mqtt'}://{m.host or LOOPBACK}:{m.port}"
     try:
+        # The password file and the TLS files, read and checked as the daemon would.
+        opts = connect_options(settings)
         kwargs = opts.client_kwargs()
+    except ConfigError as exc:
+        # A world-readable password file raised here, outside any check: a traceback.
+        return Check("mqtt", False, f"{where}: {exc.field}: {exc.reason}", _CONFIG_FIX[exc.field])
     except (OSError, ssl.SSLError) as exc:
         return Check(
             "mqtt",

@@ -306,3 +306,70 @@ def test_error_lines_show_control_characters_escaped(tmp_path: Path) -> None:
     assert "\x1b" not in res.stderr
     (line,) = res.stderr.splitlines()
     assert "bad\\x1b[31mred\\nx.csv:1: not a recognised RR file" in line
+
+
+def test_a_ca_file_that_is_no_certificate_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    """``mqtt.ca_file`` naming a file that is not a certificate: `settle demo` said "mqtt:
+    broker on …", recorded a whole session with MQTT broken, then ended with "cannot write
+    the output: [X509: NO_CERTIFICATE_OR_CRL_FOUND]…" (exit 1); `settle mark` likewise. Now
+    a config error naming the setting and the file, exit 2, before anything starts."""
+    from feedback.broker import free_loopback_port
+
+    not_a_cert = tmp_path / "ca.pem"
+    not_a_cert.write_text("export HOME=/tmp\n")
+    cfg = tmp_path / "tls.toml"
+    cfg.write_text(f'[mqtt]\ntls = true\nca_file = "{not_a_cert}"\n')
+    broker = f"127.0.0.1:{free_loopback_port()}"
+    line = (
+        f"settle: error: config: mqtt.ca_file: {not_a_cert}: not a usable CA certificate file "
+        "(X509: NO_CERTIFICATE_OR_CRL_FOUND)"
+    )
+    db = tmp_path / "s.db"
+    for args in (
+        ["demo", "--duration", "2", "--speed", "50", "--no-http", "--db", str(db)],
+        ["run", "--replay", str(DATA / "pyhrv_nni_short.csv"), "--no-http", "--db", str(db)],
+        ["mark", "hi"],
+        ["session", "stop"],
+    ):
+        res = settle(*args, "--config", str(cfg), "--mqtt", broker)
+        assert res.returncode == 2, (args, res.stderr)
+        assert res.stderr.splitlines() == [line], args
+        assert res.stdout == "", args  # no banner, no "mqtt: broker on …"
+    assert not db.exists()  # nothing recorded with MQTT silently broken
+    # The embedded broker alone uses no TLS: nothing to refuse there.
+    cfg.write_text(f'[mqtt]\ntls = true\nca_file = "{not_a_cert}"\nembedded = "always"\n')
+    ok = settle("demo", "--duration", "1", "--no-http", "--db", str(db), "--config", str(cfg))
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_an_error_that_is_not_the_output_is_not_called_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every OSError that reached main() was reported as "cannot write the output" (an
+    ssl.SSLError, a reset connection); only a failed write of stdout is that."""
+    import ssl
+
+    from settle import cli
+
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # main() wraps it: restored afterwards
+    for exc, line in [
+        (
+            ssl.SSLError(136, "[X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found"),
+            "settle: error: [X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found",
+        ),
+        (ConnectionResetError(104, "Connection reset by peer"), "settle: error: "
+         "Connection reset by peer"),
+    ]:  # fmt: skip
+
+        def boom(*args: object, _exc: OSError = exc, **kwargs: object) -> None:
+            raise _exc
+
+        monkeypatch.setattr(cli, "app", boom)
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+        assert exit_.value.code == 1
+        captured = capsys.readouterr()
+        assert captured.err.splitlines() == [line]
+        assert "cannot write the output" not in captured.err

@@ -232,3 +232,48 @@ def test_a_broker_flag_overrides_mqtt_turned_off_in_the_config(tmp_path: Path) -
     assert settings_from(off, http="127.0.0.1:0").http.enabled is True
     both = doctor("--mqtt", f"127.0.0.1:{port}", "--no-mqtt", "--db", str(tmp_path / "s.db"))
     assert both.returncode == 2 and "--mqtt and --no-mqtt exclude each other" in both.stderr
+
+
+def test_unusable_password_and_tls_files_are_failed_checks_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """A world-readable ``mqtt.password_file`` made `settle doctor` end in a traceback (the
+    ConfigError was raised outside any check): now the mqtt check fails with one line and a
+    fix, and the other checks still run."""
+    port = free_loopback_port()
+    pw = tmp_path / "pw.txt"
+    pw.write_text("secret\n")
+    pw.chmod(0o644)
+    not_a_cert = tmp_path / "ca.pem"
+    not_a_cert.write_text("not a certificate\n")
+    cases = [
+        (
+            f'[mqtt]\nusername = "u"\npassword_file = "{pw}"\n',
+            f"mqtt://127.0.0.1:{port}: mqtt.password_file: {pw} is readable by every account "
+            "(chmod 600 it)",
+            "chmod 600",
+        ),
+        (
+            f'[mqtt]\ntls = true\nca_file = "{not_a_cert}"\n',
+            f"mqtts://127.0.0.1:{port}: mqtt.ca_file: {not_a_cert}: not a usable CA "
+            "certificate file (X509: NO_CERTIFICATE_OR_CRL_FOUND)",
+            "mqtt.ca_file",
+        ),
+    ]
+    for toml, detail, fix in cases:
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(toml)
+        args = ("--config", str(cfg), "--mqtt", f"127.0.0.1:{port}", "--db", str(tmp_path / "s.db"))
+        res = doctor("--json", *args)
+        assert res.returncode == 1, res.stderr
+        assert res.stderr == ""
+        checks = by_name(json.loads(res.stdout))
+        assert list(checks) == ["bluetooth", "mqtt", "database", "clock"]  # the rest ran
+        assert checks["mqtt"]["ok"] is False
+        assert checks["mqtt"]["detail"] == detail
+        assert fix in str(checks["mqtt"]["fix"])
+        assert checks["database"]["ok"] is True
+        human = doctor(*args)
+        assert human.returncode == 1 and "Traceback" not in human.stderr
+        assert f"✗ mqtt      {detail}" in human.stdout.splitlines()
+    assert "secret" not in res.stdout + human.stdout
