@@ -9,6 +9,7 @@ dicts; a bad value becomes one :class:`~settle.errors.ConfigError` naming the fi
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import tomllib
@@ -30,6 +31,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from settle.errors import ConfigError
@@ -336,9 +338,17 @@ def load_config(path: Path | None = None, **flags: Any) -> Settings:
 
     try:
         return _Loaded(**_strip_none(flags))
+    except SettingsError as exc:
+        # A whole section from the environment (SETTLE_MQTT=…) that is not JSON: pydantic-
+        # settings' own error, which ended in a 40-line traceback.
+        raise _env_section_error(exc) from None
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        section_var = _env_var(str(err["loc"][0])) if len(err["loc"]) == 1 else None
+        if section_var is not None and _section(str(err["loc"][0])) is not None:
+            # SETTLE_PROCESSING=1: valid JSON, but not an object of settings.
+            raise _env_section_error(None, str(err["loc"][0])) from None
         msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
         given = err.get("input")
         # The value is echoed to help, except where it may be a secret: a password or token
@@ -356,6 +366,38 @@ def load_config(path: Path | None = None, **flags: Any) -> Settings:
         if isinstance(given, str | int | float) and len(repr(given)) <= 60 and not secret:
             msg = f"{msg} (got {given!r})"
         raise ConfigError(loc, msg) from None
+
+
+def _section(name: str) -> type[BaseModel] | None:
+    """The model of section ``name`` (``mqtt``…), or None for a plain setting."""
+    field = Settings.model_fields.get(name)
+    kind = field.annotation if field is not None else None
+    return kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+
+
+def _env_var(name: str) -> str | None:
+    """The ``SETTLE_<NAME>`` variable set in the environment (any case), or None."""
+    want = f"SETTLE_{name.upper()}"
+    return next((var for var in sorted(os.environ) if var.upper() == want), None)
+
+
+def _env_section_error(exc: SettingsError | None, name: str | None = None) -> ConfigError:
+    """One line naming the ``SETTLE_<SECTION>`` variable and what it must hold (never its
+    value: it may hold a password)."""
+    if name is None:
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = found.group(1) if found else ""
+    var = _env_var(name) or f"SETTLE_{name.upper()}"
+    model = _section(name)
+    if model is None:
+        return ConfigError(var, "not a valid value in the environment")
+    first, field = next(iter(model.model_fields.items()))
+    example = json.dumps({first: field.default})
+    return ConfigError(
+        var,
+        f"expected a JSON object of [{name}] settings, e.g. {var}='{example}' (or one "
+        f"setting per variable: {var}__{first.upper()}=…)",
+    )
 
 
 OTHER_ENV = ("SETTLE_CONFIG", "SETTLE_PAIRED_FILE")

@@ -164,3 +164,32 @@ def test_secrets_are_never_echoed_in_errors(tmp_path: Path) -> None:
     (line,) = res.stderr.splitlines()
     assert "--mqtt: HOST:PORT only: credentials go in mqtt.username" in line
     assert "S3cretPW" not in line
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("SETTLE_MQTT", "garbage"),  # not JSON: a 40-line pydantic_settings traceback
+        ("SETTLE_MQTT", '{"password": "Hunter2-env'),  # broken JSON holding a secret
+        ("SETTLE_PROCESSING", "1"),  # JSON, but not an object: named "processing" only
+    ],
+)
+def test_a_section_variable_that_is_not_a_json_object_is_one_line(
+    tmp_path: Path, var: str, value: str
+) -> None:
+    import os
+
+    env = {**os.environ, var: value, "SETTLE_CONFIG": str(CONFIG)}
+    res = run_cli("sessions", "list", "--db", str(tmp_path / "s.db"), env=env)
+    assert res.returncode == 2
+    section = var.removeprefix("SETTLE_").lower()
+    name, example = {
+        "mqtt": ("ENABLED", '{"enabled": true}'),
+        "processing": ("WINDOW_S", '{"window_s": 60.0}'),
+    }[section]
+    assert res.stderr.splitlines() == [
+        f"settle: error: config: {var}: expected a JSON object of [{section}] settings, e.g. "
+        f"{var}='{example}' (or one setting per variable: {var}__{name}=…)"
+    ]
+    assert "Hunter2" not in res.stderr
+    assert not (tmp_path / "s.db").exists()
