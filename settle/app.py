@@ -8,9 +8,11 @@ import contextlib
 import errno
 import gc
 import logging
+import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Literal
+from typing import IO, Any, Literal, cast
 
 from rich.console import Console
 
@@ -63,7 +65,13 @@ async def serve(
     ``gc_thresholds``: see :func:`tune_garbage_collector` (None: leave the interpreter's).
     ``banner``: the first console line, printed once this daemon holds the store (a second
     daemon on the same store is refused without announcing itself first)."""
-    out = console or Console(highlight=False, soft_wrap=True)
+    output: ConsoleOutput | None = None
+    if console is None:
+        output = ConsoleOutput(sys.stdout)
+        console = output.console = Console(
+            file=cast(IO[str], output), highlight=False, soft_wrap=True
+        )
+    out = console
     s = settings.strap
     clients = [
         StrapClient(
@@ -140,6 +148,9 @@ async def serve(
                     await main
                     for w in watchers:
                         w.cancel()
+            if output is not None and output.failed is not None:
+                # The closing lines name the sessions: on stderr, where they can be read.
+                out = Console(stderr=True, highlight=False, soft_wrap=True)
             moved = daemon.recovered_store
             if moved is not None:
                 out.print(
@@ -173,6 +184,53 @@ async def serve(
         store.close()
         held.close()
     return 1 if lost else 0
+
+
+class ConsoleOutput:
+    """The daemon's console output (stdout). When it cannot be written — the reader of a
+    pipe went away (`settle demo | head`), a terminal hung up, a full disk — the console
+    goes quiet, one WARNING says so, and recording goes on to its normal end: the store
+    holds the session, not stdout. (The error ended the daemon at once, exit 1, nothing
+    said.)"""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self.console: Console | None = None
+        self.failed: OSError | None = None
+
+    def write(self, text: str) -> int:
+        if self.failed is None:
+            try:
+                return self._stream.write(text)
+            except OSError as exc:
+                self._stop(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.failed is None:
+            try:
+                self._stream.flush()
+            except OSError as exc:
+                self._stop(exc)
+
+    def _stop(self, exc: OSError) -> None:
+        self.failed = exc
+        if self.console is not None:
+            self.console.quiet = True  # not even formatted from here on
+        with contextlib.suppress(OSError, ValueError):
+            # What is still buffered, and the interpreter's flush at exit, go nowhere
+            # instead of failing again.
+            fd = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(fd, self._stream.fileno())
+            os.close(fd)
+        why = "its reader went away" if isinstance(exc, BrokenPipeError) else exc.strerror
+        log.warning(
+            "console output stopped (stdout: %s); recording goes on until the daemon is stopped",
+            why or exc,
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def dashboard_config(settings: Settings) -> DashboardConfig:

@@ -373,3 +373,30 @@ def test_an_error_that_is_not_the_output_is_not_called_one(
         captured = capsys.readouterr()
         assert captured.err.splitlines() == [line]
         assert "cannot write the output" not in captured.err
+
+
+def test_daemon_keeps_recording_when_its_stdout_reader_goes_away(tmp_path: Path) -> None:
+    """`settle demo … | head -n 3`: the first line written after the pipe closed ended the
+    daemon at once, exit 1, nothing on stderr — the session cut short. Now the console goes
+    quiet, one WARNING says so, recording goes on to the normal end (exit 0), and the closing
+    lines go to stderr."""
+    db = tmp_path / "s.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "settle.cli", "demo", "--duration", "4", "--speed", "20",
+         "--no-mqtt", "--no-http", "--db", str(db)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith("settle demo: virtual strap")
+    proc.stdout.close()  # the reader goes away, as `head -n 1` does
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, err
+    assert "Traceback" not in err
+    warnings = [ln for ln in err.splitlines() if "level=WARNING" in ln]
+    assert len(warnings) == 1 and "console output stopped (stdout: its reader went away); " \
+        "recording goes on until the daemon is stopped" in warnings[0]  # fmt: skip
+    with SessionStore.open(db) as store:
+        (s,) = store.list_sessions()
+    assert s.state == SessionState.STOPPED
+    assert s.n_beats > 40  # ~4 s x 20 = 80 s of beats, minus start-up
+    assert f"session {s.id}: {s.n_beats} beats stored. Export:" in err
