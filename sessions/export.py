@@ -261,10 +261,11 @@ def export_csv(
     """Write session ``session_id`` to ``out`` as CSV and return the path written.
 
     If ``out`` is an existing directory the file is ``<out>/settle-<session_id>.csv``;
-    otherwise ``out`` is the file. An existing file is replaced (a link by a file, never
-    written through) unless ``replace`` is false, when a file that exists by the time the
-    export is complete is left alone (:class:`ExportError`); the other one-file exporters
-    take ``replace`` likewise. :func:`sessions.exporters.export_session`, what
+    otherwise ``out`` is the file, whose name must end in ``.csv`` (as the other formats
+    check theirs: CSV went into ``x.json``). An existing file is replaced (a link by a
+    file, never written through) unless ``replace`` is false, when a file that exists by
+    the time the export is complete is left alone (:class:`ExportError`); the other
+    one-file exporters take ``replace`` likewise. :func:`sessions.exporters.export_session`, what
     ``settle export`` calls, first refuses an existing file without ``force`` and the
     session store always, and passes ``replace=force``.
     Raises
@@ -273,7 +274,7 @@ def export_csv(
     ``progress(done, total)`` is called every 10 000 rows and at the end.
     """
     out = Path(out)
-    target = target_file(out, f"settle-{session_id}.csv", ())
+    target = target_file(out, f"settle-{session_id}.csv", (".csv",))
     # Read first: an unknown session must not leave a file behind.
     rec = store.read_session(session_id)
     total = len(rec.beats) + len(rec.indices) + len(rec.markers) + len(rec.gaps)

@@ -3,10 +3,11 @@
 Before anything is written, :func:`export_session` checks where the export would go: it
 never writes onto the session store it reads (its database file or the ``-wal``, ``-shm``
 and ``-journal`` files SQLite keeps beside it, compared as resolved paths, so a symbolic link
-to them counts too), and it does not replace an existing file unless ``force`` is given.
-Both refusals raise :class:`ExportRefused`. A BIDS export writes into a dataset directory and
-keeps its behaviour there (a session exported again replaces its own files), but its
-``out`` must not be the store either.
+to them counts too), it does not replace an existing file unless ``force`` is given, and a
+one-file format's file name must end in its extension (:data:`SUFFIXES`; an existing
+directory gets the default name). Each refusal raises :class:`ExportRefused`. A BIDS
+export writes into a dataset directory and keeps its behaviour there (a session exported
+again replaces its own files), but its ``out`` must not be the store either.
 """
 
 from __future__ import annotations
@@ -33,9 +34,19 @@ FORMATS: tuple[str, ...] = get_args(ExportFormat)
 STORE_SIBLINGS: tuple[str, ...] = ("", "-wal", "-shm", "-journal", "-lock")
 
 
+#: The file name endings of each one-file format (``out`` naming a file, not a directory).
+SUFFIXES: dict[str, tuple[str, ...]] = {
+    "csv": (".csv",),
+    "json": (".json",),
+    "edf": (".edf",),
+    "kubios": (".txt",),
+}
+
+
 class ExportRefused(ExportError):
-    """The export would overwrite the session store, or an existing file without ``force``:
-    a problem of the command line (``settle export`` exits with code 2), nothing written."""
+    """The export would overwrite the session store, or an existing file without ``force``,
+    or its file name does not end in the format's extension (``x.json`` for a CSV): a
+    problem of the command line (``settle export`` exits with code 2), nothing written."""
 
 
 def export_session(
@@ -73,6 +84,13 @@ def export_session(
             )
         if fmt == "bids":
             continue
+        suffixes = SUFFIXES[fmt]
+        if path == out and not out.name.lower().endswith(suffixes):
+            # Every format the same way: the default CSV went into `x.json` (exit 0) while
+            # json, edf and kubios refused a wrong name only as they wrote (exit 1).
+            raise ExportRefused(
+                out, f"a {fmt} export's file name must end in {' or '.join(suffixes)}"
+            )
         why = not_replaceable(path)
         if why is not None:
             raise ExportRefused(path, why)

@@ -400,3 +400,29 @@ def test_daemon_keeps_recording_when_its_stdout_reader_goes_away(tmp_path: Path)
     assert s.state == SessionState.STOPPED
     assert s.n_beats > 40  # ~4 s x 20 = 80 s of beats, minus start-up
     assert f"session {s.id}: {s.n_beats} beats stored. Export:" in err
+
+
+def test_an_export_file_name_must_end_in_its_formats_extension(tmp_path: Path) -> None:
+    """`settle export latest --out x.json` (CSV by default) wrote CSV into x.json, exit 0;
+    json, edf and kubios refused a wrong name, but with exit 1. Now every format refuses it
+    as the usage error it is: one line, exit 2, nothing written."""
+    db = tmp_path / "s.db"
+    sid = _store_with_a_session(db)
+    for fmt, name, want in [
+        ([], "x.json", ".csv"),
+        (["--format", "csv"], "x.edf", ".csv"),
+        (["--format", "json"], "x.csv", ".json"),
+        (["--format", "edf"], "x.csv", ".edf"),
+        (["--format", "kubios"], "x.csv", ".txt"),
+    ]:
+        out = tmp_path / name
+        res = settle("export", sid, *fmt, "--out", str(out), "--db", str(db))
+        kind = fmt[1] if fmt else "csv"
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.splitlines() == [
+            f"settle: error: {out}: a {kind} export's file name must end in {want}"
+        ]
+        assert res.stdout == "" and not out.exists()
+    ok = settle("export", sid, "--out", str(tmp_path / "X.CSV"), "--db", str(db))
+    assert ok.returncode == 0, ok.stderr  # any case
+    assert (tmp_path / "X.CSV").read_text().startswith("session_id,")
