@@ -9,6 +9,7 @@ import errno
 import gc
 import logging
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -160,7 +161,9 @@ async def serve(
                 )
             for p in daemon.finished:
                 db_path = moved or settings.db_path
-                db = f" --db {db_path}" if settings.storage.db_path or moved else ""
+                # Quoted: the hint is a command to copy (`--db var dir/s.db` was two words).
+                named = settings.storage.db_path or moved
+                db = f" --db {shlex.quote(str(db_path))}" if named else ""
                 stored = daemon.writer.stored_by_session.get(p.session_id, 0)
                 if p.session_id in daemon.rescued:  # the store failed at the end
                     lost = True

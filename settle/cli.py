@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 import time
 import uuid
@@ -69,6 +70,17 @@ def _check_broker_options(settings: Settings) -> None:
         connect_options(settings)
     except ConfigError as exc:
         fail(str(exc), 2)
+
+
+def _check_duration(duration: float | None) -> None:
+    """``--duration inf`` passed the ``min=0.1`` bound and the daemon never stopped by
+    itself: without --duration is how to run until stopped."""
+    if duration is not None and not math.isfinite(duration):
+        fail(
+            f"--duration: expected a number of seconds (at least 0.1), got {duration:g}; "
+            "leave it out to run until stopped",
+            2,
+        )
 
 
 def _first_settle_error(exc: BaseException) -> SettleError | None:
@@ -179,6 +191,7 @@ def demo(
     config: ConfigOpt = None,
 ) -> None:
     """Run the daemon against a virtual chest strap (no hardware needed)."""
+    _check_duration(duration)
     settings = settings_from(
         config,
         mqtt=mqtt,
@@ -249,6 +262,7 @@ def run(
     from settle.app import serve
     from settle.pairing import load_paired
 
+    _check_duration(duration)
     if replay is None and speed != 1.0:
         fail("--speed compresses a replay: give it with --replay FILE", 2)  # was ignored
     if replay is not None:
@@ -556,15 +570,17 @@ cli_sessions.register(app, sessions_app)
 # about 1.8 s to import, and the daemon stamps a marker with the time it arrives.
 
 DeviceOpt = Annotated[
-    str | None, typer.Option(help="Device id (needed when several straps are running).")
+    str | None,
+    typer.Option(
+        help="Device id, or a label from `settle pair --list` (needed when several straps "
+        "are running)."
+    ),
 ]
 AllOpt = Annotated[
-    bool,
-    typer.Option(
-        "--all",
-        help="Every strap with a running session (session start: every connected strap), "
-        "sent together.",
-    ),
+    bool, typer.Option("--all", help="Every strap with a running session, sent together.")
+]
+AllConnectedOpt = Annotated[
+    bool, typer.Option("--all", help="Every connected strap, sent together.")
 ]
 MIN_WAIT_S, MAX_WAIT_S = 0.5, 3600.0
 WaitOpt = Annotated[
@@ -621,7 +637,7 @@ def session_start(
     statement: Annotated[str, typer.Option(help="The statement you hold.")] = "",
     practice: Annotated[str, typer.Option(help="Practice kind, e.g. loving-kindness.")] = "",
     device: DeviceOpt = None,
-    every: AllOpt = False,
+    every: AllConnectedOpt = False,
     timeout: WaitOpt = 5.0,
     mqtt: MqttOpt = None,
     config: ConfigOpt = None,

@@ -196,17 +196,20 @@ def test_export_replaces_an_existing_file_only_with_force(tmp_path: Path) -> Non
     assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
 
 
-@pytest.mark.parametrize("duration", ["0", "-1", "0.05"])
+@pytest.mark.parametrize("duration", ["0", "-1", "0.05", "inf", "-inf", "nan"])
 def test_run_duration_must_be_positive(tmp_path: Path, duration: str) -> None:
     """``--duration 0`` used to run the replay forever and then ignore SIGTERM and Ctrl-C;
-    like ``settle demo`` it must be at least 0.1 s, refused before anything starts."""
+    like ``settle demo`` it must be at least 0.1 s, refused before anything starts.
+    ``--duration inf`` passed that bound, and the demo never stopped by itself."""
     db = tmp_path / "s.db"
-    res = settle("run", "--replay", str(DATA / "pyhrv_nni_short.csv"), "--duration", duration,
-                 "--no-mqtt", "--db", str(db), timeout=30)  # fmt: skip
-    assert res.returncode == 2
-    assert "Traceback" not in res.stderr
-    assert "--duration" in res.stderr
-    assert not db.exists()
+    for command in (["run", "--replay", str(DATA / "pyhrv_nni_short.csv")], ["demo"]):
+        res = settle(*command, "--duration", duration, "--no-mqtt", "--no-http", "--db",
+                     str(db), timeout=30)  # fmt: skip
+        assert res.returncode == 2
+        assert "Traceback" not in res.stderr
+        (line,) = res.stderr.splitlines()
+        assert "--duration" in line
+        assert not db.exists()
 
 
 def test_export_never_replaces_a_pipe_or_device_and_a_missing_directory_is_named(
@@ -426,3 +429,19 @@ def test_an_export_file_name_must_end_in_its_formats_extension(tmp_path: Path) -
     ok = settle("export", sid, "--out", str(tmp_path / "X.CSV"), "--db", str(db))
     assert ok.returncode == 0, ok.stderr  # any case
     assert (tmp_path / "X.CSV").read_text().startswith("session_id,")
+
+
+def test_the_closing_export_hint_quotes_the_store_path(tmp_path: Path) -> None:
+    """`--db "var dir/s.db"`: the closing hint said `--db var dir/s.db`, which, copied, is
+    two words (a store named `var`)."""
+    import shlex
+
+    db = tmp_path / "var dir" / "s.db"
+    db.parent.mkdir()
+    res = settle("demo", "--duration", "1", "--speed", "20", "--no-mqtt", "--no-http",
+                 "--db", str(db))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    hint = res.stdout.splitlines()[-1].split("Export: ", 1)[1]
+    words = shlex.split(hint)
+    assert words[words.index("--db") + 1] == str(db)
+    assert shlex.quote(str(db)) in hint

@@ -41,3 +41,20 @@ def test_help_still_prints_help() -> None:
     assert res.returncode == 0 and "Usage:" in res.stdout and "export" in res.stdout
     res = settle("log")  # a group without a subcommand shows its help
     assert res.returncode == 2 and "import" in res.stderr + res.stdout
+
+
+def test_device_and_all_help_say_what_each_command_takes() -> None:
+    """`mark`, `baseline` and `session stop` explained `--all` with "(session start: every
+    connected strap)", and `--device` said "Device id" though a label works too."""
+    for command in (["mark"], ["baseline"], ["session", "stop"], ["session", "start"]):
+        res = settle(*command, "--help")
+        assert res.returncode == 0
+        text = " ".join(res.stdout.split())
+        assert "Device id, or a label from `settle pair --list`" in text, command
+        assert "session start:" not in text, command
+        every = (
+            "Every connected strap, sent together."
+            if command == ["session", "start"]
+            else "Every strap with a running session, sent together."
+        )
+        assert every in text, command
