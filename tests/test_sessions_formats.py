@@ -544,7 +544,7 @@ def test_cli_export_every_format_and_one_line_errors(store: SessionStore, tmp_pa
         assert res.output.count("\n") == (2 if fmt == "kubios" else 1)
     res = runner.invoke(app, ["export", sid, "--format", "edf", "--out", str(tmp_path / "x.csv"),
                               "--db", db])  # fmt: skip
-    assert res.exit_code == 1 and res.output.count("\n") == 1 and "must end in .edf" in res.output
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "must end in .edf" in res.output
     res = runner.invoke(app, ["export", sid, "--format", "bids", "--subject", "a/b",
                               "--out", str(tmp_path / "ds"), "--db", db])  # fmt: skip
     assert res.exit_code == 2 and res.output.count("\n") == 1
