@@ -52,6 +52,7 @@ import enum
 import html
 import json
 import math
+import os
 import re
 import statistics
 from collections.abc import Sequence
@@ -95,6 +96,7 @@ from settle.errors import SettleError
 
 __all__ = [
     "MarkerResponse",
+    "OutputExists",
     "ReportError",
     "SessionAnalysis",
     "analyse_session",
@@ -1281,22 +1283,41 @@ def output_directory(out_dir: Path, what: str) -> Path:
     return out_dir
 
 
+class OutputExists(ExportError):
+    """An output file exists and replacing it was not asked for (``--force``)."""
+
+
+def _refuse_existing(paths: Sequence[Path]) -> None:
+    for p in paths:
+        if os.path.lexists(p):
+            raise OutputExists(p, "file exists (use --force to replace it)")
+
+
 def write_report(
-    store: SessionStore, session_id: str, out_dir: Path, *, png_kept: bool = True
+    store: SessionStore,
+    session_id: str,
+    out_dir: Path,
+    *,
+    png_kept: bool = True,
+    force: bool = True,
 ) -> tuple[Path, Path]:
     """Write ``settle-<id>-report.png`` and ``.html`` into ``out_dir`` (created if its parent
     exists); return both paths. ``png_kept=False``: the caller will not keep the PNG (the
-    page inlines it anyway), so the page does not say it is also saved as that file. Raises
-    :class:`ExportError` / :class:`ReportError`."""
+    page inlines it anyway), so the page does not say it is also saved as that file.
+    ``force=False`` (``settle report`` without ``--force``): :class:`OutputExists` before
+    anything is written if either file exists (an edited report was silently replaced).
+    Raises :class:`ExportError` / :class:`ReportError`."""
     out_dir = output_directory(out_dir, "a report")
-    rec = store.read_session(session_id)
-    a = analyse_session(rec)
     png_path = out_dir / plain_name(f"settle-{session_id}-report.png", out_dir)
     html_path = out_dir / plain_name(f"settle-{session_id}-report.html", out_dir)
-    with atomic_file(png_path, binary=True) as fh:
+    if not force:
+        _refuse_existing([png_path, html_path])
+    rec = store.read_session(session_id)
+    a = analyse_session(rec)
+    with atomic_file(png_path, binary=True, replace=force) as fh:
         render_png(a, cast(IO[bytes], fh))
     png = png_path.read_bytes()
-    with atomic_file(html_path) as fh:
+    with atomic_file(html_path, replace=force) as fh:
         cast(IO[str], fh).write(render_html(a, png, png_path.name if png_kept else None))
     return png_path, html_path
 
@@ -1399,12 +1420,15 @@ def _trend_time(started_ms: int) -> dt.datetime:
     return t.replace(second=0, microsecond=0)
 
 
-def write_trends_png(outcomes: Sequence[SessionOutcome], path: Path) -> Path:
+def write_trends_png(outcomes: Sequence[SessionOutcome], path: Path, *, force: bool = True) -> Path:
     """Plot latency, score change and median recovery per session over calendar time (to
     the minute), one colour per target model (and strap, with several). Latencies are
     drawn with one marker shape per reference (circle: from hold-start; square: from the
     baseline end) and joined only within one; a session that did not catch up is a hollow
-    marker at the top of the latency panel, labelled ("not yet", "no score", ...)."""
+    marker at the top of the latency panel, labelled ("not yet", "no score", ...).
+    ``force=False``: :class:`OutputExists` if ``path`` exists."""
+    if not force:
+        _refuse_existing([path])
     plt = _pyplot()
     import matplotlib.dates as mdates
     import matplotlib.transforms as mtransforms
@@ -1477,7 +1501,7 @@ def write_trends_png(outcomes: Sequence[SessionOutcome], path: Path) -> Path:
         ]  # fmt: skip
         axes[0].legend(handles=shapes, fontsize=7, loc="lower left")
         fig.suptitle("Settle: progress across sessions")
-        with atomic_file(path, binary=True) as fh:
+        with atomic_file(path, binary=True, replace=force) as fh:
             fig.savefig(cast(IO[bytes], fh), format="png", dpi=100)
     finally:
         plt.close(fig)

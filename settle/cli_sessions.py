@@ -189,18 +189,23 @@ def report(
     out_dir: Annotated[
         Path, typer.Option("--out", help="Directory for the PNG and HTML (created if missing).")
     ],
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a report of this session already there.")
+    ] = False,
     db: DbOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Write a session report: a PNG and an HTML page with a plain-language summary."""
-    from sessions.report import write_report
+    from sessions.report import OutputExists, write_report
     from sessions.store import SessionStore
 
     path = _db_path(config, db)
     try:
         with SessionStore.open_for_reading(path) as store:
             info = _resolve(store, session)
-            png, page = write_report(store, info.id, out_dir)
+            png, page = write_report(store, info.id, out_dir, force=force)
+    except OutputExists as exc:  # a problem of the command line, nothing written
+        _fail(str(exc), 2)
     except SettleError as exc:
         _fail(str(exc))
     out.print(f"wrote {page}", markup=False)
@@ -229,12 +234,16 @@ def trends_cmd(
         typer.Option(help="Only sessions of this strap (device id, or its `settle pair` label)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a settle-trends.png already in --out.")
+    ] = False,
     db: DbOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Progress across sessions: settling latency, score change, recovery after markers."""
     from sessions.files import plain_name
     from sessions.report import (
+        OutputExists,
         Verdict,
         duration_words,
         output_directory,
@@ -258,7 +267,10 @@ def trends_cmd(
         png = None
         if out_dir is not None:
             out_dir = output_directory(out_dir, "the trends plot")
-            png = write_trends_png(rows, out_dir / plain_name("settle-trends.png", out_dir))
+            png_path = out_dir / plain_name("settle-trends.png", out_dir)
+            png = write_trends_png(rows, png_path, force=force)
+    except OutputExists as exc:  # a problem of the command line, nothing written
+        _fail(str(exc), 2)
     except SettleError as exc:
         _fail(str(exc))
     verdict_words = {

@@ -203,7 +203,14 @@ def test_trends_per_target_and_cli(store: SessionStore, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert len(json.loads(res.stdout)["sessions"]) == 3
     assert res.stderr.startswith("wrote ")
+    # The plot is there now: replaced only with --force (it was replaced silently, as was
+    # an edited report), refused before anything is written, exit 2.
     res = runner.invoke(app, ["trends", "--out", str(tmp_path), "--db", db])
+    assert res.exit_code == 2 and "file exists (use --force" in res.output, res.output
+    (tmp_path / "settle-trends.png").write_bytes(b"mine")
+    res = runner.invoke(app, ["trends", "--out", str(tmp_path), "--db", db])
+    assert res.exit_code == 2 and (tmp_path / "settle-trends.png").read_bytes() == b"mine"
+    res = runner.invoke(app, ["trends", "--out", str(tmp_path), "--force", "--db", db])
     assert res.exit_code == 0, res.output
     assert "caught up after" in res.output and "future" in res.output
     assert (tmp_path / "settle-trends.png").read_bytes().startswith(PNG_MAGIC)
@@ -218,6 +225,14 @@ def test_trends_per_target_and_cli(store: SessionStore, tmp_path: Path) -> None:
     res = runner.invoke(app, ["report", "latest", "--out", str(tmp_path / "r"), "--db", db])
     assert res.exit_code == 0, res.output
     assert len(list((tmp_path / "r").glob("*-report.*"))) == 2
+    page = next((tmp_path / "r").glob("*-report.html"))
+    page.write_text("my notes")  # an edited report is not replaced without --force
+    res = runner.invoke(app, ["report", "latest", "--out", str(tmp_path / "r"), "--db", db])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "--force" in res.output
+    assert page.read_text() == "my notes"
+    res = runner.invoke(app, ["report", "latest", "--out", str(tmp_path / "r"), "--force",
+                              "--db", db])  # fmt: skip
+    assert res.exit_code == 0 and page.read_text() != "my notes"
     res = runner.invoke(app, ["report", "nope", "--out", str(tmp_path / "r"), "--db", db])
     assert res.exit_code == 1 and res.output.count("\n") == 1
 
