@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -44,32 +44,51 @@ def client_for(air: VirtualAir, strap: VirtualStrap) -> StrapClient:
     )
 
 
-async def test_drop_and_link_loss_keep_one_session_with_gaps(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def model_daemon(
+    tmp_path: Path,
+    *,
+    seed: int,
+    speed: float,
+    tap: Callable[[str, bytes | str, bool], None] | None = None,
+) -> AsyncIterator[tuple[Daemon, SessionStore, VirtualStrap, asyncio.Task[None]]]:
+    """A daemon (no MQTT, store in ``tmp_path``) recording one virtual strap on the
+    physiological model at ``speed``; yields it, its store, the strap and its run task
+    (stop it with ``daemon.stop()`` and await the task while the store is open)."""
     settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
     async with VirtualAir() as air:
-        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=11), speed=20)
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=seed), speed=speed)
         await strap.start()
         with SessionStore.open(settings.db_path) as store:
-            daemon = Daemon(settings, store, [client_for(air, strap)], time_scale=20)
+            daemon = Daemon(settings, store, [client_for(air, strap)], time_scale=speed, tap=tap)
             task = asyncio.create_task(daemon.run())
-            rt = daemon.runtimes[0]
-            await until(lambda: rt.session is not None and rt.session.seq > 40)
-            await strap.drop(reappear_after_s=0.3)  # out of range, back soon
-            await until(lambda: rt.reconnects == 1 and rt.state == "streaming")
-            n_before = rt.session.seq if rt.session else 0
-            await until(lambda: rt.session is not None and rt.session.seq > n_before + 20)
-            strap.lose_link()  # vanishes silently: supervision timeout
-            await until(lambda: rt.reconnects == 2 and rt.state == "streaming")
-            n_before = rt.session.seq if rt.session else 0
-            await until(lambda: rt.session is not None and rt.session.seq > n_before + 20)
-            pipeline = rt.session
-            assert pipeline is not None
-            daemon.stop()
-            await asyncio.wait_for(task, 10)
-            (summary,) = store.list_sessions()
-            beats = store.beats(summary.id)
-            meta = store.get(summary.id).meta
+            try:
+                yield daemon, store, strap, task
+            finally:
+                daemon.stop()
+                await asyncio.wait_for(task, 10)
         await strap.stop()
+
+
+async def test_drop_and_link_loss_keep_one_session_with_gaps(tmp_path: Path) -> None:
+    async with model_daemon(tmp_path, seed=11, speed=20) as (daemon, store, strap, task):
+        rt = daemon.runtimes[0]
+        await until(lambda: rt.session is not None and rt.session.seq > 40)
+        await strap.drop(reappear_after_s=0.3)  # out of range, back soon
+        await until(lambda: rt.reconnects == 1 and rt.state == "streaming")
+        n_before = rt.session.seq if rt.session else 0
+        await until(lambda: rt.session is not None and rt.session.seq > n_before + 20)
+        strap.lose_link()  # vanishes silently: supervision timeout
+        await until(lambda: rt.reconnects == 2 and rt.state == "streaming")
+        n_before = rt.session.seq if rt.session else 0
+        await until(lambda: rt.session is not None and rt.session.seq > n_before + 20)
+        pipeline = rt.session
+        assert pipeline is not None
+        daemon.stop()
+        await asyncio.wait_for(task, 10)
+        (summary,) = store.list_sessions()
+        beats = store.beats(summary.id)
+        meta = store.get(summary.id).meta
     assert meta["time_scale"] == 20  # the session says its seconds ran 20x the wall clock
 
     assert summary.state == SessionState.STOPPED  # one session throughout
@@ -202,35 +221,28 @@ async def test_a_marker_pressed_during_a_dropout_keeps_its_own_time(tmp_path: Pa
     """A marker pressed while the strap is away is stored when it was pressed, not at the
     last beat before the dropout (it was, beside the disconnected and reconnected events:
     at real time a marker 30 s into a dropout was placed 30 s early)."""
-    settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
-    async with VirtualAir() as air:
-        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=12), speed=20)
-        await strap.start()
-        with SessionStore.open(settings.db_path) as store:
-            daemon = Daemon(settings, store, [client_for(air, strap)], time_scale=20)
-            task = asyncio.create_task(daemon.run())
-            rt = daemon.runtimes[0]
-            await until(lambda: rt.session is not None and rt.session.seq > 40)
-            drop = asyncio.create_task(strap.drop(reappear_after_s=3.0))  # 60 s of session
-            await until(lambda: rt.state != "streaming")
-            pipeline = rt.session
-            assert pipeline is not None and pipeline.beat_t_s is not None
-            last_beat = pipeline.beat_t_s
-            away_from = time.monotonic()
-            await asyncio.sleep(1.5)  # 30 s of session time into the dropout
-            await daemon.on_command(pipeline.device_id, "marker",
-                                    b'{"v": 1, "id": "1", "kind": "doubt"}', False)  # fmt: skip
-            pressed = last_beat + (time.monotonic() - away_from) * 20
-            await drop
-            await until(lambda: rt.reconnects == 1 and rt.state == "streaming")
-            n_before = pipeline.seq
-            await until(lambda: pipeline.seq > n_before + 10)
-            daemon.stop()
-            await asyncio.wait_for(task, 10)
-            (summary,) = store.list_sessions()
-            (marker,) = store.markers(summary.id)
-            gaps = store.read_session(summary.id).gaps
-        await strap.stop()
+    async with model_daemon(tmp_path, seed=12, speed=20) as (daemon, store, strap, task):
+        rt = daemon.runtimes[0]
+        await until(lambda: rt.session is not None and rt.session.seq > 40)
+        drop = asyncio.create_task(strap.drop(reappear_after_s=3.0))  # 60 s of session
+        await until(lambda: rt.state != "streaming")
+        pipeline = rt.session
+        assert pipeline is not None and pipeline.beat_t_s is not None
+        last_beat = pipeline.beat_t_s
+        away_from = time.monotonic()
+        await asyncio.sleep(1.5)  # 30 s of session time into the dropout
+        await daemon.on_command(pipeline.device_id, "marker",
+                                b'{"v": 1, "id": "1", "kind": "doubt"}', False)  # fmt: skip
+        pressed = last_beat + (time.monotonic() - away_from) * 20
+        await drop
+        await until(lambda: rt.reconnects == 1 and rt.state == "streaming")
+        n_before = pipeline.seq
+        await until(lambda: pipeline.seq > n_before + 10)
+        daemon.stop()
+        await asyncio.wait_for(task, 10)
+        (summary,) = store.list_sessions()
+        (marker,) = store.markers(summary.id)
+        gaps = store.read_session(summary.id).gaps
     assert marker.kind == "doubt"
     # Pressed ~30 s after the last beat (±2 s of 20x scheduling jitter), inside the gap.
     assert abs(marker.t_s - pressed) < 2.0, (marker.t_s, pressed, last_beat)
@@ -246,32 +258,23 @@ async def test_the_session_message_follows_catching_up_after_a_hold_start(
     Now it is null from the hold-start until physiology caught up after it, then that time."""
     import json
 
-    settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
     sessions: list[dict[str, object]] = []
 
     def tap(topic: str, payload: bytes | str, retain: bool) -> None:
         if topic.endswith("/session"):
             sessions.append(json.loads(payload))
 
-    async with VirtualAir() as air:
-        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=3), speed=60)
-        await strap.start()
-        with SessionStore.open(settings.db_path) as store:
-            daemon = Daemon(settings, store, [client_for(air, strap)], time_scale=60, tap=tap)
-            task = asyncio.create_task(daemon.run())
-            rt = daemon.runtimes[0]
-            await until(lambda: rt.session is not None and rt.session.catching_up_t_s, 30)
-            pipeline = rt.session
-            assert pipeline is not None and pipeline.catching_up_t_s is not None
-            first = pipeline.catching_up_t_s
-            hold_cmd = b'{"v": 1, "id": "1", "kind": "hold-start"}'
-            await daemon.on_command(pipeline.device_id, "marker", hold_cmd, False)
-            hold = store.markers(pipeline.session_id)[-1].t_s
-            await until(lambda: sessions[-1]["catching_up_t_s"] is None, 10)
-            await until(lambda: sessions[-1]["catching_up_t_s"] is not None, 30)
-            daemon.stop()
-            await asyncio.wait_for(task, 10)
-        await strap.stop()
+    async with model_daemon(tmp_path, seed=3, speed=60, tap=tap) as (daemon, store, _s, _t):
+        rt = daemon.runtimes[0]
+        await until(lambda: rt.session is not None and rt.session.catching_up_t_s is not None, 30)
+        pipeline = rt.session
+        assert pipeline is not None and pipeline.catching_up_t_s is not None
+        first = pipeline.catching_up_t_s
+        hold_cmd = b'{"v": 1, "id": "1", "kind": "hold-start"}'
+        await daemon.on_command(pipeline.device_id, "marker", hold_cmd, False)
+        hold = store.markers(pipeline.session_id)[-1].t_s
+        await until(lambda: sessions[-1]["catching_up_t_s"] is None, 10)
+        await until(lambda: sessions[-1]["catching_up_t_s"] is not None, 30)
     values = [m["catching_up_t_s"] for m in sessions]
     reset = values.index(None, values.index(first))  # the hold-start cleared it
     again = next(v for v in values[reset:] if v is not None)
