@@ -102,11 +102,10 @@ async def test_drop_and_link_loss_keep_one_session_with_gaps(tmp_path: Path) -> 
     assert strap.beats_unsent > 0  # beats while disconnected are gone, as with a real strap
     # After each gap the times were re-anchored to arrival, not bridged by cumulative RR:
     # the stored timeline is about as long as the RR that arrived plus the gaps (scheduling
-    # jitter at 20x time compression makes some arrivals look early: allow 2 s).
-    assert (
-        times[-1]
-        >= sum(b.rr_ms for b in beats) / 1000 + sum(e - s for s, e, _ in pipeline.gaps) - 2.0
-    )
+    # jitter at 20x time compression makes some arrivals look early: 100 ms of wall time is
+    # 2 s, allowed once per re-anchoring — one CI run missed a single 2 s by 2 ms).
+    gaps_s = sum(e - s for s, e, _ in pipeline.gaps)
+    assert times[-1] >= sum(b.rr_ms for b in beats) / 1000 + gaps_s - 2.0 * len(pipeline.gaps)
 
 
 async def test_absent_strap_is_a_clear_error_within_the_timeout() -> None:
