@@ -37,7 +37,7 @@ from feedback.dashboard.server import STATIC, DeviceView
 from sessions import read_export_csv
 from sessions.store import SessionState, SessionStore
 from settle.app import serve
-from settle.config import load_config
+from settle.config import Settings, load_config
 from settle.demo import virtual_world
 from settle.errors import ConfigError
 from tests.conftest import Mosquitto
@@ -328,18 +328,26 @@ async def _until(predicate: Any, timeout_s: float = 10.0, what: str = "condition
         await asyncio.sleep(0.1)
 
 
+def _daemon_settings(db: Path, mqtt: dict[str, object]) -> Settings:
+    """The example config with the store at ``db``, ``mqtt`` as given, the dashboard on a
+    free loopback port and no Home Assistant discovery."""
+    return load_config(
+        CONFIG,
+        mqtt=mqtt,
+        storage={"db_path": db},
+        http={"enabled": True, "host": "127.0.0.1", "port": 0},
+        homeassistant={"enabled": False},
+    )
+
+
 @pytest.mark.mosquitto
 @pytest.mark.timeout(120)
 async def test_dashboard_in_chromium(tmp_path: Path, mosquitto: Mosquitto) -> None:
     _chromium_or_skip()
     SHOTS.mkdir(parents=True, exist_ok=True)
     db = tmp_path / "settle.db"
-    settings = load_config(
-        CONFIG,
-        mqtt={"host": mosquitto.host, "port": mosquitto.port, "keepalive_s": 5},
-        storage={"db_path": db},
-        http={"enabled": True, "host": "127.0.0.1", "port": 0},
-        homeassistant={"enabled": False},
+    settings = _daemon_settings(
+        db, {"host": mosquitto.host, "port": mosquitto.port, "keepalive_s": 5}
     )
     buf = io.StringIO()
     console = Console(file=buf, width=200, highlight=False)
@@ -897,13 +905,7 @@ async def test_a_coach_watching_one_of_three_straps_in_chromium(tmp_path: Path) 
     previous strap's beats for up to 0.9 s after a switch."""
     _chromium_or_skip()
     db = tmp_path / "settle.db"
-    settings = load_config(
-        CONFIG,
-        mqtt={"enabled": False},
-        storage={"db_path": db},
-        http={"enabled": True, "host": "127.0.0.1", "port": 0},
-        homeassistant={"enabled": False},
-    )
+    settings = _daemon_settings(db, {"enabled": False})
     buf = io.StringIO()
     console = Console(file=buf, width=200, highlight=False)
     done = asyncio.Event()
