@@ -42,6 +42,7 @@ from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.exc import BleakError
 
 from processing.ecg import DetectorParams, EcgBeat, RPeakDetector
+from sensors.drops import DropCounter
 from sensors.pmd import (
     ECG_130HZ_14BIT,
     MIN_MTU,
@@ -89,14 +90,13 @@ class PmdMalformedReply(SensorError):
     """The strap answered a control-point request with bytes that cannot be decoded."""
 
 
-class DroppedFrames:
-    """Counts one strap's dropped ECG frames and says so in the log without flooding it.
-
-    The first drop is logged as one WARNING line at once, later ones at most every
-    ``warn_every_s`` (default 60 s, on ``clock``, monotonic s) with the number dropped since
-    the previous warning; :meth:`flush` reports the rest (a session calls it on close). The
-    frame bytes go to DEBUG only (they are ECG: health data). Share one instance across a
-    strap's connections so that reconnects do not multiply the warnings.
+class DroppedFrames(DropCounter):
+    """Counts one strap's dropped ECG frames and says so in the log without flooding it
+    (:class:`~sensors.drops.DropCounter`: one WARNING line at once, then at most every
+    ``warn_every_s`` with the number dropped since; :meth:`flush` reports the rest, a session
+    calls it on close). The frame bytes go to DEBUG only (they are ECG: health data). Share
+    one instance across a strap's connections so that reconnects do not multiply the
+    warnings.
     """
 
     def __init__(
@@ -106,42 +106,14 @@ class DroppedFrames:
         warn_every_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.sensor_id = sensor_id
-        self.warn_every_s = warn_every_s
-        self._clock = clock
-        self.total = 0
-        """Frames dropped so far."""
-        self.unreported = 0
-        """Frames dropped since the last warning."""
-        self._warned_s: float | None = None
-        self._latest = ""
-
-    def add(self, reason: str) -> None:
-        """One frame dropped, for ``reason`` (no sample values in it)."""
-        self.total += 1
-        self.unreported += 1
-        self._latest = reason
-        now = self._clock()
-        if self._warned_s is None or now - self._warned_s >= self.warn_every_s:
-            self._warn(now)
-
-    def flush(self) -> None:
-        """Warn now about the frames dropped since the last warning, if any."""
-        if self.unreported:
-            self._warn(self._clock())
-
-    def _warn(self, now: float) -> None:
-        log.warning(
-            "%s: %d raw ECG frame%s dropped since the last warning, %d in all (latest: %s); "
+        super().__init__(
+            sensor_id,
+            "raw ECG frame",
             "heart rate is unaffected",
-            self.sensor_id,
-            self.unreported,
-            "" if self.unreported == 1 else "s",
-            self.total,
-            self._latest,
+            logger=log,
+            warn_every_s=warn_every_s,
+            clock=clock,
         )
-        self._warned_s = now
-        self.unreported = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -6,8 +6,16 @@ strap's air passes ``backend=`` and ``air=``) — nothing here knows which.
 
 Straps are found by the Heart Rate Service UUID 0x180D in their advertisement, never by
 name: Polar, Garmin, Wahoo, Coospo… all qualify. The notification callback only decodes and
-appends to a bounded buffer (STYLE.md principle 10); a malformed packet is counted and
-logged at DEBUG, and the stream goes on.
+appends to a bounded buffer (STYLE.md principle 10); a malformed packet is dropped, counted
+and reported in the log (:class:`~sensors.drops.DropCounter`: one WARNING line at once, then
+at most one a minute with the count, the bytes at DEBUG only), and the stream goes on.
+
+A strap's name is taken from its advertisement (the Complete Local Name), as ``settle scan``
+shows it, falling back to the name the Bluetooth stack reports: BlueZ reports no name until
+it has learnt one, or the alias a user gave the device, so the two can differ.
+
+Battery Level (0x2A19) is read on connect and, where the strap offers notifications, kept
+current for the life of the link (:attr:`StrapStream.battery_pct`).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError
 
+from sensors.drops import DropCounter
 from sensors.hrs import (
     BATTERY_LEVEL_UUID,
     BODY_SENSOR_LOCATION_UUID,
@@ -214,11 +223,20 @@ class StrapClient:
         self._client_kwargs = client_kwargs or {}
         self._buffer_size = buffer_size
         self._clock = clock
-        self.malformed = 0
-        """Notifications that could not be decoded (dropped, logged at DEBUG)."""
+        self.malformed_drops = DropCounter(
+            address or name or "strap", "malformed heart-rate notification", logger=log
+        )
+        """Notifications that could not be decoded: dropped, counted, warned about (its
+        ``sensor_id`` becomes the strap's device id once connected)."""
         self.overflowed = 0
         """Notifications dropped because the consumer fell behind by ``buffer_size``."""
         self._found_rssi: tuple[str, int | None] = ("", None)
+        self._found_name: tuple[str, str] = ("", "")
+
+    @property
+    def malformed(self) -> int:
+        """Notifications that could not be decoded (dropped; see :attr:`malformed_drops`)."""
+        return self.malformed_drops.total
 
     def _wanted(self, device: BLEDevice, adv: AdvertisementData) -> bool:
         if not _offers_hrs(adv):
@@ -232,6 +250,7 @@ class StrapClient:
         # HCI reports 127 for "not available"; real readings lie far below 20 dBm.
         rssi = adv.rssi if isinstance(adv.rssi, int) and -127 <= adv.rssi <= 20 else None
         self._found_rssi = (device.address, rssi)
+        self._found_name = (device.address, adv.local_name or device.name or "")
         return True
 
     async def find(self) -> BLEDevice:
@@ -279,22 +298,49 @@ class StrapClient:
             await _disconnect_quietly(client)
             raise
         stream.client = client
+        battery_notify = False
         try:
             stream.info = await self._read_info(client, device)
+            self.malformed_drops.sensor_id = stream.info.device_id
             await client.start_notify(HEART_RATE_MEASUREMENT_UUID, stream._on_notify)
+            battery_notify = await self._follow_battery(client, stream)
             yield stream
         except BleakError as exc:
             raise SensorError(device.address, f"lost while setting up: {exc}") from exc
         finally:
+            self.malformed_drops.flush()
             try:
                 if client.is_connected:
                     with contextlib.suppress(BleakError, TimeoutError, OSError):
                         async with asyncio.timeout(5):
                             await client.stop_notify(HEART_RATE_MEASUREMENT_UUID)
+                            if battery_notify:
+                                await client.stop_notify(BATTERY_LEVEL_UUID)
             finally:
                 # Even when a stop cancels the stop_notify: a link left up keeps the strap
                 # connected to nobody (and not advertising) until it times out.
                 await _disconnect_quietly(client)
+
+    @staticmethod
+    async def _follow_battery(client: BleakClient, stream: StrapStream) -> bool:
+        """Subscribe to Battery Level notifications where the strap offers them (a session
+        lasts hours; the level read on connect goes stale). True when subscribed."""
+        char = client.services.get_characteristic(BATTERY_LEVEL_UUID)
+        if char is None or "notify" not in char.properties:
+            return False
+        try:
+            await client.start_notify(char, stream._on_battery)
+        except BleakError as exc:
+            log.debug("%s: no battery notifications (%s)", stream.info.device_id, exc)
+            return False
+        return True
+
+    def advertised_name(self, device: BLEDevice) -> str:
+        """The strap's name as its advertisement gave it when found (as ``settle scan``
+        shows it), else the name the Bluetooth stack reports, else ""."""
+        if self._found_name[0] == device.address and self._found_name[1]:
+            return self._found_name[1]
+        return device.name or ""
 
     async def _read_info(self, client: BleakClient, device: BLEDevice) -> StrapInfo:
         async def text(uuid: str) -> str | None:
@@ -310,7 +356,7 @@ class StrapClient:
         with contextlib.suppress(BleakError, KeyError, ValueError, IndexError):
             code = int((await client.read_gatt_char(BODY_SENSOR_LOCATION_UUID))[0])
             location = BODY_LOCATIONS.get(code, f"reserved ({code})")
-        name = device.name or ""
+        name = self.advertised_name(device)
         return StrapInfo(
             address=device.address,
             name=name,
@@ -346,14 +392,24 @@ class StrapStream:
         try:
             m = HeartRateMeasurement.from_bytes(data)
         except MalformedMeasurement as exc:
-            self._owner.malformed += 1
             log.debug("dropped malformed notification from %s: %s", self.device.address, exc)
+            self._owner.malformed_drops.add(exc.reason)
             return
         if len(self._buffer) >= self._owner._buffer_size:
             self._buffer.popleft()
             self._owner.overflowed += 1
         self._buffer.append(Notification(int(self._owner._clock() * 1000), time.monotonic(), m))
         self._wakeup.set()
+
+    def _on_battery(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
+        if len(data) >= 1 and data[0] <= 100:
+            self.info = dataclasses.replace(self.info, battery_pct=int(data[0]))
+            self._wakeup.set()
+
+    @property
+    def battery_pct(self) -> int | None:
+        """The latest Battery Level (percent): read on connect, then as the strap notifies."""
+        return self.info.battery_pct
 
     def _on_disconnect(self) -> None:
         self._disconnected = True

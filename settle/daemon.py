@@ -20,7 +20,7 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -61,6 +61,8 @@ from settle.pipeline import BeatWriter, DeviceOutput, StrapPipeline
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 30.0
+LOW_BATTERY_PCT = 10
+"""A strap's battery at or below this (percent) is warned about once per fall."""
 
 
 def settle_version() -> str:
@@ -422,6 +424,10 @@ class Daemon:
                             )
                         try:
                             async for n in stream:
+                                if rt.info is not None and stream.battery_pct != (
+                                    rt.info.battery_pct
+                                ):
+                                    self._on_battery(rt, stream.battery_pct)
                                 self._on_notification(rt, n)
                         finally:
                             if ecg is not None:
@@ -461,8 +467,30 @@ class Daemon:
             self._set_state(rt, "stopped")
             self._availability(rt, False)
 
+    def _on_battery(self, rt: StrapRuntime, pct: int | None) -> None:
+        """The strap notified a new Battery Level: status now, one WARNING when it falls to
+        :data:`LOW_BATTERY_PCT` (a practitioner deep in a session sees it before the strap
+        goes silent)."""
+        assert rt.info is not None
+        before = rt.info.battery_pct
+        rt.info = replace(rt.info, battery_pct=pct)
+        self._warn_low_battery(rt.info, before)
+        self._publish_status(rt)
+
+    @staticmethod
+    def _warn_low_battery(info: StrapInfo, before: int | None) -> None:
+        low = info.battery_pct is not None and info.battery_pct <= LOW_BATTERY_PCT
+        if low and (before is None or before > LOW_BATTERY_PCT):
+            log.warning("%s: strap battery low (%d %%)", info.device_id, info.battery_pct)
+
     async def _on_connected(self, rt: StrapRuntime, info: StrapInfo) -> None:
         first = not rt.was_connected
+        if rt.info is not None:
+            # One strap keeps one id for the daemon's life: topics, commands, the session and
+            # the ECG counters are keyed by it. A reconnect may report another name (BlueZ
+            # names a device only once it has learnt the name; a user's alias).
+            info = replace(info, device_id=rt.info.device_id)
+        self._warn_low_battery(info, rt.info.battery_pct if rt.info else None)
         rt.info = info
         rt.was_connected = True
         if rt.output is None:

@@ -1,0 +1,134 @@
+"""What a practitioner sees about the strap itself during a long session, through the real
+(virtual) Bluetooth stack: malformed notifications are reported in the log (not only at
+DEBUG) while every good beat is stored; the battery level follows the strap's notifications;
+a strap keeps its device id when the Bluetooth stack reports its name only later."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from bleak.backends.device import BLEDevice
+
+from sensors.strap import StrapClient
+from sensors.virtual.air import VirtualAir
+from sensors.virtual.model import ModelParams, PhysioModel
+from sensors.virtual.strap import VirtualStrap
+from sessions.store import SessionStore
+from settle.config import load_config
+from settle.daemon import Daemon
+from tests.test_e2e import CONFIG
+from tests.test_reconnect import model_daemon, until
+
+# An empty packet, a truncated HR value, an odd RR field, EE flagged but absent, a trailing
+# byte without RR, and 20 zero bytes (flags 0 with 19 trailing bytes).
+MALFORMED = [b"", b"\x10", b"\x10\x48\x2c\x03\x00", b"\x19\x48", b"\x00\x48\xff", bytes(20)]
+
+
+async def test_malformed_notifications_are_warned_about_and_no_good_beat_is_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sensors.strap")
+    async with model_daemon(tmp_path, seed=3, speed=20) as (daemon, store, strap, task):
+        rt = daemon.runtimes[0]
+        await until(lambda: rt.session is not None and rt.session.seq > 30)
+        for bad in MALFORMED:
+            for conn in list(strap._subscribed):
+                await strap._device.notify_subscriber(conn, strap._hrm, bad)
+            await asyncio.sleep(0.05)
+        assert rt.session is not None
+        n0 = rt.session.seq
+        await until(lambda: rt.session is not None and rt.session.seq > n0 + 30)
+        warned = [r.getMessage() for r in caplog.records if r.name == "sensors.strap"]
+        # One line at once (not one per packet), naming the strap and the cause.
+        assert len(warned) == 1, warned
+        assert warned[0].startswith(f"{rt.device_id}: 1 malformed heart-rate notification ")
+        assert "latest: empty payload" in warned[0]
+        daemon.stop()
+        await asyncio.wait_for(task, 10)
+        (session,) = store.list_sessions()
+        stored = [b.rr_raw for b in store.beats(session.id)]
+    warned = [r.getMessage() for r in caplog.records if r.name == "sensors.strap"]
+    # The rest is reported when the link closes; the bytes themselves never are.
+    assert len(warned) == 2 and "5 malformed heart-rate notifications dropped" in warned[1]
+    assert "6 in all" in warned[1] and "ff" not in warned[1].split("(latest")[0]
+    assert rt.client.malformed == 6
+    assert stored == [r for m in strap.sent for r in m.rr_raw]
+
+
+async def test_the_status_follows_the_straps_battery_notifications(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="settle.daemon")
+    statuses: list[dict[str, object]] = []
+
+    def tap(topic: str, payload: bytes | str, _retained: bool) -> None:
+        if topic.endswith("/status"):
+            statuses.append(json.loads(payload))
+
+    async with model_daemon(tmp_path, seed=4, speed=20, tap=tap) as (daemon, _s, strap, _t):
+        rt = daemon.runtimes[0]
+        await until(lambda: rt.session is not None and rt.session.seq > 10)
+        assert statuses[-1]["battery_pct"] == 87  # read on connect
+        await strap.set_battery_pct(9)
+        await until(lambda: statuses[-1]["battery_pct"] == 9, 10)
+        await strap.set_battery_pct(8)
+        await until(lambda: statuses[-1]["battery_pct"] == 8, 10)
+    low = [r.getMessage() for r in caplog.records if "battery low" in r.getMessage()]
+    assert low == [f"{rt.device_id}: strap battery low (9 %)"]  # once per fall, not per step
+
+
+class NameLearntLater(StrapClient):
+    """As bleak on BlueZ: the device is reported without a name until BlueZ has learnt it
+    (``device_name_from_props``), or under the alias a user gave it."""
+
+    found = 0
+
+    async def find(self) -> BLEDevice:
+        device = await super().find()
+        self.found += 1
+        return BLEDevice(device.address, None if self.found == 1 else device.name, device.details)
+
+
+async def test_a_strap_keeps_its_device_id_when_its_name_is_learnt_later(
+    tmp_path: Path,
+) -> None:
+    settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
+    topics: set[str] = set()
+    async with VirtualAir() as air:
+        strap = VirtualStrap(
+            air, PhysioModel(ModelParams(), seed=3), speed=20, name="Polar H10 1A2B3C4D"
+        )
+        await strap.start()
+        client = NameLearntLater(
+            address=strap.address,
+            scan_timeout_s=5,
+            connect_timeout_s=5,
+            scanner_kwargs=air.scanner_kwargs(),
+            client_kwargs=air.client_kwargs(),
+        )
+        with SessionStore.open(settings.db_path) as store:
+            daemon = Daemon(
+                settings, store, [client], time_scale=20,
+                tap=lambda t, _p, _r: topics.add(t.split("/")[1]),
+            )  # fmt: skip
+            task = asyncio.create_task(daemon.run())
+            rt = daemon.runtimes[0]
+            await until(lambda: rt.session is not None and rt.session.seq > 20)
+            first = rt.device_id
+            strap.lose_link()
+            await until(lambda: rt.reconnects == 1 and rt.state == "streaming")
+            assert rt.session is not None
+            n0 = rt.session.seq
+            await until(lambda: rt.session is not None and rt.session.seq > n0 + 10)
+            # Commands sent to the id the strap was published under still reach it.
+            assert rt.device_id == first and daemon._runtime(first) is rt
+            daemon.stop()
+            await asyncio.wait_for(task, 10)
+            (session,) = store.list_sessions()
+        await strap.stop()
+    assert first is not None and first.startswith("polar_h10_1a2b3c4d_")  # as `settle scan`
+    assert session.device_id == first and topics - {"bridge"} == {first}
