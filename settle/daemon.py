@@ -439,9 +439,16 @@ class Daemon:
                 except SensorError as exc:
                     if not rt.was_connected and len(self.runtimes) == 1:
                         raise  # the only strap was never found: say so now, don't retry quietly
-                    rt.last_error = exc.reason
                     who = rt.device_id or rt.client.address or f"strap {rt.index}"
-                    log.warning("%s: %s; retrying", who, exc.reason)
+                    if exc.reason == rt.last_error:
+                        # A paired strap left at home: one line, not one every 25 s for
+                        # hours (status `last_error` keeps saying it).
+                        log.debug("%s: %s; retrying", who, exc.reason)
+                    else:
+                        log.warning(
+                            "%s: %s; retrying (a repeat is not logged again)", who, exc.reason
+                        )
+                    rt.last_error = exc.reason
                     self._availability(rt, False)
                     if rt.session is not None:
                         rt.session.event("disconnected", exc.reason)

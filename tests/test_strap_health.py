@@ -132,3 +132,39 @@ async def test_a_strap_keeps_its_device_id_when_its_name_is_learnt_later(
         await strap.stop()
     assert first is not None and first.startswith("polar_h10_1a2b3c4d_")  # as `settle scan`
     assert session.device_id == first and topics - {"bridge"} == {first}
+
+
+async def test_a_paired_strap_left_at_home_is_warned_about_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A coach's three paired straps, one not brought today: the daemon keeps looking for it
+    (it may arrive late), but one WARNING says so — not one every scan for the whole day."""
+    caplog.set_level(logging.WARNING, logger="settle.daemon")
+    settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=5), speed=20)
+        await strap.start()
+        here = StrapClient(
+            address=strap.address, scan_timeout_s=5, connect_timeout_s=5,
+            scanner_kwargs=air.scanner_kwargs(), client_kwargs=air.client_kwargs(),
+        )  # fmt: skip
+        absent = StrapClient(
+            address="C0:5E:77:1E:FF:FE", scan_timeout_s=0.5, connect_timeout_s=5,
+            scanner_kwargs=air.scanner_kwargs(), client_kwargs=air.client_kwargs(),
+        )  # fmt: skip
+        with SessionStore.open(settings.db_path) as store:
+            daemon = Daemon(settings, store, [here, absent], time_scale=20)
+            task = asyncio.create_task(daemon.run())
+            try:
+                away = daemon.runtimes[1]
+                await until(lambda: daemon.runtimes[0].state == "streaming")
+                await asyncio.sleep(5.0)  # several scans for the absent strap
+                assert away.state in ("scanning", "backoff") and away.last_error is not None
+                assert "no strap offering the Heart Rate Service" in away.last_error
+            finally:
+                daemon.stop()
+                await asyncio.wait_for(task, 10)
+        await strap.stop()
+    lines = [r.getMessage() for r in caplog.records if "C0:5E:77:1E:FF:FE" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "retrying (a repeat is not logged again)" in lines[0]
