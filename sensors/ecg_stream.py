@@ -10,9 +10,12 @@ Usage, on a client that is already connected::
     # leaving the block stops the stream BEFORE the caller disconnects (H10 behaviour 4)
 
 Setup order (``../shared/ble/README.md``): indications on the control point FIRST (else the
-strap never replies), then check the ATT_MTU (≥ 232; bleak negotiates it on connect and
-exposes ``client.mtu_size``), then read the features, then subscribe to the data
-characteristic. Every control-point error code becomes :class:`~sensors.pmd.PmdRequestRefused`
+strap never replies), then read the features, then subscribe to the data characteristic.
+The ATT_MTU (the H10 needs ≥ 232) is not checked here: ``client.mtu_size`` cannot be trusted
+(bleak's BlueZ backend always reports 23 although BlueZ negotiated a large MTU on connect), so
+the strap's own answer decides: below 232 it refuses START with INVALID MTU (error 10), which
+becomes a :class:`~sensors.pmd.PmdRequestRefused` saying so. Every control-point error code
+becomes :class:`~sensors.pmd.PmdRequestRefused`
 with a sentence saying what it means; no reply within ``reply_timeout_s`` becomes
 :class:`PmdNoReply`, a reply that cannot be decoded :class:`PmdMalformedReply`. All are
 :class:`~settle.errors.SensorError`. A START that fails is followed by a best-effort STOP (the
@@ -45,7 +48,6 @@ from processing.ecg import DetectorParams, EcgBeat, RPeakDetector
 from sensors.drops import DropCounter
 from sensors.pmd import (
     ECG_130HZ_14BIT,
-    MIN_MTU,
     PMD_CONTROL_POINT_UUID,
     PMD_DATA_UUID,
     POLAR_EPOCH_UNIX_NS,
@@ -68,18 +70,6 @@ _NS_PER_S = 1_000_000_000
 
 class PmdUnavailable(SensorError):
     """The strap has no PMD service, or does not offer ECG over it."""
-
-
-class PmdMtuTooSmall(SensorError):
-    """The negotiated ATT_MTU is below what the H10 needs for PMD (``mtu`` attribute)."""
-
-    def __init__(self, sensor_id: str, mtu: int) -> None:
-        self.mtu = mtu
-        super().__init__(
-            sensor_id,
-            f"ATT MTU is {mtu} bytes; Polar PMD needs at least {MIN_MTU} (the strap would "
-            f"answer INVALID MTU) — this Bluetooth stack did not negotiate a large enough MTU",
-        )
 
 
 class PmdNoReply(SensorError):
@@ -211,15 +201,23 @@ class PmdSession:
         await self.close()
 
     async def open(self) -> None:
-        """Indications first, MTU check, features, then data notifications."""
+        """Indications first, then features, then data notifications.
+
+        No MTU check: ``client.mtu_size`` is 23 on bleak's BlueZ backend whatever BlueZ
+        negotiated, so only the strap can tell (INVALID MTU, error 10, in reply to START).
+        """
         client = self.client
         if client.services.get_characteristic(PMD_CONTROL_POINT_UUID) is None:
             raise PmdUnavailable(self.sensor_id, "the strap offers no Polar PMD service")
         try:
             await client.start_notify(PMD_CONTROL_POINT_UUID, self._on_control_point)
             self._subscribed.append(PMD_CONTROL_POINT_UUID)
-            if client.mtu_size < MIN_MTU:
-                raise PmdMtuTooSmall(self.sensor_id, client.mtu_size)
+            log.debug(
+                "%s: the Bluetooth stack reports ATT MTU %d (not checked: BlueZ says 23 "
+                "whatever it negotiated; the strap refuses PMD if it is too small)",
+                self.sensor_id,
+                client.mtu_size,
+            )
             self.features = PmdFeatures.from_bytes(
                 await client.read_gatt_char(PMD_CONTROL_POINT_UUID)
             )

@@ -122,7 +122,8 @@ ERROR_MESSAGES: Mapping[int, str] = {
     ErrorCode.INVALID_SAMPLE_RATE: "the strap does not offer this sample rate",
     ErrorCode.INVALID_RANGE: "the strap does not offer this range",
     ErrorCode.INVALID_MTU: (
-        f"ATT MTU too small: the strap needs an MTU of at least {MIN_MTU} bytes for PMD"
+        f"ATT MTU too small: the strap needs an MTU of at least {MIN_MTU} bytes for PMD "
+        "(the Bluetooth stack negotiated a smaller one)"
     ),
     ErrorCode.INVALID_NUMBER_OF_CHANNELS: "the strap does not offer this number of channels",
     ErrorCode.INVALID_STATE: "the strap is in a state that does not allow this request",

@@ -1,5 +1,6 @@
 """The daemon records a Polar H10's raw ECG beside its heart-rate stream (virtual H10 replaying
-a real recording through the real BLE stack), and a strap without PMD is unaffected."""
+a real recording through the real BLE stack, its client reporting ATT MTU 23 as bleak does on
+Linux), and a strap without PMD is unaffected."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from sensors.readers import read_rr_file
+from sensors.strap import StrapClient
 from sensors.virtual.air import VirtualAir
 from sensors.virtual.pmd import PmdConfig
 from sensors.virtual.strap import VirtualStrap
@@ -48,6 +50,18 @@ class Run:
     unclean: list[object]
 
 
+def bluez_like_client(air: VirtualAir, strap: VirtualStrap) -> StrapClient:
+    """The strap's client as on Linux: bleak's BlueZ backend reports ``mtu_size`` 23 while the
+    link runs at the MTU BlueZ negotiated (232 with an H10)."""
+    return StrapClient(
+        address=strap.address,
+        scan_timeout_s=5,
+        connect_timeout_s=5,
+        scanner_kwargs=air.scanner_kwargs(),
+        client_kwargs={**air.client_kwargs(), "reported_mtu": 23},
+    )
+
+
 async def _h10_beside_garmin(tmp_path: Path, min_ecg_beats: int, **overrides: object) -> Run:
     settings = load_config(
         CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"}, **overrides
@@ -62,7 +76,10 @@ async def _h10_beside_garmin(tmp_path: Path, min_ecg_beats: int, **overrides: ob
         await plain.start()
         with SessionStore.open(settings.db_path) as store:
             daemon = Daemon(
-                settings, store, [client_for(air, strap), client_for(air, plain)], time_scale=SPEED
+                settings,
+                store,
+                [bluez_like_client(air, strap), client_for(air, plain)],
+                time_scale=SPEED,
             )
             task = asyncio.create_task(daemon.run())
             await until(lambda: daemon.ecg.beats > min_ecg_beats, 40)

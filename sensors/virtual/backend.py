@@ -194,9 +194,11 @@ class BumbleBleakScanner(BaseBleakScanner):
 class BumbleBleakClient(BaseBleakClient):
     """bleak client backend connecting through the central of a :class:`VirtualAir`.
 
-    Extra kwargs (pass them to ``BleakClient``): ``air`` (required) and ``mtu`` (ATT_MTU in
+    Extra kwargs (pass them to ``BleakClient``): ``air`` (required), ``mtu`` (ATT_MTU in
     bytes requested on connect, default 247; ``None`` keeps 23 so that
-    :meth:`request_mtu` can be called later — ATT allows one exchange per connection).
+    :meth:`request_mtu` can be called later — ATT allows one exchange per connection) and
+    ``reported_mtu`` (what :attr:`mtu_size` says instead of the link's real MTU; ``23``
+    imitates bleak's BlueZ backend, which reports 23 whatever BlueZ negotiated).
     """
 
     def __init__(
@@ -206,11 +208,13 @@ class BumbleBleakClient(BaseBleakClient):
         *,
         air: VirtualAir | None = None,
         mtu: int | None = DEFAULT_MTU,
+        reported_mtu: int | None = None,
         **kwargs: Any,  # disconnected_callback, timeout, plus bleak's bluez=/winrt=
     ) -> None:
         super().__init__(address_or_ble_device, **kwargs)
         self._air = _require_air(air)
         self._requested_mtu = mtu
+        self._reported_mtu = reported_mtu
         self._service_filter = services
         self._by_address = not isinstance(address_or_ble_device, BLEDevice)
         self._name = (
@@ -229,7 +233,13 @@ class BumbleBleakClient(BaseBleakClient):
 
     @property
     def mtu_size(self) -> int:
-        """Negotiated ATT_MTU in bytes (23 until an exchange happened)."""
+        """Negotiated ATT_MTU in bytes (23 until an exchange happened), or ``reported_mtu``."""
+        if self._reported_mtu is not None:
+            return self._reported_mtu
+        return self._link_mtu()
+
+    def _link_mtu(self) -> int:
+        """The ATT_MTU the link really uses (what BlueZ negotiated, in the BlueZ case)."""
         return self._connection.att_mtu if self._connection else att.ATT_DEFAULT_MTU
 
     @property
@@ -323,7 +333,8 @@ class BumbleBleakClient(BaseBleakClient):
         return collection
 
     def _max_write_size(self) -> int:
-        return self.mtu_size - 3
+        # BlueZ's characteristic "MTU" property is the real one, even when mtu_size says 23.
+        return self._link_mtu() - 3
 
     async def request_mtu(self, mtu: int) -> int:
         """Exchange ATT_MTU now (only if the client was built with ``mtu=None``); return it.
