@@ -8,6 +8,7 @@ import contextlib
 import json
 import math
 import re
+import shlex
 import time
 import uuid
 from collections.abc import Coroutine
@@ -260,7 +261,7 @@ def run(
 ) -> None:
     """Run the daemon with real chest straps (any Heart Rate Service strap), or a recording."""
     from settle.app import serve
-    from settle.pairing import load_paired
+    from settle.pairing import is_virtual, load_paired
 
     _check_duration(duration)
     if replay is None and speed != 1.0:
@@ -300,6 +301,14 @@ def run(
             paired = load_paired()
         except SettleError as exc:
             fail(str(exc), 2)
+        for p in [p for p in paired if is_virtual(p)]:
+            out.print(
+                f"settle run: skipping {p.label!r} ({p.address}), a virtual strap "
+                f"(settle pair --virtual); `settle pair --forget {shlex.quote(p.label)}` "
+                "removes it",
+                markup=False,
+            )
+        paired = [p for p in paired if not is_virtual(p)]
         if paired:
             addresses = [p.address for p in paired]
             labels = ", ".join(f"{p.label} ({p.address})" for p in paired)
@@ -419,7 +428,8 @@ async def _pair(
         path = pairing.paired_file()
         gone = pairing.displaced(chosen, i.address)
         pairing.remember(chosen, i.address, i.name, i.device_id)
-        out.print(f"Remembered as {chosen!r} in {path}; `settle run` will use it.", markup=False)
+        use = "a virtual strap: `settle run` skips it" if virtual else "`settle run` will use it"
+        out.print(f"Remembered as {chosen!r} in {path}; {use}.", markup=False)
         for g in gone:
             out.print(pairing.displaced_words(g, chosen), markup=False)
     return 0

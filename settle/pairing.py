@@ -30,6 +30,14 @@ class PairedStrap:
     paired_ms: int
 
 
+def is_virtual(strap: PairedStrap) -> bool:
+    """A virtual strap (``settle pair --virtual``, the demo's Pair page): its label works in
+    ``settle demo``, but ``settle run`` could never reach it."""
+    from sensors.virtual.air import PERIPHERAL_ADDRESS_PREFIX
+
+    return strap.address.upper().startswith(PERIPHERAL_ADDRESS_PREFIX + ":")
+
+
 def paired_file() -> Path:
     env = os.environ.get("SETTLE_PAIRED_FILE")
     return Path(env) if env else default_config_dir() / "straps.json"

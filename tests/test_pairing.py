@@ -63,6 +63,26 @@ def test_pair_shows_the_strap_live_and_remembers_it(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "no remembered strap matches 'nobody'" in missing.stderr
 
 
+def test_run_skips_a_remembered_virtual_strap(tmp_path: Path) -> None:
+    """A virtual strap paired to try `settle pair` out could never be reached by `settle run`,
+    which looked for it alone (or beside the real strap, warning about it all day)."""
+    paired = tmp_path / "straps.json"
+    res = settle("pair", "--virtual", "--seconds", "1", "--label", "try it", paired=paired)
+    assert res.returncode == 0, res.stderr
+    assert "; a virtual strap: `settle run` skips it." in res.stdout
+    pairing.remember("chest", "AA:BB:CC:DD:EE:FF", "Polar H10 1234", "polar_h10_1", paired)
+    run = settle(
+        "run", "--no-mqtt", "--no-http", "--db", str(tmp_path / "s.db"), "--duration", "1",
+        paired=paired,
+    )  # fmt: skip
+    (virtual,) = [p for p in pairing.load_paired(paired) if p.label == "try it"]
+    assert (
+        f"settle run: skipping 'try it' ({virtual.address}), a virtual strap (settle pair "
+        "--virtual); `settle pair --forget 'try it'` removes it" in run.stdout
+    ), run.stdout
+    assert "settle run: paired straps chest (AA:BB:CC:DD:EE:FF)\n" in run.stdout, run.stdout
+
+
 def test_corrupt_paired_file_is_one_line(tmp_path: Path) -> None:
     paired = tmp_path / "straps.json"
     paired.write_text("{not json")
@@ -223,7 +243,7 @@ def test_pairing_says_which_remembered_entry_it_replaces(tmp_path: Path) -> None
     assert "label is gone" not in first.stdout and "until now" not in first.stdout
     (strap,) = pairing.load_paired(paired)
     again = settle("pair", "--virtual", "--seconds", "1", "--label", "chest", paired=paired)
-    assert again.stdout.rstrip().endswith("`settle run` will use it."), again.stdout
+    assert again.stdout.rstrip().endswith("a virtual strap: `settle run` skips it."), again.stdout
     moved = settle("pair", "--virtual", "--seconds", "1", "--label", "desk", paired=paired)
     assert moved.returncode == 0, moved.stderr
     assert (

@@ -51,7 +51,8 @@ _CONTROLLER_LOG = logging.getLogger("bumble.controller")
 
 # Random static addresses need the two most significant bits set (Core Vol 6 B 1.3.2.1).
 CENTRAL_ADDRESS = "F0:5E:77:1E:00:00"
-_PERIPHERAL_ADDRESS_PREFIX = "C0:5E:77:1E"
+PERIPHERAL_ADDRESS_PREFIX = "C0:5E:77:1E"
+"""Every virtual strap's address starts with this (``settle run`` skips remembered ones)."""
 
 
 class _VirtualLink(LocalLink):
@@ -313,7 +314,7 @@ class VirtualAir:
     def allocate_address(self) -> str:
         """A fresh random static address for a peripheral on this air."""
         n = next(self._address_counter)
-        return f"{_PERIPHERAL_ADDRESS_PREFIX}:{n >> 8:02X}:{n & 0xFF:02X}"
+        return f"{PERIPHERAL_ADDRESS_PREFIX}:{n >> 8:02X}:{n & 0xFF:02X}"
 
     def create_device(self, name: str, address: str | None = None) -> Device:
         """A new bumble Device (own controller + host) on this air; not yet powered on."""
