@@ -4,8 +4,11 @@ ECG-derived beats → ``<base>/<dev>/ecg_beat``.
 The strap's ECG clock is mapped to session time once per session: the first frame's last
 sample is placed at its arrival (monotonic clock, like the beat timer), and from then on the
 strap's own nanosecond timestamps carry the timing (sample resolution, 7.7 ms at 130 Hz).
-A session keeps every sample from its t = 0 on, including the part of a frame that straddles
-its start, and never a sample at or before one it already has.
+Inside a frame the samples are spaced by the strap's real sample period, measured from
+consecutive frames (time between their last samples / samples in the frame: 130.05–130.17 Hz
+on real H10s, not the nominal 130 Hz), so a frame's samples join the previous frame's without a
+step. A session keeps every sample from its t = 0 on, including the part of a frame that
+straddles its start, and never a sample at or before one it already has.
 
 A strap without PMD simply has no ECG; a failing ECG stream never disturbs the heart-rate
 stream on the same link. Frames the PMD session drops (malformed, repeated, or pushed out by
@@ -15,6 +18,7 @@ WARNING line at most a minute.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections.abc import Callable
@@ -34,17 +38,42 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SAMPLE_PERIOD_NS = round(1e9 / 130.0)
+NOMINAL_SAMPLE_PERIOD_NS = 1e9 / 130.0
+"""The H10's nominal ECG sample period, ns (used until two consecutive frames measured it)."""
+SAMPLE_PERIOD_NS = round(NOMINAL_SAMPLE_PERIOD_NS)
+"""The nominal sample period rounded to whole ns."""
+SAMPLE_RATE_TOLERANCE = 0.01
+"""A frame-to-frame sample period further than this (relative) from the nominal one is not
+the strap's rate but frames lost (or a clock step) between the two frames."""
 
 
-def samples_after(frame: EcgFrame, offset_ns: int, after_ns: int) -> tuple[list[int], list[int]]:
+def measured_sample_period_ns(previous_timestamp_ns: int, frame: EcgFrame) -> float | None:
+    """The strap's sample period over ``frame``, ns: time from the previous frame's last sample
+    to this frame's last sample, divided by this frame's samples; None unless the two frames
+    are consecutive (within :data:`SAMPLE_RATE_TOLERANCE` of the nominal period)."""
+    period = (frame.timestamp_ns - previous_timestamp_ns) / len(frame.samples_uv)
+    if abs(period / NOMINAL_SAMPLE_PERIOD_NS - 1.0) > SAMPLE_RATE_TOLERANCE:
+        return None
+    return period
+
+
+def samples_after(
+    frame: EcgFrame,
+    offset_ns: int,
+    after_ns: int,
+    period_ns: float = NOMINAL_SAMPLE_PERIOD_NS,
+) -> tuple[list[int], list[int]]:
     """The frame's sample times on the session time base (strap ns + ``offset_ns``) and its
-    samples (µV), keeping only those later than ``after_ns`` (−1 before the first: t ≥ 0)."""
+    samples (µV), keeping only those later than ``after_ns`` (−1 before the first: t ≥ 0).
+
+    The last sample is at the frame's timestamp, the others ``period_ns`` apart before it
+    (rounded to whole ns, not accumulated).
+    """
     n = len(frame.samples_uv)
-    first = frame.timestamp_ns + offset_ns - (n - 1) * SAMPLE_PERIOD_NS
-    skip = 0 if first > after_ns else min(n, (after_ns - first) // SAMPLE_PERIOD_NS + 1)
-    t_ns = [first + i * SAMPLE_PERIOD_NS for i in range(skip, n)]
-    return t_ns, list(frame.samples_uv[skip:])
+    last = frame.timestamp_ns + offset_ns
+    t_all = [last - round((n - 1 - i) * period_ns) for i in range(n)]
+    skip = bisect.bisect_right(t_all, after_ns)
+    return t_all[skip:], list(frame.samples_uv[skip:])
 
 
 class EcgRecorder:
@@ -96,9 +125,15 @@ class EcgRecorder:
         detector = RPeakDetector()
         offset: tuple[str, int] | None = None  # (session id, strap ns → session ns)
         newest_ns = -1  # newest sample stored for the session (session ns)
+        period_ns = NOMINAL_SAMPLE_PERIOD_NS  # the strap's, from the last consecutive frames
+        previous_ns: int | None = None  # timestamp of the previous frame
         async for received in pmd.frames():
             session = rt.session
             frame = received.frame
+            if previous_ns is not None:
+                # After a lost frame, the last measured period (the crystal did not change).
+                period_ns = measured_sample_period_ns(previous_ns, frame) or period_ns
+            previous_ns = frame.timestamp_ns
             beats = detector.update(frame.samples_uv, t_last_ns=frame.timestamp_ns)
             if session is None or rt.output is None:
                 continue
@@ -106,7 +141,7 @@ class EcgRecorder:
                 arrival_s = (time.monotonic() - session.started_mono_s) * session.time_scale
                 offset = (session.session_id, int(arrival_s * 1e9) - frame.timestamp_ns)
                 newest_ns = -1
-            t_ns, uv = samples_after(frame, offset[1], newest_ns)
+            t_ns, uv = samples_after(frame, offset[1], newest_ns, period_ns)
             if t_ns:
                 self.writer.add_ecg(session.session_id, t_ns, uv)
                 self.frames += 1

@@ -28,6 +28,8 @@ from tests.test_pmd import h10_ecg_uv
 from tests.test_reconnect import client_for, until
 
 SPEED = 10.0
+H10_FS_HZ = 130.16
+"""The real H10's sample rate (the recording's; nominally 130 Hz)."""
 ANALYSED = {
     BeatClass.NORMAL,
     BeatClass.ECTOPIC,
@@ -69,7 +71,11 @@ async def _h10_beside_garmin(tmp_path: Path, min_ecg_beats: int, **overrides: ob
     rr = [float(x) for x in read_rr_file(DATA / "polar_h10_pvc_device.csv").rr_ms]
     async with VirtualAir() as air:
         strap = VirtualStrap(
-            air, rr, name="Polar H10 0A1B2C3D", speed=SPEED, pmd=PmdConfig(ecg_uv=h10_ecg_uv())
+            air,
+            rr,
+            name="Polar H10 0A1B2C3D",
+            speed=SPEED,
+            pmd=PmdConfig(ecg_uv=h10_ecg_uv(), sample_rate_hz=H10_FS_HZ),
         )
         plain = VirtualStrap(air, rr, name="Garmin HRM", speed=SPEED)
         await strap.start()
@@ -110,7 +116,11 @@ async def test_raw_ecg_is_recorded_and_beats_detected(tmp_path: Path) -> None:
     assert len(ecg) > 130 * 20  # > 20 s of samples at 130 Hz
     t = ecg.t_ns
     assert all(b > a for a, b in itertools.pairwise(t.tolist()))  # one time base, increasing
-    assert ecg.fs_hz is not None and abs(ecg.fs_hz - 130) < 2
+    # The strap's real rate, not the nominal 130 Hz: sample times follow its clock inside each
+    # frame too (they used to be 1/130 s apart, up to 0.73 ms early at each frame's start).
+    assert ecg.fs_hz == pytest.approx(H10_FS_HZ, abs=0.005)
+    spacing = np.diff(t[73:])  # after the first frame (the nominal period until measured)
+    assert spacing.max() - spacing.min() <= 2  # ns: one period, rounded, frames joined evenly
     # After the strap's unreliable first seconds, the samples are the recording's, unchanged.
     recording = np.asarray(h10_ecg_uv())
     tail = ecg.uv[-500:]
