@@ -18,18 +18,23 @@ them): ``rr_ms`` (RR in ms, tachogram interpolated at 4 Hz; artefact-corrected w
 correction has run) and ``hr_bpm`` (``60000 / rr_ms``), ``n/a`` where there are no beats, in
 gaps and wherever the value would depend on an ``implausible`` or ``warmup`` beat (as the EDF
 export). The ECG file has one column ``cardiac`` in µV at the recorded rate rounded to whole
-Hz, linearly interpolated onto that grid (so not the recorded samples themselves; the JSON
-export has those). Values are written to 4 decimals. Both start at the session start
-(``StartTime`` 0); events' ``onset`` is seconds since session start, the same time base.
+Hz, resampled onto that grid by band-limited (windowed-sinc) interpolation within each unbroken
+stretch of samples and rounded to whole µV — the same values as the EDF export's ``ECG``
+(so the recorded samples only where they fall on the grid; the JSON export has them all) —
+and ``n/a`` wherever no ECG was recorded (the EDF's 0 µV), each such stretch an
+``ecg-not-recorded`` event. Other values are written to 4 decimals. Both files start at the
+session start (``StartTime`` 0) and run to its end; events' ``onset`` is seconds since session
+start, the same time base.
 
 A session's files are written into a hidden staging folder beside ``<ses>`` and moved into
 place together, replacing an earlier export of the same session whole: an interrupted export
 (Ctrl-C) leaves the dataset as it was, never a session folder with some of its files.
 
 ``*_events.tsv``: ``onset`` (s), ``duration`` (s, 0 for markers), ``trial_type`` (marker kind,
-``gap``, ``baseline`` or ``not-analysed`` — the spans the physio file leaves ``n/a`` around
-``implausible``/``warmup`` beats, their classes in ``text``), ``source``, ``text``; tabs and
-line breaks in texts become spaces.
+``gap``, ``baseline``, ``not-analysed`` — the spans the physio file leaves ``n/a`` around
+``implausible``/``warmup`` beats, their classes in ``text`` — or ``ecg-not-recorded`` — the
+spans the ECG file leaves ``n/a``), ``source``, ``text``; tabs and line breaks in texts
+become spaces.
 """
 
 from __future__ import annotations
@@ -58,7 +63,10 @@ from sessions.files import (
 )
 from sessions.series import (
     DEFAULT_FS_HZ,
+    ECG_KERNEL_HALF_WIDTH,
+    ecg_holes,
     ecg_on_grid,
+    ecg_rate_hz,
     n_samples_for,
     not_analysed_spans,
     rr_on_grid,
@@ -127,7 +135,11 @@ def _text_cell(text: str) -> str:
     return clean or "n/a"
 
 
-def _events_tsv(rec: SessionRecord) -> str:
+#: ``trial_type`` of the spans the ECG file leaves ``n/a`` (the EDF: 0 µV, annotated).
+ECG_NOT_RECORDED = "ecg-not-recorded"
+
+
+def _events_tsv(rec: SessionRecord, ecg_holes_s: list[tuple[float, float]]) -> str:
     rows: list[tuple[float, float, str, str, str]] = []
     for m in rec.markers:
         rows.append((m.t_s, 0.0, m.kind, m.source.value, m.text))
@@ -138,6 +150,8 @@ def _events_tsv(rec: SessionRecord) -> str:
         rows.append((b.start_t_s, b.stop_t_s - b.start_t_s, "baseline", "settle", ""))
     for start, end, classes in not_analysed_spans(rec.beats):
         rows.append((start, end - start, "not-analysed", "settle", classes))
+    for onset, duration in ecg_holes_s:
+        rows.append((onset, duration, ECG_NOT_RECORDED, "settle", "no ECG: cardiac is n/a"))
     rows.sort(key=lambda r: r[0])
     lines = ["onset\tduration\ttrial_type\tsource\ttext"]
     for onset, dur, kind, source, text in rows:
@@ -151,15 +165,17 @@ _EVENTS_JSON: dict[str, Any] = {
     "onset": {"Description": "Seconds since the session started", "Units": "s"},
     "duration": {"Description": "Length of the event (0 for markers)", "Units": "s"},
     "trial_type": {
-        "Description": "Marker kind, or 'gap' (no usable beats), 'baseline' (rest period) or "
+        "Description": "Marker kind, or 'gap' (no usable beats), 'baseline' (rest period), "
         "'not-analysed' (beats recorded but not analysed: 'implausible' or 'warmup' in text; "
-        "the physio file is n/a there)",
+        "the physio file is n/a there) or 'ecg-not-recorded' (no ECG samples: before the "
+        "first, a dropped frame, after the last; the recording-ecg physio file is n/a there)",
     },
     "source": {
         "Description": "Where the marker was entered: cli, mqtt, dashboard, import; "
-        "settle for the rows Settle itself adds (gap, baseline, not-analysed)"
+        "settle for the rows Settle itself adds (gap, baseline, not-analysed, "
+        "ecg-not-recorded)"
     },
-    "text": {"Description": "The practitioner's note"},
+    "text": {"Description": "The practitioner's note; for Settle's own rows, what they mean"},
 }
 
 
@@ -280,7 +296,8 @@ def _write_session(
     ecg = store.ecg(session_id) if rec.n_ecg else None
     info = rec.info
     stopped_s = None if info.stopped_ms is None else (info.stopped_ms - info.started_ms) / 1000
-    n = n_samples_for(session_span_s(rec.beats, ecg, stopped_s), DEFAULT_FS_HZ)
+    span_s = session_span_s(rec.beats, ecg, stopped_s)
+    n = n_samples_for(span_s, DEFAULT_FS_HZ)
     rr = rr_on_grid(rec.beats, rec.gaps, n, DEFAULT_FS_HZ)
     with np.errstate(divide="ignore", invalid="ignore"):
         hr = np.where(rr > 0, 60_000.0 / rr, np.nan)
@@ -307,9 +324,24 @@ def _write_session(
     _write(root, beh / f"{stem}_physio.json", _json_bytes(sidecar))
     if progress is not None:
         progress(1, 3)
+    holes: list[tuple[float, float]] = []
     if ecg is not None and ecg.fs_hz is not None:
         fs = float(max(1, round(ecg.fs_hz)))
-        values = ecg_on_grid(ecg, n_samples_for(float(ecg.t_ns[-1]) / 1e9, fs), fs)
+        # Whole µV, as the EDF (and the strap) has them; + 0.0 turns -0.0 into 0.0.
+        values = np.round(ecg_on_grid(ecg, n_samples_for(span_s, fs), fs)) + 0.0
+        holes = ecg_holes(values, fs)
+        rate = ecg_rate_hz(ecg)
+        cardiac = (
+            f"ECG of the chest strap, recorded at {rate:.2f} Hz on its own clock and "
+            if rate is not None
+            else "ECG of the chest strap, "
+        ) + (
+            f"resampled onto this {fs:g} Hz grid from the session start by band-limited "
+            f"interpolation (Lanczos-windowed sinc, {ECG_KERNEL_HALF_WIDTH} samples each side) "
+            "within each unbroken stretch of samples, rounded to whole uV: a recorded sample "
+            "on a grid point keeps its value. n/a where no ECG was recorded (events: "
+            "ecg-not-recorded). Settle's JSON export has the recorded samples and their times."
+        )
         _write(root, beh / f"{stem}_recording-ecg_physio.tsv.gz", _physio_bytes([values]))
         _write(
             root,
@@ -319,14 +351,14 @@ def _write_session(
                     "SamplingFrequency": fs,
                     "StartTime": 0,
                     "Columns": ["cardiac"],
-                    "cardiac": {"Description": "Raw ECG of the chest strap", "Units": "uV"},
+                    "cardiac": {"Description": cardiac, "Units": "uV"},
                     **device,
                 }
             ),
         )
     if progress is not None:
         progress(2, 3)
-    _write(root, beh / f"{stem}_events.tsv", _events_tsv(rec).encode("utf-8"))
+    _write(root, beh / f"{stem}_events.tsv", _events_tsv(rec, holes).encode("utf-8"))
     _write(root, beh / f"{stem}_events.json", _json_bytes(_EVENTS_JSON))
     if progress is not None:
         progress(3, 3)

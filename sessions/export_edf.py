@@ -9,14 +9,17 @@ no third-party writer is needed. Layout:
   0–5000 ms;
 * signal ``HR`` — heart rate ``60000 / RR`` in beats/min at 4 Hz, physical range 0–600;
 * signal ``ECG`` — only when raw ECG was recorded: µV at the recorded rate rounded to whole
-  Hz, linearly interpolated onto that grid (the recorded samples only where they fall on it;
-  the JSON export holds them unchanged), physical range fixed at :data:`ECG_RANGE_UV`
-  (1 µV per digital step); samples beyond it are clipped to its edge and annotated;
+  Hz, resampled onto that grid by band-limited (windowed-sinc) interpolation within each
+  unbroken stretch of samples (:func:`sessions.series.ecg_on_grid`; a recorded sample that
+  falls on the grid is written unchanged, and the JSON export holds them all), as its
+  prefilter field says; physical range fixed at :data:`ECG_RANGE_UV` (1 µV per digital
+  step); samples beyond it are clipped to its edge and annotated;
 * ``EDF Annotations`` — markers as ``kind: text``, gaps as ``gap: reason`` with their
   duration, the baseline as ``baseline`` with its duration, spans whose RR depends on beats
   that are not analysed as ``not analysed: implausible`` / ``not analysed: warmup`` with
-  their duration, clipped ECG as :data:`ECG_CLIPPED` with its duration, the intention at
-  onset 0 as three annotations (``intention target: …``, ``intention statement: …``,
+  their duration, clipped ECG as :data:`ECG_CLIPPED` with its duration, every stretch of
+  the ECG signal without recorded ECG as :data:`ECG_NOT_RECORDED` with its duration, the
+  intention at onset 0 as three annotations (``intention target: …``, ``intention statement: …``,
   ``intention practice: …``). A text longer than
   :data:`MAX_ANNOTATION_BYTES` UTF-8 bytes (what EDFlib-based readers such as pyedflib and
   EDFbrowser keep) is cut and ends in ``…``; the CSV, JSON and BIDS exports hold it whole.
@@ -26,7 +29,9 @@ where it would depend on an ``implausible`` or ``warmup`` beat — RR and HR bot
 physical and digital minimum, which no heartbeat has); gaps and such spans are annotated. The
 physical ranges cover every RR that ``settle.toml`` can make plausible (100–5000 ms), so a
 value is never clipped; anything outside them (e.g. an unclassified raw beat) is written as
-missing in both RR and HR too. ECG holds 0 µV (digital 0) where it was not recorded.
+missing in both RR and HR too. ECG holds 0 µV (digital 0) where it was not recorded (before
+its first sample, across holes in it such as a dropped frame, after its last sample), and
+every such stretch is annotated :data:`ECG_NOT_RECORDED`.
 
 Time: the header start date/time is the session start in **UTC**, truncated to the second
 (EDF has no time zone field); the sub-second part of the start is carried by the EDF+
@@ -50,7 +55,10 @@ from sessions.export_json import package_version
 from sessions.files import ProgressFn, atomic_file, one_line, target_file
 from sessions.series import (
     DEFAULT_FS_HZ,
+    ECG_KERNEL_HALF_WIDTH,
+    ecg_holes,
     ecg_on_grid,
+    ecg_rate_hz,
     not_analysed_spans,
     rr_on_grid,
     session_span_s,
@@ -59,6 +67,7 @@ from sessions.store import EcgSeries, SessionRecord, SessionStore
 
 __all__ = [
     "ECG_CLIPPED",
+    "ECG_NOT_RECORDED",
     "ECG_RANGE_UV",
     "HR_RANGE_BPM",
     "MAX_ANNOTATION_BYTES",
@@ -85,6 +94,10 @@ ECG_RANGE_UV = (float(_DIG_MIN), float(_DIG_MAX))
 #: clipped samples closer than :data:`_CLIP_MERGE_S` share one annotation.
 ECG_CLIPPED = f"ECG clipped: outside {_DIG_MIN}..{_DIG_MAX} uV"
 _CLIP_MERGE_S = 1.0
+#: Annotation over every stretch of the ECG signal with no recorded ECG (before the first
+#: sample, a dropped frame, after the last): the signal holds 0 µV there, which a recorded
+#: 0 µV cannot be told from without it.
+ECG_NOT_RECORDED = "ECG not recorded (0 uV here)"
 
 #: Longest annotation text written, UTF-8 bytes: EDFlib (pyedflib, EDFbrowser) keeps this
 #: many of each annotation; a longer text is cut on a character boundary and ends in "…".
@@ -197,6 +210,14 @@ def _clipped_spans(
     ]
 
 
+def _ecg_prefilter(ecg: EcgSeries, fs_hz: int) -> str:
+    """The ECG signal's prefilter field (80 characters at most): how it was resampled."""
+    rate = ecg_rate_hz(ecg)
+    src = "?" if rate is None else f"{rate:.2f}"
+    kernel = f"Lanczos-windowed sinc, {ECG_KERNEL_HALF_WIDTH} taps/side"
+    return f"resampled {src}->{fs_hz} Hz, {kernel}"[:80]
+
+
 def _header(
     rec: SessionRecord, signals: Sequence[_Signal], n_records: int, ann_samples: int
 ) -> bytes:
@@ -275,13 +296,21 @@ def export_edf(
         fs_ecg = max(1, round(ecg.fs_hz))
         values = ecg_on_grid(ecg, n_records * fs_ecg, float(fs_ecg))
         # Fixed range, identity digital<->µV mapping (see ECG_RANGE_UV): whole µV, the
-        # recorded value where a grid point falls on a recorded sample (else interpolated),
-        # 0 µV where nothing was recorded; start-up spikes are clipped and annotated.
+        # recorded value where a grid point falls on a recorded sample (else band-limited
+        # interpolation), 0 µV where nothing was recorded, annotated; start-up spikes are
+        # clipped and annotated.
         signals.append(
-            _Signal("ECG", "uV", *ECG_RANGE_UV, fs_ecg, values, "none", "chest strap ECG", True)
-        )
-        # Within the ECG's span, so n_records (from the span) still covers them.
+            _Signal(
+                "ECG", "uV", *ECG_RANGE_UV, fs_ecg, values, _ecg_prefilter(ecg, fs_ecg),
+                "chest strap ECG", True,
+            )
+        )  # fmt: skip
+        # Within the file's span, so n_records (from the span) still covers them.
         annotations += _clipped_spans(values, float(fs_ecg), *ECG_RANGE_UV)
+        annotations += [
+            (onset, duration, ECG_NOT_RECORDED)
+            for onset, duration in ecg_holes(values, float(fs_ecg))
+        ]
         annotations.sort(key=lambda a: a[0])  # stable, as in _annotations
 
     frac = (info.started_ms % 1000) / 1000.0

@@ -15,8 +15,13 @@ from sessions.store import BeatClass, BeatRow, EcgSeries, GapRow
 
 __all__ = [
     "DEFAULT_FS_HZ",
+    "ECG_HOLE_PERIODS",
+    "ECG_KERNEL_HALF_WIDTH",
+    "ECG_SINC_LIMIT_UV",
     "NOT_ANALYSED",
+    "ecg_holes",
     "ecg_on_grid",
+    "ecg_rate_hz",
     "not_analysed_spans",
     "rr_on_grid",
     "session_span_s",
@@ -140,23 +145,161 @@ def rr_on_grid(
     return out
 
 
+#: Half-width of the band-limited ECG interpolation kernel, in recorded samples: a
+#: Lanczos-windowed sinc over 2 x 16 samples is flat within 0.1 dB up to 55 Hz at 130 Hz
+#: (-0.12 dB at 60 Hz), where the linear interpolation it replaced lost 2-4 dB at 30-60 Hz
+#: and lowered R-peak tops by a median 3.6 %.
+ECG_KERNEL_HALF_WIDTH = 16
+#: Consecutive ECG samples further apart than this many sample periods (the median spacing)
+#: end a stretch: the grid holds no data between stretches (a dropped PMD frame is ~73).
+ECG_HOLE_PERIODS = 1.5
+#: Samples beyond this (µV) are no band-limited signal: the Polar H10's start-up spikes
+#: (±8 388 607 µV) or saturation. A sinc through them would ring ±16 samples wide at 10^5 µV,
+#: so a grid point whose kernel reaches one is linearly interpolated between its two
+#: neighbours instead, as before (the EDF clips and annotates such values either way).
+ECG_SINC_LIMIT_UV = 32_767.0
+#: Sample times are whole nanoseconds and grid times are not: a grid time this close to a
+#: stretch's first or last sample counts as on it.
+_ECG_TIME_TOLERANCE_NS = 1_000
+#: Grid points per block of the vectorised interpolation: bounds the working memory (a few
+#: arrays of block x 32 taps, ~40 MB) for a recording of any length.
+_ECG_BLOCK = 1 << 13
+
+
+def _ecg_stretches(
+    t_ns: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """First and last index of every unbroken stretch of ECG samples (at least one)."""
+    if t_ns.shape[0] < 2:
+        return np.zeros(1, np.intp), np.zeros(1, np.intp)
+    step = np.diff(t_ns)
+    breaks = np.flatnonzero(step > ECG_HOLE_PERIODS * float(np.median(step)))
+    lo = np.concatenate(([0], breaks + 1)).astype(np.intp)
+    hi = np.concatenate((breaks, [t_ns.shape[0] - 1])).astype(np.intp)
+    return lo, hi
+
+
+def _lanczos_weights(
+    frac: npt.NDArray[np.float64], taps: npt.NDArray[np.intp], half_width: int
+) -> npt.NDArray[np.float64]:
+    """Lanczos-windowed sinc weights, ``sinc(d) * sinc(d / a)`` at ``d = frac - tap``, for
+    points ``frac`` (0 <= frac < 1) past sample 0 and samples ``taps`` (-a+1 … a, a =
+    ``half_width``), normalised to unit gain at DC; shape (len(frac), 2a). A point on a
+    sample (frac 0) gets that sample alone."""
+    a = half_width
+    # sin(pi (f - k)) = (-1)^k sin(pi f) and sin(pi (f - k) / a) = sin(pi f / a) cos(pi k / a)
+    # - cos(pi f / a) sin(pi k / a): three sines or cosines per point instead of two sines
+    # per tap (this is most of the work for 24 h of ECG).
+    sign = np.where(taps % 2 == 0, 1.0, -1.0)
+    pk = np.pi * taps / a
+    scale = np.sin(np.pi * frac) * (a / np.pi**2)
+    pf = np.pi * frac / a
+    w: npt.NDArray[np.float64] = np.multiply.outer(scale * np.sin(pf), sign * np.cos(pk))
+    w -= np.multiply.outer(scale * np.cos(pf), sign * np.sin(pk))
+    d = np.subtract.outer(frac, taps.astype(np.float64))
+    d *= d
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w /= d
+    on_sample = frac == 0.0
+    if on_sample.any():
+        w[on_sample] = (taps == 0).astype(np.float64)
+    w /= w.sum(axis=1, keepdims=True)
+    return w
+
+
 def ecg_on_grid(ecg: EcgSeries, n_samples: int, fs_hz: float) -> npt.NDArray[np.float64]:
-    """ECG in µV at times ``k / fs_hz`` s, linearly interpolated; NaN outside the recording
-    and across holes longer than 5 sample periods."""
-    t = np.arange(n_samples, dtype=np.float64) / fs_hz
+    """ECG in µV at times ``k / fs_hz`` s (``k < n_samples``), band-limited interpolation of
+    the recorded samples; NaN where nothing was recorded.
+
+    The samples are cut into unbroken stretches: a stretch ends where two consecutive samples
+    are more than :data:`ECG_HOLE_PERIODS` sample periods apart. A grid time within a stretch
+    is mapped to a fractional sample index of that stretch, piecewise linearly between the
+    recorded sample times (so the strap's own clock — a Polar H10's 130.16 Hz against a 130 Hz
+    grid — and its frame timing are followed), and the value there is the Lanczos-windowed
+    sinc of half-width :data:`ECG_KERNEL_HALF_WIDTH` samples over the stretch's samples.
+    Within that half-width of a stretch's end the kernel shrinks to the samples it has on both
+    sides (down to one, close to linear interpolation), rather than inventing samples beyond
+    it. A grid time on a recorded sample gives that sample exactly; a grid point whose kernel
+    reaches a sample beyond :data:`ECG_SINC_LIMIT_UV` is linearly interpolated. Grid times
+    outside every stretch (before the first sample, between stretches, after the last) are
+    NaN. Works in blocks: time and memory grow linearly with the recording (24 h at 130 Hz
+    are ~11 M grid points).
+    """
     out = np.full(n_samples, np.nan)
-    if len(ecg) == 0:
+    n_src = len(ecg)
+    if n_src == 0 or n_samples == 0:
         return out
-    et = ecg.t_ns.astype(np.float64) / 1e9
-    ev = ecg.uv.astype(np.float64)
-    # Half a sample period of slack: ns-rounded sample times vs the float grid.
-    half = 0.5 / fs_hz
-    valid = (t >= et[0] - half) & (t <= et[-1] + half)
-    out[valid] = np.interp(t[valid], et, ev)
-    if et.shape[0] > 1:
-        for j in np.flatnonzero(np.diff(et) > 5.0 / fs_hz):
-            out[(t > et[j]) & (t < et[j + 1])] = np.nan
+    # Integer ns and the int32 samples themselves (no float copies: 24 h are 11 M samples).
+    t_src, x = ecg.t_ns, ecg.uv
+    lo, hi = _ecg_stretches(t_src)
+    tol = _ECG_TIME_TOLERANCE_NS
+    # wild[i]: samples beyond ECG_SINC_LIMIT_UV before index i.
+    wild = np.zeros(n_src + 1, np.int32)
+    np.cumsum((x > ECG_SINC_LIMIT_UV) | (x < -ECG_SINC_LIMIT_UV), out=wild[1:])
+    h = ECG_KERNEL_HALF_WIDTH
+    taps = np.arange(-h + 1, h + 1, dtype=np.intp)
+    step_ns = 1e9 / fs_hz
+    k0 = max(0, math.ceil((t_src[0] - tol) / step_ns))
+    k1 = min(n_samples, math.floor((t_src[-1] + tol) / step_ns) + 1)
+    for b0 in range(k0, k1, _ECG_BLOCK):
+        k = np.arange(b0, min(k1, b0 + _ECG_BLOCK))
+        t = np.rint(k * step_ns).astype(np.int64)
+        s = np.maximum(np.searchsorted(t_src[lo] - tol, t, side="right") - 1, 0)
+        inside = (t >= t_src[lo[s]] - tol) & (t <= t_src[hi[s]] + tol)
+        k, t, first, last = k[inside], t[inside], lo[s[inside]], hi[s[inside]]
+        if k.size == 0:
+            continue
+        # Fractional index, piecewise linear in time between the stretch's samples.
+        j = np.clip(np.searchsorted(t_src, t, side="right") - 1, first, np.maximum(last - 1, first))
+        span = (t_src[np.minimum(j + 1, last)] - t_src[j]).astype(np.float64)
+        u = np.clip(j + (t - t_src[j]) / np.where(span > 0, span, 1.0), first, last)
+        i0 = np.floor(u).astype(np.intp)
+        frac = u - i0
+        idx = i0[:, None] + taps[None, :]
+        w = _lanczos_weights(frac, taps, h)
+        # Room on each side within the stretch: fewer than h samples near its ends.
+        room = np.minimum(np.minimum(i0 - first + 1, last - i0), h)
+        for a in np.unique(room[room < h]).tolist():
+            rows = np.flatnonzero(room == a)
+            if a == 0:  # on the stretch's last sample, or a stretch of one sample
+                w[rows] = 0.0
+                w[rows, h - 1] = 1.0
+                idx[rows] = i0[rows, None]
+                continue
+            w[rows] = 0.0
+            w[rows, h - a : h + a] = _lanczos_weights(frac[rows], taps[h - a : h + a], a)
+            # The taps beyond the stretch have weight 0: any sample of it will do.
+            idx[rows] = np.clip(idx[rows], first[rows, None], last[rows, None])
+        values = np.einsum("ij,ij->i", w, x[idx])
+        near_wild = wild[np.minimum(i0 + h + 1, n_src)] > wild[np.maximum(i0 - h + 1, 0)]
+        if near_wild.any():
+            a0, f = i0[near_wild], frac[near_wild]
+            a1 = np.minimum(a0 + 1, last[near_wild])
+            values[near_wild] = x[a0] * (1.0 - f) + x[a1] * f
+        out[k] = values
     return out
+
+
+def ecg_rate_hz(ecg: EcgSeries) -> float | None:
+    """The strap's own sampling rate, Hz: samples per second within the unbroken stretches
+    (:attr:`EcgSeries.fs_hz` is the median spacing, which the in-frame spacing decides).
+    None below two samples in one stretch."""
+    if len(ecg) < 2:
+        return None
+    lo, hi = _ecg_stretches(ecg.t_ns)
+    span_ns = float(np.sum(ecg.t_ns[hi] - ecg.t_ns[lo]))
+    return float(np.sum(hi - lo)) * 1e9 / span_ns if span_ns > 0 else None
+
+
+def ecg_holes(values: npt.NDArray[np.float64], fs_hz: float) -> list[tuple[float, float]]:
+    """(onset s, duration s) of every run of grid samples without ECG (NaN) in ``values``
+    (sampled at ``k / fs_hz``); the duration covers the last such sample's period."""
+    missing = np.isnan(values)
+    if not missing.any():
+        return []
+    edges = np.diff(np.concatenate(([0], missing.astype(np.int8), [0])))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return [(float(a / fs_hz), float((b - a) / fs_hz)) for a, b in zip(starts, ends, strict=True)]
 
 
 def n_samples_for(span_s: float, fs_hz: float) -> int:

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from sensors.readers import read_rr_file
 from sessions.export import read_export_csv
 from sessions.export_bids import export_bids
-from sessions.export_edf import MAX_ANNOTATION_BYTES, export_edf
+from sessions.export_edf import ECG_NOT_RECORDED, MAX_ANNOTATION_BYTES, export_edf
 from sessions.export_json import export_json, read_export_json
 from sessions.export_kubios import export_kubios
 from sessions.exporters import FORMATS, export_session
@@ -163,7 +163,10 @@ def test_edf_reads_back_with_pyedflib(store: SessionStore, tmp_path: Path) -> No
         assert np.allclose(hr[ok], 60_000 / rr[ok], atol=0.01)
         ecg = f.readSignal(2)
         stored = store.ecg(sid)
+        # Recorded at 130 Hz from 0: every sample is on the grid and written unchanged.
         assert np.array_equal(ecg[: len(stored)], stored.uv.astype(float))  # exact µV
+        assert f.getPrefilter(2) == "resampled 130.00->130 Hz, Lanczos-windowed sinc, 16 taps/side"
+        end_s = f.file_duration
         onsets, durations, texts = f.readAnnotations()
     # pyedflib reports onsets from the exact (sub-second) start: they are session t_s.
     got = sorted(zip(onsets.tolist(), durations.tolist(), texts.tolist(), strict=True))
@@ -173,9 +176,62 @@ def test_edf_reads_back_with_pyedflib(store: SessionStore, tmp_path: Path) -> No
         (0.0, -1.0, "intention target: self"),
         (0.0, 120.0, "baseline"),
         (12.5, -1.0, "hold-start: I am safe"),
+        (40.0, end_s - 40.0, ECG_NOT_RECORDED),  # the ECG's 40 s ended before the beats
         (60.25, -1.0, 'shame: tab here, "quoted" newline ö'),
         (100.0, 4.0, "gap: disconnected"),
     ]
+
+
+def _pulses(t_s: np.ndarray) -> np.ndarray:
+    """A band-limited ECG-like waveform, µV: a Gaussian "QRS" (sd 10 ms, so its spectrum is
+    72 dB down at the 65 Hz Nyquist frequency) of 1500 µV every 0.83 s on a slow 200 µV
+    wave."""
+    beat = (t_s - 0.4) % 0.83
+    qrs = 1500.0 * np.exp(-0.5 * ((np.minimum(beat, 0.83 - beat)) / 0.010) ** 2)
+    return qrs + 200.0 * np.sin(2 * np.pi * 0.3 * t_s)
+
+
+def test_edf_and_bids_ecg_keep_the_waveform_recorded_at_the_straps_own_rate(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """A Polar H10 samples at ~130.16 Hz on its own clock; the files carry 130 Hz. A known
+    band-limited waveform recorded at that rate comes out of the EDF (and BIDS, the same
+    values) within a few µV of the waveform itself at the file's sample times, and its
+    peaks are not lowered: linear interpolation lowered them by up to 7 % (a sample 3.8 ms
+    either side of the apex) and was up to ~100 µV off on the QRS slopes."""
+    pyedflib = pytest.importorskip("pyedflib", reason="dev dependency pyedflib not installed")
+    fs_strap = 130.16
+    sid = store.create_session("polar_h10_a1b2c3d4", T0_MS, "ble:AA:BB", {}).id
+    n = round(30 * fs_strap)
+    t_ns = np.round(0.3e9 + np.arange(n) * 1e9 / fs_strap).astype(np.int64)
+    uv = np.round(_pulses(t_ns / 1e9)).astype(np.int32)
+    for k in range(0, n, 73):
+        store.add_ecg(sid, t_ns[k : k + 73].tolist(), uv[k : k + 73].tolist())
+    store.finish_session(sid, T0_MS + 31_000)
+    with pyedflib.EdfReader(str(export_edf(store, sid, tmp_path / "s.edf"))) as f:
+        i = f.getSignalLabels().index("ECG")
+        assert f.getSampleFrequency(i) == ECG_FS
+        assert f.getPrefilter(i) == "resampled 130.16->130 Hz, Lanczos-windowed sinc, 16 taps/side"
+        ecg = f.readSignal(i)
+    grid = np.arange(ecg.size) / ECG_FS
+    truth = _pulses(grid)
+    # Away from the ends of the recording (where the kernel has fewer samples).
+    inner = (grid > t_ns[0] / 1e9 + 0.25) & (grid < t_ns[-1] / 1e9 - 0.25)
+    assert np.abs(ecg[inner] - truth[inner]).max() <= 3.0
+    # Every peak: the highest sample near it as high as the waveform's at those times.
+    for apex in np.arange(0.4 + 0.83, 30.0, 0.83):
+        near = inner & (np.abs(grid - apex) < 0.03)
+        assert ecg[near].max() >= 0.99 * truth[near].max()
+    beh = export_bids(store, sid, tmp_path / "bids")
+    (data,) = beh.glob("*_recording-ecg_physio.tsv.gz")
+    cells = gzip.decompress(data.read_bytes()).decode().split()
+    cardiac = np.array([np.nan if c == "n/a" else float(c) for c in cells])
+    recorded = (grid[: cardiac.size] >= t_ns[0] / 1e9) & (grid[: cardiac.size] <= t_ns[-1] / 1e9)
+    assert np.array_equal(np.isnan(cardiac), ~recorded)
+    assert np.array_equal(cardiac[recorded], ecg[: cardiac.size][recorded])  # the same µV
+    sidecar = json.loads(data.with_name(data.name.replace(".tsv.gz", ".json")).read_text())
+    assert "130.16 Hz" in sidecar["cardiac"]["Description"]
+    assert "sinc" in sidecar["cardiac"]["Description"]
 
 
 def test_edf_without_ecg_and_wrong_suffix(store: SessionStore, tmp_path: Path) -> None:
