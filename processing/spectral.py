@@ -300,6 +300,59 @@ def _welch_runs(
     return f, p.mean(axis=0)
 
 
+_LOMB_CELLS = 1 << 21
+"""Complex cells of one block of the Lomb–Scargle sums (32 MiB): beats are taken in blocks."""
+
+
+def _lomb_sums(
+    t: FloatArray, y: FloatArray, k_max: int, df: float
+) -> tuple[int, float, npt.NDArray[np.complex128], npt.NDArray[np.complex128],
+           npt.NDArray[np.complex128]]:  # fmt: skip
+    """What the Lomb–Scargle periodogram at ``f_k = k·df`` (``k = 1…k_max``) needs of some
+    beats: ``n``, ``Σy``, ``Σ y·zᵏ``, ``Σ zᵏ`` and ``Σ z²ᵏ`` with ``z = exp(2πi·df·t)``. Sums:
+    those of two sets of beats add up (:func:`lomb_frames` builds each frame from two
+    half-frames). ``zᵏ`` comes from ``z^(b·j) · z^m`` (``b ≈ √(2·k_max)``): about ``2√k_max``
+    complex exponentials per beat instead of ``k_max`` cosines and sines."""
+    sy = np.zeros(k_max, np.complex128)
+    s1 = np.zeros(k_max, np.complex128)
+    s2 = np.zeros(k_max, np.complex128)
+    if k_max == 0:
+        return t.size, float(y.sum()), sy, s1, s2
+    theta = (2.0 * np.pi * df) * t
+    kk = 2 * k_max
+    b = max(1, math.isqrt(kk))
+    nb = -(-kk // b)
+    rows = max(1, _LOMB_CELLS // (nb * b))
+    for a in range(0, t.size, rows):
+        th = theta[a : a + rows, None]
+        low = np.exp(1j * th * np.arange(1, b + 1))  # z^1 … z^b
+        high = np.exp(1j * th * (b * np.arange(nb)))  # z^0, z^b, z^2b, …
+        z = (high[:, :, None] * low[:, None, :]).reshape(th.shape[0], nb * b)
+        sy += y[a : a + rows] @ z[:, :k_max]
+        s1 += z[:, :k_max].sum(axis=0)
+        s2 += z[:, 1:kk:2].sum(axis=0)
+    return t.size, float(y.sum()), sy, s1, s2
+
+
+def _lomb_power(
+    n: int,
+    sum_y: float,
+    sy: npt.NDArray[np.complex128],
+    s1: npt.NDArray[np.complex128],
+    s2: npt.NDArray[np.complex128],
+) -> FloatArray:
+    """The classical periodogram ``½[(Σy'cos ω(t−τ))²/Σcos² + (Σy'sin ω(t−τ))²/Σsin²]`` of
+    the mean-removed ``y'`` from :func:`_lomb_sums`: ``tan 2ωτ = Σsin 2ωt / Σcos 2ωt``, and
+    ``Σcos² ω(t−τ) = (n + |Σz²ᵏ|)/2``, ``Σsin² = (n − |Σz²ᵏ|)/2``."""
+    c = sy - (sum_y / n) * s1  # Σ y'·zᵏ
+    half = 0.5 * np.arctan2(s2.imag, s2.real)
+    ct, st = np.cos(half), np.sin(half)
+    r = np.abs(s2)
+    return np.asarray(
+        (c.real * ct + c.imag * st) ** 2 / (n + r) + (c.imag * ct - c.real * st) ** 2 / (n - r)
+    )
+
+
 def lomb_psd(
     t_s: npt.ArrayLike, rr_ms: npt.ArrayLike, f_max: float = 0.5, df: float | None = None
 ) -> tuple[FloatArray, FloatArray]:
@@ -314,25 +367,11 @@ def lomb_psd(
         return np.empty(0), np.empty(0)
     covered = float(np.sum(y)) / 1000.0
     f_max = min(f_max, nyquist_hz(covered / n))
-    y = y - y.mean()
     df = 1.0 / (4.0 * covered) if df is None else df
     f = np.arange(df, f_max + df * 1e-9, df)
-    out = np.empty(f.size)
-    tc = t - t[0]
-    chunk = max(1, 2_000_000 // n)
-    for s in range(0, f.size, chunk):
-        wt = 2.0 * np.pi * f[s : s + chunk, None] * tc
-        cw, sw = np.cos(wt), np.sin(wt)
-        # τ from tan(2ωτ) = Σ sin 2ωt / Σ cos 2ωt, by the double-angle identities; then
-        # cos ω(t−τ) and sin ω(t−τ) by the difference identities: two trig arrays, not four.
-        half = 0.5 * np.arctan2(2.0 * (cw * sw).sum(1), (cw * cw - sw * sw).sum(1))[:, None]
-        ct, st = np.cos(half), np.sin(half)
-        c = cw * ct + sw * st
-        sn = sw * ct - cw * st
-        out[s : s + chunk] = 0.5 * (
-            (c @ y) ** 2 / (c * c).sum(1) + (sn @ y) ** 2 / (sn * sn).sum(1)
-        )
-    return f, out * 2.0 * covered / n
+    if f.size == 0:
+        return f, np.empty(0)
+    return f, _lomb_power(*_lomb_sums(t - t[0], y, f.size, df)) * 2.0 * covered / n
 
 
 def _band(f: FloatArray, psd: FloatArray, lo: float, hi: float) -> float:
@@ -498,21 +537,36 @@ def lomb_frames(t_s: npt.ArrayLike, rr_ms: npt.ArrayLike, frame_s: float = SEGME
     start = float(t[0] - rr[0] / 1000.0)
     span = float(t[-1]) - start
     frame = min(frame_s, span)
-    frames: list[tuple[int, int]] = []
-    for a in np.arange(start, start + span - frame + 1e-9, frame / 2.0).tolist():
-        lo, hi = np.searchsorted(t, [a, a + frame], side="right").tolist()
+    starts = np.arange(start, start + span - frame + 1e-9, frame / 2.0)
+    # Frame m is half-frames m and m + 1: each half's sums are computed once.
+    bounds = np.searchsorted(
+        t, np.append(starts, [starts[-1] + frame / 2.0, starts[-1] + frame]), side="right"
+    ).tolist()
+    frames: list[tuple[int, int, int]] = []
+    for m in range(starts.size):
+        lo, hi = bounds[m], bounds[m + 2]
         if hi - lo < 4 or float(np.sum(rr[lo:hi])) / 1000.0 < 0.5 * frame:
             continue
-        frames.append((lo, hi))
+        frames.append((m, lo, hi))
     if not frames:
         return band_powers(np.empty(0), np.empty(0), 0.0)
     # One grid for every frame, up to the lowest of their Nyquist frequencies.
-    nyquist = min(nyquist_hz(float(np.sum(rr[lo:hi])) / 1000.0 / (hi - lo)) for lo, hi in frames)
+    nyquist = min(
+        nyquist_hz(float(np.sum(rr[lo:hi])) / 1000.0 / (hi - lo)) for _m, lo, hi in frames
+    )
+    df = 1.0 / (4.0 * frame)
+    f = np.arange(df, min(0.5, nyquist) + df * 1e-9, df)
+    halves = {
+        h: _lomb_sums(
+            t[bounds[h] : bounds[h + 1]] - start, rr[bounds[h] : bounds[h + 1]], f.size, df
+        )
+        for h in sorted({h for m, _lo, _hi in frames for h in (m, m + 1)})
+    }
     psds: list[FloatArray] = []
-    f = np.empty(0)
-    for lo, hi in frames:
-        f, p = lomb_psd(t[lo:hi], rr[lo:hi], f_max=min(0.5, nyquist), df=1.0 / (4.0 * frame))
-        psds.append(p)
+    for m, lo, hi in frames:
+        (na, ya, sya, s1a, s2a), (nb, yb, syb, s1b, s2b) = halves[m], halves[m + 1]
+        p = _lomb_power(na + nb, ya + yb, sya + syb, s1a + s1b, s2a + s2b)
+        psds.append(p * 2.0 * float(np.sum(rr[lo:hi])) / 1000.0 / (hi - lo))
     return band_powers(f, np.mean(psds, axis=0), span, nyquist)
 
 
