@@ -23,9 +23,18 @@ strap may have started anyway); "already in state" (a stream left running) is an
 STOP and one more START.
 
 The notification callbacks only decode and append to bounded buffers. A frame that is
-malformed (``malformed``), not later than the one before it (``out_of_order``) or pushed out
+malformed (``malformed``), earlier than the one before it (``out_of_order``) or pushed out
 by a consumer that fell behind (``overflowed``) is dropped and counted in ``dropped``
-(:class:`DroppedFrames`): one WARNING line at most a minute, the bytes at DEBUG only.
+(:class:`DroppedFrames`): one WARNING line at most a minute, the bytes at DEBUG only. A frame
+with the previous one's timestamp is the same frame delivered twice: ignored (``repeated``,
+DEBUG only), no data is lost.
+
+The strap's clock can step (an app sets the H10's time, which restarts at 2019-01-01 after a
+power-off). Each frame's timestamp change is compared with its arrival-time change (monotonic
+clock, × ``time_scale``); where the timestamp moved more than ``CLOCK_STEP_S`` (2 s) further,
+or went back while the arrival moved on by more than that, the frame carries the step
+(:attr:`ReceivedFrame.clock_step_s`) and the clock offset is measured afresh. A frame that
+arrives later than its timestamp says (a link retrying) is not a step: frames are only ever late.
 """
 
 from __future__ import annotations
@@ -66,6 +75,12 @@ from settle.errors import SensorError
 log = logging.getLogger(__name__)
 
 _NS_PER_S = 1_000_000_000
+
+CLOCK_STEP_S = 2.0
+"""A strap timestamp change that disagrees with the arrival-time change by more than this
+(plus ``CLOCK_STEP_HOST_S`` × time scale) is a step of the strap's clock, s."""
+CLOCK_STEP_HOST_S = 0.01
+"""Host part of the step threshold, wall s (an event-loop stall at a time-compressed speed)."""
 
 
 class PmdUnavailable(SensorError):
@@ -112,6 +127,12 @@ class ReceivedFrame:
 
     recv_ts_s: float
     frame: EcgFrame
+    recv_mono_s: float = 0.0
+    """Receive time on the host's monotonic clock, s."""
+    clock_step_s: float | None = None
+    """The strap's clock stepped just before this frame, by about this much (timestamp change
+    minus arrival-time change, s): its timestamp does not continue the previous frame's, so
+    re-anchor it to its arrival. None: the clock ran on."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -145,6 +166,9 @@ class PmdSession:
         stall_timeout_s: :meth:`frames` raises if no frame arrives for this long.
         clock: host epoch clock (seconds), injectable for tests.
         dropped: where dropped frames are counted and reported (a new one if None).
+        time_scale: strap seconds per host second (a time-compressed virtual strap), for
+            comparing timestamp and arrival-time changes.
+        monotonic: host monotonic clock (seconds), injectable for tests.
     """
 
     def __init__(
@@ -157,6 +181,8 @@ class PmdSession:
         stall_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.time,
         dropped: DroppedFrames | None = None,
+        time_scale: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.sensor_id = sensor_id or client.address
@@ -168,7 +194,14 @@ class PmdSession:
         self.malformed = 0
         """Data or control-point notifications that could not be decoded (dropped)."""
         self.out_of_order = 0
-        """Frames whose timestamp is not after the previous frame's (a repeat): dropped."""
+        """Frames whose timestamp is before the previous frame's by less than a clock step:
+        dropped (their samples would overlap ones already kept)."""
+        self.repeated = 0
+        """Frames with the previous frame's timestamp (delivered twice): ignored, nothing lost."""
+        self.clock_steps = 0
+        """Steps of the strap's clock seen (see :attr:`ReceivedFrame.clock_step_s`)."""
+        self.time_scale = time_scale
+        self._monotonic = monotonic
         self.overflowed = 0
         """Frames dropped because the consumer fell behind by ``buffer_frames``."""
         self.dropped = dropped if dropped is not None else DroppedFrames(self.sensor_id)
@@ -179,7 +212,8 @@ class PmdSession:
         # a reply, or the decode error of a reply that could not be read
         self._replies: asyncio.Queue[PmdResponse | MalformedPmd] = asyncio.Queue()
         self._frames: collections.deque[ReceivedFrame] = collections.deque()
-        self._last_frame_ns: int | None = None  # timestamp of the newest frame kept
+        # timestamp (strap ns) and monotonic receive time (s) of the newest frame kept
+        self._last_frame: tuple[int, float] | None = None
         self._wakeup = asyncio.Event()
         self._lock = asyncio.Lock()
         self._streaming = False
@@ -341,7 +375,7 @@ class PmdSession:
         # Frames before our START belong to a stream we did not start; a new stream may
         # start its timestamps afresh.
         self._frames.clear()
-        self._last_frame_ns = None
+        self._last_frame = None
         await self.request(command)
 
     async def _stop_quietly(self) -> None:
@@ -407,7 +441,7 @@ class PmdSession:
         self._replies.put_nowait(reply)
 
     def _on_data(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
-        recv = self._clock()
+        recv, recv_mono = self._clock(), self._monotonic()
         try:
             frame = EcgFrame.from_bytes(data)
         except MalformedPmd as exc:
@@ -415,12 +449,35 @@ class PmdSession:
             log.debug("dropped malformed PMD frame from %s: %s", self.sensor_id, exc)
             self.dropped.add(exc.reason)
             return
-        if self._last_frame_ns is not None and frame.timestamp_ns <= self._last_frame_ns:
-            self.out_of_order += 1
-            log.debug("dropped out-of-order PMD frame from %s: %s", self.sensor_id, data.hex())
-            self.dropped.add("timestamp not after the previous frame's")
-            return
-        self._last_frame_ns = frame.timestamp_ns
+        step_s: float | None = None
+        if self._last_frame is not None:
+            last_ns, last_mono = self._last_frame
+            if frame.timestamp_ns == last_ns:
+                self.repeated += 1
+                log.debug("ignored a repeated PMD frame from %s: %s", self.sensor_id, data.hex())
+                return
+            strap_dt = (frame.timestamp_ns - last_ns) / _NS_PER_S
+            host_dt = (recv_mono - last_mono) * self.time_scale
+            tolerance = CLOCK_STEP_S + CLOCK_STEP_HOST_S * self.time_scale
+            # Frames are only ever late: a timestamp behind the arrival but moving forward is
+            # a delayed delivery (link retries), and the strap's clock is right.
+            late = 0 < strap_dt <= host_dt
+            if not late and abs(strap_dt - host_dt) > tolerance:
+                step_s = strap_dt - host_dt
+                self.clock_steps += 1
+                self.clock_offset_s = None  # measured afresh from this frame on
+                log.warning(
+                    "%s: the strap's ECG clock jumped %+.1f s; raw ECG re-anchored to its "
+                    "arrival time",
+                    self.sensor_id,
+                    step_s,
+                )
+            elif strap_dt < 0:
+                self.out_of_order += 1
+                log.debug("dropped out-of-order PMD frame from %s: %s", self.sensor_id, data.hex())
+                self.dropped.add("timestamp before the previous frame's (strap clock stepped back)")
+                return
+        self._last_frame = (frame.timestamp_ns, recv_mono)
         offset = recv - frame.timestamp_ns / _NS_PER_S
         if self.clock_offset_s is None or offset < self.clock_offset_s:
             self.clock_offset_s = offset
@@ -428,7 +485,7 @@ class PmdSession:
             self._frames.popleft()
             self.overflowed += 1
             self.dropped.add("processing fell behind")
-        self._frames.append(ReceivedFrame(recv, frame))
+        self._frames.append(ReceivedFrame(recv, frame, recv_mono, step_s))
         self._wakeup.set()
 
 

@@ -10,10 +10,16 @@ on real H10s, not the nominal 130 Hz), so a frame's samples join the previous fr
 step. A session keeps every sample from its t = 0 on, including the part of a frame that
 straddles its start, and never a sample at or before one it already has.
 
+Where the strap's clock steps (the PMD session compares timestamp and arrival-time changes,
+see :mod:`sensors.ecg_stream`), the session is re-anchored like its first frame: the frame's
+last sample at its arrival, but never before the samples already stored (the samples go on; only
+their clock jumped). The seam is recorded as a gap (``raw ECG clock step``) with a ``gap`` event;
+the R-peak detector sees the jump in its timestamps as a gap (no RR across it).
+
 A strap without PMD simply has no ECG; a failing ECG stream never disturbs the heart-rate
-stream on the same link. Frames the PMD session drops (malformed, repeated, or pushed out by
-a backlog) are counted per strap (:meth:`EcgRecorder.dropped_frames`) and reported as one
-WARNING line at most a minute.
+stream on the same link. Frames the PMD session drops (malformed, out of order, or pushed out
+by a backlog; a frame delivered twice is ignored, nothing lost) are counted per strap
+(:meth:`EcgRecorder.dropped_frames`) and reported as one WARNING line at most a minute.
 """
 
 from __future__ import annotations
@@ -28,13 +34,14 @@ from bleak import BleakClient
 
 from feedback.payloads import EcgBeatPayload
 from processing.ecg import RPeakDetector
-from sensors.ecg_stream import DroppedFrames, PmdSession, PmdUnavailable
+from sensors.ecg_stream import DroppedFrames, PmdSession, PmdUnavailable, ReceivedFrame
 from sensors.pmd import EcgFrame
+from sessions.store import GapRow
 from settle.errors import SensorError
 
 if TYPE_CHECKING:
     from settle.daemon import StrapRuntime
-    from settle.pipeline import BeatWriter
+    from settle.pipeline import BeatWriter, StrapPipeline
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +95,7 @@ class EcgRecorder:
 
     @property
     def dropped(self) -> int:
-        """ECG frames dropped by the PMD sessions of every strap (malformed, repeated, or
+        """ECG frames dropped by the PMD sessions of every strap (malformed, out of order, or
         pushed out by a backlog)."""
         return sum(d.total for d in self._dropped.values())
 
@@ -101,7 +108,10 @@ class EcgRecorder:
         dev = rt.device_id or client.address
         dropped = self._dropped.setdefault(dev, DroppedFrames(dev))
         try:
-            async with PmdSession(client, sensor_id=dev, dropped=dropped) as pmd:
+            # Sessions share the daemon's time scale (virtual straps at --speed X).
+            scale = rt.session.time_scale if rt.session is not None else 1.0
+            pmd_session = PmdSession(client, sensor_id=dev, dropped=dropped, time_scale=scale)
+            async with pmd_session as pmd:
                 await pmd.start_ecg()
                 log.info("%s: recording raw ECG (Polar PMD, 130 Hz)", dev)
                 await self._record(rt, pmd)
@@ -130,7 +140,8 @@ class EcgRecorder:
         async for received in pmd.frames():
             session = rt.session
             frame = received.frame
-            if previous_ns is not None:
+            stepped = received.clock_step_s is not None
+            if previous_ns is not None and not stepped:
                 # After a lost frame, the last measured period (the crystal did not change).
                 period_ns = measured_sample_period_ns(previous_ns, frame) or period_ns
             previous_ns = frame.timestamp_ns
@@ -141,6 +152,11 @@ class EcgRecorder:
                 arrival_s = (time.monotonic() - session.started_mono_s) * session.time_scale
                 offset = (session.session_id, int(arrival_s * 1e9) - frame.timestamp_ns)
                 newest_ns = -1
+            elif stepped:
+                offset = (
+                    session.session_id,
+                    self._reanchor(session, received, newest_ns, period_ns),
+                )
             t_ns, uv = samples_after(frame, offset[1], newest_ns, period_ns)
             if t_ns:
                 self.writer.add_ecg(session.session_id, t_ns, uv)
@@ -162,3 +178,23 @@ class EcgRecorder:
                 rt.output.ecg_seq += 1
                 rt.output.publish("ecg_beat", payload.to_json(), 0)
                 self.beats += 1
+
+    def _reanchor(
+        self, session: StrapPipeline, received: ReceivedFrame, newest_ns: int, period_ns: float
+    ) -> int:
+        """The strap's clock stepped before ``received``: the new strap ns → session ns offset
+        (its last sample at its arrival, after ``newest_ns``), the seam recorded as a gap."""
+        frame = received.frame
+        n = len(frame.samples_uv)
+        arrival_s = (received.recv_mono_s - session.started_mono_s) * session.time_scale
+        last_ns = max(int(arrival_s * 1e9), newest_ns + round(n * period_ns))
+        if newest_ns >= 0:
+            step_s = received.clock_step_s or 0.0
+            start_s, end_s = newest_ns / 1e9, (last_ns - round((n - 1) * period_ns)) / 1e9
+            self.writer.add_gap(session.session_id, GapRow(start_s, end_s, "raw ECG clock step"))
+            session.event(
+                "gap",
+                f"raw ECG re-anchored: the strap's clock jumped {step_s:+.1f} s",
+                t_s=end_s,
+            )
+        return last_ns - frame.timestamp_ns

@@ -189,7 +189,7 @@ def test_dropped_frames_warn_once_a_minute_with_a_count() -> None:
     assert dropped.total == 6 and dropped.unreported == 0
 
 
-async def test_an_empty_or_repeated_frame_is_dropped_and_the_stream_goes_on(
+async def test_an_empty_frame_is_dropped_a_repeated_one_ignored_and_the_stream_goes_on(
     air: VirtualAir, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     header_only: list[bytes] = []
@@ -214,7 +214,8 @@ async def test_an_empty_or_repeated_frame_is_dropped_and_the_stream_goes_on(
                 frames.append(received.frame)
                 if len(frames) == 8:
                     break
-    assert (pmd.malformed, pmd.out_of_order, pmd.dropped.total) == (1, 1, 2)
+    # The repeat lost nothing: ignored, not reported as a dropped frame (it used to be).
+    assert (pmd.malformed, pmd.repeated, pmd.out_of_order, pmd.dropped.total) == (1, 1, 0, 1)
     ecg = h10_ecg_uv()
     assert [f.samples_uv for f in frames] == [
         ecg[73 * k : 73 * (k + 1)] for k in (0, 1, 3, 4, 5, 6, 7, 8)
@@ -222,12 +223,67 @@ async def test_an_empty_or_repeated_frame_is_dropped_and_the_stream_goes_on(
     warnings = ecg_warnings(caplog)
     assert warnings[0].startswith("h10: 1 raw ECG frame dropped since the last warning, 1 in all")
     assert "no samples" in warnings[0]
-    assert len(warnings) == 2 and "1 in all" not in warnings[1]  # the rest, when it closed
+    assert len(warnings) == 1  # nothing more to report when it closed
     # The bytes are at DEBUG only (ECG is health data), never in a warning.
     assert all(header_only[0].hex() not in w and "data=" not in w for w in warnings)
     assert any(
         header_only[0].hex() in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG
     )
+
+
+# -- the strap's clock steps -------------------------------------------------------------------
+
+
+async def test_a_step_of_the_strap_clock_is_told_from_a_late_delivery(
+    air: VirtualAir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app sets the H10's clock an hour forward, then two hours back; later the link holds
+    a frame for 3.5 s and delivers the backlog at once. The steps are flagged on their frames
+    (the timestamp moved an hour while the arrival moved 0.56 s); the late frames are not
+    (frames are only ever late). Nothing is dropped: every later frame used to be, after a step
+    back ("timestamp not after the previous frame's"), until the connection ended."""
+    speed = 10.0
+    pmd_config = PmdConfig(
+        ecg_uv=h10_ecg_uv(), unreliable_start_s=0.0, clock_steps=((3.0, 3600.0), (6.0, -7200.0))
+    )
+    strap = VirtualStrap(air, [800.0] * 2000, speed=speed, pmd=pmd_config)
+    await strap.start()
+    assert strap.pmd is not None
+    data_char = strap.pmd.data
+    held = asyncio.Event()
+    twelfth = h10_ecg_uv()[73 * 12 : 73 * 13]
+    notify = Device.notify_subscriber
+
+    async def notify_subscriber(
+        self: Device, connection: Any, attribute: Any, value: Any = None, force: bool = False
+    ) -> None:
+        ours = value is not None and attribute is data_char
+        frame = EcgFrame.from_bytes(value) if ours else None
+        if frame is not None and not held.is_set() and frame.samples_uv == twelfth:
+            held.set()
+            await asyncio.sleep(3.5 / speed)  # the link retries; the strap queues frames
+        await notify(self, connection, attribute, value, force)
+
+    monkeypatch.setattr(Device, "notify_subscriber", notify_subscriber)
+    async with asyncio.timeout(LIMIT_S):
+        received = []
+        async with (
+            BleakClient(strap.address, **air.client_kwargs()) as client,
+            PmdSession(client, sensor_id="h10", time_scale=speed) as pmd,
+        ):
+            await pmd.start_ecg()
+            async for frame in pmd.frames():
+                received.append(frame)
+                if len(received) == 18:
+                    break
+    ecg = h10_ecg_uv()
+    assert [r.frame.samples_uv for r in received] == [ecg[73 * k : 73 * (k + 1)] for k in range(18)]
+    steps = {k: r.clock_step_s for k, r in enumerate(received) if r.clock_step_s is not None}
+    assert steps.keys() == {5, 10}  # the first frames stamped after 3.0 s and 6.0 s
+    assert steps[5] == pytest.approx(3600.0, abs=1.0)
+    assert steps[10] == pytest.approx(-7200.0, abs=1.0)
+    assert held.is_set() and received[13].recv_mono_s - received[11].recv_mono_s > 3.0 / speed
+    assert (pmd.clock_steps, pmd.dropped.total, pmd.out_of_order) == (2, 0, 0)
 
 
 # -- in the daemon -------------------------------------------------------------------------
@@ -356,3 +412,42 @@ async def test_a_session_started_mid_stream_keeps_the_ecg_from_its_start(
     assert first.state == second.state == "stopped"
     assert 0 <= ecg.t_ns[0] < SAMPLE_PERIOD_NS  # not a frame later
     assert holes(ecg.t_ns) == 0
+
+
+@pytest.mark.parametrize("step_s", [3600.0, -3600.0], ids=["forward", "back"])
+async def test_the_ecg_stays_on_session_time_when_the_strap_clock_steps(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, step_s: float
+) -> None:
+    """An app sets the H10's clock an hour forward (or back) 8 s into the stream. The stored
+    ECG used to run to an hour past the session's end (an EDF export of 3 620 s; a jump of
+    years made it build 1e8 records), or, set back, to stop: every later frame was dropped as
+    "timestamp not after the previous frame's". Now it is re-anchored, the seam a gap."""
+    settings = _settings(tmp_path)
+    rr = [float(x) for x in read_rr_file(DATA / "polar_h10_pvc_device.csv").rr_ms]
+    pmd_config = PmdConfig(ecg_uv=h10_ecg_uv(), clock_steps=((8.0, step_s),))
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, rr, name="Polar H10 0A1B2C3D", speed=10.0, pmd=pmd_config)
+        await strap.start()
+        with SessionStore.open(settings.db_path) as store:
+            daemon = Daemon(settings, store, [client_for(air, strap)], time_scale=10.0)
+            task = asyncio.create_task(daemon.run())
+            await until(lambda: daemon.ecg.frames >= 36, 40)  # 20 s of ECG
+            daemon.stop()
+            await asyncio.wait_for(task, 15)
+            (info,) = store.list_sessions()
+            ecg = store.ecg(info.id)
+            stored = store.read_session(info.id)
+        await strap.stop()
+    t_s = ecg.t_ns / 1e9
+    assert t_s[-1] < max(b.beat_t_s for b in stored.beats) + 2  # within the session
+    assert len(ecg) >= 35 * 73  # nothing dropped after the step
+    assert daemon.ecg.dropped == 0 and not ecg_warnings(caplog)
+    assert np.all(np.diff(ecg.t_ns) > 0)
+    assert holes(ecg.t_ns) <= 1  # the seam: the frame's arrival, never before what is stored
+    (gap,) = stored.gaps
+    assert gap.reason == "raw ECG clock step" and 7 < gap.start_t_s < 12
+    assert gap.end_t_s - gap.start_t_s < 1.0
+    # R peaks are found on both sides, on the same time base, none across the seam.
+    after = [b for b in stored.ecg_beats if b.beat_t_s > gap.end_t_s]
+    assert len(after) > 5 and after[0].rr_ms is None
+    assert all(b.rr_ms is None or 400 < b.rr_ms < 1500 for b in after if b.beat_class is None)

@@ -26,6 +26,8 @@ The H10 behaviours of ``../shared/ble/README.md``, each switchable in :class:`Pm
    baseline offset of tens of mV plus full-scale spikes every 0.3 s — absurd values a daemon
    must discard as warm-up. 0 replays the recording untouched.
 
+``clock_steps`` (none by default) sets the strap's clock forward or back mid-stream.
+
 bumble calls the GATT callbacks synchronously in the event loop; replies are indicated from
 a task, after the write response, as a real strap does.
 """
@@ -90,6 +92,10 @@ class PmdConfig:
     """Behaviour 4: record centrals that disconnect while streaming."""
     unreliable_start_s: float = 3.5
     """Behaviour 5: seconds of absurd values at the start of every stream (0 = none)."""
+    clock_steps: tuple[tuple[float, float], ...] = ()
+    """``(at_s, step_s)`` pairs: the strap's clock is set ``step_s`` forward (negative: back)
+    at ``at_s`` of stream time, as when an app sets an H10's time mid-stream; every frame
+    whose last sample is at or after ``at_s`` carries the shifted timestamp."""
 
     def __post_init__(self) -> None:
         if not self.ecg_uv:
@@ -100,6 +106,8 @@ class PmdConfig:
             raise ValueError("max_centrals must be 1 or 2")
         if self.unreliable_start_s < 0:
             raise ValueError("unreliable_start_s must be >= 0")
+        if any(not (math.isfinite(at) and math.isfinite(step)) for at, step in self.clock_steps):
+            raise ValueError("clock_steps must be finite (at_s, step_s) pairs")
 
 
 def unreliable_start(
@@ -315,6 +323,7 @@ class VirtualPmd:
             if cfg.unreliable_start_s > 0 and start / fs < cfg.unreliable_start_s:
                 samples = unreliable_start(samples, start, fs, cfg.unreliable_start_s)
             ts = cfg.first_timestamp_ns + round(last * 1e9 / fs)
+            ts += sum(round(step * 1e9) for at, step in cfg.clock_steps if last / fs >= at)
             frame = EcgFrame(ts, tuple(max(-INT24_MAX, min(INT24_MAX, s)) for s in samples))
             start = last + 1
             if connection not in self._data_subscribed:
