@@ -403,7 +403,7 @@ def _print_indices(out: Console, p: IndicesPayload, devices: dict[str, str] | No
         score = "baseline…"
     else:
         arrow = {"settling": "↑ settling", "unsettling": "↓ unsettling", "steady": "→ steady"}
-        score = f"{p.settling:5.1f} {arrow.get(p.trend, '')}"
+        score = f"{p.settling:5.1f} {arrow.get(p.trend, '(trend after 2 min of scores)')}"
     caught = ""
     if p.catching_up_t_s is not None:
         m, s = divmod(int(p.catching_up_t_s), 60)
