@@ -354,11 +354,17 @@ def quiet_closed_socket_callbacks(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def _install_stop_signals(stop: Callable[[], None]) -> None:
-    """Ctrl-C / SIGTERM stop cleanly: sessions closed, straps disconnected, broker told."""
+    """Ctrl-C / SIGTERM stop cleanly: sessions closed, straps disconnected, broker told.
+
+    So does SIGHUP (the terminal closed, the ssh session dropped), which by default ended the
+    process at once, as ``kill -9`` would: the session left ``running``, the last second of
+    beats lost. Under ``nohup`` (SIGHUP ignored) it stays ignored and recording goes on."""
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGTERM, stop)
         loop.add_signal_handler(signal.SIGINT, stop)
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+            loop.add_signal_handler(signal.SIGHUP, stop)
 
 
 def _print_banner(out: Console, settings: Settings, broker: BrokerChoice | None) -> None:

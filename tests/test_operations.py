@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiomqtt
@@ -67,6 +68,34 @@ async def test_sigterm_stops_the_demo_cleanly(mosquitto: Mosquitto, tmp_path: Pa
     assert await retained(mosquitto.port, "settle/bridge/state") == b"offline"
     session = await retained(mosquitto.port, f"settle/{s.device_id}/session")
     assert session is not None and json.loads(session)["state"] == "stopped"
+
+
+@pytest.mark.parametrize("ignored", [False, True], ids=["hangup", "nohup"])
+def test_a_terminal_hanging_up_closes_the_session_and_nohup_keeps_recording(
+    tmp_path: Path, ignored: bool
+) -> None:
+    """Closing the terminal (SIGHUP) ended the daemon as `kill -9` does: exit by signal 1, the
+    session left `running`, the last second of beats lost. Now it stops cleanly; under
+    `nohup` (SIGHUP ignored) the hangup changes nothing and the recording goes on."""
+    db = tmp_path / "s.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "settle.cli", "demo", "--speed", "10", "--db", str(db),
+         "--no-mqtt", "--duration", "6" if ignored else "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(),
+        preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignored else None,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    while b"session:" not in (line := proc.stdout.readline()):
+        assert line, proc.communicate()[1].decode()
+    time.sleep(1.5)  # some beats stored
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    with SessionStore.open(db) as store:
+        (s,) = store.list_sessions()
+    assert s.state == SessionState.STOPPED and s.n_beats > 0
+    # Under nohup the run went on to its --duration: 6 s at 10x is ~60 s of session.
+    assert (s.stopped_ms - s.started_ms) / 1000 * 10 > 50 if ignored else True
 
 
 # A physiology value in a log line: a number next to bpm/ms/rr/hr/rmssd/settling.
