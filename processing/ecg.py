@@ -34,8 +34,12 @@ imposes (a PMD frame holds 0.56 s of samples: 0–0.56 s, 0.28 s on average). Ea
 ``confirmed_t_s`` (the time of the newest sample when it was confirmed) so callers can measure
 it; see docs/pmd.md for the figures on the real H10 recording.
 
-A jump in the chunk timestamps larger than ``gap_tolerance_s`` resets the detector (the next
-beat has no RR): samples are never bridged across a gap.
+A jump in the chunk timestamps larger than ``gap_tolerance_s`` is a gap: samples are never
+bridged across it and the first beat after it has no RR. A gap forward of up to ``gap_keep_s``
+(a lost PMD frame is 0.56 s) restarts only the filter and keeps what was learned about the
+signal (SPK, mean RR), so beats are found again within the filter's settling time; a longer gap,
+or timestamps going back, relearns from scratch. The warm-up (``warmup_s``, electrodes settling)
+applies to the start of the stream only, not after a gap.
 """
 
 from __future__ import annotations
@@ -75,13 +79,20 @@ class DetectorParams:
     learn_s: float = 1.5
     """After a (re)start, SPK is learned for this long before any beat is reported, s."""
     warmup_s: float = 4.0
-    """Beats within this time of a (re)start are reported with ``plausible=False``, s."""
+    """Beats within this time of the stream's start (the first sample given to the detector)
+    are reported with ``plausible=False``, s: the electrodes settle."""
     rr_min_ms: float = 273.0
     """Shortest plausible RR, ms (220 beats/min)."""
     rr_max_ms: float = 2000.0
     """Longest plausible RR, ms (30 beats/min)."""
     gap_tolerance_s: float = 0.1
     """A chunk starting further than this from where the previous one ended is a gap, s."""
+    gap_keep_s: float = 3.0
+    """A gap forward up to this long keeps SPK and the mean RR (only the filter restarts); a
+    longer one, or one backwards, relearns them from scratch, s."""
+    gap_settle_s: float = 0.1
+    """After a gap that kept the learned levels, no beat is taken from the filter's settling
+    transient for this long, s."""
 
     def __post_init__(self) -> None:
         lo, hi = self.band_hz
@@ -89,6 +100,8 @@ class DetectorParams:
             raise ValueError(f"fs_hz must be finite and > 0, got {self.fs_hz!r}")
         if not 0 < lo < hi < self.fs_hz / 2:
             raise ValueError(f"band_hz must satisfy 0 < lo < hi < fs/2, got {self.band_hz!r}")
+        if not self.gap_keep_s >= self.gap_tolerance_s >= 0 or self.gap_settle_s < 0:
+            raise ValueError("need gap_keep_s >= gap_tolerance_s >= 0 and gap_settle_s >= 0")
         for name in ("integration_s", "lookahead_s", "refractory_s", "learn_s", "memory_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
@@ -107,10 +120,12 @@ class EcgBeat:
     ``update`` (sub-sample: parabolic interpolation of the filtered ECG, group delay removed);
     it trails the R peak by a steady few ms (8.2 ms median on the real H10 recording)."""
     rr_ms: float | None
-    """``1000 · (t_s − previous t_s)``, ms; None for the first beat after a (re)start."""
+    """``1000 · (t_s − previous t_s)``, ms; None for the first beat of the stream and after a
+    gap."""
     plausible: bool
-    """False if within ``warmup_s`` of a (re)start or ``rr_ms`` outside
-    [``rr_min_ms``, ``rr_max_ms``]; such beats should be stored as artefacts, not analysed."""
+    """False if ``rr_ms`` is None or outside [``rr_min_ms``, ``rr_max_ms``], or within
+    ``warmup_s`` of the stream's start; such beats should be stored as artefacts, not
+    analysed."""
     confirmed_t_s: float
     """Time of the newest sample when the beat was confirmed, s; ``confirmed_t_s − t_s`` is
     the detection latency (excluding transport)."""
@@ -144,17 +159,19 @@ class RPeakDetector:
         self._keep = self._search + self._look + self._w + 4
         self.beats_total = 0
         """Beats reported since construction."""
+        self.gaps = 0
+        """Gaps (timestamp jumps) seen; none is ever bridged."""
         self.resets = 0
-        """Gaps (timestamp jumps) that restarted the detector."""
-        self._reset(None)
+        """Of those, the ones that relearned from scratch (long, or backwards)."""
+        self._stream_n = 0  # samples of the stream before the current run
+        self._reset()
 
     # -- state -------------------------------------------------------------------------
 
-    def _reset(self, t0_s: float | None) -> None:
+    def _reset(self) -> None:
         self._zi = np.zeros((self._sos.shape[0], 2))
         self._zi_primed = False
         self._n = 0  # global index of the next sample since (re)start
-        self._t0_s = t0_s  # time of sample 0 of the current run
         self._anchors: list[tuple[int, float]] = []  # (first index of a chunk, its time)
         self._y = np.zeros(0)  # tail of the filtered ECG, ends at index n-1
         self._e_tail = np.zeros(0)  # last w-1 squared values (for the moving average)
@@ -170,6 +187,20 @@ class RPeakDetector:
         self._next_t_s: float | None = None
         self._blocks: list[float] = []  # feature maxima of the last completed 0.5-s blocks
         self._block_max = 0.0
+        self._quiet_until = 0  # no candidate before this index (filter settling after a gap)
+
+    def _bridge(self, gap_s: float) -> None:
+        """A short gap forward: restart the filter, keep SPK, the mean RR and the indices in
+        step with time (the missing samples are counted), forget the pending candidate."""
+        self._zi_primed = False
+        self._y = np.zeros(0)
+        self._e_tail = np.zeros(0)
+        self._m = np.zeros(0)
+        self._n += round(gap_s * self.params.fs_hz)
+        self._cand_idx, self._cand_val = -1, 0.0
+        self._last_t_s = None  # no RR across the gap
+        self._decay_from = self._n
+        self._quiet_until = self._n + round(self.params.gap_settle_s * self.params.fs_hz)
 
     # -- time --------------------------------------------------------------------------
 
@@ -208,14 +239,16 @@ class RPeakDetector:
         if t_first_s is None:
             assert t_last_ns is not None
             t_first_s = t_last_ns / _NS_PER_S - (x.size - 1) / fs
-        if (
-            self._next_t_s is not None
-            and abs(t_first_s - self._next_t_s) > self.params.gap_tolerance_s
-        ):
-            self.resets += 1
-            self._reset(None)
-        if self._t0_s is None:
-            self._t0_s = t_first_s
+        if self._next_t_s is not None:
+            jump_s = t_first_s - self._next_t_s
+            if abs(jump_s) > self.params.gap_tolerance_s:
+                self.gaps += 1
+                if 0 < jump_s <= self.params.gap_keep_s:
+                    self._bridge(jump_s)
+                else:
+                    self.resets += 1
+                    self._stream_n += self._n
+                    self._reset()
         self._anchors.append((self._n, t_first_s))
         self._next_t_s = t_first_s + x.size / fs
         return self._process(x)
@@ -281,7 +314,7 @@ class RPeakDetector:
         if n - max(self._last_idx, self._decay_from) > max(1.5 * self._rr_mean_s, 1.0) * fs:
             self._spk *= 0.5
             self._decay_from = n
-        if n - self._last_idx < self._refr:
+        if n - self._last_idx < self._refr or n < self._quiet_until:
             return None
         threshold = self.params.threshold_fraction * self._spk
         if v > threshold and v > self._cand_val:
@@ -314,11 +347,10 @@ class RPeakDetector:
                 frac = max(-0.5, min(0.5, 0.5 * (y0 - y2) / denom))
         t_s = self._time_of(k + frac) - self.group_delay_s
         rr_ms = None if self._last_t_s is None else 1000.0 * (t_s - self._last_t_s)
-        assert self._t0_s is not None
         plausible = (
             rr_ms is not None
             and p.rr_min_ms <= rr_ms <= p.rr_max_ms
-            and t_s - self._t0_s >= p.warmup_s
+            and (self._stream_n + k + frac) / p.fs_hz - self.group_delay_s >= p.warmup_s
         )
         if rr_ms is not None and p.rr_min_ms <= rr_ms <= p.rr_max_ms:
             self._rr_mean_s = 0.875 * self._rr_mean_s + 0.125 * rr_ms / 1000.0

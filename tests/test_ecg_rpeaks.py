@@ -202,16 +202,51 @@ def test_pmd_style_timestamps_give_the_same_beats() -> None:
     )
 
 
-def test_a_timestamp_gap_resets_and_is_never_bridged() -> None:
+def test_a_long_timestamp_gap_relearns_and_is_never_bridged() -> None:
     x = h10_ecg()[1]
     det = RPeakDetector()
     before = det.update(x[:1300], t_first_s=0.0)
     after = det.update(x[1300:3900], t_first_s=60.0)  # 50 s of missing samples
     assert before and after
-    assert det.resets == 1
     assert after[0].rr_ms is None
-    assert all(b.t_s >= 60.0 for b in after)
+    assert all(b.t_s >= 61.5 for b in after)  # learned afresh for learn_s
     assert not after[0].plausible
+    assert all(b.plausible for b in after[1:])  # no start-up warm-up: the stream ran on
+    assert (det.gaps, det.resets) == (1, 1)
+
+
+def test_a_lost_frame_costs_only_the_beats_it_held() -> None:
+    """One lost PMD frame (0.56 s) used to restart the detector: 3 beats missed while it
+    relearned and 4 more flagged implausible by the start-up warm-up, ~5 s of beats. Now it
+    keeps what it learned: every beat from the first after the gap on is found where the
+    uninterrupted detector finds it, and only that first one (no RR across the gap) is not
+    plausible."""
+    t, x = h10_ecg()
+    n = 130 * 120 // FRAME * FRAME
+    lost = 107  # the frame at 60.1-60.7 s
+
+    def run(det: RPeakDetector, skip: int | None) -> list[EcgBeat]:
+        out: list[EcgBeat] = []
+        for k, i in enumerate(range(0, n, FRAME)):
+            if k != skip:
+                out.extend(det.update(x[i : i + FRAME], t_first_s=float(t[i])))
+        return out
+
+    det = RPeakDetector()
+    whole, gapped = run(RPeakDetector(), None), run(det, lost)
+    gap_end_s = float(t[lost * FRAME + FRAME])
+    ref = [b for b in whole if b.t_s > gap_end_s]
+    after = [b for b in gapped if b.t_s > gap_end_s]
+    assert [b.t_s for b in after] == pytest.approx([b.t_s for b in ref], abs=0.005)
+    assert after[0].rr_ms is None and not after[0].plausible
+    assert all(b.plausible for b in after[1:])
+    assert [b.rr_ms for b in after[1:]] == pytest.approx([b.rr_ms for b in ref[1:]], abs=5)
+    # Before it, all but a beat still waiting for its confirming samples (50 ms of look-ahead).
+    gap_start_s = float(t[lost * FRAME])
+    assert [b for b in gapped if b.t_s < gap_start_s - 0.2] == [
+        b for b in whole if b.t_s < gap_start_s - 0.2
+    ]
+    assert (det.gaps, det.resets) == (1, 0)  # a gap, not a restart
 
 
 def test_warm_up_and_implausible_rr_are_flagged() -> None:
