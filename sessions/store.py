@@ -34,6 +34,7 @@ import json
 import math
 import os
 import secrets
+import shlex
 import sqlite3
 import stat
 import threading
@@ -865,6 +866,15 @@ class SessionStore:
             return "was deleted"
         return None if now == self._identity else "was replaced by another file"
 
+    def damage(self) -> str | None:
+        """What ``PRAGMA quick_check`` finds wrong with the file, or None (:func:`damage_of`).
+        The daemon asks before it records: a damaged file failed only at the first write,
+        and the whole session was then kept in memory alone."""
+        with self._lock:
+            if self._conn is None:
+                raise StoreError(f"{self._path}: session store is closed")
+            return damage_of(self._conn)
+
     def close(self) -> None:
         """Close the connection; further calls raise :class:`StoreError`. Idempotent."""
         with self._lock:
@@ -1585,6 +1595,31 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
         if "not a database" in str(exc):
             raise StoreError(f"{path}: not a Settle session store (not a SQLite file)") from exc
         raise StoreError(f"{path}: cannot open session store: {exc}") from exc
+
+
+def damage_of(conn: sqlite3.Connection) -> str | None:
+    """The first problem ``PRAGMA quick_check`` finds in the file, on one line, or None. It
+    reads every page once: ≈ 0.2 s for 17 MB (18 hours of one strap)."""
+    try:
+        rows = conn.execute("PRAGMA quick_check(1)").fetchall()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    text = " ".join(
+        line.strip()
+        for row in rows
+        for line in str(row[0]).splitlines()
+        if line.strip() and not line.startswith("*** in database")
+    )
+    return None if text == "ok" else text or "no answer"
+
+
+def damaged_store_hint(path: Path) -> str:
+    """What to do with a damaged store (one line; nothing is changed in it)."""
+    q = shlex.quote(str(path))
+    return (
+        f"copy what it holds into a new store (`sqlite3 {q} .recover | sqlite3 recovered.db`) "
+        "and use that with --db, or start a new one with --db; the damaged file is left as it is"
+    )
 
 
 def _lock_path(db_path: Path) -> Path:

@@ -29,11 +29,11 @@ from feedback.dashboard import (
 from feedback.mqtt import MqttLink
 from feedback.payloads import IndicesPayload
 from sensors.strap import StrapClient, StrapInfo
-from sessions.store import SessionStore, daemon_lock
+from sessions.store import SessionStore, daemon_lock, damaged_store_hint
 from settle.broker_options import connect_options
 from settle.config import Settings
 from settle.daemon import BrokerChoice, Daemon, StrapRuntime, open_broker
-from settle.errors import SensorError, SettleError
+from settle.errors import SensorError, SettleError, StoreError
 from settle.pipeline import StrapPipeline
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,13 @@ async def serve(
     ]
     try:
         store = SessionStore.open(settings.db_path)
+        damage = store.damage()
+        if damage is not None:
+            store.close()
+            raise StoreError(
+                f"{settings.db_path}: the session store is damaged ({damage}); "
+                + damaged_store_hint(settings.db_path)
+            )
     except BaseException:
         for c in finished or ():
             c.close()  # never awaited: no "coroutine … was never awaited" after the error

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from sessions.store import daemon_running, foreign_store
+from sessions.store import daemon_running, damage_of, damaged_store_hint, foreign_store
 from settle.config import Settings
 from settle.errors import ConfigError
 
@@ -269,7 +269,8 @@ def check_database(db_path: Path) -> Check:
                 foreign = db_path.stat().st_size > 0 and foreign_store(con)
                 con.execute("BEGIN IMMEDIATE")
                 con.execute("ROLLBACK")
-                running = [] if foreign else _running_sessions(con)
+                damage = None if foreign else damage_of(con)
+                running = [] if foreign or damage else _running_sessions(con)
             finally:
                 con.close()
         except sqlite3.Error as exc:
@@ -291,6 +292,13 @@ def check_database(db_path: Path) -> Check:
                 False,
                 f"{db_path}: not a Settle session store (a SQLite file of another program)",
                 not_ours,
+            )
+        if damage is not None:
+            return Check(
+                "database",
+                False,
+                f"{db_path}: the session store is damaged ({damage})",
+                damaged_store_hint(db_path),
             )
         mode = db_path.stat().st_mode & 0o777
         if mode & 0o007:

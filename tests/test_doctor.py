@@ -169,6 +169,40 @@ def test_database_check_names_sessions_a_crash_left_running(tmp_path: Path) -> N
     assert c.ok and c.detail.endswith("; a Settle daemon is recording into it"), c.detail
 
 
+def test_a_damaged_store_is_named_by_doctor_and_refused_before_recording(
+    tmp_path: Path,
+) -> None:
+    """A store with one damaged page: doctor said "writable", and the daemon started, failed
+    at its first write and kept the whole session in memory (at the stop only the RR went to
+    a rescue file). Now both say it is damaged and what to do; the file is left as it was."""
+    from sessions.store import SessionStore
+    from tests.test_sessions_store import beats, new_session
+
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as store:
+        for _ in range(3):
+            store.add_beats(new_session(store).id, beats(0, 3000))
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page = 4096 * 5  # a b-tree page of the beats table: 400 bytes inverted
+    raw = bytearray(db.read_bytes())
+    raw[page : page + 400] = bytes(b ^ 0xFF for b in raw[page : page + 400])
+    db.write_bytes(raw)
+    c = check_database(db)
+    assert not c.ok and c.detail.startswith(f"{db}: the session store is damaged (")
+    assert ".recover" in c.fix and "\n" not in c.detail
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SETTLE_")}
+    res = subprocess.run(
+        [sys.executable, "-m", "settle.cli", "demo", "--no-mqtt", "--no-http", "--db", str(db),
+         "--duration", "3", "--speed", "20"],
+        capture_output=True, text=True, timeout=60, env={**env, "SETTLE_CONFIG": str(CONFIG)},
+    )  # fmt: skip
+    assert res.returncode != 0 and "session:" not in res.stdout, res.stdout
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith(f"settle: error: {db}: the session store is damaged ("), line
+    assert db.read_bytes() == raw
+
+
 async def test_bluetooth_passes_on_the_virtual_air_and_fails_without_an_adapter() -> None:
     async with VirtualAir() as air:
         ok = await check_bluetooth(timeout_s=0.2, scanner_kwargs=air.scanner_kwargs())
