@@ -9,8 +9,9 @@ Usage, on a client that is already connected::
                 use(beat.host_t_s, beat.rr_ms)
     # leaving the block stops the stream BEFORE the caller disconnects (H10 behaviour 4)
 
-Setup order (``../shared/ble/README.md``): indications on the control point FIRST (else the
-strap never replies), then read the features, then subscribe to the data characteristic.
+Setup order (Polar's PMD protocol; real exchanges in ``tests/test_pmd.py``): indications on
+the control point FIRST (else the strap never replies), then read the features, then
+subscribe to the data characteristic.
 The ATT_MTU (the H10 needs ≥ 232) is not checked here: ``client.mtu_size`` cannot be trusted
 (bleak's BlueZ backend always reports 23 although BlueZ negotiated a large MTU on connect), so
 the strap's own answer decides: below 232 it refuses START with INVALID MTU (error 10), which

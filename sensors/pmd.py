@@ -2,7 +2,7 @@
 
 Service ``FB005C80-02E7-F387-1CAD-8ACD2D8DF0C8``; control point ``…5C81`` (read, write,
 indicate) and data ``…5C82`` (notify). Sources: Polar's polar-ble-sdk documentation, the
-bleakheart library, and real H10 captures (see ``../shared/ble/README.md``).
+bleakheart library, and real H10 captures (pinned in ``tests/test_pmd.py``).
 
 Control point, little-endian throughout::
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sensors.hrs import HeartRateMeasurement, MalformedMeasurement, rr_raw_to_ms
 from settle.errors import DecodeError, SettleError
 
-# Real captures from ../shared/ble/README.md (sources named there):
+# Real captures (from bleakheart, polar-ble-sdk issues and H10/Garmin dumps; sources named):
 # hex, HR, contact (True/False/None = not supported), raw RR values.
 REAL_VECTORS = [
     ("063c", 60, True, ()),

@@ -1,7 +1,7 @@
 """Polar PMD: codecs on real H10 byte exchanges, fuzzing, and the virtual strap's PMD service
 driven through the real stack (bleak BleakClient → bumble backend → VirtualStrap).
 
-Real vectors come from ../shared/ble/README.md (bleakheart, polar-ble-sdk, H10 captures).
+Real vectors come from public sources (bleakheart, polar-ble-sdk, H10 captures).
 """
 
 from __future__ import annotations
