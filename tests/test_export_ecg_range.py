@@ -85,9 +85,9 @@ def _session(
     ECG — ``warmup`` for the rest of the first 10 s of each stream). ``drop_frame``: that
     frame of the first stream is lost, as PMD drops a malformed notification."""
     sid = store.create_session("polar_h10_a1b2c3d4", T0_MS, "ble:AA:BB", {}).id
-    det = RPeakDetector()
     rows: list[EcgBeatRow] = []
     for n, ((t, uv), (start_s, _a, _b)) in enumerate(zip(_streams(), STREAMS, strict=True)):
+        det = RPeakDetector()  # one per PMD stream, as settle/ecg.py's _record
         for k in range(0, t.size, FRAME):
             if n == 0 and drop_frame is not None and k == drop_frame * FRAME:
                 continue
