@@ -17,6 +17,7 @@ import contextlib
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ from sessions.store import (
     SessionStore,
 )
 from settle.config import Settings
-from settle.errors import StoreError
+from settle.errors import SessionNotFound, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +118,47 @@ class DeviceOutput:
 _Batch = tuple[dict[str, list[Any]], Callable[[str, Any], None]]
 """Rows by session id, and the store call that writes one session's rows."""
 
+RESCUE_COLUMNS = "t_s,rr_ms"
+
+VANISHED = "its session was deleted from the store while recording"
+"""Why a session's rows are not stored after ``settle sessions delete`` removed it."""
+
+
+def rescue_name(session_id: str) -> str:
+    """The rescue file of a session: ``settle-unsaved-<id>.csv``."""
+    return f"settle-unsaved-{session_id}.csv"
+
+
+def _rescue_lines(rows: Sequence[BeatRow]) -> str:
+    # A strap's 0 ms RR (kept as implausible) would make the file unreadable to
+    # `settle analyze` / `--replay`: kept as a comment.
+    return "".join(
+        f"{b.beat_t_s!r},{b.rr_ms!r}\n" if b.rr_ms > 0 else f"# {b.beat_t_s!r},0 ms RR\n"
+        for b in rows
+    )
+
+
+@dataclass
+class _Spill:
+    """A rescue file written while the store fails: it holds the first ``rows`` beats the
+    writer keeps in memory for its session (all of them, once appended)."""
+
+    path: Path
+    rows: int
+
 
 @dataclass
 class BeatWriter:
     """Buffers rows and commits them at least every ``flush_every_s`` (from :meth:`run`).
 
     A failing store (disk full, read-only) is reported once per outage and the rows stay in
-    memory to be retried: measuring goes on and nothing is dropped.
+    memory to be retried: measuring goes on and nothing is dropped. While it fails, the beats
+    not yet stored are also appended, at every flush, to the session's rescue file
+    (:meth:`rescue`), so a crash during the outage loses at most one flush interval; once
+    the store takes them the file is removed (everything in it is stored then).
+
+    A session deleted from the store while it records (``settle sessions delete``) costs
+    only that session: the others are committed as usual, its beats go to its rescue file.
     """
 
     store: SessionStore
@@ -137,10 +172,19 @@ class BeatWriter:
     ecg_annotations: dict[str, list[BeatAnnotation]] = field(default_factory=dict)
     failing: bool = False
     last_error: str | None = None
-    """Why the store failed last (None once a flush succeeds)."""
+    """Why the store failed last (None once a flush succeeds) — or, while the store works,
+    why a session's beats could not go into it (its session was deleted)."""
     stored_beats: int = 0
     stored_by_session: dict[str, int] = field(default_factory=dict)
     """Beats committed per session (what "N beats stored" may say)."""
+    vanished: dict[str, str] = field(default_factory=dict)
+    """Sessions deleted from the store while recording: why their rows are not stored. Their
+    beats go to the rescue file from then on, their other rows are dropped."""
+    rescue_dirs: Sequence[Path] | None = None
+    """Where rescue files go, the first that takes one; default the store's directory, then
+    the temporary directory, then home (as the daemon's :meth:`rescue` at stop)."""
+    _spills: dict[str, _Spill] = field(default_factory=dict, repr=False)
+    _spill_failed: set[str] = field(default_factory=set, repr=False)
     _flush_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     def add_beats(self, session_id: str, rows: Sequence[BeatRow]) -> None:
@@ -177,93 +221,200 @@ class BeatWriter:
             (self.ecg_annotations, self.store.annotate_ecg_beats),
         ]
 
+    def rescue_where(self) -> list[Path]:
+        if self.rescue_dirs is not None:
+            return list(self.rescue_dirs)
+        return [self.store.path.parent, Path(tempfile.gettempdir()), Path.home()]
+
     async def flush(self) -> None:
         """Commit everything buffered, every session and every kind of row, as ONE store
         transaction from one worker thread (a thread hop and a commit per session and kind
         cost a third of the daemon's CPU at a few hundred straps).
 
         Flushes run one at a time, in call order. When the store fails nothing of the batch
-        is committed: every row goes back in front of anything newer, to be retried whole.
+        is committed: every row goes back in front of anything newer, to be retried whole,
+        and the beats are appended to the rescue files. A session that no longer exists in
+        the store fails alone (each call is a savepoint of the batch): the others commit.
         """
         async with self._flush_lock:
             buffers = self._buffers()
             taken = [(dict(buf), fn, buf) for buf, fn in buffers]
             for buf, _fn in buffers:
                 buf.clear()
-            if not any(data for data, _fn, _buf in taken):
-                return
-            try:
-                await asyncio.to_thread(self._write, [(data, fn) for data, fn, _buf in taken])
-            except StoreError as exc:
-                for data, _fn, buf in taken:
-                    for sid, rows in data.items():
-                        buf[sid] = rows + buf.get(sid, [])
-                if not self.failing:
-                    log.error("cannot write to the session store (%s); keeping data in memory", exc)
-                self.failing = True
-                self.last_error = str(exc)
-                return
-            self.stored_beats += sum(len(rows) for rows in taken[0][0].values())
-            for sid, rows in taken[0][0].items():
-                self.stored_by_session[sid] = self.stored_by_session.get(sid, 0) + len(rows)
-            if self.failing:
-                log.info("session store writable again; buffered data saved")
-            self.failing = False
-            self.last_error = None
+            for sid in self.vanished:  # its rows never reach the store again
+                self._set_aside(sid, [(data, buf) for data, _fn, buf in taken])
+            if any(data for data, _fn, _buf in taken):
+                await self._commit(taken)
+            # Beats that are only in memory (the store fails, or their session is gone)
+            # are also written to the rescue files: a crash loses at most this interval.
+            todo = {
+                sid: (rows[self._spills[sid].rows if sid in self._spills else 0 :], len(rows))
+                for sid, rows in self.beats.items()
+                if rows and (self.failing or sid in self.vanished)
+            }
+            todo = {sid: v for sid, v in todo.items() if v[0]}
+            if todo:
+                reason = self.last_error or "the session store failed"
+                await asyncio.to_thread(self._spill_all, todo, reason)
 
-    def _write(self, batches: list[_Batch]) -> None:
+    def _set_aside(
+        self, sid: str, taken: list[tuple[dict[str, list[Any]], dict[str, Any]]]
+    ) -> None:
+        """Take the rows of a vanished session out of a batch: its beats back in memory (for
+        the rescue file), the rest dropped."""
+        for data, buf in taken:
+            rows = data.pop(sid, None)
+            if rows and buf is self.beats:
+                self.beats[sid] = rows + self.beats.get(sid, [])
+
+    async def _commit(self, taken: list[tuple[dict[str, list[Any]], Any, dict[str, Any]]]) -> None:
+        try:
+            lost, removed = await asyncio.to_thread(
+                self._write, [(data, fn) for data, fn, _buf in taken]
+            )
+        except StoreError as exc:
+            for data, _fn, buf in taken:
+                for sid, rows in data.items():
+                    buf[sid] = rows + buf.get(sid, [])
+            if not self.failing:
+                where = ", ".join(str(d) for d in self.rescue_where())
+                log.error(
+                    "cannot write to the session store (%s); keeping data in memory and "
+                    "writing the beats to settle-unsaved-<session>.csv (in the first of %s "
+                    "that takes it) until it is back", exc, where,
+                )  # fmt: skip
+            self.failing = True
+            self.last_error = str(exc)
+            return
+        beats = taken[0][0]
+        for sid, reason in lost.items():
+            n_stored = self.stored_by_session.get(sid, 0)
+            self.vanished[sid] = reason
+            self._set_aside(sid, [(data, buf) for data, _fn, buf in taken])
+            log.error(
+                "session %s was deleted from the session store while recording (%d beats "
+                "stored before went with it); its beats from now on are written to %s in "
+                "the first of %s that takes it, its indices are not kept; the other sessions "
+                "are stored as usual", sid, n_stored, rescue_name(sid),
+                ", ".join(str(d) for d in self.rescue_where()),
+            )  # fmt: skip
+        n_saved = sum(len(rows) for rows in beats.values())
+        self.stored_beats += n_saved
+        for sid, rows in beats.items():
+            self.stored_by_session[sid] = self.stored_by_session.get(sid, 0) + len(rows)
+        if self.failing:
+            note = ""
+            if removed:
+                note = (
+                    f"; every beat of the rescue file {', '.join(str(p) for p in removed)} "
+                    "written during the outage is stored now, so it was removed"
+                )
+            log.info(
+                "session store writable again; %d buffered beats saved%s", n_saved, note
+            )  # fmt: skip
+        self._spill_failed.clear()
+        self.failing = False
+        self.last_error = VANISHED if self.vanished else None
+
+    def _write(self, batches: list[_Batch]) -> tuple[dict[str, str], list[Path]]:
+        """One transaction for every batch. Returns the sessions that no longer exist (their
+        rows left out, the others committed) and the rescue files removed because every
+        beat in them is now committed."""
         # SQLite goes on writing into a store file deleted or replaced under it, and all of
         # it is gone when the daemon ends: keep the rows in memory instead (the daemon
         # writes them to a rescue file at stop if the store does not come back).
         gone = self.store.replaced()
         if gone is not None:
             raise StoreError(f"{self.store.path}: the session store file {gone} while recording")
+        lost: dict[str, str] = {}
         with self.store.batch():
             for data, fn in batches:
                 for sid, rows in data.items():
-                    fn(sid, rows)
+                    if sid in lost:
+                        continue
+                    try:
+                        fn(sid, rows)  # a savepoint: a missing session leaves nothing behind
+                    except SessionNotFound:
+                        lost[sid] = VANISHED
+        # Committed. A rescue file holds only beats that were kept in memory, every one of
+        # them in this batch: all are stored now.
+        removed: list[Path] = []
+        for sid in batches[0][0] if batches else ():
+            spill = self._spills.get(sid)
+            if spill is not None and sid not in lost:
+                del self._spills[sid]
+                with contextlib.suppress(OSError):
+                    spill.path.unlink()
+                    removed.append(spill.path)
+        return lost, removed
+
+    def _spill_all(self, todo: dict[str, tuple[list[BeatRow], int]], reason: str) -> None:
+        where = self.rescue_where()
+        for sid, (new, total) in todo.items():
+            try:
+                self._spill(sid, new, total, reason, where)
+            except OSError as exc:
+                if sid not in self._spill_failed:
+                    self._spill_failed.add(sid)
+                    log.error(
+                        "session %s: cannot write the rescue file in %s either (%s); %d beats "
+                        "are kept in memory only", sid,
+                        ", ".join(str(d) for d in where), exc.strerror, total,
+                    )  # fmt: skip
+
+    def _spill(
+        self, sid: str, new: Sequence[BeatRow], total: int, reason: str, where: Sequence[Path]
+    ) -> Path:
+        """Add ``new`` — beats ``total - len(new)`` … ``total - 1`` of the session's buffer —
+        to its rescue file (created as needed); OSError if no directory takes it. Runs in a
+        worker thread; the bookkeeping is done here, so a cancelled flush cannot lose it."""
+        spill = self._spills.get(sid)
+        if spill is not None:
+            try:
+                _append(spill.path, _rescue_lines(new))
+                spill.rows = total
+                return spill.path
+            except OSError:
+                pass  # that disk is full too: move the whole file to the next directory
+        every = self.beats.get(sid, [])[:total]
+        if len(every) != total:  # taken by a flush meanwhile (it cannot be, under the lock)
+            every = [*every[: total - len(new)], *new]
+        head = (
+            f"# Settle: beats of session {sid} the session store could not take ({reason}); "
+            f"t_s in seconds since the session start\n{RESCUE_COLUMNS}\n"
+        )
+        path = _create_rescue(sid, head + _rescue_lines(every), where)
+        if spill is not None:
+            with contextlib.suppress(OSError):
+                spill.path.unlink()
+        self._spills[sid] = _Spill(path, total)
+        return path
 
     def unsaved_beats(self, session_id: str) -> int:
-        """Beats of ``session_id`` waiting for the store (it failed, or no flush yet)."""
+        """Beats of ``session_id`` waiting for the store (it failed, or no flush yet), or
+        not stored because the session was deleted from the store."""
         return len(self.beats.get(session_id, []))
 
     def rescue(self, session_id: str, reason: str, where: Sequence[Path]) -> Path | None:
         """Write the beats of ``session_id`` the store would not take to
         ``settle-unsaved-<id>.csv`` (``t_s,rr_ms``: `settle analyze` and `settle run
         --replay` read it) in the first directory of ``where`` that takes it, mode 0600,
-        and drop them from the buffer. None (the beats kept here) if none does."""
-        rows = self.beats.get(session_id, [])
+        and drop them from the buffer — completing the file written during the outage, if
+        there is one. None (the beats kept here) if none does."""
+        rows = list(self.beats.get(session_id, []))
         if not rows:
             return None
-        lines = [
-            f"# Settle: {len(rows)} beats of session {session_id} the session store could "
-            f"not take ({reason}); t_s in seconds since the session start",
-            "t_s,rr_ms",
-            # A strap's 0 ms RR (kept as implausible) would make the file unreadable to
-            # `settle analyze` / `--replay`: kept as a comment.
-            *(
-                f"{b.beat_t_s!r},{b.rr_ms!r}" if b.rr_ms > 0 else f"# {b.beat_t_s!r},0 ms RR"
-                for b in rows
-            ),
-        ]
-        data = ("\n".join(lines) + "\n").encode()
-        for directory in where:
-            path = directory / f"settle-unsaved-{session_id}.csv"
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except OSError:
-                continue
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-            except OSError:  # e.g. that disk is full too: try the next directory
-                with contextlib.suppress(OSError):
-                    path.unlink()
-                continue
-            del self.beats[session_id]
-            self.annotations.pop(session_id, None)  # they refer to those beats
-            return path
-        return None
+        spill = self._spills.get(session_id)
+        done = spill.rows if spill is not None else 0
+        try:
+            path = self._spill(session_id, rows[done:], len(rows), reason, where)
+        except OSError:
+            return None
+        # Final: never removed as "stored" (these beats leave the buffer).
+        self._spills.pop(session_id, None)
+        self.beats.pop(session_id, None)
+        self.annotations.pop(session_id, None)  # they refer to those beats
+        return path
 
     def _store_gaps(self, session_id: str, gaps: list[GapRow]) -> None:
         # add_gap is not idempotent: the batch commits all of them or none, never a part.
@@ -767,3 +918,45 @@ class StrapPipeline:
             text=text,
             source=MarkerSource(source),
         )
+
+
+def _create_rescue(session_id: str, text: str, where: Sequence[Path]) -> Path:
+    """Create ``settle-unsaved-<id>.csv`` holding ``text`` (mode 0600) in the first directory
+    of ``where`` that takes all of it; OSError (the last one) if none does."""
+    data = text.encode()
+    error: OSError = FileNotFoundError("no directory to write the rescue file in")
+    for directory in where:
+        path = directory / rescue_name(session_id)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            error = exc
+            continue
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except OSError as exc:  # e.g. that disk is full too: try the next directory
+            error = exc
+            with contextlib.suppress(OSError):
+                path.unlink()
+            continue
+        return path
+    raise error
+
+
+def _append(path: Path, text: str) -> None:
+    """Append ``text`` to ``path`` whole, or leave the file as it was and raise OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        size = os.fstat(fd).st_size
+        data = text.encode()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # no half line: the whole file moves elsewhere
+            raise
+    finally:
+        os.close(fd)

@@ -41,7 +41,8 @@ from sensors.virtual.model import ModelParams, PhysioModel
 from sensors.virtual.strap import VirtualStrap
 from sessions.exporters import export_session
 from sessions.store import SessionState, SessionStore
-from settle.app import connect_options, serve
+from settle.app import serve
+from settle.broker_options import connect_options
 from settle.config import Settings, load_config
 from settle.daemon import Daemon
 from settle.demo import virtual_world
@@ -542,6 +543,98 @@ def test_demo_whose_store_was_deleted_says_it_was_recovered(tmp_path: Path) -> N
     with SessionStore.open(db) as back:
         assert len(back.beats(m[1])) == int(m[2]) > 30
     assert "was deleted while recording" in err and "Traceback" not in err
+
+
+def test_a_session_deleted_while_recording_costs_only_that_session(tmp_path: Path) -> None:
+    """Two straps; one live session is deleted from the store (its lock file removed as
+    "stale", then `settle sessions delete --force`). Every strap's batch was one
+    transaction, so the deleted session's "no such session" rolled back the other's rows
+    too: the untouched strap ended `interrupted` with 141 of 459 beats stored, the rest in a
+    rescue file, its indices lost. Now the other session is stored whole and `stopped`, and
+    the deleted one's later beats are in its rescue file, said in one line."""
+    db = tmp_path / "s.db"
+    env = {**os.environ, "SETTLE_CONFIG": str(CONFIG)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "settle.cli", "demo", "--no-mqtt", "--no-http", "--speed", "20",
+         "--duration", "8", "--straps", "2", "--db", str(db)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while stored_count(db) < 60:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        with SessionStore.open(db) as store:
+            gone, kept = (s.id for s in store.list_sessions())
+            store.delete_session(gone)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    with SessionStore.open(db) as store:
+        (left,) = store.list_sessions()
+        n_kept = len(store.beats(kept))
+        indices = store.indices(kept)
+    assert left.id == kept and left.state == SessionState.STOPPED
+    assert [round(i.t_s, 3) for i in indices] == [5.0 * (k + 1) for k in range(len(indices))]
+    line = next(ln for ln in out.splitlines() if ln.startswith(f"session {kept}"))
+    assert line.startswith(f"session {kept}: {n_kept} beats stored. Export:"), out
+    rescue = tmp_path / f"settle-unsaved-{gone}.csv"
+    rec = read_rr_file(rescue)
+    line = next(ln for ln in out.splitlines() if ln.startswith(f"session {gone}"))
+    m = re.fullmatch(
+        rf"session {gone}: (\d+) of (\d+) beats stored; the rest are in (.*) \(.*", line
+    )
+    assert m is not None and m[3] == str(rescue), out
+    assert int(m[1]) + len(rec.rr_ms) == int(m[2])  # before the deletion + in the file
+    said = [ln for ln in err.splitlines() if "was deleted from the session store" in ln]
+    assert len(said) == 1 and gone in said[0] and "level=ERROR" in said[0], err
+    assert "Traceback" not in err
+
+
+async def test_during_a_store_outage_the_rescue_file_holds_every_unstored_beat(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Disk full: the rows not yet stored lived in memory only, so a `kill -9` (or power
+    loss) during the outage lost all of it (54 min of session measured at speed 200). Now
+    the rescue file is written as the outage goes on: at any moment it holds every beat
+    not yet stored (what a crash would leave), and once the store takes them it is
+    removed, said in one line: no beat lost, none in two places."""
+    db = tmp_path / "s.db"
+    caplog.set_level(logging.INFO)
+    async with model_daemon(db, seed=8) as (daemon, task, _strap):
+        store = daemon.store
+        rt = daemon.runtimes[0]
+        await until(lambda: rt.session is not None and rt.session.seq > 30)
+        sid = rt.session.session_id  # type: ignore[union-attr]
+        rescue = tmp_path / f"settle-unsaved-{sid}.csv"
+
+        def pragma(sql: str) -> None:
+            with store._lock:  # the store's own connection: its real error path
+                assert store._conn is not None
+                store._conn.execute(sql)
+
+        pragma("PRAGMA max_page_count = 1")
+        await until(lambda: daemon.writer.failing)
+        await until(lambda: daemon.writer.unsaved_beats(sid) > 60)
+        async with daemon.writer._flush_lock:  # a moment between two flushes
+            on_disk = read_rr_file(rescue)
+            stored = store.beats(sid)
+            flushed = len(stored) + len(on_disk.rr_ms)
+            assert rt.session is not None and rt.session.seq - flushed < 20  # ≤ ~1 s missing
+            assert [b.seq for b in stored] == list(range(len(stored)))
+            assert on_disk.t_s[0] > stored[-1].beat_t_s  # the file continues the store
+        assert stat.S_IMODE(rescue.stat().st_mode) == 0o600
+        pragma("PRAGMA max_page_count = 1073741823")
+        await until(lambda: not daemon.writer.failing, 5)
+        assert not rescue.exists()  # every beat in it is stored now: not kept twice
+        daemon.stop()
+        await asyncio.wait_for(task, 20)
+        (pipeline,) = daemon.finished
+        assert [b.seq for b in store.beats(sid)] == list(range(pipeline.seq))
+        assert store.get(sid).state == SessionState.STOPPED
+    back = [r.getMessage() for r in caplog.records if "writable again" in r.getMessage()]
+    assert len(back) == 1 and str(rescue) in back[0] and "removed" in back[0], back
+    assert daemon.rescued == {}
 
 
 # -- 5. the wall clock steps (NTP) ------------------------------------------------------------
