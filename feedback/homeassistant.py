@@ -187,23 +187,29 @@ def device_messages(
         return f"{prefix}/button/{node}/{obj}/config", _dump(cfg)
 
     measurement = {"state_class": "measurement"}
+
+    def precision(digits: int) -> dict[str, Any]:
+        # The payloads carry ~6 decimals (RMSSD 36.491407 ms): shown as the metric deserves.
+        return {**measurement, "suggested_display_precision": digits}
+
     g = _guarded
     return [
         sensor("heart_rate", "Heart rate", f"{t}/beat", g("value_json.hr"),
-               unit_of_measurement="bpm", icon="mdi:heart-pulse", **measurement),
+               unit_of_measurement="bpm", icon="mdi:heart-pulse", **precision(0)),
         sensor("rmssd", "RMSSD", f"{t}/indices", g("value_json.rmssd_ms"),
-               unit_of_measurement="ms", icon="mdi:heart-flash", **measurement),
+               unit_of_measurement="ms", icon="mdi:heart-flash", **precision(1)),
         sensor("settling", "Settling score", f"{t}/indices", g("value_json.settling"),
-               icon="mdi:meditation", **measurement),
+               icon="mdi:meditation", **precision(0)),
         # An enum: automations get the list of states; "unknown" (fewer than 4 block means) is
         # Home Assistant's own unknown.
         sensor("trend", "Settling trend", f"{t}/indices", TREND_TEMPLATE,
                icon="mdi:trending-down", device_class="enum", options=list(TRENDS)),
         sensor("coherence", "Coherence", f"{t}/indices",
-               g("value_json.coherence | default(none)"), icon="mdi:sine-wave", **measurement),
+               g("value_json.coherence | default(none)"), icon="mdi:sine-wave",
+               **precision(2)),
         sensor("signal_quality", "Signal quality", f"{t}/indices",
                g("value_json.quality | default(none)"), icon="mdi:signal",
-               entity_category="diagnostic", **measurement),
+               entity_category="diagnostic", **precision(2)),
         sensor("battery", None, f"{t}/status", g("value_json.battery_pct"),
                unit_of_measurement="%", device_class="battery", entity_category="diagnostic",
                **measurement),
@@ -219,6 +225,8 @@ def device_messages(
         button("session_stop", "Stop session", "session/stop", {}, "mdi:stop"),
         button("marker", "Mark moment", "marker",
                {"kind": "note", "text": "from Home Assistant"}, "mdi:map-marker"),
+        # Catching up is timed from the latest hold start (as the dashboard's button).
+        button("hold_start", "Hold start", "marker", {"kind": "hold-start"}, "mdi:flag"),
     ]  # fmt: skip
 
 

@@ -158,6 +158,17 @@ class HomeAssistantConfig(_Section):
     """Announce every strap to Home Assistant through MQTT discovery."""
     prefix: str = "homeassistant"
     """Discovery prefix (Home Assistant's default)."""
+    status_topic: str = "homeassistant/status"
+    """Where Home Assistant says ``online`` when it (re)starts (its "birth message"), and
+    Settle announces again. A setting of its own: in Home Assistant it does not follow a
+    changed discovery prefix."""
+
+    @field_validator("prefix", "status_topic")
+    @classmethod
+    def _no_wildcards(cls, v: str) -> str:
+        if not v or any(c in v for c in "+#\x00") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("a topic without wildcards (+, #), NUL, or a leading/trailing /")
+        return v
 
 
 class StrapConfig(_Section):

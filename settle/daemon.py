@@ -231,7 +231,7 @@ class Daemon:
         """Re-announce when Home Assistant (re)starts and says ``<prefix>/status = online``."""
         h = self.settings.homeassistant
         if self.link is not None and h.enabled:
-            self.link.watch(f"{h.prefix}/status", self._on_ha_status)
+            self.link.watch(h.status_topic, self._on_ha_status)
 
     def _on_ha_status(self, _topic: str, payload: bytes, _retained: bool) -> None:
         if payload.strip() == b"online":

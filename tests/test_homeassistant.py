@@ -21,15 +21,15 @@ from tests.conftest import Mosquitto
 from tests.test_e2e import CONFIG, Collector
 
 # Keys from Home Assistant's MQTT discovery documentation for these platforms (plus the
-# shared availability/device/origin keys). A key outside this set would be rejected by HA's
-# schema (it forbids extra keys).
+# shared availability/device/origin keys). HA's discovery schemas drop any other key
+# silently (extra=vol.REMOVE_EXTRA): a misspelt key would just do nothing.
 COMMON = {
     "name", "unique_id", "default_entity_id", "availability", "availability_mode", "device",
     "origin", "icon", "entity_category", "qos", "enabled_by_default",
 }  # fmt: skip
 PLATFORM_KEYS = {
     "sensor": COMMON | {"state_topic", "value_template", "unit_of_measurement", "device_class",
-                        "state_class", "options"},
+                        "state_class", "options", "suggested_display_precision"},
     "binary_sensor": COMMON | {"state_topic", "value_template", "payload_on", "payload_off",
                                "device_class"},
     "button": COMMON | {"command_topic", "payload_press", "retain"},
@@ -60,8 +60,13 @@ def test_discovery_payloads_use_documented_keys_and_unique_ids() -> None:
     for needed in ["sensor:heart_rate", "sensor:rmssd", "sensor:settling", "sensor:trend",
                    "sensor:coherence", "sensor:battery", "sensor:signal_quality", "sensor:rssi",
                    "binary_sensor:contact", "binary_sensor:caught_up", "button:session_start",
-                   "button:session_stop", "button:marker"]:  # fmt: skip
+                   "button:session_stop", "button:marker", "button:hold_start"]:  # fmt: skip
         assert needed in kinds
+    # Shown as the metric deserves (the payloads carry ~6 decimals: RMSSD 36.491407 ms).
+    shown = {t.split("/")[3]: json.loads(p).get("suggested_display_precision") for t, p in msgs}
+    assert [shown[k] for k in ("heart_rate", "rmssd", "settling", "coherence")] == [0, 1, 0, 2]
+    hold = json.loads(dict(msgs)["homeassistant/button/polar_h10_a1b2c3d4/hold_start/config"])
+    assert json.loads(hold["payload_press"])["kind"] == "hold-start"
 
 
 def test_skin_contact_is_unknown_when_the_strap_cannot_tell() -> None:
@@ -127,7 +132,7 @@ def test_one_strap_id_under_two_topic_bases_is_two_devices() -> None:
             json.loads(bp)["device"]["identifiers"][0],
         }
         assert ha.removal_messages("homeassistant", base, dev.device_id) == [t for t, _ in msgs]
-    assert len(seen["topic"]) == len(seen["uid"]) == 13 * len(bases)
+    assert len(seen["topic"]) == len(seen["uid"]) == 14 * len(bases)
     assert len(seen["device"]) == len(bases) and len(seen["bridge"]) == 3 * len(bases)
     # The default base and a plain one keep the ids earlier versions announced.
     (_, p), *_ = ha.device_messages("homeassistant", "settle", dev, "1")
@@ -188,11 +193,15 @@ async def _retained(host: str, port: int, topic: str, quiet_s: float = 1.0) -> d
 async def test_discovery_live_one_and_three_straps(
     mosquitto: Mosquitto, tmp_path: Path, n_straps: int
 ) -> None:
+    # With three straps, a discovery prefix of its own: Home Assistant's birth topic stays
+    # homeassistant/status whatever its discovery prefix (a restart went unnoticed).
+    prefix = "homeassistant" if n_straps == 1 else "ha"
     settings = load_config(
         CONFIG,
         mqtt={"host": mosquitto.host, "port": mosquitto.port},
         storage={"db_path": tmp_path / "s.db"},
         processing={"baseline_s": 20},
+        homeassistant={"prefix": prefix},
     )
     async with Collector(mosquitto.host, mosquitto.port) as col, virtual_world(
         replay=None, speed=25, seed=5, n_straps=n_straps
@@ -207,12 +216,12 @@ async def test_discovery_live_one_and_three_straps(
         )
         async with asyncio.timeout(30):
             await col.wait_for("indices", 6 * n_straps)
-        configs = await _retained(mosquitto.host, mosquitto.port, "homeassistant/#")
+        configs = await _retained(mosquitto.host, mosquitto.port, f"{prefix}/#")
 
         # Home Assistant restarts: its birth message makes Settle announce again.
         seen_before = len(col.messages)
         async with aiomqtt.Client(mosquitto.host, mosquitto.port) as c:
-            await c.subscribe("homeassistant/+/+/+/config", qos=1)
+            await c.subscribe(f"{prefix}/+/+/+/config", qos=1)
             await asyncio.sleep(0.3)
             await c.publish("homeassistant/status", "online", qos=1)
             again: set[str] = set()
@@ -228,7 +237,7 @@ async def test_discovery_live_one_and_three_straps(
 
     devices = {json.loads(p)["device"]["identifiers"][0] for p in configs.values()}
     assert len(devices) == n_straps + 1  # one per strap plus the bridge
-    assert len(configs) == 1 + 13 * n_straps
+    assert len(configs) == 1 + 14 * n_straps
     # Every template renders against the real payload on its state topic.
     latest = {t: json.loads(p) for t, p, _ in col.messages if t.startswith("settle/")
               and p[:1] == b"{"}  # fmt: skip
