@@ -37,6 +37,8 @@ import secrets
 import shlex
 import sqlite3
 import stat
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -735,6 +737,8 @@ class SessionStore:
         self._batch_thread: int | None = None
         """The thread inside :meth:`batch` (which holds ``_lock``), None outside one."""
         self._savepoints = 0
+        self._side_files: list[Path] = []
+        """-wal/-shm files a read-only open created: removed at :meth:`close` if unused."""
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -764,6 +768,13 @@ class SessionStore:
             raise StoreError(f"{path}: cannot open session store: {exc}") from exc
         try:
             _configure(conn, path)
+        except StoreError as exc:
+            conn.close()
+            full = disk_full(path)
+            if full is None or not _io_failure(exc):
+                raise
+            # SQLite says only "disk I/O error" when it cannot grow the -shm or -wal file.
+            raise StoreError(f"{path}: cannot open session store: {full}") from exc.__cause__
         except BaseException:
             conn.close()
             raise
@@ -785,10 +796,14 @@ class SessionStore:
             empty = False  # missing or unreadable: open() says which
         if empty:  # a reading command must not turn an empty file into a store
             raise StoreError(f"{path}: an empty file, not a Settle session store")
+        side = [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm")]
+        created = [p for p in side if not os.path.lexists(p)]
         try:
             return cls.open(path)
         except StoreError as exc:
-            if not _read_only_failure(exc) or not path.is_file():
+            # A full disk: SQLite cannot make its -shm/-wal files, but reading needs none.
+            full = _io_failure(exc) and disk_full(path) is not None
+            if not (_read_only_failure(exc) or full) or not path.is_file():
                 raise
             first = exc
         uri = path.resolve().as_uri()
@@ -818,12 +833,16 @@ class SessionStore:
                 raise StoreError(f"{path}: not a Settle session store (read-only, no sessions)")
             if version != SCHEMA_VERSION:
                 conn.close()
+                _remove_side_files(path, created)
                 raise StoreError(
                     f"{path}: session store schema version {version} on a read-only file "
                     f"(this Settle reads {SCHEMA_VERSION}; copy it somewhere writable to "
                     "upgrade it)"
                 )
-            return cls(conn, path)
+            store = cls(conn, path)
+            store._side_files = created
+            return store
+        _remove_side_files(path, created)
         raise first
 
     @property
@@ -881,6 +900,7 @@ class SessionStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+                _remove_side_files(self._path, self._side_files)
 
     def __enter__(self) -> SessionStore:
         return self
@@ -1699,6 +1719,82 @@ def _read_only_failure(exc: StoreError) -> bool:
     if isinstance(cause, sqlite3.OperationalError):
         text = str(cause)
         return "readonly" in text or "read-only" in text or "unable to open" in text
+    return False
+
+
+_SHM_DMS_BYTE = 128
+"""The byte of the -shm file every SQLite connection to the store holds a shared lock on
+(``UNIX_SHM_DMS`` in SQLite's os_unix.c): whoever can lock it exclusively is alone."""
+
+
+def _remove_side_files(path: Path, created: Sequence[Path]) -> None:
+    """Remove the -wal/-shm files of ``created`` (made by a read-only open, which cannot
+    remove them itself) when nothing else uses the store: no daemon holds its lock, no
+    connection its -shm, the -wal is empty. Left as they were, they keep the mode of a 0400
+    store, and after `chmod 600` on the store the daemon still failed ("attempt to write a
+    readonly database"). Linux only (the lock query's layout is Linux's)."""
+    if not created or not sys.platform.startswith("linux") or daemon_running(path):
+        return
+    import fcntl
+
+    shm = Path(f"{path}-shm")
+    wal = Path(f"{path}-wal")
+    try:
+        if wal in created and wal.exists() and wal.stat().st_size != 0:
+            return  # never drop committed pages (a read-only open writes none)
+        fd = os.open(shm, os.O_RDONLY)
+    except FileNotFoundError:
+        fd = None
+    except OSError:
+        return
+    try:
+        if fd is not None:
+            # Would an exclusive lock on the byte every connection holds shared be granted?
+            # (F_GETLK: only asks; works on a descriptor opened read-only.)
+            query = struct.pack("@hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, _SHM_DMS_BYTE, 1, 0)
+            answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+            if struct.unpack("@hhqqi4x", answer)[0] != fcntl.F_UNLCK:
+                return  # another connection uses the store
+        for side in created:
+            with contextlib.suppress(OSError):
+                side.unlink()
+    except OSError:
+        return
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+FULL_BELOW_BYTES = 1 << 20
+"""Free space under which a failing open is put down to a full disk: SQLite needs a 32 kB
+-shm file and WAL pages to open a store for writing."""
+
+
+def disk_full(path: Path) -> str | None:
+    """``the disk holding DIR is full (N kB free)`` when the file system of ``path`` has less
+    than :data:`FULL_BELOW_BYTES` free for this user; None otherwise or when unknown."""
+    directory = Path(path).parent
+    try:
+        st = os.statvfs(directory)
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return None
+    free = st.f_bavail * st.f_frsize
+    if free >= FULL_BELOW_BYTES:
+        return None
+    return (
+        f"the disk holding {directory} is full ({free // 1024} kB free): free some space; "
+        "`settle sessions list` and `settle export … --out` (onto another disk) still read it"
+    )
+
+
+def _io_failure(exc: StoreError) -> bool:
+    """Whether :meth:`SessionStore.open` failed with an error a full disk causes."""
+    cause = exc.__cause__
+    if isinstance(cause, OSError):
+        return cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+    if isinstance(cause, sqlite3.Error):
+        text = str(cause).lower()
+        return "disk i/o error" in text or "full" in text or "unable to open" in text
     return False
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import stat
@@ -484,3 +485,62 @@ def test_the_daemon_lock_holds_through_a_symlink(tmp_path: Path) -> None:
                 pass
     with daemon_lock(tmp_path / "alias.db"):  # released: the next one takes it
         pass
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real file system with no space left: a 1 MiB tmpfs (root only), filled up after a
+    store with two sessions was copied onto it (no -wal/-shm beside it yet)."""
+    import os
+    import shutil
+
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    src = tmp_path / "src.db"
+    with SessionStore.open(src) as store:
+        for k in range(2):
+            sid = new_session(store, T0_MS + k * 60_000).id
+            store.add_beats(sid, beats(0, 50))
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mnt)],
+                          capture_output=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        db = mnt / "s.db"
+        with sqlite3.connect(src) as conn:  # one file, no WAL left beside it
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        shutil.copyfile(src, db)
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+        os.close(fd)
+        yield db
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_full_disk_is_named_and_the_store_is_still_read(full_disk: Path, tmp_path: Path) -> None:
+    """The disk holding the store is full and its -wal/-shm files do not exist yet: `settle
+    sessions list` and `settle export` failed with "cannot open session store: disk I/O
+    error", naming neither the cause nor a way out (exporting to another disk). Now they
+    read it (read-only), and the daemon says the disk is full."""
+
+    def settle(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "settle.cli", *args, "--db", str(full_disk)],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    listed = settle("sessions", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert len(listed.stdout.strip().splitlines()) == 3  # header + two sessions
+    out = tmp_path / "latest.csv"
+    exported = settle("export", "latest", "--out", str(out))
+    assert exported.returncode == 0, exported.stderr
+    assert len(out.read_text().splitlines()) > 50
+    assert not Path(f"{full_disk}-shm").exists()  # the read-only opens left nothing behind
+    demo = settle("demo", "--no-mqtt", "--no-http", "--duration", "1", "--speed", "20")
+    assert demo.returncode != 0
+    (line,) = [ln for ln in demo.stderr.splitlines() if "error" in ln.lower()]
+    assert f"the disk holding {full_disk.parent} is full" in line, demo.stderr
