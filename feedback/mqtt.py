@@ -199,7 +199,13 @@ class MqttLink:
         return f"{self.base}/bridge/state"
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> None:
-        """Queue a message; never blocks. Retained messages are also remembered for reconnects."""
+        """Queue a message; never blocks. Retained messages are also remembered for reconnects.
+
+        A topic MQTT cannot carry (a wildcard, NUL, empty) raises ``ValueError`` here, at the
+        caller: queued, paho refused it inside the link task, which ended for good — nothing
+        was published any more, silently (``/api/cmd/%23/marker`` did it)."""
+        if not topic or any(c in topic for c in "+#\x00"):
+            raise ValueError(f"not a topic to publish on: {topic!r}")
         data = payload.encode() if isinstance(payload, str) else payload
         msg = Outgoing(topic, data, qos, retain)
         if retain:

@@ -23,8 +23,8 @@ class DropCounter:
     every ``warn_every_s`` (default 60 s, on ``clock``, monotonic s) with the number dropped
     since the previous warning and the latest reason; :meth:`flush` reports the rest (call
     it when the stream ends). ``consequence`` ends the line (e.g. ``"heart rate is
-    unaffected"``). Share one instance across a sensor's connections so that reconnects do
-    not multiply the warnings.
+    unaffected"``); ``verb`` says what happened to them (default ``"dropped"``). Share one
+    instance across a sensor's connections so that reconnects do not multiply the warnings.
     """
 
     def __init__(
@@ -33,6 +33,7 @@ class DropCounter:
         what: str,
         consequence: str = "",
         *,
+        verb: str = "dropped",
         logger: logging.Logger | None = None,
         warn_every_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
@@ -41,6 +42,7 @@ class DropCounter:
         """Named at the start of every line; may be changed (e.g. once a strap is known)."""
         self.what = what
         self.consequence = consequence
+        self.verb = verb
         self.warn_every_s = warn_every_s
         self._log = logger or logging.getLogger(__name__)
         self._clock = clock
@@ -67,11 +69,12 @@ class DropCounter:
 
     def _warn(self, now: float) -> None:
         self._log.warning(
-            "%s: %d %s%s dropped since the last warning, %d in all (latest: %s)%s",
+            "%s: %d %s%s %s since the last warning, %d in all (latest: %s)%s",
             self.sensor_id,
             self.unreported,
             self.what,
             "" if self.unreported == 1 else "s",
+            self.verb,
             self.total,
             self._latest,
             f"; {self.consequence}" if self.consequence else "",

@@ -32,6 +32,7 @@ from sensors.strap import StrapClient, StrapInfo
 from sessions.store import SessionStore, daemon_lock, damaged_store_hint
 from settle.broker_options import connect_options
 from settle.config import Settings
+from settle.console import one_line
 from settle.daemon import BrokerChoice, Daemon, StrapRuntime, open_broker
 from settle.errors import SensorError, SettleError, StoreError
 from settle.pipeline import StrapPipeline
@@ -394,7 +395,8 @@ def _print_session(
 ) -> None:
     devices[p.session_id] = p.device_id
     out.print(
-        f"  session: {p.session_id} — strap {info.name or info.address} as device {p.device_id}",
+        f"  session: {p.session_id} — strap {one_line(info.name) or info.address} as device "
+        f"{p.device_id}",
         markup=False,
     )
 

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from settle import cli_sessions
 from settle.config import Settings, load_config
-from settle.console import err, fail, one_line, out, print_table
+from settle.console import cell, err, fail, one_line, out, print_table
 from settle.errors import ConfigError, SettleError
 
 if TYPE_CHECKING:
@@ -400,7 +400,7 @@ async def _pair(
         device = await client.find()
         async with client.connect(device) as stream:
             i = stream.info
-            out.print(f"Connected: {i.name or '(no name)'}  {i.address}", markup=False)
+            out.print(f"Connected: {one_line(i.name) or '(no name)'}  {i.address}", markup=False)
             for what, value in [
                 ("model", " ".join(x for x in (i.manufacturer, i.model) if x) or None),
                 ("firmware", i.firmware),
@@ -468,7 +468,7 @@ def _scan_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
 def _scan_table(rows: list[dict[str, Any]], title: str) -> Table:
     table = Table(*SCAN_HEADERS, title=title, title_justify="left")
     for cells in _scan_cells(rows):
-        table.add_row(*cells)
+        table.add_row(*(cell(c) for c in cells))
     return table
 
 

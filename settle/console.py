@@ -7,6 +7,7 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -28,14 +29,23 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def cell(text: str) -> Text:
+    """A table cell from outside text (a strap's advertised name is anyone's to choose):
+    shown literally — no Rich markup (``[/x]`` crashed the table, ``[link=…]`` made a
+    hyperlink), no control characters (an escape sequence cleared the screen)."""
+    return Text(one_line(text))
+
+
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    """A rich table on a terminal; plain aligned columns when piped (nothing cut or wrapped)."""
+    """A rich table on a terminal; plain aligned columns when piped (nothing cut or wrapped).
+    Cells are shown literally (:func:`cell`)."""
     if out.is_terminal:
         table = Table(*headers)
         for r in rows:
-            table.add_row(*r)
+            table.add_row(*(cell(c) for c in r))
         out.print(table)
         return
+    rows = [[one_line(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     for line in [headers, *rows]:
         out.print(

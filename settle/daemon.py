@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -43,6 +44,7 @@ from feedback.payloads import (
     SessionStartCommand,
     StatusPayload,
 )
+from sensors.drops import DropCounter
 from sensors.strap import StrapClient, StrapInfo
 from sessions.store import (
     BaselinePeriod,
@@ -61,6 +63,8 @@ from settle.pipeline import BeatWriter, DeviceOutput, StrapPipeline
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 30.0
+TOPIC_LEVEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""A device id or command name a command may address (device ids are ``[a-z0-9_]``)."""
 LOW_BATTERY_PCT = 10
 """A strap's battery at or below this (percent) is warned about once per fall."""
 
@@ -181,6 +185,8 @@ class Daemon:
     def __post_init__(self) -> None:
         self.writer = BeatWriter(self.store, self.settings.storage.flush_every_s)
         self.ecg = EcgRecorder(self.writer, self.clock)
+        self.rejected = DropCounter("commands", "command", verb="rejected", logger=log)
+        """Refused commands, for the log (each also gets its error result)."""
         self.runtimes = [StrapRuntime(i, c) for i, c in enumerate(self.strap_clients)]
 
     @property
@@ -228,7 +234,8 @@ class Daemon:
     # -- Home Assistant ------------------------------------------------------------------
 
     def watch_home_assistant(self) -> None:
-        """Re-announce when Home Assistant (re)starts and says ``<prefix>/status = online``."""
+        """Re-announce when Home Assistant (re)starts and says ``online`` on its birth topic
+        (``homeassistant.status_topic``)."""
         h = self.settings.homeassistant
         if self.link is not None and h.enabled:
             self.link.watch(h.status_topic, self._on_ha_status)
@@ -767,8 +774,14 @@ class Daemon:
     async def on_command(
         self, device_id: str, name: str, payload: bytes, retained: bool, *, source: str = "mqtt"
     ) -> None:
-        """Handle ``<base>/<device>/cmd/<name>``; every outcome gets a result message.
-        ``source``: where a marker is recorded as entered (``mqtt``, ``dashboard``)."""
+        """Handle ``<base>/<device>/cmd/<name>``; every outcome gets a result message, but
+        one whose device or name is no topic level (a wildcard from the HTTP route) — it has
+        no topic to answer on. ``source``: where a marker is recorded as entered (``mqtt``,
+        ``dashboard``). Refusals are logged through :attr:`rejected` (one WARNING, then at
+        most one a minute with the count: anyone on the broker can send thousands)."""
+        if not (TOPIC_LEVEL.fullmatch(device_id) and TOPIC_LEVEL.fullmatch(name)):
+            self.rejected.add(f"{name[:40]!r} for {device_id[:40]!r}: not a device and command")
+            return
         result_topic = f"{self.base}/{device_id}/cmd/{name}/result"
         cmd_id: str | None = None
 
@@ -778,7 +791,7 @@ class Daemon:
             )
             self._publish(result_topic, res.to_json(), qos=1)
             if error:
-                log.warning("command %s for %s rejected: %s", name, device_id, error)
+                self.rejected.add(f"{name} for {device_id}: {error}")
 
         if retained and not payload:
             return  # someone clearing a stale retained command: nothing to answer

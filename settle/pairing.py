@@ -58,7 +58,8 @@ def load_paired(path: Path | None = None) -> list[PairedStrap]:
 
 def save_paired(straps: list[PairedStrap], path: Path | None = None) -> Path:
     p = path or paired_file()
-    p.parent.mkdir(parents=True, exist_ok=True)
+    # 0700 where it creates it: the config directory also holds the dashboard token.
+    p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     data = json.dumps({"v": 1, "straps": [asdict(s) for s in straps]}, indent=2) + "\n"
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".straps-", suffix=".json")
     try:

@@ -131,6 +131,50 @@ async def send_commands(
     return results
 
 
+@pytest.mark.mosquitto
+async def test_a_wildcard_device_cannot_end_the_mqtt_link(
+    daemon_on_broker: RunningDaemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`POST /api/cmd/%23/marker` made the daemon answer on `settle/#/cmd/marker/result`;
+    paho refused the topic inside the link task, which ended for good: nothing was published
+    any more, silently, and `bridge/state` stayed online. Such a command now has no topic to
+    answer on and is only logged; the link goes on."""
+    d = daemon_on_broker
+    caplog.set_level(logging.WARNING, logger="settle.daemon")
+    body = b'{"v":1,"id":"w1","kind":"note","text":"x"}'
+    for device, name in [("#", "marker"), ("+", "marker"), (DEV, "#"), ("a\x00b", "marker")]:
+        await d.daemon.on_command(device, name, body, False, source="dashboard")
+    with pytest.raises(ValueError, match="not a topic to publish on"):
+        d.daemon.link.publish("settle/#/cmd/marker/result", b"{}")  # type: ignore[union-attr]
+    # The link still delivers: a marker on the real strap gets its result.
+    (res,) = await send_commands(d.host, d.port, [("marker", body.replace(b"w1", b"w2"))], 1)
+    assert res["id"] == "w2" and res["status"] == "ok"
+    warned = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert len(warned) == 1 and "not a device and command" in warned[0]
+
+
+@pytest.mark.mosquitto
+async def test_commands_to_made_up_devices_grow_neither_memory_nor_the_log(
+    daemon_on_broker: RunningDaemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone on the broker can send commands to thousands of made-up device ids: each
+    result was kept in a dashboard backlog of its own (50 000 of them: +465 MB, all replayed
+    to every new page) and each refusal was a WARNING line. Each still gets its error result
+    (the sender learns the device is unknown); the backlog and the log stay put."""
+    d = daemon_on_broker
+    hub = Hub("settle")
+    d.daemon.tap = hub.publish
+    caplog.set_level(logging.WARNING, logger="settle.daemon")
+    before = len(hub.snapshot())
+    for i in range(300):
+        body = b'{"v":1,"id":"m%d","kind":"note","text":"x"}' % i
+        await d.daemon.on_command(f"ghost_{i}", "marker", body, False, source="dashboard")
+    assert json.loads(hub.results["m299"])["error"] == "unknown device 'ghost_299'"
+    assert len(hub.snapshot()) == before  # nothing kept for a new page
+    warned = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("commands: 1 command rejected"), warned
+
+
 def nested(depth: int) -> bytes:
     return b"[" * depth + b"]" * depth
 

@@ -173,6 +173,28 @@ async def test_scan_table_fills_in_live_with_heart_rate_straps_only() -> None:
         assert "\x1b[" in drawn  # a terminal gets rich's redrawn table
 
 
+async def test_a_hostile_strap_name_is_shown_literally(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anyone in radio range can advertise the Heart Rate Service under any name: `[/x]H10`
+    crashed `settle scan`/`pair` on a terminal (MarkupError, and for good in `pair --list`
+    once remembered), `[link=…]` became a hyperlink, an escape sequence cleared the screen."""
+    from settle import console as settle_console
+
+    hostile = "[/x]H10\x1b[2J"
+    async with VirtualAir() as air, asyncio.timeout(20):
+        await VirtualStrap(air, [800.0] * 5, name=hostile).start()
+        term = Console(file=io.StringIO(), force_terminal=True, record=True, width=140)
+        (row,) = await live_scan(1.0, air.scanner_kwargs(), term)
+    assert row["name"] == hostile
+    assert "[/x]H10\\x1b[2J" in term.export_text()  # the escape shown, not sent
+    assert "\x1b[2J" not in term.file.getvalue()  # type: ignore[attr-defined]
+
+    table = Console(file=io.StringIO(), force_terminal=True, record=True, width=140)
+    monkeypatch.setattr(settle_console, "out", table)
+    settle_console.print_table(["label", "name"], [["chest", "[link=https://e.vil]x[/]"]])
+    assert "[link=https://e.vil]x[/]" in table.export_text()
+    assert "\x1b]8;" not in table.file.getvalue()  # type: ignore[attr-defined]  (no OSC 8 link)
+
+
 def test_scan_piped_prints_one_plain_table_and_json_one_document(tmp_path: Path) -> None:
     paired = tmp_path / "none.json"
     res = settle("scan", "--virtual", "--timeout", "1", paired=paired)
