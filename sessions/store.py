@@ -721,6 +721,28 @@ def _create_private_file(path: Path) -> None:
     os.close(fd)
 
 
+def _check_side_files(path: Path) -> None:
+    """PermissionError naming an existing -wal/-shm file of ``path`` this user cannot
+    write: SQLite then opens the store read-only and fails at the first write with "attempt
+    to write a readonly database", naming no file (a read-only command on a 0400 store left
+    them 0400, and `chmod 600` on the store alone did not help)."""
+    for side in (f"{path}-wal", f"{path}-shm"):
+        if os.path.exists(side) and not os.access(side, os.R_OK | os.W_OK):
+            mode = os.stat(side).st_mode & 0o777
+            raise PermissionError(
+                errno.EACCES, f"not writable by this user (mode {mode:04o}; chmod 600 it)", side
+            )
+
+
+def _not_a_directory(directory: Path) -> Path | None:
+    """The nearest existing ancestor of ``directory`` (itself included) when it is not a
+    directory, else None."""
+    d = directory
+    while not os.path.lexists(d) and d.parent != d:
+        d = d.parent
+    return None if os.path.isdir(d) else d
+
+
 class SessionStore:
     """A session store on one SQLite file; create it with :meth:`open`.
 
@@ -755,9 +777,16 @@ class SessionStore:
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             _create_private_file(path)
+            _check_side_files(path)
         except OSError as exc:
             what = "open" if os.path.lexists(path) else "create"  # not "create" one that exists
-            raise StoreError(f"{path}: cannot {what} session store: {exc.strerror}") from exc
+            why = exc.strerror
+            blocker = _not_a_directory(path.parent)
+            if blocker is not None:  # `--db afile/x.db`: not "File exists"
+                why = f"{blocker} is not a directory"
+            elif exc.filename and Path(exc.filename) != path:
+                why = f"{exc.filename}: {exc.strerror}"
+            raise StoreError(f"{path}: cannot {what} session store: {why}") from exc
         try:
             # isolation_level=None: the stdlib's implicit transactions are off; this class
             # issues BEGIN/COMMIT itself so each public call is exactly one transaction.

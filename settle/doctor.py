@@ -263,6 +263,21 @@ def check_database(db_path: Path) -> Check:
         )
     if db_path.exists():
         not_ours = "choose another file with --db / storage.db_path (Settle creates its own store)"
+        # SQLite opens a file it cannot write read-only without a word (mode=rw included),
+        # so a 0400 store passed as "writable" while the daemon refused it; its -wal/-shm
+        # made 0400 by a read-only command made the daemon fail after `chmod 600` on it.
+        # (Before connecting: opening a 0400 store here would leave such files too.)
+        for f in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+            if (f == db_path or f.exists()) and not os.access(f, os.R_OK | os.W_OK):
+                mode = f.stat().st_mode & 0o777
+                return Check(
+                    "database",
+                    False,
+                    f"{f} is not writable by this user (mode {mode:04o}): the daemon "
+                    "cannot record into the store",
+                    f"chmod 600 {f} (or `chown $USER {f}`), or choose another file with "
+                    "--db / storage.db_path",
+                )
         try:
             con = sqlite3.connect(f"file:{db_path}?mode=rw", uri=True, timeout=2.0)
             try:

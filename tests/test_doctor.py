@@ -311,3 +311,58 @@ def test_unusable_password_and_tls_files_are_failed_checks_not_a_traceback(
         assert human.returncode == 1 and "Traceback" not in human.stderr
         assert f"✗ mqtt      {detail}" in human.stdout.splitlines()
     assert "secret" not in res.stdout + human.stdout
+
+
+def settle_without_overrides(*args: str) -> subprocess.CompletedProcess[str]:
+    """``settle ARGS`` as a user whom file modes bind: as root, without the capabilities
+    that let root ignore them (setpriv); skipped where that cannot be done."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: file modes do not apply")
+        caps = "-dac_override,-dac_read_search,-fowner"
+        prefix = [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SETTLE_")}
+    env["SETTLE_CONFIG"] = str(CONFIG)
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "settle.cli", *args],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+
+
+def test_a_store_this_user_cannot_write_fails_doctor_and_reading_leaves_no_side_files(
+    tmp_path: Path,
+) -> None:
+    """A 0400 store in a writable directory: doctor said "✓ … writable" (SQLite opens it
+    read-only without a word, even with mode=rw) while the daemon refused it; `sessions
+    list` on it left 0400 -wal/-shm files, so after `chmod 600` on the store (the fix)
+    the daemon still failed with "attempt to write a readonly database", naming no file.
+    Now doctor fails it, reading leaves nothing behind, and the daemon names a -shm file
+    it cannot write."""
+    from sessions.store import SessionStore
+
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as store:
+        store.create_session("dev", 1_795_000_000_000, "x", {})
+    db.chmod(0o400)
+    res = settle_without_overrides("doctor", "--no-mqtt", "--db", str(db))
+    line = next(ln for ln in res.stdout.splitlines() if "database" in ln)
+    assert line.startswith("✗") and f"{db} is not writable by this user (mode 0400)" in line
+    assert res.returncode == 1
+    listed = settle_without_overrides("sessions", "list", "--db", str(db))
+    assert listed.returncode == 0 and "dev" in listed.stdout, listed.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]  # no 0400 -wal/-shm
+    db.chmod(0o600)  # the fix doctor gives: now the daemon records
+    demo = ["demo", "--no-mqtt", "--no-http", "--duration", "1", "--speed", "20", "--db", str(db)]
+    ran = settle_without_overrides(*demo)
+    assert ran.returncode == 0, ran.stderr
+    shm = Path(f"{db}-shm")  # one left 0400 by an older Settle, or by hand
+    shm.touch()
+    shm.chmod(0o400)
+    res = settle_without_overrides("doctor", "--no-mqtt", "--db", str(db))
+    line = next(ln for ln in res.stdout.splitlines() if "database" in ln)
+    assert line.startswith("✗") and f"{shm} is not writable by this user" in line
+    refused = settle_without_overrides(*demo)
+    assert refused.returncode != 0
+    assert f"{shm}: not writable by this user (mode 0400; chmod 600 it)" in refused.stderr

@@ -151,6 +151,21 @@ def test_unusable_location_is_a_store_error(tmp_path: Path) -> None:
     assert str(blocker) in str(err.value)
 
 
+def test_a_store_path_under_a_file_says_so(tmp_path: Path) -> None:
+    """`--db afile/x.db` where afile is a regular file said "cannot create session store:
+    File exists"."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(StoreError) as err:
+        SessionStore.open(afile / "x.db")
+    assert (
+        str(err.value)
+        == f"{afile / 'x.db'}: cannot create session store: {afile} is not a directory"
+    )
+    with pytest.raises(StoreError, match=f"{afile} is not a directory"):
+        SessionStore.open(afile / "sub" / "x.db")
+
+
 def test_closed_store_raises_store_error(db_path: Path) -> None:
     store = SessionStore.open(db_path)
     store.close()
