@@ -176,10 +176,20 @@ async def serve(
                 if p.session_id in daemon.rescued:  # the store failed at the end
                     lost = True
                     saved = daemon.rescued[p.session_id]
+                    rest = f"are in {saved}" if saved else "are lost"
+                    if p.session_id in daemon.writer.vanished:
+                        # Its first beats went with it: "N of M stored" would claim a
+                        # session the store no longer has.
+                        out.print(
+                            f"session {p.session_id}: deleted from the store while recording "
+                            f"(its first {stored} beats with it); the {p.seq - stored} later "
+                            f"beats {rest}.",
+                            markup=False,
+                        )
+                        continue
                     out.print(
                         f"session {p.session_id}: {stored} of {p.seq} beats stored; the rest "
-                        + (f"are in {saved}" if saved else "are lost")
-                        + " (see the error above).",
+                        f"{rest} (see the error above).",
                         markup=False,
                     )
                     continue

@@ -58,7 +58,7 @@ from settle.backoff import backoff_delay_s
 from settle.config import Settings
 from settle.ecg import EcgRecorder
 from settle.errors import SensorError, SessionNotFound, SettleError
-from settle.pipeline import BeatWriter, DeviceOutput, StrapPipeline
+from settle.pipeline import BeatWriter, DeviceOutput, StrapPipeline, rescue_name
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +332,20 @@ class Daemon:
         """Run until stopped, or until every strap task has ended (a replay finished)."""
         recovered, earlier = await asyncio.to_thread(self._recover)
         for sid in recovered:
-            log.warning("session %s was left running by an earlier crash; marked interrupted", sid)
+            # A crash during a store outage leaves the beats the store never took in the
+            # session's rescue file (written as the outage went on): say where it is.
+            spilled = next(
+                (f for d in self.writer.rescue_where() if (f := d / rescue_name(sid)).is_file()),
+                None,
+            )
+            log.warning(
+                "session %s was left running by an earlier crash; marked interrupted%s",
+                sid,
+                f"; beats the store did not take are in {spilled} (settle analyze and "
+                "settle run --replay read it)"
+                if spilled
+                else "",
+            )
         self._earlier = {s.id: s for s in earlier}
         self._earlier_devices = {s.device_id for s in earlier}
         self.watch_stale_state()

@@ -581,11 +581,14 @@ def test_a_session_deleted_while_recording_costs_only_that_session(tmp_path: Pat
     rescue = tmp_path / f"settle-unsaved-{gone}.csv"
     rec = read_rr_file(rescue)
     line = next(ln for ln in out.splitlines() if ln.startswith(f"session {gone}"))
+    # Not "N of M beats stored": the session and its first beats are gone from the store.
     m = re.fullmatch(
-        rf"session {gone}: (\d+) of (\d+) beats stored; the rest are in (.*) \(.*", line
+        rf"session {gone}: deleted from the store while recording \(its first (\d+) beats "
+        rf"with it\); the (\d+) later beats are in (.*)\.",
+        line,
     )
     assert m is not None and m[3] == str(rescue), out
-    assert int(m[1]) + len(rec.rr_ms) == int(m[2])  # before the deletion + in the file
+    assert int(m[2]) == len(rec.rr_ms)
     said = [ln for ln in err.splitlines() if "was deleted from the session store" in ln]
     assert len(said) == 1 and gone in said[0] and "level=ERROR" in said[0], err
     assert "Traceback" not in err
@@ -635,6 +638,30 @@ async def test_during_a_store_outage_the_rescue_file_holds_every_unstored_beat(
     back = [r.getMessage() for r in caplog.records if "writable again" in r.getMessage()]
     assert len(back) == 1 and str(rescue) in back[0] and "removed" in back[0], back
     assert daemon.rescued == {}
+
+
+async def test_after_a_crash_during_an_outage_the_next_start_names_the_rescue_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A `kill -9` while the store was failing leaves the session `running` in the store and
+    its later beats in the rescue file; the next start marked it interrupted and said
+    nothing of the file, which the user then had to find in the store's directory, /tmp or
+    home."""
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as store:
+        sid = store.create_session("dev_1", int(time.time() * 1000), "ble:AA", {}).id
+    rescue = tmp_path / f"settle-unsaved-{sid}.csv"
+    rescue.write_text("t_s,rr_ms\n31.2,812.5\n32.0,800.0\n")
+    caplog.set_level(logging.WARNING, logger="settle.daemon")
+    async with model_daemon(db, seed=9) as (daemon, _task, _strap):
+        rt = daemon.runtimes[0]
+        await until(lambda: rt.session is not None)
+        assert daemon.store.get(sid).state == SessionState.INTERRUPTED
+    said = [r.getMessage() for r in caplog.records if sid in r.getMessage()]
+    assert said == [
+        f"session {sid} was left running by an earlier crash; marked interrupted; beats the "
+        f"store did not take are in {rescue} (settle analyze and settle run --replay read it)"
+    ]
 
 
 # -- 5. the wall clock steps (NTP) ------------------------------------------------------------
