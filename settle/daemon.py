@@ -64,7 +64,9 @@ log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 30.0
 TOPIC_LEVEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
-"""A device id or command name a command may address (device ids are ``[a-z0-9_]``)."""
+"""A device id a command may address (device ids are ``[a-z0-9_]``)."""
+COMMAND_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}(/[A-Za-z0-9_-]{1,32})?")
+"""A command name a command may carry (``marker``, ``session/start``…): topic levels only."""
 LOW_BATTERY_PCT = 10
 """A strap's battery at or below this (percent) is warned about once per fall."""
 
@@ -792,7 +794,7 @@ class Daemon:
         no topic to answer on. ``source``: where a marker is recorded as entered (``mqtt``,
         ``dashboard``). Refusals are logged through :attr:`rejected` (one WARNING, then at
         most one a minute with the count: anyone on the broker can send thousands)."""
-        if not (TOPIC_LEVEL.fullmatch(device_id) and TOPIC_LEVEL.fullmatch(name)):
+        if not (TOPIC_LEVEL.fullmatch(device_id) and COMMAND_NAME.fullmatch(name)):
             self.rejected.add(f"{name[:40]!r} for {device_id[:40]!r}: not a device and command")
             return
         result_topic = f"{self.base}/{device_id}/cmd/{name}/result"
