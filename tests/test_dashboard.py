@@ -803,6 +803,118 @@ async def test_require_token_protects_a_loopback_dashboard_and_pages_cannot_be_f
                 assert r.headers["X-Frame-Options"] == "SAMEORIGIN"
 
 
+HALF_REQUEST = b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # never finished
+
+
+async def _half_sent(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(HALF_REQUEST)
+    await writer.drain()
+    return reader, writer
+
+
+async def test_half_sent_requests_are_closed_and_the_page_still_loads(tmp_path: Path) -> None:
+    """A connection that sent half a request stayed open ≥ 200 s (aiohttp has no deadline
+    for request headers); 1 100 of them used up the open files and the dashboard was gone.
+    Now each is closed within seconds, and the page loads while 50 are held open."""
+    with SessionStore.open(tmp_path / "s.db") as store:
+        cfg = DashboardConfig(host="127.0.0.1", port=0)
+        async with (
+            Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
+            aiohttp.ClientSession() as http,
+        ):
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            held = [await _half_sent(d.port) for _ in range(50)]
+            # A command whose body never comes in full: refused, not waited for.
+            slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", d.port)
+            slow_writer.write(b"POST /api/cmd/dev/marker HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              b"X-Settle: 1\r\nContent-Length: 100\r\n\r\n{")  # fmt: skip
+            for path in ("", "static/app.js", "api/state"):
+                async with http.get(d.url + path) as r:
+                    assert r.status == 200, path
+            for reader, writer in held:  # each one ends with EOF (closed), not an answer
+                async with asyncio.timeout(8):
+                    assert await reader.read() == b""
+                writer.close()
+            assert 4 < loop.time() - t0 < 8  # HEADER_TIMEOUT_S: 5 s
+            async with asyncio.timeout(3):
+                assert b" 408 " in await slow_reader.readline()
+            slow_writer.close()
+            async with http.get(d.url + "api/state") as r:
+                assert r.status == 200
+
+
+async def test_connections_and_live_pages_beyond_the_limits_get_a_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing capped the open connections or live streams: each held one more open file
+    until none was left. Beyond the limits (made small here) the answer is a clear 503."""
+    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 10, raising=False)
+    monkeypatch.setattr(server_module, "MAX_STREAMS", 2, raising=False)
+    with SessionStore.open(tmp_path / "s.db") as store:
+        hub = Hub("settle")
+        cfg = DashboardConfig(host="127.0.0.1", port=0)
+        async with (
+            Dashboard(hub, _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
+            aiohttp.ClientSession() as http,
+            http.get(d.url + "events") as page1,
+            http.get(d.url + "events") as page2,
+        ):
+            assert page1.status == page2.status == 200
+            async with http.get(d.url + "events") as page3:
+                assert page3.status == 503
+                assert (await page3.json())["error"] == "too many live pages open (2): close one"
+        async with Dashboard(hub, _NoDaemon(), store, cfg) as d:  # type: ignore[arg-type]
+            held = [await _half_sent(d.port) for _ in range(10)]
+            await asyncio.sleep(0.2)
+            async with aiohttp.ClientSession() as http, http.get(d.url + "api/state") as r:
+                assert r.status == 503
+                assert "too many connections" in (await r.json())["error"]
+            for _, writer in held:
+                writer.close()
+            await asyncio.sleep(0.2)
+            async with aiohttp.ClientSession() as http, http.get(d.url + "api/state") as r:
+                assert r.status == 200
+
+
+async def test_open_files_limit_is_raised_and_running_out_is_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """systemd user services get a soft limit of 1 024 open files; once they were used up,
+    asyncio logged "socket.accept() out of system resource" with a traceback on every retry:
+    71 526 lines (37 MB) in ~20 s. The dashboard raises the soft limit to the hard one, and
+    that error is one line every 10 s."""
+    import errno
+    import logging
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 512:
+        pytest.skip(f"hard limit of open files {hard}: nothing to raise")
+    caplog.set_level(logging.DEBUG)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+    try:
+        with SessionStore.open(tmp_path / "s.db") as store:
+            cfg = DashboardConfig(host="127.0.0.1", port=0)
+            async with Dashboard(Hub("settle"), _NoDaemon(), store, cfg):  # type: ignore[arg-type]
+                raised = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                loop = asyncio.get_running_loop()
+                for _ in range(1000):  # as asyncio's accept loop reports it
+                    exc = OSError(errno.EMFILE, "Too many open files")
+                    context = {
+                        "message": "socket.accept() out of system resource",
+                        "exception": exc,
+                    }
+                    loop.call_exception_handler(context)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    (line,) = [r for r in caplog.records if r.name == "asyncio"]
+    assert line.getMessage().startswith("cannot accept connections: Too many open files")
+    assert not line.exc_info and "Traceback" not in caplog.text
+    assert raised > 512 and (raised == hard or hard == resource.RLIM_INFINITY)
+
+
 def test_reports_and_exports_are_made_outside_the_daemon(tmp_path: Path) -> None:
     """A report (matplotlib) or a JSON export of a long session, made in a thread of the
     daemon, held its interpreter up to ~0.8 s: every live beat waited, at --speed 20 the

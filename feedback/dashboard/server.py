@@ -23,6 +23,7 @@ import mimetypes
 import multiprocessing
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -48,6 +49,28 @@ __all__ = ["Control", "Dashboard", "DashboardConfig", "DashboardError", "DeviceV
 log = logging.getLogger(__name__)
 
 
+class _Quota:
+    """At most one log line every ``every_s``; the next one says how many were left out."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._last = -math.inf
+        self._quiet = 0
+
+    def take(self, every_s: float) -> str | None:
+        """None: stay quiet (counted); else the suffix for the line to log."""
+        now = time.monotonic()
+        if now - self._last < every_s:
+            self._quiet += 1
+            return None
+        self._last = now
+        more = f" ({self._quiet} more since the last one not logged)" if self._quiet else ""
+        self._quiet = 0
+        return more
+
+
 class _BadRequestLine(logging.Filter):
     """aiohttp logs a request it cannot parse (a duplicate Host header, a control byte in
     the method, a 20 KB header) as an ERROR with a traceback: anyone who can reach the port
@@ -58,27 +81,18 @@ class _BadRequestLine(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.reset()
-
-    def reset(self) -> None:
-        """A new dashboard logs its first malformed request."""
-        self._last = -math.inf
-        self._quiet = 0
+        self.quota = _Quota()
 
     def filter(self, record: logging.LogRecord) -> bool:
         from aiohttp.http_exceptions import HttpProcessingError
 
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
-            now = time.monotonic()
-            if now - self._last < BAD_REQUEST_EVERY_S:
-                self._quiet += 1
+            more = self.quota.take(BAD_REQUEST_EVERY_S)
+            if more is None:
                 return False
-            self._last = now
             remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
             why = repr(" ".join(str(exc).split()) or type(exc).__name__)[1:-1]
-            more = f" ({self._quiet} more since the last one not logged)" if self._quiet else ""
-            self._quiet = 0
             record.msg, record.args = (
                 "dashboard: malformed HTTP request from %s: %s%s",
                 (remote, why[:200], more),
@@ -88,11 +102,52 @@ class _BadRequestLine(logging.Filter):
         return True
 
 
+class _OutOfFiles(logging.Filter):
+    """asyncio's accept loop logs running out of open files as an ERROR with a traceback,
+    and retries so often that 1 100 held connections wrote 71 526 lines (37 MB) in ~20 s.
+    One line without traceback every :data:`BAD_REQUEST_EVERY_S`, with the count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quota = _Quota()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("socket.accept() out of system resource"):
+            return True
+        more = self.quota.take(BAD_REQUEST_EVERY_S)
+        if more is None:
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        record.msg, record.args = (
+            "cannot accept connections: %s (open files: at most %s)%s",
+            (why, _open_files_limit(), more),
+        )
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
 BAD_REQUEST_EVERY_S = 10.0
-"""At most one malformed-request warning this often, s."""
+"""At most one malformed-request warning (or out-of-files error, or refused connection) this
+often, s."""
 
 
 _BAD_REQUEST_LINE = _BadRequestLine()
+_OUT_OF_FILES = _OutOfFiles()
+
+HEADER_TIMEOUT_S = 5.0
+"""A connection must send a whole request head (line and headers) this soon after it opens
+or after its previous answer, else it is closed: aiohttp waits for ever, and a half-sent
+request held a connection, an open file, for as long as the client liked (≥ 200 s seen)."""
+MAX_CONNECTIONS = 256
+"""Open connections at most (a quarter of the open-files limit if that is lower); the next
+is answered 503 and closed. 1 100 held connections used up the usual soft limit of 1 024
+open files: nothing could connect any more."""
+MAX_STREAMS = 32
+"""Live pages (``/events`` streams) at most; the next is answered 503."""
+REFUSED_LINGER_S = 1.0
+"""A refused connection is closed this long after its 503 (or when the client closes): at
+once, the client's unread request turned the close into a reset that lost the 503."""
 
 STATIC = Path(__file__).parent / "static"
 PAGES = ("live", "control", "pair", "history")
@@ -108,6 +163,68 @@ MAX_BODY = 4096
 mimetypes.add_type("text/javascript", ".js")  # some systems map .js to text/plain
 
 MqttState = Literal["off", "connected", "down"]
+
+
+def _open_files_limit() -> int | None:
+    """The process's soft limit of open files, None if unlimited or not to be read."""
+    if sys.platform == "win32":
+        return None
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _raise_open_files_limit() -> None:
+    """Soft limit of open files up to the hard one: systemd user services get 1 024 (hard
+    often 524 288), which a page or two and a few hundred stray connections use up."""
+    if sys.platform == "win32":
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited hard limit cannot be the soft one (Linux: nr_open; macOS: OPEN_MAX).
+    for want in (hard, 1 << 20, 10240):
+        if want == resource.RLIM_INFINITY or (soft != resource.RLIM_INFINITY and want <= soft):
+            continue
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            continue
+        log.debug("open files: soft limit %s -> %s", soft, want)
+        return
+
+
+class _Refused(asyncio.Protocol):
+    """A connection beyond :data:`MAX_CONNECTIONS`: a 503, then closed."""
+
+    BODY = json.dumps(
+        {"v": 1, "status": "error", "error": "too many connections to the dashboard; try again"}
+    ).encode()
+
+    def __init__(self, open_: set[asyncio.Transport]) -> None:
+        self._open = open_
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = t = cast(asyncio.Transport, transport)
+        self._open.add(t)
+        t.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Retry-After: 5\r\nConnection: close\r\nContent-Length: "
+            + str(len(self.BODY)).encode()
+            + b"\r\n\r\n"
+            + self.BODY
+        )
+        if t.can_write_eof():
+            t.write_eof()
+        asyncio.get_running_loop().call_later(REFUSED_LINGER_S, t.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # the request is read and dropped, so closing does not reset the connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._open.discard(cast(asyncio.Transport, self._transport))
 
 
 class DashboardError(SettleError):
@@ -176,6 +293,13 @@ def _error(status: int, message: str) -> web.Response:
     return _json({"v": 1, "status": "error", "error": message}, status)
 
 
+async def _body(request: web.Request) -> bytes:
+    """The request's body, sent within :data:`HEADER_TIMEOUT_S` (a body sent a byte at a
+    time held the connection as a half-sent head did)."""
+    async with asyncio.timeout(HEADER_TIMEOUT_S):
+        return await request.read()
+
+
 class Dashboard:
     """``async with Dashboard(...) as d:`` serves on ``d.url`` until the block ends."""
 
@@ -191,8 +315,15 @@ class Dashboard:
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         """The worker process for reports and exports (see :mod:`feedback.dashboard.work`)."""
         self._summaries: dict[str, tuple[tuple[object, ...], dict[str, Any]]] = {}
-        self._streams: set[asyncio.Task[Any]] = set()
+        self._streams = 0
+        """Live pages being served (``/events``)."""
         self._closing = asyncio.Event()
+        self._listener: asyncio.Server | None = None
+        self._waiting: dict[web.RequestHandler, asyncio.TimerHandle] = {}
+        """Connections that have not sent a whole request yet, with their deadline."""
+        self._refused: set[asyncio.Transport] = set()
+        self._refusals = _Quota()
+        self._max_connections = MAX_CONNECTIONS
 
     @property
     def url(self) -> str:
@@ -219,33 +350,81 @@ class Dashboard:
         return app
 
     async def __aenter__(self) -> Dashboard:
-        server_log = logging.getLogger("aiohttp.server")
-        if _BAD_REQUEST_LINE not in server_log.filters:
-            server_log.addFilter(_BAD_REQUEST_LINE)
-        _BAD_REQUEST_LINE.reset()
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        for name, quiet in (("aiohttp.server", _BAD_REQUEST_LINE), ("asyncio", _OUT_OF_FILES)):
+            logger = logging.getLogger(name)
+            if quiet not in logger.filters:
+                logger.addFilter(quiet)
+            quiet.quota.reset()
+        _raise_open_files_limit()
+        # A hard limit below 1 024 (a container) lowers the cap: the daemon needs files too.
+        files = _open_files_limit()
+        self._max_connections = (
+            min(MAX_CONNECTIONS, max(16, files // 4)) if files else MAX_CONNECTIONS
+        )
+        # keepalive_timeout: an idle connection gets as long for its next request as a new
+        # one gets for its first (aiohttp's default is an hour).
+        self._runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, keepalive_timeout=HEADER_TIMEOUT_S
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        loop = asyncio.get_running_loop()
         try:
-            await site.start()
+            # Not web.TCPSite: each connection goes through _accept (limits and deadline).
+            self._listener = await loop.create_server(
+                self._accept, self.config.host, self.config.port
+            )
         except OSError as exc:
             await self._runner.cleanup()
             self._runner = None
             c = self.config
             raise DashboardError(c.host, c.port, exc.strerror or str(exc)) from exc
-        server = cast(Any, site._server)  # aiohttp exposes the bound port only here
-        if server is not None and server.sockets:
-            self.port = int(server.sockets[0].getsockname()[1])
+        if self._listener.sockets:
+            self.port = int(self._listener.sockets[0].getsockname()[1])
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self._closing.set()  # ends every SSE stream, so cleanup does not wait for them
+        if self._listener is not None:
+            self._listener.close()
+        for t in self._refused:
+            t.abort()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        for timer in self._waiting.values():
+            timer.cancel()
+        self._waiting.clear()
+        if self._listener is not None:
+            await self._listener.wait_closed()
+            self._listener = None
         if self._pool is not None:
             await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
             self._pool = None
+
+    def _accept(self) -> asyncio.Protocol:
+        """A new connection: served, with :data:`HEADER_TIMEOUT_S` to send its request, or
+        beyond :data:`MAX_CONNECTIONS` answered 503 and closed (not left unaccepted: a
+        legitimate page would wait behind the flood)."""
+        assert self._runner is not None and self._runner.server is not None
+        server = self._runner.server
+        if len(server.connections) + len(self._refused) >= self._max_connections:
+            more = self._refusals.take(BAD_REQUEST_EVERY_S)
+            if more is not None:
+                log.warning(
+                    "dashboard: connection refused: %d open, at most %d%s",
+                    len(server.connections),
+                    self._max_connections,
+                    more,
+                )
+            return _Refused(self._refused)
+        handler = server()
+        loop = asyncio.get_running_loop()
+        self._waiting[handler] = loop.call_later(HEADER_TIMEOUT_S, self._too_slow, handler)
+        return handler
+
+    def _too_slow(self, handler: web.RequestHandler) -> None:
+        if self._waiting.pop(handler, None) is not None:
+            handler.force_close()  # no-op for a connection already closed
 
     # -- access ----------------------------------------------------------------------------
 
@@ -253,6 +432,9 @@ class Dashboard:
     async def _guard(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        deadline = self._waiting.pop(request.protocol, None)
+        if deadline is not None:
+            deadline.cancel()  # its request is complete (aiohttp's keep-alive timer follows)
         host = (request.host or "").rsplit(":", 1)[0].strip("[]")
         if is_loopback(self.config.host) and not is_loopback(host):
             # DNS rebinding: a web page elsewhere must not reach a loopback-only dashboard.
@@ -315,6 +497,15 @@ class Dashboard:
                 "X-Content-Type-Options": "nosniff",
             }
         )
+        if self._streams >= MAX_STREAMS:
+            return _error(503, f"too many live pages open ({MAX_STREAMS}): close one")
+        self._streams += 1
+        try:
+            return await self._stream(request, resp)
+        finally:
+            self._streams -= 1
+
+    async def _stream(self, request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
         await resp.prepare(request)
         with self.hub.subscribe() as sub:
             # Taken with the subscription: nothing twice. A reconnecting page (EventSource
@@ -348,7 +539,9 @@ class Dashboard:
         if name not in COMMANDS:
             return _error(404, f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
         try:
-            body = await request.read()
+            body = await _body(request)
+        except TimeoutError:
+            return _error(408, f"request body not sent within {HEADER_TIMEOUT_S:g} s")
         except web.HTTPRequestEntityTooLarge:
             # As every other refusal, JSON (aiohttp's own answer is a line of plain text).
             return _error(413, f"request too large: a command takes at most {MAX_BODY} bytes")
@@ -384,7 +577,11 @@ class Dashboard:
 
     async def _pair(self, request: web.Request) -> web.StreamResponse:
         try:
-            raw = decode_json(await request.read())
+            body = await _body(request)
+        except TimeoutError:
+            return _error(408, f"request body not sent within {HEADER_TIMEOUT_S:g} s")
+        try:
+            raw = decode_json(body)
             label, address = str(raw["label"]).strip(), str(raw["address"]).strip()
             name, device_id = str(raw.get("name", "")), str(raw.get("device_id", ""))
         except (ValueError, KeyError, TypeError):

@@ -138,7 +138,9 @@ function connect() {
     if (!S.pacerInit) { S.pacerInit = true; $("pacer-rate").value = h.pacer_bpm; setPacer(); }
   
   });
-  es.onerror = () => { };
+  // EventSource retries a dropped stream by itself, but not one the server answered with an
+  // error (a 503: too many pages open, or connections): that one is retried here.
+  es.onerror = () => { if (es.readyState === EventSource.CLOSED) setTimeout(connect, 5000); };
 }
 
 /* ---- the strap shown ---- */
