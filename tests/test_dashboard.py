@@ -28,6 +28,7 @@ from typing import Any, cast
 
 import aiohttp
 import pytest
+from aiohttp import web
 from rich.console import Console
 
 from feedback.dashboard import Dashboard, DashboardConfig, Hub, is_loopback, load_or_create_token
@@ -913,6 +914,112 @@ async def test_open_files_limit_is_raised_and_running_out_is_one_line(
     assert line.getMessage().startswith("cannot accept connections: Too many open files")
     assert not line.exc_info and "Traceback" not in caplog.text
     assert raised > 512 and (raised == hard or hard == resource.RLIM_INFINITY)
+
+
+class _Scanner(_NoDaemon):
+    """A back end whose scans are counted and take a moment, as a real one's do."""
+
+    def __init__(self) -> None:
+        self.scans = 0
+
+    async def scan(self, timeout_s: float) -> list[dict[str, Any]]:
+        self.scans += 1
+        await asyncio.sleep(0.5)
+        return [{"name": "Polar H10 1", "address": "AA:BB:CC:DD:EE:01", "rssi": -60,
+                 "device_id": "polar_h10_1"}]  # fmt: skip
+
+
+ELSEWHERE = """<!doctype html><meta charset="utf-8"><title>another site</title>
+<a id="go" href="{base}live">the dashboard</a>
+<script>
+window.done = false;
+(async () => {{
+  const opts = {{mode: "no-cors"}};
+  for (const [url, o] of [["{base}api/scan?timeout=1", opts], ["{base}api/sessions", opts],
+      ["{base}api/scan?timeout=1", {{...opts, method: "POST", body: "{{}}"}}],
+      ["{base}sessions/nope/report", opts]]) {{
+    try {{ await fetch(url, o); }} catch (e) {{ }}
+  }}
+  window.done = true;
+}})();
+</script>"""
+"""A page on another site (``localhost`` is another site than ``127.0.0.1``), as the
+reviewer's: requests a page may send anywhere without CORS."""
+
+
+@pytest.mark.timeout(60)
+async def test_another_site_cannot_scan_or_start_the_worker_and_the_page_still_scans(
+    tmp_path: Path,
+) -> None:
+    """Any website the user visited could run `GET /api/scan?timeout=30` (a Bluetooth scan
+    in the daemon, any number at once) and `GET /api/sessions` (which starts the analysis
+    worker) with a fetch in no-cors mode. Now the scan is a POST needing X-Settle, one at a
+    time, and every request another site sends, except opening a page from a link, is
+    refused. The pair page's own scan works as before."""
+    import multiprocessing
+
+    from sessions.store import BeatRow
+
+    _chromium_or_skip()
+    with SessionStore.open(tmp_path / "s.db") as store:
+        sid = store.create_session("dev_1", 1_700_000_000_000, "x", {}).id
+        store.add_beats(sid, [BeatRow(i, 0.8 * (i + 1), 1_700_000_000_000 + 800 * (i + 1),
+                                      800.0, None, 75, None) for i in range(60)])  # fmt: skip
+        store.finish_session(sid, 1_700_000_048_000)
+        back = _Scanner()
+        elsewhere = web.Application()
+        cfg = DashboardConfig(host="127.0.0.1", port=0)
+        async with (
+            Dashboard(Hub("settle"), back, store, cfg) as d,  # type: ignore[arg-type]
+            _browser() as browser,
+        ):
+            page_text = ELSEWHERE.format(base=d.url)
+
+            async def attacker(_r: web.Request) -> web.Response:
+                return web.Response(text=page_text, content_type="text/html")
+
+            elsewhere.router.add_get("/", attacker)
+            runner = web.AppRunner(elsewhere)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            try:
+                port = runner.addresses[0][1]
+                ctx = await browser.new_context(bypass_csp=True)
+                page = await ctx.new_page()
+                await page.goto(f"http://localhost:{port}/")
+                await page.wait_for_function("window.done === true", timeout=15_000)
+                await asyncio.sleep(0.3)
+                assert back.scans == 0
+                assert not multiprocessing.active_children()  # no worker started
+                # A link from elsewhere still opens the dashboard.
+                await page.click("#go")
+                await page.wait_for_url(d.url + "live")
+                assert await page.locator("nav a[data-page=pair]").count() == 1
+                # The page's own scan.
+                await page.goto(d.url + "pair")
+                await page.click("#scan")
+                await page.wait_for_function(
+                    "document.getElementById('scan-state').textContent === '1 found'"
+                )
+                assert back.scans == 1
+                assert "Polar H10 1" in (await page.locator("#scan-list").text_content() or "")
+                await ctx.close()
+            finally:
+                await runner.cleanup()
+        # One scan at a time: a second one while the first runs is told so.
+        async with (
+            Dashboard(Hub("settle"), back, store, cfg) as d,  # type: ignore[arg-type]
+            aiohttp.ClientSession(headers={"X-Settle": "1"}) as http,
+        ):
+
+            async def scan() -> tuple[int, str]:
+                async with http.post(d.url + "api/scan?timeout=1") as r:
+                    return r.status, (await r.json()).get("error", "")
+
+            answers = sorted(await asyncio.gather(scan(), scan()))
+            assert answers == [(200, ""), (409, "a scan is already running: wait for its result")]
+            assert back.scans == 2
 
 
 def test_reports_and_exports_are_made_outside_the_daemon(tmp_path: Path) -> None:

@@ -324,6 +324,8 @@ class Dashboard:
         self._refused: set[asyncio.Transport] = set()
         self._refusals = _Quota()
         self._max_connections = MAX_CONNECTIONS
+        self._scanning = False
+        """One scan at a time (the daemon has one Bluetooth adapter)."""
 
     @property
     def url(self) -> str:
@@ -341,7 +343,7 @@ class Dashboard:
         r.add_get("/events", self._events)
         r.add_get("/api/state", self._state)
         r.add_post("/api/cmd/{device}/{name:.+}", self._command)
-        r.add_get("/api/scan", self._scan)
+        r.add_post("/api/scan", self._scan)
         r.add_post("/api/pair", self._pair)
         r.add_get("/api/sessions", self._sessions)
         r.add_get("/sessions/{sid}/report", self._report)
@@ -439,6 +441,14 @@ class Dashboard:
         if is_loopback(self.config.host) and not is_loopback(host):
             # DNS rebinding: a web page elsewhere must not reach a loopback-only dashboard.
             return _error(403, "unexpected Host header")
+        if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site") and not (
+            request.method == "GET"
+            and request.headers.get("Sec-Fetch-Mode") == "navigate"
+            and request.match_info.handler == self._page
+        ):
+            # Another site's (or another port's) page may link to ours, nothing more: a GET
+            # fetched without CORS still runs (it started a Bluetooth scan, or the worker).
+            return _error(403, "cross-site request refused")
         token = self.config.token
         set_cookie = False
         if token is not None:
@@ -569,10 +579,15 @@ class Dashboard:
             timeout_s = min(max(float(request.query.get("timeout", "3")), 0.5), 30.0)
         except ValueError:
             return _error(400, "timeout: expected seconds")
+        if self._scanning:
+            return _error(409, "a scan is already running: wait for its result")
+        self._scanning = True
         try:
             found = await self.control.scan(timeout_s)
         except SettleError as exc:
             return _error(503, str(exc))
+        finally:
+            self._scanning = False
         return _json({"v": 1, "straps": found, "devices": self._state_body()["devices"]})
 
     async def _pair(self, request: web.Request) -> web.StreamResponse:

@@ -562,7 +562,7 @@ $("scan").addEventListener("click", async () => {
   text("scan-state", "scanning…");
   $("scan").disabled = true;
   try {
-    const r = await fetch("/api/scan?timeout=3");
+    const r = await fetch("/api/scan?timeout=3", { method: "POST", headers: { "X-Settle": "1" } });
     const res = await r.json();
     if (!r.ok) { text("scan-state", res.error); return; }
     const rows = res.straps.map((s, i) => `<tr><td>${escapeHtml(s.name || "–")}</td><td>${escapeHtml(s.address)}</td><td>${s.rssi} dBm</td>` +
