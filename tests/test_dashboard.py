@@ -1022,6 +1022,42 @@ async def test_another_site_cannot_scan_or_start_the_worker_and_the_page_still_s
             assert back.scans == 2
 
 
+@pytest.mark.timeout(60)
+async def test_the_token_leaves_the_address_bar_once_the_cookie_is_set(tmp_path: Path) -> None:
+    """The printed `/?token=…` URL stayed in the address bar and the history after it was
+    opened (a coach's projector, a shared screen showed it), and went in the Referer of the
+    page's requests. Now the page answers with the cookie and a redirect to itself without
+    the token, and no response lets a Referer out."""
+    _chromium_or_skip()
+    token = "s3cret-token-0123456789"
+    with SessionStore.open(tmp_path / "s.db") as store:
+        cfg = DashboardConfig(host="127.0.0.1", port=0, token=token)
+        async with (
+            Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
+            _browser() as browser,
+        ):
+            ctx = await browser.new_context(bypass_csp=True)
+            page = await ctx.new_page()
+            seen: list[tuple[str, int, str | None]] = []
+            page.on("response", lambda r: seen.append((r.url, r.status, r.headers.get(
+                "referrer-policy"))))  # fmt: skip
+            referers: list[str] = []
+            page.on("request", lambda r: referers.append(r.headers.get("referer", "")))
+            await page.goto(f"{d.url}live?token={token}&device=dev_1")
+            assert page.url == d.url + "live?device=dev_1"  # the address bar
+            await page.click("nav a[data-page=history]")
+            await page.wait_for_function("document.getElementById('session-list').textContent")
+            assert token not in await page.evaluate("location.href")
+            await page.go_back()  # the history holds no entry with the token either
+            assert token not in page.url
+            await page.reload()  # and the cookie alone lets the page in
+            await page.wait_for_function("window.__settle && window.__settle.perDev")
+            assert not [u for u, status, _ in seen if status == 401], seen
+            assert not [u for u, _, policy in seen if policy != "no-referrer"], seen
+            assert not [r for r in referers if token in r]
+            await ctx.close()
+
+
 def test_reports_and_exports_are_made_outside_the_daemon(tmp_path: Path) -> None:
     """A report (matplotlib) or a JSON export of a long session, made in a thread of the
     daemon, held its interpreter up to ~0.8 s: every live beat waited, at --speed 20 the

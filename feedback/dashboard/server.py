@@ -335,6 +335,7 @@ class Dashboard:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
+        app.on_response_prepare.append(self._secure_headers)
         r = app.router
         r.add_get("/", self._page)
         for page in PAGES:
@@ -437,20 +438,36 @@ class Dashboard:
         deadline = self._waiting.pop(request.protocol, None)
         if deadline is not None:
             deadline.cancel()  # its request is complete (aiohttp's keep-alive timer follows)
+        return await self._checked(request, handler)
+
+    @staticmethod
+    async def _secure_headers(_request: web.Request, response: web.StreamResponse) -> None:
+        """On every response as it is sent, the event stream's too."""
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+            "frame-ancestors 'self'",  # no other site may frame /control (clickjacking)
+        )
+        response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        # No address of ours, with or without a token, goes anywhere in a Referer.
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+
+    async def _checked(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         host = (request.host or "").rsplit(":", 1)[0].strip("[]")
         if is_loopback(self.config.host) and not is_loopback(host):
             # DNS rebinding: a web page elsewhere must not reach a loopback-only dashboard.
             return _error(403, "unexpected Host header")
+        page = request.method == "GET" and request.match_info.handler == self._page
         if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site") and not (
-            request.method == "GET"
-            and request.headers.get("Sec-Fetch-Mode") == "navigate"
-            and request.match_info.handler == self._page
+            page and request.headers.get("Sec-Fetch-Mode") == "navigate"
         ):
             # Another site's (or another port's) page may link to ours, nothing more: a GET
             # fetched without CORS still runs (it started a Bluetooth scan, or the worker).
             return _error(403, "cross-site request refused")
         token = self.config.token
-        set_cookie = False
         if token is not None:
             given = (
                 request.query.get("token")
@@ -461,22 +478,23 @@ class Dashboard:
             # traceback for `?token=é`).
             if not given or not hmac.compare_digest(given.encode(), token.encode()):
                 return _error(401, "token required: open the URL printed at start-up")
-            set_cookie = "token" in request.query
         if request.method == "POST" and request.headers.get("X-Settle") != "1":
             # A custom header cannot be sent cross-site without a CORS preflight we never allow.
             return _error(403, "missing X-Settle header")
-        response = await handler(request)
-        if response.prepared:  # a finished event stream: its headers are long gone
-            return response
-        if set_cookie and token is not None:
+        if token is None or "token" not in request.query:
+            return await handler(request)
+        if page:
+            # The printed URL: the cookie is set, and the token leaves the address bar and
+            # the history (a projector or a shared screen showed it) for the same page.
+            query = [(k, v) for k, v in request.query.items() if k != "token"]
+            there = str(request.rel_url.with_query(query))
+            response: web.StreamResponse = web.Response(
+                status=303, headers={"Location": there, "Cache-Control": "no-store"}
+            )
+        else:
+            response = await handler(request)
+        if not response.prepared:
             response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
-        response.headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-            "frame-ancestors 'self'",  # no other site may frame /control (clickjacking)
-        )
-        response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
 
     # -- pages and live data ----------------------------------------------------------------
