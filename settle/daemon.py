@@ -63,10 +63,9 @@ from settle.pipeline import BeatWriter, DeviceOutput, StrapPipeline, rescue_name
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 30.0
-TOPIC_LEVEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
-"""A device id a command may address (device ids are ``[a-z0-9_]``)."""
-COMMAND_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}(/[A-Za-z0-9_-]{1,32})?")
-"""A command name a command may carry (``marker``, ``session/start``…): topic levels only."""
+NOT_IN_A_TOPIC = re.compile("[+#\x00]")
+"""What no topic published on may hold (MQTT wildcards, NUL): a command's device or name
+with one has no result topic (only the HTTP route can send such; MQTT cannot deliver it)."""
 LOW_BATTERY_PCT = 10
 """A strap's battery at or below this (percent) is warned about once per fall."""
 
@@ -790,11 +789,11 @@ class Daemon:
         self, device_id: str, name: str, payload: bytes, retained: bool, *, source: str = "mqtt"
     ) -> None:
         """Handle ``<base>/<device>/cmd/<name>``; every outcome gets a result message, but
-        one whose device or name is no topic level (a wildcard from the HTTP route) — it has
-        no topic to answer on. ``source``: where a marker is recorded as entered (``mqtt``,
+        one whose device or name holds a wildcard or NUL (from the HTTP route) — it has no
+        topic to answer on. ``source``: where a marker is recorded as entered (``mqtt``,
         ``dashboard``). Refusals are logged through :attr:`rejected` (one WARNING, then at
         most one a minute with the count: anyone on the broker can send thousands)."""
-        if not (TOPIC_LEVEL.fullmatch(device_id) and COMMAND_NAME.fullmatch(name)):
+        if NOT_IN_A_TOPIC.search(device_id) or NOT_IN_A_TOPIC.search(name):
             self.rejected.add(f"{name[:40]!r} for {device_id[:40]!r}: not a device and command")
             return
         result_topic = f"{self.base}/{device_id}/cmd/{name}/result"
