@@ -225,6 +225,14 @@ def daemon_settings(db: Path, **mqtt: object) -> Settings:
     )
 
 
+def disk_full(store: SessionStore, full: bool) -> None:
+    """The store's disk fills (every write fails as on a full disk: SQLITE_FULL) or has
+    room again, through the store's own connection: its real error path."""
+    with store._lock:
+        assert store._conn is not None
+        store._conn.execute(f"PRAGMA max_page_count = {1 if full else 1073741823}")
+
+
 @contextlib.asynccontextmanager
 async def model_daemon(
     db: Path, seed: int, speed: float = 20.0
@@ -397,9 +405,7 @@ async def test_store_still_failing_at_stop_rescues_the_beats_and_says_so(
         store = daemon.store
         rt = daemon.runtimes[0]
         await until(lambda: rt.session is not None and rt.session.seq > 30)
-        with store._lock:  # the store's own connection: its real error path
-            assert store._conn is not None
-            store._conn.execute("PRAGMA max_page_count = 1")
+        disk_full(store, True)
         await until(lambda: daemon.writer.failing)
         await until(lambda: daemon.writer.unsaved_beats(rt.session.session_id) > 20)  # type: ignore[union-attr]
         daemon.stop()
@@ -610,13 +616,7 @@ async def test_during_a_store_outage_the_rescue_file_holds_every_unstored_beat(
         await until(lambda: rt.session is not None and rt.session.seq > 30)
         sid = rt.session.session_id  # type: ignore[union-attr]
         rescue = tmp_path / f"settle-unsaved-{sid}.csv"
-
-        def pragma(sql: str) -> None:
-            with store._lock:  # the store's own connection: its real error path
-                assert store._conn is not None
-                store._conn.execute(sql)
-
-        pragma("PRAGMA max_page_count = 1")
+        disk_full(store, True)
         await until(lambda: daemon.writer.failing)
         await until(lambda: daemon.writer.unsaved_beats(sid) > 60)
         async with daemon.writer._flush_lock:  # a moment between two flushes
@@ -627,7 +627,7 @@ async def test_during_a_store_outage_the_rescue_file_holds_every_unstored_beat(
             assert [b.seq for b in stored] == list(range(len(stored)))
             assert on_disk.t_s[0] > stored[-1].beat_t_s  # the file continues the store
         assert stat.S_IMODE(rescue.stat().st_mode) == 0o600
-        pragma("PRAGMA max_page_count = 1073741823")
+        disk_full(store, False)
         await until(lambda: not daemon.writer.failing, 5)
         assert not rescue.exists()  # every beat in it is stored now: not kept twice
         daemon.stop()

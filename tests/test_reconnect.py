@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bleak.backends.device import BLEDevice
@@ -34,14 +36,34 @@ async def until(cond: Callable[[], bool], timeout_s: float = 15.0) -> None:
             await asyncio.sleep(0.02)
 
 
-def client_for(air: VirtualAir, strap: VirtualStrap) -> StrapClient:
-    return StrapClient(
-        address=strap.address,
-        scan_timeout_s=5,
+def client_for(
+    air: VirtualAir,
+    strap: VirtualStrap | str,
+    cls: type[StrapClient] = StrapClient,
+    scan_timeout_s: float = 5,
+) -> StrapClient:
+    """A client (``cls``) of ``strap`` (or of an address nobody advertises) in ``air``."""
+    return cls(
+        address=strap if isinstance(strap, str) else strap.address,
+        scan_timeout_s=scan_timeout_s,
         connect_timeout_s=5,
         scanner_kwargs=air.scanner_kwargs(),
         client_kwargs=air.client_kwargs(),
     )
+
+
+def json_tap(
+    suffix: str,
+) -> tuple[list[dict[str, Any]], Callable[[str, bytes | str, bool], None]]:
+    """A daemon ``tap`` keeping the JSON of every message whose topic ends with ``suffix``
+    (e.g. ``"/status"``), and the list it keeps them in."""
+    kept: list[dict[str, Any]] = []
+
+    def tap(topic: str, payload: bytes | str, _retained: bool) -> None:
+        if topic.endswith(suffix):
+            kept.append(json.loads(payload))
+
+    return kept, tap
 
 
 @contextlib.asynccontextmanager
@@ -255,14 +277,7 @@ async def test_the_session_message_follows_catching_up_after_a_hold_start(
     """The retained session message kept the first catching-up time for good: after a later
     hold-start it still said the old time while the indices (and History) said the new one.
     Now it is null from the hold-start until physiology caught up after it, then that time."""
-    import json
-
-    sessions: list[dict[str, object]] = []
-
-    def tap(topic: str, payload: bytes | str, retain: bool) -> None:
-        if topic.endswith("/session"):
-            sessions.append(json.loads(payload))
-
+    sessions, tap = json_tap("/session")
     async with model_daemon(tmp_path, seed=3, speed=60, tap=tap) as (daemon, store, _s, _t):
         rt = daemon.runtimes[0]
         await until(lambda: rt.session is not None and rt.session.catching_up_t_s is not None, 30)

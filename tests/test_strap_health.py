@@ -6,7 +6,6 @@ a strap keeps its device id when the Bluetooth stack reports its name only later
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from sessions.store import SessionStore
 from settle.config import load_config
 from settle.daemon import Daemon
 from tests.test_e2e import CONFIG
-from tests.test_reconnect import model_daemon, until
+from tests.test_reconnect import client_for, json_tap, model_daemon, until
 
 # An empty packet, a truncated HR value, an odd RR field, EE flagged but absent, a trailing
 # byte without RR, and 20 zero bytes (flags 0 with 19 trailing bytes).
@@ -63,12 +62,7 @@ async def test_the_status_follows_the_straps_battery_notifications(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="settle.daemon")
-    statuses: list[dict[str, object]] = []
-
-    def tap(topic: str, payload: bytes | str, _retained: bool) -> None:
-        if topic.endswith("/status"):
-            statuses.append(json.loads(payload))
-
+    statuses, tap = json_tap("/status")
     async with model_daemon(tmp_path, seed=4, speed=20, tap=tap) as (daemon, _s, strap, _t):
         rt = daemon.runtimes[0]
         await until(lambda: rt.session is not None and rt.session.seq > 10)
@@ -103,13 +97,7 @@ async def test_a_strap_keeps_its_device_id_when_its_name_is_learnt_later(
             air, PhysioModel(ModelParams(), seed=3), speed=20, name="Polar H10 1A2B3C4D"
         )
         await strap.start()
-        client = NameLearntLater(
-            address=strap.address,
-            scan_timeout_s=5,
-            connect_timeout_s=5,
-            scanner_kwargs=air.scanner_kwargs(),
-            client_kwargs=air.client_kwargs(),
-        )
+        client = client_for(air, strap, NameLearntLater)
         with SessionStore.open(settings.db_path) as store:
             daemon = Daemon(
                 settings, store, [client], time_scale=20,
@@ -144,14 +132,8 @@ async def test_a_paired_strap_left_at_home_is_warned_about_once(
     async with VirtualAir() as air:
         strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=5), speed=20)
         await strap.start()
-        here = StrapClient(
-            address=strap.address, scan_timeout_s=5, connect_timeout_s=5,
-            scanner_kwargs=air.scanner_kwargs(), client_kwargs=air.client_kwargs(),
-        )  # fmt: skip
-        absent = StrapClient(
-            address="C0:5E:77:1E:FF:FE", scan_timeout_s=0.5, connect_timeout_s=5,
-            scanner_kwargs=air.scanner_kwargs(), client_kwargs=air.client_kwargs(),
-        )  # fmt: skip
+        here = client_for(air, strap)
+        absent = client_for(air, "C0:5E:77:1E:FF:FE", scan_timeout_s=0.5)
         with SessionStore.open(settings.db_path) as store:
             daemon = Daemon(settings, store, [here, absent], time_scale=20)
             task = asyncio.create_task(daemon.run())
