@@ -935,13 +935,29 @@ def _create_rescue(session_id: str, text: str, where: Sequence[Path]) -> Path:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+                f.flush()
+                # On the disk before it is named as holding the beats: a power cut after
+                # the line saying so must not leave an empty file (ext4 allocates late).
+                os.fsync(f.fileno())
         except OSError as exc:  # e.g. that disk is full too: try the next directory
             error = exc
             with contextlib.suppress(OSError):
                 path.unlink()
             continue
+        _fsync_dir(directory)
         return path
     raise error
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a new file's name in ``directory`` durable (its data is fsynced already); best
+    effort: some file systems refuse to sync a directory, and the file is whole anyway."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _append(path: Path, text: str) -> None:
@@ -954,6 +970,7 @@ def _append(path: Path, text: str) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+            os.fsync(fd)
         except OSError:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, size)  # no half line: the whole file moves elsewhere

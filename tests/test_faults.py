@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import errno
 import itertools
 import json
 import logging
@@ -515,6 +516,42 @@ def test_rescue_file_is_readable_even_with_a_zero_rr(tmp_path: Path) -> None:
     assert path is not None
     rec = read_rr_file(path)
     assert len(rec.rr_ms) == 9 and (rec.rr_ms == 800.0).all()
+
+
+def test_a_rescue_file_the_disk_cannot_keep_moves_to_the_next_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rescue file is the only copy of its beats: it is on the disk (fsynced, with its
+    directory) before it is named, and a disk that accepts the write but cannot keep it
+    (fsync fails: delayed allocation on a full ext4, a network file system) does not get
+    the file — the next directory does — instead of a file a power cut leaves empty."""
+    import settle.pipeline as pipeline_mod
+    from sessions.store import BeatRow
+    from settle.pipeline import BeatWriter
+
+    bad, good = tmp_path / "bad", tmp_path / "good"
+    bad.mkdir()
+    good.mkdir()
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if target.startswith(str(bad)):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+        synced.append(target)
+
+    monkeypatch.setattr(pipeline_mod.os, "fsync", fsync)
+    with SessionStore.open(tmp_path / "s.db") as store:
+        writer = BeatWriter(store)
+        t0 = 1_700_000_000_000
+        writer.add_beats("sid", [BeatRow(i, 0.8 * (i + 1), t0 + 800 * i, 800.0) for i in range(10)])
+        path = writer.rescue("sid", "disk full", [bad, good])
+    assert path is not None and path.parent == good
+    assert list(bad.iterdir()) == []
+    assert synced == [str(path), str(good)]  # the file's data, then its name
+    assert len(read_rr_file(path).rr_ms) == 10
 
 
 def test_demo_whose_store_was_deleted_says_it_was_recovered(tmp_path: Path) -> None:
