@@ -341,6 +341,29 @@ def _daemon_settings(db: Path, mqtt: dict[str, object]) -> Settings:
     )
 
 
+_MARKER_PIXELS = """() => {
+  // Columns of the tachogram drawn in the marker colour over most of the plot's height are
+  // marker lines; count marker-coloured pixels (the labels' text) left of the first one.
+  const c = document.querySelector('#tacho canvas');
+  const {width: w, height: h} = c;
+  const px = c.getContext('2d').getImageData(0, 0, w, h).data;
+  const mark = (i) => px[i] > 110 && px[i + 1] > 50 && px[i + 1] < 130 && px[i + 2] < 60
+    && px[i] - px[i + 2] > 90 && px[i + 3] > 100;
+  const cols = [];
+  for (let x = 0; x < w; x++) {
+    let n = 0;
+    for (let y = 0; y < h; y++) if (mark((y * w + x) * 4)) n++;
+    cols.push(n);
+  }
+  const lines = [];
+  cols.forEach((n, x) => { if (n > 0.5 * h) lines.push(x); });
+  if (!lines.length) return [[], 0];
+  let left = 0;
+  for (let x = 0; x < lines[0] - 1; x++) left += cols[x];
+  return [lines, left];
+}"""
+
+
 @pytest.mark.mosquitto
 @pytest.mark.timeout(120)
 async def test_dashboard_in_chromium(tmp_path: Path, mosquitto: Mosquitto) -> None:
@@ -535,6 +558,11 @@ async def _scenario(
     await page.locator("#cmd-result").evaluate("e => e.textContent = ''")  # not in the shots
     await asyncio.sleep(1.2)  # let the charts redraw once
     await page.screenshot(path=str(SHOTS / "live-desktop.png"), full_page=True)
+    # Marker labels start at their line and run right (they ran left, over the y axis's
+    # numbers, for the markers at the start of the chart).
+    lines, left_of_first = await page.evaluate(_MARKER_PIXELS)
+    assert lines, "no marker line drawn on the tachogram"
+    assert left_of_first == 0, f"{left_of_first} marker-coloured pixels left of the first line"
     await page.set_viewport_size(PHONE)
     await page.screenshot(path=str(SHOTS / "live-phone.png"), full_page=False)
     await page.click("nav >> text=Session")

@@ -329,13 +329,20 @@ function markerHook(getEvents) {
     ctx.save();
     ctx.strokeStyle = css("--mark"); ctx.fillStyle = css("--mark");
     ctx.font = `${12 * devicePixelRatio}px system-ui`; ctx.lineWidth = devicePixelRatio;
+    // uPlot leaves the alignment of its last axis labels (right) in the saved state: a
+    // label then ran left of its line, over the y axis's numbers for an early marker.
+    ctx.textBaseline = "alphabetic";
+    const pad = 3 * devicePixelRatio, right = u.bbox.left + u.bbox.width;
     let row = 0;
     for (const ev of evs) {
       if (ev.t_s < x0 || ev.t_s > x1) continue;
       const x = u.valToPos(ev.t_s, "x", true);
       ctx.beginPath(); ctx.moveTo(x, u.bbox.top); ctx.lineTo(x, u.bbox.top + u.bbox.height); ctx.stroke();
+      // Right of the line; left of it only where it would leave the plot on the right.
+      const after = x + pad + ctx.measureText(ev.kind).width <= right;
+      ctx.textAlign = after ? "left" : "right";
       // Labels step down in four rows so markers close together stay readable.
-      ctx.fillText(ev.kind, x + 3 * devicePixelRatio, u.bbox.top + (12 + 14 * (row++ % 4)) * devicePixelRatio);
+      ctx.fillText(ev.kind, after ? x + pad : x - pad, u.bbox.top + (12 + 14 * (row++ % 4)) * devicePixelRatio);
     }
     ctx.restore();
   }] };
