@@ -5,6 +5,9 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 DEVSTAMP = $(VENV)/.installed-dev
+# Test workers (pytest-xdist): one per CPU, at most 4. TEST_WORKERS=0 runs the suite in one
+# process (e.g. to read a test's output with -s).
+TEST_WORKERS ?= auto
 
 .PHONY: demo test lint typecheck bench soak clean tools
 
@@ -30,7 +33,7 @@ test: $(DEVSTAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxprocesses 4 $(PYTEST_ARGS)
 
 lint: $(DEVSTAMP)
 	$(BIN)/ruff check .
