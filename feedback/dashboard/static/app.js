@@ -192,7 +192,10 @@ function banners() {
   const rt = currentRuntime();
   const d = S.device ? dev(S.device) : null;
   if (alive && rt && rt.state !== "streaming") {
-    out.push(["bad", `Strap disconnected (${rt.state}${rt.last_error ? ": " + rt.last_error : ""}) — reconnecting; beats in the gap are not recorded.`]);
+    // The state says what the daemon does now; the last error why, unless it only repeats
+    // the banner ("Strap disconnected (scanning: disconnected)").
+    const why = rt.last_error && rt.last_error !== "disconnected" ? ": " + rt.last_error : "";
+    out.push(["bad", `Strap disconnected (${rt.state}${why}) — reconnecting; beats in the gap are not recorded.`]);
   } else if (alive && d && d.contact === false) {
     out.push(["warn", "No skin contact — wet the electrodes and check the strap sits snugly."]);
   }
