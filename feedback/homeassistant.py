@@ -207,9 +207,12 @@ def device_messages(
         sensor("coherence", "Coherence", f"{t}/indices",
                g("value_json.coherence | default(none)"), icon="mdi:sine-wave",
                **precision(2)),
+        # In per cent, as the dashboard shows it (the payload's 0–1 fraction read "0.22").
         sensor("signal_quality", "Signal quality", f"{t}/indices",
-               g("value_json.quality | default(none)"), icon="mdi:signal",
-               entity_category="diagnostic", **precision(2)),
+               g("(value_json.quality * 100) if value_json.quality is defined"
+                 " and value_json.quality is not none else none"),
+               unit_of_measurement="%", icon="mdi:signal", entity_category="diagnostic",
+               **precision(0)),
         sensor("battery", None, f"{t}/status", g("value_json.battery_pct"),
                unit_of_measurement="%", device_class="battery", entity_category="diagnostic",
                **measurement),

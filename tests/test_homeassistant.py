@@ -250,6 +250,10 @@ async def test_discovery_live_one_and_three_straps(
         assert cfg["state_topic"] in latest, cfg["state_topic"]
         out = env.from_string(cfg["value_template"]).render(value_json=latest[cfg["state_topic"]])
         rendered[topic.split("/")[3]] = out
+        if topic.endswith("/signal_quality/config"):  # per cent, as on the dashboard
+            quality = latest[cfg["state_topic"]]["quality"]
+            assert cfg["unit_of_measurement"] == "%"
+            assert out == "None" if quality is None else float(out) == pytest.approx(100 * quality)
         avail = [a["topic"] for a in cfg["availability"]]
         assert avail[0] == "settle/bridge/state" and avail[1].endswith("/availability")
         # Unavailable as soon as the daemon's Last Will sets bridge/state offline.
@@ -257,6 +261,7 @@ async def test_discovery_live_one_and_three_straps(
     assert 40 < float(rendered["heart_rate"]) < 120
     assert float(rendered["rmssd"]) > 0
     assert 0 <= float(rendered["settling"]) <= 100
+    assert 0 <= float(rendered["signal_quality"]) <= 100
     assert rendered["contact"] == "None"  # unknown: the virtual strap, like an H10, cannot tell
     assert rendered["caught_up"] == "OFF"
     assert int(rendered["battery"]) == 87
