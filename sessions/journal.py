@@ -22,7 +22,8 @@ Alignment to the session's time base (seconds since its start, ``t_s``):
   time zone of the computer running the import** (``TZ`` overrides it). A bare clock time
   is placed on the calendar day that puts it inside the session (else closest to its
   start), so sessions across midnight work; in the hour a DST change repeats, the reading
-  of the two that falls inside the session is taken.
+  of the two that falls inside the session is taken, and where both do, the earlier one not
+  before the entry above it (a journal is in time order).
 * In a time-compressed session (``--speed``, ``meta.time_scale``), a wall-clock instant is
   ``time_scale`` session seconds per second after the start.
 
@@ -335,18 +336,30 @@ def _local_ms(naive: dt.datetime) -> list[int]:
     return sorted({_epoch_ms(naive.replace(fold=f).astimezone()) for f in (0, 1)})
 
 
-def _nearest(candidates: list[int], info: SessionInfo, end_ms: int) -> int:
-    """The candidate instant inside the session (the earliest such), else the nearest to its
-    start."""
-    inside = [c for c in candidates if info.started_ms <= c <= end_ms]
+def _nearest(
+    candidates: list[int], info: SessionInfo, end_ms: int, after_ms: int | None = None
+) -> int:
+    """The candidate instant inside the session, else the nearest to its start.
+
+    Where several fall inside (the hour a DST change repeats, in a session across it), the
+    earliest not before ``after_ms`` (the previous entry's instant: a journal is written in
+    time order), else the earliest: the second ``02:20`` of a notebook was put on the first,
+    an hour early and before the ``02:50`` written between them.
+    """
+    inside = sorted(c for c in candidates if info.started_ms <= c <= end_ms)
+    if len(inside) > 1 and after_ms is not None:
+        return next((c for c in inside if c >= after_ms), inside[0])
     if inside:
-        return min(inside)
+        return inside[0]
     return min(candidates, key=lambda c: abs(c - info.started_ms))
 
 
-def _align(entry: JournalEntry, info: SessionInfo, end_ms: int) -> tuple[float, int]:
+def _align(
+    entry: JournalEntry, info: SessionInfo, end_ms: int, after_ms: int | None = None
+) -> tuple[float, int]:
     """``(t_s, ts_ms)`` of an entry before the offset: session seconds and epoch ms;
-    ``end_ms``: the wall-clock instant the session's recorded span ends at.
+    ``end_ms``: the wall-clock instant the session's recorded span ends at; ``after_ms``:
+    the previous entry's ``ts_ms`` (picks between two readings of a repeated local time).
 
     Computed in integer milliseconds, so ``t_s`` is exactly ``(ts_ms - started_ms) / 1000``
     (a clock time ``09:00:13.701`` in a session started at ``09:00:00.123`` is ``13.578``);
@@ -361,7 +374,7 @@ def _align(entry: JournalEntry, info: SessionInfo, end_ms: int) -> tuple[float, 
     if entry.ts_ms is not None:
         ms = entry.ts_ms
     elif entry.local is not None:
-        ms = _nearest(_local_ms(entry.local), info, end_ms)
+        ms = _nearest(_local_ms(entry.local), info, end_ms, after_ms)
     else:
         assert entry.clock_s is not None
         start_local = dt.datetime.fromtimestamp(info.started_ms // 1000).astimezone()
@@ -373,7 +386,7 @@ def _align(entry: JournalEntry, info: SessionInfo, end_ms: int) -> tuple[float, 
             for day in (start_local.date() + dt.timedelta(days=k) for k in (-1, 0, 1))
             for c in _local_ms(dt.datetime.combine(day, clock))
         ]
-        ms = _nearest(candidates, info, end_ms)
+        ms = _nearest(candidates, info, end_ms, after_ms)
     if scale == 1.0:
         return (ms - info.started_ms) / 1000, ms
     return round((ms - info.started_ms) * scale) / 1000, ms
@@ -425,8 +438,10 @@ def import_journal(
         [] if replace else [(round(m.t_s * 1000), m.kind, m.text) for m in imported]
     )
     rows: list[MarkerRow] = []
+    prev_ms: int | None = None  # the previous entry's instant, before the offset
     for e in entries:
-        t_s, ts_ms = _align(e, info, end_ms)
+        t_s, ts_ms = _align(e, info, end_ms, prev_ms)
+        prev_ms = ts_ms
         if offset_s:
             # In the journal's own time: clock seconds for clock times and instants (that
             # many times time_scale session seconds), session seconds for a t_s column.

@@ -267,6 +267,38 @@ def test_the_repeated_dst_hour_is_read_inside_the_session(
     assert [(m.kind, m.t_s) for m in rows] == [("hold-start", 600.0), ("shame", 1800.0)]
 
 
+def test_a_session_across_the_dst_change_holds_both_readings_in_journal_order(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """A session from 01:50 CEST to 03:10 CET on 2026-10-25: 02:20 happens twice in it. A
+    notebook written in order, 02:20, 02:50, then 02:20 again an hour after the first: the
+    second 02:20 was put on the first (30 min), before the 02:50 written above it; it is at
+    90 min. A first 02:20 takes the earlier reading, and an ISO time in a CSV does the same."""
+    start = int(dt.datetime(2026, 10, 24, 23, 50, tzinfo=dt.UTC).timestamp() * 1000)  # 01:50
+    sid = store.create_session("dev", start, "x", {}).id
+    store.finish_session(sid, start + 140 * 60_000)  # 03:10 CET
+    notebook = _write(
+        tmp_path,
+        "dst.txt",
+        "01:55 note: sat down\n02:20 shame: first\n02:50 note: still summer time\n"
+        "02:20 threat: second\n03:05 note: end\n",
+    )
+    import_journal(store, sid, notebook)
+    assert [(m.t_s / 60, m.text) for m in store.markers(sid)] == [
+        (5.0, "sat down"), (30.0, "first"), (60.0, "still summer time"), (90.0, "second"),
+        (135.0, "end"),
+    ]  # fmt: skip
+    iso = _write(
+        tmp_path,
+        "dst.csv",
+        "time,text\n2026-10-25T02:40,a\n2026-10-25T02:10,b\n2026-10-25T02:40,c\n",
+    )
+    import_journal(store, sid, iso, offset_s=1)
+    assert [(m.t_s, m.text) for m in store.markers(sid) if len(m.text) == 1] == [
+        (50 * 60 + 1, "a"), (80 * 60 + 1, "b"), (110 * 60 + 1, "c"),
+    ]  # fmt: skip
+
+
 def test_kinds_in_any_case_and_identical_lines_each_count(
     store: SessionStore, sid: str, tmp_path: Path
 ) -> None:
