@@ -39,6 +39,7 @@ EVENT_KINDS: tuple[str, ...] = (
     "rhythm-usable",
     "catching-up",
     "rr-source",
+    "clock",
 )
 """Event kinds besides the marker kinds (each is explained in docs/mqtt.md)."""
 

@@ -54,6 +54,7 @@ from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.exc import BleakError
 
+import sensors.clock as host_clock
 from processing.ecg import DetectorParams, EcgBeat, RPeakDetector
 from sensors.drops import DropCounter
 from sensors.pmd import (
@@ -129,7 +130,7 @@ class ReceivedFrame:
     recv_ts_s: float
     frame: EcgFrame
     recv_mono_s: float = 0.0
-    """Receive time on the host's monotonic clock, s."""
+    """Receive time on the host's elapsed-time clock (:mod:`sensors.clock`), s."""
     clock_step_s: float | None = None
     """The strap's clock stepped just before this frame, by about this much (timestamp change
     minus arrival-time change, s): its timestamp does not continue the previous frame's, so
@@ -169,7 +170,8 @@ class PmdSession:
         dropped: where dropped frames are counted and reported (a new one if None).
         time_scale: strap seconds per host second (a time-compressed virtual strap), for
             comparing timestamp and arrival-time changes.
-        monotonic: host monotonic clock (seconds), injectable for tests.
+        monotonic: the host's elapsed-time clock (seconds; default
+            :func:`sensors.clock.elapsed_s`), injectable for tests.
     """
 
     def __init__(
@@ -183,7 +185,7 @@ class PmdSession:
         clock: Callable[[], float] = time.time,
         dropped: DroppedFrames | None = None,
         time_scale: float = 1.0,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self.client = client
         self.sensor_id = sensor_id or client.address
@@ -202,7 +204,7 @@ class PmdSession:
         self.clock_steps = 0
         """Steps of the strap's clock seen (see :attr:`ReceivedFrame.clock_step_s`)."""
         self.time_scale = time_scale
-        self._monotonic = monotonic
+        self._monotonic = monotonic or (lambda: host_clock.elapsed_s())
         self.overflowed = 0
         """Frames dropped because the consumer fell behind by ``buffer_frames``."""
         self.dropped = dropped if dropped is not None else DroppedFrames(self.sensor_id)

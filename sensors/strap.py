@@ -37,6 +37,7 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError
 
+import sensors.clock as host_clock
 from sensors.drops import DropCounter
 from sensors.hrs import (
     BATTERY_LEVEL_UUID,
@@ -87,7 +88,8 @@ def device_id_for(name: str | None, address: str) -> str:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Notification:
-    """One 0x2A37 notification as received: ``recv_ts_ms`` epoch ms, ``recv_mono_s`` monotonic s."""
+    """One 0x2A37 notification as received: ``recv_ts_ms`` epoch ms, ``recv_mono_s``
+    seconds on :func:`sensors.clock.elapsed_s` (never steps, counts through a suspend)."""
 
     recv_ts_ms: int
     recv_mono_s: float
@@ -398,7 +400,9 @@ class StrapStream:
         if len(self._buffer) >= self._owner._buffer_size:
             self._buffer.popleft()
             self._owner.overflowed += 1
-        self._buffer.append(Notification(int(self._owner._clock() * 1000), time.monotonic(), m))
+        self._buffer.append(
+            Notification(int(self._owner._clock() * 1000), host_clock.elapsed_s(), m)
+        )
         self._wakeup.set()
 
     def _on_battery(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:

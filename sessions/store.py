@@ -1304,6 +1304,16 @@ class SessionStore:
                 ),
             )
 
+    def set_started_ms(self, session_id: str, started_ms: int) -> None:
+        """Move the session's start on the wall clock (epoch ms; its ``t_s`` stay as they
+        are): the daemon found the host's clock stepped since the session started. The id,
+        made from the clock at the start, stays."""
+        with self._transaction(write=True) as conn:
+            _require_session(conn, session_id)
+            conn.execute(
+                "UPDATE sessions SET started_ms = ? WHERE id = ?", (int(started_ms), session_id)
+            )
+
     def set_baseline(self, session_id: str, baseline: BaselinePeriod | None) -> None:
         """Set (or with None clear) the rest baseline period, seconds since session start."""
         with self._transaction(write=True) as conn:
@@ -1477,15 +1487,16 @@ class SessionStore:
     def resolve(self, ref: str) -> SessionInfo:
         """Find a session by ``'latest'``, its full id, or a unique prefix of its id.
 
-        ``'latest'`` is the most recently started session. Raises :class:`SessionNotFound`
-        when nothing matches and :class:`StoreError` listing candidates when a prefix
-        matches several sessions.
+        ``'latest'`` is the session created last (the last to start — by the order the store
+        made them, not by ``started_ms``: a board whose clock was behind at boot dated its new
+        session before the previous one, and ``latest`` named the old one). Raises
+        :class:`SessionNotFound` when nothing matches and :class:`StoreError` listing
+        candidates when a prefix matches several sessions.
         """
         with self._transaction(write=False) as conn:
             if ref == "latest":
                 row = conn.execute(
-                    f"SELECT {_SESSION_COLUMNS} FROM sessions"
-                    " ORDER BY started_ms DESC, id DESC LIMIT 1"
+                    f"SELECT {_SESSION_COLUMNS} FROM sessions ORDER BY rowid DESC LIMIT 1"
                 ).fetchone()
                 if row is None:
                     raise SessionNotFound(ref)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+import sensors.clock as host_clock
 from feedback import homeassistant as ha
 from feedback.broker import LOOPBACK, EmbeddedBroker, probe
 from feedback.commands import decode_json, screen_command
@@ -371,10 +372,10 @@ class Daemon:
                 # The straps stop reading (their links close concurrently), then every session
                 # is closed at once: one flush, one store transaction. One by one, each with
                 # its own flush, took minutes with a few hundred straps.
-                stopped_ms = self.now_ms()
+                stopped_at = host_clock.elapsed_s()
                 self._stopping = True
                 await _cancel_and_wait(strap_tasks)
-                await asyncio.shield(self._finish_sessions(self.runtimes, stopped_ms, final=True))
+                await asyncio.shield(self._finish_sessions(self.runtimes, stopped_at, final=True))
                 for rt in self.runtimes:
                     self._stopped(rt)
             stop_task.cancel()
@@ -479,7 +480,7 @@ class Daemon:
         finally:
             if not self._stopping:  # else run() closes every session together
                 if rt.session is not None:
-                    await asyncio.shield(self._finish_session(rt, self.now_ms()))
+                    await asyncio.shield(self._finish_session(rt))
                 self._stopped(rt)
 
     def _raise_if_stopping(self) -> None:
@@ -597,9 +598,11 @@ class Daemon:
     async def _start_session(self, rt: StrapRuntime, intention: Intention | None) -> StrapPipeline:
         assert rt.info is not None and rt.output is not None
         if rt.session is not None:
-            await self._finish_session(rt, self.now_ms())
+            await self._finish_session(rt)
         info = rt.info
-        started_ms = self.now_ms()
+        # One instant on both clocks: t_s = 0 is started_ms, and a later step of the wall
+        # clock is measured against this pair.
+        started_ms, started_at = self.now_ms(), host_clock.elapsed_s()
         meta: dict[str, object] = {
             "strap": {
                 "name": info.name,
@@ -651,6 +654,7 @@ class Daemon:
             clock=self.clock,
             on_indices=self.on_indices,
             time_scale=self.time_scale,
+            started_mono_s=started_at,
         )
         rt.session = pipeline
         if rt.state == "streaming" or rt.state == "connecting":
@@ -664,14 +668,19 @@ class Daemon:
             raise asyncio.CancelledError
         return pipeline
 
-    async def _finish_session(self, rt: StrapRuntime, stopped_ms: int) -> None:
-        await self._finish_sessions([rt], stopped_ms)
+    async def _finish_session(self, rt: StrapRuntime) -> None:
+        await self._finish_sessions([rt])
 
     async def _finish_sessions(
-        self, rts: list[StrapRuntime], stopped_ms: int, *, final: bool = False
+        self, rts: list[StrapRuntime], stopped_at: float | None = None, *, final: bool = False
     ) -> None:
         """Close the running sessions of ``rts`` together: one flush of the buffered rows and
         one store transaction for all of them, then their ``stopped`` messages.
+
+        ``stopped_at``: when, on :func:`~sensors.clock.elapsed_s` (default now). Each session
+        ends that long after its start, on the wall clock as the session keeps it: a step
+        of the host's clock during the session moved its start (and cannot make it end
+        before it began, nor last for the days the clock jumped).
 
         ``final`` (the daemon is ending): beats the store still refuses after
         :data:`STORE_RETRY_AT_STOP_S` are written to a rescue file, and their session is
@@ -680,6 +689,9 @@ class Daemon:
         for rt in rts:
             pipeline, rt.session = rt.session, None
             if pipeline is not None:
+                pipeline.follow_wall_clock(
+                    self.clock(), host_clock.elapsed_s()
+                )  # a step since its last beat
                 pipeline.finish()
                 self._publish_last_classes(rt, pipeline)
                 pipelines.append(pipeline)
@@ -722,13 +734,10 @@ class Daemon:
                     ", ".join(str(d) for d in where),
                 )  # fmt: skip
         ends: list[tuple[StrapPipeline, int]] = []
+        at = host_clock.elapsed_s() if stopped_at is None else stopped_at
         for pipeline in pipelines:
-            end_ms = stopped_ms
-            if end_ms < pipeline.started_ms:
-                # The wall clock was stepped back (NTP) during the session: end it where the
-                # session's own (monotonic) time base says, never before it began.
-                end_ms = pipeline.started_ms + round(pipeline.now_t_s() * 1000)
-            ends.append((pipeline, end_ms))
+            elapsed_ms = max(0, round((at - pipeline.started_mono_s) * 1000))
+            ends.append((pipeline, pipeline.started_ms + elapsed_ms))
         try:
             await asyncio.to_thread(self._store_finished, ends, incomplete)
         except SettleError as exc:
@@ -776,6 +785,9 @@ class Daemon:
                     else SessionState.STOPPED
                 )
                 try:
+                    # The start as the session keeps it (a clock step moved it; the buffered
+                    # move may not be stored yet if the store failed meanwhile).
+                    self.store.set_started_ms(pipeline.session_id, pipeline.started_ms)
                     self.store.finish_session(pipeline.session_id, end_ms, state)
                 except (SessionNotFound, ValueError) as exc:  # deleted meanwhile: the others
                     log.error("could not close session %s: %s", pipeline.session_id, exc)
@@ -845,7 +857,7 @@ class Daemon:
             async with rt.session_lock:
                 if rt.session is None:
                     raise CommandError("no session is running (send session/start first)")
-                await self._finish_session(rt, self.now_ms())
+                await self._finish_session(rt)
             return
         session = rt.session
         if session is None:

@@ -2,8 +2,9 @@
 ECG-derived beats → ``<base>/<dev>/ecg_beat``.
 
 The strap's ECG clock is mapped to session time once per session: the first frame's last
-sample is placed at its arrival (monotonic clock, like the beat timer), and from then on the
-strap's own nanosecond timestamps carry the timing (sample resolution, 7.7 ms at 130 Hz).
+sample is placed at its arrival (the elapsed-time clock of :mod:`sensors.clock`, like the
+beat timer), and from then on the strap's own nanosecond timestamps carry the timing
+(sample resolution, 7.7 ms at 130 Hz).
 Inside a frame the samples are spaced by the strap's real sample period, measured from
 consecutive frames (time between their last samples / samples in the frame: 130.05–130.17 Hz
 on real H10s, not the nominal 130 Hz), so a frame's samples join the previous frame's without a
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from bleak import BleakClient
 
+import sensors.clock as host_clock
 from feedback.payloads import EcgBeatPayload
 from processing.ecg import RPeakDetector
 from sensors.ecg_stream import DroppedFrames, PmdSession, PmdUnavailable, ReceivedFrame
@@ -149,7 +151,7 @@ class EcgRecorder:
             if session is None or rt.output is None:
                 continue
             if offset is None or offset[0] != session.session_id:
-                arrival_s = (time.monotonic() - session.started_mono_s) * session.time_scale
+                arrival_s = (host_clock.elapsed_s() - session.started_mono_s) * session.time_scale
                 offset = (session.session_id, int(arrival_s * 1e9) - frame.timestamp_ns)
                 newest_ns = -1
             elif stepped:

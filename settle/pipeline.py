@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime as dt
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import sensors.clock as host_clock
 from feedback.mqtt import MqttLink
 from feedback.payloads import (
     ClassifiedBeat,
@@ -59,8 +61,13 @@ line this often, s, with the count."""
 
 SILENT_S = 3.0
 """Session seconds without a beat after which "now" runs on from the latest beat time with
-the monotonic clock (:meth:`StrapPipeline.now_t_s`): longer than any RR a strap sends in
+the host's elapsed-time clock (:meth:`StrapPipeline.now_t_s`): longer than any RR a strap sends in
 practice (3 s = 20 beats/min) and than the delay of a batched notification."""
+
+WALL_STEP_S = 2.0
+"""A change of the host's wall clock against its elapsed-time clock by more than this is a
+step (NTP at boot on a board without a real-time clock, the user setting the time; NTP's
+gradual corrections are far below it): the running session's start is moved by it."""
 
 SessionStateName = Literal["running", "stopped", "interrupted"]
 
@@ -124,6 +131,17 @@ VANISHED = "its session was deleted from the store while recording"
 """Why a session's rows are not stored after ``settle sessions delete`` removed it."""
 
 
+def _utc(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _span(s: float) -> str:
+    for unit, size in (("days", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if s >= size:
+            return f"{s / size:.1f} {unit}"
+    return f"{s:.1f} s"
+
+
 def rescue_name(session_id: str) -> str:
     """The rescue file of a session: ``settle-unsaved-<id>.csv``."""
     return f"settle-unsaved-{session_id}.csv"
@@ -170,6 +188,8 @@ class BeatWriter:
     ecg: dict[str, list[tuple[list[int], list[int]]]] = field(default_factory=dict)
     ecg_beats: dict[str, list[EcgBeatRow]] = field(default_factory=dict)
     ecg_annotations: dict[str, list[BeatAnnotation]] = field(default_factory=dict)
+    starts: dict[str, list[int]] = field(default_factory=dict)
+    """Corrected session starts (epoch ms) after a step of the wall clock; the last counts."""
     failing: bool = False
     last_error: str | None = None
     """Why the store failed last (None once a flush succeeds) — or, while the store works,
@@ -209,6 +229,10 @@ class BeatWriter:
     def annotate_ecg(self, session_id: str, rows: Sequence[BeatAnnotation]) -> None:
         self.ecg_annotations.setdefault(session_id, []).extend(rows)
 
+    def move_start(self, session_id: str, started_ms: int) -> None:
+        """The session's start on the wall clock is ``started_ms`` (the clock was stepped)."""
+        self.starts.setdefault(session_id, []).append(started_ms)
+
     def _buffers(self) -> list[_Batch]:
         # Beats first: annotations refer to stored beats.
         return [
@@ -219,6 +243,7 @@ class BeatWriter:
             (self.ecg, self._store_ecg),
             (self.ecg_beats, self.store.add_ecg_beats),
             (self.ecg_annotations, self.store.annotate_ecg_beats),
+            (self.starts, self._store_starts),
         ]
 
     def rescue_where(self) -> list[Path]:
@@ -421,6 +446,9 @@ class BeatWriter:
         for gap in gaps:
             self.store.add_gap(session_id, gap)
 
+    def _store_starts(self, session_id: str, starts: list[int]) -> None:
+        self.store.set_started_ms(session_id, starts[-1])
+
     def _store_ecg(self, session_id: str, frames: Sequence[tuple[list[int], list[int]]]) -> None:
         for t_ns, uv in frames:
             try:
@@ -498,20 +526,53 @@ class StrapPipeline:
         ``ecg`` at the first R peak of the session and back to ``hrs`` if the ECG fails."""
         self._ecg_from_t_s = -math.inf
         """ECG beats at or before this time are recorded, not analysed (the switch point)."""
-        self.started_mono_s = time.monotonic() if started_mono_s is None else started_mono_s
+        self.started_mono_s = host_clock.elapsed_s() if started_mono_s is None else started_mono_s
+        self._wall_offset_s = (
+            self.clock() - self.started_mono_s
+            if started_mono_s is None
+            else started_ms / 1000.0 - started_mono_s
+        )
+        """Wall clock minus elapsed-time clock, s, as the session's start was taken."""
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
+    def follow_wall_clock(self, wall_s: float, elapsed: float) -> float | None:
+        """The host's wall clock read ``wall_s`` when its elapsed-time clock read ``elapsed``:
+        if it was stepped since the session started (by more than :data:`WALL_STEP_S`), move
+        the session's start by the step and say so; return the step (s), or None.
+
+        The clock after a step is taken as the right one (NTP setting a board's clock after
+        boot): a session started on a clock 3 days behind was listed 3 days long, dated 3
+        days early, and exported with 3 days of padding. Session times (``t_s``) are on the
+        elapsed-time clock and do not move; rows stored with the wall time of their arrival
+        (``recv_ts_ms``, ``ts_ms``) keep what the clock read then."""
+        step = wall_s - elapsed - self._wall_offset_s
+        if not abs(step) > WALL_STEP_S:
+            return None
+        self._wall_offset_s += step
+        was = self.started_ms
+        self.started_ms += round(step * 1000)
+        self.writer.move_start(self.session_id, self.started_ms)
+        moved = f"{'+' if step > 0 else '−'}{_span(abs(step))}"
+        log.warning(
+            "session %s: the system clock was set %s; the session's start moved from %s to %s",
+            self.session_id, moved, _utc(was), _utc(self.started_ms),
+        )  # fmt: skip
+        self.event("clock", f"system clock set {moved}: session start moved to "
+                   f"{_utc(self.started_ms)}")  # fmt: skip
+        self.publish_session("running")
+        return step
+
     def now_t_s(self) -> float:
         """The session's current time: the latest beat time (the one time base) — unless the
         strap has been silent for more than :data:`SILENT_S` of session time (a dropout, or
-        no beat yet), then that beat time plus the silence so far on the monotonic clock: a
+        no beat yet), then that beat time plus the silence so far on the elapsed-time clock: a
         marker pressed 30 s into a dropout was stored at the dropout's start, beside the
         ``disconnected`` and ``reconnected`` events."""
         base = self.beat_t_s if self.beat_t_s is not None else 0.0
         since = self._last_beat_mono_s if self.beat_t_s is not None else self.started_mono_s
-        silent = (time.monotonic() - since) * self.time_scale
+        silent = (host_clock.elapsed_s() - since) * self.time_scale
         return base + silent if silent > SILENT_S else base
 
     def session_payload(
@@ -540,7 +601,7 @@ class StrapPipeline:
     def connected(self) -> None:
         """A (re)connect: beats of the next ``warmup_s`` are recorded but not analysed."""
         warmup = self.settings.processing.warmup_s / max(self.time_scale, 1e-9)
-        self.warmup_until_mono_s = time.monotonic() + warmup
+        self.warmup_until_mono_s = host_clock.elapsed_s() + warmup
 
     def restart_window(self, reason: str = "reconnect") -> None:
         """After a reconnect: the next beats are re-anchored to their arrival time, the gap
@@ -625,9 +686,11 @@ class StrapPipeline:
     def on_notification(self, n: Notification) -> list[float]:
         """Record the notification's beats; return their beat times (s since session start)."""
         m = n.measurement
+        self.follow_wall_clock(n.recv_ts_ms / 1000.0, n.recv_mono_s)
         self.last_contact = m.contact
         self.last_hr = m.hr_bpm
-        # Session time of arrival, from the monotonic clock (immune to wall-clock steps).
+        # Session time of arrival, on the elapsed-time clock (immune to wall-clock steps, and
+        # counting through a suspend: :mod:`sensors.clock`).
         arrival_s = max(0.0, (n.recv_mono_s - self.started_mono_s) * self.time_scale)
         timed, gap = self.timer.push(arrival_s, m.rr_ms)
         if timed:
@@ -732,7 +795,7 @@ class StrapPipeline:
         p = self.settings.processing
         if p.rr_source == "ecg" and self.rr_source == "hrs" and beats:
             self._switch_source("ecg", "RR from the raw ECG (R peaks) drives the indices")
-        warming = time.monotonic() < self.warmup_until_mono_s
+        warming = host_clock.elapsed_s() < self.warmup_until_mono_s
         rows: list[EcgBeatRow] = []
         todo: list[tuple[int | None, float, float]] = []  # as in on_notification
         for t, rr, plausible in beats:

@@ -768,6 +768,102 @@ async def test_wall_clock_steps_leave_beat_times_and_exports_monotonic(tmp_path:
     assert beat_t == sorted(beat_t)
 
 
+async def test_a_clock_set_days_forward_after_boot_moves_the_session_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Raspberry Pi without a real-time clock boots 3 days behind and NTP sets it a few
+    seconds into the session: the session was listed 3 days long and dated 3 days early, and
+    its EDF padded with 3 days (20 MB). Now its start moves by the step, said in one line;
+    it lasts as long as it ran, beat times untouched."""
+    db = tmp_path / "s.db"
+    days3 = 3 * 86400.0
+    clock = SteppingClock()
+    clock.step_s = -days3
+    speed = 10.0
+    caplog.set_level(logging.WARNING)
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=5), speed=speed)
+        await strap.start()
+        with SessionStore.open(db) as store:
+            daemon = Daemon(daemon_settings(db), store, [strap_client(air, strap, clock)],
+                            clock=clock, time_scale=speed)  # fmt: skip
+            task = asyncio.create_task(daemon.run())
+            rt = daemon.runtimes[0]
+            await until(lambda: rt.session is not None and rt.session.seq > 20)
+            wall0 = time.time()
+            clock.step_s = 0.0  # NTP
+            seq = rt.session.seq  # type: ignore[union-attr]
+            await until(lambda: rt.session is not None and rt.session.seq > seq + 20)
+            daemon.stop()
+            await asyncio.wait_for(task, 10)
+            wall1 = time.time()
+            (summary,) = store.list_sessions()
+            beats = store.beats(summary.id)
+            edf = export_session(store, summary.id, "edf", tmp_path / "s.edf")
+        await strap.stop()
+    assert summary.stopped_ms is not None
+    ran_s = (summary.stopped_ms - summary.started_ms) / 1000
+    assert 0 < ran_s < wall1 - wall0 + 30  # seconds, not 3 days
+    assert summary.duration_s < 30 * speed + beats[-1].beat_t_s
+    started = summary.started_ms / 1000
+    assert wall0 - 60 < started < wall0  # today, not 3 days ago
+    assert edf.stat().st_size < 1_000_000
+    times = [b.beat_t_s for b in beats]
+    assert all(b > a for a, b in itertools.pairwise(times))
+    steps = [r.getMessage() for r in caplog.records if "system clock was set" in r.getMessage()]
+    assert len(steps) == 1 and "+3.0 days" in steps[0], steps
+
+
+async def test_a_suspend_mid_session_is_a_gap_of_its_real_length(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A laptop closed mid-session: Linux's monotonic clock stops while suspended, so every
+    beat, index and marker after the resume was placed that long too early, with a 1 s gap
+    where the suspend was. Arrival times are on CLOCK_BOOTTIME now, which counts the
+    suspend (simulated here: the wall clock and that clock jump together, the strap's link
+    drops as it does over a suspend)."""
+    import sensors.clock as host_clock
+
+    db = tmp_path / "s.db"
+    real = host_clock.elapsed_s
+    asleep = [0.0]
+    monkeypatch.setattr(host_clock, "elapsed_s", lambda: real() + asleep[0])
+    clock = SteppingClock()
+    speed, suspend_s = 10.0, 60.0
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=6), speed=speed)
+        await strap.start()
+        with SessionStore.open(db) as store:
+            daemon = Daemon(daemon_settings(db), store, [strap_client(air, strap, clock)],
+                            clock=clock, time_scale=speed)  # fmt: skip
+            task = asyncio.create_task(daemon.run())
+            rt = daemon.runtimes[0]
+            await until(lambda: rt.session is not None and rt.session.seq > 20)
+            before = rt.session.beat_t_s or 0.0  # type: ignore[union-attr]
+            asleep[0] += suspend_s
+            clock.step_s += suspend_s
+            await strap.drop(reappear_after_s=0.5)
+            await until(lambda: rt.reconnects == 1 and rt.state == "streaming")
+            seq = rt.session.seq  # type: ignore[union-attr]
+            await until(lambda: rt.session is not None and rt.session.seq > seq + 20)
+            marker = json.dumps({"id": "m", "kind": "note", "text": "after the resume"})
+            await daemon.on_command(rt.device_id or "", "marker", marker.encode(), False)
+            daemon.stop()
+            await asyncio.wait_for(task, 10)
+            (summary,) = store.list_sessions()
+            beats = store.beats(summary.id)
+            gaps = store.read_session(summary.id).gaps
+            (mark,) = store.markers(summary.id)
+        await strap.stop()
+    after = [b for b in beats if b.beat_t_s > before + 1]
+    assert after and after[0].beat_t_s > before + suspend_s * speed  # not 600 s early
+    assert any(g.end_t_s - g.start_t_s > 0.9 * suspend_s * speed for g in gaps), gaps
+    assert mark.t_s > before + suspend_s * speed
+    assert summary.stopped_ms is not None
+    wall_len = (summary.stopped_ms - summary.started_ms) / 1000 * speed
+    assert abs(wall_len - beats[-1].beat_t_s) < 5 * speed  # length and data agree
+
+
 # -- 3. kill -9 mid-session, then start again ----------------------------------------------------
 
 

@@ -161,7 +161,7 @@ def test_commands_always_one_result_and_no_side_effect_when_refused(tmp_path: Pa
         check()
     finally:
         if rt.session is not None:
-            loop.run_until_complete(daemon._finish_session(rt, daemon.now_ms()))
+            loop.run_until_complete(daemon._finish_session(rt))
         loop.close()
         store.close()
     assert tried["n"] >= 150

@@ -99,7 +99,7 @@ async def daemon_on_broker(
             yield RunningDaemon(host, port, daemon, store, pipeline.session_id)
         finally:
             if rt.session is not None:
-                await daemon._finish_session(rt, daemon.now_ms())
+                await daemon._finish_session(rt)
     store.close()
 
 

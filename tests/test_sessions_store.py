@@ -217,6 +217,18 @@ def test_resolve(store: SessionStore) -> None:
             store.resolve(ref)
 
 
+def test_latest_is_the_session_made_last_even_when_the_clock_dated_it_earlier(
+    store: SessionStore,
+) -> None:
+    """A board whose clock was behind at boot (no real-time clock, NTP not yet there) dates
+    its new session before the previous one: `settle export latest` exported the old one."""
+    old = new_session(store, T0_MS + 3_600_000)
+    new = new_session(store, T0_MS)  # made later, on a clock an hour behind
+    assert store.resolve("latest").id == new.id != old.id
+    store.set_started_ms(new.id, T0_MS + 7_200_000)  # the clock was corrected meanwhile
+    assert store.get(new.id).started_ms == T0_MS + 7_200_000 and store.get(new.id).id == new.id
+
+
 def test_unknown_session_id_raises_not_found(store: SessionStore) -> None:
     with pytest.raises(SessionNotFound, match="missing"):
         store.add_beats("missing", beats(0, 1))
