@@ -16,7 +16,9 @@ Time bases, as everywhere in Settle:
 
 Schema version 2 adds the session log (intention, baseline period, tags, notes), artefact
 fields per beat (``rr_corrected_ms``, ``beat_class``, ``timing_uncertain``), gap records and
-raw ECG; a version-1 file is upgraded in place when it is opened.
+raw ECG; a version-1 file is upgraded in place when it is opened. Version 3 adds the
+ECG-derived beats; version 4 gives every store the same beat-class CHECKs (a version-2 store
+made by commit 4ae4df5 lacked ``warmup`` and refused every later beat).
 
 The schema version lives in ``PRAGMA user_version``; :data:`SCHEMA_VERSION` is the newest this
 code knows, and ``_MIGRATIONS[v]`` upgrades a file from version ``v`` to ``v + 1``. A file
@@ -33,6 +35,7 @@ import errno
 import json
 import math
 import os
+import re
 import secrets
 import shlex
 import sqlite3
@@ -514,8 +517,11 @@ def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
 
-_TARGETS_SQL = ", ".join(f"'{t.value}'" for t in IntentionTarget)
-_CLASSES_SQL = ", ".join(f"'{c.value}'" for c in BeatClass)
+# Literal lists, frozen with the migration that writes them: a released migration must write
+# the same schema whenever it runs. (They were built from the enums: a store migrated to v2
+# before ``warmup`` was added kept a CHECK without it, and every later beat was refused.)
+_TARGETS_SQL = "'self', 'future', 'relational', 'free'"
+_CLASSES_SQL = "'normal', 'ectopic', 'long', 'short', 'missed', 'extra', 'implausible', 'warmup'"
 
 _SCHEMA_V2 = (
     f"ALTER TABLE sessions ADD COLUMN intention_target TEXT"
@@ -586,12 +592,45 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+_CLASSES_V4_SQL = "'normal', 'ectopic', 'long', 'short', 'missed', 'extra', 'implausible', 'warmup'"
+_CLASS_CHECK = re.compile(r"CHECK \(beat_class IN \([^)]*\)\)")
+
+
+def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
+    """Every store's beat-class CHECKs list the classes of :data:`_CLASSES_V4_SQL`.
+
+    A store that commit 4ae4df5 took to version 2 lists no ``warmup`` (the list was built
+    from the enum when the migration ran, and ``warmup`` came one commit later): the daemon
+    could store no beat in it again. Rewritten in place — SQLite's documented procedure for
+    changing a CHECK constraint (``writable_schema``, then a new ``schema_version``): no
+    table is copied, whatever its size."""
+    version = conn.execute("PRAGMA schema_version").fetchone()[0]
+    conn.execute("PRAGMA writable_schema = ON")
+    try:
+        for name in ("beats", "ecg_beats"):
+            (sql,) = conn.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+            ).fetchone()
+            fixed = _CLASS_CHECK.sub(f"CHECK (beat_class IN ({_CLASSES_V4_SQL}))", sql)
+            if fixed != sql:
+                conn.execute(
+                    "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?",
+                    (fixed, name),
+                )
+        conn.execute(f"PRAGMA schema_version = {version + 1}")
+    finally:
+        conn.execute("PRAGMA writable_schema = OFF")
+
+
 #: ``_MIGRATIONS[v]`` takes a store from schema version ``v`` to ``v + 1`` inside the open
-#: transaction. Append new steps; never edit a released one.
+#: transaction. Append new steps; never edit a released one, and write literal values in it
+#: (never a list built from an enum: a new member then needs a new step, and a store made
+#: by the new code refuses it too until there is one, so the tests notice).
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_0_to_1,
     _migrate_1_to_2,
     _migrate_2_to_3,
+    _migrate_3_to_4,
 )
 
 #: Newest schema version this code reads and writes.

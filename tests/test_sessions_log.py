@@ -4,6 +4,7 @@ raw ECG, and complete deletion (against real SQLite files)."""
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,8 @@ from sessions.store import (
     daemon_lock,
 )
 from settle.errors import SessionNotFound, StoreError
+
+DATA = Path(__file__).parent / "data"
 
 T0_MS = 1_795_000_000_000
 
@@ -66,7 +69,7 @@ def _v1_file(path: Path) -> None:
 
 
 def test_v1_store_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path) -> None:
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
     path = tmp_path / "old.db"
     _v1_file(path)
     with SessionStore.open(path) as store:
@@ -88,9 +91,39 @@ def test_v1_store_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path) -> Non
         assert len(store.beats(rec.info.id)) == 10
     probe = sqlite3.connect(path)
     try:
-        assert probe.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert probe.execute("PRAGMA user_version").fetchone()[0] == 4
         assert probe.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert probe.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        probe.close()
+
+
+def test_a_v2_store_made_before_warmup_beats_stores_beats_again(tmp_path: Path) -> None:
+    """tests/data/store_v2_4ae4df5.db was recorded by `settle demo` at commit 4ae4df5, which
+    made schema 2 with a beat-class CHECK built from the enum of the day — no ``warmup``,
+    added one commit later. The current daemon classes the first seconds after every
+    connect as warm-up, so every flush was refused: no beat of any later session was ever
+    stored (all went to rescue files). The upgrade keeps every old beat and takes new ones
+    of every class."""
+    path = tmp_path / "old.db"
+    shutil.copyfile(DATA / "store_v2_4ae4df5.db", path)
+    with SessionStore.open(path) as store:
+        old = {s.id: s.n_beats for s in store.list_sessions()}
+        assert old == {"20261128T025327-450e": 285, "20261128T025353-6a34": 237}
+        first = store.beats("20261128T025327-450e")
+        sid = store.create_session("dev", T0_MS, "virtual:x", {}).id
+        store.add_beats(sid, [
+            BeatRow(k, 0.8 * (k + 1), T0_MS + 800 * (k + 1), 800.0, beat_class=c)
+            for k, c in enumerate(BeatClass)
+        ])  # fmt: skip
+        store.add_ecg_beats(sid, [EcgBeatRow(0, 0.5, None, beat_class=BeatClass.WARMUP)])
+        assert [b.beat_class for b in store.beats(sid)] == list(BeatClass)
+    with SessionStore.open(path) as store:  # and again, as every later run opens it
+        assert store.beats("20261128T025327-450e") == first
+    probe = sqlite3.connect(path)
+    try:
+        assert probe.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert probe.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         probe.close()
 
