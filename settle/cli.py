@@ -934,7 +934,10 @@ async def _command(
 def _device_for_label(device: str | None) -> str | None:
     from settle.pairing import device_for_label
 
-    return None if device is None else device_for_label(device)
+    try:
+        return None if device is None else device_for_label(device)
+    except ConfigError as exc:
+        fail(str(exc), 2)
 
 
 async def _find_device(

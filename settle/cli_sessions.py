@@ -260,7 +260,10 @@ def trends_cmd(
             if device is not None:
                 from settle.pairing import device_for_label
 
-                device = device_for_label(device)
+                try:
+                    device = device_for_label(device)
+                except ConfigError as exc:
+                    _fail(str(exc), 2)
                 if device not in {s.device_id for s in store.list_sessions()}:
                     _fail(f"no session of strap {device!r} in {path}", 2)
             rows = trends(store, None if target is None else IntentionTarget(target), device)

@@ -12,6 +12,7 @@ import difflib
 import json
 import os
 import re
+import shlex
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +59,15 @@ class _Section(BaseModel):
                 # A shell would make it empty; kept literally it became a directory named
                 # "$UNSET_VAR" in the working directory.
                 raise ValueError(f"{unset.group(0)} is not set")
+            if expanded != v and not os.path.lexists(expanded) and os.path.lexists(v):
+                # Settle before 70a822d took ~ and $VARS literally: the file it made is in
+                # "./~/…" under the working directory, and a new, empty one would be made.
+                raise ValueError(
+                    f"{v!r} means {expanded}, which does not exist, but "
+                    f"{os.path.abspath(v)} does (an older Settle read {v!r} literally): move "
+                    f"it there (mv {shlex.quote(os.path.abspath(v))} {shlex.quote(expanded)}) "
+                    "or set this path to it"
+                )
             return expanded
         return v
 

@@ -102,15 +102,28 @@ def check_strap(label: str, address: str, name: str, device_id: str) -> None:
 
 def device_for_label(name: str, path: Path | None = None) -> str:
     """``--device`` may name a strap by the label it was paired under (``settle pair --label
-    anna``, any case): its device id; anything else (a device id) as given."""
+    anna``, any case): its device id; anything else (a device id) as given.
+
+    A straps file written before labels were one whatever their case can hold "Anna" and
+    "anna" for two straps: the label as typed picks its own; another case of it names both
+    and is refused (:class:`ConfigError`) — the first in the file took the markers of the
+    other person's strap."""
     try:
         paired = load_paired(path)
     except (ConfigError, OSError):
         return name
-    for p in paired:
-        if p.label.casefold() == name.casefold() and p.device_id:
-            return p.device_id
-    return name
+    found = [p for p in paired if p.label.casefold() == name.casefold() and p.device_id]
+    exact = [p for p in found if p.label == name]
+    if exact:
+        return exact[0].device_id
+    if len({p.device_id for p in found}) > 1:
+        both = ", ".join(f"{p.label!r} ({p.device_id}, {p.address})" for p in found)
+        raise ConfigError(
+            "--device",
+            f"{name!r} names two remembered straps: {both}; type the label as remembered or "
+            "its device id, or forget one by its address (`settle pair --forget ADDRESS`)",
+        )
+    return found[0].device_id if found else name
 
 
 def remember(

@@ -121,6 +121,29 @@ def test_paths_expand_home_and_variables(tmp_path: Path, monkeypatch: pytest.Mon
         load_config(f)
 
 
+def test_a_store_an_older_settle_made_under_a_literal_tilde_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before `~` was expanded, `db_path = "~/settle/s.db"` made "./~/settle/s.db" in the
+    working directory. After the upgrade the same config meant $HOME/settle/s.db: `sessions
+    list` said there was no store, and the next run started an empty one. Now the config
+    is refused with one line naming where the old store is and how to move it."""
+    home, wd = tmp_path / "home", tmp_path / "wd"
+    home.mkdir()
+    (wd / "~" / "settle").mkdir(parents=True)
+    (wd / "~" / "settle" / "s.db").write_bytes(b"")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(wd)
+    f = tmp_path / "c.toml"
+    f.write_text('[storage]\ndb_path = "~/settle/s.db"\n')
+    with pytest.raises(ConfigError, match="an older Settle read") as err:
+        load_config(f)
+    assert str(wd / "~" / "settle" / "s.db") in str(err.value) and "\n" not in str(err.value)
+    (home / "settle").mkdir()
+    (home / "settle" / "s.db").write_bytes(b"")  # moved (or a store there already): fine
+    assert load_config(f).db_path == home / "settle" / "s.db"
+
+
 def test_misspelt_environment_variable_is_an_error(tmp_path: Path) -> None:
     import os
 

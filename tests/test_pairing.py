@@ -22,6 +22,7 @@ from sensors.virtual.strap import VirtualStrap
 from sessions.store import SessionStore
 from settle import pairing
 from settle.cli import live_scan
+from settle.errors import ConfigError
 from tests.conftest import DATA
 from tests.test_e2e import CONFIG
 from tests.test_virtual_ble import other_advertiser
@@ -281,6 +282,34 @@ def test_pairing_says_which_remembered_entry_it_replaces(tmp_path: Path) -> None
     ), reused.stdout
     assert "'desk'" in reused.stdout  # the virtual strap's old label went too
     assert {p.label: p.address for p in pairing.load_paired(paired)} == {"anna": strap.address}
+
+
+def test_labels_an_older_settle_kept_apart_by_case_are_not_confused(tmp_path: Path) -> None:
+    """A straps.json from before labels were one whatever their case holds "Anna" and
+    "anna" for two people: `--device anna` sent anna's markers to Anna's strap (the first
+    in the file). The label as typed picks its own; another case names both: refused, one
+    line naming them."""
+    paired = tmp_path / "straps.json"
+    paired.write_text(json.dumps({"v": 1, "straps": [
+        {"label": "Anna", "address": "AA:BB:CC:DD:EE:01", "name": "Polar H10 1",
+         "device_id": "polar_h10_1", "paired_ms": 1},
+        {"label": "anna", "address": "AA:BB:CC:DD:EE:02", "name": "Polar H10 2",
+         "device_id": "polar_h10_2", "paired_ms": 2},
+    ]}))  # fmt: skip
+    assert pairing.device_for_label("anna", paired) == "polar_h10_2"
+    assert pairing.device_for_label("Anna", paired) == "polar_h10_1"
+    with pytest.raises(ConfigError, match="names two remembered straps") as err:
+        pairing.device_for_label("ANNA", paired)
+    assert "AA:BB:CC:DD:EE:01" in str(err.value) and "AA:BB:CC:DD:EE:02" in str(err.value)
+    env = {**os.environ, "SETTLE_PAIRED_FILE": str(paired)}
+    SessionStore.open(tmp_path / "s.db").close()
+    out = subprocess.run(
+        [sys.executable, "-m", "settle.cli", "trends", "--device", "ANNA", "--db",
+         str(tmp_path / "s.db")],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.count("\n") == 1 and "names two remembered straps" in out.stderr
 
 
 def test_a_label_is_one_label_whatever_its_case(tmp_path: Path) -> None:
