@@ -310,10 +310,23 @@ class SessionInfo:
     def time_scale(self) -> float:
         """Session seconds per wall-clock second (``meta.time_scale``): > 1 for a
         time-compressed (``--speed``) replay, 1 otherwise."""
-        scale = self.meta.get("time_scale", 1.0)
-        if isinstance(scale, bool) or not isinstance(scale, int | float):
-            return 1.0
-        return float(scale) if math.isfinite(scale) and scale > 0 else 1.0
+        return _scale_of(self.meta)
+
+
+def _scale_of(meta: Mapping[str, object]) -> float:
+    scale = meta.get("time_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, int | float):
+        return 1.0
+    return float(scale) if math.isfinite(scale) and scale > 0 else 1.0
+
+
+def _time_scale(meta_json: str) -> float:
+    """:attr:`SessionInfo.time_scale` of a stored ``meta_json`` (1 if it is unreadable)."""
+    try:
+        meta = json.loads(meta_json)
+    except ValueError:
+        return 1.0
+    return _scale_of(meta) if isinstance(meta, dict) else 1.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -603,14 +616,22 @@ def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
     from the enum when the migration ran, and ``warmup`` came one commit later): the daemon
     could store no beat in it again. Rewritten in place — SQLite's documented procedure for
     changing a CHECK constraint (``writable_schema``, then a new ``schema_version``): no
-    table is copied, whatever its size."""
+    table is copied, whatever its size. SQLite's "defensive" mode forbids it: switched off
+    for this connection where Python can (3.12+; it is off by default). The rewritten schema
+    is checked (``quick_check``) before the transaction commits."""
+    defensive = getattr(sqlite3, "SQLITE_DBCONFIG_DEFENSIVE", None)
+    if defensive is not None and hasattr(conn, "setconfig"):
+        conn.setconfig(defensive, False)
     version = conn.execute("PRAGMA schema_version").fetchone()[0]
     conn.execute("PRAGMA writable_schema = ON")
     try:
         for name in ("beats", "ecg_beats"):
-            (sql,) = conn.execute(
+            row = conn.execute(
                 "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
             ).fetchone()
+            if row is None:
+                continue
+            sql = row[0]
             fixed = _CLASS_CHECK.sub(f"CHECK (beat_class IN ({_CLASSES_V4_SQL}))", sql)
             if fixed != sql:
                 conn.execute(
@@ -620,6 +641,9 @@ def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA schema_version = {version + 1}")
     finally:
         conn.execute("PRAGMA writable_schema = OFF")
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+    if problems != ["ok"]:  # raised inside the transaction: the file is left as it was
+        raise sqlite3.DatabaseError(f"the upgraded schema does not check: {problems[0]}")
 
 
 #: ``_MIGRATIONS[v]`` takes a store from schema version ``v`` to ``v + 1`` inside the open
@@ -1430,28 +1454,28 @@ class SessionStore:
         """Mark sessions still ``running`` as ``interrupted``; return their ids, oldest first.
 
         Call once at daemon start, before recording: a session still running then was left
-        by a crash. Its ``stopped_ms`` becomes the arrival time (``recv_ts_ms``) of its last
-        stored beat, or its start when it has none. Only one daemon may use a store at a
-        time, or this would also end the other daemon's live session.
+        by a crash. It ends at its last stored beat — its start plus that beat's session time
+        (wall seconds: divided by ``meta.time_scale``) — or at its start when it has none. Not
+        at the beat's wall-clock arrival (``recv_ts_ms``): the daemon moves a session's start
+        when the host's clock is stepped, and beats that arrived before the step carry the
+        old clock (an hour-fast clock set back made a 15 min session 65 min long). Only one
+        daemon may use a store at a time, or this would also end the other daemon's live
+        session.
         """
         with self._transaction(write=True) as conn:
-            ids = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT id FROM sessions WHERE state = 'running' ORDER BY started_ms, id"
+            rows = conn.execute(
+                "SELECT id, started_ms, meta_json,"
+                " (SELECT max(beat_t_s) FROM beats WHERE beats.session_id = sessions.id)"
+                " FROM sessions WHERE state = 'running' ORDER BY started_ms, id"
+            ).fetchall()
+            for sid, started_ms, meta_json, last_t_s in rows:
+                scale = _time_scale(meta_json)
+                ran_ms = max(0, round(last_t_s * 1000 / scale)) if last_t_s is not None else 0
+                conn.execute(
+                    "UPDATE sessions SET state = 'interrupted', stopped_ms = ? WHERE id = ?",
+                    (started_ms + ran_ms, sid),
                 )
-            ]
-            conn.execute(
-                """
-                UPDATE sessions SET
-                    state = 'interrupted',
-                    stopped_ms = max(started_ms, coalesce(
-                        (SELECT max(recv_ts_ms) FROM beats WHERE beats.session_id = sessions.id),
-                        started_ms))
-                WHERE state = 'running'
-                """
-            )
-        return ids
+        return [row[0] for row in rows]
 
     def delete_session(self, session_id: str) -> None:
         """Delete a session and all its beats, indices, markers, gaps, tags and ECG.

@@ -546,9 +546,13 @@ class StrapPipeline:
         boot): a session started on a clock 3 days behind was listed 3 days long, dated 3
         days early, and exported with 3 days of padding. Session times (``t_s``) are on the
         elapsed-time clock and do not move; rows stored with the wall time of their arrival
-        (``recv_ts_ms``, ``ts_ms``) keep what the clock read then."""
+        (``recv_ts_ms``, ``ts_ms``) keep what the clock read then. Only where the
+        elapsed-time clock counts a suspend (:data:`sensors.clock.COUNTS_SUSPEND`: Linux,
+        macOS); elsewhere a suspend would look like a step."""
         step = wall_s - elapsed - self._wall_offset_s
-        if not abs(step) > WALL_STEP_S:
+        if not abs(step) > WALL_STEP_S or not host_clock.COUNTS_SUSPEND:
+            # Where the elapsed-time clock stops during a suspend, a suspend looks like a
+            # step: the start is not moved (as before this was followed).
             return None
         self._wall_offset_s += step
         was = self.started_ms

@@ -348,9 +348,32 @@ def test_interrupted_session_recovery(db_path: Path) -> None:
         assert store.mark_interrupted_running() == []  # nothing left running
         got = store.get(crashed.id)
         assert got.state is SessionState.INTERRUPTED
-        assert got.stopped_ms == batch[-1].recv_ts_ms
+        # It ends at its last beat, in session time from its start.
+        assert got.stopped_ms == crashed.started_ms + round(batch[-1].beat_t_s * 1000)
         assert store.get(empty.id).stopped_ms == T0_MS + 20_000
         assert store.get(done.id).state is SessionState.STOPPED
+
+
+def test_a_crash_after_the_clock_was_set_back_keeps_the_sessions_length(db_path: Path) -> None:
+    """A board's clock an hour fast, set back by NTP 5 min into the session (the daemon
+    moves the session's start), then a crash 10 min later: the session was closed at its
+    newest beat's arrival on the wall clock, and the beats of the first 5 min arrived on
+    the fast clock — listed 65 min long (it ran 15), its EDF padded to match."""
+    hour = 3_600_000
+    store = SessionStore.open(db_path)
+    info = new_session(store, T0_MS + hour)  # the fast clock
+    rows = [
+        BeatRow(k, (k + 1) * 1.0, T0_MS + (k + 1) * 1000 + (hour if k < 300 else 0), 1000.0)
+        for k in range(900)
+    ]
+    store.add_beats(info.id, rows)
+    store.set_started_ms(info.id, T0_MS)  # the daemon followed the step
+    store.close()  # the crash
+    with SessionStore.open(db_path) as store:
+        assert store.mark_interrupted_running() == [info.id]
+        (summary,) = store.list_sessions()
+    assert summary.stopped_ms == T0_MS + 900_000
+    assert summary.duration_s == pytest.approx(900.0)
 
 
 def test_concurrent_add_beats_from_two_threads(store: SessionStore) -> None:
@@ -428,7 +451,8 @@ def test_kill_mid_write_leaves_committed_batches_only(db_path: Path) -> None:
         assert summary.state is SessionState.RUNNING
         assert [b.seq for b in store.beats(summary.id)] == list(range(100 * n_batches))
         assert store.mark_interrupted_running() == [summary.id]
-        assert store.get(summary.id).stopped_ms == T0_MS + n_batches - 1
+        # Ended at the last committed beat (seq 100·n − 1, at t = seq s).
+        assert store.get(summary.id).stopped_ms == T0_MS + (100 * n_batches - 1) * 1000
 
 
 def test_a_store_that_cannot_be_written_is_still_read(
