@@ -38,6 +38,7 @@ from feedback.payloads import EcgBeatPayload
 from processing.ecg import RPeakDetector
 from sensors.ecg_stream import DroppedFrames, PmdSession, PmdUnavailable, ReceivedFrame
 from sensors.pmd import EcgFrame
+from sessions.series import ECG_CLOCK_STEP
 from sessions.store import GapRow
 from settle.errors import SensorError
 
@@ -193,7 +194,7 @@ class EcgRecorder:
         if newest_ns >= 0:
             step_s = received.clock_step_s or 0.0
             start_s, end_s = newest_ns / 1e9, (last_ns - round((n - 1) * period_ns)) / 1e9
-            self.writer.add_gap(session.session_id, GapRow(start_s, end_s, "raw ECG clock step"))
+            self.writer.add_gap(session.session_id, GapRow(start_s, end_s, ECG_CLOCK_STEP))
             session.event(
                 "gap",
                 f"raw ECG re-anchored: the strap's clock jumped {step_s:+.1f} s",

@@ -313,3 +313,21 @@ def test_kubios_ecg_rr_of_nothing_but_start_up_spikes_is_a_one_line_error(
     with pytest.raises(ExportError, match="start-up spikes") as err:
         export_kubios(store, sid, tmp_path / "x.txt", rr_source="ecg")
     assert "\n" not in str(err.value) and not (tmp_path / "x.txt").exists()
+
+
+def test_an_ecg_clock_step_does_not_blank_the_rr_channel() -> None:
+    """The strap's clock stepped: the raw ECG is re-anchored and the seam stored as a gap
+    ("raw ECG clock step"). The EDF/BIDS RR channel treated it as lost heartbeats and was
+    empty there, though every beat of the strap's own RR went on; a real dropout still is."""
+    from sessions.series import rr_on_grid
+    from sessions.store import BeatRow, GapRow
+
+    t0 = 1_700_000_000_000
+    beats = [BeatRow(k, float(k + 1), t0 + 1000 * (k + 1), 1000.0) for k in range(60)]
+    # The reason as stores hold it (settle/ecg.py writes sessions.series.ECG_CLOCK_STEP).
+    gaps = [GapRow(10.2, 10.7, "raw ECG clock step"), GapRow(30.0, 33.0, "disconnected")]
+    fs = 10.0
+    rr = rr_on_grid(beats, gaps, 600, fs)
+    t = np.arange(600) / fs
+    assert not np.isnan(rr[(t >= 10.2) & (t <= 10.7)]).any()  # the heart went on
+    assert np.isnan(rr[(t >= 30.0) & (t <= 33.0)]).all()
