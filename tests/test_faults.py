@@ -236,16 +236,17 @@ def disk_full(store: SessionStore, full: bool) -> None:
 
 @contextlib.asynccontextmanager
 async def model_daemon(
-    db: Path, seed: int, speed: float = 20.0
+    db: Path, seed: int, speed: float = 20.0, clock: Callable[[], float] = time.time
 ) -> AsyncIterator[tuple[Daemon, asyncio.Task[None], VirtualStrap]]:
     """The daemon (no MQTT) storing into ``db`` from a virtual strap that plays the
-    physiological model: ``(daemon, its run() task, strap)``; the strap stops after."""
+    physiological model: ``(daemon, its run() task, strap)``; the strap stops after.
+    ``clock``: the host's wall clock, for the daemon and the strap client alike."""
     async with VirtualAir() as air:
         strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=seed), speed=speed)
         await strap.start()
         with SessionStore.open(db) as store:
-            daemon = Daemon(daemon_settings(db), store, [strap_client(air, strap)],
-                            time_scale=speed)  # fmt: skip
+            daemon = Daemon(daemon_settings(db), store, [strap_client(air, strap, clock)],
+                            clock=clock, time_scale=speed)  # fmt: skip
             yield daemon, asyncio.create_task(daemon.run()), strap
         await strap.stop()
 
@@ -781,26 +782,19 @@ async def test_a_clock_set_days_forward_after_boot_moves_the_session_start(
     clock.step_s = -days3
     speed = 10.0
     caplog.set_level(logging.WARNING)
-    async with VirtualAir() as air:
-        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=5), speed=speed)
-        await strap.start()
-        with SessionStore.open(db) as store:
-            daemon = Daemon(daemon_settings(db), store, [strap_client(air, strap, clock)],
-                            clock=clock, time_scale=speed)  # fmt: skip
-            task = asyncio.create_task(daemon.run())
-            rt = daemon.runtimes[0]
-            await until(lambda: rt.session is not None and rt.session.seq > 20)
-            wall0 = time.time()
-            clock.step_s = 0.0  # NTP
-            seq = rt.session.seq  # type: ignore[union-attr]
-            await until(lambda: rt.session is not None and rt.session.seq > seq + 20)
-            daemon.stop()
-            await asyncio.wait_for(task, 10)
-            wall1 = time.time()
-            (summary,) = store.list_sessions()
-            beats = store.beats(summary.id)
-            edf = export_session(store, summary.id, "edf", tmp_path / "s.edf")
-        await strap.stop()
+    async with model_daemon(db, seed=5, speed=speed, clock=clock) as (daemon, task, _strap):
+        store, rt = daemon.store, daemon.runtimes[0]
+        await until(lambda: rt.session is not None and rt.session.seq > 20)
+        wall0 = time.time()
+        clock.step_s = 0.0  # NTP
+        seq = rt.session.seq  # type: ignore[union-attr]
+        await until(lambda: rt.session is not None and rt.session.seq > seq + 20)
+        daemon.stop()
+        await asyncio.wait_for(task, 10)
+        wall1 = time.time()
+        (summary,) = store.list_sessions()
+        beats = store.beats(summary.id)
+        edf = export_session(store, summary.id, "edf", tmp_path / "s.edf")
     assert summary.stopped_ms is not None
     ran_s = (summary.stopped_ms - summary.started_ms) / 1000
     assert 0 < ran_s < wall1 - wall0 + 30  # seconds, not 3 days
@@ -830,31 +824,24 @@ async def test_a_suspend_mid_session_is_a_gap_of_its_real_length(
     monkeypatch.setattr(host_clock, "elapsed_s", lambda: real() + asleep[0])
     clock = SteppingClock()
     speed, suspend_s = 10.0, 60.0
-    async with VirtualAir() as air:
-        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=6), speed=speed)
-        await strap.start()
-        with SessionStore.open(db) as store:
-            daemon = Daemon(daemon_settings(db), store, [strap_client(air, strap, clock)],
-                            clock=clock, time_scale=speed)  # fmt: skip
-            task = asyncio.create_task(daemon.run())
-            rt = daemon.runtimes[0]
-            await until(lambda: rt.session is not None and rt.session.seq > 20)
-            before = rt.session.beat_t_s or 0.0  # type: ignore[union-attr]
-            asleep[0] += suspend_s
-            clock.step_s += suspend_s
-            await strap.drop(reappear_after_s=0.5)
-            await until(lambda: rt.reconnects == 1 and rt.state == "streaming")
-            seq = rt.session.seq  # type: ignore[union-attr]
-            await until(lambda: rt.session is not None and rt.session.seq > seq + 20)
-            marker = json.dumps({"id": "m", "kind": "note", "text": "after the resume"})
-            await daemon.on_command(rt.device_id or "", "marker", marker.encode(), False)
-            daemon.stop()
-            await asyncio.wait_for(task, 10)
-            (summary,) = store.list_sessions()
-            beats = store.beats(summary.id)
-            gaps = store.read_session(summary.id).gaps
-            (mark,) = store.markers(summary.id)
-        await strap.stop()
+    async with model_daemon(db, seed=6, speed=speed, clock=clock) as (daemon, task, strap):
+        store, rt = daemon.store, daemon.runtimes[0]
+        await until(lambda: rt.session is not None and rt.session.seq > 20)
+        before = rt.session.beat_t_s or 0.0  # type: ignore[union-attr]
+        asleep[0] += suspend_s
+        clock.step_s += suspend_s
+        await strap.drop(reappear_after_s=0.5)
+        await until(lambda: rt.reconnects == 1 and rt.state == "streaming")
+        seq = rt.session.seq  # type: ignore[union-attr]
+        await until(lambda: rt.session is not None and rt.session.seq > seq + 20)
+        marker = json.dumps({"id": "m", "kind": "note", "text": "after the resume"})
+        await daemon.on_command(rt.device_id or "", "marker", marker.encode(), False)
+        daemon.stop()
+        await asyncio.wait_for(task, 10)
+        (summary,) = store.list_sessions()
+        beats = store.beats(summary.id)
+        gaps = store.read_session(summary.id).gaps
+        (mark,) = store.markers(summary.id)
     after = [b for b in beats if b.beat_t_s > before + 1]
     assert after and after[0].beat_t_s > before + suspend_s * speed  # not 600 s early
     assert any(g.end_t_s - g.start_t_s > 0.9 * suspend_s * speed for g in gaps), gaps
