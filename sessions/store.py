@@ -533,6 +533,7 @@ def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
 # Literal lists, frozen with the migration that writes them: a released migration must write
 # the same schema whenever it runs. (They were built from the enums: a store migrated to v2
 # before ``warmup`` was added kept a CHECK without it, and every later beat was refused.)
+# Schemas 2–4 write these; a new class needs a new migration with a list of its own.
 _TARGETS_SQL = "'self', 'future', 'relational', 'free'"
 _CLASSES_SQL = "'normal', 'ectopic', 'long', 'short', 'missed', 'extra', 'implausible', 'warmup'"
 
@@ -605,12 +606,12 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-_CLASSES_V4_SQL = "'normal', 'ectopic', 'long', 'short', 'missed', 'extra', 'implausible', 'warmup'"
 _CLASS_CHECK = re.compile(r"CHECK \(beat_class IN \([^)]*\)\)")
 
 
 def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
-    """Every store's beat-class CHECKs list the classes of :data:`_CLASSES_V4_SQL`.
+    """Every store's beat-class CHECKs list the classes of :data:`_CLASSES_SQL` (the list
+    schemas 2 and 3 write now).
 
     A store that commit 4ae4df5 took to version 2 lists no ``warmup`` (the list was built
     from the enum when the migration ran, and ``warmup`` came one commit later): the daemon
@@ -632,7 +633,7 @@ def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
             if row is None:
                 continue
             sql = row[0]
-            fixed = _CLASS_CHECK.sub(f"CHECK (beat_class IN ({_CLASSES_V4_SQL}))", sql)
+            fixed = _CLASS_CHECK.sub(f"CHECK (beat_class IN ({_CLASSES_SQL}))", sql)
             if fixed != sql:
                 conn.execute(
                     "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?",

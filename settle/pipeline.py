@@ -552,7 +552,7 @@ class StrapPipeline:
         step = wall_s - elapsed - self._wall_offset_s
         if not abs(step) > WALL_STEP_S or not host_clock.COUNTS_SUSPEND:
             # Where the elapsed-time clock stops during a suspend, a suspend looks like a
-            # step: the start is not moved (as before this was followed).
+            # step: there the start is never moved.
             return None
         self._wall_offset_s += step
         was = self.started_ms
