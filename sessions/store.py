@@ -1378,6 +1378,26 @@ class SessionStore:
                 "UPDATE sessions SET started_ms = ? WHERE id = ?", (int(started_ms), session_id)
             )
 
+    def move_session(self, session_id: str, started_ms: int) -> int:
+        """Date a finished session afresh: its start becomes ``started_ms`` (epoch ms) and its
+        stop moves by as much, so its length stays; its ``t_s`` stay. For a session recorded
+        while the host's clock was wrong and corrected only after it ended (``settle log set
+        --started``). Returns the shift, ms. A running session is refused (the daemon moves
+        its start itself when the clock is corrected: ``follow_wall_clock``)."""
+        with self._transaction(write=True) as conn:
+            info = _require_session(conn, session_id)
+            if info.state is SessionState.RUNNING:
+                raise StoreError(
+                    f"session {session_id} is still recording: its start can be set once it "
+                    "has stopped"
+                )
+            shift = int(started_ms) - info.started_ms
+            conn.execute(
+                "UPDATE sessions SET started_ms = ?, stopped_ms = stopped_ms + ? WHERE id = ?",
+                (int(started_ms), shift, session_id),
+            )
+        return shift
+
     def set_baseline(self, session_id: str, baseline: BaselinePeriod | None) -> None:
         """Set (or with None clear) the rest baseline period, seconds since session start."""
         with self._transaction(write=True) as conn:
@@ -1529,12 +1549,12 @@ class SessionStore:
 
     def revision(self, session_id: str) -> tuple[object, ...]:
         """A value that changes whenever an edit after the session could change its
-        analysis: its end, intention, baseline period or markers (``settle log set``, ``log
-        import``, a marker added or replaced). Cheap (no beats read): for caches of
-        per-session summaries. Empty for an unknown session."""
+        analysis or its summary row: its start and end, intention, baseline period or markers
+        (``settle log set``, ``log import``, a marker added or replaced). Cheap (no beats
+        read): for caches of per-session summaries. Empty for an unknown session."""
         with self._transaction(write=False) as conn:
             row = conn.execute(
-                "SELECT stopped_ms, state, intention_target, intention_statement,"
+                "SELECT started_ms, stopped_ms, state, intention_target, intention_statement,"
                 " practice_kind, baseline_start_t_s, baseline_stop_t_s,"
                 " (SELECT count(*) FROM markers m WHERE m.session_id = s.id),"
                 " (SELECT max(id) FROM markers m WHERE m.session_id = s.id)"

@@ -395,15 +395,26 @@ def log_set(
     baseline: Annotated[
         str | None, typer.Option(metavar="START:STOP", help="Baseline period, seconds.")
     ] = None,
+    started: Annotated[
+        str | None,
+        typer.Option(
+            metavar="WHEN",
+            help="When the session really began, 'YYYY-MM-DD HH:MM[:SS]' local time (or ISO "
+            "8601 with an offset): for a session recorded while the host's clock was wrong. "
+            "Its stop moves with it.",
+        ),
+    ] = None,
     db: DbOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Fill in a session's log afterwards: intention, tags, notes, baseline period.
+    """Fill in a session's log afterwards: intention, tags, notes, baseline period, start.
 
     All changes are checked first and stored in one transaction: if one is rejected, none
     is stored.
     """
     from sessions.store import BaselinePeriod, Intention, IntentionTarget, SessionStore
+
+    started_ms = None if started is None else _parse_started(started)
 
     bounds: tuple[float, float] | None = None
     if baseline is not None:
@@ -418,10 +429,11 @@ def log_set(
             _fail(f"--baseline: need 0 <= START < STOP, got {baseline!r}", 2)
     if target is not None and target not in TARGET_NAMES:
         _fail(f"unknown target {target!r} (available: {', '.join(TARGET_NAMES)})", 2)
-    if all(x is None for x in (target, statement, practice, notes, baseline)) and not tag:
+    if all(x is None for x in (target, statement, practice, notes, baseline, started)) and not tag:
         # It printed "updated session …" having changed nothing.
         _fail(
-            "nothing to set: give --target, --statement, --practice, --tag, --notes or --baseline",
+            "nothing to set: give --target, --statement, --practice, --tag, --notes, "
+            "--baseline or --started",
             2,
         )
     path = _db_path(config, db)
@@ -459,11 +471,59 @@ def log_set(
                     store.append_notes(info.id, notes)
                 if bounds is not None:
                     store.set_baseline(info.id, BaselinePeriod(*bounds))
+                shift_ms = 0 if started_ms is None else store.move_session(info.id, started_ms)
     except ValueError as exc:
         _fail(str(exc), 2)
     except SettleError as exc:
         _fail(str(exc))
     out.print(f"updated session {info.id}", markup=False)
+    if shift_ms:
+        out.print(
+            f"it now starts {_local_minute(info.started_ms + shift_ms)} (was "
+            f"{_local_minute(info.started_ms)}: {_signed_duration(shift_ms / 1000)})",
+            markup=False,
+        )
+
+
+def _local_minute(epoch_ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch_ms / 1000))
+
+
+def _signed_duration(s: float) -> str:
+    """``+3 d 2 h``, ``-45 min``, ``+12 s``: the size of a moved start, roughly."""
+    sign, s = ("-" if s < 0 else "+"), abs(s)
+    if s >= 86_400:
+        d, h = divmod(round(s / 3600), 24)
+        return f"{sign}{d} d" + (f" {h} h" if h else "")
+    if s >= 3600:
+        h, m = divmod(round(s / 60), 60)
+        return f"{sign}{h} h" + (f" {m} min" if m else "")
+    if s >= 60:
+        return f"{sign}{round(s / 60)} min"
+    return f"{sign}{round(s)} s"
+
+
+def _parse_started(text: str) -> int:
+    """``--started`` as epoch ms: a local date and time, or ISO 8601 with its offset. Exits
+    with one line on anything else, or on a time not yet come."""
+    import datetime as dt
+
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        _fail(
+            f"--started: expected a date and time like '2026-11-28 07:30' (local) or "
+            f"'2026-11-28T07:30:00+01:00', got {text!r}",
+            2,
+        )
+    if when.tzinfo is None:
+        when = when.astimezone()  # the host's local time, as `settle sessions list` shows it
+    ms = round(when.timestamp() * 1000)
+    if ms > time.time() * 1000 + 60_000:
+        _fail(f"--started: {text!r} is in the future", 2)
+    if when.year < 2000:
+        _fail(f"--started: {text!r} is before 2000", 2)
+    return ms
 
 
 # -- sessions delete ------------------------------------------------------------------------

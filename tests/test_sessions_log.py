@@ -342,6 +342,71 @@ def test_cli_log_set_fills_in_the_session_log(tmp_path: Path) -> None:
     )
 
 
+def test_cli_log_set_started_redates_a_session_recorded_with_a_wrong_clock(
+    tmp_path: Path,
+) -> None:
+    """A board without a real-time clock recorded a 20-min session 3 days in the past and
+    learnt the time only after it ended: ``log set --started`` dates it afresh (its stop
+    moves with it, its length and beats stay), so lists, History and exports show the real
+    day. A running session, a time that has not come and an unreadable one are refused with
+    one line, and nothing else given with them is stored."""
+    import datetime as dt
+
+    from settle.cli import app
+
+    db = tmp_path / "s.db"
+    wrong_ms = T0_MS - 3 * 86_400_000
+    with SessionStore.open(db) as store:
+        sid = store.create_session("dev", wrong_ms, "x", {}).id
+        store.add_beats(
+            sid, [BeatRow(i, i + 1.0, wrong_ms + 1000 * i, 1000.0) for i in range(1200)]
+        )
+        store.add_marker(sid, MarkerRow(300.0, wrong_ms + 300_000, "shame", "", MarkerSource.CLI))
+        store.finish_session(sid, wrong_ms + 1_200_000)
+        running = store.create_session("dev2", T0_MS + 3_600_000, "x", {}).id
+        rev = store.revision(sid)
+    true_start = dt.datetime.fromtimestamp(T0_MS / 1000).astimezone()  # local, as typed
+    typed = true_start.strftime("%Y-%m-%d %H:%M:%S")
+    runner = CliRunner()
+
+    res = runner.invoke(app, ["log", "set", running, "--db", str(db), "--started", typed])
+    assert res.exit_code == 1 and "still recording" in res.output, res.output
+    for bad, why in [
+        ("next tuesday", "expected a date and time"),
+        ("2999-01-01 07:30", "is in the future"),
+        ("1970-01-02 00:00", "before 2000"),
+    ]:
+        res = runner.invoke(
+            app, ["log", "set", sid, "--db", str(db), "--notes", "must not stay", "--started", bad]
+        )
+        assert res.exit_code == 2 and why in res.output, (bad, res.output)
+        assert len(res.output.strip().splitlines()) == 1, res.output
+    with SessionStore.open(db) as store:
+        assert (store.get(sid).started_ms, store.get(sid).notes) == (wrong_ms, "")
+
+    res = runner.invoke(app, ["log", "set", sid, "--db", str(db), "--started", typed])
+    assert res.exit_code == 0, res.output
+    assert f"it now starts {true_start:%Y-%m-%d %H:%M}" in res.output and "+3 d" in res.output
+    with SessionStore.open(db) as store:
+        info = store.get(sid)
+        assert (info.started_ms, info.stopped_ms) == (T0_MS, T0_MS + 1_200_000)
+        assert len(store.beats(sid)) == 1200 and store.markers(sid)[0].t_s == 300.0
+        assert store.revision(sid) != rev  # History's cached row is re-made
+        assert store.get(running).started_ms == T0_MS + 3_600_000
+    res = runner.invoke(app, ["sessions", "list", "--db", str(db)])
+    assert f"{true_start:%Y-%m-%d %H:%M}" in res.output, res.output
+    out = tmp_path / "s.json"
+    res = runner.invoke(
+        app, ["export", sid, "--format", "json", "--out", str(out), "--db", str(db)]
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert (doc["session"]["started_ms"], doc["session"]["stopped_ms"]) == (
+        T0_MS,
+        T0_MS + 1_200_000,
+    )
+
+
 def _compressed_replay(db: Path) -> str:
     """A 4x time-compressed replay: 300 s of beats recorded in 75 s of wall time."""
     with SessionStore.open(db) as store:
