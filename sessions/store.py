@@ -618,33 +618,72 @@ def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
     could store no beat in it again. Rewritten in place — SQLite's documented procedure for
     changing a CHECK constraint (``writable_schema``, then a new ``schema_version``): no
     table is copied, whatever its size. SQLite's "defensive" mode forbids it: switched off
-    for this connection where Python can (3.12+; it is off by default). The rewritten schema
-    is checked (``quick_check``) before the transaction commits."""
+    for this connection where Python can (3.12+; it is off by default). Where it stays on
+    (Python 3.11 with a SQLite built defensive), the table is rebuilt instead (:func:`_rebuild`).
+    Only a table whose CHECK differs is touched; the schema is checked (``quick_check``)
+    before the transaction commits."""
+    wrong: list[tuple[str, str]] = []
+    for name in ("beats", "ecg_beats"):
+        row = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            continue
+        fixed = _CLASS_CHECK.sub(f"CHECK (beat_class IN ({_CLASSES_SQL}))", row[0])
+        if fixed != row[0]:
+            wrong.append((name, fixed))
+    if not wrong:
+        return
     defensive = getattr(sqlite3, "SQLITE_DBCONFIG_DEFENSIVE", None)
     if defensive is not None and hasattr(conn, "setconfig"):
         conn.setconfig(defensive, False)
     version = conn.execute("PRAGMA schema_version").fetchone()[0]
     conn.execute("PRAGMA writable_schema = ON")
     try:
-        for name in ("beats", "ecg_beats"):
-            row = conn.execute(
-                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
-            ).fetchone()
-            if row is None:
-                continue
-            sql = row[0]
-            fixed = _CLASS_CHECK.sub(f"CHECK (beat_class IN ({_CLASSES_SQL}))", sql)
-            if fixed != sql:
+        try:
+            for name, fixed in wrong:
                 conn.execute(
                     "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?",
                     (fixed, name),
                 )
-        conn.execute(f"PRAGMA schema_version = {version + 1}")
+        except sqlite3.OperationalError:  # "table sqlite_master may not be modified"
+            rebuild = True
+        else:
+            rebuild = False
+            conn.execute(f"PRAGMA schema_version = {version + 1}")
     finally:
         conn.execute("PRAGMA writable_schema = OFF")
+    if rebuild:  # the first UPDATE failed, so nothing of the above was written
+        for name, fixed in wrong:
+            _rebuild(conn, name, fixed)
     problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
     if problems != ["ok"]:  # raised inside the transaction: the file is left as it was
         raise sqlite3.DatabaseError(f"the upgraded schema does not check: {problems[0]}")
+
+
+def _rebuild(conn: sqlite3.Connection, name: str, sql: str) -> None:
+    """Replace table ``name`` by one made by ``sql`` (its CREATE TABLE, same columns in the
+    same order) holding the same rows, its indexes re-made: SQLite's general procedure for a
+    schema change ALTER TABLE cannot make, used where ``writable_schema`` is refused. Copies
+    the table (a minute for years of beats), inside the caller's transaction."""
+    tmp = f"_settle_rebuild_{name}"
+    indexes = [
+        row[0]
+        for row in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?"
+            " AND sql IS NOT NULL",
+            (name,),
+        )
+    ]
+    create, n = re.subn(rf'^\s*CREATE TABLE\s+"?{name}"?', f'CREATE TABLE "{tmp}"', sql)
+    if n != 1:
+        raise sqlite3.DatabaseError(f"unexpected schema of table {name}: {sql[:60]!r}")
+    conn.execute(create)
+    conn.execute(f'INSERT INTO "{tmp}" SELECT * FROM "{name}"')
+    conn.execute(f'DROP TABLE "{name}"')
+    conn.execute(f'ALTER TABLE "{tmp}" RENAME TO "{name}"')
+    for index_sql in indexes:
+        conn.execute(index_sql)
 
 
 #: ``_MIGRATIONS[v]`` takes a store from schema version ``v`` to ``v + 1`` inside the open

@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -124,6 +125,70 @@ def test_a_v2_store_made_before_warmup_beats_stores_beats_again(tmp_path: Path) 
     try:
         assert probe.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert probe.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        probe.close()
+
+
+class _DefensiveConnection:
+    """A connection of a SQLite built "defensive" (on by default in some builds, and Python
+    3.11 cannot switch it off): it refuses writes to sqlite_master as such a build does."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql.lstrip().upper().startswith("UPDATE SQLITE_MASTER"):
+            raise sqlite3.OperationalError("table sqlite_master may not be modified")
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "setconfig":  # Python 3.11
+            raise AttributeError(name)
+        return getattr(self._conn, name)
+
+
+def test_the_warmup_upgrade_rebuilds_where_sqlite_refuses_schema_edits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a defensive SQLite the in-place rewrite of the old beat-class CHECK is refused:
+    the store could not be opened at all. The tables are rebuilt instead, with every row and
+    index, and take warm-up beats."""
+    path = tmp_path / "old.db"
+    shutil.copyfile(DATA / "store_v2_4ae4df5.db", path)
+    probe = sqlite3.connect(path)
+    try:
+        before = probe.execute("SELECT * FROM beats ORDER BY session_id, seq").fetchall()
+    finally:
+        probe.close()
+    steps = list(store_mod._MIGRATIONS)
+    steps[3] = lambda conn: store_mod._migrate_3_to_4(_DefensiveConnection(conn))  # type: ignore[arg-type]
+    monkeypatch.setattr(store_mod, "_MIGRATIONS", tuple(steps))
+    with SessionStore.open(path) as store:
+        sid = store.create_session("dev", T0_MS, "virtual:x", {}).id
+        store.add_beats(sid, [BeatRow(0, 0.8, T0_MS + 800, 800.0, beat_class=BeatClass.WARMUP)])
+        store.add_ecg_beats(sid, [EcgBeatRow(0, 0.5, None, beat_class=BeatClass.WARMUP)])
+    probe = sqlite3.connect(path)
+    try:
+        after = probe.execute(
+            "SELECT * FROM beats WHERE session_id != ? ORDER BY session_id, seq", (sid,)
+        ).fetchall()
+        assert after == before and len(before) == 285 + 237
+        assert probe.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert probe.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert probe.execute("PRAGMA foreign_key_check").fetchall() == []
+        names = {r[0] for r in probe.execute("SELECT name FROM sqlite_master")}
+        assert not any(n.startswith("_settle_rebuild") for n in names)
+        # Still the WITHOUT ROWID table keyed by (session, seq) the reads rely on.
+        sql = probe.execute("SELECT sql FROM sqlite_master WHERE name = 'beats'").fetchone()[0]
+        assert "WITHOUT ROWID" in sql and "'warmup'" in sql
+    finally:
+        probe.close()
+    with SessionStore.open(path) as store:  # deleting a session still takes its beats along
+        store.delete_session(sid)
+    probe = sqlite3.connect(path)
+    try:
+        n = probe.execute("SELECT count(*) FROM beats WHERE session_id = ?", (sid,)).fetchone()
+        assert n[0] == 0
     finally:
         probe.close()
 
