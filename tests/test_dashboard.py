@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import stat
@@ -606,11 +607,21 @@ async def _scenario(
     )
     with SessionStore.open(db) as store:
         assert store.get(sid).state is SessionState.STOPPED
-    await page.click("nav >> text=History")
+    # The list comes before the analysis (it waited for every session's): the finished
+    # sessions' cells read "…" until the page, asking again, gets them.
+    async with page.expect_response("**/api/sessions") as listed:
+        await page.click("nav >> text=History")
+    first = await (await listed.value).json()
+    assert [s.get("pending") for s in first["sessions"] if s["id"] == sid] == [True], first
     await page.locator("#cmd-result").evaluate("e => e.textContent = ''")
     item = page.locator(f"li[data-session='{sid}']")
     await item.wait_for(timeout=15_000)
-    assert "score change" in (await item.text_content() or "")
+    await page.wait_for_function(
+        f"!document.querySelector(\"li[data-session='{sid}'] .pending\")"
+        " && !document.getElementById('history-progress').textContent",
+        timeout=15_000,
+    )
+    assert re.search(r"score change [+-–]", await item.text_content() or "")
     await page.screenshot(path=str(SHOTS / "history-desktop.png"), full_page=True)
     async with page.expect_download() as dl_info:
         await item.locator("a", has_text="csv").click()
@@ -750,17 +761,198 @@ async def test_history_summary_follows_edits_and_counts_session_seconds(tmp_path
         ):
 
             async def listed() -> dict[str, Any]:
-                async with http.get(d.url + "api/sessions") as r:
-                    assert r.status == 200
-                    (s,) = (await r.json())["sessions"]
-                    return cast(dict[str, Any], s)
+                (s,) = (await _analysed(http, d))["sessions"]
+                return cast(dict[str, Any], s)
 
             first = await listed()
             assert first["duration_s"] == pytest.approx(300.0)
             assert first["n_markers"] == 0 and first["catching_up"] == "no_score"
             store.add_markers(sid, [MarkerRow(100.0, t0 + 10_000, "shame", "", "import")])
             assert (await listed())["n_markers"] == 1
-            assert (await listed())["n_markers"] == 1  # and cached again
+            async with http.get(d.url + "api/sessions") as r:  # and cached again
+                (again,) = (await r.json())["sessions"]
+                assert again["n_markers"] == 1 and "pending" not in again
+
+
+async def _listing(http: aiohttp.ClientSession, d: Dashboard) -> dict[str, Any]:
+    async with http.get(d.url + "api/sessions") as r:
+        assert r.status == 200
+        return cast(dict[str, Any], await r.json())
+
+
+async def _analysed(http: aiohttp.ClientSession, d: Dashboard) -> dict[str, Any]:
+    """History's list once no row is pending (the page asks again until then)."""
+    for _ in range(300):
+        listing = await _listing(http, d)
+        assert listing.get("analysis_error") is None, listing["analysis_error"]
+        if not listing.get("pending"):
+            return listing
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"still pending: {listing['pending']}")
+
+
+def _finished_session(store: SessionStore, started_ms: int, n_beats: int) -> str:
+    """A stopped session of ``n_beats`` beats 0.8 s apart; its id."""
+    from sessions.store import BeatRow
+
+    sid = store.create_session("dev_1", started_ms, "x", {}).id
+    rr = [800.0 + 20 * (i % 3) for i in range(n_beats)]
+    store.add_beats(sid, [BeatRow(i, 0.8 * (i + 1), started_ms + 800 * (i + 1), rr[i], None, 75,
+                                  None) for i in range(n_beats)])  # fmt: skip
+    store.finish_session(sid, started_ms + 800 * n_beats)
+    return sid
+
+
+async def test_history_lists_every_session_at_once_and_fills_in_newest_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a restart the first History request analysed every finished session in one
+    worker call before answering (~30 ms each: 30 s for 1 000 sessions, an empty page all
+    that time). Now the list comes at once, every session with what the listing says and
+    the finished ones marked pending; they are analysed in the background in small
+    batches, newest first, and the rows fill in with the values they always had. A session
+    edited meanwhile is analysed again, a deleted one is dropped."""
+    from feedback.dashboard.work import summarise_sessions
+    from sessions.store import MarkerRow
+
+    # Two sessions a batch (raising=False: the old code has none; it fails the asserts below).
+    monkeypatch.setattr(server_module, "HISTORY_BATCH_BEATS", 250, raising=False)
+    db = tmp_path / "s.db"
+    t0 = 1_700_000_000_000
+    with SessionStore.open(db) as store:
+        ids = [_finished_session(store, t0 + k * 3_600_000, 120) for k in range(7)]
+        running = store.create_session("dev_2", t0 + 8 * 3_600_000, "x", {}).id
+        newest = ids[::-1]
+        cfg = DashboardConfig(host="127.0.0.1", port=0)
+        async with (
+            Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
+            aiohttp.ClientSession() as http,
+        ):
+            batches: list[list[str]] = []
+            hold, held = asyncio.Event(), asyncio.Event()
+            real_work = d._work
+
+            async def work(fn: Any, *args: str) -> Any:
+                if fn is summarise_sessions:
+                    batches.append(list(json.loads(args[0])))
+                    if len(batches) == 2:
+                        held.set()
+                        await hold.wait()  # the second batch waits: a state to look at
+                return await real_work(fn, *args)
+
+            monkeypatch.setattr(d, "_work", work)
+            first = await _listing(http, d)
+            assert [s["id"] for s in first["sessions"]] == [running, *newest]
+            assert first.get("pending") == 7
+            assert [s.get("pending", False) for s in first["sessions"]] == [False] + [True] * 7
+            assert first["sessions"][1]["duration_s"] == pytest.approx(96.0)
+            # The newest batch analysed, the rest still pending.
+            await asyncio.wait_for(held.wait(), 60)
+            second = await _listing(http, d)
+            assert second["pending"] == 5
+            assert [s.get("pending", False) for s in second["sessions"]] == [False] * 3 + [True] * 5
+            # Meanwhile the newest session gets a marker and the oldest is deleted.
+            store.add_markers(newest[0], [MarkerRow(10.0, t0 + 10_000, "shame", "", "import")])
+            store.delete_session(ids[0])
+            third = await _listing(http, d)
+            assert [s["id"] for s in third["sessions"]] == [running, *newest[:-1]]
+            assert third["sessions"][1]["pending"] and third["pending"] == 5
+            hold.set()
+            done = await _analysed(http, d)
+            assert batches == [newest[0:2], newest[2:4], [newest[0], newest[4]], [newest[5]]]
+            # The rows the old code gave: the analysis of each, with the listing's seconds.
+            listed = {s.id: s.duration_s for s in store.list_sessions()}
+            status, text = summarise_sessions(str(db), json.dumps(listed))
+            assert status == "ok"
+            assert done["sessions"][1:] == [json.loads(text)[sid] for sid in newest[:-1]]
+            assert done["sessions"][1]["n_markers"] == 1
+            assert done["sessions"][0]["state"] == "running"
+            assert "pending" not in done["sessions"][0]
+
+
+async def test_history_still_lists_sessions_when_their_analysis_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An analysis that failed made the whole History list a 500 (no session listed). The
+    list still comes, the rows pending, with the failure's one line; asking again retries."""
+    from feedback.dashboard.work import summarise_sessions
+
+    with SessionStore.open(tmp_path / "s.db") as store:
+        sid = _finished_session(store, 1_700_000_000_000, 120)
+        cfg = DashboardConfig(host="127.0.0.1", port=0)
+        async with (
+            Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
+            aiohttp.ClientSession() as http,
+        ):
+            tries: list[str] = []
+            tried = asyncio.Event()
+            real_work = d._work
+
+            async def work(fn: Any, *args: str) -> Any:
+                if fn is summarise_sessions:
+                    tries.append(args[0])
+                    tried.set()
+                    return "error", "the store cannot be read: disk I/O error"
+                return await real_work(fn, *args)
+
+            monkeypatch.setattr(d, "_work", work)
+            first = await _listing(http, d)
+            await asyncio.wait_for(tried.wait(), 10)
+            await _until(lambda: asyncio.sleep(0, d._analyser is None), 10, "the task's end")
+            again = await _listing(http, d)
+            assert [s["id"] for s in again["sessions"]] == [sid] and again["sessions"][0]["pending"]
+            assert again["analysis_error"] == "the store cannot be read: disk I/O error"
+            assert first.get("analysis_error") is None
+            await _until(lambda: asyncio.sleep(0, len(tries) == 2), 10, "a second try")
+
+
+def test_history_row_of_a_session_the_analysis_cannot_take_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One session whose analysis raised failed its whole batch, and every retry stopped
+    there: every older session stayed "being analysed" for good. That session's row now says
+    why; the others are analysed."""
+    import sessions.report
+    from feedback.dashboard.work import summarise_sessions
+
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as store:
+        bad, good = (
+            _finished_session(store, 1_700_000_000_000 + k * 3_600_000, 120) for k in range(2)
+        )
+    real = sessions.report.analyse_session
+
+    def analyse(rec: Any) -> Any:
+        if rec.info.id == bad:
+            raise ValueError("zero-size array to reduction operation maximum")
+        return real(rec)
+
+    monkeypatch.setattr(sessions.report, "analyse_session", analyse)
+    status, text = summarise_sessions(str(db), json.dumps({bad: 96.0, good: 96.0}))
+    assert status == "ok", text
+    rows = json.loads(text)
+    assert rows[bad]["analysis_error"] == "zero-size array to reduction operation maximum"
+    assert rows[bad]["duration_s"] == 96.0 and rows[bad]["n_beats"] == 120
+    assert "analysis_error" not in rows[good] and rows[good]["catching_up"]
+
+
+async def test_history_analysis_ends_with_the_dashboard(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The background analysis of History stops with the dashboard, mid-batch too: no task
+    is left behind (asyncio: "Task was destroyed but it is pending") and nothing is
+    logged as an error."""
+    with SessionStore.open(tmp_path / "s.db") as store:
+        for k in range(3):
+            _finished_session(store, 1_700_000_000_000 + k * 3_600_000, 120)
+        cfg = DashboardConfig(host="127.0.0.1", port=0)
+        async with (
+            Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
+            aiohttp.ClientSession() as http,
+        ):
+            assert (await _listing(http, d)).get("pending") == 3  # the worker is starting now
+        assert not [t for t in asyncio.all_tasks() if t.get_name() == "history analysis"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_bad_tokens_and_malformed_requests_are_one_line_not_a_traceback(
@@ -1121,9 +1313,13 @@ async def main():
                         assert r.status == 200 and len(body) > 1000, (path, r.status, body[:200])
                         # The worker's PNG goes with its temporary directory: not "saved".
                         assert b"Also saved as" not in body
-                async with h.get(d.url + "api/sessions") as r:
-                    (row,) = (await r.json())["sessions"]
-                    assert row["id"] == "{sid}" and row["catching_up"] == "no_score", row
+                for _ in range(300):  # History fills in its rows in the background
+                    async with h.get(d.url + "api/sessions") as r:
+                        (row,) = (await r.json())["sessions"]
+                    if not row.get("pending"):
+                        break
+                    await asyncio.sleep(0.1)
+                assert row["id"] == "{sid}" and row["catching_up"] == "no_score", row
     loaded = sorted(m for m in sys.modules if m.startswith("matplotlib")
                     or m == "sessions.report")
     print(",".join(loaded) or "none")

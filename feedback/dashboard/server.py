@@ -151,6 +151,9 @@ once, the client's unread request turned the close into a reset that lost the 50
 
 STATIC = Path(__file__).parent / "static"
 PAGES = ("live", "control", "pair", "history")
+HISTORY_BATCH_BEATS = 20_000
+"""The History analysis runs in batches of about this many beats (~0.4 s in the worker; a
+20-minute session holds ~1 400), newest session first."""
 BACKLOG_CHUNK = 256
 """Backlog messages a new page gets per write (the event loop runs between writes: 5 000
 messages in one go held it 32 ms on a quiet loopback, in chunks at most 5 ms)."""
@@ -315,6 +318,14 @@ class Dashboard:
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         """The worker process for reports and exports (see :mod:`feedback.dashboard.work`)."""
         self._summaries: dict[str, tuple[tuple[object, ...], dict[str, Any]]] = {}
+        """History rows of finished sessions with the revision they were analysed at."""
+        self._queue: dict[str, tuple[tuple[object, ...], int, float]] = {}
+        """Finished sessions still to analyse for History, newest first: revision, beats and
+        session seconds (``duration_s``) as listed."""
+        self._analyser: asyncio.Task[None] | None = None
+        """The one background task analysing :attr:`_queue`."""
+        self._analysis_error: str | None = None
+        """Why the last background analysis stopped, if it failed (one line)."""
         self._streams = 0
         """Live pages being served (``/events``)."""
         self._closing = asyncio.Event()
@@ -400,6 +411,11 @@ class Dashboard:
         if self._listener is not None:
             await self._listener.wait_closed()
             self._listener = None
+        if (analyser := self._analyser) is not None:
+            # Its batch in the worker is not interrupted: shutdown below waits for it.
+            analyser.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await analyser
         if self._pool is not None:
             await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
             self._pool = None
@@ -642,36 +658,88 @@ class Dashboard:
         except SettleError as exc:
             return _error(500, str(exc))
         # A finished session's row needs its analysis (as `settle report`), made in the worker
-        # process and cached until its revision changes; a running one's is what the store says.
-        todo = [
-            s.id
-            for s, rev in listing
-            if s.state.value != "running" and self._summaries.get(s.id, (None,))[0] != rev
-        ]
-        fresh: dict[str, dict[str, Any]] = {}
-        if todo:
-            status, text = await self._work(summarise_sessions, json.dumps(todo))
-            if status == "error":
-                return _error(500, text)
-            fresh = json.loads(text)
+        # process and cached until its revision changes; a running one's is what the store
+        # says. The list answers at once: a finished session not analysed yet is listed with
+        # what the listing says and ``"pending": true``, and is analysed in the background,
+        # newest first (after a restart, all 1 000 sessions in one go held the page ~30 s).
+        self._summaries = {
+            s.id: self._summaries[s.id] for s, _rev in listing if s.id in self._summaries
+        }  # a deleted session's row goes
         sessions: list[dict[str, Any]] = []
+        todo: dict[str, tuple[tuple[object, ...], int, float]] = {}
         for summary, rev in listing:
+            cheap = {"id": summary.id, "device_id": summary.device_id,
+                     "started_ms": summary.started_ms, "stopped_ms": summary.stopped_ms,
+                     "state": summary.state.value, "n_beats": summary.n_beats,
+                     "duration_s": summary.duration_s}  # fmt: skip
             if summary.state.value == "running":
-                sessions.append({"id": summary.id, "device_id": summary.device_id,
-                                 "started_ms": summary.started_ms, "stopped_ms": None,
-                                 "state": "running", "n_beats": summary.n_beats,
-                                 "duration_s": summary.duration_s})  # fmt: skip
+                sessions.append({**cheap, "stopped_ms": None})
                 continue
-            row = fresh.get(summary.id)
-            if row is None:
-                cached = self._summaries.get(summary.id)
-                if cached is None:  # deleted between the listing and the analysis
-                    continue
-                row = cached[1]
-            elif row["stopped_ms"] is not None:
-                self._summaries[summary.id] = (rev, row)
-            sessions.append(row)
-        return _json({"v": 1, "sessions": sessions, "formats": list(FORMATS)})
+            cached = self._summaries.get(summary.id)
+            if cached is not None and cached[0] == rev:
+                sessions.append(cached[1])
+                continue
+            todo[summary.id] = (rev, summary.n_beats, summary.duration_s)
+            sessions.append({**cheap, "pending": True})
+        failed = self._analysis_error if todo else None  # the last try's, before the next
+        self._analyse(todo)
+        return _json(
+            {
+                "v": 1,
+                "sessions": sessions,
+                "formats": list(FORMATS),
+                "pending": len(todo),
+                "analysis_error": failed,
+            }
+        )
+
+    def _analyse(self, todo: dict[str, tuple[tuple[object, ...], int, float]]) -> None:
+        """Analyse ``todo`` (id: revision, beats and session seconds; newest first) in the
+        background. One task at a time, which takes the latest request's list at each batch:
+        a session edited meanwhile is queued again with its new revision, a deleted one is
+        gone."""
+        self._queue = todo
+        if todo:
+            self._analysis_error = None  # tried again
+        if todo and self._analyser is None and not self._closing.is_set():
+            self._analyser = asyncio.create_task(self._analyse_queue(), name="history analysis")
+
+    async def _analyse_queue(self) -> None:
+        try:
+            while self._queue and not self._closing.is_set():
+                # Batches of about HISTORY_BATCH_BEATS beats (at least one session): a report
+                # or an export asked for meanwhile waits for one batch in the worker, not for
+                # the whole store.
+                batch: dict[str, tuple[object, ...]] = {}
+                durations: dict[str, float] = {}
+                beats = 0
+                for sid, (rev, n_beats, duration_s) in self._queue.items():
+                    if batch and beats + n_beats > HISTORY_BATCH_BEATS:
+                        break
+                    batch[sid], durations[sid] = rev, duration_s
+                    beats += n_beats
+                try:
+                    status, text = await self._work(summarise_sessions, json.dumps(durations))
+                except Exception as exc:  # the worker died, or a bug: no task dies unseen
+                    log.exception("dashboard: history analysis failed")
+                    status, text = "error", f"the analysis failed: {exc or type(exc).__name__}"
+                else:
+                    if status == "error":
+                        log.warning("dashboard: history analysis failed: %s", text)
+                if status == "error":
+                    # Shown by the next request's list (which tries again); the rows stay pending.
+                    self._analysis_error = text
+                    self._queue = {}
+                    return
+                rows = json.loads(text)
+                for sid, rev in batch.items():
+                    if sid in rows:  # else deleted meanwhile
+                        self._summaries[sid] = (rev, rows[sid])
+                    queued = self._queue.get(sid)
+                    if queued is not None and queued[0] == rev:
+                        del self._queue[sid]
+        finally:
+            self._analyser = None
 
     async def _work(self, fn: Callable[..., WorkResult], *args: str) -> WorkResult:
         """Run ``fn`` in the dashboard's worker process (started on first use): a report or

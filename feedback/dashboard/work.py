@@ -65,35 +65,55 @@ def export_files(db_path: str, session_id: str, fmt: str, subject: str, tmp: str
         return "error", str(exc)
 
 
-def summarise_sessions(db_path: str, ids_json: str) -> WorkResult:
-    """History rows of the finished sessions whose ids ``ids_json`` lists, as JSON
-    ``{id: row}``: each session analysed as ``settle report`` does (catching up, score
-    change). Four 5-hour sessions take ~4 s: in the daemon that held every live beat."""
+def summarise_sessions(db_path: str, durations_json: str) -> WorkResult:
+    """History rows of the finished sessions ``durations_json`` names, as JSON ``{id:
+    row}``: each session analysed as ``settle report`` does (catching up, score change).
+    Four 5-hour sessions take ~4 s: in the daemon that held every live beat.
+
+    ``durations_json`` is ``{id: duration_s}``, the session seconds of the daemon's listing
+    (as `settle sessions list`; a --speed replay records more of them than wall-clock
+    seconds): listing the whole store again for each small batch cost ~50 ms per 300
+    sessions. A session deleted meanwhile has no row; one whose analysis fails has the
+    listing's fields and ``analysis_error`` (one line) instead of the analysis."""
     from sessions.report import analyse_session, outcome
     from sessions.store import SessionStore
-    from settle.errors import SettleError
+    from settle.errors import SessionNotFound, SettleError
 
-    wanted = set(json.loads(ids_json))
+    durations: dict[str, float] = json.loads(durations_json)
     rows: dict[str, dict[str, object]] = {}
     try:
         with SessionStore.open_for_reading(Path(db_path)) as store:
-            for summary in store.list_sessions():
-                if summary.id not in wanted:
+            for sid, duration_s in durations.items():
+                try:
+                    rec = store.read_session(sid)
+                except SessionNotFound:
                     continue
-                rec = store.read_session(summary.id)
-                a = analyse_session(rec)
-                o = outcome(a)
                 info = rec.info
-                rows[summary.id] = {
-                    "id": summary.id,
+                try:
+                    a = analyse_session(rec)
+                    o = outcome(a)
+                except Exception as exc:  # one session, not the whole list
+                    # A session the analysis cannot take (a bug, odd data) is listed with why;
+                    # it held every older session "being analysed" for good.
+                    rows[sid] = {
+                        "id": sid,
+                        "device_id": info.device_id,
+                        "started_ms": info.started_ms,
+                        "stopped_ms": info.stopped_ms,
+                        "state": info.state.value,
+                        "n_beats": len(rec.beats),
+                        "duration_s": duration_s,
+                        "analysis_error": str(exc) or type(exc).__name__,
+                    }
+                    continue
+                rows[sid] = {
+                    "id": sid,
                     "device_id": info.device_id,
                     "started_ms": info.started_ms,
                     "stopped_ms": info.stopped_ms,
                     "state": info.state.value,
                     "n_beats": len(rec.beats),
-                    # Session seconds, as `settle sessions list` (a --speed replay records
-                    # more of them than wall-clock seconds).
-                    "duration_s": summary.duration_s,
+                    "duration_s": duration_s,
                     "target": o.target,
                     "statement": info.intention.statement if info.intention else "",
                     "latency_s": o.latency_s,

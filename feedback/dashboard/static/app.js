@@ -70,6 +70,8 @@ function route() {
     else a.removeAttribute("aria-current");
   }
   document.title = `Settle — ${{ live: "Live", control: "Session", pair: "Pair", history: "History" }[v] || ""}`;
+  clearTimeout(historyTimer);  // the list's polling ends with the view (and restarts with it)
+  historyTimer = null;
   if (v === "history") loadHistory();
   if (v === "live") resizeCharts();
 }
@@ -596,13 +598,25 @@ $("scan").addEventListener("click", async () => {
 
 /* ---- history ---- */
 function dur(s) { return s === null || s === undefined ? "–" : mmss(s); }
+// The list comes at once; finished sessions the daemon has not analysed yet (all of them
+// after a restart: ~30 ms each) come as "pending" and are asked for again until none is.
+const HISTORY_POLL_MS = 1500;
+let historyTimer = null;
+let historyLoad = 0;
 async function loadHistory() {
   const parts = location.pathname.split("/").filter(Boolean);
   const detail = parts[1] ? decodeURIComponent(parts[1]) : null;
+  const path = location.pathname;
+  const load = ++historyLoad;
+  clearTimeout(historyTimer);
+  historyTimer = null;
   $("session-detail").hidden = !detail;
   $("session-list").hidden = !!detail;
+  $("history-progress").hidden = !!detail;
   let res;
   try { res = await (await fetch("/api/sessions")).json(); } catch { $("session-list").textContent = "the daemon did not answer"; return; }
+  // An answer for a view the user has left, or overtaken by a newer load, is dropped.
+  if (load !== historyLoad || location.pathname !== path) return;
   const exports = (id) => res.formats.map((f) => `<a href="/sessions/${encodeURIComponent(id)}/export/${f}"${f === "bids" ? ' class="bids"' : ""} download>${f}</a>`).join(" · ");
   // With several straps, each row names its strap (three sessions of a group practice
   // otherwise read as identical rows with the same start time).
@@ -629,17 +643,42 @@ async function loadHistory() {
     return `caught up ${mmss(s.latency_s)}${s.reference ? " after " + s.reference : ""}` +
       (has(s.caught_up_t_s) ? ` (at ${mmss(s.caught_up_t_s)})` : "");
   };
+  const waiting = '<span class="pending" title="being analysed">…<span class="sr-only"> (being analysed)</span></span>';
   const items = res.sessions.map((s) => {
     const when = new Date(s.started_ms).toLocaleString();
     const summary = s.state === "running" ? `running, ${dur(s.duration_s)} so far` :
+      s.pending ? `${dur(s.duration_s)}; catching up ${waiting}; score change ${waiting}` :
+      s.analysis_error ? `${dur(s.duration_s)}; could not be analysed: ${escapeHtml(s.analysis_error)}` :
       `${dur(s.duration_s)}; ${escapeHtml(caughtUp(s))}; ` +
       `score change ${s.score_change !== null && s.score_change !== undefined ? (s.score_change >= 0 ? "+" : "") + s.score_change.toFixed(1) : "–"}` +
       `${s.target && s.target !== "–" ? "; " + escapeHtml(s.target) : ""}${s.statement ? " “" + escapeHtml(s.statement) + "”" : ""}`;
     const strap = several && s.device_id ? ` <span class="strap">(${escapeHtml(s.device_id)})</span>` : "";
-    return `<li data-session="${escapeHtml(s.id)}"><a href="/history/${encodeURIComponent(s.id)}">${escapeHtml(when)}</a>${strap} — ${summary}` +
-      (s.state === "running" ? "" : `<br><small>Export: ${exports(s.id)}</small>`) + "</li>";
-  }).join("");
-  $("session-list").innerHTML = items ? `<ul class="sessions">${items}</ul>` : "<p>No sessions yet.</p>";
+    return [s.id, `<a href="/history/${encodeURIComponent(s.id)}">${escapeHtml(when)}</a>${strap} — ${summary}` +
+      (s.state === "running" ? "" : `<br><small>Export: ${exports(s.id)}</small>`)];
+  });
+  showSessions(items);
+  const pending = res.pending || 0;
+  text("history-progress", res.analysis_error ? `Could not analyse every session: ${res.analysis_error}` :
+    pending ? `Analysing ${pending} of ${res.sessions.length} sessions…` : "");
+  if (pending && !res.analysis_error) historyTimer = setTimeout(loadHistory, HISTORY_POLL_MS);
+}
+// Rows are replaced only where they changed: a poll must not take the focus (or the
+// screen reader's place) from a link the user is on.
+function showSessions(items) {
+  const list = $("session-list");
+  if (!items.length) { list.innerHTML = "<p>No sessions yet.</p>"; return; }
+  const ul = list.querySelector("ul.sessions");
+  const same = ul && ul.children.length === items.length &&
+    items.every(([id], i) => ul.children[i].dataset.session === id);
+  if (!same) {
+    list.innerHTML = `<ul class="sessions">${items.map(([id, html]) => `<li data-session="${escapeHtml(id)}">${html}</li>`).join("")}</ul>`;
+    items.forEach(([, html], i) => { list.querySelector("ul.sessions").children[i].settleHtml = html; });
+    return;
+  }
+  items.forEach(([, html], i) => {
+    const li = ul.children[i];
+    if (li.settleHtml !== html) { li.innerHTML = html; li.settleHtml = html; }
+  });
 }
 
 // A bids download carries the subject typed above, checked as the server does
