@@ -296,12 +296,17 @@ class LiveAnalyzer:
         """``collecting`` or ``complete`` (as in the next :class:`IndicesSnapshot`)."""
         return self._base_state
 
-    def stop_baseline(self, t_s: float) -> None:
+    def stop_baseline(self, t_s: float, min_span_s: float = 0.0) -> None:
         """End the baseline being collected. One with fewer than
-        :data:`BASELINE_MIN_SAMPLES` samples is discarded and an
-        automatic baseline (the next ``baseline_s``) is collected instead, so a rest period
-        stopped too early never leaves the session without a score."""
-        if self._base.n >= BASELINE_MIN_SAMPLES:
+        :data:`BASELINE_MIN_SAMPLES` samples, or shorter than ``min_span_s``, is discarded
+        and an automatic baseline (the next ``baseline_s``) is collected instead, so a rest
+        period stopped too early never leaves the session without a score.
+
+        ``min_span_s`` makes the rule one a user can know: with samples every 5 s, a 12 s
+        period holds 2 or 3 of them by the phase of the grid, so 12 s was kept one time and
+        11.7 s refused the next as "too short (11 s < 15 s)"."""
+        since = self._base_from if self._base_from is not None else -math.inf
+        if self._base.n >= BASELINE_MIN_SAMPLES and t_s - since >= min_span_s:
             self._base_until = t_s
             self._base_state = "complete"
             return

@@ -640,7 +640,8 @@ class StrapPipeline:
         if self.baseline_marked is None:
             raise ValueError("send baseline/start first")
         stop = self.now_t_s() if t_s is None else t_s
-        self.analyzer.stop_baseline(stop)
+        need_s = BASELINE_MIN_SAMPLES * self.settings.processing.indices_every_s
+        self.analyzer.stop_baseline(stop, min_span_s=need_s)
         start = self.baseline_marked[0]
         self.baseline_marked = None
         # Not analyzer.indices(stop): an extra snapshot off the indices grid would add a score

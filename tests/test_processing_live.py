@@ -309,6 +309,36 @@ def test_unsettling_physiology_falls_below_50(seed: int) -> None:
     assert late and all(s < 20.0 for s in late)
 
 
+@pytest.mark.parametrize("phase_s", [0.0, 1.0, 2.5, 4.9])
+def test_a_marked_baseline_is_kept_by_its_length_not_by_the_phase_of_the_grid(
+    phase_s: float,
+) -> None:
+    """With a snapshot every 5 s, a 12 s rest period held 3 snapshots or 2 by where it began:
+    kept one time, refused the next as "too short (11 s < 15 s)". Now under 15 s (3 × 5 s,
+    what the daemon asks) it is always refused, and from 15 s on always kept."""
+    t, rr = _model(ModelParams(duration_s=500.0).flat(), seed=1)
+    kept = {}
+    for span in (12.0, 14.9, 15.0, 20.0):
+        la, nxt = LiveAnalyzer(), 5.0
+        start = 300.0 + phase_s
+        marks = [(start, la.start_baseline), (start + span, la.stop_baseline)]
+        for ti, ri in zip(t.tolist(), rr.tolist(), strict=True):
+            la.push_beat(ti, ri)
+            while marks and ti >= marks[0][0]:
+                at, mark = marks.pop(0)
+                if mark == la.stop_baseline:
+                    la.stop_baseline(at, min_span_s=15.0)
+                else:
+                    mark(at)
+            while ti >= nxt:
+                la.indices(nxt)
+                nxt += 5.0
+            if ti > start + span + 1:
+                break
+        kept[span] = la.baseline_status == "complete"
+    assert kept == {12.0: False, 14.9: False, 15.0: True, 20.0: True}
+
+
 def test_explicit_baseline_rebaselines_and_a_too_short_one_falls_back_to_automatic() -> None:
     """A marked rest period replaces the automatic baseline (no score while it is collected);
     one with fewer than 3 samples is replaced by an automatic one (the next 120 s)."""
