@@ -171,6 +171,12 @@ def _decode(name: str, raw: bytes) -> str:
     except UnicodeDecodeError:
         text = raw.decode("latin-1")  # old Polar software wrote .hrm in latin-1; decodes any byte
     if "\x00" in text:
+        if raw.startswith(b"0       ") and len(raw) >= 256:
+            raise InputFileError(
+                name,
+                "this is an EDF file: analyse a CSV with the beats instead (for a Settle session "
+                "`settle export SESSION --format csv`)",
+            )
         if _utf16_without_bom(raw):
             raise InputFileError(name, "UTF-16 text without a byte-order mark; save it as UTF-8")
         raise InputFileError(name, "not a text file (binary content)")
@@ -345,7 +351,11 @@ def _read_csv(
         return None, rr, fmt, warmup
     back = np.flatnonzero(np.diff(t) < 0)
     if back.size:
-        raise InputFileError(name, "beat times go backwards", linenos[int(back[0]) + 1])
+        raise InputFileError(
+            name,
+            "beat times go backwards (two recordings in one file? analyse each on its own)",
+            linenos[int(back[0]) + 1],
+        )
     _check_times_match(name, t, rr, linenos)
     return t, rr, fmt, warmup
 
@@ -379,10 +389,13 @@ def _check_times_match(
 
 _RR_NAMES = frozenset(
     {"rr", "rrms", "rri", "rrinterval", "rrintervals", "rrintervalms", "ibi", "ibims", "nn",
-     "nni", "nninterval", "rrnn"}
+     "nni", "nninterval", "rrnn", "rrintervall", "rrintervalle", "rrintervalo", "rrintervalos",
+     "intervallerr"}
 )  # fmt: skip
 """Header names of an RR column, lower-case, units in brackets and non-alphanumerics
-removed: ``RR``, ``RR (ms)``, ``RR-interval [ms]`` (Polar Sensor Logger), ``IBI``, ``NN``…"""
+removed: ``RR``, ``RR (ms)``, ``RR-interval [ms]`` (Polar Sensor Logger), ``IBI``, ``NN``, and
+the German, Spanish and French spellings of spreadsheets saved in those languages
+(``RR-Intervall (ms)``, ``intervalo RR``… not: only the word orders listed)."""
 _UNIT = re.compile(r"[\[(][^\])]*[\])]")
 _DELIMITERS = (",", ";", "\t")
 
@@ -390,6 +403,16 @@ _DELIMITERS = (",", ";", "\t")
 def _rr_column(line: str) -> tuple[str, int, int] | None:
     """(delimiter, index of the RR column, number of columns) when ``line`` is a header with
     exactly one column named like an RR column (:data:`_RR_NAMES`), else None."""
+    found = _rr_columns(line)
+    if found is None:
+        return None
+    delim, hits, n = found
+    return (delim, hits[0], n) if len(hits) == 1 else None
+
+
+def _rr_columns(line: str) -> tuple[str, list[int], int] | None:
+    """(delimiter, indexes of the RR-named columns, number of columns) of a header naming at
+    least one RR column, else None."""
     for delim in _DELIMITERS:
         if delim != "," and delim not in line:
             continue
@@ -399,8 +422,8 @@ def _rr_column(line: str) -> tuple[str, int, int] | None:
             continue
         names = [re.sub(r"[^0-9a-z]", "", _UNIT.sub("", c.lower())) for c in cells]
         hits = [i for i, n in enumerate(names) if n in _RR_NAMES]
-        if len(hits) == 1 and not any(_looks_numeric(c) for c in cells):
-            return delim, hits[0], len(cells)
+        if hits and not any(_looks_numeric(c) for c in cells):
+            return delim, hits, len(cells)
     return None
 
 
@@ -431,6 +454,23 @@ def _read_rr_column(
 def _read_one_per_line(name: str, lines: list[str], head: int) -> npt.NDArray[np.float64]:
     first = lines[head].strip()
     if not _looks_numeric(first):
+        if (several := _rr_columns(first)) is not None:  # one is read, not several
+            delim, hits, _n = several
+            cells = next(csv.reader([first], delimiter=delim))
+            named = ", ".join(repr(cells[i].strip()) for i in hits)
+            raise InputFileError(
+                name,
+                f"the header names {len(hits)} RR columns ({named}): keep one, or rename the "
+                "others",
+                head + 1,
+            )
+        if first.startswith(("{", "[")):
+            raise InputFileError(
+                name,
+                "this is JSON (a Settle JSON export?): analyse a CSV with the beats instead "
+                "(`settle export SESSION --format csv`, or a 't_s,rr_ms' file)",
+                head + 1,
+            )
         if re.fullmatch(r"[+-]?\d+,\d+", first):
             raise InputFileError(
                 name,

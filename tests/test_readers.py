@@ -99,6 +99,12 @@ def test_quoted_csv_header_and_a_gap_are_read(tmp_path: Path) -> None:
         ("[Params]\nVersion=106\nInterval=1\n[HRData]\n61\n62\n", "heart-rate mode", 3),
         ("# only a comment\n\n", "no RR intervals found", None),
         ("\n\nhello\n", "'hello' is neither an RR value in ms nor a header", 3),
+        # It said "neither an RR value nor a header naming an RR column" of a header naming two.
+        ("t,RR,RR (ms)\n0.8,800,800\n", "the header names 2 RR columns ('RR', 'RR (ms)')", 1),
+        # Settle's own JSON export (and JSON of other tools): say what to give instead.
+        ('{"manifest": {"v": 1}}\n', "this is JSON (a Settle JSON export?)", 1),
+        # Two exports pasted into one file.
+        ("t_s,rr_ms\n0.8,800\n1.6,800\n0.8,800\n", "two recordings in one file?", 4),
     ],
 )
 def test_bad_files_name_file_and_line(
@@ -123,6 +129,7 @@ def test_bad_files_name_file_and_line(
         "Phone timestamp;RR-interval [ms]\n2026-11-27T10:00:00.123;859\n"
         "2026-11-27T10:00:01.0;870,5\n",
         "time\tIBI\n0.859\t859\n1.73\t870,5\n",  # tabs and a decimal comma
+        "Zeit;RR-Intervall (ms)\n0,859;859\n1,73;870,5\n",  # a German spreadsheet
     ],
 )
 def test_tables_with_a_named_rr_column_are_read(tmp_path: Path, content: str) -> None:
@@ -145,6 +152,11 @@ def test_missing_binary_and_directory(tmp_path: Path) -> None:
     b.write_bytes(b"\x00\x01\x02")
     with pytest.raises(InputFileError, match="binary"):
         read_rr_file(b)
+    # An EDF (Settle's own export, say): what to give instead, not only "binary content".
+    edf = tmp_path / "s.edf"
+    edf.write_bytes(b"0       " + b"X 01-JAN-2026 X X".ljust(248) + b"\x00\x03" * 40)
+    with pytest.raises(InputFileError, match="this is an EDF file: analyse a CSV"):
+        read_rr_file(edf)
 
 
 def test_blank_and_comment_lines_before_the_csv_header(tmp_path: Path) -> None:
