@@ -45,6 +45,24 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
+class _LateNotifications(logging.Filter):
+    """Drops bumble's "!!! received notification with no subscriber" warning: a notification
+    already on its way when the central unsubscribed (every stop of ``settle demo``). A real
+    stack (BlueZ, CoreBluetooth) drops such a notification silently; the demo printed a
+    WARNING line from the emulation at the end of a clean run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(
+            (
+                "!!! received notification with no subscriber",
+                "!!! received indication with no subscriber",
+            )
+        )
+
+
+logging.getLogger("bumble.gatt_client").addFilter(_LateNotifications())
+
 DEFAULT_MTU = 247
 """ATT_MTU requested on connect (bytes), like desktop stacks that negotiate on their own."""
 
