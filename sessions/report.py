@@ -1226,17 +1226,21 @@ def render_html(a: SessionAnalysis, png: bytes, png_name: str | None) -> str:
         shading += " Green line: catching-up point."
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Settle session {e(info.id)}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; max-width: 60em; margin: 2em auto; color: #222; }}
+body {{ font-family: system-ui, sans-serif; max-width: 60em; margin: 2em auto; padding: 0 1em;
+  color: #222; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: .3em .6em; }}
+.wide {{ overflow-x: auto; max-width: 100%; }} h1, p {{ overflow-wrap: break-word; }}
+@media (max-width: 30em) {{ body {{ margin: 1em auto; }} h1 {{ font-size: 1.5em; }} }}
 .summary {{ font-size: 1.15em; background: #f3f7f3; padding: 1em; border-radius: .4em; }}
 small {{ color: #666; }}
 .text, .notes, li {{ overflow-wrap: anywhere; }} .notes {{ white-space: pre-wrap; }}
 </style></head><body>
 <h1>Session {e(info.id)}</h1>
 <p class="summary" id="summary">{e(summary_text(a))}</p>
-<table>
+<div class="wide"><table>
 <tr><th>started</th><td>{e(started.strftime("%Y-%m-%d %H:%M:%S %Z"))}</td></tr>
 <tr><th>state</th><td>{e(info.state.value)}</td></tr>
 <tr><th>device</th><td>{e(info.device_id)}</td></tr>
@@ -1244,17 +1248,19 @@ small {{ color: #666; }}
 <tr><th>tags</th><td>{e(", ".join(info.tags)) or "–"}</td></tr>
 <tr><th>notes</th><td class="notes">{e(info.notes) or "–"}</td></tr>
 <tr><th>beats / gaps</th><td>{len(a.record.beats)} / {len(a.record.gaps)}</td></tr>
-</table>
+</table></div>
 <h2>Over time</h2>
 <p><img src="data:image/png;base64,{img}" alt="heart rate, lnRMSSD and settling score"
  style="max-width:100%"><br><small>{saved}{e(shading)}</small></p>
 <h2>Reactivity and recovery per marker</h2>
+<div class="wide" role="region" tabindex="0"
+ aria-label="Reactivity and recovery per marker (scrolls sideways)">
 <table><tr><th rowspan="2">time</th><th rowspan="2">kind</th><th rowspan="2">text</th>
 <th colspan="4">beat by beat</th><th colspan="3">as shown live (vs baseline)</th></tr>
 <tr><th>HR before (bpm)</th><th>peak (bpm)</th><th>rise</th><th>back within 1 bpm after</th>
 <th>ΔHR peak (bpm)</th><th>ΔlnRMSSD peak</th><th>back in baseline band</th></tr>
 {rows or '<tr><td colspan="10">no shame/threat/discomfort/attention/doubt markers</td></tr>'}
-</table>
+</table></div>
 <h2>All markers</h2><ul>{all_markers or "<li>none</li>"}</ul>
 <p><small>Catching up: the settling score reaches {CATCH_THRESHOLD:g} and stays at
 {CATCH_THRESHOLD - CATCH_HYSTERESIS:g} or above for {CATCH_HOLD_S:g} s. Beat by beat: peak of

@@ -125,6 +125,14 @@ async def test_token_is_required_for_every_page_and_command(tmp_path: Path) -> N
             for path in ("", "live", "history", "api/state", "api/sessions", "static/app.js"):
                 async with http.get(d.url + path) as r:
                     assert r.status == 401, path
+            # A browser opening a page is told what to do in a page (it got the raw JSON);
+            # an API call still gets the one line.
+            html = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+            async with http.get(d.url + "live", headers=html) as r:
+                assert r.status == 401 and r.content_type == "text/html"
+                assert "Open the address the daemon printed at" in await r.text()
+            async with http.get(d.url + "api/sessions", headers=html) as r:
+                assert r.status == 401 and r.content_type == "application/json"
             async with http.post(d.url + "api/cmd/x/marker", headers={"X-Settle": "1"}) as r:
                 assert r.status == 401
             async with http.get(d.url + "api/state?token=s3cret-token") as r:
@@ -432,7 +440,13 @@ async def _scenario(
     await page.select_option("#target", "future")
     await page.fill("#statement", "this will work")
     await page.fill("#practice", "breathing")
-    await page.dblclick("#start")  # one command at a time: a double click started two
+    # A session runs (one starts when the strap connects): Start asks before it ends it, and
+    # the second click of a double click is no answer (tests/test_dashboard_phone.py).
+    await page.dblclick("#start")
+    await page.locator("#confirm-end").wait_for(state="visible")
+    with SessionStore.open(db) as store:
+        assert len(store.list_sessions()) == 1
+    await page.click("#confirm-yes")
     await page.wait_for_function(
         "document.getElementById('session-line').textContent.includes('this will work')"
     )
@@ -602,6 +616,7 @@ async def _scenario(
     # Stop; history lists the finished session, opens its report, downloads its exports.
     await page.click("nav >> text=Session")
     await page.click("#stop")
+    await page.click("#confirm-yes")  # the session runs: Stop asks first
     await page.wait_for_function(
         "document.getElementById('session-line').textContent.startsWith('Stopped')"
     )

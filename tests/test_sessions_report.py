@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -161,6 +162,11 @@ def test_report_files_and_html(store: SessionStore, tmp_path: Path) -> None:
     assert html.count("<tr><td>") >= 2  # the per-marker table
     assert "data:image/png;base64," in html
     assert "<tr><th>intention</th><td>self: “I am safe” (hold)</td></tr>" in html
+    # On a phone (History's frame, a report opened there) it fits the screen: a viewport, and
+    # each table scrolls sideways inside its own box (the marker table is ~800 px wide).
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
+    assert html.count("<table>") == html.count('<div class="wide"') == 2
+    assert re.search(r'<div class="wide"[^>]*>\s*<table><tr><th rowspan="2">time</th>', html)
 
 
 def test_report_intention_without_practice_or_statement(

@@ -296,6 +296,21 @@ def _error(status: int, message: str) -> web.Response:
     return _json({"v": 1, "status": "error", "error": message}, status)
 
 
+TOKEN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light dark"><title>Settle — token required</title></head>
+<body style="font: 17px/1.5 system-ui, sans-serif; max-width: 34em; margin: 2em auto;
+ padding: 0 1em">
+<h1>Settle: token required</h1>
+<p>This dashboard opens only with its access token. Open the address the daemon printed at
+start-up (<code>settle run</code> or <code>settle demo</code>: the line <code>http:</code>, ending
+in <code>?token=…</code>); after that, this browser gets in without it.</p>
+</body></html>
+"""
+"""What a browser opening a page without the token sees (it showed the raw JSON error)."""
+
+
 async def _body(request: web.Request) -> bytes:
     """The request's body, sent within :data:`HEADER_TIMEOUT_S` (a body sent a byte at a
     time held the connection as a half-sent head did)."""
@@ -493,6 +508,11 @@ class Dashboard:
             # As bytes: compare_digest raises TypeError for a non-ASCII str (a 500 and a
             # traceback for `?token=é`).
             if not given or not hmac.compare_digest(given.encode(), token.encode()):
+                if page and "text/html" in request.headers.get("Accept", ""):
+                    return web.Response(
+                        text=TOKEN_PAGE, status=401, content_type="text/html",
+                        headers={"Cache-Control": "no-store"},
+                    )  # fmt: skip
                 return _error(401, "token required: open the URL printed at start-up")
         if request.method == "POST" and request.headers.get("X-Settle") != "1":
             # A custom header cannot be sent cross-site without a CORS preflight we never allow.

@@ -497,12 +497,40 @@ async function sessionCommand(button, name, body, done) {
   try { await command(name, body, button.textContent, done); }
   finally { sessionBusy = false; for (const b of [$("start"), $("stop")]) b.removeAttribute("aria-disabled"); }
 }
-$("start-form").addEventListener("submit", (e) => {
-  e.preventDefault();
+// Ending a running session (Stop, or Start while one runs) asks first, in a dialog whose
+// focus is on keeping it: one mis-tap (the buttons sit just above the markers on a phone)
+// ended the practice. Keyboard: Tab to the stop button, Enter; Escape keeps the session.
+let confirmAction = null;
+function confirmEnd(question, more, yes, action) {
+  const dlg = $("confirm-end");
+  $("confirm-end-q").firstChild.textContent = question;
+  text("confirm-end-more", more);
+  text("confirm-yes", yes);
+  confirmAction = action;
+  if (!dlg.open) dlg.showModal();
+  $("confirm-keep").focus();
+}
+$("confirm-keep").addEventListener("click", () => $("confirm-end").close());
+$("confirm-yes").addEventListener("click", (e) => {
+  // The second tap of a double tap (detail 2) on Stop is no answer: it lands here.
+  if (e.detail > 1) return;
+  const act = confirmAction;
+  $("confirm-end").close();
+  if (act) act();
+});
+$("confirm-end").addEventListener("close", () => { confirmAction = null; });
+function startSession() {
   const restart = sessionRunning();
   sessionCommand($("start"), "session/start",
     { intention: { target: $("target").value, statement: $("statement").value.trim(), practice: $("practice").value.trim() } },
     restart ? "session stopped and a new one started" : "session started");
+}
+$("start-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  if (!sessionRunning()) { startSession(); return; }
+  confirmEnd("Stop the running session and start a new one?",
+    "The running session is stopped and stored; the new one holds the intention above.",
+    "Stop it and start a new one", startSession);
 });
 // Enter in an intention field submitted the form: it stopped the running session and
 // started a new one, unasked. While one runs, only the button does that.
@@ -513,7 +541,12 @@ for (const f of ["statement", "practice"]) {
     say("Enter does not restart the running session: press “Stop this session and start a new one” for that", "warn");
   });
 }
-$("stop").addEventListener("click", () => sessionCommand($("stop"), "session/stop", {}, "session stopped"));
+function stopSession() { sessionCommand($("stop"), "session/stop", {}, "session stopped"); }
+$("stop").addEventListener("click", () => {
+  if (!sessionRunning()) { stopSession(); return; }  // the daemon says there is none
+  confirmEnd("Stop the running session?", "It is stopped and stored; markers then go nowhere until a new one starts.",
+    "Stop the session", stopSession);
+});
 $("baseline-start").addEventListener("click", () => command("baseline/start", {}, "Baseline start", "baseline recording started"));
 $("baseline-stop").addEventListener("click", () => command("baseline/stop", {}, "Baseline stop", "baseline stopped: scores count from it"));
 const MARKER_COOLDOWN_MS = 1500;  // a double tap or a held key is one marker, not three
@@ -542,12 +575,22 @@ $("note-form").addEventListener("submit", (e) => {
   command("marker", { kind: "note", text: t }, "Add note", "note added").then((r) => { if (r && r.status === "ok") clearNote(to); });
 });
 $("device").addEventListener("change", (e) => setDevice(e.target.value, true));
+// Fields that take typed text keep every key; other controls keep only the keys they use.
+const TEXT_TYPES = new Set(["text", "search", "number", "email", "password", "tel", "url",
+  "date", "datetime-local", "month", "week", "time"]);
+function takesText(el) {
+  if (el.isContentEditable || el.tagName === "TEXTAREA") return true;
+  return el.tagName === "INPUT" && TEXT_TYPES.has(el.type);
+}
 document.addEventListener("keydown", (e) => {
   if (e.ctrlKey || e.metaKey || e.altKey) return;
-  // The strap picker keeps the focus after a pick (arrow keys go on picking), so marker
-  // keys work there too: they were silently ignored, and a digit picks no strap anyway.
-  const picker = e.target === $("device") && KEYS[e.key];
-  if (!picker && e.target.closest("input, select, textarea")) { if (e.key === "Escape") e.target.blur(); return; }
+  const t = e.target instanceof Element ? e.target : null;
+  if (t && takesText(t)) { if (e.key === "Escape") t.blur(); return; }
+  // A select (the strap picker keeps the focus after a pick: arrow keys go on picking) uses
+  // letters to jump to an option, not digits: marker keys work there. The pacer's checkbox
+  // and rate slider use no letter or digit: every key works after them (markers stopped).
+  if (t && t.closest("select") && !KEYS[e.key]) { if (e.key === "Escape") t.blur(); return; }
+  if ($("confirm-end").open && !KEYS[e.key]) return;  // Escape answers it; markers still go
   const v = view();
   if (KEYS[e.key] && (v === "live" || v === "control")) {
     e.preventDefault();
@@ -601,6 +644,7 @@ function dur(s) { return s === null || s === undefined ? "–" : mmss(s); }
 // The list comes at once; finished sessions the daemon has not analysed yet (all of them
 // after a restart: ~30 ms each) come as "pending" and are asked for again until none is.
 const HISTORY_POLL_MS = 1500;
+const HISTORY_RETRY_MS = 5000;  // after a 503 (busy) or another server error
 let historyTimer = null;
 let historyLoad = 0;
 async function loadHistory() {
@@ -613,11 +657,29 @@ async function loadHistory() {
   $("session-detail").hidden = !detail;
   $("session-list").hidden = !!detail;
   $("history-progress").hidden = !!detail;
-  let res;
-  try { res = await (await fetch("/api/sessions")).json(); } catch { $("session-list").textContent = "the daemon did not answer"; return; }
+  let r = null, res = null;
+  try { r = await fetch("/api/sessions"); res = await r.json(); } catch { res = null; }
   // An answer for a view the user has left, or overtaken by a newer load, is dropped.
   if (load !== historyLoad || location.pathname !== path) return;
-  const exports = (id) => res.formats.map((f) => `<a href="/sessions/${encodeURIComponent(id)}/export/${f}"${f === "bids" ? ' class="bids"' : ""} download>${f}</a>`).join(" · ");
+  if (!r || !r.ok || !res || !Array.isArray(res.sessions) || !Array.isArray(res.formats)) {
+    // The server's one line (a 401 "token required…", a 503 "too many connections"); the
+    // list shown stays. Busy or failing: asked again; refused (401/403): asking again will
+    // not help, the page must be opened anew.
+    const why = !r ? "the daemon did not answer" : (res && typeof res.error === "string" && res.error) ||
+      `HTTP ${r.status}${r.statusText ? " " + r.statusText : ""}`;
+    const again = !r || r.status >= 500 || r.status === 429;
+    const msg = `Sessions could not be listed: ${why}${again ? " — asking again in a few seconds" : ""}`;
+    historyNote(detail ? "" : msg);
+    if (detail) $("detail-exports").textContent = msg;
+    if (again) historyTimer = setTimeout(loadHistory, HISTORY_RETRY_MS);
+    return;
+  }
+  // Finger-sized links, each named for its session (a screen reader heard "csv" five times
+  // a row).
+  const exports = (id, when) => `<span class="exports">Export: ${res.formats.map((f) =>
+    `<a href="/sessions/${encodeURIComponent(id)}/export/${f}" class="export${f === "bids" ? " bids" : ""}"` +
+    ` aria-label="${escapeHtml(`${f} export, session ${when}`)}" download>${f}</a>`).join(" ")}</span>`;
+  const whenOf = (s) => new Date(s.started_ms).toLocaleString();
   // With several straps, each row names its strap (three sessions of a group practice
   // otherwise read as identical rows with the same start time).
   const several = new Set(res.sessions.map((s) => s.device_id)).size > 1;
@@ -627,7 +689,7 @@ async function loadHistory() {
     const row = res.sessions.find((s) => s.id === detail);
     $("detail-exports").innerHTML = !row ? "" : row.state === "running"
       ? "Still running: the report covers it up to now; the exports are offered once it stops."
-      : `Export: ${exports(detail)}`;
+      : exports(detail, whenOf(row));
     return;
   }
   // sessions/report.py Verdict, in a sentence (`settle trends` words them as a table cell).
@@ -645,7 +707,7 @@ async function loadHistory() {
   };
   const waiting = '<span class="pending" title="being analysed">…<span class="sr-only"> (being analysed)</span></span>';
   const items = res.sessions.map((s) => {
-    const when = new Date(s.started_ms).toLocaleString();
+    const when = whenOf(s);
     const summary = s.state === "running" ? `running, ${dur(s.duration_s)} so far` :
       s.pending ? `${dur(s.duration_s)}; catching up ${waiting}; score change ${waiting}` :
       s.analysis_error ? `${dur(s.duration_s)}; could not be analysed: ${escapeHtml(s.analysis_error)}` :
@@ -654,13 +716,17 @@ async function loadHistory() {
       `${s.target && s.target !== "–" ? "; " + escapeHtml(s.target) : ""}${s.statement ? " “" + escapeHtml(s.statement) + "”" : ""}`;
     const strap = several && s.device_id ? ` <span class="strap">(${escapeHtml(s.device_id)})</span>` : "";
     return [s.id, `<a href="/history/${encodeURIComponent(s.id)}">${escapeHtml(when)}</a>${strap} — ${summary}` +
-      (s.state === "running" ? "" : `<br><small>Export: ${exports(s.id)}</small>`)];
+      (s.state === "running" ? "" : `<small>${exports(s.id, when)}</small>`)];
   });
   showSessions(items);
   const pending = res.pending || 0;
-  text("history-progress", res.analysis_error ? `Could not analyse every session: ${res.analysis_error}` :
-    pending ? `Analysing ${pending} of ${res.sessions.length} sessions…` : "");
+  historyNote(res.analysis_error ? `Could not analyse every session: ${res.analysis_error}` :
+    pending ? `Analysing ${pending} of ${res.sessions.length} sessions…` : "", !!res.analysis_error);
   if (pending && !res.analysis_error) historyTimer = setTimeout(loadHistory, HISTORY_POLL_MS);
+}
+function historyNote(msg, bad) {
+  text("history-progress", msg);
+  $("history-progress").classList.toggle("why", bad === undefined ? !!msg : bad);
 }
 // Rows are replaced only where they changed: a poll must not take the focus (or the
 // screen reader's place) from a link the user is on.
