@@ -44,12 +44,15 @@ reason         gap: why there are no beats (disconnected, no-contact …); indic
                rhythm was not usable (empty when it was)
 usable         indices: 1 if the rhythm was usable (a score could be computed), else 0
 quality        indices: signal quality 0–1 (share of uncorrected beats, coverage, contact)
+device_id      the strap that recorded the session, as ``settle sessions list`` shows it
+               (on every row, like ``session_id``: whose recording this is)
 =============  =========================================================================
 
 Records: ``beat``, ``ecg_beat``, ``indices``, ``marker``, ``gap`` and ``baseline`` (the
 marked rest period the score was computed against, ``t_s`` to ``end_t_s``; absent when the
 session used the automatic baseline). Columns ``rr_corrected_ms`` … ``reason`` were added with
-schema v2, ``usable`` and ``quality`` later; columns are only ever appended.
+schema v2, ``usable`` and ``quality`` later, ``device_id`` after them; columns are only ever
+appended (:func:`read_export_csv` also reads a file written before ``device_id``).
 Rows are sorted by ``t_s``; at equal ``t_s`` beats come before ECG beats before indices before
 markers before gaps, and
 each kind keeps its stored order (beats by ``seq``). Floats are written with :func:`repr`,
@@ -99,6 +102,7 @@ COLUMNS: tuple[str, ...] = (
     "reason",
     "usable",
     "quality",
+    "device_id",
 )
 
 # Tie-break at equal t_s: a beat is the cause, indices are computed from it, markers annotate.
@@ -135,6 +139,7 @@ class ExportRow:
     reason: str | None = None
     usable: bool | None = None
     quality: float | None = None
+    device_id: str | None = None
 
 
 def _cell(value: object) -> str:
@@ -149,7 +154,7 @@ def _cell(value: object) -> str:
 
 
 def _rows(rec: SessionRecord) -> Iterator[list[str]]:
-    sid, started = rec.info.id, rec.info.started_ms
+    sid, started, device = rec.info.id, rec.info.started_ms, rec.info.device_id
     keyed: list[tuple[float, int, dict[str, object]]] = []
     for b in rec.beats:
         keyed.append(
@@ -247,6 +252,7 @@ def _rows(rec: SessionRecord) -> Iterator[list[str]]:
     for _t, _rank, fields in keyed:
         fields["session_id"] = sid
         fields["started_ms"] = started
+        fields["device_id"] = device
         yield [_cell(fields.get(col)) for col in COLUMNS]
 
 
@@ -294,15 +300,16 @@ def read_export_csv(path: Path) -> list[ExportRow]:
     """Parse a file written by :func:`export_csv` back into typed rows, in file order.
 
     Raises :class:`ExportError` if the file cannot be read or its header is not
-    :data:`COLUMNS`.
+    :data:`COLUMNS` (or, from a version before ``device_id``, all of them but that one).
     """
     path = Path(path)
     try:
         with path.open(encoding="utf-8", newline="") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
-            if header is None or tuple(header) != COLUMNS:
+            if header is None or tuple(header) not in (COLUMNS, COLUMNS[:-1]):
                 raise ExportError(path, "not a Settle session export (unexpected header)")
+            columns = tuple(header)
             rows = list(reader)
     except OSError as exc:
         raise ExportError(path, f"cannot read export: {exc.strerror or exc}") from exc
@@ -310,9 +317,9 @@ def read_export_csv(path: Path) -> list[ExportRow]:
         raise ExportError(path, f"malformed export: {exc}") from exc
     out = []
     for n, cells in enumerate(rows, start=1):
-        if len(cells) != len(COLUMNS):
-            raise ExportError(path, f"data row {n}: expected {len(COLUMNS)} columns")
-        c = dict(zip(COLUMNS, cells, strict=True))
+        if len(cells) != len(columns):
+            raise ExportError(path, f"data row {n}: expected {len(columns)} columns")
+        c = dict(zip(columns, cells, strict=True))
         try:
             out.append(
                 ExportRow(
@@ -344,6 +351,7 @@ def read_export_csv(path: Path) -> list[ExportRow]:
                     reason=(c["reason"] or None) if c["record"] in ("gap", "indices") else None,
                     usable=None if c["usable"] == "" else c["usable"] == "1",
                     quality=_float(c["quality"]),
+                    device_id=c.get("device_id") or None,
                 )
             )
         except ValueError as exc:

@@ -26,6 +26,13 @@ and ``n/a`` wherever no ECG was recorded (the EDF's 0 µV), each such stretch an
 session start (``StartTime`` 0) and run to its end; events' ``onset`` is seconds since session
 start, the same time base.
 
+Subjects: the sidecar names the strap that recorded (``SettleDeviceId``, its device id). A
+subject that already holds sessions of another strap in the dataset does not get this one
+(:func:`strap_conflict`, :class:`ExportError`, nothing written): a group practice exported
+without a subject per person filed four people as ``sub-01``. Sessions exported before the
+field existed do not count; ``other_strap_ok`` (``settle export --force``) adds it anyway
+(the same person on a new strap).
+
 A session's files are written into a hidden staging folder beside ``<ses>`` and moved into
 place together, replacing an earlier export of the same session whole: an interrupted export
 (Ctrl-C) leaves the dataset as it was, never a session folder with some of its files.
@@ -74,11 +81,13 @@ from sessions.series import (
 )
 from sessions.store import SessionRecord, SessionStore
 
-__all__ = ["BIDS_VERSION", "bids_label", "export_bids"]
+__all__ = ["BIDS_VERSION", "DEVICE_FIELD", "bids_label", "export_bids", "strap_conflict"]
 
 BIDS_VERSION = "1.8.0"
 TASK = "settle"
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
+#: Sidecar field holding the device id of the strap that recorded the session.
+DEVICE_FIELD = "SettleDeviceId"
 
 
 def bids_label(value: str, what: str, *, drop_dashes: bool = False) -> str:
@@ -96,6 +105,53 @@ def bids_label(value: str, what: str, *, drop_dashes: bool = False) -> str:
             Path(value), f"{what} label must be letters and digits only, got {value!r}{hint}"
         )
     return label
+
+
+def _sidecar_straps(root: Path, pattern: str) -> list[tuple[str, str, str]]:
+    """``(subject dir, session dir, device id)`` of every Settle physio sidecar under
+    ``root`` matching ``pattern`` (relative to ``root``) that names its strap; unreadable
+    sidecars and those of versions before :data:`DEVICE_FIELD` are skipped."""
+    found = []
+    for path in sorted(root.glob(pattern)):
+        try:
+            sidecar = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        device = sidecar.get(DEVICE_FIELD) if isinstance(sidecar, dict) else None
+        if isinstance(device, str):
+            found.append((path.parents[2].name, path.parents[1].name, device))
+    return found
+
+
+def strap_conflict(root: Path, subject: str, session_id: str, device_id: str) -> str | None:
+    """Why session ``session_id`` of strap ``device_id`` must not go to ``sub-<subject>``
+    of the dataset at ``root`` (one line), or None: the subject already holds a session of
+    another strap (an earlier export of this same session does not count, nor does a session
+    exported without :data:`DEVICE_FIELD`)."""
+    sub = f"sub-{subject}"
+    ses = f"ses-{bids_label(session_id, 'session', drop_dashes=True)}"
+    if (root / sub).is_symlink() or not (root / sub).is_dir():
+        return None  # export_bids refuses a link; nothing of this dataset is there
+    physio = f"ses-*/beh/{sub}_ses-*_task-{TASK}_physio.json"
+    others = sorted(
+        {d for _sub, s, d in _sidecar_straps(root / sub, physio) if s != ses and d != device_id}
+    )
+    if not others:
+        return None
+    # Suggest the subject this strap already has in the dataset, else a free number.
+    mine = [
+        s.removeprefix("sub-")
+        for s, _ses, d in _sidecar_straps(root, f"sub-*/ses-*/beh/sub-*_task-{TASK}_physio.json")
+        if d == device_id and s != sub
+    ]
+    free = next(f"{k:02d}" for k in range(1, 10_000) if not (root / f"sub-{k:02d}").exists())
+    hint = mine[0] if mine else free
+    straps = "strap" if len(others) == 1 else "straps"
+    return (
+        f"{sub} already holds sessions of {straps} {', '.join(others)}; this session is of "
+        f"strap {device_id}: give --subject, e.g. --subject {hint} (the same person on "
+        "another strap: --force)"
+    )
 
 
 def _device_fields(meta: Mapping[str, Any]) -> dict[str, str]:
@@ -196,9 +252,12 @@ def export_bids(
     *,
     subject: str = "01",
     progress: ProgressFn | None = None,
+    other_strap_ok: bool = False,
 ) -> Path:
     """Add session ``session_id`` to the BIDS dataset at ``out`` (see the module docstring)
-    and return the directory of its files. Raises :class:`ExportError`."""
+    and return the directory of its files. Raises :class:`ExportError`, also when
+    ``sub-<subject>`` holds sessions of another strap (:func:`strap_conflict`) unless
+    ``other_strap_ok``."""
     root = Path(out)
     sub = f"sub-{bids_label(subject, 'subject')}"
     rec = store.read_session(session_id)
@@ -217,6 +276,9 @@ def export_bids(
                     f"session {session_id} is already in this dataset as {other.parent.name} "
                     f"(remove {other} first to export it as {sub})",
                 )
+        why = strap_conflict(root, subject, session_id, rec.info.device_id)
+        if why is not None and not other_strap_ok:
+            raise ExportError(root, why)
     final = root / sub / ses
     try:
         root.mkdir(mode=0o700, exist_ok=True)
@@ -317,6 +379,7 @@ def _write_session(
         **device,
         "SettleVersion": package_version("settle-hrv"),
         "SettleSessionId": info.id,
+        DEVICE_FIELD: info.device_id,
         "SettleStartedMs": info.started_ms,
         "SettleTimeScale": info.meta.get("time_scale", 1.0),
     }
@@ -353,6 +416,7 @@ def _write_session(
                     "Columns": ["cardiac"],
                     "cardiac": {"Description": cardiac, "Units": "uV"},
                     **device,
+                    DEVICE_FIELD: info.device_id,
                 }
             ),
         )

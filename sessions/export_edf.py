@@ -3,6 +3,9 @@
 Written directly to the EDF+ specification (https://www.edfplus.info/specs/edfplus.html);
 no third-party writer is needed. Layout:
 
+* header: the patient field is ``<device id> X X X`` — its first subfield (the patient
+  code) is the id of the strap that recorded (:func:`patient_field`), so a group practice's
+  files say whose each is; sex, birthdate and name stay unknown (``X``);
 * data records of 1 s;
 * signal ``RR`` — RR interval in ms, resampled at 4 Hz by linear interpolation of the
   tachogram (artefact-corrected RR where correction has run, else raw), physical range
@@ -73,6 +76,7 @@ __all__ = [
     "MAX_ANNOTATION_BYTES",
     "RR_RANGE_MS",
     "export_edf",
+    "patient_field",
 ]
 
 _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
@@ -218,6 +222,14 @@ def _ecg_prefilter(ecg: EcgSeries, fs_hz: int) -> str:
     return f"resampled {src}->{fs_hz} Hz, {kernel}"[:80]
 
 
+def patient_field(device_id: str) -> str:
+    """The EDF+ local patient identification: ``<code> X X X``, the code being the strap's
+    device id with every space (and anything but printable ASCII) as ``_`` — subfields are
+    separated by spaces — cut to fit the 80-character field; ``X`` (unknown) if empty."""
+    code = "".join(c if 33 <= ord(c) <= 126 else "_" for c in device_id)
+    return f"{code[: 80 - len(' X X X')] or 'X'} X X X"
+
+
 def _header(
     rec: SessionRecord, signals: Sequence[_Signal], n_records: int, ann_samples: int
 ) -> bytes:
@@ -230,7 +242,7 @@ def _header(
     head = b"".join(
         [
             _field("0", 8),
-            _field("X X X X", 80),
+            _field(patient_field(rec.info.device_id), 80),
             _field(recording, 80),
             _field(f"{start:%d.%m.%y}", 8),
             _field(f"{start:%H.%M.%S}", 8),

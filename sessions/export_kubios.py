@@ -15,7 +15,8 @@ beginning of the first interval.
 ``kubios_t_s`` (seconds on Kubios' axis), ``kubios_hms`` (the same as ``H:MM:SS.s``),
 ``t_s`` (seconds since session start, Settle's time base), ``kind`` (marker kind, ``gap``
 or ``baseline``), ``duration_s`` (session seconds), ``text``, ``kubios_duration_s`` (the
-same span on Kubios' axis).
+same span on Kubios' axis), ``device_id`` (the strap that recorded the session, on every row,
+as in the CSV export; the RR file Kubios reads stays numbers only).
 
 Kubios' axis is the cumulative RR: beat ``i`` ends at ``sum(rr_ms[:i + 1]) / 1000``. It
 knows no gaps: time without beats (a gap, lost beats) takes no room on it, so after a gap
@@ -181,15 +182,18 @@ def export_kubios(
     with atomic_file(side, replace=replace) as fh:
         w = csv.writer(cast(IO[str], fh))
         w.writerow(
-            ["kubios_t_s", "kubios_hms", "t_s", "kind", "duration_s", "text", "kubios_duration_s"]
-        )
+            [
+                "kubios_t_s", "kubios_hms", "t_s", "kind", "duration_s", "text",
+                "kubios_duration_s", "device_id",
+            ]
+        )  # fmt: skip
         for t_s, kind, dur, note in events:
             k = kubios_time(series, t_s)
             k_dur = kubios_time(series, t_s + dur) - k
             # One line per event, as EDF and BIDS write it: a NUL or line break in a marker's
             # text broke CSV readers (Python's csv: "line contains NUL").
             row = [f"{k:.3f}", _hms(k), repr(t_s), kind, repr(dur), one_line(note)]
-            w.writerow([*row, f"{k_dur:.3f}"])
+            w.writerow([*row, f"{k_dur:.3f}", rec.info.device_id])
     if progress is not None:
         progress(len(series), len(series))
     return target

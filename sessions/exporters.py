@@ -7,7 +7,9 @@ to them counts too), it does not replace an existing file unless ``force`` is gi
 one-file format's file name must end in its extension (:data:`SUFFIXES`; an existing
 directory gets the default name). Each refusal raises :class:`ExportRefused`. A BIDS
 export writes into a dataset directory and keeps its behaviour there (a session exported
-again replaces its own files), but its ``out`` must not be the store either.
+again replaces its own files), but its ``out`` must not be the store either, and a subject
+that holds sessions of another strap there is refused unless ``force``
+(:func:`sessions.export_bids.strap_conflict`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from sessions.export import export_csv
-from sessions.export_bids import export_bids
+from sessions.export_bids import bids_label, export_bids, strap_conflict
 from sessions.export_edf import export_edf
 from sessions.export_json import export_json
 from sessions.export_kubios import RrSource, export_kubios
@@ -64,7 +66,8 @@ def export_session(
     file, or for ``bids`` the directory holding the session's files). ``subject`` is the
     BIDS subject label; ``rr_source`` picks the strap's RR or the raw ECG's R peaks for
     ``kubios`` (the other formats carry both). ``force``: replace existing files (never the
-    store's own). Raises :class:`ExportRefused` (see the module docstring),
+    store's own); ``bids``: add the session to a subject holding sessions of another strap.
+    Raises :class:`ExportRefused` (see the module docstring),
     :class:`sessions.files.ExportError` or :class:`settle.errors.SessionNotFound`."""
     if "\x00" in str(out):
         # No OS takes such a path; the os module would raise ValueError, not a typed error.
@@ -83,6 +86,13 @@ def export_session(
                 f"refusing to write onto the session store {store.path} (choose another --out)",
             )
         if fmt == "bids":
+            if not force and out.is_dir():
+                # Whose session it is: a subject holding another strap's sessions is most
+                # likely another person (a group practice exported without --subject).
+                device = store.get(session_id).device_id
+                why = strap_conflict(out, bids_label(subject, "subject"), session_id, device)
+                if why is not None:
+                    raise ExportRefused(out, why)
             continue
         suffixes = SUFFIXES[fmt]
         if path == out and not out.name.lower().endswith(suffixes):
@@ -104,7 +114,9 @@ def export_session(
     if fmt == "edf":
         return export_edf(store, session_id, out, progress=progress, replace=force)
     if fmt == "bids":
-        return export_bids(store, session_id, out, subject=subject, progress=progress)
+        return export_bids(
+            store, session_id, out, subject=subject, progress=progress, other_strap_ok=force
+        )
     if fmt == "kubios":
         return export_kubios(
             store, session_id, out, progress=progress, rr_source=rr_source, replace=force

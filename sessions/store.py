@@ -1608,13 +1608,16 @@ class SessionStore:
             return _require_session(conn, session_id)
 
     def resolve(self, ref: str) -> SessionInfo:
-        """Find a session by ``'latest'``, its full id, or a unique prefix of its id.
+        """Find a session by ``'latest'``, its full id, a unique prefix of its id, or — when
+        no id starts with ``ref`` — a unique suffix after its ``-`` (``2cd8`` for
+        ``20261128T043736-2cd8``: the sessions of a group practice share the start second,
+        so only their suffixes tell them apart).
 
         ``'latest'`` is the session created last (the last to start — by the order the store
         made them, not by ``started_ms``: a board whose clock was behind at boot dated its new
         session before the previous one, and ``latest`` named the old one). Raises
         :class:`SessionNotFound` when nothing matches and :class:`StoreError` listing
-        candidates when a prefix matches several sessions.
+        candidates when a prefix (or, failing any prefix, a suffix) matches several sessions.
         """
         with self._transaction(write=False) as conn:
             if ref == "latest":
@@ -1637,12 +1640,25 @@ class SessionStore:
                 " ORDER BY id LIMIT 6",
                 (len(ref), ref),
             ).fetchall()
+            by_suffix = not rows and "-" not in ref
+            if by_suffix:
+                # The part after the (last) dash, whole: ids are <start second>-<4 hex>.
+                rows = conn.execute(
+                    f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE substr(id, -?) = ?"
+                    " ORDER BY id LIMIT 6",
+                    (len(ref) + 1, "-" + ref),
+                ).fetchall()
         if not rows:
             raise SessionNotFound(ref)
         if len(rows) > 1:
             shown = ", ".join(r[0] for r in rows[:5]) + (", …" if len(rows) > 5 else "")
             raise StoreError(
-                f"session ref {ref!r} is ambiguous: matches {shown} (give more characters)"
+                f"session ref {ref!r} is ambiguous: matches {shown} "
+                + (
+                    "(give more of the id, from its start)"
+                    if by_suffix
+                    else "(give more characters)"
+                )
             )
         return _session_from_row(rows[0])
 

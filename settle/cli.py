@@ -531,8 +531,9 @@ def sessions_list(
     db: DbOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """List stored sessions, newest last."""
+    """List stored sessions, newest last (a paired strap's label beside its device id)."""
     from sessions.store import SessionStore
+    from settle.pairing import load_paired
 
     settings = settings_from(config, db=db)
     if not settings.db_path.exists():  # a mistyped --db must not create an empty store
@@ -542,11 +543,19 @@ def sessions_list(
             rows = store.list_sessions()
     except SettleError as exc:
         fail(str(exc))
+    labels: dict[str, str] = {}
+    try:  # the labels only help: an unreadable straps file does not stop the list
+        for strap in load_paired():
+            if strap.device_id:
+                labels.setdefault(strap.device_id, strap.label)
+    except (ConfigError, OSError):
+        pass
     if as_json:
         items = [
             {
                 "id": r.id,
                 "device": r.device_id,
+                "label": labels.get(r.device_id),
                 "started_ms": r.started_ms,
                 "stopped_ms": r.stopped_ms,
                 "state": str(r.state),
@@ -564,9 +573,9 @@ def sessions_list(
     for r in rows:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started_ms / 1000))
         mins, secs = divmod(int(r.duration_s), 60)
-        lines.append(
-            [r.id, r.device_id, started, f"{mins}:{secs:02d}", str(r.n_beats), str(r.state)]
-        )
+        label = labels.get(r.device_id)
+        device = r.device_id if label is None else f"{r.device_id} ({label})"
+        lines.append([r.id, device, started, f"{mins}:{secs:02d}", str(r.n_beats), str(r.state)])
     print_table(["id", "device", "started (local)", "duration", "beats", "state"], lines)
 
 

@@ -122,7 +122,11 @@ def export(
     ] = None,
     force: Annotated[
         bool,
-        typer.Option("--force", help="Replace existing files (never the session store itself)."),
+        typer.Option(
+            "--force",
+            help="Replace existing files (never the session store itself); bids: add the "
+            "session to a subject that holds sessions of another strap.",
+        ),
     ] = False,
     db: DbOpt = None,
     config: ConfigOpt = None,
@@ -171,7 +175,7 @@ def export(
                     rr_source=rr_source,  # type: ignore[arg-type]  # checked above
                     force=force,
                 )
-    except ExportRefused as exc:  # onto the store, or an existing file without --force
+    except ExportRefused as exc:  # onto the store, an existing file, another strap's subject
         _fail(str(exc), 2)
     except SettleError as exc:
         _fail(str(exc))

@@ -445,3 +445,45 @@ def test_the_closing_export_hint_quotes_the_store_path(tmp_path: Path) -> None:
     words = shlex.split(hint)
     assert words[words.index("--db") + 1] == str(db)
     assert shlex.quote(str(db)) in hint
+
+
+def test_a_group_practice_is_listed_by_label_and_addressed_by_suffix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A coach's four straps: `sessions list` showed only device ids (which strap is Anna's?)
+    and `settle export 2cd8` said "no session matches" — the ids differ only after the dash."""
+    from typer.testing import CliRunner
+
+    from settle import pairing
+    from settle.cli import app
+
+    monkeypatch.setenv("SETTLE_CONFIG", str(CONFIG))
+    monkeypatch.setenv("SETTLE_PAIRED_FILE", str(tmp_path / "straps.json"))
+    pairing.remember("anna", "AA:BB:CC:DD:EE:01", "Polar H10 1", "polar_h10_anna")
+    import secrets
+
+    suffixes = iter(["2cd8", "0aa1"])
+    monkeypatch.setattr(secrets, "token_hex", lambda n: next(suffixes))
+    db = tmp_path / "s.db"
+    t0 = 1_795_840_656_870
+    with SessionStore.open(db) as store:
+        anna = store.create_session("polar_h10_anna", t0, "ble:AA:BB:CC:DD:EE:01", {}).id
+        ben = store.create_session("polar_h10_ben", t0 + 19, "ble:AA:BB:CC:DD:EE:02", {}).id
+    runner = CliRunner()
+    res = runner.invoke(app, ["sessions", "list", "--json", "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    labels = {s["device"]: s["label"] for s in json.loads(res.output)["sessions"]}
+    assert labels == {"polar_h10_anna": "anna", "polar_h10_ben": None}
+    res = runner.invoke(app, ["sessions", "list", "--db", str(db)])
+    assert "polar_h10_anna (anna)" in res.output and "polar_h10_ben " in res.output
+
+    suffix = "2cd8"
+    res = runner.invoke(app, ["export", suffix, "--out", str(tmp_path), "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / f"settle-{anna}.csv").is_file()
+    assert not (tmp_path / f"settle-{ben}.csv").exists()
+    # Deleting still needs the full id.
+    res = runner.invoke(app, ["sessions", "delete", suffix, "--yes", "--db", str(db)])
+    assert res.exit_code == 2 and f"did you mean {anna}?" in res.output
+    with SessionStore.open(db) as store:
+        assert len(store.list_sessions()) == 2

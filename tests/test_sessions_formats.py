@@ -393,7 +393,8 @@ def test_bids_passes_the_official_validator(store: SessionStore, tmp_path: Path)
     sid = _build(store)
     root = tmp_path / "dataset"
     beh = export_bids(store, sid, root, subject="p01")
-    other = store.create_session("dev", T0_MS + 86_400_000, "x", {}).id
+    # A second session of the same strap (the same person) the next day, same dataset.
+    other = store.create_session("polar_h10_a1b2c3d4", T0_MS + 86_400_000, "x", {}).id
     store.add_beats(other, [BeatRow(i, i + 1.0, T0_MS, 1000.0) for i in range(30)])
     export_bids(store, other, root, subject="p01")  # a second session, same dataset
     # The same recording under a second subject (to fix its subject) was written beside the
@@ -667,3 +668,101 @@ def test_an_interrupted_bids_export_leaves_the_dataset_as_it_was(
     export_bids(store, sid, root)  # a complete one replaces it whole
     assert b"later" in next(beh.glob("*_events.tsv")).read_bytes()
     assert [p.name for p in sub.iterdir()] == [beh.parent.name]
+
+
+def _other_strap(store: SessionStore, device: str = "polar_h10_ffee0011") -> str:
+    """A second participant's session of a group practice: same start second, own strap."""
+    sid = store.create_session(device, T0_MS + 20, "ble:CC:DD", {}).id
+    store.add_beats(sid, [BeatRow(i, i + 1.0, T0_MS, 1000.0) for i in range(30)])
+    return sid
+
+
+def test_a_group_bids_export_does_not_file_two_straps_as_one_subject(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """A coach exported four participants' sessions into one dataset without --subject: all
+    four became sub-01, one person with four sessions, and the validator saw nothing wrong.
+    The sidecar now names the strap, and a subject holding another strap's sessions is
+    refused in one line, nothing written; a lone practitioner still adds to sub-01."""
+    from settle.cli import app
+
+    sid = _build(store)
+    other = _other_strap(store)
+    root = tmp_path / "ds"
+    beh = export_bids(store, sid, root)
+    stem = f"sub-01_ses-{sid.replace('-', '')}_task-settle"
+    for name in ("physio", "recording-ecg_physio"):
+        sidecar = json.loads((beh / f"{stem}_{name}.json").read_text())
+        assert sidecar["SettleDeviceId"] == "polar_h10_a1b2c3d4"
+    again = _other_strap(store, "polar_h10_a1b2c3d4")  # the same strap: the same person
+    export_bids(store, again, root)
+    before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+    res = CliRunner().invoke(
+        app, ["export", other, "--format", "bids", "--out", str(root), "--db", str(store.path)]
+    )
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert (
+        "sub-01 already holds sessions of strap polar_h10_a1b2c3d4; this session is of strap "
+        "polar_h10_ffee0011: give --subject, e.g. --subject 02" in res.output
+    )
+    with pytest.raises(ExportError, match="sub-01 already holds sessions of strap"):
+        export_bids(store, other, root)  # the exporter itself too (the dashboard's)
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before
+
+    ok = export_session(store, other, "bids", root, subject="ben")
+    assert json.loads(next(ok.glob("*_physio.json")).read_text())["SettleDeviceId"] == (
+        "polar_h10_ffee0011"
+    )
+    # The strap's subject is suggested once it has one; --force adds it (a new strap).
+    third = _other_strap(store, "polar_h10_ffee0011")
+    with pytest.raises(ExportError, match=r"e\.g\. --subject ben \("):
+        export_session(store, third, "bids", root)
+    export_session(store, third, "bids", root, force=True)
+    assert (root / "sub-01" / f"ses-{third.replace('-', '')}").is_dir()
+
+
+def test_sessions_exported_before_the_strap_was_recorded_do_not_conflict(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    sid = _build(store, ecg=False)
+    root = tmp_path / "ds"
+    beh = export_bids(store, sid, root)
+    (sidecar_path,) = beh.glob("*_physio.json")
+    sidecar = json.loads(sidecar_path.read_text())
+    del sidecar["SettleDeviceId"]  # as an earlier version wrote it
+    sidecar_path.write_text(json.dumps(sidecar))
+    beh2 = export_session(store, _other_strap(store), "bids", root)
+    assert beh2.parent.parent.name == "sub-01"
+
+
+def test_every_export_says_which_strap_recorded_it(store: SessionStore, tmp_path: Path) -> None:
+    """Only the JSON export said whose a session was: CSV, EDF+ and the Kubios markers file
+    of a group practice's four sessions could not be told apart."""
+    pyedflib = pytest.importorskip("pyedflib", reason="dev dependency pyedflib not installed")
+    sid = _build(store, ecg=False)
+    path = export_session(store, sid, "csv", tmp_path)
+    with path.open(newline="") as fh:
+        header = next(csv.reader(fh))
+    assert header[-1] == "device_id" and header.index("quality") == len(header) - 2
+    rows = read_export_csv(path)
+    assert {r.device_id for r in rows} == {"polar_h10_a1b2c3d4"}
+    # A file written before the column still reads.
+    old = tmp_path / "old.csv"
+    with path.open(newline="") as src, old.open("w", newline="") as dst:
+        csv.writer(dst).writerows(line[:-1] for line in csv.reader(src))
+    assert [r.device_id for r in read_export_csv(old)] == [None] * len(rows)
+
+    spaced = store.create_session("Polar H10 1234", T0_MS, "ble:EE", {}).id
+    store.add_beats(spaced, [BeatRow(i, i + 1.0, T0_MS, 1000.0) for i in range(10)])
+    for session, code in ((sid, "polar_h10_a1b2c3d4"), (spaced, "Polar_H10_1234")):
+        edf = export_edf(store, session, tmp_path / f"{code}.edf")
+        assert edf.read_bytes()[8:88].decode("ascii").rstrip() == f"{code} X X X"
+        with pyedflib.EdfReader(str(edf)) as f:  # EDF+ readers show a subfield's _ as spaces
+            assert f.getPatientCode() == code.replace("_", " ")
+
+    rr = export_kubios(store, sid, tmp_path)
+    with rr.with_name(f"{rr.stem}_markers.csv").open(newline="") as fh:
+        markers = list(csv.DictReader(fh))
+    assert markers and {m["device_id"] for m in markers} == {"polar_h10_a1b2c3d4"}
+    assert read_rr_file(rr).fmt == "rr-per-line"  # the file Kubios reads is unchanged

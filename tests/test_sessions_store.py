@@ -217,6 +217,31 @@ def test_resolve(store: SessionStore) -> None:
             store.resolve(ref)
 
 
+def test_resolve_a_group_practices_sessions_by_their_suffix(
+    store: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group practice's sessions start in the same second, so their ids differ only after
+    the dash (20261128T043736-2cd8): `settle export 2cd8` said "no session matches"."""
+    import secrets
+
+    suffixes = iter(["2cd8", "0aa1", "2cd8"])
+    monkeypatch.setattr(secrets, "token_hex", lambda n: next(suffixes))
+    anna = new_session(store, T0_MS, "polar_h10_anna")
+    ben = new_session(store, T0_MS + 20, "polar_h10_ben")
+    assert anna.id.endswith("-2cd8") and anna.id[:-4] == ben.id[:-4]
+    assert store.resolve("2cd8") == anna and store.resolve("0aa1") == ben
+    # Only the whole part after the dash counts.
+    for ref in ("2cd", "cd8", "0aa", "x-2cd8"):
+        with pytest.raises(SessionNotFound):
+            store.resolve(ref)
+    later = new_session(store, T0_MS + 86_400_000, "polar_h10_anna")  # the next day: 2cd8 again
+    with pytest.raises(StoreError, match="ambiguous") as err:
+        store.resolve("2cd8")
+    assert not isinstance(err.value, SessionNotFound)
+    assert anna.id in str(err.value) and later.id in str(err.value)
+    assert ben.id not in str(err.value)
+
+
 def test_latest_is_the_session_made_last_even_when_the_clock_dated_it_earlier(
     store: SessionStore,
 ) -> None:
