@@ -264,12 +264,20 @@ def trends_cmd(
             if device is not None:
                 from settle.pairing import device_for_label
 
+                typed = device
                 try:
                     device = device_for_label(device)
                 except ConfigError as exc:
                     _fail(str(exc), 2)
                 if device not in {s.device_id for s in store.list_sessions()}:
-                    _fail(f"no session of strap {device!r} in {path}", 2)
+                    # "no session of strap 'anna'" when no strap was paired as anna misled.
+                    hint = (
+                        f" (no strap is paired as {typed!r}: `settle pair --list` shows the "
+                        "labels, `settle sessions list` the straps)"
+                        if device == typed
+                        else ""
+                    )
+                    _fail(f"no session of strap {device!r} in {path}{hint}", 2)
             rows = trends(store, None if target is None else IntentionTarget(target), device)
         png = None
         if out_dir is not None:
