@@ -390,12 +390,12 @@ def _check_times_match(
 _RR_NAMES = frozenset(
     {"rr", "rrms", "rri", "rrinterval", "rrintervals", "rrintervalms", "ibi", "ibims", "nn",
      "nni", "nninterval", "rrnn", "rrintervall", "rrintervalle", "rrintervalo", "rrintervalos",
-     "intervallerr"}
+     "intervalorr", "intervallerr"}
 )  # fmt: skip
 """Header names of an RR column, lower-case, units in brackets and non-alphanumerics
 removed: ``RR``, ``RR (ms)``, ``RR-interval [ms]`` (Polar Sensor Logger), ``IBI``, ``NN``, and
 the German, Spanish and French spellings of spreadsheets saved in those languages
-(``RR-Intervall (ms)``, ``intervalo RR``… not: only the word orders listed)."""
+(``RR-Intervall (ms)``, ``intervalo RR``, ``intervalle RR``; only these word orders)."""
 _UNIT = re.compile(r"[\[(][^\])]*[\])]")
 _DELIMITERS = (",", ";", "\t")
 
