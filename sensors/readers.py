@@ -375,7 +375,11 @@ def _check_times_match(
     same = np.flatnonzero((step == 0) & beat)
     if same.size:
         raise InputFileError(
-            name, "two beats at the same time (t_s repeats the line before)", linenos[same[0] + 1]
+            name,
+            "two beats at the same time (t_s repeats the line before; if these are the times "
+            "the intervals arrived, several to a notification, drop the t_s column: the "
+            "intervals are then read as consecutive)",
+            linenos[same[0] + 1],
         )
     off = beat & ((step > 2.0 * r) | (step < 0.7 * r))
     if 2 * int(off.sum()) > int(beat.sum()):
