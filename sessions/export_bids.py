@@ -2,8 +2,11 @@
 recordings in the ``beh`` datatype).
 
 ``out`` is the dataset root; it is created if missing, and a session is added to an existing
-dataset without touching its other files. Written (``<sub>`` = ``sub-<subject>``, ``<ses>`` =
-``ses-<session id without the dash>``, task label ``settle``)::
+dataset without touching its other files. A directory that is not a dataset yet (no
+``dataset_description.json``) and holds other files (the CSV and EDF exports, say) is refused:
+it would become a dataset root that the BIDS validator rejects (``NOT_INCLUDED``).
+Written (``<sub>`` = ``sub-<subject>``, ``<ses>`` = ``ses-<session id without the dash>``,
+task label ``settle``)::
 
     dataset_description.json       only if missing (Name, BIDSVersion, GeneratedBy)
     README                         only if missing
@@ -245,6 +248,22 @@ def _json_bytes(obj: object) -> bytes:
     return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
+def _not_a_dataset(root: Path) -> str | None:
+    """The name of an entry that makes ``root`` (an existing directory) a poor dataset root:
+    one that is not a dataset yet (no ``dataset_description.json``) and holds something
+    other than what this export writes, hidden entries aside; None if it is fine."""
+    if (root / "dataset_description.json").exists():
+        return None
+    try:
+        names = sorted(p.name for p in root.iterdir())
+    except OSError:
+        return None  # the export itself says why it cannot write there
+    return next(
+        (n for n in names if not n.startswith((".", "sub-")) and n not in ("README", "README.md")),
+        None,
+    )
+
+
 def export_bids(
     store: SessionStore,
     session_id: str,
@@ -279,6 +298,13 @@ def export_bids(
         why = strap_conflict(root, subject, session_id, rec.info.device_id)
         if why is not None and not other_strap_ok:
             raise ExportError(root, why)
+        if (stray := _not_a_dataset(root)) is not None:
+            raise ExportError(
+                root,
+                f"not a BIDS dataset (no dataset_description.json) and it holds other files "
+                f"({stray!r}…): the export would make it a dataset's root, which the BIDS "
+                f"validator then refuses; give an empty or new directory (e.g. {root / 'bids'})",
+            )
     final = root / sub / ses
     try:
         root.mkdir(mode=0o700, exist_ok=True)

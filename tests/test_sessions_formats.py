@@ -624,6 +624,34 @@ def test_cli_export_every_format_and_one_line_errors(store: SessionStore, tmp_pa
         assert not out.exists()
 
 
+def test_bids_is_not_made_into_a_folder_of_other_files(store: SessionStore, tmp_path: Path) -> None:
+    """Exporting BIDS into the folder that already held the CSV and EDF exports made that
+    folder a dataset root, which the BIDS validator rejects (NOT_INCLUDED). It is refused
+    with one line saying where to put it instead; nothing is written."""
+    from settle.cli import app
+
+    sid = _build(store, ecg=False)
+    db = str(store.path)
+    exp = tmp_path / "exports"
+    exp.mkdir()
+    runner = CliRunner()
+    for fmt in ("csv", "edf"):
+        res = runner.invoke(app, ["export", sid, "--format", fmt, "--out", str(exp), "--db", db])
+        assert res.exit_code == 0, res.output
+    before = sorted(p.name for p in exp.iterdir())
+    res = runner.invoke(app, ["export", sid, "--format", "bids", "--out", str(exp), "--db", db])
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert "not a BIDS dataset (no dataset_description.json) and it holds other files" in res.output
+    assert f"(e.g. {exp / 'bids'})" in res.output
+    assert sorted(p.name for p in exp.iterdir()) == before
+    for _ in range(2):  # a new folder, then the dataset it became
+        res = runner.invoke(
+            app, ["export", sid, "--format", "bids", "--out", str(exp / "bids"), "--db", db]
+        )
+        assert res.exit_code == 0, res.output
+    assert (exp / "bids" / "dataset_description.json").is_file()
+
+
 def test_kubios_clock_times_carry_into_the_minute(store: SessionStore, tmp_path: Path) -> None:
     """A marker time that rounds up to a whole minute is written as that minute: 59.96 s is
     ``0:01:00.0`` (it was ``0:00:60.0``, an impossible time to type into Kubios)."""
