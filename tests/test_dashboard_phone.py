@@ -12,8 +12,10 @@ commands are recorded; the browser set-up is tests/test_dashboard.py's.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from tests.test_dashboard import (
 
 SMALL_PHONE = {"width": 375, "height": 667}
 DEV = "settle_virtual_hr_7d310ebf"
+SID = "20261128T044557-adca"
 
 
 class _Strap(_NoDaemon):
@@ -45,16 +48,20 @@ class _Strap(_NoDaemon):
         self.hub = hub
         self.sent: list[tuple[str, dict[str, Any]]] = []
         self.state, self.last_error = "streaming", None  # type: str, str | None
+        self.views: list[DeviceView] | None = None
+        """What :meth:`devices` says instead of the one streaming strap (e.g. none yet)."""
         hub.publish(
             f"settle/{DEV}/session",
-            json.dumps({"v": 1, "id": "20261128T044557-adca", "state": "running",
+            json.dumps({"v": 1, "id": SID, "state": "running",
                         "baseline": "pending", "intention": None}),
             retain=True,
         )  # fmt: skip
 
     def devices(self) -> list[DeviceView]:
+        if self.views is not None:
+            return self.views
         return [DeviceView(DEV, 0, "Settle Virtual HR", "AA:BB:CC:DD:EE:FF", self.state, 80,
-                           True, "20261128T044557-adca", self.last_error)]  # fmt: skip
+                           True, SID, self.last_error)]  # fmt: skip
 
     async def command(self, device_id: str, name: str, payload: bytes) -> None:
         body = json.loads(payload)
@@ -339,4 +346,268 @@ async def test_the_session_report_fits_a_phone_screen(tmp_path: Path) -> None:
             "(document.getElementById('report').contentDocument)"
         )
         assert inner[1] <= inner[0], inner
+        assert not errors, errors
+
+
+# ---- what the practitioner sees and hears of the live values (second UI review) ----
+
+
+def _indices(t_s: float, settling: float, trend: str) -> str:
+    """An indices message of the running session: usable, with a score and its trend."""
+    return json.dumps({
+        "v": 1, "session": SID, "t_s": t_s, "usable": True, "warming_up": False,
+        "reason": None, "settling": settling, "trend": trend, "trend_confidence": 0.4,
+        "trend_slope_per_min": None, "trend_slope_ci_low_per_min": None,
+        "trend_slope_ci_high_per_min": None, "ln_rmssd": 3.6, "rmssd_ms": 40.0,
+        "coherence": 0.3, "resp_rate_bpm": 6.0, "quality": 0.95,
+        "components": {"z_hr": 0.1, "z_ln_rmssd": 0.2, "z_slow": 0.3},
+    })  # fmt: skip
+
+
+def _text_is(element_id: str, want: str) -> str:
+    return f"document.getElementById('{element_id}').textContent === {json.dumps(want)}"
+
+
+@pytest.mark.timeout(60)
+async def test_a_stale_score_is_not_shown_as_current(tmp_path: Path) -> None:
+    """With the daemon silent for 4 s the HR read "–" but the settling score kept "41 →
+    steady", only greyed: the number the practitioner acts on, read as current."""
+    async with _phone(tmp_path) as (page, base, strap, _store, errors):
+        await _open(page, base + "live")
+        strap.hub.publish(f"settle/{DEV}/indices", _indices(120.0, 41.0, "steady"))
+        await page.wait_for_function(
+            _text_is("settling", "41") + " && " + _text_is("trend", "→ steady")
+        )
+        await page.evaluate("es.close()")  # the page hears nothing more, as if the daemon stopped
+        await page.wait_for_function(_text_is("settling", "–"), timeout=10_000)
+        score = await page.text_content(".score") or ""
+        assert "41" not in score and "steady" not in score, score
+        assert await page.text_content("#trend") == ""
+        assert "no word from the daemon" in (await page.text_content("#settling-note") or "")
+        await page.evaluate("connect()")  # the daemon is heard again: the score is back
+        await page.wait_for_function(
+            _text_is("settling", "41") + " && " + _text_is("trend", "→ steady"), timeout=10_000
+        )
+        assert not errors, errors
+
+
+@pytest.mark.timeout(60)
+async def test_no_strap_yet_says_what_to_do(tmp_path: Path) -> None:
+    """With no strap the Live page showed dashes and a red "no strap" in the header, and
+    nothing said what to do; a strap not yet found read "Strap disconnected … reconnecting;
+    beats in the gap are not recorded"."""
+    async with _phone(tmp_path) as (page, base, strap, _store, errors):
+        strap.views = []
+        await page.goto(base + "live")
+        await page.wait_for_function(_banners_say("No strap yet"), timeout=10_000)
+        said = await page.text_content("#banners") or ""
+        assert "Pair page" in said, said
+        assert await page.locator("#banners .banner").is_visible()
+        assert await page.text_content("#conn") == "no strap · MQTT off"
+        assert await page.text_content("#settling-note") == "no strap yet"
+        strap.views = [DeviceView(None, 0, "Polar H10 1A2B", "AA:BB:CC:DD:EE:01", "scanning",
+                                  None, None, None, None)]  # fmt: skip
+        await page.wait_for_function(_banners_say("Looking for your strap (scanning)"))
+        said = await page.text_content("#banners") or ""
+        assert "turn it on" in said and "Strap disconnected" not in said, said
+        strap.views = None  # it connected
+        await _open(page, base + "live")
+        await page.wait_for_function("!document.getElementById('banners').textContent")
+        assert not errors, errors
+
+
+def _banners_say(words: str) -> str:
+    return f"document.getElementById('banners').textContent.includes({json.dumps(words)})"
+
+
+_KEPT = "[...document.querySelectorAll('#banners .banner')].map(b => !!b.kept)"
+
+_BOX = "e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; }"
+
+
+def _overlap(a: list[float], b: list[float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@pytest.mark.timeout(60)
+async def test_the_status_line_covers_no_marker_on_a_phone(tmp_path: Path) -> None:
+    """Taps went through the status line, but for 8 s after a marker tap it sat over the
+    bottom row of markers: their words could not be seen."""
+    async with _phone(tmp_path) as (page, base, _strap, _store, errors):
+        await _open(page, base + "control")
+        buttons = page.locator(".markers button, #note, #note-form button, #start, #stop")
+        for block in ("end", "start"):
+            await page.evaluate(
+                "b => { document.getElementById('cmd-result').textContent = '';"
+                " document.querySelector('.markers').scrollIntoView({block: b}); }",
+                block,
+            )
+            before = await page.locator(".markers button[data-kind='shame']").evaluate(_BOX)
+            await page.touchscreen.tap(*await _centre(page, ".markers button[data-kind='shame']"))
+            await _said(page, "“shame” marker added — Settle Virtual HR (")
+            await page.wait_for_function(
+                "!document.querySelector('.markers button[aria-disabled]')", timeout=5_000
+            )
+            line = await page.locator("#cmd-result").evaluate(_BOX)
+            assert line[1] >= 0 and line[3] <= SMALL_PHONE["height"], (block, line)  # in view
+            covered = []
+            for i in range(await buttons.count()):
+                box = await buttons.nth(i).evaluate(_BOX)
+                if _overlap(line, box):
+                    covered.append(await buttons.nth(i).text_content())
+            assert not covered, (block, line, covered)
+            for kind in ("shame", "threat", "discomfort", "attention", "doubt", "hold-lapse",
+                         "hold-resume", "hold-start"):  # fmt: skip
+                sel = f".markers button[data-kind='{kind}']"
+                x, y = await _centre(page, sel)
+                if 0 < y < SMALL_PHONE["height"]:
+                    assert not await page.evaluate(_HIT, [x, y, sel]), (block, kind)
+            # The markers did not move under the thumb when the result came.
+            after = await page.locator(".markers button[data-kind='shame']").evaluate(_BOX)
+            assert after == before, (block, before, after)
+        assert not errors, errors
+
+
+@pytest.mark.timeout(60)
+async def test_the_score_and_trend_are_said_politely_when_the_trend_changes(
+    tmp_path: Path,
+) -> None:
+    """The docs said live values are announced politely, but none had a live region; the
+    banners (an alert) were rebuilt whole at any change and so all said again."""
+    async with _phone(tmp_path) as (page, base, strap, _store, errors):
+        await _open(page, base + "live")
+        say = page.locator("#score-say")
+        assert await say.get_attribute("aria-live") == "polite"
+        strap.hub.publish(f"settle/{DEV}/indices", _indices(120.0, 41.0, "steady"))
+        await page.wait_for_function(_text_is("score-say", "Settling score 41, steady"))
+        # Another index with the same trend: not said again (not every index or beat).
+        strap.hub.publish(f"settle/{DEV}/indices", _indices(125.0, 43.0, "steady"))
+        await page.wait_for_function(_text_is("settling", "43"))
+        assert await say.text_content() == "Settling score 41, steady"
+        strap.hub.publish(f"settle/{DEV}/indices", _indices(130.0, 35.0, "unsettling"))
+        await page.wait_for_function(
+            _text_is("score-say", "Settling score 35, unsettling"), timeout=20_000
+        )
+        # Banners: a new one is added beside the others, which stay as they were (not said
+        # again); a changed one replaces only itself.
+        strap.state, strap.last_error = "backoff", "connection lost"
+        await page.wait_for_function(_banners_say("Strap disconnected"))
+        await page.evaluate("document.querySelector('#banners .banner').kept = true")
+        await page.evaluate("window.__settle.missing = 'settle_virtual_hr_other'")
+        await page.wait_for_function("document.querySelectorAll('#banners .banner').length === 2")
+        assert await page.evaluate(_KEPT) == [True, False]
+        await page.evaluate("document.querySelectorAll('#banners .banner')[1].kept = true")
+        strap.last_error = "connection lost again"
+        await page.wait_for_function(_banners_say("connection lost again"))
+        assert await page.evaluate(_KEPT) == [False, True]
+        assert not errors, errors
+
+
+_LABELS = """() => Object.fromEntries(Object.entries(window.__settle.markerLabels || {})
+  .map(([k, ls]) => [k, ls.map((l) => ({ ...l }))]))"""
+
+
+def _edges(label: dict[str, float]) -> list[float]:
+    return [label["left"], label["top"], label["right"], label["bottom"]]
+
+
+BUTTON_WORDS = {"shame", "threat", "discomfort", "attention", "doubt", "hold lapse",
+                "hold resumed", "hold start", "baseline start", "note"}  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+async def test_dense_marker_labels_do_not_overlap_and_use_the_buttons_words(
+    tmp_path: Path,
+) -> None:
+    """15 markers within 40 s piled their labels into an illegible stack of four rows, and
+    the labels read "hold-start" where the button says "hold start"."""
+    async with _phone(tmp_path) as (page, base, strap, _store, errors):
+        await _open(page, base + "live")
+        ts = [float(t) for t in range(0, 301)]
+        strap.hub.publish(f"settle/{DEV}/beat", json.dumps({
+            "v": 1, "session": SID, "hr": 60, "contact": True, "ts": int(time.time() * 1000),
+            "beat_t_s": ts, "rr_ms": [1000.0] * len(ts)}))  # fmt: skip
+        for t in range(5, 301, 5):
+            strap.hub.publish(f"settle/{DEV}/indices", _indices(float(t), 50.0, "steady"))
+        kinds = ["shame", "hold-start", "threat", "hold-resume", "doubt", "hold-lapse", "note",
+                 "baseline-start", "attention", "discomfort"]  # fmt: skip
+        for k in range(15):
+            strap.hub.publish(f"settle/{DEV}/event", json.dumps({
+                "v": 1, "session": SID, "kind": kinds[k % len(kinds)], "t_s": 100.0 + k * 2.7,
+                "text": ""}))  # fmt: skip
+        for viewport in (SMALL_PHONE, DESKTOP):
+            await page.set_viewport_size(viewport)
+            await page.wait_for_function(
+                "w => (l => l && l.tacho && l.trend && l.tacho.reduce((a, x) => a + x.n, 0) === 15"
+                " && document.querySelector('#tacho canvas').clientWidth <= w)"
+                "(window.__settle.markerLabels)",
+                arg=viewport["width"],
+                timeout=10_000,
+            )
+            await page.wait_for_timeout(1_500)  # one more redraw at this size
+            drawn = await page.evaluate(_LABELS)
+            for chart, labels in drawn.items():
+                assert sum(lab["n"] for lab in labels) == 15, (chart, labels)
+                for a, b in itertools.combinations(labels, 2):  # none over another
+                    assert not _overlap(_edges(a), _edges(b)), (viewport, chart, a, b)
+                for lab in labels:
+                    words = lab["text"]
+                    assert words in BUTTON_WORDS or re.fullmatch(r"\d+ markers", words), lab
+            assert any(lab["n"] > 1 for lab in drawn["tacho"]), drawn  # a cluster, said as one
+        # The charts in words, for a screen reader.
+        said = await page.text_content("#tacho-sum") or ""
+        assert "Latest beat-to-beat interval 1000 ms at 5:00" in said, said
+        assert "15 markers; the latest:" in said and "hold start" in said and "hold-" not in said
+        assert "latest settling score 50 at 5:00" in (await page.text_content("#trend-sum") or "")
+        assert await page.get_attribute("#tacho", "aria-describedby") == "tacho-sum"
+        assert not errors, errors
+
+
+_CONTRAST = """(sels) => {
+  const rgb = (c) => c.match(/[\\d.]+/g).slice(0, 3).map(Number);
+  const lum = (c) => { const [r, g, b] = rgb(c).map((v) => { v /= 255;
+    return v <= 0.04045 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p);
+    return (x + 0.05) / (y + 0.05); };
+  const page = getComputedStyle(document.body).backgroundColor;
+  const out = {};
+  for (const sel of sels) for (const [i, e] of [...document.querySelectorAll(sel)].entries()) {
+    const s = getComputedStyle(e);
+    out[`${sel}#${i}`] = parseFloat(s.borderTopWidth) > 0 ? ratio(s.borderTopColor, page) : 0;
+  }
+  return out;
+}"""
+
+_HEIGHTS = """(sels) => Object.fromEntries(sels.flatMap((sel) => [...document.querySelectorAll(sel)]
+  .map((e, i) => [`${sel}#${i}`, e.getBoundingClientRect().height])))"""
+
+
+_EDGED = [".markers button", "#note", "#statement", "#practice", "#target", "#stop",
+          "#baseline-start", "#bids-subject"]  # fmt: skip
+_ACCENT_AND_BACK = """() => { const p = document.createElement('span');
+  p.style.color = 'var(--accent)'; document.body.append(p);
+  const a = getComputedStyle(p).color; p.remove();
+  return [getComputedStyle(document.querySelector('#session-detail a')).color, a]; }"""
+
+
+@pytest.mark.timeout(60)
+async def test_controls_stand_out_from_the_page_and_are_finger_sized(tmp_path: Path) -> None:
+    """Borders of inputs and buttons, and the white marker buttons, were 1.07–1.4:1 against
+    the off-white page; nav links 36 px tall, the pacer's summary 23 px, the target select
+    39 px; in dark mode "← all sessions" had the browser's link colour."""
+    async with _phone(tmp_path, DESKTOP, touch=False) as (page, base, _strap, _s, errors):
+        for scheme in ("light", "dark"):
+            await page.emulate_media(color_scheme=scheme)
+            await _open(page, base + "control")
+            edges = await page.evaluate(_CONTRAST, _EDGED)
+            low = {k: round(v, 2) for k, v in edges.items() if v < 3}
+            assert not low, (scheme, low)
+            heights = await page.evaluate(_HEIGHTS, ["nav a", "#target", "#note", "#statement"])
+            await page.click("nav >> text=Live")
+            heights |= await page.evaluate(_HEIGHTS, [".pacer-box summary"])
+            small = {k: v for k, v in heights.items() if v < 44}
+            assert not small, (scheme, small)
+            back, accent = await page.evaluate(_ACCENT_AND_BACK)
+            assert back == accent, (scheme, back, accent)
         assert not errors, errors

@@ -35,6 +35,7 @@ const S = {
   mqtt: "off",
   lastWord: 0,             // Date.now() of the last message from the daemon
   perDev: {},              // device id -> {status, availability, session, indices, beats, ...}
+  markerLabels: {},        // chart -> the marker labels last drawn (text, count, box)
 };
 
 function dev(id) {
@@ -74,7 +75,19 @@ function route() {
   historyTimer = null;
   if (v === "history") loadHistory();
   if (v === "live") resizeCharts();
+  placeStatus();
 }
+// On a narrow screen the status line is no overlay: on the Session page it sits in the
+// space kept for it just above the markers (at the bottom of the window it hid the last row
+// of markers for 8 s after every tap), elsewhere at the top of the page. It is moved only
+// here (a page change, the window crossing the width), never as it speaks.
+const NARROW = matchMedia("(max-width: 520px)");
+function placeStatus() {
+  const el = $("cmd-result");
+  const to = NARROW.matches && view() === "control" ? $("say-markers") : $("say-home");
+  if (el.parentNode !== to) to.appendChild(el);
+}
+NARROW.addEventListener("change", placeStatus);
 document.addEventListener("click", (e) => {
   const a = e.target.closest("a[href^='/']");
   if (!a || a.target || a.hasAttribute("download") || a.getAttribute("href").startsWith("/sessions/")) return;
@@ -193,7 +206,14 @@ function banners() {
   if (!alive) out.push(["bad", "No word from the Settle daemon — the values shown are stale."]);
   const rt = currentRuntime();
   const d = S.device ? dev(S.device) : null;
-  if (alive && rt && rt.state !== "streaming") {
+  // No strap has connected yet (a daemon with none to look for, or one still looking for
+  // its strap): the page showed dashes and a red "no strap", and nothing said what to do.
+  if (alive && !S.devices.length) {
+    out.push(["warn", "No strap yet — this daemon has no strap to connect to. Pair one on the Pair page (Scan, then Remember) and start settle run again."]);
+  } else if (alive && rt && !rt.device_id) {
+    out.push(["warn", `Looking for your strap (${rt.state}) — turn it on: wet the electrodes and put it on; it connects by itself. ` +
+      "A phone or watch connected to it may hold its only connection. A new strap is paired on the Pair page."]);
+  } else if (alive && rt && rt.state !== "streaming") {
     // The state says what the daemon does now; the last error why, unless it only repeats
     // the banner ("Strap disconnected (scanning: disconnected)").
     const why = rt.last_error && rt.last_error !== "disconnected" ? ": " + rt.last_error : "";
@@ -220,14 +240,30 @@ function banners() {
   if (alive && S.mqtt === "down") {
     out.push(["warn", "MQTT broker unreachable — measuring and storing go on; messages are queued."]);
   }
-  const html = out.map(([cls, msg]) => `<div class="banner ${cls}">${escapeHtml(msg)}</div>`).join("");
-  const box = $("banners");
-  if (box.dataset.html !== html) { box.innerHTML = html; box.dataset.html = html; }
+  showBanners(out);
   const conn = $("conn");
   const label = !alive ? "daemon unreachable" : rt ? `${rt.name || rt.device_id || "strap"}: ${rt.state}` : "no strap";
   text("conn", label + (alive ? ` · MQTT ${S.mqtt}` : ""));
   conn.className = "pill " + (alive && rt && rt.state === "streaming" ? "ok" : "bad");
   return alive && rt && rt.state === "streaming";
+}
+// Only what changed is touched: the box is an alert, and rebuilding it whole re-announced
+// every banner whenever one of them changed (or a new one came).
+function showBanners(out) {
+  const box = $("banners");
+  const want = out.map(([cls, msg]) => [`${cls}|${msg}`, cls, msg]);
+  for (const el of [...box.children]) if (!want.some(([k]) => k === el.dataset.key)) el.remove();
+  let prev = null;
+  for (const [k, cls, msg] of want) {
+    let el = [...box.children].find((e) => e.dataset.key === k);
+    if (!el) {
+      el = document.createElement("div");
+      el.className = `banner ${cls}`; el.textContent = msg; el.dataset.key = k;
+    }
+    const at = prev ? prev.nextSibling : box.firstChild;
+    if (el !== at) box.insertBefore(el, at);
+    prev = el;
+  }
 }
 function escapeHtml(s) {
   return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
@@ -251,7 +287,11 @@ function render() {
     if (a.getAttribute("href") !== href) a.setAttribute("href", href);
   }
   renderPair();
-  if (!S.device) return;
+  if (!S.device) {
+    const heard = Date.now() - S.lastWord < STALE_MS;
+    text("settling-note", !heard ? "" : S.devices.length ? "waiting for the strap to connect" : "no strap yet");
+    return;
+  }
   const d = dev(S.device), ix = d.indices, rt = currentRuntime();
   const fresh = live && Date.now() - d.beatTs < 5000;
   document.querySelector(".hero").classList.toggle("stale", !fresh);
@@ -262,13 +302,19 @@ function render() {
   // A strap not streaming has no current values: its last ones stayed on screen, frozen,
   // under the "Strap disconnected" banner.
   const streaming = !!rt && rt.device_id === S.device && rt.state === "streaming";
-  if (ses && !running) { text("settling", "–"); text("settling-note", "no session running"); text("trend", ""); }
+  // Stale data is no score: with the daemon silent the last one ("41 → steady") stayed on
+  // screen, only greyed, and it is the number the practitioner acts on.
+  const heard = Date.now() - S.lastWord < STALE_MS;
+  let shown = false;
+  if (!heard) { text("settling", "–"); text("settling-note", "not current: no word from the daemon"); text("trend", ""); }
+  else if (ses && !running) { text("settling", "–"); text("settling-note", "no session running"); text("trend", ""); }
   else if (!streaming) { text("settling", "–"); text("settling-note", "strap disconnected"); text("trend", ""); }
   else if (!ix) { text("settling", "–"); text("settling-note", "waiting for the first indices"); text("trend", ""); }
   else if (!usable && ix.warming_up) { text("settling", "–"); text("settling-note", "waiting for beats…"); text("trend", ""); }
   else if (!usable) { text("settling", "–"); text("settling-note", "rhythm unusable"); text("trend", ""); }
   else if (ix.settling === null) { text("settling", "–"); text("settling-note", "collecting the baseline…"); text("trend", ""); }
   else {
+    shown = true;
     text("settling", ix.settling.toFixed(0));
     const arrow = { settling: "↑ settling", steady: "→ steady", unsettling: "↓ unsettling" }[ix.trend] || "";
     text("trend", arrow);
@@ -287,6 +333,9 @@ function render() {
     }
     text("settling-note", note);
   }
+  sayScore(shown ? `trend:${ix.trend}` : "none", shown
+    ? `Settling score ${ix.settling.toFixed(0)}${ix.trend ? ", " + ix.trend : ""}`
+    : `Settling score not shown: ${$("settling-note").textContent}`);
   // HRV values only while the daemon is heard, a session runs and the rhythm is usable (they
   // read RMSSD 55 ms and coherence 0.32 on a rhythm with 62 % premature beats, stayed on
   // screen after the daemon stopped, and a stopped session's stayed for as long as the page
@@ -324,32 +373,89 @@ function render() {
   if (view() === "live") drawCharts(d);
 }
 
+// The score and its trend, said politely when the trend's word changes (or the score goes
+// or comes back), at most once every SCORE_SAY_MS: never every beat or index. The state the
+// page opens in is not said.
+const SCORE_SAY_MS = 10000;
+const scoreSaid = { key: null, at: 0 };
+function sayScore(key, msg) {
+  if (scoreSaid.key === null) { scoreSaid.key = key; return; }
+  if (key === scoreSaid.key || Date.now() - scoreSaid.at < SCORE_SAY_MS) return;
+  scoreSaid.key = key; scoreSaid.at = Date.now();
+  text("score-say", msg);
+}
+
 /* ---- charts ---- */
 let tacho = null, trendc = null;
 function css(name) { return getComputedStyle(document.documentElement).getPropertyValue(name).trim(); }
-function markerHook(getEvents) {
+// Markers and events in the page's words, as the Session page's buttons say them (the
+// charts said "hold-start").
+const EVENT_WORDS = { "hold-lapse": "hold lapse", "hold-resume": "hold resumed", "hold-start": "hold start",
+  "baseline-start": "baseline start", "baseline-complete": "baseline complete", "catching-up": "caught up",
+  disconnected: "strap disconnected", reconnected: "strap reconnected", gap: "gap", note: "note" };
+function eventWords(kind) { return EVENT_WORDS[kind] || String(kind).replace(/-/g, " "); }
+// Labels in two rows, never over each other (at least 8 px apart): a marker whose label fits in neither row
+// joins the label before it, which then reads "N markers" (15 markers within 40 s piled
+// into an illegible stack of four rows). Every line is drawn. `measure(text)` gives a width
+// in the canvas's pixels; the labels come back in them too, each with its row.
+const LABEL_ROWS = 2;
+function markerLabels(evs, x0, x1, toX, measure, left, right, pad, gap) {
+  const items = evs.filter((e) => e.t_s >= x0 && e.t_s <= x1)
+    .map((e) => ({ x: toX(e.t_s), words: eventWords(e.kind) })).sort((a, b) => a.x - b.x);
+  const place = (c) => {
+    c.text = c.items.length === 1 ? c.items[0].words : `${c.items.length} markers`;
+    c.w = measure(c.text);
+    c.x0 = c.items[0].x + pad;
+    if (c.x0 + c.w > right) c.x0 = Math.max(left, right - c.w);  // at the plot's right edge
+    c.x1 = c.x0 + c.w;
+    return c;
+  };
+  const out = [], ends = Array(LABEL_ROWS).fill(-Infinity);
+  for (const it of items) {
+    const c = place({ items: [it] });
+    const row = ends.findIndex((end) => c.x0 >= end + gap);
+    if (row >= 0) { c.row = row; out.push(c); ends[row] = c.x1; continue; }
+    const last = out[out.length - 1];
+    last.items.push(it); place(last); ends[last.row] = Math.max(ends[last.row], last.x1);
+  }
+  // A label grown (or pushed left by the edge) into its row's neighbour: one label.
+  for (let merged = true; merged;) {
+    merged = false;
+    for (let i = 0; i < out.length && !merged; i++) {
+      for (let j = i + 1; j < out.length && !merged; j++) {
+        const [a, b] = [out[i], out[j]];
+        if (a.row !== b.row || a.x1 + gap <= b.x0 || b.x1 + gap <= a.x0) continue;
+        a.items.push(...b.items); a.items.sort((p, q) => p.x - q.x); place(a);
+        out.splice(j, 1); merged = true;
+      }
+    }
+  }
+  return out;
+}
+function markerHook(name, getEvents) {
   return { draw: [(u) => {
     const ctx = u.ctx, evs = getEvents();
     const [x0, x1] = [u.scales.x.min, u.scales.x.max];
+    const dpr = devicePixelRatio;
     ctx.save();
     ctx.strokeStyle = css("--mark"); ctx.fillStyle = css("--mark");
-    ctx.font = `${12 * devicePixelRatio}px system-ui`; ctx.lineWidth = devicePixelRatio;
+    ctx.font = `${12 * dpr}px system-ui`; ctx.lineWidth = dpr;
     // uPlot leaves the alignment of its last axis labels (right) in the saved state: a
     // label then ran left of its line, over the y axis's numbers for an early marker.
-    ctx.textBaseline = "alphabetic";
-    const pad = 3 * devicePixelRatio, right = u.bbox.left + u.bbox.width;
-    let row = 0;
+    ctx.textBaseline = "alphabetic"; ctx.textAlign = "left";
     for (const ev of evs) {
       if (ev.t_s < x0 || ev.t_s > x1) continue;
       const x = u.valToPos(ev.t_s, "x", true);
       ctx.beginPath(); ctx.moveTo(x, u.bbox.top); ctx.lineTo(x, u.bbox.top + u.bbox.height); ctx.stroke();
-      // Right of the line; left of it only where it would leave the plot on the right.
-      const after = x + pad + ctx.measureText(ev.kind).width <= right;
-      ctx.textAlign = after ? "left" : "right";
-      // Labels step down in four rows so markers close together stay readable.
-      ctx.fillText(ev.kind, after ? x + pad : x - pad, u.bbox.top + (12 + 14 * (row++ % 4)) * devicePixelRatio);
     }
+    const labels = markerLabels(evs, x0, x1, (t) => u.valToPos(t, "x", true), (t) => ctx.measureText(t).width,
+      u.bbox.left, u.bbox.left + u.bbox.width, 3 * dpr, 8 * dpr);
+    const base = (c) => u.bbox.top + (12 + 14 * c.row) * dpr;
+    for (const c of labels) ctx.fillText(c.text, c.x0, base(c));
     ctx.restore();
+    // What was drawn, in CSS pixels of the canvas (read by the browser tests).
+    S.markerLabels[name] = labels.map((c) => ({ text: c.text, n: c.items.length, row: c.row,
+      left: c.x0 / dpr, right: c.x1 / dpr, top: base(c) / dpr - 11, bottom: base(c) / dpr + 3 }));
   }] };
 }
 function chartWidth(el) { return Math.max(260, el.clientWidth || 600); }
@@ -364,14 +470,14 @@ function makeCharts() {
     legend: { show: false }, cursor: { show: false },
     axes: [xaxis, { ...axis, label: "RR ms" }],
     series: [{}, { label: "RR (ms)", stroke: css("--tacho"), width: 1.5, points: { show: false } }],
-    plugins: [{ hooks: markerHook(() => (S.device ? dev(S.device).events : [])) }] }, [[], []], t);
+    plugins: [{ hooks: markerHook("tacho", () => (S.device ? dev(S.device).events : [])) }] }, [[], []], t);
   const r = $("trendchart");
   trendc = new uPlot({ width: chartWidth(r), height: 200, scales: { x: { time: false }, s: { range: [0, 100] } },
     legend: { show: true, live: false }, cursor: { show: false },
     axes: [xaxis, { ...axis, label: "lnRMSSD" }, { ...axis, scale: "s", side: 1, label: "settling", grid: { show: false } }],
     series: [{}, { label: "lnRMSSD", stroke: css("--ln"), width: 2 },
       { label: "settling", stroke: css("--set"), width: 2, scale: "s" }],
-    plugins: [{ hooks: markerHook(() => (S.device ? dev(S.device).events : [])) }] }, [[], [], []], r);
+    plugins: [{ hooks: markerHook("trend", () => (S.device ? dev(S.device).events : [])) }] }, [[], [], []], r);
 }
 function resizeCharts() {
   if (tacho) tacho.setSize({ width: chartWidth($("tacho")), height: 200 });
@@ -384,6 +490,25 @@ function drawCharts(d) {
   drawnAt = Date.now();
   tacho.setData([d.t.slice(), d.rr.slice()]);
   trendc.setData([d.it.slice(), d.ln.slice(), d.set.slice()]);
+  chartSummaries(d);
+}
+// Each chart in words, for a screen reader (the charts are pictures): the latest values
+// and the markers in view. Not live regions: read when the reader gets there.
+function chartSummaries(d) {
+  const lastOf = (ts, vs) => { for (let i = vs.length - 1; i >= 0; i--) if (vs[i] !== null && vs[i] !== undefined) return [ts[i], vs[i]]; return null; };
+  const marks = (from) => {
+    const evs = d.events.filter((e) => e.t_s >= from).sort((a, b) => a.t_s - b.t_s);
+    if (!evs.length) return " No markers.";
+    const latest = evs.slice(-5).map((e) => `${eventWords(e.kind)} at ${mmss(e.t_s)}`).join(", ");
+    return evs.length > 5 ? ` ${evs.length} markers; the latest: ${latest}.` : ` Markers: ${latest}.`;
+  };
+  const rr = lastOf(d.t, d.rr);
+  text("tacho-sum", !rr ? "No beats yet." : `Latest beat-to-beat interval ${Math.round(rr[1])} ms at ${mmss(rr[0])}; ` +
+    `${Math.round(Math.min(...d.rr))} to ${Math.round(Math.max(...d.rr))} ms over the span shown.${marks(d.t[0])}`);
+  const ln = lastOf(d.it, d.ln), st = lastOf(d.it, d.set);
+  text("trend-sum", !ln && !st ? "No usable indices yet." :
+    `${ln ? `Latest lnRMSSD ${ln[1].toFixed(2)} at ${mmss(ln[0])}` : "No lnRMSSD yet"}; ` +
+    `${st ? `latest settling score ${st[1].toFixed(0)} at ${mmss(st[0])}` : "no settling score yet"}.${marks(d.it.length ? d.it[0] : 0)}`);
 }
 window.addEventListener("resize", resizeCharts);
 
