@@ -37,7 +37,7 @@ from feedback.dashboard import server as server_module
 from feedback.dashboard.hub import BACKLOG
 from feedback.dashboard.server import STATIC, DeviceView
 from sessions import read_export_csv
-from sessions.store import SessionState, SessionStore
+from sessions.store import MarkerRow, SessionState, SessionStore
 from settle.app import serve
 from settle.config import Settings, load_config
 from settle.demo import virtual_world
@@ -919,6 +919,35 @@ async def test_history_still_lists_sessions_when_their_analysis_fails(
             assert again["analysis_error"] == "the store cannot be read: disk I/O error"
             assert first.get("analysis_error") is None
             await _until(lambda: asyncio.sleep(0, len(tries) == 2), 10, "a second try")
+
+
+async def test_a_worker_killed_once_does_not_break_reports_exports_and_history(
+    tmp_path: Path,
+) -> None:
+    """The worker process killed (the OOM killer on a small board): every report, export and
+    History analysis after it failed ("the process pool is not usable anymore", 500s) until
+    the daemon was restarted. The next request gets a new worker."""
+    import os
+    import signal
+
+    with SessionStore.open(tmp_path / "s.db") as store:
+        sid = _finished_session(store, 1_700_000_000_000, 120)
+        cfg = DashboardConfig(host="127.0.0.1", port=0)
+        async with (
+            Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
+            aiohttp.ClientSession() as http,
+        ):
+            await _analysed(http, d)
+            assert d._pool is not None
+            for pid in list(d._pool._processes):  # type: ignore[attr-defined]
+                os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.5)
+            for path in ("report", "export/csv"):
+                async with http.get(f"{d.url}sessions/{sid}/{path}") as r:
+                    assert r.status == 200, (path, r.status, await r.text())
+            store.add_markers(sid, [MarkerRow(10.0, 1_700_000_010_000, "shame", "", "import")])
+            row = (await _analysed(http, d))["sessions"][0]
+            assert row["n_markers"] == 1 and "analysis_error" not in row
 
 
 def test_history_row_of_a_session_the_analysis_cannot_take_says_why(

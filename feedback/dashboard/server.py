@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, cast
@@ -763,13 +764,29 @@ class Dashboard:
 
     async def _work(self, fn: Callable[..., WorkResult], *args: str) -> WorkResult:
         """Run ``fn`` in the dashboard's worker process (started on first use): a report or
-        an export must not hold the daemon's interpreter while beats arrive."""
-        if self._pool is None:
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn")
-            )
+        an export must not hold the daemon's interpreter while beats arrive.
+
+        A worker that died (the OOM killer on a small board, a crash in a native library)
+        breaks its pool for good: every report, export and History analysis after it failed
+        until the daemon was restarted. The broken pool is dropped and the call tried once
+        in a new worker."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, fn, str(self.store.path), *args)
+        for attempt in (1, 2):
+            if self._pool is None:
+                self._pool = concurrent.futures.ProcessPoolExecutor(
+                    max_workers=1, mp_context=multiprocessing.get_context("spawn")
+                )
+            pool = self._pool
+            try:
+                return await loop.run_in_executor(pool, fn, str(self.store.path), *args)
+            except BrokenProcessPool:
+                log.warning("dashboard: the worker process died; starting a new one")
+                if self._pool is pool:
+                    self._pool = None
+                    pool.shutdown(wait=False, cancel_futures=True)
+                if attempt == 2 or self._closing.is_set():
+                    raise
+        raise AssertionError("unreachable")
 
     async def _report(self, request: web.Request) -> web.StreamResponse:
         sid = request.match_info["sid"]

@@ -847,7 +847,8 @@ async function loadHistory() {
   const pending = res.pending || 0;
   historyNote(res.analysis_error ? `Could not analyse every session: ${res.analysis_error}` :
     pending ? `Analysing ${pending} of ${res.sessions.length} sessions…` : "", !!res.analysis_error);
-  if (pending && !res.analysis_error) historyTimer = setTimeout(loadHistory, HISTORY_POLL_MS);
+  // After a failed analysis the server tries again at the next request: ask again, slower.
+  if (pending) historyTimer = setTimeout(loadHistory, res.analysis_error ? HISTORY_RETRY_MS : HISTORY_POLL_MS);
 }
 function historyNote(msg, bad) {
   text("history-progress", msg);
