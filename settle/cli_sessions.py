@@ -439,6 +439,22 @@ def log_set(
             _fail(f"--baseline: expected START:STOP seconds, e.g. 0:120, got {baseline!r}", 2)
         if not 0 <= bounds[0] < bounds[1]:
             _fail(f"--baseline: need 0 <= START < STOP, got {baseline!r}", 2)
+        from processing.live import BASELINE_MIN_SAMPLES
+        from settle.config import load_config
+
+        try:
+            every_s = load_config(config, storage={"db_path": db}).processing.indices_every_s
+        except ConfigError as exc:
+            _fail(str(exc), 2)
+        # As the live rule (baseline/stop): a 10 s period was kept here and rescored the
+        # whole report, while the daemon always discards one under 15 s.
+        need_s = BASELINE_MIN_SAMPLES * every_s
+        if bounds[1] - bounds[0] < need_s:
+            _fail(
+                f"--baseline: {bounds[1] - bounds[0]:g} s is too short (at least {need_s:g} s, "
+                f"as a baseline marked live), got {baseline!r}",
+                2,
+            )
     if target is not None and target not in TARGET_NAMES:
         _fail(f"unknown target {target!r} (available: {', '.join(TARGET_NAMES)})", 2)
     if all(x is None for x in (target, statement, practice, notes, baseline, started)) and not tag:
@@ -452,6 +468,15 @@ def log_set(
     try:
         with SessionStore.open(path) as store:
             info = _resolve(store, session)
+            if started_ms is not None and info.stopped_ms is not None:
+                end_ms = started_ms + info.stopped_ms - info.started_ms
+                if end_ms > time.time() * 1000 + 60_000:
+                    _fail(
+                        f"--started: session {info.id} would then end "
+                        f"{_local_minute(end_ms)}, in the future (it lasted "
+                        f"{_signed_duration((info.stopped_ms - info.started_ms) / 1000)[1:]})",
+                        2,
+                    )
             if bounds is not None:
                 span = store.recorded_span_s(info.id)
                 if bounds[1] > span + 1.0:
@@ -529,11 +554,25 @@ def _parse_started(text: str) -> int:
             2,
         )
     if when.tzinfo is None:
-        when = when.astimezone()  # the host's local time, as `settle sessions list` shows it
+        # The host's local time, as `settle sessions list` shows it. A clock time that the
+        # change to summer time skips, or that the change back repeats, names no one instant:
+        # it was moved or picked silently.
+        early, late = when.replace(fold=0).astimezone(), when.replace(fold=1).astimezone()
+        if early.utcoffset() != late.utcoffset():
+            both = early.timestamp() != late.timestamp() and early.replace(tzinfo=None) == when
+            _fail(
+                f"--started: {text!r} "
+                + ("occurs twice here (the clocks went back)" if both else "does not exist "
+                   "here (the clocks went forward)")
+                + "; give it with its offset, e.g. "
+                f"'{when:%Y-%m-%dT%H:%M}{early:%z}'",
+                2,
+            )  # fmt: skip
+        when = early
     ms = round(when.timestamp() * 1000)
     if ms > time.time() * 1000 + 60_000:
         _fail(f"--started: {text!r} is in the future", 2)
-    if when.year < 2000:
+    if ms < 946_684_800_000:  # 2000-01-01T00:00Z
         _fail(f"--started: {text!r} is before 2000", 2)
     return ms
 

@@ -3,6 +3,7 @@ raw ECG, and complete deletion (against real SQLite files)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 import sqlite3
@@ -449,6 +450,14 @@ def test_cli_log_set_started_redates_a_session_recorded_with_a_wrong_clock(
     with SessionStore.open(db) as store:
         assert (store.get(sid).started_ms, store.get(sid).notes) == (wrong_ms, "")
 
+    # A start that would end the session in the future (it lasted 20 min).
+    soon = dt.datetime.now() - dt.timedelta(minutes=10)
+    res = runner.invoke(
+        app, ["log", "set", sid, "--db", str(db), "--started", f"{soon:%Y-%m-%d %H:%M}"]
+    )
+    assert res.exit_code == 2 and "in the future (it lasted 20 min)" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+
     res = runner.invoke(app, ["log", "set", sid, "--db", str(db), "--started", typed])
     assert res.exit_code == 0, res.output
     assert f"it now starts {true_start:%Y-%m-%d %H:%M}" in res.output and "+3 d" in res.output
@@ -470,6 +479,44 @@ def test_cli_log_set_started_redates_a_session_recorded_with_a_wrong_clock(
         T0_MS,
         T0_MS + 1_200_000,
     )
+
+
+@pytest.mark.parametrize(
+    ("typed", "why"),
+    [
+        ("2026-03-29 02:30", "does not exist here (the clocks went forward)"),
+        ("2026-10-25 02:30", "occurs twice here (the clocks went back)"),
+    ],
+)
+def test_cli_log_set_started_refuses_a_local_time_the_clock_change_skips_or_repeats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, typed: str, why: str
+) -> None:
+    """In Berlin 02:30 on the last Sunday of March never happens and on the last Sunday of
+    October happens twice: it was moved an hour back, or the first picked, without a word."""
+    import time
+
+    from settle.cli import app
+
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as store:
+        sid = store.create_session("dev", T0_MS, "x", {}).id
+        store.finish_session(sid, T0_MS + 60_000)
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        args = ["log", "set", sid, "--db", str(db), "--started"]
+        res = CliRunner().invoke(app, [*args, typed])
+        again = CliRunner().invoke(app, [*args, typed.replace(" ", "T") + "+01:00"])
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert res.exit_code == 2 and why in res.output and "give it with its offset" in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    assert again.exit_code == 0, again.output  # with its offset it is one instant
+    with SessionStore.open(db) as store:
+        assert store.get(sid).started_ms == round(
+            dt.datetime.fromisoformat(typed.replace(" ", "T") + "+01:00").timestamp() * 1000
+        )
 
 
 def _compressed_replay(db: Path) -> str:
@@ -504,6 +551,9 @@ def test_cli_log_set_is_all_or_nothing_and_checks_the_baseline(tmp_path: Path) -
         ("0:inf", "expected START:STOP"),
         ("30", "expected START:STOP"),
         ("0:99999", "past the end of session"),
+        # Shorter than a baseline marked live may be (15 s): it was kept and rescored the
+        # whole report against 3 samples.
+        ("100:110", "10 s is too short (at least 15 s"),
     ]:
         res = runner.invoke(app, [*args, "--notes", "should not stay", "--baseline", bad])
         assert res.exit_code == 2, (bad, res.output)
