@@ -248,7 +248,20 @@ def _json_bytes(obj: object) -> bytes:
     return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def _not_a_dataset(root: Path) -> str | None:
+def not_a_dataset_why(root: Path) -> str | None:
+    """Why ``root`` (an existing directory) should not become this export's dataset root
+    (one line), or None (see :func:`not_a_dataset`)."""
+    stray = not_a_dataset(root)
+    if stray is None:
+        return None
+    return (
+        f"not a BIDS dataset (no dataset_description.json) and it holds other files "
+        f"({stray!r}…): the export would make it a dataset's root, which the BIDS validator "
+        f"then refuses; give an empty or new directory (e.g. {root / 'bids'})"
+    )
+
+
+def not_a_dataset(root: Path) -> str | None:
     """The name of an entry that makes ``root`` (an existing directory) a poor dataset root:
     one that is not a dataset yet (no ``dataset_description.json``) and holds something
     other than what this export writes, hidden entries aside; None if it is fine."""
@@ -258,10 +271,16 @@ def _not_a_dataset(root: Path) -> str | None:
         names = sorted(p.name for p in root.iterdir())
     except OSError:
         return None  # the export itself says why it cannot write there
-    return next(
-        (n for n in names if not n.startswith((".", "sub-")) and n not in ("README", "README.md")),
-        None,
-    )
+    return next((n for n in names if not n.startswith((".", "sub-")) and n not in _BIDS_TOP), None)
+
+
+_BIDS_TOP = frozenset(
+    {"README", "README.md", "README.txt", "README.rst", "CHANGES", "LICENSE", "CITATION.cff",
+     "participants.tsv", "participants.json", "samples.tsv", "samples.json", "genetic_info.json",
+     "code", "derivatives", "sourcedata", "stimuli", "phenotype"}
+)  # fmt: skip
+"""What a BIDS dataset's root may hold besides ``dataset_description.json`` and ``sub-*``:
+a folder of only these is a dataset being started, not a folder of other files."""
 
 
 def export_bids(
@@ -298,13 +317,8 @@ def export_bids(
         why = strap_conflict(root, subject, session_id, rec.info.device_id)
         if why is not None and not other_strap_ok:
             raise ExportError(root, why)
-        if (stray := _not_a_dataset(root)) is not None:
-            raise ExportError(
-                root,
-                f"not a BIDS dataset (no dataset_description.json) and it holds other files "
-                f"({stray!r}…): the export would make it a dataset's root, which the BIDS "
-                f"validator then refuses; give an empty or new directory (e.g. {root / 'bids'})",
-            )
+        if (why := not_a_dataset_why(root)) is not None:
+            raise ExportError(root, why)
     final = root / sub / ses
     try:
         root.mkdir(mode=0o700, exist_ok=True)

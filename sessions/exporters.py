@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from sessions.export import export_csv
-from sessions.export_bids import bids_label, export_bids, strap_conflict
+from sessions.export_bids import bids_label, export_bids, not_a_dataset_why, strap_conflict
 from sessions.export_edf import export_edf
 from sessions.export_json import export_json
 from sessions.export_kubios import RrSource, export_kubios
@@ -93,6 +93,8 @@ def export_session(
                 why = strap_conflict(out, bids_label(subject, "subject"), session_id, device)
                 if why is not None:
                     raise ExportRefused(out, why)
+            if out.is_dir() and (why := not_a_dataset_why(out)) is not None:
+                raise ExportRefused(out, why)  # a problem of the command line, as the above
             continue
         suffixes = SUFFIXES[fmt]
         if path == out and not out.name.lower().endswith(suffixes):

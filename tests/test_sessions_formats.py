@@ -640,7 +640,7 @@ def test_bids_is_not_made_into_a_folder_of_other_files(store: SessionStore, tmp_
         assert res.exit_code == 0, res.output
     before = sorted(p.name for p in exp.iterdir())
     res = runner.invoke(app, ["export", sid, "--format", "bids", "--out", str(exp), "--db", db])
-    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
     assert "not a BIDS dataset (no dataset_description.json) and it holds other files" in res.output
     assert f"(e.g. {exp / 'bids'})" in res.output
     assert sorted(p.name for p in exp.iterdir()) == before
@@ -650,6 +650,13 @@ def test_bids_is_not_made_into_a_folder_of_other_files(store: SessionStore, tmp_
         )
         assert res.exit_code == 0, res.output
     assert (exp / "bids" / "dataset_description.json").is_file()
+    # A dataset being started by hand (files BIDS allows at its root) is not refused.
+    started = tmp_path / "started"
+    started.mkdir()
+    for name in ("README.txt", "participants.tsv", ".bidsignore"):
+        (started / name).write_text("x\n")
+    res = runner.invoke(app, ["export", sid, "--format", "bids", "--out", str(started), "--db", db])
+    assert res.exit_code == 0, res.output
 
 
 def test_kubios_clock_times_carry_into_the_minute(store: SessionStore, tmp_path: Path) -> None:
