@@ -1640,14 +1640,20 @@ class SessionStore:
                 " ORDER BY id LIMIT 6",
                 (len(ref), ref),
             ).fetchall()
-            by_suffix = not rows and "-" not in ref
+            by_suffix = len(rows) != 1 and "-" not in ref
             if by_suffix:
-                # The part after the (last) dash, whole: ids are <start second>-<4 hex>.
-                rows = conn.execute(
+                # The part after the (last) dash, whole: ids are <start second>-<4 hex>. Also
+                # when the text starts several ids: a suffix of digits only (``2026``) reads
+                # as the start of every id of that year.
+                suffixed = conn.execute(
                     f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE substr(id, -?) = ?"
                     " ORDER BY id LIMIT 6",
                     (len(ref) + 1, "-" + ref),
                 ).fetchall()
+                if not rows or len(suffixed) == 1:
+                    rows = suffixed
+                else:
+                    by_suffix = False
         if not rows:
             raise SessionNotFound(ref)
         if len(rows) > 1:

@@ -224,7 +224,7 @@ def test_resolve_a_group_practices_sessions_by_their_suffix(
     the dash (20261128T043736-2cd8): `settle export 2cd8` said "no session matches"."""
     import secrets
 
-    suffixes = iter(["2cd8", "0aa1", "2cd8"])
+    suffixes = iter(["2cd8", "0aa1", "2cd8", "2026"])
     monkeypatch.setattr(secrets, "token_hex", lambda n: next(suffixes))
     anna = new_session(store, T0_MS, "polar_h10_anna")
     ben = new_session(store, T0_MS + 20, "polar_h10_ben")
@@ -240,6 +240,10 @@ def test_resolve_a_group_practices_sessions_by_their_suffix(
     assert not isinstance(err.value, SessionNotFound)
     assert anna.id in str(err.value) and later.id in str(err.value)
     assert ben.id not in str(err.value)
+    # A suffix of digits only also starts every id of that year: the one suffix wins.
+    digits = new_session(store, T0_MS + 40, "polar_h10_cleo")
+    assert digits.id.startswith("2026") and digits.id.endswith("-2026")
+    assert store.resolve("2026") == digits
 
 
 def test_latest_is_the_session_made_last_even_when_the_clock_dated_it_earlier(
