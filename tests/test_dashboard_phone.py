@@ -219,6 +219,29 @@ async def test_one_tap_on_stop_does_not_end_the_session_confirming_does(tmp_path
         assert not errors, errors
 
 
+async def test_confirming_a_stop_never_ends_a_session_started_meanwhile(tmp_path: Path) -> None:
+    """The question is about the session running when it was asked: one started meanwhile
+    (by MQTT, another tab) was the one a late "Stop the session" ended."""
+    async with _phone(tmp_path) as (page, base, strap, _store, errors):
+        await _open(page, base + "control")
+        await page.touchscreen.tap(*await _centre(page, "#stop"))
+        await page.locator("#confirm-end").wait_for(state="visible", timeout=5_000)
+        strap.hub.publish(
+            f"settle/{DEV}/session",
+            json.dumps({"v": 1, "id": SID[:-4] + "beef", "state": "running",
+                        "baseline": "pending", "intention": None}),
+            retain=True,
+        )  # fmt: skip
+        await page.wait_for_function(
+            "(d => d && d.session && d.session.id.endsWith('beef'))"
+            "(window.__settle.perDev[window.__settle.device])"
+        )
+        await page.touchscreen.tap(*await _centre(page, "#confirm-yes"))
+        await _said(page, "The running session changed while you were asked: nothing was stopped")
+        assert strap.sent == [], strap.sent
+        assert not errors, errors
+
+
 @pytest.mark.timeout(60)
 async def test_marker_keys_work_after_the_pacer_controls_not_in_text_fields(
     tmp_path: Path,

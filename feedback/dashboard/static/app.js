@@ -626,12 +626,18 @@ async function sessionCommand(button, name, body, done) {
 // focus is on keeping it: one mis-tap (the buttons sit just above the markers on a phone)
 // ended the practice. Keyboard: Tab to the stop button, Enter; Escape keeps the session.
 let confirmAction = null;
+let confirmFor = null;  // the running session the question is about (strap, session id)
+function runningId() {
+  const d = S.device ? dev(S.device) : null;
+  return d && d.session && d.session.state === "running" ? `${S.device}/${d.session.id}` : null;
+}
 function confirmEnd(question, more, yes, action) {
   const dlg = $("confirm-end");
   $("confirm-end-q").firstChild.textContent = question;
   text("confirm-end-more", more);
   text("confirm-yes", yes);
   confirmAction = action;
+  confirmFor = runningId();
   if (!dlg.open) dlg.showModal();
   $("confirm-keep").focus();
 }
@@ -639,8 +645,14 @@ $("confirm-keep").addEventListener("click", () => $("confirm-end").close());
 $("confirm-yes").addEventListener("click", (e) => {
   // The second tap of a double tap (detail 2) on Stop is no answer: it lands here.
   if (e.detail > 1) return;
-  const act = confirmAction;
+  const act = confirmAction, asked = confirmFor;
   $("confirm-end").close();
+  // A session started elsewhere (MQTT, another tab, another strap picked) while the question
+  // was open is not the one the answer was about: it would have been the one stopped.
+  if (act && runningId() !== asked) {
+    say("The running session changed while you were asked: nothing was stopped", "warn");
+    return;
+  }
   if (act) act();
 });
 $("confirm-end").addEventListener("close", () => { confirmAction = null; });
