@@ -167,6 +167,9 @@ class MqttLink:
         """How long :meth:`aclose` tries to reach a broker that is away, to leave the final
         retained state there (0: don't try)."""
         self._closing = False
+        self._stopping = False
+        """Set by :meth:`aclose` before it cancels the connection task; see
+        :meth:`_raise_if_stopping`."""
         self._retry_now = asyncio.Event()
         self._watch_tasks: set[asyncio.Task[Any]] = set()
         self._queue: collections.deque[Outgoing] = collections.deque()
@@ -302,6 +305,7 @@ class MqttLink:
                 async with asyncio.timeout(drain_timeout_s):
                     await self._idle.wait()
                     await client.publish(self.state_topic, b"offline", qos=1, retain=True)
+        self._stopping = True
         task.cancel()
         for t in list(self._watch_tasks):
             t.cancel()
@@ -310,9 +314,18 @@ class MqttLink:
 
     # -- internals ----------------------------------------------------------------------
 
+    def _raise_if_stopping(self) -> None:
+        """Raise the cancellation the client swallowed. Python 3.11's ``asyncio.wait_for``
+        (under aiomqtt's connect, publish and subscribe) returns its result instead of raising
+        when the awaited acknowledgement arrived in the same step as the cancel: a stop while
+        the link was connecting then left it connected and :meth:`aclose` waiting forever."""
+        if self._stopping:
+            raise asyncio.CancelledError
+
     async def _run(self) -> None:
         attempt = 0
         while True:
+            self._raise_if_stopping()
             was_connected = False
             try:
                 await self._session()
@@ -351,6 +364,7 @@ class MqttLink:
             max_inflight_messages=self.max_inflight,
             logger=paho_log,
         ) as client:
+            self._raise_if_stopping()  # nothing published yet: leave nothing behind
             # Up to max_inflight publishes wait for their acknowledgement on purpose.
             client.pending_calls_threshold = self.max_inflight + 16
             self._client = client
@@ -390,6 +404,9 @@ class MqttLink:
             while i < len(self._watches):
                 await client.subscribe(self._watches[i][0], qos=1)
                 i += 1
+            if self._stopping:  # a lost cancellation: undo the "online" sent above first
+                await client.publish(self.state_topic, b"offline", qos=1, retain=True)
+                self._raise_if_stopping()
             self._connected.set()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._pump(client, tg), name="mqtt-pump")

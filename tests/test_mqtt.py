@@ -553,6 +553,59 @@ async def test_stop_while_the_broker_is_away_leaves_offline_not_online(
     assert await retained(mosquitto.host, mosquitto.port, "settle/bridge/state") == b"offline"
 
 
+@pytest.mark.parametrize("lost_in", ["connect", "online"])
+async def test_a_stop_the_client_loses_while_connecting_still_stops(
+    mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch, lost_in: str
+) -> None:
+    """Python 3.11's ``asyncio.wait_for`` (under aiomqtt's connect and publish) returns
+    instead of raising when the broker's answer arrives in the same step as the cancel. A
+    SIGTERM at that moment, while the daemon was connecting, left the link running and
+    ``settle run`` waiting forever. Here the client loses the cancellation on purpose, once,
+    where the race would: after the CONNACK, or after the PUBACK of ``online``. The link
+    must still stop, and leave no ``online`` behind on the broker."""
+    lost: list[str] = []
+    reached = asyncio.Event()
+
+    async def lose_one_cancel() -> None:
+        reached.set()
+        try:
+            await asyncio.sleep(30)  # the stop lands here
+        except asyncio.CancelledError:
+            lost.append(lost_in)  # swallowed, as 3.11's wait_for does in that race
+
+    real_enter, real_publish = aiomqtt.Client.__aenter__, aiomqtt.Client.publish
+
+    async def enter(self: aiomqtt.Client) -> aiomqtt.Client:
+        client = await real_enter(self)
+        if lost_in == "connect" and not lost:
+            await lose_one_cancel()
+        return client
+
+    async def publish(
+        self: aiomqtt.Client, topic: str, payload: Any = None, *a: Any, **kw: Any
+    ) -> None:
+        await real_publish(self, topic, payload, *a, **kw)
+        if lost_in == "online" and payload == b"online" and not lost:
+            await lose_one_cancel()
+
+    monkeypatch.setattr(aiomqtt.Client, "__aenter__", enter)
+    monkeypatch.setattr(aiomqtt.Client, "publish", publish)
+    link = MqttLink("127.0.0.1", mosquitto.port, shutdown_reconnect_s=0)
+    link.publish("settle/d/status", b"streaming", qos=1, retain=True)
+    await link.__aenter__()
+    async with asyncio.timeout(10):
+        await reached.wait()
+    closing = asyncio.create_task(link.aclose())
+    await asyncio.wait({closing}, timeout=15)  # not a timeout around it: that cancel would end it
+    stopped = closing.done()
+    closing.cancel()  # before the fix: still waiting
+    assert stopped, "the link never stopped"
+    assert lost == [lost_in]
+    assert not link.connected
+    state = await retained(mosquitto.host, mosquitto.port, "settle/bridge/state", wait_s=1.0)
+    assert state in (None, b"offline")
+
+
 async def test_mark_with_a_strap_but_no_session_says_which_case(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
