@@ -145,6 +145,9 @@ TH_FLOOR_MS = 20.0
 """Smallest threshold, ms: keeps a perfectly regular series (QD = 0) from flagging every beat."""
 
 _NAN = math.nan
+_MED_SIZE = MEDIAN_BACK + 1 + LOOKAHEAD_BEATS
+_insort = bisect.insort
+_bisect_left = bisect.bisect_left
 _CODE = {c: i for i, c in enumerate(BEAT_CLASSES)}
 
 
@@ -210,14 +213,6 @@ class CorrectedSeries:
     def classes(self) -> list[BeatClass]:
         """Class names per row."""
         return [BEAT_CLASSES[int(c)] for c in self.code]
-
-
-def _qd(sorted_vals: list[float] | npt.NDArray[np.float64]) -> float:
-    n = len(sorted_vals)
-    if n == 0:
-        return _NAN
-    k1 = (n - 1) // 4
-    return 0.5 * (float(sorted_vals[n - 1 - k1]) - float(sorted_vals[k1]))
 
 
 def _lower_median(sorted_vals: list[float] | npt.NDArray[np.float64]) -> float:
@@ -360,7 +355,10 @@ def _decide(
 
 
 class _Features:
-    """Incremental med/th1/th2 windows (the streaming twin of :func:`_batch_features`)."""
+    """The sorted windows behind med, th1 and th2 (each a deque in arrival order and the same
+    values kept sorted). :meth:`ArtefactCorrector._push_rows` feeds the median window and
+    :meth:`ArtefactCorrector._decide_next` reads all three, inline: the hottest code of an
+    offline analysis (a method call per beat cost a fifth of the correction's time)."""
 
     __slots__ = ("_adrr", "_adrr_q", "_ams", "_ams_q", "_med", "_med_q")
 
@@ -372,38 +370,23 @@ class _Features:
         self._med: list[float] = []
         self._med_q: collections.deque[float] = collections.deque()
 
-    @staticmethod
-    def _push(s: list[float], q: collections.deque[float], x: float, size: int) -> None:
-        q.append(x)
-        if x == x:
-            bisect.insort(s, x)
-        if len(q) > size:
-            old = q.popleft()
-            if old == old:
-                del s[bisect.bisect_left(s, old)]
-
-    def push_rr(self, rr: float) -> None:
-        """Add a raw RR to the median window (which spans beats i−7 .. i+3)."""
-        self._push(self._med, self._med_q, rr, MEDIAN_BACK + 1 + LOOKAHEAD_BEATS)
-
     def pop_front_median(self) -> None:
         """Shrink the median window from the front (end of stream: no beats ahead)."""
         old = self._med_q.popleft()
         del self._med[bisect.bisect_left(self._med, old)]
 
-    def median(self) -> float:
-        return _lower_median(self._med)
-
-    def thresholds(self) -> tuple[float, float]:
-        """(th1, th2) from the corrected history, ms (floored)."""
-        th1 = max(ALPHA * _qd(self._adrr), TH_FLOOR_MS) if self._adrr else _NAN
-        th2 = max(ALPHA * _qd(self._ams), TH_FLOOR_MS) if self._ams else _NAN
-        return th1, th2
-
     def push_corrected(self, adrr: float, ams: float) -> None:
-        """Add one corrected beat's |dRR| and |mRRs| to the quartile windows."""
-        self._push(self._adrr, self._adrr_q, adrr, QD_WINDOW)
-        self._push(self._ams, self._ams_q, ams, QD_WINDOW)
+        """Add one corrected beat's |dRR| and |mRRs| (both finite) to the quartile windows."""
+        q, s = self._adrr_q, self._adrr
+        q.append(adrr)
+        _insort(s, adrr)
+        if len(q) > QD_WINDOW:
+            del s[_bisect_left(s, q.popleft())]
+        q, s = self._ams_q, self._ams
+        q.append(ams)
+        _insort(s, ams)
+        if len(q) > QD_WINDOW:
+            del s[_bisect_left(s, q.popleft())]
 
 
 def _startup_thresholds(med: float) -> tuple[float, float]:
@@ -462,11 +445,21 @@ class ArtefactCorrector:
 
     def _push_rows(self, t_s: float, rr: float, out: list[_Row]) -> None:
         # push() without the ProcessedBeat objects, for correct_rr (it collects plain rows).
+        # The median window spans beats i−7 .. i+3 (see _Features).
         self._rr.append(rr)
         self._t.append(t_s)
-        self._feat.push_rr(rr)
-        self._n += 1
-        if self._n - self._next > LOOKAHEAD_BEATS:
+        feat = self._feat
+        q = feat._med_q
+        q.append(rr)
+        if rr == rr:
+            _insort(feat._med, rr)
+        if len(q) > _MED_SIZE:
+            old = q.popleft()
+            if old == old:
+                med = feat._med
+                del med[_bisect_left(med, old)]
+        n = self._n = self._n + 1
+        if n - self._next > LOOKAHEAD_BEATS:
             self._decide_next(out)
 
     def _flush_rows(self, out: list[_Row]) -> None:
@@ -488,14 +481,27 @@ class ArtefactCorrector:
         r0 = rr[k]
         r1 = rr[k + 1] if k + 1 < n else _NAN
         feat = self._feat
-        med = feat.median()
+        sm = feat._med
+        med = sm[(len(sm) - 1) >> 1]  # the lower median
         if self._skip:
             self._skip = False
         else:
-            th1, th2 = feat.thresholds()
-            if th1 != th1 or len(feat._adrr_q) < MIN_HISTORY:
+            sa = feat._adrr
+            if len(feat._adrr_q) < MIN_HISTORY or not sa:
                 # Too little corrected history for thresholds: use the raw look-ahead ones.
                 th1, th2 = _startup_thresholds(med)
+            else:  # ALPHA × the quartile deviation of the corrected history, floored
+                n_q = len(sa)
+                k1 = (n_q - 1) >> 2
+                th1 = ALPHA * 0.5 * (sa[n_q - 1 - k1] - sa[k1])
+                if th1 < TH_FLOOR_MS:
+                    th1 = TH_FLOOR_MS
+                sb = feat._ams
+                n_q = len(sb)
+                k1 = (n_q - 1) >> 2
+                th2 = ALPHA * 0.5 * (sb[n_q - 1 - k1] - sb[k1])
+                if th2 < TH_FLOOR_MS:
+                    th2 = TH_FLOOR_MS
             p = self._p
             prev = p if p == p else rm1 if rm1 == rm1 else med
             ms = r0 - med
@@ -533,17 +539,21 @@ class ArtefactCorrector:
                 # widen the thresholds meant to catch them until frequent ectopy passes as sinus.
                 feat.push_corrected(abs(r0 - p), abs(2.0 * ms if ms < 0.0 else ms))
             out.extend(rows)
+            hist = self._hist
             for row in rows:
                 c = row[2]
                 if c == c:
                     self._pp, self._p = self._p, c
-                    self._hist.append(c)
+                    hist.append(c)
             self._skip = took
-        self._next += 1
-        while self._next - self._base > 2:
-            rr.popleft()
-            tt.popleft()
-            self._base += 1
+        self._next = i = i + 1
+        if i - self._base > 2:
+            base = self._base
+            while i - base > 2:
+                rr.popleft()
+                tt.popleft()
+                base += 1
+            self._base = base
 
 
 def correct_rr(t_s: npt.ArrayLike, rr_ms: npt.ArrayLike) -> CorrectedSeries:
