@@ -522,6 +522,26 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
+def _where_open_file_is(identity: tuple[int, int]) -> str | None:
+    """Where the file with ``identity`` (device, inode) that this process holds open is now:
+    its path, ``""`` if it was deleted, None if that cannot be known (no ``/proc``: not
+    Linux). Stats the links in ``/proc/self/fd`` and opens nothing: closing any descriptor of
+    a SQLite file would drop the process's POSIX locks on it."""
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        link = f"/proc/self/fd/{fd}"
+        try:
+            st = os.stat(link)
+            if (st.st_dev, st.st_ino) == identity:
+                return os.readlink(link) if st.st_nlink > 0 else ""
+        except OSError:
+            continue
+    return None
+
+
 def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
     # Not executescript(): it COMMITs first, which would split the migration and the
     # user_version bump into separate transactions.
@@ -982,40 +1002,69 @@ class SessionStore:
         """The store's file."""
         return self._path
 
-    def copy_to(self, path: Path) -> None:
-        """Write the whole store, as this connection sees it, into the new file ``path``
-        (mode 0600, its directory created 0700; it must not exist): ``VACUUM INTO``. It
-        reads a store file deleted under the open connection too, which is how
-        :meth:`replaced` data is recovered. :class:`StoreError` if it cannot."""
-        path = Path(path)
+    def _copy_locked(self, path: Path) -> None:
+        """``VACUUM INTO`` the new file ``path`` (mode 0600, its directory created 0700; it
+        must not exist), with :attr:`_lock` held. It reads a store file deleted or moved under
+        the open connection too. :class:`StoreError` if it cannot."""
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except OSError as exc:
             raise StoreError(f"{path}: cannot create a copy of the store: {exc.strerror}") from exc
+        try:
+            if self._conn is None:
+                raise StoreError(f"{self._path}: session store is closed")
+            self._conn.execute("VACUUM INTO ?", (str(path),))
+        except (sqlite3.Error, StoreError) as exc:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"{path}: cannot copy the store: {exc}") from exc
+
+    def recover_to(self, path: Path) -> None:
+        """After :meth:`replaced` said the file opened is no longer at :attr:`path`: copy the
+        whole store, as this connection still sees it, into the new file ``path`` (mode
+        0600; it must not exist) and go on there. This object moves, so everything holding it (the
+        beat writer, the dashboard) reads and writes the copy from now on.
+
+        First the connection's WAL is checkpointed into the file it opened: a store moved
+        away while open (``mv settle.db archive/``: its -wal and -shm files stay behind) is
+        then whole where it went. Then that connection is closed before the copy is opened:
+        two databases on one -wal/-shm pair corrupt each other. :class:`StoreError` if the
+        copy cannot be made (this object is unchanged) or opened (it is closed)."""
+        path = Path(path)
         with self._lock:
-            try:
-                if self._conn is None:
-                    raise StoreError(f"{self._path}: session store is closed")
-                self._conn.execute("VACUUM INTO ?", (str(path),))
-            except (sqlite3.Error, StoreError) as exc:
-                with contextlib.suppress(OSError):
-                    path.unlink()
-                if isinstance(exc, StoreError):
-                    raise
-                raise StoreError(f"{path}: cannot copy the store: {exc}") from exc
+            conn = self._conn
+            if conn is None:
+                raise StoreError(f"{self._path}: session store is closed")
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._copy_locked(path)
+            conn.close()
+            self._conn = None
+            fresh = SessionStore.open(path)
+            self._conn, fresh._conn = fresh._conn, None
+            self._path, self._identity = path, fresh._identity
+            self._side_files = []
 
     def replaced(self) -> str | None:
-        """Why writes no longer reach the file at :attr:`path` — ``"was deleted"`` or ``"was
-        replaced by another file"`` since it was opened (SQLite goes on writing into the
-        unlinked file, and everything written is lost when the process ends); None while it
-        is the file opened. A ``stat``, cheap enough for every flush."""
+        """Why writes no longer reach the file at :attr:`path` — ``"was deleted"``, ``"was
+        moved to …"`` (Linux names where; elsewhere ``"was deleted or moved away"``) or ``"was
+        replaced by another file"`` since it was opened (SQLite goes on writing into the file
+        it opened, and everything written is lost to the store at :attr:`path`); None while
+        it is the file opened. A ``stat``, cheap enough for every flush."""
         if self._identity is None:
             return None
         now = _file_identity(self._path)
-        if now is None:
-            return "was deleted"
-        return None if now == self._identity else "was replaced by another file"
+        if now == self._identity:
+            return None
+        if now is not None:
+            return "was replaced by another file"
+        where = _where_open_file_is(self._identity)
+        if where is None:
+            return "was deleted or moved away"
+        return f"was moved to {where}" if where else "was deleted"
 
     def damage(self) -> str | None:
         """What ``PRAGMA quick_check`` finds wrong with the file, or None (:func:`damage_of`).

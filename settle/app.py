@@ -163,8 +163,8 @@ async def serve(
             moved = daemon.recovered_store
             if moved is not None:
                 out.print(
-                    "The session store file was deleted while recording: everything it held "
-                    f"is recovered into {moved}.",
+                    f"The session store file {daemon.recovered_because} while recording: "
+                    f"everything it held is recovered into {moved}.",
                     markup=False,
                 )
             for p in daemon.finished:

@@ -170,8 +170,10 @@ class Daemon:
     finished: list[StrapPipeline] = field(default_factory=list)
     """Sessions closed during this run, in order."""
     recovered_store: Path | None = None
-    """Where the store was recovered to when its file was deleted while recording (this
-    run's :attr:`store` then is that copy, closed at the end of :meth:`run`)."""
+    """Where the store was recovered to when its file was deleted or moved away while
+    recording (:meth:`SessionStore.recover_to`: :attr:`store` itself moved there)."""
+    recovered_because: str = ""
+    """Why, as :meth:`SessionStore.replaced` said it (``"was moved to …"``)."""
     rescued: dict[str, Path | None] = field(default_factory=dict)
     """Sessions whose last beats the store would not take when the daemon stopped: the
     rescue file they were written to (None: none could be written)."""
@@ -382,8 +384,6 @@ class Daemon:
             writer_task.cancel()
             status_task.cancel()
         await self.writer.flush()
-        if self.recovered_store is not None:  # the copy this run opened
-            self.store.close()
 
     def _set_state(self, rt: StrapRuntime, state: ConnectionState) -> None:
         rt.state = state
@@ -760,14 +760,13 @@ class Daemon:
             stamp = time.strftime("%Y%m%dT%H%M%S")
             target = old.with_name(f"{old.stem}.recovered-{stamp}{old.suffix}")
         try:
-            await asyncio.to_thread(self.store.copy_to, target)
-            recovered = await asyncio.to_thread(SessionStore.open, target)
+            await asyncio.to_thread(self.store.recover_to, target)  # the writer's store too
         except SettleError as exc:
             log.error("the session store file %s while recording and could not be "
                       "recovered (%s)", gone, exc)  # fmt: skip
             return
-        self.store = self.writer.store = recovered
         self.recovered_store = target
+        self.recovered_because = gone
         await self.writer.flush()
         log.error(
             "the session store file %s while recording; everything it held (earlier sessions "

@@ -465,6 +465,51 @@ async def test_store_file_deleted_while_recording_is_an_error_and_nothing_is_los
     assert f"is recovered into {db}" in errors[-1], errors
 
 
+async def test_store_file_moved_while_recording_says_moved_and_loses_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`mv settle.db archive/` while a session records (its -wal and -shm files stay where
+    they were). The daemon said the file "was deleted"; the moved file lacked what was still
+    in the WAL (a store holding nothing, or not the last session); and the recovered copy
+    opened a second database on the old connection's -wal/-shm pair. Now it says where the
+    file went, that file is whole, and every session and beat is in the store recovered at
+    the configured path."""
+    db = tmp_path / "s.db"
+    away = tmp_path / "archive" / "s.db"
+    away.parent.mkdir()
+    with SessionStore.open(db) as earlier:
+        before = earlier.create_session("dev_0", 1_700_000_000_000, "x", {}).id
+        earlier.finish_session(before, 1_700_000_060_000)
+    caplog.set_level(logging.INFO)
+    async with model_daemon(db, seed=6) as (daemon, task, _strap):
+        rt = daemon.runtimes[0]
+        await until(lambda: rt.session is not None and rt.session.seq > 30)
+        await asyncio.to_thread(os.rename, db, away)
+        await until(lambda: daemon.writer.failing)
+        seq = rt.session.seq  # type: ignore[union-attr]
+        await until(lambda: rt.session is not None and rt.session.seq > seq + 20)
+        daemon.stop()
+        await asyncio.wait_for(task, 20)
+    (pipeline,) = daemon.finished
+    assert daemon.recovered_store == db and daemon.rescued == {}
+    with SessionStore.open(db) as back:
+        assert back.damage() is None
+        assert {s.id for s in back.list_sessions()} == {before, pipeline.session_id}
+        every = back.beats(pipeline.session_id)
+        assert [b.seq for b in every] == list(range(pipeline.seq))
+        assert back.get(pipeline.session_id).state == SessionState.STOPPED
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    said = f"{db}: the session store file was moved to {away} while recording"
+    assert said in errors[0], errors
+    assert f"is recovered into {db}" in errors[-1], errors
+    with SessionStore.open(away) as moved:  # whole where it went: its WAL stayed behind
+        assert moved.damage() is None
+        assert {s.id for s in moved.list_sessions()} == {before, pipeline.session_id}
+        kept = moved.beats(pipeline.session_id)  # what was stored before the move
+        assert kept
+        assert [(b.seq, b.rr_raw) for b in kept] == [(b.seq, b.rr_raw) for b in every[: len(kept)]]
+
+
 async def test_a_failing_analysis_does_not_end_the_recording(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
