@@ -184,6 +184,14 @@ def demo(
     straps: Annotated[
         int, typer.Option(help="Number of virtual straps (group practice).", min=1, max=100)
     ] = 1,
+    ecg: Annotated[
+        bool | None,
+        typer.Option(
+            "--ecg/--no-ecg",
+            help="The virtual strap also streams a synthetic raw ECG, as a Polar H10 does "
+            "(default: demo.ecg).",
+        ),
+    ] = None,
     mqtt: MqttOpt = None,
     no_mqtt: NoMqttOpt = False,
     http: HttpOpt = None,
@@ -200,7 +208,7 @@ def demo(
         db=db,
         http=http,
         no_http=no_http,
-        demo={"speed": speed, "replay": replay, "seed": seed},
+        demo={"speed": speed, "replay": replay, "seed": seed, "ecg": ecg},
     )
     _check_broker_options(settings)
     if settings.demo.replay is not None:
@@ -221,7 +229,7 @@ async def _demo(
 
     d = settings.demo
     async with virtual_world(
-        replay=d.replay, speed=d.speed, seed=d.seed, n_straps=n_straps
+        replay=d.replay, speed=d.speed, seed=d.seed, n_straps=n_straps, ecg=d.ecg
     ) as world:
         names = ", ".join(s.name for s in world.straps)
         what = f"replay of {d.replay.name}" if d.replay else f"physiological model, seed {d.seed}"

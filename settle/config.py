@@ -262,6 +262,9 @@ class DemoConfig(_Section):
     replay: Path | None = None
     """RR file to replay; empty: the physiological model."""
     seed: int = 1
+    ecg: bool = False
+    """Give the virtual strap Polar's PMD service, streaming a synthetic ECG that beats with
+    its RR intervals (recorded as a Polar H10's raw ECG is)."""
 
     @field_validator("replay", mode="before")
     @classmethod

@@ -15,7 +15,9 @@ from typing import Any
 from processing.offline import gaps_in_times
 from sensors.readers import RRRecording, read_rr_file
 from sensors.virtual.air import VirtualAir
+from sensors.virtual.ecg_synth import BeatSchedule, SyntheticEcg
 from sensors.virtual.model import ModelParams, PhysioModel
+from sensors.virtual.pmd import PmdConfig
 from sensors.virtual.strap import Silence, VirtualStrap
 
 
@@ -67,9 +69,11 @@ def rr_source(replay: Path | None, seed: int) -> tuple[Iterable[float], str]:
 
 @contextlib.asynccontextmanager
 async def virtual_world(
-    *, replay: Path | None, speed: float, seed: int, n_straps: int = 1
+    *, replay: Path | None, speed: float, seed: int, n_straps: int = 1, ecg: bool = False
 ) -> AsyncIterator[VirtualWorld]:
-    """Start ``n_straps`` advertising virtual straps; stop them (cleanly) on exit."""
+    """Start ``n_straps`` advertising virtual straps; stop them (cleanly) on exit. With
+    ``ecg``, each also offers Polar's PMD service streaming a synthetic ECG whose R peaks end
+    the very intervals it notifies (:mod:`sensors.virtual.ecg_synth`)."""
     async with VirtualAir() as air:
         straps: list[VirtualStrap] = []
         label = ""
@@ -77,7 +81,12 @@ async def virtual_world(
             for i in range(n_straps):
                 source, label = rr_source(replay, seed + i)
                 name = "Settle Virtual HR" if n_straps == 1 else f"Settle Virtual HR {i + 1}"
-                strap = VirtualStrap(air, source, name=name, speed=speed, keep_sent=False)
+                pmd = None
+                if ecg:
+                    source = BeatSchedule(source)
+                    synth = SyntheticEcg(source, seed=seed + i)
+                    pmd = PmdConfig(ecg_uv=(), live_source=synth.stream_from)
+                strap = VirtualStrap(air, source, name=name, speed=speed, keep_sent=False, pmd=pmd)
                 await strap.start()
                 straps.append(strap)
             yield VirtualWorld(air, straps, label, speed)

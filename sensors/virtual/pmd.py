@@ -38,7 +38,7 @@ import asyncio
 import dataclasses
 import logging
 import math
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from bumble import att, gatt
@@ -96,9 +96,14 @@ class PmdConfig:
     """``(at_s, step_s)`` pairs: the strap's clock is set ``step_s`` forward (negative: back)
     at ``at_s`` of stream time, as when an app sets an H10's time mid-stream; every frame
     whose last sample is at or after ``at_s`` carries the shifted timestamp."""
+    live_source: Callable[[float], Sequence[int]] | None = None
+    """Instead of replaying ``ecg_uv``: called as a stream starts with the strap's simulated
+    time (s since its clock started), it returns what that stream sends (sample ``i`` at that
+    time + ``i / sample_rate_hz``), e.g. a synthetic ECG beating with the strap's RR
+    (:meth:`sensors.virtual.ecg_synth.SyntheticEcg.stream_from`). ``ecg_uv`` may be empty."""
 
     def __post_init__(self) -> None:
-        if not self.ecg_uv:
+        if not self.ecg_uv and self.live_source is None:
             raise ValueError("ecg_uv must not be empty")
         if not self.sample_rate_hz > 0:
             raise ValueError("sample_rate_hz must be > 0")
@@ -145,10 +150,18 @@ class VirtualPmd:
     ``device`` is the strap's bumble Device, ``speed`` its simulated seconds per wall second.
     """
 
-    def __init__(self, device: Device, speed: float, config: PmdConfig) -> None:
+    def __init__(
+        self,
+        device: Device,
+        speed: float,
+        config: PmdConfig,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.config = config
         self._device = device
         self._speed = speed
+        self._clock = clock
+        """The strap's simulated time now, s (for ``config.live_source``)."""
         self._address = device.random_address.to_string(with_type_qualifier=False)
         self.requests: list[bytes] = []
         """Every control-point write received, in order."""
@@ -307,7 +320,11 @@ class VirtualPmd:
         fs = cfg.sample_rate_hz
         speed = self._speed
         connection = stream.connection
-        n_total = len(cfg.ecg_uv)
+        if cfg.live_source is not None:
+            ecg = cfg.live_source(self._clock() if self._clock is not None else 0.0)
+        else:
+            ecg = cfg.ecg_uv
+        n_total = len(ecg)
         per_frame = max(1, ecg_samples_per_frame(connection.att_mtu))
         start = 0
         while stream is self._streams.get(connection):
@@ -319,7 +336,7 @@ class VirtualPmd:
             last = start + len(idx) - 1
             # Sent when the simulated clock reaches the frame's last sample.
             await asyncio.sleep(max(0.0, t0 + last / fs / speed - loop.time()))
-            samples = [int(cfg.ecg_uv[i]) for i in idx]
+            samples = [int(ecg[i]) for i in idx]
             if cfg.unreliable_start_s > 0 and start / fs < cfg.unreliable_start_s:
                 samples = unreliable_start(samples, start, fs, cfg.unreliable_start_s)
             ts = cfg.first_timestamp_ns + round(last * 1e9 / fs)

@@ -158,7 +158,10 @@ class VirtualStrap:
         self._device = air.create_device(name, address)
         self._device.gatt_server.max_mtu = max_mtu
         self._address = self._device.random_address.to_string(with_type_qualifier=False)
-        self.pmd: VirtualPmd | None = VirtualPmd(self._device, speed, pmd) if pmd else None
+        self._origin: float | None = None  # loop time of the simulated clock's start
+        self.pmd: VirtualPmd | None = (
+            VirtualPmd(self._device, speed, pmd, clock=self.simulated_s) if pmd else None
+        )
         """The PMD emulation (requests, replies, unclean disconnects …) when enabled."""
         self._max_centrals = pmd.max_centrals if pmd else 1
 
@@ -396,9 +399,19 @@ class VirtualStrap:
 
     # -- streaming -------------------------------------------------------------------
 
+    def simulated_s(self) -> float:
+        """Simulated seconds since the strap's clock started (at the first subscription to
+        its heart rate, or at this first call): the time its beats and its ECG share."""
+        now = asyncio.get_running_loop().time()
+        if self._origin is None:
+            self._origin = now
+        return (now - self._origin) * self._speed
+
     async def _stream(self) -> None:
         loop = asyncio.get_running_loop()
-        t0 = loop.time()
+        self.simulated_s()  # starts the clock unless the ECG did
+        assert self._origin is not None
+        t0 = self._origin
         rr_iter: Iterator[float] = iter(self._rr_source)
         recent: collections.deque[tuple[float, float]] = collections.deque()  # (beat_ms, rr_ms)
         hr_bpm = 0
