@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import interpolate, signal
 
+from sensors.virtual.ecg_synth import BeatSchedule
 from sensors.virtual.model import (
     ECTOPIC_PREMATURITY,
     RR_MAX_MS,
@@ -19,6 +20,7 @@ from sensors.virtual.model import (
     PhysioModel,
     true_settling_time_s,
 )
+from sensors.virtual.strap import Silence
 
 
 def beats(params: ModelParams, seed: int, n: int) -> list[Beat]:
@@ -188,3 +190,19 @@ def test_duration_ends_the_stream() -> None:
 def test_params_validated(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         ModelParams(**bad)
+
+
+def test_the_ecg_schedule_reads_ahead_without_taking_beats_from_the_strap() -> None:
+    """The synthetic ECG (`settle demo --ecg`) reads R peaks ahead of the heart-rate stream:
+    the strap must still get every interval, silences included, in order; a day-long demo
+    must not keep every beat it ever drew."""
+    rr = [600.0, Silence(3000.0), *([500.0] * 200_000)]
+    sched = BeatSchedule(rr)
+    assert sched.r_peaks_s(0.0, 5.0) == pytest.approx([0.6, 4.1, 4.6])  # no peak in the gap
+    assert [next(sched) for _ in range(4)] == [600.0, 3000.0, 500.0, 500.0]
+    for t in range(10, 90_000, 7):
+        peaks = sched.r_peaks_s(float(t), t + 1.0)
+        assert peaks == pytest.approx([p for p in (t + 0.1, t + 0.6) if p <= t + 1.0])
+    assert len(sched._r_s) < 5000  # a minute behind plus the read-ahead, not 180 000 beats
+    played = sum(1 for _ in sched)
+    assert played == len(rr) - 4  # the rest, every one, after the ECG read them all
