@@ -40,6 +40,7 @@ EVENT_KINDS: tuple[str, ...] = (
     "catching-up",
     "rr-source",
     "clock",
+    "ecg-stopped",
 )
 """Event kinds besides the marker kinds (each is explained in docs/mqtt.md)."""
 

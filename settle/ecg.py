@@ -125,14 +125,20 @@ class EcgRecorder:
                 log.debug("%s: no Polar PMD service; heart rate only", dev)
         except SensorError as exc:
             log.warning("%s: raw ECG stopped (%s); heart rate continues", dev, exc.reason)
-            if rt.session is not None:
-                rt.session.ecg_failed(exc.reason)
+            self._stopped(rt, exc.reason)
         except Exception:
             # The daemon awaits this task when the link closes: a bug here must not take the
             # strap's heart rate, its session and the daemon down with the optional ECG.
             log.exception("%s: raw ECG stopped by an internal error; heart rate continues", dev)
-            if rt.session is not None:
-                rt.session.ecg_failed("internal error")
+            self._stopped(rt, "internal error")
+
+    @staticmethod
+    def _stopped(rt: StrapRuntime, reason: str) -> None:
+        """Tell the session (an ``ecg-stopped`` event: the dashboard, MQTT) — not only the
+        log: a researcher recording an H10 for its ECG saw nothing of it there."""
+        if rt.session is not None:
+            rt.session.event("ecg-stopped", f"raw ECG stopped ({reason}); heart rate continues")
+            rt.session.ecg_failed(reason)
 
     async def _record(self, rt: StrapRuntime, pmd: PmdSession) -> None:
         detector = RPeakDetector()

@@ -361,6 +361,10 @@ async def test_a_bug_in_the_ecg_path_never_stops_the_heart_rate_or_the_daemon(
         await strap.start()
         with SessionStore.open(settings.db_path) as store:
             daemon = Daemon(settings, store, [client_for(air, strap)], time_scale=10.0)
+            events: list[dict[str, Any]] = []
+            daemon.tap = lambda topic, payload, _retain: (
+                events.append(json.loads(payload)) if topic.endswith("/event") else None
+            )
             task = asyncio.create_task(daemon.run())
             await until(lambda: calls[0] >= 8, 40)  # the ECG task has failed
             rt = daemon.runtimes[0]
@@ -381,6 +385,12 @@ async def test_a_bug_in_the_ecg_path_never_stops_the_heart_rate_or_the_daemon(
         if r.levelno == logging.ERROR
     )
     assert strap.pmd is not None and strap.pmd.unclean_disconnects == []  # STOP was sent
+    # Said where the practitioner and MQTT subscribers look, not only in the log.
+    stopped = [e for e in events if e["kind"] == "ecg-stopped"]
+    assert [e["text"] for e in stopped] == [
+        "raw ECG stopped (internal error); heart rate continues"
+    ]
+    assert stopped[0]["session"] == info.id
 
 
 async def test_a_session_started_mid_stream_keeps_the_ecg_from_its_start(
