@@ -269,6 +269,7 @@ class MqttLink:
         return True
 
     async def __aenter__(self) -> MqttLink:
+        self._closing = self._stopping = False  # a link closed before may be entered again
         self._task = asyncio.create_task(self._run(), name=f"mqtt-link {self.host}:{self.port}")
         return self
 

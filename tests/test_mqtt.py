@@ -606,6 +606,17 @@ async def test_a_stop_the_client_loses_while_connecting_still_stops(
     assert state in (None, b"offline")
 
 
+async def test_a_closed_link_entered_again_connects_and_publishes(mosquitto: Mosquitto) -> None:
+    """The stop flag of the first block must not end the second one at once."""
+    link = MqttLink("127.0.0.1", mosquitto.port)
+    for n in (1, 2):
+        async with link:
+            assert await link.wait_connected(10), f"block {n} never connected"
+            link.publish("settle/d/status", f"block {n}".encode(), qos=1, retain=True)
+    assert await retained(mosquitto.host, mosquitto.port, "settle/d/status") == b"block 2"
+    assert link.connects == 2
+
+
 async def test_mark_with_a_strap_but_no_session_says_which_case(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
