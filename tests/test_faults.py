@@ -510,6 +510,41 @@ async def test_store_file_moved_while_recording_says_moved_and_loses_nothing(
         assert [(b.seq, b.rr_raw) for b in kept] == [(b.seq, b.rr_raw) for b in every[: len(kept)]]
 
 
+async def test_store_file_replaced_while_recording_is_recovered_beside_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`mv backup.db settle.db` while a session records: the file now at the path is the
+    user's and stays as it was (undamaged: the old connection's -wal/-shm at that name are
+    closed before anything opens it again); the recording is recovered beside it."""
+    db = tmp_path / "s.db"
+    backup = tmp_path / "backup.db"
+    with SessionStore.open(backup) as other:
+        theirs = other.create_session("dev_9", 1_600_000_000_000, "x", {}).id
+        other.finish_session(theirs, 1_600_000_060_000)
+    caplog.set_level(logging.INFO)
+    async with model_daemon(db, seed=7) as (daemon, task, _strap):
+        rt = daemon.runtimes[0]
+        await until(lambda: rt.session is not None and rt.session.seq > 30)
+        await asyncio.to_thread(os.rename, backup, db)
+        await until(lambda: daemon.writer.failing)
+        seq = rt.session.seq  # type: ignore[union-attr]
+        await until(lambda: rt.session is not None and rt.session.seq > seq + 20)
+        daemon.stop()
+        await asyncio.wait_for(task, 20)
+    (pipeline,) = daemon.finished
+    moved = daemon.recovered_store
+    assert moved is not None and moved.parent == tmp_path and moved.name.startswith("s.recovered-")
+    with SessionStore.open(moved) as back:
+        assert back.damage() is None
+        beats = back.beats(pipeline.session_id)
+        assert [b.seq for b in beats] == list(range(pipeline.seq))
+    with SessionStore.open(db) as restored:  # the user's file, as they put it there
+        assert restored.damage() is None
+        assert [s.id for s in restored.list_sessions()] == [theirs]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "the session store file was replaced by another file while recording" in errors[0]
+
+
 async def test_a_failing_analysis_does_not_end_the_recording(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
