@@ -192,6 +192,7 @@ class Daemon:
         self.rejected = DropCounter("commands", "command", verb="rejected", logger=log)
         """Refused commands, for the log (each also gets its error result)."""
         self.runtimes = [StrapRuntime(i, c) for i, c in enumerate(self.strap_clients)]
+        self._recovering = asyncio.Lock()
 
     @property
     def pipelines(self) -> dict[str, StrapPipeline]:
@@ -358,6 +359,7 @@ class Daemon:
         async with asyncio.TaskGroup() as tg:
             writer_task = tg.create_task(self.writer.run(), name="store-writer")
             status_task = tg.create_task(self._status_loop(), name="status")
+            watch_task = tg.create_task(self._store_watch(), name="store-watch")
             strap_tasks = [
                 tg.create_task(self._run_strap(r), name=f"strap-{r.index}") for r in self.runtimes
             ]
@@ -383,6 +385,7 @@ class Daemon:
             stop_task.cancel()
             writer_task.cancel()
             status_task.cancel()
+            watch_task.cancel()
         await self.writer.flush()
 
     def _set_state(self, rt: StrapRuntime, state: ConnectionState) -> None:
@@ -417,6 +420,18 @@ class Daemon:
         """Every strap's status now (the link calls this after each reconnect)."""
         for rt in self.runtimes:
             self._publish_status(rt)
+
+    async def _store_watch(self) -> None:
+        """Recover the store as soon as its file is found deleted, moved or replaced (not at
+        the stop only): until then the open connection's -wal/-shm files stay at the path's
+        name, where any program opening the path (another Settle command, the dashboard's
+        History workers, a backup put back there) would take them for its own. Tried once;
+        if it fails, the stop tries again and, failing, writes the rescue files."""
+        while True:
+            await asyncio.sleep(self.writer.flush_every_s)
+            if self.writer.failing and self.store.replaced() is not None:
+                await self._recover_store()
+                return
 
     async def _status_loop(self) -> None:
         while True:
@@ -698,9 +713,8 @@ class Daemon:
         if not pipelines:
             return
         await self.writer.flush()
-        gone = self.store.replaced() if final else None
-        if gone is not None:
-            await self._recover_store(gone)
+        if final and self.store.replaced() is not None:
+            await self._recover_store()
         elif final and self.writer.failing:
             deadline = time.monotonic() + STORE_RETRY_AT_STOP_S
             while self.writer.failing and time.monotonic() < deadline:
@@ -749,11 +763,18 @@ class Daemon:
             pipeline.release()
             log.info("session %s stopped (%d beats)", pipeline.session_id, pipeline.seq)
 
-    async def _recover_store(self, gone: str) -> None:
-        """The store file was deleted (or replaced) under the open connection, which still
-        reads it: copy all of it — earlier sessions too — back to the path (or, when another
-        file is there now, beside it), switch to the copy and write the rows kept in memory
-        into it. The caller rescues to a CSV what still cannot be stored."""
+    async def _recover_store(self) -> None:
+        """The store file was deleted, moved or replaced under the open connection, which
+        still reads it: copy all of it — earlier sessions too — back to the path (or, when
+        another file is there now, beside it), switch to the copy and write the rows kept in
+        memory into it. The caller rescues to a CSV what still cannot be stored. One at a
+        time: the watch and the stop may both find the file gone."""
+        async with self._recovering:
+            gone = self.store.replaced()
+            if gone is not None:
+                await self._recover_locked(gone)
+
+    async def _recover_locked(self, gone: str) -> None:
         old = self.store.path
         target = old
         if await asyncio.to_thread(os.path.lexists, old):
@@ -770,7 +791,8 @@ class Daemon:
         await self.writer.flush()
         log.error(
             "the session store file %s while recording; everything it held (earlier sessions "
-            "too) is recovered into %s", gone, target,
+            "too) is recovered into %s%s", gone, target,
+            "" if self._stopping else ", and recording goes on there",
         )  # fmt: skip
 
     def _store_finished(

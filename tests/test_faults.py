@@ -447,7 +447,7 @@ async def test_store_file_deleted_while_recording_is_an_error_and_nothing_is_los
         await until(lambda: rt.session is not None and rt.session.seq > 30)
         for suffix in ("", "-wal", "-shm"):
             await asyncio.to_thread(Path(f"{db}{suffix}").unlink, missing_ok=True)
-        await until(lambda: daemon.writer.failing)
+        await until(lambda: daemon.recovered_store is not None)  # at once, not at the stop
         seq = rt.session.seq  # type: ignore[union-attr]
         await until(lambda: rt.session is not None and rt.session.seq > seq + 20)
         daemon.stop()
@@ -485,7 +485,7 @@ async def test_store_file_moved_while_recording_says_moved_and_loses_nothing(
         rt = daemon.runtimes[0]
         await until(lambda: rt.session is not None and rt.session.seq > 30)
         await asyncio.to_thread(os.rename, db, away)
-        await until(lambda: daemon.writer.failing)
+        await until(lambda: daemon.recovered_store is not None)  # at once, not at the stop
         seq = rt.session.seq  # type: ignore[union-attr]
         await until(lambda: rt.session is not None and rt.session.seq > seq + 20)
         daemon.stop()
@@ -526,7 +526,7 @@ async def test_store_file_replaced_while_recording_is_recovered_beside_it(
         rt = daemon.runtimes[0]
         await until(lambda: rt.session is not None and rt.session.seq > 30)
         await asyncio.to_thread(os.rename, backup, db)
-        await until(lambda: daemon.writer.failing)
+        await until(lambda: daemon.recovered_store is not None)  # at once, not at the stop
         seq = rt.session.seq  # type: ignore[union-attr]
         await until(lambda: rt.session is not None and rt.session.seq > seq + 20)
         daemon.stop()
