@@ -586,6 +586,31 @@ async def test_dense_marker_labels_do_not_overlap_and_use_the_buttons_words(
         assert not errors, errors
 
 
+@pytest.mark.timeout(60)
+async def test_a_stopped_raw_ecg_is_marked_on_the_charts_in_words(tmp_path: Path) -> None:
+    """A Polar H10's raw ECG that stopped mid-session was a log line only: the charts mark it
+    ("raw ECG stopped"), as they mark a dropped strap."""
+    async with _phone(tmp_path) as (page, base, strap, _store, errors):
+        await _open(page, base + "live")
+        ts = [float(t) for t in range(0, 121)]
+        strap.hub.publish(f"settle/{DEV}/beat", json.dumps({
+            "v": 1, "session": SID, "hr": 60, "contact": True, "ts": int(time.time() * 1000),
+            "beat_t_s": ts, "rr_ms": [1000.0] * len(ts)}))  # fmt: skip
+        for t in range(5, 121, 5):
+            strap.hub.publish(f"settle/{DEV}/indices", _indices(float(t), 50.0, "steady"))
+        strap.hub.publish(f"settle/{DEV}/event", json.dumps({
+            "v": 1, "session": SID, "kind": "ecg-stopped", "t_s": 90.0,
+            "text": "raw ECG stopped (internal error); heart rate continues"}))  # fmt: skip
+        await page.wait_for_function(
+            "(l => l && l.tacho && l.tacho.some((x) => x.text === 'raw ECG stopped'))"
+            "(window.__settle.markerLabels)",
+            timeout=10_000,
+        )
+        said = await page.text_content("#tacho-sum") or ""
+        assert "raw ECG stopped" in said, said
+        assert not errors, errors
+
+
 _CONTRAST = """(sels) => {
   const rgb = (c) => c.match(/[\\d.]+/g).slice(0, 3).map(Number);
   const lum = (c) => { const [r, g, b] = rgb(c).map((v) => { v /= 255;
