@@ -273,8 +273,7 @@ class DaemonControl:
     def devices(self) -> list[DeviceView]:
         return [self._view(rt) for rt in self.daemon.runtimes]
 
-    @staticmethod
-    def _view(rt: StrapRuntime) -> DeviceView:
+    def _view(self, rt: StrapRuntime) -> DeviceView:
         info = rt.info
         return DeviceView(
             device_id=rt.device_id,
@@ -286,6 +285,7 @@ class DaemonControl:
             contact=rt.session.last_contact if rt.session else None,
             session_id=rt.session.session_id if rt.session else None,
             last_error=rt.last_error,
+            ecg=rt.device_id is not None and rt.device_id in self.daemon.ecg.recording,
         )
 
     def mqtt_state(self) -> Literal["off", "connected", "down"]:

@@ -95,6 +95,8 @@ class EcgRecorder:
         self.frames = 0
         self.beats = 0
         self._dropped: dict[str, DroppedFrames] = {}  # per strap, across its connections
+        self.recording: set[str] = set()
+        """Straps (device ids) whose raw ECG streams now (the dashboard says so)."""
 
     @property
     def dropped(self) -> int:
@@ -117,7 +119,11 @@ class EcgRecorder:
             async with pmd_session as pmd:
                 await pmd.start_ecg()
                 log.info("%s: recording raw ECG (Polar PMD, 130 Hz)", dev)
-                await self._record(rt, pmd)
+                self.recording.add(dev)
+                try:
+                    await self._record(rt, pmd)
+                finally:
+                    self.recording.discard(dev)
         except PmdUnavailable:
             if rt.session is not None and rt.session.settings.processing.rr_source == "ecg":
                 log.warning("%s: rr_source is ecg but the strap has no raw ECG; using its RR", dev)

@@ -48,6 +48,7 @@ class _Strap(_NoDaemon):
         self.hub = hub
         self.sent: list[tuple[str, dict[str, Any]]] = []
         self.state, self.last_error = "streaming", None  # type: str, str | None
+        self.ecg = False  # its raw ECG is being recorded
         self.views: list[DeviceView] | None = None
         """What :meth:`devices` says instead of the one streaming strap (e.g. none yet)."""
         hub.publish(
@@ -61,7 +62,7 @@ class _Strap(_NoDaemon):
         if self.views is not None:
             return self.views
         return [DeviceView(DEV, 0, "Settle Virtual HR", "AA:BB:CC:DD:EE:FF", self.state, 80,
-                           True, SID, self.last_error)]  # fmt: skip
+                           True, SID, self.last_error, ecg=self.ecg)]  # fmt: skip
 
     async def command(self, device_id: str, name: str, payload: bytes) -> None:
         body = json.loads(payload)
@@ -588,10 +589,15 @@ async def test_dense_marker_labels_do_not_overlap_and_use_the_buttons_words(
 
 @pytest.mark.timeout(60)
 async def test_a_stopped_raw_ecg_is_marked_on_the_charts_in_words(tmp_path: Path) -> None:
-    """A Polar H10's raw ECG that stopped mid-session was a log line only: the charts mark it
-    ("raw ECG stopped"), as they mark a dropped strap."""
+    """A Polar H10's raw ECG, recording or stopped mid-session, was a log line only: the
+    strap's state says "raw ECG" while it records, and the charts mark its stop ("raw ECG
+    stopped"), as they mark a dropped strap."""
+    state = "document.querySelector('#strap-state').textContent"
     async with _phone(tmp_path) as (page, base, strap, _store, errors):
+        strap.ecg = True
         await _open(page, base + "live")
+        await page.wait_for_function(f"{state} === 'streaming · raw ECG'", timeout=10_000)
+        strap.ecg = False
         ts = [float(t) for t in range(0, 121)]
         strap.hub.publish(f"settle/{DEV}/beat", json.dumps({
             "v": 1, "session": SID, "hr": 60, "contact": True, "ts": int(time.time() * 1000),
@@ -608,6 +614,7 @@ async def test_a_stopped_raw_ecg_is_marked_on_the_charts_in_words(tmp_path: Path
         )
         said = await page.text_content("#tacho-sum") or ""
         assert "raw ECG stopped" in said, said
+        await page.wait_for_function(f"{state} === 'streaming'", timeout=10_000)
         assert not errors, errors
 
 

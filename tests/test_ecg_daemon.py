@@ -23,6 +23,7 @@ from sensors.virtual.air import VirtualAir
 from sensors.virtual.pmd import PmdConfig
 from sensors.virtual.strap import VirtualStrap
 from sessions.store import BeatClass, EcgSeries, SessionRecord, SessionStore
+from settle.app import DaemonControl
 from settle.config import load_config
 from settle.daemon import Daemon
 from tests.conftest import DATA
@@ -53,6 +54,8 @@ class Run:
     ecg: EcgSeries
     garmin_ecg_samples: int
     unclean: list[object]
+    ecg_shown: dict[str, bool]
+    """What the dashboard's device list says of each strap's raw ECG, while recording."""
 
 
 def bluez_like_client(air: VirtualAir, strap: VirtualStrap) -> StrapClient:
@@ -92,6 +95,7 @@ async def _h10_beside_garmin(tmp_path: Path, min_ecg_beats: int, **overrides: ob
             )
             task = asyncio.create_task(daemon.run())
             await until(lambda: daemon.ecg.beats > min_ecg_beats, 40)
+            shown = {v.name: v.ecg for v in DaemonControl(daemon, {}).devices()}
             daemon.stop()
             await asyncio.wait_for(task, 15)
             sessions = {s.device_id: s for s in store.list_sessions()}
@@ -104,6 +108,7 @@ async def _h10_beside_garmin(tmp_path: Path, min_ecg_beats: int, **overrides: ob
                 ecg=store.ecg(h10.id),
                 garmin_ecg_samples=len(store.ecg(garmin.id)),
                 unclean=list(strap.pmd.unclean_disconnects) if strap.pmd else ["no pmd"],
+                ecg_shown=shown,
             )
         await strap.stop()
         await plain.stop()
@@ -114,6 +119,7 @@ async def test_raw_ecg_is_recorded_and_beats_detected(tmp_path: Path) -> None:
     run = await _h10_beside_garmin(tmp_path, 40)
     ecg, ecg_beats, h10_beats = run.ecg, run.h10.ecg_beats, run.h10.beats
     assert run.garmin_ecg_samples == 0  # no PMD: heart rate only, no error
+    assert run.ecg_shown == {"Polar H10 0A1B2C3D": True, "Garmin HRM": False}  # the dashboard
     assert run.garmin.ecg_beats == []
     assert len(run.garmin.beats) > 20
     assert len(ecg) > 130 * 20  # > 20 s of samples at 130 Hz

@@ -253,6 +253,8 @@ class DeviceView:
     contact: bool | None
     session_id: str | None
     last_error: str | None
+    ecg: bool = False
+    """Its raw ECG (Polar PMD) is being recorded now."""
 
 
 class Control(Protocol):

@@ -359,7 +359,9 @@ function render() {
   text("contact", !streaming ? "–" : d.contact === null ? "not reported" : d.contact ? "yes" : "NO");
   const bat = rt ? rt.battery_pct : d.status && d.status.battery_pct;
   text("battery", !alive || bat === null || bat === undefined ? "–" : `${bat} %`);
-  text("strap-state", !alive ? "unknown (no word from the daemon)" : rt ? rt.state : d.status ? d.status.state : "–");
+  // A Polar H10 recording its raw ECG says so (a stop is a mark on the charts).
+  text("strap-state", !alive ? "unknown (no word from the daemon)"
+    : rt ? rt.state + (rt.ecg ? " · raw ECG" : "") : d.status ? d.status.state : "–");
   const line = ses ? `${ses.state === "running" ? "Running" : "Stopped"}: session ${ses.id}` +
     (ses.intention && ses.intention.statement ? ` — “${ses.intention.statement}” (${ses.intention.target})` : "")
     : "No session yet.";  // (n_beats is only as fresh as the last retained session message)
