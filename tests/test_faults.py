@@ -47,6 +47,7 @@ from settle.broker_options import connect_options
 from settle.config import Settings, load_config
 from settle.daemon import Daemon
 from settle.demo import virtual_world
+from settle.pipeline import StrapPipeline
 from tests.conftest import Mosquitto, start_mosquitto
 from tests.test_e2e import CONFIG, RECORDING, Collector, quantised
 from tests.test_reconnect import until
@@ -428,6 +429,25 @@ async def test_store_still_failing_at_stop_rescues_the_beats_and_says_so(
                for m in errors), errors  # fmt: skip
 
 
+async def _record_while(
+    db: Path, seed: int, act: Callable[[], object]
+) -> tuple[Daemon, StrapPipeline]:
+    """Record into ``db``; after 30 beats ``act`` on its file; wait for the daemon to recover
+    the store (at once, not at the stop), record 20 beats more, stop. Returns the daemon and
+    the finished session."""
+    async with model_daemon(db, seed=seed) as (daemon, task, _strap):
+        rt = daemon.runtimes[0]
+        await until(lambda: rt.session is not None and rt.session.seq > 30)
+        await asyncio.to_thread(act)
+        await until(lambda: daemon.recovered_store is not None)
+        seq = rt.session.seq  # type: ignore[union-attr]
+        await until(lambda: rt.session is not None and rt.session.seq > seq + 20)
+        daemon.stop()
+        await asyncio.wait_for(task, 20)
+    (pipeline,) = daemon.finished
+    return daemon, pipeline
+
+
 async def test_store_file_deleted_while_recording_is_an_error_and_nothing_is_lost(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -442,17 +462,12 @@ async def test_store_file_deleted_while_recording_is_an_error_and_nothing_is_los
         before = earlier.create_session("dev_0", 1_700_000_000_000, "x", {}).id
         earlier.finish_session(before, 1_700_000_060_000)
     caplog.set_level(logging.INFO)
-    async with model_daemon(db, seed=6) as (daemon, task, _strap):
-        rt = daemon.runtimes[0]
-        await until(lambda: rt.session is not None and rt.session.seq > 30)
+
+    def remove() -> None:
         for suffix in ("", "-wal", "-shm"):
-            await asyncio.to_thread(Path(f"{db}{suffix}").unlink, missing_ok=True)
-        await until(lambda: daemon.recovered_store is not None)  # at once, not at the stop
-        seq = rt.session.seq  # type: ignore[union-attr]
-        await until(lambda: rt.session is not None and rt.session.seq > seq + 20)
-        daemon.stop()
-        await asyncio.wait_for(task, 20)
-    (pipeline,) = daemon.finished
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+    daemon, pipeline = await _record_while(db, 6, remove)
     assert daemon.recovered_store == db and daemon.rescued == {}
     assert not await asyncio.to_thread(lambda: list(tmp_path.glob("settle-unsaved-*")))
     with SessionStore.open(db) as back:
@@ -481,16 +496,7 @@ async def test_store_file_moved_while_recording_says_moved_and_loses_nothing(
         before = earlier.create_session("dev_0", 1_700_000_000_000, "x", {}).id
         earlier.finish_session(before, 1_700_000_060_000)
     caplog.set_level(logging.INFO)
-    async with model_daemon(db, seed=6) as (daemon, task, _strap):
-        rt = daemon.runtimes[0]
-        await until(lambda: rt.session is not None and rt.session.seq > 30)
-        await asyncio.to_thread(os.rename, db, away)
-        await until(lambda: daemon.recovered_store is not None)  # at once, not at the stop
-        seq = rt.session.seq  # type: ignore[union-attr]
-        await until(lambda: rt.session is not None and rt.session.seq > seq + 20)
-        daemon.stop()
-        await asyncio.wait_for(task, 20)
-    (pipeline,) = daemon.finished
+    daemon, pipeline = await _record_while(db, 6, lambda: os.rename(db, away))
     assert daemon.recovered_store == db and daemon.rescued == {}
     with SessionStore.open(db) as back:
         assert back.damage() is None
@@ -522,16 +528,7 @@ async def test_store_file_replaced_while_recording_is_recovered_beside_it(
         theirs = other.create_session("dev_9", 1_600_000_000_000, "x", {}).id
         other.finish_session(theirs, 1_600_000_060_000)
     caplog.set_level(logging.INFO)
-    async with model_daemon(db, seed=7) as (daemon, task, _strap):
-        rt = daemon.runtimes[0]
-        await until(lambda: rt.session is not None and rt.session.seq > 30)
-        await asyncio.to_thread(os.rename, backup, db)
-        await until(lambda: daemon.recovered_store is not None)  # at once, not at the stop
-        seq = rt.session.seq  # type: ignore[union-attr]
-        await until(lambda: rt.session is not None and rt.session.seq > seq + 20)
-        daemon.stop()
-        await asyncio.wait_for(task, 20)
-    (pipeline,) = daemon.finished
+    daemon, pipeline = await _record_while(db, 7, lambda: os.rename(backup, db))
     moved = daemon.recovered_store
     assert moved is not None and moved.parent == tmp_path and moved.name.startswith("s.recovered-")
     with SessionStore.open(moved) as back:
