@@ -76,13 +76,19 @@ def _spawn(binary: str, conf: Path, port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("mosquitto did not start listening within 10 s")
 
 
-def start_mosquitto(tmp_path: Path, extra_conf: str = "", anonymous: bool = True) -> Mosquitto:
+def need_mosquitto() -> str:
+    """The mosquitto binary; without one the test is skipped, or fails under ``CI=true``."""
     binary = _mosquitto_binary()
     if binary is None:
         message = "mosquitto binary not found (Debian: apt-get install mosquitto)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+    return binary
+
+
+def start_mosquitto(tmp_path: Path, extra_conf: str = "", anonymous: bool = True) -> Mosquitto:
+    binary = need_mosquitto()
     port = free_loopback_port()
     conf = tmp_path / f"mosquitto-{port}.conf"
     conf.write_text(

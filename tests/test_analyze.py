@@ -117,6 +117,23 @@ def test_beats_and_rolling_csv(tmp_path: Path) -> None:
     )
     scores = [float(r["settling_score"]) for r in steps if r["settling_score"]]
     assert scores and all(0.0 <= x <= 100.0 for x in scores)
+    # The step rows: every column where its header says. The summary's coherence is the
+    # median of the 64 s windows (issue 4), i.e. of this column.
+    assert list(roll[0]) == [
+        "kind", "t_s", "mean_rr_ms", "hr_bpm", "sdnn_ms", "rmssd_ms", "pnn50_pct", "lf_ms2",
+        "hf_ms2", "lf_hf", "resp_rate_bpm", "coherence", "settling_score", "quality",
+    ]  # fmt: skip
+    coh = [float(r["coherence"]) for r in steps if r["coherence"]]
+    assert np.median(coh) == pytest.approx(doc["summary"]["coherence"], rel=1e-5)
+    spectra = [r for r in steps if r["lf_hf"]]
+    assert len(spectra) > len(steps) // 2
+    for r in spectra:
+        assert float(r["lf_hf"]) == pytest.approx(float(r["lf_ms2"]) / float(r["hf_ms2"]), rel=1e-4)
+    # Breathing at rest, 7-30/min (the band the rate is searched in), around the summary's.
+    resp = np.array([float(r["resp_rate_bpm"]) for r in steps if r["resp_rate_bpm"]])
+    assert resp.size > len(steps) // 2 and np.all((resp >= 7.0) & (resp <= 30.0))
+    assert np.median(resp) == pytest.approx(doc["summary"]["resp_rate_bpm"], abs=1.5)
+    assert all(0.0 <= float(r["quality"]) <= 1.0 for r in steps if r["quality"])
 
 
 def test_bad_file_is_one_line(tmp_path: Path) -> None:
@@ -130,9 +147,20 @@ def test_bad_file_is_one_line(tmp_path: Path) -> None:
         assert str(path) in p.stderr
 
 
-def test_no_progress_bar_when_not_a_tty() -> None:
-    p = _settle(str(DATA / "physionet_healthy_000_first20k.csv"), "--json")
+def _long_recording(tmp_path: Path) -> Path:
+    """25 000 beats, one RR per line: long enough for the progress display (> 20 000)."""
+    rr = 800.0 + 30.0 * np.sin(np.arange(25_000) * 0.7)
+    rec = tmp_path / "big.txt"
+    rec.write_text("\n".join(f"{v:.1f}" for v in rr) + "\n")
+    return rec
+
+
+def test_no_progress_bar_when_not_a_tty(tmp_path: Path) -> None:
+    """Output to a pipe or file (a script, a CI log) gets no progress drawing, even for a
+    recording long enough to show one on a terminal (the test below)."""
+    p = _settle(str(_long_recording(tmp_path)), "--json")
     assert p.returncode == 0
+    assert json.loads(p.stdout)["n_beats"] == 25_000
     assert p.stderr == ""
 
 
@@ -142,9 +170,7 @@ def test_progress_shows_on_the_terminal_when_json_goes_to_a_file(tmp_path: Path)
     place, so nothing showed for the whole run. The JSON in the file is untouched."""
     import pty
 
-    rr = 800.0 + 30.0 * np.sin(np.arange(25_000) * 0.7)
-    rec = tmp_path / "big.txt"
-    rec.write_text("\n".join(f"{v:.1f}" for v in rr) + "\n")
+    rec = _long_recording(tmp_path)
     out = tmp_path / "out.json"
     master, slave = pty.openpty()
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from pathlib import Path
 from statistics import median
 
@@ -177,8 +178,20 @@ def test_a_day_long_record_is_mostly_left_alone() -> None:
     # 419 of 20000 beats (2.1 %; 6.1 % before small compensated alternations were left alone;
     # 409 before the bigeminy changes: a premature beat preferred as the displaced one of two
     # fitting pairs, which also moved 11 flagged pairs one beat earlier in alternating
-    # stretches, and 8 long/short beats now corrected as displaced pairs).
-    assert correct_rr(rec["t_s"], rec["rr_ms"]).n_flagged <= 419
+    # stretches, and 8 long/short beats now corrected as displaced pairs). The bound is the
+    # reference implementation of the same published method, run here: NeuroKit2 0.2.13's
+    # Lipponen-Tarvainen detector flags 483 beats of this day (393 ectopic, 89 long/short).
+    nk = pytest.importorskip("neurokit2", reason="needs the dev extra (neurokit2==0.2.13)")
+    peaks = np.concatenate([[0.0], np.cumsum(rec["rr_ms"])]).astype(np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        info, _ = nk.signal_fixpeaks(
+            peaks, sampling_rate=1000, method="Kubios", iterative=False, show=False
+        )
+    theirs = set()
+    for kind in ("ectopic", "missed", "extra", "longshort"):
+        theirs |= set(np.asarray(info[kind]).tolist())
+    assert 0 < correct_rr(rec["t_s"], rec["rr_ms"]).n_flagged <= len(theirs)
 
 
 def _calm_series() -> list[float]:

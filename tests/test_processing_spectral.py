@@ -12,6 +12,7 @@ from processing.live import LiveAnalyzer
 from processing.nonlinear import dfa_alpha1, poincare
 from processing.offline import analyze
 from processing.spectral import (
+    Method,
     coherence_from_psd,
     lomb_frames,
     periodograms,
@@ -68,12 +69,16 @@ def test_lomb_keeps_its_calibration_across_a_hole(
     assert framed.vlf_ms2 < 10.0
 
 
-def test_lf_nu_and_ratio_follow_the_bands() -> None:
+@pytest.mark.parametrize("method", ["welch", "lomb"])
+def test_lf_nu_and_ratio_follow_the_bands(method: Method) -> None:
+    """A 40 ms sine at 0.1 Hz (800 ms² in LF) plus a 20 ms one at 0.25 Hz (200 ms² in HF):
+    LF/HF reads 4, the normalised units 80 and 20 (each band over LF + HF)."""
     t, rr = _sine_series(0.1, 900.0)
     _, rr2 = _sine_series(0.25, 900.0, amp_ms=20.0)
-    s = spectral(t, rr + (rr2[: rr.size] - 900.0 if rr2.size >= rr.size else 0.0))
-    assert s.lf_hf == pytest.approx(s.lf_ms2 / s.hf_ms2)
-    assert s.lf_nu + s.hf_nu == pytest.approx(100.0)
+    s = spectral(t, rr + (rr2[: rr.size] - 900.0 if rr2.size >= rr.size else 0.0), method)
+    assert s.lf_hf == pytest.approx(4.0, rel=0.03)
+    assert s.lf_nu == pytest.approx(80.0, abs=0.5)
+    assert s.hf_nu == pytest.approx(20.0, abs=0.5)
 
 
 def test_spline_passes_through_the_beats() -> None:
