@@ -10,6 +10,7 @@ from typing import Any
 
 import aiomqtt
 import jsonschema
+import numpy as np
 import pytest
 import yaml
 
@@ -151,7 +152,18 @@ def test_enums_in_the_contract_are_values_the_daemon_sends() -> None:
 
     schema = build_document()["components"]["schemas"]["IndicesPayload"]["properties"]
     assert set(schema["settling_state"]["enum"]) == set(_SETTLING_STATE.values())
-    assert set(schema["trend"]["enum"]) == {"settling", "steady", "unsettling", "unknown"}
+    # The trend labels the analysis gives a rising, a flat and a falling score (the pipeline
+    # sends one of them, or "unknown" before there are enough scores); Home Assistant's
+    # enum sensor lists the same states (a label it does not know would read as an error).
+    from feedback.homeassistant import TRENDS
+    from processing.indices import trend
+
+    t = np.arange(0.0, 300.0, 5.0)
+    wobble = 3.0 * np.sin(t / 7.0)
+    sent = {trend(t, 50.0 + k * t / 10.0 + wobble).label for k in (1.0, 0.0, -1.0)}
+    assert len(sent) == 3
+    assert set(schema["trend"]["enum"]) == sent | {"unknown"}
+    assert set(TRENDS) == sent
 
 
 MQTT_DOC = Path(__file__).parents[1] / "docs" / "mqtt.md"

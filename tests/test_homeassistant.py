@@ -87,6 +87,30 @@ def test_skin_contact_is_unknown_when_the_strap_cannot_tell() -> None:
     assert rendered == {True: "ON", False: "OFF", None: "None"}
 
 
+def test_caught_up_turns_on_when_the_session_caught_up() -> None:
+    """The "Caught up" binary sensor reads the session payload as the daemon publishes it:
+    OFF while ``catching_up_t_s`` is null, ON once physiology caught up."""
+    from feedback.payloads import SessionPayload
+
+    dev = ha.DeviceDescription("polar_h10_a1b2c3d4", "Polar H10")
+    configs = {t.split("/")[3]: json.loads(p) for t, p in ha.device_messages(
+        "homeassistant", "settle", dev, "1")}  # fmt: skip
+    cfg = configs["caught_up"]
+    assert cfg["state_topic"] == "settle/polar_h10_a1b2c3d4/session"
+    template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(
+        cfg["value_template"]
+    )
+    rendered = []
+    for caught in (None, 312.5):
+        payload = SessionPayload(
+            ts=1_790_000_300_000, id="20261129T020000-ab12", state="running",
+            device=dev.device_id,
+            started_ts=1_790_000_000_000, catching_up_t_s=caught,
+        )  # fmt: skip
+        rendered.append(template.render(value_json=json.loads(payload.model_dump_json())))
+    assert rendered == [cfg["payload_off"], cfg["payload_on"]] == ["OFF", "ON"]
+
+
 def test_bridges_of_different_topic_bases_are_distinct() -> None:
     """Two daemons with different ``topic_base`` on one broker: two bridge devices in Home
     Assistant, neither overwriting the other's discovery config or entity id."""
