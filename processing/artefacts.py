@@ -90,6 +90,7 @@ __all__ = [
     "C1",
     "C2",
     "LOOKAHEAD_BEATS",
+    "MISSED_SPAN",
     "ArtefactCorrector",
     "BeatClass",
     "CorrectedSeries",
@@ -141,6 +142,11 @@ RETURN_MIN = 0.5
 """Share of a long/short beat's jump the next beat must undo (when it is the one that confirms)."""
 PAIR_MIN_REL = 0.06
 """Smallest displacement of a displaced (ectopic) beat, as a fraction of the local median RR."""
+MISSED_SPAN = 2.0
+"""An interval above the plausible maximum (``rr_max_ms``) but within this many times it may
+be beats the strap missed (one missed beat at any rate down to 30 beats/min, two down to 45):
+the offline analysis and the daemon pass it to the correction, and leave it out (a gap) only
+if the correction does not split it."""
 TH_FLOOR_MS = 20.0
 """Smallest threshold, ms: keeps a perfectly regular series (QD = 0) from flagging every beat."""
 

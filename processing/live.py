@@ -77,7 +77,7 @@ JUMP_SHARE_MAX = 0.5
 """A window where more than this share of successive intervals jump is an unusable rhythm,
 whatever the correction flagged: bigeminy or trigeminy that the correction, restarted in
 the middle of it (a reconnect), learns as the normal rhythm. Sinus recordings stay below
-0.13 and the labelled sets with 5 % artefacts below 0.25; the PVC recording is ≥ 0.74."""
+0.13 and the labelled sets with 5 % artefacts at most 0.26; the PVC recording is ≥ 0.74."""
 QUALITY_BEATS = 120
 """Beats over which the corrected share is counted."""
 MIN_WINDOW_BEATS = 10
@@ -172,8 +172,15 @@ class LiveAnalyzer:
         k: float = SETTLING_K,
         catch_threshold: float = CATCH_THRESHOLD,
         catch_hold_s: float = CATCH_HOLD_S,
+        rr_max_ms: float = math.inf,
     ) -> None:
         self.window_s = window_s
+        self.rr_max_ms = rr_max_ms
+        """Above this a final beat is analysed only if the correction split it (``missed``);
+        otherwise it becomes ``implausible`` and the windows restart, as after :meth:`gap`.
+        The caller passes such beats (up to a few times this, see
+        :data:`processing.artefacts.MISSED_SPAN`) instead of leaving them out, so that a missed
+        beat at a slow heart is split, not a gap."""
         self.baseline_s = baseline_s
         self.correction = correction
         self.coherence_window_s = coherence_window_s
@@ -246,7 +253,12 @@ class LiveAnalyzer:
 
     def _consume(self, out: list[ProcessedBeat]) -> None:
         td, beats, flags = self._td, self._beats, self._flags
-        for b in out:
+        for i, b in enumerate(out):
+            if b.rr_raw_ms > self.rr_max_ms and b.beat_class != "missed":
+                out[i] = ProcessedBeat(b.t_s, b.rr_raw_ms, math.nan, "implausible")
+                self._restart_windows()
+                self._segment_start = b.t_s  # no spectrum spans it either
+                continue
             if b.rr_raw_ms == b.rr_raw_ms:
                 flags.append(0 if b.beat_class == "normal" else 1)
             if b.rr_ms == b.rr_ms:
@@ -266,14 +278,17 @@ class LiveAnalyzer:
         every window restarts, so no metric spans the gap. Returns the finalised beats."""
         out = self._corr.flush() if self.correction else []
         self._consume(out)
+        self._restart_windows()
+        self._segment_start = None
+        return out
+
+    def _restart_windows(self) -> None:
         self._td.reset()
         # The fast HR and a reactivity still to take may need the beats just before the gap
         # (the same beats the report reads from the store).
         need = self._beats_needed_from()
         self._tail = [b for b in (*self._tail, *self._beats) if b[0] >= need]
         self._beats.clear()
-        self._segment_start = None
-        return out
 
     # -- markers and baseline ------------------------------------------------------------
     def marker(self, t_s: float, kind: str) -> None:

@@ -18,7 +18,13 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from processing.artefacts import BEAT_CLASSES, CorrectedSeries, collect, correct_rr
+from processing.artefacts import (
+    BEAT_CLASSES,
+    MISSED_SPAN,
+    CorrectedSeries,
+    collect,
+    correct_rr,
+)
 from processing.indices import SPREAD_FLOORS
 from processing.live import (
     BASELINE_MIN_SAMPLES,
@@ -58,6 +64,7 @@ SPECTRAL_WINDOW_S = 120.0
 _IMPLAUSIBLE = np.int8(BEAT_CLASSES.index("implausible"))
 _WARMUP = np.int8(BEAT_CLASSES.index("warmup"))
 _NOT_ANALYSED = min(_IMPLAUSIBLE, _WARMUP)
+_MISSED = np.int8(BEAT_CLASSES.index("missed"))
 """Codes from here on are beats kept for provenance but not analysed."""
 
 
@@ -163,11 +170,42 @@ def _classify(
     warmup: npt.NDArray[np.bool_] | None = None,
 ) -> CorrectedSeries:
     """Per-beat provenance: warm-up beats and implausible intervals marked, the runs between
-    them (split again at gaps in the beat times) corrected one by one, or taken as they are."""
+    them (split again at gaps in the beat times) corrected one by one, or taken as they are.
+
+    With correction, an interval above ``rr_max_ms`` but within
+    :data:`~processing.artefacts.MISSED_SPAN` × ``rr_max_ms`` goes to the correction too: at
+    a resting heart below ~57 beats/min one missed beat already makes more than 2000 ms, and
+    left out it broke the series at every missed beat (the spectrum then used only the
+    longest unbroken runs). If
+    the correction splits it (``missed``), the parts are analysed; otherwise it is
+    implausible after all, and the runs are corrected again without it, exactly as if it had
+    been left out from the start."""
     if t.size == 0:
         return collect([])
     warm = np.zeros(t.size, dtype=bool) if warmup is None else warmup
-    keep = (rr >= rr_min_ms) & (rr <= rr_max_ms) & ~warm
+    plausible = (rr >= rr_min_ms) & (rr <= rr_max_ms) & ~warm
+    maybe_missed = (
+        (rr > rr_max_ms) & (rr <= MISSED_SPAN * rr_max_ms) & ~warm
+        if correction
+        else np.zeros(t.size, dtype=bool)
+    )
+    while True:
+        cs = _classify_kept(t, rr, correction, plausible | maybe_missed, warm)
+        # Rows of raw beats, in input order (inserted rows have no raw interval).
+        raw_rows = np.flatnonzero(~np.isnan(cs.rr_raw_ms))
+        not_split = maybe_missed & (cs.code[raw_rows] != _MISSED)
+        if not not_split.any():
+            return cs
+        maybe_missed &= ~not_split
+
+
+def _classify_kept(
+    t: FloatArray,
+    rr: FloatArray,
+    correction: bool,
+    keep: npt.NDArray[np.bool_],
+    warm: npt.NDArray[np.bool_],
+) -> CorrectedSeries:
     left_out = np.where(warm, _WARMUP, _IMPLAUSIBLE).astype(np.int8)
     parts: list[tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.int8]]] = []
     edges = np.flatnonzero(np.diff(keep.astype(np.int8)) != 0) + 1

@@ -34,7 +34,7 @@ from feedback.payloads import (
     Intention,
     SessionPayload,
 )
-from processing.artefacts import ProcessedBeat
+from processing.artefacts import MISSED_SPAN, ProcessedBeat
 from processing.indices import EventResponse
 from processing.live import BASELINE_MIN_SAMPLES, IndicesSnapshot, LiveAnalyzer
 from sensors.strap import Notification
@@ -494,7 +494,10 @@ class StrapPipeline:
         """Called with every indices payload (the demo prints them)."""
         p = settings.processing
         self.analyzer = LiveAnalyzer(
-            window_s=p.window_s, baseline_s=p.baseline_s, correction=p.correction
+            window_s=p.window_s,
+            baseline_s=p.baseline_s,
+            correction=p.correction,
+            rr_max_ms=p.rr_max_ms,
         )
         self._pending_seqs: collections.deque[int] = collections.deque()
         """Stored beats fed to the analyzer whose class is not final yet, oldest first."""
@@ -679,7 +682,10 @@ class StrapPipeline:
         a few hundred kB: a daemon left running for weeks kept all of them."""
         p = self.settings.processing
         self.analyzer = LiveAnalyzer(
-            window_s=p.window_s, baseline_s=p.baseline_s, correction=p.correction
+            window_s=p.window_s,
+            baseline_s=p.baseline_s,
+            correction=p.correction,
+            rr_max_ms=p.rr_max_ms,
         )
         self.last_snapshot = None
         self._pending_seqs.clear()
@@ -716,7 +722,14 @@ class StrapPipeline:
             cls: BeatClass | None = None
             if warming:
                 cls = BeatClass.WARMUP
-            elif not p.rr_min_ms <= tb.rr_ms <= p.rr_max_ms:
+            elif not p.rr_min_ms <= tb.rr_ms <= p.rr_max_ms and not (
+                # Perhaps a missed beat at a slow heart: the correction splits it, or the
+                # analyzer makes it implausible after all (LiveAnalyzer.rr_max_ms).
+                p.correction
+                and self.rr_source == "hrs"
+                and tb.rr_ms <= MISSED_SPAN * p.rr_max_ms
+                and tb.rr_ms > p.rr_max_ms
+            ):
                 cls = BeatClass.IMPLAUSIBLE
                 if self.rr_source == "hrs":
                     # No successive difference may span an interval nobody can interpret.

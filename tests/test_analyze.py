@@ -681,7 +681,9 @@ def test_beats_and_rolling_keep_the_beat_times_and_read_back(tmp_path: Path, t0:
     recording did and writes itself again."""
     rng = np.random.default_rng(5)
     rr = np.round(850 + rng.normal(0, 30, 400))
-    rr[200] = 3500.0  # outside rr_max_ms: an empty rr_ms cell in --beats
+    # Beyond twice rr_max_ms (an interval up to that may be split as missed beats): an
+    # empty rr_ms cell in --beats.
+    rr[200] = 4500.0
     t = t0 + np.cumsum(rr) / 1000.0
     rec = tmp_path / "rec.csv"
     rec.write_text(
@@ -750,3 +752,38 @@ def test_a_slow_heart_says_where_the_hf_band_was_cut(tmp_path: Path) -> None:
     human = _settle(str(f), "--no-correction")
     assert "hf_ms2 covers 0.15–0.3 Hz only: at 36 beats/min" in human.stdout
     assert "covers" not in _settle(str(DATA / "pyhrv_nni_short.csv")).stdout
+
+
+@pytest.mark.parametrize("pct", [1, 2, 5])
+def test_missed_beats_at_a_slow_heart_are_split_not_gaps(pct: int) -> None:
+    """At 57 beats/min one missed beat makes an interval over 2000 ms, the plausible maximum:
+    it was left out as implausible, a gap at every missed beat, and the spectrum used only
+    the longest unbroken stretch (LF +79 % at 1 %, VLF gone at 5 %). The correction now
+    splits each of them, and the summary reads as the clean recording's."""
+    art = DATA / "artifacts"
+    name = f"bartels_rest_supine__missed__{pct}pct.csv"
+    labels = list(csv.DictReader((art / name).open()))
+    injected = sum(1 for r in labels if r["label"] == "missed")
+    over = sum(1 for r in labels if r["label"] == "missed" and float(r["rr_ms"]) > 2000.0)
+    assert over > injected // 2  # most of them above the plausible maximum (9/9, 18/18, 41/46)
+    clean, doc = _json(str(art / "bartels_rest_supine__clean.csv")), _json(str(art / name))
+    assert doc["correction"]["by_class"]["missed"] == injected
+    assert doc["correction"]["by_class"]["implausible"] == 0
+    for key, tol in (("lf_ms2", 0.1), ("hf_ms2", 0.1), ("vlf_ms2", 0.1), ("rmssd_ms", 0.05)):
+        assert doc["summary"][key] == pytest.approx(clean["summary"][key], rel=tol), key
+
+
+def test_an_overlong_interval_that_is_no_missed_beat_is_still_left_out(tmp_path: Path) -> None:
+    """2.5 intervals long (2650 ms among 1060 ms beats): not a whole number of beats, so not
+    split; it stays implausible (a gap), as any interval above the plausible maximum."""
+    rng = np.random.default_rng(3)
+    rr = 1060.0 + 25.0 * np.sin(np.arange(400) / 4.0) + rng.normal(0.0, 5.0, 400)
+    rr[200] = 2650.0
+    rec = tmp_path / "long.txt"
+    rec.write_text("\n".join(f"{v:.1f}" for v in rr) + "\n")
+    beats = tmp_path / "b.csv"
+    doc = _json(str(rec), "--beats", str(beats))
+    assert doc["correction"]["by_class"]["implausible"] == 1
+    assert doc["correction"]["by_class"]["missed"] == 0
+    row = [r for r in csv.DictReader(beats.open()) if r["rr_raw_ms"] == "2650"]
+    assert len(row) == 1 and row[0]["class"] == "implausible" and row[0]["rr_ms"] == ""

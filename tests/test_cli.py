@@ -487,3 +487,23 @@ def test_a_group_practice_is_listed_by_label_and_addressed_by_suffix(
     assert res.exit_code == 2 and f"did you mean {anna}?" in res.output
     with SessionStore.open(db) as store:
         assert len(store.list_sessions()) == 2
+
+
+def test_the_daemon_splits_a_missed_beat_at_a_slow_heart(tmp_path: Path) -> None:
+    """A strap that misses a beat at 57 beats/min sends one interval over 2000 ms (the
+    plausible maximum): the daemon stored it as implausible and restarted every window at
+    each one. Now the correction splits it, as `settle analyze` does: the export classes
+    the 9 injected missed beats `missed`, none `implausible`."""
+    import csv
+
+    db = tmp_path / "s.db"
+    replay = DATA / "artifacts" / "bartels_rest_supine__missed__1pct.csv"
+    res = settle("demo", "--replay", str(replay), "--speed", "100", "--no-mqtt", "--no-http",
+                 "--db", str(db))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = settle("export", "latest", "--format", "csv", "--out", str(tmp_path), "--db", str(db))
+    assert out.returncode == 0, out.stderr
+    (path,) = tmp_path.glob("settle-*.csv")
+    classes = [r["beat_class"] for r in csv.DictReader(path.open()) if r["record"] == "beat"]
+    assert classes.count("missed") == 9
+    assert "implausible" not in classes

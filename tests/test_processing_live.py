@@ -474,3 +474,31 @@ def test_a_short_run_of_bigeminy_does_not_read_as_settling() -> None:
         snaps = _feed(LiveAnalyzer(), np.cumsum(rr) / 1000.0, rr)
         peaks.append(max(s.score for s in snaps if s.t_s >= 300 and math.isfinite(s.score)))
     assert max(peaks) < 75, peaks
+
+
+def test_a_missed_beat_above_the_plausible_maximum_is_split_live() -> None:
+    """The daemon passes an interval up to twice rr_max_ms to the analyzer (a missed beat at
+    a slow heart): the correction splits it and the windows go on; one the correction does
+    not split becomes implausible and restarts them, as a gap would."""
+    a = np.genfromtxt(DATA / "artifacts" / "bartels_rest_supine__missed__1pct.csv",
+                      delimiter=",", names=True, dtype=None, encoding=None)  # fmt: skip
+    la = LiveAnalyzer(rr_max_ms=2000.0)
+    out = []
+    for ti, ri in zip(a["t_s"].tolist(), a["rr_ms"].tolist(), strict=True):
+        out += la.push_beat(ti, ri)
+    out += la.gap(float(a["t_s"][-1]))
+    classes = [b.beat_class for b in out if b.rr_raw_ms == b.rr_raw_ms]
+    assert len(classes) == a.size
+    assert classes.count("missed") == int(np.sum(a["label"] == "missed")) == 9
+    assert "implausible" not in classes
+    assert all(b.rr_ms <= 2000.0 for b in out if b.rr_ms == b.rr_ms)
+
+    la = LiveAnalyzer(rr_max_ms=2000.0)
+    rr = np.full(120, 1060.0) + 20.0 * np.sin(np.arange(120) / 4.0)
+    rr[100] = 2650.0  # 2.5 beats: no whole number of missed beats
+    t = np.cumsum(rr) / 1000.0
+    out = [b for ti, ri in zip(t.tolist(), rr.tolist(), strict=True) for b in la.push_beat(ti, ri)]
+    (odd,) = [b for b in out if b.rr_raw_ms == 2650.0]
+    assert odd.beat_class == "implausible" and math.isnan(odd.rr_ms)
+    # The window restarted after it: beats 101-116 (the last 3 wait for their look-ahead).
+    assert la.indices(float(t[-1])).td.n == 16
