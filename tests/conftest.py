@@ -6,7 +6,9 @@ Every broker a test starts binds 127.0.0.1 only and is stopped by the fixture. U
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import importlib
 import os
 import shutil
 import socket
@@ -15,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,3 +120,37 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 async def amqtt_broker() -> AsyncIterator[EmbeddedBroker]:
     async with EmbeddedBroker(free_loopback_port()) as broker:
         yield broker
+
+
+@contextlib.contextmanager
+def read_only_dir(path: Path) -> Iterator[None]:
+    """Read-only for this process: mode 0500, or the immutable flag when running as root
+    (root ignores modes)."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o500)
+        try:
+            yield
+        finally:
+            path.chmod(0o700)
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("running as root and cannot set the immutable flag here")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+def dev_dependency(name: str) -> Any:
+    """Import ``name``, a dependency of the ``dev`` extra (a reference library a test checks
+    against): without it the test is skipped, or fails under ``CI=true``, where a check
+    that silently did not run would read as passed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        message = f"{name} is not installed (`pip install -e '.[dev]'`)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)

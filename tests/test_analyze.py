@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import dev_dependency
+
 DATA = Path(__file__).parent / "data"
 CONFIG = Path(__file__).parents[1] / "configs" / "settle.toml"
 RECORDINGS = ["pyhrv_nni_short", "bartels_rest_supine", "polar_h10_pvc_device"]
@@ -73,7 +75,7 @@ def test_pvc_recording_is_flagged_unusable() -> None:
 
 @pytest.mark.parametrize("name", RECORDINGS)
 def test_no_correction_equals_neurokit2(name: str) -> None:
-    nk = pytest.importorskip("neurokit2")
+    nk = dev_dependency("neurokit2")
     doc = _json(str(DATA / f"{name}.csv"), "--no-correction")
     assert doc["correction"]["n_flagged"] == 0
     rr = np.genfromtxt(DATA / f"{name}.csv", delimiter=",", names=True)["rr_ms"]

@@ -11,7 +11,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from feedback.broker import free_loopback_port
 from sensors.virtual.air import VirtualAir
 from settle.config import load_config
 from settle.doctor import check_bluetooth, check_clock, check_database, check_mqtt, run_checks
-from tests.conftest import Mosquitto, start_mosquitto
+from tests.conftest import Mosquitto, read_only_dir, start_mosquitto
 
 CONFIG = Path(__file__).parents[1] / "configs" / "settle.toml"
 
@@ -89,27 +88,6 @@ async def test_broker_refusing_the_login_is_named(tmp_path: Path) -> None:
     assert not c.ok
     assert "refused anonymous login" in c.detail
     assert "mqtt.username" in c.fix and "SETTLE_MQTT__PASSWORD" in c.fix
-
-
-@contextlib.contextmanager
-def read_only_dir(path: Path) -> Iterator[None]:
-    """Read-only for this process: mode 0500, or the immutable flag when running as root
-    (root ignores modes)."""
-    path.mkdir()
-    if os.geteuid() != 0:
-        path.chmod(0o500)
-        try:
-            yield
-        finally:
-            path.chmod(0o700)
-        return
-    chattr = shutil.which("chattr")
-    if chattr is None or subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode:
-        pytest.skip("running as root and cannot set the immutable flag here")
-    try:
-        yield
-    finally:
-        subprocess.run([chattr, "-i", str(path)], check=True)
 
 
 def test_read_only_store_directory_fails_with_a_fix(tmp_path: Path) -> None:

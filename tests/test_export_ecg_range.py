@@ -40,7 +40,7 @@ from sessions.export_edf import ECG_CLIPPED, ECG_NOT_RECORDED, export_edf
 from sessions.export_kubios import export_kubios
 from sessions.files import ExportError
 from sessions.store import BeatClass, EcgBeatRow, MarkerRow, MarkerSource, SessionStore
-from tests.conftest import DATA
+from tests.conftest import DATA, dev_dependency
 
 T0_MS = 1_795_000_000_123
 FS = 130
@@ -130,7 +130,7 @@ def _spike_times_s() -> npt.NDArray[np.float64]:
 def test_edf_ecg_keeps_1_uv_resolution_clips_spikes_and_reads_0_without_data(
     store: SessionStore, tmp_path: Path
 ) -> None:
-    pyedflib = pytest.importorskip("pyedflib", reason="dev dependency pyedflib not installed")
+    pyedflib = dev_dependency("pyedflib")
     sid, _ = _session(store)
     with pyedflib.EdfReader(str(export_edf(store, sid, tmp_path / "s.edf"))) as f:
         i = f.getSignalLabels().index("ECG")
@@ -191,7 +191,7 @@ def test_edf_and_bids_annotate_where_no_ecg_was_recorded(
     the last sample there is no ECG: the EDF reads 0 µV there and says so in an annotation,
     the BIDS file reads n/a and has an event, each within a sample of the hole (both were
     unmarked: a researcher could not tell a hole from a flat stretch)."""
-    pyedflib = pytest.importorskip("pyedflib", reason="dev dependency pyedflib not installed")
+    pyedflib = dev_dependency("pyedflib")
     sid, _ = _session(store, drop_frame=20)
     with pyedflib.EdfReader(str(export_edf(store, sid, tmp_path / "s.edf"))) as f:
         ecg = f.readSignal(f.getSignalLabels().index("ECG"))

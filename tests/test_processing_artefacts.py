@@ -17,6 +17,7 @@ from processing.artefacts import (
     ArtefactCorrector,
     correct_rr,
 )
+from tests.conftest import dev_dependency
 
 ART = Path(__file__).parent / "data" / "artifacts"
 BASE = "bartels_rest_supine"
@@ -181,7 +182,7 @@ def test_a_day_long_record_is_mostly_left_alone() -> None:
     # stretches, and 8 long/short beats now corrected as displaced pairs). The bound is the
     # reference implementation of the same published method, run here: NeuroKit2 0.2.13's
     # Lipponen-Tarvainen detector flags 483 beats of this day (393 ectopic, 89 long/short).
-    nk = pytest.importorskip("neurokit2", reason="needs the dev extra (neurokit2==0.2.13)")
+    nk = dev_dependency("neurokit2")
     peaks = np.concatenate([[0.0], np.cumsum(rec["rr_ms"])]).astype(np.int64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

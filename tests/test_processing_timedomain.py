@@ -17,6 +17,7 @@ from processing.offline import analyze
 from processing.timedomain import RollingTimeDomain, TimeDomain, time_domain
 from sensors.hrs import rr_raw_to_ms
 from sensors.virtual.model import ModelParams, PhysioModel
+from tests.conftest import dev_dependency
 
 DATA = Path(__file__).parent / "data"
 RECORDINGS = (
@@ -296,9 +297,7 @@ def test_batch_matches_pinned_neurokit2_values(name: str) -> None:
 
 @pytest.mark.parametrize("name", RECORDINGS)
 def test_batch_matches_neurokit2_hrv_time(name: str) -> None:
-    nk = pytest.importorskip(
-        "neurokit2", reason="golden test against NeuroKit2 needs `pip install neurokit2==0.2.13`"
-    )
+    nk = dev_dependency("neurokit2")
     t_s, rr_ms = _CACHE[name]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

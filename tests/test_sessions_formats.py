@@ -41,7 +41,7 @@ from sessions.store import (
     MarkerSource,
     SessionStore,
 )
-from tests.conftest import DATA
+from tests.conftest import DATA, dev_dependency
 
 REPO = Path(__file__).resolve().parents[1]
 T0_MS = 1_795_000_000_123  # a start with a sub-second part
@@ -140,7 +140,7 @@ def test_json_round_trips_exactly_with_a_manifest(store: SessionStore, tmp_path:
 
 
 def test_edf_reads_back_with_pyedflib(store: SessionStore, tmp_path: Path) -> None:
-    pyedflib = pytest.importorskip("pyedflib", reason="dev dependency pyedflib not installed")
+    pyedflib = dev_dependency("pyedflib")
     sid = _build(store)
     path = export_edf(store, sid, tmp_path / "s.edf")
     rec = store.read_session(sid)
@@ -199,7 +199,7 @@ def test_edf_and_bids_ecg_keep_the_waveform_recorded_at_the_straps_own_rate(
     values) within a few µV of the waveform itself at the file's sample times, and its
     peaks are not lowered: linear interpolation lowered them by up to 7 % (a sample 3.8 ms
     either side of the apex) and was up to ~100 µV off on the QRS slopes."""
-    pyedflib = pytest.importorskip("pyedflib", reason="dev dependency pyedflib not installed")
+    pyedflib = dev_dependency("pyedflib")
     fs_strap = 130.16
     sid = store.create_session("polar_h10_a1b2c3d4", T0_MS, "ble:AA:BB", {}).id
     n = round(30 * fs_strap)
@@ -235,7 +235,7 @@ def test_edf_and_bids_ecg_keep_the_waveform_recorded_at_the_straps_own_rate(
 
 
 def test_edf_without_ecg_and_wrong_suffix(store: SessionStore, tmp_path: Path) -> None:
-    pyedflib = pytest.importorskip("pyedflib", reason="dev dependency pyedflib not installed")
+    pyedflib = dev_dependency("pyedflib")
     sid = _build(store, ecg=False)
     with pytest.raises(ExportError, match=r"must end in \.edf"):
         export_edf(store, sid, tmp_path / "s.txt")
@@ -252,7 +252,7 @@ def test_edf_beats_not_analysed_are_missing_in_rr_and_hr_never_clipped(
     value) and annotates the span, instead of an RR clipped to a fabricated 3000 ms beside an
     HR of 17 bpm. BIDS leaves the same samples n/a. A 4.2 s pause that was analysed (a
     widened ``rr_max_ms``) keeps its real value."""
-    pyedflib = pytest.importorskip("pyedflib", reason="dev dependency pyedflib not installed")
+    pyedflib = dev_dependency("pyedflib")
     sid = store.create_session("polar_h10_a1b2c3d4", T0_MS, "ble:AA:BB", {}).id
     rr = [800.0] * 60
     classes: list[BeatClass | None] = [BeatClass.NORMAL] * 60
@@ -318,7 +318,7 @@ def test_edf_and_bids_series_follow_the_corrected_intervals(
     of the exported series. And a "missed" beat split in two left a 2 s hole with no gap
     or annotation (its raw spacing was compared with the corrected half-interval). Both
     4 Hz series now follow the corrected tachogram, as the indices do."""
-    pyedflib = pytest.importorskip("pyedflib", reason="dev dependency pyedflib not installed")
+    pyedflib = dev_dependency("pyedflib")
     sid = store.create_session("polar_h10_a1b2c3d4", T0_MS, "ble:AA:BB", {}).id
     beats, t = [], 0.0
     plan: list[tuple[float, float | None, BeatClass]] = [(1060.0, 1060.0, BeatClass.NORMAL)] * 80
@@ -351,7 +351,7 @@ def test_edf_annotation_texts_are_unambiguous_and_cut_visibly(
     """The intention is one annotation per field, so a "|" in the statement cannot be taken
     for a separator; a marker text longer than EDFlib keeps (512 bytes) ends in "…" on a
     whole character instead of being cut silently mid-character."""
-    pyedflib = pytest.importorskip("pyedflib", reason="dev dependency pyedflib not installed")
+    pyedflib = dev_dependency("pyedflib")
     sid = store.create_session(
         "dev", T0_MS, "x", {}, intention=Intention(IntentionTarget.SELF, "safe | sound", "a|b")
     ).id
@@ -774,7 +774,7 @@ def test_sessions_exported_before_the_strap_was_recorded_do_not_conflict(
 def test_every_export_says_which_strap_recorded_it(store: SessionStore, tmp_path: Path) -> None:
     """Only the JSON export said whose a session was: CSV, EDF+ and the Kubios markers file
     of a group practice's four sessions could not be told apart."""
-    pyedflib = pytest.importorskip("pyedflib", reason="dev dependency pyedflib not installed")
+    pyedflib = dev_dependency("pyedflib")
     sid = _build(store, ecg=False)
     path = export_session(store, sid, "csv", tmp_path)
     with path.open(newline="") as fh:
