@@ -38,7 +38,8 @@ the daemon computes and publishes it live** (:func:`processing.indices.reactivit
 the fast HR — the 1 Hz HR of the beats, a centred 5 s mean — against its mean and floored
 spread at the baseline's stored rows, and the lnRMSSD of the beats against the baseline rows'
 mean): peak ΔHR from the baseline mean within 30 s after the marker, ΔlnRMSSD over those 30 s,
-and the seconds after that 30 s until the fast HR is back within the baseline band. These are
+and the seconds from the marker until the fast HR, after that peak, is back within the
+baseline band (``docs/indices.md``: counted from the marker since 2026-11-27). These are
 the per-marker values behind the ``responses_by_kind`` averages of the indices messages the
 daemon published during the session.
 """
