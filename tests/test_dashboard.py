@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from feedback.dashboard import Dashboard, DashboardConfig, Hub, is_loopback, loa
 from feedback.dashboard import server as server_module
 from feedback.dashboard.hub import BACKLOG
 from feedback.dashboard.server import STATIC, DeviceView
+from sensors.virtual.strap import VirtualStrap
 from sessions import read_export_csv
 from sessions.store import MarkerRow, SessionState, SessionStore
 from settle.app import serve
@@ -606,12 +608,21 @@ async def _scenario(
     await page.wait_for_function(
         "document.getElementById('own-straps').textContent.includes('bpm')"
     )
-    await page.click("#scan")
-    await page.wait_for_function(
-        "/found|no strap|failed/.test(document.getElementById('scan-state').textContent)",
-        timeout=10_000,
-    )
-    await page.screenshot(path=str(SHOTS / "pair-desktop.png"), full_page=True)
+    # A second strap switched on nearby: the daemon's own scan (through its BLE backend)
+    # lists it; "no strap" or "failed" would be a broken scan, not a pass.
+    spare = VirtualStrap(world.air, itertools.repeat(900.0), name="Spare Strap", speed=4.0)
+    await spare.start()
+    try:
+        await page.click("#scan")
+        await page.wait_for_function(
+            "/found|no strap|failed/.test(document.getElementById('scan-state').textContent)",
+            timeout=10_000,
+        )
+        assert "Spare Strap" in (await page.locator("#scan-list").text_content() or "")
+        assert "found" in (await page.locator("#scan-state").text_content() or "")
+        await page.screenshot(path=str(SHOTS / "pair-desktop.png"), full_page=True)
+    finally:
+        await spare.stop()
 
     # Stop; history lists the finished session, opens its report, downloads its exports.
     await page.click("nav >> text=Session")
