@@ -64,8 +64,8 @@ SPECTRAL_WINDOW_S = 120.0
 _IMPLAUSIBLE = np.int8(BEAT_CLASSES.index("implausible"))
 _WARMUP = np.int8(BEAT_CLASSES.index("warmup"))
 _NOT_ANALYSED = min(_IMPLAUSIBLE, _WARMUP)
-_MISSED = np.int8(BEAT_CLASSES.index("missed"))
 """Codes from here on are beats kept for provenance but not analysed."""
+_MISSED = np.int8(BEAT_CLASSES.index("missed"))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -176,10 +176,9 @@ def _classify(
     :data:`~processing.artefacts.MISSED_SPAN` × ``rr_max_ms`` goes to the correction too: at
     a resting heart below ~57 beats/min one missed beat already makes more than 2000 ms, and
     left out it broke the series at every missed beat (the spectrum then used only the
-    longest unbroken runs). If
-    the correction splits it (``missed``), the parts are analysed; otherwise it is
-    implausible after all, and the runs are corrected again without it, exactly as if it had
-    been left out from the start."""
+    longest unbroken runs). If the correction splits it (``missed``), the parts are analysed;
+    otherwise it is implausible after all, and the runs are corrected again without it,
+    exactly as if it had been left out from the start."""
     if t.size == 0:
         return collect([])
     warm = np.zeros(t.size, dtype=bool) if warmup is None else warmup
@@ -206,6 +205,8 @@ def _classify_kept(
     keep: npt.NDArray[np.bool_],
     warm: npt.NDArray[np.bool_],
 ) -> CorrectedSeries:
+    """:func:`_classify` for a given set of analysed beats (``keep``); the rest are marked
+    warm-up or implausible."""
     left_out = np.where(warm, _WARMUP, _IMPLAUSIBLE).astype(np.int8)
     parts: list[tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.int8]]] = []
     edges = np.flatnonzero(np.diff(keep.astype(np.int8)) != 0) + 1
