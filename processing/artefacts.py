@@ -79,7 +79,7 @@ import bisect
 import collections
 import dataclasses
 import math
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -155,6 +155,18 @@ _MED_SIZE = MEDIAN_BACK + 1 + LOOKAHEAD_BEATS
 _insort = bisect.insort
 _bisect_left = bisect.bisect_left
 _CODE = {c: i for i, c in enumerate(BEAT_CLASSES)}
+
+
+@overload
+def may_be_missed(rr_ms: float, rr_max_ms: float) -> bool: ...
+@overload
+def may_be_missed(rr_ms: npt.NDArray[np.float64], rr_max_ms: float) -> npt.NDArray[np.bool_]: ...
+def may_be_missed(
+    rr_ms: float | npt.NDArray[np.float64], rr_max_ms: float
+) -> bool | npt.NDArray[np.bool_]:
+    """Whether an interval (elementwise for an array) lies above ``rr_max_ms`` but within
+    :data:`MISSED_SPAN` × it: perhaps beats the strap missed, for the correction to judge."""
+    return (rr_ms > rr_max_ms) & (rr_ms <= MISSED_SPAN * rr_max_ms)
 
 
 class ProcessedBeat(NamedTuple):

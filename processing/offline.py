@@ -20,10 +20,10 @@ import numpy.typing as npt
 
 from processing.artefacts import (
     BEAT_CLASSES,
-    MISSED_SPAN,
     CorrectedSeries,
     collect,
     correct_rr,
+    may_be_missed,
 )
 from processing.indices import SPREAD_FLOORS
 from processing.live import (
@@ -184,9 +184,7 @@ def _classify(
     warm = np.zeros(t.size, dtype=bool) if warmup is None else warmup
     plausible = (rr >= rr_min_ms) & (rr <= rr_max_ms) & ~warm
     maybe_missed = (
-        (rr > rr_max_ms) & (rr <= MISSED_SPAN * rr_max_ms) & ~warm
-        if correction
-        else np.zeros(t.size, dtype=bool)
+        may_be_missed(rr, rr_max_ms) & ~warm if correction else np.zeros(t.size, dtype=bool)
     )
     while True:
         cs = _classify_kept(t, rr, correction, plausible | maybe_missed, warm)

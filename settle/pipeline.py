@@ -34,7 +34,7 @@ from feedback.payloads import (
     Intention,
     SessionPayload,
 )
-from processing.artefacts import MISSED_SPAN, ProcessedBeat
+from processing.artefacts import ProcessedBeat, may_be_missed
 from processing.indices import EventResponse
 from processing.live import BASELINE_MIN_SAMPLES, IndicesSnapshot, LiveAnalyzer
 from sensors.strap import Notification
@@ -725,10 +725,7 @@ class StrapPipeline:
             elif not p.rr_min_ms <= tb.rr_ms <= p.rr_max_ms and not (
                 # Perhaps a missed beat at a slow heart: the correction splits it, or the
                 # analyzer makes it implausible after all (LiveAnalyzer.rr_max_ms).
-                p.correction
-                and self.rr_source == "hrs"
-                and tb.rr_ms <= MISSED_SPAN * p.rr_max_ms
-                and tb.rr_ms > p.rr_max_ms
+                p.correction and self.rr_source == "hrs" and may_be_missed(tb.rr_ms, p.rr_max_ms)
             ):
                 cls = BeatClass.IMPLAUSIBLE
                 if self.rr_source == "hrs":
