@@ -251,8 +251,14 @@ def itertools_pairwise(x: list[int]) -> list[tuple[int, int]]:
 
 
 def _rolling_spectra(
-    t: FloatArray, rr: FloatArray, window_s: float, segments: list[tuple[int, int]]
+    t: FloatArray,
+    rr: FloatArray,
+    window_s: float,
+    segments: list[tuple[int, int]],
+    done: Callable[[float], None] = lambda _share: None,
 ) -> tuple[FloatArray, ...]:
+    """Spectra and coherence every 5 s; ``done(share)`` after each batch of windows, with the
+    share of the steps' windows computed so far (a progress display)."""
     n_coh = round(COHERENCE_WINDOW_S * FS_HZ)
     n_sp = round(SPECTRAL_WINDOW_S * FS_HZ)
     if t.size < 2:
@@ -264,6 +270,7 @@ def _rolling_spectra(
     resp = np.full(steps.size, np.nan)
     coh = np.full(steps.size, np.nan)
     lnlf = np.full(steps.size, np.nan)
+    n_done = 0
     for a, b in segments:
         ts, rs = t[a:b], rr[a:b]
         if ts.size < 8:
@@ -306,6 +313,8 @@ def _rolling_spectra(
                     lf[ii] = _bandsum(f, p, 0.04, 0.15)
                     hf[ii] = _bandsum(f, p, 0.15, 0.4)
                     resp[ii] = 60.0 * resp_peak_hz(f, p)
+                n_done += ii.size
+                done(n_done / (2 * steps.size))
     return steps, lf, hf, resp, coh, lnlf
 
 
@@ -440,7 +449,14 @@ def _score(
     return score
 
 
-def _no_stage(_name: str) -> None:
+#: Each stage's relative cost in :func:`analyze` (seconds on the 24 h Holter file, 2026-11-29;
+#: the whole-recording spectrum's by method), so the progress it reports moves with the work,
+#: not with the number of stages.
+STAGE_COST = {"beats": 0.3, "time domain": 0.005, "spectra": 0.6, "rolling": 0.015}
+SUMMARY_COST = {"welch": 0.08, "lomb": 1.0}
+
+
+def _no_progress(_stage: str, _done: float) -> None:
     pass
 
 
@@ -456,11 +472,13 @@ def analyze(
     rr_max_ms: float = 2000.0,
     warmup: npt.ArrayLike | None = None,
     spectrum: Method = "welch",
-    on_stage: Callable[[str], None] | None = None,
+    on_progress: Callable[[str, float], None] | None = None,
 ) -> Analysis:
     """Analyse one recording (beat times ``t_s`` in s, raw intervals ``rr_ms`` in ms).
 
-    ``on_stage`` is called with the name of each stage as it begins (a progress display).
+    ``on_progress(stage, done)`` is called as each stage begins and during the longest one,
+    with the stage's name and the share of the whole analysis done so far (0–1, by
+    :data:`STAGE_COST`; 1 once it is all done), for a progress bar.
 
     An interval outside ``[rr_min_ms, rr_max_ms]`` is kept in :attr:`Analysis.beats` as
     ``implausible`` and not analysed (as in the daemon); the artefact correction starts afresh
@@ -477,8 +495,18 @@ def analyze(
     warm = None if warmup is None else np.asarray(warmup, dtype=bool)
     if warm is not None and warm.shape != t.shape:
         raise ValueError("warmup must have one value per beat")
-    stage = on_stage if on_stage is not None else _no_stage
-    stage("correcting artefacts" if correction else "classifying beats")
+    report = on_progress if on_progress is not None else _no_progress
+    costs = {k: v for k, v in STAGE_COST.items() if rolling or k != "rolling"}
+    costs["summary"] = SUMMARY_COST[spectrum]
+    before: dict[str, float] = {}
+    total = 0.0
+    for key, cost in costs.items():
+        before[key], total = total, total + cost
+
+    def stage(key: str, name: str, share: float = 0.0) -> None:
+        report(name, (before[key] + share * costs[key]) / total)
+
+    stage("beats", "correcting artefacts" if correction else "classifying beats")
     cs = _classify(t, rr, correction, rr_min_ms, rr_max_ms, warm)
     jumps = _jumps(_analysed_raw(cs))
     ok = np.isfinite(cs.rr_ms)
@@ -507,14 +535,17 @@ def analyze(
         reason = jump_reason(float(jumps.mean()), recent=False)
     breaks = _breaks(cs, ok)
     segments = _segments(tc.size, breaks)
-    stage("time domain")
+    stage("time domain", "time domain")
     td = time_domain(rc, breaks=breaks)
     sd1, sd2 = poincare(rc, breaks=breaks)
-    stage("spectra and coherence every 5 s")
-    steps, lf, hf, resp, coh, lnlf = _rolling_spectra(tc, rc, window_s, segments)
+    spectra = "spectra and coherence every 5 s"
+    stage("spectra", spectra)
+    steps, lf, hf, resp, coh, lnlf = _rolling_spectra(
+        tc, rc, window_s, segments, lambda share: stage("spectra", spectra, share)
+    )
     roll = None
     if rolling:
-        stage("rolling time domain and settling score")
+        stage("rolling", "rolling time domain and settling score")
         mean, hr, sdnn, rmssd, pnn, cnt, run_start = _rolling_td(tc, rc, window_s, breaks)
         idx = np.searchsorted(tc, steps, side="right") - 1
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -528,7 +559,10 @@ def analyze(
             tc, mean, hr, sdnn, rmssd, pnn, steps, lf, hf, lfhf, resp, coh, score, quality
         )
     finite_coh = coh[np.isfinite(coh)]
-    return Analysis(
+    stage("summary", "DFA and the whole recording's spectrum")
+    alpha1 = dfa_alpha1(rc, breaks=breaks)
+    whole = lomb_frames(tc, rc) if spectrum == "lomb" else spectral_runs(tc, rc, segments)
+    analysis = Analysis(
         n_beats=int(t.size),
         duration_s=float(t[-1] - t[0] + rr[0] / 1000.0) if t.size else 0.0,
         usable=usable,
@@ -537,8 +571,10 @@ def analyze(
         td=td,
         sd1_ms=sd1,
         sd2_ms=sd2,
-        dfa_alpha1=dfa_alpha1(rc, breaks=breaks),
-        spectral=lomb_frames(tc, rc) if spectrum == "lomb" else spectral_runs(tc, rc, segments),
+        dfa_alpha1=alpha1,
+        spectral=whole,
         coherence=float(np.median(finite_coh)) if finite_coh.size else math.nan,
         rolling=roll,
     )
+    report("done", 1.0)
+    return analysis

@@ -331,26 +331,37 @@ def run_analyze(
     check_outputs(file, {"--beats": beats, "--rolling": rolling}, force=force)
     rec = read_rr_file(file)
     progress = None
-    on_stage = None
+    on_progress = None
+    write_share = {"beats": 0.08, "rolling": 0.15}  # of the analysis's time (24 h file)
     if sys.stderr.isatty() and rec.rr_ms.size > 20_000:
         # On stderr (a Progress draws on stdout by default: with --json > file it showed
-        # nothing); the stage under way and the time so far, as the work is one pass each.
+        # nothing): a bar, the stage under way and the time so far.
         from rich.console import Console
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         progress = Progress(
-            SpinnerColumn(),
             TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
             TimeElapsedColumn(),
             console=Console(stderr=True),
             transient=True,
         )
         progress.start()
-        task = progress.add_task(f"analysing {rec.rr_ms.size} beats", total=None)
+        total = 1.0 + write_share["beats"] * (beats is not None)
+        total += write_share["rolling"] * (rolling is not None)
+        what = f"analysing {rec.rr_ms.size} beats"
+        task = progress.add_task(what, total=total)
         bar = progress
 
-        def on_stage(name: str) -> None:
-            bar.update(task, description=f"analysing {rec.rr_ms.size} beats: {name}")
+        def on_progress(stage: str, done: float) -> None:
+            bar.update(task, description=f"{what}: {stage}", completed=done)
 
     try:
         a = analyze(
@@ -364,16 +375,21 @@ def run_analyze(
             rr_max_ms=rr_range_ms[1],
             warmup=rec.warmup,
             spectrum=method,
-            on_stage=on_stage,
+            on_progress=on_progress,
         )
-        if beats is not None:
-            if on_stage is not None:
-                on_stage(f"writing {beats.name}")
-            write_beats(a, beats, replace=force)
-        if rolling is not None:
-            if on_stage is not None:
-                on_stage(f"writing {rolling.name}")
-            write_rolling(a, rolling, replace=force)
+        done = 1.0
+        for path, key, write in (
+            (beats, "beats", write_beats),
+            (rolling, "rolling", write_rolling),
+        ):
+            if path is None:
+                continue
+            if on_progress is not None:
+                on_progress(f"writing {path.name}", done)
+            write(a, path, replace=force)
+            done += write_share[key]
+        if on_progress is not None:
+            on_progress("done", done)
     finally:
         if progress is not None:
             progress.stop()

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -167,9 +168,10 @@ def test_no_progress_bar_when_not_a_tty(tmp_path: Path) -> None:
 
 
 def test_progress_shows_on_the_terminal_when_json_goes_to_a_file(tmp_path: Path) -> None:
-    """``settle analyze big.csv --json > out.json`` in a terminal: the progress (stage and
-    time so far) is drawn on stderr, the terminal; it was drawn on stdout, into the file's
-    place, so nothing showed for the whole run. The JSON in the file is untouched."""
+    """``settle analyze big.csv --json > out.json`` in a terminal: the progress bar (stage,
+    percentage, time so far) is drawn on stderr, the terminal; it was drawn on stdout, into
+    the file's place, so nothing showed for the whole run. The JSON in the file is untouched.
+    The percentage only grows and ends at 100 % (it was a spinner with no percentage)."""
     import pty
 
     rec = _long_recording(tmp_path)
@@ -178,7 +180,8 @@ def test_progress_shows_on_the_terminal_when_json_goes_to_a_file(tmp_path: Path)
     try:
         with out.open("w") as fh:
             p = subprocess.run(
-                [sys.executable, "-m", "settle.cli", "analyze", str(rec), "--json"],
+                [sys.executable, "-m", "settle.cli", "analyze", str(rec), "--json",
+                 "--rolling", str(tmp_path / "r.csv")],
                 stdout=fh, stderr=slave, timeout=120,
                 env={**os.environ, "SETTLE_CONFIG": str(CONFIG), "COLUMNS": "120"},
             )  # fmt: skip
@@ -199,7 +202,28 @@ def test_progress_shows_on_the_terminal_when_json_goes_to_a_file(tmp_path: Path)
             os.close(slave)
     assert p.returncode == 0
     assert b"analysing 25000 beats" in shown
+    percent = [int(v) for v in re.findall(rb"(\d+)%", shown)]
+    assert percent and percent == sorted(percent) and percent[-1] == 100
     assert json.loads(out.read_text())["n_beats"] == 25_000
+    assert (tmp_path / "r.csv").stat().st_size > 0
+
+
+def test_analysis_progress_follows_the_work() -> None:
+    """What the bar is drawn from: a share of the whole analysis that starts at 0, only grows,
+    moves during the longest stage (spectra every 5 s over 5.5 h) rather than only between
+    stages, and reaches 1 when the analysis is done, with or without the rolling series."""
+    from processing.offline import analyze
+
+    rr = 800.0 + 30.0 * np.sin(np.arange(25_000) * 0.7)
+    t = np.cumsum(rr) / 1000.0
+    for rolling in (True, False):
+        seen: list[tuple[str, float]] = []
+        analyze(t, rr, rolling=rolling, on_progress=lambda s, d, seen=seen: seen.append((s, d)))
+        done = [d for _, d in seen]
+        assert done[0] == 0.0 and done[-1] == 1.0 and done == sorted(done)
+        spectra = {d for s, d in seen if s.startswith("spectra")}
+        assert len(spectra) >= 4 and 0.0 < min(spectra) < max(spectra) < 1.0
+        assert ("rolling time domain and settling score" in dict(seen)) == rolling
 
 
 def test_outputs_never_overwrite_a_session_store_even_with_force(tmp_path: Path) -> None:
