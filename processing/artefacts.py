@@ -169,6 +169,20 @@ def may_be_missed(
     return (rr_ms > rr_max_ms) & (rr_ms <= MISSED_SPAN * rr_max_ms)
 
 
+@overload
+def may_be_extra(rr_ms: float, rr_min_ms: float) -> bool: ...
+@overload
+def may_be_extra(rr_ms: npt.NDArray[np.float64], rr_min_ms: float) -> npt.NDArray[np.bool_]: ...
+def may_be_extra(
+    rr_ms: float | npt.NDArray[np.float64], rr_min_ms: float
+) -> bool | npt.NDArray[np.bool_]:
+    """Whether an interval (elementwise for an array) lies below ``rr_min_ms`` but above 0:
+    perhaps one piece of an interval a spurious beat split (it falls anywhere in the
+    interval, so a piece can be of any length), for the correction to judge: it merges the
+    piece back (``extra``) when the two pieces make an interval that fits its neighbours."""
+    return (rr_ms > 0.0) & (rr_ms < rr_min_ms)
+
+
 class ProcessedBeat(NamedTuple):
     """One beat after classification and correction (provenance kept).
 

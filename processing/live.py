@@ -173,6 +173,7 @@ class LiveAnalyzer:
         catch_threshold: float = CATCH_THRESHOLD,
         catch_hold_s: float = CATCH_HOLD_S,
         rr_max_ms: float = math.inf,
+        rr_min_ms: float = 0.0,
     ) -> None:
         self.window_s = window_s
         self.rr_max_ms = rr_max_ms
@@ -181,6 +182,9 @@ class LiveAnalyzer:
         The caller passes such beats (up to a few times this, see
         :data:`processing.artefacts.MISSED_SPAN`) instead of leaving them out, so that a missed
         beat at a slow heart is split, not a gap."""
+        self.rr_min_ms = rr_min_ms
+        """Below this likewise, unless the correction merged it as a spurious beat
+        (``extra``; :func:`processing.artefacts.may_be_extra`)."""
         self.baseline_s = baseline_s
         self.correction = correction
         self.coherence_window_s = coherence_window_s
@@ -254,7 +258,9 @@ class LiveAnalyzer:
     def _consume(self, out: list[ProcessedBeat]) -> None:
         td, beats, flags = self._td, self._beats, self._flags
         for i, b in enumerate(out):
-            if b.rr_raw_ms > self.rr_max_ms and b.beat_class != "missed":
+            if (b.rr_raw_ms > self.rr_max_ms and b.beat_class != "missed") or (
+                b.rr_raw_ms < self.rr_min_ms and b.beat_class != "extra"
+            ):
                 out[i] = ProcessedBeat(b.t_s, b.rr_raw_ms, math.nan, "implausible")
                 self._restart_windows()
                 self._segment_start = b.t_s  # no spectrum spans it either

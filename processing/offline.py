@@ -23,6 +23,7 @@ from processing.artefacts import (
     CorrectedSeries,
     collect,
     correct_rr,
+    may_be_extra,
     may_be_missed,
 )
 from processing.indices import SPREAD_FLOORS
@@ -66,6 +67,7 @@ _WARMUP = np.int8(BEAT_CLASSES.index("warmup"))
 _NOT_ANALYSED = min(_IMPLAUSIBLE, _WARMUP)
 """Codes from here on are beats kept for provenance but not analysed."""
 _MISSED = np.int8(BEAT_CLASSES.index("missed"))
+_EXTRA = np.int8(BEAT_CLASSES.index("extra"))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -178,22 +180,26 @@ def _classify(
     left out it broke the series at every missed beat (the spectrum then used only the
     longest unbroken runs). If the correction splits it (``missed``), the parts are analysed;
     otherwise it is implausible after all, and the runs are corrected again without it,
-    exactly as if it had been left out from the start."""
+    exactly as if it had been left out from the start. Likewise an interval below
+    ``rr_min_ms`` (a spurious beat early or late in an interval leaves a piece shorter than
+    that): analysed if the correction merges it (``extra``), implausible otherwise."""
     if t.size == 0:
         return collect([])
     warm = np.zeros(t.size, dtype=bool) if warmup is None else warmup
     plausible = (rr >= rr_min_ms) & (rr <= rr_max_ms) & ~warm
-    maybe_missed = (
-        may_be_missed(rr, rr_max_ms) & ~warm if correction else np.zeros(t.size, dtype=bool)
-    )
+    none = np.zeros(t.size, dtype=bool)
+    maybe_missed = may_be_missed(rr, rr_max_ms) & ~warm if correction else none
+    maybe_extra = may_be_extra(rr, rr_min_ms) & ~warm if correction else none
     while True:
-        cs = _classify_kept(t, rr, correction, plausible | maybe_missed, warm)
+        cs = _classify_kept(t, rr, correction, plausible | maybe_missed | maybe_extra, warm)
         # Rows of raw beats, in input order (inserted rows have no raw interval).
-        raw_rows = np.flatnonzero(~np.isnan(cs.rr_raw_ms))
-        not_split = maybe_missed & (cs.code[raw_rows] != _MISSED)
-        if not not_split.any():
+        code = cs.code[np.flatnonzero(~np.isnan(cs.rr_raw_ms))]
+        not_split = maybe_missed & (code != _MISSED)
+        not_merged = maybe_extra & (code != _EXTRA)
+        if not (not_split.any() or not_merged.any()):
             return cs
         maybe_missed &= ~not_split
+        maybe_extra &= ~not_merged
 
 
 def _classify_kept(

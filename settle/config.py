@@ -211,7 +211,9 @@ class ProcessingConfig(_Section):
     rr_min_ms: float = Field(250.0, ge=100, le=1000)
     rr_max_ms: float = Field(2000.0, ge=1000, le=5000)
     """RR outside [rr_min_ms, rr_max_ms] is physiologically implausible: recorded, not analysed.
-    250 ms is 240 beats/min, the top of sprint heart rates (273 ms refused 220 beats/min)."""
+    250 ms is 240 beats/min, the top of sprint heart rates (273 ms refused 220 beats/min).
+    With ``correction``, an interval up to 2 × ``rr_max_ms`` the correction splits (missed
+    beats) or one under ``rr_min_ms`` it merges (a spurious beat's piece) is analysed."""
     rr_source: Literal["hrs", "ecg"] = "hrs"
     """Which RR drives the indices: ``hrs``, the strap's own RR (every Heart Rate Service
     strap); ``ecg``, RR from R peaks of the raw ECG (Polar H10 with ``strap.ecg``: sample-level
