@@ -170,6 +170,7 @@ def _classify(
     rr_min_ms: float,
     rr_max_ms: float,
     warmup: npt.NDArray[np.bool_] | None = None,
+    cut: npt.NDArray[np.bool_] | None = None,
 ) -> CorrectedSeries:
     """Per-beat provenance: warm-up beats and implausible intervals marked, the runs between
     them (split again at gaps in the beat times) corrected one by one, or taken as they are.
@@ -191,7 +192,8 @@ def _classify(
     maybe_missed = may_be_missed(rr, rr_max_ms) & ~warm if correction else none
     maybe_extra = may_be_extra(rr, rr_min_ms) & ~warm if correction else none
     while True:
-        cs = _classify_kept(t, rr, correction, plausible | maybe_missed | maybe_extra, warm)
+        keep = plausible | maybe_missed | maybe_extra
+        cs = _classify_kept(t, rr, correction, keep, warm, cut)
         # Rows of raw beats, in input order (inserted rows have no raw interval).
         code = cs.code[np.flatnonzero(~np.isnan(cs.rr_raw_ms))]
         not_split = maybe_missed & (code != _MISSED)
@@ -208,9 +210,10 @@ def _classify_kept(
     correction: bool,
     keep: npt.NDArray[np.bool_],
     warm: npt.NDArray[np.bool_],
+    cut: npt.NDArray[np.bool_] | None = None,
 ) -> CorrectedSeries:
     """:func:`_classify` for a given set of analysed beats (``keep``); the rest are marked
-    warm-up or implausible."""
+    warm-up or implausible. The correction also starts afresh at beats marked in ``cut``."""
     left_out = np.where(warm, _WARMUP, _IMPLAUSIBLE).astype(np.int8)
     parts: list[tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.int8]]] = []
     edges = np.flatnonzero(np.diff(keep.astype(np.int8)) != 0) + 1
@@ -219,7 +222,12 @@ def _classify_kept(
         if not keep[a]:
             parts.append((ts, rs, np.full(rs.size, np.nan), left_out[a:b]))
             continue
-        cuts = [0, *gaps_in_times(ts, rs).tolist(), ts.size] if correction else [0, ts.size]
+        cuts = [0, ts.size]
+        if correction:
+            at = gaps_in_times(ts, rs)
+            if cut is not None:
+                at = np.union1d(at, np.flatnonzero(cut[a + 1 : b]) + 1)
+            cuts = [0, *at.tolist(), ts.size]
         for c, d in itertools.pairwise(cuts):
             if correction:
                 cs = correct_rr(ts[c:d], rs[c:d])
@@ -235,14 +243,20 @@ def gaps_in_times(t: FloatArray, rr: FloatArray) -> npt.NDArray[np.intp]:
     return np.flatnonzero(np.diff(t) * 1000.0 > 3.0 * rr[1:] + 1.0) + 1
 
 
-def _breaks(cs: CorrectedSeries, ok: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:
+def _breaks(
+    cs: CorrectedSeries, ok: npt.NDArray[np.bool_], gap_t_s: FloatArray | None = None
+) -> npt.NDArray[np.intp]:
     """Where the analysed beats ``cs.*[ok]`` break (indices of the first beat after a break):
-    after a beat left out (implausible, warm-up: as live, no difference spans one), and at
-    gaps in time."""
+    after a beat left out (implausible, warm-up: as live, no difference spans one), at gaps
+    in time, and before the first beat at or after each of ``gap_t_s`` (recorded gaps)."""
     rows = np.flatnonzero(ok)
     out = np.cumsum(cs.code >= _NOT_ANALYSED)
     after_left_out = np.flatnonzero(out[rows[1:]] != out[rows[:-1]]) + 1
-    gaps = gaps_in_times(cs.t_s[ok], cs.rr_ms[ok])
+    t_ok = cs.t_s[ok]
+    gaps = gaps_in_times(t_ok, cs.rr_ms[ok])
+    if gap_t_s is not None and gap_t_s.size:
+        at = np.searchsorted(t_ok, gap_t_s)
+        gaps = np.union1d(gaps, at[(at > 0) & (at < t_ok.size)])
     return np.union1d(after_left_out, gaps).astype(np.intp)
 
 
@@ -421,12 +435,18 @@ def _score(
     """The settling score at each step as :class:`~processing.live.LiveAnalyzer` computes it:
     the automatic baseline collects the usable steps of the first ``baseline_s`` (extended by
     ``baseline_s`` at a time until it holds :data:`BASELINE_MIN_SAMPLES` of each component);
-    after it, every usable step is scored against it."""
+    after it, every usable step is scored against it.
+
+    The baseline runs from the first step, or from 5 s where the steps start later (an
+    export's beats start after the daemon's warm-up, or when the strap was put on): the
+    daemon's first snapshot, and so its baseline, is at 5 s of session time whenever the
+    first beats arrive; its baseline then holds fewer steps, or is extended, and so is this
+    one."""
     score = np.full(steps.size, np.nan)
     if steps.size == 0:
         return score
     comps = ((hr, "hr_bpm", -1.0), (ln, "ln_rmssd", 1.0), (lnlf, "ln_lf", 1.0))
-    until = float(steps[0]) + baseline_s
+    until = min(float(steps[0]), STEP_S) + baseline_s
     finite = [np.isfinite(vals).tolist() for vals, _, _ in comps]
     counts = [0, 0, 0]
     in_base = np.zeros(steps.size, dtype=bool)
@@ -477,6 +497,7 @@ def analyze(
     rr_min_ms: float = 250.0,
     rr_max_ms: float = 2000.0,
     warmup: npt.ArrayLike | None = None,
+    gap_before: npt.ArrayLike | None = None,
     spectrum: Method = "welch",
     on_progress: Callable[[str, float], None] | None = None,
 ) -> Analysis:
@@ -491,6 +512,9 @@ def analyze(
     after it and after every gap in the beat times, so no correction spans a lost signal.
     ``warmup`` (a bool per beat) marks beats the daemon recorded in its warm-up after a
     (re)connect and did not analyse; they are kept as ``warmup`` and left out likewise.
+    ``gap_before`` (a bool per beat) marks beats after a gap the daemon recorded (a lost
+    notification, say: beats are missing however close the times look): the series breaks
+    there as it does at a gap in the times, as the daemon's windows restarted there.
     ``spectrum``: the whole-recording spectrum by the default method (each unbroken run
     resampled, Welch frames within runs) or by Lomb–Scargle over the beats at their own
     times, holes included (:func:`processing.spectral.lomb_frames`). The rolling spectra
@@ -501,6 +525,17 @@ def analyze(
     warm = None if warmup is None else np.asarray(warmup, dtype=bool)
     if warm is not None and warm.shape != t.shape:
         raise ValueError("warmup must have one value per beat")
+    # Where the daemon's windows restarted: after a recorded gap, and at a beat closer than
+    # half its interval to the one before (one it could not place on its time line, in a
+    # burst after a stall: LiveAnalyzer.push_beat starts a new segment there). Raw values:
+    # a corrected premature beat is rightly closer than half its corrected interval.
+    cut = np.zeros(t.size, dtype=bool)
+    cut[1:] = np.diff(t) * 1000.0 < 0.5 * rr[1:]
+    if gap_before is not None:
+        recorded = np.asarray(gap_before, dtype=bool)
+        if recorded.shape != t.shape:
+            raise ValueError("gap_before must have one value per beat")
+        cut |= recorded
     report = on_progress if on_progress is not None else _no_progress
     costs = {k: v for k, v in STAGE_COST.items() if rolling or k != "rolling"}
     costs["summary"] = SUMMARY_COST[spectrum]
@@ -513,7 +548,7 @@ def analyze(
         report(name, (before[key] + share * costs[key]) / total)
 
     stage("beats", "correcting artefacts" if correction else "classifying beats")
-    cs = _classify(t, rr, correction, rr_min_ms, rr_max_ms, warm)
+    cs = _classify(t, rr, correction, rr_min_ms, rr_max_ms, warm, cut)
     jumps = _jumps(_analysed_raw(cs))
     ok = np.isfinite(cs.rr_ms)
     tc, rc = cs.t_s[ok], cs.rr_ms[ok]
@@ -539,7 +574,7 @@ def analyze(
     elif jumps.size >= 30 and jumps.mean() > JUMP_SHARE_MAX:
         usable = False
         reason = jump_reason(float(jumps.mean()), recent=False)
-    breaks = _breaks(cs, ok)
+    breaks = _breaks(cs, ok, t[cut])
     segments = _segments(tc.size, breaks)
     stage("time domain", "time domain")
     td = time_domain(rc, breaks=breaks)

@@ -11,7 +11,8 @@ Formats recognised, by content (not by file name):
   RR as the strap sent it, before artefact correction, so an analysis corrects it afresh
   (``rr_corrected_ms``, ``indices``, markers, gaps and ``ecg_beat`` rows are not read);
   its ``beat_class`` marks the daemon's warm-up beats (:attr:`RRRecording.warmup`), which
-  ``settle analyze`` leaves out as the daemon did.
+  ``settle analyze`` leaves out as the daemon did, and its ``gap`` rows the beats after a
+  recorded gap (:attr:`RRRecording.gap_before`), where the analysis breaks as the daemon's did.
   An RR of 0 (a strap sent it; the daemon kept it as ``implausible``) is read here only.
 * ``settle analyze --beats`` output (header ``t_s,rr_raw_ms,rr_ms,class``): its ``rr_raw_ms``,
   the intervals as they were read, so an analysis corrects them afresh, as for an export;
@@ -87,6 +88,9 @@ class RRRecording:
     warmup: npt.NDArray[np.bool_] | None = None
     """Settle export and ``--beats`` file only: the beats the daemon recorded in its warm-up
     after a (re)connect and did not analyse (class ``warmup``); None for other formats."""
+    gap_before: npt.NDArray[np.bool_] | None = None
+    """Settle export only: the beats that follow a ``gap`` row (beats the daemon knew it had
+    lost, such as a missed notification, however short); None for other formats."""
 
 
 def read_rr_file(path: Path | str) -> RRRecording:
@@ -106,12 +110,13 @@ def read_rr_file(path: Path | str) -> RRRecording:
     first = lines[head].strip()
     t: npt.NDArray[np.float64] | None
     warmup: npt.NDArray[np.bool_] | None = None
+    gap_before: npt.NDArray[np.bool_] | None = None
     if first.lower() == "[params]" or (
         "[hrdata]" in text.lower() and any(ln.strip().lower() == "[hrdata]" for ln in lines)
     ):
         rr, fmt, t = _read_hrm(name, lines), "polar-hrm", None
     elif "rr_ms" in _header_cells(first):
-        t, rr, fmt, warmup = _read_csv(name, lines, head)
+        t, rr, fmt, warmup, gap_before = _read_csv(name, lines, head)
     elif (column := _rr_column(first)) is not None:
         rr, fmt, t = _read_rr_column(name, lines, head, *column), "rr-column", None
     else:
@@ -128,7 +133,7 @@ def read_rr_file(path: Path | str) -> RRRecording:
             f"{MAX_SPAN_S:.0f} s ({MAX_SPAN_S / 86400:g} days) can be analysed or replayed "
             "(split the file)",
         )
-    return RRRecording(rr_ms=rr, t_s=t, fmt=fmt, path=name, warmup=warmup)
+    return RRRecording(rr_ms=rr, t_s=t, fmt=fmt, path=name, warmup=warmup, gap_before=gap_before)
 
 
 def _read_bytes(p: Path, name: str) -> bytes:
@@ -279,12 +284,16 @@ def _rr(name: str, lineno: int, cell: str, zero_ok: bool = False) -> float:
 def _read_csv(
     name: str, lines: list[str], head: int
 ) -> tuple[
-    npt.NDArray[np.float64] | None, npt.NDArray[np.float64], str, npt.NDArray[np.bool_] | None
+    npt.NDArray[np.float64] | None,
+    npt.NDArray[np.float64],
+    str,
+    npt.NDArray[np.bool_] | None,
+    npt.NDArray[np.bool_] | None,
 ]:
     """A ``t_s,rr_ms`` CSV, Settle's export (its ``record = beat`` rows) or a ``settle analyze
     --beats`` file (its raw intervals); ``lines[head]`` is the header. Returns beat times
-    (None without a ``t_s`` column), RR, the format and, for Settle's files, which beats are
-    the daemon's warm-up beats."""
+    (None without a ``t_s`` column), RR, the format, for Settle's files which beats are the
+    daemon's warm-up beats, and for an export which beats follow a ``gap`` row."""
     header = _header_cells(lines[head])
     i_rec = header.index("record") if "record" in header else None
     beats_file = i_rec is None and {"t_s", "rr_raw_ms", "class"} <= set(header)
@@ -297,6 +306,8 @@ def _read_csv(
     t_cells: list[str] = []
     rr_cells: list[str] = []
     warm: list[bool] = []
+    gaps: list[bool] = []
+    gap_pending = False
     linenos: list[int] = []
     # Line numbers: csv counts the lines it consumed (a quoted cell may span several); the
     # header is line head + 1, so a record that follows ``consumed`` lines starts at ``start``.
@@ -324,7 +335,8 @@ def _read_csv(
                 raise InputFileError(
                     name, f"expected {len(header)} columns, found {len(cells)}", start
                 )
-            if i_rec is not None and cells[i_rec].strip() != "beat":
+            if i_rec is not None and (record := cells[i_rec].strip()) != "beat":
+                gap_pending |= record == "gap"
                 continue
             if beats_file and not cells[i_rr].strip():
                 continue  # a beat the correction inserted: not in the recording
@@ -333,6 +345,9 @@ def _read_csv(
                 t_cells.append(cells[i_t])
             if i_cls is not None:
                 warm.append(cells[i_cls].strip() == "warmup")
+            if i_rec is not None:
+                gaps.append(gap_pending)
+                gap_pending = False
             linenos.append(start)
     except csv.Error as exc:
         raise InputFileError(name, f"malformed CSV: {exc}", head + 2 + consumed) from None
@@ -347,8 +362,9 @@ def _read_csv(
         # the first bad cell (or to read what only float() reads, such as other scripts' digits).
         rr, t = _row_by_row(name, rr_cells, t_cells if i_t is not None else None, linenos, zero_ok)
     warmup = np.asarray(warm, dtype=bool) if i_cls is not None else None
+    gap_before = np.asarray(gaps, dtype=bool) if i_rec is not None else None
     if i_t is None:
-        return None, rr, fmt, warmup
+        return None, rr, fmt, warmup, gap_before
     back = np.flatnonzero(np.diff(t) < 0)
     if back.size:
         raise InputFileError(
@@ -357,7 +373,7 @@ def _read_csv(
             linenos[int(back[0]) + 1],
         )
     _check_times_match(name, t, rr, linenos)
-    return t, rr, fmt, warmup
+    return t, rr, fmt, warmup, gap_before
 
 
 def _check_times_match(

@@ -374,6 +374,7 @@ def run_analyze(
             rr_min_ms=rr_range_ms[0],
             rr_max_ms=rr_range_ms[1],
             warmup=rec.warmup,
+            gap_before=rec.gap_before,
             spectrum=method,
             on_progress=on_progress,
         )

@@ -771,17 +771,26 @@ class StrapPipeline:
         steps the beats reached. A failure of the analysis never ends the recording."""
         try:
             for seq, t, rr in todo:
+                # Without correction a beat is final as it is pushed: a step it is past is
+                # taken first, so the window ends at the step, as in `settle analyze`. (With
+                # correction the look-ahead holds the newest 3 beats back anyway, and pushing
+                # first finalises the beats up to the step.)
+                while emit and not self.analyzer.correction and t > self.next_indices_t_s:
+                    self._emit_next_indices()
                 if seq is None:
                     self._finalise(self.analyzer.gap(t))
                 else:
                     self._pending_seqs.append(seq)
                     self._finalise(self.analyzer.push_beat(t, rr, contact))
             while emit and self.beat_t_s is not None and self.beat_t_s >= self.next_indices_t_s:
-                t_next = self.next_indices_t_s
-                self.next_indices_t_s += self.settings.processing.indices_every_s
-                self._emit_indices(t_next)
+                self._emit_next_indices()
         except Exception:  # a bug in the analysis must not end the recording
             self._analysis_failed()
+
+    def _emit_next_indices(self) -> None:
+        t_next = self.next_indices_t_s
+        self.next_indices_t_s += self.settings.processing.indices_every_s
+        self._emit_indices(t_next)
 
     def _analysis_failed(self) -> None:
         """The analysis raised: log it (the first time with the traceback; then at most once

@@ -619,6 +619,75 @@ def test_rolling_settling_score_is_the_one_live_shows() -> None:
     assert float(diff.max()) < 5.0
 
 
+def test_a_gap_the_daemon_recorded_breaks_the_rolling_series_as_live(tmp_path: Path) -> None:
+    """One lost notification (a beat missing, its neighbours only 2 intervals apart): the
+    daemon records a gap and restarts every window there, so the dashboard shows no score
+    for a minute. `settle analyze` of the export read only the beat rows and bridged it
+    (it breaks by itself only where beats are more than 3 intervals apart): 14 scores and a
+    RMSSD 27 ms off where live had none. It now breaks at the export's `gap` row: score and
+    RMSSD are what live showed, step for step (without correction: no look-ahead lag)."""
+    from processing.live import LiveAnalyzer
+    from processing.offline import analyze
+    from sensors.readers import read_rr_file
+
+    rec = read_rr_file(DATA / "bartels_rest_supine.csv")
+    lost = int(np.searchsorted(rec.t_s, 330.0))
+    keep = np.arange(rec.t_s.size) != lost
+    t, rr = rec.t_s[keep], rec.rr_ms[keep]
+    gap_start = float(rec.t_s[lost - 1])
+    lines = ["record,t_s,rr_ms,end_t_s,reason"]
+    for i, (ti, ri) in enumerate(zip(t.tolist(), rr.tolist(), strict=True)):
+        if i == lost:
+            lines.append(f"gap,{gap_start!r},,{ti!r},about 1.0 s of beats missing")
+        lines.append(f"beat,{ti!r},{ri!r},,")
+    export = tmp_path / "settle-x.csv"
+    export.write_text("\n".join(lines) + "\n")
+    back = read_rr_file(export)
+    assert back.gap_before is not None and np.flatnonzero(back.gap_before).tolist() == [lost]
+
+    roll = analyze(back.t_s, back.rr_ms, rolling=True, correction=False,
+                   gap_before=back.gap_before).rolling  # fmt: skip
+    assert roll is not None
+    la = LiveAnalyzer(correction=False)
+    steps = roll.step_t_s
+    live_score = np.full(steps.size, np.nan)
+    live_rmssd = np.full(steps.size, np.nan)
+    j = 0
+    for i, (ti, ri) in enumerate(zip(t.tolist(), rr.tolist(), strict=True)):
+        if i == lost:
+            # The daemon's beat timer finds the gap when this beat arrives, before the steps
+            # this beat is past are taken.
+            la.gap(gap_start)
+        while j < steps.size and steps[j] < ti:
+            snap = la.indices(float(steps[j]))
+            live_score[j], live_rmssd[j] = snap.score, snap.td.rmssd_ms
+            j += 1
+        la.push_beat(ti, ri)
+    after = (steps > gap_start) & (steps < gap_start + 120.0)
+    off_none, live_none = np.isnan(roll.step_score[after]), np.isnan(live_score[after])
+    assert live_none.sum() >= 10  # the minute without a score
+    # No score wherever live had none; live's 64 s spectrum accepts a window 1 s short, so
+    # its score may come back one step (5 s) earlier.
+    assert (off_none | ~live_none).all()
+    assert off_none.sum() - live_none.sum() <= 1
+    # RMSSD of the window up to each step (the beat rows'), from the first beat after the gap
+    back_in = after & (steps >= t[lost])
+    idx = np.searchsorted(roll.beat_t_s, steps[back_in], side="right") - 1
+    np.testing.assert_allclose(roll.beat_rmssd_ms[idx], live_rmssd[back_in], rtol=1e-9)
+
+    # The command reads the gap row too (its default correction lags nothing offline).
+    rolling = tmp_path / "r.csv"
+    assert _settle(str(export), "--json", "--rolling", str(rolling)).returncode == 0
+    cmd_steps = [r for r in csv.DictReader(rolling.open()) if r["kind"] == "step"]
+    in_gap = [r for r in cmd_steps if gap_start < float(r["t_s"]) < gap_start + 60.0]
+    assert in_gap and all(r["settling_score"] == "" for r in in_gap)
+
+    # Without the gap row the same beats are bridged, as before.
+    bridged = analyze(t, rr, rolling=True, correction=False).rolling
+    assert bridged is not None
+    assert np.isfinite(bridged.step_score[after]).all()
+
+
 def test_rolling_has_no_settling_score_on_an_unusable_rhythm(tmp_path: Path) -> None:
     """The Polar H10 recording with ~30 % premature beats is unusable: live shows no score
     for it, so neither does --rolling (it used to print 94 scores)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import subprocess
@@ -508,6 +509,63 @@ def test_the_daemon_splits_a_missed_beat_at_a_slow_heart(tmp_path: Path) -> None
     classes = [r["beat_class"] for r in csv.DictReader(path.open()) if r["record"] == "beat"]
     assert classes.count("missed") == 9
     assert "implausible" not in classes
+
+
+def test_analyze_of_an_export_gives_the_scores_the_daemon_published(tmp_path: Path) -> None:
+    """A researcher runs `settle analyze --rolling` on an exported session and compares it
+    with what the practitioner saw (the export's `indices` rows). Without correction (no
+    look-ahead lag) they must agree, as docs/indices.md says. They did not: the daemon took
+    each step after pushing the whole notification (its windows ran past the step: RMSSD
+    equal at 2 % of steps, quality at 45 %), and the offline baseline started at 10 s (the
+    first step after the warm-up) where the daemon's starts at its first snapshot, 5 s."""
+    import csv
+
+    config = tmp_path / "settle.toml"
+    config.write_text(CONFIG.read_text().replace("correction = true", "correction = false", 1))
+    assert "correction = false" in config.read_text()
+    db = tmp_path / "s.db"
+    res = settle("demo", "--replay", str(DATA / "bartels_rest_supine.csv"), "--speed", "100",
+                 "--no-mqtt", "--no-http", "--db", str(db), "--config", str(config))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = settle("export", "latest", "--format", "csv", "--out", str(tmp_path), "--db", str(db))
+    assert out.returncode == 0, out.stderr
+    (export,) = tmp_path.glob("settle-*.csv")
+    rolling = tmp_path / "r.csv"
+    res = settle("analyze", str(export), "--json", "--rolling", str(rolling), "--config",
+                 str(config))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    live = {
+        round(float(r["t_s"]), 3): r
+        for r in csv.DictReader(export.open())
+        if r["record"] == "indices"
+    }
+    rows = list(csv.DictReader(rolling.open()))
+    steps = {round(float(r["t_s"]), 3): r for r in rows if r["kind"] == "step"}
+    beats = [(float(r["t_s"]), r) for r in rows if r["kind"] == "beat"]
+    common = sorted(set(live) & set(steps))
+    assert len(common) > 150
+
+    def num(v: str) -> float:
+        return float(v) if v else math.nan
+
+    rmssd_off, rmssd_live, q_off, q_live, s_off, s_live = ([] for _ in range(6))
+    for t in common:
+        last = [r for bt, r in beats if bt <= t + 1e-9]
+        if last:
+            rmssd_off.append(num(last[-1]["rmssd_ms"]))
+            rmssd_live.append(num(live[t]["rmssd_ms"]))
+        q_off.append(num(steps[t]["quality"]))
+        q_live.append(num(live[t]["quality"]))
+        s_off.append(num(steps[t]["settling_score"]))
+        s_live.append(num(live[t]["settling"]))
+    # Equal to the digits the files keep (rolling: 6 significant).
+    np.testing.assert_allclose(rmssd_off, rmssd_live, rtol=1e-5)
+    np.testing.assert_allclose(q_off, q_live, rtol=1e-5, atol=1e-6)  # export: 6 decimals
+    so, sl = np.array(s_off), np.array(s_live)
+    np.testing.assert_array_equal(np.isfinite(so), np.isfinite(sl))
+    diff = np.abs(so - sl)[np.isfinite(sl)]
+    assert diff.size > 100
+    assert float(np.median(diff)) < 1.0 and float(diff.max()) < 5.0
 
 
 def test_the_daemon_merges_a_spurious_beat_that_leaves_a_short_piece(tmp_path: Path) -> None:
