@@ -256,14 +256,24 @@ class LiveAnalyzer:
         return done + out if done else out
 
     def _consume(self, out: list[ProcessedBeat]) -> None:
+        """Take finalised beats into the windows. ``out`` grows when an interval outside the
+        plausible range turns out not to be an artefact the correction repaired: it becomes
+        ``implausible``, and the correction, like every window, starts afresh after it (its
+        pending beats are finalised without look-ahead and appended), as after a gap and as
+        `settle analyze` does; a burst of noise intervals otherwise filled the correction's
+        medians, and the sinus beats after it were split as "missed" beats."""
         td, beats, flags = self._td, self._beats, self._flags
-        for i, b in enumerate(out):
+        i = -1
+        while (i := i + 1) < len(out):
+            b = out[i]
             if (b.rr_raw_ms > self.rr_max_ms and b.beat_class != "missed") or (
                 b.rr_raw_ms < self.rr_min_ms and b.beat_class != "extra"
             ):
                 out[i] = ProcessedBeat(b.t_s, b.rr_raw_ms, math.nan, "implausible")
                 self._restart_windows()
                 self._segment_start = b.t_s  # no spectrum spans it either
+                if self.correction:
+                    out.extend(self._corr.flush())
                 continue
             if b.rr_raw_ms == b.rr_raw_ms:
                 flags.append(0 if b.beat_class == "normal" else 1)

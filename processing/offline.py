@@ -189,8 +189,9 @@ def _classify(
     warm = np.zeros(t.size, dtype=bool) if warmup is None else warmup
     plausible = (rr >= rr_min_ms) & (rr <= rr_max_ms) & ~warm
     none = np.zeros(t.size, dtype=bool)
-    maybe_missed = may_be_missed(rr, rr_max_ms) & ~warm if correction else none
-    maybe_extra = may_be_extra(rr, rr_min_ms) & ~warm if correction else none
+    prev = np.concatenate([[np.nan], rr[:-1]])
+    maybe_missed = may_be_missed(rr, rr_max_ms, prev) & ~warm if correction else none
+    maybe_extra = may_be_extra(rr, rr_min_ms, prev) & ~warm if correction else none
     while True:
         keep = plausible | maybe_missed | maybe_extra
         cs = _classify_kept(t, rr, correction, keep, warm, cut)

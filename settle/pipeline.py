@@ -511,6 +511,8 @@ class StrapPipeline:
         self.usable = True
         self.seq = 0
         """Next beat sequence number (= beats recorded so far)."""
+        self._prev_rr_ms = math.nan
+        """The strap's previous interval (any class): see processing.artefacts.may_be_extra."""
         self.beat_t_s: float | None = None
         self.next_indices_t_s = p.indices_every_s
         self.baseline: Literal["pending", "collecting", "complete"] = "pending"
@@ -730,7 +732,10 @@ class StrapPipeline:
                 # implausible after all (LiveAnalyzer.rr_max_ms / rr_min_ms).
                 p.correction
                 and self.rr_source == "hrs"
-                and (may_be_missed(tb.rr_ms, p.rr_max_ms) or may_be_extra(tb.rr_ms, p.rr_min_ms))
+                and (
+                    may_be_missed(tb.rr_ms, p.rr_max_ms, self._prev_rr_ms)
+                    or may_be_extra(tb.rr_ms, p.rr_min_ms, self._prev_rr_ms)
+                )
             ):
                 cls = BeatClass.IMPLAUSIBLE
                 if self.rr_source == "hrs":
@@ -750,6 +755,7 @@ class StrapPipeline:
                 )
             )
             times.append(round(t, 4))
+            self._prev_rr_ms = tb.rr_ms
             if self.rr_source == "ecg":
                 pass  # recorded beside the ECG beats that drive the indices (class stays empty)
             elif cls is None:

@@ -511,6 +511,44 @@ def test_the_daemon_splits_a_missed_beat_at_a_slow_heart(tmp_path: Path) -> None
     assert "implausible" not in classes
 
 
+def test_a_burst_of_noise_intervals_invents_no_beats(tmp_path: Path) -> None:
+    """Ten 50 ms intervals in a row (a strap's noise burst), then more short ones, then three
+    over-long ones: once short intervals went to the correction (to merge a spurious beat's
+    piece), the daemon's correction took in the whole burst, its medians filled with noise,
+    and the next sinus beats were split 16-fold as "missed" (32 invented 49 ms beats). Only
+    an interval whose predecessor was in range goes to the correction now; the rest stay
+    implausible gaps, and `settle analyze` of the export classes every beat the same way."""
+    import csv
+
+    rng = np.random.default_rng(6)
+    rr = (800.0 + 20.0 * np.sin(np.arange(500) / 4.0) + rng.normal(0.0, 5.0, 500)).tolist()
+    rr[200:200] = [50.0] * 10
+    rr[300:300] = [5.0, 3.0, 120.0, 240.0]
+    rr[400:400] = [2600.0, 3000.0, 3900.0]
+    replay = tmp_path / "noisy.txt"
+    replay.write_text("".join(f"{v:.1f}\n" for v in rr))
+    db = tmp_path / "s.db"
+    res = settle("demo", "--replay", str(replay), "--speed", "100", "--no-mqtt", "--no-http",
+                 "--db", str(db))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = settle("export", "latest", "--format", "csv", "--out", str(tmp_path), "--db", str(db))
+    assert out.returncode == 0, out.stderr
+    (export,) = tmp_path.glob("settle-*.csv")
+    beats = [r for r in csv.DictReader(export.open()) if r["record"] == "beat"]
+    assert len(beats) == len(rr)  # nothing lost, nothing invented
+    classes = [r["beat_class"] for r in beats]
+    assert "missed" not in classes
+    assert all(
+        r["beat_class"] == "implausible" for r in beats if not 250 <= float(r["rr_ms"]) <= 2000
+    )
+    assert all(float(r["rr_corrected_ms"]) >= 250 for r in beats if r["rr_corrected_ms"])
+    by_file = tmp_path / "b.csv"
+    res = settle("analyze", str(export), "--json", "--beats", str(by_file))
+    assert res.returncode == 0, res.stderr
+    offline = [r["class"] for r in csv.DictReader(by_file.open())]
+    assert offline == classes
+
+
 def test_analyze_of_an_export_gives_the_scores_the_daemon_published(tmp_path: Path) -> None:
     """A researcher runs `settle analyze --rolling` on an exported session and compares it
     with what the practitioner saw (the export's `indices` rows). Without correction (no
