@@ -900,34 +900,28 @@ def test_spurious_beats_that_leave_a_short_piece_are_merged_not_gaps(
         assert doc["summary"][key] == pytest.approx(clean["summary"][key], rel=tol), key
 
 
-def test_a_short_interval_that_is_no_spurious_beat_is_still_left_out(tmp_path: Path) -> None:
-    """A 120 ms interval whose neighbours do not make one beat with it (900 + 120 among
-    800 ms beats) is not merged; it stays implausible (a gap), and the beats around it are
-    analysed as they are."""
+@pytest.mark.parametrize(
+    ("beat_ms", "odd_ms", "not_class"),
+    [
+        (800.0, 120.0, "extra"),  # 900 + 120 or 120 + 800 makes no beat among 800 ms beats
+        (1060.0, 2650.0, "missed"),  # 2.5 beats: no whole number of missed beats
+    ],
+)
+def test_an_out_of_range_interval_the_correction_does_not_repair_is_left_out(
+    tmp_path: Path, beat_ms: float, odd_ms: float, not_class: str
+) -> None:
+    """An interval under rr_min_ms that is no spurious beat's piece, or over rr_max_ms that
+    is no whole number of missed beats, is neither merged nor split: it stays implausible (a
+    gap), as any interval out of the plausible range, and the beats around it are analysed
+    as they are."""
     rng = np.random.default_rng(4)
-    rr = 800.0 + 25.0 * np.sin(np.arange(400) / 4.0) + rng.normal(0.0, 5.0, 400)
-    rr[200] = 120.0
-    rec = tmp_path / "short.txt"
+    rr = beat_ms + 25.0 * np.sin(np.arange(400) / 4.0) + rng.normal(0.0, 5.0, 400)
+    rr[200] = odd_ms
+    rec = tmp_path / "odd.txt"
     rec.write_text("\n".join(f"{v:.1f}" for v in rr) + "\n")
     beats = tmp_path / "b.csv"
     doc = _json(str(rec), "--beats", str(beats))
     assert doc["correction"]["by_class"]["implausible"] == 1
-    assert doc["correction"]["by_class"]["extra"] == 0
-    row = [r for r in csv.DictReader(beats.open()) if r["rr_raw_ms"] == "120"]
-    assert len(row) == 1 and row[0]["class"] == "implausible" and row[0]["rr_ms"] == ""
-
-
-def test_an_overlong_interval_that_is_no_missed_beat_is_still_left_out(tmp_path: Path) -> None:
-    """2.5 intervals long (2650 ms among 1060 ms beats): not a whole number of beats, so not
-    split; it stays implausible (a gap), as any interval above the plausible maximum."""
-    rng = np.random.default_rng(3)
-    rr = 1060.0 + 25.0 * np.sin(np.arange(400) / 4.0) + rng.normal(0.0, 5.0, 400)
-    rr[200] = 2650.0
-    rec = tmp_path / "long.txt"
-    rec.write_text("\n".join(f"{v:.1f}" for v in rr) + "\n")
-    beats = tmp_path / "b.csv"
-    doc = _json(str(rec), "--beats", str(beats))
-    assert doc["correction"]["by_class"]["implausible"] == 1
-    assert doc["correction"]["by_class"]["missed"] == 0
-    row = [r for r in csv.DictReader(beats.open()) if r["rr_raw_ms"] == "2650"]
+    assert doc["correction"]["by_class"][not_class] == 0
+    row = [r for r in csv.DictReader(beats.open()) if r["rr_raw_ms"] == f"{odd_ms:g}"]
     assert len(row) == 1 and row[0]["class"] == "implausible" and row[0]["rr_ms"] == ""

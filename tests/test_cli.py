@@ -491,6 +491,19 @@ def test_a_group_practice_is_listed_by_label_and_addressed_by_suffix(
         assert len(store.list_sessions()) == 2
 
 
+def _replay_and_export(tmp_path: Path, replay: Path, *config: str) -> Path:
+    """Replay ``replay`` through the daemon (`settle demo --replay`, speed 100, no MQTT/HTTP)
+    and export the session as CSV into ``tmp_path``; returns the export."""
+    db = tmp_path / "s.db"
+    res = settle("demo", "--replay", str(replay), "--speed", "100", "--no-mqtt", "--no-http",
+                 "--db", str(db), *config)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = settle("export", "latest", "--format", "csv", "--out", str(tmp_path), "--db", str(db))
+    assert out.returncode == 0, out.stderr
+    (export,) = tmp_path.glob("settle-*.csv")
+    return export
+
+
 def test_the_daemon_splits_a_missed_beat_at_a_slow_heart(tmp_path: Path) -> None:
     """A strap that misses a beat at 57 beats/min sends one interval over 2000 ms (the
     plausible maximum): the daemon stored it as implausible and restarted every window at
@@ -498,14 +511,8 @@ def test_the_daemon_splits_a_missed_beat_at_a_slow_heart(tmp_path: Path) -> None
     the 9 injected missed beats `missed`, none `implausible`."""
     import csv
 
-    db = tmp_path / "s.db"
     replay = DATA / "artifacts" / "bartels_rest_supine__missed__1pct.csv"
-    res = settle("demo", "--replay", str(replay), "--speed", "100", "--no-mqtt", "--no-http",
-                 "--db", str(db))  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    out = settle("export", "latest", "--format", "csv", "--out", str(tmp_path), "--db", str(db))
-    assert out.returncode == 0, out.stderr
-    (path,) = tmp_path.glob("settle-*.csv")
+    path = _replay_and_export(tmp_path, replay)
     classes = [r["beat_class"] for r in csv.DictReader(path.open()) if r["record"] == "beat"]
     assert classes.count("missed") == 9
     assert "implausible" not in classes
@@ -527,13 +534,7 @@ def test_a_burst_of_noise_intervals_invents_no_beats(tmp_path: Path) -> None:
     rr[400:400] = [2600.0, 3000.0, 3900.0]
     replay = tmp_path / "noisy.txt"
     replay.write_text("".join(f"{v:.1f}\n" for v in rr))
-    db = tmp_path / "s.db"
-    res = settle("demo", "--replay", str(replay), "--speed", "100", "--no-mqtt", "--no-http",
-                 "--db", str(db))  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    out = settle("export", "latest", "--format", "csv", "--out", str(tmp_path), "--db", str(db))
-    assert out.returncode == 0, out.stderr
-    (export,) = tmp_path.glob("settle-*.csv")
+    export = _replay_and_export(tmp_path, replay)
     beats = [r for r in csv.DictReader(export.open()) if r["record"] == "beat"]
     assert len(beats) == len(rr)  # nothing lost, nothing invented
     classes = [r["beat_class"] for r in beats]
@@ -561,13 +562,7 @@ def test_analyze_of_an_export_gives_the_scores_the_daemon_published(tmp_path: Pa
     config = tmp_path / "settle.toml"
     config.write_text(CONFIG.read_text().replace("correction = true", "correction = false", 1))
     assert "correction = false" in config.read_text()
-    db = tmp_path / "s.db"
-    res = settle("demo", "--replay", str(DATA / "bartels_rest_supine.csv"), "--speed", "100",
-                 "--no-mqtt", "--no-http", "--db", str(db), "--config", str(config))  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    out = settle("export", "latest", "--format", "csv", "--out", str(tmp_path), "--db", str(db))
-    assert out.returncode == 0, out.stderr
-    (export,) = tmp_path.glob("settle-*.csv")
+    export = _replay_and_export(tmp_path, DATA / "bartels_rest_supine.csv", "--config", str(config))
     rolling = tmp_path / "r.csv"
     res = settle("analyze", str(export), "--json", "--rolling", str(rolling), "--config",
                  str(config))  # fmt: skip
@@ -619,13 +614,7 @@ def test_the_daemon_merges_a_spurious_beat_that_leaves_a_short_piece(tmp_path: P
         rr[i : i + 1] = [0.25 * rr[i], 0.75 * rr[i]]
     replay = tmp_path / "spurious.txt"
     replay.write_text("".join(f"{v:.1f}\n" for v in rr))
-    db = tmp_path / "s.db"
-    res = settle("demo", "--replay", str(replay), "--speed", "100", "--no-mqtt", "--no-http",
-                 "--db", str(db))  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    out = settle("export", "latest", "--format", "csv", "--out", str(tmp_path), "--db", str(db))
-    assert out.returncode == 0, out.stderr
-    (path,) = tmp_path.glob("settle-*.csv")
+    path = _replay_and_export(tmp_path, replay)
     beats = [r for r in csv.DictReader(path.open()) if r["record"] == "beat"]
     short = [r["beat_class"] for r in beats if float(r["rr_ms"]) < 250.0]
     assert short == ["extra"] * 6
