@@ -192,9 +192,9 @@ def may_be_extra(
     interval, so a piece can be of any length), for the correction to judge: it merges the
     piece back (``extra``) when the two pieces make an interval that fits its neighbours.
     Only when the interval before it (``prev_rr_ms``; NaN for none) was not below
-    ``rr_min_ms`` too: a run of such intervals is a lost or noisy signal, and handed to the
-    live correction it filled its medians (after a burst of ten 50 ms noise intervals the
-    next sinus beats were split 16-fold as "missed" beats)."""
+    ``rr_min_ms`` too: a run of such intervals is a lost or noisy signal. The offline
+    analysis uses it; the daemon does not hand short intervals to its live correction at all
+    (a noise burst filled its medians and the next sinus beats were split 16-fold)."""
     under = (rr_ms > 0.0) & (rr_ms < rr_min_ms)
     return under & np.logical_not(prev_rr_ms < rr_min_ms)
 

@@ -173,7 +173,6 @@ class LiveAnalyzer:
         catch_threshold: float = CATCH_THRESHOLD,
         catch_hold_s: float = CATCH_HOLD_S,
         rr_max_ms: float = math.inf,
-        rr_min_ms: float = 0.0,
     ) -> None:
         self.window_s = window_s
         self.rr_max_ms = rr_max_ms
@@ -182,9 +181,6 @@ class LiveAnalyzer:
         The caller passes such beats (up to a few times this, see
         :data:`processing.artefacts.MISSED_SPAN`) instead of leaving them out, so that a missed
         beat at a slow heart is split, not a gap."""
-        self.rr_min_ms = rr_min_ms
-        """Below this likewise, unless the correction merged it as a spurious beat
-        (``extra``; :func:`processing.artefacts.may_be_extra`)."""
         self.baseline_s = baseline_s
         self.correction = correction
         self.coherence_window_s = coherence_window_s
@@ -256,24 +252,12 @@ class LiveAnalyzer:
         return done + out if done else out
 
     def _consume(self, out: list[ProcessedBeat]) -> None:
-        """Take finalised beats into the windows. ``out`` grows when an interval outside the
-        plausible range turns out not to be an artefact the correction repaired: it becomes
-        ``implausible``, and the correction, like every window, starts afresh after it (its
-        pending beats are finalised without look-ahead and appended), as after a gap and as
-        `settle analyze` does; a burst of noise intervals otherwise filled the correction's
-        medians, and the sinus beats after it were split as "missed" beats."""
         td, beats, flags = self._td, self._beats, self._flags
-        i = -1
-        while (i := i + 1) < len(out):
-            b = out[i]
-            if (b.rr_raw_ms > self.rr_max_ms and b.beat_class != "missed") or (
-                b.rr_raw_ms < self.rr_min_ms and b.beat_class != "extra"
-            ):
+        for i, b in enumerate(out):
+            if b.rr_raw_ms > self.rr_max_ms and b.beat_class != "missed":
                 out[i] = ProcessedBeat(b.t_s, b.rr_raw_ms, math.nan, "implausible")
                 self._restart_windows()
                 self._segment_start = b.t_s  # no spectrum spans it either
-                if self.correction:
-                    out.extend(self._corr.flush())
                 continue
             if b.rr_raw_ms == b.rr_raw_ms:
                 flags.append(0 if b.beat_class == "normal" else 1)

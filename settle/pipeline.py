@@ -34,7 +34,7 @@ from feedback.payloads import (
     Intention,
     SessionPayload,
 )
-from processing.artefacts import ProcessedBeat, may_be_extra, may_be_missed
+from processing.artefacts import ProcessedBeat, may_be_missed
 from processing.indices import EventResponse
 from processing.live import BASELINE_MIN_SAMPLES, IndicesSnapshot, LiveAnalyzer
 from sensors.strap import Notification
@@ -498,7 +498,6 @@ class StrapPipeline:
             baseline_s=p.baseline_s,
             correction=p.correction,
             rr_max_ms=p.rr_max_ms,
-            rr_min_ms=p.rr_min_ms,
         )
         self._pending_seqs: collections.deque[int] = collections.deque()
         """Stored beats fed to the analyzer whose class is not final yet, oldest first."""
@@ -689,7 +688,6 @@ class StrapPipeline:
             baseline_s=p.baseline_s,
             correction=p.correction,
             rr_max_ms=p.rr_max_ms,
-            rr_min_ms=p.rr_min_ms,
         )
         self.last_snapshot = None
         self._pending_seqs.clear()
@@ -727,15 +725,14 @@ class StrapPipeline:
             if warming:
                 cls = BeatClass.WARMUP
             elif not p.rr_min_ms <= tb.rr_ms <= p.rr_max_ms and not (
-                # Perhaps a missed beat at a slow heart, or a piece of an interval a spurious
-                # beat split: the correction splits or merges it, or the analyzer makes it
-                # implausible after all (LiveAnalyzer.rr_max_ms / rr_min_ms).
+                # Perhaps a missed beat at a slow heart: the correction splits it, or the
+                # analyzer makes it implausible after all (LiveAnalyzer.rr_max_ms). An interval
+                # under rr_min_ms stays a gap here (settle analyze merges a spurious beat's
+                # piece; handed to the live correction, noise bursts split sinus beats into
+                # invented ones, and a live corrector cannot take a beat back).
                 p.correction
                 and self.rr_source == "hrs"
-                and (
-                    may_be_missed(tb.rr_ms, p.rr_max_ms, self._prev_rr_ms)
-                    or may_be_extra(tb.rr_ms, p.rr_min_ms, self._prev_rr_ms)
-                )
+                and may_be_missed(tb.rr_ms, p.rr_max_ms, self._prev_rr_ms)
             ):
                 cls = BeatClass.IMPLAUSIBLE
                 if self.rr_source == "hrs":

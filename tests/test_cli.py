@@ -599,24 +599,3 @@ def test_analyze_of_an_export_gives_the_scores_the_daemon_published(tmp_path: Pa
     diff = np.abs(so - sl)[np.isfinite(sl)]
     assert diff.size > 100
     assert float(np.median(diff)) < 1.0 and float(diff.max()) < 5.0
-
-
-def test_the_daemon_merges_a_spurious_beat_that_leaves_a_short_piece(tmp_path: Path) -> None:
-    """A spurious beat a quarter into an 800 ms interval sends 200 ms (under the plausible
-    minimum of 250) and 600 ms: the daemon stored the 200 as implausible, restarted every
-    window there and corrected the 600 as a short beat. Now the correction merges the two,
-    as `settle analyze` does: the export classes both pieces of each of the 6 `extra`."""
-    import csv
-
-    rng = np.random.default_rng(5)
-    rr = (800.0 + 30.0 * np.sin(np.arange(600) / 3.0) + rng.normal(0.0, 4.0, 600)).tolist()
-    for i in range(200, 500, 50):  # 6 spurious beats, from 160 s on (after the warm-up)
-        rr[i : i + 1] = [0.25 * rr[i], 0.75 * rr[i]]
-    replay = tmp_path / "spurious.txt"
-    replay.write_text("".join(f"{v:.1f}\n" for v in rr))
-    path = _replay_and_export(tmp_path, replay)
-    beats = [r for r in csv.DictReader(path.open()) if r["record"] == "beat"]
-    short = [r["beat_class"] for r in beats if float(r["rr_ms"]) < 250.0]
-    assert short == ["extra"] * 6
-    assert [r["beat_class"] for r in beats].count("extra") == 12
-    assert "implausible" not in [r["beat_class"] for r in beats]

@@ -502,32 +502,3 @@ def test_a_missed_beat_above_the_plausible_maximum_is_split_live() -> None:
     assert odd.beat_class == "implausible" and math.isnan(odd.rr_ms)
     # The window restarted after it: beats 101-116 (the last 3 wait for their look-ahead).
     assert la.indices(float(t[-1])).td.n == 16
-
-
-def test_a_spurious_beat_below_the_plausible_minimum_is_merged_live() -> None:
-    """Likewise an interval under rr_min_ms (a piece of an interval a spurious beat split):
-    the correction merges it and the windows go on; one it does not merge becomes
-    implausible and restarts them."""
-    a = np.genfromtxt(DATA / "artifacts" / "pyhrv_nni_long__extra__2pct.csv.gz",
-                      delimiter=",", names=True, dtype=None, encoding=None)  # fmt: skip
-    short = (a["label"] == "extra") & (a["rr_ms"] < 250.0)
-    assert short.sum() == 23
-    la = LiveAnalyzer(rr_max_ms=2000.0, rr_min_ms=250.0)
-    out = []
-    for ti, ri in zip(a["t_s"].tolist(), a["rr_ms"].tolist(), strict=True):
-        out += la.push_beat(ti, ri)
-    out += la.gap(float(a["t_s"][-1]))
-    raw = [b for b in out if b.rr_raw_ms == b.rr_raw_ms]
-    assert len(raw) == a.size
-    assert [b.beat_class for b, s in zip(raw, short, strict=True) if s] == ["extra"] * 23
-    assert all(b.rr_ms >= 250.0 for b in out if b.rr_ms == b.rr_ms)
-
-    la = LiveAnalyzer(rr_max_ms=2000.0, rr_min_ms=250.0)
-    rr = np.full(120, 800.0) + 20.0 * np.sin(np.arange(120) / 4.0)
-    rr[100] = 120.0  # 900 + 120 or 120 + 800 is no beat among 800 ms beats
-    t = np.cumsum(rr) / 1000.0
-    out = [b for ti, ri in zip(t.tolist(), rr.tolist(), strict=True) for b in la.push_beat(ti, ri)]
-    (odd,) = [b for b in out if b.rr_raw_ms == 120.0]
-    assert odd.beat_class == "implausible" and math.isnan(odd.rr_ms)
-    # The window restarted after it: beats 101-116 (the last 3 wait for their look-ahead).
-    assert la.indices(float(t[-1])).td.n == 16
