@@ -511,7 +511,7 @@ class StrapPipeline:
         self.seq = 0
         """Next beat sequence number (= beats recorded so far)."""
         self._prev_rr_ms = math.nan
-        """The strap's previous interval (any class): see processing.artefacts.may_be_extra."""
+        """The strap's previous interval (any class): see processing.artefacts.may_be_missed."""
         self.beat_t_s: float | None = None
         self.next_indices_t_s = p.indices_every_s
         self.baseline: Literal["pending", "collecting", "complete"] = "pending"

@@ -520,11 +520,11 @@ def test_the_daemon_splits_a_missed_beat_at_a_slow_heart(tmp_path: Path) -> None
 
 def test_a_burst_of_noise_intervals_invents_no_beats(tmp_path: Path) -> None:
     """Ten 50 ms intervals in a row (a strap's noise burst), then more short ones, then three
-    over-long ones: once short intervals went to the correction (to merge a spurious beat's
-    piece), the daemon's correction took in the whole burst, its medians filled with noise,
-    and the next sinus beats were split 16-fold as "missed" (32 invented 49 ms beats). Only
-    an interval whose predecessor was in range goes to the correction now; the rest stay
-    implausible gaps, and `settle analyze` of the export classes every beat the same way."""
+    over-long ones: when short intervals went to the live correction (50513a0), its medians
+    filled with noise and the next sinus beats were split 16-fold as "missed" (32 invented
+    49 ms beats). The daemon keeps short intervals out of its correction, and hands it an
+    over-long one only after an interval in range; every beat is kept, none invented, and
+    `settle analyze` of the export classes every beat the same way."""
     import csv
 
     rng = np.random.default_rng(6)
