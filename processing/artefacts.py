@@ -171,32 +171,11 @@ def may_be_missed(
     """Whether an interval (elementwise for an array) lies above ``rr_max_ms`` but within
     :data:`MISSED_SPAN` × it: perhaps beats the strap missed, for the correction to judge.
     Only when the interval before it (``prev_rr_ms``; NaN for none) was not above
-    ``rr_max_ms`` too: see :func:`may_be_extra`."""
+    ``rr_max_ms`` too: a run of them is a lost or noisy signal, and handed to the live
+    correction one after another such intervals fill its medians (a noise burst made it split
+    the next sinus beats into invented ones)."""
     over = (rr_ms > rr_max_ms) & (rr_ms <= MISSED_SPAN * rr_max_ms)
     return over & np.logical_not(prev_rr_ms > rr_max_ms)
-
-
-@overload
-def may_be_extra(rr_ms: float, rr_min_ms: float, prev_rr_ms: float) -> bool: ...
-@overload
-def may_be_extra(
-    rr_ms: npt.NDArray[np.float64], rr_min_ms: float, prev_rr_ms: npt.NDArray[np.float64]
-) -> npt.NDArray[np.bool_]: ...
-def may_be_extra(
-    rr_ms: float | npt.NDArray[np.float64],
-    rr_min_ms: float,
-    prev_rr_ms: float | npt.NDArray[np.float64],
-) -> bool | npt.NDArray[np.bool_]:
-    """Whether an interval (elementwise for an array) lies below ``rr_min_ms`` but above 0:
-    perhaps one piece of an interval a spurious beat split (it falls anywhere in the
-    interval, so a piece can be of any length), for the correction to judge: it merges the
-    piece back (``extra``) when the two pieces make an interval that fits its neighbours.
-    Only when the interval before it (``prev_rr_ms``; NaN for none) was not below
-    ``rr_min_ms`` too: a run of such intervals is a lost or noisy signal. The offline
-    analysis uses it; the daemon does not hand short intervals to its live correction at all
-    (a noise burst filled its medians and the next sinus beats were split 16-fold)."""
-    under = (rr_ms > 0.0) & (rr_ms < rr_min_ms)
-    return under & np.logical_not(prev_rr_ms < rr_min_ms)
 
 
 class ProcessedBeat(NamedTuple):

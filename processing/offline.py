@@ -23,7 +23,6 @@ from processing.artefacts import (
     CorrectedSeries,
     collect,
     correct_rr,
-    may_be_extra,
     may_be_missed,
 )
 from processing.indices import SPREAD_FLOORS
@@ -191,7 +190,10 @@ def _classify(
     none = np.zeros(t.size, dtype=bool)
     prev = np.concatenate([[np.nan], rr[:-1]])
     maybe_missed = may_be_missed(rr, rr_max_ms, prev) & ~warm if correction else none
-    maybe_extra = may_be_extra(rr, rr_min_ms, prev) & ~warm if correction else none
+    # A piece a spurious beat left under rr_min_ms (not after another such interval: a run of
+    # them is noise). The daemon keeps these out of its live correction (docs/indices.md).
+    under = (rr > 0.0) & (rr < rr_min_ms) & ~(prev < rr_min_ms)
+    maybe_extra = under & ~warm if correction else none
     while True:
         keep = plausible | maybe_missed | maybe_extra
         cs = _classify_kept(t, rr, correction, keep, warm, cut)
