@@ -65,6 +65,9 @@ Corrections:
 * **long / short** → ``(p + usual(rr[i+1])) / 2``. An uncompensated long or short interval has
   no partner to trade time with, so total time cannot be kept; the beat times are kept.
 
+Given the plausible range (``rr_min_ms``, ``rr_max_ms``), a merge or split that would make an
+interval outside it is not made (the beat is judged by the remaining rules).
+
 The quartile windows are fed only by beats judged normal, with ``|dRR|`` taken to the
 corrected previous beat: otherwise the jump back from an artefact widens the thresholds, and
 in frequent ectopy (bigeminy) they grow until the ectopic beats pass as sinus.
@@ -96,6 +99,7 @@ __all__ = [
     "CorrectedSeries",
     "ProcessedBeat",
     "correct_rr",
+    "may_be_repaired",
 ]
 
 BeatClass = Literal[
@@ -158,24 +162,33 @@ _CODE = {c: i for i, c in enumerate(BEAT_CLASSES)}
 
 
 @overload
-def may_be_missed(rr_ms: float, rr_max_ms: float, prev_rr_ms: float) -> bool: ...
+def may_be_repaired(
+    rr_ms: float, prev_rr_ms: float, rr_min_ms: float, rr_max_ms: float
+) -> bool: ...
 @overload
-def may_be_missed(
-    rr_ms: npt.NDArray[np.float64], rr_max_ms: float, prev_rr_ms: npt.NDArray[np.float64]
-) -> npt.NDArray[np.bool_]: ...
-def may_be_missed(
-    rr_ms: float | npt.NDArray[np.float64],
+def may_be_repaired(
+    rr_ms: npt.NDArray[np.float64],
+    prev_rr_ms: npt.NDArray[np.float64],
+    rr_min_ms: float,
     rr_max_ms: float,
+) -> npt.NDArray[np.bool_]: ...
+def may_be_repaired(
+    rr_ms: float | npt.NDArray[np.float64],
     prev_rr_ms: float | npt.NDArray[np.float64],
+    rr_min_ms: float,
+    rr_max_ms: float,
 ) -> bool | npt.NDArray[np.bool_]:
-    """Whether an interval (elementwise for an array) lies above ``rr_max_ms`` but within
-    :data:`MISSED_SPAN` × it: perhaps beats the strap missed, for the correction to judge.
-    Only when the interval before it (``prev_rr_ms``; NaN for none) was not above
-    ``rr_max_ms`` too: a run of them is a lost or noisy signal, and handed to the live
-    correction one after another such intervals fill its medians (a noise burst made it split
-    the next sinus beats into invented ones)."""
+    """Whether an interval outside ``[rr_min_ms, rr_max_ms]`` (elementwise for an array) may
+    be an artefact the correction repairs, and so goes to it instead of being left out:
+    above ``rr_max_ms`` but within :data:`MISSED_SPAN` × it (beats the strap missed, split
+    back), or above 0 and below ``rr_min_ms`` (a piece of an interval a spurious beat split,
+    merged back). Only right after a plausible interval (``prev_rr_ms``, NaN for none): a run
+    of out-of-range intervals, or short ones alternating with long ones, is a lost or noisy
+    signal, and handed to the live correction such intervals filled its medians (after a
+    burst of noise the next sinus beats were split into invented ones)."""
     over = (rr_ms > rr_max_ms) & (rr_ms <= MISSED_SPAN * rr_max_ms)
-    return over & np.logical_not(prev_rr_ms > rr_max_ms)
+    under = (rr_ms > 0.0) & (rr_ms < rr_min_ms)
+    return (over | under) & (prev_rr_ms >= rr_min_ms) & (prev_rr_ms <= rr_max_ms)
 
 
 class ProcessedBeat(NamedTuple):
@@ -275,13 +288,16 @@ def _decide(
     th1: float,
     th2: float,
     med_c: float | None = None,
+    lo: float = 0.0,
+    hi: float = math.inf,
 ) -> tuple[list[_Row], bool]:
     """Classify beat i and correct it.
 
     ``t`` = times of beats i, i+1; ``r`` = raw RR of beats i−1 .. i+3 (NaN where absent);
     ``p`` = previous corrected RR (NaN if none); ``dm1`` = the difference before beat i
     (corrected where available). Returns the output rows for beat i (and for i+1 when it is
-    taken as the partner of the event) and whether i+1 was taken.
+    taken as the partner of the event) and whether i+1 was taken. A merge or split is made
+    only if every interval it makes lies within ``[lo, hi]`` (the plausible range).
     """
     rm1, r0, r1, r2, r3 = r
     t0, t1 = t
@@ -311,22 +327,26 @@ def _decide(
         # The merged interval must fit its neighbours (the beats either side of the pair), not
         # the 11-beat median: within a swing of sinus arrhythmia the median is far off.
         ref = 0.5 * (prev + (usual(r2) if r2 == r2 else med))
-        if r0 < med and (eq5 or eq4) and abs(r0 + r1 - ref) < th2:
+        if r0 < med and (eq5 or eq4) and abs(r0 + r1 - ref) < th2 and lo <= r0 + r1 <= hi:
             return [(t0, r0, _NAN, 5), (t1, r1, r0 + r1, 5)], True
         ref = 0.5 * (prev + n1)
         k = max(2, round(r0 / ref))
         if r0 > med and abs(r0 / k - ref) < min(th2, MISSED_TOL * ref):
             w = [prev + (n1 - prev) * (j + 1) / (k + 1) for j in range(k)]
             scale = r0 / math.fsum(w)
-            rows: list[_Row] = []
-            t_start = t0 - r0 / 1000.0
-            acc = 0.0
-            for j in range(k):
-                part = w[j] * scale
-                acc += part
-                last = j == k - 1
-                rows.append((t0 if last else t_start + acc / 1000.0, r0 if last else _NAN, part, 4))
-            return rows, False
+            # The parts run linearly from p to usual(rr[i+1]): the first and last are extremes.
+            if lo <= min(w[0], w[-1]) * scale and max(w[0], w[-1]) * scale <= hi:
+                rows: list[_Row] = []
+                t_start = t0 - r0 / 1000.0
+                acc = 0.0
+                for j in range(k):
+                    part = w[j] * scale
+                    acc += part
+                    last = j == k - 1
+                    rows.append(
+                        (t0 if last else t_start + acc / 1000.0, r0 if last else _NAN, part, 4)
+                    )
+                return rows, False
     if r1 == r1 and (_lt_ectopic(d0, dm1, d1) or _lt_ectopic(d1, d0, d2)):
         n2 = usual(r2) if r2 == r2 else prev
         s = r0 + r1
@@ -433,11 +453,19 @@ class ArtefactCorrector:
     pushed ``LOOKAHEAD_BEATS`` beats earlier; two at once after an event with a partner).
     :meth:`flush` finalises the remaining beats (end of stream, or before a gap) and starts
     afresh, so that no feature spans the gap.
+
+    A merge or split is made only if every interval it makes lies within ``[rr_min_ms,
+    rr_max_ms]``: beside noise the medians can ask for one that no heart beats (a sinus beat
+    split into 50 ms parts).
     """
 
-    __slots__ = ("_base", "_feat", "_hist", "_n", "_next", "_p", "_pp", "_rr", "_skip", "_t")
+    __slots__ = (
+        "_base", "_feat", "_hi", "_hist", "_lo", "_n", "_next", "_p", "_pp", "_rr", "_skip", "_t",
+    )  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, rr_min_ms: float = 0.0, rr_max_ms: float = math.inf) -> None:
+        self._lo = rr_min_ms
+        self._hi = rr_max_ms
         self._reset()
 
     def _reset(self) -> None:
@@ -559,6 +587,8 @@ class ArtefactCorrector:
                     th1,
                     th2,
                     med_c,
+                    self._lo,
+                    self._hi,
                 )
             if rows[0][3] == 0 and p == p:
                 # Only beats judged normal feed the quartile windows, with their difference to
@@ -583,14 +613,21 @@ class ArtefactCorrector:
             self._base = base
 
 
-def correct_rr(t_s: npt.ArrayLike, rr_ms: npt.ArrayLike) -> CorrectedSeries:
-    """Classify and correct one unbroken series: :class:`ArtefactCorrector` over all beats,
-    then :meth:`~ArtefactCorrector.flush`, collected into arrays."""
+def correct_rr(
+    t_s: npt.ArrayLike,
+    rr_ms: npt.ArrayLike,
+    *,
+    rr_min_ms: float = 0.0,
+    rr_max_ms: float = math.inf,
+) -> CorrectedSeries:
+    """Classify and correct one unbroken series: :class:`ArtefactCorrector` (with the
+    plausible range for its merges and splits) over all beats, then
+    :meth:`~ArtefactCorrector.flush`, collected into arrays."""
     t = np.asarray(t_s, dtype=np.float64)
     rr = np.asarray(rr_ms, dtype=np.float64)
     if t.shape != rr.shape or rr.ndim != 1:
         raise ValueError("t_s and rr_ms must be 1-D arrays of equal length")
-    corr = ArtefactCorrector()
+    corr = ArtefactCorrector(rr_min_ms, rr_max_ms)
     rows: list[_Row] = []
     push = corr._push_rows
     for ti, ri in zip(t.tolist(), rr.tolist(), strict=True):

@@ -173,21 +173,26 @@ class LiveAnalyzer:
         catch_threshold: float = CATCH_THRESHOLD,
         catch_hold_s: float = CATCH_HOLD_S,
         rr_max_ms: float = math.inf,
+        rr_min_ms: float = 0.0,
     ) -> None:
         self.window_s = window_s
         self.rr_max_ms = rr_max_ms
         """Above this a final beat is analysed only if the correction split it (``missed``);
         otherwise it becomes ``implausible`` and the windows restart, as after :meth:`gap`.
-        The caller passes such beats (up to a few times this, see
-        :data:`processing.artefacts.MISSED_SPAN`) instead of leaving them out, so that a missed
-        beat at a slow heart is split, not a gap."""
+        The caller passes such beats (:func:`processing.artefacts.may_be_repaired`) instead of
+        leaving them out, so that a missed beat at a slow heart is split, not a gap."""
+        self.rr_min_ms = rr_min_ms
+        """Below this likewise, unless the correction merged it (``extra``: a piece of an
+        interval a spurious beat split). A beat whose *corrected* interval falls outside
+        ``[rr_min_ms, rr_max_ms]`` (an interpolation between neighbours noise corrupted) is
+        implausible too: nothing outside the plausible range is ever analysed."""
         self.baseline_s = baseline_s
         self.correction = correction
         self.coherence_window_s = coherence_window_s
         self.spectral_window_s = spectral_window_s
         self.trend_window_s = trend_window_s
         self.k = k
-        self._corr = ArtefactCorrector()
+        self._corr = ArtefactCorrector(rr_min_ms, rr_max_ms)
         self._td = RollingTimeDomain(window_s)
         keep = max(coherence_window_s, spectral_window_s) + 10.0
         self._keep_s = keep
@@ -253,8 +258,14 @@ class LiveAnalyzer:
 
     def _consume(self, out: list[ProcessedBeat]) -> None:
         td, beats, flags = self._td, self._beats, self._flags
+        lo, hi = self.rr_min_ms, self.rr_max_ms
         for i, b in enumerate(out):
-            if b.rr_raw_ms > self.rr_max_ms and b.beat_class != "missed":
+            if (
+                (b.rr_raw_ms > hi and b.beat_class != "missed")
+                or (b.rr_raw_ms < lo and b.beat_class != "extra")
+                # (NaN, a merged spurious beat's own row, is not analysed anyway)
+                or (b.rr_ms == b.rr_ms and not lo <= b.rr_ms <= hi)
+            ):
                 out[i] = ProcessedBeat(b.t_s, b.rr_raw_ms, math.nan, "implausible")
                 self._restart_windows()
                 self._segment_start = b.t_s  # no spectrum spans it either

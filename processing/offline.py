@@ -23,7 +23,7 @@ from processing.artefacts import (
     CorrectedSeries,
     collect,
     correct_rr,
-    may_be_missed,
+    may_be_repaired,
 )
 from processing.indices import SPREAD_FLOORS
 from processing.live import (
@@ -182,29 +182,36 @@ def _classify(
     otherwise it is implausible after all, and the runs are corrected again without it,
     exactly as if it had been left out from the start. Likewise an interval below
     ``rr_min_ms`` (a spurious beat early or late in an interval leaves a piece shorter than
-    that): analysed if the correction merges it (``extra``), implausible otherwise."""
+    that): analysed if the correction merges it (``extra``), implausible otherwise. Either
+    only right after a plausible interval (:func:`~processing.artefacts.may_be_repaired`),
+    as in the daemon. A beat whose corrected interval falls outside the range after all (an
+    interpolation between neighbours that noise corrupted) is implausible too, in place, as
+    the daemon marks it (it cannot correct again)."""
     if t.size == 0:
         return collect([])
     warm = np.zeros(t.size, dtype=bool) if warmup is None else warmup
     plausible = (rr >= rr_min_ms) & (rr <= rr_max_ms) & ~warm
     none = np.zeros(t.size, dtype=bool)
     prev = np.concatenate([[np.nan], rr[:-1]])
-    maybe_missed = may_be_missed(rr, rr_max_ms, prev) & ~warm if correction else none
-    # A piece a spurious beat left under rr_min_ms (not after another such interval: a run of
-    # them is noise). The daemon keeps these out of its live correction (docs/indices.md).
-    under = (rr > 0.0) & (rr < rr_min_ms) & ~(prev < rr_min_ms)
-    maybe_extra = under & ~warm if correction else none
+    maybe = may_be_repaired(rr, prev, rr_min_ms, rr_max_ms) & ~warm if correction else none
+    maybe_missed = maybe & (rr > rr_max_ms)
+    maybe_extra = maybe & (rr < rr_min_ms)
     while True:
         keep = plausible | maybe_missed | maybe_extra
-        cs = _classify_kept(t, rr, correction, keep, warm, cut)
+        cs = _classify_kept(t, rr, correction, keep, warm, cut, (rr_min_ms, rr_max_ms))
         # Rows of raw beats, in input order (inserted rows have no raw interval).
         code = cs.code[np.flatnonzero(~np.isnan(cs.rr_raw_ms))]
         not_split = maybe_missed & (code != _MISSED)
         not_merged = maybe_extra & (code != _EXTRA)
         if not (not_split.any() or not_merged.any()):
-            return cs
+            break
         maybe_missed &= ~not_split
         maybe_extra &= ~not_merged
+    bad = (cs.rr_ms < rr_min_ms) | (cs.rr_ms > rr_max_ms)  # NaN (not analysed) compares False
+    if bad.any():
+        cs.rr_ms[bad] = np.nan
+        cs.code[bad] = _IMPLAUSIBLE
+    return cs
 
 
 def _classify_kept(
@@ -214,6 +221,7 @@ def _classify_kept(
     keep: npt.NDArray[np.bool_],
     warm: npt.NDArray[np.bool_],
     cut: npt.NDArray[np.bool_] | None = None,
+    rr_range_ms: tuple[float, float] = (0.0, math.inf),
 ) -> CorrectedSeries:
     """:func:`_classify` for a given set of analysed beats (``keep``); the rest are marked
     warm-up or implausible. The correction also starts afresh at beats marked in ``cut``."""
@@ -233,7 +241,9 @@ def _classify_kept(
             cuts = [0, *at.tolist(), ts.size]
         for c, d in itertools.pairwise(cuts):
             if correction:
-                cs = correct_rr(ts[c:d], rs[c:d])
+                cs = correct_rr(
+                    ts[c:d], rs[c:d], rr_min_ms=rr_range_ms[0], rr_max_ms=rr_range_ms[1]
+                )
                 parts.append((cs.t_s, cs.rr_raw_ms, cs.rr_ms, cs.code))
             else:
                 parts.append((ts[c:d], rs[c:d], rs[c:d], np.zeros(d - c, np.int8)))

@@ -213,8 +213,7 @@ class ProcessingConfig(_Section):
     """RR outside [rr_min_ms, rr_max_ms] is physiologically implausible: recorded, not analysed.
     250 ms is 240 beats/min, the top of sprint heart rates (273 ms refused 220 beats/min).
     With ``correction``, an interval up to 2 × ``rr_max_ms`` the correction splits (missed
-    beats) is analysed; ``settle analyze`` also one under ``rr_min_ms`` it merges (a spurious
-    beat's piece)."""
+    beats) or one under ``rr_min_ms`` it merges (a spurious beat's piece) is analysed."""
     rr_source: Literal["hrs", "ecg"] = "hrs"
     """Which RR drives the indices: ``hrs``, the strap's own RR (every Heart Rate Service
     strap); ``ecg``, RR from R peaks of the raw ECG (Polar H10 with ``strap.ecg``: sample-level

@@ -34,7 +34,7 @@ from feedback.payloads import (
     Intention,
     SessionPayload,
 )
-from processing.artefacts import ProcessedBeat, may_be_missed
+from processing.artefacts import ProcessedBeat, may_be_repaired
 from processing.indices import EventResponse
 from processing.live import BASELINE_MIN_SAMPLES, IndicesSnapshot, LiveAnalyzer
 from sensors.strap import Notification
@@ -498,6 +498,7 @@ class StrapPipeline:
             baseline_s=p.baseline_s,
             correction=p.correction,
             rr_max_ms=p.rr_max_ms,
+            rr_min_ms=p.rr_min_ms,
         )
         self._pending_seqs: collections.deque[int] = collections.deque()
         """Stored beats fed to the analyzer whose class is not final yet, oldest first."""
@@ -511,7 +512,7 @@ class StrapPipeline:
         self.seq = 0
         """Next beat sequence number (= beats recorded so far)."""
         self._prev_rr_ms = math.nan
-        """The strap's previous interval (any class): see processing.artefacts.may_be_missed."""
+        """The strap's previous interval (any class): see processing.artefacts.may_be_repaired."""
         self.beat_t_s: float | None = None
         self.next_indices_t_s = p.indices_every_s
         self.baseline: Literal["pending", "collecting", "complete"] = "pending"
@@ -688,6 +689,7 @@ class StrapPipeline:
             baseline_s=p.baseline_s,
             correction=p.correction,
             rr_max_ms=p.rr_max_ms,
+            rr_min_ms=p.rr_min_ms,
         )
         self.last_snapshot = None
         self._pending_seqs.clear()
@@ -725,14 +727,13 @@ class StrapPipeline:
             if warming:
                 cls = BeatClass.WARMUP
             elif not p.rr_min_ms <= tb.rr_ms <= p.rr_max_ms and not (
-                # Perhaps a missed beat at a slow heart: the correction splits it, or the
-                # analyzer makes it implausible after all (LiveAnalyzer.rr_max_ms). An interval
-                # under rr_min_ms stays a gap here (settle analyze merges a spurious beat's
-                # piece; handed to the live correction, noise bursts split sinus beats into
-                # invented ones, and a live corrector cannot take a beat back).
+                # Perhaps a missed beat at a slow heart, or a piece of an interval a spurious
+                # beat split (right after a plausible interval: not noise): the correction
+                # splits or merges it, or the analyzer makes it implausible after all
+                # (LiveAnalyzer.rr_max_ms / rr_min_ms), as settle analyze does.
                 p.correction
                 and self.rr_source == "hrs"
-                and may_be_missed(tb.rr_ms, p.rr_max_ms, self._prev_rr_ms)
+                and may_be_repaired(tb.rr_ms, self._prev_rr_ms, p.rr_min_ms, p.rr_max_ms)
             ):
                 cls = BeatClass.IMPLAUSIBLE
                 if self.rr_source == "hrs":

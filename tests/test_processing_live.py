@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from processing.artefacts import ArtefactCorrector
 from processing.indices import Baseline, EventResponse
 from processing.live import IndicesSnapshot, LiveAnalyzer
 from sensors.virtual.model import ModelParams, PhysioModel, true_settling_time_s
@@ -502,3 +503,64 @@ def test_a_missed_beat_above_the_plausible_maximum_is_split_live() -> None:
     assert odd.beat_class == "implausible" and math.isnan(odd.rr_ms)
     # The window restarted after it: beats 101-116 (the last 3 wait for their look-ahead).
     assert la.indices(float(t[-1])).td.n == 16
+
+
+def test_a_spurious_beat_below_the_plausible_minimum_is_merged_live() -> None:
+    """Likewise an interval under rr_min_ms (a piece of an interval a spurious beat split):
+    the correction merges it and the windows go on; one it does not merge becomes
+    implausible and restarts them."""
+    a = np.genfromtxt(DATA / "artifacts" / "pyhrv_nni_long__extra__2pct.csv.gz",
+                      delimiter=",", names=True, dtype=None, encoding=None)  # fmt: skip
+    short = (a["label"] == "extra") & (a["rr_ms"] < 250.0)
+    assert short.sum() == 23
+    la = LiveAnalyzer(rr_max_ms=2000.0, rr_min_ms=250.0)
+    out = []
+    for ti, ri in zip(a["t_s"].tolist(), a["rr_ms"].tolist(), strict=True):
+        out += la.push_beat(ti, ri)
+    out += la.gap(float(a["t_s"][-1]))
+    raw = [b for b in out if b.rr_raw_ms == b.rr_raw_ms]
+    assert len(raw) == a.size
+    assert [b.beat_class for b, s in zip(raw, short, strict=True) if s] == ["extra"] * 23
+    assert all(250.0 <= b.rr_ms <= 2000.0 for b in out if b.rr_ms == b.rr_ms)
+
+    la = LiveAnalyzer(rr_max_ms=2000.0, rr_min_ms=250.0)
+    rr = np.full(120, 800.0) + 20.0 * np.sin(np.arange(120) / 4.0)
+    rr[100] = 120.0  # 900 + 120 or 120 + 800 is no beat among 800 ms beats
+    t = np.cumsum(rr) / 1000.0
+    out = [b for ti, ri in zip(t.tolist(), rr.tolist(), strict=True) for b in la.push_beat(ti, ri)]
+    (odd,) = [b for b in out if b.rr_raw_ms == 120.0]
+    assert odd.beat_class == "implausible" and math.isnan(odd.rr_ms)
+    # The window restarted after it: beats 101-116 (the last 3 wait for their look-ahead).
+    assert la.indices(float(t[-1])).td.n == 16
+
+
+def test_nothing_outside_the_plausible_range_is_analysed_live() -> None:
+    """Noise handed straight to the analyzer (ten 50 ms intervals; short ones alternating
+    with over-long ones): the correction split the sinus beats after it into 128 parts of
+    30-60 ms "missed" beats, all analysed. Now no split or merge makes an
+    interval outside 250-2000 ms, and a beat whose interval is still outside it (noise the
+    correction took for normal, an interpolation between noisy neighbours) is implausible:
+    the windows restart instead of taking it."""
+    rng = np.random.default_rng(1)
+    rr = (800.0 + 20.0 * np.sin(np.arange(300) / 4.0) + rng.normal(0.0, 5.0, 300)).tolist()
+    rr[150:150] = [50.0] * 10
+    rr[200:200] = [13.0, 2600.0, 3500.0, 30.0, 3000.0, 30.0]
+    # An in-range interval between noise: the pair 964 + 3112 was taken for a displaced beat
+    # and corrected to 2478 ms (out of range) + 1598 ms.
+    rr[250:250] = [3189.0, 75.0, 2925.0, 3728.0, 964.0, 3112.0, 390.0]
+    t = np.cumsum(rr) / 1000.0
+    la = LiveAnalyzer(rr_max_ms=2000.0, rr_min_ms=250.0)
+    out = [b for ti, ri in zip(t.tolist(), rr, strict=True) for b in la.push_beat(ti, ri)]
+    out += la.gap(float(t[-1]))
+    assert len([b for b in out if b.rr_raw_ms == b.rr_raw_ms]) == len(rr)  # every beat kept
+    analysed = [b for b in out if b.rr_ms == b.rr_ms]
+    assert all(250.0 <= b.rr_ms <= 2000.0 for b in analysed)
+    assert all(b.beat_class == "implausible" for b in out if not 250 <= b.rr_raw_ms <= 2000
+               and b.beat_class not in ("missed", "extra"))  # fmt: skip
+    assert len(analysed) > 280  # the sinus beats around the noise are still analysed
+    # The correction itself: with the plausible range no split part or merge falls outside.
+    corr = ArtefactCorrector(250.0, 2000.0)
+    rows = [b for ti, ri in zip(t.tolist(), rr, strict=True) for b in corr.push(ti, ri)]
+    rows += corr.flush()
+    made = [b for b in rows if b.beat_class in ("missed", "extra") and b.rr_ms == b.rr_ms]
+    assert made and all(250.0 <= b.rr_ms <= 2000.0 for b in made)
