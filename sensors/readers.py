@@ -12,7 +12,8 @@ Formats recognised, by content (not by file name):
   (``rr_corrected_ms``, ``indices``, markers, gaps and ``ecg_beat`` rows are not read);
   its ``beat_class`` marks the daemon's warm-up beats (:attr:`RRRecording.warmup`), which
   ``settle analyze`` leaves out as the daemon did, and its ``gap`` rows the beats after a
-  recorded gap (:attr:`RRRecording.gap_before`), where the analysis breaks as the daemon's did.
+  recorded gap (:attr:`RRRecording.gap_before`), where the analysis breaks as the daemon's did
+  (not at a gap of the raw ECG alone, ``raw ECG clock step``: the RR went on through it).
   An RR of 0 (a strap sent it; the daemon kept it as ``implausible``) is read here only.
 * ``settle analyze --beats`` output (header ``t_s,rr_raw_ms,rr_ms,class``): its ``rr_raw_ms``,
   the intervals as they were read, so an analysis corrects them afresh, as for an export;
@@ -51,6 +52,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sensors.hrs import rr_raw_to_ms
+from sensors.timing import ECG_ONLY_GAPS
 from settle.errors import InputFileError
 
 __all__ = ["MAX_FILE_BYTES", "MAX_SPAN_S", "RR_MAX_MS", "RR_MIN_MS", "RRRecording", "read_rr_file"]
@@ -301,6 +303,7 @@ def _read_csv(
     i_t = header.index("t_s") if "t_s" in header else None
     cls_col = "class" if beats_file else "beat_class" if i_rec is not None else None
     i_cls = header.index(cls_col) if cls_col is not None and cls_col in header else None
+    i_reason = header.index("reason") if i_rec is not None and "reason" in header else None
     fmt = "settle-export" if i_rec is not None else "settle-beats" if beats_file else "csv"
     zero_ok = i_rec is not None or beats_file
     t_cells: list[str] = []
@@ -336,7 +339,11 @@ def _read_csv(
                     name, f"expected {len(header)} columns, found {len(cells)}", start
                 )
             if i_rec is not None and (record := cells[i_rec].strip()) != "beat":
-                gap_pending |= record == "gap"
+                # A gap of the raw ECG alone (its clock stepped) is none in the RR: the daemon's
+                # HRS analysis went on through it.
+                gap_pending |= record == "gap" and (
+                    i_reason is None or cells[i_reason].strip() not in ECG_ONLY_GAPS
+                )
                 continue
             if beats_file and not cells[i_rr].strip():
                 continue  # a beat the correction inserted: not in the recording

@@ -65,6 +65,14 @@ class TimedBeat:
     uncertain: bool = False
 
 
+#: Gap reason for a step of the strap's raw ECG clock (the ECG was re-anchored; settle/ecg.py
+#: records it). Heart rate and RR went on, so the RR series does not break there.
+ECG_CLOCK_STEP = "raw ECG clock step"
+#: Gap reasons that concern the raw ECG alone: readers of the RR series (the export's RR
+#: signal, ``settle analyze`` of an export) do not break at them.
+ECG_ONLY_GAPS = frozenset({ECG_CLOCK_STEP})
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class TimingGap:
     """Beats between ``start_t_s`` (last beat before) and ``end_t_s`` are unknown."""

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from sensors.timing import ECG_ONLY_GAPS
 from sessions.store import BeatClass, BeatRow, EcgSeries, GapRow
 
 __all__ = [
@@ -146,11 +147,6 @@ def rr_on_grid(
         out[(t >= g.start_t_s) & (t <= g.end_t_s)] = np.nan
     return out
 
-
-#: Gap reasons that concern the raw ECG alone (the strap's clock stepped and the ECG was
-#: re-anchored): the heart rate and RR went on, so the RR series is not blanked there.
-ECG_CLOCK_STEP = "raw ECG clock step"
-ECG_ONLY_GAPS = frozenset({ECG_CLOCK_STEP})
 
 #: Half-width of the band-limited ECG interpolation kernel, in recorded samples: a
 #: Lanczos-windowed sinc over 2 x 16 samples is flat within 0.1 dB up to 55 Hz at 130 Hz

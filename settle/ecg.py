@@ -38,7 +38,7 @@ from feedback.payloads import EcgBeatPayload
 from processing.ecg import RPeakDetector
 from sensors.ecg_stream import DroppedFrames, PmdSession, PmdUnavailable, ReceivedFrame
 from sensors.pmd import EcgFrame
-from sessions.series import ECG_CLOCK_STEP
+from sensors.timing import ECG_CLOCK_STEP
 from sessions.store import GapRow
 from settle.errors import SensorError
 

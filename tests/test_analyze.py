@@ -619,6 +619,38 @@ def test_rolling_settling_score_is_the_one_live_shows() -> None:
     assert float(diff.max()) < 5.0
 
 
+def test_a_gap_of_the_raw_ecg_alone_does_not_break_the_rr_series(tmp_path: Path) -> None:
+    """A Polar H10's raw ECG clock stepped: the daemon records a `raw ECG clock step` gap
+    but its heart-rate analysis goes on (the strap's RR did). `settle analyze` of the export
+    broke the series there as at a lost notification, and the rolling RMSSD restarted; it
+    now reads only the other gap rows as breaks."""
+    from processing.offline import analyze
+    from sensors.readers import read_rr_file
+
+    rec = read_rr_file(DATA / "bartels_rest_supine.csv")
+    at = int(np.searchsorted(rec.t_s, 330.0))
+    lines = ["record,t_s,rr_ms,end_t_s,reason"]
+    for i, (ti, ri) in enumerate(zip(rec.t_s.tolist(), rec.rr_ms.tolist(), strict=True)):
+        if i == at:
+            lines.append(f"gap,{ti - 0.4!r},,{ti - 0.1!r},raw ECG clock step")
+        if i == at + 100:
+            lines.append(f"gap,{ti - 0.4!r},,{ti - 0.1!r},disconnected")
+        lines.append(f"beat,{ti!r},{ri!r},,")
+    export = tmp_path / "settle-x.csv"
+    export.write_text("\n".join(lines) + "\n")
+    back = read_rr_file(export)
+    assert back.gap_before is not None
+    assert np.flatnonzero(back.gap_before).tolist() == [at + 100]  # the real gap only
+    roll = analyze(back.t_s, back.rr_ms, rolling=True, correction=False,
+                   gap_before=back.gap_before).rolling  # fmt: skip
+    plain = analyze(rec.t_s, rec.rr_ms, rolling=True, correction=False).rolling
+    assert roll is not None and plain is not None
+    # Through the clock step the RMSSD is the unbroken recording's; after the real gap not.
+    between = (roll.beat_t_s > rec.t_s[at]) & (roll.beat_t_s < rec.t_s[at + 100])
+    np.testing.assert_array_equal(roll.beat_rmssd_ms[between], plain.beat_rmssd_ms[between])
+    assert np.isnan(roll.beat_rmssd_ms[np.searchsorted(roll.beat_t_s, rec.t_s[at + 100])])
+
+
 def test_a_gap_the_daemon_recorded_breaks_the_rolling_series_as_live(tmp_path: Path) -> None:
     """One lost notification (a beat missing, its neighbours only 2 intervals apart): the
     daemon records a gap and restarts every window there, so the dashboard shows no score

@@ -324,7 +324,7 @@ def test_an_ecg_clock_step_does_not_blank_the_rr_channel() -> None:
 
     t0 = 1_700_000_000_000
     beats = [BeatRow(k, float(k + 1), t0 + 1000 * (k + 1), 1000.0) for k in range(60)]
-    # The reason as stores hold it (settle/ecg.py writes sessions.series.ECG_CLOCK_STEP).
+    # The reason as stores hold it (settle/ecg.py writes sensors.timing.ECG_CLOCK_STEP).
     gaps = [GapRow(10.2, 10.7, "raw ECG clock step"), GapRow(30.0, 33.0, "disconnected")]
     fs = 10.0
     rr = rr_on_grid(beats, gaps, 600, fs)
