@@ -2,7 +2,8 @@
 
 Same conventions as the live path (:mod:`processing.live`): artefact correction
 (:func:`processing.artefacts.correct_rr`), 60 s rolling time domain at every beat (window
-``(t − window_s, t]``), spectra of the last 120 s and coherence of the last 64 s every 5 s,
+``(t − window_s, t]``), spectra of the last 120 s and coherence of the last 64 s every 5 s
+(the daemon's ``indices_every_s``; ``step_s``),
 and the settling score against the first 120 s. For speed the whole recording is resampled
 once (natural cubic spline at 4 Hz) and windows are cut from that grid, whereas the live path
 splines each window; the two agree closely but not bit for bit.
@@ -59,6 +60,8 @@ __all__ = ["Analysis", "Rolling", "analyze", "gaps_in_times"]
 
 FloatArray = npt.NDArray[np.float64]
 STEP_S = 5.0
+"""Default step of the rolling spectra, coherence and score, s (the daemon's
+``processing.indices_every_s``)."""
 COHERENCE_WINDOW_S = 64.0
 SPECTRAL_WINDOW_S = 120.0
 _IMPLAUSIBLE = np.int8(BEAT_CLASSES.index("implausible"))
@@ -71,7 +74,8 @@ _EXTRA = np.int8(BEAT_CLASSES.index("extra"))
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Rolling:
-    """Rolling series. Per beat: ``beat_*``; every 5 s: ``step_*``. Units as in the names."""
+    """Rolling series. Per beat: ``beat_*``; every step (5 s by default): ``step_*``. Units as
+    in the names."""
 
     beat_t_s: FloatArray
     beat_mean_rr_ms: FloatArray
@@ -115,7 +119,7 @@ class Analysis:
     spectral: Spectral
     """Whole-recording spectrum (default method)."""
     coherence: float
-    """Median coherence ratio of the 64 s windows every 5 s."""
+    """Median coherence ratio of the 64 s windows at every step (5 s by default)."""
     rolling: Rolling | None
     """Rolling series when requested."""
 
@@ -289,15 +293,17 @@ def _rolling_spectra(
     window_s: float,
     segments: list[tuple[int, int]],
     done: Callable[[float], None] = lambda _share: None,
+    step_s: float = STEP_S,
 ) -> tuple[FloatArray, ...]:
-    """Spectra and coherence every 5 s; ``done(share)`` after each batch of windows, with the
-    share of the steps' windows computed so far (a progress display)."""
+    """Spectra and coherence every ``step_s``; ``done(share)`` after each batch of windows,
+    with the share of the steps' windows computed so far (a progress display)."""
     n_coh = round(COHERENCE_WINDOW_S * FS_HZ)
     n_sp = round(SPECTRAL_WINDOW_S * FS_HZ)
     if t.size < 2:
         e = np.empty(0)
         return e, e, e, e, e, e
-    steps = np.arange(math.ceil(t[0] / STEP_S) * STEP_S, t[-1] + 1e-9, STEP_S)
+    # The daemon's steps: multiples of step_s (as its first snapshot is at step_s).
+    steps = np.arange(math.ceil(t[0] / step_s), math.floor((t[-1] + 1e-9) / step_s) + 1) * step_s
     lf = np.full(steps.size, np.nan)
     hf = np.full(steps.size, np.nan)
     resp = np.full(steps.size, np.nan)
@@ -444,22 +450,23 @@ def _score(
     lnlf: FloatArray,
     baseline_s: float,
     usable: npt.NDArray[np.bool_],
+    step_s: float = STEP_S,
 ) -> FloatArray:
     """The settling score at each step as :class:`~processing.live.LiveAnalyzer` computes it:
     the automatic baseline collects the usable steps of the first ``baseline_s`` (extended by
     ``baseline_s`` at a time until it holds :data:`BASELINE_MIN_SAMPLES` of each component);
     after it, every usable step is scored against it.
 
-    The baseline runs from the first step, or from 5 s where the steps start later (an
-    export's beats start after the daemon's warm-up, or when the strap was put on): the
-    daemon's first snapshot, and so its baseline, is at 5 s of session time whenever the
-    first beats arrive; its baseline then holds fewer steps, or is extended, and so is this
-    one."""
+    The baseline runs from the first step, or from ``step_s`` where the steps start later
+    (an export's beats start after the daemon's warm-up, or when the strap was put on): the
+    daemon's first snapshot, and so its baseline, is at ``step_s`` of session time whenever
+    the first beats arrive; its baseline then holds fewer steps, or is extended, and so is
+    this one."""
     score = np.full(steps.size, np.nan)
     if steps.size == 0:
         return score
     comps = ((hr, "hr_bpm", -1.0), (ln, "ln_rmssd", 1.0), (lnlf, "ln_lf", 1.0))
-    until = min(float(steps[0]), STEP_S) + baseline_s
+    until = min(float(steps[0]), step_s) + baseline_s
     finite = [np.isfinite(vals).tolist() for vals, _, _ in comps]
     counts = [0, 0, 0]
     in_base = np.zeros(steps.size, dtype=bool)
@@ -513,6 +520,7 @@ def analyze(
     gap_before: npt.ArrayLike | None = None,
     spectrum: Method = "welch",
     on_progress: Callable[[str, float], None] | None = None,
+    step_s: float = STEP_S,
 ) -> Analysis:
     """Analyse one recording (beat times ``t_s`` in s, raw intervals ``rr_ms`` in ms).
 
@@ -531,8 +539,12 @@ def analyze(
     ``spectrum``: the whole-recording spectrum by the default method (each unbroken run
     resampled, Welch frames within runs) or by Lomb–Scargle over the beats at their own
     times, holes included (:func:`processing.spectral.lomb_frames`). The rolling spectra
-    and coherence use the default method either way, as live.
+    and coherence use the default method either way, as live. ``step_s``: how often the
+    rolling spectra, coherence and score are taken (the daemon's
+    ``processing.indices_every_s``; its steps are the multiples of it).
     """
+    if not (math.isfinite(step_s) and step_s > 0.0):
+        raise ValueError("step_s must be a positive number of seconds")
     t = np.asarray(t_s, dtype=np.float64)
     rr = np.asarray(rr_ms, dtype=np.float64)
     warm = None if warmup is None else np.asarray(warmup, dtype=bool)
@@ -592,10 +604,10 @@ def analyze(
     stage("time domain", "time domain")
     td = time_domain(rc, breaks=breaks)
     sd1, sd2 = poincare(rc, breaks=breaks)
-    spectra = "spectra and coherence every 5 s"
+    spectra = f"spectra and coherence every {step_s:g} s"
     stage("spectra", spectra)
     steps, lf, hf, resp, coh, lnlf = _rolling_spectra(
-        tc, rc, window_s, segments, lambda share: stage("spectra", spectra, share)
+        tc, rc, window_s, segments, lambda share: stage("spectra", spectra, share), step_s
     )
     roll = None
     if rolling:
@@ -606,7 +618,7 @@ def analyze(
             ln_step = np.log(rmssd[idx])
         n_window = np.where(idx >= 0, cnt[idx], 0)
         step_ok, quality = _step_quality(steps, tc, rc, n_window, run_start, window_s, cs, jumps)
-        score = _score(steps, hr[idx], ln_step, lnlf, baseline_s, step_ok)
+        score = _score(steps, hr[idx], ln_step, lnlf, baseline_s, step_ok, step_s)
         with np.errstate(divide="ignore", invalid="ignore"):
             lfhf = lf / hf
         roll = Rolling(

@@ -18,8 +18,9 @@ covers 0.15 Hz up to it only (:func:`hf_truncated_at`).
 
 Non-finite numbers are written as ``null``. ``--beats`` writes ``t_s,rr_raw_ms,rr_ms,class``
 (empty cell for a missing value); ``--rolling`` writes one row per beat (time domain of the
-``--window`` seconds ending at it) and one row every 5 s (spectra, coherence, settling score,
-signal quality), distinguished by the ``kind`` column. Times (``t_s``) are written with six
+``--window`` seconds ending at it) and one row every ``processing.indices_every_s`` (5 s by
+default; spectra, coherence, settling score, signal quality), distinguished by the ``kind``
+column. Times (``t_s``) are written with six
 decimals and never an exponent (µs; at epoch times float64 itself holds ≈ 0.2 µs), intervals
 (``rr_raw_ms``, ``rr_ms``) with ten significant digits, so that the file reads back as it was
 analysed; every other value with six significant digits (``%.6g``).
@@ -313,10 +314,12 @@ def run_analyze(
     baseline_s: float = 120.0,
     rr_range_ms: tuple[float, float] = (250.0, 2000.0),
     spectrum: str = "welch",
+    step_s: float = 5.0,
 ) -> tuple[Analysis, dict[str, Any]]:
     """Read, analyse and write the requested files; returns the analysis and its JSON.
     ``force``: replace existing output files (never ``file`` itself). ``baseline_s`` and
-    ``rr_range_ms`` as ``processing.baseline_s`` and ``rr_min_ms``/``rr_max_ms``;
+    ``rr_range_ms`` and ``step_s`` as ``processing.baseline_s``, ``rr_min_ms``/``rr_max_ms``
+    and ``indices_every_s``;
     ``spectrum``: the whole-recording spectrum's method (``welch`` or ``lomb``)."""
     lo, hi = WINDOW_RANGE_S
     if not (math.isfinite(window_s) and lo <= window_s <= hi):
@@ -377,6 +380,7 @@ def run_analyze(
             gap_before=rec.gap_before,
             spectrum=method,
             on_progress=on_progress,
+            step_s=step_s,
         )
         done = 1.0
         for path, key, write in (

@@ -1096,7 +1096,8 @@ def analyze(
     """Analyse an RR recording offline: HRV summary, artefacts, rolling indices.
 
     The [processing] settings of the config apply as they do live: window_s, baseline_s,
-    correction and the plausible RR range; --window and --no-correction override them."""
+    indices_every_s, correction and the plausible RR range; --window and --no-correction
+    override them."""
     from settle.analyze import AnalyzeUsageError, hf_truncated_at, run_analyze
 
     if not file:  # Path("") is ".", which read as "is a directory, not an RR file"
@@ -1114,6 +1115,7 @@ def analyze(
             baseline_s=p.baseline_s,
             rr_range_ms=(p.rr_min_ms, p.rr_max_ms),
             spectrum=spectrum,
+            step_s=p.indices_every_s,
         )
     except AnalyzeUsageError as exc:  # a bad option: exit 2 like any other usage error
         fail(str(exc), 2)

@@ -584,18 +584,25 @@ def test_the_daemon_merges_a_spurious_beat_that_leaves_a_short_piece(tmp_path: P
     assert [r["class"] for r in csv.DictReader(by_file.open())] == classes
 
 
-def test_analyze_of_an_export_gives_the_scores_the_daemon_published(tmp_path: Path) -> None:
+@pytest.mark.parametrize("every_s", [5.0, 2.0])
+def test_analyze_of_an_export_gives_the_scores_the_daemon_published(
+    tmp_path: Path, every_s: float
+) -> None:
     """A researcher runs `settle analyze --rolling` on an exported session and compares it
     with what the practitioner saw (the export's `indices` rows). Without correction (no
     look-ahead lag) they must agree, as docs/indices.md says. They did not: the daemon took
     each step after pushing the whole notification (its windows ran past the step: RMSSD
     equal at 2 % of steps, quality at 45 %), and the offline baseline started at 10 s (the
-    first step after the warm-up) where the daemon's starts at its first snapshot, 5 s."""
+    first step after the warm-up) where the daemon's starts at its first snapshot, 5 s.
+    With `indices_every_s = 2` the daemon published every 2 s and `--rolling` still wrote
+    every 5 s (1 step in 5 in common, scored against a baseline of other steps)."""
     import csv
 
     config = tmp_path / "settle.toml"
-    config.write_text(CONFIG.read_text().replace("correction = true", "correction = false", 1))
+    text = CONFIG.read_text().replace("correction = true", "correction = false", 1)
+    config.write_text(text.replace("indices_every_s = 5.0", f"indices_every_s = {every_s}", 1))
     assert "correction = false" in config.read_text()
+    assert f"indices_every_s = {every_s}" in config.read_text()
     export = _replay_and_export(tmp_path, DATA / "bartels_rest_supine.csv", "--config", str(config))
     rolling = tmp_path / "r.csv"
     res = settle("analyze", str(export), "--json", "--rolling", str(rolling), "--config",
@@ -611,6 +618,8 @@ def test_analyze_of_an_export_gives_the_scores_the_daemon_published(tmp_path: Pa
     beats = [(float(r["t_s"]), r) for r in rows if r["kind"] == "beat"]
     common = sorted(set(live) & set(steps))
     assert len(common) > 150
+    # The daemon's steps, each, from the first analysed beat to the last.
+    assert {t for t in live if min(steps) <= t <= max(steps)} == set(steps)
 
     def num(v: str) -> float:
         return float(v) if v else math.nan
