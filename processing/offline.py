@@ -431,6 +431,20 @@ def _step_quality(
     return usable, quality
 
 
+def _inside_recorded_gaps(
+    steps: FloatArray, tc: FloatArray, gap_end_t_s: FloatArray
+) -> npt.NDArray[np.bool_]:
+    """Per step: does it lie after the last analysed beat (times ``tc``) before a recorded
+    gap and before the first beat after it (times ``gap_end_t_s``)?"""
+    inside = np.zeros(steps.size, dtype=bool)
+    for end in gap_end_t_s.tolist():
+        k = int(np.searchsorted(tc, end, side="left")) - 1
+        start = float(tc[k]) if k >= 0 else -math.inf
+        a, b = np.searchsorted(steps, [start, end], side="right")
+        inside[a:b] = steps[a:b] < end
+    return inside
+
+
 def _jumps(raw: FloatArray) -> npt.NDArray[np.bool_]:
     """Per successive pair of raw intervals: did it jump (:data:`~processing.live.JUMP_REL`)?"""
     return np.abs(np.diff(raw)) > JUMP_REL * raw[:-1]
@@ -556,6 +570,7 @@ def analyze(
     # a corrected premature beat is rightly closer than half its corrected interval.
     cut = np.zeros(t.size, dtype=bool)
     cut[1:] = np.diff(t) * 1000.0 < 0.5 * rr[1:]
+    recorded = np.zeros(t.size, dtype=bool)
     if gap_before is not None:
         recorded = np.asarray(gap_before, dtype=bool)
         if recorded.shape != t.shape:
@@ -618,6 +633,12 @@ def analyze(
             ln_step = np.log(rmssd[idx])
         n_window = np.where(idx >= 0, cnt[idx], 0)
         step_ok, quality = _step_quality(steps, tc, rc, n_window, run_start, window_s, cs, jumps)
+        # Steps inside a gap the daemon recorded: it found the gap when the first beat after
+        # it arrived and restarted every window before taking those steps (it takes them as
+        # beats pass them): nothing in its windows, quality 0, no score.
+        inside = _inside_recorded_gaps(steps, tc, t[recorded])
+        step_ok &= ~inside
+        quality[inside] = 0.0
         score = _score(steps, hr[idx], ln_step, lnlf, baseline_s, step_ok, step_s)
         with np.errstate(divide="ignore", invalid="ignore"):
             lfhf = lf / hf

@@ -684,6 +684,7 @@ def test_a_gap_the_daemon_recorded_breaks_the_rolling_series_as_live(tmp_path: P
     steps = roll.step_t_s
     live_score = np.full(steps.size, np.nan)
     live_rmssd = np.full(steps.size, np.nan)
+    live_quality = np.full(steps.size, np.nan)
     j = 0
     for i, (ti, ri) in enumerate(zip(t.tolist(), rr.tolist(), strict=True)):
         if i == lost:
@@ -693,8 +694,13 @@ def test_a_gap_the_daemon_recorded_breaks_the_rolling_series_as_live(tmp_path: P
         while j < steps.size and steps[j] < ti:
             snap = la.indices(float(steps[j]))
             live_score[j], live_rmssd[j] = snap.score, snap.td.rmssd_ms
+            live_quality[j] = snap.quality
             j += 1
         la.push_beat(ti, ri)
+    # Quality equal at every step, the one inside the gap (330 s) too: the daemon's windows
+    # were empty there (it was 0.99, the window before the gap).
+    assert steps[(steps > gap_start) & (steps < t[lost])].tolist() == [330.0]
+    np.testing.assert_allclose(roll.step_quality[:j], live_quality[:j], rtol=1e-9, atol=1e-12)
     after = (steps > gap_start) & (steps < gap_start + 120.0)
     off_none, live_none = np.isnan(roll.step_score[after]), np.isnan(live_score[after])
     assert live_none.sum() >= 10  # the minute without a score
