@@ -66,7 +66,10 @@ Corrections:
   no partner to trade time with, so total time cannot be kept; the beat times are kept.
 
 Given the plausible range (``rr_min_ms``, ``rr_max_ms``), a merge or split that would make an
-interval outside it is not made (the beat is judged by the remaining rules).
+interval outside it is not made (the beat is judged by the remaining rules), no displaced pair
+includes an interval outside it, and an interval outside it that is neither merged nor split
+is ``implausible``: the correction starts afresh after it (with the beats pushed after it),
+as the offline analysis corrects the run after it without it.
 
 The quartile windows are fed only by beats judged normal, with ``|dRR|`` taken to the
 corrected previous beat: otherwise the jump back from an artefact widens the thresholds, and
@@ -146,6 +149,10 @@ RETURN_MIN = 0.5
 """Share of a long/short beat's jump the next beat must undo (when it is the one that confirms)."""
 PAIR_MIN_REL = 0.06
 """Smallest displacement of a displaced (ectopic) beat, as a fraction of the local median RR."""
+MISSED_MAX_PARTS = 16
+"""Most parts a split (missed) interval is cut into: MISSED_SPAN × 2000 ms in 250 ms beats.
+Beside noise (an interval of a few µs as the median) the ratio ran to 10³⁰⁰ and the parts
+list exhausted memory."""
 MISSED_SPAN = 2.0
 """An interval above the plausible maximum (``rr_max_ms``) but within this many times it may
 be beats the strap missed (one missed beat at any rate down to 30 beats/min, two down to 45):
@@ -330,12 +337,19 @@ def _decide(
         if r0 < med and (eq5 or eq4) and abs(r0 + r1 - ref) < th2 and lo <= r0 + r1 <= hi:
             return [(t0, r0, _NAN, 5), (t1, r1, r0 + r1, 5)], True
         ref = 0.5 * (prev + n1)
-        k = max(2, round(r0 / ref))
-        if r0 > med and abs(r0 / k - ref) < min(th2, MISSED_TOL * ref):
-            w = [prev + (n1 - prev) * (j + 1) / (k + 1) for j in range(k)]
-            scale = r0 / math.fsum(w)
-            # The parts run linearly from p to usual(rr[i+1]): the first and last are extremes.
-            if lo <= min(w[0], w[-1]) * scale and max(w[0], w[-1]) * scale <= hi:
+        q = r0 / ref if ref > 0.0 else math.inf
+        k = max(2, round(q)) if q <= MISSED_MAX_PARTS else 0
+        if k and r0 > med and abs(r0 / k - ref) < min(th2, MISSED_TOL * ref):
+            # The parts run linearly from p to usual(rr[i+1]), scaled to sum to rr[i]: the
+            # first and last are the extremes (checked before the parts are built).
+            scale = r0 / (k * ref)
+            ends = (
+                (prev + (n1 - prev) / (k + 1)) * scale,
+                (prev + (n1 - prev) * k / (k + 1)) * scale,
+            )
+            if lo <= min(ends) and max(ends) <= hi:
+                w = [prev + (n1 - prev) * (j + 1) / (k + 1) for j in range(k)]
+                scale = r0 / math.fsum(w)
                 rows: list[_Row] = []
                 t_start = t0 - r0 / 1000.0
                 acc = 0.0
@@ -357,6 +371,10 @@ def _decide(
         nxt_misfit = abs(r1 + r2 - r0 - r3) if r3 == r3 else math.inf
         if (
             shift * d1 < 0.0
+            # Both intervals plausible: an out-of-range one is repaired by a merge or a split
+            # or left out, never traded against its neighbour.
+            and lo <= r0 <= hi
+            and lo <= r1 <= hi
             and abs(shift) > PAIR_SHIFT * th1
             # A compensated shift of a few per cent is within sinus rhythm's own beat-to-beat
             # alternation: on a calm stretch th1 alone would call it a displaced beat.
@@ -526,6 +544,22 @@ class ArtefactCorrector:
             self._decide_next(out)
         self._reset()
 
+    def _left_out(self, rows: list[_Row], j: int, k: int, out: list[_Row]) -> None:
+        """Row ``j`` of beat ``k``'s decision holds an interval outside the plausible range
+        that the correction neither merged nor split: it is ``implausible``, and the
+        correction starts afresh after it, with the beats already pushed after it — as the
+        offline analysis corrects the run after such an interval without it. (Kept, its
+        corrected value and raw interval steered the beats after it: after noise a 200 ms
+        piece taken as ``short`` made the next sinus beats split into 270 ms "missed" ones.)"""
+        t, raw = rows[j][0], rows[j][1]
+        out.extend(rows[:j])
+        out.append((t, raw, _NAN, _CODE["implausible"]))
+        after = k + 1 + j  # j = 1: the partner of a pair, beat k + 1
+        pending = list(zip(list(self._t)[after:], list(self._rr)[after:], strict=True))
+        self._reset()
+        for tp, rp in pending:
+            self._push_rows(tp, rp, out)
+
     def _decide_next(self, out: list[_Row]) -> None:
         i = self._next
         rr, tt = self._rr, self._t
@@ -590,6 +624,13 @@ class ArtefactCorrector:
                     self._lo,
                     self._hi,
                 )
+            lo, hi = self._lo, self._hi
+            if not lo <= r0 <= hi or (took and not lo <= r1 <= hi):  # rare: check each row
+                for j, row in enumerate(rows):
+                    raw = row[1]
+                    if (raw < lo or raw > hi) and row[3] != 4 and row[3] != 5:
+                        self._left_out(rows, j, k, out)
+                        return
             if rows[0][3] == 0 and p == p:
                 # Only beats judged normal feed the quartile windows, with their difference to
                 # the corrected previous beat: artefacts, or the jump back from a raw one, would

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from processing.artefacts import ArtefactCorrector
+from processing.artefacts import ArtefactCorrector, ProcessedBeat, may_be_repaired
 from processing.indices import Baseline, EventResponse
 from processing.live import IndicesSnapshot, LiveAnalyzer
 from sensors.virtual.model import ModelParams, PhysioModel, true_settling_time_s
@@ -564,3 +564,56 @@ def test_nothing_outside_the_plausible_range_is_analysed_live() -> None:
     rows += corr.flush()
     made = [b for b in rows if b.beat_class in ("missed", "extra") and b.rr_ms == b.rr_ms]
     assert made and all(250.0 <= b.rr_ms <= 2000.0 for b in made)
+
+
+def _gated(rr: list[float]) -> list[ProcessedBeat]:
+    """``rr`` through the analyzer as the daemon feeds it: an out-of-range interval is pushed
+    only where :func:`processing.artefacts.may_be_repaired` lets it, else it is a gap."""
+    t = np.cumsum(rr) / 1000.0
+    la = LiveAnalyzer(rr_max_ms=2000.0, rr_min_ms=250.0)
+    out: list[ProcessedBeat] = []
+    prev = math.nan
+    for ti, ri in zip(t.tolist(), rr, strict=True):
+        if 250.0 <= ri <= 2000.0 or may_be_repaired(ri, prev, 250.0, 2000.0):
+            out += la.push_beat(ti, ri)
+        else:
+            out += la.gap(ti)
+        prev = ri
+    return out + la.gap(float(t[-1]))
+
+
+@pytest.mark.parametrize(
+    "noise",
+    [[3000.0, 3000.0, 300.0, 260.0, 260.0, 200.0], [3000.0, 3000.0, 500.0, 800.0, 100.0]],
+)
+def test_an_unrepaired_piece_does_not_steer_the_beats_after_it(noise: list[float]) -> None:
+    """A piece under 250 ms right after a plausible interval goes to the correction; when it
+    is not merged it is left out. It was left out only from the windows: the correction kept
+    its interpolated value (260 ms) as the previous beat, and split each of the next 11
+    sinus beats into four 270-290 ms "missed" ones (HR read 231). The correction now starts
+    afresh after it, as `settle analyze` corrects the run after it without it."""
+    sinus = [1100.0 + 15.0 * math.sin(i / 3.0) for i in range(80)]
+    after = [1082.0, 1097.6, 1110.1, 1127.4, 1124.7, 1144.2, 1149.3, 1166.0, 1166.8, 1167.3]
+    out = _gated(sinus + noise + after + [1167.0] * 60)
+    assert [b for b in out if b.beat_class == "missed"] == []
+    assert all(b.rr_raw_ms == b.rr_raw_ms for b in out)  # no beat invented
+    t_after = (sum(sinus) + sum(noise)) / 1000.0
+    assert [b.rr_ms for b in out if b.t_s > t_after + 1e-9 and b.rr_ms == b.rr_ms] == [
+        b.rr_raw_ms for b in out if b.t_s > t_after + 1e-9
+    ]  # the sinus beats after the noise are analysed as they are
+
+
+@pytest.mark.parametrize("tiny", [5e-324, 1e-9])
+def test_an_interval_of_almost_nothing_is_left_out_not_a_crash(tiny: float) -> None:
+    """A file (not a strap: BLE cannot send under 1/1024 s) with an interval of 1e-9 ms
+    after a plausible one: the correction took it for the median of a two-beat run and
+    tried to split the next interval into 10^12 parts (MemoryError; 5e-324 overflowed),
+    live and in `settle analyze`. It is implausible now, in both."""
+    from processing.offline import analyze
+
+    sinus = [800.0 + 20.0 * math.sin(i / 3.0) for i in range(40)]
+    rr = [*sinus, 3000.0, 3000.0, 800.0, tiny, 3000.0, *sinus]
+    out = _gated(rr)
+    assert [b.beat_class for b in out if b.rr_raw_ms == tiny] == ["implausible"]
+    cs = analyze(np.cumsum(rr) / 1000.0, rr).beats
+    assert cs.classes()[rr.index(tiny)] == "implausible"
