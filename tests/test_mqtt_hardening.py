@@ -397,10 +397,15 @@ def _running(dev: str) -> bytes:
 @pytest.mark.mosquitto
 async def test_device_discovery_returns_once_the_retained_state_is_in(
     any_broker: tuple[str, int, str],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Discovery used to wait a fixed second. Now it returns as soon as the broker has sent
     what it retains, and misses nothing: with 25 running straps it names all 25 (mosquitto
-    and the embedded amqtt broker)."""
+    and the embedded amqtt broker). The quiet period it would otherwise wait for is made
+    30 s here, so a return within 10 s can only be the early one (no tight timing)."""
+    import settle.cli
+
+    monkeypatch.setattr(settle.cli, "RETAINED_QUIET_S", 30.0)
     host, port, _ = any_broker
     devices = [f"strap_{i:02d}" for i in range(25)]
     retained = {"settle/bridge/state": b"online"}
@@ -410,23 +415,18 @@ async def test_device_discovery_returns_once_the_retained_state_is_in(
     await _retain(host, port, retained)
     options = ConnectOptions(host, port)
     async with aiomqtt.Client(**options.client_kwargs()) as client:
-        t0 = time.monotonic()
         with pytest.raises(SettleError) as exc:
-            await _find_device(client, "settle", need_session=True)
-        took_s = time.monotonic() - t0
+            async with asyncio.timeout(10):
+                await _find_device(client, "settle", need_session=True)
     assert str(exc.value) == (
         f"several devices are active ({', '.join(devices)}); pick --device, or --all"
     )
-    assert took_s < 0.6, took_s  # was ≥ 1.0 s, always
 
     # One strap left running: that one, as quickly.
     await _retain(host, port, {f"settle/{dev}/session": b"" for dev in devices[1:]})
-    async with aiomqtt.Client(**options.client_kwargs()) as client:
-        t0 = time.monotonic()
+    async with aiomqtt.Client(**options.client_kwargs()) as client, asyncio.timeout(10):
         found = await _find_device(client, "settle", need_session=True)
-        took_s = time.monotonic() - t0
     assert found == devices[0]
-    assert took_s < 0.6, took_s
 
 
 @pytest.mark.mosquitto
@@ -535,7 +535,8 @@ async def test_with_device_but_no_daemon_nothing_is_sent(mosquitto: Mosquitto) -
     async with aiomqtt.Client(host, port) as c:
         await c.subscribe("settle/ghost_1/cmd/#", qos=1)
         t0 = time.monotonic()
-        code, _, err = await _settle("mark", "x", "--device", "ghost_1", "--mqtt", f"{host}:{port}")
+        code, _, err = await _settle("mark", "x", "--device", "ghost_1", "--mqtt", f"{host}:{port}",
+                                     "--timeout", "120")  # fmt: skip
         took_s = time.monotonic() - t0
         await asyncio.sleep(0.3)  # what the broker forwards has arrived by now
         assert len(c.messages) == 0  # nothing was published
@@ -544,7 +545,9 @@ async def test_with_device_but_no_daemon_nothing_is_sent(mosquitto: Mosquitto) -
         f"settle: error: no Settle daemon is online on the MQTT broker mqtt://{host}:{port} "
         "(start `settle demo` or `settle run`, or point --mqtt at the broker it uses)"
     ]
-    assert took_s < 4.5  # not the whole --timeout (5 s)
+    # It says so once the broker's retained state is in, not after the whole --timeout (a
+    # wide margin: a subprocess start on a loaded machine takes seconds).
+    assert took_s < 60
 
 
 @pytest.mark.mosquitto
