@@ -494,12 +494,18 @@ def test_a_missed_beat_above_the_plausible_maximum_is_split_live() -> None:
     assert "implausible" not in classes
     assert all(b.rr_ms <= 2000.0 for b in out if b.rr_ms == b.rr_ms)
 
-    la = LiveAnalyzer(rr_max_ms=2000.0)
-    rr = np.full(120, 1060.0) + 20.0 * np.sin(np.arange(120) / 4.0)
-    rr[100] = 2650.0  # 2.5 beats: no whole number of missed beats
+    _check_an_odd_interval_restarts_the_windows(1060.0, 2650.0)  # no whole number of beats
+
+
+def _check_an_odd_interval_restarts_the_windows(sinus_ms: float, odd_ms: float) -> None:
+    """Beat 100 of 120 sinus beats is ``odd_ms``, an out-of-range interval the correction
+    can neither split nor merge: it is implausible and every window restarts after it."""
+    la = LiveAnalyzer(rr_max_ms=2000.0, rr_min_ms=250.0)
+    rr = np.full(120, sinus_ms) + 20.0 * np.sin(np.arange(120) / 4.0)
+    rr[100] = odd_ms
     t = np.cumsum(rr) / 1000.0
     out = [b for ti, ri in zip(t.tolist(), rr.tolist(), strict=True) for b in la.push_beat(ti, ri)]
-    (odd,) = [b for b in out if b.rr_raw_ms == 2650.0]
+    (odd,) = [b for b in out if b.rr_raw_ms == odd_ms]
     assert odd.beat_class == "implausible" and math.isnan(odd.rr_ms)
     # The window restarted after it: beats 101-116 (the last 3 wait for their look-ahead).
     assert la.indices(float(t[-1])).td.n == 16
@@ -523,15 +529,8 @@ def test_a_spurious_beat_below_the_plausible_minimum_is_merged_live() -> None:
     assert [b.beat_class for b, s in zip(raw, short, strict=True) if s] == ["extra"] * 23
     assert all(250.0 <= b.rr_ms <= 2000.0 for b in out if b.rr_ms == b.rr_ms)
 
-    la = LiveAnalyzer(rr_max_ms=2000.0, rr_min_ms=250.0)
-    rr = np.full(120, 800.0) + 20.0 * np.sin(np.arange(120) / 4.0)
-    rr[100] = 120.0  # 900 + 120 or 120 + 800 is no beat among 800 ms beats
-    t = np.cumsum(rr) / 1000.0
-    out = [b for ti, ri in zip(t.tolist(), rr.tolist(), strict=True) for b in la.push_beat(ti, ri)]
-    (odd,) = [b for b in out if b.rr_raw_ms == 120.0]
-    assert odd.beat_class == "implausible" and math.isnan(odd.rr_ms)
-    # The window restarted after it: beats 101-116 (the last 3 wait for their look-ahead).
-    assert la.indices(float(t[-1])).td.n == 16
+    # 900 + 120 or 120 + 800 is no beat among 800 ms beats
+    _check_an_odd_interval_restarts_the_windows(800.0, 120.0)
 
 
 def test_nothing_outside_the_plausible_range_is_analysed_live() -> None:
