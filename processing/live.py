@@ -200,7 +200,9 @@ class LiveAnalyzer:
         self._flags: collections.deque[int] = collections.deque(maxlen=QUALITY_BEATS)
         self._contact: collections.deque[int] = collections.deque(maxlen=QUALITY_BEATS)
         self._jumps: collections.deque[int] = collections.deque(maxlen=QUALITY_BEATS)
-        """1 per raw interval that jumped (:data:`JUMP_REL`); kept across gaps."""
+        """1 per analysed raw interval that jumped (:data:`JUMP_REL`) from the analysed one
+        before it; kept across gaps. Counted on final beats, so a piece of noise that ends
+        up implausible does not count (as in ``settle analyze``)."""
         self._prev_raw = _NAN
         self._base = Baseline()
         self._base_from: float | None = None
@@ -242,10 +244,6 @@ class LiveAnalyzer:
         if self._segment_start is not None and t_s - self._last_raw_t < 0.5 * rr_ms / 1000.0:
             done = self.gap(t_s)
         self._last_raw_t = t_s
-        prev = self._prev_raw
-        if prev == prev:
-            self._jumps.append(1 if abs(rr_ms - prev) > JUMP_REL * prev else 0)
-        self._prev_raw = rr_ms
         if self._segment_start is None:
             self._segment_start = t_s - rr_ms / 1000.0
         self._contact.append(0 if contact is False else 1)
@@ -270,8 +268,13 @@ class LiveAnalyzer:
                 self._restart_windows()
                 self._segment_start = b.t_s  # no spectrum spans it either
                 continue
-            if b.rr_raw_ms == b.rr_raw_ms:
+            raw = b.rr_raw_ms
+            if raw == raw:
                 flags.append(0 if b.beat_class == "normal" else 1)
+                prev = self._prev_raw
+                if prev == prev:
+                    self._jumps.append(1 if abs(raw - prev) > JUMP_REL * prev else 0)
+                self._prev_raw = raw
             if b.rr_ms == b.rr_ms:
                 # A beat the correction placed before the last one (a split interval whose
                 # time line was compressed, see push_beat) is kept just after it.

@@ -616,3 +616,31 @@ def test_an_interval_of_almost_nothing_is_left_out_not_a_crash(tiny: float) -> N
     assert [b.beat_class for b in out if b.rr_raw_ms == tiny] == ["implausible"]
     cs = analyze(np.cumsum(rr) / 1000.0, rr).beats
     assert cs.classes()[rr.index(tiny)] == "implausible"
+
+
+def test_noise_left_out_does_not_count_as_jumping_intervals() -> None:
+    """The rule "more than half of the recent intervals differ from the one before by more
+    than 20 %" counted every interval handed to the analyzer, noise it then left out as
+    implausible included; `settle analyze` counts the analysed ones. A rhythm whose
+    intervals jump 46 % of the time, with a burst of noise every ~100 s, read "irregular
+    rhythm: 51-52 %" live at half the steps while the analysis of the same beats called it
+    usable.
+    Both count the analysed intervals now (without correction: the jump rule alone)."""
+    from processing.live import JUMP_PHRASE
+    from processing.offline import analyze
+
+    period = [800.0, 1050.0] * 3 + [800.0] * 7  # 6 of 13 successive intervals jump
+    noise = [3000.0, 100.0] * 4 + [3000.0]
+    rr = [800.0] * 60 + (period * 9 + noise) * 6 + period * 9
+    t = np.cumsum(rr) / 1000.0
+    la = LiveAnalyzer(correction=False, rr_max_ms=2000.0, rr_min_ms=250.0)
+    reasons: list[str | None] = []
+    step = 5.0
+    for ti, ri in zip(t.tolist(), rr, strict=True):
+        while step < ti:
+            reasons.append(la.indices(step).reason)
+            step += 5.0
+        la.push_beat(ti, ri)
+    assert analyze(t, rr, correction=False).reason is None
+    assert reasons.count(None) > 0.6 * len(reasons)
+    assert not [r for r in reasons if r is not None and JUMP_PHRASE in r]
