@@ -305,9 +305,34 @@ class VirtualAir:
             if self._scan_users == 0 and not self._closed:
                 await self.central.stop_scanning()
 
-    def abort_pending_connection(self) -> None:
-        """Abandon the central's pending connection attempt (the caller was cancelled)."""
+    def link_layer_connected(self, peripheral_address: str) -> bool:
+        """Does the central's controller hold a link to ``peripheral_address``? (Whatever
+        the hosts know of it yet: tests cancel a connect at that moment.)"""
+        return hci.Address(peripheral_address) in self._central_controller.le_connections
+
+    def abandon_connection(self, peripheral_address: str) -> None:
+        """The central's connect to ``peripheral_address`` was cancelled: end its pending
+        attempt, and end the link if the controllers completed it meanwhile.
+
+        The cancellation can arrive after the link layer connected but before our host
+        delivered the connection (Python 3.11's ``wait_for`` may even swallow it): the
+        strap then held a link nobody owned, never advertised again, and the next
+        ``settle`` could not find it (1 stop in ~360 during a connect, on a loaded
+        machine). Both hosts are told the local host ended it; no await, as the caller is
+        being cancelled."""
         self._central_controller.abort_pending_connection()
+        peer = hci.Address(peripheral_address)
+        central_addr = self._central_controller.random_address
+        if not self._central_controller.drop_le_connection(
+            peer, hci.HCI_ErrorCode.CONNECTION_TERMINATED_BY_LOCAL_HOST_ERROR
+        ):
+            return
+        peripheral = next((c for c in self._controllers[1:] if c.random_address == peer), None)
+        if peripheral is not None:
+            peripheral.drop_le_connection(
+                central_addr, hci.HCI_ErrorCode.REMOTE_USER_TERMINATED_CONNECTION_ERROR
+            )
+        logger.debug("virtual air: link to %s ended, its connect was cancelled", peer)
 
     # -- peripherals -----------------------------------------------------------------
 

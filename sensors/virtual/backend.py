@@ -294,8 +294,9 @@ class BumbleBleakClient(BaseBleakClient):
                 )
         except asyncio.CancelledError:
             # bumble leaves the controller's attempt pending when its caller is cancelled;
-            # abandon it or the next connect() is refused with COMMAND_DISALLOWED.
-            self._air.abort_pending_connection()
+            # abandon it or the next connect() is refused with COMMAND_DISALLOWED — and end
+            # the link if it completed meanwhile, or the strap stays taken.
+            self._air.abandon_connection(self.address)
             raise
         except TimeoutError:
             raise self._not_found(timeout) from None
