@@ -297,6 +297,7 @@ def _decide(
     med_c: float | None = None,
     lo: float = 0.0,
     hi: float = math.inf,
+    startup: bool = False,
 ) -> tuple[list[_Row], bool]:
     """Classify beat i and correct it.
 
@@ -305,6 +306,8 @@ def _decide(
     (corrected where available). Returns the output rows for beat i (and for i+1 when it is
     taken as the partner of the event) and whether i+1 was taken. A merge or split is made
     only if every interval it makes lies within ``[lo, hi]`` (the plausible range).
+    ``startup``: the thresholds are still the startup ones (too little corrected history);
+    a beat is then not split while the raw next beat is about as long (:data:`MISSED_TOL`).
     """
     rm1, r0, r1, r2, r3 = r
     t0, t1 = t
@@ -339,7 +342,15 @@ def _decide(
         ref = 0.5 * (prev + n1)
         q = r0 / ref if ref > 0.0 else math.inf
         k = max(2, round(q)) if q <= MISSED_MAX_PARTS else 0
-        if k and r0 > med and abs(r0 / k - ref) < min(th2, MISSED_TOL * ref):
+        if (
+            k
+            and r0 > med
+            and abs(r0 / k - ref) < min(th2, MISSED_TOL * ref)
+            # Right after noise the median and the "usual" next beat can be the noise's
+            # pieces (4 × 500 ms after a dropout): the first sinus 1000 ms looked like two
+            # missed beats. Before the history exists, a next beat as long says it is not.
+            and not (startup and abs(r1 - r0) < MISSED_TOL * r0)
+        ):
             # The parts run linearly from p to usual(rr[i+1]), scaled to sum to rr[i]: the
             # first and last are the extremes (checked before the parts are built).
             scale = r0 / (k * ref)
@@ -576,7 +587,8 @@ class ArtefactCorrector:
             self._skip = False
         else:
             sa = feat._adrr
-            if len(feat._adrr_q) < MIN_HISTORY or not sa:
+            startup = len(feat._adrr_q) < MIN_HISTORY or not sa
+            if startup:
                 # Too little corrected history for thresholds: use the raw look-ahead ones.
                 th1, th2 = _startup_thresholds(med)
             else:  # ALPHA × the quartile deviation of the corrected history, floored
@@ -623,6 +635,7 @@ class ArtefactCorrector:
                     med_c,
                     self._lo,
                     self._hi,
+                    startup,
                 )
             lo, hi = self._lo, self._hi
             if not lo <= r0 <= hi or (took and not lo <= r1 <= hi):  # rare: check each row

@@ -644,3 +644,24 @@ def test_noise_left_out_does_not_count_as_jumping_intervals() -> None:
     assert analyze(t, rr, correction=False).reason is None
     assert reasons.count(None) > 0.6 * len(reasons)
     assert not [r for r in reasons if r is not None and JUMP_PHRASE in r]
+
+
+@pytest.mark.parametrize(
+    "noise, after",
+    [([5000.0, 500.0, 500.0, 500.0, 500.0], 1000.0), ([50.0, 500.0, 500.0, 700.0, 300.0], 920.0)],
+)
+def test_the_first_sinus_beat_after_noise_is_not_split(noise: list[float], after: float) -> None:
+    """After noise the correction starts afresh (a dropout's 5 s, then a spurious beat's
+    pieces): its median and the "usual" next beat were the pieces' 500 ms, so the first
+    sinus interval (1000 ms, followed by more of them) was split into two `missed` beats of
+    500 ms — a beat invented, HR read double — live and in `settle analyze`. While the
+    correction has no history yet, a beat is not split when the next one is as long."""
+    from processing.offline import analyze
+
+    rr = [1000.0] * 20 + noise + [after] * 10
+    live = _gated(rr)
+    offline = analyze(np.cumsum(rr) / 1000.0, rr).beats.classes()
+    assert [b.beat_class for b in live if b.beat_class == "missed"] == []
+    assert "missed" not in offline
+    t_after = (20_000.0 + sum(noise)) / 1000.0
+    assert [b.rr_ms for b in live if b.t_s > t_after + 1e-9] == [after] * 10
