@@ -561,6 +561,10 @@ def analyze(
         raise ValueError("step_s must be a positive number of seconds")
     t = np.asarray(t_s, dtype=np.float64)
     rr = np.asarray(rr_ms, dtype=np.float64)
+    if t.ndim != 1 or t.shape != rr.shape:
+        raise ValueError("t_s and rr_ms must be 1-D with one value per beat")
+    if not (np.isfinite(t).all() and np.isfinite(rr).all()):
+        raise ValueError("t_s and rr_ms must be finite (the file readers reject the rest)")
     warm = None if warmup is None else np.asarray(warmup, dtype=bool)
     if warm is not None and warm.shape != t.shape:
         raise ValueError("warmup must have one value per beat")

@@ -963,3 +963,20 @@ def test_an_out_of_range_interval_the_correction_does_not_repair_is_left_out(
     assert doc["correction"]["by_class"][not_class] == 0
     row = [r for r in csv.DictReader(beats.open()) if r["rr_raw_ms"] == f"{odd_ms:g}"]
     assert len(row) == 1 and row[0]["class"] == "implausible" and row[0]["rr_ms"] == ""
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "length"])
+def test_analyze_refuses_values_a_reader_would_not_give(bad: str) -> None:
+    """`processing.offline.analyze` called from Python with a NaN or an infinite interval
+    (the file readers refuse them) failed deep inside with "operands could not be broadcast
+    together"; times and intervals of different lengths likewise. Now one plain error."""
+    from processing.offline import analyze
+
+    rr = [800.0 + 20.0 * math.sin(i / 3.0) for i in range(60)]
+    t = (np.cumsum(rr) / 1000.0).tolist()
+    if bad == "length":
+        t = t[:-1]
+    else:
+        rr[30] = float(bad)
+    with pytest.raises(ValueError, match=r"^t_s and rr_ms must be"):
+        analyze(t, rr)
