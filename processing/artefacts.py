@@ -166,6 +166,7 @@ _MED_SIZE = MEDIAN_BACK + 1 + LOOKAHEAD_BEATS
 _insort = bisect.insort
 _bisect_left = bisect.bisect_left
 _CODE = {c: i for i, c in enumerate(BEAT_CLASSES)}
+_IMPLAUSIBLE_CODE = _CODE["implausible"]
 
 
 @overload
@@ -564,7 +565,7 @@ class ArtefactCorrector:
         piece taken as ``short`` made the next sinus beats split into 270 ms "missed" ones.)"""
         t, raw = rows[j][0], rows[j][1]
         out.extend(rows[:j])
-        out.append((t, raw, _NAN, _CODE["implausible"]))
+        out.append((t, raw, _NAN, _IMPLAUSIBLE_CODE))
         after = k + 1 + j  # j = 1: the partner of a pair, beat k + 1
         pending = list(zip(list(self._t)[after:], list(self._rr)[after:], strict=True))
         self._reset()
@@ -644,6 +645,14 @@ class ArtefactCorrector:
                     if (raw < lo or raw > hi) and row[3] != 4 and row[3] != 5:
                         self._left_out(rows, j, k, out)
                         return
+            if rows[0][3] != 0:  # an event: is every interpolated interval plausible?
+                for j, row in enumerate(rows):
+                    c = row[2]
+                    if 1 <= row[3] <= 3 and not lo <= c <= hi and c == c:
+                        # An interpolation between neighbours noise corrupted (a two-beat
+                        # segment's median, say): not analysed, and not "the previous beat"
+                        # the next one is judged against.
+                        rows[j] = (row[0], row[1], _NAN, _IMPLAUSIBLE_CODE)
             if rows[0][3] == 0 and p == p:
                 # Only beats judged normal feed the quartile windows, with their difference to
                 # the corrected previous beat: artefacts, or the jump back from a raw one, would

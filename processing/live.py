@@ -263,6 +263,7 @@ class LiveAnalyzer:
                 or (b.rr_raw_ms < lo and b.beat_class != "extra")
                 # (NaN, a merged spurious beat's own row, is not analysed anyway)
                 or (b.rr_ms == b.rr_ms and not lo <= b.rr_ms <= hi)
+                or b.beat_class == "implausible"  # the correction's own verdict
             ):
                 out[i] = ProcessedBeat(b.t_s, b.rr_raw_ms, math.nan, "implausible")
                 self._restart_windows()

@@ -307,3 +307,24 @@ def test_a_short_run_of_bigeminy_is_corrected_pair_by_pair() -> None:
     assert classes <= {"normal", "ectopic"}, classes
     c = cs.rr_ms[inside]
     assert float(np.sqrt(np.mean(np.diff(c) ** 2))) < 45.0
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_correction_itself_returns_no_interval_outside_the_plausible_range(seed: int) -> None:
+    """`correct_rr(..., rr_min_ms=, rr_max_ms=)` interpolated a long/short or ectopic beat
+    between neighbours that noise corrupted and returned it as analysed: 700 ms followed by
+    a 100 ms piece came back `long` with 100 ms (the median of a two-beat series), and that
+    value was "the previous beat" the next one was judged against. The daemon and `settle
+    analyze` marked such beats implausible afterwards; the correction now does it itself."""
+    rows = correct_rr([0.7, 0.8], [700.0, 100.0], rr_min_ms=250.0, rr_max_ms=2000.0)
+    assert rows.classes()[0] == "implausible" and rows.rr_raw_ms[0] == 700.0
+    rng = np.random.default_rng(seed)
+    sinus = (900.0 + 30.0 * np.sin(np.arange(200) / 3.0)).tolist()
+    for at in sorted(rng.choice(np.arange(20, 180), size=4, replace=False), reverse=True):
+        burst = rng.choice([60.0, 120.0, 200.0, 600.0, 700.0, 2400.0, 3300.0, 5000.0], size=5)
+        sinus[at:at] = burst.tolist()  # noise bursts with plausible values inside them
+    rr = np.array(sinus)
+    cs = correct_rr(np.cumsum(rr) / 1000.0, rr, rr_min_ms=250.0, rr_max_ms=2000.0)
+    analysed = cs.rr_ms[np.isfinite(cs.rr_ms)]
+    assert analysed.size > 150
+    assert np.all((analysed >= 250.0) & (analysed <= 2000.0))
