@@ -68,8 +68,6 @@ _IMPLAUSIBLE = np.int8(BEAT_CLASSES.index("implausible"))
 _WARMUP = np.int8(BEAT_CLASSES.index("warmup"))
 _NOT_ANALYSED = min(_IMPLAUSIBLE, _WARMUP)
 """Codes from here on are beats kept for provenance but not analysed."""
-_MISSED = np.int8(BEAT_CLASSES.index("missed"))
-_EXTRA = np.int8(BEAT_CLASSES.index("extra"))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -183,14 +181,16 @@ def _classify(
     a resting heart below ~57 beats/min one missed beat already makes more than 2000 ms, and
     left out it broke the series at every missed beat (the spectrum then used only the
     longest unbroken runs). If the correction splits it (``missed``), the parts are analysed;
-    otherwise it is implausible after all, and the runs are corrected again without it,
-    exactly as if it had been left out from the start. Likewise an interval below
-    ``rr_min_ms`` (a spurious beat early or late in an interval leaves a piece shorter than
-    that): analysed if the correction merges it (``extra``), implausible otherwise. Either
-    only right after a plausible interval (:func:`~processing.artefacts.may_be_repaired`),
-    as in the daemon. A beat whose corrected interval falls outside the range after all (an
-    interpolation between neighbours that noise corrupted) is implausible too, in place, as
-    the daemon marks it (it cannot correct again)."""
+    otherwise it is implausible after all and the correction starts afresh after it. Likewise
+    an interval below ``rr_min_ms`` (a spurious beat early or late in an interval leaves a
+    piece shorter than that): analysed if the correction merges it (``extra``), implausible
+    otherwise. Either only right after a plausible interval
+    (:func:`~processing.artefacts.may_be_repaired`), as in the daemon. The beats before such
+    an interval are decided with it in their look-ahead, as live must (it cannot wait to
+    know whether the interval is repaired): the two paths give every beat the same class.
+    A beat whose corrected interval falls outside the range after all (an interpolation
+    between neighbours that noise corrupted) is implausible too, in place, as the daemon
+    marks it."""
     if t.size == 0:
         return collect([])
     warm = np.zeros(t.size, dtype=bool) if warmup is None else warmup
@@ -198,19 +198,9 @@ def _classify(
     none = np.zeros(t.size, dtype=bool)
     prev = np.concatenate([[np.nan], rr[:-1]])
     maybe = may_be_repaired(rr, prev, rr_min_ms, rr_max_ms) & ~warm if correction else none
-    maybe_missed = maybe & (rr > rr_max_ms)
-    maybe_extra = maybe & (rr < rr_min_ms)
-    while True:
-        keep = plausible | maybe_missed | maybe_extra
-        cs = _classify_kept(t, rr, correction, keep, warm, cut, (rr_min_ms, rr_max_ms))
-        # Rows of raw beats, in input order (inserted rows have no raw interval).
-        code = cs.code[np.flatnonzero(~np.isnan(cs.rr_raw_ms))]
-        not_split = maybe_missed & (code != _MISSED)
-        not_merged = maybe_extra & (code != _EXTRA)
-        if not (not_split.any() or not_merged.any()):
-            break
-        maybe_missed &= ~not_split
-        maybe_extra &= ~not_merged
+    # The correction itself marks one it neither splits nor merges implausible and starts
+    # afresh after it (ArtefactCorrector._left_out), as live.
+    cs = _classify_kept(t, rr, correction, plausible | maybe, warm, cut, (rr_min_ms, rr_max_ms))
     bad = (cs.rr_ms < rr_min_ms) | (cs.rr_ms > rr_max_ms)  # NaN (not analysed) compares False
     if bad.any():
         cs.rr_ms[bad] = np.nan
