@@ -476,6 +476,24 @@ def _startup_thresholds(med: float) -> tuple[float, float]:
     return th, th
 
 
+def _cut_ahead(
+    window: list[float], r1: float, r2: float, r3: float, cut: int
+) -> tuple[float, float, float, float]:
+    """The look-ahead ``r1..r3`` without the beats from ``r{cut+1}`` on (NaN), and the lower
+    median of the sorted median ``window`` without them: what beat i sees when its segment
+    ends ``cut`` beats after it (as :meth:`ArtefactCorrector.flush` decides it)."""
+    look = [r1, r2, r3]
+    vals = window.copy()
+    for j in range(cut, 3):
+        x = look[j]
+        if x == x:
+            del vals[_bisect_left(vals, x)]
+        look[j] = _NAN
+    if not vals:  # nothing but those (a caller that pushed NaN): keep the window's
+        vals = window
+    return look[0], look[1], look[2], vals[(len(vals) - 1) >> 1]
+
+
 class ArtefactCorrector:
     """Streaming classification and correction; see the module docstring for the rules.
 
@@ -587,6 +605,18 @@ class ArtefactCorrector:
         if self._skip:
             self._skip = False
         else:
+            hi = self._hi
+            r2 = rr[k + 2] if k + 2 < n else _NAN
+            r3 = rr[k + 3] if k + 3 < n else _NAN
+            if r1 > hi or r2 > hi or r3 > hi:
+                # An over-long interval ahead (a dropout's, or a missed beat at a slow heart):
+                # beat i is judged as if its segment ended before it. Seen, it took part in
+                # the beat's median and jumps: an ectopic pair 700 + 1300 before a 2500 the
+                # correction could not split came out `short` 995 + `normal` 1300 (0.3 s
+                # invented). Not for a short piece: a spurious beat's pieces must be seen
+                # to be merged.
+                cut = 0 if r1 > hi else 1 if r2 > hi else 2
+                r1, r2, r3, med = _cut_ahead(sm, r1, r2, r3, cut)
             sa = feat._adrr
             startup = len(feat._adrr_q) < MIN_HISTORY or not sa
             if startup:
@@ -617,17 +647,11 @@ class ArtefactCorrector:
                 rows: list[_Row] = [(tt[k], r0, r0, 0)]
                 took = False
             else:
-                ahead = [x for x in (r0, r1, *(rr[k + j] for j in (2, 3) if k + j < n)) if x == x]
+                ahead = [x for x in (r0, r1, r2, r3) if x == x]
                 med_c = _lower_median(sorted([*self._hist, *ahead]))
                 rows, took = _decide(
-                    (tt[k], tt[k + 1] if k + 1 < n else _NAN),
-                    (
-                        rm1,
-                        r0,
-                        r1,
-                        rr[k + 2] if k + 2 < n else _NAN,
-                        rr[k + 3] if k + 3 < n else _NAN,
-                    ),
+                    (tt[k], tt[k + 1] if r1 == r1 else _NAN),
+                    (rm1, r0, r1, r2, r3),
                     p,
                     (p - self._pp if self._pp == self._pp else rm1 - rm2) / th1,
                     med,

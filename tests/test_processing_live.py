@@ -710,3 +710,20 @@ def test_live_and_analyze_class_every_beat_alike_beside_noise(seed: int) -> None
           for r, p in zip(rr, [math.nan, *rr[:-1]], strict=True)]  # fmt: skip
     assert live == [c for c, pushed in zip(offline, ok, strict=True) if pushed]
     assert all(c == "implausible" for c, pushed in zip(offline, ok, strict=True) if not pushed)
+
+
+def test_a_premature_beat_before_a_dropout_is_still_an_ectopic_pair() -> None:
+    """A premature beat and its pause (700 + 1300 ms in a 1000 ms rhythm) right before a
+    2500 ms interval the correction cannot split (a dropout): the 2500 took part in the pair's
+    look-ahead and median, and the pair came out `short` 995 + `normal` 1300 — 0.3 s
+    invented and the pause analysed raw — live, and since one correction pass serves both,
+    in `settle analyze` too (it had re-corrected without the 2500). A beat is now judged as
+    if its segment ended before an over-long interval ahead: 1000 + 1000, `ectopic`."""
+    from processing.offline import analyze
+
+    rr = [1000.0 + 10.0 * (-1) ** i for i in range(40)] + [700.0, 1300.0, 2500.0] + [1000.0] * 20
+    live = [b for b in _gated(rr) if b.rr_raw_ms in (700.0, 1300.0)]
+    assert [(b.beat_class, round(b.rr_ms)) for b in live] == [("ectopic", 1000)] * 2
+    cs = analyze(np.cumsum(rr) / 1000.0, rr).beats
+    assert cs.classes()[40:43] == ["ectopic", "ectopic", "implausible"]
+    np.testing.assert_allclose(cs.rr_ms[40:42], [1000.0, 1000.0], atol=0.5)
