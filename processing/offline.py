@@ -186,8 +186,9 @@ def _classify(
     piece shorter than that): analysed if the correction merges it (``extra``), implausible
     otherwise. Either only right after a plausible interval
     (:func:`~processing.artefacts.may_be_repaired`), as in the daemon. The beats before such
-    an interval are decided with it in their look-ahead, as live must (it cannot wait to
-    know whether the interval is repaired): the two paths give every beat the same class.
+    an interval are decided as live must decide them, before it is known whether it is
+    repaired (without an over-long one in their look-ahead, with a short piece in it, which
+    they may merge): the two paths give every beat the same class.
     A beat whose corrected interval falls outside the range after all (an interpolation
     between neighbours that noise corrupted) is implausible too, in place, as the daemon
     marks it."""

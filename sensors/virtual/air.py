@@ -305,6 +305,9 @@ class VirtualAir:
             if self._scan_users == 0 and not self._closed:
                 await self.central.stop_scanning()
 
+    def _peripheral_controller(self, address: hci.Address) -> _VirtualController | None:
+        return next((c for c in self._controllers[1:] if c.random_address == address), None)
+
     def link_layer_connected(self, peripheral_address: str) -> bool:
         """Does the central's controller hold a link to ``peripheral_address``? (Whatever
         the hosts know of it yet: tests cancel a connect at that moment.)"""
@@ -327,7 +330,7 @@ class VirtualAir:
             peer, hci.HCI_ErrorCode.CONNECTION_TERMINATED_BY_LOCAL_HOST_ERROR
         ):
             return
-        peripheral = next((c for c in self._controllers[1:] if c.random_address == peer), None)
+        peripheral = self._peripheral_controller(peer)
         if peripheral is not None:
             peripheral.drop_le_connection(
                 central_addr, hci.HCI_ErrorCode.REMOTE_USER_TERMINATED_CONNECTION_ERROR
@@ -368,7 +371,7 @@ class VirtualAir:
         """
         peer = hci.Address(peripheral_address)
         central_addr = self._central_controller.random_address
-        peripheral = next((c for c in self._controllers[1:] if c.random_address == peer), None)
+        peripheral = self._peripheral_controller(peer)
         reason = hci.HCI_ErrorCode.CONNECTION_TIMEOUT_ERROR
         dropped_central = self._central_controller.drop_le_connection(peer, reason)
         dropped_peripheral = (
