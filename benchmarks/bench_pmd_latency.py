@@ -31,14 +31,7 @@ from sensors.ecg_stream import PmdSession
 from sensors.hrs import HEART_RATE_MEASUREMENT_UUID, HeartRateMeasurement
 from sensors.virtual import VirtualAir, VirtualStrap
 from sensors.virtual.pmd import DEFAULT_FIRST_TIMESTAMP_NS, PmdConfig
-
-ECG_CSV = ROOT / "tests" / "data" / "polar_h10_pvc_ecg.csv"
-"""The real H10 ECG (µV at 130 Hz; attribution in tests/data/README.md)."""
-
-
-def h10_ecg_uv() -> tuple[int, ...]:
-    raw = np.loadtxt(ECG_CSV, delimiter=",", skiprows=1, dtype=np.int64)
-    return tuple(int(v) for v in raw[:, 1])
+from tests.test_pmd import h10_ecg_uv  # the real H10 ECG, attribution in tests/data/README.md
 
 
 async def one_run(speed: float, n_ecg: int) -> tuple[list[float], list[float]]:

@@ -565,18 +565,19 @@ def test_nothing_outside_the_plausible_range_is_analysed_live() -> None:
     assert made and all(250.0 <= b.rr_ms <= 2000.0 for b in made)
 
 
-def _gated(rr: list[float]) -> list[ProcessedBeat]:
+def _gated(rr: list[float], pushed: list[bool] | None = None) -> list[ProcessedBeat]:
     """``rr`` through the analyzer as the daemon feeds it: an out-of-range interval is pushed
-    only where :func:`processing.artefacts.may_be_repaired` lets it, else it is a gap."""
+    only where :func:`processing.artefacts.may_be_repaired` lets it, else it is a gap (and
+    the daemon stores it `implausible`). ``pushed`` collects which intervals were pushed."""
     t = np.cumsum(rr) / 1000.0
     la = LiveAnalyzer(rr_max_ms=2000.0, rr_min_ms=250.0)
     out: list[ProcessedBeat] = []
     prev = math.nan
     for ti, ri in zip(t.tolist(), rr, strict=True):
-        if 250.0 <= ri <= 2000.0 or may_be_repaired(ri, prev, 250.0, 2000.0):
-            out += la.push_beat(ti, ri)
-        else:
-            out += la.gap(ti)
+        push = 250.0 <= ri <= 2000.0 or may_be_repaired(ri, prev, 250.0, 2000.0)
+        out += la.push_beat(ti, ri) if push else la.gap(ti)
+        if pushed is not None:
+            pushed.append(push)
         prev = ri
     return out + la.gap(float(t[-1]))
 
@@ -703,11 +704,10 @@ def test_live_and_analyze_class_every_beat_alike_beside_noise(seed: int) -> None
                 rr += [early, sinus[i] + sinus[i + 1] - early]
                 i += 2
     rr += sinus[i:]
-    live = [b.beat_class for b in _gated(rr) if b.rr_raw_ms == b.rr_raw_ms]
+    ok: list[bool] = []
+    live = [b.beat_class for b in _gated(rr, ok) if b.rr_raw_ms == b.rr_raw_ms]
     cs = analyze(np.cumsum(rr) / 1000.0, rr).beats
     offline = [c for c, r in zip(cs.classes(), cs.rr_raw_ms, strict=True) if r == r]
-    ok = [250.0 <= r <= 2000.0 or may_be_repaired(r, p, 250.0, 2000.0)
-          for r, p in zip(rr, [math.nan, *rr[:-1]], strict=True)]  # fmt: skip
     assert live == [c for c, pushed in zip(offline, ok, strict=True) if pushed]
     assert all(c == "implausible" for c, pushed in zip(offline, ok, strict=True) if not pushed)
 
