@@ -251,20 +251,46 @@ def gaps_in_times(t: FloatArray, rr: FloatArray) -> npt.NDArray[np.intp]:
     return np.flatnonzero(np.diff(t) * 1000.0 > 3.0 * rr[1:] + 1.0) + 1
 
 
+def _time_line(t: FloatArray) -> FloatArray:
+    """The analysed beats' times as :class:`~processing.live.LiveAnalyzer` keeps them: a beat
+    the correction placed before the one before it (the first beat of a run cut after a
+    stall, split as ``missed``: its inserted half lands before the previous run's last beat)
+    is kept 1 µs after that one, so every window and search sees times in order."""
+    back = np.flatnonzero(np.diff(t) < 0)
+    if back.size == 0:
+        return t
+    out = t.copy()
+    for i in range(int(back[0]) + 1, out.size):
+        if out[i] < out[i - 1]:
+            out[i] = out[i - 1] + 1e-6
+    return out
+
+
 def _breaks(
-    cs: CorrectedSeries, ok: npt.NDArray[np.bool_], gap_t_s: FloatArray | None = None
+    cs: CorrectedSeries,
+    ok: npt.NDArray[np.bool_],
+    t_ok: FloatArray,
+    cut: npt.NDArray[np.bool_] | None = None,
 ) -> npt.NDArray[np.intp]:
-    """Where the analysed beats ``cs.*[ok]`` break (indices of the first beat after a break):
-    after a beat left out (implausible, warm-up: as live, no difference spans one), at gaps
-    in time, and before the first beat at or after each of ``gap_t_s`` (recorded gaps)."""
+    """Where the analysed beats ``cs.*[ok]`` (at times ``t_ok``, in order) break (indices of
+    the first beat after a break): after a beat left out (implausible, warm-up: as live, no
+    difference spans one), at gaps in time, and before each raw beat marked in ``cut`` (one
+    per raw beat: recorded gaps, stall cuts), where the daemon restarted its windows before
+    pushing that beat, so a beat its correction inserted (a ``missed`` split) lies after the
+    break too."""
     rows = np.flatnonzero(ok)
     out = np.cumsum(cs.code >= _NOT_ANALYSED)
     after_left_out = np.flatnonzero(out[rows[1:]] != out[rows[:-1]]) + 1
-    t_ok = cs.t_s[ok]
     gaps = gaps_in_times(t_ok, cs.rr_ms[ok])
-    if gap_t_s is not None and gap_t_s.size:
-        at = np.searchsorted(t_ok, gap_t_s)
-        gaps = np.union1d(gaps, at[(at > 0) & (at < t_ok.size)])
+    if cut is not None and cut.any():
+        # Every raw beat has one row with its raw interval; the rows the correction inserted
+        # for it (a split) come right before that row, after the previous raw beat's.
+        raw_rows = np.flatnonzero(~np.isnan(cs.rr_raw_ms))
+        k = np.flatnonzero(cut)
+        first_row = np.where(k > 0, raw_rows[np.maximum(k - 1, 0)] + 1, 0)
+        analysed_before = np.concatenate([[0], np.cumsum(ok)])[first_row]
+        at = analysed_before[(analysed_before > 0) & (analysed_before < t_ok.size)]
+        gaps = np.union1d(gaps, at)
     return np.union1d(after_left_out, gaps).astype(np.intp)
 
 
@@ -400,7 +426,7 @@ def _step_quality(
     does not carry.
     """
     rows = ~np.isnan(cs.rr_raw_ms) & (cs.code < _NOT_ANALYSED)
-    ft = cs.t_s[rows]
+    ft = np.maximum.accumulate(cs.t_s[rows]) if rows.any() else cs.t_s[rows]
     cf = np.concatenate([[0], np.cumsum(cs.code[rows] != 0)])
     m = np.searchsorted(ft, steps, side="right")
     w = np.minimum(m, QUALITY_BEATS)
@@ -586,7 +612,7 @@ def analyze(
     cs = _classify(t, rr, correction, rr_min_ms, rr_max_ms, warm, cut)
     jumps = _jumps(_analysed_raw(cs))
     ok = np.isfinite(cs.rr_ms)
-    tc, rc = cs.t_s[ok], cs.rr_ms[ok]
+    tc, rc = _time_line(cs.t_s[ok]), cs.rr_ms[ok]
     counts = cs.by_class()
     n_implausible = counts["implausible"]
     n_plausible = t.size - n_implausible - counts["warmup"]
@@ -609,7 +635,7 @@ def analyze(
     elif jumps.size >= 30 and jumps.mean() > JUMP_SHARE_MAX:
         usable = False
         reason = jump_reason(float(jumps.mean()), recent=False)
-    breaks = _breaks(cs, ok, t[cut])
+    breaks = _breaks(cs, ok, tc, cut)
     segments = _segments(tc.size, breaks)
     stage("time domain", "time domain")
     td = time_domain(rc, breaks=breaks)

@@ -589,6 +589,45 @@ def test_no_difference_or_window_spans_a_gap(tmp_path: Path) -> None:
     )
 
 
+def test_a_missed_beat_after_a_host_stall_starts_the_rolling_series_afresh() -> None:
+    """A beat the daemon could not place on its time line (it arrived 0.3 s after the one
+    before with a 1600 ms interval: a late notification after a host stall, and a missed
+    beat) restarts its windows, and the correction then splits that interval: the inserted
+    beat's own time lies before the previous beat's. `settle analyze` kept that time, so
+    the rolling rows went back in time and its windows (searched by time) broke one beat
+    late and mixed beats from both sides. Now, as live, the inserted beat is kept just
+    after the one before, in the new run: times in order, a fresh window from it."""
+    from processing.offline import analyze
+
+    t, rr, x = [], [], 0.0
+    for _ in range(200):
+        x += 0.8
+        t.append(x)
+        rr.append(800.0 + 30.0 * math.sin(x))
+    x += 0.3
+    t.append(x)
+    rr.append(1600.0)
+    for _ in range(200):
+        x += 0.8
+        t.append(x)
+        rr.append(800.0 + 30.0 * math.sin(x))
+    a = analyze(np.array(t), np.array(rr), rolling=True)
+    roll = a.rolling
+    assert roll is not None and a.beats.by_class()["missed"] == 1
+    assert np.all(np.diff(roll.beat_t_s) >= 0.0)
+    ok = np.isfinite(a.beats.rr_ms)
+    rc = a.beats.rr_ms[ok]
+    first = int(np.flatnonzero(a.beats.code[ok] != 0)[0])  # the inserted half
+    assert roll.beat_t_s[first - 1] < roll.beat_t_s[first] <= roll.beat_t_s[first - 1] + 1e-5
+    assert roll.beat_mean_rr_ms[first] == pytest.approx(rc[first])
+    assert math.isnan(roll.beat_sdnn_ms[first])  # one beat in the new window
+    assert roll.beat_rmssd_ms[first + 4] == pytest.approx(
+        float(np.sqrt(np.mean(np.diff(rc[first : first + 5]) ** 2)))
+    )
+    diffs = np.concatenate([np.diff(rc[:first]), np.diff(rc[first:])])
+    assert a.td.rmssd_ms == pytest.approx(float(np.sqrt(np.mean(diffs**2))))
+
+
 def test_rolling_settling_score_is_the_one_live_shows() -> None:
     """A researcher re-analysing a session expects the settling score the practitioner saw:
     the same baseline (the usable snapshots of the first 2 minutes; a window of fewer than
