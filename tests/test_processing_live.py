@@ -668,6 +668,26 @@ def test_the_first_sinus_beat_after_noise_is_not_split(noise: list[float], after
     assert [b.rr_ms for b in live if b.t_s > t_after + 1e-9] == [after] * 10
 
 
+def test_a_missed_beat_after_noise_is_split_by_the_beats_ahead() -> None:
+    """After a dropout (5 s) and a spurious beat's two 500 ms pieces the correction has only
+    those pieces as its past, so a missed beat (2000 ms, followed by 1000 ms beats) was cut
+    into four 500 ms `missed` beats: three beats invented, HR read 120 where it was 60.
+    While the history is that short, three beats ahead that agree with one another but
+    not with the previous beat set the size of the parts: two of about 1000 ms."""
+    from processing.offline import analyze
+
+    rr = [1000.0] * 20 + [5000.0, 1000.0, 500.0, 500.0, 2000.0] + [1000.0] * 10
+    t_missed = (20_000.0 + 9_000.0) / 1000.0
+    live = [b for b in _gated(rr) if t_missed - 2.0 + 1e-9 < b.t_s <= t_missed + 1e-9]
+    cs = analyze(np.cumsum(rr) / 1000.0, rr).beats
+    rows = (cs.t_s > t_missed - 2.0 + 1e-9) & (cs.t_s <= t_missed + 1e-9)
+    for parts in ([b.rr_ms for b in live], cs.rr_ms[rows].tolist()):
+        assert len(parts) == 2 and sum(parts) == pytest.approx(2000.0)
+        assert all(800.0 < p < 1200.0 for p in parts), parts
+    assert [b.beat_class for b in live] == ["missed", "missed"]
+    assert cs.code[rows].tolist() == [4, 4]
+
+
 @pytest.mark.parametrize("seed", range(30))
 def test_live_and_analyze_class_every_beat_alike_beside_noise(seed: int) -> None:
     """Noise bursts (pieces under 250 ms, intervals over 2000 ms, spurious splits, missed and
