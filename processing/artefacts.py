@@ -340,16 +340,7 @@ def _decide(
         ref = 0.5 * (prev + (usual(r2) if r2 == r2 else med))
         if r0 < med and (eq5 or eq4) and abs(r0 + r1 - ref) < th2 and lo <= r0 + r1 <= hi:
             return [(t0, r0, _NAN, 5), (t1, r1, r0 + r1, 5)], True
-        nx = n1  # the usual next beat, for the split
-        ref = 0.5 * (prev + nx)
-        if startup and r3 == r3:
-            # Right after noise the past (and the median) can be the noise's pieces: when the
-            # three beats ahead agree with one another but not with the previous beat, they
-            # are the better measure of the usual beat.
-            ahead = sorted((r1, r2, r3))
-            m3 = ahead[1]
-            if ahead[2] - ahead[0] < MISSED_TOL * m3 and abs(prev - m3) > MISSED_TOL * m3:
-                ref = nx = m3
+        ref = 0.5 * (prev + n1)
         q = r0 / ref if ref > 0.0 else math.inf
         k = max(2, round(q)) if q <= MISSED_MAX_PARTS else 0
         if (
@@ -361,15 +352,29 @@ def _decide(
             # missed beats. Before the history exists, a next beat as long says it is not.
             and not (startup and abs(r1 - r0) < MISSED_TOL * r0)
         ):
+            pv, nx = prev, n1  # the parts run from the previous beat to the usual next one
+            if startup and k > 2 and r3 == r3:
+                # Right after noise the past can be the noise's pieces (500 ms after a
+                # dropout): a missed 2000 ms before 1000 ms beats came out as four parts.
+                # Three beats ahead that agree with one another but not with the previous
+                # beat may cut it into fewer parts; never into more, nor split what the
+                # past would not (in a deep swing of sinus arrhythmia the previous beat and
+                # the beats ahead are both right, and their mean is the reference).
+                ahead = sorted((r1, r2, r3))
+                m3 = ahead[1]
+                if ahead[2] - ahead[0] < MISSED_TOL * m3 and abs(prev - m3) > MISSED_TOL * m3:
+                    k3 = max(2, round(r0 / m3))
+                    if k3 < k and abs(r0 / k3 - m3) < min(th2, MISSED_TOL * m3):
+                        k, pv, nx = k3, m3, m3  # equal parts: the past is not trusted
             # The parts run linearly from p to usual(rr[i+1]), scaled to sum to rr[i]: the
             # first and last are the extremes (checked before the parts are built).
-            scale = r0 / (k * 0.5 * (prev + nx))
+            scale = r0 / (k * 0.5 * (pv + nx))
             ends = (
-                (prev + (nx - prev) / (k + 1)) * scale,
-                (prev + (nx - prev) * k / (k + 1)) * scale,
+                (pv + (nx - pv) / (k + 1)) * scale,
+                (pv + (nx - pv) * k / (k + 1)) * scale,
             )
             if lo <= min(ends) and max(ends) <= hi:
-                w = [prev + (nx - prev) * (j + 1) / (k + 1) for j in range(k)]
+                w = [pv + (nx - pv) * (j + 1) / (k + 1) for j in range(k)]
                 scale = r0 / math.fsum(w)
                 rows: list[_Row] = []
                 t_start = t0 - r0 / 1000.0

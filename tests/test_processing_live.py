@@ -673,7 +673,7 @@ def test_a_missed_beat_after_noise_is_split_by_the_beats_ahead() -> None:
     those pieces as its past, so a missed beat (2000 ms, followed by 1000 ms beats) was cut
     into four 500 ms `missed` beats: three beats invented, HR read 120 where it was 60.
     While the history is that short, three beats ahead that agree with one another but
-    not with the previous beat set the size of the parts: two of about 1000 ms."""
+    not with the previous beat may cut it into fewer parts: two of about 1000 ms."""
     from processing.offline import analyze
 
     rr = [1000.0] * 20 + [5000.0, 1000.0, 500.0, 500.0, 2000.0] + [1000.0] * 10
@@ -686,6 +686,29 @@ def test_a_missed_beat_after_noise_is_split_by_the_beats_ahead() -> None:
         assert all(800.0 < p < 1200.0 for p in parts), parts
     assert [b.beat_class for b in live] == ["missed", "missed"]
     assert cs.code[rows].tolist() == [4, 4]
+
+
+@pytest.mark.parametrize(
+    "start", [[609.0, 530.0, 476.0, 462.0, 1040.0, 636.0, 668.0, 653.0, 599.0], [748.0, 1361.0]]
+)
+def test_a_missed_beat_in_a_deep_breathing_swing_is_split_from_the_start(
+    start: list[float],
+) -> None:
+    """Slow, deep breathing swings the intervals by ±15 %: at the start of a recording a
+    missed beat (1040 ms) comes between the trough (462) and the next crest (636–668). The
+    previous beat and the beats ahead together size the split (two parts); taking the beats
+    ahead alone left it unsplit as `long` (a beat and half a second lost)."""
+    from processing.offline import analyze
+
+    cycle = [560.0, 520.0, 490.0, 470.0, 480.0, 520.0, 580.0, 640.0, 670.0, 660.0, 620.0]
+    rr = start + cycle * 4
+    i = int(np.argmax(rr))
+    live = [b for b in _gated(rr) if sum(rr[:i]) / 1000 < b.t_s <= sum(rr[: i + 1]) / 1000 + 1e-9]
+    cs = analyze(np.cumsum(rr) / 1000.0, rr).beats
+    rows = cs.raw_index == i
+    assert [b.beat_class for b in live] == ["missed", "missed"]
+    assert cs.code[rows].tolist() == [4, 4]
+    assert sum(b.rr_ms for b in live) == pytest.approx(rr[i])
 
 
 @pytest.mark.parametrize("seed", range(30))
