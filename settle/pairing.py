@@ -48,12 +48,49 @@ def load_paired(path: Path | None = None) -> list[PairedStrap]:
     if not p.exists():
         return []
     try:
-        raw = json.loads(p.read_text())
-        return [PairedStrap(**item) for item in raw["straps"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return _parse_paired(json.loads(p.read_text()))
+    except (OSError, ValueError) as exc:
         raise ConfigError(
             str(p), f"remembered straps file is unreadable ({exc}); re-pair or delete it"
         ) from None
+
+
+_FIELDS: dict[str, type] = {
+    "label": str, "address": str, "name": str, "device_id": str, "paired_ms": int,
+}  # fmt: skip
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return {str: "text", int: "a number", float: "a number", list: "a list", dict: "an object"}[
+        type(value)
+    ]
+
+
+def _parse_paired(raw: object) -> list[PairedStrap]:
+    """The straps of a parsed straps file; ValueError naming the first thing wrong (a file
+    edited by hand: a null label crashed every command that reads it)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("straps"), list):
+        raise ValueError('not {"v": 1, "straps": [...]}')
+    out = []
+    for n, item in enumerate(raw["straps"], start=1):
+        if not isinstance(item, dict):
+            raise ValueError(f"strap {n} is {_json_kind(item)}, not an object")
+        missing = [k for k in _FIELDS if k not in item]
+        extra = sorted(k for k in item if k not in _FIELDS)
+        if missing or extra:
+            what = f"lacks {missing[0]!r}" if missing else f"has an unknown field {extra[0]!r}"
+            raise ValueError(f"strap {n} {what}")
+        for k, kind in _FIELDS.items():
+            v = item[k]
+            if not isinstance(v, kind) or isinstance(v, bool):
+                want = "text" if kind is str else "a whole number"
+                raise ValueError(f"strap {n}: {k} is {_json_kind(v)}, not {want}")
+        out.append(PairedStrap(**item))
+    return out
 
 
 def save_paired(straps: list[PairedStrap], path: Path | None = None) -> Path:

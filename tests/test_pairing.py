@@ -84,15 +84,43 @@ def test_run_skips_a_remembered_virtual_strap(tmp_path: Path) -> None:
     assert "settle run: paired straps chest (AA:BB:CC:DD:EE:FF)\n" in run.stdout, run.stdout
 
 
-def test_corrupt_paired_file_is_one_line(tmp_path: Path) -> None:
+_STRAP = {
+    "label": "chest", "address": "AA:BB:CC:DD:EE:FF", "name": "Polar H10 1234",
+    "device_id": "polar_h10_1234", "paired_ms": 1,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        ("{not json", "Expecting property name"),
+        ("[]", 'not {"v": 1, "straps": [...]}'),
+        ('{"v": 1}', 'not {"v": 1, "straps": [...]}'),
+        ('{"v": 1, "straps": ["chest"]}', "strap 1 is text, not an object"),
+        (json.dumps({"v": 1, "straps": [{**_STRAP, "label": None}]}), "label is null, not text"),
+        (json.dumps({"v": 1, "straps": [_STRAP, {**_STRAP, "label": 5}]}), "strap 2: label is a"),
+        (json.dumps({"v": 1, "straps": [{**_STRAP, "paired_ms": "1"}]}), "paired_ms is text"),
+        (json.dumps({"v": 1, "straps": [{**_STRAP, "paired_ms": True}]}), "paired_ms is true"),
+        (json.dumps({"v": 1, "straps": [{k: v for k, v in _STRAP.items() if k != "name"}]}),
+         "strap 1 lacks 'name'"),
+        (json.dumps({"v": 1, "straps": [{**_STRAP, "colour": "red"}]}), "unknown field 'colour'"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("command", [["pair", "--list"], ["pair", "--forget", "chest"]])
+def test_corrupt_paired_file_is_one_line(
+    tmp_path: Path, content: str, why: str, command: list[str]
+) -> None:
+    """A straps file edited by hand: not JSON, or a strap whose label is null or a number
+    (every command that read it crashed with a Python traceback: "'NoneType' object has no
+    attribute 'translate'"). One line saying what is wrong where, exit 2, file untouched."""
     paired = tmp_path / "straps.json"
-    paired.write_text("{not json")
-    res = settle("pair", "--list", paired=paired)
-    assert res.returncode == 2
-    assert (
-        res.stderr.strip().splitlines() == [res.stderr.strip()]
-        and "remembered straps file is unreadable" in res.stderr
-    )
+    paired.write_text(content)
+    res = settle(*command, paired=paired)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()], res.stderr
+    assert "remembered straps file is unreadable" in res.stderr and why in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert paired.read_text() == content
 
 
 def test_run_replay_feeds_a_recording_through_the_pipeline(tmp_path: Path) -> None:
