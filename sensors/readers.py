@@ -53,7 +53,7 @@ import numpy.typing as npt
 
 from sensors.hrs import rr_raw_to_ms
 from sensors.timing import ECG_ONLY_GAPS
-from settle.errors import InputFileError
+from settle.errors import InputFileError, shown
 
 __all__ = ["MAX_FILE_BYTES", "MAX_SPAN_S", "RR_MAX_MS", "RR_MIN_MS", "RRRecording", "read_rr_file"]
 
@@ -220,10 +220,10 @@ like, which no RR export writes (``8_00`` is a typo, not 800)."""
 
 def _number(name: str, lineno: int, cell: str, what: str) -> float:
     if not _DECIMAL.fullmatch(cell.strip()):
-        raise InputFileError(name, f"{what} {cell.strip()!r} is not a number", lineno)
+        raise InputFileError(name, f"{what} {shown(cell.strip())} is not a number", lineno)
     v = float(cell)
     if not math.isfinite(v):
-        raise InputFileError(name, f"{what} {cell.strip()!r} is not finite", lineno)
+        raise InputFileError(name, f"{what} {shown(cell.strip())} is not finite", lineno)
     return v
 
 
@@ -484,7 +484,7 @@ def _read_one_per_line(name: str, lines: list[str], head: int) -> npt.NDArray[np
         if (several := _rr_columns(first)) is not None:  # one is read, not several
             delim, hits, _n = several
             cells = next(csv.reader([first], delimiter=delim))
-            named = ", ".join(repr(cells[i].strip()) for i in hits)
+            named = ", ".join(shown(cells[i].strip()) for i in hits)
             raise InputFileError(
                 name,
                 f"the header names {len(hits)} RR columns ({named}): keep one, or rename the "
@@ -501,15 +501,14 @@ def _read_one_per_line(name: str, lines: list[str], head: int) -> npt.NDArray[np
         if re.fullmatch(r"[+-]?\d+,\d+", first):
             raise InputFileError(
                 name,
-                f"{first!r} is not one RR in ms: a decimal comma needs ';' or tab separators "
+                f"{shown(first)} is not one RR in ms: a decimal comma needs ';' or tab separators "
                 "and a header naming the RR column; two values need a header naming it "
                 "(e.g. 't_s,rr_ms')",
                 head + 1,
             )
-        shown = first if len(first) <= 40 else first[:37] + "..."
         raise InputFileError(
             name,
-            f"{_NOT_RECOGNISED}: {shown!r} is neither an RR value in ms nor a header naming "
+            f"{_NOT_RECOGNISED}: {shown(first)} is neither an RR value in ms nor a header naming "
             "an RR column",
             head + 1,
         )

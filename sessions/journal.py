@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Literal
 
 from sessions.store import MARKER_KINDS, MarkerRow, MarkerSource, SessionInfo, SessionStore
-from settle.errors import InputFileError
+from settle.errors import InputFileError, shown
 
 __all__ = ["JournalEntry", "JournalFormat", "import_journal", "parse_journal"]
 
@@ -118,7 +118,9 @@ def _kind_and_text(path: Path, line: int, kind: str | None, text: str) -> tuple[
             kind = "note"
     kind = _kind_name(kind) or "note"
     if kind not in MARKER_KINDS:
-        raise _fail(path, line, f"unknown marker kind {kind!r} (known: {', '.join(MARKER_KINDS)})")
+        raise _fail(
+            path, line, f"unknown marker kind {shown(kind)} (known: {', '.join(MARKER_KINDS)})"
+        )
     text = text.strip()
     if len(text) > MAX_TEXT_CHARS:
         raise _fail(path, line, f"text longer than {MAX_TEXT_CHARS} characters")
@@ -138,26 +140,26 @@ def _entry_from_fields(path: Path, line: int, fields: Mapping[str, object]) -> J
     value = fields[col]
     if col == "t_s":
         if isinstance(value, bool):  # JSON true is not 1 s
-            raise _fail(path, line, f"t_s is not a number: {value!r}")
+            raise _fail(path, line, f"t_s is not a number: {shown(value)}")
         try:
             t_s = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError, OverflowError):  # a JSON integer beyond any float
-            raise _fail(path, line, f"t_s is not a number: {value!r}") from None
+            raise _fail(path, line, f"t_s is not a number: {shown(value)}") from None
         if not math.isfinite(t_s):
-            raise _fail(path, line, f"t_s is not finite: {value!r}")
+            raise _fail(path, line, f"t_s is not finite: {shown(value)}")
         return JournalEntry(line, kind, text, t_s=t_s)
     if col == "ts_ms":
         if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise _fail(path, line, f"ts_ms is not epoch milliseconds: {value!r}")
+            raise _fail(path, line, f"ts_ms is not epoch milliseconds: {shown(value)}")
         try:
             ts = float(value)
         except (ValueError, OverflowError):
-            raise _fail(path, line, f"ts_ms is not epoch milliseconds: {value!r}") from None
+            raise _fail(path, line, f"ts_ms is not epoch milliseconds: {shown(value)}") from None
         if not math.isfinite(ts) or ts < 0:
-            raise _fail(path, line, f"ts_ms is not epoch milliseconds: {value!r}")
+            raise _fail(path, line, f"ts_ms is not epoch milliseconds: {shown(value)}")
         return JournalEntry(line, kind, text, ts_ms=round(ts))
     if not isinstance(value, str):
-        raise _fail(path, line, f"time must be text like 14:05:10, got {value!r}")
+        raise _fail(path, line, f"time must be text like 14:05:10, got {shown(value)}")
     clock = _parse_clock(value)
     if clock is not None:
         return JournalEntry(line, kind, text, clock_s=clock)
@@ -165,7 +167,7 @@ def _entry_from_fields(path: Path, line: int, fields: Mapping[str, object]) -> J
         when = dt.datetime.fromisoformat(value.strip())
     except ValueError:
         raise _fail(
-            path, line, f"cannot read time {value!r} (HH:MM:SS or ISO 8601 date-time)"
+            path, line, f"cannot read time {shown(value)} (HH:MM:SS or ISO 8601 date-time)"
         ) from None
     if when.tzinfo is not None:
         return JournalEntry(line, kind, text, ts_ms=round(when.timestamp() * 1000))
@@ -186,7 +188,7 @@ def _parse_text(path: Path, text: str) -> list[JournalEntry]:
         clock = None if m is None else _parse_clock(m[1])
         if m is None or clock is None:
             hint = " (a title or comment line starts with #)" if n == 1 else ""
-            raise _fail(path, n, f"expected 'HH:MM:SS text', got {_clip(stripped)!r}{hint}")
+            raise _fail(path, n, f"expected 'HH:MM:SS text', got {shown(stripped)}{hint}")
         if m is not None and _AM_PM.match(m[2] or ""):
             # "6:07 PM shame" was read as 06:07 with the text "PM shame", or said to fall
             # 12 h before the session.
@@ -251,10 +253,6 @@ def _parse_csv(path: Path, text: str) -> list[JournalEntry]:
     except csv.Error as exc:
         raise _fail(path, reader.line_num, f"malformed CSV: {exc}") from None
     return out
-
-
-def _clip(text: str, n: int = 40) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _read_text(path: Path) -> str:

@@ -10,6 +10,15 @@ This module imports nothing from the rest of the project, so every layer may imp
 from __future__ import annotations
 
 
+def shown(value: object, n: int = 40) -> str:
+    """``value`` as a one-line error quotes it (``repr``), cut to about ``n`` characters: a
+    file's bad cell or line may be megabytes long (one 5 MB line of digits was echoed whole)."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= n else value[: n - 1] + "…")
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 class SettleError(Exception):
     """Root of every error Settle raises on purpose."""
 

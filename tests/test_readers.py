@@ -199,6 +199,27 @@ def test_unreadable_paths_are_one_input_file_error(tmp_path: Path) -> None:
         read_rr_file("/dev/zero")  # would never end
 
 
+@pytest.mark.parametrize(
+    "line, where",
+    [
+        ("8" * 5_000_000, ":2: RR value '8888"),  # a number, but not a finite one
+        ("8x" * 50_000, ":2: RR value '8x8x"),
+        ("t_s,rr_ms\n1," + "9" * 100_000, ":2: RR value '9999"),
+        ("z" * 100_000, ":1: not a recognised RR file"),
+    ],
+)
+def test_a_huge_bad_value_is_quoted_short(tmp_path: Path, line: str, where: str) -> None:
+    """A line of megabytes (a file glued together, a binary dump): the error quoted the
+    whole value, a 5 MB "line" on the terminal. The value is cut to 40 characters."""
+    f = tmp_path / "rec.txt"
+    f.write_text(("800\n" if not line.startswith(("t_s", "z")) else "") + line + "\n")
+    with pytest.raises(InputFileError) as err:
+        read_rr_file(f)
+    text = str(err.value)
+    assert where in text and len(text) < 400 + len(str(f)), text[:500]
+    assert "…'" in text
+
+
 def test_reads_the_beats_of_a_settle_csv_export(tmp_path: Path) -> None:
     """``settle export --format csv`` output: only ``record = beat`` rows, their raw ``rr_ms``
     and ``t_s``; indices, markers (a note with a comma and a line break), gaps and ECG beats
