@@ -15,7 +15,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -186,6 +186,55 @@ def atomic_file(
             with contextlib.suppress(OSError):
                 os.unlink(tmp_name)
     fsync_dir(target.parent)
+
+
+def write_all(files: Sequence[tuple[Path, str | bytes]], *, replace: bool = True) -> None:
+    """Write every one of ``files`` (target, text or bytes) or none of them: each goes to a
+    temporary file beside its target (mode 0600, fsynced), and only once all are written are
+    they moved into place, one after the other (:func:`place`). A failure while writing (a
+    full disk, a directory that cannot be written) leaves every target as it was — a pair of
+    outputs of which one is new and the other old or missing looks complete and is not.
+    Without ``replace``, a target that appeared meanwhile stops the placing and the files
+    this call had already placed (new ones) are removed again. Raises :class:`ExportError`
+    naming the file."""
+    for target, _data in files:
+        why = not_replaceable(target)
+        if why is not None:
+            raise ExportError(target, why)
+    pending: list[tuple[str, Path]] = []
+    placed: list[Path] = []
+    current = files[0][0] if files else Path()
+    try:
+        for target, data in files:
+            current = target
+            fh = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, renamed later
+                mode="wb", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp",
+                delete=False,
+            )  # fmt: skip
+            pending.append((fh.name, target))
+            with fh:
+                fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        while pending:
+            tmp_name, current = pending[0]
+            place(tmp_name, current, replace=replace)
+            pending.pop(0)
+            placed.append(current)
+    except FileExistsError:
+        if not replace:
+            for p in placed:
+                with contextlib.suppress(OSError):
+                    os.unlink(p)
+        raise ExportError(current, "file exists (use --force to replace it)") from None
+    except OSError as exc:
+        raise ExportError(current, f"cannot write: {exc.strerror or exc}") from exc
+    finally:
+        for tmp_name, _target in pending:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+    for directory in dict.fromkeys(t.parent for t, _data in files):
+        fsync_dir(directory)
 
 
 def fsync_dir(directory: Path) -> None:

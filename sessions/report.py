@@ -51,6 +51,7 @@ import dataclasses
 import datetime as dt
 import enum
 import html
+import io
 import json
 import math
 import os
@@ -84,7 +85,7 @@ from processing.live import (
     SETTLING_K,
     WARMING_UP_REASON,
 )
-from sessions.files import ExportError, atomic_file, plain_name
+from sessions.files import ExportError, atomic_file, plain_name, write_all
 from sessions.store import (
     BeatClass,
     IntentionTarget,
@@ -1321,11 +1322,12 @@ def write_report(
         _refuse_existing([png_path, html_path])
     rec = store.read_session(session_id)
     a = analyse_session(rec)
-    with atomic_file(png_path, binary=True, replace=force) as fh:
-        render_png(a, cast(IO[bytes], fh))
-    png = png_path.read_bytes()
-    with atomic_file(html_path, replace=force) as fh:
-        cast(IO[str], fh).write(render_html(a, png, png_path.name if png_kept else None))
+    buf = io.BytesIO()
+    render_png(a, buf)
+    png = buf.getvalue()
+    page = render_html(a, png, png_path.name if png_kept else None)
+    # Both or neither: a new picture beside an old page (or none) looked like a report.
+    write_all([(png_path, png), (html_path, page)], replace=force)
     return png_path, html_path
 
 

@@ -38,7 +38,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, cast, get_args
+from typing import Any, cast, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -46,7 +46,7 @@ import numpy.typing as npt
 from processing.offline import Analysis, analyze
 from processing.spectral import BANDS_HZ, Method
 from sensors.readers import read_rr_file
-from sessions.files import ExportError, atomic_file, not_replaceable
+from sessions.files import ExportError, not_replaceable, write_all
 from settle.config import WINDOW_RANGE_S
 from settle.errors import InputFileError, SettleError
 
@@ -176,16 +176,16 @@ def _csv_rows(
     return "".join(out)
 
 
-def _write_atomically(path: Path, text: str, *, replace: bool) -> None:
-    """Write ``text`` through :func:`sessions.files.atomic_file` (temporary file beside
-    ``path``, mode 0600, moved into place: an interrupted run leaves no half file; without
+def _write_all(files: list[tuple[Path, str]], *, replace: bool) -> None:
+    """Write the outputs through :func:`sessions.files.write_all`: all or none (a beats file
+    beside an old or missing rolling file looks like a complete pair and is not), each via a
+    temporary file beside it (mode 0600; an interrupted run leaves no half file; without
     ``replace`` a file that appeared since :func:`check_outputs` is left alone). Its errors
     become :class:`InputFileError` (``settle analyze`` exits with code 1)."""
     try:
-        with atomic_file(path, replace=replace) as fh:
-            cast(IO[str], fh).write(text)
+        write_all(files, replace=replace)
     except ExportError as exc:
-        raise InputFileError(str(path), exc.reason) from None
+        raise InputFileError(str(exc.path), exc.reason) from None
 
 
 def _real(path: Path) -> Path | None:
@@ -275,15 +275,17 @@ def _database_of(p: Path) -> Path | None:
     return None
 
 
-def write_beats(a: Analysis, path: Path, *, replace: bool = True) -> None:
+def beats_csv(a: Analysis) -> str:
+    """The ``--beats`` file: ``t_s,rr_raw_ms,rr_ms,class`` per beat."""
     b = a.beats
     body = _csv_rows(
         [b.t_s, b.rr_raw_ms, b.rr_ms], text=b.classes(), fmts=[TIME_FMT, RR_FMT, RR_FMT]
     )
-    _write_atomically(path, "t_s,rr_raw_ms,rr_ms,class\n" + body, replace=replace)
+    return "t_s,rr_raw_ms,rr_ms,class\n" + body
 
 
-def write_rolling(a: Analysis, path: Path, *, replace: bool = True) -> None:
+def rolling_csv(a: Analysis) -> str:
+    """The ``--rolling`` file: a ``beat`` row per analysed beat, a ``step`` row per step."""
     r = a.rolling
     assert r is not None
     none: list[npt.NDArray[np.float64] | None] = [None] * 6
@@ -292,13 +294,11 @@ def write_rolling(a: Analysis, path: Path, *, replace: bool = True) -> None:
     step_cols = [r.step_t_s, *none[:5], r.step_lf_ms2, r.step_hf_ms2, r.step_lf_hf]
     step_cols += [r.step_resp_rate_bpm, r.step_coherence, r.step_score, r.step_quality]
     fmts = [TIME_FMT] + [VALUE_FMT] * 12
-    _write_atomically(
-        path,
+    return (
         "kind,t_s,mean_rr_ms,hr_bpm,sdnn_ms,rmssd_ms,pnn50_pct,lf_ms2,hf_ms2,lf_hf,"
         "resp_rate_bpm,coherence,settling_score,quality\n"
         + _csv_rows(beat_cols, prefix="beat,", fmts=fmts)
-        + _csv_rows(step_cols, prefix="step,", fmts=fmts),
-        replace=replace,
+        + _csv_rows(step_cols, prefix="step,", fmts=fmts)
     )
 
 
@@ -383,16 +383,15 @@ def run_analyze(
             step_s=step_s,
         )
         done = 1.0
-        for path, key, write in (
-            (beats, "beats", write_beats),
-            (rolling, "rolling", write_rolling),
-        ):
+        outputs: list[tuple[Path, str]] = []
+        for path, key, text in ((beats, "beats", beats_csv), (rolling, "rolling", rolling_csv)):
             if path is None:
                 continue
             if on_progress is not None:
                 on_progress(f"writing {path.name}", done)
-            write(a, path, replace=force)
+            outputs.append((path, text(a)))
             done += write_share[key]
+        _write_all(outputs, replace=force)
         if on_progress is not None:
             on_progress("done", done)
     finally:

@@ -305,6 +305,29 @@ def test_outputs_never_overwrite_the_input_and_need_force_to_replace(tmp_path: P
     assert len(rows) == doc["n_beats"]
 
 
+@pytest.mark.parametrize("force", [False, True])
+def test_beats_and_rolling_are_written_both_or_neither(tmp_path: Path, force: bool) -> None:
+    """--beats went into place before --rolling was written: when the rolling file could not
+    be written (a full disk, a directory that refuses it — here a name too long for its
+    temporary file), the new beats file stayed, beside an old rolling file or none, looking
+    like a complete pair; and the retry was refused because the beats file now existed."""
+    rec = str(DATA / "pyhrv_nni_short.csv")
+    beats, rolling = tmp_path / "b.csv", tmp_path / ("r" * 246 + ".csv")
+    if force:
+        beats.write_text("old beats\n")
+        rolling.write_text("old rolling\n")
+    args = ["--beats", str(beats), "--rolling", str(rolling)] + (["--force"] if force else [])
+    line = _one_line_error(_settle(rec, *args), 1)
+    assert f"{rolling}: cannot write: File name too long" in line
+    if force:
+        assert beats.read_text() == "old beats\n" and rolling.read_text() == "old rolling\n"
+    else:
+        assert not beats.exists() and not rolling.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [beats.name, rolling.name] if force else []
+    )  # no temporary file left either
+
+
 def test_an_output_under_a_file_says_so(tmp_path: Path) -> None:
     rec = str(DATA / "pyhrv_nni_short.csv")
     line = _one_line_error(_settle(rec, "--beats", f"{rec}/x.csv"), 1)

@@ -338,3 +338,20 @@ def test_no_replace_works_where_hard_links_are_refused(
         fh.write("other\n")  # type: ignore[arg-type]
     assert target.read_text() == "fresh\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new.csv"]
+
+
+def test_outputs_written_together_are_all_or_none(tmp_path: Path) -> None:
+    """`sessions.files.write_all` (analyze's --beats/--rolling, a report's PNG and page):
+    without --force, one of them found existing when it is placed undoes the ones placed
+    before it, so no new file is left beside an old one; with it, all replace."""
+    from sessions.files import write_all
+
+    first, second = tmp_path / "a.csv", tmp_path / "b.png"
+    second.write_bytes(b"someone's")
+    with pytest.raises(ExportError, match=r"b\.png: file exists"):
+        write_all([(first, "new a\n"), (second, b"new b")], replace=False)
+    assert not first.exists() and second.read_bytes() == b"someone's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.png"]
+    write_all([(first, "new a\n"), (second, b"new b")], replace=True)
+    assert first.read_text() == "new a\n" and second.read_bytes() == b"new b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.png"]

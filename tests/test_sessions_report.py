@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from processing.live import LiveAnalyzer
+from sessions.files import ExportError
 from sessions.report import (
     _hr_1hz,
     analyse_session,
@@ -167,6 +168,26 @@ def test_report_files_and_html(store: SessionStore, tmp_path: Path) -> None:
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
     assert html.count("<table>") == html.count('<div class="wide"') == 2
     assert re.search(r'<div class="wide"[^>]*>\s*<table><tr><th rowspan="2">time</th>', html)
+
+
+def test_a_report_whose_page_cannot_be_written_leaves_no_picture(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """The PNG went into place before the page was written: when the page could not be
+    written (a full disk; here a directory in its place), the picture stayed, beside an old
+    page or none, and the next run without --force was refused because it existed."""
+    sid = _session(store)
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / f"settle-{sid}-report.html").mkdir()
+    old_png = out / f"settle-{sid}-report.png"
+    old_png.write_bytes(b"old picture")
+    with pytest.raises(ExportError, match=r"report\.html: "):
+        write_report(store, sid, out)
+    assert old_png.read_bytes() == b"old picture"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [old_png.name, f"settle-{sid}-report.html"]
+    )
 
 
 def test_report_intention_without_practice_or_statement(
