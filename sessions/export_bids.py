@@ -49,6 +49,7 @@ become spaces.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -83,12 +84,16 @@ from sessions.series import (
     session_span_s,
 )
 from sessions.store import SessionRecord, SessionStore
+from settle.errors import shown
 
 __all__ = ["BIDS_VERSION", "DEVICE_FIELD", "bids_label", "export_bids", "strap_conflict"]
 
 BIDS_VERSION = "1.8.0"
 TASK = "settle"
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
+MAX_LABEL_CHARS = 64
+"""Longest subject or session label: every file name holds both, and a name longer than the
+file system takes (255 bytes) failed as "cannot create directory" blamed on ``--out``."""
 #: Sidecar field holding the device id of the strap that recorded the session.
 DEVICE_FIELD = "SettleDeviceId"
 
@@ -105,7 +110,12 @@ def bids_label(value: str, what: str, *, drop_dashes: bool = False) -> str:
         if value.lower().startswith(prefix) and _LABEL.match(value[len(prefix) :]):
             hint = f" (give it without {prefix!r}: {value[len(prefix) :]})"
         raise ExportError(
-            Path(value), f"{what} label must be letters and digits only, got {value!r}{hint}"
+            Path(what), f"{what} label must be letters and digits only, got {shown(value)}{hint}"
+        )
+    if len(label) > MAX_LABEL_CHARS:
+        raise ExportError(
+            Path(what),
+            f"{what} label must be at most {MAX_LABEL_CHARS} characters, got {len(label)}",
         )
     return label
 
@@ -320,6 +330,10 @@ def export_bids(
         if (why := not_a_dataset_why(root)) is not None:
             raise ExportError(root, why)
     final = root / sub / ses
+    # What this export adds besides the session, removed again if it fails: a dataset root
+    # holding only a dataset_description.json and an empty sub-01 looked like a dataset.
+    made = [p for p in (root, root / sub) if not p.exists()]
+    made += [p for p in (root / "dataset_description.json", root / "README") if not p.exists()]
     try:
         root.mkdir(mode=0o700, exist_ok=True)
         inside(root, final)  # before creating anything below the root
@@ -332,13 +346,28 @@ def export_bids(
         beh_staged = staging / "beh"
         beh_staged.mkdir(mode=0o700)
     except OSError as exc:
+        _undo(made)
         raise ExportError(root, f"cannot create directory: {exc.strerror or exc}") from exc
     try:
         _write_session(store, rec, root, beh_staged, sub, ses, progress)
         _move_into_place(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        _undo(made)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final / "beh"
+
+
+def _undo(made: list[Path]) -> None:
+    """Remove what a failed export created (files; directories only if empty), newest first."""
+    for p in reversed(made):
+        with contextlib.suppress(OSError):
+            if p.is_dir() and not p.is_symlink():
+                p.rmdir()
+            elif p.exists():
+                p.unlink()
 
 
 def _move_into_place(staging: Path, final: Path) -> None:

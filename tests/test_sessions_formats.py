@@ -607,6 +607,13 @@ def test_cli_export_every_format_and_one_line_errors(store: SessionStore, tmp_pa
     assert res.exit_code == 2 and res.output.count("\n") == 1
     assert "--subject: subject label must be letters and digits only, got 'a/b'" in res.output
     assert not (tmp_path / "ds").exists()
+    # A name no file system takes: it was "ds: cannot create directory: File name too long"
+    # (blaming --out) and left an empty ds behind.
+    res = runner.invoke(app, ["export", sid, "--format", "bids", "--subject", "p" * 300,
+                              "--out", str(tmp_path / "ds"), "--db", db])  # fmt: skip
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert "--subject: subject label must be at most 64 characters, got 300" in res.output
+    assert not (tmp_path / "ds").exists()
     res = runner.invoke(app, ["export", sid, "--format", "kubios", "--rr-source", "ppg",
                               "--out", str(tmp_path), "--db", db])  # fmt: skip
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "RR source" in res.output
@@ -680,7 +687,9 @@ def test_an_interrupted_bids_export_leaves_the_dataset_as_it_was(
 ) -> None:
     """Ctrl-C in the middle of a BIDS export left a session folder with 3 of its 4 files
     (and, over an earlier export, old and new files mixed): the session's files now appear
-    together or not at all, and nothing half-written stays behind."""
+    together or not at all, and nothing half-written stays behind — nor a new dataset's
+    root holding only dataset_description.json and an empty sub-01 (it passed for a BIDS
+    dataset; a full disk left the same)."""
     sid = _build(store)
     root = tmp_path / "ds"
 
@@ -691,7 +700,7 @@ def test_an_interrupted_bids_export_leaves_the_dataset_as_it_was(
     with pytest.raises(KeyboardInterrupt):
         export_bids(store, sid, root, progress=interrupt)
     sub = root / "sub-01"
-    assert [p.name for p in sub.iterdir()] == []  # no session folder, no staging left
+    assert not root.exists()  # no dataset files, no session folder, no staging left
     beh = export_bids(store, sid, root)
     before = {p.name: p.read_bytes() for p in beh.iterdir()}
     assert len(before) == 6  # physio, ECG physio, events: each .json with its data file
