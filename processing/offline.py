@@ -281,7 +281,10 @@ def _breaks(
     rows = np.flatnonzero(ok)
     out = np.cumsum(cs.code >= _NOT_ANALYSED)
     after_left_out = np.flatnonzero(out[rows[1:]] != out[rows[:-1]]) + 1
-    gaps = gaps_in_times(t_ok, cs.rr_ms[ok])
+    # Against the longer of the raw and corrected interval: a `long` beat (raw 2000 ms,
+    # interpolated to 573) is 2 s after the one before by its own interval, not after a gap
+    # (live does not break there either).
+    gaps = gaps_in_times(t_ok, np.fmax(cs.rr_raw_ms[ok], cs.rr_ms[ok]))
     if cut is not None and cut.any():
         # Every raw beat has one row with its raw interval; the rows the correction inserted
         # for it (a split) come right before that row, after the previous raw beat's.

@@ -651,6 +651,23 @@ def test_a_missed_beat_after_a_host_stall_starts_the_rolling_series_afresh() -> 
     assert a.td.rmssd_ms == pytest.approx(float(np.sqrt(np.mean(diffs**2))))
 
 
+def test_a_long_beat_is_not_a_gap_in_the_recording() -> None:
+    """A 2000 ms interval in a 570 ms rhythm, interpolated as `long` (573 ms): its beat is
+    2 s after the one before by its own raw interval. `settle analyze` measured that step
+    against the corrected 573 ms, called it a gap, and restarted every window there (SDNN
+    blank, RMSSD without the differences around it); the daemon did not."""
+    from processing.offline import analyze
+
+    rr = 570.0 + 15.0 * np.sin(np.arange(200) * 2.0 * np.pi / 4.5)
+    rr[100] = 2000.0
+    a = analyze(np.cumsum(rr) / 1000.0, rr, rolling=True)
+    assert a.beats.classes()[100] == "long"
+    roll = a.rolling
+    assert roll is not None and np.isfinite(roll.beat_sdnn_ms[95:110]).all()
+    rc = a.beats.rr_ms
+    assert a.td.rmssd_ms == pytest.approx(float(np.sqrt(np.mean(np.diff(rc) ** 2))))
+
+
 def test_rolling_settling_score_is_the_one_live_shows() -> None:
     """A researcher re-analysing a session expects the settling score the practitioner saw:
     the same baseline (the usable snapshots of the first 2 minutes; a window of fewer than
