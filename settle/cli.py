@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import math
 import re
@@ -119,7 +120,30 @@ def parse_hostport(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError("--mqtt", f"expected HOST:PORT (e.g. 127.0.0.1:1883), got {value!r}")
-    return host.strip("[]"), int(port)
+    if host.startswith("["):
+        # An IPv6 address, in brackets as in a URL: [::1]:1883.
+        try:
+            if not host.endswith("]"):
+                raise ValueError
+            return str(ipaddress.IPv6Address(host[1:-1])), int(port)
+        except ValueError:
+            raise ConfigError(
+                "--mqtt", f"expected [IPv6 address]:PORT (e.g. [::1]:1883), got {value!r}"
+            ) from None
+    if ":" in host:
+        # 127.0.0.1:1883:5, or ::1 read as host ':' and port 1: it went on to connect there.
+        raise ConfigError(
+            "--mqtt",
+            f"expected HOST:PORT (e.g. 127.0.0.1:1883; an IPv6 address in brackets, "
+            f"[::1]:1883), got {value!r}",
+        )
+    if not _HOSTNAME.fullmatch(host):
+        raise ConfigError("--mqtt", f"not a host name or address: {host!r}")
+    return host, int(port)
+
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+                       r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")  # fmt: skip
 
 
 def settings_from(

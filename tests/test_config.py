@@ -91,13 +91,40 @@ def test_cli_bad_env_is_one_line_exit_2(tmp_path: Path) -> None:
     assert "mqtt.port" in res.stderr
 
 
-def test_cli_bad_mqtt_flag(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ("localhost", "expected HOST:PORT"),
+        (
+            "127.0.0.1:1883:5",
+            "expected HOST:PORT (e.g. 127.0.0.1:1883; an IPv6 address in",
+        ),  # was host '127.0.0.1:1883'
+        (
+            "::1",
+            "expected HOST:PORT (e.g. 127.0.0.1:1883; an IPv6 address in",
+        ),  # was host ':' port 1
+        ("[::1", "expected [IPv6 address]:PORT"),
+        ("[nothing]:1883", "expected [IPv6 address]:PORT"),
+        ("my broker:1883", "not a host name or address: 'my broker'"),
+    ],
+)
+def test_cli_bad_mqtt_flag(tmp_path: Path, value: str, words: str) -> None:
+    """A malformed --mqtt is a usage error naming it (exit 2); `127.0.0.1:1883:5` and `::1`
+    were taken apart at the last colon and tried as a broker, ending in "unreachable …
+    fix mqtt.host / mqtt.port" (exit 1)."""
     res = run_cli(
-        "demo", "--mqtt", "localhost", "--db", str(tmp_path / "s.db"), "--config", str(CONFIG)
+        "doctor", "--mqtt", value, "--db", str(tmp_path / "s.db"), "--config", str(CONFIG)
     )
-    assert res.returncode == 2
-    assert "expected HOST:PORT" in res.stderr
+    assert res.returncode == 2, res.stderr
+    assert f"--mqtt: {words}" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_bracketed_ipv6_broker_is_taken() -> None:
+    from settle.cli import parse_hostport
+
+    assert parse_hostport("[::1]:1883") == ("::1", 1883)
+    assert parse_hostport("broker.local:8883") == ("broker.local", 8883)
 
 
 def test_paths_expand_home_and_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
