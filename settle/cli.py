@@ -39,13 +39,9 @@ sessions_app = typer.Typer(help="Stored sessions.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
 
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", help="TOML config file (default: $SETTLE_CONFIG or the user config)."),
-]
-DbOpt = Annotated[
-    Path | None, typer.Option("--db", help="SQLite session store (default: user data dir).")
-]
+ConfigOpt = cli_sessions.ConfigOpt
+DbOpt = cli_sessions.DbOpt
+a_path = cli_sessions.a_path
 MqttOpt = Annotated[
     str | None, typer.Option("--mqtt", metavar="HOST:PORT", help="MQTT broker to publish to.")
 ]
@@ -202,7 +198,8 @@ def demo(
         typer.Option(help="Time compression of the virtual strap.", min=0.01, max=1000),
     ] = None,
     replay: Annotated[
-        Path | None, typer.Option(help="RR file to replay instead of the physiological model.")
+        Path | None,
+        typer.Option(help="RR file to replay instead of the physiological model.", parser=a_path),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the physiological model.")] = None,
     straps: Annotated[
@@ -1092,10 +1089,12 @@ def analyze(
         bool, typer.Option("--no-correction", help="Use the raw intervals as given.")
     ] = False,
     beats: Annotated[
-        Path | None, typer.Option("--beats", help="Write t_s,rr_raw_ms,rr_ms,class CSV.")
+        Path | None,
+        typer.Option("--beats", help="Write t_s,rr_raw_ms,rr_ms,class CSV.", parser=a_path),
     ] = None,
     rolling: Annotated[
-        Path | None, typer.Option("--rolling", help="Write the rolling series CSV.")
+        Path | None,
+        typer.Option("--rolling", help="Write the rolling series CSV.", parser=a_path),
     ] = None,
     window: Annotated[
         float | None,

@@ -29,12 +29,25 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 
+def a_path(value: str) -> Path:
+    """A path option's value (``parser=``): an empty one is a usage error. ``Path("")`` is
+    the working directory, so ``--out ""`` wrote there and ``--db ""`` opened it."""
+    if value == "":
+        raise typer.BadParameter("the path is empty")
+    return Path(value)
+
+
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", help="TOML config file (default: $SETTLE_CONFIG or the user config)."),
+    typer.Option(
+        "--config",
+        help="TOML config file (default: $SETTLE_CONFIG or the user config).",
+        parser=a_path,
+    ),
 ]
 DbOpt = Annotated[
-    Path | None, typer.Option("--db", help="SQLite session store (default: user data dir).")
+    Path | None,
+    typer.Option("--db", help="SQLite session store (default: user data dir).", parser=a_path),
 ]
 SessionArg = Annotated[str, typer.Argument(help="Session id, unique id prefix, or 'latest'.")]
 
@@ -155,6 +168,8 @@ def export(
             bids_label(subject, "subject")
         except ExportError as exc:  # a bad option value: a usage error, before the store
             _fail(f"--subject: {exc.reason}", 2)
+    if out_arg == "":
+        _fail("Invalid value for '--out': the path is empty", 2)
     out_path = Path(out_arg)
     if out_arg.endswith(("/", os.sep)) and fmt != "bids" and not out_path.is_dir():
         # Path() drops the trailing slash: without this, `--out missing/` would write a file
@@ -191,7 +206,10 @@ def export(
 def report(
     session: SessionArg,
     out_dir: Annotated[
-        Path, typer.Option("--out", help="Directory for the PNG and HTML (created if missing).")
+        Path,
+        typer.Option(
+            "--out", help="Directory for the PNG and HTML (created if missing).", parser=a_path
+        ),
     ],
     force: Annotated[
         bool, typer.Option("--force", help="Replace a report of this session already there.")
@@ -231,7 +249,10 @@ def trends_cmd(
         str | None, typer.Option(help="Only sessions held with this target model.")
     ] = None,
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Also write settle-trends.png into this directory.")
+        Path | None,
+        typer.Option(
+            "--out", help="Also write settle-trends.png into this directory.", parser=a_path
+        ),
     ] = None,
     device: Annotated[
         str | None,
@@ -345,7 +366,9 @@ def trends_cmd(
 
 def log_import(
     session: SessionArg,
-    file: Annotated[Path, typer.Argument(help="Journal: CSV, JSON lines or 'HH:MM:SS text'.")],
+    file: Annotated[
+        Path, typer.Argument(help="Journal: CSV, JSON lines or 'HH:MM:SS text'.", parser=a_path)
+    ],
     offset: Annotated[
         float,
         typer.Option(

@@ -58,3 +58,35 @@ def test_device_and_all_help_say_what_each_command_takes() -> None:
             else "Every strap with a running session, sent together."
         )
         assert every in text, command
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sessions", "list", "--db", ""],
+        ["export", "latest", "--out", ""],
+        ["report", "latest", "--out", ""],
+        ["trends", "--out", ""],
+        ["analyze", "rec.csv", "--beats", ""],
+        ["analyze", "rec.csv", "--rolling", ""],
+        ["doctor", "--config", ""],
+        ["log", "import", "latest", ""],
+    ],
+)
+def test_an_empty_path_is_a_usage_error_not_the_working_directory(
+    args: list[str], tmp_path: Path
+) -> None:
+    """`--out ""` wrote the export or report into the working directory, and `--db ""`
+    opened it as a store ("cannot open session store: Is a directory"): Path("") is ".".
+    An empty path is now a usage error naming the option, and nothing is written."""
+    (tmp_path / "rec.csv").write_text("800\n810\n790\n" * 10)
+    res = subprocess.run(
+        [sys.executable, "-m", "settle.cli", *args],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1]),
+             "SETTLE_CONFIG": str(Path(__file__).parents[1] / "configs" / "settle.toml")},
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    (line,) = res.stderr.splitlines()
+    assert "the path is empty" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.csv"]
