@@ -12,7 +12,7 @@ import re
 import shlex
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -68,6 +68,29 @@ def _check_broker_options(settings: Settings) -> None:
         connect_options(settings)
     except ConfigError as exc:
         fail(str(exc), 2)
+
+
+def _number(lo: float, hi: float = math.inf) -> Callable[[str], float]:
+    """A number option's parser (``parser=``; typer then ignores ``min``/``max``): NaN
+    failed typer's own bound check and read "Input should be greater than or equal to
+    0.1" (or "less than or equal to 1000"), as if it were a number out of range."""
+
+    def parse(value: str) -> float:
+        try:
+            v = float(value)
+        except ValueError:
+            raise typer.BadParameter(
+                "Input should be a valid number, unable to parse string as a number"
+            ) from None
+        if math.isnan(v):
+            raise typer.BadParameter("Input should be a number, got nan")
+        if v < lo:
+            raise typer.BadParameter(f"Input should be greater than or equal to {lo:g}")
+        if v > hi:
+            raise typer.BadParameter(f"Input should be less than or equal to {hi:g}")
+        return v
+
+    return parse
 
 
 def _check_duration(duration: float | None) -> None:
@@ -191,11 +214,17 @@ def settings_from(
 def demo(
     duration: Annotated[
         float | None,
-        typer.Option(help="Stop by itself after S wall-clock seconds (exit code 0).", min=0.1),
+        typer.Option(
+            help="Stop by itself after S wall-clock seconds (exit code 0).  [x>=0.1]",
+            parser=_number(0.1),
+        ),
     ] = None,
     speed: Annotated[
         float | None,
-        typer.Option(help="Time compression of the virtual strap.", min=0.01, max=1000),
+        typer.Option(
+            help="Time compression of the virtual strap.  [0.01<=x<=1000]",
+            parser=_number(0.01, 1000),
+        ),
     ] = None,
     replay: Annotated[
         Path | None,
@@ -275,11 +304,16 @@ def run(
         typer.Option(help="Feed a recording through the same pipeline instead of a strap."),
     ] = None,
     speed: Annotated[
-        float, typer.Option(help="Replay speed (with --replay).", min=0.01, max=1000)
+        float,
+        typer.Option(
+            help="Replay speed (with --replay).  [0.01<=x<=1000]", parser=_number(0.01, 1000)
+        ),
     ] = 1.0,
     duration: Annotated[
         float | None,
-        typer.Option(help="Stop after S seconds (default: run until Ctrl-C).", min=0.1),
+        typer.Option(
+            help="Stop after S seconds (default: run until Ctrl-C).  [x>=0.1]", parser=_number(0.1)
+        ),
     ] = None,
     mqtt: MqttOpt = None,
     no_mqtt: NoMqttOpt = False,
@@ -360,7 +394,9 @@ def pair(
         str | None, typer.Argument(help="Name (or part of it) or address; default: any strap.")
     ] = None,
     label: Annotated[str | None, typer.Option(help="Label to remember it by.")] = None,
-    seconds: Annotated[float, typer.Option(help="Seconds of live data to show.", min=0)] = 5.0,
+    seconds: Annotated[
+        float, typer.Option(help="Seconds of live data to show.  [x>=0]", parser=_number(0))
+    ] = 5.0,
     list_: Annotated[bool, typer.Option("--list", help="Show remembered straps.")] = False,
     forget: Annotated[
         str | None, typer.Option(help="Forget a remembered strap (label or address).")
@@ -469,7 +505,9 @@ async def _pair(
 
 @app.command()
 def scan(
-    timeout: Annotated[float, typer.Option(help="Seconds to scan.", min=0.5)] = 5.0,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to scan.  [x>=0.5]", parser=_number(0.5))
+    ] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     virtual: Annotated[
         bool, typer.Option("--virtual", help="Scan a virtual strap (try it without hardware).")

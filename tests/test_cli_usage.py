@@ -27,6 +27,27 @@ def settle(*args: str) -> subprocess.CompletedProcess[str]:
             "Invalid value for '--speed': Input should be a valid number, unable to parse "
             "string as a number (see `settle demo --help`)",
         ),
+        # NaN failed the bound check and read as a number out of range.
+        (
+            ["demo", "--speed", "nan"],
+            "Invalid value for '--speed': Input should be a number, got nan "
+            "(see `settle demo --help`)",
+        ),
+        (
+            ["demo", "--duration", "nan"],
+            "Invalid value for '--duration': Input should be a number, got nan "
+            "(see `settle demo --help`)",
+        ),
+        (
+            ["demo", "--speed", "1001"],
+            "Invalid value for '--speed': Input should be less than or equal to 1000 "
+            "(see `settle demo --help`)",
+        ),
+        (
+            ["demo", "--duration", "0.05"],
+            "Invalid value for '--duration': Input should be greater than or equal to 0.1 "
+            "(see `settle demo --help`)",
+        ),
     ],
 )
 def test_usage_errors_are_one_line_exit_2(args: list[str], line: str, tmp_path: Path) -> None:
