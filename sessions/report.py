@@ -1276,14 +1276,17 @@ session.
 """
 
 
-def output_directory(out_dir: Path, what: str) -> Path:
+def output_directory(out_dir: Path, what: str, *, create: bool = True) -> Path:
     """``out_dir`` for ``settle report`` / ``trends --out``: an existing directory, or one
-    created (mode 0700) when its parent exists. :class:`ExportError` otherwise."""
+    created (mode 0700) when its parent exists (``create=False``: only checked).
+    :class:`ExportError` otherwise."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(out_dir, f"--out must be a directory for {what}")
     if not out_dir.parent.is_dir():
         raise ExportError(out_dir, f"directory {out_dir.parent} does not exist")
+    if not create:
+        return out_dir
     try:
         out_dir.mkdir(mode=0o700, exist_ok=True)
     except OSError as exc:
@@ -1315,7 +1318,7 @@ def write_report(
     ``force=False`` (``settle report`` without ``--force``): :class:`OutputExists` before
     anything is written if either file exists (an edited report was silently replaced).
     Raises :class:`ExportError` / :class:`ReportError`."""
-    out_dir = output_directory(out_dir, "a report")
+    out_dir = output_directory(out_dir, "a report", create=False)
     png_path = out_dir / plain_name(f"settle-{session_id}-report.png", out_dir)
     html_path = out_dir / plain_name(f"settle-{session_id}-report.html", out_dir)
     if not force:
@@ -1326,6 +1329,8 @@ def write_report(
     render_png(a, buf)
     png = buf.getvalue()
     page = render_html(a, png, png_path.name if png_kept else None)
+    # Created only now: a store that could not be read left an empty folder behind.
+    output_directory(out_dir, "a report")
     # Both or neither: a new picture beside an old page (or none) looked like a report.
     write_all([(png_path, png), (html_path, page)], replace=force)
     return png_path, html_path

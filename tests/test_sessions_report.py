@@ -33,6 +33,7 @@ from sessions.store import (
     MarkerSource,
     SessionStore,
 )
+from settle.errors import StoreError
 
 T0_MS = 1_795_000_000_000
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -188,6 +189,22 @@ def test_a_report_whose_page_cannot_be_written_leaves_no_picture(
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [old_png.name, f"settle-{sid}-report.html"]
     )
+
+
+def test_a_report_that_cannot_read_its_session_creates_no_folder(
+    store: SessionStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`settle report latest --out new/` on a store whose session could not be read (a
+    damaged file) failed, but had already created `new/`, empty, before reading."""
+    sid = _session(store)
+
+    def damaged(_sid: str) -> None:
+        raise StoreError("database disk image is malformed")
+
+    monkeypatch.setattr(store, "read_session", damaged)
+    with pytest.raises(StoreError):
+        write_report(store, sid, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
 
 
 def test_report_intention_without_practice_or_statement(
