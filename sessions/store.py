@@ -943,10 +943,14 @@ class SessionStore:
         :class:`StoreError`."""
         path = Path(path)
         try:
-            empty = path.stat().st_size == 0
+            st = path.stat()
         except OSError:
-            empty = False  # missing or unreadable: open() says which
-        if empty:  # a reading command must not turn an empty file into a store
+            st = None  # missing or unreadable: open() says which
+        if st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+            # A pipe or a device has size 0 too: it read "an empty file".
+            raise StoreError(f"{path}: not a regular file, not a Settle session store")
+        if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            # A reading command must not turn an empty file into a store.
             raise StoreError(f"{path}: an empty file, not a Settle session store")
         side = [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm")]
         created = [p for p in side if not os.path.lexists(p)]

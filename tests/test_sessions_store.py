@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import stat
 import subprocess
@@ -520,6 +521,10 @@ def test_a_store_that_cannot_be_written_is_still_read(
     with pytest.raises(StoreError, match="an empty file, not a Settle session store"):
         SessionStore.open_for_reading(empty)
     assert empty.stat().st_size == 0
+    fifo = tmp_path / "pipe.db"  # size 0 too: it read "an empty file"
+    os.mkfifo(fifo)
+    with pytest.raises(StoreError, match=r"pipe\.db: not a regular file, not a Settle session"):
+        SessionStore.open_for_reading(fifo)
 
 
 def test_a_second_open_in_one_process_keeps_the_first_connection_safe(tmp_path: Path) -> None:
