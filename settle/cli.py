@@ -1301,7 +1301,7 @@ def main() -> None:
         # Output that cannot be written (stdout on a full disk, /dev/full): one line.
         why = exc.strerror or str(exc)
         err.print(
-            f"settle: error: {one_line(f'cannot write the output: {why}')}",
+            f"settle: error: {one_line(f'cannot write to standard output: {why}')}",
             markup=False,
             soft_wrap=True,
         )

@@ -247,7 +247,7 @@ def test_output_that_cannot_be_written_is_one_line() -> None:
             stdout=full, stderr=subprocess.PIPE, text=True, timeout=60,
         )  # fmt: skip
     assert res.returncode == 1
-    assert res.stderr == "settle: error: cannot write the output: No space left on device\n"
+    assert res.stderr == "settle: error: cannot write to standard output: No space left on device\n"
 
 
 def test_a_second_daemon_on_the_same_store_refuses_to_start(tmp_path: Path) -> None:
@@ -377,7 +377,7 @@ def test_an_error_that_is_not_the_output_is_not_called_one(
         assert exit_.value.code == 1
         captured = capsys.readouterr()
         assert captured.err.splitlines() == [line]
-        assert "cannot write the output" not in captured.err
+        assert "cannot write to standard output" not in captured.err
 
 
 def test_daemon_keeps_recording_when_its_stdout_reader_goes_away(tmp_path: Path) -> None:
