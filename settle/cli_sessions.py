@@ -21,7 +21,7 @@ import typer
 from settle.console import err, out
 from settle.console import fail as _fail
 from settle.console import print_table as _print_table
-from settle.errors import ConfigError, SessionNotFound, SettleError
+from settle.errors import ConfigError, SessionNotFound, SettleError, shown
 
 if TYPE_CHECKING:
     from sessions.store import SessionInfo, SessionStore
@@ -480,6 +480,20 @@ def log_set(
             )
     if target is not None and target not in TARGET_NAMES:
         _fail(f"unknown target {target!r} (available: {', '.join(TARGET_NAMES)})", 2)
+    # As the same fields sent over MQTT (feedback.payloads.Intention): they are shown on the
+    # dashboard, in reports and on the terminal, where a control character (an escape
+    # sequence) would act on the terminal.
+    for option, text, most in (
+        ("--statement", statement, 500),
+        ("--practice", practice, 100),
+        *(("--tag", t, 64) for t in tag or []),
+    ):
+        if text is None:
+            continue
+        if len(text) > most:
+            _fail(f"{option}: at most {most} characters, got {len(text)}", 2)
+        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+            _fail(f"{option}: control characters are not allowed, got {shown(text)}", 2)
     if all(x is None for x in (target, statement, practice, notes, baseline, started)) and not tag:
         # It printed "updated session …" having changed nothing.
         _fail(

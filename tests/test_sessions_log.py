@@ -408,6 +408,34 @@ def test_cli_log_set_fills_in_the_session_log(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "option, value, words",
+    [
+        ("--statement", "x" * 501, "--statement: at most 500 characters, got 501"),
+        ("--practice", "y" * 101, "--practice: at most 100 characters, got 101"),
+        ("--tag", "z" * 65, "--tag: at most 64 characters, got 65"),
+        ("--statement", "I am\x1b[2J safe", "--statement: control characters are not allowed"),
+    ],
+)
+def test_cli_log_set_holds_the_intention_to_what_mqtt_takes(
+    tmp_path: Path, option: str, value: str, words: str
+) -> None:
+    """`settle session start` over MQTT takes a statement of at most 500 characters and a
+    practice of 100; `log set` took 100 KB and control characters. Now the same limits,
+    one line, exit 2, nothing changed."""
+    from settle.cli import app
+
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as store:
+        sid = store.create_session("dev", T0_MS, "x", {}).id
+    args = ["log", "set", "latest", "--db", str(db), "--target", "self", option, value]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and words in res.output and res.output.count("\n") == 1
+    with SessionStore.open(db) as store:
+        info = store.get(sid)
+    assert info.intention is None and info.tags == ()
+
+
 def test_cli_log_set_started_redates_a_session_recorded_with_a_wrong_clock(
     tmp_path: Path,
 ) -> None:
