@@ -91,9 +91,10 @@ __all__ = ["BIDS_VERSION", "DEVICE_FIELD", "bids_label", "export_bids", "strap_c
 BIDS_VERSION = "1.8.0"
 TASK = "settle"
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
-MAX_LABEL_CHARS = 64
-"""Longest subject or session label: every file name holds both, and a name longer than the
-file system takes (255 bytes) failed as "cannot create directory" blamed on ``--out``."""
+MAX_NAME_CHARS = 200
+"""Longest file name the export writes (:func:`sessions.files.plain_name`'s limit): every
+name holds the subject and session labels, and a subject too long for it failed as "cannot
+create directory: File name too long" blamed on ``--out``."""
 #: Sidecar field holding the device id of the strap that recorded the session.
 DEVICE_FIELD = "SettleDeviceId"
 
@@ -112,10 +113,9 @@ def bids_label(value: str, what: str, *, drop_dashes: bool = False) -> str:
         raise ExportError(
             Path(what), f"{what} label must be letters and digits only, got {shown(value)}{hint}"
         )
-    if len(label) > MAX_LABEL_CHARS:
+    if len(label) > MAX_NAME_CHARS - 4:  # never fits, whatever the session ("sub-" + label)
         raise ExportError(
-            Path(what),
-            f"{what} label must be at most {MAX_LABEL_CHARS} characters, got {len(label)}",
+            Path(what), f"{what} label is too long for a file name ({len(label)} characters)"
         )
     return label
 
@@ -310,6 +310,14 @@ def export_bids(
     sub = f"sub-{bids_label(subject, 'subject')}"
     rec = store.read_session(session_id)
     ses = f"ses-{bids_label(session_id, 'session', drop_dashes=True)}"
+    longest = f"{sub}_{ses}_task-{TASK}_{'recording-ecg_' if rec.n_ecg else ''}physio.tsv.gz"
+    if len(longest) > MAX_NAME_CHARS:
+        most = len(sub) - 4 - (len(longest) - MAX_NAME_CHARS)
+        raise ExportError(
+            Path("--subject"),
+            f"too long for the file names of session {session_id} (at most {most} characters "
+            f"here, got {len(sub) - 4})",
+        )
     if root.exists() and not root.is_dir():
         raise ExportError(root, "BIDS export needs a directory (the dataset root)")
     if not root.parent.is_dir():

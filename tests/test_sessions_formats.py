@@ -612,8 +612,17 @@ def test_cli_export_every_format_and_one_line_errors(store: SessionStore, tmp_pa
     res = runner.invoke(app, ["export", sid, "--format", "bids", "--subject", "p" * 300,
                               "--out", str(tmp_path / "ds"), "--db", db])  # fmt: skip
     assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
-    assert "--subject: subject label must be at most 64 characters, got 300" in res.output
+    assert "--subject: subject label is too long for a file name (300 characters)" in res.output
     assert not (tmp_path / "ds").exists()
+    # Too long for this session's file names (200 characters): said before anything is made.
+    res = runner.invoke(app, ["export", sid, "--format", "bids", "--subject", "p" * 180,
+                              "--out", str(tmp_path / "ds"), "--db", db])  # fmt: skip
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert "--subject: too long for the file names of session" in res.output
+    assert not (tmp_path / "ds").exists()
+    res = runner.invoke(app, ["export", sid, "--format", "bids", "--subject", "p" * 100,
+                              "--out", str(tmp_path / "ds"), "--db", db])  # fmt: skip
+    assert res.exit_code == 0, res.output  # as long as it fits
     res = runner.invoke(app, ["export", sid, "--format", "kubios", "--rr-source", "ppg",
                               "--out", str(tmp_path), "--db", db])  # fmt: skip
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "RR source" in res.output
