@@ -23,7 +23,7 @@ from rich.table import Table
 from settle import cli_sessions
 from settle.config import Settings, load_config
 from settle.console import cell, err, fail, one_line, out, print_table
-from settle.errors import ConfigError, SettleError
+from settle.errors import ConfigError, SettleError, shown
 
 if TYPE_CHECKING:
     from feedback.mqtt import ConnectOptions
@@ -137,9 +137,11 @@ def parse_hostport(value: str) -> tuple[str, int]:
             "mqtt.password_file (on the command line they show in the process list)",
         )
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError("--mqtt", f"expected HOST:PORT (e.g. 127.0.0.1:1883), got {value!r}")
-    if host.startswith("["):
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ConfigError("--mqtt", f"expected HOST:PORT (e.g. 127.0.0.1:1883), got {shown(value)}")
+    if host.startswith("[") and host.endswith("]") and ":" not in host[1:-1]:
+        host = host[1:-1]  # [127.0.0.1]:1883, [localhost]:1883 were taken: still are
+    elif host.startswith("["):
         # An IPv6 address, in brackets as in a URL: [::1]:1883.
         try:
             if not host.endswith("]"):
@@ -147,22 +149,23 @@ def parse_hostport(value: str) -> tuple[str, int]:
             return str(ipaddress.IPv6Address(host[1:-1])), int(port)
         except ValueError:
             raise ConfigError(
-                "--mqtt", f"expected [IPv6 address]:PORT (e.g. [::1]:1883), got {value!r}"
+                "--mqtt", f"expected [IPv6 address]:PORT (e.g. [::1]:1883), got {shown(value)}"
             ) from None
     if ":" in host:
         # 127.0.0.1:1883:5, or ::1 read as host ':' and port 1: it went on to connect there.
         raise ConfigError(
             "--mqtt",
             f"expected HOST:PORT (e.g. 127.0.0.1:1883; an IPv6 address in brackets, "
-            f"[::1]:1883), got {value!r}",
+            f"[::1]:1883), got {shown(value)}",
         )
-    if not _HOSTNAME.fullmatch(host):
-        raise ConfigError("--mqtt", f"not a host name or address: {host!r}")
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if len(host) > 253 or not all(
+        label and all(c.isalnum() or c in "-_" for c in label) for label in labels
+    ):
+        # Letters of any script (an internationalised name, as mqtt.host takes), digits,
+        # '-' and '_' between dots.
+        raise ConfigError("--mqtt", f"not a host name or address: {shown(host)}")
     return host, int(port)
-
-
-_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-                       r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")  # fmt: skip
 
 
 def settings_from(

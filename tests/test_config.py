@@ -104,7 +104,7 @@ def test_cli_bad_env_is_one_line_exit_2(tmp_path: Path) -> None:
             "expected HOST:PORT (e.g. 127.0.0.1:1883; an IPv6 address in",
         ),  # was host ':' port 1
         ("[::1", "expected [IPv6 address]:PORT"),
-        ("[nothing]:1883", "expected [IPv6 address]:PORT"),
+        ("[1::zz]:1883", "expected [IPv6 address]:PORT"),
         ("my broker:1883", "not a host name or address: 'my broker'"),
     ],
 )
@@ -124,7 +124,13 @@ def test_a_bracketed_ipv6_broker_is_taken() -> None:
     from settle.cli import parse_hostport
 
     assert parse_hostport("[::1]:1883") == ("::1", 1883)
+    assert parse_hostport("[fe80::1%eth0]:1883") == ("fe80::1%eth0", 1883)
     assert parse_hostport("broker.local:8883") == ("broker.local", 8883)
+    # Taken before the stricter parsing, and still: brackets around a name, another script.
+    assert parse_hostport("[127.0.0.1]:1883") == ("127.0.0.1", 1883)
+    assert parse_hostport("bröker.local:1883") == ("bröker.local", 1883)
+    with pytest.raises(ConfigError, match="expected HOST:PORT"):
+        parse_hostport("host:²")  # isdigit() but not a port: int() raised a traceback
 
 
 def test_paths_expand_home_and_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
