@@ -194,9 +194,10 @@ def write_all(files: Sequence[tuple[Path, str | bytes]], *, replace: bool = True
     they moved into place, one after the other (:func:`place`). A failure while writing (a
     full disk, a directory that cannot be written) leaves every target as it was — a pair of
     outputs of which one is new and the other old or missing looks complete and is not.
-    Without ``replace``, a target that appeared meanwhile stops the placing and the files
-    this call had already placed (new ones) are removed again. Raises :class:`ExportError`
-    naming the file."""
+    Without ``replace``, whatever stops the placing (a target that appeared meanwhile, an
+    error, Ctrl-C between two renames) removes the files this call had already placed (new
+    ones); with it, the replaced ones cannot be put back (that window is two renames wide).
+    Raises :class:`ExportError` naming the file."""
     for target, _data in files:
         why = not_replaceable(target)
         if why is not None:
@@ -207,12 +208,11 @@ def write_all(files: Sequence[tuple[Path, str | bytes]], *, replace: bool = True
     try:
         for target, data in files:
             current = target
-            fh = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, renamed later
-                mode="wb", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp",
-                delete=False,
-            )  # fmt: skip
-            pending.append((fh.name, target))
-            with fh:
+            fd, tmp_name = tempfile.mkstemp(
+                dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
+            )
+            pending.append((tmp_name, target))
+            with os.fdopen(fd, "wb") as fh:
                 fh.write(data.encode("utf-8") if isinstance(data, str) else data)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -221,14 +221,20 @@ def write_all(files: Sequence[tuple[Path, str | bytes]], *, replace: bool = True
             place(tmp_name, current, replace=replace)
             pending.pop(0)
             placed.append(current)
-    except FileExistsError:
-        if not replace:
+    except BaseException as exc:
+        if placed and not replace:
+            # New files (placing refuses an existing one): gone again, so no new file is
+            # left beside a missing partner — whatever stopped the placing (a file that
+            # appeared, another error, Ctrl-C between two renames). Replaced ones cannot
+            # be put back.
             for p in placed:
                 with contextlib.suppress(OSError):
                     os.unlink(p)
-        raise ExportError(current, "file exists (use --force to replace it)") from None
-    except OSError as exc:
-        raise ExportError(current, f"cannot write: {exc.strerror or exc}") from exc
+        if isinstance(exc, FileExistsError):
+            raise ExportError(current, "file exists (use --force to replace it)") from None
+        if isinstance(exc, OSError):
+            raise ExportError(current, f"cannot write: {exc.strerror or exc}") from exc
+        raise
     finally:
         for tmp_name, _target in pending:
             with contextlib.suppress(OSError):

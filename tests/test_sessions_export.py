@@ -355,3 +355,27 @@ def test_outputs_written_together_are_all_or_none(tmp_path: Path) -> None:
     write_all([(first, "new a\n"), (second, b"new b")], replace=True)
     assert first.read_text() == "new a\n" and second.read_bytes() == b"new b"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.png"]
+
+
+def test_outputs_written_together_are_taken_back_whatever_stops_the_placing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a file found existing undid the ones placed before it: another error while
+    placing the second (or Ctrl-C between the two renames) left a new first file beside a
+    missing second one."""
+    from sessions import files
+
+    real = files.place
+    for stop in (PermissionError(13, "Permission denied"), KeyboardInterrupt()):
+
+        def second_fails(tmp: str, target: Path, *, replace: bool, stop: BaseException = stop):
+            if target.name == "b.png":
+                raise stop
+            real(tmp, target, replace=replace)
+
+        monkeypatch.setattr(files, "place", second_fails)
+        with pytest.raises((ExportError, KeyboardInterrupt)):
+            files.write_all(
+                [(tmp_path / "a.csv", "new a\n"), (tmp_path / "b.png", b"new b")], replace=False
+            )
+        assert list(tmp_path.iterdir()) == []  # neither file, no temporary file
