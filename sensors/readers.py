@@ -484,7 +484,8 @@ def _read_one_per_line(name: str, lines: list[str], head: int) -> npt.NDArray[np
         if (several := _rr_columns(first)) is not None:  # one is read, not several
             delim, hits, _n = several
             cells = next(csv.reader([first], delimiter=delim))
-            named = ", ".join(shown(cells[i].strip()) for i in hits)
+            named = ", ".join(shown(cells[i].strip()) for i in hits[:5])
+            named += ", …" if len(hits) > 5 else ""
             raise InputFileError(
                 name,
                 f"the header names {len(hits)} RR columns ({named}): keep one, or rename the "
@@ -538,6 +539,7 @@ def _read_hrm(name: str, lines: list[str]) -> npt.NDArray[np.float64]:
             # recording interval in seconds, and [HRData] then holds heart rates (bpm).
             value = s.split("=", 1)[1].strip()
             if value != "238":
+                value = value if len(value) <= 40 else value[:39] + "…"
                 raise InputFileError(
                     name,
                     f"Polar .hrm file in heart-rate mode (Interval={value}): it holds heart "

@@ -215,7 +215,9 @@ def _parse_jsonl(path: Path, text: str) -> list[JournalEntry]:
             raise _fail(path, n, "expected a JSON object")
         unknown = set(obj) - {*_TIME_COLUMNS, "kind", "text"}
         if unknown:
-            raise _fail(path, n, f"unknown field(s) {', '.join(sorted(unknown))}")
+            raise _fail(
+                path, n, f"unknown field(s) {', '.join(shown(k) for k in sorted(unknown)[:5])}"
+            )
         out.append(_entry_from_fields(path, n, obj))
     return out
 
@@ -240,7 +242,7 @@ def _parse_csv(path: Path, text: str) -> list[JournalEntry]:
                 path,
                 1,
                 "expected a header with one of t_s, time, ts_ms and text (optional kind), "
-                f"got {','.join(header)!r}",
+                f"got {shown(','.join(header), 80)}",
             )
         out = []
         for cells in reader:

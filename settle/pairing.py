@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from settle.config import default_config_dir
-from settle.errors import ConfigError
+from settle.errors import ConfigError, shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +82,10 @@ def _parse_paired(raw: object) -> list[PairedStrap]:
         missing = [k for k in _FIELDS if k not in item]
         extra = sorted(k for k in item if k not in _FIELDS)
         if missing or extra:
-            what = f"lacks {missing[0]!r}" if missing else f"has an unknown field {extra[0]!r}"
+            what = f"lacks {missing[0]!r}" if missing else f"has an unknown field {shown(extra[0])}"
             raise ValueError(f"strap {n} {what}")
+        if isinstance(item["paired_ms"], float) and item["paired_ms"].is_integer():
+            item = {**item, "paired_ms": int(item["paired_ms"])}  # 1795960988159.0, by hand
         for k, kind in _FIELDS.items():
             v = item[k]
             if not isinstance(v, kind) or isinstance(v, bool):

@@ -90,6 +90,13 @@ _STRAP = {
 }  # fmt: skip
 
 
+def test_a_whole_number_written_with_a_point_is_still_a_time(tmp_path: Path) -> None:
+    paired = tmp_path / "straps.json"
+    paired.write_text(json.dumps({"v": 1, "straps": [{**_STRAP, "paired_ms": 1795960988159.0}]}))
+    (strap,) = pairing.load_paired(paired)
+    assert strap.paired_ms == 1795960988159 and isinstance(strap.paired_ms, int)
+
+
 @pytest.mark.parametrize(
     "content, why",
     [
@@ -104,6 +111,7 @@ _STRAP = {
         (json.dumps({"v": 1, "straps": [{k: v for k, v in _STRAP.items() if k != "name"}]}),
          "strap 1 lacks 'name'"),
         (json.dumps({"v": 1, "straps": [{**_STRAP, "colour": "red"}]}), "unknown field 'colour'"),
+        (json.dumps({"v": 1, "straps": [{**_STRAP, "k" * 100_000: 1}]}), "field '" + "k" * 39),
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("command", [["pair", "--list"], ["pair", "--forget", "chest"]])
@@ -119,6 +127,7 @@ def test_corrupt_paired_file_is_one_line(
     assert res.returncode == 2, res.stderr
     assert res.stderr.strip().splitlines() == [res.stderr.strip()], res.stderr
     assert "remembered straps file is unreadable" in res.stderr and why in res.stderr, res.stderr
+    assert len(res.stderr) < 400 + len(str(paired))
     assert "Traceback" not in res.stderr
     assert paired.read_text() == content
 

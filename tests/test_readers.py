@@ -206,18 +206,23 @@ def test_unreadable_paths_are_one_input_file_error(tmp_path: Path) -> None:
         ("8x" * 50_000, ":2: RR value '8x8x"),
         ("t_s,rr_ms\n1," + "9" * 100_000, ":2: RR value '9999"),
         ("z" * 100_000, ":1: not a recognised RR file"),
+        ("[Params]\nInterval=" + "z" * 100_000 + "\n[HRData]\n800", "heart-rate mode"),
+        (
+            "t," + ",".join(["rr"] * 100_000) + "\n1," + ",".join(["800"] * 100_000),
+            "the header names 100000 RR columns ('rr', 'rr', 'rr', 'rr', 'rr', …)",
+        ),
     ],
 )
 def test_a_huge_bad_value_is_quoted_short(tmp_path: Path, line: str, where: str) -> None:
     """A line of megabytes (a file glued together, a binary dump): the error quoted the
     whole value, a 5 MB "line" on the terminal. The value is cut to 40 characters."""
     f = tmp_path / "rec.txt"
-    f.write_text(("800\n" if not line.startswith(("t_s", "z")) else "") + line + "\n")
+    f.write_text(("800\n" if line[0].isdigit() else "") + line + "\n")
     with pytest.raises(InputFileError) as err:
         read_rr_file(f)
     text = str(err.value)
     assert where in text and len(text) < 400 + len(str(f)), text[:500]
-    assert "…'" in text
+    assert "…" in text
 
 
 def test_reads_the_beats_of_a_settle_csv_export(tmp_path: Path) -> None:

@@ -122,7 +122,10 @@ def test_importing_twice_does_not_duplicate(store: SessionStore, sid: str, tmp_p
         ("g.csv", "t_s,text\n1.0,a\nabc,b\n", 3, "t_s is not a number"),
         ("h.jsonl", '{"t_s": 1, "text": "a"}\n{"t_s": 2, "text": "b"\n', 2, "not JSON"),
         ("i.jsonl", '{"t_s": 1, "time": "09:00:00"}\n', 1, "exactly one of"),
-        ("j.jsonl", '{"t_s": 1, "colour": "red"}\n', 1, "unknown field(s) colour"),
+        ("j.jsonl", '{"t_s": 1, "colour": "red"}\n', 1, "unknown field(s) 'colour'"),
+        # A megabyte key or header was echoed whole in the one line: cut to 40 or 80.
+        ("jj.jsonl", '{"t_s": 1, "' + "c" * 1_000_000 + '": 1}\n', 1, "'" + "c" * 39 + "…'"),
+        ("ff.csv", "when," + ",".join(["w" * 100_000] * 10) + "\n09:01:00,x\n", 1, "w" * 74 + "…'"),
         ("k.jsonl", "[1, 2]\n", 1, "expected a JSON object"),
         ("n.jsonl", '{"t_s": true, "text": "a"}\n', 1, "t_s is not a number: True"),
         ("o.csv", 't_s,text\n1,"unclosed\n2,b\n3,c\n', 4, "malformed CSV: unexpected end"),
@@ -147,7 +150,7 @@ def test_bad_lines_are_named_and_nothing_is_imported(
         import_journal(store, sid, path)
     assert err.value.line == line
     assert reason in str(err.value)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 300 + len(str(path))
     assert str(err.value).startswith(f"{path}:{line}:" if line else f"{path}:")
     assert [m.text for m in store.markers(sid)] == ["before"]  # nothing half-way
 
