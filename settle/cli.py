@@ -304,7 +304,9 @@ def run(
     ] = None,
     replay: Annotated[
         Path | None,
-        typer.Option(help="Feed a recording through the same pipeline instead of a strap."),
+        typer.Option(
+            help="Feed a recording through the same pipeline instead of a strap.", parser=a_path
+        ),
     ] = None,
     speed: Annotated[
         float,

@@ -92,6 +92,8 @@ def test_device_and_all_help_say_what_each_command_takes() -> None:
         ["analyze", "rec.csv", "--rolling", ""],
         ["doctor", "--config", ""],
         ["log", "import", "latest", ""],
+        ["run", "--replay", ""],
+        ["demo", "--replay", ""],
     ],
 )
 def test_an_empty_path_is_a_usage_error_not_the_working_directory(
