@@ -286,15 +286,25 @@ def _breaks(
     # (live does not break there either).
     gaps = gaps_in_times(t_ok, np.fmax(cs.rr_raw_ms[ok], cs.rr_ms[ok]))
     if cut is not None and cut.any():
-        # Every raw beat has one row with its raw interval; the rows the correction inserted
-        # for it (a split) come right before that row, after the previous raw beat's.
-        raw_rows = np.flatnonzero(~np.isnan(cs.rr_raw_ms))
-        k = np.flatnonzero(cut)
-        first_row = np.where(k > 0, raw_rows[np.maximum(k - 1, 0)] + 1, 0)
-        analysed_before = np.concatenate([[0], np.cumsum(ok)])[first_row]
-        at = analysed_before[(analysed_before > 0) & (analysed_before < t_ok.size)]
-        gaps = np.union1d(gaps, at)
+        before = _analysed_before(cs, ok, cut)
+        gaps = np.union1d(gaps, before[(before > 0) & (before < t_ok.size)])
     return np.union1d(after_left_out, gaps).astype(np.intp)
+
+
+def _analysed_before(
+    cs: CorrectedSeries, ok: npt.NDArray[np.bool_], marked: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.intp]:
+    """For each raw beat marked in ``marked`` (one flag per raw beat): how many analysed
+    beats (``cs.*[ok]``) come before it and before any beat the correction inserted for it.
+    By rows, not times: a beat at the same time as the one before (a burst after a stall),
+    or one whose inserted half lies before it, is placed right."""
+    # Every raw beat has one row with its raw interval; the rows the correction inserted
+    # for it (a split) come right before that row, after the previous raw beat's.
+    raw_rows = np.flatnonzero(~np.isnan(cs.rr_raw_ms))
+    k = np.flatnonzero(marked)
+    first_row = np.where(k > 0, raw_rows[np.maximum(k - 1, 0)] + 1, 0)
+    out: npt.NDArray[np.intp] = np.concatenate([[0], np.cumsum(ok)])[first_row]
+    return out
 
 
 def _segments(n: int, breaks: npt.NDArray[np.intp]) -> list[tuple[int, int]]:
@@ -452,14 +462,16 @@ def _step_quality(
 
 
 def _inside_recorded_gaps(
-    steps: FloatArray, tc: FloatArray, gap_end_t_s: FloatArray
+    steps: FloatArray, tc: FloatArray, before: npt.NDArray[np.intp], gap_end_t_s: FloatArray
 ) -> npt.NDArray[np.bool_]:
     """Per step: does it lie after the last analysed beat (times ``tc``) before a recorded
-    gap and before the first beat after it (times ``gap_end_t_s``)?"""
+    gap (``before``: the number of analysed beats before it, :func:`_analysed_before`) and
+    before the first beat after it (times ``gap_end_t_s``)? (Searched by time, a gap beat
+    at the time of the one before took that one for the last before the gap: a step the
+    daemon had taken with a full window read quality 0 and no score.)"""
     inside = np.zeros(steps.size, dtype=bool)
-    for end in gap_end_t_s.tolist():
-        k = int(np.searchsorted(tc, end, side="left")) - 1
-        start = float(tc[k]) if k >= 0 else -math.inf
+    for k, end in zip(before.tolist(), gap_end_t_s.tolist(), strict=True):
+        start = float(tc[k - 1]) if k > 0 else -math.inf
         a, b = np.searchsorted(steps, [start, end], side="right")
         inside[a:b] = steps[a:b] < end
     return inside
@@ -660,7 +672,7 @@ def analyze(
         # Steps inside a gap the daemon recorded: it found the gap when the first beat after
         # it arrived and restarted every window before taking those steps (it takes them as
         # beats pass them): nothing in its windows, quality 0, no score.
-        inside = _inside_recorded_gaps(steps, tc, t[recorded])
+        inside = _inside_recorded_gaps(steps, tc, _analysed_before(cs, ok, recorded), t[recorded])
         step_ok &= ~inside
         quality[inside] = 0.0
         score = _score(steps, hr[idx], ln_step, lnlf, baseline_s, step_ok, step_s)

@@ -668,6 +668,36 @@ def test_a_long_beat_is_not_a_gap_in_the_recording() -> None:
     assert a.td.rmssd_ms == pytest.approx(float(np.sqrt(np.mean(np.diff(rc) ** 2))))
 
 
+def test_a_recorded_gap_at_the_time_of_the_beat_before_blanks_no_step_live_took() -> None:
+    """A beat the daemon recorded after a gap, stamped at the same time as the beat before
+    (a burst after a stall): `settle analyze` searched the gap's start by time, took the
+    beat before that one for the last before the gap, and blanked the step between them
+    (quality 0, no score) that the daemon had taken with a full window."""
+    from processing.live import LiveAnalyzer
+    from processing.offline import analyze
+
+    rr = 1000.0 + 40.0 * np.sin(np.arange(300) * 2.0 * np.pi / 5.0)
+    t = np.cumsum(rr) / 1000.0 + 0.3
+    t[200:] -= t[200] - t[199]
+    gap = np.zeros(t.size, dtype=bool)
+    gap[200] = True
+    roll = analyze(t, rr, rolling=True, correction=False, gap_before=gap).rolling
+    assert roll is not None
+    la = LiveAnalyzer(correction=False)
+    live = np.full(roll.step_t_s.size, np.nan)
+    j = 0
+    for k, (ti, ri) in enumerate(zip(t.tolist(), rr.tolist(), strict=True)):
+        if gap[k]:
+            la.gap(ti - ri / 1000.0)
+        while j < roll.step_t_s.size and roll.step_t_s[j] < ti:
+            live[j] = la.indices(float(roll.step_t_s[j])).quality
+            j += 1
+        la.push_beat(ti, ri)
+    at = int(np.searchsorted(roll.step_t_s, 200.0))
+    assert roll.step_t_s[at] == 200.0 and live[at] > 0.9
+    np.testing.assert_allclose(roll.step_quality[:j], live[:j], rtol=1e-9, atol=1e-12)
+
+
 def test_rolling_settling_score_is_the_one_live_shows() -> None:
     """A researcher re-analysing a session expects the settling score the practitioner saw:
     the same baseline (the usable snapshots of the first 2 minutes; a window of fewer than
