@@ -251,7 +251,16 @@ def check_database(db_path: Path) -> Check:
         os.unlink(probe)
     except OSError as exc:
         # WAL mode needs the directory too (it creates -wal and -shm next to the file).
-        why = "read-only" if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else exc
+        if exc.errno == errno.EROFS:
+            # A read-only mount: no chown makes it writable.
+            return Check(
+                "database",
+                False,
+                f"{existing} is on a read-only file system",
+                "choose a store on a writable disk with --db / storage.db_path (or remount "
+                "that one read-write)",
+            )
+        why = "read-only" if exc.errno in (errno.EACCES, errno.EPERM) else exc
         return Check("database", False, f"{existing} is not writable ({why})", fix_dir)
     free = shutil.disk_usage(existing).free
     if free < MIN_FREE_BYTES:

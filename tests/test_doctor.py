@@ -103,6 +103,24 @@ def test_read_only_store_directory_fails_with_a_fix(tmp_path: Path) -> None:
     assert list(ro.iterdir()) == []  # nothing left behind
 
 
+def test_a_store_on_a_read_only_mount_is_not_told_to_chown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store directory on a read-only mount (a backup disk): doctor said "not writable
+    (read-only)" and told the user to `chown $USER` it, which cannot help."""
+    import errno
+
+    import settle.doctor as d
+
+    def read_only_fs(*_a: object, **_k: object) -> tuple[int, str]:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(d.tempfile, "mkstemp", read_only_fs)
+    c = check_database(tmp_path / "settle.db")
+    assert not c.ok and c.detail == f"{tmp_path} is on a read-only file system"
+    assert "chown" not in c.fix and "--db" in c.fix
+
+
 def test_existing_store_is_opened_for_writing(tmp_path: Path) -> None:
     from sessions.store import SessionStore
 
