@@ -120,7 +120,25 @@ def _decode(payload: bytes, max_depth: int) -> tuple[Any, str | None]:
         value = json.loads(text, object_pairs_hook=pairs)
     except (ValueError, RecursionError):  # RecursionError: cannot happen after _shallow
         raise CommandDecodeError("payload is not valid JSON") from None
+    if _LONE_SURROGATE.search(text) and _has_lone_surrogate(value):
+        # "\ud800" (half of an emoji, as JSON.stringify writes a cut string) or its raw bytes:
+        # no text, and it could not be stored or sent on (a 500 and a traceback per request).
+        raise CommandDecodeError("payload holds a lone surrogate (half a character): not text")
     return value, duplicates[0] if duplicates else None
+
+
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]|\\u[dD][89a-fA-F]")
+"""A surrogate in the text, or a JSON escape of one: the cheap test before the walk."""
+
+
+def _has_lone_surrogate(value: object) -> bool:
+    if isinstance(value, str):
+        return any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 def _id_of(payload: bytes) -> str | None:

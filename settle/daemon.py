@@ -58,7 +58,7 @@ from sessions.store import Intention as StoredIntention
 from settle.backoff import backoff_delay_s
 from settle.config import Settings
 from settle.ecg import EcgRecorder
-from settle.errors import SensorError, SessionNotFound, SettleError
+from settle.errors import SensorError, SessionNotFound, SettleError, shown
 from settle.pipeline import BeatWriter, DeviceOutput, StrapPipeline, rescue_name
 
 log = logging.getLogger(__name__)
@@ -853,7 +853,7 @@ class Daemon:
         model = COMMANDS[name]
         rt = self._runtime(device_id)
         if rt is None:
-            return reply(f"unknown device {device_id!r}")
+            return reply(f"unknown device {shown(device_id)}")
         try:
             cmd = model.model_validate(raw)
         except ValidationError as exc:

@@ -1052,6 +1052,78 @@ async def test_bad_tokens_and_malformed_requests_are_one_line_not_a_traceback(
     assert "Traceback" not in caplog.text
 
 
+async def _raw(port: int, request: bytes) -> tuple[bytes, bytes]:
+    """Send ``request`` as is; the status line and the body (up to 4 KiB)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    status = await reader.readline()
+    rest = await asyncio.wait_for(reader.read(4096), 5.0)
+    writer.close()
+    await writer.wait_closed()
+    return status, rest
+
+
+async def test_malformed_bodies_names_and_ids_are_answered_not_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Requests that each ended in a 500 and a traceback in the log, past its rate limit (a
+    review sent them by hand): a token header or cookie whose bytes are no UTF-8 (before any
+    authentication, in the setup recommended for a LAN), a command whose text holds half an
+    emoji (JSON.stringify of a cut string writes "\\ud800"), a body labelled gzip that is
+    not, a static file name longer than the OS takes, a device name with an MQTT wildcard,
+    a Last-Event-ID of '²' (the stream ended after its head), and a pairing whose label is
+    an object (it was saved as "{'x': 1}")."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    post = {"X-Settle": "1"}
+    with SessionStore.open(tmp_path / "s.db") as store:
+        cfg = DashboardConfig(host="127.0.0.1", port=0, token="s3cret-token")
+        hub = Hub("settle")
+        async with Dashboard(hub, _NoDaemon(), store, cfg) as d:  # type: ignore[arg-type]
+            for header in (b"Authorization: Bearer \xff", b"Cookie: settle_token=\xed\xa0\x80"):
+                status, _ = await _raw(
+                    d.port,
+                    b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header
+                    + b"\r\nConnection: close\r\n\r\n",
+                )  # fmt: skip
+                assert b" 401 " in status, status
+            auth = {**post, "Authorization": "Bearer s3cret-token"}
+            async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True)
+            ) as http:
+                for body in (b'{"kind": "doubt", "text": "\\ud800"}',
+                             b'{"kind": "doubt", "text": "\xed\xa0\x80"}'):  # fmt: skip
+                    async with http.post(d.url + "api/cmd/x/marker", data=body, headers=auth) as r:
+                        assert r.status == 400
+                        assert "lone surrogate" in (await r.json())["error"]
+                gz = {**auth, "Content-Encoding": "gzip"}
+                async with http.post(d.url + "api/cmd/x/marker", data=b"{}", headers=gz) as r:
+                    assert r.status == 400 and "request body" in (await r.json())["error"]
+                async with http.post(d.url + "api/pair", data=b"{}", headers=gz) as r:
+                    assert r.status == 400
+                async with http.get(d.url + "static/" + "b" * 300, headers=auth) as r:
+                    assert r.status == 404
+                for device in ("a%2Bb", "a%23b", "a%00b"):
+                    url = d.url + f"api/cmd/{device}/marker"
+                    async with http.post(url, data=b"{}", headers=auth) as r:
+                        assert r.status == 400
+                        assert (await r.json())["error"].startswith("unknown device")
+                pair = b'{"label": {"x": 1}, "address": "C0:5E:77:1E:00:0A"}'
+                async with http.post(d.url + "api/pair", data=pair, headers=auth) as r:
+                    assert r.status == 400 and "must be strings" in (await r.json())["error"]
+                hub.publish("settle/dev/beat", b"{}", retain=False)
+                for last in (f"{hub.epoch}.²", f"{hub.epoch}." + "9" * 5000):
+                    events = {**auth, "Last-Event-ID": last}
+                    async with http.get(d.url + "events", headers=events) as r:
+                        assert r.status == 200
+                        got = await asyncio.wait_for(r.content.readuntil(b"event: health"), 5.0)
+                        assert b'"topic":"dev/beat"' in got  # the whole backlog; on it goes
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "Traceback" not in caplog.text
+
+
 async def test_require_token_protects_a_loopback_dashboard_and_pages_cannot_be_framed(
     tmp_path: Path,
 ) -> None:

@@ -347,6 +347,18 @@ def test_screen_never_raises_on_any_payload(text: str, depth: int) -> None:
             decode_json(nested(depth))
 
 
+def test_half_a_character_is_refused_over_mqtt_and_a_whole_one_taken() -> None:
+    """A lone surrogate (JSON "\\ud800", or its raw bytes) is no text: it cannot be stored
+    or sent on (over HTTP it was a 500 and a traceback). Refused as the payload's fault;
+    an escaped pair (an emoji) is one character and goes through."""
+    for payload in (b'{"kind": "doubt", "text": "\\ud800"}', b'{"text": "\xed\xa0\x80"}',
+                    b'{"\\udfff": 1}'):  # fmt: skip
+        assert "lone surrogate" in (screen_command("marker", payload, False).error or "")
+    emoji = b'{"kind": "doubt", "text": "\\ud83d\\ude00"}'
+    assert screen_command("marker", emoji, False).error is None
+    assert decode_json(emoji)["text"] == "\U0001f600"
+
+
 # -- 3: the command-line client is light and quick ------------------------------------------
 
 HEAVY = ("settle.app", "settle.daemon", "scipy", "feedback.dashboard", "sessions.report")

@@ -157,7 +157,9 @@ class Hub:
         after = 0
         if last_event_id:
             epoch, _, n = last_event_id.strip().partition(".")
-            if epoch == self.epoch and n.isdigit():
+            # ASCII digits that fit a counter: "²" passes isdigit() and 5 000 digits pass
+            # int()'s limit, and either ended the stream right after its head.
+            if epoch == self.epoch and n.isascii() and n.isdigit() and len(n) <= 18:
                 after = int(n)
         recent = sorted(
             (x for kept in self._backlog.values() for x in kept if x[0] > after),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import hmac
 import html
 import json
@@ -21,6 +22,7 @@ import logging
 import math
 import mimetypes
 import multiprocessing
+import re
 import secrets
 import shutil
 import sys
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from feedback.commands import CommandDecodeError, decode_json
 from feedback.dashboard.auth import is_loopback
@@ -43,7 +46,7 @@ from sessions.export_bids import bids_label
 from sessions.exporters import FORMATS
 from sessions.files import ExportError
 from sessions.store import SessionStore, SessionSummary
-from settle.errors import ConfigError, SettleError
+from settle.errors import ConfigError, SettleError, shown
 
 __all__ = ["Control", "Dashboard", "DashboardConfig", "DashboardError", "DeviceView"]
 
@@ -314,11 +317,53 @@ in <code>?token=…</code>); after that, this browser gets in without it.</p>
 """What a browser opening a page without the token sees (it showed the raw JSON error)."""
 
 
+async def _static_or_404(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]], request: web.Request
+) -> web.StreamResponse:
+    """aiohttp's static files, where a name the OS refuses (longer than it takes) is not
+    there either: it was a 500 and a traceback per request, past the log's rate limit."""
+    try:
+        return await handler(request)
+    except OSError:
+        return _error(404, "no such file")
+
+
+_NOT_IN_A_TOPIC = re.compile("[+#\x00]")
+"""What no device id holds: MQTT wildcards and NUL (as the daemon's own check)."""
+
+
+class _BadBody(ValueError):
+    """The body could not be read as sent: its Content-Encoding does not decode it."""
+
+
 async def _body(request: web.Request) -> bytes:
     """The request's body, sent within :data:`HEADER_TIMEOUT_S` (a body sent a byte at a
-    time held the connection as a half-sent head did)."""
+    time held the connection as a half-sent head did). :class:`_BadBody` if it does not
+    decode as its Content-Encoding says (``gzip`` on a plain body was a 500 and two
+    tracebacks per request)."""
     async with asyncio.timeout(HEADER_TIMEOUT_S):
-        return await request.read()
+        try:
+            return await request.read()
+        except RequestPayloadError as exc:
+            # Marked read to its end, or aiohttp reads the rest after the answer (to keep the
+            # connection), meets the same error again and logs it as a traceback.
+            request.content.feed_eof()
+            raise _BadBody(str(exc).partition(", message:")[2].strip() or "undecodable") from None
+
+
+async def _read_body(request: web.Request, what: str) -> bytes | web.Response:
+    """:func:`_body`, or the JSON error to answer with (too slow, too large, undecodable)."""
+    try:
+        return await _body(request)
+    except TimeoutError:
+        return _error(408, f"request body not sent within {HEADER_TIMEOUT_S:g} s")
+    except web.HTTPRequestEntityTooLarge:
+        # As every other refusal, JSON (aiohttp's own answer is a line of plain text).
+        return _error(413, f"request too large: {what} takes at most {MAX_BODY} bytes")
+    except _BadBody as exc:
+        response = _error(400, f"request body: {exc}")
+        response.force_close()  # what follows on the connection cannot be trusted
+        return response
 
 
 class Dashboard:
@@ -509,8 +554,11 @@ class Dashboard:
                 or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
             )
             # As bytes: compare_digest raises TypeError for a non-ASCII str (a 500 and a
-            # traceback for `?token=é`).
-            if not given or not hmac.compare_digest(given.encode(), token.encode()):
+            # traceback for `?token=é`); a header or cookie's bytes that are no UTF-8 arrive
+            # as lone surrogates, which only surrogateescape encodes (they raised too).
+            if not given or not hmac.compare_digest(
+                given.encode("utf-8", "surrogateescape"), token.encode()
+            ):
                 if page and "text/html" in request.headers.get("Accept", ""):
                     return web.Response(
                         text=TOKEN_PAGE, status=401, content_type="text/html",
@@ -520,6 +568,8 @@ class Dashboard:
         if request.method == "POST" and request.headers.get("X-Settle") != "1":
             # A custom header cannot be sent cross-site without a CORS preflight we never allow.
             return _error(403, "missing X-Settle header")
+        if request.path.startswith("/static/"):
+            handler = functools.partial(_static_or_404, handler)
         if token is None or "token" not in request.query:
             return await handler(request)
         if page:
@@ -604,14 +654,14 @@ class Dashboard:
     async def _command(self, request: web.Request) -> web.StreamResponse:
         device, name = request.match_info["device"], request.match_info["name"]
         if name not in COMMANDS:
-            return _error(404, f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
-        try:
-            body = await _body(request)
-        except TimeoutError:
-            return _error(408, f"request body not sent within {HEADER_TIMEOUT_S:g} s")
-        except web.HTTPRequestEntityTooLarge:
-            # As every other refusal, JSON (aiohttp's own answer is a line of plain text).
-            return _error(413, f"request too large: a command takes at most {MAX_BODY} bytes")
+            return _error(404, f"unknown command {shown(name)} (known: {', '.join(COMMANDS)})")
+        if _NOT_IN_A_TOPIC.search(device):
+            # No device is named so (the daemon ignores it: no topic to answer on), and the
+            # missing result read "the daemon gave no result", a 500.
+            return _error(400, f"unknown device {shown(device)}")
+        body = await _read_body(request, "a command")
+        if isinstance(body, web.Response):
+            return body
         try:
             # A repeated key is refused, as over MQTT (json.loads would keep the last value).
             raw = decode_json(body or b"{}", unique_keys=True)
@@ -648,16 +698,19 @@ class Dashboard:
         return _json({"v": 1, "straps": found, "devices": self._state_body()["devices"]})
 
     async def _pair(self, request: web.Request) -> web.StreamResponse:
-        try:
-            body = await _body(request)
-        except TimeoutError:
-            return _error(408, f"request body not sent within {HEADER_TIMEOUT_S:g} s")
+        body = await _read_body(request, "a pairing")
+        if isinstance(body, web.Response):
+            return body
         try:
             raw = decode_json(body)
-            label, address = str(raw["label"]).strip(), str(raw["address"]).strip()
-            name, device_id = str(raw.get("name", "")), str(raw.get("device_id", ""))
+            fields = [raw["label"], raw["address"], raw.get("name", ""), raw.get("device_id", "")]
         except (ValueError, KeyError, TypeError):
             return _error(400, "expected {label, address, name, device_id}")
+        if not all(isinstance(f, str) for f in fields):
+            # str() made {"x": 1} a label and null a name "None" (device id none_…), saved
+            # over a good entry of that label or strap.
+            return _error(400, "label, address, name and device_id must be strings")
+        label, address, name, device_id = fields[0].strip(), fields[1].strip(), *fields[2:]
         if not label or not address:
             return _error(400, "label and address must not be empty")
         try:
