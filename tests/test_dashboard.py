@@ -30,6 +30,7 @@ from typing import Any, cast
 
 import aiohttp
 import pytest
+import yarl
 from aiohttp import web
 from rich.console import Console
 
@@ -1113,6 +1114,19 @@ async def test_malformed_bodies_names_and_ids_are_answered_not_a_traceback(
                 pair = b'{"label": {"x": 1}, "address": "C0:5E:77:1E:00:0A"}'
                 async with http.post(d.url + "api/pair", data=pair, headers=auth) as r:
                     assert r.status == 400 and "must be strings" in (await r.json())["error"]
+                lower = {**post, "Authorization": "bearer s3cret-token"}  # schemes: any case
+                async with http.get(d.url + "api/state", headers=lower) as r:
+                    assert r.status == 200
+                async with http.post(d.url + "api/scan?timeout=nan", headers=auth) as r:
+                    assert r.status == 400  # NaN passed the clamp: a scan of no time
+                dots = yarl.URL(d.url + "sessions/%2e%2e/report", encoded=True)
+                async with http.get(dots, headers=auth) as r:
+                    assert r.status == 404 and "settle-" not in await r.text()  # no temp path
+                dots = yarl.URL(d.url + "sessions/%2e%2e/export/csv", encoded=True)
+                async with http.get(dots, headers=auth) as r:
+                    assert r.status == 404 and (await r.json())["error"] == "no session '..'"
+                async with http.head(d.url + "events", headers=auth) as r:
+                    assert r.status == 405  # it streamed a body, for ever
                 hub.publish("settle/dev/beat", b"{}", retain=False)
                 for last in (f"{hub.epoch}.²", f"{hub.epoch}." + "9" * 5000):
                     events = {**auth, "Last-Event-ID": last}

@@ -328,8 +328,19 @@ async def _static_or_404(
         return _error(404, "no such file")
 
 
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What a session id can be (``YYYYMMDDTHHMMSS-xxxx``; any id of this shape is looked up)."""
 _NOT_IN_A_TOPIC = re.compile("[+#\x00]")
 """What no device id holds: MQTT wildcards and NUL (as the daemon's own check)."""
+
+
+def _bearer(authorization: str) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header (the scheme in any case, as
+    HTTP has it: ``bearer`` was refused; a bare token is taken as before)."""
+    scheme, _, value = authorization.strip().partition(" ")
+    if not value:
+        return scheme
+    return value.strip() if scheme.lower() == "bearer" else ""
 
 
 class _BadBody(ValueError):
@@ -415,7 +426,7 @@ class Dashboard:
         for page in PAGES:
             r.add_get(f"/{page}", self._page)
         r.add_get("/history/{sid}", self._page)
-        r.add_get("/events", self._events)
+        r.add_get("/events", self._events, allow_head=False)  # HEAD streamed a body
         r.add_get("/api/state", self._state)
         r.add_post("/api/cmd/{device}/{name:.+}", self._command)
         r.add_post("/api/scan", self._scan)
@@ -551,7 +562,7 @@ class Dashboard:
             given = (
                 request.query.get("token")
                 or request.cookies.get(COOKIE)
-                or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+                or _bearer(request.headers.get("Authorization", ""))
             )
             # As bytes: compare_digest raises TypeError for a non-ASCII str (a 500 and a
             # traceback for `?token=é`); a header or cookie's bytes that are no UTF-8 arrive
@@ -683,9 +694,12 @@ class Dashboard:
 
     async def _scan(self, request: web.Request) -> web.StreamResponse:
         try:
-            timeout_s = min(max(float(request.query.get("timeout", "3")), 0.5), 30.0)
+            timeout_s = float(request.query.get("timeout", "3"))
         except ValueError:
+            timeout_s = math.nan
+        if not math.isfinite(timeout_s):  # NaN passed the clamp: a scan of no time at all
             return _error(400, "timeout: expected seconds")
+        timeout_s = min(max(timeout_s, 0.5), 30.0)
         if self._scanning:
             return _error(409, "a scan is already running: wait for its result")
         self._scanning = True
@@ -845,7 +859,12 @@ class Dashboard:
 
     async def _report(self, request: web.Request) -> web.StreamResponse:
         sid = request.match_info["sid"]
-        status, text = await self._work(render_report, sid)
+        status, text = (
+            await self._work(render_report, sid)
+            if _SESSION_ID.fullmatch(sid)
+            # Not an id (".." answered with a temporary folder's path in the message).
+            else ("error", f"no session {shown(sid)}")
+        )
         if status == "error":
             # Shown in the history page's frame: a sentence, not a JSON document.
             page = (
@@ -869,6 +888,8 @@ class Dashboard:
                 bids_label(subject, "subject")
             except ExportError as exc:
                 return _error(400, f"subject: {exc.reason}")
+        if not _SESSION_ID.fullmatch(sid):
+            return _error(404, f"no session {shown(sid)}")
         tmp = Path(tempfile.mkdtemp(prefix="settle-export-"))
         try:
             status, where = await self._work(export_files, sid, fmt, subject or "01", str(tmp))
