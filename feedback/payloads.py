@@ -7,6 +7,7 @@ so a subscriber can count what it missed.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -56,6 +57,19 @@ class _Payload(BaseModel):
         return self.model_dump_json().encode()
 
 
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""Control characters but tab and line breaks: a NUL or an escape sequence in a marker's text
+went verbatim into the CSV export and the report."""
+
+
+def _no_control(v: str, *, lines: bool) -> str:
+    bad = _CONTROL.search(v) or (None if lines else re.search("[\t\n\r]", v))
+    if bad is not None:
+        allowed = " (tab and line breaks are)" if lines else ""
+        raise ValueError(f"control character {bad.group()!r} not allowed{allowed}")
+    return v
+
+
 class Intention(BaseModel):
     """What the practitioner holds during a session."""
 
@@ -67,6 +81,11 @@ class Intention(BaseModel):
     """The statement being held, e.g. "I am safe"."""
     practice: str = Field("", max_length=100)
     """Practice kind, e.g. "loving-kindness", "breathing"."""
+
+    @field_validator("target", "statement", "practice")
+    @classmethod
+    def _one_line(cls, v: str) -> str:
+        return _no_control(v, lines=False)
 
 
 class BridgeInfoPayload(_Payload):
@@ -295,6 +314,11 @@ class MarkerCommand(_Command):
 
     kind: MarkerKind = "note"
     text: str = Field("", max_length=2000)
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        return _no_control(v, lines=True)
 
 
 class SessionStartCommand(_Command):

@@ -359,6 +359,34 @@ def test_half_a_character_is_refused_over_mqtt_and_a_whole_one_taken() -> None:
     assert decode_json(emoji)["text"] == "\U0001f600"
 
 
+@pytest.mark.parametrize(
+    "name, payload, verdict",
+    [
+        ("marker", {"kind": "shame", "text": "came back\r\nat 5 min\twhile holding"}, None),
+        ("marker", {"kind": "note", "text": "nul\x00"}, "control character '\\x00'"),
+        ("marker", {"kind": "note", "text": "\x1b[2J cleared"}, "control character '\\x1b'"),
+        ("session/start", {"intention": {"target": "self", "statement": "I am\nsafe"}},
+         "control character '\\n'"),
+    ],
+)  # fmt: skip
+def test_control_characters_stay_out_of_markers_and_intentions(
+    name: str, payload: dict[str, Any], verdict: str | None
+) -> None:
+    """A NUL or an escape sequence in a marker's text (from any MQTT client or the HTTP
+    route) went verbatim into the CSV export and the report; a statement is one line. A
+    note keeps its tabs and line breaks."""
+    from pydantic import ValidationError
+
+    from feedback.payloads import COMMANDS
+
+    body = {"id": "c1", **payload}
+    if verdict is None:
+        COMMANDS[name].model_validate(body)
+    else:
+        with pytest.raises(ValidationError, match=re.escape(verdict)):
+            COMMANDS[name].model_validate(body)
+
+
 # -- 3: the command-line client is light and quick ------------------------------------------
 
 HEAVY = ("settle.app", "settle.daemon", "scipy", "feedback.dashboard", "sessions.report")
