@@ -62,11 +62,22 @@ _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 went verbatim into the CSV export and the report."""
 
 
+STATEMENT_MAX_CHARS = 500
+PRACTICE_MAX_CHARS = 100
+
+
+def control_character(text: str, *, lines: bool) -> str | None:
+    """The first control character in ``text`` (with ``lines``, tab and line breaks are
+    allowed), or None. Also what ``settle log set`` holds the intention to."""
+    bad = _CONTROL.search(text) or (None if lines else re.search("[\t\n\r]", text))
+    return None if bad is None else bad.group()
+
+
 def _no_control(v: str, *, lines: bool) -> str:
-    bad = _CONTROL.search(v) or (None if lines else re.search("[\t\n\r]", v))
+    bad = control_character(v, lines=lines)
     if bad is not None:
         allowed = " (tab and line breaks are)" if lines else ""
-        raise ValueError(f"control character {bad.group()!r} not allowed{allowed}")
+        raise ValueError(f"control character {bad!r} not allowed{allowed}")
     return v
 
 
@@ -77,9 +88,9 @@ class Intention(BaseModel):
 
     target: str = Field("free", min_length=1, max_length=64)
     """Target model: ``self``, ``future``, ``relational``, or free text."""
-    statement: str = Field("", max_length=500)
+    statement: str = Field("", max_length=STATEMENT_MAX_CHARS)
     """The statement being held, e.g. "I am safe"."""
-    practice: str = Field("", max_length=100)
+    practice: str = Field("", max_length=PRACTICE_MAX_CHARS)
     """Practice kind, e.g. "loving-kindness", "breathing"."""
 
     @field_validator("target", "statement", "practice")

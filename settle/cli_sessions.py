@@ -483,16 +483,18 @@ def log_set(
     # As the same fields sent over MQTT (feedback.payloads.Intention): they are shown on the
     # dashboard, in reports and on the terminal, where a control character (an escape
     # sequence) would act on the terminal.
+    from feedback.payloads import PRACTICE_MAX_CHARS, STATEMENT_MAX_CHARS, control_character
+
     for option, text, most in (
-        ("--statement", statement, 500),
-        ("--practice", practice, 100),
+        ("--statement", statement, STATEMENT_MAX_CHARS),
+        ("--practice", practice, PRACTICE_MAX_CHARS),
         *(("--tag", t, 64) for t in tag or []),
     ):
         if text is None:
             continue
         if len(text) > most:
             _fail(f"{option}: at most {most} characters, got {len(text)}", 2)
-        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        if control_character(text, lines=False) is not None:
             _fail(f"{option}: control characters are not allowed, got {shown(text)}", 2)
     if all(x is None for x in (target, statement, practice, notes, baseline, started)) and not tag:
         # It printed "updated session …" having changed nothing.
