@@ -29,12 +29,18 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 
-def a_path(value: str) -> Path:
-    """A path option's value (``parser=``): an empty one is a usage error. ``Path("")`` is
-    the working directory, so ``--out ""`` wrote there and ``--db ""`` opened it."""
+def a_path_text(value: str) -> str:
+    """A path option's value kept as text (``parser=``): an empty one is a usage error.
+    ``Path("")`` is the working directory, so ``--out ""`` wrote there and ``--db ""``
+    opened it."""
     if value == "":
         raise typer.BadParameter("the path is empty")
-    return Path(value)
+    return value
+
+
+def a_path(value: str) -> Path:
+    """:func:`a_path_text` as a :class:`~pathlib.Path`."""
+    return Path(a_path_text(value))
 
 
 ConfigOpt = Annotated[
@@ -118,6 +124,7 @@ def export(
         typer.Option(
             "--out",
             help="File or existing directory to write (bids: the dataset root directory).",
+            parser=a_path_text,
         ),
     ],
     fmt: Annotated[str, typer.Option("--format", help="csv, json, edf, bids or kubios.")] = "csv",
@@ -168,8 +175,6 @@ def export(
             bids_label(subject, "subject")
         except ExportError as exc:  # a bad option value: a usage error, before the store
             _fail(f"--subject: {exc.reason}", 2)
-    if out_arg == "":
-        _fail("Invalid value for '--out': the path is empty", 2)
     out_path = Path(out_arg)
     if out_arg.endswith(("/", os.sep)) and fmt != "bids" and not out_path.is_dir():
         # Path() drops the trailing slash: without this, `--out missing/` would write a file
