@@ -720,10 +720,14 @@ def correct_rr(
     *,
     rr_min_ms: float = 0.0,
     rr_max_ms: float = math.inf,
+    released: list[int] | None = None,
 ) -> CorrectedSeries:
     """Classify and correct one unbroken series: :class:`ArtefactCorrector` (with the
     plausible range for its merges and splits) over all beats, then
-    :meth:`~ArtefactCorrector.flush`, collected into arrays."""
+    :meth:`~ArtefactCorrector.flush`, collected into arrays.
+
+    ``released``, if given, gets one number per beat: how many rows were final once that
+    beat was pushed (a streaming consumer saw them then; the rest came with the flush)."""
     t = np.asarray(t_s, dtype=np.float64)
     rr = np.asarray(rr_ms, dtype=np.float64)
     if t.shape != rr.shape or rr.ndim != 1:
@@ -731,8 +735,13 @@ def correct_rr(
     corr = ArtefactCorrector(rr_min_ms, rr_max_ms)
     rows: list[_Row] = []
     push = corr._push_rows
-    for ti, ri in zip(t.tolist(), rr.tolist(), strict=True):
-        push(ti, ri, rows)
+    if released is None:
+        for ti, ri in zip(t.tolist(), rr.tolist(), strict=True):
+            push(ti, ri, rows)
+    else:
+        for ti, ri in zip(t.tolist(), rr.tolist(), strict=True):
+            push(ti, ri, rows)
+            released.append(len(rows))
     corr._flush_rows(rows)
     if not rows:
         return collect([])

@@ -370,7 +370,7 @@ class LiveAnalyzer:
         grid, x = resample_cubic(t, rr, FS_HZ)
         n = round(length_s * FS_HZ)
         x = x[grid > t_s - length_s][-n:]
-        if x.size < n - 4:
+        if x.size < n:
             return None
         f, p = periodograms(x[None, :], FS_HZ, nfft=1024, f_max=INDICES_MAX_HZ)
         return f, p[0] / spline_power_gain(f, float(np.mean(rr)) / 1000.0)

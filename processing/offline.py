@@ -15,6 +15,7 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -172,7 +173,7 @@ def _classify(
     rr_max_ms: float,
     warmup: npt.NDArray[np.bool_] | None = None,
     cut: npt.NDArray[np.bool_] | None = None,
-) -> CorrectedSeries:
+) -> tuple[CorrectedSeries, npt.NDArray[np.intp]]:
     """Per-beat provenance: warm-up beats and implausible intervals marked, the runs between
     them (split again at gaps in the beat times) corrected one by one, or taken as they are.
 
@@ -191,9 +192,12 @@ def _classify(
     they may merge): the two paths give every beat the same class.
     A beat whose corrected interval falls outside the range after all (an interpolation
     between neighbours that noise corrupted) is implausible too, in place, as the daemon
-    marks it."""
+    marks it.
+
+    Also returns, per row, the raw beat whose arrival made the row final in the daemon
+    (:func:`_classify_kept`)."""
     if t.size == 0:
-        return collect([])
+        return collect([]), np.zeros(0, dtype=np.intp)
     warm = np.zeros(t.size, dtype=bool) if warmup is None else warmup
     plausible = (rr >= rr_min_ms) & (rr <= rr_max_ms) & ~warm
     none = np.zeros(t.size, dtype=bool)
@@ -201,12 +205,14 @@ def _classify(
     maybe = may_be_repaired(rr, prev, rr_min_ms, rr_max_ms) & ~warm if correction else none
     # The correction itself marks one it neither splits nor merges implausible and starts
     # afresh after it (ArtefactCorrector._left_out), as live.
-    cs = _classify_kept(t, rr, correction, plausible | maybe, warm, cut, (rr_min_ms, rr_max_ms))
+    cs, released = _classify_kept(
+        t, rr, correction, plausible | maybe, warm, cut, (rr_min_ms, rr_max_ms)
+    )
     bad = (cs.rr_ms < rr_min_ms) | (cs.rr_ms > rr_max_ms)  # NaN (not analysed) compares False
     if bad.any():
         cs.rr_ms[bad] = np.nan
         cs.code[bad] = _IMPLAUSIBLE
-    return cs
+    return cs, released
 
 
 def _classify_kept(
@@ -217,16 +223,24 @@ def _classify_kept(
     warm: npt.NDArray[np.bool_],
     cut: npt.NDArray[np.bool_] | None = None,
     rr_range_ms: tuple[float, float] = (0.0, math.inf),
-) -> CorrectedSeries:
+) -> tuple[CorrectedSeries, npt.NDArray[np.intp]]:
     """:func:`_classify` for a given set of analysed beats (``keep``); the rest are marked
-    warm-up or implausible. The correction also starts afresh at beats marked in ``cut``."""
+    warm-up or implausible. The correction also starts afresh at beats marked in ``cut``.
+
+    Also returns, per row, the index of the raw beat whose arrival made the row final in the
+    daemon: the beat itself without correction or when left out; with correction the one
+    the look-ahead waited for, and for the beats still pending where a run ends, the beat
+    that ends it (the daemon finalises them there: a gap, a cut or a left-out beat), or
+    ``t.size`` (never, in the recording) at its end."""
     left_out = np.where(warm, _WARMUP, _IMPLAUSIBLE).astype(np.int8)
     parts: list[tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.int8]]] = []
+    released: list[npt.NDArray[np.intp]] = []
     edges = np.flatnonzero(np.diff(keep.astype(np.int8)) != 0) + 1
     for a, b in itertools.pairwise([0, *edges.tolist(), t.size]):
         ts, rs = t[a:b], rr[a:b]
         if not keep[a]:
             parts.append((ts, rs, np.full(rs.size, np.nan), left_out[a:b]))
+            released.append(np.arange(a, b, dtype=np.intp))
             continue
         cuts = [0, ts.size]
         if correction:
@@ -236,14 +250,24 @@ def _classify_kept(
             cuts = [0, *at.tolist(), ts.size]
         for c, d in itertools.pairwise(cuts):
             if correction:
+                counts: list[int] = []
                 cs = correct_rr(
-                    ts[c:d], rs[c:d], rr_min_ms=rr_range_ms[0], rr_max_ms=rr_range_ms[1]
+                    ts[c:d],
+                    rs[c:d],
+                    rr_min_ms=rr_range_ms[0],
+                    rr_max_ms=rr_range_ms[1],
+                    released=counts,
                 )
                 parts.append((cs.t_s, cs.rr_raw_ms, cs.rr_ms, cs.code))
+                # Row r is final with the first push after which more than r rows were.
+                by = np.searchsorted(np.asarray(counts), np.arange(cs.t_s.size), side="right")
+                released.append((a + c + by).astype(np.intp))  # d - c (the flush): a + d
             else:
                 parts.append((ts[c:d], rs[c:d], rs[c:d], np.zeros(d - c, np.int8)))
+                released.append(np.arange(a + c, a + d, dtype=np.intp))
     t_s, raw, corr, code = (np.concatenate([p[k] for p in parts]) for k in range(4))
-    return CorrectedSeries.from_rows(t_s, raw, corr, code.astype(np.int8))
+    cs = CorrectedSeries.from_rows(t_s, raw, corr, code.astype(np.int8))
+    return cs, np.concatenate(released)
 
 
 def gaps_in_times(t: FloatArray, rr: FloatArray) -> npt.NDArray[np.intp]:
@@ -307,6 +331,93 @@ def _analysed_before(
     return out
 
 
+class _Seen(NamedTuple):
+    """Per step, what the daemon's analyzer held when it took the step."""
+
+    last: npt.NDArray[np.intp]
+    """The last analysed beat (an index into the analysed beats; −1: none yet)."""
+    n_rows: npt.NDArray[np.intp]
+    """How many rows (of :class:`CorrectedSeries`, all classes) were final."""
+    restarted: npt.NDArray[np.bool_]
+    """Its windows had restarted (a gap, a cut, a left-out beat) after ``last``: empty."""
+
+
+def _steps_seen(
+    steps: FloatArray,
+    t: FloatArray,
+    cs: CorrectedSeries,
+    ok: npt.NDArray[np.bool_],
+    released: npt.NDArray[np.intp],
+    cut: npt.NDArray[np.bool_],
+    recorded: npt.NDArray[np.bool_],
+    correction: bool,
+    t_ok: FloatArray,
+) -> _Seen:
+    """What the daemon had at each step (:class:`_Seen`), by the order in which it handles
+    beats and steps (settle.pipeline): with correction it pushes each beat, then takes the
+    steps up to that beat's time, and a row is final once the beat it waited for
+    (``released``, from :func:`_classify`) has been pushed — up to 3 beats after its own, so
+    its windows end that much earlier than the step; without correction it takes the steps
+    before a beat's time first and every beat is final as it is pushed. Its windows restart
+    at a recorded gap (before the steps inside it), at a stall cut and at a left-out beat (as
+    the beat is handled, or, left out by the correction, when that row is final).
+
+    ``t``: the raw beat times (``cut`` and ``recorded`` have one flag per raw beat);
+    ``t_ok``: the analysed beats' times in order (:func:`_time_line`)."""
+    n = t.size
+    arrived = np.maximum.accumulate(t) if n else t  # a beat pulled back waits for the steps
+
+    def once(beat: npt.NDArray[np.intp], strict: bool) -> FloatArray:
+        """The step times from which beat ``beat`` has been handled: steps after its time
+        (``strict``: its steps were taken before it) or from it."""
+        at = arrived[np.clip(beat, 0, max(n - 1, 0))] if n else np.zeros(beat.size)
+        at = np.where(beat >= n, np.inf, at)
+        return np.nextafter(at, np.inf) if strict else at
+
+    raw_row = cs.raw_index
+    if correction:
+        # Final once beat R is pushed: from the steps after beat R − 1 (taken before it).
+        rows_from = np.where(released > 0, once(released - 1, True), -np.inf)
+    else:
+        rows_from = once(released, False)
+    n_rows = np.searchsorted(rows_from, steps, side="right").astype(np.intp)
+    before_row = np.concatenate([[0], np.cumsum(ok)])
+    last = before_row[n_rows] - 1
+
+    # Restarts: (from which step, analysed beats before it).
+    left = np.flatnonzero(cs.code >= _NOT_ANALYSED)
+    cuts = np.flatnonzero(cut)
+    if correction:
+        left_from = np.where(released[left] > 0, once(released[left] - 1, True), -np.inf)
+        cut_from = np.where(cuts > 0, once(cuts - 1, True), -np.inf)
+    else:
+        warm = cs.code[left] == _WARMUP  # the reconnect's gap came before them
+        left_from = np.where(
+            warm,
+            np.where(raw_row[left] > 0, once(raw_row[left] - 1, True), -np.inf),
+            once(raw_row[left], False),
+        )
+        cut_from = np.where(
+            recorded[cuts],
+            np.where(cuts > 0, once(cuts - 1, True), -np.inf),
+            once(cuts, False),
+        )
+    # A gap in the times alone (no recorded one): its first beat starts the windows afresh.
+    gaps = gaps_in_times(t_ok, np.fmax(cs.rr_raw_ms[ok], cs.rr_ms[ok]))
+    gap_from = rows_from[np.flatnonzero(ok)[gaps]]
+    ev_from = np.concatenate([left_from, cut_from, gap_from])
+    ev_before = np.concatenate(
+        [before_row[left], _analysed_before(cs, ok, cut), gaps.astype(np.intp)]
+    )
+    restarted = np.zeros(steps.size, dtype=bool)
+    if ev_from.size:
+        order = np.argsort(ev_from, kind="stable")
+        latest = np.maximum.accumulate(ev_before[order])
+        k = np.searchsorted(ev_from[order], steps, side="right") - 1
+        restarted = (k >= 0) & (latest[np.maximum(k, 0)] > last)
+    return _Seen(last, n_rows, restarted)
+
+
 def _segments(n: int, breaks: npt.NDArray[np.intp]) -> list[tuple[int, int]]:
     """Index ranges ``[a, b)`` of the unbroken runs (of ≥ 2 beats) of ``n`` beats."""
     edges = [0, *breaks.tolist(), n]
@@ -317,49 +428,57 @@ def itertools_pairwise(x: list[int]) -> list[tuple[int, int]]:
     return list(itertools.pairwise(x))
 
 
+def _step_times(t: FloatArray, step_s: float) -> FloatArray:
+    """The daemon's steps over beats at times ``t``: multiples of ``step_s`` (as its first
+    snapshot is at ``step_s``)."""
+    if t.size < 2:
+        return np.empty(0)
+    first, end = math.ceil(t[0] / step_s), math.floor((t[-1] + 1e-9) / step_s)
+    out: FloatArray = np.arange(first, end + 1) * step_s
+    return out
+
+
 def _rolling_spectra(
     t: FloatArray,
     rr: FloatArray,
-    window_s: float,
+    steps: FloatArray,
+    seen: _Seen,
     segments: list[tuple[int, int]],
     done: Callable[[float], None] = lambda _share: None,
-    step_s: float = STEP_S,
 ) -> tuple[FloatArray, ...]:
-    """Spectra and coherence every ``step_s``; ``done(share)`` after each batch of windows,
-    with the share of the steps' windows computed so far (a progress display)."""
+    """Spectra and coherence at every step, over the windows the daemon had (``seen``: they
+    end at the last beat it held); ``done(share)`` after each batch of windows, with the
+    share of the steps' windows computed so far (a progress display)."""
     n_coh = round(COHERENCE_WINDOW_S * FS_HZ)
     n_sp = round(SPECTRAL_WINDOW_S * FS_HZ)
-    if t.size < 2:
-        e = np.empty(0)
-        return e, e, e, e, e, e
-    # The daemon's steps: multiples of step_s (as its first snapshot is at step_s).
-    steps = np.arange(math.ceil(t[0] / step_s), math.floor((t[-1] + 1e-9) / step_s) + 1) * step_s
     lf = np.full(steps.size, np.nan)
     hf = np.full(steps.size, np.nan)
     resp = np.full(steps.size, np.nan)
     coh = np.full(steps.size, np.nan)
     lnlf = np.full(steps.size, np.nan)
     n_done = 0
+    last = seen.last
     for a, b in segments:
         ts, rs = t[a:b], rr[a:b]
         if ts.size < 8:
             continue
         seg_start = ts[0] - rs[0] / 1000.0
-        # Only the steps a window of this run can end at (a margin wider than the rounding
-        # of the exact test below): a run shorter than the shortest window is not resampled.
-        lo = int(np.searchsorted(steps, seg_start + min(n_coh, n_sp) / FS_HZ - 1e-6))
-        hi = int(np.searchsorted(steps, ts[-1] + 1e-6, side="right"))
-        if lo >= hi:
+        # The steps whose last beat is in this run, as long as the run is longer than the
+        # shortest window (a run shorter than that is not resampled).
+        lo = int(np.searchsorted(last, a))
+        hi = int(np.searchsorted(last, b))
+        if lo >= hi or ts[-1] - ts[0] < min(n_coh, n_sp) / FS_HZ - 1.0:
             continue
         t0 = math.ceil(seg_start * FS_HZ) / FS_HZ
         grid, x = resample_cubic(ts, rs, FS_HZ, t0=max(t0, ts[0]))
         if grid.size == 0:
             continue
         csum = np.concatenate([[0.0], np.cumsum(rs)])
-        st = steps[lo:hi]
-        ends = np.searchsorted(grid, st, side="right")  # sample count up to each step
+        end_t = t[last[lo:hi]]  # each window ends at the step's last beat
+        ends = np.searchsorted(grid, end_t + 1e-9, side="right")  # samples up to it
         for nwin, kind in ((n_coh, "coh"), (n_sp, "sp")):
-            ok = (ends >= nwin) & (st - nwin / FS_HZ >= seg_start - 1e-9) & (st <= ts[-1] + 1e-9)
+            ok = (ends >= nwin) & (end_t - nwin / FS_HZ >= seg_start - 1e-9)
+            ok &= ~seen.restarted[lo:hi]
             loc = np.flatnonzero(ok)
             if loc.size == 0:
                 continue
@@ -370,9 +489,9 @@ def _rolling_spectra(
                 f, p = periodograms(rows, FS_HZ, nfft=1024, f_max=INDICES_MAX_HZ)
                 # The spline's gain for the mean RR of each window's own beats (with the 5 s
                 # margin live resamples): a run's mean misjudged a heart slowing to 36 bpm.
-                end_t = st[loc[c : c + 2000]]
-                b0 = np.searchsorted(ts, end_t - nwin / FS_HZ - 5.0, side="right")
-                b1 = np.searchsorted(ts, end_t + 1e-9, side="right")
+                e = end_t[loc[c : c + 2000]]
+                b0 = np.searchsorted(ts, e - nwin / FS_HZ - 5.0, side="right")
+                b1 = np.searchsorted(ts, e + 1e-9, side="right")
                 mean_rr_s = (csum[b1] - csum[b0]) / np.maximum(b1 - b0, 1) / 1000.0
                 p = p / spline_power_gain(f[None, :], mean_rr_s[:, None])
                 if kind == "coh":
@@ -383,8 +502,8 @@ def _rolling_spectra(
                     hf[ii] = _bandsum(f, p, 0.15, 0.4)
                     resp[ii] = 60.0 * resp_peak_hz(f, p)
                 n_done += ii.size
-                done(n_done / (2 * steps.size))
-    return steps, lf, hf, resp, coh, lnlf
+                done(n_done / (2 * max(steps.size, 1)))
+    return lf, hf, resp, coh, lnlf
 
 
 def _ln(x: FloatArray) -> FloatArray:
@@ -417,6 +536,7 @@ def _coherence_rows(f: FloatArray, p: FloatArray) -> FloatArray:
 
 def _step_quality(
     steps: FloatArray,
+    seen: _Seen,
     tc: FloatArray,
     rc: FloatArray,
     n_window: npt.NDArray[np.intp],
@@ -426,7 +546,7 @@ def _step_quality(
     jumps: npt.NDArray[np.bool_],
 ) -> tuple[npt.NDArray[np.bool_], FloatArray]:
     """``(usable, quality)`` per step, as :class:`~processing.live.LiveAnalyzer` computes them
-    (``jumps``: :func:`_jumps` of the analysed raw intervals).
+    from what it held (``seen``; ``jumps``: :func:`_jumps` of the analysed raw intervals).
 
     Usable: at least :data:`~processing.live.MIN_WINDOW_BEATS` beats in the rolling window
     (``n_window``, per step), and not more than :data:`IRREGULAR_SHARE_MAX` of the last
@@ -435,13 +555,12 @@ def _step_quality(
     intervals jumping by more than :data:`~processing.live.JUMP_REL`.
     Quality: ``(1 − that flagged share) · coverage``, coverage = corrected RR time within the
     ``window_s`` before the step and since the last break (``run_start`` of each beat) over
-    ``window_s``. Live multiplies by the share of beats with skin contact, which an RR file
-    does not carry.
+    ``window_s``, 0 where the windows had restarted. Live multiplies by the share of beats
+    with skin contact, which an RR file does not carry.
     """
     rows = ~np.isnan(cs.rr_raw_ms) & (cs.code < _NOT_ANALYSED)
-    ft = np.maximum.accumulate(cs.t_s[rows]) if rows.any() else cs.t_s[rows]
     cf = np.concatenate([[0], np.cumsum(cs.code[rows] != 0)])
-    m = np.searchsorted(ft, steps, side="right")
+    m = np.concatenate([[0], np.cumsum(rows)])[seen.n_rows]  # raw beats it had flagged or not
     w = np.minimum(m, QUALITY_BEATS)
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(w > 0, (cf[m] - cf[m - w]) / np.maximum(w, 1), 1.0)
@@ -451,30 +570,14 @@ def _step_quality(
     top = np.maximum(m - 1, 0)
     irregular |= (wj >= 30) & (cj[top] - cj[top - wj] > JUMP_SHARE_MAX * wj)
     usable: npt.NDArray[np.bool_] = (n_window >= MIN_WINDOW_BEATS) & ~irregular
-    last = np.searchsorted(tc, steps, side="right") - 1
+    last = seen.last
     lo = np.searchsorted(tc, steps - window_s, side="right")
     lo = np.maximum(lo, run_start[np.maximum(last, 0)])
     csum = np.concatenate([[0.0], np.cumsum(rc)])
     covered = np.where(last >= lo, csum[last + 1] - csum[np.minimum(lo, last + 1)], 0.0)
-    coverage = np.minimum(1.0, covered / 1000.0 / window_s)
+    coverage = np.where(seen.restarted, 0.0, np.minimum(1.0, covered / 1000.0 / window_s))
     quality: FloatArray = np.maximum(0.0, 1.0 - share) * coverage
     return usable, quality
-
-
-def _inside_recorded_gaps(
-    steps: FloatArray, tc: FloatArray, before: npt.NDArray[np.intp], gap_end_t_s: FloatArray
-) -> npt.NDArray[np.bool_]:
-    """Per step: does it lie after the last analysed beat (times ``tc``) before a recorded
-    gap (``before``: the number of analysed beats before it, :func:`_analysed_before`) and
-    before the first beat after it (times ``gap_end_t_s``)? (Searched by time, a gap beat
-    at the time of the one before took that one for the last before the gap: a step the
-    daemon had taken with a full window read quality 0 and no score.)"""
-    inside = np.zeros(steps.size, dtype=bool)
-    for k, end in zip(before.tolist(), gap_end_t_s.tolist(), strict=True):
-        start = float(tc[k - 1]) if k > 0 else -math.inf
-        a, b = np.searchsorted(steps, [start, end], side="right")
-        inside[a:b] = steps[a:b] < end
-    return inside
 
 
 def _jumps(raw: FloatArray) -> npt.NDArray[np.bool_]:
@@ -624,7 +727,7 @@ def analyze(
         report(name, (before[key] + share * costs[key]) / total)
 
     stage("beats", "correcting artefacts" if correction else "classifying beats")
-    cs = _classify(t, rr, correction, rr_min_ms, rr_max_ms, warm, cut)
+    cs, released = _classify(t, rr, correction, rr_min_ms, rr_max_ms, warm, cut)
     jumps = _jumps(_analysed_raw(cs))
     ok = np.isfinite(cs.rr_ms)
     tc, rc = _time_line(cs.t_s[ok]), cs.rr_ms[ok]
@@ -657,24 +760,24 @@ def analyze(
     sd1, sd2 = poincare(rc, breaks=breaks)
     spectra = f"spectra and coherence every {step_s:g} s"
     stage("spectra", spectra)
-    steps, lf, hf, resp, coh, lnlf = _rolling_spectra(
-        tc, rc, window_s, segments, lambda share: stage("spectra", spectra, share), step_s
+    steps = _step_times(tc, step_s)
+    seen = _steps_seen(steps, t, cs, ok, released, cut, recorded, correction, tc)
+    lf, hf, resp, coh, lnlf = _rolling_spectra(
+        tc, rc, steps, seen, segments, lambda share: stage("spectra", spectra, share)
     )
     roll = None
     if rolling:
         stage("rolling", "rolling time domain and settling score")
         mean, hr, sdnn, rmssd, pnn, cnt, run_start = _rolling_td(tc, rc, window_s, breaks)
-        idx = np.searchsorted(tc, steps, side="right") - 1
+        # Each step's time domain is the daemon's at its last beat (up to 3 beats back with
+        # correction), nothing where its windows had restarted.
+        idx = seen.last
         with np.errstate(divide="ignore", invalid="ignore"):
             ln_step = np.log(rmssd[idx])
-        n_window = np.where(idx >= 0, cnt[idx], 0)
-        step_ok, quality = _step_quality(steps, tc, rc, n_window, run_start, window_s, cs, jumps)
-        # Steps inside a gap the daemon recorded: it found the gap when the first beat after
-        # it arrived and restarted every window before taking those steps (it takes them as
-        # beats pass them): nothing in its windows, quality 0, no score.
-        inside = _inside_recorded_gaps(steps, tc, _analysed_before(cs, ok, recorded), t[recorded])
-        step_ok &= ~inside
-        quality[inside] = 0.0
+        n_window = np.where((idx >= 0) & ~seen.restarted, cnt[idx], 0)
+        step_ok, quality = _step_quality(
+            steps, seen, tc, rc, n_window, run_start, window_s, cs, jumps
+        )
         score = _score(steps, hr[idx], ln_step, lnlf, baseline_s, step_ok, step_s)
         with np.errstate(divide="ignore", invalid="ignore"):
             lfhf = lf / hf
