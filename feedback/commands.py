@@ -131,6 +131,9 @@ _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]|\\u[dD][89a-fA-F]")
 """A surrogate in the text, or a JSON escape of one: the cheap test before the walk."""
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _has_lone_surrogate(value: object) -> bool:
     if isinstance(value, str):
         return any("\ud800" <= c <= "\udfff" for c in value)
@@ -154,7 +157,9 @@ def _id_of(payload: bytes) -> str | None:
         return None
     value = raw.get("id") if isinstance(raw, dict) else None
     if isinstance(value, str):
-        return value[:MAX_ID_CHARS]
+        # A lone surrogate (half an emoji, "\ud800") is no text a result can carry: echoed,
+        # its serialisation raised in the link and ended it for good.
+        return _SURROGATE.sub("\ufffd", value[:MAX_ID_CHARS])
     if isinstance(value, int | float) and not isinstance(value, bool):
         return json.dumps(value)[:MAX_ID_CHARS]
     return None

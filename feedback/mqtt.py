@@ -47,6 +47,10 @@ from settle.backoff import backoff_delay_s
 
 log = logging.getLogger(__name__)
 
+REFUSED_LOG_EVERY_S = 60.0
+"""Refused commands are logged once, then at most once this often (anyone on the broker can
+send thousands)."""
+
 
 class _LostSocketAtDebug(logging.Filter):
     """paho logs a connection the broker dropped at ERROR ("failed to receive on socket:
@@ -178,6 +182,11 @@ class MqttLink:
         """Handed to the client, not yet taken by the broker; by send order (dicts keep it)."""
         self._sent = 0
         self._retained: dict[str, Outgoing] = {}
+        self.refused = 0
+        """Commands answered with an error before reaching the handler (a bad envelope)."""
+        self._refused_unlogged = 0
+        self._refused_logged_s: float | None = None
+        self._refused_latest = ""
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._connected = asyncio.Event()
@@ -307,6 +316,7 @@ class MqttLink:
                     await self._idle.wait()
                     await client.publish(self.state_topic, b"offline", qos=1, retain=True)
         self._stopping = True
+        self._log_refused(flush=True)
         task.cancel()
         for t in list(self._watch_tasks):
             t.cancel()
@@ -377,12 +387,20 @@ class MqttLink:
             # Retained state first, then the live queue, without the copies just sent (at
             # start-up every retained message was queued too: subscribers got bridge info and
             # each Home Assistant config twice). A message queued meanwhile is a newer one.
+            # Older copies of a retained topic still queued (two updates during an outage,
+            # or unacknowledged ones put back) are dropped too: sent after the replay, they
+            # left the broker retaining an old state (a stopped session over the running one).
             replayed = list(self._retained.values())
             for msg in replayed:
                 await client.publish(msg.topic, msg.payload, qos=msg.qos, retain=True)
             sent = {id(m) for m in replayed}
-            if any(id(m) in sent for m in self._queue):
-                kept = [m for m in self._queue if id(m) not in sent]
+            latest = self._retained
+
+            def stale(m: Outgoing) -> bool:
+                return m.retain and (id(m) in sent or latest.get(m.topic) is not m)
+
+            if any(stale(m) for m in self._queue):
+                kept = [m for m in self._queue if not stale(m)]
                 self._queue.clear()
                 self._queue.extend(kept)
             if self.on_connect is not None:
@@ -468,9 +486,13 @@ class MqttLink:
             if len(parts) != 3 or parts[1] != "cmd":
                 continue
             payload_bytes, retained = bytes(data), bool(message.retain)
-            screened = screen_command(parts[2], payload_bytes, retained)
-            if screened.error is not None:
-                self._refuse(parts[0], parts[2], screened)
+            try:
+                screened = screen_command(parts[2], payload_bytes, retained)
+                if screened.error is not None:
+                    self._refuse(parts[0], parts[2], screened)
+                    continue
+            except Exception:  # nor may a bug in the screening: the link would end for good
+                log.exception("command screening failed for %s", topic)
                 continue
             try:
                 await self._on_command(parts[0], parts[2], payload_bytes, retained)
@@ -479,13 +501,37 @@ class MqttLink:
                 # Still the one result the sender waits for: the daemon's handler answers
                 # last, so one that raised has not answered.
                 failed = "the daemon failed to carry out the command (see its log)"
-                self._refuse(parts[0], parts[2], Screened(screened.id, failed))
+                with contextlib.suppress(Exception):
+                    self._refuse(parts[0], parts[2], Screened(screened.id, failed))
 
     def _refuse(self, device_id: str, name: str, screened: Screened) -> None:
         """Answer a command that never reaches the handler (a bad envelope: too large, nested
-        too deeply, not JSON…) with its one error result, as the handler would."""
+        too deeply, not JSON…) with its one error result, as the handler would. Logged
+        through :attr:`refused`: one WARNING, then at most one a minute (anyone on the broker
+        can send thousands)."""
         res = CommandResult(
             ts=time.time_ns() // 1_000_000, id=screened.id, status="error", error=screened.error
         )
         self.publish(f"{self.base}/{device_id}/cmd/{name}/result", res.to_json(), qos=1)
-        log.warning("command %s for %s rejected: %s", name, device_id, screened.error)
+        self.refused += 1
+        self._refused_unlogged += 1
+        self._refused_latest = f"{name[:40]!r} for {device_id[:40]!r}: {screened.error}"
+        self._log_refused()
+
+    def _log_refused(self, *, flush: bool = False) -> None:
+        """One WARNING for the first refused command, then at most one a minute with the
+        number since, and the rest when the link closes (``flush``)."""
+        if not self._refused_unlogged:
+            return
+        now = time.monotonic()
+        last = self._refused_logged_s
+        if not flush and last is not None and now - last < REFUSED_LOG_EVERY_S:
+            return
+        n, self._refused_unlogged, self._refused_logged_s = self._refused_unlogged, 0, now
+        log.warning(
+            "%d MQTT command%s refused since the last warning, %d in all (latest: %s)",
+            n,
+            "" if n == 1 else "s",
+            self.refused,
+            self._refused_latest,
+        )

@@ -57,9 +57,11 @@ class _Payload(BaseModel):
         return self.model_dump_json().encode()
 
 
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-"""Control characters but tab and line breaks: a NUL or an escape sequence in a marker's text
-went verbatim into the CSV export and the report."""
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
+"""Control characters but tab and line breaks (CR, LF): a NUL or an escape sequence in a
+marker's text went verbatim into the CSV export and the report. C1 controls too (U+0080–U+009F:
+U+009B is a terminal's escape, U+0085 a line break to Python's ``splitlines``), and the
+Unicode line and paragraph separators, which split a line in some viewers and not others."""
 
 
 STATEMENT_MAX_CHARS = 500
@@ -311,6 +313,11 @@ class _Command(BaseModel):
         description="Chosen by the sender, a string (not a number); echoed in the result.",
     )
     """Chosen by the sender; echoed in the result."""
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_one_line(cls, v: str) -> str:
+        return _no_control(v, lines=False)
 
     @field_validator("v", mode="before")
     @classmethod

@@ -73,6 +73,36 @@ async def test_broker_restart_restores_retained_state_and_delivers_queue(
     assert await retained(mosquitto.host, mosquitto.port, "settle/bridge/state") == b"offline"
 
 
+async def test_the_newest_retained_state_wins_after_an_outage(mosquitto: Mosquitto) -> None:
+    """Two updates of one retained topic while the broker was away (a session stopped and a
+    new one started from the dashboard): on reconnect the link replayed the newest, then sent
+    the older copy still queued, so the broker kept retaining the stopped session — `settle
+    mark` then said no session was running, and Home Assistant showed the old one. Now the
+    newest is what the broker keeps, and it is sent once."""
+    async with MqttLink(mosquitto.host, mosquitto.port, backoff_cap_s=0.5) as link:
+        assert await link.wait_connected(5)
+        mosquitto.stop()
+        for _ in range(100):
+            if not link.connected:
+                break
+            await asyncio.sleep(0.05)
+        assert not link.connected
+        link.publish("settle/dev1/session", b'{"id":"old","state":"stopped"}', qos=1, retain=True)
+        link.publish("settle/dev1/availability", b"offline", qos=1, retain=True)
+        link.publish("settle/dev1/session", b'{"id":"new","state":"running"}', qos=1, retain=True)
+        link.publish("settle/dev1/availability", b"online", qos=1, retain=True)
+        async with Collector(*_restart(mosquitto)) as col:
+            assert await link.wait_connected(5)
+            await asyncio.sleep(0.5)
+        assert await retained(mosquitto.host, mosquitto.port, "settle/dev1/session") == (
+            b'{"id":"new","state":"running"}'
+        )
+        assert await retained(mosquitto.host, mosquitto.port, "settle/dev1/availability") == (
+            b"online"
+        )
+        assert [json.loads(p)["id"] for p in col.payloads("session")] == ["new"]
+
+
 def _restart(m: Mosquitto) -> tuple[str, int]:
     m.start()
     return m.host, m.port

@@ -245,6 +245,44 @@ async def test_size_is_judged_before_the_payload_is_parsed(
 
 
 @pytest.mark.mosquitto
+async def test_an_id_that_is_half_a_character_is_refused_and_the_link_goes_on(
+    daemon_on_broker: RunningDaemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A command whose `id` is a lone surrogate (JSON "\\ud800", or its raw bytes) was
+    refused, but echoing that id in the result raised inside the MQTT link: the link ended
+    for good, silently (a clean disconnect, so no last will), and the broker kept showing
+    the daemon online while nothing was published any more. Now the result carries the id
+    with the half character replaced, and the link goes on. Refusals at the link are logged
+    once, then at most once a minute (a flood of bad commands was a WARNING line each)."""
+    d = daemon_on_broker
+    caplog.set_level(logging.WARNING)
+    valid = json.dumps({"v": 1, "id": "after", "kind": "note", "text": "still here"}).encode()
+    junk = [("marker", b"not json %d" % i) for i in range(30)]
+    results = await send_commands(
+        d.host,
+        d.port,
+        [
+            ("marker", b'{"v":1,"id":"\\ud800","kind":"note"}'),
+            ("marker", b'{"v":1,"id":"x\xed\xa0\x80","kind":"note"}'),
+            *junk,
+            ("marker", valid),
+        ],
+        expect=33,
+    )
+    assert len(results) == 33, results
+    assert [(r["id"], r["status"]) for r in results[:2]] == [
+        ("\ufffd", "error"),
+        ("x\ufffd", "error"),
+    ]
+    assert all("lone surrogate" in r["error"] for r in results[:2])
+    assert (results[-1]["id"], results[-1]["status"]) == ("after", "ok")
+    assert [m.text for m in d.store.markers(d.session_id)] == ["still here"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].startswith("1 MQTT command refused"), refused
+
+
+@pytest.mark.mosquitto
 async def test_a_numeric_id_is_echoed_so_the_sender_can_match_the_refusal(
     daemon_on_broker: RunningDaemon,
 ) -> None:
@@ -367,6 +405,12 @@ def test_half_a_character_is_refused_over_mqtt_and_a_whole_one_taken() -> None:
         ("marker", {"kind": "note", "text": "\x1b[2J cleared"}, "control character '\\x1b'"),
         ("session/start", {"intention": {"target": "self", "statement": "I am\nsafe"}},
          "control character '\\n'"),
+        ("marker", {"kind": "note", "text": "csi\x9b31m red"}, "control character '\\x9b'"),
+        ("marker", {"kind": "note", "text": "next\x85line"}, "control character '\\x85'"),
+        ("session/start", {"intention": {"target": "self", "statement": "I am\u2028safe"}},
+         "control character '\\u2028'"),
+        ("marker", {"kind": "note", "text": "un\u00e9 \u00a0ok"}, None),
+        ("marker", {"id": "two\nlines", "kind": "note"}, "control character '\\n'"),
     ],
 )  # fmt: skip
 def test_control_characters_stay_out_of_markers_and_intentions(
@@ -374,7 +418,8 @@ def test_control_characters_stay_out_of_markers_and_intentions(
 ) -> None:
     """A NUL or an escape sequence in a marker's text (from any MQTT client or the HTTP
     route) went verbatim into the CSV export and the report; a statement is one line. A
-    note keeps its tabs and line breaks."""
+    note keeps its tabs and line breaks (CR, LF), not C1 controls (U+009B is a terminal's
+    escape too) nor the Unicode line separators; an id is one line."""
     from pydantic import ValidationError
 
     from feedback.payloads import COMMANDS
