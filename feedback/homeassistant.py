@@ -222,7 +222,9 @@ def device_messages(
         binary("contact", "Skin contact", f"{t}/beat", CONTACT_TEMPLATE,
                icon="mdi:gesture-tap"),
         binary("caught_up", "Caught up", f"{t}/session",
-               g("'ON' if value_json.catching_up_t_s is not none else 'OFF'"),
+               # Of the running session: the stopped one's stays in the retained payload.
+               g("'ON' if value_json.state == 'running'"
+                 " and value_json.catching_up_t_s is not none else 'OFF'"),
                icon="mdi:check-circle-outline"),
         button("session_start", "Start session", "session/start", {}, "mdi:play"),
         button("session_stop", "Stop session", "session/stop", {}, "mdi:stop"),

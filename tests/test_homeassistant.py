@@ -89,7 +89,9 @@ def test_skin_contact_is_unknown_when_the_strap_cannot_tell() -> None:
 
 def test_caught_up_turns_on_when_the_session_caught_up() -> None:
     """The "Caught up" binary sensor reads the session payload as the daemon publishes it:
-    OFF while ``catching_up_t_s`` is null, ON once physiology caught up."""
+    OFF while ``catching_up_t_s`` is null, ON once physiology caught up, OFF again once the
+    session stopped (the stopped session's payload, retained, keeps its catching-up time:
+    the sensor stayed ON until the next session started)."""
     from feedback.payloads import SessionPayload
 
     dev = ha.DeviceDescription("polar_h10_a1b2c3d4", "Polar H10")
@@ -101,14 +103,15 @@ def test_caught_up_turns_on_when_the_session_caught_up() -> None:
         cfg["value_template"]
     )
     rendered = []
-    for caught in (None, 312.5):
+    for state, caught in (("running", None), ("running", 312.5), ("stopped", 312.5)):
         payload = SessionPayload(
-            ts=1_790_000_300_000, id="20261129T020000-ab12", state="running",
+            ts=1_790_000_300_000, id="20261129T020000-ab12", state=state,
             device=dev.device_id,
             started_ts=1_790_000_000_000, catching_up_t_s=caught,
         )  # fmt: skip
         rendered.append(template.render(value_json=json.loads(payload.model_dump_json())))
-    assert rendered == [cfg["payload_off"], cfg["payload_on"]] == ["OFF", "ON"]
+    assert rendered == [cfg["payload_off"], cfg["payload_on"], cfg["payload_off"]]
+    assert rendered == ["OFF", "ON", "OFF"]
 
 
 def test_bridges_of_different_topic_bases_are_distinct() -> None:
