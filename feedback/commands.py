@@ -97,6 +97,16 @@ def decode_json(
     return value
 
 
+class _NotAJsonNumber(ValueError):
+    pass
+
+
+def _not_a_json_number(name: str) -> object:
+    """``json.loads`` takes NaN, Infinity and -Infinity, which JSON does not have (an id of
+    NaN was echoed as "NaN")."""
+    raise _NotAJsonNumber(f"{name} is not a JSON number")
+
+
 def _decode(payload: bytes, max_depth: int) -> tuple[Any, str | None]:
     """The decoded payload and the first key an object in it repeats (json.loads silently
     keeps the last value), or None."""
@@ -117,7 +127,9 @@ def _decode(payload: bytes, max_depth: int) -> tuple[Any, str | None]:
         return dict(items)
 
     try:
-        value = json.loads(text, object_pairs_hook=pairs)
+        value = json.loads(text, object_pairs_hook=pairs, parse_constant=_not_a_json_number)
+    except _NotAJsonNumber as e:
+        raise CommandDecodeError(f"payload is not valid JSON ({e})") from None
     except (ValueError, RecursionError):  # RecursionError: cannot happen after _shallow
         raise CommandDecodeError("payload is not valid JSON") from None
     if _LONE_SURROGATE.search(text) and _has_lone_surrogate(value):
@@ -152,7 +164,7 @@ def _id_of(payload: bytes) -> str | None:
         return None
     try:
         text = payload.decode(json.detect_encoding(payload), "surrogatepass")
-        raw = json.loads(_shallow(text, MAX_COMMAND_DEPTH)[0])
+        raw = json.loads(_shallow(text, MAX_COMMAND_DEPTH)[0], parse_constant=_not_a_json_number)
     except (ValueError, RecursionError):
         return None
     value = raw.get("id") if isinstance(raw, dict) else None

@@ -397,6 +397,18 @@ def test_half_a_character_is_refused_over_mqtt_and_a_whole_one_taken() -> None:
     assert decode_json(emoji)["text"] == "\U0001f600"
 
 
+def test_nan_and_infinity_are_not_json() -> None:
+    """Python's json reads NaN and Infinity, which JSON does not have: `{"id": NaN}` was
+    refused as "not a string" with the id echoed as "NaN", and a NaN anywhere else in a
+    command went on to validation. Now the payload is not JSON, and says why."""
+    for word in ("NaN", "Infinity", "-Infinity"):
+        screened = screen_command("marker", b'{"v":1,"id":%s,"kind":"note"}' % word.encode(), False)
+        assert screened.error == f"payload is not valid JSON ({word} is not a JSON number)"
+        assert screened.id is None
+        with pytest.raises(CommandDecodeError, match="not a JSON number"):
+            decode_json(b'{"text": [1, %s]}' % word.encode())
+
+
 @pytest.mark.parametrize(
     "name, payload, verdict",
     [
