@@ -742,7 +742,8 @@ async def test_remember_in_the_dashboard_says_what_it_replaced(
 ) -> None:
     """The pair page's Remember goes through the daemon's own pairing: reusing a label for
     another strap answers with the sentence saying which strap the label meant until now
-    (the page shows it after "remembered as"), as `settle pair` prints it."""
+    (the page shows it after "remembered as"), as `settle pair` prints it. A key given
+    twice or misspelt is refused (it was taken silently: the last "label" won)."""
     from settle import pairing
     from settle.app import DaemonControl
 
@@ -757,6 +758,17 @@ async def test_remember_in_the_dashboard_says_what_it_replaced(
         ):
             body = {"label": "anna", "address": "11:22:33:44:55:66", "name": "Wahoo TICKR",
                     "device_id": "wahoo_tickr_5566"}  # fmt: skip
+            # A key given twice, or one misspelt, is refused, and nothing is remembered.
+            for bad, says in (
+                (b'{"label": "anna", "label": "bob", "address": "11:22:33:44:55:66"}',
+                 "key 'label' appears twice"),
+                (b'{"label": "anna", "adress": "11:22:33:44:55:66"}',
+                 "unknown field 'adress' (expected {label, address, name, device_id})"),
+            ):  # fmt: skip
+                async with http.post(d.url + "api/pair", data=bad) as r:
+                    assert (r.status, (await r.json())["error"]) == (400, says)
+            assert [p.label for p in pairing.load_paired(paired)] == ["anna"]
+            assert pairing.load_paired(paired)[0].address == "AA:BB:CC:DD:EE:FF"
             async with http.post(d.url + "api/pair", json=body) as r:
                 assert r.status == 200, await r.text()
                 answer = await r.json()

@@ -331,6 +331,8 @@ async def _static_or_404(
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """What a session id can be (``YYYYMMDDTHHMMSS-xxxx``; any id of this shape is looked up)."""
 _NOT_IN_A_TOPIC = re.compile("[+#\x00]")
+_PAIR_FIELDS = {"label", "address", "name", "device_id"}
+_PAIR_SHAPE = "{label, address, name, device_id}"
 """What no device id holds: MQTT wildcards and NUL (as the daemon's own check)."""
 
 
@@ -716,10 +718,18 @@ class Dashboard:
         if isinstance(body, web.Response):
             return body
         try:
-            raw = decode_json(body)
+            # Keys given twice or misspelt were taken silently (the last "label" won; an
+            # "adress" read as a missing address, a "nmae" as no name at all).
+            raw = decode_json(body, unique_keys=True)
+        except CommandDecodeError as exc:
+            return _error(400, str(exc))
+        unknown = sorted(set(raw) - _PAIR_FIELDS) if isinstance(raw, dict) else []
+        if unknown:
+            return _error(400, f"unknown field {shown(unknown[0])} (expected {_PAIR_SHAPE})")
+        try:
             fields = [raw["label"], raw["address"], raw.get("name", ""), raw.get("device_id", "")]
-        except (ValueError, KeyError, TypeError):
-            return _error(400, "expected {label, address, name, device_id}")
+        except (KeyError, TypeError, AttributeError):
+            return _error(400, f"expected {_PAIR_SHAPE}")
         if not all(isinstance(f, str) for f in fields):
             # str() made {"x": 1} a label and null a name "None" (device id none_…), saved
             # over a good entry of that label or strap.
