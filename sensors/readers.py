@@ -332,12 +332,10 @@ def _read_csv(
                 continue
             if "#" in cells[0] and _comment(cells[0]):
                 continue
-            if len(cells) < len(header):
+            if len(cells) != len(header) and not _extra_cells_blank(cells, len(header)):
                 # A bad cell on an earlier line is reported first, as it comes first.
                 _row_by_row(name, rr_cells, t_cells if i_t is not None else None, linenos, zero_ok)
-                raise InputFileError(
-                    name, f"expected {len(header)} columns, found {len(cells)}", start
-                )
+                raise InputFileError(name, _column_count(len(header), cells, ","), start)
             if i_rec is not None and (record := cells[i_rec].strip()) != "beat":
                 # A gap of the raw ECG alone (its clock stepped) is none in the RR: the daemon's
                 # HRS analysis went on through it.
@@ -427,6 +425,22 @@ _UNIT = re.compile(r"[\[(][^\])]*[\])]")
 _DELIMITERS = (",", ";", "\t")
 
 
+def _extra_cells_blank(cells: list[str], n: int) -> bool:
+    """More cells than the header's ``n`` columns, but only empty ones (a trailing
+    separator, as some exporters write on every row)."""
+    return len(cells) > n and not any(c.strip() for c in cells[n:])
+
+
+def _column_count(n: int, cells: list[str], delim: str) -> str:
+    """The error for a row of ``cells`` under a header of ``n`` columns. A row with one cell
+    too many was read silently, its extra cell dropped: under a header ``rr``, ``812,5``
+    (a decimal comma) was read as 812 ms."""
+    msg = f"expected {n} column{'' if n == 1 else 's'}, found {len(cells)}"
+    if delim == "," and len(cells) > n and cells[-1].strip().isdigit():
+        msg += " (a decimal comma? it needs ';' or tab separators)"
+    return msg
+
+
 def _rr_column(line: str) -> tuple[str, int, int] | None:
     """(delimiter, index of the RR column, number of columns) when ``line`` is a header with
     exactly one column named like an RR column (:data:`_RR_NAMES`), else None."""
@@ -467,8 +481,8 @@ def _read_rr_column(
             lineno = head + 2 + k
             if not cells or (len(cells) == 1 and not cells[0].strip()) or _comment(cells[0]):
                 continue
-            if len(cells) < n_cols:
-                raise InputFileError(name, f"expected {n_cols} columns, found {len(cells)}", lineno)
+            if len(cells) != n_cols and not _extra_cells_blank(cells, n_cols):
+                raise InputFileError(name, _column_count(n_cols, cells, delim), lineno)
             cell = cells[i_rr].strip()
             if delim != "," and cell.count(",") == 1 and "." not in cell:
                 cell = cell.replace(",", ".")

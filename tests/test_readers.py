@@ -105,6 +105,10 @@ def test_quoted_csv_header_and_a_gap_are_read(tmp_path: Path) -> None:
         ('{"manifest": {"v": 1}}\n', "this is JSON (a Settle JSON export?)", 1),
         # Two exports pasted into one file.
         ("t_s,rr_ms\n0.8,800\n1.6,800\n0.8,800\n", "two recordings in one file?", 4),
+        # A cell more than the header names was dropped silently: 812,5 read as 812 ms.
+        ("rr\n812,5\n790,25\n", "expected 1 column, found 2 (a decimal comma?", 2),
+        ("t_s,rr_ms\n0.8,800\n1.6,800,5\n", "expected 2 columns, found 3 (a decimal comma?", 3),
+        ("t_s,rr_ms\n0.8,800,x\n", "expected 2 columns, found 3", 2),
     ],
 )
 def test_bad_files_name_file_and_line(
@@ -130,6 +134,7 @@ def test_bad_files_name_file_and_line(
         "2026-11-27T10:00:01.0;870,5\n",
         "time\tIBI\n0.859\t859\n1.73\t870,5\n",  # tabs and a decimal comma
         "Zeit;RR-Intervall (ms)\n0,859;859\n1,73;870,5\n",  # a German spreadsheet
+        "RR,\n859,\n870.5,\n",  # a separator ending every row: an empty cell, not a value
     ],
 )
 def test_tables_with_a_named_rr_column_are_read(tmp_path: Path, content: str) -> None:
