@@ -6,7 +6,9 @@ no third-party writer is needed. Layout:
 * header: the patient field is ``<device id> X X X`` — its first subfield (the patient
   code) is the id of the strap that recorded (:func:`patient_field`), so a group practice's
   files say whose each is; sex, birthdate and name stay unknown (``X``);
-* data records of 1 s;
+* data records of 1 s, or up to 5 s when an annotation is long (:func:`_record_seconds`):
+  annotations are spread over the records in onset order, each record holding the same
+  modest room, rather than every record padded to the most annotations of any one second;
 * signal ``RR`` — RR interval in ms, resampled at 4 Hz by linear interpolation of the
   tachogram (artefact-corrected RR where correction has run, else raw), physical range
   0–5000 ms;
@@ -107,6 +109,18 @@ ECG_NOT_RECORDED = "ECG not recorded (0 uV here)"
 #: many of each annotation; a longer text is cut on a character boundary and ends in "…".
 MAX_ANNOTATION_BYTES = 512
 _ELLIPSIS = "…"
+
+#: Room for annotations in each second of the file, bytes: the time-keeping TAL every data
+#: record starts with and a marker or two. Annotations are spread over the records (in
+#: onset order, each from the record of its onset on, or before it when the file's end is
+#: full), so room per record does not grow with the number of annotations at one moment.
+_ANN_BYTES_PER_S = 64
+#: Most annotation room per second of the file, bytes. A TAL cannot span data records, so
+#: every record must hold the longest one whole (up to ~560 bytes with a text cut to
+#: :data:`MAX_ANNOTATION_BYTES`); when that is more than this per second the data records
+#: are made longer instead (at most 5 s), which keeps a long note from multiplying the
+#: size of a long file.
+_ANN_MAX_BYTES_PER_S = 128
 
 
 class _Signal:
@@ -231,7 +245,11 @@ def patient_field(device_id: str) -> str:
 
 
 def _header(
-    rec: SessionRecord, signals: Sequence[_Signal], n_records: int, ann_samples: int
+    rec: SessionRecord,
+    signals: Sequence[_Signal],
+    n_records: int,
+    record_s: int,
+    ann_samples: int,
 ) -> bytes:
     start = dt.datetime.fromtimestamp(rec.info.started_ms // 1000, tz=dt.UTC)
     ns = len(signals) + 1
@@ -249,7 +267,7 @@ def _header(
             _field(str(256 * (ns + 1)), 8),
             _field("EDF+C", 44),
             _field(str(n_records), 8),
-            _field("1", 8),
+            _field(str(record_s), 8),
             _field(str(ns), 4),
         ]
     )
@@ -271,6 +289,44 @@ def _header(
     return out
 
 
+def _longest_record(
+    frac: float, span: float, annotations: Sequence[tuple[float, float | None, str]]
+) -> int:
+    """Bytes of the longest time-keeping TAL (at the file's end) plus the longest of
+    ``annotations``' TALs: what every data record must be able to hold."""
+    keeping = len(_tal(frac + math.ceil(span) + 5, None, ""))
+    return keeping + max((len(_tal(frac + o, d, t)) for o, d, t in annotations), default=0)
+
+
+def _record_seconds(longest: int) -> int:
+    """Data record duration, whole seconds: 1, or as many as keep a record that holds
+    ``longest`` bytes of TALs within :data:`_ANN_MAX_BYTES_PER_S` per second."""
+    return max(1, math.ceil(longest / _ANN_MAX_BYTES_PER_S))
+
+
+def _pack(tals: Sequence[tuple[int, bytes]], n_records: int, room: int) -> list[list[bytes]] | None:
+    """Spread ``(home record, TAL)`` pairs (in the order they are to be read) over
+    ``n_records`` records holding ``room`` bytes of TALs each, keeping their order: each
+    goes into its home record or, when that is full, the next with room; what the last
+    record cannot hold moves back into the records before it. ``None`` if they do not fit."""
+    out: list[list[bytes]] = [[] for _ in range(n_records)]
+    used = [0] * n_records
+    k = 0
+    for home, tal in tals:
+        k = max(k, min(home, n_records - 1))
+        while k < n_records - 1 and used[k] + len(tal) > room:
+            k += 1
+        out[k].append(tal)
+        used[k] += len(tal)
+    for k in range(n_records - 1, 0, -1):  # the end overflowed: move its excess back
+        while used[k] > room:
+            tal = out[k].pop(0)
+            used[k] -= len(tal)
+            out[k - 1].append(tal)
+            used[k - 1] += len(tal)
+    return None if used[0] > room else out
+
+
 def export_edf(
     store: SessionStore,
     session_id: str,
@@ -290,9 +346,17 @@ def export_edf(
     annotations = _annotations(rec)
     if annotations:
         span = max(span, annotations[-1][0])
-    n_records = max(1, math.ceil(span + 1e-9))
+    frac = (info.started_ms % 1000) / 1000.0
+    # The record length follows from the longest TAL a record must hold with its time-keeping
+    # TAL; the ECG's annotations are made on the record grid, so they are estimated here.
+    ecg_texts = [] if ecg is None or ecg.fs_hz is None else [ECG_CLIPPED, ECG_NOT_RECORDED]
+    record_s = _record_seconds(
+        _longest_record(frac, span, [*annotations, *((span, span, t) for t in ecg_texts)])
+    )
+    n_records = max(1, math.ceil((span + 1e-9) / record_s))
+    n_s = n_records * record_s
     fs_rr = int(DEFAULT_FS_HZ)
-    rr = rr_on_grid(rec.beats, rec.gaps, n_records * fs_rr, DEFAULT_FS_HZ)
+    rr = rr_on_grid(rec.beats, rec.gaps, n_s * fs_rr, DEFAULT_FS_HZ)
     with np.errstate(divide="ignore", invalid="ignore"):
         hr = np.where(rr > 0, 60_000.0 / rr, np.nan)
     # A sample is missing in RR and HR together: never a value in one and none in the other.
@@ -301,19 +365,20 @@ def export_edf(
     rr, hr = np.where(ok, rr, np.nan), np.where(ok, hr, np.nan)
     resampled = f"tachogram linearly interpolated at {fs_rr} Hz"
     signals = [
-        _Signal("RR", "ms", *RR_RANGE_MS, fs_rr, rr, resampled, "chest strap RR"),
-        _Signal("HR", "bpm", *HR_RANGE_BPM, fs_rr, hr, resampled, "chest strap RR"),
+        _Signal("RR", "ms", *RR_RANGE_MS, fs_rr * record_s, rr, resampled, "chest strap RR"),
+        _Signal("HR", "bpm", *HR_RANGE_BPM, fs_rr * record_s, hr, resampled, "chest strap RR"),
     ]
     if ecg is not None and ecg.fs_hz is not None:
         fs_ecg = max(1, round(ecg.fs_hz))
-        values = ecg_on_grid(ecg, n_records * fs_ecg, float(fs_ecg))
+        values = ecg_on_grid(ecg, n_s * fs_ecg, float(fs_ecg))
         # Fixed range, identity digital<->µV mapping (see ECG_RANGE_UV): whole µV, the
         # recorded value where a grid point falls on a recorded sample (else band-limited
         # interpolation), 0 µV where nothing was recorded, annotated; start-up spikes are
         # clipped and annotated.
         signals.append(
             _Signal(
-                "ECG", "uV", *ECG_RANGE_UV, fs_ecg, values, _ecg_prefilter(ecg, fs_ecg),
+                "ECG", "uV", *ECG_RANGE_UV, fs_ecg * record_s, values,
+                _ecg_prefilter(ecg, fs_ecg),
                 "chest strap ECG", True,
             )
         )  # fmt: skip
@@ -325,20 +390,29 @@ def export_edf(
         ]
         annotations.sort(key=lambda a: a[0])  # stable, as in _annotations
 
-    frac = (info.started_ms % 1000) / 1000.0
-    per_record: list[list[bytes]] = [[] for _ in range(n_records)]
-    for onset, duration, text in annotations:
-        k = min(n_records - 1, max(0, math.floor(onset)))
-        per_record[k].append(_tal(frac + onset, duration, text))
-    blocks = [
-        _tal(frac + k, None, "") + b"".join(tals)  # time-keeping TAL first
-        for k, tals in enumerate(per_record)
+    # EDF+ takes a TAL in any data record (its onset is absolute), but a TAL cannot span
+    # records: every record gets the same room, enough for the longest annotation and a
+    # modest share per second, and the annotations are spread over the records rather than
+    # each record padded to the most that share one second (12 long notes at one moment
+    # made a 26 h file 590 MB).
+    keeping = [_tal(frac + k * record_s, None, "") for k in range(n_records)]
+    tals = [
+        (max(0, math.floor(onset / record_s)), _tal(frac + onset, duration, text))
+        for onset, duration, text in annotations
     ]
-    ann_samples = max(32, math.ceil(max(len(b) for b in blocks) / 2))
+    size = max(
+        _ANN_BYTES_PER_S * record_s,
+        max(map(len, keeping)) + max((len(tal) for _home, tal in tals), default=0),
+    )
+    while (per_record := _pack(tals, n_records, size - max(map(len, keeping)))) is None:
+        size += size // 2  # more annotations than the whole file has room for
+    size += size % 2
+    blocks = [keep + b"".join(more) for keep, more in zip(keeping, per_record, strict=True)]
+    ann_samples = size // 2
 
     with atomic_file(target, binary=True, replace=replace) as raw:
         fh = cast(IO[bytes], raw)
-        fh.write(_header(rec, signals, n_records, ann_samples))
+        fh.write(_header(rec, signals, n_records, record_s, ann_samples))
         for k in range(n_records):
             for s in signals:
                 fh.write(s.digital[k * s.per_record : (k + 1) * s.per_record].tobytes())
