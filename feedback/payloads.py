@@ -7,10 +7,11 @@ so a subscriber can count what it missed.
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from settle.text import control_character
 
 SCHEMA_VERSION = 1
 
@@ -57,25 +58,12 @@ class _Payload(BaseModel):
         return self.model_dump_json().encode()
 
 
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
-"""Control characters but tab and line breaks (CR, LF): a NUL or an escape sequence in a
-marker's text went verbatim into the CSV export and the report. C1 controls too (U+0080–U+009F:
-U+009B is a terminal's escape, U+0085 a line break to Python's ``splitlines``), and the
-Unicode line and paragraph separators, which split a line in some viewers and not others."""
-
-
 STATEMENT_MAX_CHARS = 500
 PRACTICE_MAX_CHARS = 100
 
 
-def control_character(text: str, *, lines: bool) -> str | None:
-    """The first control character in ``text`` (with ``lines``, tab and line breaks are
-    allowed), or None. Also what ``settle log set`` holds the intention to."""
-    bad = _CONTROL.search(text) or (None if lines else re.search("[\t\n\r]", text))
-    return None if bad is None else bad.group()
-
-
 def _no_control(v: str, *, lines: bool) -> str:
+    # settle.text's rule, which journal import and ``settle log set`` hold text to as well.
     bad = control_character(v, lines=lines)
     if bad is not None:
         allowed = " (tab and line breaks are)" if lines else ""

@@ -32,7 +32,9 @@ computer that recorded the session, pass ``offset_s=30`` (clock seconds; for a `
 column, session seconds). Identical entries within one file are each imported; an entry
 identical to a marker an earlier import stored (time to the ms, kind, text) is skipped.
 An entry that falls before the session start or after its end is an error (pointing at
-the offset option), as is any line that cannot be read; all entries are checked before
+the offset option), as is any line that cannot be read and a text with a control character
+other than tab and line breaks (:func:`settle.text.control_character`, the rule of a marker
+sent over MQTT or HTTP); all entries are checked before
 anything is stored, and all are stored in one transaction, so a journal is never imported
 half-way.
 """
@@ -53,6 +55,7 @@ from typing import Literal
 
 from sessions.store import MARKER_KINDS, MarkerRow, MarkerSource, SessionInfo, SessionStore
 from settle.errors import InputFileError, shown
+from settle.text import control_character
 
 __all__ = ["JournalEntry", "JournalFormat", "import_journal", "parse_journal"]
 
@@ -120,6 +123,13 @@ def _kind_and_text(path: Path, line: int, kind: str | None, text: str) -> tuple[
     if kind not in MARKER_KINDS:
         raise _fail(
             path, line, f"unknown marker kind {shown(kind)} (known: {', '.join(MARKER_KINDS)})"
+        )
+    # The rule of a marker's text over MQTT and HTTP: a NUL or an escape sequence went
+    # verbatim into the CSV export (where pandas cut the text at the NUL) and the report.
+    bad = control_character(text, lines=True)
+    if bad is not None:
+        raise _fail(
+            path, line, f"control character {bad!r} in the text (tab and line breaks are allowed)"
         )
     text = text.strip()
     if len(text) > MAX_TEXT_CHARS:

@@ -488,7 +488,8 @@ def log_set(
     # As the same fields sent over MQTT (feedback.payloads.Intention): they are shown on the
     # dashboard, in reports and on the terminal, where a control character (an escape
     # sequence) would act on the terminal.
-    from feedback.payloads import PRACTICE_MAX_CHARS, STATEMENT_MAX_CHARS, control_character
+    from feedback.payloads import PRACTICE_MAX_CHARS, STATEMENT_MAX_CHARS
+    from settle.text import control_character
 
     for option, text, most in (
         ("--statement", statement, STATEMENT_MAX_CHARS),

@@ -133,6 +133,18 @@ def test_importing_twice_does_not_duplicate(store: SessionStore, sid: str, tmp_p
         ("m.txt", "", None, "file is empty"),
         ("p.txt", "9:01 ok\n6:07 PM shame: x\n", 2, "write 6:07 PM as 18:07"),
         ("q.txt", "Morning sit\n09:01 shame: x\n", 1, "(a title or comment line starts with #)"),
+        # Control characters MQTT and HTTP refuse in a marker's text went into the store and
+        # verbatim into the CSV export (pandas cut the text at the NUL).
+        (
+            "r.jsonl",
+            '{"t_s": 1, "text": "ok"}\n'
+            '{"t_s":300,"kind":"note","text":"ctrl \\u0000 nul \\u001b[31m esc \\u0007"}\n',
+            2,
+            r"control character '\x00' in the text (tab and line breaks are allowed)",
+        ),
+        ("s.csv", 't_s,text\n1,ok\n2,"esc \x1b[31m red"\n', 3, r"control character '\x1b'"),
+        ("t.txt", "09:01:00 ok\n09:02:00 shame: bell \x07\n", 2, r"control character '\x07'"),
+        ("u.jsonl", '{"t_s": 1, "text": "trailing \\u001f"}\n', 1, r"control character '\x1f'"),
     ],
 )
 def test_bad_lines_are_named_and_nothing_is_imported(
@@ -153,6 +165,16 @@ def test_bad_lines_are_named_and_nothing_is_imported(
     assert "\n" not in str(err.value) and len(str(err.value)) < 300 + len(str(path))
     assert str(err.value).startswith(f"{path}:{line}:" if line else f"{path}:")
     assert [m.text for m in store.markers(sid)] == ["before"]  # nothing half-way
+
+
+def test_tab_and_line_breaks_are_kept_in_a_text(
+    store: SessionStore, sid: str, tmp_path: Path
+) -> None:
+    """As in a marker sent over MQTT or HTTP, only tab and line breaks of the control
+    characters may be in an entry's text."""
+    path = _write(tmp_path, "j.jsonl", '{"t_s": 1, "text": "a\\tb\\r\\nc"}\n')
+    (row,) = import_journal(store, sid, path)
+    assert row.text == "a\tb\r\nc"
 
 
 def test_unreadable_files(tmp_path: Path) -> None:
