@@ -81,7 +81,6 @@ from sessions.series import (
     n_samples_for,
     not_analysed_spans,
     rr_on_grid,
-    session_span_s,
 )
 from sessions.store import SessionRecord, SessionStore
 from settle.errors import shown
@@ -434,8 +433,8 @@ def _write_session(
 
     ecg = store.ecg(session_id) if rec.n_ecg else None
     info = rec.info
-    stopped_s = None if info.stopped_ms is None else (info.stopped_ms - info.started_ms) / 1000
-    span_s = session_span_s(rec.beats, ecg, stopped_s)
+    # Session seconds (a --speed replay's wall-clock length times its speed), as the EDF.
+    span_s = store.recorded_span_s(session_id, to_now=False)
     n = n_samples_for(span_s, DEFAULT_FS_HZ)
     rr = rr_on_grid(rec.beats, rec.gaps, n, DEFAULT_FS_HZ)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -66,7 +66,6 @@ from sessions.series import (
     ecg_rate_hz,
     not_analysed_spans,
     rr_on_grid,
-    session_span_s,
 )
 from sessions.store import EcgSeries, SessionRecord, SessionStore
 
@@ -341,8 +340,9 @@ def export_edf(
     rec = store.read_session(session_id)
     ecg: EcgSeries | None = store.ecg(session_id) if rec.n_ecg else None
     info = rec.info
-    stopped_s = None if info.stopped_ms is None else (info.stopped_ms - info.started_ms) / 1000
-    span = session_span_s(rec.beats, ecg, stopped_s)
+    # Session seconds (a --speed replay's wall-clock length times its speed), as BIDS has it;
+    # the file also reaches the last annotation (an imported marker may be 1 s past it).
+    span = store.recorded_span_s(session_id, to_now=False)
     annotations = _annotations(rec)
     if annotations:
         span = max(span, annotations[-1][0])

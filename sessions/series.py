@@ -25,7 +25,6 @@ __all__ = [
     "ecg_rate_hz",
     "not_analysed_spans",
     "rr_on_grid",
-    "session_span_s",
 ]
 
 #: Resampling rate of the RR / HR series, Hz: 4 Hz is the usual rate for HRV tachograms.
@@ -48,20 +47,6 @@ def best_rr_ms(beat: BeatRow) -> float:
 def _merged_away(beat: BeatRow) -> bool:
     """A spurious beat artefact correction merged into the next one (no corrected RR)."""
     return beat.beat_class == BeatClass.EXTRA and beat.rr_corrected_ms is None
-
-
-def session_span_s(
-    beats: Sequence[BeatRow], ecg: EcgSeries | None = None, stopped_s: float | None = None
-) -> float:
-    """Seconds from session start to the last beat, ECG sample or the stop, whichever is last."""
-    end = 0.0
-    if beats:
-        end = max(end, beats[-1].beat_t_s)
-    if ecg is not None and len(ecg):
-        end = max(end, float(ecg.t_ns[-1]) / 1e9)
-    if stopped_s is not None:
-        end = max(end, stopped_s)
-    return end
 
 
 def _sorted_beats(

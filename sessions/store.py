@@ -329,13 +329,51 @@ def _time_scale(meta_json: str) -> float:
     return _scale_of(meta) if isinstance(meta, dict) else 1.0
 
 
+def _last_t_s_sql(session: str) -> str:
+    """Two columns for session ``session`` (an SQL expression: a parameter or a column): the
+    latest session time (s) its rows reach — its last beat, gap end, indices row and marker
+    entered live (imported markers do not count: each journal import is checked against the
+    span, and one just past the end moved it for the next) — and the sample times of its
+    last ECG frame. Part of :func:`_span_s`, the one definition of a session's span, for
+    one session or in a listing of all."""
+    imported = MarkerSource.IMPORT.value
+    return f"""
+        max(coalesce((SELECT max(beat_t_s) FROM beats WHERE session_id = {session}), 0),
+            coalesce((SELECT max(end_t_s) FROM gaps WHERE session_id = {session}), 0),
+            coalesce((SELECT max(t_s) FROM indices WHERE session_id = {session}), 0),
+            coalesce((SELECT max(t_s) FROM markers
+                      WHERE session_id = {session} AND source != '{imported}'), 0)),
+        (SELECT t_ns FROM ecg WHERE session_id = {session} ORDER BY first_t_ns DESC LIMIT 1)
+    """
+
+
+def _span_s(
+    started_ms: int,
+    end_ms: int | None,
+    scale: float,
+    last_t_s: float | None,
+    last_ecg: bytes | None,
+) -> float:
+    """A session's span, session seconds: the largest of its wall-clock length to ``end_ms``
+    times its time scale (a ``--speed`` replay records ``scale`` session seconds per
+    wall-clock second), ``last_t_s`` and the last sample of its last ECG frame (the
+    columns of :func:`_last_t_s_sql`)."""
+    span = max(0.0, float(last_t_s or 0.0))
+    if end_ms is not None:
+        span = max(span, (end_ms - started_ms) / 1000.0 * scale)
+    if last_ecg:
+        span = max(span, float(np.frombuffer(last_ecg, dtype="<i8").max()) / 1e9)
+    return span
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class SessionSummary:
     """One line of :meth:`SessionStore.list_sessions`.
 
-    ``n_beats`` counts stored beats. ``duration_s`` is ``(stopped_ms - started_ms) / 1000``
-    once the session has ended; while it is running, the time of its last beat
-    (``beat_t_s``, seconds), or 0.0 before the first beat.
+    ``n_beats`` counts stored beats. ``duration_s`` is the session's span in session seconds
+    (:meth:`SessionStore.recorded_span_s` with ``to_now=False``): once it has ended, its
+    wall-clock length times its time scale (or its last beat, gap, indices row, live marker
+    or ECG sample, if later); while it is running, the latest of those, or 0.0 before any.
     """
 
     id: str
@@ -1613,19 +1651,17 @@ class SessionStore:
         """All sessions, oldest first, with beat counts and durations."""
         with self._transaction(write=False) as conn:
             rows = conn.execute(
-                """
-                SELECT s.id, s.device_id, s.started_ms, s.stopped_ms, s.state,
+                f"""
+                SELECT s.id, s.device_id, s.started_ms, s.stopped_ms, s.state, s.meta_json,
                        (SELECT count(*) FROM beats b WHERE b.session_id = s.id),
-                       (SELECT max(beat_t_s) FROM beats b WHERE b.session_id = s.id)
+                       {_last_t_s_sql("s.id")}
                 FROM sessions s ORDER BY s.started_ms, s.id
                 """
             ).fetchall()
         out = []
-        for sid, device_id, started_ms, stopped_ms, state, n_beats, last_t_s in rows:
-            # A time-compressed replay records more session seconds than wall-clock ones.
-            duration_s = float(last_t_s or 0.0)
-            if stopped_ms is not None:
-                duration_s = max(duration_s, (stopped_ms - started_ms) / 1000.0)
+        for sid, device_id, started_ms, stopped_ms, state, meta_json, n_beats, *last in rows:
+            # As recorded_span_s(to_now=False): session seconds, so a --speed replay's.
+            duration_s = _span_s(started_ms, stopped_ms, _time_scale(meta_json), *last)
             out.append(
                 SessionSummary(
                     id=sid,
@@ -1721,32 +1757,30 @@ class SessionStore:
             )
         return _session_from_row(rows[0])
 
-    def recorded_span_s(self, session_id: str, *, now_ms: int | None = None) -> float:
-        """How far the session's time axis reaches, seconds since its start.
+    def recorded_span_s(
+        self, session_id: str, *, now_ms: int | None = None, to_now: bool = True
+    ) -> float:
+        """How far the session's time axis reaches, seconds since its start: the one
+        definition of a session's span, which the EDF and BIDS exports and
+        :meth:`list_sessions` (``settle sessions list``) use too.
 
-        The largest of: its wall-clock length (to ``now_ms`` while it runs; times
-        :attr:`SessionInfo.time_scale`), its last beat,
-        gap end, indices row and marker entered live. A time-compressed replay (``--speed``)
-        records more session seconds than wall-clock seconds, so the wall clock alone is too
-        short. Imported markers do not count: each journal import is checked against this
-        span, and one just past the end moved the end for the next (markers crept 5 s past
-        a session, and a baseline with them)."""
+        The largest of: its wall-clock length times :attr:`SessionInfo.time_scale` (a
+        time-compressed replay, ``--speed``, records more session seconds than wall-clock
+        seconds, so the wall clock alone is too short or, below speed 1, too long), its last
+        beat, gap end, indices row, marker entered live and ECG sample. While it runs, its
+        wall-clock length is to ``now_ms`` (default: now); with ``to_now=False`` a running
+        session reaches only as far as it has recorded (an export, a listing: a session a
+        crash left running would otherwise grow without data). Imported markers do not
+        count: each journal import is checked against this span, and one just past the end
+        moved the end for the next (markers crept 5 s past a session, and a baseline with
+        them)."""
         with self._transaction(write=False) as conn:
             info = _require_session(conn, session_id)
             end_ms = info.stopped_ms
-            if end_ms is None:
+            if end_ms is None and to_now:
                 end_ms = int(time.time() * 1000) if now_ms is None else now_ms
-            (last,) = conn.execute(
-                """
-                SELECT max(coalesce((SELECT max(beat_t_s) FROM beats WHERE session_id = :s), 0),
-                           coalesce((SELECT max(end_t_s) FROM gaps WHERE session_id = :s), 0),
-                           coalesce((SELECT max(t_s) FROM indices WHERE session_id = :s), 0),
-                           coalesce((SELECT max(t_s) FROM markers
-                                     WHERE session_id = :s AND source != :imported), 0))
-                """,
-                {"s": session_id, "imported": MarkerSource.IMPORT.value},
-            ).fetchone()
-        return max((end_ms - info.started_ms) / 1000.0 * info.time_scale, float(last), 0.0)
+            last = conn.execute(f"SELECT {_last_t_s_sql(':s')}", {"s": session_id}).fetchone()
+        return _span_s(info.started_ms, end_ms, info.time_scale, *last)
 
     def beats(self, session_id: str) -> list[BeatRow]:
         """The session's beats in ``seq`` order."""

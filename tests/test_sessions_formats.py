@@ -424,6 +424,45 @@ def test_edf_size_does_not_grow_with_the_notes_at_one_moment(
     assert np.all(rr[(k > 1601) & (k < 1610)] < 0.01)  # the gap
 
 
+@pytest.mark.parametrize(
+    ("speed", "wall_ms", "last_beat_s", "span_s"),
+    [
+        (0.5, 20_000, 9.6, 10.0),  # settle demo --speed 0.5 --duration 20: 10 session s
+        (5.0, 120_700, 100.0, 603.5),  # beats ended before the session did
+    ],
+)
+def test_edf_bids_and_the_listing_span_a_time_compressed_session_in_session_seconds(
+    store: SessionStore,
+    tmp_path: Path,
+    speed: float,
+    wall_ms: int,
+    last_beat_s: float,
+    span_s: float,
+) -> None:
+    """A --speed replay records ``speed`` session seconds per wall-clock second: the EDF,
+    the BIDS physio file and ``settle sessions list`` span its session seconds, not its
+    wall-clock length (at 0.5 they were twice too long, at 5 BIDS ended at 120.7 s while its
+    events ran to 600.9 s and the EDF to 601 s)."""
+    pyedflib = dev_dependency("pyedflib")
+    sid = store.create_session("dev", T0_MS, "x", {"time_scale": speed}).id
+    n = round(last_beat_s / 0.8)
+    store.add_beats(sid, [BeatRow(i, 0.8 * (i + 1), T0_MS, 800.0) for i in range(n)])
+    store.add_markers(sid, [MarkerRow(span_s - 2.6, T0_MS, "note", "late", MarkerSource.MQTT)])
+    store.finish_session(sid, T0_MS + wall_ms)
+    assert store.recorded_span_s(sid) == pytest.approx(span_s)
+    (row,) = [r for r in store.list_sessions() if r.id == sid]
+    assert row.duration_s == pytest.approx(span_s)
+    with pyedflib.EdfReader(str(export_edf(store, sid, tmp_path / "s.edf"))) as f:
+        assert f.file_duration == np.ceil(span_s + 1e-9)
+    beh = export_bids(store, sid, tmp_path / "ds")
+    (physio,) = beh.glob("*_task-settle_physio.tsv.gz")
+    rows = gzip.decompress(physio.read_bytes()).decode().splitlines()
+    assert len(rows) == np.floor(span_s * 4) + 1  # 4 Hz from 0 to the span's end
+    (events,) = beh.glob("*_events.tsv")
+    onsets = [float(r.split("\t")[0]) for r in events.read_text().splitlines()[1:]]
+    assert max(onsets) == pytest.approx(span_s - 2.6) and max(onsets) < len(rows) / 4
+
+
 def _validator() -> list[str] | None:
     local = REPO / ".cache" / "npm" / "node_modules" / ".bin" / "bids-validator"
     if local.exists() and shutil.which("node"):
