@@ -34,6 +34,7 @@ from __future__ import annotations
 import bisect
 import csv
 import itertools
+import os
 from pathlib import Path
 from typing import IO, Literal, cast
 
@@ -45,12 +46,36 @@ from sessions.files import (
     ProgressFn,
     atomic_file,
     one_line,
-    plain_name,
     target_file,
 )
 from sessions.store import EcgBeatRow, EcgSeries, SessionRecord, SessionStore
 
-__all__ = ["export_kubios"]
+__all__ = ["export_kubios", "markers_file"]
+
+#: Longest file name taken where the directory does not say, bytes (ext4, XFS, btrfs, APFS).
+_NAME_MAX = 255
+
+
+def markers_file(rr_file: Path) -> Path:
+    """The side file of the RR file ``rr_file``: ``<its stem>_markers.csv`` beside it.
+
+    Whatever name the RR file has (``my rr.txt``, ``rr-ö.txt``: the user chose it, as for
+    every other format), this is a name in the same directory, so nothing but its length is
+    checked: one longer than the file system takes (the RR file's name plus 8 bytes) is
+    :class:`ExportError`."""
+    side = rr_file.with_name(f"{rr_file.stem}_markers.csv")
+    try:
+        most = os.pathconf(rr_file.parent, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # a missing directory; no pathconf
+        most = _NAME_MAX
+    size = len(os.fsencode(side.name))
+    if size > most:
+        raise ExportError(
+            side,
+            f"the markers file's name would be {size} bytes, more than the file system takes "
+            f"({most}): choose a shorter file name",
+        )
+    return side
 
 
 def _rr_text(rr_ms: float) -> str:
@@ -150,7 +175,7 @@ def export_kubios(
     """
     suffix = "ecg-rr" if rr_source == "ecg" else "rr"
     target = target_file(Path(out), f"settle-{session_id}-{suffix}.txt", (".txt",))
-    side = target.with_name(plain_name(f"{target.stem}_markers.csv", target.parent))
+    side = markers_file(target)
     rec = store.read_session(session_id)
     ecg = store.ecg(session_id) if rr_source == "ecg" and rec.n_ecg else None
     series = rr_series(rec, rr_source, ecg)

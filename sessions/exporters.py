@@ -22,7 +22,7 @@ from sessions.export import export_csv
 from sessions.export_bids import bids_label, export_bids, not_a_dataset_why, strap_conflict
 from sessions.export_edf import export_edf
 from sessions.export_json import export_json
-from sessions.export_kubios import RrSource, export_kubios
+from sessions.export_kubios import RrSource, export_kubios, markers_file
 from sessions.files import ExportError, ProgressFn, not_replaceable
 from sessions.store import SessionStore
 
@@ -78,6 +78,8 @@ def export_session(
         planned = [out] if fmt == "bids" else _planned_files(fmt, out, session_id, rr_source)
     except OSError as exc:  # e.g. a name longer than the file system allows
         raise ExportError(out, f"cannot use this path: {exc.strerror or exc}") from None
+    except ExportError as exc:  # Kubios' side file named after a file name too long for it
+        raise ExportRefused(exc.path, exc.reason) from None
     for path in planned:
         real = _resolved(path)
         if real is not None and real in protected:
@@ -137,7 +139,7 @@ def _planned_files(fmt: str, out: Path, session_id: str, rr_source: str) -> list
     }[fmt]
     target = out / default if out.is_dir() else out
     if fmt == "kubios":
-        return [target, target.with_name(f"{target.stem}_markers.csv")]
+        return [target, markers_file(target)]
     return [target]
 
 

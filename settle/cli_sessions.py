@@ -180,6 +180,14 @@ def export(
         # Path() drops the trailing slash: without this, `--out missing/` would write a file
         # called `missing`.
         _fail(f"{out_arg}: directory {out_path} does not exist")
+    if fmt == "kubios" and not out_path.is_dir():
+        from sessions.export_kubios import markers_file
+        from sessions.files import ExportError
+
+        try:
+            markers_file(out_path)  # named after --out: a usage error, before the store
+        except ExportError as exc:
+            _fail(str(exc), 2)
     path = _db_path(config, db)
     try:
         with SessionStore.open_for_reading(path) as store:
@@ -200,9 +208,10 @@ def export(
     except SettleError as exc:
         _fail(str(exc))
     out.print(f"wrote {written}", markup=False)
-    side = written.with_name(f"{written.stem}_markers.csv")
-    if fmt == "kubios" and side.is_file():  # it was written too: say so
-        out.print(f"wrote {side}", markup=False)
+    if fmt == "kubios":  # its side file was written too: say so
+        from sessions.export_kubios import markers_file
+
+        out.print(f"wrote {markers_file(written)}", markup=False)
 
 
 # -- report / trends ------------------------------------------------------------------------

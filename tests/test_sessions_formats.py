@@ -25,7 +25,7 @@ from sessions.export_bids import export_bids
 from sessions.export_edf import ECG_NOT_RECORDED, MAX_ANNOTATION_BYTES, export_edf
 from sessions.export_json import export_json, read_export_json
 from sessions.export_kubios import export_kubios
-from sessions.exporters import FORMATS, export_session
+from sessions.exporters import FORMATS, ExportRefused, export_session
 from sessions.files import ExportError, inside, plain_name
 from sessions.store import (
     SCHEMA_VERSION,
@@ -729,6 +729,43 @@ def test_cli_export_every_format_and_one_line_errors(store: SessionStore, tmp_pa
         want = "bids" if opt == "--subject" else "kubios"
         assert f"{opt} applies to --format {want} only (not {fmt})" in res.output
         assert not out.exists()
+
+
+def test_kubios_takes_any_file_name_the_other_formats_take(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """Its side file is named after the RR file, so a name with a space or a non-ASCII
+    letter, which CSV, EDF and JSON take, is taken too (it was "refusing unsafe file name
+    'my rr_markers.csv'", exit 1, after reading the session). Only a side-file name longer
+    than the file system takes is refused: a usage error (exit 2), before the store is
+    read, nothing written."""
+    from settle.cli import app
+
+    _build(store, ecg=False)
+    runner = CliRunner()
+    for name in ("my rr.txt", "rr-ö.txt"):
+        out = tmp_path / name
+        res = runner.invoke(
+            app,
+            ["export", "latest", "--format", "kubios", "--out", str(out), "--db", str(store.path)],
+        )
+        assert res.exit_code == 0, res.output
+        side = out.with_name(f"{out.stem}_markers.csv")
+        assert res.output == f"wrote {out}\nwrote {side}\n"
+        assert side.read_text().startswith("kubios_t_s,")
+    long = tmp_path / ("r" * 246 + ".txt")  # a name that fits, whose side file's does not
+    res = runner.invoke(
+        app, ["export", "latest", "--format", "kubios", "--out", str(long),
+              "--db", str(tmp_path / "no-such.db")]
+    )  # fmt: skip
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert "markers file's name would be 258 bytes, more than the file system takes" in res.output
+    assert not (tmp_path / "no-such.db").exists()
+    with pytest.raises(ExportRefused, match="258 bytes"):
+        export_session(store, store.list_sessions()[0].id, "kubios", long)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("s.db")) == sorted(
+        ["my rr.txt", "my rr_markers.csv", "rr-ö.txt", "rr-ö_markers.csv"]
+    )
 
 
 def test_bids_is_not_made_into_a_folder_of_other_files(store: SessionStore, tmp_path: Path) -> None:
