@@ -27,27 +27,24 @@ end); a time inside a gap falls on the point where the gap sits, so a gap's
 gap lands between the beats before and after it, and a baseline spanning a gap is shorter
 on Kubios' axis. Times before the first interval began map to 0 (Kubios' axis starts there);
 times after the last beat run on from its end.
+
+The two files are written together (:func:`sessions.files.write_all`): both or neither.
 """
 
 from __future__ import annotations
 
 import bisect
 import csv
+import io
 import itertools
 import os
 from pathlib import Path
-from typing import IO, Literal, cast
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from sessions.files import (
-    ExportError,
-    ProgressFn,
-    atomic_file,
-    one_line,
-    target_file,
-)
+from sessions.files import ExportError, ProgressFn, one_line, target_file, write_all
 from sessions.store import EcgBeatRow, EcgSeries, SessionRecord, SessionStore
 
 __all__ = ["export_kubios", "markers_file"]
@@ -190,12 +187,11 @@ def export_kubios(
                 " (raw ECG is recorded from a Polar H10 with [strap] ecg = true)"
             )
         raise ExportError(target, f"session {session_id} has {what} to export")
-    with atomic_file(target, replace=replace) as fh:
-        text = cast(IO[str], fh)
-        for n, (_t, rr) in enumerate(series, start=1):
-            text.write(_rr_text(rr) + "\n")
-            if progress is not None and n % 10_000 == 0:
-                progress(n, len(series))
+    rr_lines = []
+    for n, (_t, rr) in enumerate(series, start=1):
+        rr_lines.append(_rr_text(rr) + "\n")
+        if progress is not None and n % 10_000 == 0:
+            progress(n, len(series))
     events: list[tuple[float, str, float, str]] = [
         (m.t_s, m.kind, 0.0, m.text) for m in rec.markers
     ]
@@ -204,21 +200,24 @@ def export_kubios(
     if base is not None and base.stop_t_s is not None:
         events.append((base.start_t_s, "baseline", base.stop_t_s - base.start_t_s, ""))
     events.sort(key=lambda e: e[0])
-    with atomic_file(side, replace=replace) as fh:
-        w = csv.writer(cast(IO[str], fh))
-        w.writerow(
-            [
-                "kubios_t_s", "kubios_hms", "t_s", "kind", "duration_s", "text",
-                "kubios_duration_s", "device_id",
-            ]
-        )  # fmt: skip
-        for t_s, kind, dur, note in events:
-            k = kubios_time(series, t_s)
-            k_dur = kubios_time(series, t_s + dur) - k
-            # One line per event, as EDF and BIDS write it: a NUL or line break in a marker's
-            # text broke CSV readers (Python's csv: "line contains NUL").
-            row = [f"{k:.3f}", _hms(k), repr(t_s), kind, repr(dur), one_line(note)]
-            w.writerow([*row, f"{k_dur:.3f}", rec.info.device_id])
+    side_text = io.StringIO(newline="")
+    w = csv.writer(side_text)
+    w.writerow(
+        [
+            "kubios_t_s", "kubios_hms", "t_s", "kind", "duration_s", "text",
+            "kubios_duration_s", "device_id",
+        ]
+    )  # fmt: skip
+    for t_s, kind, dur, note in events:
+        k = kubios_time(series, t_s)
+        k_dur = kubios_time(series, t_s + dur) - k
+        # One line per event, as EDF and BIDS write it: a NUL or line break in a marker's
+        # text broke CSV readers (Python's csv: "line contains NUL").
+        row = [f"{k:.3f}", _hms(k), repr(t_s), kind, repr(dur), one_line(note)]
+        w.writerow([*row, f"{k_dur:.3f}", rec.info.device_id])
+    # Both or neither: a new RR file beside an old or missing side file (the second write
+    # failing) looked like a complete pair and was not.
+    write_all([(target, "".join(rr_lines)), (side, side_text.getvalue())], replace=replace)
     if progress is not None:
         progress(len(series), len(series))
     return target

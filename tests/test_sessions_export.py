@@ -379,3 +379,48 @@ def test_outputs_written_together_are_taken_back_whatever_stops_the_placing(
                 [(tmp_path / "a.csv", "new a\n"), (tmp_path / "b.png", b"new b")], replace=False
             )
         assert list(tmp_path.iterdir()) == []  # neither file, no temporary file
+
+
+def test_kubios_writes_its_two_files_all_or_none(
+    store: SessionStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The RR file and its _markers.csv side file are written as one (``write_all``): the
+    side file failing (one that appeared while the export ran, an error while placing it)
+    leaves no new RR file without its partner (it was left behind, new, beside no markers
+    file or an old one)."""
+    from sessions import files
+    from sessions.export_kubios import export_kubios
+
+    sid = _session(store)
+    rr = [800.0 + 10.0 * (i % 3) for i in range(10_001)]
+    store.add_beats(sid, _beats_from_rr(rr, [round(r * 1.024) for r in rr]))
+    store.add_marker(sid, MarkerRow(5.0, T0_MS + 5000, "shame", "x", MarkerSource.MQTT))
+    target, side = tmp_path / "rr.txt", tmp_path / "rr_markers.csv"
+
+    def someone_writes_the_side_file(done: int, total: int) -> None:
+        if not side.exists():
+            side.write_text("precious\n")
+
+    with pytest.raises(ExportError, match=r"rr_markers\.csv: file exists"):
+        export_kubios(store, sid, target, progress=someone_writes_the_side_file, replace=False)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("sessions.db")) == [
+        "rr_markers.csv"
+    ]
+    assert side.read_text() == "precious\n"
+    side.unlink()
+
+    real = files.place
+
+    def side_fails(tmp: str, path: Path, *, replace: bool) -> None:
+        if path == side:
+            raise PermissionError(13, "Permission denied")
+        real(tmp, path, replace=replace)
+
+    monkeypatch.setattr(files, "place", side_fails)
+    with pytest.raises(ExportError, match="Permission denied"):
+        export_kubios(store, sid, target, replace=False)
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith("sessions.db")]
+    monkeypatch.setattr(files, "place", real)
+    assert export_kubios(store, sid, target, replace=False) == target
+    assert len(target.read_text().splitlines()) == 10_001
+    assert side.read_text().splitlines()[1].split(",")[3] == "shame"
