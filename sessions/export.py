@@ -50,9 +50,10 @@ device_id      the strap that recorded the session, as ``settle sessions list`` 
 
 Records: ``beat``, ``ecg_beat``, ``indices``, ``marker``, ``gap`` and ``baseline`` (the
 marked rest period the score was computed against, ``t_s`` to ``end_t_s``; absent when the
-session used the automatic baseline). Columns ``rr_corrected_ms`` … ``reason`` were added with
-schema v2, ``usable`` and ``quality`` later, ``device_id`` after them; columns are only ever
-appended (:func:`read_export_csv` also reads a file written before ``device_id``).
+session used the automatic baseline; one never closed ends at the session's end, as in every
+export: :func:`sessions.series.baseline_span`). Columns ``rr_corrected_ms`` … ``reason``
+were added with schema v2, ``usable`` and ``quality`` later, ``device_id`` after them; columns
+are only ever appended (:func:`read_export_csv` also reads a file written before ``device_id``).
 Rows are sorted by ``t_s``; at equal ``t_s`` beats come before ECG beats before indices before
 markers before gaps, and
 each kind keeps its stored order (beats by ``seq``). Floats are written with :func:`repr`,
@@ -71,6 +72,7 @@ from pathlib import Path
 from typing import IO, cast
 
 from sessions.files import ExportError, ProgressFn, atomic_file, target_file
+from sessions.series import baseline_span
 from sessions.store import SessionRecord, SessionStore
 
 __all__ = ["COLUMNS", "ExportError", "ExportRow", "export_csv", "read_export_csv"]
@@ -153,7 +155,7 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def _rows(rec: SessionRecord) -> Iterator[list[str]]:
+def _rows(rec: SessionRecord, end_s: float) -> Iterator[list[str]]:
     sid, started, device = rec.info.id, rec.info.started_ms, rec.info.device_id
     keyed: list[tuple[float, int, dict[str, object]]] = []
     for b in rec.beats:
@@ -238,13 +240,13 @@ def _rows(rec: SessionRecord) -> Iterator[list[str]]:
                 {"record": "gap", "t_s": g.start_t_s, "end_t_s": g.end_t_s, "reason": g.reason},
             )
         )
-    period = rec.info.baseline
+    period = baseline_span(rec.info.baseline, end_s)  # an open one: to the session's end
     if period is not None:
         keyed.append(
             (
-                period.start_t_s,
+                period[0],
                 _RECORD_ORDER["baseline"],
-                {"record": "baseline", "t_s": period.start_t_s, "end_t_s": period.stop_t_s},
+                {"record": "baseline", "t_s": period[0], "end_t_s": period[1]},
             )
         )
     # sort() is stable, so each kind keeps the order the store returned it in.
@@ -283,11 +285,12 @@ def export_csv(
     target = target_file(out, f"settle-{session_id}.csv", (".csv",))
     # Read first: an unknown session must not leave a file behind.
     rec = store.read_session(session_id)
+    end_s = store.recorded_span_s(session_id, to_now=False)  # where an open baseline ends
     total = len(rec.beats) + len(rec.indices) + len(rec.markers) + len(rec.gaps)
     with atomic_file(target, replace=replace) as fh:
         writer = csv.writer(cast(IO[str], fh))
         writer.writerow(COLUMNS)
-        for n, row in enumerate(_rows(rec), start=1):
+        for n, row in enumerate(_rows(rec, end_s), start=1):
             writer.writerow(row)
             if progress is not None and n % 10_000 == 0:
                 progress(n, total)

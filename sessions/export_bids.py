@@ -75,6 +75,7 @@ from sessions.files import (
 from sessions.series import (
     DEFAULT_FS_HZ,
     ECG_KERNEL_HALF_WIDTH,
+    baseline_span,
     ecg_holes,
     ecg_on_grid,
     ecg_rate_hz,
@@ -207,15 +208,15 @@ def _text_cell(text: str) -> str:
 ECG_NOT_RECORDED = "ecg-not-recorded"
 
 
-def _events_tsv(rec: SessionRecord, ecg_holes_s: list[tuple[float, float]]) -> str:
+def _events_tsv(rec: SessionRecord, ecg_holes_s: list[tuple[float, float]], end_s: float) -> str:
     rows: list[tuple[float, float, str, str, str]] = []
     for m in rec.markers:
         rows.append((m.t_s, 0.0, m.kind, m.source.value, m.text))
     for g in rec.gaps:
         rows.append((g.start_t_s, g.end_t_s - g.start_t_s, "gap", "settle", g.reason))
-    b = rec.info.baseline
-    if b is not None and b.stop_t_s is not None:
-        rows.append((b.start_t_s, b.stop_t_s - b.start_t_s, "baseline", "settle", ""))
+    b = baseline_span(rec.info.baseline, end_s)  # an open one: to the session's end
+    if b is not None:
+        rows.append((b[0], b[1] - b[0], "baseline", "settle", ""))
     for start, end, classes in not_analysed_spans(rec.beats):
         rows.append((start, end - start, "not-analysed", "settle", classes))
     for onset, duration in ecg_holes_s:
@@ -498,7 +499,7 @@ def _write_session(
         )
     if progress is not None:
         progress(2, 3)
-    _write(root, beh / f"{stem}_events.tsv", _events_tsv(rec, holes).encode("utf-8"))
+    _write(root, beh / f"{stem}_events.tsv", _events_tsv(rec, holes, span_s).encode("utf-8"))
     _write(root, beh / f"{stem}_events.json", _json_bytes(_EVENTS_JSON))
     if progress is not None:
         progress(3, 3)

@@ -61,6 +61,7 @@ from sessions.files import ProgressFn, atomic_file, one_line, target_file
 from sessions.series import (
     DEFAULT_FS_HZ,
     ECG_KERNEL_HALF_WIDTH,
+    baseline_span,
     ecg_holes,
     ecg_on_grid,
     ecg_rate_hz,
@@ -185,7 +186,7 @@ def _tal(onset: float, duration: float | None, text: str) -> bytes:
     return (head + "\x14" + _clean(text) + "\x14\x00").encode("utf-8")
 
 
-def _annotations(rec: SessionRecord) -> list[tuple[float, float | None, str]]:
+def _annotations(rec: SessionRecord, end_s: float) -> list[tuple[float, float | None, str]]:
     out: list[tuple[float, float | None, str]] = []
     info = rec.info
     if info.intention is not None:
@@ -196,10 +197,9 @@ def _annotations(rec: SessionRecord) -> list[tuple[float, float | None, str]]:
             out.append((0.0, None, f"intention statement: {i.statement}"))
         if i.practice:
             out.append((0.0, None, f"intention practice: {i.practice}"))
-    if info.baseline is not None:
-        b = info.baseline
-        dur = None if b.stop_t_s is None else b.stop_t_s - b.start_t_s
-        out.append((b.start_t_s, dur, "baseline"))
+    baseline = baseline_span(info.baseline, end_s)  # an open one: to the session's end
+    if baseline is not None:
+        out.append((baseline[0], baseline[1] - baseline[0], "baseline"))
     for m in rec.markers:
         out.append((m.t_s, None, f"{m.kind}: {m.text}" if m.text else m.kind))
     for g in rec.gaps:
@@ -343,7 +343,7 @@ def export_edf(
     # Session seconds (a --speed replay's wall-clock length times its speed), as BIDS has it;
     # the file also reaches the last annotation (an imported marker may be 1 s past it).
     span = store.recorded_span_s(session_id, to_now=False)
-    annotations = _annotations(rec)
+    annotations = _annotations(rec, span)
     if annotations:
         span = max(span, annotations[-1][0])
     frac = (info.started_ms % 1000) / 1000.0

@@ -45,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sessions.files import ExportError, ProgressFn, one_line, target_file, write_all
+from sessions.series import baseline_span
 from sessions.store import EcgBeatRow, EcgSeries, SessionRecord, SessionStore
 
 __all__ = ["export_kubios", "markers_file"]
@@ -196,9 +197,10 @@ def export_kubios(
         (m.t_s, m.kind, 0.0, m.text) for m in rec.markers
     ]
     events += [(g.start_t_s, "gap", g.end_t_s - g.start_t_s, g.reason) for g in rec.gaps]
-    base = rec.info.baseline
-    if base is not None and base.stop_t_s is not None:
-        events.append((base.start_t_s, "baseline", base.stop_t_s - base.start_t_s, ""))
+    # An open baseline runs to the session's end, as in every export.
+    base = baseline_span(rec.info.baseline, store.recorded_span_s(session_id, to_now=False))
+    if base is not None:
+        events.append((base[0], "baseline", base[1] - base[0], ""))
     events.sort(key=lambda e: e[0])
     side_text = io.StringIO(newline="")
     w = csv.writer(side_text)

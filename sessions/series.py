@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sensors.timing import ECG_ONLY_GAPS
-from sessions.store import BeatClass, BeatRow, EcgSeries, GapRow
+from sessions.store import BaselinePeriod, BeatClass, BeatRow, EcgSeries, GapRow
 
 __all__ = [
     "DEFAULT_FS_HZ",
@@ -20,6 +20,7 @@ __all__ = [
     "ECG_KERNEL_HALF_WIDTH",
     "ECG_SINC_LIMIT_UV",
     "NOT_ANALYSED",
+    "baseline_span",
     "ecg_holes",
     "ecg_on_grid",
     "ecg_rate_hz",
@@ -37,6 +38,18 @@ _LOST_BEATS_TOLERANCE_S = 1.0
 #: Beat classes that are recorded but never analysed (``docs/sessions.md``): their RR is no
 #: tachogram value, so the resampled series holds no data where it would depend on them.
 NOT_ANALYSED = frozenset({BeatClass.IMPLAUSIBLE, BeatClass.WARMUP})
+
+
+def baseline_span(baseline: BaselinePeriod | None, end_s: float) -> tuple[float, float] | None:
+    """The baseline period as every export writes it, ``(start_t_s, stop_t_s)``, or None
+    without one. A baseline whose stop was never stored — the session was stopped or
+    interrupted while it was being collected, or is still collecting it — runs to
+    ``end_s``, the session's end (:meth:`sessions.store.SessionStore.recorded_span_s`), and
+    never ends before it starts."""
+    if baseline is None:
+        return None
+    stop = baseline.stop_t_s
+    return baseline.start_t_s, max(baseline.start_t_s, end_s if stop is None else stop)
 
 
 def best_rr_ms(beat: BeatRow) -> float:

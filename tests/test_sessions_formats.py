@@ -20,11 +20,11 @@ import pytest
 from typer.testing import CliRunner
 
 from sensors.readers import read_rr_file
-from sessions.export import read_export_csv
+from sessions.export import export_csv, read_export_csv
 from sessions.export_bids import export_bids
 from sessions.export_edf import ECG_NOT_RECORDED, MAX_ANNOTATION_BYTES, export_edf
 from sessions.export_json import export_json, read_export_json
-from sessions.export_kubios import export_kubios
+from sessions.export_kubios import export_kubios, markers_file
 from sessions.exporters import FORMATS, ExportRefused, export_session
 from sessions.files import ExportError, inside, plain_name
 from sessions.store import (
@@ -461,6 +461,40 @@ def test_edf_bids_and_the_listing_span_a_time_compressed_session_in_session_seco
     (events,) = beh.glob("*_events.tsv")
     onsets = [float(r.split("\t")[0]) for r in events.read_text().splitlines()[1:]]
     assert max(onsets) == pytest.approx(span_s - 2.6) and max(onsets) < len(rows) / 4
+
+
+def test_an_open_baseline_runs_to_the_sessions_end_in_every_export(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """A baseline whose stop was never stored (the session interrupted while it was being
+    collected) was exported four ways: CSV without an end, EDF as a zero-length
+    annotation, BIDS and Kubios not at all. Every export now has it from its start to the
+    session's end."""
+    pyedflib = dev_dependency("pyedflib")
+    sid = store.create_session("dev", T0_MS, "x", {}).id
+    store.add_beats(sid, [BeatRow(i, 0.8 * (i + 1), T0_MS, 800.0) for i in range(100)])
+    store.set_baseline(sid, BaselinePeriod(30.0, None))
+    store.finish_session(sid, T0_MS + 80_000, "interrupted")  # at its last beat
+    end = store.recorded_span_s(sid)
+    assert end == 80.0
+
+    (row,) = [
+        r for r in read_export_csv(export_csv(store, sid, tmp_path)) if r.record == "baseline"
+    ]
+    assert (row.t_s, row.end_t_s) == (30.0, end)
+    with pyedflib.EdfReader(str(export_edf(store, sid, tmp_path))) as f:
+        onsets, durations, texts = f.readAnnotations()
+    assert [
+        (o, d) for o, d, t in zip(onsets, durations, texts, strict=True) if t == "baseline"
+    ] == [(30.0, end - 30.0)]
+    (events,) = export_bids(store, sid, tmp_path / "ds").glob("*_events.tsv")
+    assert [r.split("\t")[:3] for r in events.read_text().splitlines()[1:]] == [
+        ["30.0", "50.0", "baseline"]
+    ]
+    side = markers_file(export_kubios(store, sid, tmp_path))
+    with side.open(newline="") as fh:
+        (kub,) = list(csv.DictReader(fh))
+    assert (kub["kind"], float(kub["t_s"]), float(kub["duration_s"])) == ("baseline", 30.0, 50.0)
 
 
 def _validator() -> list[str] | None:
