@@ -102,8 +102,9 @@ def export_session(
         if path == out and not out.name.lower().endswith(suffixes):
             # Every format the same way: the default CSV went into `x.json` (exit 0) while
             # json, edf and kubios refused a wrong name only as they wrote (exit 1).
+            article = "an" if fmt == "edf" else "a"  # "ee-dee-eff"; "a csv", "a json"
             raise ExportRefused(
-                out, f"a {fmt} export's file name must end in {' or '.join(suffixes)}"
+                out, f"{article} {fmt} export's file name must end in {' or '.join(suffixes)}"
             )
         why = not_replaceable(path)
         if why is not None:
