@@ -279,7 +279,7 @@ class LiveAnalyzer:
             if b.rr_ms == b.rr_ms:
                 # A beat the correction placed before the last one (a split interval whose
                 # time line was compressed, see push_beat) is kept just after it.
-                t = b.t_s if b.t_s >= self._last_t else self._last_t + 1e-6
+                t = b.t_s if b.t_s > self._last_t else self._last_t + 1e-6
                 td.add(t, b.rr_ms)
                 beats.append((t, b.rr_ms))
                 self._last_t = t

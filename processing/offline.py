@@ -280,12 +280,12 @@ def _time_line(t: FloatArray) -> FloatArray:
     the correction placed before the one before it (the first beat of a run cut after a
     stall, split as ``missed``: its inserted half lands before the previous run's last beat)
     is kept 1 µs after that one, so every window and search sees times in order."""
-    back = np.flatnonzero(np.diff(t) < 0)
+    back = np.flatnonzero(np.diff(t) <= 0)
     if back.size == 0:
         return t
     out = t.copy()
     for i in range(int(back[0]) + 1, out.size):
-        if out[i] < out[i - 1]:
+        if out[i] <= out[i - 1]:
             out[i] = out[i - 1] + 1e-6
     return out
 
@@ -351,45 +351,59 @@ def _steps_seen(
     cut: npt.NDArray[np.bool_],
     recorded: npt.NDArray[np.bool_],
     correction: bool,
-    t_ok: FloatArray,
+    notification_start: npt.NDArray[np.bool_] | None = None,
 ) -> _Seen:
     """What the daemon had at each step (:class:`_Seen`), by the order in which it handles
-    beats and steps (settle.pipeline): with correction it pushes each beat, then takes the
-    steps up to that beat's time, and a row is final once the beat it waited for
-    (``released``, from :func:`_classify`) has been pushed — up to 3 beats after its own, so
-    its windows end that much earlier than the step; without correction it takes the steps
-    before a beat's time first and every beat is final as it is pushed. Its windows restart
-    at a recorded gap (before the steps inside it), at a stall cut and at a left-out beat (as
-    the beat is handled, or, left out by the correction, when that row is final).
+    beats and steps (settle.pipeline): with correction it pushes the beats of a notification,
+    then takes the steps up to the last one's time, and a row is final once the beat it
+    waited for (``released``, from :func:`_classify`) has been pushed — up to 3 beats after
+    its own, so its windows end that much earlier than the step; without correction it takes
+    the steps before a beat's time first and every beat is final as it is pushed. Its windows
+    restart at a recorded gap (before the steps inside it), at a stall cut and at a left-out
+    beat (as the beat is handled, or, left out by the correction, when that row is final); a
+    gap in the times alone breaks the windows (:func:`_breaks`) but empties none the daemon
+    had.
 
-    ``t``: the raw beat times (``cut`` and ``recorded`` have one flag per raw beat);
-    ``t_ok``: the analysed beats' times in order (:func:`_time_line`)."""
+    ``t``: the raw beat times (``cut``, ``recorded`` and ``notification_start`` have one flag
+    per raw beat; ``notification_start``: the first beat of each notification, None when
+    every beat came alone)."""
     n = t.size
     arrived = np.maximum.accumulate(t) if n else t  # a beat pulled back waits for the steps
+    beat_no = np.arange(n, dtype=np.intp)
+    first_of = (
+        beat_no
+        if notification_start is None
+        else np.maximum.accumulate(np.where(notification_start, beat_no, 0))
+    )
 
     def once(beat: npt.NDArray[np.intp], strict: bool) -> FloatArray:
         """The step times from which beat ``beat`` has been handled: steps after its time
-        (``strict``: its steps were taken before it) or from it."""
+        (``strict``: its steps were taken before it) or from it; none for ``n`` and later."""
         at = arrived[np.clip(beat, 0, max(n - 1, 0))] if n else np.zeros(beat.size)
         at = np.where(beat >= n, np.inf, at)
         return np.nextafter(at, np.inf) if strict else at
 
+    def pushed(beat: npt.NDArray[np.intp]) -> FloatArray:
+        """With correction, the steps taken once beat ``beat`` was handled: those after the
+        last beat before its notification (the daemon takes them after the notification)."""
+        if not n:
+            return np.full(beat.size, np.inf)
+        before = np.where(beat < n, first_of[np.minimum(beat, n - 1)] - 1, n)
+        return np.where(before >= 0, once(before, True), -np.inf)
+
     raw_row = cs.raw_index
-    if correction:
-        # Final once beat R is pushed: from the steps after beat R − 1 (taken before it).
-        rows_from = np.where(released > 0, once(released - 1, True), -np.inf)
-    else:
-        rows_from = once(released, False)
+    # ``released`` never decreases (rows are final in order), so neither does ``rows_from``.
+    rows_from = pushed(released) if correction else once(released, False)
     n_rows = np.searchsorted(rows_from, steps, side="right").astype(np.intp)
     before_row = np.concatenate([[0], np.cumsum(ok)])
-    last = before_row[n_rows] - 1
+    last = before_row[n_rows] - 1  # −1: no analysed beat yet (every step value stays empty)
 
     # Restarts: (from which step, analysed beats before it).
     left = np.flatnonzero(cs.code >= _NOT_ANALYSED)
     cuts = np.flatnonzero(cut)
     if correction:
-        left_from = np.where(released[left] > 0, once(released[left] - 1, True), -np.inf)
-        cut_from = np.where(cuts > 0, once(cuts - 1, True), -np.inf)
+        left_from = pushed(released[left])
+        cut_from = pushed(cuts)
     else:
         warm = cs.code[left] == _WARMUP  # the reconnect's gap came before them
         left_from = np.where(
@@ -402,13 +416,8 @@ def _steps_seen(
             np.where(cuts > 0, once(cuts - 1, True), -np.inf),
             once(cuts, False),
         )
-    # A gap in the times alone (no recorded one): its first beat starts the windows afresh.
-    gaps = gaps_in_times(t_ok, np.fmax(cs.rr_raw_ms[ok], cs.rr_ms[ok]))
-    gap_from = rows_from[np.flatnonzero(ok)[gaps]]
-    ev_from = np.concatenate([left_from, cut_from, gap_from])
-    ev_before = np.concatenate(
-        [before_row[left], _analysed_before(cs, ok, cut), gaps.astype(np.intp)]
-    )
+    ev_from = np.concatenate([left_from, cut_from])
+    ev_before = np.concatenate([before_row[left], _analysed_before(cs, ok, cut)])
     restarted = np.zeros(steps.size, dtype=bool)
     if ev_from.size:
         order = np.argsort(ev_from, kind="stable")
@@ -667,6 +676,7 @@ def analyze(
     rr_max_ms: float = 2000.0,
     warmup: npt.ArrayLike | None = None,
     gap_before: npt.ArrayLike | None = None,
+    notification_start: npt.ArrayLike | None = None,
     spectrum: Method = "welch",
     on_progress: Callable[[str, float], None] | None = None,
     step_s: float = STEP_S,
@@ -685,6 +695,10 @@ def analyze(
     ``gap_before`` (a bool per beat) marks beats after a gap the daemon recorded (a lost
     notification, say: beats are missing however close the times look): the series breaks
     there as it does at a gap in the times, as the daemon's windows restarted there.
+    ``notification_start`` (a bool per beat) marks the first beat of each Heart Rate
+    notification (a strap sends up to ~1 s of beats in one, and the daemon takes its steps
+    after a whole notification): the rolling values are then the daemon's at each step; None
+    takes every beat as a notification of its own.
     ``spectrum``: the whole-recording spectrum by the default method (each unbroken run
     resampled, Welch frames within runs) or by Lomb–Scargle over the beats at their own
     times, holes included (:func:`processing.spectral.lomb_frames`). The rolling spectra
@@ -715,6 +729,11 @@ def analyze(
         if recorded.shape != t.shape:
             raise ValueError("gap_before must have one value per beat")
         cut |= recorded
+    starts = None
+    if notification_start is not None:
+        starts = np.asarray(notification_start, dtype=bool)
+        if starts.shape != t.shape:
+            raise ValueError("notification_start must have one value per beat")
     report = on_progress if on_progress is not None else _no_progress
     costs = {k: v for k, v in STAGE_COST.items() if rolling or k != "rolling"}
     costs["summary"] = SUMMARY_COST[spectrum]
@@ -761,7 +780,7 @@ def analyze(
     spectra = f"spectra and coherence every {step_s:g} s"
     stage("spectra", spectra)
     steps = _step_times(tc, step_s)
-    seen = _steps_seen(steps, t, cs, ok, released, cut, recorded, correction, tc)
+    seen = _steps_seen(steps, t, cs, ok, released, cut, recorded, correction, starts)
     lf, hf, resp, coh, lnlf = _rolling_spectra(
         tc, rc, steps, seen, segments, lambda share: stage("spectra", spectra, share)
     )

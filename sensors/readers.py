@@ -43,6 +43,7 @@ from __future__ import annotations
 import codecs
 import csv
 import dataclasses
+import itertools
 import math
 import re
 import stat
@@ -93,6 +94,10 @@ class RRRecording:
     gap_before: npt.NDArray[np.bool_] | None = None
     """Settle export only: the beats that follow a ``gap`` row (beats the daemon knew it had
     lost, such as a missed notification, however short); None for other formats."""
+    notification_start: npt.NDArray[np.bool_] | None = None
+    """Settle export only: the beats that arrived first in their Heart Rate notification (a
+    strap sends up to ~1 s of beats in one: the daemon analysed them together); None for
+    other formats, or an export without the arrival times."""
 
 
 def read_rr_file(path: Path | str) -> RRRecording:
@@ -113,12 +118,13 @@ def read_rr_file(path: Path | str) -> RRRecording:
     t: npt.NDArray[np.float64] | None
     warmup: npt.NDArray[np.bool_] | None = None
     gap_before: npt.NDArray[np.bool_] | None = None
+    notification_start: npt.NDArray[np.bool_] | None = None
     if first.lower() == "[params]" or (
         "[hrdata]" in text.lower() and any(ln.strip().lower() == "[hrdata]" for ln in lines)
     ):
         rr, fmt, t = _read_hrm(name, lines), "polar-hrm", None
     elif "rr_ms" in _header_cells(first):
-        t, rr, fmt, warmup, gap_before = _read_csv(name, lines, head)
+        t, rr, fmt, warmup, gap_before, notification_start = _read_csv(name, lines, head)
     elif (column := _rr_column(first)) is not None:
         rr, fmt, t = _read_rr_column(name, lines, head, *column), "rr-column", None
     else:
@@ -135,7 +141,15 @@ def read_rr_file(path: Path | str) -> RRRecording:
             f"{MAX_SPAN_S:.0f} s ({MAX_SPAN_S / 86400:g} days) can be analysed or replayed "
             "(split the file)",
         )
-    return RRRecording(rr_ms=rr, t_s=t, fmt=fmt, path=name, warmup=warmup, gap_before=gap_before)
+    return RRRecording(
+        rr_ms=rr,
+        t_s=t,
+        fmt=fmt,
+        path=name,
+        warmup=warmup,
+        gap_before=gap_before,
+        notification_start=notification_start,
+    )
 
 
 def _read_bytes(p: Path, name: str) -> bytes:
@@ -291,11 +305,13 @@ def _read_csv(
     str,
     npt.NDArray[np.bool_] | None,
     npt.NDArray[np.bool_] | None,
+    npt.NDArray[np.bool_] | None,
 ]:
     """A ``t_s,rr_ms`` CSV, Settle's export (its ``record = beat`` rows) or a ``settle analyze
     --beats`` file (its raw intervals); ``lines[head]`` is the header. Returns beat times
     (None without a ``t_s`` column), RR, the format, for Settle's files which beats are the
-    daemon's warm-up beats, and for an export which beats follow a ``gap`` row."""
+    daemon's warm-up beats, and for an export which beats follow a ``gap`` row and which
+    arrived first in their notification (by ``recv_ts_ms``)."""
     header = _header_cells(lines[head])
     i_rec = header.index("record") if "record" in header else None
     beats_file = i_rec is None and {"t_s", "rr_raw_ms", "class"} <= set(header)
@@ -304,6 +320,8 @@ def _read_csv(
     cls_col = "class" if beats_file else "beat_class" if i_rec is not None else None
     i_cls = header.index(cls_col) if cls_col is not None and cls_col in header else None
     i_reason = header.index("reason") if i_rec is not None and "reason" in header else None
+    i_recv = header.index("recv_ts_ms") if i_rec is not None and "recv_ts_ms" in header else None
+    recv: list[str] = []
     fmt = "settle-export" if i_rec is not None else "settle-beats" if beats_file else "csv"
     zero_ok = i_rec is not None or beats_file
     t_cells: list[str] = []
@@ -353,6 +371,8 @@ def _read_csv(
             if i_rec is not None:
                 gaps.append(gap_pending)
                 gap_pending = False
+            if i_recv is not None:
+                recv.append(cells[i_recv].strip())
             linenos.append(start)
     except csv.Error as exc:
         raise InputFileError(name, f"malformed CSV: {exc}", head + 2 + consumed) from None
@@ -368,8 +388,12 @@ def _read_csv(
         rr, t = _row_by_row(name, rr_cells, t_cells if i_t is not None else None, linenos, zero_ok)
     warmup = np.asarray(warm, dtype=bool) if i_cls is not None else None
     gap_before = np.asarray(gaps, dtype=bool) if i_rec is not None else None
+    starts = None
+    if i_recv is not None and recv and all(recv):
+        starts = np.ones(len(recv), dtype=bool)
+        starts[1:] = [a != b for a, b in itertools.pairwise(recv)]
     if i_t is None:
-        return None, rr, fmt, warmup, gap_before
+        return None, rr, fmt, warmup, gap_before, starts
     back = np.flatnonzero(np.diff(t) < 0)
     if back.size:
         raise InputFileError(
@@ -378,7 +402,7 @@ def _read_csv(
             linenos[int(back[0]) + 1],
         )
     _check_times_match(name, t, rr, linenos)
-    return t, rr, fmt, warmup, gap_before
+    return t, rr, fmt, warmup, gap_before, starts
 
 
 def _check_times_match(

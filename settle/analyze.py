@@ -378,6 +378,7 @@ def run_analyze(
             rr_max_ms=rr_range_ms[1],
             warmup=rec.warmup,
             gap_before=rec.gap_before,
+            notification_start=rec.notification_start,
             spectrum=method,
             on_progress=on_progress,
             step_s=step_s,

@@ -254,3 +254,30 @@ def test_reads_the_beats_of_a_settle_csv_export(tmp_path: Path) -> None:
     assert rec.fmt == "settle-export"
     assert rec.rr_ms.tolist() == rr
     assert rec.t_s.tolist() == [b.beat_t_s for b in beats]
+    assert rec.notification_start is not None and rec.notification_start.all()
+
+
+def test_an_export_says_which_beats_arrived_together(tmp_path: Path) -> None:
+    """A strap sends about a second of beats in one notification, and the daemon analysed
+    them together: an export's beats that share their arrival time (``recv_ts_ms``) are one
+    notification, which `settle analyze` needs to take each step as the daemon did. Other
+    files do not say."""
+    store = SessionStore.open(tmp_path / "s.db")
+    info = store.create_session("dev_1", 1_700_000_000_000, "test", {})
+    rr = [500.0, 510.0, 520.0, 505.0, 515.0]
+    arrived = [1_700_000_001_000, 1_700_000_001_000, 1_700_000_002_000, 1_700_000_002_000,
+               1_700_000_002_000]  # fmt: skip
+    t, beats = 0.0, []
+    for i, (r, recv) in enumerate(zip(rr, arrived, strict=True)):
+        t += r / 1000
+        beats.append(BeatRow(i, t, recv, r, None, 118, None))
+    store.add_beats(info.id, beats)
+    store.finish_session(info.id, 1_700_000_003_000)
+    path = export_csv(store, info.id, tmp_path / "export.csv")
+    store.close()
+    rec = read_rr_file(path)
+    assert rec.notification_start is not None
+    assert rec.notification_start.tolist() == [True, False, True, False, False]
+    plain = tmp_path / "rr.csv"
+    plain.write_text("t_s,rr_ms\n0.5,500\n1.01,510\n")
+    assert read_rr_file(plain).notification_start is None
