@@ -18,7 +18,22 @@ Method (a causal Pan–Tompkins variant, tuned for low latency rather than offli
    values of a stream's first seconds blind the detector for at most that long.
 4. Refractory period ``refractory_s`` (250 ms); a candidate within 360 ms of the previous
    beat with less than half its feature peak is taken as a T wave and ignored.
-5. Fiducial point: the sample of largest ``|y|`` in the 150 ms before the feature peak,
+5. Pauses. The decay of step 3 looks for beats that got smaller; in a pause of the heart
+   there are none, and left alone it takes the threshold down to the P waves and the noise
+   (a P wave's refractory period then hides its QRS, SPK learns from P waves and the
+   detector stays on them: see docs/pmd.md). So once SPK has decayed to a quarter of
+   ``SPK_ref``, the level the last beat left (two halvings, or the cap after 2.5 s without
+   a beat), and until the next beat as large as those before: ``SPK_ref`` is kept; the
+   threshold does not fall below ``noise_factor`` (50) times the noise level (lower quartile
+   of the feature over the last ``memory_s``) unless it was lower before the pause; a
+   candidate below ``threshold_fraction · SPK_ref`` (one only the decay lets through: a P
+   wave, noise) is confirmed only after ``refractory_s`` without a larger value, so a QRS
+   right behind it replaces it; and the first beat above ``threshold_fraction · SPK_ref``
+   restores ``SPK = SPK_ref`` before learning from it (as in Pan–Tompkins, whose searchback
+   lowers a threshold, never the signal level). After ``relearn_beats`` (4) smaller beats in
+   a row the signal did shrink (or the level learned at the start was absurd): they set the
+   level.
+6. Fiducial point: the sample of largest ``|y|`` in the 150 ms before the feature peak,
    refined by fitting a parabola through it and its two neighbours (sub-sample timing; the
    sample period is 7.7 ms at 130 Hz), minus the filter's group delay at 10 Hz so that beat
    times sit on the caller's clock. RR is the difference of consecutive fiducial times.
@@ -54,6 +69,7 @@ from scipy import signal
 __all__ = ["DetectorParams", "EcgBeat", "RPeakDetector", "detect_rpeaks"]
 
 _NS_PER_S = 1_000_000_000
+_PAUSE_DECAY = 0.25  # SPK at or below this fraction of SPK_ref: a pause (module doc, step 5)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,6 +109,12 @@ class DetectorParams:
     gap_settle_s: float = 0.1
     """After a gap that kept the learned levels, no beat is taken from the filter's settling
     transient for this long, s."""
+    relearn_beats: int = 4
+    """After a pause, this many beats in a row smaller than ``threshold_fraction`` times the
+    level learned before it (found only by the decayed threshold) replace that level."""
+    noise_factor: float = 50.0
+    """After a pause, the decayed threshold stays at least this many times the noise level
+    (lower quartile of the feature over the last ``memory_s``)."""
 
     def __post_init__(self) -> None:
         lo, hi = self.band_hz
@@ -105,6 +127,10 @@ class DetectorParams:
         for name in ("integration_s", "lookahead_s", "refractory_s", "learn_s", "memory_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
+        if not self.relearn_beats >= 1:
+            raise ValueError("relearn_beats must be >= 1")
+        if not self.noise_factor > 0:
+            raise ValueError("noise_factor must be > 0")
         if not 0 < self.threshold_fraction < 1:
             raise ValueError("threshold_fraction must be within (0, 1)")
         if not 0 < self.rr_min_ms < self.rr_max_ms:
@@ -156,7 +182,9 @@ class RPeakDetector:
         self._search = max(3, round(0.15 * fs))
         self._block = max(1, round(0.5 * fs))
         self._n_blocks = max(1, math.ceil(p.memory_s / 0.5))
-        self._keep = self._search + self._look + self._w + 4
+        # the fiducial search reaches back _search samples from a candidate confirmed up to
+        # _refr samples after it; the noise level needs a whole block of the feature
+        self._keep = max(self._search + max(self._look, self._refr) + self._w + 4, self._block)
         self.beats_total = 0
         """Beats reported since construction."""
         self.gaps = 0
@@ -176,7 +204,10 @@ class RPeakDetector:
         self._y = np.zeros(0)  # tail of the filtered ECG, ends at index n-1
         self._e_tail = np.zeros(0)  # last w-1 squared values (for the moving average)
         self._m = np.zeros(0)  # tail of the feature
-        self._spk = 0.0
+        self._spk = 0.0  # signal-peak level, decayed while no beat comes
+        self._spk_ref = 0.0  # SPK as the last beat before a pause left it: never decayed
+        self._paused = False  # SPK decayed to _PAUSE_DECAY · _spk_ref: a pause, until a beat
+        self._small_run = 0  # beats since the pause below threshold_fraction · _spk_ref
         self._cand_idx = -1
         self._cand_val = 0.0
         self._last_idx = -(10**9)
@@ -186,6 +217,8 @@ class RPeakDetector:
         self._rr_mean_s = 0.8
         self._next_t_s: float | None = None
         self._blocks: list[float] = []  # feature maxima of the last completed 0.5-s blocks
+        self._block_lows: list[float] = []  # lower quartiles of the feature in those blocks
+        self._noise = 0.0  # noise level: their median
         self._block_max = 0.0
         self._quiet_until = 0  # no candidate before this index (filter settling after a gap)
 
@@ -304,22 +337,37 @@ class RPeakDetector:
             self._blocks.append(self._block_max)
             self._block_max = 0.0
             del self._blocks[: -self._n_blocks]
+            block = m_all[max(n - self._block + 1, base) - base : n + 1 - base]
+            q = block.size // 4  # the lower quartile (np.percentile is slower)
+            self._block_lows.append(float(np.partition(block, q)[q]))
+            del self._block_lows[: -self._n_blocks]
+            self._noise = float(np.median(self._block_lows))
             if n >= self._learn:
                 self._spk = min(self._spk, max(self._blocks))
         if n < self._learn:
-            self._spk = max(self._spk, v)
+            self._spk = self._spk_ref = max(self._spk, v)
             self._decay_from = n
             return None
-        fs = self.params.fs_hz
+        p = self.params
+        fs = p.fs_hz
         if n - max(self._last_idx, self._decay_from) > max(1.5 * self._rr_mean_s, 1.0) * fs:
             self._spk *= 0.5
             self._decay_from = n
+        if self._spk <= _PAUSE_DECAY * self._spk_ref:
+            self._paused = True
         if n - self._last_idx < self._refr or n < self._quiet_until:
             return None
-        threshold = self.params.threshold_fraction * self._spk
+        threshold = p.threshold_fraction * self._spk
+        learned = p.threshold_fraction * self._spk_ref  # the threshold before the pause
+        if self._paused:
+            # The decayed threshold looks for smaller beats, but never among the noise.
+            threshold = max(threshold, min(learned, p.noise_factor * self._noise))
         if v > threshold and v > self._cand_val:
             self._cand_idx, self._cand_val = n, v
-        if self._cand_idx < 0 or n - self._cand_idx < self._look:
+        # A candidate that only the decayed threshold lets through may be a P wave (or noise)
+        # just before a QRS: it waits out the refractory period, so a larger peak replaces it.
+        wait = self._refr if self._paused and self._cand_val < learned else self._look
+        if self._cand_idx < 0 or n - self._cand_idx < wait:
             return None
         cand, cand_val = self._cand_idx, self._cand_val
         self._cand_idx, self._cand_val = -1, 0.0
@@ -354,7 +402,21 @@ class RPeakDetector:
         )
         if rr_ms is not None and p.rr_min_ms <= rr_ms <= p.rr_max_ms:
             self._rr_mean_s = 0.875 * self._rr_mean_s + 0.125 * rr_ms / 1000.0
+        if self._paused:
+            if cand_val >= p.threshold_fraction * self._spk_ref:
+                # As large as the beats before the pause: the decay found nothing smaller,
+                # so it is undone (Pan–Tompkins lowers a searchback's threshold, never the
+                # signal level; learning from P waves here used to lock the detector on them).
+                self._spk = self._spk_ref
+                self._paused = False
+            else:
+                self._small_run += 1
+                # smaller beats, one after another: the signal did shrink (or the level
+                # learned was absurd, as at a stream's start)
+                self._paused = self._small_run < p.relearn_beats
         self._spk = 0.875 * self._spk + 0.125 * min(cand_val, 4.0 * self._spk)
+        if not self._paused:
+            self._spk_ref, self._small_run = self._spk, 0
         self._last_idx, self._last_val, self._last_t_s = cand, cand_val, t_s
         self._decay_from = cand
         self.beats_total += 1

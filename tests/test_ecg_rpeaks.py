@@ -274,6 +274,72 @@ def test_recovers_within_seconds_from_absurd_start_values() -> None:
     assert all(not b.plausible for b in dirty if b.t_s < 4.0)
 
 
+@pytest.mark.parametrize("pause_s", [3.0, 6.0])
+def test_every_beat_after_a_pause_in_the_heartbeat_is_found_once(pause_s: float) -> None:
+    """A pause of ~3 s or more let SPK decay to the P waves and the noise: the first P wave
+    after it became a beat, its refractory period hid the QRS, SPK then learned from P waves
+    and QRS tails and never came back (every beat detected twice, ~160 ms apart, to the end
+    of the session: ``settle demo --ecg`` with ``rr_source = "ecg"``). The ECG is the demo's
+    (the virtual strap's); the pause is placed at several phases of the detector's 0.5-s
+    blocks, as its timing decided whether a 3-s pause locked the old detector."""
+    from sensors.virtual.ecg_synth import BeatSchedule, SyntheticEcg
+
+    rr_s = 0.85
+    for lead_s in (0.4, 0.65, 0.9, 1.15):
+        rr = [lead_s] + [rr_s] * 16 + [pause_s] + [rr_s] * 16
+        r_peaks = np.cumsum(rr)
+        ecg = SyntheticEcg(BeatSchedule([1000.0 * v for v in rr]), FS)
+        x = np.array([ecg.at(i / FS) for i in range(round((r_peaks[-1] + 0.4) * FS))], float)
+        beats = detect_rpeaks(x, chunk=FRAME)
+        last_before, first_after = r_peaks[16], r_peaks[17]
+        after = [b for b in beats if b.t_s > first_after - 0.1]
+        # one beat per QRS (the fiducial trails the R peak by 9-14 ms on this ECG)
+        assert len(after) == 17, f"{len(after)} beats for 17 QRS complexes (lead {lead_s} s)"
+        assert [b.t_s for b in after] == pytest.approx(r_peaks[17:] + 0.012, abs=0.01)
+        assert [b.rr_ms for b in after[1:]] == pytest.approx([1000.0 * rr_s] * 16, abs=5.0)
+        assert all(b.plausible for b in after[1:])
+        # and nothing in the pause (noise, the P wave before the QRS that ends it)
+        assert not [b for b in beats if last_before + 0.1 < b.t_s < first_after - 0.1]
+        assert after[0].rr_ms == pytest.approx(1000.0 * pause_s, abs=5.0)
+
+
+@pytest.mark.parametrize("pause_s", [3.0, 6.0])
+def test_a_pause_spliced_into_the_real_recording_costs_no_beat(pause_s: float) -> None:
+    """The real H10 ECG with a pause inserted in the T-P segment after a beat (the baseline
+    held, plus noise of the recording's own level there: 15 µV s.d. above 5 Hz): after it,
+    the same beats as without it, shifted by the pause; none inside it."""
+    t, x = h10_ecg()
+    n = round(60 * FS)
+    t = np.arange(n) / FS  # the nominal grid: splicing is simpler
+    x = x[:n]
+    whole = np.array([b.t_s for b in detect_rpeaks(x, t, chunk=FRAME)])
+    for k in (30, 45):  # beats near 25 s and 37 s
+        cut = round((whole[k] + 0.6 * (whole[k + 1] - whole[k])) * FS)
+        noise = np.random.default_rng(k).normal(0.0, 15.0, round(pause_s * FS))
+        spliced = np.concatenate([x[:cut], x[cut] + noise, x[cut:]])
+        beats = detect_rpeaks(spliced, np.arange(spliced.size) / FS, chunk=FRAME)
+        got = np.array([b.t_s for b in beats])
+        cut_s = cut / FS
+        want = whole[whole > cut_s] + pause_s
+        assert got[got > cut_s + pause_s].size == want.size
+        assert got[got > cut_s + pause_s] == pytest.approx(want, abs=0.001)
+        assert not got[(got > cut_s) & (got < cut_s + pause_s)].size
+
+
+def test_a_signal_that_shrinks_tenfold_is_followed_within_seconds() -> None:
+    """What the decay of SPK is for (and what the pause handling must not undo): the ECG
+    drops to a tenth (a strap slipping); the beats are found again within ~3 s."""
+    t, x = h10_ecg()
+    n = round(60 * FS)
+    whole = np.array([b.t_s for b in detect_rpeaks(x[:n], t[:n], chunk=FRAME)])
+    shrunk = x[:n].copy()
+    shrunk[t[:n] >= 30.0] *= 0.1
+    got = np.array([b.t_s for b in detect_rpeaks(shrunk, t[:n], chunk=FRAME)])
+    late = whole[whole > 33.0]
+    assert (match(late, got) >= 0).all()
+    assert got[got > 33.0].size == late.size
+
+
 def latencies() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """(ECG path, HRS path) latency per beat, s, for the beats of the real recording.
 
