@@ -445,9 +445,22 @@ def _check_environment() -> None:
     known = _known_env_names()
     for var in sorted(os.environ):
         if var.upper().startswith("SETTLE_") and var.upper() not in known:
-            near = difflib.get_close_matches(var.upper(), known, n=1)
-            hint = f" (did you mean {near[0]}?)" if near else ""
-            raise ConfigError(var, f"unknown setting in the environment{hint}")
+            raise ConfigError(var, f"unknown setting in the environment{_env_hint(var, known)}")
+
+
+def _env_hint(var: str, known: list[str]) -> str:
+    """A near known name; for an unknown key of a known section, only that section's keys
+    (SETTLE_PROCESSING__BOGUS got "did you mean SETTLE_PROCESSING?", a section, not a
+    setting), listed when none is near."""
+    section, sep, key = var.upper().partition("__")
+    keys = [k.partition("__")[2] for k in known if sep and k.startswith(section + "__")]
+    if keys:  # judged by the key alone: the shared prefix made any key look near
+        near = difflib.get_close_matches(key, keys, n=1)
+        if near:
+            return f" (did you mean {section}__{near[0]}?)"
+        return f" ({section.removeprefix('SETTLE_').lower()} settings: {', '.join(keys).lower()})"
+    near = difflib.get_close_matches(var.upper(), known, n=1)
+    return f" (did you mean {near[0]}?)" if near else ""
 
 
 def _strip_none(d: dict[str, Any]) -> dict[str, Any]:

@@ -177,6 +177,27 @@ def test_a_store_an_older_settle_made_under_a_literal_tilde_is_named(
     assert load_config(f).db_path == home / "settle" / "s.db"
 
 
+@pytest.mark.parametrize(
+    "var, hint",
+    [
+        ("SETTLE_MQTT__HOTS", "did you mean SETTLE_MQTT__HOST?"),
+        # A key of a known section is matched among that section's keys alone: the shared
+        # prefix made "did you mean SETTLE_PROCESSING?" (a section, not a setting) the answer.
+        ("SETTLE_PROCESSING__BOGUS", "processing settings: window_s, baseline_s,"),
+    ],
+)
+def test_an_unknown_key_of_a_section_is_answered_with_that_sections_keys(
+    var: str, hint: str
+) -> None:
+    from settle.config import _check_environment
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(var, "1")
+        with pytest.raises(ConfigError) as exc:
+            _check_environment()
+    assert f"unknown setting in the environment ({hint}" in str(exc.value)
+
+
 def test_misspelt_environment_variable_is_an_error(tmp_path: Path) -> None:
     import os
 
