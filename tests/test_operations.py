@@ -82,7 +82,10 @@ def test_a_terminal_hanging_up_closes_the_session_and_nohup_keeps_recording(
         [sys.executable, "-m", "settle.cli", "demo", "--speed", "10", "--db", str(db),
          "--no-mqtt", "--duration", "6" if ignored else "60"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(),
-        preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignored else None,
+        # Either way set in the child: a suite started under nohup hands SIGHUP down ignored.
+        preexec_fn=lambda: signal.signal(
+            signal.SIGHUP, signal.SIG_IGN if ignored else signal.SIG_DFL
+        ),
     )  # fmt: skip
     assert proc.stdout is not None
     while b"session:" not in (line := proc.stdout.readline()):
