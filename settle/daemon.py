@@ -625,10 +625,10 @@ class Daemon:
                 "manufacturer": info.manufacturer,
                 "firmware": info.firmware,
             },
-            "settings": {
-                "window_s": self.settings.processing.window_s,
-                "baseline_s": self.settings.processing.baseline_s,
-            },
+            # Every processing setting that decided the stored classes and indices (the
+            # plausible range, warm-up, correction, RR source, step), so an export says how
+            # to re-analyse it as recorded: only window_s and baseline_s were kept.
+            "settings": self.settings.processing.model_dump(mode="json"),
             "settle_version": settle_version(),
             # Session seconds per wall second: > 1 for a time-compressed replay, whose t_s
             # then run ahead of started_ms/stopped_ms (wall clock).

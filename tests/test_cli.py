@@ -505,6 +505,29 @@ def _replay_and_export(tmp_path: Path, replay: Path, *config: str) -> Path:
     return export
 
 
+def test_a_json_export_says_which_settings_the_session_was_analysed_with(
+    tmp_path: Path,
+) -> None:
+    """Re-analysing an export as it was recorded needs the settings that decided its beat
+    classes and indices; the manifest kept only `window_s` and `baseline_s`, so a session
+    recorded with another plausible range or without correction could not be told apart."""
+    config = tmp_path / "settle.toml"
+    text = CONFIG.read_text().replace("correction = true", "correction = false", 1)
+    config.write_text(text.replace("rr_min_ms = 250.0", "rr_min_ms = 300.0", 1))
+    assert "rr_min_ms = 300.0" in config.read_text()
+    db = tmp_path / "s.db"
+    res = settle("demo", "--duration", "2", "--speed", "20", "--no-mqtt", "--no-http",
+                 "--db", str(db), "--config", str(config))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "x.json"
+    res = settle("export", "latest", "--format", "json", "--out", str(out), "--db", str(db))
+    assert res.returncode == 0, res.stderr
+    settings = json.loads(out.read_text())["manifest"]["recording"]["settings"]
+    assert settings["correction"] is False and settings["rr_min_ms"] == 300.0
+    assert {"window_s", "baseline_s", "indices_every_s", "warmup_s", "rr_max_ms",
+            "rr_source"} <= set(settings)  # fmt: skip
+
+
 def test_the_daemon_splits_a_missed_beat_at_a_slow_heart(tmp_path: Path) -> None:
     """A strap that misses a beat at 57 beats/min sends one interval over 2000 ms (the
     plausible maximum): the daemon stored it as implausible and restarted every window at
