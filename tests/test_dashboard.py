@@ -1139,6 +1139,20 @@ async def test_malformed_bodies_names_and_ids_are_answered_not_a_traceback(
                     assert r.status == 404 and (await r.json())["error"] == "no session '..'"
                 async with http.head(d.url + "events", headers=auth) as r:
                     assert r.status == 405  # it streamed a body, for ever
+                # An API client gets JSON for a route or method that does not exist too (it
+                # got aiohttp's plain "404: Not Found"); a page keeps aiohttp's answer.
+                async with http.get(d.url + "api/stat", headers=auth) as r:
+                    assert r.status == 404
+                    assert await r.json() == {"v": 1, "status": "error",
+                                              "error": "no API route '/api/stat'"}  # fmt: skip
+                async with http.post(d.url + "api/state", headers=auth) as r:
+                    assert (r.status, r.headers["Allow"]) == (405, "GET, HEAD")
+                    err = (await r.json())["error"]
+                    assert err == "POST is not allowed here (allowed: GET, HEAD)"
+                async with http.get(d.url + "api/pair", headers=auth) as r:
+                    assert r.status == 405 and (await r.json())["status"] == "error"
+                async with http.get(d.url + "no-such-page", headers=auth) as r:
+                    assert r.status == 404 and r.content_type == "text/plain"
                 hub.publish("settle/dev/beat", b"{}", retain=False)
                 for last in (f"{hub.epoch}.²", f"{hub.epoch}." + "9" * 5000):
                     events = {**auth, "Last-Event-ID": last}

@@ -530,7 +530,19 @@ class Dashboard:
         deadline = self._waiting.pop(request.protocol, None)
         if deadline is not None:
             deadline.cancel()  # its request is complete (aiohttp's keep-alive timer follows)
-        return await self._checked(request, handler)
+        try:
+            return await self._checked(request, handler)
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+            if not request.path.startswith("/api/"):
+                raise  # a page: aiohttp's own answer
+            # A script gets JSON as from every other API answer (it got aiohttp's plain
+            # "404: Not Found" and failed to parse it).
+            if isinstance(exc, web.HTTPMethodNotAllowed):
+                allowed = ", ".join(sorted(exc.allowed_methods))
+                res = _error(405, f"{request.method} is not allowed here (allowed: {allowed})")
+                res.headers["Allow"] = allowed
+                return res
+            return _error(404, f"no API route {shown(request.path)}")
 
     @staticmethod
     async def _secure_headers(_request: web.Request, response: web.StreamResponse) -> None:
