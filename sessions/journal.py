@@ -110,6 +110,14 @@ def _kind_name(word: str) -> str:
     return re.sub(r"[\s_-]+", "-", word.strip().lower())
 
 
+def _no_control_character(path: Path, line: int, text: str) -> None:
+    bad = control_character(text, lines=True)
+    if bad is not None:
+        raise _fail(
+            path, line, f"control character {bad!r} in the text (tab and line breaks are allowed)"
+        )
+
+
 def _kind_and_text(path: Path, line: int, kind: str | None, text: str) -> tuple[str, str]:
     if kind is None:
         # Any case, and a space or underscore for the hyphen: a phone capitalises the first
@@ -126,11 +134,7 @@ def _kind_and_text(path: Path, line: int, kind: str | None, text: str) -> tuple[
         )
     # The rule of a marker's text over MQTT and HTTP: a NUL or an escape sequence went
     # verbatim into the CSV export (where pandas cut the text at the NUL) and the report.
-    bad = control_character(text, lines=True)
-    if bad is not None:
-        raise _fail(
-            path, line, f"control character {bad!r} in the text (tab and line breaks are allowed)"
-        )
+    _no_control_character(path, line, text)
     text = text.strip()
     if len(text) > MAX_TEXT_CHARS:
         raise _fail(path, line, f"text longer than {MAX_TEXT_CHARS} characters")
@@ -184,8 +188,20 @@ def _entry_from_fields(path: Path, line: int, fields: Mapping[str, object]) -> J
     return JournalEntry(line, kind, text, local=when)
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+"""A line ends at LF, CR LF or CR only, as the CSV reader reads: ``str.splitlines`` also
+splits at U+2028, U+2029, VT, FF, FS/GS/RS and NEL, so a line holding one was read as two (the
+error named the next line and its second half, never the character) and a raw U+2028 inside
+a JSON string was "Unterminated string". Kept in the line, the control-character rule
+refuses them and names them."""
+
+
+def _split_lines(text: str) -> list[str]:
+    return _LINE_BREAK.split(text)
+
+
 def _lines(text: str) -> Iterator[tuple[int, str]]:
-    yield from enumerate(text.splitlines(), start=1)
+    yield from enumerate(_split_lines(text), start=1)
 
 
 def _parse_text(path: Path, text: str) -> list[JournalEntry]:
@@ -194,6 +210,9 @@ def _parse_text(path: Path, text: str) -> list[JournalEntry]:
         stripped = raw.strip()
         if not stripped or stripped.startswith("#"):
             continue
+        # The whole line: the pattern's \s would take a form feed or U+2028 between the time
+        # and the text (or before the time) for a space.
+        _no_control_character(path, n, raw)
         m = _TEXT_LINE.match(raw)
         clock = None if m is None else _parse_clock(m[1])
         if m is None or clock is None:
@@ -234,7 +253,7 @@ def _parse_jsonl(path: Path, text: str) -> list[JournalEntry]:
 
 def _parse_csv(path: Path, text: str) -> list[JournalEntry]:
     # strict: an unclosed quote is an error, not the rest of the file read as one cell
-    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    first = next((ln for ln in _split_lines(text) if ln.strip()), "")
     # Tab- or semicolon-separated (a .tsv file, a spreadsheet in a comma-decimal locale) as
     # well as comma-separated: the header says which.
     delimiter = max(("\t", ";", ","), key=lambda d: (first.count(d), d == ","))
@@ -283,7 +302,9 @@ def _read_text(path: Path) -> str:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
+        # Lines counted as they are read; the decoder's offset is past a byte-order mark.
+        start = exc.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+        line = len(re.split(rb"\r\n|\r|\n", raw[:start]))
         raise _fail(path, line, "not UTF-8 text") from None
     if "\x00" in text:
         raise _fail(path, None, "not a text file (binary content)")
@@ -296,7 +317,7 @@ def _detect(path: Path, text: str) -> Literal["csv", "jsonl", "text"]:
         return "jsonl"
     if suffix in (".csv", ".tsv"):
         return "csv"
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in _split_lines(text) if ln.strip()]
     first = lines[0] if lines else ""
     if first.startswith("{"):
         return "jsonl"

@@ -511,6 +511,11 @@ def log_set(
             _fail(f"{option}: at most {most} characters, got {len(text)}", 2)
         if control_character(text, lines=False) is not None:
             _fail(f"{option}: control characters are not allowed, got {shown(text)}", 2)
+    # Notes may hold tab and line breaks (a marker's text may), nothing else: an escape
+    # sequence went into the store, the report and History unchecked.
+    bad = None if notes is None else control_character(notes, lines=True)
+    if bad is not None:
+        _fail(f"--notes: control character {bad!r} is not allowed (tab and line breaks are)", 2)
     if all(x is None for x in (target, statement, practice, notes, baseline, started)) and not tag:
         # It printed "updated session …" having changed nothing.
         _fail(

@@ -145,6 +145,17 @@ def test_importing_twice_does_not_duplicate(store: SessionStore, sid: str, tmp_p
         ("s.csv", 't_s,text\n1,ok\n2,"esc \x1b[31m red"\n', 3, r"control character '\x1b'"),
         ("t.txt", "09:01:00 ok\n09:02:00 shame: bell \x07\n", 2, r"control character '\x07'"),
         ("u.jsonl", '{"t_s": 1, "text": "trailing \\u001f"}\n', 1, r"control character '\x1f'"),
+        # Lines end at LF, CR LF and CR only: str.splitlines also split at these, so the
+        # rule never saw them and the error named the next line ("ff.txt:2: expected
+        # 'HH:MM:SS text', got 'b'"), or a JSON string holding a raw U+2028 was "not JSON".
+        ("v.txt", "09:01:00 a\u2028b\n09:02:00 ok\n", 1, r"control character '\u2028'"),
+        ("w.txt", "09:01:00 ok\n09:01:30 a\x0cb\n", 2, r"control character '\x0c'"),
+        ("x.txt", "09:01:00 a\x0bb\u2029c\n", 1, r"control character '\x0b'"),
+        ("y.txt", "09:01:00 ok\n09:02:00 a\x85b\n", 2, r"control character '\x85'"),
+        ("z.txt", "09:01:00 ok\r09:01:10 x\x1eshame: y\r", 2, r"control character '\x1e'"),
+        ("za.txt", "09:01:00\x1cshame: y\n", 1, r"control character '\x1c'"),  # between
+        ("zb.jsonl", '{"t_s": 1, "text": "ok"}\n{"t_s": 2, "text": "a\u2028b"}\n', 2, r"'\u2028'"),
+        ("zc.csv", "t_s,text\n1,a\x1db\n", 2, r"control character '\x1d'"),
     ],
 )
 def test_bad_lines_are_named_and_nothing_is_imported(
@@ -175,6 +186,25 @@ def test_tab_and_line_breaks_are_kept_in_a_text(
     path = _write(tmp_path, "j.jsonl", '{"t_s": 1, "text": "a\\tb\\r\\nc"}\n')
     (row,) = import_journal(store, sid, path)
     assert row.text == "a\tb\r\nc"
+
+
+def test_lines_end_at_lf_crlf_and_cr_only(store: SessionStore, sid: str, tmp_path: Path) -> None:
+    """A journal's lines are counted as a CSV reader counts them, in every format: a bad
+    line and a byte that is not UTF-8 are named by the line they are on."""
+    path = _write(tmp_path, "a.txt", "09:01:00 one\r09:02:00 two\r\n\n09:03:00 three\n")
+    assert [(e.line, e.text) for e in parse_journal(path)] == [
+        (1, "one"),
+        (2, "two"),
+        (4, "three"),
+    ]
+    path = _write(tmp_path, "b.txt", "09:01:00 one\r09:02:00 two\rlunch at noon\n")
+    with pytest.raises(InputFileError, match=r"b\.txt:3: expected 'HH:MM:SS text'"):
+        parse_journal(path)
+    path = tmp_path / "c.txt"
+    for bom in (b"", b"\xef\xbb\xbf"):
+        path.write_bytes(bom + b"09:01:00 one\r09:02:00 \xff\n")
+        with pytest.raises(InputFileError, match=r"c\.txt:2: not UTF-8"):
+            parse_journal(path)
 
 
 def test_unreadable_files(tmp_path: Path) -> None:

@@ -415,6 +415,9 @@ def test_cli_log_set_fills_in_the_session_log(tmp_path: Path) -> None:
         ("--practice", "y" * 101, "--practice: at most 100 characters, got 101"),
         ("--tag", "z" * 65, "--tag: at most 64 characters, got 65"),
         ("--statement", "I am\x1b[2J safe", "--statement: control characters are not allowed"),
+        # --notes was not checked at all: an escape sequence went into the store and report.
+        ("--notes", "slept\x1b[2J badly", r"--notes: control character '\x1b' is not allowed"),
+        ("--notes", "a\u2028b", r"--notes: control character '\u2028' is not allowed"),
     ],
 )
 def test_cli_log_set_holds_the_intention_to_what_mqtt_takes(
@@ -433,7 +436,22 @@ def test_cli_log_set_holds_the_intention_to_what_mqtt_takes(
     assert res.exit_code == 2 and words in res.output and res.output.count("\n") == 1
     with SessionStore.open(db) as store:
         info = store.get(sid)
-    assert info.intention is None and info.tags == ()
+    assert info.intention is None and info.tags == () and info.notes == ""
+
+
+def test_cli_log_set_notes_keep_tab_and_line_breaks(tmp_path: Path) -> None:
+    """Notes may hold what a marker's text may: tab and line breaks, no other control
+    character."""
+    from settle.cli import app
+
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as store:
+        sid = store.create_session("dev", T0_MS, "x", {}).id
+    notes = "slept badly\n\tthen\r\nwoke at 5"
+    res = CliRunner().invoke(app, ["log", "set", "latest", "--db", str(db), "--notes", notes])
+    assert res.exit_code == 0, res.output
+    with SessionStore.open(db) as store:
+        assert store.get(sid).notes == notes
 
 
 def test_cli_log_set_started_redates_a_session_recorded_with_a_wrong_clock(
