@@ -32,6 +32,7 @@ __all__ = [
     "place",
     "plain_name",
     "target_file",
+    "temp_prefix",
 ]
 
 #: ``progress(done, total)``: called as an export advances (units are the export's own,
@@ -51,6 +52,30 @@ class ExportError(SettleError):
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+_TEMP_SUFFIX = ".tmp"
+#: Bytes a temporary name adds to the part of the target's name it keeps: its leading dot,
+#: the dot after that part, :mod:`tempfile`'s 8 random characters and ``.tmp``.
+_TEMP_EXTRA = 1 + 1 + 8 + len(_TEMP_SUFFIX)
+
+
+def temp_prefix(name: str) -> str:
+    """The prefix of the temporary file written beside the file ``name`` (a
+    :mod:`tempfile` name, ``O_EXCL``, in the same directory): a dot and as much of ``name``
+    (whole characters) as keeps the temporary name no longer than ``name`` itself — or 14
+    bytes, the least every POSIX file system takes. So any name the file system takes as a
+    final name can be written: ``.<name>.XXXXXXXX.tmp`` was 14 bytes longer, and a name of
+    242–255 bytes failed at write time ("File name too long"), after the session was read."""
+    room = len(os.fsencode(name)) - _TEMP_EXTRA
+    size = 0
+    keep = 0
+    for ch in name:
+        size += len(os.fsencode(ch))
+        if size > room:
+            break
+        keep += 1
+    return f".{name[:keep]}."
 
 
 def one_line(text: str) -> str:
@@ -166,8 +191,8 @@ def atomic_file(
             encoding=None if binary else "utf-8",
             newline=None if binary else "",
             dir=target.parent,
-            prefix=f".{target.name}.",
-            suffix=".tmp",
+            prefix=temp_prefix(target.name),
+            suffix=_TEMP_SUFFIX,
             delete=False,
         )
         tmp_name = fh.name
@@ -209,7 +234,7 @@ def write_all(files: Sequence[tuple[Path, str | bytes]], *, replace: bool = True
         for target, data in files:
             current = target
             fd, tmp_name = tempfile.mkstemp(
-                dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
+                dir=target.parent, prefix=temp_prefix(target.name), suffix=_TEMP_SUFFIX
             )
             pending.append((tmp_name, target))
             with os.fdopen(fd, "wb") as fh:

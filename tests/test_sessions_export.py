@@ -381,6 +381,73 @@ def test_outputs_written_together_are_taken_back_whatever_stops_the_placing(
         assert list(tmp_path.iterdir()) == []  # neither file, no temporary file
 
 
+def test_any_file_name_the_file_system_takes_is_written(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """A file was written to ``.<name>.XXXXXXXX.tmp`` beside it, 14 bytes longer than its
+    name: a name of 242–255 bytes (234–247 for Kubios, whose side file is 8 longer), which
+    the checks before reading the store passed, failed as it was written ("…_markers.csv:
+    cannot write: File name too long", exit 1). The temporary name is no longer than the
+    file's own now, so every format, and ``analyze --beats/--rolling``, takes a name as long
+    as the file system does."""
+    from typer.testing import CliRunner
+
+    from sessions.exporters import export_session
+    from settle.cli import app
+
+    most = os.pathconf(tmp_path, "PC_NAME_MAX")
+    assert most >= 64
+    sid = _session(store)
+    rr = [800.0 + 10.0 * (i % 3) for i in range(400)]
+    store.add_beats(sid, _beats_from_rr(rr, [round(r * 1.024) for r in rr]))
+    store.add_marker(sid, MarkerRow(5.0, T0_MS + 5000, "shame", "x", MarkerSource.MQTT))
+    written = []
+    for fmt, ext in (("csv", ".csv"), ("json", ".json"), ("edf", ".edf"), ("kubios", ".txt")):
+        room = most - len(ext) - (8 if fmt == "kubios" else 0)  # "_markers.csv" for ".txt"
+        for stem in ("n" * room, "ö" * (room // 2) + "n" * (room % 2)):
+            out = tmp_path / f"{stem}{ext}"
+            assert export_session(store, sid, fmt, out) == out  # type: ignore[arg-type]
+            written.append(out)
+    kubios = tmp_path / ("k" * (most - 12) + ".txt")
+    res = CliRunner().invoke(
+        app, ["export", "latest", "--format", "kubios", "--out", str(kubios),
+              "--db", str(store.path)]
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    side = kubios.with_name(f"{kubios.stem}_markers.csv")
+    assert len(side.name) == most and side.read_text().startswith("kubios_t_s,")
+    csv_in = tmp_path / "in.csv"
+    export_session(store, sid, "csv", csv_in)
+    beats, rolling = tmp_path / ("b" * (most - 4) + ".csv"), tmp_path / ("r" * (most - 4) + ".csv")
+    res = CliRunner().invoke(
+        app, ["analyze", str(csv_in), "--beats", str(beats), "--rolling", str(rolling)]
+    )
+    assert res.exit_code == 0, res.output
+    assert beats.read_text().startswith("t_s,") and rolling.stat().st_size > 0
+    for out in written:
+        assert out.stat().st_size > 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_temporary_name_is_no_longer_than_its_file_s() -> None:
+    """``.`` + as much of the name as fits + ``.`` + 8 random characters + ``.tmp``: never
+    longer than the name itself (whole characters kept), nor than 14 bytes, the least a
+    POSIX file system takes."""
+    from sessions.files import temp_prefix
+
+    for n in (1, 5, 13, 14, 15, 40, 85, 200, 255):
+        for ch in "aö€":
+            name = ch * n
+            size = len(name.encode())
+            prefix = temp_prefix(name)
+            assert len(prefix.encode()) + 8 + len(".tmp") <= max(size, 14)
+            assert prefix.startswith(".") and prefix.endswith(".")
+            assert name.startswith(prefix[1:-1])
+            if size >= 40:
+                assert len(prefix.encode()) + 12 > size - len(ch.encode())  # all that fits
+    assert temp_prefix("settle-20261126T063951-465c.csv") == ".settle-20261126T0."
+
+
 def test_kubios_writes_its_two_files_all_or_none(
     store: SessionStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
