@@ -425,6 +425,37 @@ def test_edf_size_does_not_grow_with_the_notes_at_one_moment(
 
 
 @pytest.mark.parametrize(
+    ("length_ms", "statement", "record_s", "file_s"),
+    [
+        (120_000, "", 1, 121),  # a session of whole records still gets one more
+        (120_400, "", 1, 121),
+        (120_000, "s" * 480, 5, 125),  # a long annotation: 5 s records, one more whole
+        (117_400, "s" * 480, 5, 120),
+    ],
+)
+def test_edf_ends_within_one_record_after_the_session(
+    store: SessionStore,
+    tmp_path: Path,
+    length_ms: int,
+    statement: str,
+    record_s: int,
+    file_s: int,
+) -> None:
+    """The file is the whole records that hold the session's end, ``ceil((span + 1e-9) /
+    record)`` of them, so it ends after the session by up to one record: 1 s, or 5 s with a
+    long statement (the docs said "up to 4 s"), those samples without data."""
+    sid = store.create_session(
+        "dev", T0_MS, "x", {}, intention=Intention(IntentionTarget.SELF, statement, "")
+    ).id
+    n = length_ms // 1000 - 1
+    store.add_beats(sid, [BeatRow(i, i + 1.0, T0_MS + 1000 * (i + 1), 1000.0) for i in range(n)])
+    store.finish_session(sid, T0_MS + length_ms)
+    header = export_edf(store, sid, tmp_path / "x.edf").read_bytes()[:256]
+    n_records, duration = int(header[236:244]), float(header[244:252])
+    assert (duration, n_records * duration) == (record_s, file_s)
+
+
+@pytest.mark.parametrize(
     ("speed", "wall_ms", "last_beat_s", "span_s"),
     [
         (0.5, 20_000, 9.6, 10.0),  # settle demo --speed 0.5 --duration 20: 10 session s
