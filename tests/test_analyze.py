@@ -306,19 +306,41 @@ def test_outputs_never_overwrite_the_input_and_need_force_to_replace(tmp_path: P
 
 
 @pytest.mark.parametrize("force", [False, True])
-def test_beats_and_rolling_are_written_both_or_neither(tmp_path: Path, force: bool) -> None:
+def test_beats_and_rolling_are_written_both_or_neither(
+    tmp_path: Path, force: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """--beats went into place before --rolling was written: when the rolling file could not
-    be written (a full disk, a directory that refuses it — here a name too long for its
-    temporary file), the new beats file stayed, beside an old rolling file or none, looking
-    like a complete pair; and the retry was refused because the beats file now existed."""
+    be written (here a full disk, as the rolling file's temporary file is written), the new
+    beats file stayed, beside an old rolling file or none, looking like a complete pair;
+    and the retry was refused because the beats file now existed."""
+    import errno
+    import tempfile
+
+    from typer.testing import CliRunner
+
+    from settle.cli import app
+
     rec = str(DATA / "pyhrv_nni_short.csv")
-    beats, rolling = tmp_path / "b.csv", tmp_path / ("r" * 246 + ".csv")
+    beats, rolling = tmp_path / "b.csv", tmp_path / "rolling-series-of-the-file.csv"
     if force:
         beats.write_text("old beats\n")
         rolling.write_text("old rolling\n")
-    args = ["--beats", str(beats), "--rolling", str(rolling)] + (["--force"] if force else [])
-    line = _one_line_error(_settle(rec, *args), 1)
-    assert f"{rolling}: cannot write: File name too long" in line
+    real = tempfile.mkstemp
+
+    def full_for_rolling(*args: object, **kwargs: object) -> tuple[int, str]:
+        fd, name = real(*args, **kwargs)  # type: ignore[call-overload]
+        if Path(name).name.startswith(".rolling"):
+            os.close(fd)
+            os.unlink(name)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", full_for_rolling)
+    monkeypatch.setenv("SETTLE_CONFIG", str(CONFIG))
+    args = ["analyze", rec, "--json", "--beats", str(beats), "--rolling", str(rolling)]
+    res = CliRunner().invoke(app, args + (["--force"] if force else []))
+    assert res.exit_code == 1
+    assert f"{rolling}: cannot write: No space left on device" in res.output
     if force:
         assert beats.read_text() == "old beats\n" and rolling.read_text() == "old rolling\n"
     else:
