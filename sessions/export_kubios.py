@@ -44,7 +44,14 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from sessions.files import ExportError, ProgressFn, one_line, target_file, write_all
+from sessions.files import (
+    ExportError,
+    NothingToExport,
+    ProgressFn,
+    one_line,
+    target_file,
+    write_all,
+)
 from sessions.series import baseline_span
 from sessions.store import EcgBeatRow, EcgSeries, SessionRecord, SessionStore
 
@@ -187,7 +194,7 @@ def export_kubios(
                 "no ECG-derived beats"
                 " (raw ECG is recorded from a Polar H10 with [strap] ecg = true)"
             )
-        raise ExportError(target, f"session {session_id} has {what} to export")
+        raise NothingToExport(target, f"session {session_id} has {what} to export")
     rr_lines = []
     for n, (_t, rr) in enumerate(series, start=1):
         rr_lines.append(_rr_text(rr) + "\n")

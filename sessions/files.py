@@ -78,6 +78,15 @@ def temp_prefix(name: str) -> str:
     return f".{name[:keep]}."
 
 
+class NothingToExport(ExportError):
+    """The session holds nothing of what was asked (no beats, no ECG-derived RR): its
+    fault, not the output's, so the message names the session alone (it read
+    "/tmp/o.txt: session … has no ECG-derived beats", as if the path were to blame)."""
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 def one_line(text: str) -> str:
     """``text`` on one line for a file format with line or field structure (EDF
     annotations, BIDS events, the Kubios markers file): control characters (NUL, tab, line

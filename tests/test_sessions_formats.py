@@ -669,8 +669,9 @@ def test_kubios_from_the_ecg_derived_rr(store: SessionStore, tmp_path: Path) -> 
     assert float(hold["kubios_t_s"]) == pytest.approx(12.5 - origin, abs=2e-3)
     # A session without raw ECG: one clear error, nothing written.
     plain = _build(store, ecg=False)
-    with pytest.raises(ExportError, match="no ECG-derived beats"):
+    with pytest.raises(ExportError, match="no ECG-derived beats") as exc:
         export_kubios(store, plain, tmp_path / "x.txt", rr_source="ecg")
+    assert str(exc.value).startswith(f"session {plain} has no ECG")  # not "x.txt: …"
     assert not (tmp_path / "x.txt").exists()
 
 
