@@ -508,10 +508,12 @@ def verdict(a: SessionAnalysis) -> Verdict:
 
 
 def _hr_1hz(rec: SessionRecord) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    if len(rec.beats) < 2:
+    # The beats the analysis used (:func:`analysed_beats`): a merged spurious beat's own
+    # piece (252 ms, no corrected RR) read as 237 bpm, an implausible 0 ms as infinite, and
+    # one extra beat became a "22 bpm reaction" in the table, the summary and the trends.
+    bt, rr, _span = analysed_beats(rec)
+    if bt.size < 2:
         return np.zeros(0), np.zeros(0)
-    bt = np.array([b.beat_t_s for b in rec.beats])
-    rr = np.array([b.rr_ms if b.rr_corrected_ms is None else b.rr_corrected_ms for b in rec.beats])
     grid = np.arange(math.ceil(bt[0]), math.floor(bt[-1]) + 1, 1.0)
     hr = np.interp(grid, bt, 60_000.0 / rr)
     k = int(_SMOOTH_S)

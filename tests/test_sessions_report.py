@@ -519,3 +519,33 @@ def test_long_marker_text_and_notes_wrap_on_the_page(store: SessionStore, tmp_pa
     assert ".notes { white-space: pre-wrap; }" in html
     assert '<td class="notes">line one\nline two</td>' in html
     assert '<td class="text">&lt;b&gt;it&lt;/b&gt; came back</td>' in html
+
+
+def test_a_spurious_beat_is_no_reaction_in_the_beat_by_beat_table(store: SessionStore) -> None:
+    """One extra beat (a 253 ms piece the correction merged away: stored with no corrected
+    RR) was read at its raw interval, 237 bpm: a flat 70 bpm session showed "heart rate rose
+    22 bpm and came back within 14 s" after the marker next to it, in the table, the summary
+    and the trends. The beat-by-beat heart rate takes the beats the analysis used."""
+    from sessions.report import provisional_marker_responses
+
+    sid = store.create_session("dev", T0_MS, "x", {}).id
+    beats, t = [], 0.0
+    for i in range(400):
+        if i == 250:  # 857 ms split by a spurious beat into 253 + 604 ms, merged back
+            for raw, corrected in ((253.0, None), (604.0, 857.0)):
+                t += raw / 1000
+                extra = BeatClass.EXTRA
+                beats.append(BeatRow(len(beats), t, T0_MS + round(t * 1000), raw,
+                                     rr_corrected_ms=corrected, beat_class=extra))  # fmt: skip
+            continue
+        t += 0.857
+        beats.append(BeatRow(len(beats), t, T0_MS + round(t * 1000), 857.0,
+                             rr_corrected_ms=857.0, beat_class=BeatClass.NORMAL))  # fmt: skip
+    store.add_beats(sid, beats)
+    marker = MarkerRow(beats[248].beat_t_s, T0_MS, "attention", "", MarkerSource.CLI)
+    store.add_markers(sid, [marker])
+    rec = store.read_session(sid)
+    _grid, hr = _hr_1hz(rec)
+    assert float(np.abs(hr - 70.0).max()) < 0.1  # no 237 bpm spike, in the chart either
+    (r,) = provisional_marker_responses(rec, [marker])
+    assert r.rise_bpm is not None and abs(r.rise_bpm) < 0.5
