@@ -200,7 +200,7 @@ def device_messages(
                unit_of_measurement="ms", icon="mdi:heart-flash", **precision(1)),
         sensor("settling", "Settling score", f"{t}/indices", g("value_json.settling"),
                icon="mdi:meditation", **precision(0)),
-        # An enum: automations get the list of states; "unknown" (fewer than 4 block means) is
+        # An enum: automations get the list of states; "unknown" (fewer than 6 block means) is
         # Home Assistant's own unknown.
         sensor("trend", "Settling trend", f"{t}/indices", TREND_TEMPLATE,
                icon="mdi:trending-down", device_class="enum", options=list(TRENDS)),

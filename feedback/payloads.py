@@ -211,8 +211,8 @@ class IndicesPayload(_Payload):
     this, ``hr_bpm`` and ``ln_rmssd``)."""
     trend: Literal["settling", "steady", "unsettling", "unknown"] = "unknown"
     """Trend of the settling score over the last 5 min, from its 30 s means (Theil–Sen +
-    Mann–Kendall); ``unknown`` (with a null slope, CI and confidence) until there are 4 of
-    them (90–120 s of scores)."""
+    Mann–Kendall); ``unknown`` (with a null slope, CI and confidence) until there are 6 of
+    them (150–180 s of scores; fewer can never be significant)."""
     trend_slope_per_min: float | None = None
     """Theil–Sen slope of the 30 s means of the score, points per minute."""
     trend_slope_ci_low_per_min: float | None = None
