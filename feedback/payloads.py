@@ -233,7 +233,9 @@ class IndicesPayload(_Payload):
     catching_up_t_s: float | None = None
     """When physiology caught up (session time, s); null until detected."""
     responses_by_kind: dict[str, dict[str, float | None]] = Field(default_factory=dict)
-    """Per marker kind: ``n``, mean ``peak_d_hr_bpm`` (largest signed change of the 5 s HR from
+    """Per marker kind: ``n`` (markers whose response was read: not one whose 30 s the fast HR
+    covered less than 2/3 of, e.g. in a gap, nor one with the rhythm too irregular to read
+    then; 0 if none was), mean ``peak_d_hr_bpm`` (largest signed change of the 5 s HR from
     baseline within 30 s after the marker), ``peak_d_ln_rmssd`` (lnRMSSD of those 30 s less
     baseline), ``recovery_s`` (s from the marker until HR, after that peak, is back in its baseline
     band; 0 if the peak stayed in the band)."""

@@ -275,7 +275,9 @@ class CatchingUp:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class EventResponse:
-    """Response of HR and lnRMSSD to one marker (see :func:`event_response`)."""
+    """Response of HR and lnRMSSD to one marker (see :func:`event_response`); all NaN when it
+    was not read (too little fast HR: :data:`REACT_MIN_COVER`; live, also a rhythm too
+    irregular to read over its 30 s)."""
 
     t_s: float
     """Marker time, s."""
@@ -297,6 +299,11 @@ class EventResponse:
 
 REACT_S = 30.0
 """Reactivity window after a marker, s."""
+REACT_MIN_COVER = 2.0 / 3.0
+"""Share of the whole seconds of the :data:`REACT_S` after a marker that must have a fast HR
+(20 of 30) for a response to be read; less (a gap, a dropout) is no data: a peak and a
+lnRMSSD from a few seconds would be read as the response of the whole 30 s (an audit: a marker
+9 s before the end of a 41 s gap read −2 bpm). Gaps are never interpolated across."""
 RECOVERY_MAX_S = 630.0
 """How long after the marker recovery is searched for, s (then NaN: not back): the 30 s
 reactivity window and 10 min after it."""
@@ -414,13 +421,15 @@ def reactivity(
     react_s: float = REACT_S,
 ) -> Reactivity:
     """:class:`Reactivity` of the ``react_s`` after ``t_marker``: the fast HR ``fast`` at
-    whole seconds ``grid_s`` in ``(t_marker, t_marker + react_s]``, the beats for lnRMSSD."""
+    whole seconds ``grid_s`` in ``(t_marker, t_marker + react_s]``, the beats for lnRMSSD.
+    All NaN (no data) when the fast HR covers fewer than :data:`REACT_MIN_COVER` of those
+    seconds."""
     g = np.asarray(grid_s, dtype=np.float64)
     f = np.asarray(fast, dtype=np.float64)
     sel = np.flatnonzero((g > t_marker) & (g <= t_marker + react_s) & np.isfinite(f))
+    if sel.shape[0] == 0 or sel.shape[0] < REACT_MIN_COVER * react_s - 1e-9:
+        return Reactivity(_NAN, _NAN, _NAN)  # too little fast HR: no data
     ln = ln_rmssd_between(t_s, rr_ms, t_marker, t_marker + react_s, span_ms)
-    if sel.shape[0] == 0:
-        return Reactivity(_NAN, _NAN, ln)
     w = f[sel]
     i_lo, i_hi = int(np.argmin(w)), int(np.argmax(w))
     return Reactivity(float(w[i_lo]), float(w[i_hi]), ln, float(g[sel[i_lo]]), float(g[sel[i_hi]]))

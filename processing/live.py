@@ -225,6 +225,11 @@ class LiveAnalyzer:
         """Markers whose response is not final yet."""
         self._final: list[EventResponse] = []
         """Responses that can no longer change (recovered, or the search ran out)."""
+        self._prev_snap_t: float | None = None
+        """Time of the previous snapshot (a snapshot stands for the step since it)."""
+        self._irregular_steps: collections.deque[tuple[float, float]] = collections.deque()
+        """(previous snapshot, snapshot) times of the recent snapshots whose rhythm was too
+        irregular to read (not warming up): a response whose 30 s overlap one is not read."""
         self._segment_start: float | None = None
         self._last_t = -math.inf
         self._last_raw_t = -math.inf
@@ -433,6 +438,10 @@ class LiveAnalyzer:
         while self._scores and self._scores[0][0] < t_s - self.trend_window_s:
             self._scores.popleft()
         tr = trend([a for a, _ in self._scores], [b for _, b in self._scores])
+        if not usable and reason != WARMING_UP_REASON:
+            prev = self._prev_snap_t
+            self._irregular_steps.append((t_s if prev is None else prev, t_s))
+        self._prev_snap_t = t_s
         responses = self._responses(t_s)
         return IndicesSnapshot(
             t_s=t_s,
@@ -516,7 +525,10 @@ class LiveAnalyzer:
         """Responses of the markers so far, from the fast HR (a 5 s mean of the beats' 1 Hz
         HR) and the beats. A marker's reactivity is taken once its 30 s are in the finalised
         beats; its response is final once the fast HR is back in the baseline band or the
-        recovery search (``RECOVERY_MAX_S``) ran out. Only the fast HR a pending marker or
+        recovery search (``RECOVERY_MAX_S``) ran out. It is not read (all NaN, final at once)
+        when the fast HR covers less than ``REACT_MIN_COVER`` of the 30 s (a gap) or a
+        snapshot whose step overlaps them found the rhythm too irregular (as the report's
+        rows, ``sessions.report``). Only the fast HR a pending marker or
         baseline sample still needs is kept (and the last ``SERIES_KEEP_S``, for markers
         entered a little late), never more than ``FAST_KEEP_MAX_S``: memory and cost stay
         bounded however long the session."""
@@ -548,11 +560,22 @@ class LiveAnalyzer:
                         continue
                     beats = np.array(self._recent_beats(p.t_s)).reshape(-1, 2)
                     p.react = reactivity(p.t_s, grid, fast, beats[:, 0], beats[:, 1])
+                    # Every snapshot up to its 30 s is in: was the rhythm readable over them?
+                    p.irregular = any(
+                        t > p.t_s and t0 < p.t_s + REACT_S for t0, t in self._irregular_steps
+                    )
                 if not ready:
                     pending.append(p)
                     continue
-                r = event_response(p.t_s, p.kind, p.react, grid, fast, base_hr, base_ln)
-                if math.isfinite(r.recovery_s) or done >= p.t_s + RECOVERY_MAX_S:
+                if p.irregular:
+                    r = EventResponse(p.t_s, p.kind, _NAN, _NAN, _NAN)  # not read
+                else:
+                    r = event_response(p.t_s, p.kind, p.react, grid, fast, base_hr, base_ln)
+                if (
+                    math.isfinite(r.recovery_s)
+                    or not math.isfinite(r.peak_d_hr_bpm)  # not read: nothing to wait for
+                    or done >= p.t_s + RECOVERY_MAX_S
+                ):
                     self._final.append(r)
                 else:
                     pending.append(p)
@@ -563,6 +586,10 @@ class LiveAnalyzer:
         keep += [p.t_s for p in self._markers]  # the recovery is searched from the peak on
         keep += self._base_fast_t[:1]
         keep_from = max(min(keep), t_s - FAST_KEEP_MAX_S)
+        need = min([t_s - SERIES_KEEP_S, *(p.t_s for p in self._markers if p.react is None)])
+        steps = self._irregular_steps
+        while steps and steps[0][1] <= need:
+            steps.popleft()
         q = self._fast
         g = (self._fast_next or 0) - len(q)
         while q and g < keep_from:
@@ -576,9 +603,11 @@ class LiveAnalyzer:
 class _Pending:
     """A marker whose response is not final yet; ``react`` once its 30 s are in."""
 
-    __slots__ = ("kind", "react", "t_s")
+    __slots__ = ("irregular", "kind", "react", "t_s")
 
     def __init__(self, t_s: float, kind: str) -> None:
         self.t_s = t_s
         self.kind = kind
         self.react: Reactivity | None = None
+        self.irregular = False
+        """The rhythm was too irregular to read during its 30 s (set with ``react``)."""

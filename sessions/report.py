@@ -41,7 +41,9 @@ mean): peak ΔHR from the baseline mean within 30 s after the marker, ΔlnRMSSD 
 and the seconds from the marker until the fast HR, after that peak, is back within the
 baseline band (``docs/indices.md``: counted from the marker since 2026-11-27). These are
 the per-marker values behind the ``responses_by_kind`` averages of the indices messages the
-daemon published during the session.
+daemon published during the session. None where the daemon read no response: the fast HR
+covered less than 2/3 of the 30 s (:data:`processing.indices.REACT_MIN_COVER`: a gap), or a
+row whose step overlaps them was too irregular to read.
 """
 
 from __future__ import annotations
@@ -185,7 +187,8 @@ class MarkerResponse:
     d_hr_bpm: float | None = None
     """Live definition: peak deviation of the fast HR (5 s mean) from its baseline mean
     within 30 s after the marker, signed, beats/min (None without a baseline or 30 s of
-    beats after)."""
+    beats after, and where the daemon read none: fast HR on fewer than 20 of the 30 s, or a
+    row too irregular to read over them)."""
     d_ln_rmssd: float | None = None
     """Live definition: lnRMSSD of the beats in the 30 s after the marker minus the baseline
     mean, ln units (one value over the 30 s)."""
@@ -611,7 +614,9 @@ def live_marker_responses(
     """``responses`` with the live event-locked fields filled in (see the module docstring):
     the fast HR of the stored beats, its baseline band from the same fast HR at the usable
     rows of the baseline (as the daemon samples it at its baseline snapshots), the baseline
-    lnRMSSD mean from those rows."""
+    lnRMSSD mean from those rows. Left None where the daemon did not read a response: the
+    fast HR covering less than 2/3 of the 30 s after the marker (a gap), or a row too
+    irregular to read whose step overlaps them."""
     if baseline is None or s.t_s.shape[0] == 0:
         return responses
     base = Baseline()
@@ -634,11 +639,19 @@ def live_marker_responses(
     base_hr = mean_spread(fast[at], SPREAD_FLOORS["hr_bpm"])
     base_ln = base.stats("ln_rmssd")[0]
     last = float(grid[-1]) if grid.shape[0] else -math.inf
+    # Each row stands for the step since the row before it (the first for itself), as the
+    # daemon's snapshots: a row too irregular to read whose step overlaps a marker's 30 s
+    # leaves that response unread live, so it is not shown here either.
+    bad_to = s.t_s[s.irregular]
+    bad_from = np.concatenate([s.t_s[:1], s.t_s[:-1]])[s.irregular]
     out = []
     for r in responses:
         m = r.marker
         if last < math.floor(m.t_s + REACT_S):
             out.append(r)  # the daemon waits for the 30 s after a marker in the beats too
+            continue
+        if np.any((bad_to > m.t_s) & (bad_from < m.t_s + REACT_S)):
+            out.append(r)  # not read live: the rhythm was too irregular
             continue
         react = reactivity(m.t_s, grid, fast, bt, rr, span)
         e = event_response(m.t_s, m.kind, react, grid, fast, base_hr, base_ln)

@@ -913,7 +913,11 @@ class StrapPipeline:
         state = _SETTLING_STATE[snap.baseline]
         by_kind: dict[str, list[EventResponse]] = {}
         for r in snap.responses:
-            by_kind.setdefault(r.kind, []).append(r)
+            # A response not read (a gap or an irregular rhythm over its 30 s: all NaN) is in
+            # neither the means nor ``n``; its kind is listed still, with n 0.
+            read = by_kind.setdefault(r.kind, [])
+            if math.isfinite(r.peak_d_hr_bpm):
+                read.append(r)
         has_trend = math.isfinite(snap.trend.slope_per_min)
         payload = IndicesPayload(
             ts=self.now_ms(),

@@ -308,3 +308,118 @@ def test_more_than_20_percent_corrected_beats_is_unusable_even_without_jumps(
     assert whole.usable is usable
     if not usable:
         assert whole.reason == f"irregular rhythm: {100 * share:.0f} % of beats are not sinus"
+
+
+# -- 5b. a response is read only from 2/3 of its 30 s and a readable rhythm -----------------
+
+
+def _bigeminy(t: list[float], rr: list[float], start: float, end: float) -> None:
+    """The beats closing in [start, end) alternately 30 % early and late (times kept
+    consistent): a rhythm the live analysis finds too irregular to read."""
+    now, out, k = 0.0, [], 0
+    for ti, ri in zip(t, rr, strict=True):
+        r = ri
+        if start <= ti < end:
+            r = ri * (0.7 if k % 2 == 0 else 1.3)
+            k += 1
+        now += r / 1000.0
+        out.append((now, r))
+    t[:], rr[:] = [a for a, _ in out], [b for _, b in out]
+
+
+def test_a_marker_in_a_gap_has_no_response_one_with_20_s_of_heart_rate_has() -> None:
+    """A marker at 300 s in a gap 290–325 s: the fast HR covers only the last few seconds of
+    its 30 s, too little to read (once a number from those seconds); a marker at 420 s whose
+    gap 412–425 s leaves more than 20 of its 30 s is read, as is one with no gap at all."""
+    t, rr = _sine_rr(600.0)
+    _surge(t, rr, 216.0, 224.0, 80.0)
+    la = LiveAnalyzer()
+    todo = [(200.0, "shame"), (300.0, "shame"), (420.0, "shame")]
+    gaps = [(290.0, 325.0), (412.0, 425.0)]
+    snaps: list[IndicesSnapshot] = []
+    nxt, last = 5.0, 0.0
+    for ti, ri in zip(t, rr, strict=True):
+        if any(a < ti < b for a, b in gaps):
+            continue
+        if any(last <= a and ti >= b for a, b in gaps):
+            la.gap(last)
+        while todo and ti >= todo[0][0]:
+            la.marker(*todo.pop(0))
+        la.push_beat(ti, ri)
+        last = ti
+        while ti >= nxt:
+            snaps.append(la.indices(nxt))
+            nxt += 5.0
+    first, in_gap, after_gap = snaps[-1].responses
+    assert first.peak_d_hr_bpm == pytest.approx(20.0, abs=1.5)
+    assert (in_gap.t_s, after_gap.t_s) == (300.0, 420.0)
+    assert math.isnan(in_gap.peak_d_hr_bpm)
+    assert math.isnan(in_gap.peak_d_ln_rmssd) and math.isnan(in_gap.recovery_s)
+    assert math.isfinite(after_gap.peak_d_hr_bpm) and math.isfinite(after_gap.peak_d_ln_rmssd)
+
+
+def test_a_marker_while_the_rhythm_is_too_irregular_has_no_response() -> None:
+    """Bigeminy 250–380 s: the snapshots over the 30 s after a marker at 300 s are not usable,
+    so its response is not read (the report says "rhythm irregular: not read" there; live it
+    printed a number that entered the per-kind mean); a marker before it is read."""
+    t, rr = _sine_rr(600.0)
+    _surge(t, rr, 216.0, 224.0, 80.0)
+    _bigeminy(t, rr, 250.0, 380.0)
+    snaps = _feed(LiveAnalyzer(), t, rr, markers=[(200.0, "shame"), (300.0, "shame")])
+    assert not any(s.usable for s in snaps if 300.0 < s.t_s <= 335.0)
+    first, irregular = snaps[-1].responses
+    assert first.peak_d_hr_bpm == pytest.approx(20.0, abs=1.5)
+    assert irregular.t_s == 300.0
+    assert math.isnan(irregular.peak_d_hr_bpm) and math.isnan(irregular.peak_d_ln_rmssd)
+    assert math.isnan(irregular.recovery_s)
+
+
+def test_a_response_not_read_is_in_neither_the_mean_nor_n_of_its_kind(tmp_path: Path) -> None:
+    """Two "shame" markers, the second in a bigeminy: the indices message counts and averages
+    the first only (n 1, its peak ΔHR); a kind whose only marker was not read is listed with
+    n 0 and no means."""
+    from feedback.payloads import IndicesPayload
+    from sensors.hrs import HeartRateMeasurement
+    from sensors.strap import Notification
+    from sessions.store import SessionStore
+    from settle.config import Settings
+    from settle.pipeline import BeatWriter, DeviceOutput, StrapPipeline
+
+    t, rr = _sine_rr(600.0)
+    _surge(t, rr, 216.0, 224.0, 80.0)
+    _bigeminy(t, rr, 250.0, 380.0)
+    marks = [(200.0, "shame"), (300.0, "shame"), (310.0, "doubt")]
+    payloads: list[IndicesPayload] = []
+    t0 = 1_700_000_000.0
+    with SessionStore.open(tmp_path / "s.db") as store:
+        pl = StrapPipeline(
+            output=DeviceOutput(None, "settle", "dev_1"),
+            session_id="s1",
+            started_ms=int(t0 * 1000),
+            settings=Settings(),
+            writer=BeatWriter(store),
+            clock=lambda: t0,
+            on_indices=payloads.append,
+            started_mono_s=0.0,
+        )
+        now, todo = 0.0, list(marks)
+        for r in rr:
+            raw = round(r * 1.024)  # the wire unit, 1/1024 s
+            now += raw / 1024.0
+            while todo and now >= todo[0][0]:
+                t_m, kind = todo.pop(0)
+                pl.marker(kind, t_m)
+            m = HeartRateMeasurement(hr_bpm=60, rr_raw=(raw,))
+            pl.on_notification(Notification(round((t0 + now) * 1000), now, m))
+    assert pl.last_snapshot is not None
+    first, second, doubt = pl.last_snapshot.responses
+    assert math.isfinite(first.peak_d_hr_bpm) and math.isnan(second.peak_d_hr_bpm)
+    assert math.isnan(doubt.peak_d_hr_bpm)
+    by_kind = payloads[-1].responses_by_kind
+    assert by_kind["shame"] == pytest.approx(
+        {"n": 1, "peak_d_hr_bpm": first.peak_d_hr_bpm, "peak_d_ln_rmssd": first.peak_d_ln_rmssd,
+         "recovery_s": first.recovery_s}, abs=1e-6
+    )  # fmt: skip
+    assert by_kind["doubt"] == {
+        "n": 0, "peak_d_hr_bpm": None, "peak_d_ln_rmssd": None, "recovery_s": None
+    }  # fmt: skip

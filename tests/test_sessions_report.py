@@ -442,6 +442,78 @@ def test_marker_responses_are_the_ones_published_live(store: SessionStore, artef
     assert "as shown live" in html and f"{shame[0].d_hr_bpm:+.1f}" in html
 
 
+def test_a_marker_in_a_gap_or_an_irregular_rhythm_is_not_read_live_nor_in_the_report(
+    store: SessionStore,
+) -> None:
+    """Markers at 300 s (clean), 420 s (bigeminy 380–480 s) and 560 s (a gap 550–585 s):
+    live, only the first is read; the report's "as shown live" column agrees (the second
+    was once −4 bpm beside "rhythm irregular: not read", the third a number from the few
+    seconds after the gap)."""
+    rng = np.random.default_rng(11)
+    sid = store.create_session("dev", T0_MS, "x", {}).id
+    live = LiveAnalyzer()
+    marks = [(300.0, "shame"), (420.0, "shame"), (560.0, "discomfort")]
+    for t_m, kind in marks:
+        live.marker(t_m, kind)
+    beats: list[BeatRow] = []
+    rows, t, next_i, k = [], 0.0, 5.0, 0
+    todo: list[int] = []
+    while t < 700.0:
+        rr = 820.0 + 25.0 * np.sin(2 * np.pi * 0.1 * t) + 12.0 * rng.standard_normal()
+        if 300.0 <= t < 325.0:
+            rr = 60_000 / (60_000 / rr + 9)
+        if 380.0 <= t < 480.0:
+            rr *= 0.7 if k % 2 == 0 else 1.3
+            k += 1
+        if 550.0 <= t < 585.0:
+            t += rr / 1000  # the strap off: no beat
+            if t >= 585.0:
+                for pb in live.gap(beats[-1].beat_t_s):
+                    i = todo.pop(0)
+                    beats[i] = dataclasses.replace(
+                        beats[i], rr_corrected_ms=pb.rr_ms, beat_class=BeatClass(pb.beat_class)
+                    )
+            continue
+        t += rr / 1000
+        beats.append(BeatRow(len(beats), t, T0_MS + round(t * 1000), rr))
+        todo.append(len(beats) - 1)
+        for pb in live.push_beat(t, rr):
+            if pb.rr_raw_ms == pb.rr_raw_ms:
+                i = todo.pop(0)
+                beats[i] = dataclasses.replace(
+                    beats[i],
+                    rr_corrected_ms=pb.rr_ms if pb.rr_ms == pb.rr_ms else None,
+                    beat_class=BeatClass(pb.beat_class),
+                )
+        while t >= next_i:
+            snap = live.indices(next_i)
+            payload = {
+                "v": 1, "t_s": next_i, "hr_bpm": snap.td.hr_bpm, "ln_rmssd": snap.td.ln_rmssd,
+                "settling": snap.score if snap.usable else None, "usable": snap.usable,
+                "reason": snap.reason, "warming_up": snap.warming_up,
+                "settling_state": {"collecting": "baseline", "complete": "running"}.get(
+                    snap.baseline, "unavailable"),
+            }  # fmt: skip
+            payload = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+                       for k, v in payload.items()}  # fmt: skip
+            rows.append(IndicesRow(next_i, T0_MS + round(next_i * 1000), json.dumps(payload)))
+            next_i += 5.0
+    store.add_beats(sid, beats)
+    store.add_indices(sid, rows)
+    store.add_markers(
+        sid, [MarkerRow(s, T0_MS + int(s * 1000), kd, "", MarkerSource.MQTT) for s, kd in marks]
+    )
+    clean, irregular, in_gap = snap.responses
+    assert 7.0 < clean.peak_d_hr_bpm < 14.0
+    assert np.isnan([irregular.peak_d_hr_bpm, in_gap.peak_d_hr_bpm]).all()
+    a = analyse_session(store.read_session(sid))
+    r_clean, r_irregular, r_gap = a.responses
+    assert r_clean.d_hr_bpm == pytest.approx(clean.peak_d_hr_bpm, rel=1e-9)
+    assert r_irregular.irregular
+    for r in (r_irregular, r_gap):
+        assert (r.d_hr_bpm, r.d_ln_rmssd, r.band_recovery_s) == (None, None, None), r
+
+
 def test_no_heart_rate_rise_is_no_clear_response_not_a_recovery(
     store: SessionStore, tmp_path: Path
 ) -> None:
