@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -177,6 +178,24 @@ def test_a_rise_20_s_after_a_marker_is_its_reactivity_one_45_s_after_is_not() ->
 # -- 5. per-kind means of the marker responses (the daemon's indices message) ---------------
 
 
+def _pipeline(store: Any, payloads: list[Any], t0: float) -> Any:
+    """A strap's pipeline on ``store`` with default settings, its clock stopped at ``t0``
+    (epoch s), every indices message appended to ``payloads``."""
+    from settle.config import Settings
+    from settle.pipeline import BeatWriter, DeviceOutput, StrapPipeline
+
+    return StrapPipeline(
+        output=DeviceOutput(None, "settle", "dev_1"),
+        session_id="s1",
+        started_ms=int(t0 * 1000),
+        settings=Settings(),
+        writer=BeatWriter(store),
+        clock=lambda: t0,
+        on_indices=payloads.append,
+        started_mono_s=0.0,
+    )
+
+
 def test_indices_messages_average_the_responses_of_each_marker_kind(tmp_path: Path) -> None:
     """Three "shame" markers (HR +20 bpm, +10 bpm, and +10 bpm that has not come back when the
     session ends) and one "calm" (+10 bpm): the indices message gives, per kind, the number
@@ -186,8 +205,6 @@ def test_indices_messages_average_the_responses_of_each_marker_kind(tmp_path: Pa
     from sensors.hrs import HeartRateMeasurement
     from sensors.strap import Notification
     from sessions.store import SessionStore
-    from settle.config import Settings
-    from settle.pipeline import BeatWriter, DeviceOutput, StrapPipeline
 
     marks = [(200.0, "shame"), (300.0, "calm"), (400.0, "shame"), (490.0, "shame")]
     surges = [(216.0, 224.0, 80.0), (316.0, 324.0, 70.0), (416.0, 424.0, 70.0)]
@@ -195,16 +212,7 @@ def test_indices_messages_average_the_responses_of_each_marker_kind(tmp_path: Pa
     payloads: list[IndicesPayload] = []
     t0 = 1_700_000_000.0
     with SessionStore.open(tmp_path / "s.db") as store:
-        pl = StrapPipeline(
-            output=DeviceOutput(None, "settle", "dev_1"),
-            session_id="s1",
-            started_ms=int(t0 * 1000),
-            settings=Settings(),
-            writer=BeatWriter(store),
-            clock=lambda: t0,
-            on_indices=payloads.append,
-            started_mono_s=0.0,
-        )
+        pl = _pipeline(store, payloads, t0)
         now, todo = 0.0, list(marks)
         while now < 540.0:
             r = 1000.0 + 25.0 * math.sin(2.0 * math.pi * 0.1 * now)
@@ -382,8 +390,6 @@ def test_a_response_not_read_is_in_neither_the_mean_nor_n_of_its_kind(tmp_path: 
     from sensors.hrs import HeartRateMeasurement
     from sensors.strap import Notification
     from sessions.store import SessionStore
-    from settle.config import Settings
-    from settle.pipeline import BeatWriter, DeviceOutput, StrapPipeline
 
     t, rr = _sine_rr(600.0)
     _surge(t, rr, 216.0, 224.0, 80.0)
@@ -392,16 +398,7 @@ def test_a_response_not_read_is_in_neither_the_mean_nor_n_of_its_kind(tmp_path: 
     payloads: list[IndicesPayload] = []
     t0 = 1_700_000_000.0
     with SessionStore.open(tmp_path / "s.db") as store:
-        pl = StrapPipeline(
-            output=DeviceOutput(None, "settle", "dev_1"),
-            session_id="s1",
-            started_ms=int(t0 * 1000),
-            settings=Settings(),
-            writer=BeatWriter(store),
-            clock=lambda: t0,
-            on_indices=payloads.append,
-            started_mono_s=0.0,
-        )
+        pl = _pipeline(store, payloads, t0)
         now, todo = 0.0, list(marks)
         for r in rr:
             raw = round(r * 1.024)  # the wire unit, 1/1024 s

@@ -8,6 +8,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -47,6 +48,20 @@ def store(tmp_path: Path) -> Iterator[SessionStore]:
 
 def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
+
+
+def _classify_stored(beats: list[BeatRow], todo: list[int], final: list[Any]) -> None:
+    """Write the class and corrected RR of the beats the analyzer made ``final`` into the
+    stored ``beats`` waiting for them (``todo``: their indexes, oldest first), as the
+    daemon annotates its store; a beat a split inserted is not stored."""
+    for pb in final:
+        if pb.rr_raw_ms == pb.rr_raw_ms:
+            i = todo.pop(0)
+            beats[i] = dataclasses.replace(
+                beats[i],
+                rr_corrected_ms=pb.rr_ms if pb.rr_ms == pb.rr_ms else None,
+                beat_class=BeatClass(pb.beat_class),
+            )
 
 
 def _session(
@@ -393,14 +408,7 @@ def test_marker_responses_are_the_ones_published_live(store: SessionStore, artef
             t += rr / 1000
             beats.append(BeatRow(len(beats), t, T0_MS + round(t * 1000), rr))
             todo.append(len(beats) - 1)
-            for pb in live.push_beat(t, rr):
-                if pb.rr_raw_ms == pb.rr_raw_ms:  # not inserted by a split: a stored beat
-                    i = todo.pop(0)
-                    beats[i] = dataclasses.replace(
-                        beats[i],
-                        rr_corrected_ms=pb.rr_ms if pb.rr_ms == pb.rr_ms else None,
-                        beat_class=BeatClass(pb.beat_class),
-                    )
+            _classify_stored(beats, todo, live.push_beat(t, rr))
         while t >= next_i:
             snap = live.indices(next_i)
             payload = {
@@ -477,14 +485,7 @@ def test_a_marker_in_a_gap_or_an_irregular_rhythm_is_not_read_live_nor_in_the_re
         t += rr / 1000
         beats.append(BeatRow(len(beats), t, T0_MS + round(t * 1000), rr))
         todo.append(len(beats) - 1)
-        for pb in live.push_beat(t, rr):
-            if pb.rr_raw_ms == pb.rr_raw_ms:
-                i = todo.pop(0)
-                beats[i] = dataclasses.replace(
-                    beats[i],
-                    rr_corrected_ms=pb.rr_ms if pb.rr_ms == pb.rr_ms else None,
-                    beat_class=BeatClass(pb.beat_class),
-                )
+        _classify_stored(beats, todo, live.push_beat(t, rr))
         while t >= next_i:
             snap = live.indices(next_i)
             payload = {
