@@ -25,14 +25,20 @@ Method (a causal Pan–Tompkins variant, tuned for low latency rather than offli
    ``SPK_ref``, the level the last beat left (two halvings, or the cap after 2.5 s without
    a beat), and until the next beat as large as those before: ``SPK_ref`` is kept; the
    threshold does not fall below ``noise_factor`` (50) times the noise level (lower quartile
-   of the feature over the last ``memory_s``) unless it was lower before the pause; a
-   candidate below ``threshold_fraction · SPK_ref`` (one only the decay lets through: a P
-   wave, noise) is confirmed only after ``refractory_s`` without a larger value, so a QRS
-   right behind it replaces it; and the first beat above ``threshold_fraction · SPK_ref``
-   restores ``SPK = SPK_ref`` before learning from it (as in Pan–Tompkins, whose searchback
-   lowers a threshold, never the signal level). After ``relearn_beats`` (4) smaller beats in
-   a row the signal did shrink (or the level learned at the start was absurd): they set the
-   level.
+   of the feature over the last ``memory_s``), or ``noise_factor_long`` (20) times once no
+   beat came for ``pause_hold_s`` (5 s), unless it was lower before the pause: beats that
+   shrank into more noise are found again, noise alone rarely passes (the largest feature
+   of 2.5 s of Gaussian noise: ~10 times the level, 16 at the 95th percentile); a candidate
+   below ``threshold_fraction · SPK_ref`` (one only the decay lets through: a P wave, noise)
+   is confirmed only after ``refractory_s`` without a larger value, so a QRS right behind it
+   replaces it, and is a T wave if below half the last beat's peak within √2 · ``t_wave_s``
+   (510 ms) of it (QT lengthens with RR: the first beat after a pause has a later T wave);
+   the first beat above ``threshold_fraction · SPK_ref`` restores ``SPK = SPK_ref`` before
+   learning from it (as in Pan–Tompkins, whose searchback lowers a threshold, never the
+   signal level). After ``relearn_beats`` (4) smaller beats in a row (each within
+   ``rr_max_ms`` of the one before) the signal did shrink (or the level learned at the start
+   was absurd): the median of their feature peaks becomes the level (not SPK as the decay
+   left it, which can lie under the P waves and lock the detector on them).
 6. Fiducial point: the sample of largest ``|y|`` in the 150 ms before the feature peak,
    refined by fitting a parabola through it and its two neighbours (sub-sample timing; the
    sample period is 7.7 ms at 130 Hz), minus the filter's group delay at 10 Hz so that beat
@@ -110,11 +116,17 @@ class DetectorParams:
     """After a gap that kept the learned levels, no beat is taken from the filter's settling
     transient for this long, s."""
     relearn_beats: int = 4
-    """After a pause, this many beats in a row smaller than ``threshold_fraction`` times the
-    level learned before it (found only by the decayed threshold) replace that level."""
+    """After a pause, this many beats in a row (each within ``rr_max_ms`` of the one before)
+    smaller than ``threshold_fraction`` times the level learned before it (found only by the
+    decayed threshold) replace that level with the median of their feature peaks."""
     noise_factor: float = 50.0
     """After a pause, the decayed threshold stays at least this many times the noise level
-    (lower quartile of the feature over the last ``memory_s``)."""
+    (lower quartile of the feature over the last ``memory_s``)..."""
+    noise_factor_long: float = 20.0
+    """... and at least this many times once no beat came for ``pause_hold_s``, until the
+    pause ends."""
+    pause_hold_s: float = 5.0
+    """See ``noise_factor_long``, s."""
 
     def __post_init__(self) -> None:
         lo, hi = self.band_hz
@@ -129,8 +141,10 @@ class DetectorParams:
                 raise ValueError(f"{name} must be > 0")
         if not self.relearn_beats >= 1:
             raise ValueError("relearn_beats must be >= 1")
-        if not self.noise_factor > 0:
-            raise ValueError("noise_factor must be > 0")
+        if not 0 < self.noise_factor_long <= self.noise_factor:
+            raise ValueError("need 0 < noise_factor_long <= noise_factor")
+        if not self.pause_hold_s >= 0:
+            raise ValueError("pause_hold_s must be >= 0")
         if not 0 < self.threshold_fraction < 1:
             raise ValueError("threshold_fraction must be within (0, 1)")
         if not 0 < self.rr_min_ms < self.rr_max_ms:
@@ -178,6 +192,7 @@ class RPeakDetector:
         self._look = max(1, round(p.lookahead_s * fs))
         self._refr = round(p.refractory_s * fs)
         self._twave = round(p.t_wave_s * fs)
+        self._twave_paused = round(math.sqrt(2.0) * p.t_wave_s * fs)
         self._learn = max(1, round(p.learn_s * fs))
         self._search = max(3, round(0.15 * fs))
         self._block = max(1, round(0.5 * fs))
@@ -207,7 +222,8 @@ class RPeakDetector:
         self._spk = 0.0  # signal-peak level, decayed while no beat comes
         self._spk_ref = 0.0  # SPK as the last beat before a pause left it: never decayed
         self._paused = False  # SPK decayed to _PAUSE_DECAY · _spk_ref: a pause, until a beat
-        self._small_run = 0  # beats since the pause below threshold_fraction · _spk_ref
+        self._small: list[float] = []  # feature peaks of the smaller beats in a row since it
+        self._floor = self.params.noise_factor  # the threshold's floor then, × the noise level
         self._cand_idx = -1
         self._cand_val = 0.0
         self._last_idx = -(10**9)
@@ -353,15 +369,19 @@ class RPeakDetector:
         if n - max(self._last_idx, self._decay_from) > max(1.5 * self._rr_mean_s, 1.0) * fs:
             self._spk *= 0.5
             self._decay_from = n
-        if self._spk <= _PAUSE_DECAY * self._spk_ref:
-            self._paused = True
+        if not self._paused and self._spk <= _PAUSE_DECAY * self._spk_ref:
+            self._paused, self._floor, self._small = True, p.noise_factor, []
+        if self._paused and n - self._last_idx > p.pause_hold_s * fs:
+            # no beat for that long: more likely beats that shrank into more noise than a
+            # pause; the lower floor stays until the pause ends, so a run of them can form
+            self._floor = p.noise_factor_long
         if n - self._last_idx < self._refr or n < self._quiet_until:
             return None
         threshold = p.threshold_fraction * self._spk
         learned = p.threshold_fraction * self._spk_ref  # the threshold before the pause
         if self._paused:
-            # The decayed threshold looks for smaller beats, but never among the noise.
-            threshold = max(threshold, min(learned, p.noise_factor * self._noise))
+            # The decayed threshold looks for smaller beats, but not among the noise.
+            threshold = max(threshold, min(learned, self._floor * self._noise))
         if v > threshold and v > self._cand_val:
             self._cand_idx, self._cand_val = n, v
         # A candidate that only the decayed threshold lets through may be a P wave (or noise)
@@ -371,8 +391,14 @@ class RPeakDetector:
             return None
         cand, cand_val = self._cand_idx, self._cand_val
         self._cand_idx, self._cand_val = -1, 0.0
-        if cand - self._last_idx < self._twave and cand_val < 0.5 * self._last_val:
-            return None  # a T wave
+        if cand_val < 0.5 * self._last_val:
+            twave = self._twave
+            if self._paused and cand_val < learned:
+                # the decayed threshold lets T waves through, and QT lengthens with RR
+                # (Bazett): the T wave of the first beat after a pause comes later
+                twave = self._twave_paused
+            if cand - self._last_idx < twave:
+                return None  # a T wave
         return self._confirm(cand, cand_val, y_all, base, t_newest)
 
     def _confirm(
@@ -402,6 +428,7 @@ class RPeakDetector:
         )
         if rr_ms is not None and p.rr_min_ms <= rr_ms <= p.rr_max_ms:
             self._rr_mean_s = 0.875 * self._rr_mean_s + 0.125 * rr_ms / 1000.0
+        relearnt = False
         if self._paused:
             if cand_val >= p.threshold_fraction * self._spk_ref:
                 # As large as the beats before the pause: the decay found nothing smaller,
@@ -410,13 +437,20 @@ class RPeakDetector:
                 self._spk = self._spk_ref
                 self._paused = False
             else:
-                self._small_run += 1
-                # smaller beats, one after another: the signal did shrink (or the level
-                # learned was absurd, as at a stream's start)
-                self._paused = self._small_run < p.relearn_beats
-        self._spk = 0.875 * self._spk + 0.125 * min(cand_val, 4.0 * self._spk)
+                # smaller beats, one after another (each within rr_max_ms of the one before):
+                # the signal did shrink (or the level learned was absurd, as at a stream's
+                # start). They set the level themselves: the decayed SPK may lie far below
+                # them, at the P waves, and would lock the detector on them.
+                if rr_ms is None or rr_ms > p.rr_max_ms:
+                    self._small = []
+                self._small.append(cand_val)
+                if len(self._small) >= p.relearn_beats:
+                    self._spk = float(np.median(self._small))
+                    self._paused, relearnt = False, True
+        if not relearnt:
+            self._spk = 0.875 * self._spk + 0.125 * min(cand_val, 4.0 * self._spk)
         if not self._paused:
-            self._spk_ref, self._small_run = self._spk, 0
+            self._spk_ref = self._spk
         self._last_idx, self._last_val, self._last_t_s = cand, cand_val, t_s
         self._decay_from = cand
         self.beats_total += 1

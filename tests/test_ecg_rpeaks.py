@@ -340,6 +340,95 @@ def test_a_signal_that_shrinks_tenfold_is_followed_within_seconds() -> None:
     assert got[got > 33.0].size == late.size
 
 
+def strap_ecg(rr_s: list[float]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(ECG, R-peak times) of the demo's virtual strap beating ``rr_s`` (s) from time 0."""
+    from sensors.virtual.ecg_synth import BeatSchedule, SyntheticEcg
+
+    r_peaks = np.cumsum(rr_s)
+    ecg = SyntheticEcg(BeatSchedule([1000.0 * v for v in rr_s]), FS)
+    x = np.array([ecg.at(i / FS) for i in range(round((r_peaks[-1] + 0.4) * FS))], float)
+    return x, r_peaks
+
+
+@pytest.mark.parametrize(("scale", "n_small"), [(0.45, 5), (0.3, 31)])
+def test_smaller_beats_after_a_pause_set_the_level_themselves(scale: float, n_small: int) -> None:
+    """After a 6 s pause the beats come back smaller (the whole ECG at 45 % for 5 beats, or at
+    30 % to the end): the decayed threshold finds them, and 4 of them in a row set a new level.
+    That level used to be SPK as the decay had left it, grown at most 1.375x per beat since
+    (each peak is clipped to 4 SPK): 60-70 here against ~57 000 for the 45 % beats (1/15-1/4 after
+    a 3 s pause), under the P waves and T waves. The detector then locked onto the P waves as
+    it did after a pause before (P wave taken, its refractory period hiding the QRS: two
+    detections per beat, ~150 and ~700 ms apart, to the end). Now the level is the median of
+    those beats' own feature peaks."""
+    rr_s = 0.85
+    for lead_s in (0.4, 0.9):
+        rr = [lead_s] + [rr_s] * 16 + [6.0] + [rr_s] * 30
+        x, r_peaks = strap_ecg(rr)
+        t = np.arange(x.size) / FS
+        last_small = r_peaks[min(16 + n_small, r_peaks.size - 1)]
+        x[(t > r_peaks[17] - 0.4) & (t < last_small + 0.5)] *= scale
+        beats = detect_rpeaks(x, chunk=FRAME)
+        after = [b for b in beats if b.t_s > r_peaks[16] + 0.1]
+        assert len(after) == 31, f"{len(after)} beats for 31 QRS complexes (lead {lead_s} s)"
+        assert [b.t_s for b in after] == pytest.approx(r_peaks[17:] + 0.012, abs=0.01)
+        assert [b.rr_ms for b in after[1:]] == pytest.approx([1000.0 * rr_s] * 30, abs=5.0)
+
+
+def test_a_late_t_wave_after_a_pause_is_not_taken_for_a_smaller_beat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The T wave comes later after a long interval (QT lengthens with RR), and the first beat
+    after a pause has one: here 510 ms after it (T at 0.36 s x sqrt(RR), RR taken up to 2 s;
+    400 µV), beyond the 360 ms of the T-wave rule. Only the decayed threshold of a pause lets
+    a T wave through; it then counted as one of the smaller beats (one extra detection at
+    ~+0.38 s). In a pause the rule reaches sqrt(2) x 360 ms."""
+    import sensors.virtual.ecg_synth as synth
+
+    monkeypatch.setattr(synth, "WAVES", (*synth.WAVES[:4], (0.36, 400.0, 0.045)))
+    for lead_s in (0.4, 0.9):
+        rr = [lead_s] + [0.85] * 16 + [6.0] + [0.85] * 12
+        x, r_peaks = strap_ecg(rr)
+        t = np.arange(x.size) / FS
+        x[(t > r_peaks[17] - 0.4) & (t < r_peaks[21] + 0.5)] *= 0.45
+        after = [b for b in detect_rpeaks(x, chunk=FRAME) if b.t_s > r_peaks[16] + 0.1]
+        assert [b.t_s for b in after] == pytest.approx(r_peaks[17:] + 0.012, abs=0.01)
+
+
+def test_a_smaller_signal_in_more_noise_is_found_again_within_seconds() -> None:
+    """An electrode losing contact: the ECG drops to a quarter and the noise rises from 15 to
+    60 µV s.d. The decay of SPK takes that for a pause (module doc, step 5), whose threshold
+    floor, 50 x the noise level, stood above these beats (their feature peaks: ~18 x it,
+    median) for as long as they lasted: 45 s and 12 s without a beat here (seeds 1, 3). After
+    5 s without a beat the floor is 20 x (the largest of 2.5 s of Gaussian noise: ~10 x,
+    16 x at the 95th percentile), so the smaller beats are found again within seconds."""
+    t, x = h10_ecg()
+    n = round(100 * FS)
+    t, x = t[:n], x[:n]
+    ref = np.array([b.t_s for b in detected() if b.t_s < t[-1]])
+    drop = t >= 40.0
+    for seed in (1, 3):
+        rng = np.random.default_rng(seed)
+        noisy = np.where(drop, 0.25 * x + rng.normal(0, 60, n), x + rng.normal(0, 15, n))
+        got = np.array([b.t_s for b in detect_rpeaks(noisy, t, chunk=FRAME)])
+        silences = np.diff(np.concatenate([[40.0], got[got > 40.0], [t[-1]]]))
+        assert silences.max() < 10.0, f"{silences.max():.1f} s without a beat (seed {seed})"
+        late = ref[ref > 50.0]
+        assert (match(late, got) >= 0).mean() > 0.75
+
+
+def test_a_long_pause_neither_fills_with_noise_nor_locks() -> None:
+    """What keeps the floor that comes down after 5 s without a beat (test above) at 20 x the
+    noise level: in a 30 s pause it lets through a rare noise peak, never enough of them in a
+    row (each within ``rr_max_ms`` of the one before) to set a level; at 8 x they did, and
+    the detector locked onto the P waves once the heart beat again."""
+    rr = [0.4] + [0.85] * 16 + [30.0] + [0.85] * 16
+    x, r_peaks = strap_ecg(rr)
+    beats = detect_rpeaks(x, chunk=FRAME)
+    assert len([b for b in beats if r_peaks[16] + 0.1 < b.t_s < r_peaks[17] - 0.1]) <= 2
+    after = [b for b in beats if b.t_s > r_peaks[17] - 0.1]
+    assert [b.t_s for b in after] == pytest.approx(r_peaks[17:] + 0.012, abs=0.01)
+
+
 def latencies() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """(ECG path, HRS path) latency per beat, s, for the beats of the real recording.
 
@@ -378,6 +467,8 @@ def test_params_are_validated() -> None:
         DetectorParams(band_hz=(20.0, 5.0))
     with pytest.raises(ValueError):
         DetectorParams(fs_hz=30.0)  # 20 Hz above Nyquist
+    with pytest.raises(ValueError):
+        DetectorParams(noise_factor_long=60.0)  # above noise_factor
     with pytest.raises(ValueError):
         RPeakDetector().update([1.0, 2.0])
     with pytest.raises(ValueError):
