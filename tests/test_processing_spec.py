@@ -178,45 +178,34 @@ def test_a_rise_20_s_after_a_marker_is_its_reactivity_one_45_s_after_is_not() ->
 # -- 5. per-kind means of the marker responses (the daemon's indices message) ---------------
 
 
-def _pipeline(store: Any, payloads: list[Any], t0: float) -> Any:
-    """A strap's pipeline on ``store`` with default settings, its clock stopped at ``t0``
-    (epoch s), every indices message appended to ``payloads``."""
-    from settle.config import Settings
-    from settle.pipeline import BeatWriter, DeviceOutput, StrapPipeline
-
-    return StrapPipeline(
-        output=DeviceOutput(None, "settle", "dev_1"),
-        session_id="s1",
-        started_ms=int(t0 * 1000),
-        settings=Settings(),
-        writer=BeatWriter(store),
-        clock=lambda: t0,
-        on_indices=payloads.append,
-        started_mono_s=0.0,
-    )
-
-
-def test_indices_messages_average_the_responses_of_each_marker_kind(tmp_path: Path) -> None:
-    """Three "shame" markers (HR +20 bpm, +10 bpm, and +10 bpm that has not come back when the
-    session ends) and one "calm" (+10 bpm): the indices message gives, per kind, the number
-    of markers and the mean of their peak ΔHR (shame ≈ (20 + 10 + 10) / 3), ΔlnRMSSD and
-    recovery — the recovery over the two shame markers that recovered only."""
+def _through_a_pipeline(
+    tmp_path: Path, rr_at: Callable[[float], float | None], marks: list[tuple[float, str]]
+) -> tuple[Any, list[Any]]:
+    """A strap's pipeline (default settings, a store in ``tmp_path``) fed one beat a
+    notification, RR ``rr_at(session time)`` in the wire unit until it returns None, with
+    ``marks`` ``(t_s, kind)`` as their times pass; returns it and its indices messages."""
     from feedback.payloads import IndicesPayload
     from sensors.hrs import HeartRateMeasurement
     from sensors.strap import Notification
     from sessions.store import SessionStore
+    from settle.config import Settings
+    from settle.pipeline import BeatWriter, DeviceOutput, StrapPipeline
 
-    marks = [(200.0, "shame"), (300.0, "calm"), (400.0, "shame"), (490.0, "shame")]
-    surges = [(216.0, 224.0, 80.0), (316.0, 324.0, 70.0), (416.0, 424.0, 70.0)]
-    surges.append((496.0, math.inf, 70.0))
     payloads: list[IndicesPayload] = []
     t0 = 1_700_000_000.0
     with SessionStore.open(tmp_path / "s.db") as store:
-        pl = _pipeline(store, payloads, t0)
+        pl = StrapPipeline(
+            output=DeviceOutput(None, "settle", "dev_1"),
+            session_id="s1",
+            started_ms=int(t0 * 1000),
+            settings=Settings(),
+            writer=BeatWriter(store),
+            clock=lambda: t0,
+            on_indices=payloads.append,
+            started_mono_s=0.0,
+        )
         now, todo = 0.0, list(marks)
-        while now < 540.0:
-            r = 1000.0 + 25.0 * math.sin(2.0 * math.pi * 0.1 * now)
-            r = next((60_000.0 / bpm for a, b, bpm in surges if a <= now < b), r)
+        while (r := rr_at(now)) is not None:
             raw = round(r * 1.024)  # the wire unit, 1/1024 s
             now += raw / 1024.0
             while todo and now >= todo[0][0]:
@@ -224,6 +213,25 @@ def test_indices_messages_average_the_responses_of_each_marker_kind(tmp_path: Pa
                 pl.marker(kind, t_m)
             m = HeartRateMeasurement(hr_bpm=60, rr_raw=(raw,))
             pl.on_notification(Notification(round((t0 + now) * 1000), now, m))
+    return pl, payloads
+
+
+def test_indices_messages_average_the_responses_of_each_marker_kind(tmp_path: Path) -> None:
+    """Three "shame" markers (HR +20 bpm, +10 bpm, and +10 bpm that has not come back when the
+    session ends) and one "calm" (+10 bpm): the indices message gives, per kind, the number
+    of markers and the mean of their peak ΔHR (shame ≈ (20 + 10 + 10) / 3), ΔlnRMSSD and
+    recovery — the recovery over the two shame markers that recovered only."""
+    marks = [(200.0, "shame"), (300.0, "calm"), (400.0, "shame"), (490.0, "shame")]
+    surges = [(216.0, 224.0, 80.0), (316.0, 324.0, 70.0), (416.0, 424.0, 70.0)]
+    surges.append((496.0, math.inf, 70.0))
+
+    def rr_at(now: float) -> float | None:
+        if now >= 540.0:
+            return None
+        r = 1000.0 + 25.0 * math.sin(2.0 * math.pi * 0.1 * now)
+        return next((60_000.0 / bpm for a, b, bpm in surges if a <= now < b), r)
+
+    pl, payloads = _through_a_pipeline(tmp_path, rr_at, marks)
     assert pl.last_snapshot is not None
     shame = [r for r in pl.last_snapshot.responses if r.kind == "shame"]
     (calm,) = [r for r in pl.last_snapshot.responses if r.kind == "calm"]
@@ -386,28 +394,12 @@ def test_a_response_not_read_is_in_neither_the_mean_nor_n_of_its_kind(tmp_path: 
     """Two "shame" markers, the second in a bigeminy: the indices message counts and averages
     the first only (n 1, its peak ΔHR); a kind whose only marker was not read is listed with
     n 0 and no means."""
-    from feedback.payloads import IndicesPayload
-    from sensors.hrs import HeartRateMeasurement
-    from sensors.strap import Notification
-    from sessions.store import SessionStore
-
     t, rr = _sine_rr(600.0)
     _surge(t, rr, 216.0, 224.0, 80.0)
     _bigeminy(t, rr, 250.0, 380.0)
     marks = [(200.0, "shame"), (300.0, "shame"), (310.0, "doubt")]
-    payloads: list[IndicesPayload] = []
-    t0 = 1_700_000_000.0
-    with SessionStore.open(tmp_path / "s.db") as store:
-        pl = _pipeline(store, payloads, t0)
-        now, todo = 0.0, list(marks)
-        for r in rr:
-            raw = round(r * 1.024)  # the wire unit, 1/1024 s
-            now += raw / 1024.0
-            while todo and now >= todo[0][0]:
-                t_m, kind = todo.pop(0)
-                pl.marker(kind, t_m)
-            m = HeartRateMeasurement(hr_bpm=60, rr_raw=(raw,))
-            pl.on_notification(Notification(round((t0 + now) * 1000), now, m))
+    beats = iter(rr)
+    pl, payloads = _through_a_pipeline(tmp_path, lambda _now: next(beats, None), marks)
     assert pl.last_snapshot is not None
     first, second, doubt = pl.last_snapshot.responses
     assert math.isfinite(first.peak_d_hr_bpm) and math.isnan(second.peak_d_hr_bpm)

@@ -64,6 +64,21 @@ def _classify_stored(beats: list[BeatRow], todo: list[int], final: list[Any]) ->
             )
 
 
+def _indices_row(snap: Any, t_s: float) -> IndicesRow:
+    """The stored indices row of a LiveAnalyzer snapshot, with the payload fields the report
+    reads (as settle/pipeline.py publishes them; non-finite values as null)."""
+    payload = {
+        "v": 1, "t_s": t_s, "hr_bpm": snap.td.hr_bpm, "ln_rmssd": snap.td.ln_rmssd,
+        "settling": snap.score if snap.usable else None, "usable": snap.usable,
+        "reason": snap.reason, "warming_up": snap.warming_up,
+        "settling_state": {"collecting": "baseline", "complete": "running"}.get(
+            snap.baseline, "unavailable"),
+    }  # fmt: skip
+    payload = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+               for k, v in payload.items()}  # fmt: skip
+    return IndicesRow(t_s, T0_MS + round(t_s * 1000), json.dumps(payload))
+
+
 def _session(
     store: SessionStore,
     *,
@@ -411,15 +426,7 @@ def test_marker_responses_are_the_ones_published_live(store: SessionStore, artef
             _classify_stored(beats, todo, live.push_beat(t, rr))
         while t >= next_i:
             snap = live.indices(next_i)
-            payload = {
-                "v": 1, "t_s": next_i, "hr_bpm": snap.td.hr_bpm, "ln_rmssd": snap.td.ln_rmssd,
-                "settling": snap.score if snap.usable else None, "usable": snap.usable,
-                "settling_state": {"collecting": "baseline", "complete": "running"}.get(
-                    snap.baseline, "unavailable"),
-            }  # fmt: skip
-            payload = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-                       for k, v in payload.items()}  # fmt: skip
-            rows.append(IndicesRow(next_i, T0_MS + round(next_i * 1000), json.dumps(payload)))
+            rows.append(_indices_row(snap, next_i))
             next_i += 5.0
     classes = {b.beat_class for b in beats}
     assert ({BeatClass.MISSED, BeatClass.EXTRA} <= classes) == artefacts, classes
@@ -476,11 +483,7 @@ def test_a_marker_in_a_gap_or_an_irregular_rhythm_is_not_read_live_nor_in_the_re
         if 550.0 <= t < 585.0:
             t += rr / 1000  # the strap off: no beat
             if t >= 585.0:
-                for pb in live.gap(beats[-1].beat_t_s):
-                    i = todo.pop(0)
-                    beats[i] = dataclasses.replace(
-                        beats[i], rr_corrected_ms=pb.rr_ms, beat_class=BeatClass(pb.beat_class)
-                    )
+                _classify_stored(beats, todo, live.gap(beats[-1].beat_t_s))
             continue
         t += rr / 1000
         beats.append(BeatRow(len(beats), t, T0_MS + round(t * 1000), rr))
@@ -488,16 +491,7 @@ def test_a_marker_in_a_gap_or_an_irregular_rhythm_is_not_read_live_nor_in_the_re
         _classify_stored(beats, todo, live.push_beat(t, rr))
         while t >= next_i:
             snap = live.indices(next_i)
-            payload = {
-                "v": 1, "t_s": next_i, "hr_bpm": snap.td.hr_bpm, "ln_rmssd": snap.td.ln_rmssd,
-                "settling": snap.score if snap.usable else None, "usable": snap.usable,
-                "reason": snap.reason, "warming_up": snap.warming_up,
-                "settling_state": {"collecting": "baseline", "complete": "running"}.get(
-                    snap.baseline, "unavailable"),
-            }  # fmt: skip
-            payload = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-                       for k, v in payload.items()}  # fmt: skip
-            rows.append(IndicesRow(next_i, T0_MS + round(next_i * 1000), json.dumps(payload)))
+            rows.append(_indices_row(snap, next_i))
             next_i += 5.0
     store.add_beats(sid, beats)
     store.add_indices(sid, rows)
