@@ -237,8 +237,9 @@ class IndicesPayload(_Payload):
     covered less than 2/3 of, e.g. in a gap, nor one with the rhythm too irregular to read
     then; 0 if none was), mean ``peak_d_hr_bpm`` (largest signed change of the 5 s HR from
     baseline within 30 s after the marker), ``peak_d_ln_rmssd`` (lnRMSSD of those 30 s less
-    baseline), ``recovery_s`` (s from the marker until HR, after that peak, is back in its baseline
-    band; 0 if the peak stayed in the band)."""
+    baseline), ``recovery_s`` (s from the marker until HR, after that peak, is back within
+    its baseline mean ± spread; 0 if the peak stayed within 2 spreads: it did not clearly
+    leave)."""
 
 
 class SessionPayload(_Payload):

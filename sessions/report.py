@@ -193,8 +193,9 @@ class MarkerResponse:
     """Live definition: lnRMSSD of the beats in the 30 s after the marker minus the baseline
     mean, ln units (one value over the 30 s)."""
     band_recovery_s: float | None = None
-    """Live definition: seconds after the 30 s window until the fast HR is back within its
-    baseline mean ± spread (None: not in the data)."""
+    """Live definition: seconds from the marker until the fast HR, after its peak, is back
+    within its baseline mean ± spread; 0 when the peak stayed within 2 spreads (it did not
+    clearly leave); None: not back in the data."""
     peak_at_marker: bool = False
     """The 5 s mean HR was highest at the marker itself (the first second of the window):
     it did not rise after the marker, so a ``rise_bpm`` > 1 is a level the marker found, not
@@ -1275,7 +1276,7 @@ small {{ color: #666; }}
 <table><tr><th rowspan="2">time</th><th rowspan="2">kind</th><th rowspan="2">text</th>
 <th colspan="4">beat by beat</th><th colspan="3">as shown live (vs baseline)</th></tr>
 <tr><th>HR before (bpm)</th><th>peak (bpm)</th><th>rise</th><th>back within 1 bpm after</th>
-<th>ΔHR peak (bpm)</th><th>ΔlnRMSSD peak</th><th>back in baseline band</th></tr>
+<th>ΔHR peak (bpm)</th><th>ΔlnRMSSD (30 s)</th><th>back in baseline band</th></tr>
 {rows or '<tr><td colspan="10">no shame/threat/discomfort/attention/doubt markers</td></tr>'}
 </table></div>
 <h2>All markers</h2><ul>{all_markers or "<li>none</li>"}</ul>
