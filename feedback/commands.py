@@ -177,6 +177,13 @@ def _id_of(payload: bytes) -> str | None:
     return None
 
 
+def screen_nameless(topic: str, payload: bytes) -> Screened:
+    """The refusal of a command sent to ``<base>/<dev>/cmd`` itself, with no name after it
+    (answered on ``<base>/<dev>/cmd/result``: its sender still gets one result)."""
+    why = f"no command name: publish to {topic}/<name> (known: {', '.join(COMMANDS)})"
+    return Screened(_id_of(payload), why)
+
+
 def screen_command(name: str, payload: bytes, retained: bool) -> Screened:
     """The envelope checks of ``<base>/<dev>/cmd/<name>``, in the order the daemon applies
     them. An empty retained payload (someone clearing a stale retained command) passes: the

@@ -41,7 +41,7 @@ import aiomqtt
 from paho.mqtt.client import topic_matches_sub
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from feedback.commands import Screened, screen_command
+from feedback.commands import Screened, screen_command, screen_nameless
 from feedback.payloads import CommandResult
 from settle.backoff import backoff_delay_s
 
@@ -483,9 +483,14 @@ class MqttLink:
             ):
                 continue
             parts = topic[len(prefix) :].split("/", 2)
+            payload_bytes, retained = bytes(data), bool(message.retain)
+            if len(parts) == 2 and parts[1] == "cmd" and not (retained and not payload_bytes):
+                # Sent to <base>/<dev>/cmd itself: still the one result its sender waits for.
+                with contextlib.suppress(Exception):
+                    self._refuse(parts[0], "", screen_nameless(topic, payload_bytes))
+                continue
             if len(parts) != 3 or parts[1] != "cmd":
                 continue
-            payload_bytes, retained = bytes(data), bool(message.retain)
             try:
                 screened = screen_command(parts[2], payload_bytes, retained)
                 if screened.error is not None:
@@ -512,7 +517,8 @@ class MqttLink:
         res = CommandResult(
             ts=time.time_ns() // 1_000_000, id=screened.id, status="error", error=screened.error
         )
-        self.publish(f"{self.base}/{device_id}/cmd/{name}/result", res.to_json(), qos=1)
+        where = f"cmd/{name}/result" if name else "cmd/result"  # no name: see _receive
+        self.publish(f"{self.base}/{device_id}/{where}", res.to_json(), qos=1)
         self.refused += 1
         self._refused_unlogged += 1
         self._refused_latest = f"{name[:40]!r} for {device_id[:40]!r}: {screened.error}"

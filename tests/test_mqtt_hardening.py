@@ -303,6 +303,29 @@ async def test_a_numeric_id_is_echoed_so_the_sender_can_match_the_refusal(
     assert d.store.markers(d.session_id) == []
 
 
+@pytest.mark.mosquitto
+async def test_a_command_without_a_name_gets_a_result_that_says_where_to_send_it(
+    daemon_on_broker: RunningDaemon,
+) -> None:
+    """Published to ``settle/<dev>/cmd`` itself (the name forgotten), a command got no result
+    at all: its sender waited for its timeout. Now one error result, on ``…/cmd/result``,
+    echoing the id and naming the topic to use; nothing is stored."""
+    d = daemon_on_broker
+    async with aiomqtt.Client(d.host, d.port) as c:
+        await c.subscribe(f"settle/{DEV}/cmd/#", qos=1)
+        await c.publish(f"settle/{DEV}/cmd", b'{"v":1,"id":"n1","kind":"note"}', qos=1)
+        async with asyncio.timeout(15):
+            async for m in c.messages:
+                if str(m.topic).endswith("/result"):
+                    break
+    assert str(m.topic) == f"settle/{DEV}/cmd/result"
+    result = json.loads(bytes(m.payload))
+    assert (result["id"], result["status"]) == ("n1", "error")
+    assert result["error"].startswith(f"no command name: publish to settle/{DEV}/cmd/<name>")
+    assert "marker" in result["error"]
+    assert d.store.markers(d.session_id) == []
+
+
 class _Control:
     """A dashboard back end that records the commands that reach it."""
 
