@@ -443,6 +443,14 @@ def _write_session(
     if progress is not None:
         progress(0, 3)
     device = _device_fields(info.meta)
+    # Both sidecars: the ECG file alone also says which session and strap it is.
+    settle_fields = {
+        "SettleVersion": package_version("settle-hrv"),
+        "SettleSessionId": info.id,
+        DEVICE_FIELD: info.device_id,
+        "SettleStartedMs": info.started_ms,
+        "SettleTimeScale": info.meta.get("time_scale", 1.0),
+    }
     sidecar = {
         "SamplingFrequency": DEFAULT_FS_HZ,
         "StartTime": 0,
@@ -454,11 +462,7 @@ def _write_session(
         },
         "hr_bpm": {"Description": "Heart rate, 60000 / rr_ms", "Units": "beats/min"},
         **device,
-        "SettleVersion": package_version("settle-hrv"),
-        "SettleSessionId": info.id,
-        DEVICE_FIELD: info.device_id,
-        "SettleStartedMs": info.started_ms,
-        "SettleTimeScale": info.meta.get("time_scale", 1.0),
+        **settle_fields,
     }
     _write(root, beh / f"{stem}_physio.tsv.gz", _physio_bytes([rr, hr]))
     _write(root, beh / f"{stem}_physio.json", _json_bytes(sidecar))
@@ -493,7 +497,7 @@ def _write_session(
                     "Columns": ["cardiac"],
                     "cardiac": {"Description": cardiac, "Units": "uV"},
                     **device,
-                    DEVICE_FIELD: info.device_id,
+                    **settle_fields,
                 }
             ),
         )

@@ -573,6 +573,10 @@ def test_bids_passes_the_official_validator(store: SessionStore, tmp_path: Path)
     ecg_sidecar = json.loads((beh / f"{stem}_recording-ecg_physio.json").read_text())
     assert ecg_sidecar["ManufacturersModelName"] == "H10"
     assert sidecar["SettleVersion"]
+    # The ECG file alone says which session and strap it is (it named only the strap).
+    settle = {k: v for k, v in sidecar.items() if k.startswith("Settle")}
+    assert settle["SettleSessionId"] == sid
+    assert {k: v for k, v in ecg_sidecar.items() if k.startswith("Settle")} == settle
     events = (beh / f"{stem}_events.tsv").read_text().splitlines()
     assert events[0] == "onset\tduration\ttrial_type\tsource\ttext"
     assert events[2].split("\t") == ["12.5", "0.0", "hold-start", "cli", "I am safe"]
