@@ -38,6 +38,7 @@ import csv
 import io
 import itertools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -142,24 +143,35 @@ def rr_series(
     return [(b.beat_t_s, b.rr_ms) for b in rec.beats]
 
 
+def kubios_axis(series: list[tuple[float, float]]) -> Callable[[float], float]:
+    """Session time (s) → Kubios' axis (s), never negative: :func:`kubios_time` with the
+    series' times and cumulative RR computed once (every marker and gap of a day-long
+    session is placed on it: rebuilt per event, 1 000 events × 100 000 beats took a minute)."""
+    times = [t for t, _ in series]
+    cum = list(itertools.accumulate(rr / 1000.0 for _, rr in series))
+
+    def at(t_s: float) -> float:
+        if not times:
+            return max(0.0, t_s)
+        i = bisect.bisect_left(times, t_s)  # the first beat ending at or after t_s
+        if i == len(times):
+            return cum[-1] + (t_s - times[-1])
+        before = cum[i - 1] if i > 0 else 0.0
+        return min(cum[i], max(before, cum[i] - (times[i] - t_s)))
+
+    return at
+
+
 def kubios_time(series: list[tuple[float, float]], t_s: float) -> float:
     """Session time ``t_s`` on Kubios' axis (s), never negative. ``series`` as from
-    :func:`rr_series`.
+    :func:`rr_series`; for many times, :func:`kubios_axis`.
 
     Inside the interval of beat ``i`` (its last ``rr_ms[i]`` ms before ``beat_t_s[i]``) the
     axis runs with session time, ending at the cumulative RR of beat ``i``; time between the
     end of one beat and the start of the next beat's interval (a gap, lost beats) collapses
     to the point between them. After the last beat the axis runs on with session time.
     """
-    if not series:
-        return max(0.0, t_s)
-    times = [t for t, _ in series]
-    cum = list(itertools.accumulate(rr / 1000.0 for _, rr in series))
-    i = bisect.bisect_left(times, t_s)  # the first beat ending at or after t_s
-    if i == len(series):
-        return cum[-1] + (t_s - times[-1])
-    before = cum[i - 1] if i > 0 else 0.0
-    return min(cum[i], max(before, cum[i] - (times[i] - t_s)))
+    return kubios_axis(series)(t_s)
 
 
 def export_kubios(
@@ -217,9 +229,10 @@ def export_kubios(
             "kubios_duration_s", "device_id",
         ]
     )  # fmt: skip
+    axis = kubios_axis(series)
     for t_s, kind, dur, note in events:
-        k = kubios_time(series, t_s)
-        k_dur = kubios_time(series, t_s + dur) - k
+        k = axis(t_s)
+        k_dur = axis(t_s + dur) - k
         # One line per event, as EDF and BIDS write it: a NUL or line break in a marker's
         # text broke CSV readers (Python's csv: "line contains NUL").
         row = [f"{k:.3f}", _hms(k), repr(t_s), kind, repr(dur), one_line(note)]
