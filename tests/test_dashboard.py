@@ -472,11 +472,12 @@ async def _scenario(
         assert len(store.list_sessions()) == 2
 
     # The report page of a running session offers no exports (they would hold a part of
-    # it; the list already hid them); History says from what the latency counts. (Listing
+    # it; the list already hid them); History says from what the latency counts, rounded
+    # as the report says it (125.6 s: "2 min 6 s"; History said 2:05). (Listing
     # and report stubbed: no worker process, no analysis, in this part.)
     done = {"id": "s1", "device_id": "d", "started_ms": 0, "state": "stopped",
-            "duration_s": 600, "latency_s": 125.0, "reference": "you began holding",
-            "reference_t_s": 125.0, "caught_up_t_s": 250.0, "catching_up": "caught_up",
+            "duration_s": 600, "latency_s": 125.6, "reference": "you began holding",
+            "reference_t_s": 124.4, "caught_up_t_s": 250.0, "catching_up": "caught_up",
             "score_change": 3.0}  # fmt: skip
     running = {"id": "s2", "device_id": "d", "started_ms": 0, "state": "running",
                "duration_s": 60}  # fmt: skip
@@ -492,7 +493,7 @@ async def _scenario(
     await page.evaluate("history.pushState(null, '', '/history'); route()")
     await page.wait_for_function(
         "document.getElementById('session-list').textContent"
-        ".includes('caught up 2:05 after you began holding (at 4:10)')"
+        ".includes('caught up 2:06 after you began holding (at 4:10)')"
     )
     await page.unroute("**/api/sessions")
     await page.unroute(stub)

@@ -842,7 +842,8 @@ async function loadHistory() {
       const v = VERDICTS[s.catching_up] || "no catching up";
       return s.catching_up === "not_yet" && s.reference ? `${v} after ${s.reference}` : v;
     }
-    return `caught up ${mmss(s.latency_s)}${s.reference ? " after " + s.reference : ""}` +
+    // To the nearest second, as the report and `settle trends` (the clock time stays floored).
+    return `caught up ${mmss(Math.round(s.latency_s))}${s.reference ? " after " + s.reference : ""}` +
       (has(s.caught_up_t_s) ? ` (at ${mmss(s.caught_up_t_s)})` : "");
   };
   const waiting = '<span class="pending" title="being analysed">…<span class="sr-only"> (being analysed)</span></span>';
