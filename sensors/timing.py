@@ -22,6 +22,9 @@ carries (a beat cannot be reported before it happened). So:
 5. **Impossible timing**: a lag below ``−tolerance_s`` (beats "in the future") means the
    cumulative sum ran ahead of the wall clock; the offset is pulled back so the lag is 0 and
    the beats are flagged ``uncertain``.
+   An interval too long to have fit at all (an H10's 0xFFFF at the start of a recording;
+   :meth:`BeatTimer._impossible`) is not added to the sum: the beats after it are
+   re-anchored behind a gap.
 6. **Drift**: the strap's crystal and the host's differ by tens of ppm (e.g. 50 ppm is 4.3 s a
    day). A slow servo moves the offset so that the lower envelope of lags returns to its
    reference (outside a small dead band), at most ``max_slew`` seconds per second — small
@@ -135,6 +138,7 @@ class BeatTimer:
         self.deadband_s = deadband_s + jitter
         self.step_threshold_s = step_threshold_s + 2 * jitter  # past the dead band, plus jitter
         self.max_lag_s = max_lag_s + host_stall_s * time_scale
+        self._link_max_lag_s = max_lag_s
         self.tolerance_s = tolerance_s + jitter
         # The envelope must span more wall time than a host slow-down lasts, or a spell in
         # which every notification is late reads as a rise of the whole envelope.
@@ -150,6 +154,8 @@ class BeatTimer:
         self._first_arrival: float | None = None
         self.gaps: list[TimingGap] = []
         self.n_uncertain = 0
+        self._gap_reason = "reconnect"
+        """Why the next anchor leaves a gap (a reconnect, or an interval that cannot have fit)."""
 
     @property
     def drift_ppm(self) -> float:
@@ -165,6 +171,7 @@ class BeatTimer:
         """An explicit interruption (reconnect): the next notification is re-anchored."""
         self.offset_s = None
         self._lags.clear()
+        self._gap_reason = "reconnect"
 
     def push(
         self, arrival_s: float, rr_ms: Sequence[float]
@@ -172,15 +179,62 @@ class BeatTimer:
         """Add one notification; return its beats with times, and a gap if one was found."""
         if not rr_ms:
             return [], None
+        rr = list(rr_ms)
+        bad = self._impossible(arrival_s, rr)
+        if bad is None:
+            return self._push(arrival_s, rr)
+        # An interval that cannot have fit (an H10's 0xFFFF at the start of a recording):
+        # the beats before it are timed as usual; its beat's time is unknown (placed just
+        # after the beat before, flagged), and the beats after it are re-anchored to the
+        # arrival behind a gap. Added to the running sum, it pulled the beats back by a
+        # minute (before the session's start) and read as 200 000 ppm of drift.
+        out, first_gap = self._push(arrival_s, rr[:bad]) if bad else ([], None)
+        t = self._last_t + 1e-6 if self._last_t is not None else arrival_s
+        out.append(TimedBeat(t, rr[bad], uncertain=True))
+        self.n_uncertain += 1
+        self._last_t = t
+        self.offset_s = None
+        self._lags.clear()
+        self._gap_reason = f"an interval of {rr[bad] / 1000.0:.1f} s cannot have fit"
+        rest, gap = self._push(arrival_s, rr[bad + 1 :]) if bad + 1 < len(rr) else ([], None)
+        out += rest
+        if first_gap is not None and gap is not None:  # one gap from the first to the last
+            gap = TimingGap(first_gap.start_t_s, gap.end_t_s, f"{first_gap.reason}; {gap.reason}")
+            self.gaps[-2:] = [gap]
+        return out, gap or first_gap
+
+    def _impossible(self, arrival_s: float, rr: list[float]) -> int | None:
+        """The index of the first RR interval no delay, jitter or drift can account for, or
+        None. A beat after the first of a notification is reported at most ``max_lag_s``
+        (its link part) late, so the interval before it is at most that long; the first
+        closes after the beat before (``_last_t``) and before the arrival, so its interval
+        exceeds their distance by at most ``max_lag_s``. (After an anchor the first is
+        unbounded: the beat before it is unknown.)"""
+        for j, r in enumerate(rr):
+            # Two beats of one notification: the strap's reporting delay alone (a host stall
+            # delays the arrival, not one beat against the other). The first: measured on
+            # the host's clock, so the host's part too.
+            room = self._link_max_lag_s
+            if j == 0:
+                if self.offset_s is None or self._last_t is None:
+                    continue
+                room = self.max_lag_s + arrival_s - self._last_t
+            if r / 1000.0 > room + self.tolerance_s:
+                return j
+        return None
+
+    def _push(self, arrival_s: float, rr: list[float]) -> tuple[list[TimedBeat], TimingGap | None]:
+        if not rr:
+            return [], None
         if self._first_arrival is None:
             self._first_arrival = arrival_s
-        rr = list(rr_ms)
         total_s = sum(rr) / 1000.0
         if self.offset_s is None:
             gap = None
             self._anchor(arrival_s, total_s)
             if self._last_t is not None:
-                gap = self._gap(arrival_s, total_s, "reconnect")
+                gap = self._gap(arrival_s, total_s, self._gap_reason)
+            self._gap_reason = "reconnect"
             out = self._emit(rr, uncertain=gap is not None)
             self._observe(arrival_s, out[-1].t_s)
             return out, gap

@@ -175,6 +175,65 @@ def test_impossible_future_beats_pull_the_offset_back() -> None:
     assert beats[0].uncertain and beats[0].t_s <= 1.5 + timer.tolerance_s
 
 
+@pytest.mark.parametrize(
+    ("junk_ms", "where"),
+    [(63999.0, "after a beat"), (6000.0, "after a beat"), (63999.0, "alone"), (8000.0, "alone")],
+)
+def test_an_interval_that_cannot_have_fit_does_not_move_the_real_beats(
+    junk_ms: float, where: str
+) -> None:
+    """A Polar H10 sends absurd intervals (0xFFFF → 63 999 ms) at the start of a recording.
+    Added to the running sum, one pulled the offset back a minute: the real beat sent with
+    it was put on the beat before (1 s off), and drift read 200 000 ppm. Now the real beats
+    keep their times, the absurd one is flagged, and the beats after it are re-anchored to
+    their arrival behind a gap that says why. (Alone in its notification an interval may
+    exceed the time since the beat before by the largest delay, 5.25 s: the beat before
+    may have been placed late by that much.)"""
+    timer = BeatTimer()
+    times = [timer.push(float(k), [1000.0])[0][0].t_s for k in range(1, 41)]
+    note = [1000.0, junk_ms] if where == "after a beat" else [junk_ms]
+    beats, gap = timer.push(41.0, note)
+    assert gap is None  # it ends at the next beat
+    if where == "after a beat":
+        assert not beats[0].uncertain
+        assert beats[0].t_s - times[-1] == pytest.approx(1.0, abs=1e-6)  # was 1 µs
+    assert beats[-1].uncertain and beats[-1].rr_ms == junk_ms
+    pushed = [timer.push(float(k), [1000.0]) for k in range(42, 60)]
+    after = [b[0] for b, _gap in pushed]
+    gap = pushed[0][1]
+    why = f"an interval of {junk_ms / 1000:.1f} s cannot have fit"
+    assert gap is not None and gap.reason == why
+    assert gap.start_t_s == beats[-1].t_s and gap.end_t_s == pytest.approx(41.0, abs=0.01)
+    assert [g for _b, g in pushed[1:]] == [None] * 17
+    assert after[0].uncertain and not any(b.uncertain for b in after[1:])
+    assert [b.t_s for b in after] == pytest.approx([float(k) for k in range(42, 60)], abs=0.01)
+    assert abs(timer.drift_ppm) < 100
+
+
+def test_an_absurd_interval_in_the_first_notification_puts_no_beat_before_the_start() -> None:
+    """The first notification of a session with a real beat and then 0xFFFF: anchored on
+    the sum, the real beat was placed 63 s before the session started."""
+    timer = BeatTimer()
+    first, gap = timer.push(1.2, [1000.0, 63999.0])
+    assert first[0].t_s == pytest.approx(1.2) and not first[0].uncertain
+    assert first[1].uncertain and gap is None  # nothing timed before it: no gap yet
+    beats, gap = timer.push(2.2, [1000.0])
+    assert gap is not None and "cannot have fit" in gap.reason
+    assert beats[0].t_s == pytest.approx(2.2)
+    assert min(b.t_s for b in first) > 0
+
+
+def test_a_long_real_pause_is_not_taken_for_an_absurd_interval() -> None:
+    """A 6 s pause between beats (notifications with no interval in between) is real: it
+    fits between the beat before and the arrival."""
+    timer = BeatTimer()
+    for k in range(1, 31):
+        timer.push(float(k), [1000.0])
+    beats, gap = timer.push(36.0, [6000.0])
+    assert gap is None and not beats[0].uncertain
+    assert beats[0].t_s == pytest.approx(36.0, abs=0.01)
+
+
 @pytest.mark.parametrize("ppm", [0.0, 200.0])
 def test_time_compression_scales_the_host_jitter_not_the_beats(ppm: float) -> None:
     """A virtual strap at speed 200: one wall millisecond of host delay is 0.2 s of session
