@@ -43,6 +43,7 @@ EVENT_KINDS: tuple[str, ...] = (
     "rr-source",
     "clock",
     "ecg-stopped",
+    "no-rr",
 )
 """Event kinds besides the marker kinds (each is explained in docs/mqtt.md)."""
 

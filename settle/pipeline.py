@@ -64,6 +64,10 @@ SILENT_S = 3.0
 the host's elapsed-time clock (:meth:`StrapPipeline.now_t_s`): longer than any RR a strap sends in
 practice (3 s = 20 beats/min) and than the delay of a batched notification."""
 
+NO_RR_WARN_S = 30.0
+"""Session seconds of notifications with a heart rate but no beat-to-beat interval after
+which the session says so (a ``no-rr`` event and a WARNING, once per stretch)."""
+
 WALL_STEP_S = 2.0
 """A change of the host's wall clock against its elapsed-time clock by more than this is a
 step (NTP at boot on a board without a real-time clock, the user setting the time; NTP's
@@ -525,6 +529,9 @@ class StrapPipeline:
         self.gaps: list[tuple[float, float, str]] = []
         """(start_t_s, end_t_s, reason) of every interruption: beats there are unknown."""
         self.timer = BeatTimer(time_scale=time_scale)
+        self._no_rr_since_s: float | None = None
+        """Session time of the first notification without an interval since the last with."""
+        self._no_rr_warned = False
         self.ecg_seq = 0
         """Next ECG-derived beat sequence number (R peaks recorded so far)."""
         self.rr_source: Literal["hrs", "ecg"] = "hrs"
@@ -613,10 +620,37 @@ class StrapPipeline:
         warmup = self.settings.processing.warmup_s / max(self.time_scale, 1e-9)
         self.warmup_until_mono_s = host_clock.elapsed_s() + warmup
 
+    def _watch_rr(self, arrival_s: float, has_rr: bool) -> None:
+        """Say once when the strap has sent heart rate without a beat-to-beat interval for
+        :data:`NO_RR_WARN_S`: nothing is recorded then, and the session looked as if it ran
+        (a strap that sends no intervals, or one not worn that still sends a heart rate)."""
+        if has_rr:
+            if self._no_rr_warned and self._no_rr_since_s is not None:
+                log.info(
+                    "session %s: beat-to-beat intervals again after %.0f s without",
+                    self.session_id, arrival_s - self._no_rr_since_s,
+                )  # fmt: skip
+            self._no_rr_since_s = None
+            self._no_rr_warned = False
+            return
+        if self._no_rr_since_s is None:
+            self._no_rr_since_s = arrival_s
+        elif not self._no_rr_warned and arrival_s - self._no_rr_since_s >= NO_RR_WARN_S:
+            self._no_rr_warned = True
+            why = (
+                f"the strap sent heart rate but no beat-to-beat intervals for "
+                f"{arrival_s - self._no_rr_since_s:.0f} s: no beats are recorded and no HRV "
+                "is computed (a strap not worn or with dry electrodes, or one that does not "
+                "send RR intervals)"
+            )
+            log.warning("session %s: %s", self.session_id, why)
+            self.event("no-rr", why, t_s=arrival_s)
+
     def restart_window(self, reason: str = "reconnect") -> None:
         """After a reconnect: the next beats are re-anchored to their arrival time, the gap
         is recorded and no metric ever spans it."""
         self.timer.mark_gap()
+        self._no_rr_since_s = None  # counted again from the first notification after it
         self._finalise(self.analyzer.gap(self.now_t_s()))
 
     def _record_gap(self, gap: TimingGap) -> None:
@@ -707,6 +741,7 @@ class StrapPipeline:
         # Session time of arrival, on the elapsed-time clock (immune to wall-clock steps, and
         # counting through a suspend: :mod:`sensors.clock`).
         arrival_s = max(0.0, (n.recv_mono_s - self.started_mono_s) * self.time_scale)
+        self._watch_rr(arrival_s, bool(m.rr_ms))
         timed, gap = self.timer.push(arrival_s, m.rr_ms)
         if timed:
             self._last_beat_mono_s = n.recv_mono_s
