@@ -369,3 +369,94 @@ class BeatTimer:
         self.offset_s += step
         self._correction_s += step
         return step
+
+
+class FrameClock:
+    """Honest frame timing: the session time of a strap's timestamped frames (Polar PMD: the
+    strap-clock ns of each frame's last sample), ``t = timestamp + offset_ns``.
+
+    The same reasoning as :class:`BeatTimer`'s, with the strap's timestamps in place of the
+    cumulative RR (exact differences between samples), and a frame's arrival as an upper
+    bound on when its last sample was taken (``lag = arrival − t(last sample)`` must be ≥ 0):
+
+    1. **Anchor** (first frame, and after :meth:`reset`): the frame's last sample at its
+       arrival.
+    2. **Impossible timing**: a frame whose lag is below ``−tolerance_s`` (it arrived sooner
+       after its timestamp than the offset allows) pulls the offset back at once, to lag 0:
+       the offset follows the least-delayed frame. A first frame that came late (a link
+       retrying at stream start, the next frames in one burst behind it) used to put every
+       later frame late by its delay, for good. Times already given out are not revised: the
+       caller keeps its output monotonic (settle/ecg.py stores no sample at or before one it
+       has, and never lets a beat go back). Smaller negative lags (jitter) are left alone, so
+       the offset is at most ``tolerance_s`` later than the least-delayed frame says, and the
+       frames of a steady link join without a step.
+    3. **Drift**: the strap's crystal against the host's (tens of ppm) makes the lags rise (a
+       slow strap clock) or fall (a fast one). A servo moves the offset so that the lower
+       envelope of lags over ``envelope_s`` returns into a band — ``tolerance_s`` above 0,
+       half of it below (so that a fast clock is slewed away before single lags cross
+       ``−tolerance_s`` and step) — at most ``max_slew`` s per strap second (5e-4: where it
+       acts, a stored sample interval moves by ≤ 0.05 %, and nothing is dropped).
+    4. **Two clocks**: as for :class:`BeatTimer`, the host's own jitter is in wall seconds, so
+       the tolerance is ``tolerance_s + host_jitter_s × time_scale`` and the envelope spans at
+       least ``host_window_s × time_scale``.
+
+    Pure and synchronous: times are passed in (ns; arrivals on any monotonic clock scaled to
+    session time by the caller), nothing here reads a clock.
+    """
+
+    def __init__(
+        self,
+        *,
+        time_scale: float = 1.0,
+        tolerance_s: float = 0.008,
+        envelope_s: float = 30.0,
+        max_slew: float = 5e-4,
+        host_jitter_s: float = 0.005,
+        host_window_s: float = 1.0,
+    ) -> None:
+        if not time_scale > 0:
+            raise ValueError(f"time_scale must be > 0, got {time_scale!r}")
+        self.tolerance_ns = round((tolerance_s + host_jitter_s * time_scale) * 1e9)
+        self.envelope_ns = round(max(envelope_s, host_window_s * time_scale) * 1e9)
+        self.max_slew = max_slew
+        self.offset_ns: int | None = None
+        """Session ns minus strap ns; None before the first frame (or after :meth:`reset`)."""
+        self._delays: collections.deque[tuple[int, int]] = collections.deque()
+        self._last_timestamp_ns: int | None = None
+
+    def reset(self) -> None:
+        """The strap's clock stepped (or a new stream began): the next frame anchors afresh."""
+        self.offset_ns = None
+        self._delays.clear()
+        self._last_timestamp_ns = None
+
+    def anchor(self, offset_ns: int) -> None:
+        """Set the offset (a re-anchor decided by the caller); the envelope restarts."""
+        self.offset_ns = offset_ns
+        self._delays.clear()
+        self._last_timestamp_ns = None
+
+    def update(self, timestamp_ns: int, arrival_ns: int) -> int:
+        """Add a frame: its timestamp (strap ns) and its arrival (session ns). Returns how far
+        it pulled the offset back (ns; 0: the offset stayed, or rose with a slow strap clock).
+        """
+        delay = arrival_ns - timestamp_ns
+        self._delays.append((arrival_ns, delay))
+        while self._delays[0][0] < arrival_ns - self.envelope_ns:
+            self._delays.popleft()
+        pulled = 0
+        if self.offset_ns is None:
+            self.offset_ns = delay
+        elif delay - self.offset_ns < -self.tolerance_ns:
+            pulled = self.offset_ns - delay
+            self.offset_ns = delay
+        elif self._last_timestamp_ns is not None:
+            # The servo of rule 3: the least lag of the window back into its band.
+            envelope = min(d for _, d in self._delays) - self.offset_ns
+            band = self.tolerance_ns if envelope > 0 else self.tolerance_ns // 2
+            if abs(envelope) > band:
+                error = envelope - band if envelope > 0 else envelope + band
+                limit = round(self.max_slew * max(0, timestamp_ns - self._last_timestamp_ns))
+                self.offset_ns += max(-limit, min(limit, error))
+        self._last_timestamp_ns = timestamp_ns
+        return pulled

@@ -1,10 +1,15 @@
 """Raw ECG of a Polar H10 (PMD) alongside the Heart Rate Service: frames → session store,
 ECG-derived beats → ``<base>/<dev>/ecg_beat``.
 
-The strap's ECG clock is mapped to session time once per session: the first frame's last
-sample is placed at its arrival (the elapsed-time clock of :mod:`sensors.clock`, like the
-beat timer), and from then on the strap's own nanosecond timestamps carry the timing
-(sample resolution, 7.7 ms at 130 Hz).
+The strap's ECG clock is mapped to session time by :class:`sensors.timing.FrameClock`, fed
+each frame's receive time (not when it is processed): from the least-delayed frame so far
+(frames are only ever late), its last sample at its arrival, and from then on the strap's own
+nanosecond timestamps carry the timing (sample resolution, 7.7 ms at 130 Hz). A frame that
+comes sooner after its timestamp than the mapping allows (by more than 8 ms + 5 ms × time
+scale: the frames before it came late) pulls the mapping back; what is stored is not revised,
+so the frame's samples at or before the newest stored one are not stored, and an R peak that
+would go back is put 0.1 ms after the last one given out and flagged implausible (no analysis
+measures it). A drifting strap clock is slewed (docs/timing.md).
 Inside a frame the samples are spaced by the strap's real sample period, measured from
 consecutive frames (time between their last samples / samples in the frame: 130.05–130.17 Hz
 on real H10s, not the nominal 130 Hz), so a frame's samples join the previous frame's without a
@@ -12,8 +17,8 @@ step. A session keeps every sample from its t = 0 on, including the part of a fr
 straddles its start, and never a sample at or before one it already has.
 
 Where the strap's clock steps (the PMD session compares timestamp and arrival-time changes,
-see :mod:`sensors.ecg_stream`), the session is re-anchored like its first frame: the frame's
-last sample at its arrival, but never before the samples already stored (the samples go on; only
+see :mod:`sensors.ecg_stream`), the mapping starts afresh: the frame's last sample at its
+arrival, but never before the samples already stored (the samples go on; only
 their clock jumped). The seam is recorded as a gap (``raw ECG clock step``) with a ``gap`` event;
 the R-peak detector sees the jump in its timestamps as a gap (no RR across it).
 
@@ -27,18 +32,18 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bleak import BleakClient
 
-import sensors.clock as host_clock
 from feedback.payloads import EcgBeatPayload
 from processing.ecg import RPeakDetector
 from sensors.ecg_stream import DroppedFrames, PmdSession, PmdUnavailable, ReceivedFrame
 from sensors.pmd import EcgFrame
-from sensors.timing import ECG_CLOCK_STEP
+from sensors.timing import ECG_CLOCK_STEP, FrameClock
 from sessions.store import GapRow
 from settle.errors import SensorError
 
@@ -55,6 +60,9 @@ SAMPLE_PERIOD_NS = round(NOMINAL_SAMPLE_PERIOD_NS)
 SAMPLE_RATE_TOLERANCE = 0.01
 """A frame-to-frame sample period further than this (relative) from the nominal one is not
 the strap's rate but frames lost (or a clock step) between the two frames."""
+RETIME_REPORT_S = 0.1
+"""A re-timing (the offset pulled back by a less-delayed frame) at least this large, s, is
+logged (INFO): the session's ECG before it was that late."""
 
 
 def measured_sample_period_ns(previous_timestamp_ns: int, frame: EcgFrame) -> float | None:
@@ -148,8 +156,12 @@ class EcgRecorder:
 
     async def _record(self, rt: StrapRuntime, pmd: PmdSession) -> None:
         detector = RPeakDetector()
-        offset: tuple[str, int] | None = None  # (session id, strap ns → session ns)
+        # Strap ns → host elapsed ns × time scale, from the least-delayed frame so far (a
+        # session's t = 0 is subtracted below): kept across the sessions of the connection.
+        clock = FrameClock(time_scale=pmd.time_scale)
+        session_id: str | None = None
         newest_ns = -1  # newest sample stored for the session (session ns)
+        newest_beat_s = -math.inf  # newest R peak given out for the session (session s)
         period_ns = NOMINAL_SAMPLE_PERIOD_NS  # the strap's, from the last consecutive frames
         previous_ns: int | None = None  # timestamp of the previous frame
         async for received in pmd.frames():
@@ -161,34 +173,51 @@ class EcgRecorder:
                 period_ns = measured_sample_period_ns(previous_ns, frame) or period_ns
             previous_ns = frame.timestamp_ns
             beats = detector.update(frame.samples_uv, t_last_ns=frame.timestamp_ns)
+            if stepped:
+                clock.reset()
+            # Its receive time, not now: a frame waits in the PMD session's buffer.
+            pulled_ns = clock.update(frame.timestamp_ns, _scaled_ns(received.recv_mono_s, pmd))
             if session is None or rt.output is None:
                 continue
-            if offset is None or offset[0] != session.session_id:
-                arrival_s = (host_clock.elapsed_s() - session.started_mono_s) * session.time_scale
-                offset = (session.session_id, int(arrival_s * 1e9) - frame.timestamp_ns)
-                newest_ns = -1
+            start_ns = _scaled_ns(session.started_mono_s, pmd)
+            if session_id != session.session_id:
+                session_id = session.session_id
+                newest_ns, newest_beat_s = -1, -math.inf
             elif stepped:
-                offset = (
-                    session.session_id,
-                    self._reanchor(session, received, newest_ns, period_ns),
+                clock.anchor(self._reanchor(session, received, newest_ns, period_ns) + start_ns)
+            assert clock.offset_ns is not None
+            offset_ns = clock.offset_ns - start_ns
+            t_ns, uv = samples_after(frame, offset_ns, newest_ns, period_ns)
+            if pulled_ns >= RETIME_REPORT_S * 1e9 and newest_ns >= 0:
+                log.info(
+                    "%s: raw ECG re-timed %.2f s earlier (the frames before came late); %d "
+                    "samples not stored where the late ones already were",
+                    pmd.sensor_id,
+                    pulled_ns / 1e9,
+                    len(frame.samples_uv) - len(t_ns),
                 )
-            t_ns, uv = samples_after(frame, offset[1], newest_ns, period_ns)
             if t_ns:
                 self.writer.add_ecg(session.session_id, t_ns, uv)
                 self.frames += 1
                 newest_ns = t_ns[-1]
-            timed = [
-                (round((b.t_s * 1e9 + offset[1]) / 1e9, 4), b.rr_ms, b.plausible) for b in beats
-            ]
+            timed: list[tuple[float, float | None, bool]] = []
+            for b in beats:
+                t_s, plausible = round((b.t_s * 1e9 + offset_ns) / 1e9, 4), b.plausible
+                if t_s <= newest_beat_s:
+                    # Re-timed earlier than a peak already given out: never back (as the
+                    # strap's beats, docs/timing.md); flagged, so no analysis measures it.
+                    t_s, plausible = round(newest_beat_s + 1e-4, 4), False
+                newest_beat_s = t_s
+                timed.append((t_s, b.rr_ms, plausible))
             session.on_ecg_beats(timed)
-            for b, (t_s, _rr, _ok) in zip(beats, timed, strict=True):
+            for b, (t_s, _rr, plausible) in zip(beats, timed, strict=True):
                 payload = EcgBeatPayload(
                     ts=int(self.clock() * 1000),
                     seq=rt.output.ecg_seq,
                     session=session.session_id,
                     t_s=t_s,
                     rr_ms=None if b.rr_ms is None else round(b.rr_ms, 2),
-                    plausible=b.plausible,
+                    plausible=plausible,
                 )
                 rt.output.ecg_seq += 1
                 rt.output.publish("ecg_beat", payload.to_json(), 0)
@@ -213,3 +242,8 @@ class EcgRecorder:
                 t_s=end_s,
             )
         return last_ns - frame.timestamp_ns
+
+
+def _scaled_ns(mono_s: float, pmd: PmdSession) -> int:
+    """A time on the host's elapsed-time clock as session-scale ns (× the time scale)."""
+    return round(mono_s * pmd.time_scale * 1e9)

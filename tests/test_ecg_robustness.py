@@ -31,6 +31,7 @@ from sensors.virtual.pmd import PmdConfig
 from sessions.store import SessionStore
 from settle.config import load_config
 from settle.daemon import Daemon
+from settle.demo import virtual_world
 from settle.ecg import SAMPLE_PERIOD_NS
 from tests.conftest import DATA
 from tests.test_e2e import CONFIG
@@ -464,3 +465,58 @@ async def test_the_ecg_stays_on_session_time_when_the_strap_clock_steps(
     after = [b for b in stored.ecg_beats if b.beat_t_s > gap.end_t_s]
     assert len(after) > 5 and after[0].rr_ms is None
     assert all(b.rr_ms is None or 400 < b.rr_ms < 1500 for b in after if b.beat_class is None)
+
+
+async def test_a_late_first_frame_does_not_make_the_ecg_late(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The link holds the first 4 ECG frames back and delivers them in one burst with the 5th
+    (a link retrying at stream start). The session's ECG was mapped by the first frame's
+    arrival alone, so every sample and R peak came 2.3 s late against the strap's beats, for
+    the whole session; the least-delayed frame now sets the mapping. On the demo's synthetic
+    H10 each R peak ends the very interval the strap notifies: the ECG beats and the strap's
+    beats are the same beats (undelayed: +0.01 s apart, median)."""
+    caplog.set_level(logging.INFO, logger="settle.ecg")
+    settings = load_config(
+        CONFIG, mqtt={"enabled": False}, http={"enabled": False},
+        storage={"db_path": tmp_path / "s.db"},
+    )  # fmt: skip
+    held: list[bytes] = []
+
+    def burst(i: int, value: bytes) -> list[bytes]:
+        if i < 4:
+            held.append(value)
+            return []
+        return [*held, value] if i == 4 else [value]
+
+    async with virtual_world(replay=None, speed=5.0, seed=3, ecg=True) as world:
+        strap = world.straps[0]
+        tamper(monkeypatch, strap, data=burst)
+        with SessionStore.open(settings.db_path) as store:
+            daemon = Daemon(settings, store, [client_for(world.air, strap)], time_scale=5.0)
+            task = asyncio.create_task(daemon.run())
+            await until(lambda: daemon.ecg.beats >= 50, 40)
+            daemon.stop()
+            await asyncio.wait_for(task, 15)
+            (info,) = store.list_sessions()
+            stored, ecg = store.read_session(info.id), store.ecg(info.id)
+    assert np.all(np.diff(ecg.t_ns) > 0)
+    # After the strap's unreliable first seconds (their spikes are flagged implausible).
+    ecg_beats = [b for b in stored.ecg_beats if b.beat_class is None and b.rr_ms is not None]
+    assert all(b.beat_t_s > a.beat_t_s for a, b in itertools.pairwise(stored.ecg_beats))
+    # Pair the ECG's beats with the strap's by their RR (the same intervals).
+    ecg_rr = np.array([b.rr_ms for b in ecg_beats])
+    strap_rr = np.array([b.rr_ms for b in stored.beats])
+    n = len(ecg_rr) - 10
+    shift = min(
+        range(len(strap_rr) - n),
+        key=lambda k: float(np.median(np.abs(ecg_rr[:n] - strap_rr[k : k + n]))),
+    )
+    assert float(np.median(np.abs(ecg_rr[:n] - strap_rr[shift : shift + n]))) < 2.0  # ms
+    pairs = zip(ecg_beats[:n], stored.beats[shift : shift + n], strict=True)
+    apart = [e.beat_t_s - s.beat_t_s for e, s in pairs]
+    assert abs(float(np.median(apart))) < 0.1  # s; 2.3 s with the first frame's arrival
+    # Each frame of the burst pulled the mapping back by one frame (0.56 s): 4 held.
+    retimed = [r.getMessage() for r in caplog.records if "re-timed" in r.getMessage()]
+    total_s = sum(float(m.split("re-timed ")[1].split(" s")[0]) for m in retimed)
+    assert total_s == pytest.approx(4 * 73 / 130, abs=0.1)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from sensors.timing import BeatTimer
+from sensors.timing import BeatTimer, FrameClock
 
 
 def ble_latency_s(rng: np.random.Generator) -> float:
@@ -266,3 +266,69 @@ def test_thresholds_are_link_part_plus_host_part_times_scale() -> None:
     assert fast.max_slew == real.max_slew
     with pytest.raises(ValueError, match="time_scale"):
         BeatTimer(time_scale=0)
+
+
+FRAME_S = 73 / 130.16
+"""A Polar H10 ECG frame: 73 samples at the strap's 130.16 Hz."""
+
+
+def frames_through_a_link(
+    n: int, *, ppm: float = 0.0, held: int = 0, seed: int = 1
+) -> tuple[list[int], list[int], list[float]]:
+    """(strap ns, arrival ns, true time s) of ``n`` frames' last samples: the strap clock off
+    by ``ppm``, the link of :func:`ble_latency_s` (30 ms floor), the first ``held`` frames held
+    back and delivered in one burst with the next."""
+    rng = np.random.default_rng(seed)
+    true = [(i + 1) * FRAME_S for i in range(n)]
+    arrivals = [t + ble_latency_s(rng) for t in true]
+    arrivals[:held] = [arrivals[held]] * held
+    arrivals = list(itertools.accumulate(arrivals, max))  # one link: in order
+    strap = [10**15 + round(t * (1 + ppm * 1e-6) * 1e9) for t in true]
+    return strap, [round(a * 1e9) for a in arrivals], true
+
+
+def test_a_late_first_frame_is_pulled_back_by_the_ones_after_it() -> None:
+    """The first 4 frames held back 2.2 s by the link: the offset is pulled back to the
+    least-delayed frame, not left at the first frame's arrival (every later frame 2.2 s late)."""
+    strap, arrival, true = frames_through_a_link(200, held=4)
+    clock = FrameClock()
+    pulled = [clock.update(s, a) for s, a in zip(strap, arrival, strict=True)]
+    assert sum(pulled) / 1e9 == pytest.approx(4 * FRAME_S, abs=0.05)
+    assert all(p == 0 for p in pulled[5:])  # the burst only
+    assert clock.offset_ns is not None
+    late_s = [(s + clock.offset_ns) / 1e9 - t for s, t in zip(strap, true, strict=True)]
+    assert min(late_s) >= 0.03 and max(late_s) < 0.03 + 0.02  # the link's 30 ms floor
+
+
+def test_frame_jitter_is_left_alone_or_slewed_and_only_impossible_lags_step() -> None:
+    clock = FrameClock(tolerance_s=0.008, host_jitter_s=0.0)
+    clock.update(0, 50_000_000)
+    assert clock.update(560_000_000, 560_000_000 + 47_000_000) == 0  # 3 ms less: in the band
+    assert clock.offset_ns == 50_000_000
+    assert clock.update(1_120_000_000, 1_120_000_000 + 43_000_000) == 0  # 7 ms: slewed
+    assert clock.offset_ns == 50_000_000 - round(5e-4 * 560_000_000)
+    offset = clock.offset_ns
+    assert clock.update(1_680_000_000, 1_680_000_000 + 30_000_000) == offset - 30_000_000
+    assert clock.offset_ns == 30_000_000  # more than the tolerance: pulled back at once
+
+
+@pytest.mark.parametrize("ppm", [50.0, -50.0, 200.0, -200.0])
+def test_frame_clock_follows_a_drifting_strap_clock(ppm: float) -> None:
+    """6 h of frames (the single anchor it replaces drifted 1.1 s at 50 ppm, 4.3 s a day)."""
+    strap, arrival, true = frames_through_a_link(round(6 * 3600 / FRAME_S), ppm=ppm)
+    clock = FrameClock()
+    late_s, pulled = [], 0
+    for s, a, t in zip(strap, arrival, true, strict=True):
+        pulled += clock.update(s, a) > 0
+        assert clock.offset_ns is not None
+        late_s.append((s + clock.offset_ns) / 1e9 - t - 0.03)
+    after = np.abs(late_s[round(60 / FRAME_S) :])
+    assert after.max() < 0.025
+    assert pulled <= (30 if ppm > 100 else 3)  # drift is slewed, not stepped
+
+
+def test_frame_clock_scales_the_host_jitter() -> None:
+    clock = FrameClock(time_scale=10.0)
+    assert clock.tolerance_ns == round((0.008 + 0.005 * 10) * 1e9)
+    assert clock.envelope_ns == round(30e9)
+    assert FrameClock(time_scale=200.0).envelope_ns == round(200e9)
