@@ -188,7 +188,11 @@ class BeatTimer:
         # after the beat before, flagged), and the beats after it are re-anchored to the
         # arrival behind a gap. Added to the running sum, it pulled the beats back by a
         # minute (before the session's start) and read as 200 000 ppm of drift.
-        out, first_gap = self._push(arrival_s, rr[:bad]) if bad else ([], None)
+        # The beats before it closed before the beats after it: when they are anchored (the
+        # first notification, after a reconnect), not at the arrival (all four then landed on
+        # one instant, 1 µs apart) but before the rest's intervals.
+        before = arrival_s - sum(rr[bad + 1 :]) / 1000.0
+        out, first_gap = self._push(before, rr[:bad]) if bad else ([], None)
         t = self._last_t + 1e-6 if self._last_t is not None else arrival_s
         out.append(TimedBeat(t, rr[bad], uncertain=True))
         self.n_uncertain += 1
@@ -249,7 +253,8 @@ class BeatTimer:
         slew = 0.0
         if lag < -self.tolerance_s:
             self.offset_s += lag  # pull back: a beat cannot be reported before it happened
-            self._correction_s += lag
+            if lag >= -self.step_threshold_s:  # larger: not the clocks' drift (drift_ppm)
+                self._correction_s += lag
             uncertain = True
         else:
             found = self._envelope_error(arrival_s, lag)

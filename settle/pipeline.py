@@ -37,6 +37,7 @@ from feedback.payloads import (
 from processing.artefacts import ProcessedBeat, may_be_repaired
 from processing.indices import EventResponse
 from processing.live import BASELINE_MIN_SAMPLES, IndicesSnapshot, LiveAnalyzer
+from sensors.hrs import HeartRateMeasurement
 from sensors.strap import Notification
 from sensors.timing import BeatTimer, TimingGap
 from sessions.store import (
@@ -620,7 +621,7 @@ class StrapPipeline:
         warmup = self.settings.processing.warmup_s / max(self.time_scale, 1e-9)
         self.warmup_until_mono_s = host_clock.elapsed_s() + warmup
 
-    def _watch_rr(self, arrival_s: float, has_rr: bool) -> None:
+    def _watch_rr(self, arrival_s: float, has_rr: bool, m: HeartRateMeasurement) -> None:
         """Say once when the strap has sent heart rate without a beat-to-beat interval for
         :data:`NO_RR_WARN_S`: nothing is recorded then, and the session looked as if it ran
         (a strap that sends no intervals, or one not worn that still sends a heart rate)."""
@@ -637,11 +638,18 @@ class StrapPipeline:
             self._no_rr_since_s = arrival_s
         elif not self._no_rr_warned and arrival_s - self._no_rr_since_s >= NO_RR_WARN_S:
             self._no_rr_warned = True
+            span = f"{arrival_s - self._no_rr_since_s:.0f} s"
+            if m.hr_bpm == 0 or m.contact is False:
+                what = f"the strap sent no beat-to-beat intervals for {span} (no skin contact)"
+            else:
+                what = f"the strap sent heart rate but no beat-to-beat intervals for {span}"
+            if self.rr_source == "ecg":
+                result = "its beats are not recorded (the raw ECG's beats drive the indices)"
+            else:
+                result = "no beats are recorded and no HRV is computed"
             why = (
-                f"the strap sent heart rate but no beat-to-beat intervals for "
-                f"{arrival_s - self._no_rr_since_s:.0f} s: no beats are recorded and no HRV "
-                "is computed (a strap not worn or with dry electrodes, or one that does not "
-                "send RR intervals)"
+                f"{what}: {result} (a strap not worn or with dry electrodes, or one that "
+                "does not send RR intervals)"
             )
             log.warning("session %s: %s", self.session_id, why)
             self.event("no-rr", why, t_s=arrival_s)
@@ -650,15 +658,20 @@ class StrapPipeline:
         """After a reconnect: the next beats are re-anchored to their arrival time, the gap
         is recorded and no metric ever spans it."""
         self.timer.mark_gap()
-        self._no_rr_since_s = None  # counted again from the first notification after it
+        if not self._no_rr_warned:  # counted again from the first notification after it
+            self._no_rr_since_s = None
         self._finalise(self.analyzer.gap(self.now_t_s()))
 
     def _record_gap(self, gap: TimingGap) -> None:
+        """Store and announce a gap of the beat timer; the analyzer gets it in its place
+        among the notification's beats (:meth:`on_notification`)."""
         self.gaps.append((gap.start_t_s, gap.end_t_s, gap.reason))
-        self._finalise(self.analyzer.gap(gap.start_t_s))
         self.writer.add_gap(self.session_id, GapRow(gap.start_t_s, gap.end_t_s, gap.reason))
         span = gap.end_t_s - gap.start_t_s
-        self.event("gap", f"{gap.reason}: {span:.1f} s without beats", t_s=gap.end_t_s)
+        # "0.0 s without beats" said nothing (an interval that cannot have fit, beats right
+        # after it): the time of its beats is what is unknown.
+        said = f"{gap.reason}: {span:.1f} s without beats" if span >= 0.05 else gap.reason
+        self.event("gap", said, t_s=gap.end_t_s)
 
     def start_baseline(self) -> None:
         self.analyzer.start_baseline(self.now_t_s())
@@ -741,12 +754,14 @@ class StrapPipeline:
         # Session time of arrival, on the elapsed-time clock (immune to wall-clock steps, and
         # counting through a suspend: :mod:`sensors.clock`).
         arrival_s = max(0.0, (n.recv_mono_s - self.started_mono_s) * self.time_scale)
-        self._watch_rr(arrival_s, bool(m.rr_ms))
+        self._watch_rr(arrival_s, bool(m.rr_ms), m)
         timed, gap = self.timer.push(arrival_s, m.rr_ms)
         if timed:
             self._last_beat_mono_s = n.recv_mono_s
+        gap_at: float | None = None
         if gap is not None:
             self._record_gap(gap)
+            gap_at = gap.start_t_s
         p = self.settings.processing
         warming = n.recv_mono_s < self.warmup_until_mono_s
         rows: list[BeatRow] = []
@@ -757,6 +772,11 @@ class StrapPipeline:
         todo: list[tuple[int | None, float, float]] = []
         for raw, tb in zip(m.rr_raw, timed, strict=True):
             t = tb.t_s
+            if gap_at is not None and t > gap_at:
+                # The windows restart at the gap, after the beats before it (an interval that
+                # cannot have fit leaves a gap behind beats of its own notification).
+                todo.append((None, gap_at, math.nan))
+                gap_at = None
             self.beat_t_s = t
             cls: BeatClass | None = None
             if warming:
@@ -796,6 +816,8 @@ class StrapPipeline:
             else:
                 self._classified.append(ClassifiedBeat(beat_t_s=round(t, 4), cls=cls, rr_ms=None))
             self.seq += 1
+        if gap_at is not None:
+            todo.append((None, gap_at, math.nan))
         if rows:
             self.writer.add_beats(self.session_id, rows)
         self._analyse(todo, m.contact, emit=True)

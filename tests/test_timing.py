@@ -223,6 +223,25 @@ def test_an_absurd_interval_in_the_first_notification_puts_no_beat_before_the_st
     assert min(b.t_s for b in first) > 0
 
 
+@pytest.mark.parametrize("reconnect", [False, True])
+def test_beats_before_an_absurd_interval_that_are_anchored_keep_their_spacing(
+    reconnect: bool,
+) -> None:
+    """Anchored (the session's first notification, the first after a reconnect), the beats
+    before the absurd interval were placed at the arrival and the beats after it on the same
+    instant, 1 µs apart: four beats of a 3 s stretch stored within 3 µs."""
+    timer = BeatTimer()
+    if reconnect:
+        for k in range(1, 11):
+            timer.push(float(k), [1000.0])
+        timer.mark_gap()
+    beats, _gap = timer.push(30.0, [1000.0, 63999.0, 1000.0, 1000.0])
+    t = [b.t_s for b in beats]
+    assert t[3] == pytest.approx(30.0) and t[2] == pytest.approx(29.0)
+    assert t[0] <= t[1] <= 28.0 + 1e-6  # closed before the interval of the beat after
+    assert beats[0].uncertain == reconnect  # the first of a session is anchored, not moved
+
+
 def test_a_long_real_pause_is_not_taken_for_an_absurd_interval() -> None:
     """A 6 s pause between beats (notifications with no interval in between) is real: it
     fits between the beat before and the arrival."""
