@@ -60,6 +60,10 @@ NOT_FOUND_HINT = (
     "wear the strap with wet electrodes so it wakes up, and make sure no phone or watch "
     "holds its connection (Polar allows one or two)"
 )
+CONNECT_HINT = (
+    "the strap is awake (it advertised) but the link failed: keep it near the adapter, and "
+    "make sure no phone or watch holds its connection (Polar allows one or two)"
+)
 
 
 def bluetooth_unavailable(exc: BaseException) -> str:
@@ -292,7 +296,7 @@ class StrapClient:
         except (BleakError, TimeoutError, OSError) as exc:
             raise SensorError(
                 device.address,
-                f"found but could not connect ({exc or type(exc).__name__}) — {NOT_FOUND_HINT}",
+                f"found but could not connect ({self._connect_failure(exc)}) — {CONNECT_HINT}",
             ) from exc
         except asyncio.CancelledError:
             # Stopped while connecting: a link that came up all the same is closed, or the
@@ -308,7 +312,9 @@ class StrapClient:
             battery_notify = await self._follow_battery(client, stream)
             yield stream
         except BleakError as exc:
-            raise SensorError(device.address, f"lost while setting up: {exc}") from exc
+            raise SensorError(
+                device.address, f"lost while setting up: {self._connect_failure(exc)}"
+            ) from exc
         finally:
             self.malformed_drops.flush()
             try:
@@ -322,6 +328,13 @@ class StrapClient:
                 # Even when a stop cancels the stop_notify: a link left up keeps the strap
                 # connected to nobody (and not advertising) until it times out.
                 await _disconnect_quietly(client)
+
+    def _connect_failure(self, exc: BaseException) -> str:
+        """What went wrong, for one line: a bare ``TimeoutError()`` (or any exception whose
+        text is empty) said nothing at all, "could not connect ()"."""
+        if isinstance(exc, TimeoutError) and not str(exc):
+            return f"no answer within {self.connect_timeout_s:g} s"
+        return str(exc) or type(exc).__name__
 
     @staticmethod
     async def _follow_battery(client: BleakClient, stream: StrapStream) -> bool:

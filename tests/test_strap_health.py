@@ -8,17 +8,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bleak.backends.device import BLEDevice
+from bleak.exc import BleakError
 
 from sensors.strap import StrapClient
 from sensors.virtual.air import VirtualAir
+from sensors.virtual.backend import BumbleBleakClient
 from sensors.virtual.model import ModelParams, PhysioModel
 from sensors.virtual.strap import VirtualStrap
 from sessions.store import SessionStore
 from settle.config import load_config
 from settle.daemon import Daemon
+from settle.errors import SensorError
 from tests.test_e2e import CONFIG
 from tests.test_reconnect import client_for, json_tap, model_daemon, until
 
@@ -154,3 +158,43 @@ async def test_a_paired_strap_left_at_home_is_warned_about_once(
     lines = [r.getMessage() for r in caplog.records if "C0:5E:77:1E:FF:FE" in r.getMessage()]
     assert len(lines) == 1, lines
     assert "retrying (a repeat is not logged again)" in lines[0]
+
+
+class _RefusesLink(BumbleBleakClient):
+    """A strap that advertises but whose link fails with an exception that has no text:
+    bumble's own connect timing out (``TimeoutError()``), or a bare ``BleakError()``."""
+
+    error: BaseException = TimeoutError()
+
+    async def connect(self, pair: bool, **kwargs: Any) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [(TimeoutError(), "(no answer within 5 s)"), (BleakError(), "(BleakError)")],
+)
+async def test_a_strap_found_but_not_connected_is_said_as_it_happened(
+    error: BaseException, said: str
+) -> None:
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=6), speed=20)
+        await strap.start()
+        _RefusesLink.error = error
+        client = StrapClient(
+            address=strap.address,
+            scan_timeout_s=5,
+            connect_timeout_s=5,
+            scanner_kwargs=air.scanner_kwargs(),
+            client_kwargs={**air.client_kwargs(), "backend": _RefusesLink},
+        )
+        device = await client.find()
+        with pytest.raises(SensorError) as caught:
+            async with client.connect(device):
+                pass
+        await strap.stop()
+    line = str(caught.value)
+    assert line.startswith(f"{strap.address}: found but could not connect {said} — ")
+    assert "()" not in line
+    # It advertised, so it is awake: "wet the electrodes so it wakes up" would mislead.
+    assert "wet electrodes" not in line and "no phone or watch holds its connection" in line
