@@ -15,7 +15,8 @@ shows it, falling back to the name the Bluetooth stack reports: BlueZ reports no
 it has learnt one, or the alias a user gave the device, so the two can differ.
 
 Battery Level (0x2A19) is read on connect and, where the strap offers notifications, kept
-current for the life of the link (:attr:`StrapStream.battery_pct`).
+current for the life of the link (:attr:`StrapStream.battery_pct`). A level over 100 (the
+characteristic is a uint8) is never shown: one WARNING says a strap sent one.
 """
 
 from __future__ import annotations
@@ -237,6 +238,7 @@ class StrapClient:
         self.overflowed = 0
         """Notifications dropped because the consumer fell behind by ``buffer_size``."""
         self._found_rssi: tuple[str, int | None] = ("", None)
+        self._bad_battery_said = False
         self._found_name: tuple[str, str] = ("", "")
 
     @property
@@ -329,6 +331,19 @@ class StrapClient:
                 # connected to nobody (and not advertising) until it times out.
                 await _disconnect_quietly(client)
 
+    def battery_level(self, who: str, data: bytes | bytearray) -> int | None:
+        """A Battery Level (0x2A19) value, percent; None for an empty one or one over 100
+        (uint8: a strap may send up to 255), which is warned about once per client (a
+        strap that sends it sends it again) and never shown as a level."""
+        if not data:
+            return None
+        if data[0] > 100:
+            if not self._bad_battery_said:
+                self._bad_battery_said = True
+                log.warning("%s: battery level %d %% reported (over 100); not shown", who, data[0])
+            return None
+        return int(data[0])
+
     def _connect_failure(self, exc: BaseException) -> str:
         """What went wrong, for one line: a bare ``TimeoutError()`` (or any exception whose
         text is empty) said nothing at all, "could not connect ()"."""
@@ -366,7 +381,9 @@ class StrapClient:
 
         battery: int | None = None
         with contextlib.suppress(BleakError, KeyError, ValueError, IndexError):
-            battery = int((await client.read_gatt_char(BATTERY_LEVEL_UUID))[0])
+            battery = self.battery_level(
+                device.address, await client.read_gatt_char(BATTERY_LEVEL_UUID)
+            )
         location: str | None = None
         with contextlib.suppress(BleakError, KeyError, ValueError, IndexError):
             code = int((await client.read_gatt_char(BODY_SENSOR_LOCATION_UUID))[0])
@@ -419,8 +436,9 @@ class StrapStream:
         self._wakeup.set()
 
     def _on_battery(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
-        if len(data) >= 1 and data[0] <= 100:
-            self.info = dataclasses.replace(self.info, battery_pct=int(data[0]))
+        pct = self._owner.battery_level(self.info.device_id, data)
+        if pct is not None:
+            self.info = dataclasses.replace(self.info, battery_pct=pct)
             self._wakeup.set()
 
     @property

@@ -198,3 +198,36 @@ async def test_a_strap_found_but_not_connected_is_said_as_it_happened(
     assert "()" not in line
     # It advertised, so it is awake: "wet the electrodes so it wakes up" would mislead.
     assert "wet electrodes" not in line and "no phone or watch holds its connection" in line
+
+
+async def test_a_battery_level_over_100_is_never_shown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Battery Level is a uint8: a strap can send 255. Neither the level read on connect nor
+    a notified one may show as "255 %" in the status (the notified ones were checked; the
+    one read on connect was not)."""
+    caplog.set_level(logging.WARNING, logger="sensors.strap")
+    statuses, tap = json_tap("/status")
+    settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=7), speed=20)
+        strap._battery_pct = 255  # what its GATT server answers to a read
+        await strap.start()
+        with SessionStore.open(settings.db_path) as store:
+            daemon = Daemon(settings, store, [client_for(air, strap)], time_scale=20, tap=tap)
+            task = asyncio.create_task(daemon.run())
+            try:
+                rt = daemon.runtimes[0]
+                await until(lambda: rt.session is not None and rt.session.seq > 5)
+                assert statuses and statuses[-1]["battery_pct"] is None
+                for conn in list(strap._connections):
+                    await strap._device.notify_subscriber(conn, strap._battery, bytes([200]))
+                await strap.set_battery_pct(40)
+                await until(lambda: statuses[-1]["battery_pct"] == 40, 10)
+            finally:
+                daemon.stop()
+                await asyncio.wait_for(task, 10)
+        await strap.stop()
+    assert all(s["battery_pct"] in (None, 40) for s in statuses), statuses
+    warned = [r.getMessage() for r in caplog.records if "battery level" in r.getMessage()]
+    assert warned == [f"{strap.address}: battery level 255 % reported (over 100); not shown"]
