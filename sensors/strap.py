@@ -8,7 +8,9 @@ Straps are found by the Heart Rate Service UUID 0x180D in their advertisement, n
 name: Polar, Garmin, Wahoo, Coospo… all qualify. The notification callback only decodes and
 appends to a bounded buffer (STYLE.md principle 10); a malformed packet is dropped, counted
 and reported in the log (:class:`~sensors.drops.DropCounter`: one WARNING line at once, then
-at most one a minute with the count, the bytes at DEBUG only), and the stream goes on.
+at most one a minute with the count, the bytes at DEBUG only), and the stream goes on. A
+full buffer (the reader fell behind) drops its oldest notification, counted and reported
+the same way.
 
 A strap's name is taken from its advertisement (the Complete Local Name), as ``settle scan``
 shows it, falling back to the name the Bluetooth stack reports: BlueZ reports no name until
@@ -235,11 +237,23 @@ class StrapClient:
         )
         """Notifications that could not be decoded: dropped, counted, warned about (its
         ``sensor_id`` becomes the strap's device id once connected)."""
-        self.overflowed = 0
-        """Notifications dropped because the consumer fell behind by ``buffer_size``."""
+        self.overflow_drops = DropCounter(
+            address or name or "strap",
+            "heart-rate notification",
+            "their beats are missing from the session",
+            verb="dropped (the reader fell behind)",
+            logger=log,
+        )
+        """Notifications dropped, oldest first, because the consumer fell ``buffer_size``
+        behind: counted and warned about as :attr:`malformed_drops` are."""
         self._found_rssi: tuple[str, int | None] = ("", None)
         self._bad_battery_said = False
         self._found_name: tuple[str, str] = ("", "")
+
+    @property
+    def overflowed(self) -> int:
+        """Notifications dropped because the consumer fell behind (see :attr:`overflow_drops`)."""
+        return self.overflow_drops.total
 
     @property
     def malformed(self) -> int:
@@ -310,6 +324,7 @@ class StrapClient:
         try:
             stream.info = await self._read_info(client, device)
             self.malformed_drops.sensor_id = stream.info.device_id
+            self.overflow_drops.sensor_id = stream.info.device_id
             await client.start_notify(HEART_RATE_MEASUREMENT_UUID, stream._on_notify)
             battery_notify = await self._follow_battery(client, stream)
             yield stream
@@ -319,6 +334,7 @@ class StrapClient:
             ) from exc
         finally:
             self.malformed_drops.flush()
+            self.overflow_drops.flush()
             try:
                 if client.is_connected:
                     with contextlib.suppress(BleakError, TimeoutError, OSError):
@@ -429,7 +445,9 @@ class StrapStream:
             return
         if len(self._buffer) >= self._owner._buffer_size:
             self._buffer.popleft()
-            self._owner.overflowed += 1
+            self._owner.overflow_drops.add(
+                f"over {self._owner._buffer_size} notifications waiting to be read"
+            )
         self._buffer.append(
             Notification(int(self._owner._clock() * 1000), host_clock.elapsed_s(), m)
         )

@@ -231,3 +231,35 @@ async def test_a_battery_level_over_100_is_never_shown(
     assert all(s["battery_pct"] in (None, 40) for s in statuses), statuses
     warned = [r.getMessage() for r in caplog.records if "battery level" in r.getMessage()]
     assert warned == [f"{strap.address}: battery level 255 % reported (over 100); not shown"]
+
+
+async def test_notifications_dropped_by_a_reader_that_fell_behind_are_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reader that stops reading (a stalled event loop, a blocked store thread) loses the
+    oldest notifications of the bounded buffer: counted in the status, and now said in the
+    log — one WARNING at once, the rest when the link closes."""
+    caplog.set_level(logging.WARNING, logger="sensors.strap")
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=8), speed=50)
+        await strap.start()
+        client = StrapClient(
+            address=strap.address,
+            scan_timeout_s=5,
+            connect_timeout_s=5,
+            scanner_kwargs=air.scanner_kwargs(),
+            client_kwargs=air.client_kwargs(),
+            buffer_size=4,
+        )
+        async with client.connect(await client.find()) as stream:
+            await until(lambda: client.overflowed >= 5)  # nothing reads the stream
+            warned = [r.getMessage() for r in caplog.records if r.name == "sensors.strap"]
+            device_id = stream.info.device_id
+        await strap.stop()
+    assert warned == [
+        f"{device_id}: 1 heart-rate notification dropped (the reader fell behind) since the last "
+        "warning, 1 in all (latest: over 4 notifications waiting to be read); their beats are "
+        "missing from the session"
+    ]
+    closing = [r.getMessage() for r in caplog.records if r.name == "sensors.strap"][1:]
+    assert len(closing) == 1 and f"{client.overflowed} in all" in closing[0]
