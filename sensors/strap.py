@@ -260,6 +260,15 @@ class StrapClient:
         """Notifications that could not be decoded (dropped; see :attr:`malformed_drops`)."""
         return self.malformed_drops.total
 
+    def keep_to(self, address: str) -> None:
+        """From now on find only the strap at ``address``: the one that connected. Without
+        it, a client with no address (the default before ``settle pair``) or with a name
+        filter took whichever matching strap advertised first at a reconnect — someone
+        else's strap nearby. Its name is no longer checked: the address says which strap it
+        is, and a name may change (an alias, a name BlueZ learns later)."""
+        self.address = address
+        self.name = ""
+
     def _wanted(self, device: BLEDevice, adv: AdvertisementData) -> bool:
         if not _offers_hrs(adv):
             return False

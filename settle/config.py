@@ -184,7 +184,8 @@ class HomeAssistantConfig(_Section):
 class StrapConfig(_Section):
     address: str = ""
     """Bluetooth address (or macOS UUID) of the strap; empty: the first strap offering the
-    Heart Rate Service 0x180D, whatever its vendor."""
+    Heart Rate Service 0x180D, whatever its vendor. Either way, once a strap has connected,
+    a reconnect looks for that strap (its address) only, for the daemon's life."""
     name: str = ""
     """Optional name filter (substring, case-insensitive)."""
     ecg: bool = True

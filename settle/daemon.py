@@ -529,6 +529,16 @@ class Daemon:
 
     async def _on_connected(self, rt: StrapRuntime, info: StrapInfo) -> None:
         first = not rt.was_connected
+        if rt.info is not None and info.address.upper() != rt.info.address.upper():
+            # Never carry this strap's session on with another one (keep_to below makes
+            # the client look for this address only; this holds whatever found it).
+            raise SensorError(
+                rt.info.device_id, f"found {info.address}, not this strap ({rt.info.address})"
+            )
+        if first:
+            # One strap per runtime for the daemon's life: a reconnect looks for the strap
+            # that connected, never for "any heart-rate strap" or a name match again.
+            rt.client.keep_to(info.address)
         if rt.info is not None:
             # One strap keeps one id for the daemon's life: topics, commands, the session and
             # the ECG counters are keyed by it. A reconnect may report another name (BlueZ

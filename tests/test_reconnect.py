@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bleak import BleakScanner
 from bleak.backends.device import BLEDevice
 
 from sensors.strap import StrapClient
@@ -293,3 +294,41 @@ async def test_the_session_message_follows_catching_up_after_a_hold_start(
     reset = values.index(None, values.index(first))  # the hold-start cleared it
     again = next(v for v in values[reset:] if v is not None)
     assert isinstance(again, float) and again >= hold > first
+
+
+async def test_a_reconnect_never_takes_another_strap_into_the_session(tmp_path: Path) -> None:
+    """The default config (no address, before `settle pair`) takes the first heart-rate strap
+    found. When it drops while someone else's strap advertises nearby, the daemon must wait
+    for its own strap: it reconnected to the other one and carried on the same session with
+    that person's heart (RR 1000 ms, then 500 ms, in one session)."""
+    settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
+    async with VirtualAir() as air:
+        mine = VirtualStrap(air, itertools.repeat(1000.0), speed=20, name="Polar H10 AAAA")
+        await mine.start()
+        client = client_for(air, "")  # any heart-rate strap, as the default config
+        with SessionStore.open(settings.db_path) as store:
+            daemon = Daemon(settings, store, [client], time_scale=20)
+            task = asyncio.create_task(daemon.run())
+            rt = daemon.runtimes[0]
+            await until(lambda: rt.session is not None and rt.session.seq > 20)
+            other = VirtualStrap(air, itertools.repeat(500.0), speed=20, name="Polar H10 BBBB")
+            await other.start()
+            seen = await BleakScanner.find_device_by_address(
+                other.address, timeout=5, **air.scanner_kwargs()
+            )
+            assert seen is not None  # it advertises when mine drops
+            await mine.drop(reappear_after_s=2.0)  # away for 40 session seconds
+            await until(lambda: rt.reconnects == 1 and rt.state == "streaming")
+            assert rt.session is not None
+            n0 = rt.session.seq
+            await until(lambda: rt.session is not None and rt.session.seq > n0 + 20)
+            address = rt.info.address if rt.info else None
+            daemon.stop()
+            await asyncio.wait_for(task, 10)
+            sessions = store.list_sessions()
+            rr = {round(b.rr_ms) for b in store.beats(sessions[0].id)}
+        await mine.stop()
+        await other.stop()
+    assert address == mine.address
+    assert len(sessions) == 1 and rr == {1000}
+    assert other.sent == []  # never subscribed to
