@@ -439,14 +439,20 @@ class Daemon:
             self.publish_status_all()
 
     async def _run_strap(self, rt: StrapRuntime) -> None:
-        """The connection state machine of one strap; ends only by cancellation or, before the
-        strap was ever found, by a :class:`SensorError` the user needs to see."""
+        """The connection state machine of one strap; ends only by cancellation or, for the
+        only strap before its first connection, by a :class:`SensorError` the user needs to
+        see: at once when no strap was found, after :data:`FIRST_CONNECT_ATTEMPTS` failed
+        attempts when one was found but would not connect (a link lost during service
+        discovery is retried, as it is after the first connection)."""
         attempt = 0
+        found = False
+        first_failures = 0
         try:
             while True:
                 try:
                     self._set_state(rt, "scanning")
                     device = await rt.client.find()
+                    found = True
                     self._raise_if_stopping()
                     self._set_state(rt, "connecting")
                     async with rt.client.connect(device) as stream:
@@ -474,10 +480,21 @@ class Daemon:
                                 with contextlib.suppress(asyncio.CancelledError):
                                     await ecg
                 except SensorError as exc:
-                    if not rt.was_connected and len(self.runtimes) == 1:
-                        raise  # the only strap was never found: say so now, don't retry quietly
                     who = rt.device_id or rt.client.address or f"strap {rt.index}"
-                    if exc.reason == rt.last_error:
+                    if not rt.was_connected and len(self.runtimes) == 1:
+                        if not found:
+                            raise  # the only strap was never found: say so now
+                        first_failures += 1
+                        if first_failures >= FIRST_CONNECT_ATTEMPTS:
+                            raise SensorError(
+                                exc.sensor_id,
+                                f"gave up after {first_failures} attempts: {exc.reason}",
+                            ) from exc
+                        log.warning(
+                            "%s: %s; retrying (attempt %d of %d)",
+                            who, exc.reason, first_failures + 1, FIRST_CONNECT_ATTEMPTS,
+                        )  # fmt: skip
+                    elif exc.reason == rt.last_error:
                         # A paired strap left at home: one line, not one every 25 s for
                         # hours (status `last_error` keeps saying it).
                         log.debug("%s: %s; retrying", who, exc.reason)
@@ -934,6 +951,11 @@ class Daemon:
             raise CommandError(f"could not store the baseline: {exc}") from exc
         return discarded
 
+
+FIRST_CONNECT_ATTEMPTS = 5
+"""Attempts the only strap gets to make its first connection once it was found (each a scan
+and a connect, with backoff between): a link lost while it is set up is retried; a strap
+that keeps refusing (a phone holding its connection) ends ``settle run`` with the reason."""
 
 STORE_RETRY_AT_STOP_S = 5.0
 """How long a stopping daemon keeps retrying a failing store before it writes the beats it

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -19,9 +20,11 @@ from typing import Any
 import pytest
 from bleak import BleakScanner
 from bleak.backends.device import BLEDevice
+from bleak.exc import BleakError
 
-from sensors.strap import StrapClient
+from sensors.strap import CONNECT_HINT, StrapClient
 from sensors.virtual.air import VirtualAir
+from sensors.virtual.backend import BumbleBleakClient
 from sensors.virtual.model import ModelParams, PhysioModel
 from sensors.virtual.strap import VirtualStrap
 from sessions.store import SessionState, SessionStore
@@ -332,3 +335,94 @@ async def test_a_reconnect_never_takes_another_strap_into_the_session(tmp_path: 
     assert address == mine.address
     assert len(sessions) == 1 and rr == {1000}
     assert other.sent == []  # never subscribed to
+
+
+async def test_a_first_connection_lost_during_set_up_is_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The only strap is found, but its link is lost during service discovery (a strap
+    woken moments ago, a marginal signal): `settle run` ended at once, exit 1, telling the
+    user to wet the electrodes, while the same fault one connection later is retried."""
+    caplog.set_level(logging.WARNING, logger="settle.daemon")
+    settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, itertools.repeat(900.0), speed=10)
+        await strap.start()
+        links = 0
+        losing: list[asyncio.Task[None]] = []
+
+        def on_connection(_connection: object) -> None:
+            nonlocal links
+            links += 1
+            if links == 1:  # the first link is lost a few loop steps in: during discovery
+
+                async def lose() -> None:
+                    for _ in range(3):
+                        await asyncio.sleep(0)
+                    strap.lose_link()
+
+                losing.append(asyncio.get_running_loop().create_task(lose()))
+
+        strap._device.on("connection", on_connection)
+        with SessionStore.open(settings.db_path) as store:
+            daemon = Daemon(settings, store, [client_for(air, strap)], time_scale=10)
+            task = asyncio.create_task(daemon.run())
+            rt = daemon.runtimes[0]
+            try:
+                await until(lambda: task.done() or (rt.session is not None and rt.session.seq > 10))
+                assert not task.done(), task.exception()
+            finally:
+                daemon.stop()
+                await asyncio.wait_for(task, 10)
+            (session,) = store.list_sessions()
+        await strap.stop()
+    await asyncio.gather(*losing)
+    assert links == 2 and session.n_beats > 10
+    warned = [r.getMessage() for r in caplog.records if r.name == "settle.daemon"]
+    assert len(warned) == 1, warned
+    assert "found but could not connect (set up" in warned[0]
+    assert warned[0].endswith("; retrying (attempt 2 of 5)")
+
+
+class _Refused(BumbleBleakClient):
+    """A strap that advertises and refuses every connection (a phone holds its only one)."""
+
+    tries = 0
+
+    async def connect(self, pair: bool, **kwargs: Any) -> None:
+        type(self).tries += 1
+        raise BleakError("connection refused by the strap")
+
+
+async def test_a_strap_that_keeps_refusing_its_first_connection_ends_the_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="settle.daemon")
+    settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, itertools.repeat(900.0), speed=10)
+        await strap.start()
+        client = StrapClient(
+            address=strap.address,
+            scan_timeout_s=5,
+            connect_timeout_s=5,
+            scanner_kwargs=air.scanner_kwargs(),
+            client_kwargs={**air.client_kwargs(), "backend": _Refused},
+        )
+        with SessionStore.open(settings.db_path) as store:
+            daemon = Daemon(settings, store, [client], time_scale=10)
+            with pytest.raises(BaseException) as caught:  # a group, unwrapped below
+                await asyncio.wait_for(daemon.run(), 60)
+            sessions = store.list_sessions()
+        await strap.stop()
+    errors = (
+        caught.value.exceptions if isinstance(caught.value, BaseExceptionGroup) else [caught.value]
+    )
+    assert len(errors) == 1 and isinstance(errors[0], SensorError), errors
+    assert str(errors[0]) == (
+        f"{strap.address}: gave up after 5 attempts: found but could not connect (connection "
+        f"refused by the strap) — {CONNECT_HINT}"
+    )
+    assert _Refused.tries == 5 and sessions == []
+    warned = [r.getMessage() for r in caplog.records if r.name == "settle.daemon"]
+    assert [w.rsplit("(", 1)[1] for w in warned] == [f"attempt {n} of 5)" for n in (2, 3, 4, 5)]
