@@ -135,6 +135,9 @@ class StrapRuntime:
     reconnects: int = 0
     last_error: str | None = None
     was_connected: bool = False
+    link_lost_s: float | None = None
+    """When the streaming link was lost (:func:`~sensors.clock.elapsed_s`); None while
+    connected or before the first connection."""
     session_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held while a session starts or stops: two session/start commands close together
     (a double click) both found no session while the store created theirs, and the second
@@ -449,6 +452,7 @@ class Daemon:
         first_failures = 0
         try:
             while True:
+                streaming = False
                 try:
                     self._set_state(rt, "scanning")
                     device = await rt.client.find()
@@ -459,6 +463,7 @@ class Daemon:
                         self._raise_if_stopping()  # before a session starts
                         attempt = 0
                         await self._on_connected(rt, stream.info)
+                        streaming = True
                         self._set_state(rt, "streaming")
                         ecg: asyncio.Task[None] | None = None
                         if self.settings.strap.ecg and stream.client is not None:
@@ -504,8 +509,10 @@ class Daemon:
                         )
                     rt.last_error = exc.reason
                     self._availability(rt, False)
-                    if rt.session is not None:
-                        rt.session.event("disconnected", exc.reason)
+                    if streaming:  # the link was lost (not one more failed scan or connect)
+                        rt.link_lost_s = host_clock.elapsed_s()
+                        if rt.session is not None:
+                            rt.session.event("disconnected", exc.reason)
                 self._set_state(rt, "backoff")
                 await self.sleep(backoff_delay_s(attempt, base_s=0.2, cap_s=10.0))
                 attempt += 1
@@ -575,6 +582,11 @@ class Daemon:
         else:
             rt.reconnects += 1
             rt.last_error = None
+            if rt.link_lost_s is not None:
+                # Session seconds, as the gap is recorded (time_scale 1 but for replays).
+                away_s = (host_clock.elapsed_s() - rt.link_lost_s) * self.time_scale
+                log.info("%s: strap back after %.1f s without a link", info.device_id, away_s)
+                rt.link_lost_s = None
             if rt.session is not None:
                 rt.session.restart_window()
                 rt.session.event("reconnected")

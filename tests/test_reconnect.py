@@ -426,3 +426,49 @@ async def test_a_strap_that_keeps_refusing_its_first_connection_ends_the_run(
     assert _Refused.tries == 5 and sessions == []
     warned = [r.getMessage() for r in caplog.records if r.name == "settle.daemon"]
     assert [w.rsplit("(", 1)[1] for w in warned] == [f"attempt {n} of 5)" for n in (2, 3, 4, 5)]
+
+
+class _CountsScans(StrapClient):
+    scans_failed = 0
+
+    async def find(self) -> BLEDevice:
+        try:
+            return await super().find()
+        except SensorError:
+            self.scans_failed += 1
+            raise
+
+
+async def test_a_long_absence_is_one_disconnected_event_and_one_line_when_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Away long enough for several scans to fail: subscribers got one `disconnected` event
+    per failed scan (3 for one 12 s absence), and the log never said the strap came back."""
+    caplog.set_level(logging.INFO, logger="settle.daemon")
+    events, tap = json_tap("/event")
+    settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=9), speed=20)
+        await strap.start()
+        client = client_for(air, strap, _CountsScans, scan_timeout_s=0.3)
+        assert isinstance(client, _CountsScans)
+        with SessionStore.open(settings.db_path) as store:
+            daemon = Daemon(settings, store, [client], time_scale=20, tap=tap)
+            task = asyncio.create_task(daemon.run())
+            rt = daemon.runtimes[0]
+            try:
+                await until(lambda: rt.session is not None and rt.session.seq > 10)
+                await strap.drop(reappear_after_s=1.5)  # 30 session seconds away
+                await until(lambda: rt.reconnects == 1 and rt.state == "streaming")
+            finally:
+                daemon.stop()
+                await asyncio.wait_for(task, 10)
+        await strap.stop()
+    assert client.scans_failed >= 2  # the absence outlasted several scans
+    kinds = [e["kind"] for e in events]
+    assert kinds.count("disconnected") == 1 and kinds.count("reconnected") == 1
+    assert kinds.index("disconnected") < kinds.index("reconnected")
+    back = [r for r in caplog.records if "strap back after" in r.getMessage()]
+    assert len(back) == 1 and back[0].levelno == logging.INFO
+    away_s = float(back[0].getMessage().split("after ")[1].split(" s")[0])
+    assert away_s >= 30.0  # session seconds, as the gap is recorded
