@@ -117,7 +117,13 @@ class _NoDaemon:
         return []
 
 
-async def test_token_is_required_for_every_page_and_command(tmp_path: Path) -> None:
+async def test_token_is_required_for_every_stream_and_command_and_set_in_no_cookie(
+    tmp_path: Path,
+) -> None:
+    """Pages and their scripts hold no data: served to anyone (a reload must work without the
+    token in the address). Everything with data or effect needs the token, sent by the page
+    itself; none is ever put in a cookie, which the browser would send to every server on
+    the host whatever its port, and an earlier version's cookie is deleted."""
     with SessionStore.open(tmp_path / "s.db") as store:
         cfg = DashboardConfig(host="127.0.0.1", port=0, token="s3cret-token")
         jar = aiohttp.CookieJar(unsafe=True)  # accept cookies from an IP address, as browsers do
@@ -125,26 +131,33 @@ async def test_token_is_required_for_every_page_and_command(tmp_path: Path) -> N
             Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
             aiohttp.ClientSession(cookie_jar=jar) as http,
         ):
-            for path in ("", "live", "history", "api/state", "api/sessions", "static/app.js"):
+            for path in ("", "live", "history", "history/x", "static/app.js"):
+                async with http.get(d.url + path) as r:
+                    assert r.status == 200, path
+            for path in ("events", "api/state", "api/sessions", "sessions/x/report",
+                         "sessions/x/export/csv"):  # fmt: skip
                 async with http.get(d.url + path) as r:
                     assert r.status == 401, path
-            # A browser opening a page is told what to do in a page (it got the raw JSON);
-            # an API call still gets the one line.
-            html = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
-            async with http.get(d.url + "live", headers=html) as r:
-                assert r.status == 401 and r.content_type == "text/html"
-                assert "Open the address the daemon printed at" in await r.text()
-            async with http.get(d.url + "api/sessions", headers=html) as r:
-                assert r.status == 401 and r.content_type == "application/json"
+                    assert (await r.json())["error"] == (
+                        "token required: open the URL printed at start-up"
+                    )
             async with http.post(d.url + "api/cmd/x/marker", headers={"X-Settle": "1"}) as r:
                 assert r.status == 401
+            async with http.get(d.url + "live?token=s3cret-token") as r:
+                assert r.status == 200 and "Set-Cookie" not in r.headers
             async with http.get(d.url + "api/state?token=s3cret-token") as r:
+                assert r.status == 200 and "Set-Cookie" not in r.headers
+            bearer = {"Authorization": "Bearer s3cret-token"}
+            async with http.get(d.url + "api/sessions", headers=bearer) as r:
                 assert r.status == 200
-                assert "settle_token" in r.cookies  # the page's later requests carry it
-            async with http.get(d.url + "api/sessions") as r:
-                assert r.status == 200
-            # Cookie alone is not enough for a command: a cross-site form cannot add this.
-            async with http.post(d.url + "api/cmd/x/marker", data=b"{}") as r:
+            assert not list(jar)
+            # The cookie of an earlier version lets nothing in, and is deleted.
+            old = {"Cookie": "settle_token=s3cret-token"}
+            async with http.get(d.url + "api/state", headers=old) as r:
+                assert r.status == 401
+                assert r.cookies["settle_token"]["max-age"] == "0"
+            # A command needs the header a cross-site form cannot add, token or not.
+            async with http.post(d.url + "api/cmd/x/marker", data=b"{}", headers=bearer) as r:
                 assert r.status == 403
 
 
@@ -1410,40 +1423,107 @@ async def test_another_site_cannot_scan_or_start_the_worker_and_the_page_still_s
             assert back.scans == 2
 
 
-@pytest.mark.timeout(60)
-async def test_the_token_leaves_the_address_bar_once_the_cookie_is_set(tmp_path: Path) -> None:
-    """The printed `/?token=…` URL stayed in the address bar and the history after it was
-    opened (a coach's projector, a shared screen showed it), and went in the Referer of the
-    page's requests. Now the page answers with the cookie and a redirect to itself without
-    the token, and no response lets a Referer out."""
+@pytest.mark.timeout(120)
+async def test_the_token_goes_to_its_dashboard_only(tmp_path: Path) -> None:
+    """With a token required, the printed `/?token=…` URL set a cookie (Path=/, SameSite=
+    Strict) that the browser then sent to every server on the host, whatever its port: an
+    account listening on another 127.0.0.1 port, opened by a link from another site, read
+    `Cookie: settle_token=<token>`; and two such dashboards on one host took each other's
+    place in that one cookie (the first said "token required" after a reload). Now the
+    page keeps the token in the tab and sends it only to its own daemon: the other server
+    gets none, each dashboard keeps its own, and the token leaves the address bar, the
+    history and every Referer; the report and a download work with it."""
     _chromium_or_skip()
-    token = "s3cret-token-0123456789"
+    token, token_b = "s3cret-token-0123456789", "another-token-9876543210"
+    seen: list[str] = []
+
+    async def listener(request: web.Request) -> web.Response:
+        seen.append(" ".join(f"{k}: {v}" for k, v in request.headers.items()) + request.path_qs)
+        if "again" not in request.query:  # reloads itself: a same-site request
+            return web.Response(text="<script>location.replace('/?again=1')</script>",
+                                content_type="text/html")  # fmt: skip
+        return web.Response(text="thanks")
+
+    ports: list[int] = []  # the listener's, the other site's
+
+    async def other_site(_request: web.Request) -> web.Response:
+        return web.Response(text=f'<a id=go href="http://127.0.0.1:{ports[0]}/">cats</a>',
+                            content_type="text/html")  # fmt: skip
+
+    heard = "window.__settle && window.__settle.lastWord > 0"
     with SessionStore.open(tmp_path / "s.db") as store:
+        sid = _finished_session(store, 1_700_000_000_000, 60)
         cfg = DashboardConfig(host="127.0.0.1", port=0, token=token)
+        cfg_b = DashboardConfig(host="127.0.0.1", port=0, token=token_b)
+        runners: list[web.AppRunner] = []
         async with (
             Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
+            Dashboard(Hub("settle"), _NoDaemon(), store, cfg_b) as d_b,  # type: ignore[arg-type]
             _browser() as browser,
         ):
-            ctx = await browser.new_context(bypass_csp=True)
-            page = await ctx.new_page()
-            seen: list[tuple[str, int, str | None]] = []
-            page.on("response", lambda r: seen.append((r.url, r.status, r.headers.get(
-                "referrer-policy"))))  # fmt: skip
-            referers: list[str] = []
-            page.on("request", lambda r: referers.append(r.headers.get("referer", "")))
-            await page.goto(f"{d.url}live?token={token}&device=dev_1")
-            assert page.url == d.url + "live?device=dev_1"  # the address bar
-            await page.click("nav a[data-page=history]")
-            await page.wait_for_function("document.getElementById('session-list').textContent")
-            assert token not in await page.evaluate("location.href")
-            await page.go_back()  # the history holds no entry with the token either
-            assert token not in page.url
-            await page.reload()  # and the cookie alone lets the page in
-            await page.wait_for_function("window.__settle && window.__settle.perDev")
-            assert not [u for u, status, _ in seen if status == 401], seen
-            assert not [u for u, _, policy in seen if policy != "no-referrer"], seen
-            assert not [r for r in referers if token in r]
-            await ctx.close()
+            try:
+                for handler in (listener, other_site):
+                    app = web.Application()
+                    app.router.add_get("/", handler)
+                    runners.append(runner := web.AppRunner(app))
+                    await runner.setup()
+                    await web.TCPSite(runner, "127.0.0.1", 0).start()
+                    ports.append(runner.addresses[0][1])
+                ctx = await browser.new_context(bypass_csp=True, accept_downloads=True)
+                page = await ctx.new_page()
+                seen_by_us: list[tuple[str, int, str | None]] = []
+                page.on("response", lambda r: seen_by_us.append((r.url, r.status, r.headers.get(
+                    "referrer-policy"))))  # fmt: skip
+                referers: list[str] = []
+                page.on("request", lambda r: referers.append(r.headers.get("referer", "")))
+                await page.goto(f"{d.url}live?token={token}&device=dev_1")
+                assert page.url == d.url + "live?device=dev_1"  # the address bar
+                await page.wait_for_function(heard)
+                await page.click("nav a[data-page=history]")
+                await page.click(f"#session-list a[href='/history/{sid}']")
+                await page.wait_for_function(
+                    "document.getElementById('report').contentDocument?.body?.textContent"
+                    f".includes('Session {sid}')",
+                    timeout=30_000,
+                )
+                async with page.expect_download() as download:
+                    await page.click("#detail-exports a.export:text-is('csv')")
+                path = await (await download.value).path()
+                assert read_export_csv(Path(path))
+                assert token not in await page.evaluate("location.href")
+                await page.go_back()
+                await page.go_back()  # the history holds no entry with the token
+                assert token not in page.url
+                await page.reload()  # the tab keeps the token
+                await page.wait_for_function(heard)
+                # Another server on the host, reached by a link from another site.
+                other = await ctx.new_page()
+                await other.goto(f"http://localhost:{ports[1]}/")
+                await other.click("#go")
+                await other.wait_for_url(f"http://127.0.0.1:{ports[0]}/?again=1")
+                assert len(seen) == 2
+                assert not [h for h in seen if token in h or "Cookie" in h], seen
+                # Another token-protected dashboard on the host, in another tab: each keeps
+                # its own token.
+                await other.goto(f"{d_b.url}live?token={token_b}")
+                await other.wait_for_function(heard)
+                await page.reload()
+                await page.wait_for_function(heard)
+                # A new tab has no token: the page says what to do.
+                fresh = await ctx.new_page()
+                await fresh.goto(f"{d.url}live")
+                await fresh.wait_for_function(
+                    "document.getElementById('banners').textContent.includes("
+                    "'Token required — open the address the daemon printed at start-up')"
+                )
+                assert not [u for u, status, _ in seen_by_us if status == 401], seen_by_us
+                assert not await fresh.evaluate("window.__settle.lastWord")
+                assert not [u for u, _, policy in seen_by_us if policy != "no-referrer"]
+                assert not [r for r in referers if token in r]
+                await ctx.close()
+            finally:
+                for runner in runners:
+                    await runner.cleanup()
 
 
 def test_reports_and_exports_are_made_outside_the_daemon(tmp_path: Path) -> None:

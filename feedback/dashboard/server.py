@@ -165,6 +165,8 @@ HEARTBEAT_S = 1.0
 """A ``health`` event this often: connection states, and proof to the page that the daemon
 is alive (a page that hears nothing for 5 s says so)."""
 COOKIE = "settle_token"
+"""The cookie that earlier versions kept the token in: deleted wherever it is still sent (a
+browser sent it to every server on the host, whatever its port)."""
 MAX_BODY = 4096
 
 mimetypes.add_type("text/javascript", ".js")  # some systems map .js to text/plain
@@ -284,7 +286,8 @@ class DashboardConfig:
     port: int = 8765
     """0: a free port (tests)."""
     token: str | None = None
-    """Required for every page and command when set (always set off loopback)."""
+    """Required for every stream, API call, report and export when set (always set off
+    loopback); pages and their static files hold no data and are served without it."""
     pacer_bpm: float = 6.0
     """Default rate of the breathing pacer, breaths/min (4–7)."""
 
@@ -300,21 +303,6 @@ def _json(data: object, status: int = 200) -> web.Response:
 
 def _error(status: int, message: str) -> web.Response:
     return _json({"v": 1, "status": "error", "error": message}, status)
-
-
-TOKEN_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="color-scheme" content="light dark"><title>Settle — token required</title></head>
-<body style="font: 17px/1.5 system-ui, sans-serif; max-width: 34em; margin: 2em auto;
- padding: 0 1em">
-<h1>Settle: token required</h1>
-<p>This dashboard opens only with its access token. Open the address the daemon printed at
-start-up (<code>settle run</code> or <code>settle demo</code>: the line <code>http:</code>, ending
-in <code>?token=…</code>); after that, this browser gets in without it.</p>
-</body></html>
-"""
-"""What a browser opening a page without the token sees (it showed the raw JSON error)."""
 
 
 async def _static_or_404(
@@ -545,7 +533,7 @@ class Dashboard:
             return _error(404, f"no API route {shown(request.path)}")
 
     @staticmethod
-    async def _secure_headers(_request: web.Request, response: web.StreamResponse) -> None:
+    async def _secure_headers(request: web.Request, response: web.StreamResponse) -> None:
         """On every response as it is sent, the event stream's too."""
         response.headers.setdefault(
             "Content-Security-Policy",
@@ -556,6 +544,11 @@ class Dashboard:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         # No address of ours, with or without a token, goes anywhere in a Referer.
         response.headers.setdefault("Referrer-Policy", "no-referrer")
+        if COOKIE in request.cookies:
+            # An earlier version's token cookie: the browser would go on sending it to
+            # every server on this host.
+            # (As a header: the response's cookies are already in its headers here.)
+            response.headers.add("Set-Cookie", f"{COOKIE}=; Max-Age=0; Path=/")
 
     async def _checked(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -572,44 +565,28 @@ class Dashboard:
             # fetched without CORS still runs (it started a Bluetooth scan, or the worker).
             return _error(403, "cross-site request refused")
         token = self.config.token
-        if token is not None:
-            given = (
-                request.query.get("token")
-                or request.cookies.get(COOKIE)
-                or _bearer(request.headers.get("Authorization", ""))
-            )
+        # Pages and their scripts are the same for everyone (nothing of a session is in
+        # them): served without the token, which the page itself then sends with each of
+        # its requests (see docs/dashboard.md). It was kept in a cookie, which the browser
+        # sent to every server on the host whatever its port (cookies are not kept apart by
+        # port): any account on the machine could listen on a port and read it.
+        static = isinstance(request.match_info.route.resource, web.StaticResource)
+        public = static or request.match_info.handler == self._page
+        if token is not None and not public:
+            given = request.query.get("token") or _bearer(request.headers.get("Authorization", ""))
             # As bytes: compare_digest raises TypeError for a non-ASCII str (a 500 and a
-            # traceback for `?token=é`); a header or cookie's bytes that are no UTF-8 arrive
-            # as lone surrogates, which only surrogateescape encodes (they raised too).
+            # traceback for `?token=é`); a header's bytes that are no UTF-8 arrive as lone
+            # surrogates, which only surrogateescape encodes (they raised too).
             if not given or not hmac.compare_digest(
                 given.encode("utf-8", "surrogateescape"), token.encode()
             ):
-                if page and "text/html" in request.headers.get("Accept", ""):
-                    return web.Response(
-                        text=TOKEN_PAGE, status=401, content_type="text/html",
-                        headers={"Cache-Control": "no-store"},
-                    )  # fmt: skip
                 return _error(401, "token required: open the URL printed at start-up")
         if request.method == "POST" and request.headers.get("X-Settle") != "1":
             # A custom header cannot be sent cross-site without a CORS preflight we never allow.
             return _error(403, "missing X-Settle header")
-        if request.path.startswith("/static/"):
+        if static:
             handler = functools.partial(_static_or_404, handler)
-        if token is None or "token" not in request.query:
-            return await handler(request)
-        if page:
-            # The printed URL: the cookie is set, and the token leaves the address bar and
-            # the history (a projector or a shared screen showed it) for the same page.
-            query = [(k, v) for k, v in request.query.items() if k != "token"]
-            there = str(request.rel_url.with_query(query))
-            response: web.StreamResponse = web.Response(
-                status=303, headers={"Location": there, "Cache-Control": "no-store"}
-            )
-        else:
-            response = await handler(request)
-        if not response.prepared:
-            response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
-        return response
+        return await handler(request)
 
     # -- pages and live data ----------------------------------------------------------------
 

@@ -20,6 +20,47 @@ const MAX_COMMAND_BYTES = 4096;
 const FORWARDED_ID = "http-000000000000";  // server.py: "http-" and 12 hex digits
 
 const $ = (id) => document.getElementById(id);
+
+/* ---- access token ---- */
+// With a token required, the address printed at start-up (…/?token=…) hands it to the page,
+// which keeps it in this tab (sessionStorage: a reload and the page's own links keep it; it
+// is kept per origin, so per port) and sends it itself: as `Authorization: Bearer` on its
+// requests, and as ?token= where the browser makes the request (the live stream, the
+// report's frame, a download). It was a cookie, which the browser sent to every server on
+// the host whatever its port: anyone who could listen on a port got it.
+const TOKEN_KEY = "settle.token";
+function takeToken() {
+  const u = new URL(location.href);
+  const hash = new URLSearchParams(u.hash.slice(1));
+  const given = u.searchParams.get("token") || hash.get("token");
+  if (given) {
+    // Out of the address bar and this history entry (a projector or a shared screen showed it).
+    u.searchParams.delete("token");
+    hash.delete("token");
+    const rest = hash.toString();
+    history.replaceState(history.state, "", u.pathname + u.search + (rest ? "#" + rest : ""));
+    try { sessionStorage.setItem(TOKEN_KEY, given); } catch { /* private mode: this page only */ }
+    return given;
+  }
+  try { return sessionStorage.getItem(TOKEN_KEY); } catch { return null; }
+}
+const TOKEN = takeToken();
+let tokenRefused = false;  // the daemon answered 401: the page says what to do
+function withToken(path) {
+  if (!TOKEN) return path;
+  const u = new URL(path, location.href);
+  u.searchParams.set("token", TOKEN);
+  return u.pathname + u.search;
+}
+// fetch with the token; a 401 is said in a banner (and in the caller's own words).
+async function api(url, init) {
+  init = init || {};
+  const headers = { ...(init.headers || {}) };
+  if (TOKEN) headers.Authorization = `Bearer ${TOKEN}`;
+  const r = await fetch(url, { ...init, headers });
+  if (r.status === 401) tokenRefused = true;
+  return r;
+}
 const DEVICE_KEY = "settle.device";
 function wantedDevice() {
   const q = new URLSearchParams(location.search).get("device");
@@ -139,7 +180,7 @@ function onMessage(topic, payload) {
 
 let es = null;
 function connect() {
-  es = new EventSource("/events");
+  es = new EventSource(withToken("/events"));
   es.onmessage = (e) => {
     S.lastWord = Date.now();
     const m = JSON.parse(e.data);
@@ -147,6 +188,7 @@ function connect() {
   };
   es.addEventListener("health", (e) => {
     S.lastWord = Date.now();
+    tokenRefused = false;
     const h = JSON.parse(e.data);
     S.mqtt = h.mqtt; S.devices = h.devices;
     chooseDevice();
@@ -155,7 +197,13 @@ function connect() {
   });
   // EventSource retries a dropped stream by itself, but not one the server answered with an
   // error (a 503: too many pages open, or connections): that one is retried here.
-  es.onerror = () => { if (es.readyState === EventSource.CLOSED) setTimeout(connect, 5000); };
+  // A 401 (no token, or not this daemon's) is not retried: the page says what to do.
+  es.onerror = () => {
+    if (es.readyState !== EventSource.CLOSED) return;
+    api("/api/state").then((r) => r.status, () => 0).then((status) => {
+      if (status !== 401) setTimeout(connect, 5000);
+    });
+  };
 }
 
 /* ---- the strap shown ---- */
@@ -203,7 +251,11 @@ function currentRuntime() {
 function banners() {
   const out = [];
   const alive = Date.now() - S.lastWord < STALE_MS;
-  if (!alive) out.push(["bad", "No word from the Settle daemon — the values shown are stale."]);
+  if (tokenRefused) {
+    out.push(["bad", TOKEN
+      ? "The daemon refused this tab's token (it was restarted with another, or this is another daemon) — open the address it printed at start-up again (the line “http:”, ending in ?token=…)."
+      : "Token required — open the address the daemon printed at start-up (the line “http:”, ending in ?token=…); this tab then keeps the token until it is closed."]);
+  } else if (!alive) out.push(["bad", "No word from the Settle daemon — the values shown are stale."]);
   const rt = currentRuntime();
   const d = S.device ? dev(S.device) : null;
   // No strap has connected yet (a daemon with none to look for, or one still looking for
@@ -242,7 +294,7 @@ function banners() {
   }
   showBanners(out);
   const conn = $("conn");
-  const label = !alive ? "daemon unreachable" : rt ? `${rt.name || rt.device_id || "strap"}: ${rt.state}` : "no strap";
+  const label = tokenRefused && !alive ? "token required" : !alive ? "daemon unreachable" : rt ? `${rt.name || rt.device_id || "strap"}: ${rt.state}` : "no strap";
   text("conn", label + (alive ? ` · MQTT ${S.mqtt}` : ""));
   conn.className = "pill " + (alive && rt && rt.state === "streaming" ? "ok" : "bad");
   return alive && rt && rt.state === "streaming";
@@ -578,7 +630,7 @@ async function command(name, body, label, done) {
   }
   let r;
   try {
-    r = await fetch(`/api/cmd/${encodeURIComponent(id)}/${name}`, { method: "POST",
+    r = await api(`/api/cmd/${encodeURIComponent(id)}/${name}`, { method: "POST",
       headers: { "Content-Type": "application/json", "X-Settle": "1" }, body: JSON.stringify(body) });
   } catch {
     say(`${label}: the daemon did not answer`, "bad");
@@ -757,7 +809,7 @@ $("scan").addEventListener("click", async () => {
   text("scan-state", "scanning…");
   $("scan").disabled = true;
   try {
-    const r = await fetch("/api/scan?timeout=3", { method: "POST", headers: { "X-Settle": "1" } });
+    const r = await api("/api/scan?timeout=3", { method: "POST", headers: { "X-Settle": "1" } });
     const res = await r.json();
     if (!r.ok) { text("scan-state", res.error); return; }
     const rows = res.straps.map((s, i) => `<tr><td>${escapeHtml(s.name || "–")}</td><td>${escapeHtml(s.address)}</td><td>${s.rssi} dBm</td>` +
@@ -768,7 +820,7 @@ $("scan").addEventListener("click", async () => {
       b.addEventListener("click", async () => {
         const s = res.straps[Number(b.dataset.i)];
         const label = $(`label-${b.dataset.i}`).value.trim();
-        const pr = await fetch("/api/pair", { method: "POST", headers: { "Content-Type": "application/json", "X-Settle": "1" },
+        const pr = await api("/api/pair", { method: "POST", headers: { "Content-Type": "application/json", "X-Settle": "1" },
           body: JSON.stringify({ label, address: s.address, name: s.name, device_id: s.device_id }) });
         const body = await pr.json();
         text("scan-state", pr.ok ? [`remembered as “${label}”: settle run uses it`, ...body.replaced].join(" ") : body.error);
@@ -798,7 +850,7 @@ async function loadHistory() {
   $("session-list").hidden = !!detail;
   $("history-progress").hidden = !!detail;
   let r = null, res = null;
-  try { r = await fetch("/api/sessions"); res = await r.json(); } catch { res = null; }
+  try { r = await api("/api/sessions"); res = await r.json(); } catch { res = null; }
   // An answer for a view the user has left, or overtaken by a newer load, is dropped.
   if (load !== historyLoad || location.pathname !== path) return;
   if (!r || !r.ok || !res || !Array.isArray(res.sessions) || !Array.isArray(res.formats)) {
@@ -824,7 +876,7 @@ async function loadHistory() {
   // otherwise read as identical rows with the same start time).
   const several = new Set(res.sessions.map((s) => s.device_id)).size > 1;
   if (detail) {
-    $("report").src = `/sessions/${encodeURIComponent(detail)}/report`;
+    $("report").src = withToken(`/sessions/${encodeURIComponent(detail)}/report`);
     // As in the list: a running session's exports would be a part of it, given silently.
     const row = res.sessions.find((s) => s.id === detail);
     $("detail-exports").innerHTML = !row ? "" : row.state === "running"
@@ -903,14 +955,24 @@ $("bids-subject").addEventListener("input", (e) => {
   text("bids-why", bad);
 });
 document.addEventListener("click", (ev) => {
-  const a = ev.target instanceof Element ? ev.target.closest("a.bids") : null;
+  const a = ev.target instanceof Element ? ev.target.closest("a.export") : null;
   if (!a) return;
-  const subject = $("bids-subject").value.trim() || "01";
-  const bad = subjectProblem(subject);
-  if (bad) { ev.preventDefault(); say(`${bad} — not downloaded`, "bad"); $("bids-subject").focus(); return; }
-  const url = new URL(a.href, location.href);
-  url.searchParams.set("subject", subject);
-  a.href = url.pathname + url.search;
+  const url = new URL(a.getAttribute("href"), location.href);
+  if (a.classList.contains("bids")) {
+    const subject = $("bids-subject").value.trim() || "01";
+    const bad = subjectProblem(subject);
+    if (bad) { ev.preventDefault(); say(`${bad} — not downloaded`, "bad"); $("bids-subject").focus(); return; }
+    url.searchParams.set("subject", subject);
+  }
+  if (!TOKEN) { a.href = url.pathname + url.search; return; }
+  // The token goes with this download only: the link (shown on hover) does not hold it.
+  ev.preventDefault();
+  const once = document.createElement("a");
+  once.href = withToken(url.pathname + url.search);
+  once.download = "";
+  document.body.appendChild(once);
+  once.click();
+  once.remove();
 });
 
 /* ---- start ---- */
