@@ -628,8 +628,10 @@ class Dashboard:
         await resp.prepare(request)
         with self.hub.subscribe() as sub:
             # Taken with the subscription: nothing twice. A reconnecting page (EventSource
-            # sends the last id it got) gets only what it missed.
-            backlog = self.hub.snapshot(request.headers.get("Last-Event-ID"))
+            # sends the last id it got) gets only what it missed; so does a page that opens
+            # a new stream itself (after a refused reconnect), naming it in ?last=.
+            last = request.headers.get("Last-Event-ID") or request.query.get("last")
+            backlog = self.hub.snapshot(last)
             # A page that went away ends its stream here; nothing else to clean up.
             with contextlib.suppress(ConnectionResetError):
                 await resp.write(b"retry: 1000\n\n")

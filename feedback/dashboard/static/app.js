@@ -179,10 +179,17 @@ function onMessage(topic, payload) {
 
 
 let es = null;
+// The id of the last message got: a stream the page opens anew (after a refused reconnect)
+// names it, as the browser's own reconnect does (Last-Event-ID), and gets only what followed:
+// opened without it, the whole backlog came again and every beat and marker was stored twice.
+let lastEventId = "";
 function connect() {
-  es = new EventSource(withToken("/events"));
+  const url = new URL(withToken("/events"), location.href);
+  if (lastEventId) url.searchParams.set("last", lastEventId);
+  es = new EventSource(url.pathname + url.search);
   es.onmessage = (e) => {
     S.lastWord = Date.now();
+    if (e.lastEventId) lastEventId = e.lastEventId;
     const m = JSON.parse(e.data);
     onMessage(m.topic, m.payload);
   };

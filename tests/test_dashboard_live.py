@@ -1,0 +1,103 @@
+"""The Live page's feed in real Chromium, against the real dashboard server with a stand-in
+daemon (tests/test_dashboard_phone.py's one streaming strap): beats and markers are published
+into the hub by the test, so what the page holds can be compared with what was sent."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from feedback.dashboard import Dashboard, DashboardConfig, Hub
+from feedback.dashboard import server as server_module
+from sessions.store import SessionStore
+from tests.test_dashboard import DESKTOP, _browser, _chromium_or_skip, _Cuttable, _until
+from tests.test_dashboard_phone import DEV, SID, _Strap
+
+
+def _beat(hub: Hub, t_s: float, ts_ms: int | None = None) -> None:
+    """One beat of the running session, stamped with the daemon's clock (``ts``, ms)."""
+    ts = int(time.time() * 1000) if ts_ms is None else ts_ms
+    hub.publish(f"settle/{DEV}/beat", json.dumps({
+        "v": 1, "ts": ts, "seq": int(t_s), "hr": 75, "rr_ms": [800.0], "beat_t_s": [t_s],
+        "classified": [], "contact": True, "session": SID}))  # fmt: skip
+
+
+def _marker(hub: Hub, kind: str, t_s: float) -> None:
+    hub.publish(f"settle/{DEV}/event", json.dumps({
+        "v": 1, "ts": int(time.time() * 1000), "kind": kind, "t_s": t_s, "text": "",
+        "session": SID}))  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def _live(tmp_path: Path) -> AsyncIterator[tuple[Any, Hub, Dashboard]]:
+    """A dashboard with the stand-in strap and a desktop browser context (no page yet):
+    ``(context, hub, dashboard)``."""
+    _chromium_or_skip()
+    with SessionStore.open(tmp_path / "s.db") as store:
+        hub = Hub("settle")
+        strap = _Strap(hub)
+        cfg = DashboardConfig(host="127.0.0.1", port=0)
+        async with (
+            Dashboard(hub, strap, store, cfg) as d,  # type: ignore[arg-type]
+            _browser() as browser,
+        ):
+            ctx = await browser.new_context(viewport=DESKTOP, bypass_csp=True)
+            try:
+                yield ctx, hub, d
+            finally:
+                await ctx.close()
+
+
+HELD = """(() => { const S = window.__settle;
+  const d = S.perDev[S.device] || {t: [], it: [], events: []};
+  return {t: d.t, events: d.events.map((e) => e.kind)}; })()"""
+
+
+@pytest.mark.timeout(60)
+async def test_a_refused_reconnect_does_not_store_the_backlog_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream dropped and the browser's own reconnect was answered 503 (the 32 live
+    pages, the connection cap, a proxy's error): the page's next try, 5 s later, opened a
+    fresh stream without the last id it got, and the whole backlog was stored a second
+    time — 44 beats twice, the tachogram stepping back in time, markers "shame, doubt,
+    shame, doubt". It now resumes after the last message it got."""
+    async with _live(tmp_path) as (ctx, hub, d):
+        for i in range(20):
+            _beat(hub, 0.8 * (i + 1))
+        _marker(hub, "shame", 3.0)
+        _marker(hub, "doubt", 5.0)
+        async with _Cuttable(d.port) as relay:
+            page = await ctx.new_page()
+            statuses: list[int] = []
+            page.on("response", lambda r: statuses.append(r.status) if "/events" in r.url else None)
+            await page.goto(f"http://127.0.0.1:{relay.port}/live")
+
+            async def held() -> dict[str, Any]:
+                return dict(await page.evaluate(HELD))
+
+            await _until(lambda: _has(held, 20, 2), 10, "the backlog on the page")
+            monkeypatch.setattr(server_module, "MAX_STREAMS", 0)  # every live page refused
+            relay.cut()
+            await _until(lambda: _true(503 in statuses), 15, "a refused reconnect")
+            monkeypatch.setattr(server_module, "MAX_STREAMS", 32)
+            _beat(hub, 0.8 * 21)
+            await _until(lambda: _has(held, 21, 2), 20, "the beat after the reconnect")
+            got = await held()
+            assert got["t"] == [pytest.approx(0.8 * (i + 1)) for i in range(21)]
+            assert got["events"] == ["shame", "doubt"]
+
+
+async def _true(x: bool) -> bool:
+    return x
+
+
+async def _has(held: Any, beats: int, events: int) -> bool:
+    got = await held()
+    return len(got["t"]) >= beats and len(got["events"]) >= events
