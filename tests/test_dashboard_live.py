@@ -101,3 +101,28 @@ async def _true(x: bool) -> bool:
 async def _has(held: Any, beats: int, events: int) -> bool:
     got = await held()
     return len(got["t"]) >= beats and len(got["events"]) >= events
+
+
+@pytest.mark.timeout(60)
+async def test_the_heart_rate_shows_whatever_the_browsers_clock_says(tmp_path: Path) -> None:
+    """A beat's age was the browser's clock minus the daemon's stamp: with the browser 5 s
+    or more ahead (a phone on the LAN against a Raspberry Pi without a clock or NTP) the
+    heart rate was never shown ("–", greyed) while the strap read streaming; with it
+    behind, a beat 8 s old still showed. The age is now measured on the daemon's clock."""
+    async with _live(tmp_path) as (ctx, hub, d):
+        for skew_s, beat_age_s, shown in ((6, 0, "75"), (120, 0, "75"), (-6, 8, "–")):
+            page = await ctx.new_page()
+            await page.add_init_script(
+                f"(() => {{ const real = Date.now; Date.now = () => real() + {skew_s * 1000}; }})()"
+            )
+            await page.goto(f"{d.url}live")
+            # The strap shown, and a word from the daemon (its health event, every second).
+            await page.wait_for_function("window.__settle.device && window.__settle.devices.length")
+            seq = 100 + skew_s
+            _beat(hub, seq, int((time.time() - beat_age_s) * 1000))
+            await page.wait_for_function(
+                f"window.__settle.perDev[window.__settle.device].t.includes({seq})"
+            )
+            await page.evaluate("render()")
+            assert await page.text_content("#hr") == shown, (skew_s, beat_age_s)
+            await page.close()

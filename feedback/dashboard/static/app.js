@@ -75,6 +75,7 @@ const S = {
   devices: [],             // from health events
   mqtt: "off",
   lastWord: 0,             // Date.now() of the last message from the daemon
+  clockAhead: null,        // ms the browser's clock is ahead of the daemon's (health events)
   perDev: {},              // device id -> {status, availability, session, indices, beats, ...}
   markerLabels: {},        // chart -> the marker labels last drawn (text, count, box)
 };
@@ -85,6 +86,12 @@ function dev(id) {
       hr: null, contact: null, beatTs: 0, t: [], rr: [], it: [], ln: [], set: [], events: [] };
   }
   return S.perDev[id];
+}
+// A beat's age on the daemon's clock, which stamps it (`ts`): measured on the browser's, a
+// phone 5 s ahead of a Raspberry Pi without NTP never showed the heart rate. Unknown (no
+// health event yet): Infinity, nothing shown.
+function beatAge(d) {
+  return S.clockAhead === null ? Infinity : Date.now() - S.clockAhead - d.beatTs;
 }
 function fmt(x, digits) { return x === null || x === undefined ? "–" : Number(x).toFixed(digits); }
 function mmss(s) { s = Math.floor(s); return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`; }
@@ -197,6 +204,7 @@ function connect() {
     S.lastWord = Date.now();
     tokenRefused = false;
     const h = JSON.parse(e.data);
+    if (typeof h.ts === "number") S.clockAhead = Date.now() - h.ts;
     S.mqtt = h.mqtt; S.devices = h.devices;
     chooseDevice();
     if (!S.pacerInit) { S.pacerInit = true; $("pacer-rate").value = h.pacer_bpm; setPacer(); }
@@ -352,7 +360,7 @@ function render() {
     return;
   }
   const d = dev(S.device), ix = d.indices, rt = currentRuntime();
-  const fresh = live && Date.now() - d.beatTs < 5000;
+  const fresh = live && beatAge(d) < 5000;
   document.querySelector(".hero").classList.toggle("stale", !fresh);
   text("hr", fresh && d.hr ? String(d.hr) : "–");
   const usable = ix && ix.usable;
@@ -804,7 +812,7 @@ function renderPair() {
   if (view() !== "pair") return;
   const rows = S.devices.map((x) => {
     const d = x.device_id ? dev(x.device_id) : null;
-    const fresh = d && Date.now() - d.beatTs < 5000;
+    const fresh = d && beatAge(d) < 5000;
     return `<tr><td>${escapeHtml(x.name || "–")}</td><td>${escapeHtml(x.address || "–")}</td><td>${escapeHtml(x.state)}</td>` +
       `<td>${fresh && d.hr ? d.hr + " bpm" : "–"}</td><td>${d && d.contact !== null ? (d.contact ? "yes" : "no") : "–"}</td>` +
       `<td>${x.battery_pct !== null ? x.battery_pct + " %" : "–"}</td></tr>`;
