@@ -1812,3 +1812,47 @@ async def _coach(browser: Any, base: str, world: Any, relay: _Cuttable, db: Path
 
 async def _opened_more(relay: _Cuttable, seen: int) -> bool:
     return relay.opened > seen
+
+
+async def test_static_files_are_revalidated_and_every_body_coding_gets_a_json_answer(
+    tmp_path: Path,
+) -> None:
+    """/static/ went out without Cache-Control: after an upgrade a browser could run the old
+    app.js from its cache against the new daemon. A command sent with `Content-Encoding: br`
+    got aiohttp's plain-text 400 "Can not decode content-encoding: brotli (br)…" (and a log
+    line), where every /api/ answer is JSON."""
+    import gzip
+
+    with SessionStore.open(tmp_path / "s.db") as store:
+        hub = Hub("settle")
+        back = _Recorder(hub)
+        cfg = DashboardConfig(host="127.0.0.1", port=0)
+        async with (
+            Dashboard(hub, back, store, cfg) as d,  # type: ignore[arg-type]
+            aiohttp.ClientSession(headers={"X-Settle": "1"}) as http,
+        ):
+            for name in ("app.js", "app.css", "vendor/uplot/uPlot.iife.min.js"):
+                async with http.get(d.url + "static/" + name) as r:
+                    assert r.status == 200 and r.headers["Cache-Control"] == "no-cache", name
+                    etag = r.headers["ETag"]
+                async with http.get(d.url + "static/" + name, headers={"If-None-Match": etag}) as r:
+                    assert r.status == 304, name
+            url = d.url + "api/cmd/dev_1/marker"
+            body = b'{"kind": "doubt"}'
+            for coding in ("br", "zstd", "gzip, br"):
+                async with http.post(url, data=body, headers={"Content-Encoding": coding}) as r:
+                    assert r.status == 400 and r.content_type == "application/json", coding
+                    assert (await r.json())["error"] == (
+                        f"request body: Content-Encoding {coding!r} is not taken "
+                        "(identity, gzip or deflate)"
+                    )
+            async with http.post(url, data=gzip.compress(body),
+                                 headers={"Content-Encoding": "gzip"}) as r:  # fmt: skip
+                assert r.status == 200, await r.text()
+            # Small when compressed, too large once decoded: refused as any body too large.
+            bomb = gzip.compress(b'{"kind": "note", "text": "' + b"x" * 100_000 + b'"}')
+            async with http.post(url, data=bomb, headers={"Content-Encoding": "gzip"}) as r:
+                assert r.status == 413 and (await r.json())["error"] == (
+                    "request too large: a command takes at most 4096 bytes"
+                )
+            assert [json.loads(p)["kind"] for p in back.payloads] == ["doubt"]

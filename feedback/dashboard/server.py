@@ -28,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
@@ -337,19 +338,52 @@ class _BadBody(ValueError):
     """The body could not be read as sent: its Content-Encoding does not decode it."""
 
 
+_CODINGS = {"identity": 0, "gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
+            "deflate": zlib.MAX_WBITS}  # fmt: skip
+"""Content-Encodings a body may come in, with their zlib ``wbits``."""
+
+
+def _decoded(raw: bytes, coding: str) -> bytes:
+    """``raw`` decoded as its Content-Encoding says, at most :data:`MAX_BODY` bytes once
+    decoded (a 4 KiB gzip can hold megabytes). Decoded here, not by aiohttp: it refused a
+    coding it has no decoder for (``br`` without Brotli) in plain text, before any route."""
+    coding = coding.strip().lower() or "identity"
+    wbits = _CODINGS.get(coding)
+    if wbits is None:
+        raise _BadBody(f"Content-Encoding {coding!r} is not taken (identity, gzip or deflate)")
+    if not wbits:
+        return raw
+    tries = (wbits, -zlib.MAX_WBITS) if coding == "deflate" else (wbits,)  # raw deflate too
+    for i, bits in enumerate(tries):
+        d = zlib.decompressobj(bits)
+        try:
+            out = d.decompress(raw, MAX_BODY + 1)
+        except zlib.error as exc:
+            if i + 1 < len(tries):
+                continue
+            raise _BadBody(f"not {coding}: {exc}") from None
+        if len(out) > MAX_BODY:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(out))
+        if not d.eof:
+            raise _BadBody(f"{coding} data cut short")
+        return out
+    raise AssertionError("unreachable")
+
+
 async def _body(request: web.Request) -> bytes:
     """The request's body, sent within :data:`HEADER_TIMEOUT_S` (a body sent a byte at a
-    time held the connection as a half-sent head did). :class:`_BadBody` if it does not
-    decode as its Content-Encoding says (``gzip`` on a plain body was a 500 and two
-    tracebacks per request)."""
+    time held the connection as a half-sent head did), decoded (:func:`_decoded`).
+    :class:`_BadBody` if it does not decode as its Content-Encoding says (``gzip`` on a
+    plain body was a 500 and two tracebacks per request)."""
     async with asyncio.timeout(HEADER_TIMEOUT_S):
         try:
-            return await request.read()
+            raw = await request.read()
         except RequestPayloadError as exc:
             # Marked read to its end, or aiohttp reads the rest after the answer (to keep the
             # connection), meets the same error again and logs it as a traceback.
             request.content.feed_eof()
             raise _BadBody(str(exc).partition(", message:")[2].strip() or "undecodable") from None
+    return _decoded(raw, request.headers.get("Content-Encoding", ""))
 
 
 async def _read_body(request: web.Request, what: str) -> bytes | web.Response:
@@ -440,9 +474,14 @@ class Dashboard:
             min(MAX_CONNECTIONS, max(16, files // 4)) if files else MAX_CONNECTIONS
         )
         # keepalive_timeout: an idle connection gets as long for its next request as a new
-        # one gets for its first (aiohttp's default is an hour).
+        # one gets for its first (aiohttp's default is an hour). auto_decompress: bodies are
+        # decoded by _body, which answers a coding it does not take in JSON.
         self._runner = web.AppRunner(
-            self.app(), access_log=None, handle_signals=False, keepalive_timeout=HEADER_TIMEOUT_S
+            self.app(),
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=HEADER_TIMEOUT_S,
+            auto_decompress=False,
         )
         await self._runner.setup()
         loop = asyncio.get_running_loop()
@@ -544,6 +583,10 @@ class Dashboard:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         # No address of ours, with or without a token, goes anywhere in a Referer.
         response.headers.setdefault("Referrer-Policy", "no-referrer")
+        if request.path.startswith("/static/"):
+            # Asked again each time (a 304 while unchanged, by its ETag): from the cache, an
+            # upgraded daemon's page could run the old app.js.
+            response.headers.setdefault("Cache-Control", "no-cache")
         if COOKIE in request.cookies:
             # An earlier version's token cookie: the browser would go on sending it to
             # every server on this host.
