@@ -126,3 +126,34 @@ async def test_the_heart_rate_shows_whatever_the_browsers_clock_says(tmp_path: P
             await page.evaluate("render()")
             assert await page.text_content("#hr") == shown, (skew_s, beat_age_s)
             await page.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_strap_or_daemon_gone_is_said_at_once_and_no_value_stays(tmp_path: Path) -> None:
+    """Under the "Strap disconnected" banner every value read "–" but the battery ("80 %",
+    the last report); and with the daemon gone the page went on saying "streaming" until
+    4 s of silence had passed, though the stream had broken."""
+    async with _live(tmp_path) as (ctx, _hub, d):
+        page = await ctx.new_page()
+        strap = d.control
+        async with _Cuttable(d.port) as relay:
+            await page.goto(f"http://127.0.0.1:{relay.port}/live")
+            await page.wait_for_function(
+                "document.getElementById('battery').textContent === '80 %'"
+            )
+            strap.state, strap.last_error = "backoff", "connection lost"  # type: ignore[attr-defined]
+            await page.wait_for_function(
+                "document.getElementById('banners').textContent.includes('Strap disconnected')"
+            )
+            await page.evaluate("render()")
+            assert await page.text_content("#battery") == "–"
+            strap.state, strap.last_error = "streaming", None  # type: ignore[attr-defined]
+            await page.wait_for_function(
+                "document.getElementById('battery').textContent === '80 %'"
+            )
+            assert await page.text_content("#conn") == "Settle Virtual HR: streaming · MQTT off"
+        # The relay is gone: the stream breaks, and no new one opens.
+        await page.wait_for_function("es.readyState !== EventSource.OPEN")
+        await page.evaluate("render()")
+        assert await page.text_content("#conn") == "daemon unreachable"
+        assert "No word from the Settle daemon" in (await page.text_content("#banners") or "")

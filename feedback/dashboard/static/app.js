@@ -214,6 +214,9 @@ function connect() {
   // error (a 503: too many pages open, or connections): that one is retried here.
   // A 401 (no token, or not this daemon's) is not retried: the page says what to do.
   es.onerror = () => {
+    // The stream broke (the daemon stopped, the network went): no word from it from now on,
+    // said at once (the page said "streaming" for up to 4 s more).
+    S.lastWord = 0;
     if (es.readyState !== EventSource.CLOSED) return;
     api("/api/state").then((r) => r.status, () => 0).then((status) => {
       if (status !== 401) setTimeout(connect, 5000);
@@ -425,7 +428,8 @@ function render() {
   text("quality", alive && running && streaming && ix && ix.quality !== null ? `${(ix.quality * 100).toFixed(0)} %` : "–");
   text("contact", !streaming ? "–" : d.contact === null ? "not reported" : d.contact ? "yes" : "NO");
   const bat = rt ? rt.battery_pct : d.status && d.status.battery_pct;
-  text("battery", !alive || bat === null || bat === undefined ? "–" : `${bat} %`);
+  // Not the last report under "Strap disconnected" (every other value there reads "–").
+  text("battery", !alive || !streaming || bat === null || bat === undefined ? "–" : `${bat} %`);
   // A Polar H10 recording its raw ECG says so (a stop is a mark on the charts).
   text("strap-state", !alive ? "unknown (no word from the daemon)"
     : rt ? rt.state + (rt.ecg ? " · raw ECG" : "") : d.status ? d.status.state : "–");
