@@ -157,3 +157,33 @@ async def test_a_strap_or_daemon_gone_is_said_at_once_and_no_value_stays(tmp_pat
         await page.evaluate("render()")
         assert await page.text_content("#conn") == "daemon unreachable"
         assert "No word from the Settle daemon" in (await page.text_content("#banners") or "")
+
+
+@pytest.mark.timeout(60)
+async def test_history_names_each_strap_and_a_broken_address_is_no_session(
+    tmp_path: Path,
+) -> None:
+    """With sessions of several straps, History's rows named the strap by its device id
+    (settle_virtual_hr_7d310ebf) where the header's picker says its name; and an address
+    like /history/%E0%A4%A (a cut link) threw an uncaught URIError and showed nothing."""
+    async with _live(tmp_path) as (ctx, _hub, d):
+        for device in (DEV, "dev_2"):
+            sid = d.store.create_session(device, 1_700_000_000_000, "x", {}).id
+            d.store.finish_session(sid, 1_700_000_060_000)
+        page = await ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        await page.goto(f"{d.url}history")
+        await page.wait_for_function("window.__settle.devices.length")
+        await page.evaluate("loadHistory()")  # the strap's name is known by now
+        await page.wait_for_function(
+            "document.querySelectorAll('#session-list .strap').length === 2"
+        )
+        straps = await page.locator("#session-list .strap").all_text_contents()
+        assert sorted(straps) == ["(Settle Virtual HR)", "(dev_2)"]  # dev_2: not known
+        await page.goto(f"{d.url}history/%E0%A4%A")
+        await page.wait_for_function(
+            "document.getElementById('report').contentDocument?.body?.textContent"
+            ".includes('no session')"
+        )
+        assert not errors, errors

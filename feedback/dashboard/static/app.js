@@ -860,7 +860,9 @@ let historyTimer = null;
 let historyLoad = 0;
 async function loadHistory() {
   const parts = location.pathname.split("/").filter(Boolean);
-  const detail = parts[1] ? decodeURIComponent(parts[1]) : null;
+  // A cut address (/history/%E0%A4%A) is no session, said in the frame (it threw a URIError).
+  let detail = parts[1] || null;
+  try { if (detail) detail = decodeURIComponent(detail); } catch { /* looked up as it is */ }
   const path = location.pathname;
   const load = ++historyLoad;
   clearTimeout(historyTimer);
@@ -926,7 +928,8 @@ async function loadHistory() {
       `${dur(s.duration_s)}; ${escapeHtml(caughtUp(s))}; ` +
       `score change ${s.score_change !== null && s.score_change !== undefined ? (s.score_change >= 0 ? "+" : "") + s.score_change.toFixed(1) : "–"}` +
       `${s.target && s.target !== "–" ? "; " + escapeHtml(s.target) : ""}${s.statement ? " “" + escapeHtml(s.statement) + "”" : ""}`;
-    const strap = several && s.device_id ? ` <span class="strap">(${escapeHtml(s.device_id)})</span>` : "";
+    // By its name, as the Strap picker says it, when the daemon knows the strap.
+    const strap = several && s.device_id ? ` <span class="strap">(${escapeHtml(strapName(s.device_id))})</span>` : "";
     return [s.id, `<a href="/history/${encodeURIComponent(s.id)}">${escapeHtml(when)}</a>${strap} — ${summary}` +
       (s.state === "running" ? "" : `<small>${exports(s.id, when)}</small>`)];
   });
