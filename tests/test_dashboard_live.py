@@ -187,3 +187,33 @@ async def test_history_names_each_strap_and_a_broken_address_is_no_session(
             ".includes('no session')"
         )
         assert not errors, errors
+
+
+CHART_COLOURS = """[tacho.series[1].stroke(tacho, 1), trendc.series[2].stroke(trendc, 2),
+  tacho.axes[0].stroke(tacho, 0)]"""
+
+
+@pytest.mark.timeout(60)
+async def test_charts_follow_a_switch_to_dark_and_the_heart_rate_reads_with_a_space(
+    tmp_path: Path,
+) -> None:
+    """The charts' colours were read once, when the page opened: switched to dark while it
+    was open, the tachogram and the axes kept their light-mode colours on the dark page
+    (#2f6f5e on #111614). A screen reader read the heart rate as "75bpm"."""
+    async with _live(tmp_path) as (ctx, hub, d):
+        page = await ctx.new_page()
+        await page.emulate_media(color_scheme="light")
+        await page.goto(f"{d.url}live")
+        await page.wait_for_function(
+            "window.__settle.device && window.__settle.clockAhead !== null"
+        )
+        light = await page.evaluate(CHART_COLOURS)
+        assert light == ["#2f6f5e", "#8a5a9b", "#5b6460"]
+        await page.emulate_media(color_scheme="dark")
+        before = json.dumps(json.dumps(light, separators=(",", ":")))
+        await page.wait_for_function(f"JSON.stringify({CHART_COLOURS}) !== {before}")
+        assert await page.evaluate(CHART_COLOURS) == ["#7cc4ad", "#d2a6e0", "#9aa5a0"]
+        # The charts still draw what arrives.
+        _beat(hub, 1.0)
+        await page.wait_for_function("tacho.data[0].length === 1", timeout=5_000)
+        assert "75 bpm" in await page.locator(".hero .big").aria_snapshot()

@@ -553,6 +553,15 @@ function makeCharts() {
       { label: "settling", stroke: css("--set"), width: 2, scale: "s" }],
     plugins: [{ hooks: markerHook("trend", () => (S.device ? dev(S.device).events : [])) }] }, [[], [], []], r);
 }
+// The colours are read from the CSS when the charts are made: switched to light or dark while
+// the page is open, the charts are made again (they kept the other scheme's colours).
+matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => {
+  if (!tacho) return;
+  tacho.destroy(); trendc.destroy();
+  makeCharts();
+  drawnAt = 0;
+  render();
+});
 function resizeCharts() {
   if (tacho) tacho.setSize({ width: chartWidth($("tacho")), height: 200 });
   if (trendc) trendc.setSize({ width: chartWidth($("trendchart")), height: 200 });
