@@ -1245,16 +1245,24 @@ def render_html(a: SessionAnalysis, png: bytes, png_name: str | None) -> str:
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light dark">
 <title>Settle session {e(info.id)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 60em; margin: 2em auto; padding: 0 1em;
-  color: #222; }}
+  color: #222; background: #fff; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: .3em .6em; }}
 .wide {{ overflow-x: auto; max-width: 100%; }} h1, p {{ overflow-wrap: break-word; }}
 @media (max-width: 30em) {{ body {{ margin: 1em auto; }} h1 {{ font-size: 1.5em; }} }}
 .summary {{ font-size: 1.15em; background: #f3f7f3; padding: 1em; border-radius: .4em; }}
 small {{ color: #666; }}
 .text, .notes, li {{ overflow-wrap: anywhere; }} .notes {{ white-space: pre-wrap; }}
+/* Dark as the dashboard around it (a white page glared in its frame); the figure keeps its
+   light background, framed. */
+@media (prefers-color-scheme: dark) {{
+  body {{ color: #e6ebe8; background: #111614; }} td, th {{ border-color: #3d4742; }}
+  .summary {{ background: #1f2a24; }} small {{ color: #a7b0ab; }} a {{ color: #7cc4ad; }}
+  img {{ border-radius: .3em; }}
+}}
 </style></head><body>
 <h1>Session {e(info.id)}</h1>
 <p class="summary" id="summary">{e(summary_text(a))}</p>

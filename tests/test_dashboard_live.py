@@ -217,3 +217,41 @@ async def test_charts_follow_a_switch_to_dark_and_the_heart_rate_reads_with_a_sp
         _beat(hub, 1.0)
         await page.wait_for_function("tacho.data[0].length === 1", timeout=5_000)
         assert "75 bpm" in await page.locator(".hero .big").aria_snapshot()
+
+
+REPORT_COLOURS = """(doc => [getComputedStyle(doc.body).backgroundColor,
+  getComputedStyle(doc.body).color])"""
+
+
+@pytest.mark.timeout(90)
+async def test_the_session_report_is_dark_in_dark_mode_alone_and_in_historys_frame(
+    tmp_path: Path,
+) -> None:
+    """In dark mode the report (History's frame, `settle report`) stayed a white page:
+    in the dashboard a glaring white box, which the frame's own white background forced
+    even around it."""
+    from tests.test_dashboard import _finished_session
+
+    async with _live(tmp_path) as (ctx, _hub, d):
+        sid = _finished_session(d.store, 1_700_000_000_000, 60)
+        page = await ctx.new_page()
+        await page.emulate_media(color_scheme="dark")
+        await page.goto(f"{d.url}sessions/{sid}/report")
+        dark = ["rgb(17, 22, 20)", "rgb(230, 235, 232)"]
+        assert await page.evaluate(f"{REPORT_COLOURS}(document)") == dark
+        await page.goto(f"{d.url}history/{sid}")
+        await page.wait_for_function(
+            "document.getElementById('report').contentDocument?.body?.textContent"
+            f".includes('Session {sid}')",
+            timeout=30_000,
+        )
+        frame = f"{REPORT_COLOURS}(document.getElementById('report').contentDocument)"
+        assert await page.evaluate(frame) == dark
+        assert (
+            await page.evaluate(
+                "getComputedStyle(document.getElementById('report')).backgroundColor"
+            )
+            != "rgb(255, 255, 255)"
+        )
+        await page.emulate_media(color_scheme="light")
+        assert await page.evaluate(frame) == ["rgb(255, 255, 255)", "rgb(34, 34, 34)"]
