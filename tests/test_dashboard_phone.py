@@ -607,13 +607,19 @@ async def test_a_stopped_raw_ecg_is_marked_on_the_charts_in_words(tmp_path: Path
         strap.hub.publish(f"settle/{DEV}/event", json.dumps({
             "v": 1, "session": SID, "kind": "ecg-stopped", "t_s": 90.0,
             "text": "raw ECG stopped (internal error); heart rate continues"}))  # fmt: skip
-        await page.wait_for_function(
-            "(l => l && l.tacho && l.tacho.some((x) => x.text === 'raw ECG stopped'))"
-            "(window.__settle.markerLabels)",
-            timeout=10_000,
-        )
+        # A strap that sends heart rate but no intervals (the daemon's no-rr event) is
+        # marked too: the page showed an empty tachogram and nothing said why.
+        strap.hub.publish(f"settle/{DEV}/event", json.dumps({
+            "v": 1, "session": SID, "kind": "no-rr", "t_s": 110.0,
+            "text": "the strap sent no beat-to-beat intervals for 30 s: …"}))  # fmt: skip
+        for words in ("raw ECG stopped", "no beat intervals"):
+            await page.wait_for_function(
+                f"(l => l && l.tacho && l.tacho.some((x) => x.text === '{words}'))"
+                "(window.__settle.markerLabels)",
+                timeout=10_000,
+            )
         said = await page.text_content("#tacho-sum") or ""
-        assert "raw ECG stopped" in said, said
+        assert "raw ECG stopped" in said and "no beat intervals" in said, said
         await page.wait_for_function(f"{state} === 'streaming'", timeout=10_000)
         assert not errors, errors
 

@@ -8,7 +8,7 @@ const STALE_MS = 4000;        // no word from the daemon for this long: say so
 const EVENT_KINDS_SHOWN = new Set([
   "shame", "threat", "discomfort", "attention", "doubt", "hold-start", "hold-lapse",
   "hold-resume", "note", "baseline-start", "baseline-complete", "catching-up", "disconnected",
-  "reconnected", "gap", "ecg-stopped",
+  "reconnected", "gap", "ecg-stopped", "no-rr",
 ]);
 const KEYS = { "1": "shame", "2": "threat", "3": "discomfort", "4": "attention", "5": "doubt",
   "6": "hold-lapse", "7": "hold-resume", "8": "hold-start" };
@@ -466,7 +466,7 @@ function css(name) { return getComputedStyle(document.documentElement).getProper
 const EVENT_WORDS = { "hold-lapse": "hold lapse", "hold-resume": "hold resumed", "hold-start": "hold start",
   "baseline-start": "baseline start", "baseline-complete": "baseline complete", "catching-up": "caught up",
   disconnected: "strap disconnected", reconnected: "strap reconnected", gap: "gap", note: "note",
-  "ecg-stopped": "raw ECG stopped" };
+  "ecg-stopped": "raw ECG stopped", "no-rr": "no beat intervals" };
 function eventWords(kind) { return EVENT_WORDS[kind] || String(kind).replace(/-/g, " "); }
 // Labels in two rows, never over each other (at least 8 px apart): a marker whose label fits in neither row
 // joins the label before it, which then reads "N markers" (15 markers within 40 s piled
