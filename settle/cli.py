@@ -203,7 +203,8 @@ def settings_from(
         flags["storage"] = {"db_path": db}
         settings = load_config(config, **flags)
     except ConfigError as exc:
-        fail(str(exc), 2)
+        # A flag's own error names the flag (it read "config: --mqtt: …").
+        fail(f"{exc.field}: {exc.reason}" if exc.field.startswith("--") else str(exc), 2)
     from settle.logging_setup import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
@@ -233,7 +234,9 @@ def demo(
         Path | None,
         typer.Option(help="RR file to replay instead of the physiological model.", parser=a_path),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the physiological model.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the physiological model.", min=0)
+    ] = None,
     straps: Annotated[
         int, typer.Option(help="Number of virtual straps (group practice).", min=1, max=100)
     ] = 1,

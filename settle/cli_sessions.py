@@ -35,6 +35,8 @@ def a_path_text(value: str) -> str:
     opened it."""
     if value == "":
         raise typer.BadParameter("the path is empty")
+    if "\x00" in value:  # no file name holds one ("ValueError: embedded null byte")
+        raise typer.BadParameter("a path cannot contain a NUL character")
     return value
 
 

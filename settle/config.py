@@ -15,7 +15,7 @@ import re
 import shlex
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import platformdirs
 from pydantic import (
@@ -52,7 +52,12 @@ class _Section(BaseModel):
     def _expand_user(cls, v: object, info: ValidationInfo) -> object:
         """``~`` and ``$VARS`` in a path setting mean what they mean in a shell."""
         field = cls.model_fields.get(info.field_name or "")
-        if isinstance(v, str) and v and field is not None and "Path" in str(field.annotation):
+        is_path = field is not None and "Path" in str(field.annotation)
+        if is_path and isinstance(v, str | os.PathLike) and "\x00" in os.fspath(v):
+            # No file name holds a NUL: every later use of the path (the store, the demo's
+            # replay, the token file) ended in "ValueError: embedded null byte".
+            raise ValueError("a path cannot contain a NUL character (\\u0000)")
+        if isinstance(v, str) and v and is_path:
             expanded = os.path.expandvars(os.path.expanduser(v))
             unset = _VARIABLE.search(expanded)
             if unset is not None:
@@ -264,7 +269,8 @@ class DemoConfig(_Section):
     speed: float = Field(1.0, gt=0, le=1000)
     replay: Path | None = None
     """RR file to replay; empty: the physiological model."""
-    seed: int = 1
+    seed: int = Field(1, ge=0)
+    """Seed of the physiological model (numpy takes no negative seed)."""
     ecg: bool = False
     """Give the virtual strap Polar's PMD service, streaming a synthetic ECG that beats with
     its RR intervals (recorded as a Polar H10's raw ECG is)."""
@@ -325,9 +331,11 @@ def default_config_path() -> Path | None:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    """The file's settings. A UTF-8 byte-order mark at its start (Windows Notepad writes one)
+    is skipped: tomllib refused it as "Invalid statement (at line 1, column 1)"."""
     try:
         with path.open("rb") as f:
-            return tomllib.load(f)
+            return tomllib.loads(f.read().decode("utf-8").removeprefix("\ufeff"))
     except FileNotFoundError:
         raise ConfigError(str(path), "config file not found") from None
     except IsADirectoryError:
@@ -349,6 +357,8 @@ def load_config(path: Path | None = None, **flags: Any) -> Settings:
     _check_environment()
     path = path if path is not None else default_config_path()
     file_values = read_toml(path) if path is not None else {}
+    if path is not None:
+        _check_file_types(file_values, path)
 
     class _Loaded(Settings):
         @classmethod
@@ -363,8 +373,9 @@ def load_config(path: Path | None = None, **flags: Any) -> Settings:
             # flags > environment > file > defaults; nested sections merge key by key.
             return (init_settings, env_settings, InitSettingsSource(settings_cls, file_values))
 
+    given_flags = _strip_none(flags)
     try:
-        return _Loaded(**_strip_none(flags))
+        return _Loaded(**given_flags)
     except SettingsError as exc:
         # A whole section from the environment (SETTLE_MQTT=…) that is not JSON: pydantic-
         # settings' own error, which ended in a 40-line traceback.
@@ -376,23 +387,106 @@ def load_config(path: Path | None = None, **flags: Any) -> Settings:
         if section_var is not None and _section(str(err["loc"][0])) is not None:
             # SETTLE_PROCESSING=1: valid JSON, but not an object of settings.
             raise _env_section_error(None, str(err["loc"][0])) from None
-        msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        elif err["type"] == "value_error":  # our validators' own words, without pydantic's
+            msg = str(err.get("ctx", {}).get("error", err["msg"]))  # "Value error, " prefix
+        else:
+            msg = err["msg"]
         given = err.get("input")
-        # The value is echoed to help, except where it may be a secret: a password or token
-        # field, or an unknown key (a misspelt `pasword`); errors reach the journal.
         top = Settings.model_fields.get(str(err["loc"][0])) if len(err["loc"]) == 1 else None
         kind = top.annotation if top is not None else None
+        # A whole section given as a value (`mqtt = "password = …"`): whatever it holds.
         section = isinstance(kind, type) and issubclass(kind, BaseModel)
-        secret = (
-            err["type"] == "extra_forbidden"
-            or any(w in loc.lower() for w in ("password", "token", "secret"))
-            or (isinstance(given, str) and "@" in given)  # user:password@host
-            # A whole section given as a value (`mqtt = "password = …"`): whatever it holds.
-            or section
-        )
-        if isinstance(given, str | int | float) and len(repr(given)) <= 60 and not secret:
-            msg = f"{msg} (got {given!r})"
-        raise ConfigError(loc, msg) from None
+        if not (err["type"] == "extra_forbidden" or section):
+            msg += _got(loc, given)
+        where = _origin(tuple(str(p) for p in err["loc"]), given_flags, file_values, path)
+        raise ConfigError(loc, msg + where) from None
+
+
+def _got(loc: str, given: object) -> str:
+    """`` (got …)`` echoing a bad value to help, except where it may be a secret: a password
+    or token field, an unknown key (a misspelt `pasword`, not echoed at all), a value with
+    an ``@`` (user:password@host); errors reach the journal."""
+    secret = any(w in loc.lower() for w in ("password", "token", "secret")) or (
+        isinstance(given, str) and "@" in given
+    )
+    if isinstance(given, bool):
+        return "" if secret else f" (got {str(given).lower()})"  # as TOML writes it
+    if isinstance(given, str | int | float) and len(repr(given)) <= 60 and not secret:
+        return f" (got {given!r})"
+    return ""
+
+
+def _origin(
+    loc: tuple[str, ...], flags: dict[str, Any], file_values: dict[str, Any], path: Path | None
+) -> str:
+    """Where the value at ``loc`` came from, as the end of an error: `` (from SETTLE_…)``,
+    `` (in FILE)``; nothing for a command-line flag (the error names it) or a default."""
+
+    def holds(d: dict[str, Any]) -> bool:
+        for part in loc:
+            if not isinstance(d, dict) or part not in d:
+                return False
+            d = d[part]
+        return True
+
+    if holds(flags):
+        return ""
+    for depth in range(len(loc), 0, -1):  # SETTLE_MQTT__PORT, else a whole SETTLE_MQTT
+        var = _env_var("__".join(loc[:depth]))
+        if var is not None:
+            return f" (from {var})"
+    if path is not None and holds(file_values):
+        return f" (in {path})"
+    return ""
+
+
+_TOML_NAMES = {
+    bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array",
+    dict: "a table",
+}  # fmt: skip
+_EXPECTED = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
+def toml_kind(annotation: Any) -> type | None:
+    """The TOML value type a setting of this annotation takes: bool, int, float or str (a
+    path, a secret, one of fixed words); None for a section."""
+    if annotation in (bool, int, float, str):
+        return annotation  # type: ignore[no-any-return]
+    if get_origin(annotation) is Literal:
+        return str
+    if {Path, SecretStr} & {annotation, *get_args(annotation)}:
+        return str
+    return None
+
+
+def _check_file_types(file_values: dict[str, Any], path: Path) -> None:
+    """Each value in the file has its setting's TOML type: pydantic's lax mode took
+    ``port = true`` as port 1, ``correction = "off"`` as false, ``window_s = "60"`` as 60.
+    (Environment variables are text and are still parsed: ``SETTLE_MQTT__PORT=1884``.)
+    Unknown keys and values out of range are left to the model."""
+    checks: list[tuple[str, dict[str, Any], type[BaseModel]]] = [("", file_values, Settings)]
+    for name, values in file_values.items():
+        model = _section(name)
+        if model is not None and isinstance(values, dict):
+            checks.append((f"{name}.", values, model))
+    for prefix, values, model in checks:
+        for key, value in values.items():
+            field = model.model_fields.get(key)
+            kind = None if field is None else toml_kind(field.annotation)
+            if kind is None:
+                continue
+            ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                ok = True  # window_s = 60
+            if not ok:
+                got = next((w for t, w in _TOML_NAMES.items() if isinstance(value, t)), None)
+                raise ConfigError(
+                    prefix + key,
+                    f"expected {_EXPECTED[kind]}, not {got or 'a ' + type(value).__name__}"
+                    f"{_got(prefix + key, value)} (in {path})",
+                )
 
 
 def _section(name: str) -> type[BaseModel] | None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from settle.config import Settings, load_config
 from settle.errors import ConfigError
@@ -36,7 +37,7 @@ def test_env_overrides_file_and_flags_override_env(
     ("toml", "field", "words"),
     [
         ("[mqtt]\nport = 0\n", "mqtt.port", "greater than or equal to 1"),
-        ('[mqtt]\nport = "x"\n', "mqtt.port", "valid integer"),
+        ('[mqtt]\nport = "x"\n', "mqtt.port", "expected a whole number, not a string"),
         ("[mqtt]\nprot = 1\n", "mqtt.prot", "unknown setting"),
         ('[mqtt]\ntopic_base = "a/#"\n', "mqtt.topic_base", "without wildcards"),
         ("[processing]\nwindow_s = 1\n", "processing.window_s", "greater than or equal"),
@@ -77,7 +78,8 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert lines == [
-        "settle: error: config: strap.scan_timeout_s: Input should be greater than 0 (got -3)"
+        "settle: error: config: strap.scan_timeout_s: Input should be greater than 0 (got -3) "
+        f"(in {f})"
     ]
 
 
@@ -89,6 +91,143 @@ def test_cli_bad_env_is_one_line_exit_2(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert len(res.stderr.strip().splitlines()) == 1
     assert "mqtt.port" in res.stderr
+    assert res.stderr.rstrip().endswith("(from SETTLE_MQTT__PORT)")  # not the file
+
+
+def test_an_error_says_where_the_value_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`config: processing.window_s: … (got 5)` named neither the file nor the variable: with
+    a file, the environment and flags in play, the user had to guess which one to fix."""
+    f = tmp_path / "c.toml"
+    f.write_text("[processing]\nwindow_s = 5\n")
+    with pytest.raises(ConfigError, match=rf"\(got 5\) \(in {f}\)$"):
+        load_config(f)
+    monkeypatch.setenv("SETTLE_PROCESSING__WINDOW_S", "7")  # overrides the file's
+    with pytest.raises(ConfigError, match=r"\(got '7'\) \(from SETTLE_PROCESSING__WINDOW_S\)$"):
+        load_config(f)
+    monkeypatch.delenv("SETTLE_PROCESSING__WINDOW_S")
+    monkeypatch.setenv("SETTLE_PROCESSING", '{"window_s": 8}')
+    with pytest.raises(ConfigError, match=r"\(got 8\) \(from SETTLE_PROCESSING\)$"):
+        load_config(f)
+    monkeypatch.delenv("SETTLE_PROCESSING")
+    with pytest.raises(ConfigError, match=r"\(got 9\)$"):  # a flag: it names itself
+        load_config(f, processing={"window_s": 9})
+
+
+@pytest.mark.parametrize(
+    ("toml", "field", "words"),
+    [
+        ("[mqtt]\nport = true\n", "mqtt.port", "expected a whole number, not a boolean (got true)"),
+        ("[mqtt]\nport = 1883.0\n", "mqtt.port", "expected a whole number, not a float"),
+        ('[processing]\ncorrection = "yes"\n', "processing.correction",
+         "expected true or false, not a string (got 'yes')"),
+        ('[processing]\ncorrection = "off"\n', "processing.correction", "expected true or false"),
+        ("[processing]\ncorrection = 1\n", "processing.correction",
+         "expected true or false, not an integer (got 1)"),
+        ('[processing]\nwindow_s = "60"\n', "processing.window_s",
+         "expected a number, not a string (got '60')"),
+        ("[http]\nenabled = 0\n", "http.enabled", "expected true or false, not an integer"),
+        ("[mqtt]\nhost = 1979-05-27\n", "mqtt.host", "expected a string, not a date"),
+        ("log_format = 1\n", "log_format", "expected a string, not an integer"),
+        ('[mqtt]\npassword = 12345\n', "mqtt.password", "expected a string, not an integer (in"),
+    ],
+)  # fmt: skip
+def test_a_file_value_of_the_wrong_toml_type_is_refused(
+    tmp_path: Path, toml: str, field: str, words: str
+) -> None:
+    """Pydantic's lax mode converted them silently: `port = true` was port 1, `correction =
+    "off"` false, `window_s = "60"` 60, `enabled = 0` false. A password is never echoed."""
+    f = tmp_path / "c.toml"
+    f.write_text(toml)
+    with pytest.raises(ConfigError) as exc:
+        load_config(f)
+    assert str(exc.value).startswith(f"config: {field}: {words}")
+    assert str(exc.value).endswith(f"(in {f})")
+    assert "12345" not in str(exc.value)
+
+
+def test_environment_text_is_still_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A variable is always text: it is read by the setting's type, as before."""
+    monkeypatch.setenv("SETTLE_MQTT__PORT", "1884")
+    monkeypatch.setenv("SETTLE_PROCESSING__CORRECTION", "false")
+    monkeypatch.setenv("SETTLE_PROCESSING__WINDOW_S", "30")
+    s = load_config(CONFIG)
+    assert (s.mqtt.port, s.processing.correction, s.processing.window_s) == (1884, False, 30.0)
+
+
+def test_every_setting_has_a_toml_type() -> None:
+    """The file type check covers every setting: a new kind of field must be added to it."""
+    from settle.config import toml_kind
+
+    for name, field in Settings.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            for key, sub in kind.model_fields.items():
+                assert toml_kind(sub.annotation) is not None, f"{name}.{key}"
+        else:
+            assert toml_kind(kind) is not None, name
+
+
+def test_a_byte_order_mark_is_skipped(tmp_path: Path) -> None:
+    """Windows Notepad starts a UTF-8 file with one: it read "not valid TOML: Invalid
+    statement (at line 1, column 1)"."""
+    f = tmp_path / "c.toml"
+    f.write_bytes(b"\xef\xbb\xbf[processing]\nwindow_s = 30\n")
+    assert load_config(f).processing.window_s == 30
+
+
+@pytest.mark.parametrize(
+    "toml",
+    [
+        '[storage]\ndb_path = "/tmp/a\\u0000b.db"\n',
+        '[demo]\nreplay = "/tmp/a\\u0000b.csv"\n',
+        '[http]\ntoken_file = "/tmp/a\\u0000b"\n',
+    ],
+)
+def test_a_nul_in_a_path_is_a_config_error(tmp_path: Path, toml: str) -> None:
+    """A NUL passed validation: `settle demo` ended in "ValueError: embedded null byte", `sessions
+    list` said "no session store at /tmp/a\\x00b.db", `doctor` "will be created"."""
+    f = tmp_path / "c.toml"
+    f.write_text(toml)
+    key = toml.split("]")[0][1:] + "." + toml.split("\n")[1].split(" ")[0]
+    for args in (["demo", "--duration", "1", "--no-mqtt"], ["sessions", "list"], ["doctor"]):
+        res = run_cli(*args, "--config", str(f))
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.startswith(
+            f"settle: error: config: {key}: a path cannot contain a NUL character"
+        ), res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("where", ["file", "flag"])
+def test_a_negative_seed_is_refused(tmp_path: Path, where: str) -> None:
+    """numpy takes no negative seed: `settle demo --seed=-1` ended in a traceback."""
+    f = tmp_path / "c.toml"
+    f.write_text("[demo]\nseed = -5\n" if where == "file" else "")
+    args = ["--seed=-1"] if where == "flag" else []
+    res = run_cli("demo", "--duration", "1", "--no-mqtt", "--db", str(tmp_path / "s.db"),
+                  "--config", str(f), *args)  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert ("--seed" if where == "flag" else "demo.seed") in res.stderr
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_a_flag_error_names_the_flag_not_config(tmp_path: Path) -> None:
+    res = run_cli("doctor", "--mqtt", "localhost", "--config", str(CONFIG))
+    assert res.returncode == 2
+    assert res.stderr.startswith("settle: error: --mqtt: expected HOST:PORT"), res.stderr
+
+
+def test_our_validators_read_without_pydantics_prefix(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[storage]\ndb_path = "$SETTLE_TEST_UNSET_VARIABLE/s.db"\n')
+    with pytest.raises(ConfigError) as exc:
+        load_config(f)
+    assert str(exc.value).startswith(
+        "config: storage.db_path: $SETTLE_TEST_UNSET_VARIABLE is not set"
+    )
 
 
 @pytest.mark.parametrize(
