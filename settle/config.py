@@ -157,6 +157,8 @@ class MqttConfig(_Section):
                 return self.password_file.read_text().strip()
             except OSError as exc:
                 raise ConfigError("mqtt.password_file", f"cannot read it: {exc.strerror}") from None
+            except UnicodeDecodeError:  # it ended in a traceback
+                raise ConfigError("mqtt.password_file", "not UTF-8 text") from None
         return None
 
     @field_validator("topic_base")

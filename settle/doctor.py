@@ -130,8 +130,9 @@ def _bt_permission_fix() -> str:
 _CONFIG_FIX = collections.defaultdict(
     lambda: "fix the [mqtt] setting named",
     {
-        "mqtt.password_file": "`chmod 600` the password file (it must be readable by this "
-        "user and no other account), or give the password in SETTLE_MQTT__PASSWORD",
+        "mqtt.password_file": "`chmod 600` the password file (it must be UTF-8 text "
+        "readable by this user and no other account), or give the password in "
+        "SETTLE_MQTT__PASSWORD",
         "mqtt.ca_file": "point mqtt.ca_file at the PEM file of the CA that signed the "
         "broker's certificate",
         "mqtt.cert_file": "point mqtt.cert_file at the client's PEM certificate",

@@ -409,3 +409,30 @@ def test_a_section_variable_that_is_not_a_json_object_is_one_line(
     ]
     assert "Hunter2" not in res.stderr
     assert not (tmp_path / "s.db").exists()
+
+
+def test_a_token_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    """It ended in a UnicodeDecodeError traceback after the banner."""
+    import os
+
+    token = tmp_path / "tok"
+    token.write_bytes(b"\xff\xfe\xfa\xfb0123456789abcdefghij")
+    token.chmod(0o600)
+    f = tmp_path / "c.toml"
+    f.write_text(f'[http]\nport = 0\ntoken_file = "{token}"\nrequire_token = true\n')
+    env = {**os.environ, "SETTLE_HTTP__ENABLED": "true"}
+    res = run_cli("demo", "--duration", "2", "--no-mqtt", "--config", str(f),
+                  "--db", str(tmp_path / "s.db"), env=env)  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert f"settle: error: config: http.token_file: {token} is not UTF-8 text" in res.stderr
+
+
+def test_a_password_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_bytes(b"\xff\xfepassword")
+    pw.chmod(0o600)
+    f = tmp_path / "c.toml"
+    f.write_text(f'[mqtt]\npassword_file = "{pw}"\n')
+    with pytest.raises(ConfigError, match=r"mqtt\.password_file: not UTF-8 text"):
+        load_config(f).mqtt.password_value()

@@ -35,6 +35,8 @@ def load_or_create_token(path: Path) -> str:
         token = ""
     except OSError as exc:
         raise ConfigError("http.token_file", f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("http.token_file", f"{path} is not UTF-8 text") from None
     if token:
         if path.stat().st_mode & 0o077:
             raise ConfigError("http.token_file", f"{path} is readable by others (chmod 600 it)")
