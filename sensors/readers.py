@@ -32,10 +32,10 @@ UTF-8 (a byte-order mark is allowed), UTF-16/32 with a byte-order mark, or latin
 software). Line numbers in errors count every line of the file, blank and comment lines too.
 
 Every RR value must lie in [:data:`RR_MIN_MS`, :data:`RR_MAX_MS`] — one to 65 535 units of
-1/1024 s, all a Bluetooth heart-rate strap can send — and the recording may span at most
-:data:`MAX_SPAN_S`. Nothing is dropped silently: a file that is none of these formats, or
-holds a value outside these limits, raises :class:`~settle.errors.InputFileError` naming the
-file and the line.
+1/1024 s, all a Bluetooth heart-rate strap can send — every beat time ``t_s`` within
+±:data:`MAX_TIME_S`, and the recording may span at most :data:`MAX_SPAN_S`. Nothing is dropped
+silently: a file that is none of these formats, or holds a value outside these limits, raises
+:class:`~settle.errors.InputFileError` naming the file and the line.
 """
 
 from __future__ import annotations
@@ -56,7 +56,10 @@ from sensors.hrs import rr_raw_to_ms
 from sensors.timing import ECG_ONLY_GAPS
 from settle.errors import InputFileError, shown
 
-__all__ = ["MAX_FILE_BYTES", "MAX_SPAN_S", "RR_MAX_MS", "RR_MIN_MS", "RRRecording", "read_rr_file"]
+__all__ = [
+    "MAX_FILE_BYTES", "MAX_SPAN_S", "MAX_TIME_S", "RR_MAX_MS", "RR_MIN_MS", "RRRecording",
+    "read_rr_file",
+]  # fmt: skip
 
 MAX_FILE_BYTES = 200 * 1024 * 1024
 #: Shortest RR accepted: one unit of the Heart Rate Service's RR field (1/1024 s, 0.977 ms).
@@ -66,6 +69,10 @@ RR_MAX_MS = rr_raw_to_ms(0xFFFF)
 #: Longest recording accepted (first to last beat): 7 days. The analysis resamples the whole
 #: span at 4 Hz, so a longer one would exhaust memory, however few beats it holds.
 MAX_SPAN_S = 7 * 86400.0
+#: Largest beat time ``t_s`` accepted, either sign: 1e10 s (~317 years; epoch seconds pass).
+#: Times further out leave too few float digits for the intervals (1e18 s: a 60 s window
+#: ended where it began, and the analysis failed with an IndexError).
+MAX_TIME_S = 1e10
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _NOT_RECOGNISED = (
@@ -394,6 +401,14 @@ def _read_csv(
         starts[1:] = [a != b for a, b in itertools.pairwise(recv)]
     if i_t is None:
         return None, rr, fmt, warmup, gap_before, starts
+    far = np.flatnonzero(np.abs(t) > MAX_TIME_S)
+    if far.size:
+        raise InputFileError(
+            name,
+            f"beat time t_s {shown(t_cells[int(far[0])].strip())} is beyond ±{MAX_TIME_S:.0e} s "
+            "(t_s must be each beat's time in seconds)",
+            linenos[int(far[0])],
+        )
     back = np.flatnonzero(np.diff(t) < 0)
     if back.size:
         raise InputFileError(

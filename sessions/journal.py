@@ -53,6 +53,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
+from sensors.readers import MAX_TIME_S
 from sessions.store import MARKER_KINDS, MarkerRow, MarkerSource, SessionInfo, SessionStore
 from settle.errors import InputFileError, shown
 from settle.text import control_character
@@ -63,6 +64,9 @@ JournalFormat = Literal["auto", "csv", "jsonl", "text"]
 
 #: Largest journal accepted, bytes (a journal is typed by hand; anything larger is a mistake).
 MAX_JOURNAL_BYTES = 8 * 2**20
+#: Largest ``ts_ms`` accepted: the end of the year 9999 (``1e300`` was placed, and refused
+#: with a 430-character number of hours after the session).
+MAX_TS_MS = 253_402_300_799_999
 #: Longest marker text accepted, characters (as for the MQTT marker command).
 MAX_TEXT_CHARS = 2000
 
@@ -161,6 +165,8 @@ def _entry_from_fields(path: Path, line: int, fields: Mapping[str, object]) -> J
             raise _fail(path, line, f"t_s is not a number: {shown(value)}") from None
         if not math.isfinite(t_s):
             raise _fail(path, line, f"t_s is not finite: {shown(value)}")
+        if abs(t_s) > MAX_TIME_S:  # 1e308 overflowed into a traceback placing it
+            raise _fail(path, line, f"t_s {shown(value)} is beyond ±{MAX_TIME_S:.0e} s")
         return JournalEntry(line, kind, text, t_s=t_s)
     if col == "ts_ms":
         if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -169,7 +175,7 @@ def _entry_from_fields(path: Path, line: int, fields: Mapping[str, object]) -> J
             ts = float(value)
         except (ValueError, OverflowError):
             raise _fail(path, line, f"ts_ms is not epoch milliseconds: {shown(value)}") from None
-        if not math.isfinite(ts) or ts < 0:
+        if not math.isfinite(ts) or not 0 <= ts <= MAX_TS_MS:
             raise _fail(path, line, f"ts_ms is not epoch milliseconds: {shown(value)}")
         return JournalEntry(line, kind, text, ts_ms=round(ts))
     if not isinstance(value, str):
@@ -568,6 +574,8 @@ def _dur(seconds: float) -> str:
     s = round(seconds)
     if s < 60:
         return f"{seconds:.1f} s"
+    if s >= 2 * 86400:
+        return f"{seconds / 86400:.0f} days"
     h, rem = divmod(s, 3600)
     m, sec = divmod(rem, 60)
     return f"{h} h {m} min {sec} s" if h else f"{m} min {sec} s"

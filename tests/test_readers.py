@@ -281,3 +281,34 @@ def test_an_export_says_which_beats_arrived_together(tmp_path: Path) -> None:
     plain = tmp_path / "rr.csv"
     plain.write_text("t_s,rr_ms\n0.5,500\n1.01,510\n")
     assert read_rr_file(plain).notification_start is None
+
+
+@pytest.mark.parametrize("t", ["1e18", "-2e10", "1e308"])
+def test_a_beat_time_far_out_names_its_line(tmp_path: Path, t: str) -> None:
+    """`settle analyze` of `t_s,rr_ms / 1e18,800` with --rolling ended in an IndexError: at
+    1e18 s a 60 s window ends where it begins."""
+    f = tmp_path / "t.csv"
+    f.write_text(f"t_s,rr_ms\n0.8,800\n{t},800\n")
+    with pytest.raises(InputFileError) as err:
+        read_rr_file(f)
+    assert err.value.line == 3
+    assert f"beat time t_s '{t}' is beyond ±1e+10 s" in err.value.reason
+
+
+def test_analyze_of_a_beat_time_far_out_is_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    f = tmp_path / "t.csv"
+    f.write_text("t_s,rr_ms\n1e18,800\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "settle.cli", "analyze", str(f), "--rolling",
+         str(tmp_path / "r.csv")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    assert (
+        res.stderr == f"settle: error: {f}:2: beat time t_s '1e18' is beyond ±1e+10 s (t_s "
+        "must be each beat's time in seconds)\n"
+    )
+    assert not (tmp_path / "r.csv").exists()

@@ -419,3 +419,34 @@ def test_tab_and_semicolon_separated_journals(
     assert [(m.t_s, m.kind, m.text) for m in rows] == [
         (61.5, "shame", "it came back, twice"), (179.75, "doubt", "x"),
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "words"),
+    [
+        ("j.csv", "t_s,text\n1e308,a\n", "j.csv:2: t_s '1e308' is beyond ±1e+10 s"),
+        ("j.jsonl", '{"t_s": 1e308, "text": "a"}\n', "j.jsonl:1: t_s 1e+308 is beyond ±1e+10 s"),
+        ("j.jsonl", '{"t_s": -1e11, "text": "a"}\n', "j.jsonl:1: t_s -100000000000.0 is beyond"),
+        ("j.jsonl", '{"ts_ms": 1e300, "text": "a"}\n',
+         "j.jsonl:1: ts_ms is not epoch milliseconds: 1e+300"),
+    ],
+)  # fmt: skip
+def test_a_time_far_out_is_named_not_a_traceback(
+    store: SessionStore, sid: str, tmp_path: Path, name: str, text: str, words: str
+) -> None:
+    """t_s 1e308 overflowed placing it (OverflowError traceback); ts_ms 1e300 was placed and
+    refused with a 430-character count of hours after the session."""
+    path = _write(tmp_path, name, text)
+    with pytest.raises(InputFileError) as exc:
+        import_journal(store, sid, path)
+    assert words in str(exc.value)
+    assert store.read_session(sid).markers == []
+
+
+def test_an_entry_years_after_the_session_is_said_in_days(
+    store: SessionStore, sid: str, tmp_path: Path
+) -> None:
+    path = _write(tmp_path, "j.jsonl", '{"ts_ms": 99999999999999, "text": "a"}\n')
+    with pytest.raises(InputFileError, match=r"falls \d+ days after the session ended") as exc:
+        import_journal(store, sid, path)
+    assert len(str(exc.value)) < 200
