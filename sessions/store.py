@@ -2085,15 +2085,26 @@ def foreign_store(conn: sqlite3.Connection) -> bool:
     )
 
 
+def newer_schema(conn: sqlite3.Connection, path: Path) -> str | None:
+    """Why the store behind ``conn`` cannot be used: a schema version newer than this Settle
+    reads (``settle doctor`` asks this too, so it agrees with :meth:`SessionStore.open`), or
+    None."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        return (
+            f"{path}: session store schema version {version} is newer than this Settle "
+            f"supports ({SCHEMA_VERSION}); upgrade Settle"
+        )
+    return None
+
+
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if foreign_store(conn):
         raise StoreError(f"{path}: not a Settle session store (a SQLite file of another program)")
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"{path}: session store schema version {version} is newer than this Settle "
-            f"supports ({SCHEMA_VERSION}); upgrade Settle"
-        )
+    newer = newer_schema(conn, path)
+    if newer is not None:
+        raise StoreError(newer)
     for step in range(version, SCHEMA_VERSION):
         _MIGRATIONS[step](conn)
     if version != SCHEMA_VERSION:

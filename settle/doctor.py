@@ -34,7 +34,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from sessions.store import daemon_running, damage_of, damaged_store_hint, foreign_store
+from sessions.store import (
+    daemon_running,
+    damage_of,
+    damaged_store_hint,
+    foreign_store,
+    newer_schema,
+)
 from settle.config import Settings
 from settle.errors import ConfigError
 
@@ -225,7 +231,21 @@ async def check_mqtt(
 
 
 def check_database(db_path: Path) -> Check:
-    """The store's directory exists and is writable, and an existing store can be written."""
+    """The store's directory exists and is writable, and an existing store can be written.
+    A path the system refuses to look at (a name too long) fails the check: it aborted
+    `settle doctor`, and `--json` printed nothing."""
+    try:
+        return _check_database(db_path)
+    except OSError as exc:
+        return Check(
+            "database",
+            False,
+            f"{db_path}: cannot check it ({exc.strerror or exc})",
+            "choose another file with --db / storage.db_path",
+        )
+
+
+def _check_database(db_path: Path) -> Check:
     parent = db_path.parent
     fix_dir = (
         f"make {parent} writable by this user (`chown $USER {parent}`), or choose another "
@@ -292,10 +312,12 @@ def check_database(db_path: Path) -> Check:
             con = sqlite3.connect(f"file:{db_path}?mode=rw", uri=True, timeout=2.0)
             try:
                 foreign = db_path.stat().st_size > 0 and foreign_store(con)
+                # What the daemon refuses (it read "writable" for a store it would not open).
+                newer = None if foreign else newer_schema(con, db_path)
                 con.execute("BEGIN IMMEDIATE")
                 con.execute("ROLLBACK")
-                damage = None if foreign else damage_of(con)
-                running = [] if foreign or damage else _running_sessions(con)
+                damage = None if foreign or newer else damage_of(con)
+                running = [] if foreign or newer or damage else _running_sessions(con)
             finally:
                 con.close()
         except sqlite3.Error as exc:
@@ -317,6 +339,13 @@ def check_database(db_path: Path) -> Check:
                 False,
                 f"{db_path}: not a Settle session store (a SQLite file of another program)",
                 not_ours,
+            )
+        if newer is not None:
+            return Check(
+                "database",
+                False,
+                newer,
+                "upgrade Settle, or choose another file with --db / storage.db_path",
             )
         if damage is not None:
             return Check(

@@ -406,3 +406,33 @@ def test_a_store_this_user_cannot_write_fails_doctor_and_reading_leaves_no_side_
     refused = settle_without_overrides(*demo)
     assert refused.returncode != 0
     assert f"{shm}: not writable by this user (mode 0400; chmod 600 it)" in refused.stderr
+
+
+def test_a_store_of_a_newer_settle_fails_as_the_daemon_refuses_it(tmp_path: Path) -> None:
+    """PRAGMA user_version = 999: doctor said "writable", the daemon refused the store."""
+    from sessions.store import SessionStore
+    from settle.errors import StoreError
+
+    db = tmp_path / "s.db"
+    SessionStore.open(db).close()
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        con.execute("PRAGMA user_version = 999")
+    c = check_database(db)
+    assert not c.ok
+    with pytest.raises(StoreError) as refused:
+        SessionStore.open(db)
+    assert c.detail == str(refused.value)
+    assert "newer than this Settle supports" in c.detail
+
+
+def test_a_store_name_too_long_is_a_failed_check_not_an_abort(tmp_path: Path) -> None:
+    """`--db <300 characters>.db` aborted doctor with "File name too long", and `--json`
+    printed no JSON at all."""
+    db = tmp_path / ("x" * 300 + ".db")
+    res = doctor("--json", "--no-mqtt", "--db", str(db))
+    assert res.returncode == 1, res.stderr
+    doc = json.loads(res.stdout)
+    check = by_name(doc)["database"]
+    assert check["ok"] is False
+    assert str(check["detail"]).endswith("cannot check it (File name too long)")
+    assert "clock" in by_name(doc)  # the other checks still ran
