@@ -971,6 +971,15 @@ class SessionStore:
         return cls(conn, path)
 
     @classmethod
+    def open_existing(cls, path: Path) -> SessionStore:
+        """Open an existing store to change it (``log set``, ``log import``, ``sessions
+        delete``): as :meth:`open`, but an empty file (or a pipe, a device) is refused as
+        :meth:`open_for_reading` refuses it, not made into a store (mode 0644 kept)."""
+        path = Path(path)
+        _refuse_no_store(path)
+        return cls.open(path)
+
+    @classmethod
     def open_for_reading(cls, path: Path) -> SessionStore:
         """Open an existing store to read it (``sessions list``, ``export``, ``report``,
         ``trends``): as :meth:`open` wherever the file can be written (so an older schema is
@@ -980,16 +989,7 @@ class SessionStore:
         schema is refused (it cannot be upgraded in place); writing calls raise
         :class:`StoreError`."""
         path = Path(path)
-        try:
-            st = path.stat()
-        except OSError:
-            st = None  # missing or unreadable: open() says which
-        if st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
-            # A pipe or a device has size 0 too: it read "an empty file".
-            raise StoreError(f"{path}: not a regular file, not a Settle session store")
-        if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == 0:
-            # A reading command must not turn an empty file into a store.
-            raise StoreError(f"{path}: an empty file, not a Settle session store")
+        _refuse_no_store(path)
         side = [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm")]
         created = [p for p in side if not os.path.lexists(p)]
         try:
@@ -2083,6 +2083,21 @@ def foreign_store(conn: sqlite3.Connection) -> bool:
             and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None
         )
     )
+
+
+def _refuse_no_store(path: Path) -> None:
+    """:class:`StoreError` for an existing file a command given it must not turn into a store:
+    an empty one, or not a regular file. A missing or unreadable path passes (opening it
+    says which)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return
+    if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        # A pipe or a device has size 0 too: it read "an empty file".
+        raise StoreError(f"{path}: not a regular file, not a Settle session store")
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+        raise StoreError(f"{path}: an empty file, not a Settle session store")
 
 
 def newer_schema(conn: sqlite3.Connection, path: Path) -> str | None:

@@ -413,7 +413,7 @@ def log_import(
         _fail(f"--offset must be within ±{MAX_OFFSET_S:.0f} s (24 h), got {offset:g}", 2)
     path = _db_path(config, db)
     try:
-        with SessionStore.open(path) as store:
+        with SessionStore.open_existing(path) as store:
             info = _resolve(store, session)
             rows = import_journal(
                 store,
@@ -527,7 +527,7 @@ def log_set(
         )
     path = _db_path(config, db)
     try:
-        with SessionStore.open(path) as store:
+        with SessionStore.open_existing(path) as store:
             info = _resolve(store, session)
             if started_ms is not None and info.stopped_ms is not None:
                 end_ms = started_ms + info.stopped_ms - info.started_ms
@@ -655,7 +655,7 @@ def sessions_delete(
 
     path = _db_path(config, db)
     try:
-        with SessionStore.open(path) as store:
+        with SessionStore.open_existing(path) as store:
             # The full id only: a prefix or 'latest' is too easy to get wrong for a deletion.
             try:
                 info = store.get(session)

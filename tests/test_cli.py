@@ -706,3 +706,28 @@ def test_analyze_of_an_export_gives_the_scores_the_daemon_published(
     diff = np.abs(so - sl)[np.isfinite(sl)]
     assert diff.size > 100
     assert float(np.median(diff)) < 1.0 and float(diff.max()) < 5.0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["log", "set", "latest", "--notes", "x"],
+        ["log", "import", "latest", "JOURNAL"],
+        ["sessions", "delete", "20260101T000000-abcd", "--yes"],
+    ],
+)
+def test_a_writing_command_does_not_make_an_empty_file_a_store(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """`sessions list` refused an empty --db ("an empty file, not a Settle session store"),
+    but `log set`, `log import` and `sessions delete` turned it into a store (mode 0644)."""
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    journal = tmp_path / "j.csv"
+    journal.write_text("t_s,text\n1,a\n")
+    args = [str(journal) if a == "JOURNAL" else a for a in args]
+    res = settle(*args, "--db", str(empty))
+    assert res.returncode == 1, res.stderr
+    assert res.stderr == f"settle: error: {empty}: an empty file, not a Settle session store\n"
+    assert empty.stat().st_size == 0
+    assert not Path(f"{empty}-wal").exists()
