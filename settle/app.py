@@ -134,8 +134,12 @@ async def serve(
                         Dashboard(hub, control, store, dashboard_config(settings))
                     )
                 except DashboardError as exc:
-                    # Measuring matters more than the page: say so once and go on.
+                    # Measuring matters more than the page: say so once and go on — also
+                    # when --http asked for it (a port in use is no usage error, and a
+                    # practice about to start is not lost to it). In the log too: under the
+                    # systemd unit the banner goes nowhere.
                     out.print(f"  http:    off — {exc}", markup=False)
+                    log.warning("%s; measuring goes on without the dashboard", exc)
                 else:
                     token = f"?token={dashboard.config.token}" if dashboard.config.token else ""
                     out.print(f"  http:    {dashboard.url}{token}", markup=False)

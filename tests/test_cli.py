@@ -731,3 +731,26 @@ def test_a_writing_command_does_not_make_an_empty_file_a_store(
     assert res.stderr == f"settle: error: {empty}: an empty file, not a Settle session store\n"
     assert empty.stat().st_size == 0
     assert not Path(f"{empty}-wal").exists()
+
+
+def test_a_dashboard_port_in_use_is_logged_and_measuring_goes_on(tmp_path: Path) -> None:
+    """It was said only in the banner on stdout, which the systemd unit sends nowhere."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = subprocess.run(
+            [sys.executable, "-m", "settle.cli", "demo", "--duration", "2", "--speed", "20",
+             "--no-mqtt", "--http", f"127.0.0.1:{port}", "--db", str(tmp_path / "s.db")],
+            capture_output=True, text=True, timeout=60,
+            env={**ENV, "SETTLE_HTTP__ENABLED": "true"},
+        )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert f"http:    off — dashboard: cannot listen on 127.0.0.1:{port}" in res.stdout
+    (line,) = [ln for ln in res.stderr.splitlines() if "level=WARNING" in ln]
+    assert f"cannot listen on 127.0.0.1:{port}" in line
+    assert "measuring goes on without the dashboard" in line
+    with SessionStore.open(tmp_path / "s.db") as store:
+        assert store.list_sessions()[0].n_beats > 0
