@@ -23,7 +23,7 @@ from sessions.export_bids import bids_label, export_bids, not_a_dataset_why, str
 from sessions.export_edf import export_edf
 from sessions.export_json import export_json
 from sessions.export_kubios import RrSource, export_kubios, markers_file
-from sessions.files import ExportError, ProgressFn, not_replaceable
+from sessions.files import ExportError, ExportRefused, ProgressFn, not_replaceable
 from sessions.store import SessionStore
 
 __all__ = ["FORMATS", "STORE_SIBLINGS", "ExportFormat", "ExportRefused", "export_session"]
@@ -43,12 +43,6 @@ SUFFIXES: dict[str, tuple[str, ...]] = {
     "edf": (".edf",),
     "kubios": (".txt",),
 }
-
-
-class ExportRefused(ExportError):
-    """The export would overwrite the session store, or an existing file without ``force``,
-    or its file name does not end in the format's extension (``x.json`` for a CSV): a
-    problem of the command line (``settle export`` exits with code 2), nothing written."""
 
 
 def export_session(

@@ -54,6 +54,13 @@ class ExportError(SettleError):
         super().__init__(f"{path}: {reason}")
 
 
+class ExportRefused(ExportError):
+    """The output path is of the wrong kind, nothing written: the session store itself, an
+    existing file without ``force``, a file where a directory is wanted (``settle report
+    --out``), a file name without the format's extension. A problem of the command line
+    (exit code 2)."""
+
+
 _TEMP_SUFFIX = ".tmp"
 #: Bytes a temporary name adds to the part of the target's name it keeps: its leading dot,
 #: the dot after that part, :mod:`tempfile`'s 8 random characters and ``.tmp``.

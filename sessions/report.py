@@ -87,7 +87,7 @@ from processing.live import (
     SETTLING_K,
     WARMING_UP_REASON,
 )
-from sessions.files import ExportError, atomic_file, plain_name, write_all
+from sessions.files import ExportError, ExportRefused, atomic_file, plain_name, write_all
 from sessions.store import (
     BeatClass,
     IntentionTarget,
@@ -1303,10 +1303,10 @@ session.
 def output_directory(out_dir: Path, what: str, *, create: bool = True) -> Path:
     """``out_dir`` for ``settle report`` / ``trends --out``: an existing directory, or one
     created (mode 0700) when its parent exists (``create=False``: only checked).
-    :class:`ExportError` otherwise."""
+    :class:`ExportRefused` for a file, :class:`ExportError` otherwise."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(out_dir, f"--out must be a directory for {what}")
+        raise ExportRefused(out_dir, f"--out must be a directory for {what}")
     if not out_dir.parent.is_dir():
         raise ExportError(out_dir, f"directory {out_dir.parent} does not exist")
     if not create:
@@ -1318,7 +1318,7 @@ def output_directory(out_dir: Path, what: str, *, create: bool = True) -> Path:
     return out_dir
 
 
-class OutputExists(ExportError):
+class OutputExists(ExportRefused):
     """An output file exists and replacing it was not asked for (``--force``)."""
 
 

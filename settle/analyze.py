@@ -48,7 +48,7 @@ from processing.spectral import BANDS_HZ, Method
 from sensors.readers import read_rr_file
 from sessions.files import ExportError, not_replaceable, write_all
 from settle.config import WINDOW_RANGE_S
-from settle.errors import InputFileError, SettleError
+from settle.errors import InputFileError, SettleError, shown
 
 __all__ = [
     "AnalyzeUsageError",
@@ -329,7 +329,7 @@ def run_analyze(
             f"--window must be {lo:g}–{hi:g} seconds (as processing.window_s), got {window_s:.10g}"
         )
     if spectrum not in get_args(Method):
-        raise AnalyzeUsageError(f"--spectrum must be welch or lomb, got {spectrum!r}")
+        raise AnalyzeUsageError(f"--spectrum must be welch or lomb, got {shown(spectrum)}")
     method = cast(Method, spectrum)
     check_outputs(file, {"--beats": beats, "--rolling": rolling}, force=force)
     rec = read_rr_file(file)

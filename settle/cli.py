@@ -1,5 +1,8 @@
 """The ``settle`` command line. Every failure a user can cause prints one line, never a traceback:
-exit code 2 for a bad config or command line, 1 for anything else that went wrong."""
+exit code 2 for a bad config or command line (an output path of the wrong kind included: an
+existing file without ``--force``, a file where a directory is wanted or the reverse), 1 for
+anything else that went wrong (a session or strap not found included). docs/operations.md
+lists them."""
 
 from __future__ import annotations
 
@@ -189,7 +192,9 @@ def settings_from(
         if http:
             host, sep, port = http.rpartition(":")
             if not sep or not host or not port.isdigit() or int(port) > 65535:
-                raise ConfigError("--http", f"expected HOST:PORT (0: any free port), got {http!r}")
+                raise ConfigError(
+                    "--http", f"expected HOST:PORT (0: any free port), got {shown(http)}"
+                )
             # A flag overrides the config, enabled = false included (it was ignored).
             h["host"], h["port"], h["enabled"] = host.strip("[]"), int(port), True
         flags["http"] = h
@@ -433,7 +438,7 @@ def pair(
         if forget is not None:
             gone = pairing.forget(forget)
             if gone is None:
-                fail(f"no remembered strap matches {forget!r} (see settle pair --list)")
+                fail(f"no remembered strap matches {shown(forget)} (see settle pair --list)")
             out.print(f"forgot {gone.label} ({gone.address})", markup=False)
             return
     except SettleError as exc:
@@ -642,7 +647,7 @@ def sessions_list(
         out.print(json.dumps({"v": 1, "sessions": items}), markup=False, soft_wrap=True)
         return
     if not rows:
-        out.print(f"No sessions in {settings.db_path}", markup=False)
+        out.print(f"No sessions in {one_line(str(settings.db_path))}", markup=False)
         return
     lines = []
     for r in rows:
@@ -715,7 +720,7 @@ def mark(
     _check_wait(timeout)
     settings = settings_from(config, mqtt=mqtt)
     if kind not in MARKER_KINDS:
-        fail(f"--kind: unknown marker kind {kind!r} (one of: {', '.join(MARKER_KINDS)})", 2)
+        fail(f"--kind: unknown marker kind {shown(kind)} (one of: {', '.join(MARKER_KINDS)})", 2)
     _send(settings, "marker", {"kind": kind, "text": text}, device, timeout, every)
 
 
@@ -768,7 +773,7 @@ def baseline(
 ) -> None:
     """Mark a rest period as the session's baseline (instead of its first minutes)."""
     if action not in ("start", "stop"):
-        fail(f"expected 'start' or 'stop', got {action!r}", 2)
+        fail(f"expected 'start' or 'stop', got {shown(action)}", 2)
     _check_wait(timeout)
     settings = settings_from(config, mqtt=mqtt)
     _send(settings, f"baseline/{action}", {}, device, timeout, every)
@@ -786,7 +791,7 @@ def forget(
     _check_wait(timeout)
     settings = settings_from(config, mqtt=mqtt)
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", device):
-        fail(f"not a device id: {device!r} (see `settle sessions list`)", 2)
+        fail(f"not a device id: {shown(device)} (see `settle sessions list`)", 2)
     _run(_forget(settings, device, timeout))
 
 
@@ -1042,7 +1047,7 @@ async def _find_device(
         if device not in known:
             have = f"it serves {', '.join(sorted(known))}" if known else "it serves no strap yet"
             raise SettleError(
-                f"no strap {device!r} on this daemon ({have}; --device takes a device id "
+                f"no strap {shown(device)} on this daemon ({have}; --device takes a device id "
                 "or a label from `settle pair --list`)"
             )
         return device

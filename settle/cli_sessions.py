@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from settle.console import err, out
+from settle.console import err, one_line, out
 from settle.console import fail as _fail
 from settle.console import print_table as _print_table
 from settle.errors import ConfigError, SessionNotFound, SettleError, shown
@@ -61,6 +61,16 @@ SessionArg = Annotated[str, typer.Argument(help="Session id, unique id prefix, o
 
 FORMAT_NAMES = ("csv", "json", "edf", "bids", "kubios")
 TARGET_NAMES = ("self", "future", "relational", "free")
+
+
+def _target_name(value: str) -> str:
+    """``--target`` as the store names it, in any case and without surrounding spaces, as
+    the daemon reads `settle session start --target Self` (here it was "unknown target");
+    else exit 2."""
+    name = value.strip().lower()
+    if name not in TARGET_NAMES:
+        _fail(f"unknown target {shown(value)} (available: {', '.join(TARGET_NAMES)})", 2)
+    return name
 
 
 def _resolve(store: SessionStore, ref: str) -> SessionInfo:
@@ -158,7 +168,7 @@ def export(
     from sessions.store import SessionStore
 
     if fmt not in FORMAT_NAMES:
-        _fail(f"unknown export format {fmt!r} (available: {', '.join(FORMAT_NAMES)})", 2)
+        _fail(f"unknown export format {shown(fmt)} (available: {', '.join(FORMAT_NAMES)})", 2)
     # Options of one format are refused with another, not silently ignored (an EDF+
     # "--subject 02" kept its anonymous patient field; "--rr-source ecg" wrote the strap's RR).
     if subject is not None and fmt != "bids":
@@ -168,7 +178,7 @@ def export(
     subject = "01" if subject is None else subject
     rr_source = "hrs" if rr_source is None else rr_source
     if rr_source not in ("hrs", "ecg"):
-        _fail(f"unknown RR source {rr_source!r} (available: hrs, ecg)", 2)
+        _fail(f"unknown RR source {shown(rr_source)} (available: hrs, ecg)", 2)
     if fmt == "bids":
         from sessions.export_bids import bids_label
         from sessions.files import ExportError
@@ -180,7 +190,9 @@ def export(
     out_path = Path(out_arg)
     if out_arg.endswith(("/", os.sep)) and fmt != "bids" and not out_path.is_dir():
         # Path() drops the trailing slash: without this, `--out missing/` would write a file
-        # called `missing`.
+        # called `missing`. An existing file read "directory a.csv does not exist".
+        if os.path.lexists(out_path):
+            _fail(f"{out_arg}: {out_path} is not a directory")
         _fail(f"{out_arg}: directory {out_path} does not exist")
     if fmt == "kubios" and not out_path.is_dir():
         from sessions.export_kubios import markers_file
@@ -209,11 +221,11 @@ def export(
         _fail(str(exc), 2)
     except SettleError as exc:
         _fail(str(exc))
-    out.print(f"wrote {written}", markup=False)
+    out.print(f"wrote {one_line(str(written))}", markup=False)
     if fmt == "kubios":  # its side file was written too: say so
         from sessions.export_kubios import markers_file
 
-        out.print(f"wrote {markers_file(written)}", markup=False)
+        out.print(f"wrote {one_line(str(markers_file(written)))}", markup=False)
 
 
 # -- report / trends ------------------------------------------------------------------------
@@ -234,7 +246,8 @@ def report(
     config: ConfigOpt = None,
 ) -> None:
     """Write a session report: a PNG and an HTML page with a plain-language summary."""
-    from sessions.report import OutputExists, write_report
+    from sessions.files import ExportRefused
+    from sessions.report import write_report
     from sessions.store import SessionStore
 
     path = _db_path(config, db)
@@ -242,12 +255,12 @@ def report(
         with SessionStore.open_for_reading(path) as store:
             info = _resolve(store, session)
             png, page = write_report(store, info.id, out_dir, force=force)
-    except OutputExists as exc:  # a problem of the command line, nothing written
+    except ExportRefused as exc:  # a problem of the command line, nothing written
         _fail(str(exc), 2)
     except SettleError as exc:
         _fail(str(exc))
-    out.print(f"wrote {page}", markup=False)
-    out.print(f"wrote {png}", markup=False)
+    out.print(f"wrote {one_line(str(page))}", markup=False)
+    out.print(f"wrote {one_line(str(png))}", markup=False)
 
 
 def _opt(x: float | None, spec: str) -> str:
@@ -282,9 +295,8 @@ def trends_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Progress across sessions: settling latency, score change, recovery after markers."""
-    from sessions.files import plain_name
+    from sessions.files import ExportRefused, plain_name
     from sessions.report import (
-        OutputExists,
         Verdict,
         duration_words,
         output_directory,
@@ -293,8 +305,7 @@ def trends_cmd(
     )
     from sessions.store import IntentionTarget, SessionStore
 
-    if target is not None and target not in TARGET_NAMES:
-        _fail(f"unknown target {target!r} (available: {', '.join(TARGET_NAMES)})", 2)
+    target = None if target is None else _target_name(target)
     path = _db_path(config, db)
     try:
         with SessionStore.open_for_reading(path) as store:
@@ -309,19 +320,19 @@ def trends_cmd(
                 if device not in {s.device_id for s in store.list_sessions()}:
                     # "no session of strap 'anna'" when no strap was paired as anna misled.
                     hint = (
-                        f" (no strap is paired as {typed!r}: `settle pair --list` shows the "
+                        f" (no strap is paired as {shown(typed)}: `settle pair --list` shows the "
                         "labels, `settle sessions list` the straps)"
                         if device == typed
                         else ""
                     )
-                    _fail(f"no session of strap {device!r} in {path}{hint}", 2)
+                    _fail(f"no session of strap {shown(device)} in {path}{hint}")
             rows = trends(store, None if target is None else IntentionTarget(target), device)
         png = None
         if out_dir is not None:
             out_dir = output_directory(out_dir, "the trends plot")
             png_path = out_dir / plain_name("settle-trends.png", out_dir)
             png = write_trends_png(rows, png_path, force=force)
-    except OutputExists as exc:  # a problem of the command line, nothing written
+    except ExportRefused as exc:  # a problem of the command line, nothing written
         _fail(str(exc), 2)
     except SettleError as exc:
         _fail(str(exc))
@@ -374,7 +385,7 @@ def trends_cmd(
             ],
         )  # fmt: skip
     if png is not None:  # on stderr after --json, so stdout stays one JSON document
-        (err if as_json else out).print(f"wrote {png}", markup=False)
+        (err if as_json else out).print(f"wrote {one_line(str(png))}", markup=False)
 
 
 # -- log ------------------------------------------------------------------------------------
@@ -408,7 +419,7 @@ def log_import(
     from sessions.store import SessionStore
 
     if fmt not in ("auto", "csv", "jsonl", "text"):
-        _fail(f"unknown journal format {fmt!r} (available: auto, csv, jsonl, text)", 2)
+        _fail(f"unknown journal format {shown(fmt)} (available: auto, csv, jsonl, text)", 2)
     if not (math.isfinite(offset) and abs(offset) <= MAX_OFFSET_S):
         _fail(f"--offset must be within ±{MAX_OFFSET_S:.0f} s (24 h), got {offset:g}", 2)
     path = _db_path(config, db)
@@ -475,9 +486,9 @@ def log_set(
         except ValueError:
             bounds = None
         if not sep or bounds is None or not all(math.isfinite(x) for x in bounds):
-            _fail(f"--baseline: expected START:STOP seconds, e.g. 0:120, got {baseline!r}", 2)
+            _fail(f"--baseline: expected START:STOP seconds, e.g. 0:120, got {shown(baseline)}", 2)
         if not 0 <= bounds[0] < bounds[1]:
-            _fail(f"--baseline: need 0 <= START < STOP, got {baseline!r}", 2)
+            _fail(f"--baseline: need 0 <= START < STOP, got {shown(baseline)}", 2)
         from processing.live import BASELINE_MIN_SAMPLES
         from settle.config import load_config
 
@@ -491,11 +502,10 @@ def log_set(
         if bounds[1] - bounds[0] < need_s:
             _fail(
                 f"--baseline: {bounds[1] - bounds[0]:g} s is too short (at least {need_s:g} s, "
-                f"as a baseline marked live), got {baseline!r}",
+                f"as a baseline marked live), got {shown(baseline)}",
                 2,
             )
-    if target is not None and target not in TARGET_NAMES:
-        _fail(f"unknown target {target!r} (available: {', '.join(TARGET_NAMES)})", 2)
+    target = None if target is None else _target_name(target)
     # As the same fields sent over MQTT (feedback.payloads.Intention): they are shown on the
     # dashboard, in reports and on the terminal, where a control character (an escape
     # sequence) would act on the terminal.
@@ -518,6 +528,9 @@ def log_set(
     bad = None if notes is None else control_character(notes, lines=True)
     if bad is not None:
         _fail(f"--notes: control character {bad!r} is not allowed (tab and line breaks are)", 2)
+    if notes is not None and not notes.strip():
+        # It printed "updated session …" and appended nothing (or a blank paragraph).
+        _fail("--notes: nothing to append (the text is empty)", 2)
     if all(x is None for x in (target, statement, practice, notes, baseline, started)) and not tag:
         # It printed "updated session …" having changed nothing.
         _fail(
@@ -611,7 +624,7 @@ def _parse_started(text: str) -> int:
     except ValueError:
         _fail(
             f"--started: expected a date and time like '2026-11-28 07:30' (local) or "
-            f"'2026-11-28T07:30:00+01:00', got {text!r}",
+            f"'2026-11-28T07:30:00+01:00', got {shown(text)}",
             2,
         )
     if when.tzinfo is None:
@@ -622,7 +635,7 @@ def _parse_started(text: str) -> int:
         if early.utcoffset() != late.utcoffset():
             both = early.timestamp() != late.timestamp() and early.replace(tzinfo=None) == when
             _fail(
-                f"--started: {text!r} "
+                f"--started: {shown(text)} "
                 + ("occurs twice here (the clocks went back)" if both else "does not exist "
                    "here (the clocks went forward)")
                 + "; give it with its offset, e.g. "
@@ -632,9 +645,9 @@ def _parse_started(text: str) -> int:
         when = early
     ms = round(when.timestamp() * 1000)
     if ms > time.time() * 1000 + 60_000:
-        _fail(f"--started: {text!r} is in the future", 2)
+        _fail(f"--started: {shown(text)} is in the future", 2)
     if ms < 946_684_800_000:  # 2000-01-01T00:00Z
-        _fail(f"--started: {text!r} is before 2000", 2)
+        _fail(f"--started: {shown(text)} is before 2000", 2)
     return ms
 
 
@@ -665,11 +678,10 @@ def sessions_delete(
                 except SessionNotFound:
                     raise
                 except SettleError as exc:  # a prefix of several: say so, not "no session"
-                    _fail(f"delete needs the full session id: {exc}", 2)
+                    _fail(f"delete needs the full session id: {exc}")
                 _fail(
-                    f"delete needs the full session id, not {session!r} (did you mean {meant}? "
-                    "see `settle sessions list`)",
-                    2,
+                    f"delete needs the full session id, not {shown(session)} (did you mean "
+                    f"{meant}? see `settle sessions list`)"
                 )
             if info.state is SessionState.RUNNING and daemon_running(path):
                 # --force is for a session a crash left marked running; deleting one a

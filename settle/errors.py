@@ -78,4 +78,4 @@ class StoreError(SettleError):
 class SessionNotFound(StoreError):
     def __init__(self, ref: str) -> None:
         self.ref = ref
-        super().__init__(f"no session matches {ref!r} (see `settle sessions list`)")
+        super().__init__(f"no session matches {shown(ref)} (see `settle sessions list`)")

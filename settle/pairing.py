@@ -130,13 +130,15 @@ def check_strap(label: str, address: str, name: str, device_id: str) -> None:
     a device id that is not topic-safe ``[a-z0-9_]`` (it names MQTT topics and Home
     Assistant entities). :class:`PairingError`."""
     if not label or len(label) > MAX_LABEL_CHARS or not label.isprintable():
-        raise PairingError("label", f"1–{MAX_LABEL_CHARS} printable characters, got {label!r}")
+        raise PairingError("label", f"1–{MAX_LABEL_CHARS} printable characters, got {shown(label)}")
     if not _ADDRESS.fullmatch(address):
-        raise PairingError("address", f"not a Bluetooth address or UUID: {address!r}")
+        raise PairingError("address", f"not a Bluetooth address or UUID: {shown(address)}")
     if len(name) > 248 or not name.isprintable():  # 248: the longest BLE device name
-        raise PairingError("name", f"not a strap name: {name!r}")
+        raise PairingError("name", f"not a strap name: {shown(name)}")
     if not _DEVICE_ID.fullmatch(device_id):
-        raise PairingError("device_id", f"lower-case letters, digits and _ only: {device_id!r}")
+        raise PairingError(
+            "device_id", f"lower-case letters, digits and _ only: {shown(device_id)}"
+        )
 
 
 def device_for_label(name: str, path: Path | None = None) -> str:
@@ -159,7 +161,7 @@ def device_for_label(name: str, path: Path | None = None) -> str:
         both = ", ".join(f"{p.label!r} ({p.device_id}, {p.address})" for p in found)
         raise ConfigError(
             "--device",
-            f"{name!r} names two remembered straps: {both}; type the label as remembered or "
+            f"{shown(name)} names two remembered straps: {both}; type the label as remembered or "
             "its device id, or forget one by its address (`settle pair --forget ADDRESS`)",
         )
     return found[0].device_id if found else name

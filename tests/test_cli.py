@@ -487,7 +487,7 @@ def test_a_group_practice_is_listed_by_label_and_addressed_by_suffix(
     assert not (tmp_path / f"settle-{ben}.csv").exists()
     # Deleting still needs the full id.
     res = runner.invoke(app, ["sessions", "delete", suffix, "--yes", "--db", str(db)])
-    assert res.exit_code == 2 and f"did you mean {anna}?" in res.output
+    assert res.exit_code == 1 and f"did you mean {anna}?" in res.output
     with SessionStore.open(db) as store:
         assert len(store.list_sessions()) == 2
 
@@ -754,3 +754,54 @@ def test_a_dashboard_port_in_use_is_logged_and_measuring_goes_on(tmp_path: Path)
     assert "measuring goes on without the dashboard" in line
     with SessionStore.open(tmp_path / "s.db") as store:
         assert store.list_sessions()[0].n_beats > 0
+
+
+def test_exit_codes_follow_one_rule_for_lookups_and_output_paths(tmp_path: Path) -> None:
+    """A session or strap not found is exit 1 everywhere (`sessions delete <prefix>` and
+    `trends --device nobody` were 2, `export nope` 1); an output path of the wrong kind is
+    2 everywhere (`report --out FILE` and `trends --out FILE` were 1, `analyze --beats DIR`
+    and `export --out existing.csv` 2)."""
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as store:
+        sid = store.create_session("dev", 1_795_000_000_000, "x", {}).id
+        store.finish_session(sid, 1_795_000_060_000)
+    a_file = tmp_path / "a.csv"
+    a_file.write_text("mine\n")
+    for args, code, words in [
+        (["export", "nope", "--out", str(tmp_path / "x.csv")], 1, "no session matches 'nope'"),
+        (["sessions", "delete", sid[:-1], "--yes"], 1, "delete needs the full session id"),
+        (["trends", "--device", "nobody"], 1, "no session of strap 'nobody'"),
+        (["report", sid, "--out", str(a_file)], 2, "--out must be a directory for a report"),
+        (["trends", "--out", str(a_file)], 2, "--out must be a directory for the trends plot"),
+        (["export", sid, "--out", str(a_file)], 2, "file exists (use --force to replace it)"),
+        # L5: it said "directory …/a.csv does not exist".
+        (["export", sid, "--out", f"{a_file}/"], 1, f"{a_file}/: {a_file} is not a directory"),
+    ]:
+        res = settle(*args, "--db", str(db))
+        assert res.returncode == code, (args, res.stderr)
+        assert words in res.stderr, res.stderr
+        assert len(res.stderr.splitlines()) == 1
+    assert a_file.read_text() == "mine\n"
+
+
+def test_an_error_quotes_a_long_argument_short(tmp_path: Path) -> None:
+    """`settle export <5000 characters>` printed a 5066-byte error line."""
+    db = tmp_path / "s.db"
+    SessionStore.open(db).close()
+    res = settle("export", "x" * 5000, "--out", str(tmp_path / "x.csv"), "--db", str(db))
+    assert res.returncode == 1
+    assert res.stderr.startswith("settle: error: no session matches 'xxx")
+    assert len(res.stderr) < 150
+
+
+def test_a_line_break_in_an_output_name_stays_on_one_line(tmp_path: Path) -> None:
+    """`--out $'a\\nb.csv'` printed "wrote …/a" and "b.csv" on two lines."""
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as store:
+        sid = store.create_session("dev", 1_795_000_000_000, "x", {}).id
+        store.finish_session(sid, 1_795_000_060_000)
+    target = tmp_path / "a\nb.csv"
+    res = settle("export", sid, "--out", str(target), "--db", str(db))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == f"wrote {tmp_path}/a\\nb.csv\n"
+    assert target.is_file()

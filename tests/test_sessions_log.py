@@ -353,7 +353,7 @@ def test_cli_delete_asks_and_refuses_running_sessions(tmp_path: Path) -> None:
     assert res.exit_code == 1 and "no daemon is recording it" in res.output
     assert "use --force" in res.output
     res = runner.invoke(app, ["sessions", "delete", done[:-1], "--db", str(db), "--yes"])
-    assert res.exit_code == 2  # full id only, and it says so
+    assert res.exit_code == 1  # full id only, and it says so (no session has this id: 1)
     assert (
         f"delete needs the full session id, not {done[:-1]!r} (did you mean {done}?" in res.output
     )
@@ -362,7 +362,7 @@ def test_cli_delete_asks_and_refuses_running_sessions(tmp_path: Path) -> None:
     # A prefix of both sessions is ambiguous; it used to read "no session matches".
     common = next(i for i, (a, b) in enumerate(zip(done, running, strict=True)) if a != b)
     res = runner.invoke(app, ["sessions", "delete", done[:common], "--db", str(db), "--yes"])
-    assert res.exit_code == 2 and "is ambiguous: matches" in res.output, res.output
+    assert res.exit_code == 1 and "is ambiguous: matches" in res.output, res.output
     res = runner.invoke(app, ["sessions", "delete", done, "--db", str(db)], input="y\n")
     assert res.exit_code == 0, res.output
     # A session a daemon is recording is never deleted, --force or not (the daemon went on
@@ -644,3 +644,28 @@ def test_trends_json_gives_null_for_a_session_without_intention(tmp_path: Path) 
     assert res.exit_code == 0, res.output
     (item,) = json.loads(res.output)["sessions"]
     assert item["id"] == sid and item["target"] is None
+
+
+def test_log_set_refuses_empty_notes_and_takes_a_target_in_any_case(tmp_path: Path) -> None:
+    """`--notes ""` printed "updated session" and changed nothing; `--target Self`, which
+    `settle session start` takes (as self), was "unknown target" here and in `trends`."""
+    from settle.cli import app
+
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as store:
+        sid = store.create_session("dev", T0_MS, "x", {}).id
+        store.finish_session(sid, T0_MS + 60_000)
+    runner = CliRunner()
+    for notes in ("", "  \n"):
+        res = runner.invoke(app, ["log", "set", sid, "--notes", notes, "--db", str(db)])
+        assert res.exit_code == 2, res.output
+        assert "--notes: nothing to append (the text is empty)" in res.output
+        assert "updated" not in res.output
+    res = runner.invoke(app, ["log", "set", sid, "--target", " Self", "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    with SessionStore.open(db) as store:
+        info = store.get(sid)
+    assert info.intention is not None and info.intention.target == "self"
+    assert info.notes == ""
+    res = runner.invoke(app, ["trends", "--target", "SELF", "--json", "--db", str(db)])
+    assert res.exit_code == 0, res.output
