@@ -23,7 +23,13 @@ from sessions.export_bids import bids_label, export_bids, not_a_dataset_why, str
 from sessions.export_edf import export_edf
 from sessions.export_json import export_json
 from sessions.export_kubios import RrSource, export_kubios, markers_file
-from sessions.files import ExportError, ExportRefused, ProgressFn, not_replaceable
+from sessions.files import (
+    ExportError,
+    ExportRefused,
+    ProgressFn,
+    not_replaceable,
+    refuse_database,
+)
 from sessions.store import SessionStore
 
 __all__ = ["FORMATS", "STORE_SIBLINGS", "ExportFormat", "ExportRefused", "export_session"]
@@ -103,6 +109,7 @@ def export_session(
         why = not_replaceable(path)
         if why is not None:
             raise ExportRefused(path, why)
+        refuse_database(path)
         if not force and os.path.lexists(path):
             raise ExportRefused(path, "file exists (use --force to replace it)")
     # Without force, a file that appears while the export runs is not replaced either.

@@ -136,6 +136,47 @@ def target_file(out: Path, default_name: str, suffixes: tuple[str, ...]) -> Path
     return out
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
+DB_SIBLINGS = ("-wal", "-shm", "-journal", "-lock")
+"""Files SQLite (and the daemon's lock) keep beside a database ``x.db``."""
+
+
+def _head(p: Path, n: int) -> bytes:
+    try:
+        with p.open("rb") as fh:
+            return fh.read(n)
+    except (OSError, ValueError):
+        return b""
+
+
+def sqlite_database_of(p: Path) -> Path | None:
+    """The SQLite database ``p`` is, or belongs to (its ``-wal``, ``-shm``, ``-journal`` or
+    the daemon's ``-lock``), else None."""
+    head = _head(p, 16)
+    if head == _SQLITE_MAGIC or head[:4] in _WAL_MAGIC:
+        return p
+    for suffix in DB_SIBLINGS:
+        if p.name.endswith(suffix) and len(p.name) > len(suffix):
+            db = p.with_name(p.name[: -len(suffix)])
+            if _head(db, 16) == _SQLITE_MAGIC:
+                return db
+    return None
+
+
+def refuse_database(path: Path) -> None:
+    """:class:`ExportRefused` if ``path`` is a SQLite database or one of its side files, even
+    with ``--force``: `settle export … --out other.db --force` replaced another session store
+    (only the ``--db`` store itself was protected), as ``settle analyze`` never did."""
+    db = sqlite_database_of(path)
+    if db is not None:
+        raise ExportRefused(
+            path,
+            f"refusing to write onto the SQLite database {db} (a session store?); "
+            "choose another file",
+        )
+
+
 def not_replaceable(target: Path) -> str | None:
     """Why ``target`` must not be replaced by a file even with ``--force``, or None.
 

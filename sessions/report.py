@@ -87,7 +87,14 @@ from processing.live import (
     SETTLING_K,
     WARMING_UP_REASON,
 )
-from sessions.files import ExportError, ExportRefused, atomic_file, plain_name, write_all
+from sessions.files import (
+    ExportError,
+    ExportRefused,
+    atomic_file,
+    plain_name,
+    refuse_database,
+    write_all,
+)
 from sessions.store import (
     BeatClass,
     IntentionTarget,
@@ -1347,6 +1354,8 @@ def write_report(
     html_path = out_dir / plain_name(f"settle-{session_id}-report.html", out_dir)
     if not force:
         _refuse_existing([png_path, html_path])
+    for p in (png_path, html_path):
+        refuse_database(p)
     rec = store.read_session(session_id)
     a = analyse_session(rec)
     buf = io.BytesIO()
@@ -1467,6 +1476,7 @@ def write_trends_png(outcomes: Sequence[SessionOutcome], path: Path, *, force: b
     ``force=False``: :class:`OutputExists` if ``path`` exists."""
     if not force:
         _refuse_existing([path])
+    refuse_database(path)
     plt = _pyplot()
     import matplotlib.dates as mdates
     import matplotlib.transforms as mtransforms

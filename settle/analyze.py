@@ -46,7 +46,13 @@ import numpy.typing as npt
 from processing.offline import Analysis, analyze
 from processing.spectral import BANDS_HZ, Method
 from sensors.readers import read_rr_file
-from sessions.files import ExportError, not_replaceable, write_all
+from sessions.files import (
+    DB_SIBLINGS,
+    ExportError,
+    not_replaceable,
+    sqlite_database_of,
+    write_all,
+)
 from settle.config import WINDOW_RANGE_S
 from settle.errors import InputFileError, SettleError, shown
 
@@ -230,7 +236,7 @@ def check_outputs(file: Path, outputs: dict[str, Path | None], *, force: bool) -
             raise InputFileError(str(p), f"cannot write: {exc.strerror or exc}") from None
         if exists and not force:
             raise AnalyzeUsageError(f"{opt} {p}: file exists (use --force to replace it)")
-        db = _database_of(p) if exists or p.name.endswith(_DB_SIBLINGS) else None
+        db = sqlite_database_of(p) if exists or p.name.endswith(DB_SIBLINGS) else None
         if db is not None:
             # Not even with --force: `--beats settle.db --force` replaced the session store
             # with a CSV (every session lost), `--rolling settle.db-wal --force` its WAL.
@@ -245,34 +251,6 @@ def check_outputs(file: Path, outputs: dict[str, Path | None], *, force: bool) -
                 else f"directory {p.parent} does not exist"
             )
             raise InputFileError(str(p), f"cannot write: {why}")
-
-
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
-_DB_SIBLINGS = ("-wal", "-shm", "-journal", "-lock")
-"""Files SQLite (and the daemon's lock) keep beside a database ``x.db``."""
-
-
-def _head(p: Path, n: int) -> bytes:
-    try:
-        with p.open("rb") as fh:
-            return fh.read(n)
-    except OSError:
-        return b""
-
-
-def _database_of(p: Path) -> Path | None:
-    """The SQLite database ``p`` is, or belongs to (its ``-wal``, ``-shm``, ``-journal`` or
-    the daemon's ``-lock``), else None."""
-    head = _head(p, 16)
-    if head == _SQLITE_MAGIC or head[:4] in _WAL_MAGIC:
-        return p
-    for suffix in _DB_SIBLINGS:
-        if p.name.endswith(suffix) and len(p.name) > len(suffix):
-            db = p.with_name(p.name[: -len(suffix)])
-            if _head(db, 16) == _SQLITE_MAGIC:
-                return db
-    return None
 
 
 def beats_csv(a: Analysis) -> str:

@@ -805,3 +805,35 @@ def test_a_line_break_in_an_output_name_stays_on_one_line(tmp_path: Path) -> Non
     assert res.returncode == 0, res.stderr
     assert res.stdout == f"wrote {tmp_path}/a\\nb.csv\n"
     assert target.is_file()
+
+
+def test_force_never_replaces_another_sqlite_database(tmp_path: Path) -> None:
+    """`cp s3.db other.csv; settle export latest --out other.csv --force --db s1.db` replaced
+    another session store (only the --db store was protected); `analyze` always refused."""
+    import shutil
+
+    db = tmp_path / "s1.db"
+    with SessionStore.open(db) as store:
+        sid = store.create_session("dev", 1_795_000_000_000, "x", {}).id
+        store.finish_session(sid, 1_795_000_060_000)
+    other = tmp_path / "s3.db"
+    SessionStore.open(other).close()
+    out = tmp_path / "out"
+    out.mkdir()
+    targets = {
+        "export": out / "other.csv",
+        "report": out / f"settle-{sid}-report.html",
+        "trends": out / "settle-trends.png",
+    }
+    for path in targets.values():
+        shutil.copy(other, path)
+    before = other.read_bytes()
+    for args in (
+        ["export", sid, "--out", str(targets["export"])],
+        ["report", sid, "--out", str(out)],
+        ["trends", "--out", str(out)],
+    ):
+        res = settle(*args, "--force", "--db", str(db))
+        assert res.returncode == 2, (args, res.stderr)
+        assert "refusing to write onto the SQLite database" in res.stderr, res.stderr
+    assert all(p.read_bytes() == before for p in targets.values())
