@@ -51,7 +51,7 @@ from sensors.hrs import (
     MalformedMeasurement,
 )
 from sensors.pmd import PMD_SERVICE_UUID
-from settle.errors import SensorError
+from settle.errors import SensorError, shown
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +249,11 @@ class StrapClient:
         self._found_rssi: tuple[str, int | None] = ("", None)
         self._bad_battery_said = False
         self._found_name: tuple[str, str] = ("", "")
+        self._passed_over: dict[str, str] = {}
+        self._pinned = False
+        """Looking for one address since :meth:`keep_to` (not from the config)."""
+        """Heart-rate straps the last scan saw but did not want (another address), by address:
+        named when the wanted one is not found."""
 
     @property
     def overflowed(self) -> int:
@@ -268,11 +273,14 @@ class StrapClient:
         is, and a name may change (an alias, a name BlueZ learns later)."""
         self.address = address
         self.name = ""
+        self._pinned = True
 
     def _wanted(self, device: BLEDevice, adv: AdvertisementData) -> bool:
         if not _offers_hrs(adv):
             return False
         if self.address and device.address.upper() != self.address.upper():
+            if len(self._passed_over) < 8 or device.address in self._passed_over:
+                self._passed_over[device.address] = adv.local_name or device.name or ""
             return False
         if self.name:
             shown = adv.local_name or device.name or ""
@@ -287,6 +295,7 @@ class StrapClient:
     async def find(self) -> BLEDevice:
         """Scan until a wanted strap advertises; :class:`SensorError` after ``scan_timeout_s``."""
         target = self.address or self.name or "any heart-rate strap"
+        self._passed_over = {}
         try:
             device = await BleakScanner.find_device_by_filter(
                 self._wanted, timeout=self.scan_timeout_s, **self._scanner_kwargs
@@ -294,6 +303,18 @@ class StrapClient:
         except (BleakError, OSError) as exc:
             raise SensorError(target, bluetooth_unavailable(exc)) from exc
         if device is None:
+            if self._pinned and self._passed_over:
+                # Another strap is in range: "no strap found" was false, and did not say that
+                # only the one that connected is looked for (the user configured none).
+                others = ", ".join(
+                    f"{a} {shown(n)}" if n else a for a, n in list(self._passed_over.items())[:3]
+                )
+                raise SensorError(
+                    target,
+                    f"strap {self.address} not found within {self.scan_timeout_s:g} s "
+                    f"(ignoring {others}: only {self.address} is looked for; if your strap's "
+                    "address changed, restart settle)",
+                )
             raise SensorError(
                 target,
                 f"no strap offering the Heart Rate Service found within "
@@ -342,8 +363,6 @@ class StrapClient:
                 device.address, f"lost while setting up: {self._connect_failure(exc)}"
             ) from exc
         finally:
-            self.malformed_drops.flush()
-            self.overflow_drops.flush()
             try:
                 if client.is_connected:
                     with contextlib.suppress(BleakError, TimeoutError, OSError):
@@ -355,6 +374,10 @@ class StrapClient:
                 # Even when a stop cancels the stop_notify: a link left up keeps the strap
                 # connected to nobody (and not advertising) until it times out.
                 await _disconnect_quietly(client)
+                # Last: notifications dropped while the link was being taken down count too
+                # (flushed before, the closing line said 5 of 20).
+                self.malformed_drops.flush()
+                self.overflow_drops.flush()
 
     def battery_level(self, who: str, data: bytes | bytearray) -> int | None:
         """A Battery Level (0x2A19) value, percent; None for an empty one or one over 100

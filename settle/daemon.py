@@ -485,7 +485,8 @@ class Daemon:
                                 with contextlib.suppress(asyncio.CancelledError):
                                     await ecg
                 except SensorError as exc:
-                    who = rt.device_id or rt.client.address or f"strap {rt.index}"
+                    # The strap the error is about (an address) before "strap 0".
+                    who = rt.device_id or rt.client.address or exc.sensor_id or f"strap {rt.index}"
                     if not rt.was_connected and len(self.runtimes) == 1:
                         if not found:
                             raise  # the only strap was never found: say so now

@@ -337,6 +337,37 @@ async def test_a_reconnect_never_takes_another_strap_into_the_session(tmp_path: 
     assert other.sent == []  # never subscribed to
 
 
+async def test_a_strap_that_never_returns_is_named_beside_the_one_ignored(
+    tmp_path: Path,
+) -> None:
+    """Once a strap has connected only its address is looked for. When it is gone for good
+    while another heart-rate strap advertises, the status said "no strap offering the Heart
+    Rate Service found — wear the strap with wet electrodes": false, and silent that the other
+    strap is ignored on purpose (and that a strap whose address changed needs a restart)."""
+    settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
+    async with VirtualAir() as air:
+        mine = VirtualStrap(air, itertools.repeat(1000.0), speed=20, name="Polar H10 AAAA")
+        await mine.start()
+        client = client_for(air, "")
+        with SessionStore.open(settings.db_path) as store:
+            daemon = Daemon(settings, store, [client], time_scale=20)
+            task = asyncio.create_task(daemon.run())
+            rt = daemon.runtimes[0]
+            await until(lambda: rt.session is not None and rt.session.seq > 5)
+            other = VirtualStrap(air, itertools.repeat(500.0), speed=20, name="Polar H10 BBBB")
+            await other.start()
+            await mine.stop()
+            await until(lambda: "ignoring" in (rt.last_error or ""), 30)
+            said = rt.last_error or ""
+            daemon.stop()
+            await asyncio.wait_for(task, 10)
+        await other.stop()
+    assert said.startswith(f"strap {mine.address} not found within "), said
+    assert f"ignoring {other.address} 'Polar H10 BBBB'" in said
+    assert "if your strap's address changed, restart settle" in said
+    assert "wet electrodes" not in said
+
+
 async def test_a_first_connection_lost_during_set_up_is_retried(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -344,6 +375,7 @@ async def test_a_first_connection_lost_during_set_up_is_retried(
     woken moments ago, a marginal signal): `settle run` ended at once, exit 1, telling the
     user to wet the electrodes, while the same fault one connection later is retried."""
     caplog.set_level(logging.WARNING, logger="settle.daemon")
+    _Refused.tries = 0  # counted on the class: a re-run in one process starts again
     settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
     async with VirtualAir() as air:
         strap = VirtualStrap(air, itertools.repeat(900.0), speed=10)
@@ -398,6 +430,7 @@ async def test_a_strap_that_keeps_refusing_its_first_connection_ends_the_run(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="settle.daemon")
+    _Refused.tries = 0  # counted on the class: a re-run in one process starts again
     settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
     async with VirtualAir() as air:
         strap = VirtualStrap(air, itertools.repeat(900.0), speed=10)
@@ -464,7 +497,9 @@ async def test_a_long_absence_is_one_disconnected_event_and_one_line_when_back(
                 daemon.stop()
                 await asyncio.wait_for(task, 10)
         await strap.stop()
-    assert client.scans_failed >= 2  # the absence outlasted several scans
+    # The absence outlasted a scan (usually several; one is enough: each failed scan was
+    # an event of its own, and a loaded machine fits fewer 0.3 s scans into 1.5 s).
+    assert client.scans_failed >= 1
     kinds = [e["kind"] for e in events]
     assert kinds.count("disconnected") == 1 and kinds.count("reconnected") == 1
     assert kinds.index("disconnected") < kinds.index("reconnected")
