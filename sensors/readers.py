@@ -441,13 +441,17 @@ def _check_times_match(
             "intervals are then read as consecutive)",
             linenos[same[0] + 1],
         )
-    off = beat & ((step > 2.0 * r) | (step < 0.7 * r))
+    # Longer than its interval: a gap, or t_s in the wrong unit — only telling with a few
+    # steps (two beats around one gap were refused as "times do not match"). Shorter: never.
+    longer = (step > 2.0 * r) if step.size >= 3 else np.zeros(step.shape, dtype=bool)
+    off = beat & (longer | (step < 0.7 * r))
     if 2 * int(off.sum()) > int(beat.sum()):
         raise InputFileError(
             name,
             "beat times do not match the RR intervals: t_s steps by "
             f"{np.median(step[beat]) / 1000:.4g} s where RR is {np.median(r[beat]):.4g} ms "
-            "(t_s must be each beat's time in seconds)",
+            "(t_s must be each beat's time in seconds; the first such step is here)",
+            linenos[int(np.flatnonzero(off)[0]) + 1],
         )
 
 

@@ -90,10 +90,10 @@ def test_quoted_csv_header_and_a_gap_are_read(tmp_path: Path) -> None:
         (
             "t_s,rr_ms\n800,800\n1610,810\n2400,790\n3200,800\n",
             "t_s steps by 800 s where RR is 800 ms",
-            None,
+            3,
         ),
         ("t_s,rr_ms\n0.8,800\n1.6,800\n1.6,810\n2.4,790\n", "two beats at the same time", 4),
-        ("t_s,rr_ms\n0.5,1000\n1.0,1000\n1.5,1000\n", "do not match the RR intervals", None),
+        ("t_s,rr_ms\n0.5,1000\n1.0,1000\n1.5,1000\n", "do not match the RR intervals", 3),
         ('t_s,rr_ms\n0.8,"800\n1.6,800\n2.4,800\n', "missing closing quote?", 2),
         # Polar's heart-rate mode (Interval = seconds per sample) holds bpm, not RR.
         ("[Params]\nVersion=106\nInterval=1\n[HRData]\n61\n62\n", "heart-rate mode", 3),
@@ -312,3 +312,13 @@ def test_analyze_of_a_beat_time_far_out_is_one_line(tmp_path: Path) -> None:
         "must be each beat's time in seconds)\n"
     )
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_two_beats_around_a_gap_are_read_not_refused(tmp_path: Path) -> None:
+    """A step longer than its interval is a gap (or t_s in the wrong unit, which only shows
+    over several steps): two beats 10 s apart were refused as "beat times do not match the
+    RR intervals", with no line."""
+    f = tmp_path / "two.csv"
+    f.write_text("t_s,rr_ms\n0.8,800\n10.8,800\n")
+    rec = read_rr_file(f)
+    assert list(rec.rr_ms) == [800.0, 800.0] and list(rec.t_s) == [0.8, 10.8]
