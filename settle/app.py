@@ -400,7 +400,7 @@ def _print_banner(out: Console, settings: Settings, broker: BrokerChoice | None)
             f"  watch:   mosquitto_sub -h {broker.host} -p {broker.port} -t '{base}/#' -v",
             markup=False,
         )
-    out.print(f"  store:   {settings.db_path}", markup=False)
+    out.print(f"  store:   {one_line(str(settings.db_path))}", markup=False)
     out.print("  stop:    Ctrl-C (the session is closed and the strap disconnected)")
 
 
