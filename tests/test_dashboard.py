@@ -988,6 +988,28 @@ async def test_a_worker_killed_once_does_not_break_reports_exports_and_history(
             assert row["n_markers"] == 1 and "analysis_error" not in row
 
 
+async def test_reports_exports_and_their_errors_are_kept_in_no_cache(tmp_path: Path) -> None:
+    """A report and an export (session data) had no Cache-Control, nor had the report's 404
+    page: Chromium kept them in the profile's disk cache, under a key that held the URL
+    (``?token=`` with it). Every answer but the static files now says ``no-store``."""
+    with SessionStore.open(tmp_path / "s.db") as store:
+        sid = _finished_session(store, 1_700_000_000_000, 60)
+        cfg = DashboardConfig(host="127.0.0.1", port=0)
+        async with (
+            Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
+            aiohttp.ClientSession() as http,
+        ):
+            answers = ((f"sessions/{sid}/report", 200), ("sessions/nope/report", 404),
+                       (f"sessions/{sid}/export/csv", 200), ("sessions/nope/export/csv", 404),
+                       ("no-such-page", 404))  # fmt: skip
+            for path, status in answers:
+                async with http.get(d.url + path) as r:
+                    await r.read()
+                    assert (r.status, r.headers.get("Cache-Control")) == (status, "no-store"), path
+            async with http.get(d.url + "static/app.js") as r:
+                assert r.headers.get("Cache-Control") == "no-cache"  # asked again, not unkept
+
+
 def test_history_row_of_a_session_the_analysis_cannot_take_says_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

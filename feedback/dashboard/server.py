@@ -587,6 +587,11 @@ class Dashboard:
             # Asked again each time (a 304 while unchanged, by its ETag): from the cache, an
             # upgraded daemon's page could run the old app.js.
             response.headers.setdefault("Cache-Control", "no-cache")
+        else:
+            # Everything else holds session data or may (a report, an export, an error
+            # naming a session) and is kept in no cache: a report and an export had no
+            # Cache-Control, and Chromium kept them in the profile's disk cache.
+            response.headers.setdefault("Cache-Control", "no-store")
         if COOKIE in request.cookies:
             # An earlier version's token cookie: the browser would go on sending it to
             # every server on this host.
