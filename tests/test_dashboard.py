@@ -1101,6 +1101,38 @@ async def test_bad_tokens_and_malformed_requests_are_one_line_not_a_traceback(
     assert "Traceback" not in caplog.text
 
 
+async def test_a_malformed_request_logs_no_token(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp quotes the line it cannot parse, and the one WARNING line for it quoted the
+    token: `GET /events?token=<token> x HTTP/1.1` (a space in the address) wrote "Bad status
+    line … b'GET /events?token=<token> x HTTP/1.1'" to the journal. The token is left out
+    of it, in the address, an old cookie or an Authorization header."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setattr(server_module, "BAD_REQUEST_EVERY_S", 0.0)  # every line logged
+    token = "s3cret-token-0123456789"
+    host = b"Host: 127.0.0.1\r\n"
+    get = b"GET /api/state HTTP/1.1\r\n" + host
+    bad = (b"GET /events?token=%s x HTTP/1.1\r\n" + host + b"\r\n",
+           b"GET /api/state?last=1&token=%s HTTP/9.9\r\n" + host + b"\r\n",
+           get + b"Authorization: Bearer %s\x00\r\n\r\n",
+           get + b"Cookie: settle_token=%s\x01; a=b\r\n\r\n")  # fmt: skip
+    with SessionStore.open(tmp_path / "s.db") as store:
+        cfg = DashboardConfig(host="127.0.0.1", port=0, token=token)
+        async with Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d:  # type: ignore[arg-type]
+            for raw in bad:
+                status, _ = await _raw(d.port, raw % token.encode())
+                assert b" 400 " in status, (raw, status)
+    lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.server"]
+    assert len(lines) == len(bad), lines
+    assert not [line for line in lines if token in line or token[:8] in line], lines
+    said = "\n".join(lines)
+    assert said.count("token=…") == 3 and "Authorization:…" in said, lines
+    assert token not in caplog.text
+
+
 async def _raw(port: int, request: bytes) -> tuple[bytes, bytes]:
     """Send ``request`` as is; the status line and the body (up to 4 KiB)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -76,6 +76,18 @@ class _Quota:
         return more
 
 
+_SECRETS = re.compile(r"(token=)[^&;\s]*|(authorization:).*", re.IGNORECASE)
+"""A token in a request line (``?token=``, an old ``settle_token=`` cookie) up to the next
+``&``, ``;`` or blank (a quote or an escape may be part of it), and an ``Authorization``
+header to the end of the text."""
+
+
+def _redacted(text: str) -> str:
+    """``text`` without the token (:data:`_SECRETS`): aiohttp quotes the line it could not
+    parse, and ``GET /events?token=… x HTTP/1.1`` put the token in the log."""
+    return _SECRETS.sub(lambda m: f"{m[1] or m[2]}…", text)
+
+
 class _BadRequestLine(logging.Filter):
     """aiohttp logs a request it cannot parse (a duplicate Host header, a control byte in
     the method, a 20 KB header) as an ERROR with a traceback: anyone who can reach the port
@@ -97,7 +109,7 @@ class _BadRequestLine(logging.Filter):
             if more is None:
                 return False
             remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
-            why = repr(" ".join(str(exc).split()) or type(exc).__name__)[1:-1]
+            why = _redacted(repr(" ".join(str(exc).split()) or type(exc).__name__)[1:-1])
             record.msg, record.args = (
                 "dashboard: malformed HTTP request from %s: %s%s",
                 (remote, why[:200], more),
