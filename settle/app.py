@@ -141,7 +141,9 @@ async def serve(
                     out.print(f"  http:    off — {exc}", markup=False)
                     log.warning("%s; measuring goes on without the dashboard", exc)
                 else:
-                    token = f"?token={dashboard.config.token}" if dashboard.config.token else ""
+                    # In the fragment, which no browser sends to any server (nor a proxy
+                    # logs); the page takes it from there (docs/dashboard.md, Security).
+                    token = f"#token={dashboard.config.token}" if dashboard.config.token else ""
                     out.print(f"  http:    {dashboard.url}{token}", markup=False)
             if on_broker is not None:
                 await on_broker(broker)

@@ -1486,7 +1486,11 @@ async def test_the_token_goes_to_its_dashboard_only(tmp_path: Path) -> None:
     place in that one cookie (the first said "token required" after a reload). Now the
     page keeps the token in the tab and sends it only to its own daemon: the other server
     gets none, each dashboard keeps its own, and the token leaves the address bar, the
-    history and every Referer; the report and a download work with it."""
+    history and every Referer; the report and a download work with it. The report's frame
+    and a download had it in their addresses (?token=), which Chromium kept in its list of
+    downloads, its disk cache and its session files: they are fetched by the page, the
+    token in a header, and handed over as blob: addresses; only the live stream (an
+    EventSource sends no header) has it in its address."""
     _chromium_or_skip()
     token, token_b = "s3cret-token-0123456789", "another-token-9876543210"
     seen: list[str] = []
@@ -1530,6 +1534,8 @@ async def test_the_token_goes_to_its_dashboard_only(tmp_path: Path) -> None:
                     "referrer-policy"))))  # fmt: skip
                 referers: list[str] = []
                 page.on("request", lambda r: referers.append(r.headers.get("referer", "")))
+                asked: list[str] = []
+                page.on("request", lambda r: asked.append(r.url))
                 await page.goto(f"{d.url}live?token={token}&device=dev_1")
                 assert page.url == d.url + "live?device=dev_1"  # the address bar
                 await page.wait_for_function(heard)
@@ -1540,10 +1546,17 @@ async def test_the_token_goes_to_its_dashboard_only(tmp_path: Path) -> None:
                     f".includes('Session {sid}')",
                     timeout=30_000,
                 )
+                assert (await page.evaluate("document.getElementById('report').src")).startswith(
+                    f"blob:{d.url[:-1]}"
+                )
                 async with page.expect_download() as download:
                     await page.click("#detail-exports a.export:text-is('csv')")
-                path = await (await download.value).path()
-                assert read_export_csv(Path(path))
+                got = await download.value
+                assert got.url.startswith("blob:") and got.suggested_filename == f"settle-{sid}.csv"
+                assert read_export_csv(Path(await got.path()))
+                typed = f"{d.url}live?token={token}&device=dev_1"  # what the user opened
+                assert not [u for u in asked if token in u and u != typed
+                            and not u.startswith(f"{d.url}events?")], asked  # fmt: skip
                 assert token not in await page.evaluate("location.href")
                 await page.go_back()
                 await page.go_back()  # the history holds no entry with the token
@@ -1572,12 +1585,52 @@ async def test_the_token_goes_to_its_dashboard_only(tmp_path: Path) -> None:
                 )
                 assert not [u for u, status, _ in seen_by_us if status == 401], seen_by_us
                 assert not await fresh.evaluate("window.__settle.lastWord")
-                assert not [u for u, _, policy in seen_by_us if policy != "no-referrer"]
+                # (A blob: document takes the policies of the page that made it.)
+                assert not [u for u, _, policy in seen_by_us
+                            if policy != "no-referrer" and not u.startswith("blob:")]  # fmt: skip
                 assert not [r for r in referers if token in r]
                 await ctx.close()
+                # Under the page's own CSP (the contexts above bypass it for playwright's
+                # waits), opened at the printed form of the address (#token=): the report's
+                # blob: frame shows, and a download comes.
+                strict = await browser.new_context(accept_downloads=True)
+                page = await strict.new_page()
+                await page.goto(f"{d.url}history/{sid}#token={token}")
+                assert page.url == f"{d.url}history/{sid}"
+
+                async def report_shown() -> bool:
+                    return bool(await page.evaluate(
+                        "document.getElementById('report').contentDocument?.body?.textContent"
+                        f".includes('Session {sid}')"))  # fmt: skip
+
+                await _until(report_shown, 30, "the report under the page's CSP")
+                async with page.expect_download() as download:
+                    await page.click("#detail-exports a.export:text-is('csv')")
+                assert read_export_csv(Path(await (await download.value).path()))
+                await strict.close()
             finally:
                 for runner in runners:
                     await runner.cleanup()
+
+
+def test_the_printed_address_holds_the_token_in_its_fragment(tmp_path: Path) -> None:
+    """The address printed at start-up held the token in its query (…/?token=…): sent to
+    the server with the first request, so in a proxy's access log too. In the fragment
+    (…/#token=…) no browser sends it anywhere; the page takes it from there."""
+    token = tmp_path / "tok"
+    token.write_text("s3cret-token-0123456789\n")
+    token.chmod(0o600)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[http]\nport = 0\ntoken_file = "{token}"\nrequire_token = true\n')
+    res = subprocess.run(
+        [sys.executable, "-m", "settle.cli", "demo", "--duration", "1", "--no-mqtt",
+         "--config", str(config), "--db", str(tmp_path / "s.db")],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "SETTLE_HTTP__ENABLED": "true"},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"http: +http://127\.0\.0\.1:\d+/#token=s3cret-token-0123456789\n", res.stdout)
+    assert "?token=" not in res.stdout
 
 
 def test_reports_and_exports_are_made_outside_the_daemon(tmp_path: Path) -> None:

@@ -589,6 +589,8 @@ class Dashboard:
         response.headers.setdefault(
             "Content-Security-Policy",
             "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+            # The report, fetched by the page with the token, is framed from a blob: address.
+            "frame-src 'self' blob:; "
             "frame-ancestors 'self'",  # no other site may frame /control (clickjacking)
         )
         response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")

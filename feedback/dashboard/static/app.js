@@ -22,12 +22,15 @@ const FORWARDED_ID = "http-000000000000";  // server.py: "http-" and 12 hex digi
 const $ = (id) => document.getElementById(id);
 
 /* ---- access token ---- */
-// With a token required, the address printed at start-up (…/?token=…) hands it to the page,
+// With a token required, the address printed at start-up (…/#token=…) hands it to the page,
 // which keeps it in this tab (sessionStorage: a reload and the page's own links keep it; it
 // is kept per origin, so per port) and sends it itself: as `Authorization: Bearer` on its
-// requests, and as ?token= where the browser makes the request (the live stream, the
-// report's frame, a download). It was a cookie, which the browser sent to every server on
-// the host whatever its port: anyone who could listen on a port got it.
+// requests, the report and the downloads too (fetched here and handed over as blob:
+// addresses: with ?token= in theirs, the browser's list of downloads, its cache and its
+// session files kept the token), and as ?token= on the live stream only (EventSource sends
+// no headers; it is in no history or download list). It was a cookie, which the browser
+// sent to every server on the host whatever its port: anyone who could listen on a port
+// got it.
 const TOKEN_KEY = "settle.token";
 function takeToken() {
   const u = new URL(location.href);
@@ -46,7 +49,7 @@ function takeToken() {
 }
 const TOKEN = takeToken();
 let tokenRefused = false;  // the daemon answered 401: the page says what to do
-function withToken(path) {
+function withToken(path) {  // the live stream's address
   if (!TOKEN) return path;
   const u = new URL(path, location.href);
   u.searchParams.set("token", TOKEN);
@@ -906,7 +909,7 @@ async function loadHistory() {
   // otherwise read as identical rows with the same start time).
   const several = new Set(res.sessions.map((s) => s.device_id)).size > 1;
   if (detail) {
-    $("report").src = withToken(`/sessions/${encodeURIComponent(detail)}/report`);
+    showReport(`/sessions/${encodeURIComponent(detail)}/report`, () => load === historyLoad && location.pathname === path);
     // As in the list: a running session's exports would be a part of it, given silently.
     const row = res.sessions.find((s) => s.id === detail);
     $("detail-exports").innerHTML = !row ? "" : row.state === "running"
@@ -948,6 +951,29 @@ async function loadHistory() {
     pending ? `Analysing ${pending} of ${res.sessions.length} sessions…` : "", !!res.analysis_error);
   // After a failed analysis the server tries again at the next request: ask again, slower.
   if (pending) historyTimer = setTimeout(loadHistory, res.analysis_error ? HISTORY_RETRY_MS : HISTORY_POLL_MS);
+}
+// The report, fetched with the token in its header, shown in the frame from a blob: address
+// (the same origin's, so it is the page's CSP that applies; a fragment link in it stays in
+// it). A refusal is shown as a sentence there, as the server says a missing session.
+let reportShown = null;  // the blob: address in the frame
+async function showReport(path, current) {
+  const frame = $("report");
+  if (reportShown) { frame.src = "about:blank"; URL.revokeObjectURL(reportShown); reportShown = null; }
+  const sentence = (why) => '<!doctype html><meta charset="utf-8"><title>No report</title>' +
+    `<p style="font: 16px system-ui, sans-serif">${escapeHtml(why)}</p>`;
+  let page;
+  try {
+    const r = await api(path);
+    if ((r.headers.get("Content-Type") || "").startsWith("text/html")) page = await r.text();
+    else {
+      const res = await r.json().catch(() => null);
+      page = sentence((res && typeof res.error === "string" && res.error) || `HTTP ${r.status}`);
+    }
+  } catch { page = sentence("The report could not be fetched: the daemon did not answer."); }
+  if (!current()) return;  // the user has gone on meanwhile
+  if (reportShown) URL.revokeObjectURL(reportShown);
+  reportShown = URL.createObjectURL(new Blob([page], { type: "text/html;charset=utf-8" }));
+  frame.src = reportShown;
 }
 function historyNote(msg, bad) {
   text("history-progress", msg);
@@ -995,16 +1021,36 @@ document.addEventListener("click", (ev) => {
     if (bad) { ev.preventDefault(); say(`${bad} — not downloaded`, "bad"); $("bids-subject").focus(); return; }
     url.searchParams.set("subject", subject);
   }
-  if (!TOKEN) { a.href = url.pathname + url.search; return; }
-  // The token goes with this download only: the link (shown on hover) does not hold it.
   ev.preventDefault();
+  download(url.pathname + url.search, `${a.textContent} export`);
+});
+// A download is fetched here, the token in its header, and handed to the browser as a blob:
+// address under the server's file name: with ?token= in its address the browser kept the
+// token in its list of downloads. A refusal is said in the status line (the browser's own
+// download of a 404 failed without a word why).
+async function download(path, what) {
+  say(`${what}: being made…`);
+  let r = null;
+  try { r = await api(path); } catch { /* said below */ }
+  if (!r || !r.ok) {
+    const res = r ? await r.json().catch(() => null) : null;
+    const why = !r ? "the daemon did not answer" : (res && typeof res.error === "string" && res.error) || `HTTP ${r.status}`;
+    say(`${what}: ${why} — not downloaded`, "bad");
+    return;
+  }
+  let blob;
+  try { blob = await r.blob(); } catch { say(`${what}: cut off — not downloaded`, "bad"); return; }
+  const name = /filename="([^"]+)"/.exec(r.headers.get("Content-Disposition") || "");
   const once = document.createElement("a");
-  once.href = withToken(url.pathname + url.search);
-  once.download = "";
+  once.href = URL.createObjectURL(blob);
+  once.download = name ? name[1] : "";
   document.body.appendChild(once);
   once.click();
   once.remove();
-});
+  say(`${what} downloaded`, "ok");
+  // Kept a while: the browser reads a blob: download after the click returns.
+  setTimeout(() => URL.revokeObjectURL(once.href), 60_000);
+}
 
 /* ---- start ---- */
 window.__settle = S;  // read by the browser tests (and handy in the developer console)
