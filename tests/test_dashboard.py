@@ -1963,3 +1963,37 @@ async def test_static_files_are_revalidated_and_every_body_coding_gets_a_json_an
                     "request too large: a command takes at most 4096 bytes"
                 )
             assert [json.loads(p)["kind"] for p in back.payloads] == ["doubt"]
+
+
+async def test_a_body_with_more_after_its_coding_or_with_stacked_codings_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Bytes after the end of a gzip or deflate body (a second gzip member too) were
+    dropped and the command taken; of two Content-Encoding headers only the first was read
+    (a stack of two codings decoded once). Each is now the JSON 400 of a body that does not
+    decode, and the connection is closed."""
+    import gzip
+    import zlib
+
+    with SessionStore.open(tmp_path / "s.db") as store:
+        hub = Hub("settle")
+        back = _Recorder(hub)
+        cfg = DashboardConfig(host="127.0.0.1", port=0)
+        async with Dashboard(hub, back, store, cfg) as d:  # type: ignore[arg-type]
+            body = b'{"kind": "doubt"}'
+            second = gzip.compress(b"x")  # a second gzip member
+            sent = [
+                ("gzip", gzip.compress(body) + b"junk", b"4 bytes after the end of the gzip data"),
+                ("gzip", gzip.compress(body) + second, b"%d bytes after the end" % len(second)),
+                ("deflate", zlib.compress(body) + b"!", b"1 bytes after the end of the deflate"),
+                ("gzip\r\nContent-Encoding: gzip", gzip.compress(gzip.compress(body)),
+                 b"Content-Encoding 'gzip, gzip' is not taken"),
+            ]  # fmt: skip
+            for coding, data, why in sent:
+                head = (f"POST /api/cmd/dev_1/marker HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        f"X-Settle: 1\r\nContent-Encoding: {coding}\r\n"
+                        f"Content-Length: {len(data)}\r\n\r\n")  # fmt: skip
+                status, rest = await _raw(d.port, head.encode() + data)
+                assert b" 400 " in status and why in rest, (coding, status, rest)
+                assert b"Connection: close" in rest, coding
+            assert back.payloads == []

@@ -378,6 +378,9 @@ def _decoded(raw: bytes, coding: str) -> bytes:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(out))
         if not d.eof:
             raise _BadBody(f"{coding} data cut short")
+        if d.unused_data:
+            # A second gzip member, or anything else after the end: it was dropped silently.
+            raise _BadBody(f"{len(d.unused_data)} bytes after the end of the {coding} data")
         return out
     raise AssertionError("unreachable")
 
@@ -395,7 +398,9 @@ async def _body(request: web.Request) -> bytes:
             # connection), meets the same error again and logs it as a traceback.
             request.content.feed_eof()
             raise _BadBody(str(exc).partition(", message:")[2].strip() or "undecodable") from None
-    return _decoded(raw, request.headers.get("Content-Encoding", ""))
+    # Every Content-Encoding header: two (a stack, as "gzip, gzip" in one) are refused as
+    # a coding not taken; only the first was read, and the body decoded once.
+    return _decoded(raw, ", ".join(request.headers.getall("Content-Encoding", [])))
 
 
 async def _read_body(request: web.Request, what: str) -> bytes | web.Response:
