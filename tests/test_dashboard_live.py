@@ -108,9 +108,12 @@ async def test_the_heart_rate_shows_whatever_the_browsers_clock_says(tmp_path: P
     """A beat's age was the browser's clock minus the daemon's stamp: with the browser 5 s
     or more ahead (a phone on the LAN against a Raspberry Pi without a clock or NTP) the
     heart rate was never shown ("–", greyed) while the strap read streaming; with it
-    behind, a beat 8 s old still showed. The age is now measured on the daemon's clock."""
+    behind, a beat 8 s old still showed. The age is now measured on the daemon's clock. A
+    beat stamped a minute ahead of the daemon's clock (it stepped back after that beat) is
+    not current either: its negative age counted as fresh, so it stayed on screen."""
     async with _live(tmp_path) as (ctx, hub, d):
-        for skew_s, beat_age_s, shown in ((6, 0, "75"), (120, 0, "75"), (-6, 8, "–")):
+        cases = ((6, 0, "75"), (120, 0, "75"), (-6, 8, "–"), (0, -60, "–"))
+        for skew_s, beat_age_s, shown in cases:
             page = await ctx.new_page()
             await page.add_init_script(
                 f"(() => {{ const real = Date.now; Date.now = () => real() + {skew_s * 1000}; }})()"

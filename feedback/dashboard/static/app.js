@@ -96,6 +96,11 @@ function dev(id) {
 function beatAge(d) {
   return S.clockAhead === null ? Infinity : Date.now() - S.clockAhead - d.beatTs;
 }
+// The last beat is current within 5 s either way: a beat stamped ahead (the daemon's clock
+// stepped back after it, NTP on a board that booted without a clock) stayed "current" for
+// as long as the step, its heart rate on screen with the strap gone.
+const BEAT_CURRENT_MS = 5000;
+function beatCurrent(d) { return Math.abs(beatAge(d)) < BEAT_CURRENT_MS; }
 function fmt(x, digits) { return x === null || x === undefined ? "–" : Number(x).toFixed(digits); }
 function mmss(s) { s = Math.floor(s); return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`; }
 function text(id, v) { const el = $(id); if (el.textContent !== v) el.textContent = v; }
@@ -366,7 +371,7 @@ function render() {
     return;
   }
   const d = dev(S.device), ix = d.indices, rt = currentRuntime();
-  const fresh = live && beatAge(d) < 5000;
+  const fresh = live && beatCurrent(d);
   document.querySelector(".hero").classList.toggle("stale", !fresh);
   text("hr", fresh && d.hr ? String(d.hr) : "–");
   const usable = ix && ix.usable;
@@ -828,7 +833,7 @@ function renderPair() {
   if (view() !== "pair") return;
   const rows = S.devices.map((x) => {
     const d = x.device_id ? dev(x.device_id) : null;
-    const fresh = d && beatAge(d) < 5000;
+    const fresh = d && beatCurrent(d);
     return `<tr><td>${escapeHtml(x.name || "–")}</td><td>${escapeHtml(x.address || "–")}</td><td>${escapeHtml(x.state)}</td>` +
       `<td>${fresh && d.hr ? d.hr + " bpm" : "–"}</td><td>${d && d.contact !== null ? (d.contact ? "yes" : "no") : "–"}</td>` +
       `<td>${x.battery_pct !== null ? x.battery_pct + " %" : "–"}</td></tr>`;
