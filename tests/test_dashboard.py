@@ -150,6 +150,13 @@ async def test_token_is_required_for_every_stream_and_command_and_set_in_no_cook
             bearer = {"Authorization": "Bearer s3cret-token"}
             async with http.get(d.url + "api/sessions", headers=bearer) as r:
                 assert r.status == 200
+            # Either the query or the header will do: a stale ?token= beside the right
+            # header was a 401 (the query was the only one looked at).
+            wrong = {"Authorization": "Bearer not-the-token"}
+            for query, headers, status in (("wrong", bearer, 200), ("s3cret-token", wrong, 200),
+                                           ("wrong", wrong, 401)):  # fmt: skip
+                async with http.get(f"{d.url}api/state?token={query}", headers=headers) as r:
+                    assert r.status == status, (query, headers)
             assert not list(jar)
             # The cookie of an earlier version lets nothing in, and is deleted.
             old = {"Cookie": "settle_token=s3cret-token"}
@@ -1563,6 +1570,15 @@ async def test_the_token_goes_to_its_dashboard_only(tmp_path: Path) -> None:
                 assert token not in page.url
                 await page.reload()  # the tab keeps the token
                 await page.wait_for_function(heard)
+                # Ctrl+click on one of the page's own links opens it in a new tab, as on any
+                # page: the router took the click and opened nothing (this tab went there).
+                here = page.url
+                async with ctx.expect_page() as opened:
+                    await page.click("nav a[data-page=pair]", modifiers=["Control"])
+                tab = await opened.value
+                await tab.wait_for_url(f"{d.url}pair**")
+                assert page.url == here
+                await tab.close()
                 # Another server on the host, reached by a link from another site.
                 other = await ctx.new_page()
                 await other.goto(f"http://localhost:{ports[1]}/")

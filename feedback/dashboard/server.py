@@ -640,13 +640,18 @@ class Dashboard:
         static = isinstance(request.match_info.route.resource, web.StaticResource)
         public = static or request.match_info.handler == self._page
         if token is not None and not public:
-            given = request.query.get("token") or _bearer(request.headers.get("Authorization", ""))
+            # Either will do: a stale ?token= (a page opened with an old address) beside
+            # the right header was a 401, the query being the only one looked at.
+            given = (request.query.get("token"), _bearer(request.headers.get("Authorization", "")))
             # As bytes: compare_digest raises TypeError for a non-ASCII str (a 500 and a
             # traceback for `?token=é`); a header's bytes that are no UTF-8 arrive as lone
             # surrogates, which only surrogateescape encodes (they raised too).
-            if not given or not hmac.compare_digest(
-                given.encode("utf-8", "surrogateescape"), token.encode()
-            ):
+            matches = [
+                hmac.compare_digest(g.encode("utf-8", "surrogateescape"), token.encode())
+                for g in given
+                if g
+            ]
+            if not any(matches):
                 return _error(401, "token required: open the URL printed at start-up")
         if request.method == "POST" and request.headers.get("X-Settle") != "1":
             # A custom header cannot be sent cross-site without a CORS preflight we never allow.

@@ -145,6 +145,9 @@ function placeStatus() {
 }
 NARROW.addEventListener("change", placeStatus);
 document.addEventListener("click", (e) => {
+  // A click with Ctrl, Cmd, Shift or Alt (a new tab or window, a saved link), or with another
+  // button, is the browser's: the router took it and opened nothing new.
+  if (e.defaultPrevented || e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey || e.altKey) return;
   const a = e.target.closest("a[href^='/']");
   if (!a || a.target || a.hasAttribute("download") || a.getAttribute("href").startsWith("/sessions/")) return;
   e.preventDefault();
