@@ -203,7 +203,7 @@ async def serve(
                 # for each made the second command fail with "file exists".
                 name = "session.csv" if len(daemon.finished) == 1 else f"{p.session_id}.csv"
                 out.print(
-                    f"session {p.session_id}: {stored} beats stored. "
+                    f"session {p.session_id}: {stored} beat{'' if stored == 1 else 's'} stored. "
                     f"Export: settle export {p.session_id} --format csv --out {name}{db}",
                     markup=False,
                 )
@@ -434,7 +434,7 @@ def _print_indices(out: Console, p: IndicesPayload, devices: dict[str, str] | No
         score = "baseline…"
     else:
         arrow = {"settling": "↑ settling", "unsettling": "↓ unsettling", "steady": "→ steady"}
-        score = f"{p.settling:5.1f} {arrow.get(p.trend, '(trend after 2 min of scores)')}"
+        score = f"{p.settling:5.1f} {arrow.get(p.trend, '(trend after ~3 min of scores)')}"
     caught = ""
     if p.catching_up_t_s is not None:
         m, s = divmod(int(p.catching_up_t_s), 60)

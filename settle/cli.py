@@ -46,7 +46,10 @@ ConfigOpt = cli_sessions.ConfigOpt
 DbOpt = cli_sessions.DbOpt
 a_path = cli_sessions.a_path
 MqttOpt = Annotated[
-    str | None, typer.Option("--mqtt", metavar="HOST:PORT", help="MQTT broker to publish to.")
+    str | None,
+    typer.Option(
+        "--mqtt", metavar="HOST:PORT", help="MQTT broker (to publish to; doctor: to check)."
+    ),
 ]
 NoMqttOpt = Annotated[bool, typer.Option("--no-mqtt", help="Run without MQTT.")]
 HttpOpt = Annotated[
