@@ -20,6 +20,19 @@ from settle.pipeline import NO_RR_WARN_S, BeatWriter, DeviceOutput, StrapPipelin
 T0 = 1_700_000_000.0
 
 
+def _pipeline(store: SessionStore, output: DeviceOutput) -> StrapPipeline:
+    """A strap's pipeline with the default settings, its session started at ``T0``."""
+    return StrapPipeline(
+        output=output,
+        session_id="s1",
+        started_ms=int(T0 * 1000),
+        settings=Settings(),
+        writer=BeatWriter(store),
+        clock=lambda: T0,
+        started_mono_s=0.0,
+    )
+
+
 def _run(
     tmp_path: Path,
     rr_from: list[tuple[float, bool]],
@@ -38,15 +51,7 @@ def _run(
             sent.append(json.loads(payload))
 
     with SessionStore.open(tmp_path / "s.db") as store:
-        pl = StrapPipeline(
-            output=DeviceOutput(None, "settle", "dev_1", tap=tap),
-            session_id="s1",
-            started_ms=int(T0 * 1000),
-            settings=Settings(),
-            writer=BeatWriter(store),
-            clock=lambda: T0,
-            started_mono_s=0.0,
-        )
+        pl = _pipeline(store, DeviceOutput(None, "settle", "dev_1", tap=tap))
         now = 0.0
         while now < until_s:
             now += 1.0
@@ -105,15 +110,7 @@ def test_an_absurd_interval_restarts_the_windows_after_the_real_beat_sent_with_i
     analyze` of the export restarts them after it. Now in beat order, as offline."""
     calls: list[tuple[str, float]] = []
     with SessionStore.open(tmp_path / "s.db") as store:
-        pl = StrapPipeline(
-            output=DeviceOutput(None, "settle", "dev_1"),
-            session_id="s1",
-            started_ms=int(T0 * 1000),
-            settings=Settings(),
-            writer=BeatWriter(store),
-            clock=lambda: T0,
-            started_mono_s=0.0,
-        )
+        pl = _pipeline(store, DeviceOutput(None, "settle", "dev_1"))
         push, gap = pl.analyzer.push_beat, pl.analyzer.gap
 
         def spy_push(t: float, rr: float, contact: bool | None = None) -> object:

@@ -299,11 +299,14 @@ async def test_the_session_message_follows_catching_up_after_a_hold_start(
     assert isinstance(again, float) and again >= hold > first
 
 
-async def test_a_reconnect_never_takes_another_strap_into_the_session(tmp_path: Path) -> None:
-    """The default config (no address, before `settle pair`) takes the first heart-rate strap
-    found. When it drops while someone else's strap advertises nearby, the daemon must wait
-    for its own strap: it reconnected to the other one and carried on the same session with
-    that person's heart (RR 1000 ms, then 500 ms, in one session)."""
+@contextlib.asynccontextmanager
+async def _mine_and_another(
+    tmp_path: Path, beats_first: int
+) -> AsyncIterator[tuple[VirtualAir, Daemon, Callable[[], Any], VirtualStrap, VirtualStrap]]:
+    """A daemon with the default config (no address: any heart-rate strap) streaming from
+    "mine" (RR 1000 ms; ``beats_first`` beats stored), and another strap (RR 500 ms)
+    advertising beside it. Yields the air, the daemon, ``stop()`` (stops the daemon, returns
+    its store's sessions and their RR: read while the store is open) and the two straps."""
     settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
     async with VirtualAir() as air:
         mine = VirtualStrap(air, itertools.repeat(1000.0), speed=20, name="Polar H10 AAAA")
@@ -312,26 +315,46 @@ async def test_a_reconnect_never_takes_another_strap_into_the_session(tmp_path: 
         with SessionStore.open(settings.db_path) as store:
             daemon = Daemon(settings, store, [client], time_scale=20)
             task = asyncio.create_task(daemon.run())
+
+            async def stop() -> tuple[list[Any], set[int]]:
+                if not task.done():
+                    daemon.stop()
+                await asyncio.wait_for(task, 10)
+                sessions = store.list_sessions()
+                return sessions, {round(b.rr_ms) for s in sessions for b in store.beats(s.id)}
+
             rt = daemon.runtimes[0]
-            await until(lambda: rt.session is not None and rt.session.seq > 20)
-            other = VirtualStrap(air, itertools.repeat(500.0), speed=20, name="Polar H10 BBBB")
-            await other.start()
-            seen = await BleakScanner.find_device_by_address(
-                other.address, timeout=5, **air.scanner_kwargs()
-            )
-            assert seen is not None  # it advertises when mine drops
-            await mine.drop(reappear_after_s=2.0)  # away for 40 session seconds
-            await until(lambda: rt.reconnects == 1 and rt.state == "streaming")
-            assert rt.session is not None
-            n0 = rt.session.seq
-            await until(lambda: rt.session is not None and rt.session.seq > n0 + 20)
-            address = rt.info.address if rt.info else None
-            daemon.stop()
-            await asyncio.wait_for(task, 10)
-            sessions = store.list_sessions()
-            rr = {round(b.rr_ms) for b in store.beats(sessions[0].id)}
+            try:
+                await until(lambda: rt.session is not None and rt.session.seq > beats_first)
+                other = VirtualStrap(air, itertools.repeat(500.0), speed=20, name="Polar H10 BBBB")
+                await other.start()
+                try:
+                    yield air, daemon, stop, mine, other
+                finally:
+                    await other.stop()
+            finally:
+                await stop()
         await mine.stop()
-        await other.stop()
+
+
+async def test_a_reconnect_never_takes_another_strap_into_the_session(tmp_path: Path) -> None:
+    """The default config (no address, before `settle pair`) takes the first heart-rate strap
+    found. When it drops while someone else's strap advertises nearby, the daemon must wait
+    for its own strap: it reconnected to the other one and carried on the same session with
+    that person's heart (RR 1000 ms, then 500 ms, in one session)."""
+    async with _mine_and_another(tmp_path, 20) as (air, daemon, stop, mine, other):
+        rt = daemon.runtimes[0]
+        seen = await BleakScanner.find_device_by_address(
+            other.address, timeout=5, **air.scanner_kwargs()
+        )
+        assert seen is not None  # it advertises when mine drops
+        await mine.drop(reappear_after_s=2.0)  # away for 40 session seconds
+        await until(lambda: rt.reconnects == 1 and rt.state == "streaming")
+        assert rt.session is not None
+        n0 = rt.session.seq
+        await until(lambda: rt.session is not None and rt.session.seq > n0 + 20)
+        address = rt.info.address if rt.info else None
+        sessions, rr = await stop()
     assert address == mine.address
     assert len(sessions) == 1 and rr == {1000}
     assert other.sent == []  # never subscribed to
@@ -344,24 +367,11 @@ async def test_a_strap_that_never_returns_is_named_beside_the_one_ignored(
     while another heart-rate strap advertises, the status said "no strap offering the Heart
     Rate Service found — wear the strap with wet electrodes": false, and silent that the other
     strap is ignored on purpose (and that a strap whose address changed needs a restart)."""
-    settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
-    async with VirtualAir() as air:
-        mine = VirtualStrap(air, itertools.repeat(1000.0), speed=20, name="Polar H10 AAAA")
-        await mine.start()
-        client = client_for(air, "")
-        with SessionStore.open(settings.db_path) as store:
-            daemon = Daemon(settings, store, [client], time_scale=20)
-            task = asyncio.create_task(daemon.run())
-            rt = daemon.runtimes[0]
-            await until(lambda: rt.session is not None and rt.session.seq > 5)
-            other = VirtualStrap(air, itertools.repeat(500.0), speed=20, name="Polar H10 BBBB")
-            await other.start()
-            await mine.stop()
-            await until(lambda: "ignoring" in (rt.last_error or ""), 30)
-            said = rt.last_error or ""
-            daemon.stop()
-            await asyncio.wait_for(task, 10)
-        await other.stop()
+    async with _mine_and_another(tmp_path, 5) as (_air, daemon, _stop, mine, other):
+        rt = daemon.runtimes[0]
+        await mine.stop()
+        await until(lambda: "ignoring" in (rt.last_error or ""), 30)
+        said = rt.last_error or ""
     assert said.startswith(f"strap {mine.address} not found within "), said
     assert f"ignoring {other.address} 'Polar H10 BBBB'" in said
     assert "if your strap's address changed, restart settle" in said
