@@ -45,14 +45,21 @@ def client_for(
     strap: VirtualStrap | str,
     cls: type[StrapClient] = StrapClient,
     scan_timeout_s: float = 5,
+    backend: type[BumbleBleakClient] | None = None,
+    **kwargs: Any,
 ) -> StrapClient:
-    """A client (``cls``) of ``strap`` (or of an address nobody advertises) in ``air``."""
+    """A client (``cls``) of ``strap`` (or of an address nobody advertises) in ``air``,
+    through ``backend`` (a subclass of the virtual backend that misbehaves) if given."""
+    client_kwargs = air.client_kwargs()
+    if backend is not None:
+        client_kwargs = {**client_kwargs, "backend": backend}
     return cls(
         address=strap if isinstance(strap, str) else strap.address,
         scan_timeout_s=scan_timeout_s,
         connect_timeout_s=5,
         scanner_kwargs=air.scanner_kwargs(),
-        client_kwargs=air.client_kwargs(),
+        client_kwargs=client_kwargs,
+        **kwargs,
     )
 
 
@@ -445,13 +452,7 @@ async def test_a_strap_that_keeps_refusing_its_first_connection_ends_the_run(
     async with VirtualAir() as air:
         strap = VirtualStrap(air, itertools.repeat(900.0), speed=10)
         await strap.start()
-        client = StrapClient(
-            address=strap.address,
-            scan_timeout_s=5,
-            connect_timeout_s=5,
-            scanner_kwargs=air.scanner_kwargs(),
-            client_kwargs={**air.client_kwargs(), "backend": _Refused},
-        )
+        client = client_for(air, strap, backend=_Refused)
         with SessionStore.open(settings.db_path) as store:
             daemon = Daemon(settings, store, [client], time_scale=10)
             with pytest.raises(BaseException) as caught:  # a group, unwrapped below

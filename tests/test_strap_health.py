@@ -181,13 +181,7 @@ async def test_a_strap_found_but_not_connected_is_said_as_it_happened(
         strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=6), speed=20)
         await strap.start()
         _RefusesLink.error = error
-        client = StrapClient(
-            address=strap.address,
-            scan_timeout_s=5,
-            connect_timeout_s=5,
-            scanner_kwargs=air.scanner_kwargs(),
-            client_kwargs={**air.client_kwargs(), "backend": _RefusesLink},
-        )
+        client = client_for(air, strap, backend=_RefusesLink)
         device = await client.find()
         with pytest.raises(SensorError) as caught:
             async with client.connect(device):
@@ -259,14 +253,7 @@ async def test_notifications_dropped_by_a_reader_that_fell_behind_are_warned_abo
     async with VirtualAir() as air:
         strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=8), speed=50)
         await strap.start()
-        client = StrapClient(
-            address=strap.address,
-            scan_timeout_s=5,
-            connect_timeout_s=5,
-            scanner_kwargs=air.scanner_kwargs(),
-            client_kwargs={**air.client_kwargs(), "backend": SlowStop},
-            buffer_size=4,
-        )
+        client = client_for(air, strap, backend=SlowStop, buffer_size=4)
         async with client.connect(await client.find()) as stream:
             await until(lambda: client.overflowed >= 5)  # nothing reads the stream
             warned = [r.getMessage() for r in caplog.records if r.name == "sensors.strap"]
