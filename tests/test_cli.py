@@ -598,10 +598,18 @@ def test_the_daemon_merges_a_spurious_beat_that_leaves_a_short_piece(tmp_path: P
     replay = tmp_path / "spurious.txt"
     replay.write_text("".join(f"{v:.1f}\n" for v in rr))
     export = _replay_and_export(tmp_path, replay)
-    beats = [r for r in csv.DictReader(export.open()) if r["record"] == "beat"]
+    records = list(csv.DictReader(export.open()))
+    beats = [r for r in records if r["record"] == "beat"]
     classes = [r["beat_class"] for r in beats]
-    assert [r["beat_class"] for r in beats if float(r["rr_ms"]) < 250.0] == ["extra"] * 6
-    assert classes.count("extra") == 12 and "implausible" not in classes
+    # A stall of this loaded machine can make the daemon record a gap (beats late at speed
+    # 100; seen once in CI): a piece right after one has nothing to merge with, as offline.
+    ends = [float(r["end_t_s"]) for r in records if r["record"] == "gap"]
+    short = [r for r in beats if float(r["rr_ms"]) < 250.0]
+    after_gap = [any(0 <= float(r["t_s"]) - e < 3.0 for e in ends) for r in short]
+    assert len(short) == 6 and sum(after_gap) <= 1, ends
+    assert all(r["beat_class"] == "extra" for r, g in zip(short, after_gap, strict=True) if not g)
+    assert classes.count("extra") >= 12 - 2 * sum(after_gap)
+    assert classes.count("implausible") <= sum(after_gap)
     by_file = tmp_path / "b.csv"
     res = settle("analyze", str(export), "--json", "--beats", str(by_file))
     assert res.returncode == 0, res.stderr
