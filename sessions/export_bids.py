@@ -66,6 +66,7 @@ import numpy.typing as npt
 from sessions.export_json import package_version
 from sessions.files import (
     ExportError,
+    ExportRefused,
     ProgressFn,
     atomic_file,
     inside,
@@ -319,7 +320,7 @@ def export_bids(
             f"here, got {len(sub) - 4})",
         )
     if root.exists() and not root.is_dir():
-        raise ExportError(root, "BIDS export needs a directory (the dataset root)")
+        raise ExportRefused(root, "BIDS export needs a directory (the dataset root)")
     if not root.parent.is_dir():
         raise ExportError(root, f"directory {root.parent} does not exist")
     # One recording, one person: the same session under a second subject (re-exported to

@@ -143,7 +143,11 @@ DB_SIBLINGS = ("-wal", "-shm", "-journal", "-lock")
 
 
 def _head(p: Path, n: int) -> bytes:
+    """The first ``n`` bytes of ``p`` if it is a regular file, else b"" (opening a FIFO to
+    read would block until a writer came: `settle report --force` onto one hung)."""
     try:
+        if not stat.S_ISREG(p.stat().st_mode):
+            return b""
         with p.open("rb") as fh:
             return fh.read(n)
     except (OSError, ValueError):

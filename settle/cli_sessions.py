@@ -192,7 +192,7 @@ def export(
         # Path() drops the trailing slash: without this, `--out missing/` would write a file
         # called `missing`. An existing file read "directory a.csv does not exist".
         if os.path.lexists(out_path):
-            _fail(f"{out_arg}: {out_path} is not a directory")
+            _fail(f"{out_arg}: {out_path} is not a directory", 2)  # wrong kind of path
         _fail(f"{out_arg}: directory {out_path} does not exist")
     if fmt == "kubios" and not out_path.is_dir():
         from sessions.export_kubios import markers_file

@@ -782,8 +782,9 @@ def test_exit_codes_follow_one_rule_for_lookups_and_output_paths(tmp_path: Path)
         (["report", sid, "--out", str(a_file)], 2, "--out must be a directory for a report"),
         (["trends", "--out", str(a_file)], 2, "--out must be a directory for the trends plot"),
         (["export", sid, "--out", str(a_file)], 2, "file exists (use --force to replace it)"),
-        # L5: it said "directory …/a.csv does not exist".
-        (["export", sid, "--out", f"{a_file}/"], 1, f"{a_file}/: {a_file} is not a directory"),
+        # L5: it said "directory …/a.csv does not exist"; a path of the wrong kind is 2.
+        (["export", sid, "--out", f"{a_file}/"], 2, f"{a_file}/: {a_file} is not a directory"),
+        (["export", sid, "--format", "bids", "--out", str(a_file)], 2, "needs a directory"),
     ]:
         res = settle(*args, "--db", str(db))
         assert res.returncode == code, (args, res.stderr)
@@ -845,3 +846,21 @@ def test_force_never_replaces_another_sqlite_database(tmp_path: Path) -> None:
         assert res.returncode == 2, (args, res.stderr)
         assert "refusing to write onto the SQLite database" in res.stderr, res.stderr
     assert all(p.read_bytes() == before for p in targets.values())
+
+
+def test_force_onto_a_pipe_is_refused_not_a_hang(tmp_path: Path) -> None:
+    """The check for a SQLite database read the first bytes of the output path before
+    asking what it was: `settle report --out DIR --force` with a named pipe at the report's
+    name blocked for good (no writer ever came). Refused with one line, as export did."""
+    db = tmp_path / "s1.db"
+    with SessionStore.open(db) as store:
+        sid = store.create_session("dev", 1_795_000_000_000, "x", {}).id
+        store.finish_session(sid, 1_795_000_060_000)
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / f"settle-{sid}-report.html")
+    os.mkfifo(out / "settle-trends.png")
+    for args in (["report", sid, "--out", str(out)], ["trends", "--out", str(out)]):
+        res = settle(*args, "--force", "--db", str(db), timeout=30)
+        assert res.returncode != 0 and "not a regular file" in res.stderr, (args, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1
