@@ -212,7 +212,7 @@ def settings_from(
         settings = load_config(config, **flags)
     except ConfigError as exc:
         # A flag's own error names the flag (it read "config: --mqtt: …").
-        fail(f"{exc.field}: {exc.reason}" if exc.field.startswith("--") else str(exc), 2)
+        fail(str(exc), 2)
     from settle.logging_setup import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)

@@ -26,13 +26,15 @@ class SettleError(Exception):
 class ConfigError(SettleError):
     """The configuration (file, environment or flags) is invalid.
 
-    ``field`` is the dotted name of the offending setting, ``reason`` a short explanation.
+    ``field`` is the dotted name of the offending setting (or the flag, ``--device``: then the
+    message does not say "config: "), ``reason`` a short explanation.
     """
 
     def __init__(self, field: str, reason: str) -> None:
         self.field = field
         self.reason = reason
-        super().__init__(f"config: {field}: {reason}")
+        where = field if field.startswith("--") else f"config: {field}"
+        super().__init__(f"{where}: {reason}")
 
 
 class DecodeError(SettleError):

@@ -347,6 +347,8 @@ def test_labels_an_older_settle_kept_apart_by_case_are_not_confused(tmp_path: Pa
     )  # fmt: skip
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.count("\n") == 1 and "names two remembered straps" in out.stderr
+    # The flag is named as a flag, not as a setting ("config: --device: …").
+    assert out.stderr.startswith("settle: error: --device: 'ANNA' names two"), out.stderr
 
 
 def test_a_label_is_one_label_whatever_its_case(tmp_path: Path) -> None:
