@@ -3,8 +3,8 @@ before anything decodes it for real (docs/mqtt.md, "Commands").
 
 The checks run in the daemon's order — retained, too large, nested too deeply, not JSON, a
 key given twice, an unknown command, an id that is not a string — and each failure is one
-error result that echoes the command's id. Two rules keep every failure a result rather than
-an exception:
+error result that echoes the command's id (``null`` when it has none, or two). Two rules
+keep every failure a result rather than an exception:
 
 * the size is judged before the payload is parsed;
 * nesting is counted by a linear scan before ``json.loads`` sees the payload. CPython's JSON
@@ -156,18 +156,44 @@ def _has_lone_surrogate(value: object) -> bool:
     return False
 
 
+class _Object(dict[str, Any]):
+    """A decoded JSON object that remembers which of its keys it was given more than once
+    (``json.loads`` keeps the last value silently)."""
+
+    repeated: frozenset[str] = frozenset()
+
+
+def _object(items: list[tuple[str, Any]]) -> _Object:
+    obj = _Object(items)
+    if len(obj) != len(items):
+        seen: set[str] = set()
+        repeated: set[str] = set()
+        for k, _ in items:
+            (repeated if k in seen else seen).add(k)
+        obj.repeated = frozenset(repeated)
+    return obj
+
+
 def _id_of(payload: bytes) -> str | None:
     """The ``id`` to echo in the result: a string as sent (at most 64 characters), a number
-    as its JSON text (``42`` → ``"42"``: the sender can still match it); else None. Found even
-    in a payload too deeply nested to accept (its deep parts are skipped)."""
+    as its JSON text (``42`` → ``"42"``: the sender can still match it); else None — also
+    when the payload gives ``id`` twice: the refusal would be attributed to one of two ids,
+    chosen by nobody (``json.loads`` keeps the last). Found even in a payload too deeply
+    nested to accept (its deep parts are skipped)."""
     if len(payload) > ID_ECHO_BYTES:
         return None
     try:
         text = payload.decode(json.detect_encoding(payload), "surrogatepass")
-        raw = json.loads(_shallow(text, MAX_COMMAND_DEPTH)[0], parse_constant=_not_a_json_number)
+        raw = json.loads(
+            _shallow(text, MAX_COMMAND_DEPTH)[0],
+            object_pairs_hook=_object,
+            parse_constant=_not_a_json_number,
+        )
     except (ValueError, RecursionError):
         return None
-    value = raw.get("id") if isinstance(raw, dict) else None
+    if not isinstance(raw, _Object) or "id" in raw.repeated:
+        return None
+    value = raw.get("id")
     if isinstance(value, str):
         # A lone surrogate (half an emoji, "\ud800") is no text a result can carry: echoed,
         # its serialisation raised in the link and ended it for good.
@@ -204,7 +230,8 @@ def screen_command(name: str, payload: bytes, retained: bool) -> Screened:
     except CommandDecodeError as exc:
         return refuse(str(exc))
     if duplicate is not None:  # which of the two values was meant?
-        return refuse(f"key {duplicate!r} appears twice")
+        said = " (this result echoes neither)" if duplicate == "id" else ""
+        return refuse(f"key {duplicate!r} appears twice{said}")
     if name not in COMMANDS:
         return refuse(f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
     sent_id = raw.get("id") if isinstance(raw, dict) else None

@@ -286,7 +286,8 @@ class CommandResult(_Payload):
 
     id: str | None = Field(
         description="The command's id as sent (at most 64 characters); a number sent as id is "
-        'refused and echoed as its JSON text (42 → "42"); null when none could be read.'
+        'refused and echoed as its JSON text (42 → "42"); null when none could be read, or '
+        "when the command gave its id twice (which one would it answer?)."
     )
     status: Literal["ok", "error"]
     error: str | None = None

@@ -35,6 +35,7 @@ from feedback.commands import (
     CommandDecodeError,
     decode_json,
     screen_command,
+    screen_nameless,
 )
 from feedback.dashboard import Dashboard, DashboardConfig, Hub
 from feedback.dashboard.server import DeviceView
@@ -301,6 +302,46 @@ async def test_a_numeric_id_is_echoed_so_the_sender_can_match_the_refusal(
     assert [(r["id"], r["status"]) for r in results] == [("42", "error"), ("7.5", "error")]
     assert results[0]["error"] == 'id: Input should be a valid string (send "42", not 42)'
     assert d.store.markers(d.session_id) == []
+
+
+@pytest.mark.mosquitto
+async def test_a_command_giving_its_id_twice_is_refused_in_nobodys_name(
+    daemon_on_broker: RunningDaemon,
+) -> None:
+    """``{"id": "a", …, "id": "b"}`` was refused with ``"id": "b"`` in the result: the refusal
+    went to whichever id came last, one the sender may never have meant (a sender waiting for
+    "b" took it as the answer to its own "b"). Now the result carries no id and says why; a
+    key other than the id given twice still echoes the id; nothing is stored."""
+    d = daemon_on_broker
+    results = await send_commands(
+        d.host,
+        d.port,
+        [
+            ("marker", b'{"v":1,"id":"a","kind":"note","id":"b"}'),
+            ("marker", b'{"v":1,"id":"c","kind":"note","kind":"shame"}'),
+        ],
+        expect=2,
+    )
+    assert [(r["id"], r["status"], r["error"]) for r in results] == [
+        (None, "error", "key 'id' appears twice (this result echoes neither)"),
+        ("c", "error", "key 'kind' appears twice"),
+    ]
+    assert d.store.markers(d.session_id) == []
+
+
+def test_an_id_given_twice_is_echoed_by_no_refusal() -> None:
+    """The same for every refusal judged before the duplicate key (retained, too large) and
+    for a command sent without a name: none echoes the last of two ids."""
+    twice = b'{"v":1,"id":"a","id":"b","kind":"note"}'
+    large = b'{"v":1,"id":"a","id":"b","text":"%s"}' % (b"x" * 5000)
+    screened = [
+        screen_command("marker", twice, True),
+        screen_command("marker", large, False),
+        screen_nameless(f"settle/{DEV}/cmd", twice),
+    ]
+    assert [s.id for s in screened] == [None, None, None]
+    assert all(s.error for s in screened)
+    assert screen_command("marker", large.replace(b'"id":"b",', b""), False).id == "a"
 
 
 @pytest.mark.mosquitto
