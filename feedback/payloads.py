@@ -299,7 +299,11 @@ class CommandResult(_Payload):
 class _Command(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    v: Literal[1] = 1
+    v: Literal[1] = Field(
+        1,
+        description="Schema version: 1, the default when left out (1.0 is the same JSON number, "
+        'as JSON Schema reads integer; true and "1" are refused).',
+    )
     id: str = Field(
         min_length=1,
         max_length=64,

@@ -26,7 +26,9 @@ from typing import Any
 
 import aiohttp
 import aiomqtt
+import jsonschema
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -53,6 +55,7 @@ from tests.test_e2e import CONFIG
 from tests.test_mqtt import any_broker  # noqa: F401  (the fixture: mosquitto and amqtt)
 
 DOCS = Path(__file__).parents[1] / "docs" / "mqtt.md"
+ASYNCAPI = DOCS.with_name("asyncapi.yaml")
 DEV = "hard_1"
 ENV = {**os.environ, "SETTLE_CONFIG": str(CONFIG)}
 
@@ -342,6 +345,37 @@ def test_an_id_given_twice_is_echoed_by_no_refusal() -> None:
     assert [s.id for s in screened] == [None, None, None]
     assert all(s.error for s in screened)
     assert screen_command("marker", large.replace(b'"id":"b",', b""), False).id == "a"
+
+
+VERSIONS = {"1": b'"v":1,', "none": b"", "1.0": b'"v":1.0,', "1e0": b'"v":1e0,',
+            "str": b'"v":"1",', "true": b'"v":true,', "2": b'"v":2,', "1.5": b'"v":1.5,',
+            "null": b'"v":null,'}  # fmt: skip
+
+
+@pytest.mark.mosquitto
+async def test_the_daemon_takes_exactly_the_versions_the_contract_takes(
+    daemon_on_broker: RunningDaemon,
+) -> None:
+    """``v`` as docs/asyncapi.yaml has it: ``type: integer, const: 1, default: 1``, not
+    required. Left out it is 1; ``1.0`` is the integer 1 to JSON Schema (draft 7, which
+    AsyncAPI 3.0 builds on) and to the daemon alike; anything else is one error result naming
+    ``v``, and no marker. A sender that validates against the contract is never refused."""
+    d = daemon_on_broker
+    doc = yaml.safe_load(ASYNCAPI.read_text())
+    schema = {**doc, "$ref": "#/components/schemas/MarkerCommand"}
+    sent = {k: b'{%s"id":"%s","kind":"note","text":"%s"}' % (v, k.encode(), k.encode())
+            for k, v in VERSIONS.items()}  # fmt: skip
+    results = await send_commands(
+        d.host, d.port, [("marker", p) for p in sent.values()], expect=len(sent)
+    )
+    by_id = {r["id"]: r for r in results}
+    for key, payload in sent.items():
+        valid = jsonschema.Draft7Validator(schema).is_valid(json.loads(payload))
+        assert (by_id[key]["status"] == "ok") == valid, (key, by_id[key])
+        if not valid:
+            assert by_id[key]["error"].startswith("v: "), by_id[key]
+    stored = [m.text for m in d.store.markers(d.session_id)]
+    assert stored == ["1", "none", "1.0", "1e0"]
 
 
 @pytest.mark.mosquitto
