@@ -138,6 +138,9 @@ class StrapRuntime:
     link_lost_s: float | None = None
     """When the streaming link was lost (:func:`~sensors.clock.elapsed_s`); None while
     connected or before the first connection."""
+    available: bool | None = None
+    """The ``availability`` last published (None: none yet): it is retained, so it is
+    published when it changes, not again at every failed scan of a strap that is away."""
     session_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held while a session starts or stops: two session/start commands close together
     (a double click) both found no session while the store created theirs, and the second
@@ -595,8 +598,14 @@ class Daemon:
             rt.session.connected()
 
     def _availability(self, rt: StrapRuntime, online: bool) -> None:
-        if rt.output is not None:
-            rt.output.publish("availability", "online" if online else "offline", 1, True)
+        """Publish the strap's retained availability when it changes. Repeated at every failed
+        scan while the strap was away, each copy was broker traffic that said nothing new and
+        re-triggered the Home Assistant automations watching the strap go unavailable. (The
+        link keeps the latest retained value and publishes it again after a broker outage.)"""
+        if rt.output is None or rt.available == online:
+            return
+        rt.available = online
+        rt.output.publish("availability", "online" if online else "offline", 1, True)
 
     def _on_notification(self, rt: StrapRuntime, n: object) -> None:
         from sensors.strap import Notification

@@ -22,16 +22,19 @@ from bleak import BleakScanner
 from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
 
+from feedback.mqtt import MqttLink
 from sensors.strap import CONNECT_HINT, StrapClient
 from sensors.virtual.air import VirtualAir
 from sensors.virtual.backend import BumbleBleakClient
 from sensors.virtual.model import ModelParams, PhysioModel
 from sensors.virtual.strap import VirtualStrap
 from sessions.store import SessionState, SessionStore
+from settle.broker_options import connect_options
 from settle.config import load_config
 from settle.daemon import Daemon
 from settle.errors import SensorError
-from tests.test_e2e import CONFIG
+from tests.conftest import Mosquitto
+from tests.test_e2e import CONFIG, Collector
 
 
 async def until(cond: Callable[[], bool], timeout_s: float = 15.0) -> None:
@@ -518,3 +521,40 @@ async def test_a_long_absence_is_one_disconnected_event_and_one_line_when_back(
     assert len(back) == 1 and back[0].levelno == logging.INFO
     away_s = float(back[0].getMessage().split("after ")[1].split(" s")[0])
     assert away_s >= 30.0  # session seconds, as the gap is recorded
+
+
+@pytest.mark.mosquitto
+async def test_a_long_absence_publishes_offline_once(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """The retained `availability` said `offline` again after every failed scan while the
+    strap was away (one per scan, for hours with a strap left at home): broker traffic
+    that changed nothing, and each one re-triggered the Home Assistant automations that
+    watch the strap go unavailable. Now a subscriber sees it change, and only then."""
+    settings = load_config(
+        CONFIG,
+        mqtt={"host": mosquitto.host, "port": mosquitto.port},
+        storage={"db_path": tmp_path / "s.db"},
+        homeassistant={"enabled": False},
+    )
+    async with Collector(mosquitto.host, mosquitto.port) as col, VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=9), speed=20)
+        await strap.start()
+        client = client_for(air, strap, _CountsScans, scan_timeout_s=0.3)
+        assert isinstance(client, _CountsScans)
+        with SessionStore.open(settings.db_path) as store:
+            async with MqttLink(connect_options(settings)) as link:
+                daemon = Daemon(settings, store, [client], link=link, time_scale=20)
+                task = asyncio.create_task(daemon.run())
+                rt = daemon.runtimes[0]
+                try:
+                    await until(lambda: rt.session is not None and rt.session.seq > 10)
+                    await strap.drop(reappear_after_s=1.5)  # 30 session seconds away
+                    await until(lambda: rt.reconnects == 1 and rt.state == "streaming")
+                finally:
+                    daemon.stop()
+                    await asyncio.wait_for(task, 10)
+            async with asyncio.timeout(10):
+                await col.offline.wait()  # bridge/state offline: the link's last message
+        await strap.stop()
+    assert client.scans_failed >= 1  # scans failed while it was away (each said offline)
+    avail = [p.decode() for t, p, _ in col.messages if t.endswith("/availability")]
+    assert avail == ["online", "offline", "online", "offline"]  # the last one: the stop
