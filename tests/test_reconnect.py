@@ -311,17 +311,18 @@ async def test_the_session_message_follows_catching_up_after_a_hold_start(
 
 @contextlib.asynccontextmanager
 async def _mine_and_another(
-    tmp_path: Path, beats_first: int
+    tmp_path: Path, beats_first: int, cls: type[StrapClient] = StrapClient
 ) -> AsyncIterator[tuple[VirtualAir, Daemon, Callable[[], Any], VirtualStrap, VirtualStrap]]:
     """A daemon with the default config (no address: any heart-rate strap) streaming from
-    "mine" (RR 1000 ms; ``beats_first`` beats stored), and another strap (RR 500 ms)
-    advertising beside it. Yields the air, the daemon, ``stop()`` (stops the daemon, returns
-    its store's sessions and their RR: read while the store is open) and the two straps."""
+    "mine" (RR 1000 ms; ``beats_first`` beats stored) through a ``cls`` client, and another
+    strap (RR 500 ms) advertising beside it. Yields the air, the daemon, ``stop()`` (stops the
+    daemon, returns its store's sessions and their RR: read while the store is open) and the
+    two straps."""
     settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
     async with VirtualAir() as air:
         mine = VirtualStrap(air, itertools.repeat(1000.0), speed=20, name="Polar H10 AAAA")
         await mine.start()
-        client = client_for(air, "")  # any heart-rate strap, as the default config
+        client = client_for(air, "", cls)  # any heart-rate strap, as the default config
         with SessionStore.open(settings.db_path) as store:
             daemon = Daemon(settings, store, [client], time_scale=20)
             task = asyncio.create_task(daemon.run())
@@ -368,6 +369,41 @@ async def test_a_reconnect_never_takes_another_strap_into_the_session(tmp_path: 
     assert address == mine.address
     assert len(sessions) == 1 and rr == {1000}
     assert other.sent == []  # never subscribed to
+
+
+class _IgnoresThePin(StrapClient):
+    """A client that does not honour :meth:`StrapClient.keep_to` (one written without it, or
+    whose scan matches by name): at a reconnect it takes whichever strap advertises."""
+
+    def keep_to(self, address: str) -> None:
+        pass
+
+
+async def test_a_connection_to_another_strap_is_refused_by_the_daemon_itself(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The daemon's own guard behind keep_to: a reconnect that reaches another strap's
+    address anyway is refused before anything of it is recorded. With the shipped client the
+    scan never returns another address once one has connected (``keep_to``), so this drives
+    the guard through a client that ignores the pin: the session keeps only its own strap's
+    beats and device, the status says why, and one WARNING names both addresses."""
+    caplog.set_level(logging.WARNING, logger="settle.daemon")
+    async with _mine_and_another(tmp_path, 20, _IgnoresThePin) as (_air, daemon, stop, mine, other):
+        rt = daemon.runtimes[0]
+        device_id = rt.device_id
+        await mine.drop(reappear_after_s=3600)  # away until the test ends: only the other
+        await until(lambda: rt.reconnects > 0 or "not this strap" in (rt.last_error or ""))
+        said, state, info = rt.last_error, rt.state, rt.info
+        sessions, rr = await stop()
+    assert info is not None and (info.address, info.device_id) == (mine.address, device_id)
+    assert rt.reconnects == 0 and state != "streaming"
+    assert said == f"found {other.address}, not this strap ({mine.address})"
+    assert len(sessions) == 1 and rr == {1000}
+    warned = [r.getMessage() for r in caplog.records if "not this strap" in r.getMessage()]
+    assert warned == [
+        f"{device_id}: found {other.address}, not this strap ({mine.address}); "
+        "retrying (a repeat is not logged again)"
+    ]
 
 
 async def test_a_strap_that_never_returns_is_named_beside_the_one_ignored(
