@@ -1,7 +1,9 @@
 """Configuration: ``configs/settle.toml`` (or ``--config``) → validated pydantic settings.
 
 Precedence, highest first: command-line flags, ``SETTLE_*`` environment variables (nested
-with ``__``, e.g. ``SETTLE_MQTT__PORT=1884``), the TOML file, the defaults below (which
+with ``__``, e.g. ``SETTLE_MQTT__PORT=1884``, text read by the setting's type; or a whole
+section as a JSON object, ``SETTLE_MQTT='{"port": 1884}'``, whose values must have their
+setting's type as in the file), the TOML file, the defaults below (which
 ``configs/settle.toml`` documents one for one). Nothing past :func:`load_config` touches raw
 dicts; a bad value becomes one :class:`~settle.errors.ConfigError` naming the field.
 """
@@ -361,6 +363,7 @@ def load_config(path: Path | None = None, **flags: Any) -> Settings:
     file_values = read_toml(path) if path is not None else {}
     if path is not None:
         _check_file_types(file_values, path)
+    _check_env_json_types()
 
     class _Loaded(Settings):
         @classmethod
@@ -424,30 +427,51 @@ def _origin(
     loc: tuple[str, ...], flags: dict[str, Any], file_values: dict[str, Any], path: Path | None
 ) -> str:
     """Where the value at ``loc`` came from, as the end of an error: `` (from SETTLE_…)``,
-    `` (in FILE)``; nothing for a command-line flag (the error names it) or a default."""
+    `` (in FILE)``; nothing for a command-line flag (the error names it) or a default.
 
-    def holds(d: dict[str, Any]) -> bool:
-        for part in loc:
-            if not isinstance(d, dict) or part not in d:
-                return False
-            d = d[part]
-        return True
-
-    if holds(flags):
+    Asked in the order the sources win: a flag, a ``SETTLE_MQTT__PORT`` variable, a whole
+    ``SETTLE_MQTT`` JSON object that holds the key, the file. (A set ``SETTLE_MQTT`` was
+    blamed for any ``mqtt.*`` key, even one from the file or from ``SETTLE_MQTT__PORT``.)"""
+    if _holds(flags, loc):
         return ""
     for depth in range(len(loc), 0, -1):  # SETTLE_MQTT__PORT, else a whole SETTLE_MQTT
         var = _env_var("__".join(loc[:depth]))
-        if var is not None:
+        if var is None:
+            continue
+        if depth == len(loc):
             return f" (from {var})"
-    if path is not None and holds(file_values):
+        try:
+            value = json.loads(os.environ[var])
+        except ValueError:
+            continue
+        # Keys of an environment object match their settings in any case, as pydantic-
+        # settings reads them ({"PORT": 1884} is mqtt.port).
+        if _holds(value, loc[depth:], any_case=True):
+            return f" (from {var})"
+    if path is not None and _holds(file_values, loc):
         return f" (in {path})"
     return ""
+
+
+def _holds(d: object, loc: tuple[str, ...], *, any_case: bool = False) -> bool:
+    """Whether the nested dicts ``d`` have a value at ``loc``."""
+    for part in loc:
+        if not isinstance(d, dict):
+            return False
+        key = part if part in d else None
+        if key is None and any_case:
+            key = next((k for k in d if isinstance(k, str) and k.lower() == part.lower()), None)
+        if key is None:
+            return False
+        d = d[key]
+    return True
 
 
 _TOML_NAMES = {
     bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array",
     dict: "a table",
 }  # fmt: skip
+_JSON_NAMES = {**_TOML_NAMES, dict: "an object", type(None): "null"}
 _EXPECTED = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
 
 
@@ -474,21 +498,56 @@ def _check_file_types(file_values: dict[str, Any], path: Path) -> None:
         if model is not None and isinstance(values, dict):
             checks.append((f"{name}.", values, model))
     for prefix, values, model in checks:
-        for key, value in values.items():
-            field = model.model_fields.get(key)
-            kind = None if field is None else toml_kind(field.annotation)
-            if kind is None:
-                continue
-            ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                ok = True  # window_s = 60
-            if not ok:
-                got = next((w for t, w in _TOML_NAMES.items() if isinstance(value, t)), None)
-                raise ConfigError(
-                    prefix + key,
-                    f"expected {_EXPECTED[kind]}, not {got or 'a ' + type(value).__name__}"
-                    f"{_got(prefix + key, value)} (in {path})",
-                )
+        _check_types(prefix, values, model, f" (in {path})", _TOML_NAMES)
+
+
+def _check_env_json_types() -> None:
+    """A whole section given as a JSON object in one variable (``SETTLE_MQTT='{"port":
+    1884}'``) is held to the file's rule: JSON has types, so each value must have its
+    setting's (``true`` is a boolean, ``1884`` a number, ``"1884"`` a string). pydantic
+    took ``{"port": true}`` as port 1 and ``{"correction": "yes"}`` as true. A value that
+    is not JSON, or not an object, is left to the model's own error."""
+    for name in Settings.model_fields:
+        model = _section(name)
+        var = _env_var(name) if model is not None else None
+        if model is None or var is None:
+            continue
+        try:
+            values = json.loads(os.environ[var])
+        except ValueError:
+            continue
+        if isinstance(values, dict):
+            _check_types(f"{name}.", values, model, f" (from {var})", _JSON_NAMES, any_case=True)
+
+
+def _check_types(
+    prefix: str,
+    values: dict[str, Any],
+    model: type[BaseModel],
+    where: str,
+    names: dict[type, str],
+    *,
+    any_case: bool = False,
+) -> None:
+    """Refuse the first value in ``values`` whose type is not its setting's TOML type
+    (an int for a float setting is fine); ``where`` ends the error, ``names`` name the
+    type found. Unknown keys are left to the model."""
+    for key, value in values.items():
+        name = key.lower() if any_case and isinstance(key, str) else key
+        field = model.model_fields.get(name)
+        kind = None if field is None else toml_kind(field.annotation)
+        if kind is None:
+            continue
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True  # window_s = 60
+        if not ok:
+            got = next((w for t, w in names.items() if isinstance(value, t)), None)
+            raise ConfigError(
+                prefix + name,
+                f"expected {_EXPECTED[kind]}, not {got or 'a ' + type(value).__name__}"
+                f"{_got(prefix + name, value)}{where}",
+            )
 
 
 def _section(name: str) -> type[BaseModel] | None:

@@ -156,6 +156,68 @@ def test_environment_text_is_still_parsed(monkeypatch: pytest.MonkeyPatch) -> No
     assert (s.mqtt.port, s.processing.correction, s.processing.window_s) == (1884, False, 30.0)
 
 
+@pytest.mark.parametrize(
+    ("var", "value", "field", "words"),
+    [
+        ("SETTLE_MQTT", '{"port": true}', "mqtt.port",
+         "expected a whole number, not a boolean (got true)"),
+        ("SETTLE_MQTT", '{"port": "1884"}', "mqtt.port",
+         "expected a whole number, not a string (got '1884')"),
+        ("SETTLE_MQTT", '{"port": 1884.0}', "mqtt.port", "expected a whole number, not a float"),
+        ("SETTLE_PROCESSING", '{"correction": "yes"}', "processing.correction",
+         "expected true or false, not a string (got 'yes')"),
+        ("SETTLE_PROCESSING", '{"Correction": 1}', "processing.correction",
+         "expected true or false, not an integer (got 1)"),
+        ("SETTLE_PROCESSING", '{"window_s": "60"}', "processing.window_s",
+         "expected a number, not a string (got '60')"),
+        ("SETTLE_MQTT", '{"ca_file": null}', "mqtt.ca_file", "expected a string, not null"),
+        ("SETTLE_MQTT", '{"password": 12345}', "mqtt.password",
+         "expected a string, not an integer (from"),
+    ],
+)  # fmt: skip
+def test_a_json_section_value_of_the_wrong_type_is_refused(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, field: str, words: str
+) -> None:
+    """A whole section as JSON in one variable has JSON's types and is held to the file's
+    rule: pydantic took `{"port": true}` as port 1 and `{"correction": "yes"}` as true."""
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as exc:
+        load_config(CONFIG)
+    assert str(exc.value).startswith(f"config: {field}: {words}")
+    assert str(exc.value).endswith(f"(from {var})")
+    assert "12345" not in str(exc.value)
+
+
+def test_a_json_section_of_the_right_types_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SETTLE_MQTT", '{"port": 1884, "tls": false, "host": "broker.lan"}')
+    monkeypatch.setenv("SETTLE_PROCESSING", '{"window_s": 30, "baseline_s": 90.5}')
+    s = load_config(CONFIG)
+    assert (s.mqtt.port, s.mqtt.tls, s.mqtt.host) == (1884, False, "broker.lan")
+    assert (s.processing.window_s, s.processing.baseline_s) == (30.0, 90.5)
+
+
+def test_an_error_names_the_source_that_holds_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A set SETTLE_MQTT was blamed for every bad mqtt.* key, even one from the file."""
+    f = tmp_path / "c.toml"
+    f.write_text("[mqtt]\nport = 0\n")
+    monkeypatch.setenv("SETTLE_MQTT", '{"host": "broker.lan"}')
+    with pytest.raises(ConfigError, match=rf"mqtt\.port: .* \(got 0\) \(in {f}\)$"):
+        load_config(f)
+    f.write_text("[mqtt]\nprot = 1\n")
+    with pytest.raises(ConfigError, match=rf"mqtt\.prot: unknown setting \(in {f}\)$"):
+        load_config(f)
+    monkeypatch.setenv("SETTLE_MQTT", '{"host": "broker.lan", "prot": 1}')
+    with pytest.raises(ConfigError, match=r"mqtt\.prot: unknown setting \(from SETTLE_MQTT\)$"):
+        load_config(f)
+    f.write_text("")
+    monkeypatch.setenv("SETTLE_MQTT", '{"port": 1884}')
+    monkeypatch.setenv("SETTLE_MQTT__PORT", "0")  # wins over the object's port
+    with pytest.raises(ConfigError, match=r"\(got '0'\) \(from SETTLE_MQTT__PORT\)$"):
+        load_config(f)
+
+
 def test_every_setting_has_a_toml_type() -> None:
     """The file type check covers every setting: a new kind of field must be added to it."""
     from settle.config import toml_kind
