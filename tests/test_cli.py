@@ -864,3 +864,34 @@ def test_force_onto_a_pipe_is_refused_not_a_hang(tmp_path: Path) -> None:
         res = settle(*args, "--force", "--db", str(db), timeout=30)
         assert res.returncode != 0 and "not a regular file" in res.stderr, (args, res.stderr)
         assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_directory_at_the_output_name_is_exit_2_with_or_without_force(tmp_path: Path) -> None:
+    """`settle report --out DIR --force` with a directory where the report's PNG goes exited
+    1 (as if the disk had failed; docs/operations.md: an output path of the wrong kind is
+    2), and without --force said "file exists (use --force to replace it)", which could not
+    help. trends the same; export already refused it with 2."""
+    db = tmp_path / "s1.db"
+    with SessionStore.open(db) as store:
+        sid = store.create_session("dev", 1_795_000_000_000, "x", {}).id
+        store.finish_session(sid, 1_795_000_060_000)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f"settle-{sid}-report.png").mkdir()
+    (out / "settle-trends.png").mkdir()
+    (out / f"settle-{sid}.csv").mkdir()
+    for args in (
+        ["report", sid, "--out", str(out)],
+        ["trends", "--out", str(out)],
+        ["export", sid, "--out", str(out)],
+    ):
+        for force in (["--force"], []):
+            res = settle(*args, *force, "--db", str(db))
+            assert res.returncode == 2, (args, force, res.stderr)
+            (line,) = res.stderr.strip().splitlines()
+            assert line.startswith(f"settle: error: {out}/settle-"), line
+            assert line.endswith(": is a directory (name a file)"), line
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"settle-{sid}-report.png", "settle-trends.png", f"settle-{sid}.csv"]
+    )  # the report's HTML was not written beside it
+    assert all(not any(p.iterdir()) for p in out.iterdir())
