@@ -58,6 +58,7 @@ async def serve(
     time_scale: float = 1.0,
     gc_thresholds: tuple[int, int, int] | None = GC_THRESHOLDS,
     banner: str | None = None,
+    dashboard: DashboardConfig | None = None,
 ) -> int:
     """Run until ``duration`` seconds passed, every ``finished`` awaitable is done, or a
     stop signal (Ctrl-C, SIGTERM) arrives. Returns the process exit code.
@@ -66,7 +67,9 @@ async def serve(
     of the config (``[strap] address``, or the first Heart Rate Service strap found).
     ``gc_thresholds``: see :func:`tune_garbage_collector` (None: leave the interpreter's).
     ``banner``: the first console line, printed once this daemon holds the store (a second
-    daemon on the same store is refused without announcing itself first)."""
+    daemon on the same store is refused without announcing itself first).
+    ``dashboard``: the dashboard's settings as :func:`dashboard_config` made them (the CLI
+    checks them first); default: made here, before anything is opened or printed."""
     output: ConsoleOutput | None = None
     if console is None:
         output = ConsoleOutput(sys.stdout)
@@ -87,6 +90,11 @@ async def serve(
         for address in (addresses or [s.address])
     ]
     try:
+        if settings.http.enabled and dashboard is None:
+            # A token file that cannot be used is a config error: said before the banner,
+            # not after it as if the daemon had started (it was read only when the
+            # dashboard came up).
+            dashboard = dashboard_config(settings)
         store = SessionStore.open(settings.db_path)
         damage = store.damage()
         if damage is not None:
@@ -127,11 +135,11 @@ async def serve(
                 link = attach_link(daemon, settings, broker)
                 daemon.watch_home_assistant()
             _print_banner(out, settings, broker)
-            if settings.http.enabled:
+            if settings.http.enabled and dashboard is not None:
                 control = DaemonControl(daemon, scanner_kwargs)
                 try:
-                    dashboard = await stack.enter_async_context(
-                        Dashboard(hub, control, store, dashboard_config(settings))
+                    served = await stack.enter_async_context(
+                        Dashboard(hub, control, store, dashboard)
                     )
                 except DashboardError as exc:
                     # Measuring matters more than the page: say so once and go on — also
@@ -143,8 +151,8 @@ async def serve(
                 else:
                     # In the fragment, which no browser sends to any server (nor a proxy
                     # logs); the page takes it from there (docs/dashboard.md, Security).
-                    token = f"#token={dashboard.config.token}" if dashboard.config.token else ""
-                    out.print(f"  http:    {dashboard.url}{token}", markup=False)
+                    token = f"#token={served.config.token}" if served.config.token else ""
+                    out.print(f"  http:    {served.url}{token}", markup=False)
             if on_broker is not None:
                 await on_broker(broker)
             async with link if link is not None else contextlib.nullcontext():

@@ -29,6 +29,7 @@ from settle.console import cell, err, fail, one_line, out, print_table
 from settle.errors import ConfigError, SettleError, shown
 
 if TYPE_CHECKING:
+    from feedback.dashboard import DashboardConfig
     from feedback.mqtt import ConnectOptions
 
 app = typer.Typer(
@@ -72,6 +73,20 @@ def _check_broker_options(settings: Settings) -> None:
 
     try:
         connect_options(settings)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+
+
+def _check_dashboard_options(settings: Settings) -> DashboardConfig | None:
+    """The dashboard's settings, its token file read (or made) now: one that cannot be used
+    (unreadable, readable by others, too short, not text) was found only once the daemon's
+    banner said it had started. None without the dashboard."""
+    if not settings.http.enabled:
+        return None
+    from settle.app import dashboard_config
+
+    try:
+        return dashboard_config(settings)
     except ConfigError as exc:
         fail(str(exc), 2)
 
@@ -275,6 +290,7 @@ def demo(
         demo={"speed": speed, "replay": replay, "seed": seed, "ecg": ecg},
     )
     _check_broker_options(settings)
+    dashboard = _check_dashboard_options(settings)
     if settings.demo.replay is not None:
         from sensors.readers import read_rr_file
 
@@ -282,11 +298,16 @@ def demo(
             read_rr_file(settings.demo.replay)  # fail before starting anything
         except SettleError as exc:
             fail(str(exc))
-    _run(_demo(settings, duration, straps))
+    _run(_demo(settings, duration, straps, dashboard=dashboard))
 
 
 async def _demo(
-    settings: Settings, duration: float | None, n_straps: int, command: str = "settle demo"
+    settings: Settings,
+    duration: float | None,
+    n_straps: int,
+    command: str = "settle demo",
+    *,
+    dashboard: DashboardConfig | None = None,
 ) -> int:
     from settle.app import serve
     from settle.demo import virtual_world
@@ -304,6 +325,7 @@ async def _demo(
             banner=f"{command}: virtual strap{plural} {names} ({what}, speed {d.speed:g}x)",
             duration=duration,
             finished=[s.wait_finished() for s in world.straps] if d.replay else None,
+            dashboard=dashboard,
         )
 
 
@@ -356,13 +378,14 @@ def run(
             demo={"replay": replay, "speed": speed},
         )
         _check_broker_options(settings)
+        dashboard = _check_dashboard_options(settings)
         from sensors.readers import read_rr_file
 
         try:
             read_rr_file(replay)
         except SettleError as exc:
             fail(str(exc))
-        _run(_demo(settings, duration, 1, "settle run --replay"))
+        _run(_demo(settings, duration, 1, "settle run --replay", dashboard=dashboard))
         return
     settings = settings_from(
         config,
@@ -374,6 +397,7 @@ def run(
         strap={"address": address},
     )
     _check_broker_options(settings)
+    dashboard = _check_dashboard_options(settings)
     addresses = None
     if not settings.strap.address and not settings.strap.name:
         try:
@@ -400,6 +424,7 @@ def run(
             source="ble",
             duration=duration,
             addresses=addresses,
+            dashboard=dashboard,
         )
     )
 

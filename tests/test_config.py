@@ -490,6 +490,72 @@ def test_a_token_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     assert f"settle: error: config: http.token_file: {token} is not UTF-8 text" in res.stderr
 
 
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("directory", "cannot read {token}: Is a directory"),
+        ("0644", "{token} is readable by others (chmod 600 it)"),
+        ("short", "{token} holds a token of 5 characters; use at least"),
+    ],
+)
+@pytest.mark.parametrize("command", [["demo"], ["run", "--replay", "REPLAY"]])
+def test_a_bad_token_file_is_refused_before_the_daemon_says_it_started(
+    tmp_path: Path, kind: str, words: str, command: list[str]
+) -> None:
+    """The token file was read only when the dashboard came up: the banner ("settle demo:
+    virtual strap …", mqtt, store, stop lines) said the daemon had started, then came the
+    config error. Now it is one line before anything, exit 2, no store made."""
+    import os
+
+    from tests.conftest import DATA
+
+    token = tmp_path / "tok"
+    if kind == "directory":
+        token.mkdir()
+    else:
+        token.write_text("abcde\n" if kind == "short" else "0123456789abcdefghijklmnop\n")
+        token.chmod(0o644 if kind == "0644" else 0o600)
+    f = tmp_path / "c.toml"
+    f.write_text(f'[http]\nport = 0\ntoken_file = "{token}"\nrequire_token = true\n')
+    env = {**os.environ, "SETTLE_HTTP__ENABLED": "true"}
+    args = [str(DATA / "pyhrv_nni_short.csv") if a == "REPLAY" else a for a in command]
+    res = run_cli(*args, "--duration", "2", "--no-mqtt", "--config", str(f),
+                  "--db", str(tmp_path / "s.db"), env=env)  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert res.stdout == ""
+    (line,) = res.stderr.splitlines()
+    assert line.startswith("settle: error: config: http.token_file: " + words.format(token=token))
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_serve_refuses_a_bad_token_file_before_its_banner(tmp_path: Path) -> None:
+    """serve() itself (every caller, not only the CLI's check) reads the token file before
+    it opens the store or prints a line."""
+    import asyncio
+    import io
+
+    from rich.console import Console
+
+    from settle.app import serve
+
+    token = tmp_path / "tok"
+    token.mkdir()
+    settings = load_config(
+        CONFIG,
+        http={"enabled": True, "token_file": str(token), "require_token": True, "port": 0},
+        mqtt={"enabled": False},
+        storage={"db_path": str(tmp_path / "s.db")},
+    )
+    buf = io.StringIO()
+    with pytest.raises(ConfigError, match=r"http\.token_file: cannot read"):
+        asyncio.run(
+            serve(settings, scanner_kwargs={}, client_kwargs={}, source="ble",
+                  console=Console(file=buf), banner="settle run: started", handle_signals=False)
+        )  # fmt: skip
+    assert buf.getvalue() == ""
+    assert not (tmp_path / "s.db").exists()
+
+
 def test_a_password_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     pw = tmp_path / "pw"
     pw.write_bytes(b"\xff\xfepassword")
