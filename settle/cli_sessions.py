@@ -60,6 +60,14 @@ DbOpt = Annotated[
 SessionArg = Annotated[str, typer.Argument(help="Session id, unique id prefix, or 'latest'.")]
 
 FORMAT_NAMES = ("csv", "json", "edf", "bids", "kubios")
+
+NOTES_APPEND_MAX_CHARS = 10_000
+"""Characters one ``log set --notes`` may append: five times a marker's text (2000, over
+MQTT, the dashboard and ``log import``), a page or two of prose."""
+NOTES_MAX_CHARS = 100_000
+"""Characters of notes a session keeps in all (the blank lines between appends counted):
+notes are read with every session (``sessions list``, History) and copied into its report
+and JSON export, so appending cannot grow them without bound."""
 TARGET_NAMES = ("self", "future", "relational", "free")
 
 
@@ -472,7 +480,13 @@ def log_set(
     statement: Annotated[str | None, typer.Option(help="The statement held.")] = None,
     practice: Annotated[str | None, typer.Option(help="Practice kind.")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Add a tag (repeatable).")] = None,
-    notes: Annotated[str | None, typer.Option(help="Append to the session's notes.")] = None,
+    notes: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Append to the session's notes (at most {NOTES_APPEND_MAX_CHARS} characters; "
+            f"a session keeps at most {NOTES_MAX_CHARS}).",
+        ),
+    ] = None,
     baseline: Annotated[
         str | None, typer.Option(metavar="START:STOP", help="Baseline period, seconds.")
     ] = None,
@@ -542,6 +556,10 @@ def log_set(
             _fail(f"{option}: at most {most} characters, got {len(text)}", 2)
         if control_character(text, lines=False) is not None:
             _fail(f"{option}: control characters are not allowed, got {shown(text)}", 2)
+    if notes is not None and len(notes) > NOTES_APPEND_MAX_CHARS:
+        # It took any length, and any number of appends: megabytes of notes went into the
+        # store, and with them into every `sessions list`, report and JSON export.
+        _fail(f"--notes: at most {NOTES_APPEND_MAX_CHARS} characters, got {len(notes)}", 2)
     # Notes may hold tab and line breaks (a marker's text may), nothing else: an escape
     # sequence went into the store, the report and History unchecked.
     bad = None if notes is None else control_character(notes, lines=True)
@@ -598,6 +616,17 @@ def log_set(
                 if tag:
                     store.add_tags(info.id, tag)
                 if notes:
+                    # Read inside the write transaction: two appends at once cannot both
+                    # pass on the same old length.
+                    held = store.get(info.id).notes
+                    total = len(held) + 2 + len(notes) if held else len(notes)
+                    if total > NOTES_MAX_CHARS:
+                        _fail(
+                            f"--notes: session {info.id} keeps at most {NOTES_MAX_CHARS} "
+                            f"characters of notes; it holds {len(held)}, and this would make "
+                            f"{total}",
+                            2,
+                        )
                     store.append_notes(info.id, notes)
                 if bounds is not None:
                     store.set_baseline(info.id, BaselinePeriod(*bounds))

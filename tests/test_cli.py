@@ -895,3 +895,45 @@ def test_a_directory_at_the_output_name_is_exit_2_with_or_without_force(tmp_path
         [f"settle-{sid}-report.png", "settle-trends.png", f"settle-{sid}.csv"]
     )  # the report's HTML was not written beside it
     assert all(not any(p.iterdir()) for p in out.iterdir())
+
+
+def test_log_set_notes_are_bounded_per_append_and_per_session(tmp_path: Path) -> None:
+    """`settle log set --notes` took any length and any number of appends: 100 000
+    characters at once, or the same note again and again, all went into the store (and
+    every `sessions list`, report and JSON export). Now 10 000 characters an append and
+    100 000 a session, refused in one line, exit 2, nothing stored."""
+    from typer.testing import CliRunner
+
+    from settle.cli import app
+
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as store:
+        sid = store.create_session("dev", 1_795_000_000_000, "x", {}).id
+    runner = CliRunner()
+    args = ["log", "set", sid, "--db", str(db), "--notes"]
+    refused = ["--tag", "refused"]  # all or nothing: not stored either
+
+    res = runner.invoke(app, [*args, "x" * 10_001, *refused])
+    assert res.exit_code == 2, res.output
+    assert res.output == "settle: error: --notes: at most 10000 characters, got 10001\n"
+    with SessionStore.open(db) as store:
+        assert (store.get(sid).notes, store.get(sid).tags) == ("", ())
+
+    for i in range(9):  # 9 × 10 000 + 8 blank-line separators
+        res = runner.invoke(app, [*args, str(i) * 10_000])
+        assert res.exit_code == 0, res.output
+    with SessionStore.open(db) as store:
+        held = store.get(sid).notes
+    assert len(held) == 90_016
+    res = runner.invoke(app, [*args, "y" * 9_983, *refused])  # 90 016 + 2 + 9 983 = 100 001
+    assert res.exit_code == 2, res.output
+    assert res.output == (
+        f"settle: error: --notes: session {sid} keeps at most 100000 characters of notes; "
+        "it holds 90016, and this would make 100001\n"
+    )
+    with SessionStore.open(db) as store:
+        assert (store.get(sid).notes, store.get(sid).tags) == (held, ())
+    res = runner.invoke(app, [*args, "y" * 9_982])  # exactly 100 000: taken
+    assert res.exit_code == 0, res.output
+    with SessionStore.open(db) as store:
+        assert len(store.get(sid).notes) == 100_000
