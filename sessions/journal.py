@@ -5,8 +5,9 @@ Three layouts are read (``fmt="auto"`` picks by extension, then by the first lin
 ``text``
     One entry per line, ``HH:MM[:SS[.fff]] text``; the text may start with a marker kind and
     a colon (``14:05:10 shame: it came back``; any case, a space or ``_`` for the hyphen:
-    ``Hold start:``), else the kind is ``note``. Blank lines and lines starting with ``#``
-    are skipped.
+    ``Hold start:``), else the kind is ``note``. Blank lines (nothing but spaces and tabs)
+    and lines starting with ``#`` are skipped; a line that only looks blank because it holds
+    a form feed, U+2028 or another control character is refused, in every format.
 ``csv``
     A header row, then one entry per row. Columns: exactly one time column — ``t_s``
     (seconds since session start), ``time`` (``HH:MM[:SS]`` local clock time, or an ISO 8601
@@ -210,11 +211,33 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
     yield from enumerate(_split_lines(text), start=1)
 
 
+def _blank(path: Path, line: int, raw: str) -> bool:
+    """Whether line ``line`` is blank (nothing, or spaces and tabs only), to be skipped.
+
+    A line that only looks blank to :meth:`str.strip` — a form feed, a vertical tab, U+2028,
+    U+2029, NEL or FS/GS/RS/US, alone or among spaces — is refused as any other line holding
+    a control character is: it was skipped without a word, though it is no blank line to the
+    person who wrote the journal and may be the one trace of a damaged file."""
+    if raw.strip():
+        return False
+    bad = control_character(raw, lines=True)
+    if bad is not None:
+        raise _fail(
+            path,
+            line,
+            f"control character {bad!r} on an otherwise blank line "
+            "(a blank line holds nothing but spaces and tabs)",
+        )
+    return True
+
+
 def _parse_text(path: Path, text: str) -> list[JournalEntry]:
     out = []
     for n, raw in _lines(text):
+        if _blank(path, n, raw):
+            continue
         stripped = raw.strip()
-        if not stripped or stripped.startswith("#"):
+        if stripped.startswith("#"):
             continue
         # The whole line: the pattern's \s would take a form feed or U+2028 between the time
         # and the text (or before the time) for a space.
@@ -240,7 +263,7 @@ def _parse_text(path: Path, text: str) -> list[JournalEntry]:
 def _parse_jsonl(path: Path, text: str) -> list[JournalEntry]:
     out = []
     for n, raw in _lines(text):
-        if not raw.strip():
+        if _blank(path, n, raw):
             continue
         try:
             obj = json.loads(raw)
@@ -282,7 +305,7 @@ def _parse_csv(path: Path, text: str) -> list[JournalEntry]:
         out = []
         for cells in reader:
             n = reader.line_num
-            if not any(c.strip() for c in cells):
+            if _blank(path, n, "".join(cells)):
                 continue
             if len(cells) != len(cols):
                 raise _fail(path, n, f"expected {len(cols)} columns, got {len(cells)}")

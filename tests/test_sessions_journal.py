@@ -156,6 +156,17 @@ def test_importing_twice_does_not_duplicate(store: SessionStore, sid: str, tmp_p
         ("za.txt", "09:01:00\x1cshame: y\n", 1, r"control character '\x1c'"),  # between
         ("zb.jsonl", '{"t_s": 1, "text": "ok"}\n{"t_s": 2, "text": "a\u2028b"}\n', 2, r"'\u2028'"),
         ("zc.csv", "t_s,text\n1,a\x1db\n", 2, r"control character '\x1d'"),
+        # A line holding nothing but such a character was skipped as blank (str.strip takes
+        # it for white space): no blank line to whoever wrote it, maybe a damaged file.
+        (
+            "zd.txt",
+            "09:01:00 ok\n \t \n\x0c\n09:02:00 x\n",
+            3,
+            r"'\x0c' on an otherwise blank line",
+        ),
+        ("ze.txt", "09:01:00 ok\n  \u2028\n", 2, r"control character '\u2028' on an otherwise"),
+        ("zf.jsonl", '{"t_s": 1, "text": "a"}\n\n\u2029\n', 3, r"character '\u2029' on an other"),
+        ("zg.csv", "t_s,text\n1,a\n\x0b,\n", 3, r"control character '\x0b' on an otherwise"),
     ],
 )
 def test_bad_lines_are_named_and_nothing_is_imported(
