@@ -5,7 +5,8 @@ never writes onto the session store it reads (its database file or the ``-wal``,
 and ``-journal`` files SQLite keeps beside it, compared as resolved paths, so a symbolic link
 to them counts too), it does not replace an existing file unless ``force`` is given, and a
 one-file format's file name must end in its extension (:data:`SUFFIXES`; an existing
-directory gets the default name). Each refusal raises :class:`ExportRefused`. A BIDS
+directory gets the default name), and no name may be longer than the file system takes
+(:func:`name_too_long`). Each refusal raises :class:`ExportRefused`. A BIDS
 export writes into a dataset directory and keeps its behaviour there (a session exported
 again replaces its own files), but its ``out`` must not be the store either, and a subject
 that holds sessions of another strap there is refused unless ``force``
@@ -14,6 +15,7 @@ that holds sessions of another strap there is refused unless ``force``
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Literal, get_args
@@ -32,7 +34,14 @@ from sessions.files import (
 )
 from sessions.store import SessionStore
 
-__all__ = ["FORMATS", "STORE_SIBLINGS", "ExportFormat", "ExportRefused", "export_session"]
+__all__ = [
+    "FORMATS",
+    "STORE_SIBLINGS",
+    "ExportFormat",
+    "ExportRefused",
+    "export_session",
+    "name_too_long",
+]
 
 ExportFormat = Literal["csv", "json", "edf", "bids", "kubios"]
 FORMATS: tuple[str, ...] = get_args(ExportFormat)
@@ -74,12 +83,20 @@ def export_session(
         raise ExportError(Path(str(out).replace("\x00", "\\0")), "path contains a NUL byte")
     out = Path(out)
     protected = _store_files(store.path)
+    # A name longer than the file system takes is a path of the wrong kind, as Kubios' side
+    # file named after one (exit code 2, nothing read or written): it was "cannot use this
+    # path: File name too long", exit 1, for csv, json and edf, and a traceback for bids.
+    if (why := name_too_long(out)) is not None:
+        raise ExportRefused(out, why)
     try:
         planned = [out] if fmt == "bids" else _planned_files(fmt, out, session_id, rr_source)
-    except OSError as exc:  # e.g. a name longer than the file system allows
+    except OSError as exc:  # the path cannot be looked at (a directory without permission)
         raise ExportError(out, f"cannot use this path: {exc.strerror or exc}") from None
     except ExportError as exc:  # Kubios' side file named after a file name too long for it
         raise ExportRefused(exc.path, exc.reason) from None
+    for path in planned:
+        if (why := name_too_long(path)) is not None:  # out/<default name> past PATH_MAX
+            raise ExportRefused(path, why)
     for path in planned:
         real = _resolved(path)
         if real is not None and real in protected:
@@ -128,6 +145,34 @@ def export_session(
             store, session_id, out, progress=progress, rr_source=rr_source, replace=force
         )
     raise ValueError(f"unknown export format {fmt!r}")
+
+
+#: Longest file name taken where the directory does not say, bytes (ext4, XFS, btrfs, APFS).
+_NAME_MAX = 255
+
+
+def name_too_long(path: Path) -> str | None:
+    """Why the file system cannot take ``path`` (one line: its name, or the whole path, is
+    longer than it takes), or None. Asked of the system (``lstat`` fails with
+    ``ENAMETOOLONG``), so the limit is that of the file system ``path`` would be on."""
+    try:
+        os.lstat(path)
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            return None  # missing, or any other trouble: the export says it where it matters
+    else:
+        return None
+    size = len(os.fsencode(path.name))
+    try:
+        most = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):  # the parent's own name too long, no pathconf
+        most = _NAME_MAX
+    if size > most:
+        return (
+            f"the file name is {size} bytes, more than the file system takes ({most}): "
+            "choose a shorter file name"
+        )
+    return f"the path is {len(os.fsencode(path))} bytes, longer than the system takes"
 
 
 def _planned_files(fmt: str, out: Path, session_id: str, rr_source: str) -> list[Path]:

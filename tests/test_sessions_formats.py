@@ -1017,3 +1017,32 @@ def test_every_export_says_which_strap_recorded_it(store: SessionStore, tmp_path
         markers = list(csv.DictReader(fh))
     assert markers and {m["device_id"] for m in markers} == {"polar_h10_a1b2c3d4"}
     assert read_rr_file(rr).fmt == "rr-per-line"  # the file Kubios reads is unchanged
+
+
+def test_a_name_longer_than_the_file_system_takes_is_a_bad_output_path(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """An output name longer than the file system takes is a path of the wrong kind (exit
+    code 2, docs/operations.md), one line, nothing written — as Kubios' side file named
+    after one already was. csv, json and edf said "cannot use this path: File name too
+    long", exit code 1, and bids ended in a traceback (OSError from Path.is_dir)."""
+    from settle.cli import app
+
+    sid = _build(store, ecg=False)
+    most = os.pathconf(tmp_path, "PC_NAME_MAX")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    runner = CliRunner()
+    for fmt, ext in (("csv", ".csv"), ("json", ".json"), ("edf", ".edf"), ("bids", "")):
+        out = out_dir / ("n" * (most + 1 - len(ext)) + ext)
+        res = runner.invoke(
+            app, ["export", "latest", "--format", fmt, "--out", str(out), "--db", str(store.path)]
+        )
+        assert res.exit_code == 2 and res.output.count("\n") == 1, (fmt, res.output)
+        assert res.output.startswith(f"settle: error: {out}: the file name is {most + 1} bytes")
+        assert f"more than the file system takes ({most})" in res.output
+    for fmt, ext in (("csv", ".csv"), ("bids", ""), ("kubios", ".txt")):
+        out = out_dir / ("n" * (most + 1 - len(ext)) + ext)
+        with pytest.raises(ExportRefused, match=r"more than the file system takes"):
+            export_session(store, sid, fmt, out)  # type: ignore[arg-type]
+    assert list(out_dir.iterdir()) == []
