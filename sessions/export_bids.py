@@ -15,6 +15,7 @@ task label ``settle``)::
     <sub>/<ses>/beh/<sub>_<ses>_task-settle_recording-ecg_physio.tsv.gz / .json  (if ECG)
     <sub>/<ses>/beh/<sub>_<ses>_task-settle_events.tsv      markers, gaps, baseline, not analysed
     <sub>/<ses>/beh/<sub>_<ses>_task-settle_events.json     column descriptions
+    <sub>/<ses>/<sub>_<ses>_scans.tsv                        filename, acq_time of each physio file
 
 ``*_physio.tsv.gz``: gzip, tab-separated, **no header row** (the sidecar's ``Columns`` names
 them): ``rr_ms`` (RR in ms, tachogram interpolated at 4 Hz; artefact-corrected where
@@ -40,6 +41,11 @@ A session's files are written into a hidden staging folder beside ``<ses>`` and 
 place together, replacing an earlier export of the same session whole: an interrupted export
 (Ctrl-C) leaves the dataset as it was, never a session folder with some of its files.
 
+``*_scans.tsv``: one row per physio file, ``filename`` (relative to the session folder,
+``beh/…``) and ``acq_time``, the session's start (its first sample) in UTC,
+``YYYY-MM-DDThh:mm:ss.ffffffZ``: BIDS allows no UTC offset, and a time without ``Z`` is read
+in the time zone of whoever looks at the dataset.
+
 ``*_events.tsv``: ``onset`` (s), ``duration`` (s, 0 for markers), ``trial_type`` (marker kind,
 ``gap``, ``baseline``, ``not-analysed`` — the spans the physio file leaves ``n/a`` around
 ``implausible``/``warmup`` beats, their classes in ``text`` — or ``ecg-not-recorded`` — the
@@ -50,6 +56,7 @@ become spaces.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import gzip
 import io
 import json
@@ -87,7 +94,14 @@ from sessions.series import (
 from sessions.store import SessionRecord, SessionStore
 from settle.errors import shown
 
-__all__ = ["BIDS_VERSION", "DEVICE_FIELD", "bids_label", "export_bids", "strap_conflict"]
+__all__ = [
+    "BIDS_VERSION",
+    "DEVICE_FIELD",
+    "acq_time",
+    "bids_label",
+    "export_bids",
+    "strap_conflict",
+]
 
 BIDS_VERSION = "1.8.0"
 TASK = "settle"
@@ -247,6 +261,23 @@ _EVENTS_JSON: dict[str, Any] = {
     },
     "text": {"Description": "The practitioner's note; for Settle's own rows, what they mean"},
 }
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def acq_time(started_ms: int) -> str:
+    """A ``*_scans.tsv`` ``acq_time``: the instant ``started_ms`` (epoch ms) in UTC, as BIDS
+    writes a date-time (``YYYY-MM-DDThh:mm:ss.ffffffZ``; no offset is allowed, and without
+    ``Z`` it would be read in the reader's local time zone). Exact to the millisecond."""
+    t = _EPOCH + dt.timedelta(milliseconds=started_ms)
+    return f"{t:%Y-%m-%dT%H:%M:%S}.{t.microsecond:06d}Z"
+
+
+def _scans_tsv(filenames: list[str], started_ms: int) -> bytes:
+    when = acq_time(started_ms)
+    rows = ["filename\tacq_time", *(f"{name}\t{when}" for name in filenames)]
+    return ("\n".join(rows) + "\n").encode("utf-8")
 
 
 def _write(root: Path, path: Path, data: bytes) -> None:
@@ -506,5 +537,11 @@ def _write_session(
         progress(2, 3)
     _write(root, beh / f"{stem}_events.tsv", _events_tsv(rec, holes, span_s).encode("utf-8"))
     _write(root, beh / f"{stem}_events.json", _json_bytes(_EVENTS_JSON))
+    # When each recording began (both files start at the session start): the sidecars' own
+    # StartTime is 0, relative to it, so without this the dataset held no date at all but
+    # the Settle-specific SettleStartedMs.
+    physio = sorted(p.name for p in beh.iterdir() if p.name.endswith("_physio.tsv.gz"))
+    scans = _scans_tsv([f"{beh.name}/{name}" for name in physio], info.started_ms)
+    _write(root, beh.parent / f"{sub}_{ses}_scans.tsv", scans)
     if progress is not None:
         progress(3, 3)

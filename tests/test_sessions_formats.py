@@ -5,6 +5,7 @@ back by Settle's RR reader), CSV v2 columns; path safety; progress; the CLI."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import gzip
 import json
 import os
@@ -581,16 +582,33 @@ def test_bids_passes_the_official_validator(store: SessionStore, tmp_path: Path)
     assert events[0] == "onset\tduration\ttrial_type\tsource\ttext"
     assert events[2].split("\t") == ["12.5", "0.0", "hold-start", "cli", "I am safe"]
     assert len(events[3].split("\t")) == 5  # tab and newline in the text were flattened
+    # When the recording began, in the dataset itself (the sidecars' StartTime is 0, relative
+    # to it): BIDS' *_scans.tsv, filename relative to the session folder, acq_time in UTC.
+    scans = (beh.parent / f"sub-p01_ses-{sid.replace('-', '')}_scans.tsv").read_text()
+    start = "2026-11-18T11:06:40.123000Z"  # T0_MS
+    assert scans.splitlines() == [
+        "filename\tacq_time",
+        f"beh/{stem}_physio.tsv.gz\t{start}",
+        f"beh/{stem}_recording-ecg_physio.tsv.gz\t{start}",
+    ]
+    assert round(dt.datetime.fromisoformat(start).timestamp() * 1000) == T0_MS
 
     res = subprocess.run([*cmd, str(root), "--json"], capture_output=True, text=True, timeout=60)
     report = json.loads(res.stdout)
     errors = [(i["key"], i.get("reason")) for i in report["issues"]["errors"]]
     assert errors == [] and res.returncode == 0, errors
 
-    # The validator is a real check: a broken sidecar is reported.
+    # The validator is a real check: a broken sidecar is reported, and so are an acq_time
+    # with a UTC offset (BIDS allows none: hence UTC with Z) and a file scans.tsv names
+    # that is not there.
     (beh / f"{stem}_physio.json").write_text('{"Columns": ["rr_ms", "hr_bpm"]}')
+    scans_path = beh.parent / f"sub-p01_ses-{sid.replace('-', '')}_scans.tsv"
+    scans_path.write_text(
+        scans.replace(start, "2026-11-18T12:06:40.123000+01:00").replace("_physio", "_phys")
+    )
     res = subprocess.run([*cmd, str(root), "--json"], capture_output=True, text=True, timeout=60)
-    assert res.returncode != 0 and json.loads(res.stdout)["issues"]["errors"]
+    keys = {i["key"] for i in json.loads(res.stdout)["issues"]["errors"]}
+    assert res.returncode != 0 and {"ACQTIME_FMT", "SCANS_FILENAME_NOT_MATCH_DATASET"} <= keys
 
 
 def test_kubios_rr_reads_back_and_markers_side_file(store: SessionStore, tmp_path: Path) -> None:
