@@ -20,10 +20,12 @@ no third-party writer is needed. Layout:
   prefilter field says; physical range fixed at :data:`ECG_RANGE_UV` (1 µV per digital
   step); samples beyond it are clipped to its edge and annotated;
 * ``EDF Annotations`` — markers as ``kind: text``, gaps as ``gap: reason`` with their
-  duration, the baseline as ``baseline`` with its duration, spans whose RR depends on beats
-  that are not analysed as ``not analysed: implausible`` / ``not analysed: warmup`` with
-  their duration, clipped ECG as :data:`ECG_CLIPPED` with its duration, every stretch of
-  the ECG signal without recorded ECG as :data:`ECG_NOT_RECORDED` with its duration, the
+  duration, the baseline as ``baseline`` with its duration, at onset 0 the exact start with
+  its UTC offset (``recording start: …``: the header holds local time), spans whose RR
+  depends on beats that are not analysed as ``not analysed: implausible`` / ``not analysed:
+  warmup`` with their duration, clipped ECG as :data:`ECG_CLIPPED` with its duration, every
+  stretch of the ECG signal without recorded ECG as :data:`ECG_NOT_RECORDED` with its
+  duration, the
   intention at onset 0 as three annotations (``intention target: …``, ``intention statement: …``,
   ``intention practice: …``). A text longer than
   :data:`MAX_ANNOTATION_BYTES` UTF-8 bytes (what EDFlib-based readers such as pyedflib and
@@ -38,11 +40,15 @@ missing in both RR and HR too. ECG holds 0 µV (digital 0) where it was not reco
 its first sample, across holes in it such as a dropped frame, after its last sample), and
 every such stretch is annotated :data:`ECG_NOT_RECORDED`.
 
-Time: the header start date/time is the session start in **UTC**, truncated to the second
-(EDF has no time zone field); the sub-second part of the start is carried by the EDF+
-time-keeping annotation of each record, so annotation onsets are
+Time: the header start date/time is the session start in **local time** — the clock of the
+place it was recorded, as the EDF+ specification has it (EDF has no time zone field), read in
+the time zone of the computer exporting (``TZ`` overrides it) — truncated to the second;
+the recording field's ``Startdate`` is that local date. The sub-second part of the start is
+carried by the EDF+ time-keeping annotation of each record, so annotation onsets are
 ``started_ms % 1000 / 1000 + t_s`` seconds after the header start, and the first sample of
-each signal is at session time ``t_s = 0``.
+each signal is at session time ``t_s = 0``; the offset of that local time from UTC is in an
+annotation at onset 0, ``recording start: <ISO 8601 with milliseconds and offset>``
+(:func:`recording_start`), which gives the exact instant.
 """
 
 from __future__ import annotations
@@ -76,9 +82,12 @@ __all__ = [
     "ECG_RANGE_UV",
     "HR_RANGE_BPM",
     "MAX_ANNOTATION_BYTES",
+    "RECORDING_START",
     "RR_RANGE_MS",
     "export_edf",
+    "local_start",
     "patient_field",
+    "recording_start",
 ]
 
 _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
@@ -104,6 +113,8 @@ _CLIP_MERGE_S = 1.0
 #: sample, a dropped frame, after the last): the signal holds 0 µV there, which a recorded
 #: 0 µV cannot be told from without it.
 ECG_NOT_RECORDED = "ECG not recorded (0 uV here)"
+#: Start of the annotation at onset 0 that gives the start's UTC offset (:func:`recording_start`).
+RECORDING_START = "recording start"
 
 #: Longest annotation text written, UTF-8 bytes: EDFlib (pyedflib, EDFbrowser) keeps this
 #: many of each annotation; a longer text is cut on a character boundary and ends in "…".
@@ -186,9 +197,25 @@ def _tal(onset: float, duration: float | None, text: str) -> bytes:
     return (head + "\x14" + _clean(text) + "\x14\x00").encode("utf-8")
 
 
+def local_start(started_ms: int) -> dt.datetime:
+    """The header's start: the instant ``started_ms`` (epoch ms) on the local clock of the
+    computer exporting (its time zone; ``TZ`` overrides it), to the whole second, with its
+    UTC offset (``tzinfo``)."""
+    return dt.datetime.fromtimestamp(started_ms // 1000, tz=dt.UTC).astimezone()
+
+
+def recording_start(started_ms: int) -> str:
+    """The text of the annotation at onset 0 that completes the header's local start:
+    ``recording start: 2026-11-18T16:36:40.123+05:30`` (ISO 8601: the same local time with
+    its milliseconds and its offset from UTC, i.e. the exact instant)."""
+    when = local_start(started_ms) + dt.timedelta(milliseconds=started_ms % 1000)
+    return f"{RECORDING_START}: {when.isoformat(timespec='milliseconds')}"
+
+
 def _annotations(rec: SessionRecord, end_s: float) -> list[tuple[float, float | None, str]]:
-    out: list[tuple[float, float | None, str]] = []
     info = rec.info
+    # First at 0: the header's start is local time, and EDF has no field for its time zone.
+    out: list[tuple[float, float | None, str]] = [(0.0, None, recording_start(info.started_ms))]
     if info.intention is not None:
         # One annotation per field: no separator that a statement could also contain.
         i = info.intention
@@ -250,7 +277,10 @@ def _header(
     record_s: int,
     ann_samples: int,
 ) -> bytes:
-    start = dt.datetime.fromtimestamp(rec.info.started_ms // 1000, tz=dt.UTC)
+    # Local time, as the EDF+ specification has it (what EDFbrowser and pyedflib
+    # show as the start): the header held UTC, so a session begun at 07:30 in Berlin read
+    # 06:30. The sub-second part and the UTC offset are in annotations (recording_start).
+    start = local_start(rec.info.started_ms)
     ns = len(signals) + 1
     recording = (
         f"Startdate {start.day:02d}-{_MONTHS[start.month - 1]}-{start.year} "

@@ -4,6 +4,7 @@ back by Settle's RR reader), CSV v2 columns; path safety; progress; the CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import gzip
@@ -12,6 +13,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,12 @@ from typer.testing import CliRunner
 from sensors.readers import read_rr_file
 from sessions.export import export_csv, read_export_csv
 from sessions.export_bids import export_bids
-from sessions.export_edf import ECG_NOT_RECORDED, MAX_ANNOTATION_BYTES, export_edf
+from sessions.export_edf import (
+    ECG_NOT_RECORDED,
+    MAX_ANNOTATION_BYTES,
+    export_edf,
+    recording_start,
+)
 from sessions.export_json import export_json, read_export_json
 from sessions.export_kubios import export_kubios, markers_file
 from sessions.exporters import FORMATS, ExportRefused, export_session
@@ -53,6 +60,29 @@ ECG_FS = 130
 def store(tmp_path: Path) -> Iterator[SessionStore]:
     with SessionStore.open(tmp_path / "s.db") as s:
         yield s
+
+
+@contextlib.contextmanager
+def _local_time(zone: str) -> Iterator[None]:
+    """The exporting computer's time zone is ``zone`` (``TZ``) inside the block."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = zone
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+@pytest.fixture
+def kolkata() -> Iterator[None]:
+    """Local time UTC+05:30 all year: an EDF header in UTC cannot pass for it."""
+    with _local_time("Asia/Kolkata"):
+        yield
 
 
 def _build(store: SessionStore, *, ecg: bool = True) -> str:
@@ -140,7 +170,7 @@ def test_json_round_trips_exactly_with_a_manifest(store: SessionStore, tmp_path:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_edf_reads_back_with_pyedflib(store: SessionStore, tmp_path: Path) -> None:
+def test_edf_reads_back_with_pyedflib(store: SessionStore, tmp_path: Path, kolkata: None) -> None:
     pyedflib = dev_dependency("pyedflib")
     sid = _build(store)
     path = export_edf(store, sid, tmp_path / "s.edf")
@@ -149,7 +179,7 @@ def test_edf_reads_back_with_pyedflib(store: SessionStore, tmp_path: Path) -> No
         assert f.getSignalLabels() == ["RR", "HR", "ECG"]
         assert list(f.getSampleFrequencies()) == [4.0, 4.0, float(ECG_FS)]
         assert f.getPhysicalDimension(0) == "ms" and f.getPhysicalDimension(2) == "uV"
-        start = f.getStartdatetime()
+        start = f.getStartdatetime()  # naive: the local clock time
         assert int(start.replace(microsecond=0).timestamp()) == T0_MS // 1000
         assert f.file_duration == pytest.approx(np.ceil(rec.beats[-1].beat_t_s + 1), abs=1)
         rr = f.readSignal(0)
@@ -175,12 +205,53 @@ def test_edf_reads_back_with_pyedflib(store: SessionStore, tmp_path: Path) -> No
         (0.0, -1.0, "intention practice: hold"),
         (0.0, -1.0, "intention statement: I am safe"),
         (0.0, -1.0, "intention target: self"),
+        (0.0, -1.0, "recording start: 2026-11-18T16:36:40.123+05:30"),
         (0.0, 120.0, "baseline"),
         (12.5, -1.0, "hold-start: I am safe"),
         (40.0, end_s - 40.0, ECG_NOT_RECORDED),  # the ECG's 40 s ended before the beats
         (60.25, -1.0, 'shame: tab here, "quoted" newline ö'),
         (100.0, 4.0, "gap: disconnected"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("zone", "date", "clock", "offset"),
+    [
+        ("Asia/Kolkata", "18.11.26", "16.36.40", "+05:30"),
+        ("Pacific/Kiritimati", "19.11.26", "01.06.40", "+14:00"),  # the next day there
+        ("America/New_York", "18.11.26", "06.06.40", "-05:00"),
+    ],
+)
+def test_edf_header_starts_at_the_local_time_with_its_offset_annotated(
+    store: SessionStore, tmp_path: Path, zone: str, date: str, clock: str, offset: str
+) -> None:
+    """The EDF+ specification's start date and time are the local time of the recording (EDF
+    has no time zone field), which EDFbrowser and pyedflib show as the start: the
+    header held UTC, so a session begun at 16:36 in Kolkata read 11:06. The offset is an
+    annotation at 0 with the exact start; every onset stays relative to the header's start,
+    so header + onset is each marker's local clock time."""
+    pyedflib = dev_dependency("pyedflib")
+    sid = store.create_session("dev", T0_MS, "x", {}).id
+    store.add_beats(sid, [BeatRow(i, 0.8 * (i + 1), T0_MS, 800.0) for i in range(40)])
+    store.add_markers(sid, [MarkerRow(12.5, T0_MS + 12_500, "shame", "x", MarkerSource.CLI)])
+    store.finish_session(sid, T0_MS + 33_000)
+    with _local_time(zone):
+        path = export_edf(store, sid, tmp_path / "s.edf")
+        marker_clock = dt.datetime.fromtimestamp((T0_MS + 12_500) / 1000)  # naive, local
+    head = path.read_bytes()[:256]
+    assert head[168:184].decode() == date + clock
+    assert head[88:168].decode().startswith(f"Startdate {date[:2]}-NOV-2026 {sid} ")
+    with pyedflib.EdfReader(str(path)) as f:
+        start = f.getStartdatetime().replace(microsecond=0)  # pyedflib <= 0.1.42: ms / 10
+        onsets, _durations, texts = f.readAnnotations()
+    assert f"{start:%d.%m.%y%H.%M.%S}" == date + clock
+    stamp = f"{start:%Y-%m-%dT%H:%M:%S}.123{offset}"
+    assert texts.tolist() == [f"recording start: {stamp}", "shame: x"]
+    assert round(dt.datetime.fromisoformat(stamp).timestamp() * 1000) == T0_MS  # exact
+    # The onsets are the session's t_s after the exact start (its .123 s in the time-keeping
+    # annotation), so the header's start plus an onset is the marker's local clock time.
+    assert onsets.tolist() == [0.0, 12.5]
+    assert start + dt.timedelta(seconds=0.123 + onsets[1]) == marker_clock
 
 
 def _pulses(t_s: np.ndarray) -> np.ndarray:
@@ -292,6 +363,7 @@ def test_edf_beats_not_analysed_are_missing_in_rr_and_hr_never_clipped(
     assert edf_rr.max() > 3900.0
     got = sorted(zip(onsets.tolist(), durations.tolist(), texts.tolist(), strict=True))
     assert got == [
+        (0.0, -1.0, recording_start(T0_MS)),
         (0.0, pytest.approx(bt[4]), "not analysed: warmup"),
         (pytest.approx(bt[19]), pytest.approx(bt[21] - bt[19]), "not analysed: implausible"),
     ]
@@ -363,12 +435,13 @@ def test_edf_annotation_texts_are_unambiguous_and_cut_visibly(
         warnings.simplefilter("error")  # pyedflib warns when a text is not valid UTF-8
         with pyedflib.EdfReader(str(export_edf(store, sid, tmp_path / "s.edf"))) as f:
             _onsets, _durations, texts = f.readAnnotations()
-    assert texts.tolist()[:3] == [
+    assert texts.tolist()[:4] == [
+        recording_start(T0_MS),
         "intention target: self",
         "intention statement: safe | sound",
         "intention practice: a|b",
     ]
-    long = texts.tolist()[3]
+    long = texts.tolist()[4]
     assert long.startswith("note: €€€") and long.endswith("€…")
     assert len(long.encode("utf-8")) <= MAX_ANNOTATION_BYTES == 512
 
@@ -413,6 +486,7 @@ def test_edf_size_does_not_grow_with_the_notes_at_one_moment(
         (t, -1.0, f"note: {t:g} {k:02d} " + "n" * 400) for t in (300.0, 900.5) for k in range(12)
     ]
     assert got == [
+        (0.0, -1.0, recording_start(T0_MS)),
         (0.0, -1.0, "intention target: self"),
         (0.0, -1.0, "intention statement: " + "s" * 480),
         (0.0, -1.0, "intention practice: " + "p" * 100),
