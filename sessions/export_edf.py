@@ -11,7 +11,8 @@ no third-party writer is needed. Layout:
   modest room, rather than every record padded to the most annotations of any one second;
 * signal ``RR`` — RR interval in ms, resampled at 4 Hz by linear interpolation of the
   tachogram (artefact-corrected RR where correction has run, else raw), physical range
-  0–5000 ms;
+  0–5000 ms; the samples drawn from a corrected interval are annotated
+  (:func:`corrected_spans`);
 * signal ``HR`` — heart rate ``60000 / RR`` in beats/min at 4 Hz, physical range 0–600;
 * signal ``ECG`` — only when raw ECG was recorded: µV at the recorded rate rounded to whole
   Hz, resampled onto that grid by band-limited (windowed-sinc) interpolation within each
@@ -21,13 +22,13 @@ no third-party writer is needed. Layout:
   step); samples beyond it are clipped to its edge and annotated;
 * ``EDF Annotations`` — markers as ``kind: text``, gaps as ``gap: reason`` with their
   duration, the baseline as ``baseline`` with its duration, at onset 0 the exact start with
-  its UTC offset (``recording start: …``: the header holds local time), spans whose RR
+  its UTC offset (``recording start: …``: the header holds local time), the RR/HR samples
+  drawn from artefact-corrected intervals as ``corrected: <classes>``, spans whose RR
   depends on beats that are not analysed as ``not analysed: implausible`` / ``not analysed:
   warmup`` with their duration, clipped ECG as :data:`ECG_CLIPPED` with its duration, every
   stretch of the ECG signal without recorded ECG as :data:`ECG_NOT_RECORDED` with its
-  duration, the
-  intention at onset 0 as three annotations (``intention target: …``, ``intention statement: …``,
-  ``intention practice: …``). A text longer than
+  duration, the intention at onset 0 as three annotations (``intention target: …``,
+  ``intention statement: …``, ``intention practice: …``). A text longer than
   :data:`MAX_ANNOTATION_BYTES` UTF-8 bytes (what EDFlib-based readers such as pyedflib and
   EDFbrowser keep) is cut and ends in ``…``; the CSV, JSON and BIDS exports hold it whole.
 
@@ -74,9 +75,11 @@ from sessions.series import (
     not_analysed_spans,
     rr_on_grid,
 )
-from sessions.store import EcgSeries, SessionRecord, SessionStore
+from sessions.store import BeatClass, BeatRow, EcgSeries, SessionRecord, SessionStore
 
 __all__ = [
+    "CORRECTED",
+    "CORRECTED_CLASSES",
     "ECG_CLIPPED",
     "ECG_NOT_RECORDED",
     "ECG_RANGE_UV",
@@ -84,6 +87,7 @@ __all__ = [
     "MAX_ANNOTATION_BYTES",
     "RECORDING_START",
     "RR_RANGE_MS",
+    "corrected_spans",
     "export_edf",
     "local_start",
     "patient_field",
@@ -115,6 +119,18 @@ _CLIP_MERGE_S = 1.0
 ECG_NOT_RECORDED = "ECG not recorded (0 uV here)"
 #: Start of the annotation at onset 0 that gives the start's UTC offset (:func:`recording_start`).
 RECORDING_START = "recording start"
+#: Beat classes whose RR artefact correction replaced (``docs/sessions.md``, beat classes):
+#: the RR and HR signals are drawn from the corrected interval there, not the measured one.
+CORRECTED_CLASSES = (
+    BeatClass.ECTOPIC,
+    BeatClass.LONG,
+    BeatClass.SHORT,
+    BeatClass.MISSED,
+    BeatClass.EXTRA,
+)
+#: Start of the annotation over RR/HR samples computed from corrected intervals
+#: (:func:`corrected_spans`): ``corrected: ectopic``, ``corrected: missed, long``.
+CORRECTED = "corrected"
 
 #: Longest annotation text written, UTF-8 bytes: EDFlib (pyedflib, EDFbrowser) keeps this
 #: many of each annotation; a longer text is cut on a character boundary and ends in "…".
@@ -234,6 +250,44 @@ def _annotations(rec: SessionRecord, end_s: float) -> list[tuple[float, float | 
     for start, end, classes in not_analysed_spans(rec.beats):
         out.append((start, end - start, f"not analysed: {classes}"))
     out.sort(key=lambda a: a[0])  # stable: the intention's fields stay in order
+    return out
+
+
+def corrected_spans(
+    beats: Sequence[BeatRow], rr: npt.NDArray[np.float64], fs_hz: float
+) -> list[tuple[float, float | None, str]]:
+    """``(onset s, duration s, "corrected: <classes>")`` for every run of samples of ``rr``
+    (the RR series at ``k / fs_hz``, NaN where it has no data, as
+    :func:`sessions.series.rr_on_grid` makes it) whose value is interpolated from at least
+    one beat of :data:`CORRECTED_CLASSES` — an artefact-corrected interval rather than a
+    measured one. ``classes`` names the classes of those beats in time order. The duration
+    covers the last such sample's period, as for :func:`sessions.series.ecg_holes`.
+
+    A sample on a beat takes that beat's RR; one between two beats mixes both. A spurious
+    beat correction merged away (``extra`` without a corrected RR) is not in the series;
+    the beat after it, which carries the merged interval, is ``extra`` too."""
+    kept = sorted(
+        (b for b in beats if not (b.beat_class == BeatClass.EXTRA and b.rr_corrected_ms is None)),
+        key=lambda b: b.beat_t_s,
+    )
+    corrected = np.array([b.beat_class in CORRECTED_CLASSES for b in kept], dtype=bool)
+    if not corrected.any():
+        return []
+    bt = np.array([b.beat_t_s for b in kept], dtype=np.float64)
+    t = np.arange(rr.shape[0], dtype=np.float64) / fs_hz
+    idx = np.flatnonzero(np.isfinite(rr) & (t >= bt[0]) & (t <= bt[-1]))
+    k = np.searchsorted(bt, t[idx], side="right") - 1
+    nxt = np.minimum(k + 1, bt.shape[0] - 1)
+    from_next = (t[idx] != bt[k]) & corrected[nxt]
+    flags = np.zeros(rr.shape[0], dtype=np.int8)
+    flags[idx[corrected[k] | from_next]] = 1
+    edges = np.diff(np.concatenate(([0], flags, [0])))
+    out: list[tuple[float, float | None, str]] = []
+    for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
+        lo, hi = np.searchsorted(idx, a), np.searchsorted(idx, b)
+        here = k[lo:hi][corrected[k[lo:hi]]].tolist() + nxt[lo:hi][from_next[lo:hi]].tolist()
+        names = dict.fromkeys(str(kept[j].beat_class) for j in sorted(set(here)))
+        out.append((float(a / fs_hz), float((b - a) / fs_hz), f"{CORRECTED}: {', '.join(names)}"))
     return out
 
 
@@ -378,8 +432,11 @@ def export_edf(
         span = max(span, annotations[-1][0])
     frac = (info.started_ms % 1000) / 1000.0
     # The record length follows from the longest TAL a record must hold with its time-keeping
-    # TAL; the ECG's annotations are made on the record grid, so they are estimated here.
+    # TAL; the ECG's and the corrected RR's annotations are made on the signals' grid, so they
+    # are estimated here (the latter with every class named).
     ecg_texts = [] if ecg is None or ecg.fs_hz is None else [ECG_CLIPPED, ECG_NOT_RECORDED]
+    if any(b.beat_class in CORRECTED_CLASSES for b in rec.beats):
+        ecg_texts.append(f"{CORRECTED}: {', '.join(CORRECTED_CLASSES)}")
     record_s = _record_seconds(
         _longest_record(frac, span, [*annotations, *((span, span, t) for t in ecg_texts)])
     )
@@ -393,6 +450,11 @@ def export_edf(
     ok = (rr >= RR_RANGE_MS[0]) & (rr <= RR_RANGE_MS[1])
     ok &= (hr >= HR_RANGE_BPM[0]) & (hr <= HR_RANGE_BPM[1])
     rr, hr = np.where(ok, rr, np.nan), np.where(ok, hr, np.nan)
+    # Which samples come from an artefact-corrected interval, not a measured one: EDF has
+    # no field for it, and a reader could not tell them apart (annotations, as the spans
+    # without data are: EDFbrowser lists and shades them, MNE reads them into annotations).
+    annotations += corrected_spans(rec.beats, rr, DEFAULT_FS_HZ)
+    annotations.sort(key=lambda a: a[0])  # stable, as in _annotations
     resampled = f"tachogram linearly interpolated at {fs_rr} Hz"
     signals = [
         _Signal("RR", "ms", *RR_RANGE_MS, fs_rr * record_s, rr, resampled, "chest strap RR"),

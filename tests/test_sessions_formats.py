@@ -201,6 +201,13 @@ def test_edf_reads_back_with_pyedflib(store: SessionStore, tmp_path: Path, kolka
         onsets, durations, texts = f.readAnnotations()
     # pyedflib reports onsets from the exact (sub-second) start: they are session t_s.
     got = sorted(zip(onsets.tolist(), durations.tolist(), texts.tolist(), strict=True))
+    # Every 50th beat is corrected ("long"): the samples between its neighbours say so.
+    corrected = [a for a in got if a[2] == "corrected: long"]
+    got = [a for a in got if a not in corrected]
+    assert [(o, o + d) for o, d, _x in corrected] == [
+        (np.ceil(bt[max(i - 1, 0)] * 4) / 4, np.ceil(bt[i + 1] * 4) / 4)
+        for i in range(0, len(bt), 50)
+    ]
     assert got == [
         (0.0, -1.0, "intention practice: hold"),
         (0.0, -1.0, "intention statement: I am safe"),
@@ -416,6 +423,63 @@ def test_edf_and_bids_series_follow_the_corrected_intervals(
     rows = gzip.decompress(physio.read_bytes()).decode().splitlines()
     bids_rr = np.array([float(r.split("\t")[0]) for r, i in zip(rows, inside, strict=False) if i])
     assert np.abs(bids_rr - 1060.0).max() < 45.0
+
+
+def test_edf_annotates_every_rr_sample_drawn_from_a_corrected_interval(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """The RR and HR signals follow the artefact-corrected tachogram, and nothing in the file
+    said where: a researcher reading the EDF took a corrected ectopic pair for two measured
+    1000 ms intervals. Every sample whose value comes from a corrected interval is now under
+    a ``corrected: <classes>`` annotation (read back with pyedflib, as EDFbrowser and MNE
+    list them), and every sample outside one is the measured tachogram."""
+    pyedflib = dev_dependency("pyedflib")
+    sid = store.create_session("polar_h10_a1b2c3d4", T0_MS, "ble:AA:BB", {}).id
+    plan: list[tuple[float, float | None, BeatClass]] = [(1010.0, 1010.0, BeatClass.NORMAL)] * 90
+    plan[:3] = [(1010.0, None, BeatClass.WARMUP)] * 3  # no data: not annotated as corrected
+    plan[20], plan[21] = (610.0, 1010.0, BeatClass.ECTOPIC), (1410.0, 1010.0, BeatClass.ECTOPIC)
+    plan[40] = (1330.0, 1010.0, BeatClass.LONG)
+    plan[55] = (404.0, None, BeatClass.EXTRA)  # spurious, merged into the next
+    plan[56] = (606.0, 1010.0, BeatClass.EXTRA)
+    plan[70] = (2020.0, 1010.0, BeatClass.MISSED)
+    beats, t = [], 0.0
+    for i, (raw, corrected, cls) in enumerate(plan):
+        t += raw / 1000
+        beats.append(BeatRow(i, t, T0_MS + round(t * 1000), raw, None, 59, None,
+                             rr_corrected_ms=corrected, beat_class=cls))  # fmt: skip
+    store.add_beats(sid, beats)
+    store.finish_session(sid, T0_MS + round(t * 1000) + 500)
+    with pyedflib.EdfReader(str(export_edf(store, sid, tmp_path / "s.edf"))) as f:
+        rr = f.readSignal(0)
+        has = f.readSignal(0, digital=True) != -32768
+        onsets, durations, texts = f.readAnnotations()
+    marked = [
+        (o, d, x) for o, d, x in zip(onsets, durations, texts, strict=True) if "corrected" in x
+    ]
+    assert [x for _o, _d, x in marked] == [
+        "corrected: ectopic",
+        "corrected: long",
+        "corrected: extra",
+        "corrected: missed",
+    ]
+    k = np.arange(rr.shape[0]) / 4
+    covered = np.zeros(rr.shape[0], dtype=bool)
+    for onset, duration, _text in marked:
+        covered |= (k >= onset - 1e-9) & (k < onset + duration - 1e-9)
+    # A sample depends on a corrected beat when it lies on it or between it and a neighbour
+    # (the merged-away spurious beat is not in the series).
+    kept = [b for j, b in enumerate(beats) if j != 55]
+    bt = np.array([b.beat_t_s for b in kept])
+    fixed = np.array([b.beat_class not in (BeatClass.NORMAL, BeatClass.WARMUP) for b in kept])
+    depends = np.zeros_like(covered)
+    for j in np.flatnonzero(fixed):
+        depends |= (k > bt[j - 1]) & (k < bt[j + 1])
+    assert np.array_equal(covered, depends & has)
+    assert covered.sum() > 30
+    # Everywhere else the signal is what the strap measured.
+    measured = np.interp(k, bt, [b.rr_ms for b in kept])
+    assert np.allclose(rr[has & ~covered], measured[has & ~covered], atol=0.1)
+    assert not np.allclose(rr[covered], measured[covered], atol=0.1)
 
 
 def test_edf_annotation_texts_are_unambiguous_and_cut_visibly(
