@@ -88,6 +88,8 @@ def export_session(
     # path: File name too long", exit 1, for csv, json and edf, and a traceback for bids.
     if (why := name_too_long(out)) is not None:
         raise ExportRefused(out, why)
+    if _too_long(out.parent):  # a directory name no file system takes: it cannot be there
+        raise ExportError(out, f"directory {out.parent} does not exist")
     try:
         planned = [out] if fmt == "bids" else _planned_files(fmt, out, session_id, rr_source)
     except OSError as exc:  # the path cannot be looked at (a directory without permission)
@@ -151,28 +153,39 @@ def export_session(
 _NAME_MAX = 255
 
 
-def name_too_long(path: Path) -> str | None:
-    """Why the file system cannot take ``path`` (one line: its name, or the whole path, is
-    longer than it takes), or None. Asked of the system (``lstat`` fails with
-    ``ENAMETOOLONG``), so the limit is that of the file system ``path`` would be on."""
+def _too_long(path: Path) -> bool:
+    """Whether the system refuses ``path`` for its length (``ENAMETOOLONG``)."""
     try:
         os.lstat(path)
     except OSError as exc:
-        if exc.errno != errno.ENAMETOOLONG:
-            return None  # missing, or any other trouble: the export says it where it matters
-    else:
-        return None
+        return exc.errno == errno.ENAMETOOLONG
+    return False
+
+
+def name_too_long(path: Path) -> str | None:
+    """Why the system cannot take ``path`` as a name to write (one line: its own name, or the
+    whole path, is longer than it takes), or None. Asked of the system (``lstat`` fails with
+    ``ENAMETOOLONG``), so the limit is that of the file system ``path`` would be on. A
+    directory on the way with a name too long for any file system is no such case: it
+    cannot exist, which the export says as for any missing directory."""
+    if not _too_long(path):
+        return None  # missing, or any other trouble: the export says it where it matters
     size = len(os.fsencode(path.name))
     try:
         most = os.pathconf(path.parent, "PC_NAME_MAX")
-    except (OSError, ValueError):  # the parent's own name too long, no pathconf
+    except (OSError, ValueError):  # a parent that is not there, no pathconf
         most = _NAME_MAX
     if size > most:
         return (
             f"the file name is {size} bytes, more than the file system takes ({most}): "
             "choose a shorter file name"
         )
-    return f"the path is {len(os.fsencode(path))} bytes, longer than the system takes"
+    if any(len(os.fsencode(part)) > _NAME_MAX for part in path.parent.parts):
+        return None
+    return (
+        f"the path is {len(os.fsencode(path))} bytes, longer than the system takes: "
+        "choose a shorter one"
+    )
 
 
 def _planned_files(fmt: str, out: Path, session_id: str, rr_source: str) -> list[Path]:

@@ -1201,4 +1201,19 @@ def test_a_name_longer_than_the_file_system_takes_is_a_bad_output_path(
         out = out_dir / ("n" * (most + 1 - len(ext)) + ext)
         with pytest.raises(ExportRefused, match=r"more than the file system takes"):
             export_session(store, sid, fmt, out)  # type: ignore[arg-type]
+    # A path longer than the system takes is refused the same way; a directory on the way
+    # whose name no file system takes is a directory that is not there (exit code 1, as any
+    # missing directory; bids ended in a traceback).
+    deep = out_dir.joinpath(*["d" * 200] * 25)
+    for fmt, out, code, why in (
+        ("csv", deep / "x.csv", 2, "bytes, longer than the system takes"),
+        ("bids", deep, 2, "bytes, longer than the system takes"),
+        ("csv", out_dir / ("d" * (most + 1)) / "x.csv", 1, "does not exist"),
+        ("bids", out_dir / ("d" * (most + 1)) / "ds", 1, "does not exist"),
+    ):
+        res = runner.invoke(
+            app, ["export", "latest", "--format", fmt, "--out", str(out), "--db", str(store.path)]
+        )
+        assert res.exit_code == code and res.output.count("\n") == 1, (fmt, res.output)
+        assert why in res.output
     assert list(out_dir.iterdir()) == []
