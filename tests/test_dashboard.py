@@ -1601,6 +1601,20 @@ async def test_the_token_goes_to_its_dashboard_only(tmp_path: Path) -> None:
                 )
                 assert not [u for u, status, _ in seen_by_us if status == 401], seen_by_us
                 assert not await fresh.evaluate("window.__settle.lastWord")
+                # ... and takes the token pasted into its field: a wrong one is refused in
+                # the banner, the whole printed address works, and no address holds it.
+                assert await fresh.is_visible("#token-form")
+                await fresh.fill("#token-input", "not-the-token-0123456789")
+                await fresh.click("#token-form button[type=submit]")
+                await fresh.wait_for_function(
+                    "document.getElementById('banners').textContent.includes("
+                    '"The daemon refused this tab\'s token")'
+                )
+                await fresh.fill("#token-input", f"  {d.url}#token={token}\n")
+                await fresh.click("#token-form button[type=submit]")
+                await fresh.wait_for_function(heard)
+                assert not await fresh.is_visible("#token-form")
+                assert token not in fresh.url and fresh.url == f"{d.url}live"
                 # (A blob: document takes the policies of the page that made it.)
                 assert not [u for u, _, policy in seen_by_us
                             if policy != "no-referrer" and not u.startswith("blob:")]  # fmt: skip

@@ -55,6 +55,28 @@ function withToken(path) {  // the live stream's address
   u.searchParams.set("token", TOKEN);
   return u.pathname + u.search;
 }
+// A token pasted into the form the "Token required" banner shows: the token itself, or the
+// whole printed address (…/#token=… or ?token=…). Kept in this tab as the printed address
+// leaves it, then the page starts again with it (a wrong one is refused as before).
+function tokenFromPaste(text) {
+  const s = text.trim();
+  const m = /[#?&]token=([^&#\s]+)/.exec(s);
+  if (m) { try { return decodeURIComponent(m[1]); } catch { return m[1]; } }
+  return s;
+}
+document.getElementById("token-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const input = document.getElementById("token-input");
+  const given = tokenFromPaste(input.value);
+  input.value = "";
+  if (!given) { input.focus(); return; }
+  try { sessionStorage.setItem(TOKEN_KEY, given); } catch {
+    // No storage for this tab: hand it over in the fragment, as the printed address does
+    // (the page takes it out of the address again at once).
+    history.replaceState(history.state, "", `${location.pathname}${location.search}#token=${encodeURIComponent(given)}`);
+  }
+  location.reload();
+});
 // fetch with the token; a 401 is said in a banner (and in the caller's own words).
 async function api(url, init) {
   init = init || {};
@@ -282,8 +304,8 @@ function banners() {
   const alive = Date.now() - S.lastWord < STALE_MS;
   if (tokenRefused) {
     out.push(["bad", TOKEN
-      ? "The daemon refused this tab's token (it was restarted with another, or this is another daemon) — open the address it printed at start-up again (the line “http:”, ending in ?token=…)."
-      : "Token required — open the address the daemon printed at start-up (the line “http:”, ending in ?token=…); this tab then keeps the token until it is closed."]);
+      ? "The daemon refused this tab's token (it was restarted with another, or this is another daemon) — open the address it printed at start-up again (the line “http:”, ending in #token=…), or paste the token below."
+      : "Token required — open the address the daemon printed at start-up (the line “http:”, ending in #token=…), or paste the token below; this tab then keeps it until it is closed."]);
   } else if (!alive) out.push(["bad", "No word from the Settle daemon — the values shown are stale."]);
   const rt = currentRuntime();
   const d = S.device ? dev(S.device) : null;
@@ -352,6 +374,8 @@ function escapeHtml(s) {
 
 function render() {
   const live = banners();
+  const form = $("token-form");
+  if (form.hidden === tokenRefused) form.hidden = !tokenRefused;
   const pick = document.querySelector(".device-pick");
   const straps = S.devices.filter((x) => x.device_id);
   pick.hidden = straps.length < 2;
