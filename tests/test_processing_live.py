@@ -795,3 +795,71 @@ def test_a_premature_beat_before_a_dropout_is_still_an_ectopic_pair() -> None:
     cs = analyze(np.cumsum(rr) / 1000.0, rr).beats
     assert cs.classes()[40:43] == ["ectopic", "ectopic", "implausible"]
     np.testing.assert_allclose(cs.rr_ms[40:42], [1000.0, 1000.0], atol=0.5)
+
+
+def _feed_with(
+    la: LiveAnalyzer, t: np.ndarray, rr: np.ndarray, events: dict[float, object]
+) -> list[IndicesSnapshot]:
+    """:func:`_feed`, calling ``events[x](la)`` before the first beat after ``x``."""
+    snaps, nxt = [], 5.0
+    todo = sorted(events.items())
+    for ti, ri in zip(t.tolist(), rr.tolist(), strict=True):
+        while todo and todo[0][0] <= ti:
+            todo.pop(0)[1](la)  # type: ignore[operator]
+        la.push_beat(ti, ri)
+        while ti >= nxt:
+            snaps.append(la.indices(nxt))
+            nxt += 5.0
+    return snaps
+
+
+def test_a_rest_period_marked_later_leaves_earlier_marker_responses_as_shown() -> None:
+    """A marker's response is read against the baseline in force at its time. Re-read
+    against a rest period marked later, a surge shown as +14 bpm (HR not back yet) vanished
+    while the new baseline was collected and came back as −1.6 bpm, and the per-kind means
+    mixed two baselines. The score's trend starts anew with the new baseline (it carried a
+    −12.7/min slope that only measured the change of baseline)."""
+    t, rr = _model(ModelParams(duration_s=900.0).flat(), seed=5)
+    rr = rr.copy()
+    rr[(t > 200.0) & (t < 215.0)] -= 150.0  # a 15 s surge after the threat at 200 s
+    rr[t > 300.0] -= 120.0  # heart rate up for good after the shame at 300 s
+    snaps = _feed_with(LiveAnalyzer(), t, rr, {
+        200.0: lambda a: a.marker(200.0, "threat"),
+        300.0: lambda a: a.marker(300.0, "shame"),
+        450.0: lambda a: a.start_baseline(450.0),
+        580.0: lambda a: a.stop_baseline(580.0, 15.0),
+    })  # fmt: skip
+    shown = {s.t_s: {r.kind: r for r in s.responses} for s in snaps}
+    first = shown[340.0]["shame"]
+    assert first.peak_d_hr_bpm > 10.0 and math.isnan(first.recovery_s)  # up, not back
+    for t_s in np.arange(340.0, 900.0, 5.0):
+        assert shown[t_s].keys() == {"threat", "shame"}, t_s
+        assert shown[t_s]["shame"].peak_d_hr_bpm == first.peak_d_hr_bpm, t_s
+        assert shown[t_s]["threat"] == shown[340.0]["threat"], t_s
+    assert snaps[-1].baseline == "complete"
+    # No trend from scores against the old baseline once the new one is being collected.
+    assert all(math.isnan(s.trend.slope_per_min) for s in snaps if 450.0 < s.t_s < 640.0)
+
+
+def test_a_marker_just_before_a_long_dropout_keeps_its_response() -> None:
+    """A marker 27 s before a dropout has 26 of its 30 s of heart rate: read after a 5 min
+    dropout, it was not read after a 13 min one (the seconds it had were thrown away as
+    older than anything a response could need)."""
+    t, rr = _model(ModelParams(duration_s=1600.0).flat(), seed=11)
+    rr = rr.copy()
+    rr[(t > 600.0) & (t < 620.0)] -= 150.0  # a surge after the marker
+    gone = (t > 627.0) & (t < 1427.0)
+    t, rr = t[~gone], rr[~gone]
+    snaps = _feed_with(LiveAnalyzer(), t, rr, {
+        600.0: lambda a: a.marker(600.0, "threat"),
+        1426.9: lambda a: a.gap(627.0),
+    })  # fmt: skip
+    (r,) = snaps[-1].responses
+    assert 13.0 < r.peak_d_hr_bpm < 20.0 and 15.0 <= r.recovery_s <= 30.0, r
+
+
+def test_a_long_rolling_window_keeps_the_beats_its_quality_is_counted_over() -> None:
+    """With ``window_s`` = 300 s a clean recording read a signal quality of 0.44 live (the
+    beats kept for the spectra, 130 s, over a 300 s window) and 0.99 in `settle analyze`."""
+    snaps = _feed(LiveAnalyzer(window_s=300.0), *_recording("bartels_rest_supine"))
+    assert float(np.median([s.quality for s in snaps if s.t_s > 330.0])) > 0.95
