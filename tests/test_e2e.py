@@ -109,7 +109,14 @@ def check_stream(col: Collector, expected_rr: list[float]) -> str:
     duration_s = sum(expected_rr) / 1000
     assert len(indices) == int(duration_s // 5)  # one every 5 s of beat time
     late = [i for i in indices if i.t_s > 150]
-    assert all(i.settling is not None and 0 <= i.settling <= 100 for i in late)
+    assert all(0 <= i.settling <= 100 for i in late if i.settling is not None)
+    # At 60× speed a host stall of 0.1 s on a loaded machine is a 6 s gap in beat time: the
+    # windows restart and the score waits for them (the spectra's 64 s). No score for any
+    # other reason fails, and most of the session is scored.
+    restarts = [i.t_s for i in indices if i.warming_up]
+    unscored = [i.t_s for i in late if i.settling is None]
+    assert all(any(0 < t - g <= 75 for g in restarts) for t in unscored), (unscored, restarts)
+    assert len(unscored) < len(late) / 3, (unscored, restarts)
     assert all(60 < (i.hr_bpm or 0) < 90 for i in indices[2:])
     sessions = [SessionPayload.model_validate_json(p) for p in col.payloads("session")]
     assert sessions[0].state == "running"
@@ -261,7 +268,10 @@ async def test_unusable_rhythm_is_said_not_scored(mosquitto: Mosquitto, tmp_path
     indices = [IndicesPayload.model_validate_json(p) for p in col.payloads("indices")]
     late = [i for i in indices if i.t_s > 120]
     assert late and all(not i.usable and i.settling is None for i in late)
-    assert all("not sinus" in (i.reason or "") for i in late)
+    # (At 100× speed a host stall on a loaded machine can open a gap in beat time: the
+    # windows restart, and the rows after it are warming up, not yet judged. Never scored.)
+    assert all("not sinus" in (i.reason or "") for i in late if not i.warming_up)
+    assert sum(not i.warming_up for i in late) > 2 * len(late) / 3
     events = [json.loads(p)["kind"] for p in col.payloads("event")]
     assert "unusable-rhythm" in events
 
