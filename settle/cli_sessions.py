@@ -196,6 +196,13 @@ def export(
         except ExportError as exc:  # a bad option value: a usage error, before the store
             _fail(f"--subject: {exc.reason}", 2)
     out_path = Path(out_arg)
+    if not out_arg.endswith(("/", os.sep)):
+        from sessions.exporters import name_too_long
+
+        # Before anything asks the system about the path: is_dir() raised on a name too long
+        # (kubios said "File name too long", exit 1, where the other formats say this, 2).
+        if (why := name_too_long(out_path)) is not None:
+            _fail(f"{shown(out_arg)}: {why}", 2)
     if out_arg.endswith(("/", os.sep)) and fmt != "bids" and not out_path.is_dir():
         # Path() drops the trailing slash: without this, `--out missing/` would write a file
         # called `missing`. An existing file read "directory a.csv does not exist".

@@ -491,3 +491,26 @@ def test_kubios_writes_its_two_files_all_or_none(
     assert export_kubios(store, sid, target, replace=False) == target
     assert len(target.read_text().splitlines()) == 10_001
     assert side.read_text().splitlines()[1].split(",")[3] == "shame"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "edf", "kubios", "bids"])
+def test_an_output_name_longer_than_the_file_system_takes_is_a_bad_path_in_every_format(
+    store: SessionStore, tmp_path: Path, fmt: str
+) -> None:
+    """``export --format kubios --out <300-byte name>`` said "File name too long", exit 1
+    (the CLI asked is_dir() of it first, which raised), where every other format said how
+    long the name may be, exit 2: a bad output path, nothing written."""
+    from typer.testing import CliRunner
+
+    from settle.cli import app
+
+    sid = _session(store)
+    store.add_beats(sid, _beats_from_rr([800.0] * 40, [819] * 40))
+    out = tmp_path / ("x" * (os.pathconf(tmp_path, "PC_NAME_MAX") + 1))
+    res = CliRunner().invoke(
+        app, ["export", "latest", "--format", fmt, "--out", str(out), "--db", str(store.path)]
+    )
+    assert res.exit_code == 2, res.output
+    assert "more than the file system takes" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith("sessions.db")]
