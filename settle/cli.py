@@ -1177,7 +1177,7 @@ def analyze(
     ] = None,
     window: Annotated[
         float | None,
-        typer.Option("--window", help="Rolling window, 10-600 s (default processing.window_s)."),
+        typer.Option("--window", help="Rolling window, 20-600 s (default processing.window_s)."),
     ] = None,
     force: Annotated[
         bool,

@@ -203,8 +203,11 @@ class StrapConfig(_Section):
     connect_timeout_s: float = Field(20.0, gt=0, le=600)
 
 
-WINDOW_RANGE_S = (10.0, 600.0)
-"""Rolling time-domain window a config or ``settle analyze --window`` may set, s."""
+WINDOW_RANGE_S = (20.0, 600.0)
+"""Rolling time-domain window a config or ``settle analyze --window`` may set, s. At least
+20 s: a snapshot needs 10 beats in the window (``processing.live.MIN_WINDOW_BEATS``), which
+20 s holds down to 30 bpm; with 10 s allowed a heart at 50 bpm or slower was "warming up"
+for the whole session, never scored and never said why."""
 
 
 class ProcessingConfig(_Section):

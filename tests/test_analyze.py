@@ -272,11 +272,11 @@ def _one_line_error(p: subprocess.CompletedProcess[str], code: int) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("window", ["0", "-5", "nan", "inf", "1e-9", "9.9", "601", "1e9"])
+@pytest.mark.parametrize("window", ["0", "-5", "nan", "inf", "1e-9", "9.9", "19.9", "601", "1e9"])
 def test_bad_window_is_a_usage_error_not_the_files_fault(window: str) -> None:
     rec = DATA / "pyhrv_nni_short.csv"
     line = _one_line_error(_settle(str(rec), "--window", window), 2)
-    assert "--window must be 10–600 seconds (as processing.window_s)" in line
+    assert "--window must be 20–600 seconds (as processing.window_s)" in line
     assert str(rec) not in line
 
 

@@ -111,8 +111,8 @@ def test_an_error_says_where_the_value_came_from(
     with pytest.raises(ConfigError, match=r"\(got 8\) \(from SETTLE_PROCESSING\)$"):
         load_config(f)
     monkeypatch.delenv("SETTLE_PROCESSING")
-    with pytest.raises(ConfigError, match=r"\(got 9\)$"):  # a flag: it names itself
-        load_config(f, processing={"window_s": 9})
+    with pytest.raises(ConfigError, match=r"\(got 19\)$"):  # a flag: it names itself
+        load_config(f, processing={"window_s": 19})
 
 
 @pytest.mark.parametrize(

@@ -863,3 +863,17 @@ def test_a_long_rolling_window_keeps_the_beats_its_quality_is_counted_over() -> 
     beats kept for the spectra, 130 s, over a 300 s window) and 0.99 in `settle analyze`."""
     snaps = _feed(LiveAnalyzer(window_s=300.0), *_recording("bartels_rest_supine"))
     assert float(np.median([s.quality for s in snaps if s.t_s > 330.0])) > 0.95
+
+
+def test_the_shortest_window_a_config_may_set_scores_a_slow_heart() -> None:
+    """``processing.window_s`` may be as short as 20 s: a snapshot needs 10 beats in the
+    window, which 20 s hold down to 30 bpm. With 10 s allowed, a heart at 50 bpm or slower
+    was "warming up" the whole session, never scored, and nothing said why."""
+    from settle.config import WINDOW_RANGE_S
+
+    rr = 60000.0 / 32.0 + 40.0 * np.sin(np.arange(400) / 3.0)  # 32 bpm, some variability
+    t = np.cumsum(rr) / 1000.0
+    snaps = _feed(LiveAnalyzer(window_s=WINDOW_RANGE_S[0]), t, rr)
+    late = [s for s in snaps if s.t_s > 300.0]
+    assert late and not any(s.warming_up for s in late)
+    assert all(math.isfinite(s.score) for s in late)
