@@ -345,7 +345,10 @@ def _header(
             _field("0", 8),
             _field(patient_field(rec.info.device_id), 80),
             _field(recording, 80),
-            _field(f"{start:%d.%m.%y}", 8),
+            # Two-digit years mean 1985–2084 (EDF+ 2.1.3.2); outside them the spec writes
+            # "yy" and the year stands only in Startdate above (a host clock left at 1970
+            # read 2070).
+            _field(f"{start:%d.%m.}" + (f"{start:%y}" if 1985 <= start.year <= 2084 else "yy"), 8),
             _field(f"{start:%H.%M.%S}", 8),
             _field(str(256 * (ns + 1)), 8),
             _field("EDF+C", 44),

@@ -203,13 +203,15 @@ def export(
         # (kubios said "File name too long", exit 1, where the other formats say this, 2).
         if (why := name_too_long(out_path)) is not None:
             _fail(f"{shown(out_arg)}: {why}", 2)
-    if out_arg.endswith(("/", os.sep)) and fmt != "bids" and not out_path.is_dir():
+    # os.path.isdir, not Path.is_dir: on Python 3.11 the latter raises on a name too long
+    # ("File name too long", exit 1) where this says the directory does not exist.
+    if out_arg.endswith(("/", os.sep)) and fmt != "bids" and not os.path.isdir(out_path):
         # Path() drops the trailing slash: without this, `--out missing/` would write a file
         # called `missing`. An existing file read "directory a.csv does not exist".
         if os.path.lexists(out_path):
             _fail(f"{out_arg}: {out_path} is not a directory", 2)  # wrong kind of path
         _fail(f"{out_arg}: directory {out_path} does not exist")
-    if fmt == "kubios" and not out_path.is_dir():
+    if fmt == "kubios" and not os.path.isdir(out_path):
         from sessions.export_kubios import markers_file
         from sessions.files import ExportError
 

@@ -541,6 +541,8 @@ def _check_types(
         kind = None if field is None else toml_kind(field.annotation)
         if kind is None:
             continue
+        if value is None and field is not None and type(None) in get_args(field.annotation):
+            continue  # JSON null for a setting that may be unset (TOML has no null)
         ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True  # window_s = 60

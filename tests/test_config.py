@@ -170,7 +170,7 @@ def test_environment_text_is_still_parsed(monkeypatch: pytest.MonkeyPatch) -> No
          "expected true or false, not an integer (got 1)"),
         ("SETTLE_PROCESSING", '{"window_s": "60"}', "processing.window_s",
          "expected a number, not a string (got '60')"),
-        ("SETTLE_MQTT", '{"ca_file": null}', "mqtt.ca_file", "expected a string, not null"),
+        ("SETTLE_MQTT", '{"port": null}', "mqtt.port", "expected a whole number, not null"),
         ("SETTLE_MQTT", '{"password": 12345}', "mqtt.password",
          "expected a string, not an integer (from"),
     ],
@@ -194,6 +194,22 @@ def test_a_json_section_of_the_right_types_is_taken(monkeypatch: pytest.MonkeyPa
     s = load_config(CONFIG)
     assert (s.mqtt.port, s.mqtt.tls, s.mqtt.host) == (1884, False, "broker.lan")
     assert (s.processing.window_s, s.processing.baseline_s) == (30.0, 90.5)
+
+
+def test_a_json_section_may_leave_an_optional_setting_unset_with_null(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """JSON null for a setting that may be unset (a password, a token file) is no value of
+    the wrong type: refused as "expected a string, not null", it stopped a deployment that
+    writes the variable from a dict holding None. A setting that needs a value still
+    refuses it."""
+    monkeypatch.setenv("SETTLE_MQTT", '{"host": "broker.lan", "password": null}')
+    monkeypatch.setenv("SETTLE_HTTP", '{"token_file": null}')
+    s = load_config(CONFIG)
+    assert (s.mqtt.host, s.mqtt.password, s.http.token_file) == ("broker.lan", None, None)
+    monkeypatch.setenv("SETTLE_MQTT", '{"host": null}')
+    with pytest.raises(ConfigError, match=r"mqtt\.host: expected a string, not null"):
+        load_config(CONFIG)
 
 
 def test_an_error_names_the_source_that_holds_the_key(

@@ -514,3 +514,9 @@ def test_an_output_name_longer_than_the_file_system_takes_is_a_bad_path_in_every
     assert "more than the file system takes" in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith("sessions.db")]
+    if fmt != "bids":  # --out DIR/ with a directory name no file system takes: not there
+        res = CliRunner().invoke(
+            app, ["export", "latest", "--format", fmt, "--out", f"{out}/", "--db", str(store.path)]
+        )
+        assert res.exit_code == 1, res.output
+        assert f"directory {out} does not exist" in res.output, res.output

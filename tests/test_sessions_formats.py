@@ -261,6 +261,27 @@ def test_edf_header_starts_at_the_local_time_with_its_offset_annotated(
     assert start + dt.timedelta(seconds=0.123 + onsets[1]) == marker_clock
 
 
+@pytest.mark.parametrize(
+    ("started_ms", "date"),
+    [(0, "01.01.yy"), (473_385_600_000, "01.01.85"), (3_597_523_200_000, "01.01.84"),
+     (3_660_681_600_000, "01.01.yy")],
+)  # fmt: skip
+def test_edf_header_year_outside_1985_to_2084_is_yy(
+    store: SessionStore, tmp_path: Path, started_ms: int, date: str
+) -> None:
+    """EDF+ two-digit years mean 1985–2084; outside them the header says ``yy`` and the
+    year is only in the recording field's Startdate. A session recorded with the host clock
+    still at 1970 (a Pi without a real-time clock) read 2070 to a reader of the header."""
+    sid = store.create_session("dev", started_ms, "x", {}).id
+    store.add_beats(sid, [BeatRow(i, 0.8 * (i + 1), started_ms, 800.0) for i in range(40)])
+    store.finish_session(sid, started_ms + 33_000)
+    with _local_time("UTC"):
+        head = export_edf(store, sid, tmp_path / "s.edf").read_bytes()[:256]
+    assert head[168:176].decode() == date
+    year = dt.datetime.fromtimestamp(started_ms / 1000, dt.UTC).year
+    assert head[88:168].decode().startswith(f"Startdate 01-JAN-{year} ")
+
+
 def _pulses(t_s: np.ndarray) -> np.ndarray:
     """A band-limited ECG-like waveform, µV: a Gaussian "QRS" (sd 10 ms, so its spectrum is
     72 dB down at the 65 Hz Nyquist frequency) of 1500 µV every 0.83 s on a slow 200 µV
