@@ -336,16 +336,23 @@ class LiveAnalyzer:
         self._base_state = "collecting"
 
     def _freeze_marker_baselines(self, before_s: float) -> None:
-        """Give the pending markers before ``before_s`` the current baseline, if complete
-        (those during an automatic baseline that never completed wait for the next)."""
-        if self._base_state != "complete" or self._base_fast_t:
+        """Give the pending markers at or before ``before_s`` the current baseline, if
+        complete (those during an automatic baseline that never completed wait for the
+        next). A marker and a new rest period pressed within one beat carry the same time:
+        the marker was entered under the old baseline. The fast HR of the baseline's last
+        snapshots is taken as far as the beats are in (a rest period started again a second
+        after the last one stopped: its last sample's fast HR needs beats 2 s later; without
+        it the marker was left to the new baseline)."""
+        if self._base_state != "complete":
             return
+        self._advance_fast()
+        self._take_base_fast((self._fast_next or 0) - 1)
         base = (
             mean_spread(self._base_fast, SPREAD_FLOORS["hr_bpm"]),
             self._base.stats("ln_rmssd")[0],
         )
         for p in self._markers:
-            if p.base is None and p.t_s < before_s:
+            if p.base is None and p.t_s <= before_s:
                 p.base = base
 
     @property
@@ -544,6 +551,20 @@ class LiveAnalyzer:
         if self._tail and self._tail[-1][0] < self._beats_needed_from():
             self._tail = []
 
+    def _take_base_fast(self, done: int) -> None:
+        """The fast HR at the baseline snapshots whose second is in (up to ``done``)."""
+        if not (self._base_fast_t and self._base_fast_t[0] <= done):
+            return
+        grid, fast = self._fast_arrays()
+        g0 = int(grid[0]) if grid.shape[0] else done + 1
+        waiting = []
+        for g in self._base_fast_t:
+            if g > done:
+                waiting.append(g)
+            elif g >= g0 and math.isfinite(fast[g - g0]):
+                self._base_fast.append(float(fast[g - g0]))
+        self._base_fast_t = waiting
+
     def _fast_arrays(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         n = len(self._fast)
         g0 = (self._fast_next or 0) - n
@@ -562,21 +583,10 @@ class LiveAnalyzer:
         bounded however long the session."""
         self._advance_fast()
         done = (self._fast_next or 0) - 1  # the last second of fast HR computed
-        grid = fast = None
-        if self._base_fast_t and self._base_fast_t[0] <= done:
-            grid, fast = self._fast_arrays()
-            g0 = int(grid[0]) if grid.shape[0] else done + 1
-            waiting = []
-            for g in self._base_fast_t:
-                if g > done:
-                    waiting.append(g)
-                elif g >= g0 and math.isfinite(fast[g - g0]):
-                    self._base_fast.append(float(fast[g - g0]))
-            self._base_fast_t = waiting
+        self._take_base_fast(done)
         current: list[EventResponse] = []
         if self._markers:
-            if grid is None or fast is None:
-                grid, fast = self._fast_arrays()
+            grid, fast = self._fast_arrays()
             ready = self._base_state == "complete" and not self._base_fast_t
             base_hr = mean_spread(self._base_fast, SPREAD_FLOORS["hr_bpm"])
             base_ln = self._base.stats("ln_rmssd")[0]

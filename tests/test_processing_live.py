@@ -877,3 +877,45 @@ def test_the_shortest_window_a_config_may_set_scores_a_slow_heart() -> None:
     late = [s for s in snaps if s.t_s > 300.0]
     assert late and not any(s.warming_up for s in late)
     assert all(math.isfinite(s.score) for s in late)
+
+
+@pytest.mark.parametrize("restart_at", [598.0, 605.0])
+def test_a_marker_keeps_its_baseline_when_a_new_rest_period_follows_at_once(
+    restart_at: float,
+) -> None:
+    """A rest period started again a second after the last one stopped (its last sample's
+    fast HR still waited for beats 2 s later) left a marker under the old baseline to be
+    read against the new one: +9.7 bpm instead of +13.7, by the timing of a button."""
+    t, rr = _model(ModelParams(duration_s=1000.0).flat(), seed=5)
+    rr = rr.copy()
+    rr[(t > 500.0) & (t < 515.0)] -= 150.0  # a surge after the marker at 500 s
+    rr[t > 620.0] -= 60.0  # heart rate a little higher in the second rest period
+    snaps = _feed_with(LiveAnalyzer(), t, rr, {
+        450.0: lambda a: a.start_baseline(450.0),
+        500.0: lambda a: a.marker(500.0, "shame"),
+        597.0: lambda a: a.stop_baseline(597.0, 15.0),
+        restart_at: lambda a: a.start_baseline(restart_at),
+        720.0: lambda a: a.stop_baseline(720.0, 15.0),
+    })  # fmt: skip
+    (r,) = snaps[-1].responses
+    assert r.peak_d_hr_bpm > 12.5, r
+
+
+def test_a_marker_and_a_rest_period_pressed_together_read_the_old_baseline() -> None:
+    """The daemon stamps a marker and a baseline/start with the time of the latest beat:
+    pressed within one beat of each other they carry the same time, and the marker was
+    read against the new rest period (−10.3 bpm, where half a second later read +15.9)."""
+    t, rr = _model(ModelParams(duration_s=900.0).flat(), seed=5)
+    rr = rr.copy()
+    rr[(t > 300.0) & (t < 315.0)] -= 150.0
+    rr[t > 330.0] -= 100.0
+
+    def together(a: LiveAnalyzer) -> None:
+        a.marker(300.0, "shame")
+        a.start_baseline(300.0)
+
+    snaps = _feed_with(LiveAnalyzer(), t, rr, {
+        300.0: together, 600.0: lambda a: a.stop_baseline(600.0, 15.0),
+    })  # fmt: skip
+    (r,) = snaps[-1].responses
+    assert r.peak_d_hr_bpm > 12.0, r
