@@ -12,6 +12,7 @@ import os
 import shlex
 import signal
 import sys
+import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import IO, Any, Literal, cast
 
@@ -151,7 +152,9 @@ async def serve(
                 else:
                     # In the fragment, which no browser sends to any server (nor a proxy
                     # logs); the page takes it from there (docs/dashboard.md, Security).
-                    token = f"#token={served.config.token}" if served.config.token else ""
+                    # Escaped: a "+" (base64) read as a space, and the page refused it.
+                    tok = served.config.token
+                    token = f"#token={urllib.parse.quote(tok, safe='')}" if tok else ""
                     out.print(f"  http:    {served.url}{token}", markup=False)
             if on_broker is not None:
                 await on_broker(broker)

@@ -96,6 +96,13 @@ def test_token_file_is_private_and_stable(tmp_path: Path) -> None:
         load_or_create_token(path)
     path.write_text("x" * 16 + "\n")
     assert load_or_create_token(path) == "x" * 16
+    # The page sends it in a header: printable ASCII only, no spaces, at most 512.
+    for bad in ("pass word 0123456789", "mot-de-passe-très-long", "x" * 513):
+        path.write_text(bad + "\n")
+        with pytest.raises(ConfigError, match="holds a token the browser cannot send"):
+            load_or_create_token(path)
+    path.write_text("q2V+Zk9/3xYbT1+Lw0aPq7uR8sC5dE4f=\n")  # base64 is fine
+    assert load_or_create_token(path) == "q2V+Zk9/3xYbT1+Lw0aPq7uR8sC5dE4f="
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1")
 
@@ -1610,6 +1617,14 @@ async def test_the_token_goes_to_its_dashboard_only(tmp_path: Path) -> None:
                     "document.getElementById('banners').textContent.includes("
                     '"The daemon refused this tab\'s token")'
                 )
+                # Curly quotes from a chat are dropped; what is no token is said in the form
+                # (a curly-quoted one could not be sent, and the tab sat "unreachable").
+                await fresh.fill("#token-input", "not a token")
+                await fresh.click("#token-form button[type=submit]")
+                await fresh.wait_for_function(
+                    "document.getElementById('token-said').textContent"
+                    ".startsWith('That is not a Settle token')"
+                )
                 await fresh.fill("#token-input", f"  {d.url}#token={token}\n")
                 await fresh.click("#token-form button[type=submit]")
                 await fresh.wait_for_function(heard)
@@ -1619,6 +1634,22 @@ async def test_the_token_goes_to_its_dashboard_only(tmp_path: Path) -> None:
                 assert not [u for u, _, policy in seen_by_us
                             if policy != "no-referrer" and not u.startswith("blob:")]  # fmt: skip
                 assert not [r for r in referers if token in r]
+                # A tab that may keep nothing (site data blocked): a pasted token, in curly
+                # quotes as a chat copies it, is kept in the page alone — no reload with it
+                # in the address (the browser's history database kept that address).
+                blocked = await ctx.new_page()
+                await blocked.add_init_script(
+                    "Storage.prototype.setItem = () => {"
+                    " throw new DOMException('no', 'SecurityError') };"
+                )
+                await blocked.goto(f"{d.url}live")
+                await blocked.wait_for_selector("#token-form", state="visible")
+                await blocked.evaluate("window.__same_page = true")
+                await blocked.fill("#token-input", f"\u201c{token}\u201d")
+                await blocked.click("#token-form button[type=submit]")
+                await blocked.wait_for_function(heard)
+                assert await blocked.evaluate("window.__same_page === true")
+                assert blocked.url == f"{d.url}live"
                 await ctx.close()
                 # Under the page's own CSP (the contexts above bypass it for playwright's
                 # waits), opened at the printed form of the address (#token=): the report's
@@ -1648,7 +1679,7 @@ def test_the_printed_address_holds_the_token_in_its_fragment(tmp_path: Path) -> 
     the server with the first request, so in a proxy's access log too. In the fragment
     (…/#token=…) no browser sends it anywhere; the page takes it from there."""
     token = tmp_path / "tok"
-    token.write_text("s3cret-token-0123456789\n")
+    token.write_text("s3cret+token/0123456789=\n")  # base64's + read as a space unescaped
     token.chmod(0o600)
     config = tmp_path / "c.toml"
     config.write_text(f'[http]\nport = 0\ntoken_file = "{token}"\nrequire_token = true\n')
@@ -1659,7 +1690,9 @@ def test_the_printed_address_holds_the_token_in_its_fragment(tmp_path: Path) -> 
         env={**os.environ, "SETTLE_HTTP__ENABLED": "true"},
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
-    assert re.search(r"http: +http://127\.0\.0\.1:\d+/#token=s3cret-token-0123456789\n", res.stdout)
+    assert re.search(
+        r"http: +http://127\.0\.0\.1:\d+/#token=s3cret%2Btoken%2F0123456789%3D\n", res.stdout
+    )
     assert "?token=" not in res.stdout
 
 

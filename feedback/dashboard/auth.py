@@ -25,6 +25,8 @@ def is_loopback(host: str) -> bool:
 
 MIN_TOKEN_CHARS = 16
 """The shortest token a token file may hold (the generated ones have 32 characters)."""
+MAX_TOKEN_CHARS = 512
+"""The longest (a browser sends it in a header; the page checks the same range)."""
 
 
 def load_or_create_token(path: Path) -> str:
@@ -46,6 +48,15 @@ def load_or_create_token(path: Path) -> str:
                 "http.token_file",
                 f"{path} holds a token of {len(token)} characters; use at least "
                 f"{MIN_TOKEN_CHARS} (or delete the file and a random one is made)",
+            )
+        if len(token) > MAX_TOKEN_CHARS or not all("!" <= c <= "~" for c in token):
+            # The page sends it in an Authorization header, which takes printable ASCII
+            # only: a token with "é" or a space could never be used from a browser.
+            raise ConfigError(
+                "http.token_file",
+                f"{path} holds a token the browser cannot send: use at most {MAX_TOKEN_CHARS} "
+                "letters, digits and punctuation, no spaces (or delete the file and a random "
+                "one is made)",
             )
         return token
     token = secrets.token_urlsafe(24)

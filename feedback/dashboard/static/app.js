@@ -32,22 +32,28 @@ const $ = (id) => document.getElementById(id);
 // sent to every server on the host whatever its port: anyone who could listen on a port
 // got it.
 const TOKEN_KEY = "settle.token";
+// What a token file may hold (feedback/dashboard/auth.py): printable ASCII without spaces,
+// 16–512 characters — what an Authorization header can carry.
+const TOKEN_RE = /^[\x21-\x7e]{16,512}$/;
 function takeToken() {
   const u = new URL(location.href);
   const hash = new URLSearchParams(u.hash.slice(1));
-  const given = u.searchParams.get("token") || hash.get("token");
-  if (given) {
+  const raw = u.searchParams.get("token") || hash.get("token");
+  const given = raw && TOKEN_RE.test(raw) ? raw : null;
+  if (raw) {
     // Out of the address bar and this history entry (a projector or a shared screen showed it).
     u.searchParams.delete("token");
     hash.delete("token");
     const rest = hash.toString();
     history.replaceState(history.state, "", u.pathname + u.search + (rest ? "#" + rest : ""));
-    try { sessionStorage.setItem(TOKEN_KEY, given); } catch { /* private mode: this page only */ }
-    return given;
+    if (given) {
+      try { sessionStorage.setItem(TOKEN_KEY, given); } catch { /* no storage: this page only */ }
+      return given;
+    }
   }
   try { return sessionStorage.getItem(TOKEN_KEY); } catch { return null; }
 }
-const TOKEN = takeToken();
+let TOKEN = takeToken();
 let tokenRefused = false;  // the daemon answered 401: the page says what to do
 function withToken(path) {  // the live stream's address
   if (!TOKEN) return path;
@@ -58,22 +64,41 @@ function withToken(path) {  // the live stream's address
 // A token pasted into the form the "Token required" banner shows: the token itself, or the
 // whole printed address (…/#token=… or ?token=…). Kept in this tab as the printed address
 // leaves it, then the page starts again with it (a wrong one is refused as before).
+// Quotes a chat or a document put around it and invisible characters are dropped; what is
+// left must be a token (TOKEN_RE): a curly-quoted one could not be sent at all (a header
+// takes no such character) and the tab sat on "daemon unreachable" for good.
 function tokenFromPaste(text) {
-  const s = text.trim();
-  const m = /[#?&]token=([^&#\s]+)/.exec(s);
+  const s = text.replace(/[\u200b-\u200d\u2060\ufeff]/g, "").trim()
+    .replace(/^["'`<\u2018\u201c\u00ab]+|["'`>\u2019\u201d\u00bb]+$/g, "").trim();
+  const m = /(?:^|[#?&])token=([^&#\s]+)/.exec(s);
   if (m) { try { return decodeURIComponent(m[1]); } catch { return m[1]; } }
   return s;
 }
 document.getElementById("token-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const input = document.getElementById("token-input");
+  const said = document.getElementById("token-said");
   const given = tokenFromPaste(input.value);
+  if (!TOKEN_RE.test(given)) {
+    said.textContent = given
+      ? "That is not a Settle token: it has 16–512 letters, digits and punctuation, no spaces."
+      : "Paste the token, or the whole address the daemon printed.";
+    input.focus();
+    return;
+  }
   input.value = "";
-  if (!given) { input.focus(); return; }
-  try { sessionStorage.setItem(TOKEN_KEY, given); } catch {
-    // No storage for this tab: hand it over in the fragment, as the printed address does
-    // (the page takes it out of the address again at once).
-    history.replaceState(history.state, "", `${location.pathname}${location.search}#token=${encodeURIComponent(given)}`);
+  said.textContent = "";
+  try {
+    sessionStorage.setItem(TOKEN_KEY, given);
+  } catch {
+    // No storage for this tab (site data blocked): kept in this page only. Handed over in
+    // the address and reloaded, it was kept in the browser's history database.
+    TOKEN = given;
+    tokenRefused = false;
+    if (es) es.close();
+    connect();
+    render();
+    return;
   }
   location.reload();
 });
