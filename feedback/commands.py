@@ -230,7 +230,7 @@ def screen_command(name: str, payload: bytes, retained: bool) -> Screened:
     except CommandDecodeError as exc:
         return refuse(str(exc))
     if duplicate is not None:  # which of the two values was meant?
-        said = " (this result echoes neither)" if duplicate == "id" else ""
+        said = " (this result echoes neither)" if duplicate == "id" and cmd_id is None else ""
         return refuse(f"key {duplicate!r} appears twice{said}")
     if name not in COMMANDS:
         return refuse(f"unknown command {name!r} (known: {', '.join(COMMANDS)})")

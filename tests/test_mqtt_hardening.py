@@ -343,6 +343,10 @@ def test_an_id_given_twice_is_echoed_by_no_refusal() -> None:
         screen_nameless(f"settle/{DEV}/cmd", twice),
     ]
     assert [s.id for s in screened] == [None, None, None]
+    # An "id" twice in a nested object is not the command's id: echoed, and not said to be
+    # echoed by neither.
+    nested = screen_command("marker", b'{"v":1,"id":"a","x":{"id":1,"id":2}}', False)
+    assert (nested.id, nested.error) == ("a", "key 'id' appears twice")
     assert all(s.error for s in screened)
     assert screen_command("marker", large.replace(b'"id":"b",', b""), False).id == "a"
 
