@@ -267,6 +267,12 @@ class SessionAnalysis:
     """With a baseline set afterwards: the period the live score had used (s), if known."""
     rescore_why: str = ""
     """When ``baseline_rescored`` is False: :data:`RESCORE_OLD` or :data:`RESCORE_FEW`."""
+    baseline_rows: npt.NDArray[np.bool_] | None = None
+    """The rows ``baseline`` took its samples from (its mean ± 1 SD band, the live marker
+    responses' baseline); None: the rows within ``baseline``."""
+    open_baseline_t_s: float | None = None
+    """The first row of a baseline still being collected when the session ended, after
+    ``baseline`` had completed (:func:`open_baseline_from`): no live score from there on."""
 
 
 def _num(x: object) -> float:
@@ -435,17 +441,88 @@ def rhythm_summary(s: IndexSeries) -> RhythmSummary | None:
     )
 
 
+def _baseline_runs(s: IndexSeries) -> list[npt.NDArray[np.intp]]:
+    """Row indexes of each run of rows published while a baseline was collected."""
+    idx = np.flatnonzero(s.in_baseline)
+    if idx.shape[0] == 0:
+        return []
+    return np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1)
+
+
+def _completed(s: IndexSeries, run: npt.NDArray[np.intp]) -> bool:
+    """A run of baseline rows the daemon completed: a row published with the baseline
+    complete follows it (the state only goes from collecting to complete, or back to
+    collecting when a rest period is started)."""
+    return bool(s.running[int(run[-1]) + 1 :].any())
+
+
+def session_baseline_s(rec: SessionRecord) -> float:
+    """The automatic baseline's length the session was recorded with
+    (``meta.settings.baseline_s``; 120 s, the default, when not recorded)."""
+    settings = rec.info.meta.get("settings")
+    value = settings.get("baseline_s") if isinstance(settings, dict) else None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return 120.0
+
+
+def used_baseline(
+    s: IndexSeries, baseline_s: float = 120.0
+) -> tuple[tuple[float, float], npt.NDArray[np.bool_]] | None:
+    """The baseline the daemon scored the session's last scores against, from the rows'
+    ``settling_state``: the last run of rows published while a baseline was collected that
+    rows with the baseline complete followed, as (period, the rows its samples came from);
+    None if no run completed.
+
+    A run at the end of the session that never completed (a rest period started and never
+    stopped, or an automatic baseline collected again after a rest period stopped too early,
+    with the session ending first) is not the session's baseline: the scores before it were
+    against the one before it. A run longer than ``baseline_s`` after the session's first
+    rows is a rest period stopped too early and discarded, followed by the automatic
+    baseline the daemon collected from that moment for ``baseline_s``: its samples are the
+    rows of that last ``baseline_s`` (all of the run when fewer than
+    :data:`~processing.live.BASELINE_MIN_SAMPLES` usable rows lie there: the daemon then
+    went on collecting; a stop exactly at a row's time is taken as after it). The period
+    runs from one step before the first sample row (a row stands for the step before it)
+    to the last row."""
+    done = [r for r in _baseline_runs(s) if _completed(s, r)]
+    if not done:
+        return None
+    run = done[-1]
+    step = _step_s(s)
+    rows = np.zeros(s.t_s.shape, dtype=bool)
+    rows[run] = True
+    first, last = float(s.t_s[run[0]]), float(s.t_s[run[-1]])
+    start = max(0.0, first - step)
+    usable = s.usable if s.usable is not None else np.ones(s.t_s.shape, dtype=bool)
+    if last - first > baseline_s + 0.5 * step:
+        # The row at the discarding stop itself belonged to the discarded period.
+        tail = rows & (s.t_s > last - baseline_s + 1e-6)
+        if int((tail & usable).sum()) >= BASELINE_MIN_SAMPLES:
+            rows = tail
+            start = max(start, float(s.t_s[np.flatnonzero(tail)[0]]) - step)
+    return (start, last), rows
+
+
+def open_baseline_from(s: IndexSeries) -> float | None:
+    """The first row of a baseline still being collected when the session ended after an
+    earlier one had completed (a rest period started and never stopped: no score from
+    there on), or None."""
+    runs = _baseline_runs(s)
+    if len(runs) < 2 or _completed(s, runs[-1]) or not _completed(s, runs[-2]):
+        return None
+    return float(s.t_s[runs[-1][0]])
+
+
 def provisional_baseline(rec: SessionRecord, s: IndexSeries) -> tuple[float, float] | None:
-    """The stored baseline period, else the span of rows published during the baseline."""
+    """The stored baseline period, else the one the daemon used (:func:`used_baseline`)."""
     b = rec.info.baseline
     if b is not None and b.stop_t_s is not None:
         return (b.start_t_s, b.stop_t_s)
     # A baseline still being collected when the session ended (e.g. a rhythm too irregular
     # to take samples from) is no baseline: nothing to shade, nothing to count from.
-    if s.in_baseline.any() and baseline_completed(s):
-        t = s.t_s[s.in_baseline]
-        return (0.0, float(t.max()))
-    return None
+    used = used_baseline(s, session_baseline_s(rec))
+    return None if used is None else used[0]
 
 
 def _run_detector(s: IndexSeries, reference_t_s: float) -> CatchingUp:
@@ -618,20 +695,26 @@ def live_marker_responses(
     s: IndexSeries,
     baseline: tuple[float, float] | None,
     responses: list[MarkerResponse],
+    *,
+    rows: npt.NDArray[np.bool_] | None = None,
 ) -> list[MarkerResponse]:
     """``responses`` with the live event-locked fields filled in (see the module docstring):
     the fast HR of the stored beats, its baseline band from the same fast HR at the usable
     rows of the baseline (as the daemon samples it at its baseline snapshots), the baseline
-    lnRMSSD mean from those rows. Left None where the daemon did not read a response: the
-    fast HR covering less than 2/3 of the 30 s after the marker (a gap), or a row too
-    irregular to read whose step overlaps them."""
+    lnRMSSD mean from those rows. ``rows``: the rows the baseline took its samples from
+    (:attr:`SessionAnalysis.baseline_rows`; None: those within ``baseline``). Left None
+    where the daemon did not read a response: the fast HR covering less than 2/3 of the
+    30 s after the marker (a gap), or a row too irregular to read whose step overlaps
+    them."""
     if baseline is None or s.t_s.shape[0] == 0:
         return responses
+    if rows is None:
+        rows = (s.t_s >= baseline[0]) & (s.t_s <= baseline[1])
     base = Baseline()
     usable = [json.loads(r.payload_json).get("usable", True) is not False for r in rec.indices]
     base_t: list[float] = []
-    for t, hr, ln, ok in zip(s.t_s, s.hr_bpm, s.ln_rmssd, usable, strict=True):
-        if ok and baseline[0] <= t <= baseline[1]:
+    for t, hr, ln, ok, inside in zip(s.t_s, s.hr_bpm, s.ln_rmssd, usable, rows, strict=True):
+        if ok and inside:
             # Slow-oscillation power is not stored per row; only HR and lnRMSSD are needed.
             base.add(float(hr), float(ln), 0.0)
             base_t.append(math.floor(float(t)))
@@ -688,6 +771,14 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
     power was stored), they stay as computed live and the summary says so."""
     s = provisional_series(rec)
     baseline = provisional_baseline(rec, s)
+    base_rows = None
+    if baseline is not None:
+        used = used_baseline(s, session_baseline_s(rec))
+        stored = rec.info.baseline is not None and rec.info.baseline.stop_t_s is not None
+        base_rows = used[1] if used is not None and not stored else None
+        if base_rows is None:
+            base_rows = (s.t_s >= baseline[0]) & (s.t_s <= baseline[1])
+    open_from = open_baseline_from(s)
     live_span: tuple[float, float] | None = None
     rescore: bool | None = None  # None: the live baseline; True/False: set afterwards
     rescore_why = ""
@@ -745,13 +836,20 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
         score_start=score_start,
         score_end=score_end,
         responses=live_marker_responses(
-            rec, s, baseline, provisional_marker_responses(rec, reactions, irregular_spans(s))
+            rec,
+            s,
+            baseline,
+            provisional_marker_responses(rec, reactions, irregular_spans(s)),
+            rows=base_rows,
         ),
         baseline_complete=baseline_completed(s),
         rhythm=rhythm_summary(s),
         baseline_rescored=rescore,
         live_baseline=live_span,
         rescore_why=rescore_why,
+        baseline_rows=base_rows,
+        # Rescored, every usable row after the set period has a score again.
+        open_baseline_t_s=None if rescore else open_from,
     )
 
 
@@ -1015,6 +1113,12 @@ def summary_text(a: SessionAnalysis) -> str:
         parts.append("No baseline was completed, so there is no settling score to judge.")
     else:
         parts.append(_not_caught_up_words(a))
+    if a.open_baseline_t_s is not None:
+        parts.append(
+            f"From {duration_words(a.open_baseline_t_s)} on a new baseline was being collected "
+            "and the session ended before it completed, so there is no settling score after "
+            "that."
+        )
     if a.baseline_rescored is not None and a.baseline is not None:
         parts.append(
             _set_baseline_words(a.baseline, a.live_baseline, a.baseline_rescored, a.rescore_why)
@@ -1048,6 +1152,10 @@ _RUNNING_WORDS = (
         r"Only \1 have passed since \2, too soon",
     ),
     (re.compile(r"when the session ended"), "at its latest values"),
+    (
+        re.compile(r"and the session ended before it completed, so there is no settling score"),
+        "and is not complete yet, so there is no settling score",
+    ),
     (re.compile(r"by the end of the session"), "so far"),
     (re.compile(r"for the last (.+?) of the session"), r"for the last \1 so far"),
     (re.compile(r"in the last five minutes of the session"), "in the last five minutes so far"),
@@ -1149,7 +1257,13 @@ def render_png(a: SessionAnalysis, path: Path | IO[bytes]) -> None:
             b0, b1 = a.baseline[0] / 60.0, a.baseline[1] / 60.0
             for ax in axes:
                 ax.axvspan(b0, b1, color="tab:blue", alpha=0.08, lw=0)
-            base = s.in_baseline | ((s.t_s >= a.baseline[0]) & (s.t_s <= a.baseline[1]))
+            # Only the rows of the baseline used: an automatic one a marked rest period
+            # replaced (rows published while it was collected too) pooled 75 and 60 bpm.
+            base = (
+                a.baseline_rows
+                if a.baseline_rows is not None
+                else (s.t_s >= a.baseline[0]) & (s.t_s <= a.baseline[1])
+            )
             for ax, vals in ((ax_hr, s.hr_bpm), (ax_ln, s.ln_rmssd)):
                 v = vals[base & np.isfinite(vals)]
                 if v.shape[0] >= 2:

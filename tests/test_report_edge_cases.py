@@ -1,0 +1,242 @@
+"""Reports of sessions at the edges: a rest period discarded or never stopped, a marker in a
+gap or at the very end, a heart-rate drop, an empty session, user text with bidi controls.
+
+Sessions come from the daemon's own ``LiveAnalyzer``, stored as the daemon stores them
+(``settle/pipeline.py``, ``settle/daemon.py``); the assertions are on what a user reads or
+sees: the page, the summary, the figure, trends."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from processing.live import BASELINE_MIN_SAMPLES, LiveAnalyzer
+from sessions.report import Verdict, analyse_session, outcome, render_png, write_report
+from sessions.store import (
+    BaselinePeriod,
+    BeatRow,
+    GapRow,
+    IndicesRow,
+    MarkerRow,
+    MarkerSource,
+    SessionStore,
+)
+
+T0_MS = 1_795_000_000_000
+_STATE = {"collecting": "baseline", "complete": "running"}  # settle/pipeline.py
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SessionStore]:
+    with SessionStore.open(tmp_path / "s.db") as s:
+        yield s
+
+
+def _num(x: float | None) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+class Built:
+    """A stored session and what the daemon's analyzer showed at its last step."""
+
+    def __init__(self, sid: str, live: LiveAnalyzer, last: Any) -> None:
+        self.sid, self.live, self.last = sid, live, last
+
+
+def _build(
+    store: SessionStore,
+    rr_at: Callable[[float], float],
+    duration_s: float,
+    *,
+    markers: Sequence[tuple[float, str, str]] = (),
+    gaps: Sequence[tuple[float, float]] = (),
+    rest: tuple[float, float | None] | None = None,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+    finish: bool = True,
+) -> Built:
+    """Beats from ``rr_at(t)`` through a ``LiveAnalyzer``, an indices row every 5 s with the
+    payload fields the daemon stores; ``gaps`` (start, end): no beats, the analyzer told of
+    the gap and a gap row stored; ``rest`` (start, stop): a rest period marked live
+    (baseline/start, baseline/stop at those times; stop None: never stopped), stored as the
+    daemon stores it — nothing when never stopped, and none when the analyzer discarded it
+    as too short (``settle/daemon.py`` ``_end_baseline``)."""
+    sid = store.create_session("dev", T0_MS, "x", {}).id
+    live = LiveAnalyzer()
+    beats: list[BeatRow] = []
+    rows: list[IndicesRow] = []
+    t, next_i = 0.0, 5.0
+    pending = sorted(markers)
+    todo_rest: list[tuple[float, str]] = []
+    if rest is not None:
+        todo_rest.append((rest[0], "start"))
+        if rest[1] is not None:
+            todo_rest.append((rest[1], "stop"))
+    stored_rest: BaselinePeriod | None = None
+    while t < duration_s:
+        rr = rr_at(t)
+        t += rr / 1000
+        gap = next((g for g in gaps if g[0] <= t < g[1]), None)
+        if gap is not None:
+            live.gap(gap[0])
+            t = gap[1]
+            continue
+        while pending and pending[0][0] <= t:
+            live.marker(pending[0][0], pending[0][1])
+            pending.pop(0)
+        beats.append(BeatRow(len(beats), t, T0_MS + round(t * 1000), rr))
+        live.push_beat(t, rr)
+        while todo_rest and t >= todo_rest[0][0]:
+            at, what = todo_rest.pop(0)
+            if what == "start":
+                live.start_baseline(at)
+            else:
+                live.stop_baseline(at, min_span_s=BASELINE_MIN_SAMPLES * 5.0)
+                if live.baseline_status == "complete":
+                    stored_rest = BaselinePeriod(rest[0] if rest else at, at)
+        while t >= next_i and next_i <= duration_s:
+            snap = live.indices(next_i)
+            payload: dict[str, Any] = {
+                "v": 1, "t_s": next_i, "hr_bpm": _num(snap.td.hr_bpm),
+                "ln_rmssd": _num(snap.td.ln_rmssd),
+                "settling": _num(snap.score) if snap.usable else None,
+                "settling_state": _STATE[snap.baseline],
+                "components": {"z_hr": _num(snap.z_hr), "z_ln_rmssd": _num(snap.z_ln_rmssd),
+                               "z_slow": _num(snap.z_slow)},
+                "usable": snap.usable, "reason": snap.reason, "warming_up": snap.warming_up,
+                "lf64_ms2": _num(snap.lf64_ms2), "catching_up_t_s": _num(snap.catching_up_t_s),
+            }  # fmt: skip
+            if edit is not None:
+                edit(payload)
+            rows.append(
+                IndicesRow(next_i, T0_MS + round(next_i * 1000), json.dumps(payload),
+                           hr_bpm=payload["hr_bpm"], ln_rmssd=payload["ln_rmssd"],
+                           settling=payload["settling"])
+            )  # fmt: skip
+            last = snap
+            next_i += 5.0
+    store.add_beats(sid, beats)
+    store.add_indices(sid, rows)
+    for g0, g1 in gaps:
+        store.add_gap(sid, GapRow(g0, g1, "disconnected"))
+    store.add_markers(
+        sid,
+        [MarkerRow(m, T0_MS + round(m * 1000), k, x, MarkerSource.MQTT) for m, k, x in markers],
+    )
+    if stored_rest is not None:
+        store.set_baseline(sid, stored_rest)
+    if finish:
+        store.finish_session(sid, T0_MS + round(duration_s * 1000))
+    return Built(sid, live, last)
+
+
+def _sinus(seed: int = 1, bpm: float = 75.0, sd: float = 15.0) -> Callable[[float], float]:
+    rng = np.random.default_rng(seed)
+    return lambda t: 60_000.0 / bpm + sd * rng.standard_normal()
+
+
+def _summary(page: str) -> str:
+    return page.split('<p class="summary" id="summary">')[1].split("</p>")[0]
+
+
+def _figure(a: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The figure :func:`render_png` draws, kept open to read what it shows."""
+    kept: list[Any] = []
+    monkeypatch.setattr(plt, "close", kept.append)
+    render_png(a, io.BytesIO())
+    monkeypatch.undo()
+    (fig,) = kept
+    return fig
+
+
+# --- the baseline the daemon used ------------------------------------------------------------
+
+
+def test_a_rest_period_stopped_too_early_leaves_the_automatic_baseline_collected_after_it(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """A rest period marked at 298–311 s is too short: the daemon discards it (no baseline
+    stored) and collects the automatic baseline again from 311 s for 2 min, while scores
+    130–295 s were against the first automatic one. The report shaded 0–430 s, both
+    stretches at once, and its "as shown live" columns read −7.0 bpm, 0 s for a marker the
+    daemon showed +10.6 bpm, 25 s for (its baseline pooled 75 and 60 bpm)."""
+    rng = np.random.default_rng(8)
+
+    def rr(t: float) -> float:
+        bpm = (75.0 if t < 200 else 60.0) + (10.0 if 602 <= t < 622 else 0.0)
+        return 60_000.0 / bpm + 8 * rng.standard_normal()
+
+    b = _build(store, rr, 1000, rest=(298.2, 311.3), markers=[(600.0, "threat", "")])
+    rec = store.read_session(b.sid)
+    assert rec.info.baseline is None  # discarded, as the daemon stores it
+    (live,) = b.last.responses
+    a = analyse_session(rec)
+    assert a.baseline == (310.0, 430.0)
+    assert a.reference_t_s == 430.0
+    (r,) = a.responses
+    assert r.d_hr_bpm == pytest.approx(live.peak_d_hr_bpm, rel=1e-9)
+    assert r.d_ln_rmssd == pytest.approx(live.peak_d_ln_rmssd, rel=1e-9)
+    assert r.band_recovery_s == live.recovery_s
+    page = write_report(store, b.sid, tmp_path)[1].read_text()
+    assert f"<td>{live.peak_d_hr_bpm:+.1f}</td>" in page
+
+
+def test_a_rest_period_never_stopped_is_no_baseline_and_the_scores_before_it_count(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """Rest started at 300 s and never stopped (the store holds no baseline): the rows from
+    300 s are collecting to the end. The report took 0–900 s as the baseline, shaded the
+    whole session and said "There was no settling score after the baseline ended" though
+    130–295 s were scored against the automatic baseline; trends said "no score"."""
+    b = _build(store, _sinus(3), 900, rest=(300.0, None), markers=[(500.0, "shame", "")])
+    rec = store.read_session(b.sid)
+    assert rec.info.baseline is None
+    a = analyse_session(rec)
+    assert a.baseline == (0.0, 125.0)
+    assert a.reference_t_s == 125.0
+    summary = _summary(write_report(store, b.sid, tmp_path)[1].read_text())
+    assert "no settling score after the baseline ended" not in summary, summary
+    assert summary.startswith("Physiology did not catch up after the baseline ended"), summary
+    assert (
+        "From 5 min on a new baseline was being collected and the session ended before it "
+        "completed, so there is no settling score after that." in summary
+    ), summary
+    o = outcome(a)
+    assert o.scored and o.verdict is Verdict.NOT_YET
+
+
+def test_the_baseline_band_is_drawn_from_the_baseline_used(
+    store: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HR 75 bpm until 200 s, then 60; a rest period marked at 300–420 s replaces the
+    automatic baseline (5–125 s). The shaded mean ± 1 SD band pooled both (67.5 ± 7.6 bpm
+    beside a shaded period at 60 bpm); it is the rest period's own."""
+    rng = np.random.default_rng(2)
+    b = _build(
+        store,
+        lambda t: (800.0 if t < 200 else 1000.0) + 15 * rng.standard_normal(),
+        900,
+        rest=(300.0, 420.0),
+    )
+    a = analyse_session(store.read_session(b.sid))
+    assert a.baseline == (300.0, 420.0)
+    fig = _figure(a, monkeypatch)
+    try:
+        ax_hr = fig.axes[0]
+        # The band spans the axes' width (x 0–1 in axes units); the baseline period is a
+        # span of minutes, its height the axes' (0–1).
+        (band,) = [p for p in ax_hr.patches if (p.get_x(), p.get_width()) == (0.0, 1.0)]
+        s = a.series
+        inside = (s.t_s >= 300.0) & (s.t_s <= 420.0)
+        mu = float(np.nanmean(s.hr_bpm[inside]))
+        assert band.get_y() < mu < band.get_y() + band.get_height()
+        assert band.get_height() < 2.0, band.get_height()  # 2 SD of HR at rest, not 15 bpm
+    finally:
+        plt.close(fig)
