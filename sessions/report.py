@@ -11,7 +11,10 @@ Definitions (all times in seconds since session start):
   end of the baseline). The latency is that time minus the reference.
 * **reactivity** of a marker — peak minus pre-marker heart rate (bpm): pre = mean of the
   beat-by-beat heart rate over the 30 s before the marker, peak = maximum of its 5 s moving
-  average within 60 s after it.
+  average within 60 s after it. Seconds without beats (a stored gap, lost beats) are left
+  out, never interpolated across; a marker with fewer than 15 s of beats in the 30 s before
+  or :data:`_POST_MIN_S` in the 60 s after had **too few beats** to read (trends leave it
+  out of the reactions).
 * **recovery** — seconds from the marker until that moving average is back within 1 bpm of
   the pre-marker level after the peak (searched up to 180 s; None if it is not, the summary
   saying whether 180 s passed or the session ended first). A marker whose peak does not
@@ -87,6 +90,7 @@ from processing.live import (
     SETTLING_K,
     WARMING_UP_REASON,
 )
+from sensors.timing import ECG_ONLY_GAPS
 from sessions.files import (
     ExportError,
     ExportRefused,
@@ -95,6 +99,7 @@ from sessions.files import (
     refuse_database,
     write_all,
 )
+from sessions.series import _LOST_BEATS_TOLERANCE_S
 from sessions.store import (
     BeatClass,
     IntentionTarget,
@@ -118,6 +123,10 @@ __all__ = [
 ]
 
 _PRE_S, _PEAK_S, _RECOVER_MAX_S, _SMOOTH_S, _BACK_BPM = 30.0, 60.0, 180.0, 5.0, 1.0
+_POST_MIN_S = 20
+"""Seconds with beats a marker's 60 s after need for its beat-by-beat response to be read
+(as the 15 of the 30 s before; live reads one from 20 of its 30 s): a marker 4 s before
+the session's end was judged "no clear response" from those 4 s."""
 CLEAR_RISE_SDS = 3.0
 """A rise after a marker is clear when its peak exceeds the pre-marker level by more than
 this many standard deviations of the 5 s mean HR over the 30 s before (and by more than
@@ -596,21 +605,35 @@ def verdict(a: SessionAnalysis) -> Verdict:
 
 
 def _hr_1hz(rec: SessionRecord) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The beat-by-beat heart rate, 1 Hz, as a centred 5 s mean (bpm), NaN at seconds
+    without beats: inside a stored gap (not one of the raw ECG alone) or between two beats
+    further apart than the interval they carry allows (lost beats), as
+    :func:`sessions.series.rr_on_grid` leaves them empty. Interpolated across, a marker
+    10 s into an 80 s disconnect read "rose 8.2 bpm" from a straight line."""
     # The beats the analysis used (:func:`analysed_beats`): a merged spurious beat's own
     # piece (252 ms, no corrected RR) read as 237 bpm, an implausible 0 ms as infinite, and
     # one extra beat became a "22 bpm reaction" in the table, the summary and the trends.
-    bt, rr, _span = analysed_beats(rec)
+    bt, rr, span = analysed_beats(rec)
     if bt.size < 2:
         return np.zeros(0), np.zeros(0)
     grid = np.arange(math.ceil(bt[0]), math.floor(bt[-1]) + 1, 1.0)
     hr = np.interp(grid, bt, 60_000.0 / rr)
+    for j in np.flatnonzero(np.diff(bt) > span[1:] / 1000.0 + _LOST_BEATS_TOLERANCE_S):
+        hr[(grid > bt[j]) & (grid < bt[j + 1])] = math.nan
+    for g in rec.gaps:
+        if g.reason not in ECG_ONLY_GAPS:
+            hr[(grid >= g.start_t_s) & (grid <= g.end_t_s)] = math.nan
     k = int(_SMOOTH_S)
     if hr.shape[0] < k:
         return grid, hr
-    # A centred mean; at the ends over the seconds that exist (zero padding would pull the
-    # first and last seconds of the curve towards 0 bpm).
+    # A centred mean over the seconds that exist, at the ends and beside a gap too (zero
+    # padding would pull the first and last seconds of the curve towards 0 bpm).
     box = np.ones(k)
-    smooth = np.convolve(hr, box, mode="same") / np.convolve(np.ones_like(hr), box, mode="same")
+    ok = np.isfinite(hr)
+    total = np.convolve(np.where(ok, hr, 0.0), box, mode="same")
+    count = np.convolve(ok.astype(np.float64), box, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        smooth = np.where(ok, total / count, math.nan)
     return grid, smooth
 
 
@@ -623,12 +646,13 @@ def provisional_marker_responses(
     within 30 s before to 60 s after which one of the ``irregular`` spans (s) lies is
     flagged :attr:`MarkerResponse.irregular`."""
     grid, hr = _hr_1hz(rec)
+    beats = np.isfinite(hr)  # seconds with beats (none in a gap)
     out = []
     for m in markers:
         bad = any(t0 < m.t_s + _PEAK_S and t1 > m.t_s - _PRE_S for t0, t1 in irregular)
-        pre_w = (grid >= m.t_s - _PRE_S) & (grid < m.t_s)
-        post_w = (grid >= m.t_s) & (grid <= m.t_s + _PEAK_S)
-        if pre_w.sum() < _PRE_S / 2 or post_w.sum() < 2:
+        pre_w = (grid >= m.t_s - _PRE_S) & (grid < m.t_s) & beats
+        post_w = (grid >= m.t_s) & (grid <= m.t_s + _PEAK_S) & beats
+        if pre_w.sum() < _PRE_S / 2 or post_w.sum() < _POST_MIN_S:
             out.append(MarkerResponse(m, None, None, None, None, irregular=bad))
             continue
         before = hr[pre_w]
@@ -643,7 +667,9 @@ def provisional_marker_responses(
         peak = float(hr[peak_i])
         r = MarkerResponse(
             m, pre, peak, peak - pre, None,
-            peak_at_marker=bool(peak_i == post_idx[0]), clear_bpm=clear,
+            # The marker's own second, not the first one after a gap that began at it.
+            peak_at_marker=bool(peak_i == post_idx[0] and grid[peak_i] < m.t_s + 1.0),
+            clear_bpm=clear,
             followed_s=min(_RECOVER_MAX_S, float(grid[-1] - m.t_s)), irregular=bad,
         )  # fmt: skip
         if r.responded:  # else HR never left its band: nothing to recover from
@@ -1307,6 +1333,8 @@ def _fmt(x: float | None, spec: str, unit: str = "") -> str:
 def _recovery_cell(r: MarkerResponse) -> str:
     if r.irregular:
         return "rhythm irregular: not read"
+    if r.rise_bpm is None:
+        return "too few beats"
     if r.responded is False:
         return "no clear rise"
     if r.responded and r.recovery_s is None:
@@ -1491,9 +1519,11 @@ class SessionOutcome:
     """One session in the trends table: ``latency_s`` to catching up (s, None if it did not),
     ``score_change`` last-5-min minus first-5-min mean settling score, ``median_recovery_s``
     over its reaction markers that had a clear response and came back within 3 min (s; None
-    if none did), ``n_reactions`` how many reaction markers there were, ``n_responses`` how
-    many of them had a clear heart-rate response (:attr:`MarkerResponse.responded`) that
-    rose after the marker (not :attr:`MarkerResponse.peak_at_marker`)."""
+    if none did), ``n_reactions`` how many reaction markers had a response read (not those
+    with too few beats around them — a gap, the session's end — nor those in
+    ``n_irregular``), ``n_responses`` how many of them had a clear heart-rate response
+    (:attr:`MarkerResponse.responded`) that rose after the marker (not
+    :attr:`MarkerResponse.peak_at_marker`)."""
 
     session_id: str
     started_ms: int
@@ -1527,7 +1557,9 @@ def outcome(a: SessionAnalysis) -> SessionOutcome:
     # A marker at which heart rate was already at its highest had no rise after it to
     # recover from: neither a response nor a recovery time (as the report words it).
     readable = [r for r in a.responses if not r.irregular]
-    rises = [r for r in readable if r.responded and not r.peak_at_marker]
+    # Too few beats around it (a gap, the session's end): no response was read either way.
+    measured = [r for r in readable if r.rise_bpm is not None]
+    rises = [r for r in measured if r.responded and not r.peak_at_marker]
     recov = [r.recovery_s for r in rises if r.recovery_s is not None]
     change = None
     if a.score_start is not None and a.score_end is not None:
@@ -1539,7 +1571,7 @@ def outcome(a: SessionAnalysis) -> SessionOutcome:
         latency_s=a.latency_s,
         score_change=change,
         median_recovery_s=statistics.median(recov) if recov else None,
-        n_reactions=len(readable),
+        n_reactions=len(measured),
         n_responses=len(rises),
         n_irregular=len(a.responses) - len(readable),
         reference=_REFERENCE_NAMES.get(a.reference_kind) if a.reference_t_s is not None else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -240,3 +241,62 @@ def test_the_baseline_band_is_drawn_from_the_baseline_used(
         assert band.get_height() < 2.0, band.get_height()  # 2 SD of HR at rest, not 15 bpm
     finally:
         plt.close(fig)
+
+
+# --- seconds without beats --------------------------------------------------------------------
+
+
+def test_a_marker_inside_a_gap_is_not_read_from_a_line_drawn_across_it(
+    store: SessionStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """75 bpm, an 80 s disconnect at 400–480 s, 85 bpm after it; a shame marker 10 s into the
+    gap. The 1 Hz heart rate was interpolated straight across the gap, and the summary read
+    "rose 8.2 bpm and had not come back after 3 min" with no beat in the 60 s after the
+    marker. Seconds without beats are empty: too few beats to read, not counted in trends,
+    and the figure's beat-to-beat line breaks at the gap."""
+    rng = np.random.default_rng(3)
+    b = _build(
+        store,
+        lambda t: (800.0 if t < 400 else 706.0) + 10 * rng.standard_normal(),
+        900,
+        gaps=[(400.0, 480.0)],
+        markers=[(100.0, "hold-start", ""), (410.0, "shame", "phone rang")],
+    )
+    page = write_report(store, b.sid, tmp_path)[1].read_text()
+    summary = _summary(page)
+    assert "Around the shame marker there were too few beats to measure a response." in summary
+    assert "rose" not in summary and "come back" not in summary, summary
+    row = re.search(r"<tr><td>6 min 50 s</td>.*?</tr>", page)
+    assert row is not None and "too few beats" in row.group(), page
+    a = analyse_session(store.read_session(b.sid))
+    o = outcome(a)
+    assert (o.n_reactions, o.n_responses) == (0, 0)
+    fig = _figure(a, monkeypatch)
+    try:
+        line = fig.axes[0].lines[0]  # beat-to-beat (5 s mean)
+        assert line.get_label().startswith("beat-to-beat")
+        x, y = np.asarray(line.get_xdata()) * 60.0, np.asarray(line.get_ydata())
+        assert np.isnan(y[(x > 401) & (x < 479)]).all()
+        assert np.isfinite(y[(x > 300) & (x < 398)]).all()
+        assert np.isfinite(y[(x > 482) & (x < 800)]).all()
+    finally:
+        plt.close(fig)
+
+
+def test_a_marker_seconds_before_the_end_has_too_few_beats_to_read(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """A threat marker 4 s before the session ends was judged "no clear response" from those
+    4 s and counted in trends (1 reaction, 0 clear); one 40 s before the end is read."""
+    b = _build(
+        store, _sinus(7, sd=8.0), 600,
+        markers=[(560.0, "doubt", ""), (596.0, "threat", "phone rang")],
+    )  # fmt: skip
+    page = write_report(store, b.sid, tmp_path)[1].read_text()
+    summary = _summary(page)
+    assert "Around the threat marker there were too few beats to measure a response." in summary
+    assert "After the doubt marker heart rate showed no clear" in summary, summary
+    a = analyse_session(store.read_session(b.sid))
+    doubt, threat = a.responses
+    assert doubt.rise_bpm is not None and threat.rise_bpm is None
+    assert outcome(a).n_reactions == 1
