@@ -20,13 +20,15 @@ Definitions (all times in seconds since session start):
   saying whether 180 s passed or the session ended first). A marker whose peak does not
   stand out from the swing before it (more than 1 bpm, :data:`CLEAR_RISE_SDS` SDs of the
   5 s mean over the 30 s before, and 1 bpm above its highest point there) had **no clear
-  response**: the peak of a 60 s window is above a 30 s mean by construction, so there is
+  rise**: the peak of a 60 s window is above a 30 s mean by construction, so there is
   nothing to recover from and no recovery time (None; the summary says so instead of quoting
-  a time). A marker with rows too irregular to score within 30 s before to 60 s after it is
-  not read at all (:attr:`MarkerResponse.irregular`). A marker entered when that moving
-  average was already at its highest (the peak is the first second of the 60 s window: heart
-  rate was no higher at any time after the marker than at the marker itself) is reported as
-  **already up at the marker** — the rise, if any, came before it — never as a rise after it.
+  a time) — unless the 5 s mean **fell** clearly below the pre-marker level (the same rule
+  mirrored, :attr:`MarkerResponse.fell`), which the summary says instead. A marker with
+  rows too irregular to score within 30 s before to 60 s after it is not read at all
+  (:attr:`MarkerResponse.irregular`). A marker entered when that moving average was already
+  at its highest (the peak is the first second of the 60 s window: heart rate was no higher
+  at any time after the marker than at the marker itself) is reported as **already up at
+  the marker** — the rise, if any, came before it — never as a rise after it.
 * **unusable rhythm** — indices rows stored with ``usable`` false for a reason other than
   warming up (``irregular rhythm: N % of recent beats are not sinus``: more than 20 % of the
   last 120 beats needed correction, as with frequent premature beats; or ``… N % of recent
@@ -191,9 +193,10 @@ class RhythmSummary:
 @dataclasses.dataclass(frozen=True, slots=True)
 class MarkerResponse:
     """Heart-rate response to one marker: ``pre_hr_bpm`` and ``peak_hr_bpm`` (beats/min),
-    ``rise_bpm`` = peak − pre, ``recovery_s`` seconds from the marker until back within 1 bpm
-    of pre (None: not within 180 s, too few beats, or no clear response — see
-    :attr:`responded`)."""
+    ``rise_bpm`` = peak − pre as the report prints them (each to one decimal, so the table's
+    columns subtract: 75.0, 83.3, +8.3 — it read +8.2 from the unrounded values),
+    ``recovery_s`` seconds from the marker until back within 1 bpm of pre (None: not within
+    180 s, too few beats, or no clear response — see :attr:`responded`)."""
 
     marker: MarkerRow
     pre_hr_bpm: float | None
@@ -226,6 +229,35 @@ class MarkerResponse:
     irregular: bool = False
     """The rhythm was too irregular to score within 30 s before to 60 s after the marker:
     its heart rate is not read as a response (premature beats jump it)."""
+    trough_hr_bpm: float | None = None
+    """Lowest 5 s mean HR within 60 s after the marker (beats/min)."""
+    clear_drop_bpm: float = _BACK_BPM
+    """The fall a clear drop needs here, mirroring :attr:`clear_bpm`: the larger of 1 bpm,
+    :data:`CLEAR_RISE_SDS` SDs of the 5 s mean HR over the 30 s before, and 1 bpm below its
+    lowest in them."""
+    trough_at_marker: bool = False
+    """The 5 s mean HR was lowest at the marker itself: any fall came before it."""
+
+    @property
+    def drop_bpm(self) -> float | None:
+        """pre − trough as printed (one decimal each), beats/min; None if not measured."""
+        if self.pre_hr_bpm is None or self.trough_hr_bpm is None:
+            return None
+        return round(self.pre_hr_bpm, 1) - round(self.trough_hr_bpm, 1)
+
+    @property
+    def fell(self) -> bool:
+        """Heart rate did not rise clearly (:attr:`responded` False) but its 5 s mean fell
+        clearly below the pre-marker level after the marker (more than
+        :attr:`clear_drop_bpm`, at the one decimal printed): a drop (a freeze, a vagal
+        response) is no "nothing to recover from"."""
+        drop = self.drop_bpm
+        return (
+            self.responded is False
+            and drop is not None
+            and not self.trough_at_marker
+            and round(drop, 1) > round(self.clear_drop_bpm, 1)
+        )
 
     @property
     def responded(self) -> bool | None:
@@ -662,15 +694,23 @@ def provisional_marker_responses(
             CLEAR_RISE_SDS * float(before.std(ddof=1)),
             float(before.max()) - pre + _BACK_BPM,
         )
+        clear_drop = max(
+            _BACK_BPM,
+            CLEAR_RISE_SDS * float(before.std(ddof=1)),
+            pre - float(before.min()) + _BACK_BPM,
+        )
         post_idx = np.flatnonzero(post_w)
         peak_i = int(post_idx[np.argmax(hr[post_idx])])
+        trough_i = int(post_idx[np.argmin(hr[post_idx])])
         peak = float(hr[peak_i])
+        # The marker's own second, not the first one after a gap that began at it.
+        first = int(post_idx[0]) if grid[post_idx[0]] < m.t_s + 1.0 else -1
         r = MarkerResponse(
-            m, pre, peak, peak - pre, None,
-            # The marker's own second, not the first one after a gap that began at it.
-            peak_at_marker=bool(peak_i == post_idx[0] and grid[peak_i] < m.t_s + 1.0),
-            clear_bpm=clear,
+            m, pre, peak, round(peak, 1) - round(pre, 1), None,
+            peak_at_marker=peak_i == first, clear_bpm=clear,
             followed_s=min(_RECOVER_MAX_S, float(grid[-1] - m.t_s)), irregular=bad,
+            trough_hr_bpm=float(hr[trough_i]), clear_drop_bpm=clear_drop,
+            trough_at_marker=trough_i == first,
         )  # fmt: skip
         if r.responded:  # else HR never left its band: nothing to recover from
             after = np.flatnonzero(
@@ -933,7 +973,7 @@ def _plural(n: int, one: str, many: str) -> str:
 def _marker_sentence(kind: str, rs: list[MarkerResponse]) -> str:
     """One sentence on the markers of one kind: a rise after them and its recovery (those
     that came back apart from those that had not, within 3 min or before the session
-    ended), heart rate already at its highest when they were entered, no clear response,
+    ended), heart rate already at its highest when they were entered, no clear rise, a fall,
     too few beats, a rhythm too irregular to read."""
     n = len(rs)
     which = f"the {kind} marker" if n == 1 else f"the {_count_words(n)} {kind} markers"
@@ -949,7 +989,8 @@ def _marker_sentence(kind: str, rs: list[MarkerResponse]) -> str:
         return f"Around {which} there were too few beats to measure a response."
     rose = [r for r in measured if r.responded and not r.peak_at_marker]
     up = [r for r in measured if r.responded and r.peak_at_marker]
-    flat = [r for r in measured if not r.responded]
+    fell = [r for r in measured if r.fell]
+    flat = [r for r in measured if not r.responded and not r.fell]
 
     def came_back(group: list[MarkerResponse], level: str = "") -> str:
         """ "came back within 40 s", or which came back and which had not (not within 3 min,
@@ -975,6 +1016,11 @@ def _marker_sentence(kind: str, rs: list[MarkerResponse]) -> str:
 
     def mean_rise(group: list[MarkerResponse]) -> str:
         return bpm_words(statistics.fmean(cast(float, r.rise_bpm) for r in group))
+
+    def mean_drop(group: list[MarkerResponse]) -> str:
+        on_average = "" if len(group) == 1 else " on average"
+        drop = bpm_words(statistics.fmean(cast(float, r.drop_bpm) for r in group))
+        return f"{drop} bpm below the 30 s before{on_average}"
 
     def subset(group: list[MarkerResponse]) -> str:
         k = len(group)
@@ -1015,18 +1061,27 @@ def _marker_sentence(kind: str, rs: list[MarkerResponse]) -> str:
             f"{'' if k == 1 else ' on average'}, and did not rise after "
             f"{_plural(k, 'it', 'them')}; it {recovered}"
         )
-    else:
+    elif flat:
         # Heart rate did not leave the swing it had before: no recovery to time.
-        peak = statistics.fmean(cast(float, r.rise_bpm) for r in measured)
+        peak = statistics.fmean(cast(float, r.rise_bpm) for r in flat)
         swing = ", no more than it swung in them" if round(peak, 1) > _BACK_BPM else ""
         sentence = (
-            f"After {which if not irregular and len(measured) == n else subset(measured)} "
-            f"heart rate showed no clear response (peak {bpm_words(peak, sign=True)} bpm "
-            f"against the 30 s before{swing}), so there was nothing to recover from"
+            f"After {subset(flat)} heart rate showed no clear rise (peak "
+            f"{bpm_words(peak, sign=True)} bpm against the 30 s before{swing}), so there was "
+            "nothing to recover from"
         )
         flat = []
+    else:
+        # A fall is a response too (a freeze): never "nothing to recover from".
+        sentence = (
+            f"After {subset(fell)} heart rate showed no clear rise but fell {mean_drop(fell)}"
+        )
+        fell = []
+    if fell:
+        k = len(fell)
+        tails.append(f"at {_count_words(k)}, heart rate fell instead, {mean_drop(fell)}")
     if flat:
-        tails.append(f"{_count_words(len(flat))} showed no clear response")
+        tails.append(f"{_count_words(len(flat))} showed no clear rise")
     if len(measured) < len(readable):
         tails.append(f"{_count_words(len(readable) - len(measured))} had too few beats to measure")
     if irregular:
@@ -1336,7 +1391,7 @@ def _recovery_cell(r: MarkerResponse) -> str:
     if r.rise_bpm is None:
         return "too few beats"
     if r.responded is False:
-        return "no clear rise"
+        return f"no clear rise (fell {r.drop_bpm:.1f})" if r.fell else "no clear rise"
     if r.responded and r.recovery_s is None:
         back = (
             f"not by the end ({duration_words(cast(float, r.followed_s))} later)"

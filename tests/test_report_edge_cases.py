@@ -300,3 +300,59 @@ def test_a_marker_seconds_before_the_end_has_too_few_beats_to_read(
     doubt, threat = a.responses
     assert doubt.rise_bpm is not None and threat.rise_bpm is None
     assert outcome(a).n_reactions == 1
+
+
+# --- what the beat-by-beat figures say ----------------------------------------------------------
+
+
+def _marker_rows(page: str) -> list[list[str]]:
+    """The marker table's rows, as the text of their cells."""
+    table = page.split("<h2>Reactivity and recovery per marker</h2>")[1].split("</table>")[0]
+    rows = re.findall(r"<tr>(<td>.*?)</tr>", table)
+    return [
+        [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", r)] for r in rows
+    ]
+
+
+def test_a_clear_heart_rate_drop_after_a_marker_is_said_not_called_no_response(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """Heart rate falls 12 bpm for 40 s right after a threat marker (a freeze). The summary
+    said "showed no clear response (peak +1.0 bpm …), so there was nothing to recover from"
+    beside a table whose live columns read ΔHR −12.6; it says the rise was not clear and
+    how far heart rate fell, and the table says it fell."""
+    rng = np.random.default_rng(5)
+    b = _build(
+        store,
+        lambda t: 60_000.0 / (75.0 - (12.0 if 402 <= t < 442 else 0.0)) + 8 * rng.standard_normal(),
+        900,
+        markers=[(400.0, "threat", "froze")],
+    )
+    page = write_report(store, b.sid, tmp_path)[1].read_text()
+    summary = _summary(page)
+    m = re.search(r"After the threat marker heart rate showed no clear rise but fell "
+                  r"(\d+) bpm below the 30 s before\.", summary)  # fmt: skip
+    assert m is not None and 10 <= int(m.group(1)) <= 14, summary
+    assert "nothing to recover from" not in summary and "no clear response" not in summary
+    (row,) = _marker_rows(page)
+    assert re.fullmatch(r"no clear rise \(fell 1[0-4]\.\d\)", row[6]), row
+    assert float(row[7]) < -10  # the live ΔHR peak: the same drop
+
+
+def test_the_table_rise_is_the_difference_of_the_values_it_shows(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """+8 bpm for 25 s after a shame marker: the table read 75.0 | 83.3 | +8.2 (each rounded
+    on its own); the rise is the difference of the two values shown, and the summary says
+    the same number."""
+    rng = np.random.default_rng(11)
+
+    def rr(t: float) -> float:
+        return 60_000.0 / (75.0 + (8.0 if 402 <= t < 427 else 0.0)) + 8 * rng.standard_normal()
+
+    b = _build(store, rr, 900, markers=[(400.0, "shame", "a")])
+    page = write_report(store, b.sid, tmp_path)[1].read_text()
+    (row,) = _marker_rows(page)
+    before, peak, rise = (float(c) for c in row[3:6])
+    assert f"{peak - before:+.1f}" == row[5], row
+    assert f"heart rate rose {rise:.1f} bpm" in _summary(page)

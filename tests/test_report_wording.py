@@ -686,7 +686,7 @@ def test_markers_at_random_times_are_no_rise_a_real_surge_is(store: SessionStore
     a = analyse_session(store.read_session(flat))
     rose = [r for r in a.responses if r.responded and not r.peak_at_marker]
     assert len(a.responses) == 21 and len(rose) <= 2, [r.rise_bpm for r in rose]
-    assert "showed no clear response" in summary_text(a)
+    assert "showed no clear rise" in summary_text(a)
     surged = _store_session(store, _model_rr(1, (300.0, 500.0, 700.0)), 900.0)
     _shames(store, surged, 300.0, 500.0, 700.0)
     a = analyse_session(store.read_session(surged))

@@ -521,7 +521,7 @@ def test_no_heart_rate_rise_is_no_clear_response_not_a_recovery(
     html = html_path.read_text()
     summary = html.split('<p class="summary" id="summary">')[1].split("</p>")[0]
     assert (
-        "After the shame marker heart rate showed no clear response (peak +0.3 bpm against "
+        "After the shame marker heart rate showed no clear rise (peak +0.3 bpm against "
         "the 30 s before), so there was nothing to recover from." in summary
     ), summary
     assert "came back" not in summary and "0 bpm" not in summary.replace("0.3 bpm", "")
