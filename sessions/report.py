@@ -1099,6 +1099,17 @@ def _rhythm_blocked(a: SessionAnalysis) -> bool:
     return not a.baseline_complete and r is not None and 2 * r.irregular_s >= r.recorded_s
 
 
+def _last_scores_words(s: IndexSeries) -> str:
+    """ "of the session", or, when the session's last rows carry no score (the strap taken
+    off, a rhythm too irregular), "of scores, the last one 15 min before the end of the
+    session": the session's last minutes were not what was averaged or held."""
+    scored = s.t_s[np.isfinite(s.settling)]
+    tail = float(s.t_s.max() - scored.max()) if scored.shape[0] else 0.0
+    if tail <= 1.5 * _step_s(s):
+        return "of the session"
+    return f"of scores, the last one {duration_words(tail)} before the end of the session"
+
+
 def _not_caught_up_words(a: SessionAnalysis) -> str:
     """The summary's first sentence for a session with a baseline and a reference that did
     not catch up: whether it did not, could not have in the time left, or was under way."""
@@ -1122,8 +1133,8 @@ def _not_caught_up_words(a: SessionAnalysis) -> str:
             )
             + f"{CATCH_THRESHOLD:g}, and it stayed at "
             f"{CATCH_THRESHOLD - CATCH_HYSTERESIS:g} or above for the last "
-            f"{duration_words(float(scored_t.max()) - run)} of the session, short of the "
-            f"{CATCH_HOLD_S:g} s that count as caught up."
+            f"{duration_words(float(scored_t.max()) - run)} {_last_scores_words(s)}, short "
+            f"of the {CATCH_HOLD_S:g} s that count as caught up."
         )
     if v is Verdict.TOO_SHORT:
         if float(s.t_s.max()) - ref < CATCH_HOLD_S:
@@ -1207,8 +1218,8 @@ def summary_text(a: SessionAnalysis) -> str:
     if a.score_start is not None and a.score_end is not None:
         parts.append(
             f"The settling score averaged {a.score_start:.0f} in the first five minutes after "
-            f"{a.reference_kind} and {a.score_end:.0f} in the last five minutes of the session "
-            "(50 = as at baseline)."
+            f"{a.reference_kind} and {a.score_end:.0f} in the last five minutes "
+            f"{_last_scores_words(a.series)} (50 = as at baseline)."
         )
     if rhythm is not None:
         parts.append(_rhythm_words(rhythm) + ": the settling score is missing for that time.")
@@ -1240,6 +1251,7 @@ _RUNNING_WORDS = (
     (re.compile(r"by the end of the session"), "so far"),
     (re.compile(r"for the last (.+?) of the session"), r"for the last \1 so far"),
     (re.compile(r"in the last five minutes of the session"), "in the last five minutes so far"),
+    (re.compile(r"before the end of the session"), "before its latest values"),
 )
 """What a finished session's summary says about its end, and how a running one says it."""
 

@@ -20,7 +20,14 @@ import numpy as np
 import pytest
 
 from processing.live import BASELINE_MIN_SAMPLES, LiveAnalyzer
-from sessions.report import Verdict, analyse_session, outcome, render_png, write_report
+from sessions.report import (
+    Verdict,
+    analyse_session,
+    outcome,
+    render_png,
+    summary_text,
+    write_report,
+)
 from sessions.store import (
     BaselinePeriod,
     BeatRow,
@@ -356,3 +363,59 @@ def test_the_table_rise_is_the_difference_of_the_values_it_shows(
     before, peak, rise = (float(c) for c in row[3:6])
     assert f"{peak - before:+.1f}" == row[5], row
     assert f"heart rate rose {rise:.1f} bpm" in _summary(page)
+
+
+# --- the end of a session without scores --------------------------------------------------------
+
+
+def test_catching_up_at_the_last_score_does_not_claim_the_sessions_last_minute(
+    store: SessionStore,
+) -> None:
+    """A run above 85 from 400 s to the last score at 460 s, then the strap taken off
+    (rows to 520 s unscored): "stayed at 75 or above for the last 1 min of the session"
+    claimed the minute without scores; it says the last minute of scores, and when they
+    stopped."""
+
+    def edit(p: dict[str, Any]) -> None:
+        p["catching_up_t_s"] = None
+        if p["settling_state"] != "running":
+            return
+        if p["t_s"] > 460:
+            p.update(settling=None, usable=False, reason="not enough beats yet", warming_up=True)
+        else:
+            p["settling"] = 90.0 if p["t_s"] >= 400 else 50.0
+
+    b = _build(store, _sinus(1), 520, markers=[(200.0, "hold-start", "")], edit=edit)
+    text = summary_text(analyse_session(store.read_session(b.sid)))
+    assert "last 1 min of the session" not in text, text
+    assert (
+        "and it stayed at 75 or above for the last 1 min of scores, the last one 1 min before "
+        "the end of the session, short of the 90 s that count as caught up." in text
+    ), text
+
+
+def test_the_last_five_minutes_are_of_scores_when_the_sessions_end_had_none(
+    store: SessionStore,
+) -> None:
+    """Scores to 900 s (30, then 70 from 600 s), then the rhythm too irregular to score to
+    the end at 1300 s: "averaged 70 in the last five minutes of the session" was of minutes
+    that had no score; it says of scores, and how long before the end they stopped."""
+
+    def edit(p: dict[str, Any]) -> None:
+        if p["settling_state"] != "running":
+            return
+        if p["t_s"] > 900:
+            p.update(settling=None, usable=False, warming_up=False,
+                     reason="irregular rhythm: 35 % of recent beats are not sinus")  # fmt: skip
+        else:
+            p["settling"] = 30.0 if p["t_s"] < 600 else 70.0
+
+    b = _build(store, _sinus(1), 1300, edit=edit)
+    text = summary_text(analyse_session(store.read_session(b.sid)))
+    assert (
+        "averaged 30 in the first five minutes after the baseline ended and 70 in the last five "
+        "minutes of scores, the last one 6 min 40 s before the end of the session" in text
+    ), text
+    b = _build(store, _sinus(1), 1300, edit=edit, finish=False)
+    running = summary_text(analyse_session(store.read_session(b.sid)))
+    assert "of scores, the last one 6 min 40 s before its latest values" in running, running
