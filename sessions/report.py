@@ -1180,13 +1180,37 @@ def _set_baseline_words(
     )
 
 
+def _session_length_s(rec: SessionRecord) -> float:
+    """How far the session's time axis reaches (s): its wall-clock length times its time
+    scale, or its last beat, indices row or marker if later (a running session: those)."""
+    info = rec.info
+    wall = 0.0
+    if info.stopped_ms is not None:
+        wall = max(0.0, (info.stopped_ms - info.started_ms) / 1000.0) * info.time_scale
+    times = [b.beat_t_s for b in rec.beats[-1:]] + [b.beat_t_s for b in rec.ecg_beats[-1:]]
+    times += [r.t_s for r in rec.indices[-1:]] + [m.t_s for m in rec.markers]
+    return max([wall, *times])
+
+
 def summary_text(a: SessionAnalysis) -> str:
     """A plain-language summary of one session (a few sentences)."""
     rec = a.record
     if len(a.series.t_s) == 0:
+        if rec.info.state is SessionState.RUNNING:
+            return (
+                f"This session holds {len(rec.beats)} beats but no indices yet, "
+                "too little to say how physiology moved."
+            )
+        # Finished: no "yet" (it read "holds 0 beats but no indices yet" for 10 min of none).
+        length = duration_words(_session_length_s(rec))
+        if not rec.beats and not rec.ecg_beats:
+            return (
+                f"This session recorded no beats in its {length}, so there is nothing to say "
+                "about how physiology moved."
+            )
         return (
-            f"This session holds {len(rec.beats)} beats but no indices yet, "
-            "too little to say how physiology moved."
+            f"This session of {length} holds {len(rec.beats) or len(rec.ecg_beats)} beats but "
+            "no indices, too little to say how physiology moved."
         )
     parts: list[str] = []
     rhythm = a.rhythm
@@ -1385,6 +1409,11 @@ def render_png(a: SessionAnalysis, path: Path | IO[bytes]) -> None:
                 fontsize=8,
                 ha="left",
             )
+        if s.t_s.shape[0] == 0 and grid.shape[0] == 0:
+            # Nothing plotted: the session's own length, not matplotlib's −0.04..0.04 min.
+            times = [0.0, _session_length_s(a.record)] + [m.t_s for m in a.record.markers]
+            lo, hi = min(times) / 60.0, max(times) / 60.0
+            ax_sc.set_xlim(lo, hi if hi > lo else lo + 1.0)
         ax_hr.legend(loc="lower left", fontsize=7)
         ax_z.legend(loc="lower right", fontsize=7)
         fig.suptitle(f"Settle session {a.record.info.id}")
@@ -1415,6 +1444,45 @@ def _recovery_cell(r: MarkerResponse) -> str:
     return f"{back} (highest at the marker)" if r.responded and r.peak_at_marker else back
 
 
+def _user(text: str) -> str:
+    """User text (an intention, a marker's text, notes, a tag, a strap's name) for the page:
+    escaped and isolated in ``<bdi>``, so a bidi control in it (U+202E, right-to-left
+    override) cannot reorder the text around it — ``(mqtt)`` after a marker's text read
+    ``(tqqm)``."""
+    return f"<bdi>{html.escape(text)}</bdi>"
+
+
+def _beats_cell(rec: SessionRecord) -> str:
+    """The beats the analysis used, and what was recorded: an ECG-driven session read "0"
+    (the strap's beats) beside indices from 479 R peaks."""
+    used = analysed_beats(rec)[0].shape[0]
+    if rec.ecg_beats:
+        beats = (
+            f"{used} analysed ({len(rec.beats)} from the strap, {len(rec.ecg_beats)} R peaks "
+            "of the raw ECG)"
+        )
+    elif used != len(rec.beats):
+        beats = f"{used} analysed of {len(rec.beats)}"
+    else:
+        beats = str(used)
+    return f"{beats} / {len(rec.gaps)}"
+
+
+def _figure_alt(a: SessionAnalysis) -> str:
+    """The figure's text alternative: what it plots, the catching-up point if any, and that
+    the summary above says what it shows."""
+    alt = "Figure: heart rate, lnRMSSD and settling score over the session"
+    if a.baseline is not None:
+        alt += f", the baseline ({_period_words(a.baseline)}) shaded"
+    if a.caught_up_t_s is not None:
+        alt += f", caught up at {duration_words(a.caught_up_t_s)} (green line)"
+    if a.record.markers:
+        k = len(a.record.markers)
+        lines = _plural(k, "marker as a dashed line", "markers as dashed lines")
+        alt += f", {_count_words(k)} {lines}"
+    return alt + ". The summary above says what it shows."
+
+
 def render_html(a: SessionAnalysis, png: bytes, png_name: str | None) -> str:
     """A self-contained page: summary, session log, the figure (inlined), marker table.
     ``png_name``: the file the figure is also saved as (None: not kept, not mentioned)."""
@@ -1425,7 +1493,7 @@ def render_html(a: SessionAnalysis, png: bytes, png_name: str | None) -> str:
     rows = "".join(
         "<tr>"
         f"<td>{e(duration_words(r.marker.t_s))}</td><td>{e(r.marker.kind)}</td>"
-        f'<td class="text">{e(r.marker.text)}</td><td>{_fmt(r.pre_hr_bpm, ".1f")}</td>'
+        f'<td class="text">{_user(r.marker.text)}</td><td>{_fmt(r.pre_hr_bpm, ".1f")}</td>'
         f"<td>{_fmt(r.peak_hr_bpm, '.1f')}</td><td>{_fmt(r.rise_bpm, '+.1f')}</td>"
         f"<td>{_recovery_cell(r)}</td>"
         f"<td>{_fmt(r.d_hr_bpm, '+.1f')}</td><td>{_fmt(r.d_ln_rmssd, '+.2f')}</td>"
@@ -1434,7 +1502,7 @@ def render_html(a: SessionAnalysis, png: bytes, png_name: str | None) -> str:
         for r in a.responses
     )
     all_markers = "".join(
-        f"<li>{e(duration_words(m.t_s))} — <b>{e(m.kind)}</b> {e(m.text)} "
+        f"<li>{e(duration_words(m.t_s))} — <b>{e(m.kind)}</b> {_user(m.text)} "
         f"<small>({e(m.source.value)})</small></li>"
         for m in a.record.markers
     )
@@ -1443,9 +1511,11 @@ def render_html(a: SessionAnalysis, png: bytes, png_name: str | None) -> str:
         i = info.intention
         intention = e(i.target.value)
         if i.statement:
-            intention += f": “{e(i.statement)}”"
+            intention += f": “{_user(i.statement)}”"
         if i.practice:  # left out when none was given (it read "(practice)")
-            intention += f" ({e(i.practice)})"
+            intention += f" ({_user(i.practice)})"
+    tags = ", ".join(_user(t) for t in info.tags) or "–"
+    notes = _user(info.notes) if info.notes else "–"
     img = base64.b64encode(png).decode("ascii")
     shading = "Shaded: baseline period and its mean ± 1 SD."
     if a.baseline is None:
@@ -1482,25 +1552,30 @@ small {{ color: #666; }}
 </style></head><body>
 <h1>Session {e(info.id)}</h1>
 <p class="summary" id="summary">{e(summary_text(a))}</p>
-<div class="wide"><table>
-<tr><th>started</th><td>{e(started.strftime("%Y-%m-%d %H:%M:%S %Z"))}</td></tr>
-<tr><th>state</th><td>{e(info.state.value)}</td></tr>
-<tr><th>device</th><td>{e(info.device_id)}</td></tr>
-<tr><th>intention</th><td>{intention}</td></tr>
-<tr><th>tags</th><td>{e(", ".join(info.tags)) or "–"}</td></tr>
-<tr><th>notes</th><td class="notes">{e(info.notes) or "–"}</td></tr>
-<tr><th>beats / gaps</th><td>{len(a.record.beats)} / {len(a.record.gaps)}</td></tr>
+<div class="wide"><table aria-label="Session log">
+<tr><th scope="row">started</th><td>{e(started.strftime("%Y-%m-%d %H:%M:%S %Z"))}</td></tr>
+<tr><th scope="row">state</th><td>{e(info.state.value)}</td></tr>
+<tr><th scope="row">device</th><td>{_user(info.device_id)}</td></tr>
+<tr><th scope="row">intention</th><td>{intention}</td></tr>
+<tr><th scope="row">tags</th><td>{tags}</td></tr>
+<tr><th scope="row">notes</th><td class="notes">{notes}</td></tr>
+<tr><th scope="row">beats / gaps</th><td>{_beats_cell(a.record)}</td></tr>
 </table></div>
 <h2>Over time</h2>
-<p><img src="data:image/png;base64,{img}" alt="heart rate, lnRMSSD and settling score"
- style="max-width:100%"><br><small>{saved}{e(shading)}</small></p>
+<p><img src="data:image/png;base64,{img}" alt="{e(_figure_alt(a))}"
+ aria-describedby="summary" style="max-width:100%"><br><small>{saved}{e(shading)}</small></p>
 <h2>Reactivity and recovery per marker</h2>
 <div class="wide" role="region" tabindex="0"
  aria-label="Reactivity and recovery per marker (scrolls sideways)">
-<table><tr><th rowspan="2">time</th><th rowspan="2">kind</th><th rowspan="2">text</th>
-<th colspan="4">beat by beat</th><th colspan="3">as shown live (vs baseline)</th></tr>
-<tr><th>HR before (bpm)</th><th>peak (bpm)</th><th>rise</th><th>back within 1 bpm after</th>
-<th>ΔHR peak (bpm)</th><th>ΔlnRMSSD (30 s)</th><th>back in baseline band</th></tr>
+<table><caption>Heart rate after each reaction marker (times since the session start): beat
+by beat, and as the daemon showed it live against the baseline</caption>
+<tr><th scope="col" rowspan="2">time</th><th scope="col" rowspan="2">kind</th>
+<th scope="col" rowspan="2">text</th>
+<th scope="colgroup" colspan="4">beat by beat</th>
+<th scope="colgroup" colspan="3">as shown live (vs baseline)</th></tr>
+<tr><th scope="col">HR before (bpm)</th><th scope="col">peak (bpm)</th><th scope="col">rise</th>
+<th scope="col">back within 1 bpm after</th><th scope="col">ΔHR peak (bpm)</th>
+<th scope="col">ΔlnRMSSD (30 s)</th><th scope="col">back in baseline band</th></tr>
 {rows or '<tr><td colspan="10">no shame/threat/discomfort/attention/doubt markers</td></tr>'}
 </table></div>
 <h2>All markers</h2><ul>{all_markers or "<li>none</li>"}</ul>

@@ -12,6 +12,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from processing.live import BASELINE_MIN_SAMPLES, LiveAnalyzer
 from sessions.report import (
     Verdict,
     analyse_session,
+    duration_words,
     outcome,
     render_png,
     summary_text,
@@ -30,9 +32,13 @@ from sessions.report import (
 )
 from sessions.store import (
     BaselinePeriod,
+    BeatClass,
     BeatRow,
+    EcgBeatRow,
     GapRow,
     IndicesRow,
+    Intention,
+    IntentionTarget,
     MarkerRow,
     MarkerSource,
     SessionStore,
@@ -419,3 +425,120 @@ def test_the_last_five_minutes_are_of_scores_when_the_sessions_end_had_none(
     b = _build(store, _sinus(1), 1300, edit=edit, finish=False)
     running = summary_text(analyse_session(store.read_session(b.sid)))
     assert "of scores, the last one 6 min 40 s before its latest values" in running, running
+
+
+# --- the page ---------------------------------------------------------------------------------
+
+
+class _Page(HTMLParser):
+    """Each text node of a page with the tags open around it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: list[str] = []
+        self.texts: list[tuple[str, tuple[str, ...]]] = []
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag not in {"meta", "img", "br"}:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        while self.open and self.open.pop() != tag:
+            pass
+
+    def handle_data(self, data: str) -> None:
+        self.texts.append((data, tuple(self.open)))
+
+
+def _parsed(page: str) -> _Page:
+    parser = _Page()
+    parser.feed(page)
+    return parser
+
+
+def test_a_bidi_override_in_user_text_cannot_reorder_the_page_around_it(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """A right-to-left override (U+202E) in a marker's text, the intention or the notes —
+    accepted by `log set` and `log import` — reversed the text after it on the page (the
+    marker list's "(mqtt)" read "(tqqm)"). Each user text is isolated in <bdi>, with nothing
+    else inside it."""
+    rlo = "\u202e"
+    b = _build(store, _sinus(1), 300, markers=[(150.0, "shame", f"{rlo}I felt small")])
+    store.set_intention(b.sid, Intention(IntentionTarget.SELF, f"{rlo}I am safe", "breath"))
+    store.set_notes(b.sid, f"{rlo}slept badly")
+    page = _parsed(write_report(store, b.sid, tmp_path)[1].read_text())
+    user = {f"{rlo}I felt small", f"{rlo}I am safe", f"{rlo}slept badly"}
+    with_rlo = [(text, tags) for text, tags in page.texts if rlo in text]
+    assert len(with_rlo) == 4  # the marker twice (table and list), the intention, the notes
+    for text, tags in with_rlo:
+        assert tags[-1] == "bdi" and text in user, (text, tags)
+    # What follows a user text is outside its isolation: "(mqtt)" after the marker's text,
+    # the closing quote after the statement.
+    after = {text for text, tags in page.texts if "bdi" not in tags}
+    assert "(mqtt)" in after and any(t.startswith("” (") for t in after), after
+
+
+def test_an_empty_finished_session_says_so_and_spans_its_length(
+    store: SessionStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished 10 min session with no beats read "This session holds 0 beats but no
+    indices yet", and its figure's time axis ran −0.04 to 0.04 min."""
+    sid = store.create_session("dev", T0_MS, "x", {}).id
+    store.finish_session(sid, T0_MS + 600_000)
+    page = write_report(store, sid, tmp_path)[1].read_text()
+    assert _summary(page) == (
+        "This session recorded no beats in its 10 min, so there is nothing to say about how "
+        "physiology moved."
+    )
+    fig = _figure(analyse_session(store.read_session(sid)), monkeypatch)
+    try:
+        assert fig.axes[0].get_xlim() == pytest.approx((0.0, 10.0))
+    finally:
+        plt.close(fig)
+
+
+def test_an_ecg_driven_session_shows_the_beats_its_analysis_used(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """A session whose indices came from the raw ECG's R peaks (the strap sent no intervals)
+    read "beats / gaps 0 / 0"; it shows the beats analysed and where they came from."""
+    sid = store.create_session("dev", T0_MS, "x", {}).id
+    t, rows = 0.0, []
+    for seq in range(300):
+        t += 0.8
+        rows.append(EcgBeatRow(seq, t, 800.0, 800.0, BeatClass.NORMAL))
+    store.add_ecg_beats(sid, rows)
+    store.finish_session(sid, T0_MS + 245_000)
+    page = write_report(store, sid, tmp_path)[1].read_text()
+    assert (
+        '<tr><th scope="row">beats / gaps</th><td>300 analysed (0 from the strap, 300 R peaks '
+        "of the raw ECG) / 0</td></tr>" in page
+    )
+
+
+def test_the_page_names_its_table_headers_and_describes_its_figure(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """Screen readers: every table header says what it heads (the marker table's columns,
+    the session log's rows), the marker table has a caption, and the figure's text
+    alternative names what it plots, the catching-up time, and points to the summary (it
+    was "heart rate, lnRMSSD and settling score")."""
+    from tests.test_sessions_report import _session
+
+    sid = _session(store)
+    a = analyse_session(store.read_session(sid))
+    assert a.caught_up_t_s is not None
+    page = write_report(store, sid, tmp_path)[1].read_text()
+    parsed = _parsed(page)
+    headers = [attrs for tag, attrs in parsed.tags if tag == "th"]
+    assert len(headers) == 7 + 12  # the session log's rows, the marker table's two header rows
+    assert all(attrs.get("scope") in {"row", "col", "colgroup"} for attrs in headers), headers
+    assert sum(attrs.get("scope") == "row" for attrs in headers) == 7
+    assert any(tag == "caption" for tag, _attrs in parsed.tags)
+    (img,) = [attrs for tag, attrs in parsed.tags if tag == "img"]
+    alt = img.get("alt") or ""
+    assert f"caught up at {duration_words(a.caught_up_t_s)}" in alt, alt
+    assert "summary" in alt and img.get("aria-describedby") == "summary"

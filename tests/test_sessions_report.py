@@ -193,12 +193,19 @@ def test_report_files_and_html(store: SessionStore, tmp_path: Path) -> None:
     assert "&lt;b&gt;it&lt;/b&gt; came back" in html and "<b>it</b>" not in html  # escaped
     assert html.count("<tr><td>") >= 2  # the per-marker table
     assert "data:image/png;base64," in html
-    assert "<tr><th>intention</th><td>self: “I am safe” (hold)</td></tr>" in html
+    assert (
+        '<tr><th scope="row">intention</th><td>self: “<bdi>I am safe</bdi>” (<bdi>hold</bdi>)'
+        "</td></tr>" in html
+    )
     # On a phone (History's frame, a report opened there) it fits the screen: a viewport, and
     # each table scrolls sideways inside its own box (the marker table is ~800 px wide).
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
-    assert html.count("<table>") == html.count('<div class="wide"') == 2
-    assert re.search(r'<div class="wide"[^>]*>\s*<table><tr><th rowspan="2">time</th>', html)
+    assert html.count("<table") == html.count('<div class="wide"') == 2
+    assert re.search(
+        r'<div class="wide"[^>]*>\s*<table><caption>[^<]*</caption>\s*<tr><th scope="col" '
+        r'rowspan="2">time</th>',
+        html,
+    )
 
 
 def test_a_report_whose_page_cannot_be_written_leaves_no_picture(
@@ -242,14 +249,19 @@ def test_report_intention_without_practice_or_statement(
 ) -> None:
     """A session started with `--target self --statement "I am safe"` only (mqtt.md's own
     example) read `self: “I am safe” (practice)`: a placeholder printed as if given."""
-    cases = [("I am safe", "", "self: “I am safe”"), ("", "", "self"), ("", "b", "self (b)")]
+    cases = [
+        ("I am safe", "", "self: “<bdi>I am safe</bdi>”"),
+        ("", "", "self"),
+        ("", "b", "self (<bdi>b</bdi>)"),
+    ]
     for statement, practice, shown in cases:
         sid = store.create_session(
             "dev", 1_795_000_000_000, "x", {},
             intention=Intention(IntentionTarget.SELF, statement, practice),
         ).id  # fmt: skip
         _png, page = write_report(store, sid, tmp_path / sid)
-        assert f"<tr><th>intention</th><td>{shown}</td></tr>" in page.read_text()
+        row = f'<tr><th scope="row">intention</th><td>{shown}</td></tr>'
+        assert row in page.read_text()
 
 
 def test_trends_per_target_and_cli(store: SessionStore, tmp_path: Path) -> None:
@@ -584,8 +596,8 @@ def test_long_marker_text_and_notes_wrap_on_the_page(store: SessionStore, tmp_pa
     html = write_report(store, sid, tmp_path)[1].read_text()
     assert ".text, .notes, li { overflow-wrap: anywhere; }" in html
     assert ".notes { white-space: pre-wrap; }" in html
-    assert '<td class="notes">line one\nline two</td>' in html
-    assert '<td class="text">&lt;b&gt;it&lt;/b&gt; came back</td>' in html
+    assert '<td class="notes"><bdi>line one\nline two</bdi></td>' in html
+    assert '<td class="text"><bdi>&lt;b&gt;it&lt;/b&gt; came back</bdi></td>' in html
 
 
 def test_a_spurious_beat_is_no_reaction_in_the_beat_by_beat_table(store: SessionStore) -> None:
