@@ -1750,18 +1750,35 @@ _REFERENCE_MARKERS = {"hold-start": "o", "baseline end": "s", None: "o"}
 def _trend_time(started_ms: int) -> dt.datetime:
     """A session's x position: its start to the minute, so sessions started together (a
     group's straps, a second apart) share one position instead of spreading over an axis of
-    seconds."""
-    t = dt.datetime.fromtimestamp(started_ms / 1000)
+    seconds. An absolute time (UTC): placed by local wall time, a session at 02:10 after the
+    clocks went back sat before the one at 02:40 an hour earlier, and the line ran back."""
+    t = dt.datetime.fromtimestamp(started_ms / 1000, tz=dt.UTC)
     return t.replace(second=0, microsecond=0)
 
 
-def write_trends_png(outcomes: Sequence[SessionOutcome], path: Path, *, force: bool = True) -> Path:
+def _label_tz(outcomes: Sequence[SessionOutcome]) -> dt.tzinfo:
+    """The trends axis' labels: local time at the latest session's start, as a fixed offset
+    (matplotlib's date locator, given a zone with daylight-saving rules, took the span of
+    two sessions either side of the clocks going back by their wall times, which run
+    backwards, and asked for billions of ticks)."""
+    latest = max(o.started_ms for o in outcomes)
+    return cast(dt.tzinfo, dt.datetime.fromtimestamp(latest / 1000).astimezone().tzinfo)
+
+
+def write_trends_png(
+    outcomes: Sequence[SessionOutcome], path: Path, *, force: bool = True
+) -> Path | None:
     """Plot latency, score change and median recovery per session over calendar time (to
-    the minute), one colour per target model (and strap, with several). Latencies are
-    drawn with one marker shape per reference (circle: from hold-start; square: from the
+    the minute, placed by absolute time, labelled in the local time of the latest
+    session), one colour per target model (and strap, with several). Latencies are drawn
+    with one marker shape per reference (circle: from hold-start; square: from the
     baseline end) and joined only within one; a session that did not catch up is a hollow
     marker at the top of the latency panel, labelled ("not yet", "no score", ...).
-    ``force=False``: :class:`OutputExists` if ``path`` exists."""
+    ``force=False``: :class:`OutputExists` if ``path`` exists. Without sessions nothing is
+    written (it wrote an empty plot, and matplotlib warned of its empty legend on
+    stderr): None."""
+    if not outcomes:
+        return None
     if not force:
         _refuse_existing([path])
     refuse_database(path)
@@ -1819,9 +1836,10 @@ def write_trends_png(outcomes: Sequence[SessionOutcome], path: Path, *, force: b
             if hi - lo < dt.timedelta(hours=1):
                 mid = lo + (hi - lo) / 2
                 axes[-1].set_xlim(mid - dt.timedelta(minutes=30), mid + dt.timedelta(minutes=30))
-        locator = mdates.AutoDateLocator()  # type: ignore[no-untyped-call]
+        local = _label_tz(outcomes)
+        locator = mdates.AutoDateLocator(tz=local)  # type: ignore[no-untyped-call]
         axes[-1].xaxis.set_major_locator(locator)
-        axes[-1].xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+        axes[-1].xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=local))  # type: ignore[no-untyped-call]
         axes[0].set_ylabel("catching up (min)")
         # Room above the highest latency for the sessions that did not catch up.
         lat = [o.latency_s / 60 for o in outcomes if o.latency_s is not None]

@@ -7,21 +7,27 @@ sees: the page, the summary, the figure, trends."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import math
 import re
+import time
+import warnings
+import zoneinfo
 from collections.abc import Callable, Iterator, Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
 from processing.live import BASELINE_MIN_SAMPLES, LiveAnalyzer
 from sessions.report import (
+    SessionOutcome,
     Verdict,
     analyse_session,
     duration_words,
@@ -29,6 +35,7 @@ from sessions.report import (
     render_png,
     summary_text,
     write_report,
+    write_trends_png,
 )
 from sessions.store import (
     BaselinePeriod,
@@ -542,3 +549,73 @@ def test_the_page_names_its_table_headers_and_describes_its_figure(
     alt = img.get("alt") or ""
     assert f"caught up at {duration_words(a.caught_up_t_s)}" in alt, alt
     assert "summary" in alt and img.get("aria-describedby") == "summary"
+
+
+# --- trends -------------------------------------------------------------------------------------
+
+
+def _outcome(sid: str, started_ms: int, latency_s: float | None = 120.0) -> SessionOutcome:
+    return SessionOutcome(sid, started_ms, "self", latency_s, 10.0, 30.0, 1, 1)
+
+
+@pytest.fixture
+def berlin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Local time Europe/Berlin (the clocks go back at 03:00 CEST on 2026-10-25)."""
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_trends_place_sessions_by_absolute_time_across_a_clock_change(
+    berlin: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sessions at 02:40 CEST and 02:10 CET on the night the clocks go back (the second half
+    an hour later): placed by local wall time, the second sat before the first and
+    the trends line ran backwards. (`settle trends`' table lists local wall times, as the
+    clock read.)"""
+    berlin_tz = zoneinfo.ZoneInfo("Europe/Berlin")
+
+    def ms(h: int, m: int, fold: int) -> int:
+        return int(dt.datetime(2026, 10, 25, h, m, fold=fold, tzinfo=berlin_tz).timestamp() * 1000)
+
+    first, second = ms(2, 40, 0), ms(2, 10, 1)
+    assert second - first == 30 * 60_000
+    kept: list[Any] = []
+    monkeypatch.setattr(plt, "close", kept.append)
+    out = write_trends_png([_outcome("a", first), _outcome("b", second)], tmp_path / "t.png")
+    monkeypatch.undo()
+    (fig,) = kept
+    try:
+        assert out is not None and out.is_file()
+        for ax in fig.axes[:3]:
+            (line,) = [ln for ln in ax.lines if len(ln.get_xdata()) == 2]
+            x = mdates.date2num(line.get_xdata())
+            assert x[1] - x[0] == pytest.approx(30 / (24 * 60), abs=1e-6), ax.get_ylabel()
+    finally:
+        plt.close(fig)
+
+
+def test_trends_of_no_session_write_no_empty_plot(store: SessionStore, tmp_path: Path) -> None:
+    """`settle trends --target relational --out DIR` with no such session wrote an empty
+    settle-trends.png and printed matplotlib's "No artists with labels found to put in
+    legend" warning; nothing is plotted, and the one line says there were no sessions."""
+    from typer.testing import CliRunner
+
+    from settle.cli import app
+
+    _build(store, _sinus(1), 300)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert write_trends_png([], tmp_path / "t.png") is None
+        res = CliRunner().invoke(
+            app,
+            ["trends", "--target", "relational", "--db", str(store.path), "--out",
+             str(tmp_path / "out")],
+        )  # fmt: skip
+    assert not caught, [str(w.message) for w in caught]
+    assert res.exit_code == 0, res.output
+    assert res.output == "No sessions with target relational.\n"
+    assert not (tmp_path / "t.png").exists()
+    assert not (tmp_path / "out" / "settle-trends.png").exists()
