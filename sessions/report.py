@@ -518,9 +518,9 @@ def used_baseline(
     A run at the end of the session that never completed (a rest period started and never
     stopped, or an automatic baseline collected again after a rest period stopped too early,
     with the session ending first) is not the session's baseline: the scores before it were
-    against the one before it. A run longer than ``baseline_s`` after the session's first
-    rows is a rest period stopped too early and discarded, followed by the automatic
-    baseline the daemon collected from that moment for ``baseline_s``: its samples are the
+    against the one before it. A run longer than ``baseline_s`` holds a rest period
+    stopped too early and discarded, followed by the automatic baseline the daemon
+    collected from that moment for ``baseline_s``: its samples are the
     rows of that last ``baseline_s`` (all of the run when fewer than
     :data:`~processing.live.BASELINE_MIN_SAMPLES` usable rows lie there: the daemon then
     went on collecting; a stop exactly at a row's time is taken as after it). The period
@@ -839,11 +839,10 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
     baseline = provisional_baseline(rec, s)
     base_rows = None
     if baseline is not None:
+        # A stored period's rows are those within it; the daemon's own, the rows it sampled.
         used = used_baseline(s, session_baseline_s(rec))
-        stored = rec.info.baseline is not None and rec.info.baseline.stop_t_s is not None
-        base_rows = used[1] if used is not None and not stored else None
-        if base_rows is None:
-            base_rows = (s.t_s >= baseline[0]) & (s.t_s <= baseline[1])
+        within = (s.t_s >= baseline[0]) & (s.t_s <= baseline[1])
+        base_rows = used[1] if used is not None and used[0] == baseline else within
     open_from = open_baseline_from(s)
     live_span: tuple[float, float] | None = None
     rescore: bool | None = None  # None: the live baseline; True/False: set afterwards
@@ -1751,7 +1750,8 @@ def _trend_time(started_ms: int) -> dt.datetime:
     """A session's x position: its start to the minute, so sessions started together (a
     group's straps, a second apart) share one position instead of spreading over an axis of
     seconds. An absolute time (UTC): placed by local wall time, a session at 02:10 after the
-    clocks went back sat before the one at 02:40 an hour earlier, and the line ran back."""
+    clocks went back sat before the one at 02:40 half an hour before it, and the line ran
+    back."""
     t = dt.datetime.fromtimestamp(started_ms / 1000, tz=dt.UTC)
     return t.replace(second=0, microsecond=0)
 
