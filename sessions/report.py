@@ -508,7 +508,7 @@ def session_baseline_s(rec: SessionRecord) -> float:
 
 
 def used_baseline(
-    s: IndexSeries, baseline_s: float = 120.0
+    s: IndexSeries, baseline_s: float = 120.0, kept: tuple[float, float] | None = None
 ) -> tuple[tuple[float, float], npt.NDArray[np.bool_]] | None:
     """The baseline the daemon scored the session's last scores against, from the rows'
     ``settling_state``: the last run of rows published while a baseline was collected that
@@ -526,17 +526,74 @@ def used_baseline(
     went on collecting; a stop exactly at a row's time is taken as after it). The period
     runs from one step before the first sample row (a row stands for the step before it)
     to the last row."""
-    done = [r for r in _baseline_runs(s) if _completed(s, r)]
-    if not done:
-        return None
-    run = done[-1]
+    done = completed_baselines(s, baseline_s, kept)
+    return (done[-1].period, done[-1].rows) if done else None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LiveBaseline:
+    """One baseline the daemon completed: its ``period`` and the ``rows`` its samples came
+    from (:func:`used_baseline` says which), collected from ``from_t_s`` (its first row's
+    step) and complete from ``done_t_s`` (the first row published with it complete)."""
+
+    period: tuple[float, float]
+    rows: npt.NDArray[np.bool_]
+    from_t_s: float
+    done_t_s: float
+
+
+def completed_baselines(
+    s: IndexSeries, baseline_s: float = 120.0, kept: tuple[float, float] | None = None
+) -> list[LiveBaseline]:
+    """Every baseline the daemon completed in the session, in order (see
+    :func:`used_baseline` for the rows of each). ``kept``: the rest period the store holds
+    (the daemon kept it whole: a run that matches it is no discarded period followed by an
+    automatic baseline, however long)."""
+    out = []
+    step = _step_s(s)
+    for run in _baseline_runs(s):
+        if not _completed(s, run):
+            continue
+        whole = kept is not None and (
+            abs(float(s.t_s[run[0]]) - step - kept[0]) <= step + 1.0
+            and abs(float(s.t_s[run[-1]]) - kept[1]) <= step + 1.0
+        )
+        period, rows = _run_baseline(s, run, math.inf if whole else baseline_s)
+        # A marker anywhere in the run waited for it (a rest period stopped too early and
+        # discarded is followed, in the same run, by the automatic baseline it waited for).
+        since = max(0.0, float(s.t_s[run[0]]) - _step_s(s))
+        out.append(LiveBaseline(period, rows, since, float(s.t_s[int(run[-1]) + 1])))
+    return out
+
+
+def baseline_for_marker(done: Sequence[LiveBaseline], t_s: float) -> LiveBaseline | None:
+    """The baseline the daemon read a marker at ``t_s`` against (processing.live): the one
+    being collected at its time if that one completed (the marker waited for it), else the
+    last one complete at its time (a rest period marked later does not re-read it), else
+    the first one completed after it (a marker during the first baseline)."""
+    for b in done:
+        if b.from_t_s < t_s < b.done_t_s:
+            return b
+    before = [b for b in done if b.done_t_s <= t_s]
+    if before:
+        return before[-1]
+    return done[0] if done else None
+
+
+def _run_baseline(
+    s: IndexSeries, run: npt.NDArray[np.intp], baseline_s: float
+) -> tuple[tuple[float, float], npt.NDArray[np.bool_]]:
     step = _step_s(s)
     rows = np.zeros(s.t_s.shape, dtype=bool)
     rows[run] = True
     first, last = float(s.t_s[run[0]]), float(s.t_s[run[-1]])
     start = max(0.0, first - step)
     usable = s.usable if s.usable is not None else np.ones(s.t_s.shape, dtype=bool)
-    if last - first > baseline_s + 0.5 * step:
+    # Only a run a little longer than baseline_s: a rest period is discarded when shorter
+    # than BASELINE_MIN_SAMPLES steps (the daemon's rule), so a longer run is a rest period
+    # kept whole (a 150 s one was read from its last 120 s only).
+    discarded_max = BASELINE_MIN_SAMPLES * step + step
+    if baseline_s + 0.5 * step < last - first <= baseline_s + discarded_max:
         # The row at the discarding stop itself belonged to the discarded period.
         tail = rows & (s.t_s > last - baseline_s + 1e-6)
         if int((tail & usable).sum()) >= BASELINE_MIN_SAMPLES:
@@ -555,6 +612,12 @@ def open_baseline_from(s: IndexSeries) -> float | None:
     return float(s.t_s[runs[-1][0]])
 
 
+def _kept(rec: SessionRecord) -> tuple[float, float] | None:
+    """The rest period the store holds, if stopped."""
+    b = rec.info.baseline
+    return None if b is None or b.stop_t_s is None else (b.start_t_s, b.stop_t_s)
+
+
 def provisional_baseline(rec: SessionRecord, s: IndexSeries) -> tuple[float, float] | None:
     """The stored baseline period, else the one the daemon used (:func:`used_baseline`)."""
     b = rec.info.baseline
@@ -562,7 +625,7 @@ def provisional_baseline(rec: SessionRecord, s: IndexSeries) -> tuple[float, flo
         return (b.start_t_s, b.stop_t_s)
     # A baseline still being collected when the session ended (e.g. a rhythm too irregular
     # to take samples from) is no baseline: nothing to shade, nothing to count from.
-    used = used_baseline(s, session_baseline_s(rec))
+    used = used_baseline(s, session_baseline_s(rec), _kept(rec))
     return None if used is None else used[0]
 
 
@@ -763,6 +826,7 @@ def live_marker_responses(
     responses: list[MarkerResponse],
     *,
     rows: npt.NDArray[np.bool_] | None = None,
+    baselines: Sequence[LiveBaseline] = (),
 ) -> list[MarkerResponse]:
     """``responses`` with the live event-locked fields filled in (see the module docstring):
     the fast HR of the stored beats, its baseline band from the same fast HR at the usable
@@ -771,30 +835,39 @@ def live_marker_responses(
     (:attr:`SessionAnalysis.baseline_rows`; None: those within ``baseline``). Left None
     where the daemon did not read a response: the fast HR covering less than 2/3 of the
     30 s after the marker (a gap), or a row too irregular to read whose step overlaps
-    them."""
+    them. ``baselines``: every baseline the daemon completed (:func:`completed_baselines`),
+    when ``baseline`` is the daemon's own: each marker is then read against the one the
+    daemon read it against (:func:`baseline_for_marker`; a rest period marked again later
+    in the session does not re-read the markers before it)."""
     if baseline is None or s.t_s.shape[0] == 0:
         return responses
     if rows is None:
         rows = (s.t_s >= baseline[0]) & (s.t_s <= baseline[1])
-    base = Baseline()
-    usable = [json.loads(r.payload_json).get("usable", True) is not False for r in rec.indices]
-    base_t: list[float] = []
-    for t, hr, ln, ok, inside in zip(s.t_s, s.hr_bpm, s.ln_rmssd, usable, rows, strict=True):
-        if ok and inside:
-            # Slow-oscillation power is not stored per row; only HR and lnRMSSD are needed.
-            base.add(float(hr), float(ln), 0.0)
-            base_t.append(math.floor(float(t)))
-    if base.n < 3:  # as the daemon: no baseline, no responses
-        return responses
     bt, rr, span = analysed_beats(rec)
     if bt.shape[0] < 2:
         return responses
     grid = np.arange(math.floor(bt[0] - span[0] / 1000.0), math.floor(bt[-1]) - 1, 1.0)
     fast = fast_hr(bt, rr, grid, span)
     g0 = float(grid[0]) if grid.shape[0] else 0.0
-    at = [int(g - g0) for g in base_t if 0 <= g - g0 < grid.shape[0]]
-    base_hr = mean_spread(fast[at], SPREAD_FLOORS["hr_bpm"])
-    base_ln = base.stats("ln_rmssd")[0]
+    usable = [json.loads(r.payload_json).get("usable", True) is not False for r in rec.indices]
+
+    def band(rows: npt.NDArray[np.bool_]) -> tuple[tuple[float, float], float] | None:
+        base = Baseline()
+        base_t: list[float] = []
+        for t, hr, ln, ok, inside in zip(s.t_s, s.hr_bpm, s.ln_rmssd, usable, rows, strict=True):
+            if ok and inside:
+                # Slow-oscillation power is not stored per row; only HR and lnRMSSD are needed.
+                base.add(float(hr), float(ln), 0.0)
+                base_t.append(math.floor(float(t)))
+        if base.n < 3:  # as the daemon: no baseline, no responses
+            return None
+        at = [int(g - g0) for g in base_t if 0 <= g - g0 < grid.shape[0]]
+        return mean_spread(fast[at], SPREAD_FLOORS["hr_bpm"]), base.stats("ln_rmssd")[0]
+
+    bands: dict[int, tuple[tuple[float, float], float] | None] = {}
+    whole = band(rows)
+    if whole is None and not baselines:
+        return responses
     last = float(grid[-1]) if grid.shape[0] else -math.inf
     # Each row stands for the step since the row before it (the first for itself), as the
     # daemon's snapshots: a row too irregular to read whose step overlaps a marker's 30 s
@@ -810,8 +883,21 @@ def live_marker_responses(
         if np.any((bad_to > m.t_s) & (bad_from < m.t_s + REACT_S)):
             out.append(r)  # not read live: the rhythm was too irregular
             continue
+        used = whole
+        if baselines:
+            b = baseline_for_marker(baselines, m.t_s)
+            if b is None:
+                out.append(r)
+                continue
+            key = id(b)
+            if key not in bands:
+                bands[key] = band(b.rows)
+            used = bands[key]
+        if used is None:
+            out.append(r)
+            continue
         react = reactivity(m.t_s, grid, fast, bt, rr, span)
-        e = event_response(m.t_s, m.kind, react, grid, fast, base_hr, base_ln)
+        e = event_response(m.t_s, m.kind, react, grid, fast, *used)
         out.append(
             dataclasses.replace(
                 r,
@@ -838,9 +924,10 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
     s = provisional_series(rec)
     baseline = provisional_baseline(rec, s)
     base_rows = None
+    done = completed_baselines(s, session_baseline_s(rec), _kept(rec))
     if baseline is not None:
         # A stored period's rows are those within it; the daemon's own, the rows it sampled.
-        used = used_baseline(s, session_baseline_s(rec))
+        used = used_baseline(s, session_baseline_s(rec), _kept(rec))
         within = (s.t_s >= baseline[0]) & (s.t_s <= baseline[1])
         base_rows = used[1] if used is not None and used[0] == baseline else within
     open_from = open_baseline_from(s)
@@ -906,6 +993,7 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
             baseline,
             provisional_marker_responses(rec, reactions, irregular_spans(s)),
             rows=base_rows,
+            baselines=done,
         ),
         baseline_complete=baseline_completed(s),
         rhythm=rhythm_summary(s),

@@ -80,6 +80,7 @@ def _build(
     markers: Sequence[tuple[float, str, str]] = (),
     gaps: Sequence[tuple[float, float]] = (),
     rest: tuple[float, float | None] | None = None,
+    rests: Sequence[tuple[float, float | None]] = (),
     edit: Callable[[dict[str, Any]], None] | None = None,
     finish: bool = True,
 ) -> Built:
@@ -96,10 +97,11 @@ def _build(
     t, next_i = 0.0, 5.0
     pending = sorted(markers)
     todo_rest: list[tuple[float, str]] = []
-    if rest is not None:
-        todo_rest.append((rest[0], "start"))
-        if rest[1] is not None:
-            todo_rest.append((rest[1], "stop"))
+    started: list[float] = []
+    for r0, r1 in [*([rest] if rest is not None else []), *rests]:
+        todo_rest.append((r0, "start"))
+        if r1 is not None:
+            todo_rest.append((r1, "stop"))
     stored_rest: BaselinePeriod | None = None
     while t < duration_s:
         rr = rr_at(t)
@@ -118,10 +120,12 @@ def _build(
             at, what = todo_rest.pop(0)
             if what == "start":
                 live.start_baseline(at)
+                started.append(at)
             else:
                 live.stop_baseline(at, min_span_s=BASELINE_MIN_SAMPLES * 5.0)
-                if live.baseline_status == "complete":
-                    stored_rest = BaselinePeriod(rest[0] if rest else at, at)
+                # As the daemon: the period kept, or none when it was discarded.
+                kept = live.baseline_status == "complete"
+                stored_rest = BaselinePeriod(started[-1], at) if kept else None
         while t >= next_i and next_i <= duration_s:
             snap = live.indices(next_i)
             payload: dict[str, Any] = {
@@ -178,6 +182,58 @@ def _figure(a: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 # --- the baseline the daemon used ------------------------------------------------------------
+
+
+def test_markers_before_a_rest_period_marked_later_read_as_they_were_shown_live(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """A rest period marked at 450–580 s (stored as the session's baseline): the daemon read
+    the markers before it against the automatic baseline and kept them so. The report's "as
+    shown live" columns read them against the stored period: a surge shown as +16.4 bpm,
+    back in 17 s, read −12.5 and 102 s; HR up for good after a shame shown as +13.6 read
+    −1.7. A marker after it is read against it, as live."""
+    rng = np.random.default_rng(5)
+
+    def rr(t: float) -> float:
+        bpm = 70.0 + (12.0 if 200 <= t < 215 else 0.0) + (9.0 if t >= 300 else 0.0)
+        bpm += 12.0 if 700 <= t < 715 else 0.0
+        return 60_000.0 / bpm + 8 * rng.standard_normal()
+
+    marks = [(200.0, "threat", ""), (300.0, "shame", ""), (700.0, "doubt", "")]
+    b = _build(store, rr, 900, rests=[(450.0, 580.0)], markers=marks)
+    rec = store.read_session(b.sid)
+    assert rec.info.baseline is not None and rec.info.baseline.start_t_s == 450.0
+    live = {r.kind: r for r in b.last.responses}
+    a = analyse_session(rec)
+    got = {r.marker.kind: r for r in a.responses}
+    assert live["threat"].peak_d_hr_bpm > 10.0 and live["shame"].peak_d_hr_bpm > 6.0
+    for kind in ("threat", "shame", "doubt"):
+        assert got[kind].d_hr_bpm == pytest.approx(live[kind].peak_d_hr_bpm, rel=1e-9), kind
+        assert got[kind].d_ln_rmssd == pytest.approx(live[kind].peak_d_ln_rmssd, rel=1e-9)
+        want = live[kind].recovery_s
+        assert got[kind].band_recovery_s == (want if math.isfinite(want) else None), kind
+
+
+def test_a_rest_period_longer_than_the_automatic_baseline_is_read_whole(
+    store: SessionStore,
+) -> None:
+    """A rest period of 150 s, then one that was stopped too early (the store then holds
+    none): the report took the first one's last 120 s as its samples, as if its first 30 s
+    had been a rest period discarded before an automatic baseline, and a marker after it
+    did not read as the daemon showed it."""
+    rng = np.random.default_rng(7)
+
+    def rr(t: float) -> float:
+        bpm = 72.0 + (4.0 if 200 <= t < 230 else 0.0) + (12.0 if 450 <= t < 465 else 0.0)
+        return 60_000.0 / bpm + 8 * rng.standard_normal()
+
+    b = _build(store, rr, 900, rests=[(200.0, 350.0), (600.0, 605.0)],
+               markers=[(450.0, "threat", "")])  # fmt: skip
+    rec = store.read_session(b.sid)
+    assert rec.info.baseline is None  # the second, discarded, left none stored
+    (live,) = b.last.responses
+    (got,) = analyse_session(rec).responses
+    assert got.d_hr_bpm == pytest.approx(live.peak_d_hr_bpm, rel=1e-9)
 
 
 def test_a_rest_period_stopped_too_early_leaves_the_automatic_baseline_collected_after_it(
