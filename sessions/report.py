@@ -59,6 +59,7 @@ import datetime as dt
 import enum
 import html
 import io
+import itertools
 import json
 import math
 import os
@@ -954,6 +955,24 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
         reference, ref_kind = live_span[1], "the baseline ended"
     elif baseline is not None:
         reference, ref_kind = baseline[1], "the baseline ended"
+        detected = live_catching_up(rec) if rescore is None else None
+        if detected is None and rescore is None:  # stored without it: as the daemon would
+            for b, nxt in itertools.pairwise(done):
+                c = catching_up(s, b.period[1])
+                if c is not None and c < nxt.from_t_s:
+                    detected = c
+                    break
+        earlier = [b for b in done if detected is not None and b.done_t_s <= detected]
+        if earlier and earlier[-1].period[1] < reference:
+            # The daemon caught up against an earlier baseline than the last (a rest period
+            # marked again afterwards): counted from the last, "did not catch up" was said
+            # of a session whose catching up was shown live.
+            reference = earlier[-1].period[1]
+            ref_kind = (
+                "the first baseline ended"
+                if earlier[-1] is done[0]
+                else "an earlier baseline ended"
+            )
     else:
         reference, ref_kind = None, ""
     # The daemon's own detection (processing.live, published in every indices payload) wins,
@@ -1327,10 +1346,13 @@ def summary_text(a: SessionAnalysis) -> str:
             _set_baseline_words(a.baseline, a.live_baseline, a.baseline_rescored, a.rescore_why)
         )
     if a.score_start is not None and a.score_end is not None:
+        again = ""
+        if a.reference_kind in ("the first baseline ended", "an earlier baseline ended"):
+            again = " (against the baseline taken last)"
         parts.append(
             f"The settling score averaged {a.score_start:.0f} in the first five minutes after "
             f"{a.reference_kind} and {a.score_end:.0f} in the last five minutes "
-            f"{_last_scores_words(a.series)} (50 = as at baseline)."
+            f"{_last_scores_words(a.series)}{again} (50 = as at baseline)."
         )
     if rhythm is not None:
         parts.append(_rhythm_words(rhythm) + ": the settling score is missing for that time.")
@@ -1777,7 +1799,12 @@ class SessionOutcome:
     them to read a response."""
 
 
-_REFERENCE_NAMES = {"you began holding": "hold-start", "the baseline ended": "baseline end"}
+_REFERENCE_NAMES = {
+    "you began holding": "hold-start",
+    "the baseline ended": "baseline end",
+    "the first baseline ended": "baseline end",
+    "an earlier baseline ended": "baseline end",
+}
 
 
 def outcome(a: SessionAnalysis) -> SessionOutcome:

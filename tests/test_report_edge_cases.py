@@ -256,7 +256,12 @@ def test_a_rest_period_stopped_too_early_leaves_the_automatic_baseline_collected
     (live,) = b.last.responses
     a = analyse_session(rec)
     assert a.baseline == (310.0, 430.0)
-    assert a.reference_t_s == 430.0
+    # Caught up live against the first automatic baseline, before the rest period: counted
+    # from its end, as shown live (the one collected after the discarded rest period came
+    # later).
+    shown = b.last.catching_up_t_s
+    assert shown is not None and shown < 298.0
+    assert (a.reference_t_s, a.caught_up_t_s) == (125.0, shown)
     (r,) = a.responses
     assert r.d_hr_bpm == pytest.approx(live.peak_d_hr_bpm, rel=1e-9)
     assert r.d_ln_rmssd == pytest.approx(live.peak_d_ln_rmssd, rel=1e-9)
@@ -675,3 +680,33 @@ def test_trends_of_no_session_write_no_empty_plot(store: SessionStore, tmp_path:
     assert res.output == "No sessions with target relational.\n"
     assert not (tmp_path / "t.png").exists()
     assert not (tmp_path / "out" / "settle-trends.png").exists()
+
+
+@pytest.mark.parametrize("stored_live", [True, False])
+def test_catching_up_before_a_rest_period_marked_later_is_reported(
+    store: SessionStore, tmp_path: Path, stored_live: bool
+) -> None:
+    """The daemon showed catching up at about 4 min; a rest period marked again at 10 min
+    moved the report's reference to its end, and the report said "Physiology did not catch
+    up after the baseline ended". It now counts from the baseline the daemon caught up
+    against, as it was shown live (or, for rows stored without the live detection, as the
+    daemon's detector finds it over the scores before the new rest period)."""
+    rng = np.random.default_rng(4)
+
+    def rr(t: float) -> float:
+        calm = min(1.0, max(0.0, (t - 150.0) / 60.0))
+        return 60_000.0 / (76.0 - 12.0 * calm) + (8.0 + 30.0 * calm) * rng.standard_normal()
+
+    def strip(p: dict[str, Any]) -> None:
+        if not stored_live:
+            p.pop("catching_up_t_s")
+
+    b = _build(store, rr, 900, rests=[(600.0, 720.0)], edit=strip)
+    shown = b.last.catching_up_t_s
+    assert shown is not None and shown < 600.0
+    a = analyse_session(store.read_session(b.sid))
+    assert a.reference_t_s == 125.0 and a.caught_up_t_s == shown
+    summary = _summary(write_report(store, b.sid, tmp_path)[1].read_text())
+    assert summary.startswith(
+        f"Physiology caught up {duration_words(shown - 125.0)} after the first baseline ended."
+    ), summary
