@@ -202,7 +202,7 @@ def export(
         # Before anything asks the system about the path: is_dir() raised on a name too long
         # (kubios said "File name too long", exit 1, where the other formats say this, 2).
         if (why := name_too_long(out_path)) is not None:
-            _fail(f"{shown(out_arg)}: {why}", 2)
+            _fail(f"{out_arg}: {why}", 2)  # as the export itself says it
     # os.path.isdir, not Path.is_dir: on Python 3.11 the latter raises on a name too long
     # ("File name too long", exit 1) where this says the directory does not exist.
     if out_arg.endswith(("/", os.sep)) and fmt != "bids" and not os.path.isdir(out_path):
