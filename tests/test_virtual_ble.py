@@ -630,16 +630,18 @@ async def test_clean_stop_leaves_no_pending_tasks() -> None:
 async def test_strap_clock_drift_is_found_and_corrected_over_a_long_replay(
     air: VirtualAir,
 ) -> None:
-    """Two simulated hours at speed 200 (36 s of wall time) from a strap whose crystal runs
+    """Two simulated hours at speed 100 (72 s of wall time) from a strap whose crystal runs
     200 ppm fast: its cumulative RR runs 1.4 s ahead of the host's clock; BeatTimer, given the
-    time scale, slews that away without gaps or flags and keeps every beat within 0.5 s (2.5
-    wall-ms) of the truth."""
-    speed, ppm, hours = 200.0, 200.0, 2.0
+    time scale, slews that away without gaps or flags and keeps every beat within 0.5 s (5
+    wall-ms) of the truth. (At speed 200 a host stall of 0.33 s on a loaded machine was a
+    66 s gap, and 2.6 ms of scheduling delay a beat 0.51 s off: CI runs 2 and 3 of
+    2026-11-29, helpers running beside them.)"""
+    speed, ppm, hours = 100.0, 200.0, 2.0
     model = PhysioModel(ModelParams(), seed=7)
     rr_true: list[float] = []
     while sum(rr_true) < hours * 3_600_000 - 2000:
         rr_true.append(next(model))
-    async with asyncio.timeout(110):
+    async with asyncio.timeout(200):
         strap = await started_strap(air, rr_true, speed=speed, clock_ppm=ppm)
         client = StrapClient(
             address=strap.address,
