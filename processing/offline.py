@@ -270,6 +270,11 @@ def _classify_kept(
     return cs, np.concatenate(released)
 
 
+UNACCOUNTED_GAP_S = 5.0
+"""Time between two beats beyond the later one's interval that makes a gap the daemon records
+(its beat timer's ``max_lag_s``, sensors/timing.py: "beats missing (N s unaccounted)")."""
+
+
 def gaps_in_times(t: FloatArray, rr: FloatArray) -> npt.NDArray[np.intp]:
     """Indices of beats that follow a gap: beat times further apart than 3× the interval."""
     return np.flatnonzero(np.diff(t) * 1000.0 > 3.0 * rr[1:] + 1.0) + 1
@@ -728,7 +733,14 @@ def analyze(
         recorded = np.asarray(gap_before, dtype=bool)
         if recorded.shape != t.shape:
             raise ValueError("gap_before must have one value per beat")
-        cut |= recorded
+    # A pause the intervals do not account for by more than UNACCOUNTED_GAP_S: the daemon's
+    # beat timer records it as a gap ("beats missing"), so it is one here too, in any file.
+    # Without it every step inside a 15 min pause repeated the window before it (coherence,
+    # LF, a score), and the summary's coherence, their median, moved by 16 %.
+    unaccounted = np.zeros(t.size, dtype=bool)
+    unaccounted[1:] = np.diff(t) - rr[1:] / 1000.0 > UNACCOUNTED_GAP_S
+    recorded = recorded | unaccounted
+    cut |= recorded
     starts = None
     if notification_start is not None:
         starts = np.asarray(notification_start, dtype=bool)

@@ -548,7 +548,10 @@ def lomb_frames(t_s: npt.ArrayLike, rr_ms: npt.ArrayLike, frame_s: float = SEGME
     start = float(t[0] - rr[0] / 1000.0)
     span = float(t[-1]) - start
     frame = min(frame_s, span)
-    starts = np.arange(start, start + span - frame + 1e-9, frame / 2.0)
+    # Offsets from the start, then the start added: at epoch times (1.7e9 s) the 1e-9 was
+    # below one float step, a recording shorter than a frame got no frame, and `starts[-1]`
+    # raised IndexError (`settle analyze --spectrum lomb` of a 3 min reading).
+    starts = start + np.arange(0.0, span - frame + 1e-9, frame / 2.0)
     # Frame m is half-frames m and m + 1: each half's sums are computed once.
     bounds = np.searchsorted(
         t, np.append(starts, [starts[-1] + frame / 2.0, starts[-1] + frame]), side="right"

@@ -339,3 +339,40 @@ def test_rolling_hf_follows_a_heart_that_slows_down_as_live() -> None:
             nxt += 5.0
     assert rolling_hf == pytest.approx(float(np.nanmedian(live_hf)), rel=0.01)
     assert rolling_hf == pytest.approx(800.0, rel=0.03)
+
+
+def test_no_step_inside_a_pause_repeats_the_window_before_it() -> None:
+    """A strap off for 15 min in a plain RR file (the times jump, nothing recorded): every
+    rolling step inside the pause repeated the window before it — LF, coherence, a score —
+    and the summary's coherence, their median, moved by 16 %. The daemon's beat timer records
+    such a pause as a gap ("beats missing"), so the analysis does too: no value inside it."""
+    a = np.genfromtxt(DATA / "bartels_rest_supine.csv", delimiter=",", names=True)
+    t, rr = a["t_s"].copy(), a["rr_ms"]
+    whole = analyze(t, rr, rolling=True)
+    pause_from = float(t[449])
+    t[450:] += 900.0
+    out = analyze(t, rr, rolling=True)
+    assert out.rolling is not None and whole.rolling is not None
+    steps = out.rolling.step_t_s
+    inside = (steps > pause_from + 5.0) & (steps < t[450])
+    assert inside.sum() > 170
+    for values in (out.rolling.step_coherence, out.rolling.step_lf_ms2, out.rolling.step_score):
+        assert not np.isfinite(values[inside]).any()
+    assert not (out.rolling.step_quality[inside] > 0).any()
+    # The summary's coherence is the median of the windows that hold beats: within 5 % of
+    # the recording's without the pause (it read 16 % low).
+    assert out.coherence == pytest.approx(whole.coherence, rel=0.05)
+
+
+def test_lomb_takes_a_short_recording_at_epoch_times() -> None:
+    """`settle analyze --spectrum lomb` of a 3 min reading whose times are seconds since
+    1970 raised IndexError: at 1.7e9 s the frame grid's 1e-9 s margin was below one float
+    step and a recording shorter than a frame got no frame. Its spectrum is the one the
+    same beats give at times from 0."""
+    a = np.genfromtxt(DATA / "pyhrv_nni_short.csv", delimiter=",", names=True)
+    keep = a["t_s"] <= 180.0
+    t, rr = a["t_s"][keep], a["rr_ms"][keep]
+    near = lomb_frames(t, rr)
+    far = lomb_frames(t + 1_700_000_000.0, rr)
+    assert math.isfinite(far.lf_ms2) and far.lf_ms2 == pytest.approx(near.lf_ms2, rel=1e-3)
+    assert far.hf_ms2 == pytest.approx(near.hf_ms2, rel=1e-3)
