@@ -13,6 +13,7 @@ after 1 s" and "after 5 min" are session seconds; the figures are in docs/reliab
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import csv
 import errno
@@ -79,13 +80,15 @@ def lost_outside_faults(
 
     ``stored`` must be ``sent`` in order with some beats left out (AssertionError otherwise).
     ``faults`` holds ``(processed, n_sent)`` per fault: beats the daemon had processed and
-    beats the strap had sent when it happened; the last one is the stop (beats sent after it
-    belong to no session). A beat is explained when it lies between the last beat processed
-    before a fault and the first beat stored after it, or any beat the strap had sent by the
-    time the fault was over (``n_sent``; ``strap.drop()`` takes several steps of the event
-    loop, during which the daemon may store a few more beats before the link ends): it was
-    in the air when the link ended, inside the gap the daemon records. A beat lost while
-    streaming is not.
+    beats the strap had sent when it was over; the last one is the stop (beats sent after it
+    belong to no session). A beat is explained when it lies in the hole in ``stored`` around
+    the fault: after the last beat stored that was sent before the fault was over and
+    before the first beat stored after that (or between the last beat processed before the
+    fault and the next one stored). Both ends move with the event loop: ``strap.drop()``
+    takes several steps during which the daemon stores on, and a link cut silently can take
+    one more notification from the strap before it is gone (CI: beat 159 lost just after
+    ``n_sent``). It was in the air when the link ended, inside the gap the daemon records.
+    A beat lost while streaming, with beats stored on both sides, is not.
     """
     where: list[int] = []  # where[j]: index into sent of stored beat j
     missing: list[int] = []
@@ -96,12 +99,12 @@ def lost_outside_faults(
             missing.append(i)
     assert len(where) == len(stored), f"stored beat {len(where)} was never sent or is out of order"
     after_stop = faults[-1][1]
-    windows = [
-        range(
-            where[n - 1] + 1 if n else 0, max(where[n] if n < len(where) else after_stop, sent_by)
-        )
-        for n, sent_by in faults
-    ]
+
+    def hole(k: int) -> range:  # between stored beats k - 1 and k
+        return range(where[k - 1] + 1 if k else 0, where[k] if k < len(where) else after_stop)
+
+    windows = [hole(n) for n, _ in faults]
+    windows += [hole(bisect.bisect_left(where, sent_by)) for _, sent_by in faults]
     return [i for i in missing if i < after_stop and not any(i in w for w in windows)]
 
 
