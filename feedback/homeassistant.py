@@ -9,6 +9,15 @@ MQTT discovery documentation (sensor, binary_sensor, button platforms); entity i
 suggested with ``default_entity_id`` (``object_id`` was deprecated in Home Assistant 2025.10 and
 removed in 2026.4). Pure functions, no I/O.
 
+Values that are only current while something keeps arriving carry ``expire_after`` (Home
+Assistant: "the number of seconds after the value expires if it's not updated. After expiry,
+the sensor's state becomes unavailable"): the indices-based sensors, because indices stop when
+a session stops while the strap stays connected (they froze at "Settling score 46, RMSSD
+33.5 ms" until the next session), and heart rate and skin contact, because availability says
+the strap is connected, not that it still notifies. Values the dashboard would not show read
+unknown (the template renders ``None``): heart rate 0 (no skin contact), RMSSD, coherence,
+score and trend while the rhythm is not usable.
+
 The bridge's node id (topic) and entity id carry the topic base, so daemons with different
 bases on one broker are distinct bridges in Home Assistant; the default base ``settle`` keeps
 the plain ``settle_bridge`` (what earlier versions announced).
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -33,9 +43,18 @@ CONTACT_TEMPLATE = (
 TRENDS = ("settling", "steady", "unsettling")
 """The trend sensor's states (an enum in Home Assistant)."""
 TREND_TEMPLATE = (
-    "{% set v = value_json.trend | default('unknown') if value_json is defined "
-    "else 'unknown' %}{{ v if v in " + repr(list(TRENDS)) + " else none }}"
+    "{% set j = value_json if value_json is defined else {} %}"
+    "{{ j.trend if j.usable | default(false) and j.settling | default(none) is not none"
+    " and j.trend | default('unknown') in " + repr(list(TRENDS)) + " else none }}"
 )
+"""The trend, unknown unless there is a score it is the trend of: not while the rhythm is
+unusable (the payload's trend still said "steady" then) nor during the baseline."""
+INDICES_EXPIRY_INTERVALS = 3
+"""An indices-based sensor expires (unavailable) after this many indices intervals without a
+message: one or two late or lost messages are not a stopped session."""
+BEAT_EXPIRE_S = 10.0
+"""Heart rate and skin contact expire after this long without a beat message (a strap
+notifies about once a second)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +116,17 @@ def _guarded(expr: str) -> str:
     return "{{ (" + expr + ") if value_json is defined else none }}"
 
 
+def _if_usable(expr: str) -> str:
+    """An indices value template that renders ``None`` (unknown) while the rhythm is not
+    usable, as the dashboard blanks it (RMSSD read 80 ms on a run of premature beats)."""
+    return _guarded("(" + expr + ") if value_json.usable | default(false) else none")
+
+
+def _expire_s(seconds: float) -> int:
+    # Home Assistant takes whole seconds (cv.positive_int truncates; 0 would mean never).
+    return max(1, math.ceil(seconds))
+
+
 def bridge_messages(prefix: str, base: str, sw_version: str) -> list[tuple[str, bytes]]:
     """The bridge device: one connectivity binary sensor on ``<base>/bridge/state``."""
     node = bridge_node(base)
@@ -122,9 +152,23 @@ def bridge_messages(prefix: str, base: str, sw_version: str) -> list[tuple[str, 
 
 
 def device_messages(
-    prefix: str, base: str, dev: DeviceDescription, sw_version: str
+    prefix: str,
+    base: str,
+    dev: DeviceDescription,
+    sw_version: str,
+    *,
+    indices_every_s: float,
+    time_scale: float = 1.0,
 ) -> list[tuple[str, bytes]]:
-    """Every entity of one strap, as (retained topic, payload) pairs."""
+    """Every entity of one strap, as (retained topic, payload) pairs.
+
+    ``indices_every_s`` is the configured indices interval (``processing.indices_every_s``,
+    session seconds) and ``time_scale`` the session seconds per wall second (a replay slowed
+    below 1x sends everything less often): together they set ``expire_after``, which Home
+    Assistant counts in wall seconds."""
+    wall = max(1.0, 1.0 / time_scale)  # wall seconds per session second, at least 1
+    indices_expiry = {"expire_after": _expire_s(INDICES_EXPIRY_INTERVALS * indices_every_s * wall)}
+    beat_expiry = {"expire_after": _expire_s(BEAT_EXPIRE_S * wall)}
     d = dev.device_id
     node = strap_node(base, d)
     t = f"{base}/{d}"
@@ -193,26 +237,31 @@ def device_messages(
         return {**measurement, "suggested_display_precision": digits}
 
     g = _guarded
+    u = _if_usable
     return [
-        sensor("heart_rate", "Heart rate", f"{t}/beat", g("value_json.hr"),
-               unit_of_measurement="bpm", icon="mdi:heart-pulse", **precision(0)),
-        sensor("rmssd", "RMSSD", f"{t}/indices", g("value_json.rmssd_ms"),
-               unit_of_measurement="ms", icon="mdi:heart-flash", **precision(1)),
-        sensor("settling", "Settling score", f"{t}/indices", g("value_json.settling"),
-               icon="mdi:meditation", **precision(0)),
+        # 0 is what a strap sends without skin contact: no heart rate, not 0 bpm in statistics.
+        sensor("heart_rate", "Heart rate", f"{t}/beat",
+               g("value_json.hr if value_json.hr else none"),
+               unit_of_measurement="bpm", icon="mdi:heart-pulse", **beat_expiry, **precision(0)),
+        sensor("rmssd", "RMSSD", f"{t}/indices", u("value_json.rmssd_ms"),
+               unit_of_measurement="ms", icon="mdi:heart-flash", **indices_expiry, **precision(1)),
+        sensor("settling", "Settling score", f"{t}/indices", u("value_json.settling"),
+               icon="mdi:meditation", **indices_expiry, **precision(0)),
         # An enum: automations get the list of states; "unknown" (fewer than 6 block means) is
         # Home Assistant's own unknown.
         sensor("trend", "Settling trend", f"{t}/indices", TREND_TEMPLATE,
-               icon="mdi:trending-down", device_class="enum", options=list(TRENDS)),
+               icon="mdi:trending-down", device_class="enum", options=list(TRENDS),
+               **indices_expiry),
         sensor("coherence", "Coherence", f"{t}/indices",
-               g("value_json.coherence | default(none)"), icon="mdi:sine-wave",
-               **precision(2)),
-        # In per cent, as the dashboard shows it (the payload's 0–1 fraction read "0.22").
+               u("value_json.coherence | default(none)"), icon="mdi:sine-wave",
+               **indices_expiry, **precision(2)),
+        # In per cent, as the dashboard shows it (the payload's 0–1 fraction read "0.22"); also
+        # while the rhythm is unusable: it says how good the signal is either way.
         sensor("signal_quality", "Signal quality", f"{t}/indices",
                g("(value_json.quality * 100) if value_json.quality is defined"
                  " and value_json.quality is not none else none"),
                unit_of_measurement="%", icon="mdi:signal", entity_category="diagnostic",
-               **precision(0)),
+               **indices_expiry, **precision(0)),
         sensor("battery", None, f"{t}/status", g("value_json.battery_pct"),
                unit_of_measurement="%", device_class="battery", entity_category="diagnostic",
                **measurement),
@@ -220,7 +269,7 @@ def device_messages(
                unit_of_measurement="dBm", device_class="signal_strength",
                entity_category="diagnostic", enabled_by_default=False, **measurement),
         binary("contact", "Skin contact", f"{t}/beat", CONTACT_TEMPLATE,
-               icon="mdi:gesture-tap"),
+               icon="mdi:gesture-tap", **beat_expiry),
         binary("caught_up", "Caught up", f"{t}/session",
                # Of the running session: the stopped one's stays in the retained payload.
                g("'ON' if value_json.state == 'running'"
@@ -238,7 +287,7 @@ def device_messages(
 def removal_messages(prefix: str, base: str, device_id: str) -> list[str]:
     """The retained config topics to clear (empty payload) to remove a strap's entities."""
     dev = DeviceDescription(device_id, device_id)
-    return [topic for topic, _ in device_messages(prefix, base, dev, "0")]
+    return [topic for topic, _ in device_messages(prefix, base, dev, "0", indices_every_s=5.0)]
 
 
 def _dump(cfg: dict[str, Any]) -> bytes:

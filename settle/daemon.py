@@ -267,7 +267,14 @@ class Daemon:
             desc = ha.DeviceDescription(
                 r.info.device_id, r.info.name, r.info.model, r.info.manufacturer, r.info.firmware
             )
-            msgs += ha.device_messages(h.prefix, self.base, desc, settle_version())
+            msgs += ha.device_messages(
+                h.prefix,
+                self.base,
+                desc,
+                settle_version(),
+                indices_every_s=self.settings.processing.indices_every_s,
+                time_scale=self.time_scale,
+            )
         for topic, payload in msgs:
             self.link.publish(topic, payload, qos=1, retain=True)
 

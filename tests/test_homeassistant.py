@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import jinja2
@@ -29,9 +30,9 @@ COMMON = {
 }  # fmt: skip
 PLATFORM_KEYS = {
     "sensor": COMMON | {"state_topic", "value_template", "unit_of_measurement", "device_class",
-                        "state_class", "options", "suggested_display_precision"},
+                        "state_class", "options", "suggested_display_precision", "expire_after"},
     "binary_sensor": COMMON | {"state_topic", "value_template", "payload_on", "payload_off",
-                               "device_class"},
+                               "device_class", "expire_after"},
     "button": COMMON | {"command_topic", "payload_press", "retain"},
 }  # fmt: skip
 DEVICE_KEYS = {"identifiers", "name", "manufacturer", "model", "sw_version", "via_device"}
@@ -39,7 +40,7 @@ DEVICE_KEYS = {"identifiers", "name", "manufacturer", "model", "sw_version", "vi
 
 def test_discovery_payloads_use_documented_keys_and_unique_ids() -> None:
     dev = ha.DeviceDescription("polar_h10_a1b2c3d4", "Polar H10 A1B2C3D4", "H10", "Polar", "5.0")
-    msgs = ha.device_messages("homeassistant", "settle", dev, "0.1.0")
+    msgs = ha.device_messages("homeassistant", "settle", dev, "0.1.0", indices_every_s=5)
     msgs += ha.bridge_messages("homeassistant", "settle", "0.1.0")
     uids = set()
     for topic, payload in msgs:
@@ -75,7 +76,7 @@ def test_skin_contact_is_unknown_when_the_strap_cannot_tell() -> None:
     Assistant's MQTT binary sensor takes as unknown."""
     dev = ha.DeviceDescription("polar_h10_a1b2c3d4", "Polar H10")
     configs = {t.split("/")[3]: json.loads(p) for t, p in ha.device_messages(
-        "homeassistant", "settle", dev, "1")}  # fmt: skip
+        "homeassistant", "settle", dev, "1", indices_every_s=5)}  # fmt: skip
     cfg = configs["contact"]
     assert (cfg["payload_on"], cfg["payload_off"]) == ("ON", "OFF")
     template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(
@@ -96,7 +97,7 @@ def test_caught_up_turns_on_when_the_session_caught_up() -> None:
 
     dev = ha.DeviceDescription("polar_h10_a1b2c3d4", "Polar H10")
     configs = {t.split("/")[3]: json.loads(p) for t, p in ha.device_messages(
-        "homeassistant", "settle", dev, "1")}  # fmt: skip
+        "homeassistant", "settle", dev, "1", indices_every_s=5)}  # fmt: skip
     cfg = configs["caught_up"]
     assert cfg["state_topic"] == "settle/polar_h10_a1b2c3d4/session"
     template = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(
@@ -134,7 +135,7 @@ def test_bridges_of_different_topic_bases_are_distinct() -> None:
     assert a["device"]["identifiers"] == ["settle_bridge_settle"]  # as earlier versions
     # Each strap's entities go with the bridge of its own base.
     dev = ha.DeviceDescription("x_1", "X")
-    (_, strap_b), *_ = ha.device_messages("homeassistant", "lab/2", dev, "1")
+    (_, strap_b), *_ = ha.device_messages("homeassistant", "lab/2", dev, "1", indices_every_s=5)
     assert json.loads(strap_b)["device"]["via_device"] in b["device"]["identifiers"]
 
 
@@ -147,7 +148,7 @@ def test_one_strap_id_under_two_topic_bases_is_two_devices() -> None:
     seen: dict[str, set[str]] = {"topic": set(), "uid": set(), "device": set(), "bridge": set()}
     bases = ["settle", "lab", "lab/2", "lab_2", "lab-2", "Lab_2"]
     for base in bases:
-        msgs = ha.device_messages("homeassistant", base, dev, "1")
+        msgs = ha.device_messages("homeassistant", base, dev, "1", indices_every_s=5)
         cfgs = [json.loads(p) for _, p in msgs]
         seen["topic"] |= {t for t, _ in msgs}
         seen["uid"] |= {c["unique_id"] for c in cfgs}
@@ -162,9 +163,9 @@ def test_one_strap_id_under_two_topic_bases_is_two_devices() -> None:
     assert len(seen["topic"]) == len(seen["uid"]) == 14 * len(bases)
     assert len(seen["device"]) == len(bases) and len(seen["bridge"]) == 3 * len(bases)
     # The default base and a plain one keep the ids earlier versions announced.
-    (_, p), *_ = ha.device_messages("homeassistant", "settle", dev, "1")
+    (_, p), *_ = ha.device_messages("homeassistant", "settle", dev, "1", indices_every_s=5)
     assert json.loads(p)["unique_id"] == "settle_settle_virtual_hr_7d310ebf_heart_rate"
-    (_, p), *_ = ha.device_messages("homeassistant", "lab", dev, "1")
+    (_, p), *_ = ha.device_messages("homeassistant", "lab", dev, "1", indices_every_s=5)
     assert json.loads(p)["device"]["via_device"] == "settle_bridge_lab"
 
 
@@ -174,7 +175,7 @@ def test_templates_survive_a_cleared_state_topic_and_the_trend_is_an_enum() -> N
     now renders None (unknown) then. The trend is an enum of its three states."""
     dev = ha.DeviceDescription("x_1", "X")
     cfgs = {t.split("/")[3]: json.loads(p) for t, p in ha.device_messages(
-        "homeassistant", "settle", dev, "1")}  # fmt: skip
+        "homeassistant", "settle", dev, "1", indices_every_s=5)}  # fmt: skip
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
     for obj, cfg in cfgs.items():
         if "value_template" in cfg:
@@ -187,18 +188,118 @@ def test_templates_survive_a_cleared_state_topic_and_the_trend_is_an_enum() -> N
     )
     assert "state_class" not in trend and "unit_of_measurement" not in trend
     render = env.from_string(trend["value_template"]).render
-    assert render(value_json={"trend": "steady"}) == "steady"
-    assert render(value_json={"trend": "unknown"}) == "None"
+    scored = {"usable": True, "settling": 61.0}  # a trend is shown only with its score
+    assert render(value_json={**scored, "trend": "steady"}) == "steady"
+    assert render(value_json={**scored, "trend": "unknown"}) == "None"
     assert render(value_json={}) == "None"
     # Named from their device class by Home Assistant (translated); no "unknown" maker.
     assert "name" not in cfgs["battery"] and "name" not in cfgs["rssi"]
     assert "manufacturer" not in cfgs["battery"]["device"]
 
 
+def _configs(**kw: float) -> dict[str, dict[str, Any]]:
+    dev = ha.DeviceDescription("polar_h10_a1b2c3d4", "Polar H10")
+    msgs = ha.device_messages("homeassistant", "settle", dev, "1", **kw)
+    return {t.split("/")[3]: json.loads(p) for t, p in msgs}
+
+
+INDICES_SENSORS = ("rmssd", "settling", "trend", "coherence", "signal_quality")
+
+
+def test_sensors_of_values_that_stopped_coming_go_unavailable() -> None:
+    """After "Stop session" no indices come while the strap stays connected: Home Assistant
+    kept showing the last RMSSD, score, trend, coherence and signal quality ("Settling score
+    46, RMSSD 33.5 ms") until the next session, where the dashboard shows none. Each now
+    expires (Home Assistant: unavailable) after 3 indices intervals without a message, of the
+    configured interval; heart rate and skin contact after 10 s without a beat (a strap that
+    stays connected but stopped notifying); entities of retained topics never."""
+    cfgs = _configs(indices_every_s=5)
+    expiry = {obj: cfg.get("expire_after") for obj, cfg in cfgs.items()}
+    on_indices = {o for o, c in cfgs.items() if c.get("state_topic", "").endswith("/indices")}
+    assert on_indices == set(INDICES_SENSORS)  # one added later expires too, or this fails
+    assert {o: expiry[o] for o in INDICES_SENSORS} == dict.fromkeys(INDICES_SENSORS, 15)
+    assert expiry["heart_rate"] == expiry["contact"] == 10
+    assert cfgs["heart_rate"]["state_topic"] == cfgs["contact"]["state_topic"]
+    assert cfgs["contact"]["state_topic"].endswith("/beat")
+    # Retained state (status, session) and buttons: nothing to expire.
+    others = set(cfgs) - set(INDICES_SENSORS) - {"heart_rate", "contact"}
+    assert others and all(expiry[o] is None for o in others), {o: expiry[o] for o in others}
+    # The configured interval, in the whole seconds Home Assistant takes, rounded up.
+    assert _configs(indices_every_s=7.5)["rmssd"]["expire_after"] == 23
+    assert _configs(indices_every_s=60)["trend"]["expire_after"] == 180
+    # A replay slowed to 0.25x sends everything 4 times less often (Home Assistant counts
+    # wall seconds); a time-compressed one keeps the plain values.
+    slow = _configs(indices_every_s=5, time_scale=0.25)
+    assert (slow["rmssd"]["expire_after"], slow["heart_rate"]["expire_after"]) == (60, 40)
+    fast = _configs(indices_every_s=5, time_scale=25)
+    assert (fast["rmssd"]["expire_after"], fast["heart_rate"]["expire_after"]) == (15, 10)
+
+
+def _indices(**fields: Any) -> dict[str, Any]:
+    from feedback.payloads import IndicesPayload
+
+    payload = IndicesPayload(
+        ts=1_790_000_300_000, session="20261129T020000-ab12", t_s=300.0, window_s=60.0, n=70,
+        hr_bpm=68.0, rmssd_ms=80.2, ln_rmssd=4.38, sdnn_ms=71.0, pnn50_pct=40.0,
+        settling=61.3, settling_state="running", coherence=0.41, quality=0.62, trend="steady",
+    ).model_copy(update=fields)  # fmt: skip
+    return dict(json.loads(payload.model_dump_json()))
+
+
+def test_hrv_sensors_are_unknown_while_the_rhythm_is_unusable() -> None:
+    """With frequent premature beats the daemon sends ``usable: false`` (score null) but the
+    payload still carries an RMSSD and a trend: Home Assistant showed "RMSSD 80 ms" and "trend:
+    steady" while the dashboard blanks them (the premature beats make them meaningless). Now
+    RMSSD, coherence, score and trend are unknown then, as while the score is still waiting
+    for its baseline (the trend); the signal quality is shown either way, as on the
+    dashboard."""
+    cfgs = _configs(indices_every_s=5)
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    shown = ("rmssd", "coherence", "settling", "trend", "signal_quality")
+
+    def render(payload: dict[str, Any]) -> dict[str, str]:
+        return {o: env.from_string(cfgs[o]["value_template"]).render(value_json=payload)
+                for o in shown}  # fmt: skip
+
+    usable = render(_indices())
+    assert usable == {"rmssd": "80.2", "coherence": "0.41", "settling": "61.3",
+                      "trend": "steady", "signal_quality": "62.0"}  # fmt: skip
+    reason = "too irregular to interpret: 31 % premature or ectopic beats"
+    unusable = render(_indices(usable=False, reason=reason, settling=None))
+    assert unusable == {"rmssd": "None", "coherence": "None", "settling": "None",
+                        "trend": "None", "signal_quality": "62.0"}  # fmt: skip
+    warming = render(_indices(usable=False, warming_up=True, settling=None, trend="unknown"))
+    assert warming["rmssd"] == warming["trend"] == "None"
+    baseline = render(_indices(settling=None, settling_state="baseline"))
+    assert (baseline["rmssd"], baseline["settling"], baseline["trend"]) == ("80.2", "None", "None")
+
+
+def test_heart_rate_zero_without_skin_contact_is_unknown() -> None:
+    """A strap taken off keeps notifying with heart rate 0 and contact not detected: Home
+    Assistant recorded "0 bpm" (in its long-term statistics too) where the dashboard shows
+    "–". The payload is built from the wire bytes as the daemon builds it."""
+    from feedback.payloads import BeatPayload
+    from sensors.hrs import HeartRateMeasurement
+
+    cfgs = _configs(indices_every_s=5)
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    states = []
+    # Flags: contact supported and detected, RR present, 72 bpm; contact supported, not
+    # detected, 0 bpm, no RR.
+    for wire in (bytes([0x16, 72, 0x55, 0x03]), bytes([0x04, 0])):
+        m = HeartRateMeasurement.from_bytes(wire)
+        beat = BeatPayload(ts=0, seq=0, hr=m.hr_bpm, rr_ms=list(m.rr_ms), contact=m.contact,
+                           session=None)  # fmt: skip
+        value_json = json.loads(beat.to_json())
+        states.append(tuple(env.from_string(cfgs[o]["value_template"]).render(
+            value_json=value_json) for o in ("heart_rate", "contact")))  # fmt: skip
+    assert states == [("72", "ON"), ("None", "OFF")]
+
+
 def test_removal_clears_every_config_topic() -> None:
     dev = ha.DeviceDescription("x_1", "X")
     assert ha.removal_messages("homeassistant", "settle", "x_1") == [
-        t for t, _ in ha.device_messages("homeassistant", "settle", dev, "1")
+        t for t, _ in ha.device_messages("homeassistant", "settle", dev, "1", indices_every_s=5)
     ]
 
 
@@ -227,7 +328,7 @@ async def test_discovery_live_one_and_three_straps(
         CONFIG,
         mqtt={"host": mosquitto.host, "port": mosquitto.port},
         storage={"db_path": tmp_path / "s.db"},
-        processing={"baseline_s": 20},
+        processing={"baseline_s": 20, "indices_every_s": 4},
         homeassistant={"prefix": prefix},
     )
     async with Collector(mosquitto.host, mosquitto.port) as col, virtual_world(
@@ -265,6 +366,10 @@ async def test_discovery_live_one_and_three_straps(
     devices = {json.loads(p)["device"]["identifiers"][0] for p in configs.values()}
     assert len(devices) == n_straps + 1  # one per strap plus the bridge
     assert len(configs) == 1 + 14 * n_straps
+    # The indices sensors expire after 3 of the configured 4 s intervals.
+    for topic, payload in configs.items():
+        if json.loads(payload).get("state_topic", "").endswith("/indices"):
+            assert json.loads(payload)["expire_after"] == 12, topic
     # Every template renders against the real payload on its state topic.
     latest = {t: json.loads(p) for t, p, _ in col.messages if t.startswith("settle/")
               and p[:1] == b"{"}  # fmt: skip
