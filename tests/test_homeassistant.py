@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import jinja2
+import jsonschema
 import pytest
 
 from feedback import homeassistant as ha
+from feedback.asyncapi import build_document
 from feedback.payloads import COMMANDS
 from settle.app import serve
 from settle.config import load_config
@@ -296,6 +299,39 @@ def test_heart_rate_zero_without_skin_contact_is_unknown() -> None:
     assert states == [("72", "ON"), ("None", "OFF")]
 
 
+def _channels(doc: dict[str, Any], topic: str) -> list[str]:
+    """The channels of an AsyncAPI document whose address matches a topic (a parameter
+    matching one topic level)."""
+    out = []
+    for cid, ch in doc["channels"].items():
+        pattern = re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(ch["address"]))
+        if re.fullmatch(pattern, topic):
+            out.append(cid)
+    return out
+
+
+def test_the_contract_lists_the_discovery_configs_and_the_birth_topic() -> None:
+    """docs/mqtt.md says docs/asyncapi.yaml lists every topic, but the discovery configs
+    (retained, QoS 1) and Home Assistant's birth topic, which Settle subscribes to, were not
+    in it. Every config Settle announces, for any topic base and discovery prefix, is on the
+    document's discovery channel and valid against its schema."""
+    dev = ha.DeviceDescription("polar_h10_a1b2c3d4", "Polar H10 A1B2C3D4", "H10", "Polar", "5")
+    for base, prefix in (("settle", "homeassistant"), ("lab/2", "ha")):
+        doc = build_document(base=base, prefix=prefix)
+        op = doc["operations"]["publishHaDiscovery"]
+        assert (op["action"], op["bindings"]["mqtt"]["qos"], op["bindings"]["mqtt"]["retain"]) == (
+            "send", 1, True)  # fmt: skip
+        schema = {**doc, "$ref": "#/components/schemas/HomeAssistantDiscoveryConfig"}
+        msgs = ha.device_messages(prefix, base, dev, "1", indices_every_s=5)
+        for topic, payload in msgs + ha.bridge_messages(prefix, base, "1"):
+            assert _channels(doc, topic) == ["haDiscovery"], topic
+            jsonschema.Draft7Validator(schema).validate(json.loads(payload))
+    birth = build_document(status_topic="hass/status")
+    assert _channels(birth, "hass/status") == ["haStatus"]
+    assert birth["operations"]["handleHaStatus"]["action"] == "receive"
+    assert _channels(build_document(), "homeassistant/status") == ["haStatus"]
+
+
 def test_removal_clears_every_config_topic() -> None:
     dev = ha.DeviceDescription("x_1", "X")
     assert ha.removal_messages("homeassistant", "settle", "x_1") == [
@@ -331,6 +367,7 @@ async def test_discovery_live_one_and_three_straps(
         processing={"baseline_s": 20, "indices_every_s": 4},
         homeassistant={"prefix": prefix},
     )
+    doc = build_document(prefix=prefix)  # the contract, for this discovery prefix
     async with Collector(mosquitto.host, mosquitto.port) as col, virtual_world(
         replay=None, speed=25, seed=5, n_straps=n_straps
     ) as world:  # fmt: skip
@@ -351,7 +388,10 @@ async def test_discovery_live_one_and_three_straps(
         async with aiomqtt.Client(mosquitto.host, mosquitto.port) as c:
             await c.subscribe(f"{prefix}/+/+/+/config", qos=1)
             await asyncio.sleep(0.3)
-            await c.publish("homeassistant/status", "online", qos=1)
+            # Where the contract says Settle listens for Home Assistant's birth message.
+            birth = doc["channels"]["haStatus"]["address"]
+            assert birth == "homeassistant/status"
+            await c.publish(birth, "online", qos=1)
             again: set[str] = set()
             async with asyncio.timeout(5):
                 async for m in c.messages:
@@ -366,8 +406,12 @@ async def test_discovery_live_one_and_three_straps(
     devices = {json.loads(p)["device"]["identifiers"][0] for p in configs.values()}
     assert len(devices) == n_straps + 1  # one per strap plus the bridge
     assert len(configs) == 1 + 14 * n_straps
-    # The indices sensors expire after 3 of the configured 4 s intervals.
+    # Each config is on the contract's discovery channel and valid against its schema, and
+    # the indices sensors expire after 3 of the configured 4 s intervals.
+    schema = {**doc, "$ref": "#/components/schemas/HomeAssistantDiscoveryConfig"}
     for topic, payload in configs.items():
+        assert _channels(doc, topic) == ["haDiscovery"], topic
+        jsonschema.Draft7Validator(schema).validate(json.loads(payload))
         if json.loads(payload).get("state_topic", "").endswith("/indices"):
             assert json.loads(payload)["expire_after"] == 12, topic
     # Every template renders against the real payload on its state topic.
