@@ -5,7 +5,9 @@ Formats recognised, by content (not by file name):
 
 * ``t_s,rr_ms`` CSV with that header (``t_s`` = time of the beat closing the interval);
   extra columns are ignored. A CSV with an ``rr_ms`` column and no ``t_s`` (one column with
-  just that header, say) is read as consecutive intervals.
+  just that header, say) is read as consecutive intervals. This and Settle's own files below
+  may also be separated by ``;`` or tabs, with a decimal comma (a spreadsheet in German
+  re-saving them): the separator is the header's, as for any table.
 * Settle's own session export (``settle export --format csv``, header with ``record`` and
   ``rr_ms`` columns): only ``record = beat`` rows are read, their ``t_s`` and ``rr_ms`` — the
   RR as the strap sent it, before artefact correction, so an analysis corrects it afresh
@@ -23,6 +25,7 @@ Formats recognised, by content (not by file name):
   Polar Sensor Logger writes, ``IBI``, ``NN``…; any case, units in brackets), separated by
   ``,``, ``;`` or tabs: that column is read as consecutive intervals in ms, other columns
   (a phone's clock time, say) are not read; with ``;`` or tabs a decimal comma is allowed.
+  A header giving the RR column in seconds (``RR (s)``, ``RR [sec]``, ``rr_s``) is refused.
 * One RR interval in milliseconds per line (Elite HRV / Kubios text export).
 * Polar ``.hrm`` files in RR mode (``[Params]`` … ``[HRData]`` with one RR in ms per line);
   a file whose ``Interval`` is not 238 (R-R data) holds heart rates and is refused.
@@ -32,7 +35,9 @@ UTF-8 (a byte-order mark is allowed), UTF-16/32 with a byte-order mark, or latin
 software). Line numbers in errors count every line of the file, blank and comment lines too.
 
 Every RR value must lie in [:data:`RR_MIN_MS`, :data:`RR_MAX_MS`] — one to 65 535 units of
-1/1024 s, all a Bluetooth heart-rate strap can send — every beat time ``t_s`` within
+1/1024 s, all a Bluetooth heart-rate strap can send — and, in a file without beat times and
+not written by Settle, their median must be at least :data:`SECONDS_MEDIAN_MS` (RR in seconds
+of a slow heart, 1.1 say, pass the first rule); every beat time ``t_s`` within
 ±:data:`MAX_TIME_S`, and the recording may span at most :data:`MAX_SPAN_S`. Nothing is dropped
 silently: a file that is none of these formats, or holds a value outside these limits, raises
 :class:`~settle.errors.InputFileError` naming the file and the line.
@@ -57,8 +62,8 @@ from sensors.timing import ECG_ONLY_GAPS
 from settle.errors import InputFileError, shown
 
 __all__ = [
-    "MAX_FILE_BYTES", "MAX_SPAN_S", "MAX_TIME_S", "RR_MAX_MS", "RR_MIN_MS", "RRRecording",
-    "read_rr_file",
+    "MAX_FILE_BYTES", "MAX_SPAN_S", "MAX_TIME_S", "RR_MAX_MS", "RR_MIN_MS",
+    "SECONDS_MEDIAN_MS", "RRRecording", "read_rr_file",
 ]  # fmt: skip
 
 MAX_FILE_BYTES = 200 * 1024 * 1024
@@ -73,6 +78,14 @@ MAX_SPAN_S = 7 * 86400.0
 #: Times further out leave too few float digits for the intervals (1e18 s: a 60 s window
 #: ended where it began, and the analysis failed with an IndexError).
 MAX_TIME_S = 1e10
+#: A file whose median RR is shorter holds RR in seconds (or anything but RR in ms), and is
+#: refused: 100 ms, the lowest ``processing.rr_min_ms`` takes, so no setting could analyse
+#: most of its intervals. RR in seconds of a heart slower than 61 beats/min are all over
+#: :data:`RR_MIN_MS` and were read as milliseconds (``RR (s)`` 1.114, 1.113…: a "recording" of
+#: 0.3 s, exit code 0). Not higher: 200 ms is a real (if implausible) interval in ms, which
+#: the analysis keeps and says why it is not usable.
+SECONDS_MEDIAN_MS = 100.0
+_IN_SECONDS = "RR must be in milliseconds, not seconds"
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _NOT_RECOGNISED = (
@@ -126,18 +139,21 @@ def read_rr_file(path: Path | str) -> RRRecording:
     warmup: npt.NDArray[np.bool_] | None = None
     gap_before: npt.NDArray[np.bool_] | None = None
     notification_start: npt.NDArray[np.bool_] | None = None
+    sample = _first_row(lines, head)  # a header of one name has no separator: the rows say
     if first.lower() == "[params]" or (
         "[hrdata]" in text.lower() and any(ln.strip().lower() == "[hrdata]" for ln in lines)
     ):
         rr, fmt, t = _read_hrm(name, lines), "polar-hrm", None
-    elif "rr_ms" in _header_cells(first):
-        t, rr, fmt, warmup, gap_before, notification_start = _read_csv(name, lines, head)
-    elif (column := _rr_column(first)) is not None:
+    elif (delim := _settle_header(first, sample)) is not None:
+        t, rr, fmt, warmup, gap_before, notification_start = _read_csv(name, lines, head, delim)
+    elif (column := _rr_column(first, sample)) is not None:
         rr, fmt, t = _read_rr_column(name, lines, head, *column), "rr-column", None
     else:
         rr, fmt, t = _read_one_per_line(name, lines, head), "rr-per-line", None
     if rr.size == 0:
         raise InputFileError(name, "no RR intervals found")
+    if t is None and fmt != "settle-beats" and fmt != "settle-export":
+        _check_not_seconds(name, rr)
     if t is None:
         t = np.cumsum(rr) / 1000.0
     span = float(t[-1] - t[0]) + float(rr[0]) / 1000.0
@@ -222,12 +238,53 @@ def _utf16_without_bom(raw: bytes) -> bool:
     return False
 
 
-def _header_cells(line: str) -> list[str]:
+def _header_cells(line: str, delim: str = ",") -> list[str]:
     """A CSV header's names, lower-case; quoted names too (R, pandas with full quoting)."""
     try:
-        return [c.strip().lower() for c in next(csv.reader([line]), [])]
+        return [c.strip().lower() for c in next(csv.reader([line], delimiter=delim), [])]
     except csv.Error:
         return []
+
+
+def _settle_header(line: str, sample: str) -> str | None:
+    """The separator of a header with an ``rr_ms`` column (a ``t_s,rr_ms`` file, Settle's
+    export or ``--beats`` file), or None. Re-saved by a spreadsheet in German they are
+    ``;``-separated (tab-separated from others): read with commas only, they were taken for
+    a table of one RR column, which read the export's empty cells ("RR value '' is not a
+    number"), the ``--beats`` file's corrected intervals, and no file's ``t_s`` (a 63 s gap
+    joined up). ``sample``: the first row (see :func:`_delimiters`)."""
+    for delim in _delimiters(line, sample):
+        if "rr_ms" in _header_cells(line, delim):
+            return delim
+    return None
+
+
+def _delimiters(line: str, sample: str = "") -> list[str]:
+    """The separators to try on a header ``line``: those it holds, in :data:`_DELIMITERS`
+    order (``RR;`` with comma first read as the one column ``RR;``, and its rows ``859;``
+    as values that are no numbers); for a header of one name, which holds none, those of
+    the first row ``sample``, else a comma."""
+    return (
+        [d for d in _DELIMITERS if d in line]
+        or [d for d in _DELIMITERS if d != "," and d in sample]
+        or [","]
+    )
+
+
+def _first_row(lines: list[str], head: int) -> str:
+    """The first line after the header ``lines[head]`` that is neither blank nor a comment
+    ('' if none)."""
+    return next((ln for ln in lines[head + 1 :] if ln.strip() and not _comment(ln)), "")
+
+
+def _point(cell: str) -> str:
+    """``cell`` with a decimal comma read as a point (``859,5``, ``1114,0``); any other cell
+    as it is, so an error quotes the file."""
+    if cell.count(",") == 1 and "." not in cell:
+        pointed = cell.replace(",", ".")
+        if _DECIMAL.fullmatch(pointed.strip()):
+            return pointed
+    return cell
 
 
 def _comment(line: str) -> bool:
@@ -239,10 +296,17 @@ _DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 like, which no RR export writes (``8_00`` is a typo, not 800)."""
 
 
+# Control characters other than tab, line breaks and form feeds: str.strip() drops \x1c-\x1f
+# but float() refuses them (`800\x1d` ended in a traceback); a cell holding one is no number.
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+
+
 def _number(name: str, lineno: int, cell: str, what: str) -> float:
-    if not _DECIMAL.fullmatch(cell.strip()):
-        raise InputFileError(name, f"{what} {shown(cell.strip())} is not a number", lineno)
-    v = float(cell)
+    s = cell.strip()
+    if not _DECIMAL.fullmatch(s) or _CONTROL.search(cell):
+        shown_cell = shown(cell.strip(" \t\r\n"))  # a control character shown, escaped
+        raise InputFileError(name, f"{what} {shown_cell} is not a number", lineno)
+    v = float(s)
     if not math.isfinite(v):
         raise InputFileError(name, f"{what} {shown(cell.strip())} is not finite", lineno)
     return v
@@ -290,8 +354,7 @@ def _rr(name: str, lineno: int, cell: str, zero_ok: bool = False) -> float:
     if v < RR_MIN_MS:
         raise InputFileError(
             name,
-            f"RR value {v:g} ms is below {RR_MIN_MS:.3f} ms (RR must be in milliseconds, "
-            "not seconds)",
+            f"RR value {v:g} ms is below {RR_MIN_MS:.3f} ms ({_IN_SECONDS})",
             lineno,
         )
     if v > RR_MAX_MS:
@@ -304,8 +367,19 @@ def _rr(name: str, lineno: int, cell: str, zero_ok: bool = False) -> float:
     return v
 
 
+def _check_not_seconds(name: str, rr: npt.NDArray[np.float64]) -> None:
+    """Refuse intervals whose median is under :data:`SECONDS_MEDIAN_MS`: RR in seconds."""
+    median = float(np.median(rr))
+    if median < SECONDS_MEDIAN_MS:
+        raise InputFileError(
+            name,
+            f"the median RR is {median:.4g} ms, under {SECONDS_MEDIAN_MS:g} ms "
+            f"({60_000 / SECONDS_MEDIAN_MS:.0f} beats/min): {_IN_SECONDS}",
+        )
+
+
 def _read_csv(
-    name: str, lines: list[str], head: int
+    name: str, lines: list[str], head: int, delim: str
 ) -> tuple[
     npt.NDArray[np.float64] | None,
     npt.NDArray[np.float64],
@@ -318,8 +392,10 @@ def _read_csv(
     --beats`` file (its raw intervals); ``lines[head]`` is the header. Returns beat times
     (None without a ``t_s`` column), RR, the format, for Settle's files which beats are the
     daemon's warm-up beats, and for an export which beats follow a ``gap`` row and which
-    arrived first in their notification (by ``recv_ts_ms``)."""
-    header = _header_cells(lines[head])
+    arrived first in their notification (by ``recv_ts_ms``). ``delim``: the header's
+    separator; with ``;`` or tabs, times and intervals may have a decimal comma."""
+    header = _header_cells(lines[head], delim)
+    point = _point if delim != "," else str
     i_rec = header.index("record") if "record" in header else None
     beats_file = i_rec is None and {"t_s", "rr_raw_ms", "class"} <= set(header)
     i_rr = header.index("rr_raw_ms" if beats_file else "rr_ms")
@@ -339,7 +415,7 @@ def _read_csv(
     linenos: list[int] = []
     # Line numbers: csv counts the lines it consumed (a quoted cell may span several); the
     # header is line head + 1, so a record that follows ``consumed`` lines starts at ``start``.
-    reader = csv.reader(lines[head + 1 :])
+    reader = csv.reader(lines[head + 1 :], delimiter=delim)
     consumed = 0
     try:
         for cells in reader:
@@ -360,7 +436,7 @@ def _read_csv(
             if len(cells) != len(header) and not _extra_cells_blank(cells, len(header)):
                 # A bad cell on an earlier line is reported first, as it comes first.
                 _row_by_row(name, rr_cells, t_cells if i_t is not None else None, linenos, zero_ok)
-                raise InputFileError(name, _column_count(len(header), cells, ","), start)
+                raise InputFileError(name, _column_count(len(header), cells, delim), start)
             if i_rec is not None and (record := cells[i_rec].strip()) != "beat":
                 # A gap of the raw ECG alone (its clock stepped) is none in the RR: the daemon's
                 # HRS analysis went on through it.
@@ -370,9 +446,9 @@ def _read_csv(
                 continue
             if beats_file and not cells[i_rr].strip():
                 continue  # a beat the correction inserted: not in the recording
-            rr_cells.append(cells[i_rr])
+            rr_cells.append(point(cells[i_rr]))
             if i_t is not None:
-                t_cells.append(cells[i_t])
+                t_cells.append(point(cells[i_t]))
             if i_cls is not None:
                 warm.append(cells[i_cls].strip() == "warmup")
             if i_rec is not None:
@@ -484,31 +560,52 @@ def _column_count(n: int, cells: list[str], delim: str) -> str:
     return msg
 
 
-def _rr_column(line: str) -> tuple[str, int, int] | None:
+def _rr_column(line: str, sample: str = "") -> tuple[str, int, int] | None:
     """(delimiter, index of the RR column, number of columns) when ``line`` is a header with
-    exactly one column named like an RR column (:data:`_RR_NAMES`), else None."""
-    found = _rr_columns(line)
+    exactly one column named like an RR column (:data:`_RR_NAMES`), else None; ``sample``
+    the first row (see :func:`_delimiters`)."""
+    found = _rr_columns(line, sample)
     if found is None:
         return None
     delim, hits, n = found
     return (delim, hits[0], n) if len(hits) == 1 else None
 
 
-def _rr_columns(line: str) -> tuple[str, list[int], int] | None:
+def _rr_columns(line: str, sample: str = "") -> tuple[str, list[int], int] | None:
     """(delimiter, indexes of the RR-named columns, number of columns) of a header naming at
-    least one RR column, else None."""
-    for delim in _DELIMITERS:
-        if delim != "," and delim not in line:
-            continue
+    least one RR column, else None. Empty names at the end (``RR;``: a separator closing
+    every line) are no columns."""
+    for delim in _delimiters(line, sample):
         try:
             cells = next(csv.reader([line], delimiter=delim), [])
         except csv.Error:
             continue
-        names = [re.sub(r"[^0-9a-z]", "", _UNIT.sub("", c.lower())) for c in cells]
-        hits = [i for i, n in enumerate(names) if n in _RR_NAMES]
+        while len(cells) > 1 and not cells[-1].strip():
+            cells.pop()
+        hits = [i for i, c in enumerate(cells) if _rr_name(c)[0] in _RR_NAMES]
         if hits and not any(_looks_numeric(c) for c in cells):
             return delim, hits, len(cells)
     return None
+
+
+_SECONDS_UNITS = frozenset({"s", "sec", "secs", "second", "seconds"})
+_SECONDS_SUFFIX = re.compile(r"(.*?[0-9a-z])[\s_-]+(?:s|secs?|seconds?)")
+
+
+def _rr_name(cell: str) -> tuple[str, bool]:
+    """A header name spelt as :data:`_RR_NAMES` spells them (lower-case, units in brackets
+    and anything but letters and digits removed), and whether it gives seconds as the unit:
+    in brackets (``RR (s)``, ``RR [sec]``) or after the name (``rr_s``, ``IBI sec``)."""
+    low = cell.strip().lower()
+    seconds = any(u[1:-1].strip() in _SECONDS_UNITS for u in _UNIT.findall(low))
+    bare = _UNIT.sub("", low).strip()
+    if (m := _SECONDS_SUFFIX.fullmatch(bare)) and _spelt(m.group(1)) in _RR_NAMES:
+        bare, seconds = m.group(1), True
+    return _spelt(bare), seconds
+
+
+def _spelt(name: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", name)
 
 
 def _read_rr_column(
@@ -516,22 +613,43 @@ def _read_rr_column(
 ) -> npt.NDArray[np.float64]:
     """The RR column of a header-led table (any other column, a phone's clock time say, is
     not read: the intervals are taken as consecutive). With ``;`` or tab separators a
-    decimal comma is read as a point (``859,5``)."""
+    decimal comma is read as a point (``859,5``). A header giving the column in seconds is
+    refused: RR of a heart slower than 61 beats/min in seconds (1.114) are all valid
+    milliseconds, and were read as such."""
+    column = next(csv.reader([lines[head]], delimiter=delim))[i_rr].strip()
+    if _rr_name(column)[1]:
+        raise InputFileError(
+            name,
+            f"the header gives the RR column {shown(column)} in seconds: {_IN_SECONDS} "
+            "(multiply the column by 1000)",
+            head + 1,
+        )
     rr: list[float] = []
-    reader = csv.reader(lines[head + 1 :], delimiter=delim)
+    # Line numbers as in _read_csv: csv counts the lines it consumed; every error of it
+    # was reported at the first row (line 2), whichever line it was on. Comment lines are
+    # blanked, not parsed: a quote in one (`# a;"b`) took the lines after it into a cell.
+    rows = ("" if _comment(ln) else ln for ln in lines[head + 1 :])
+    reader = csv.reader(rows, delimiter=delim)
+    consumed = 0
     try:
-        for k, cells in enumerate(reader):
-            lineno = head + 2 + k
-            if not cells or (len(cells) == 1 and not cells[0].strip()) or _comment(cells[0]):
+        for cells in reader:
+            prev = consumed
+            lineno, consumed = head + 2 + consumed, reader.line_num
+            if consumed - prev > 1:
+                # An unclosed quote took the lines after it into one cell: a quote before
+                # 800 and the ten lines of 800 after it were read as RR 8.00801e+32 ms.
+                raise InputFileError(
+                    name, "a quoted cell runs past the end of the line (missing closing quote?)",
+                    lineno,
+                )  # fmt: skip
+            if not cells or (len(cells) == 1 and not cells[0].strip()):
                 continue
             if len(cells) != n_cols and not _extra_cells_blank(cells, n_cols):
                 raise InputFileError(name, _column_count(n_cols, cells, delim), lineno)
-            cell = cells[i_rr].strip()
-            if delim != "," and cell.count(",") == 1 and "." not in cell:
-                cell = cell.replace(",", ".")
-            rr.append(_rr(name, lineno, cell))
+            cell = cells[i_rr]
+            rr.append(_rr(name, lineno, _point(cell) if delim != "," else cell))
     except csv.Error as exc:
-        raise InputFileError(name, f"malformed CSV: {exc}", head + 2) from None
+        raise InputFileError(name, f"malformed CSV: {exc}", head + 2 + consumed) from None
     return np.asarray(rr, dtype=np.float64)
 
 
@@ -572,10 +690,9 @@ def _read_one_per_line(name: str, lines: list[str], head: int) -> npt.NDArray[np
         )
     rr: list[float] = []
     for lineno, ln in enumerate(lines[head:], start=head + 1):
-        s = ln.strip()
-        if not s or _comment(s):
+        if not ln.strip() or _comment(ln):
             continue
-        rr.append(_rr(name, lineno, s))
+        rr.append(_rr(name, lineno, ln))
     return np.asarray(rr, dtype=np.float64)
 
 

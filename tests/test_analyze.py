@@ -526,12 +526,43 @@ def test_processing_settings_of_the_config_apply(tmp_path: Path) -> None:
     assert "processing.window_s" in _one_line_error(_settle(rec, "--config", str(bad)), 2)
 
 
-def test_seconds_instead_of_milliseconds_is_explained(tmp_path: Path) -> None:
+def test_seconds_instead_of_milliseconds_is_refused(tmp_path: Path) -> None:
+    """RR in seconds of a heart slower than 61 beats/min are all over 0.977 and were read as
+    milliseconds: exit code 0 and a "recording" of 0.3 s, although the README says RR in
+    seconds are refused. Refused now, by the median or by the header's unit, in one line."""
+    values = "".join(f"{x / 1000:.3f}\n" for x in [1012.0, 1034.5, 998.0] * 20)
     f = tmp_path / "seconds.txt"
-    f.write_text("".join(f"{x / 1000:.3f}\n" for x in [1012.0, 1034.5, 998.0] * 20))
-    doc = _json(str(f))
-    assert doc["usable"] is False
-    assert "not RR in milliseconds" in doc["reason"]
+    f.write_text(values)
+    line = _one_line_error(_settle(str(f)), 1)
+    assert line == (
+        f"settle: error: {f}: the median RR is 1.012 ms, under 100 ms (600 beats/min): RR must "
+        "be in milliseconds, not seconds"
+    )
+    f.write_text("RR (s)\n" + values)
+    line = _one_line_error(_settle(str(f), "--json"), 1)
+    assert line == (
+        f"settle: error: {f}:1: the header gives the RR column 'RR (s)' in seconds: RR must be "
+        "in milliseconds, not seconds (multiply the column by 1000)"
+    )
+
+
+@pytest.mark.parametrize(("delim", "decimal_comma"), [(";", True), ("\t", False)])
+def test_a_t_s_rr_ms_file_resaved_by_a_spreadsheet_is_analysed_as_the_original(
+    tmp_path: Path, delim: str, decimal_comma: bool
+) -> None:
+    """`t_s;rr_ms` with a decimal comma (Excel in German) or tab-separated was read as a
+    table of one RR column, its times dropped: the minute missing from the recording was
+    joined up (duration 60 s short, LF −10 %). Now it is analysed as the comma file."""
+    original = _gapped_sine_file(tmp_path)
+    lines = original.read_text().splitlines()
+    resaved = tmp_path / "resaved.csv"
+    point = (lambda c: c.replace(".", ",")) if decimal_comma else (lambda c: c)
+    resaved.write_text(
+        "".join(delim.join(point(c) for c in ln.split(",")) + "\r\n" for ln in lines)
+    )
+    want, got = _json(str(original)), _json(str(resaved))
+    assert got == want
+    assert got["duration_s"] > 590.0  # the gap is kept, not joined up
 
 
 def _gapped_sine_file(tmp_path: Path) -> Path:
@@ -1258,3 +1289,24 @@ def test_analyze_refuses_values_a_reader_would_not_give(bad: str) -> None:
         rr[30] = float(bad)
     with pytest.raises(ValueError, match=r"^t_s and rr_ms must be"):
         analyze(t, rr)
+
+
+def test_a_beats_file_resaved_by_a_spreadsheet_is_analysed_from_its_raw_intervals(
+    tmp_path: Path,
+) -> None:
+    """A `--beats` file re-saved with ';' and a decimal comma was read from its corrected
+    `rr_ms` column as a table of one RR column: the 46 missed and 10 ectopic beats of the
+    recording vanished (every interval already corrected), and its times were dropped. Now
+    it is read as the `--beats` file: its raw intervals, corrected afresh."""
+    rec = DATA / "artifacts" / "bartels_rest_supine__missed__5pct.csv"
+    beats = tmp_path / "beats.csv"
+    assert _json(str(rec), "--beats", str(beats))["correction"]["by_class"]["missed"] == 46
+    want = _json(str(beats))  # the file read as written
+    assert want["correction"]["by_class"]["missed"] == 46
+    resaved = tmp_path / "beats_semicolon.csv"
+    with beats.open(newline="") as src, resaved.open("w", newline="") as dst:
+        writer = csv.writer(dst, delimiter=";", lineterminator="\r\n")
+        for row in csv.reader(src):
+            writer.writerow([c.replace(".", ",") for c in row])
+    assert resaved.read_text().startswith("t_s;rr_raw_ms;rr_ms;class\n1,114000;1114;")
+    assert _json(str(resaved)) == want

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,15 @@ import pytest
 
 from sensors.readers import RR_MAX_MS, RR_MIN_MS, read_rr_file
 from sessions.export import export_csv
-from sessions.store import BeatRow, EcgBeatRow, GapRow, IndicesRow, MarkerRow, SessionStore
+from sessions.store import (
+    BeatClass,
+    BeatRow,
+    EcgBeatRow,
+    GapRow,
+    IndicesRow,
+    MarkerRow,
+    SessionStore,
+)
 from settle.errors import InputFileError
 from tests.conftest import DATA
 
@@ -58,7 +68,19 @@ def test_quoted_csv_header_and_a_gap_are_read(tmp_path: Path) -> None:
         # A decimal comma or two values without a header: say which, on which line.
         ("859,0\n870,0\n", "'859,0' is not one RR in ms: a decimal comma needs", 1),
         ("RR;HR\n800;75\n810\n", "expected 2 columns, found 1", 3),
-        ("RR [s]\n0.859\n", "not seconds", 2),
+        # A header giving seconds is refused at the header, whatever the values: RR in
+        # seconds of a heart under 61 beats/min (1.114) are all valid as milliseconds.
+        ("RR [s]\n0.859\n", "the header gives the RR column 'RR [s]' in seconds", 1),
+        ("RR (s)\n1.114\n1.113\n", "in milliseconds, not seconds", 1),
+        ("time;rr_sec\n0;1,114\n", "the header gives the RR column 'rr_sec' in seconds", 1),
+        ("IBI_s\n1.114\n", "the header gives the RR column 'IBI_s' in seconds", 1),
+        # Without a unit: a median under 100 ms (600 beats/min) is RR in seconds.
+        ("1.114\n1.113\n1.2\n", "the median RR is 1.114 ms, under 100 ms (600 beats/min)", None),
+        ("RR\n1.114\n1.113\n", "RR must be in milliseconds, not seconds", None),
+        # A control character after a number: a traceback (ValueError from float()).
+        ("t_s,rr_ms\n0.8,800\n1.6,800\x1d\n", "RR value '800\\x1d' is not a number", 3),
+        ("800\n\x1c810\n", "RR value '\\x1c810' is not a number", 2),
+        ("RR;x\n800;1\n810\x1f;1\n", "RR value '810\\x1f' is not a number", 3),
         ("800\n-5\n", "not positive", 2),
         ("800\nabc\n", "'abc' is not a number", 2),
         ("t_s,rr_ms\n0.8,800\n1.6\n", "expected 2 columns", 3),
@@ -109,6 +131,15 @@ def test_quoted_csv_header_and_a_gap_are_read(tmp_path: Path) -> None:
         ("rr\n812,5\n790,25\n", "expected 1 column, found 2 (a decimal comma?", 2),
         ("t_s,rr_ms\n0.8,800\n1.6,800,5\n", "expected 2 columns, found 3 (a decimal comma?", 3),
         ("t_s,rr_ms\n0.8,800,x\n", "expected 2 columns, found 3", 2),
+        # Settle's own headers with ';': the same rules, the same lines.
+        ("t_s;rr_ms\n0,8;800\n1,6;800;5\n", "expected 2 columns, found 3", 3),
+        ("t_s;rr_ms\n0,8;800\n0,5;790\n", "go backwards", 3),
+        ("t_s\trr_ms\n0.8\t800\n1.6\t8,0,0\n", "RR value '8,0,0' is not a number", 3),
+        # The RR-column reader said line 2 for any CSV error, and an unclosed quote joined
+        # the lines after it into one "RR value 8.00801e+32".
+        ("RR\n" + "800\n" * 48 + "8" * 200_000 + "\n800\n", "field larger than field limit", 50),
+        ("RR\n" + "800\n" * 48 + '"800\n' + "800\n" * 10, "missing closing quote?", 50),
+        ('# c\nRR;x\n800;1\n\n"810;1\n800;1\n', "missing closing quote?", 5),
     ],
 )
 def test_bad_files_name_file_and_line(
@@ -135,6 +166,17 @@ def test_bad_files_name_file_and_line(
         "time\tIBI\n0.859\t859\n1.73\t870,5\n",  # tabs and a decimal comma
         "Zeit;RR-Intervall (ms)\n0,859;859\n1,73;870,5\n",  # a German spreadsheet
         "RR,\n859,\n870.5,\n",  # a separator ending every row: an empty cell, not a value
+        # The same with ';' or tabs, which the header holds: it was read as comma-separated
+        # ("RR value '859;' is not a number"; "expected 1 column, found 2 (a decimal comma?
+        # it needs ';' or tab separators)" of a tab-separated file).
+        "RR;\r\n859;\r\n870,5;\r\n",
+        "RR\t\r\n859\t\r\n870,5\t\r\n",
+        "Time;RR;\n0;859;\n1;870,5;\n",
+        # A header of one name holds no separator: the rows' is taken.
+        "RR\n859\t\n870,5\t\n",
+        "RR (ms)\n859;\n870,5\n",
+        # A quote in a comment line is no cell running on over the next lines.
+        'RR;x\n# a;"b\n859;1\n870.5;1\n',
     ],
 )
 def test_tables_with_a_named_rr_column_are_read(tmp_path: Path, content: str) -> None:
@@ -322,3 +364,96 @@ def test_two_beats_around_a_gap_are_read_not_refused(tmp_path: Path) -> None:
     f.write_text("t_s,rr_ms\n0.8,800\n10.8,800\n")
     rec = read_rr_file(f)
     assert list(rec.rr_ms) == [800.0, 800.0] and list(rec.t_s) == [0.8, 10.8]
+
+
+def _resaved(text: str, delim: str, decimal_comma: bool) -> str:
+    """A comma-separated ``text`` as a spreadsheet re-saves it: ``delim``-separated, numbers
+    with a decimal comma if asked (Excel in German: ';' and ','), quoted cells kept."""
+
+    def number(cell: str) -> bool:
+        try:
+            float(cell)
+        except ValueError:
+            return False
+        return True
+
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter=delim, lineterminator="\r\n")
+    for row in csv.reader(io.StringIO(text)):
+        writer.writerow([c.replace(".", ",") if decimal_comma and number(c) else c for c in row])
+    return out.getvalue()
+
+
+RESAVED = [(";", True), ("\t", False), ("\t", True)]
+
+
+@pytest.mark.parametrize(("delim", "decimal_comma"), RESAVED)
+def test_a_t_s_rr_ms_file_resaved_by_a_spreadsheet_keeps_its_times(
+    tmp_path: Path, delim: str, decimal_comma: bool
+) -> None:
+    """``t_s;rr_ms`` was read as a table of one RR column: ``t_s`` not read, so a gap in the
+    recording was joined up (63 s lost from a 16 min file: LF −10 %)."""
+    text = "t_s,rr_ms\n0.8,800.0\n1.61,810.0\n2.4,790.5\n32.4,800.0\n33.2,800.0\n"
+    f = tmp_path / "rec.csv"
+    f.write_text(_resaved(text, delim, decimal_comma))
+    rec = read_rr_file(f)
+    assert rec.fmt == "csv"
+    assert rec.t_s.tolist() == [0.8, 1.61, 2.4, 32.4, 33.2]  # the gap kept
+    assert rec.rr_ms.tolist() == [800.0, 810.0, 790.5, 800.0, 800.0]
+
+
+@pytest.mark.parametrize(("delim", "decimal_comma"), RESAVED)
+def test_a_beats_file_resaved_by_a_spreadsheet_is_read_from_its_raw_intervals(
+    tmp_path: Path, delim: str, decimal_comma: bool
+) -> None:
+    """A ``--beats`` file re-saved with ';' was read from its corrected ``rr_ms`` column: the
+    missed beats it had split were analysed as normal beats, its warm-up beats too."""
+    text = (
+        "t_s,rr_raw_ms,rr_ms,class\n0.8,812.5,,warmup\n1.6,800,800,normal\n"
+        "2.35,,750,missed\n3.1,1500,750,missed\n3.9,800,800,normal\n"
+    )
+    f = tmp_path / "beats.csv"
+    f.write_text(_resaved(text, delim, decimal_comma))
+    rec = read_rr_file(f)
+    assert rec.fmt == "settle-beats"
+    assert rec.rr_ms.tolist() == [812.5, 800.0, 1500.0, 800.0]  # as read, not as corrected
+    assert rec.t_s.tolist() == [0.8, 1.6, 3.1, 3.9]
+    assert rec.warmup is not None and rec.warmup.tolist() == [True, False, False, False]
+
+
+@pytest.mark.parametrize(("delim", "decimal_comma"), RESAVED)
+def test_an_export_resaved_by_a_spreadsheet_is_read_as_the_export(
+    tmp_path: Path, delim: str, decimal_comma: bool
+) -> None:
+    """Settle's CSV export re-saved with ';' failed with "RR value '' is not a number" at the
+    first row that is not a beat; now it reads as the export itself: beats, times, the gap,
+    the warm-up beats and which beats arrived together."""
+    store = SessionStore.open(tmp_path / "s.db")
+    info = store.create_session("dev_1", 1_700_000_000_000, "test", {})
+    rr = [812.5, 790.0, 1500.0, 805.25, 799.5]
+    t, beats = 0.0, []
+    for i, r in enumerate(rr):
+        t += r / 1000 + (30.0 if i == 3 else 0.0)
+        cls = BeatClass.WARMUP if i == 0 else BeatClass.NORMAL
+        beats.append(BeatRow(i, t, 1_700_000_000_000 + 1000 * (i // 2), r, None, 70, None,
+                             rr_corrected_ms=r * 0.9, beat_class=cls))  # fmt: skip
+    store.add_beats(info.id, beats)
+    store.add_indices(info.id, [IndicesRow(1.0, 1_700_000_001_000, "{}", hr_bpm=70.0)])
+    store.add_marker(info.id, MarkerRow(1.5, 1_700_000_001_500, "note", "a; b, c\nd", "cli"))
+    store.add_gap(info.id, GapRow(3.2, 33.0, "no-contact"))
+    store.finish_session(info.id, 1_700_000_040_000)
+    path = export_csv(store, info.id, tmp_path / "export.csv")
+    store.close()
+    want = read_rr_file(path)
+    resaved = tmp_path / "resaved.csv"
+    resaved.write_text(_resaved(path.read_text(), delim, decimal_comma))
+    rec = read_rr_file(resaved)
+    assert rec.fmt == "settle-export"
+    assert rec.rr_ms.tolist() == want.rr_ms.tolist() == rr
+    assert rec.t_s.tolist() == want.t_s.tolist()
+    for field in ("warmup", "gap_before", "notification_start"):
+        got, expected = getattr(rec, field), getattr(want, field)
+        assert got is not None and expected is not None, field
+        assert got.tolist() == expected.tolist(), field
+    assert want.gap_before is not None and want.gap_before.tolist() == [0, 0, 0, 1, 0]
+    assert want.warmup is not None and want.warmup.tolist() == [1, 0, 0, 0, 0]
