@@ -33,6 +33,7 @@ so an interrupted run leaves no half file.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import sys
@@ -215,12 +216,20 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def check_outputs(file: Path, outputs: dict[str, Path | None], *, force: bool) -> None:
     """Refuse, before anything is read or written, output files (``{"--beats": path}``) that
-    are the input ``file`` (always), name one file twice, are directories, or exist (unless
-    ``force``): :class:`AnalyzeUsageError`. A missing directory is :class:`InputFileError`."""
+    are the input ``file`` (always), name one file twice, are directories, lie under a file,
+    have a name longer than the file system takes, or exist (unless ``force``):
+    :class:`AnalyzeUsageError`, exit code 2, as ``settle export`` refuses them. A missing
+    directory is :class:`InputFileError` (exit code 1)."""
     named = [(opt, p) for opt, p in outputs.items() if p is not None]
+    if named:
+        from sessions.exporters import name_too_long  # every exporter: 0.2 s, only for files
     for i, (opt, p) in enumerate(named):
         if "\x00" in str(p):
             raise AnalyzeUsageError(f"{opt}: the path contains a NUL byte")
+        # Before anything asks the system about the path, which fails on such a name:
+        # "cannot write: File name too long", exit 1, where export says this, exit 2.
+        if (too_long := name_too_long(p)) is not None:
+            raise AnalyzeUsageError(f"{opt} {p}: {too_long}")
         if _same_file(p, file):
             raise AnalyzeUsageError(f"{opt} {p}: refusing to overwrite the input recording")
         for other_opt, other in named[:i]:
@@ -232,7 +241,11 @@ def check_outputs(file: Path, outputs: dict[str, Path | None], *, force: bool) -
                 raise AnalyzeUsageError(f"{opt} {p}: {why}")
             exists = os.path.lexists(p)
             parent_ok = p.parent.is_dir()
-        except OSError as exc:  # e.g. a name longer than the file system allows
+        except OSError as exc:  # e.g. a directory without permission
+            if exc.errno == errno.ENAMETOOLONG:  # a directory on the way no system takes
+                raise InputFileError(
+                    str(p), f"cannot write: directory {p.parent} does not exist"
+                ) from None
             raise InputFileError(str(p), f"cannot write: {exc.strerror or exc}") from None
         if exists and not force:
             raise AnalyzeUsageError(f"{opt} {p}: file exists (use --force to replace it)")
@@ -245,12 +258,11 @@ def check_outputs(file: Path, outputs: dict[str, Path | None], *, force: bool) -
                 "choose another file"
             )
         if not parent_ok:
-            why = (
-                f"{p.parent} is not a directory"
-                if p.parent.exists()
-                else f"directory {p.parent} does not exist"
-            )
-            raise InputFileError(str(p), f"cannot write: {why}")
+            if os.path.exists(p.parent):
+                # A file where a directory is wanted: a path of the wrong kind (exit code 2,
+                # docs/operations.md), as `settle report --out FILE`; it was exit code 1.
+                raise AnalyzeUsageError(f"{opt} {p}: {p.parent} is not a directory")
+            raise InputFileError(str(p), f"cannot write: directory {p.parent} does not exist")
 
 
 def beats_csv(a: Analysis) -> str:

@@ -351,9 +351,37 @@ def test_beats_and_rolling_are_written_both_or_neither(
 
 
 def test_an_output_under_a_file_says_so(tmp_path: Path) -> None:
+    """A file where a directory is wanted is an output path of the wrong kind: exit code 2
+    (docs/operations.md), as `report --out FILE`; it was 1, as for a file not found."""
     rec = str(DATA / "pyhrv_nni_short.csv")
-    line = _one_line_error(_settle(rec, "--beats", f"{rec}/x.csv"), 1)
-    assert line.endswith(f"cannot write: {rec} is not a directory")  # not "does not exist"
+    line = _one_line_error(_settle(rec, "--beats", f"{rec}/x.csv"), 2)
+    assert line == f"settle: error: --beats {rec}/x.csv: {rec} is not a directory"
+    missing = tmp_path / "missing" / "x.csv"
+    line = _one_line_error(_settle(rec, "--rolling", str(missing)), 1)  # not there: 1
+    assert line.endswith(f"cannot write: directory {missing.parent} does not exist")
+
+
+def test_an_output_name_too_long_is_a_bad_output_path_as_in_export(tmp_path: Path) -> None:
+    """`--beats` with a name longer than the file system takes exited with code 1, "cannot
+    write: File name too long"; `settle export` refuses the same name as a path of the wrong
+    kind, exit code 2, in these words. Nothing is read or written."""
+    rec = str(DATA / "pyhrv_nni_short.csv")
+    most = os.pathconf(tmp_path, "PC_NAME_MAX")
+    long_name = tmp_path / ("b" * (most + 1 - 4) + ".csv")
+    for opt in ("--beats", "--rolling"):
+        line = _one_line_error(_settle(rec, opt, str(long_name)), 2)
+        assert line == (
+            f"settle: error: {opt} {long_name}: the file name is {most + 1} bytes, more than "
+            f"the file system takes ({most}): choose a shorter file name"
+        )
+    deep = tmp_path.joinpath(*["d" * 200] * 25, "x.csv")
+    assert "bytes, longer than the system takes" in _one_line_error(
+        _settle(rec, "--beats", str(deep)), 2
+    )
+    under_long = tmp_path / ("d" * (most + 1)) / "x.csv"  # a directory that cannot be there
+    line = _one_line_error(_settle(rec, "--beats", str(under_long)), 1)
+    assert line.endswith(f"cannot write: directory {under_long.parent} does not exist")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_force_never_replaces_a_pipe_or_a_link_to_a_stream(tmp_path: Path) -> None:
