@@ -1338,3 +1338,16 @@ def test_a_beats_file_resaved_by_a_spreadsheet_is_analysed_from_its_raw_interval
             writer.writerow([c.replace(".", ",") for c in row])
     assert resaved.read_text().startswith("t_s;rr_raw_ms;rr_ms;class\n1,114000;1114;")
     assert _json(str(resaved)) == want
+
+
+def test_by_class_missed_counts_split_intervals_not_half_the_missed_rows(tmp_path: Path) -> None:
+    """The README said `by_class.missed` is "half the `missed` rows": true of a split in two
+    only. 3000 ms between beats 800 ms apart is split in four: four `missed` rows, one
+    interval as read (the row that keeps its `rr_raw_ms`), and `by_class.missed` is 1."""
+    rec, beats = tmp_path / "split.txt", tmp_path / "beats.csv"
+    rec.write_text("800\n3000\n800\n800\n")
+    doc = _json(str(rec), "--beats", str(beats))
+    missed = [r for r in csv.DictReader(beats.open()) if r["class"] == "missed"]
+    assert len(missed) == 4
+    assert [r["rr_raw_ms"] for r in missed] == ["", "", "", "3000"]
+    assert doc["correction"]["by_class"]["missed"] == 1
