@@ -113,3 +113,28 @@ def test_an_empty_path_is_a_usage_error_not_the_working_directory(
     (line,) = res.stderr.splitlines()
     assert "the path is empty" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.csv"]
+
+
+@pytest.mark.parametrize("where", ["loading", "running"])
+def test_ctrl_c_while_the_command_line_loads_is_no_traceback(where: str) -> None:
+    """Ctrl-C in the first few tenths of a second of any `settle` command, while typer, rich
+    and pydantic were still being imported, printed a 20–36 line traceback ending in
+    KeyboardInterrupt (later it exits 130 without a word). The console script now starts
+    from a module that imports nothing heavy and says the same from the first instant."""
+    interrupt = (
+        "import builtins; real = builtins.__import__\n"
+        "def imp(name, *a, **k):\n"
+        "    if name == 'settle.cli': raise KeyboardInterrupt\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = imp\n"
+        if where == "loading"
+        else "import settle.cli\n"
+        "def boom(*a, **k): raise KeyboardInterrupt\n"
+        "settle.cli.app = boom\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", interrupt + "from settle.entry import main\nmain()", "--help"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 130, res.stderr
+    assert res.stderr == "" and res.stdout == ""
