@@ -679,7 +679,8 @@ def sessions_list(
         return
     lines = []
     for r in rows:
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started_ms / 1000))
+        # With the zone: the same wall time comes twice the night the clocks go back.
+        started = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(r.started_ms / 1000))
         mins, secs = divmod(int(r.duration_s), 60)
         label = labels.get(r.device_id)
         device = r.device_id if label is None else f"{r.device_id} ({label})"

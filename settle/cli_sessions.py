@@ -406,7 +406,7 @@ def trends_cmd(
              "caught up after", "from", "score change", "median recovery", "reactions"],
             [
                 [
-                    time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started_ms / 1000)),
+                    _local_minute(r.started_ms),
                     r.session_id,
                     *([r.device_id] if several else []),
                     r.target,
@@ -654,7 +654,10 @@ def log_set(
 
 
 def _local_minute(epoch_ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch_ms / 1000))
+    """Local time to the minute with the zone's abbreviation: across a clock change the
+    same wall time comes twice (a trends table read 02:40 and then 02:10 for the later
+    session, the night the clocks went back)."""
+    return time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(epoch_ms / 1000))
 
 
 def _signed_duration(s: float) -> str:
@@ -753,7 +756,7 @@ def sessions_delete(
                 )
             if not yes:
                 n = next((s.n_beats for s in store.list_sessions() if s.id == info.id), 0)
-                started = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.started_ms / 1000))
+                started = _local_minute(info.started_ms)
                 try:
                     ok = typer.confirm(
                         f"Delete session {info.id} (started {started}, {n} beats) for good?",

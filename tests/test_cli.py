@@ -4,6 +4,7 @@ closed, sessions/export/scan print what they promise, and bad input is one line.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import math
 import os
@@ -937,3 +938,25 @@ def test_log_set_notes_are_bounded_per_append_and_per_session(tmp_path: Path) ->
     assert res.exit_code == 0, res.output
     with SessionStore.open(db) as store:
         assert len(store.get(sid).notes) == 100_000
+
+
+def test_local_times_say_their_zone_across_a_clock_change(tmp_path: Path) -> None:
+    """The night the clocks go back the same wall time comes twice: `sessions list` and
+    `settle trends` listed a session at 02:40 and the later one at 02:10, out of order by
+    all they said. Each time now carries its zone (CEST, then CET)."""
+    db = tmp_path / "s.db"
+    with SessionStore.open(db) as store:
+        for utc in ("2026-10-25T00:40:00+00:00", "2026-10-25T01:10:00+00:00"):
+            ms = round(dt.datetime.fromisoformat(utc).timestamp() * 1000)
+            sid = store.create_session("dev", ms, "x", {}).id
+            store.finish_session(sid, ms + 60_000)
+    env = {**ENV, "TZ": "Europe/Berlin"}
+    for args in (("sessions", "list"), ("trends",)):
+        res = subprocess.run(
+            [sys.executable, "-m", "settle.cli", *args, "--db", str(db)],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        first, later = res.stdout.index("02:40"), res.stdout.index("02:10")
+        assert "CEST" in res.stdout[first : first + 16], res.stdout
+        assert "CET" in res.stdout[later : later + 16], res.stdout
