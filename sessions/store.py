@@ -551,6 +551,15 @@ _SCHEMA_V1 = (
 )
 
 
+def _file_size(path: Path) -> int | None:
+    """The size of the file at ``path`` (a ``stat``: opening and closing any descriptor of a
+    SQLite file would drop this process's locks on it); None if there is none."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
 def _file_identity(path: Path) -> tuple[int, int] | None:
     """(device, inode) of the file at ``path``; None if there is none."""
     try:
@@ -916,6 +925,9 @@ class SessionStore:
         self._conn: sqlite3.Connection | None = conn
         self._path = path
         self._identity = _file_identity(path)
+        self._size_seen = _file_size(path) or 0
+        """The largest size of the file seen: in WAL mode without auto-vacuum (never set
+        here) SQLite never makes it smaller, so a smaller file was cut short under us."""
         self._lock = threading.Lock()
         self._batch_thread: int | None = None
         """The thread inside :meth:`batch` (which holds ``_lock``), None outside one."""
@@ -997,7 +1009,11 @@ class SessionStore:
         except StoreError as exc:
             # A full disk: SQLite cannot make its -shm/-wal files, but reading needs none.
             full = _io_failure(exc) and disk_full(path) is not None
-            if not (_read_only_failure(exc) or full) or not path.is_file():
+            # Held by another program's write transaction: reading needs no lock in WAL
+            # mode (`sessions list` and `export` failed after a 10 s wait while a database
+            # browser had unsaved changes).
+            locked = "write lock" in str(exc)
+            if not (_read_only_failure(exc) or full or locked) or not path.is_file():
                 raise
             first = exc
         uri = path.resolve().as_uri()
@@ -1088,6 +1104,7 @@ class SessionStore:
             fresh = SessionStore.open(path)
             self._conn, fresh._conn = fresh._conn, None
             self._path, self._identity = path, fresh._identity
+            self._size_seen = fresh._size_seen
             self._side_files = []
 
     def replaced(self) -> str | None:
@@ -1100,6 +1117,14 @@ class SessionStore:
             return None
         now = _file_identity(self._path)
         if now == self._identity:
+            # The same file, emptied or cut short in place (`: > s.db`, `truncate`, a smaller
+            # backup copied over it): the daemon wrote on into it and reported its beats
+            # stored, and the store could not be opened again.
+            size = _file_size(self._path)
+            if size is not None and size < self._size_seen:
+                return f"was cut short ({size} bytes, was {self._size_seen}) by another program"
+            if size is not None:
+                self._size_seen = size
             return None
         if now is not None:
             return "was replaced by another file"
@@ -1863,6 +1888,11 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
             raise StoreError(
                 f"{path}: not a Settle session store (a SQLite file of another program)"
             )
+        # Likewise a store a newer Settle wrote: refused untouched (it was switched to WAL
+        # first, bytes 18-19, 28 and 96 of its header changed, then refused).
+        newer = newer_schema(conn, path)
+        if newer is not None:
+            raise StoreError(newer)
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(f"{path}: cannot enable WAL journaling (got {mode!r})")
@@ -1886,6 +1916,13 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
     except sqlite3.DatabaseError as exc:
         if "not a database" in str(exc):
             raise StoreError(f"{path}: not a Settle session store (not a SQLite file)") from exc
+        if "database is locked" in str(exc):
+            # Said as what it is: a bare "database is locked" after a 10 s wait.
+            raise StoreError(
+                f"{path}: another program has held a write lock on the session store for "
+                f"{BUSY_TIMEOUT_S:g} s (a database browser with unsaved changes?): close it "
+                "and try again"
+            ) from exc
         raise StoreError(f"{path}: cannot open session store: {exc}") from exc
 
 

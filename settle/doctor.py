@@ -309,7 +309,10 @@ def _check_database(db_path: Path) -> Check:
                     "--db / storage.db_path",
                 )
         try:
-            con = sqlite3.connect(f"file:{db_path}?mode=rw", uri=True, timeout=2.0)
+            # The path as a file: URI (a '#', '?' or '%' in the name made it another file:
+            # a false ✓ for a file that is no store, and a stray empty file created).
+            uri = db_path.resolve().as_uri()
+            con = sqlite3.connect(f"{uri}?mode=rw", uri=True, timeout=2.0)
             try:
                 foreign = db_path.stat().st_size > 0 and foreign_store(con)
                 # What the daemon refuses (it read "writable" for a store it would not open).

@@ -425,6 +425,25 @@ def test_a_store_of_a_newer_settle_fails_as_the_daemon_refuses_it(tmp_path: Path
     assert "newer than this Settle supports" in c.detail
 
 
+@pytest.mark.parametrize("name", ["my#1.db", "a?b.db", "p%41.db"])
+def test_doctor_checks_the_store_whatever_its_name_holds(tmp_path: Path, name: str) -> None:
+    """The path went into a SQLite URI as it was: with '#' or '?' in the name doctor checked
+    another file (a ✓ for random bytes, a stray empty file made beside it), with '%41' it
+    looked for 'pA.db'."""
+    from sessions.store import SessionStore
+
+    good = tmp_path / "good" / name
+    good.parent.mkdir()
+    SessionStore.open(good).close()
+    assert check_database(good).ok, check_database(good).detail
+    bad = tmp_path / "bad" / name
+    bad.parent.mkdir()
+    bad.write_bytes(b"random bytes, no store\n" * 100)
+    bad.chmod(0o600)
+    assert not check_database(bad).ok
+    assert sorted(p.name for p in bad.parent.iterdir()) == [name]  # nothing made beside it
+
+
 def test_a_store_name_too_long_is_a_failed_check_not_an_abort(tmp_path: Path) -> None:
     """`--db <300 characters>.db` aborted doctor with "File name too long", and `--json`
     printed no JSON at all."""

@@ -553,6 +553,38 @@ async def test_store_file_replaced_while_recording_is_recovered_beside_it(
     assert "the session store file was replaced by another file while recording" in errors[0]
 
 
+async def test_store_file_emptied_while_recording_is_noticed_and_the_beats_saved(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`: > settle.db` (or `truncate`, or a smaller backup copied over it) while a session
+    records: the same file, so nothing was noticed; the daemon wrote on into it, said
+    "117 beats stored", exit 0, and the store could not be opened again. Now the file cut
+    short is noticed at the next flush and said; the store is recovered beside it from the
+    open connection where every page can still be read, and else the beats go to a rescue
+    file: every beat recorded after the cut is kept one way or the other."""
+    db = tmp_path / "s.db"
+    caplog.set_level(logging.INFO)
+    async with model_daemon(db, seed=8) as (daemon, task, _strap):
+        rt = daemon.runtimes[0]
+        await until(lambda: rt.session is not None and rt.session.seq > 30)
+        await asyncio.to_thread(os.truncate, db, 0)  # no descriptor: ours hold SQLite's locks
+        cut_at = rt.session.seq  # type: ignore[union-attr]
+        errors = lambda: [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]  # noqa: E731
+        await until(lambda: any("was cut short (0 bytes, was " in m for m in errors()))
+        await until(lambda: rt.session is not None and rt.session.seq > cut_at + 20)
+        daemon.stop()
+        await asyncio.wait_for(task, 20)
+    (pipeline,) = daemon.finished
+    after = set(range(cut_at + 5, pipeline.seq))  # a flush (1 s) after the cut, and on
+    kept: set[int] = set()
+    if daemon.recovered_store is not None:
+        with SessionStore.open(daemon.recovered_store) as back:
+            kept |= {b.seq for b in back.beats(pipeline.session_id)}
+    for saved in daemon.rescued.values():
+        kept |= {int(r["seq"]) for r in csv.DictReader(saved.open())}
+    assert after <= kept, sorted(after - kept)[:10]
+
+
 async def test_a_failing_analysis_does_not_end_the_recording(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -124,6 +124,50 @@ def test_newer_schema_is_refused(db_path: Path) -> None:
     assert str(db_path) in str(err.value)
 
 
+def test_a_store_of_a_newer_settle_is_refused_untouched(db_path: Path) -> None:
+    """Switched to WAL before it was refused: bytes 18-19, 28 and 96 of its header changed,
+    though every command refused it."""
+    SessionStore.open(db_path).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute("PRAGMA journal_mode = DELETE")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    before = db_path.read_bytes()
+    with pytest.raises(StoreError, match="newer"):
+        SessionStore.open(db_path)
+    assert db_path.read_bytes() == before
+
+
+def test_reading_needs_no_lock_another_program_holds(db_path: Path) -> None:
+    """A database browser with unsaved changes holds a write transaction: `sessions list`
+    and `export` failed after a 10 s wait with a bare "database is locked" (reading in WAL
+    mode needs no lock), and a writing command said no more. Reading goes on; writing says
+    what holds it."""
+    import sessions.store as store_mod
+
+    with SessionStore.open(db_path) as store:
+        info = new_session(store)
+        store.add_beats(info.id, beats(0, 5))
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        old = store_mod.BUSY_TIMEOUT_S
+        store_mod.BUSY_TIMEOUT_S = 0.2
+        try:
+            with SessionStore.open_for_reading(db_path) as store:
+                assert len(store.beats(info.id)) == 5
+            with pytest.raises(StoreError) as err:
+                SessionStore.open(db_path)
+        finally:
+            store_mod.BUSY_TIMEOUT_S = old
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert "another program has held a write lock on the session store" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 def test_foreign_sqlite_file_is_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "other.db"
     conn = sqlite3.connect(path)
