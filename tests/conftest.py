@@ -154,3 +154,12 @@ def dev_dependency(name: str) -> Any:
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Any]:
+    """A fresh session store in ``tmp_path`` (``s.db``); a test file may define its own."""
+    from sessions.store import SessionStore
+
+    with SessionStore.open(tmp_path / "s.db") as s:
+        yield s

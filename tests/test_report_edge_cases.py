@@ -50,15 +50,8 @@ from sessions.store import (
     MarkerSource,
     SessionStore,
 )
-
-T0_MS = 1_795_000_000_000
-_STATE = {"collecting": "baseline", "complete": "running"}  # settle/pipeline.py
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SessionStore]:
-    with SessionStore.open(tmp_path / "s.db") as s:
-        yield s
+from tests.test_report_wording import _SETTLING_STATE as _STATE
+from tests.test_report_wording import T0_MS
 
 
 def _num(x: float | None) -> float | None:

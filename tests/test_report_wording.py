@@ -13,7 +13,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,6 @@ from tests.test_sessions_report import _finite as _num
 
 T0_MS = 1_795_000_000_000
 _SETTLING_STATE = {"collecting": "baseline", "complete": "running"}  # settle/pipeline.py
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SessionStore]:
-    with SessionStore.open(tmp_path / "s.db") as s:
-        yield s
 
 
 def _store_session(
