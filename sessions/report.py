@@ -1880,6 +1880,16 @@ def _label_tz(outcomes: Sequence[SessionOutcome]) -> dt.tzinfo:
     return cast(dt.tzinfo, dt.datetime.fromtimestamp(latest / 1000).astimezone().tzinfo)
 
 
+def _empty_panel(ax: Any, sentence: str) -> None:
+    """A trends panel with nothing to plot: the sentence instead of a y axis (the dates stay
+    on the x axis the panels share)."""
+    ax.yaxis.set_visible(False)
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    ax.text(0.5, 0.5, sentence, transform=ax.transAxes, ha="center", va="center",
+            fontsize=10, color="0.25")  # fmt: skip
+
+
 def write_trends_png(
     outcomes: Sequence[SessionOutcome], path: Path, *, force: bool = True
 ) -> Path | None:
@@ -1961,6 +1971,17 @@ def write_trends_png(
         axes[0].set_ylim(0, 1.4 * max(lat) if lat and max(lat) > 0 else 1.0)
         axes[1].set_ylabel("score change")
         axes[2].set_ylabel("recovery (s)")
+        if all(o.score_change is None for o in outcomes):
+            _empty_panel(
+                axes[1], "no score change: no session had 10 min of scores after its reference"
+            )
+        if all(o.median_recovery_s is None for o in outcomes):
+            # Drawn empty, the panel had an axis of -0.04..0.04 "recovery (s)".
+            _empty_panel(
+                axes[2],
+                "no recovery time: no reaction marker in these sessions had a clear rise "
+                "that came back within 3 min",
+            )
         axes[1].legend(title="strap · target" if several else "target", fontsize=8)
         shapes = [
             Line2D([], [], color="0.3", marker="o", ls="-", label="from hold-start"),

@@ -627,8 +627,8 @@ def test_trends_place_sessions_by_absolute_time_across_a_clock_change(
 ) -> None:
     """Sessions at 02:40 CEST and 02:10 CET on the night the clocks go back (the second half
     an hour later): placed by local wall time, the second sat before the first and
-    the trends line ran backwards. (`settle trends`' table lists local wall times, as the
-    clock read.)"""
+    the trends line ran backwards. (`settle trends`' table gives each time its zone,
+    CEST then CET: tests/test_cli.py.)"""
     berlin_tz = zoneinfo.ZoneInfo("Europe/Berlin")
 
     def ms(h: int, m: int, fold: int) -> int:
@@ -647,6 +647,50 @@ def test_trends_place_sessions_by_absolute_time_across_a_clock_change(
             (line,) = [ln for ln in ax.lines if len(ln.get_xdata()) == 2]
             x = mdates.date2num(line.get_xdata())
             assert x[1] - x[0] == pytest.approx(30 / (24 * 60), abs=1e-6), ax.get_ylabel()
+    finally:
+        plt.close(fig)
+
+
+def test_trends_panel_with_nothing_to_plot_says_so_without_an_axis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sessions without a recovery time (no reaction marker came back within 3 min) and
+    without a score change: both panels were drawn empty, with a y axis of -0.04..0.04
+    "recovery (s)" / "score change". Each now says why in one sentence and has no y axis;
+    the latency panel, which has values, keeps its axis."""
+    empty = [
+        SessionOutcome(sid, T0_MS + i * 86_400_000, "self", 120.0, None, None, 0)
+        for i, sid in enumerate("ab")
+    ]
+    kept: list[Any] = []
+    monkeypatch.setattr(plt, "close", kept.append)
+    assert write_trends_png(empty, tmp_path / "t.png") is not None
+    monkeypatch.undo()
+    (fig,) = kept
+    try:
+        lat_ax, score_ax, recov_ax = fig.axes[:3]
+        assert lat_ax.yaxis.get_visible() and not lat_ax.texts
+        assert not score_ax.yaxis.get_visible() and not recov_ax.yaxis.get_visible()
+        assert [t.get_text() for t in score_ax.texts] == [
+            "no score change: no session had 10 min of scores after its reference"
+        ]
+        assert [t.get_text() for t in recov_ax.texts] == [
+            "no recovery time: no reaction marker in these sessions had a clear rise that "
+            "came back within 3 min"
+        ]
+        # The dates stay under the bottom panel.
+        assert recov_ax.xaxis.get_visible()
+    finally:
+        plt.close(fig)
+    # One session with a recovery time: that panel is plotted as before.
+    kept.clear()
+    monkeypatch.setattr(plt, "close", kept.append)
+    one = [*empty, SessionOutcome("c", T0_MS + 2 * 86_400_000, "self", 90.0, 5.0, 40.0, 1, 1)]
+    assert write_trends_png(one, tmp_path / "u.png") is not None
+    monkeypatch.undo()
+    (fig,) = kept
+    try:
+        assert all(ax.yaxis.get_visible() and not ax.texts for ax in fig.axes[1:3])
     finally:
         plt.close(fig)
 
