@@ -102,7 +102,7 @@ from sessions.files import (
     refuse_database,
     write_all,
 )
-from sessions.series import _LOST_BEATS_TOLERANCE_S
+from sessions.series import lost_beat_jumps
 from sessions.store import (
     BeatClass,
     IntentionTarget,
@@ -714,7 +714,7 @@ def _hr_1hz(rec: SessionRecord) -> tuple[npt.NDArray[np.float64], npt.NDArray[np
         return np.zeros(0), np.zeros(0)
     grid = np.arange(math.ceil(bt[0]), math.floor(bt[-1]) + 1, 1.0)
     hr = np.interp(grid, bt, 60_000.0 / rr)
-    for j in np.flatnonzero(np.diff(bt) > span[1:] / 1000.0 + _LOST_BEATS_TOLERANCE_S):
+    for j in lost_beat_jumps(bt, span):
         hr[(grid > bt[j]) & (grid < bt[j + 1])] = math.nan
     for g in rec.gaps:
         if g.reason not in ECG_ONLY_GAPS:

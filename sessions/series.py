@@ -19,11 +19,13 @@ __all__ = [
     "ECG_HOLE_PERIODS",
     "ECG_KERNEL_HALF_WIDTH",
     "ECG_SINC_LIMIT_UV",
+    "LOST_BEATS_TOLERANCE_S",
     "NOT_ANALYSED",
     "baseline_span",
     "ecg_holes",
     "ecg_on_grid",
     "ecg_rate_hz",
+    "lost_beat_jumps",
     "not_analysed_spans",
     "rr_on_grid",
 ]
@@ -33,7 +35,18 @@ DEFAULT_FS_HZ = 4.0
 
 #: Beat-to-beat jumps longer than the RR they carry by more than this many seconds are
 #: treated as gaps (lost beats) even without a stored gap record.
-_LOST_BEATS_TOLERANCE_S = 1.0
+LOST_BEATS_TOLERANCE_S = 1.0
+
+
+def lost_beat_jumps(
+    beat_t_s: npt.NDArray[np.float64], span_ms: npt.NDArray[np.float64]
+) -> npt.NDArray[np.intp]:
+    """Indices ``j`` where beats were lost between beat ``j`` and beat ``j + 1``: they are
+    further apart than the interval beat ``j + 1`` carries (``span_ms``, ms, one per beat,
+    sorted by time) by more than :data:`LOST_BEATS_TOLERANCE_S`. The series here and the
+    report's heart rate leave nothing drawn between them."""
+    return np.flatnonzero(np.diff(beat_t_s) > span_ms[1:] / 1000.0 + LOST_BEATS_TOLERANCE_S)
+
 
 #: Beat classes that are recorded but never analysed (``docs/sessions.md``): their RR is no
 #: tachogram value, so the resampled series holds no data where it would depend on them.
@@ -135,9 +148,7 @@ def rr_on_grid(
         depends = skip[k] | ((t[idx] != bt[k]) & skip[nxt])
         out[idx[depends]] = np.nan
     if bt.shape[0] > 1:
-        spacing = np.maximum(rr[1:], raw[1:]) / 1000.0
-        jumps = np.flatnonzero(np.diff(bt) > spacing + _LOST_BEATS_TOLERANCE_S)
-        for j in jumps:
+        for j in lost_beat_jumps(bt, np.maximum(rr, raw)):
             out[(t > bt[j]) & (t < bt[j + 1])] = np.nan
     for g in gaps:
         if g.reason in ECG_ONLY_GAPS:
