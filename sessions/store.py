@@ -53,6 +53,7 @@ import numpy as np
 import numpy.typing as npt
 
 from settle.errors import SessionNotFound, StoreError
+from settle.text import NOTES_APPEND_MAX_CHARS, NOTES_MAX_CHARS
 
 __all__ = [
     "MARKER_KINDS",
@@ -69,11 +70,13 @@ __all__ = [
     "IntentionTarget",
     "MarkerRow",
     "MarkerSource",
+    "NotesTooLong",
     "SessionInfo",
     "SessionRecord",
     "SessionState",
     "SessionStore",
     "SessionSummary",
+    "check_notes_append",
     "daemon_lock",
     "daemon_running",
     "foreign_store",
@@ -92,6 +95,24 @@ MARKER_KINDS: tuple[str, ...] = (
     "doubt",
     "note",
 )
+
+
+class NotesTooLong(ValueError):
+    """Notes refused for their length (nothing written); ``detail`` says by how much,
+    without naming the option or field they came from."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"notes: {detail}")
+        self.detail = detail
+
+
+def check_notes_append(text: str) -> None:
+    """:class:`NotesTooLong` if one append of ``text`` would be longer than
+    :data:`NOTES_APPEND_MAX_CHARS` (what :meth:`SessionStore.append_notes` refuses; a
+    command can ask before opening the store)."""
+    if len(text) > NOTES_APPEND_MAX_CHARS:
+        raise NotesTooLong(f"at most {NOTES_APPEND_MAX_CHARS} characters, got {len(text)}")
+
 
 #: ``PRAGMA application_id`` of a Settle store ("STLE"), so that another program's SQLite
 #: file is recognised as foreign instead of having our tables added to it.
@@ -1588,15 +1609,31 @@ class SessionStore:
             )
 
     def set_notes(self, session_id: str, notes: str) -> None:
-        """Replace the session's free-text notes."""
+        """Replace the session's free-text notes; :class:`NotesTooLong` (nothing written)
+        beyond :data:`NOTES_MAX_CHARS`."""
+        if len(notes) > NOTES_MAX_CHARS:
+            raise NotesTooLong(
+                f"session {session_id} keeps at most {NOTES_MAX_CHARS} characters of notes, "
+                f"got {len(notes)}"
+            )
         with self._transaction(write=True) as conn:
             _require_session(conn, session_id)
             conn.execute("UPDATE sessions SET notes = ? WHERE id = ?", (notes, session_id))
 
     def append_notes(self, session_id: str, text: str) -> None:
-        """Append a paragraph to the session's notes (separated by a blank line)."""
+        """Append a paragraph to the session's notes (separated by a blank line).
+        :class:`NotesTooLong`, nothing written, for more than :data:`NOTES_APPEND_MAX_CHARS`
+        at once or notes that would grow past :data:`NOTES_MAX_CHARS` (checked inside the
+        write transaction: two appends at once cannot both pass on the same old length)."""
+        check_notes_append(text)
         with self._transaction(write=True) as conn:
-            _require_session(conn, session_id)
+            held = _require_session(conn, session_id).notes
+            total = len(held) + 2 + len(text) if held else len(text)
+            if total > NOTES_MAX_CHARS:
+                raise NotesTooLong(
+                    f"session {session_id} keeps at most {NOTES_MAX_CHARS} characters of "
+                    f"notes; it holds {len(held)}, and this would make {total}"
+                )
             conn.execute(
                 "UPDATE sessions SET notes = CASE WHEN notes = '' THEN ?"
                 " ELSE notes || char(10) || char(10) || ? END WHERE id = ?",

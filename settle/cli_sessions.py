@@ -22,6 +22,7 @@ from settle.console import err, one_line, out
 from settle.console import fail as _fail
 from settle.console import print_table as _print_table
 from settle.errors import ConfigError, SessionNotFound, SettleError, shown
+from settle.text import NOTES_APPEND_MAX_CHARS, NOTES_MAX_CHARS
 
 if TYPE_CHECKING:
     from sessions.store import SessionInfo, SessionStore
@@ -61,13 +62,6 @@ SessionArg = Annotated[str, typer.Argument(help="Session id, unique id prefix, o
 
 FORMAT_NAMES = ("csv", "json", "edf", "bids", "kubios")
 
-NOTES_APPEND_MAX_CHARS = 10_000
-"""Characters one ``log set --notes`` may append: five times a marker's text (2000, over
-MQTT, the dashboard and ``log import``), a page or two of prose."""
-NOTES_MAX_CHARS = 100_000
-"""Characters of notes a session keeps in all (the blank lines between appends counted):
-notes are read with every session (``sessions list``, History) and copied into its report
-and JSON export, so appending cannot grow them without bound."""
 TARGET_NAMES = ("self", "future", "relational", "free")
 
 
@@ -516,7 +510,14 @@ def log_set(
     All changes are checked first and stored in one transaction: if one is rejected, none
     is stored.
     """
-    from sessions.store import BaselinePeriod, Intention, IntentionTarget, SessionStore
+    from sessions.store import (
+        BaselinePeriod,
+        Intention,
+        IntentionTarget,
+        NotesTooLong,
+        SessionStore,
+        check_notes_append,
+    )
 
     started_ms = None if started is None else _parse_started(started)
 
@@ -565,10 +566,14 @@ def log_set(
             _fail(f"{option}: at most {most} characters, got {len(text)}", 2)
         if control_character(text, lines=False) is not None:
             _fail(f"{option}: control characters are not allowed, got {shown(text)}", 2)
-    if notes is not None and len(notes) > NOTES_APPEND_MAX_CHARS:
+    if notes is not None:
         # It took any length, and any number of appends: megabytes of notes went into the
-        # store, and with them into every `sessions list`, report and JSON export.
-        _fail(f"--notes: at most {NOTES_APPEND_MAX_CHARS} characters, got {len(notes)}", 2)
+        # store, and with them into every `sessions list`, report and JSON export. The store
+        # refuses them (append_notes); asked here first, before the store is opened.
+        try:
+            check_notes_append(notes)
+        except NotesTooLong as exc:
+            _fail(f"--notes: {exc.detail}", 2)
     # Notes may hold tab and line breaks (a marker's text may), nothing else: an escape
     # sequence went into the store, the report and History unchecked.
     bad = None if notes is None else control_character(notes, lines=True)
@@ -625,21 +630,12 @@ def log_set(
                 if tag:
                     store.add_tags(info.id, tag)
                 if notes:
-                    # Read inside the write transaction: two appends at once cannot both
-                    # pass on the same old length.
-                    held = store.get(info.id).notes
-                    total = len(held) + 2 + len(notes) if held else len(notes)
-                    if total > NOTES_MAX_CHARS:
-                        _fail(
-                            f"--notes: session {info.id} keeps at most {NOTES_MAX_CHARS} "
-                            f"characters of notes; it holds {len(held)}, and this would make "
-                            f"{total}",
-                            2,
-                        )
-                    store.append_notes(info.id, notes)
+                    store.append_notes(info.id, notes)  # NotesTooLong: all rolled back
                 if bounds is not None:
                     store.set_baseline(info.id, BaselinePeriod(*bounds))
                 shift_ms = 0 if started_ms is None else store.move_session(info.id, started_ms)
+    except NotesTooLong as exc:
+        _fail(f"--notes: {exc.detail}", 2)
     except ValueError as exc:
         _fail(str(exc), 2)
     except SettleError as exc:

@@ -1,13 +1,22 @@
 """Which control characters a text may hold: one rule for every way text gets in (MQTT and
-HTTP payloads, ``settle log set``, journal import). Imports nothing else of the project, so
-every layer may use it.
+HTTP payloads, ``settle log set``, journal import), and how long a session's notes may grow.
+Imports nothing else of the project, so every layer may use it.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["control_character"]
+__all__ = ["NOTES_APPEND_MAX_CHARS", "NOTES_MAX_CHARS", "control_character"]
+
+NOTES_APPEND_MAX_CHARS = 10_000
+"""Characters one append to a session's notes may add (``settle log set --notes``; the store
+refuses more, :meth:`sessions.store.SessionStore.append_notes`): five times a marker's text
+(2000, over MQTT, the dashboard and ``log import``), a page or two of prose."""
+NOTES_MAX_CHARS = 100_000
+"""Characters of notes a session keeps in all (the blank lines between appends counted; the
+store refuses more): notes are read with every session (``sessions list``, History) and
+copied into its report and JSON export, so appending cannot grow them without bound."""
 
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
 """Control characters but tab and line breaks (CR, LF): a NUL or an escape sequence in a

@@ -236,6 +236,35 @@ def test_session_log_round_trip(store: SessionStore) -> None:
     assert store.resolve("latest").tags == ("morning",)
 
 
+def test_the_store_bounds_notes_for_every_writer(store: SessionStore) -> None:
+    """The notes limits (10 000 characters an append, 100 000 a session) were checked by
+    `settle log set` alone: any other writer of the store (a script, a future import) put
+    megabytes into every `sessions list`, report and JSON export. The store now refuses
+    them, one line, nothing written; within the limits it appends as before."""
+    sid = store.create_session("dev", T0_MS, "virtual:x", {}).id
+    with pytest.raises(ValueError) as exc:
+        store.append_notes(sid, "x" * 10_001)
+    assert str(exc.value) == "notes: at most 10000 characters, got 10001"
+    assert store.get(sid).notes == ""
+    for i in range(9):  # 9 x 10 000 + 8 blank-line separators
+        store.append_notes(sid, str(i) * 10_000)
+    assert len(store.get(sid).notes) == 90_016
+    with pytest.raises(ValueError) as exc:
+        store.append_notes(sid, "y" * 9_983)  # 90 016 + 2 + 9 983 = 100 001
+    assert str(exc.value) == (
+        f"notes: session {sid} keeps at most 100000 characters of notes; it holds 90016, "
+        "and this would make 100001"
+    )
+    assert len(store.get(sid).notes) == 90_016
+    store.append_notes(sid, "y" * 9_982)  # exactly 100 000
+    assert len(store.get(sid).notes) == 100_000
+    with pytest.raises(ValueError, match="at most 100000 characters of notes"):
+        store.set_notes(sid, "z" * 100_001)
+    assert len(store.get(sid).notes) == 100_000
+    store.set_notes(sid, "z" * 100_000)
+    assert store.get(sid).notes == "z" * 100_000
+
+
 def test_intention_recorded_in_meta_by_the_daemon_is_read(store: SessionStore) -> None:
     meta = {"intention": {"target": "future", "statement": "this will work", "practice": "p"}}
     a = store.create_session("dev", T0_MS, "x", meta).id
