@@ -98,6 +98,7 @@ from sessions.files import (
     ExportError,
     ExportRefused,
     atomic_file,
+    not_replaceable,
     plain_name,
     refuse_database,
     write_all,
@@ -1722,7 +1723,17 @@ class OutputExists(ExportRefused):
     """An output file exists and replacing it was not asked for (``--force``)."""
 
 
-def _refuse_existing(paths: Sequence[Path]) -> None:
+def _refuse_existing(paths: Sequence[Path], *, force: bool) -> None:
+    """:class:`ExportRefused` before anything is written if one of ``paths`` is something no
+    file may replace even with ``force`` (a directory, a device, a pipe: as ``export``
+    says, not "file exists (use --force to replace it)", which could not help), then
+    :class:`OutputExists` without ``force`` if one exists."""
+    for p in paths:
+        why = not_replaceable(p)
+        if why is not None:
+            raise ExportRefused(p, why)
+    if force:
+        return
     for p in paths:
         if os.path.lexists(p):
             raise OutputExists(p, "file exists (use --force to replace it)")
@@ -1741,12 +1752,13 @@ def write_report(
     page inlines it anyway), so the page does not say it is also saved as that file.
     ``force=False`` (``settle report`` without ``--force``): :class:`OutputExists` before
     anything is written if either file exists (an edited report was silently replaced).
-    Raises :class:`ExportError` / :class:`ReportError`."""
+    :class:`ExportRefused` before anything is written, with or without ``force``, if
+    either name holds a directory, a device or a pipe. Raises :class:`ExportError` /
+    :class:`ReportError`."""
     out_dir = output_directory(out_dir, "a report", create=False)
     png_path = out_dir / plain_name(f"settle-{session_id}-report.png", out_dir)
     html_path = out_dir / plain_name(f"settle-{session_id}-report.html", out_dir)
-    if not force:
-        _refuse_existing([png_path, html_path])
+    _refuse_existing([png_path, html_path], force=force)
     for p in (png_path, html_path):
         refuse_database(p)
     rec = store.read_session(session_id)
@@ -1899,13 +1911,13 @@ def write_trends_png(
     with one marker shape per reference (circle: from hold-start; square: from the
     baseline end) and joined only within one; a session that did not catch up is a hollow
     marker at the top of the latency panel, labelled ("not yet", "no score", ...).
-    ``force=False``: :class:`OutputExists` if ``path`` exists. Without sessions nothing is
+    ``force=False``: :class:`OutputExists` if ``path`` exists; :class:`ExportRefused` either
+    way if it is a directory, a device or a pipe. Without sessions nothing is
     written (it wrote an empty plot, and matplotlib warned of its empty legend on
     stderr): None."""
     if not outcomes:
         return None
-    if not force:
-        _refuse_existing([path])
+    _refuse_existing([path], force=force)
     refuse_database(path)
     plt = _pyplot()
     import matplotlib.dates as mdates

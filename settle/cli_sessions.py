@@ -265,10 +265,6 @@ def report(
     try:
         with SessionStore.open_for_reading(path) as store:
             info = _resolve(store, session)
-            # write_report's names (README: settle-<id>-report.png and .html)
-            _refuse_wrong_kind(
-                [out_dir / f"settle-{info.id}-report.{ext}" for ext in ("png", "html")]
-            )
             png, page = write_report(store, info.id, out_dir, force=force)
     except ExportRefused as exc:  # a problem of the command line, nothing written
         _fail(str(exc), 2)
@@ -276,20 +272,6 @@ def report(
         _fail(str(exc))
     out.print(f"wrote {one_line(str(page))}", markup=False)
     out.print(f"wrote {one_line(str(png))}", markup=False)
-
-
-def _refuse_wrong_kind(paths: list[Path]) -> None:
-    """:class:`~sessions.files.ExportRefused` (exit 2) if one of the files a command is about
-    to write is something a file must not replace even with ``--force``: a directory, a
-    device, a pipe (what ``export`` checks). ``report --force`` onto a directory at the
-    report's name exited 1, as if the disk had failed, and without ``--force`` said "file
-    exists (use --force to replace it)", which could not help."""
-    from sessions.files import ExportRefused, not_replaceable
-
-    for p in paths:
-        why = not_replaceable(p)
-        if why is not None:
-            raise ExportRefused(p, why)
 
 
 def _opt(x: float | None, spec: str) -> str:
@@ -360,7 +342,6 @@ def trends_cmd(
         if out_dir is not None:
             out_dir = output_directory(out_dir, "the trends plot")
             png_path = out_dir / plain_name("settle-trends.png", out_dir)
-            _refuse_wrong_kind([png_path])
             png = write_trends_png(rows, png_path, force=force)
     except ExportRefused as exc:  # a problem of the command line, nothing written
         _fail(str(exc), 2)

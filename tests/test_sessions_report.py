@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,14 +16,17 @@ import pytest
 from typer.testing import CliRunner
 
 from processing.live import LiveAnalyzer
-from sessions.files import ExportError
+from sessions.files import ExportError, ExportRefused
 from sessions.report import (
+    OutputExists,
     _hr_1hz,
     analyse_session,
+    outcome,
     render_html,
     summary_text,
     trends,
     write_report,
+    write_trends_png,
 )
 from sessions.store import (
     BeatClass,
@@ -225,6 +229,44 @@ def test_a_report_whose_page_cannot_be_written_leaves_no_picture(
     assert old_png.read_bytes() == b"old picture"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [old_png.name, f"settle-{sid}-report.html"]
+    )
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_the_report_writers_refuse_a_directory_or_pipe_at_their_names_first(
+    store: SessionStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, force: bool
+) -> None:
+    """write_report and write_trends_png relied on `settle report` / `settle trends` to
+    repeat their file names and check them: called otherwise, a directory at the report's
+    name was "file exists (use --force to replace it)", which --force cannot help, or with
+    force an ExportError (exit 1) once the session had been read and drawn; a pipe the
+    same. They now refuse it themselves, as `export` does (ExportRefused: exit 2), before
+    anything is read or written."""
+    sid = _session(store)
+    rows = [outcome(analyse_session(store.read_session(sid)))]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f"settle-{sid}-report.html").mkdir()
+    os.mkfifo(out / f"settle-{sid}-report.png")
+    (out / "settle-trends.png").mkdir()
+
+    def not_read(_sid: str) -> None:
+        raise AssertionError("the session was read before the output names were checked")
+
+    monkeypatch.setattr(store, "read_session", not_read)
+    with pytest.raises(ExportRefused) as exc:
+        write_report(store, sid, out, force=force)
+    assert not isinstance(exc.value, OutputExists)
+    assert str(exc.value) == (
+        f"{out}/settle-{sid}-report.png: not a regular file (a device, pipe or socket); "
+        "refusing to replace it"
+    )
+    with pytest.raises(ExportRefused) as exc:
+        write_trends_png(rows, out / "settle-trends.png", force=force)
+    assert not isinstance(exc.value, OutputExists)
+    assert str(exc.value) == f"{out}/settle-trends.png: is a directory (name a file)"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"settle-{sid}-report.html", f"settle-{sid}-report.png", "settle-trends.png"]
     )
 
 
