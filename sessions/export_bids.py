@@ -60,6 +60,7 @@ import datetime as dt
 import gzip
 import io
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -78,6 +79,7 @@ from sessions.files import (
     atomic_file,
     inside,
     one_line,
+    path_too_long,
     plain_name,
 )
 from sessions.series import (
@@ -325,6 +327,10 @@ _BIDS_TOP = frozenset(
 a folder of only these is a dataset being started, not a folder of other files."""
 
 
+_STAGING_SUFFIX = ".partial-"
+"""After ``.<ses>`` in the name of the hidden folder a session's files are written into."""
+
+
 def export_bids(
     store: SessionStore,
     session_id: str,
@@ -344,8 +350,10 @@ def export_bids(
     ses = f"ses-{bids_label(session_id, 'session', drop_dashes=True)}"
     longest = f"{sub}_{ses}_task-{TASK}_{'recording-ecg_' if rec.n_ecg else ''}physio.tsv.gz"
     if len(longest) > MAX_NAME_CHARS:
+        # A value of the command line, as a subject too long for any session (exit 2): it
+        # was exit 1, as if the disk had failed.
         most = len(sub) - 4 - (len(longest) - MAX_NAME_CHARS)
-        raise ExportError(
+        raise ExportRefused(
             Path("--subject"),
             f"too long for the file names of session {session_id} (at most {most} characters "
             f"here, got {len(sub) - 4})",
@@ -369,6 +377,17 @@ def export_bids(
             raise ExportError(root, why)
         if (why := not_a_dataset_why(root)) is not None:
             raise ExportError(root, why)
+    # The deepest file written: one in the staging folder (_STAGING_SUFFIX's random part is
+    # tempfile's 8 characters). Past the system's path limit it failed half-way, exit 1,
+    # naming that hidden folder ("…/sub-01/.ses-….partial-f4u0r2rv/beh/…physio.tsv.gz:
+    # cannot write: File name too long", or "cannot create directory" for the dataset root).
+    deepest = root / sub / f".{ses}{_STAGING_SUFFIX}XXXXXXXX" / "beh" / longest
+    if path_too_long(deepest) and not path_too_long(root):
+        raise ExportRefused(
+            root,
+            f"the export's files below it would have paths of {len(os.fsencode(deepest))} "
+            "bytes, longer than the system takes: choose a shorter path",
+        )
     final = root / sub / ses
     # What this export adds besides the session, removed again if it fails: a dataset root
     # holding only a dataset_description.json and an empty sub-01 looked like a dataset.
@@ -382,7 +401,7 @@ def export_bids(
         # The session's files are written into a hidden staging directory and moved into
         # place together: Ctrl-C in the middle left a session folder with 3 of its 4 files
         # (or, with an earlier export there, old and new files mixed).
-        staging = Path(tempfile.mkdtemp(prefix=f".{ses}.partial-", dir=root / sub))
+        staging = Path(tempfile.mkdtemp(prefix=f".{ses}{_STAGING_SUFFIX}", dir=root / sub))
         beh_staged = staging / "beh"
         beh_staged.mkdir(mode=0o700)
     except OSError as exc:

@@ -15,7 +15,6 @@ that holds sessions of another strap there is refused unless ``force``
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 from typing import Literal, get_args
@@ -30,6 +29,7 @@ from sessions.files import (
     ExportRefused,
     ProgressFn,
     not_replaceable,
+    path_too_long,
     refuse_database,
 )
 from sessions.store import SessionStore
@@ -88,7 +88,7 @@ def export_session(
     # path: File name too long", exit 1, for csv, json and edf, and a traceback for bids.
     if (why := name_too_long(out)) is not None:
         raise ExportRefused(out, why)
-    if _too_long(out.parent):  # a directory name no file system takes: it cannot be there
+    if path_too_long(out.parent):  # a directory name no file system takes: it cannot be there
         raise ExportError(out, f"directory {out.parent} does not exist")
     try:
         planned = [out] if fmt == "bids" else _planned_files(fmt, out, session_id, rr_source)
@@ -153,22 +153,13 @@ def export_session(
 _NAME_MAX = 255
 
 
-def _too_long(path: Path) -> bool:
-    """Whether the system refuses ``path`` for its length (``ENAMETOOLONG``)."""
-    try:
-        os.lstat(path)
-    except OSError as exc:
-        return exc.errno == errno.ENAMETOOLONG
-    return False
-
-
 def name_too_long(path: Path) -> str | None:
     """Why the system cannot take ``path`` as a name to write (one line: its own name, or the
     whole path, is longer than it takes), or None. Asked of the system (``lstat`` fails with
     ``ENAMETOOLONG``), so the limit is that of the file system ``path`` would be on. A
     directory on the way with a name too long for any file system is no such case: it
     cannot exist, which the export says as for any missing directory."""
-    if not _too_long(path):
+    if not path_too_long(path):
         return None  # missing, or any other trouble: the export says it where it matters
     size = len(os.fsencode(path.name))
     try:

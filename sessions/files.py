@@ -11,6 +11,7 @@ export directory can make an export write elsewhere.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import stat
@@ -29,6 +30,7 @@ __all__ = [
     "inside",
     "not_replaceable",
     "one_line",
+    "path_too_long",
     "place",
     "plain_name",
     "target_file",
@@ -117,6 +119,19 @@ def inside(root: Path, path: Path) -> Path:
     if real != real_root and real_root not in real.parents:
         raise ExportError(path, f"refusing to write outside {root}")
     return path
+
+
+def path_too_long(path: Path) -> bool:
+    """Whether the system refuses ``path`` for its length (``ENAMETOOLONG``: one of its
+    names, or the whole path, is longer than it takes), asked of the system with ``lstat``;
+    a path that does not exist yet is asked about too."""
+    try:
+        os.lstat(path)
+    except OSError as exc:
+        return exc.errno == errno.ENAMETOOLONG
+    except ValueError:  # a NUL byte: no length question
+        return False
+    return False
 
 
 def target_file(out: Path, default_name: str, suffixes: tuple[str, ...]) -> Path:

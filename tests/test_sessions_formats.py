@@ -952,11 +952,13 @@ def test_cli_export_every_format_and_one_line_errors(store: SessionStore, tmp_pa
     assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
     assert "--subject: subject label is too long for a file name (300 characters)" in res.output
     assert not (tmp_path / "ds").exists()
-    # Too long for this session's file names (200 characters): said before anything is made.
+    # Too long for this session's file names (200 characters): said before anything is made,
+    # a usage error as the 300 characters above (it was exit 1, as if the disk had failed).
     res = runner.invoke(app, ["export", sid, "--format", "bids", "--subject", "p" * 180,
                               "--out", str(tmp_path / "ds"), "--db", db])  # fmt: skip
-    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
-    assert "--subject: too long for the file names of session" in res.output
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert res.output.startswith("settle: error: --subject: too long for the file names of ")
+    assert "(at most 146 characters here, got 180)" in res.output
     assert not (tmp_path / "ds").exists()
     res = runner.invoke(app, ["export", sid, "--format", "bids", "--subject", "p" * 100,
                               "--out", str(tmp_path / "ds"), "--db", db])  # fmt: skip
@@ -1238,3 +1240,35 @@ def test_a_name_longer_than_the_file_system_takes_is_a_bad_output_path(
         assert res.exit_code == code and res.output.count("\n") == 1, (fmt, res.output)
         assert why in res.output
     assert list(out_dir.iterdir()) == []
+
+
+def test_a_bids_dataset_whose_files_would_be_too_deep_is_a_bad_output_path(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """A dataset root the system takes (4000 bytes) whose session files, four levels below
+    it, would not fit the system's path limit: the export failed half-way, exit 1, naming a
+    hidden staging path ("…/sub-01/.ses-….partial-f4u0r2rv/beh/…_physio.tsv.gz: cannot
+    write: File name too long"), or a little deeper "<out>: cannot create directory: File
+    name too long". Now one line naming --out, exit 2, nothing made; a root a little higher
+    up takes the export."""
+    from settle.cli import app
+
+    _build(store, ecg=False)
+    parent = tmp_path.joinpath(*["d" * 200] * ((4000 - len(str(tmp_path))) // 201))
+    parent.mkdir(parents=True)
+    runner = CliRunner()
+    for size in (4000, 4060, 4095):  # a staging file too deep, the staging folder, the root
+        out = parent / ("e" * (size - len(str(parent)) - 1))
+        assert len(os.fsencode(out)) == size
+        res = runner.invoke(app, ["export", "latest", "--format", "bids", "--out", str(out),
+                                  "--db", str(store.path)])  # fmt: skip
+        assert res.exit_code == 2 and res.output.count("\n") == 1, (size, res.output)
+        assert res.output.startswith(
+            f"settle: error: {out}: the export's files below it would have paths of "
+        ), res.output
+        assert res.output.endswith("bytes, longer than the system takes: choose a shorter path\n")
+        assert list(parent.iterdir()) == []
+    out = parent / ("e" * (3950 - len(str(parent)) - 1))
+    res = runner.invoke(app, ["export", "latest", "--format", "bids", "--out", str(out),
+                              "--db", str(store.path)])  # fmt: skip
+    assert res.exit_code == 0, res.output
