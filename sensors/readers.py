@@ -700,6 +700,13 @@ def _looks_numeric(s: str) -> bool:
     return _DECIMAL.fullmatch(s.strip()) is not None
 
 
+_HRM_CELLS = re.compile(r"[ \t]+")
+"""What separates an [HRData] line's columns: tabs (Polar) or spaces (other exporters). Not
+``str.split()``'s whitespace, which takes control characters (``\x0b``, ``\x1c``-``\x1f``)
+too: ``81\x1d0`` was read as 81 ms, and ``810\x1f`` as 810, where every other reader
+refuses the line."""
+
+
 def _read_hrm(name: str, lines: list[str]) -> npt.NDArray[np.float64]:
     section = ""
     rr: list[float] = []
@@ -711,7 +718,11 @@ def _read_hrm(name: str, lines: list[str]) -> npt.NDArray[np.float64]:
         if section == "[params]" and s.lower().startswith("interval="):
             # Polar's HRM format: Interval=238 means R-R data; any other value is the
             # recording interval in seconds, and [HRData] then holds heart rates (bpm).
-            value = s.split("=", 1)[1].strip()
+            raw = ln.split("=", 1)[1]
+            if _CONTROL.search(raw) is not None:  # as in any cell: "238\x1f" was taken
+                cell = raw.strip(" \t")
+                raise InputFileError(name, f"Interval {shown(cell)} is not a number", lineno)
+            value = raw.strip()
             if value != "238":
                 value = value if len(value) <= 40 else value[:39] + "…"
                 raise InputFileError(
@@ -722,7 +733,14 @@ def _read_hrm(name: str, lines: list[str]) -> npt.NDArray[np.float64]:
                 )
         if section == "[hrdata]" and s:
             # RR mode: one RR (ms) per line; some exporters add columns (take the first).
-            rr.append(_rr(name, lineno, s.split()[0]))
+            cells = _HRM_CELLS.split(ln.strip(" \t"))
+            rr.append(_rr(name, lineno, cells[0]))  # refuses a control character in it
+            bad = next((c for c in cells[1:] if _CONTROL.search(c)), None)
+            if bad is not None:
+                raise InputFileError(
+                    name, f"column {shown(bad)} after the RR value holds a control character",
+                    lineno,
+                )  # fmt: skip
     if not rr and "[hrdata]" not in [ln.strip().lower() for ln in lines]:
         raise InputFileError(name, "Polar .hrm file without an [HRData] section")
     return np.asarray(rr, dtype=np.float64)

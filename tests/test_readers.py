@@ -49,6 +49,9 @@ def test_polar_hrm_rr_mode(tmp_path: Path) -> None:
     assert rec.rr_ms.tolist() == [1000.0, 980.0, 1010.0]
     f.write_text("[Params]\nInterval=238\n[HRData]\n1000\n980\n")  # 238: R-R data
     assert read_rr_file(f).rr_ms.tolist() == [1000.0, 980.0]
+    # Columns after the RR (tabs, or spaces from other exporters) are left alone.
+    f.write_text("[Params]\nInterval=238\n[HRData]\n1000\t12\t5\n980  3\n  1010\t\n")
+    assert read_rr_file(f).rr_ms.tolist() == [1000.0, 980.0, 1010.0]
 
 
 def test_quoted_csv_header_and_a_gap_are_read(tmp_path: Path) -> None:
@@ -93,6 +96,21 @@ def test_quoted_csv_header_and_a_gap_are_read(tmp_path: Path) -> None:
         ("800\n1_000\n", "'1_000' is not a number", 2),  # float() would read 1000
         ("t_s,rr_ms\n0.8,800\n1.6,inf\n", "'inf' is not a number", 3),
         ("[Params]\nVersion=106\n", "without an [HRData]", None),
+        # A control character on a Polar .hrm data line, as in any other reader's: 81\x1d0
+        # was read as 81 ms (str.split() splits there), 810\x1f as 810.
+        (
+            "[Params]\nInterval=238\n[HRData]\n800\n81\x1d0\n",
+            "RR value '81\\x1d0' is not a number",
+            5,
+        ),
+        ("[Params]\n[HRData]\n800\n810\x1f\n", "RR value '810\\x1f' is not a number", 4),
+        ("[Params]\n[HRData]\n800\n810\x0b5\n", "RR value '810\\x0b5' is not a number", 4),
+        (
+            "[Params]\n[HRData]\n800\t1\n810\t\x1b[2J\n",
+            "column '\\x1b[2J' after the RR value holds a control character",
+            4,
+        ),
+        ("[Params]\nInterval=238\x1f\n[HRData]\n800\n", "Interval '238\\x1f' is not a number", 2),
         # Line numbers count blank and comment lines (they were off by those before).
         ("# c\n\nt_s,rr_ms\n0.8,800\n# x\n0.5,790\n", "go backwards", 6),
         ("# c\n\nt_s,rr_ms\n0.8,800\n\n1.6\n", "expected 2 columns", 6),
