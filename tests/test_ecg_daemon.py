@@ -135,8 +135,16 @@ async def test_raw_ecg_is_recorded_and_beats_detected(tmp_path: Path) -> None:
     assert ecg.fs_hz == pytest.approx(H10_FS_HZ, abs=0.005 + 5e-4 * H10_FS_HZ)
     spacing = np.diff(t[73:])  # after the first frame (the nominal period until measured)
     # One period, rounded, frames joined evenly; where the drift servo moved the offset (a
-    # loaded host delays frames for seconds), by at most its 500 ppm of a period.
-    assert spacing.max() - spacing.min() <= 2 + 5e-4 * NOMINAL_SAMPLE_PERIOD_NS
+    # loaded host delays frames for seconds), by at most its 500 ppm of a period. A frame
+    # less delayed than every one before pulls the time base back at once (the samples it
+    # would overlap are not stored): a shorter join, a few times at most (a host loaded by
+    # other tests pulled it 5.5 ms once: one join of 2.1 ms). Never a longer one, and not
+    # one at every frame's start (sample times at 1/130 s made every join 0.73 ms short).
+    period = float(np.median(spacing))
+    slack = 2 + 5e-4 * NOMINAL_SAMPLE_PERIOD_NS
+    assert spacing.max() <= period + slack
+    pulled = np.flatnonzero(spacing < period - slack)
+    assert pulled.size <= 3, spacing[pulled]
     # After the strap's unreliable first seconds, the samples are the recording's, unchanged.
     recording = np.asarray(h10_ecg_uv())
     tail = ecg.uv[-500:]

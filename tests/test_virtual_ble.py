@@ -648,7 +648,9 @@ async def test_strap_clock_drift_is_found_and_corrected_over_a_long_replay(
             scanner_kwargs=air.scanner_kwargs(),
             client_kwargs=air.client_kwargs(),
         )
-        timer = BeatTimer(time_scale=speed)
+        # A host stall of a second (350 ms was seen beside other tests on 2 CPUs: 35 s at
+        # speed 100, a "beats missing" gap) is the machine, not the strap's drift.
+        timer = BeatTimer(time_scale=speed, host_stall_s=1.0)
         times: list[float] = []
         reported: list[float] = []
         flagged = 0
