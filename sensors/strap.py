@@ -69,6 +69,12 @@ CONNECT_HINT = (
 )
 
 
+SETUP_FAILURES: tuple[type[Exception], ...] = (BleakError, TimeoutError, OSError)
+"""What a GATT read, or a subscription, on a link just connected may raise: bleak's own
+error, a timeout, or a plain :class:`OSError` (bleak's Windows backend passes WinRT errors
+on as such). During set-up each means the link is unusable and is retried as a lost link."""
+
+
 def bluetooth_unavailable(exc: BaseException) -> str:
     """One line for "the Bluetooth stack cannot be used at all" (adapter, power, permissions)."""
     detail = str(exc) or type(exc).__name__
@@ -352,16 +358,25 @@ class StrapClient:
         stream.client = client
         battery_notify = False
         try:
-            stream.info = await self._read_info(client, device)
-            self.malformed_drops.sensor_id = stream.info.device_id
-            self.overflow_drops.sensor_id = stream.info.device_id
-            await client.start_notify(HEART_RATE_MEASUREMENT_UUID, stream._on_notify)
-            battery_notify = await self._follow_battery(client, stream)
+            try:
+                stream.info = await self._read_info(client, device)
+                self.malformed_drops.sensor_id = stream.info.device_id
+                self.overflow_drops.sensor_id = stream.info.device_id
+                await client.start_notify(HEART_RATE_MEASUREMENT_UUID, stream._on_notify)
+                battery_notify = await self._follow_battery(client, stream)
+            except SETUP_FAILURES as exc:
+                # bleak's Windows backend raises a plain OSError here ("[WinError
+                # -2147467260] Operation aborted" from start_notify, bleak issue #1590): it
+                # ended the strap task, and with it the daemon, instead of being retried.
+                # A bare TimeoutError here is a GATT request's, not connect_timeout_s.
+                why = "no answer" if type(exc) is TimeoutError and not str(exc) else None
+                raise SensorError(
+                    device.address,
+                    f"lost while setting up: {why or self._connect_failure(exc)}",
+                ) from exc
             yield stream
         except BleakError as exc:
-            raise SensorError(
-                device.address, f"lost while setting up: {self._connect_failure(exc)}"
-            ) from exc
+            raise SensorError(device.address, f"lost: {self._connect_failure(exc)}") from exc
         finally:
             try:
                 if client.is_connected:
@@ -408,7 +423,7 @@ class StrapClient:
             return False
         try:
             await client.start_notify(char, stream._on_battery)
-        except BleakError as exc:
+        except SETUP_FAILURES as exc:
             log.debug("%s: no battery notifications (%s)", stream.info.device_id, exc)
             return False
         return True
@@ -422,18 +437,18 @@ class StrapClient:
 
     async def _read_info(self, client: BleakClient, device: BLEDevice) -> StrapInfo:
         async def text(uuid: str) -> str | None:
-            with contextlib.suppress(BleakError, KeyError, ValueError):
+            with contextlib.suppress(*SETUP_FAILURES, KeyError, ValueError):
                 raw = await client.read_gatt_char(uuid)
                 return bytes(raw).decode("utf-8", "replace").strip("\x00 ") or None
             return None
 
         battery: int | None = None
-        with contextlib.suppress(BleakError, KeyError, ValueError, IndexError):
+        with contextlib.suppress(*SETUP_FAILURES, KeyError, ValueError, IndexError):
             battery = self.battery_level(
                 device.address, await client.read_gatt_char(BATTERY_LEVEL_UUID)
             )
         location: str | None = None
-        with contextlib.suppress(BleakError, KeyError, ValueError, IndexError):
+        with contextlib.suppress(*SETUP_FAILURES, KeyError, ValueError, IndexError):
             code = int((await client.read_gatt_char(BODY_SENSOR_LOCATION_UUID))[0])
             location = BODY_LOCATIONS.get(code, f"reserved ({code})")
         name = self.advertised_name(device)

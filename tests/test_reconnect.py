@@ -476,6 +476,83 @@ async def test_a_first_connection_lost_during_set_up_is_retried(
     assert warned[0].endswith("; retrying (attempt 2 of 5)")
 
 
+class _FailsAtReconnect(BumbleBleakClient):
+    """A backend whose second connection fails during set-up the way bleak's Windows backend
+    does (bleak issue #1590): ``where`` is ``"notify"`` (the 0x2A37 subscription) or
+    ``"battery"`` (the Battery Level read); ``error`` is what it raises."""
+
+    where = "notify"
+    error: Exception = OSError("[WinError -2147467260] Operation aborted")
+    links = 0
+
+    async def connect(self, pair: bool, **kwargs: Any) -> None:
+        await super().connect(pair, **kwargs)
+        type(self).links += 1
+
+    async def start_notify(self, characteristic: Any, callback: Any, **kwargs: Any) -> None:
+        if self.where == "notify" and "2a37" in str(characteristic.uuid) and self.links == 2:
+            raise self.error
+        await super().start_notify(characteristic, callback, **kwargs)
+
+    async def read_gatt_char(self, characteristic: Any, **kwargs: Any) -> bytearray:
+        if self.where == "battery" and "2a19" in str(characteristic.uuid) and self.links == 2:
+            raise self.error
+        return await super().read_gatt_char(characteristic, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("where", "error", "said"),
+    [
+        (
+            "notify",
+            OSError("[WinError -2147467260] Operation aborted"),
+            "lost while setting up: [WinError -2147467260] Operation aborted",
+        ),
+        ("notify", TimeoutError(), "lost while setting up: no answer"),
+        ("battery", OSError("[WinError -2147023673] The operation was canceled by the user"), ""),
+    ],
+    ids=["subscribe-oserror", "subscribe-timeout", "battery-read-oserror"],
+)
+async def test_a_set_up_that_fails_with_an_os_error_is_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, where: str, error: Exception, said: str
+) -> None:
+    """bleak's Windows backend raises a plain OSError from a subscription or a read on a
+    link just connected. Only BleakError was caught there: the strap task died at the
+    reconnect, the daemon's run ended and `settle run` printed a traceback. Now a failed
+    subscription is a lost link, retried (one WARNING); a failed Battery Level read (the
+    level is optional) leaves the level unknown and the connection goes on."""
+    caplog.set_level(logging.WARNING, logger="settle.daemon")
+    _FailsAtReconnect.where, _FailsAtReconnect.error, _FailsAtReconnect.links = where, error, 0
+    settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, itertools.repeat(900.0), speed=10)
+        await strap.start()
+        client = client_for(air, strap, backend=_FailsAtReconnect)
+        with SessionStore.open(settings.db_path) as store:
+            daemon = Daemon(settings, store, [client], time_scale=10)
+            task = asyncio.create_task(daemon.run())
+            rt = daemon.runtimes[0]
+            try:
+                await until(lambda: rt.session is not None and rt.session.seq > 5)
+                await strap.drop(reappear_after_s=0.2)
+                await until(lambda: task.done() or (rt.reconnects == 1 and rt.state == "streaming"))
+                assert not task.done(), task.exception()
+                seq = rt.session.seq if rt.session else 0
+                await until(lambda: rt.session is not None and rt.session.seq > seq + 5)
+            finally:
+                daemon.stop()
+                await asyncio.wait_for(task, 10)
+            (session,) = store.list_sessions()
+        await strap.stop()
+    assert session.state == SessionState.STOPPED
+    assert _FailsAtReconnect.links == (3 if said else 2)
+    warned = [r.getMessage() for r in caplog.records if r.name == "settle.daemon"]
+    if said:
+        assert [w for w in warned if "setting up" in w] == [
+            f"{rt.device_id}: {said}; retrying (a repeat is not logged again)"
+        ]
+
+
 class _Refused(BumbleBleakClient):
     """A strap that advertises and refuses every connection (a phone holds its only one)."""
 
