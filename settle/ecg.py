@@ -23,7 +23,9 @@ their clock jumped). The seam is recorded as a gap (``raw ECG clock step``) with
 the R-peak detector sees the jump in its timestamps as a gap (no RR across it).
 
 A strap without PMD simply has no ECG; a failing ECG stream never disturbs the heart-rate
-stream on the same link. Frames the PMD session drops (malformed, out of order, or pushed out
+stream on the same link. A strap whose ECG streamed before and has none at a reconnect is an
+ECG that stopped (an ``ecg-stopped`` event; with ``rr_source = "ecg"`` the strap's RR drive
+the indices again). Frames the PMD session drops (malformed, out of order, or pushed out
 by a backlog; a frame delivered twice is ignored, nothing lost) are counted per strap
 (:meth:`EcgRecorder.dropped_frames`) and reported as one WARNING line at most a minute.
 """
@@ -108,6 +110,9 @@ class EcgRecorder:
         self._dropped: dict[str, DroppedFrames] = {}  # per strap, across its connections
         self.recording: set[str] = set()
         """Straps (device ids) whose raw ECG streams now (the dashboard says so)."""
+        self._streamed: set[str] = set()
+        """Straps whose raw ECG has streamed at some time: one that has none at a reconnect
+        stopped (said, and the session falls back to the strap's RR)."""
 
     @property
     def dropped(self) -> int:
@@ -131,13 +136,25 @@ class EcgRecorder:
                 await pmd.start_ecg()
                 log.info("%s: recording raw ECG (Polar PMD, 130 Hz)", dev)
                 self.recording.add(dev)
+                self._streamed.add(dev)
                 try:
                     await self._record(rt, pmd)
                 finally:
                     self.recording.discard(dev)
-        except PmdUnavailable:
-            if rt.session is not None and rt.session.settings.processing.rr_source == "ecg":
-                log.warning("%s: rr_source is ecg but the strap has no raw ECG; using its RR", dev)
+        except PmdUnavailable as exc:
+            if dev in self._streamed:
+                # It streamed on an earlier connection (a features read that came back empty
+                # or garbled at a reconnect): the ECG stopped, as for any other failure. With
+                # rr_source = "ecg" the strap's RR drive the indices again: they were recorded
+                # but never analysed (indices "warming up", n = 0, for as long as it lasted).
+                log.warning("%s: raw ECG stopped (%s); heart rate continues", dev, exc.reason)
+                self._stopped(rt, exc.reason)
+            elif rt.session is not None and rt.session.settings.processing.rr_source == "ecg":
+                log.warning(
+                    "%s: rr_source is ecg but the strap has no raw ECG (%s); using its RR",
+                    dev,
+                    exc.reason,
+                )
             else:
                 log.debug("%s: no Polar PMD service; heart rate only", dev)
         except SensorError as exc:

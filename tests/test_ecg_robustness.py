@@ -21,12 +21,13 @@ import pytest
 from bleak import BleakClient
 from bumble.device import Device
 
-from feedback.payloads import StatusPayload
+from feedback.payloads import IndicesPayload, StatusPayload
 from processing.ecg import RPeakDetector
 from sensors.ecg_stream import DroppedFrames, PmdMalformedReply, PmdNoReply, PmdSession
-from sensors.pmd import EcgFrame, PmdRequestRefused
+from sensors.pmd import PMD_CONTROL_POINT_UUID, EcgFrame, PmdRequestRefused
 from sensors.readers import read_rr_file
 from sensors.virtual import VirtualAir, VirtualStrap
+from sensors.virtual.backend import BumbleBleakClient
 from sensors.virtual.pmd import PmdConfig
 from sessions.store import SessionStore
 from settle.config import load_config
@@ -36,7 +37,7 @@ from settle.ecg import SAMPLE_PERIOD_NS
 from tests.conftest import DATA
 from tests.test_e2e import CONFIG
 from tests.test_pmd import LIMIT_S, START_ECG, H, h10_ecg_uv, pmd_strap
-from tests.test_reconnect import client_for, until
+from tests.test_reconnect import client_for, json_tap, until
 
 STOP_ECG = H("0300")
 Tamper = Callable[[int, bytes], list[bytes]]
@@ -290,8 +291,10 @@ async def test_a_step_of_the_strap_clock_is_told_from_a_late_delivery(
 # -- in the daemon -------------------------------------------------------------------------
 
 
-def _settings(tmp_path: Path) -> Any:
-    return load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
+def _settings(tmp_path: Path, **overrides: Any) -> Any:
+    return load_config(
+        CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"}, **overrides
+    )
 
 
 def _h10(air: VirtualAir, speed: float) -> VirtualStrap:
@@ -392,6 +395,68 @@ async def test_a_bug_in_the_ecg_path_never_stops_the_heart_rate_or_the_daemon(
         "raw ECG stopped (internal error); heart rate continues"
     ]
     assert stopped[0]["session"] == info.id
+
+
+class _NoPmdFeaturesAfterFirst(BumbleBleakClient):
+    """Reads of the PMD control point (its features) come back empty after the first one:
+    the PMD session raises PmdUnavailable at every reconnect."""
+
+    reads = 0
+
+    async def read_gatt_char(self, characteristic: Any, **kwargs: Any) -> bytearray:
+        value = await super().read_gatt_char(characteristic, **kwargs)
+        if str(characteristic.uuid).lower() == PMD_CONTROL_POINT_UUID:
+            type(self).reads += 1
+            if self.reads > 1:
+                return bytearray()
+        return value
+
+
+async def test_raw_ecg_unavailable_at_a_reconnect_hands_the_indices_back_to_the_strap_rr(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``rr_source = "ecg"``, the ECG unavailable after a reconnect: the log said "using its
+    RR" but the session stayed on the ECG source, so the strap's RR were recorded and never
+    analysed (150 s later: indices n = 0, still warming up). Now the ECG stopped is said (an
+    ``ecg-stopped`` event) and the strap's RR drive the indices."""
+    caplog.set_level(logging.INFO)
+    _NoPmdFeaturesAfterFirst.reads = 0
+    settings = _settings(tmp_path, processing={"rr_source": "ecg"})
+    indices: list[IndicesPayload] = []
+    events, tap = json_tap("/event")
+    async with VirtualAir() as air:
+        strap = _h10(air, 10.0)
+        await strap.start()
+        client = client_for(air, strap, backend=_NoPmdFeaturesAfterFirst)
+        with SessionStore.open(settings.db_path) as store:
+            daemon = Daemon(
+                settings, store, [client], time_scale=10.0, tap=tap, on_indices=indices.append
+            )
+            task = asyncio.create_task(daemon.run())
+            rt = daemon.runtimes[0]
+            try:
+                await until(lambda: rt.session is not None and rt.session.rr_source == "ecg", 40)
+                await strap.drop(reappear_after_s=0.1)
+                await until(lambda: rt.reconnects == 1 and rt.state == "streaming", 40)
+                seq = rt.session.seq if rt.session is not None else 0
+                await until(lambda: rt.session is not None and rt.session.seq > seq + 90, 60)
+                source = rt.session.rr_source if rt.session is not None else None
+            finally:
+                daemon.stop()
+                await asyncio.wait_for(task, 15)
+        await strap.stop()
+    assert _NoPmdFeaturesAfterFirst.reads >= 2  # the reconnect did find no ECG
+    assert source == "hrs"
+    # About 90 s of the strap's RR after the reconnect: analysed, not "warming up".
+    assert indices[-1].n > 30 and not indices[-1].warming_up and indices[-1].hr_bpm is not None
+    reason = "unexpected PMD features: PMD control point: features read shorter than 2 bytes"
+    stopped = [e["text"] for e in events if e["kind"] == "ecg-stopped"]
+    assert len(stopped) == 1 and stopped[0].startswith(f"raw ECG stopped ({reason}")
+    switched = [e["text"] for e in events if e["kind"] == "rr-source"]
+    assert switched[-1].endswith("the strap's RR drives the indices")
+    said = [r.getMessage() for r in caplog.records if r.name == "settle.ecg"]
+    assert any(f"raw ECG stopped ({reason}" in m for m in said)
+    assert not any("using its RR" in m for m in said)
 
 
 async def test_a_session_started_mid_stream_keeps_the_ecg_from_its_start(
