@@ -9,6 +9,13 @@ Flag bits: 0 HR is u16 · 1 contact detected · 2 contact supported · 3 EE pres
 
 RR values are kept as the raw 1/1024 s integers (``rr_raw``) and converted to milliseconds
 exactly once, here (``rr_ms``). Nothing else in the program sees the wire unit.
+
+One stray byte after the last whole field (an odd-length RR field, or one byte where no RR
+is flagged: ``10482c03ff``, ``0048ff``) does not make the notification malformed: the heart
+rate and every whole RR value are decoded and the byte is kept in ``stray`` for the caller to
+report (dropping the notification lost its heart rate and RR, and left a timing gap). Any
+other inconsistency — a field cut short, two or more bytes nobody flagged — still raises
+:class:`MalformedMeasurement`.
 """
 
 from __future__ import annotations
@@ -56,7 +63,8 @@ class HeartRateMeasurement:
     ``hr_bpm`` heart rate in beats/min as sent by the strap; ``rr_raw`` RR intervals in
     1/1024 s, oldest first; ``rr_ms`` the same in milliseconds (``raw * 1000 / 1024``).
     ``contact`` is True/False when the strap supports contact detection, else None.
-    ``energy_expended_kj`` cumulative energy in kJ when present.
+    ``energy_expended_kj`` cumulative energy in kJ when present. ``stray`` the one byte
+    found after the last whole field (empty normally; see the module docstring).
     The remaining fields keep the wire form so that ``bytes(m)`` reproduces the input.
     """
 
@@ -67,6 +75,7 @@ class HeartRateMeasurement:
     energy_expended_kj: int | None = None
     hr_uint16: bool = False
     reserved_flags: int = 0
+    stray: bytes = b""
     rr_ms: tuple[float, ...] = dataclasses.field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -80,6 +89,8 @@ class HeartRateMeasurement:
             raise ValueError("rr_raw values must be u16")
         if self.reserved_flags & ~FLAGS_RESERVED:
             raise ValueError("reserved_flags may only use bits 5-7")
+        if len(self.stray) > 1:
+            raise ValueError("stray may hold one byte at most")
         object.__setattr__(self, "rr_raw", tuple(self.rr_raw))
         object.__setattr__(self, "rr_ms", tuple(rr_raw_to_ms(r) for r in self.rr_raw))
 
@@ -126,11 +137,11 @@ class HeartRateMeasurement:
         rr: tuple[int, ...] = ()
         rest = buf[pos:]
         if flags & FLAG_RR:
-            if len(rest) % 2:
-                raise MalformedMeasurement("odd number of bytes in the RR field", buf)
-            rr = tuple(int.from_bytes(rest[i : i + 2], "little") for i in range(0, len(rest), 2))
-        elif rest:
-            raise MalformedMeasurement(f"{len(rest)} unexpected trailing byte(s)", buf)
+            whole = len(rest) - len(rest) % 2
+            rr = tuple(int.from_bytes(rest[i : i + 2], "little") for i in range(0, whole, 2))
+            rest = rest[whole:]
+        if len(rest) > 1:
+            raise MalformedMeasurement(f"{len(rest)} unexpected trailing bytes", buf)
         return cls(
             hr_bpm=hr,
             rr_raw=rr,
@@ -139,6 +150,7 @@ class HeartRateMeasurement:
             energy_expended_kj=ee,
             hr_uint16=hr_uint16,
             reserved_flags=flags & FLAGS_RESERVED,
+            stray=rest,
         )
 
     def __bytes__(self) -> bytes:
@@ -148,4 +160,4 @@ class HeartRateMeasurement:
             out += self.energy_expended_kj.to_bytes(2, "little")
         for r in self.rr_raw:
             out += r.to_bytes(2, "little")
-        return bytes(out)
+        return bytes(out + self.stray)

@@ -10,7 +10,8 @@ appends to a bounded buffer (STYLE.md principle 10); a malformed packet is dropp
 and reported in the log (:class:`~sensors.drops.DropCounter`: one WARNING line at once, then
 at most one a minute with the count, the bytes at DEBUG only), and the stream goes on. A
 full buffer (the reader fell behind) drops its oldest notification, counted and reported
-the same way.
+the same way. A notification with one stray byte after its last whole field is decoded
+without it (heart rate and whole RR intervals kept) and the byte counted and reported so.
 
 A strap's name is taken from its advertisement (the Complete Local Name), as ``settle scan``
 shows it, falling back to the name the Bluetooth stack reports: BlueZ reports no name until
@@ -252,6 +253,16 @@ class StrapClient:
         )
         """Notifications dropped, oldest first, because the consumer fell ``buffer_size``
         behind: counted and warned about as :attr:`malformed_drops` are."""
+        self.stray_bytes = DropCounter(
+            address or name or "strap",
+            "stray trailing byte",
+            "their heart rate and whole RR intervals were kept",
+            verb="ignored in heart-rate notifications",
+            logger=log,
+        )
+        """Notifications with one stray byte after their last whole field (decoded without
+        it, see :mod:`sensors.hrs`): counted and warned about as :attr:`malformed_drops`
+        are."""
         self._found_rssi: tuple[str, int | None] = ("", None)
         self._bad_battery_said = False
         self._found_name: tuple[str, str] = ("", "")
@@ -362,6 +373,7 @@ class StrapClient:
                 stream.info = await self._read_info(client, device)
                 self.malformed_drops.sensor_id = stream.info.device_id
                 self.overflow_drops.sensor_id = stream.info.device_id
+                self.stray_bytes.sensor_id = stream.info.device_id
                 await client.start_notify(HEART_RATE_MEASUREMENT_UUID, stream._on_notify)
                 battery_notify = await self._follow_battery(client, stream)
             except SETUP_FAILURES as exc:
@@ -393,6 +405,7 @@ class StrapClient:
                 # (flushed before, the closing line said 5 of 20).
                 self.malformed_drops.flush()
                 self.overflow_drops.flush()
+                self.stray_bytes.flush()
 
     def battery_level(self, who: str, data: bytes | bytearray) -> int | None:
         """A Battery Level (0x2A19) value, percent; None for an empty one or one over 100
@@ -490,6 +503,13 @@ class StrapStream:
             log.debug("dropped malformed notification from %s: %s", self.device.address, exc)
             self._owner.malformed_drops.add(exc.reason)
             return
+        if m.stray:
+            after = (
+                "RR intervals" if m.rr_raw
+                else "energy expended" if m.energy_expended_kj is not None
+                else "heart rate"
+            )  # fmt: skip
+            self._owner.stray_bytes.add(f"one byte after the {after}")
         if len(self._buffer) >= self._owner._buffer_size:
             self._buffer.popleft()
             self._owner.overflow_drops.add(

@@ -108,8 +108,8 @@ def test_every_flag_combination(flags: int, n_rr: int) -> None:
         ("0848", "truncated energy"),
         ("084801", "truncated energy"),
         ("10480102", "odd number"[:3]),
-        ("104801", "odd number"),
-        ("0048ff", "trailing"),
+        ("0048ffff", "2 unexpected trailing bytes"),
+        ("084801020304", "2 unexpected trailing bytes"),
     ],
 )
 def test_malformed_input_raises_typed_error(hexstr: str, reason: str) -> None:
@@ -124,6 +124,31 @@ def test_malformed_input_raises_typed_error(hexstr: str, reason: str) -> None:
     assert isinstance(exc.value, DecodeError)
     assert isinstance(exc.value, SettleError)
     assert exc.value.data == data
+
+
+@pytest.mark.parametrize(
+    ("hexstr", "hr", "rr"),
+    [
+        ("10482c03ff", 72, (812,)),  # the real H10 capture 10482c03 with a stray byte
+        ("10495e03960300", 73, (862, 918)),
+        ("104801", 72, ()),  # RR flagged, one byte: no whole RR
+        ("0048ff", 72, ()),  # no RR flagged
+        ("1948000100ff", 72, ()),  # u16 HR, energy expended 1 kJ
+    ],
+)
+def test_one_stray_byte_keeps_the_heart_rate_and_whole_rr(
+    hexstr: str, hr: int, rr: tuple[int, ...]
+) -> None:
+    """A stray trailing byte made the whole notification malformed: its heart rate and RR
+    were dropped (a timing gap). Now they are decoded and the byte set aside for a warning."""
+    data = bytes.fromhex(hexstr)
+    m = HeartRateMeasurement.from_bytes(data)
+    assert (m.hr_bpm, m.rr_raw, m.stray) == (hr, rr, data[-1:])
+    assert m.rr_ms == tuple(rr_raw_to_ms(r) for r in rr)
+    assert HeartRateMeasurement.from_bytes(bytes(m)) == m
+    if rr or not data[0] & 0x10:  # the RR flag without a whole RR re-encodes without it
+        assert bytes(m) == data
+    assert HeartRateMeasurement.from_bytes(bytes.fromhex("10482c03")).stray == b""
 
 
 measurements = st.builds(

@@ -26,9 +26,10 @@ from settle.errors import SensorError
 from tests.test_e2e import CONFIG
 from tests.test_reconnect import client_for, json_tap, model_daemon, until
 
-# An empty packet, a truncated HR value, an odd RR field, EE flagged but absent, a trailing
-# byte without RR, and 20 zero bytes (flags 0 with 19 trailing bytes).
-MALFORMED = [b"", b"\x10", b"\x10\x48\x2c\x03\x00", b"\x19\x48", b"\x00\x48\xff", bytes(20)]
+# An empty packet, a truncated HR value, EE flagged but cut short, a u16 HR cut short, two
+# trailing bytes without RR, and 20 zero bytes (flags 0 with 19 trailing bytes). One stray
+# byte is not malformed (test_a_stray_trailing_byte_keeps_the_beats_and_is_warned_about).
+MALFORMED = [b"", b"\x10", b"\x18\x48\x01", b"\x19\x48", b"\x00\x48\xff\xff", bytes(20)]
 
 
 async def test_malformed_notifications_are_warned_about_and_no_good_beat_is_lost(
@@ -64,6 +65,44 @@ async def test_malformed_notifications_are_warned_about_and_no_good_beat_is_lost
     assert rt.client.malformed == 6
     assert stored == [r for m in strap.sent for r in m.rr_raw][: len(stored)]  # in order
     assert len(stored) >= len(notified) > 60
+
+
+async def test_a_stray_trailing_byte_keeps_the_beats_and_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``10482c03ff`` (HR 72, RR 812/1024 s, then one stray byte) and ``0048ff`` (HR 72 and
+    a stray byte) were dropped as malformed: their heart rate and RR were lost, and the lost
+    RR left a timing gap. Now the RR is stored in its place and the byte warned about as
+    dropped packets are: one line at once, the rest when the link closes."""
+    caplog.set_level(logging.WARNING, logger="sensors.strap")
+    async with model_daemon(tmp_path, seed=3, speed=20) as (daemon, store, strap, task):
+        rt = daemon.runtimes[0]
+        await until(lambda: rt.session is not None and rt.session.seq > 30)
+        for stray in (bytes.fromhex("10482c03ff"), bytes.fromhex("0048ff")):
+            for conn in list(strap._subscribed):
+                await strap._device.notify_subscriber(conn, strap._hrm, stray)
+            await asyncio.sleep(0.05)
+        assert rt.session is not None
+        n0 = rt.session.seq
+        await until(lambda: rt.session is not None and rt.session.seq > n0 + 10)
+        warned = [r.getMessage() for r in caplog.records if r.name == "sensors.strap"]
+        assert warned == [
+            f"{rt.device_id}: 1 stray trailing byte ignored in heart-rate notifications since "
+            "the last warning, 1 in all (latest: one byte after the RR intervals); their heart "
+            "rate and whole RR intervals were kept"
+        ]
+        daemon.stop()
+        await asyncio.wait_for(task, 10)
+        (session,) = store.list_sessions()
+        stored = [b.rr_raw for b in store.beats(session.id)]
+    warned = [r.getMessage() for r in caplog.records if r.name == "sensors.strap"]
+    assert len(warned) == 2 and "2 in all (latest: one byte after the heart rate)" in warned[1]
+    assert rt.client.malformed == 0 and rt.client.stray_bytes.total == 2
+    # The strap's own beats in order, with the 812 of the stray-byte packet where it came.
+    sent = [r for m in strap.sent for r in m.rr_raw]
+    at = next(i for i, (a, b) in enumerate(zip(stored, sent, strict=False)) if a != b)
+    assert at > 30 and stored[at] == 812
+    assert stored[:at] + stored[at + 1 :] == sent[: len(stored) - 1]
 
 
 async def test_the_status_follows_the_straps_battery_notifications(
