@@ -429,6 +429,48 @@ def test_a_long_pause_neither_fills_with_noise_nor_locks() -> None:
     assert [b.t_s for b in after] == pytest.approx(r_peaks[17:] + 0.012, abs=0.01)
 
 
+@pytest.mark.parametrize("sd_uv", [20.0, 150.0, 2000.0])
+def test_noise_alone_gives_no_plausible_beat(sd_uv: float) -> None:
+    """An H10 unclipped from the chest keeps streaming ECG: noise. The adaptive threshold
+    found ~355 "beats" in 120 s of it, 230-244 flagged plausible (median RR 367 ms), which
+    went into the session's ECG beats, MQTT ``ecg_beat`` and the exports as heartbeats. They
+    are still detected, now flagged: none stands out of the noise as a QRS does."""
+    for seed in range(3):
+        noise = np.random.default_rng(seed).normal(0.0, sd_uv, round(120 * FS))
+        beats = detect_rpeaks(noise, chunk=FRAME)
+        assert len(beats) > 300  # detection itself is unchanged
+        assert [b for b in beats if b.plausible] == []
+    # and no beat of the real recording is flagged by it (warm-up and RR range aside)
+    p = DetectorParams()
+    assert all(
+        b.plausible
+        for b in detected()
+        if b.t_s >= p.warmup_s and b.rr_ms is not None and p.rr_min_ms <= b.rr_ms <= p.rr_max_ms
+    )
+
+
+def test_noise_between_stretches_of_real_ecg_is_flagged_and_the_ecg_taken_again() -> None:
+    """A minute of noise (500 µV s.d.: the strap off the chest) inside the real recording:
+    its beats were plausible two thirds of the time (116-125 of 183); now only beats of its
+    first second are, while the noise level is learnt, and the ECG after it is plausible
+    again within seconds (the same beats as without the noise)."""
+    _, x = h10_ecg()
+    start, end = round(30 * FS), round(90 * FS)
+    ref = [b for b in detect_rpeaks(x[: round(150 * FS)], chunk=FRAME) if b.t_s > 96.0]
+    for seed in range(3):
+        noise = np.random.default_rng(seed).normal(0.0, 500.0, end - start)
+        spliced = np.concatenate([x[:start], noise, x[end : round(150 * FS)]])
+        beats = detect_rpeaks(spliced, chunk=FRAME)
+        inside = [b for b in beats if 30.0 < b.t_s < 90.0]
+        assert len(inside) > 150
+        assert all(b.t_s < 31.0 for b in inside if b.plausible), [
+            round(b.t_s, 2) for b in inside if b.plausible
+        ]
+        after = [b for b in beats if b.t_s > 96.0]
+        assert [b.t_s for b in after] == pytest.approx([b.t_s for b in ref], abs=1e-9)
+        assert [b.plausible for b in after] == [b.plausible for b in ref]
+
+
 def latencies() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """(ECG path, HRS path) latency per beat, s, for the beats of the real recording.
 
@@ -463,6 +505,8 @@ def test_ecg_path_latency_is_well_below_the_hrs_path() -> None:
 
 
 def test_params_are_validated() -> None:
+    with pytest.raises(ValueError):
+        DetectorParams(qrs_ratio_beats=0)
     with pytest.raises(ValueError):
         DetectorParams(band_hz=(20.0, 5.0))
     with pytest.raises(ValueError):
