@@ -32,8 +32,8 @@ DEBUG only), no data is lost.
 
 The strap's clock can step (an app sets the H10's time, which restarts at 2019-01-01 after a
 power-off). Each frame's timestamp change is compared with its arrival-time change (monotonic
-clock, × ``time_scale``); where the timestamp moved more than ``CLOCK_STEP_S`` (2 s) further,
-or went back while the arrival moved on by more than that, the frame carries the step
+clock, × ``time_scale``); where the timestamp moved more than ``CLOCK_STEP_S`` (2 s) further
+than the arrival, or went back at all while the arrival moved on, the frame carries the step
 (:attr:`ReceivedFrame.clock_step_s`) and the clock offset is measured afresh. A frame that
 arrives later than its timestamp says (a link retrying) is not a step: frames are only ever late.
 """
@@ -197,8 +197,9 @@ class PmdSession:
         self.malformed = 0
         """Data or control-point notifications that could not be decoded (dropped)."""
         self.out_of_order = 0
-        """Frames whose timestamp is before the previous frame's by less than a clock step:
-        dropped (their samples would overlap ones already kept)."""
+        """Frames whose timestamp is before the previous frame's although they arrived at
+        the same host time (not after it: a step back needs time to have moved on): dropped
+        (their samples would overlap ones already kept)."""
         self.repeated = 0
         """Frames with the previous frame's timestamp (delivered twice): ignored, nothing lost."""
         self.clock_steps = 0
@@ -465,7 +466,12 @@ class PmdSession:
             # Frames are only ever late: a timestamp behind the arrival but moving forward is
             # a delayed delivery (link retries), and the strap's clock is right.
             late = 0 < strap_dt <= host_dt
-            if not late and abs(strap_dt - host_dt) > tolerance:
+            # A timestamp going back while time went on is a step back of any size: BLE
+            # delivers a link's notifications in order, and each frame's timestamp is 0.56 s
+            # past the one before. (Under 2 s it was taken for reordered frames: every frame
+            # until the clock caught up again was dropped, 1.1 s of ECG for a 1.5 s step.)
+            back = strap_dt < 0 < host_dt
+            if back or (not late and abs(strap_dt - host_dt) > tolerance):
                 step_s = strap_dt - host_dt
                 self.clock_steps += 1
                 self.clock_offset_s = None  # measured afresh from this frame on

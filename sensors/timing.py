@@ -404,6 +404,10 @@ class FrameClock:
     4. **Two clocks**: as for :class:`BeatTimer`, the host's own jitter is in wall seconds, so
        the tolerance is ``tolerance_s + host_jitter_s × time_scale`` and the envelope spans at
        least ``host_window_s × time_scale``.
+    5. **A step back**: a timestamp before the previous frame's (the strap's clock was set
+       back, by any amount; frames never come out of order) re-anchors as rule 1: the frame's
+       last sample at its arrival, the envelope restarted. (A step forward is rule 2.) The
+       caller keeps its output monotonic as for rule 2.
 
     Pure and synchronous: times are passed in (ns; arrivals on any monotonic clock scaled to
     session time by the caller), nothing here reads a clock.
@@ -450,7 +454,14 @@ class FrameClock:
         while self._delays[0][0] < arrival_ns - self.envelope_ns:
             self._delays.popleft()
         pulled = 0
-        if self.offset_ns is None:
+        back = self._last_timestamp_ns is not None and timestamp_ns < self._last_timestamp_ns
+        if back:
+            # The strap's clock stepped back (rule 5): its delay rose by the step at once. The
+            # servo took that for a slow clock and slewed the offset back at 500 ppm (~2000 s
+            # for 1 s, every sample that much early meanwhile).
+            self._delays.clear()
+            self._delays.append((arrival_ns, delay))
+        if self.offset_ns is None or back:
             self.offset_ns = delay
         elif delay - self.offset_ns < -self.tolerance_ns:
             pulled = self.offset_ns - delay

@@ -493,14 +493,18 @@ async def test_a_session_started_mid_stream_keeps_the_ecg_from_its_start(
     assert holes(ecg.t_ns) == 0
 
 
-@pytest.mark.parametrize("step_s", [3600.0, -3600.0], ids=["forward", "back"])
+@pytest.mark.parametrize(
+    "step_s", [3600.0, -3600.0, -1.5], ids=["forward", "back", "back-under-2-s"]
+)
 async def test_the_ecg_stays_on_session_time_when_the_strap_clock_steps(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, step_s: float
 ) -> None:
     """An app sets the H10's clock an hour forward (or back) 8 s into the stream. The stored
     ECG used to run to an hour past the session's end (an EDF export of 3 620 s; a jump of
     years made it build 1e8 records), or, set back, to stop: every later frame was dropped as
-    "timestamp not after the previous frame's". Now it is re-anchored, the seam a gap."""
+    "timestamp not after the previous frame's". Now it is re-anchored, the seam a gap. A step
+    back under 2 s was not told from frames out of order: the frames until the strap's clock
+    caught up were dropped (1.1 s of ECG for 1.5 s back, a WARNING of dropped frames)."""
     settings = _settings(tmp_path)
     rr = [float(x) for x in read_rr_file(DATA / "polar_h10_pvc_device.csv").rr_ms]
     pmd_config = PmdConfig(ecg_uv=h10_ecg_uv(), clock_steps=((8.0, step_s),))

@@ -346,6 +346,30 @@ def test_frame_clock_follows_a_drifting_strap_clock(ppm: float) -> None:
     assert pulled <= (30 if ppm > 100 else 3)  # drift is slewed, not stepped
 
 
+@pytest.mark.parametrize("step_s", [-0.6, -1.0, -1.9])
+def test_a_step_back_of_the_strap_clock_re_anchors_the_frames_at_once(step_s: float) -> None:
+    """The strap's clock set back by less than 2 s (the PMD session's step threshold) raised
+    every later frame's delay by the step, which the drift servo took for a slow clock: after
+    1 s back the ECG was 0.98 s early, slewing back at 500 ppm for ~2000 s. A timestamp before
+    the previous frame's is a step, whatever its size: the frame re-anchors to its arrival.
+    (A step back shorter than a frame, 0.56 s, leaves the timestamps increasing: frame by
+    frame it looks like a link delay, and the servo slews it away.)"""
+    strap, arrival, true = frames_through_a_link(400)
+    cut = 100
+    strap = strap[:cut] + [s + round(step_s * 1e9) for s in strap[cut:]]
+    clock = FrameClock()
+    late_s = []
+    for s, a, t in zip(strap, arrival, true, strict=True):
+        clock.update(s, a)
+        assert clock.offset_ns is not None
+        late_s.append((s + clock.offset_ns) / 1e9 - t)
+    # Never early; from the step on late by the link's delay: the first frame after it by its
+    # own (re-anchored to its arrival), the frames after that pulled back to the 30 ms floor.
+    assert min(late_s) >= 0.0
+    assert max(late_s[cut:]) < 0.2
+    assert max(late_s[cut + 10 :]) < 0.03 + 0.02
+
+
 def test_frame_clock_scales_the_host_jitter() -> None:
     clock = FrameClock(time_scale=10.0)
     assert clock.tolerance_ns == round((0.008 + 0.005 * 10) * 1e9)
