@@ -36,6 +36,9 @@ clock, × ``time_scale``); where the timestamp moved more than ``CLOCK_STEP_S`` 
 than the arrival, or went back at all while the arrival moved on, the frame carries the step
 (:attr:`ReceivedFrame.clock_step_s`) and the clock offset is measured afresh. A frame that
 arrives later than its timestamp says (a link retrying) is not a step: frames are only ever late.
+Nor is a jump forward of a whole number of frames (130 Hz nominal, within 0.2 % + 10 ms) by a
+frame no earlier than the least-delayed frame since the last step allows: frames lost on the
+link, the ones before them delivered late in a burst with it.
 """
 
 from __future__ import annotations
@@ -83,6 +86,12 @@ CLOCK_STEP_S = 2.0
 (plus ``CLOCK_STEP_HOST_S`` × time scale) is a step of the strap's clock, s."""
 CLOCK_STEP_HOST_S = 0.01
 """Host part of the step threshold, wall s (an event-loop stall at a time-compressed speed)."""
+ECG_NOMINAL_HZ = 130.0
+"""The H10's nominal ECG rate (it measures 130.05–130.17 Hz): a frame of n samples spans
+n / 130 s of strap time, for telling frames lost on the link from a step of the clock."""
+FRAMES_LOST_TOLERANCE = 0.002
+"""A forward jump within this fraction (+ 10 ms) of a whole number of frame spans is frames
+lost: the H10's real rate is within 0.15 % of the nominal."""
 
 
 class PmdUnavailable(SensorError):
@@ -218,6 +227,9 @@ class PmdSession:
         self._frames: collections.deque[ReceivedFrame] = collections.deque()
         # timestamp (strap ns) and monotonic receive time (s) of the newest frame kept
         self._last_frame: tuple[int, float] | None = None
+        # least (arrival − timestamp) since the stream started or the clock stepped, strap s
+        # (arrival on the monotonic clock × time_scale): frames are only ever late
+        self._least_delay_s: float | None = None
         self._wakeup = asyncio.Event()
         self._lock = asyncio.Lock()
         self._streaming = False
@@ -380,6 +392,7 @@ class PmdSession:
         # start its timestamps afresh.
         self._frames.clear()
         self._last_frame = None
+        self._least_delay_s = None
         await self.request(command)
 
     async def _stop_quietly(self) -> None:
@@ -471,7 +484,15 @@ class PmdSession:
             # past the one before. (Under 2 s it was taken for reordered frames: every frame
             # until the clock caught up again was dropped, 1.1 s of ECG for a 1.5 s step.)
             back = strap_dt < 0 < host_dt
-            if back or (not late and abs(strap_dt - host_dt) > tolerance):
+            ahead = not late and strap_dt - host_dt > tolerance
+            if ahead and self._frames_lost(frame, strap_dt, recv_mono, tolerance):
+                # Frames lost on the link, then the ones after them in a burst: the jump is
+                # a whole number of frames and this frame is no earlier than its timestamp
+                # allows. It used to be "the strap's ECG clock jumped +2.8 s" (a gap record
+                # and event) with timing that was right all along.
+                log.debug("%s: %.1f s of raw ECG frames lost on the link", self.sensor_id, strap_dt)
+                ahead = False
+            if back or ahead or (not late and host_dt - strap_dt > tolerance):
                 step_s = strap_dt - host_dt
                 self.clock_steps += 1
                 self.clock_offset_s = None  # measured afresh from this frame on
@@ -487,6 +508,9 @@ class PmdSession:
                 self.dropped.add("timestamp before the previous frame's (strap clock stepped back)")
                 return
         self._last_frame = (frame.timestamp_ns, recv_mono)
+        delay_s = recv_mono * self.time_scale - frame.timestamp_ns / _NS_PER_S
+        if step_s is not None or self._least_delay_s is None or delay_s < self._least_delay_s:
+            self._least_delay_s = delay_s
         offset = recv - frame.timestamp_ns / _NS_PER_S
         if self.clock_offset_s is None or offset < self.clock_offset_s:
             self.clock_offset_s = offset
@@ -496,6 +520,22 @@ class PmdSession:
             self.dropped.add("processing fell behind")
         self._frames.append(ReceivedFrame(recv, frame, recv_mono, step_s))
         self._wakeup.set()
+
+    def _frames_lost(
+        self, frame: EcgFrame, strap_dt: float, recv_mono: float, tolerance: float
+    ) -> bool:
+        """A forward jump of ``strap_dt`` (s) before ``frame`` is frames lost, not a step:
+        a whole number (≥ 2) of frame spans, and the frame no earlier than the least-delayed
+        frame since the last step says it can be (more than ``tolerance``; a step forward
+        makes it early by the step)."""
+        span = len(frame.samples_uv) / ECG_NOMINAL_HZ
+        whole = round(strap_dt / span)
+        if whole < 2 or abs(strap_dt - whole * span) > FRAMES_LOST_TOLERANCE * strap_dt + 0.01:
+            return False
+        if self._least_delay_s is None:
+            return False
+        delay_s = recv_mono * self.time_scale - frame.timestamp_ns / _NS_PER_S
+        return self._least_delay_s - delay_s <= tolerance
 
 
 def strap_s_to_unix_s(strap_s: float) -> float:

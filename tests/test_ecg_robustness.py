@@ -288,6 +288,50 @@ async def test_a_step_of_the_strap_clock_is_told_from_a_late_delivery(
     assert (pmd.clock_steps, pmd.dropped.total, pmd.out_of_order) == (2, 0, 0)
 
 
+async def test_frames_lost_then_delivered_in_a_burst_are_not_a_step_of_the_strap_clock(
+    air: VirtualAir, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The link holds frames 10-16; 12-15 are lost, and 10, 11 and 16 arrive together. Frame
+    16's timestamp is 2.8 s past frame 11's while its arrival is not: it was reported as "the
+    strap's ECG clock jumped +2.8 s; raw ECG re-anchored" (in the daemon: a gap record and a
+    `gap` event) though every timestamp was right. A jump of a whole number of frames that
+    arrives no earlier than its timestamp allows is frames lost."""
+    caplog.set_level(logging.WARNING, logger="sensors.ecg_stream")
+    held: list[bytes] = []
+
+    def data(i: int, v: bytes) -> list[bytes]:
+        if i in (10, 11):
+            held.append(v)
+            return []
+        if 12 <= i <= 15:
+            return []
+        return [*held, v] if i == 16 else [v]
+
+    speed = 10.0
+    pmd_config = PmdConfig(ecg_uv=h10_ecg_uv(), sample_rate_hz=130.16, unreliable_start_s=0.0)
+    strap = VirtualStrap(air, [800.0] * 2000, speed=speed, pmd=pmd_config)
+    tamper(monkeypatch, strap, data=data)
+    await strap.start()
+    async with asyncio.timeout(LIMIT_S):
+        received = []
+        async with (
+            BleakClient(strap.address, **air.client_kwargs()) as client,
+            PmdSession(client, sensor_id="h10", time_scale=speed) as pmd,
+        ):
+            await pmd.start_ecg()
+            async for frame in pmd.frames():
+                received.append(frame)
+                if len(received) == 14:
+                    break
+    ecg = h10_ecg_uv()
+    kept = [*range(12), 16, 17]
+    assert [r.frame.samples_uv for r in received] == [ecg[73 * k : 73 * (k + 1)] for k in kept]
+    assert received[12].recv_mono_s - received[11].recv_mono_s < 0.1 / speed  # the burst
+    assert [r.clock_step_s for r in received] == [None] * 14
+    assert (pmd.clock_steps, pmd.dropped.total) == (0, 0)
+    assert not [r for r in caplog.records if "jumped" in r.getMessage()]
+
+
 # -- in the daemon -------------------------------------------------------------------------
 
 
