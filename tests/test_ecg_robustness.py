@@ -549,6 +549,7 @@ async def test_the_ecg_stays_on_session_time_when_the_strap_clock_steps(
     "timestamp not after the previous frame's". Now it is re-anchored, the seam a gap. A step
     back under 2 s was not told from frames out of order: the frames until the strap's clock
     caught up were dropped (1.1 s of ECG for 1.5 s back, a WARNING of dropped frames)."""
+    caplog.set_level(logging.INFO, logger="settle.ecg")
     settings = _settings(tmp_path)
     rr = [float(x) for x in read_rr_file(DATA / "polar_h10_pvc_device.csv").rr_ms]
     pmd_config = PmdConfig(ecg_uv=h10_ecg_uv(), clock_steps=((8.0, step_s),))
@@ -567,12 +568,23 @@ async def test_the_ecg_stays_on_session_time_when_the_strap_clock_steps(
         await strap.stop()
     t_s = ecg.t_ns / 1e9
     assert t_s[-1] < max(b.beat_t_s for b in stored.beats) + 2  # within the session
-    assert len(ecg) >= 35 * 73  # nothing dropped after the step
+    # Nothing dropped after the step (set back, the frames until the strap's clock caught up
+    # were: 2 frames for 1.5 s, all of them for an hour). A less-delayed frame may pull the
+    # time base back and not store the samples it overlaps (on a host loaded by other tests,
+    # 40 of them once); the daemon logs that (INFO) from 0.1 s, and less overlaps < 13.
+    overlapped = sum(
+        int(r.getMessage().split("; ")[1].split(" samples")[0])
+        for r in caplog.records
+        if "re-timed" in r.getMessage()
+    )
+    assert len(ecg) + overlapped >= 35 * 73 - 13
     assert daemon.ecg.dropped == 0 and not ecg_warnings(caplog)
     assert np.all(np.diff(ecg.t_ns) > 0)
     assert holes(ecg.t_ns) <= 1  # the seam: the frame's arrival, never before what is stored
-    (gap,) = stored.gaps
-    assert gap.reason == "raw ECG clock step" and 7 < gap.start_t_s < 12
+    # (A host stalled by other tests for half a second, 5 s at speed 10, may add a gap of the
+    # strap's beats: not what this is about.)
+    (gap,) = [g for g in stored.gaps if g.reason == "raw ECG clock step"]
+    assert 7 < gap.start_t_s < 12
     assert gap.end_t_s - gap.start_t_s < 1.0
     # R peaks are found on both sides, on the same time base, none across the seam.
     after = [b for b in stored.ecg_beats if b.beat_t_s > gap.end_t_s]
