@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -258,3 +259,116 @@ async def test_the_session_report_is_dark_in_dark_mode_alone_and_in_historys_fra
         )
         await page.emulate_media(color_scheme="light")
         assert await page.evaluate(frame) == ["rgb(255, 255, 255)", "rgb(34, 34, 34)"]
+
+
+# Each page's visibility, as the test sets it: headless Chromium shows every page, so a tab
+# "hidden" behind another is this (document.visibilityState, and its event). Nor does it
+# freeze a page it shows (CDP's Page.setWebLifecycleState "frozen" leaves its timers
+# running and fires no event): a frozen tab is its `freeze` and `resume` events.
+VISIBILITY = """(() => { window.__hidden = false;
+  for (const k of ["visibilityState", "hidden"]) Object.defineProperty(document, k, {
+    configurable: true,
+    get: () => k === "hidden" ? window.__hidden : (window.__hidden ? "hidden" : "visible") });
+})()"""
+
+
+async def _hide(page: Any, hidden: bool) -> None:
+    await page.evaluate(
+        f"window.__hidden = {str(hidden).lower()}; "
+        "document.dispatchEvent(new Event('visibilitychange'))"
+    )
+
+
+async def _tabs(ctx: Any, url: str, n: int) -> list[Any]:
+    """``n`` tabs on the Live page, each with the strap shown and its stream open."""
+    pages = []
+    for _ in range(n):
+        page = await ctx.new_page()
+        await page.goto(url, wait_until="domcontentloaded")
+        pages.append(page)
+    for page in pages:
+        await page.wait_for_function("window.__settle.device && es && es.readyState === 1")
+    return pages
+
+
+async def _said_in(page: Any, words: str, timeout_s: float) -> str:
+    await page.wait_for_function(
+        f"document.getElementById('cmd-result').textContent.includes({json.dumps(words)})",
+        timeout=timeout_s * 1000,
+    )
+    return str(await page.text_content("#cmd-result"))
+
+
+@pytest.mark.timeout(90)
+async def test_hidden_and_frozen_tabs_let_go_of_their_connections(tmp_path: Path) -> None:
+    """A browser keeps 6 connections to one address for all its tabs, and every Settle tab
+    held one for its live stream for good, hidden or frozen too: with six tabs open a marker
+    key left the status line empty and the button disabled for 15 s and more, and a seventh
+    tab never loaded. A hidden or frozen tab now closes its stream and, shown again, opens
+    one that resumes after the last message it got (nothing twice)."""
+    async with _live(tmp_path) as (ctx, hub, d):
+        strap = d.control
+        await ctx.add_init_script(VISIBILITY)
+        for i in range(5):
+            _beat(hub, 0.8 * (i + 1))
+        pages = await _tabs(ctx, f"{d.url}live", 6)
+        assert hub.subscribers == 6
+        for page in pages[1:5]:
+            await _hide(page, True)
+        await pages[5].evaluate("document.dispatchEvent(new Event('freeze'))")
+        await _until(lambda: _true(hub.subscribers == 1), 5, "the hidden tabs' streams closed")
+        await pages[0].keyboard.press("5")
+        said = await _said_in(pages[0], "“doubt” marker", 3)
+        assert said.startswith("“doubt” marker added — Settle Virtual HR ("), said
+        assert strap.kinds() == ["doubt"]  # type: ignore[attr-defined]
+        seventh = await ctx.new_page()
+        await seventh.goto(f"{d.url}live", timeout=5000)
+        await seventh.wait_for_function("window.__settle.device")
+        # Shown again (thawed), each tab gets what it missed, and nothing twice.
+        for i in range(5, 8):
+            _beat(hub, 0.8 * (i + 1))
+        _marker(hub, "doubt", 4.5)
+        await _hide(pages[1], False)
+        await pages[5].evaluate("document.dispatchEvent(new Event('resume'))")
+        for page in (pages[1], pages[5]):
+            await page.wait_for_function(f"({HELD}).t.length >= 8 && ({HELD}).events.length")
+            got = await page.evaluate(HELD)
+            assert got["t"] == [pytest.approx(0.8 * (i + 1)) for i in range(8)]
+            assert got["events"] == ["doubt"]
+
+
+@pytest.mark.timeout(90)
+async def test_a_marker_the_browser_cannot_send_is_withdrawn_and_said(tmp_path: Path) -> None:
+    """Six Settle tabs in view (six windows) hold the browser's six connections to the
+    daemon: a marker key waited in the browser, the status line said nothing, and when a
+    tab closed 15 s later the marker was sent and stored 15 s late. It is now withdrawn
+    after 5 s — a request still waiting in the browser is then never sent — and the page
+    says it was not recorded, and why."""
+    async with _live(tmp_path) as (ctx, _hub, d):
+        strap = d.control
+        pages = await _tabs(ctx, f"{d.url}live", 6)
+        await pages[0].keyboard.press("1")
+        said = await _said_in(pages[0], "“shame” marker", 8)
+        assert said.startswith(
+            "“shame” marker NOT recorded — not sent: the browser is holding too many "
+            "connections to Settle (6 at most, for all its tabs and windows): close other "
+            "Settle tabs, then press again ("
+        ), said
+        await pages[5].close()  # a connection is free: nothing goes out late
+        await pages[1].wait_for_timeout(2000)
+        assert strap.kinds() == []  # type: ignore[attr-defined]
+        # With one free, a marker goes at once.
+        await pages[0].keyboard.press("2")
+        said = await _said_in(pages[0], "“threat” marker", 3)
+        assert said.startswith("“threat” marker added — Settle Virtual HR ("), said
+        # One that waited in the browser for 2 s, and then went, says it is 2 s late.
+        pages[5:] = await _tabs(ctx, f"{d.url}live", 1)
+        await pages[0].keyboard.press("3")
+        await pages[0].wait_for_timeout(2000)
+        await pages[5].close()
+        said = await _said_in(pages[0], "“discomfort” marker", 3)
+        assert re.match(
+            r"“discomfort” marker added — Settle Virtual HR, but sent 2\.\d s after the press "
+            r"\(the browser held it back: too many Settle tabs open\), so its time is 2\.\d s "
+            r"late \(", said), said  # fmt: skip
+        assert strap.kinds() == ["threat", "discomfort"]  # type: ignore[attr-defined]

@@ -95,7 +95,6 @@ document.getElementById("token-form").addEventListener("submit", (ev) => {
     // the address and reloaded, it was kept in the browser's history database.
     TOKEN = given;
     tokenRefused = false;
-    if (es) es.close();
     connect();
     render();
     return;
@@ -103,11 +102,17 @@ document.getElementById("token-form").addEventListener("submit", (ev) => {
   location.reload();
 });
 // fetch with the token; a 401 is said in a banner (and in the caller's own words).
-async function api(url, init) {
+// `timeoutMs`: given up (an AbortError) without an answer by then — a request still waiting
+// in the browser for a free connection is then never sent.
+async function api(url, init, timeoutMs) {
   init = init || {};
   const headers = { ...(init.headers || {}) };
   if (TOKEN) headers.Authorization = `Bearer ${TOKEN}`;
-  const r = await fetch(url, { ...init, headers });
+  const stop = timeoutMs ? new AbortController() : null;
+  const timer = stop ? setTimeout(() => stop.abort(), timeoutMs) : null;
+  let r;
+  try { r = await fetch(url, { ...init, headers, ...(stop ? { signal: stop.signal } : {}) }); }
+  finally { clearTimeout(timer); }
   if (r.status === 401) tokenRefused = true;
   return r;
 }
@@ -244,43 +249,79 @@ function onMessage(topic, payload) {
 
 
 let es = null;
-// The id of the last message got: a stream the page opens anew (after a refused reconnect)
-// names it, as the browser's own reconnect does (Last-Event-ID), and gets only what followed:
-// opened without it, the whole backlog came again and every beat and marker was stored twice.
+// The id of the last message got: a stream the page opens anew (after a refused reconnect,
+// or when the tab is shown again) names it, as the browser's own reconnect does
+// (Last-Event-ID), and gets only what followed: opened without it, the whole backlog came
+// again and every beat and marker was stored twice.
 let lastEventId = "";
+let retryTimer = null;
+// A tab holds its live stream only while it is shown. A browser keeps at most 6 connections
+// to one address (host and port) for all its tabs together: each tab's stream held one for
+// good, hidden or frozen too (old tabs reconnect to each new daemon by themselves), so with
+// six Settle tabs open a marker key waited in the browser for a free connection — the status
+// line empty, the button disabled — and was stored 15 s late when a tab closed; a seventh
+// tab never loaded. Hidden (another tab in front, the window minimised, the phone locked),
+// frozen or put away (pagehide), the tab closes its stream; shown again it opens a new one
+// that resumes after the last message it got (?last=).
+let paused = false;
+let resumedAt = Date.now();  // the page opened, or was shown again: "connecting", not "no word"
+let heardSince = false;      // …until the first word from the daemon since then
+function tabShown() { return document.visibilityState !== "hidden"; }
 function connect() {
+  clearTimeout(retryTimer);
+  retryTimer = null;
+  if (es) { es.close(); es = null; }
+  if (paused) return;
   const url = new URL(withToken("/events"), location.href);
   if (lastEventId) url.searchParams.set("last", lastEventId);
-  es = new EventSource(url.pathname + url.search);
-  es.onmessage = (e) => {
-    S.lastWord = Date.now();
+  const src = es = new EventSource(url.pathname + url.search);
+  src.onmessage = (e) => {
+    S.lastWord = Date.now(); heardSince = true;
     if (e.lastEventId) lastEventId = e.lastEventId;
     const m = JSON.parse(e.data);
     onMessage(m.topic, m.payload);
   };
-  es.addEventListener("health", (e) => {
-    S.lastWord = Date.now();
+  src.addEventListener("health", (e) => {
+    S.lastWord = Date.now(); heardSince = true;
     tokenRefused = false;
     const h = JSON.parse(e.data);
     if (typeof h.ts === "number") S.clockAhead = Date.now() - h.ts;
     S.mqtt = h.mqtt; S.devices = h.devices;
     chooseDevice();
     if (!S.pacerInit) { S.pacerInit = true; $("pacer-rate").value = h.pacer_bpm; setPacer(); }
-  
   });
   // EventSource retries a dropped stream by itself, but not one the server answered with an
   // error (a 503: too many pages open, or connections): that one is retried here.
   // A 401 (no token, or not this daemon's) is not retried: the page says what to do.
-  es.onerror = () => {
+  src.onerror = () => {
+    if (src !== es) return;  // closed meanwhile (the tab was hidden)
     // The stream broke (the daemon stopped, the network went): no word from it from now on,
     // said at once (the page said "streaming" for up to 4 s more).
     S.lastWord = 0;
-    if (es.readyState !== EventSource.CLOSED) return;
-    api("/api/state").then((r) => r.status, () => 0).then((status) => {
-      if (status !== 401) setTimeout(connect, 5000);
+    if (src.readyState !== EventSource.CLOSED) return;
+    es = null;
+    api("/api/state", {}, 5000).then((r) => r.status, () => 0).then((status) => {
+      if (status !== 401 && !paused && !es) retryTimer = setTimeout(connect, 5000);
     });
   };
 }
+function pauseStream() {
+  paused = true;
+  clearTimeout(retryTimer);
+  retryTimer = null;
+  if (es) { es.close(); es = null; }
+}
+function resumeStream() {
+  if (!paused || !tabShown()) return;
+  paused = false;
+  resumedAt = Date.now(); heardSince = false;
+  connect();
+}
+document.addEventListener("visibilitychange", () => { if (tabShown()) resumeStream(); else pauseStream(); });
+document.addEventListener("freeze", pauseStream);
+document.addEventListener("resume", resumeStream);
+window.addEventListener("pagehide", pauseStream);
+window.addEventListener("pageshow", resumeStream);
 
 /* ---- the strap shown ---- */
 // The strap asked for (link or last pick) once the daemon knows it; never another one
@@ -324,6 +365,12 @@ function stateWords(x) { return x.state === "streaming" ? "streaming" : `disconn
 function currentRuntime() {
   return S.devices.find((x) => x.device_id === S.device) || S.devices[0] || null;
 }
+// The stream is being opened (the page just opened, or was shown again after its stream was
+// closed while hidden) and nothing has come yet: "connecting", for up to STALE_MS, not the
+// alert "No word from the Settle daemon" each time the tab comes to the front.
+function connecting() {
+  return !!es && !heardSince && Date.now() - resumedAt < STALE_MS;
+}
 function banners() {
   const out = [];
   const alive = Date.now() - S.lastWord < STALE_MS;
@@ -331,7 +378,7 @@ function banners() {
     out.push(["bad", TOKEN
       ? "The daemon refused this tab's token (it was restarted with another, or this is another daemon) — open the address it printed at start-up again (the line “http:”, ending in #token=…), or paste the token below."
       : "Token required — open the address the daemon printed at start-up (the line “http:”, ending in #token=…), or paste the token below; this tab then keeps it until it is closed."]);
-  } else if (!alive) out.push(["bad", "No word from the Settle daemon — the values shown are stale."]);
+  } else if (!alive && !connecting()) out.push(["bad", "No word from the Settle daemon — the values shown are stale."]);
   const rt = currentRuntime();
   const d = S.device ? dev(S.device) : null;
   // No strap has connected yet (a daemon with none to look for, or one still looking for
@@ -370,7 +417,7 @@ function banners() {
   }
   showBanners(out);
   const conn = $("conn");
-  const label = tokenRefused && !alive ? "token required" : !alive ? "daemon unreachable" : rt ? `${rt.name || rt.device_id || "strap"}: ${rt.state}` : "no strap";
+  const label = tokenRefused && !alive ? "token required" : !alive && connecting() ? "connecting…" : !alive ? "daemon unreachable" : rt ? `${rt.name || rt.device_id || "strap"}: ${rt.state}` : "no strap";
   text("conn", label + (alive ? ` · MQTT ${S.mqtt}` : ""));
   conn.className = "pill " + (alive && rt && rt.state === "streaming" ? "ok" : "bad");
   return alive && rt && rt.state === "streaming";
@@ -695,6 +742,43 @@ function sessionRunning() {
   return !!(d && d.session && d.session.state === "running");
 }
 
+// A command not answered within COMMAND_TIMEOUT_MS is withdrawn (see `unanswered`): the
+// browser kept one waiting for a free connection as long as another Settle tab held it
+// (15 s and more with six tabs open), the status line empty, and then sent it — a marker
+// then stored that much late, its time wrong, without a word.
+const COMMAND_TIMEOUT_MS = 5000;
+const PROBE_TIMEOUT_MS = 1500;
+// Sent this long after the press (it waited in the browser for a connection), the answer
+// says so: the daemon times a marker (and a session or baseline start) when it gets it.
+const LATE_MS = 1000;
+// What the browser measured of a request (its Resource Timing): how long it waited before
+// it was sent — for a free connection, and to make one. Null if not known.
+function waitedToSend(path, since) {
+  const url = new URL(path, location.href).href;
+  const e = performance.getEntriesByName(url, "resource").filter((x) => x.startTime >= since - 1).pop();
+  return e && e.requestStart > 0 ? e.requestStart - e.startTime : null;
+}
+// The buffer holds 250 entries, then takes no more (the History list polls): emptied then.
+performance.addEventListener("resourcetimingbufferfull", () => performance.clearResourceTimings());
+// What to say of a command withdrawn unanswered. Still waiting in the browser for a
+// connection, it was never sent (a fetch aborted before it goes out never does); sent, the
+// daemon has it. A second request tells them apart: if the daemon answers it at once, there
+// was a connection, and the command went out; if it waits too while the live stream shows
+// the daemon alive, the browser holds no free connection to it.
+async function unanswered(name, label) {
+  const recorded = name === "marker" ? "NOT recorded" : "not done";
+  const answered = await api("/api/state", {}, PROBE_TIMEOUT_MS).then(() => true, () => false);
+  if (!answered && Date.now() - S.lastWord < STALE_MS) {
+    return `${label} ${recorded} — not sent: the browser is holding too many connections to Settle ` +
+      "(6 at most, for all its tabs and windows): close other Settle tabs, then press again";
+  }
+  return answered
+    ? `${label}: no answer from the daemon within ${COMMAND_TIMEOUT_MS / 1000} s — it may have been done ` +
+      "all the same (a marker at the moment the daemon got it): check before pressing again"
+    : `${label}: no answer within ${COMMAND_TIMEOUT_MS / 1000} s and no word from the daemon — not known ` +
+      "to be done (a marker, if the daemon got it, at the moment it got it): check before pressing again";
+}
+
 // `label`: what the user pressed, in the page's words; `done`: what to say when it worked.
 async function command(name, body, label, done) {
   body = body || {};
@@ -716,12 +800,14 @@ async function command(name, body, label, done) {
     }
     return null;
   }
+  const path = `/api/cmd/${encodeURIComponent(id)}/${name}`;
+  const pressed = performance.now();
   let r;
   try {
-    r = await api(`/api/cmd/${encodeURIComponent(id)}/${name}`, { method: "POST",
-      headers: { "Content-Type": "application/json", "X-Settle": "1" }, body: JSON.stringify(body) });
-  } catch {
-    say(`${label}: the daemon did not answer`, "bad");
+    r = await api(path, { method: "POST", headers: { "Content-Type": "application/json", "X-Settle": "1" },
+      body: JSON.stringify(body) }, COMMAND_TIMEOUT_MS);
+  } catch (e) {
+    say(e && e.name === "AbortError" ? await unanswered(name, label) : `${label}: the daemon did not answer`, "bad");
     return null;
   }
   const raw = await r.text().catch(() => "");
@@ -735,8 +821,20 @@ async function command(name, body, label, done) {
     say(`${label}: the server answered ${head}${said ? " — " + said : ""}`, "bad");
     return null;
   }
-  if (res.status === "ok") say(`${done} — ${who}`, "ok");
-  else say(`${label} — ${who}: ${buttonWords(res.error)}`, "bad");
+  if (res.status !== "ok") say(`${label} — ${who}: ${buttonWords(res.error)}`, "bad");
+  else {
+    // Sent late (it waited in the browser for a connection): its time is that much late.
+    const waited = waitedToSend(path, pressed);
+    const took = performance.now() - pressed;
+    const late = waited !== null ? waited : took;
+    if (late < LATE_MS) say(`${done} — ${who}`, "ok");
+    else {
+      const s = `${(late / 1000).toFixed(1)} s`;
+      say(waited !== null
+        ? `${done} — ${who}, but sent ${s} after the press (the browser held it back: too many Settle tabs open), so its time is ${s} late`
+        : `${done} — ${who}, but answered ${s} after the press: its time may be up to ${s} late`, "warn");
+    }
+  }
   return res;
 }
 
@@ -1113,5 +1211,5 @@ async function download(path, what) {
 window.__settle = S;  // read by the browser tests (and handy in the developer console)
 makeCharts();
 route();
-connect();
+if (tabShown()) connect(); else paused = true;  // opened in the background: when shown
 setInterval(render, 250);  // also when nothing arrives: staleness is news too
