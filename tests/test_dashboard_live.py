@@ -372,3 +372,42 @@ async def test_a_marker_the_browser_cannot_send_is_withdrawn_and_said(tmp_path: 
             r"\(the browser held it back: too many Settle tabs open\), so its time is 2\.\d s "
             r"late \(", said), said  # fmt: skip
         assert strap.kinds() == ["threat", "discomfort"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(60)
+async def test_a_refused_live_stream_says_why_and_markers_still_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the live-page cap reached the stream is answered 503 ("too many live pages open
+    (32): close one"), and EventSource says neither that nor why: the page said "daemon
+    unreachable" and "No word from the Settle daemon — the values shown are stale", and a
+    marker key "no strap has connected yet", though the strap streamed and /api/state
+    answered. It now gives the server's reason and takes the straps from /api/state."""
+    async with _live(tmp_path) as (ctx, _hub, d):
+        strap = d.control
+        monkeypatch.setattr(server_module, "MAX_STREAMS", 0)  # every live page refused
+        page = await ctx.new_page()
+        await page.goto(f"{d.url}live")
+        await page.wait_for_function(_banners_say("Live updates refused"), timeout=10_000)
+        await page.evaluate("render()")
+        assert await page.text_content("#banners") == (
+            "Live updates refused by the daemon: too many live pages open (0): close one — "
+            "trying again every 5 s. The values shown are not live; markers and buttons "
+            "still work."
+        )
+        assert await page.text_content("#conn") == "no live updates"
+        assert await page.text_content("#settling-note") == "not current: live updates refused"
+        await page.keyboard.press("4")
+        said = await _said_in(page, "“attention” marker", 5)
+        assert said.startswith("“attention” marker added — Settle Virtual HR ("), said
+        assert strap.kinds() == ["attention"]  # type: ignore[attr-defined]
+        monkeypatch.setattr(server_module, "MAX_STREAMS", 32)  # a page closed elsewhere
+        await page.wait_for_function(
+            "document.getElementById('conn').textContent.includes(': streaming')",
+            timeout=10_000,
+        )
+        assert await page.text_content("#banners") == ""
+
+
+def _banners_say(words: str) -> str:
+    return f"document.getElementById('banners').textContent.includes({json.dumps(words)})"

@@ -130,6 +130,7 @@ const S = {
   devices: [],             // from health events
   mqtt: "off",
   lastWord: 0,             // Date.now() of the last message from the daemon
+  refused: null,           // {why, at}: the live stream refused (the server's reason), state from /api/state
   clockAhead: null,        // ms the browser's clock is ahead of the daemon's (health events)
   perDev: {},              // device id -> {status, availability, session, indices, beats, ...}
   markerLabels: {},        // chart -> the marker labels last drawn (text, count, box)
@@ -284,11 +285,8 @@ function connect() {
   src.addEventListener("health", (e) => {
     S.lastWord = Date.now(); heardSince = true;
     tokenRefused = false;
-    const h = JSON.parse(e.data);
-    if (typeof h.ts === "number") S.clockAhead = Date.now() - h.ts;
-    S.mqtt = h.mqtt; S.devices = h.devices;
-    chooseDevice();
-    if (!S.pacerInit) { S.pacerInit = true; $("pacer-rate").value = h.pacer_bpm; setPacer(); }
+    S.refused = null;
+    takeState(JSON.parse(e.data));
   });
   // EventSource retries a dropped stream by itself, but not one the server answered with an
   // error (a 503: too many pages open, or connections): that one is retried here.
@@ -298,13 +296,52 @@ function connect() {
     // The stream broke (the daemon stopped, the network went): no word from it from now on,
     // said at once (the page said "streaming" for up to 4 s more).
     S.lastWord = 0;
-    if (src.readyState !== EventSource.CLOSED) return;
+    if (src.readyState !== EventSource.CLOSED) { S.refused = null; return; }
     es = null;
-    api("/api/state", {}, 5000).then((r) => r.status, () => 0).then((status) => {
-      if (status !== 401 && !paused && !es) retryTimer = setTimeout(connect, 5000);
-    });
+    streamRefused();
   };
 }
+// The daemon's state (a health event, or /api/state): its straps, MQTT, its clock.
+function takeState(h) {
+  if (typeof h.ts === "number") S.clockAhead = Date.now() - h.ts;
+  S.mqtt = h.mqtt; S.devices = h.devices;
+  chooseDevice();
+  if (!S.pacerInit) { S.pacerInit = true; $("pacer-rate").value = h.pacer_bpm; setPacer(); }
+}
+// The live stream was answered with an error, and EventSource tells neither which nor why:
+// the page said "daemon unreachable" and "No word from the Settle daemon", and a marker key
+// "no strap has connected yet", with the daemon answering and the strap streaming (a 503:
+// "too many live pages open (32): close one"). It now asks the daemon for its state — the
+// straps, so markers and buttons still work — and for the stream again, to read its reason;
+// and tries again in 5 s.
+const RETRY_MS = 5000;
+async function streamRefused() {
+  const st = await api("/api/state", {}, RETRY_MS).catch(() => null);
+  if (paused || es) return;
+  if (st && st.status === 401) return;  // "Token required": asking again will not help
+  const h = st && st.ok ? await st.json().catch(() => null) : null;
+  let why = null;
+  if (h && Array.isArray(h.devices)) {
+    takeState(h);
+    why = await refusal();
+  }
+  if (paused || es) return;
+  S.refused = why === null ? null : { why, at: Date.now() };
+  render();
+  // Taken this time (another page closed meanwhile): at once.
+  retryTimer = setTimeout(connect, h && why === null ? 1000 : RETRY_MS);
+}
+// Why /events is refused, in the server's words; null if it is not (any more).
+async function refusal() {
+  let r;
+  try { r = await api("/events", {}, RETRY_MS); } catch { return "it did not answer"; }
+  if (r.ok) { r.body && r.body.cancel().catch(() => {}); return null; }
+  const res = await r.json().catch(() => null);
+  return (res && typeof res.error === "string" && res.error) || `HTTP ${r.status}${r.statusText ? " " + r.statusText : ""}`;
+}
+// Live updates refused, said while the daemon's own answer is recent (a daemon that stops
+// answering is "No word…" again).
+function refusedNow() { return !!S.refused && Date.now() - S.refused.at < 2 * RETRY_MS + 2000; }
 function pauseStream() {
   paused = true;
   clearTimeout(retryTimer);
@@ -378,17 +415,22 @@ function banners() {
     out.push(["bad", TOKEN
       ? "The daemon refused this tab's token (it was restarted with another, or this is another daemon) — open the address it printed at start-up again (the line “http:”, ending in #token=…), or paste the token below."
       : "Token required — open the address the daemon printed at start-up (the line “http:”, ending in #token=…), or paste the token below; this tab then keeps it until it is closed."]);
+  } else if (!alive && refusedNow()) {
+    out.push(["bad", `Live updates refused by the daemon: ${S.refused.why} — trying again every ${RETRY_MS / 1000} s. ` +
+      "The values shown are not live; markers and buttons still work."]);
   } else if (!alive && !connecting()) out.push(["bad", "No word from the Settle daemon — the values shown are stale."]);
+  // The straps' states are known from the stream, or while it is refused from /api/state.
+  const known = alive || refusedNow();
   const rt = currentRuntime();
   const d = S.device ? dev(S.device) : null;
   // No strap has connected yet (a daemon with none to look for, or one still looking for
   // its strap): the page showed dashes and a red "no strap", and nothing said what to do.
-  if (alive && !S.devices.length) {
+  if (known && !S.devices.length) {
     out.push(["warn", "No strap yet — this daemon has no strap to connect to. Pair one on the Pair page (Scan, then Remember) and start settle run again."]);
-  } else if (alive && rt && !rt.device_id) {
+  } else if (known && rt && !rt.device_id) {
     out.push(["warn", `Looking for your strap (${rt.state}) — turn it on: wet the electrodes and put it on; it connects by itself. ` +
       "A phone or watch connected to it may hold its only connection. A new strap is paired on the Pair page."]);
-  } else if (alive && rt && rt.state !== "streaming") {
+  } else if (known && rt && rt.state !== "streaming") {
     // The state says what the daemon does now; the last error why, unless it only repeats
     // the banner ("Strap disconnected (scanning: disconnected)").
     const why = rt.last_error && rt.last_error !== "disconnected" ? ": " + rt.last_error : "";
@@ -400,7 +442,7 @@ function banners() {
     out.push(["bad", `Rhythm unusable${d.indices.reason ? " (" + d.indices.reason + ")" : ""} — do not read the settling score now.`]);
   }
   // Another strap than the one shown is down: said here too (only the shown one's was).
-  if (alive) {
+  if (known) {
     const others = S.devices.filter((x) => x.device_id && x.device_id !== S.device && x.state !== "streaming");
     if (others.length) {
       out.push(["warn", `Also disconnected: ${others.map((x) => `${strapName(x.device_id)} (${x.state})`).join(", ")} — beats in the gap are not recorded.`]);
@@ -412,12 +454,13 @@ function banners() {
       ? `The strap asked for (${strapName(S.missing)}) is back — pick it in the Strap picker to watch it; showing ${strapName(S.device)}.`
       : `The strap asked for (${S.missing}) is not known to this daemon — showing ${strapName(S.device)}; markers go to it.`]);
   }
-  if (alive && S.mqtt === "down") {
+  if (known && S.mqtt === "down") {
     out.push(["warn", "MQTT broker unreachable — measuring and storing go on; messages are queued."]);
   }
   showBanners(out);
   const conn = $("conn");
-  const label = tokenRefused && !alive ? "token required" : !alive && connecting() ? "connecting…" : !alive ? "daemon unreachable" : rt ? `${rt.name || rt.device_id || "strap"}: ${rt.state}` : "no strap";
+  const label = tokenRefused && !alive ? "token required" : !alive && refusedNow() ? "no live updates"
+    : !alive && connecting() ? "connecting…" : !alive ? "daemon unreachable" : rt ? `${rt.name || rt.device_id || "strap"}: ${rt.state}` : "no strap";
   text("conn", label + (alive ? ` · MQTT ${S.mqtt}` : ""));
   conn.className = "pill " + (alive && rt && rt.state === "streaming" ? "ok" : "bad");
   return alive && rt && rt.state === "streaming";
@@ -483,7 +526,7 @@ function render() {
   // screen, only greyed, and it is the number the practitioner acts on.
   const heard = Date.now() - S.lastWord < STALE_MS;
   let shown = false;
-  if (!heard) { text("settling", "–"); text("settling-note", "not current: no word from the daemon"); text("trend", ""); }
+  if (!heard) { text("settling", "–"); text("settling-note", `not current: ${refusedNow() ? "live updates refused" : "no word from the daemon"}`); text("trend", ""); }
   else if (ses && !running) { text("settling", "–"); text("settling-note", "no session running"); text("trend", ""); }
   else if (!streaming) { text("settling", "–"); text("settling-note", "strap disconnected"); text("trend", ""); }
   else if (!ix) { text("settling", "–"); text("settling-note", "waiting for the first indices"); text("trend", ""); }
