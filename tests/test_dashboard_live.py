@@ -16,6 +16,7 @@ import pytest
 
 from feedback.dashboard import Dashboard, DashboardConfig, Hub
 from feedback.dashboard import server as server_module
+from feedback.dashboard.server import DeviceView
 from sessions.store import SessionStore
 from tests.test_dashboard import DESKTOP, _browser, _chromium_or_skip, _Cuttable, _until
 from tests.test_dashboard_phone import DEV, SID, _Strap
@@ -411,3 +412,46 @@ async def test_a_refused_live_stream_says_why_and_markers_still_work(
 
 def _banners_say(words: str) -> str:
     return f"document.getElementById('banners').textContent.includes({json.dumps(words)})"
+
+
+@pytest.mark.timeout(60)
+async def test_a_strap_gone_after_a_daemon_restart_is_replaced_and_said(tmp_path: Path) -> None:
+    """The daemon restarted with other straps and the open tab reconnected by itself: it
+    stayed on the strap it showed, which no longer existed — a marker said "unknown device
+    …", the score "no session running" with one running. The page now waits while a strap
+    is still connecting (the same one has no id until then), then picks again and says so."""
+    async with _live(tmp_path) as (ctx, hub, d):
+        strap = d.control
+        page = await ctx.new_page()
+        await page.goto(f"{d.url}live")
+        await page.wait_for_function(f"window.__settle.device === {json.dumps(DEV)}")
+        # Restarted: a strap still connecting (no id yet) — the page keeps its strap.
+        strap.views = [  # type: ignore[attr-defined]
+            DeviceView(None, 0, "Settle Virtual HR", "AA:BB:CC:DD:EE:FF", "connecting", None,
+                       None, None, None)]  # fmt: skip
+        await page.wait_for_function(
+            "window.__settle.devices.length && !window.__settle.devices[0].device_id"
+        )
+        await page.wait_for_timeout(2000)
+        assert await page.evaluate("window.__settle.device") == DEV
+        # It came back with other straps.
+        for dev_id in ("strap_b", "strap_c"):
+            hub.publish(f"settle/{dev_id}/session", json.dumps({
+                "v": 1, "id": f"S-{dev_id}", "state": "running", "baseline": "pending",
+                "intention": None}), retain=True)  # fmt: skip
+        strap.views = [  # type: ignore[attr-defined]
+            DeviceView(f"strap_{x}", i, f"Strap {x.upper()}", f"AA:{i}", "streaming", 80, True,
+                       f"S-strap_{x}", None)
+            for i, x in enumerate("bc")]  # fmt: skip
+        await page.wait_for_function(_banners_say("The strap shown before"), timeout=10_000)
+        assert await page.evaluate("window.__settle.device") == "strap_b"
+        assert await page.text_content("#banners") == (
+            "The strap shown before (Settle Virtual HR) is gone from the daemon (restarted "
+            "with other straps?) — now showing Strap B; markers go to it."
+        )
+        await page.keyboard.press("5")
+        said = await _said_in(page, "“doubt” marker", 5)
+        assert said.startswith("“doubt” marker added — Strap B ("), said
+        # A strap picked by hand ends the banner.
+        await page.select_option("#device", "strap_c")
+        await page.wait_for_function("!document.getElementById('banners').textContent")

@@ -126,6 +126,7 @@ const S = {
   device: null,            // device id shown (and the one marker keys and buttons go to)
   wanted: wantedDevice(),  // the strap asked for (?device=, else the last one picked here)
   missing: null,           // the wanted strap, while the daemon does not know it
+  gone: null,              // {id, name}: the strap shown until the daemon no longer knew it
   notes: {},               // device id -> the note typed for it, kept while another is shown
   devices: [],             // from health events
   mqtt: "off",
@@ -304,8 +305,9 @@ function connect() {
 // The daemon's state (a health event, or /api/state): its straps, MQTT, its clock.
 function takeState(h) {
   if (typeof h.ts === "number") S.clockAhead = Date.now() - h.ts;
+  const shownName = S.device ? strapName(S.device) : null;  // before the list changes
   S.mqtt = h.mqtt; S.devices = h.devices;
-  chooseDevice();
+  chooseDevice(shownName);
   if (!S.pacerInit) { S.pacerInit = true; $("pacer-rate").value = h.pacer_bpm; setPacer(); }
 }
 // The live stream was answered with an error, and EventSource tells neither which nor why:
@@ -365,13 +367,28 @@ window.addEventListener("pageshow", resumeStream);
 // silently: if the daemon does not know it (after a few seconds to connect), the first
 // strap is shown under a banner saying so.
 const LOADED_AT = Date.now();
-function chooseDevice() {
+const CONNECT_WAIT_MS = 10000;
+let goneSince = 0, goneName = null;  // the strap shown is missing from the daemon's list since then
+function chooseDevice(shownName) {
   const ids = S.devices.map((x) => x.device_id).filter(Boolean);
+  const waiting = S.devices.some((x) => !x.device_id);
+  if (S.device && !ids.includes(S.device)) {
+    // The strap shown is gone (the daemon was restarted with other straps, and the tab
+    // reconnected by itself): the page stayed on it, a marker said "unknown device …" and
+    // the score "no session running" with one running. Picked again, and said — after up to
+    // 10 s while a strap is still connecting (the same one has no id until it connects).
+    if (!goneSince) { goneSince = Date.now(); goneName = shownName; }
+    if (waiting && Date.now() - goneSince < CONNECT_WAIT_MS) return;
+    S.gone = { id: S.device, name: goneName || S.device };
+    if (S.device) S.notes[S.device] = $("note").value;
+    S.device = null;
+    drawnAt = 0;
+  }
+  goneSince = 0;
   if (S.device || !ids.length) return;
   if (S.wanted && ids.includes(S.wanted)) { setDevice(S.wanted, false); return; }
-  const waiting = S.devices.some((x) => !x.device_id) && Date.now() - LOADED_AT < 10000;
-  if (S.wanted && waiting) return;
-  S.missing = S.wanted;
+  if (S.wanted && waiting && Date.now() - LOADED_AT < CONNECT_WAIT_MS) return;
+  S.missing = S.gone && S.gone.id === S.wanted ? null : S.wanted;  // said once: it is gone
   setDevice(ids[0], false);
 }
 function setDevice(id, picked) {
@@ -380,6 +397,7 @@ function setDevice(id, picked) {
   const before = S.device;
   S.device = id;
   $("note").value = S.notes[id] || "";
+  if (picked) S.gone = null;
   if (picked || id === S.wanted) {
     S.wanted = id; S.missing = null;
     try { localStorage.setItem(DEVICE_KEY, id); } catch { /* private mode: the URL still has it */ }
@@ -447,6 +465,12 @@ function banners() {
     if (others.length) {
       out.push(["warn", `Also disconnected: ${others.map((x) => `${strapName(x.device_id)} (${x.state})`).join(", ")} — beats in the gap are not recorded.`]);
     }
+  }
+  if (S.gone && S.device) {
+    const back = S.devices.some((x) => x.device_id === S.gone.id);
+    out.push(["warn", back
+      ? `The strap shown before (${S.gone.name}) is back — pick it in the Strap picker to watch it; showing ${strapName(S.device)}.`
+      : `The strap shown before (${S.gone.name}) is gone from the daemon (restarted with other straps?) — now showing ${strapName(S.device)}; markers go to it.`]);
   }
   if (S.missing && S.device) {
     const back = S.devices.some((x) => x.device_id === S.missing);
