@@ -455,3 +455,43 @@ async def test_a_strap_gone_after_a_daemon_restart_is_replaced_and_said(tmp_path
         # A strap picked by hand ends the banner.
         await page.select_option("#device", "strap_c")
         await page.wait_for_function("!document.getElementById('banners').textContent")
+
+
+def _unusable(hub: Hub, t_s: float) -> None:
+    hub.publish(f"settle/{DEV}/indices", json.dumps({
+        "v": 1, "ts": int(time.time() * 1000), "session": SID, "t_s": t_s, "usable": False,
+        "warming_up": False, "reason": "62 % premature beats", "ln_rmssd": 3.5,
+        "rmssd_ms": 33.0, "settling": None, "coherence": None, "resp_rate_bpm": None,
+        "quality": 0.4, "components": None, "trend": None, "trend_confidence": None}))  # fmt: skip
+
+
+UNUSABLE = "Rhythm unusable (62 % premature beats) — do not read the settling score now."
+
+
+@pytest.mark.timeout(60)
+async def test_rhythm_unusable_is_said_only_while_a_session_measures(tmp_path: Path) -> None:
+    """The banner "Rhythm unusable — do not read the settling score now" stayed under
+    "Strap disconnected", and after the session stopped until the next one started, about a
+    score that was not being made. It is said only with a session running on a streaming
+    strap."""
+    async with _live(tmp_path) as (ctx, hub, d):
+        strap = d.control
+        for i in range(5):
+            _beat(hub, i + 1.0)
+        _unusable(hub, 5.0)
+        page = await ctx.new_page()
+        await page.goto(f"{d.url}live")
+        await page.wait_for_function(_banners_say(UNUSABLE))
+        strap.state = "backoff"  # type: ignore[attr-defined]
+        await page.wait_for_function(_banners_say("Strap disconnected"))
+        await page.evaluate("render()")
+        assert UNUSABLE not in (await page.text_content("#banners") or "")
+        strap.state = "streaming"  # type: ignore[attr-defined]
+        await page.wait_for_function(_banners_say(UNUSABLE))
+        hub.publish(f"settle/{DEV}/session", json.dumps({
+            "v": 1, "id": SID, "state": "stopped", "baseline": "pending",
+            "intention": None}), retain=True)  # fmt: skip
+        await page.wait_for_function("document.getElementById('settling-note').textContent"
+                                     " === 'no session running'")  # fmt: skip
+        await page.evaluate("render()")
+        assert await page.text_content("#banners") == ""

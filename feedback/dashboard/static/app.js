@@ -456,7 +456,11 @@ function banners() {
   } else if (alive && d && d.contact === false) {
     out.push(["warn", "No skin contact — wet the electrodes and check the strap sits snugly."]);
   }
-  if (alive && d && d.indices && d.indices.usable === false && !d.indices.warming_up) {
+  // Only about a running session on a streaming strap: it stayed after a stop until the next
+  // session, and under "Strap disconnected".
+  const measuring = !!d && !!d.session && d.session.state === "running" &&
+    !!rt && rt.device_id === S.device && rt.state === "streaming";
+  if (alive && measuring && d.indices && d.indices.usable === false && !d.indices.warming_up) {
     out.push(["bad", `Rhythm unusable${d.indices.reason ? " (" + d.indices.reason + ")" : ""} — do not read the settling score now.`]);
   }
   // Another strap than the one shown is down: said here too (only the shown one's was).
