@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from feedback.dashboard import Dashboard, DashboardConfig, Hub
+from feedback.dashboard import hub as hub_module
 from feedback.dashboard import server as server_module
 from feedback.dashboard.server import DeviceView
 from sessions.store import SessionStore
@@ -495,3 +496,62 @@ async def test_rhythm_unusable_is_said_only_while_a_session_measures(tmp_path: P
                                      " === 'no session running'")  # fmt: skip
         await page.evaluate("render()")
         assert await page.text_content("#banners") == ""
+
+
+MISSED = "This page missed some live messages"
+
+
+@pytest.mark.timeout(60)
+async def test_a_page_that_fell_behind_says_it_missed_messages(tmp_path: Path) -> None:
+    """The server drops the oldest messages of a page that falls behind and counts them in
+    its health events (`dropped`), which the page ignored: it lost beats, scores and markers
+    without a word. It now says so, until the strap's next session."""
+    async with _live(tmp_path) as (ctx, hub, d):
+        hub.queue_size = 20  # each page's queue
+        page = await ctx.new_page()
+        await page.goto(f"{d.url}live")
+        await page.wait_for_function("window.__settle.device && es && es.readyState === 1")
+        for i in range(200):  # at once: the page cannot read meanwhile
+            _beat(hub, i + 1.0)
+        await page.wait_for_function(_banners_say(MISSED), timeout=5000)
+        assert (await page.text_content("#banners") or "").startswith(
+            "This page missed some live messages (it fell behind, or was in the background "
+            "longer than the daemon keeps them) — its charts and markers have gaps. Everything "
+            "was stored: reload for the last 15 minutes in full, or see the session's report "
+            "in History."
+        )
+        hub.publish(f"settle/{DEV}/session", json.dumps({
+            "v": 1, "id": "S-next", "state": "running", "baseline": "pending",
+            "intention": None}), retain=True)  # fmt: skip
+        await page.wait_for_function(f"!({_banners_say(MISSED)})")
+
+
+@pytest.mark.timeout(60)
+async def test_a_tab_hidden_longer_than_the_backlog_says_what_it_missed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tab shown again resumes after the last message it got, from the daemon's backlog
+    (~15 min a strap): hidden longer, it gets only the newest, and says it missed some;
+    hidden a short while it gets everything and says nothing."""
+    monkeypatch.setattr(hub_module, "BACKLOG", 30)
+    async with _live(tmp_path) as (ctx, hub, d):
+        await ctx.add_init_script(VISIBILITY)
+        page = await ctx.new_page()
+        await page.goto(f"{d.url}live")
+        await page.wait_for_function("window.__settle.device && es && es.readyState === 1")
+        n = 0
+        for hidden_beats in (10, 50):
+            await _hide(page, True)
+            await _until(lambda: _true(hub.subscribers == 0), 5, "the stream closed")
+            for _ in range(hidden_beats):
+                n += 1
+                _beat(hub, float(n))
+            await _hide(page, False)
+            await page.wait_for_function(f"({HELD}).t.length && ({HELD}).t.at(-1) === {n}")
+            await page.evaluate("render()")
+            banners = await page.text_content("#banners") or ""
+            if hidden_beats == 10:
+                assert (await page.evaluate(HELD))["t"] == [float(i + 1) for i in range(n)]
+                assert MISSED not in banners
+            else:
+                assert MISSED in banners

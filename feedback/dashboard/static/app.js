@@ -140,7 +140,8 @@ const S = {
 function dev(id) {
   if (!S.perDev[id]) {
     S.perDev[id] = { status: null, availability: null, session: null, indices: null,
-      hr: null, contact: null, beatTs: 0, t: [], rr: [], it: [], ln: [], set: [], events: [] };
+      hr: null, contact: null, beatTs: 0, t: [], rr: [], it: [], ln: [], set: [], events: [],
+      seqs: {}, missed: false };
   }
   return S.perDev[id];
 }
@@ -218,11 +219,12 @@ function onMessage(topic, payload) {
   const d = dev(id);
   let p = payload;
   if (leaf !== "availability") { try { p = JSON.parse(payload); } catch { return; } }
+  if (p && typeof p.seq === "number" && SEQ_STREAMS.has(leaf)) noteSeq(d, leaf, p);
   switch (leaf) {
     case "availability": d.availability = p; break;
     case "status": d.status = p; break;
     case "session":
-      if (!d.session || d.session.id !== p.id) { d.t = []; d.rr = []; d.it = []; d.ln = []; d.set = []; d.events = []; d.indices = null; }
+      if (!d.session || d.session.id !== p.id) { d.t = []; d.rr = []; d.it = []; d.ln = []; d.set = []; d.events = []; d.indices = null; d.missed = false; }
       d.session = p; break;
     case "beat":
       d.hr = p.hr; d.contact = p.contact; d.beatTs = p.ts;
@@ -249,6 +251,23 @@ function onMessage(topic, payload) {
 
 }
 
+// Messages this page never got. Each strap's beats, indices and events are numbered (`seq`,
+// per strap and stream): a number skipped is a message missed — one the server dropped for
+// this page (it fell behind: its queue is bounded, oldest dropped, and counted in the health
+// events' `dropped`), or one gone from the daemon's backlog (~15 min a strap) before a tab
+// shown again resumed its stream. The page lost them silently, markers among them: it now
+// says so while the strap's session lasts (its charts start again with the next).
+const SEQ_STREAMS = new Set(["beat", "indices", "event"]);
+function noteSeq(d, leaf, p) {
+  const last = d.seqs[leaf];
+  // A smaller number: the daemon started again (new numbers), nothing missed.
+  if (last !== undefined && p.seq > last + 1 && d.session && p.session === d.session.id) d.missed = true;
+  d.seqs[leaf] = p.seq;
+}
+function missedMessages() {
+  for (const x of S.devices) if (x.device_id) dev(x.device_id).missed = true;
+  for (const id of Object.keys(S.perDev)) S.perDev[id].missed = true;
+}
 
 let es = null;
 // The id of the last message got: a stream the page opens anew (after a refused reconnect,
@@ -277,6 +296,7 @@ function connect() {
   const url = new URL(withToken("/events"), location.href);
   if (lastEventId) url.searchParams.set("last", lastEventId);
   const src = es = new EventSource(url.pathname + url.search);
+  let dropped = 0;  // as the server counts them for this stream
   src.onmessage = (e) => {
     S.lastWord = Date.now(); heardSince = true;
     if (e.lastEventId) lastEventId = e.lastEventId;
@@ -287,7 +307,9 @@ function connect() {
     S.lastWord = Date.now(); heardSince = true;
     tokenRefused = false;
     S.refused = null;
-    takeState(JSON.parse(e.data));
+    const h = JSON.parse(e.data);
+    if (typeof h.dropped === "number" && h.dropped > dropped) { dropped = h.dropped; missedMessages(); }
+    takeState(h);
   });
   // EventSource retries a dropped stream by itself, but not one the server answered with an
   // error (a 503: too many pages open, or connections): that one is retried here.
@@ -481,6 +503,10 @@ function banners() {
     out.push(["warn", back
       ? `The strap asked for (${strapName(S.missing)}) is back — pick it in the Strap picker to watch it; showing ${strapName(S.device)}.`
       : `The strap asked for (${S.missing}) is not known to this daemon — showing ${strapName(S.device)}; markers go to it.`]);
+  }
+  if (d && d.missed) {
+    out.push(["warn", "This page missed some live messages (it fell behind, or was in the background longer than the daemon keeps them) — " +
+      "its charts and markers have gaps. Everything was stored: reload for the last 15 minutes in full, or see the session's report in History."]);
   }
   if (known && S.mqtt === "down") {
     out.push(["warn", "MQTT broker unreachable — measuring and storing go on; messages are queued."]);
