@@ -672,3 +672,62 @@ async def test_controls_stand_out_from_the_page_and_are_finger_sized(tmp_path: P
             back, accent = await page.evaluate(_ACCENT_AND_BACK)
             assert back == accent, (scheme, back, accent)
         assert not errors, errors
+
+
+TINY_PHONE = {"width": 320, "height": 568}
+
+_BROKEN_WORDS = """(sel) => {
+  // Each word of each cell (a label's words, or a value's) on one line: a Range over a word
+  // broken across lines has a box on each.
+  const out = [];
+  for (const td of document.querySelectorAll(sel)) {
+    const walk = document.createTreeWalker(td, NodeFilter.SHOW_TEXT);
+    for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+      for (const m of n.data.matchAll(/\\S+/g)) {
+        const r = document.createRange();
+        r.setStart(n, m.index); r.setEnd(n, m.index + m[0].length);
+        if ([...r.getClientRects()].filter((b) => b.width).length > 1) out.push(m[0]);
+      }
+    }
+  }
+  return out; }"""
+_SIDEWAYS = """(sel) => [document.documentElement.scrollWidth - innerWidth,
+  ...[...document.querySelectorAll(sel)].map((t) => t.scrollWidth - t.clientWidth)]"""
+
+
+@pytest.mark.timeout(60)
+async def test_the_pair_tables_fit_a_320_px_screen_without_breaking_words(
+    tmp_path: Path,
+) -> None:
+    """On a 320 px phone the Pair page's table of straps broke words mid-word ("strea|ming",
+    "bp|m", "Virtua|l") and its battery column was off screen, to be scrolled to sideways.
+    Each strap (and each strap in range) is now a block of "label value" lines."""
+    async with _phone(tmp_path, TINY_PHONE) as (page, base, strap, _store, errors):
+
+        async def scan(_timeout_s: float) -> list[dict[str, Any]]:
+            return [{"name": "Polar H10 A1B2C3D4", "address": "C0:5E:77:1E:00:01",
+                     "rssi": -60, "device_id": "polar_h10_a1b2c3d4"}]  # fmt: skip
+
+        strap.scan = scan  # type: ignore[method-assign]
+        await _open(page, base + "pair")
+        strap.hub.publish(f"settle/{DEV}/beat", json.dumps({
+            "v": 1, "ts": int(time.time() * 1000), "seq": 1, "hr": 75, "rr_ms": [800.0],
+            "beat_t_s": [1.0], "classified": [], "contact": True, "session": SID}))  # fmt: skip
+        await page.wait_for_function(
+            "document.getElementById('own-straps').textContent.includes('75 bpm')"
+        )
+        await page.click("#scan")
+        await page.wait_for_function("document.querySelector('#scan-list input')")
+        tables = "#page-pair table"
+        cells = "#page-pair td"
+        assert await page.evaluate(_BROKEN_WORDS, cells) == []
+        assert await page.evaluate(_SIDEWAYS, tables) == [0, 0, 0]
+        texts = await page.locator("#own-straps td").all_inner_texts()
+        assert texts == ["Settle Virtual HR", "AA:BB:CC:DD:EE:FF", "streaming", "75 bpm", "yes",
+                         "80 %"]  # fmt: skip
+        # The Remember button is in view, and works.
+        await page.click("#scan-list button")
+        await page.wait_for_function(
+            "document.getElementById('scan-state').textContent.startsWith('remembered')"
+        )
+        assert not errors, errors

@@ -1076,17 +1076,20 @@ document.addEventListener("keydown", (e) => {
 });
 
 /* ---- pair ---- */
+// A table cell named for its column: on a narrow screen it is shown beside the value.
+function cell(label, html) { return `<td role="cell" data-label="${label}">${html}</td>`; }
 function renderPair() {
   if (view() !== "pair") return;
   const rows = S.devices.map((x) => {
     const d = x.device_id ? dev(x.device_id) : null;
     const fresh = d && beatCurrent(d);
-    return `<tr><td>${escapeHtml(x.name || "–")}</td><td>${escapeHtml(x.address || "–")}</td><td>${escapeHtml(x.state)}</td>` +
-      `<td>${fresh && d.hr ? d.hr + " bpm" : "–"}</td><td>${d && d.contact !== null ? (d.contact ? "yes" : "no") : "–"}</td>` +
-      `<td>${x.battery_pct !== null ? x.battery_pct + " %" : "–"}</td></tr>`;
+    return `<tr role="row">${cell("name", escapeHtml(x.name || "–"))}${cell("address", escapeHtml(x.address || "–"))}` +
+      `${cell("state", escapeHtml(x.state))}${cell("HR", fresh && d.hr ? d.hr + " bpm" : "–")}` +
+      `${cell("contact", d && d.contact !== null ? (d.contact ? "yes" : "no") : "–")}` +
+      `${cell("battery", x.battery_pct !== null ? x.battery_pct + " %" : "–")}</tr>`;
   }).join("");
   const body = $("own-straps");
-  if (body.dataset.html !== rows) { body.innerHTML = rows || '<tr><td colspan="6">none yet</td></tr>'; body.dataset.html = rows; }
+  if (body.dataset.html !== rows) { body.innerHTML = rows || '<tr role="row"><td role="cell" colspan="6">none yet</td></tr>'; body.dataset.html = rows; }
 }
 $("scan").addEventListener("click", async () => {
   text("scan-state", "scanning…");
@@ -1095,10 +1098,11 @@ $("scan").addEventListener("click", async () => {
     const r = await api("/api/scan?timeout=3", { method: "POST", headers: { "X-Settle": "1" } });
     const res = await r.json();
     if (!r.ok) { text("scan-state", res.error); return; }
-    const rows = res.straps.map((s, i) => `<tr><td>${escapeHtml(s.name || "–")}</td><td>${escapeHtml(s.address)}</td><td>${s.rssi} dBm</td>` +
-      `<td><input aria-label="label for ${escapeHtml(s.name || s.address)}" id="label-${i}" value="${escapeHtml(s.name || "strap")}" size="10"> ` +
-      `<button type="button" data-i="${i}">Remember</button></td></tr>`).join("");
-    $("scan-list").innerHTML = rows || '<tr><td colspan="4">no strap advertising the Heart Rate Service (a connected strap does not advertise)</td></tr>';
+    const rows = res.straps.map((s, i) => `<tr role="row">${cell("name", escapeHtml(s.name || "–"))}` +
+      `${cell("address", escapeHtml(s.address))}${cell("signal", `${s.rssi} dBm`)}` +
+      cell("remember as", `<input aria-label="label for ${escapeHtml(s.name || s.address)}" id="label-${i}" value="${escapeHtml(s.name || "strap")}" size="10"> ` +
+        `<button type="button" data-i="${i}">Remember</button>`) + "</tr>").join("");
+    $("scan-list").innerHTML = rows || '<tr role="row"><td role="cell" colspan="4">no strap advertising the Heart Rate Service (a connected strap does not advertise)</td></tr>';
     for (const b of $("scan-list").querySelectorAll("button")) {
       b.addEventListener("click", async () => {
         const s = res.straps[Number(b.dataset.i)];
