@@ -14,7 +14,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,3 +163,41 @@ def store(tmp_path: Path) -> Iterator[Any]:
 
     with SessionStore.open(tmp_path / "s.db") as s:
         yield s
+
+
+class NoDaemon:
+    """A stand-in for the daemon behind a dashboard (its ``Control``): no strap, MQTT off,
+    commands taken and not answered, no scan, nothing paired."""
+
+    def devices(self) -> list[Any]:
+        return []
+
+    def mqtt_state(self) -> str:
+        return "off"
+
+    async def command(self, device_id: str, name: str, payload: bytes) -> None:
+        return None
+
+    async def scan(self, timeout_s: float) -> list[dict[str, Any]]:
+        return []
+
+    def remember(self, label: str, address: str, name: str, device_id: str) -> list[str]:
+        return []
+
+
+@pytest.fixture
+def dashboard(store: Any) -> Callable[..., contextlib.AbstractAsyncContextManager[Any]]:
+    """``async with dashboard(hub, control, token=…) as d:`` — a dashboard on a free port of
+    127.0.0.1 over the test's ``store``, with its own hub and a :class:`NoDaemon` unless
+    given; keyword arguments go to its ``DashboardConfig``."""
+    from feedback.dashboard import Dashboard, DashboardConfig, Hub
+
+    @contextlib.asynccontextmanager
+    async def serve(
+        hub: Hub | None = None, control: Any = None, **config: Any
+    ) -> AsyncIterator[Dashboard]:
+        cfg = DashboardConfig(host="127.0.0.1", port=0, **config)
+        async with Dashboard(hub or Hub("settle"), control or NoDaemon(), store, cfg) as d:
+            yield d
+
+    return serve

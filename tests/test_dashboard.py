@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import socket
 import stat
 import subprocess
 import sys
@@ -37,7 +38,7 @@ from rich.console import Console
 from feedback.dashboard import Dashboard, DashboardConfig, Hub, is_loopback, load_or_create_token
 from feedback.dashboard import server as server_module
 from feedback.dashboard.hub import BACKLOG
-from feedback.dashboard.server import STATIC, DeviceView
+from feedback.dashboard.server import STATIC
 from sensors.virtual.strap import VirtualStrap
 from sessions import read_export_csv
 from sessions.store import MarkerRow, SessionState, SessionStore
@@ -46,6 +47,7 @@ from settle.config import Settings, load_config
 from settle.demo import virtual_world
 from settle.errors import ConfigError
 from tests.conftest import Mosquitto
+from tests.conftest import NoDaemon as _NoDaemon
 from tests.test_e2e import Collector
 
 CHROMIUM = "/usr/bin/chromium"
@@ -105,23 +107,6 @@ def test_token_file_is_private_and_stable(tmp_path: Path) -> None:
     assert load_or_create_token(path) == "q2V+Zk9/3xYbT1+Lw0aPq7uR8sC5dE4f="
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1")
-
-
-class _NoDaemon:
-    def devices(self) -> list[DeviceView]:
-        return []
-
-    def mqtt_state(self) -> str:
-        return "off"
-
-    async def command(self, device_id: str, name: str, payload: bytes) -> None:
-        return None
-
-    async def scan(self, timeout_s: float) -> list[dict[str, Any]]:
-        return []
-
-    def remember(self, label: str, address: str, name: str, device_id: str) -> list[str]:
-        return []
 
 
 async def test_token_is_required_for_every_stream_and_command_and_set_in_no_cookie(
@@ -1346,6 +1331,70 @@ async def test_connections_and_live_pages_beyond_the_limits_get_a_503(
             await asyncio.sleep(0.2)
             async with aiohttp.ClientSession() as http, http.get(d.url + "api/state") as r:
                 assert r.status == 200
+
+
+async def _page_that_never_reads(port: int) -> socket.socket:
+    """A live page whose browser takes nothing (a frozen tab, a phone asleep, a stray
+    process): its request sent, a small receive buffer, never read."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(s, ("127.0.0.1", port))
+    await loop.sock_sendall(s, b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    return s
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["tcp-user-timeout", "write-deadline"])
+async def test_live_pages_that_take_nothing_are_closed_and_a_new_page_gets_its_stream(
+    dashboard: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    kernel: bool,
+) -> None:  # fmt: skip
+    """32 pages that never read held every live-page place for ever: each new page was
+    told "too many live pages open (32): close one", still 150 s later. A stream that takes
+    nothing for STREAM_STALL_S (30 s; 1 s here) is closed: on Linux the kernel notices
+    (TCP_USER_TIMEOUT), elsewhere a write not done in time does (the Linux option left out
+    here: the socket's buffers must fill first, megabytes)."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(server_module, "MAX_STREAMS", 4)
+    monkeypatch.setattr(server_module, "STREAM_STALL_S", 1.0, raising=False)
+    if not kernel:
+        monkeypatch.setattr(server_module, "_user_timeout", lambda *_: None, raising=False)
+    hub = Hub("settle")
+    async with dashboard(hub) as d, aiohttp.ClientSession() as http:
+        held = [await _page_that_never_reads(d.port) for _ in range(4)]
+
+        async def all_four() -> bool:
+            return hub.subscribers == 4
+
+        try:
+            await _until(all_four, what="4 live streams")
+            async with http.get(d.url + "events") as r:
+                assert r.status == 503
+            pad = "x" * (1000 if kernel else 64_000)
+            for i in range(200 if kernel else 160):  # 0.2 MB, or 10 MB to fill the buffers
+                hub.publish("settle/dev/beat", json.dumps({"seq": i, "pad": pad}))
+            loop = asyncio.get_running_loop()
+            t0, status = loop.time(), 0
+            while status != 200 and loop.time() - t0 < 15:
+                await asyncio.sleep(0.5)
+                async with http.get(d.url + "events") as r:
+                    status = r.status
+                    if status == 200:  # a working stream: it says how the daemon is
+                        async with asyncio.timeout(10):
+                            got = b""
+                            while b"event: health" not in got[-300:]:
+                                got += await r.content.readany()
+            assert status == 200, "no live page place freed within 15 s"
+        finally:
+            for s in held:
+                s.close()
+    said = [r.getMessage() for r in caplog.records if r.name == server_module.__name__]
+    if not kernel:  # (a connection the kernel drops is not told from a page closed)
+        assert said == ["dashboard: closed a live page that took nothing for 1 s"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_open_files_limit_is_raised_and_running_out_is_one_line(

@@ -25,6 +25,7 @@ import multiprocessing
 import re
 import secrets
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -162,6 +163,12 @@ is answered 503 and closed. 1 100 held connections used up the usual soft limit 
 open files: nothing could connect any more."""
 MAX_STREAMS = 32
 """Live pages (``/events`` streams) at most; the next is answered 503."""
+STREAM_STALL_S = 30.0
+"""A live page's stream that takes nothing for this long is closed, and its place among the
+:data:`MAX_STREAMS` freed: a write to it not done within this time (its socket full: a
+frozen tab, a phone asleep on Wi-Fi, a process that connects and never reads), and on Linux
+data of it unacknowledged, or its receive window shut, for as long (``TCP_USER_TIMEOUT``).
+32 such streams held every place for ever: each new page got "too many live pages open"."""
 REFUSED_LINGER_S = 1.0
 """A refused connection is closed this long after its 503 (or when the client closes): at
 once, the client's unread request turned the close into a reset that lost the 503."""
@@ -185,6 +192,20 @@ MAX_BODY = 4096
 mimetypes.add_type("text/javascript", ".js")  # some systems map .js to text/plain
 
 MqttState = Literal["off", "connected", "down"]
+
+
+def _user_timeout(transport: asyncio.BaseTransport | None, seconds: float) -> None:
+    """``TCP_USER_TIMEOUT`` on ``transport``'s socket (Linux): the kernel drops the connection
+    once data sent on it has gone unacknowledged, or the peer's receive window has stayed
+    shut (Linux 5.11 or later), for ``seconds`` — a peer that has stopped reading is noticed
+    although its writes still fit the socket's megabytes of buffer (a page's heartbeats would
+    take hours to fill it). Elsewhere, or if the option is refused, nothing."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if option is None or sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(seconds * 1000)))
 
 
 def _open_files_limit() -> int | None:
@@ -449,6 +470,7 @@ class Dashboard:
         """Connections that have not sent a whole request yet, with their deadline."""
         self._refused: set[asyncio.Transport] = set()
         self._refusals = _Quota()
+        self._stalls = _Quota()
         self._max_connections = MAX_CONNECTIONS
         self._scanning = False
         """One scan at a time (the daemon has one Bluetooth adapter)."""
@@ -698,20 +720,26 @@ class Dashboard:
 
     async def _stream(self, request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
         await resp.prepare(request)
+        stall_s = STREAM_STALL_S
+        _user_timeout(request.transport, stall_s)
+
+        async def send(data: bytes) -> None:
+            async with asyncio.timeout(stall_s):
+                await resp.write(data)
+
         with self.hub.subscribe() as sub:
             # Taken with the subscription: nothing twice. A reconnecting page (EventSource
             # sends the last id it got) gets only what it missed; so does a page that opens
             # a new stream itself (after a refused reconnect), naming it in ?last=.
             last = request.headers.get("Last-Event-ID") or request.query.get("last")
             backlog = self.hub.snapshot(last)
-            # A page that went away ends its stream here; nothing else to clean up.
-            with contextlib.suppress(ConnectionResetError):
-                await resp.write(b"retry: 1000\n\n")
+            try:
+                await send(b"retry: 1000\n\n")
                 # In chunks, letting the loop run between them: written in one go (a write
                 # per message, which rarely waits) a (re)connecting page held up the event
                 # loop — live beats — for 100-180 ms in the soak.
                 for i in range(0, len(backlog), BACKLOG_CHUNK):
-                    await resp.write(b"".join(m.sse() for m in backlog[i : i + BACKLOG_CHUNK]))
+                    await send(b"".join(m.sse() for m in backlog[i : i + BACKLOG_CHUNK]))
                     await asyncio.sleep(0)
                 next_health = 0.0
                 while not self._closing.is_set():
@@ -719,10 +747,26 @@ class Dashboard:
                     if now >= next_health:
                         next_health = now + HEARTBEAT_S
                         health = json.dumps({**self._state_body(), "dropped": sub.dropped})
-                        await resp.write(f"event: health\ndata: {health}\n\n".encode())
+                        await send(f"event: health\ndata: {health}\n\n".encode())
                     m = await sub.get(max(0.0, next_health - time.monotonic()))
                     if m is not None:
-                        await resp.write(b"".join([m.sse(), *(x.sse() for x in sub.take())]))
+                        await send(b"".join([m.sse(), *(x.sse() for x in sub.take())]))
+            except ConnectionError:
+                # The page went away (a drain it interrupted says ConnectionError, not
+                # ConnectionResetError): the stream ends here, nothing else to clean up.
+                pass
+            except TimeoutError:
+                # The page takes nothing: closed, so that its place serves another page (the
+                # browser of a page only frozen or asleep reconnects when it wakes).
+                if request.transport is not None:
+                    request.transport.abort()
+                more = self._stalls.take(BAD_REQUEST_EVERY_S)
+                if more is not None:
+                    log.info(
+                        "dashboard: closed a live page that took nothing for %g s%s",
+                        stall_s,
+                        more,
+                    )
         return resp
 
     # -- commands ---------------------------------------------------------------------------
