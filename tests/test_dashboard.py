@@ -1333,6 +1333,34 @@ async def test_connections_and_live_pages_beyond_the_limits_get_a_503(
                 assert r.status == 200
 
 
+async def test_connections_refused_after_their_client_left_are_one_line_not_tracebacks(
+    dashboard: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At the connection cap, each client that had already gone (a port scanner, an
+    impatient client) when its 503 was written logged a 10-line asyncio traceback
+    ("Transport endpoint is not connected"): 20 connections, 20 tracebacks; two bursts of
+    3 000, 1 266 lines — past the one line every 10 s for refused connections."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 10, raising=False)
+    async with dashboard() as d:
+        held = [await _half_sent(d.port) for _ in range(10)]
+        await asyncio.sleep(0.2)
+        for _ in range(20):  # each gone before the server (this loop) takes it
+            with socket.create_connection(("127.0.0.1", d.port)):
+                pass
+        await asyncio.sleep(0.5)
+        async with aiohttp.ClientSession() as http, http.get(d.url + "api/state") as r:
+            assert r.status == 503  # still at the cap, still answered
+        for _, writer in held:
+            writer.close()
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    refused = [r.getMessage() for r in caplog.records if "connection refused" in r.getMessage()]
+    assert refused == ["dashboard: connection refused: 10 open, at most 10"]
+
+
 async def _page_that_never_reads(port: int) -> socket.socket:
     """A live page whose browser takes nothing (a frozen tab, a phone asleep, a stray
     process): its request sent, a small receive buffer, never read."""
