@@ -55,6 +55,7 @@ $(BIDS_VALIDATOR):
 bench: $(DEVSTAMP)
 	$(BIN)/python benchmarks/bench_processing.py
 	$(BIN)/python benchmarks/bench_live.py
+	$(BIN)/python benchmarks/bench_hub.py
 	$(BIN)/python benchmarks/bench_scale.py --broker-nodelay
 	$(BIN)/python benchmarks/bench_memory.py
 

@@ -4,17 +4,21 @@ Events subscribers without going through a broker (so it works with MQTT off or 
 :meth:`Hub.publish` is called synchronously from the daemon's tasks and never blocks: each
 subscriber has a bounded queue that drops its *oldest* message when full and counts the loss
 (STYLE.md principle 10). A page that opens mid-session gets the retained state and the last
-minutes of beats and indices of every strap, and its recent events, first, so its charts and
-marker list are not empty.
+minutes of beats and indices of every strap (or of the one strap it names), and its recent
+events, first, so its charts and marker list are not empty.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import dataclasses
+import heapq
+import itertools
 import json
+import operator
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +34,9 @@ EVENTS_KEPT = 200
 """Recent events (markers, session start, baseline, catching up…) replayed, per strap: kept
 apart from the beats, which would otherwise push them out within minutes."""
 RESULTS_KEPT = 64
+
+_NUMBER = operator.itemgetter(0)
+"""A backlog entry's publication number (entries are ``(number, message)``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,30 +152,51 @@ class Hub:
             while len(self.results) > RESULTS_KEPT:
                 self.results.popitem(last=False)
 
-    def snapshot(self, last_event_id: str | None = None) -> list[Message]:
+    def snapshot(
+        self, last_event_id: str | None = None, device: str | None = None
+    ) -> list[Message]:
+        """:meth:`replay` as a list."""
+        return list(self.replay(last_event_id, device))
+
+    def replay(
+        self, last_event_id: str | None = None, device: str | None = None
+    ) -> Iterator[Message]:
         """What a new page needs first: retained state, then the recent streams of every
-        strap (each strap's own last :data:`BACKLOG` messages and :data:`EVENTS_KEPT`
-        events), in the order they were published.
+        strap — or of ``device`` only — (each strap's own last :data:`BACKLOG` messages and
+        :data:`EVENTS_KEPT` events), in the order they were published.
 
         A page that reconnects sends the id of the last message it got (``Last-Event-ID``):
         it gets the retained state (idempotent) and only the stream messages published
         after that one — the whole backlog again stored every marker, beat and index twice
-        on the page. An id of another hub (the daemon restarted) or none: everything."""
-        after = 0
+        on the page. An id of another hub (the daemon restarted) or none: everything.
+
+        The backlogs are copied now (so the caller, which subscribed first, gets nothing
+        twice and can publish between its reads) and merged as the caller reads: one sort
+        of every strap's backlog at once (100 straps: 120 000 messages) held the event loop
+        ~230 ms."""
+        after = self._after(last_event_id)
+        # The retained state goes without its id: its old number would take the page's place
+        # back, and the next reconnect would replay what the page already has.
+        state = [dataclasses.replace(m, event_id="") for m in self.retained.values()]
+        runs = []
+        for (dev, _event), kept in self._backlog.items():
+            if device is not None and dev != device:
+                continue
+            run = list(kept)  # a copy: publish() appends to (and drops from) the deque
+            start = bisect.bisect_right(run, after, key=_NUMBER)
+            runs.append(itertools.islice(run, start, None))
+        recent = heapq.merge(*runs)  # by number: each is unique, no Message is compared
+        return itertools.chain(state, (m for _, m in recent))
+
+    def _after(self, last_event_id: str | None) -> int:
+        """The publication number ``last_event_id`` names, if it is this hub's; else 0."""
         if last_event_id:
             epoch, _, n = last_event_id.strip().partition(".")
             # ASCII digits that fit a counter: "²" passes isdigit() and 5 000 digits pass
             # int()'s limit, and either ended the stream right after its head.
             if epoch == self.epoch and n.isascii() and n.isdigit() and len(n) <= 18:
-                after = int(n)
-        recent = sorted(
-            (x for kept in self._backlog.values() for x in kept if x[0] > after),
-            key=lambda x: x[0],
-        )
-        # The retained state goes without its id: its old number would take the page's place
-        # back, and the next reconnect would replay what the page already has.
-        state = [dataclasses.replace(m, event_id="") for m in self.retained.values()]
-        return [*state, *(m for _, m in recent)]
+                return int(n)
+        return 0
 
     @contextlib.contextmanager
     def subscribe(self) -> Iterator[Subscription]:

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import hmac
 import html
+import itertools
 import json
 import logging
 import math
@@ -717,15 +718,22 @@ class Dashboard:
                 "X-Content-Type-Options": "nosniff",
             }
         )
+        # The strap the page shows: its backlog only (every strap's, without it). 100 straps'
+        # backlogs were 120 000 messages, 3.6 s, to every page opened, whatever it showed.
+        device = request.query.get("device") or None
+        if device is not None and (_NOT_IN_A_TOPIC.search(device) or "/" in device):
+            return _error(400, f"unknown device {shown(device)}")
         if self._streams >= MAX_STREAMS:
             return _error(503, f"too many live pages open ({MAX_STREAMS}): close one")
         self._streams += 1
         try:
-            return await self._stream(request, resp)
+            return await self._stream(request, resp, device)
         finally:
             self._streams -= 1
 
-    async def _stream(self, request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, resp: web.StreamResponse, device: str | None
+    ) -> web.StreamResponse:
         await resp.prepare(request)
         stall_s = STREAM_STALL_S
         _user_timeout(request.transport, stall_s)
@@ -739,14 +747,14 @@ class Dashboard:
             # sends the last id it got) gets only what it missed; so does a page that opens
             # a new stream itself (after a refused reconnect), naming it in ?last=.
             last = request.headers.get("Last-Event-ID") or request.query.get("last")
-            backlog = self.hub.snapshot(last)
+            backlog = self.hub.replay(last, device)
             try:
                 await send(b"retry: 1000\n\n")
-                # In chunks, letting the loop run between them: written in one go (a write
-                # per message, which rarely waits) a (re)connecting page held up the event
-                # loop — live beats — for 100-180 ms in the soak.
-                for i in range(0, len(backlog), BACKLOG_CHUNK):
-                    await send(b"".join(m.sse() for m in backlog[i : i + BACKLOG_CHUNK]))
+                # In chunks, merged as they go, letting the loop run between them: written in
+                # one go (a write per message, which rarely waits) a (re)connecting page held
+                # up the event loop — live beats — for 100-180 ms in the soak.
+                while chunk := list(itertools.islice(backlog, BACKLOG_CHUNK)):
+                    await send(b"".join(m.sse() for m in chunk))
                     await asyncio.sleep(0)
                 next_health = 0.0
                 while not self._closing.is_set():
