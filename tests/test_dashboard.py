@@ -1410,6 +1410,50 @@ async def test_connections_refused_after_their_client_left_are_one_line_not_trac
     assert refused == ["dashboard: connection refused: 10 open, at most 10"]
 
 
+async def test_a_burst_of_connections_is_held_to_the_cap_and_the_rest_closed_at_once(
+    dashboard: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A burst of connections was counted only once each had been set up, after the whole
+    burst was accepted: 272-275 were served of the 256 allowed, and refused ones (each held
+    up to 1 s for its 503) were not limited at all — 402-518 at once, 790-896 open files —
+    so two bursts of 3 000 under the usual 1 024 open files left the dashboard unable to
+    accept anything ("cannot accept connections: Too many open files"). Now at most the cap
+    is served, at most as many more wait for their 503, and the rest are closed at once."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 10, raising=False)
+    async with dashboard() as d:
+        burst = []
+        for _ in range(60):  # all at once: the server (this loop) takes them afterwards
+            s = socket.socket()
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(("127.0.0.1", d.port))
+            burst.append(s)
+        await asyncio.sleep(0.5)
+        served = refused = closed = 0
+        for s in burst:
+            try:
+                data = s.recv(4096)
+            except BlockingIOError:
+                served += 1  # taken, waiting for its request
+            except OSError:
+                closed += 1  # reset
+            else:
+                if data.startswith(b"HTTP/1.1 503 "):
+                    refused += 1
+                else:
+                    assert data == b"", data
+                    closed += 1
+            s.close()
+        assert (served, refused, closed) == (10, 10, 40)
+        await asyncio.sleep(1.5)  # the refused ones' linger is over, the burst gone
+        async with aiohttp.ClientSession() as http, http.get(d.url + "api/state") as r:
+            assert r.status == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 async def _page_that_never_reads(port: int) -> socket.socket:
     """A live page whose browser takes nothing (a frozen tab, a phone asleep, a stray
     process): its request sent, a small receive buffer, never read."""

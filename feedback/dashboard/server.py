@@ -160,8 +160,9 @@ or after its previous answer, else it is closed: aiohttp waits for ever, and a h
 request held a connection, an open file, for as long as the client liked (≥ 200 s seen)."""
 MAX_CONNECTIONS = 256
 """Open connections at most (a quarter of the open-files limit if that is lower); the next
-is answered 503 and closed. 1 100 held connections used up the usual soft limit of 1 024
-open files: nothing could connect any more."""
+is answered 503 and closed, and beyond twice as many (refused ones included) a connection is
+closed at once without an answer. 1 100 held connections used up the usual soft limit of
+1 024 open files: nothing could connect any more."""
 MAX_STREAMS = 32
 """Live pages (``/events`` streams) at most; the next is answered 503."""
 STREAM_STALL_S = 30.0
@@ -276,6 +277,16 @@ class _Refused(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._open.discard(cast(asyncio.Transport, self._transport))
+
+
+class _Dropped(asyncio.Protocol):
+    """A connection beyond twice :data:`MAX_CONNECTIONS`: closed at once (a reset), without
+    an answer. Each refused one holds its open file up to :data:`REFUSED_LINGER_S`: in a
+    flood 400-500 were held at once, and two bursts of 3 000 connections under the usual
+    1 024 open files left none ("cannot accept connections: Too many open files")."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.Transport, transport).abort()
 
 
 class DashboardError(SettleError):
@@ -477,6 +488,8 @@ class Dashboard:
         self._waiting: dict[web.RequestHandler, asyncio.TimerHandle] = {}
         """Connections that have not sent a whole request yet, with their deadline."""
         self._refused: set[asyncio.Transport] = set()
+        self._accepting = 0
+        """Connections taken by :meth:`_accept` whose ``connection_made`` has not run yet."""
         self._refusals = _Quota()
         self._stalls = _Quota()
         self._max_connections = MAX_CONNECTIONS
@@ -573,23 +586,41 @@ class Dashboard:
     def _accept(self) -> asyncio.Protocol:
         """A new connection: served, with :data:`HEADER_TIMEOUT_S` to send its request, or
         beyond :data:`MAX_CONNECTIONS` answered 503 and closed (not left unaccepted: a
-        legitimate page would wait behind the flood)."""
+        legitimate page would wait behind the flood), or beyond twice that closed at once.
+
+        Counted here: a connection joins ``server.connections`` (or :attr:`_refused`) only
+        when its ``connection_made`` runs, after asyncio has accepted the whole burst (up
+        to 100 at a time), so a burst saw the same count throughout and overshot the cap
+        (272-275 served of 256). :attr:`_accepting` counts those taken here and not yet
+        made: its decrement, scheduled now, runs just before their ``connection_made``
+        (which the transport schedules right after this returns)."""
         assert self._runner is not None and self._runner.server is not None
         server = self._runner.server
-        if len(server.connections) + len(self._refused) >= self._max_connections:
+        loop = asyncio.get_running_loop()
+        open_ = len(server.connections) + len(self._refused) + self._accepting
+        protocol: asyncio.Protocol
+        if open_ < self._max_connections:
+            handler = server()
+            self._waiting[handler] = loop.call_later(HEADER_TIMEOUT_S, self._too_slow, handler)
+            protocol = handler
+        else:
             more = self._refusals.take(BAD_REQUEST_EVERY_S)
             if more is not None:
                 log.warning(
                     "dashboard: connection refused: %d open, at most %d%s",
-                    len(server.connections),
+                    open_,
                     self._max_connections,
                     more,
                 )
-            return _Refused(self._refused)
-        handler = server()
-        loop = asyncio.get_running_loop()
-        self._waiting[handler] = loop.call_later(HEADER_TIMEOUT_S, self._too_slow, handler)
-        return handler
+            if open_ >= 2 * self._max_connections:
+                return _Dropped()  # never counted: closed as soon as it is made
+            protocol = _Refused(self._refused)
+        self._accepting += 1
+        loop.call_soon(self._accepted)
+        return protocol
+
+    def _accepted(self) -> None:
+        self._accepting -= 1
 
     def _too_slow(self, handler: web.RequestHandler) -> None:
         if self._waiting.pop(handler, None) is not None:
