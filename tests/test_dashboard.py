@@ -237,6 +237,31 @@ async def test_downloads_hold_every_file_the_cli_writes_and_notes_go_as_utf8(
                 assert "no session matches &#x27;nope&#x27;" in await r.text()
 
 
+async def test_a_command_with_a_number_out_of_range_is_a_400_and_reaches_no_daemon(
+    dashboard: Any,
+) -> None:
+    """``{"kind": "shame", "x": 1e999}``: the number reads as infinity, which was handed on
+    as ``Infinity`` (no JSON), and the daemon refused it without a result: a 500 "the daemon
+    gave no result". It is refused at the route with a one-line 400 naming where."""
+    hub = Hub("settle")
+    back = _Recorder(hub)
+    post = {"X-Settle": "1"}
+    async with dashboard(hub, back) as d, aiohttp.ClientSession(headers=post) as http:
+        for body, where in (
+            (b'{"kind": "shame", "x": 1e999}', "'x'"),
+            (b'{"kind": "note", "extra": {"a": [1, -1e400]}}', "'extra.a[1]'"),
+        ):
+            async with http.post(d.url + "api/cmd/dev/marker", data=body) as r:
+                assert r.status == 400
+                assert (await r.json())["error"] == (
+                    f"number out of range at {where} (at most about 1.8e308)"
+                )
+        assert back.payloads == []
+        async with http.post(d.url + "api/cmd/dev/marker", data=b'{"kind": "shame"}') as r:
+            assert r.status == 200  # a command without one goes on as before
+        assert len(back.payloads) == 1
+
+
 async def _read_events(resp: aiohttp.ClientResponse, want: int) -> list[dict[str, Any]]:
     """The page's view: parse the SSE stream until ``want`` data events (health excluded)."""
     got: list[dict[str, Any]] = []

@@ -386,6 +386,25 @@ def _bearer(authorization: str) -> str:
     return value.strip() if scheme.lower() == "bearer" else ""
 
 
+def _not_finite(value: object, where: str = "") -> str | None:
+    """Where in ``value`` (``x``, ``a[2].b``) the first number that is not finite is: a
+    number too large for a float (``1e999``) reads as infinity, which JSON has no way to
+    write on to the daemon (it answered nothing: a 500 "the daemon gave no result").
+    Nesting is bounded by the decoder (:data:`~feedback.commands.MAX_COMMAND_DEPTH`)."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else where
+    items: Any = ()
+    if isinstance(value, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    for at, v in items:
+        found = _not_finite(v, at)
+        if found is not None:
+            return found
+    return None
+
+
 class _BadBody(ValueError):
     """The body could not be read as sent: its Content-Encoding does not decode it."""
 
@@ -835,6 +854,8 @@ class Dashboard:
             return _error(400, str(exc))
         if not isinstance(raw, dict):
             return _error(400, "payload must be a JSON object")
+        if (where := _not_finite(raw)) is not None:
+            return _error(400, f"number out of range at {shown(where)} (at most about 1.8e308)")
         raw.setdefault("v", 1)
         cmd_id = raw.setdefault("id", f"http-{secrets.token_hex(6)}")
         if not isinstance(cmd_id, str):
