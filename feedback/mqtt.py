@@ -13,6 +13,12 @@
   A stop while the broker is away first tries to reconnect for ``shutdown_reconnect_s`` (if
   the broker holds retained state from this run), so the final retained state (strap
   ``offline``, session ``stopped``) is not left behind as ``online`` / ``running``.
+* Two daemons on one broker and topic base share ``bridge/state`` and ``bridge/info``: the
+  link reads both before it first says ``online`` and warns (one line, naming the other
+  daemon's client id from its ``bridge/info``) when another daemon is online there; and when
+  ``bridge/state`` turns ``offline`` under it while it runs (the other daemon stopped, or its
+  Last Will fired), it says ``online`` again and re-publishes its retained topics (bridge
+  info, strap availability, status, session, discovery), which the other's stop overwrote.
 * Commands under ``<base>/+/cmd/#`` are handed to ``on_command`` once their envelope passes
   (``feedback.commands.screen_command``: size, nesting, JSON, id); one that does not, or
   whose handler fails, gets its error result here. Result topics are ignored.
@@ -27,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -171,6 +178,8 @@ class MqttLink:
         """How long :meth:`aclose` tries to reach a broker that is away, to leave the final
         retained state there (0: don't try)."""
         self._closing = False
+        self._leaving = False
+        """Set by :meth:`aclose` before its own ``offline``: not another daemon's, to undo."""
         self._stopping = False
         """Set by :meth:`aclose` before it cancels the connection task; see
         :meth:`_raise_if_stopping`."""
@@ -182,6 +191,11 @@ class MqttLink:
         """Handed to the client, not yet taken by the broker; by send order (dicts keep it)."""
         self._sent = 0
         self._retained: dict[str, Outgoing] = {}
+        self._held_info: bytes | None = None
+        """The ``bridge/info`` the broker retained when this connection subscribed to it."""
+        self._others_warned: set[str] = set()
+        self._reasserting: Outgoing | None = None
+        """The queued ``online`` of :meth:`_reassert`, until it is sent."""
         self.refused = 0
         """Commands answered with an error before reaching the handler (a bad envelope)."""
         self._refused_unlogged = 0
@@ -209,6 +223,10 @@ class MqttLink:
     @property
     def state_topic(self) -> str:
         return f"{self.base}/bridge/state"
+
+    @property
+    def info_topic(self) -> str:
+        return f"{self.base}/bridge/info"
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> None:
         """Queue a message; never blocks. Retained messages are also remembered for reconnects.
@@ -278,7 +296,8 @@ class MqttLink:
         return True
 
     async def __aenter__(self) -> MqttLink:
-        self._closing = self._stopping = False  # a link closed before may be entered again
+        # A link closed before may be entered again.
+        self._closing = self._stopping = self._leaving = False
         self._task = asyncio.create_task(self._run(), name=f"mqtt-link {self.host}:{self.port}")
         return self
 
@@ -314,6 +333,7 @@ class MqttLink:
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError, OSError):
                 async with asyncio.timeout(drain_timeout_s):
                     await self._idle.wait()
+                    self._leaving = True  # this offline is ours: not one to answer
                     await client.publish(self.state_topic, b"offline", qos=1, retain=True)
         self._stopping = True
         self._log_refused(flush=True)
@@ -383,6 +403,10 @@ class MqttLink:
             if self.last_error is not None:
                 log.info("MQTT broker %s:%d reachable again", self.host, self.port)
             self.last_error = None
+            # What the broker holds before this link says online (another daemon's?): one
+            # SUBSCRIBE, info first, so its retained info is here before its retained state.
+            self._held_info = None
+            await client.subscribe([(self.info_topic, 1), (self.state_topic, 1)])
             await client.publish(self.state_topic, b"online", qos=1, retain=True)
             # Retained state first, then the live queue, without the copies just sent (at
             # start-up every retained message was queued too: subscribers got bridge info and
@@ -470,6 +494,11 @@ class MqttLink:
             topic = str(message.topic)
             payload = message.payload
             data = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
+            if topic in (self.state_topic, self.info_topic):
+                try:
+                    self._on_bridge(topic, bytes(data), bool(message.retain))
+                except Exception:  # nor may a bug here
+                    log.exception("handling %s failed", topic)
             for topic_filter, callback in self._watches:
                 if topic_matches_sub(topic_filter, topic):
                     try:
@@ -508,6 +537,86 @@ class MqttLink:
                 failed = "the daemon failed to carry out the command (see its log)"
                 with contextlib.suppress(Exception):
                     self._refuse(parts[0], parts[2], Screened(screened.id, failed))
+
+    def _on_bridge(self, topic: str, payload: bytes, retained: bool) -> None:
+        """``bridge/info`` and ``bridge/state`` as the broker sends them to this link: the
+        retained ones once per connection, before this link said ``online`` (see
+        :meth:`_session`), then every live one — its own included."""
+        if topic == self.info_topic:
+            if retained:
+                self._held_info = payload
+            return
+        if retained:
+            if payload == b"online":
+                self._warn_other_daemon(self._held_info)
+            return
+        if payload != b"online" and not (self._leaving or self._stopping):
+            self._reassert(payload)
+
+    def _warn_other_daemon(self, info: bytes | None) -> None:
+        """``bridge/state`` said ``online`` before this link did: another daemon is online on
+        this base (unless the ``bridge/info`` beside it is this link's own: a reconnect)."""
+        fields: dict[str, Any] = {}
+        with contextlib.suppress(ValueError, TypeError):
+            loaded = json.loads(info or b"")
+            if isinstance(loaded, dict):
+                fields = loaded
+        other = fields.get("client_id")
+        if other == self.client_id:
+            return
+        key = str(other)
+        if key in self._others_warned:
+            return
+        self._others_warned.add(key)
+        who = [f"client {other}" if isinstance(other, str) else "client id unknown"]
+        if isinstance(fields.get("version"), str):
+            who.append(f"Settle {fields['version']}")
+        devices = fields.get("devices")
+        if isinstance(devices, list):
+            n = len(devices)
+            who.append(f"{n} strap{'' if n == 1 else 's'}")
+        log.warning(
+            "another Settle daemon (%s) is online on %s under topic base %r: both publish "
+            "%s/bridge/state and bridge/info, and Home Assistant shows their straps under one "
+            "bridge; unless that is meant, give this one its own [mqtt] topic_base "
+            "(SETTLE_MQTT__TOPIC_BASE)",
+            ", ".join(who),
+            self.options.where,
+            self.base,
+            self.base,
+        )
+
+    def _reassert(self, payload: bytes) -> None:
+        """``bridge/state`` went ``offline`` (or was cleared) while this link runs: another
+        daemon on this base stopped (or its Last Will fired), and left the broker saying no
+        daemon is online — ``settle mark`` found none, Home Assistant showed every strap
+        unavailable — and retaining its bridge info (and, for a strap both served, its final
+        availability, status and session). Say ``online`` again, then re-publish every
+        retained topic in its newest state, after the other's messages (the queue's order),
+        and call :attr:`on_connect` (a fresh status) as after a reconnect."""
+        pending = self._reasserting
+        if pending is not None and (
+            any(m is pending for m in self._queue)
+            or any(m is pending for m in self._inflight.values())
+        ):
+            return  # one is on its way, to land after this offline
+        log.info(
+            "%s was set to %r by another client (another Settle daemon on this topic base "
+            "stopped?): saying online again and re-publishing this daemon's retained state",
+            self.state_topic,
+            payload.decode(errors="replace")[:20],
+        )
+        self._reasserting = Outgoing(self.state_topic, b"online", qos=1, retain=True)
+        # Past queue_size if need be: every one is the newest state of its topic.
+        self._queue.append(self._reasserting)
+        self._queue.extend(self._retained.values())
+        self._idle.clear()
+        self._wakeup.set()
+        if self.on_connect is not None:  # fresh status, as after a reconnect
+            try:
+                self.on_connect()
+            except Exception:
+                log.exception("MQTT on_connect callback failed")
 
     def _refuse(self, device_id: str, name: str, screened: Screened) -> None:
         """Answer a command that never reaches the handler (a bad envelope: too large, nested

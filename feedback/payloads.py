@@ -97,6 +97,9 @@ class BridgeInfoPayload(_Payload):
     broker: Literal["embedded", "external"]
     devices: list[str]
     config: dict[str, float | int | str | bool]
+    client_id: str | None = None
+    """The daemon's MQTT client id (``settle-<host>-<pid>`` unless ``mqtt.client_id`` sets
+    one): which daemon wrote this, when two run on one broker and topic base."""
 
 
 class StatusPayload(_Payload):

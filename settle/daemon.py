@@ -239,6 +239,7 @@ class Daemon:
                 "topic_base": self.base,
                 "straps": len(self.runtimes),
             },
+            client_id=self.link.client_id if self.link is not None else None,
         )
         self._publish(f"{self.base}/bridge/info", info.to_json(), qos=1, retain=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -688,3 +689,82 @@ async def test_mark_with_a_strap_but_no_session_says_which_case(
         f"settle: error: strap {dev} is connected but no session is running; "
         "start one with `settle session start`"
     ]
+
+
+async def test_a_second_daemon_on_the_same_base_warns_and_its_stop_leaves_the_first_online(
+    mosquitto: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`make demo` while the service runs: two daemons on one broker and topic base, here
+    serving the same strap id. When the second stopped, its `offline` stayed retained while
+    the first went on recording: `settle mark` said "no Settle daemon is online", Home
+    Assistant showed every strap unavailable, `bridge/info` was the second's, the shared
+    strap `offline` with a `stopped` session — and the second had said nothing at start.
+    Now the second warns once, naming the first's client id, and the first says `online`
+    again and restores its retained state."""
+    host, port = mosquitto.host, mosquitto.port
+
+    def settings(name: str) -> Any:
+        return load_config(
+            CONFIG,
+            mqtt={"host": host, "port": port, "client_id": f"settle-{name}"},
+            storage={"db_path": tmp_path / f"{name}.db"},
+        )
+
+    async def held(topic: str) -> bytes | None:
+        return await retained(host, port, topic, wait_s=1.0)
+
+    caplog.set_level(logging.INFO, logger="feedback.mqtt")
+    async with contextlib.AsyncExitStack() as stack:
+        daemons: dict[str, tuple[Daemon, MqttLink, asyncio.Task[None]]] = {}
+        for name in ("first", "second"):
+            air = await stack.enter_async_context(VirtualAir())
+            strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=5), speed=5)
+            await strap.start()
+            stack.push_async_callback(strap.stop)
+            s = settings(name)
+            store = stack.enter_context(SessionStore.open(s.db_path))
+            link = await stack.enter_async_context(
+                MqttLink(ConnectOptions(host, port), client_id=s.mqtt.client_id)
+            )
+            daemon = Daemon(s, store, [client_for(air, strap)], link=link, time_scale=5)
+            daemons[name] = (daemon, link, asyncio.create_task(daemon.run()))
+            stack.push_async_callback(_stopped, daemon, daemons[name][2])  # before its store
+            rt = daemon.runtimes[0]
+            await until(lambda rt=rt, link=link: rt.session is not None and link.connected)
+        first, second = daemons["first"][0], daemons["second"][0]
+        dev = first.runtimes[0].device_id
+        assert dev is not None and dev == second.runtimes[0].device_id
+        first_session = first.runtimes[0].session
+        assert first_session is not None
+
+        def warnings() -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+        await until(lambda: bool(warnings()), 5)
+        await asyncio.sleep(0.2)
+        assert len(warnings()) == 1, warnings()
+        (warning,) = warnings()
+        assert warning.startswith("another Settle daemon (client settle-first, Settle ")
+        assert f"is online on mqtt://{host}:{port} under topic base 'settle'" in warning
+
+        second.stop()
+        await asyncio.wait_for(daemons["second"][2], 10)
+        await daemons["second"][1].aclose()  # as `settle demo` ends: bridge/state offline
+        async with asyncio.timeout(5):
+            while await held("settle/bridge/state") != b"online":  # noqa: ASYNC110 - polling the broker from outside
+                await asyncio.sleep(0.1)
+        info = json.loads(await held("settle/bridge/info") or b"{}")
+        assert info["client_id"] == "settle-first" and info["devices"] == [dev]
+        assert await held(f"settle/{dev}/availability") == b"online"
+        session = json.loads(await held(f"settle/{dev}/session") or b"{}")
+        assert (session["id"], session["state"]) == (first_session.session_id, "running")
+
+        first.stop()
+        await asyncio.wait_for(daemons["first"][2], 10)
+    # The first one's own stop is not undone.
+    assert await held("settle/bridge/state") == b"offline"
+
+
+async def _stopped(daemon: Daemon, task: asyncio.Task[None]) -> None:
+    daemon.stop()
+    await asyncio.wait_for(task, 10)
