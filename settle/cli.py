@@ -1063,8 +1063,10 @@ async def _find_device(
 ) -> str:
     """The one device this daemon serves, from the retained topics (``device``: the one the
     user named, once the daemon is seen online and knows it)."""
-    state_topic = f"{base}/bridge/state"
+    state_topic, info_topic = f"{base}/bridge/state", f"{base}/bridge/info"
     filters = [f"{base}/+/availability", f"{base}/+/session"]
+    if device is not None:
+        filters.append(info_topic)
     seen = await _retained(client, filters, state_topic)
     daemon_online = seen.get(state_topic, (b"", False))[0] == b"online"
     if device is not None:
@@ -1072,9 +1074,16 @@ async def _find_device(
             raise SettleError(_nothing_found(need_session, False, set(), where))
         # Every strap the daemon served retains its availability and session (online or
         # not: a strap reconnecting still takes a marker); a name with neither is a typo.
-        known = {t.split("/")[-2] for t in seen if t != state_topic}
-        if device not in known:
-            have = f"it serves {', '.join(sorted(known))}" if known else "it serves no strap yet"
+        straps = {t: v for t, v in seen.items() if t not in (state_topic, info_topic)}
+        served, others = _served(seen, info_topic, straps)
+        if device not in served | others:
+            have = f"it serves {', '.join(sorted(served))}" if served else "it serves no strap yet"
+            if others:
+                n = len(others)
+                have += (
+                    f"; the broker also retains {n} other strap{'' if n == 1 else 's'}, of "
+                    "earlier runs or other daemons"
+                )
             raise SettleError(
                 f"no strap {shown(device)} on this daemon ({have}; --device takes a device id "
                 "or a label from `settle pair --list`)"
@@ -1086,6 +1095,31 @@ async def _find_device(
             f"several devices are active ({', '.join(sorted(found))}); pick --device, or --all"
         )
     return found.pop()
+
+
+def _served(
+    seen: dict[str, tuple[bytes, bool]], info_topic: str, straps: dict[str, tuple[bytes, bool]]
+) -> tuple[set[str], set[str]]:
+    """The straps the daemon online serves — those in its ``bridge/info``, those connected
+    (``availability online``) and those with a running session (another daemon's on the
+    base included) — and the others the broker retains a state of: of earlier runs, or of
+    daemons gone (the demo's, another store's). Every one of them still takes a command (a
+    strap reconnecting does); only the first are named as served (all were, from stale
+    retained topics)."""
+    served: set[str] = set()
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        devices = json.loads(seen.get(info_topic, (b"", False))[0]).get("devices")
+        if isinstance(devices, list):
+            served |= {d for d in devices if isinstance(d, str)}
+    for topic, (payload, _) in straps.items():
+        dev, leaf = topic.split("/")[-2:]
+        if leaf == "availability" and payload == b"online":
+            served.add(dev)
+        elif leaf == "session":
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                if json.loads(payload).get("state") == "running":
+                    served.add(dev)
+    return served, {t.split("/")[-2] for t in straps} - served
 
 
 async def _active_devices(client: Any, base: str, *, need_session: bool, where: str) -> set[str]:

@@ -775,6 +775,36 @@ async def test_device_takes_a_paired_label_and_an_unknown_name_is_refused(
     assert [m.text for m in d.store.markers(d.session_id)] == ["x"]
 
 
+@pytest.mark.mosquitto
+async def test_an_unknown_device_names_only_the_straps_the_daemon_online_serves(
+    mosquitto: Mosquitto,
+) -> None:
+    """`settle mark --device nobody` said "it serves …" listing every strap the broker
+    retained a state of: of earlier runs and of other daemons long stopped (the demo's).
+    Now it names those of the daemon online (its bridge/info, any strap connected or with a
+    running session) and counts the rest."""
+    host, port = mosquitto.host, mosquitto.port
+    info = {"v": 1, "ts": 1, "version": "0", "broker": "external", "devices": ["live_1"],
+            "config": {}, "client_id": "settle-x"}  # fmt: skip
+    await _retain(host, port, {
+        "settle/bridge/info": json.dumps(info).encode(),
+        "settle/live_1/availability": b"offline",  # reconnecting: still served
+        "settle/live_2/availability": b"online",  # another daemon's, connected
+        "settle/live_3/session": _running("live_3"),
+        "settle/old_1/availability": b"offline",
+        "settle/old_1/session": json.dumps({"id": "s", "state": "stopped"}).encode(),
+        "settle/old_2/session": json.dumps({"id": "t", "state": "interrupted"}).encode(),
+        "settle/bridge/state": b"online",
+    })  # fmt: skip
+    code, _, err = await _settle("mark", "x", "--device", "nobody", "--mqtt", f"{host}:{port}")
+    assert code == 1
+    assert err.splitlines() == [
+        "settle: error: no strap 'nobody' on this daemon (it serves live_1, live_2, live_3; the "
+        "broker also retains 2 other straps, of earlier runs or other daemons; --device takes "
+        "a device id or a label from `settle pair --list`)"
+    ]
+
+
 # -- 5: UTF-8 -------------------------------------------------------------------------------------
 
 
