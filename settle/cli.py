@@ -454,6 +454,10 @@ def pair(
         fail("--list shows the remembered straps; give it alone", 2)  # --forget was ignored
     if forget is not None and (strap is not None or label is not None):
         fail("--forget takes the label or address itself; give it alone", 2)
+    if label is not None and not label.strip():
+        # It fell back to the device id without a word, and took the place of the label
+        # the strap had ("anna" was gone).
+        fail("--label: empty; leave --label out to remember the strap by its device id", 2)
     settings = settings_from(config)
     try:
         if list_:

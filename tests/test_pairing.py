@@ -361,3 +361,22 @@ def test_a_label_is_one_label_whatever_its_case(tmp_path: Path) -> None:
     assert [(p.label, p.device_id) for p in pairing.load_paired(paired)] == [
         ("anna", "polar_h10_2")
     ]
+
+
+def test_an_empty_label_is_refused_and_the_remembered_one_kept(tmp_path: Path) -> None:
+    """`settle pair --virtual --label ""` remembered the strap by its device id without a
+    word, and so took the place of its label: "anna" was gone."""
+    paired = tmp_path / "straps.json"
+    first = settle("pair", "--virtual", "--seconds", "0", "--label", "anna", paired=paired)
+    assert first.returncode == 0, first.stderr
+    before = paired.read_bytes()
+    for label in ("", "  "):
+        res = settle("pair", "--virtual", "--seconds", "0", "--label", label, paired=paired)
+        assert res.returncode == 2
+        assert res.stderr.splitlines() == [
+            "settle: error: --label: empty; leave --label out to remember the strap by its "
+            "device id"
+        ]
+        assert res.stdout == ""  # refused before looking for a strap
+    assert paired.read_bytes() == before
+    assert [p.label for p in pairing.load_paired(paired)] == ["anna"]
