@@ -458,6 +458,9 @@ def pair(
         # It fell back to the device id without a word, and took the place of the label
         # the strap had ("anna" was gone).
         fail("--label: empty; leave --label out to remember the strap by its device id", 2)
+    if label is not None and (problem := pairing.label_problem(label)) is not None:
+        # Said after the scan, the connection and the live display, as "config: label: …".
+        fail(f"--label: {problem}", 2)
     settings = settings_from(config)
     try:
         if list_:

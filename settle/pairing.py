@@ -124,13 +124,23 @@ class PairingError(ConfigError):
     """A strap to remember with a bad label, address or device id (nothing is saved)."""
 
 
+def label_problem(label: str) -> str | None:
+    """Why ``label`` cannot be a strap's label (empty, too long, a control character), or
+    None: what :func:`check_strap` refuses, for ``settle pair --label`` to say before it
+    scans."""
+    if not label or len(label) > MAX_LABEL_CHARS or not label.isprintable():
+        return f"1–{MAX_LABEL_CHARS} printable characters, got {shown(label)}"
+    return None
+
+
 def check_strap(label: str, address: str, name: str, device_id: str) -> None:
     """Refuse what ``settle run`` could not use: a label that is empty, too long or holds
     control characters, an address that is neither a Bluetooth address nor a macOS UUID,
     a device id that is not topic-safe ``[a-z0-9_]`` (it names MQTT topics and Home
     Assistant entities). :class:`PairingError`."""
-    if not label or len(label) > MAX_LABEL_CHARS or not label.isprintable():
-        raise PairingError("label", f"1–{MAX_LABEL_CHARS} printable characters, got {shown(label)}")
+    problem = label_problem(label)
+    if problem is not None:
+        raise PairingError("label", problem)
     if not _ADDRESS.fullmatch(address):
         raise PairingError("address", f"not a Bluetooth address or UUID: {shown(address)}")
     if len(name) > 248 or not name.isprintable():  # 248: the longest BLE device name

@@ -22,7 +22,7 @@ from sensors.virtual.strap import VirtualStrap
 from sessions.store import SessionStore
 from settle import pairing
 from settle.cli import live_scan
-from settle.errors import ConfigError
+from settle.errors import ConfigError, shown
 from tests.conftest import DATA
 from tests.test_e2e import CONFIG
 from tests.test_virtual_ble import other_advertiser
@@ -380,3 +380,17 @@ def test_an_empty_label_is_refused_and_the_remembered_one_kept(tmp_path: Path) -
         assert res.stdout == ""  # refused before looking for a strap
     assert paired.read_bytes() == before
     assert [p.label for p in pairing.load_paired(paired)] == ["anna"]
+
+
+def test_a_bad_label_is_refused_before_looking_for_a_strap(tmp_path: Path) -> None:
+    """`settle pair --label $'a\\tb'` scanned, connected and showed the strap live before
+    refusing the label, worded as a config setting ("config: label: …")."""
+    paired = tmp_path / "straps.json"
+    for label in ("a\tb", "x" * 65):
+        res = settle("pair", "--virtual", "--seconds", "5", "--label", label, paired=paired)
+        assert res.returncode == 2
+        assert res.stderr.splitlines() == [
+            f"settle: error: --label: 1–64 printable characters, got {shown(label)}"
+        ]
+        assert res.stdout == ""  # nothing looked for, nothing shown
+    assert not paired.exists()
