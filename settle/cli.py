@@ -367,6 +367,8 @@ def run(
     _check_duration(duration)
     if replay is None and speed != 1.0:
         fail("--speed compresses a replay: give it with --replay FILE", 2)  # was ignored
+    if replay is not None and address is not None:
+        fail("--address picks a strap to record from, --replay a recording: give one", 2)
     if replay is not None:
         settings = settings_from(
             config,

@@ -276,7 +276,7 @@ def test_a_strap_settle_run_could_not_use_is_not_remembered(
 
 def test_options_that_would_be_ignored_are_refused(tmp_path: Path) -> None:
     """`pair --list --forget anna` listed and kept anna (exit 0); `run --speed 10` without a
-    replay ran at real time without a word."""
+    replay ran at real time without a word; `run --replay F --address X` ignored X."""
     paired = tmp_path / "straps.json"
     pairing.remember("anna", "AA:BB:CC:DD:EE:FF", "Polar H10", "polar_h10_1", paired)
     for args, words in [
@@ -284,6 +284,11 @@ def test_options_that_would_be_ignored_are_refused(tmp_path: Path) -> None:
         (("pair", "Polar", "--forget", "anna"), "--forget takes the label or address"),
         (("run", "--speed", "10", "--no-mqtt", "--no-http", "--db", str(tmp_path / "s.db")),
          "--speed compresses a replay"),
+        # The replay ran, and --address was never looked at.
+        (("run", "--replay", str(DATA / "pyhrv_nni_short.csv"), "--speed", "1000",
+          "--address", "AA:BB:CC:DD:EE:FF", "--no-mqtt", "--no-http",
+          "--db", str(tmp_path / "s.db")),
+         "--address picks a strap to record from, --replay a recording: give one"),
     ]:  # fmt: skip
         res = settle(*args, paired=paired)
         assert res.returncode == 2, res.stderr
