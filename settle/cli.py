@@ -369,6 +369,12 @@ def run(
         fail("--speed compresses a replay: give it with --replay FILE", 2)  # was ignored
     if replay is not None and address is not None:
         fail("--address picks a strap to record from, --replay a recording: give one", 2)
+    if address is not None:
+        from settle.config import strap_address_problem
+
+        problem = strap_address_problem(address.strip())
+        if problem is not None:  # it was looked for until the scan timed out (exit 1)
+            fail(f"--address: {problem} (got {shown(address)})", 2)
     if replay is not None:
         settings = settings_from(
             config,

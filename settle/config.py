@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -190,10 +191,42 @@ class HomeAssistantConfig(_Section):
         return v
 
 
+_BT_ADDRESS = re.compile(r"(?:[0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}")
+_CB_UUID = re.compile(r"[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}")
+_EXAMPLE_UUID = "0A1B2C3D-4E5F-6A7B-8C9D-0E1F2A3B4C5D"
+
+
+def strap_address_problem(address: str, platform: str | None = None) -> str | None:
+    """Why ``address`` names no strap bleak can find on ``platform`` (``sys.platform``), or
+    None (for an error that echoes the value itself). bleak names a strap by its Bluetooth
+    address (``AA:BB:CC:DD:EE:FF``) with BlueZ, WinRT and Android, and by the UUID
+    CoreBluetooth assigns on macOS, which never shows the address (``BLEDevice.address``:
+    "UUID on macOS"). Anything else was looked for until the scan timed out (exit 1: under
+    systemd a restart every 5 s)."""
+    mac = (platform or sys.platform) == "darwin"
+    if not address or (_CB_UUID.fullmatch(address) if mac else _BT_ADDRESS.fullmatch(address)):
+        return None
+    listed = "as `settle scan` lists it"
+    if mac and _BT_ADDRESS.fullmatch(address):
+        return (
+            f"a Bluetooth address, but macOS names a strap by a UUID instead (e.g. "
+            f"{_EXAMPLE_UUID}, {listed})"
+        )
+    if mac:
+        return f"not a strap's UUID (e.g. {_EXAMPLE_UUID}, {listed})"
+    if _CB_UUID.fullmatch(address):
+        return (
+            "a macOS strap UUID, but here a strap is named by its Bluetooth address "
+            f"(AA:BB:CC:DD:EE:FF, {listed})"
+        )
+    return f"not a Bluetooth address (AA:BB:CC:DD:EE:FF, {listed})"
+
+
 class StrapConfig(_Section):
     address: str = ""
-    """Bluetooth address (or macOS UUID) of the strap; empty: the first strap offering the
-    Heart Rate Service 0x180D, whatever its vendor. Either way, once a strap has connected,
+    """Bluetooth address of the strap (on macOS the UUID CoreBluetooth names it by; anything
+    else is a config error: :func:`strap_address_problem`); empty: the first strap offering
+    the Heart Rate Service 0x180D, whatever its vendor. Either way, once a strap has connected,
     a reconnect looks for that strap (its address) only, for the daemon's life."""
     name: str = ""
     """Optional name filter (substring, case-insensitive)."""
@@ -201,6 +234,14 @@ class StrapConfig(_Section):
     """Record the raw ECG (and ECG-derived beats) when the strap offers Polar PMD (H10)."""
     scan_timeout_s: float = Field(15.0, gt=0, le=600)
     connect_timeout_s: float = Field(20.0, gt=0, le=600)
+
+    @field_validator("address")
+    @classmethod
+    def _strap_address(cls, v: str) -> str:
+        problem = strap_address_problem(v.strip())
+        if problem is not None:
+            raise ValueError(problem)
+        return v.strip()
 
 
 WINDOW_RANGE_S = (20.0, 600.0)

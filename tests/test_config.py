@@ -580,3 +580,51 @@ def test_a_password_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> N
     f.write_text(f'[mqtt]\npassword_file = "{pw}"\n')
     with pytest.raises(ConfigError, match=r"mqtt\.password_file: not UTF-8 text"):
         load_config(f).mqtt.password_value()
+
+
+@pytest.mark.parametrize(
+    ("platform", "address", "words"),
+    [
+        ("linux", "foo", "not a Bluetooth address (AA:BB:CC:DD:EE:FF, as `settle scan` lists it)"),
+        ("linux", "AA:BB:CC:DD:EE", "not a Bluetooth address"),
+        ("win32", "0A1B2C3D-4E5F-6A7B-8C9D-0E1F2A3B4C5D",
+         "a macOS strap UUID, but here a strap is named by its Bluetooth address"),
+        ("darwin", "AA:BB:CC:DD:EE:FF",
+         "a Bluetooth address, but macOS names a strap by a UUID instead (e.g. 0A1B2C3D-"),
+        ("darwin", "foo", "not a strap's UUID (e.g. 0A1B2C3D-4E5F-6A7B-8C9D-0E1F2A3B4C5D"),
+    ],
+)  # fmt: skip
+def test_a_strap_address_bleak_cannot_find_here_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, platform: str, address: str, words: str
+) -> None:
+    """`[strap] address = "foo"` (or `settle run --address foo`) was never checked: the
+    daemon looked for it until the scan timed out, exit 1, and under systemd restarted every
+    5 s. bleak names straps by their Bluetooth address, on macOS by a CoreBluetooth UUID."""
+    monkeypatch.setattr(sys, "platform", platform)
+    with pytest.raises(ConfigError, match=r"^config: strap\.address: ") as caught:
+        load_config(CONFIG, strap={"address": address})
+    assert words in str(caught.value)
+    good = "0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d" if platform == "darwin" else "aa:bb:cc:dd:ee:ff"
+    assert load_config(CONFIG, strap={"address": f" {good} "}).strap.address == good
+
+
+def test_run_refuses_an_address_bleak_cannot_find_before_starting(tmp_path: Path) -> None:
+    for args, line in [
+        (("--address", "foo"),
+         "settle: error: --address: not a Bluetooth address (AA:BB:CC:DD:EE:FF, as `settle "
+         "scan` lists it) (got 'foo')"),
+        (("--config", str(_toml(tmp_path, '[strap]\naddress = "anna"\n'))),
+         "settle: error: config: strap.address: not a Bluetooth address (AA:BB:CC:DD:EE:FF, "
+         f"as `settle scan` lists it) (got 'anna') (in {tmp_path / 'c.toml'})"),
+    ]:  # fmt: skip
+        res = run_cli("run", *args, "--no-mqtt", "--no-http", "--db", str(tmp_path / "s.db"))
+        assert res.returncode == 2
+        assert res.stderr.splitlines() == [line]
+        assert res.stdout == ""  # nothing started
+    assert not (tmp_path / "s.db").exists()
+
+
+def _toml(tmp_path: Path, text: str) -> Path:
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    return f
