@@ -227,7 +227,7 @@ def settings_from(
         settings = load_config(config, **flags)
     except ConfigError as exc:
         # A flag's own error names the flag (it read "config: --mqtt: …").
-        fail(str(exc), 2)
+        fail(cli_sessions.config_error_text(exc, db), 2)
     from settle.logging_setup import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)

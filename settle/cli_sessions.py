@@ -97,13 +97,21 @@ def _resolve(store: SessionStore, ref: str) -> SessionInfo:
     return info
 
 
+def config_error_text(exc: ConfigError, db: Path | None) -> str:
+    """A config error's line, naming ``--db`` when the flag gave the store's path (it read
+    "config: storage.db_path: …")."""
+    if exc.field == "storage.db_path" and db is not None:
+        return f"--db: {exc.reason} (got {shown(str(db), 200)})"
+    return str(exc)
+
+
 def _db_path(config: Path | None, db: Path | None, *, must_exist: bool = True) -> Path:
     from settle.config import load_config
 
     try:
         path = load_config(config, storage={"db_path": db}).db_path
     except ConfigError as exc:
-        _fail(str(exc), 2)
+        _fail(config_error_text(exc, db), 2)
     if must_exist and not path.exists():
         _fail(f"no session store at {path} (run `settle demo` or `settle run` first)")
     return path
@@ -519,7 +527,7 @@ def log_set(
         try:
             every_s = load_config(config, storage={"db_path": db}).processing.indices_every_s
         except ConfigError as exc:
-            _fail(str(exc), 2)
+            _fail(config_error_text(exc, db), 2)
         # As the live rule (baseline/stop): a 10 s period was kept here and rescored the
         # whole report, while the daemon always discards one under 15 s.
         need_s = BASELINE_MIN_SAMPLES * every_s

@@ -286,6 +286,36 @@ class StorageConfig(_Section):
     def _empty_is_none(cls, v: object) -> object:
         return None if v == "" else v
 
+    @field_validator("db_path")
+    @classmethod
+    def _a_file_path(cls, v: Path | None) -> Path | None:
+        """A path of the wrong kind is a usage error (exit 2, docs/operations.md), found
+        before anything starts: it failed opening the store, exit 1 ("cannot open session
+        store: Is a directory")."""
+        if v is not None:
+            problem = store_path_problem(v)
+            if problem is not None:
+                raise ValueError(problem)
+        return v
+
+
+def store_path_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a session store file — a directory, a device, pipe or socket, or
+    a path through a file — or None (it is a file, or can be made)."""
+    try:
+        if path.is_dir():
+            return "a directory, not a session store file (name a file in it, e.g. settle.db)"
+        if path.exists() and not path.is_file():
+            return "not a regular file (a device, pipe or socket), not a session store file"
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    return f"{parent} is a file, not a directory"
+                break
+    except OSError:  # unreadable: opening the store says why
+        return None
+    return None
+
 
 class HttpConfig(_Section):
     enabled: bool = True

@@ -138,3 +138,46 @@ def test_ctrl_c_while_the_command_line_loads_is_no_traceback(where: str) -> None
     )  # fmt: skip
     assert res.returncode == 130, res.stderr
     assert res.stderr == "" and res.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["demo", "--no-mqtt", "--no-http", "--duration", "1"],
+        ["sessions", "list"],
+        ["export", "latest", "--out", "x.csv"],
+    ],
+)
+def test_a_session_store_path_of_the_wrong_kind_is_a_usage_error(
+    args: list[str], tmp_path: Path
+) -> None:
+    """`settle demo --db /tmp` (a directory) failed opening the store, exit 1 ("cannot open
+    session store: Is a directory"), though docs/operations.md lists a path of the wrong kind
+    — the session store's included — as exit 2; so did a device (`/dev/null`) or a path
+    through a file. Now each is one line naming --db (or the setting), exit 2, nothing made."""
+    env = {**__import__("os").environ, "SETTLE_CONFIG": str(Path(__file__).parents[1] / "configs"
+                                                          / "settle.toml")}  # fmt: skip
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (str(tmp_path),
+         "a directory, not a session store file (name a file in it, e.g. settle.db)"),
+        ("/dev/null", "not a regular file (a device, pipe or socket), not a session store file"),
+        (str(tmp_path / "file" / "s.db"), f"{tmp_path / 'file'} is a file, not a directory"),
+    ]  # fmt: skip
+    for db, words in cases:
+        res = subprocess.run(
+            [sys.executable, "-m", "settle.cli", *args, "--db", db],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.splitlines() == [f"settle: error: --db: {words} (got {db!r})"]
+    res = subprocess.run(
+        [sys.executable, "-m", "settle.cli", *args],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**env, "SETTLE_STORAGE__DB_PATH": str(tmp_path)},
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    (line,) = res.stderr.splitlines()
+    assert line.startswith(f"settle: error: config: storage.db_path: {cases[0][1]}")
+    assert line.endswith("(from SETTLE_STORAGE__DB_PATH)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
