@@ -9,9 +9,11 @@ Three layouts are read (``fmt="auto"`` picks by extension, then by the first lin
     and lines starting with ``#`` are skipped; a line that only looks blank because it holds
     a form feed, U+2028 or another control character is refused, in every format.
 ``csv``
-    A header row, then one entry per row. Columns: exactly one time column — ``t_s``
-    (seconds since session start), ``time`` (``HH:MM[:SS]`` local clock time, or an ISO 8601
-    date-time), or ``ts_ms`` (epoch milliseconds) — plus ``text`` and optionally ``kind``.
+    A header row (blank lines before it are skipped), then one entry per row. Columns:
+    exactly one time column — ``t_s`` (seconds since session start), ``time`` (``HH:MM[:SS]``
+    local clock time, or an ISO 8601 date-time), or ``ts_ms`` (epoch milliseconds) — plus
+    ``text`` and optionally ``kind``. Separated by ``;`` or tabs (a spreadsheet in a
+    comma-decimal locale), ``t_s`` and ``ts_ms`` may have a decimal comma: ``12,5``.
 ``jsonl``
     One JSON object per line with the same keys as the CSV columns.
 
@@ -146,7 +148,23 @@ def _kind_and_text(path: Path, line: int, kind: str | None, text: str) -> tuple[
     return kind, text
 
 
-def _entry_from_fields(path: Path, line: int, fields: Mapping[str, object]) -> JournalEntry:
+_DECIMAL_COMMA = re.compile(r"\s*[+-]?\d+,\d+\s*")
+"""A number written with a decimal comma (``12,5``), as a spreadsheet in a comma-decimal
+locale saves it in a ``;`` or tab separated file."""
+
+
+def _entry_from_fields(
+    path: Path, line: int, fields: Mapping[str, object], *, decimal_comma: bool = False
+) -> JournalEntry:
+    """``decimal_comma``: a ``;`` or tab separated CSV, where ``t_s`` and ``ts_ms`` may be
+    written ``12,5`` (it was "t_s is not a number: '12,5'")."""
+    if decimal_comma:
+        fields = {
+            k: v.replace(",", ".")
+            if k in ("t_s", "ts_ms") and isinstance(v, str) and _DECIMAL_COMMA.fullmatch(v)
+            else v
+            for k, v in fields.items()
+        }
     present = [c for c in _TIME_COLUMNS if fields.get(c) not in (None, "")]
     if len(present) != 1:
         raise _fail(path, line, "needs exactly one of the fields t_s, time, ts_ms")
@@ -290,7 +308,12 @@ def _parse_csv(path: Path, text: str) -> list[JournalEntry]:
         delimiter = "\t"
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
-        header = next(reader, None)
+        # The header is the first line that is not blank, as the delimiter was read from it
+        # (a leading blank line was taken as the header: "… got ''").
+        header = next(
+            (cells for cells in reader if not _blank(path, reader.line_num, "".join(cells))),
+            None,
+        )
         if header is None:
             raise _fail(path, None, "file is empty")
         cols = [c.strip().lower() for c in header]
@@ -298,7 +321,7 @@ def _parse_csv(path: Path, text: str) -> list[JournalEntry]:
         if unknown or not set(cols) & set(_TIME_COLUMNS) or len(set(cols)) != len(cols):
             raise _fail(
                 path,
-                1,
+                reader.line_num,
                 "expected a header with one of t_s, time, ts_ms and text (optional kind), "
                 f"got {shown(','.join(header), 80)}",
             )
@@ -309,7 +332,8 @@ def _parse_csv(path: Path, text: str) -> list[JournalEntry]:
                 continue
             if len(cells) != len(cols):
                 raise _fail(path, n, f"expected {len(cols)} columns, got {len(cells)}")
-            out.append(_entry_from_fields(path, n, dict(zip(cols, cells, strict=True))))
+            fields = dict(zip(cols, cells, strict=True))
+            out.append(_entry_from_fields(path, n, fields, decimal_comma=delimiter != ","))
     except csv.Error as exc:
         raise _fail(path, reader.line_num, f"malformed CSV: {exc}") from None
     return out

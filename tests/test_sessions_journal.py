@@ -432,6 +432,27 @@ def test_tab_and_semicolon_separated_journals(
     ]  # fmt: skip
 
 
+def test_a_decimal_comma_and_a_leading_blank_line_in_a_csv_journal(
+    store: SessionStore, sid: str, tmp_path: Path
+) -> None:
+    """`;` is named for comma-decimal spreadsheets, yet `t_s` written `12,5` there was "t_s
+    is not a number: '12,5'"; and a blank line above the header was taken for the header
+    ("expected a header … got ''")."""
+    semi = _write(tmp_path, "j.csv", "t_s;kind;text\n12,5;shame;first\n30;note;second\n")
+    tabs = _write(tmp_path, "j.tsv", "\n \nt_s\ttext\n-0,25\tbefore\n")  # refused: < 0
+    blank = _write(tmp_path, "k.csv", "\n\nt_s,kind,text\n40.5,doubt,third\n")
+    rows = import_journal(store, sid, semi) + import_journal(store, sid, blank)
+    assert [(m.t_s, m.kind, m.text) for m in rows] == [
+        (12.5, "shame", "first"), (30.0, "note", "second"), (40.5, "doubt", "third"),
+    ]  # fmt: skip
+    with pytest.raises(InputFileError, match=r"j\.tsv:4: .*before the session start"):
+        import_journal(store, sid, tabs)
+    # With commas between the columns a decimal comma is a column more, as before.
+    comma = _write(tmp_path, "c.csv", "t_s,text\n12,5,x\n")
+    with pytest.raises(InputFileError, match=r"c\.csv:2: expected 2 columns, got 3"):
+        import_journal(store, sid, comma)
+
+
 @pytest.mark.parametrize(
     ("name", "text", "words"),
     [
