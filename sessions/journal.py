@@ -59,7 +59,7 @@ from typing import Literal
 from sensors.readers import MAX_TIME_S
 from sessions.store import MARKER_KINDS, MarkerRow, MarkerSource, SessionInfo, SessionStore
 from settle.errors import InputFileError, shown
-from settle.text import control_character
+from settle.text import control_character, marker_kind_name
 
 __all__ = ["JournalEntry", "JournalFormat", "import_journal", "parse_journal"]
 
@@ -112,9 +112,8 @@ def _parse_clock(value: str) -> float | None:
     return h * 3600 + mi * 60 + se + (int(frac) / 10 ** len(frac) if frac else 0.0)
 
 
-def _kind_name(word: str) -> str:
-    """A kind as written by hand: ``Shame``, ``HOLD START``, ``hold_start`` → its name."""
-    return re.sub(r"[\s_-]+", "-", word.strip().lower())
+_kind_name = marker_kind_name
+"""A kind as written by hand: ``Shame``, ``HOLD START``, ``hold_start`` → its name."""
 
 
 def _no_control_character(path: Path, line: int, text: str) -> None:

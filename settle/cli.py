@@ -749,7 +749,7 @@ def mark(
         str,
         typer.Option(
             help="hold-start, hold-lapse, hold-resume, shame, threat, discomfort, attention, "
-            "doubt or note."
+            "doubt or note (any case; a space or _ for the hyphen)."
         ),
     ] = "note",
     device: DeviceOpt = None,
@@ -760,12 +760,15 @@ def mark(
 ) -> None:
     """Add a marker to the running session (through MQTT)."""
     from feedback.payloads import MARKER_KINDS
+    from settle.text import marker_kind_name
 
     _check_wait(timeout)
     settings = settings_from(config, mqtt=mqtt)
-    if kind not in MARKER_KINDS:
+    # In any case, as --target and a journal's "Shame:" are (`--kind Shame` was refused).
+    name = marker_kind_name(kind)
+    if name not in MARKER_KINDS:
         fail(f"--kind: unknown marker kind {shown(kind)} (one of: {', '.join(MARKER_KINDS)})", 2)
-    _send(settings, "marker", {"kind": kind, "text": text}, device, timeout, every)
+    _send(settings, "marker", {"kind": name, "text": text}, device, timeout, every)
 
 
 session_app = typer.Typer(help="Start and stop sessions of a running daemon.", no_args_is_help=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["NOTES_APPEND_MAX_CHARS", "NOTES_MAX_CHARS", "control_character"]
+__all__ = ["NOTES_APPEND_MAX_CHARS", "NOTES_MAX_CHARS", "control_character", "marker_kind_name"]
 
 NOTES_APPEND_MAX_CHARS = 10_000
 """Characters one append to a session's notes may add (``settle log set --notes``; the store
@@ -30,3 +30,11 @@ def control_character(text: str, *, lines: bool) -> str | None:
     allowed), or None."""
     bad = _CONTROL.search(text) or (None if lines else re.search("[\t\n\r]", text))
     return None if bad is None else bad.group()
+
+
+def marker_kind_name(word: str) -> str:
+    """A marker kind as a person writes it — any case, a space or ``_`` for the hyphen, spaces
+    around it (``Shame``, ``HOLD START``, ``hold_start``) — as its canonical name
+    (``shame``, ``hold-start``): one reading for ``settle mark --kind`` and a journal's
+    ``Shame:`` (``--kind Shame`` was refused while the journal took it)."""
+    return re.sub(r"[\s_-]+", "-", word.strip().lower())

@@ -805,6 +805,32 @@ async def test_an_unknown_device_names_only_the_straps_the_daemon_online_serves(
     ]
 
 
+@pytest.mark.mosquitto
+async def test_mark_takes_a_kind_in_any_case_as_the_journal_does(
+    daemon_on_broker: RunningDaemon,
+) -> None:
+    """`settle mark --kind Shame` was refused ("unknown marker kind 'Shame'", exit 2) while
+    `--target Self` and a journal's `Shame:` or `Hold start:` were taken in any case."""
+    d = daemon_on_broker
+    where = f"{d.host}:{d.port}"
+    for kind, name in [
+        ("Shame", "shame"),
+        ("HOLD START", "hold-start"),
+        ("hold_lapse", "hold-lapse"),
+    ]:
+        code, out, err = await _settle(
+            "mark", "x", "--kind", kind, "--device", DEV, "--mqtt", where
+        )
+        assert (code, out.strip()) == (0, f"{name}: ok ({DEV})"), err
+    assert [m.kind for m in d.store.markers(d.session_id)] == ["shame", "hold-start", "hold-lapse"]
+    code, _, err = await _settle("mark", "x", "--kind", "Anger", "--device", DEV, "--mqtt", where)
+    assert code == 2
+    assert err.splitlines() == [
+        "settle: error: --kind: unknown marker kind 'Anger' (one of: hold-start, hold-lapse, "
+        "hold-resume, shame, threat, discomfort, attention, doubt, note)"
+    ]
+
+
 # -- 5: UTF-8 -------------------------------------------------------------------------------------
 
 
