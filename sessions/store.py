@@ -1267,23 +1267,41 @@ class SessionStore:
         meta: Mapping[str, object],
         *,
         intention: Intention | None = None,
+        session_id: str | None = None,
     ) -> SessionInfo:
         """Start a new ``running`` session and return it.
 
         ``started_ms`` is the epoch millisecond the session starts (its ``t_s = 0``).
         ``meta`` must be JSON-serialisable (it is stored as a JSON object); ``intention``
         may also be set later with :meth:`set_intention`.
+
+        ``session_id``: the id to give it (:func:`make_session_id`), drawn by the caller
+        (the daemon records into a session before the store has taken its row); default
+        drawn here. One already stored for the same device and start is this session,
+        stored by an earlier try (returned as it is: a retried batch is harmless); one of
+        another session is a ValueError.
         """
         meta_json = json.dumps(dict(meta), sort_keys=True, ensure_ascii=False, allow_nan=False)
         with self._transaction(write=True) as conn:
-            # Two sessions started in the same second collide with odds 1/65536; draw again.
-            for _attempt in range(8):
-                sid = make_session_id(started_ms)
-                exists = conn.execute("SELECT 1 FROM sessions WHERE id = ?", (sid,)).fetchone()
-                if exists is None:
-                    break
+            if session_id is not None:
+                sid = session_id
+                row = conn.execute(
+                    "SELECT device_id, started_ms FROM sessions WHERE id = ?", (sid,)
+                ).fetchone()
+                if row is not None:
+                    if tuple(row) != (device_id, started_ms):
+                        raise ValueError(f"session id {sid} is taken by another session")
+                    return _require_session(conn, sid)
             else:
-                raise StoreError(f"{self._path}: could not draw a free session id")
+                # Two sessions started in the same second collide with odds 1/65536; draw
+                # again.
+                for _attempt in range(8):
+                    sid = make_session_id(started_ms)
+                    exists = conn.execute("SELECT 1 FROM sessions WHERE id = ?", (sid,)).fetchone()
+                    if exists is None:
+                        break
+                else:
+                    raise StoreError(f"{self._path}: could not draw a free session id")
             conn.execute(
                 "INSERT INTO sessions (id, device_id, started_ms, stopped_ms, state, source,"
                 " meta_json, intention_target, intention_statement, practice_kind)"

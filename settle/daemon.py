@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import re
@@ -53,13 +52,21 @@ from sessions.store import (
     SessionState,
     SessionStore,
     SessionSummary,
+    make_session_id,
 )
 from sessions.store import Intention as StoredIntention
 from settle.backoff import backoff_delay_s
 from settle.config import Settings
 from settle.ecg import EcgRecorder
-from settle.errors import SensorError, SessionNotFound, SettleError, shown
-from settle.pipeline import BeatWriter, DeviceOutput, StrapPipeline, rescue_name
+from settle.errors import SensorError, SettleError, shown
+from settle.pipeline import (
+    BeatWriter,
+    DeviceOutput,
+    NewSession,
+    SessionEnd,
+    StrapPipeline,
+    rescue_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +198,10 @@ class Daemon:
     """Sessions in the store when this run started, by id (after crash recovery)."""
     _earlier_devices: set[str] = field(default_factory=set)
     """Devices of those sessions: the ones whose stale retained state this run corrects."""
+    _session_ids: set[str] = field(default_factory=set)
+    """Ids of the sessions this run started (a new one never takes one of them)."""
+    _flushes: set[asyncio.Task[None]] = field(default_factory=set)
+    """Flushes a command started and did not wait for to the end (:meth:`_store_soon`)."""
 
     def __post_init__(self) -> None:
         self.writer = BeatWriter(self.store, self.settings.storage.flush_every_s)
@@ -668,9 +679,16 @@ class Daemon:
             return await self._start_session(rt, intention)
 
     async def _start_session(self, rt: StrapRuntime, intention: Intention | None) -> StrapPipeline:
+        """Close the strap's running session, if any, and start a new one. Neither waits for
+        the store: the old session's end and the new session's row go through the writer
+        like beats, so a store that fails now (disk full, another program's write lock)
+        takes them once it is back, and every beat goes into the new session from its
+        first. (The old session was closed before the new one existed: with the store
+        failing, its end was never stored — `running` for good — and the new session's row
+        failed, every beat after it discarded.)"""
         assert rt.info is not None and rt.output is not None
         if rt.session is not None:
-            await self._finish_session(rt)
+            await self._finish_sessions([rt], store=False)
         info = rt.info
         # One instant on both clocks: t_s = 0 is started_ms, and a later step of the wall
         # clock is measured against this pair.
@@ -693,32 +711,18 @@ class Daemon:
         }
         if intention is not None:
             meta["intention"] = intention.model_dump()
-        create = asyncio.ensure_future(
-            asyncio.to_thread(
-                functools.partial(
-                    self.store.create_session,
-                    info.device_id,
-                    started_ms,
-                    f"{self.source}:{info.address}",
-                    meta,
-                    intention=_store_intention(intention),
-                )
-            )
-        )
-        cancelled = False
-        while True:
-            try:
-                session = await asyncio.shield(create)
-                break
-            except asyncio.CancelledError:
-                if create.cancelled():
-                    raise
-                # A stop arrived while the store thread creates the session: it is created
-                # all the same, so take it and let the shutdown stop it, not leave it running.
-                cancelled = True
+        session_id = make_session_id(started_ms)
+        while session_id in self._session_ids or session_id in self._earlier:
+            session_id = make_session_id(started_ms)
+        self._session_ids.add(session_id)
+        self.writer.create_session(
+            session_id,
+            NewSession(info.device_id, started_ms, f"{self.source}:{info.address}", meta,
+                       _store_intention(intention)),
+        )  # fmt: skip
         pipeline = StrapPipeline(
             output=rt.output,
-            session_id=session.id,
+            session_id=session_id,
             started_ms=started_ms,
             settings=self.settings,
             writer=self.writer,
@@ -733,31 +737,61 @@ class Daemon:
             pipeline.connected()
         pipeline.publish_session("running")
         pipeline.event("session-start", intention.statement if intention else "")
-        log.info("session %s started for %s", session.id, info.device_id)
+        log.info("session %s started for %s", session_id, info.device_id)
         if self.on_session is not None:
             self.on_session(pipeline, info)
-        if cancelled:
-            raise asyncio.CancelledError
+        # Stored now, as a rule (and the old session's end with it); a cancellation here
+        # (a stop) leaves the session to the shutdown, which closes it.
+        await self._store_soon()
         return pipeline
+
+    async def _store_soon(self) -> None:
+        """Commit what the writer holds (a session's start or end, a marker) before a
+        command is answered — waiting :data:`COMMAND_STORE_WAIT_S` at most, and not at all
+        while the store is failing: another program's write lock made every write wait
+        10 s, past the CLI's 5 s wait for the answer. What is not committed then stays
+        with the writer, which stores it at a later flush."""
+        if self.writer.failing:
+            return
+        flush = asyncio.ensure_future(self.writer.flush())
+        self._flushes.add(flush)
+        flush.add_done_callback(self._flush_done)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(flush), COMMAND_STORE_WAIT_S)
+
+    def _flush_done(self, flush: asyncio.Task[None]) -> None:
+        self._flushes.discard(flush)
+        if not flush.cancelled() and flush.exception() is not None:
+            log.error("storing failed", exc_info=flush.exception())
 
     async def _finish_session(self, rt: StrapRuntime) -> None:
         await self._finish_sessions([rt])
 
     async def _finish_sessions(
-        self, rts: list[StrapRuntime], stopped_at: float | None = None, *, final: bool = False
+        self,
+        rts: list[StrapRuntime],
+        stopped_at: float | None = None,
+        *,
+        final: bool = False,
+        store: bool = True,
     ) -> None:
-        """Close the running sessions of ``rts`` together: one flush of the buffered rows and
-        one store transaction for all of them, then their ``stopped`` messages.
+        """Close the running sessions of ``rts`` together: their ends go to the writer
+        (stored with one flush of the buffered rows, one store transaction for all of them),
+        then their ``stopped`` messages.
 
         ``stopped_at``: when, on :func:`~sensors.clock.elapsed_s` (default now). Each session
         ends that long after its start, on the wall clock as the session keeps it: a step
         of the host's clock during the session moved its start (and cannot make it end
         before it began, nor last for the days the clock jumped).
 
-        ``final`` (the daemon is ending): beats the store still refuses after
-        :data:`STORE_RETRY_AT_STOP_S` are written to a rescue file, and their session is
-        closed ``interrupted``, not ``stopped`` — never a clean end with beats missing."""
-        pipelines: list[StrapPipeline] = []
+        While the daemon goes on, a store that fails keeps the ends with the rows (retried
+        at every flush, like beats). ``store`` False: not even one flush is waited for here
+        (a session start flushes once for both). ``final`` (the daemon is ending): beats the
+        store still refuses after :data:`STORE_RETRY_AT_STOP_S` are written to a rescue
+        file, and their session is closed ``interrupted``, not ``stopped`` — never a clean
+        end with beats missing."""
+        at = host_clock.elapsed_s() if stopped_at is None else stopped_at
+        ends: list[tuple[StrapPipeline, int]] = []
         for rt in rts:
             pipeline, rt.session = rt.session, None
             if pipeline is not None:
@@ -766,29 +800,48 @@ class Daemon:
                 )  # a step since its last beat
                 pipeline.finish()
                 self._publish_last_classes(rt, pipeline)
-                pipelines.append(pipeline)
-        if not pipelines:
+                elapsed_ms = max(0, round((at - pipeline.started_mono_s) * 1000))
+                end_ms = pipeline.started_ms + elapsed_ms
+                end = SessionEnd(pipeline.started_ms, end_ms, SessionState.STOPPED)
+                self.writer.close_session(pipeline.session_id, end)
+                ends.append((pipeline, end_ms))
+        if not ends:
             return
+        if final:
+            await self._store_at_stop([p for p, _ in ends])
+        elif store:
+            await self._store_soon()
+        for pipeline, end_ms in ends:
+            n = self.writer.unsaved_beats(pipeline.session_id)
+            if not final and self.writer.failing and pipeline.session_id in self.writer.closes:
+                log.warning(
+                    "session %s ended with %d beats not yet stored (the store is failing); "
+                    "they and its end stay in memory until it takes them",
+                    pipeline.session_id, n,
+                )  # fmt: skip
+            self.finished.append(pipeline)
+            pipeline.event("session-stop")
+            pipeline.publish_session("stopped", end_ms)
+            pipeline.release()
+            log.info("session %s stopped (%d beats)", pipeline.session_id, pipeline.seq)
+
+    async def _store_at_stop(self, pipelines: list[StrapPipeline]) -> None:
+        """The daemon is ending: store everything, the sessions' ends included, retrying a
+        failing store for :data:`STORE_RETRY_AT_STOP_S`; then write the beats it still
+        refuses to rescue files and close their sessions ``interrupted``."""
         await self.writer.flush()
-        if final and self.store.replaced() is not None:
+        if self.store.replaced() is not None:
             await self._recover_store()
-        elif final and self.writer.failing:
+        elif self.writer.failing:
             deadline = time.monotonic() + STORE_RETRY_AT_STOP_S
             while self.writer.failing and time.monotonic() < deadline:
                 await asyncio.sleep(0.5)
                 await self.writer.flush()
-        incomplete: set[str] = set()
+        rescued = False
         for pipeline in pipelines:
             n = self.writer.unsaved_beats(pipeline.session_id)
             if not n:
                 continue
-            if not final:  # the daemon goes on: they are stored when the store is back
-                log.warning(
-                    "session %s ended with %d beats not yet stored (the store is failing); "
-                    "they stay in memory until it takes them", pipeline.session_id, n,
-                )  # fmt: skip
-                continue
-            incomplete.add(pipeline.session_id)
             where = [self.store.path.parent, Path(tempfile.gettempdir()), Path.home()]
             reason = self.writer.last_error or "the session store failed"
             saved = await asyncio.to_thread(self.writer.rescue, pipeline.session_id, reason, where)
@@ -804,21 +857,20 @@ class Daemon:
                     "file in %s: they are lost", pipeline.session_id, n, reason,
                     ", ".join(str(d) for d in where),
                 )  # fmt: skip
-        ends: list[tuple[StrapPipeline, int]] = []
-        at = host_clock.elapsed_s() if stopped_at is None else stopped_at
-        for pipeline in pipelines:
-            elapsed_ms = max(0, round((at - pipeline.started_mono_s) * 1000))
-            ends.append((pipeline, pipeline.started_ms + elapsed_ms))
-        try:
-            await asyncio.to_thread(self._store_finished, ends, incomplete)
-        except SettleError as exc:
-            log.error("could not close %d session(s): %s", len(ends), exc)
-        for pipeline, end_ms in ends:
-            self.finished.append(pipeline)
-            pipeline.event("session-stop")
-            pipeline.publish_session("stopped", end_ms)
-            pipeline.release()
-            log.info("session %s stopped (%d beats)", pipeline.session_id, pipeline.seq)
+            ends = self.writer.closes.get(pipeline.session_id)
+            if ends:
+                end = replace(ends[-1], state=SessionState.INTERRUPTED)
+                self.writer.close_session(pipeline.session_id, end)
+                rescued = True
+        if rescued:
+            await self.writer.flush()
+        unclosed = [p.session_id for p in pipelines if p.session_id in self.writer.closes]
+        if unclosed:
+            log.error(
+                "could not store the end of session(s) %s (%s): the store shows them running "
+                "until the next start marks them interrupted",
+                ", ".join(unclosed), self.writer.last_error or "the session store failed",
+            )  # fmt: skip
 
     async def _recover_store(self) -> None:
         """The store file was deleted, moved or replaced under the open connection, which
@@ -851,24 +903,6 @@ class Daemon:
             "too) is recovered into %s%s", gone, target,
             "" if self._stopping else ", and recording goes on there",
         )  # fmt: skip
-
-    def _store_finished(
-        self, ends: list[tuple[StrapPipeline, int]], incomplete: set[str] | None = None
-    ) -> None:
-        with self.store.batch():
-            for pipeline, end_ms in ends:
-                state = (
-                    SessionState.INTERRUPTED
-                    if incomplete and pipeline.session_id in incomplete
-                    else SessionState.STOPPED
-                )
-                try:
-                    # The start as the session keeps it (a clock step moved it; the buffered
-                    # move may not be stored yet if the store failed meanwhile).
-                    self.store.set_started_ms(pipeline.session_id, pipeline.started_ms)
-                    self.store.finish_session(pipeline.session_id, end_ms, state)
-                except (SessionNotFound, ValueError) as exc:  # deleted meanwhile: the others
-                    log.error("could not close session %s: %s", pipeline.session_id, exc)
 
     # -- commands -------------------------------------------------------------------------
 
@@ -921,6 +955,12 @@ class Daemon:
             await self._apply(rt, name, cmd, source)
         except CommandError as exc:
             return reply(str(exc))
+        except SettleError as exc:
+            # A store failure no command should meet (the writer keeps what they change):
+            # said as what it is, not "the daemon failed to carry out the command" and a
+            # traceback.
+            log.error("%s for %s: %s", name, device_id, exc)
+            return reply(f"{exc} (measuring goes on)")
         reply(None)
 
     async def _apply(self, rt: StrapRuntime, name: str, cmd: object, source: str) -> None:
@@ -986,6 +1026,10 @@ FIRST_CONNECT_ATTEMPTS = 5
 """Attempts the only strap gets to make its first connection once it was found (each a scan
 and a connect, with backoff between): a link lost while it is set up is retried; a strap
 that keeps refusing (a phone holding its connection) ends ``settle run`` with the reason."""
+
+COMMAND_STORE_WAIT_S = 1.0
+"""How long a command waits for the store to commit what it changed before it is answered
+(what is not committed by then is stored at a later flush)."""
 
 STORE_RETRY_AT_STOP_S = 5.0
 """How long a stopping daemon keeps retrying a failing store before it writes the beats it

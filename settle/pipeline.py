@@ -49,8 +49,10 @@ from sessions.store import (
     IndicesRow,
     MarkerRow,
     MarkerSource,
+    SessionState,
     SessionStore,
 )
+from sessions.store import Intention as StoredIntention
 from settle.config import Settings
 from settle.errors import SessionNotFound, StoreError
 
@@ -170,15 +172,39 @@ class _Spill:
     rows: int
 
 
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    """A session's row, to be created by the writer (:meth:`BeatWriter.create_session`)."""
+
+    device_id: str
+    started_ms: int
+    source: str
+    meta: dict[str, object]
+    intention: StoredIntention | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnd:
+    """A session's end, to be stored by the writer (:meth:`BeatWriter.close_session`)."""
+
+    started_ms: int
+    """Its start as the session keeps it (a step of the wall clock moved it)."""
+    stopped_ms: int
+    state: SessionState
+
+
 @dataclass
 class BeatWriter:
     """Buffers rows and commits them at least every ``flush_every_s`` (from :meth:`run`).
 
-    A failing store (disk full, read-only) is reported once per outage and the rows stay in
-    memory to be retried: measuring goes on and nothing is dropped. While it fails, the beats
-    not yet stored are also appended, at every flush, to the session's rescue file
-    (:meth:`rescue`), so a crash during the outage loses at most one flush interval; once
-    the store takes them the file is removed (everything in it is stored then).
+    A failing store (disk full, read-only, another program holding its write lock) is
+    reported once per outage and the rows stay in memory to be retried: measuring goes on
+    and nothing is dropped — a session's own row and its end included, so a session
+    started or stopped during the outage is stored whole once the store is back. While it
+    fails, the beats not yet stored are also appended, at every flush, to the session's
+    rescue file (:meth:`rescue`), so a crash during the outage loses at most one flush
+    interval; once the store takes them the file is removed (everything in it is stored
+    then).
 
     A session deleted from the store while it records (``settle sessions delete``) costs
     only that session: the others are committed as usual, its beats go to its rescue file.
@@ -195,6 +221,11 @@ class BeatWriter:
     ecg_annotations: dict[str, list[BeatAnnotation]] = field(default_factory=dict)
     starts: dict[str, list[int]] = field(default_factory=dict)
     """Corrected session starts (epoch ms) after a step of the wall clock; the last counts."""
+    creates: dict[str, list[NewSession]] = field(default_factory=dict)
+    """Sessions whose row the store has not taken yet (written before their other rows)."""
+    closes: dict[str, list[SessionEnd]] = field(default_factory=dict)
+    """Sessions whose end the store has not taken yet (written after their other rows);
+    the last counts."""
     failing: bool = False
     last_error: str | None = None
     """Why the store failed last (None once a flush succeeds) — or, while the store works,
@@ -238,9 +269,22 @@ class BeatWriter:
         """The session's start on the wall clock is ``started_ms`` (the clock was stepped)."""
         self.starts.setdefault(session_id, []).append(started_ms)
 
+    def create_session(self, session_id: str, new: NewSession) -> None:
+        """Create the session ``session_id`` (its row in the store) at the next flush, before
+        any of its rows: the daemon records into it from now on, whether or not the store
+        takes it now."""
+        self.creates.setdefault(session_id, []).append(new)
+
+    def close_session(self, session_id: str, end: SessionEnd) -> None:
+        """Store the session's end at the next flush, after the rows buffered before it (a
+        later call replaces it: the daemon closing it ``interrupted`` after all)."""
+        self.closes[session_id] = [end]
+
     def _buffers(self) -> list[_Batch]:
-        # Beats first: annotations refer to stored beats.
+        # The session's row first, its end last; beats before annotations, which refer to
+        # stored beats.
         return [
+            (self.creates, self._store_create),
             (self.beats, self.store.add_beats),
             (self.annotations, self.store.annotate_beats),
             (self.indices, self.store.add_indices),
@@ -249,6 +293,7 @@ class BeatWriter:
             (self.ecg_beats, self.store.add_ecg_beats),
             (self.ecg_annotations, self.store.annotate_ecg_beats),
             (self.starts, self._store_starts),
+            (self.closes, self._store_close),
         ]
 
     def rescue_where(self) -> list[Path]:
@@ -299,8 +344,9 @@ class BeatWriter:
 
     async def _commit(self, taken: list[tuple[dict[str, list[Any]], Any, dict[str, Any]]]) -> None:
         try:
+            beats = next(data for data, _fn, buf in taken if buf is self.beats)
             lost, removed = await asyncio.to_thread(
-                self._write, [(data, fn) for data, fn, _buf in taken]
+                self._write, [(data, fn) for data, fn, _buf in taken], list(beats)
             )
         except StoreError as exc:
             for data, _fn, buf in taken:
@@ -316,7 +362,6 @@ class BeatWriter:
             self.failing = True
             self.last_error = str(exc)
             return
-        beats = taken[0][0]
         for sid, reason in lost.items():
             n_stored = self.stored_by_session.get(sid, 0)
             self.vanished[sid] = reason
@@ -346,10 +391,13 @@ class BeatWriter:
         self.failing = False
         self.last_error = VANISHED if self.vanished else None
 
-    def _write(self, batches: list[_Batch]) -> tuple[dict[str, str], list[Path]]:
+    def _write(
+        self, batches: list[_Batch], beat_sessions: list[str]
+    ) -> tuple[dict[str, str], list[Path]]:
         """One transaction for every batch. Returns the sessions that no longer exist (their
         rows left out, the others committed) and the rescue files removed because every
-        beat in them is now committed."""
+        beat in them (of ``beat_sessions``: those with beats in the batch) is now
+        committed."""
         # SQLite goes on writing into a store file deleted or replaced under it, and all of
         # it is gone when the daemon ends: keep the rows in memory instead (the daemon
         # writes them to a rescue file at stop if the store does not come back).
@@ -369,7 +417,7 @@ class BeatWriter:
         # Committed. A rescue file holds only beats that were kept in memory, every one of
         # them in this batch: all are stored now.
         removed: list[Path] = []
-        for sid in batches[0][0] if batches else ():
+        for sid in beat_sessions:
             spill = self._spills.get(sid)
             if spill is not None and sid not in lost:
                 del self._spills[sid]
@@ -453,6 +501,25 @@ class BeatWriter:
 
     def _store_starts(self, session_id: str, starts: list[int]) -> None:
         self.store.set_started_ms(session_id, starts[-1])
+
+    def _store_create(self, session_id: str, new: list[NewSession]) -> None:
+        n = new[-1]
+        try:
+            self.store.create_session(n.device_id, n.started_ms, n.source, n.meta,
+                                      intention=n.intention, session_id=session_id)  # fmt: skip
+        except ValueError as exc:  # its id taken by another session: never stored, as deleted
+            log.error("session %s cannot be stored: %s", session_id, exc)
+            raise SessionNotFound(session_id) from exc
+
+    def _store_close(self, session_id: str, ends: list[SessionEnd]) -> None:
+        end = ends[-1]
+        # The start as the session keeps it (a clock step moved it; the buffered move may
+        # not be stored yet if the store failed meanwhile).
+        self.store.set_started_ms(session_id, end.started_ms)
+        try:
+            self.store.finish_session(session_id, end.stopped_ms, end.state)
+        except ValueError as exc:  # an end before its start: the other sessions go on
+            log.error("could not close session %s: %s", session_id, exc)
 
     def _store_ecg(self, session_id: str, frames: Sequence[tuple[list[int], list[int]]]) -> None:
         for t_ns, uv in frames:

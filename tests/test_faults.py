@@ -29,7 +29,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -820,6 +820,103 @@ async def test_after_a_crash_during_an_outage_the_next_start_names_the_rescue_fi
         f"session {sid} was left running by an earlier crash; marked interrupted; beats the "
         f"store did not take are in {rescue} (settle analyze and settle run --replay read it)"
     ]
+
+
+# -- 4b. another program holds the store's write lock -------------------------------------------
+
+
+@contextlib.contextmanager
+def write_locked(db: Path) -> Iterator[sqlite3.Connection]:
+    """Another program (a database browser with unsaved changes) holds the store's write
+    lock: every write of the daemon waits for it and fails ("database is locked")."""
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        yield holder
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+
+
+class Replies:
+    """What the daemon answers and publishes (its tap), and a way to send it commands."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.results: dict[str, dict[str, object]] = {}
+        self.events: list[dict[str, object]] = []
+        daemon.tap = self._tap  # before run(): the strap's output takes it at its connect
+
+    def _tap(self, topic: str, payload: bytes | str, _retain: bool) -> None:
+        if topic.endswith("/result"):
+            res = json.loads(payload)
+            self.results[str(res["id"])] = res
+        elif topic.endswith("/event"):
+            self.events.append(json.loads(payload))
+
+    async def send(self, name: str, cmd_id: str, **extra: object) -> dict[str, object]:
+        rt = self.daemon.runtimes[0]
+        body = json.dumps({"v": 1, "id": cmd_id, **extra}).encode()
+        await self.daemon.on_command(rt.device_id or "", name, body, False)
+        return self.results[cmd_id]
+
+
+def seq_of(rt: object) -> int:
+    session = getattr(rt, "session", None)
+    return session.seq if session is not None else 0
+
+
+async def test_session_start_and_stop_while_the_store_is_locked_lose_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`settle session start` while another program held the store's write lock: the old
+    session was closed before the new one existed, its close failed (only logged) and was
+    never retried, so it stayed `running` for good; the new session's row failed too (on a
+    full disk: "the daemon failed to carry out the command", a traceback, and every beat
+    from then on discarded). Now the old session's end and the new session's row go
+    through the writer like beats: kept in memory, written once the lock is gone, every
+    beat of both sessions stored, both closed `stopped`."""
+    import sessions.store as store_mod
+
+    monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_S", 0.2)  # each failing write: 0.2 s, not 10
+    db = tmp_path / "s.db"
+    caplog.set_level(logging.INFO)
+    async with model_daemon(db, seed=11) as (daemon, task, _strap):
+        replies = Replies(daemon)
+        store, rt = daemon.store, daemon.runtimes[0]
+        await until(lambda: seq_of(rt) > 20)
+        assert rt.session is not None
+        first = rt.session.session_id
+        with write_locked(db):
+            await until(lambda: daemon.writer.failing)
+            started = await replies.send("session/start", "start")
+            assert started["status"] == "ok", started
+            assert rt.session is not None and rt.session.session_id != first
+            second = rt.session.session_id
+            seq = seq_of(rt)
+            await until(lambda: seq_of(rt) > seq + 20)  # measuring into the new session
+            stopped = await replies.send("session/stop", "stop")
+            assert stopped["status"] == "ok", stopped
+            assert store.list_sessions()[0].state == SessionState.RUNNING  # nothing stored yet
+        await until(lambda: not daemon.writer.failing, 5)
+        after_lock = {s.id: s for s in store.list_sessions()}
+        daemon.stop()
+        await asyncio.wait_for(task, 20)
+        sessions = {s.id: s for s in store.list_sessions()}
+        beats = {sid: [b.seq for b in store.beats(sid)] for sid in sessions}
+        first_beat_t_s = store.beats(second)[0].beat_t_s
+    assert list(after_lock) == [first, second]  # both there once the lock is gone
+    assert [s.state for s in after_lock.values()] == [SessionState.STOPPED] * 2
+    assert all(s.stopped_ms is not None for s in after_lock.values())
+    by_id = {p.session_id: p for p in daemon.finished}
+    for sid in (first, second):
+        assert beats[sid] == list(range(by_id[sid].seq)), sid  # every beat, once
+    assert by_id[second].seq > 20
+    assert first_beat_t_s < 3.0  # recorded into the new session from its start
+    assert sessions[second].started_ms >= sessions[first].stopped_ms  # type: ignore[operator]
+    assert daemon.rescued == {}
+    assert "Traceback" not in caplog.text
 
 
 # -- 5. the wall clock steps (NTP) ------------------------------------------------------------
