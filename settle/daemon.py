@@ -840,21 +840,23 @@ class Daemon:
         rescued = False
         for pipeline in pipelines:
             n = self.writer.unsaved_beats(pipeline.session_id)
-            if not n:
+            n_markers = self.writer.unsaved_markers(pipeline.session_id)
+            if not n and not n_markers:
                 continue
+            what = f"{n} beats" + (f" and {n_markers} marker(s)" if n_markers else "")
             where = [self.store.path.parent, Path(tempfile.gettempdir()), Path.home()]
             reason = self.writer.last_error or "the session store failed"
             saved = await asyncio.to_thread(self.writer.rescue, pipeline.session_id, reason, where)
             self.rescued[pipeline.session_id] = saved
             if saved is not None:
                 log.error(
-                    "session %s: %d beats could not be stored (%s); saved to %s (settle analyze "
-                    "or settle run --replay read it)", pipeline.session_id, n, reason, saved,
+                    "session %s: %s could not be stored (%s); saved to %s (settle analyze "
+                    "or settle run --replay read it)", pipeline.session_id, what, reason, saved,
                 )  # fmt: skip
             else:
                 log.error(
-                    "session %s: %d beats could not be stored (%s) nor written to a rescue "
-                    "file in %s: they are lost", pipeline.session_id, n, reason,
+                    "session %s: %s could not be stored (%s) nor written to a rescue "
+                    "file in %s: they are lost", pipeline.session_id, what, reason,
                     ", ".join(str(d) for d in where),
                 )  # fmt: skip
             ends = self.writer.closes.get(pipeline.session_id)
@@ -982,17 +984,19 @@ class Daemon:
             raise CommandError("no session is running (send session/start first)")
         if name == "marker":
             assert isinstance(cmd, MarkerCommand)
+            # Through the writer, as beats: a store that fails now (another program's write
+            # lock, a full disk) takes it once it is back. Written straight to the store,
+            # it was dropped ("could not store the marker: … database is locked", 20 s
+            # after the CLI had given up waiting) while the beats of that moment were kept.
             row = session.marker_row(cmd.kind, cmd.text, source)
-            try:
-                await asyncio.to_thread(self.store.add_marker, session.session_id, row)
-            except SettleError as exc:
-                raise CommandError(f"could not store the marker: {exc}") from exc
             session.marker(cmd.kind, row.t_s)
             session.event(cmd.kind, cmd.text, source, t_s=row.t_s)
+            self.writer.add_marker(session.session_id, row)
             if cmd.kind == "hold-start" and session.baseline_marked is not None:
                 # The practice began: a rest period still being recorded ends here (left
                 # open, it would leave the whole session without a score).
-                await self._end_baseline(session, row.t_s, "ended by hold-start")
+                self._end_baseline(session, row.t_s, "ended by hold-start")
+            await self._store_soon()
         elif name == "baseline/start":
             if session.baseline_marked is not None:  # a second press must not move its start
                 raise CommandError(
@@ -1003,22 +1007,21 @@ class Daemon:
         elif name == "baseline/stop":
             if session.baseline_marked is None:
                 raise CommandError("no baseline is being recorded (send baseline/start first)")
-            discarded = await self._end_baseline(session)
+            discarded = self._end_baseline(session)
+            await self._store_soon()
             if discarded is not None:
                 raise CommandError(discarded)
 
-    async def _end_baseline(
+    def _end_baseline(
         self, session: StrapPipeline, t_s: float | None = None, why: str = ""
     ) -> str | None:
-        """End the marked rest period and store it; returns why it was discarded, if it was."""
+        """End the marked rest period and store it (through the writer); returns why it was
+        discarded, if it was."""
         start, stop, discarded = session.stop_baseline(t_s, why)
         # A discarded period is not the session's baseline: the store keeps none (the
         # automatic one is used), as the live score does.
         period = BaselinePeriod(start, stop) if discarded is None else None
-        try:
-            await asyncio.to_thread(self.store.set_baseline, session.session_id, period)
-        except SettleError as exc:
-            raise CommandError(f"could not store the baseline: {exc}") from exc
+        self.writer.set_baseline(session.session_id, period)
         return discarded
 
 

@@ -15,6 +15,7 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import json
 import logging
 import math
 import os
@@ -41,6 +42,7 @@ from sensors.hrs import HeartRateMeasurement
 from sensors.strap import Notification
 from sensors.timing import BeatTimer, TimingGap
 from sessions.store import (
+    BaselinePeriod,
     BeatAnnotation,
     BeatClass,
     BeatRow,
@@ -163,6 +165,10 @@ def _rescue_lines(rows: Sequence[BeatRow]) -> str:
     )
 
 
+def _marker_lines(markers: Sequence[MarkerRow]) -> str:
+    return "".join(f"# marker t_s={m.t_s!r}: {m.kind} {json.dumps(m.text)}\n" for m in markers)
+
+
 @dataclass
 class _Spill:
     """A rescue file written while the store fails: it holds the first ``rows`` beats the
@@ -221,6 +227,11 @@ class BeatWriter:
     ecg_annotations: dict[str, list[BeatAnnotation]] = field(default_factory=dict)
     starts: dict[str, list[int]] = field(default_factory=dict)
     """Corrected session starts (epoch ms) after a step of the wall clock; the last counts."""
+    markers: dict[str, list[MarkerRow]] = field(default_factory=dict)
+    """Markers the store has not taken yet (a marker sent while it fails is kept, as beats
+    are; it was dropped)."""
+    baselines: dict[str, list[BaselinePeriod | None]] = field(default_factory=dict)
+    """Marked rest periods (None: discarded) the store has not taken yet; the last counts."""
     creates: dict[str, list[NewSession]] = field(default_factory=dict)
     """Sessions whose row the store has not taken yet (written before their other rows)."""
     closes: dict[str, list[SessionEnd]] = field(default_factory=dict)
@@ -269,6 +280,13 @@ class BeatWriter:
         """The session's start on the wall clock is ``started_ms`` (the clock was stepped)."""
         self.starts.setdefault(session_id, []).append(started_ms)
 
+    def add_marker(self, session_id: str, row: MarkerRow) -> None:
+        self.markers.setdefault(session_id, []).append(row)
+
+    def set_baseline(self, session_id: str, period: BaselinePeriod | None) -> None:
+        """The session's marked rest period (None: none, the automatic one is used)."""
+        self.baselines[session_id] = [period]
+
     def create_session(self, session_id: str, new: NewSession) -> None:
         """Create the session ``session_id`` (its row in the store) at the next flush, before
         any of its rows: the daemon records into it from now on, whether or not the store
@@ -292,6 +310,8 @@ class BeatWriter:
             (self.ecg, self._store_ecg),
             (self.ecg_beats, self.store.add_ecg_beats),
             (self.ecg_annotations, self.store.annotate_ecg_beats),
+            (self.markers, self._store_markers),
+            (self.baselines, self._store_baseline),
             (self.starts, self._store_starts),
             (self.closes, self._store_close),
         ]
@@ -473,25 +493,34 @@ class BeatWriter:
         not stored because the session was deleted from the store."""
         return len(self.beats.get(session_id, []))
 
+    def unsaved_markers(self, session_id: str) -> int:
+        """Markers of ``session_id`` waiting for the store."""
+        return len(self.markers.get(session_id, []))
+
     def rescue(self, session_id: str, reason: str, where: Sequence[Path]) -> Path | None:
         """Write the beats of ``session_id`` the store would not take to
         ``settle-unsaved-<id>.csv`` (``t_s,rr_ms``: `settle analyze` and `settle run
         --replay` read it) in the first directory of ``where`` that takes it, mode 0600,
         and drop them from the buffer — completing the file written during the outage, if
-        there is one. None (the beats kept here) if none does."""
+        there is one. Its markers follow as comment lines (``# marker t_s=…: kind "text"``:
+        the readers skip them). None (the beats kept here) if none does."""
         rows = list(self.beats.get(session_id, []))
-        if not rows:
+        markers = self.markers.get(session_id, [])
+        if not rows and not markers:
             return None
         spill = self._spills.get(session_id)
         done = spill.rows if spill is not None else 0
         try:
             path = self._spill(session_id, rows[done:], len(rows), reason, where)
+            if markers:
+                _append(path, _marker_lines(markers))
         except OSError:
             return None
         # Final: never removed as "stored" (these beats leave the buffer).
         self._spills.pop(session_id, None)
         self.beats.pop(session_id, None)
         self.annotations.pop(session_id, None)  # they refer to those beats
+        self.markers.pop(session_id, None)
         return path
 
     def _store_gaps(self, session_id: str, gaps: list[GapRow]) -> None:
@@ -501,6 +530,12 @@ class BeatWriter:
 
     def _store_starts(self, session_id: str, starts: list[int]) -> None:
         self.store.set_started_ms(session_id, starts[-1])
+
+    def _store_markers(self, session_id: str, rows: list[MarkerRow]) -> None:
+        self.store.add_markers(session_id, rows)
+
+    def _store_baseline(self, session_id: str, periods: list[BaselinePeriod | None]) -> None:
+        self.store.set_baseline(session_id, periods[-1])
 
     def _store_create(self, session_id: str, new: list[NewSession]) -> None:
         n = new[-1]

@@ -919,6 +919,50 @@ async def test_session_start_and_stop_while_the_store_is_locked_lose_nothing(
     assert "Traceback" not in caplog.text
 
 
+async def test_a_marker_while_the_store_is_locked_is_answered_at_once_and_stored_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`settle mark` while another program held the store's write lock: the marker went
+    straight to the store, the CLI gave up waiting after 5 s ("no confirmation"), and ~20 s
+    later the daemon answered "could not store the marker: … database is locked" — the
+    marker dropped, the beats of that moment kept. Now it goes through the writer like the
+    beats: answered ok at once, its event published, stored once the lock is gone; and a
+    marker the store still refuses at the stop goes into the rescue file with the beats."""
+    import sessions.store as store_mod
+
+    monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_S", 0.2)
+    db = tmp_path / "s.db"
+    async with model_daemon(db, seed=12) as (daemon, task, _strap):
+        replies = Replies(daemon)
+        store, rt = daemon.store, daemon.runtimes[0]
+        await until(lambda: seq_of(rt) > 20)
+        assert rt.session is not None
+        sid = rt.session.session_id
+        with write_locked(db):
+            await until(lambda: daemon.writer.failing)
+            t0 = time.monotonic()
+            marked = await replies.send("marker", "m1", kind="note", text="while locked")
+            answered_s = time.monotonic() - t0
+            assert marked["status"] == "ok", marked
+            assert answered_s < 0.5
+            assert [e["text"] for e in replies.events if e["kind"] == "note"] == ["while locked"]
+            assert store.markers(sid) == []  # not stored yet
+        await until(lambda: not daemon.writer.failing, 5)
+        stored = [(m.kind, m.text) for m in store.markers(sid)]
+        with write_locked(db):  # locked again, through the stop
+            marked = await replies.send("marker", "m2", kind="shame", text="at the end")
+            assert marked["status"] == "ok", marked
+            daemon.stop()
+            await asyncio.wait_for(task, 30)
+        assert [(m.kind, m.text) for m in store.markers(sid)] == stored
+    assert stored == [("note", "while locked")]
+    rescue = tmp_path / f"settle-unsaved-{sid}.csv"
+    assert daemon.rescued == {sid: rescue}
+    text = rescue.read_text()
+    assert "# marker t_s=" in text and ': shame "at the end"\n' in text
+    assert len(read_rr_file(rescue).rr_ms) > 0  # the beats in it still read
+
+
 # -- 5. the wall clock steps (NTP) ------------------------------------------------------------
 
 
