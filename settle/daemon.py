@@ -545,12 +545,16 @@ class Daemon:
                     await asyncio.shield(self._finish_session(rt))
                 self._stopped(rt)
 
+    def _is_stopping(self) -> bool:
+        """Whether a stop was asked for (SIGTERM, Ctrl-C) or is under way."""
+        return self._stopping or self._stop.is_set()
+
     def _raise_if_stopping(self) -> None:
         """Raise the cancellation a library swallowed. Python 3.11's ``asyncio.wait_for``
         (inside bleak and bumble) returns its result instead of raising when the awaited
         future finished in the same step as the cancel; the strap task then went on — a stop
         during the connect left the daemon streaming, deaf to SIGTERM."""
-        if self._stopping or self._stop.is_set():
+        if self._is_stopping():
             raise asyncio.CancelledError
 
     def _stopped(self, rt: StrapRuntime) -> None:
@@ -942,6 +946,10 @@ class Daemon:
         cmd_id = screened.id
         if screened.error is not None:
             return reply(screened.error)
+        if self._is_stopping():
+            # Its sessions are being closed: a session/start then was left `running` after a
+            # clean exit 0, and a marker was told "no session is running".
+            return reply(STOPPING)
         raw = decode_json(payload)  # cannot fail: screened
         model = COMMANDS[name]
         rt = self._runtime(device_id)
@@ -970,11 +978,16 @@ class Daemon:
             assert isinstance(cmd, SessionStartCommand)
             if rt.info is None:
                 raise CommandError("the strap has not connected yet")
-            await self.start_session(rt, cmd.intention)
+            async with rt.session_lock:
+                if self._is_stopping():  # (it began while this command waited its turn)
+                    raise CommandError(STOPPING)
+                await self._start_session(rt, cmd.intention)
             return
         if name == "session/stop":
             # After a start still in progress (it holds the lock), not before it.
             async with rt.session_lock:
+                if self._is_stopping():  # the stop closes it
+                    raise CommandError(STOPPING)
                 if rt.session is None:
                     raise CommandError("no session is running (send session/start first)")
                 await self._finish_session(rt)
@@ -1024,6 +1037,9 @@ class Daemon:
         self.writer.set_baseline(session.session_id, period)
         return discarded
 
+
+STOPPING = "the daemon is stopping"
+"""The answer to every command once a stop was asked for."""
 
 FIRST_CONNECT_ATTEMPTS = 5
 """Attempts the only strap gets to make its first connection once it was found (each a scan

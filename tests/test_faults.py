@@ -963,6 +963,29 @@ async def test_a_marker_while_the_store_is_locked_is_answered_at_once_and_stored
     assert len(read_rr_file(rescue).rr_ms) > 0  # the beats in it still read
 
 
+async def test_commands_during_the_stop_are_refused_and_leave_no_session_running(
+    tmp_path: Path,
+) -> None:
+    """A `session/start` that arrived after SIGTERM, while the daemon closed its sessions,
+    started a session nobody closed: `running` in the store after a clean exit 0, and a
+    marker then was told "no session is running". Every command is now refused once a stop
+    was asked for."""
+    db = tmp_path / "s.db"
+    async with model_daemon(db, seed=13) as (daemon, task, _strap):
+        replies = Replies(daemon)
+        store, rt = daemon.store, daemon.runtimes[0]
+        await until(lambda: seq_of(rt) > 20)
+        daemon.stop()
+        at_once = await replies.send("session/start", "s1")
+        await until(lambda: daemon._stopping and rt.session is None, 10)  # closing its sessions
+        later = await replies.send("session/start", "s2")
+        marked = await replies.send("marker", "m", kind="note")
+        await asyncio.wait_for(task, 20)
+        sessions = store.list_sessions()
+    assert [r["error"] for r in (at_once, later, marked)] == ["the daemon is stopping"] * 3
+    assert [s.state for s in sessions] == [SessionState.STOPPED]
+
+
 # -- 5. the wall clock steps (NTP) ------------------------------------------------------------
 
 
