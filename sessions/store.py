@@ -122,6 +122,11 @@ APPLICATION_ID = 0x53544C45
 #: while the daemon records) before giving up with a :class:`StoreError`.
 BUSY_TIMEOUT_S = 10.0
 
+WAIT_SLICE_S = 0.1
+"""A write waits for another program's write lock in slices this long (SQLite's own busy
+wait cannot be cut short: ``sqlite3.Connection.interrupt()`` does not end it), so that a
+lower limit (:meth:`SessionStore.limit_waits`) takes effect between two."""
+
 
 class SessionState(enum.StrEnum):
     """Life cycle of a session: ``running`` until finished, ``interrupted`` after a crash."""
@@ -955,6 +960,8 @@ class SessionStore:
         self._savepoints = 0
         self._side_files: list[Path] = []
         """-wal/-shm files a read-only open created: removed at :meth:`close` if unused."""
+        self._wait_s = BUSY_TIMEOUT_S
+        """How long a write waits for another program's write lock (:meth:`limit_waits`)."""
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -1182,6 +1189,30 @@ class SessionStore:
     ) -> None:
         self.close()
 
+    def limit_waits(self, seconds: float) -> None:
+        """From now on a write waits at most ``seconds`` (not :data:`BUSY_TIMEOUT_S`) for
+        another program's write lock — also one waiting now, within :data:`WAIT_SLICE_S`.
+        The daemon calls it when it stops: its retries before writing the rescue files
+        each waited 10 s, and a stop took a minute where the unit allows 20 s."""
+        self._wait_s = min(self._wait_s, seconds)
+
+    def _begin_write(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE``, waiting up to :attr:`_wait_s` for another program's write
+        lock in slices of :data:`WAIT_SLICE_S` (see :meth:`limit_waits`)."""
+        started = time.monotonic()
+        conn.execute(f"PRAGMA busy_timeout = {round(WAIT_SLICE_S * 1000)}")
+        try:
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    code = getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_BUSY) & 0xFF
+                    if code != sqlite3.SQLITE_BUSY or time.monotonic() - started >= self._wait_s:
+                        raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {round(self._wait_s * 1000)}")
+
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Run several public calls from this thread as ONE write transaction.
@@ -1217,7 +1248,10 @@ class SessionStore:
             if conn is None:
                 raise StoreError(f"{self._path}: session store is closed")
             try:
-                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                if write:
+                    self._begin_write(conn)
+                else:
+                    conn.execute("BEGIN")
                 try:
                     yield conn
                 except BaseException:

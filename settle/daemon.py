@@ -403,6 +403,10 @@ class Daemon:
                 # its own flush, took minutes with a few hundred straps.
                 stopped_at = host_clock.elapsed_s()
                 self._stopping = True
+                # Each write waited 10 s for another program's write lock (the flush under
+                # way, each retry, the close, the last flush: a minute): the stop is bounded
+                # by STORE_RETRY_AT_STOP_S, then the rescue files.
+                self.store.limit_waits(STORE_WAIT_AT_STOP_S)
                 await _cancel_and_wait(strap_tasks)
                 await asyncio.shield(self._finish_sessions(self.runtimes, stopped_at, final=True))
                 for rt in self.runtimes:
@@ -837,6 +841,11 @@ class Daemon:
         if self.store.replaced() is not None:
             await self._recover_store()
         elif self.writer.failing:
+            log.warning(
+                "stopping: the session store still fails (%s); retrying for %g s, then what "
+                "it has not taken goes to rescue files", self.writer.last_error,
+                STORE_RETRY_AT_STOP_S,
+            )  # fmt: skip
             deadline = time.monotonic() + STORE_RETRY_AT_STOP_S
             while self.writer.failing and time.monotonic() < deadline:
                 await asyncio.sleep(0.5)
@@ -1053,6 +1062,12 @@ COMMAND_STORE_WAIT_S = 1.0
 STORE_RETRY_AT_STOP_S = 5.0
 """How long a stopping daemon keeps retrying a failing store before it writes the beats it
 still holds to a rescue file."""
+
+STORE_WAIT_AT_STOP_S = 0.5
+"""How long each write of a stopping daemon waits for another program's write lock (the
+store's :data:`~sessions.store.BUSY_TIMEOUT_S`, 10 s, otherwise): with the retries, the
+rescue files and the last flush, a stop with the store locked takes ~7 s, within systemd's
+``TimeoutStopSec=20``."""
 
 STOP_GRACE_S = 15.0
 """How long a stopping strap task may take (its link's clean-up has 2 x 5 s) before it is

@@ -986,6 +986,42 @@ async def test_commands_during_the_stop_are_refused_and_leave_no_session_running
     assert [s.state for s in sessions] == [SessionState.STOPPED]
 
 
+async def test_a_stop_while_another_program_holds_the_write_lock_is_bounded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGTERM while another program held the store's write lock took about a minute: the
+    flush under way, each retry, the close and the last flush each waited the store's 10 s
+    busy timeout, so the 5 s of retries bounded nothing and systemd's TimeoutStopSec=20
+    would have killed the daemon first (the docs promise "a second or two"). Now every
+    write of a stopping daemon waits 0.5 s at most, a wait under way included: the stop
+    takes the 5 s of retries and little more, and the beats go to the rescue file."""
+    from settle.daemon import STORE_RETRY_AT_STOP_S
+
+    db = tmp_path / "s.db"
+    caplog.set_level(logging.INFO)
+    async with model_daemon(db, seed=14) as (daemon, task, _strap):
+        rt = daemon.runtimes[0]
+        await until(lambda: seq_of(rt) > 20)
+        assert rt.session is not None
+        sid = rt.session.session_id
+        with write_locked(db):
+            await asyncio.sleep(1.5)  # a flush is waiting for the lock (10 s)
+            t0 = time.monotonic()
+            daemon.stop()
+            await asyncio.wait_for(task, 30)
+            took_s = time.monotonic() - t0
+        (pipeline,) = daemon.finished
+        stored = daemon.store.beats(sid)
+    assert took_s < STORE_RETRY_AT_STOP_S + 3, took_s
+    rescue = tmp_path / f"settle-unsaved-{sid}.csv"
+    assert daemon.rescued == {sid: rescue}
+    assert len(stored) + len(read_rr_file(rescue).rr_ms) == pipeline.seq  # every beat
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("retrying for 5 s, then what it has not taken goes to rescue files" in m
+               for m in said), said  # fmt: skip
+    assert any(f"saved to {rescue}" in m for m in said), said
+
+
 # -- 5. the wall clock steps (NTP) ------------------------------------------------------------
 
 
