@@ -62,6 +62,7 @@ __all__ = [
     "BeatAnnotation",
     "BeatClass",
     "BeatRow",
+    "DaemonLock",
     "EcgBeatRow",
     "EcgSeries",
     "GapRow",
@@ -2043,12 +2044,123 @@ def damaged_store_hint(path: Path) -> str:
 def _lock_path(db_path: Path) -> Path:
     """``<db>-lock`` beside the file itself: through a symlink (``alias.db -> real.db``) a
     second daemon locked ``alias.db-lock`` and took the first one's live session for a
-    crashed one."""
+    crashed one. (A hard link is another name of the file, with a ``-lock`` of its own:
+    :func:`daemon_lock` also locks the database file itself.)"""
     try:
         real = Path(db_path).resolve()
     except (OSError, RuntimeError):  # a link loop: opening the store fails and says so
         real = Path(db_path)
     return Path(f"{real}-lock")
+
+
+def _flock_holder(path: Path) -> int | None:
+    """The pid holding an exclusive ``flock`` on the file at ``path`` (Linux's
+    ``/proc/locks``; read, the file not opened), or None: none, or not known here."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        # "3: FLOCK  ADVISORY  WRITE 1234 fe:00:2146517 0 EOF" ("->" marks a waiter)
+        fields = line.split()
+        if fields[1:4] == ["FLOCK", "ADVISORY", "WRITE"] and fields[5:6] == [where]:
+            return int(fields[4]) if fields[4].isdigit() else None
+    return None
+
+
+def _lock_store_file(db_path: Path) -> int | None:
+    """Take the exclusive ``flock`` on the database file itself and return its descriptor
+    (None where it cannot be opened — it does not exist yet — or locked: the ``-lock`` file
+    still holds); raise :class:`StoreError` if another daemon holds it. Through a hard link
+    (``ln s.db other.db``, in any directory of the file system) a second daemon locked
+    ``other.db-lock`` and both recorded, each through its own -wal: one session was lost
+    without a word.
+
+    The descriptor must stay open while this process has the store open: closing any
+    descriptor of the file drops the POSIX locks SQLite holds on it (``flock`` locks are
+    not those: SQLite never takes them)."""
+    import fcntl
+
+    try:
+        # Non-blocking: opening a FIFO given as the store would wait for a writer (the store
+        # refuses it then); a regular file only.
+        fd = os.open(db_path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _flock_holder(Path(db_path))
+        os.close(fd)  # (before this process opens the store, or while it is refused)
+        if pid is None:  # no /proc/locks: the pid the -lock file holds, through this name
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(_lock_path(db_path).read_text(encoding="ascii").strip())
+        raise StoreError(_another_daemon(db_path, pid)) from None
+    except OSError:  # a file system without flock: the -lock file alone
+        os.close(fd)
+        return None
+    return fd
+
+
+def _another_daemon(db_path: Path, pid: int | None) -> str:
+    who = f" (pid {pid})" if pid is not None else ""
+    return (
+        f"{db_path}: another Settle daemon{who} is recording into this store; "
+        "stop it first, or give this one another --db"
+    )
+
+
+class DaemonLock:
+    """The store's daemon lock (:func:`daemon_lock`) in two steps, for ``settle.app.serve``:
+    :meth:`lock_file` before the store is opened (a store opened through a second name of
+    its file while another daemon records in it is damaged by the opening alone), then
+    :meth:`lock` once it opened (the ``-lock`` file is made beside it: the store's own
+    errors, a full disk say, come first). :meth:`release` after the store is closed."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = Path(db_path)
+        self._fd: int | None = None
+        self._file_fd: int | None = None
+
+    def lock_file(self) -> None:
+        """Lock the database file itself, if it exists (every name of it reaches it)."""
+        if self._file_fd is None and sys.platform != "win32":
+            self._file_fd = _lock_store_file(self.db_path)
+
+    def lock(self) -> None:
+        """Lock ``<db>-lock`` (writing this process's pid into it) and the file itself."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not on the platforms Settle runs on
+            return
+        lock = _lock_path(self.db_path)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(f"{lock}: cannot create the daemon lock: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held = os.pread(fd, 16, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            pid = int(held) if held.isdigit() else None
+            raise StoreError(_another_daemon(self.db_path, pid)) from None
+        self._fd = fd
+        self.lock_file()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+
+    def release(self) -> None:
+        for fd in (self._file_fd, self._fd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._file_fd = None
 
 
 @contextlib.contextmanager
@@ -2058,44 +2170,29 @@ def daemon_lock(db_path: Path) -> Iterator[None]:
     A second daemon on the same store took the first one's live session for a crashed one
     (marked it interrupted, published its strap offline) and split markers between them.
     The lock is an exclusive ``flock`` on ``<db>-lock`` beside the store (which holds the
-    holder's pid for the message), never on the database file itself: closing any other
-    descriptor of that file would drop the POSIX locks SQLite holds on it. Released when
-    the process ends, however it ends. Raises :class:`StoreError` if another process holds
-    it. Where ``flock`` does not exist (Windows) there is no lock.
+    holder's pid for the message) and one on the database file itself, which every name of
+    it reaches (a hard link too; see :func:`_lock_store_file`: leave this context after the
+    store is closed). Released when the process ends, however it ends. Raises
+    :class:`StoreError` if another process holds either. Where ``flock`` does not exist
+    (Windows) there is no lock.
     """
+    lock = DaemonLock(db_path)
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not on the platforms Settle runs on
-        yield
-        return
-    lock = _lock_path(db_path)
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise StoreError(f"{lock}: cannot create the daemon lock: {exc.strerror}") from exc
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(fd, 16, 0).decode("ascii", "replace").strip()
-            who = f" (pid {pid})" if pid.isdigit() else ""
-            raise StoreError(
-                f"{db_path}: another Settle daemon{who} is recording into this store; "
-                "stop it first, or give this one another --db"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        lock.lock()
         yield
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def daemon_running(db_path: Path) -> bool:
-    """Whether a daemon holds :func:`daemon_lock` on the store at ``db_path`` now."""
+    """Whether a daemon holds :func:`daemon_lock` on the store at ``db_path`` now (also
+    through another name of the file: a hard link)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover
         return False
+    if _flock_holder(Path(db_path)) is not None:  # the file itself (never opened here)
+        return True
     try:
         fd = os.open(_lock_path(db_path), os.O_RDONLY)
     except OSError:

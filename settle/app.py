@@ -30,7 +30,7 @@ from feedback.dashboard import (
 from feedback.mqtt import MqttLink
 from feedback.payloads import IndicesPayload
 from sensors.strap import StrapClient, StrapInfo
-from sessions.store import SessionStore, daemon_lock, damaged_store_hint
+from sessions.store import DaemonLock, SessionStore, damaged_store_hint
 from settle.broker_options import connect_options
 from settle.config import Settings
 from settle.console import one_line
@@ -90,12 +90,21 @@ async def serve(
         )
         for address in (addresses or [s.address])
     ]
+    held = contextlib.ExitStack()  # left after the store is closed (daemon_lock says why)
+    lock = DaemonLock(settings.db_path)
+    held.callback(lock.release)
     try:
         if settings.http.enabled and dashboard is None:
             # A token file that cannot be used is a config error: said before the banner,
             # not after it as if the daemon had started (it was read only when the
             # dashboard came up).
             dashboard = dashboard_config(settings)
+        # One daemon per store, through any name of its file: a store that exists is locked
+        # before it is opened. Opened through a second name (a hard link) while another
+        # daemon recorded, it was read without that daemon's -wal (which held its schema
+        # still: a new store), given a schema in its own -wal, and that -wal overwrote the
+        # store later on: every session gone.
+        lock.lock_file()
         store = SessionStore.open(settings.db_path)
         damage = store.damage()
         if damage is not None:
@@ -105,18 +114,18 @@ async def serve(
                 + damaged_store_hint(settings.db_path)
             )
     except BaseException:
+        held.close()
         for c in finished or ():
             c.close()  # never awaited: no "coroutine … was never awaited" after the error
         raise
     hub = Hub(settings.mqtt.topic_base)
     devices: dict[str, str] = {}  # session id -> device id, to tell several straps' lines apart
-    held = contextlib.ExitStack()
     lost = False  # beats the store would not take when the daemon stopped
     for c in finished or ():
         held.callback(c.close)  # a no-op for one that ran; closes one an early error left
     try:
         # One daemon per store: before anything is published or a session is touched.
-        held.enter_context(daemon_lock(settings.db_path))
+        lock.lock()
         if banner is not None:
             out.print(banner, markup=False)
         async with open_broker(settings) as broker, contextlib.AsyncExitStack() as stack:

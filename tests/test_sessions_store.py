@@ -616,6 +616,64 @@ def test_the_daemon_lock_holds_through_a_symlink(tmp_path: Path) -> None:
         pass
 
 
+def test_the_daemon_lock_holds_through_a_hard_link(tmp_path: Path) -> None:
+    """Two daemons on one store through a hard link (`ln s.db s2.db`, or a name in another
+    directory): each locked its own name's `-lock`, both recorded (each through its own
+    -wal) and one session was lost without a word. The lock is on the file itself now, with
+    the same one-line refusal naming the first daemon's pid; `settle sessions delete` and
+    doctor see that daemon through either name."""
+    from sessions.store import daemon_lock, daemon_running
+
+    real = tmp_path / "real.db"
+    SessionStore.open(real).close()
+    (tmp_path / "elsewhere").mkdir()
+    names = [tmp_path / "hard.db", tmp_path / "elsewhere" / "other.db"]
+    for name in names:
+        os.link(real, name)
+    with daemon_lock(real):
+        for other in names:
+            with pytest.raises(StoreError) as err, daemon_lock(other):
+                pass
+            assert str(err.value) == (
+                f"{other}: another Settle daemon (pid {os.getpid()}) is recording into this "
+                "store; stop it first, or give this one another --db"
+            )
+            assert daemon_running(other)
+    assert not any(daemon_running(p) for p in (real, *names))
+    with daemon_lock(names[1]):  # released: the next one takes it, through any name
+        assert daemon_running(real)
+
+
+def test_a_second_daemon_through_a_hard_link_is_refused_before_it_opens_the_store(
+    tmp_path: Path,
+) -> None:
+    """`settle demo --db hard.db` beside a daemon recording into `s.db` (`ln s.db hard.db`):
+    it recorded too. Refused by the lock on the file alone, it had still opened the store
+    first — without the first daemon's -wal, where a young store's schema still was: it
+    took it for a new store and wrote a schema into `hard.db-wal`, which later overwrote
+    the store (every session gone). A store that exists is locked before it is opened."""
+    from sessions.store import daemon_lock
+    from tests.test_cli import settle
+
+    db, hard = tmp_path / "s.db", tmp_path / "hard.db"
+    first = SessionStore.open(db)  # this process plays the first daemon
+    try:
+        with daemon_lock(db):
+            sid = new_session(first).id  # (the schema is in s.db-wal, not yet in s.db)
+            os.link(db, hard)
+            res = settle("demo", "--duration", "5", "--no-mqtt", "--no-http", "--db", str(hard))
+    finally:
+        first.close()
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"settle: error: {hard}: another Settle daemon (pid {os.getpid()}) is recording into "
+        "this store; stop it first, or give this one another --db"
+    )
+    assert not Path(f"{hard}-wal").exists()  # nothing was opened through the second name
+    with SessionStore.open(hard) as store:
+        assert [s.id for s in store.list_sessions()] == [sid]
+
+
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A real file system with no space left: a 1 MiB tmpfs (root only), filled up after a
