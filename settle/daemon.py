@@ -813,10 +813,13 @@ class Daemon:
                 end = SessionEnd(pipeline.started_ms, end_ms, SessionState.STOPPED)
                 self.writer.close_session(pipeline.session_id, end)
                 ends.append((pipeline, end_ms))
-        if not ends:
-            return
         if final:
-            await self._store_at_stop([p for p, _ in ends])
+            # With the sessions closed earlier whose rows the store has not taken yet (a
+            # session stopped during an outage): their beats were said to be stored.
+            earlier = [p for p in self.finished if self.writer.holds(p.session_id)]
+            await self._store_at_stop([p for p, _ in ends] + earlier)
+        elif not ends:
+            return
         elif store:
             await self._store_soon()
         for pipeline, end_ms in ends:

@@ -493,6 +493,10 @@ class BeatWriter:
         not stored because the session was deleted from the store."""
         return len(self.beats.get(session_id, []))
 
+    def holds(self, session_id: str) -> bool:
+        """Whether any row of ``session_id`` waits for the store (its end included)."""
+        return any(session_id in buf for buf, _fn in self._buffers())
+
     def unsaved_markers(self, session_id: str) -> int:
         """Markers of ``session_id`` waiting for the store."""
         return len(self.markers.get(session_id, []))

@@ -1022,6 +1022,46 @@ async def test_a_stop_while_another_program_holds_the_write_lock_is_bounded(
     assert any(f"saved to {rescue}" in m for m in said), said
 
 
+async def test_a_session_stopped_during_an_outage_is_rescued_at_the_stop_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`session/start` and `session/stop` during an outage, then Ctrl-C with the store still
+    failing: only the sessions running at the stop were rescued, so the ones closed during
+    the outage kept their last beats in memory alone and the closing lines said "12 beats
+    stored" for them. Every session the store has not taken whole is rescued and named."""
+    import sessions.store as store_mod
+
+    monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_S", 0.2)
+    db = tmp_path / "s.db"
+    caplog.set_level(logging.INFO)
+    async with model_daemon(db, seed=15) as (daemon, task, _strap):
+        replies = Replies(daemon)
+        store, rt = daemon.store, daemon.runtimes[0]
+        await until(lambda: seq_of(rt) > 20)
+        assert rt.session is not None
+        first = rt.session.session_id
+        with write_locked(db):
+            await until(lambda: daemon.writer.failing)
+            assert (await replies.send("session/start", "start"))["status"] == "ok"
+            assert rt.session is not None
+            second = rt.session.session_id
+            await until(lambda: seq_of(rt) > 20)
+            assert (await replies.send("session/stop", "stop"))["status"] == "ok"
+            daemon.stop()
+            await asyncio.wait_for(task, 30)
+        listed = {s.id for s in store.list_sessions()}  # (the second never reached it)
+        stored = {sid: len(store.beats(sid)) if sid in listed else 0 for sid in (first, second)}
+    by_id = {p.session_id: p for p in daemon.finished}
+    assert set(daemon.rescued) == {first, second}
+    for sid in (first, second):
+        rescue = daemon.rescued[sid]
+        assert rescue is not None
+        rescued = len(read_rr_file(rescue).rr_ms)
+        assert stored[sid] + rescued == by_id[sid].seq, sid  # every beat is somewhere
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any(second in m and "could not store the end" in m for m in said), said
+
+
 # -- 5. the wall clock steps (NTP) ------------------------------------------------------------
 
 
