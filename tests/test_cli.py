@@ -533,13 +533,22 @@ def test_the_daemon_splits_a_missed_beat_at_a_slow_heart(tmp_path: Path) -> None
     """A strap that misses a beat at 57 beats/min sends one interval over 2000 ms (the
     plausible maximum): the daemon stored it as implausible and restarted every window at
     each one. Now the correction splits it, as `settle analyze` does: the export classes
-    the 9 injected missed beats `missed`, none `implausible`."""
+    the 9 injected missed beats `missed`, none `implausible`. (A host stalled by other tests
+    for a quarter of a second is 25 s at speed 100: the daemon's warm-up after that gap may
+    hold one of them, as in a CI run of 2026-11-30; it is then `warmup`, not analysed.)"""
     import csv
+
+    from sensors.readers import read_rr_file
 
     replay = DATA / "artifacts" / "bartels_rest_supine__missed__1pct.csv"
     path = _replay_and_export(tmp_path, replay)
     classes = [r["beat_class"] for r in csv.DictReader(path.open()) if r["record"] == "beat"]
-    assert classes.count("missed") == 9
+    rr = read_rr_file(replay).rr_ms
+    assert len(classes) == len(rr)  # every beat stored, in order
+    injected = np.flatnonzero(rr > 1.6 * np.median(rr))
+    assert len(injected) == 9
+    assert all(classes[i] in ("missed", "warmup") for i in injected)
+    assert classes.count("missed") == sum(classes[i] == "missed" for i in injected) >= 8
     assert "implausible" not in classes
 
 
