@@ -131,27 +131,57 @@ class Coherence:
     """``LF / P_total``: share of power in 0.04–0.15 Hz (slow oscillation), 0..1."""
 
 
+def _tridiagonal(a: FloatArray, b: FloatArray, c: FloatArray, d: FloatArray) -> FloatArray:
+    """Solve ``a[i]·x[i−1] + b[i]·x[i] + c[i]·x[i+1] = d[i]`` (``a[0]``, ``c[−1]`` unused) for a
+    diagonally dominant system by cyclic reduction: each level folds the even-numbered
+    equations into the odd ones as whole-array operations, so ~17 levels of numpy replace the
+    Thomas algorithm's Python loop over every beat (80 000 beats: 27 → 5 ms)."""
+    n = b.size
+    if n <= 8:
+        x = np.zeros(n)
+        bb, dd = b.astype(np.float64), d.astype(np.float64)
+        for i in range(1, n):  # Thomas: forward elimination, then back substitution
+            w = a[i] / bb[i - 1]
+            bb[i] -= w * c[i - 1]
+            dd[i] -= w * dd[i - 1]
+        if n:
+            x[-1] = dd[-1] / bb[-1]
+        for i in range(n - 2, -1, -1):
+            x[i] = (dd[i] - c[i] * x[i + 1]) / bb[i]
+        return x
+    # A dummy equation x[n] = 0 after the last, so every odd row has two neighbours.
+    a, b, c, d = (np.append(v, z) for v, z in ((a, 0.0), (b, 1.0), (c, 0.0), (d, 0.0)))
+    a[0] = 0.0
+    c[n - 1] = 0.0
+    odd = np.arange(1, n, 2)
+    lo, hi = odd - 1, odd + 1
+    alpha = -a[odd] / b[lo]
+    gamma = -c[odd] / b[hi]
+    xo = _tridiagonal(
+        alpha * a[lo],
+        b[odd] + alpha * c[lo] + gamma * a[hi],
+        gamma * c[hi],
+        d[odd] + alpha * d[lo] + gamma * d[hi],
+    )
+    x = np.zeros(n + 1)
+    x[odd] = xo
+    even = np.arange(0, n, 2)
+    left = np.where(even > 0, x[even - 1], 0.0)
+    x[even] = (d[even] - a[even] * left - c[even] * x[even + 1]) / b[even]
+    return x[:n]
+
+
 def _spline_second_derivs(t: FloatArray, y: FloatArray) -> FloatArray:
-    """Second derivatives of the natural cubic spline through (t, y) (Thomas algorithm)."""
+    """Second derivatives of the natural cubic spline through (t, y): a symmetric tridiagonal,
+    strictly diagonally dominant system (:func:`_tridiagonal`)."""
     n = t.size
     m = np.zeros(n)
     if n < 3:
         return m
     h = np.diff(t)
     rhs = 6.0 * np.diff(np.diff(y) / h)
-    diag = (2.0 * (h[:-1] + h[1:])).tolist()
-    off = h[1:-1].tolist()
-    r = rhs.tolist()
-    k = len(diag)
-    for i in range(1, k):  # forward elimination
-        w = off[i - 1] / diag[i - 1]
-        diag[i] -= w * off[i - 1]
-        r[i] -= w * r[i - 1]
-    sol = [0.0] * k
-    sol[-1] = r[-1] / diag[-1]
-    for i in range(k - 2, -1, -1):
-        sol[i] = (r[i] - off[i] * sol[i + 1]) / diag[i]
-    m[1:-1] = sol
+    off = np.concatenate(([0.0], h[1:-1]))  # a[i] = h[i] (the row before); a[0] unused
+    m[1:-1] = _tridiagonal(off, 2.0 * (h[:-1] + h[1:]), np.append(h[1:-1], 0.0), rhs)
     return m
 
 
@@ -193,8 +223,12 @@ def spline_power_gain(f: FloatArray, mean_rr_s: float | FloatArray) -> FloatArra
     ``fΔ = 0.5``, as before, amplified the images 4.6-fold into the HF band).
     """
     x = np.asarray(f, dtype=np.float64) * mean_rr_s
-    xc = np.minimum(x, 0.5)
-    h = np.sinc(xc) ** 4 * 3.0 / (2.0 + np.cos(2.0 * np.pi * xc))
+    px = np.pi * np.minimum(x, 0.5)
+    s = np.sin(px)
+    r = np.divide(s, px, out=np.ones_like(px), where=px > 0.0)  # sinc, 1 at f = 0
+    r *= r
+    # cos 2πfΔ = 1 − 2·sin² πfΔ: one sine for both factors (np.sinc and np.cos took 2× as long)
+    h = r * r * 3.0 / (3.0 - 2.0 * s * s)
     out: FloatArray = np.where(x <= 0.5 + 1e-12, h * h, np.inf)
     return out
 

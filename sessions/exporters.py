@@ -28,6 +28,7 @@ from sessions.files import (
     ExportError,
     ExportRefused,
     ProgressFn,
+    name_too_long,
     not_replaceable,
     path_too_long,
     refuse_database,
@@ -147,36 +148,6 @@ def export_session(
             store, session_id, out, progress=progress, rr_source=rr_source, replace=force
         )
     raise ValueError(f"unknown export format {fmt!r}")
-
-
-#: Longest file name taken where the directory does not say, bytes (ext4, XFS, btrfs, APFS).
-_NAME_MAX = 255
-
-
-def name_too_long(path: Path) -> str | None:
-    """Why the system cannot take ``path`` as a name to write (one line: its own name, or the
-    whole path, is longer than it takes), or None. Asked of the system (``lstat`` fails with
-    ``ENAMETOOLONG``), so the limit is that of the file system ``path`` would be on. A
-    directory on the way with a name too long for any file system is no such case: it
-    cannot exist, which the export says as for any missing directory."""
-    if not path_too_long(path):
-        return None  # missing, or any other trouble: the export says it where it matters
-    size = len(os.fsencode(path.name))
-    try:
-        most = os.pathconf(path.parent, "PC_NAME_MAX")
-    except (OSError, ValueError):  # a parent that is not there, no pathconf
-        most = _NAME_MAX
-    if size > most:
-        return (
-            f"the file name is {size} bytes, more than the file system takes ({most}): "
-            "choose a shorter file name"
-        )
-    if any(len(os.fsencode(part)) > _NAME_MAX for part in path.parent.parts):
-        return None
-    return (
-        f"the path is {len(os.fsencode(path))} bytes, longer than the system takes: "
-        "choose a shorter one"
-    )
 
 
 def _planned_files(fmt: str, out: Path, session_id: str, rr_source: str) -> list[Path]:

@@ -28,6 +28,7 @@ __all__ = [
     "atomic_file",
     "fsync_dir",
     "inside",
+    "name_too_long",
     "not_replaceable",
     "one_line",
     "path_too_long",
@@ -132,6 +133,36 @@ def path_too_long(path: Path) -> bool:
     except ValueError:  # a NUL byte: no length question
         return False
     return False
+
+
+#: Longest file name taken where the directory does not say, bytes (ext4, XFS, btrfs, APFS).
+_NAME_MAX = 255
+
+
+def name_too_long(path: Path) -> str | None:
+    """Why the system cannot take ``path`` as a name to write (one line: its own name, or the
+    whole path, is longer than it takes), or None. Asked of the system (``lstat`` fails with
+    ``ENAMETOOLONG``), so the limit is that of the file system ``path`` would be on. A
+    directory on the way with a name too long for any file system is no such case: it
+    cannot exist, which the export says as for any missing directory."""
+    if not path_too_long(path):
+        return None  # missing, or any other trouble: the export says it where it matters
+    size = len(os.fsencode(path.name))
+    try:
+        most = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):  # a parent that is not there, no pathconf
+        most = _NAME_MAX
+    if size > most:
+        return (
+            f"the file name is {size} bytes, more than the file system takes ({most}): "
+            "choose a shorter file name"
+        )
+    if any(len(os.fsencode(part)) > _NAME_MAX for part in path.parent.parts):
+        return None
+    return (
+        f"the path is {len(os.fsencode(path))} bytes, longer than the system takes: "
+        "choose a shorter one"
+    )
 
 
 def target_file(out: Path, default_name: str, suffixes: tuple[str, ...]) -> Path:

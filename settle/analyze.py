@@ -50,6 +50,7 @@ from sensors.readers import read_rr_file
 from sessions.files import (
     DB_SIBLINGS,
     ExportError,
+    name_too_long,
     not_replaceable,
     sqlite_database_of,
     write_all,
@@ -221,8 +222,6 @@ def check_outputs(file: Path, outputs: dict[str, Path | None], *, force: bool) -
     :class:`AnalyzeUsageError`, exit code 2, as ``settle export`` refuses them. A missing
     directory is :class:`InputFileError` (exit code 1)."""
     named = [(opt, p) for opt, p in outputs.items() if p is not None]
-    if named:
-        from sessions.exporters import name_too_long  # every exporter: 0.2 s, only for files
     for i, (opt, p) in enumerate(named):
         if "\x00" in str(p):
             raise AnalyzeUsageError(f"{opt}: the path contains a NUL byte")

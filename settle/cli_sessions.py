@@ -199,7 +199,7 @@ def export(
             _fail(f"--subject: {exc.reason}", 2)
     out_path = Path(out_arg)
     if not out_arg.endswith(("/", os.sep)):
-        from sessions.exporters import name_too_long
+        from sessions.files import name_too_long
 
         # Before anything asks the system about the path: is_dir() raised on a name too long
         # (kubios said "File name too long", exit 1, where the other formats say this, 2).
