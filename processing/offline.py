@@ -91,6 +91,13 @@ class Rolling:
     step_score: FloatArray
     step_quality: FloatArray
     """Signal quality 0–1 as live computes it, without the skin-contact term."""
+    baseline_span_s: tuple[float, float] | None = None
+    """First and last step of the baseline the score is computed against, s; None when no
+    baseline completed (no score)."""
+    baseline_marked: bool = False
+    """Whether that baseline is the marked rest period, else automatic."""
+    rest_s: tuple[float, float] | None = None
+    """The marked rest period given (``analyze(rest=…)``), used or (too short) discarded."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -614,9 +621,13 @@ def _score(
     baseline_s: float,
     usable: npt.NDArray[np.bool_],
     step_s: float = STEP_S,
-) -> FloatArray:
-    """The settling score at each step as :class:`~processing.live.LiveAnalyzer` computes it:
-    the automatic baseline collects the usable steps of the first ``baseline_s`` (extended by
+    rest: tuple[float, float] | None = None,
+) -> tuple[FloatArray, tuple[float, float] | None, bool]:
+    """The settling score at each step as :class:`~processing.live.LiveAnalyzer` computes it,
+    the baseline's span (its first and last step, None if it never completed) and whether
+    that baseline is the marked rest period.
+
+    The automatic baseline collects the usable steps of the first ``baseline_s`` (extended by
     ``baseline_s`` at a time until it holds :data:`BASELINE_MIN_SAMPLES` of each component);
     after it, every usable step is scored against it.
 
@@ -624,38 +635,79 @@ def _score(
     (an export's beats start after the daemon's warm-up, or when the strap was put on): the
     daemon's first snapshot, and so its baseline, is at ``step_s`` of session time whenever
     the first beats arrive; its baseline then holds fewer steps, or is extended, and so is
-    this one."""
+    this one.
+
+    ``rest`` (start, stop), s: a rest period marked as the daemon's ``baseline/start`` and
+    ``baseline/stop`` do. Before it the automatic baseline scores as above; its usable steps
+    (``start ≤ t ≤ stop``) are the baseline, nothing is scored while it is collected, and every
+    usable step after it is scored against it — unless it holds fewer than
+    :data:`BASELINE_MIN_SAMPLES` of a component or spans less than that many steps, when, as
+    live, it is discarded and an automatic baseline is collected from ``stop``."""
     score = np.full(steps.size, np.nan)
     if steps.size == 0:
-        return score
+        return score, None, False
     comps = ((hr, "hr_bpm", -1.0), (ln, "ln_rmssd", 1.0), (lnlf, "ln_lf", 1.0))
-    until = min(float(steps[0]), step_s) + baseline_s
     finite = [np.isfinite(vals).tolist() for vals, _, _ in comps]
-    counts = [0, 0, 0]
-    in_base = np.zeros(steps.size, dtype=bool)
-    done = steps.size
-    for k, (t, ok) in enumerate(zip(steps.tolist(), usable.tolist(), strict=True)):
-        if t > until:
-            if min(counts) >= BASELINE_MIN_SAMPLES:
-                done = k
-                break
-            until = t + baseline_s
-        if ok:
-            in_base[k] = True
-            for j in range(3):
-                counts[j] += finite[j][k]
+    step_list = steps.tolist()
+    usable_list = usable.tolist()
+
+    def automatic(lo: int, hi: int, until: float) -> tuple[npt.NDArray[np.bool_], int]:
+        """The automatic baseline's steps among ``lo … hi−1`` and the first step after it
+        (``hi`` when it never completed there)."""
+        counts = [0, 0, 0]
+        in_base = np.zeros(steps.size, dtype=bool)
+        for k in range(lo, hi):
+            if step_list[k] > until:
+                if min(counts) >= BASELINE_MIN_SAMPLES:
+                    return in_base, k
+                until = step_list[k] + baseline_s
+            if usable_list[k]:
+                in_base[k] = True
+                for j in range(3):
+                    counts[j] += finite[j][k]
+        return in_base, hi
+
+    def scored(in_base: npt.NDArray[np.bool_], lo: int, hi: int) -> None:
+        zs = []
+        for vals, key, sign in comps:
+            v = vals[in_base & np.isfinite(vals)]
+            spread = max(float(np.std(v, ddof=1)), SPREAD_FLOORS[key])
+            zs.append(sign * (vals[lo:hi] - float(v.mean())) / spread)
+        z = np.mean(zs, axis=0)
+        score[lo:hi] = np.where(
+            usable[lo:hi], np.clip(50.0 + 50.0 * np.tanh(z / SETTLING_K), 0.0, 100.0), np.nan
+        )
+
+    def span(in_base: npt.NDArray[np.bool_]) -> tuple[float, float]:
+        k = np.flatnonzero(in_base)
+        return float(steps[k[0]]), float(steps[k[-1]])
+
+    first_until = min(float(steps[0]), step_s) + baseline_s
+    if rest is None:
+        in_base, done = automatic(0, steps.size, first_until)
+        if done == steps.size:
+            return score, None, False
+        scored(in_base, done, steps.size)
+        return score, span(in_base), False
+    start, stop = rest
+    k_start = int(np.searchsorted(steps, start, side="left"))
+    k_stop = int(np.searchsorted(steps, stop, side="right"))
+    in_base, done = automatic(0, k_start, first_until)
+    if done < k_start:  # the automatic baseline completed before the rest period began
+        scored(in_base, done, k_start)
+    in_rest = np.zeros(steps.size, dtype=bool)
+    in_rest[k_start:k_stop] = usable[k_start:k_stop]
+    n_rest = min(int(np.sum(in_rest & np.isfinite(vals))) for vals, _, _ in comps)
+    if n_rest >= BASELINE_MIN_SAMPLES and stop - start >= BASELINE_MIN_SAMPLES * step_s:
+        if k_stop < steps.size:
+            scored(in_rest, k_stop, steps.size)
+        return score, span(in_rest), True
+    # Too short: discarded, as live; the automatic baseline from the rest period's stop.
+    in_base, done = automatic(k_stop, steps.size, stop + baseline_s)
     if done == steps.size:
-        return score
-    zs = []
-    for vals, key, sign in comps:
-        v = vals[in_base & np.isfinite(vals)]
-        spread = max(float(np.std(v, ddof=1)), SPREAD_FLOORS[key])
-        zs.append(sign * (vals[done:] - float(v.mean())) / spread)
-    z = np.mean(zs, axis=0)
-    score[done:] = np.where(
-        usable[done:], np.clip(50.0 + 50.0 * np.tanh(z / SETTLING_K), 0.0, 100.0), np.nan
-    )
-    return score
+        return score, None, False
+    scored(in_base, done, steps.size)
+    return score, span(in_base), False
 
 
 #: Each stage's relative cost in :func:`analyze` (seconds on the 24 h Holter file, 2026-11-29;
@@ -685,6 +737,7 @@ def analyze(
     spectrum: Method = "welch",
     on_progress: Callable[[str, float], None] | None = None,
     step_s: float = STEP_S,
+    rest: tuple[float, float] | None = None,
 ) -> Analysis:
     """Analyse one recording (beat times ``t_s`` in s, raw intervals ``rr_ms`` in ms).
 
@@ -704,6 +757,9 @@ def analyze(
     notification (a strap sends up to ~1 s of beats in one, and the daemon takes its steps
     after a whole notification): the rolling values are then the daemon's at each step; None
     takes every beat as a notification of its own.
+    ``rest`` (start, stop) s: a marked rest period the settling score is computed against
+    (as the daemon's ``baseline/start`` … ``baseline/stop``), else the automatic baseline
+    (:func:`_score`).
     ``spectrum``: the whole-recording spectrum by the default method (each unbroken run
     resampled, Welch frames within runs) or by Lomb–Scargle over the beats at their own
     times, holes included (:func:`processing.spectral.lomb_frames`). The rolling spectra
@@ -809,12 +865,15 @@ def analyze(
         step_ok, quality = _step_quality(
             steps, seen, tc, rc, n_window, run_start, window_s, cs, jumps
         )
-        score = _score(steps, hr[idx], ln_step, lnlf, baseline_s, step_ok, step_s)
+        score, base_span, base_marked = _score(
+            steps, hr[idx], ln_step, lnlf, baseline_s, step_ok, step_s, rest
+        )
         with np.errstate(divide="ignore", invalid="ignore"):
             lfhf = lf / hf
         roll = Rolling(
-            tc, mean, hr, sdnn, rmssd, pnn, steps, lf, hf, lfhf, resp, coh, score, quality
-        )
+            tc, mean, hr, sdnn, rmssd, pnn, steps, lf, hf, lfhf, resp, coh, score, quality,
+            base_span, base_marked, rest,
+        )  # fmt: skip
     finite_coh = coh[np.isfinite(coh)]
     stage("summary", "DFA and the whole recording's spectrum")
     alpha1 = dfa_alpha1(rc, breaks=breaks)

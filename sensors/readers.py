@@ -118,6 +118,10 @@ class RRRecording:
     """Settle export only: the beats that arrived first in their Heart Rate notification (a
     strap sends up to ~1 s of beats in one: the daemon analysed them together); None for
     other formats, or an export without the arrival times."""
+    rest_s: tuple[float, float] | None = None
+    """Settle export only: the marked rest period the session's score was computed against
+    (its ``baseline`` row: ``t_s`` to ``end_t_s``), s; None without one, or for other
+    formats. ``settle analyze`` scores against it, as the daemon and the report did."""
 
 
 def read_rr_file(path: Path | str) -> RRRecording:
@@ -139,13 +143,16 @@ def read_rr_file(path: Path | str) -> RRRecording:
     warmup: npt.NDArray[np.bool_] | None = None
     gap_before: npt.NDArray[np.bool_] | None = None
     notification_start: npt.NDArray[np.bool_] | None = None
+    rest: tuple[float, float] | None = None
     sample = _first_row(lines, head)  # a header of one name has no separator: the rows say
     if first.lower() == "[params]" or (
         "[hrdata]" in text.lower() and any(ln.strip().lower() == "[hrdata]" for ln in lines)
     ):
         rr, fmt, t = _read_hrm(name, lines), "polar-hrm", None
     elif (delim := _settle_header(first, sample)) is not None:
-        t, rr, fmt, warmup, gap_before, notification_start = _read_csv(name, lines, head, delim)
+        t, rr, fmt, warmup, gap_before, notification_start, rest = _read_csv(
+            name, lines, head, delim
+        )
     elif (column := _rr_column(first, sample)) is not None:
         rr, fmt, t = _read_rr_column(name, lines, head, *column), "rr-column", None
     else:
@@ -172,6 +179,7 @@ def read_rr_file(path: Path | str) -> RRRecording:
         warmup=warmup,
         gap_before=gap_before,
         notification_start=notification_start,
+        rest_s=rest,
     )
 
 
@@ -387,12 +395,14 @@ def _read_csv(
     npt.NDArray[np.bool_] | None,
     npt.NDArray[np.bool_] | None,
     npt.NDArray[np.bool_] | None,
+    tuple[float, float] | None,
 ]:
     """A ``t_s,rr_ms`` CSV, Settle's export (its ``record = beat`` rows) or a ``settle analyze
     --beats`` file (its raw intervals); ``lines[head]`` is the header. Returns beat times
     (None without a ``t_s`` column), RR, the format, for Settle's files which beats are the
-    daemon's warm-up beats, and for an export which beats follow a ``gap`` row and which
-    arrived first in their notification (by ``recv_ts_ms``). ``delim``: the header's
+    daemon's warm-up beats, and for an export which beats follow a ``gap`` row, which
+    arrived first in their notification (by ``recv_ts_ms``) and its ``baseline`` row (the
+    marked rest period, ``t_s`` to ``end_t_s``). ``delim``: the header's
     separator; with ``;`` or tabs, times and intervals may have a decimal comma."""
     header = _header_cells(lines[head], delim)
     point = _point if delim != "," else str
@@ -404,6 +414,8 @@ def _read_csv(
     i_cls = header.index(cls_col) if cls_col is not None and cls_col in header else None
     i_reason = header.index("reason") if i_rec is not None and "reason" in header else None
     i_recv = header.index("recv_ts_ms") if i_rec is not None and "recv_ts_ms" in header else None
+    i_end = header.index("end_t_s") if i_rec is not None and "end_t_s" in header else None
+    rest_row: tuple[int, str, str] | None = None
     recv: list[str] = []
     fmt = "settle-export" if i_rec is not None else "settle-beats" if beats_file else "csv"
     zero_ok = i_rec is not None or beats_file
@@ -443,6 +455,8 @@ def _read_csv(
                 gap_pending |= record == "gap" and (
                     i_reason is None or cells[i_reason].strip() not in ECG_ONLY_GAPS
                 )
+                if record == "baseline" and i_t is not None and i_end is not None:
+                    rest_row = (start, point(cells[i_t]), point(cells[i_end]))
                 continue
             if beats_file and not cells[i_rr].strip():
                 continue  # a beat the correction inserted: not in the recording
@@ -475,8 +489,18 @@ def _read_csv(
     if i_recv is not None and recv and all(recv):
         starts = np.ones(len(recv), dtype=bool)
         starts[1:] = [a != b for a, b in itertools.pairwise(recv)]
+    rest = None
+    if rest_row is not None:
+        lineno, a, b = rest_row
+        rest = (_number(name, lineno, a, "baseline start t_s"),
+                _number(name, lineno, b, "baseline end_t_s"))  # fmt: skip
+        if rest[1] < rest[0]:
+            raise InputFileError(
+                name, f"the baseline row ends ({rest[1]:g} s) before it starts ({rest[0]:g} s)",
+                lineno,
+            )  # fmt: skip
     if i_t is None:
-        return None, rr, fmt, warmup, gap_before, starts
+        return None, rr, fmt, warmup, gap_before, starts, rest
     far = np.flatnonzero(np.abs(t) > MAX_TIME_S)
     if far.size:
         raise InputFileError(
@@ -493,7 +517,7 @@ def _read_csv(
             linenos[int(back[0]) + 1],
         )
     _check_times_match(name, t, rr, linenos)
-    return t, rr, fmt, warmup, gap_before, starts
+    return t, rr, fmt, warmup, gap_before, starts, rest
 
 
 def _check_times_match(

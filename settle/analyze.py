@@ -44,6 +44,7 @@ from typing import Any, cast, get_args
 import numpy as np
 import numpy.typing as npt
 
+from processing.live import BASELINE_MIN_SAMPLES
 from processing.offline import Analysis, analyze
 from processing.spectral import BANDS_HZ, Method
 from sensors.readers import read_rr_file
@@ -291,6 +292,27 @@ def rolling_csv(a: Analysis) -> str:
     )
 
 
+def score_baseline_line(a: Analysis, every_s: float = 5.0) -> str | None:
+    """One line saying what the ``--rolling`` settling score is computed against, or None
+    without rolling series."""
+    r = a.rolling
+    if r is None:
+        return None
+    if r.rest_s is not None and r.baseline_marked:
+        return f"settling score: against the marked rest period {r.rest_s[0]:g}–{r.rest_s[1]:g} s"
+    said = ""
+    if r.rest_s is not None:
+        said = (
+            f"the marked rest period {r.rest_s[0]:g}–{r.rest_s[1]:g} s holds fewer than "
+            f"{BASELINE_MIN_SAMPLES} usable steps or spans less than "
+            f"{BASELINE_MIN_SAMPLES * every_s:g} s: discarded, as live; "
+        )
+    if r.baseline_span_s is None:
+        return f"settling score: {said}none — no baseline completed (too few usable steps)"
+    lo, hi = r.baseline_span_s
+    return f"settling score: {said}against the automatic baseline, steps {lo:g}–{hi:g} s"
+
+
 def run_analyze(
     file: Path,
     *,
@@ -304,12 +326,18 @@ def run_analyze(
     rr_range_ms: tuple[float, float] = (250.0, 2000.0),
     spectrum: str = "welch",
     step_s: float = 5.0,
+    rest_s: tuple[float, float] | None = None,
+    auto_baseline: bool = False,
 ) -> tuple[Analysis, dict[str, Any]]:
     """Read, analyse and write the requested files; returns the analysis and its JSON.
     ``force``: replace existing output files (never ``file`` itself). ``baseline_s`` and
     ``rr_range_ms`` and ``step_s`` as ``processing.baseline_s``, ``rr_min_ms``/``rr_max_ms``
     and ``indices_every_s``;
-    ``spectrum``: the whole-recording spectrum's method (``welch`` or ``lomb``)."""
+    ``spectrum``: the whole-recording spectrum's method (``welch`` or ``lomb``).
+    The settling score's baseline: ``rest_s`` (start, stop) s, a rest period as ``--baseline``
+    names it; else the marked rest period a Settle export holds (its ``baseline`` row), as
+    the daemon and the report scored against it; else, or with ``auto_baseline``, the
+    automatic one (the first ``baseline_s``)."""
     lo, hi = WINDOW_RANGE_S
     if not (math.isfinite(window_s) and lo <= window_s <= hi):
         # As processing.window_s in the config: 1e-9 s left every window empty and 1e9 s
@@ -322,6 +350,12 @@ def run_analyze(
     method = cast(Method, spectrum)
     check_outputs(file, {"--beats": beats, "--rolling": rolling}, force=force)
     rec = read_rr_file(file)
+    if rest_s is not None and rest_s[0] > float(rec.t_s[-1]):
+        raise AnalyzeUsageError(
+            f"--baseline {rest_s[0]:g}:{rest_s[1]:g} starts after the recording's last beat "
+            f"({float(rec.t_s[-1]):.1f} s)"
+        )
+    rest = None if auto_baseline else rest_s if rest_s is not None else rec.rest_s
     progress = None
     on_progress = None
     write_share = {"beats": 0.08, "rolling": 0.15}  # of the analysis's time (24 h file)
@@ -371,6 +405,7 @@ def run_analyze(
             spectrum=method,
             on_progress=on_progress,
             step_s=step_s,
+            rest=rest,
         )
         done = 1.0
         outputs: list[tuple[Path, str]] = []

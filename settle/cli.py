@@ -1246,6 +1246,16 @@ def analyze(
             "lomb (Lomb-Scargle at the beats' own times, for gappy recordings).",
         ),
     ] = "welch",
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline",
+            metavar="START:STOP|auto",
+            help="The settling score's baseline in --rolling: a rest period, seconds of the "
+            "recording (as log set --baseline); 'auto' for the first processing.baseline_s. "
+            "Default: the marked rest period a Settle export holds, else auto.",
+        ),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Analyse an RR recording offline: HRV summary, artefacts, rolling indices.
@@ -1253,11 +1263,20 @@ def analyze(
     The [processing] settings of the config apply as they do live: window_s, baseline_s,
     indices_every_s, correction and the plausible RR range; --window and --no-correction
     override them."""
-    from settle.analyze import AnalyzeUsageError, hf_truncated_at, run_analyze
+    from settle.analyze import (
+        AnalyzeUsageError,
+        hf_truncated_at,
+        run_analyze,
+        score_baseline_line,
+    )
 
     if not file:  # Path("") is ".", which read as "is a directory, not an RR file"
         fail("the recording path is empty: name an RR file", 2)
     p = settings_from(config).processing
+    rest_s = None
+    if baseline is not None and baseline.strip().lower() != "auto":
+        rest_s = cli_sessions.baseline_bounds(baseline)
+        cli_sessions.check_baseline_span(rest_s, p.indices_every_s, baseline)
     try:
         a, doc = run_analyze(
             Path(file),
@@ -1271,6 +1290,8 @@ def analyze(
             rr_range_ms=(p.rr_min_ms, p.rr_max_ms),
             spectrum=spectrum,
             step_s=p.indices_every_s,
+            rest_s=rest_s,
+            auto_baseline=baseline is not None and rest_s is None,
         )
     except AnalyzeUsageError as exc:  # a bad option: exit 2 like any other usage error
         fail(str(exc), 2)
@@ -1285,6 +1306,8 @@ def analyze(
     rows.insert(0, ["usable", "yes" if a.usable else f"no ({a.reason})"])
     rows.insert(1, ["flagged beats", str(a.beats.n_flagged)])
     print_table(["metric", "value"], rows)
+    if (line := score_baseline_line(a, p.indices_every_s)) is not None:
+        out.print(line[0].upper() + line[1:] + ".", markup=False)
     cut = hf_truncated_at(a)
     if cut is not None:
         out.print(

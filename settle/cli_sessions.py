@@ -97,6 +97,37 @@ def _resolve(store: SessionStore, ref: str) -> SessionInfo:
     return info
 
 
+def baseline_bounds(text: str) -> tuple[float, float]:
+    """``--baseline START:STOP`` (seconds of session time) as numbers; exit code 2 with one
+    line when it is not two finite numbers with ``0 <= START < STOP``."""
+    a, sep, b = text.partition(":")
+    try:
+        bounds = (float(a), float(b))
+    except ValueError:
+        bounds = None
+    if not sep or bounds is None or not all(math.isfinite(x) for x in bounds):
+        _fail(f"--baseline: expected START:STOP seconds, e.g. 0:120, got {shown(text)}", 2)
+    if not 0 <= bounds[0] < bounds[1]:
+        _fail(f"--baseline: need 0 <= START < STOP, got {shown(text)}", 2)
+    return bounds
+
+
+def check_baseline_span(bounds: tuple[float, float], every_s: float, text: str) -> None:
+    """Refuse (exit code 2) a period the daemon would discard: shorter than
+    :data:`processing.live.BASELINE_MIN_SAMPLES` steps of ``every_s``."""
+    from processing.live import BASELINE_MIN_SAMPLES
+
+    # As the live rule (baseline/stop): a 10 s period was kept here and rescored the
+    # whole report, while the daemon always discards one under 15 s.
+    need_s = BASELINE_MIN_SAMPLES * every_s
+    if bounds[1] - bounds[0] < need_s:
+        _fail(
+            f"--baseline: {bounds[1] - bounds[0]:g} s is too short (at least {need_s:g} s, "
+            f"as a baseline marked live), got {shown(text)}",
+            2,
+        )
+
+
 def config_error_text(exc: ConfigError, db: Path | None) -> str:
     """A config error's line, naming ``--db`` when the flag gave the store's path (it read
     "config: storage.db_path: …")."""
@@ -512,31 +543,14 @@ def log_set(
 
     bounds: tuple[float, float] | None = None
     if baseline is not None:
-        a, sep, b = baseline.partition(":")
-        try:
-            bounds = (float(a), float(b))
-        except ValueError:
-            bounds = None
-        if not sep or bounds is None or not all(math.isfinite(x) for x in bounds):
-            _fail(f"--baseline: expected START:STOP seconds, e.g. 0:120, got {shown(baseline)}", 2)
-        if not 0 <= bounds[0] < bounds[1]:
-            _fail(f"--baseline: need 0 <= START < STOP, got {shown(baseline)}", 2)
-        from processing.live import BASELINE_MIN_SAMPLES
+        bounds = baseline_bounds(baseline)
         from settle.config import load_config
 
         try:
             every_s = load_config(config, storage={"db_path": db}).processing.indices_every_s
         except ConfigError as exc:
             _fail(config_error_text(exc, db), 2)
-        # As the live rule (baseline/stop): a 10 s period was kept here and rescored the
-        # whole report, while the daemon always discards one under 15 s.
-        need_s = BASELINE_MIN_SAMPLES * every_s
-        if bounds[1] - bounds[0] < need_s:
-            _fail(
-                f"--baseline: {bounds[1] - bounds[0]:g} s is too short (at least {need_s:g} s, "
-                f"as a baseline marked live), got {shown(baseline)}",
-                2,
-            )
+        check_baseline_span(bounds, every_s, baseline)
     target = None if target is None else _target_name(target)
     # As the same fields sent over MQTT (feedback.payloads.Intention): they are shown on the
     # dashboard, in reports and on the terminal, where a control character (an escape

@@ -810,6 +810,102 @@ def test_rolling_settling_score_is_the_one_live_shows() -> None:
     assert float(diff.max()) < 1.0
 
 
+def _live_scores_with_rest(
+    t: np.ndarray, rr: np.ndarray, steps: np.ndarray, rest: tuple[float, float]
+) -> np.ndarray:
+    """The score a LiveAnalyzer (no correction) shows at ``steps`` when a rest period is
+    marked ``rest[0]`` … ``rest[1]`` (baseline/start, baseline/stop as the daemon sends them:
+    a too-short one needs 3 steps of 5 s)."""
+    from processing.live import LiveAnalyzer
+
+    la = LiveAnalyzer(correction=False)
+    live = np.full(steps.size, np.nan)
+    marks = [(rest[0], la.start_baseline), (rest[1], lambda x: la.stop_baseline(x, 15.0))]
+    j = 0
+    for ti, ri in zip(t.tolist(), rr.tolist(), strict=True):
+        while j < steps.size and steps[j] < ti:
+            while marks and marks[0][0] <= steps[j]:
+                at, mark = marks.pop(0)
+                mark(at)
+            live[j] = la.indices(float(steps[j])).score
+            j += 1
+        la.push_beat(ti, ri)
+    return live
+
+
+@pytest.mark.parametrize("rest", [(202.5, 322.5), (202.5, 212.5)], ids=["kept", "too-short"])
+def test_rolling_score_is_against_the_marked_rest_period_as_live(
+    rest: tuple[float, float], tmp_path: Path
+) -> None:
+    """A session with a marked rest period, exported and re-analysed: the rolling score is
+    the one the practitioner saw, against that rest period (a session whose score read 59–71
+    live read 1–3 offline, against the first 2 minutes). A rest period too short to use is
+    discarded as live does, and the automatic baseline is collected after it. The export's
+    ``baseline`` row gives the period to `settle analyze`, which says what it scored
+    against."""
+    from processing.offline import analyze
+    from sensors.readers import read_rr_file
+
+    rec = read_rr_file(DATA / "bartels_rest_supine.csv")
+    t = rec.t_s - rec.t_s[0] + 1.0
+    roll = analyze(t, rec.rr_ms, rolling=True, correction=False, rest=rest).rolling
+    assert roll is not None
+    live = _live_scores_with_rest(t, rec.rr_ms, roll.step_t_s, rest)
+    np.testing.assert_array_equal(np.isfinite(roll.step_score), np.isfinite(live))
+    diff = np.abs(roll.step_score - live)[np.isfinite(live)]
+    assert diff.size > 100 and float(diff.max()) < 1.0
+    auto = analyze(t, rec.rr_ms, rolling=True, correction=False).rolling
+    assert auto is not None
+    after = roll.step_t_s > rest[1] + 150.0
+    if rest[1] - rest[0] >= 15.0:
+        assert roll.baseline_marked and roll.baseline_span_s == (205.0, 320.0)
+        # Not the automatic baseline's scores: the rest period moved them.
+        assert float(np.nanmax(np.abs(roll.step_score - auto.step_score)[after])) > 2.0
+    else:
+        assert not roll.baseline_marked and roll.baseline_span_s is not None
+        assert roll.baseline_span_s[0] > rest[1]
+
+    lines = ["record,t_s,rr_ms,end_t_s,reason", f"baseline,{rest[0]!r},,{rest[1]!r},"]
+    lines += [
+        f"beat,{ti!r},{ri!r},," for ti, ri in zip(t.tolist(), rec.rr_ms.tolist(), strict=True)
+    ]
+    export = tmp_path / "settle-x.csv"
+    export.write_text("\n".join(lines) + "\n")
+    assert read_rr_file(export).rest_s == rest
+    out_csv = tmp_path / "r.csv"
+    res = _settle(str(export), "--no-correction", "--rolling", str(out_csv))
+    assert res.returncode == 0, res.stderr
+    said = " ".join(res.stdout.split())
+    if roll.baseline_marked:
+        assert "against the marked rest period 202.5–322.5 s" in said
+    else:
+        assert "the marked rest period 202.5–212.5 s holds fewer than 3 usable steps" in said
+        assert "discarded, as live; against the automatic baseline" in said
+    rows = [r.split(",") for r in out_csv.read_text().splitlines()[1:] if r.startswith("step,")]
+    written = np.array([float(r[12]) if r[12] else np.nan for r in rows])
+    np.testing.assert_allclose(written, roll.step_score, atol=1e-3, equal_nan=True)
+    # --baseline auto: the first 2 minutes, as before.
+    res = _settle(str(export), "--no-correction", "--baseline", "auto",
+                  "--rolling", str(out_csv), "--force")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    m = re.search(r"against the automatic baseline, steps (\d+)–(\d+) s", res.stdout)
+    assert m is not None and int(m[2]) <= 125  # the first 2 minutes from the first step
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("120", "expected START:STOP seconds"),
+        ("50:20", "need 0 <= START < STOP"),
+        ("100:110", "10 s is too short (at least 15 s"),
+        ("5000:5100", "starts after the recording's last beat"),
+    ],
+)
+def test_a_bad_baseline_option_is_one_line_exit_2(value: str, said: str) -> None:
+    line = _one_line_error(_settle(str(DATA / "bartels_rest_supine.csv"), "--baseline", value), 2)
+    assert said in line
+
+
 def test_a_gap_of_the_raw_ecg_alone_does_not_break_the_rr_series(tmp_path: Path) -> None:
     """A Polar H10's raw ECG clock stepped: the daemon records a `raw ECG clock step` gap
     but its heart-rate analysis goes on (the strap's RR did). `settle analyze` of the export
