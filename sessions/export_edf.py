@@ -213,25 +213,28 @@ def _tal(onset: float, duration: float | None, text: str) -> bytes:
     return (head + "\x14" + _clean(text) + "\x14\x00").encode("utf-8")
 
 
-def local_start(started_ms: int) -> dt.datetime:
+def local_start(started_ms: int, tz: dt.tzinfo | None = None) -> dt.datetime:
     """The header's start: the instant ``started_ms`` (epoch ms) on the local clock of the
-    computer exporting (its time zone; ``TZ`` overrides it), to the whole second, with its
+    recording (``tz``, :attr:`sessions.store.SessionInfo.recording_tz`; without it, of the
+    computer exporting: its time zone, ``TZ`` overrides it), to the whole second, with its
     UTC offset (``tzinfo``)."""
-    return dt.datetime.fromtimestamp(started_ms // 1000, tz=dt.UTC).astimezone()
+    return dt.datetime.fromtimestamp(started_ms // 1000, tz=dt.UTC).astimezone(tz)
 
 
-def recording_start(started_ms: int) -> str:
+def recording_start(started_ms: int, tz: dt.tzinfo | None = None) -> str:
     """The text of the annotation at onset 0 that completes the header's local start:
     ``recording start: 2026-11-18T16:36:40.123+05:30`` (ISO 8601: the same local time with
     its milliseconds and its offset from UTC, i.e. the exact instant)."""
-    when = local_start(started_ms) + dt.timedelta(milliseconds=started_ms % 1000)
+    when = local_start(started_ms, tz) + dt.timedelta(milliseconds=started_ms % 1000)
     return f"{RECORDING_START}: {when.isoformat(timespec='milliseconds')}"
 
 
 def _annotations(rec: SessionRecord, end_s: float) -> list[tuple[float, float | None, str]]:
     info = rec.info
     # First at 0: the header's start is local time, and EDF has no field for its time zone.
-    out: list[tuple[float, float | None, str]] = [(0.0, None, recording_start(info.started_ms))]
+    out: list[tuple[float, float | None, str]] = [
+        (0.0, None, recording_start(info.started_ms, info.recording_tz))
+    ]
     if info.intention is not None:
         # One annotation per field: no separator that a statement could also contain.
         i = info.intention
@@ -334,7 +337,7 @@ def _header(
     # Local time, as the EDF+ specification has it (what EDFbrowser and pyedflib
     # show as the start): the header held UTC, so a session begun at 07:30 in Berlin read
     # 06:30. The sub-second part and the UTC offset are in annotations (recording_start).
-    start = local_start(rec.info.started_ms)
+    start = local_start(rec.info.started_ms, rec.info.recording_tz)
     ns = len(signals) + 1
     recording = (
         f"Startdate {start.day:02d}-{_MONTHS[start.month - 1]}-{start.year} "

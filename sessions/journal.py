@@ -412,9 +412,13 @@ def _epoch_ms(when: dt.datetime) -> int:
     return (us + 500) // 1000
 
 
-def _local_ms(naive: dt.datetime) -> list[int]:
+def _local_ms(naive: dt.datetime, tz: dt.tzinfo | None = None) -> list[int]:
     """Epoch ms of a naive local date-time: both readings in the hour a DST change repeats
-    (``fold``), where they differ (the later one used to be unreachable)."""
+    (``fold``), where they differ (the later one used to be unreachable). ``tz``: the
+    recording's fixed UTC offset (:attr:`SessionInfo.recording_tz`) where it was recorded in
+    another zone than this computer's; one reading."""
+    if tz is not None:
+        return [_epoch_ms(naive.replace(tzinfo=tz))]
     # A naive datetime's astimezone() reads it in the local zone (DST-aware).
     return sorted({_epoch_ms(naive.replace(fold=f).astimezone()) for f in (0, 1)})
 
@@ -457,17 +461,17 @@ def _align(
     if entry.ts_ms is not None:
         ms = entry.ts_ms
     elif entry.local is not None:
-        ms = _nearest(_local_ms(entry.local), info, end_ms, after_ms)
+        ms = _nearest(_local_ms(entry.local, info.recording_tz), info, end_ms, after_ms)
     else:
         assert entry.clock_s is not None
-        start_local = dt.datetime.fromtimestamp(info.started_ms // 1000).astimezone()
+        start_local = info.local(info.started_ms // 1000 * 1000)
         whole = math.floor(entry.clock_s)
         frac_ms = round((entry.clock_s - whole) * 1000)
         clock = dt.time(whole // 3600, whole % 3600 // 60, whole % 60)
         candidates = [
             c + frac_ms
             for day in (start_local.date() + dt.timedelta(days=k) for k in (-1, 0, 1))
-            for c in _local_ms(dt.datetime.combine(day, clock))
+            for c in _local_ms(dt.datetime.combine(day, clock), info.recording_tz)
         ]
         ms = _nearest(candidates, info, end_ms, after_ms)
     if scale == 1.0:

@@ -1599,7 +1599,7 @@ def render_html(a: SessionAnalysis, png: bytes, png_name: str | None) -> str:
     info = a.record.info
     e = html.escape
     saved = f"Also saved as {e(png_name)}. " if png_name is not None else ""
-    started = dt.datetime.fromtimestamp(info.started_ms / 1000).astimezone()
+    started = info.local(info.started_ms)  # the recording's clock, wherever it is read
     rows = "".join(
         "<tr>"
         f"<td>{e(duration_words(r.marker.t_s))}</td><td>{e(r.marker.kind)}</td>"

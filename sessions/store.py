@@ -81,6 +81,7 @@ __all__ = [
     "daemon_lock",
     "daemon_running",
     "foreign_store",
+    "utc_offset_s",
 ]
 
 #: Marker kinds of the MQTT contract (issue 5). :class:`MarkerRow` itself accepts any
@@ -338,6 +339,33 @@ class SessionInfo:
         """Session seconds per wall-clock second (``meta.time_scale``): > 1 for a
         time-compressed (``--speed``) replay, 1 otherwise."""
         return _scale_of(self.meta)
+
+    @property
+    def recording_tz(self) -> dt.timezone | None:
+        """The UTC offset of the computer that recorded the session, at its start
+        (``meta.utc_offset_s``), where it differs from this computer's at that instant: the
+        session was recorded in another time zone. None otherwise — the same zone (its
+        daylight-saving changes then apply, as to a session stored without an offset,
+        before 2026-11-30): its times are read in this computer's zone."""
+        off = self.meta.get("utc_offset_s")
+        if isinstance(off, bool) or not isinstance(off, int) or abs(off) >= 86_400:
+            return None
+        if off == utc_offset_s(self.started_ms):
+            return None
+        return dt.timezone(dt.timedelta(seconds=off))
+
+    def local(self, epoch_ms: float) -> dt.datetime:
+        """The instant ``epoch_ms`` on the recording's local clock (:attr:`recording_tz`;
+        this computer's zone when it is unknown), with its offset: the time the
+        practitioner saw, wherever the session is read."""
+        return dt.datetime.fromtimestamp(epoch_ms / 1000, tz=dt.UTC).astimezone(self.recording_tz)
+
+
+def utc_offset_s(epoch_ms: float) -> int:
+    """This computer's UTC offset at the instant ``epoch_ms``, whole seconds (its time zone;
+    ``TZ`` overrides it): stored with each session as ``meta.utc_offset_s``."""
+    off = dt.datetime.fromtimestamp(epoch_ms / 1000, tz=dt.UTC).astimezone().utcoffset()
+    return round(off.total_seconds()) if off is not None else 0
 
 
 def _scale_of(meta: Mapping[str, object]) -> float:

@@ -53,6 +53,7 @@ from sessions.store import (
     SessionStore,
     SessionSummary,
     make_session_id,
+    utc_offset_s,
 )
 from sessions.store import Intention as StoredIntention
 from settle.backoff import backoff_delay_s
@@ -716,6 +717,9 @@ class Daemon:
             # Session seconds per wall second: > 1 for a time-compressed replay, whose t_s
             # then run ahead of started_ms/stopped_ms (wall clock).
             "time_scale": self.time_scale,
+            # Where the session was recorded: its report, EDF+ start and journal times are
+            # read on that clock wherever the store is opened later.
+            "utc_offset_s": utc_offset_s(started_ms),
         }
         if intention is not None:
             meta["intention"] = intention.model_dump()

@@ -971,3 +971,38 @@ def test_local_times_say_their_zone_across_a_clock_change(tmp_path: Path) -> Non
         first, later = res.stdout.index("02:40"), res.stdout.index("02:10")
         assert "CEST" in res.stdout[first : first + 16], res.stdout
         assert "CET" in res.stdout[later : later + 16], res.stdout
+
+
+def test_a_session_recorded_in_another_zone_reports_and_exports_its_own_clock(
+    tmp_path: Path,
+) -> None:
+    """A practitioner records in Kolkata and the coach opens the store in New York: the
+    report's start and the EDF+ header are the time the practitioner saw (the daemon stores
+    its UTC offset with each session); both used to be New York's, 10½ hours off."""
+    import datetime as dt
+
+    db = tmp_path / "s.db"
+
+    def run(zone: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "settle.cli", *args],
+            capture_output=True, text=True, timeout=120, env={**ENV, "TZ": zone},
+        )  # fmt: skip
+
+    res = run("Asia/Kolkata", "demo", "--duration", "2", "--speed", "20", "--no-mqtt",
+              "--no-http", "--db", str(db))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    with SessionStore.open(db) as store:
+        (s,) = store.list_sessions()
+    kolkata = dt.datetime.fromtimestamp(s.started_ms // 1000, tz=dt.UTC).astimezone(
+        dt.timezone(dt.timedelta(hours=5, minutes=30))
+    )
+    res = run("America/New_York", "report", "latest", "--out", str(tmp_path), "--db", str(db))
+    assert res.returncode == 0, res.stderr
+    (page,) = tmp_path.glob("*.html")
+    assert f"{kolkata:%Y-%m-%d %H:%M:%S} UTC+05:30" in page.read_text()
+    edf = tmp_path / "s.edf"
+    res = run("America/New_York", "export", "latest", "--format", "edf", "--out", str(edf),
+              "--db", str(db))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert edf.read_bytes()[168:184].decode() == f"{kolkata:%d.%m.%y%H.%M.%S}"

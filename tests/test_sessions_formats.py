@@ -221,6 +221,29 @@ def test_edf_reads_back_with_pyedflib(store: SessionStore, tmp_path: Path, kolka
     ]
 
 
+def test_edf_of_a_session_recorded_in_another_zone_starts_at_its_local_time(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """A practitioner recorded in Kolkata (the daemon stored its UTC offset, +05:30) and the
+    coach exports at home in New York: the header says 16:36:40, the clock the practitioner
+    saw, not New York's 06:06:40 (each session used to be read in the exporting computer's
+    zone); the annotation gives the same instant with +05:30."""
+    sid = store.create_session("dev", T0_MS, "x", {"utc_offset_s": 19_800}).id
+    store.add_beats(sid, [BeatRow(i, 0.8 * (i + 1), T0_MS, 800.0) for i in range(40)])
+    store.finish_session(sid, T0_MS + 33_000)
+    with _local_time("America/New_York"):
+        path = export_edf(store, sid, tmp_path / "s.edf")
+        same_zone = store.create_session("dev", T0_MS, "x", {"utc_offset_s": -18_000}).id
+        store.add_beats(same_zone, [BeatRow(i, 0.8 * (i + 1), T0_MS, 800.0) for i in range(40)])
+        store.finish_session(same_zone, T0_MS + 33_000)
+        here = export_edf(store, same_zone, tmp_path / "here.edf")
+    head = path.read_bytes()[:256]
+    assert head[168:184].decode() == "18.11.2616.36.40"
+    assert b"recording start: 2026-11-18T16:36:40.123+05:30" in path.read_bytes()
+    # Recorded in the zone it is exported in: read in that zone, as before.
+    assert here.read_bytes()[168:184].decode() == "18.11.2606.06.40"
+
+
 @pytest.mark.parametrize(
     ("zone", "date", "clock", "offset"),
     [

@@ -50,6 +50,20 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
     return p
 
 
+def test_clock_times_of_a_session_recorded_in_another_zone_are_its_clock(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """The practitioner journals on paper in New York (the daemon stored UTC−5 with the
+    session) and imports at home in Berlin: `03:02 shame` is 2 minutes into the session that
+    began at 03:00 New York time. Read in Berlin's zone it was 6 hours away — outside the
+    session, placed at its start. (The session began at 03:00:00.250 there.)"""
+    info = store.create_session("dev", T0_MS, "x", {"utc_offset_s": -5 * 3600})
+    store.finish_session(info.id, T0_MS + 30 * 60_000)
+    path = _write(tmp_path, "j.txt", "03:02:00 shame: in New York\n03:10:00 doubt: again\n")
+    rows = import_journal(store, info.id, path)
+    assert [(m.kind, m.t_s) for m in rows] == [("shame", 119.75), ("doubt", 599.75)]  # from .250
+
+
 def test_text_lines_in_local_time(store: SessionStore, sid: str, tmp_path: Path) -> None:
     path = _write(
         tmp_path,
