@@ -48,9 +48,10 @@ in the time zone of whoever looks at the dataset.
 
 ``*_events.tsv``: ``onset`` (s), ``duration`` (s, 0 for markers), ``trial_type`` (marker kind,
 ``gap``, ``baseline``, ``not-analysed`` — the spans the physio file leaves ``n/a`` around
-``implausible``/``warmup`` beats, their classes in ``text`` — or ``ecg-not-recorded`` — the
-spans the ECG file leaves ``n/a``), ``source``, ``text``; tabs and line breaks in texts
-become spaces.
+``implausible``/``warmup`` beats, their classes in ``text`` —, ``corrected`` — the physio
+samples drawn from artefact-corrected intervals, as the EDF's ``corrected:`` annotations,
+the beats' classes in ``text`` — or ``ecg-not-recorded`` — the spans the ECG file leaves
+``n/a``), ``source``, ``text``; tabs and line breaks in texts become spaces.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ from sessions.series import (
     DEFAULT_FS_HZ,
     ECG_KERNEL_HALF_WIDTH,
     baseline_span,
+    corrected_runs,
     ecg_holes,
     ecg_on_grid,
     ecg_rate_hz,
@@ -225,7 +227,12 @@ def _text_cell(text: str) -> str:
 ECG_NOT_RECORDED = "ecg-not-recorded"
 
 
-def _events_tsv(rec: SessionRecord, ecg_holes_s: list[tuple[float, float]], end_s: float) -> str:
+def _events_tsv(
+    rec: SessionRecord,
+    ecg_holes_s: list[tuple[float, float]],
+    end_s: float,
+    corrected: list[tuple[float, float, str]],
+) -> str:
     rows: list[tuple[float, float, str, str, str]] = []
     for m in rec.markers:
         rows.append((m.t_s, 0.0, m.kind, m.source.value, m.text))
@@ -238,6 +245,8 @@ def _events_tsv(rec: SessionRecord, ecg_holes_s: list[tuple[float, float]], end_
         rows.append((start, end - start, "not-analysed", "settle", classes))
     for onset, duration in ecg_holes_s:
         rows.append((onset, duration, ECG_NOT_RECORDED, "settle", "no ECG: cardiac is n/a"))
+    for onset, duration, classes in corrected:
+        rows.append((onset, duration, "corrected", "settle", classes))
     rows.sort(key=lambda r: r[0])
     lines = ["onset\tduration\ttrial_type\tsource\ttext"]
     for onset, dur, kind, source, text in rows:
@@ -253,12 +262,14 @@ _EVENTS_JSON: dict[str, Any] = {
     "trial_type": {
         "Description": "Marker kind, or 'gap' (no usable beats), 'baseline' (rest period), "
         "'not-analysed' (beats recorded but not analysed: 'implausible' or 'warmup' in text; "
-        "the physio file is n/a there) or 'ecg-not-recorded' (no ECG samples: before the "
-        "first, a dropped frame, after the last; the recording-ecg physio file is n/a there)",
+        "the physio file is n/a there), 'corrected' (physio samples drawn from an "
+        "artefact-corrected interval, not a measured one: the beats' classes in text) or "
+        "'ecg-not-recorded' (no ECG samples: before the first, a dropped frame, after the "
+        "last; the recording-ecg physio file is n/a there)",
     },
     "source": {
         "Description": "Where the marker was entered: cli, mqtt, dashboard, import; "
-        "settle for the rows Settle itself adds (gap, baseline, not-analysed, "
+        "settle for the rows Settle itself adds (gap, baseline, not-analysed, corrected, "
         "ecg-not-recorded)"
     },
     "text": {"Description": "The practitioner's note; for Settle's own rows, what they mean"},
@@ -554,7 +565,8 @@ def _write_session(
         )
     if progress is not None:
         progress(2, 3)
-    _write(root, beh / f"{stem}_events.tsv", _events_tsv(rec, holes, span_s).encode("utf-8"))
+    events = _events_tsv(rec, holes, span_s, corrected_runs(rec.beats, rr, DEFAULT_FS_HZ))
+    _write(root, beh / f"{stem}_events.tsv", events.encode("utf-8"))
     _write(root, beh / f"{stem}_events.json", _json_bytes(_EVENTS_JSON))
     # When each recording began (both files start at the session start): the sidecars' own
     # StartTime is 0, relative to it, so without this the dataset held no date at all but

@@ -66,16 +66,18 @@ import numpy.typing as npt
 from sessions.export_json import package_version
 from sessions.files import ProgressFn, atomic_file, one_line, target_file
 from sessions.series import (
+    CORRECTED_CLASSES,
     DEFAULT_FS_HZ,
     ECG_KERNEL_HALF_WIDTH,
     baseline_span,
+    corrected_runs,
     ecg_holes,
     ecg_on_grid,
     ecg_rate_hz,
     not_analysed_spans,
     rr_on_grid,
 )
-from sessions.store import BeatClass, BeatRow, EcgSeries, SessionRecord, SessionStore
+from sessions.store import BeatRow, EcgSeries, SessionRecord, SessionStore
 
 __all__ = [
     "CORRECTED",
@@ -119,15 +121,6 @@ _CLIP_MERGE_S = 1.0
 ECG_NOT_RECORDED = "ECG not recorded (0 uV here)"
 #: Start of the annotation at onset 0 that gives the start's UTC offset (:func:`recording_start`).
 RECORDING_START = "recording start"
-#: Beat classes whose RR artefact correction replaced (``docs/sessions.md``, beat classes):
-#: the RR and HR signals are drawn from the corrected interval there, not the measured one.
-CORRECTED_CLASSES = (
-    BeatClass.ECTOPIC,
-    BeatClass.LONG,
-    BeatClass.SHORT,
-    BeatClass.MISSED,
-    BeatClass.EXTRA,
-)
 #: Start of the annotation over RR/HR samples computed from corrected intervals
 #: (:func:`corrected_spans`): ``corrected: ectopic``, ``corrected: missed, long``.
 CORRECTED = "corrected"
@@ -260,38 +253,8 @@ def corrected_spans(
     beats: Sequence[BeatRow], rr: npt.NDArray[np.float64], fs_hz: float
 ) -> list[tuple[float, float | None, str]]:
     """``(onset s, duration s, "corrected: <classes>")`` for every run of samples of ``rr``
-    (the RR series at ``k / fs_hz``, NaN where it has no data, as
-    :func:`sessions.series.rr_on_grid` makes it) whose value is interpolated from at least
-    one beat of :data:`CORRECTED_CLASSES` — an artefact-corrected interval rather than a
-    measured one. ``classes`` names the classes of those beats in time order. The duration
-    covers the last such sample's period, as for :func:`sessions.series.ecg_holes`.
-
-    A sample on a beat takes that beat's RR; one between two beats mixes both. A spurious
-    beat correction merged away (``extra`` without a corrected RR) is not in the series;
-    the beat after it, which carries the merged interval, is ``extra`` too."""
-    kept = sorted(
-        (b for b in beats if not (b.beat_class == BeatClass.EXTRA and b.rr_corrected_ms is None)),
-        key=lambda b: b.beat_t_s,
-    )
-    corrected = np.array([b.beat_class in CORRECTED_CLASSES for b in kept], dtype=bool)
-    if not corrected.any():
-        return []
-    bt = np.array([b.beat_t_s for b in kept], dtype=np.float64)
-    t = np.arange(rr.shape[0], dtype=np.float64) / fs_hz
-    idx = np.flatnonzero(np.isfinite(rr) & (t >= bt[0]) & (t <= bt[-1]))
-    k = np.searchsorted(bt, t[idx], side="right") - 1
-    nxt = np.minimum(k + 1, bt.shape[0] - 1)
-    from_next = (t[idx] != bt[k]) & corrected[nxt]
-    flags = np.zeros(rr.shape[0], dtype=np.int8)
-    flags[idx[corrected[k] | from_next]] = 1
-    edges = np.diff(np.concatenate(([0], flags, [0])))
-    out: list[tuple[float, float | None, str]] = []
-    for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
-        lo, hi = np.searchsorted(idx, a), np.searchsorted(idx, b)
-        here = k[lo:hi][corrected[k[lo:hi]]].tolist() + nxt[lo:hi][from_next[lo:hi]].tolist()
-        names = dict.fromkeys(str(kept[j].beat_class) for j in sorted(set(here)))
-        out.append((float(a / fs_hz), float((b - a) / fs_hz), f"{CORRECTED}: {', '.join(names)}"))
-    return out
+    drawn from an artefact-corrected interval (:func:`sessions.series.corrected_runs`)."""
+    return [(a, d, f"{CORRECTED}: {c}") for a, d, c in corrected_runs(beats, rr, fs_hz)]
 
 
 def _clipped_spans(

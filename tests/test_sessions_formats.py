@@ -677,6 +677,34 @@ def test_edf_bids_and_the_listing_span_a_time_compressed_session_in_session_seco
     assert max(onsets) == pytest.approx(span_s - 2.6) and max(onsets) < len(rows) / 4
 
 
+def test_bids_events_say_which_physio_samples_come_from_corrected_beats(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """The BIDS physio file's tachogram is artefact-corrected where correction ran, but
+    nothing in the dataset said where: a researcher could not tell a measured interval from
+    an interpolated one (the EDF annotates them). Each run is now a `corrected` event with
+    the beats' classes, the same spans as the EDF's `corrected:` annotations."""
+    pyedflib = dev_dependency("pyedflib")
+    sid = _build(store)  # every 50th beat "long", corrected
+    with pyedflib.EdfReader(str(export_edf(store, sid, tmp_path / "s.edf"))) as f:
+        onsets, durations, texts = f.readAnnotations()
+    edf = [
+        (o, d, t.removeprefix("corrected: "))
+        for o, d, t in zip(onsets.tolist(), durations.tolist(), texts.tolist(), strict=True)
+        if t.startswith("corrected: ")
+    ]
+    (events,) = export_bids(store, sid, tmp_path / "ds").glob("*_events.tsv")
+    rows = [r.split("\t") for r in events.read_text().splitlines()[1:]]
+    bids = [(float(o), float(d), text) for o, d, kind, src, text in rows if kind == "corrected"]
+    assert len(bids) >= 5
+    assert all(src == "settle" for _o, _d, kind, src, _t in rows if kind == "corrected")
+    assert [b[2] for b in bids] == [e[2] for e in edf]
+    np.testing.assert_allclose([b[:2] for b in bids], [e[:2] for e in edf], atol=1e-6)
+    assert {b[2] for b in bids} == {"long"}
+    doc = json.loads(next(events.parent.glob("*_events.json")).read_text())
+    assert "'corrected'" in doc["trial_type"]["Description"]
+
+
 def test_an_open_baseline_runs_to_the_sessions_end_in_every_export(
     store: SessionStore, tmp_path: Path
 ) -> None:
@@ -762,8 +790,9 @@ def test_bids_passes_the_official_validator(store: SessionStore, tmp_path: Path)
     assert {k: v for k, v in ecg_sidecar.items() if k.startswith("Settle")} == settle
     events = (beh / f"{stem}_events.tsv").read_text().splitlines()
     assert events[0] == "onset\tduration\ttrial_type\tsource\ttext"
-    assert events[2].split("\t") == ["12.5", "0.0", "hold-start", "cli", "I am safe"]
-    assert len(events[3].split("\t")) == 5  # tab and newline in the text were flattened
+    markers = [r for r in events[1:] if "\tsettle\t" not in r]  # not Settle's own rows
+    assert markers[0].split("\t") == ["12.5", "0.0", "hold-start", "cli", "I am safe"]
+    assert len(markers[1].split("\t")) == 5  # tab and newline in the text were flattened
     # When the recording began, in the dataset itself (the sidecars' StartTime is 0, relative
     # to it): BIDS' *_scans.tsv, filename relative to the session folder, acq_time in UTC.
     scans = (beh.parent / f"sub-p01_ses-{sid.replace('-', '')}_scans.tsv").read_text()
