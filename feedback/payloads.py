@@ -294,6 +294,15 @@ class CommandResult(_Payload):
     )
     status: Literal["ok", "error"]
     error: str | None = None
+    stored: bool | None = Field(
+        None,
+        description="For a command that records something, answered ok (marker, session/start, "
+        "session/stop, baseline/stop): whether it is in the session store file when answered. "
+        "false: not yet — the store is failing or slow (a full disk, another program's write "
+        "lock; the daemon's log says which); the daemon keeps it in memory and writes it as "
+        "soon as the store takes writes again (a marker still not stored when the daemon stops "
+        "goes to the session's rescue file). null for the other commands and for errors.",
+    )
 
 
 # -- commands (received) -----------------------------------------------------------------

@@ -1221,8 +1221,10 @@ class SessionStore:
     def limit_waits(self, seconds: float) -> None:
         """From now on a write waits at most ``seconds`` (not :data:`BUSY_TIMEOUT_S`) for
         another program's write lock — also one waiting now, within :data:`WAIT_SLICE_S`.
-        The daemon calls it when it stops: its retries before writing the rescue files
-        each waited 10 s, and a stop took a minute where the unit allows 20 s."""
+        The daemon calls it once it records (its writer keeps the rows in memory and retries
+        every second: a 10 s wait only kept the outage unsaid and the rescue file unwritten
+        for 10 s) and again, lower, when it stops: its retries before writing the rescue
+        files each waited 10 s, and a stop took a minute where the unit allows 20 s."""
         self._wait_s = min(self._wait_s, seconds)
 
     def _begin_write(self, conn: sqlite3.Connection) -> None:
@@ -1290,7 +1292,7 @@ class SessionStore:
                     raise
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise StoreError(f"{self._path}: {exc}") from exc
+                raise StoreError(f"{self._path}: {_failure(exc)}") from exc
 
     @contextlib.contextmanager
     def _savepoint(self) -> Iterator[sqlite3.Connection]:
@@ -2232,6 +2234,18 @@ def daemon_running(db_path: Path) -> bool:
     finally:
         os.close(fd)  # also releases the shared lock just taken
     return False
+
+
+def _failure(exc: sqlite3.Error) -> str:
+    """What a failed statement or transaction says to the user: SQLite's words, and for a
+    write lock held elsewhere (its bare "database is locked") whose lock it is."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF == sqlite3.SQLITE_BUSY:
+        return (
+            f"{exc}: another program holds a write lock on it (a database browser with "
+            "unsaved changes?)"
+        )
+    return str(exc)
 
 
 def _read_only_failure(exc: StoreError) -> bool:

@@ -1025,7 +1025,7 @@ async def _command(
                         answered.add(dev)
                         if res.get("status") == "ok":
                             what = json.loads(payload).get("kind", name)
-                            out.print(f"{what}: ok ({dev})", markup=False)
+                            out.print(f"{what}: ok ({dev}){_not_stored(res)}", markup=False)
                         else:
                             refused.append((dev, str(res.get("error"))))
                     if len(answered) == len(targets):
@@ -1065,6 +1065,17 @@ async def _command(
             hint += "the broker)"
         raise SettleError(f"cannot reach the MQTT broker {where}: {exc}{hint}") from None
     return 1
+
+
+def _not_stored(result: dict[str, Any]) -> str:
+    """What follows "ok" when the daemon says what the command recorded is not yet in the
+    session store (``"stored": false``): an ok alone read as saved to disk."""
+    if result.get("stored") is not False:
+        return ""
+    return (
+        ", kept in memory: the session store is not taking writes now (the daemon's log says "
+        "why); it is written when the store works again"
+    )
 
 
 def _device_for_label(device: str | None) -> str | None:

@@ -362,6 +362,8 @@ class Daemon:
     async def run(self) -> None:
         """Run until stopped, or until every strap task has ended (a replay finished)."""
         recovered, earlier = await asyncio.to_thread(self._recover)
+        # (after the recovery, which may wait the full 10 s for a Settle command to finish)
+        self.store.limit_waits(STORE_WAIT_S)
         for sid in recovered:
             # A crash during a store outage leaves the beats the store never took in the
             # session's rescue file (written as the outage went on): say where it is.
@@ -687,14 +689,17 @@ class Daemon:
         async with rt.session_lock:
             return await self._start_session(rt, intention)
 
-    async def _start_session(self, rt: StrapRuntime, intention: Intention | None) -> StrapPipeline:
+    async def _start_session(
+        self, rt: StrapRuntime, intention: Intention | None, *, store: bool = True
+    ) -> StrapPipeline:
         """Close the strap's running session, if any, and start a new one. Neither waits for
         the store: the old session's end and the new session's row go through the writer
         like beats, so a store that fails now (disk full, another program's write lock)
         takes them once it is back, and every beat goes into the new session from its
         first. (The old session was closed before the new one existed: with the store
         failing, its end was never stored — `running` for good — and the new session's row
-        failed, every beat after it discarded.)"""
+        failed, every beat after it discarded.) ``store`` False: the caller stores them
+        (:meth:`_store_soon`)."""
         assert rt.info is not None and rt.output is not None
         if rt.session is not None:
             await self._finish_sessions([rt], store=False)
@@ -754,30 +759,40 @@ class Daemon:
             self.on_session(pipeline, info)
         # Stored now, as a rule (and the old session's end with it); a cancellation here
         # (a stop) leaves the session to the shutdown, which closes it.
-        await self._store_soon()
+        if store:
+            await self._store_soon()
         return pipeline
 
-    async def _store_soon(self) -> None:
+    async def _store_soon(self) -> bool:
         """Commit what the writer holds (a session's start or end, a marker) before a
         command is answered — waiting :data:`COMMAND_STORE_WAIT_S` at most, and not at all
         while the store is failing: another program's write lock made every write wait
         10 s, past the CLI's 5 s wait for the answer. What is not committed then stays
-        with the writer, which stores it at a later flush."""
+        with the writer, which stores it at a later flush.
+
+        Returns whether everything the writer held when called is committed now (a
+        command's ``stored``): False while the store fails, or when the commit did not end
+        within the wait."""
         if self.writer.failing:
-            return
+            return False
         flush = asyncio.ensure_future(self.writer.flush())
         self._flushes.add(flush)
         flush.add_done_callback(self._flush_done)
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(asyncio.shield(flush), COMMAND_STORE_WAIT_S)
+        except TimeoutError:
+            return False
+        # This flush took every row buffered before it (or an earlier one, queued ahead of
+        # it, did): had any failed, the writer would say so (and keep the rows).
+        return not self.writer.failing
 
     def _flush_done(self, flush: asyncio.Task[None]) -> None:
         self._flushes.discard(flush)
         if not flush.cancelled() and flush.exception() is not None:
             log.error("storing failed", exc_info=flush.exception())
 
-    async def _finish_session(self, rt: StrapRuntime) -> None:
-        await self._finish_sessions([rt])
+    async def _finish_session(self, rt: StrapRuntime) -> bool | None:
+        return await self._finish_sessions([rt])
 
     async def _finish_sessions(
         self,
@@ -786,7 +801,7 @@ class Daemon:
         *,
         final: bool = False,
         store: bool = True,
-    ) -> None:
+    ) -> bool | None:
         """Close the running sessions of ``rts`` together: their ends go to the writer
         (stored with one flush of the buffered rows, one store transaction for all of them),
         then their ``stopped`` messages.
@@ -801,9 +816,13 @@ class Daemon:
         (a session start flushes once for both). ``final`` (the daemon is ending): beats the
         store still refuses after :data:`STORE_RETRY_AT_STOP_S` are written to a rescue
         file, and their session is closed ``interrupted``, not ``stopped`` — never a clean
-        end with beats missing."""
+        end with beats missing.
+
+        Returns whether the ends were committed before it returned (see :meth:`_store_soon`;
+        None: not tried here)."""
         at = host_clock.elapsed_s() if stopped_at is None else stopped_at
         ends: list[tuple[StrapPipeline, int]] = []
+        stored: bool | None = None
         for rt in rts:
             pipeline, rt.session = rt.session, None
             if pipeline is not None:
@@ -823,9 +842,9 @@ class Daemon:
             earlier = [p for p in self.finished if self.writer.holds(p.session_id)]
             await self._store_at_stop([p for p, _ in ends] + earlier)
         elif not ends:
-            return
+            return None
         elif store:
-            await self._store_soon()
+            stored = await self._store_soon()
         for pipeline, end_ms in ends:
             n = self.writer.unsaved_beats(pipeline.session_id)
             if not final and self.writer.failing and pipeline.session_id in self.writer.closes:
@@ -839,6 +858,7 @@ class Daemon:
             pipeline.publish_session("stopped", end_ms)
             pipeline.release()
             log.info("session %s stopped (%d beats)", pipeline.session_id, pipeline.seq)
+        return stored
 
     async def _store_at_stop(self, pipelines: list[StrapPipeline]) -> None:
         """The daemon is ending: store everything, the sessions' ends included, retrying a
@@ -945,9 +965,13 @@ class Daemon:
         result_topic = f"{self.base}/{device_id}/cmd/{name}/result"
         cmd_id: str | None = None
 
-        def reply(error: str | None) -> None:
+        def reply(error: str | None, stored: bool | None = None) -> None:
             res = CommandResult(
-                ts=self.now_ms(), id=cmd_id, status="error" if error else "ok", error=error
+                ts=self.now_ms(),
+                id=cmd_id,
+                status="error" if error else "ok",
+                error=error,
+                stored=stored,
             )
             self._publish(result_topic, res.to_json(), qos=1)
             if error:
@@ -978,7 +1002,7 @@ class Daemon:
             loc = ".".join(str(p) for p in err["loc"]) or "payload"
             return reply(f"{loc}: {err['msg']}")
         try:
-            await self._apply(rt, name, cmd, source)
+            stored = await self._apply(rt, name, cmd, source)
         except CommandError as exc:
             return reply(str(exc))
         except SettleError as exc:
@@ -987,9 +1011,12 @@ class Daemon:
             # traceback.
             log.error("%s for %s: %s", name, device_id, exc)
             return reply(f"{exc} (measuring goes on)")
-        reply(None)
+        reply(None, stored)
 
-    async def _apply(self, rt: StrapRuntime, name: str, cmd: object, source: str) -> None:
+    async def _apply(self, rt: StrapRuntime, name: str, cmd: object, source: str) -> bool | None:
+        """Carry out a command; returns whether what it recorded is in the store when it is
+        answered (the result's ``stored``: False while the store fails, what it recorded
+        kept in memory until it is back), None for one that records nothing."""
         if name == "session/start":
             assert isinstance(cmd, SessionStartCommand)
             if rt.info is None:
@@ -997,17 +1024,17 @@ class Daemon:
             async with rt.session_lock:
                 if self._is_stopping():  # (it began while this command waited its turn)
                     raise CommandError(STOPPING)
-                await self._start_session(rt, cmd.intention)
-            return
+                pipeline = await self._start_session(rt, cmd.intention, store=False)
+                return await self._stored(pipeline)
         if name == "session/stop":
             # After a start still in progress (it holds the lock), not before it.
             async with rt.session_lock:
                 if self._is_stopping():  # the stop closes it
                     raise CommandError(STOPPING)
-                if rt.session is None:
+                closing = rt.session
+                if closing is None:
                     raise CommandError("no session is running (send session/start first)")
-                await self._finish_session(rt)
-            return
+                return bool(await self._finish_session(rt)) and self._kept(closing)
         session = rt.session
         if session is None:
             raise CommandError("no session is running (send session/start first)")
@@ -1025,8 +1052,8 @@ class Daemon:
                 # The practice began: a rest period still being recorded ends here (left
                 # open, it would leave the whole session without a score).
                 self._end_baseline(session, row.t_s, "ended by hold-start")
-            await self._store_soon()
-        elif name == "baseline/start":
+            return await self._stored(session)
+        if name == "baseline/start":
             if session.baseline_marked is not None:  # a second press must not move its start
                 raise CommandError(
                     f"a baseline is already being recorded (since t = "
@@ -1037,9 +1064,21 @@ class Daemon:
             if session.baseline_marked is None:
                 raise CommandError("no baseline is being recorded (send baseline/start first)")
             discarded = self._end_baseline(session)
-            await self._store_soon()
+            stored = await self._stored(session)
             if discarded is not None:
                 raise CommandError(discarded)
+            return stored
+        return None
+
+    async def _stored(self, session: StrapPipeline) -> bool:
+        """Store what the writer holds now (:meth:`_store_soon`); whether it is committed,
+        ``session``'s rows included."""
+        return await self._store_soon() and self._kept(session)
+
+    def _kept(self, session: StrapPipeline) -> bool:
+        """Whether the store keeps ``session``'s rows (not when the session was deleted from
+        it while recording: they are dropped, its beats go to its rescue file)."""
+        return session.session_id not in self.writer.vanished
 
     def _end_baseline(
         self, session: StrapPipeline, t_s: float | None = None, why: str = ""
@@ -1066,14 +1105,24 @@ COMMAND_STORE_WAIT_S = 1.0
 """How long a command waits for the store to commit what it changed before it is answered
 (what is not committed by then is stored at a later flush)."""
 
+STORE_WAIT_S = 1.0
+"""How long each write of a running daemon waits for another program's write lock (the
+store's :data:`~sessions.store.BUSY_TIMEOUT_S`, 10 s, while the daemon starts): the writer
+keeps what the store refuses in memory and tries again at its next flush, a second later,
+so a longer wait only kept the outage unsaid (the first ERROR came 10 s after another
+program took the lock) and the rescue file unwritten (a crash then lost those 10 s). A
+Settle command's write (a tag, a note, a deletion: 0.05 s for a 12 h session) is waited
+for."""
+
 STORE_RETRY_AT_STOP_S = 5.0
 """How long a stopping daemon keeps retrying a failing store before it writes the beats it
 still holds to a rescue file."""
 
 STORE_WAIT_AT_STOP_S = 0.5
-"""How long each write of a stopping daemon waits for another program's write lock (the
-store's :data:`~sessions.store.BUSY_TIMEOUT_S`, 10 s, otherwise): with the retries, the
-rescue files and the last flush, a stop with the store locked takes ~7 s, within systemd's
+"""How long each write of a stopping daemon waits for another program's write lock
+(:data:`STORE_WAIT_S` while it records; it was the store's
+:data:`~sessions.store.BUSY_TIMEOUT_S`, 10 s): with the retries, the rescue files and the
+last flush, a stop with the store locked takes ~7 s, within systemd's
 ``TimeoutStopSec=20``."""
 
 STOP_GRACE_S = 15.0

@@ -139,6 +139,11 @@ RESCUE_COLUMNS = "t_s,rr_ms"
 VANISHED = "its session was deleted from the store while recording"
 """Why a session's rows are not stored after ``settle sessions delete`` removed it."""
 
+STORE_FAILURE_LOG_EVERY_S = 60.0
+"""The store failing again for the reason it was last said to fail is said again only this
+long after that line (monotonic s): a program taking the write lock over and over made an
+ERROR and an INFO line each time. An outage of another cause is said at once."""
+
 
 def _utc(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -214,6 +219,10 @@ class BeatWriter:
 
     A session deleted from the store while it records (``settle sessions delete``) costs
     only that session: the others are committed as usual, its beats go to its rescue file.
+
+    An outage is said in one ERROR line at its first failed flush, its end in one INFO line;
+    outages of the cause last said within :data:`STORE_FAILURE_LOG_EVERY_S` (on ``clock``)
+    are said, with their count, once that time has passed (if one still lasts then).
     """
 
     store: SessionStore
@@ -250,9 +259,17 @@ class BeatWriter:
     rescue_dirs: Sequence[Path] | None = None
     """Where rescue files go, the first that takes one; default the store's directory, then
     the temporary directory, then home (as the daemon's :meth:`rescue` at stop)."""
+    clock: Callable[[], float] = time.monotonic
+    """Seconds, for :data:`STORE_FAILURE_LOG_EVERY_S`."""
     _spills: dict[str, _Spill] = field(default_factory=dict, repr=False)
     _spill_failed: set[str] = field(default_factory=set, repr=False)
     _flush_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    _said: tuple[str, float] | None = field(default=None, repr=False)
+    """The cause of the last outage line, and when it was logged (:attr:`clock`)."""
+    _outage_said: bool = field(default=False, repr=False)
+    """Whether the current (or last) outage was said: its end is said only then."""
+    _unsaid: int = field(default=0, repr=False)
+    """Outages of that cause since that line that ended unsaid (within that time)."""
 
     def add_beats(self, session_id: str, rows: Sequence[BeatRow]) -> None:
         self.beats.setdefault(session_id, []).extend(rows)
@@ -372,13 +389,7 @@ class BeatWriter:
             for data, _fn, buf in taken:
                 for sid, rows in data.items():
                     buf[sid] = rows + buf.get(sid, [])
-            if not self.failing:
-                where = ", ".join(str(d) for d in self.rescue_where())
-                log.error(
-                    "cannot write to the session store (%s); keeping data in memory and "
-                    "writing the beats to settle-unsaved-<session>.csv (in the first of %s "
-                    "that takes it) until it is back", exc, where,
-                )  # fmt: skip
+            self._say_outage(str(exc))
             self.failing = True
             self.last_error = str(exc)
             return
@@ -404,12 +415,45 @@ class BeatWriter:
                     f"; every beat of the rescue file {', '.join(str(p) for p in removed)} "
                     "written during the outage is stored now, so it was removed"
                 )
-            log.info(
-                "session store writable again; %d buffered beats saved%s", n_saved, note
+            if not self._outage_said:
+                self._unsaid += 1
+            log.log(
+                logging.INFO if self._outage_said else logging.DEBUG,
+                "session store writable again; %d buffered beats saved%s", n_saved, note,
             )  # fmt: skip
         self._spill_failed.clear()
         self.failing = False
         self.last_error = VANISHED if self.vanished else None
+
+    def _say_outage(self, cause: str) -> None:
+        """A flush failed for ``cause``: say so in one ERROR line at the first failure of an
+        outage, unless the store last failed for the same cause less than
+        :data:`STORE_FAILURE_LOG_EVERY_S` ago — then once that time has passed, if it still
+        fails."""
+        if not self.failing:
+            self._outage_said = False
+        if self._outage_said:
+            return
+        now = self.clock()
+        if self._said is not None and self._said[0] == cause:
+            if now - self._said[1] < STORE_FAILURE_LOG_EVERY_S:
+                if not self.failing:
+                    log.debug("session store failing again (%s)", cause)
+                return
+        else:
+            self._unsaid = 0
+        again = ""
+        if self._unsaid:
+            again = f"; it failed so {self._unsaid} time(s) briefly since the last such line"
+        where = ", ".join(str(d) for d in self.rescue_where())
+        log.error(
+            "cannot write to the session store (%s)%s; keeping data in memory and writing "
+            "the beats to settle-unsaved-<session>.csv (in the first of %s that takes it) "
+            "until it is back", cause, again, where,
+        )  # fmt: skip
+        self._said = (cause, now)
+        self._outage_said = True
+        self._unsaid = 0
 
     def _write(
         self, batches: list[_Batch], beat_sessions: list[str]

@@ -201,3 +201,59 @@ def dashboard(store: Any) -> Callable[..., contextlib.AbstractAsyncContextManage
             yield d
 
     return serve
+
+
+# -- a daemon recording one virtual strap (test_faults, test_reconnect, test_strap_health) --------
+
+
+@contextlib.asynccontextmanager
+async def model_daemon(
+    tmp_path: Path,
+    *,
+    seed: int,
+    speed: float = 20.0,
+    tap: Callable[[str, bytes | str, bool], None] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> AsyncIterator[tuple[Any, Any, Any, Any]]:
+    """A daemon (no MQTT, store ``tmp_path / "s.db"``) recording one virtual strap that plays
+    the physiological model at ``speed``: yields ``(daemon, store, strap, run task)``. Stop it
+    with ``daemon.stop()`` and await the task while the store is open; whatever the test
+    left running is stopped on the way out. ``clock``: the host's wall clock, for the daemon
+    and the strap client alike. (Types: ``Daemon``, ``SessionStore``, ``VirtualStrap``,
+    ``asyncio.Task[None]``.)"""
+    import asyncio
+
+    from sensors.strap import StrapClient
+    from sensors.virtual.air import VirtualAir
+    from sensors.virtual.model import ModelParams, PhysioModel
+    from sensors.virtual.strap import VirtualStrap
+    from sessions.store import SessionStore
+    from settle.config import load_config
+    from settle.daemon import Daemon
+
+    settings = load_config(
+        Path(__file__).parents[1] / "configs" / "settle.toml",
+        mqtt={"enabled": False},
+        storage={"db_path": tmp_path / "s.db"},
+        homeassistant={"enabled": False},
+    )
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=seed), speed=speed)
+        await strap.start()
+        client = StrapClient(
+            address=strap.address,
+            scan_timeout_s=5,
+            connect_timeout_s=5,
+            scanner_kwargs=air.scanner_kwargs(),
+            client_kwargs=air.client_kwargs(),
+            clock=clock,
+        )
+        with SessionStore.open(settings.db_path) as store:
+            daemon = Daemon(settings, store, [client], clock=clock, time_scale=speed, tap=tap)
+            task = asyncio.create_task(daemon.run())
+            try:
+                yield daemon, store, strap, task
+            finally:
+                daemon.stop()
+                await asyncio.wait_for(task, 10)
+        await strap.stop()

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -46,11 +47,18 @@ from sessions.store import SessionState, SessionStore
 from settle.app import serve
 from settle.broker_options import connect_options
 from settle.config import Settings, load_config
-from settle.daemon import Daemon
+from settle.daemon import Daemon, StrapRuntime
 from settle.demo import virtual_world
 from settle.pipeline import StrapPipeline
-from tests.conftest import Mosquitto, start_mosquitto
+from tests.conftest import Mosquitto, model_daemon, start_mosquitto
 from tests.test_e2e import CONFIG, RECORDING, Collector, quantised
+from tests.test_mqtt import any_broker  # noqa: F401  (the fixture daemon_on_broker takes)
+from tests.test_mqtt_hardening import (
+    DEV,
+    RunningDaemon,
+    _settle,
+    daemon_on_broker,  # noqa: F401  (the fixture)
+)
 from tests.test_reconnect import until
 
 pytestmark = pytest.mark.mosquitto
@@ -246,23 +254,6 @@ def disk_full(store: SessionStore, full: bool) -> None:
         store._conn.execute(f"PRAGMA max_page_count = {1 if full else 1073741823}")
 
 
-@contextlib.asynccontextmanager
-async def model_daemon(
-    db: Path, seed: int, speed: float = 20.0, clock: Callable[[], float] = time.time
-) -> AsyncIterator[tuple[Daemon, asyncio.Task[None], VirtualStrap]]:
-    """The daemon (no MQTT) storing into ``db`` from a virtual strap that plays the
-    physiological model: ``(daemon, its run() task, strap)``; the strap stops after.
-    ``clock``: the host's wall clock, for the daemon and the strap client alike."""
-    async with VirtualAir() as air:
-        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=seed), speed=speed)
-        await strap.start()
-        with SessionStore.open(db) as store:
-            daemon = Daemon(daemon_settings(db), store, [strap_client(air, strap, clock)],
-                            clock=clock, time_scale=speed)  # fmt: skip
-            yield daemon, asyncio.create_task(daemon.run()), strap
-        await strap.stop()
-
-
 # -- 2. the broker: absent at start-up, refusing the login --------------------------------------
 
 
@@ -358,8 +349,7 @@ async def test_disk_full_and_read_only_keep_measuring_and_lose_nothing(
     file is intact."""
     db = tmp_path / "s.db"
     caplog.set_level(logging.INFO)
-    async with model_daemon(db, seed=4) as (daemon, task, strap):
-        store = daemon.store
+    async with model_daemon(tmp_path, seed=4) as (daemon, store, strap, task):
         rt = daemon.runtimes[0]
 
         def seq_now() -> int:
@@ -413,10 +403,8 @@ async def test_store_still_failing_at_stop_rescues_the_beats_and_says_so(
     session read as cleanly stopped with 24 of 34 beats, and "34 beats stored" was printed.
     Now the daemon retries for a while, then writes what the store would not take to a
     rescue file that `settle analyze` reads, says so, and closes the session interrupted."""
-    db = tmp_path / "s.db"
     caplog.set_level(logging.INFO)
-    async with model_daemon(db, seed=5) as (daemon, task, _strap):
-        store = daemon.store
+    async with model_daemon(tmp_path, seed=5) as (daemon, store, _strap, task):
         rt = daemon.runtimes[0]
         await until(lambda: rt.session is not None and rt.session.seq > 30)
         disk_full(store, True)
@@ -446,7 +434,7 @@ async def _record_while(
     """Record into ``db``; after 30 beats ``act`` on its file; wait for the daemon to recover
     the store (at once, not at the stop), record 20 beats more, stop. Returns the daemon and
     the finished session."""
-    async with model_daemon(db, seed=seed) as (daemon, task, _strap):
+    async with model_daemon(db.parent, seed=seed) as (daemon, _store, _strap, task):
         rt = daemon.runtimes[0]
         await until(lambda: rt.session is not None and rt.session.seq > 30)
         await asyncio.to_thread(act)
@@ -564,7 +552,7 @@ async def test_store_file_emptied_while_recording_is_noticed_and_the_beats_saved
     file: every beat recorded after the cut is kept one way or the other."""
     db = tmp_path / "s.db"
     caplog.set_level(logging.INFO)
-    async with model_daemon(db, seed=8) as (daemon, task, _strap):
+    async with model_daemon(tmp_path, seed=8) as (daemon, _store, _strap, task):
         rt = daemon.runtimes[0]
         await until(lambda: rt.session is not None and rt.session.seq > 30)
         await asyncio.to_thread(os.truncate, db, 0)  # no descriptor: ours hold SQLite's locks
@@ -604,7 +592,7 @@ async def test_a_failing_analysis_does_not_end_the_recording(
 
     monkeypatch.setattr(LiveAnalyzer, "push_beat", flaky)
     db = tmp_path / "s.db"
-    async with model_daemon(db, seed=7) as (daemon, task, _strap):
+    async with model_daemon(tmp_path, seed=7) as (daemon, _store, _strap, task):
         rt = daemon.runtimes[0]
         await until(lambda: rt.session is not None and rt.session.seq > 200)
         assert not task.done()
@@ -766,10 +754,8 @@ async def test_during_a_store_outage_the_rescue_file_holds_every_unstored_beat(
     the rescue file is written as the outage goes on: at any moment it holds every beat
     not yet stored (what a crash would leave), and once the store takes them it is
     removed, said in one line: no beat lost, none in two places."""
-    db = tmp_path / "s.db"
     caplog.set_level(logging.INFO)
-    async with model_daemon(db, seed=8) as (daemon, task, _strap):
-        store = daemon.store
+    async with model_daemon(tmp_path, seed=8) as (daemon, store, _strap, task):
         rt = daemon.runtimes[0]
         await until(lambda: rt.session is not None and rt.session.seq > 30)
         sid = rt.session.session_id  # type: ignore[union-attr]
@@ -811,7 +797,7 @@ async def test_after_a_crash_during_an_outage_the_next_start_names_the_rescue_fi
     rescue = tmp_path / f"settle-unsaved-{sid}.csv"
     rescue.write_text("t_s,rr_ms\n31.2,812.5\n32.0,800.0\n")
     caplog.set_level(logging.WARNING, logger="settle.daemon")
-    async with model_daemon(db, seed=9) as (daemon, _task, _strap):
+    async with model_daemon(tmp_path, seed=9) as (daemon, _store, _strap, _task):
         rt = daemon.runtimes[0]
         await until(lambda: rt.session is not None)
         assert daemon.store.get(sid).state == SessionState.INTERRUPTED
@@ -867,100 +853,206 @@ def seq_of(rt: object) -> int:
     return session.seq if session is not None else 0
 
 
+@dataclass
+class LockedStore:
+    """A daemon recording the model strap, its first session 20 beats in, while another
+    program holds the store's write lock and the writer has found the store failing."""
+
+    daemon: Daemon
+    task: asyncio.Task[None]
+    store: SessionStore
+    replies: Replies
+    first: str
+    """The session running when the lock was taken."""
+    holder: sqlite3.Connection
+
+    @property
+    def rt(self) -> StrapRuntime:
+        return self.daemon.runtimes[0]
+
+    def unlock(self) -> None:
+        self.holder.execute("ROLLBACK")
+
+    def lock(self) -> None:
+        self.holder.execute("BEGIN IMMEDIATE")
+
+
+@pytest.fixture
+async def locked_store_daemon(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[LockedStore]:
+    """:class:`LockedStore`; the lock is released at the end, then the daemon stopped."""
+    caplog.set_level(logging.INFO)
+    async with model_daemon(tmp_path, seed=11) as (daemon, store, _strap, task):
+        replies = Replies(daemon)
+        rt = daemon.runtimes[0]
+        await until(lambda: seq_of(rt) > 20)
+        assert rt.session is not None
+        with write_locked(store.path) as holder:
+            await until(lambda: daemon.writer.failing)
+            yield LockedStore(daemon, task, store, replies, rt.session.session_id, holder)
+
+
 async def test_session_start_and_stop_while_the_store_is_locked_lose_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    locked_store_daemon: LockedStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     """`settle session start` while another program held the store's write lock: the old
     session was closed before the new one existed, its close failed (only logged) and was
     never retried, so it stayed `running` for good; the new session's row failed too (on a
     full disk: "the daemon failed to carry out the command", a traceback, and every beat
     from then on discarded). Now the old session's end and the new session's row go
-    through the writer like beats: kept in memory, written once the lock is gone, every
-    beat of both sessions stored, both closed `stopped`."""
-    import sessions.store as store_mod
-
-    monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_S", 0.2)  # each failing write: 0.2 s, not 10
-    db = tmp_path / "s.db"
-    caplog.set_level(logging.INFO)
-    async with model_daemon(db, seed=11) as (daemon, task, _strap):
-        replies = Replies(daemon)
-        store, rt = daemon.store, daemon.runtimes[0]
-        await until(lambda: seq_of(rt) > 20)
-        assert rt.session is not None
-        first = rt.session.session_id
-        with write_locked(db):
-            await until(lambda: daemon.writer.failing)
-            started = await replies.send("session/start", "start")
-            assert started["status"] == "ok", started
-            assert rt.session is not None and rt.session.session_id != first
-            second = rt.session.session_id
-            seq = seq_of(rt)
-            await until(lambda: seq_of(rt) > seq + 20)  # measuring into the new session
-            stopped = await replies.send("session/stop", "stop")
-            assert stopped["status"] == "ok", stopped
-            assert store.list_sessions()[0].state == SessionState.RUNNING  # nothing stored yet
-        await until(lambda: not daemon.writer.failing, 5)
-        after_lock = {s.id: s for s in store.list_sessions()}
-        daemon.stop()
-        await asyncio.wait_for(task, 20)
-        sessions = {s.id: s for s in store.list_sessions()}
-        beats = {sid: [b.seq for b in store.beats(sid)] for sid in sessions}
-        first_beat_t_s = store.beats(second)[0].beat_t_s
+    through the writer like beats: kept in memory (the results say `"stored": false`),
+    written once the lock is gone, every beat of both sessions stored, both closed
+    `stopped`."""
+    d = locked_store_daemon
+    store, rt, first = d.store, d.rt, d.first
+    started = await d.replies.send("session/start", "start")
+    assert (started["status"], started["stored"]) == ("ok", False), started
+    assert rt.session is not None and rt.session.session_id != first
+    second = rt.session.session_id
+    seq = seq_of(rt)
+    await until(lambda: seq_of(rt) > seq + 20)  # measuring into the new session
+    stopped = await d.replies.send("session/stop", "stop")
+    assert (stopped["status"], stopped["stored"]) == ("ok", False), stopped
+    assert store.list_sessions()[0].state == SessionState.RUNNING  # nothing stored yet
+    d.unlock()
+    await until(lambda: not d.daemon.writer.failing, 5)
+    after_lock = {s.id: s for s in store.list_sessions()}
+    d.daemon.stop()
+    await asyncio.wait_for(d.task, 20)
+    sessions = {s.id: s for s in store.list_sessions()}
+    beats = {sid: [b.seq for b in store.beats(sid)] for sid in sessions}
+    first_beat_t_s = store.beats(second)[0].beat_t_s
     assert list(after_lock) == [first, second]  # both there once the lock is gone
     assert [s.state for s in after_lock.values()] == [SessionState.STOPPED] * 2
     assert all(s.stopped_ms is not None for s in after_lock.values())
-    by_id = {p.session_id: p for p in daemon.finished}
+    by_id = {p.session_id: p for p in d.daemon.finished}
     for sid in (first, second):
         assert beats[sid] == list(range(by_id[sid].seq)), sid  # every beat, once
     assert by_id[second].seq > 20
     assert first_beat_t_s < 3.0  # recorded into the new session from its start
     assert sessions[second].started_ms >= sessions[first].stopped_ms  # type: ignore[operator]
-    assert daemon.rescued == {}
+    assert d.daemon.rescued == {}
     assert "Traceback" not in caplog.text
 
 
-async def test_a_marker_while_the_store_is_locked_is_answered_at_once_and_stored_later(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_markers_while_the_store_is_locked_are_stored_in_order_once_it_is_back(
+    locked_store_daemon: LockedStore, tmp_path: Path
 ) -> None:
     """`settle mark` while another program held the store's write lock: the marker went
     straight to the store, the CLI gave up waiting after 5 s ("no confirmation"), and ~20 s
     later the daemon answered "could not store the marker: … database is locked" — the
     marker dropped, the beats of that moment kept. Now it goes through the writer like the
-    beats: answered ok at once, its event published, stored once the lock is gone; and a
-    marker the store still refuses at the stop goes into the rescue file with the beats."""
-    import sessions.store as store_mod
-
-    monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_S", 0.2)
-    db = tmp_path / "s.db"
-    async with model_daemon(db, seed=12) as (daemon, task, _strap):
-        replies = Replies(daemon)
-        store, rt = daemon.store, daemon.runtimes[0]
-        await until(lambda: seq_of(rt) > 20)
-        assert rt.session is not None
-        sid = rt.session.session_id
-        with write_locked(db):
-            await until(lambda: daemon.writer.failing)
-            t0 = time.monotonic()
-            marked = await replies.send("marker", "m1", kind="note", text="while locked")
-            answered_s = time.monotonic() - t0
-            assert marked["status"] == "ok", marked
-            assert answered_s < 0.5
-            assert [e["text"] for e in replies.events if e["kind"] == "note"] == ["while locked"]
-            assert store.markers(sid) == []  # not stored yet
-        await until(lambda: not daemon.writer.failing, 5)
-        stored = [(m.kind, m.text) for m in store.markers(sid)]
-        with write_locked(db):  # locked again, through the stop
-            marked = await replies.send("marker", "m2", kind="shame", text="at the end")
-            assert marked["status"] == "ok", marked
-            daemon.stop()
-            await asyncio.wait_for(task, 30)
-        assert [(m.kind, m.text) for m in store.markers(sid)] == stored
-    assert stored == [("note", "while locked")]
+    beats: answered ok at once, `"stored": false` (an ok alone read as "on disk"), its
+    event published; stored as soon as the lock is gone, while the daemon runs, in order
+    and once each; and a marker the store still refuses at the stop goes into the rescue
+    file with the beats."""
+    d = locked_store_daemon
+    store, sid = d.store, d.first
+    sent = [("note", "while locked"), ("doubt", "and again")]
+    t0 = time.monotonic()
+    marked = [
+        await d.replies.send("marker", f"m{i}", kind=kind, text=text)
+        for i, (kind, text) in enumerate(sent)
+    ]
+    answered_s = time.monotonic() - t0
+    assert [(m["status"], m["stored"]) for m in marked] == [("ok", False)] * 2, marked
+    assert answered_s < 1.0  # both: no command waits for a failing store
+    said = [(e["kind"], e["text"]) for e in d.replies.events if e["kind"] in ("note", "doubt")]
+    assert said == sent
+    assert store.markers(sid) == []  # not stored yet
+    d.unlock()
+    await until(lambda: not d.daemon.writer.failing, 5)
+    assert [(m.kind, m.text) for m in store.markers(sid)] == sent  # the daemon still runs
+    back = await d.replies.send("marker", "m2", kind="note", text="store back")
+    assert (back["status"], back["stored"]) == ("ok", True), back
+    n = len(store.beats(sid))
+    await until(lambda: len(store.beats(sid)) > n + 20)  # flushes since: none wrote them again
+    stored = [(m.kind, m.text) for m in store.markers(sid)]
+    assert stored == [*sent, ("note", "store back")]
+    d.lock()  # locked again, through the stop
+    late = await d.replies.send("marker", "m3", kind="shame", text="at the end")
+    assert (late["status"], late["stored"]) == ("ok", False), late  # (after its 1 s wait)
+    d.daemon.stop()
+    await asyncio.wait_for(d.task, 30)
+    assert [(m.kind, m.text) for m in store.markers(sid)] == stored
     rescue = tmp_path / f"settle-unsaved-{sid}.csv"
-    assert daemon.rescued == {sid: rescue}
+    assert d.daemon.rescued == {sid: rescue}
     text = rescue.read_text()
     assert "# marker t_s=" in text and ': shame "at the end"\n' in text
     assert len(read_rr_file(rescue).rr_ms) > 0  # the beats in it still read
+
+
+async def test_settle_mark_says_a_marker_the_store_has_not_taken_is_kept_in_memory(
+    daemon_on_broker: RunningDaemon,  # noqa: F811
+) -> None:
+    """`settle mark` while the store was locked printed `shame: ok (…)`, as when the marker
+    is on disk: nothing told the user it lived in the daemon's memory alone until the store
+    came back. It says so now, in the same one line; the marker is stored once the lock is
+    gone."""
+    d = daemon_on_broker
+    where = f"{d.host}:{d.port}"
+    with write_locked(d.store.path):
+        code, out, err = await _settle(
+            "mark", "while locked", "--kind", "shame", "--mqtt", where, "--timeout", "30"
+        )
+    assert (code, out.splitlines()) == (
+        0,
+        [
+            f"shame: ok ({DEV}), kept in memory: the session store is not taking writes now "
+            "(the daemon's log says why); it is written when the store works again"
+        ],
+    ), err
+    # This daemon runs no writer task: the flush the marker began (waiting for the lock,
+    # which is gone now) ends before this one.
+    await d.daemon.writer.flush()
+    assert [(m.kind, m.text) for m in d.store.markers(d.session_id)] == [("shame", "while locked")]
+
+
+async def test_a_locked_store_is_said_at_once_and_a_lock_taken_again_soon_is_not_said_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another program took the store's write lock: the daemon said nothing for 10 s (its
+    first write waited the store's busy timeout before it failed), and nothing went to the
+    rescue file meanwhile. Each write of a running daemon now waits 1 s at most, so the
+    first failed flush says it at once, in one ERROR line naming the cause. A lock taken
+    again and again (the same cause within a minute of that line) adds no line; once that
+    minute has passed, one line says it and how often it failed meanwhile."""
+    from sessions.store import BUSY_TIMEOUT_S
+    from settle.pipeline import STORE_FAILURE_LOG_EVERY_S
+
+    caplog.set_level(logging.INFO)
+
+    def said(text: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if text in r.getMessage()
+                and r.levelno >= logging.INFO]  # fmt: skip
+
+    async with model_daemon(tmp_path, seed=16) as (daemon, store, _strap, task):
+        now = [0.0]
+        daemon.writer.clock = lambda: now[0]
+        rt = daemon.runtimes[0]
+        await until(lambda: seq_of(rt) > 20)
+        with write_locked(store.path):
+            # (before the 10 s the first write used to wait, on a loaded machine too)
+            await until(lambda: bool(said("cannot write to the session store")), BUSY_TIMEOUT_S - 2)
+        await until(lambda: not daemon.writer.failing, 5)
+        for _ in range(2):  # within the minute: the writer fails, nothing is said
+            with write_locked(store.path):
+                await until(lambda: daemon.writer.failing)
+            await until(lambda: not daemon.writer.failing, 5)
+        (first,) = said("cannot write to the session store")
+        assert len(said("writable again")) == 1
+        now[0] += STORE_FAILURE_LOG_EVERY_S
+        with write_locked(store.path):
+            await until(lambda: len(said("cannot write to the session store")) == 2)
+        daemon.stop()
+        await asyncio.wait_for(task, 20)
+        (pipeline,) = daemon.finished
+        beats = [b.seq for b in store.beats(pipeline.session_id)]
+    assert "database is locked: another program holds a write lock on it" in first
+    later = said("cannot write to the session store")[1]
+    assert "it failed so 2 time(s) briefly since the last such line" in later
+    assert beats == list(range(pipeline.seq))  # every beat stored, once
 
 
 async def test_commands_during_the_stop_are_refused_and_leave_no_session_running(
@@ -970,10 +1062,9 @@ async def test_commands_during_the_stop_are_refused_and_leave_no_session_running
     started a session nobody closed: `running` in the store after a clean exit 0, and a
     marker then was told "no session is running". Every command is now refused once a stop
     was asked for."""
-    db = tmp_path / "s.db"
-    async with model_daemon(db, seed=13) as (daemon, task, _strap):
+    async with model_daemon(tmp_path, seed=13) as (daemon, store, _strap, task):
         replies = Replies(daemon)
-        store, rt = daemon.store, daemon.runtimes[0]
+        rt = daemon.runtimes[0]
         await until(lambda: seq_of(rt) > 20)
         daemon.stop()
         at_once = await replies.send("session/start", "s1")
@@ -999,13 +1090,13 @@ async def test_a_stop_while_another_program_holds_the_write_lock_is_bounded(
 
     db = tmp_path / "s.db"
     caplog.set_level(logging.INFO)
-    async with model_daemon(db, seed=14) as (daemon, task, _strap):
+    async with model_daemon(tmp_path, seed=14) as (daemon, _store, _strap, task):
         rt = daemon.runtimes[0]
         await until(lambda: seq_of(rt) > 20)
         assert rt.session is not None
         sid = rt.session.session_id
         with write_locked(db):
-            await asyncio.sleep(1.5)  # a flush is waiting for the lock (10 s)
+            await asyncio.sleep(1.5)  # the writer has found the store failing (1 s waits)
             t0 = time.monotonic()
             daemon.stop()
             await asyncio.wait_for(task, 30)
@@ -1023,38 +1114,27 @@ async def test_a_stop_while_another_program_holds_the_write_lock_is_bounded(
 
 
 async def test_a_session_stopped_during_an_outage_is_rescued_at_the_stop_too(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    locked_store_daemon: LockedStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     """`session/start` and `session/stop` during an outage, then Ctrl-C with the store still
     failing: only the sessions running at the stop were rescued, so the ones closed during
     the outage kept their last beats in memory alone and the closing lines said "12 beats
     stored" for them. Every session the store has not taken whole is rescued and named."""
-    import sessions.store as store_mod
-
-    monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_S", 0.2)
-    db = tmp_path / "s.db"
-    caplog.set_level(logging.INFO)
-    async with model_daemon(db, seed=15) as (daemon, task, _strap):
-        replies = Replies(daemon)
-        store, rt = daemon.store, daemon.runtimes[0]
-        await until(lambda: seq_of(rt) > 20)
-        assert rt.session is not None
-        first = rt.session.session_id
-        with write_locked(db):
-            await until(lambda: daemon.writer.failing)
-            assert (await replies.send("session/start", "start"))["status"] == "ok"
-            assert rt.session is not None
-            second = rt.session.session_id
-            await until(lambda: seq_of(rt) > 20)
-            assert (await replies.send("session/stop", "stop"))["status"] == "ok"
-            daemon.stop()
-            await asyncio.wait_for(task, 30)
-        listed = {s.id for s in store.list_sessions()}  # (the second never reached it)
-        stored = {sid: len(store.beats(sid)) if sid in listed else 0 for sid in (first, second)}
-    by_id = {p.session_id: p for p in daemon.finished}
-    assert set(daemon.rescued) == {first, second}
+    d = locked_store_daemon
+    store, rt, first = d.store, d.rt, d.first
+    assert (await d.replies.send("session/start", "start"))["status"] == "ok"
+    assert rt.session is not None
+    second = rt.session.session_id
+    await until(lambda: seq_of(rt) > 20)
+    assert (await d.replies.send("session/stop", "stop"))["status"] == "ok"
+    d.daemon.stop()
+    await asyncio.wait_for(d.task, 30)
+    listed = {s.id for s in store.list_sessions()}  # (the second never reached it)
+    stored = {sid: len(store.beats(sid)) if sid in listed else 0 for sid in (first, second)}
+    by_id = {p.session_id: p for p in d.daemon.finished}
+    assert set(d.daemon.rescued) == {first, second}
     for sid in (first, second):
-        rescue = daemon.rescued[sid]
+        rescue = d.daemon.rescued[sid]
         assert rescue is not None
         rescued = len(read_rr_file(rescue).rr_ms)
         assert stored[sid] + rescued == by_id[sid].seq, sid  # every beat is somewhere
@@ -1136,14 +1216,18 @@ async def test_a_clock_set_days_forward_after_boot_moves_the_session_start(
     seconds into the session: the session was listed 3 days long and dated 3 days early, and
     its EDF padded with 3 days (20 MB). Now its start moves by the step, said in one line;
     it lasts as long as it ran, beat times untouched."""
-    db = tmp_path / "s.db"
     days3 = 3 * 86400.0
     clock = SteppingClock()
     clock.step_s = -days3
     speed = 10.0
     caplog.set_level(logging.WARNING)
-    async with model_daemon(db, seed=5, speed=speed, clock=clock) as (daemon, task, _strap):
-        store, rt = daemon.store, daemon.runtimes[0]
+    async with model_daemon(tmp_path, seed=5, speed=speed, clock=clock) as (
+        daemon,
+        store,
+        _strap,
+        task,
+    ):
+        rt = daemon.runtimes[0]
         await until(lambda: rt.session is not None and rt.session.seq > 20)
         wall0 = time.time()
         clock.step_s = 0.0  # NTP
@@ -1178,14 +1262,18 @@ async def test_a_suspend_mid_session_is_a_gap_of_its_real_length(
     drops as it does over a suspend)."""
     import sensors.clock as host_clock
 
-    db = tmp_path / "s.db"
     real = host_clock.elapsed_s
     asleep = [0.0]
     monkeypatch.setattr(host_clock, "elapsed_s", lambda: real() + asleep[0])
     clock = SteppingClock()
     speed, suspend_s = 10.0, 60.0
-    async with model_daemon(db, seed=6, speed=speed, clock=clock) as (daemon, task, strap):
-        store, rt = daemon.store, daemon.runtimes[0]
+    async with model_daemon(tmp_path, seed=6, speed=speed, clock=clock) as (
+        daemon,
+        store,
+        strap,
+        task,
+    ):
+        rt = daemon.runtimes[0]
         await until(lambda: rt.session is not None and rt.session.seq > 20)
         before = rt.session.beat_t_s or 0.0  # type: ignore[union-attr]
         asleep[0] += suspend_s

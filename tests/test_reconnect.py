@@ -33,7 +33,7 @@ from settle.broker_options import connect_options
 from settle.config import load_config
 from settle.daemon import Daemon
 from settle.errors import SensorError
-from tests.conftest import Mosquitto
+from tests.conftest import Mosquitto, model_daemon
 from tests.test_e2e import CONFIG, Collector
 
 
@@ -78,32 +78,6 @@ def json_tap(
             kept.append(json.loads(payload))
 
     return kept, tap
-
-
-@contextlib.asynccontextmanager
-async def model_daemon(
-    tmp_path: Path,
-    *,
-    seed: int,
-    speed: float,
-    tap: Callable[[str, bytes | str, bool], None] | None = None,
-) -> AsyncIterator[tuple[Daemon, SessionStore, VirtualStrap, asyncio.Task[None]]]:
-    """A daemon (no MQTT, store in ``tmp_path``) recording one virtual strap on the
-    physiological model at ``speed``; yields it, its store, the strap and its run task
-    (stop it with ``daemon.stop()`` and await the task while the store is open)."""
-    settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
-    async with VirtualAir() as air:
-        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=seed), speed=speed)
-        await strap.start()
-        with SessionStore.open(settings.db_path) as store:
-            daemon = Daemon(settings, store, [client_for(air, strap)], time_scale=speed, tap=tap)
-            task = asyncio.create_task(daemon.run())
-            try:
-                yield daemon, store, strap, task
-            finally:
-                daemon.stop()
-                await asyncio.wait_for(task, 10)
-        await strap.stop()
 
 
 async def test_drop_and_link_loss_keep_one_session_with_gaps(tmp_path: Path) -> None:
