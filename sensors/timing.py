@@ -11,13 +11,21 @@ carries (a beat cannot be reported before it happened). So:
    constant unless the two clocks drift apart or beats went missing.
 3. **Anchor** (first notification, and after an explicit gap): the offset puts the last beat
    at the arrival time minus the delay seen so far (0 at the start).
-4. **Lost beats**: a lag above ``max_lag_s`` means RR intervals are missing; the beats are
-   re-anchored to the arrival. A single lost notification is subtler: one notification's lag
-   varies by up to one RR interval with the beat's phase within the second, so a loss of ~1 s
-   only shows when the *whole* lower envelope of lags (``envelope_s`` = 30 s) rises by more
-   than ``step_threshold_s``; the offset then steps by that rise. Either way the beats are
-   flagged ``uncertain`` and a :class:`TimingGap` is returned: the time between is unknown, and
-   no analysis may bridge it. The price of the envelope method: beats between a single lost
+4. **Lost beats**: a lag above ``max_lag_s`` means RR intervals are missing — or that the
+   notifications were only held back (by the host's Bluetooth stack, a stalled host) and are
+   about to arrive in a burst. So such a notification is *held* (its beats are given out
+   later) until the ones after it tell: when the RR they carry account for the delay (the
+   lag falls back under ``max_lag_s``) it was a hold, and every held beat is timed on the
+   cumulative RR, no gap; when the lag is still that high after ``burst_s`` of arrivals
+   (notifications arriving at their usual pace, not in a burst), beats were lost: the first
+   held beats are re-anchored to their arrival behind a gap. :meth:`BeatTimer.flush` (and
+   :meth:`BeatTimer.mark_gap`) decide at once with what is known. A single lost
+   notification is subtler: one notification's lag varies by up to one RR interval with the
+   beat's phase within the second, so a loss of ~1 s only shows when the *whole* lower
+   envelope of lags (``envelope_s`` = 30 s) rises by more than ``step_threshold_s``; the
+   offset then steps by that rise. Either way the beats are flagged ``uncertain`` and a
+   :class:`TimingGap` is returned: the time between is unknown, and no analysis may bridge
+   it. The price of the envelope method: beats between a single lost
    notification and its detection (≤ 30 s) are early by the lost interval (≤ ~1.5 s).
 5. **Impossible timing**: a lag below ``−tolerance_s`` (beats "in the future") means the
    cumulative sum ran ahead of the wall clock; the offset is pulled back so the lag is 0 and
@@ -104,6 +112,13 @@ class BeatTimer:
     ``host_window_s`` (default 1 s): the envelope window spans at least this much wall time
     (a slow-down of ~0.2 s, every notification ~50 ms late, was seen there too).
 
+    ``burst_s`` (link part, default 1 s; plus ``host_stall_s × time_scale``): how long
+    notifications held back by the host may take to arrive once released. A notification
+    later than ``max_lag_s`` is held until the next ones show whether its delay is accounted
+    for by their RR (a hold, delivered in a burst) or is still there after ``burst_s`` of
+    arrivals (beats lost: then it is re-anchored and a gap recorded, as before the hold
+    rule). Holding costs a real loss about that long a wait before its beats are given out.
+
     Beat-clock parameters (session seconds): ``envelope_s``: window of the lower envelope (at
     least ``host_window_s × time_scale``).
     ``max_slew``: drift correction, seconds of offset change per second at most (5e-4 =
@@ -130,10 +145,12 @@ class BeatTimer:
         host_jitter_s: float = 0.005,
         host_stall_s: float = 0.25,
         host_window_s: float = 1.0,
+        burst_s: float = 1.0,
     ) -> None:
         if not time_scale > 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale!r}")
         self.time_scale = time_scale
+        self.burst_s = burst_s + host_stall_s * time_scale
         jitter = host_jitter_s * time_scale
         self.deadband_s = deadband_s + jitter
         self.step_threshold_s = step_threshold_s + 2 * jitter  # past the dead band, plus jitter
@@ -156,6 +173,9 @@ class BeatTimer:
         self.n_uncertain = 0
         self._gap_reason = "reconnect"
         """Why the next anchor leaves a gap (a reconnect, or an interval that cannot have fit)."""
+        self._held: list[tuple[float, list[float]]] = []
+        """Notifications (arrival, RR) held back: the first later than ``max_lag_s``, until it
+        is known whether beats were lost (rule 4 of the module docstring)."""
 
     @property
     def drift_ppm(self) -> float:
@@ -167,22 +187,78 @@ class BeatTimer:
         elapsed = self._last_arrival - self._first_arrival
         return -self._correction_s / elapsed * 1e6 if elapsed > 0 else 0.0
 
-    def mark_gap(self) -> None:
-        """An explicit interruption (reconnect): the next notification is re-anchored."""
+    @property
+    def holding(self) -> int:
+        """Beats held back (see :meth:`push`), not yet given out."""
+        return sum(len(rr) for _, rr in self._held)
+
+    def mark_gap(self) -> tuple[list[TimedBeat], TimingGap | None]:
+        """An explicit interruption (reconnect): the next notification is re-anchored.
+        Returns the beats still held, as :meth:`flush` does (give them out first)."""
+        out = self.flush()
         self.offset_s = None
         self._lags.clear()
         self._gap_reason = "reconnect"
+        return out
+
+    def flush(self) -> tuple[list[TimedBeat], TimingGap | None]:
+        """The beats held back (see :meth:`push`), decided now with what is known: a hold if
+        the RR of the held notifications account for the delay, else lost beats (a gap)."""
+        return self._release(final=True) if self._held else ([], None)
 
     def push(
         self, arrival_s: float, rr_ms: Sequence[float]
     ) -> tuple[list[TimedBeat], TimingGap | None]:
-        """Add one notification; return its beats with times, and a gap if one was found."""
+        """Add one notification; return beats with times, and a gap if one was found.
+
+        Usually the beats are the notification's own. A notification later than
+        ``max_lag_s`` is held back (nothing returned) until the next ones tell whether beats
+        were lost or the notifications only held back by the host; then the held beats
+        come out with the notification that decided, oldest first. (Several gaps at once,
+        rarely: the first is returned, and all are in :attr:`gaps`.)"""
         if not rr_ms:
             return [], None
         rr = list(rr_ms)
+        if self._held or self._too_late(arrival_s, rr):
+            self._held.append((arrival_s, rr))
+            return self._release(final=False)
+        return self._take(arrival_s, rr)
+
+    def _too_late(self, arrival_s: float, rr: list[float]) -> bool:
+        """Whether a notification's lag exceeds ``max_lag_s`` (lost beats, or a hold)."""
+        if self.offset_s is None or self._impossible(arrival_s, rr) is not None:
+            return False
+        return arrival_s - self._predict(sum(rr)) > self.max_lag_s
+
+    def _release(self, *, final: bool) -> tuple[list[TimedBeat], TimingGap | None]:
+        """Decide about the held notifications, if their lag or their arrivals tell (or
+        ``final``); give out their beats then."""
+        total_ms = sum(sum(rr) for _, rr in self._held)
+        first, last = self._held[0][0], self._held[-1][0]
+        held_back = last - self._predict(total_ms) <= self.max_lag_s
+        if not (held_back or final or last - first >= self.burst_s):
+            return [], None  # still arriving in a burst, its RR short of the delay so far
+        notes, self._held = self._held, []
+        out: list[TimedBeat] = []
+        gaps: list[TimingGap] = []
+        for arrival_s, rr in notes:
+            beats, gap = self._take(arrival_s, rr, held_back=held_back)
+            out += beats
+            gaps += [gap] if gap is not None else []
+        if held_back:
+            # A burst's lags tell nothing about the link's delay (they are the hold's): the
+            # envelope restarts after it, as after an anchor, but the offset stays.
+            self._lags.clear()
+        return out, gaps[0] if gaps else None
+
+    def _take(
+        self, arrival_s: float, rr: list[float], *, held_back: bool = False
+    ) -> tuple[list[TimedBeat], TimingGap | None]:
+        """Time one notification's beats. ``held_back``: it was held and its delay is
+        accounted for by the RR after it (delivered late, nothing lost)."""
         bad = self._impossible(arrival_s, rr)
         if bad is None:
-            return self._push(arrival_s, rr)
+            return self._push(arrival_s, rr, held_back=held_back)
         # An interval that cannot have fit (an H10's 0xFFFF at the start of a recording):
         # the beats before it are timed as usual; its beat's time is unknown (placed just
         # after the beat before, flagged), and the beats after it are re-anchored to the
@@ -227,7 +303,9 @@ class BeatTimer:
                 return j
         return None
 
-    def _push(self, arrival_s: float, rr: list[float]) -> tuple[list[TimedBeat], TimingGap | None]:
+    def _push(
+        self, arrival_s: float, rr: list[float], *, held_back: bool = False
+    ) -> tuple[list[TimedBeat], TimingGap | None]:
         if not rr:
             return [], None
         if self._first_arrival is None:
@@ -243,6 +321,11 @@ class BeatTimer:
             self._observe(arrival_s, out[-1].t_s)
             return out, gap
         lag = arrival_s - self._predict(sum(rr))
+        if held_back and lag > 0:
+            # Late only (a burst's RR accounted for it): on the cumulative RR, no correction.
+            out = self._emit(rr, uncertain=False)
+            self._last_arrival = arrival_s
+            return out, None
         if lag > self.max_lag_s:
             gap = self._gap_before(arrival_s, rr, f"beats missing ({lag:.1f} s unaccounted)")
             out = self._emit(rr, uncertain=True)

@@ -642,23 +642,20 @@ class Daemon:
 
         assert isinstance(n, Notification) and rt.output is not None
         m = n.measurement
-        times: list[float] = []
-        session_id = None
         if rt.session is not None:
-            times = rt.session.on_notification(n)
-            session_id = rt.session.session_id
-            classified = rt.session.take_classified()
-        else:
-            classified = []
+            # The session publishes the beat message, with the beats' times (for a
+            # notification its beat timer holds back, once it has decided: docs/timing.md).
+            rt.session.on_notification(n)
+            return
         beat = BeatPayload(
             ts=n.recv_ts_ms,
             seq=rt.output.beat_seq,
             hr=m.hr_bpm,
             rr_ms=list(m.rr_ms),
-            beat_t_s=times,
-            classified=classified,
+            beat_t_s=[],
+            classified=[],
             contact=m.contact,
-            session=session_id,
+            session=None,
         )
         rt.output.beat_seq += 1
         rt.output.publish("beat", beat.to_json(), 0)

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import sensors.clock as host_clock
 from feedback.mqtt import MqttLink
 from feedback.payloads import (
+    BeatPayload,
     ClassifiedBeat,
     EventPayload,
     IndicesPayload,
@@ -40,7 +41,7 @@ from processing.indices import EventResponse
 from processing.live import BASELINE_MIN_SAMPLES, IndicesSnapshot, LiveAnalyzer
 from sensors.hrs import HeartRateMeasurement
 from sensors.strap import Notification
-from sensors.timing import BeatTimer, TimingGap
+from sensors.timing import BeatTimer, TimedBeat, TimingGap
 from sessions.store import (
     BaselinePeriod,
     BeatAnnotation,
@@ -680,6 +681,8 @@ class StrapPipeline:
         self.gaps: list[tuple[float, float, str]] = []
         """(start_t_s, end_t_s, reason) of every interruption: beats there are unknown."""
         self.timer = BeatTimer(time_scale=time_scale)
+        self._held: list[Notification] = []
+        """Notifications whose beats the timer holds back (:meth:`on_notification`)."""
         self._no_rr_since_s: float | None = None
         """Session time of the first notification without an interval since the last with."""
         self._no_rr_warned = False
@@ -806,8 +809,9 @@ class StrapPipeline:
 
     def restart_window(self, reason: str = "reconnect") -> None:
         """After a reconnect: the next beats are re-anchored to their arrival time, the gap
-        is recorded and no metric ever spans it."""
-        self.timer.mark_gap()
+        is recorded and no metric ever spans it. Beats the timer still held are recorded
+        first."""
+        self._release_held(reconnect=True)
         if not self._no_rr_warned:  # counted again from the first notification after it
             self._no_rr_since_s = None
         self._finalise(self.analyzer.gap(self.now_t_s()))
@@ -873,7 +877,9 @@ class StrapPipeline:
         )
 
     def finish(self) -> None:
-        """At session end: the beats still waiting for look-ahead are classified now."""
+        """At session end: beats the timer still held are recorded, and the beats still
+        waiting for look-ahead are classified now."""
+        self._release_held(reconnect=False)
         self._finalise(self.analyzer.gap(self.now_t_s()))
 
     def release(self) -> None:
@@ -896,7 +902,14 @@ class StrapPipeline:
         self.analyzer.marker(t_s, kind)
 
     def on_notification(self, n: Notification) -> list[float]:
-        """Record the notification's beats; return their beat times (s since session start)."""
+        """Record the notification's beats and publish its ``beat`` message; return the beat
+        times recorded now (s since session start).
+
+        A notification the beat timer holds back (later than its lag limit: beats lost, or
+        only held back by the host and about to arrive in a burst) is recorded and published
+        when the timer has decided, with the notification that decided it (docs/timing.md):
+        every notification still gets one beat message, its ``beat_t_s`` beside its
+        ``rr_ms``."""
         m = n.measurement
         self.follow_wall_clock(n.recv_ts_ms / 1000.0, n.recv_mono_s)
         self.last_contact = m.contact
@@ -905,73 +918,130 @@ class StrapPipeline:
         # counting through a suspend: :mod:`sensors.clock`).
         arrival_s = max(0.0, (n.recv_mono_s - self.started_mono_s) * self.time_scale)
         self._watch_rr(arrival_s, bool(m.rr_ms), m)
-        timed, gap = self.timer.push(arrival_s, m.rr_ms)
+        n_gaps = len(self.timer.gaps)
+        timed, _gap = self.timer.push(arrival_s, m.rr_ms)
+        self._held.append(n)
+        if self.timer.holding:
+            return []  # decided with a later notification (or at a reconnect, at the end)
+        held, self._held = self._held, []
+        return self._record(held, timed, self.timer.gaps[n_gaps:])
+
+    def _release_held(self, reconnect: bool) -> None:
+        """Record and publish the notifications the beat timer still holds, decided now
+        with what is known: at a reconnect (then the timer re-anchors the next one) or at
+        the session's end."""
+        n_gaps = len(self.timer.gaps)
+        timed, _gap = self.timer.mark_gap() if reconnect else self.timer.flush()
+        held, self._held = self._held, []
+        if held:
+            self._record(held, timed, self.timer.gaps[n_gaps:])
+
+    def _publish_beat(self, n: Notification, times: list[float]) -> None:
+        """The notification's ``beat`` message, with the classes that became final."""
+        m = n.measurement
+        beat = BeatPayload(
+            ts=n.recv_ts_ms,
+            seq=self.out.beat_seq,
+            hr=m.hr_bpm,
+            rr_ms=list(m.rr_ms),
+            beat_t_s=times,
+            classified=self.take_classified(),
+            contact=m.contact,
+            session=self.session_id,
+        )
+        self.out.beat_seq += 1
+        self.out.publish("beat", beat.to_json(), 0)
+
+    def _record(
+        self, notes: Sequence[Notification], timed: Sequence[TimedBeat], gaps: Sequence[TimingGap]
+    ) -> list[float]:
+        """Store ``notes``' beats (timed: ``timed``, in order) and the timer's ``gaps``,
+        feed the analyzer, publish one beat message per notification; return the times."""
         if timed:
-            self._last_beat_mono_s = n.recv_mono_s
-        gap_at: float | None = None
-        if gap is not None:
+            self._last_beat_mono_s = notes[-1].recv_mono_s
+        for gap in gaps:
             self._record_gap(gap)
-            gap_at = gap.start_t_s
-        p = self.settings.processing
-        warming = n.recv_mono_s < self.warmup_until_mono_s
+        gaps_at = collections.deque(g.start_t_s for g in gaps)
         rows: list[BeatRow] = []
         times: list[float] = []
         # What the analyzer gets, in beat order: (seq, t, rr) to push, or (None, t, nan) for
-        # a gap. Run after the beats are handed to the store, so a failure of the analysis
-        # cannot lose them.
-        todo: list[tuple[int | None, float, float]] = []
-        for raw, tb in zip(m.rr_raw, timed, strict=True):
-            t = tb.t_s
-            if gap_at is not None and t > gap_at:
-                # The windows restart at the gap, after the beats before it (an interval that
-                # cannot have fit leaves a gap behind beats of its own notification).
-                todo.append((None, gap_at, math.nan))
-                gap_at = None
-            self.beat_t_s = t
-            cls: BeatClass | None = None
-            if warming:
-                cls = BeatClass.WARMUP
-            elif not p.rr_min_ms <= tb.rr_ms <= p.rr_max_ms and not (
-                # Perhaps a missed beat at a slow heart, or a piece of an interval a spurious
-                # beat split (right after a plausible interval: not noise): the correction
-                # splits or merges it, or the analyzer makes it implausible after all
-                # (LiveAnalyzer.rr_max_ms / rr_min_ms), as settle analyze does.
-                p.correction
-                and self.rr_source == "hrs"
-                and may_be_repaired(tb.rr_ms, self._prev_rr_ms, p.rr_min_ms, p.rr_max_ms)
-            ):
-                cls = BeatClass.IMPLAUSIBLE
-                if self.rr_source == "hrs":
-                    # No successive difference may span an interval nobody can interpret.
-                    todo.append((None, t, math.nan))
-            rows.append(
-                BeatRow(
-                    seq=self.seq,
-                    beat_t_s=t,
-                    recv_ts_ms=n.recv_ts_ms,
-                    rr_ms=tb.rr_ms,
-                    rr_raw=raw,
-                    hr_bpm=m.hr_bpm,
-                    contact=m.contact,
-                    beat_class=cls,
-                    timing_uncertain=tb.uncertain,
+        # a gap, per notification (with its contact). Run after the beats are handed to the
+        # store, so a failure of the analysis cannot lose them.
+        todos: list[tuple[bool | None, list[tuple[int | None, float, float]]]] = []
+        per_note: list[list[float]] = []
+        beats = iter(timed)
+        for n in notes:
+            m = n.measurement
+            warming = n.recv_mono_s < self.warmup_until_mono_s
+            todo: list[tuple[int | None, float, float]] = []
+            todos.append((m.contact, todo))
+            per_note.append([])
+            for raw, tb in zip(m.rr_raw, beats, strict=False):
+                t = tb.t_s
+                while gaps_at and t > gaps_at[0]:
+                    # The windows restart at the gap, after the beats before it (an interval
+                    # that cannot have fit leaves a gap behind beats of its own notification).
+                    todo.append((None, gaps_at.popleft(), math.nan))
+                self.beat_t_s = t
+                cls = self._classify(tb, warming, todo)
+                rows.append(
+                    BeatRow(
+                        seq=self.seq,
+                        beat_t_s=t,
+                        recv_ts_ms=n.recv_ts_ms,
+                        rr_ms=tb.rr_ms,
+                        rr_raw=raw,
+                        hr_bpm=m.hr_bpm,
+                        contact=m.contact,
+                        beat_class=cls,
+                        timing_uncertain=tb.uncertain,
+                    )
                 )
-            )
-            times.append(round(t, 4))
-            self._prev_rr_ms = tb.rr_ms
-            if self.rr_source == "ecg":
-                pass  # recorded beside the ECG beats that drive the indices (class stays empty)
-            elif cls is None:
-                todo.append((self.seq, t, tb.rr_ms))
-            else:
-                self._classified.append(ClassifiedBeat(beat_t_s=round(t, 4), cls=cls, rr_ms=None))
-            self.seq += 1
-        if gap_at is not None:
-            todo.append((None, gap_at, math.nan))
+                times.append(round(t, 4))
+                per_note[-1].append(round(t, 4))
+                self._prev_rr_ms = tb.rr_ms
+                if self.rr_source == "ecg":
+                    pass  # recorded beside the ECG beats that drive the indices (class empty)
+                elif cls is None:
+                    todo.append((self.seq, t, tb.rr_ms))
+                else:
+                    self._classified.append(
+                        ClassifiedBeat(beat_t_s=round(t, 4), cls=cls, rr_ms=None)
+                    )
+                self.seq += 1
+        assert next(beats, None) is None and len(times) == len(timed)
+        while gaps_at:
+            todos[-1][1].append((None, gaps_at.popleft(), math.nan))
         if rows:
             self.writer.add_beats(self.session_id, rows)
-        self._analyse(todo, m.contact, emit=True)
+        for (contact, todo), n, t_s in zip(todos, notes, per_note, strict=True):
+            self._analyse(todo, contact, emit=True)
+            self._publish_beat(n, t_s)
         return times
+
+    def _classify(
+        self, tb: TimedBeat, warming: bool, todo: list[tuple[int | None, float, float]]
+    ) -> BeatClass | None:
+        """The class a beat is stored with before the analysis (None: the analysis decides);
+        an implausible interval restarts the windows (a gap in ``todo``)."""
+        p = self.settings.processing
+        cls: BeatClass | None = None
+        if warming:
+            cls = BeatClass.WARMUP
+        elif not p.rr_min_ms <= tb.rr_ms <= p.rr_max_ms and not (
+            # Perhaps a missed beat at a slow heart, or a piece of an interval a spurious
+            # beat split (right after a plausible interval: not noise): the correction
+            # splits or merges it, or the analyzer makes it implausible after all
+            # (LiveAnalyzer.rr_max_ms / rr_min_ms), as settle analyze does.
+            p.correction
+            and self.rr_source == "hrs"
+            and may_be_repaired(tb.rr_ms, self._prev_rr_ms, p.rr_min_ms, p.rr_max_ms)
+        ):
+            cls = BeatClass.IMPLAUSIBLE
+            if self.rr_source == "hrs":
+                # No successive difference may span an interval nobody can interpret.
+                todo.append((None, tb.t_s, math.nan))
+        return cls
 
     def _analyse(
         self, todo: Sequence[tuple[int | None, float, float]], contact: bool | None, *,

@@ -6,14 +6,17 @@ a strap keeps its device id when the Bluetooth stack reports its name only later
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
 
+from sensors.hrs import HEART_RATE_MEASUREMENT_UUID, HeartRateMeasurement
 from sensors.strap import StrapClient
 from sensors.virtual.air import VirtualAir
 from sensors.virtual.backend import BumbleBleakClient
@@ -306,3 +309,108 @@ async def test_notifications_dropped_by_a_reader_that_fell_behind_are_warned_abo
     closing = [r.getMessage() for r in caplog.records if r.name == "sensors.strap"][1:]
     assert client.overflowed > 5  # some while the link was closed
     assert len(closing) == 1 and f"{client.overflowed} in all" in closing[0]
+
+
+def _gated_backend() -> type[BumbleBleakClient]:
+    """A virtual Bluetooth stack whose heart-rate notifications the test can hold back (and
+    deliver in one burst at :meth:`release`) or lose, the link staying up throughout."""
+
+    class Gated(BumbleBleakClient):
+        mode: str | None = None
+        """None: deliver; "hold": keep until :meth:`release`; "lose": drop."""
+        waiting: ClassVar[list[tuple[Callable[[bytearray], None], bytearray]]] = []
+        beats_delivered = 0
+        beats_held = 0
+        beats_lost = 0
+
+        @classmethod
+        def release(cls) -> None:
+            cls.mode = None
+            burst, cls.waiting[:] = list(cls.waiting), []
+            for callback, data in burst:
+                callback(data)  # one after the other, at once: a stack's backlog
+
+        async def start_notify(
+            self, characteristic: Any, callback: Callable[[bytearray], None], **kwargs: Any
+        ) -> None:
+            if characteristic.uuid != HEART_RATE_MEASUREMENT_UUID:
+                await super().start_notify(characteristic, callback, **kwargs)
+                return
+            cls = type(self)
+
+            def gate(data: bytearray) -> None:
+                n_rr = len(HeartRateMeasurement.from_bytes(bytes(data)).rr_raw)
+                if cls.mode == "hold":
+                    cls.beats_held += n_rr
+                    cls.waiting.append((callback, data))
+                elif cls.mode == "lose":
+                    cls.beats_lost += n_rr
+                else:
+                    cls.beats_delivered += n_rr
+                    callback(data)
+
+            await super().start_notify(characteristic, gate, **kwargs)
+
+    return Gated
+
+
+@pytest.mark.parametrize("mode", ["hold", "lose"])
+async def test_notifications_held_back_by_the_stack_are_no_gap_but_lost_ones_are(
+    tmp_path: Path, mode: str
+) -> None:
+    """The host's Bluetooth stack holds the strap's notifications back for 15 s of session
+    time (1.5 s at speed 10), then delivers them in one burst, nothing lost: the daemon read
+    the first late one as "beats missing", recorded a gap and stored the held beats piled
+    onto the burst's arrival, flagged. Now they are stored on their RR, no gap, and every
+    notification's beat message carries its own beats' times. Lost instead (the strap out
+    of range, the link kept), they are still a gap as long as the loss."""
+    speed = 10.0
+    gated = _gated_backend()
+    beats, tap = json_tap("/beat")
+    settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": tmp_path / "s.db"})
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=5), speed=speed)
+        await strap.start()
+        with SessionStore.open(settings.db_path) as store:
+            client = client_for(air, strap, backend=gated)
+            daemon = Daemon(settings, store, [client], time_scale=speed, tap=tap)
+            task = asyncio.create_task(daemon.run())
+            rt = daemon.runtimes[0]
+            await until(lambda: rt.session is not None and rt.session.seq > 40)
+            first = gated.beats_delivered
+            gated.mode = mode
+            await asyncio.sleep(15 / speed)
+            gated.release()
+            after = gated.beats_delivered + gated.beats_held
+            await until(lambda: gated.beats_delivered > after + 20)
+            daemon.stop()
+            await asyncio.wait_for(task, 10)
+            (session,) = store.list_sessions()
+            stored = store.beats(session.id)
+            gaps = store.gaps(session.id)
+        await strap.stop()
+    sent = [r for m in strap.sent for r in m.rr_raw]
+    if mode == "hold":
+        assert gaps == []
+        assert gated.beats_held >= 10 and gated.beats_lost == 0
+        assert [b.rr_raw for b in stored] == sent[: len(stored)]  # every beat, once, in order
+        held = stored[first - 1 : first + gated.beats_held]
+        # The held beats are as far apart as their RR say (they were 1 µs apart), unflagged.
+        for a, b in itertools.pairwise(held):
+            assert b.beat_t_s - a.beat_t_s == pytest.approx(b.rr_ms / 1000, abs=0.005)
+        assert not any(b.timing_uncertain for b in held[1:])
+    else:
+        assert gated.beats_lost >= 10 and gated.beats_held == 0
+        (gap,) = gaps
+        assert gap.reason.startswith("beats missing")
+        assert gap.end_t_s - gap.start_t_s == pytest.approx(15.0, abs=2.5)
+        kept = sent[:first] + sent[first + gated.beats_lost :]
+        assert [b.rr_raw for b in stored] == kept[: len(stored)]
+        assert stored[first].beat_t_s - stored[first - 1].beat_t_s > 12.0  # not joined up
+    # One beat message per notification, its times beside its intervals, and together
+    # every stored beat.
+    mine = [m for m in beats if m["session"] == session.id]
+    assert all(len(m["beat_t_s"]) == len(m["rr_ms"]) for m in mine)
+    assert [m["seq"] for m in beats] == list(range(len(beats)))
+    in_messages = [t for m in mine for t in m["beat_t_s"]]
+    assert in_messages == [round(b.beat_t_s, 4) for b in stored]

@@ -43,9 +43,14 @@ def simulate(
     seed: int,
     lose_every: int = 0,
     latency_s: Callable[[np.random.Generator], float] = ble_latency_s,
+    held: tuple[int, int] = (0, 0),
+    lost: tuple[int, int] = (0, 0),
 ) -> tuple[np.ndarray, list[tuple[float, list[float], list[int]]]]:
     """True beat times, and notifications (arrival, reported RR, indices of their beats).
-    ``latency_s`` draws one notification's delay in session seconds."""
+    ``latency_s`` draws one notification's delay in session seconds. ``held`` = (start s,
+    duration s): the notifications of those strap seconds are held back by the host's
+    Bluetooth stack and delivered in one burst at its end, nothing lost; ``lost``: those
+    notifications never arrive (the strap out of range, the link kept)."""
     rng = np.random.default_rng(seed)
     n = int(hours * 3600 / 0.85) + 10
     rr_true = 850 + 40 * np.sin(np.arange(n) * 0.3) + rng.normal(0, 15, n)
@@ -61,7 +66,14 @@ def simulate(
             k += 1
         if lose_every and sec % lose_every == 0:
             continue  # lost notification: its beats are never reported
-        notes.append((sec + latency_s(rng), [float(rr_rep[i]) for i in idx], idx))
+        arrival = sec + latency_s(rng)
+        if lost[0] <= sec < lost[0] + lost[1]:
+            continue
+        if held[0] <= sec < held[0] + held[1]:
+            # In order, within 20 ms (before the next one, which takes at least 30 ms).
+            burst = held[0] + held[1] + 0.02 * (sec - held[0]) / held[1]
+            arrival = max(arrival, burst)
+        notes.append((arrival, [float(rr_rep[i]) for i in idx], idx))
     return t_true, notes
 
 
@@ -137,6 +149,77 @@ def test_lost_notifications_become_gaps_never_bridged() -> None:
                                                    for j in losses)]  # fmt: skip
     assert np.percentile(np.abs(err[settled]), 95) < 0.25
     assert all(b > a for a, b in itertools.pairwise([got[i] for i in idx]))
+
+
+def _errors(t_true: np.ndarray, got: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Beat indices received, and their time errors (the unknowable offset removed)."""
+    idx = np.array(sorted(got))
+    err = np.array([got[i] for i in idx]) - t_true[idx]
+    return idx, err - np.median(err[:200])
+
+
+@pytest.mark.parametrize("hold_s", [2, 4, 5, 6, 10, 30])
+def test_notifications_held_back_and_delivered_in_a_burst_are_no_gap(hold_s: int) -> None:
+    """The host's Bluetooth stack holds the strap's notifications back for ``hold_s``, then
+    delivers them all at once; nothing was lost. Holds of 2–4 s were timed right; from 5 s
+    on, the first late notification read as "beats missing": a gap, and the held beats
+    re-anchored onto the burst's arrival (several seconds of beats within a few ms,
+    flagged). Their RR sum accounts for the whole delay: no gap, every beat on its time."""
+    t_true, notes = simulate(hours=0.25, ppm=30.0, seed=4, held=(300, hold_s))
+    timer, got, _ = run(notes)
+    assert timer.gaps == []
+    assert len(got) == sum(len(rr) for _, rr, _ in notes)  # every beat given out, once
+    idx, err = _errors(t_true, got)
+    assert np.max(np.abs(err)) < 0.25
+    held = [i for i in idx if 299 <= t_true[i] < 300 + hold_s]
+    assert len(held) >= hold_s and not uncertain.intersection(held)
+    assert all(b > a for a, b in itertools.pairwise([got[i] for i in idx]))
+
+
+@pytest.mark.parametrize("lost_s", [6, 10, 30])
+def test_beats_lost_while_the_link_stays_up_are_still_a_gap(lost_s: int) -> None:
+    """The other direction: the strap out of range for ``lost_s`` with the link kept, its
+    notifications never delivered. The first one after it is as late as a burst's first,
+    but the RR that follow never catch up with the clock: a gap as long as the loss, and
+    the beats after it re-anchored to their arrival (not joined onto the beats before)."""
+    t_true, notes = simulate(hours=0.25, ppm=30.0, seed=4, lost=(300, lost_s))
+    timer, got, releases = run(notes)
+    (gap,) = timer.gaps
+    assert gap.reason.startswith("beats missing")
+    idx, err = _errors(t_true, got)
+    before = max(i for i in idx if t_true[i] < 299.5)
+    after = min(i for i in idx if t_true[i] > 300)
+    assert gap.start_t_s == got[before]
+    # It ends where the first notification after the loss says its beats began: at its
+    # arrival less their RR, late by its delay and the phase of its beats in the second.
+    span = gap.end_t_s - gap.start_t_s
+    assert t_true[after - 1] - t_true[before] - 0.1 < span < t_true[after] - t_true[before] + 0.3
+    assert not any(t_true[before] < t_true[i] < t_true[after - 1] for i in idx)
+    # The decision waits for the notifications of at most about two seconds after the loss.
+    (first,) = [r for r, with_gap in releases if with_gap]
+    assert first[0] == after and t_true[first[-1]] - t_true[after] < 3.0
+    # Re-anchored at an arrival, the first beats after it may be late by up to an RR (the
+    # phase of the beats within the strap's second); pulled back within a few notifications.
+    settled = [k for k, i in enumerate(idx) if not 299 < t_true[i] < 310 + lost_s]
+    assert np.max(np.abs(err[settled])) < 0.25
+    assert all(b > a for a, b in itertools.pairwise([got[i] for i in idx]))
+
+
+def test_beats_held_for_the_decision_are_given_out_at_a_reconnect_or_the_end() -> None:
+    """A notification 10 s late waits for the next one to tell whether beats were lost; a
+    reconnect or the session's end before that decides with what is known (here: lost)."""
+    for end in ("flush", "mark_gap"):
+        timer = BeatTimer()
+        for k in range(1, 31):
+            timer.push(float(k), [1000.0])
+        assert timer.push(41.0, [1000.0]) == ([], None)  # lost beats, or only late?
+        beats, gap = timer.flush() if end == "flush" else timer.mark_gap()
+        assert [b.t_s for b in beats] == pytest.approx([41.0], abs=0.05)
+        assert gap is not None and gap.reason.startswith("beats missing") and beats[0].uncertain
+        assert timer.flush() == ([], None)
+        after, gap = timer.push(42.0, [1000.0])
+        assert (gap is not None) == (end == "mark_gap")  # a reconnect re-anchors
+        assert after[0].t_s == pytest.approx(42.0, abs=0.05)
 
 
 def test_explicit_gap_reanchors_and_reports_it() -> None:
