@@ -106,6 +106,10 @@ class PmdMalformedReply(SensorError):
     """The strap answered a control-point request with bytes that cannot be decoded."""
 
 
+class PmdStalled(SensorError):
+    """The ECG stream sent no frame for ``stall_timeout_s`` while the link stayed up."""
+
+
 class DroppedFrames(DropCounter):
     """Counts one strap's dropped ECG frames and says so in the log without flooding it
     (:class:`~sensors.drops.DropCounter`: one WARNING line at once, then at most every
@@ -411,8 +415,8 @@ class PmdSession:
     async def frames(self) -> AsyncIterator[ReceivedFrame]:
         """Decoded ECG frames as they arrive, oldest first.
 
-        Ends with :class:`SensorError` when the link drops or no frame comes for
-        ``stall_timeout_s``; ends quietly after :meth:`close`.
+        Ends with :class:`SensorError` when the link drops, :class:`PmdStalled` when no
+        frame comes for ``stall_timeout_s`` with the link up; quietly after :meth:`close`.
         """
         while True:
             while self._frames:
@@ -428,8 +432,8 @@ class PmdSession:
             except TimeoutError:
                 if not self.client.is_connected:
                     raise SensorError(self.sensor_id, "disconnected") from None
-                raise SensorError(
-                    self.sensor_id, f"ECG stream stalled: no frame for {self.stall_timeout_s:g} s"
+                raise PmdStalled(
+                    self.sensor_id, f"no ECG frame for {self.stall_timeout_s:g} s, the link up"
                 ) from None
 
     async def ecg_beats(self, params: DetectorParams | None = None) -> AsyncIterator[EcgRR]:

@@ -23,30 +23,46 @@ their clock jumped). The seam is recorded as a gap (``raw ECG clock step``) with
 the R-peak detector sees the jump in its timestamps as a gap (no RR across it).
 
 A strap without PMD simply has no ECG; a failing ECG stream never disturbs the heart-rate
-stream on the same link. A strap whose ECG streamed before and has none at a reconnect is an
-ECG that stopped (an ``ecg-stopped`` event; with ``rr_source = "ecg"`` the strap's RR drive
-the indices again). Frames the PMD session drops (malformed, out of order, or pushed out
+stream on the same link. An ECG stream that stalls with the link up (no frame for
+``stall_timeout_s``, 5 s) is restarted (STOP, a new PMD session, START) after a capped,
+jittered backoff, at most :data:`ECG_RESTARTS` times in a row (a stream that then runs for
+:data:`ECG_STEADY_S` is back, and a later stall gets them all again); each stall and failed
+restart is one WARNING line, the stream coming back one INFO line, the first stall of a
+streak and the giving up an ``ecg-stopped`` event (with ``rr_source = "ecg"`` the strap's RR
+drive the indices meanwhile, the ECG's again from its first beat after a restart). A strap
+whose ECG streamed before and has none at a reconnect is an ECG that stopped (an
+``ecg-stopped`` event; with ``rr_source = "ecg"`` the strap's RR drive the indices again).
+Frames the PMD session drops (malformed, out of order, or pushed out
 by a backlog; a frame delivered twice is ignored, nothing lost) are counted per strap
 (:meth:`EcgRecorder.dropped_frames`) and reported as one WARNING line at most a minute.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from bleak import BleakClient
 
 from feedback.payloads import EcgBeatPayload
 from processing.ecg import RPeakDetector
-from sensors.ecg_stream import DroppedFrames, PmdSession, PmdUnavailable, ReceivedFrame
+from sensors.ecg_stream import (
+    DroppedFrames,
+    PmdSession,
+    PmdStalled,
+    PmdUnavailable,
+    ReceivedFrame,
+)
 from sensors.pmd import EcgFrame
 from sensors.timing import ECG_CLOCK_STEP, FrameClock
 from sessions.store import GapRow
+from settle.backoff import backoff_delay_s
 from settle.errors import SensorError
 
 if TYPE_CHECKING:
@@ -65,6 +81,31 @@ the strap's rate but frames lost (or a clock step) between the two frames."""
 RETIME_REPORT_S = 0.1
 """A re-timing (the offset pulled back by a less-delayed frame) at least this large, s, is
 logged (INFO): the session's ECG before it was that late."""
+ECG_STALL_S = 5.0
+"""Wall seconds without an ECG frame, the link up, after which the stream is stalled."""
+ECG_RESTARTS = 5
+"""Restarts of a stalled ECG stream in a row before it is given up for the connection."""
+ECG_RESTART_BASE_S = 2.0
+"""Backoff before the first restart, wall s (doubling, capped at ECG_RESTART_CAP_S, with
+jitter: :func:`settle.backoff.backoff_delay_s`)."""
+ECG_RESTART_CAP_S = 30.0
+ECG_STEADY_S = 60.0
+"""A stream that delivered frames for this long (wall s) counts as back: restarts in a row
+are counted from 0 again at its next stall."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Progress:
+    """What one connection's ECG recording keeps across restarts of its stream."""
+
+    session_id: str | None = None
+    newest_ns: int = -1
+    """Newest sample stored for the session (session ns)."""
+    newest_beat_s: float = -math.inf
+    """Newest R peak given out for the session (session s)."""
+    first_frame_mono_s: float | None = None
+    """Arrival of the current stream's first frame (elapsed-time clock, s)."""
+    last_frame_mono_s: float | None = None
 
 
 def measured_sample_period_ns(previous_timestamp_ns: int, frame: EcgFrame) -> float | None:
@@ -102,9 +143,20 @@ def samples_after(
 class EcgRecorder:
     """Streams one strap's ECG while it is connected (see the module docstring)."""
 
-    def __init__(self, writer: BeatWriter, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        writer: BeatWriter,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.writer = writer
         self.clock = clock
+        self.sleep = sleep
+        self.stall_timeout_s = ECG_STALL_S
+        self.restarts = ECG_RESTARTS
+        self.restart_base_s = ECG_RESTART_BASE_S
+        self.restart_cap_s = ECG_RESTART_CAP_S
+        self.steady_s = ECG_STEADY_S
         self.frames = 0
         self.beats = 0
         self._dropped: dict[str, DroppedFrames] = {}  # per strap, across its connections
@@ -126,22 +178,92 @@ class EcgRecorder:
         return 0 if d is None else d.total
 
     async def run(self, rt: StrapRuntime, client: BleakClient) -> None:
+        """Record the strap's ECG for as long as the link lasts (cancel to stop), restarting
+        a stream that stalls (see the module docstring)."""
         dev = rt.device_id or client.address
         dropped = self._dropped.setdefault(dev, DroppedFrames(dev))
-        try:
-            # Sessions share the daemon's time scale (virtual straps at --speed X).
-            scale = rt.session.time_scale if rt.session is not None else 1.0
-            pmd_session = PmdSession(client, sensor_id=dev, dropped=dropped, time_scale=scale)
-            async with pmd_session as pmd:
-                await pmd.start_ecg()
+        progress = _Progress()
+        failed = 0  # restarts in a row that did not bring the stream back for steady_s
+        restarting = False
+        while True:
+            try:
+                await self._stream(rt, client, dev, dropped, progress, failed if restarting else 0)
+                return
+            except PmdStalled as exc:
+                why = exc.reason
+            except SensorError as exc:
+                if not restarting or not client.is_connected:
+                    self._failed(rt, dev, exc)
+                    return
+                why = exc.reason  # a restart that failed: tried again, within the bound
+            except Exception:
+                # The daemon awaits this task when the link closes: a bug here must not take
+                # the strap's heart rate, its session and the daemon down with the ECG.
+                log.exception("%s: raw ECG stopped by an internal error; heart rate continues", dev)
+                self._stopped(rt, "internal error")
+                return
+            first, last = progress.first_frame_mono_s, progress.last_frame_mono_s
+            if first is not None and last is not None and last - first >= self.steady_s:
+                failed = 0  # it had come back: a new stall, not one more failed restart
+            if failed >= self.restarts:
+                log.warning(
+                    "%s: raw ECG stopped: %d restarts did not bring it back (latest: %s); "
+                    "heart rate continues",
+                    dev, failed, why,
+                )  # fmt: skip
+                self._stopped(rt, f"{why}; {failed} restarts did not bring it back")
+                return
+            delay = backoff_delay_s(failed, base_s=self.restart_base_s, cap_s=self.restart_cap_s)
+            what = f"restart {failed} of {self.restarts} failed" if failed else "stalled"
+            log.warning(
+                "%s: raw ECG %s (%s); restarting it in %.1f s (restart %d of %d); heart rate "
+                "continues",
+                dev, what, why, delay, failed + 1, self.restarts,
+            )  # fmt: skip
+            if failed == 0 and rt.session is not None:
+                rt.session.event(
+                    "ecg-stopped", f"raw ECG stalled ({why}); restarting it; heart rate continues"
+                )
+                rt.session.ecg_failed(why)
+            progress.first_frame_mono_s = progress.last_frame_mono_s = None
+            restarting = True
+            await self.sleep(delay)
+            failed += 1
+
+    async def _stream(
+        self,
+        rt: StrapRuntime,
+        client: BleakClient,
+        dev: str,
+        dropped: DroppedFrames,
+        progress: _Progress,
+        restart: int,
+    ) -> None:
+        """One PMD session: set up, START, record until the stream ends (restart: which
+        restart of a stalled stream this is, 0 for the connection's first start)."""
+        # Sessions share the daemon's time scale (virtual straps at --speed X).
+        scale = rt.session.time_scale if rt.session is not None else 1.0
+        pmd_session = PmdSession(
+            client,
+            sensor_id=dev,
+            dropped=dropped,
+            time_scale=scale,
+            stall_timeout_s=self.stall_timeout_s,
+        )
+        async with pmd_session as pmd:
+            await pmd.start_ecg()
+            if not restart:
                 log.info("%s: recording raw ECG (Polar PMD, 130 Hz)", dev)
-                self.recording.add(dev)
-                self._streamed.add(dev)
-                try:
-                    await self._record(rt, pmd)
-                finally:
-                    self.recording.discard(dev)
-        except PmdUnavailable as exc:
+            self.recording.add(dev)
+            self._streamed.add(dev)
+            try:
+                await self._record(rt, pmd, progress, restart)
+            finally:
+                self.recording.discard(dev)
+
+    def _failed(self, rt: StrapRuntime, dev: str, exc: SensorError) -> None:
+        """The ECG could not be started, or ended with the link (not a stall)."""
+        if isinstance(exc, PmdUnavailable):
             if dev in self._streamed:
                 # It streamed on an earlier connection (a features read that came back empty
                 # or garbled at a reconnect): the ECG stopped, as for any other failure. With
@@ -157,14 +279,9 @@ class EcgRecorder:
                 )
             else:
                 log.debug("%s: no Polar PMD service; heart rate only", dev)
-        except SensorError as exc:
-            log.warning("%s: raw ECG stopped (%s); heart rate continues", dev, exc.reason)
-            self._stopped(rt, exc.reason)
-        except Exception:
-            # The daemon awaits this task when the link closes: a bug here must not take the
-            # strap's heart rate, its session and the daemon down with the optional ECG.
-            log.exception("%s: raw ECG stopped by an internal error; heart rate continues", dev)
-            self._stopped(rt, "internal error")
+            return
+        log.warning("%s: raw ECG stopped (%s); heart rate continues", dev, exc.reason)
+        self._stopped(rt, exc.reason)
 
     @staticmethod
     def _stopped(rt: StrapRuntime, reason: str) -> None:
@@ -174,18 +291,25 @@ class EcgRecorder:
             rt.session.event("ecg-stopped", f"raw ECG stopped ({reason}); heart rate continues")
             rt.session.ecg_failed(reason)
 
-    async def _record(self, rt: StrapRuntime, pmd: PmdSession) -> None:
+    async def _record(
+        self, rt: StrapRuntime, pmd: PmdSession, progress: _Progress, restart: int
+    ) -> None:
         detector = RPeakDetector()
         # Strap ns → host elapsed ns × time scale, from the least-delayed frame so far (a
-        # session's t = 0 is subtracted below): kept across the sessions of the connection.
+        # session's t = 0 is subtracted below): kept across the sessions of the stream.
         clock = FrameClock(time_scale=pmd.time_scale)
-        session_id: str | None = None
-        newest_ns = -1  # newest sample stored for the session (session ns)
-        newest_beat_s = -math.inf  # newest R peak given out for the session (session s)
+        # The session, its newest sample and R peak: kept across restarts of the stream (the
+        # restarted one never stores a sample or gives out a peak before them).
+        p = progress
         period_ns = NOMINAL_SAMPLE_PERIOD_NS  # the strap's, from the last consecutive frames
         previous_ns: int | None = None  # timestamp of the previous frame
         previous_offset_ns: int | None = None  # the clock's offset for the previous frame
         async for received in pmd.frames():
+            if p.first_frame_mono_s is None:
+                p.first_frame_mono_s = received.recv_mono_s
+                if restart:
+                    log.info("%s: raw ECG streaming again (restart %d)", pmd.sensor_id, restart)
+            p.last_frame_mono_s = received.recv_mono_s
             session = rt.session
             frame = received.frame
             stepped = received.clock_step_s is not None
@@ -205,17 +329,17 @@ class EcgRecorder:
             start_ns = _scaled_ns(session.started_mono_s, pmd)
             ramp_ns = 0
             assert clock.offset_ns is not None
-            if session_id != session.session_id:
-                session_id = session.session_id
-                newest_ns, newest_beat_s = -1, -math.inf
+            if p.session_id != session.session_id:
+                p.session_id = session.session_id
+                p.newest_ns, p.newest_beat_s = -1, -math.inf
             elif stepped:
-                clock.anchor(self._reanchor(session, received, newest_ns, period_ns) + start_ns)
+                clock.anchor(self._reanchor(session, received, p.newest_ns, period_ns) + start_ns)
             elif measured is not None and not pulled_ns and previous_offset_ns is not None:
                 ramp_ns = clock.offset_ns - previous_offset_ns  # the servo's slew, if any
             previous_offset_ns = clock.offset_ns
             offset_ns = clock.offset_ns - start_ns
-            t_ns, uv = samples_after(frame, offset_ns, newest_ns, period_ns, ramp_ns)
-            if pulled_ns >= RETIME_REPORT_S * 1e9 and newest_ns >= 0:
+            t_ns, uv = samples_after(frame, offset_ns, p.newest_ns, period_ns, ramp_ns)
+            if pulled_ns >= RETIME_REPORT_S * 1e9 and p.newest_ns >= 0:
                 log.info(
                     "%s: raw ECG re-timed %.2f s earlier (the frames before came late); %d "
                     "samples not stored where the late ones already were",
@@ -226,15 +350,15 @@ class EcgRecorder:
             if t_ns:
                 self.writer.add_ecg(session.session_id, t_ns, uv)
                 self.frames += 1
-                newest_ns = t_ns[-1]
+                p.newest_ns = t_ns[-1]
             timed: list[tuple[float, float | None, bool]] = []
             for b in beats:
                 t_s, plausible = round((b.t_s * 1e9 + offset_ns) / 1e9, 4), b.plausible
-                if t_s <= newest_beat_s:
+                if t_s <= p.newest_beat_s:
                     # Re-timed earlier than a peak already given out: never back (as the
                     # strap's beats, docs/timing.md); flagged, so no analysis measures it.
-                    t_s, plausible = round(newest_beat_s + 1e-4, 4), False
-                newest_beat_s = t_s
+                    t_s, plausible = round(p.newest_beat_s + 1e-4, 4), False
+                p.newest_beat_s = t_s
                 timed.append((t_s, b.rr_ms, plausible))
             session.on_ecg_beats(timed)
             for b, (t_s, _rr, plausible) in zip(beats, timed, strict=True):

@@ -645,3 +645,113 @@ async def test_a_late_first_frame_does_not_make_the_ecg_late(
     retimed = [r.getMessage() for r in caplog.records if "re-timed" in r.getMessage()]
     total_s = sum(float(m.split("re-timed ")[1].split(" s")[0]) for m in retimed)
     assert total_s == pytest.approx(4 * 73 / 130, abs=0.1)
+
+
+# -- a stream that stalls with the link up ----------------------------------------------------
+
+
+async def _stalled_h10(
+    tmp_path: Path, *, for_good: bool, restarts: int
+) -> tuple[Daemon, VirtualStrap, list[dict[str, Any]], int, int, Any, int]:
+    """A daemon recording a virtual H10 (speed 10) whose ECG stream hangs after 20 frames,
+    the link and heart rate going on; it stalls after 1 s without a frame and restarts with
+    0.1 s of backoff, ``restarts`` times at most. Runs until the ECG streams again (or, stalled
+    ``for_good``, until it is given up and 20 more beats came); returns the daemon, the strap,
+    its events, the beats and ECG frames at the stall, the stored session and its ECG sample
+    times, and the beats recorded from the stall until the ECG came back or was given up."""
+    settings = _settings(tmp_path)
+    events, tap = json_tap("/event")
+    rr = [float(x) for x in read_rr_file(DATA / "polar_h10_pvc_device.csv").rr_ms]
+    pmd = PmdConfig(ecg_uv=h10_ecg_uv(), loop=True)
+    async with VirtualAir() as air:
+        strap = VirtualStrap(air, rr, name="Polar H10 0A1B2C3D", speed=10.0, pmd=pmd)
+        await strap.start()
+        with SessionStore.open(settings.db_path) as store:
+            daemon = Daemon(settings, store, [client_for(air, strap)], time_scale=10.0, tap=tap)
+            daemon.ecg.stall_timeout_s, daemon.ecg.restart_base_s = 1.0, 0.1
+            daemon.ecg.restarts = restarts
+            task = asyncio.create_task(daemon.run())
+            rt = daemon.runtimes[0]
+            try:
+                await until(lambda: daemon.ecg.frames >= 20, 40)
+                assert strap.pmd is not None and rt.session is not None
+                strap.pmd.stall(for_good=for_good)
+                beats, frames = rt.session.seq, daemon.ecg.frames
+                if for_good:
+                    await until(lambda: any("did not bring" in e["text"] for e in events), 60)
+                else:
+                    await until(lambda: daemon.ecg.frames >= frames + 20, 60)
+                during = rt.session.seq - beats
+                n = rt.session.seq
+                await until(lambda: rt.session is not None and rt.session.seq > n + 20, 40)
+            finally:
+                daemon.stop()
+                await asyncio.wait_for(task, 15)
+            (info,) = store.list_sessions()
+            stored = (store.read_session(info.id), store.ecg(info.id).t_ns)
+        await strap.stop()
+    return daemon, strap, events, beats, frames, stored, during
+
+
+async def test_an_ecg_stream_that_stalls_with_the_link_up_is_restarted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The H10's PMD stream stops sending frames, the link and heart rate going on: the ECG
+    task ended with "raw ECG stopped (ECG stream stalled …)" and never tried again for as
+    long as the link lasted (hours of a session without ECG). Now the stream is stopped and
+    started again after a backoff, said in one line, and the ECG goes on."""
+    caplog.set_level(logging.INFO, logger="settle.ecg")
+    daemon, strap, events, beats, frames, (stored, t_ns), during = await _stalled_h10(
+        tmp_path, for_good=False, restarts=5
+    )
+    assert strap.pmd is not None and strap.pmd.frames_withheld > 0
+    assert strap.pmd.streams_started >= 2 and strap.pmd.unclean_disconnects == []
+    assert strap.pmd.requests[:3] == [START_ECG, STOP_ECG, START_ECG]  # STOP, then START
+    said = [r.getMessage() for r in caplog.records if r.name == "settle.ecg"]
+    dev = daemon.runtimes[0].device_id
+    stalled = [m for m in said if "raw ECG stalled" in m]
+    assert stalled[0].startswith(
+        f"{dev}: raw ECG stalled (no ECG frame for 1 s, the link up); restarting it in "
+    )
+    assert stalled[0].endswith(" s (restart 1 of 5); heart rate continues")
+    assert f"{dev}: raw ECG streaming again (restart 1)" in said
+    assert not any("raw ECG stopped" in m for m in said)
+    (event,) = [e for e in events if e["kind"] == "ecg-stopped"][:1]
+    assert event["text"] == (
+        "raw ECG stalled (no ECG frame for 1 s, the link up); restarting it; heart rate continues"
+    )
+    # Heart rate went on through the stall; the ECG after the restart is stored, later
+    # than everything before it.
+    assert during > 5 and len(stored.beats) > beats + 20
+    assert daemon.ecg.frames >= frames + 20 and len(t_ns) >= (frames + 19) * 73
+    assert np.all(np.diff(t_ns) > 0) and holes(t_ns) >= 1  # the stall, not bridged
+    after = [b for b in stored.ecg_beats if b.beat_t_s > event["t_s"] + 2]
+    assert len(after) > 5  # R peaks found in the restarted stream
+
+
+async def test_an_ecg_stream_that_never_comes_back_is_given_up_after_a_few_restarts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Firmware that needs a power cycle: every restarted stream stays silent. The restarts
+    are bounded (here 2), then the ECG is given up for the connection with one line and an
+    event; heart rate goes on."""
+    caplog.set_level(logging.INFO, logger="settle.ecg")
+    daemon, strap, events, beats, _frames, (stored, _t_ns), during = await _stalled_h10(
+        tmp_path, for_good=True, restarts=2
+    )
+    assert strap.pmd is not None and strap.pmd.streams_started == 3  # the first + 2 restarts
+    dev = daemon.runtimes[0].device_id
+    said = [r.getMessage() for r in caplog.records if r.name == "settle.ecg"]
+    assert sum("raw ECG stalled" in m for m in said) == 1
+    assert sum("raw ECG restart 1 of 2 failed (no ECG frame for 1 s" in m for m in said) == 1
+    assert said[-1] == (
+        f"{dev}: raw ECG stopped: 2 restarts did not bring it back (latest: no ECG frame for "
+        "1 s, the link up); heart rate continues"
+    )
+    stopped = [e["text"] for e in events if e["kind"] == "ecg-stopped"]
+    assert len(stopped) == 2 and stopped[1] == (
+        "raw ECG stopped (no ECG frame for 1 s, the link up; 2 restarts did not bring it back);"
+        " heart rate continues"
+    )
+    assert during > 5 and len(stored.beats) > beats + 20  # heart rate throughout
+    assert strap.pmd.unclean_disconnects == []

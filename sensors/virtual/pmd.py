@@ -27,6 +27,10 @@ The H10 behaviours of ``../shared/ble/README.md``, each switchable in :class:`Pm
    must discard as warm-up. 0 replays the recording untouched.
 
 ``clock_steps`` (none by default) sets the strap's clock forward or back mid-stream.
+:meth:`VirtualPmd.stall` hangs the ECG stream with the link (and the heart rate) up: no more
+frames, as a real H10's PMD stream now and then stops; a STOP and a new START stream again,
+unless the stall is ``for_good`` (then no stream ever sends, as firmware that needs a power
+cycle).
 
 bumble calls the GATT callbacks synchronously in the event loop; replies are indicated from
 a task, after the write response, as a real strap does.
@@ -142,6 +146,7 @@ class _Stream:
     connection: Connection
     task: asyncio.Task[None] | None = None
     frames_sent: int = 0
+    stalled: bool = False
 
 
 class VirtualPmd:
@@ -176,6 +181,9 @@ class VirtualPmd:
         self.frames_unsent = 0
         """ECG frames lost because the streaming central had not enabled data notifications."""
         self.streams_started = 0
+        self.frames_withheld = 0
+        """ECG frames not sent because the stream was stalled (:meth:`stall`)."""
+        self._stalled_for_good = False
         self._indications: set[Connection] = set()
         self._data_subscribed: set[Connection] = set()
         self._streams: dict[Connection, _Stream] = {}
@@ -204,6 +212,14 @@ class VirtualPmd:
     def streaming(self) -> bool:
         """True while an ECG stream runs for some central."""
         return bool(self._streams)
+
+    def stall(self, *, for_good: bool = False) -> None:
+        """Stop sending the running ECG streams' frames; the streams stay started and the
+        link up (a hung PMD stream). A STOP and a new START stream again, unless
+        ``for_good``: then no stream sends a frame any more."""
+        for stream in self._streams.values():
+            stream.stalled = True
+        self._stalled_for_good = self._stalled_for_good or for_good
 
     # -- hooks called by VirtualStrap ---------------------------------------------------------
 
@@ -343,6 +359,9 @@ class VirtualPmd:
             ts += sum(round(step * 1e9) for at, step in cfg.clock_steps if last / fs >= at)
             frame = EcgFrame(ts, tuple(max(-INT24_MAX, min(INT24_MAX, s)) for s in samples))
             start = last + 1
+            if stream.stalled or self._stalled_for_good:
+                self.frames_withheld += 1
+                continue
             if connection not in self._data_subscribed:
                 self.frames_unsent += 1
                 continue
