@@ -121,6 +121,10 @@ class StatusPayload(_Payload):
     """0x2A37 notifications that could not be decoded (dropped)."""
     overflowed: int = 0
     """Notifications dropped because processing fell behind."""
+    stray_bytes: int = 0
+    """0x2A37 notifications with one stray byte after their last whole field, since the
+    daemon started: decoded without it (heart rate and whole RR intervals kept, nothing
+    dropped); a strap that keeps sending them has a firmware or link fault."""
     ecg_dropped: int = 0
     """Raw ECG (Polar PMD) frames of this strap dropped since the daemon started: malformed,
     repeated, or pushed out because processing fell behind (0 for a strap without raw ECG)."""

@@ -442,6 +442,7 @@ class Daemon:
             reconnects=rt.reconnects,
             malformed=rt.client.malformed,
             overflowed=rt.client.overflowed,
+            stray_bytes=rt.client.stray_bytes.total,
             ecg_dropped=self.ecg.dropped_frames(info.device_id),
             mqtt_dropped=self.link.dropped_under(rt.output.topic("")) if self.link else 0,
             last_error=rt.last_error,

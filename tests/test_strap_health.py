@@ -76,9 +76,11 @@ async def test_a_stray_trailing_byte_keeps_the_beats_and_is_warned_about(
     """``10482c03ff`` (HR 72, RR 812/1024 s, then one stray byte) and ``0048ff`` (HR 72 and
     a stray byte) were dropped as malformed: their heart rate and RR were lost, and the lost
     RR left a timing gap. Now the RR is stored in its place and the byte warned about as
-    dropped packets are: one line at once, the rest when the link closes."""
+    dropped packets are: one line at once, the rest when the link closes; the strap's MQTT
+    status counts them (``stray_bytes``) beside ``malformed``, as it counts dropped ones."""
     caplog.set_level(logging.WARNING, logger="sensors.strap")
-    async with model_daemon(tmp_path, seed=3, speed=20) as (daemon, store, strap, task):
+    statuses, tap = json_tap("/status")
+    async with model_daemon(tmp_path, seed=3, speed=20, tap=tap) as (daemon, store, strap, task):
         rt = daemon.runtimes[0]
         await until(lambda: rt.session is not None and rt.session.seq > 30)
         for stray in (bytes.fromhex("10482c03ff"), bytes.fromhex("0048ff")):
@@ -101,6 +103,9 @@ async def test_a_stray_trailing_byte_keeps_the_beats_and_is_warned_about(
     warned = [r.getMessage() for r in caplog.records if r.name == "sensors.strap"]
     assert len(warned) == 2 and "2 in all (latest: one byte after the heart rate)" in warned[1]
     assert rt.client.malformed == 0 and rt.client.stray_bytes.total == 2
+    assert statuses[0]["stray_bytes"] == 0
+    final = statuses[-1]
+    assert (final["state"], final["stray_bytes"], final["malformed"]) == ("stopped", 2, 0)
     # The strap's own beats in order, with the 812 of the stray-byte packet where it came.
     sent = [r for m in strap.sent for r in m.rr_raw]
     at = next(i for i, (a, b) in enumerate(zip(stored, sent, strict=False)) if a != b)
