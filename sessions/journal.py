@@ -171,6 +171,9 @@ def _entry_from_fields(
     raw_text = fields.get("text", "")
     if not isinstance(raw_text, str) or not (raw_kind is None or isinstance(raw_kind, str)):
         raise _fail(path, line, "'text' and 'kind' must be strings")
+    if not (raw_kind or "").strip() and not raw_text.strip():
+        # Imported as a `note` without a word: a marker that says nothing.
+        raise _fail(path, line, "nothing to mark: the entry has neither a kind nor a text")
     kind, text = _kind_and_text(path, line, raw_kind or None, raw_text)
     col = present[0]
     value = fields[col]
@@ -321,7 +324,7 @@ def _parse_csv(path: Path, text: str) -> list[JournalEntry]:
             raise _fail(
                 path,
                 reader.line_num,
-                "expected a header with one of t_s, time, ts_ms and text (optional kind), "
+                "expected a header with one of t_s, time, ts_ms, and text and/or kind, "
                 f"got {shown(','.join(header), 80)}",
             )
         out = []

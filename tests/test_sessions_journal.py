@@ -64,6 +64,28 @@ def test_clock_times_of_a_session_recorded_in_another_zone_are_its_clock(
     assert [(m.kind, m.t_s) for m in rows] == [("shame", 119.75), ("doubt", 599.75)]  # from .250
 
 
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        ("j.csv", "t_s,kind,text\n10,shame,x\n20,,\n"),
+        ("j.csv", "t_s\n10\n"),
+        ("j.jsonl", '{"t_s": 10, "kind": "shame"}\n{"t_s": 20}\n'),
+    ],
+)
+def test_an_entry_with_neither_kind_nor_text_is_refused(
+    store: SessionStore, sid: str, tmp_path: Path, name: str, body: str
+) -> None:
+    """A journal row with a time and nothing else was imported as an empty `note`: a marker
+    that says nothing. Refused with the line, and nothing of the file imported."""
+    path = _write(tmp_path, name, body)
+    with pytest.raises(InputFileError, match="nothing to mark: the entry has neither a kind"):
+        import_journal(store, sid, path)
+    assert store.read_session(sid).markers == []
+    # A kind alone is a marker (the text is optional).
+    ok = _write(tmp_path, "k.csv", "t_s,kind\n10,shame\n")
+    assert [(m.kind, m.text) for m in import_journal(store, sid, ok)] == [("shame", "")]
+
+
 def test_text_lines_in_local_time(store: SessionStore, sid: str, tmp_path: Path) -> None:
     path = _write(
         tmp_path,
