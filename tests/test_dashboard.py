@@ -2112,6 +2112,9 @@ async def _coach(browser: Any, base: str, world: Any, relay: _Cuttable, db: Path
 
     # "Caught up" as the latest indices say (History and the report do): the retained
     # session message keeps the first detection (4:05 after a hold start moved it to 12:55).
+    # (Once the strap shown is refilled from its backlog after the switches: until then the
+    # page shows what it held, and the messages made up here would go to the refill.)
+    await page.wait_for_function("rebuild === null")
     caught = await page.evaluate(
         """() => { const S = window.__settle, d = S.perDev[S.device];
         onMessage(`${S.device}/session`, JSON.stringify({ ...d.session, catching_up_t_s: 245 }));

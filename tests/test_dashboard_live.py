@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -555,3 +556,120 @@ async def test_a_tab_hidden_longer_than_the_backlog_says_what_it_missed(
                 assert MISSED not in banners
             else:
                 assert MISSED in banners
+
+
+STRAPS = ("strap_a", "strap_b", "strap_c")
+KIND = {"strap_a": "shame", "strap_b": "doubt", "strap_c": "threat"}
+
+
+def _strap_beats(hub: Hub, dev: str, seqs: range) -> None:
+    """Beats of ``dev``'s running session, one a second: beat ``seq`` at ``seq`` s."""
+    for seq in seqs:
+        hub.publish(f"settle/{dev}/beat", json.dumps({
+            "v": 1, "ts": int(time.time() * 1000), "seq": seq, "hr": 60, "rr_ms": [1000.0],
+            "beat_t_s": [float(seq)], "classified": [], "contact": True,
+            "session": f"S-{dev}"}))  # fmt: skip
+
+
+TACHO_IS = """(want) => { const xs = tacho.data[0];
+  return xs.length === want.length && xs.every((x, i) => x === want[i]); }"""
+"""The tachogram (the strap shown) holds exactly the beat times ``want``, in order."""
+
+
+@pytest.mark.timeout(120)
+async def test_a_page_asks_for_the_strap_it_shows_and_a_switch_brings_the_others_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page opened ``/events`` naming no strap, so every page got every strap's backlog
+    (100 straps: 122 200 messages, 2–4 s) to show one. It now names the strap it shows, and
+    on a switch opens the stream again for the other strap: its tachogram then holds that
+    strap's history (from the backlog) and what came live meanwhile, each beat once — also
+    after beats the page missed while hidden (the backlog fills the hole), and where the
+    hole is older than the backlog the page says it missed messages."""
+    monkeypatch.setattr(hub_module, "BACKLOG", 60)  # beats kept per strap
+    async with _live(tmp_path) as (ctx, hub, d):
+        strap = d.control
+        strap.views = [  # type: ignore[attr-defined]
+            DeviceView(dev, i, f"Strap {dev[-1].upper()}", f"AA:{i}", "streaming", 80, True,
+                       f"S-{dev}", None)
+            for i, dev in enumerate(STRAPS)]  # fmt: skip
+        for dev, beats in zip(STRAPS, (40, 30, 20), strict=True):
+            hub.publish(f"settle/{dev}/session", json.dumps({
+                "v": 1, "id": f"S-{dev}", "state": "running", "baseline": "pending",
+                "intention": None}), retain=True)  # fmt: skip
+            _strap_beats(hub, dev, range(1, beats + 1))
+            hub.publish(f"settle/{dev}/event", json.dumps({
+                "v": 1, "ts": int(time.time() * 1000), "seq": 0, "kind": KIND[dev],
+                "t_s": 10.0, "text": "", "session": f"S-{dev}"}))  # fmt: skip
+        await ctx.add_init_script(VISIBILITY)
+        streams: list[dict[str, list[str]]] = []
+
+        def opened(request: Any) -> None:
+            if "/events" in request.url:
+                streams.append(parse_qs(urlsplit(request.url).query))
+
+        ctx.on("request", opened)
+
+        # Opened with no strap named (nothing picked in this browser): it asks for the
+        # first strap's backlog.
+        first = await ctx.new_page()
+        await first.goto(f"{d.url}live")
+        await first.wait_for_function(TACHO_IS, arg=list(range(1, 41)))
+        assert streams == [{"device": ["strap_a"]}]
+        await first.close()
+
+        page = await ctx.new_page()
+        await page.goto(f"{d.url}live?device=strap_b")
+        await page.wait_for_function(TACHO_IS, arg=list(range(1, 31)))
+        assert streams[1:] == [{"device": ["strap_b"]}]
+        assert await page.text_content("#tacho-sum") == (
+            "Latest beat-to-beat interval 1000 ms at 0:30; 1000 to 1000 ms over the span "
+            "shown. Markers: doubt at 0:10."
+        )
+        # The other straps' backlogs did not come; their live beats do.
+        _strap_beats(hub, "strap_a", range(41, 46))
+        _strap_beats(hub, "strap_b", range(31, 36))
+        await page.wait_for_function(TACHO_IS, arg=list(range(1, 36)))
+        await page.wait_for_function(
+            "(S => S.perDev.strap_a.t.length === 5 && !S.perDev.strap_c.t.length)(window.__settle)"
+        )
+
+        # Switched: strap A's whole history, each beat once, and its marker.
+        await page.select_option("#device", "strap_a")
+        await page.wait_for_function(TACHO_IS, arg=list(range(1, 46)))
+        assert streams[-1] == {"device": ["strap_a"]}  # its backlog: no `last`
+        await page.wait_for_function(
+            "document.getElementById('tacho-sum').textContent.endsWith('Markers: shame at 0:10.')"
+        )
+
+        # Hidden, the page gets none of strap B's beats (the stream resumes with strap A's
+        # only); shown again and switched to B, the backlog fills the hole.
+        await _hide(page, True)
+        await _until(lambda: _true(hub.subscribers == 0), 5, "the stream closed")
+        _strap_beats(hub, "strap_b", range(36, 51))
+        await _hide(page, False)
+        await _until(lambda: _true(hub.subscribers == 1), 5, "the stream resumed")
+        _strap_beats(hub, "strap_b", range(51, 52))
+        await page.wait_for_function("window.__settle.perDev.strap_b.t.at(-1) === 51")
+        await page.select_option("#device", "strap_b")
+        await page.wait_for_function(TACHO_IS, arg=list(range(1, 52)))
+        await page.evaluate("render()")
+        assert MISSED not in (await page.text_content("#banners") or "")
+        # The tab shown again resumed strap A's stream after its last message; the switch
+        # asked for strap B's backlog.
+        resumed, switched = streams[-2:]
+        assert (resumed["device"], len(resumed["last"])) == (["strap_a"], 1)
+        assert switched == {"device": ["strap_b"]}
+
+        # A hole older than strap A's backlog (60 beats): its beats 46–91 are nowhere, and
+        # the page says so when it shows strap A again.
+        await _hide(page, True)
+        await _until(lambda: _true(hub.subscribers == 0), 5, "the stream closed")
+        _strap_beats(hub, "strap_a", range(46, 151))
+        await _hide(page, False)
+        await _until(lambda: _true(hub.subscribers == 1), 5, "the stream resumed")
+        _strap_beats(hub, "strap_a", range(151, 152))
+        await page.wait_for_function("window.__settle.perDev.strap_a.t.at(-1) === 151")
+        await page.select_option("#device", "strap_a")
+        await page.wait_for_function(TACHO_IS, arg=[*range(1, 46), *range(92, 152)])
+        await page.wait_for_function(_banners_say(MISSED))

@@ -137,12 +137,17 @@ const S = {
   markerLabels: {},        // chart -> the marker labels last drawn (text, count, box)
 };
 
+// One strap's state. Beside each beat (bn), index (inum) and event (en) the number of the
+// message that brought it (its event id's number, `<hub epoch>.<number>`): a strap shown after
+// another is refilled from its backlog by these (see followStream).
+function newDev() {
+  return { status: null, availability: null, session: null, indices: null,
+    hr: null, contact: null, beatTs: 0, t: [], rr: [], bn: [], it: [], ln: [], set: [], inum: [],
+    events: [], en: [], epoch: null, firstN: {}, firstSeq: {}, seqs: {}, seqSid: {}, gapFrom: {},
+    missed: false };
+}
 function dev(id) {
-  if (!S.perDev[id]) {
-    S.perDev[id] = { status: null, availability: null, session: null, indices: null,
-      hr: null, contact: null, beatTs: 0, t: [], rr: [], it: [], ln: [], set: [], events: [],
-      seqs: {}, missed: false };
-  }
+  if (!S.perDev[id]) S.perDev[id] = newDev();
   return S.perDev[id];
 }
 // A beat's age on the daemon's clock, which stamps it (`ts`): measured on the browser's, a
@@ -211,20 +216,32 @@ document.addEventListener("click", (e) => {
 window.addEventListener("popstate", route);
 
 /* ---- live feed ---- */
-function onMessage(topic, payload) {
+// `eventId`: the stream's id of the message (`<hub epoch>.<number>`), if it has one.
+function onMessage(topic, payload, eventId) {
   const slash = topic.indexOf("/");
   if (slash < 0) return;
   const id = topic.slice(0, slash), leaf = topic.slice(slash + 1);
   if (id === "bridge") return;
-  const d = dev(id);
+  // The strap being refilled from its backlog: into its new state (see followStream).
+  const d = rebuild && rebuild.id === id ? rebuild.d : dev(id);
   let p = payload;
   if (leaf !== "availability") { try { p = JSON.parse(payload); } catch { return; } }
+  let n;  // the message's number, for the streams kept in order
+  if (eventId && SEQ_STREAMS.has(leaf)) {
+    const dot = eventId.lastIndexOf(".");
+    n = Number(eventId.slice(dot + 1));
+    d.epoch = eventId.slice(0, dot);
+    if (d.firstN[leaf] === undefined) d.firstN[leaf] = n;
+  }
   if (p && typeof p.seq === "number" && SEQ_STREAMS.has(leaf)) noteSeq(d, leaf, p);
   switch (leaf) {
     case "availability": d.availability = p; break;
     case "status": d.status = p; break;
     case "session":
-      if (!d.session || d.session.id !== p.id) { d.t = []; d.rr = []; d.it = []; d.ln = []; d.set = []; d.events = []; d.indices = null; d.missed = false; }
+      if (!d.session || d.session.id !== p.id) {
+        d.t = []; d.rr = []; d.bn = []; d.it = []; d.ln = []; d.set = []; d.inum = []; d.events = []; d.en = [];
+        d.indices = null; d.missed = false; d.gapFrom = {};
+      }
       d.session = p; break;
     case "beat":
       d.hr = p.hr; d.contact = p.contact; d.beatTs = p.ts;
@@ -232,23 +249,28 @@ function onMessage(topic, payload) {
       // and the trend chart both hold the most recent session (a reload after a stop showed
       // the trend of the stopped session beside an empty tachogram).
       if (d.session && p.session === d.session.id) {
-        p.beat_t_s.forEach((t, i) => { d.t.push(t); d.rr.push(p.rr_ms[i]); });
-        const cut = d.t.length ? d.t[d.t.length - 1] - TACHO_S : 0;
-        let k = 0; while (k < d.t.length && d.t[k] < cut) k++;
-        if (k) { d.t.splice(0, k); d.rr.splice(0, k); }
+        p.beat_t_s.forEach((t, i) => { d.t.push(t); d.rr.push(p.rr_ms[i]); d.bn.push(n); });
+        cutBeats(d);
       }
       break;
     case "indices":
       if (d.session && p.session !== d.session.id) break;
       // An unusable rhythm's lnRMSSD is not plotted either: no number nobody can stand behind.
       d.indices = p; d.it.push(p.t_s); d.ln.push(p.usable ? p.ln_rmssd : null); d.set.push(p.usable ? p.settling : null);
+      d.inum.push(n);
       break;
     case "event":
-      if (d.session && p.session === d.session.id && EVENT_KINDS_SHOWN.has(p.kind)) d.events.push(p);
+      if (d.session && p.session === d.session.id && EVENT_KINDS_SHOWN.has(p.kind)) { d.events.push(p); d.en.push(n); }
       break;
     default: return;
   }
 
+}
+// The tachogram's span: the last TACHO_S seconds of beats.
+function cutBeats(d) {
+  const cut = d.t.length ? d.t[d.t.length - 1] - TACHO_S : 0;
+  let k = 0; while (k < d.t.length && d.t[k] < cut) k++;
+  if (k) { d.t.splice(0, k); d.rr.splice(0, k); d.bn.splice(0, k); }
 }
 
 // Messages this page never got. Each strap's beats, indices and events are numbered (`seq`,
@@ -258,15 +280,23 @@ function onMessage(topic, payload) {
 // shown again resumed its stream. The page lost them silently, markers among them: it now
 // says so while the strap's session lasts (its charts start again with the next).
 const SEQ_STREAMS = new Set(["beat", "indices", "event"]);
+// Where the first hole of the session begins is kept (gapFrom): the strap's backlog may fill
+// it when the strap is shown after another (see followStream).
 function noteSeq(d, leaf, p) {
   const last = d.seqs[leaf];
+  if (d.firstSeq[leaf] === undefined) d.firstSeq[leaf] = p.seq;
   // A smaller number: the daemon started again (new numbers), nothing missed.
-  if (last !== undefined && p.seq > last + 1 && d.session && p.session === d.session.id) d.missed = true;
+  if (last !== undefined && p.seq > last + 1 && d.session && p.session === d.session.id) {
+    d.missed = true;
+    if (d.gapFrom[leaf] === undefined) d.gapFrom[leaf] = last + 1;
+  }
   d.seqs[leaf] = p.seq;
+  d.seqSid[leaf] = p.session;
 }
 function missedMessages() {
   for (const x of S.devices) if (x.device_id) dev(x.device_id).missed = true;
   for (const id of Object.keys(S.perDev)) S.perDev[id].missed = true;
+  if (rebuild) rebuild.d.missed = true;
 }
 
 let es = null;
@@ -287,21 +317,36 @@ let retryTimer = null;
 let paused = false;
 let resumedAt = Date.now();  // the page opened, or was shown again: "connecting", not "no word"
 let heardSince = false;      // …until the first word from the daemon since then
+let starting = !S.wanted;    // the page asks the daemon for its straps before its stream opens
 function tabShown() { return document.visibilityState !== "hidden"; }
+// The strap whose backlog the stream asks for (/events?device=): the strap shown. Without
+// it, every page got every strap's backlog (100 straps: 122 200 messages, 2–4 s) to show
+// one. After the backlog the stream brings every strap's live messages, kept for each
+// strap; a reconnect (with the last id) gets only the named strap's messages it missed.
+// null: no stream opened yet; "": none named (no strap known when the stream opened: it
+// got every strap's backlog, and every strap's messages are whole on the page).
+let streamDevice = null;
+function streamUrl(path) {
+  const url = new URL(withToken(path), location.href);
+  if (streamDevice) url.searchParams.set("device", streamDevice);
+  return url;
+}
 function connect() {
   clearTimeout(retryTimer);
   retryTimer = null;
   if (es) { es.close(); es = null; }
   if (paused) return;
-  const url = new URL(withToken("/events"), location.href);
+  if (!streamDevice) streamDevice = S.device || S.wanted || "";
+  const url = streamUrl("/events");
   if (lastEventId) url.searchParams.set("last", lastEventId);
   const src = es = new EventSource(url.pathname + url.search);
   let dropped = 0;  // as the server counts them for this stream
+  let backlogIn = false;  // the stream's first health event came: its backlog is in
   src.onmessage = (e) => {
     S.lastWord = Date.now(); heardSince = true;
     if (e.lastEventId) lastEventId = e.lastEventId;
     const m = JSON.parse(e.data);
-    onMessage(m.topic, m.payload);
+    onMessage(m.topic, m.payload, e.lastEventId);
   };
   src.addEventListener("health", (e) => {
     S.lastWord = Date.now(); heardSince = true;
@@ -309,7 +354,10 @@ function connect() {
     S.refused = null;
     const h = JSON.parse(e.data);
     if (typeof h.dropped === "number" && h.dropped > dropped) { dropped = h.dropped; missedMessages(); }
+    // The first health event of a stream follows its backlog: a strap being refilled is whole.
+    if (rebuild) finishRebuild();
     takeState(h);
+    if (!backlogIn) { backlogIn = true; render(); }  // shown at once, not up to 250 ms later
   });
   // EventSource retries a dropped stream by itself, but not one the server answered with an
   // error (a 503: too many pages open, or connections): that one is retried here.
@@ -358,7 +406,9 @@ async function streamRefused() {
 // Why /events is refused, in the server's words; null if it is not (any more).
 async function refusal() {
   let r;
-  try { r = await api("/events", {}, RETRY_MS); } catch { return "it did not answer"; }
+  const url = new URL(streamUrl("/events"));
+  url.searchParams.delete("token");  // api() sends it in its header
+  try { r = await api(url.pathname + url.search, {}, RETRY_MS); } catch { return "it did not answer"; }
   if (r.ok) { r.body && r.body.cancel().catch(() => {}); return null; }
   const res = await r.json().catch(() => null);
   return (res && typeof res.error === "string" && res.error) || `HTTP ${r.status}${r.statusText ? " " + r.statusText : ""}`;
@@ -377,6 +427,55 @@ function resumeStream() {
   paused = false;
   resumedAt = Date.now(); heardSince = false;
   connect();
+}
+// Another strap shown than the one the stream named: the stream is opened again, naming it,
+// without the last id (that strap's backlog begins before it), and the strap is refilled
+// from its backlog into a state of its own while the charts still show what the page held.
+// Its first health event follows the backlog: the new state then takes the page's older
+// beats, indices and events (those before the backlog's first) and replaces the old one,
+// so nothing is held twice (the page kept the strap's live messages meanwhile) and nothing
+// of the backlog is missed. A stream that drops meanwhile resumes after the last message it
+// got, as ever; a strap picked again meanwhile drops the unfinished refill. The other straps
+// may miss what was published while the stream was opened again: it is found by their
+// numbers (noteSeq), and their backlog fills it when they are shown.
+let rebuild = null;  // {id, d}: the strap being refilled and its new state
+function followStream() {
+  if (!S.device || !streamDevice || streamDevice === S.device) return;
+  streamDevice = S.device;
+  rebuild = { id: S.device, d: newDev() };
+  lastEventId = "";
+  if (!paused) connect();
+}
+function finishRebuild() {
+  const { id, d } = rebuild;
+  rebuild = null;
+  const old = S.perDev[id];
+  if (old && old.session && d.session && old.session.id === d.session.id && old.epoch === d.epoch) {
+    // The page's messages of the strap before the backlog's first (by message number).
+    const before = (nums, first) => {
+      if (first === undefined) return nums.length;  // none in the backlog
+      let k = 0; while (k < nums.length && nums[k] < first) k++;
+      return k;
+    };
+    const kb = before(old.bn, d.firstN.beat);
+    d.t = old.t.slice(0, kb).concat(d.t); d.rr = old.rr.slice(0, kb).concat(d.rr); d.bn = old.bn.slice(0, kb).concat(d.bn);
+    cutBeats(d);
+    const ki = before(old.inum, d.firstN.indices);
+    d.it = old.it.slice(0, ki).concat(d.it); d.ln = old.ln.slice(0, ki).concat(d.ln);
+    d.set = old.set.slice(0, ki).concat(d.set); d.inum = old.inum.slice(0, ki).concat(d.inum);
+    const ke = before(old.en, d.firstN.event);
+    d.events = old.events.slice(0, ke).concat(d.events); d.en = old.en.slice(0, ke).concat(d.en);
+    if (!d.indices) d.indices = old.indices;
+    // A hole in what the page held that the backlog does not reach is still a hole.
+    for (const leaf of SEQ_STREAMS) {
+      const first = d.firstSeq[leaf];
+      if (first === undefined) continue;
+      if (old.gapFrom[leaf] !== undefined && old.gapFrom[leaf] < first) { d.missed = true; d.gapFrom[leaf] = old.gapFrom[leaf]; }
+      if (old.seqSid[leaf] === d.session.id && old.seqs[leaf] < first - 1) { d.missed = true; if (d.gapFrom[leaf] === undefined) d.gapFrom[leaf] = old.seqs[leaf] + 1; }
+    }
+  }
+  S.perDev[id] = d;
+  if (id === S.device) drawnAt = 0;
 }
 document.addEventListener("visibilitychange", () => { if (tabShown()) resumeStream(); else pauseStream(); });
 document.addEventListener("freeze", pauseStream);
@@ -428,6 +527,7 @@ function setDevice(id, picked) {
     history.replaceState(history.state, "", u.pathname + u.search + u.hash);
   }
   if (before !== null) drawnAt = 0;  // the charts show the new strap now, not up to 0.9 s later
+  followStream();
   render();
 }
 function strapName(id) {
@@ -446,7 +546,7 @@ function currentRuntime() {
 // closed while hidden) and nothing has come yet: "connecting", for up to STALE_MS, not the
 // alert "No word from the Settle daemon" each time the tab comes to the front.
 function connecting() {
-  return !!es && !heardSince && Date.now() - resumedAt < STALE_MS;
+  return (!!es || starting) && !heardSince && Date.now() - resumedAt < STALE_MS;
 }
 function banners() {
   const out = [];
@@ -1312,5 +1412,18 @@ async function download(path, what) {
 window.__settle = S;  // read by the browser tests (and handy in the developer console)
 makeCharts();
 route();
-if (tabShown()) connect(); else paused = true;  // opened in the background: when shown
+// A page that names no strap (nothing picked in this browser, no ?device=) asks the daemon
+// for its straps first (`starting`), so that its stream names the one it shows (the
+// first): it got every strap's backlog.
+async function start() {
+  if (starting) {
+    const st = await api("/api/state", {}, RETRY_MS).catch(() => null);
+    const h = st && st.ok ? await st.json().catch(() => null) : null;
+    if (h && Array.isArray(h.devices) && !es) takeState(h);
+  }
+  starting = false;  // (after takeState: its render said "No word from the Settle daemon")
+  if (es) return;  // opened meanwhile (the tab was hidden and shown again)
+  if (tabShown()) connect(); else paused = true;  // opened in the background: when shown
+}
+start();
 setInterval(render, 250);  // also when nothing arrives: staleness is news too
