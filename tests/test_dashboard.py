@@ -262,6 +262,30 @@ async def test_a_command_with_a_number_out_of_range_is_a_400_and_reaches_no_daem
         assert len(back.payloads) == 1
 
 
+async def test_a_command_id_longer_than_64_characters_is_a_400_and_reaches_no_daemon(
+    dashboard: Any,
+) -> None:
+    """An ``id`` of 65 characters or more was handed to the daemon, which answers with the
+    id cut to 64 (``feedback.commands.MAX_ID_CHARS``); with a back end that echoes the id as
+    sent the route found no result: a 500 "the daemon gave no result". It is refused at the
+    route with a one-line 400 in the daemon's words, as a non-string id is; 64 characters
+    go through."""
+    hub = Hub("settle")
+    back = _Recorder(hub)  # echoes the id as sent
+    post = {"X-Settle": "1"}
+    async with dashboard(hub, back) as d, aiohttp.ClientSession(headers=post) as http:
+        for n in (65, 300):
+            body = json.dumps({"id": "x" * n, "kind": "shame"}).encode()
+            async with http.post(d.url + "api/cmd/dev/marker", data=body) as r:
+                assert r.status == 400
+                assert (await r.json())["error"] == "id: String should have at most 64 characters"
+        assert back.payloads == []
+        body = json.dumps({"id": "x" * 64, "kind": "shame"}).encode()
+        async with http.post(d.url + "api/cmd/dev/marker", data=body) as r:
+            assert r.status == 200 and (await r.json())["id"] == "x" * 64
+        assert len(back.payloads) == 1
+
+
 async def _read_events(resp: aiohttp.ClientResponse, want: int) -> list[dict[str, Any]]:
     """The page's view: parse the SSE stream until ``want`` data events (health excluded)."""
     got: list[dict[str, Any]] = []

@@ -308,6 +308,30 @@ async def test_a_numeric_id_is_echoed_so_the_sender_can_match_the_refusal(
 
 
 @pytest.mark.mosquitto
+async def test_an_id_longer_than_64_characters_gets_one_error_result(
+    daemon_on_broker: RunningDaemon,
+) -> None:
+    """An id over 64 characters (``feedback.commands.MAX_ID_CHARS``) gets one error result
+    saying so, echoing the id cut to 64 characters (docs/mqtt.md), and stores nothing; 64
+    characters go through. (The dashboard refuses it in the same words: tests/test_dashboard.py.)"""
+    d = daemon_on_broker
+    results = await send_commands(
+        d.host,
+        d.port,
+        [
+            ("marker", json.dumps({"v": 1, "id": "a" * 65, "kind": "shame"}).encode()),
+            ("marker", json.dumps({"v": 1, "id": "b" * 64, "kind": "doubt"}).encode()),
+        ],
+        expect=2,
+    )
+    assert [(r["id"], r["status"], r["error"]) for r in results] == [
+        ("a" * 64, "error", "id: String should have at most 64 characters"),
+        ("b" * 64, "ok", None),
+    ]
+    assert [m.kind for m in d.store.markers(d.session_id)] == ["doubt"]
+
+
+@pytest.mark.mosquitto
 async def test_a_command_giving_its_id_twice_is_refused_in_nobodys_name(
     daemon_on_broker: RunningDaemon,
 ) -> None:

@@ -40,7 +40,7 @@ from typing import Any, Literal, Protocol, cast
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from feedback.commands import CommandDecodeError, decode_json
+from feedback.commands import MAX_ID_CHARS, CommandDecodeError, decode_json
 from feedback.dashboard.auth import is_loopback
 from feedback.dashboard.hub import Hub
 from feedback.dashboard.work import WorkResult, export_files, render_report, summarise_sessions
@@ -860,9 +860,14 @@ class Dashboard:
         cmd_id = raw.setdefault("id", f"http-{secrets.token_hex(6)}")
         if not isinstance(cmd_id, str):
             return _error(400, "id: must be a string")
+        if len(cmd_id) > MAX_ID_CHARS:
+            # Refused here in the daemon's words: its result echoes the id cut to 64
+            # characters, and this route looked for the cut one, so a back end that echoed
+            # the id whole was a 500 "the daemon gave no result".
+            return _error(400, f"id: String should have at most {MAX_ID_CHARS} characters")
         # UTF-8, as the CLI sends: ASCII escapes made a Cyrillic letter 6 bytes of the 4 KiB.
         await self.control.command(device, name, json.dumps(raw, ensure_ascii=False).encode())
-        result = self.hub.results.pop(cmd_id[:64], None)
+        result = self.hub.results.pop(cmd_id, None)
         if result is None:
             return _error(500, "the daemon gave no result")
         ok = json.loads(result).get("status") == "ok"
