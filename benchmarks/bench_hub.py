@@ -32,7 +32,7 @@ from typing import Any
 
 from _common import ROOT, print_table, write_result
 
-from feedback.dashboard import Dashboard, DashboardConfig, Hub
+from feedback.dashboard import Dashboard, DashboardConfig, Hub, NoDaemon
 from feedback.payloads import BeatPayload, SessionPayload
 from sensors.hrs import HeartRateMeasurement
 from sensors.strap import Notification
@@ -91,23 +91,6 @@ def fill(hub: Hub, strap: list[tuple[str, str, bool]], straps: int) -> None:
         for k in range(straps):
             # A copy per strap: the same string object in every backlog would hide memory.
             hub.publish(f"settle/strap{k}/{leaf}", payload.encode().decode(), retain)
-
-
-class _Daemon:
-    def devices(self) -> list[Any]:
-        return []
-
-    def mqtt_state(self) -> str:
-        return "off"
-
-    async def command(self, device_id: str, name: str, payload: bytes) -> None:
-        return None
-
-    async def scan(self, timeout_s: float) -> list[dict[str, Any]]:
-        return []
-
-    def remember(self, label: str, address: str, name: str, device_id: str) -> list[str]:
-        return []
 
 
 PAGE = r"""
@@ -171,7 +154,7 @@ async def one_n(strap: list[tuple[str, str, bool]], straps: int) -> dict[str, An
     tracemalloc.stop()
     with tempfile.TemporaryDirectory() as d, SessionStore.open(Path(d) / "s.db") as store:
         cfg = DashboardConfig(host="127.0.0.1", port=0)
-        async with Dashboard(hub, _Daemon(), store, cfg) as dash:  # type: ignore[arg-type]
+        async with Dashboard(hub, NoDaemon(), store, cfg) as dash:
             every = await open_page(dash.port, "/events")
             one = await open_page(dash.port, "/events?device=strap0")
     return {"straps": straps, "backlog_mb_per_strap": held / 1e6 / straps,

@@ -165,32 +165,13 @@ def store(tmp_path: Path) -> Iterator[Any]:
         yield s
 
 
-class NoDaemon:
-    """A stand-in for the daemon behind a dashboard (its ``Control``): no strap, MQTT off,
-    commands taken and not answered, no scan, nothing paired."""
-
-    def devices(self) -> list[Any]:
-        return []
-
-    def mqtt_state(self) -> str:
-        return "off"
-
-    async def command(self, device_id: str, name: str, payload: bytes) -> None:
-        return None
-
-    async def scan(self, timeout_s: float) -> list[dict[str, Any]]:
-        return []
-
-    def remember(self, label: str, address: str, name: str, device_id: str) -> list[str]:
-        return []
-
-
 @pytest.fixture
 def dashboard(store: Any) -> Callable[..., contextlib.AbstractAsyncContextManager[Any]]:
     """``async with dashboard(hub, control, token=…) as d:`` — a dashboard on a free port of
-    127.0.0.1 over the test's ``store``, with its own hub and a :class:`NoDaemon` unless
-    given; keyword arguments go to its ``DashboardConfig``."""
-    from feedback.dashboard import Dashboard, DashboardConfig, Hub
+    127.0.0.1 over the test's ``store``, with its own hub and a
+    :class:`feedback.dashboard.NoDaemon` unless given; keyword arguments go to its
+    ``DashboardConfig``."""
+    from feedback.dashboard import Dashboard, DashboardConfig, Hub, NoDaemon
 
     @contextlib.asynccontextmanager
     async def serve(

@@ -35,7 +35,13 @@ import yarl
 from aiohttp import web
 from rich.console import Console
 
-from feedback.dashboard import Dashboard, DashboardConfig, Hub, is_loopback, load_or_create_token
+from feedback.dashboard import (
+    Dashboard,
+    Hub,
+    NoDaemon,
+    is_loopback,
+    load_or_create_token,
+)
 from feedback.dashboard import server as server_module
 from feedback.dashboard.hub import BACKLOG
 from feedback.dashboard.server import STATIC
@@ -47,7 +53,6 @@ from settle.config import Settings, load_config
 from settle.demo import virtual_world
 from settle.errors import ConfigError
 from tests.conftest import Mosquitto
-from tests.conftest import NoDaemon as _NoDaemon
 from tests.test_e2e import Collector
 
 CHROMIUM = "/usr/bin/chromium"
@@ -110,57 +115,55 @@ def test_token_file_is_private_and_stable(tmp_path: Path) -> None:
 
 
 async def test_token_is_required_for_every_stream_and_command_and_set_in_no_cookie(
-    tmp_path: Path,
+    dashboard: Any,
 ) -> None:
     """Pages and their scripts hold no data: served to anyone (a reload must work without the
     token in the address). Everything with data or effect needs the token, sent by the page
     itself; none is ever put in a cookie, which the browser would send to every server on
     the host whatever its port, and an earlier version's cookie is deleted."""
-    with SessionStore.open(tmp_path / "s.db") as store:
-        cfg = DashboardConfig(host="127.0.0.1", port=0, token="s3cret-token")
-        jar = aiohttp.CookieJar(unsafe=True)  # accept cookies from an IP address, as browsers do
-        async with (
-            Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
-            aiohttp.ClientSession(cookie_jar=jar) as http,
-        ):
-            for path in ("", "live", "history", "history/x", "static/app.js"):
-                async with http.get(d.url + path) as r:
-                    assert r.status == 200, path
-            for path in ("events", "api/state", "api/sessions", "sessions/x/report",
-                         "sessions/x/export/csv"):  # fmt: skip
-                async with http.get(d.url + path) as r:
-                    assert r.status == 401, path
-                    assert (await r.json())["error"] == (
-                        "token required: open the URL printed at start-up"
-                    )
-            async with http.post(d.url + "api/cmd/x/marker", headers={"X-Settle": "1"}) as r:
-                assert r.status == 401
-            async with http.get(d.url + "live?token=s3cret-token") as r:
-                assert r.status == 200 and "Set-Cookie" not in r.headers
-            async with http.get(d.url + "api/state?token=s3cret-token") as r:
-                assert r.status == 200 and "Set-Cookie" not in r.headers
-            bearer = {"Authorization": "Bearer s3cret-token"}
-            async with http.get(d.url + "api/sessions", headers=bearer) as r:
-                assert r.status == 200
-            # Either the query or the header will do: a stale ?token= beside the right
-            # header was a 401 (the query was the only one looked at).
-            wrong = {"Authorization": "Bearer not-the-token"}
-            for query, headers, status in (("wrong", bearer, 200), ("s3cret-token", wrong, 200),
-                                           ("wrong", wrong, 401)):  # fmt: skip
-                async with http.get(f"{d.url}api/state?token={query}", headers=headers) as r:
-                    assert r.status == status, (query, headers)
-            assert not list(jar)
-            # The cookie of an earlier version lets nothing in, and is deleted.
-            old = {"Cookie": "settle_token=s3cret-token"}
-            async with http.get(d.url + "api/state", headers=old) as r:
-                assert r.status == 401
-                assert r.cookies["settle_token"]["max-age"] == "0"
-            # A command needs the header a cross-site form cannot add, token or not.
-            async with http.post(d.url + "api/cmd/x/marker", data=b"{}", headers=bearer) as r:
-                assert r.status == 403
+    jar = aiohttp.CookieJar(unsafe=True)  # accept cookies from an IP address, as browsers do
+    async with (
+        dashboard(token="s3cret-token") as d,
+        aiohttp.ClientSession(cookie_jar=jar) as http,
+    ):
+        for path in ("", "live", "history", "history/x", "static/app.js"):
+            async with http.get(d.url + path) as r:
+                assert r.status == 200, path
+        for path in ("events", "api/state", "api/sessions", "sessions/x/report",
+                     "sessions/x/export/csv"):  # fmt: skip
+            async with http.get(d.url + path) as r:
+                assert r.status == 401, path
+                assert (await r.json())["error"] == (
+                    "token required: open the URL printed at start-up"
+                )
+        async with http.post(d.url + "api/cmd/x/marker", headers={"X-Settle": "1"}) as r:
+            assert r.status == 401
+        async with http.get(d.url + "live?token=s3cret-token") as r:
+            assert r.status == 200 and "Set-Cookie" not in r.headers
+        async with http.get(d.url + "api/state?token=s3cret-token") as r:
+            assert r.status == 200 and "Set-Cookie" not in r.headers
+        bearer = {"Authorization": "Bearer s3cret-token"}
+        async with http.get(d.url + "api/sessions", headers=bearer) as r:
+            assert r.status == 200
+        # Either the query or the header will do: a stale ?token= beside the right
+        # header was a 401 (the query was the only one looked at).
+        wrong = {"Authorization": "Bearer not-the-token"}
+        for query, headers, status in (("wrong", bearer, 200), ("s3cret-token", wrong, 200),
+                                       ("wrong", wrong, 401)):  # fmt: skip
+            async with http.get(f"{d.url}api/state?token={query}", headers=headers) as r:
+                assert r.status == status, (query, headers)
+        assert not list(jar)
+        # The cookie of an earlier version lets nothing in, and is deleted.
+        old = {"Cookie": "settle_token=s3cret-token"}
+        async with http.get(d.url + "api/state", headers=old) as r:
+            assert r.status == 401
+            assert r.cookies["settle_token"]["max-age"] == "0"
+        # A command needs the header a cross-site form cannot add, token or not.
+        async with http.post(d.url + "api/cmd/x/marker", data=b"{}", headers=bearer) as r:
+            assert r.status == 403
 
 
-class _Recorder(_NoDaemon):
+class _Recorder(NoDaemon):
     """A back end that records each command and answers it ok through the hub."""
 
     def __init__(self, hub: Hub) -> None:
@@ -173,68 +176,67 @@ class _Recorder(_NoDaemon):
 
 
 async def test_downloads_hold_every_file_the_cli_writes_and_notes_go_as_utf8(
-    tmp_path: Path,
+    dashboard: Any,
+    store: SessionStore,
 ) -> None:
     """History's "bids" zipped only the session's beh/ folder (no dataset_description.json,
     no sub-/ses- tree: not a BIDS dataset), "kubios" left out the markers file; a note in
     Cyrillic was re-encoded with ASCII escapes, six bytes a letter of the 4 KiB limit."""
     from sessions.store import BeatRow, MarkerRow
 
-    with SessionStore.open(tmp_path / "s.db") as store:
-        sid = store.create_session("dev_1", 1_700_000_000_000, "test", {}).id
-        rows = [BeatRow(i, 0.8 * (i + 1), 1_700_000_000_000 + 800 * (i + 1), 800.0, None, 75,
-                        None) for i in range(60)]  # fmt: skip
-        store.add_beats(sid, rows)
-        store.add_marker(sid, MarkerRow(10.0, 1_700_000_010_000, "shame", "it came back", "cli"))
-        store.finish_session(sid, 1_700_000_048_000)
-        hub = Hub("settle")
-        back = _Recorder(hub)
-        cfg = DashboardConfig(host="127.0.0.1", port=0)
-        async with (
-            Dashboard(hub, back, store, cfg) as d,  # type: ignore[arg-type]
-            aiohttp.ClientSession(headers={"X-Settle": "1"}) as http,
-        ):
-            names = {}
-            for fmt in ("bids", "kubios"):
-                async with http.get(f"{d.url}sessions/{sid}/export/{fmt}") as r:
-                    assert r.status == 200, await r.text()
-                    body = await r.read()
-                names[fmt] = sorted(zipfile.ZipFile(io.BytesIO(body)).namelist())
-            ses = "ses-" + sid.replace("-", "")
-            assert "dataset_description.json" in names["bids"]
-            assert f"sub-01/{ses}/beh/sub-01_{ses}_task-settle_events.tsv" in names["bids"]
-            assert names["kubios"] == [f"settle-{sid}-rr.txt", f"settle-{sid}-rr_markers.csv"]
-            # Each person under their own subject (History's "BIDS subject" field): every
-            # download used to land in sub-01, so two straps' wearers merged into one.
-            async with http.get(f"{d.url}sessions/{sid}/export/bids?subject=p07") as r:
+    sid = store.create_session("dev_1", 1_700_000_000_000, "test", {}).id
+    rows = [BeatRow(i, 0.8 * (i + 1), 1_700_000_000_000 + 800 * (i + 1), 800.0, None, 75,
+                    None) for i in range(60)]  # fmt: skip
+    store.add_beats(sid, rows)
+    store.add_marker(sid, MarkerRow(10.0, 1_700_000_010_000, "shame", "it came back", "cli"))
+    store.finish_session(sid, 1_700_000_048_000)
+    hub = Hub("settle")
+    back = _Recorder(hub)
+    async with (
+        dashboard(hub, back) as d,
+        aiohttp.ClientSession(headers={"X-Settle": "1"}) as http,
+    ):
+        names = {}
+        for fmt in ("bids", "kubios"):
+            async with http.get(f"{d.url}sessions/{sid}/export/{fmt}") as r:
                 assert r.status == 200, await r.text()
-                got = zipfile.ZipFile(io.BytesIO(await r.read())).namelist()
-            assert f"sub-p07/{ses}/beh/sub-p07_{ses}_task-settle_events.tsv" in got
-            for bad, why in [
-                ("bids?subject=a-b", "subject: "),
-                ("csv?subject=02", "bids export only"),
-            ]:
-                async with http.get(f"{d.url}sessions/{sid}/export/{bad}") as r:
-                    assert r.status == 400 and why in await r.text()
-            note = "щ" * 1500  # 3000 bytes in UTF-8; 9000 as ASCII escapes
-            body = json.dumps({"kind": "note", "text": note}, ensure_ascii=False).encode()
-            async with http.post(f"{d.url}api/cmd/dev_1/marker", data=body) as r:  # as a page
-                assert r.status == 200, await r.text()
-            (sent,) = back.payloads
-            assert note.encode() in sent and len(sent) < 4096
-            # Too large for the dashboard: refused in the same JSON as every other refusal
-            # (aiohttp's own answer was a line of plain text the page could not read).
-            body = json.dumps({"kind": "note", "text": "的" * 1500}, ensure_ascii=False).encode()
-            async with http.post(f"{d.url}api/cmd/dev_1/marker", data=body) as r:
-                assert r.status == 413 and (await r.json())["error"] == (
-                    "request too large: a command takes at most 4096 bytes"
-                )
-            assert len(back.payloads) == 1
-            # An unknown session's report (shown in the history frame) is a sentence, not
-            # the raw JSON error document.
-            async with http.get(f"{d.url}sessions/nope/report") as r:
-                assert r.status == 404 and r.content_type == "text/html"
-                assert "no session matches &#x27;nope&#x27;" in await r.text()
+                body = await r.read()
+            names[fmt] = sorted(zipfile.ZipFile(io.BytesIO(body)).namelist())
+        ses = "ses-" + sid.replace("-", "")
+        assert "dataset_description.json" in names["bids"]
+        assert f"sub-01/{ses}/beh/sub-01_{ses}_task-settle_events.tsv" in names["bids"]
+        assert names["kubios"] == [f"settle-{sid}-rr.txt", f"settle-{sid}-rr_markers.csv"]
+        # Each person under their own subject (History's "BIDS subject" field): every
+        # download used to land in sub-01, so two straps' wearers merged into one.
+        async with http.get(f"{d.url}sessions/{sid}/export/bids?subject=p07") as r:
+            assert r.status == 200, await r.text()
+            got = zipfile.ZipFile(io.BytesIO(await r.read())).namelist()
+        assert f"sub-p07/{ses}/beh/sub-p07_{ses}_task-settle_events.tsv" in got
+        for bad, why in [
+            ("bids?subject=a-b", "subject: "),
+            ("csv?subject=02", "bids export only"),
+        ]:
+            async with http.get(f"{d.url}sessions/{sid}/export/{bad}") as r:
+                assert r.status == 400 and why in await r.text()
+        note = "щ" * 1500  # 3000 bytes in UTF-8; 9000 as ASCII escapes
+        body = json.dumps({"kind": "note", "text": note}, ensure_ascii=False).encode()
+        async with http.post(f"{d.url}api/cmd/dev_1/marker", data=body) as r:  # as a page
+            assert r.status == 200, await r.text()
+        (sent,) = back.payloads
+        assert note.encode() in sent and len(sent) < 4096
+        # Too large for the dashboard: refused in the same JSON as every other refusal
+        # (aiohttp's own answer was a line of plain text the page could not read).
+        body = json.dumps({"kind": "note", "text": "的" * 1500}, ensure_ascii=False).encode()
+        async with http.post(f"{d.url}api/cmd/dev_1/marker", data=body) as r:
+            assert r.status == 413 and (await r.json())["error"] == (
+                "request too large: a command takes at most 4096 bytes"
+            )
+        assert len(back.payloads) == 1
+        # An unknown session's report (shown in the history frame) is a sentence, not
+        # the raw JSON error document.
+        async with http.get(f"{d.url}sessions/nope/report") as r:
+            assert r.status == 404 and r.content_type == "text/html"
+            assert "no session matches &#x27;nope&#x27;" in await r.text()
 
 
 async def test_a_command_with_a_number_out_of_range_is_a_400_and_reaches_no_daemon(
@@ -304,26 +306,25 @@ async def _read_events(resp: aiohttp.ClientResponse, want: int) -> list[dict[str
 
 @contextlib.asynccontextmanager
 async def _live_page(
-    tmp_path: Path, queue_size: int
+    dashboard: Any, queue_size: int
 ) -> AsyncIterator[tuple[Hub, aiohttp.ClientResponse]]:
-    """A dashboard with one page reading ``/events``, subscribed before this yields."""
-    with SessionStore.open(tmp_path / "s.db") as store:
-        hub = Hub("settle", queue_size=queue_size)
-        cfg = DashboardConfig(host="127.0.0.1", port=0, token="t")
-        async with (
-            Dashboard(hub, _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
-            aiohttp.ClientSession() as http,
-            http.get(d.url + "events?token=t") as r,
-        ):
-            while not hub.subscribers:  # noqa: ASYNC110 - the page subscribes once connected
-                await asyncio.sleep(0.01)
-            yield hub, r
+    """A dashboard (from the ``dashboard`` fixture) with one page reading ``/events``,
+    subscribed before this yields."""
+    hub = Hub("settle", queue_size=queue_size)
+    async with (
+        dashboard(hub, token="t") as d,
+        aiohttp.ClientSession() as http,
+        http.get(d.url + "events?token=t") as r,
+    ):
+        while not hub.subscribers:  # noqa: ASYNC110 - the page subscribes once connected
+            await asyncio.sleep(0.01)
+        yield hub, r
 
 
-async def test_a_burst_reaches_the_page_whole_and_in_order(tmp_path: Path) -> None:
+async def test_a_burst_reaches_the_page_whole_and_in_order(dashboard: Any) -> None:
     # 300 straps' worth of beats published at once: the page's writer sends what queued up
     # together, yet the page sees every message as its own event, in publication order.
-    async with _live_page(tmp_path, queue_size=5000) as (hub, r):
+    async with _live_page(dashboard, queue_size=5000) as (hub, r):
         n = 3000
         for i in range(n):
             hub.publish(f"settle/dev{i % 300}/beat", json.dumps({"seq": i // 300}))
@@ -334,7 +335,7 @@ async def test_a_burst_reaches_the_page_whole_and_in_order(tmp_path: Path) -> No
 
 
 async def test_a_page_opened_late_gets_every_straps_history_and_its_markers(
-    tmp_path: Path,
+    dashboard: Any,
 ) -> None:
     """With three straps, one shared backlog of 1 200 messages held only the last 6–7 min of
     each strap and no events at all: a marker made early in a group session was gone from a
@@ -347,14 +348,12 @@ async def test_a_page_opened_late_gets_every_straps_history_and_its_markers(
     for i in range(n):
         for dev in straps:
             hub.publish(f"settle/{dev}/beat", json.dumps({"seq": i}))
-    with SessionStore.open(tmp_path / "s.db") as store:
-        cfg = DashboardConfig(host="127.0.0.1", port=0, token="t")
-        async with (
-            Dashboard(hub, _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
-            aiohttp.ClientSession() as http,
-            http.get(d.url + "events?token=t") as r,
-        ):
-            got = await _read_events(r, 3 + 3 * BACKLOG)
+    async with (
+        dashboard(hub, token="t") as d,
+        aiohttp.ClientSession() as http,
+        http.get(d.url + "events?token=t") as r,
+    ):
+        got = await _read_events(r, 3 + 3 * BACKLOG)
     events = [json.loads(e["payload"])["dev"] for e in got if e["topic"].endswith("/event")]
     assert events == straps
     for dev in straps:
@@ -411,8 +410,8 @@ async def test_a_page_that_names_its_strap_gets_only_that_straps_backlog(dashboa
                 assert r.status == 400 and (await r.json())["error"].startswith("unknown device")
 
 
-async def test_a_page_that_falls_behind_is_told_how_much_it_lost(tmp_path: Path) -> None:
-    async with _live_page(tmp_path, queue_size=100) as (hub, r):
+async def test_a_page_that_falls_behind_is_told_how_much_it_lost(dashboard: Any) -> None:
+    async with _live_page(dashboard, queue_size=100) as (hub, r):
         for i in range(250):  # synchronously: the page cannot read meanwhile
             hub.publish("settle/dev/beat", json.dumps({"seq": i}))
         got = await _read_events(r, 100)
@@ -849,7 +848,7 @@ async def _mqtt_has(mqtt: Collector, leaf: str, kind: str) -> bool:
 
 
 async def test_remember_in_the_dashboard_says_what_it_replaced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, dashboard: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The pair page's Remember goes through the daemon's own pairing: reusing a label for
     another strap answers with the sentence saying which strap the label meant until now
@@ -861,28 +860,27 @@ async def test_remember_in_the_dashboard_says_what_it_replaced(
     paired = tmp_path / "straps.json"
     monkeypatch.setenv("SETTLE_PAIRED_FILE", str(paired))
     pairing.remember("anna", "AA:BB:CC:DD:EE:FF", "Polar H10 1234", "polar_h10_1")
-    with SessionStore.open(tmp_path / "s.db") as store:
-        control = DaemonControl(None, {})  # type: ignore[arg-type]  # pairing needs no daemon
-        async with (
-            Dashboard(Hub("settle"), control, store, DashboardConfig("127.0.0.1", 0)) as d,
-            aiohttp.ClientSession(headers={"X-Settle": "1"}) as http,
-        ):
-            body = {"label": "anna", "address": "11:22:33:44:55:66", "name": "Wahoo TICKR",
-                    "device_id": "wahoo_tickr_5566"}  # fmt: skip
-            # A key given twice, or one misspelt, is refused, and nothing is remembered.
-            for bad, says in (
-                (b'{"label": "anna", "label": "bob", "address": "11:22:33:44:55:66"}',
-                 "key 'label' appears twice"),
-                (b'{"label": "anna", "adress": "11:22:33:44:55:66"}',
-                 "unknown field 'adress' (expected {label, address, name, device_id})"),
-            ):  # fmt: skip
-                async with http.post(d.url + "api/pair", data=bad) as r:
-                    assert (r.status, (await r.json())["error"]) == (400, says)
-            assert [p.label for p in pairing.load_paired(paired)] == ["anna"]
-            assert pairing.load_paired(paired)[0].address == "AA:BB:CC:DD:EE:FF"
-            async with http.post(d.url + "api/pair", json=body) as r:
-                assert r.status == 200, await r.text()
-                answer = await r.json()
+    control = DaemonControl(None, {})  # type: ignore[arg-type]  # pairing needs no daemon
+    async with (
+        dashboard(control=control) as d,
+        aiohttp.ClientSession(headers={"X-Settle": "1"}) as http,
+    ):
+        body = {"label": "anna", "address": "11:22:33:44:55:66", "name": "Wahoo TICKR",
+                "device_id": "wahoo_tickr_5566"}  # fmt: skip
+        # A key given twice, or one misspelt, is refused, and nothing is remembered.
+        for bad, says in (
+            (b'{"label": "anna", "label": "bob", "address": "11:22:33:44:55:66"}',
+             "key 'label' appears twice"),
+            (b'{"label": "anna", "adress": "11:22:33:44:55:66"}',
+             "unknown field 'adress' (expected {label, address, name, device_id})"),
+        ):  # fmt: skip
+            async with http.post(d.url + "api/pair", data=bad) as r:
+                assert (r.status, (await r.json())["error"]) == (400, says)
+        assert [p.label for p in pairing.load_paired(paired)] == ["anna"]
+        assert pairing.load_paired(paired)[0].address == "AA:BB:CC:DD:EE:FF"
+        async with http.post(d.url + "api/pair", json=body) as r:
+            assert r.status == 200, await r.text()
+            answer = await r.json()
     assert answer["replaced"] == [
         "'anna' was Polar H10 1234 (AA:BB:CC:DD:EE:FF) until now; it now means this strap."
     ]
@@ -891,37 +889,37 @@ async def test_remember_in_the_dashboard_says_what_it_replaced(
     ]
 
 
-async def test_history_summary_follows_edits_and_counts_session_seconds(tmp_path: Path) -> None:
+async def test_history_summary_follows_edits_and_counts_session_seconds(
+    dashboard: Any, store: SessionStore
+) -> None:
     """History listed a --speed 10 replay of 5 min as 30 s (wall clock; `settle sessions
     list` says 5 min), and kept a finished session's summary for the daemon's lifetime, so a
     marker imported or a baseline set afterwards (`settle log …`, another process) never
     showed until the daemon restarted."""
     from sessions.store import BeatRow, MarkerRow
 
-    with SessionStore.open(tmp_path / "s.db") as store:
-        t0 = 1_700_000_000_000
-        sid = store.create_session("dev_1", t0, "x", {"time_scale": 10.0}).id
-        store.add_beats(sid, [BeatRow(i, 0.8 * (i + 1), t0 + 80 * (i + 1), 800.0, None, 75, None)
-                              for i in range(375)])  # fmt: skip
-        store.finish_session(sid, t0 + 30_000)
-        cfg = DashboardConfig(host="127.0.0.1", port=0)
-        async with (
-            Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
-            aiohttp.ClientSession() as http,
-        ):
+    t0 = 1_700_000_000_000
+    sid = store.create_session("dev_1", t0, "x", {"time_scale": 10.0}).id
+    store.add_beats(sid, [BeatRow(i, 0.8 * (i + 1), t0 + 80 * (i + 1), 800.0, None, 75, None)
+                          for i in range(375)])  # fmt: skip
+    store.finish_session(sid, t0 + 30_000)
+    async with (
+        dashboard() as d,
+        aiohttp.ClientSession() as http,
+    ):
 
-            async def listed() -> dict[str, Any]:
-                (s,) = (await _analysed(http, d))["sessions"]
-                return cast(dict[str, Any], s)
+        async def listed() -> dict[str, Any]:
+            (s,) = (await _analysed(http, d))["sessions"]
+            return cast(dict[str, Any], s)
 
-            first = await listed()
-            assert first["duration_s"] == pytest.approx(300.0)
-            assert first["n_markers"] == 0 and first["catching_up"] == "no_score"
-            store.add_markers(sid, [MarkerRow(100.0, t0 + 10_000, "shame", "", "import")])
-            assert (await listed())["n_markers"] == 1
-            async with http.get(d.url + "api/sessions") as r:  # and cached again
-                (again,) = (await r.json())["sessions"]
-                assert again["n_markers"] == 1 and "pending" not in again
+        first = await listed()
+        assert first["duration_s"] == pytest.approx(300.0)
+        assert first["n_markers"] == 0 and first["catching_up"] == "no_score"
+        store.add_markers(sid, [MarkerRow(100.0, t0 + 10_000, "shame", "", "import")])
+        assert (await listed())["n_markers"] == 1
+        async with http.get(d.url + "api/sessions") as r:  # and cached again
+            (again,) = (await r.json())["sessions"]
+            assert again["n_markers"] == 1 and "pending" not in again
 
 
 async def _listing(http: aiohttp.ClientSession, d: Dashboard) -> dict[str, Any]:
@@ -954,7 +952,7 @@ def _finished_session(store: SessionStore, started_ms: int, n_beats: int) -> str
 
 
 async def test_history_lists_every_session_at_once_and_fills_in_newest_first(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, dashboard: Any, store: SessionStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a restart the first History request analysed every finished session in one
     worker call before answering (~30 ms each: 30 s for 1 000 sessions, an empty page all
@@ -969,95 +967,92 @@ async def test_history_lists_every_session_at_once_and_fills_in_newest_first(
     monkeypatch.setattr(server_module, "HISTORY_BATCH_BEATS", 250, raising=False)
     db = tmp_path / "s.db"
     t0 = 1_700_000_000_000
-    with SessionStore.open(db) as store:
-        ids = [_finished_session(store, t0 + k * 3_600_000, 120) for k in range(7)]
-        running = store.create_session("dev_2", t0 + 8 * 3_600_000, "x", {}).id
-        newest = ids[::-1]
-        cfg = DashboardConfig(host="127.0.0.1", port=0)
-        async with (
-            Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
-            aiohttp.ClientSession() as http,
-        ):
-            batches: list[list[str]] = []
-            hold, held = asyncio.Event(), asyncio.Event()
-            real_work = d._work
+    ids = [_finished_session(store, t0 + k * 3_600_000, 120) for k in range(7)]
+    running = store.create_session("dev_2", t0 + 8 * 3_600_000, "x", {}).id
+    newest = ids[::-1]
+    async with (
+        dashboard() as d,
+        aiohttp.ClientSession() as http,
+    ):
+        batches: list[list[str]] = []
+        hold, held = asyncio.Event(), asyncio.Event()
+        real_work = d._work
 
-            async def work(fn: Any, *args: str) -> Any:
-                if fn is summarise_sessions:
-                    batches.append(list(json.loads(args[0])))
-                    if len(batches) == 2:
-                        held.set()
-                        await hold.wait()  # the second batch waits: a state to look at
-                return await real_work(fn, *args)
+        async def work(fn: Any, *args: str) -> Any:
+            if fn is summarise_sessions:
+                batches.append(list(json.loads(args[0])))
+                if len(batches) == 2:
+                    held.set()
+                    await hold.wait()  # the second batch waits: a state to look at
+            return await real_work(fn, *args)
 
-            monkeypatch.setattr(d, "_work", work)
-            first = await _listing(http, d)
-            assert [s["id"] for s in first["sessions"]] == [running, *newest]
-            assert first.get("pending") == 7
-            assert [s.get("pending", False) for s in first["sessions"]] == [False] + [True] * 7
-            assert first["sessions"][1]["duration_s"] == pytest.approx(96.0)
-            # The newest batch analysed, the rest still pending.
-            await asyncio.wait_for(held.wait(), 60)
-            second = await _listing(http, d)
-            assert second["pending"] == 5
-            assert [s.get("pending", False) for s in second["sessions"]] == [False] * 3 + [True] * 5
-            # Meanwhile the newest session gets a marker and the oldest is deleted.
-            store.add_markers(newest[0], [MarkerRow(10.0, t0 + 10_000, "shame", "", "import")])
-            store.delete_session(ids[0])
-            third = await _listing(http, d)
-            assert [s["id"] for s in third["sessions"]] == [running, *newest[:-1]]
-            assert third["sessions"][1]["pending"] and third["pending"] == 5
-            hold.set()
-            done = await _analysed(http, d)
-            assert batches == [newest[0:2], newest[2:4], [newest[0], newest[4]], [newest[5]]]
-            # The rows the old code gave: the analysis of each, with the listing's seconds.
-            listed = {s.id: s.duration_s for s in store.list_sessions()}
-            status, text = summarise_sessions(str(db), json.dumps(listed))
-            assert status == "ok"
-            assert done["sessions"][1:] == [json.loads(text)[sid] for sid in newest[:-1]]
-            assert done["sessions"][1]["n_markers"] == 1
-            assert done["sessions"][0]["state"] == "running"
-            assert "pending" not in done["sessions"][0]
+        monkeypatch.setattr(d, "_work", work)
+        first = await _listing(http, d)
+        assert [s["id"] for s in first["sessions"]] == [running, *newest]
+        assert first.get("pending") == 7
+        assert [s.get("pending", False) for s in first["sessions"]] == [False] + [True] * 7
+        assert first["sessions"][1]["duration_s"] == pytest.approx(96.0)
+        # The newest batch analysed, the rest still pending.
+        await asyncio.wait_for(held.wait(), 60)
+        second = await _listing(http, d)
+        assert second["pending"] == 5
+        assert [s.get("pending", False) for s in second["sessions"]] == [False] * 3 + [True] * 5
+        # Meanwhile the newest session gets a marker and the oldest is deleted.
+        store.add_markers(newest[0], [MarkerRow(10.0, t0 + 10_000, "shame", "", "import")])
+        store.delete_session(ids[0])
+        third = await _listing(http, d)
+        assert [s["id"] for s in third["sessions"]] == [running, *newest[:-1]]
+        assert third["sessions"][1]["pending"] and third["pending"] == 5
+        hold.set()
+        done = await _analysed(http, d)
+        assert batches == [newest[0:2], newest[2:4], [newest[0], newest[4]], [newest[5]]]
+        # The rows the old code gave: the analysis of each, with the listing's seconds.
+        listed = {s.id: s.duration_s for s in store.list_sessions()}
+        status, text = summarise_sessions(str(db), json.dumps(listed))
+        assert status == "ok"
+        assert done["sessions"][1:] == [json.loads(text)[sid] for sid in newest[:-1]]
+        assert done["sessions"][1]["n_markers"] == 1
+        assert done["sessions"][0]["state"] == "running"
+        assert "pending" not in done["sessions"][0]
 
 
 async def test_history_still_lists_sessions_when_their_analysis_fails(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dashboard: Any, store: SessionStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An analysis that failed made the whole History list a 500 (no session listed). The
     list still comes, the rows pending, with the failure's one line; asking again retries."""
     from feedback.dashboard.work import summarise_sessions
 
-    with SessionStore.open(tmp_path / "s.db") as store:
-        sid = _finished_session(store, 1_700_000_000_000, 120)
-        cfg = DashboardConfig(host="127.0.0.1", port=0)
-        async with (
-            Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
-            aiohttp.ClientSession() as http,
-        ):
-            tries: list[str] = []
-            tried = asyncio.Event()
-            real_work = d._work
+    sid = _finished_session(store, 1_700_000_000_000, 120)
+    async with (
+        dashboard() as d,
+        aiohttp.ClientSession() as http,
+    ):
+        tries: list[str] = []
+        tried = asyncio.Event()
+        real_work = d._work
 
-            async def work(fn: Any, *args: str) -> Any:
-                if fn is summarise_sessions:
-                    tries.append(args[0])
-                    tried.set()
-                    return "error", "the store cannot be read: disk I/O error"
-                return await real_work(fn, *args)
+        async def work(fn: Any, *args: str) -> Any:
+            if fn is summarise_sessions:
+                tries.append(args[0])
+                tried.set()
+                return "error", "the store cannot be read: disk I/O error"
+            return await real_work(fn, *args)
 
-            monkeypatch.setattr(d, "_work", work)
-            first = await _listing(http, d)
-            await asyncio.wait_for(tried.wait(), 10)
-            await _until(lambda: asyncio.sleep(0, d._analyser is None), 10, "the task's end")
-            again = await _listing(http, d)
-            assert [s["id"] for s in again["sessions"]] == [sid] and again["sessions"][0]["pending"]
-            assert again["analysis_error"] == "the store cannot be read: disk I/O error"
-            assert first.get("analysis_error") is None
-            await _until(lambda: asyncio.sleep(0, len(tries) == 2), 10, "a second try")
+        monkeypatch.setattr(d, "_work", work)
+        first = await _listing(http, d)
+        await asyncio.wait_for(tried.wait(), 10)
+        await _until(lambda: asyncio.sleep(0, d._analyser is None), 10, "the task's end")
+        again = await _listing(http, d)
+        assert [s["id"] for s in again["sessions"]] == [sid] and again["sessions"][0]["pending"]
+        assert again["analysis_error"] == "the store cannot be read: disk I/O error"
+        assert first.get("analysis_error") is None
+        await _until(lambda: asyncio.sleep(0, len(tries) == 2), 10, "a second try")
 
 
 async def test_a_worker_killed_once_does_not_break_reports_exports_and_history(
-    tmp_path: Path,
+    dashboard: Any,
+    store: SessionStore,
 ) -> None:
     """The worker process killed (the OOM killer on a small board): every report, export and
     History analysis after it failed ("the process pool is not usable anymore", 500s) until
@@ -1065,46 +1060,44 @@ async def test_a_worker_killed_once_does_not_break_reports_exports_and_history(
     import os
     import signal
 
-    with SessionStore.open(tmp_path / "s.db") as store:
-        sid = _finished_session(store, 1_700_000_000_000, 120)
-        cfg = DashboardConfig(host="127.0.0.1", port=0)
-        async with (
-            Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
-            aiohttp.ClientSession() as http,
-        ):
-            await _analysed(http, d)
-            assert d._pool is not None
-            for pid in list(d._pool._processes):  # type: ignore[attr-defined]
-                os.kill(pid, signal.SIGKILL)
-            await asyncio.sleep(0.5)
-            for path in ("report", "export/csv"):
-                async with http.get(f"{d.url}sessions/{sid}/{path}") as r:
-                    assert r.status == 200, (path, r.status, await r.text())
-            store.add_markers(sid, [MarkerRow(10.0, 1_700_000_010_000, "shame", "", "import")])
-            row = (await _analysed(http, d))["sessions"][0]
-            assert row["n_markers"] == 1 and "analysis_error" not in row
+    sid = _finished_session(store, 1_700_000_000_000, 120)
+    async with (
+        dashboard() as d,
+        aiohttp.ClientSession() as http,
+    ):
+        await _analysed(http, d)
+        assert d._pool is not None
+        for pid in list(d._pool._processes):  # type: ignore[attr-defined]
+            os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.5)
+        for path in ("report", "export/csv"):
+            async with http.get(f"{d.url}sessions/{sid}/{path}") as r:
+                assert r.status == 200, (path, r.status, await r.text())
+        store.add_markers(sid, [MarkerRow(10.0, 1_700_000_010_000, "shame", "", "import")])
+        row = (await _analysed(http, d))["sessions"][0]
+        assert row["n_markers"] == 1 and "analysis_error" not in row
 
 
-async def test_reports_exports_and_their_errors_are_kept_in_no_cache(tmp_path: Path) -> None:
+async def test_reports_exports_and_their_errors_are_kept_in_no_cache(
+    dashboard: Any, store: SessionStore
+) -> None:
     """A report and an export (session data) had no Cache-Control, nor had the report's 404
     page: Chromium kept them in the profile's disk cache, under a key that held the URL
     (``?token=`` with it). Every answer but the static files now says ``no-store``."""
-    with SessionStore.open(tmp_path / "s.db") as store:
-        sid = _finished_session(store, 1_700_000_000_000, 60)
-        cfg = DashboardConfig(host="127.0.0.1", port=0)
-        async with (
-            Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
-            aiohttp.ClientSession() as http,
-        ):
-            answers = ((f"sessions/{sid}/report", 200), ("sessions/nope/report", 404),
-                       (f"sessions/{sid}/export/csv", 200), ("sessions/nope/export/csv", 404),
-                       ("no-such-page", 404))  # fmt: skip
-            for path, status in answers:
-                async with http.get(d.url + path) as r:
-                    await r.read()
-                    assert (r.status, r.headers.get("Cache-Control")) == (status, "no-store"), path
-            async with http.get(d.url + "static/app.js") as r:
-                assert r.headers.get("Cache-Control") == "no-cache"  # asked again, not unkept
+    sid = _finished_session(store, 1_700_000_000_000, 60)
+    async with (
+        dashboard() as d,
+        aiohttp.ClientSession() as http,
+    ):
+        answers = ((f"sessions/{sid}/report", 200), ("sessions/nope/report", 404),
+                   (f"sessions/{sid}/export/csv", 200), ("sessions/nope/export/csv", 404),
+                   ("no-such-page", 404))  # fmt: skip
+        for path, status in answers:
+            async with http.get(d.url + path) as r:
+                await r.read()
+                assert (r.status, r.headers.get("Cache-Control")) == (status, "no-store"), path
+        async with http.get(d.url + "static/app.js") as r:
+            assert r.headers.get("Cache-Control") == "no-cache"  # asked again, not unkept
 
 
 def test_history_row_of_a_session_the_analysis_cannot_take_says_why(
@@ -1138,26 +1131,24 @@ def test_history_row_of_a_session_the_analysis_cannot_take_says_why(
 
 
 async def test_history_analysis_ends_with_the_dashboard(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    dashboard: Any, store: SessionStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The background analysis of History stops with the dashboard, mid-batch too: no task
     is left behind (asyncio: "Task was destroyed but it is pending") and nothing is
     logged as an error."""
-    with SessionStore.open(tmp_path / "s.db") as store:
-        for k in range(3):
-            _finished_session(store, 1_700_000_000_000 + k * 3_600_000, 120)
-        cfg = DashboardConfig(host="127.0.0.1", port=0)
-        async with (
-            Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
-            aiohttp.ClientSession() as http,
-        ):
-            assert (await _listing(http, d)).get("pending") == 3  # the worker is starting now
-        assert not [t for t in asyncio.all_tasks() if t.get_name() == "history analysis"]
+    for k in range(3):
+        _finished_session(store, 1_700_000_000_000 + k * 3_600_000, 120)
+    async with (
+        dashboard() as d,
+        aiohttp.ClientSession() as http,
+    ):
+        assert (await _listing(http, d)).get("pending") == 3  # the worker is starting now
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "history analysis"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_bad_tokens_and_malformed_requests_are_one_line_not_a_traceback(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    dashboard: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`?token=é` was a 500 with a traceback (compare_digest on a non-ASCII str), and any
     request aiohttp cannot parse (a duplicate Host header, a control byte in the method)
@@ -1165,28 +1156,26 @@ async def test_bad_tokens_and_malformed_requests_are_one_line_not_a_traceback(
     import logging
 
     caplog.set_level(logging.DEBUG)
-    with SessionStore.open(tmp_path / "s.db") as store:
-        cfg = DashboardConfig(host="127.0.0.1", port=0, token="s3cret-token")
-        async with Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d:  # type: ignore[arg-type]
-            async with aiohttp.ClientSession() as http:
-                async with http.get(d.url + "api/state?token=%C3%A9") as r:
-                    assert r.status == 401
-                bearer = {"Authorization": "Bearer é"}
-                async with http.get(d.url + "api/state", headers=bearer) as r:
-                    assert r.status == 401
-            bad = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: x\r\n\r\n",
-                   b"G\x01T / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # fmt: skip
-            # A scanner's flood is one line per 10 s, the next saying how many were left out.
-            for i, raw in enumerate([*bad, *bad, bad[0]]):
-                if i == 4:
-                    monkeypatch.setattr(server_module, "BAD_REQUEST_EVERY_S", 0.0)
-                reader, writer = await asyncio.open_connection("127.0.0.1", d.port)
-                writer.write(raw)
-                await writer.drain()
-                status = await reader.readline()
-                writer.close()
-                await writer.wait_closed()
-                assert b" 400 " in status, status
+    async with dashboard(token="s3cret-token") as d:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(d.url + "api/state?token=%C3%A9") as r:
+                assert r.status == 401
+            bearer = {"Authorization": "Bearer é"}
+            async with http.get(d.url + "api/state", headers=bearer) as r:
+                assert r.status == 401
+        bad = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: x\r\n\r\n",
+               b"G\x01T / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # fmt: skip
+        # A scanner's flood is one line per 10 s, the next saying how many were left out.
+        for i, raw in enumerate([*bad, *bad, bad[0]]):
+            if i == 4:
+                monkeypatch.setattr(server_module, "BAD_REQUEST_EVERY_S", 0.0)
+            reader, writer = await asyncio.open_connection("127.0.0.1", d.port)
+            writer.write(raw)
+            await writer.drain()
+            status = await reader.readline()
+            writer.close()
+            await writer.wait_closed()
+            assert b" 400 " in status, status
     server = [r for r in caplog.records if r.name == "aiohttp.server"]
     assert server and all(r.levelno == logging.WARNING and not r.exc_info for r in server)
     assert all(r.getMessage().startswith("dashboard: malformed HTTP request from ")
@@ -1199,7 +1188,7 @@ async def test_bad_tokens_and_malformed_requests_are_one_line_not_a_traceback(
 
 
 async def test_a_malformed_request_logs_no_token(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    dashboard: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """aiohttp quotes the line it cannot parse, and the one WARNING line for it quoted the
     token: `GET /events?token=<token> x HTTP/1.1` (a space in the address) wrote "Bad status
@@ -1216,12 +1205,10 @@ async def test_a_malformed_request_logs_no_token(
            b"GET /api/state?last=1&token=%s HTTP/9.9\r\n" + host + b"\r\n",
            get + b"Authorization: Bearer %s\x00\r\n\r\n",
            get + b"Cookie: settle_token=%s\x01; a=b\r\n\r\n")  # fmt: skip
-    with SessionStore.open(tmp_path / "s.db") as store:
-        cfg = DashboardConfig(host="127.0.0.1", port=0, token=token)
-        async with Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d:  # type: ignore[arg-type]
-            for raw in bad:
-                status, _ = await _raw(d.port, raw % token.encode())
-                assert b" 400 " in status, (raw, status)
+    async with dashboard(token=token) as d:
+        for raw in bad:
+            status, _ = await _raw(d.port, raw % token.encode())
+            assert b" 400 " in status, (raw, status)
     lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.server"]
     assert len(lines) == len(bad), lines
     assert not [line for line in lines if token in line or token[:8] in line], lines
@@ -1243,7 +1230,7 @@ async def _raw(port: int, request: bytes) -> tuple[bytes, bytes]:
 
 
 async def test_malformed_bodies_names_and_ids_are_answered_not_a_traceback(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    dashboard: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Requests that each ended in a 500 and a traceback in the log, past its rate limit (a
     review sent them by hand): a token header or cookie whose bytes are no UTF-8 (before any
@@ -1256,75 +1243,71 @@ async def test_malformed_bodies_names_and_ids_are_answered_not_a_traceback(
 
     caplog.set_level(logging.DEBUG)
     post = {"X-Settle": "1"}
-    with SessionStore.open(tmp_path / "s.db") as store:
-        cfg = DashboardConfig(host="127.0.0.1", port=0, token="s3cret-token")
-        hub = Hub("settle")
-        async with Dashboard(hub, _NoDaemon(), store, cfg) as d:  # type: ignore[arg-type]
-            for header in (b"Authorization: Bearer \xff", b"Cookie: settle_token=\xed\xa0\x80"):
-                status, _ = await _raw(
-                    d.port,
-                    b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header
-                    + b"\r\nConnection: close\r\n\r\n",
-                )  # fmt: skip
-                assert b" 401 " in status, status
-            auth = {**post, "Authorization": "Bearer s3cret-token"}
-            async with aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(force_close=True)
-            ) as http:
-                for body in (b'{"kind": "doubt", "text": "\\ud800"}',
-                             b'{"kind": "doubt", "text": "\xed\xa0\x80"}'):  # fmt: skip
-                    async with http.post(d.url + "api/cmd/x/marker", data=body, headers=auth) as r:
-                        assert r.status == 400
-                        assert "lone surrogate" in (await r.json())["error"]
-                gz = {**auth, "Content-Encoding": "gzip"}
-                async with http.post(d.url + "api/cmd/x/marker", data=b"{}", headers=gz) as r:
-                    assert r.status == 400 and "request body" in (await r.json())["error"]
-                async with http.post(d.url + "api/pair", data=b"{}", headers=gz) as r:
+    hub = Hub("settle")
+    async with dashboard(hub, token="s3cret-token") as d:
+        for header in (b"Authorization: Bearer \xff", b"Cookie: settle_token=\xed\xa0\x80"):
+            status, _ = await _raw(
+                d.port,
+                b"GET /api/state HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header
+                + b"\r\nConnection: close\r\n\r\n",
+            )  # fmt: skip
+            assert b" 401 " in status, status
+        auth = {**post, "Authorization": "Bearer s3cret-token"}
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            for body in (b'{"kind": "doubt", "text": "\\ud800"}',
+                         b'{"kind": "doubt", "text": "\xed\xa0\x80"}'):  # fmt: skip
+                async with http.post(d.url + "api/cmd/x/marker", data=body, headers=auth) as r:
                     assert r.status == 400
-                async with http.get(d.url + "static/" + "b" * 300, headers=auth) as r:
-                    assert r.status == 404
-                for device in ("a%2Bb", "a%23b", "a%00b"):
-                    url = d.url + f"api/cmd/{device}/marker"
-                    async with http.post(url, data=b"{}", headers=auth) as r:
-                        assert r.status == 400
-                        assert (await r.json())["error"].startswith("unknown device")
-                pair = b'{"label": {"x": 1}, "address": "C0:5E:77:1E:00:0A"}'
-                async with http.post(d.url + "api/pair", data=pair, headers=auth) as r:
-                    assert r.status == 400 and "must be strings" in (await r.json())["error"]
-                lower = {**post, "Authorization": "bearer s3cret-token"}  # schemes: any case
-                async with http.get(d.url + "api/state", headers=lower) as r:
+                    assert "lone surrogate" in (await r.json())["error"]
+            gz = {**auth, "Content-Encoding": "gzip"}
+            async with http.post(d.url + "api/cmd/x/marker", data=b"{}", headers=gz) as r:
+                assert r.status == 400 and "request body" in (await r.json())["error"]
+            async with http.post(d.url + "api/pair", data=b"{}", headers=gz) as r:
+                assert r.status == 400
+            async with http.get(d.url + "static/" + "b" * 300, headers=auth) as r:
+                assert r.status == 404
+            for device in ("a%2Bb", "a%23b", "a%00b"):
+                url = d.url + f"api/cmd/{device}/marker"
+                async with http.post(url, data=b"{}", headers=auth) as r:
+                    assert r.status == 400
+                    assert (await r.json())["error"].startswith("unknown device")
+            pair = b'{"label": {"x": 1}, "address": "C0:5E:77:1E:00:0A"}'
+            async with http.post(d.url + "api/pair", data=pair, headers=auth) as r:
+                assert r.status == 400 and "must be strings" in (await r.json())["error"]
+            lower = {**post, "Authorization": "bearer s3cret-token"}  # schemes: any case
+            async with http.get(d.url + "api/state", headers=lower) as r:
+                assert r.status == 200
+            async with http.post(d.url + "api/scan?timeout=nan", headers=auth) as r:
+                assert r.status == 400  # NaN passed the clamp: a scan of no time
+            dots = yarl.URL(d.url + "sessions/%2e%2e/report", encoded=True)
+            async with http.get(dots, headers=auth) as r:
+                assert r.status == 404 and "settle-" not in await r.text()  # no temp path
+            dots = yarl.URL(d.url + "sessions/%2e%2e/export/csv", encoded=True)
+            async with http.get(dots, headers=auth) as r:
+                assert r.status == 404 and (await r.json())["error"] == "no session '..'"
+            async with http.head(d.url + "events", headers=auth) as r:
+                assert r.status == 405  # it streamed a body, for ever
+            # An API client gets JSON for a route or method that does not exist too (it
+            # got aiohttp's plain "404: Not Found"); a page keeps aiohttp's answer.
+            async with http.get(d.url + "api/stat", headers=auth) as r:
+                assert r.status == 404
+                assert await r.json() == {"v": 1, "status": "error",
+                                          "error": "no API route '/api/stat'"}  # fmt: skip
+            async with http.post(d.url + "api/state", headers=auth) as r:
+                assert (r.status, r.headers["Allow"]) == (405, "GET, HEAD")
+                err = (await r.json())["error"]
+                assert err == "POST is not allowed here (allowed: GET, HEAD)"
+            async with http.get(d.url + "api/pair", headers=auth) as r:
+                assert r.status == 405 and (await r.json())["status"] == "error"
+            async with http.get(d.url + "no-such-page", headers=auth) as r:
+                assert r.status == 404 and r.content_type == "text/plain"
+            hub.publish("settle/dev/beat", b"{}", retain=False)
+            for last in (f"{hub.epoch}.²", f"{hub.epoch}." + "9" * 5000):
+                events = {**auth, "Last-Event-ID": last}
+                async with http.get(d.url + "events", headers=events) as r:
                     assert r.status == 200
-                async with http.post(d.url + "api/scan?timeout=nan", headers=auth) as r:
-                    assert r.status == 400  # NaN passed the clamp: a scan of no time
-                dots = yarl.URL(d.url + "sessions/%2e%2e/report", encoded=True)
-                async with http.get(dots, headers=auth) as r:
-                    assert r.status == 404 and "settle-" not in await r.text()  # no temp path
-                dots = yarl.URL(d.url + "sessions/%2e%2e/export/csv", encoded=True)
-                async with http.get(dots, headers=auth) as r:
-                    assert r.status == 404 and (await r.json())["error"] == "no session '..'"
-                async with http.head(d.url + "events", headers=auth) as r:
-                    assert r.status == 405  # it streamed a body, for ever
-                # An API client gets JSON for a route or method that does not exist too (it
-                # got aiohttp's plain "404: Not Found"); a page keeps aiohttp's answer.
-                async with http.get(d.url + "api/stat", headers=auth) as r:
-                    assert r.status == 404
-                    assert await r.json() == {"v": 1, "status": "error",
-                                              "error": "no API route '/api/stat'"}  # fmt: skip
-                async with http.post(d.url + "api/state", headers=auth) as r:
-                    assert (r.status, r.headers["Allow"]) == (405, "GET, HEAD")
-                    err = (await r.json())["error"]
-                    assert err == "POST is not allowed here (allowed: GET, HEAD)"
-                async with http.get(d.url + "api/pair", headers=auth) as r:
-                    assert r.status == 405 and (await r.json())["status"] == "error"
-                async with http.get(d.url + "no-such-page", headers=auth) as r:
-                    assert r.status == 404 and r.content_type == "text/plain"
-                hub.publish("settle/dev/beat", b"{}", retain=False)
-                for last in (f"{hub.epoch}.²", f"{hub.epoch}." + "9" * 5000):
-                    events = {**auth, "Last-Event-ID": last}
-                    async with http.get(d.url + "events", headers=events) as r:
-                        assert r.status == 200
-                        got = await asyncio.wait_for(r.content.readuntil(b"event: health"), 5.0)
-                        assert b'"topic":"dev/beat"' in got  # the whole backlog; on it goes
+                    got = await asyncio.wait_for(r.content.readuntil(b"event: health"), 5.0)
+                    assert b'"topic":"dev/beat"' in got  # the whole backlog; on it goes
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "Traceback" not in caplog.text
 
@@ -1345,7 +1328,7 @@ async def test_require_token_protects_a_loopback_dashboard_and_pages_cannot_be_f
     assert cfg.token is not None and token_file.read_text().strip() == cfg.token
     with SessionStore.open(tmp_path / "s.db") as store:
         async with (
-            Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
+            Dashboard(Hub("settle"), NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
             aiohttp.ClientSession() as http,
         ):
             async with http.get(d.url + "api/sessions") as r:
@@ -1366,69 +1349,65 @@ async def _half_sent(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWri
     return reader, writer
 
 
-async def test_half_sent_requests_are_closed_and_the_page_still_loads(tmp_path: Path) -> None:
+async def test_half_sent_requests_are_closed_and_the_page_still_loads(dashboard: Any) -> None:
     """A connection that sent half a request stayed open ≥ 200 s (aiohttp has no deadline
     for request headers); 1 100 of them used up the open files and the dashboard was gone.
     Now each is closed within seconds, and the page loads while 50 are held open."""
-    with SessionStore.open(tmp_path / "s.db") as store:
-        cfg = DashboardConfig(host="127.0.0.1", port=0)
-        async with (
-            Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
-            aiohttp.ClientSession() as http,
-        ):
-            loop = asyncio.get_running_loop()
-            t0 = loop.time()
-            held = [await _half_sent(d.port) for _ in range(50)]
-            # A command whose body never comes in full: refused, not waited for.
-            slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", d.port)
-            slow_writer.write(b"POST /api/cmd/dev/marker HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                              b"X-Settle: 1\r\nContent-Length: 100\r\n\r\n{")  # fmt: skip
-            for path in ("", "static/app.js", "api/state"):
-                async with http.get(d.url + path) as r:
-                    assert r.status == 200, path
-            for reader, writer in held:  # each one ends with EOF (closed), not an answer
-                async with asyncio.timeout(8):
-                    assert await reader.read() == b""
-                writer.close()
-            assert 4 < loop.time() - t0 < 8  # HEADER_TIMEOUT_S: 5 s
-            async with asyncio.timeout(3):
-                assert b" 408 " in await slow_reader.readline()
-            slow_writer.close()
-            async with http.get(d.url + "api/state") as r:
-                assert r.status == 200
+    async with (
+        dashboard() as d,
+        aiohttp.ClientSession() as http,
+    ):
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        held = [await _half_sent(d.port) for _ in range(50)]
+        # A command whose body never comes in full: refused, not waited for.
+        slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", d.port)
+        slow_writer.write(b"POST /api/cmd/dev/marker HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          b"X-Settle: 1\r\nContent-Length: 100\r\n\r\n{")  # fmt: skip
+        for path in ("", "static/app.js", "api/state"):
+            async with http.get(d.url + path) as r:
+                assert r.status == 200, path
+        for reader, writer in held:  # each one ends with EOF (closed), not an answer
+            async with asyncio.timeout(8):
+                assert await reader.read() == b""
+            writer.close()
+        assert 4 < loop.time() - t0 < 8  # HEADER_TIMEOUT_S: 5 s
+        async with asyncio.timeout(3):
+            assert b" 408 " in await slow_reader.readline()
+        slow_writer.close()
+        async with http.get(d.url + "api/state") as r:
+            assert r.status == 200
 
 
 async def test_connections_and_live_pages_beyond_the_limits_get_a_503(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dashboard: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Nothing capped the open connections or live streams: each held one more open file
     until none was left. Beyond the limits (made small here) the answer is a clear 503."""
     monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 10, raising=False)
     monkeypatch.setattr(server_module, "MAX_STREAMS", 2, raising=False)
-    with SessionStore.open(tmp_path / "s.db") as store:
-        hub = Hub("settle")
-        cfg = DashboardConfig(host="127.0.0.1", port=0)
-        async with (
-            Dashboard(hub, _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
-            aiohttp.ClientSession() as http,
-            http.get(d.url + "events") as page1,
-            http.get(d.url + "events") as page2,
-        ):
-            assert page1.status == page2.status == 200
-            async with http.get(d.url + "events") as page3:
-                assert page3.status == 503
-                assert (await page3.json())["error"] == "too many live pages open (2): close one"
-        async with Dashboard(hub, _NoDaemon(), store, cfg) as d:  # type: ignore[arg-type]
-            held = [await _half_sent(d.port) for _ in range(10)]
-            await asyncio.sleep(0.2)
-            async with aiohttp.ClientSession() as http, http.get(d.url + "api/state") as r:
-                assert r.status == 503
-                assert "too many connections" in (await r.json())["error"]
-            for _, writer in held:
-                writer.close()
-            await asyncio.sleep(0.2)
-            async with aiohttp.ClientSession() as http, http.get(d.url + "api/state") as r:
-                assert r.status == 200
+    hub = Hub("settle")
+    async with (
+        dashboard(hub) as d,
+        aiohttp.ClientSession() as http,
+        http.get(d.url + "events") as page1,
+        http.get(d.url + "events") as page2,
+    ):
+        assert page1.status == page2.status == 200
+        async with http.get(d.url + "events") as page3:
+            assert page3.status == 503
+            assert (await page3.json())["error"] == "too many live pages open (2): close one"
+    async with dashboard(hub) as d:
+        held = [await _half_sent(d.port) for _ in range(10)]
+        await asyncio.sleep(0.2)
+        async with aiohttp.ClientSession() as http, http.get(d.url + "api/state") as r:
+            assert r.status == 503
+            assert "too many connections" in (await r.json())["error"]
+        for _, writer in held:
+            writer.close()
+        await asyncio.sleep(0.2)
+        async with aiohttp.ClientSession() as http, http.get(d.url + "api/state") as r:
+            assert r.status == 200
 
 
 async def test_connections_refused_after_their_client_left_are_one_line_not_tracebacks(
@@ -1568,7 +1547,7 @@ async def test_live_pages_that_take_nothing_are_closed_and_a_new_page_gets_its_s
 
 
 async def test_open_files_limit_is_raised_and_running_out_is_one_line(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    dashboard: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """systemd user services get a soft limit of 1 024 open files; once they were used up,
     asyncio logged "socket.accept() out of system resource" with a traceback on every retry:
@@ -1584,18 +1563,16 @@ async def test_open_files_limit_is_raised_and_running_out_is_one_line(
     caplog.set_level(logging.DEBUG)
     resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
     try:
-        with SessionStore.open(tmp_path / "s.db") as store:
-            cfg = DashboardConfig(host="127.0.0.1", port=0)
-            async with Dashboard(Hub("settle"), _NoDaemon(), store, cfg):  # type: ignore[arg-type]
-                raised = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-                loop = asyncio.get_running_loop()
-                for _ in range(1000):  # as asyncio's accept loop reports it
-                    exc = OSError(errno.EMFILE, "Too many open files")
-                    context = {
-                        "message": "socket.accept() out of system resource",
-                        "exception": exc,
-                    }
-                    loop.call_exception_handler(context)
+        async with dashboard():
+            raised = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            loop = asyncio.get_running_loop()
+            for _ in range(1000):  # as asyncio's accept loop reports it
+                exc = OSError(errno.EMFILE, "Too many open files")
+                context = {
+                    "message": "socket.accept() out of system resource",
+                    "exception": exc,
+                }
+                loop.call_exception_handler(context)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     (line,) = [r for r in caplog.records if r.name == "asyncio"]
@@ -1604,7 +1581,7 @@ async def test_open_files_limit_is_raised_and_running_out_is_one_line(
     assert raised > 512 and (raised == hard or hard == resource.RLIM_INFINITY)
 
 
-class _Scanner(_NoDaemon):
+class _Scanner(NoDaemon):
     """A back end whose scans are counted and take a moment, as a real one's do."""
 
     def __init__(self) -> None:
@@ -1637,7 +1614,8 @@ reviewer's: requests a page may send anywhere without CORS."""
 
 @pytest.mark.timeout(60)
 async def test_another_site_cannot_scan_or_start_the_worker_and_the_page_still_scans(
-    tmp_path: Path,
+    dashboard: Any,
+    store: SessionStore,
 ) -> None:
     """Any website the user visited could run `GET /api/scan?timeout=30` (a Bluetooth scan
     in the daemon, any number at once) and `GET /api/sessions` (which starts the analysis
@@ -1649,69 +1627,67 @@ async def test_another_site_cannot_scan_or_start_the_worker_and_the_page_still_s
     from sessions.store import BeatRow
 
     _chromium_or_skip()
-    with SessionStore.open(tmp_path / "s.db") as store:
-        sid = store.create_session("dev_1", 1_700_000_000_000, "x", {}).id
-        store.add_beats(sid, [BeatRow(i, 0.8 * (i + 1), 1_700_000_000_000 + 800 * (i + 1),
-                                      800.0, None, 75, None) for i in range(60)])  # fmt: skip
-        store.finish_session(sid, 1_700_000_048_000)
-        back = _Scanner()
-        elsewhere = web.Application()
-        cfg = DashboardConfig(host="127.0.0.1", port=0)
-        async with (
-            Dashboard(Hub("settle"), back, store, cfg) as d,  # type: ignore[arg-type]
-            _browser() as browser,
-        ):
-            page_text = ELSEWHERE.format(base=d.url)
+    sid = store.create_session("dev_1", 1_700_000_000_000, "x", {}).id
+    store.add_beats(sid, [BeatRow(i, 0.8 * (i + 1), 1_700_000_000_000 + 800 * (i + 1),
+                                  800.0, None, 75, None) for i in range(60)])  # fmt: skip
+    store.finish_session(sid, 1_700_000_048_000)
+    back = _Scanner()
+    elsewhere = web.Application()
+    async with (
+        dashboard(control=back) as d,
+        _browser() as browser,
+    ):
+        page_text = ELSEWHERE.format(base=d.url)
 
-            async def attacker(_r: web.Request) -> web.Response:
-                return web.Response(text=page_text, content_type="text/html")
+        async def attacker(_r: web.Request) -> web.Response:
+            return web.Response(text=page_text, content_type="text/html")
 
-            elsewhere.router.add_get("/", attacker)
-            runner = web.AppRunner(elsewhere)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            try:
-                port = runner.addresses[0][1]
-                ctx = await browser.new_context(bypass_csp=True)
-                page = await ctx.new_page()
-                await page.goto(f"http://localhost:{port}/")
-                await page.wait_for_function("window.done === true", timeout=15_000)
-                await asyncio.sleep(0.3)
-                assert back.scans == 0
-                assert not multiprocessing.active_children()  # no worker started
-                # A link from elsewhere still opens the dashboard.
-                await page.click("#go")
-                await page.wait_for_url(d.url + "live")
-                assert await page.locator("nav a[data-page=pair]").count() == 1
-                # The page's own scan.
-                await page.goto(d.url + "pair")
-                await page.click("#scan")
-                await page.wait_for_function(
-                    "document.getElementById('scan-state').textContent === '1 found'"
-                )
-                assert back.scans == 1
-                assert "Polar H10 1" in (await page.locator("#scan-list").text_content() or "")
-                await ctx.close()
-            finally:
-                await runner.cleanup()
-        # One scan at a time: a second one while the first runs is told so.
-        async with (
-            Dashboard(Hub("settle"), back, store, cfg) as d,  # type: ignore[arg-type]
-            aiohttp.ClientSession(headers={"X-Settle": "1"}) as http,
-        ):
+        elsewhere.router.add_get("/", attacker)
+        runner = web.AppRunner(elsewhere)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            port = runner.addresses[0][1]
+            ctx = await browser.new_context(bypass_csp=True)
+            page = await ctx.new_page()
+            await page.goto(f"http://localhost:{port}/")
+            await page.wait_for_function("window.done === true", timeout=15_000)
+            await asyncio.sleep(0.3)
+            assert back.scans == 0
+            assert not multiprocessing.active_children()  # no worker started
+            # A link from elsewhere still opens the dashboard.
+            await page.click("#go")
+            await page.wait_for_url(d.url + "live")
+            assert await page.locator("nav a[data-page=pair]").count() == 1
+            # The page's own scan.
+            await page.goto(d.url + "pair")
+            await page.click("#scan")
+            await page.wait_for_function(
+                "document.getElementById('scan-state').textContent === '1 found'"
+            )
+            assert back.scans == 1
+            assert "Polar H10 1" in (await page.locator("#scan-list").text_content() or "")
+            await ctx.close()
+        finally:
+            await runner.cleanup()
+    # One scan at a time: a second one while the first runs is told so.
+    async with (
+        dashboard(control=back) as d,
+        aiohttp.ClientSession(headers={"X-Settle": "1"}) as http,
+    ):
 
-            async def scan() -> tuple[int, str]:
-                async with http.post(d.url + "api/scan?timeout=1") as r:
-                    return r.status, (await r.json()).get("error", "")
+        async def scan() -> tuple[int, str]:
+            async with http.post(d.url + "api/scan?timeout=1") as r:
+                return r.status, (await r.json()).get("error", "")
 
-            answers = sorted(await asyncio.gather(scan(), scan()))
-            assert answers == [(200, ""), (409, "a scan is already running: wait for its result")]
-            assert back.scans == 2
+        answers = sorted(await asyncio.gather(scan(), scan()))
+        assert answers == [(200, ""), (409, "a scan is already running: wait for its result")]
+        assert back.scans == 2
 
 
 @pytest.mark.timeout(120)
-async def test_the_token_goes_to_its_dashboard_only(tmp_path: Path) -> None:
+async def test_the_token_goes_to_its_dashboard_only(dashboard: Any, store: SessionStore) -> None:
     """With a token required, the printed `/?token=…` URL set a cookie (Path=/, SameSite=
     Strict) that the browser then sent to every server on the host, whatever its port: an
     account listening on another 127.0.0.1 port, opened by a link from another site, read
@@ -1742,155 +1718,152 @@ async def test_the_token_goes_to_its_dashboard_only(tmp_path: Path) -> None:
                             content_type="text/html")  # fmt: skip
 
     heard = "window.__settle && window.__settle.lastWord > 0"
-    with SessionStore.open(tmp_path / "s.db") as store:
-        sid = _finished_session(store, 1_700_000_000_000, 60)
-        cfg = DashboardConfig(host="127.0.0.1", port=0, token=token)
-        cfg_b = DashboardConfig(host="127.0.0.1", port=0, token=token_b)
-        runners: list[web.AppRunner] = []
-        async with (
-            Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d,  # type: ignore[arg-type]
-            Dashboard(Hub("settle"), _NoDaemon(), store, cfg_b) as d_b,  # type: ignore[arg-type]
-            _browser() as browser,
-        ):
-            try:
-                for handler in (listener, other_site):
-                    app = web.Application()
-                    app.router.add_get("/", handler)
-                    runners.append(runner := web.AppRunner(app))
-                    await runner.setup()
-                    await web.TCPSite(runner, "127.0.0.1", 0).start()
-                    ports.append(runner.addresses[0][1])
-                ctx = await browser.new_context(bypass_csp=True, accept_downloads=True)
-                page = await ctx.new_page()
-                seen_by_us: list[tuple[str, int, str | None]] = []
-                page.on("response", lambda r: seen_by_us.append((r.url, r.status, r.headers.get(
-                    "referrer-policy"))))  # fmt: skip
-                referers: list[str] = []
-                page.on("request", lambda r: referers.append(r.headers.get("referer", "")))
-                asked: list[str] = []
-                page.on("request", lambda r: asked.append(r.url))
-                await page.goto(f"{d.url}live?token={token}&device=dev_1")
-                assert page.url == d.url + "live?device=dev_1"  # the address bar
-                await page.wait_for_function(heard)
-                await page.click("nav a[data-page=history]")
-                await page.click(f"#session-list a[href='/history/{sid}']")
-                await page.wait_for_function(
+    sid = _finished_session(store, 1_700_000_000_000, 60)
+    runners: list[web.AppRunner] = []
+    async with (
+        dashboard(token=token) as d,
+        dashboard(token=token_b) as d_b,
+        _browser() as browser,
+    ):
+        try:
+            for handler in (listener, other_site):
+                app = web.Application()
+                app.router.add_get("/", handler)
+                runners.append(runner := web.AppRunner(app))
+                await runner.setup()
+                await web.TCPSite(runner, "127.0.0.1", 0).start()
+                ports.append(runner.addresses[0][1])
+            ctx = await browser.new_context(bypass_csp=True, accept_downloads=True)
+            page = await ctx.new_page()
+            seen_by_us: list[tuple[str, int, str | None]] = []
+            page.on("response", lambda r: seen_by_us.append((r.url, r.status, r.headers.get(
+                "referrer-policy"))))  # fmt: skip
+            referers: list[str] = []
+            page.on("request", lambda r: referers.append(r.headers.get("referer", "")))
+            asked: list[str] = []
+            page.on("request", lambda r: asked.append(r.url))
+            await page.goto(f"{d.url}live?token={token}&device=dev_1")
+            assert page.url == d.url + "live?device=dev_1"  # the address bar
+            await page.wait_for_function(heard)
+            await page.click("nav a[data-page=history]")
+            await page.click(f"#session-list a[href='/history/{sid}']")
+            await page.wait_for_function(
+                "document.getElementById('report').contentDocument?.body?.textContent"
+                f".includes('Session {sid}')",
+                timeout=30_000,
+            )
+            assert (await page.evaluate("document.getElementById('report').src")).startswith(
+                f"blob:{d.url[:-1]}"
+            )
+            async with page.expect_download() as download:
+                await page.click("#detail-exports a.export:text-is('csv')")
+            got = await download.value
+            assert got.url.startswith("blob:") and got.suggested_filename == f"settle-{sid}.csv"
+            assert read_export_csv(Path(await got.path()))
+            typed = f"{d.url}live?token={token}&device=dev_1"  # what the user opened
+            assert not [u for u in asked if token in u and u != typed
+                        and not u.startswith(f"{d.url}events?")], asked  # fmt: skip
+            assert token not in await page.evaluate("location.href")
+            await page.go_back()
+            await page.go_back()  # the history holds no entry with the token
+            assert token not in page.url
+            await page.reload()  # the tab keeps the token
+            await page.wait_for_function(heard)
+            # Ctrl+click on one of the page's own links opens it in a new tab, as on any
+            # page: the router took the click and opened nothing (this tab went there).
+            here = page.url
+            async with ctx.expect_page() as opened:
+                await page.click("nav a[data-page=pair]", modifiers=["Control"])
+            tab = await opened.value
+            await tab.wait_for_url(f"{d.url}pair**")
+            assert page.url == here
+            await tab.close()
+            # Another server on the host, reached by a link from another site.
+            other = await ctx.new_page()
+            await other.goto(f"http://localhost:{ports[1]}/")
+            await other.click("#go")
+            await other.wait_for_url(f"http://127.0.0.1:{ports[0]}/?again=1")
+            assert len(seen) == 2
+            assert not [h for h in seen if token in h or "Cookie" in h], seen
+            # Another token-protected dashboard on the host, in another tab: each keeps
+            # its own token.
+            await other.goto(f"{d_b.url}live?token={token_b}")
+            await other.wait_for_function(heard)
+            await page.reload()
+            await page.wait_for_function(heard)
+            # A new tab has no token: the page says what to do.
+            fresh = await ctx.new_page()
+            await fresh.goto(f"{d.url}live")
+            await fresh.wait_for_function(
+                "document.getElementById('banners').textContent.includes("
+                "'Token required — open the address the daemon printed at start-up')"
+            )
+            assert not [u for u, status, _ in seen_by_us if status == 401], seen_by_us
+            assert not await fresh.evaluate("window.__settle.lastWord")
+            # ... and takes the token pasted into its field: a wrong one is refused in
+            # the banner, the whole printed address works, and no address holds it.
+            assert await fresh.is_visible("#token-form")
+            await fresh.fill("#token-input", "not-the-token-0123456789")
+            await fresh.click("#token-form button[type=submit]")
+            await fresh.wait_for_function(
+                "document.getElementById('banners').textContent.includes("
+                '"The daemon refused this tab\'s token")'
+            )
+            # Curly quotes from a chat are dropped; what is no token is said in the form
+            # (a curly-quoted one could not be sent, and the tab sat "unreachable").
+            await fresh.fill("#token-input", "not a token")
+            await fresh.click("#token-form button[type=submit]")
+            await fresh.wait_for_function(
+                "document.getElementById('token-said').textContent"
+                ".startsWith('That is not a Settle token')"
+            )
+            await fresh.fill("#token-input", f"  {d.url}#token={token}\n")
+            await fresh.click("#token-form button[type=submit]")
+            await fresh.wait_for_function(heard)
+            assert not await fresh.is_visible("#token-form")
+            assert token not in fresh.url and fresh.url == f"{d.url}live"
+            # (A blob: document takes the policies of the page that made it.)
+            assert not [u for u, _, policy in seen_by_us
+                        if policy != "no-referrer" and not u.startswith("blob:")]  # fmt: skip
+            assert not [r for r in referers if token in r]
+            # A tab that may keep nothing (site data blocked): a pasted token, in curly
+            # quotes as a chat copies it, is kept in the page alone — no reload with it
+            # in the address (the browser's history database kept that address).
+            blocked = await ctx.new_page()
+            await blocked.add_init_script(
+                "Storage.prototype.setItem = () => {"
+                " throw new DOMException('no', 'SecurityError') };"
+            )
+            await blocked.goto(f"{d.url}live")
+            await blocked.wait_for_selector("#token-form", state="visible")
+            await blocked.evaluate("window.__same_page = true")
+            await blocked.fill("#token-input", f"\u201c{token}\u201d")
+            await blocked.click("#token-form button[type=submit]")
+            await blocked.wait_for_function(heard)
+            assert await blocked.evaluate("window.__same_page === true")
+            assert blocked.url == f"{d.url}live"
+            await ctx.close()
+            # Under the page's own CSP (the contexts above bypass it for playwright's
+            # waits), opened at the printed form of the address (#token=): the report's
+            # blob: frame shows, and a download comes.
+            strict = await browser.new_context(accept_downloads=True)
+            page = await strict.new_page()
+            await page.goto(f"{d.url}history/{sid}#token={token}")
+            assert page.url == f"{d.url}history/{sid}"
+
+            async def report_shown() -> bool:
+                return bool(await page.evaluate(
                     "document.getElementById('report').contentDocument?.body?.textContent"
-                    f".includes('Session {sid}')",
-                    timeout=30_000,
-                )
-                assert (await page.evaluate("document.getElementById('report').src")).startswith(
-                    f"blob:{d.url[:-1]}"
-                )
-                async with page.expect_download() as download:
-                    await page.click("#detail-exports a.export:text-is('csv')")
-                got = await download.value
-                assert got.url.startswith("blob:") and got.suggested_filename == f"settle-{sid}.csv"
-                assert read_export_csv(Path(await got.path()))
-                typed = f"{d.url}live?token={token}&device=dev_1"  # what the user opened
-                assert not [u for u in asked if token in u and u != typed
-                            and not u.startswith(f"{d.url}events?")], asked  # fmt: skip
-                assert token not in await page.evaluate("location.href")
-                await page.go_back()
-                await page.go_back()  # the history holds no entry with the token
-                assert token not in page.url
-                await page.reload()  # the tab keeps the token
-                await page.wait_for_function(heard)
-                # Ctrl+click on one of the page's own links opens it in a new tab, as on any
-                # page: the router took the click and opened nothing (this tab went there).
-                here = page.url
-                async with ctx.expect_page() as opened:
-                    await page.click("nav a[data-page=pair]", modifiers=["Control"])
-                tab = await opened.value
-                await tab.wait_for_url(f"{d.url}pair**")
-                assert page.url == here
-                await tab.close()
-                # Another server on the host, reached by a link from another site.
-                other = await ctx.new_page()
-                await other.goto(f"http://localhost:{ports[1]}/")
-                await other.click("#go")
-                await other.wait_for_url(f"http://127.0.0.1:{ports[0]}/?again=1")
-                assert len(seen) == 2
-                assert not [h for h in seen if token in h or "Cookie" in h], seen
-                # Another token-protected dashboard on the host, in another tab: each keeps
-                # its own token.
-                await other.goto(f"{d_b.url}live?token={token_b}")
-                await other.wait_for_function(heard)
-                await page.reload()
-                await page.wait_for_function(heard)
-                # A new tab has no token: the page says what to do.
-                fresh = await ctx.new_page()
-                await fresh.goto(f"{d.url}live")
-                await fresh.wait_for_function(
-                    "document.getElementById('banners').textContent.includes("
-                    "'Token required — open the address the daemon printed at start-up')"
-                )
-                assert not [u for u, status, _ in seen_by_us if status == 401], seen_by_us
-                assert not await fresh.evaluate("window.__settle.lastWord")
-                # ... and takes the token pasted into its field: a wrong one is refused in
-                # the banner, the whole printed address works, and no address holds it.
-                assert await fresh.is_visible("#token-form")
-                await fresh.fill("#token-input", "not-the-token-0123456789")
-                await fresh.click("#token-form button[type=submit]")
-                await fresh.wait_for_function(
-                    "document.getElementById('banners').textContent.includes("
-                    '"The daemon refused this tab\'s token")'
-                )
-                # Curly quotes from a chat are dropped; what is no token is said in the form
-                # (a curly-quoted one could not be sent, and the tab sat "unreachable").
-                await fresh.fill("#token-input", "not a token")
-                await fresh.click("#token-form button[type=submit]")
-                await fresh.wait_for_function(
-                    "document.getElementById('token-said').textContent"
-                    ".startsWith('That is not a Settle token')"
-                )
-                await fresh.fill("#token-input", f"  {d.url}#token={token}\n")
-                await fresh.click("#token-form button[type=submit]")
-                await fresh.wait_for_function(heard)
-                assert not await fresh.is_visible("#token-form")
-                assert token not in fresh.url and fresh.url == f"{d.url}live"
-                # (A blob: document takes the policies of the page that made it.)
-                assert not [u for u, _, policy in seen_by_us
-                            if policy != "no-referrer" and not u.startswith("blob:")]  # fmt: skip
-                assert not [r for r in referers if token in r]
-                # A tab that may keep nothing (site data blocked): a pasted token, in curly
-                # quotes as a chat copies it, is kept in the page alone — no reload with it
-                # in the address (the browser's history database kept that address).
-                blocked = await ctx.new_page()
-                await blocked.add_init_script(
-                    "Storage.prototype.setItem = () => {"
-                    " throw new DOMException('no', 'SecurityError') };"
-                )
-                await blocked.goto(f"{d.url}live")
-                await blocked.wait_for_selector("#token-form", state="visible")
-                await blocked.evaluate("window.__same_page = true")
-                await blocked.fill("#token-input", f"\u201c{token}\u201d")
-                await blocked.click("#token-form button[type=submit]")
-                await blocked.wait_for_function(heard)
-                assert await blocked.evaluate("window.__same_page === true")
-                assert blocked.url == f"{d.url}live"
-                await ctx.close()
-                # Under the page's own CSP (the contexts above bypass it for playwright's
-                # waits), opened at the printed form of the address (#token=): the report's
-                # blob: frame shows, and a download comes.
-                strict = await browser.new_context(accept_downloads=True)
-                page = await strict.new_page()
-                await page.goto(f"{d.url}history/{sid}#token={token}")
-                assert page.url == f"{d.url}history/{sid}"
+                    f".includes('Session {sid}')"))  # fmt: skip
 
-                async def report_shown() -> bool:
-                    return bool(await page.evaluate(
-                        "document.getElementById('report').contentDocument?.body?.textContent"
-                        f".includes('Session {sid}')"))  # fmt: skip
-
-                await _until(report_shown, 30, "the report under the page's CSP")
-                async with page.expect_download() as download:
-                    await page.click("#detail-exports a.export:text-is('csv')")
-                assert read_export_csv(Path(await (await download.value).path()))
-                await strict.close()
-            finally:
-                for runner in runners:
-                    await runner.cleanup()
+            await _until(report_shown, 30, "the report under the page's CSP")
+            async with page.expect_download() as download:
+                await page.click("#detail-exports a.export:text-is('csv')")
+            assert read_export_csv(Path(await (await download.value).path()))
+            await strict.close()
+        finally:
+            for runner in runners:
+                await runner.cleanup()
 
 
 def test_the_printed_address_holds_the_token_in_its_fragment(tmp_path: Path) -> None:
@@ -1934,14 +1907,13 @@ def test_reports_and_exports_are_made_outside_the_daemon(tmp_path: Path) -> None
         store.finish_session(sid, 1_700_000_480_000)
     script = f"""
 import asyncio, sys, aiohttp
-from feedback.dashboard import Dashboard, DashboardConfig, Hub
+from feedback.dashboard import Dashboard, DashboardConfig, Hub, NoDaemon
 from sessions.store import SessionStore
-from tests.test_dashboard import _NoDaemon
 
 async def main():
     with SessionStore.open({str(db)!r}) as store:
         cfg = DashboardConfig(host="127.0.0.1", port=0, token="t" * 16)
-        async with Dashboard(Hub("settle"), _NoDaemon(), store, cfg) as d:
+        async with Dashboard(Hub("settle"), NoDaemon(), store, cfg) as d:
             auth = {{"Authorization": "Bearer " + "t" * 16}}
             async with aiohttp.ClientSession(headers=auth) as h:
                 for path in ("report", "export/json", "export/edf"):
@@ -2207,7 +2179,7 @@ async def _opened_more(relay: _Cuttable, seen: int) -> bool:
 
 
 async def test_static_files_are_revalidated_and_every_body_coding_gets_a_json_answer(
-    tmp_path: Path,
+    dashboard: Any,
 ) -> None:
     """/static/ went out without Cache-Control: after an upgrade a browser could run the old
     app.js from its cache against the new daemon. A command sent with `Content-Encoding: br`
@@ -2215,43 +2187,41 @@ async def test_static_files_are_revalidated_and_every_body_coding_gets_a_json_an
     line), where every /api/ answer is JSON."""
     import gzip
 
-    with SessionStore.open(tmp_path / "s.db") as store:
-        hub = Hub("settle")
-        back = _Recorder(hub)
-        cfg = DashboardConfig(host="127.0.0.1", port=0)
-        async with (
-            Dashboard(hub, back, store, cfg) as d,  # type: ignore[arg-type]
-            aiohttp.ClientSession(headers={"X-Settle": "1"}) as http,
-        ):
-            for name in ("app.js", "app.css", "vendor/uplot/uPlot.iife.min.js"):
-                async with http.get(d.url + "static/" + name) as r:
-                    assert r.status == 200 and r.headers["Cache-Control"] == "no-cache", name
-                    etag = r.headers["ETag"]
-                async with http.get(d.url + "static/" + name, headers={"If-None-Match": etag}) as r:
-                    assert r.status == 304, name
-            url = d.url + "api/cmd/dev_1/marker"
-            body = b'{"kind": "doubt"}'
-            for coding in ("br", "zstd", "gzip, br"):
-                async with http.post(url, data=body, headers={"Content-Encoding": coding}) as r:
-                    assert r.status == 400 and r.content_type == "application/json", coding
-                    assert (await r.json())["error"] == (
-                        f"request body: Content-Encoding {coding!r} is not taken "
-                        "(identity, gzip or deflate)"
-                    )
-            async with http.post(url, data=gzip.compress(body),
-                                 headers={"Content-Encoding": "gzip"}) as r:  # fmt: skip
-                assert r.status == 200, await r.text()
-            # Small when compressed, too large once decoded: refused as any body too large.
-            bomb = gzip.compress(b'{"kind": "note", "text": "' + b"x" * 100_000 + b'"}')
-            async with http.post(url, data=bomb, headers={"Content-Encoding": "gzip"}) as r:
-                assert r.status == 413 and (await r.json())["error"] == (
-                    "request too large: a command takes at most 4096 bytes"
+    hub = Hub("settle")
+    back = _Recorder(hub)
+    async with (
+        dashboard(hub, back) as d,
+        aiohttp.ClientSession(headers={"X-Settle": "1"}) as http,
+    ):
+        for name in ("app.js", "app.css", "vendor/uplot/uPlot.iife.min.js"):
+            async with http.get(d.url + "static/" + name) as r:
+                assert r.status == 200 and r.headers["Cache-Control"] == "no-cache", name
+                etag = r.headers["ETag"]
+            async with http.get(d.url + "static/" + name, headers={"If-None-Match": etag}) as r:
+                assert r.status == 304, name
+        url = d.url + "api/cmd/dev_1/marker"
+        body = b'{"kind": "doubt"}'
+        for coding in ("br", "zstd", "gzip, br"):
+            async with http.post(url, data=body, headers={"Content-Encoding": coding}) as r:
+                assert r.status == 400 and r.content_type == "application/json", coding
+                assert (await r.json())["error"] == (
+                    f"request body: Content-Encoding {coding!r} is not taken "
+                    "(identity, gzip or deflate)"
                 )
-            assert [json.loads(p)["kind"] for p in back.payloads] == ["doubt"]
+        async with http.post(url, data=gzip.compress(body),
+                             headers={"Content-Encoding": "gzip"}) as r:  # fmt: skip
+            assert r.status == 200, await r.text()
+        # Small when compressed, too large once decoded: refused as any body too large.
+        bomb = gzip.compress(b'{"kind": "note", "text": "' + b"x" * 100_000 + b'"}')
+        async with http.post(url, data=bomb, headers={"Content-Encoding": "gzip"}) as r:
+            assert r.status == 413 and (await r.json())["error"] == (
+                "request too large: a command takes at most 4096 bytes"
+            )
+        assert [json.loads(p)["kind"] for p in back.payloads] == ["doubt"]
 
 
 async def test_a_body_with_more_after_its_coding_or_with_stacked_codings_is_refused(
-    tmp_path: Path,
+    dashboard: Any,
 ) -> None:
     """Bytes after the end of a gzip or deflate body (a second gzip member too) were
     dropped and the command taken; of two Content-Encoding headers only the first was read
@@ -2260,25 +2230,23 @@ async def test_a_body_with_more_after_its_coding_or_with_stacked_codings_is_refu
     import gzip
     import zlib
 
-    with SessionStore.open(tmp_path / "s.db") as store:
-        hub = Hub("settle")
-        back = _Recorder(hub)
-        cfg = DashboardConfig(host="127.0.0.1", port=0)
-        async with Dashboard(hub, back, store, cfg) as d:  # type: ignore[arg-type]
-            body = b'{"kind": "doubt"}'
-            second = gzip.compress(b"x")  # a second gzip member
-            sent = [
-                ("gzip", gzip.compress(body) + b"junk", b"4 bytes after the end of the gzip data"),
-                ("gzip", gzip.compress(body) + second, b"%d bytes after the end" % len(second)),
-                ("deflate", zlib.compress(body) + b"!", b"1 bytes after the end of the deflate"),
-                ("gzip\r\nContent-Encoding: gzip", gzip.compress(gzip.compress(body)),
-                 b"Content-Encoding 'gzip, gzip' is not taken"),
-            ]  # fmt: skip
-            for coding, data, why in sent:
-                head = (f"POST /api/cmd/dev_1/marker HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                        f"X-Settle: 1\r\nContent-Encoding: {coding}\r\n"
-                        f"Content-Length: {len(data)}\r\n\r\n")  # fmt: skip
-                status, rest = await _raw(d.port, head.encode() + data)
-                assert b" 400 " in status and why in rest, (coding, status, rest)
-                assert b"Connection: close" in rest, coding
-            assert back.payloads == []
+    hub = Hub("settle")
+    back = _Recorder(hub)
+    async with dashboard(hub, back) as d:
+        body = b'{"kind": "doubt"}'
+        second = gzip.compress(b"x")  # a second gzip member
+        sent = [
+            ("gzip", gzip.compress(body) + b"junk", b"4 bytes after the end of the gzip data"),
+            ("gzip", gzip.compress(body) + second, b"%d bytes after the end" % len(second)),
+            ("deflate", zlib.compress(body) + b"!", b"1 bytes after the end of the deflate"),
+            ("gzip\r\nContent-Encoding: gzip", gzip.compress(gzip.compress(body)),
+             b"Content-Encoding 'gzip, gzip' is not taken"),
+        ]  # fmt: skip
+        for coding, data, why in sent:
+            head = (f"POST /api/cmd/dev_1/marker HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    f"X-Settle: 1\r\nContent-Encoding: {coding}\r\n"
+                    f"Content-Length: {len(data)}\r\n\r\n")  # fmt: skip
+            status, rest = await _raw(d.port, head.encode() + data)
+            assert b" 400 " in status and why in rest, (coding, status, rest)
+            assert b"Connection: close" in rest, coding
+        assert back.payloads == []

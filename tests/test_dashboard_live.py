@@ -9,17 +9,15 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from feedback.dashboard import Dashboard, DashboardConfig, Hub
+from feedback.dashboard import Dashboard, Hub
 from feedback.dashboard import hub as hub_module
 from feedback.dashboard import server as server_module
 from feedback.dashboard.server import DeviceView
-from sessions.store import SessionStore
 from tests.test_dashboard import DESKTOP, _browser, _chromium_or_skip, _Cuttable, _until
 from tests.test_dashboard_phone import DEV, SID, _Strap
 
@@ -39,23 +37,17 @@ def _marker(hub: Hub, kind: str, t_s: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _live(tmp_path: Path) -> AsyncIterator[tuple[Any, Hub, Dashboard]]:
-    """A dashboard with the stand-in strap and a desktop browser context (no page yet):
-    ``(context, hub, dashboard)``."""
+async def _live(dashboard: Any) -> AsyncIterator[tuple[Any, Hub, Dashboard]]:
+    """A dashboard (the ``dashboard`` fixture's) with the stand-in strap and a desktop
+    browser context (no page yet): ``(context, hub, dashboard)``."""
     _chromium_or_skip()
-    with SessionStore.open(tmp_path / "s.db") as store:
-        hub = Hub("settle")
-        strap = _Strap(hub)
-        cfg = DashboardConfig(host="127.0.0.1", port=0)
-        async with (
-            Dashboard(hub, strap, store, cfg) as d,  # type: ignore[arg-type]
-            _browser() as browser,
-        ):
-            ctx = await browser.new_context(viewport=DESKTOP, bypass_csp=True)
-            try:
-                yield ctx, hub, d
-            finally:
-                await ctx.close()
+    hub = Hub("settle")
+    async with dashboard(hub, _Strap(hub)) as d, _browser() as browser:
+        ctx = await browser.new_context(viewport=DESKTOP, bypass_csp=True)
+        try:
+            yield ctx, hub, d
+        finally:
+            await ctx.close()
 
 
 HELD = """(() => { const S = window.__settle;
@@ -65,14 +57,14 @@ HELD = """(() => { const S = window.__settle;
 
 @pytest.mark.timeout(60)
 async def test_a_refused_reconnect_does_not_store_the_backlog_twice(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dashboard: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The stream dropped and the browser's own reconnect was answered 503 (the 32 live
     pages, the connection cap, a proxy's error): the page's next try, 5 s later, opened a
     fresh stream without the last id it got, and the whole backlog was stored a second
     time — 44 beats twice, the tachogram stepping back in time, markers "shame, doubt,
     shame, doubt". It now resumes after the last message it got."""
-    async with _live(tmp_path) as (ctx, hub, d):
+    async with _live(dashboard) as (ctx, hub, d):
         for i in range(20):
             _beat(hub, 0.8 * (i + 1))
         _marker(hub, "shame", 3.0)
@@ -108,14 +100,14 @@ async def _has(held: Any, beats: int, events: int) -> bool:
 
 
 @pytest.mark.timeout(60)
-async def test_the_heart_rate_shows_whatever_the_browsers_clock_says(tmp_path: Path) -> None:
+async def test_the_heart_rate_shows_whatever_the_browsers_clock_says(dashboard: Any) -> None:
     """A beat's age was the browser's clock minus the daemon's stamp: with the browser 5 s
     or more ahead (a phone on the LAN against a Raspberry Pi without a clock or NTP) the
     heart rate was never shown ("–", greyed) while the strap read streaming; with it
     behind, a beat 8 s old still showed. The age is now measured on the daemon's clock. A
     beat stamped a minute ahead of the daemon's clock (it stepped back after that beat) is
     not current either: its negative age counted as fresh, so it stayed on screen."""
-    async with _live(tmp_path) as (ctx, hub, d):
+    async with _live(dashboard) as (ctx, hub, d):
         cases = ((6, 0, "75"), (120, 0, "75"), (-6, 8, "–"), (0, -60, "–"))
         for skew_s, beat_age_s, shown in cases:
             page = await ctx.new_page()
@@ -136,11 +128,11 @@ async def test_the_heart_rate_shows_whatever_the_browsers_clock_says(tmp_path: P
 
 
 @pytest.mark.timeout(60)
-async def test_a_strap_or_daemon_gone_is_said_at_once_and_no_value_stays(tmp_path: Path) -> None:
+async def test_a_strap_or_daemon_gone_is_said_at_once_and_no_value_stays(dashboard: Any) -> None:
     """Under the "Strap disconnected" banner every value read "–" but the battery ("80 %",
     the last report); and with the daemon gone the page went on saying "streaming" until
     4 s of silence had passed, though the stream had broken."""
-    async with _live(tmp_path) as (ctx, _hub, d):
+    async with _live(dashboard) as (ctx, _hub, d):
         page = await ctx.new_page()
         strap = d.control
         async with _Cuttable(d.port) as relay:
@@ -168,12 +160,12 @@ async def test_a_strap_or_daemon_gone_is_said_at_once_and_no_value_stays(tmp_pat
 
 @pytest.mark.timeout(60)
 async def test_history_names_each_strap_and_a_broken_address_is_no_session(
-    tmp_path: Path,
+    dashboard: Any,
 ) -> None:
     """With sessions of several straps, History's rows named the strap by its device id
     (settle_virtual_hr_7d310ebf) where the header's picker says its name; and an address
     like /history/%E0%A4%A (a cut link) threw an uncaught URIError and showed nothing."""
-    async with _live(tmp_path) as (ctx, _hub, d):
+    async with _live(dashboard) as (ctx, _hub, d):
         for device in (DEV, "dev_2"):
             sid = d.store.create_session(device, 1_700_000_000_000, "x", {}).id
             d.store.finish_session(sid, 1_700_000_060_000)
@@ -202,12 +194,12 @@ CHART_COLOURS = """[tacho.series[1].stroke(tacho, 1), trendc.series[2].stroke(tr
 
 @pytest.mark.timeout(60)
 async def test_charts_follow_a_switch_to_dark_and_the_heart_rate_reads_with_a_space(
-    tmp_path: Path,
+    dashboard: Any,
 ) -> None:
     """The charts' colours were read once, when the page opened: switched to dark while it
     was open, the tachogram and the axes kept their light-mode colours on the dark page
     (#2f6f5e on #111614). A screen reader read the heart rate as "75bpm"."""
-    async with _live(tmp_path) as (ctx, hub, d):
+    async with _live(dashboard) as (ctx, hub, d):
         page = await ctx.new_page()
         await page.emulate_media(color_scheme="light")
         await page.goto(f"{d.url}live")
@@ -232,14 +224,14 @@ REPORT_COLOURS = """(doc => [getComputedStyle(doc.body).backgroundColor,
 
 @pytest.mark.timeout(90)
 async def test_the_session_report_is_dark_in_dark_mode_alone_and_in_historys_frame(
-    tmp_path: Path,
+    dashboard: Any,
 ) -> None:
     """In dark mode the report (History's frame, `settle report`) stayed a white page:
     in the dashboard a glaring white box, which the frame's own white background forced
     even around it."""
     from tests.test_dashboard import _finished_session
 
-    async with _live(tmp_path) as (ctx, _hub, d):
+    async with _live(dashboard) as (ctx, _hub, d):
         sid = _finished_session(d.store, 1_700_000_000_000, 60)
         page = await ctx.new_page()
         await page.emulate_media(color_scheme="dark")
@@ -303,13 +295,13 @@ async def _said_in(page: Any, words: str, timeout_s: float) -> str:
 
 
 @pytest.mark.timeout(90)
-async def test_hidden_and_frozen_tabs_let_go_of_their_connections(tmp_path: Path) -> None:
+async def test_hidden_and_frozen_tabs_let_go_of_their_connections(dashboard: Any) -> None:
     """A browser keeps 6 connections to one address for all its tabs, and every Settle tab
     held one for its live stream for good, hidden or frozen too: with six tabs open a marker
     key left the status line empty and the button disabled for 15 s and more, and a seventh
     tab never loaded. A hidden or frozen tab now closes its stream and, shown again, opens
     one that resumes after the last message it got (nothing twice)."""
-    async with _live(tmp_path) as (ctx, hub, d):
+    async with _live(dashboard) as (ctx, hub, d):
         strap = d.control
         await ctx.add_init_script(VISIBILITY)
         for i in range(5):
@@ -341,13 +333,13 @@ async def test_hidden_and_frozen_tabs_let_go_of_their_connections(tmp_path: Path
 
 
 @pytest.mark.timeout(90)
-async def test_a_marker_the_browser_cannot_send_is_withdrawn_and_said(tmp_path: Path) -> None:
+async def test_a_marker_the_browser_cannot_send_is_withdrawn_and_said(dashboard: Any) -> None:
     """Six Settle tabs in view (six windows) hold the browser's six connections to the
     daemon: a marker key waited in the browser, the status line said nothing, and when a
     tab closed 15 s later the marker was sent and stored 15 s late. It is now withdrawn
     after 5 s — a request still waiting in the browser is then never sent — and the page
     says it was not recorded, and why."""
-    async with _live(tmp_path) as (ctx, _hub, d):
+    async with _live(dashboard) as (ctx, _hub, d):
         strap = d.control
         pages = await _tabs(ctx, f"{d.url}live", 6)
         await pages[0].keyboard.press("1")
@@ -379,14 +371,14 @@ async def test_a_marker_the_browser_cannot_send_is_withdrawn_and_said(tmp_path: 
 
 @pytest.mark.timeout(60)
 async def test_a_refused_live_stream_says_why_and_markers_still_work(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dashboard: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the live-page cap reached the stream is answered 503 ("too many live pages open
     (32): close one"), and EventSource says neither that nor why: the page said "daemon
     unreachable" and "No word from the Settle daemon — the values shown are stale", and a
     marker key "no strap has connected yet", though the strap streamed and /api/state
     answered. It now gives the server's reason and takes the straps from /api/state."""
-    async with _live(tmp_path) as (ctx, _hub, d):
+    async with _live(dashboard) as (ctx, _hub, d):
         strap = d.control
         monkeypatch.setattr(server_module, "MAX_STREAMS", 0)  # every live page refused
         page = await ctx.new_page()
@@ -417,12 +409,12 @@ def _banners_say(words: str) -> str:
 
 
 @pytest.mark.timeout(60)
-async def test_a_strap_gone_after_a_daemon_restart_is_replaced_and_said(tmp_path: Path) -> None:
+async def test_a_strap_gone_after_a_daemon_restart_is_replaced_and_said(dashboard: Any) -> None:
     """The daemon restarted with other straps and the open tab reconnected by itself: it
     stayed on the strap it showed, which no longer existed — a marker said "unknown device
     …", the score "no session running" with one running. The page now waits while a strap
     is still connecting (the same one has no id until then), then picks again and says so."""
-    async with _live(tmp_path) as (ctx, hub, d):
+    async with _live(dashboard) as (ctx, hub, d):
         strap = d.control
         page = await ctx.new_page()
         await page.goto(f"{d.url}live")
@@ -471,12 +463,12 @@ UNUSABLE = "Rhythm unusable (62 % premature beats) — do not read the settling 
 
 
 @pytest.mark.timeout(60)
-async def test_rhythm_unusable_is_said_only_while_a_session_measures(tmp_path: Path) -> None:
+async def test_rhythm_unusable_is_said_only_while_a_session_measures(dashboard: Any) -> None:
     """The banner "Rhythm unusable — do not read the settling score now" stayed under
     "Strap disconnected", and after the session stopped until the next one started, about a
     score that was not being made. It is said only with a session running on a streaming
     strap."""
-    async with _live(tmp_path) as (ctx, hub, d):
+    async with _live(dashboard) as (ctx, hub, d):
         strap = d.control
         for i in range(5):
             _beat(hub, i + 1.0)
@@ -503,11 +495,11 @@ MISSED = "This page missed some live messages"
 
 
 @pytest.mark.timeout(60)
-async def test_a_page_that_fell_behind_says_it_missed_messages(tmp_path: Path) -> None:
+async def test_a_page_that_fell_behind_says_it_missed_messages(dashboard: Any) -> None:
     """The server drops the oldest messages of a page that falls behind and counts them in
     its health events (`dropped`), which the page ignored: it lost beats, scores and markers
     without a word. It now says so, until the strap's next session."""
-    async with _live(tmp_path) as (ctx, hub, d):
+    async with _live(dashboard) as (ctx, hub, d):
         hub.queue_size = 20  # each page's queue
         page = await ctx.new_page()
         await page.goto(f"{d.url}live")
@@ -529,13 +521,13 @@ async def test_a_page_that_fell_behind_says_it_missed_messages(tmp_path: Path) -
 
 @pytest.mark.timeout(60)
 async def test_a_tab_hidden_longer_than_the_backlog_says_what_it_missed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dashboard: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A tab shown again resumes after the last message it got, from the daemon's backlog
     (~15 min a strap): hidden longer, it gets only the newest, and says it missed some;
     hidden a short while it gets everything and says nothing."""
     monkeypatch.setattr(hub_module, "BACKLOG", 30)
-    async with _live(tmp_path) as (ctx, hub, d):
+    async with _live(dashboard) as (ctx, hub, d):
         await ctx.add_init_script(VISIBILITY)
         page = await ctx.new_page()
         await page.goto(f"{d.url}live")
@@ -578,7 +570,7 @@ TACHO_IS = """(want) => { const xs = tacho.data[0];
 
 @pytest.mark.timeout(120)
 async def test_a_page_asks_for_the_strap_it_shows_and_a_switch_brings_the_others_history(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dashboard: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The page opened ``/events`` naming no strap, so every page got every strap's backlog
     (100 straps: 122 200 messages, 2–4 s) to show one. It now names the strap it shows, and
@@ -587,7 +579,7 @@ async def test_a_page_asks_for_the_strap_it_shows_and_a_switch_brings_the_others
     after beats the page missed while hidden (the backlog fills the hole), and where the
     hole is older than the backlog the page says it missed messages."""
     monkeypatch.setattr(hub_module, "BACKLOG", 60)  # beats kept per strap
-    async with _live(tmp_path) as (ctx, hub, d):
+    async with _live(dashboard) as (ctx, hub, d):
         strap = d.control
         strap.views = [  # type: ignore[attr-defined]
             DeviceView(dev, i, f"Strap {dev[-1].upper()}", f"AA:{i}", "streaming", 80, True,

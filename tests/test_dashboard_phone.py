@@ -17,12 +17,11 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from feedback.dashboard import Dashboard, DashboardConfig, Hub
+from feedback.dashboard import Hub, NoDaemon
 from feedback.dashboard.server import DeviceView
 from sessions.store import MarkerRow, SessionStore
 from tests.test_dashboard import (
@@ -30,7 +29,6 @@ from tests.test_dashboard import (
     _browser,
     _chromium_or_skip,
     _finished_session,
-    _NoDaemon,
     _said,
     _until,
 )
@@ -40,7 +38,7 @@ DEV = "settle_virtual_hr_7d310ebf"
 SID = "20261128T044557-adca"
 
 
-class _Strap(_NoDaemon):
+class _Strap(NoDaemon):
     """One streaming strap with a running session; each command is recorded (name and
     payload) and answered ok through the hub, as the daemon does."""
 
@@ -75,29 +73,25 @@ class _Strap(_NoDaemon):
 
 @contextlib.asynccontextmanager
 async def _phone(
-    tmp_path: Path, viewport: dict[str, int] = SMALL_PHONE, touch: bool = True
+    dashboard: Any, viewport: dict[str, int] = SMALL_PHONE, touch: bool = True
 ) -> AsyncIterator[tuple[Any, str, _Strap, SessionStore, list[str]]]:
-    """A dashboard with :class:`_Strap` behind it and a touch phone's page (not yet opened;
-    ``touch=False``: a laptop's): ``(page, base URL, strap, store, page errors)``."""
+    """A dashboard (the ``dashboard`` fixture's) with :class:`_Strap` behind it and a touch
+    phone's page (not yet opened; ``touch=False``: a laptop's): ``(page, base URL, strap,
+    store, page errors)``."""
     _chromium_or_skip()
-    with SessionStore.open(tmp_path / "s.db") as store:
-        hub = Hub("settle")
-        strap = _Strap(hub)
-        cfg = DashboardConfig(host="127.0.0.1", port=0)
-        async with (
-            Dashboard(hub, strap, store, cfg) as d,  # type: ignore[arg-type]
-            _browser() as browser,
-        ):
-            ctx = await browser.new_context(viewport=viewport, is_mobile=touch, has_touch=touch,
-                                            device_scale_factor=2 if touch else 1,
-                                            bypass_csp=True)  # fmt: skip
-            page = await ctx.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            try:
-                yield page, d.url, strap, store, errors
-            finally:
-                await ctx.close()
+    hub = Hub("settle")
+    strap = _Strap(hub)
+    async with dashboard(hub, strap) as d, _browser() as browser:
+        ctx = await browser.new_context(viewport=viewport, is_mobile=touch, has_touch=touch,
+                                        device_scale_factor=2 if touch else 1,
+                                        bypass_csp=True)  # fmt: skip
+        page = await ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            yield page, d.url, strap, d.store, errors
+        finally:
+            await ctx.close()
 
 
 async def _open(page: Any, url: str) -> None:
@@ -121,10 +115,10 @@ _HIT = """([x, y, sel]) => { const e = document.elementFromPoint(x, y);
 
 
 @pytest.mark.timeout(60)
-async def test_the_status_line_never_takes_a_tap_meant_for_a_marker(tmp_path: Path) -> None:
+async def test_the_status_line_never_takes_a_tap_meant_for_a_marker(dashboard: Any) -> None:
     """After a marker tap the status line (fixed, 188 px wide, four lines) sat over the next
     row of markers for 8 s: a tap on "doubt" hit it and sent nothing."""
-    async with _phone(tmp_path) as (page, base, strap, _store, errors):
+    async with _phone(dashboard) as (page, base, strap, _store, errors):
         await _open(page, base + "control")
         await page.evaluate("document.querySelector('.markers').scrollIntoView({block: 'end'})")
         await page.touchscreen.tap(*await _centre(page, ".markers button[data-kind='shame']"))
@@ -157,11 +151,11 @@ async def _has(strap: _Strap, kind: str) -> bool:
 
 @pytest.mark.timeout(60)
 async def test_a_bad_state_banner_stays_in_view_at_the_markers_and_the_pacer(
-    tmp_path: Path,
+    dashboard: Any,
 ) -> None:
     """The banners were in the page's flow: scrolled to the markers (or the pacer), "Strap
     disconnected" was 571 px above the screen."""
-    async with _phone(tmp_path) as (page, base, strap, _store, errors):
+    async with _phone(dashboard) as (page, base, strap, _store, errors):
         for path, anchor in (("control", ".markers"), ("live", ".pacer-box")):
             strap.state, strap.last_error = "streaming", None
             await _open(page, base + path)
@@ -180,10 +174,10 @@ async def test_a_bad_state_banner_stays_in_view_at_the_markers_and_the_pacer(
 
 
 @pytest.mark.timeout(60)
-async def test_one_tap_on_stop_does_not_end_the_session_confirming_does(tmp_path: Path) -> None:
+async def test_one_tap_on_stop_does_not_end_the_session_confirming_does(dashboard: Any) -> None:
     """*Stop this session and start a new one* (green, just above the markers) and *Stop
     session* acted at the first tap: one mis-tap ended the practice."""
-    async with _phone(tmp_path) as (page, base, strap, _store, errors):
+    async with _phone(dashboard) as (page, base, strap, _store, errors):
         await _open(page, base + "control")
         await page.wait_for_function(
             "document.getElementById('start').textContent.startsWith('Stop this session')"
@@ -220,10 +214,10 @@ async def test_one_tap_on_stop_does_not_end_the_session_confirming_does(tmp_path
         assert not errors, errors
 
 
-async def test_confirming_a_stop_never_ends_a_session_started_meanwhile(tmp_path: Path) -> None:
+async def test_confirming_a_stop_never_ends_a_session_started_meanwhile(dashboard: Any) -> None:
     """The question is about the session running when it was asked: one started meanwhile
     (by MQTT, another tab) was the one a late "Stop the session" ended."""
-    async with _phone(tmp_path) as (page, base, strap, _store, errors):
+    async with _phone(dashboard) as (page, base, strap, _store, errors):
         await _open(page, base + "control")
         await page.touchscreen.tap(*await _centre(page, "#stop"))
         await page.locator("#confirm-end").wait_for(state="visible", timeout=5_000)
@@ -245,11 +239,11 @@ async def test_confirming_a_stop_never_ends_a_session_started_meanwhile(tmp_path
 
 @pytest.mark.timeout(60)
 async def test_marker_keys_work_after_the_pacer_controls_not_in_text_fields(
-    tmp_path: Path,
+    dashboard: Any,
 ) -> None:
     """Keys 1–8 were ignored from any input: after a click on the pacer's checkbox or a
     touch of its rate slider (the focus stays there), no marker key worked."""
-    async with _phone(tmp_path, DESKTOP, touch=False) as (page, base, strap, _s, err):
+    async with _phone(dashboard, DESKTOP, touch=False) as (page, base, strap, _s, err):
         await _open(page, base + "live")
         await page.click(".pacer-box summary")
         await page.click("#pacer-on")
@@ -272,10 +266,10 @@ async def test_marker_keys_work_after_the_pacer_controls_not_in_text_fields(
 
 
 @pytest.mark.timeout(60)
-async def test_history_says_why_it_cannot_list_and_asks_again(tmp_path: Path) -> None:
+async def test_history_says_why_it_cannot_list_and_asks_again(dashboard: Any) -> None:
     """A 401/503/500 from /api/sessions left History blank with a script error ("Cannot read
     properties of undefined (reading 'map')")."""
-    async with _phone(tmp_path) as (page, base, _strap, store, errors):
+    async with _phone(dashboard) as (page, base, _strap, store, errors):
         _finished_session(store, 1_700_000_000_000, 120)
         for status, why in ((401, "token required: open the URL printed at start-up"),
                             (503, "too many connections")):  # fmt: skip
@@ -308,9 +302,9 @@ def _answer(status: int, error: str) -> Any:
 
 
 @pytest.mark.timeout(90)
-async def test_export_links_are_finger_sized_and_say_which_session(tmp_path: Path) -> None:
+async def test_export_links_are_finger_sized_and_say_which_session(dashboard: Any) -> None:
     """The export links were 15–19 px tall, and a screen reader heard "csv" once per row."""
-    async with _phone(tmp_path) as (page, base, _strap, store, errors):
+    async with _phone(dashboard) as (page, base, _strap, store, errors):
         ids = [_finished_session(store, 1_700_000_000_000 + k * 3_600_000, 120) for k in range(2)]
         await page.goto(base + "history")
         links = page.locator("#session-list a[download]")
@@ -341,10 +335,10 @@ async def _finger_sized_and_named(page: Any, links: Any, n: int) -> None:
 
 
 @pytest.mark.timeout(120)
-async def test_the_session_report_fits_a_phone_screen(tmp_path: Path) -> None:
+async def test_the_session_report_fits_a_phone_screen(dashboard: Any) -> None:
     """The report (History's frame, `settle report`) had no viewport meta and a 796 px wide
     marker table: it scrolled sideways on a phone."""
-    async with _phone(tmp_path) as (page, base, _strap, store, errors):
+    async with _phone(dashboard) as (page, base, _strap, store, errors):
         sid = _finished_session(store, 1_700_000_000_000, 300)
         store.add_markers(sid, [MarkerRow(t, 1_700_000_000_000 + int(t * 1000), kind,
                                           "it came back, louder this time", "import")
@@ -393,10 +387,10 @@ def _text_is(element_id: str, want: str) -> str:
 
 
 @pytest.mark.timeout(60)
-async def test_a_stale_score_is_not_shown_as_current(tmp_path: Path) -> None:
+async def test_a_stale_score_is_not_shown_as_current(dashboard: Any) -> None:
     """With the daemon silent for 4 s the HR read "–" but the settling score kept "41 →
     steady", only greyed: the number the practitioner acts on, read as current."""
-    async with _phone(tmp_path) as (page, base, strap, _store, errors):
+    async with _phone(dashboard) as (page, base, strap, _store, errors):
         await _open(page, base + "live")
         strap.hub.publish(f"settle/{DEV}/indices", _indices(120.0, 41.0, "steady"))
         await page.wait_for_function(
@@ -416,11 +410,11 @@ async def test_a_stale_score_is_not_shown_as_current(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-async def test_no_strap_yet_says_what_to_do(tmp_path: Path) -> None:
+async def test_no_strap_yet_says_what_to_do(dashboard: Any) -> None:
     """With no strap the Live page showed dashes and a red "no strap" in the header, and
     nothing said what to do; a strap not yet found read "Strap disconnected … reconnecting;
     beats in the gap are not recorded"."""
-    async with _phone(tmp_path) as (page, base, strap, _store, errors):
+    async with _phone(dashboard) as (page, base, strap, _store, errors):
         strap.views = []
         await page.goto(base + "live")
         await page.wait_for_function(_banners_say("No strap yet"), timeout=10_000)
@@ -454,10 +448,10 @@ def _overlap(a: list[float], b: list[float]) -> bool:
 
 
 @pytest.mark.timeout(60)
-async def test_the_status_line_covers_no_marker_on_a_phone(tmp_path: Path) -> None:
+async def test_the_status_line_covers_no_marker_on_a_phone(dashboard: Any) -> None:
     """Taps went through the status line, but for 8 s after a marker tap it sat over the
     bottom row of markers: their words could not be seen."""
-    async with _phone(tmp_path) as (page, base, _strap, _store, errors):
+    async with _phone(dashboard) as (page, base, _strap, _store, errors):
         await _open(page, base + "control")
         buttons = page.locator(".markers button, #note, #note-form button, #start, #stop")
         for block in ("end", "start"):
@@ -494,11 +488,11 @@ async def test_the_status_line_covers_no_marker_on_a_phone(tmp_path: Path) -> No
 
 @pytest.mark.timeout(60)
 async def test_the_score_and_trend_are_said_politely_when_the_trend_changes(
-    tmp_path: Path,
+    dashboard: Any,
 ) -> None:
     """The docs said live values are announced politely, but none had a live region; the
     banners (an alert) were rebuilt whole at any change and so all said again."""
-    async with _phone(tmp_path) as (page, base, strap, _store, errors):
+    async with _phone(dashboard) as (page, base, strap, _store, errors):
         await _open(page, base + "live")
         say = page.locator("#score-say")
         assert await say.get_attribute("aria-live") == "polite"
@@ -541,11 +535,11 @@ BUTTON_WORDS = {"shame", "threat", "discomfort", "attention", "doubt", "hold lap
 
 @pytest.mark.timeout(60)
 async def test_dense_marker_labels_do_not_overlap_and_use_the_buttons_words(
-    tmp_path: Path,
+    dashboard: Any,
 ) -> None:
     """15 markers within 40 s piled their labels into an illegible stack of four rows, and
     the labels read "hold-start" where the button says "hold start"."""
-    async with _phone(tmp_path) as (page, base, strap, _store, errors):
+    async with _phone(dashboard) as (page, base, strap, _store, errors):
         await _open(page, base + "live")
         ts = [float(t) for t in range(0, 301)]
         strap.hub.publish(f"settle/{DEV}/beat", json.dumps({
@@ -588,12 +582,12 @@ async def test_dense_marker_labels_do_not_overlap_and_use_the_buttons_words(
 
 
 @pytest.mark.timeout(60)
-async def test_a_stopped_raw_ecg_is_marked_on_the_charts_in_words(tmp_path: Path) -> None:
+async def test_a_stopped_raw_ecg_is_marked_on_the_charts_in_words(dashboard: Any) -> None:
     """A Polar H10's raw ECG, recording or stopped mid-session, was a log line only: the
     strap's state says "raw ECG" while it records, and the charts mark its stop ("raw ECG
     stopped"), as they mark a dropped strap."""
     state = "document.querySelector('#strap-state').textContent"
-    async with _phone(tmp_path) as (page, base, strap, _store, errors):
+    async with _phone(dashboard) as (page, base, strap, _store, errors):
         strap.ecg = True
         await _open(page, base + "live")
         await page.wait_for_function(f"{state} === 'streaming · raw ECG'", timeout=10_000)
@@ -653,11 +647,11 @@ _ACCENT_AND_BACK = """() => { const p = document.createElement('span');
 
 
 @pytest.mark.timeout(60)
-async def test_controls_stand_out_from_the_page_and_are_finger_sized(tmp_path: Path) -> None:
+async def test_controls_stand_out_from_the_page_and_are_finger_sized(dashboard: Any) -> None:
     """Borders of inputs and buttons, and the white marker buttons, were 1.07–1.4:1 against
     the off-white page; nav links 36 px tall, the pacer's summary 23 px, the target select
     39 px; in dark mode "← all sessions" had the browser's link colour."""
-    async with _phone(tmp_path, DESKTOP, touch=False) as (page, base, _strap, _s, errors):
+    async with _phone(dashboard, DESKTOP, touch=False) as (page, base, _strap, _s, errors):
         for scheme in ("light", "dark"):
             await page.emulate_media(color_scheme=scheme)
             await _open(page, base + "control")
@@ -697,12 +691,12 @@ _SIDEWAYS = """(sel) => [document.documentElement.scrollWidth - innerWidth,
 
 @pytest.mark.timeout(60)
 async def test_the_pair_tables_fit_a_320_px_screen_without_breaking_words(
-    tmp_path: Path,
+    dashboard: Any,
 ) -> None:
     """On a 320 px phone the Pair page's table of straps broke words mid-word ("strea|ming",
     "bp|m", "Virtua|l") and its battery column was off screen, to be scrolled to sideways.
     Each strap (and each strap in range) is now a block of "label value" lines."""
-    async with _phone(tmp_path, TINY_PHONE) as (page, base, strap, _store, errors):
+    async with _phone(dashboard, TINY_PHONE) as (page, base, strap, _store, errors):
 
         async def scan(_timeout_s: float) -> list[dict[str, Any]]:
             return [{"name": "Polar H10 A1B2C3D4", "address": "C0:5E:77:1E:00:01",

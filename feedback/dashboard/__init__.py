@@ -9,6 +9,7 @@ from feedback.dashboard.server import (
     DashboardConfig,
     DashboardError,
     DeviceView,
+    NoDaemon,
 )
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "DashboardError",
     "DeviceView",
     "Hub",
+    "NoDaemon",
     "is_loopback",
     "load_or_create_token",
 ]

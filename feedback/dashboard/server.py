@@ -333,6 +333,28 @@ class Control(Protocol):
         replaced (the label meant another strap, or the strap had another label)."""
 
 
+class NoDaemon:
+    """A :class:`Control` with no daemon behind it: no strap, MQTT off, commands taken and
+    never answered (the route then says "the daemon gave no result"), a scan finds nothing,
+    a pairing replaces nothing. For serving the dashboard alone — tests, benchmarks — with
+    a hub fed by hand; subclass it to stand in for one part of the daemon."""
+
+    def devices(self) -> list[DeviceView]:
+        return []
+
+    def mqtt_state(self) -> MqttState:
+        return "off"
+
+    async def command(self, device_id: str, name: str, payload: bytes) -> None:
+        return None
+
+    async def scan(self, timeout_s: float) -> list[dict[str, Any]]:
+        return []
+
+    def remember(self, label: str, address: str, name: str, device_id: str) -> list[str]:
+        return []
+
+
 @dataclass(frozen=True, slots=True)
 class DashboardConfig:
     host: str = "127.0.0.1"
