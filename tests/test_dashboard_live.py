@@ -404,6 +404,37 @@ async def test_a_refused_live_stream_says_why_and_markers_still_work(
         assert await page.text_content("#banners") == ""
 
 
+@pytest.mark.timeout(60)
+async def test_a_marker_the_store_has_not_taken_says_it_is_kept_in_memory(
+    dashboard: Any,
+) -> None:
+    """With the session store failing (disk full, another program's write lock) the daemon
+    answers a marker ok with `"stored": false`: the page said "“shame” marker added" in the
+    ok colour, as for one on disk. It now says where the marker is, as `settle mark` does."""
+    async with _live(dashboard) as (ctx, _hub, d):
+        strap = d.control
+        page = await ctx.new_page()
+        await page.goto(f"{d.url}live")
+        await page.wait_for_function(
+            "document.getElementById('conn').textContent.includes(': streaming')",
+            timeout=10_000,
+        )
+        await page.keyboard.press("1")
+        said = await _said_in(page, "“shame” marker", 5)
+        assert said.startswith("“shame” marker added — Settle Virtual HR ("), said
+        assert "kept in memory" not in said
+        strap.stored = False  # type: ignore[attr-defined]
+        await page.keyboard.press("2")
+        said = await _said_in(page, "“threat” marker", 5)
+        assert said.startswith(
+            "“threat” marker added — Settle Virtual HR, kept in memory: the session store is "
+            "not taking writes now (the daemon's log says why); it is written when the store "
+            "works again ("
+        ), said
+        assert "warn" in (await page.get_attribute("#cmd-result", "class") or ""), said
+        assert strap.kinds() == ["shame", "threat"]  # type: ignore[attr-defined]
+
+
 def _banners_say(words: str) -> str:
     return f"document.getElementById('banners').textContent.includes({json.dumps(words)})"
 

@@ -49,6 +49,8 @@ class _Strap(NoDaemon):
         self.ecg = False  # its raw ECG is being recorded
         self.views: list[DeviceView] | None = None
         """What :meth:`devices` says instead of the one streaming strap (e.g. none yet)."""
+        self.stored: bool | None = None
+        """The results' ``stored`` (False: the store is failing, kept in memory)."""
         hub.publish(
             f"settle/{DEV}/session",
             json.dumps({"v": 1, "id": SID, "state": "running",
@@ -65,7 +67,8 @@ class _Strap(NoDaemon):
     async def command(self, device_id: str, name: str, payload: bytes) -> None:
         body = json.loads(payload)
         self.sent.append((name, body))
-        self.hub.results[body["id"]] = json.dumps({"v": 1, "id": body["id"], "status": "ok"})
+        res = {"v": 1, "id": body["id"], "status": "ok", "stored": self.stored}
+        self.hub.results[body["id"]] = json.dumps(res)
 
     def kinds(self) -> list[str]:
         return [b["kind"] if n == "marker" else n for n, b in self.sent]

@@ -1024,7 +1024,11 @@ async function command(name, body, label, done) {
     const waited = waitedToSend(path, pressed);
     const took = performance.now() - pressed;
     const late = waited !== null ? waited : took;
-    if (late < LATE_MS) say(`${done} — ${who}`, "ok");
+    if (res.stored === false) {
+      // Answered ok while the session store refuses writes (disk full, another program's
+      // lock): kept in the daemon's memory, written when the store is back.
+      say(`${done} — ${who}, kept in memory: the session store is not taking writes now (the daemon's log says why); it is written when the store works again`, "warn");
+    } else if (late < LATE_MS) say(`${done} — ${who}`, "ok");
     else {
       const s = `${(late / 1000).toFixed(1)} s`;
       say(waited !== null
