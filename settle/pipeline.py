@@ -830,6 +830,10 @@ class StrapPipeline:
     def start_baseline(self) -> None:
         self.analyzer.start_baseline(self.now_t_s())
         self.baseline_marked = (self.now_t_s(), None)
+        # Stored open (its stop unknown) at once: a session stopped or interrupted while it
+        # is collected keeps the rest period's start, which every export then runs to the
+        # session's end; it was only in memory, and lost.
+        self.writer.set_baseline(self.session_id, BaselinePeriod(self.now_t_s(), None))
         self.baseline = "collecting"
         self.event("baseline-start")
         self.publish_session("running")
