@@ -48,7 +48,11 @@ baseline band (``docs/indices.md``: counted from the marker since 2026-11-27). T
 the per-marker values behind the ``responses_by_kind`` averages of the indices messages the
 daemon published during the session. None where the daemon read no response: the fast HR
 covered less than 2/3 of the 30 s (:data:`processing.indices.REACT_MIN_COVER`: a gap), or a
-row whose step overlaps them was too irregular to read.
+row whose step overlaps them was too irregular to read. As live, every marker but
+``hold-start`` is read (notes and hold lapses too; trends count only the reaction kinds). A
+response the daemon never showed — a marker imported afterwards, every marker of a session
+that completed no baseline, one after the start of a rest period never stopped — is marked
+so (:attr:`MarkerResponse.not_live`), its values recomputed the same way.
 """
 
 from __future__ import annotations
@@ -108,6 +112,7 @@ from sessions.store import (
     BeatClass,
     IntentionTarget,
     MarkerRow,
+    MarkerSource,
     SessionRecord,
     SessionState,
     SessionStore,
@@ -136,8 +141,23 @@ CLEAR_RISE_SDS = 3.0
 this many standard deviations of the 5 s mean HR over the 30 s before (and by more than
 1 bpm over that curve's own highest point in those 30 s): random markers on a flat demo
 session read "rose" at 71 % of them with the plain 1 bpm rule, at none with this one."""
-#: Marker kinds that are not reactions (the practice itself, or plain notes).
+#: Marker kinds whose response is not read: the practice itself (processing.live reads an
+#: event-locked response for every other marker, notes and hold lapses included, and
+#: publishes them per kind; the report shows the same markers).
+_NO_RESPONSE = frozenset({"hold-start"})
+#: Marker kinds trends do not count as reactions: the practice (hold-start, a lapse, a
+#: resumption) and plain notes. Their responses are in the report, not in progress.
 _NOT_REACTIONS = frozenset({"hold-start", "hold-lapse", "hold-resume", "note"})
+NOT_LIVE_IMPORTED = "imported afterwards"
+""":attr:`MarkerResponse.not_live` of a marker added with ``settle log import``: the daemon
+never had it."""
+NOT_LIVE_NO_BASELINE = "no baseline was completed live"
+""":attr:`MarkerResponse.not_live` when the daemon completed no baseline in the session
+(its responses wait for one); the values are against the baseline set afterwards."""
+NOT_LIVE_OPEN = "a new baseline was being collected"
+""":attr:`MarkerResponse.not_live` of a marker after the start of a rest period never
+stopped: the daemon read it against that baseline, which never completed; the values are
+against the baseline before it."""
 
 
 class ReportError(SettleError):
@@ -239,6 +259,12 @@ class MarkerResponse:
     lowest in them."""
     trough_at_marker: bool = False
     """The 5 s mean HR was lowest at the marker itself: any fall came before it."""
+    not_live: str = ""
+    """Why the daemon never showed this marker's event-locked response ("" if it did, or
+    read none: a gap, an irregular rhythm): :data:`NOT_LIVE_IMPORTED`,
+    :data:`NOT_LIVE_NO_BASELINE` or :data:`NOT_LIVE_OPEN`. The ``d_*`` and
+    ``band_recovery_s`` fields then hold the values recomputed the daemon's way, against
+    the baseline its rule gives (the set one, or the one before), not values it showed."""
 
     @property
     def drop_bpm(self) -> float | None:
@@ -368,25 +394,33 @@ def provisional_series(rec: SessionRecord) -> IndexSeries:
     )
 
 
-def live_baseline_span(s: IndexSeries, near: tuple[float, float]) -> tuple[float, float] | None:
-    """The period the live score's baseline was collected over, from the rows published
-    while it was (``in_baseline``): the run of such rows closest to ``near``, as
-    (first row − one step, last row); None if no row was."""
-    if not s.in_baseline.any():
+def live_baseline_span(
+    s: IndexSeries,
+    near: tuple[float, float],
+    baseline_s: float = 120.0,
+    kept: tuple[float, float] | None = None,
+) -> tuple[float, float] | None:
+    """The period of the baseline the live score used closest to ``near``: of the baselines
+    the daemon completed (:func:`completed_baselines`, the same ``baseline_s`` and
+    ``kept``), the one whose period is nearest; None if none completed (rows collecting a
+    baseline to the end, e.g. a rhythm too irregular throughout, had no live score to
+    speak of)."""
+    done = completed_baselines(s, baseline_s, kept)
+    if not done:
         return None
-    step = _step_s(s)
-    idx = np.flatnonzero(s.in_baseline)
-    runs = np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1)
-    spans = [(max(0.0, float(s.t_s[r[0]]) - step), float(s.t_s[r[-1]])) for r in runs]
-    return min(spans, key=lambda sp: abs(sp[0] - near[0]) + abs(sp[1] - near[1]))
+    periods = [b.period for b in done]
+    return min(periods, key=lambda sp: abs(sp[0] - near[0]) + abs(sp[1] - near[1]))
 
 
-def baseline_set_afterwards(s: IndexSeries, period: tuple[float, float]) -> bool:
-    """Whether the stored baseline ``period`` is not the one the live score used: no run of
-    rows published while a baseline was collected begins and ends within one step (and a
-    second) of it. A rest period marked live, or ``log set --baseline 0:120`` over the
-    automatic first 2 min (rows 5–125 s), matches; ``10:60`` inside it does not."""
-    live = live_baseline_span(s, period)
+def baseline_set_afterwards(
+    s: IndexSeries, period: tuple[float, float], baseline_s: float = 120.0
+) -> bool:
+    """Whether the stored baseline ``period`` is not the one the live score used: no
+    baseline the daemon completed begins and ends within one step (and a second) of it. A
+    rest period marked live — started before, during or after the automatic baseline —,
+    or ``log set --baseline 0:120`` over the automatic first 2 min (rows 5–125 s), matches;
+    ``10:60`` inside it does not."""
+    live = live_baseline_span(s, period, baseline_s, period)
     if live is None:
         return True
     slack = _step_s(s) + 1.0
@@ -520,14 +554,20 @@ def used_baseline(
     A run at the end of the session that never completed (a rest period started and never
     stopped, or an automatic baseline collected again after a rest period stopped too early,
     with the session ending first) is not the session's baseline: the scores before it were
-    against the one before it. A run longer than ``baseline_s`` holds a rest period
-    stopped too early and discarded, followed by the automatic baseline the daemon
-    collected from that moment for ``baseline_s``: its samples are the
-    rows of that last ``baseline_s`` (all of the run when fewer than
-    :data:`~processing.live.BASELINE_MIN_SAMPLES` usable rows lie there: the daemon then
-    went on collecting; a stop exactly at a row's time is taken as after it). The period
-    runs from one step before the first sample row (a row stands for the step before it)
-    to the last row."""
+    against the one before it. One run can hold more than one baseline collection: a rest
+    period started while the automatic baseline was being collected (the daemon discards
+    that and samples from the rest period's start), or one stopped too early and
+    discarded, followed by the automatic baseline collected from that moment. The samples
+    are the rows of the run from where the daemon's scores after it say (:func:`_sampled_from`:
+    the rows whose mean and spread reproduce its stored score components). Without such
+    scores: the stored rest period's rows when it ends the run (from its start); else a
+    run a little longer than ``baseline_s`` is taken as a discarded rest period followed
+    by the automatic baseline, its samples the rows of that last ``baseline_s`` (all of
+    the run when fewer than :data:`~processing.live.BASELINE_MIN_SAMPLES` usable rows lie
+    there: the daemon then went on collecting; a stop exactly at a row's time is taken as
+    after it). The period is the stored rest period when that is the one sampled, else
+    from one step before the first sample row (a row stands for the step before it) to the
+    last row."""
     done = completed_baselines(s, baseline_s, kept)
     return (done[-1].period, done[-1].rows) if done else None
 
@@ -549,21 +589,20 @@ def completed_baselines(
 ) -> list[LiveBaseline]:
     """Every baseline the daemon completed in the session, in order (see
     :func:`used_baseline` for the rows of each). ``kept``: the rest period the store holds
-    (the daemon kept it whole: a run that matches it is no discarded period followed by an
-    automatic baseline, however long)."""
+    (the daemon kept it whole: a run it ends is no discarded period followed by an
+    automatic baseline, however long; one started while the automatic baseline was being
+    collected shares its run, and is sampled from its start)."""
     out = []
     step = _step_s(s)
     for run in _baseline_runs(s):
         if not _completed(s, run):
             continue
-        whole = kept is not None and (
-            abs(float(s.t_s[run[0]]) - step - kept[0]) <= step + 1.0
-            and abs(float(s.t_s[run[-1]]) - kept[1]) <= step + 1.0
-        )
-        period, rows = _run_baseline(s, run, math.inf if whole else baseline_s)
+        period, rows = _run_baseline(s, run, baseline_s, kept)
         # A marker anywhere in the run waited for it (a rest period stopped too early and
-        # discarded is followed, in the same run, by the automatic baseline it waited for).
-        since = max(0.0, float(s.t_s[run[0]]) - _step_s(s))
+        # discarded is followed, in the same run, by the automatic baseline it waited for;
+        # one during an automatic baseline a rest period discarded waited for the rest
+        # period).
+        since = max(0.0, float(s.t_s[run[0]]) - step)
         out.append(LiveBaseline(period, rows, since, float(s.t_s[int(run[-1]) + 1])))
     return out
 
@@ -582,20 +621,101 @@ def baseline_for_marker(done: Sequence[LiveBaseline], t_s: float) -> LiveBaselin
     return done[0] if done else None
 
 
+_Z_MATCH = 1e-3
+"""Largest difference (baseline spreads) between a stored score component and the one
+recomputed against a candidate set of baseline rows for that set to be the one the daemon
+scored against (stored values carry 6 decimals: the true set is within ~1e-6)."""
+_Z_ROWS = 6
+"""Scored rows after a baseline run whose components :func:`_sampled_from` checks."""
+
+
+def _sampled_from(s: IndexSeries, run: npt.NDArray[np.intp]) -> int | None:
+    """Where in ``run`` (a run of rows published while a baseline was collected, followed
+    by rows with it complete) the daemon's samples began, read from its own scores: the
+    position after the last usable row left out of the baseline that reproduces the stored
+    components (``z_hr``, ``z_ln_rmssd``) of the first scored rows after the run (0: the
+    whole run). The daemon's baseline is always a suffix of the run: a rest period started
+    while the automatic baseline was being collected discards it (one run, the rest period
+    sampled from its start), one stopped too early is followed by the automatic baseline
+    collected from that moment. None when no row after the run carries a component (none
+    scored before the next baseline, rows stored without them) or no suffix reproduces
+    them."""
+    n = s.t_s.shape[0]
+    end = int(run[-1]) + 1
+    nxt = np.flatnonzero(s.in_baseline[end:])
+    stop = end + int(nxt[0]) if nxt.shape[0] else n
+    comps = ((s.hr_bpm, s.z_hr, -1.0, SPREAD_FLOORS["hr_bpm"]),
+             (s.ln_rmssd, s.z_ln_rmssd, 1.0, SPREAD_FLOORS["ln_rmssd"]))  # fmt: skip
+    ev = [i for i in range(end, stop) if any(math.isfinite(c[1][i]) for c in comps)][:_Z_ROWS]
+    if not ev:
+        return None
+    usable = s.usable if s.usable is not None else np.ones(s.t_s.shape, dtype=bool)
+    pos = [k for k, i in enumerate(run.tolist()) if usable[i]]
+    best, best_err = None, _Z_MATCH
+    for j in range(len(pos)):
+        sub = run[pos[j:]]
+        err = 0.0
+        for vals, zs, sign, floor in comps:
+            v = vals[sub]
+            v = v[np.isfinite(v)]
+            if v.shape[0] == 0:
+                err = math.inf
+                break
+            mean = math.fsum(v.tolist()) / v.shape[0]
+            sd = max(float(np.std(v, ddof=1)) if v.shape[0] > 1 else 0.0, floor)
+            for i in ev:
+                if math.isfinite(zs[i]):
+                    z = sign * (float(vals[i]) - mean) / sd
+                    err = max(err, abs(z - float(zs[i])) if math.isfinite(z) else math.inf)
+        if err < best_err:
+            best, best_err = (pos[j - 1] + 1 if j else 0), err
+    return best
+
+
 def _run_baseline(
-    s: IndexSeries, run: npt.NDArray[np.intp], baseline_s: float
+    s: IndexSeries,
+    run: npt.NDArray[np.intp],
+    baseline_s: float,
+    kept: tuple[float, float] | None = None,
 ) -> tuple[tuple[float, float], npt.NDArray[np.bool_]]:
+    """The period and sample rows of the baseline that completed ``run`` (see
+    :func:`used_baseline`). Where the rows after it carry the daemon's score components,
+    the rows are the ones that reproduce them (:func:`_sampled_from`); else the stored rest
+    period ``kept`` when it ends the run (its rows from its start: one started while the
+    automatic baseline was collected shares its run with it), else the rule below. The
+    period is ``kept`` when that is the rest period sampled, else from one step before the
+    first row sampled to the run's last row."""
     step = _step_s(s)
     rows = np.zeros(s.t_s.shape, dtype=bool)
+    t = s.t_s
+    first, last = float(t[run[0]]), float(t[run[-1]])
+    end_kept = kept is not None and abs(last - kept[1]) <= step + 1.0
+    j = _sampled_from(s, run)
+    if j is None and kept is not None and end_kept:
+        if abs(first - step - kept[0]) <= step + 1.0:
+            j = 0
+        elif first < kept[0] <= last and kept[1] >= last - 0.5:
+            # Stopped after the run's last row: a rest period stopped live (a period set
+            # afterwards inside the automatic baseline, `30:120`, ends before its last row).
+            j = int(np.searchsorted(t[run], kept[0] - 1e-6))
+    if j is not None:
+        rows[run[j:]] = True
+        usable = s.usable if s.usable is not None else np.ones(s.t_s.shape, dtype=bool)
+        sampled = np.flatnonzero(rows & usable)
+        lead = float(t[sampled[0]]) if sampled.shape[0] else last
+        prev = float(t[run[j - 1]]) if j else first - 2.0 * step - 1.0
+        if kept is not None and end_kept and prev < kept[0] <= lead + 1.0:
+            return kept, rows
+        return (max(0.0, float(t[run[j]]) - step), last), rows
     rows[run] = True
-    first, last = float(s.t_s[run[0]]), float(s.t_s[run[-1]])
     start = max(0.0, first - step)
     usable = s.usable if s.usable is not None else np.ones(s.t_s.shape, dtype=bool)
     # Only a run a little longer than baseline_s: a rest period is discarded when shorter
     # than BASELINE_MIN_SAMPLES steps (the daemon's rule), so a longer run is a rest period
     # kept whole (a 150 s one was read from its last 120 s only).
     discarded_max = BASELINE_MIN_SAMPLES * step + step
-    if baseline_s + 0.5 * step < last - first <= baseline_s + discarded_max:
+    whole = kept is not None and end_kept and abs(first - step - kept[0]) <= step + 1.0
+    if not whole and baseline_s + 0.5 * step < last - first <= baseline_s + discarded_max:
         # The row at the discarding stop itself belonged to the discarded period.
         tail = rows & (s.t_s > last - baseline_s + 1e-6)
         if int((tail & usable).sum()) >= BASELINE_MIN_SAMPLES:
@@ -911,6 +1031,28 @@ def live_marker_responses(
     return out
 
 
+def _not_shown_live(responses: list[MarkerResponse], s: IndexSeries) -> list[MarkerResponse]:
+    """``responses`` with :attr:`MarkerResponse.not_live` set where the daemon never showed
+    a response, whatever was recomputed: a marker imported afterwards, every marker of a
+    session whose rows (``s``, as stored) never had a baseline complete, and a marker after
+    the start of a rest period never stopped (its baseline never completed; one within a
+    step before the run's first row is taken as entered after that start)."""
+    none = not baseline_completed(s)
+    open_t = open_baseline_from(s)
+    open_after = None if open_t is None else open_t - _step_s(s)
+    out = []
+    for r in responses:
+        why = ""
+        if r.marker.source is MarkerSource.IMPORT:
+            why = NOT_LIVE_IMPORTED
+        elif none:
+            why = NOT_LIVE_NO_BASELINE
+        elif open_after is not None and r.marker.t_s > open_after:
+            why = NOT_LIVE_OPEN
+        out.append(dataclasses.replace(r, not_live=why) if why else r)
+    return out
+
+
 SCORE_CHANGE_MIN_S = 600.0
 """Scored time after the reference the score change needs: two 5 min means that do not
 overlap."""
@@ -923,7 +1065,7 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
     the live score used: the scores are recomputed against it (:func:`rescored`), and the
     catching-up point with them; where they cannot be (rows recorded before the 64 s LF
     power was stored), they stay as computed live and the summary says so."""
-    s = provisional_series(rec)
+    s = live_s = provisional_series(rec)
     baseline = provisional_baseline(rec, s)
     base_rows = None
     done = completed_baselines(s, session_baseline_s(rec), _kept(rec))
@@ -939,9 +1081,9 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
     if (
         rec.info.baseline is not None
         and baseline is not None
-        and baseline_set_afterwards(s, baseline)
+        and baseline_set_afterwards(s, baseline, session_baseline_s(rec))
     ):
-        live_span = live_baseline_span(s, baseline)
+        live_span = live_baseline_span(s, baseline, session_baseline_s(rec), _kept(rec))
         again = rescored(s, baseline)
         rescore = not isinstance(again, str)
         rescore_why = again if isinstance(again, str) else ""
@@ -996,7 +1138,7 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
             last = after & (s.t_s >= t_after.max() - 300.0)
             score_start = float(s.settling[first].mean()) if first.any() else None
             score_end = float(s.settling[last].mean()) if last.any() else None
-    reactions = [m for m in rec.markers if m.kind not in _NOT_REACTIONS]
+    read = [m for m in rec.markers if m.kind not in _NO_RESPONSE]
     return SessionAnalysis(
         record=rec,
         series=s,
@@ -1007,13 +1149,16 @@ def analyse_session(rec: SessionRecord) -> SessionAnalysis:
         latency_s=None if caught is None or reference is None else caught - reference,
         score_start=score_start,
         score_end=score_end,
-        responses=live_marker_responses(
-            rec,
-            s,
-            baseline,
-            provisional_marker_responses(rec, reactions, irregular_spans(s)),
-            rows=base_rows,
-            baselines=done,
+        responses=_not_shown_live(
+            live_marker_responses(
+                rec,
+                s,
+                baseline,
+                provisional_marker_responses(rec, read, irregular_spans(s)),
+                rows=base_rows,
+                baselines=done,
+            ),
+            live_s,
         ),
         baseline_complete=baseline_completed(s),
         rhythm=rhythm_summary(s),
@@ -1266,13 +1411,19 @@ def _period_words(p: tuple[float, float]) -> str:
 def _set_baseline_words(
     period: tuple[float, float], live: tuple[float, float] | None, rescored: bool, why: str = ""
 ) -> str:
-    """Say that the baseline was set after the session, and what that changed."""
-    was = f"against {_period_words(live)}" if live is not None else "against another period"
+    """Say that the baseline was set after the session, and what that changed. ``live``:
+    the period of the baseline the live score used, None when the daemon completed none
+    (no live score at all: it said "as computed live against the first 9 min 55 s" of a
+    session whose baseline never completed)."""
     if rescored:
+        was = (
+            f"live they were against {_period_words(live)}"
+            if live is not None
+            else "live there were none, as no baseline was completed"
+        )
         return (
             f"The scores are against the baseline set after the session "
-            f"({_period_words(period)}), recomputed from the stored indices; live they were "
-            f"{was}."
+            f"({_period_words(period)}), recomputed from the stored indices; {was}."
         )
     because = (
         "fewer than three moments in it had what a baseline needs (a usable rhythm and 64 s "
@@ -1280,10 +1431,15 @@ def _set_baseline_words(
         if why == RESCORE_FEW
         else "this session was recorded before Settle stored what recomputing the scores needs"
     )
+    if live is None:
+        return (
+            f"The baseline ({_period_words(period)}) was set after the session, but {because}; "
+            "no baseline was completed live either, so there is no settling score."
+        )
     return (
         f"The baseline ({_period_words(period)}) was set after the session, but {because}: "
-        f"the settling score, catching up and score change are as computed live {was}; the "
-        "marker table uses the set period."
+        f"the settling score, catching up and score change are as computed live against "
+        f"{_period_words(live)}."
     )
 
 
@@ -1554,6 +1710,37 @@ def _recovery_cell(r: MarkerResponse) -> str:
     return f"{back} (highest at the marker)" if r.responded and r.peak_at_marker else back
 
 
+_RECOMPUTED = {
+    NOT_LIVE_IMPORTED: "recomputed as the daemon computes it",
+    NOT_LIVE_NO_BASELINE: "recomputed against the baseline set afterwards",
+    NOT_LIVE_OPEN: "recomputed against the baseline before it",
+}
+
+
+def _live_cells(r: MarkerResponse) -> str:
+    """The marker table's three "as shown live" cells; for a response the daemon never
+    showed (:attr:`MarkerResponse.not_live`) one cell across them that says so and why,
+    with the values recomputed, if any (an imported marker's read "−8.2" under "as the
+    daemon showed it live")."""
+    if not r.not_live:
+        return (
+            f"<td>{_fmt(r.d_hr_bpm, '+.1f')}</td><td>{_fmt(r.d_ln_rmssd, '+.2f')}</td>"
+            f"<td>{_fmt(r.band_recovery_s, '.0f', ' s')}</td>"
+        )
+    text = f"not shown live: {r.not_live}"
+    if r.d_hr_bpm is not None:
+        back = (
+            f"back in the baseline band after {r.band_recovery_s:.0f} s"
+            if r.band_recovery_s is not None
+            else "not back in the baseline band"
+        )
+        text += (
+            f"; {_RECOMPUTED[r.not_live]}: ΔHR peak {r.d_hr_bpm:+.1f} bpm, ΔlnRMSSD "
+            f"{_fmt(r.d_ln_rmssd, '+.2f')}, {back}"
+        )
+    return f'<td colspan="3" class="text">{html.escape(text)}</td>'
+
+
 def _user(text: str) -> str:
     """User text (an intention, a marker's text, notes, a tag, a strap's name) for the page:
     escaped and isolated in ``<bdi>``, so a bidi control in it (U+202E, right-to-left
@@ -1605,9 +1792,7 @@ def render_html(a: SessionAnalysis, png: bytes, png_name: str | None) -> str:
         f"<td>{e(duration_words(r.marker.t_s))}</td><td>{e(r.marker.kind)}</td>"
         f'<td class="text">{_user(r.marker.text)}</td><td>{_fmt(r.pre_hr_bpm, ".1f")}</td>'
         f"<td>{_fmt(r.peak_hr_bpm, '.1f')}</td><td>{_fmt(r.rise_bpm, '+.1f')}</td>"
-        f"<td>{_recovery_cell(r)}</td>"
-        f"<td>{_fmt(r.d_hr_bpm, '+.1f')}</td><td>{_fmt(r.d_ln_rmssd, '+.2f')}</td>"
-        f"<td>{_fmt(r.band_recovery_s, '.0f', ' s')}</td>"
+        f"<td>{_recovery_cell(r)}</td>{_live_cells(r)}"
         "</tr>"
         for r in a.responses
     )
@@ -1677,8 +1862,8 @@ small {{ color: #666; }}
 <h2>Reactivity and recovery per marker</h2>
 <div class="wide" role="region" tabindex="0"
  aria-label="Reactivity and recovery per marker (scrolls sideways)">
-<table><caption>Heart rate after each reaction marker (times since the session start): beat
-by beat, and as the daemon showed it live against the baseline</caption>
+<table><caption>Heart rate after each marker other than hold-start (times since the session
+start): beat by beat, and as the daemon showed it live against the baseline</caption>
 <tr><th scope="col" rowspan="2">time</th><th scope="col" rowspan="2">kind</th>
 <th scope="col" rowspan="2">text</th>
 <th scope="colgroup" colspan="4">beat by beat</th>
@@ -1686,7 +1871,7 @@ by beat, and as the daemon showed it live against the baseline</caption>
 <tr><th scope="col">HR before (bpm)</th><th scope="col">peak (bpm)</th><th scope="col">rise</th>
 <th scope="col">back within 1 bpm after</th><th scope="col">ΔHR peak (bpm)</th>
 <th scope="col">ΔlnRMSSD (30 s)</th><th scope="col">back in baseline band</th></tr>
-{rows or '<tr><td colspan="10">no shame/threat/discomfort/attention/doubt markers</td></tr>'}
+{rows or '<tr><td colspan="10">no markers other than hold-start</td></tr>'}
 </table></div>
 <h2>All markers</h2><ul>{all_markers or "<li>none</li>"}</ul>
 <p><small>Catching up: the settling score reaches {CATCH_THRESHOLD:g} and stays at
@@ -1695,7 +1880,9 @@ the 5 s mean heart rate within 60 s after a marker minus the mean over the 30 s 
 shown live: the daemon's event-locked response (the 5 s mean HR within 30 s after the marker
 and the lnRMSSD of those 30 s, against the baseline; back in the baseline band counted from the
 marker, after the peak), the values behind the per-kind averages the daemon published in the
-session.
+session. A marker the daemon never showed a response for (imported afterwards with settle log
+import, or entered while no baseline it would complete was in force) says so; its values are
+recomputed the same way.
 </small></p>
 </body></html>
 """
@@ -1822,9 +2009,11 @@ _REFERENCE_NAMES = {
 def outcome(a: SessionAnalysis) -> SessionOutcome:
     """The trends line of one analysed session."""
     info = a.record.info
+    # Reactions only: the report reads notes and hold lapses too, as the daemon does.
+    reactions = [r for r in a.responses if r.marker.kind not in _NOT_REACTIONS]
     # A marker at which heart rate was already at its highest had no rise after it to
     # recover from: neither a response nor a recovery time (as the report words it).
-    readable = [r for r in a.responses if not r.irregular]
+    readable = [r for r in reactions if not r.irregular]
     # Too few beats around it (a gap, the session's end): no response was read either way.
     measured = [r for r in readable if r.rise_bpm is not None]
     rises = [r for r in measured if r.responded and not r.peak_at_marker]
@@ -1841,7 +2030,7 @@ def outcome(a: SessionAnalysis) -> SessionOutcome:
         median_recovery_s=statistics.median(recov) if recov else None,
         n_reactions=len(measured),
         n_responses=len(rises),
-        n_irregular=len(a.responses) - len(readable),
+        n_irregular=len(reactions) - len(readable),
         reference=_REFERENCE_NAMES.get(a.reference_kind) if a.reference_t_s is not None else None,
         scored=a.reference_t_s is not None
         and bool(np.any((a.series.t_s >= a.reference_t_s) & np.isfinite(a.series.settling))),

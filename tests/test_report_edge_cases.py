@@ -317,6 +317,154 @@ def test_the_baseline_band_is_drawn_from_the_baseline_used(
         plt.close(fig)
 
 
+def _surges(seed: int) -> Callable[[float], float]:
+    """72 bpm, 66 after 150 s; +12 bpm for 15 s at 303 s, +10 for 12 s at 700 s."""
+    rng = np.random.default_rng(seed)
+
+    def rr(t: float) -> float:
+        bpm = 72.0 - (6.0 if t > 150 else 0.0) + (12.0 if 303 <= t < 318 else 0.0)
+        bpm += 10.0 if 700 <= t < 712 else 0.0
+        return 60_000.0 / bpm + 10 * rng.standard_normal()
+
+    return rr
+
+
+def _no_components(p: dict[str, Any]) -> None:
+    del p["components"]
+
+
+@pytest.mark.parametrize(
+    ("rests", "edit"),
+    [
+        pytest.param([(2.0, 130.0)], None, id="before-the-automatic-baseline"),
+        pytest.param([(66.66, 204.92)], None, id="during-it"),
+        pytest.param([(30.0, 100.0)], None, id="during-it-stopped-before-its-end"),
+        pytest.param([(66.66, 204.92)], _no_components, id="during-it-rows-without-components"),
+        pytest.param([(60.0, 68.0)], None, id="during-it-too-short-discarded"),
+        pytest.param([(66.66, 204.92), (600.0, 605.0)], None, id="during-it-none-stored"),
+        pytest.param([(240.0, 290.0)], None, id="after-it"),
+    ],
+)
+def test_a_rest_period_reads_as_shown_live_wherever_it_starts(
+    store: SessionStore,
+    tmp_path: Path,
+    rests: list[tuple[float, float]],
+    edit: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """A rest period started while the automatic baseline was being collected (the audit's
+    session: rest 66.66–204.92 s, a shame marker at 303 s): the daemon discards the
+    automatic baseline and samples from the rest period's start, but the rows of both are
+    one run of "baseline" rows. The report took the whole run (rows 5–200 s) for the live
+    baseline: its "as shown live" columns read the markers against it (−8.2 / +0.16 where
+    the daemon showed −7.97 / +0.12) and the summary said "The scores are against the
+    baseline set after the session (1 min 7 s to 3 min 25 s) … live they were against the
+    first 3 min 20 s", both false. Every marker now reads as the daemon's own analyzer read
+    it, whether the rest period started before, during or after the automatic baseline, was
+    discarded as too short, or is not the one the store holds; nothing is said of a baseline
+    set afterwards."""
+    marks = [(40.0, "doubt", ""), (303.0, "shame", ""), (700.0, "threat", "")]
+    b = _build(store, _surges(3), 900, rests=rests, markers=marks, edit=edit)
+    rec = store.read_session(b.sid)
+    live = {r.kind: r for r in b.last.responses}
+    assert sorted(live) == ["doubt", "shame", "threat"]
+    assert all(math.isfinite(r.peak_d_hr_bpm) for r in live.values())
+    a = analyse_session(rec)
+    assert [r.marker.kind for r in a.responses] == ["doubt", "shame", "threat"]
+    for r in a.responses:
+        want = live[r.marker.kind]
+        assert r.d_hr_bpm == pytest.approx(want.peak_d_hr_bpm, rel=1e-9), r.marker.kind
+        assert r.d_ln_rmssd == pytest.approx(want.peak_d_ln_rmssd, rel=1e-9), r.marker.kind
+        back = want.recovery_s if math.isfinite(want.recovery_s) else None
+        assert r.band_recovery_s == back, r.marker.kind
+    stored = rec.info.baseline
+    if stored is not None:
+        assert a.baseline == (stored.start_t_s, stored.stop_t_s)
+        assert a.reference_t_s == stored.stop_t_s and a.reference_kind == "the baseline ended"
+    assert a.baseline_rescored is None and a.live_baseline is None
+    page = write_report(store, b.sid, tmp_path)[1].read_text()
+    summary = _summary(page)
+    assert "set after the session" not in summary and "live they were" not in summary, summary
+    # One baseline: the reference was its last row (125 s for a rest period stopped at
+    # 130 s), short of the stored end, and the summary counted "after the first baseline
+    # ended … (against the baseline taken last)".
+    for said in ("first baseline", "earlier baseline", "taken last"):
+        assert said not in summary, summary
+    shame = live["shame"]
+    assert f"<td>{shame.peak_d_hr_bpm:+.1f}</td><td>{shame.peak_d_ln_rmssd:+.2f}</td>" in page
+
+
+def test_notes_and_hold_lapses_read_as_the_daemon_published_them(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """The daemon reads an event-locked response for every marker but hold-start and
+    publishes it per kind (``responses_by_kind.note``); the report left notes, hold lapses
+    and resumptions out, so a published note response had no row anywhere. They are in the
+    table and the summary now, with the daemon's values; trends still count only the
+    reactions (shame, threat, ...)."""
+    marks = [
+        (200.0, "hold-start", ""),
+        (303.0, "note", "a memory"),
+        (500.0, "hold-lapse", ""),
+        (520.0, "hold-resume", ""),
+        (700.0, "shame", ""),
+    ]
+    b = _build(store, _surges(4), 900, markers=marks)
+    live = {r.kind: r for r in b.last.responses}
+    assert sorted(live) == ["hold-lapse", "hold-resume", "note", "shame"]
+    a = analyse_session(store.read_session(b.sid))
+    assert [r.marker.kind for r in a.responses] == ["note", "hold-lapse", "hold-resume", "shame"]
+    for r in a.responses:
+        assert r.d_hr_bpm == pytest.approx(live[r.marker.kind].peak_d_hr_bpm, rel=1e-9)
+    page = write_report(store, b.sid, tmp_path)[1].read_text()
+    rows = {row[1]: row for row in _marker_rows(page)}
+    assert sorted(rows) == ["hold-lapse", "hold-resume", "note", "shame"]
+    assert rows["note"][7] == f"{live['note'].peak_d_hr_bpm:+.1f}"
+    summary = _summary(page)
+    assert "After the note marker heart rate rose" in summary, summary
+    assert "hold-lapse marker" in summary and "hold-resume marker" in summary, summary
+    o = outcome(a)
+    assert o.n_reactions == 1 and o.n_irregular == 0
+
+
+def test_markers_the_daemon_never_showed_are_not_in_its_live_columns(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """A shame marker imported afterwards (``settle log import``) and one entered after a
+    rest period that was never stopped: the daemon showed neither (it never had the first;
+    the second waited for a baseline that never completed), yet both had numbers under "as
+    shown live". Their rows say the daemon did not show them, and why, with the values
+    recomputed the daemon's way; a marker entered live keeps its plain cells."""
+    marks = [(303.0, "shame", "live"), (700.0, "threat", "after the rest began")]
+    b = _build(store, _surges(5), 900, rest=(600.0, None), markers=marks)
+    live = {r.kind: r for r in b.last.responses}
+    assert sorted(live) == ["shame"]  # the threat waited for the rest period's baseline
+    store.add_markers(
+        b.sid, [MarkerRow(400.0, T0_MS + 400_000, "shame", "journal", MarkerSource.IMPORT)]
+    )
+    page = write_report(store, b.sid, tmp_path)[1].read_text()
+    rows = {row[2]: row for row in _marker_rows(page)}
+    assert rows["live"][7] == f"{live['shame'].peak_d_hr_bpm:+.1f}" and len(rows["live"]) == 10
+    a = analyse_session(store.read_session(b.sid))
+    got = {r.marker.text: r for r in a.responses}
+    assert got["live"].d_hr_bpm == pytest.approx(live["shame"].peak_d_hr_bpm, rel=1e-9)
+    imported, late = got["journal"], got["after the rest began"]
+    assert imported.d_hr_bpm is not None and late.d_hr_bpm is not None
+    assert rows["journal"][7:] == [
+        "not shown live: imported afterwards; recomputed as the daemon computes it: ΔHR peak "
+        f"{imported.d_hr_bpm:+.1f} bpm, ΔlnRMSSD {imported.d_ln_rmssd:+.2f}, "
+        + (
+            f"back in the baseline band after {imported.band_recovery_s:.0f} s"
+            if imported.band_recovery_s is not None
+            else "not back in the baseline band"
+        )
+    ]
+    assert rows["after the rest began"][7].startswith(
+        "not shown live: a new baseline was being collected; recomputed against the baseline "
+        f"before it: ΔHR peak {late.d_hr_bpm:+.1f} bpm"
+    ), rows["after the rest began"]
+    assert got["live"].not_live == ""
+
+
 # --- seconds without beats --------------------------------------------------------------------
 
 

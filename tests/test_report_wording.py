@@ -596,6 +596,36 @@ def test_log_set_baseline_after_a_daemon_session_rescores_its_report(tmp_path: P
     assert scored.min() < 300.0 and not ((scored >= 300.0) & (scored <= 420.0)).any()
 
 
+def test_a_baseline_set_afterwards_where_none_completed_live_says_there_was_none(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """The premature-beat recording through the daemon's analyzer: its baseline never
+    completes. With `log set --baseline 30:150` afterwards the summary said the scores "are
+    as computed live against the first 9 min 55 s" (the rows collecting to the end taken
+    for a live baseline): there was none. A 2 min session that ended while its baseline was
+    being collected, set to 75:100, is re-scored: live there was no score either."""
+    pvc = iter(_pvc_rr())
+    sid = _store_session(store, lambda t: next(pvc, 1000.0), 590.0)
+    store.set_baseline(sid, BaselinePeriod(30.0, 150.0))
+    summary = _summary(_report(store, sid, tmp_path))
+    assert "computed live against" not in summary, summary
+    assert summary.endswith(
+        "The baseline (30 s to 2 min 30 s) was set after the session, but fewer than three "
+        "moments in it had what a baseline needs (a usable rhythm and 64 s of beats for the "
+        "slow-oscillation power); no baseline was completed live either, so there is no "
+        "settling score."
+    ), summary
+    short = _store_session(store, _sinus(6), 120.0)
+    store.set_baseline(short, BaselinePeriod(75.0, 100.0))
+    a = analyse_session(store.read_session(short))
+    assert a.baseline_rescored is True
+    assert (
+        "The scores are against the baseline set after the session (1 min 15 s to 1 min 40 s), "
+        "recomputed from the stored indices; live there were none, as no baseline was "
+        "completed."
+    ) in summary_text(a), summary_text(a)
+
+
 def test_rescoring_takes_what_live_takes_and_a_period_inside_the_automatic_one(
     store: SessionStore,
 ) -> None:
