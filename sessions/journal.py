@@ -567,12 +567,19 @@ def import_journal(
     if rows and not replace and len(entries) > 1 and len(earlier) == len(rows):
         assert shift_ms is not None
         shift = shift_ms / 1000
+        # In the unit of --offset: clock seconds for clock times and instants (a --speed 20
+        # session's 20.0 s of session time were said for a 1 s --offset).
+        clock = scale != 1.0 and all(e.t_s is None for e in entries)
+        said = (
+            f"{abs(shift / scale if clock else shift):.1f} s {'earlier' if shift > 0 else 'later'}"
+        )
+        if clock:
+            said += f" on the journal's clock ({abs(shift):.1f} s of session time at {scale:g}×)"
         raise _fail(
             path,
             None,
-            f"these entries were imported into session {session_id} already, "
-            f"{abs(shift):.1f} s {'earlier' if shift > 0 else 'later'}; to move them, import "
-            f"again with --replace (removes those {len(earlier)} earlier markers)",
+            f"these entries were imported into session {session_id} already, {said}; to move "
+            f"them, import again with --replace (removes those {len(earlier)} earlier markers)",
         )
     if replace:
         # Only the earlier copy of this journal goes — the imported markers at its entries'

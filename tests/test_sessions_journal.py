@@ -86,6 +86,22 @@ def test_an_entry_with_neither_kind_nor_text_is_refused(
     assert [(m.kind, m.text) for m in import_journal(store, sid, ok)] == [("shame", "")]
 
 
+def test_a_journal_imported_again_shifted_says_the_shift_in_offset_seconds(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """In a session recorded at --speed 20, the same journal imported again with --offset 1
+    (clock seconds) was refused as "already, 20.0 s earlier" — session seconds, 20 times the
+    --offset that made it. It says the journal's clock seconds now, session seconds beside."""
+    info = store.create_session("dev", T0_MS, "x", {"time_scale": 20.0})
+    store.finish_session(info.id, T0_MS + 60_000)  # 20 min of session time
+    log = _write(tmp_path, "log.txt", "09:00:10 doubt: one\n09:00:20 note: two\n")
+    import_journal(store, info.id, log)
+    with pytest.raises(InputFileError) as err:
+        import_journal(store, info.id, log, offset_s=1)
+    said = str(err.value)
+    assert "already, 1.0 s earlier on the journal's clock (20.0 s of session time at 20×)" in said
+
+
 def test_text_lines_in_local_time(store: SessionStore, sid: str, tmp_path: Path) -> None:
     path = _write(
         tmp_path,
