@@ -329,50 +329,34 @@ async def test_a_rest_period_open_when_the_session_ends_is_stored(tmp_path: Path
     baseline although docs/sessions.md says an open one runs to the session's end. It is
     stored open at its start, so the export's ``baseline`` row runs to the session's end."""
     from sessions.export import export_csv, read_export_csv
+    from tests.conftest import model_daemon
     from tests.test_reconnect import until
 
-    db = tmp_path / "s.db"
-    settings = load_config(CONFIG, mqtt={"enabled": False}, storage={"db_path": db})
     seen: list[dict[str, object]] = []
 
     def tap(topic: str, payload: bytes | str, _retain: bool) -> None:
         if topic.endswith("/result"):
             seen.append(json.loads(payload))
 
-    speed = 20.0
-    async with VirtualAir() as air:
-        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=4), speed=speed)
-        await strap.start()
-        client = StrapClient(
-            address=strap.address,
-            scan_timeout_s=5,
-            connect_timeout_s=5,
-            scanner_kwargs=air.scanner_kwargs(),
-            client_kwargs=air.client_kwargs(),
-        )
-        with SessionStore.open(db) as store:
-            daemon = Daemon(settings, store, [client], time_scale=speed, tap=tap)
-            task = asyncio.create_task(daemon.run())
-            rt = daemon.runtimes[0]
+    async with model_daemon(tmp_path, seed=4, tap=tap) as (daemon, store, _strap, task):
+        rt = daemon.runtimes[0]
 
-            def session_t() -> float:
-                return rt.session.now_t_s() if rt.session else 0.0
+        def session_t() -> float:
+            return rt.session.now_t_s() if rt.session else 0.0
 
-            await until(lambda: session_t() > 20)
-            assert rt.device_id is not None and rt.session is not None
-            sid = rt.session.session_id
-            body = json.dumps({"v": 1, "id": "rest"}).encode()
-            await daemon.on_command(rt.device_id, "baseline/start", body, False)
-            assert [r["status"] for r in seen] == ["ok"]
-            t0 = rt.session.baseline_marked[0] if rt.session.baseline_marked else -1.0
-            await until(lambda: session_t() > t0 + 10)
-            daemon.stop()
-            await asyncio.wait_for(task, 10)
-        await strap.stop()
-        with SessionStore.open(db) as store:
-            assert store.get(sid).baseline == BaselinePeriod(t0, None)
-            end = store.recorded_span_s(sid)
-            rows = read_export_csv(export_csv(store, sid, tmp_path))
+        await until(lambda: session_t() > 20)
+        assert rt.device_id is not None and rt.session is not None
+        sid = rt.session.session_id
+        body = json.dumps({"v": 1, "id": "rest"}).encode()
+        await daemon.on_command(rt.device_id, "baseline/start", body, False)
+        assert [r["status"] for r in seen] == ["ok"]
+        t0 = rt.session.baseline_marked[0] if rt.session.baseline_marked else -1.0
+        await until(lambda: session_t() > t0 + 10)
+        daemon.stop()
+        await asyncio.wait_for(task, 10)
+        assert store.get(sid).baseline == BaselinePeriod(t0, None)
+        end = store.recorded_span_s(sid)
+        rows = read_export_csv(export_csv(store, sid, tmp_path))
     (row,) = [r for r in rows if r.record == "baseline"]
     assert row.t_s == pytest.approx(t0) and row.end_t_s == pytest.approx(end)
     assert end > t0 + 9
