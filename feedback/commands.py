@@ -174,9 +174,15 @@ def _object(items: list[tuple[str, Any]]) -> _Object:
     return obj
 
 
+class _NumberText(str):
+    """A JSON number kept as the text it was sent as (``1e400`` is no float: read as one it
+    was echoed as ``"Infinity"``)."""
+
+
 def _id_of(payload: bytes) -> str | None:
     """The ``id`` to echo in the result: a string as sent (at most 64 characters), a number
-    as its JSON text (``42`` → ``"42"``: the sender can still match it); else None — also
+    as its JSON text as sent (``42`` → ``"42"``, ``1e400`` → ``"1e400"``: the sender can
+    still match it); else None — also
     when the payload gives ``id`` twice: the refusal would be attributed to one of two ids,
     chosen by nobody (``json.loads`` keeps the last). Found even in a payload too deeply
     nested to accept (its deep parts are skipped)."""
@@ -188,18 +194,20 @@ def _id_of(payload: bytes) -> str | None:
             _shallow(text, MAX_COMMAND_DEPTH)[0],
             object_pairs_hook=_object,
             parse_constant=_not_a_json_number,
+            parse_float=_NumberText,
+            parse_int=_NumberText,
         )
     except (ValueError, RecursionError):
         return None
     if not isinstance(raw, _Object) or "id" in raw.repeated:
         return None
     value = raw.get("id")
+    if isinstance(value, _NumberText):
+        return str(value)[:MAX_ID_CHARS]
     if isinstance(value, str):
         # A lone surrogate (half an emoji, "\ud800") is no text a result can carry: echoed,
         # its serialisation raised in the link and ended it for good.
         return _SURROGATE.sub("\ufffd", value[:MAX_ID_CHARS])
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return json.dumps(value)[:MAX_ID_CHARS]
     return None
 
 

@@ -444,3 +444,18 @@ def test_export_over_a_planted_link_replaces_the_link(tmp_path: Path, fmt: str) 
     assert victim.read_text() == "keep me\n"
     assert not written.is_symlink() and written.parent == out
     assert written.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("sent", "echo"), [("1e400", "1e400"), ("-1e400", "-1e400"), ("42", "42"), ("1.50", "1.50")]
+)
+def test_a_number_sent_as_an_id_is_echoed_as_it_was_sent(sent: str, echo: str) -> None:
+    """An id of 1e400 was read as a float (inf) and echoed as "Infinity", with the advice
+    'send "Infinity", not Infinity': a sender matching its results by id never found it."""
+    from feedback.commands import screen_command
+
+    screened = screen_command(
+        "marker", f'{{"v": 1, "id": {sent}, "kind": "shame"}}'.encode(), False
+    )
+    assert screened.id == echo
+    assert screened.error == f'id: Input should be a valid string (send "{echo}", not {echo})'
