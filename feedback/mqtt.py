@@ -21,7 +21,14 @@
   info, strap availability, status, session, discovery), which the other's stop overwrote.
 * Commands under ``<base>/+/cmd/#`` are handed to ``on_command`` once their envelope passes
   (``feedback.commands.screen_command``: size, nesting, JSON, id); one that does not, or
-  whose handler fails, gets its error result here. Result topics are ignored.
+  whose handler fails, gets its error result here. Result topics are ignored. The handler
+  runs in a task of the link's lifetime, one command at a time in arrival order, not in the
+  connection's: a connection lost while a command waits (a ``session/stop`` for the store)
+  does not cancel it half done, and what it publishes goes out after the reconnect.
+* With other daemons on the base, the link keeps what each one online serves (the
+  ``devices`` of its ``bridge/info``, by client id): a command to a strap another daemon
+  serves is that daemon's to answer, and one to a strap no daemon serves is answered by one
+  daemon only (the lowest client id online), so every command gets one result.
 * A lost or refused connection is retried forever with capped, jittered backoff; measuring
   and storing never wait for the broker.
 
@@ -79,6 +86,18 @@ paho_log.addFilter(_LostSocketAtDebug())
 
 CommandHandler = Callable[[str, str, bytes, bool], Awaitable[None]]
 """``(device_id, command_name, payload, retained)``."""
+
+UNKNOWN_DEVICE = "unknown device"
+"""How the error result for a device no daemon serves begins (``settle`` commands wait a
+moment for another daemon's answer after it: docs/mqtt.md)."""
+
+COMMANDS_WAITING = 1000
+"""Commands received and not yet handled (the handler takes one at a time); one more is
+refused with an error result (anyone on the broker can send thousands)."""
+
+COMMANDS_AT_CLOSE_S = 3.0
+"""How long :meth:`MqttLink.aclose` lets a command under way finish (its result and the
+state it changed go out before the final ``offline``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,8 +213,20 @@ class MqttLink:
         self._held_info: bytes | None = None
         """The ``bridge/info`` the broker retained when this connection subscribed to it."""
         self._others_warned: set[str] = set()
+        self._peers: dict[str, frozenset[str]] = {}
+        """The other daemons online on this base, by client id: the devices their
+        ``bridge/info`` lists (what :meth:`leaves_to_another` decides by)."""
+        self._own_devices: frozenset[str] = frozenset()
+        """The devices of this link's own ``bridge/info`` (the daemon's straps)."""
+        self._commands: asyncio.Queue[tuple[str, str, bytes, bool, str | None]] = asyncio.Queue(
+            COMMANDS_WAITING
+        )
+        """Commands waiting for the handler: ``(device, name, payload, retained, id)``."""
+        self._command_task: asyncio.Task[None] | None = None
         self._reasserting: Outgoing | None = None
         """The queued ``online`` of :meth:`_reassert`, until it is sent."""
+        self._reassert_why = ""
+        """What ``bridge/state`` was set to, for the log line once that ``online`` is taken."""
         self.refused = 0
         """Commands answered with an error before reaching the handler (a bad envelope)."""
         self._refused_unlogged = 0
@@ -238,6 +269,8 @@ class MqttLink:
             raise ValueError(f"not a topic to publish on: {topic!r}")
         data = payload.encode() if isinstance(payload, str) else payload
         msg = Outgoing(topic, data, qos, retain)
+        if topic == self.info_topic:
+            self._own_devices = _info_fields(data)[1]
         if retain:
             self._retained[topic] = msg
         if len(self._queue) >= self.queue_size:
@@ -282,6 +315,25 @@ class MqttLink:
         with contextlib.suppress(aiomqtt.MqttError):
             await client.subscribe(topic_filter, qos=1)
 
+    def leaves_to_another(self, device_id: str) -> bool:
+        """Whether a command to ``device_id`` is another daemon's to answer: this link's
+        daemon does not serve it, and another daemon online on this base does (its
+        ``bridge/info`` lists it) — or none does, and another one online has a lower client
+        id (the one that answers for devices nobody serves). Two daemons on one base both
+        received every command: the one without the strap answered ``unknown device`` at
+        once, before the real daemon's ``ok``, and ``settle mark`` reported a marker that
+        was stored as refused."""
+        if device_id in self._own_devices:
+            return False
+        if self.served_by_another(device_id):
+            return True
+        return any(other < self.client_id for other in self._peers)
+
+    def served_by_another(self, device_id: str) -> bool:
+        """Whether another daemon online on this base lists ``device_id`` in its
+        ``bridge/info``."""
+        return any(device_id in devices for devices in self._peers.values())
+
     def forget_retained(self, topic: str) -> None:
         """Clear a retained topic on the broker (empty retained payload) and stop re-sending it."""
         self._retained.pop(topic, None)
@@ -299,6 +351,9 @@ class MqttLink:
         # A link closed before may be entered again.
         self._closing = self._stopping = self._leaving = False
         self._task = asyncio.create_task(self._run(), name=f"mqtt-link {self.host}:{self.port}")
+        if self._on_command is not None:
+            self._commands = asyncio.Queue(COMMANDS_WAITING)  # (none left from a closed block)
+            self._command_task = asyncio.create_task(self._handle_commands(), name="mqtt-commands")
         return self
 
     async def __aexit__(
@@ -318,6 +373,16 @@ class MqttLink:
         task, self._task = self._task, None
         if task is None:
             return
+        commands, self._command_task = self._command_task, None
+        if commands is not None:
+            # A command under way (a session/stop waiting for the store) ends and queues its
+            # result and the state it changed, to go out before the final offline.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(COMMANDS_AT_CLOSE_S):
+                    await self._commands.join()
+            commands.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await commands
         if not self.connected and self.connects > 0 and self.shutdown_reconnect_s > 0:
             self._closing = True
             self._retry_now.set()  # cut the backoff short: retry now, then every 0.2 s
@@ -406,6 +471,9 @@ class MqttLink:
             # What the broker holds before this link says online (another daemon's?): one
             # SUBSCRIBE, info first, so its retained info is here before its retained state.
             self._held_info = None
+            # Who else is online is learnt again on this connection: from what the broker
+            # retains, and from the others' bridge/info, which they re-send on seeing ours.
+            self._peers.clear()
             await client.subscribe([(self.info_topic, 1), (self.state_topic, 1)])
             await client.publish(self.state_topic, b"online", qos=1, retain=True)
             # Retained state first, then the live queue, without the copies just sent (at
@@ -484,6 +552,14 @@ class MqttLink:
             window.release()
         self._inflight.pop(key, None)
         self.published += 1
+        if msg is self._reasserting:
+            log.info(
+                "%s was set to %r by another client (another Settle daemon on this topic "
+                "base stopped?): said online again and re-published this daemon's retained "
+                "state",
+                self.state_topic,
+                self._reassert_why,
+            )
         if not self._queue and not self._inflight:
             self._idle.set()
 
@@ -514,29 +590,54 @@ class MqttLink:
             parts = topic[len(prefix) :].split("/", 2)
             payload_bytes, retained = bytes(data), bool(message.retain)
             if len(parts) == 2 and parts[1] == "cmd" and not (retained and not payload_bytes):
-                # Sent to <base>/<dev>/cmd itself: still the one result its sender waits for.
-                with contextlib.suppress(Exception):
-                    self._refuse(parts[0], "", screen_nameless(topic, payload_bytes))
+                # Sent to <base>/<dev>/cmd itself: still the one result its sender waits for
+                # (from the daemon that serves the device).
+                if not self.leaves_to_another(parts[0]):
+                    with contextlib.suppress(Exception):
+                        self._refuse(parts[0], "", screen_nameless(topic, payload_bytes))
                 continue
             if len(parts) != 3 or parts[1] != "cmd":
                 continue
             try:
                 screened = screen_command(parts[2], payload_bytes, retained)
                 if screened.error is not None:
-                    self._refuse(parts[0], parts[2], screened)
+                    if not self.leaves_to_another(parts[0]):
+                        self._refuse(parts[0], parts[2], screened)
                     continue
             except Exception:  # nor may a bug in the screening: the link would end for good
                 log.exception("command screening failed for %s", topic)
                 continue
+            # Handled in the link's own task, not here: awaited in this connection's task
+            # group, a command was cancelled half done when the connection was lost (a
+            # session/stop waiting for the store: the session was taken off its strap, but
+            # never said stopped, never answered).
             try:
-                await self._on_command(parts[0], parts[2], payload_bytes, retained)
-            except Exception:  # a bad command must never take the broker link down
-                log.exception("command handler failed for %s", topic)
+                self._commands.put_nowait(
+                    (parts[0], parts[2], payload_bytes, retained, screened.id)
+                )
+            except asyncio.QueueFull:
+                busy = f"the daemon is busy: {COMMANDS_WAITING} commands are waiting"
+                with contextlib.suppress(Exception):
+                    self._refuse(parts[0], parts[2], Screened(screened.id, busy))
+
+    async def _handle_commands(self) -> None:
+        """Hand the received commands to ``on_command``, one at a time, in arrival order; the
+        link's lifetime, not one connection's (see :meth:`_receive`)."""
+        assert self._on_command is not None
+        while True:
+            device_id, name, payload, retained, cmd_id = await self._commands.get()
+            try:
+                await self._on_command(device_id, name, payload, retained)
+            except Exception:  # a bad command must never end the handling of the next
+                log.exception("command handler failed for %s/%s/cmd/%s", self.base, device_id,
+                              name)  # fmt: skip
                 # Still the one result the sender waits for: the daemon's handler answers
                 # last, so one that raised has not answered.
                 failed = "the daemon failed to carry out the command (see its log)"
                 with contextlib.suppress(Exception):
-                    self._refuse(parts[0], parts[2], Screened(screened.id, failed))
+                    self._refuse(device_id, name, Screened(cmd_id, failed))
+            finally:
+                self._commands.task_done()
 
     def _on_bridge(self, topic: str, payload: bytes, retained: bool) -> None:
         """``bridge/info`` and ``bridge/state`` as the broker sends them to this link: the
@@ -545,13 +646,40 @@ class MqttLink:
         if topic == self.info_topic:
             if retained:
                 self._held_info = payload
+                return
+            other, devices = _info_fields(payload)
+            if other is None or other == self.client_id:
+                return
+            new = other not in self._peers
+            self._peers[other] = devices
+            if new:
+                self._introduce()
             return
         if retained:
             if payload == b"online":
                 self._warn_other_daemon(self._held_info)
+                # The info the broker retains is of a daemon online now (each one says
+                # online and re-publishes its info when another one's offline lands).
+                other, devices = _info_fields(self._held_info or b"")
+                if other is not None and other != self.client_id:
+                    self._peers[other] = devices
             return
         if payload != b"online" and not (self._leaving or self._stopping):
+            # One of the others went away, which one the plain "offline" does not say: the
+            # ones still online re-publish their bridge/info as this one does now.
+            self._peers.clear()
             self._reassert(payload)
+
+    def _introduce(self) -> None:
+        """Send this daemon's ``bridge/info`` again for another daemon that just said what
+        it serves (it started, or came back): the broker retains one info for the base, so
+        that is how the newcomer learns what this one serves."""
+        info = self._retained.get(self.info_topic)
+        if info is None:
+            return
+        self._queue.append(info)
+        self._idle.clear()
+        self._wakeup.set()
 
     def _warn_other_daemon(self, info: bytes | None) -> None:
         """``bridge/state`` said ``online`` before this link did: another daemon is online on
@@ -600,12 +728,11 @@ class MqttLink:
             or any(m is pending for m in self._inflight.values())
         ):
             return  # one is on its way, to land after this offline
-        log.info(
-            "%s was set to %r by another client (another Settle daemon on this topic base "
-            "stopped?): saying online again and re-publishing this daemon's retained state",
-            self.state_topic,
-            payload.decode(errors="replace")[:20],
-        )
+        # Logged once this "online" is taken (see _send): a broker shutting down sends the
+        # Last Will of every client still connected, this link's own too, and then drops
+        # the connection — that was "set to 'offline' by another client (another Settle
+        # daemon … stopped?)", before the outage warning.
+        self._reassert_why = payload.decode(errors="replace")[:20]
         self._reasserting = Outgoing(self.state_topic, b"online", qos=1, retain=True)
         # Past queue_size if need be: every one is the newest state of its topic.
         self._queue.append(self._reasserting)
@@ -650,3 +777,20 @@ class MqttLink:
             self.refused,
             self._refused_latest,
         )
+
+
+def _info_fields(payload: bytes) -> tuple[str | None, frozenset[str]]:
+    """The client id and the devices a ``bridge/info`` payload names (``None`` and nothing
+    for one that does not parse: an older Settle's, or someone else's)."""
+    with contextlib.suppress(ValueError, TypeError):
+        loaded = json.loads(payload)
+        if isinstance(loaded, dict):
+            client_id = loaded.get("client_id")
+            devices = loaded.get("devices")
+            return (
+                client_id if isinstance(client_id, str) else None,
+                frozenset(d for d in devices if isinstance(d, str))
+                if isinstance(devices, list)
+                else frozenset(),
+            )
+    return None, frozenset()

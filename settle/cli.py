@@ -735,6 +735,11 @@ no ``bridge/state`` arrives to say so (no daemon ever ran there)."""
 RETAINED_GRACE_S = 0.05
 """After ``bridge/state``, how long late retained messages are still taken (for brokers that
 send a subscription's retained messages less strictly in order than mosquitto and amqtt)."""
+UNKNOWN_DEVICE_GRACE_S = 1.5
+"""After an ``unknown device`` result, how long another daemon on the topic base still has to
+answer the same command (its answer waits up to 1 s for the session store) before the
+refusal is final: with two daemons on one base (`make demo` while the service runs) the one
+without the strap answered at once, before the other's ``ok``."""
 
 
 def _check_wait(timeout: float) -> None:
@@ -918,14 +923,37 @@ async def _forget(settings: Settings, device: str, wait_s: float) -> int:
                 key=lambda t: (t not in discovery, t),
             )
             if not clear:
-                raise SettleError(f"the broker holds nothing retained for {device} under {base}")
+                raise SettleError(
+                    f"the broker holds nothing retained for {device} under {base} (or this "
+                    "account may not read it)"
+                )
             for topic in clear:
                 await client.publish(topic, b"", qos=1, retain=True)
+        # Read back, on a new connection: over MQTT 3.1.1 a broker acknowledges a publish
+        # its ACL denies and drops it (mosquitto logs "Denied PUBLISH"); "cleared 3" was
+        # printed while everything stayed.
+        async with asyncio.timeout(wait_s), aiomqtt.Client(**options.client_kwargs()) as client:
+            again = await _retained(client, [own + "#", *sorted(discovery)], state_topic)
+        kept = [t for t in clear if again.get(t, (b"", False))[0]]  # (emptied: not sent)
     except TimeoutError:
         raise SettleError(f"no answer from the MQTT broker {options.where}") from None
     except aiomqtt.MqttError as exc:
         raise SettleError(f"cannot reach the MQTT broker {options.where}: {exc}") from None
-    out.print(f"forgot {device}: cleared {len(clear)} retained messages", markup=False)
+    cleared = len(clear) - len(kept)
+    no_config = (
+        ""
+        if any(t in discovery for t in clear) or not settings.homeassistant.enabled
+        else f"; no Home Assistant discovery config was visible (none retained, or this account "
+        f"may not read {prefix}/#)"
+    )
+    if kept:
+        who = f"{options.username!r}" if options.username else "this client"
+        raise SettleError(
+            f"{device}: cleared {cleared} of {len(clear)} retained messages; the broker still "
+            f"holds {len(kept)} ({', '.join(kept[:3])}{', …' if len(kept) > 3 else ''}): its "
+            f"ACL may not let {who} publish there{no_config}"
+        )
+    out.print(f"forgot {device}: cleared {cleared} retained messages{no_config}", markup=False)
     return 0
 
 
@@ -985,11 +1013,16 @@ async def _command(
     and wait for the results."""
     import aiomqtt
 
+    from feedback.mqtt import UNKNOWN_DEVICE
+
     options = _client_options(settings)
     where = options.where
     base = settings.mqtt.topic_base
     sent_to: list[str] = []
+    targets: list[str] = []
     answered: set[str] = set()
+    refused: list[tuple[str, str]] = []
+    unknown: dict[str, str] = {}  # answered "unknown device" only, so far: an ok may follow
     device = _device_for_label(device)
     try:
         async with asyncio.timeout(wait_s):
@@ -1013,8 +1046,18 @@ async def _command(
                 for d in targets:
                     sent_to.append(d)  # from here on it may have arrived: never say it did not
                     await client.publish(f"{base}/{d}/cmd/{name}", payload, qos=1)
-                refused: list[tuple[str, str]] = []
-                async for msg in client.messages:
+                loop = asyncio.get_running_loop()
+                grace_until = 0.0
+                messages = aiter(client.messages)
+                while len(answered) < len(targets):
+                    if len(answered) + len(unknown) < len(targets):
+                        msg = await anext(messages)
+                    else:  # only "unknown device" so far for the rest: a grace for an ok
+                        try:
+                            async with asyncio.timeout(grace_until - loop.time()):
+                                msg = await anext(messages)
+                        except TimeoutError:
+                            break
                     dev = results.get(str(msg.topic))
                     if dev is None or dev in answered:
                         continue  # a late availability/session message of the discovery
@@ -1022,23 +1065,32 @@ async def _command(
                         res = json.loads(bytes(msg.payload))
                         if res.get("id") != cmd_id:
                             continue
+                        error = str(res.get("error"))
+                        if res.get("status") != "ok" and error.startswith(UNKNOWN_DEVICE):
+                            # Another daemon on this base, which does not serve the strap,
+                            # may have answered before the one that does.
+                            if dev not in unknown:
+                                unknown[dev] = error
+                                grace_until = loop.time() + UNKNOWN_DEVICE_GRACE_S
+                            continue
                         answered.add(dev)
+                        unknown.pop(dev, None)
                         if res.get("status") == "ok":
                             what = json.loads(payload).get("kind", name)
                             out.print(f"{what}: ok ({dev}){_not_stored(res)}", markup=False)
                         else:
-                            refused.append((dev, str(res.get("error"))))
-                    if len(answered) == len(targets):
-                        break
-                if not refused:
+                            refused.append((dev, error))
+                refusal = _refusal(name, refused, unknown, targets, every)
+                if refusal is None:
                     return 0
-                if not every:
-                    raise SettleError(f"the daemon refused {name}: {refused[0][1]}")
-                why = "; ".join(f"{d}: {err}" for d, err in refused)
-                raise SettleError(f"the daemon refused {name} for {len(refused)} of "
-                                  f"{len(targets)} straps ({why})")  # fmt: skip
+                raise refusal
     except TimeoutError:
-        unanswered = [d for d in sent_to if d not in answered]
+        unanswered = [d for d in sent_to if d not in answered and d not in unknown]
+        if not unanswered and (refused or unknown):
+            # (the time ran out in the grace after an "unknown device")
+            refusal = _refusal(name, refused, unknown, targets, every)
+            if refusal is not None:
+                raise refusal from None
         if unanswered:
             raise SettleError(
                 f"{name} sent to {', '.join(unanswered)}, but no confirmation from the daemon "
@@ -1065,6 +1117,26 @@ async def _command(
             hint += "the broker)"
         raise SettleError(f"cannot reach the MQTT broker {where}: {exc}{hint}") from None
     return 1
+
+
+def _refusal(
+    name: str,
+    refused: list[tuple[str, str]],
+    unknown: dict[str, str],
+    targets: list[str],
+    every: bool,
+) -> SettleError | None:
+    """The error for the refusals among the results (None: there were none), an ``unknown
+    device`` that no other daemon's answer followed counted as one."""
+    refused = sorted(refused + list(unknown.items()), key=lambda r: targets.index(r[0]))
+    if not refused:
+        return None
+    if not every:
+        return SettleError(f"the daemon refused {name}: {refused[0][1]}")
+    why = "; ".join(f"{d}: {err}" for d, err in refused)
+    return SettleError(
+        f"the daemon refused {name} for {len(refused)} of {len(targets)} straps ({why})"
+    )
 
 
 def _not_stored(result: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ import sensors.clock as host_clock
 from feedback import homeassistant as ha
 from feedback.broker import LOOPBACK, EmbeddedBroker, probe
 from feedback.commands import decode_json, screen_command
-from feedback.mqtt import MqttLink
+from feedback.mqtt import UNKNOWN_DEVICE, MqttLink
 from feedback.payloads import (
     COMMANDS,
     BeatPayload,
@@ -319,6 +319,11 @@ class Daemon:
             return
         dev, leaf = parts
         if dev not in self._earlier_devices or any(r.device_id == dev for r in self.runtimes):
+            return
+        if self.link.served_by_another(dev):
+            # Another daemon online on this base serves it now (it said so in its
+            # bridge/info): its state is live, not left over ("offline" and "interrupted"
+            # were published over a running session).
             return
         fixed = self._ended(leaf, payload)
         if fixed is not None:
@@ -834,28 +839,35 @@ class Daemon:
                 end = SessionEnd(pipeline.started_ms, end_ms, SessionState.STOPPED)
                 self.writer.close_session(pipeline.session_id, end)
                 ends.append((pipeline, end_ms))
-        if final:
-            # With the sessions closed earlier whose rows the store has not taken yet (a
-            # session stopped during an outage): their beats were said to be stored.
-            earlier = [p for p in self.finished if self.writer.holds(p.session_id)]
-            await self._store_at_stop([p for p, _ in ends] + earlier)
-        elif not ends:
+        if not final and not ends:
             return None
-        elif store:
-            stored = await self._store_soon()
-        for pipeline, end_ms in ends:
-            n = self.writer.unsaved_beats(pipeline.session_id)
-            if not final and self.writer.failing and pipeline.session_id in self.writer.closes:
-                log.warning(
-                    "session %s ended with %d beats not yet stored (the store is failing); "
-                    "they and its end stay in memory until it takes them",
-                    pipeline.session_id, n,
-                )  # fmt: skip
-            self.finished.append(pipeline)
-            pipeline.event("session-stop")
-            pipeline.publish_session("stopped", end_ms)
-            pipeline.release()
-            log.info("session %s stopped (%d beats)", pipeline.session_id, pipeline.seq)
+        # With the sessions closed earlier whose rows the store has not taken yet (a
+        # session stopped during an outage): their beats were said to be stored.
+        earlier = [p for p in self.finished if self.writer.holds(p.session_id)] if final else []
+        # Finished from here on, before the store is waited for: a stop of the daemon
+        # during that wait rescues their unsaved rows with the others'.
+        self.finished.extend(p for p, _ in ends)
+        try:
+            if final:
+                await self._store_at_stop([p for p, _ in ends] + earlier)
+            elif store:
+                stored = await self._store_soon()
+        finally:
+            # Whatever ends the wait (a cancellation included): the sessions are off their
+            # straps, so they are said stopped. Cancelled in the wait, they were not: the
+            # broker kept `running` for good, and no `session-stop` was sent.
+            for pipeline, end_ms in ends:
+                n = self.writer.unsaved_beats(pipeline.session_id)
+                if not final and self.writer.failing and pipeline.session_id in self.writer.closes:
+                    log.warning(
+                        "session %s ended with %d beats not yet stored (the store is "
+                        "failing); they and its end stay in memory until it takes them",
+                        pipeline.session_id, n,
+                    )  # fmt: skip
+                pipeline.event("session-stop")
+                pipeline.publish_session("stopped", end_ms)
+                pipeline.release()
+                log.info("session %s stopped (%d beats)", pipeline.session_id, pipeline.seq)
         return stored
 
     async def _store_at_stop(self, pipelines: list[StrapPipeline]) -> None:
@@ -977,6 +989,18 @@ class Daemon:
 
         if retained and not payload:
             return  # someone clearing a stale retained command: nothing to answer
+        rt = self._runtime(device_id)
+        if (
+            rt is None
+            and source == "mqtt"
+            and self.link is not None
+            and self.link.leaves_to_another(device_id)
+        ):
+            # Another daemon online on this base serves it (its bridge/info says so), or
+            # answers for the devices none serves: its result is the one. Answered here
+            # too, "unknown device" came first, and `settle mark` called a stored marker
+            # refused.
+            return
         # The envelope (retained, size before parsing, nesting, JSON, duplicate keys, name,
         # id type) is judged as the MQTT link and the dashboard judge it, so a payload that
         # would crash json.loads is one error result here too, whoever calls.
@@ -990,9 +1014,8 @@ class Daemon:
             return reply(STOPPING)
         raw = decode_json(payload)  # cannot fail: screened
         model = COMMANDS[name]
-        rt = self._runtime(device_id)
         if rt is None:
-            return reply(f"unknown device {shown(device_id)}")
+            return reply(f"{UNKNOWN_DEVICE} {shown(device_id)}")
         try:
             cmd = model.model_validate(raw)
         except ValidationError as exc:

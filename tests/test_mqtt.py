@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -753,6 +754,7 @@ async def test_a_second_daemon_on_the_same_base_warns_and_its_stop_leaves_the_fi
         async with asyncio.timeout(5):
             while await held("settle/bridge/state") != b"online":  # noqa: ASYNC110 - polling the broker from outside
                 await asyncio.sleep(0.1)
+        await until(lambda: any(BY_ANOTHER in r.getMessage() for r in caplog.records), 5)
         info = json.loads(await held("settle/bridge/info") or b"{}")
         assert info["client_id"] == "settle-first" and info["devices"] == [dev]
         assert await held(f"settle/{dev}/availability") == b"online"
@@ -765,6 +767,214 @@ async def test_a_second_daemon_on_the_same_base_warns_and_its_stop_leaves_the_fi
     assert await held("settle/bridge/state") == b"offline"
 
 
+BY_ANOTHER = "was set to 'offline' by another client (another Settle daemon"
+
+
+async def test_the_brokers_shutdown_is_not_blamed_on_another_daemon(
+    mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker shutting down (SIGTERM) sends the Last Will of every client still connected,
+    the daemon's own too, then drops the connection: the daemon logged "settle/bridge/state
+    was set to 'offline' by another client (another Settle daemon on this topic base
+    stopped?)" before the outage warning. It says so only once its `online` again was
+    taken, which a broker going down does not do; after the restart it is `online`."""
+    caplog.set_level(logging.INFO, logger="feedback.mqtt")
+    async with MqttLink(mosquitto.host, mosquitto.port, backoff_cap_s=0.5) as link:
+        assert await link.wait_connected(5)
+        mosquitto.stop()
+        await until(lambda: not link.connected)
+        _restart(mosquitto)
+        assert await link.wait_connected(10)
+        assert await retained(mosquitto.host, mosquitto.port, "settle/bridge/state") == b"online"
+    lines = [r.getMessage() for r in caplog.records]
+    assert not [line for line in lines if BY_ANOTHER in line]
+    assert any(line.endswith("reachable again") for line in lines)
+
+
+async def _handled_by(
+    daemons: list[Daemon], i: int, dev: str, name: str, payload: bytes, retained: bool
+) -> None:
+    """``daemons[i]``'s command handler (the daemon is made after its link)."""
+    await daemons[i].on_command(dev, name, payload, retained)
+
+
 async def _stopped(daemon: Daemon, task: asyncio.Task[None]) -> None:
     daemon.stop()
     await asyncio.wait_for(task, 10)
+
+
+async def test_two_daemons_on_one_base_give_each_command_one_result(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """`make demo` while the service runs: two daemons on one broker and topic base, each with
+    its own strap. Both received every command, and the one without the strap answered
+    `unknown device` at once, usually before the other's `ok`: `settle mark --device` said
+    "the daemon refused marker: unknown device …" (exit 1) for a marker that was stored. The
+    second also "corrected" the first's live strap — `offline`, session `interrupted` —
+    because its own store knew that strap from an earlier run. Now each command gets one
+    result, from the daemon that serves the strap (one for a strap nobody serves), `settle
+    mark` says ok, and the first daemon's state is left alone."""
+    host, port = mosquitto.host, mosquitto.port
+    async with contextlib.AsyncExitStack() as stack:
+        col = await stack.enter_async_context(Collector(host, port))
+        daemons: list[Daemon] = []
+        for name in ("first", "second"):
+            s = load_config(
+                CONFIG,
+                mqtt={"host": host, "port": port, "client_id": f"settle-{name}"},
+                storage={"db_path": tmp_path / f"{name}.db"},
+                homeassistant={"enabled": False},
+            )
+            air = await stack.enter_async_context(VirtualAir())
+            strap = VirtualStrap(
+                air, PhysioModel(ModelParams(), seed=5), speed=5, name=f"Strap {name}"
+            )
+            await strap.start()
+            stack.push_async_callback(strap.stop)
+            store = stack.enter_context(SessionStore.open(s.db_path))
+            if daemons:  # an earlier run of the second recorded the first's strap
+                first_dev = daemons[0].runtimes[0].device_id
+                assert first_dev is not None
+                store.create_session(first_dev, int(time.time() * 1000) - 60_000, "ble:x", {})
+            link = await stack.enter_async_context(
+                MqttLink(
+                    ConnectOptions(host, port),
+                    client_id=s.mqtt.client_id,
+                    on_command=partial(_handled_by, daemons, len(daemons)),
+                )
+            )
+            daemon = Daemon(s, store, [client_for(air, strap)], link=link, time_scale=5)
+            daemons.append(daemon)
+            task = asyncio.create_task(daemon.run())
+            stack.push_async_callback(_stopped, daemon, task)  # before its store
+            rt = daemon.runtimes[0]
+            await until(lambda rt=rt, link=link: rt.session is not None and link.connected)
+        first, second = (d.runtimes[0].device_id or "" for d in daemons)
+        assert first != second
+
+        env = {**os.environ, "SETTLE_CONFIG": str(CONFIG)}
+        where = f"{host}:{port}"
+        mark = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "settle.cli", "mark", "two daemons", "--device", first,
+            "--mqtt", where, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        )  # fmt: skip
+        out, err = await mark.communicate()
+        assert (mark.returncode, out.decode(), err.decode()) == (0, f"note: ok ({first})\n", "")
+
+        # Each daemon handles commands one at a time, in the order the broker delivers them,
+        # and publishes in order: once both have answered the last two, every answer either
+        # gave to the earlier ones has arrived.
+        sent = [("a1", first), ("b1", second), ("u1", "nobody_1"), ("a2", first), ("b2", second)]
+        async with aiomqtt.Client(host, port) as c:
+            for cmd_id, dev in sent:
+                body = json.dumps({"v": 1, "id": cmd_id, "kind": "note"})
+                await c.publish(f"settle/{dev}/cmd/marker", body, qos=1)
+
+        def results() -> dict[str, list[tuple[str, Any]]]:
+            by_id: dict[str, list[tuple[str, Any]]] = {}
+            for topic, payload, _ in col.messages:
+                if topic.endswith("/cmd/marker/result"):
+                    res = json.loads(payload)
+                    by_id.setdefault(res["id"], []).append((res["status"], res["error"]))
+            return by_id
+
+        await until(lambda: {"a2", "b2"} <= results().keys(), 20)
+        got = results()
+        assert {i: got.get(i) for i, _ in sent[:3]} == {
+            "a1": [("ok", None)],
+            "b1": [("ok", None)],
+            "u1": [("error", "unknown device 'nobody_1'")],
+        }
+        for d, n in zip(daemons, (3, 2), strict=True):  # every marker went to its strap
+            session = d.runtimes[0].session
+            assert session is not None
+            await until(lambda d=d, s=session, n=n: len(d.store.markers(s.session_id)) == n)
+        # The second daemon left the first's live strap alone.
+        assert b"offline" not in [
+            p for t, p, _ in col.messages if t == f"settle/{first}/availability"
+        ]
+        assert {
+            json.loads(p)["state"] for t, p, _ in col.messages if t == f"settle/{first}/session"
+        } == {"running"}
+
+
+async def test_a_session_stop_survives_the_broker_dropping_while_the_store_is_slow(
+    mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`session/stop` while another program holds the store's write lock (the command waits
+    for the store), and the broker connection drops during that wait. The handler ran in the
+    connection's task group and was cancelled half done: the session was off its strap but
+    never said stopped — the broker kept `running` for good, no `session-stop` event, no
+    result, no log line, and its unsaved rows were not among the finished sessions rescued at
+    exit. Now the command completes, and after the reconnect the broker has its result, the
+    event and the `stopped` session. (The waits are lengthened so the drop lands inside it.)"""
+    import sqlite3
+
+    import settle.daemon
+
+    monkeypatch.setattr(settle.daemon, "COMMAND_STORE_WAIT_S", 60.0)
+    monkeypatch.setattr(settle.daemon, "STORE_WAIT_S", 60.0)  # (the store's own 10 s cap)
+    relay = CuttableLink(mosquitto.port)
+    await relay.resume()
+    settings = load_config(
+        CONFIG,
+        mqtt={"host": mosquitto.host, "port": relay.port},
+        storage={"db_path": tmp_path / "s.db"},
+        homeassistant={"enabled": False},
+    )
+    async with VirtualAir() as air, Collector(mosquitto.host, mosquitto.port) as col:
+        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=4), speed=5)
+        await strap.start()
+        with SessionStore.open(settings.db_path) as store:
+            daemons: list[Daemon] = []
+            link = MqttLink(
+                ConnectOptions("127.0.0.1", relay.port),
+                backoff_cap_s=0.5,
+                on_command=partial(_handled_by, daemons, 0),
+            )
+            async with link:
+                daemon = Daemon(settings, store, [client_for(air, strap)], link=link, time_scale=5)
+                daemons.append(daemon)
+                task = asyncio.create_task(daemon.run())
+                rt = daemon.runtimes[0]
+                await until(lambda: rt.session is not None and link.connected)
+                session = rt.session
+                assert session is not None and rt.device_id is not None
+                dev = rt.device_id
+                locker = sqlite3.connect(settings.db_path, isolation_level=None, timeout=10)
+                locker.execute("BEGIN IMMEDIATE")  # another program's write lock
+                try:
+                    async with aiomqtt.Client(mosquitto.host, mosquitto.port) as c:
+                        stop = json.dumps({"v": 1, "id": "stop-1"})
+                        await c.publish(f"settle/{dev}/cmd/session/stop", stop, qos=1)
+                    await until(lambda: rt.session is None)  # now waiting for the store
+                    await relay.cut()
+                    await until(lambda: not link.connected)
+                finally:
+                    locker.execute("ROLLBACK")
+                    locker.close()
+                await relay.resume()
+
+                def result() -> list[dict[str, Any]]:
+                    return [
+                        json.loads(p)
+                        for t, p, _ in col.messages
+                        if t == f"settle/{dev}/cmd/session/stop/result"
+                    ]
+
+                await until(lambda: bool(result()), 20)
+                assert [(r["id"], r["status"], r["stored"]) for r in result()] == [
+                    ("stop-1", "ok", True)
+                ]
+                events = [json.loads(p)["kind"] for p in col.payloads("event")]
+                assert events.count("session-stop") == 1
+                held = json.loads(
+                    await retained(mosquitto.host, mosquitto.port, f"settle/{dev}/session") or b"{}"
+                )
+                assert (held["id"], held["state"]) == (session.session_id, "stopped")
+                assert daemon.finished == [session]
+                daemon.stop()
+                await asyncio.wait_for(task, 15)
+            (stored,) = store.list_sessions()
+            assert (stored.id, stored.state.value) == (session.session_id, "stopped")
+        await strap.stop()

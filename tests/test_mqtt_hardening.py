@@ -3,14 +3,17 @@
 What a user or a peer on the broker notices: every command payload gets exactly one result
 (deep nesting, numeric ids, oversized payloads included) and never a traceback in the
 daemon's log; `settle mark` is quick and imports nothing of the daemon; a bad `--timeout` is
-one line; a timeout after sending says the command was sent; notes go out as UTF-8; `settle
-forget` leaves no retained command behind; the documented ACL keeps results unforgeable; and
-docs/mqtt.md states the limits and the baseline messages the code really has.
+one line; a timeout after sending says the command was sent; an `unknown device` answer
+waits for another daemon's `ok`; notes go out as UTF-8; `settle forget` leaves no retained
+command behind and says what an account the ACL denies could not clear; the documented ACL
+keeps results unforgeable; and docs/mqtt.md states the limits and the baseline messages the
+code really has.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -701,6 +704,60 @@ async def test_all_sends_to_every_running_strap_together(mosquitto: Mosquitto) -
     assert (code, out, err.splitlines()) == (2, "", ["settle: error: --all and --device: pick one"])
 
 
+@pytest.mark.mosquitto
+async def test_an_unknown_device_answer_waits_for_the_daemon_that_has_the_strap(
+    mosquitto: Mosquitto,
+) -> None:
+    """Two daemons on one base, one of them a Settle that answers for every strap (an older
+    version, or one that has not yet heard what the other serves): its `unknown device`
+    came first, and `settle mark` reported the stored marker refused (exit 1), `--all`
+    "refused for 2 of 3 straps". Now such an answer is final only when no `ok` follows
+    within a grace; alone, it is still the refusal it was, not a timeout."""
+    host, port = mosquitto.host, mosquitto.port
+    devs = ("anna_1", "ben_2")
+    await _retain(host, port, {
+        "settle/bridge/state": b"online",
+        **{f"settle/{d}/availability": b"online" for d in devs},
+        **{f"settle/{d}/session": _running(d) for d in devs},
+    })  # fmt: skip
+    serving: set[str] = set(devs)
+
+    async def two_daemons(c: aiomqtt.Client) -> None:
+        async for m in c.messages:
+            dev = str(m.topic).split("/")[1]
+            cmd_id = json.loads(bytes(m.payload))["id"]
+            unknown = {"v": 1, "id": cmd_id, "status": "error",
+                       "error": f"unknown device '{dev}'"}  # fmt: skip
+            await c.publish(f"{m.topic}/result", json.dumps(unknown), qos=1)
+            if dev in serving:  # the daemon with the strap, a moment later
+                await asyncio.sleep(0.2)
+                ok = {"v": 1, "id": cmd_id, "status": "ok", "error": None, "stored": True}
+                await c.publish(f"{m.topic}/result", json.dumps(ok), qos=1)
+
+    where = f"{host}:{port}"
+    async with aiomqtt.Client(host, port) as c:
+        await c.subscribe("settle/+/cmd/marker", qos=1)
+        task = asyncio.create_task(two_daemons(c))
+        code, out, err = await _settle("mark", "x", "--device", "anna_1", "--mqtt", where)
+        assert (code, out, err) == (0, "note: ok (anna_1)\n", "")
+        code, out, err = await _settle("mark", "x", "--all", "--mqtt", where)
+        assert (code, out.splitlines(), err) == (0, ["note: ok (anna_1)", "note: ok (ben_2)"], "")
+
+        serving.discard("ben_2")  # nobody serves it now: the refusal stands
+        code, out, err = await _settle("mark", "x", "--all", "--mqtt", where)
+        assert (code, out.splitlines()) == (1, ["note: ok (anna_1)"])
+        assert err.splitlines() == [
+            "settle: error: the daemon refused marker for 1 of 2 straps (ben_2: unknown device "
+            "'ben_2')"
+        ]
+        code, out, err = await _settle("mark", "x", "--device", "ben_2", "--mqtt", where)
+        assert (code, out) == (1, "")
+        assert err.splitlines() == [
+            "settle: error: the daemon refused marker: unknown device 'ben_2'"
+        ]
+        task.cancel()
+
+
 # -- 4: --timeout ------------------------------------------------------------------------------
 
 
@@ -917,7 +974,11 @@ async def test_forget_also_clears_retained_commands(mosquitto: Mosquitto) -> Non
     finally:
         done.set()
         await beating
-    assert (code, out.strip()) == (0, "forgot old_1: cleared 4 retained messages"), err
+    assert (code, out.strip()) == (
+        0,
+        "forgot old_1: cleared 4 retained messages; no Home Assistant discovery config was "
+        "visible (none retained, or this account may not read homeassistant/#)",
+    ), err
     left: dict[str, bytes] = {}
     async with aiomqtt.Client(host, port) as c:
         await c.subscribe("settle/#", qos=1)
@@ -989,6 +1050,60 @@ async def test_documented_acl_lets_the_dashboard_send_commands_but_not_forge_res
                 assert str(m.topic) == "settle/d1/cmd/marker/result"
                 break
     assert seen == ["settle/d1/cmd/marker/result", *allowed]
+
+
+@pytest.mark.mosquitto
+async def test_forget_as_an_account_that_may_not_publish_says_nothing_was_cleared(
+    documented_acl_broker: Mosquitto,
+) -> None:
+    """`settle forget` as the dashboard user of the documented ACL, who may read `settle/#`
+    but publish commands only: over MQTT 3.1.1 mosquitto acknowledges a denied publish and
+    drops it, and forget said "cleared 3 retained messages", exit 0, while all of them
+    stayed. Now it reads them back and says what is still there (exit 1), and that no
+    discovery config was visible to this account (it may not read homeassistant/#). As the
+    daemon's own account the same command clears everything."""
+    broker = documented_acl_broker
+    kept = {
+        "settle/bridge/state": b"offline",
+        "settle/old_1/availability": b"offline",
+        "settle/old_1/session": json.dumps({"state": "stopped"}).encode(),
+        "homeassistant/sensor/old_1/heart_rate/config": b'{"name": "Heart rate"}',
+    }
+    async with aiomqtt.Client(
+        broker.host, broker.port, username="settle", password="settle-pw"
+    ) as c:
+        for topic, payload in kept.items():
+            await c.publish(topic, payload, qos=1, retain=True)
+
+    async def forget(user: str) -> tuple[int, str, str]:
+        env = {**ENV, "SETTLE_MQTT__USERNAME": user, "SETTLE_MQTT__PASSWORD": f"{user}-pw"}
+        return await _settle("forget", "old_1", "--mqtt", f"{broker.host}:{broker.port}", env=env)
+
+    async def held() -> set[str]:
+        seen: set[str] = set()
+        async with aiomqtt.Client(
+            broker.host, broker.port, username="settle", password="settle-pw"
+        ) as c:
+            await c.subscribe("#", qos=1)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1):
+                    async for m in c.messages:
+                        seen.add(str(m.topic))
+        return seen
+
+    code, out, err = await forget("dashboard")
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [
+        "settle: error: old_1: cleared 0 of 2 retained messages; the broker still holds 2 "
+        "(settle/old_1/availability, settle/old_1/session): its ACL may not let 'dashboard' "
+        "publish there; no Home Assistant discovery config was visible (none retained, or "
+        "this account may not read homeassistant/#)"
+    ]
+    assert await held() == set(kept)
+
+    code, out, err = await forget("settle")
+    assert (code, out, err) == (0, "forgot old_1: cleared 3 retained messages\n", "")
+    assert await held() == {"settle/bridge/state"}
 
 
 def test_docs_state_the_command_limits_the_models_enforce() -> None:
