@@ -31,6 +31,8 @@
   daemon only (the lowest client id online), so every command gets one result.
 * A lost or refused connection is retried forever with capped, jittered backoff; measuring
   and storing never wait for the broker.
+* Over MQTT 5, publishes the broker refuses (its ACL: "Not authorized") are counted
+  (``denied``) and logged, one WARNING and then at most one a minute.
 
 This module is the only one that imports aiomqtt (STYLE.md principle 11).
 """
@@ -244,6 +246,12 @@ class MqttLink:
         self.published = 0
         self.connects = 0
         self.last_error: str | None = None
+        self.denied = 0
+        """Messages the broker acknowledged with a failure reason code (MQTT 5 only: its ACL
+        said "Not authorized"); see :meth:`_watch_denials`."""
+        self._denied_unlogged = 0
+        self._denied_logged_s: float | None = None
+        self._denied_latest = ""
 
     # -- public API ---------------------------------------------------------------------
 
@@ -402,6 +410,7 @@ class MqttLink:
                     await client.publish(self.state_topic, b"offline", qos=1, retain=True)
         self._stopping = True
         self._log_refused(flush=True)
+        self._log_denied(flush=True)
         task.cancel()
         for t in list(self._watch_tasks):
             t.cancel()
@@ -464,6 +473,7 @@ class MqttLink:
             # Up to max_inflight publishes wait for their acknowledgement on purpose.
             client.pending_calls_threshold = self.max_inflight + 16
             self._client = client
+            self._watch_denials(client)
             self.connects += 1
             if self.last_error is not None:
                 log.info("MQTT broker %s:%d reachable again", self.host, self.port)
@@ -638,6 +648,60 @@ class MqttLink:
                     self._refuse(device_id, name, Screened(cmd_id, failed))
             finally:
                 self._commands.task_done()
+
+    def _watch_denials(self, client: aiomqtt.Client) -> None:
+        """Count and log the publishes the broker refuses. Over MQTT 5 a broker whose ACL
+        denies a publish says so in its PUBACK ("Not authorized"), but aiomqtt 2.x drops the
+        reason code (``publish()`` returns None either way): a daemon whose account may not
+        publish looked healthy while nobody received anything. paho's ``on_publish``
+        beneath it gets the code, and is wrapped here (through aiomqtt's ``_client`` and
+        paho's ``_out_messages`` for the topic: without them, nothing is counted). Over
+        MQTT 3.1.1 a denied publish is acknowledged as taken, and QoS 0 ones (beats) are
+        not acknowledged at all: nothing to see."""
+        paho = getattr(client, "_client", None)
+        passed_on = getattr(paho, "on_publish", None)
+        if not self.mqtt5 or paho is None or passed_on is None:
+            return
+
+        def on_publish(c: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+            try:
+                if getattr(reason, "is_failure", False):
+                    sent = getattr(c, "_out_messages", {}).get(mid)
+                    self._denied(getattr(sent, "topic", None), str(reason))
+            finally:
+                passed_on(c, userdata, mid, reason, properties)
+
+        paho.on_publish = on_publish
+
+    def _denied(self, topic: str | None, reason: str) -> None:
+        self.denied += 1
+        self._denied_unlogged += 1
+        who = f"account {self.options.username!r}" if self.options.username else "client"
+        self._denied_latest = (
+            f"{topic or 'a message'}: {reason}; this {who} may not publish there (the "
+            "broker's ACL), so nobody receives it"
+        )
+        self._log_denied()
+
+    def _log_denied(self, *, flush: bool = False) -> None:
+        """One WARNING for the first refused publish, then at most one a minute."""
+        if not self._denied_unlogged:
+            return
+        now = time.monotonic()
+        last = self._denied_logged_s
+        if not flush and last is not None and now - last < REFUSED_LOG_EVERY_S:
+            return
+        n, self._denied_unlogged, self._denied_logged_s = self._denied_unlogged, 0, now
+        log.warning(
+            "the MQTT broker %s:%d refused %d message%s from this daemon since the last "
+            "warning, %d in all (latest: %s)",
+            self.host,
+            self.port,
+            n,
+            "" if n == 1 else "s",
+            self.denied,
+            self._denied_latest,
+        )
 
     def _on_bridge(self, topic: str, payload: bytes, retained: bool) -> None:
         """``bridge/info`` and ``bridge/state`` as the broker sends them to this link: the

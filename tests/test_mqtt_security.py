@@ -183,3 +183,33 @@ async def test_wrong_password_and_untrusted_certificate_are_refused(
             assert link.last_error is not None
             assert words in link.last_error.lower(), link.last_error
             link.publish("settle/x/beat", b"1")  # measuring goes on; nothing blocks
+
+
+async def test_a_daemon_whose_account_may_not_publish_says_so(
+    secured_broker: tuple[Mosquitto, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The daemon configured with an account the broker's ACL lets read but not publish (here
+    the dashboard's): over MQTT 5 mosquitto answers each publish "Not authorized", but
+    aiomqtt's publish() returns None all the same, and the daemon ran on, looking healthy,
+    while nobody received anything. Now it says so: one WARNING naming the account, the
+    topic and the reason (then at most one a minute), and ``denied`` counts them."""
+    broker, ca = secured_broker
+    caplog.set_level(logging.WARNING, logger="feedback.mqtt")
+    options = ConnectOptions("127.0.0.1", broker.port, "dashboard", DASH_PW, tls=True,
+                             ca_file=str(ca), mqtt5=True)  # fmt: skip
+    async with MqttLink(options) as link:
+        assert await link.wait_connected(10)  # it may log in, and read
+        link.publish("settle/d1/status", b'{"state":"streaming"}', qos=1, retain=True)
+        async with asyncio.timeout(10):
+            while link.denied < 2:  # noqa: ASYNC110 - polling the link from outside
+                await asyncio.sleep(0.02)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    why = "Not authorized; this account 'dashboard' may not publish there (the broker's ACL)"
+    where = f"the MQTT broker 127.0.0.1:{broker.port} refused"
+    # Its "online", then (the rest, when the link closed) the strap's status and "offline".
+    assert warnings == [
+        f"{where} 1 message from this daemon since the last warning, 1 in all (latest: "
+        f"settle/bridge/state: {why}, so nobody receives it)",
+        f"{where} 2 messages from this daemon since the last warning, 3 in all (latest: "
+        f"settle/bridge/state: {why}, so nobody receives it)",
+    ]
