@@ -43,6 +43,33 @@ sessions_app = typer.Typer(help="Stored sessions.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            said = version("settle-hrv")
+        except PackageNotFoundError:  # a checkout that was never installed
+            said = "0+unknown (not installed: run make demo)"
+        out.print(f"settle {said}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _settle(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the installed Settle's version and exit.",
+            is_eager=True,
+            callback=_print_version,
+        ),
+    ] = False,
+) -> None:
+    """Settle: see whether your physiology is catching up with the belief you hold."""
+
+
 ConfigOpt = cli_sessions.ConfigOpt
 DbOpt = cli_sessions.DbOpt
 a_path = cli_sessions.a_path

@@ -181,3 +181,16 @@ def test_a_session_store_path_of_the_wrong_kind_is_a_usage_error(
     assert line.startswith(f"settle: error: config: storage.db_path: {cases[0][1]}")
     assert line.endswith("(from SETTLE_STORAGE__DB_PATH)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_version_says_which_settle_is_installed() -> None:
+    """A user upgrading (docs/operations.md) could not see which version was installed:
+    `settle --help` offered no --version."""
+    from importlib.metadata import version
+
+    res = subprocess.run(
+        [sys.executable, "-m", "settle.cli", "--version"], capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == f"settle {version('settle-hrv')}\n"
