@@ -236,6 +236,25 @@ async def test_an_empty_frame_is_dropped_a_repeated_one_ignored_and_the_stream_g
 # -- the strap's clock steps -------------------------------------------------------------------
 
 
+async def _first_frames(
+    air: VirtualAir, strap: VirtualStrap, speed: float, n: int
+) -> tuple[list[Any], PmdSession]:
+    """The first ``n`` ECG frames a :class:`PmdSession` gives from ``strap`` (started), and
+    the session (closed: its counters as they ended)."""
+    async with asyncio.timeout(LIMIT_S):
+        received = []
+        async with (
+            BleakClient(strap.address, **air.client_kwargs()) as client,
+            PmdSession(client, sensor_id="h10", time_scale=speed) as pmd,
+        ):
+            await pmd.start_ecg()
+            async for frame in pmd.frames():
+                received.append(frame)
+                if len(received) == n:
+                    break
+    return received, pmd
+
+
 async def test_a_step_of_the_strap_clock_is_told_from_a_late_delivery(
     air: VirtualAir, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -267,17 +286,7 @@ async def test_a_step_of_the_strap_clock_is_told_from_a_late_delivery(
         await notify(self, connection, attribute, value, force)
 
     monkeypatch.setattr(Device, "notify_subscriber", notify_subscriber)
-    async with asyncio.timeout(LIMIT_S):
-        received = []
-        async with (
-            BleakClient(strap.address, **air.client_kwargs()) as client,
-            PmdSession(client, sensor_id="h10", time_scale=speed) as pmd,
-        ):
-            await pmd.start_ecg()
-            async for frame in pmd.frames():
-                received.append(frame)
-                if len(received) == 18:
-                    break
+    received, pmd = await _first_frames(air, strap, speed, 18)
     ecg = h10_ecg_uv()
     assert [r.frame.samples_uv for r in received] == [ecg[73 * k : 73 * (k + 1)] for k in range(18)]
     steps = {k: r.clock_step_s for k, r in enumerate(received) if r.clock_step_s is not None}
@@ -312,17 +321,7 @@ async def test_frames_lost_then_delivered_in_a_burst_are_not_a_step_of_the_strap
     strap = VirtualStrap(air, [800.0] * 2000, speed=speed, pmd=pmd_config)
     tamper(monkeypatch, strap, data=data)
     await strap.start()
-    async with asyncio.timeout(LIMIT_S):
-        received = []
-        async with (
-            BleakClient(strap.address, **air.client_kwargs()) as client,
-            PmdSession(client, sensor_id="h10", time_scale=speed) as pmd,
-        ):
-            await pmd.start_ecg()
-            async for frame in pmd.frames():
-                received.append(frame)
-                if len(received) == 14:
-                    break
+    received, pmd = await _first_frames(air, strap, speed, 14)
     ecg = h10_ecg_uv()
     kept = [*range(12), 16, 17]
     assert [r.frame.samples_uv for r in received] == [ecg[73 * k : 73 * (k + 1)] for k in kept]

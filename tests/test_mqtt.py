@@ -23,7 +23,7 @@ from sensors.virtual.model import ModelParams, PhysioModel
 from sensors.virtual.strap import VirtualStrap
 from sessions.store import SessionStore
 from settle.app import serve
-from settle.config import load_config
+from settle.config import Settings, load_config
 from settle.daemon import Daemon
 from settle.demo import virtual_world
 from tests.conftest import Mosquitto
@@ -536,12 +536,9 @@ class CuttableLink:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
-async def test_stop_while_the_broker_is_away_leaves_offline_not_online(
-    mosquitto: Mosquitto, tmp_path: Path
-) -> None:
-    """The daemon stops while it cannot reach the broker: the broker (still up, as seen by Home
-    Assistant and `settle mark`) must not keep saying the strap is online and its session
-    running. The daemon reconnects briefly at shutdown to leave the final state there."""
+async def _relayed(mosquitto: Mosquitto, tmp_path: Path) -> tuple[CuttableLink, Settings]:
+    """A :class:`CuttableLink` to ``mosquitto`` (listening) and settings whose broker is the
+    relay: the store ``tmp_path / "s.db"``, no Home Assistant."""
     relay = CuttableLink(mosquitto.port)
     await relay.resume()
     settings = load_config(
@@ -550,6 +547,16 @@ async def test_stop_while_the_broker_is_away_leaves_offline_not_online(
         storage={"db_path": tmp_path / "s.db"},
         homeassistant={"enabled": False},
     )
+    return relay, settings
+
+
+async def test_stop_while_the_broker_is_away_leaves_offline_not_online(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The daemon stops while it cannot reach the broker: the broker (still up, as seen by Home
+    Assistant and `settle mark`) must not keep saying the strap is online and its session
+    running. The daemon reconnects briefly at shutdown to leave the final state there."""
+    relay, settings = await _relayed(mosquitto, tmp_path)
     speed = 10.0
     async with VirtualAir() as air, Collector(mosquitto.host, mosquitto.port) as col:
         strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=4), speed=speed)
@@ -914,14 +921,7 @@ async def test_a_session_stop_survives_the_broker_dropping_while_the_store_is_sl
 
     monkeypatch.setattr(settle.daemon, "COMMAND_STORE_WAIT_S", 60.0)
     monkeypatch.setattr(settle.daemon, "STORE_WAIT_S", 60.0)  # (the store's own 10 s cap)
-    relay = CuttableLink(mosquitto.port)
-    await relay.resume()
-    settings = load_config(
-        CONFIG,
-        mqtt={"host": mosquitto.host, "port": relay.port},
-        storage={"db_path": tmp_path / "s.db"},
-        homeassistant={"enabled": False},
-    )
+    relay, settings = await _relayed(mosquitto, tmp_path)
     async with VirtualAir() as air, Collector(mosquitto.host, mosquitto.port) as col:
         strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=4), speed=5)
         await strap.start()
