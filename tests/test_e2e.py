@@ -137,7 +137,13 @@ def check_store(db: Path, expected_rr: list[float]) -> str:
     # Every beat has its artefact class (warm-up beats are recorded but not analysed).
     assert all(b.beat_class is not None for b in beats)
     analysed = [b for b in beats if b.beat_class != "warmup"]
-    assert len(analysed) > len(beats) - 10
+    # Warm-up beats only after the connect: one run at the start, all of them arriving within
+    # the warm-up (5 s of session time: 0.25 s of wall time at speed 20) plus a host stall,
+    # which delivers more beats in it (23 in the CI of 2026-11-30: it was "fewer than 10").
+    warm = beats[: len(beats) - len(analysed)]
+    assert all(b.beat_class == "warmup" for b in warm)
+    assert not warm or warm[-1].recv_ts_ms - beats[0].recv_ts_ms < 1500
+    assert len(analysed) > 0.8 * len(beats)
     # (the recording is clean; the correction flags a few % of its beats: docs/indices.md)
     assert sum(b.beat_class == "normal" for b in analysed) > 0.9 * len(analysed)
     assert all(b.timing_uncertain is not None for b in beats)
