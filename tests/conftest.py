@@ -187,6 +187,23 @@ def dashboard(store: Any) -> Callable[..., contextlib.AbstractAsyncContextManage
 # -- a daemon recording one virtual strap (test_faults, test_reconnect, test_strap_health) --------
 
 
+def strap_client(
+    air: Any, strap: Any, clock: Callable[[], float] = time.time, scan_timeout_s: float = 3.0
+) -> Any:
+    """A :class:`sensors.strap.StrapClient` for a virtual ``strap`` on ``air`` (a
+    ``VirtualAir``): connects within 5 s; ``clock``: the host's wall clock."""
+    from sensors.strap import StrapClient
+
+    return StrapClient(
+        address=strap.address,
+        scan_timeout_s=scan_timeout_s,
+        connect_timeout_s=5,
+        scanner_kwargs=air.scanner_kwargs(),
+        client_kwargs=air.client_kwargs(),
+        clock=clock,
+    )
+
+
 @contextlib.asynccontextmanager
 async def model_daemon(
     tmp_path: Path,
@@ -195,16 +212,16 @@ async def model_daemon(
     speed: float = 20.0,
     tap: Callable[[str, bytes | str, bool], None] | None = None,
     clock: Callable[[], float] = time.time,
+    processing: dict[str, Any] | None = None,
 ) -> AsyncIterator[tuple[Any, Any, Any, Any]]:
     """A daemon (no MQTT, store ``tmp_path / "s.db"``) recording one virtual strap that plays
     the physiological model at ``speed``: yields ``(daemon, store, strap, run task)``. Stop it
     with ``daemon.stop()`` and await the task while the store is open; whatever the test
     left running is stopped on the way out. ``clock``: the host's wall clock, for the daemon
-    and the strap client alike. (Types: ``Daemon``, ``SessionStore``, ``VirtualStrap``,
-    ``asyncio.Task[None]``.)"""
+    and the strap client alike; ``processing``: ``[processing]`` settings over the project's
+    config. (Types: ``Daemon``, ``SessionStore``, ``VirtualStrap``, ``asyncio.Task[None]``.)"""
     import asyncio
 
-    from sensors.strap import StrapClient
     from sensors.virtual.air import VirtualAir
     from sensors.virtual.model import ModelParams, PhysioModel
     from sensors.virtual.strap import VirtualStrap
@@ -217,18 +234,12 @@ async def model_daemon(
         mqtt={"enabled": False},
         storage={"db_path": tmp_path / "s.db"},
         homeassistant={"enabled": False},
+        **({"processing": processing} if processing else {}),
     )
     async with VirtualAir() as air:
         strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=seed), speed=speed)
         await strap.start()
-        client = StrapClient(
-            address=strap.address,
-            scan_timeout_s=5,
-            connect_timeout_s=5,
-            scanner_kwargs=air.scanner_kwargs(),
-            client_kwargs=air.client_kwargs(),
-            clock=clock,
-        )
+        client = strap_client(air, strap, clock, scan_timeout_s=5)
         with SessionStore.open(settings.db_path) as store:
             daemon = Daemon(settings, store, [client], clock=clock, time_scale=speed, tap=tap)
             task = asyncio.create_task(daemon.run())

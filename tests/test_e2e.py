@@ -373,15 +373,9 @@ async def test_too_short_baseline_is_refused_and_not_stored(tmp_path: Path) -> N
     scores against the automatic baseline, so the command says so (an error naming both
     lengths), the event says why, and the store keeps no baseline period; a long enough one
     is taken and stored."""
+    from tests.conftest import model_daemon
     from tests.test_reconnect import until
 
-    db = tmp_path / "s.db"
-    settings = load_config(
-        CONFIG,
-        mqtt={"enabled": False},
-        storage={"db_path": db},
-        processing={"baseline_s": 20},
-    )
     seen: list[tuple[str, dict[str, object]]] = []
 
     def tap(topic: str, payload: bytes | str, _retain: bool) -> None:
@@ -389,59 +383,46 @@ async def test_too_short_baseline_is_refused_and_not_stored(tmp_path: Path) -> N
         if leaf.endswith("/result") or leaf in ("event", "session"):
             seen.append((leaf, json.loads(payload)))
 
-    speed = 20.0
-    async with VirtualAir() as air:
-        strap = VirtualStrap(air, PhysioModel(ModelParams(), seed=3), speed=speed)
-        await strap.start()
-        client = StrapClient(
-            address=strap.address,
-            scan_timeout_s=5,
-            connect_timeout_s=5,
-            scanner_kwargs=air.scanner_kwargs(),
-            client_kwargs=air.client_kwargs(),
-        )
-        with SessionStore.open(db) as store:
-            daemon = Daemon(settings, store, [client], time_scale=speed, tap=tap)
-            task = asyncio.create_task(daemon.run())
-            rt = daemon.runtimes[0]
+    daemon_cm = model_daemon(tmp_path, seed=3, tap=tap, processing={"baseline_s": 20})
+    async with daemon_cm as (daemon, store, _strap, task):
+        rt = daemon.runtimes[0]
 
-            def session_t() -> float:
-                return rt.session.now_t_s() if rt.session else 0.0
+        def session_t() -> float:
+            return rt.session.now_t_s() if rt.session else 0.0
 
-            # Past 70 s every component, the 64 s slow-oscillation one too, has data: a 40 s
-            # rest period then holds 8 complete samples (from 40 s it held 3, at the edge).
-            await until(lambda: session_t() > 70)
-            assert rt.device_id is not None and rt.session is not None
-            sid = rt.session.session_id
+        # Past 70 s every component, the 64 s slow-oscillation one too, has data: a 40 s
+        # rest period then holds 8 complete samples (from 40 s it held 3, at the edge).
+        await until(lambda: session_t() > 70)
+        assert rt.device_id is not None and rt.session is not None
+        sid = rt.session.session_id
 
-            async def command(name: str, cmd_id: str, **extra: str) -> dict[str, object]:
-                body = json.dumps({"v": 1, "id": cmd_id, **extra}).encode()
-                await daemon.on_command(rt.device_id or "", name, body, False)
-                return next(p for leaf, p in seen if leaf.endswith("/result") and p["id"] == cmd_id)
+        async def command(name: str, cmd_id: str, **extra: str) -> dict[str, object]:
+            body = json.dumps({"v": 1, "id": cmd_id, **extra}).encode()
+            await daemon.on_command(rt.device_id or "", name, body, False)
+            return next(p for leaf, p in seen if leaf.endswith("/result") and p["id"] == cmd_id)
 
-            assert (await command("baseline/start", "1"))["status"] == "ok"
-            short = await command("baseline/stop", "2")
-            short_baseline = store.get(sid).baseline
-            t0 = session_t()
-            assert (await command("baseline/start", "3"))["status"] == "ok"
-            again = await command("baseline/start", "3b")  # pressed twice: the start stays
-            assert again["status"] == "error"
-            assert "already being recorded (since t = " in str(again["error"])
-            await until(lambda: session_t() > t0 + 40)
-            long = await command("baseline/stop", "4")
-            long_baseline = store.get(sid).baseline
-            # A rest period still open when the hold starts ends there: left open it would
-            # leave the rest of the session without a score.
-            t1 = session_t()
-            assert (await command("baseline/start", "5"))["status"] == "ok"
-            await until(lambda: session_t() > t1 + 40)
-            hold = await command("marker", "6", kind="hold-start")
-            held_baseline = store.get(sid).baseline
-            hold_t = store.markers(sid)[-1].t_s
-            baseline_after_hold = rt.session.baseline
-            daemon.stop()
-            await asyncio.wait_for(task, 10)
-        await strap.stop()
+        assert (await command("baseline/start", "1"))["status"] == "ok"
+        short = await command("baseline/stop", "2")
+        short_baseline = store.get(sid).baseline
+        t0 = session_t()
+        assert (await command("baseline/start", "3"))["status"] == "ok"
+        again = await command("baseline/start", "3b")  # pressed twice: the start stays
+        assert again["status"] == "error"
+        assert "already being recorded (since t = " in str(again["error"])
+        await until(lambda: session_t() > t0 + 40)
+        long = await command("baseline/stop", "4")
+        long_baseline = store.get(sid).baseline
+        # A rest period still open when the hold starts ends there: left open it would
+        # leave the rest of the session without a score.
+        t1 = session_t()
+        assert (await command("baseline/start", "5"))["status"] == "ok"
+        await until(lambda: session_t() > t1 + 40)
+        hold = await command("marker", "6", kind="hold-start")
+        held_baseline = store.get(sid).baseline
+        hold_t = store.markers(sid)[-1].t_s
+        baseline_after_hold = rt.session.baseline
+        daemon.stop()
+        await asyncio.wait_for(task, 10)
 
     assert short["status"] == "error"
     error = str(short["error"])

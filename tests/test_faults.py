@@ -38,7 +38,6 @@ import pytest
 from feedback.mqtt import MqttLink
 from feedback.payloads import BeatPayload, StatusPayload
 from sensors.readers import read_rr_file
-from sensors.strap import StrapClient
 from sensors.virtual.air import VirtualAir
 from sensors.virtual.model import ModelParams, PhysioModel
 from sensors.virtual.strap import VirtualStrap
@@ -50,7 +49,7 @@ from settle.config import Settings, load_config
 from settle.daemon import Daemon, StrapRuntime
 from settle.demo import virtual_world
 from settle.pipeline import StrapPipeline
-from tests.conftest import Mosquitto, model_daemon, start_mosquitto
+from tests.conftest import Mosquitto, model_daemon, start_mosquitto, strap_client
 from tests.test_e2e import CONFIG, RECORDING, Collector, quantised
 from tests.test_mqtt import any_broker  # noqa: F401  (the fixture daemon_on_broker takes)
 from tests.test_mqtt_hardening import (
@@ -62,19 +61,6 @@ from tests.test_mqtt_hardening import (
 from tests.test_reconnect import until
 
 pytestmark = pytest.mark.mosquitto
-
-
-def strap_client(
-    air: VirtualAir, strap: VirtualStrap, clock: Callable[[], float] = time.time
-) -> StrapClient:
-    return StrapClient(
-        address=strap.address,
-        scan_timeout_s=3,
-        connect_timeout_s=5,
-        scanner_kwargs=air.scanner_kwargs(),
-        client_kwargs=air.client_kwargs(),
-        clock=clock,
-    )
 
 
 def sent_raw(strap: VirtualStrap) -> list[int]:

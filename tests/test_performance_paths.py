@@ -29,9 +29,8 @@ from settle.daemon import Daemon
 from settle.demo import virtual_world
 from settle.errors import StoreError
 from settle.pipeline import BeatWriter
-from tests.conftest import Mosquitto
+from tests.conftest import Mosquitto, strap_client
 from tests.test_e2e import CONFIG, Collector
-from tests.test_faults import strap_client
 from tests.test_reconnect import until
 
 
